@@ -1,0 +1,1 @@
+//! kbuild-dockerfile (work in progress).

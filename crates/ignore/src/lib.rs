@@ -1,0 +1,1 @@
+//! kbuild-ignore (work in progress).

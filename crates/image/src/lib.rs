@@ -1,0 +1,1 @@
+//! kbuild-image (work in progress).

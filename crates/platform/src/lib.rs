@@ -1,0 +1,1 @@
+//! kbuild-platform (work in progress).

@@ -1,0 +1,1 @@
+//! kbuild-registry (work in progress).

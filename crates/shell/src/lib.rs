@@ -1,0 +1,1 @@
+//! kbuild-shell (work in progress).

@@ -1,0 +1,1 @@
+//! kbuild-solver (work in progress).

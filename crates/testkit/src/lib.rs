@@ -1,0 +1,8 @@
+//! Real components for the integration tests of kubectl-build: a `docker-registry`
+//! process on a free loopback port (anonymous or htpasswd Basic auth), a private
+//! `dockerd`, and the locally built base-image fixtures. Nothing here is mocked:
+//! every helper starts or locates the real program and stops it when dropped.
+
+pub mod dockerd;
+pub mod fixtures;
+pub mod registry;
