@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI). Idempotent: every step checks first
+# and does nothing when its result is already there.
+#   1. installs the Debian packages the integration tests run (apt, only if missing)
+#   2. prepares the busybox fixtures (scripts/fixtures.sh, cached under target/fixtures)
+#   3. mounts binfmt_misc so foreign-architecture RUN steps can be emulated
+#   4. runs the whole workspace's tests; extra arguments go to `cargo test`
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+# Programs the tests start for real: docker-registry (distribution server),
+# skopeo/umoci (independent OCI readers to cross-check our output), runc/crun
+# (executors), qemu-user-static (emulated RUN), busybox-static (fixtures source
+# and host-arch busybox), apache2-utils (htpasswd for Basic auth), openssl
+# (self-signed TLS registry), docker.io (dockerd to check docker-archive loads).
+PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
+          apache2-utils openssl docker.io)
+
+section "system packages"
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != "installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]} == 0)); then
+    echo "all present: ${PACKAGES[*]}"
+else
+    echo "installing: ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "error: packages ${missing[*]} are missing and installing them needs root;" \
+             "run: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+fi
+
+section "fixtures"
+scripts/fixtures.sh
+
+section "binfmt_misc"
+binfmt=/proc/sys/fs/binfmt_misc
+if [[ -e $binfmt/status ]]; then
+    echo "already mounted at $binfmt"
+elif mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null; then
+    echo "mounted at $binfmt"
+else
+    echo "not mounted and could not mount $binfmt (needs root): emulated RUN tests will skip"
+fi
+if [[ -e $binfmt/status ]]; then
+    registered=$(find "$binfmt" -maxdepth 1 -name 'qemu-*' -printf '%f ' 2>/dev/null || true)
+    echo "status: $(cat "$binfmt/status"); qemu handlers: ${registered:-none}"
+fi
+
+section "cargo test --workspace --locked $*"
+cargo test --workspace --locked "$@"
