@@ -1,0 +1,78 @@
+use std::fmt;
+
+use crate::SUPPORTED;
+
+/// A platform specifier that cannot be parsed. Its message names the input
+/// and lists the supported platforms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {input:?}: {kind}; supported platforms are {}", SUPPORTED.join(", "))]
+pub struct Error {
+    input: String,
+    kind: ErrorKind,
+}
+
+impl Error {
+    pub(crate) fn new(input: &str, kind: ErrorKind) -> Error {
+        Error {
+            input: input.to_string(),
+            kind,
+        }
+    }
+
+    /// The specifier (or list) that was rejected.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+
+    /// What is wrong with it.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+/// Why a specifier was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Nothing was given.
+    Empty,
+    /// A `*` wildcard, which containerd does not support either.
+    Wildcard,
+    /// More than `os/arch/variant`.
+    TooManyComponents,
+    /// The os part (this text) is not `os` or `os(version)`.
+    InvalidOs(String),
+    /// An architecture or variant component (this text) is empty or has
+    /// characters other than letters, digits, `_`, `-` and `.`.
+    InvalidComponent(String),
+    /// A single component that is neither a known os nor a known
+    /// architecture.
+    UnknownOsOrArch,
+    /// An empty item (1-based position) in a comma-separated list.
+    EmptyListItem(usize),
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::Empty => f.write_str("the platform is empty"),
+            ErrorKind::Wildcard => f.write_str("wildcards are not supported"),
+            ErrorKind::TooManyComponents => {
+                f.write_str("expected at most three components, os/arch/variant")
+            }
+            ErrorKind::InvalidOs(part) => write!(
+                f,
+                "{part:?} is not an operating system (letters, digits, '_' and '-', \
+                 optionally followed by a version in parentheses)"
+            ),
+            ErrorKind::InvalidComponent(part) => write!(
+                f,
+                "{part:?} is not a valid architecture or variant (letters, digits, '_', '-' and '.')"
+            ),
+            ErrorKind::UnknownOsOrArch => {
+                f.write_str("it is neither a known operating system nor a known architecture")
+            }
+            ErrorKind::EmptyListItem(n) => write!(f, "item {n} of the list is empty"),
+        }
+    }
+}
