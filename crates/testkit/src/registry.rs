@@ -1,1 +1,271 @@
-//! (being written)
+//! A real `docker-registry` (Debian's build of the distribution project) on a
+//! free loopback port, with its own storage directory, stopped on drop.
+//!
+//! - [`TestRegistry::start`]: anonymous access.
+//! - [`TestRegistry::start_with_htpasswd`]: Basic auth against a bcrypt htpasswd
+//!   file made with `htpasswd -Bbn` (apache2-utils).
+//! - [`TestRegistry::start_with_token_auth`]: Bearer token auth; the registry
+//!   trusts a certificate generated with the `openssl` CLI, and the caller runs
+//!   the token server that signs tokens with the matching key
+//!   ([`TokenAuthFiles`] has the key, certificate, issuer and service names).
+
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The registry program.
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// How long to wait for the registry to answer `/v2/`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `docker-registry`. Killed, and its storage removed, on drop.
+pub struct TestRegistry {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+/// Key material and names for a registry with token authentication.
+#[derive(Clone, Debug)]
+pub struct TokenAuthFiles {
+    /// PKCS#8 PEM private key (ECDSA P-256) the token server signs with.
+    pub key_pem: PathBuf,
+    /// PKCS#8 DER of the same key.
+    pub key_der: PathBuf,
+    /// Self-signed certificate (PEM) of the key; the registry's root bundle.
+    pub cert_pem: PathBuf,
+    /// DER of the certificate, for a JWT `x5c` header.
+    pub cert_der: PathBuf,
+    /// `iss` the registry expects.
+    pub issuer: String,
+    /// `aud` / `service` the registry expects.
+    pub service: String,
+    /// Realm URL the registry sends in its challenge.
+    pub realm: String,
+}
+
+/// Why a test registry could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn err(what: impl Into<String>) -> StartError {
+    StartError(what.into())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the registry to take).
+pub fn free_port() -> Result<u16, StartError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| err(format!("cannot bind a loopback port: {e}")))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| err(format!("cannot read the bound port: {e}")))
+}
+
+impl TestRegistry {
+    /// Starts an anonymous registry.
+    pub fn start() -> Result<TestRegistry, StartError> {
+        TestRegistry::launch("", |_| Ok(()))
+    }
+
+    /// Starts a registry that requires Basic auth as `user`/`pass`.
+    pub fn start_with_htpasswd(user: &str, pass: &str) -> Result<TestRegistry, StartError> {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, pass])
+            .output()
+            .map_err(|e| err(format!("cannot run htpasswd (install apache2-utils): {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        TestRegistry::launch(
+            "auth:\n  htpasswd:\n    realm: test-realm\n    path: HTPASSWD\n",
+            move |dir| {
+                std::fs::write(dir.join("htpasswd"), format!("{line}\n"))
+                    .map_err(|e| err(format!("cannot write htpasswd: {e}")))
+            },
+        )
+    }
+
+    /// Generates an ECDSA P-256 key and self-signed certificate with `openssl`
+    /// in `dir`, for [`TestRegistry::start_with_token_auth`].
+    pub fn token_auth_files(dir: &Path, realm: &str) -> Result<TokenAuthFiles, StartError> {
+        let run = |args: &[&str]| -> Result<(), StartError> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| err(format!("cannot run openssl: {e}")))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "openssl {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+        };
+        run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "token.key"])?;
+        run(&["pkcs8", "-topk8", "-nocrypt", "-in", "token.key", "-outform", "DER", "-out", "token.key.der"])?;
+        run(&[
+            "req", "-new", "-x509", "-key", "token.key", "-out", "token.crt", "-days", "2",
+            "-subj", "/CN=kbuild-test-token-issuer",
+        ])?;
+        run(&["x509", "-in", "token.crt", "-outform", "DER", "-out", "token.crt.der"])?;
+        Ok(TokenAuthFiles {
+            key_pem: dir.join("token.key"),
+            key_der: dir.join("token.key.der"),
+            cert_pem: dir.join("token.crt"),
+            cert_der: dir.join("token.crt.der"),
+            issuer: "kbuild-test-issuer".into(),
+            service: "kbuild-test-registry".into(),
+            realm: realm.to_string(),
+        })
+    }
+
+    /// Starts a registry that requires Bearer tokens issued at `files.realm` and
+    /// signed with the key of `files.cert_pem`.
+    pub fn start_with_token_auth(files: &TokenAuthFiles) -> Result<TestRegistry, StartError> {
+        let section = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            files.realm,
+            files.service,
+            files.issuer,
+            files.cert_pem.display()
+        );
+        TestRegistry::launch(&section, |_| Ok(()))
+    }
+
+    fn launch(
+        auth_section: &str,
+        prepare: impl FnOnce(&Path) -> Result<(), StartError>,
+    ) -> Result<TestRegistry, StartError> {
+        if !Path::new(REGISTRY_BIN).exists() {
+            return Err(err(format!(
+                "{REGISTRY_BIN} is missing; install Debian's docker-registry package"
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kbuild-registry-")
+            .tempdir()
+            .map_err(|e| err(format!("cannot create a temp dir: {e}")))?;
+        prepare(dir.path())?;
+        let port = free_port()?;
+        let storage = dir.path().join("storage");
+        let auth = auth_section.replace("HTPASSWD", &dir.path().join("htpasswd").display().to_string());
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: kbuild-test-secret\n\
+             {auth}",
+            storage.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::File::create(&config_path)
+            .and_then(|mut f| f.write_all(config.as_bytes()))
+            .map_err(|e| err(format!("cannot write {}: {e}", config_path.display())))?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))
+            .map_err(|e| err(format!("cannot create the registry log: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| err(format!("cannot clone the log handle: {e}")))?;
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| err(format!("cannot start {REGISTRY_BIN}: {e}")))?;
+        let mut registry = TestRegistry { child, port, dir };
+        registry.wait_ready()?;
+        Ok(registry)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), StartError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(err(format!(
+                    "docker-registry exited with {status} before answering: {}",
+                    self.log()
+                )));
+            }
+            if let Some(code) = http_status(self.port, "/v2/") {
+                // 200 when anonymous, 401 with auth: either way it serves the API.
+                if code == 200 || code == 401 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!(
+                    "docker-registry did not answer /v2/ on port {} within {START_TIMEOUT:?}: {}",
+                    self.port,
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's storage directory.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// What the registry logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+/// Status code of a plain HTTP/1.0 GET to 127.0.0.1, or None if nothing answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_millis(500),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).ok()?;
+    let text = std::str::from_utf8(&head[..n]).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,416 @@
+//! Registry credentials: Docker's `config.json` (inline auths, `credsStore`,
+//! `credHelpers`) and Kubernetes `kubernetes.io/dockerconfigjson` Secrets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::reference::DOCKER_HUB;
+
+/// Key Docker writes in `config.json` for Docker Hub, and the server URL it hands
+/// to credential helpers for Docker Hub.
+const DOCKER_HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
+/// Other names that mean Docker Hub in `auths` keys.
+const DOCKER_HUB_ALIASES: [&str; 3] = ["index.docker.io", "docker.io", "registry-1.docker.io"];
+/// Secret name the CLI uses when `--registry-secret` is not given; when it is the
+/// default, credentials silently come from Docker's config instead.
+pub const DEFAULT_REGISTRY_SECRET: &str = "buildkit";
+/// Secret type that carries a Docker config.
+const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+
+/// Where registry credentials come from, in lookup order.
+///
+/// Cheap to clone; lookups run credential helpers on demand (the [`crate::Client`]
+/// caches their answers per registry).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    sources: Vec<ConfigSource>,
+}
+
+#[derive(Clone, Debug)]
+struct ConfigSource {
+    /// Human description, e.g. "Docker config /root/.docker/config.json".
+    name: String,
+    config: DockerConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+impl fmt::Debug for AuthEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthEntry")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One set of credentials for a registry, with where it came from.
+#[derive(Clone)]
+pub(crate) struct Credential {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// OAuth2 refresh token (`identitytoken`), exchanged at the token endpoint.
+    pub identity_token: Option<String>,
+    /// Where it came from, for error messages (never the secret).
+    pub source: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// No credentials: every request is anonymous.
+    pub fn anonymous() -> Credentials {
+        Credentials::default()
+    }
+
+    /// Docker's config: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    /// A missing file means no credentials.
+    pub fn docker_config() -> Result<Credentials> {
+        let path = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("config.json"),
+            _ => match dirs::home_dir() {
+                Some(home) => home.join(".docker").join("config.json"),
+                None => return Ok(Credentials::anonymous()),
+            },
+        };
+        Credentials::docker_config_file(&path)
+    }
+
+    /// One Docker `config.json` file; missing means no credentials.
+    pub fn docker_config_file(path: &Path) -> Result<Credentials> {
+        let name = format!("Docker config {}", path.display());
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Credentials::anonymous())
+            }
+            Err(e) => {
+                return Err(Error::Credentials {
+                    source_name: name,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Credentials::from_docker_config_json(&text, &name)
+    }
+
+    /// A Docker config (dockerconfigjson) given as bytes; `name` describes where it
+    /// came from in error messages.
+    pub fn from_docker_config_json(json: &[u8], name: &str) -> Result<Credentials> {
+        let config: DockerConfig = serde_json::from_slice(json).map_err(|e| Error::Credentials {
+            source_name: name.to_string(),
+            reason: format!("not a Docker config JSON: {e}"),
+        })?;
+        Ok(Credentials {
+            sources: vec![ConfigSource {
+                name: name.to_string(),
+                config,
+            }],
+        })
+    }
+
+    /// Credentials for the `--registry-secret` flag.
+    ///
+    /// - `None` or the default name [`DEFAULT_REGISTRY_SECRET`]: Docker's config.
+    /// - `file:PATH`: a Kubernetes Secret of type `kubernetes.io/dockerconfigjson` as
+    ///   YAML or JSON (`data[.dockerconfigjson]` base64, or `stringData`), or a bare
+    ///   dockerconfigjson; registries it does not list fall back to Docker's config.
+    /// - any other name: a Secret to read from the cluster. That arrives with the
+    ///   kubernetes driver; until then this is [`Error::SecretNeedsCluster`].
+    pub fn from_registry_secret(flag: Option<&str>) -> Result<Credentials> {
+        match flag {
+            None | Some(DEFAULT_REGISTRY_SECRET) => Credentials::docker_config(),
+            Some(value) => match value.strip_prefix("file:") {
+                Some(path) => {
+                    let mut creds = Credentials::secret_file(Path::new(path))?;
+                    creds.sources.extend(Credentials::docker_config()?.sources);
+                    Ok(creds)
+                }
+                None => Err(Error::SecretNeedsCluster {
+                    name: value.to_string(),
+                }),
+            },
+        }
+    }
+
+    /// A Kubernetes dockerconfigjson Secret (YAML or JSON) or a bare
+    /// dockerconfigjson file.
+    pub fn secret_file(path: &Path) -> Result<Credentials> {
+        let name = format!("registry secret file {}", path.display());
+        let err = |reason: String| Error::Credentials {
+            source_name: name.clone(),
+            reason,
+        };
+        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let doc: serde_yaml::Value = serde_yaml::from_slice(&text)
+            .map_err(|e| err(format!("not YAML or JSON: {e}")))?;
+        let json = secret_payload(&doc).map_err(err)?;
+        Credentials::from_docker_config_json(&json, &name)
+    }
+
+    /// Adds `other`'s sources after this one's (they are consulted later).
+    pub fn then(mut self, other: Credentials) -> Credentials {
+        self.sources.extend(other.sources);
+        self
+    }
+
+    /// Whether no source is configured.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// Looks up credentials for a registry name (`docker.io`, `127.0.0.1:5000`),
+    /// running credential helpers if the config names one.
+    pub(crate) fn lookup(&self, registry: &str) -> Result<Option<Credential>> {
+        for source in &self.sources {
+            if let Some(cred) = source.lookup(registry)? {
+                return Ok(Some(cred));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The dockerconfigjson inside a Secret document, or the document itself if it
+/// already is a Docker config.
+fn secret_payload(doc: &serde_yaml::Value) -> std::result::Result<Vec<u8>, String> {
+    let field = |v: &serde_yaml::Value, k: &str| v.get(k).cloned();
+    if doc.get("auths").is_some() {
+        return serde_json::to_vec(doc).map_err(|e| e.to_string());
+    }
+    if let Some(kind) = field(doc, "kind").and_then(|k| k.as_str().map(str::to_string)) {
+        if kind != "Secret" {
+            return Err(format!("it is a {kind}, not a Secret"));
+        }
+    }
+    if let Some(ty) = field(doc, "type").and_then(|k| k.as_str().map(str::to_string)) {
+        if ty != DOCKERCONFIGJSON_TYPE {
+            return Err(format!(
+                "the Secret has type {ty}; it must be {DOCKERCONFIGJSON_TYPE} (create it with `kubectl create secret docker-registry`)"
+            ));
+        }
+    }
+    if let Some(encoded) = doc
+        .get("data")
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .and_then(|v| v.as_str())
+    {
+        let cleaned: String = encoded.chars().filter(|c| !c.is_whitespace()).collect();
+        return base64::engine::general_purpose::STANDARD
+            .decode(cleaned)
+            .map_err(|e| format!("data[.dockerconfigjson] is not valid base64: {e}"));
+    }
+    if let Some(plain) = doc
+        .get("stringData")
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .and_then(|v| v.as_str())
+    {
+        return Ok(plain.as_bytes().to_vec());
+    }
+    Err("it has neither data[.dockerconfigjson] nor an `auths` map".to_string())
+}
+
+/// Registry name an `auths`/`credHelpers` key stands for: scheme and path dropped,
+/// Docker Hub aliases folded to `docker.io`.
+fn normalize_key(key: &str) -> String {
+    let key = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = key.split('/').next().unwrap_or(key);
+    if DOCKER_HUB_ALIASES.contains(&host) {
+        DOCKER_HUB.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
+/// Server URL a credential helper is asked about for a registry.
+fn helper_server_url(registry: &str) -> &str {
+    if registry == DOCKER_HUB {
+        DOCKER_HUB_CONFIG_KEY
+    } else {
+        registry
+    }
+}
+
+impl ConfigSource {
+    fn lookup(&self, registry: &str) -> Result<Option<Credential>> {
+        if let Some((_, helper)) = self
+            .config
+            .cred_helpers
+            .iter()
+            .find(|(key, _)| normalize_key(key) == registry)
+        {
+            return self.run_helper(helper, registry);
+        }
+        // An exact key wins over one that only matches after normalization.
+        let entry = self.config.auths.get(registry).or_else(|| {
+            self.config
+                .auths
+                .iter()
+                .find(|(key, _)| normalize_key(key) == registry)
+                .map(|(_, e)| e)
+        });
+        if let Some(entry) = entry {
+            if let Some(cred) = self.decode_entry(registry, entry)? {
+                return Ok(Some(cred));
+            }
+        }
+        match &self.config.creds_store {
+            Some(store) if !store.is_empty() => self.run_helper(store, registry),
+            _ => Ok(None),
+        }
+    }
+
+    fn decode_entry(&self, registry: &str, entry: &AuthEntry) -> Result<Option<Credential>> {
+        let source = format!("{} (auths entry for {registry})", self.name);
+        let (mut username, mut password) = (entry.username.clone(), entry.password.clone());
+        if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|e| Error::Credentials {
+                    source_name: source.clone(),
+                    reason: format!("`auth` is not valid base64: {e}"),
+                })?;
+            let decoded = String::from_utf8(decoded).map_err(|_| Error::Credentials {
+                source_name: source.clone(),
+                reason: "`auth` does not decode to UTF-8 text".into(),
+            })?;
+            let Some((u, p)) = decoded.split_once(':') else {
+                return Err(Error::Credentials {
+                    source_name: source,
+                    reason: "`auth` must decode to username:password".into(),
+                });
+            };
+            username = Some(u.to_string());
+            password = Some(p.to_string());
+        }
+        let identity_token = entry.identitytoken.clone().filter(|t| !t.is_empty());
+        if username.as_deref().unwrap_or("").is_empty() && identity_token.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Credential {
+            username,
+            password,
+            identity_token,
+            source,
+        }))
+    }
+
+    fn run_helper(&self, helper: &str, registry: &str) -> Result<Option<Credential>> {
+        let program = format!("docker-credential-{helper}");
+        let source = format!("credential helper {program} (named in {})", self.name);
+        let err = |reason: String| Error::Credentials {
+            source_name: source.clone(),
+            reason,
+        };
+        let mut child = Command::new(&program)
+            .arg("get")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(format!("cannot run {program}: {e}; install it or remove it from the config")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(helper_server_url(registry).as_bytes())
+                .map_err(|e| err(format!("cannot write to {program}: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| err(format!("{program} failed: {e}")))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            if stdout.contains("credentials not found") {
+                return Ok(None);
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            return Err(err(format!(
+                "{program} get exited with {}: {}",
+                out.status,
+                first_line(if stdout.trim().is_empty() { &stderr } else { &stdout })
+            )));
+        }
+        #[derive(Deserialize)]
+        struct HelperAnswer {
+            #[serde(rename = "Username", default)]
+            username: String,
+            #[serde(rename = "Secret", default)]
+            secret: String,
+        }
+        let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
+            .map_err(|e| err(format!("{program} printed something that is not credentials JSON: {e}")))?;
+        if answer.secret.is_empty() {
+            return Ok(None);
+        }
+        // Docker's convention: username "<token>" means the secret is an identity token.
+        let cred = if answer.username == "<token>" {
+            Credential {
+                username: None,
+                password: None,
+                identity_token: Some(answer.secret),
+                source,
+            }
+        } else {
+            Credential {
+                username: Some(answer.username),
+                password: Some(answer.secret),
+                identity_token: None,
+                source,
+            }
+        };
+        Ok(Some(cred))
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.trim().lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_normalize_like_docker() {
+        assert_eq!(normalize_key(DOCKER_HUB_CONFIG_KEY), "docker.io");
+        assert_eq!(normalize_key("index.docker.io"), "docker.io");
+        assert_eq!(normalize_key("https://myregistry.example/v2/"), "myregistry.example");
+        assert_eq!(normalize_key("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(normalize_key("http://localhost:5000"), "localhost:5000");
+    }
+}

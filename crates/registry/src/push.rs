@@ -1,0 +1,337 @@
+//! Pushing an index or manifest with everything it references; tags go last.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_util::stream::{self, TryStreamExt};
+use kbuild_image::{ContentStore, Digest};
+use oci_spec::image::Descriptor;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use url::Url;
+
+use crate::client::{unexpected, Client, Counters, Req, Scope};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Document};
+use crate::reference::Reference;
+
+/// Nesting limit for indexes of indexes.
+const MAX_DEPTH: usize = 8;
+
+/// Everything under a root, in push order.
+#[derive(Default)]
+struct Plan {
+    /// Distinct blobs (configs and layers) by digest, with their sizes.
+    blobs: BTreeMap<Digest, u64>,
+    /// Manifests and indexes below the root, children before parents, each once.
+    manifests: Vec<(Digest, String, Bytes)>,
+}
+
+fn store_err(what: String) -> impl FnOnce(kbuild_image::Error) -> Error {
+    move |e| Error::Store {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn parse_digest(text: &str, what: &str) -> Result<Digest> {
+    Digest::parse(text).map_err(|e| Error::InvalidManifest {
+        what: what.to_string(),
+        source_name: "the content store".into(),
+        reason: format!("digest {text:?} is not usable: {e}"),
+    })
+}
+
+impl Plan {
+    fn walk(&mut self, store: &ContentStore, digest: &Digest, media_type: &str, bytes: &[u8], depth: usize) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidManifest {
+            what: digest.to_string(),
+            source_name: "the content store".into(),
+            reason,
+        };
+        if depth > MAX_DEPTH {
+            return Err(invalid(format!("indexes are nested more than {MAX_DEPTH} deep")));
+        }
+        let doc = Document::parse(bytes).map_err(invalid)?;
+        if manifest::is_index(media_type) {
+            for child in doc.manifests.iter().flatten() {
+                let child_digest = parse_digest(&child.digest, &format!("entry of index {digest}"))?;
+                if self.manifests.iter().any(|(d, _, _)| *d == child_digest) {
+                    continue;
+                }
+                let child_bytes = store
+                    .read(&child_digest)
+                    .map_err(store_err(format!("reading manifest {child_digest} listed by index {digest}")))?;
+                let child_type = if child.media_type.is_empty() {
+                    Document::parse(&child_bytes)
+                        .map_err(invalid)?
+                        .media_type(None)
+                } else {
+                    child.media_type.clone()
+                };
+                self.walk(store, &child_digest, &child_type, &child_bytes, depth + 1)?;
+                self.manifests.push((child_digest, child_type, Bytes::from(child_bytes)));
+            }
+        } else if manifest::is_manifest(media_type) {
+            let config = doc.config.as_ref().ok_or_else(|| invalid("the manifest has no config".into()))?;
+            for blob in std::iter::once(config).chain(doc.layers.iter()) {
+                if blob.non_distributable() {
+                    continue;
+                }
+                let d = parse_digest(&blob.digest, &format!("blob of manifest {digest}"))?;
+                self.blobs.insert(d, blob.size);
+            }
+        } else {
+            return Err(invalid(format!(
+                "media type {media_type} is neither an image index nor an image manifest"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Client {
+    /// Pushes `root` (an index or a manifest in `store`) with all it references
+    /// to every reference in `targets`.
+    ///
+    /// For each target repository: every distinct blob once (HEAD first, then a
+    /// cross-repository mount when the blob is known to be in another repository
+    /// of the same registry, else a monolithic or chunked upload), `concurrency`
+    /// at a time; then the manifests below the root by digest, exact bytes; then
+    /// the root by digest. Only when every target has all that are the tags put,
+    /// so no tag ever names content whose blobs are missing.
+    pub async fn push(&self, targets: &[Reference], root: &Descriptor, store: &ContentStore) -> Result<()> {
+        let root_digest = parse_digest(root.digest().as_ref(), "the pushed root")?;
+        let root_bytes = Bytes::from(
+            store
+                .read(&root_digest)
+                .map_err(store_err(format!("reading the root {root_digest} to push")))?,
+        );
+        let root_type = root.media_type().to_string();
+        let mut plan = Plan::default();
+        plan.walk(store, &root_digest, &root_type, &root_bytes, 0)?;
+
+        for target in targets {
+            if let Some(pinned) = target.digest() {
+                if pinned.to_string() != root_digest.to_string() {
+                    return Err(Error::InvalidReference {
+                        reference: target.to_string(),
+                        reason: format!("it pins digest {pinned} but the image being pushed is {root_digest}"),
+                    });
+                }
+            }
+        }
+        let mut repositories: Vec<(&str, &str)> = targets
+            .iter()
+            .map(|t| (t.registry(), t.repository()))
+            .collect();
+        repositories.sort();
+        repositories.dedup();
+
+        for (registry, repository) in &repositories {
+            let scope = Scope::push(registry, repository);
+            let limit = self.inner.opts.concurrency.max(1);
+            stream::iter(plan.blobs.iter().map(Ok))
+                .try_for_each_concurrent(limit, |(digest, size)| {
+                    self.push_blob(registry, repository, digest, *size, store)
+                })
+                .await?;
+            for (digest, media_type, bytes) in &plan.manifests {
+                self.put_manifest(&scope, &digest.to_string(), digest, media_type, bytes).await?;
+            }
+            self.put_manifest(&scope, &root_digest.to_string(), &root_digest, &root_type, &root_bytes)
+                .await?;
+        }
+        for target in targets {
+            if let Some(tag) = target.tag() {
+                let scope = Scope::push(target.registry(), target.repository());
+                self.put_manifest(&scope, tag, &root_digest, &root_type, &root_bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_manifest(&self, scope: &Scope, key: &str, digest: &Digest, media_type: &str, bytes: &Bytes) -> Result<()> {
+        let url = self
+            .api_url(&scope.registry, &scope.repository, &format!("manifests/{key}"))
+            .await?;
+        let req = Req::new(Method::PUT, url)
+            .header(CONTENT_TYPE, media_type)
+            .body(bytes.clone());
+        let response = self.send(scope, &req).await?;
+        if response.status() != StatusCode::CREATED && !response.status().is_success() {
+            return Err(unexpected(
+                response,
+                &scope.registry,
+                format!("PUT manifest {key} ({digest}) in {}", scope.repository),
+            )
+            .await);
+        }
+        if let Some(echoed) = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if echoed.starts_with("sha256:") && echoed != digest.to_string() {
+                return Err(Error::DigestMismatch {
+                    what: format!("manifest {key} pushed to {}", scope.repository),
+                    registry: scope.registry.clone(),
+                    expected: digest.to_string(),
+                    actual: echoed.to_string(),
+                });
+            }
+        }
+        Counters::add(&self.inner.counters.manifests_pushed, 1);
+        Ok(())
+    }
+
+    async fn push_blob(&self, registry: &str, repository: &str, digest: &Digest, size: u64, store: &ContentStore) -> Result<()> {
+        let counters = &self.inner.counters;
+        let scope = Scope::push(registry, repository);
+        let what = format!("blob {digest} to {repository}");
+        let head = Req::new(Method::HEAD, self.api_url(registry, repository, &format!("blobs/{digest}")).await?);
+        let response = self.send(&scope, &head).await?;
+        match response.status() {
+            StatusCode::OK => {
+                Counters::add(&counters.blobs_existing, 1);
+                self.note_blob_source(&digest.clone().into(), registry, repository);
+                return Ok(());
+            }
+            StatusCode::NOT_FOUND => {}
+            _ => return Err(unexpected(response, registry, format!("HEAD {what}")).await),
+        }
+        if !store.has(digest) {
+            return Err(Error::Store {
+                what: format!("pushing {what}"),
+                reason: "the blob is not in the content store; build or pull the image again".into(),
+            });
+        }
+
+        let mut location = None;
+        if let Some(from) = self.mount_source(&digest.to_string(), registry, repository) {
+            let mut url = self.api_url(registry, repository, "blobs/uploads/").await?;
+            url.query_pairs_mut()
+                .append_pair("mount", &digest.to_string())
+                .append_pair("from", &from);
+            let mount_scope = Scope {
+                also_pull: vec![from.clone()],
+                ..scope.clone()
+            };
+            // A refused mount is not fatal: the upload below still works.
+            match self.send(&mount_scope, &Req::new(Method::POST, url)).await {
+                Ok(response) if response.status() == StatusCode::CREATED => {
+                    Counters::add(&counters.blobs_mounted, 1);
+                    self.note_blob_source(&digest.clone().into(), registry, repository);
+                    return Ok(());
+                }
+                Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                    location = Some(self.location(registry, &response).await?);
+                }
+                Ok(response) => {
+                    tracing::debug!(%what, status = %response.status(), "mount refused, uploading");
+                }
+                Err(Error::Unauthorized { .. }) => {
+                    tracing::debug!(%what, %from, "no access to the mount source, uploading");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let location = match location {
+            Some(l) => l,
+            None => {
+                let url = self.api_url(registry, repository, "blobs/uploads/").await?;
+                let response = self.send(&scope, &Req::new(Method::POST, url)).await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    return Err(unexpected(response, registry, format!("starting the upload of {what}")).await);
+                }
+                self.location(registry, &response).await?
+            }
+        };
+
+        let path = store.path(digest);
+        let io_err = |e: std::io::Error| Error::Store {
+            what: format!("reading {what} from {}", path.display()),
+            reason: e.to_string(),
+        };
+        let opts = &self.inner.opts;
+        let finish_url = if size <= opts.chunk_threshold {
+            let data = tokio::fs::read(&path).await.map_err(io_err)?;
+            let mut url = location;
+            url.query_pairs_mut().append_pair("digest", &digest.to_string());
+            let req = Req::new(Method::PUT, url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, &data.len().to_string())
+                .body(Bytes::from(data));
+            let response = self.send(&scope, &req).await?;
+            return self.finish_upload(response, registry, repository, digest, size, &what).await;
+        } else {
+            let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
+            let chunk = opts.chunk_size.max(1);
+            let mut offset = 0u64;
+            let mut location = location;
+            while offset < size {
+                let len = chunk.min(size - offset);
+                let mut buf = vec![0u8; len as usize];
+                file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io_err)?;
+                file.read_exact(&mut buf).await.map_err(io_err)?;
+                let req = Req::new(Method::PATCH, location.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, &format!("{}-{}", offset, offset + len - 1))
+                    .header(CONTENT_LENGTH, &len.to_string())
+                    .body(Bytes::from(buf));
+                let response = self.send(&scope, &req).await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    return Err(unexpected(response, registry, format!("PATCH chunk at {offset} of {what}")).await);
+                }
+                location = self.location(registry, &response).await?;
+                offset += len;
+            }
+            Counters::add(&counters.chunked_uploads, 1);
+            let mut url = location;
+            url.query_pairs_mut().append_pair("digest", &digest.to_string());
+            url
+        };
+        let req = Req::new(Method::PUT, finish_url).header(CONTENT_LENGTH, "0");
+        let response = self.send(&scope, &req).await?;
+        self.finish_upload(response, registry, repository, digest, size, &what).await
+    }
+
+    async fn finish_upload(
+        &self,
+        response: Response,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        what: &str,
+    ) -> Result<()> {
+        if response.status() != StatusCode::CREATED {
+            return Err(unexpected(response, registry, format!("finishing the upload of {what}")).await);
+        }
+        let counters = &self.inner.counters;
+        Counters::add(&counters.blobs_uploaded, 1);
+        Counters::add(&counters.bytes_uploaded, size);
+        self.note_blob_source(&digest.clone().into(), registry, repository);
+        Ok(())
+    }
+
+    /// The upload URL from a `Location` header, resolved against the registry's base URL.
+    async fn location(&self, registry: &str, response: &Response) -> Result<Url> {
+        let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+            return Err(Error::Registry {
+                registry: registry.to_string(),
+                action: "starting a blob upload".into(),
+                status: response.status().as_u16(),
+                message: "the answer has no Location header".into(),
+            });
+        };
+        let base = self.base_url(registry).await?;
+        base.join(location).map_err(|e| Error::Registry {
+            registry: registry.to_string(),
+            action: "starting a blob upload".into(),
+            status: response.status().as_u16(),
+            message: format!("the Location header {location:?} is not a URL: {e}"),
+        })
+    }
+}
