@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts or stops a private Docker daemon (Debian's docker.io package) that
 # shares nothing with a system Docker: its own socket, data, exec root (where
-# it starts its own containerd), pidfile and an empty daemon.json.
+# it starts its own containerd), pidfile, daemon.json and identity key.
 #
 #   scripts/dockerd.sh start DIR    # prints the socket as a DOCKER_HOST value
 #   scripts/dockerd.sh stop DIR
@@ -89,7 +89,8 @@ start)
     fi
     unmount_leftovers
     mkdir -p "$dir/data" "$dir/exec"
-    echo '{}' >"$dir/daemon.json"
+    # its identity key would otherwise go to /etc/docker/key.json
+    echo "{\"deprecated-key-path\": \"$dir/key.json\"}" >"$dir/daemon.json"
     rm -f "$dir/pid" "$dir/docker.sock"
     start=$(date +%s%N)
     setsid "$bin" \
