@@ -1,0 +1,684 @@
+//! `RUN --mount=<csv>`: BuildKit's mount option grammar.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A `RUN --mount` value that BuildKit rejects; Display is BuildKit's message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct MountError(pub String);
+
+/// Cache mount sharing mode (`sharing=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    /// Concurrent builds use the cache at the same time (the default).
+    #[default]
+    Shared,
+    /// A concurrent build gets a fresh cache of its own.
+    Private,
+    /// Concurrent builds wait for each other.
+    Locked,
+}
+
+/// `type=bind` (the default type): a read-only (unless `rw`) view of the
+/// build context or of a stage/image given by `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Mount point (`target`, `dst`, `destination`); relative paths (and
+    /// the empty string when absent) resolve against the WORKDIR.
+    pub target: String,
+    /// Path inside `from` (`source`, `src`); `None` is its root.
+    pub source: Option<String>,
+    /// Stage name, image or named context; `None` is the build context.
+    pub from: Option<String>,
+    /// Writes are allowed but discarded (`rw`, `readwrite`, `ro=false`).
+    pub read_write: bool,
+}
+
+/// `type=cache`: a persistent cache directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMount {
+    /// Mount point.
+    pub target: String,
+    /// Cache id; BuildKit uses `target` when `None`.
+    pub id: Option<String>,
+    /// Sharing mode.
+    pub sharing: Sharing,
+    /// Stage/image whose `source` path seeds an empty cache.
+    pub from: Option<String>,
+    /// Path inside `from`.
+    pub source: Option<String>,
+    /// Mounted read-only (`ro`).
+    pub read_only: bool,
+    /// Mode of a newly created cache directory (octal); BuildKit: 0755.
+    pub mode: Option<u32>,
+    /// Owner uid of a new cache directory; BuildKit: 0.
+    pub uid: Option<u32>,
+    /// Owner gid of a new cache directory; BuildKit: 0.
+    pub gid: Option<u32>,
+}
+
+/// `type=tmpfs`: an empty tmpfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Mount point.
+    pub target: String,
+    /// `size=` limit in bytes.
+    pub size: Option<u64>,
+}
+
+/// `type=secret`: a build secret as a file and/or environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    /// Secret id (`id`, or `source`/`src`); BuildKit uses the base name of
+    /// `target` when `None`.
+    pub id: Option<String>,
+    /// File path; BuildKit uses `/run/secrets/<id>` when `None` (and no `env`).
+    pub target: Option<String>,
+    /// Environment variable receiving the secret (`env=`).
+    pub env: Option<String>,
+    /// Fail when the secret is not provided.
+    pub required: bool,
+    /// File mode (octal); BuildKit: 0400.
+    pub mode: Option<u32>,
+    /// File owner uid; BuildKit: 0.
+    pub uid: Option<u32>,
+    /// File owner gid; BuildKit: 0.
+    pub gid: Option<u32>,
+}
+
+/// `type=ssh`: an SSH agent socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshMount {
+    /// Agent id; BuildKit uses `default` when `None`.
+    pub id: Option<String>,
+    /// Socket path; BuildKit uses `/run/buildkit/ssh_agent.<n>` when `None`.
+    pub target: Option<String>,
+    /// Fail when the agent is not provided.
+    pub required: bool,
+    /// Socket mode (octal); BuildKit: 0600.
+    pub mode: Option<u32>,
+    /// Socket owner uid; BuildKit: 0.
+    pub uid: Option<u32>,
+    /// Socket owner gid; BuildKit: 0.
+    pub gid: Option<u32>,
+}
+
+/// A typed `RUN --mount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Mount {
+    /// `type=bind`
+    Bind(BindMount),
+    /// `type=cache`
+    Cache(CacheMount),
+    /// `type=tmpfs`
+    Tmpfs(TmpfsMount),
+    /// `type=secret`
+    Secret(SecretMount),
+    /// `type=ssh`
+    Ssh(SshMount),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bind => "bind",
+            Kind::Cache => "cache",
+            Kind::Tmpfs => "tmpfs",
+            Kind::Secret => "secret",
+            Kind::Ssh => "ssh",
+        }
+    }
+}
+
+const ALL_TYPES: [&str; 5] = ["bind", "cache", "tmpfs", "secret", "ssh"];
+const ALL_SHARING: [&str; 3] = ["shared", "private", "locked"];
+const ALL_KEYS: [&str; 19] = [
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "size",
+    "env",
+];
+
+fn err(msg: impl Into<String>) -> MountError {
+    MountError(msg.into())
+}
+
+/// Go's strconv.ParseBool.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_u32(v: &str, radix: u32) -> Option<u32> {
+    // Go's ParseUint takes no sign; Rust's from_str_radix accepts '+'.
+    if v.is_empty() || v.starts_with('+') {
+        return None;
+    }
+    u32::from_str_radix(v, radix).ok()
+}
+
+/// docker/go-units RAMInBytes: `<number>[kmgtp][i][b]`, binary multiples.
+fn ram_in_bytes(v: &str) -> Option<u64> {
+    let bytes = v.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+        i += 1;
+    }
+    let (num, mut rest) = v.split_at(i);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') || num.contains("..") {
+        return None;
+    }
+    let number: f64 = num.parse().ok()?;
+    rest = rest.strip_prefix(' ').unwrap_or(rest);
+    let mut chars = rest.chars().peekable();
+    let mut mult: f64 = 1.0;
+    if let Some(c) = chars.peek().copied() {
+        let m = match c.to_ascii_lowercase() {
+            'k' => Some(1024f64),
+            'm' => Some(1024f64.powi(2)),
+            'g' => Some(1024f64.powi(3)),
+            't' => Some(1024f64.powi(4)),
+            'p' => Some(1024f64.powi(5)),
+            _ => None,
+        };
+        if let Some(m) = m {
+            mult = m;
+            chars.next();
+        }
+    }
+    if matches!(chars.peek(), Some('i' | 'I')) {
+        chars.next();
+    }
+    if matches!(chars.peek(), Some('b' | 'B')) {
+        chars.next();
+    }
+    if chars.next().is_some() {
+        return None;
+    }
+    Some((number * mult) as u64)
+}
+
+/// Go encoding/csv reading one record with default options.
+fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
+    let line = s.split('\n').next().unwrap_or("");
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if s.is_empty() {
+        return Err(err("failed to parse csv mounts: EOF"));
+    }
+    let chars: Vec<char> = line.chars().collect();
+    let mut fields = Vec::new();
+    let mut i = 0;
+    loop {
+        let mut field = String::new();
+        if chars.get(i) == Some(&'"') {
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => {
+                        return Err(err(format!(
+                            "failed to parse csv mounts: parse error on line 1, column {}: extraneous or missing \" in quoted-field",
+                            i + 1
+                        )))
+                    }
+                    Some('"') if chars.get(i + 1) == Some(&'"') => {
+                        field.push('"');
+                        i += 2;
+                    }
+                    Some('"') => {
+                        i += 1;
+                        match chars.get(i) {
+                            None | Some(',') => break,
+                            Some(_) => {
+                                return Err(err(format!(
+                                    "failed to parse csv mounts: parse error on line 1, column {}: extraneous or missing \" in quoted-field",
+                                    i + 1
+                                )))
+                            }
+                        }
+                    }
+                    Some(c) => {
+                        field.push(*c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while let Some(c) = chars.get(i) {
+                match c {
+                    ',' => break,
+                    '"' => {
+                        return Err(err(format!(
+                            "failed to parse csv mounts: parse error on line 1, column {}: bare \" in non-quoted-field",
+                            i + 1
+                        )))
+                    }
+                    c => field.push(*c),
+                }
+                i += 1;
+            }
+        }
+        fields.push(field);
+        if chars.get(i) == Some(&',') {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    Ok(fields)
+}
+
+/// Parse-time check BuildKit runs on each `--mount` before any expansion:
+/// the value must be valid CSV and `from` must not use variables.
+pub(crate) fn precheck(value: &str) -> Result<(), MountError> {
+    for field in read_csv_record(value)? {
+        if let Some((key, v)) = field.split_once('=') {
+            if key.eq_ignore_ascii_case("from") && has_variable(v) {
+                return Err(err(
+                    "'from' doesn't support variable expansion, define alias stage instead",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn has_variable(v: &str) -> bool {
+    // Go regexp `\$.`: a '$' followed by any character except newline.
+    let b: Vec<char> = v.chars().collect();
+    b.windows(2).any(|w| w[0] == '$' && w[1] != '\n')
+}
+
+impl Mount {
+    /// Parses one `--mount` value as BuildKit does at dispatch: every option
+    /// value goes through `expand` first (pass the stage's word expander;
+    /// `|s| Ok(s.to_string())` for none), then is interpreted.
+    pub fn parse<E>(
+        value: &str,
+        mut expand: impl FnMut(&str) -> Result<String, E>,
+    ) -> Result<Result<Mount, MountError>, E> {
+        let fields = match read_csv_record(value) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut kind = Kind::Bind;
+        let mut from = None;
+        let mut source: Option<String> = None;
+        let mut target: Option<String> = None;
+        let mut read_only = false;
+        let mut ro_auto = true;
+        let mut id: Option<String> = None;
+        let mut sharing: Option<Sharing> = None;
+        let mut required = false;
+        let mut mode = None;
+        let mut uid = None;
+        let mut gid = None;
+        let mut size = None;
+        let mut env = None;
+        for field in &fields {
+            let (key, raw) = match field.split_once('=') {
+                Some((k, v)) => (k.to_ascii_lowercase(), v),
+                None => {
+                    let key = field.to_ascii_lowercase();
+                    match key.as_str() {
+                        "readonly" | "ro" => {
+                            read_only = true;
+                            ro_auto = false;
+                        }
+                        "readwrite" | "rw" => {
+                            read_only = false;
+                            ro_auto = false;
+                        }
+                        "required" if matches!(kind, Kind::Secret | Kind::Ssh) => required = true,
+                        "required" => {
+                            return Ok(Err(err(format!(
+                                "unexpected key '{key}' for mount type '{}'",
+                                kind.name()
+                            ))))
+                        }
+                        _ => {
+                            return Ok(Err(err(format!(
+                                "invalid field '{field}' must be a key=value pair"
+                            ))))
+                        }
+                    }
+                    continue;
+                }
+            };
+            let value = expand(raw)?;
+            let bad = |key: &str| err(format!("invalid value for {key}: {value}"));
+            match key.as_str() {
+                "type" => {
+                    kind = match value.to_ascii_lowercase().as_str() {
+                        "bind" => Kind::Bind,
+                        "cache" => Kind::Cache,
+                        "tmpfs" => Kind::Tmpfs,
+                        "secret" => Kind::Secret,
+                        "ssh" => Kind::Ssh,
+                        _ => {
+                            let msg = format!("unsupported mount type {value:?}");
+                            return Ok(Err(err(crate::parser::suggest::wrap(
+                                msg, &value, &ALL_TYPES, true,
+                            ))));
+                        }
+                    }
+                }
+                "from" => from = Some(value),
+                "source" | "src" => source = Some(value),
+                "target" | "dst" | "destination" => target = Some(value),
+                "readonly" | "ro" => {
+                    read_only = match parse_bool(&value) {
+                        Some(b) => b,
+                        None => return Ok(Err(bad(&key))),
+                    };
+                    ro_auto = false;
+                }
+                "readwrite" | "rw" => {
+                    read_only = match parse_bool(&value) {
+                        Some(b) => !b,
+                        None => return Ok(Err(bad(&key))),
+                    };
+                    ro_auto = false;
+                }
+                "required" => {
+                    if !matches!(kind, Kind::Secret | Kind::Ssh) {
+                        return Ok(Err(err(format!(
+                            "unexpected key '{key}' for mount type '{}'",
+                            kind.name()
+                        ))));
+                    }
+                    required = match parse_bool(&value) {
+                        Some(b) => b,
+                        None => return Ok(Err(bad(&key))),
+                    };
+                }
+                "size" => {
+                    if kind != Kind::Tmpfs {
+                        return Ok(Err(err(format!(
+                            "unexpected key '{key}' for mount type '{}'",
+                            kind.name()
+                        ))));
+                    }
+                    size = match ram_in_bytes(&value) {
+                        Some(s) => Some(s),
+                        None => return Ok(Err(bad(&key))),
+                    };
+                }
+                "env" => {
+                    if kind != Kind::Secret {
+                        return Ok(Err(err(format!(
+                            "unexpected key '{key}' for mount type '{}'",
+                            kind.name()
+                        ))));
+                    }
+                    env = Some(value);
+                }
+                "id" => id = Some(value),
+                "sharing" => {
+                    sharing = Some(match value.to_ascii_lowercase().as_str() {
+                        "shared" => Sharing::Shared,
+                        "private" => Sharing::Private,
+                        "locked" => Sharing::Locked,
+                        _ => {
+                            let msg = format!("unsupported sharing value {value:?}");
+                            return Ok(Err(err(crate::parser::suggest::wrap(
+                                msg,
+                                &value,
+                                &ALL_SHARING,
+                                true,
+                            ))));
+                        }
+                    })
+                }
+                "mode" => match parse_u32(&value, 8) {
+                    Some(m) => mode = Some(m),
+                    None => return Ok(Err(err(format!("invalid value {value} for mode")))),
+                },
+                "uid" => match parse_u32(&value, 10) {
+                    Some(m) => uid = Some(m),
+                    None => return Ok(Err(err(format!("invalid value {value} for uid")))),
+                },
+                "gid" => match parse_u32(&value, 10) {
+                    Some(m) => gid = Some(m),
+                    None => return Ok(Err(err(format!("invalid value {value} for gid")))),
+                },
+                _ => {
+                    let msg = format!("unexpected key '{key}' in '{field}'");
+                    return Ok(Err(err(crate::parser::suggest::wrap(msg, &key, &ALL_KEYS, true))));
+                }
+            }
+        }
+
+        let file_info_allowed = matches!(kind, Kind::Secret | Kind::Ssh | Kind::Cache);
+        if !file_info_allowed {
+            for (name, set) in [("mode", mode.is_some()), ("uid", uid.is_some()), ("gid", gid.is_some())] {
+                if set {
+                    return Ok(Err(err(format!(
+                        "{name} not allowed for {:?} type mounts",
+                        kind.name()
+                    ))));
+                }
+            }
+        }
+        if ro_auto {
+            read_only = !matches!(kind, Kind::Cache | Kind::Tmpfs);
+        }
+        if kind == Kind::Secret {
+            if from.is_some() {
+                return Ok(Err(err("secret mount should not have a from")));
+            }
+            if sharing.is_some() {
+                return Ok(Err(err("secret mount should not define sharing")));
+            }
+            if source.is_none() && target.is_none() && id.is_none() && env.is_none() {
+                return Ok(Err(err(
+                    "invalid secret mount. one of source, target required",
+                )));
+            }
+            if source.is_some() && id.is_some() {
+                return Ok(Err(err("both source and id can't be set")));
+            }
+        }
+        if sharing.is_some() && kind != Kind::Cache {
+            return Ok(Err(err(format!(
+                "invalid cache sharing set for {} mount",
+                kind.name()
+            ))));
+        }
+        Ok(Ok(match kind {
+            Kind::Bind => Mount::Bind(BindMount {
+                target: target.unwrap_or_default(),
+                source,
+                from,
+                read_write: !read_only,
+            }),
+            Kind::Cache => Mount::Cache(CacheMount {
+                target: target.unwrap_or_default(),
+                id,
+                sharing: sharing.unwrap_or_default(),
+                from,
+                source,
+                read_only,
+                mode,
+                uid,
+                gid,
+            }),
+            Kind::Tmpfs => Mount::Tmpfs(TmpfsMount {
+                target: target.unwrap_or_default(),
+                size,
+            }),
+            Kind::Secret => Mount::Secret(SecretMount {
+                id: id.or(source),
+                target,
+                env,
+                required,
+                mode,
+                uid,
+                gid,
+            }),
+            Kind::Ssh => Mount::Ssh(SshMount {
+                id,
+                target,
+                required,
+                mode,
+                uid,
+                gid,
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Mount, MountError> {
+        Mount::parse::<std::convert::Infallible>(s, |v| Ok(v.to_string())).unwrap_or_else(|e| match e {})
+    }
+
+    #[test]
+    fn bind_defaults_read_only() {
+        assert_eq!(
+            p("target=/src").unwrap(),
+            Mount::Bind(BindMount { target: "/src".into(), source: None, from: None, read_write: false })
+        );
+        assert_eq!(
+            p("type=bind,dst=/src,from=build,src=/out,rw").unwrap(),
+            Mount::Bind(BindMount {
+                target: "/src".into(),
+                source: Some("/out".into()),
+                from: Some("build".into()),
+                read_write: true
+            })
+        );
+        assert!(matches!(p("destination=/x,readwrite=false").unwrap(), Mount::Bind(b) if !b.read_write));
+    }
+
+    #[test]
+    fn cache_options() {
+        let m = p("type=cache,target=/root/.cache,id=pip,sharing=LOCKED,mode=0700,uid=1000,gid=1000").unwrap();
+        assert_eq!(
+            m,
+            Mount::Cache(CacheMount {
+                target: "/root/.cache".into(),
+                id: Some("pip".into()),
+                sharing: Sharing::Locked,
+                from: None,
+                source: None,
+                read_only: false,
+                mode: Some(0o700),
+                uid: Some(1000),
+                gid: Some(1000),
+            })
+        );
+        assert_eq!(
+            p("type=cache,target=/c,sharing=lockd").unwrap_err().0,
+            "unsupported sharing value \"lockd\" (did you mean locked?)"
+        );
+        assert_eq!(p("type=cache,target=/c,mode=9").unwrap_err().0, "invalid value 9 for mode");
+        assert_eq!(p("type=cache,target=/c,uid=-1").unwrap_err().0, "invalid value -1 for uid");
+    }
+
+    #[test]
+    fn tmpfs_size() {
+        assert_eq!(
+            p("type=tmpfs,target=/t,size=64m").unwrap(),
+            Mount::Tmpfs(TmpfsMount { target: "/t".into(), size: Some(64 << 20) })
+        );
+        assert_eq!(p("type=tmpfs,target=/t,size=100").unwrap(), Mount::Tmpfs(TmpfsMount { target: "/t".into(), size: Some(100) }));
+        assert_eq!(p("type=tmpfs,target=/t,size=1GiB").unwrap(), Mount::Tmpfs(TmpfsMount { target: "/t".into(), size: Some(1 << 30) }));
+        assert_eq!(p("type=tmpfs,target=/t,size=lots").unwrap_err().0, "invalid value for size: lots");
+        assert_eq!(p("type=bind,target=/t,size=1").unwrap_err().0, "unexpected key 'size' for mount type 'bind'");
+        assert_eq!(p("type=tmpfs,target=/t,mode=755").unwrap_err().0, "mode not allowed for \"tmpfs\" type mounts");
+    }
+
+    #[test]
+    fn secret_and_ssh() {
+        assert_eq!(
+            p("type=secret,id=aws,target=/root/.aws/credentials,required").unwrap(),
+            Mount::Secret(SecretMount {
+                id: Some("aws".into()),
+                target: Some("/root/.aws/credentials".into()),
+                env: None,
+                required: true,
+                mode: None,
+                uid: None,
+                gid: None
+            })
+        );
+        assert!(matches!(p("type=secret,id=tok,env=TOKEN").unwrap(), Mount::Secret(s) if s.env.as_deref() == Some("TOKEN")));
+        assert_eq!(p("type=secret").unwrap_err().0, "invalid secret mount. one of source, target required");
+        assert_eq!(p("type=secret,id=a,src=b").unwrap_err().0, "both source and id can't be set");
+        assert_eq!(p("type=secret,id=a,from=x").unwrap_err().0, "secret mount should not have a from");
+        assert_eq!(p("type=secret,id=a,required=maybe").unwrap_err().0, "invalid value for required: maybe");
+        assert!(matches!(p("type=ssh").unwrap(), Mount::Ssh(s) if s.id.is_none() && !s.required));
+        assert_eq!(p("type=bind,target=/x,required").unwrap_err().0, "unexpected key 'required' for mount type 'bind'");
+        assert_eq!(p("type=cache,target=/x,sharing=private,type=tmpfs").unwrap_err().0, "invalid cache sharing set for tmpfs mount");
+    }
+
+    #[test]
+    fn errors_and_suggestions() {
+        assert_eq!(p("type=bnd").unwrap_err().0, "unsupported mount type \"bnd\" (did you mean bind?)");
+        assert_eq!(p("type=cache,targt=/x").unwrap_err().0, "unexpected key 'targt' in 'targt=/x' (did you mean target?)");
+        assert_eq!(p("type=cache,bogus").unwrap_err().0, "invalid field 'bogus' must be a key=value pair");
+        assert_eq!(p("").unwrap_err().0, "failed to parse csv mounts: EOF");
+        assert!(p("target=a\"b").unwrap_err().0.contains("bare \" in non-quoted-field"));
+        assert_eq!(p("type=tmpfs").unwrap(), Mount::Tmpfs(TmpfsMount { target: String::new(), size: None }));
+    }
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(read_csv_record("\"target=/a,b\",ro").unwrap(), vec!["target=/a,b", "ro"]);
+        assert_eq!(read_csv_record("a,,b").unwrap(), vec!["a", "", "b"]);
+        assert_eq!(read_csv_record("\"x\"\"y\"").unwrap(), vec!["x\"y"]);
+        assert!(read_csv_record("\"x\"y").is_err());
+    }
+
+    #[test]
+    fn expansion_applies_to_values() {
+        let m = Mount::parse::<String>("type=cache,target=$DIR,id=$ID", |v| {
+            Ok(v.replace("$DIR", "/cache").replace("$ID", "x"))
+        })
+        .unwrap()
+        .unwrap();
+        assert!(matches!(m, Mount::Cache(c) if c.target == "/cache" && c.id.as_deref() == Some("x")));
+        let failed = Mount::parse::<String>("target=$X", |_| Err("bad".to_string()));
+        assert_eq!(failed, Err("bad".to_string()));
+    }
+
+    #[test]
+    fn precheck_rejects_from_variables() {
+        assert!(precheck("type=bind,from=$STAGE,target=/x").is_err());
+        assert!(precheck("type=bind,from=stage,target=$X").is_ok());
+        assert!(precheck("\"").is_err());
+    }
+}
