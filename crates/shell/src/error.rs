@@ -1,0 +1,91 @@
+/// A word the lexer could not process.
+///
+/// Displays like BuildKit: `failed to process "<word>": <what went wrong>`,
+/// with the word quoted (and escaped) so the message stays on one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("failed to process {word:?}: {kind}")]
+pub struct Error {
+    word: String,
+    kind: ErrorKind,
+}
+
+impl Error {
+    pub(crate) fn new(word: &str, kind: ErrorKind) -> Error {
+        Error {
+            word: word.to_string(),
+            kind,
+        }
+    }
+
+    /// The whole word that was being processed.
+    pub fn word(&self) -> &str {
+        &self.word
+    }
+
+    /// What went wrong in it.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+/// What went wrong while processing a word. The texts are BuildKit's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `${` without its closing `}` (also `${v` and a `${v:-...` word that
+    /// runs to the end of the input).
+    #[error("syntax error: missing '}}'")]
+    MissingBrace,
+    /// `${}`, `${{...`, `${:...`.
+    #[error("syntax error: bad substitution")]
+    BadSubstitution,
+    /// `${v/pattern` without the `/` that starts the replacement.
+    #[error("syntax error: missing '/' in ${{}}")]
+    MissingSlash,
+    /// A modifier BuildKit does not support, e.g. `:=` in `${v:=w}`, `=`,
+    /// `:#`, `:%`, or a character that is no modifier at all (`${v x}`).
+    #[error("unsupported modifier ({0}) in substitution")]
+    UnsupportedModifier(String),
+    /// A `'` without its closing `'`.
+    #[error("unexpected end of statement while looking for matching single-quote")]
+    UnterminatedSingleQuote,
+    /// A `"` without its closing `"`.
+    #[error("unexpected end of statement while looking for matching double-quote")]
+    UnterminatedDoubleQuote,
+    /// `${name?message}` with `name` unset, or `${name:?message}` with `name`
+    /// unset or empty. `message` is the expanded word, or BuildKit's default
+    /// (`is not allowed to be unset` / `is not allowed to be empty`).
+    #[error("{name}: {message}")]
+    Required {
+        /// The variable.
+        name: String,
+        /// The message shown after the name.
+        message: String,
+    },
+    /// The pattern of `${v#p}`, `${v%p}` or `${v/p/r}` has an invalid escape.
+    /// For `%`/`%%` the pattern is shown reversed, as BuildKit does.
+    #[error("invalid pattern ({pattern}) in substitution: {reason}")]
+    InvalidPattern {
+        /// The pattern after expansion.
+        pattern: String,
+        /// Which escape was wrong.
+        reason: PatternError,
+    },
+    /// Expansions nested deeper than the lexer allows (a guard against stack
+    /// exhaustion; BuildKit has no such limit, no real Dockerfile reaches it).
+    #[error("expansions are nested more than {0} levels deep")]
+    TooDeep(usize),
+}
+
+/// Why a substitution pattern is invalid. In patterns only `\*`, `\?`, `\\`
+/// (and `\}`, `\/`, which just protect the delimiters) are valid escapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// A backslash before a character that cannot be escaped.
+    #[error("invalid escape '\\{0}'")]
+    InvalidEscape(char),
+    /// A backslash at the end of the pattern.
+    #[error("invalid escape '\\' at the end of the pattern")]
+    TrailingEscape,
+}
