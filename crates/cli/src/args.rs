@@ -1,0 +1,213 @@
+//! The command line, shaped like `docker buildx build` and kubectl's help.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const ABOUT: &str = "Build a container image from a Dockerfile for one or many platforms and push it under one tag as an image index.";
+
+const EXAMPLES: &str = "\
+Examples:
+  # Build the current directory for the host platform (the result stays in the local store)
+  kubectl build ./
+
+  # Build for six platforms and push one image index to a registry
+  kubectl build ./ -t registry.example/ns/app:1.0 -f Dockerfile.cross \\
+    --platform=linux/386,linux/amd64,linux/arm/v6,linux/arm/v7,linux/arm64,windows/amd64 --push
+
+  # Show what would run for each platform, without building
+  kubectl build ./ --platform linux/amd64,linux/arm64 --dry-run
+
+  # Write an OCI layout tarball instead of pushing
+  kubectl build ./ -o type=oci,dest=image.tar
+
+  # Read the Dockerfile from standard input (no build context)
+  kubectl build - < Dockerfile";
+
+const AFTER: &str = "\
+Usage:
+  kubectl build [flags] PATH
+  kubectl build doctor
+  kubectl build prune [flags]
+
+Use \"kubectl build doctor\" to see which platforms this machine can build natively or by emulation.
+Use \"kubectl options\" for a list of global command-line options (applies to all commands).";
+
+/// `kubectl build`: the top-level command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-build",
+    bin_name = "kubectl build",
+    version,
+    about = ABOUT,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true,
+    help_template = "{about-with-newline}\n{before-help}\n\nOptions:\n{options}\n\n{after-help}\n",
+    before_help = EXAMPLES,
+    after_help = AFTER,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Subcommands besides the default build.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report, for every supported platform, whether this machine builds it natively, by emulation, or not at all.
+    Doctor,
+    /// Remove blobs, snapshots and cache entries that no image or cache record references.
+    Prune {
+        /// Remove the build cache records too, not only unreferenced data.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Flags that apply to every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file to use for CLI requests.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The name of the kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// If present, the namespace scope for this CLI request.
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Name of the builder to use; also the default name of the registry secret.
+    #[arg(long, global = true, default_value = "buildkit", value_name = "NAME")]
+    pub builder: String,
+
+    /// Local content store and cache directory (default: $XDG_DATA_HOME/kubectl-build).
+    #[arg(long, global = true, value_name = "DIR", env = "KUBECTL_BUILD_ROOT")]
+    pub root: Option<PathBuf>,
+}
+
+/// How `--dry-run` prints the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Human-readable text.
+    Text,
+    /// The resolved plan as JSON.
+    Json,
+}
+
+/// Progress output style.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// tty when standard error is a terminal, plain otherwise.
+    Auto,
+    /// Numbered steps, one line per event.
+    Plain,
+    /// A live, redrawn view.
+    Tty,
+    /// Only the image digest.
+    Quiet,
+}
+
+/// Flags of the build command.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context directory, or "-" to read a Dockerfile from standard input (no context).
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// Name and optionally a tag (format: "name:tag"); repeatable.
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
+
+    /// Name of the Dockerfile (default: "PATH/Dockerfile"; "-" reads it from standard input).
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+
+    /// Target platforms, comma-separated or repeated (default: the host's platform).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", env = "DOCKER_DEFAULT_PLATFORM")]
+    pub platforms: Vec<String>,
+
+    /// Push the result to the registry (shorthand for --output=type=registry).
+    #[arg(long)]
+    pub push: bool,
+
+    /// Output destination (format: "type=local,dest=path"); types: registry, image, oci, docker, tar, local.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+
+    /// Set a build-time variable (KEY=VALUE, or KEY to take the value from the environment).
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+
+    /// Set the target build stage to build.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// Set metadata for an image (KEY=VALUE).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+
+    /// Do not use cache when building the image.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Always attempt to pull all referenced images.
+    #[arg(long)]
+    pub pull: bool,
+
+    /// Set type of progress output.
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub progress: Progress,
+
+    /// Kubernetes docker-registry secret with push/pull credentials ("file:PATH" reads one from a file).
+    #[arg(long, value_name = "NAME")]
+    pub registry_secret: Option<String>,
+
+    /// Registry host reached over plain HTTP or unverified TLS; repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+
+    /// Secret to expose to the build (format: "id=mysecret[,src=/local/secret]" or "id=X,env=VAR").
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+
+    /// SSH agent socket or keys to expose to the build (format: "default|<id>[=<socket>|<key>[,<key>]]").
+    #[arg(long = "ssh", value_name = "SPEC")]
+    pub ssh: Vec<String>,
+
+    /// Write the image ID to a file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+
+    /// Write build result metadata to a file.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+
+    /// Set the networking mode for the RUN instructions during build (default, none, host).
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<String>,
+
+    /// Add a custom host-to-IP mapping (format: "host:ip"); repeatable.
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_hosts: Vec<String>,
+
+    /// External cache sources (e.g. "type=registry,ref=IMAGE").
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+
+    /// Cache export destinations (e.g. "type=registry,ref=IMAGE").
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+
+    /// Print the resolved plan for each platform and build nothing ("text" or "json").
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "text", value_name = "FORMAT")]
+    pub dry_run: Option<DryRun>,
+}

@@ -1,0 +1,241 @@
+//! Turning flags into a checked build request: every flag value is parsed and
+//! validated here, before anything is built, so bad input stops the command
+//! with one line naming the flag and nothing is written.
+
+use crate::args::{BuildArgs, GlobalArgs};
+use kbuild_dockerfile::plan::{self, BuildPlan, PlanOptions};
+use kbuild_platform::Platform;
+use kbuild_solver::options::{
+    parse_add_host, parse_build_args, parse_labels, NetworkMode, Output, OutputKind, SecretSpec,
+    SshSpec,
+};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// A flag or input problem found before building.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// No PATH argument.
+    #[error("\"kubectl build\" requires exactly 1 argument: the build context PATH (a directory, or - for a Dockerfile on stdin); see --help")]
+    MissingPath,
+    /// The context directory is missing.
+    #[error("build context {0:?} is not a directory; give the directory that holds the files to COPY")]
+    ContextMissing(PathBuf),
+    /// The Dockerfile could not be read.
+    #[error("cannot read Dockerfile {path:?}: {source}; name it with -f/--file")]
+    Dockerfile {
+        /// Where we looked.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Both the context and the Dockerfile were to come from stdin.
+    #[error("the context PATH and -f cannot both be \"-\" (standard input can be read once)")]
+    StdinTwice,
+    /// A flag value that does not parse.
+    #[error(transparent)]
+    Option(#[from] kbuild_solver::options::OptionError),
+    /// A platform that does not parse.
+    #[error("invalid --platform: {0}")]
+    Platform(#[from] kbuild_platform::Error),
+    /// A flag a later part of the product will execute.
+    #[error("{0} is not implemented yet: {1}")]
+    NotImplemented(String, &'static str),
+    /// Planning failed (Dockerfile errors carry file and line).
+    #[error(transparent)]
+    Plan(#[from] plan::Error),
+}
+
+/// Everything a build needs, checked.
+#[derive(Debug)]
+pub struct BuildRequest {
+    /// The context directory; `None` when the Dockerfile came from stdin as PATH.
+    pub context: Option<PathBuf>,
+    /// Name shown in Dockerfile error messages.
+    pub dockerfile_name: String,
+    /// Where the Dockerfile came from (for the `.dockerignore` beside it).
+    pub dockerfile_path: Option<PathBuf>,
+    /// The Dockerfile text.
+    pub dockerfile: String,
+    /// Target platforms, in the order given.
+    pub platforms: Vec<Platform>,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// `--label` values.
+    pub labels: BTreeMap<String, String>,
+    /// `--target`.
+    pub target: Option<String>,
+    /// Outputs, `--push` included.
+    pub outputs: Vec<Output>,
+    /// `--secret` values.
+    pub secrets: Vec<SecretSpec>,
+    /// `--ssh` values.
+    pub ssh: Vec<SshSpec>,
+    /// `--add-host` values.
+    pub add_hosts: Vec<(String, IpAddr)>,
+    /// `--network`.
+    pub network: NetworkMode,
+    /// Things the user should know that do not stop the build.
+    pub notices: Vec<String>,
+}
+
+impl BuildRequest {
+    /// Check every flag and read the Dockerfile.
+    pub fn from_args(a: &BuildArgs, g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
+        let path = a.path.as_deref().ok_or(RequestError::MissingPath)?;
+        for (flag, used) in [
+            ("--kubeconfig", g.kubeconfig.is_some()),
+            ("--context", g.context.is_some()),
+            ("--namespace", g.namespace.is_some()),
+        ] {
+            if used {
+                return Err(RequestError::NotImplemented(
+                    flag.to_string(),
+                    "the kubernetes driver comes later; today every build runs on the embedded local builder (omit the flag)",
+                ));
+            }
+        }
+        for (flag, used) in [("--cache-from", !a.cache_from.is_empty()), ("--cache-to", !a.cache_to.is_empty())] {
+            if used {
+                return Err(RequestError::NotImplemented(
+                    flag.to_string(),
+                    "external cache import/export comes later; the local cache is always used (omit the flag)",
+                ));
+            }
+        }
+
+        let (context, dockerfile_path, dockerfile, dockerfile_name) =
+            read_dockerfile(path, a.file.as_deref())?;
+
+        let mut platforms: Vec<Platform> = Vec::new();
+        for value in &a.platforms {
+            for p in kbuild_platform::parse_list(value)? {
+                if !platforms.contains(&p) {
+                    platforms.push(p);
+                }
+            }
+        }
+        if platforms.is_empty() {
+            platforms.push(Platform::host());
+        }
+
+        let build_args = parse_build_args(&a.build_args, |k| std::env::var(k).ok())?;
+        let labels = parse_labels(&a.labels)?;
+        let mut outputs = a
+            .outputs
+            .iter()
+            .map(|o| Output::parse(o, &a.tags))
+            .collect::<Result<Vec<_>, _>>()?;
+        if a.push {
+            match outputs.iter_mut().find(|o| matches!(o.kind, OutputKind::Image | OutputKind::Registry)) {
+                Some(o) => o.push = true,
+                None => outputs.push(Output::parse("type=registry", &a.tags)?),
+            }
+        }
+        let mut notices = Vec::new();
+        if outputs.is_empty() {
+            notices.push(
+                "no output specified (--push or -o); the result stays in the local store and build cache".to_string(),
+            );
+        }
+        let secrets = a
+            .secrets
+            .iter()
+            .map(|s| SecretSpec::parse(s, |k| std::env::var_os(k).is_some()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ssh = a.ssh.iter().map(|s| SshSpec::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let add_hosts = a
+            .add_hosts
+            .iter()
+            .map(|h| parse_add_host(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let network = a.network.as_deref().map(NetworkMode::parse).transpose()?.unwrap_or_default();
+
+        Ok(BuildRequest {
+            context,
+            dockerfile_name,
+            dockerfile_path,
+            dockerfile,
+            platforms,
+            build_args,
+            labels,
+            target: a.target.clone(),
+            outputs,
+            secrets,
+            ssh,
+            add_hosts,
+            network,
+            notices,
+        })
+    }
+
+    /// Plan the build without any I/O: base images' configs are unknown here,
+    /// so expansions that read a base image's ENV see it unset.
+    pub fn plan(&self) -> Result<BuildPlan, RequestError> {
+        let opts = PlanOptions {
+            platforms: self.platforms.clone(),
+            build_platform: Platform::host(),
+            build_args: self.build_args.clone(),
+            target: self.target.clone(),
+            labels: self.labels.clone(),
+            file_name: self.dockerfile_name.clone(),
+        };
+        Ok(plan::plan(&self.dockerfile, &opts, &plan::NoImageConfigs)?)
+    }
+}
+
+/// Resolve PATH and `-f` as docker does: PATH `-` is a Dockerfile on stdin with
+/// no context; `-f -` reads the Dockerfile from stdin with PATH as context;
+/// a relative `-f` is relative to the working directory.
+fn read_dockerfile(
+    path: &str,
+    file: Option<&str>,
+) -> Result<(Option<PathBuf>, Option<PathBuf>, String, String), RequestError> {
+    let read_stdin = || {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|source| RequestError::Dockerfile {
+                path: PathBuf::from("-"),
+                source,
+            })?;
+        Ok::<_, RequestError>(s)
+    };
+    if path == "-" {
+        if file == Some("-") {
+            return Err(RequestError::StdinTwice);
+        }
+        return Ok((None, None, read_stdin()?, "Dockerfile".to_string()));
+    }
+    let context = PathBuf::from(path);
+    if !context.is_dir() {
+        return Err(RequestError::ContextMissing(context));
+    }
+    if file == Some("-") {
+        return Ok((Some(context), None, read_stdin()?, "Dockerfile".to_string()));
+    }
+    let df = match file {
+        Some(f) => PathBuf::from(f),
+        None => context.join("Dockerfile"),
+    };
+    let text = std::fs::read_to_string(&df).map_err(|source| RequestError::Dockerfile {
+        path: df.clone(),
+        source,
+    })?;
+    let name = display_name(&df);
+    Ok((Some(context), Some(df), text, name))
+}
+
+fn display_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".to_string())
+}
+
+/// Report a command that a later part of the product implements.
+pub fn not_yet(what: &str, when: &'static str) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    Err(Box::new(RequestError::NotImplemented(what.to_string(), when)))
+}

@@ -1,0 +1,901 @@
+//! COPY and ADD from a source tree (the build context or another stage's
+//! root filesystem) into a destination root filesystem, with Docker's rules:
+//! a directory source copies its contents, several sources need a destination
+//! ending in `/`, wildcards follow Go's `filepath.Match`, the destination's
+//! parents are created, symlinks inside the destination resolve within its
+//! root, and ownership is root's for context files unless `--chown` says
+//! otherwise (files from a stage keep theirs).
+//!
+//! The same walk computes the checksum that goes into the step's cache key,
+//! so a COPY is redone exactly when a file it reads changed.
+
+use crate::fsutil::{clean_rel, has_wildcards, resolve_in_root, wildcard_match};
+use sha2::{Digest as _, Sha256};
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A COPY/ADD failure, naming the path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// A source that does not exist (or is excluded by .dockerignore).
+    #[error("{0:?} not found in the {1}; check the path (and .dockerignore)")]
+    NotFound(String, &'static str),
+    /// A wildcard that matched nothing.
+    #[error("no files match {0:?} in the {1}")]
+    NoMatch(String, &'static str),
+    /// A bad wildcard.
+    #[error("invalid pattern {0:?}: {1}")]
+    Pattern(String, String),
+    /// Several sources into something that is not a directory.
+    #[error("when using {0} with more than one source file, the destination must be a directory and end with a /")]
+    DestNotDir(&'static str),
+    /// File-system error on a path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
+    move |source| CopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where files come from.
+pub struct Source<'a> {
+    /// Root directory of the source tree.
+    pub root: &'a Path,
+    /// Name used in errors ("build context", "stage builder").
+    pub what: &'static str,
+    /// Paths (relative to `root`) that do not exist for the copy, e.g. `.dockerignore` exclusions.
+    pub excluded: &'a dyn Fn(&str, bool) -> bool,
+    /// Keep the files' uid/gid (stage sources); otherwise 0:0 (context).
+    pub keep_owner: bool,
+}
+
+/// What to copy and how.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Source paths as written (relative to the source root).
+    pub sources: Vec<String>,
+    /// Absolute destination in the container, with its trailing `/` if written so.
+    pub dest: String,
+    /// `--chown` resolved to ids.
+    pub chown: Option<(u32, u32)>,
+    /// `--chmod` as a mode.
+    pub chmod: Option<u32>,
+    /// `--exclude` patterns (matched against paths relative to the source root).
+    pub excludes: Vec<String>,
+    /// `--parents`: keep the source's directory structure under the destination.
+    pub parents: bool,
+    /// ADD: unpack local archives.
+    pub unpack_archives: bool,
+    /// "COPY" or "ADD", for messages.
+    pub instruction: &'static str,
+}
+
+/// One matched source path.
+struct Matched {
+    /// Relative to the source root ("" is the root).
+    rel: String,
+    /// Host path.
+    path: PathBuf,
+}
+
+fn excluded_by(patterns: &[String], rel: &str) -> Result<bool, CopyError> {
+    for p in patterns {
+        let pat = clean_rel(p);
+        let mut prefix = String::new();
+        for comp in rel.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(comp);
+            if wildcard_match(&pat, &prefix).map_err(|e| CopyError::Pattern(p.clone(), e))? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Expand the request's sources against the source tree.
+fn expand(src: &Source, req: &Request) -> Result<Vec<Matched>, CopyError> {
+    let mut out = Vec::new();
+    for s in &req.sources {
+        let rel = clean_rel(s);
+        if has_wildcards(&rel) {
+            let before = out.len();
+            glob(src, req, &rel, s, &mut out)?;
+            if out.len() == before {
+                return Err(CopyError::NoMatch(s.clone(), src.what));
+            }
+        } else {
+            let path = resolve_in_root(src.root, &rel, true).map_err(io_err(src.root))?;
+            let md = fs::metadata(&path);
+            if md.is_err()
+                || (!rel.is_empty()
+                    && (src.excluded)(&rel, md.as_ref().map(|m| m.is_dir()).unwrap_or(false)))
+            {
+                return Err(CopyError::NotFound(s.clone(), src.what));
+            }
+            out.push(Matched { rel, path });
+        }
+    }
+    Ok(out)
+}
+
+fn glob(
+    src: &Source,
+    req: &Request,
+    pattern: &str,
+    original: &str,
+    out: &mut Vec<Matched>,
+) -> Result<(), CopyError> {
+    let comps: Vec<&str> = pattern.split('/').collect();
+    let mut level: Vec<String> = vec![String::new()];
+    for (i, comp) in comps.iter().enumerate() {
+        let last = i + 1 == comps.len();
+        let mut next = Vec::new();
+        for base in &level {
+            let dir = resolve_in_root(src.root, base, true).map_err(io_err(src.root))?;
+            if !has_wildcards(comp) {
+                let rel = join_rel(base, comp);
+                let p = dir.join(comp);
+                if fs::symlink_metadata(&p).is_ok() {
+                    next.push(rel);
+                }
+                continue;
+            }
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let mut names: Vec<OsString> =
+                rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+            names.sort();
+            for name in names {
+                let name_s = name.to_string_lossy();
+                if wildcard_match(comp, &name_s)
+                    .map_err(|e| CopyError::Pattern(original.to_string(), e))?
+                {
+                    next.push(join_rel(base, &name_s));
+                }
+            }
+        }
+        level = next;
+        if !last {
+            level.retain(|r| {
+                resolve_in_root(src.root, r, true)
+                    .map(|p| p.is_dir())
+                    .unwrap_or(false)
+            });
+        }
+    }
+    for rel in level {
+        let path = resolve_in_root(src.root, &rel, true).map_err(io_err(src.root))?;
+        let is_dir = path.is_dir();
+        let name = rel.rsplit('/').next().unwrap_or(&rel);
+        if (src.excluded)(&rel, is_dir)
+            || excluded_by(&req.excludes, &rel)?
+            || excluded_by(&req.excludes, name)?
+        {
+            continue;
+        }
+        out.push(Matched { rel, path });
+    }
+    Ok(())
+}
+
+fn join_rel(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_string()
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+/// Digest of everything the request would read: paths, types, modes, owners
+/// (for stage sources), link targets and contents. Feeds the cache key.
+pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
+    let matched = expand(src, req)?;
+    let mut h = Sha256::new();
+    for m in &matched {
+        h.update(b"src\0");
+        h.update(m.rel.as_bytes());
+        h.update(b"\0");
+        walk(src, req, &m.path, &m.rel, &mut |rel, path, md| {
+            h.update(rel.as_bytes());
+            h.update(b"\0");
+            h.update(format!("{:o}\0", md.mode()).as_bytes());
+            if src.keep_owner {
+                h.update(format!("{}:{}\0", md.uid(), md.gid()).as_bytes());
+            }
+            let ft = md.file_type();
+            if ft.is_symlink() {
+                h.update(
+                    fs::read_link(path)
+                        .map_err(io_err(path))?
+                        .as_os_str()
+                        .as_bytes(),
+                );
+            } else if ft.is_file() {
+                let mut f = fs::File::open(path).map_err(io_err(path))?;
+                let mut fh = Sha256::new();
+                io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
+                h.update(fh.finalize());
+            } else if ft.is_block_device() || ft.is_char_device() {
+                h.update(format!("{}", md.rdev()).as_bytes());
+            }
+            h.update(b"\n");
+            Ok(())
+        })?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Visit `path` (relative `rel`) and, for a directory, everything below it
+/// in name order, skipping exclusions. The callback gets (rel, path, lstat).
+fn walk(
+    src: &Source,
+    req: &Request,
+    path: &Path,
+    rel: &str,
+    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+) -> Result<(), CopyError> {
+    let md = fs::metadata(path).map_err(io_err(path))?;
+    f(rel, path, &md)?;
+    if md.is_dir() {
+        walk_children(src, req, path, rel, f)?;
+    }
+    Ok(())
+}
+
+fn walk_children(
+    src: &Source,
+    req: &Request,
+    dir: &Path,
+    rel: &str,
+    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+) -> Result<(), CopyError> {
+    walk_below(src, req, dir, rel, rel, f)
+}
+
+/// `base` is the matched source's relative path: `--exclude` patterns match
+/// below it (and against the context-relative path).
+fn walk_below(
+    src: &Source,
+    req: &Request,
+    dir: &Path,
+    rel: &str,
+    base: &str,
+    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+) -> Result<(), CopyError> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for name in names {
+        let child_rel = join_rel(rel, &name.to_string_lossy());
+        let child = dir.join(&name);
+        let md = fs::symlink_metadata(&child).map_err(io_err(&child))?;
+        if (src.excluded)(&child_rel, md.is_dir())
+            || excluded_by(&req.excludes, &child_rel)?
+            || excluded_by(
+                &req.excludes,
+                &child_rel[base.len()..].trim_start_matches('/'),
+            )?
+        {
+            continue;
+        }
+        f(&child_rel, &child, &md)?;
+        if md.is_dir() {
+            walk_below(src, req, &child, &child_rel, base, f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Perform the copy into `dest_root` (the step's root filesystem).
+pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyError> {
+    let literal_sources = req.sources.len();
+    let matched = expand(src, req)?;
+    let dest_slash = req.dest.ends_with('/');
+    if literal_sources > 1 && !dest_slash {
+        return Err(CopyError::DestNotDir(req.instruction));
+    }
+    let dest = crate::fsutil::clean_abs(&req.dest);
+    let dest_host = resolve_in_root(dest_root, &dest, true).map_err(io_err(dest_root))?;
+    let dest_is_dir = dest_slash || matched.len() > 1 || dest_host.is_dir();
+    let mut dirs_to_stamp: Vec<(PathBuf, fs::Metadata)> = Vec::new();
+    for m in &matched {
+        let md = fs::metadata(&m.path).map_err(io_err(&m.path))?;
+        let base_dest = if req.parents && !m.rel.is_empty() {
+            let parent = Path::new(&m.rel)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{}/{}", dest.trim_end_matches('/'), parent)
+        } else {
+            dest.clone()
+        };
+        if md.is_dir() {
+            // A directory source copies its contents (with --parents, the directory itself).
+            let target = if req.parents && !m.rel.is_empty() {
+                format!("{}/{}", dest.trim_end_matches('/'), m.rel)
+            } else {
+                dest.clone()
+            };
+            let target_host = mkdir_all(dest_root, &target, req)?;
+            set_meta(&target_host, &md, src, req, false)?;
+            dirs_to_stamp.push((target_host.clone(), md.clone()));
+            let mut err = None;
+            walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
+                let sub = rel
+                    .strip_prefix(&m.rel)
+                    .unwrap_or(rel)
+                    .trim_start_matches('/');
+                let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
+                match write_entry(dest_root, &cpath, path, md, src, req) {
+                    Ok(Some(d)) => dirs_to_stamp.push((d, md.clone())),
+                    Ok(None) => {}
+                    Err(e) => err = Some(e),
+                }
+                Ok(())
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        } else if req.unpack_archives && is_archive(&m.path) {
+            let target_host = mkdir_all(dest_root, &dest, req)?;
+            unpack_archive(&m.path, &target_host, dest_root, &dest)?;
+        } else {
+            let name = Path::new(&m.rel)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let cpath = if dest_is_dir || req.parents {
+                mkdir_all(dest_root, &base_dest, req)?;
+                format!("{}/{}", base_dest.trim_end_matches('/'), name)
+            } else {
+                if let Some(parent) = Path::new(&dest).parent() {
+                    mkdir_all(dest_root, &parent.to_string_lossy(), req)?;
+                }
+                dest.clone()
+            };
+            let lmd = fs::metadata(&m.path).map_err(io_err(&m.path))?;
+            write_entry(dest_root, &cpath, &m.path, &lmd, src, req)?;
+        }
+    }
+    // Directory mtimes last, after their children were written.
+    for (d, md) in dirs_to_stamp.iter().rev() {
+        set_mtime(d, md)?;
+    }
+    Ok(())
+}
+
+/// Create `cpath` and missing parents (0755, owned by --chown's ids or root), returning the host path.
+fn mkdir_all(root: &Path, cpath: &str, req: &Request) -> Result<PathBuf, CopyError> {
+    let mut cur = String::new();
+    let mut host = root.to_path_buf();
+    for comp in cpath.split('/').filter(|c| !c.is_empty()) {
+        cur.push('/');
+        cur.push_str(comp);
+        host = resolve_in_root(root, &cur, true).map_err(io_err(root))?;
+        match fs::symlink_metadata(&host) {
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                return Err(CopyError::Io {
+                    path: PathBuf::from(&cur),
+                    source: io::Error::other("exists and is not a directory"),
+                })
+            }
+            Err(_) => {
+                // The resolved path's missing part may be several levels deep
+                // (a symlink to a missing directory): create each level.
+                let mut missing = vec![host.clone()];
+                let mut p = host.parent();
+                while let Some(q) = p {
+                    if q == root || fs::symlink_metadata(q).is_ok() {
+                        break;
+                    }
+                    missing.push(q.to_path_buf());
+                    p = q.parent();
+                }
+                for m in missing.iter().rev() {
+                    fs::create_dir(m).map_err(io_err(m))?;
+                    fs::set_permissions(m, fs::Permissions::from_mode(0o755)).map_err(io_err(m))?;
+                    let (uid, gid) = req.chown.unwrap_or((0, 0));
+                    std::os::unix::fs::lchown(m, Some(uid), Some(gid)).map_err(io_err(m))?;
+                }
+            }
+        }
+    }
+    Ok(host)
+}
+
+/// Write one entry at container path `cpath`; returns the host path when it is a directory.
+fn write_entry(
+    root: &Path,
+    cpath: &str,
+    src_path: &Path,
+    md: &fs::Metadata,
+    src: &Source,
+    req: &Request,
+) -> Result<Option<PathBuf>, CopyError> {
+    let (parent, name) = match cpath.rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+        None => ("/", cpath),
+    };
+    let parent_host = resolve_in_root(root, parent, true).map_err(io_err(root))?;
+    let host = parent_host.join(name);
+    let ft = md.file_type();
+    let existing = fs::symlink_metadata(&host).ok();
+    if ft.is_dir() {
+        match existing {
+            Some(e) if e.is_dir() => {}
+            Some(_) => {
+                fs::remove_file(&host).map_err(io_err(&host))?;
+                fs::create_dir(&host).map_err(io_err(&host))?;
+            }
+            None => fs::create_dir(&host).map_err(io_err(&host))?,
+        }
+        set_meta(&host, md, src, req, false)?;
+        return Ok(Some(host));
+    }
+    if let Some(e) = existing {
+        if e.is_dir() {
+            fs::remove_dir_all(&host).map_err(io_err(&host))?;
+        } else {
+            fs::remove_file(&host).map_err(io_err(&host))?;
+        }
+    }
+    if ft.is_symlink() {
+        let target = fs::read_link(src_path).map_err(io_err(src_path))?;
+        std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
+        set_meta(&host, md, src, req, true)?;
+    } else if ft.is_file() {
+        let mut from = fs::File::open(src_path).map_err(io_err(src_path))?;
+        let mut to = fs::File::create(&host).map_err(io_err(&host))?;
+        io::copy(&mut from, &mut to).map_err(io_err(&host))?;
+        drop(to);
+        set_meta(&host, md, src, req, false)?;
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        let kind = if ft.is_char_device() {
+            nix::sys::stat::SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            nix::sys::stat::SFlag::S_IFBLK
+        } else {
+            nix::sys::stat::SFlag::S_IFIFO
+        };
+        nix::sys::stat::mknod(
+            &host,
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+            md.rdev(),
+        )
+        .map_err(|e| CopyError::Io {
+            path: host.clone(),
+            source: io::Error::from(e),
+        })?;
+        set_meta(&host, md, src, req, false)?;
+    }
+    // Sockets are not copied, as in Docker.
+    Ok(None)
+}
+
+fn set_meta(
+    host: &Path,
+    md: &fs::Metadata,
+    src: &Source,
+    req: &Request,
+    is_link: bool,
+) -> Result<(), CopyError> {
+    let (uid, gid) = match req.chown {
+        Some(ids) => ids,
+        None if src.keep_owner => (md.uid(), md.gid()),
+        None => (0, 0),
+    };
+    std::os::unix::fs::lchown(host, Some(uid), Some(gid)).map_err(io_err(host))?;
+    if !is_link {
+        let mode = match req.chmod {
+            Some(m) => m,
+            None => md.mode() & 0o7777,
+        };
+        // After chown, which clears setuid/setgid bits.
+        fs::set_permissions(host, fs::Permissions::from_mode(mode)).map_err(io_err(host))?;
+        if !md.is_dir() {
+            set_mtime(host, md)?;
+        }
+    } else {
+        set_mtime(host, md)?;
+    }
+    Ok(())
+}
+
+fn set_mtime(host: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let atime = TimeSpec::new(md.atime(), md.atime_nsec());
+    let mtime = TimeSpec::new(md.mtime(), md.mtime_nsec());
+    utimensat(None, host, &atime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(|e| {
+        CopyError::Io {
+            path: host.to_path_buf(),
+            source: io::Error::from(e),
+        }
+    })
+}
+
+/// Compression of a local archive, detected from its first bytes as Docker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArchiveKind {
+    Tar,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+fn archive_kind(path: &Path) -> Option<ArchiveKind> {
+    let mut f = fs::File::open(path).ok()?;
+    let mut head = [0u8; 512];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    let h = &head[..n];
+    if h.starts_with(&[0x1f, 0x8b]) {
+        Some(ArchiveKind::Gzip)
+    } else if h.starts_with(b"BZh") {
+        Some(ArchiveKind::Bzip2)
+    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Some(ArchiveKind::Xz)
+    } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(ArchiveKind::Zstd)
+    } else if n >= 262 && &h[257..262] == b"ustar" {
+        Some(ArchiveKind::Tar)
+    } else {
+        None
+    }
+}
+
+fn is_archive(path: &Path) -> bool {
+    match archive_kind(path) {
+        Some(ArchiveKind::Tar) => true,
+        // A compressed file is an archive only if it holds a tar.
+        Some(k) => open_decompressed(path, k)
+            .ok()
+            .and_then(|mut r| {
+                let mut head = vec![0u8; 512];
+                let mut n = 0;
+                while n < 512 {
+                    match r.read(&mut head[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(_) => return None,
+                    }
+                }
+                Some(n >= 262 && &head[257..262] == b"ustar")
+            })
+            .unwrap_or(false),
+        None => false,
+    }
+}
+
+fn open_decompressed(path: &Path, kind: ArchiveKind) -> io::Result<Box<dyn Read>> {
+    let f = io::BufReader::new(fs::File::open(path)?);
+    Ok(match kind {
+        ArchiveKind::Tar => Box::new(f),
+        ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
+        ArchiveKind::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
+        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
+    })
+}
+
+/// Unpack a local archive into `dest_cpath` (host `dest_host`), entries kept inside the root.
+fn unpack_archive(
+    path: &Path,
+    _dest_host: &Path,
+    root: &Path,
+    dest_cpath: &str,
+) -> Result<(), CopyError> {
+    let kind = archive_kind(path).ok_or_else(|| CopyError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other("not an archive"),
+    })?;
+    let reader = open_decompressed(path, kind).map_err(io_err(path))?;
+    let mut ar = tar::Archive::new(reader);
+    let mut dirs: Vec<(PathBuf, i64)> = Vec::new();
+    for entry in ar.entries().map_err(io_err(path))? {
+        let mut entry = entry.map_err(io_err(path))?;
+        let name = entry.path_bytes().into_owned();
+        let rel = clean_rel(&String::from_utf8_lossy(&name));
+        if rel.is_empty() {
+            continue;
+        }
+        let cpath = format!("{}/{}", dest_cpath.trim_end_matches('/'), rel);
+        let (parent, base) = cpath.rsplit_once('/').unwrap_or(("/", &cpath));
+        let req = Request::default();
+        let parent_host = mkdir_all(root, if parent.is_empty() { "/" } else { parent }, &req)?;
+        let host = parent_host.join(base);
+        let hdr = entry.header().clone();
+        let mode = hdr.mode().unwrap_or(0o644) & 0o7777;
+        let uid = hdr.uid().unwrap_or(0) as u32;
+        let gid = hdr.gid().unwrap_or(0) as u32;
+        let mtime = hdr.mtime().unwrap_or(0) as i64;
+        let et = hdr.entry_type();
+        if let Ok(md) = fs::symlink_metadata(&host) {
+            if !(md.is_dir() && et.is_dir()) {
+                if md.is_dir() {
+                    fs::remove_dir_all(&host).map_err(io_err(&host))?;
+                } else {
+                    fs::remove_file(&host).map_err(io_err(&host))?;
+                }
+            }
+        }
+        match et {
+            tar::EntryType::Directory => {
+                if !host.is_dir() {
+                    fs::create_dir(&host).map_err(io_err(&host))?;
+                }
+                dirs.push((host.clone(), mtime));
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
+                    .unwrap_or_default();
+                std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| clean_rel(&String::from_utf8_lossy(&b)))
+                    .unwrap_or_default();
+                let tcpath = format!("{}/{}", dest_cpath.trim_end_matches('/'), target);
+                let thost = resolve_in_root(root, &tcpath, false).map_err(io_err(root))?;
+                fs::hard_link(&thost, &host).map_err(io_err(&host))?;
+                continue;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut f = fs::File::create(&host).map_err(io_err(&host))?;
+                io::copy(&mut entry, &mut f).map_err(io_err(&host))?;
+            }
+            // Devices, fifos and extension headers are not unpacked by ADD.
+            _ => continue,
+        }
+        std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_err(&host))?;
+        if et != tar::EntryType::Symlink {
+            fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(io_err(&host))?;
+            if et != tar::EntryType::Directory {
+                set_time(&host, mtime)?;
+            }
+        }
+    }
+    for (d, t) in dirs.iter().rev() {
+        set_time(d, *t)?;
+    }
+    Ok(())
+}
+
+fn set_time(host: &Path, secs: i64) -> Result<(), CopyError> {
+    use nix::sys::stat::{utimensat, UtimensatFlags};
+    use nix::sys::time::TimeSpec;
+    let t = TimeSpec::new(secs, 0);
+    utimensat(None, host, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| CopyError::Io {
+        path: host.to_path_buf(),
+        source: io::Error::from(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_excl(_: &str, _: bool) -> bool {
+        false
+    }
+
+    fn ctx() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir_all(r.join("src/sub")).unwrap();
+        fs::write(r.join("src/a.go"), "package a").unwrap();
+        fs::write(r.join("src/b.txt"), "b").unwrap();
+        fs::write(r.join("src/sub/c.go"), "package c").unwrap();
+        fs::write(r.join("top.go"), "top").unwrap();
+        fs::set_permissions(r.join("top.go"), fs::Permissions::from_mode(0o750)).unwrap();
+        std::os::unix::fs::symlink("a.go", r.join("src/link")).unwrap();
+        t
+    }
+
+    fn req(sources: &[&str], dest: &str) -> Request {
+        Request {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            dest: dest.to_string(),
+            instruction: "COPY",
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn directory_copies_contents_and_file_copies_itself() {
+        let c = ctx();
+        let d = tempfile::tempdir().unwrap();
+        let src = Source {
+            root: c.path(),
+            what: "build context",
+            excluded: &no_excl,
+            keep_owner: false,
+        };
+        copy(&src, &req(&["src"], "/app"), d.path()).unwrap();
+        assert!(d.path().join("app/a.go").is_file());
+        assert!(d.path().join("app/sub/c.go").is_file());
+        assert!(!d.path().join("app/src").exists());
+        assert_eq!(
+            fs::read_link(d.path().join("app/link")).unwrap(),
+            PathBuf::from("a.go")
+        );
+        copy(&src, &req(&["top.go"], "/bin/tool"), d.path()).unwrap();
+        let md = fs::metadata(d.path().join("bin/tool")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o750);
+        copy(&src, &req(&["top.go"], "/bin/"), d.path()).unwrap();
+        assert!(d.path().join("bin/top.go").is_file());
+        // Existing directory as destination without a slash: copy into it.
+        copy(&src, &req(&["top.go"], "/app"), d.path()).unwrap();
+        assert!(d.path().join("app/top.go").is_file());
+    }
+
+    #[test]
+    fn wildcards_and_multiple_sources() {
+        let c = ctx();
+        let d = tempfile::tempdir().unwrap();
+        let src = Source {
+            root: c.path(),
+            what: "build context",
+            excluded: &no_excl,
+            keep_owner: false,
+        };
+        copy(&src, &req(&["src/*.go"], "/w/"), d.path()).unwrap();
+        assert!(d.path().join("w/a.go").is_file());
+        assert!(!d.path().join("w/b.txt").exists());
+        let e = copy(&src, &req(&["top.go", "src/b.txt"], "/x"), d.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must be a directory and end with a /"),
+            "{e}"
+        );
+        let e = copy(&src, &req(&["nothing*"], "/x/"), d.path()).unwrap_err();
+        assert!(e.to_string().contains("no files match"), "{e}");
+        let e = copy(&src, &req(&["missing.txt"], "/x/"), d.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("not found in the build context"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn ignore_exclude_parents_chown_chmod() {
+        let c = ctx();
+        let d = tempfile::tempdir().unwrap();
+        let excl = |p: &str, _: bool| p.ends_with(".txt");
+        let src = Source {
+            root: c.path(),
+            what: "build context",
+            excluded: &excl,
+            keep_owner: false,
+        };
+        let mut r = req(&["src"], "/a");
+        r.excludes = vec!["sub".into()];
+        r.chown = Some((1000, 1001));
+        r.chmod = Some(0o600);
+        copy(&src, &r, d.path()).unwrap();
+        assert!(!d.path().join("a/b.txt").exists());
+        assert!(!d.path().join("a/sub").exists());
+        let md = fs::metadata(d.path().join("a/a.go")).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (1000, 1001, 0o600)
+        );
+        let e = copy(&src, &req(&["src/b.txt"], "/x/"), d.path()).unwrap_err();
+        assert!(matches!(e, CopyError::NotFound(..)));
+        let mut r = req(&["src/sub/c.go", "top.go"], "/p/");
+        r.parents = true;
+        copy(&src, &r, d.path()).unwrap();
+        assert!(d.path().join("p/src/sub/c.go").is_file());
+        assert!(d.path().join("p/top.go").is_file());
+    }
+
+    #[test]
+    fn destination_symlinks_stay_in_root() {
+        let c = ctx();
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("evil")).unwrap();
+        let src = Source {
+            root: c.path(),
+            what: "build context",
+            excluded: &no_excl,
+            keep_owner: false,
+        };
+        copy(&src, &req(&["top.go"], "/evil/"), d.path()).unwrap();
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+        // The absolute link resolved inside the root instead.
+        let inside = d
+            .path()
+            .join(outside.path().strip_prefix("/").unwrap())
+            .join("top.go");
+        assert!(inside.is_file(), "{inside:?}");
+    }
+
+    #[test]
+    fn checksum_follows_content() {
+        let c = ctx();
+        let src = Source {
+            root: c.path(),
+            what: "build context",
+            excluded: &no_excl,
+            keep_owner: false,
+        };
+        let r = req(&["src"], "/a");
+        let a = checksum(&src, &r).unwrap();
+        assert_eq!(a, checksum(&src, &r).unwrap());
+        fs::write(c.path().join("src/sub/c.go"), "changed").unwrap();
+        assert_ne!(a, checksum(&src, &r).unwrap());
+    }
+
+    #[test]
+    fn add_unpacks_tar_gz() {
+        let c = tempfile::tempdir().unwrap();
+        let f = fs::File::create(c.path().join("x.tgz")).unwrap();
+        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o755);
+        h.set_cksum();
+        b.append_data(&mut h, "dir/hello", &b"hello"[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let src = Source {
+            root: c.path(),
+            what: "build context",
+            excluded: &no_excl,
+            keep_owner: false,
+        };
+        let mut r = req(&["x.tgz"], "/opt/");
+        r.unpack_archives = true;
+        r.instruction = "ADD";
+        copy(&src, &r, d.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join("opt/dir/hello")).unwrap(),
+            "hello"
+        );
+        // COPY keeps the archive as it is.
+        copy(&src, &req(&["x.tgz"], "/opt/"), d.path()).unwrap();
+        assert!(d.path().join("opt/x.tgz").is_file());
+    }
+}

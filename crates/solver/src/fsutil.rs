@@ -1,0 +1,330 @@
+//! File-system helpers for steps that write into a root filesystem: path
+//! resolution that never leaves the root (symlinks are resolved as if the
+//! root were `/`), and Go `filepath.Match` wildcards as COPY uses them.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Maximum symlinks followed while resolving one path (Linux uses 40).
+const MAX_SYMLINKS: usize = 40;
+
+/// Lexically clean an absolute container path: `.` dropped, `..` applied but
+/// never above `/`, duplicate slashes folded. The result starts with `/`.
+pub fn clean_abs(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Join `rel` onto the container directory `base` (`rel` absolute replaces it) and clean.
+pub fn join_container(base: &str, rel: &str) -> String {
+    if rel.starts_with('/') {
+        clean_abs(rel)
+    } else {
+        clean_abs(&format!("{base}/{rel}"))
+    }
+}
+
+/// Resolve a container path inside `root` following symlinks as the container
+/// would see them, so the result is always under `root`. The last component
+/// is followed too when `follow_last` is set. Components that do not exist
+/// are appended as they are.
+pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result<PathBuf> {
+    let mut todo: Vec<Vec<u8>> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_bytes().to_vec())
+        .rev()
+        .collect();
+    let mut done: Vec<Vec<u8>> = Vec::new();
+    let mut followed = 0usize;
+    while let Some(comp) = todo.pop() {
+        match comp.as_slice() {
+            b"." => continue,
+            b".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let is_last = todo.is_empty();
+        let mut candidate = root.to_path_buf();
+        for d in &done {
+            candidate.push(OsStr::from_bytes(d));
+        }
+        candidate.push(OsStr::from_bytes(&comp));
+        if is_last && !follow_last {
+            done.push(comp);
+            continue;
+        }
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() => {
+                followed += 1;
+                if followed > MAX_SYMLINKS {
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links resolving {path}"
+                    )));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                let target = target.as_os_str().as_bytes();
+                if target.starts_with(b"/") {
+                    done.clear();
+                }
+                for c in target.split(|b| *b == b'/').filter(|c| !c.is_empty()).rev() {
+                    todo.push(c.to_vec());
+                }
+            }
+            _ => done.push(comp),
+        }
+    }
+    let mut out = root.to_path_buf();
+    for d in &done {
+        out.push(OsStr::from_bytes(d));
+    }
+    Ok(out)
+}
+
+/// Go's `filepath.Match` on one path: `*` and `?` never match `/`, `[...]`
+/// classes with ranges and `^`/`!` negation, `\` escapes. A malformed
+/// pattern is an error, as in Go.
+pub fn wildcard_match(pattern: &str, name: &str) -> Result<bool, String> {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    match_from(&p, 0, &n, 0)
+}
+
+fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bool, String> {
+    while pi < p.len() {
+        match p[pi] {
+            '*' => {
+                while pi < p.len() && p[pi] == '*' {
+                    pi += 1;
+                }
+                if pi == p.len() {
+                    return Ok(!n[ni..].contains(&'/'));
+                }
+                let mut k = ni;
+                loop {
+                    if match_from(p, pi, n, k)? {
+                        return Ok(true);
+                    }
+                    if k >= n.len() || n[k] == '/' {
+                        // Still validate the rest of the pattern, as Go does.
+                        validate(&p[pi..])?;
+                        return Ok(false);
+                    }
+                    k += 1;
+                }
+            }
+            '?' => {
+                if ni >= n.len() || n[ni] == '/' {
+                    validate(&p[pi + 1..])?;
+                    return Ok(false);
+                }
+                pi += 1;
+                ni += 1;
+            }
+            '[' => {
+                let (matched, next) = match_class(p, pi, n.get(ni).copied())?;
+                if !matched {
+                    validate(&p[next..])?;
+                    return Ok(false);
+                }
+                pi = next;
+                ni += 1;
+            }
+            '\\' => {
+                let c = *p
+                    .get(pi + 1)
+                    .ok_or("syntax error in pattern: trailing backslash")?;
+                if n.get(ni) != Some(&c) {
+                    return Ok(false);
+                }
+                pi += 2;
+                ni += 1;
+            }
+            c => {
+                if n.get(ni) != Some(&c) {
+                    validate(&p[pi + 1..])?;
+                    return Ok(false);
+                }
+                pi += 1;
+                ni += 1;
+            }
+        }
+    }
+    Ok(ni == n.len())
+}
+
+fn validate(p: &[char]) -> Result<(), String> {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '[' => {
+                let (_, next) = match_class(p, i, None)?;
+                i = next;
+            }
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return Err("syntax error in pattern: trailing backslash".into());
+                }
+                i += 2;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Match a `[...]` class at `p[start]`; returns (matched, index after `]`).
+fn match_class(p: &[char], start: usize, c: Option<char>) -> Result<(bool, usize), String> {
+    let bad = || "syntax error in pattern: bad character class".to_string();
+    let mut i = start + 1;
+    let negate = matches!(p.get(i), Some('^') | Some('!'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    loop {
+        let ch = *p.get(i).ok_or_else(bad)?;
+        if ch == ']' && !first {
+            i += 1;
+            break;
+        }
+        first = false;
+        let lo = if ch == '\\' {
+            i += 1;
+            *p.get(i).ok_or_else(bad)?
+        } else {
+            ch
+        };
+        i += 1;
+        let mut hi = lo;
+        if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|x| *x != ']') {
+            i += 1;
+            hi = if p[i] == '\\' {
+                i += 1;
+                *p.get(i).ok_or_else(bad)?
+            } else {
+                p[i]
+            };
+            i += 1;
+            if hi < lo {
+                return Err(bad());
+            }
+        }
+        if let Some(c) = c {
+            if lo <= c && c <= hi {
+                matched = true;
+            }
+        }
+    }
+    let ok = match c {
+        None | Some('/') => false,
+        Some(_) => matched != negate,
+    };
+    Ok((ok, i))
+}
+
+/// Whether a COPY source contains wildcard characters.
+pub fn has_wildcards(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Normalize a context-relative source path: cleaned, relative, never above the root.
+pub fn clean_rel(path: &str) -> String {
+    let abs = clean_abs(path);
+    abs.trim_start_matches('/').to_string()
+}
+
+/// Whether a path stays inside its root lexically (no `..` after cleaning, relative).
+pub fn is_within(path: &Path) -> bool {
+    path.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn clean_and_join() {
+        assert_eq!(clean_abs("a/../../b/./c//d/"), "/b/c/d");
+        assert_eq!(clean_abs(""), "/");
+        assert_eq!(join_container("/app", "bin"), "/app/bin");
+        assert_eq!(join_container("/app", "/etc"), "/etc");
+        assert_eq!(join_container("/app", "../.."), "/");
+        assert_eq!(clean_rel("../../x/y"), "x/y");
+        assert_eq!(clean_rel("."), "");
+    }
+
+    #[test]
+    fn wildcards_like_go() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("*", "abc", true),
+            ("*", "a/b", false),
+            ("a*", "abc", true),
+            ("a*/b", "abc/b", true),
+            ("a*b*c*d*e*/f", "axbxcxdxe/f", true),
+            ("a*b*c*d*e*/f", "axbxcxdxexxx/f", true),
+            ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", false),
+            ("ab[c]", "abc", true),
+            ("ab[b-d]", "abc", true),
+            ("ab[e-g]", "abc", false),
+            ("ab[^c]", "abc", false),
+            ("ab[!b-d]", "abc", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "ab", false),
+            ("a?b", "a/b", false),
+            ("*.go", "main.go", true),
+            ("*.go", ".go", true),
+            ("[a-", "a", false),
+        ];
+        for (p, n, want) in cases {
+            let got = wildcard_match(p, n).unwrap_or(false);
+            assert_eq!(got, *want, "pattern {p:?} name {n:?}");
+        }
+        assert!(wildcard_match("[", "a").is_err());
+        assert!(wildcard_match("a\\", "a").is_err());
+    }
+
+    #[test]
+    fn resolve_never_leaves_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        symlink("/usr/lib", root.join("lib")).unwrap();
+        symlink("../../../../etc", root.join("usr/escape")).unwrap();
+        symlink("loop2", root.join("loop1")).unwrap();
+        symlink("loop1", root.join("loop2")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, "/lib/x", true).unwrap(),
+            root.join("usr/lib/x")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/usr/escape/passwd", true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, "/lib", false).unwrap(),
+            root.join("lib")
+        );
+        assert!(resolve_in_root(root, "/loop1/x", true).is_err());
+        assert_eq!(
+            resolve_in_root(root, "/../../a", true).unwrap(),
+            root.join("a")
+        );
+    }
+}

@@ -1,0 +1,539 @@
+//! What a build is asked to do besides the Dockerfile: outputs, secrets, SSH,
+//! network and hosts. The CLI parses its flags into these types; every parser
+//! here returns an error that names the offending flag value.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A flag value that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {flag} value {value:?}: {reason}")]
+pub struct OptionError {
+    /// The flag, e.g. `--output`.
+    pub flag: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// What is wrong and what would be right.
+    pub reason: String,
+}
+
+fn err(flag: &'static str, value: &str, reason: impl Into<String>) -> OptionError {
+    OptionError {
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Layer compression of an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerCompression {
+    /// gzip (the default, readable by every client).
+    #[default]
+    Gzip,
+    /// zstd.
+    Zstd,
+    /// Plain tar.
+    Uncompressed,
+}
+
+/// Where a build result goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Push to the registry named by the image names (`type=registry`, `--push`).
+    Registry,
+    /// An image in the local store, pushed too when `push=true` (`type=image`).
+    Image,
+    /// An OCI image layout: a tarball, or a directory when `dest` is a directory (`type=oci`).
+    Oci,
+    /// A tarball `docker load` reads (`type=docker`).
+    Docker,
+    /// The final filesystem as a tarball (`type=tar`).
+    Tar,
+    /// The final filesystem in a directory (`type=local`).
+    Local,
+}
+
+/// One `-o/--output` request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Output {
+    /// The exporter.
+    pub kind: OutputKind,
+    /// File or directory for oci/docker/tar/local; `-` is standard output.
+    pub dest: Option<PathBuf>,
+    /// Image names (from `name=` or the `-t` tags).
+    pub names: Vec<String>,
+    /// Whether to push the image names.
+    pub push: bool,
+    /// Layer compression.
+    pub compression: LayerCompression,
+    /// Whether `dest` should be written as a directory (`tar=false` for oci).
+    pub as_directory: bool,
+}
+
+impl Output {
+    /// Parse one `--output` value, as buildx does: `type=...,dest=...,name=...,push=...`,
+    /// a bare path (`type=local,dest=PATH`) or `-` (a tarball of the filesystem on stdout).
+    pub fn parse(spec: &str, tags: &[String]) -> Result<Output, OptionError> {
+        const FLAG: &str = "--output";
+        if spec.is_empty() {
+            return Err(err(FLAG, spec, "empty output; use e.g. type=registry"));
+        }
+        if !spec.contains('=') {
+            let (kind, dest) = if spec == "-" {
+                (OutputKind::Tar, PathBuf::from("-"))
+            } else {
+                (OutputKind::Local, PathBuf::from(spec))
+            };
+            return Ok(Output {
+                kind,
+                dest: Some(dest),
+                names: Vec::new(),
+                push: false,
+                compression: LayerCompression::Gzip,
+                as_directory: false,
+            });
+        }
+        let mut kind = None;
+        let mut dest = None;
+        let mut names: Vec<String> = Vec::new();
+        let mut push = None;
+        let mut compression = LayerCompression::Gzip;
+        let mut tar = true;
+        for field in split_csv(spec) {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| err(FLAG, spec, format!("field {field:?} is not KEY=VALUE")))?;
+            match key.trim().to_ascii_lowercase().as_str() {
+                "type" => {
+                    kind = Some(match value {
+                        "registry" => OutputKind::Registry,
+                        "image" => OutputKind::Image,
+                        "oci" => OutputKind::Oci,
+                        "docker" => OutputKind::Docker,
+                        "tar" => OutputKind::Tar,
+                        "local" => OutputKind::Local,
+                        other => {
+                            return Err(err(
+                                FLAG,
+                                spec,
+                                format!("unknown type {other:?}; use registry, image, oci, docker, tar or local"),
+                            ))
+                        }
+                    })
+                }
+                "dest" => dest = Some(PathBuf::from(value)),
+                "name" => names.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from),
+                ),
+                "push" => push = Some(parse_bool(FLAG, spec, value)?),
+                "compression" => {
+                    compression = match value {
+                        "gzip" => LayerCompression::Gzip,
+                        "zstd" => LayerCompression::Zstd,
+                        "uncompressed" => LayerCompression::Uncompressed,
+                        other => {
+                            return Err(err(
+                                FLAG,
+                                spec,
+                                format!("unknown compression {other:?}; use gzip, zstd or uncompressed"),
+                            ))
+                        }
+                    }
+                }
+                "tar" => tar = parse_bool(FLAG, spec, value)?,
+                // Accepted by buildx and harmless here: they tune details we do not vary.
+                "compression-level" | "force-compression" | "oci-mediatypes" | "annotation"
+                | "store" | "unpack" | "platform-split" => {}
+                other => {
+                    return Err(err(
+                        FLAG,
+                        spec,
+                        format!("unknown field {other:?}; known: type, dest, name, push, compression, tar"),
+                    ))
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| err(FLAG, spec, "missing type=; use e.g. type=registry"))?;
+        if names.is_empty()
+            && matches!(
+                kind,
+                OutputKind::Registry | OutputKind::Image | OutputKind::Docker | OutputKind::Oci
+            )
+        {
+            names = tags.to_vec();
+        }
+        let push = push.unwrap_or(kind == OutputKind::Registry);
+        match kind {
+            OutputKind::Registry | OutputKind::Image if push && names.is_empty() => {
+                return Err(err(
+                    FLAG,
+                    spec,
+                    "pushing needs an image name: add -t NAME or name=NAME",
+                ))
+            }
+            OutputKind::Oci | OutputKind::Docker | OutputKind::Tar | OutputKind::Local
+                if dest.is_none() =>
+            {
+                return Err(err(FLAG, spec, "this output type needs dest=PATH"))
+            }
+            _ => {}
+        }
+        Ok(Output {
+            as_directory: kind == OutputKind::Oci && !tar,
+            kind,
+            dest,
+            names,
+            push,
+            compression,
+        })
+    }
+}
+
+/// Split a comma-separated list where values may be double-quoted (`name="a,b"`).
+fn split_csv(spec: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in spec.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter().filter(|s| !s.trim().is_empty()).collect()
+}
+
+fn parse_bool(flag: &'static str, spec: &str, value: &str) -> Result<bool, OptionError> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(err(flag, spec, format!("{value:?} is not true or false"))),
+    }
+}
+
+/// Parse `--build-arg` values; `KEY` alone takes the value from `lookup` (the
+/// environment) and is skipped when unset, as docker does.
+pub fn parse_build_args(
+    values: &[String],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, OptionError> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => {
+                out.insert(k.to_string(), val.to_string());
+            }
+            Some(_) => return Err(err("--build-arg", v, "missing KEY before '='")),
+            None if v.is_empty() => return Err(err("--build-arg", v, "empty; use KEY=VALUE")),
+            None => {
+                if let Some(val) = lookup(v) {
+                    out.insert(v.clone(), val);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Parse `--label KEY=VALUE` values.
+pub fn parse_labels(values: &[String]) -> Result<BTreeMap<String, String>, OptionError> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => {
+                out.insert(k.to_string(), val.to_string());
+            }
+            _ => return Err(err("--label", v, "use KEY=VALUE")),
+        }
+    }
+    Ok(out)
+}
+
+/// Where a `--secret` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file on the client.
+    File(PathBuf),
+    /// An environment variable of the client.
+    Env(String),
+}
+
+/// One `--secret` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The id RUN --mount=type=secret,id=ID refers to.
+    pub id: String,
+    /// Where its value is read from.
+    pub source: SecretSource,
+}
+
+impl SecretSpec {
+    /// Parse `id=ID[,src=PATH|,env=VAR][,type=file|env]`; with neither `src` nor
+    /// `env`, buildx reads the environment variable named like the id when it is
+    /// set, and a file of that name otherwise.
+    pub fn parse(spec: &str, env_has: impl Fn(&str) -> bool) -> Result<SecretSpec, OptionError> {
+        const FLAG: &str = "--secret";
+        let mut id = None;
+        let mut src = None;
+        let mut env = None;
+        let mut typ = None;
+        for field in split_csv(spec) {
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| err(FLAG, spec, format!("field {field:?} is not KEY=VALUE")))?;
+            match k {
+                "id" => id = Some(v.to_string()),
+                "src" | "source" => src = Some(v.to_string()),
+                "env" => env = Some(v.to_string()),
+                "type" => typ = Some(v.to_string()),
+                other => {
+                    return Err(err(
+                        FLAG,
+                        spec,
+                        format!("unknown field {other:?}; use id, src, env or type"),
+                    ))
+                }
+            }
+        }
+        let id = id
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| err(FLAG, spec, "missing id=; use id=NAME,src=FILE"))?;
+        let source = match (typ.as_deref(), src, env) {
+            (_, Some(_), Some(_)) => return Err(err(FLAG, spec, "give src= or env=, not both")),
+            (Some("env"), Some(v), None) | (_, None, Some(v)) => SecretSource::Env(v),
+            (Some("file") | None, Some(p), None) => SecretSource::File(PathBuf::from(p)),
+            (Some("env"), None, None) => SecretSource::Env(id.clone()),
+            (Some("file"), None, None) => SecretSource::File(PathBuf::from(&id)),
+            (None, None, None) if env_has(&id) => SecretSource::Env(id.clone()),
+            (None, None, None) => SecretSource::File(PathBuf::from(&id)),
+            (Some(other), _, _) => {
+                return Err(err(
+                    FLAG,
+                    spec,
+                    format!("unknown type {other:?}; use file or env"),
+                ))
+            }
+        };
+        Ok(SecretSpec { id, source })
+    }
+}
+
+/// One `--ssh` request: an id (`default` when omitted) and the agent sockets or keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSpec {
+    /// The id RUN --mount=type=ssh,id=ID refers to.
+    pub id: String,
+    /// Agent socket or key files; empty means `$SSH_AUTH_SOCK`.
+    pub paths: Vec<PathBuf>,
+}
+
+impl SshSpec {
+    /// Parse `default`, `ID`, or `ID=PATH[,PATH]`.
+    pub fn parse(spec: &str) -> Result<SshSpec, OptionError> {
+        let (id, rest) = match spec.split_once('=') {
+            Some((id, rest)) => (id, Some(rest)),
+            None => (spec, None),
+        };
+        if id.is_empty() {
+            return Err(err("--ssh", spec, "missing id; use default or ID=PATH"));
+        }
+        let paths = rest
+            .map(|r| {
+                r.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(SshSpec {
+            id: id.to_string(),
+            paths,
+        })
+    }
+}
+
+/// Parse an `--add-host host:ip` value (also `host=ip`, as newer docker allows).
+pub fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), OptionError> {
+    let (host, ip) = spec
+        .split_once('=')
+        .or_else(|| spec.split_once(':'))
+        .ok_or_else(|| err("--add-host", spec, "use HOST:IP"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| err("--add-host", spec, format!("{ip:?} is not an IP address")))?;
+    if host.is_empty() {
+        return Err(err("--add-host", spec, "missing host name"));
+    }
+    Ok((host.to_string(), ip))
+}
+
+/// The RUN network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The builder's default: the host network, as BuildKit's OCI worker does.
+    #[default]
+    Default,
+    /// Only a loopback interface.
+    None,
+    /// The host network.
+    Host,
+}
+
+impl NetworkMode {
+    /// Parse `default`, `none` or `host`.
+    pub fn parse(value: &str) -> Result<NetworkMode, OptionError> {
+        match value {
+            "default" => Ok(NetworkMode::Default),
+            "none" => Ok(NetworkMode::None),
+            "host" => Ok(NetworkMode::Host),
+            _ => Err(err("--network", value, "use default, none or host")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags() -> Vec<String> {
+        vec!["127.0.0.1:5000/demo:1".to_string()]
+    }
+
+    #[test]
+    fn output_registry_takes_tags_and_pushes() {
+        let o = Output::parse("type=registry", &tags()).unwrap();
+        assert_eq!(o.kind, OutputKind::Registry);
+        assert!(o.push);
+        assert_eq!(o.names, tags());
+    }
+
+    #[test]
+    fn output_image_push_true_and_names() {
+        let o = Output::parse("type=image,name=a/b:1,push=true,compression=zstd", &[]).unwrap();
+        assert_eq!(o.kind, OutputKind::Image);
+        assert!(o.push);
+        assert_eq!(o.names, vec!["a/b:1"]);
+        assert_eq!(o.compression, LayerCompression::Zstd);
+    }
+
+    #[test]
+    fn output_quoted_names() {
+        let o = Output::parse("type=image,\"name=a:1,b:2\"", &[]).unwrap();
+        assert_eq!(o.names, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn output_bare_path_is_local_and_dash_is_tar() {
+        let o = Output::parse("out", &[]).unwrap();
+        assert_eq!(
+            (o.kind, o.dest),
+            (OutputKind::Local, Some(PathBuf::from("out")))
+        );
+        let o = Output::parse("-", &[]).unwrap();
+        assert_eq!(o.kind, OutputKind::Tar);
+    }
+
+    #[test]
+    fn output_oci_dir_with_tar_false() {
+        let o = Output::parse("type=oci,dest=layout,tar=false", &[]).unwrap();
+        assert!(o.as_directory);
+    }
+
+    #[test]
+    fn output_errors_name_the_problem() {
+        let e = Output::parse("type=ftp", &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown type \"ftp\""), "{e}");
+        let e = Output::parse("type=oci", &[]).unwrap_err();
+        assert!(e.to_string().contains("dest=PATH"), "{e}");
+        let e = Output::parse("type=registry", &[]).unwrap_err();
+        assert!(e.to_string().contains("-t NAME"), "{e}");
+        let e = Output::parse("type=local,dest=x,colour=red", &[]).unwrap_err();
+        assert!(e.to_string().contains("unknown field \"colour\""), "{e}");
+        let e = Output::parse("type=local,dest=x,push=maybe", &[]).unwrap_err();
+        assert!(e.to_string().contains("not true or false"), "{e}");
+        assert!(Output::parse("dest", &[]).is_ok());
+        assert!(Output::parse("", &[]).is_err());
+    }
+
+    #[test]
+    fn build_args_from_env_and_values() {
+        let env = |k: &str| (k == "HOME_X").then(|| "from-env".to_string());
+        let got = parse_build_args(
+            &[
+                "A=1".into(),
+                "B=".into(),
+                "HOME_X".into(),
+                "UNSET".into(),
+                "C=x=y".into(),
+            ],
+            env,
+        )
+        .unwrap();
+        assert_eq!(got.get("A").map(String::as_str), Some("1"));
+        assert_eq!(got.get("B").map(String::as_str), Some(""));
+        assert_eq!(got.get("HOME_X").map(String::as_str), Some("from-env"));
+        assert_eq!(got.get("C").map(String::as_str), Some("x=y"));
+        assert!(!got.contains_key("UNSET"));
+        assert!(parse_build_args(&["=1".into()], |_| None).is_err());
+    }
+
+    #[test]
+    fn labels_need_key_value() {
+        assert_eq!(parse_labels(&["a=b".into()]).unwrap()["a"], "b");
+        assert!(parse_labels(&["a".into()]).is_err());
+    }
+
+    #[test]
+    fn secrets_parse_like_buildx() {
+        let no_env = |_: &str| false;
+        assert_eq!(
+            SecretSpec::parse("id=tok,src=/tmp/t", no_env)
+                .unwrap()
+                .source,
+            SecretSource::File("/tmp/t".into())
+        );
+        assert_eq!(
+            SecretSpec::parse("id=tok,env=TOKEN", no_env)
+                .unwrap()
+                .source,
+            SecretSource::Env("TOKEN".into())
+        );
+        assert_eq!(
+            SecretSpec::parse("id=TOKEN", |k| k == "TOKEN")
+                .unwrap()
+                .source,
+            SecretSource::Env("TOKEN".into())
+        );
+        assert_eq!(
+            SecretSpec::parse("id=tok", no_env).unwrap().source,
+            SecretSource::File("tok".into())
+        );
+        assert!(SecretSpec::parse("src=/x", no_env).is_err());
+        assert!(SecretSpec::parse("id=a,src=x,env=y", no_env).is_err());
+        assert!(SecretSpec::parse("id=a,kind=x", no_env).is_err());
+    }
+
+    #[test]
+    fn ssh_and_hosts_and_network() {
+        assert_eq!(SshSpec::parse("default").unwrap().paths.len(), 0);
+        assert_eq!(SshSpec::parse("gh=/a,/b").unwrap().paths.len(), 2);
+        assert!(SshSpec::parse("=x").is_err());
+        let (h, ip) = parse_add_host("db:10.0.0.2").unwrap();
+        assert_eq!((h.as_str(), ip.to_string().as_str()), ("db", "10.0.0.2"));
+        assert!(parse_add_host("db=::1").is_ok());
+        assert!(parse_add_host("db:notanip").is_err());
+        assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
+        assert!(NetworkMode::parse("bridge").is_err());
+    }
+}
