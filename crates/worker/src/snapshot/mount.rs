@@ -1,0 +1,282 @@
+//! Overlay mounts.
+//!
+//! Mounts are made in the calling process's mount namespace: the solver
+//! runs as root on the host and the executor enters the merged directory
+//! from there. On kernels with the new mount API and `lowerdir+` (Linux
+//! 6.8 and later) each lower directory is passed separately, so there is no
+//! limit on the length of the lower paths; older kernels get one
+//! `mount(2)` option string, with `/proc/self/fd/N` names for the lowers
+//! when the full paths would not fit in a page.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+};
+
+use super::error::{Error, IoContext, Result};
+use super::fsutil;
+
+/// The most lower layers overlayfs stacks (`OVL_MAX_STACK`).
+const MAX_LOWERS: usize = 500;
+
+/// Options that keep the upper directory a plain diff: no redirects, no
+/// metadata-only copy-up, no index, no xino bits in inode numbers.
+const PLAIN_UPPER_OPTIONS: [(&str, &str); 4] = [
+    ("redirect_dir", "off"),
+    ("metacopy", "off"),
+    ("index", "off"),
+    ("xino", "off"),
+];
+
+/// A live overlay mount: `merged` shows the stacked layers, writes land in
+/// `upper` (overlay diff format: whiteouts are 0/0 character devices,
+/// replaced directories carry `trusted.overlay.opaque=y`).
+///
+/// Dropping a `Mount` unmounts it (lazily if it is busy) and removes its
+/// directories; [`Mount::unmount`] does the same and reports errors, and
+/// [`Mount::commit`] keeps the upper directory as a new lower.
+#[derive(Debug)]
+pub struct Mount {
+    dir: PathBuf,
+    merged: PathBuf,
+    upper: PathBuf,
+    snapshots: PathBuf,
+    mounted: bool,
+}
+
+fn escape_option(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        if matches!(b, b':' | b',' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Mounts with the new mount API, one `lowerdir+` per layer (top first).
+fn mount_lowerdir_plus(lowers: &[&Path], upper: &Path, work: &Path, merged: &Path) -> io::Result<()> {
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(fs.as_fd(), "source", "kbuild")?;
+    for lower in lowers {
+        fsconfig_set_string(fs.as_fd(), "lowerdir+", *lower)?;
+    }
+    fsconfig_set_string(fs.as_fd(), "upperdir", upper)?;
+    fsconfig_set_string(fs.as_fd(), "workdir", work)?;
+    for (k, v) in PLAIN_UPPER_OPTIONS {
+        fsconfig_set_string(fs.as_fd(), k, v)?;
+    }
+    fsconfig_create(fs.as_fd())?;
+    let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+    move_mount(
+        mnt.as_fd(),
+        "",
+        rustix::fs::CWD,
+        merged,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+/// Mounts with one `mount(2)` option string (lowers top first); when the
+/// string would exceed a page, the lowers are named `/proc/self/fd/N`.
+pub(crate) fn mount_legacy(lowers: &[&Path], upper: &Path, work: &Path, merged: &Path) -> io::Result<()> {
+    let build = |names: &[PathBuf]| {
+        let mut data = b"lowerdir=".to_vec();
+        for (i, l) in names.iter().enumerate() {
+            if i > 0 {
+                data.push(b':');
+            }
+            data.extend(escape_option(l));
+        }
+        data.extend(b",upperdir=");
+        data.extend(escape_option(upper));
+        data.extend(b",workdir=");
+        data.extend(escape_option(work));
+        for (k, v) in PLAIN_UPPER_OPTIONS {
+            data.extend(format!(",{k}={v}").bytes());
+        }
+        data
+    };
+    let full: Vec<PathBuf> = lowers.iter().map(|p| p.to_path_buf()).collect();
+    let mut data = build(&full);
+    // Keep the descriptors open until mount(2) has resolved the names.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    if data.len() >= 4095 {
+        for l in lowers {
+            fds.push(rustix::fs::open(
+                *l,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?);
+        }
+        let short: Vec<PathBuf> = fds
+            .iter()
+            .map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))
+            .collect();
+        data = build(&short);
+    }
+    let data = std::ffi::CString::new(data).map_err(|_| Errno::INVAL)?;
+    rustix::mount::mount("kbuild", merged, "overlay", MountFlags::empty(), data.as_c_str())?;
+    drop(fds);
+    Ok(())
+}
+
+/// Whether the kernel rejected `lowerdir+` (before Linux 6.8).
+fn lowerdir_plus_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS))
+}
+
+impl Mount {
+    pub(crate) fn new(root: &Path, lowers: &[PathBuf]) -> Result<Mount> {
+        if lowers.len() > MAX_LOWERS {
+            return Err(Error::TooManyLowers(lowers.len()));
+        }
+        let mounts = root.join("mounts");
+        let dir = tempfile::Builder::new()
+            .prefix("m")
+            .tempdir_in(&mounts)
+            .at("create a mount directory in", &mounts)?
+            .keep();
+        let mut mount = Mount {
+            merged: dir.join("merged"),
+            upper: dir.join("upper"),
+            snapshots: root.join("snapshots"),
+            dir,
+            mounted: false,
+        };
+        let work = mount.dir.join("work");
+        for d in [&mount.merged, &mount.upper, &work] {
+            fs::create_dir(d).at("create the mount directory", d)?;
+        }
+        fs::set_permissions(&mount.upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .at("set the mode of", &mount.upper)?;
+        let empty = root.join("empty");
+        let mut top_first: Vec<&Path> = lowers.iter().rev().map(|p| p.as_path()).collect();
+        if top_first.is_empty() {
+            top_first.push(&empty);
+        }
+        let result = match mount_lowerdir_plus(&top_first, &mount.upper, &work, &mount.merged) {
+            Err(e) if lowerdir_plus_unsupported(&e) => {
+                tracing::debug!(error = %e, "lowerdir+ unsupported, using mount(2)");
+                mount_legacy(&top_first, &mount.upper, &work, &mount.merged)
+            }
+            other => other,
+        };
+        result.map_err(|source| Error::Mount {
+            merged: mount.merged.clone(),
+            lowers: lowers.len(),
+            source,
+        })?;
+        mount.mounted = true;
+        Ok(mount)
+    }
+
+    /// The merged view: the directory a container uses as its root.
+    pub fn merged(&self) -> &Path {
+        &self.merged
+    }
+
+    /// The upper directory that collects the changes.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    fn detach(&mut self) -> Result<()> {
+        if !self.mounted {
+            return Ok(());
+        }
+        match rustix::mount::unmount(&self.merged, UnmountFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::BUSY) => {
+                rustix::mount::unmount(&self.merged, UnmountFlags::DETACH)
+                    .at("lazily unmount", &self.merged)?;
+            }
+            Err(Errno::INVAL) | Err(Errno::NOENT) => {} // not mounted any more
+            Err(e) => return Err(e).at("unmount", &self.merged),
+        }
+        self.mounted = false;
+        Ok(())
+    }
+
+    /// Unmounts and removes the mount's directories (upper included).
+    pub fn unmount(mut self) -> Result<()> {
+        self.detach()?;
+        let dir = std::mem::take(&mut self.dir);
+        fs::remove_dir_all(&dir).at("remove the mount directory", &dir)
+    }
+
+    /// Unmounts and keeps the upper directory as a layer-like diff directory
+    /// (`<root>/snapshots/<id>`) that can be stacked as a lower of a later
+    /// mount without re-extracting, and diffed with [`super::write_diff`].
+    /// Overlay bookkeeping xattrs other than the opaque mark are removed.
+    /// Name it by diff_id with [`super::Snapshotter::adopt_layer`].
+    pub fn commit(mut self) -> Result<PathBuf> {
+        self.detach()?;
+        strip_overlay_xattrs(&self.upper)?;
+        let id = self
+            .dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let target = self.snapshots.join(id);
+        fs::rename(&self.upper, &target).at("move the upper directory to", &target)?;
+        let dir = std::mem::take(&mut self.dir);
+        fs::remove_dir_all(&dir).at("remove the mount directory", &dir)?;
+        Ok(target)
+    }
+}
+
+/// Removes `trusted.overlay.*` xattrs (origin, impure, ...) except the
+/// opaque mark, walking the upper directory only.
+fn strip_overlay_xattrs(upper: &Path) -> Result<()> {
+    let mut stack = vec![upper.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for (name, _) in fsutil::list_xattrs(&p).at("read the xattrs of", &p)? {
+            if fsutil::is_overlay_xattr(&name) && name != fsutil::OPAQUE_XATTR {
+                rustix::fs::lremovexattr(&p, name.as_str()).at("remove an overlay xattr from", &p)?;
+            }
+        }
+        let md = p.symlink_metadata().at("inspect", &p)?;
+        if md.is_dir() {
+            for e in fs::read_dir(&p).at("list", &p)? {
+                stack.push(e.at("list", &p)?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
+        if let Err(e) = self.detach() {
+            tracing::warn!(error = %e, "leaving overlay mount in place");
+            return;
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove mount directory");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_escaping() {
+        assert_eq!(escape_option(Path::new("/a:b,c\\d")), b"/a\\:b\\,c\\\\d".to_vec());
+    }
+}
