@@ -3,12 +3,218 @@
 //! form, words, key/value pairs), builder flags and heredocs, with the line
 //! range of every instruction. Mirrors BuildKit's `frontend/dockerfile/parser`.
 
+mod directives;
 mod error;
+mod heredoc;
+mod node;
 pub(crate) mod suggest;
+pub(crate) mod words;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::{Error, ErrorKind};
+
+pub(crate) use heredoc::chomp_content;
+
+/// The longest line BuildKit reads, line terminator included (Go's
+/// `bufio.MaxScanTokenSize`).
+const MAX_LINE: usize = 64 * 1024;
+
+/// Parses Dockerfile text; errors name the file `Dockerfile`.
+pub fn parse(text: &str) -> Result<Ast, Error> {
+    parse_named(text, "Dockerfile")
+}
+
+/// Parses Dockerfile text; `file` is the name used in errors and kept in
+/// [`Ast::file`].
+pub fn parse_named(text: &str, file: &str) -> Result<Ast, Error> {
+    Parser::new(text).run().map(|mut ast| {
+        ast.file = file.to_string();
+        ast
+    }).map_err(|e| e.in_file(file))
+}
+
+/// Line source that behaves like Go's `bufio.Scanner` with BuildKit's
+/// newline-keeping split function.
+struct Lines<'a> {
+    rest: &'a str,
+    /// Lines handed out so far.
+    count: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// The next line with its terminator, `Ok(None)` at the end, or the
+    /// overlong-line error.
+    fn next(&mut self) -> Result<Option<&'a str>, Error> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let (line, rest) = match self.rest.find('\n') {
+            Some(i) => self.rest.split_at(i + 1),
+            None => (self.rest, ""),
+        };
+        let too_long = if line.ends_with('\n') { line.len() > MAX_LINE } else { line.len() >= MAX_LINE };
+        if too_long {
+            let at = self.count + 1;
+            return Err(Error::new(
+                ErrorKind::Syntax,
+                Some(SourceRange { start_line: at, end_line: at }),
+                format!("dockerfile line greater than max allowed size of {}", MAX_LINE - 1),
+            ));
+        }
+        self.rest = rest;
+        self.count += 1;
+        Ok(Some(line))
+    }
+}
+
+/// Go's `bytes.TrimRight(s, "\r\n")`.
+fn trim_newline(s: &str) -> &str {
+    s.trim_end_matches(['\r', '\n'])
+}
+
+fn trim_left_space(s: &str) -> &str {
+    s.trim_start_matches(words::is_space)
+}
+
+fn is_comment(line: &str) -> bool {
+    trim_left_space(trim_newline(line)).starts_with('#')
+}
+
+struct Parser<'a> {
+    lines: Lines<'a>,
+    directives: directives::DirectiveParser,
+    nodes: Vec<Node>,
+    warnings: Vec<Warning>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Parser<'a> {
+        Parser {
+            lines: Lines { rest: text, count: 0 },
+            directives: directives::DirectiveParser::default(),
+            nodes: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// BuildKit's `processLine`: drop the terminator, optionally leading
+    /// whitespace, look for a directive, and blank out comment lines.
+    fn process_line(&mut self, raw: &'a str, strip_left: bool, line_no: usize) -> Result<&'a str, Error> {
+        let mut token = trim_newline(raw);
+        if strip_left {
+            token = trim_left_space(token);
+        }
+        self.directives.parse_line(token, line_no)?;
+        Ok(if is_comment(token) { "" } else { token })
+    }
+
+    /// Removes a trailing escape character (plus spaces/tabs after it);
+    /// returns the line and whether it ended the logical line.
+    fn trim_continuation(&self, line: &'a str) -> (&'a str, bool) {
+        let esc = self.directives.escape;
+        let trimmed = line.trim_end_matches([' ', '\t']);
+        match trimmed.strip_suffix(esc) {
+            Some(head) => (head, false),
+            None => (line, true),
+        }
+    }
+
+    fn run(mut self) -> Result<Ast, Error> {
+        let mut comments: Vec<String> = Vec::new();
+        while let Some(mut raw) = self.lines.next()? {
+            if self.lines.count == 1 {
+                raw = raw.strip_prefix('\u{feff}').unwrap_or(raw);
+            }
+            if is_comment(raw) {
+                // BuildKit drops the first byte of the raw line, whatever it is.
+                let comment = raw.get(1..).unwrap_or("").trim();
+                if comment.is_empty() {
+                    comments.clear();
+                } else {
+                    comments.push(comment.to_string());
+                }
+            }
+            let start_line = self.lines.count;
+            let token = self.process_line(raw, true, start_line)?;
+            let (first, mut end_of_line) = self.trim_continuation(token);
+            if end_of_line && first.is_empty() {
+                continue;
+            }
+            let mut line = first.to_string();
+            let mut empty_continuation = false;
+            while !end_of_line {
+                let Some(raw) = self.lines.next()? else { break };
+                let line_no = self.lines.count;
+                let token = self.process_line(raw, false, line_no)?;
+                if is_comment(raw) {
+                    continue;
+                }
+                if trim_left_space(token).is_empty() {
+                    empty_continuation = true;
+                    continue;
+                }
+                let (part, eol) = self.trim_continuation(token);
+                end_of_line = eol;
+                line.push_str(part);
+            }
+            let end_line = self.lines.count;
+            if empty_continuation {
+                self.warnings.push(Warning {
+                    rule: "NoEmptyContinuation".to_string(),
+                    message: format!("Empty continuation line found in: {line}"),
+                    range: SourceRange { start_line: end_line, end_line },
+                });
+            }
+            let range = SourceRange { start_line, end_line };
+            let mut node = node::node_from_line(&line, self.directives.escape, std::mem::take(&mut comments))
+                .map_err(|m| Error::new(m.0, Some(range), m.1))?;
+            if node.can_contain_heredoc() && line.contains("<<") {
+                let docs = heredoc::heredocs_from_line(&line)
+                    .map_err(|m| Error::new(ErrorKind::Syntax, Some(range), m))?;
+                for mut doc in docs {
+                    let mut terminated = false;
+                    while let Some(raw) = self.lines.next()? {
+                        let mut candidate = trim_newline(raw);
+                        if doc.chomp {
+                            candidate = candidate.trim_start_matches('\t');
+                        }
+                        if candidate == doc.name {
+                            terminated = true;
+                            break;
+                        }
+                        doc.content.push_str(raw);
+                    }
+                    if !terminated {
+                        let end = SourceRange { start_line, end_line: self.lines.count };
+                        return Err(Error::new(ErrorKind::Syntax, Some(end), "unterminated heredoc"));
+                    }
+                    node.heredocs.push(doc);
+                }
+            }
+            node.range = SourceRange { start_line, end_line: self.lines.count };
+            if let NodeArgs::Sub(child) = &mut node.args {
+                child.range = node.range;
+            }
+            self.nodes.push(node);
+        }
+        if self.nodes.is_empty() {
+            let at = self.lines.count.max(1);
+            return Err(Error::new(
+                ErrorKind::Syntax,
+                Some(SourceRange { start_line: at, end_line: at }),
+                "file with no instructions",
+            ));
+        }
+        Ok(Ast {
+            file: String::new(),
+            directives: self.directives.found,
+            escape: self.directives.escape,
+            nodes: self.nodes,
+            warnings: self.warnings,
+        })
+    }
+}
 
 /// The 1-based, inclusive lines an instruction spans (heredoc bodies included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -71,7 +71,8 @@ mod tests {
         assert_eq!(suggest("Coppy", &opts, false).as_deref(), Some("copy"));
         assert_eq!(suggest("XYZZY", &opts, false), None);
         assert_eq!(suggest("copy", &opts, false), None);
-        assert_eq!(suggest("Bnd", &["bind"], true), None);
+        assert_eq!(suggest("Bnd", &["bind"], true).as_deref(), Some("bind"));
+        assert_eq!(suggest("tmp", &["bind"], true), None);
         assert_eq!(suggest("bnd", &["bind"], true).as_deref(), Some("bind"));
     }
 }
