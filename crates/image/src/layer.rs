@@ -1,0 +1,243 @@
+//! Layer blobs: compress a tar stream into the store while computing both
+//! digests in one pass, and decompress pulled layers.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{stream_err, Error, Result};
+use crate::oci::{
+    Descriptor, MEDIA_TYPE_DOCKER_LAYER, MEDIA_TYPE_OCI_LAYER, MEDIA_TYPE_OCI_LAYER_GZIP,
+    MEDIA_TYPE_OCI_LAYER_ZSTD,
+};
+use crate::store::{ContentStore, Ingest};
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip at level 0-9 (6 is gzip's and BuildKit's default).
+    Gzip(u32),
+    /// zstd at level 1-22 (3 is zstd's default).
+    Zstd(i32),
+    /// No compression.
+    None,
+}
+
+impl Default for Compression {
+    fn default() -> Compression {
+        Compression::Gzip(6)
+    }
+}
+
+impl Compression {
+    /// The OCI layer media type for this compression.
+    pub fn media_type(&self) -> &'static str {
+        match self {
+            Compression::Gzip(_) => MEDIA_TYPE_OCI_LAYER_GZIP,
+            Compression::Zstd(_) => MEDIA_TYPE_OCI_LAYER_ZSTD,
+            Compression::None => MEDIA_TYPE_OCI_LAYER,
+        }
+    }
+}
+
+/// A layer committed to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The compressed blob: media type, digest, size.
+    pub descriptor: Descriptor,
+    /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids` entry).
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+}
+
+enum Encoder {
+    Gzip(flate2::write::GzEncoder<Ingest>),
+    Zstd(zstd::Encoder<'static, Ingest>),
+    Plain(Ingest),
+}
+
+/// Takes the uncompressed tar stream through [`Write`], compresses it into an
+/// ingest and hashes both sides on the way; nothing is buffered beyond the
+/// compressor's window and nothing is read twice.
+pub struct LayerWriter {
+    encoder: Encoder,
+    diff: Hasher,
+    media_type: &'static str,
+}
+
+impl std::fmt::Debug for LayerWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerWriter")
+            .field("media_type", &self.media_type)
+            .field("uncompressed_written", &self.diff.len())
+            .finish()
+    }
+}
+
+impl LayerWriter {
+    /// Starts a layer in `store`.
+    pub fn new(store: &ContentStore, compression: Compression) -> Result<LayerWriter> {
+        let ingest = store.writer()?;
+        let encoder = match compression {
+            Compression::Gzip(level) => Encoder::Gzip(
+                // GzBuilder writes mtime 0 and no file name: reproducible output.
+                flate2::GzBuilder::new().write(ingest, flate2::Compression::new(level.min(9))),
+            ),
+            Compression::Zstd(level) => Encoder::Zstd(
+                zstd::Encoder::new(ingest, level)
+                    .map_err(stream_err("start the zstd compressor"))?,
+            ),
+            Compression::None => Encoder::Plain(ingest),
+        };
+        Ok(LayerWriter {
+            encoder,
+            diff: Hasher::default(),
+            media_type: compression.media_type(),
+        })
+    }
+
+    /// Uncompressed bytes written so far.
+    pub fn uncompressed_size(&self) -> u64 {
+        self.diff.len()
+    }
+
+    /// Flushes the compressor, verifies and commits the blob.
+    pub fn finish(self) -> Result<Layer> {
+        let ingest = match self.encoder {
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Plain(i) => Ok(i),
+        }
+        .map_err(stream_err("finish compressing the layer"))?;
+        let (digest, size) = ingest.commit(None)?;
+        let uncompressed_size = self.diff.len();
+        Ok(Layer {
+            descriptor: Descriptor::new(self.media_type, digest, size),
+            diff_id: self.diff.finish(),
+            uncompressed_size,
+        })
+    }
+}
+
+impl Write for LayerWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.encoder {
+            Encoder::Gzip(e) => e.write(buf)?,
+            Encoder::Zstd(e) => e.write(buf)?,
+            Encoder::Plain(i) => i.write(buf)?,
+        };
+        self.diff.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.encoder {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Plain(i) => i.flush(),
+        }
+    }
+}
+
+/// Builds several layers at once, one thread per layer up to the machine's
+/// available parallelism. Each job writes its uncompressed tar into the
+/// [`LayerWriter`] it is given. Results keep the order of `jobs`.
+pub fn compress_layers_parallel<F>(
+    store: &ContentStore,
+    compression: Compression,
+    jobs: Vec<F>,
+) -> Result<Vec<Layer>>
+where
+    F: FnOnce(&mut LayerWriter) -> Result<()> + Send,
+{
+    let count = jobs.len();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(count);
+    let queue: Vec<Mutex<Option<F>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let results: Vec<Mutex<Option<Result<Layer>>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let job = queue[i].lock().ok().and_then(|mut j| j.take());
+                let Some(job) = job else { continue };
+                let result = LayerWriter::new(store, compression).and_then(|mut w| {
+                    job(&mut w)?;
+                    w.finish()
+                });
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, slot)| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or(Err(Error::WorkerPanicked { index }))
+        })
+        .collect()
+}
+
+/// A reader of the uncompressed tar of a layer blob with `media_type` (OCI
+/// or Docker; plain, gzip or zstd).
+pub fn decompress_reader<'a, R: Read + Send + 'a>(
+    media_type: &str,
+    reader: R,
+) -> Result<Box<dyn Read + Send + 'a>> {
+    let plain = [
+        MEDIA_TYPE_OCI_LAYER,
+        MEDIA_TYPE_DOCKER_LAYER,
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    ];
+    if plain.contains(&media_type) {
+        Ok(Box::new(reader))
+    } else if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
+            reader,
+        ))))
+    } else if media_type.ends_with("+zstd") || media_type.ends_with(".tar.zstd") {
+        Ok(Box::new(
+            zstd::Decoder::new(reader).map_err(stream_err("start the zstd decompressor"))?,
+        ))
+    } else {
+        Err(Error::UnsupportedMediaType(media_type.to_string()))
+    }
+}
+
+/// A reader that decompresses gzip, bzip2, xz or zstd when the stream starts
+/// with that format's magic bytes, and passes anything else through (what
+/// Dockerfile `ADD` does with local archives).
+pub fn decompress_sniffed<'a, R: Read + Send + 'a>(reader: R) -> Result<Box<dyn Read + Send + 'a>> {
+    let mut reader = BufReader::new(reader);
+    let head = reader
+        .fill_buf()
+        .map_err(stream_err("read the start of the archive"))?;
+    let head: Vec<u8> = head.iter().take(6).copied().collect();
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(reader)))
+    } else if head.starts_with(b"BZh") {
+        Ok(Box::new(bzip2::read::MultiBzDecoder::new(reader)))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Ok(Box::new(xz2::read::XzDecoder::new_multi_decoder(reader)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(
+            zstd::Decoder::with_buffer(reader)
+                .map_err(stream_err("start the zstd decompressor"))?,
+        ))
+    } else {
+        Ok(Box::new(reader))
+    }
+}

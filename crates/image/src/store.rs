@@ -1,0 +1,698 @@
+//! The content store: blobs addressed by digest, written through an ingest
+//! area and committed by rename once the digest is verified.
+//!
+//! Layout below the root (the blob part is an OCI image layout's):
+//!
+//! ```text
+//! <root>/blobs/sha256/<hex>   committed blobs, read-only files
+//! <root>/ingest/              writes in progress (anonymous temp files and resumable ones)
+//! <root>/refs/<name>          one file per ref holding a digest; the roots for prune
+//! <root>/lock                 advisory lock: shared by builds, exclusive by prune
+//! ```
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use fs2::FileExt;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{io_err, Error, Result};
+
+/// Ingest files untouched for this long are removed by [`ContentStore::prune`].
+pub const STALE_INGEST_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// JSON blobs bigger than this are never parsed while walking for prune.
+const MAX_WALK_DOCUMENT: u64 = 16 << 20;
+
+const WRITE_BUFFER: usize = 256 << 10;
+
+/// The default store root: `$XDG_DATA_HOME/kubectl-build`, falling back to
+/// `~/.local/share/kubectl-build`. `None` when neither variable is usable.
+pub fn default_root() -> Option<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        let xdg = PathBuf::from(xdg);
+        if xdg.is_absolute() {
+            return Some(xdg.join("kubectl-build"));
+        }
+    }
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    if !home.is_absolute() {
+        return None;
+    }
+    Some(home.join(".local/share/kubectl-build"))
+}
+
+/// A content-addressed blob store on disk. Cheap to clone; all methods take
+/// `&self` and are safe to call from several threads and processes.
+#[derive(Debug, Clone)]
+pub struct ContentStore {
+    root: PathBuf,
+}
+
+/// A held store lock; released on drop. See [`ContentStore::lock_shared`].
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+/// What [`ContentStore::prune`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Blobs removed, sorted.
+    pub removed_blobs: Vec<Digest>,
+    /// Bytes of removed blobs and ingest files.
+    pub freed_bytes: u64,
+    /// Blobs kept because a root reaches them.
+    pub kept: usize,
+    /// Stale ingest files removed.
+    pub removed_ingests: usize,
+}
+
+/// The tiny JSON document a ref can point to in order to keep several
+/// unrelated blobs alive (the build cache uses it): `{"children":["sha256:…",…]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildrenList {
+    /// The blobs kept alive, sorted and without duplicates.
+    pub children: Vec<Digest>,
+}
+
+impl ContentStore {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<ContentStore> {
+        let root = root.into();
+        for dir in [
+            root.join("blobs/sha256"),
+            root.join("ingest"),
+            root.join("refs"),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_err("create the store directory", &dir))?;
+        }
+        let lock = root.join("lock");
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&lock)
+            .map_err(io_err("create the store lock file", &lock))?;
+        Ok(ContentStore { root })
+    }
+
+    /// The store root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the blob is committed.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Where the blob lives (whether or not it exists).
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// The blob's size in bytes.
+    pub fn size(&self, digest: &Digest) -> Result<u64> {
+        match fs::metadata(self.path(digest)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) => Err(self.not_found_or(digest, "read the size of", e)),
+        }
+    }
+
+    /// Opens the blob for reading. (`ContentStore::open` opens the store.)
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        File::open(self.path(digest)).map_err(|e| self.not_found_or(digest, "open", e))
+    }
+
+    /// Reads a whole blob and checks its digest; meant for small JSON documents.
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let data = fs::read(self.path(digest)).map_err(|e| self.not_found_or(digest, "read", e))?;
+        let actual = Digest::of(&data);
+        if actual != *digest {
+            return Err(Error::DigestMismatch {
+                expected: *digest,
+                actual,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Stores `data`, returning its digest and size.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<(Digest, u64)> {
+        let digest = Digest::of(data);
+        if self.has(&digest) {
+            return Ok((digest, data.len() as u64));
+        }
+        let mut ingest = self.writer()?;
+        ingest
+            .write_all(data)
+            .map_err(io_err("write", ingest.path.clone()))?;
+        ingest.commit(Some(&digest))
+    }
+
+    /// Starts an anonymous ingest. Dropping it without commit removes its file.
+    pub fn writer(&self) -> Result<Ingest> {
+        let dir = self.root.join("ingest");
+        let temp = tempfile::Builder::new()
+            .prefix("tmp-")
+            .tempfile_in(&dir)
+            .map_err(io_err("create an ingest file in", &dir))?;
+        let (file, temp_path) = temp.into_parts();
+        let path = temp_path.to_path_buf();
+        Ok(Ingest {
+            out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            path,
+            temp: Some(temp_path),
+            hasher: Hasher::default(),
+            blobs: self.root.join("blobs/sha256"),
+        })
+    }
+
+    /// Starts or resumes the ingest named `key` (any string, e.g. the digest
+    /// being downloaded). Returns the ingest and the offset already written:
+    /// the caller continues the download from there. The bytes already present
+    /// are re-hashed. Dropping the ingest without commit keeps the partial file
+    /// for a later resume; [`Ingest::abort`] removes it. Only one writer per
+    /// key at a time: a second one gets [`Error::IngestBusy`].
+    pub fn writer_resumable(&self, key: &str) -> Result<(Ingest, u64)> {
+        let path = self
+            .root
+            .join("ingest")
+            .join(format!("resume-{}", Digest::of(key.as_bytes()).hex()));
+        let file = loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_err("open the resumable ingest file", &path))?;
+            if FileExt::try_lock_exclusive(&file).is_err() {
+                return Err(Error::IngestBusy {
+                    key: key.to_string(),
+                });
+            }
+            // The previous holder may have committed (renamed) the file between
+            // our open and our lock: then our handle is the committed blob.
+            let ours = file.metadata().map_err(io_err("stat", &path))?;
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => break file,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat", &path)(e)),
+            }
+        };
+        let mut hasher = Hasher::default();
+        let mut reader = &file;
+        let mut buf = vec![0u8; WRITE_BUFFER];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(io_err("read the resumable ingest file", &path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let offset = hasher.len();
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io_err("seek in", &path))?;
+        Ok((
+            Ingest {
+                out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                path,
+                temp: None,
+                hasher,
+                blobs: self.root.join("blobs/sha256"),
+            },
+            offset,
+        ))
+    }
+
+    /// Takes the store lock shared; builds hold it while they write blobs that
+    /// no ref reaches yet, so a concurrent prune cannot remove them. Blocks
+    /// while a prune runs.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = File::open(&path).map_err(io_err("open the store lock", &path))?;
+        FileExt::lock_shared(&file)
+            .map_err(io_err("take the shared store lock", &path))?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Points ref `name` at `digest`, replacing it atomically. Names are
+    /// `/`-separated segments of `[A-Za-z0-9._:@+=-]`, not starting with `.`,
+    /// e.g. `cache/<key>` or `image/docker.io/library/alpine:latest`.
+    pub fn set_ref(&self, name: &str, digest: &Digest) -> Result<()> {
+        let path = self.ref_path(name)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err("create the ref directory", &dir))?;
+        write_atomic(&path, format!("{digest}\n").as_bytes())
+    }
+
+    /// The digest ref `name` points at, if the ref exists.
+    pub fn get_ref(&self, name: &str) -> Result<Option<Digest>> {
+        let path = self.ref_path(name)?;
+        if path.is_dir() {
+            return Ok(None); // a prefix of other refs, not a ref
+        }
+        match fs::read_to_string(&path) {
+            Ok(text) => Digest::parse(text.trim_end())
+                .map(Some)
+                .map_err(|e| Error::CorruptRef {
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read the ref", path)(e)),
+        }
+    }
+
+    /// Removes ref `name`; returns whether it existed.
+    pub fn remove_ref(&self, name: &str) -> Result<bool> {
+        let path = self.ref_path(name)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("remove the ref", path)(e)),
+        }
+        // Tidy now-empty parent directories; a concurrent set_ref may refill
+        // one, so failures are fine.
+        let refs = self.root.join("refs");
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == refs || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(true)
+    }
+
+    /// All refs, sorted by name.
+    pub fn list_refs(&self) -> Result<Vec<(String, Digest)>> {
+        let mut out = Vec::new();
+        let refs = self.root.join("refs");
+        let mut stack = vec![(refs, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let entries = fs::read_dir(&dir).map_err(io_err("list the refs in", &dir))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err("list the refs in", &dir))?;
+                let Some(file_name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if file_name.starts_with('.') {
+                    continue; // in-flight temp files
+                }
+                let name = format!("{prefix}{file_name}");
+                let kind = entry.file_type().map_err(io_err("stat", entry.path()))?;
+                if kind.is_dir() {
+                    stack.push((entry.path(), format!("{name}/")));
+                } else if let Some(d) = self.get_ref(&name)? {
+                    out.push((name, d));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Stores a [`ChildrenList`] of `children` and points ref `name` at it,
+    /// so prune keeps every child (and whatever each child reaches). Returns
+    /// the digest of the list blob.
+    pub fn set_ref_with_children(&self, name: &str, children: &[Digest]) -> Result<Digest> {
+        let mut list: Vec<Digest> = children.to_vec();
+        list.sort();
+        list.dedup();
+        let bytes = crate::oci::canonical_json(&ChildrenList { children: list })?;
+        let (digest, _) = self.put_bytes(&bytes)?;
+        self.set_ref(name, &digest)?;
+        Ok(digest)
+    }
+
+    /// The children of ref `name` when it points to a [`ChildrenList`].
+    pub fn get_ref_children(&self, name: &str) -> Result<Option<Vec<Digest>>> {
+        let Some(digest) = self.get_ref(name)? else {
+            return Ok(None);
+        };
+        let bytes = self.read(&digest)?;
+        let list: ChildrenList = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: format!("children list {digest} of ref {name:?}"),
+            source,
+        })?;
+        Ok(Some(list.children))
+    }
+
+    /// Every blob reachable from `roots`: the roots themselves, descriptors in
+    /// JSON documents (index → manifests → config and layers, subjects), and
+    /// the entries of children lists, recursively. Missing blobs are included
+    /// but not followed.
+    pub fn reachable(&self, roots: impl IntoIterator<Item = Digest>) -> Result<BTreeSet<Digest>> {
+        let mut seen = BTreeSet::new();
+        let mut queue: VecDeque<(Digest, Option<String>)> =
+            roots.into_iter().map(|d| (d, None)).collect();
+        while let Some((digest, media_type)) = queue.pop_front() {
+            if !seen.insert(digest) {
+                continue;
+            }
+            if let Some(value) = self.walkable_document(&digest, media_type.as_deref())? {
+                for child in crate::oci::referenced_blobs(&value) {
+                    if !seen.contains(&child.0) {
+                        queue.push_back(child);
+                    }
+                }
+            }
+        }
+        Ok(seen)
+    }
+
+    /// Removes blobs that no ref and none of `extra_roots` reach, and ingest
+    /// files untouched for [`STALE_INGEST_AGE`]. Takes the store lock
+    /// exclusively and fails with [`Error::Busy`] while a build holds it
+    /// (including a [`StoreLock`] held by the caller itself).
+    pub fn prune(&self, extra_roots: &[Digest]) -> Result<PruneReport> {
+        let lock_path = self.root.join("lock");
+        let lock = File::open(&lock_path).map_err(io_err("open the store lock", &lock_path))?;
+        if FileExt::try_lock_exclusive(&lock).is_err() {
+            return Err(Error::Busy {
+                root: self.root.clone(),
+            });
+        }
+        let mut roots: Vec<Digest> = self.list_refs()?.into_iter().map(|(_, d)| d).collect();
+        roots.extend_from_slice(extra_roots);
+        let keep = self.reachable(roots)?;
+
+        let mut report = PruneReport::default();
+        let blobs = self.root.join("blobs/sha256");
+        let entries = fs::read_dir(&blobs).map_err(io_err("list the blobs in", &blobs))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list the blobs in", &blobs))?;
+            let name = entry.file_name();
+            let digest = match name
+                .to_str()
+                .map(|hex| Digest::parse(&format!("sha256:{hex}")))
+            {
+                Some(Ok(d)) => d,
+                _ => continue, // not ours; leave it alone
+            };
+            if keep.contains(&digest) {
+                report.kept += 1;
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    report.freed_bytes += size;
+                    report.removed_blobs.push(digest);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove the blob", entry.path())(e)),
+            }
+        }
+        report.removed_blobs.sort();
+
+        let ingest = self.root.join("ingest");
+        let now = SystemTime::now();
+        let entries = fs::read_dir(&ingest).map_err(io_err("list the ingest files in", &ingest))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list the ingest files in", &ingest))?;
+            let Ok(meta) = entry.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if !meta.is_file() || age < STALE_INGEST_AGE {
+                continue;
+            }
+            // A resumable writer holds its file locked; skip it if it is alive.
+            if let Ok(f) = File::open(entry.path()) {
+                if FileExt::try_lock_exclusive(&f).is_err() {
+                    continue;
+                }
+            }
+            if fs::remove_file(entry.path()).is_ok() {
+                report.freed_bytes += meta.len();
+                report.removed_ingests += 1;
+            }
+        }
+        drop(lock);
+        Ok(report)
+    }
+
+    fn walkable_document(
+        &self,
+        digest: &Digest,
+        media_type: Option<&str>,
+    ) -> Result<Option<serde_json::Value>> {
+        if let Some(mt) = media_type {
+            if !mt.contains("json") {
+                return Ok(None); // layers and other opaque blobs
+            }
+        }
+        let path = self.path(digest);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", path)(e)),
+        };
+        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        if len > MAX_WALK_DOCUMENT {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut data).map_err(io_err("read", &path))?;
+        if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Ok(None);
+        }
+        // Not JSON after all (or corrupt): nothing to follow.
+        Ok(serde_json::from_slice(&data).ok())
+    }
+
+    fn ref_path(&self, name: &str) -> Result<PathBuf> {
+        let invalid = |reason| Error::InvalidRefName {
+            name: name.to_string(),
+            reason,
+        };
+        if name.is_empty() || name.len() > 1024 {
+            return Err(invalid("a ref name has 1 to 1024 characters"));
+        }
+        for segment in name.split('/') {
+            if segment.is_empty() {
+                return Err(invalid("segments between '/' must not be empty"));
+            }
+            if segment.starts_with('.') {
+                return Err(invalid("segments must not start with '.'"));
+            }
+            if !segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:@+=-".contains(&b))
+            {
+                return Err(invalid(
+                    "only A-Z a-z 0-9 . _ : @ + = - and '/' are allowed",
+                ));
+            }
+        }
+        Ok(self.root.join("refs").join(name))
+    }
+
+    fn not_found_or(&self, digest: &Digest, action: &'static str, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::NotFound {
+            Error::NotFound {
+                digest: *digest,
+                root: self.root.clone(),
+            }
+        } else {
+            io_err(action, self.path(digest))(e)
+        }
+    }
+}
+
+/// A blob being written. Bytes are hashed as they stream in; [`Ingest::commit`]
+/// verifies and moves the file into `blobs/`.
+#[derive(Debug)]
+pub struct Ingest {
+    out: Option<BufWriter<File>>,
+    path: PathBuf,
+    /// Set for anonymous ingests: removes the file on drop.
+    temp: Option<tempfile::TempPath>,
+    hasher: Hasher,
+    blobs: PathBuf,
+}
+
+impl Ingest {
+    /// Bytes written so far (including those of a resumed ingest).
+    pub fn offset(&self) -> u64 {
+        self.hasher.len()
+    }
+
+    /// The ingest file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Verifies the content against `expected` (when given), then commits it.
+    /// Committing a blob that already exists succeeds and keeps the existing
+    /// file. On a mismatch the ingest file is removed.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        self.finish(expected, None)
+    }
+
+    /// Like [`Ingest::commit`] but also checks the size, as a descriptor gives it.
+    pub fn commit_exact(self, expected: &Digest, size: u64) -> Result<(Digest, u64)> {
+        self.finish(Some(expected), Some(size))
+    }
+
+    /// Removes the ingest file (also for resumable ingests).
+    pub fn abort(mut self) -> Result<()> {
+        self.out = None;
+        match self.temp.take() {
+            Some(t) => t
+                .close()
+                .map_err(io_err("remove the ingest file", &self.path)),
+            None => {
+                fs::remove_file(&self.path).map_err(io_err("remove the ingest file", &self.path))
+            }
+        }
+    }
+
+    fn finish(mut self, expected: Option<&Digest>, size: Option<u64>) -> Result<(Digest, u64)> {
+        let out = self.out.take();
+        let file = match out {
+            Some(w) => w
+                .into_inner()
+                .map_err(|e| io_err("write", &self.path)(e.into_error()))?,
+            None => {
+                return Err(io_err("write", &self.path)(io::Error::other(
+                    "ingest already closed",
+                )))
+            }
+        };
+        let hasher = std::mem::take(&mut self.hasher);
+        let actual_size = hasher.len();
+        let actual = hasher.finish();
+        let mismatch = match (expected, size) {
+            (Some(e), _) if *e != actual => Some(Error::DigestMismatch {
+                expected: *e,
+                actual,
+            }),
+            (_, Some(s)) if s != actual_size => Some(Error::SizeMismatch {
+                digest: actual,
+                expected: s,
+                actual: actual_size,
+            }),
+            _ => None,
+        };
+        if let Some(err) = mismatch {
+            drop(file);
+            let _ = self.discard();
+            return Err(err);
+        }
+        let target = self.blobs.join(actual.hex());
+        if target.exists() {
+            drop(file);
+            self.discard()?;
+            return Ok((actual, actual_size));
+        }
+        // Data reaches the disk before the name does, so a crash never leaves
+        // a blob whose content does not match its name.
+        file.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(io_err("set permissions on", &self.path))?;
+        file.sync_all().map_err(io_err("sync", &self.path))?;
+        drop(file);
+        match self.temp.take() {
+            Some(t) => {
+                t.persist(&target).map_err(|e| Error::Io {
+                    action: "commit the blob to",
+                    path: target.clone(),
+                    source: e.error,
+                })?;
+            }
+            None => {
+                fs::rename(&self.path, &target).map_err(io_err("commit the blob to", &target))?
+            }
+        }
+        sync_dir(&self.blobs)?;
+        Ok((actual, actual_size))
+    }
+
+    fn discard(&mut self) -> Result<()> {
+        match self.temp.take() {
+            Some(t) => t
+                .close()
+                .map_err(io_err("remove the ingest file", &self.path)),
+            None => match fs::remove_file(&self.path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove the ingest file", &self.path)(e)),
+            },
+        }
+    }
+}
+
+impl Write for Ingest {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| io::Error::other("ingest already closed"))?;
+        let n = out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.out.as_mut() {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        // Resumable ingests keep their bytes for the next attempt.
+        if self.temp.is_none() {
+            if let Some(out) = self.out.as_mut() {
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+/// Writes `data` to `path` through a temp file in the same directory, fsyncs
+/// and renames; readers see the old or the new content, never a mix.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}.tmp-"))
+        .tempfile_in(dir)
+        .map_err(io_err("create a temp file in", dir))?;
+    temp.write_all(data)
+        .map_err(io_err("write", temp.path().to_path_buf()))?;
+    temp.as_file()
+        .sync_all()
+        .map_err(io_err("sync", temp.path().to_path_buf()))?;
+    temp.persist(path).map_err(|e| Error::Io {
+        action: "rename a temp file to",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    sync_dir(dir)
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync the directory", dir))
+}

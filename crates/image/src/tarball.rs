@@ -1,0 +1,556 @@
+//! Deterministic tar streams for layers and archives.
+//!
+//! Same input, same bytes: entries carry only what an image needs (path,
+//! type, mode, uid/gid, mtime, link target, device numbers, xattrs), user
+//! and group names are empty, and anything that does not fit a ustar header
+//! (long or non-ASCII names and link targets, ids ≥ 2²¹, sizes ≥ 8 GiB,
+//! xattrs as `SCHILY.xattr.<name>`) goes into a PAX extended header written
+//! just before the entry. With `SOURCE_DATE_EPOCH` set, every mtime later
+//! than it is clamped down to it (BuildKit's behaviour).
+//! [`DeterministicTar::append_dir_tree`] walks directories sorted bytewise by
+//! name and turns repeated inodes into hard links to the first path seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use tar::{EntryType, Header};
+
+use crate::error::{io_err, stream_err, Error, Result};
+
+const USTAR_MAX_ID: u64 = 0o7777777;
+const USTAR_MAX_SIZE: u64 = 0o77777777777;
+
+/// Options for deterministic tar streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TarOptions {
+    /// Clamp mtimes to this Unix time (seconds) when set.
+    pub source_date_epoch: Option<u64>,
+}
+
+impl TarOptions {
+    /// Options from the environment: `SOURCE_DATE_EPOCH` when it is a
+    /// non-negative integer.
+    pub fn from_env() -> TarOptions {
+        TarOptions {
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+        }
+    }
+
+    fn clamp(&self, mtime: u64) -> u64 {
+        match self.source_date_epoch {
+            Some(epoch) => mtime.min(epoch),
+            None => mtime,
+        }
+    }
+}
+
+/// What kind of entry a tar header describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Regular file of the given size; its bytes follow.
+    File {
+        /// Content size in bytes.
+        size: u64,
+    },
+    /// Directory (written as `name/`).
+    Dir,
+    /// Symbolic link to the given target (raw bytes).
+    Symlink(Vec<u8>),
+    /// Hard link to an earlier entry's archive path.
+    Hardlink(Vec<u8>),
+    /// Character device.
+    CharDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// Block device.
+    BlockDevice {
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+    },
+    /// Named pipe.
+    Fifo,
+}
+
+/// One tar entry's metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Archive path, relative (a leading `/` or `./` is removed). Raw bytes:
+    /// Linux names need not be UTF-8.
+    pub path: Vec<u8>,
+    /// Type and type-specific data.
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (`& 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u64,
+    /// Group.
+    pub gid: u64,
+    /// Modification time, Unix seconds (clamped by [`TarOptions`]).
+    pub mtime: u64,
+    /// Extended attributes, name → value.
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+impl Entry {
+    /// An entry with mode 0644 (files) or 0755 (others), root-owned, mtime 0.
+    pub fn new(path: impl Into<Vec<u8>>, kind: EntryKind) -> Entry {
+        let mode = if matches!(kind, EntryKind::File { .. }) {
+            0o644
+        } else {
+            0o755
+        };
+        Entry {
+            path: path.into(),
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: BTreeMap::new(),
+        }
+    }
+}
+
+/// A deterministic tar writer over [`tar::Builder`].
+pub struct DeterministicTar<W: Write> {
+    builder: tar::Builder<W>,
+    options: TarOptions,
+    /// (dev, ino) → archive path of the first entry, for hard links.
+    inodes: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl<W: Write> std::fmt::Debug for DeterministicTar<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeterministicTar")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<W: Write> DeterministicTar<W> {
+    /// Wraps `writer`.
+    pub fn new(writer: W, options: TarOptions) -> DeterministicTar<W> {
+        DeterministicTar {
+            builder: tar::Builder::new(writer),
+            options,
+            inodes: HashMap::new(),
+        }
+    }
+
+    /// Appends `entry`; for files, exactly `size` bytes are streamed from
+    /// `data` (fewer is an error, extra bytes are not read).
+    pub fn append<R: Read>(&mut self, entry: &Entry, data: R) -> Result<()> {
+        let path = normalize(&entry.path, matches!(entry.kind, EntryKind::Dir))?;
+        let mut header = Header::new_ustar();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+
+        if !set_ustar_name(&mut header, &path) {
+            pax.push(("path".to_string(), path.clone()));
+            let short: Vec<u8> = ascii_truncate(&path, 100);
+            set_ustar_name(&mut header, &short);
+        }
+        let size = match &entry.kind {
+            EntryKind::File { size } => *size,
+            _ => 0,
+        };
+        let (ty, link) = match &entry.kind {
+            EntryKind::File { .. } => (EntryType::Regular, None),
+            EntryKind::Dir => (EntryType::Directory, None),
+            EntryKind::Symlink(t) => (EntryType::Symlink, Some(t.clone())),
+            EntryKind::Hardlink(t) => (EntryType::Link, Some(normalize(t, false)?)),
+            EntryKind::CharDevice { .. } => (EntryType::Char, None),
+            EntryKind::BlockDevice { .. } => (EntryType::Block, None),
+            EntryKind::Fifo => (EntryType::Fifo, None),
+        };
+        header.set_entry_type(ty);
+        if let Some(link) = link {
+            if link.len() <= 100 && link.is_ascii() {
+                set_field(&mut header.as_old_mut().linkname, &link);
+            } else {
+                pax.push(("linkpath".to_string(), link.clone()));
+                set_field(
+                    &mut header.as_old_mut().linkname,
+                    &ascii_truncate(&link, 100),
+                );
+            }
+        }
+        header.set_mode(entry.mode & 0o7777);
+        for (key, id, set) in [
+            ("uid", entry.uid, Header::set_uid as fn(&mut Header, u64)),
+            ("gid", entry.gid, Header::set_gid as fn(&mut Header, u64)),
+        ] {
+            if id > USTAR_MAX_ID {
+                pax.push((key.to_string(), id.to_string().into_bytes()));
+                set(&mut header, 0);
+            } else {
+                set(&mut header, id);
+            }
+        }
+        if size > USTAR_MAX_SIZE {
+            pax.push(("size".to_string(), size.to_string().into_bytes()));
+            header.set_size(0);
+        } else {
+            header.set_size(size);
+        }
+        let mtime = self.options.clamp(entry.mtime);
+        header.set_mtime(mtime.min(USTAR_MAX_SIZE));
+        let (major, minor) = match entry.kind {
+            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
+                (major, minor)
+            }
+            _ => (0, 0),
+        };
+        let display = String::from_utf8_lossy(&path).into_owned();
+        let tar_err = |e: io::Error| Error::TarEntry {
+            path: display.clone(),
+            reason: e.to_string(),
+        };
+        header.set_device_major(major).map_err(tar_err)?;
+        header.set_device_minor(minor).map_err(tar_err)?;
+        for (name, value) in &entry.xattrs {
+            pax.push((format!("SCHILY.xattr.{name}"), value.clone()));
+        }
+        header.set_cksum();
+
+        if !pax.is_empty() {
+            self.write_pax(&path, mtime, &pax)?;
+        }
+        if size == 0 {
+            self.builder
+                .append(&header, io::empty())
+                .map_err(stream_err("write the tar stream"))?;
+            return Ok(());
+        }
+        let mut counted = CountingReader {
+            inner: data.take(size),
+            read: 0,
+        };
+        self.builder
+            .append(&header, &mut counted)
+            .map_err(stream_err("write the tar stream"))?;
+        if counted.read != size {
+            return Err(Error::TarEntry {
+                path: display,
+                reason: format!(
+                    "the content was {} bytes but the header says {size}; the file changed while it was archived",
+                    counted.read
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends the file system object at `fs_path` (not following symlinks)
+    /// as `archive_path`. Regular files with several links that were already
+    /// written by this writer become hard links. Sockets are skipped (tar
+    /// cannot hold them); returns whether an entry was written.
+    pub fn append_path(&mut self, fs_path: &Path, archive_path: &[u8]) -> Result<bool> {
+        let meta = fs::symlink_metadata(fs_path).map_err(io_err("stat", fs_path))?;
+        self.append_with_metadata(fs_path, archive_path, &meta)
+    }
+
+    /// Appends `root_dir`'s contents below `prefix` (no trailing `/`; empty
+    /// for the archive root), walking each directory sorted bytewise by name.
+    /// A non-empty prefix also gets a directory entry for `root_dir` itself.
+    pub fn append_dir_tree(&mut self, root_dir: &Path, prefix: &str) -> Result<()> {
+        let prefix = prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            self.append_path(root_dir, prefix.as_bytes())?;
+        }
+        self.walk_now(root_dir, prefix.as_bytes())
+    }
+
+    /// Writes the end-of-archive blocks and returns the writer.
+    pub fn finish(self) -> Result<W> {
+        self.builder
+            .into_inner()
+            .map_err(stream_err("finish the tar stream"))
+    }
+
+    /// Depth first in name order: a directory, then its contents, then its
+    /// next sibling. Recursion depth is bounded by the tree's depth.
+    fn walk_now(&mut self, dir: &Path, archive_dir: &[u8]) -> Result<()> {
+        let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)
+            .map_err(io_err("list the directory", dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(io_err("list the directory", dir))?;
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let fs_path = dir.join(&name);
+            let mut archive_path = archive_dir.to_vec();
+            if !archive_path.is_empty() {
+                archive_path.push(b'/');
+            }
+            archive_path.extend_from_slice(name.as_bytes());
+            let meta = fs::symlink_metadata(&fs_path).map_err(io_err("stat", &fs_path))?;
+            self.append_with_metadata(&fs_path, &archive_path, &meta)?;
+            if meta.is_dir() {
+                self.walk_now(&fs_path, &archive_path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn append_with_metadata(
+        &mut self,
+        fs_path: &Path,
+        archive_path: &[u8],
+        meta: &Metadata,
+    ) -> Result<bool> {
+        let ft = meta.file_type();
+        let kind = if ft.is_file() {
+            let key = (meta.dev(), meta.ino());
+            match self.inodes.get(&key) {
+                Some(first) if meta.nlink() > 1 => EntryKind::Hardlink(first.clone()),
+                _ => {
+                    if meta.nlink() > 1 {
+                        self.inodes.insert(key, archive_path.to_vec());
+                    }
+                    EntryKind::File { size: meta.len() }
+                }
+            }
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target = fs::read_link(fs_path).map_err(io_err("read the symlink", fs_path))?;
+            EntryKind::Symlink(target.as_os_str().as_bytes().to_vec())
+        } else if ft.is_char_device() {
+            let (major, minor) = dev_numbers(meta.rdev());
+            EntryKind::CharDevice { major, minor }
+        } else if ft.is_block_device() {
+            let (major, minor) = dev_numbers(meta.rdev());
+            EntryKind::BlockDevice { major, minor }
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else {
+            tracing::debug!(path = %fs_path.display(), "skipping socket: tar cannot hold it");
+            return Ok(false);
+        };
+        let entry = Entry {
+            path: archive_path.to_vec(),
+            mode: meta.mode() & 0o7777,
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+            xattrs: read_xattrs(fs_path)?,
+            kind,
+        };
+        if matches!(entry.kind, EntryKind::File { .. }) {
+            let file = File::open(fs_path).map_err(io_err("open", fs_path))?;
+            self.append(&entry, file)?;
+        } else {
+            self.append(&entry, io::empty())?;
+        }
+        Ok(true)
+    }
+
+    fn write_pax(&mut self, path: &[u8], mtime: u64, records: &[(String, Vec<u8>)]) -> Result<()> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            // "<len> <key>=<value>\n" where len counts the whole record,
+            // including its own digits.
+            let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+            let mut len = rest + 1;
+            while len != rest + len.to_string().len() {
+                len = rest + len.to_string().len();
+            }
+            data.extend_from_slice(len.to_string().as_bytes());
+            data.push(b' ');
+            data.extend_from_slice(key.as_bytes());
+            data.push(b'=');
+            data.extend_from_slice(value);
+            data.push(b'\n');
+        }
+        let base = path
+            .rsplit(|b| *b == b'/')
+            .find(|s| !s.is_empty())
+            .unwrap_or(b"entry");
+        let mut name = b"PaxHeaders.0/".to_vec();
+        name.extend(ascii_truncate(base, 80));
+        let mut header = Header::new_ustar();
+        set_ustar_name(&mut header, &name);
+        header.set_entry_type(EntryType::XHeader);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_mtime(mtime.min(USTAR_MAX_SIZE));
+        header.set_cksum();
+        self.builder
+            .append(&header, data.as_slice())
+            .map_err(stream_err("write the tar stream"))
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Removes leading `/` and `./`, collapses repeated `/`, rejects `..` and
+/// empty paths; directories end in `/`.
+fn normalize(path: &[u8], dir: bool) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(path.len() + 1);
+    for part in path.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => continue,
+            b".." => {
+                return Err(Error::TarEntry {
+                    path: String::from_utf8_lossy(path).into_owned(),
+                    reason: "archive paths must not contain '..'".to_string(),
+                })
+            }
+            _ => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(part);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::TarEntry {
+            path: String::from_utf8_lossy(path).into_owned(),
+            reason: "the archive path is empty".to_string(),
+        });
+    }
+    if dir {
+        out.push(b'/');
+    }
+    Ok(out)
+}
+
+/// Stores `name` in the ustar name (+prefix) fields; false when it does not
+/// fit or is not ASCII (then it goes into a PAX record).
+fn set_ustar_name(header: &mut Header, name: &[u8]) -> bool {
+    if !name.is_ascii() {
+        return false;
+    }
+    let Some(ustar) = header.as_ustar_mut() else {
+        return false;
+    };
+    if name.len() <= 100 {
+        set_field(&mut ustar.name, name);
+        set_field(&mut ustar.prefix, b"");
+        return true;
+    }
+    // Split at a '/' so the prefix has ≤ 155 bytes and the name 1..=100.
+    let limit = name.len().min(156);
+    for i in (0..limit).rev() {
+        if name[i] == b'/' && name.len() - i - 1 <= 100 && name.len() - i - 1 > 0 {
+            set_field(&mut ustar.prefix, &name[..i]);
+            set_field(&mut ustar.name, &name[i + 1..]);
+            return true;
+        }
+    }
+    false
+}
+
+fn set_field(field: &mut [u8], value: &[u8]) {
+    field.fill(0);
+    let n = value.len().min(field.len());
+    field[..n].copy_from_slice(&value[..n]);
+}
+
+fn ascii_truncate(bytes: &[u8], max: usize) -> Vec<u8> {
+    bytes
+        .iter()
+        .map(|b| if b.is_ascii() && *b != 0 { *b } else { b'_' })
+        .take(max)
+        .collect()
+}
+
+fn dev_numbers(rdev: u64) -> (u32, u32) {
+    // glibc's gnu_dev_major / gnu_dev_minor encoding.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (major as u32, minor as u32)
+}
+
+/// Extended attributes of `path` (not following symlinks), except
+/// `security.selinux`, which labels the build host rather than the image.
+fn read_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::TarEntry {
+            path: path.display().to_string(),
+            reason: "the path contains a NUL byte".to_string(),
+        })?;
+    let names = match xattr_call(|buf, len| {
+        // SAFETY: c_path is NUL-terminated; buf/len describe a valid buffer
+        // (or null/0 to query the size).
+        unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) }
+    }) {
+        Ok(n) => n,
+        Err(e) if xattrs_unsupported(&e) => return Ok(out),
+        Err(e) => return Err(io_err("list the extended attributes of", path)(e)),
+    };
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name_str) = std::str::from_utf8(name) else {
+            continue;
+        };
+        if name_str == "security.selinux" {
+            continue;
+        }
+        let Ok(c_name) = std::ffi::CString::new(name) else {
+            continue;
+        };
+        let value = match xattr_call(|buf, len| {
+            // SAFETY: as above; c_name is NUL-terminated.
+            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) }
+        }) {
+            Ok(v) => v,
+            // Removed between list and get: nothing to archive.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
+            Err(e) => return Err(io_err("read the extended attributes of", path)(e)),
+        };
+        out.insert(name_str.to_string(), value);
+    }
+    Ok(out)
+}
+
+fn xattrs_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOSYS))
+}
+
+/// Calls a size-query-then-fill xattr syscall, retrying if the value grows.
+fn xattr_call(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let size = call(std::ptr::null_mut(), 0);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = call(buf.as_mut_ptr(), buf.len());
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return Err(e);
+        }
+        buf.truncate(n as usize);
+        return Ok(buf);
+    }
+}
