@@ -53,12 +53,17 @@ unmount_leftovers() {
 # DIR/exec), then the containerd-shims and containerd it started (their command
 # lines name DIR/exec/).
 kill_leftovers() {
-    local rroot=$dir/exec/runtime-runc/moby id p
+    local rroot=$dir/exec/runtime-runc/moby id p sock
     if [[ -d $rroot ]] && command -v runc >/dev/null; then
         for id in $(runc --root "$rroot" list -q 2>/dev/null); do
             if runc --root "$rroot" delete --force "$id" 2>/dev/null; then
                 echo "removed leftover container $id" >&2
             fi
+            # containerd 1.6 names a shim's socket after its address and id;
+            # a killed shim leaves it
+            sock=/run/containerd/s/$(printf '%s' "$dir/exec/containerd/containerd.sock/moby/$id" \
+                | sha256sum | cut -d' ' -f1)
+            rm -f "$sock"
         done
     fi
     for p in /proc/[0-9]*; do
