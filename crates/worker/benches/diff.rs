@@ -95,18 +95,21 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("mount_change_diff_unmount");
     group.sample_size(20);
-    group.bench_function(BenchmarkId::from_parameter(format!("{megabytes}MB_base")), |b| {
-        b.iter(|| {
-            let Ok(m) = snapshotter.mount(&lowers) else {
-                panic!("mount failed during the bench");
-            };
-            let _ = fs::write(m.merged().join("usr/lib/pkg0000/new.so"), b"new");
-            let mut out = tar::Builder::new(io::sink());
-            let stats = write_diff(m.upper(), &lowers, &mut out, &DiffOptions::default());
-            assert!(matches!(stats, Ok(s) if s.regular_files == 1));
-            assert!(m.unmount().is_ok());
-        })
-    });
+    group.bench_function(
+        BenchmarkId::from_parameter(format!("{megabytes}MB_base")),
+        |b| {
+            b.iter(|| {
+                let Ok(m) = snapshotter.mount(&lowers) else {
+                    panic!("mount failed during the bench");
+                };
+                let _ = fs::write(m.merged().join("usr/lib/pkg0000/new.so"), b"new");
+                let mut out = tar::Builder::new(io::sink());
+                let stats = write_diff(m.upper(), &lowers, &mut out, &DiffOptions::default());
+                assert!(matches!(stats, Ok(s) if s.regular_files == 1));
+                assert!(m.unmount().is_ok());
+            })
+        },
+    );
     group.finish();
     drop(mount);
 }

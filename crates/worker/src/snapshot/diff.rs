@@ -128,7 +128,9 @@ impl<R: Read> Read for Exact<R> {
         if self.left == 0 {
             return Ok(0);
         }
-        let max = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..max])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -332,7 +334,13 @@ impl<W: Write> DiffWriter<'_, W> {
         } else if ft.is_symlink() {
             let target = fs::read_link(abs).at("read the symlink", abs)?;
             let h = self.header(EntryType::Symlink, &md);
-            self.append(h, rel, Some(target.as_os_str().as_bytes()), &xattrs, io::empty())?;
+            self.append(
+                h,
+                rel,
+                Some(target.as_os_str().as_bytes()),
+                &xattrs,
+                io::empty(),
+            )?;
             self.stats.symlinks += 1;
         } else {
             let kind = if ft.is_char_device() {
@@ -365,7 +373,11 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_itself() {
-        for (k, v) in [("path", "a".repeat(5)), ("path", "b".repeat(93)), ("x", "c".repeat(994))] {
+        for (k, v) in [
+            ("path", "a".repeat(5)),
+            ("path", "b".repeat(93)),
+            ("x", "c".repeat(994)),
+        ] {
             let rec = pax_record(k, v.as_bytes());
             let (len, _) = std::str::from_utf8(&rec)
                 .ok()

@@ -45,6 +45,14 @@ pub enum Error {
     /// A diff_id is not `sha256:` followed by 64 lowercase hex digits.
     #[error("invalid diff_id `{0}`: expected `sha256:` followed by 64 lowercase hex digits")]
     InvalidDiffId(String),
+    /// The layer stream does not hash to the diff_id it was unpacked as.
+    #[error("the layer given as {expected} has the digest {actual}; refusing to store it under the wrong diff_id")]
+    DigestMismatch {
+        /// The diff_id the caller named.
+        expected: String,
+        /// The digest of the stream that was read.
+        actual: String,
+    },
     /// The overlay filesystem could not be mounted.
     #[error("cannot mount overlayfs on {} ({} lower layers): {source}; the worker must run as root on a kernel with overlayfs", merged.display(), lowers)]
     Mount {

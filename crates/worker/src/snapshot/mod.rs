@@ -210,12 +210,9 @@ impl Snapshotter {
             io::copy(&mut hashing, &mut io::sink()).map_err(Error::Tar)?;
             let got = hashing.hex();
             if got != id.hex {
-                return Err(Error::BadEntry {
-                    entry: diff_id.to_string(),
-                    problem: format!(
-                        "does not match the layer stream, whose digest is {}:{got}",
-                        id.algorithm
-                    ),
+                return Err(Error::DigestMismatch {
+                    expected: diff_id.to_string(),
+                    actual: format!("{}:{got}", id.algorithm),
                 });
             }
             Ok(())

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags,
-    FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags,
+    MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
 };
 
 use super::error::{Error, IoContext, Result};
@@ -64,7 +64,12 @@ fn escape_option(path: &Path) -> Vec<u8> {
 }
 
 /// Mounts with the new mount API, one `lowerdir+` per layer (top first).
-fn mount_lowerdir_plus(lowers: &[&Path], upper: &Path, work: &Path, merged: &Path) -> io::Result<()> {
+fn mount_lowerdir_plus(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> io::Result<()> {
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
     fsconfig_set_string(fs.as_fd(), "source", "kbuild")?;
     for lower in lowers {
@@ -76,7 +81,11 @@ fn mount_lowerdir_plus(lowers: &[&Path], upper: &Path, work: &Path, merged: &Pat
         fsconfig_set_string(fs.as_fd(), k, v)?;
     }
     fsconfig_create(fs.as_fd())?;
-    let mnt = fsmount(fs.as_fd(), FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+    let mnt = fsmount(
+        fs.as_fd(),
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::empty(),
+    )?;
     move_mount(
         mnt.as_fd(),
         "",
@@ -89,7 +98,12 @@ fn mount_lowerdir_plus(lowers: &[&Path], upper: &Path, work: &Path, merged: &Pat
 
 /// Mounts with one `mount(2)` option string (lowers top first); when the
 /// string would exceed a page, the lowers are named `/proc/self/fd/N`.
-pub(crate) fn mount_legacy(lowers: &[&Path], upper: &Path, work: &Path, merged: &Path) -> io::Result<()> {
+pub(crate) fn mount_legacy(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+) -> io::Result<()> {
     let build = |names: &[PathBuf]| {
         let mut data = b"lowerdir=".to_vec();
         for (i, l) in names.iter().enumerate() {
@@ -126,7 +140,13 @@ pub(crate) fn mount_legacy(lowers: &[&Path], upper: &Path, work: &Path, merged: 
         data = build(&short);
     }
     let data = std::ffi::CString::new(data).map_err(|_| Errno::INVAL)?;
-    rustix::mount::mount("kbuild", merged, "overlay", MountFlags::empty(), data.as_c_str())?;
+    rustix::mount::mount(
+        "kbuild",
+        merged,
+        "overlay",
+        MountFlags::empty(),
+        data.as_c_str(),
+    )?;
     drop(fds);
     Ok(())
 }
@@ -158,8 +178,11 @@ impl Mount {
         for d in [&mount.merged, &mount.upper, &work] {
             fs::create_dir(d).at("create the mount directory", d)?;
         }
-        fs::set_permissions(&mount.upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .at("set the mode of", &mount.upper)?;
+        fs::set_permissions(
+            &mount.upper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .at("set the mode of", &mount.upper)?;
         let empty = root.join("empty");
         let mut top_first: Vec<&Path> = lowers.iter().rev().map(|p| p.as_path()).collect();
         if top_first.is_empty() {
@@ -243,7 +266,8 @@ fn strip_overlay_xattrs(upper: &Path) -> Result<()> {
     while let Some(p) = stack.pop() {
         for (name, _) in fsutil::list_xattrs(&p).at("read the xattrs of", &p)? {
             if fsutil::is_overlay_xattr(&name) && name != fsutil::OPAQUE_XATTR {
-                rustix::fs::lremovexattr(&p, name.as_str()).at("remove an overlay xattr from", &p)?;
+                rustix::fs::lremovexattr(&p, name.as_str())
+                    .at("remove an overlay xattr from", &p)?;
             }
         }
         let md = p.symlink_metadata().at("inspect", &p)?;
@@ -277,6 +301,9 @@ mod tests {
 
     #[test]
     fn option_escaping() {
-        assert_eq!(escape_option(Path::new("/a:b,c\\d")), b"/a\\:b\\,c\\\\d".to_vec());
+        assert_eq!(
+            escape_option(Path::new("/a:b,c\\d")),
+            b"/a\\:b\\,c\\\\d".to_vec()
+        );
     }
 }

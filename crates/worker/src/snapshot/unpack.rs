@@ -238,7 +238,10 @@ impl Extractor {
     /// when `create` is set.
     fn open_dir(&self, comps: &[OsString], entry: &str, create: bool) -> Result<Option<OwnedFd>> {
         if comps.is_empty() {
-            return self.dup_root().entry("open the layer root", entry).map(Some);
+            return self
+                .dup_root()
+                .entry("open the layer root", entry)
+                .map(Some);
         }
         match self.flavor {
             Flavor::Diff => {
@@ -253,9 +256,7 @@ impl Extractor {
                                 .entry("open a parent directory", entry)?
                         }
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-                        Err(e)
-                            if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) =>
-                        {
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                             return Err(bad(
                                 entry,
                                 format!(
@@ -308,9 +309,7 @@ impl Extractor {
                             ) {
                                 Ok(()) => {}
                                 Err(Errno::EXIST) => return Err(not_dir(i + 1)),
-                                Err(e) => {
-                                    return Err(e).entry("create a parent directory", entry)
-                                }
+                                Err(e) => return Err(e).entry("create a parent directory", entry),
                             }
                             open(i + 1).entry("open a parent directory", entry)?
                         }
@@ -326,7 +325,13 @@ impl Extractor {
     /// Makes room for a new entry `leaf` in `parent`: keeps an existing
     /// directory when the new entry is a directory, removes anything else.
     /// Returns whether an existing directory was kept.
-    fn make_room(&self, parent: BorrowedFd<'_>, leaf: &OsStr, is_dir: bool, entry: &str) -> Result<bool> {
+    fn make_room(
+        &self,
+        parent: BorrowedFd<'_>,
+        leaf: &OsStr,
+        is_dir: bool,
+        entry: &str,
+    ) -> Result<bool> {
         match fsutil::lstat_at(parent, leaf).entry("inspect the existing path", entry)? {
             None => Ok(false),
             Some(FileType::Directory) if is_dir => Ok(true),
@@ -348,7 +353,10 @@ impl Extractor {
         let Some((leaf, parent_comps)) = comps.split_last() else {
             // The root itself: only a directory entry makes sense.
             if !kind.is_dir() {
-                return Err(bad(&name, "would replace the layer root with a non-directory"));
+                return Err(bad(
+                    &name,
+                    "would replace the layer root with a non-directory",
+                ));
             }
             let meta = read_meta(entry, &name)?;
             apply_meta(Target::Fd(self.root.as_fd()), &meta, &name, false)?;
@@ -376,14 +384,19 @@ impl Extractor {
                 }
                 let dir = fsutil::open_dir_at(parent, leaf).entry("open the directory", &name)?;
                 apply_meta(Target::Fd(dir.as_fd()), &meta, &name, false)?;
-                self.dir_times.push((comps.clone(), meta.mtime, name.clone()));
+                self.dir_times
+                    .push((comps.clone(), meta.mtime, name.clone()));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.make_room(parent, leaf, false, &name)?;
                 let fd = rustix::fs::openat(
                     parent,
                     leaf,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from(0o600),
                 )
                 .entry("create the file", &name)?;
@@ -439,8 +452,14 @@ impl Extractor {
                     Some(_) => {}
                 }
                 self.make_room(parent, leaf, false, &name)?;
-                rustix::fs::linkat(tparent.as_fd(), tleaf.as_os_str(), parent, leaf, AtFlags::empty())
-                    .entry("create the hardlink", &name)?;
+                rustix::fs::linkat(
+                    tparent.as_fd(),
+                    tleaf.as_os_str(),
+                    parent,
+                    leaf,
+                    AtFlags::empty(),
+                )
+                .entry("create the hardlink", &name)?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let (ftype, dev) = if kind == EntryType::Fifo {
@@ -481,8 +500,10 @@ impl Extractor {
                 return Ok(());
             };
             match self.flavor {
-                Flavor::Diff => rustix::fs::fsetxattr(dir.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
-                    .entry("mark the directory opaque", name)?,
+                Flavor::Diff => {
+                    rustix::fs::fsetxattr(dir.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
+                        .entry("mark the directory opaque", name)?
+                }
                 Flavor::Apply => {
                     let prefix = join(parent_comps);
                     let written = &self.written;
