@@ -98,7 +98,13 @@ pub fn fixtures_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(FIXTURES_ENV) {
         return PathBuf::from(dir);
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fixtures");
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // crates/testkit -> the workspace root
+    let workspace_root = manifest_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest_dir);
+    let workspace = workspace_root.join("target/fixtures");
     if workspace.is_dir() {
         return workspace;
     }
