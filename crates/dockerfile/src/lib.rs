@@ -8,6 +8,7 @@
 
 pub mod instructions;
 pub mod parser;
+pub mod plan;
 
 pub use instructions::Instruction;
 pub use parser::{Ast, Error, ErrorKind, SourceRange};

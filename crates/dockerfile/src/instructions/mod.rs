@@ -7,24 +7,24 @@
 //! fields BuildKit expands; everything else (RUN/CMD/ENTRYPOINT/HEALTHCHECK
 //! bodies, `--from`, ONBUILD triggers, SHELL, MAINTAINER) stays raw.
 
-// mod convert;
-// mod duration;
-// mod expand;
-// mod flags;
+mod convert;
+mod duration;
+mod expand;
+mod flags;
 mod mount;
-// mod stages;
+mod stages;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use crate::parser::{Heredoc, SourceRange};
-// pub use convert::{from_ast, from_node};
-// pub use expand::Expander;
+pub use convert::{from_ast, from_node};
+pub use expand::Expander;
 pub use mount::{
     BindMount, CacheMount, Mount, MountError, Sharing, SecretMount, SshMount, TmpfsMount,
 };
-// pub use stages::{stages, Stage, Stages};
+pub use stages::{stages, Stage, Stages};
 
 /// One Dockerfile instruction with its typed fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{Error, ErrorKind};
 
-pub(crate) use heredoc::chomp_content;
+pub(crate) use heredoc::{chomp_content, parse_heredoc};
+pub(crate) use node::go_quote;
 
 /// The longest line BuildKit reads, line terminator included (Go's
 /// `bufio.MaxScanTokenSize`).
