@@ -30,6 +30,24 @@
 //! * Directories are not special: a trailing `/` is cleaned away, so `out/`
 //!   excludes a file named `out` too.
 //!
+//! # Which answer
+//!
+//! The answer for a path is the one Docker's and BuildKit's context walkers
+//! compute (moby's `MatchesUsingParentResults`): going down from the
+//! top-level directory, a pattern that matched a directory applies to
+//! everything below it, and at each level the last applying pattern wins.
+//! Like those walkers, a pattern that could not change the answer when it
+//! was reached is not tried, so it is not carried down either: with `a`,
+//! `!a/b`, `a` the second `a` matched `a` but changed nothing there, and
+//! `a/b` stays included, as `docker build` keeps it.
+//!
+//! This was checked against `docker build` for every kept/excluded row of
+//! the crate's case table (`tests/verify_with_docker.py`). The only
+//! differences are the legacy builder's directory skipping, which misses
+//! exceptions with wildcards (`vendor` + `!*/LICENSE` loses
+//! `vendor/LICENSE` there); BuildKit descends into excluded directories
+//! whenever exceptions exist and keeps such files, as this crate does.
+//!
 //! # Where BuildKit's regular expressions differ
 //!
 //! BuildKit turns a pattern into a Go regular expression and passes some
@@ -132,8 +150,9 @@ impl Matcher {
     /// Whether the context path `rel_path` (`/`-separated, relative to the
     /// context root; it is cleaned first, so `./a/` is `a`) is left out of
     /// the build context: the last pattern that matches the path or one of
-    /// its parent directories decides, exceptions re-including. The context
-    /// root itself (`.`, empty) is never excluded.
+    /// its parent directories decides, exceptions re-including (see the
+    /// crate docs for the walker's exact rule). The context root itself
+    /// (`.`, empty) is never excluded.
     ///
     /// `.dockerignore` has no directory-only patterns, so `is_dir` does not
     /// change the answer; walkers pass it so calls read the same for files
@@ -171,20 +190,32 @@ impl Matcher {
             .any(|p| p.is_exception() && p.may_match_with_prefix(&below))
     }
 
+    /// Walks from the top-level directory down to `path` the way Docker's
+    /// and BuildKit's context walkers do (moby's `MatchesUsingParentResults`):
+    /// at each level a pattern counts as matching when it matched the parent
+    /// directory, or when it matches this path and could change the answer
+    /// at the point it is reached.
     fn excluded(&self, path: &str) -> bool {
-        let parents: Vec<&str> = path
+        let ends = path
             .char_indices()
             .filter(|(_, c)| *c == '/')
-            .map(|(i, _)| &path[..i])
-            .collect();
+            .map(|(i, _)| i)
+            .chain([path.len()]);
+        let mut parent_matched: Vec<bool> = vec![false; self.patterns.len()];
         let mut excluded = false;
-        for pattern in &self.patterns {
-            // Only a pattern that can flip the answer needs a look.
-            if pattern.is_exception() != excluded {
-                continue;
-            }
-            if pattern.matches(path) || parents.iter().any(|p| pattern.matches(p)) {
-                excluded = !pattern.is_exception();
+        for end in ends {
+            let level = &path[..end];
+            excluded = false;
+            for (pattern, matched) in self.patterns.iter().zip(parent_matched.iter_mut()) {
+                // `matched` holds whether this pattern matched the parent.
+                if !*matched {
+                    // A pattern that cannot flip the answer is not tried,
+                    // and so not recorded for the children either.
+                    *matched = pattern.is_exception() == excluded && pattern.matches(level);
+                }
+                if *matched {
+                    excluded = !pattern.is_exception();
+                }
             }
         }
         excluded
