@@ -1,0 +1,40 @@
+//! From text to stages, through the parser and the instruction model.
+
+use super::error::Error;
+use crate::instructions::{self, Arg, Instruction, Stage};
+use crate::parser;
+
+/// A parsed Dockerfile, ready to plan.
+pub(crate) struct Loaded {
+    /// The escape character (`# escape=` directive, `\` by default).
+    pub(crate) escape: char,
+    /// ARGs before the first FROM.
+    pub(crate) meta: Vec<Arg>,
+    /// The stages in file order.
+    pub(crate) stages: Vec<Stage>,
+}
+
+fn parse_error(e: parser::Error) -> Error {
+    Error::parse(e.message, e.range.map(|r| r.start_line))
+}
+
+pub(crate) fn load(text: &str) -> Result<Loaded, Error> {
+    let ast = parser::parse(text).map_err(parse_error)?;
+    let escape = ast.escape;
+    let stages = instructions::stages(&ast).map_err(parse_error)?;
+    Ok(Loaded {
+        escape,
+        meta: stages.meta_args,
+        stages: stages.stages,
+    })
+}
+
+/// Parses an ONBUILD trigger (one instruction; BuildKit parses it on its own,
+/// with the default escape character).
+pub(crate) fn parse_trigger(expression: &str) -> Result<Instruction, String> {
+    let ast = parser::parse_named(expression, "ONBUILD").map_err(|e| e.message)?;
+    match ast.nodes.as_slice() {
+        [node] => instructions::from_node(node).map_err(|e| e.message),
+        _ => Err("onbuild trigger should be a single expression".to_string()),
+    }
+}

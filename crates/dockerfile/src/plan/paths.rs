@@ -1,0 +1,88 @@
+//! WORKDIR resolution (BuildKit's `system.NormalizeWorkdir`).
+
+/// Resolves `requested` against the current working directory `current`, as
+/// a clean absolute path with `/` separators. On Windows targets a drive
+/// letter (`C:`) is dropped and `\` is read as a separator, as BuildKit does
+/// when it converts the path for the build state.
+pub(crate) fn resolve_workdir(current: &str, requested: &str, os: &str) -> String {
+    let windows = os == "windows";
+    let requested = if windows {
+        strip_drive(&requested.replace('\\', "/"))
+    } else {
+        requested.to_string()
+    };
+    let current = if windows {
+        strip_drive(&current.replace('\\', "/"))
+    } else {
+        current.to_string()
+    };
+    if requested.starts_with('/') {
+        clean(&requested)
+    } else {
+        clean(&format!("/{current}/{requested}"))
+    }
+}
+
+fn strip_drive(p: &str) -> String {
+    let b = p.as_bytes();
+    if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+        let rest = &p[2..];
+        if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        }
+    } else {
+        p.to_string()
+    }
+}
+
+/// Go's `path.Clean` for absolute paths: no `.`, no `..` past the root, no
+/// duplicate or trailing slashes.
+pub(crate) fn clean(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    let mut out = String::with_capacity(p.len());
+    for part in &parts {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_joins_previous() {
+        assert_eq!(resolve_workdir("/src", "app", "linux"), "/src/app");
+        assert_eq!(resolve_workdir("/", "app", "linux"), "/app");
+        assert_eq!(resolve_workdir("", "app", "linux"), "/app");
+        assert_eq!(resolve_workdir("/a/b", "../c/./d/", "linux"), "/a/c/d");
+    }
+
+    #[test]
+    fn absolute_replaces() {
+        assert_eq!(resolve_workdir("/src", "/out//x/", "linux"), "/out/x");
+        assert_eq!(resolve_workdir("/src", "/../..", "linux"), "/");
+    }
+
+    #[test]
+    fn windows_drive_and_backslashes() {
+        assert_eq!(resolve_workdir("/", "C:\\app\\bin", "windows"), "/app/bin");
+        assert_eq!(resolve_workdir("/app", "sub", "windows"), "/app/sub");
+        assert_eq!(resolve_workdir("/", "C:", "windows"), "/");
+    }
+}
