@@ -1,3 +1,17 @@
+/// Control characters (a newline from a variable's value, say) are shown
+/// escaped so that every message stays on one line.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_control() {
+            out.extend(ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 /// A word the lexer could not process.
 ///
 /// Displays like BuildKit: `failed to process "<word>": <what went wrong>`,
@@ -44,7 +58,7 @@ pub enum ErrorKind {
     MissingSlash,
     /// A modifier BuildKit does not support, e.g. `:=` in `${v:=w}`, `=`,
     /// `:#`, `:%`, or a character that is no modifier at all (`${v x}`).
-    #[error("unsupported modifier ({0}) in substitution")]
+    #[error("unsupported modifier ({}) in substitution", one_line(.0))]
     UnsupportedModifier(String),
     /// A `'` without its closing `'`.
     #[error("unexpected end of statement while looking for matching single-quote")]
@@ -55,7 +69,7 @@ pub enum ErrorKind {
     /// `${name?message}` with `name` unset, or `${name:?message}` with `name`
     /// unset or empty. `message` is the expanded word, or BuildKit's default
     /// (`is not allowed to be unset` / `is not allowed to be empty`).
-    #[error("{name}: {message}")]
+    #[error("{name}: {}", one_line(.message))]
     Required {
         /// The variable.
         name: String,
@@ -64,7 +78,7 @@ pub enum ErrorKind {
     },
     /// The pattern of `${v#p}`, `${v%p}` or `${v/p/r}` has an invalid escape.
     /// For `%`/`%%` the pattern is shown reversed, as BuildKit does.
-    #[error("invalid pattern ({pattern}) in substitution: {reason}")]
+    #[error("invalid pattern ({}) in substitution: {reason}", one_line(.pattern))]
     InvalidPattern {
         /// The pattern after expansion.
         pattern: String,
@@ -83,7 +97,7 @@ pub enum ErrorKind {
 #[non_exhaustive]
 pub enum PatternError {
     /// A backslash before a character that cannot be escaped.
-    #[error("invalid escape '\\{0}'")]
+    #[error("invalid escape '\\{}'", one_line(&.0.to_string()))]
     InvalidEscape(char),
     /// A backslash at the end of the pattern.
     #[error("invalid escape '\\' at the end of the pattern")]
