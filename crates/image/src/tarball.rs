@@ -103,12 +103,13 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An entry with mode 0644 (files) or 0755 (others), root-owned, mtime 0.
+    /// A root-owned entry with mtime 0 and mode 0755 (directories), 0777
+    /// (symlinks) or 0644 (everything else).
     pub fn new(path: impl Into<Vec<u8>>, kind: EntryKind) -> Entry {
-        let mode = if matches!(kind, EntryKind::File { .. }) {
-            0o644
-        } else {
-            0o755
+        let mode = match kind {
+            EntryKind::Dir => 0o755,
+            EntryKind::Symlink(_) => 0o777,
+            _ => 0o644,
         };
         Entry {
             path: path.into(),
