@@ -31,7 +31,7 @@ pub struct Matches {
 /// | [`with_raw_quotes`](Lexer::with_raw_quotes) | `RawQuotes` | the progress name of `RUN` (with `skip_unset_env`); heredoc detection in the parser |
 /// | [`with_raw_escapes`](Lexer::with_raw_escapes) | `RawEscapes` | heredoc detection in the parser (with `raw_quotes` and `skip_unset_env`) |
 /// | [`with_skip_unset_env`](Lexer::with_skip_unset_env) | `SkipUnsetEnv` | the progress name of `RUN`; heredoc detection |
-/// | [`with_skip_process_quotes`](Lexer::with_skip_process_quotes) | `SkipProcessQuotes` | the body of an expanding heredoc in `COPY`/`ADD` (`<<EOF`, not `<<'EOF'`), always with escape `\` |
+/// | [`with_skip_process_quotes`](Lexer::with_skip_process_quotes) | `SkipProcessQuotes` | heredoc bodies BuildKit expands itself (`COPY <<EOF`; not `<<'EOF'`, not `RUN`, whose shell expands), always with escape `\` whatever `# escape=` says |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lexer {
     escape: char,
