@@ -58,7 +58,8 @@ fn split_challenges(header: &str) -> Vec<(String, BTreeMap<String, String>)> {
     };
     let token = |i: &mut usize| {
         let start = *i;
-        while *i < chars.len() && !chars[*i].is_whitespace() && chars[*i] != ',' && chars[*i] != '=' {
+        while *i < chars.len() && !chars[*i].is_whitespace() && chars[*i] != ',' && chars[*i] != '='
+        {
             *i += 1;
         }
         chars[start..*i].iter().collect::<String>()
@@ -181,14 +182,17 @@ pub(crate) async fn fetch_token(
         return Err(TokenError::Denied(status.as_u16()));
     }
     if !status.is_success() {
-        return Err(TokenError::Other(format!("token endpoint {realm} answered HTTP {status}")));
+        return Err(TokenError::Other(format!(
+            "token endpoint {realm} answered HTTP {status}"
+        )));
     }
     let body = response
         .bytes()
         .await
         .map_err(|e| TokenError::Transport(crate::client::error_chain(&e)))?;
-    let answer: TokenAnswer = serde_json::from_slice(&body)
-        .map_err(|e| TokenError::Other(format!("token endpoint {realm} sent no token JSON: {e}")))?;
+    let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
+        TokenError::Other(format!("token endpoint {realm} sent no token JSON: {e}"))
+    })?;
     answer
         .token
         .or(answer.access_token)
@@ -216,7 +220,10 @@ mod tests {
 
     #[test]
     fn basic_challenge_and_unknown_schemes() {
-        assert_eq!(parse_challenge([r#"Basic realm="Registry Realm""#]), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge([r#"Basic realm="Registry Realm""#]),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge([r#"Negotiate"#]), None);
         assert_eq!(
             parse_challenge([r#"Basic realm="x", Bearer realm="https://t",service=s"#]),

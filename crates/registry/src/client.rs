@@ -292,7 +292,12 @@ impl Client {
     /// Records that `repository` in `registry` holds blob `digest`, so a later push
     /// to another repository of the same registry can mount it instead of uploading.
     /// Pulls and pushes record this themselves.
-    pub fn note_blob_source(&self, digest: &oci_spec::image::Digest, registry: &str, repository: &str) {
+    pub fn note_blob_source(
+        &self,
+        digest: &oci_spec::image::Digest,
+        registry: &str,
+        repository: &str,
+    ) {
         self.state()
             .blob_sources
             .entry(digest.to_string())
@@ -301,7 +306,12 @@ impl Client {
     }
 
     /// A repository of `registry` other than `repository` known to hold `digest`.
-    pub(crate) fn mount_source(&self, digest: &str, registry: &str, repository: &str) -> Option<String> {
+    pub(crate) fn mount_source(
+        &self,
+        digest: &str,
+        registry: &str,
+        repository: &str,
+    ) -> Option<String> {
         self.state().blob_sources.get(digest).and_then(|set| {
             set.iter()
                 .find(|(r, repo)| r == registry && repo != repository)
@@ -363,7 +373,12 @@ impl Client {
     }
 
     /// `base/v2/<repository>/<rest>`.
-    pub(crate) async fn api_url(&self, registry: &str, repository: &str, rest: &str) -> Result<Url> {
+    pub(crate) async fn api_url(
+        &self,
+        registry: &str,
+        repository: &str,
+        rest: &str,
+    ) -> Result<Url> {
         let base = self.base_url(registry).await?;
         base.join(&format!("v2/{repository}/{rest}"))
             .map_err(|e| Error::InvalidReference {
@@ -377,7 +392,9 @@ impl Client {
             return Ok(c.clone());
         }
         let cred = self.inner.opts.credentials.lookup(registry)?;
-        self.state().creds.insert(registry.to_string(), cred.clone());
+        self.state()
+            .creds
+            .insert(registry.to_string(), cred.clone());
         Ok(cred)
     }
 
@@ -478,7 +495,10 @@ impl Client {
         let Some(challenge) = parse_challenge(values.iter().map(String::as_str)) else {
             return Err(self.unauthorized(scope, 401));
         };
-        let known = self.state().challenges.insert(scope.registry.clone(), challenge.clone());
+        let known = self
+            .state()
+            .challenges
+            .insert(scope.registry.clone(), challenge.clone());
         // Basic credentials that were already sent will not get better on a retry.
         if had_auth && known == Some(Challenge::Basic) && challenge == Challenge::Basic {
             return Err(self.unauthorized(scope, 401));
@@ -496,7 +516,12 @@ impl Client {
 
     /// Sends one request, retrying with exponential backoff on 429, 5xx and
     /// connection errors up to `max_attempts`.
-    async fn send_retrying(&self, registry: &str, req: &Req, auth: Option<HeaderValue>) -> Result<Response> {
+    async fn send_retrying(
+        &self,
+        registry: &str,
+        req: &Req,
+        auth: Option<HeaderValue>,
+    ) -> Result<Response> {
         let opts = &self.inner.opts;
         let attempts = opts.max_attempts.max(1);
         let mut delay = opts.retry_delay;
@@ -523,7 +548,8 @@ impl Client {
                     tracing::debug!(%registry, url = %req.url, %status, "retrying");
                 }
                 Err(e) => {
-                    let transient = e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
+                    let transient =
+                        e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
                     if !transient || last {
                         return Err(Error::Unreachable {
                             registry: registry.to_string(),
@@ -572,7 +598,14 @@ pub(crate) async fn unexpected(response: Response, registry: &str, action: Strin
             .join("; "),
         _ => {
             let text = String::from_utf8_lossy(&body);
-            let line = text.trim().lines().next().unwrap_or("").chars().take(200).collect::<String>();
+            let line = text
+                .trim()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
             if line.is_empty() {
                 "no details in the answer".to_string()
             } else {
@@ -594,10 +627,20 @@ mod tests {
 
     #[test]
     fn loopback_hosts_use_http() {
-        for host in ["localhost:5000", "127.0.0.1:5000", "127.0.0.1", "[::1]:5000", "localhost"] {
+        for host in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.0.0.1",
+            "[::1]:5000",
+            "localhost",
+        ] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["myregistry.example", "10.0.0.1:5000", "localhost.example:5000"] {
+        for host in [
+            "myregistry.example",
+            "10.0.0.1:5000",
+            "localhost.example:5000",
+        ] {
             assert!(!is_loopback(host), "{host}");
         }
     }

@@ -130,10 +130,11 @@ impl Credentials {
     /// A Docker config (dockerconfigjson) given as bytes; `name` describes where it
     /// came from in error messages.
     pub fn from_docker_config_json(json: &[u8], name: &str) -> Result<Credentials> {
-        let config: DockerConfig = serde_json::from_slice(json).map_err(|e| Error::Credentials {
-            source_name: name.to_string(),
-            reason: format!("not a Docker config JSON: {e}"),
-        })?;
+        let config: DockerConfig =
+            serde_json::from_slice(json).map_err(|e| Error::Credentials {
+                source_name: name.to_string(),
+                reason: format!("not a Docker config JSON: {e}"),
+            })?;
         Ok(Credentials {
             sources: vec![ConfigSource {
                 name: name.to_string(),
@@ -175,8 +176,8 @@ impl Credentials {
             reason,
         };
         let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let doc: serde_yaml::Value = serde_yaml::from_slice(&text)
-            .map_err(|e| err(format!("not YAML or JSON: {e}")))?;
+        let doc: serde_yaml::Value =
+            serde_yaml::from_slice(&text).map_err(|e| err(format!("not YAML or JSON: {e}")))?;
         let json = secret_payload(&doc).map_err(err)?;
         Credentials::from_docker_config_json(&json, &name)
     }
@@ -344,7 +345,11 @@ impl ConfigSource {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| err(format!("cannot run {program}: {e}; install it or remove it from the config")))?;
+            .map_err(|e| {
+                err(format!(
+                    "cannot run {program}: {e}; install it or remove it from the config"
+                ))
+            })?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(helper_server_url(registry).as_bytes())
@@ -362,7 +367,11 @@ impl ConfigSource {
             return Err(err(format!(
                 "{program} get exited with {}: {}",
                 out.status,
-                first_line(if stdout.trim().is_empty() { &stderr } else { &stdout })
+                first_line(if stdout.trim().is_empty() {
+                    &stderr
+                } else {
+                    &stdout
+                })
             )));
         }
         #[derive(Deserialize)]
@@ -372,8 +381,11 @@ impl ConfigSource {
             #[serde(rename = "Secret", default)]
             secret: String,
         }
-        let answer: HelperAnswer = serde_json::from_slice(&out.stdout)
-            .map_err(|e| err(format!("{program} printed something that is not credentials JSON: {e}")))?;
+        let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|e| {
+            err(format!(
+                "{program} printed something that is not credentials JSON: {e}"
+            ))
+        })?;
         if answer.secret.is_empty() {
             return Ok(None);
         }
@@ -409,7 +421,10 @@ mod tests {
     fn keys_normalize_like_docker() {
         assert_eq!(normalize_key(DOCKER_HUB_CONFIG_KEY), "docker.io");
         assert_eq!(normalize_key("index.docker.io"), "docker.io");
-        assert_eq!(normalize_key("https://myregistry.example/v2/"), "myregistry.example");
+        assert_eq!(
+            normalize_key("https://myregistry.example/v2/"),
+            "myregistry.example"
+        );
         assert_eq!(normalize_key("127.0.0.1:5000"), "127.0.0.1:5000");
         assert_eq!(normalize_key("http://localhost:5000"), "localhost:5000");
     }

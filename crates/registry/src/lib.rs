@@ -52,12 +52,12 @@ mod client;
 mod credentials;
 mod error;
 mod manifest;
-// mod pull;
-// mod push;
+mod pull;
+mod push;
 mod reference;
 
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{Credentials, DEFAULT_REGISTRY_SECRET};
 pub use error::{Error, Result};
-// pub use pull::PulledImage;
+pub use pull::PulledImage;
 pub use reference::Reference;

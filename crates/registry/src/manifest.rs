@@ -39,8 +39,6 @@ pub(crate) struct Entry {
     pub size: u64,
     #[serde(default)]
     pub platform: Option<kbuild_platform::Platform>,
-    #[serde(default)]
-    pub urls: Vec<String>,
 }
 
 impl Entry {

@@ -93,7 +93,12 @@ impl Client {
                 })
             }
             _ => {
-                return Err(unexpected(response, registry, format!("GET manifest {key} of {repository}")).await)
+                return Err(unexpected(
+                    response,
+                    registry,
+                    format!("GET manifest {key} of {repository}"),
+                )
+                .await)
             }
         }
         let transport_type = response
@@ -106,7 +111,10 @@ impl Client {
             url: format!("manifest {key} of {repository}"),
             cause: crate::client::error_chain(&e),
         };
-        if response.content_length().is_some_and(|l| l > MAX_MANIFEST as u64) {
+        if response
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST as u64)
+        {
             return Err(Error::InvalidManifest {
                 what: format!("{reference}"),
                 source_name: registry.to_string(),
@@ -135,12 +143,17 @@ impl Client {
             reason,
         })?;
         let media_type = doc.media_type(transport_type.as_deref());
-        let digest = oci_spec::image::Digest::from_str(&actual).map_err(|e| Error::InvalidManifest {
-            what: format!("{reference}"),
-            source_name: registry.to_string(),
-            reason: e.to_string(),
-        })?;
-        let descriptor = Descriptor::new(MediaType::from(media_type.as_str()), bytes.len() as u64, digest);
+        let digest =
+            oci_spec::image::Digest::from_str(&actual).map_err(|e| Error::InvalidManifest {
+                what: format!("{reference}"),
+                source_name: registry.to_string(),
+                reason: e.to_string(),
+            })?;
+        let descriptor = Descriptor::new(
+            MediaType::from(media_type.as_str()),
+            bytes.len() as u64,
+            digest,
+        );
         Ok((descriptor, bytes))
     }
 
@@ -173,7 +186,8 @@ impl Client {
                 .flatten()
                 .filter(|e| manifest::is_manifest(&e.media_type) && e.platform.is_some())
                 .collect();
-            let platforms: Vec<&Platform> = entries.iter().filter_map(|e| e.platform.as_ref()).collect();
+            let platforms: Vec<&Platform> =
+                entries.iter().filter_map(|e| e.platform.as_ref()).collect();
             let Some(pick) = platform.best_match(platforms.iter().copied()) else {
                 return Err(Error::PlatformNotFound {
                     reference: reference.to_string(),
@@ -186,9 +200,9 @@ impl Client {
                 .fetch_manifest(reference, &entry.digest, Some(entry.digest.clone()))
                 .await?;
             let digest = store_digest(descriptor.digest().as_ref(), &entry.digest, registry)?;
-            store
-                .put_bytes(&bytes)
-                .map_err(store_error(format!("storing manifest {digest} of {reference}")))?;
+            store.put_bytes(&bytes).map_err(store_error(format!(
+                "storing manifest {digest} of {reference}"
+            )))?;
             (digest, bytes, entry.platform.clone())
         } else if manifest::is_manifest(&root_type) {
             (root_digest, root_bytes, None)
@@ -196,7 +210,9 @@ impl Client {
             return Err(Error::InvalidManifest {
                 what: reference.to_string(),
                 source_name: registry.to_string(),
-                reason: format!("media type {root_type} is neither an image index nor an image manifest"),
+                reason: format!(
+                    "media type {root_type} is neither an image index nor an image manifest"
+                ),
             });
         };
         let invalid = |reason: String| Error::InvalidManifest {
@@ -205,22 +221,29 @@ impl Client {
             reason,
         };
         let doc = Document::parse(&manifest_bytes).map_err(invalid)?;
-        let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
+        let manifest: ImageManifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
         let Some(config_entry) = doc.config.clone() else {
             return Err(invalid("it has no config".into()));
         };
         let mut blobs = vec![config_entry.clone()];
-        blobs.extend(doc.layers.iter().filter(|l| !l.non_distributable()).cloned());
+        blobs.extend(
+            doc.layers
+                .iter()
+                .filter(|l| !l.non_distributable())
+                .cloned(),
+        );
         self.fetch_blobs(reference, &blobs, store).await?;
         let config_digest = store_digest(&config_entry.digest, "config", registry)?;
         let config_bytes = store
             .read(&config_digest)
             .map_err(store_error(format!("reading config {config_digest}")))?;
-        let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
-            what: format!("config {config_digest} of {reference}"),
-            source_name: registry.to_string(),
-            reason: e.to_string(),
-        })?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
+                what: format!("config {config_digest} of {reference}"),
+                source_name: registry.to_string(),
+                reason: e.to_string(),
+            })?;
         let config_platform = Platform {
             os: config.os().to_string(),
             architecture: config.architecture().to_string(),
@@ -253,7 +276,12 @@ impl Client {
     }
 
     /// Downloads blobs of `reference`'s repository into the store, `concurrency` at a time.
-    pub(crate) async fn fetch_blobs(&self, reference: &Reference, blobs: &[Entry], store: &ContentStore) -> Result<()> {
+    pub(crate) async fn fetch_blobs(
+        &self,
+        reference: &Reference,
+        blobs: &[Entry],
+        store: &ContentStore,
+    ) -> Result<()> {
         let limit = self.inner.opts.concurrency.max(1);
         stream::iter(blobs.iter().map(Ok))
             .try_for_each_concurrent(limit, |entry| self.fetch_blob(reference, entry, store))
@@ -261,12 +289,17 @@ impl Client {
     }
 
     /// Downloads one blob, resuming a partial ingest with a Range request.
-    async fn fetch_blob(&self, reference: &Reference, entry: &Entry, store: &ContentStore) -> Result<()> {
+    async fn fetch_blob(
+        &self,
+        reference: &Reference,
+        entry: &Entry,
+        store: &ContentStore,
+    ) -> Result<()> {
         let registry = reference.registry();
         let repository = reference.repository();
         let digest = store_digest(&entry.digest, &format!("blob of {reference}"), registry)?;
         let counters = &self.inner.counters;
-        self.note_blob_source(&digest.clone().into(), registry, repository);
+        self.note_blob_source(&digest.into(), registry, repository);
         let what = format!("blob {digest} of {repository}");
         let (mut ingest, mut offset) = loop {
             if store.has(&digest) {
@@ -276,18 +309,24 @@ impl Client {
             match store.writer_resumable(&digest.to_string()) {
                 Ok(pair) => break pair,
                 // Another task or process downloads the same blob: wait for it.
-                Err(kbuild_image::Error::IngestBusy { .. }) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(kbuild_image::Error::IngestBusy { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 Err(e) => return Err(store_error(format!("starting the download of {what}"))(e)),
             }
         };
         if offset > entry.size {
-            ingest.abort().map_err(store_error(format!("discarding the partial {what}")))?;
+            ingest
+                .abort()
+                .map_err(store_error(format!("discarding the partial {what}")))?;
             (ingest, offset) = store
                 .writer_resumable(&digest.to_string())
                 .map_err(store_error(format!("restarting the download of {what}")))?;
         }
         Counters::add(&counters.bytes_resumed, offset);
-        let url = self.api_url(registry, repository, &format!("blobs/{digest}")).await?;
+        let url = self
+            .api_url(registry, repository, &format!("blobs/{digest}"))
+            .await?;
         let scope = Scope::pull(registry, repository);
         let attempts = self.inner.opts.max_attempts.max(1);
         let mut attempt = 0;
@@ -297,7 +336,9 @@ impl Client {
                 return Err(Error::Unreachable {
                     registry: registry.to_string(),
                     url: url.to_string(),
-                    cause: format!("gave up on {what} after {attempts} attempts with unusable range answers"),
+                    cause: format!(
+                        "gave up on {what} after {attempts} attempts with unusable range answers"
+                    ),
                 });
             }
             let mut req = Req::new(Method::GET, url.clone());
@@ -329,7 +370,9 @@ impl Client {
                 _ => return Err(unexpected(response, registry, format!("GET {what}")).await),
             };
             if restart {
-                ingest.abort().map_err(store_error(format!("discarding the partial {what}")))?;
+                ingest
+                    .abort()
+                    .map_err(store_error(format!("discarding the partial {what}")))?;
                 (ingest, offset) = store
                     .writer_resumable(&digest.to_string())
                     .map_err(store_error(format!("restarting the download of {what}")))?;
@@ -345,12 +388,10 @@ impl Client {
                 match chunk {
                     Ok(chunk) => {
                         use std::io::Write;
-                        ingest
-                            .write_all(&chunk)
-                            .map_err(|e| Error::Store {
-                                what: format!("writing {what}"),
-                                reason: e.to_string(),
-                            })?;
+                        ingest.write_all(&chunk).map_err(|e| Error::Store {
+                            what: format!("writing {what}"),
+                            reason: e.to_string(),
+                        })?;
                         Counters::add(&counters.bytes_downloaded, chunk.len() as u64);
                         offset += chunk.len() as u64;
                         if offset > entry.size {
@@ -372,7 +413,10 @@ impl Client {
                     return Err(Error::Unreachable {
                         registry: registry.to_string(),
                         url: url.to_string(),
-                        cause: format!("download of {what} broke off at byte {offset}: {}", crate::client::error_chain(&e)),
+                        cause: format!(
+                            "download of {what} broke off at byte {offset}: {}",
+                            crate::client::error_chain(&e)
+                        ),
                     })
                 }
                 None => break,
@@ -388,7 +432,11 @@ impl Client {
                     actual: actual.to_string(),
                 })
             }
-            Err(kbuild_image::Error::SizeMismatch { digest: actual, expected, actual: size }) => {
+            Err(kbuild_image::Error::SizeMismatch {
+                digest: actual,
+                expected,
+                actual: size,
+            }) => {
                 return Err(Error::DigestMismatch {
                     what,
                     registry: registry.to_string(),

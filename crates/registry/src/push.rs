@@ -16,6 +16,13 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
 
+/// An upload URL with the `digest` parameter that closes the upload.
+fn with_digest(mut url: Url, digest: &Digest) -> Url {
+    url.query_pairs_mut()
+        .append_pair("digest", &digest.to_string());
+    url
+}
+
 /// Nesting limit for indexes of indexes.
 const MAX_DEPTH: usize = 8;
 
@@ -44,25 +51,35 @@ fn parse_digest(text: &str, what: &str) -> Result<Digest> {
 }
 
 impl Plan {
-    fn walk(&mut self, store: &ContentStore, digest: &Digest, media_type: &str, bytes: &[u8], depth: usize) -> Result<()> {
+    fn walk(
+        &mut self,
+        store: &ContentStore,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &[u8],
+        depth: usize,
+    ) -> Result<()> {
         let invalid = |reason: String| Error::InvalidManifest {
             what: digest.to_string(),
             source_name: "the content store".into(),
             reason,
         };
         if depth > MAX_DEPTH {
-            return Err(invalid(format!("indexes are nested more than {MAX_DEPTH} deep")));
+            return Err(invalid(format!(
+                "indexes are nested more than {MAX_DEPTH} deep"
+            )));
         }
         let doc = Document::parse(bytes).map_err(invalid)?;
         if manifest::is_index(media_type) {
             for child in doc.manifests.iter().flatten() {
-                let child_digest = parse_digest(&child.digest, &format!("entry of index {digest}"))?;
+                let child_digest =
+                    parse_digest(&child.digest, &format!("entry of index {digest}"))?;
                 if self.manifests.iter().any(|(d, _, _)| *d == child_digest) {
                     continue;
                 }
-                let child_bytes = store
-                    .read(&child_digest)
-                    .map_err(store_err(format!("reading manifest {child_digest} listed by index {digest}")))?;
+                let child_bytes = store.read(&child_digest).map_err(store_err(format!(
+                    "reading manifest {child_digest} listed by index {digest}"
+                )))?;
                 let child_type = if child.media_type.is_empty() {
                     Document::parse(&child_bytes)
                         .map_err(invalid)?
@@ -71,10 +88,14 @@ impl Plan {
                     child.media_type.clone()
                 };
                 self.walk(store, &child_digest, &child_type, &child_bytes, depth + 1)?;
-                self.manifests.push((child_digest, child_type, Bytes::from(child_bytes)));
+                self.manifests
+                    .push((child_digest, child_type, Bytes::from(child_bytes)));
             }
         } else if manifest::is_manifest(media_type) {
-            let config = doc.config.as_ref().ok_or_else(|| invalid("the manifest has no config".into()))?;
+            let config = doc
+                .config
+                .as_ref()
+                .ok_or_else(|| invalid("the manifest has no config".into()))?;
             for blob in std::iter::once(config).chain(doc.layers.iter()) {
                 if blob.non_distributable() {
                     continue;
@@ -101,7 +122,12 @@ impl Client {
     /// at a time; then the manifests below the root by digest, exact bytes; then
     /// the root by digest. Only when every target has all that are the tags put,
     /// so no tag ever names content whose blobs are missing.
-    pub async fn push(&self, targets: &[Reference], root: &Descriptor, store: &ContentStore) -> Result<()> {
+    pub async fn push(
+        &self,
+        targets: &[Reference],
+        root: &Descriptor,
+        store: &ContentStore,
+    ) -> Result<()> {
         let root_digest = parse_digest(root.digest().as_ref(), "the pushed root")?;
         let root_bytes = Bytes::from(
             store
@@ -117,7 +143,9 @@ impl Client {
                 if pinned.to_string() != root_digest.to_string() {
                     return Err(Error::InvalidReference {
                         reference: target.to_string(),
-                        reason: format!("it pins digest {pinned} but the image being pushed is {root_digest}"),
+                        reason: format!(
+                            "it pins digest {pinned} but the image being pushed is {root_digest}"
+                        ),
                     });
                 }
             }
@@ -138,23 +166,42 @@ impl Client {
                 })
                 .await?;
             for (digest, media_type, bytes) in &plan.manifests {
-                self.put_manifest(&scope, &digest.to_string(), digest, media_type, bytes).await?;
+                self.put_manifest(&scope, &digest.to_string(), digest, media_type, bytes)
+                    .await?;
             }
-            self.put_manifest(&scope, &root_digest.to_string(), &root_digest, &root_type, &root_bytes)
-                .await?;
+            self.put_manifest(
+                &scope,
+                &root_digest.to_string(),
+                &root_digest,
+                &root_type,
+                &root_bytes,
+            )
+            .await?;
         }
         for target in targets {
             if let Some(tag) = target.tag() {
                 let scope = Scope::push(target.registry(), target.repository());
-                self.put_manifest(&scope, tag, &root_digest, &root_type, &root_bytes).await?;
+                self.put_manifest(&scope, tag, &root_digest, &root_type, &root_bytes)
+                    .await?;
             }
         }
         Ok(())
     }
 
-    async fn put_manifest(&self, scope: &Scope, key: &str, digest: &Digest, media_type: &str, bytes: &Bytes) -> Result<()> {
+    async fn put_manifest(
+        &self,
+        scope: &Scope,
+        key: &str,
+        digest: &Digest,
+        media_type: &str,
+        bytes: &Bytes,
+    ) -> Result<()> {
         let url = self
-            .api_url(&scope.registry, &scope.repository, &format!("manifests/{key}"))
+            .api_url(
+                &scope.registry,
+                &scope.repository,
+                &format!("manifests/{key}"),
+            )
             .await?;
         let req = Req::new(Method::PUT, url)
             .header(CONTENT_TYPE, media_type)
@@ -186,16 +233,27 @@ impl Client {
         Ok(())
     }
 
-    async fn push_blob(&self, registry: &str, repository: &str, digest: &Digest, size: u64, store: &ContentStore) -> Result<()> {
+    async fn push_blob(
+        &self,
+        registry: &str,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+        store: &ContentStore,
+    ) -> Result<()> {
         let counters = &self.inner.counters;
         let scope = Scope::push(registry, repository);
         let what = format!("blob {digest} to {repository}");
-        let head = Req::new(Method::HEAD, self.api_url(registry, repository, &format!("blobs/{digest}")).await?);
+        let head = Req::new(
+            Method::HEAD,
+            self.api_url(registry, repository, &format!("blobs/{digest}"))
+                .await?,
+        );
         let response = self.send(&scope, &head).await?;
         match response.status() {
             StatusCode::OK => {
                 Counters::add(&counters.blobs_existing, 1);
-                self.note_blob_source(&digest.clone().into(), registry, repository);
+                self.note_blob_source(&(*digest).into(), registry, repository);
                 return Ok(());
             }
             StatusCode::NOT_FOUND => {}
@@ -204,7 +262,8 @@ impl Client {
         if !store.has(digest) {
             return Err(Error::Store {
                 what: format!("pushing {what}"),
-                reason: "the blob is not in the content store; build or pull the image again".into(),
+                reason: "the blob is not in the content store; build or pull the image again"
+                    .into(),
             });
         }
 
@@ -222,7 +281,7 @@ impl Client {
             match self.send(&mount_scope, &Req::new(Method::POST, url)).await {
                 Ok(response) if response.status() == StatusCode::CREATED => {
                     Counters::add(&counters.blobs_mounted, 1);
-                    self.note_blob_source(&digest.clone().into(), registry, repository);
+                    self.note_blob_source(&(*digest).into(), registry, repository);
                     return Ok(());
                 }
                 Ok(response) if response.status() == StatusCode::ACCEPTED => {
@@ -243,7 +302,12 @@ impl Client {
                 let url = self.api_url(registry, repository, "blobs/uploads/").await?;
                 let response = self.send(&scope, &Req::new(Method::POST, url)).await?;
                 if response.status() != StatusCode::ACCEPTED {
-                    return Err(unexpected(response, registry, format!("starting the upload of {what}")).await);
+                    return Err(unexpected(
+                        response,
+                        registry,
+                        format!("starting the upload of {what}"),
+                    )
+                    .await);
                 }
                 self.location(registry, &response).await?
             }
@@ -255,25 +319,25 @@ impl Client {
             reason: e.to_string(),
         };
         let opts = &self.inner.opts;
-        let finish_url = if size <= opts.chunk_threshold {
+        let mut location = location;
+        let finish = if size <= opts.chunk_threshold {
+            // Monolithic: the whole blob in the closing PUT.
             let data = tokio::fs::read(&path).await.map_err(io_err)?;
-            let mut url = location;
-            url.query_pairs_mut().append_pair("digest", &digest.to_string());
-            let req = Req::new(Method::PUT, url)
+            Req::new(Method::PUT, with_digest(location, digest))
                 .header(CONTENT_TYPE, "application/octet-stream")
                 .header(CONTENT_LENGTH, &data.len().to_string())
-                .body(Bytes::from(data));
-            let response = self.send(&scope, &req).await?;
-            return self.finish_upload(response, registry, repository, digest, size, &what).await;
+                .body(Bytes::from(data))
         } else {
+            // Chunked: PATCH each chunk to the latest Location, then an empty PUT.
             let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
             let chunk = opts.chunk_size.max(1);
             let mut offset = 0u64;
-            let mut location = location;
             while offset < size {
                 let len = chunk.min(size - offset);
                 let mut buf = vec![0u8; len as usize];
-                file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io_err)?;
+                file.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(io_err)?;
                 file.read_exact(&mut buf).await.map_err(io_err)?;
                 let req = Req::new(Method::PATCH, location.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
@@ -282,19 +346,18 @@ impl Client {
                     .body(Bytes::from(buf));
                 let response = self.send(&scope, &req).await?;
                 if response.status() != StatusCode::ACCEPTED {
-                    return Err(unexpected(response, registry, format!("PATCH chunk at {offset} of {what}")).await);
+                    let action = format!("PATCH chunk at {offset} of {what}");
+                    return Err(unexpected(response, registry, action).await);
                 }
                 location = self.location(registry, &response).await?;
                 offset += len;
             }
             Counters::add(&counters.chunked_uploads, 1);
-            let mut url = location;
-            url.query_pairs_mut().append_pair("digest", &digest.to_string());
-            url
+            Req::new(Method::PUT, with_digest(location, digest)).header(CONTENT_LENGTH, "0")
         };
-        let req = Req::new(Method::PUT, finish_url).header(CONTENT_LENGTH, "0");
-        let response = self.send(&scope, &req).await?;
-        self.finish_upload(response, registry, repository, digest, size, &what).await
+        let response = self.send(&scope, &finish).await?;
+        self.finish_upload(response, registry, repository, digest, size, &what)
+            .await
     }
 
     async fn finish_upload(
@@ -307,18 +370,27 @@ impl Client {
         what: &str,
     ) -> Result<()> {
         if response.status() != StatusCode::CREATED {
-            return Err(unexpected(response, registry, format!("finishing the upload of {what}")).await);
+            return Err(unexpected(
+                response,
+                registry,
+                format!("finishing the upload of {what}"),
+            )
+            .await);
         }
         let counters = &self.inner.counters;
         Counters::add(&counters.blobs_uploaded, 1);
         Counters::add(&counters.bytes_uploaded, size);
-        self.note_blob_source(&digest.clone().into(), registry, repository);
+        self.note_blob_source(&(*digest).into(), registry, repository);
         Ok(())
     }
 
     /// The upload URL from a `Location` header, resolved against the registry's base URL.
     async fn location(&self, registry: &str, response: &Response) -> Result<Url> {
-        let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) else {
+        let Some(location) = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return Err(Error::Registry {
                 registry: registry.to_string(),
                 action: "starting a blob upload".into(),

@@ -169,7 +169,9 @@ impl FromStr for Reference {
 
 fn parse_digest(text: &str) -> Result<Digest, String> {
     let Some((algorithm, hex)) = text.split_once(':') else {
-        return Err(format!("digest {text:?} has no algorithm prefix like sha256:"));
+        return Err(format!(
+            "digest {text:?} has no algorithm prefix like sha256:"
+        ));
     };
     let hex_len = match algorithm {
         "sha256" => 64,
@@ -206,7 +208,9 @@ fn check_host(host: &str) -> Result<(), String> {
             return Err(format!("registry host {host:?} has an unclosed '['"));
         };
         if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
-            return Err(format!("registry host {host:?} is not a valid IPv6 address"));
+            return Err(format!(
+                "registry host {host:?} is not a valid IPv6 address"
+            ));
         }
         match rest {
             "" => return Ok(()),

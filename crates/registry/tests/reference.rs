@@ -18,8 +18,14 @@ fn reference_case_table() {
                 let err = Reference::parse(input).expect_err(&at);
                 assert!(matches!(err, Error::InvalidReference { .. }), "{at}: {err}");
                 let text = err.to_string();
-                assert!(text.contains(substring), "{at}: {text:?} lacks {substring:?}");
-                assert!(text.contains(&format!("{input:?}")), "{at}: {text:?} does not name the input");
+                assert!(
+                    text.contains(substring),
+                    "{at}: {text:?} lacks {substring:?}"
+                );
+                assert!(
+                    text.contains(&format!("{input:?}")),
+                    "{at}: {text:?} does not name the input"
+                );
             }
             None => {
                 let r = Reference::parse(input).unwrap_or_else(|e| panic!("{at}: {e}"));

@@ -122,13 +122,48 @@ impl TestRegistry {
                 )))
             }
         };
-        run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "token.key"])?;
-        run(&["pkcs8", "-topk8", "-nocrypt", "-in", "token.key", "-outform", "DER", "-out", "token.key.der"])?;
         run(&[
-            "req", "-new", "-x509", "-key", "token.key", "-out", "token.crt", "-days", "2",
-            "-subj", "/CN=kbuild-test-token-issuer",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "token.key",
         ])?;
-        run(&["x509", "-in", "token.crt", "-outform", "DER", "-out", "token.crt.der"])?;
+        run(&[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "token.key",
+            "-outform",
+            "DER",
+            "-out",
+            "token.key.der",
+        ])?;
+        run(&[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            "token.key",
+            "-out",
+            "token.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kbuild-test-token-issuer",
+        ])?;
+        run(&[
+            "x509",
+            "-in",
+            "token.crt",
+            "-outform",
+            "DER",
+            "-out",
+            "token.crt.der",
+        ])?;
         Ok(TokenAuthFiles {
             key_pem: dir.join("token.key"),
             key_der: dir.join("token.key.der"),
@@ -169,7 +204,10 @@ impl TestRegistry {
         prepare(dir.path())?;
         let port = free_port()?;
         let storage = dir.path().join("storage");
-        let auth = auth_section.replace("HTPASSWD", &dir.path().join("htpasswd").display().to_string());
+        let auth = auth_section.replace(
+            "HTPASSWD",
+            &dir.path().join("htpasswd").display().to_string(),
+        );
         let config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
@@ -256,7 +294,11 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     )
     .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+    )
+    .ok()?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).ok()?;
     let text = std::str::from_utf8(&head[..n]).ok()?;

@@ -1,0 +1,378 @@
+//! Push, pull and error paths against a real `docker-registry` process.
+
+mod common;
+
+use common::*;
+use kbuild_image::{ContentStore, Digest};
+use kbuild_platform::Platform;
+use kbuild_registry::{Credentials, Error, Reference};
+use kbuild_testkit::registry::TestRegistry;
+
+fn store() -> (tempfile::TempDir, ContentStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path().join("store")).unwrap();
+    (dir, store)
+}
+
+fn r(text: &str) -> Reference {
+    Reference::parse(text).unwrap()
+}
+
+struct MultiArch {
+    root: oci_spec::image::Descriptor,
+    index: Vec<u8>,
+    /// (platform, manifest digest, manifest bytes)
+    manifests: Vec<(&'static str, Digest, Vec<u8>)>,
+    distinct_blobs: u64,
+}
+
+/// Three platforms sharing one big layer (chunked upload) plus a small own layer each.
+fn multi_arch(store: &ContentStore) -> MultiArch {
+    let shared = noise(1, 200 << 10);
+    let mut manifests = Vec::new();
+    let mut entries = Vec::new();
+    for (i, (name, arch, variant)) in [
+        ("linux/amd64", "amd64", None),
+        ("linux/arm64", "arm64", None),
+        ("linux/arm/v7", "arm", Some("v7")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let own = noise(10 + i as u64, 3000 + i);
+        let (digest, bytes) = manifest(store, "linux", arch, variant, &[&shared, &own]);
+        let mut platform = serde_json::json!({"os": "linux", "architecture": arch});
+        if let Some(v) = variant {
+            platform["variant"] = v.into();
+        }
+        entries.push((platform, digest, bytes.clone()));
+        manifests.push((name, digest, bytes));
+    }
+    let refs: Vec<_> = entries
+        .iter()
+        .map(|(p, d, b)| (p.clone(), d, b.as_slice()))
+        .collect();
+    let (root, index) = index(store, &refs);
+    MultiArch {
+        root,
+        index,
+        manifests,
+        // one shared layer + 3 own layers + 3 configs
+        distinct_blobs: 7,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_multi_platform_index_read_back_and_pull_by_platform() {
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let (_d, src) = store();
+    let image = multi_arch(&src);
+    let client = client(Credentials::anonymous());
+    let targets = [
+        r(&format!("{host}/team/multi:v1")),
+        r(&format!("{host}/team/multi:latest")),
+    ];
+    client.push(&targets, &image.root, &src).await.unwrap();
+
+    let stats = client.stats();
+    assert_eq!(
+        stats.blobs_uploaded, image.distinct_blobs,
+        "each distinct blob uploaded once: {stats:?}"
+    );
+    assert_eq!(
+        stats.chunked_uploads, 1,
+        "the 200 KiB shared layer goes in chunks: {stats:?}"
+    );
+    // 3 manifests + index by digest, then 2 tags
+    assert_eq!(stats.manifests_pushed, 6, "{stats:?}");
+
+    // What the registry serves is exactly what we stored.
+    assert_eq!(
+        skopeo_raw(&format!("{host}/team/multi:v1"), None),
+        image.index
+    );
+    assert_eq!(
+        skopeo_raw(&format!("{host}/team/multi:latest"), None),
+        image.index
+    );
+    let (_, arm64_digest, arm64_bytes) = &image.manifests[1];
+    assert_eq!(
+        skopeo_raw(&format!("{host}/team/multi@{arm64_digest}"), None),
+        *arm64_bytes
+    );
+
+    // resolve gives the index descriptor and bytes
+    let (desc, bytes) = client.resolve(&targets[0]).await.unwrap();
+    assert_eq!(desc.digest().to_string(), image.root.digest().to_string());
+    assert_eq!(desc.media_type().to_string(), OCI_INDEX);
+    assert_eq!(bytes.as_ref(), image.index.as_slice());
+
+    // Pull one platform into a fresh store with a fresh client.
+    let (_d2, dst) = store();
+    let puller = common::client(Credentials::anonymous());
+    let arm = Platform::parse("linux/arm/v7").unwrap();
+    let pulled = puller.pull_image(&targets[0], &arm, &dst).await.unwrap();
+    assert_eq!(pulled.manifest_digest, image.manifests[2].1);
+    assert_eq!(
+        pulled.root_digest.to_string(),
+        image.root.digest().to_string()
+    );
+    assert_eq!(pulled.config.architecture().to_string(), "arm");
+    assert_eq!(pulled.platform.to_string(), "linux/arm/v7");
+    for layer in pulled.manifest.layers() {
+        let d = Digest::parse(layer.digest().as_ref()).unwrap();
+        assert!(dst.has(&d), "layer {d} stored");
+    }
+    assert!(dst.has(&pulled.config_digest));
+    assert_eq!(puller.stats().blobs_downloaded, 3, "config + 2 layers");
+
+    // A second platform only downloads what the store lacks: the shared layer is cached.
+    let arm64 = Platform::parse("linux/arm64").unwrap();
+    let pulled = puller.pull_image(&targets[1], &arm64, &dst).await.unwrap();
+    assert_eq!(pulled.manifest_digest, *arm64_digest);
+    let stats = puller.stats();
+    assert_eq!(
+        (stats.blobs_downloaded, stats.blobs_cached),
+        (5, 1),
+        "{stats:?}"
+    );
+
+    // No such platform: the error lists what the index has.
+    let s390x = Platform::parse("linux/s390x").unwrap();
+    let err = puller
+        .pull_image(&targets[0], &s390x, &dst)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PlatformNotFound { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("linux/amd64, linux/arm64, linux/arm/v7") && text.contains("linux/s390x"),
+        "{text}"
+    );
+
+    // Pushing to another repository of the same registry mounts every blob.
+    client
+        .push(&[r(&format!("{host}/other/copy:v1"))], &image.root, &src)
+        .await
+        .unwrap();
+    let after = client.stats();
+    assert_eq!(after.blobs_mounted, image.distinct_blobs, "{after:?}");
+    assert_eq!(
+        after.blobs_uploaded, image.distinct_blobs,
+        "nothing uploaded again: {after:?}"
+    );
+    assert_eq!(
+        skopeo_raw(&format!("{host}/other/copy:v1"), None),
+        image.index
+    );
+
+    // Pushing again to the same repository finds every blob in place.
+    client
+        .push(&[r(&format!("{host}/team/multi:v2"))], &image.root, &src)
+        .await
+        .unwrap();
+    let again = client.stats();
+    assert_eq!(again.blobs_existing, image.distinct_blobs, "{again:?}");
+    assert_eq!(again.blobs_uploaded, image.distinct_blobs, "{again:?}");
+}
+
+#[tokio::test]
+async fn missing_tag_is_manifest_unknown() {
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let client = client(Credentials::anonymous());
+    let err = client
+        .resolve(&r(&format!("{host}/nothing/here:nope")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&host) && text.contains("nope") && text.contains("nothing/here"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_registry_names_it() {
+    let port = kbuild_testkit::registry::free_port().unwrap();
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        max_attempts: 2,
+        retry_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let err = client
+        .resolve(&r(&format!("127.0.0.1:{port}/a:b")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(client.stats().retries, 1);
+}
+
+#[tokio::test]
+async fn single_manifest_image_checks_the_config_platform() {
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let (_d, src) = store();
+    let (digest, bytes) = manifest(&src, "linux", "arm64", None, &[&noise(3, 1000)]);
+    let root = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        bytes.len() as u64,
+        digest,
+    );
+    let client = client(Credentials::anonymous());
+    let target = r(&format!("{host}/single/app:1"));
+    client
+        .push(std::slice::from_ref(&target), &root, &src)
+        .await
+        .unwrap();
+    assert_eq!(client.stats().manifests_pushed, 2);
+    let (_d2, dst) = store();
+    let pulled = client
+        .pull_image(&target, &Platform::parse("linux/arm64/v8").unwrap(), &dst)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, digest);
+    let err = client
+        .pull_image(&target, &Platform::parse("linux/amd64").unwrap(), &dst)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("it provides: linux/arm64"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn interrupted_download_resumes_from_the_partial_ingest() {
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let (_d, src) = store();
+    let layer = noise(7, 300 << 10);
+    let (digest, bytes) = manifest(&src, "linux", "amd64", None, &[&layer]);
+    let root = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        bytes.len() as u64,
+        digest,
+    );
+    let target = r(&format!("{host}/resume/app:1"));
+    client(Credentials::anonymous())
+        .push(std::slice::from_ref(&target), &root, &src)
+        .await
+        .unwrap();
+
+    // An earlier pull died after 100000 bytes of the layer.
+    let (_d2, dst) = store();
+    let layer_digest = Digest::of(&layer);
+    {
+        use std::io::Write;
+        let (mut ingest, offset) = dst.writer_resumable(&layer_digest.to_string()).unwrap();
+        assert_eq!(offset, 0);
+        ingest.write_all(&layer[..100_000]).unwrap();
+        ingest.flush().unwrap();
+    }
+    let puller = client(Credentials::anonymous());
+    let pulled = puller
+        .pull_image(&target, &Platform::parse("linux/amd64").unwrap(), &dst)
+        .await
+        .unwrap();
+    assert!(dst.has(&layer_digest));
+    assert_eq!(dst.read(&layer_digest).unwrap(), layer);
+    let stats = puller.stats();
+    assert_eq!(stats.bytes_resumed, 100_000, "{stats:?}");
+    let config_size = pulled.manifest.config().size();
+    assert_eq!(
+        stats.bytes_downloaded,
+        layer.len() as u64 - 100_000 + config_size,
+        "{stats:?}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_bytes_from_the_server_are_a_digest_mismatch() {
+    let (_d, scratch) = store();
+    let (manifest_digest, manifest_bytes) =
+        manifest(&scratch, "linux", "amd64", None, &[b"real layer"]);
+    let served_manifest = manifest_bytes.clone();
+    let server = TinyServer::start(move |req| {
+        if req.target.starts_with("/v2/bad/app/manifests/") {
+            // By tag: the real manifest. By digest: something else.
+            if req.target.ends_with("/tag") {
+                Canned::ok(OCI_MANIFEST, served_manifest.clone())
+            } else {
+                Canned::ok(
+                    OCI_MANIFEST,
+                    b"{\"schemaVersion\":2,\"config\":null}".to_vec(),
+                )
+            }
+        } else if req.target.starts_with("/v2/bad/app/blobs/") {
+            Canned::ok(
+                "application/octet-stream",
+                b"definitely not the config".to_vec(),
+            )
+        } else {
+            Canned::ok("application/json", b"{}".to_vec())
+        }
+    })
+    .await;
+    let host = format!("127.0.0.1:{}", server.port);
+    let client = client(Credentials::anonymous());
+    let (_d2, dst) = store();
+    let err = client
+        .pull_image(
+            &r(&format!("{host}/bad/app:tag")),
+            &Platform::parse("linux/amd64").unwrap(),
+            &dst,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&host), "{err}");
+
+    let err = client
+        .resolve(&r(&format!("{host}/bad/app@{manifest_digest}")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&manifest_digest.to_string()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn transient_errors_are_retried() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let calls = std::sync::Arc::new(AtomicU32::new(0));
+    let calls2 = calls.clone();
+    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec();
+    let server = TinyServer::start(move |_| {
+        if calls2.fetch_add(1, Ordering::SeqCst) < 2 {
+            Canned {
+                status: 503,
+                headers: vec![],
+                body: vec![],
+            }
+        } else {
+            Canned::ok(OCI_INDEX, body.clone())
+        }
+    })
+    .await;
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        retry_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let (desc, _) = client
+        .resolve(&r(&format!("127.0.0.1:{}/flaky/app:1", server.port)))
+        .await
+        .unwrap();
+    assert_eq!(desc.media_type().to_string(), OCI_INDEX);
+    assert_eq!(client.stats().retries, 2);
+}
