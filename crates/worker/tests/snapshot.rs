@@ -820,3 +820,28 @@ fn apply_follows_symlinked_parents_only_inside_the_target() -> TestResult {
     assert!(!Path::new("/kbuild-escape-test").exists());
     Ok(())
 }
+
+#[test]
+fn mount_many_layers_with_long_paths() -> TestResult {
+    require_root!();
+    let sandbox = tempfile::tempdir()?;
+    // A deep root makes every lower path long: 120 of them overflow what
+    // one mount(2) option page could hold, so lowerdir+ must be in use.
+    let root = sandbox.path().join("r".repeat(200));
+    let snap = Snapshotter::new(&root)?;
+    let mut lowers = Vec::new();
+    for i in 0..120u32 {
+        let mut layer = Layer::new();
+        let name = format!("f{i:03}");
+        let body: &'static [u8] = Box::leak(i.to_string().into_bytes().into_boxed_slice());
+        layer.file(&name, body).file("top", body);
+        lowers.push(unpack(&snap, &layer.finish())?);
+    }
+    let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    assert!(total > 4096 * 6);
+    let mount = snap.mount(&lowers)?;
+    assert_eq!(fs::read_dir(mount.merged())?.count(), 121);
+    assert_eq!(fs::read_to_string(mount.merged().join("top"))?, "119");
+    assert_eq!(fs::read_to_string(mount.merged().join("f000"))?, "0");
+    Ok(())
+}

@@ -81,8 +81,7 @@ pub(crate) fn clear_dir(dir: BorrowedFd<'_>, keep: impl Fn(&OsStr) -> bool) -> i
 /// The names in a directory, without `.` and `..`, sorted bytewise.
 pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
     let mut names = Vec::new();
-    let mut it = rustix::fs::Dir::read_from(dir)?;
-    while let Some(entry) = it.next() {
+    for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {

@@ -306,4 +306,37 @@ mod tests {
             b"/a\\:b\\,c\\\\d".to_vec()
         );
     }
+
+    /// The `mount(2)` path (kernels before 6.8) with lower paths too long
+    /// for one page: they are passed as `/proc/self/fd/N`.
+    #[test]
+    fn legacy_mount_with_long_lower_paths() -> std::result::Result<(), Box<dyn std::error::Error>> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: overlay mounts need root");
+            return Ok(());
+        }
+        let t = tempfile::tempdir()?;
+        let mut lowers = Vec::new();
+        for i in 0..40 {
+            let l = t.path().join(format!("{i:03}-{}", "l".repeat(150)));
+            fs::create_dir(&l)?;
+            fs::write(l.join(format!("f{i}")), format!("{i}"))?;
+            fs::write(l.join("shadowed"), format!("{i}"))?;
+            lowers.push(l);
+        }
+        let (upper, work, merged) = (t.path().join("u"), t.path().join("w"), t.path().join("m"));
+        for d in [&upper, &work, &merged] {
+            fs::create_dir(d)?;
+        }
+        let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
+        assert!(total > 4096, "the option string must overflow a page");
+        let top_first: Vec<&Path> = lowers.iter().rev().map(|p| p.as_path()).collect();
+        mount_legacy(&top_first, &upper, &work, &merged)?;
+        let seen = fs::read_dir(&merged)?.count();
+        let top = fs::read_to_string(merged.join("shadowed"))?;
+        rustix::mount::unmount(&merged, UnmountFlags::empty())?;
+        assert_eq!(seen, 41);
+        assert_eq!(top, "39", "the last lower is the top one");
+        Ok(())
+    }
 }

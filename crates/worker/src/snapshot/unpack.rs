@@ -298,13 +298,13 @@ impl Extractor {
                     Err(e) => return Err(e).entry("open a parent directory", entry),
                 }
                 let mut cur = self.dup_root().entry("open the target root", entry)?;
-                for i in 0..comps.len() {
+                for (i, comp) in comps.iter().enumerate() {
                     cur = match open(i + 1) {
                         Ok(fd) => fd,
                         Err(Errno::NOENT) => {
                             match rustix::fs::mkdirat(
                                 cur.as_fd(),
-                                comps[i].as_os_str(),
+                                comp.as_os_str(),
                                 Mode::from(0o755),
                             ) {
                                 Ok(()) => {}
