@@ -7,14 +7,22 @@ use kbuild_shell::{Env, Lexer};
 use super::model::{BuildPlan, Source, StageBase};
 use crate::instructions::{Command, Instruction};
 
-/// The name BuildKit gives a step in progress output (without the
-/// `[stage n/m]` prefix): for RUN the source text with set variables
-/// expanded and quotes kept; for COPY, ADD and WORKDIR the source text
-/// expanded like a word; for the others the source text. The keyword is
-/// uppercased.
-pub(crate) fn display<E: Env + ?Sized>(ins: &Instruction, lexer: &Lexer, env: &E) -> String {
+/// The name of a step in progress output (without BuildKit's `[stage n/m]`
+/// prefix), the keyword uppercased. RUN, COPY, ADD and WORKDIR — the steps
+/// BuildKit shows — read as BuildKit shows them: for RUN the source text
+/// with the variables that are set expanded and quotes kept, for the others
+/// the source text expanded like a word. ARG, ENV and LABEL read like
+/// BuildKit's image history (`ARG TARGETOS=linux`, `ENV GOOS=linux`), USER,
+/// EXPOSE, VOLUME and STOPSIGNAL show their expanded words, the rest their
+/// source text.
+pub(crate) fn display<E: Env + ?Sized>(
+    ins: &Instruction,
+    expanded: &Instruction,
+    lexer: &Lexer,
+    env: &E,
+) -> String {
     let original = ins.original();
-    match ins {
+    match expanded {
         Instruction::Run(run) => {
             let mut text = original.to_string();
             if let (Command::Shell(cmd), Some(first)) = (&run.command, run.heredocs.first()) {
@@ -31,8 +39,37 @@ pub(crate) fn display<E: Env + ?Sized>(ins: &Instruction, lexer: &Lexer, env: &E
                 .process_word(original, env)
                 .unwrap_or_else(|_| original.to_string()),
         ),
+        Instruction::Arg(a) => {
+            let mut out = String::from("ARG");
+            for def in &a.args {
+                out.push(' ');
+                out.push_str(&def.name);
+                if let Some(v) = &def.default {
+                    out.push('=');
+                    out.push_str(v);
+                }
+            }
+            out
+        }
+        Instruction::Env(e) => pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value))),
+        Instruction::Label(l) => pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value))),
+        Instruction::User(u) => format!("USER {}", u.user),
+        Instruction::Expose(e) => format!("EXPOSE {}", e.ports.join(" ")),
+        Instruction::Volume(v) => format!("VOLUME {}", v.volumes.join(" ")),
+        Instruction::StopSignal(s) => format!("STOPSIGNAL {}", s.signal),
         _ => uppercase_keyword(original),
     }
+}
+
+fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    let mut out = keyword.to_string();
+    for (k, v) in kvs {
+        out.push(' ');
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
 }
 
 fn is_single_heredoc(cmd: &str) -> bool {
@@ -59,15 +96,20 @@ fn uppercase_keyword(text: &str) -> String {
 }
 
 impl BuildPlan {
-    /// The human dry-run: for every target platform, the stages in run order
-    /// with their base and platform, then each step expanded. A step marked
-    /// `=` is shared with other target platforms (built once); `+` marks the
-    /// steps that ONBUILD triggers added.
+    /// The human dry-run: for every target platform, the stage instances in
+    /// run order — name, the platform it runs on, its base — then each step
+    /// expanded. Markers: `=` a step shared with other target platforms
+    /// (built once), `+` a step an ONBUILD trigger added; `<-` lists what a
+    /// step reads besides its parent.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for target in &self.targets {
-            let final_name = stage_label(self, target.final_stage.0);
-            let _ = writeln!(out, "{} (target stage {final_name}):", target.platform);
+            let _ = writeln!(
+                out,
+                "{}: target {}",
+                target.platform,
+                stage_label(self, target.final_stage.0)
+            );
             for &sid in &target.stages {
                 let stage = self.stage(sid);
                 let base = match &stage.base {
@@ -78,14 +120,9 @@ impl BuildPlan {
                     } => format!("image {reference} ({platform})"),
                     StageBase::Stage(b) => format!("stage {}", stage_label(self, b.0)),
                 };
-                let shared = if stage.target_platforms.len() > 1 {
-                    format!(", shared by {} platforms", stage.target_platforms.len())
-                } else {
-                    String::new()
-                };
                 let _ = writeln!(
                     out,
-                    "  stage {} [{}] from {base}{shared}",
+                    "  stage {} on {} from {base}",
                     stage_label(self, sid.0),
                     stage.platform
                 );
@@ -96,7 +133,7 @@ impl BuildPlan {
                         (false, true) => '+',
                         (false, false) => ' ',
                     };
-                    let mut line = format!("   {marker} {}", step.display);
+                    let _ = write!(out, "    {marker} {}", step.display);
                     let reads: Vec<String> = step
                         .sources
                         .iter()
@@ -110,21 +147,14 @@ impl BuildPlan {
                         })
                         .collect();
                     if !reads.is_empty() {
-                        let _ = write!(line, "    <- {}", reads.join(", "));
+                        let _ = write!(out, "  <- {}", reads.join(", "));
                     }
-                    if step.shared {
-                        let _ = write!(line, "    [shared by {} platforms]", step.platforms.len());
-                    }
-                    out.push_str(&line);
                     out.push('\n');
                 }
             }
         }
-        if !self.warnings.is_empty() {
-            out.push_str("warnings:\n");
-            for w in &self.warnings {
-                let _ = writeln!(out, "  {w}");
-            }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
         }
         out
     }

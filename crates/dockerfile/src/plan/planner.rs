@@ -750,7 +750,7 @@ impl<'a> Planner<'a> {
             }
         }
 
-        let display = display(ins, &self.lexer, &run.state);
+        let display = display(ins, &expanded, &self.lexer, &run.state);
         let id = self.add_step(
             run,
             expanded.clone(),
