@@ -14,7 +14,8 @@
 //! - `steps` / `stages`: how many distinct steps / stage instances;
 //! - `warnings`: the warnings, as displayed;
 //! - `match_steps`: objects each matching at least one step of the JSON plan
-//!   (every field given must be equal; `display` selects, `platform` too);
+//!   (every field given must be equal — objects recursively by the fields
+//!   given, arrays element by element with the same length);
 //! - `match_targets`: the same for the targets, in order.
 
 use std::collections::BTreeMap;
@@ -74,6 +75,9 @@ fn subset(want: &Value, got: &Value) -> bool {
         (Value::Object(w), Value::Object(g)) => w
             .iter()
             .all(|(k, v)| g.get(k).is_some_and(|gv| subset(v, gv))),
+        (Value::Array(w), Value::Array(g)) => {
+            w.len() == g.len() && w.iter().zip(g).all(|(w, g)| subset(w, g))
+        }
         _ => want == got,
     }
 }
@@ -85,10 +89,9 @@ fn run_case(dir: &Path) -> Result<(), String> {
         Ok(t) => serde_json::from_str(&t).map_err(|e| format!("options.json: {e}"))?,
         Err(_) => Options::default(),
     };
-    let expected: Expected = serde_json::from_str(
-        &read("expected.json").map_err(|e| format!("expected.json: {e}"))?,
-    )
-    .map_err(|e| format!("expected.json: {e}"))?;
+    let expected: Expected =
+        serde_json::from_str(&read("expected.json").map_err(|e| format!("expected.json: {e}"))?)
+            .map_err(|e| format!("expected.json: {e}"))?;
 
     let parse = |s: &str| Platform::parse(s).map_err(|e| e.to_string());
     let platforms = options
