@@ -23,9 +23,9 @@ use kbuild_image::{
 };
 
 const WORDS: &[&str] = &[
-    "fn", "let", "mut", "struct", "impl", "return", "match", "Some", "None", "Ok", "Err",
-    "self", "use", "pub", "crate", "layer", "digest", "manifest", "config", "index", "{", "}",
-    "(", ")", ";", "=", "0x1f", "42", "\n", "    ", "//", "string", "value", "error",
+    "fn", "let", "mut", "struct", "impl", "return", "match", "Some", "None", "Ok", "Err", "self",
+    "use", "pub", "crate", "layer", "digest", "manifest", "config", "index", "{", "}", "(", ")",
+    ";", "=", "0x1f", "42", "\n", "    ", "//", "string", "value", "error",
 ];
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -37,10 +37,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Source-code-like text with some incompressible runs, deterministic.
 fn file_content(seed: u64, size: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut out = Vec::with_capacity(size);
     while out.len() < size {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let r = (state >> 33) as usize;
         if r % 16 == 0 {
             out.extend_from_slice(&state.to_le_bytes());
@@ -73,14 +77,16 @@ fn fixture() -> Fixture {
         groups.push(tree.join(format!("group{g}")));
     }
     for i in 0..files {
-        let d = groups[(i % groups_count) as usize].join(format!("dir{:03}", (i / groups_count) % 100));
+        let d =
+            groups[(i % groups_count) as usize].join(format!("dir{:03}", (i / groups_count) % 100));
         fs::create_dir_all(&d).expect("bench dir");
         // Sizes vary around the mean, like real trees.
         let size = per_file / 2 + (i as usize * 7919) % (per_file + 1);
         fs::write(d.join(format!("file{i:06}.rs")), file_content(i, size)).expect("bench file");
     }
     let mut tar = DeterministicTar::new(Vec::new(), TarOptions::default());
-    tar.append_dir_tree(&tree, "").expect("tar of the bench tree");
+    tar.append_dir_tree(&tree, "")
+        .expect("tar of the bench tree");
     let tar = tar.finish().expect("tar of the bench tree");
     let store_root = dir.path().join("store");
     Fixture {
@@ -92,8 +98,15 @@ fn fixture() -> Fixture {
     }
 }
 
-fn export_tree(store: &ContentStore, tree: &Path, prefix: &str) -> kbuild_image::Result<kbuild_image::Layer> {
-    let mut tar = DeterministicTar::new(LayerWriter::new(store, Compression::Gzip(6))?, TarOptions::default());
+fn export_tree(
+    store: &ContentStore,
+    tree: &Path,
+    prefix: &str,
+) -> kbuild_image::Result<kbuild_image::Layer> {
+    let mut tar = DeterministicTar::new(
+        LayerWriter::new(store, Compression::Gzip(6))?,
+        TarOptions::default(),
+    );
     tar.append_dir_tree(tree, prefix)?;
     tar.finish()?.finish()
 }

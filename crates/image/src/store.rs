@@ -241,8 +241,7 @@ impl ContentStore {
     pub fn lock_shared(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
         let file = File::open(&path).map_err(io_err("open the store lock", &path))?;
-        FileExt::lock_shared(&file)
-            .map_err(io_err("take the shared store lock", &path))?;
+        FileExt::lock_shared(&file).map_err(io_err("take the shared store lock", &path))?;
         Ok(StoreLock { _file: file })
     }
 

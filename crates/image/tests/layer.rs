@@ -34,9 +34,21 @@ fn digests_match_the_real_tools() {
     let diff_id = common::sha256sum(&tar_path);
 
     let cases = [
-        (Compression::Gzip(6), MEDIA_TYPE_OCI_LAYER_GZIP, Some(["gzip", "-dc"])),
-        (Compression::Gzip(1), MEDIA_TYPE_OCI_LAYER_GZIP, Some(["gzip", "-dc"])),
-        (Compression::Zstd(3), MEDIA_TYPE_OCI_LAYER_ZSTD, Some(["zstd", "-dc"])),
+        (
+            Compression::Gzip(6),
+            MEDIA_TYPE_OCI_LAYER_GZIP,
+            Some(["gzip", "-dc"]),
+        ),
+        (
+            Compression::Gzip(1),
+            MEDIA_TYPE_OCI_LAYER_GZIP,
+            Some(["gzip", "-dc"]),
+        ),
+        (
+            Compression::Zstd(3),
+            MEDIA_TYPE_OCI_LAYER_ZSTD,
+            Some(["zstd", "-dc"]),
+        ),
         (Compression::None, MEDIA_TYPE_OCI_LAYER, None),
     ];
     for (compression, media_type, tool) in cases {
@@ -49,25 +61,43 @@ fn digests_match_the_real_tools() {
         assert_eq!(layer.descriptor.media_type, media_type);
         assert_eq!(layer.diff_id.to_string(), diff_id, "{compression:?}");
         assert_eq!(layer.uncompressed_size, tar.len() as u64);
-        assert_eq!(common::sha256sum(&blob), layer.descriptor.digest.to_string());
+        assert_eq!(
+            common::sha256sum(&blob),
+            layer.descriptor.digest.to_string()
+        );
         assert_eq!(layer.descriptor.size, fs::metadata(&blob).unwrap().len());
         if let Some([prog, flag]) = tool {
             let out = Command::new(prog).arg(flag).arg(&blob).output().unwrap();
             assert!(out.status.success(), "{prog} rejects the blob");
-            assert_eq!(Digest::of(&out.stdout).to_string(), diff_id, "{prog} output");
-            assert!(layer.descriptor.size < tar.len() as u64 / 2, "{compression:?} compresses");
+            assert_eq!(
+                Digest::of(&out.stdout).to_string(),
+                diff_id,
+                "{prog} output"
+            );
+            assert!(
+                layer.descriptor.size < tar.len() as u64 / 2,
+                "{compression:?} compresses"
+            );
         } else {
             assert_eq!(layer.descriptor.digest, layer.diff_id);
         }
         // And our own reader gives the tar back.
         let mut back = Vec::new();
-        decompress_reader(media_type, store.open_blob(&layer.descriptor.digest).unwrap())
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
+        decompress_reader(
+            media_type,
+            store.open_blob(&layer.descriptor.digest).unwrap(),
+        )
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
         assert_eq!(back, tar);
     }
-    assert_eq!(fs::read_dir(dir.path().join("store/ingest")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(dir.path().join("store/ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -125,7 +155,11 @@ fn parallel_compression_matches_sequential() {
     let dir = tempfile::tempdir().unwrap();
     let store = ContentStore::open(dir.path().join("store")).unwrap();
     let inputs: Vec<Vec<u8>> = (0..5u32)
-        .map(|n| (0..(200_000 + n * 50_000)).map(|i| ((i * (n + 3)) % 251) as u8).collect())
+        .map(|n| {
+            (0..(200_000 + n * 50_000))
+                .map(|i| ((i * (n + 3)) % 251) as u8)
+                .collect()
+        })
         .collect();
     let jobs: Vec<_> = inputs
         .iter()
@@ -147,8 +181,14 @@ fn parallel_compression_matches_sequential() {
         assert_eq!(w.finish().unwrap(), *layer);
     }
     // A failing job fails the whole call.
-    let jobs: Vec<Box<dyn FnOnce(&mut LayerWriter) -> kbuild_image::Result<()> + Send>> = vec![
-        Box::new(|w| w.write_all(b"ok").map_err(|e| kbuild_image::Error::Stream { action: "x", source: e })),
+    type Job = Box<dyn FnOnce(&mut LayerWriter) -> kbuild_image::Result<()> + Send>;
+    let jobs: Vec<Job> = vec![
+        Box::new(|w| {
+            w.write_all(b"ok").map_err(|e| kbuild_image::Error::Stream {
+                action: "x",
+                source: e,
+            })
+        }),
         Box::new(|_| {
             Err(kbuild_image::Error::Stream {
                 action: "read the build context",

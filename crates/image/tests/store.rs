@@ -17,7 +17,9 @@ fn digest_case_table() {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (expect, input) = line.split_once(' ').expect("case line is '<ok|err> <input>'");
+        let (expect, input) = line
+            .split_once(' ')
+            .expect("case line is '<ok|err> <input>'");
         let parsed = Digest::parse(input);
         match expect {
             "ok" => {
@@ -59,7 +61,10 @@ fn put_read_and_layout() {
     let store = ContentStore::open(dir.path()).unwrap();
     let (d, size) = store.put_bytes(b"{}").unwrap();
     assert_eq!(size, 2);
-    assert_eq!(store.path(&d), dir.path().join("blobs/sha256").join(d.hex()));
+    assert_eq!(
+        store.path(&d),
+        dir.path().join("blobs/sha256").join(d.hex())
+    );
     assert_eq!(common::sha256sum(&store.path(&d)), d.to_string());
     assert!(store.has(&d));
     assert_eq!(store.read(&d).unwrap(), b"{}");
@@ -71,7 +76,10 @@ fn put_read_and_layout() {
     assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
     let missing = Digest::of(b"missing");
     assert!(matches!(store.read(&missing), Err(Error::NotFound { .. })));
-    assert!(matches!(store.open_blob(&missing), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.open_blob(&missing),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -89,7 +97,17 @@ fn commit_verifies_digest_and_size() {
     let mut w = store.writer().unwrap();
     w.write_all(b"payload").unwrap();
     let err = w.commit_exact(&Digest::of(b"payload"), 8).unwrap_err();
-    assert!(matches!(err, Error::SizeMismatch { expected: 8, actual: 7, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::SizeMismatch {
+                expected: 8,
+                actual: 7,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(!store.has(&Digest::of(b"payload")));
 
     let mut w = store.writer().unwrap();
@@ -111,7 +129,12 @@ fn dropped_writer_leaves_nothing() {
     drop(w);
     assert!(!path.exists());
     assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
-    assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -138,8 +161,16 @@ fn concurrent_writers_of_the_same_blob_both_succeed() {
     for h in handles {
         assert_eq!(h.join().unwrap().unwrap(), (expected, data.len() as u64));
     }
-    assert_eq!(common::sha256sum(&store.path(&expected)), expected.to_string());
-    assert_eq!(fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 1);
+    assert_eq!(
+        common::sha256sum(&store.path(&expected)),
+        expected.to_string()
+    );
+    assert_eq!(
+        fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        1
+    );
     assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
 }
 
@@ -155,7 +186,10 @@ fn resumable_ingest_continues_where_it_stopped() {
     assert_eq!(offset, 0);
     w.write_all(&data[..1_234_567]).unwrap();
     // A second writer for the same key is refused while the first is alive.
-    assert!(matches!(store.writer_resumable(&key), Err(Error::IngestBusy { .. })));
+    assert!(matches!(
+        store.writer_resumable(&key),
+        Err(Error::IngestBusy { .. })
+    ));
     drop(w); // "connection lost"
 
     let (mut w, offset) = store.writer_resumable(&key).unwrap();
@@ -185,7 +219,9 @@ fn refs_round_trip_and_reject_bad_names() {
     let store = ContentStore::open(dir.path()).unwrap();
     let (a, _) = store.put_bytes(b"a").unwrap();
     let (b, _) = store.put_bytes(b"b").unwrap();
-    store.set_ref("image/docker.io/library/alpine:latest", &a).unwrap();
+    store
+        .set_ref("image/docker.io/library/alpine:latest", &a)
+        .unwrap();
     store.set_ref("cache/sha256:abc", &b).unwrap();
     store.set_ref("cache/sha256:abc", &a).unwrap(); // replace
     assert_eq!(store.get_ref("cache/sha256:abc").unwrap(), Some(a));
@@ -200,13 +236,24 @@ fn refs_round_trip_and_reject_bad_names() {
     );
     assert!(store.remove_ref("cache/sha256:abc").unwrap());
     assert!(!store.remove_ref("cache/sha256:abc").unwrap());
-    assert!(!dir.path().join("refs/cache").exists(), "empty ref dirs are tidied");
-    for bad in ["", "../x", "a//b", "a/../b", ".hidden", "a/.b", "sp ace", "a/", "/abs"] {
+    assert!(
+        !dir.path().join("refs/cache").exists(),
+        "empty ref dirs are tidied"
+    );
+    for bad in [
+        "", "../x", "a//b", "a/../b", ".hidden", "a/.b", "sp ace", "a/", "/abs",
+    ] {
         let err = store.set_ref(bad, &a).unwrap_err();
-        assert!(matches!(err, Error::InvalidRefName { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, Error::InvalidRefName { .. }),
+            "{bad:?}: {err}"
+        );
     }
     fs::write(dir.path().join("refs/broken"), "not a digest").unwrap();
-    assert!(matches!(store.get_ref("broken"), Err(Error::CorruptRef { .. })));
+    assert!(matches!(
+        store.get_ref("broken"),
+        Err(Error::CorruptRef { .. })
+    ));
 }
 
 #[test]
@@ -216,14 +263,22 @@ fn prune_keeps_what_refs_reach() {
     let tree = dir.path().join("tree");
     common::make_tree(&tree);
     // image 1 under an index (reached through index -> manifest -> config/layer)
-    let m1 = common::build_image(&store, &tree, kbuild_image::Compression::Gzip(6), &["/hello"]);
+    let m1 = common::build_image(
+        &store,
+        &tree,
+        kbuild_image::Compression::Gzip(6),
+        &["/hello"],
+    );
     let mut index = Index::new();
     index
-        .push_manifest(m1.clone(), &kbuild_image::DescriptorPlatform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            ..Default::default()
-        })
+        .push_manifest(
+            m1.clone(),
+            &kbuild_image::DescriptorPlatform {
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                ..Default::default()
+            },
+        )
         .unwrap();
     let idx = index.write(&store).unwrap();
     store.set_ref("image/one", &idx.digest).unwrap();
@@ -231,12 +286,17 @@ fn prune_keeps_what_refs_reach() {
     fs::write(tree.join("hello"), b"changed\n").unwrap();
     let m2 = common::build_image(&store, &tree, kbuild_image::Compression::Zstd(3), &["/x"]);
     let (cached, _) = store.put_bytes(b"a cache result blob").unwrap();
-    let list = store.set_ref_with_children("cache/k1", &[m2.digest, cached]).unwrap();
-    assert_eq!(store.get_ref_children("cache/k1").unwrap(), Some({
-        let mut v = vec![m2.digest, cached];
-        v.sort();
-        v
-    }));
+    let list = store
+        .set_ref_with_children("cache/k1", &[m2.digest, cached])
+        .unwrap();
+    assert_eq!(
+        store.get_ref_children("cache/k1").unwrap(),
+        Some({
+            let mut v = vec![m2.digest, cached];
+            v.sort();
+            v
+        })
+    );
     // garbage
     let (g1, _) = store.put_bytes(b"garbage one").unwrap();
     let (g2, _) = store.put_bytes(b"garbage two, longer").unwrap();
@@ -245,10 +305,17 @@ fn prune_keeps_what_refs_reach() {
     let stale = dir.path().join("ingest/tmp-stale");
     fs::write(&stale, b"old partial").unwrap();
     let old = SystemTime::now() - STALE_INGEST_AGE - Duration::from_secs(60);
-    fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let fresh = store.writer().unwrap();
 
-    let before = fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count();
+    let before = fs::read_dir(dir.path().join("blobs/sha256"))
+        .unwrap()
+        .count();
     let report = store.prune(&[extra]).unwrap();
     assert_eq!(report.removed_blobs, {
         let mut v = vec![g1, g2];
@@ -264,13 +331,21 @@ fn prune_keeps_what_refs_reach() {
     let reach = |root| store.reachable([root]).unwrap();
     assert_eq!(reach(idx.digest).len(), 4);
     assert_eq!(reach(list).len(), 1 + 2 + 2);
-    for d in reach(idx.digest).into_iter().chain(reach(list)).chain([extra]) {
+    for d in reach(idx.digest)
+        .into_iter()
+        .chain(reach(list))
+        .chain([extra])
+    {
         assert!(store.has(&d), "{d} must survive prune");
     }
     // Dropping the ref makes image 1 garbage.
     store.remove_ref("image/one").unwrap();
     let report = store.prune(&[]).unwrap();
-    assert_eq!(report.removed_blobs.len(), 4 + 1, "image one and the extra root");
+    assert_eq!(
+        report.removed_blobs.len(),
+        4 + 1,
+        "image one and the extra root"
+    );
     assert!(!store.has(&idx.digest) && !store.has(&m1.digest));
     assert!(store.has(&m2.digest));
 }
@@ -301,6 +376,8 @@ fn default_root_follows_xdg() {
     std::env::set_var("HOME", "/home/u");
     assert_eq!(
         kbuild_image::default_root(),
-        Some(std::path::PathBuf::from("/home/u/.local/share/kubectl-build"))
+        Some(std::path::PathBuf::from(
+            "/home/u/.local/share/kubectl-build"
+        ))
     );
 }

@@ -42,7 +42,12 @@ pub fn make_tree(dir: &Path) {
 
 /// Builds a one-layer image of `tree` in `store` and returns the manifest
 /// descriptor.
-pub fn build_image(store: &ContentStore, tree: &Path, compression: Compression, cmd: &[&str]) -> Descriptor {
+pub fn build_image(
+    store: &ContentStore,
+    tree: &Path,
+    compression: Compression,
+    cmd: &[&str],
+) -> Descriptor {
     let mut tar = DeterministicTar::new(
         LayerWriter::new(store, compression).unwrap(),
         TarOptions {
@@ -71,5 +76,7 @@ pub fn build_image(store: &ContentStore, tree: &Path, compression: Compression, 
         },
     );
     let config = config.write(store, MEDIA_TYPE_OCI_CONFIG).unwrap();
-    Manifest::new(config, vec![layer.descriptor]).write(store).unwrap()
+    Manifest::new(config, vec![layer.descriptor])
+        .write(store)
+        .unwrap()
 }
