@@ -417,6 +417,75 @@ fn first_line(text: &str) -> &str {
 mod tests {
     use super::*;
 
+    fn b64(text: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    #[test]
+    fn docker_hub_key_and_scheme_less_keys_match() {
+        let json = format!(
+            r#"{{"auths":{{"{DOCKER_HUB_CONFIG_KEY}":{{"auth":"{}"}},"127.0.0.1:5000":{{"username":"u2","password":"p2"}},"http://localhost:5001/v1/":{{"identitytoken":"t3"}}}}}}"#,
+            b64("hub-user:hub-pw")
+        );
+        let creds = Credentials::from_docker_config_json(json.as_bytes(), "test config").unwrap();
+        let hub = creds.lookup("docker.io").unwrap().unwrap();
+        assert_eq!(hub.username.as_deref(), Some("hub-user"));
+        assert_eq!(hub.password.as_deref(), Some("hub-pw"));
+        assert!(hub.source.contains("test config"));
+        let local = creds.lookup("127.0.0.1:5000").unwrap().unwrap();
+        assert_eq!(local.username.as_deref(), Some("u2"));
+        let token = creds.lookup("localhost:5001").unwrap().unwrap();
+        assert_eq!(token.identity_token.as_deref(), Some("t3"));
+        assert!(creds.lookup("127.0.0.1:5002").unwrap().is_none());
+        // Debug output never shows secrets.
+        assert!(!format!("{hub:?}").contains("hub-pw"));
+    }
+
+    #[test]
+    fn bad_auth_field_names_the_source_not_the_value() {
+        let json = r#"{"auths":{"h.example":{"auth":"bm9jb2xvbg=="}}}"#;
+        let creds = Credentials::from_docker_config_json(json.as_bytes(), "cfg.json").unwrap();
+        let err = creds.lookup("h.example").unwrap_err().to_string();
+        assert!(
+            err.contains("cfg.json") && err.contains("username:password"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn secret_payload_forms() {
+        let config = r#"{"auths":{"h.example":{"auth":"dTpw"}}}"#;
+        let data: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "kind: Secret\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
+            b64(config)
+        ))
+        .unwrap();
+        assert_eq!(secret_payload(&data).unwrap(), config.as_bytes());
+        let string_data: serde_yaml::Value = serde_yaml::from_str(&format!(
+            "kind: Secret\nstringData:\n  .dockerconfigjson: '{config}'\n"
+        ))
+        .unwrap();
+        assert_eq!(secret_payload(&string_data).unwrap(), config.as_bytes());
+        let bare: serde_yaml::Value = serde_yaml::from_str(config).unwrap();
+        let creds =
+            Credentials::from_docker_config_json(&secret_payload(&bare).unwrap(), "bare").unwrap();
+        assert_eq!(
+            creds
+                .lookup("h.example")
+                .unwrap()
+                .unwrap()
+                .username
+                .as_deref(),
+            Some("u")
+        );
+        let map: serde_yaml::Value = serde_yaml::from_str("kind: ConfigMap\ndata: {}\n").unwrap();
+        assert!(secret_payload(&map).unwrap_err().contains("ConfigMap"));
+        let empty: serde_yaml::Value = serde_yaml::from_str("kind: Secret\ndata: {}\n").unwrap();
+        assert!(secret_payload(&empty)
+            .unwrap_err()
+            .contains(".dockerconfigjson"));
+    }
+
     #[test]
     fn keys_normalize_like_docker() {
         assert_eq!(normalize_key(DOCKER_HUB_CONFIG_KEY), "docker.io");

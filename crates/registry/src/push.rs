@@ -150,12 +150,14 @@ impl Client {
                 }
             }
         }
-        let mut repositories: Vec<(&str, &str)> = targets
-            .iter()
-            .map(|t| (t.registry(), t.repository()))
-            .collect();
-        repositories.sort();
-        repositories.dedup();
+        // Distinct target repositories, in the order given.
+        let mut repositories: Vec<(&str, &str)> = Vec::new();
+        for t in targets {
+            let key = (t.registry(), t.repository());
+            if !repositories.contains(&key) {
+                repositories.push(key);
+            }
+        }
 
         for (registry, repository) in &repositories {
             let scope = Scope::push(registry, repository);

@@ -376,3 +376,119 @@ async fn transient_errors_are_retried() {
     assert_eq!(desc.media_type().to_string(), OCI_INDEX);
     assert_eq!(client.stats().retries, 2);
 }
+
+/// A local IPv4 address that is not loopback, so the client treats it as remote.
+fn non_loopback_ip() -> std::net::Ipv4Addr {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("run hostname -I");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|ip| !ip.is_loopback())
+        .expect("this test needs a non-loopback IPv4 address on some interface")
+}
+
+#[tokio::test]
+async fn remote_registries_need_tls_unless_marked_insecure() {
+    let registry = TestRegistry::start_on(non_loopback_ip()).unwrap();
+    let host = registry.host();
+    let (_d, src) = store();
+    let (digest, bytes) = manifest(&src, "linux", "amd64", None, &[&noise(9, 500)]);
+    let root = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        bytes.len() as u64,
+        digest,
+    );
+    let target = r(&format!("{host}/plain/app:1"));
+
+    // HTTPS to a plain-HTTP registry fails, and the error says what to do.
+    let strict = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        max_attempts: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = strict
+        .push(std::slice::from_ref(&target), &root, &src)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("https://{host}/"))
+            && text.contains(&format!("--insecure-registry {host}")),
+        "{text}"
+    );
+
+    // Marked insecure: HTTPS without verification fails too, so plain HTTP is used.
+    let insecure = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        insecure: vec![host.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    insecure
+        .push(std::slice::from_ref(&target), &root, &src)
+        .await
+        .unwrap();
+    let (desc, _) = insecure.resolve(&target).await.unwrap();
+    assert_eq!(desc.digest().to_string(), digest.to_string());
+}
+
+#[tokio::test]
+async fn tags_are_put_only_after_every_target_has_the_content() {
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let (_d, src) = store();
+    let (digest, bytes) = manifest(&src, "linux", "amd64", None, &[&noise(11, 500)]);
+    let root = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        bytes.len() as u64,
+        digest,
+    );
+    // The second target's registry is down: the first must not get its tag.
+    let dead = kbuild_testkit::registry::free_port().unwrap();
+    let targets = [
+        r(&format!("{host}/first/app:1")),
+        r(&format!("127.0.0.1:{dead}/second/app:1")),
+    ];
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        max_attempts: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = client.push(&targets, &root, &src).await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    let err = client.resolve(&targets[0]).await.unwrap_err();
+    assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
+    // The content itself is there, by digest.
+    let (desc, _) = client
+        .resolve(&targets[0].with_digest(desc_digest(&digest)))
+        .await
+        .unwrap();
+    assert_eq!(desc.digest().to_string(), digest.to_string());
+
+    // A blob missing from the store stops the push before any manifest or tag.
+    let (broken_digest, broken) = manifest(&src, "linux", "arm64", None, &[&noise(12, 500)]);
+    let doc: serde_json::Value = serde_json::from_slice(&broken).unwrap();
+    let layer = Digest::parse(doc["layers"][0]["digest"].as_str().unwrap()).unwrap();
+    std::fs::remove_file(src.path(&layer)).unwrap();
+    let broken_root = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageManifest,
+        broken.len() as u64,
+        broken_digest,
+    );
+    let target = r(&format!("{host}/broken/app:1"));
+    let err = client
+        .push(std::slice::from_ref(&target), &broken_root, &src)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err}");
+    assert!(err.to_string().contains(&layer.to_string()), "{err}");
+    let err = client.resolve(&target).await.unwrap_err();
+    assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
+}
+
+fn desc_digest(d: &Digest) -> oci_spec::image::Digest {
+    (*d).into()
+}

@@ -1,7 +1,8 @@
 //! A real `docker-registry` (Debian's build of the distribution project) on a
 //! free loopback port, with its own storage directory, stopped on drop.
 //!
-//! - [`TestRegistry::start`]: anonymous access.
+//! - [`TestRegistry::start`]: anonymous access ([`TestRegistry::start_on`]: on
+//!   another local address, to play a remote registry).
 //! - [`TestRegistry::start_with_htpasswd`]: Basic auth against a bcrypt htpasswd
 //!   file made with `htpasswd -Bbn` (apache2-utils).
 //! - [`TestRegistry::start_with_token_auth`]: Bearer token auth; the registry
@@ -26,6 +27,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `docker-registry`. Killed, and its storage removed, on drop.
 pub struct TestRegistry {
     child: Child,
+    ip: Ipv4Addr,
     port: u16,
     dir: TempDir,
 }
@@ -67,8 +69,12 @@ fn err(what: impl Into<String>) -> StartError {
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the registry to take).
 pub fn free_port() -> Result<u16, StartError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| err(format!("cannot bind a loopback port: {e}")))?;
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+fn free_port_on(ip: Ipv4Addr) -> Result<u16, StartError> {
+    let listener =
+        TcpListener::bind((ip, 0)).map_err(|e| err(format!("cannot bind a loopback port: {e}")))?;
     listener
         .local_addr()
         .map(|a| a.port())
@@ -78,7 +84,14 @@ pub fn free_port() -> Result<u16, StartError> {
 impl TestRegistry {
     /// Starts an anonymous registry.
     pub fn start() -> Result<TestRegistry, StartError> {
-        TestRegistry::launch("", |_| Ok(()))
+        TestRegistry::launch(Ipv4Addr::LOCALHOST, "", |_| Ok(()))
+    }
+
+    /// Starts an anonymous registry listening on `ip` instead of 127.0.0.1: a
+    /// non-loopback address is what clients treat as a remote registry (HTTPS
+    /// unless marked insecure).
+    pub fn start_on(ip: Ipv4Addr) -> Result<TestRegistry, StartError> {
+        TestRegistry::launch(ip, "", |_| Ok(()))
     }
 
     /// Starts a registry that requires Basic auth as `user`/`pass`.
@@ -95,6 +108,7 @@ impl TestRegistry {
         }
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         TestRegistry::launch(
+            Ipv4Addr::LOCALHOST,
             "auth:\n  htpasswd:\n    realm: test-realm\n    path: HTPASSWD\n",
             move |dir| {
                 std::fs::write(dir.join("htpasswd"), format!("{line}\n"))
@@ -185,10 +199,11 @@ impl TestRegistry {
             files.issuer,
             files.cert_pem.display()
         );
-        TestRegistry::launch(&section, |_| Ok(()))
+        TestRegistry::launch(Ipv4Addr::LOCALHOST, &section, |_| Ok(()))
     }
 
     fn launch(
+        ip: Ipv4Addr,
         auth_section: &str,
         prepare: impl FnOnce(&Path) -> Result<(), StartError>,
     ) -> Result<TestRegistry, StartError> {
@@ -202,7 +217,7 @@ impl TestRegistry {
             .tempdir()
             .map_err(|e| err(format!("cannot create a temp dir: {e}")))?;
         prepare(dir.path())?;
-        let port = free_port()?;
+        let port = free_port_on(ip)?;
         let storage = dir.path().join("storage");
         let auth = auth_section.replace(
             "HTPASSWD",
@@ -212,7 +227,7 @@ impl TestRegistry {
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: kbuild-test-secret\n\
+             http:\n  addr: {ip}:{port}\n  secret: kbuild-test-secret\n\
              {auth}",
             storage.display()
         );
@@ -233,7 +248,12 @@ impl TestRegistry {
             .stderr(log2)
             .spawn()
             .map_err(|e| err(format!("cannot start {REGISTRY_BIN}: {e}")))?;
-        let mut registry = TestRegistry { child, port, dir };
+        let mut registry = TestRegistry {
+            child,
+            ip,
+            port,
+            dir,
+        };
         registry.wait_ready()?;
         Ok(registry)
     }
@@ -247,7 +267,7 @@ impl TestRegistry {
                     self.log()
                 )));
             }
-            if let Some(code) = http_status(self.port, "/v2/") {
+            if let Some(code) = http_status(self.ip, self.port, "/v2/") {
                 // 200 when anonymous, 401 with auth: either way it serves the API.
                 if code == 200 || code == 401 {
                     return Ok(());
@@ -264,14 +284,15 @@ impl TestRegistry {
         }
     }
 
-    /// The port it listens on (127.0.0.1).
+    /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `127.0.0.1:PORT`, the registry part of references.
+    /// `IP:PORT` (127.0.0.1 unless started with [`TestRegistry::start_on`]),
+    /// the registry part of references.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The registry's storage directory.
@@ -285,20 +306,16 @@ impl TestRegistry {
     }
 }
 
-/// Status code of a plain HTTP/1.0 GET to 127.0.0.1, or None if nothing answers.
-fn http_status(port: u16, path: &str) -> Option<u16> {
+/// Status code of a plain HTTP/1.0 GET, or None if nothing answers.
+fn http_status(ip: Ipv4Addr, port: u16, path: &str) -> Option<u16> {
     use std::io::Read;
     let mut stream = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        &std::net::SocketAddr::from((ip, port)),
         Duration::from_millis(500),
     )
     .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n"
-    )
-    .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n").ok()?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).ok()?;
     let text = std::str::from_utf8(&head[..n]).ok()?;
