@@ -333,11 +333,15 @@ impl Client {
     }
 
     fn is_insecure(&self, registry: &str) -> bool {
-        self.inner
-            .opts
-            .insecure
-            .iter()
-            .any(|h| h == registry || h == api_host(registry))
+        self.inner.opts.insecure.iter().any(|entry| {
+            // Accept `HOST[:PORT]` with a scheme or trailing slash as users write it.
+            let h = entry
+                .strip_prefix("https://")
+                .or_else(|| entry.strip_prefix("http://"))
+                .unwrap_or(entry)
+                .trim_end_matches('/');
+            h == registry || h == api_host(registry)
+        })
     }
 
     /// `scheme://host[:port]` for a registry: HTTP for loopback, HTTPS otherwise;

@@ -192,7 +192,13 @@ impl Client {
                 return Err(Error::PlatformNotFound {
                     reference: reference.to_string(),
                     wanted: platform.to_string(),
-                    available: available(platforms.iter().map(|p| p.to_string())),
+                    // Attestation manifests say unknown/unknown: not worth listing.
+                    available: available(
+                        platforms
+                            .iter()
+                            .filter(|p| p.os != "unknown")
+                            .map(|p| p.to_string()),
+                    ),
                 });
             };
             let entry = entries[pick];

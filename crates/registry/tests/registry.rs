@@ -48,6 +48,13 @@ fn multi_arch(store: &ContentStore) -> MultiArch {
         entries.push((platform, digest, bytes.clone()));
         manifests.push((name, digest, bytes));
     }
+    // An attestation-like entry, as BuildKit adds: pushed along, never picked or listed.
+    let (digest, bytes) = manifest(store, "unknown", "unknown", None, &[b"{\"provenance\":1}"]);
+    entries.push((
+        serde_json::json!({"os": "unknown", "architecture": "unknown"}),
+        digest,
+        bytes,
+    ));
     let refs: Vec<_> = entries
         .iter()
         .map(|(p, d, b)| (p.clone(), d, b.as_slice()))
@@ -57,8 +64,8 @@ fn multi_arch(store: &ContentStore) -> MultiArch {
         root,
         index,
         manifests,
-        // one shared layer + 3 own layers + 3 configs
-        distinct_blobs: 7,
+        // one shared layer + 3 own layers + 3 configs + the attestation's config and layer
+        distinct_blobs: 9,
     }
 }
 
@@ -84,8 +91,8 @@ async fn push_multi_platform_index_read_back_and_pull_by_platform() {
         stats.chunked_uploads, 1,
         "the 200 KiB shared layer goes in chunks: {stats:?}"
     );
-    // 3 manifests + index by digest, then 2 tags
-    assert_eq!(stats.manifests_pushed, 6, "{stats:?}");
+    // 4 manifests + index by digest, then 2 tags
+    assert_eq!(stats.manifests_pushed, 7, "{stats:?}");
 
     // What the registry serves is exactly what we stored.
     assert_eq!(
@@ -147,7 +154,8 @@ async fn push_multi_platform_index_read_back_and_pull_by_platform() {
     assert!(matches!(err, Error::PlatformNotFound { .. }), "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("linux/amd64, linux/arm64, linux/arm/v7") && text.contains("linux/s390x"),
+        text.contains("it provides: linux/amd64, linux/arm64, linux/arm/v7;")
+            && text.contains("linux/s390x"),
         "{text}"
     );
 
@@ -491,4 +499,68 @@ async fn tags_are_put_only_after_every_target_has_the_content() {
 
 fn desc_digest(d: &Digest) -> oci_spec::image::Digest {
     (*d).into()
+}
+
+#[tokio::test]
+async fn docker_schema2_manifest_lists_push_and_pull() {
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let (_d, src) = store();
+    let layer = noise(21, 4000);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "arm64", "variant": "v8", "os": "linux",
+        "config": {}, "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer).to_string()]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": descriptor("application/vnd.docker.container.image.v1+json", &put(&src, &config), config.len()),
+        "layers": [descriptor("application/vnd.docker.image.rootfs.diff.tar.gzip", &put(&src, &layer), layer.len())],
+    }))
+    .unwrap();
+    let manifest_digest = put(&src, &manifest);
+    let mut entry = descriptor(
+        "application/vnd.docker.distribution.manifest.v2+json",
+        &manifest_digest,
+        manifest.len(),
+    );
+    entry["platform"] =
+        serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [entry],
+    }))
+    .unwrap();
+    let list_digest = put(&src, &list);
+    let root = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::Other(
+            "application/vnd.docker.distribution.manifest.list.v2+json".into(),
+        ),
+        list.len() as u64,
+        list_digest,
+    );
+    let target = r(&format!("{host}/docker/list:1"));
+    let client = client(Credentials::anonymous());
+    client
+        .push(std::slice::from_ref(&target), &root, &src)
+        .await
+        .unwrap();
+    assert_eq!(skopeo_raw(&target.to_string(), None), list);
+
+    let (desc, _) = client.resolve(&target).await.unwrap();
+    assert_eq!(
+        desc.media_type().to_string(),
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let (_d2, dst) = store();
+    // linux/arm64 matches the list's arm64/v8 entry.
+    let pulled = client
+        .pull_image(&target, &Platform::parse("linux/arm64").unwrap(), &dst)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest_digest, manifest_digest);
+    assert_eq!(pulled.config.architecture().to_string(), "arm64");
+    assert!(dst.has(&Digest::of(&layer)));
 }
