@@ -132,7 +132,11 @@ pub struct BuildArgs {
     pub file: Option<String>,
 
     /// Target platforms, comma-separated or repeated (default: the host's platform).
-    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", env = "DOCKER_DEFAULT_PLATFORM")]
+    #[arg(
+        long = "platform",
+        value_name = "OS/ARCH[/VARIANT]",
+        env = "DOCKER_DEFAULT_PLATFORM"
+    )]
     pub platforms: Vec<String>,
 
     /// Push the result to the registry (shorthand for --output=type=registry).

@@ -3,6 +3,7 @@
 //! it prints for people is rendered here.
 
 mod args;
+mod build;
 mod request;
 
 use args::{Cli, Command, DryRun};
@@ -30,8 +31,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Some(Command::Doctor) => request::not_yet("kubectl build doctor", "issue 4 (RUN and emulation)"),
-        Some(Command::Prune { .. }) => request::not_yet("kubectl build prune", "issue 3 (build engine)"),
+        Some(Command::Doctor) => {
+            request::not_yet("kubectl build doctor", "issue 4 (RUN and emulation)")
+        }
+        Some(Command::Prune { .. }) => {
+            request::not_yet("kubectl build prune", "issue 3 (build engine)")
+        }
         None => {
             let req = request::BuildRequest::from_args(&cli.build, &cli.global)?;
             for w in &req.notices {
@@ -49,7 +54,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                None => request::not_yet("building images", "issue 3 (build engine)"),
+                None => {
+                    build::run(req, &cli.build, &cli.global)?;
+                    Ok(ExitCode::SUCCESS)
+                }
             }
         }
     }

@@ -22,7 +22,9 @@ pub enum RequestError {
     #[error("\"kubectl build\" requires exactly 1 argument: the build context PATH (a directory, or - for a Dockerfile on stdin); see --help")]
     MissingPath,
     /// The context directory is missing.
-    #[error("build context {0:?} is not a directory; give the directory that holds the files to COPY")]
+    #[error(
+        "build context {0:?} is not a directory; give the directory that holds the files to COPY"
+    )]
     ContextMissing(PathBuf),
     /// The Dockerfile could not be read.
     #[error("cannot read Dockerfile {path:?}: {source}; name it with -f/--file")]
@@ -98,7 +100,10 @@ impl BuildRequest {
                 ));
             }
         }
-        for (flag, used) in [("--cache-from", !a.cache_from.is_empty()), ("--cache-to", !a.cache_to.is_empty())] {
+        for (flag, used) in [
+            ("--cache-from", !a.cache_from.is_empty()),
+            ("--cache-to", !a.cache_to.is_empty()),
+        ] {
             if used {
                 return Err(RequestError::NotImplemented(
                     flag.to_string(),
@@ -130,7 +135,10 @@ impl BuildRequest {
             .map(|o| Output::parse(o, &a.tags))
             .collect::<Result<Vec<_>, _>>()?;
         if a.push {
-            match outputs.iter_mut().find(|o| matches!(o.kind, OutputKind::Image | OutputKind::Registry)) {
+            match outputs
+                .iter_mut()
+                .find(|o| matches!(o.kind, OutputKind::Image | OutputKind::Registry))
+            {
                 Some(o) => o.push = true,
                 None => outputs.push(Output::parse("type=registry", &a.tags)?),
             }
@@ -146,13 +154,22 @@ impl BuildRequest {
             .iter()
             .map(|s| SecretSpec::parse(s, |k| std::env::var_os(k).is_some()))
             .collect::<Result<Vec<_>, _>>()?;
-        let ssh = a.ssh.iter().map(|s| SshSpec::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let ssh = a
+            .ssh
+            .iter()
+            .map(|s| SshSpec::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let add_hosts = a
             .add_hosts
             .iter()
             .map(|h| parse_add_host(h))
             .collect::<Result<Vec<_>, _>>()?;
-        let network = a.network.as_deref().map(NetworkMode::parse).transpose()?.unwrap_or_default();
+        let network = a
+            .network
+            .as_deref()
+            .map(NetworkMode::parse)
+            .transpose()?
+            .unwrap_or_default();
 
         Ok(BuildRequest {
             context,
@@ -175,15 +192,20 @@ impl BuildRequest {
     /// Plan the build without any I/O: base images' configs are unknown here,
     /// so expansions that read a base image's ENV see it unset.
     pub fn plan(&self) -> Result<BuildPlan, RequestError> {
-        let opts = PlanOptions {
+        let opts = self.plan_options();
+        plan::plan(&self.dockerfile, &opts, &plan::NoImageConfigs)
+            .map_err(|e| RequestError::Plan(e.in_file(&self.dockerfile_name)))
+    }
+
+    /// The planner's options for this request.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
             platforms: self.platforms.clone(),
             build_platform: Platform::host(),
             build_args: self.build_args.clone(),
             target: self.target.clone(),
             labels: self.labels.clone(),
-            file_name: self.dockerfile_name.clone(),
-        };
-        Ok(plan::plan(&self.dockerfile, &opts, &plan::NoImageConfigs)?)
+        }
     }
 }
 
@@ -237,5 +259,8 @@ fn display_name(p: &Path) -> String {
 
 /// Report a command that a later part of the product implements.
 pub fn not_yet(what: &str, when: &'static str) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    Err(Box::new(RequestError::NotImplemented(what.to_string(), when)))
+    Err(Box::new(RequestError::NotImplemented(
+        what.to_string(),
+        when,
+    )))
 }

@@ -393,7 +393,7 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
 }
 
 /// Create `cpath` and missing parents (0755, owned by --chown's ids or root), returning the host path.
-fn mkdir_all(root: &Path, cpath: &str, req: &Request) -> Result<PathBuf, CopyError> {
+pub(crate) fn mkdir_all(root: &Path, cpath: &str, req: &Request) -> Result<PathBuf, CopyError> {
     let mut cur = String::new();
     let mut host = root.to_path_buf();
     for comp in cpath.split('/').filter(|c| !c.is_empty()) {

@@ -9,6 +9,11 @@
 
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod copy;
+pub mod engine;
 pub mod fsutil;
 pub mod options;
+pub mod outputs;
+pub mod progress;
+pub mod users;

@@ -1,0 +1,1234 @@
+//! The engine: runs a build plan as a DAG.
+//!
+//! Every stage instance and every step is computed at most once per build
+//! (a step shared by several platforms runs once) and independent stages
+//! run concurrently; the heavy work (copying, diffing, compressing,
+//! unpacking) runs on blocking threads bounded by the number of cores.
+//! Each step has a content-addressed cache key — its parent's key, the
+//! instruction with its expanded arguments, the platform, and the digests of
+//! what it reads — and a finished step is recorded in the content store
+//! under `cache/<key>`, so a rebuild with nothing changed redoes nothing.
+
+use crate::config::{self, StageMeta};
+use crate::copy::{self, CopyError};
+use crate::fsutil::{join_container, resolve_in_root};
+use crate::progress::{Event, Progress};
+use crate::users;
+use kbuild_dockerfile::instructions::Instruction;
+use kbuild_dockerfile::plan::{
+    self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
+    StageInstance, Step, StepId,
+};
+use kbuild_image::{
+    Compression, ContentStore, Descriptor, DescriptorPlatform, Digest, Document, ImageConfig,
+    Index, LayerWriter, Manifest, MEDIA_TYPE_OCI_CONFIG,
+};
+use kbuild_platform::Platform;
+use kbuild_worker::snapshot::{write_diff, DiffOptions, Snapshotter};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{OnceCell, Semaphore};
+
+/// A build failure. Its Display is one line naming the step or input at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    /// The Dockerfile does not plan.
+    #[error(transparent)]
+    Plan(#[from] plan::Error),
+    /// A step failed; `step` is its progress name.
+    #[error("{step}: {reason}")]
+    Step {
+        /// `[platform stage i/n] INSTRUCTION`.
+        step: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A base image could not be had.
+    #[error("{0}")]
+    Image(String),
+    /// The content store failed.
+    #[error("content store: {0}")]
+    Store(#[from] kbuild_image::Error),
+    /// The snapshotter failed.
+    #[error("snapshots: {0}")]
+    Snapshot(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] kbuild_registry::Error),
+    /// A failure shared by several waiters (a step many platforms need).
+    #[error("{0}")]
+    Shared(Arc<SolveError>),
+    /// A worker thread died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+type Shared<T> = Result<T, Arc<SolveError>>;
+
+fn share(e: SolveError) -> Arc<SolveError> {
+    match e {
+        SolveError::Shared(a) => a,
+        other => Arc::new(other),
+    }
+}
+
+/// How a build runs.
+#[derive(Debug, Clone)]
+pub struct SolveOptions {
+    /// Ignore cached step results.
+    pub no_cache: bool,
+    /// Resolve base images at their registry even when the store has them.
+    pub pull: bool,
+    /// Compression of new layers.
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`: clamps file times in new layers and sets the
+    /// image and history timestamps, so identical inputs give identical digests.
+    pub source_date_epoch: Option<i64>,
+}
+
+impl Default for SolveOptions {
+    fn default() -> Self {
+        SolveOptions {
+            no_cache: false,
+            pull: false,
+            compression: Compression::Gzip(6),
+            source_date_epoch: None,
+        }
+    }
+}
+
+/// The files a build may read: the context directory (absent when the
+/// Dockerfile came from stdin) and its `.dockerignore` rules.
+pub struct Context {
+    /// The context directory.
+    pub dir: Option<PathBuf>,
+    /// Paths (relative to `dir`) that do not exist for the build.
+    pub ignore: Option<kbuild_ignore::Matcher>,
+}
+
+impl Context {
+    fn excluded(&self, rel: &str, is_dir: bool) -> bool {
+        self.ignore
+            .as_ref()
+            .is_some_and(|m| m.is_excluded(rel, is_dir))
+    }
+}
+
+/// One layer of a state: its blob and its diff id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRef {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// The blob in the store.
+    pub descriptor: Descriptor,
+}
+
+/// A root filesystem and image config after some steps.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// Layers, base first.
+    pub layers: Vec<LayerRef>,
+    /// The image config (rootfs and history included).
+    pub config: ImageConfig,
+    /// Stage facts the config does not carry.
+    pub meta: StageMeta,
+    /// Cache key of this state.
+    pub key: String,
+}
+
+/// The image built for one target platform.
+#[derive(Debug, Clone)]
+pub struct PlatformImage {
+    /// The requested platform.
+    pub platform: Platform,
+    /// The image manifest, with its platform set.
+    pub manifest: Descriptor,
+    /// The final state (for the filesystem outputs).
+    pub state: Arc<State>,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    /// The plan that ran.
+    pub plan: BuildPlan,
+    /// One image per target platform, in request order.
+    pub images: Vec<PlatformImage>,
+    /// The image index (several platforms) or the manifest (one platform).
+    pub root: Descriptor,
+}
+
+/// The cache record of a finished step.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    /// Blobs prune must keep (the config).
+    children: Vec<Digest>,
+    /// The layer the step added, if any.
+    layer: Option<LayerRef>,
+    /// The config after the step.
+    config: Digest,
+    /// Whether CMD was set in the stage.
+    cmd_set: bool,
+}
+
+/// A base image resolved for one platform.
+#[derive(Debug)]
+struct BaseImage {
+    config: ImageConfig,
+    layers: Vec<LayerRef>,
+    manifest_digest: Digest,
+}
+
+/// Runs builds against a content store and snapshotter.
+pub struct Solver {
+    store: Arc<ContentStore>,
+    snaps: Arc<Snapshotter>,
+    registry: Arc<kbuild_registry::Client>,
+    opts: SolveOptions,
+    progress: Arc<dyn Progress>,
+    cpu: Arc<Semaphore>,
+    next_vertex: AtomicU64,
+}
+
+fn now_rfc3339(epoch: Option<i64>) -> String {
+    let secs = epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    rfc3339(secs)
+}
+
+/// Format seconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+fn sha_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The instruction as it goes into a cache key: expanded words, without
+/// the source position and raw text (moving a line must not miss the cache).
+fn instruction_key(ins: &Instruction) -> Vec<u8> {
+    let mut v = serde_json::to_value(ins).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("range");
+        o.remove("original");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn to_platform(p: &DescriptorPlatform) -> Option<Platform> {
+    let s = match &p.variant {
+        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
+        None => format!("{}/{}", p.os, p.architecture),
+    };
+    let mut plat = Platform::parse(&s).ok()?;
+    plat.os_version = p.os_version.clone();
+    Some(plat)
+}
+
+/// OCI manifests carry OCI layer media types; Docker's are renamed (same bytes).
+fn oci_layer_media_type(mt: &str) -> String {
+    match mt {
+        kbuild_image::MEDIA_TYPE_DOCKER_LAYER_GZIP => {
+            kbuild_image::MEDIA_TYPE_OCI_LAYER_GZIP.to_string()
+        }
+        kbuild_image::MEDIA_TYPE_DOCKER_LAYER => kbuild_image::MEDIA_TYPE_OCI_LAYER.to_string(),
+        kbuild_image::MEDIA_TYPE_DOCKER_LAYER_ZSTD => {
+            kbuild_image::MEDIA_TYPE_OCI_LAYER_ZSTD.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The name of a local image ref: `image/<normalized reference>`.
+pub fn image_ref_name(reference: &str) -> Result<String, SolveError> {
+    let r = kbuild_registry::Reference::parse(reference)?;
+    Ok(format!("image/{r}"))
+}
+
+impl Solver {
+    /// A solver over `store` and `snaps`, pulling through `registry`.
+    pub fn new(
+        store: Arc<ContentStore>,
+        snaps: Arc<Snapshotter>,
+        registry: Arc<kbuild_registry::Client>,
+        opts: SolveOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Solver {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Solver {
+            store,
+            snaps,
+            registry,
+            opts,
+            progress,
+            cpu: Arc::new(Semaphore::new(cores)),
+            next_vertex: AtomicU64::new(1),
+        }
+    }
+
+    /// The options the solver runs with.
+    pub fn options(&self) -> &SolveOptions {
+        &self.opts
+    }
+
+    /// The content store.
+    pub fn store(&self) -> &Arc<ContentStore> {
+        &self.store
+    }
+
+    /// The snapshotter.
+    pub fn snapshots(&self) -> &Arc<Snapshotter> {
+        &self.snaps
+    }
+
+    /// The registry client.
+    pub fn registry(&self) -> &Arc<kbuild_registry::Client> {
+        &self.registry
+    }
+
+    fn vertex(&self) -> u64 {
+        self.next_vertex.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Plan and build `dockerfile` for every platform of `opts`.
+    /// `file_name` names the Dockerfile in error messages.
+    pub async fn build(
+        &self,
+        dockerfile: &str,
+        file_name: &str,
+        opts: &PlanOptions,
+        ctx: &Context,
+    ) -> Result<BuildResult, SolveError> {
+        let in_file = |e: plan::Error| SolveError::Plan(e.in_file(file_name));
+        // Plan once without base image configs to learn which images are
+        // needed, resolve them, then plan again with their configs (their
+        // ENV, WORKDIR and ONBUILD take part in planning).
+        let first = plan::plan(dockerfile, opts, &plan::NoImageConfigs).map_err(in_file)?;
+        let mut wanted: Vec<(String, Platform)> = Vec::new();
+        for s in &first.stages {
+            if let StageBase::Image {
+                reference,
+                platform,
+            } = &s.base
+            {
+                wanted.push((reference.clone(), platform.clone()));
+            }
+        }
+        for st in &first.steps {
+            for src in &st.sources {
+                if let PlanSource::Image {
+                    reference,
+                    platform,
+                } = src
+                {
+                    wanted.push((reference.clone(), platform.clone()));
+                }
+            }
+        }
+        wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
+        wanted.dedup();
+        let resolved =
+            futures_util::future::join_all(wanted.iter().map(|(r, p)| self.resolve_image(r, p)))
+                .await;
+        let mut images: HashMap<(String, String), Arc<BaseImage>> = HashMap::new();
+        let mut configs: BTreeMap<String, BaseImageConfig> = BTreeMap::new();
+        for ((r, p), img) in wanted.iter().zip(resolved) {
+            let img = img?;
+            let c = img.config.config.clone().unwrap_or_default();
+            configs.insert(
+                format!("{r}@{p}"),
+                BaseImageConfig {
+                    env: c.env.unwrap_or_default(),
+                    working_dir: c.working_dir.unwrap_or_default(),
+                    user: c.user.unwrap_or_default(),
+                    shell: c.shell.unwrap_or_default(),
+                    on_build: c.on_build.unwrap_or_default(),
+                },
+            );
+            images.insert((r.clone(), p.to_string()), img);
+        }
+        let plan = if images.is_empty() {
+            first
+        } else {
+            plan::plan(dockerfile, opts, &configs).map_err(in_file)?
+        };
+        let exec = Exec {
+            solver: self,
+            plan: &plan,
+            ctx,
+            images,
+            steps: (0..plan.steps.len()).map(|_| OnceCell::new()).collect(),
+            stages: (0..plan.stages.len()).map(|_| OnceCell::new()).collect(),
+        };
+        let finals = futures_util::future::join_all(
+            plan.targets.iter().map(|t| exec.stage_state(t.final_stage)),
+        )
+        .await;
+        let mut images_out = Vec::new();
+        for (t, st) in plan.targets.iter().zip(finals) {
+            let st = st.map_err(SolveError::Shared)?;
+            let manifest = self.write_image(&st, &t.platform, &plan.labels)?;
+            images_out.push(PlatformImage {
+                platform: t.platform.clone(),
+                manifest,
+                state: st,
+            });
+        }
+        let root = if images_out.len() == 1 {
+            images_out[0].manifest.clone()
+        } else {
+            let mut index = Index::new();
+            for i in &images_out {
+                let mut d = i.manifest.clone();
+                d.platform = None;
+                index.push_manifest(d, &i.platform)?;
+            }
+            index.write(&self.store)?
+        };
+        drop(exec);
+        Ok(BuildResult {
+            plan,
+            images: images_out,
+            root,
+        })
+    }
+
+    /// Write the config and manifest of a final state.
+    fn write_image(
+        &self,
+        st: &State,
+        platform: &Platform,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Descriptor, SolveError> {
+        let mut cfg = st.config.clone();
+        if !labels.is_empty() {
+            let c = cfg.config.get_or_insert_with(Default::default);
+            let l = c.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in labels {
+                l.insert(k.clone(), v.clone());
+            }
+        }
+        // The image's time is its last step's, so a fully cached rebuild
+        // gives the same digests.
+        cfg.created = cfg
+            .history
+            .iter()
+            .rev()
+            .find_map(|h| h.created.clone())
+            .or_else(|| Some(now_rfc3339(self.opts.source_date_epoch)));
+        if let Some(epoch) = self.opts.source_date_epoch {
+            let t = rfc3339(epoch);
+            cfg.created = Some(t.clone());
+            for h in &mut cfg.history {
+                h.created = Some(t.clone());
+            }
+        }
+        cfg.rootfs.diff_ids = st.layers.iter().map(|l| l.diff_id).collect();
+        let config_desc = cfg.write(&self.store, MEDIA_TYPE_OCI_CONFIG)?;
+        let layers = st
+            .layers
+            .iter()
+            .map(|l| {
+                let mut d = l.descriptor.clone();
+                d.media_type = oci_layer_media_type(&d.media_type);
+                d.platform = None;
+                d
+            })
+            .collect();
+        let manifest = Manifest::new(config_desc, layers);
+        let mut desc = manifest.write(&self.store)?;
+        desc.platform = Some(DescriptorPlatform::from_platform(platform)?);
+        Ok(desc)
+    }
+
+    /// Resolve `reference` for `platform`: the local store first (images
+    /// built here with `-o type=image`, or pulled before), the registry when
+    /// the store has none or `--pull` was given.
+    async fn resolve_image(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Arc<BaseImage>, SolveError> {
+        let refname = image_ref_name(reference)?;
+        if !self.opts.pull {
+            if let Some(root) = self.store.get_ref(&refname)? {
+                if let Some(img) = self.local_image(reference, &root, platform)? {
+                    self.progress.event(Event::Note(format!(
+                        "resolve {reference} for {platform}: local"
+                    )));
+                    return Ok(Arc::new(img));
+                }
+            }
+        }
+        self.progress
+            .event(Event::Note(format!("pull {reference} for {platform}")));
+        let r = kbuild_registry::Reference::parse(reference)?;
+        let pulled = self.registry.pull_image(&r, platform, &self.store).await?;
+        let root = Digest::parse(&pulled.root_digest.to_string())?;
+        self.store.set_ref(&refname, &root)?;
+        self.local_image(reference, &root, platform)?
+            .map(Arc::new)
+            .ok_or_else(|| {
+                SolveError::Image(format!(
+                    "{reference}: pulled image has no {platform} manifest"
+                ))
+            })
+    }
+
+    /// Read an image for `platform` from the store; `None` when the stored
+    /// index has no matching platform or a blob is missing.
+    fn local_image(
+        &self,
+        reference: &str,
+        root: &Digest,
+        platform: &Platform,
+    ) -> Result<Option<BaseImage>, SolveError> {
+        if !self.store.has(root) {
+            return Ok(None);
+        }
+        let bytes = self.store.read(root)?;
+        let manifest_digest = match Document::parse(&bytes)? {
+            Document::Manifest(_) => *root,
+            Document::Index(index) => {
+                let candidates: Vec<(usize, Platform)> = index
+                    .manifests
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| d.platform.as_ref().and_then(to_platform).map(|p| (i, p)))
+                    .collect();
+                let plats: Vec<Platform> = candidates.iter().map(|(_, p)| p.clone()).collect();
+                match platform.best_match(plats.iter()) {
+                    Some(k) => index.manifests[candidates[k].0].digest,
+                    None => {
+                        return Err(SolveError::Image(format!(
+                            "image {reference} has no {platform} variant; it has {}",
+                            plats
+                                .iter()
+                                .map(|p| p.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        if !self.store.has(&manifest_digest) {
+            return Ok(None);
+        }
+        let manifest = Manifest::parse(&self.store.read(&manifest_digest)?)?;
+        if !self.store.has(&manifest.config.digest) {
+            return Ok(None);
+        }
+        let config = ImageConfig::parse(&self.store.read(&manifest.config.digest)?)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(SolveError::Image(format!(
+                "image {reference}: config lists {} layers but the manifest {}",
+                config.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            )));
+        }
+        let mut layers = Vec::new();
+        for (d, diff_id) in manifest.layers.iter().zip(config.rootfs.diff_ids.iter()) {
+            if !self.store.has(&d.digest) && d.urls.is_empty() {
+                return Ok(None);
+            }
+            layers.push(LayerRef {
+                diff_id: *diff_id,
+                descriptor: d.clone(),
+            });
+        }
+        Ok(Some(BaseImage {
+            config,
+            layers,
+            manifest_digest,
+        }))
+    }
+
+    /// Make sure every layer is unpacked; returns their directories, base first.
+    async fn layer_dirs(&self, layers: &[LayerRef]) -> Result<Vec<PathBuf>, SolveError> {
+        let mut out = Vec::new();
+        for l in layers {
+            let diff_id = l.diff_id.to_string();
+            if let Some(p) = self
+                .snaps
+                .layer(&diff_id)
+                .map_err(|e| SolveError::Snapshot(e.to_string()))?
+            {
+                out.push(p);
+                continue;
+            }
+            let store = self.store.clone();
+            let snaps = self.snaps.clone();
+            let desc = l.descriptor.clone();
+            let _permit = self
+                .cpu
+                .acquire()
+                .await
+                .map_err(|e| SolveError::Internal(e.to_string()))?;
+            let p = tokio::task::spawn_blocking(move || -> Result<PathBuf, SolveError> {
+                let blob = store.open_blob(&desc.digest)?;
+                let reader = kbuild_image::decompress_reader(
+                    &desc.media_type,
+                    std::io::BufReader::new(blob),
+                )?;
+                snaps
+                    .unpack_layer(&diff_id, reader)
+                    .map_err(|e| SolveError::Snapshot(format!("unpack layer {}: {e}", desc.digest)))
+            })
+            .await
+            .map_err(|e| SolveError::Internal(e.to_string()))??;
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+/// One build's memo tables.
+struct Exec<'a> {
+    solver: &'a Solver,
+    plan: &'a BuildPlan,
+    ctx: &'a Context,
+    images: HashMap<(String, String), Arc<BaseImage>>,
+    steps: Vec<OnceCell<Shared<Arc<State>>>>,
+    stages: Vec<OnceCell<Shared<Arc<State>>>>,
+}
+
+impl<'a> Exec<'a> {
+    fn image(&self, reference: &str, platform: &Platform) -> Result<Arc<BaseImage>, SolveError> {
+        self.images
+            .get(&(reference.to_string(), platform.to_string()))
+            .cloned()
+            .ok_or_else(|| {
+                SolveError::Image(format!("image {reference} for {platform} was not resolved"))
+            })
+    }
+
+    fn image_state(&self, reference: &str, platform: &Platform) -> Result<Arc<State>, SolveError> {
+        let img = self.image(reference, platform)?;
+        let mut config = img.config.clone();
+        config::ensure_path(&mut config);
+        Ok(Arc::new(State {
+            layers: img.layers.clone(),
+            config,
+            meta: StageMeta::default(),
+            key: sha_hex(&[b"image", img.manifest_digest.to_string().as_bytes()]),
+        }))
+    }
+
+    fn scratch_state(platform: &Platform) -> Result<Arc<State>, SolveError> {
+        let mut config = ImageConfig::for_platform(platform)?;
+        config::ensure_path(&mut config);
+        Ok(Arc::new(State {
+            layers: Vec::new(),
+            config,
+            meta: StageMeta::default(),
+            key: sha_hex(&[b"scratch", platform.to_string().as_bytes()]),
+        }))
+    }
+
+    fn stage_label(stage: &StageInstance) -> String {
+        stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", stage.index))
+    }
+
+    fn stage_state(
+        &'a self,
+        id: StageId,
+    ) -> futures_util::future::BoxFuture<'a, Shared<Arc<State>>> {
+        Box::pin(async move {
+            self.stages[id.0]
+                .get_or_init(|| async move { self.compute_stage(id).await.map_err(share) })
+                .await
+                .clone()
+        })
+    }
+
+    async fn compute_stage(&'a self, id: StageId) -> Result<Arc<State>, SolveError> {
+        let stage = self.plan.stage(id);
+        let total = stage.steps.len() + 1;
+        let label = Self::stage_label(stage);
+        let mut state = match &stage.base {
+            StageBase::Scratch => Self::scratch_state(&stage.platform)?,
+            StageBase::Image {
+                reference,
+                platform,
+            } => {
+                let v = self.solver.vertex();
+                let name = format!("[{} {} 1/{total}] FROM {reference}", stage.platform, label);
+                self.solver.progress.event(Event::Start { id: v, name });
+                let t = Instant::now();
+                let st = self.image_state(reference, platform)?;
+                self.solver.progress.event(Event::Done {
+                    id: v,
+                    elapsed: t.elapsed(),
+                });
+                st
+            }
+            StageBase::Stage(sid) => self.stage_state(*sid).await.map_err(SolveError::Shared)?,
+        };
+        // A stage that reuses another as its base keeps that stage's config
+        // but not its "CMD set here" fact.
+        if matches!(stage.base, StageBase::Stage(_)) {
+            let mut s = (*state).clone();
+            s.meta = StageMeta::default();
+            state = Arc::new(s);
+        }
+        for (i, step_id) in stage.steps.iter().enumerate() {
+            let name = format!(
+                "[{} {} {}/{total}] {}",
+                self.plan.step(*step_id).platform,
+                label,
+                i + 2,
+                self.plan.step(*step_id).display
+            );
+            let parent = state.clone();
+            state = self
+                .solver_step(*step_id, parent, name)
+                .await
+                .map_err(SolveError::Shared)?;
+        }
+        Ok(state)
+    }
+
+    async fn solver_step(
+        &'a self,
+        id: StepId,
+        parent: Arc<State>,
+        name: String,
+    ) -> Shared<Arc<State>> {
+        self.steps[id.0]
+            .get_or_init(|| async move { self.run_step(id, parent, name).await.map_err(share) })
+            .await
+            .clone()
+    }
+
+    async fn source_state(
+        &'a self,
+        src: &PlanSource,
+        platform: &Platform,
+    ) -> Result<Arc<State>, SolveError> {
+        match src {
+            PlanSource::Scratch => Self::scratch_state(platform),
+            PlanSource::Stage(sid) => self.stage_state(*sid).await.map_err(SolveError::Shared),
+            PlanSource::Image {
+                reference,
+                platform,
+            } => self.image_state(reference, platform),
+        }
+    }
+
+    async fn run_step(
+        &'a self,
+        id: StepId,
+        parent: Arc<State>,
+        name: String,
+    ) -> Result<Arc<State>, SolveError> {
+        let step = self.plan.step(id);
+        let fail = |reason: String| SolveError::Step {
+            step: name.clone(),
+            reason,
+        };
+        match &step.instruction {
+            Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) => {}
+            Instruction::Run(_) => {
+                return Err(fail(
+                    "RUN is not implemented yet in this builder (it comes with the sandboxed executor); the COPY/ADD/metadata steps work".into(),
+                ))
+            }
+            Instruction::From(_) => return Ok(parent),
+            _ => {
+                // Metadata: config only, no vertex, no layer.
+                let mut st = (*parent).clone();
+                let created = now_rfc3339(self.solver.opts.source_date_epoch);
+                if let Some(text) = config::apply(&mut st.config, &mut st.meta, &step.instruction, None)
+                    .map_err(|e| fail(e.to_string()))?
+                {
+                    st.config.push_empty_layer(config::history(&created, text, true));
+                }
+                st.key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&step.instruction)]);
+                return Ok(Arc::new(st));
+            }
+        }
+
+        let mut sources = Vec::new();
+        for s in &step.sources {
+            sources.push(self.source_state(s, &step.platform).await?);
+        }
+        let v = self.solver.vertex();
+        self.solver.progress.event(Event::Start {
+            id: v,
+            name: name.clone(),
+        });
+        let started = Instant::now();
+        let result = self.run_fs_step(step, &parent, &sources, &name).await;
+        match &result {
+            Ok((_, true)) => self.solver.progress.event(Event::Cached {
+                id: v,
+                name: name.clone(),
+            }),
+            Ok(_) => self.solver.progress.event(Event::Done {
+                id: v,
+                elapsed: started.elapsed(),
+            }),
+            Err(_) => self.solver.progress.event(Event::Failed {
+                id: v,
+                elapsed: started.elapsed(),
+            }),
+        }
+        result.map(|(s, _)| s)
+    }
+
+    /// A step that changes the filesystem. Returns the state and whether it came from the cache.
+    async fn run_fs_step(
+        &'a self,
+        step: &Step,
+        parent: &Arc<State>,
+        sources: &[Arc<State>],
+        name: &str,
+    ) -> Result<(Arc<State>, bool), SolveError> {
+        let solver = self.solver;
+        let fail = |reason: String| SolveError::Step {
+            step: name.to_string(),
+            reason,
+        };
+        let workdir_now = parent
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_string());
+
+        // What the step reads, for its cache key.
+        let mut key_parts: Vec<Vec<u8>> = vec![
+            parent.key.as_bytes().to_vec(),
+            instruction_key(&step.instruction),
+            step.platform.to_string().into_bytes(),
+        ];
+        for s in sources {
+            key_parts.push(s.key.as_bytes().to_vec());
+        }
+        let (copy_req, from_context) = match &step.instruction {
+            Instruction::Copy(c) => (
+                Some(
+                    self.copy_request(
+                        &c.sources,
+                        &c.dest,
+                        &c.chmod,
+                        &c.excludes,
+                        c.parents,
+                        false,
+                        "COPY",
+                        &workdir_now,
+                    )
+                    .map_err(fail)?,
+                ),
+                c.from.is_none(),
+            ),
+            Instruction::Add(a) => {
+                if let Some(url) = a.sources.iter().find(|s| is_remote(s)) {
+                    return Err(fail(format!(
+                        "ADD of remote source {url} is not supported by this builder yet; download it in the build context and ADD the file"
+                    )));
+                }
+                (
+                    Some(
+                        self.copy_request(
+                            &a.sources,
+                            &a.dest,
+                            &a.chmod,
+                            &a.excludes,
+                            false,
+                            a.unpack != Some(false),
+                            "ADD",
+                            &workdir_now,
+                        )
+                        .map_err(fail)?,
+                    ),
+                    true,
+                )
+            }
+            _ => (None, false),
+        };
+        if let (Some(req), true) = (&copy_req, from_context) {
+            let ctx_dir = self.ctx.dir.clone().ok_or_else(|| {
+                fail("there is no build context (the Dockerfile came from stdin); give a context directory".into())
+            })?;
+            let ctx = self.ctx;
+            let req = req.clone();
+            let sum = {
+                let excluded = |p: &str, d: bool| ctx.excluded(p, d);
+                let src = copy::Source {
+                    root: &ctx_dir,
+                    what: "build context",
+                    excluded: &excluded,
+                    keep_owner: false,
+                };
+                copy::checksum(&src, &req).map_err(|e| fail(e.to_string()))?
+            };
+            key_parts.push(sum.into_bytes());
+        }
+        let key_refs: Vec<&[u8]> = key_parts.iter().map(|p| p.as_slice()).collect();
+        let key = sha_hex(&key_refs);
+
+        if !solver.opts.no_cache {
+            if let Some(st) = self.cached(&key, parent)? {
+                return Ok((Arc::new(st), true));
+            }
+        }
+
+        // Layers to mount: the parent's (none for COPY --link) and the source's.
+        let link = matches!(&step.instruction, Instruction::Copy(c) if c.link)
+            || matches!(&step.instruction, Instruction::Add(a) if a.link);
+        let lowers = if link {
+            Vec::new()
+        } else {
+            solver.layer_dirs(&parent.layers).await?
+        };
+        let source_lowers = match sources.first() {
+            Some(s) if matches!(step.instruction, Instruction::Copy(_)) => {
+                Some(solver.layer_dirs(&s.layers).await?)
+            }
+            _ => None,
+        };
+        let created = now_rfc3339(solver.opts.source_date_epoch);
+        let mut st = (**parent).clone();
+        let history_text;
+        let instruction = step.instruction.clone();
+        let user = st
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default();
+        let ctx_dir = self.ctx.dir.clone();
+        let ignore = self.ctx.ignore.clone();
+        let snaps = solver.snaps.clone();
+        let store = solver.store.clone();
+        let compression = solver.opts.compression;
+        let sde = solver.opts.source_date_epoch;
+        let chown_spec = match &step.instruction {
+            Instruction::Copy(c) => c.chown.clone(),
+            Instruction::Add(a) => a.chown.clone(),
+            _ => None,
+        };
+        let workdir_target = match &step.instruction {
+            Instruction::Workdir(w) => Some(join_container(&workdir_now, &w.path)),
+            _ => None,
+        };
+        match &step.instruction {
+            Instruction::Workdir(_) => {
+                history_text = format!("WORKDIR {}", workdir_target.clone().unwrap_or_default());
+            }
+            Instruction::Copy(c) => {
+                history_text = format!("COPY {} {} # buildkit", c.sources.join(" "), c.dest);
+            }
+            Instruction::Add(a) => {
+                history_text = format!("ADD {} {} # buildkit", a.sources.join(" "), a.dest);
+            }
+            _ => unreachable!("filtered above"),
+        }
+        let permit = solver
+            .cpu
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| SolveError::Internal(e.to_string()))?;
+        let workdir_target2 = workdir_target.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<Option<LayerRef>, String> {
+            let workdir_target = workdir_target2;
+            let _permit = permit;
+            let mount = snaps
+                .mount(&lowers)
+                .map_err(|e| format!("mount the root filesystem: {e}"))?;
+            let merged = mount.merged().to_path_buf();
+            let work = (|| -> Result<(), String> {
+                match &instruction {
+                    Instruction::Workdir(_) => {
+                        let target = workdir_target.clone().unwrap_or_else(|| "/".into());
+                        let host =
+                            resolve_in_root(&merged, &target, true).map_err(|e| e.to_string())?;
+                        if !host.is_dir() {
+                            let ids = users::user_ids(&merged, &user).map_err(|e| e.to_string())?;
+                            let req = copy::Request {
+                                chown: Some((ids.uid, ids.gid)),
+                                ..Default::default()
+                            };
+                            copy::mkdir_all(&merged, &target, &req).map_err(|e| e.to_string())?;
+                        }
+                        Ok(())
+                    }
+                    Instruction::Copy(_) | Instruction::Add(_) => {
+                        let mut req = copy_req.clone().ok_or("no copy request")?;
+                        if let Some(spec) = &chown_spec {
+                            req.chown =
+                                Some(users::chown_ids(&merged, spec).map_err(|e| e.to_string())?);
+                        }
+                        match &source_lowers {
+                            Some(src_lowers) => {
+                                let src_mount = snaps
+                                    .mount(src_lowers)
+                                    .map_err(|e| format!("mount the source filesystem: {e}"))?;
+                                let none = |_: &str, _: bool| false;
+                                let src = copy::Source {
+                                    root: src_mount.merged(),
+                                    what: "source stage",
+                                    excluded: &none,
+                                    keep_owner: true,
+                                };
+                                let r = copy::copy(&src, &req, &merged).map_err(|e| e.to_string());
+                                src_mount.unmount().map_err(|e| e.to_string())?;
+                                r
+                            }
+                            None => {
+                                let dir = ctx_dir.as_deref().ok_or("there is no build context")?;
+                                let excluded = |p: &str, d: bool| {
+                                    ignore.as_ref().is_some_and(|m| m.is_excluded(p, d))
+                                };
+                                let src = copy::Source {
+                                    root: dir,
+                                    what: "build context",
+                                    excluded: &excluded,
+                                    keep_owner: false,
+                                };
+                                copy::copy(&src, &req, &merged)
+                                    .map_err(|e: CopyError| e.to_string())
+                            }
+                        }
+                    }
+                    _ => Ok(()),
+                }
+            })();
+            if let Err(e) = work {
+                let _ = mount.unmount();
+                return Err(e);
+            }
+            let dir = mount.commit().map_err(|e| format!("unmount: {e}"))?;
+            let empty = std::fs::read_dir(&dir)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true);
+            if empty {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Ok(None);
+            }
+            let layer = (|| -> Result<kbuild_image::Layer, String> {
+                let lw = LayerWriter::new(&store, compression).map_err(|e| e.to_string())?;
+                let mut tb = tar::Builder::new(lw);
+                write_diff(
+                    &dir,
+                    &lowers,
+                    &mut tb,
+                    &DiffOptions {
+                        source_date_epoch: sde,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                let lw = tb.into_inner().map_err(|e| e.to_string())?;
+                lw.finish().map_err(|e| e.to_string())
+            })();
+            let layer = match layer {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            };
+            snaps
+                .adopt_layer(&layer.diff_id.to_string(), &dir)
+                .map_err(|e| format!("keep the layer: {e}"))?;
+            Ok(Some(LayerRef {
+                diff_id: layer.diff_id,
+                descriptor: layer.descriptor,
+            }))
+        })
+        .await
+        .map_err(|e| SolveError::Internal(e.to_string()))?
+        .map_err(fail)?;
+
+        if let Some(w) = &workdir_target {
+            st.config
+                .config
+                .get_or_insert_with(Default::default)
+                .working_dir = Some(w.clone());
+        }
+        match &outcome {
+            Some(l) => {
+                st.layers.push(l.clone());
+                st.config
+                    .push_layer(l.diff_id, config::history(&created, history_text, false));
+            }
+            None => st
+                .config
+                .push_empty_layer(config::history(&created, history_text, true)),
+        }
+        st.key = key.clone();
+        self.record(&key, &st, outcome)?;
+        Ok((Arc::new(st), false))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_request(
+        &self,
+        sources: &[String],
+        dest: &str,
+        chmod: &Option<String>,
+        excludes: &[String],
+        parents: bool,
+        unpack: bool,
+        instruction: &'static str,
+        workdir: &str,
+    ) -> Result<copy::Request, String> {
+        let chmod = match chmod {
+            Some(m) => Some(
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        format!("invalid --chmod={m}: use an octal mode such as 0755")
+                    })?,
+            ),
+            None => None,
+        };
+        let slash = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
+        let mut d = join_container(workdir, dest);
+        if slash && !d.ends_with('/') {
+            d.push('/');
+        }
+        Ok(copy::Request {
+            sources: sources.to_vec(),
+            dest: d,
+            chown: None,
+            chmod,
+            excludes: excludes.to_vec(),
+            parents,
+            unpack_archives: unpack,
+            instruction,
+        })
+    }
+
+    fn cached(&self, key: &str, parent: &Arc<State>) -> Result<Option<State>, SolveError> {
+        let store = &self.solver.store;
+        let Some(rec_digest) = store.get_ref(&format!("cache/{key}"))? else {
+            return Ok(None);
+        };
+        if !store.has(&rec_digest) {
+            return Ok(None);
+        }
+        let rec: Record = match serde_json::from_slice(&store.read(&rec_digest)?) {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        };
+        if !store.has(&rec.config)
+            || rec
+                .layer
+                .as_ref()
+                .is_some_and(|l| !store.has(&l.descriptor.digest))
+        {
+            return Ok(None);
+        }
+        let config = ImageConfig::parse(&store.read(&rec.config)?)?;
+        let mut layers = parent.layers.clone();
+        if let Some(l) = rec.layer {
+            layers.push(l);
+        }
+        Ok(Some(State {
+            layers,
+            config,
+            meta: StageMeta {
+                cmd_set: rec.cmd_set,
+            },
+            key: key.to_string(),
+        }))
+    }
+
+    fn record(&self, key: &str, st: &State, layer: Option<LayerRef>) -> Result<(), SolveError> {
+        let store = &self.solver.store;
+        let (config, _) = store.put_bytes(&st.config.to_bytes()?)?;
+        let rec = Record {
+            children: vec![config],
+            layer,
+            config,
+            cmd_set: st.meta.cmd_set,
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| SolveError::Internal(e.to_string()))?;
+        let (d, _) = store.put_bytes(&bytes)?;
+        store.set_ref(&format!("cache/{key}"), &d)?;
+        Ok(())
+    }
+}
+
+fn is_remote(s: &str) -> bool {
+    s.starts_with("http://")
+        || s.starts_with("https://")
+        || s.starts_with("git@")
+        || s.ends_with(".git")
+}
+
+/// The root directory a state's files would have: only for tests and the
+/// `local`/`tar` outputs, which apply the layers to a plain directory.
+pub fn apply_layers(
+    store: &ContentStore,
+    layers: &[LayerRef],
+    dir: &Path,
+) -> Result<(), SolveError> {
+    for l in layers {
+        let blob = store.open_blob(&l.descriptor.digest)?;
+        let reader = kbuild_image::decompress_reader(
+            &l.descriptor.media_type,
+            std::io::BufReader::new(blob),
+        )?;
+        kbuild_worker::snapshot::apply_layer_to_dir(dir, reader)
+            .map_err(|e| SolveError::Snapshot(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

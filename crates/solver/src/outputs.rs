@@ -1,0 +1,279 @@
+//! Outputs of a build: push to a registry, keep as a local image, OCI layout
+//! (tarball or directory), docker archive, or the final filesystem (tarball
+//! or directory). File outputs are written beside their destination and
+//! renamed into place, so a failed export leaves nothing half-written.
+
+use crate::engine::{apply_layers, image_ref_name, BuildResult, SolveError, Solver};
+use crate::options::{Output, OutputKind};
+use kbuild_image::export;
+use kbuild_image::tarball::{DeterministicTar, TarOptions};
+use kbuild_image::Descriptor;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// What the outputs did, for the summary and `--metadata-file`.
+#[derive(Debug, Default, Clone)]
+pub struct ExportReport {
+    /// Names pushed to registries.
+    pub pushed: Vec<String>,
+    /// Names stored as local images.
+    pub stored: Vec<String>,
+    /// Files and directories written.
+    pub written: Vec<PathBuf>,
+}
+
+fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SolveError> {
+    let v = serde_json::to_value(d).map_err(|e| SolveError::Internal(e.to_string()))?;
+    serde_json::from_value(v).map_err(|e| SolveError::Internal(e.to_string()))
+}
+
+fn tar_options(solver: &Solver) -> TarOptions {
+    TarOptions {
+        source_date_epoch: solver
+            .options()
+            .source_date_epoch
+            .and_then(|e| u64::try_from(e).ok()),
+    }
+}
+
+/// Run every output in order.
+pub async fn export(
+    solver: &Solver,
+    result: &BuildResult,
+    outputs: &[Output],
+) -> Result<ExportReport, SolveError> {
+    let mut report = ExportReport::default();
+    let store = solver.store().clone();
+    for out in outputs {
+        match out.kind {
+            OutputKind::Registry | OutputKind::Image => {
+                if out.kind == OutputKind::Image || !out.push {
+                    for n in &out.names {
+                        store.set_ref(&image_ref_name(n)?, &result.root.digest)?;
+                        report.stored.push(n.clone());
+                    }
+                }
+                if out.push {
+                    let refs = out
+                        .names
+                        .iter()
+                        .map(|n| kbuild_registry::Reference::parse(n))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let root = oci_descriptor(&result.root)?;
+                    solver.registry().push(&refs, &root, &store).await?;
+                    report.pushed.extend(out.names.iter().cloned());
+                }
+            }
+            OutputKind::Oci => {
+                let dest = dest_of(out)?;
+                let ref_name = out.names.first().map(|n| tag_of(n));
+                let store = store.clone();
+                let root = result.root.clone();
+                let opts = tar_options(solver);
+                let dest2 = dest.clone();
+                let as_dir = out.as_directory;
+                blocking(move || {
+                    if dest2 == Path::new("-") {
+                        export::oci_layout_tar(
+                            &store,
+                            &root,
+                            std::io::stdout().lock(),
+                            ref_name.as_deref(),
+                            &opts,
+                        )
+                        .map_err(SolveError::from)
+                        .and_then(|mut w| {
+                            w.flush().map_err(io("write", Path::new("standard output")))
+                        })
+                    } else if as_dir {
+                        export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
+                            .map_err(SolveError::from)
+                    } else {
+                        export::oci_layout_tar_file(
+                            &store,
+                            &root,
+                            &dest2,
+                            ref_name.as_deref(),
+                            &opts,
+                        )
+                        .map_err(SolveError::from)
+                    }
+                })
+                .await?;
+                report.written.push(dest);
+            }
+            OutputKind::Docker => {
+                if result.images.len() != 1 {
+                    return Err(SolveError::Image(format!(
+                        "-o type=docker holds one platform but {} were built ({}); build one --platform or use -o type=oci",
+                        result.images.len(),
+                        result.images.iter().map(|i| i.platform.to_string()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                let dest = dest_of(out)?;
+                let store = store.clone();
+                let manifest = result.images[0].manifest.clone();
+                let names = out.names.clone();
+                let opts = tar_options(solver);
+                let dest2 = dest.clone();
+                blocking(move || {
+                    if dest2 == Path::new("-") {
+                        export::docker_archive(
+                            &store,
+                            std::io::stdout().lock(),
+                            &manifest,
+                            &names,
+                            &opts,
+                        )
+                        .map(drop)
+                        .map_err(SolveError::from)
+                    } else {
+                        export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
+                            .map_err(SolveError::from)
+                    }
+                })
+                .await?;
+                report.written.push(dest);
+            }
+            OutputKind::Local | OutputKind::Tar => {
+                let dest = dest_of(out)?;
+                let several = result.images.len() > 1;
+                let store = store.clone();
+                let parts: Vec<(String, Vec<crate::engine::LayerRef>)> = result
+                    .images
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.platform.to_string().replace('/', "_"),
+                            i.state.layers.clone(),
+                        )
+                    })
+                    .collect();
+                let opts = tar_options(solver);
+                let kind = out.kind.clone();
+                let dest2 = dest.clone();
+                blocking(move || {
+                    write_filesystem(
+                        &store,
+                        &parts,
+                        several,
+                        &dest2,
+                        kind == OutputKind::Tar,
+                        opts,
+                    )
+                })
+                .await?;
+                report.written.push(dest);
+            }
+        }
+    }
+    Ok(report)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SolveError> + Send + 'static,
+) -> Result<T, SolveError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SolveError::Internal(e.to_string()))?
+}
+
+fn dest_of(out: &Output) -> Result<PathBuf, SolveError> {
+    out.dest
+        .clone()
+        .ok_or_else(|| SolveError::Image("this output needs dest=PATH".to_string()))
+}
+
+/// `name:tag` → `tag` for the OCI layout's ref name annotation (buildx uses the tag).
+fn tag_of(name: &str) -> String {
+    match kbuild_registry::Reference::parse(name) {
+        Ok(r) => r.tag().unwrap_or("latest").to_string(),
+        Err(_) => name.to_string(),
+    }
+}
+
+fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
+    let msg = format!("{what} {}", path.display());
+    move |e| SolveError::Image(format!("{msg}: {e}"))
+}
+
+/// The final filesystem of each platform, as a directory tree (`local`) or
+/// one tarball (`tar`); several platforms get a subdirectory each
+/// (`linux_amd64/`), as buildx does.
+fn write_filesystem(
+    store: &kbuild_image::ContentStore,
+    parts: &[(String, Vec<crate::engine::LayerRef>)],
+    several: bool,
+    dest: &Path,
+    as_tar: bool,
+    opts: TarOptions,
+) -> Result<(), SolveError> {
+    let to_stdout = dest == Path::new("-");
+    let parent = if to_stdout {
+        std::env::temp_dir()
+    } else {
+        dest.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".kubectl-build-")
+        .tempdir_in(&parent)
+        .map_err(io("create a staging directory in", &parent))?;
+    let tree = staging.path().join("rootfs");
+    std::fs::create_dir(&tree).map_err(io("create", &tree))?;
+    for (name, layers) in parts {
+        let dir = if several {
+            tree.join(name)
+        } else {
+            tree.clone()
+        };
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        apply_layers(store, layers, &dir)?;
+    }
+    if as_tar {
+        let file = staging.path().join("out.tar");
+        {
+            let f = std::fs::File::create(&file).map_err(io("create", &file))?;
+            let mut t = DeterministicTar::new(std::io::BufWriter::new(f), opts);
+            t.append_dir_tree(&tree, "")?;
+            let mut w = t.finish()?;
+            w.flush().map_err(io("write", &file))?;
+        }
+        if to_stdout {
+            let mut f = std::fs::File::open(&file).map_err(io("open", &file))?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock()).map_err(io("write", dest))?;
+        } else {
+            std::fs::rename(&file, dest).map_err(io("rename into", dest))?;
+        }
+    } else if dest.exists() {
+        // Merge into an existing directory, as buildx does.
+        move_into(&tree, dest)?;
+    } else {
+        std::fs::rename(&tree, dest).map_err(io("rename into", dest))?;
+    }
+    Ok(())
+}
+
+fn move_into(from: &Path, to: &Path) -> Result<(), SolveError> {
+    for e in std::fs::read_dir(from).map_err(io("read", from))? {
+        let e = e.map_err(io("read", from))?;
+        let target = to.join(e.file_name());
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        match std::fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() && is_dir => move_into(&e.path(), &target)?,
+            Ok(m) => {
+                if m.is_dir() {
+                    std::fs::remove_dir_all(&target).map_err(io("replace", &target))?;
+                } else {
+                    std::fs::remove_file(&target).map_err(io("replace", &target))?;
+                }
+                std::fs::rename(e.path(), &target).map_err(io("write", &target))?;
+            }
+            Err(_) => std::fs::rename(e.path(), &target).map_err(io("write", &target))?,
+        }
+    }
+    Ok(())
+}
