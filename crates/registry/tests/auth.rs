@@ -229,6 +229,7 @@ impl TokenServer {
                 status: 401,
                 headers: vec![],
                 body: b"{}".to_vec(),
+                ..Default::default()
             };
             let form = |text: &str| -> Vec<(String, String)> {
                 text.split('&')

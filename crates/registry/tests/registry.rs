@@ -366,6 +366,7 @@ async fn transient_errors_are_retried() {
                 status: 503,
                 headers: vec![],
                 body: vec![],
+                ..Default::default()
             }
         } else {
             Canned::ok(OCI_INDEX, body.clone())
@@ -563,4 +564,85 @@ async fn docker_schema2_manifest_lists_push_and_pull() {
     assert_eq!(pulled.manifest_digest, manifest_digest);
     assert_eq!(pulled.config.architecture().to_string(), "arm64");
     assert!(dst.has(&Digest::of(&layer)));
+}
+
+#[tokio::test]
+async fn download_broken_off_mid_stream_resumes_with_a_range_request() {
+    let (_d, scratch) = store();
+    let layer = noise(31, 120_000);
+    let (_, manifest_bytes) = manifest(&scratch, "linux", "amd64", None, &[&layer]);
+    let doc: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let config_digest = doc["config"]["digest"].as_str().unwrap().to_string();
+    let config = scratch
+        .read(&Digest::parse(&config_digest).unwrap())
+        .unwrap();
+    let config_size = config.len();
+    let layer_digest = Digest::of(&layer).to_string();
+    let served_layer = layer.clone();
+    let server = TinyServer::start(move |req| {
+        let path = req.target.as_str();
+        if path == "/v2/flaky/app/manifests/1" {
+            Canned::ok(OCI_MANIFEST, manifest_bytes.clone())
+        } else if path == format!("/v2/flaky/app/blobs/{config_digest}") {
+            Canned::ok("application/octet-stream", config.clone())
+        } else if path == format!("/v2/flaky/app/blobs/{layer_digest}") {
+            match req
+                .headers
+                .get("range")
+                .and_then(|r| r.strip_prefix("bytes="))
+            {
+                // First try: the connection dies after 50000 bytes.
+                None => Canned {
+                    cut: Some(50_000),
+                    ..Canned::ok("application/octet-stream", served_layer.clone())
+                },
+                Some(range) => {
+                    let start: usize = range.trim_end_matches('-').parse().unwrap();
+                    let total = served_layer.len();
+                    Canned {
+                        status: 206,
+                        headers: vec![(
+                            "Content-Range".into(),
+                            format!("bytes {start}-{}/{total}", total - 1),
+                        )],
+                        body: served_layer[start..].to_vec(),
+                        cut: None,
+                    }
+                }
+            }
+        } else {
+            Canned {
+                status: 404,
+                ..Default::default()
+            }
+        }
+    })
+    .await;
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        retry_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    })
+    .unwrap();
+    let (_d2, dst) = store();
+    let reference = r(&format!("127.0.0.1:{}/flaky/app:1", server.port));
+    client
+        .pull_image(&reference, &Platform::parse("linux/amd64").unwrap(), &dst)
+        .await
+        .unwrap();
+    assert_eq!(dst.read(&Digest::of(&layer)).unwrap(), layer);
+    let stats = client.stats();
+    assert!(stats.retries >= 1, "{stats:?}");
+    assert_eq!(
+        stats.bytes_downloaded,
+        (layer.len() + config_size) as u64,
+        "nothing downloaded twice: {stats:?}"
+    );
+    let ranges: Vec<String> = server
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.headers.get("range").cloned())
+        .collect();
+    assert_eq!(ranges, vec!["bytes=50000-".to_string()]);
 }

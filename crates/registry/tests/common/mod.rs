@@ -126,11 +126,13 @@ pub fn skopeo_raw(reference: &str, creds: Option<&str>) -> Vec<u8> {
 }
 
 /// A canned response.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Canned {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Close the connection after this many body bytes (a broken download).
+    pub cut: Option<usize>,
 }
 
 impl Canned {
@@ -139,6 +141,7 @@ impl Canned {
             status: 200,
             headers: vec![("Content-Type".into(), content_type.into())],
             body,
+            cut: None,
         }
     }
 }
@@ -224,7 +227,11 @@ impl TinyServer {
                     head.push_str("\r\n");
                     let _ = sock.write_all(head.as_bytes()).await;
                     if req.method != "HEAD" {
-                        let _ = sock.write_all(&answer.body).await;
+                        let end = answer
+                            .cut
+                            .unwrap_or(answer.body.len())
+                            .min(answer.body.len());
+                        let _ = sock.write_all(&answer.body[..end]).await;
                     }
                     let _ = sock.shutdown().await;
                 });
