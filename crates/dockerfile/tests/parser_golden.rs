@@ -14,7 +14,9 @@ fn render(text: &str) -> Result<String, String> {
     let ast = parse(text).map_err(|e| e.to_string())?;
     let stages = stages(&ast).map_err(|e| e.to_string())?;
     let dump = serde_json::json!({ "ast": ast, "stages": stages });
-    serde_json::to_string_pretty(&dump).map(|s| s + "\n").map_err(|e| e.to_string())
+    serde_json::to_string_pretty(&dump)
+        .map(|s| s + "\n")
+        .map_err(|e| e.to_string())
 }
 
 fn case_dirs() -> Vec<PathBuf> {
@@ -32,10 +34,17 @@ fn case_dirs() -> Vec<PathBuf> {
 fn golden_cases() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let dirs = case_dirs();
-    assert!(dirs.len() >= 40, "expected at least 40 golden cases, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 40,
+        "expected at least 40 golden cases, found {}",
+        dirs.len()
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = fs::read_to_string(dir.join("Dockerfile"))
             .unwrap_or_else(|e| panic!("{name}: reading Dockerfile: {e}"));
         let (file, other, actual) = match render(&text) {
@@ -48,7 +57,9 @@ fn golden_cases() {
             continue;
         }
         if dir.join(other).exists() {
-            failures.push(format!("{name}: produced {file} but the case expects {other}:\n{actual}"));
+            failures.push(format!(
+                "{name}: produced {file} but the case expects {other}:\n{actual}"
+            ));
             continue;
         }
         match fs::read_to_string(dir.join(file)) {
@@ -59,5 +70,10 @@ fn golden_cases() {
             Err(e) => failures.push(format!("{name}: missing {file} ({e}); actual:\n{actual}")),
         }
     }
-    assert!(failures.is_empty(), "{} golden case(s) failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

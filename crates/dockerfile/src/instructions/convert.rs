@@ -3,7 +3,9 @@
 use super::duration::parse_interval;
 use super::flags::{Flags, Kind};
 use super::*;
-use crate::parser::{chomp_content, go_quote, parse_heredoc, Ast, Error, ErrorKind, Node, NodeArgs};
+use crate::parser::{
+    chomp_content, go_quote, parse_heredoc, Ast, Error, ErrorKind, Node, NodeArgs,
+};
 
 /// Every instruction keyword, for "did you mean" suggestions.
 const KEYWORDS: [&str; 18] = [
@@ -58,7 +60,11 @@ fn flat_args(args: &NodeArgs, out: &mut Vec<String>) {
             for (k, v) in pairs {
                 out.push(k.clone());
                 out.push(v.clone());
-                out.push(if *legacy { String::new() } else { "=".to_string() });
+                out.push(if *legacy {
+                    String::new()
+                } else {
+                    "=".to_string()
+                });
             }
         }
         NodeArgs::Healthcheck { test_type, command } => {
@@ -120,7 +126,12 @@ impl Conv<'_> {
             "env" => {
                 self.flags(&[])?;
                 let (vars, legacy_form) = self.kvps("ENV")?;
-                Instruction::Env(Env { vars, legacy_form, range: self.range(), original: self.original() })
+                Instruction::Env(Env {
+                    vars,
+                    legacy_form,
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "maintainer" => {
                 let args = self.args();
@@ -137,7 +148,12 @@ impl Conv<'_> {
             "label" => {
                 self.flags(&[])?;
                 let (labels, legacy_form) = self.kvps("LABEL")?;
-                Instruction::Label(Label { labels, legacy_form, range: self.range(), original: self.original() })
+                Instruction::Label(Label {
+                    labels,
+                    legacy_form,
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "add" => self.add()?,
             "copy" => self.copy()?,
@@ -149,7 +165,11 @@ impl Conv<'_> {
                     return arg_err(exactly_one("WORKDIR"));
                 }
                 self.flags(&[])?;
-                Instruction::Workdir(Workdir { path: args[0].clone(), range: self.range(), original: self.original() })
+                Instruction::Workdir(Workdir {
+                    path: args[0].clone(),
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "run" => self.run()?,
             "cmd" => {
@@ -176,7 +196,11 @@ impl Conv<'_> {
                 }
                 self.flags(&[])?;
                 ports.sort();
-                Instruction::Expose(Expose { ports, range: self.range(), original: self.original() })
+                Instruction::Expose(Expose {
+                    ports,
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "user" => {
                 let args = self.args();
@@ -184,7 +208,11 @@ impl Conv<'_> {
                     return arg_err(exactly_one("USER"));
                 }
                 self.flags(&[])?;
-                Instruction::User(User { user: args[0].clone(), range: self.range(), original: self.original() })
+                Instruction::User(User {
+                    user: args[0].clone(),
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "volume" => {
                 let args = self.args();
@@ -200,7 +228,12 @@ impl Conv<'_> {
                     }
                     volumes.push(v.to_string());
                 }
-                Instruction::Volume(Volume { volumes, json: self.node.json, range: self.range(), original: self.original() })
+                Instruction::Volume(Volume {
+                    volumes,
+                    json: self.node.json,
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "stopsignal" => {
                 // BuildKit never checks STOPSIGNAL's flags.
@@ -208,7 +241,11 @@ impl Conv<'_> {
                 if args.len() != 1 {
                     return arg_err(exactly_one("STOPSIGNAL"));
                 }
-                Instruction::StopSignal(StopSignal { signal: args[0].clone(), range: self.range(), original: self.original() })
+                Instruction::StopSignal(StopSignal {
+                    signal: args[0].clone(),
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "arg" => {
                 // BuildKit never checks ARG's flags.
@@ -220,11 +257,21 @@ impl Conv<'_> {
                 for w in words {
                     match w.split_once('=') {
                         Some(("", _)) => return arg_err("ARG names can not be blank"),
-                        Some((k, v)) => args.push(ArgDef { name: k.to_string(), default: Some(v.to_string()) }),
-                        None => args.push(ArgDef { name: w, default: None }),
+                        Some((k, v)) => args.push(ArgDef {
+                            name: k.to_string(),
+                            default: Some(v.to_string()),
+                        }),
+                        None => args.push(ArgDef {
+                            name: w,
+                            default: None,
+                        }),
                     }
                 }
-                Instruction::Arg(Arg { args, range: self.range(), original: self.original() })
+                Instruction::Arg(Arg {
+                    args,
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             "shell" => {
                 self.flags(&[])?;
@@ -235,7 +282,11 @@ impl Conv<'_> {
                 if !self.node.json {
                     return arg_err("SHELL requires the arguments to be in JSON form");
                 }
-                Instruction::Shell(Shell { shell: args, range: self.range(), original: self.original() })
+                Instruction::Shell(Shell {
+                    shell: args,
+                    range: self.range(),
+                    original: self.original(),
+                })
             }
             _ => {
                 let msg = format!("unknown instruction: {}", self.node.keyword);
@@ -255,7 +306,10 @@ impl Conv<'_> {
                     if k.is_empty() {
                         return arg_err(format!("{keyword} names can not be blank"));
                     }
-                    vars.push(KeyValue { key: k.clone(), value: v.clone() });
+                    vars.push(KeyValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
                 }
                 Ok((vars, *legacy))
             }
@@ -298,7 +352,9 @@ impl Conv<'_> {
         let trigger = args[0].trim().to_uppercase();
         match trigger.as_str() {
             "ONBUILD" => return arg_err("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
-            "MAINTAINER" | "FROM" => return arg_err(format!("{trigger} isn't allowed as an ONBUILD trigger")),
+            "MAINTAINER" | "FROM" => {
+                return arg_err(format!("{trigger} isn't allowed as an ONBUILD trigger"))
+            }
             _ => {}
         }
         let mut expression = strip_onbuild(&self.node.original).to_string();
@@ -307,7 +363,12 @@ impl Conv<'_> {
             expression.push_str(&doc.content);
             expression.push_str(&doc.name);
         }
-        Ok(Instruction::Onbuild(Onbuild { trigger, expression, range: self.range(), original: self.original() }))
+        Ok(Instruction::Onbuild(Onbuild {
+            trigger,
+            expression,
+            range: self.range(),
+            original: self.original(),
+        }))
     }
 
     fn run(&self) -> R<Instruction> {
@@ -346,13 +407,19 @@ impl Conv<'_> {
 
     /// `SourcesAndDest`: splits paths from heredoc sources; rejects a heredoc
     /// destination.
-    fn sources_and_dest(&self, keyword: &str, args: &[String]) -> R<(Vec<String>, Vec<SourceContent>, String)> {
+    fn sources_and_dest(
+        &self,
+        keyword: &str,
+        args: &[String],
+    ) -> R<(Vec<String>, Vec<SourceContent>, String)> {
         let (dest, srcs) = match args.split_last() {
             Some((d, s)) => (d.clone(), s),
             None => return arg_err(no_destination(keyword)),
         };
         if matches!(parse_heredoc(&dest), Ok(Some(_))) {
-            return arg_err(format!("{keyword} cannot accept a heredoc as a destination"));
+            return arg_err(format!(
+                "{keyword} cannot accept a heredoc as a destination"
+            ));
         }
         let mut sources = Vec::new();
         let mut contents = Vec::new();
@@ -368,7 +435,11 @@ impl Conv<'_> {
                         .map(|d| d.content.clone())
                         .unwrap_or_default();
                     let data = if h.chomp { chomp_content(&body) } else { body };
-                    contents.push(SourceContent { path: h.name, data, expand: h.expand });
+                    contents.push(SourceContent {
+                        path: h.name,
+                        data,
+                        expand: h.expand,
+                    });
                 }
                 _ => sources.push(src.clone()),
             }
@@ -460,19 +531,28 @@ impl Conv<'_> {
                 ("retries", Kind::String),
             ])?;
             if test_type != "CMD" {
-                return arg_err(format!("Unknown type {} in HEALTHCHECK (try CMD)", go_quote(&test_type)));
+                return arg_err(format!(
+                    "Unknown type {} in HEALTHCHECK (try CMD)",
+                    go_quote(&test_type)
+                ));
             }
             if rest.is_empty() {
                 return arg_err("Missing command after HEALTHCHECK CMD");
             }
             let command = command_of(rest, self.node.json);
             let interval = |name: &str| {
-                parse_interval(name, flags.string(name).as_deref()).map_err(|m| (ErrorKind::Flag, m))
+                parse_interval(name, flags.string(name).as_deref())
+                    .map_err(|m| (ErrorKind::Flag, m))
             };
             let retries = match flags.string("retries").filter(|r| !r.is_empty()) {
                 None => 0,
                 Some(r) => match parse_go_int32(&r)? {
-                    n if n < 0 => return Err((ErrorKind::Flag, format!("--retries cannot be negative ({n})"))),
+                    n if n < 0 => {
+                        return Err((
+                            ErrorKind::Flag,
+                            format!("--retries cannot be negative ({n})"),
+                        ))
+                    }
                     n => n as u32,
                 },
             };
@@ -485,7 +565,11 @@ impl Conv<'_> {
                 retries,
             }
         };
-        Ok(Instruction::Healthcheck(Healthcheck { test, range: self.range(), original: self.original() }))
+        Ok(Instruction::Healthcheck(Healthcheck {
+            test,
+            range: self.range(),
+            original: self.original(),
+        }))
     }
 }
 
@@ -497,11 +581,20 @@ fn no_destination(keyword: &str) -> String {
 fn parse_go_int32(s: &str) -> R<i64> {
     let digits = s.strip_prefix(['+', '-']).unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err((ErrorKind::Flag, format!("strconv.ParseInt: parsing {}: invalid syntax", go_quote(s))));
+        return Err((
+            ErrorKind::Flag,
+            format!("strconv.ParseInt: parsing {}: invalid syntax", go_quote(s)),
+        ));
     }
     match s.parse::<i32>() {
         Ok(n) => Ok(i64::from(n)),
-        Err(_) => Err((ErrorKind::Flag, format!("strconv.ParseInt: parsing {}: value out of range", go_quote(s)))),
+        Err(_) => Err((
+            ErrorKind::Flag,
+            format!(
+                "strconv.ParseInt: parsing {}: value out of range",
+                go_quote(s)
+            ),
+        )),
     }
 }
 

@@ -51,7 +51,9 @@ pub(crate) fn parse_go_duration(orig: &str) -> Result<i128, String> {
         if int_len == 0 && !has_frac {
             return Err(invalid());
         }
-        let unit_len = s.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(s.len());
+        let unit_len = s
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(s.len());
         if unit_len == 0 {
             return Err(format!("time: missing unit in duration {}", quote(orig)));
         }
@@ -122,11 +124,26 @@ mod tests {
         assert_eq!(parse_go_duration("2\u{b5}s"), Ok(2_000));
         assert_eq!(parse_go_duration("-2s"), Ok(-2_000_000_000));
         assert_eq!(parse_go_duration("0"), Ok(0));
-        assert_eq!(parse_go_duration("5").unwrap_err(), "time: missing unit in duration \"5\"");
-        assert_eq!(parse_go_duration("5x").unwrap_err(), "time: unknown unit \"x\" in duration \"5x\"");
-        assert_eq!(parse_go_duration("abc").unwrap_err(), "time: invalid duration \"abc\"");
-        assert_eq!(parse_go_duration("").unwrap_err(), "time: invalid duration \"\"");
-        assert_eq!(parse_go_duration(".s").unwrap_err(), "time: invalid duration \".s\"");
+        assert_eq!(
+            parse_go_duration("5").unwrap_err(),
+            "time: missing unit in duration \"5\""
+        );
+        assert_eq!(
+            parse_go_duration("5x").unwrap_err(),
+            "time: unknown unit \"x\" in duration \"5x\""
+        );
+        assert_eq!(
+            parse_go_duration("abc").unwrap_err(),
+            "time: invalid duration \"abc\""
+        );
+        assert_eq!(
+            parse_go_duration("").unwrap_err(),
+            "time: invalid duration \"\""
+        );
+        assert_eq!(
+            parse_go_duration(".s").unwrap_err(),
+            "time: invalid duration \".s\""
+        );
         assert!(parse_go_duration("9999999999h").is_err());
     }
 
@@ -134,7 +151,10 @@ mod tests {
     fn intervals() {
         assert_eq!(parse_interval("interval", None), Ok(Duration::ZERO));
         assert_eq!(parse_interval("interval", Some("0s")), Ok(Duration::ZERO));
-        assert_eq!(parse_interval("timeout", Some("3s")), Ok(Duration::from_secs(3)));
+        assert_eq!(
+            parse_interval("timeout", Some("3s")),
+            Ok(Duration::from_secs(3))
+        );
         assert_eq!(
             parse_interval("interval", Some("10us")).unwrap_err(),
             "Interval \"interval\" cannot be less than 1ms"

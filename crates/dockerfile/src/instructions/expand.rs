@@ -138,7 +138,10 @@ impl Onbuild {
             _ => Err(crate::parser::Error::new(
                 crate::parser::ErrorKind::Syntax,
                 Some(self.range),
-                format!("ONBUILD trigger is not one instruction: {}", self.expression),
+                format!(
+                    "ONBUILD trigger is not one instruction: {}",
+                    self.expression
+                ),
             )),
         }
     }

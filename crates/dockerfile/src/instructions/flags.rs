@@ -113,7 +113,11 @@ impl Flags {
 mod tests {
     use super::*;
 
-    const COPY: [(&str, Kind); 3] = [("from", Kind::String), ("link", Kind::Bool), ("exclude", Kind::Strings)];
+    const COPY: [(&str, Kind); 3] = [
+        ("from", Kind::String),
+        ("link", Kind::Bool),
+        ("exclude", Kind::Strings),
+    ];
 
     fn parse(args: &[&str]) -> Result<Flags, String> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -127,19 +131,46 @@ mod tests {
         assert_eq!(f.bool("link"), Some(true));
         assert_eq!(f.list("exclude"), vec!["x", "y"]);
         assert_eq!(parse(&["--link=FALSE"]).unwrap().bool("link"), Some(false));
-        assert_eq!(parse(&["--from="]).unwrap().string("from").as_deref(), Some(""));
+        assert_eq!(
+            parse(&["--from="]).unwrap().string("from").as_deref(),
+            Some("")
+        );
         assert_eq!(parse(&[]).unwrap().bool("link"), None);
     }
 
     #[test]
     fn errors() {
-        assert_eq!(parse(&["--squash"]).err().unwrap(), "unknown flag: --squash for COPY");
-        assert_eq!(parse(&["--foo"]).err().unwrap(), "unknown flag: --foo for COPY (did you mean --from?)");
-        assert_eq!(parse(&["--form=x"]).err().unwrap(), "unknown flag: --form for COPY (did you mean --from?)");
-        assert_eq!(parse(&["--from=a", "--from=b"]).err().unwrap(), "Duplicate flag specified: from");
-        assert_eq!(parse(&["--from"]).err().unwrap(), "Missing a value on flag: from");
-        assert_eq!(parse(&["--link="]).err().unwrap(), "Missing a value on flag: link");
-        assert_eq!(parse(&["--link=yes"]).err().unwrap(), "Expecting boolean value for flag link, not: yes");
-        assert_eq!(parse(&["--exclude"]).err().unwrap(), "Missing a value on flag: exclude");
+        assert_eq!(
+            parse(&["--squash"]).err().unwrap(),
+            "unknown flag: --squash for COPY"
+        );
+        assert_eq!(
+            parse(&["--foo"]).err().unwrap(),
+            "unknown flag: --foo for COPY (did you mean --from?)"
+        );
+        assert_eq!(
+            parse(&["--form=x"]).err().unwrap(),
+            "unknown flag: --form for COPY (did you mean --from?)"
+        );
+        assert_eq!(
+            parse(&["--from=a", "--from=b"]).err().unwrap(),
+            "Duplicate flag specified: from"
+        );
+        assert_eq!(
+            parse(&["--from"]).err().unwrap(),
+            "Missing a value on flag: from"
+        );
+        assert_eq!(
+            parse(&["--link="]).err().unwrap(),
+            "Missing a value on flag: link"
+        );
+        assert_eq!(
+            parse(&["--link=yes"]).err().unwrap(),
+            "Expecting boolean value for flag link, not: yes"
+        );
+        assert_eq!(
+            parse(&["--exclude"]).err().unwrap(),
+            "Missing a value on flag: exclude"
+        );
     }
 }

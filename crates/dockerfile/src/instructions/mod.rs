@@ -22,7 +22,7 @@ pub use crate::parser::{Heredoc, SourceRange};
 pub use convert::{from_ast, from_node};
 pub use expand::Expander;
 pub use mount::{
-    BindMount, CacheMount, Mount, MountError, Sharing, SecretMount, SshMount, TmpfsMount,
+    BindMount, CacheMount, Mount, MountError, SecretMount, Sharing, SshMount, TmpfsMount,
 };
 pub use stages::{stages, Stage, Stages};
 

@@ -473,14 +473,20 @@ impl Mount {
                 },
                 _ => {
                     let msg = format!("unexpected key '{key}' in '{field}'");
-                    return Ok(Err(err(crate::parser::suggest::wrap(msg, &key, &ALL_KEYS, true))));
+                    return Ok(Err(err(crate::parser::suggest::wrap(
+                        msg, &key, &ALL_KEYS, true,
+                    ))));
                 }
             }
         }
 
         let file_info_allowed = matches!(kind, Kind::Secret | Kind::Ssh | Kind::Cache);
         if !file_info_allowed {
-            for (name, set) in [("mode", mode.is_some()), ("uid", uid.is_some()), ("gid", gid.is_some())] {
+            for (name, set) in [
+                ("mode", mode.is_some()),
+                ("uid", uid.is_some()),
+                ("gid", gid.is_some()),
+            ] {
                 if set {
                     return Ok(Err(err(format!(
                         "{name} not allowed for {:?} type mounts",
@@ -562,14 +568,20 @@ mod tests {
     use super::*;
 
     fn p(s: &str) -> Result<Mount, MountError> {
-        Mount::parse::<std::convert::Infallible>(s, |v| Ok(v.to_string())).unwrap_or_else(|e| match e {})
+        Mount::parse::<std::convert::Infallible>(s, |v| Ok(v.to_string()))
+            .unwrap_or_else(|e| match e {})
     }
 
     #[test]
     fn bind_defaults_read_only() {
         assert_eq!(
             p("target=/src").unwrap(),
-            Mount::Bind(BindMount { target: "/src".into(), source: None, from: None, read_write: false })
+            Mount::Bind(BindMount {
+                target: "/src".into(),
+                source: None,
+                from: None,
+                read_write: false
+            })
         );
         assert_eq!(
             p("type=bind,dst=/src,from=build,src=/out,rw").unwrap(),
@@ -580,12 +592,16 @@ mod tests {
                 read_write: true
             })
         );
-        assert!(matches!(p("destination=/x,readwrite=false").unwrap(), Mount::Bind(b) if !b.read_write));
+        assert!(
+            matches!(p("destination=/x,readwrite=false").unwrap(), Mount::Bind(b) if !b.read_write)
+        );
     }
 
     #[test]
     fn cache_options() {
-        let m = p("type=cache,target=/root/.cache,id=pip,sharing=LOCKED,mode=0700,uid=1000,gid=1000").unwrap();
+        let m =
+            p("type=cache,target=/root/.cache,id=pip,sharing=LOCKED,mode=0700,uid=1000,gid=1000")
+                .unwrap();
         assert_eq!(
             m,
             Mount::Cache(CacheMount {
@@ -604,21 +620,51 @@ mod tests {
             p("type=cache,target=/c,sharing=lockd").unwrap_err().0,
             "unsupported sharing value \"lockd\" (did you mean locked?)"
         );
-        assert_eq!(p("type=cache,target=/c,mode=9").unwrap_err().0, "invalid value 9 for mode");
-        assert_eq!(p("type=cache,target=/c,uid=-1").unwrap_err().0, "invalid value -1 for uid");
+        assert_eq!(
+            p("type=cache,target=/c,mode=9").unwrap_err().0,
+            "invalid value 9 for mode"
+        );
+        assert_eq!(
+            p("type=cache,target=/c,uid=-1").unwrap_err().0,
+            "invalid value -1 for uid"
+        );
     }
 
     #[test]
     fn tmpfs_size() {
         assert_eq!(
             p("type=tmpfs,target=/t,size=64m").unwrap(),
-            Mount::Tmpfs(TmpfsMount { target: "/t".into(), size: Some(64 << 20) })
+            Mount::Tmpfs(TmpfsMount {
+                target: "/t".into(),
+                size: Some(64 << 20)
+            })
         );
-        assert_eq!(p("type=tmpfs,target=/t,size=100").unwrap(), Mount::Tmpfs(TmpfsMount { target: "/t".into(), size: Some(100) }));
-        assert_eq!(p("type=tmpfs,target=/t,size=1GiB").unwrap(), Mount::Tmpfs(TmpfsMount { target: "/t".into(), size: Some(1 << 30) }));
-        assert_eq!(p("type=tmpfs,target=/t,size=lots").unwrap_err().0, "invalid value for size: lots");
-        assert_eq!(p("type=bind,target=/t,size=1").unwrap_err().0, "unexpected key 'size' for mount type 'bind'");
-        assert_eq!(p("type=tmpfs,target=/t,mode=755").unwrap_err().0, "mode not allowed for \"tmpfs\" type mounts");
+        assert_eq!(
+            p("type=tmpfs,target=/t,size=100").unwrap(),
+            Mount::Tmpfs(TmpfsMount {
+                target: "/t".into(),
+                size: Some(100)
+            })
+        );
+        assert_eq!(
+            p("type=tmpfs,target=/t,size=1GiB").unwrap(),
+            Mount::Tmpfs(TmpfsMount {
+                target: "/t".into(),
+                size: Some(1 << 30)
+            })
+        );
+        assert_eq!(
+            p("type=tmpfs,target=/t,size=lots").unwrap_err().0,
+            "invalid value for size: lots"
+        );
+        assert_eq!(
+            p("type=bind,target=/t,size=1").unwrap_err().0,
+            "unexpected key 'size' for mount type 'bind'"
+        );
+        assert_eq!(
+            p("type=tmpfs,target=/t,mode=755").unwrap_err().0,
+            "mode not allowed for \"tmpfs\" type mounts"
+        );
     }
 
     #[test]
@@ -635,29 +681,72 @@ mod tests {
                 gid: None
             })
         );
-        assert!(matches!(p("type=secret,id=tok,env=TOKEN").unwrap(), Mount::Secret(s) if s.env.as_deref() == Some("TOKEN")));
-        assert_eq!(p("type=secret").unwrap_err().0, "invalid secret mount. one of source, target required");
-        assert_eq!(p("type=secret,id=a,src=b").unwrap_err().0, "both source and id can't be set");
-        assert_eq!(p("type=secret,id=a,from=x").unwrap_err().0, "secret mount should not have a from");
-        assert_eq!(p("type=secret,id=a,required=maybe").unwrap_err().0, "invalid value for required: maybe");
+        assert!(
+            matches!(p("type=secret,id=tok,env=TOKEN").unwrap(), Mount::Secret(s) if s.env.as_deref() == Some("TOKEN"))
+        );
+        assert_eq!(
+            p("type=secret").unwrap_err().0,
+            "invalid secret mount. one of source, target required"
+        );
+        assert_eq!(
+            p("type=secret,id=a,src=b").unwrap_err().0,
+            "both source and id can't be set"
+        );
+        assert_eq!(
+            p("type=secret,id=a,from=x").unwrap_err().0,
+            "secret mount should not have a from"
+        );
+        assert_eq!(
+            p("type=secret,id=a,required=maybe").unwrap_err().0,
+            "invalid value for required: maybe"
+        );
         assert!(matches!(p("type=ssh").unwrap(), Mount::Ssh(s) if s.id.is_none() && !s.required));
-        assert_eq!(p("type=bind,target=/x,required").unwrap_err().0, "unexpected key 'required' for mount type 'bind'");
-        assert_eq!(p("type=cache,target=/x,sharing=private,type=tmpfs").unwrap_err().0, "invalid cache sharing set for tmpfs mount");
+        assert_eq!(
+            p("type=bind,target=/x,required").unwrap_err().0,
+            "unexpected key 'required' for mount type 'bind'"
+        );
+        assert_eq!(
+            p("type=cache,target=/x,sharing=private,type=tmpfs")
+                .unwrap_err()
+                .0,
+            "invalid cache sharing set for tmpfs mount"
+        );
     }
 
     #[test]
     fn errors_and_suggestions() {
-        assert_eq!(p("type=bnd").unwrap_err().0, "unsupported mount type \"bnd\" (did you mean bind?)");
-        assert_eq!(p("type=cache,targt=/x").unwrap_err().0, "unexpected key 'targt' in 'targt=/x' (did you mean target?)");
-        assert_eq!(p("type=cache,bogus").unwrap_err().0, "invalid field 'bogus' must be a key=value pair");
+        assert_eq!(
+            p("type=bnd").unwrap_err().0,
+            "unsupported mount type \"bnd\" (did you mean bind?)"
+        );
+        assert_eq!(
+            p("type=cache,targt=/x").unwrap_err().0,
+            "unexpected key 'targt' in 'targt=/x' (did you mean target?)"
+        );
+        assert_eq!(
+            p("type=cache,bogus").unwrap_err().0,
+            "invalid field 'bogus' must be a key=value pair"
+        );
         assert_eq!(p("").unwrap_err().0, "failed to parse csv mounts: EOF");
-        assert!(p("target=a\"b").unwrap_err().0.contains("bare \" in non-quoted-field"));
-        assert_eq!(p("type=tmpfs").unwrap(), Mount::Tmpfs(TmpfsMount { target: String::new(), size: None }));
+        assert!(p("target=a\"b")
+            .unwrap_err()
+            .0
+            .contains("bare \" in non-quoted-field"));
+        assert_eq!(
+            p("type=tmpfs").unwrap(),
+            Mount::Tmpfs(TmpfsMount {
+                target: String::new(),
+                size: None
+            })
+        );
     }
 
     #[test]
     fn csv_quoting() {
-        assert_eq!(read_csv_record("\"target=/a,b\",ro").unwrap(), vec!["target=/a,b", "ro"]);
+        assert_eq!(
+            read_csv_record("\"target=/a,b\",ro").unwrap(),
+            vec!["target=/a,b", "ro"]
+        );
         assert_eq!(read_csv_record("a,,b").unwrap(), vec!["a", "", "b"]);
         assert_eq!(read_csv_record("\"x\"\"y\"").unwrap(), vec!["x\"y"]);
         assert!(read_csv_record("\"x\"y").is_err());
@@ -670,7 +759,9 @@ mod tests {
         })
         .unwrap()
         .unwrap();
-        assert!(matches!(m, Mount::Cache(c) if c.target == "/cache" && c.id.as_deref() == Some("x")));
+        assert!(
+            matches!(m, Mount::Cache(c) if c.target == "/cache" && c.id.as_deref() == Some("x"))
+        );
         let failed = Mount::parse::<String>("target=$X", |_| Err("bad".to_string()));
         assert_eq!(failed, Err("bad".to_string()));
     }

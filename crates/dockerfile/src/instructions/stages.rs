@@ -48,7 +48,11 @@ pub fn stages(ast: &Ast) -> Result<Stages, Error> {
     let mut stages: Vec<Stage> = Vec::new();
     for instruction in from_ast(ast)? {
         match instruction {
-            Instruction::From(from) => stages.push(Stage { index: stages.len(), from, commands: Vec::new() }),
+            Instruction::From(from) => stages.push(Stage {
+                index: stages.len(),
+                from,
+                commands: Vec::new(),
+            }),
             Instruction::Arg(arg) if stages.is_empty() => meta_args.push(arg),
             other => match stages.last_mut() {
                 Some(stage) => stage.commands.push(other),

@@ -14,7 +14,13 @@ pub(crate) fn match_directive(line: &str) -> Option<(String, String)> {
     let rest = line.strip_prefix('#')?.trim_start_matches(is_go_ws);
     let name_len = rest
         .char_indices()
-        .take_while(|(i, c)| if *i == 0 { c.is_ascii_alphabetic() } else { c.is_ascii_alphanumeric() })
+        .take_while(|(i, c)| {
+            if *i == 0 {
+                c.is_ascii_alphabetic()
+            } else {
+                c.is_ascii_alphanumeric()
+            }
+        })
         .count();
     if name_len == 0 {
         return None;
@@ -45,7 +51,11 @@ pub(crate) struct DirectiveParser {
 
 impl Default for DirectiveParser {
     fn default() -> Self {
-        DirectiveParser { escape: '\\', found: Vec::new(), done: false }
+        DirectiveParser {
+            escape: '\\',
+            found: Vec::new(),
+            done: false,
+        }
     }
 }
 
@@ -65,7 +75,10 @@ impl DirectiveParser {
             self.done = true;
             return Ok(());
         }
-        let at = Some(SourceRange { start_line: line_no, end_line: line_no });
+        let at = Some(SourceRange {
+            start_line: line_no,
+            end_line: line_no,
+        });
         if self.found.iter().any(|d| d.name == name) {
             return Err(Error::new(
                 ErrorKind::Syntax,
@@ -86,7 +99,11 @@ impl DirectiveParser {
                 }
             };
         }
-        self.found.push(Directive { name, value, line: line_no });
+        self.found.push(Directive {
+            name,
+            value,
+            line: line_no,
+        });
         Ok(())
     }
 }
@@ -100,8 +117,14 @@ mod tests {
         let m = |s: &str| match_directive(s);
         assert_eq!(m("# escape=`"), Some(("escape".into(), "`".into())));
         assert_eq!(m("#escape =  ` "), Some(("escape".into(), "`".into())));
-        assert_eq!(m("# Syntax=docker/dockerfile:1"), Some(("Syntax".into(), "docker/dockerfile:1".into())));
-        assert_eq!(m("# check=skip=all;error=true"), Some(("check".into(), "skip=all;error=true".into())));
+        assert_eq!(
+            m("# Syntax=docker/dockerfile:1"),
+            Some(("Syntax".into(), "docker/dockerfile:1".into()))
+        );
+        assert_eq!(
+            m("# check=skip=all;error=true"),
+            Some(("check".into(), "skip=all;error=true".into()))
+        );
         assert_eq!(m("# escape= "), Some(("escape".into(), " ".into())));
         assert_eq!(m("# escape="), None);
         assert_eq!(m("# 1x=y"), None);

@@ -38,8 +38,17 @@ pub struct Error {
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind, range: Option<SourceRange>, message: impl Into<String>) -> Error {
-        Error { file: "Dockerfile".to_string(), range, kind, message: message.into() }
+    pub(crate) fn new(
+        kind: ErrorKind,
+        range: Option<SourceRange>,
+        message: impl Into<String>,
+    ) -> Error {
+        Error {
+            file: "Dockerfile".to_string(),
+            range,
+            kind,
+            message: message.into(),
+        }
     }
 
     pub(crate) fn in_file(mut self, file: &str) -> Error {

@@ -205,16 +205,31 @@ mod tests {
     #[test]
     fn detects_heredoc_words() {
         assert_eq!(names("RUN <<EOF"), vec![("EOF".into(), true, false, 0)]);
-        assert_eq!(names("RUN <<-EOT bash"), vec![("EOT".into(), true, true, 0)]);
-        assert_eq!(names("COPY <<\"EOF\" /x"), vec![("EOF".into(), false, false, 0)]);
-        assert_eq!(names("COPY <<'EOF' /x"), vec![("EOF".into(), false, false, 0)]);
-        assert_eq!(names("RUN 3<<EOF cat /dev/fd/3"), vec![("EOF".into(), true, false, 3)]);
+        assert_eq!(
+            names("RUN <<-EOT bash"),
+            vec![("EOT".into(), true, true, 0)]
+        );
+        assert_eq!(
+            names("COPY <<\"EOF\" /x"),
+            vec![("EOF".into(), false, false, 0)]
+        );
+        assert_eq!(
+            names("COPY <<'EOF' /x"),
+            vec![("EOF".into(), false, false, 0)]
+        );
+        assert_eq!(
+            names("RUN 3<<EOF cat /dev/fd/3"),
+            vec![("EOF".into(), true, false, 3)]
+        );
         assert_eq!(
             names("RUN <<A cat && <<B cat"),
             vec![("A".into(), true, false, 0), ("B".into(), true, false, 0)]
         );
         assert_eq!(names("RUN E\"O\"F"), vec![]);
-        assert_eq!(names("RUN <<E\"O\"F"), vec![("EOF".into(), false, false, 0)]);
+        assert_eq!(
+            names("RUN <<E\"O\"F"),
+            vec![("EOF".into(), false, false, 0)]
+        );
     }
 
     #[test]
@@ -228,8 +243,14 @@ mod tests {
 
     #[test]
     fn lexing() {
-        assert_eq!(lex_words("a 'b c' \"d\\\"e\"", false), vec!["a", "b c", "d\"e"]);
-        assert_eq!(lex_words("a 'b c' \"d\\\"e\"", true), vec!["a", "'b c'", "\"d\\\"e\""]);
+        assert_eq!(
+            lex_words("a 'b c' \"d\\\"e\"", false),
+            vec!["a", "b c", "d\"e"]
+        );
+        assert_eq!(
+            lex_words("a 'b c' \"d\\\"e\"", true),
+            vec!["a", "'b c'", "\"d\\\"e\""]
+        );
         assert_eq!(lex_words("x$HOME ${A:-b}y", false), vec!["x", "y"]);
         assert_eq!(lex_words("''", false), vec![""]);
     }

@@ -29,10 +29,13 @@ pub fn parse(text: &str) -> Result<Ast, Error> {
 /// Parses Dockerfile text; `file` is the name used in errors and kept in
 /// [`Ast::file`].
 pub fn parse_named(text: &str, file: &str) -> Result<Ast, Error> {
-    Parser::new(text).run().map(|mut ast| {
-        ast.file = file.to_string();
-        ast
-    }).map_err(|e| e.in_file(file))
+    Parser::new(text)
+        .run()
+        .map(|mut ast| {
+            ast.file = file.to_string();
+            ast
+        })
+        .map_err(|e| e.in_file(file))
 }
 
 /// Line source that behaves like Go's `bufio.Scanner` with BuildKit's
@@ -54,13 +57,23 @@ impl<'a> Lines<'a> {
             Some(i) => self.rest.split_at(i + 1),
             None => (self.rest, ""),
         };
-        let too_long = if line.ends_with('\n') { line.len() > MAX_LINE } else { line.len() >= MAX_LINE };
+        let too_long = if line.ends_with('\n') {
+            line.len() > MAX_LINE
+        } else {
+            line.len() >= MAX_LINE
+        };
         if too_long {
             let at = self.count + 1;
             return Err(Error::new(
                 ErrorKind::Syntax,
-                Some(SourceRange { start_line: at, end_line: at }),
-                format!("dockerfile line greater than max allowed size of {}", MAX_LINE - 1),
+                Some(SourceRange {
+                    start_line: at,
+                    end_line: at,
+                }),
+                format!(
+                    "dockerfile line greater than max allowed size of {}",
+                    MAX_LINE - 1
+                ),
             ));
         }
         self.rest = rest;
@@ -92,7 +105,10 @@ struct Parser<'a> {
 impl<'a> Parser<'a> {
     fn new(text: &'a str) -> Parser<'a> {
         Parser {
-            lines: Lines { rest: text, count: 0 },
+            lines: Lines {
+                rest: text,
+                count: 0,
+            },
             directives: directives::DirectiveParser::default(),
             nodes: Vec::new(),
             warnings: Vec::new(),
@@ -101,7 +117,12 @@ impl<'a> Parser<'a> {
 
     /// BuildKit's `processLine`: drop the terminator, optionally leading
     /// whitespace, look for a directive, and blank out comment lines.
-    fn process_line(&mut self, raw: &'a str, strip_left: bool, line_no: usize) -> Result<&'a str, Error> {
+    fn process_line(
+        &mut self,
+        raw: &'a str,
+        strip_left: bool,
+        line_no: usize,
+    ) -> Result<&'a str, Error> {
         let mut token = trim_newline(raw);
         if strip_left {
             token = trim_left_space(token);
@@ -164,12 +185,19 @@ impl<'a> Parser<'a> {
                 self.warnings.push(Warning {
                     rule: "NoEmptyContinuation".to_string(),
                     message: format!("Empty continuation line found in: {line}"),
-                    range: SourceRange { start_line: end_line, end_line },
+                    range: SourceRange {
+                        start_line: end_line,
+                        end_line,
+                    },
                 });
             }
-            let range = SourceRange { start_line, end_line };
-            let mut node = node::node_from_line(&line, self.directives.escape, std::mem::take(&mut comments))
-                .map_err(|m| Error::new(m.0, Some(range), m.1))?;
+            let range = SourceRange {
+                start_line,
+                end_line,
+            };
+            let mut node =
+                node::node_from_line(&line, self.directives.escape, std::mem::take(&mut comments))
+                    .map_err(|m| Error::new(m.0, Some(range), m.1))?;
             if node.can_contain_heredoc() && line.contains("<<") {
                 let docs = heredoc::heredocs_from_line(&line)
                     .map_err(|m| Error::new(ErrorKind::Syntax, Some(range), m))?;
@@ -187,13 +215,23 @@ impl<'a> Parser<'a> {
                         doc.content.push_str(raw);
                     }
                     if !terminated {
-                        let end = SourceRange { start_line, end_line: self.lines.count };
-                        return Err(Error::new(ErrorKind::Syntax, Some(end), "unterminated heredoc"));
+                        let end = SourceRange {
+                            start_line,
+                            end_line: self.lines.count,
+                        };
+                        return Err(Error::new(
+                            ErrorKind::Syntax,
+                            Some(end),
+                            "unterminated heredoc",
+                        ));
                     }
                     node.heredocs.push(doc);
                 }
             }
-            node.range = SourceRange { start_line, end_line: self.lines.count };
+            node.range = SourceRange {
+                start_line,
+                end_line: self.lines.count,
+            };
             if let NodeArgs::Sub(child) = &mut node.args {
                 child.range = node.range;
             }
@@ -203,7 +241,10 @@ impl<'a> Parser<'a> {
             let at = self.lines.count.max(1);
             return Err(Error::new(
                 ErrorKind::Syntax,
-                Some(SourceRange { start_line: at, end_line: at }),
+                Some(SourceRange {
+                    start_line: at,
+                    end_line: at,
+                }),
                 "file with no instructions",
             ));
         }

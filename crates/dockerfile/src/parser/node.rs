@@ -1,7 +1,9 @@
 //! One logical line to a [`Node`]: keyword, builder flags and the argument
 //! shape each instruction uses (BuildKit's dispatch table of line parsers).
 
-use super::words::{extract_builder_flags, is_space, parse_json, parse_words, split_re_ws, Json};
+use super::words::{
+    extract_builder_flags, is_space, parse_json, parse_words, split_re_ws, JsonArgs,
+};
 use super::{ErrorKind, Node, NodeArgs, SourceRange};
 
 type NodeResult<T> = Result<T, (ErrorKind, String)>;
@@ -50,7 +52,10 @@ pub(crate) fn node_from_line(line: &str, escape: char, comments: Vec<String>) ->
         json,
         heredocs: Vec::new(),
         original: line.to_string(),
-        range: SourceRange { start_line: 0, end_line: 0 },
+        range: SourceRange {
+            start_line: 0,
+            end_line: 0,
+        },
         comments,
     })
 }
@@ -76,17 +81,17 @@ fn maybe_json(rest: &str) -> NodeResult<(NodeArgs, bool)> {
         return Ok((NodeArgs::Empty, false));
     }
     match parse_json(rest) {
-        Json::Array(words) => Ok((NodeArgs::Words(words), true)),
-        Json::NotStrings => Err(syntax(NOT_STRINGS)),
-        Json::NotJson => Ok((NodeArgs::Text(rest.to_string()), false)),
+        JsonArgs::Array(words) => Ok((NodeArgs::Words(words), true)),
+        JsonArgs::NotStrings => Err(syntax(NOT_STRINGS)),
+        JsonArgs::Invalid => Ok((NodeArgs::Text(rest.to_string()), false)),
     }
 }
 
 fn maybe_json_to_list(rest: &str) -> NodeResult<(NodeArgs, bool)> {
     match parse_json(rest) {
-        Json::Array(words) => Ok((NodeArgs::Words(words), true)),
-        Json::NotStrings => Err(syntax(NOT_STRINGS)),
-        Json::NotJson => Ok((whitespace_delimited(rest), false)),
+        JsonArgs::Array(words) => Ok((NodeArgs::Words(words), true)),
+        JsonArgs::NotStrings => Err(syntax(NOT_STRINGS)),
+        JsonArgs::Invalid => Ok((whitespace_delimited(rest), false)),
     }
 }
 
@@ -109,7 +114,10 @@ fn name_val(rest: &str, key: &str, escape: char) -> NodeResult<NodeArgs> {
     if !words[0].contains('=') {
         let parts = split_re_ws(rest, 2);
         if parts.len() < 2 {
-            return Err((ErrorKind::Argument, format!("{key} must have two arguments")));
+            return Err((
+                ErrorKind::Argument,
+                format!("{key} must have two arguments"),
+            ));
         }
         return Ok(NodeArgs::KeyValues {
             pairs: vec![(parts[0].clone(), parts[1].clone())],
@@ -123,12 +131,18 @@ fn name_val(rest: &str, key: &str, escape: char) -> NodeResult<NodeArgs> {
             None => {
                 return Err((
                     ErrorKind::Argument,
-                    format!("Syntax error - can't find = in {}. Must be of the form: name=value", go_quote(&word)),
+                    format!(
+                        "Syntax error - can't find = in {}. Must be of the form: name=value",
+                        go_quote(&word)
+                    ),
                 ))
             }
         }
     }
-    Ok(NodeArgs::KeyValues { pairs, legacy: false })
+    Ok(NodeArgs::KeyValues {
+        pairs,
+        legacy: false,
+    })
 }
 
 fn health_config(rest: &str) -> NodeResult<(NodeArgs, bool)> {
@@ -139,7 +153,13 @@ fn health_config(rest: &str) -> NodeResult<(NodeArgs, bool)> {
     let test_type = rest[..sep].to_string();
     let after = rest[sep..].trim_start_matches(is_space);
     let (command, json) = maybe_json(after)?;
-    Ok((NodeArgs::Healthcheck { test_type, command: Box::new(command) }, json))
+    Ok((
+        NodeArgs::Healthcheck {
+            test_type,
+            command: Box::new(command),
+        },
+        json,
+    ))
 }
 
 /// Go's `%q` for a string: double-quoted with Go escapes.
@@ -157,7 +177,9 @@ pub(crate) fn go_quote(s: &str) -> String {
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
             '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -173,7 +195,10 @@ impl Node {
             NodeArgs::Sub(child) if self.keyword.eq_ignore_ascii_case("onbuild") => child,
             _ => self,
         };
-        matches!(node.keyword.to_ascii_lowercase().as_str(), "run" | "copy" | "add") && !node.json
+        matches!(
+            node.keyword.to_ascii_lowercase().as_str(),
+            "run" | "copy" | "add"
+        ) && !node.json
     }
 }
 
@@ -187,15 +212,24 @@ mod tests {
 
     #[test]
     fn shapes() {
-        assert_eq!(n("FROM  a  AS b").args, NodeArgs::Words(vec!["a".into(), "AS".into(), "b".into()]));
+        assert_eq!(
+            n("FROM  a  AS b").args,
+            NodeArgs::Words(vec!["a".into(), "AS".into(), "b".into()])
+        );
         assert_eq!(n("RUN echo hi").args, NodeArgs::Text("echo hi".into()));
         let run = n("RUN [\"echo\", \"hi\"]");
         assert!(run.json);
         assert_eq!(run.args, NodeArgs::Words(vec!["echo".into(), "hi".into()]));
-        assert_eq!(n("RUN [\"echo\", hi]").args, NodeArgs::Text("[\"echo\", hi]".into()));
+        assert_eq!(
+            n("RUN [\"echo\", hi]").args,
+            NodeArgs::Text("[\"echo\", hi]".into())
+        );
         assert_eq!(n("CMD").args, NodeArgs::Empty);
         assert_eq!(n("user  bob ").args, NodeArgs::Text("bob".into()));
-        assert_eq!(n("COPY a b").args, NodeArgs::Words(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            n("COPY a b").args,
+            NodeArgs::Words(vec!["a".into(), "b".into()])
+        );
         assert_eq!(n("BOGUS a b").args, NodeArgs::Empty);
         assert_eq!(n("BOGUS a b").keyword, "BOGUS");
     }
@@ -204,19 +238,28 @@ mod tests {
     fn key_values() {
         assert_eq!(
             n("ENV a b c").args,
-            NodeArgs::KeyValues { pairs: vec![("a".into(), "b c".into())], legacy: true }
+            NodeArgs::KeyValues {
+                pairs: vec![("a".into(), "b c".into())],
+                legacy: true
+            }
         );
         assert_eq!(
             n("LABEL a=1 \"b c\"=\"d e\"").args,
             NodeArgs::KeyValues {
-                pairs: vec![("a".into(), "1".into()), ("\"b c\"".into(), "\"d e\"".into())],
+                pairs: vec![
+                    ("a".into(), "1".into()),
+                    ("\"b c\"".into(), "\"d e\"".into())
+                ],
                 legacy: false
             }
         );
         let e = node_from_line("ENV a", '\\', vec![]).unwrap_err();
         assert_eq!(e.1, "ENV must have two arguments");
         let e = node_from_line("ENV a=1 b", '\\', vec![]).unwrap_err();
-        assert_eq!(e.1, "Syntax error - can't find = in \"b\". Must be of the form: name=value");
+        assert_eq!(
+            e.1,
+            "Syntax error - can't find = in \"b\". Must be of the form: name=value"
+        );
     }
 
     #[test]
@@ -231,10 +274,15 @@ mod tests {
     fn healthcheck_and_onbuild() {
         assert_eq!(
             n("HEALTHCHECK --interval=5s CMD curl x").args,
-            NodeArgs::Healthcheck { test_type: "CMD".into(), command: Box::new(NodeArgs::Text("curl x".into())) }
+            NodeArgs::Healthcheck {
+                test_type: "CMD".into(),
+                command: Box::new(NodeArgs::Text("curl x".into()))
+            }
         );
         let ob = n("ONBUILD RUN --mount=type=cache,target=/x make");
-        let NodeArgs::Sub(child) = &ob.args else { panic!("not a sub node: {ob:?}") };
+        let NodeArgs::Sub(child) = &ob.args else {
+            panic!("not a sub node: {ob:?}")
+        };
         assert_eq!(child.keyword, "RUN");
         assert_eq!(child.flags, vec!["--mount=type=cache,target=/x"]);
         assert!(ob.can_contain_heredoc());

@@ -21,11 +21,19 @@ pub(crate) fn distance(a: &str, b: &str) -> usize {
 /// Case-insensitive matching answers in the case of `value` when it is all
 /// lower or all upper case.
 pub(crate) fn suggest(value: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
-    let val = if case_sensitive { value.to_string() } else { value.to_lowercase() };
+    let val = if case_sensitive {
+        value.to_string()
+    } else {
+        value.to_lowercase()
+    };
     let mut best: Option<String> = None;
     let mut min = 3;
     for opt in options {
-        let o = if case_sensitive { opt.to_string() } else { opt.to_lowercase() };
+        let o = if case_sensitive {
+            opt.to_string()
+        } else {
+            opt.to_lowercase()
+        };
         if o == val {
             return None;
         }

@@ -215,31 +215,31 @@ pub(crate) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
 }
 
 /// Outcome of trying the JSON exec form.
-pub(crate) enum Json {
+pub(crate) enum JsonArgs {
     /// A JSON array of strings.
     Array(Vec<String>),
     /// Not a JSON array (fall back to the non-JSON shape).
-    NotJson,
+    Invalid,
     /// A JSON array with a non-string element: an error in BuildKit.
     NotStrings,
 }
 
-pub(crate) fn parse_json(rest: &str) -> Json {
+pub(crate) fn parse_json(rest: &str) -> JsonArgs {
     let rest = rest.trim_start_matches(is_space);
     if !rest.starts_with('[') {
-        return Json::NotJson;
+        return JsonArgs::Invalid;
     }
     match serde_json::from_str::<Vec<serde_json::Value>>(rest) {
-        Err(_) => Json::NotJson,
+        Err(_) => JsonArgs::Invalid,
         Ok(values) => {
             let mut out = Vec::with_capacity(values.len());
             for v in values {
                 match v {
                     serde_json::Value::String(s) => out.push(s),
-                    _ => return Json::NotStrings,
+                    _ => return JsonArgs::NotStrings,
                 }
             }
-            Json::Array(out)
+            JsonArgs::Array(out)
         }
     }
 }
@@ -251,7 +251,10 @@ mod tests {
     #[test]
     fn words_keep_quotes_and_escapes() {
         assert_eq!(parse_words("a  b\tc", '\\'), vec!["a", "b", "c"]);
-        assert_eq!(parse_words(r#"k="a b" x='c d'"#, '\\'), vec![r#"k="a b""#, "x='c d'"]);
+        assert_eq!(
+            parse_words(r#"k="a b" x='c d'"#, '\\'),
+            vec![r#"k="a b""#, "x='c d'"]
+        );
         assert_eq!(parse_words(r"a\ b c", '\\'), vec![r"a\ b", "c"]);
         assert_eq!(parse_words(r#""a\"b" c"#, '\\'), vec![r#""a\"b""#, "c"]);
         assert_eq!(parse_words(r"'a\' b", '\\'), vec![r"'a\'", "b"]);
@@ -266,16 +269,28 @@ mod tests {
     fn flags_are_taken_off_the_front() {
         assert_eq!(
             extract_builder_flags("--from=a --chown=\"1 2\" src dst"),
-            ("src dst".to_string(), vec!["--from=a".to_string(), "--chown=1 2".to_string()])
+            (
+                "src dst".to_string(),
+                vec!["--from=a".to_string(), "--chown=1 2".to_string()]
+            )
         );
-        assert_eq!(extract_builder_flags("--link"), (String::new(), vec!["--link".to_string()]));
+        assert_eq!(
+            extract_builder_flags("--link"),
+            (String::new(), vec!["--link".to_string()])
+        );
         assert_eq!(
             extract_builder_flags("-- --not-a-flag x"),
             (" --not-a-flag x".to_string(), vec![])
         );
         assert_eq!(extract_builder_flags("-x"), ("-x".to_string(), vec![]));
-        assert_eq!(extract_builder_flags("--a=\\\"b"), (String::new(), vec!["--a=\"b".to_string()]));
-        assert_eq!(extract_builder_flags("--a='' x"), ("x".to_string(), vec!["--a=".to_string()]));
+        assert_eq!(
+            extract_builder_flags("--a=\\\"b"),
+            (String::new(), vec!["--a=\"b".to_string()])
+        );
+        assert_eq!(
+            extract_builder_flags("--a='' x"),
+            ("x".to_string(), vec!["--a=".to_string()])
+        );
     }
 
     #[test]
@@ -287,10 +302,10 @@ mod tests {
 
     #[test]
     fn json_forms() {
-        assert!(matches!(parse_json(r#" ["a", "b"] "#), Json::Array(v) if v == ["a", "b"]));
-        assert!(matches!(parse_json(r#"["a", 1]"#), Json::NotStrings));
-        assert!(matches!(parse_json(r#"["a" "b"]"#), Json::NotJson));
-        assert!(matches!(parse_json("echo [x]"), Json::NotJson));
-        assert!(matches!(parse_json("[]"), Json::Array(v) if v.is_empty()));
+        assert!(matches!(parse_json(r#" ["a", "b"] "#), JsonArgs::Array(v) if v == ["a", "b"]));
+        assert!(matches!(parse_json(r#"["a", 1]"#), JsonArgs::NotStrings));
+        assert!(matches!(parse_json(r#"["a" "b"]"#), JsonArgs::Invalid));
+        assert!(matches!(parse_json("echo [x]"), JsonArgs::Invalid));
+        assert!(matches!(parse_json("[]"), JsonArgs::Array(v) if v.is_empty()));
     }
 }
