@@ -17,6 +17,9 @@ use crate::credentials::{Credential, Credentials};
 use crate::error::{Error, Result};
 use crate::reference::api_host;
 
+/// Longest `Retry-After` honoured; longer asks wait this long instead.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// How a [`Client`] talks to registries.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -33,7 +36,8 @@ pub struct ClientOptions {
     pub chunk_size: u64,
     /// How many blobs are transferred at the same time.
     pub concurrency: usize,
-    /// Attempts per request on 429, 5xx and connection errors (at least 1).
+    /// Attempts per request on 429, 5xx and connection errors (at least 1);
+    /// a `Retry-After` in seconds (up to 30) replaces the backoff delay.
     pub max_attempts: u32,
     /// First retry delay; doubled on each further attempt.
     pub retry_delay: Duration,
@@ -541,6 +545,7 @@ impl Client {
                 builder = builder.body(body.clone());
             }
             let last = attempt == attempts;
+            let mut pause = None;
             match builder.send().await {
                 Ok(response) => {
                     let status = response.status();
@@ -550,6 +555,15 @@ impl Client {
                         return Ok(response);
                     }
                     tracing::debug!(%registry, url = %req.url, %status, "retrying");
+                    // A registry that says when to come back is believed, within reason.
+                    if let Some(secs) = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        pause = Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+                    }
                 }
                 Err(e) => {
                     let transient =
@@ -565,7 +579,7 @@ impl Client {
                 }
             }
             Counters::add(&self.inner.counters.retries, 1);
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(pause.unwrap_or(delay)).await;
             delay = delay.saturating_mul(2);
         }
         // The loop returns on its last attempt.

@@ -360,17 +360,18 @@ async fn transient_errors_are_retried() {
     let calls = std::sync::Arc::new(AtomicU32::new(0));
     let calls2 = calls.clone();
     let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec();
-    let server = TinyServer::start(move |_| {
-        if calls2.fetch_add(1, Ordering::SeqCst) < 2 {
-            Canned {
-                status: 503,
-                headers: vec![],
-                body: vec![],
-                ..Default::default()
-            }
-        } else {
-            Canned::ok(OCI_INDEX, body.clone())
-        }
+    let server = TinyServer::start(move |_| match calls2.fetch_add(1, Ordering::SeqCst) {
+        0 => Canned {
+            status: 503,
+            ..Default::default()
+        },
+        // Asks for a 1 s pause, shorter than the client's own backoff.
+        1 => Canned {
+            status: 429,
+            headers: vec![("Retry-After".into(), "1".into())],
+            ..Default::default()
+        },
+        _ => Canned::ok(OCI_INDEX, body.clone()),
     })
     .await;
     let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
@@ -378,12 +379,35 @@ async fn transient_errors_are_retried() {
         ..Default::default()
     })
     .unwrap();
-    let (desc, _) = client
-        .resolve(&r(&format!("127.0.0.1:{}/flaky/app:1", server.port)))
-        .await
-        .unwrap();
+    let reference = r(&format!("127.0.0.1:{}/flaky/app:1", server.port));
+    let started = std::time::Instant::now();
+    let (desc, _) = client.resolve(&reference).await.unwrap();
     assert_eq!(desc.media_type().to_string(), OCI_INDEX);
     assert_eq!(client.stats().retries, 2);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After honoured"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // Bounded: a registry that keeps failing gets max_attempts tries, then an error.
+    let failing = TinyServer::start(|_| Canned {
+        status: 502,
+        ..Default::default()
+    })
+    .await;
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        retry_delay: std::time::Duration::from_millis(5),
+        max_attempts: 3,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = client
+        .resolve(&r(&format!("127.0.0.1:{}/down/app:1", failing.port)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Registry { status: 502, .. }), "{err}");
+    assert_eq!(failing.seen.lock().unwrap().len(), 3);
 }
 
 /// A local IPv4 address that is not loopback, so the client treats it as remote.
