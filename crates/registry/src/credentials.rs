@@ -11,13 +11,13 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::reference::DOCKER_HUB;
+use crate::reference::{DOCKER_HUB, DOCKER_HUB_ENDPOINT, DOCKER_HUB_LEGACY};
 
 /// Key Docker writes in `config.json` for Docker Hub, and the server URL it hands
 /// to credential helpers for Docker Hub.
 const DOCKER_HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
 /// Other names that mean Docker Hub in `auths` keys.
-const DOCKER_HUB_ALIASES: [&str; 3] = ["index.docker.io", "docker.io", "registry-1.docker.io"];
+const DOCKER_HUB_ALIASES: [&str; 3] = [DOCKER_HUB_LEGACY, DOCKER_HUB, DOCKER_HUB_ENDPOINT];
 /// Secret name the CLI uses when `--registry-secret` is not given; when it is the
 /// default, credentials silently come from Docker's config instead.
 pub const DEFAULT_REGISTRY_SECRET: &str = "buildkit";
@@ -489,7 +489,8 @@ mod tests {
     #[test]
     fn keys_normalize_like_docker() {
         assert_eq!(normalize_key(DOCKER_HUB_CONFIG_KEY), "docker.io");
-        assert_eq!(normalize_key("index.docker.io"), "docker.io");
+        assert_eq!(normalize_key(DOCKER_HUB_LEGACY), DOCKER_HUB);
+        assert_eq!(normalize_key(DOCKER_HUB_ENDPOINT), DOCKER_HUB);
         assert_eq!(
             normalize_key("https://myregistry.example/v2/"),
             "myregistry.example"

@@ -12,7 +12,7 @@ pub(crate) const DOCKER_HUB: &str = "docker.io";
 /// The host that serves Docker Hub's distribution API.
 pub(crate) const DOCKER_HUB_ENDPOINT: &str = "registry-1.docker.io";
 /// Older spelling of Docker Hub's name, accepted in references and normalized away.
-const DOCKER_HUB_LEGACY: &str = "index.docker.io";
+pub(crate) const DOCKER_HUB_LEGACY: &str = "index.docker.io";
 /// Tag used when a reference names neither a tag nor a digest.
 const DEFAULT_TAG: &str = "latest";
 
