@@ -683,7 +683,14 @@ impl<'a> Exec<'a> {
 
     async fn compute_stage(&'a self, id: StageId) -> Result<Arc<State>, SolveError> {
         let stage = self.plan.stage(id);
-        let total = stage.steps.len() + 1;
+        let is_vertex = |id: &StepId| {
+            matches!(
+                self.plan.step(*id).instruction,
+                Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) | Instruction::Run(_)
+            )
+        };
+        let total = stage.steps.iter().filter(|s| is_vertex(s)).count() + 1;
+        let mut position = 1;
         let label = Self::stage_label(stage);
         let mut state = match &stage.base {
             StageBase::Scratch => Self::scratch_state(&stage.platform)?,
@@ -711,12 +718,14 @@ impl<'a> Exec<'a> {
             s.meta = StageMeta::default();
             state = Arc::new(s);
         }
-        for (i, step_id) in stage.steps.iter().enumerate() {
+        for step_id in stage.steps.iter() {
+            if is_vertex(step_id) {
+                position += 1;
+            }
             let name = format!(
-                "[{} {} {}/{total}] {}",
+                "[{} {} {position}/{total}] {}",
                 self.plan.step(*step_id).platform,
                 label,
-                i + 2,
                 self.plan.step(*step_id).display
             );
             let parent = state.clone();
@@ -775,7 +784,14 @@ impl<'a> Exec<'a> {
             }
             Instruction::From(_) => return Ok(parent),
             _ => {
-                // Metadata: config only, no vertex, no layer.
+                // Metadata: config only, no vertex, no layer. Recorded in the
+                // cache too, so a rebuild keeps its history times and digests.
+                let key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&step.instruction)]);
+                if !self.solver.opts.no_cache {
+                    if let Some(st) = self.cached(&key, &parent)? {
+                        return Ok(Arc::new(st));
+                    }
+                }
                 let mut st = (*parent).clone();
                 let created = now_rfc3339(self.solver.opts.source_date_epoch);
                 if let Some(text) = config::apply(&mut st.config, &mut st.meta, &step.instruction, None)
@@ -783,7 +799,8 @@ impl<'a> Exec<'a> {
                 {
                     st.config.push_empty_layer(config::history(&created, text, true));
                 }
-                st.key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&step.instruction)]);
+                st.key = key.clone();
+                self.record(&key, &st, None)?;
                 return Ok(Arc::new(st));
             }
         }
