@@ -121,7 +121,7 @@ impl Conv<'_> {
     }
 
     fn convert(&self) -> R<Instruction> {
-        let keyword = self.node.keyword.to_ascii_lowercase();
+        let keyword = self.node.keyword.to_lowercase();
         Ok(match keyword.as_str() {
             "env" => {
                 self.flags(&[])?;
@@ -280,7 +280,7 @@ impl Conv<'_> {
                     return arg_err(at_least_one("SHELL"));
                 }
                 if !self.node.json {
-                    return arg_err("SHELL requires the arguments to be in JSON form");
+                    return arg_err(not_json("SHELL", &self.node.original));
                 }
                 Instruction::Shell(Shell {
                     shell: args,
@@ -321,7 +321,7 @@ impl Conv<'_> {
         let args = self.args();
         let name = match args.len() {
             3 if args[1].eq_ignore_ascii_case("as") => {
-                let name = args[2].to_ascii_lowercase();
+                let name = args[2].to_lowercase();
                 if !valid_stage_name(&name) {
                     return arg_err(format!(
                         "invalid name for build stage: {}, name can't start with a number or contain symbols",
@@ -570,6 +570,25 @@ impl Conv<'_> {
             range: self.range(),
             original: self.original(),
         }))
+    }
+}
+
+/// BuildKit's `errNotJSON`, with its hint for unescaped Windows paths.
+fn not_json(keyword: &str, original: &str) -> String {
+    let lower = original
+        .to_lowercase()
+        .replace(&format!("{} ", keyword.to_lowercase()), "");
+    let b = lower.as_bytes();
+    let unescaped_drive_path = b
+        .windows(4)
+        .any(|w| w[0] == b'"' && w[1].is_ascii_lowercase() && w[2] == b':' && w[3] == b'\\');
+    if unescaped_drive_path && !lower.contains("\\\\") && lower.contains('[') && lower.contains(']')
+    {
+        format!(
+            "{keyword} requires the arguments to be in JSON form. It looks like '{lower}' includes a file path without an escaped back-slash. JSON requires back-slashes to be escaped such as [\"c:\\\\path\\\\to\\\\file.exe\", \"/parameter\"]"
+        )
+    } else {
+        format!("{keyword} requires the arguments to be in JSON form")
     }
 }
 

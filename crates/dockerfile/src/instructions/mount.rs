@@ -346,9 +346,9 @@ impl Mount {
         let mut env = None;
         for field in &fields {
             let (key, raw) = match field.split_once('=') {
-                Some((k, v)) => (k.to_ascii_lowercase(), v),
+                Some((k, v)) => (k.to_lowercase(), v),
                 None => {
-                    let key = field.to_ascii_lowercase();
+                    let key = field.to_lowercase();
                     match key.as_str() {
                         "readonly" | "ro" => {
                             read_only = true;
@@ -378,7 +378,7 @@ impl Mount {
             let bad = |key: &str| err(format!("invalid value for {key}: {value}"));
             match key.as_str() {
                 "type" => {
-                    kind = match value.to_ascii_lowercase().as_str() {
+                    kind = match value.to_lowercase().as_str() {
                         "bind" => Kind::Bind,
                         "cache" => Kind::Cache,
                         "tmpfs" => Kind::Tmpfs,
@@ -444,7 +444,7 @@ impl Mount {
                 }
                 "id" => id = Some(value),
                 "sharing" => {
-                    sharing = Some(match value.to_ascii_lowercase().as_str() {
+                    sharing = Some(match value.to_lowercase().as_str() {
                         "shared" => Sharing::Shared,
                         "private" => Sharing::Private,
                         "locked" => Sharing::Locked,

@@ -24,7 +24,7 @@ pub(crate) fn node_from_line(line: &str, escape: char, comments: Vec<String>) ->
         None => (String::new(), Vec::new()),
     };
     let rest = rest.trim_matches(is_space).to_string();
-    let (args, json) = match keyword.to_ascii_lowercase().as_str() {
+    let (args, json) = match keyword.to_lowercase().as_str() {
         "add" | "copy" | "volume" => maybe_json_to_list(&rest)?,
         "arg" => (name_or_name_val(&rest, escape), false),
         "cmd" | "entrypoint" | "run" | "shell" => maybe_json(&rest)?,
@@ -195,10 +195,7 @@ impl Node {
             NodeArgs::Sub(child) if self.keyword.eq_ignore_ascii_case("onbuild") => child,
             _ => self,
         };
-        matches!(
-            node.keyword.to_ascii_lowercase().as_str(),
-            "run" | "copy" | "add"
-        ) && !node.json
+        matches!(node.keyword.to_lowercase().as_str(), "run" | "copy" | "add") && !node.json
     }
 }
 
