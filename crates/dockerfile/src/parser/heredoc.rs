@@ -6,65 +6,26 @@
 use super::words::is_space;
 use super::Heredoc;
 
-/// Splits shell words with an empty environment: quotes and escapes are kept
-/// when `raw`, removed otherwise; `$name` and `${...}` expand to nothing.
+/// Splits shell words the way BuildKit's lexer does for heredoc detection:
+/// quotes and escapes kept when `raw`, removed otherwise; variables are left
+/// as written (`SkipUnsetEnv` with an empty environment); `<<` swallows the
+/// blanks after it so `<< EOF` stays one word; empty words are dropped.
 pub(crate) fn lex_words(s: &str, raw: bool) -> Vec<String> {
     let chars: Vec<char> = s.chars().collect();
     let mut words = Vec::new();
     let mut word = String::new();
-    let mut in_word = false;
     let mut i = 0;
-    let push_var = |i: &mut usize| {
-        // chars[*i] == '$'; returns true when a variable was consumed.
-        match chars.get(*i + 1) {
-            Some('{') => {
-                let mut depth = 0usize;
-                let mut j = *i + 1;
-                while j < chars.len() {
-                    match chars[j] {
-                        '{' => depth += 1,
-                        '}' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                *i = j + 1;
-                                return true;
-                            }
-                        }
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                *i = chars.len();
-                true
-            }
-            Some(c) if c.is_ascii_alphanumeric() || *c == '_' => {
-                let mut j = *i + 1;
-                if c.is_ascii_digit() {
-                    j += 1;
-                } else {
-                    while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
-                        j += 1;
-                    }
-                }
-                *i = j;
-                true
-            }
-            _ => false,
-        }
-    };
     while i < chars.len() {
         let c = chars[i];
         if is_space(c) {
-            if in_word {
+            if !word.is_empty() {
                 words.push(std::mem::take(&mut word));
-                in_word = false;
             }
             i += 1;
             continue;
         }
         match c {
             '\'' => {
-                in_word = true;
                 if raw {
                     word.push('\'');
                 }
@@ -81,27 +42,22 @@ pub(crate) fn lex_words(s: &str, raw: bool) -> Vec<String> {
                 }
             }
             '"' => {
-                in_word = true;
                 if raw {
                     word.push('"');
                 }
                 i += 1;
                 while i < chars.len() && chars[i] != '"' {
-                    match chars[i] {
-                        '\\' if i + 1 < chars.len() => {
-                            let next = chars[i + 1];
-                            // Inside double quotes only these are escapes.
-                            if raw || !matches!(next, '"' | '\\' | '$' | '`') {
-                                word.push('\\');
-                            }
-                            word.push(next);
-                            i += 2;
+                    if chars[i] == '\\' && i + 1 < chars.len() {
+                        let next = chars[i + 1];
+                        // Inside double quotes only these are escapes.
+                        if raw || !matches!(next, '"' | '\\' | '$' | '`') {
+                            word.push('\\');
                         }
-                        '$' if push_var(&mut i) => {}
-                        ch => {
-                            word.push(ch);
-                            i += 1;
-                        }
+                        word.push(next);
+                        i += 2;
+                    } else {
+                        word.push(chars[i]);
+                        i += 1;
                     }
                 }
                 if i < chars.len() {
@@ -112,7 +68,6 @@ pub(crate) fn lex_words(s: &str, raw: bool) -> Vec<String> {
                 }
             }
             '\\' => {
-                in_word = true;
                 if raw {
                     word.push('\\');
                 }
@@ -121,21 +76,27 @@ pub(crate) fn lex_words(s: &str, raw: bool) -> Vec<String> {
                 }
                 i += 2;
             }
-            '$' if push_var(&mut i) => {}
+            '<' if chars.get(i + 1) == Some(&'<') => {
+                word.push_str("<<");
+                i += 2;
+                while i < chars.len() && matches!(chars[i], ' ' | '\t') {
+                    word.push(chars[i]);
+                    i += 1;
+                }
+            }
             ch => {
-                in_word = true;
                 word.push(ch);
                 i += 1;
             }
         }
     }
-    if in_word {
+    if !word.is_empty() {
         words.push(word);
     }
     words
 }
 
-/// Parses one word as a heredoc start: `^(\d*)<<(-?)([^<]*)$` with a
+/// Parses one word as a heredoc start: `^(\d*)<<(-?)\s*([^<]*)$` with a
 /// non-empty, single-word name. `Err` holds BuildKit's message.
 pub(crate) fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, String> {
     let digits = word.len() - word.trim_start_matches(|c: char| c.is_ascii_digit()).len();
@@ -147,6 +108,7 @@ pub(crate) fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, String> {
         Some(r) => (true, r),
         None => (false, after),
     };
+    let rest = rest.trim_start_matches(['\t', '\n', '\u{c}', '\r', ' ']);
     if rest.is_empty() || rest.contains('<') {
         return Ok(None);
     }
@@ -227,6 +189,17 @@ mod tests {
         );
         assert_eq!(names("RUN E\"O\"F"), vec![]);
         assert_eq!(
+            names("RUN cat << EOF"),
+            vec![("EOF".into(), true, false, 0)]
+        );
+        assert_eq!(names("RUN <<$EOF"), vec![("$EOF".into(), true, false, 0)]);
+        assert_eq!(names("RUN <<eo\\'f"), vec![("eo'f".into(), true, false, 0)]);
+        assert_eq!(names("RUN <<eo'f'"), vec![("eof".into(), false, false, 0)]);
+        assert_eq!(
+            names("RUN <<'one two'"),
+            vec![("one two".into(), false, false, 0)]
+        );
+        assert_eq!(
             names("RUN <<E\"O\"F"),
             vec![("EOF".into(), false, false, 0)]
         );
@@ -238,6 +211,8 @@ mod tests {
         assert!(names("RUN echo 'a <<b'").is_empty());
         assert!(names("RUN cat <<").is_empty());
         assert!(names("RUN cat <<<word").is_empty());
+        assert!(names("RUN cat <<''").is_empty());
+        assert!(names("RUN cat <<- EOF").is_empty());
         assert!(names("RUN echo \\<<EOF").is_empty());
     }
 
@@ -251,8 +226,15 @@ mod tests {
             lex_words("a 'b c' \"d\\\"e\"", true),
             vec!["a", "'b c'", "\"d\\\"e\""]
         );
-        assert_eq!(lex_words("x$HOME ${A:-b}y", false), vec!["x", "y"]);
-        assert_eq!(lex_words("''", false), vec![""]);
+        assert_eq!(
+            lex_words("x$HOME ${A:-b}y", false),
+            vec!["x$HOME", "${A:-b}y"]
+        );
+        assert!(lex_words("''", false).is_empty());
+        assert_eq!(
+            lex_words("cat <<  EOF x", true),
+            vec!["cat", "<<  EOF", "x"]
+        );
     }
 
     #[test]
