@@ -49,11 +49,13 @@ fn conversion_errors_carry_file_line_and_kind() {
     );
     assert_eq!(err.line(), Some(3));
     assert_eq!(err.kind, ErrorKind::UnknownInstruction);
+    assert_eq!(err.source_text.as_deref(), Some("COPPY x y"));
     let err = parse_named("# escape=x\nFROM a\n", "df").unwrap_err();
     assert_eq!(
         err.to_string(),
         "df:1: invalid escape token 'x' does not match ` or \\"
     );
+    assert_eq!(err.source_text.as_deref(), Some("# escape=x"));
 }
 
 #[test]

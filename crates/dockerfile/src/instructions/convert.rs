@@ -40,7 +40,9 @@ pub fn from_ast(ast: &Ast) -> Result<Vec<Instruction>, Error> {
 /// Converts one node. Errors name the file `Dockerfile`; [`from_ast`] uses
 /// the AST's file name.
 pub fn from_node(node: &Node) -> Result<Instruction, Error> {
-    let fail = |kind: ErrorKind, msg: String| Error::new(kind, Some(node.range), msg);
+    let fail = |kind: ErrorKind, msg: String| {
+        Error::new(kind, Some(node.range), msg).with_source(&node.original)
+    };
     Conv { node }.convert().map_err(|(k, m)| fail(k, m))
 }
 

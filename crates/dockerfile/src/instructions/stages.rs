@@ -62,6 +62,7 @@ pub fn stages(ast: &Ast) -> Result<Stages, Error> {
                         Some(other.range()),
                         "no build stage in current context",
                     )
+                    .with_source(other.original())
                     .in_file(&ast.file))
                 }
             },

@@ -35,6 +35,10 @@ pub struct Error {
     pub kind: ErrorKind,
     /// BuildKit's message.
     pub message: String,
+    /// The offending source text when known: the logical line of the
+    /// instruction (continuations joined) or the directive line. Not part
+    /// of `Display`, for renderers that show the source.
+    pub source_text: Option<String>,
 }
 
 impl Error {
@@ -48,7 +52,13 @@ impl Error {
             range,
             kind,
             message: message.into(),
+            source_text: None,
         }
+    }
+
+    pub(crate) fn with_source(mut self, text: &str) -> Error {
+        self.source_text = Some(text.trim().to_string());
+        self
     }
 
     pub(crate) fn in_file(mut self, file: &str) -> Error {

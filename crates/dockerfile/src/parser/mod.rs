@@ -127,7 +127,9 @@ impl<'a> Parser<'a> {
         if strip_left {
             token = trim_left_space(token);
         }
-        self.directives.parse_line(token, line_no)?;
+        self.directives
+            .parse_line(token, line_no)
+            .map_err(|e| e.with_source(token))?;
         Ok(if is_comment(token) { "" } else { token })
     }
 
@@ -197,10 +199,11 @@ impl<'a> Parser<'a> {
             };
             let mut node =
                 node::node_from_line(&line, self.directives.escape, std::mem::take(&mut comments))
-                    .map_err(|m| Error::new(m.0, Some(range), m.1))?;
+                    .map_err(|m| Error::new(m.0, Some(range), m.1).with_source(&line))?;
             if node.can_contain_heredoc() && line.contains("<<") {
-                let docs = heredoc::heredocs_from_line(&line)
-                    .map_err(|m| Error::new(ErrorKind::Syntax, Some(range), m))?;
+                let docs = heredoc::heredocs_from_line(&line).map_err(|m| {
+                    Error::new(ErrorKind::Syntax, Some(range), m).with_source(&line)
+                })?;
                 for mut doc in docs {
                     let mut terminated = false;
                     while let Some(raw) = self.lines.next()? {
@@ -223,7 +226,8 @@ impl<'a> Parser<'a> {
                             ErrorKind::Syntax,
                             Some(end),
                             "unterminated heredoc",
-                        ));
+                        )
+                        .with_source(&line));
                     }
                     node.heredocs.push(doc);
                 }
