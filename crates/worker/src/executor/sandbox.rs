@@ -1,0 +1,530 @@
+//! The helper process: namespaces, mounts, `pivot_root`, credentials,
+//! exec. Runs single-threaded in a freshly executed program, so forking
+//! here is safe.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+
+use super::protocol::{HelperMount, HelperSpec, Status, STATUS_FD};
+use super::DEFAULT_PATH;
+
+/// Capabilities a step's root keeps (Docker's default set); every other
+/// one is dropped from the bounding set before the command runs.
+const KEPT_CAPS: [u32; 14] = [
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+/// The sandbox helper's `main`: reads a spec from stdin, runs it, reports
+/// on descriptor 3, exits. Call it first thing in `main` when the first
+/// argument is [`super::SANDBOX_FLAG`] (or from a binary that exists only
+/// for this); it never returns.
+pub fn helper_main() -> ! {
+    let code = match helper() {
+        Ok(code) => code,
+        Err(message) => {
+            report(&Status::Setup(message));
+            125
+        }
+    };
+    std::process::exit(code)
+}
+
+/// Writes one status line; errors are ignored (the supervisor then sees
+/// the helper end without a status and says so).
+fn report(status: &Status) {
+    let Ok(mut line) = serde_json::to_vec(status) else {
+        return;
+    };
+    line.push(b'\n');
+    let mut rest = &line[..];
+    while !rest.is_empty() {
+        // SAFETY: writes from a valid buffer to a descriptor we do not own;
+        // a closed descriptor only yields EBADF.
+        let n = unsafe { libc::write(STATUS_FD, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn helper() -> Result<i32, String> {
+    let mut input = Vec::new();
+    ctx(io::stdin().read_to_end(&mut input), || {
+        "read the spec from stdin".into()
+    })?;
+    let spec: HelperSpec = ctx(serde_json::from_slice(&input), || "parse the spec".into())?;
+    // SAFETY: fcntl on a plain descriptor number.
+    if unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(format!(
+            "descriptor {STATUS_FD} is not open: {}; the helper must be started by Executor::run",
+            io::Error::last_os_error()
+        ));
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.new_network {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    ctx(unshare(flags), || "unshare namespaces (needs root)".into())?;
+    // Held open by this process only: the init sees it close if we die
+    // before it has asked to die with us.
+    let (alive_r, alive_w) = ctx(nix::unistd::pipe(), || "create a pipe".into())?;
+    // SAFETY: this process is single-threaded.
+    match ctx(unsafe { fork() }, || "fork the sandbox init".into())? {
+        ForkResult::Child => {
+            drop(alive_w);
+            // SAFETY: prctl with integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            let mut fds = [libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&alive_r),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+            if n != 0 {
+                // The helper is gone already.
+                std::process::exit(1);
+            }
+            drop(alive_r);
+            if let Err(message) = init(&spec) {
+                report(&Status::Setup(message));
+                std::process::exit(125);
+            }
+            std::process::exit(0)
+        }
+        ForkResult::Parent { child } => {
+            drop(alive_r);
+            report(&Status::Init(child.as_raw()));
+            while let Err(nix::errno::Errno::EINTR) = waitpid(child, None) {}
+            drop(alive_w);
+            Ok(0)
+        }
+    }
+}
+
+fn mnt(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    ctx(mount(source, target, fstype, flags, data), || {
+        format!(
+            "mount {} on {}",
+            fstype
+                .map(str::to_string)
+                .or_else(|| source.map(|s| s.display().to_string()))
+                .unwrap_or_default(),
+            target.display()
+        )
+    })
+}
+
+/// PID 1 of the step: mounts, pivot_root, then the command; returns when
+/// the command has ended and its status is reported.
+fn init(spec: &HelperSpec) -> Result<(), String> {
+    // SAFETY: umask has no failure mode.
+    unsafe { libc::umask(0o022) };
+    mnt(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let root = &spec.rootfs;
+    mnt(
+        Some(root),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt(
+        Some(Path::new("proc")),
+        &spec.proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
+    setup_dev(&spec.dev_dir)?;
+    let sys_ro = nosuid_nodev_noexec | MsFlags::MS_RDONLY;
+    if mount(
+        Some("sysfs"),
+        &spec.sys_dir,
+        Some("sysfs"),
+        sys_ro,
+        None::<&str>,
+    )
+    .is_err()
+    {
+        mnt(
+            Some(Path::new("/sys")),
+            &spec.sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mnt(
+            None,
+            &spec.sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | sys_ro,
+            None,
+        )?;
+    }
+    for m in &spec.mounts {
+        match m {
+            HelperMount::Bind {
+                source,
+                target,
+                readonly,
+            } => {
+                mnt(
+                    Some(source),
+                    target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                if *readonly {
+                    mnt(
+                        None,
+                        target,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                        None,
+                    )?;
+                }
+            }
+            HelperMount::Tmpfs { target, size } => {
+                let data = match size {
+                    Some(s) => format!("mode=1777,size={s}"),
+                    None => "mode=1777".to_string(),
+                };
+                mnt(
+                    Some(Path::new("tmpfs")),
+                    target,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(&data),
+                )?;
+            }
+        }
+    }
+    ctx(nix::unistd::chdir(root), || {
+        format!("enter {}", root.display())
+    })?;
+    ctx(nix::unistd::pivot_root(".", "."), || {
+        format!("pivot_root into {}", root.display())
+    })?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach the old root".into()
+    })?;
+    ctx(nix::unistd::chdir("/"), || "enter the new root".into())?;
+    ctx(nix::unistd::sethostname(&spec.hostname), || {
+        format!("set the hostname {:?}", spec.hostname)
+    })?;
+    if spec.new_network {
+        ctx(loopback_up(), || "bring up the loopback interface".into())?;
+    }
+    make_cwd(&spec.cwd, spec.uid, spec.gid)?;
+    // SAFETY: single-threaded.
+    match ctx(unsafe { fork() }, || "fork the command".into())? {
+        ForkResult::Child => {
+            let message = exec_command(spec);
+            report(&Status::Exec(message));
+            // SAFETY: leave without running anything of the parent's.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            reap_until(child);
+            Ok(())
+        }
+    }
+}
+
+/// Reaps every child (orphans are re-parented to us) until `main` ends,
+/// then reports its status. The caller exits, and with it the namespace.
+fn reap_until(main: Pid) {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => {
+                report(&Status::Exited(code));
+                return;
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => {
+                report(&Status::Signaled(signal as i32));
+                return;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn setup_dev(dev: &Path) -> Result<(), String> {
+    mnt(
+        Some(Path::new("tmpfs")),
+        dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let host = Path::new("/dev").join(name);
+        if !host.exists() {
+            continue;
+        }
+        let target = dev.join(name);
+        ctx(fs::File::create(&target), || {
+            format!("create {}", target.display())
+        })?;
+        mnt(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    let dir = |name: &str, mode: u32| -> Result<PathBuf, String> {
+        let p = dev.join(name);
+        ctx(fs::DirBuilder::new().mode(mode).create(&p), || {
+            format!("create {}", p.display())
+        })?;
+        Ok(p)
+    };
+    let pts = dir("pts", 0o755)?;
+    mnt(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    let shm = dir("shm", 0o1777)?;
+    mnt(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let mqueue = dir("mqueue", 0o755)?;
+    // Optional: kernels without POSIX message queues lack the filesystem.
+    let _ = mount(
+        Some("mqueue"),
+        &mqueue,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let p = dev.join(link);
+        ctx(std::os::unix::fs::symlink(target, &p), || {
+            format!("create {}", p.display())
+        })?;
+    }
+    Ok(())
+}
+
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq we own.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut result = Ok(());
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            result = Err(io::Error::last_os_error());
+        } else {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
+                result = Err(io::Error::last_os_error());
+            }
+        }
+        libc::close(fd);
+        result
+    }
+}
+
+/// Creates the working directory and missing parents, owned by the step's
+/// user (as BuildKit does); inside the new root, so symlinks resolve there.
+fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), String> {
+    let path = Path::new(cwd);
+    let mut missing = Vec::new();
+    let mut p = Some(path);
+    while let Some(dir) = p {
+        if dir.exists() {
+            break;
+        }
+        missing.push(dir.to_path_buf());
+        p = dir.parent();
+    }
+    for dir in missing.iter().rev() {
+        match fs::DirBuilder::new().mode(0o755).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(format!(
+                    "create the working directory {}: {e}",
+                    dir.display()
+                ))
+            }
+        }
+        ctx(std::os::unix::fs::chown(dir, Some(uid), Some(gid)), || {
+            format!(
+                "give the working directory {} to {uid}:{gid}",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn find_program(argv0: &str, env: &[String]) -> Result<PathBuf, String> {
+    if argv0.contains('/') {
+        return Ok(PathBuf::from(argv0));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(argv0);
+        if let Ok(m) = fs::metadata(&candidate) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err("executable file not found in $PATH".into())
+}
+
+fn drop_capabilities() -> Result<(), String> {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for cap in 0..=last {
+        if KEPT_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(format!("drop capability {cap}: {e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Becomes the command; returns only the reason it could not.
+fn exec_command(spec: &HelperSpec) -> String {
+    let run = || -> Result<std::convert::Infallible, String> {
+        // The command gets default signal handling whatever we inherited.
+        for s in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGTERM] {
+            // SAFETY: restoring default dispositions.
+            let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
+        }
+        if let Some(p) = spec.personality {
+            // SAFETY: personality takes a plain integer.
+            if unsafe { libc::personality(p as libc::c_ulong) } < 0 {
+                return Err(format!(
+                    "set personality {p:#x}: {}",
+                    io::Error::last_os_error()
+                ));
+            }
+        }
+        drop_capabilities()?;
+        let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        ctx(nix::unistd::setgroups(&groups), || {
+            "set the supplementary groups".into()
+        })?;
+        let gid = Gid::from_raw(spec.gid);
+        ctx(nix::unistd::setresgid(gid, gid, gid), || {
+            format!("set gid {}", spec.gid)
+        })?;
+        let uid = Uid::from_raw(spec.uid);
+        ctx(nix::unistd::setresuid(uid, uid, uid), || {
+            format!("set uid {}", spec.uid)
+        })?;
+        ctx(nix::unistd::chdir(Path::new(&spec.cwd)), || {
+            format!("enter the working directory {}", spec.cwd)
+        })?;
+        let null = ctx(fs::File::open("/dev/null"), || "open /dev/null".into())?;
+        ctx(
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0),
+            || "redirect stdin".into(),
+        )?;
+        let argv0 = spec.argv.first().ok_or("the command is empty")?;
+        let program = find_program(argv0, &spec.env)?;
+        let cstr = |s: &[u8]| {
+            CString::new(s).map_err(|_| "an argument or variable contains a NUL byte".to_string())
+        };
+        let path = cstr(program.as_os_str().as_bytes())?;
+        let argv = spec
+            .argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = spec
+            .env
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        nix::unistd::execve(&path, &argv, &env).map_err(|e| e.desc().to_string())
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(message) => message,
+    }
+}
