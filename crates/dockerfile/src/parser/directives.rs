@@ -9,9 +9,11 @@ fn is_go_ws(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\u{c}' | '\r' | ' ')
 }
 
-/// Matches `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
+/// `#`, any Unicode whitespace, then `([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
 pub(crate) fn match_directive(line: &str) -> Option<(String, String)> {
-    let rest = line.strip_prefix('#')?.trim_start_matches(is_go_ws);
+    let rest = line
+        .strip_prefix('#')?
+        .trim_start_matches(char::is_whitespace);
     let name_len = rest
         .char_indices()
         .take_while(|(i, c)| {
@@ -128,6 +130,7 @@ mod tests {
         assert_eq!(m("# escape= "), Some(("escape".into(), " ".into())));
         assert_eq!(m("# escape="), None);
         assert_eq!(m("# 1x=y"), None);
+        assert_eq!(m("#\u{a0}escape=`"), Some(("escape".into(), "`".into())));
         assert_eq!(m("# a b=c"), None);
         assert_eq!(m("escape=x"), None);
     }
