@@ -172,7 +172,7 @@ fn expand_touches_exactly_the_fields_buildkit_expands() {
     assert_eq!(c.from.as_deref(), Some("$V"));
     assert_eq!(c.chown.as_deref(), Some("v1"));
     assert_eq!(c.chmod.as_deref(), Some("v1"));
-    assert_eq!(c.excludes, vec!["v1"]);
+    assert_eq!(c.excludes, vec!["$V"]);
     assert_eq!(c.sources, vec!["v1"]);
     assert_eq!(c.dest, "/dv1");
 
@@ -196,6 +196,16 @@ fn expand_touches_exactly_the_fields_buildkit_expands() {
     assert_eq!(
         (e.vars[0].key.as_str(), e.vars[0].value.as_str()),
         ("v1", "v1 x")
+    );
+
+    let mut arg = only("FROM a\nARG $V=$V\n");
+    arg.expand(&mut Vars).unwrap();
+    let Instruction::Arg(a) = arg else {
+        panic!("not ARG")
+    };
+    assert_eq!(
+        (a.args[0].name.as_str(), a.args[0].default.as_deref()),
+        ("$V", Some("v1"))
     );
 
     let mut bad = only("FROM a\nWORKDIR /$BAD\n");

@@ -282,7 +282,7 @@ impl Conv<'_> {
                     return arg_err(at_least_one("SHELL"));
                 }
                 if !self.node.json {
-                    return arg_err(not_json("SHELL", &self.node.original));
+                    return arg_err(not_json("SHELL"));
                 }
                 Instruction::Shell(Shell {
                     shell: args,
@@ -575,23 +575,10 @@ impl Conv<'_> {
     }
 }
 
-/// BuildKit's `errNotJSON`, with its hint for unescaped Windows paths.
-fn not_json(keyword: &str, original: &str) -> String {
-    let lower = original
-        .to_lowercase()
-        .replace(&format!("{} ", keyword.to_lowercase()), "");
-    let b = lower.as_bytes();
-    let unescaped_drive_path = b
-        .windows(4)
-        .any(|w| w[0] == b'"' && w[1].is_ascii_lowercase() && w[2] == b':' && w[3] == b'\\');
-    if unescaped_drive_path && !lower.contains("\\\\") && lower.contains('[') && lower.contains(']')
-    {
-        format!(
-            "{keyword} requires the arguments to be in JSON form. It looks like '{lower}' includes a file path without an escaped back-slash. JSON requires back-slashes to be escaped such as [\"c:\\\\path\\\\to\\\\file.exe\", \"/parameter\"]"
-        )
-    } else {
-        format!("{keyword} requires the arguments to be in JSON form")
-    }
+/// BuildKit's `errNotJSON` as built for Linux (the Windows build adds a
+/// hint about unescaped backslashes).
+fn not_json(keyword: &str) -> String {
+    format!("{keyword} requires the arguments to be in JSON form")
 }
 
 fn no_destination(keyword: &str) -> String {

@@ -39,13 +39,16 @@ fn pairs<X: Expander>(x: &mut X, kvs: &mut [KeyValue]) -> Result<(), X::Error> {
 
 impl Instruction {
     /// Expands, in place, the fields BuildKit expands: FROM image and
-    /// `--platform`; ARG names and defaults; ENV and LABEL keys and values;
-    /// COPY/ADD sources, destination, `--chown`, `--chmod`, `--exclude` (and
-    /// ADD `--checksum`); WORKDIR; USER; VOLUME paths; STOPSIGNAL; EXPOSE
-    /// ports (with field splitting). RUN, CMD, ENTRYPOINT, HEALTHCHECK,
-    /// SHELL, ONBUILD, MAINTAINER and `COPY --from` are left as written;
-    /// RUN `--mount` values are expanded by [`Run::parse_mounts`]; COPY/ADD
-    /// heredoc bodies with `expand` set are the caller's to expand.
+    /// `--platform` (BuildKit uses the global ARGs only); ARG defaults (never
+    /// names; BuildKit expands a default only when no build arg overrides
+    /// it, so skip the call in that case); ENV and LABEL keys and values;
+    /// COPY/ADD sources, destination, `--chown`, `--chmod` (and ADD
+    /// `--checksum`); WORKDIR; USER; VOLUME paths; STOPSIGNAL; EXPOSE ports
+    /// (with field splitting). RUN, CMD, ENTRYPOINT, HEALTHCHECK, SHELL,
+    /// ONBUILD, MAINTAINER, `--from`, `--exclude`, `--network` and
+    /// `--security` are left as written; RUN `--mount` values are expanded
+    /// by [`Run::parse_mounts`]; COPY/ADD heredoc bodies with `expand` set
+    /// are the caller's to expand (BuildKit: `\` escapes, quotes kept).
     pub fn expand<X: Expander>(&mut self, x: &mut X) -> Result<(), X::Error> {
         match self {
             Instruction::From(i) => {
@@ -54,7 +57,6 @@ impl Instruction {
             }
             Instruction::Arg(i) => {
                 for a in &mut i.args {
-                    a.name = x.word(&a.name)?;
                     opt(x, &mut a.default)?;
                 }
                 Ok(())
@@ -66,7 +68,7 @@ impl Instruction {
                 opt(x, &mut i.chmod)?;
                 each(x, &mut i.sources)?;
                 i.dest = x.word(&i.dest)?;
-                each(x, &mut i.excludes)
+                Ok(())
             }
             Instruction::Add(i) => {
                 opt(x, &mut i.chown)?;
@@ -74,7 +76,7 @@ impl Instruction {
                 opt(x, &mut i.checksum)?;
                 each(x, &mut i.sources)?;
                 i.dest = x.word(&i.dest)?;
-                each(x, &mut i.excludes)
+                Ok(())
             }
             Instruction::Workdir(i) => {
                 i.path = x.word(&i.path)?;

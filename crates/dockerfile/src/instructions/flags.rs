@@ -38,7 +38,7 @@ impl Flags {
         let mut used: Vec<&'static str> = Vec::new();
         for arg in args {
             let Some(body) = arg.strip_prefix("--") else {
-                return Err(format!("Arg should start with -- : {arg}"));
+                return Err(format!("arg should start with -- : {arg}"));
             };
             if body.is_empty() {
                 break;
@@ -56,14 +56,14 @@ impl Flags {
                 });
             };
             if used.contains(&def) && kind != Kind::Strings {
-                return Err(format!("Duplicate flag specified: {name}"));
+                return Err(format!("duplicate flag specified: --{name}"));
             }
             used.push(def);
             match kind {
                 Kind::Bool => {
                     let value = match value {
                         None => "true".to_string(),
-                        Some("") => return Err(format!("Missing a value on flag: {name}")),
+                        Some("") => return Err(format!("missing a value on flag: --{name}")),
                         Some(v) => v.to_ascii_lowercase(),
                     };
                     let b = match value.as_str() {
@@ -71,7 +71,7 @@ impl Flags {
                         "false" => false,
                         _ => {
                             return Err(format!(
-                                "Expecting boolean value for flag {name}, not: {}",
+                                "expecting boolean value for flag --{name}, not: {}",
                                 arg.split_once('=').map(|(_, v)| v).unwrap_or("")
                             ))
                         }
@@ -79,13 +79,13 @@ impl Flags {
                     self.bools.insert(def, b);
                 }
                 Kind::String => match value {
-                    None => return Err(format!("Missing a value on flag: {name}")),
+                    None => return Err(format!("missing a value on flag: --{name}")),
                     Some(v) => {
                         self.strings.insert(def, v.to_string());
                     }
                 },
                 Kind::Strings => match value {
-                    None => return Err(format!("Missing a value on flag: {name}")),
+                    None => return Err(format!("missing a value on flag: --{name}")),
                     Some(v) => self.lists.entry(def).or_default().push(v.to_string()),
                 },
             }
@@ -154,23 +154,23 @@ mod tests {
         );
         assert_eq!(
             parse(&["--from=a", "--from=b"]).err().unwrap(),
-            "Duplicate flag specified: from"
+            "duplicate flag specified: --from"
         );
         assert_eq!(
             parse(&["--from"]).err().unwrap(),
-            "Missing a value on flag: from"
+            "missing a value on flag: --from"
         );
         assert_eq!(
             parse(&["--link="]).err().unwrap(),
-            "Missing a value on flag: link"
+            "missing a value on flag: --link"
         );
         assert_eq!(
             parse(&["--link=yes"]).err().unwrap(),
-            "Expecting boolean value for flag link, not: yes"
+            "expecting boolean value for flag --link, not: yes"
         );
         assert_eq!(
             parse(&["--exclude"]).err().unwrap(),
-            "Missing a value on flag: exclude"
+            "missing a value on flag: --exclude"
         );
     }
 }
