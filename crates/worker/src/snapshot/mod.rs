@@ -34,6 +34,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 mod diff;
 mod error;
 mod fsutil;
