@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let Ok(ast) = parse(&text) else { return };
     let _ = stages(&ast);
-    let Ok(instructions) = from_ast(&ast) else { return };
+    let Ok(instructions) = from_ast(&ast) else {
+        return;
+    };
     for instruction in &instructions {
         match instruction {
             Instruction::Run(run) => {
