@@ -297,3 +297,17 @@ fn error_display_is_one_line() {
     assert!(!err.to_string().contains('\n'));
     assert_eq!(err.range.map(|r| (r.start_line, r.end_line)), Some((2, 3)));
 }
+
+#[test]
+fn ast_and_stages_round_trip_through_json() {
+    let text = "# escape=`\nARG A=1\nFROM --platform=$P img AS s\nRUN --mount=type=cache,target=/c <<EOF\nx\nEOF\n\
+                COPY --chmod=644 <<'F' /f\ny\nF\nHEALTHCHECK --interval=5s CMD [\"true\"]\nONBUILD RUN z\nEXPOSE 80\n";
+    let ast = parse(text).unwrap();
+    let back: kbuild_dockerfile::Ast =
+        serde_json::from_str(&serde_json::to_string(&ast).unwrap()).unwrap();
+    assert_eq!(back, ast);
+    let grouped = stages(&ast).unwrap();
+    let json = serde_json::to_string(&grouped).unwrap();
+    let back: kbuild_dockerfile::instructions::Stages = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, grouped);
+}
