@@ -852,3 +852,53 @@ fn mount_many_layers_with_long_paths() -> TestResult {
     assert_eq!(fs::read_to_string(mount.merged().join("f000"))?, "0");
     Ok(())
 }
+
+#[test]
+fn drop_detaches_a_busy_mount_lazily() -> TestResult {
+    require_root!();
+    let sandbox = tempfile::tempdir()?;
+    let snap = Snapshotter::new(sandbox.path())?;
+    let mount = snap.mount(&[])?;
+    let m = mount.merged().to_path_buf();
+    fs::write(m.join("open"), "still open")?;
+    let mut busy = fs::File::open(m.join("open"))?;
+    assert!(mounted(&m));
+    drop(mount);
+    assert!(!mounted(&m), "a busy mount is detached");
+    let mut text = String::new();
+    busy.read_to_string(&mut text)?;
+    assert_eq!(
+        text, "still open",
+        "open files keep working after the detach"
+    );
+    assert_eq!(fs::read_dir(snap.root().join("mounts"))?.count(), 0);
+    Ok(())
+}
+
+#[test]
+fn committed_upper_is_adopted_as_a_layer() -> TestResult {
+    require_root!();
+    let sandbox = tempfile::tempdir()?;
+    let snap = Snapshotter::new(sandbox.path())?;
+    let mount = snap.mount(&[])?;
+    fs::create_dir(mount.merged().join("app"))?;
+    fs::write(mount.merged().join("app/main"), "main")?;
+    let committed = mount.commit()?;
+    assert_eq!(
+        committed.parent(),
+        Some(snap.root().join("snapshots").as_path())
+    );
+    let mut out = tar::Builder::new(Vec::new());
+    write_diff(&committed, &[], &mut out, &DiffOptions::default())?;
+    let tar = out.into_inner()?;
+    assert_eq!(entries(&tar), ["app/", "app/main"]);
+    let id = diff_id(&tar);
+    assert!(snap.layer(&id)?.is_none());
+    let layer = snap.adopt_layer(&id, &committed)?;
+    assert_eq!(snap.layer(&id)?, Some(layer.clone()));
+    assert!(!committed.exists());
+    assert_eq!(fs::read(layer.join("app/main"))?, b"main");
+    // Unpacking the same diff later reuses the adopted directory.
+    assert_eq!(snap.unpack_layer(&id, std::io::empty())?, layer);
+    Ok(())
+}
