@@ -185,6 +185,10 @@ impl Snapshotter {
     /// is checked against `diff_id`; entries that would escape the layer
     /// (`..`, symlinked parents, hardlinks outside) are rejected with an
     /// error naming the entry. OCI whiteouts become overlay whiteouts.
+    /// Ownership, modes (setuid/setgid/sticky), xattrs, mtimes, device
+    /// nodes, fifos and hardlinks within the layer are kept; xattrs in the
+    /// `trusted.overlay.` namespace are dropped. A parent directory the tar
+    /// does not list is created as 0755 root:root.
     pub fn unpack_layer(&self, diff_id: &str, reader: impl Read) -> Result<PathBuf> {
         let id = parse_diff_id(diff_id)?;
         let target = self.root.join("layers").join(id.hex);

@@ -43,6 +43,15 @@ const PLAIN_UPPER_OPTIONS: [(&str, &str); 4] = [
 /// Dropping a `Mount` unmounts it (lazily if it is busy) and removes its
 /// directories; [`Mount::unmount`] does the same and reports errors, and
 /// [`Mount::commit`] keeps the upper directory as a new lower.
+///
+/// The mount is made in the caller's mount namespace (the solver runs as
+/// root on the host; the executor enters `merged` from there), with
+/// `redirect_dir=off,metacopy=off,index=off,xino=off` so the upper stays a
+/// plain diff. Linux 6.8+ takes any number of lowers (up to overlayfs's
+/// 500) through `fsconfig(lowerdir+)`; older kernels fall back to
+/// `mount(2)`, whose one-page option string holds about 200 lowers.
+/// A process that crashes while holding a `Mount` leaves it mounted under
+/// `<root>/mounts/`.
 #[derive(Debug)]
 pub struct Mount {
     dir: PathBuf,
