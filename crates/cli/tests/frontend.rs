@@ -1,0 +1,209 @@
+//! The command line without building: flags, `--dry-run`, and errors.
+
+mod common;
+
+use common::{run, write};
+
+const CROSS: &str = r#"FROM --platform=$BUILDPLATFORM golang:1.22 AS builder
+WORKDIR /src
+COPY . .
+ARG TARGETOS TARGETARCH
+ENV GOOS=$TARGETOS GOARCH=$TARGETARCH
+RUN go build -o /out/app .
+
+FROM scratch AS release-linux
+COPY --from=builder /out/app /app
+ENTRYPOINT ["/app"]
+
+FROM mcr.microsoft.com/windows/nanoserver:ltsc2022 AS release-windows
+COPY --from=builder /out/app /app.exe
+ENTRYPOINT ["C:\\app.exe"]
+
+FROM release-$TARGETOS
+"#;
+
+const SIX: &str = "linux/386,linux/amd64,linux/arm/v6,linux/arm/v7,linux/arm64,windows/amd64";
+
+#[test]
+fn dry_run_json_of_the_cross_dockerfile() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile.cross"), CROSS);
+    let ctx = t.path().to_str().unwrap();
+    let df = t.path().join("Dockerfile.cross");
+    let r = run(
+        &t.path().join("store"),
+        &[ctx, "-f", df.to_str().unwrap(), "--platform", SIX, "--dry-run=json"],
+        &[],
+    )
+    .ok();
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON plan");
+    let stages = plan["stages"].as_array().unwrap();
+    let steps = plan["steps"].as_array().unwrap();
+    let targets = plan["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6);
+    let host = kbuild_platform::Platform::host().to_string();
+    for t in targets {
+        let platform = t["platform"].as_str().unwrap();
+        let names: Vec<&str> = t["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| stages[s.as_u64().unwrap() as usize]["name"].as_str().unwrap_or(""))
+            .collect();
+        if platform == "windows/amd64" {
+            assert!(names.contains(&"release-windows"), "{platform}: {names:?}");
+            assert!(!names.contains(&"release-linux"), "{platform}: {names:?}");
+        } else {
+            assert!(names.contains(&"release-linux"), "{platform}: {names:?}");
+            assert!(!names.contains(&"release-windows"), "{platform}: {names:?}");
+        }
+        let builder = t["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &stages[s.as_u64().unwrap() as usize])
+            .find(|s| s["name"] == "builder")
+            .expect("builder stage");
+        assert_eq!(builder["platform"], host.as_str(), "builder runs on the build platform");
+        // The builder's steps before ARG TARGETOS are one step shared by all six targets.
+        let first_two: Vec<&serde_json::Value> = builder["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(2)
+            .map(|s| &steps[s.as_u64().unwrap() as usize])
+            .collect();
+        for s in first_two {
+            assert_eq!(s["shared"], true, "{s}");
+            assert_eq!(s["platforms"].as_array().unwrap().len(), 6, "{s}");
+        }
+    }
+    // The RUN after ENV GOOS=... differs per target OS/arch: not shared by all six.
+    let runs: Vec<&serde_json::Value> = steps
+        .iter()
+        .filter(|s| s["instruction"]["kind"] == "run")
+        .collect();
+    assert!(runs.len() >= 5, "one compile per distinct TARGETOS/TARGETARCH: {}", runs.len());
+}
+
+#[test]
+fn dry_run_text_names_stages_and_bases() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), CROSS);
+    let r = run(
+        &t.path().join("store"),
+        &[t.path().to_str().unwrap(), "--platform", "linux/arm64,windows/amd64", "--dry-run"],
+        &[],
+    )
+    .ok();
+    assert!(r.stdout.contains("linux/arm64"), "{}", r.stdout);
+    assert!(r.stdout.contains("release-windows"), "{}", r.stdout);
+    assert!(r.stdout.contains("mcr.microsoft.com/windows/nanoserver:ltsc2022"), "{}", r.stdout);
+}
+
+#[test]
+fn dockerfile_errors_name_file_and_line() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch\n\nCOPPY a /b\n");
+    let r = run(&t.path().join("s"), &[t.path().to_str().unwrap(), "--dry-run"], &[]).fails();
+    let line = r.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    assert!(line.contains("Dockerfile:3"), "{}", r.stderr);
+    assert!(line.contains("COPPY"), "{}", r.stderr);
+    assert!(line.contains("did you mean COPY?"), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1);
+}
+
+#[test]
+fn unknown_target_lists_the_stages() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch AS one\nFROM scratch AS two\n");
+    let r = run(
+        &t.path().join("s"),
+        &[t.path().to_str().unwrap(), "--target", "three", "--dry-run"],
+        &[],
+    )
+    .fails();
+    assert!(r.stderr.contains("three") && r.stderr.contains("one") && r.stderr.contains("two"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_platform_lists_the_supported_ones() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch\n");
+    let r = run(
+        &t.path().join("s"),
+        &[t.path().to_str().unwrap(), "--platform", "linux/amd64,bogus", "--dry-run"],
+        &[],
+    )
+    .fails();
+    assert!(r.stderr.contains("bogus"), "{}", r.stderr);
+    assert!(r.stderr.contains("linux/arm/v7") && r.stderr.contains("windows/amd64"), "{}", r.stderr);
+}
+
+#[test]
+fn missing_context_and_dockerfile_are_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let r = run(&t.path().join("s"), &["/nonexistent/ctx", "--dry-run"], &[]).fails();
+    assert!(r.stderr.contains("/nonexistent/ctx"), "{}", r.stderr);
+    let r = run(&t.path().join("s"), &[t.path().to_str().unwrap(), "--dry-run"], &[]).fails();
+    assert!(r.stderr.contains("Dockerfile") && r.stderr.contains("-f"), "{}", r.stderr);
+    let r = run(&t.path().join("s"), &["--dry-run"], &[]).fails();
+    assert!(r.stderr.contains("PATH"), "{}", r.stderr);
+}
+
+#[test]
+fn flags_of_later_parts_say_not_implemented() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch\n");
+    let ctx = t.path().to_str().unwrap();
+    for flags in [
+        vec!["--kubeconfig", "/x"],
+        vec!["--cache-from", "type=registry,ref=x"],
+        vec!["-n", "builds"],
+    ] {
+        let mut args = vec![ctx];
+        args.extend(flags.iter());
+        let r = run(&t.path().join("s"), &args, &[]).fails();
+        assert!(r.stderr.contains("not implemented yet"), "{flags:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn bad_output_and_build_arg_values() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch\n");
+    let ctx = t.path().to_str().unwrap();
+    let r = run(&t.path().join("s"), &[ctx, "-o", "type=ftp"], &[]).fails();
+    assert!(r.stderr.contains("--output") && r.stderr.contains("ftp"), "{}", r.stderr);
+    let r = run(&t.path().join("s"), &[ctx, "--push"], &[]).fails();
+    assert!(r.stderr.contains("-t NAME"), "{}", r.stderr);
+    let r = run(&t.path().join("s"), &[ctx, "--build-arg", "=x", "--dry-run"], &[]).fails();
+    assert!(r.stderr.contains("--build-arg"), "{}", r.stderr);
+}
+
+#[test]
+fn help_reads_like_kubectl() {
+    let t = tempfile::tempdir().unwrap();
+    let r = run(&t.path().join("s"), &["--help"], &[]).ok();
+    for needle in ["Examples:", "Options:", "Usage:", "kubectl build [flags] PATH", "--platform", "--registry-secret"] {
+        assert!(r.stdout.contains(needle), "missing {needle:?} in help:\n{}", r.stdout);
+    }
+}
+
+#[test]
+fn dockerfile_from_stdin() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let mut c = std::process::Command::new(common::bin())
+        .args(["--root", t.path().join("s").to_str().unwrap(), "-", "--dry-run=json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(b"FROM scratch\nLABEL a=b\n").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["targets"].as_array().unwrap().len(), 1);
+}
