@@ -190,6 +190,19 @@ fn uname_machine_for_every_platform() {
         let mut spec = root.spec(["sh", "-c", "uname -m"]);
         spec.platform = platform.clone();
         assert_eq!(run_ok(&spec).trim(), want, "{platform}");
+        // The QEMU CPU model for arm/v6 travels in the environment, so that
+        // every program the step starts gets it (documented in binfmt).
+        let emulated_v6 = platform.variant.as_deref() == Some("v6")
+            && matches!(binfmt::support(&platform), binfmt::Support::Emulated { .. });
+        let env = run_ok(&RunSpec {
+            argv: vec!["env".into()],
+            ..spec
+        });
+        assert_eq!(
+            env.contains("QEMU_CPU=arm1176\n"),
+            emulated_v6,
+            "{platform}: {env}"
+        );
         checked += 1;
     }
     eprintln!("uname checked for {checked} platforms");
@@ -485,7 +498,9 @@ fn cancel_kills_every_process_and_leaves_no_mount() {
 
 #[test]
 fn a_mount_that_cannot_be_made_is_a_setup_error() {
-    let Some(root) = Rootfs::new("amd64") else { return };
+    let Some(root) = Rootfs::new("amd64") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut spec = root.spec(["true"]);
     // A directory cannot be bind-mounted over a file.

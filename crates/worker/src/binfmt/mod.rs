@@ -506,8 +506,12 @@ pub fn report() -> Vec<(Platform, Support)> {
         .collect()
 }
 
-/// What `uname -m` prints inside a RUN step of `platform`, when this crate
-/// knows (the executor's tests check it).
+/// What `uname -m` prints inside a RUN step of `platform` on an x86-64
+/// host, when this crate knows (the executor's tests check it against
+/// `tests/executor_cases/uname.txt`). On arm64 hosts, 32-bit arm steps run
+/// in compat mode and report `armv8l` whatever their variant. Emulated
+/// `arm/v8` reports `armv7l` with QEMU 7.2 (no 32-bit CPU model of it
+/// reports `armv8l`), so it is not listed.
 pub fn uname_machine(platform: &Platform) -> Option<&'static str> {
     let p = platform.normalized();
     Some(match (p.architecture.as_str(), p.variant.as_deref()) {

@@ -64,7 +64,7 @@
 //! ```no_run
 //! use kbuild_worker::executor::{Cancel, Executor, RunSpec, Stream};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let executor = Executor::current_exe()?;
+//! let executor = Executor::current_exe();
 //! let mut spec = RunSpec::new("/var/lib/kbuild/mounts/1/merged", ["sh", "-c", "uname -m"]);
 //! spec.env = vec!["PATH=/usr/local/bin:/usr/bin:/bin".into()];
 //! spec.platform = "linux/arm64".parse()?;
@@ -336,16 +336,14 @@ impl Executor {
         }
     }
 
-    /// An executor re-executing the running program with [`SANDBOX_FLAG`]
-    /// (`/proc/self/exe`, so it works after the binary was replaced).
-    pub fn current_exe() -> Result<Executor> {
-        let exe = PathBuf::from("/proc/self/exe");
-        let target = std::fs::read_link(&exe).map_err(|source| Error::Io {
-            action: "find the running program at",
-            path: exe,
-            source,
-        })?;
-        Ok(Executor::new(target, vec![SANDBOX_FLAG.to_string()]))
+    /// An executor re-executing the running program (`/proc/self/exe`, so
+    /// it works even after the binary was replaced on disk) with
+    /// [`SANDBOX_FLAG`].
+    pub fn current_exe() -> Executor {
+        Executor::new(
+            PathBuf::from("/proc/self/exe"),
+            vec![SANDBOX_FLAG.to_string()],
+        )
     }
 
     /// Runs one step and waits for it: streams its output to `output` as
@@ -369,5 +367,5 @@ pub fn run(
     cancel: &Cancel,
     output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<ExitStatus> {
-    Executor::current_exe()?.run(spec, cancel, output)
+    Executor::current_exe().run(spec, cancel, output)
 }

@@ -40,7 +40,9 @@ const KEPT_CAPS: [u32; 14] = [
 /// The sandbox helper's `main`: reads a spec from stdin, runs it, reports
 /// on descriptor 3, exits. Call it first thing in `main` when the first
 /// argument is [`super::SANDBOX_FLAG`] (or from a binary that exists only
-/// for this); it never returns.
+/// for this); it never returns. The process must still be single-threaded
+/// (it forks), so call it before building an async runtime: not from
+/// inside `#[tokio::main]`. It refuses to run otherwise.
 pub fn helper_main() -> ! {
     let code = match helper() {
         Ok(code) => code,
@@ -81,7 +83,23 @@ fn ctx<T, E: std::fmt::Display>(
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
+/// The number of threads of this process, from `/proc/self/status`.
+fn thread_count() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 fn helper() -> Result<i32, String> {
+    if thread_count().is_some_and(|n| n > 1) {
+        return Err(
+            "the helper has more than one thread: call executor::helper_main() first \
+                    thing in main, before an async runtime or any thread is started"
+                .into(),
+        );
+    }
     let mut input = Vec::new();
     ctx(io::stdin().read_to_end(&mut input), || {
         "read the spec from stdin".into()
