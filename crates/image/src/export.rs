@@ -67,8 +67,8 @@ fn layout_index(root: &Descriptor, ref_name: Option<&str>) -> Result<Vec<u8>> {
 /// Writes an OCI image layout directory at `dest`: `oci-layout`,
 /// `index.json` listing `root` (annotated with `ref_name` as
 /// `org.opencontainers.image.ref.name` when given) and `blobs/sha256/`.
-/// Blobs are hard-linked from the store when possible, else copied. An
-/// existing directory at `dest` is replaced.
+/// Blobs are copied from the store. An existing directory at `dest` is
+/// replaced as a whole (swapped out, then removed).
 pub fn oci_layout_dir(
     store: &ContentStore,
     root: &Descriptor,
@@ -86,9 +86,13 @@ pub fn oci_layout_dir(
     for digest in &blobs {
         let from = store.path(digest);
         let to = blob_dir.join(digest.hex());
-        if fs::hard_link(&from, &to).is_err() {
-            fs::copy(&from, &to).map_err(io_err("copy the blob to", &to))?;
-        }
+        // A copy, not a hard link: a user editing the export must not be able
+        // to corrupt the store. std's copy uses copy_file_range, which shares
+        // extents on file systems that can.
+        fs::copy(&from, &to).map_err(io_err("copy the blob to", &to))?;
+        fs::File::open(&to)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err("sync", &to))?;
     }
     write_synced(&temp.path().join("oci-layout"), OCI_LAYOUT)?;
     write_synced(
