@@ -89,7 +89,7 @@ mod scope;
 
 pub use error::{Error, ErrorKind};
 pub use model::{
-    BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, Warning,
+    BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, Vars, Warning,
     WarningKind,
 };
 pub use options::{BaseImageConfig, ImageConfigSource, NoImageConfigs, PlanOptions};

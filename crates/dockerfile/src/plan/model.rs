@@ -2,8 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use kbuild_platform::Platform;
+use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 use crate::instructions::{Instruction, Mount};
@@ -36,8 +39,93 @@ fn platform_str<S: Serializer>(p: &Platform, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(p)
 }
 
-fn platforms_str<S: Serializer>(ps: &[Platform], s: S) -> Result<S::Ok, S::Error> {
+fn platforms_str<S: Serializer, P: fmt::Display>(ps: &[P], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(ps.iter().map(|p| p.to_string()))
+}
+
+fn shared_platform<S: Serializer>(p: &Arc<Platform>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&**p)
+}
+
+fn shared_str<S: Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+fn arc<T: Serialize, S: Serializer>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error> {
+    (**v).serialize(s)
+}
+
+/// An ordered list of variables (`NAME`, value), shared by every step that
+/// sees the same list, so cloning it is cheap. Derefs to a slice; iterate it
+/// with `for (name, value) in &vars`. Serializes as `[["NAME", "value"], ...]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Vars(Arc<Vec<(String, String)>>);
+
+impl Vars {
+    /// The value of `name` (the last entry wins), if set.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A copy as a plain vector.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.0.as_ref().clone()
+    }
+
+    pub(crate) fn make_mut(&mut self) -> &mut Vec<(String, String)> {
+        Arc::make_mut(&mut self.0)
+    }
+
+    pub(crate) fn same(&self, other: &Vars) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl From<Vec<(String, String)>> for Vars {
+    fn from(v: Vec<(String, String)>) -> Vars {
+        Vars(Arc::new(v))
+    }
+}
+
+impl Deref for Vars {
+    type Target = [(String, String)];
+    fn deref(&self) -> &[(String, String)] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Vars {
+    type Item = &'a (String, String);
+    type IntoIter = std::slice::Iter<'a, (String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl PartialEq<Vec<(String, String)>> for Vars {
+    fn eq(&self, other: &Vec<(String, String)>) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl kbuild_shell::Env for Vars {
+    fn get(&self, name: &str) -> Option<String> {
+        self.value(name).map(str::to_string)
+    }
+}
+
+impl Serialize for Vars {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for pair in self.0.iter() {
+            seq.serialize_element(pair)?;
+        }
+        seq.end()
+    }
 }
 
 /// What a stage instance starts from.
@@ -76,8 +164,8 @@ pub enum Source {
         /// The reference as written.
         reference: String,
         /// The platform to pull.
-        #[serde(serialize_with = "platform_str")]
-        platform: Platform,
+        #[serde(serialize_with = "shared_platform")]
+        platform: Arc<Platform>,
     },
 }
 
@@ -98,39 +186,46 @@ pub struct Step {
     pub lines: (usize, usize),
     /// The instruction with every word BuildKit expands already expanded;
     /// ARG defaults are replaced by the value the argument took (`None` when it
-    /// has none), WORKDIR holds the absolute directory.
-    pub instruction: Instruction,
+    /// has none), WORKDIR holds the absolute directory. Shared with the
+    /// Dockerfile's own instruction when expansion changed nothing.
+    #[serde(serialize_with = "arc")]
+    pub instruction: Arc<Instruction>,
     /// The text BuildKit shows in progress output (`COPY . .`,
     /// `RUN go build -o /out/app .`).
-    pub display: String,
+    #[serde(serialize_with = "shared_str")]
+    pub display: Arc<str>,
     /// True when the step comes from an ONBUILD trigger of the base.
     pub onbuild: bool,
     /// The platform the step runs on (its stage's platform).
-    #[serde(serialize_with = "platform_str")]
-    pub platform: Platform,
+    #[serde(serialize_with = "shared_platform")]
+    pub platform: Arc<Platform>,
     /// The build args in scope with their values, in declaration order (the
     /// RUN environment besides [`env`](Step::env); an argument overrides an
     /// `env` entry of the same name).
-    pub args: Vec<(String, String)>,
+    pub args: Vars,
     /// The image environment when the step runs: the base image's `Env`,
     /// `PATH` defaulted as BuildKit does, then ENV instructions.
-    pub env: Vec<(String, String)>,
+    pub env: Vars,
     /// The working directory when the step runs (absolute).
-    pub workdir: String,
+    #[serde(serialize_with = "shared_str")]
+    pub workdir: Arc<str>,
     /// The user when the step runs (empty: the image default).
-    pub user: String,
+    #[serde(serialize_with = "shared_str")]
+    pub user: Arc<str>,
     /// The shell that runs shell-form commands (`SHELL`, or the platform's
     /// default `/bin/sh -c` / `cmd /S /C`).
-    pub shell: Vec<String>,
+    #[serde(serialize_with = "arc")]
+    pub shell: Arc<Vec<String>>,
     /// Stages and images the step reads, in the order of the `--from` /
     /// `from=` that name them.
     pub sources: Vec<Source>,
     /// For RUN: the `--mount`s, typed, every option value expanded (the
     /// instruction's own `mounts` keep the text as written).
-    pub mounts: Vec<Mount>,
+    #[serde(serialize_with = "arc")]
+    pub mounts: Arc<Vec<Mount>>,
     /// The target platforms whose build uses this step, in request order.
     #[serde(serialize_with = "platforms_str")]
-    pub platforms: Vec<Platform>,
+    pub platforms: Vec<Arc<Platform>>,
     /// `platforms.len() > 1`: one step serves several target platforms.
     pub shared: bool,
 }

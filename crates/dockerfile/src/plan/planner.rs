@@ -4,6 +4,8 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::Arc;
 
 use kbuild_platform::Platform;
 use kbuild_shell::{Env, Lexer};
@@ -18,7 +20,9 @@ use super::model::{
 };
 use super::options::{ImageConfigSource, PlanOptions};
 use super::paths::resolve_workdir;
-use super::scope::{default_path, default_shell, Globals, StageState, BUILTIN_ARGS, NON_ENV_ARGS};
+use super::scope::{
+    default_path, default_shell, Globals, Memo, StageState, BUILTIN_ARGS, NON_ENV_ARGS,
+};
 use crate::instructions::{Arg, ArgDef, Instruction, Mount};
 
 /// Plans `text` (a Dockerfile) for every platform of `opts`: see the
@@ -54,6 +58,40 @@ struct Dep {
     mount: Option<usize>,
 }
 
+/// What is known about an instruction before any platform is planned.
+struct Prep {
+    ins: Arc<Instruction>,
+    deps: Vec<Dep>,
+    /// Expansion cannot change it: no `$`, quote or escape character.
+    literal: bool,
+    /// What the build environment cannot change, computed once.
+    fixed: Option<Derived>,
+    /// What it does change, per distinct set of values it reads.
+    memo: Memo<Derived>,
+    /// For ARG: the instruction and text for each set of values seen.
+    args_seen: std::cell::RefCell<Vec<(Vec<ArgDef>, Derived)>>,
+}
+
+/// What an instruction becomes in a build environment.
+#[derive(Clone)]
+struct Derived {
+    /// The expanded instruction (WORKDIR not yet resolved).
+    ins: Arc<Instruction>,
+    /// Its progress text.
+    display: Arc<str>,
+    /// Its RUN mounts, typed and expanded.
+    mounts: Arc<Vec<Mount>>,
+}
+
+/// An environment where nothing is set.
+struct NoEnv;
+
+impl Env for NoEnv {
+    fn get(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
 /// What a FROM line resolved to for one target platform.
 #[derive(Debug, Clone, PartialEq)]
 enum BaseRef {
@@ -71,7 +109,7 @@ struct Resolved {
 /// A stage that has been dispatched for the current target.
 struct Done {
     instance: StageId,
-    platform: Platform,
+    platform: Arc<Platform>,
     state: StageState,
     last_step: Option<StepId>,
 }
@@ -79,8 +117,10 @@ struct Done {
 /// One stage being dispatched.
 struct Run {
     index: usize,
-    platform: Platform,
+    platform: Arc<Platform>,
     base: StageBase,
+    /// `base`, interned: steps compare bases by this id.
+    base_id: u32,
     state: StageState,
     prev: Option<StepId>,
     steps: Vec<StepId>,
@@ -91,11 +131,18 @@ struct Planner<'a> {
     opts: &'a PlanOptions,
     images: &'a dyn ImageConfigSource,
     lexer: Lexer,
-    /// Dependencies of every instruction: `deps[stage][instruction]`.
-    deps: Vec<Vec<Vec<Dep>>>,
+    /// Every stage's instructions, prepared: `prep[stage][instruction]`.
+    prep: Rc<Vec<Vec<Prep>>>,
+    shell_linux: Arc<Vec<String>>,
+    shell_windows: Arc<Vec<String>>,
+    no_mounts: Arc<Vec<Mount>>,
     steps: Vec<Step>,
-    step_bases: Vec<StageBase>,
-    step_index: HashMap<u64, Vec<StepId>>,
+    /// The interned base of every step's stage.
+    step_bases: Vec<u32>,
+    bases: HashMap<StageBase, u32>,
+    /// Step lookup: key hash to the last step with it, then a chain.
+    step_index: HashMap<u64, u32>,
+    step_next: Vec<u32>,
     stages: Vec<StageInstance>,
     stage_index: HashMap<u64, Vec<StageId>>,
     targets: Vec<Target>,
@@ -112,10 +159,15 @@ impl<'a> Planner<'a> {
             opts,
             images,
             lexer: Lexer::new(file.escape),
-            deps: Vec::new(),
+            prep: Rc::new(Vec::new()),
+            shell_linux: default_shell("linux"),
+            shell_windows: default_shell("windows"),
+            no_mounts: Arc::new(Vec::new()),
             steps: Vec::new(),
             step_bases: Vec::new(),
+            bases: HashMap::new(),
             step_index: HashMap::new(),
+            step_next: Vec::new(),
             stages: Vec::new(),
             stage_index: HashMap::new(),
             targets: Vec::new(),
@@ -143,11 +195,18 @@ impl<'a> Planner<'a> {
             per_platform.push((globals, resolved));
         }
 
-        self.deps = self.collect_deps()?;
+        self.prep = Rc::new(self.prepare_all()?);
         self.check_cycles()?;
 
+        let commands: usize = self.file.stages.iter().map(|s| s.commands.len()).sum();
+        let most = commands * self.opts.platforms.len();
+        self.steps.reserve(most);
+        self.step_bases.reserve(most);
+        self.step_next.reserve(most);
+        self.step_index.reserve(most);
         for (platform, (globals, resolved)) in self.opts.platforms.iter().zip(&per_platform) {
-            self.plan_target(platform, globals, resolved, target)?;
+            let platform = Arc::new(platform.clone());
+            self.plan_target(&platform, globals, resolved, target)?;
         }
 
         for arg in &self.file.meta {
@@ -331,12 +390,104 @@ impl<'a> Planner<'a> {
     /// `COPY --from` and `RUN --mount from=` of every instruction (BuildKit's
     /// `toCommand`): a number is a stage index, a name a stage anywhere in the
     /// file, anything else an image.
-    fn collect_deps(&self) -> Result<Vec<Vec<Vec<Dep>>>, Error> {
+    fn prepare_all(&self) -> Result<Vec<Vec<Prep>>, Error> {
         self.file
             .stages
             .iter()
-            .map(|s| s.commands.iter().map(|ins| self.deps_of(ins)).collect())
+            .map(|s| s.commands.iter().map(|ins| self.prepare(ins)).collect())
             .collect()
+    }
+
+    fn prepare(&self, ins: &Instruction) -> Result<Prep, Error> {
+        let deps = self.deps_of(ins)?;
+        let escape = self.file.escape;
+        let special = |t: &str| t.contains(['$', '\'', '"']) || t.contains(escape);
+        let original = ins.original();
+        let never_expanded = matches!(
+            ins,
+            Instruction::Run(_)
+                | Instruction::Cmd(_)
+                | Instruction::Entrypoint(_)
+                | Instruction::Healthcheck(_)
+                | Instruction::Shell(_)
+                | Instruction::Onbuild(_)
+                | Instruction::Maintainer(_)
+        );
+        let literal = never_expanded
+            || !special(original)
+                && match ins {
+                    Instruction::Copy(c) => {
+                        c.contents.iter().all(|c| !c.expand || !special(&c.data))
+                    }
+                    Instruction::Add(a) => {
+                        a.contents.iter().all(|c| !c.expand || !special(&c.data))
+                    }
+                    _ => true,
+                };
+        let env_free_display = match ins {
+            Instruction::Arg(_) => false,
+            Instruction::Run(r) => {
+                !original.contains('$') && r.heredocs.iter().all(|h| !h.content.contains('$'))
+            }
+            Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) => {
+                !original.contains('$')
+            }
+            _ => literal,
+        };
+        let env_free_mounts = match ins {
+            Instruction::Run(r) => r.mounts.iter().all(|m| !special(m)),
+            _ => true,
+        };
+        let ins = Arc::new(ins.clone());
+        let fixed = if literal && env_free_display && env_free_mounts {
+            Some(self.derive(&ins, true, &NoEnv)?)
+        } else {
+            None
+        };
+        Ok(Prep {
+            ins,
+            deps,
+            literal,
+            fixed,
+            memo: Memo::default(),
+            args_seen: std::cell::RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Expands `ins` (unless `literal`), parses its mounts and renders its
+    /// progress text in the build environment `env`.
+    fn derive<E: Env + ?Sized>(
+        &self,
+        ins: &Arc<Instruction>,
+        literal: bool,
+        env: &E,
+    ) -> Result<Derived, Error> {
+        let at = |kind| Error::at(kind, ins.range().start_line, ins.original());
+        let expansion = |e: kbuild_shell::Error| at(ErrorKind::Expansion(e.to_string()));
+        let expanded = if literal {
+            Arc::clone(ins)
+        } else {
+            Arc::new(expand_instruction(ins, &self.lexer, env).map_err(expansion)?)
+        };
+        let mounts = match &**ins {
+            Instruction::Run(r) if !r.mounts.is_empty() => {
+                let mut mounts = Vec::with_capacity(r.mounts.len());
+                for raw in &r.mounts {
+                    let m = Mount::parse(raw, |w| self.lexer.process_word(w, env))
+                        .map_err(expansion)?
+                        .map_err(|e| at(ErrorKind::Invalid(e.to_string())))?;
+                    mounts.push(m);
+                }
+                Arc::new(mounts)
+            }
+            _ => Arc::clone(&self.no_mounts),
+        };
+        let display = Arc::from(display(ins, &expanded, &self.lexer, env));
+        Ok(Derived {
+            ins: expanded,
+            display,
+            mounts,
+        })
     }
 
     fn deps_of(&self, ins: &Instruction) -> Result<Vec<Dep>, Error> {
@@ -400,8 +551,8 @@ impl<'a> Planner<'a> {
         let edges: Vec<Vec<(usize, usize)>> = (0..n)
             .map(|s| {
                 let mut e = Vec::new();
-                for (ii, deps) in self.deps[s].iter().enumerate() {
-                    for d in deps {
+                for (ii, prep) in self.prep[s].iter().enumerate() {
+                    for d in &prep.deps {
                         if let DepKind::Stage(t) = d.kind {
                             e.push((t, ii));
                         }
@@ -463,8 +614,8 @@ impl<'a> Planner<'a> {
             if let BaseRef::Stage(b) = resolved[s].base {
                 todo.push(b);
             }
-            for deps in &self.deps[s] {
-                for d in deps {
+            for prep in &self.prep[s] {
+                for d in &prep.deps {
                     if let DepKind::Stage(t) = d.kind {
                         todo.push(t);
                     }
@@ -476,7 +627,7 @@ impl<'a> Planner<'a> {
 
     fn plan_target(
         &mut self,
-        target_platform: &Platform,
+        target_platform: &Arc<Platform>,
         globals: &Globals,
         resolved: &[Resolved],
         target: usize,
@@ -510,17 +661,17 @@ impl<'a> Planner<'a> {
                     )
                 }
                 BaseRef::Scratch => {
-                    let platform = resolved[i]
-                        .platform
-                        .clone()
-                        .unwrap_or_else(|| target_platform.clone());
+                    let platform = match &resolved[i].platform {
+                        Some(p) => Arc::new(p.clone()),
+                        None => Arc::clone(target_platform),
+                    };
                     (StageBase::Scratch, platform, StageState::new(), None)
                 }
                 BaseRef::Image(reference) => {
-                    let platform = resolved[i]
-                        .platform
-                        .clone()
-                        .unwrap_or_else(|| target_platform.clone());
+                    let platform = match &resolved[i].platform {
+                        Some(p) => Arc::new(p.clone()),
+                        None => Arc::clone(target_platform),
+                    };
                     let config = self
                         .images
                         .image_config(reference, &platform)
@@ -538,15 +689,18 @@ impl<'a> Planner<'a> {
                         st.set_env(k, v.to_string());
                     }
                     if !config.working_dir.is_empty() {
-                        st.workdir = resolve_workdir("/", &config.working_dir, &platform.os);
+                        st.workdir =
+                            Arc::from(resolve_workdir("/", &config.working_dir, &platform.os));
                     }
-                    st.user = config.user;
-                    st.shell = config.shell;
+                    st.user = Arc::from(config.user);
+                    if !config.shell.is_empty() {
+                        st.shell = Some(Arc::new(config.shell));
+                    }
                     st.onbuild = config.on_build;
                     (
                         StageBase::Image {
                             reference: reference.clone(),
-                            platform: platform.clone(),
+                            platform: (*platform).clone(),
                         },
                         platform,
                         st,
@@ -558,31 +712,31 @@ impl<'a> Planner<'a> {
                 state.set_env("PATH", default_path(&platform.os).to_string());
             }
             let triggers = std::mem::take(&mut state.onbuild);
+            let next_base = self.bases.len() as u32;
+            let base_id = *self.bases.entry(base.clone()).or_insert(next_base);
             let mut run = Run {
                 index: i,
                 platform,
                 base,
+                base_id,
                 state,
                 prev,
                 steps: Vec::new(),
             };
             let lines = (from.range.start_line, from.range.end_line);
             for trigger in &triggers {
-                let ins = parse_trigger(trigger).map_err(|reason| {
+                let trigger_error = |reason: String| {
                     at(ErrorKind::OnbuildTrigger {
                         trigger: trigger.clone(),
                         reason,
                     })
-                })?;
-                let deps = self.deps_of(&ins).map_err(|e| {
-                    at(ErrorKind::OnbuildTrigger {
-                        trigger: trigger.clone(),
-                        reason: e.kind().to_string(),
-                    })
-                })?;
+                };
+                let ins = parse_trigger(trigger).map_err(trigger_error)?;
+                let prep = self
+                    .prepare(&ins)
+                    .map_err(|e| trigger_error(e.kind().to_string()))?;
                 self.dispatch(
-                    &ins,
-                    &deps,
+                    &prep,
                     true,
                     lines,
                     &mut run,
@@ -590,28 +744,20 @@ impl<'a> Planner<'a> {
                     globals,
                     &done,
                 )
-                .map_err(|e| {
-                    at(ErrorKind::OnbuildTrigger {
-                        trigger: trigger.clone(),
-                        reason: e.kind().to_string(),
-                    })
-                })?;
+                .map_err(|e| trigger_error(e.kind().to_string()))?;
             }
-            for (k, ins) in stage.commands.iter().enumerate() {
-                let r = ins.range();
-                let deps = std::mem::take(&mut self.deps[i][k]);
-                let result = self.dispatch(
-                    ins,
-                    &deps,
+            let preps = Rc::clone(&self.prep);
+            for prep in &preps[i] {
+                let r = prep.ins.range();
+                self.dispatch(
+                    prep,
                     false,
                     (r.start_line, r.end_line),
                     &mut run,
                     target_platform,
                     globals,
                     &done,
-                );
-                self.deps[i][k] = deps;
-                result?;
+                )?;
             }
             let instance = self.add_stage(&run, target_platform);
             order.push(instance);
@@ -632,7 +778,7 @@ impl<'a> Planner<'a> {
             }
         };
         self.targets.push(Target {
-            platform: target_platform.clone(),
+            platform: (**target_platform).clone(),
             stages: order,
             final_stage,
         });
@@ -642,25 +788,28 @@ impl<'a> Planner<'a> {
     #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
-        ins: &Instruction,
-        deps: &[Dep],
+        prep: &Prep,
         onbuild: bool,
         lines: (usize, usize),
         run: &mut Run,
-        target_platform: &Platform,
+        target_platform: &Arc<Platform>,
         globals: &Globals,
         done: &[Option<Done>],
     ) -> Result<(), Error> {
+        let ins: &Instruction = &prep.ins;
         let at = |kind| Error::at(kind, ins.range().start_line, ins.original());
         let expansion = |e: kbuild_shell::Error| at(ErrorKind::Expansion(e.to_string()));
+        let lexer = self.lexer;
 
         // Expand with the environment before the instruction.
         let mut new_args: Vec<(String, String)> = Vec::new();
-        let expanded = match ins {
+        let derived = match ins {
             Instruction::Arg(a) => {
                 let mut defs = Vec::with_capacity(a.args.len());
                 for def in &a.args {
-                    self.consumed.insert(def.name.clone());
+                    if !self.consumed.contains(&def.name) {
+                        self.consumed.insert(def.name.clone());
+                    }
                     let value = if let Some(v) = self.opts.build_args.get(&def.name) {
                         Some(v.clone())
                     } else if let Some(d) = &def.default {
@@ -668,7 +817,7 @@ impl<'a> Planner<'a> {
                             first: &new_args,
                             rest: &run.state,
                         };
-                        Some(self.lexer.process_word(d, &env).map_err(expansion)?)
+                        Some(lexer.process_word(d, &env).map_err(expansion)?)
                     } else {
                         globals.inherited(&def.name)
                     };
@@ -682,43 +831,65 @@ impl<'a> Planner<'a> {
                         default: value,
                     });
                 }
-                Instruction::Arg(Arg {
-                    args: defs,
-                    ..a.clone()
-                })
-            }
-            _ => expand_instruction(ins, &self.lexer, &run.state).map_err(expansion)?,
-        };
-        let expanded = match expanded {
-            Instruction::Workdir(mut w) => {
-                w.path = resolve_workdir(&run.state.workdir, &w.path, &run.platform.os);
-                Instruction::Workdir(w)
-            }
-            Instruction::Volume(v) => {
-                if v.volumes.iter().any(|p| p.is_empty()) {
-                    return Err(at(ErrorKind::Invalid(
-                        "VOLUME specified can not be an empty string".to_string(),
-                    )));
+                let seen = prep
+                    .args_seen
+                    .borrow()
+                    .iter()
+                    .find(|(d, _)| *d == defs)
+                    .map(|(_, derived)| derived.clone());
+                match seen {
+                    Some(derived) => derived,
+                    None => {
+                        let expanded = if defs == a.args {
+                            Arc::clone(&prep.ins)
+                        } else {
+                            Arc::new(Instruction::Arg(Arg {
+                                args: defs.clone(),
+                                ..a.clone()
+                            }))
+                        };
+                        let derived = Derived {
+                            display: Arc::from(display(ins, &expanded, &lexer, &NoEnv)),
+                            ins: expanded,
+                            mounts: Arc::clone(&self.no_mounts),
+                        };
+                        let mut seen = prep.args_seen.borrow_mut();
+                        if seen.len() < 32 {
+                            seen.push((defs, derived.clone()));
+                        }
+                        derived
+                    }
                 }
-                Instruction::Volume(v)
             }
-            other => other,
+            _ => match &prep.fixed {
+                Some(d) => d.clone(),
+                None => prep
+                    .memo
+                    .get_or(&run.state, |env| self.derive(&prep.ins, prep.literal, env))?,
+            },
         };
-
-        // RUN mounts, typed and expanded.
-        let mut mounts = Vec::new();
-        if let Instruction::Run(r) = ins {
-            for raw in &r.mounts {
-                let m = Mount::parse(raw, |w| self.lexer.process_word(w, &run.state))
-                    .map_err(expansion)?
-                    .map_err(|e| at(ErrorKind::Invalid(e.to_string())))?;
-                mounts.push(m);
+        let mut expanded = derived.ins;
+        let mounts = derived.mounts;
+        match &*expanded {
+            Instruction::Workdir(w) => {
+                let path = resolve_workdir(&run.state.workdir, &w.path, &run.platform.os);
+                if path != w.path {
+                    let mut w = w.clone();
+                    w.path = path;
+                    expanded = Arc::new(Instruction::Workdir(w));
+                }
             }
+            Instruction::Volume(v) if v.volumes.iter().any(|p| p.is_empty()) => {
+                return Err(at(ErrorKind::Invalid(
+                    "VOLUME specified can not be an empty string".to_string(),
+                )));
+            }
+            _ => {}
         }
 
         // What the step reads.
-        let mut sources = Vec::with_capacity(deps.len());
-        for dep in deps {
+        let mut sources = Vec::with_capacity(prep.deps.len());
+        for dep in &prep.deps {
             match &dep.kind {
                 DepKind::Stage(s) => match done[*s].as_ref() {
                     Some(d) => sources.push(Source::Stage(d.instance)),
@@ -745,16 +916,15 @@ impl<'a> Planner<'a> {
                 }
                 DepKind::Image(reference) => sources.push(Source::Image {
                     reference: reference.clone(),
-                    platform: target_platform.clone(),
+                    platform: Arc::clone(target_platform),
                 }),
             }
         }
 
-        let display = display(ins, &expanded, &self.lexer, &run.state);
         let id = self.add_step(
             run,
-            expanded.clone(),
-            display,
+            derived.display,
+            Arc::clone(&expanded),
             onbuild,
             lines,
             sources,
@@ -766,7 +936,7 @@ impl<'a> Planner<'a> {
 
         // Apply the instruction to the stage state.
         let st = &mut run.state;
-        match &expanded {
+        match &*expanded {
             Instruction::Arg(_) => {
                 for (k, v) in new_args {
                     st.set_var(&k, v, true);
@@ -777,9 +947,13 @@ impl<'a> Planner<'a> {
                     st.set_env(&kv.key, kv.value.clone());
                 }
             }
-            Instruction::Workdir(w) => st.workdir = w.path.clone(),
-            Instruction::User(u) => st.user = u.user.clone(),
-            Instruction::Shell(s) => st.shell = s.shell.clone(),
+            Instruction::Workdir(w) if *st.workdir != *w.path => {
+                st.workdir = Arc::from(w.path.as_str());
+            }
+            Instruction::User(u) if *st.user != *u.user => {
+                st.user = Arc::from(u.user.as_str());
+            }
+            Instruction::Shell(s) => st.shell = Some(Arc::new(s.shell.clone())),
             Instruction::Onbuild(o) => st.onbuild.push(o.expression.clone()),
             _ => {}
         }
@@ -789,61 +963,62 @@ impl<'a> Planner<'a> {
     #[allow(clippy::too_many_arguments)]
     fn add_step(
         &mut self,
-        run: &Run,
-        instruction: Instruction,
-        display: String,
+        run: &mut Run,
+        display: Arc<str>,
+        instruction: Arc<Instruction>,
         onbuild: bool,
         lines: (usize, usize),
         sources: Vec<Source>,
-        mounts: Vec<Mount>,
-        target_platform: &Platform,
+        mounts: Arc<Vec<Mount>>,
+        target_platform: &Arc<Platform>,
     ) -> StepId {
-        let st = &run.state;
         let mut h = DefaultHasher::new();
         run.index.hash(&mut h);
         run.prev.hash(&mut h);
-        run.base.hash(&mut h);
+        run.base_id.hash(&mut h);
         run.platform.hash(&mut h);
-        display.hash(&mut h);
         lines.hash(&mut h);
+        onbuild.hash(&mut h);
         sources.hash(&mut h);
-        st.hash_args(&mut h);
+        run.state.hash_args(&mut h);
         let key = h.finish();
-        let shell_default;
-        let shell: &[String] = if st.shell.is_empty() {
-            shell_default = default_shell(&run.platform.os);
-            &shell_default
-        } else {
-            &st.shell
+        let shell = match &run.state.shell {
+            Some(s) => Arc::clone(s),
+            None if run.platform.os == "windows" => Arc::clone(&self.shell_windows),
+            None => Arc::clone(&self.shell_linux),
         };
-        if let Some(candidates) = self.step_index.get(&key) {
-            for &id in candidates {
-                let s = &self.steps[id.0];
-                if s.parent == run.prev
-                    && s.stage == run.index
-                    && self.step_bases[id.0] == run.base
-                    && s.platform == run.platform
-                    && s.onbuild == onbuild
-                    && s.lines == lines
-                    && s.instruction == instruction
-                    && s.sources == sources
-                    && s.mounts == mounts
-                    && s.workdir == st.workdir
-                    && s.user == st.user
-                    && s.shell == shell
-                    && s.env == st.image_env
-                    && st.args_eq(&s.args)
-                {
-                    let s = &mut self.steps[id.0];
-                    if !s.platforms.contains(target_platform) {
-                        s.platforms.push(target_platform.clone());
-                        s.shared = s.platforms.len() > 1;
-                    }
-                    return id;
+        let st = &run.state;
+        let mut next = self.step_index.get(&key).copied().unwrap_or(u32::MAX);
+        while next != u32::MAX {
+            let id = StepId(next as usize);
+            next = self.step_next[id.0];
+            let s = &self.steps[id.0];
+            if s.parent == run.prev
+                && s.stage == run.index
+                && self.step_bases[id.0] == run.base_id
+                && s.platform == run.platform
+                && s.onbuild == onbuild
+                && s.lines == lines
+                && (Arc::ptr_eq(&s.instruction, &instruction) || s.instruction == instruction)
+                && s.sources == sources
+                && (Arc::ptr_eq(&s.mounts, &mounts) || s.mounts == mounts)
+                && s.workdir == st.workdir
+                && s.user == st.user
+                && (Arc::ptr_eq(&s.shell, &shell) || s.shell == shell)
+                && s.env.same(&st.image_env)
+                && st.args_eq(&s.args)
+            {
+                let s = &mut self.steps[id.0];
+                if !s.platforms.iter().any(|p| Arc::ptr_eq(p, target_platform)) {
+                    s.platforms.push(Arc::clone(target_platform));
+                    s.shared = s.platforms.len() > 1;
                 }
+                return id;
             }
         }
         let id = StepId(self.steps.len());
+        let args = run.state.args();
+        let st = &run.state;
         self.steps.push(Step {
             id,
             parent: run.prev,
@@ -852,23 +1027,25 @@ impl<'a> Planner<'a> {
             instruction,
             display,
             onbuild,
-            platform: run.platform.clone(),
-            args: st.args(),
+            platform: Arc::clone(&run.platform),
+            args,
             env: st.image_env.clone(),
-            workdir: st.workdir.clone(),
-            user: st.user.clone(),
-            shell: shell.to_vec(),
+            workdir: Arc::clone(&st.workdir),
+            user: Arc::clone(&st.user),
+            shell,
             sources,
             mounts,
-            platforms: vec![target_platform.clone()],
+            platforms: vec![Arc::clone(target_platform)],
             shared: false,
         });
-        self.step_bases.push(run.base.clone());
-        self.step_index.entry(key).or_default().push(id);
+        self.step_bases.push(run.base_id);
+        let previous = self.step_index.insert(key, id.0 as u32);
+        self.step_next.push(previous.unwrap_or(u32::MAX));
         id
     }
 
     fn add_stage(&mut self, run: &Run, target_platform: &Platform) -> StageId {
+        let platform: &Platform = &run.platform;
         let mut h = DefaultHasher::new();
         run.index.hash(&mut h);
         run.platform.hash(&mut h);
@@ -879,7 +1056,7 @@ impl<'a> Planner<'a> {
             for &id in candidates {
                 let s = &self.stages[id.0];
                 if s.index == run.index
-                    && s.platform == run.platform
+                    && s.platform == *platform
                     && s.base == run.base
                     && s.steps == run.steps
                 {
@@ -896,7 +1073,7 @@ impl<'a> Planner<'a> {
             id,
             name: self.file.stages[run.index].from.name.clone(),
             index: run.index,
-            platform: run.platform.clone(),
+            platform: platform.clone(),
             base: run.base.clone(),
             steps: run.steps.clone(),
             target_platforms: vec![target_platform.clone()],

@@ -2,9 +2,12 @@
 //! state BuildKit carries from instruction to instruction.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use kbuild_platform::Platform;
 use kbuild_shell::Env;
+
+use super::model::Vars;
 
 /// Build args BuildKit sets or understands without any ARG declaring them;
 /// never reported as unused.
@@ -131,11 +134,14 @@ struct Var {
 pub(crate) struct StageState {
     vars: Vec<Var>,
     index: HashMap<String, usize>,
-    pub(crate) image_env: Vec<(String, String)>,
-    pub(crate) workdir: String,
-    pub(crate) user: String,
-    /// The SHELL set by the image or an instruction; empty: the default.
-    pub(crate) shell: Vec<String>,
+    /// The image config's `Env`.
+    pub(crate) image_env: Vars,
+    /// The ARG values of `vars`, kept until an ARG or ENV changes them.
+    args: Option<Vars>,
+    pub(crate) workdir: Arc<str>,
+    pub(crate) user: Arc<str>,
+    /// The SHELL set by the image or an instruction; `None`: the default.
+    pub(crate) shell: Option<Arc<Vec<String>>>,
     /// ONBUILD expressions recorded so far (run by stages built on this one).
     pub(crate) onbuild: Vec<String>,
 }
@@ -145,16 +151,20 @@ impl StageState {
         StageState {
             vars: Vec::new(),
             index: HashMap::new(),
-            image_env: Vec::new(),
-            workdir: "/".to_string(),
-            user: String::new(),
-            shell: Vec::new(),
+            image_env: Vars::default(),
+            args: None,
+            workdir: Arc::from("/"),
+            user: Arc::from(""),
+            shell: None,
             onbuild: Vec::new(),
         }
     }
 
     /// Sets a variable of the build environment (replacing in place).
     pub(crate) fn set_var(&mut self, key: &str, value: String, from_arg: bool) {
+        if from_arg || self.index.get(key).is_some_and(|&i| self.vars[i].from_arg) {
+            self.args = None;
+        }
         match self.index.get(key) {
             Some(&i) => {
                 self.vars[i].value = value;
@@ -173,9 +183,10 @@ impl StageState {
 
     /// ENV: the build environment and the image config both change.
     pub(crate) fn set_env(&mut self, key: &str, value: String) {
-        match self.image_env.iter_mut().find(|(k, _)| k == key) {
+        let env = self.image_env.make_mut();
+        match env.iter_mut().find(|(k, _)| k == key) {
             Some(entry) => entry.1 = value.clone(),
-            None => self.image_env.push((key.to_string(), value.clone())),
+            None => env.push((key.to_string(), value.clone())),
         }
         self.set_var(key, value, false);
     }
@@ -185,16 +196,26 @@ impl StageState {
     }
 
     /// The ARG values of the build environment, in declaration order.
-    pub(crate) fn args(&self) -> Vec<(String, String)> {
-        self.vars
+    pub(crate) fn args(&mut self) -> Vars {
+        if let Some(a) = &self.args {
+            return a.clone();
+        }
+        let a: Vars = self
+            .vars
             .iter()
             .filter(|v| v.from_arg)
             .map(|v| (v.key.clone(), v.value.clone()))
-            .collect()
+            .collect::<Vec<_>>()
+            .into();
+        self.args = Some(a.clone());
+        a
     }
 
-    /// Whether the ARG values equal `args` (no allocation).
-    pub(crate) fn args_eq(&self, args: &[(String, String)]) -> bool {
+    /// Whether the ARG values equal `args`.
+    pub(crate) fn args_eq(&self, args: &Vars) -> bool {
+        if let Some(a) = &self.args {
+            return a.same(args);
+        }
         let mut it = args.iter();
         for v in self.vars.iter().filter(|v| v.from_arg) {
             match it.next() {
@@ -214,9 +235,78 @@ impl StageState {
     }
 }
 
+impl StageState {
+    /// The value of `name` in the build environment, borrowed.
+    pub(crate) fn value(&self, name: &str) -> Option<&str> {
+        self.index.get(name).map(|&i| self.vars[i].value.as_str())
+    }
+}
+
 impl Env for StageState {
     fn get(&self, name: &str) -> Option<String> {
-        self.index.get(name).map(|&i| self.vars[i].value.clone())
+        self.value(name).map(str::to_string)
+    }
+}
+
+/// A stage's build environment that remembers every lookup made through it.
+pub(crate) struct Recording<'a> {
+    inner: &'a StageState,
+    seen: std::cell::RefCell<Vec<(String, Option<String>)>>,
+}
+
+impl Env for Recording<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        let value = self.inner.value(name).map(str::to_string);
+        let mut seen = self.seen.borrow_mut();
+        if !seen.iter().any(|(k, _)| k == name) {
+            seen.push((name.to_string(), value.clone()));
+        }
+        value
+    }
+}
+
+/// Results computed from a stage's build environment, kept with the lookups
+/// they made: a later environment that gives the same values for those
+/// names gets the same result (the computation is deterministic in them).
+pub(crate) struct Memo<T> {
+    entries: std::cell::RefCell<Vec<(Lookups, T)>>,
+}
+
+/// Names read from an environment and the values they had.
+type Lookups = Vec<(String, Option<String>)>;
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo {
+            entries: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    /// At most this many results are kept per computation.
+    const LIMIT: usize = 32;
+
+    pub(crate) fn get_or<E>(
+        &self,
+        env: &StageState,
+        compute: impl FnOnce(&Recording<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        for (lookups, value) in self.entries.borrow().iter() {
+            if lookups.iter().all(|(k, v)| env.value(k) == v.as_deref()) {
+                return Ok(value.clone());
+            }
+        }
+        let recording = Recording {
+            inner: env,
+            seen: std::cell::RefCell::new(Vec::new()),
+        };
+        let value = compute(&recording)?;
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() < Self::LIMIT {
+            entries.push((recording.seen.into_inner(), value.clone()));
+        }
+        Ok(value)
     }
 }
 
@@ -230,12 +320,12 @@ pub(crate) fn default_path(os: &str) -> &'static str {
 }
 
 /// BuildKit's default shell for an operating system.
-pub(crate) fn default_shell(os: &str) -> Vec<String> {
-    if os == "windows" {
+pub(crate) fn default_shell(os: &str) -> Arc<Vec<String>> {
+    Arc::new(if os == "windows" {
         vec!["cmd".into(), "/S".into(), "/C".into()]
     } else {
         vec!["/bin/sh".into(), "-c".into()]
-    }
+    })
 }
 
 #[cfg(test)]
@@ -249,7 +339,10 @@ mod tests {
         st.set_env("A", "env".into());
         assert_eq!(Env::get(&st, "A").as_deref(), Some("env"));
         assert!(st.args().is_empty());
-        assert_eq!(st.image_env, vec![("A".to_string(), "env".to_string())]);
+        assert_eq!(
+            st.image_env.to_vec(),
+            vec![("A".to_string(), "env".to_string())]
+        );
     }
 
     #[test]
@@ -258,9 +351,51 @@ mod tests {
         st.set_env("A", "env".into());
         st.set_var("A", "arg".into(), true);
         assert_eq!(Env::get(&st, "A").as_deref(), Some("arg"));
-        assert_eq!(st.args(), vec![("A".to_string(), "arg".to_string())]);
-        assert!(st.args_eq(&st.args()));
-        assert_eq!(st.image_env, vec![("A".to_string(), "env".to_string())]);
+        assert_eq!(
+            st.args().to_vec(),
+            vec![("A".to_string(), "arg".to_string())]
+        );
+        let args = st.args();
+        assert!(st.args_eq(&args));
+        let mut other = st.clone();
+        other.set_var("B", "x".into(), true);
+        assert!(!other.args_eq(&args));
+        assert_eq!(
+            st.image_env.to_vec(),
+            vec![("A".to_string(), "env".to_string())]
+        );
+    }
+
+    #[test]
+    fn memo_reuses_results_only_for_the_same_lookups() {
+        use std::cell::Cell;
+        let memo: Memo<String> = Memo::default();
+        let calls = Cell::new(0);
+        let lexer = kbuild_shell::Lexer::new('\\');
+        let run = |st: &StageState| {
+            memo.get_or(st, |env| {
+                calls.set(calls.get() + 1);
+                lexer.process_word("${A:-$B}", env)
+            })
+        };
+        let mut st = StageState::new();
+        st.set_var("B", "b".into(), true);
+        assert_eq!(run(&st).as_deref(), Ok("b"));
+        st.set_var("C", "unrelated".into(), true);
+        assert_eq!(run(&st).as_deref(), Ok("b"));
+        assert_eq!(calls.get(), 1);
+        st.set_var("A", "a".into(), true);
+        assert_eq!(run(&st).as_deref(), Ok("a"));
+        assert_eq!(calls.get(), 2);
+        // The lexer reads B even when A is set, so changing B recomputes.
+        st.set_var("B", "changed".into(), true);
+        assert_eq!(run(&st).as_deref(), Ok("a"));
+        st.set_var("A", "".into(), true);
+        assert_eq!(run(&st).as_deref(), Ok("changed"));
+        st.set_var("A", "a".into(), true);
+        st.set_var("B", "b".into(), true);
+        assert_eq!(run(&st).as_deref(), Ok("a"));
+        assert_eq!(calls.get(), 4);
     }
 
     #[test]
