@@ -4,6 +4,21 @@
 //! OCI/Docker config, manifest and index documents, and the exporters (OCI
 //! layout directory or tar, `docker load` archive).
 //!
+//! Notes for users of the crate:
+//! - [`Descriptor`] is this crate's own type, not oci-spec's: oci-spec 0.10
+//!   writes a platform's `os.version`/`os.features` as `os_version`/
+//!   `os_features` and keeps annotations in a `HashMap` (unstable bytes).
+//!   `From<&Descriptor> for oci_spec::image::Descriptor` and the reverse
+//!   `TryFrom` convert when needed. Platforms convert from any type with the
+//!   OCI serde shape (e.g. `kbuild_platform::Platform`) through
+//!   [`DescriptorPlatform::from_platform`].
+//! - Documents are written as canonical JSON ([`canonical_json`]): sorted
+//!   keys, compact, so the same image gives the same digests.
+//! - Builds hold [`ContentStore::lock_shared`] while they write blobs that no
+//!   ref reaches yet; [`ContentStore::prune`] takes the lock exclusively and
+//!   refuses to run while any build holds it.
+//! - A blob is opened with [`ContentStore::open_blob`] (`open` opens the store).
+//!
 //! ```
 //! use std::io::Write;
 //! use kbuild_image::{
