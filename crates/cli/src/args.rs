@@ -61,7 +61,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Report, for every supported platform, whether this machine builds it natively, by emulation, or not at all.
-    Doctor,
+    Doctor {
+        /// Register missing QEMU handlers (binfmt_misc, needs root and qemu-user-static).
+        #[arg(long)]
+        install: bool,
+    },
     /// Remove blobs, snapshots and cache entries that no image or cache record references.
     Prune {
         /// Remove the build cache records too, not only unreferenced data.

@@ -128,6 +128,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         })?),
         _ => None,
     };
+    let cancel = kbuild_worker::executor::Cancel::new();
     let progress: Arc<dyn Progress> = match mode {
         ProgressMode::Quiet => Arc::new(kbuild_solver::progress::Silent),
         ProgressMode::Plain => Arc::new(Plain::default()),
@@ -144,6 +145,13 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             pull,
             compression,
             source_date_epoch,
+            secrets: req.secrets.clone(),
+            ssh: req.ssh.clone(),
+            add_hosts: req.add_hosts.clone(),
+            network: req.network,
+            cache_mounts: root.join("cache-mounts"),
+            executor: kbuild_worker::executor::Executor::current_exe(),
+            cancel: cancel.clone(),
         },
         progress.clone(),
     );
@@ -193,9 +201,16 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             let report = outputs::export(&solver, &result, &req.outputs).await?;
             Ok::<(BuildResult, ExportReport), BuildError>((result, report))
         };
+        tokio::pin!(work);
         tokio::select! {
-            r = work => r,
-            _ = tokio::signal::ctrl_c() => Err(BuildError::Cancelled),
+            r = &mut work => r,
+            _ = tokio::signal::ctrl_c() => {
+                // Kill running steps, then let the build unwind: mounts are
+                // released and no tag is pushed for an unfinished image.
+                cancel.cancel();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut work).await;
+                Err(BuildError::Cancelled)
+            }
         }
     })?;
     for w in &result.plan.warnings {
@@ -357,4 +372,87 @@ impl Progress for Tty {
             }
         }
     }
+}
+
+/// `kubectl build prune`: drop what no image or cache record references
+/// (with `all`, the cache records too), blobs and unpacked layers alike.
+pub fn prune(g: &GlobalArgs, all: bool) -> Result<String, BuildError> {
+    let (store, root) = open_store(g)?;
+    let serr = |source| BuildError::Store {
+        path: root.clone(),
+        source,
+    };
+    let mut dropped_records = 0;
+    if all {
+        for (name, _) in store.list_refs().map_err(serr)? {
+            if name.starts_with("cache/") {
+                store.remove_ref(&name).map_err(serr)?;
+                dropped_records += 1;
+            }
+        }
+    }
+    let report = store.prune(&[]).map_err(serr)?;
+    // Unpacked layers whose diff id no remaining config lists.
+    let roots: Vec<kbuild_image::Digest> = store
+        .list_refs()
+        .map_err(serr)?
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    let mut keep = std::collections::HashSet::new();
+    for d in store.reachable(roots).map_err(serr)? {
+        if let Ok(bytes) = store.read(&d) {
+            if let Ok(cfg) = kbuild_image::ImageConfig::parse(&bytes) {
+                for id in cfg.rootfs.diff_ids {
+                    keep.insert(id.hex());
+                }
+            }
+        }
+    }
+    let layers = root.join("snapshots").join("layers");
+    let (mut removed_layers, mut layer_bytes) = (0u64, 0u64);
+    if let Ok(rd) = std::fs::read_dir(&layers) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            layer_bytes += dir_size(&e.path());
+            if std::fs::remove_dir_all(e.path()).is_ok() {
+                removed_layers += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "removed {} blobs ({:.1} MB), {} unpacked layers ({:.1} MB){}; kept {} blobs",
+        report.removed_blobs.len(),
+        report.freed_bytes as f64 / 1e6,
+        removed_layers,
+        layer_bytes as f64 / 1e6,
+        if all {
+            format!(", {dropped_records} cache records")
+        } else {
+            String::new()
+        },
+        report.kept
+    ))
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if let Ok(m) = e.path().symlink_metadata() {
+                    if m.is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        total += m.len();
+                    }
+                }
+            }
+        }
+    }
+    total
 }

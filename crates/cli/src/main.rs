@@ -11,6 +11,13 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The sandbox helper of RUN steps is this same binary, re-executed
+    // single-threaded before anything else starts.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(kbuild_worker::executor::SANDBOX_FLAG))
+    {
+        kbuild_worker::executor::helper_main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -31,11 +38,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Some(Command::Doctor) => {
-            request::not_yet("kubectl build doctor", "issue 4 (RUN and emulation)")
-        }
-        Some(Command::Prune { .. }) => {
-            request::not_yet("kubectl build prune", "issue 3 (build engine)")
+        Some(Command::Doctor { install }) => doctor(install),
+        Some(Command::Prune { all }) => {
+            let report = build::prune(&cli.global, all)?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
         }
         None => {
             let req = request::BuildRequest::from_args(&cli.build, &cli.global)?;
@@ -61,4 +68,36 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
     }
+}
+
+/// `kubectl build doctor`: how each supported platform's RUN steps execute here.
+fn doctor(install: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let host = kbuild_platform::Platform::host();
+    println!("host platform: {host}");
+    let mut all_ok = true;
+    for (platform, support) in kbuild_worker::binfmt::report() {
+        let mut support = support;
+        if install && !support.runs() && platform.os == "linux" {
+            match kbuild_worker::binfmt::ensure(&platform) {
+                Ok(action) => {
+                    println!("{:<16} {action}", platform.to_string());
+                    support = kbuild_worker::binfmt::support(&platform);
+                }
+                Err(e) => println!(
+                    "{:<16} could not set up emulation: {e}",
+                    platform.to_string()
+                ),
+            }
+        }
+        if !support.runs() && platform.os == "linux" {
+            all_ok = false;
+        }
+        println!("{:<16} {support}", platform.to_string());
+    }
+    println!("COPY-only stages build for every platform; RUN needs the platform to run natively or by emulation.");
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 /// A flag or input problem found before building.
 #[derive(Debug, thiserror::Error)]
@@ -255,12 +254,4 @@ fn display_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_string())
-}
-
-/// Report a command that a later part of the product implements.
-pub fn not_yet(what: &str, when: &'static str) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    Err(Box::new(RequestError::NotImplemented(
-        what.to_string(),
-        when,
-    )))
 }

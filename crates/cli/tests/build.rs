@@ -24,7 +24,11 @@ fn manifest_digests(index: &serde_json::Value) -> Vec<(String, String)> {
         .iter()
         .map(|m| {
             let p = &m["platform"];
-            let mut plat = format!("{}/{}", p["os"].as_str().unwrap(), p["architecture"].as_str().unwrap());
+            let mut plat = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            );
             if let Some(var) = p["variant"].as_str() {
                 plat = format!("{plat}/{var}");
             }
@@ -48,12 +52,32 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     let env = [("SOURCE_DATE_EPOCH", "1700000000")];
     let ctx_s = ctx.to_str().unwrap();
 
-    let first = run(&store, &[ctx_s, "--platform", SEVEN, "-t", &tag, "--push", "--progress", "plain"], &env).ok();
+    let first = run(
+        &store,
+        &[
+            ctx_s,
+            "--platform",
+            SEVEN,
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+        ],
+        &env,
+    )
+    .ok();
     assert!(first.stderr.contains("DONE"), "{}", first.stderr);
 
     let index = skopeo_raw(&tag);
-    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json", "{index}");
-    let got: Vec<String> = manifest_digests(&index).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let got: Vec<String> = manifest_digests(&index)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     let mut want: Vec<String> = SEVEN.split(',').map(String::from).collect();
     want.sort();
     assert_eq!(got, want, "platforms of the pushed index");
@@ -62,32 +86,83 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     for (plat, digest) in manifest_digests(&index) {
         let repo = tag.rsplit_once(':').unwrap().0;
         let m = skopeo_raw(&format!("{repo}@{digest}"));
-        assert_eq!(m["layers"].as_array().unwrap().len(), 1, "{plat}: one COPY layer");
+        assert_eq!(
+            m["layers"].as_array().unwrap().len(),
+            1,
+            "{plat}: one COPY layer"
+        );
         let cfg = std::process::Command::new("skopeo")
-            .args(["inspect", "--config", "--raw", "--tls-verify=false", &format!("docker://{repo}@{digest}")])
+            .args([
+                "inspect",
+                "--config",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{repo}@{digest}"),
+            ])
             .output()
             .unwrap();
         let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).unwrap();
-        let mut cplat = format!("{}/{}", cfg["os"].as_str().unwrap(), cfg["architecture"].as_str().unwrap());
+        let mut cplat = format!(
+            "{}/{}",
+            cfg["os"].as_str().unwrap(),
+            cfg["architecture"].as_str().unwrap()
+        );
         if let Some(v) = cfg["variant"].as_str() {
             cplat = format!("{cplat}/{v}");
         }
         assert_eq!(cplat, plat);
         assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["sh"]));
-        assert!(cfg["config"]["Env"].as_array().unwrap().iter().any(|e| e == "PATH=/bin"), "{cfg}");
+        assert!(
+            cfg["config"]["Env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == "PATH=/bin"),
+            "{cfg}"
+        );
     }
 
     // Second run: every step from the cache, same digest.
-    let second = run(&store, &[ctx_s, "--platform", SEVEN, "-t", &tag, "--push", "--progress", "plain"], &env).ok();
-    let cached = second.stderr.lines().filter(|l| l.ends_with(" CACHED")).count();
+    let second = run(
+        &store,
+        &[
+            ctx_s,
+            "--platform",
+            SEVEN,
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+        ],
+        &env,
+    )
+    .ok();
+    let cached = second
+        .stderr
+        .lines()
+        .filter(|l| l.ends_with(" CACHED"))
+        .count();
     assert_eq!(cached, 7, "{}", second.stderr);
-    assert!(!second.stderr.contains(" DONE "), "nothing rebuilt:\n{}", second.stderr);
+    assert!(
+        !second.stderr.contains(" DONE "),
+        "nothing rebuilt:\n{}",
+        second.stderr
+    );
 
     // The same build to an OCI layout tarball, in a fresh store, gives the same manifests.
     let oci = t.path().join("x.tar");
     let third = run(
         &t.path().join("store2"),
-        &[ctx_s, "--platform", SEVEN, "-o", &format!("type=oci,dest={}", oci.display()), "--progress", "quiet"],
+        &[
+            ctx_s,
+            "--platform",
+            SEVEN,
+            "-o",
+            &format!("type=oci,dest={}", oci.display()),
+            "--progress",
+            "quiet",
+        ],
         &env,
     )
     .ok();
@@ -98,19 +173,33 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
         .status()
         .unwrap();
     assert!(st.success());
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let root = idx["manifests"][0]["digest"].as_str().unwrap().to_string();
     assert_eq!(third.stdout.trim(), root, "quiet prints the digest");
     let inner: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(root.trim_start_matches("sha256:"))).unwrap(),
+        &std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(root.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
     )
     .unwrap();
-    assert_eq!(manifest_digests(&inner), manifest_digests(&index), "reproducible with SOURCE_DATE_EPOCH");
+    assert_eq!(
+        manifest_digests(&inner),
+        manifest_digests(&index),
+        "reproducible with SOURCE_DATE_EPOCH"
+    );
     let st = std::process::Command::new("skopeo")
         .args(["inspect", "--raw", &format!("oci:{}", layout.display())])
         .output()
         .unwrap();
-    assert!(st.status.success(), "skopeo reads the layout: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "skopeo reads the layout: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 /// Build the busybox base into the local store for one platform and return its name.
@@ -119,7 +208,17 @@ fn local_busybox(store: &Path, platform: &str) -> Option<String> {
     let name = "kbuild.test/busybox:latest".to_string();
     run(
         store,
-        &[ctx.to_str().unwrap(), "--platform", platform, "-t", &name, "-o", "type=image", "--progress", "plain"],
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            platform,
+            "-t",
+            &name,
+            "-o",
+            "type=image",
+            "--progress",
+            "plain",
+        ],
         &[],
     )
     .ok();
@@ -133,7 +232,9 @@ fn copy_chown_workdir_stages_and_local_output() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let Some(base) = local_busybox(&store, "linux/amd64") else { return };
+    let Some(base) = local_busybox(&store, "linux/amd64") else {
+        return;
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("app/main.txt"), "hello\n");
     write(&ctx.join("app/skip.log"), "no\n");
@@ -154,7 +255,15 @@ fn copy_chown_workdir_stages_and_local_output() {
     let out = t.path().join("out");
     run(
         &store,
-        &[ctx.to_str().unwrap(), "--platform", "linux/amd64", "-o", &format!("type=local,dest={}", out.display()), "--progress", "plain"],
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            "--progress",
+            "plain",
+        ],
         &[],
     )
     .ok();
@@ -162,12 +271,22 @@ fn copy_chown_workdir_stages_and_local_output() {
     let f = out.join("srv/data/main.txt");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello\n");
     let md = std::fs::metadata(&f).unwrap();
-    assert_eq!((md.uid(), md.gid()), (65534, 65534), "--chown by name resolved in the image");
-    assert!(!out.join("srv/data/skip.log").exists(), ".dockerignore applied");
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (65534, 65534),
+        "--chown by name resolved in the image"
+    );
+    assert!(
+        !out.join("srv/data/skip.log").exists(),
+        ".dockerignore applied"
+    );
     assert!(!out.join("secret.txt").exists());
     let motd = std::fs::metadata(out.join("etc/motd")).unwrap();
     assert_eq!(motd.mode() & 0o7777, 0o600);
-    assert!(!out.join("bin/busybox").exists(), "scratch stage holds only what was copied");
+    assert!(
+        !out.join("bin/busybox").exists(),
+        "scratch stage holds only what was copied"
+    );
 }
 
 #[test]
@@ -177,7 +296,9 @@ fn docker_archive_loads_and_runs_in_dockerd() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let Some(base) = local_busybox(&store, "linux/amd64") else { return };
+    let Some(base) = local_busybox(&store, "linux/amd64") else {
+        return;
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("hello.txt"), "hello from kubectl-build\n");
     write(
@@ -187,7 +308,15 @@ fn docker_archive_loads_and_runs_in_dockerd() {
     let tarball = t.path().join("img.tar");
     run(
         &store,
-        &[ctx.to_str().unwrap(), "--platform", "linux/amd64", "-t", "kbuild-test/hello:1", "-o", &format!("type=docker,dest={}", tarball.display())],
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "kbuild-test/hello:1",
+            "-o",
+            &format!("type=docker,dest={}", tarball.display()),
+        ],
         &[],
     )
     .ok();
@@ -198,7 +327,8 @@ fn docker_archive_loads_and_runs_in_dockerd() {
             return;
         }
     };
-    d.docker_ok(["load", "-i", tarball.to_str().unwrap()]).expect("docker load");
+    d.docker_ok(["load", "-i", tarball.to_str().unwrap()])
+        .expect("docker load");
     let out = d
         .docker_ok(["run", "--rm", "--network", "none", "kbuild-test/hello:1"])
         .expect("docker run");
@@ -216,10 +346,23 @@ fn unreachable_registry_is_one_clear_line() {
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n");
     let port = kbuild_testkit::registry::free_port().unwrap();
     let tag = format!("127.0.0.1:{port}/x/y:1");
-    let r = run(&t.path().join("s"), &[ctx.to_str().unwrap(), "-t", &tag, "--push"], &[]).fails();
-    let errs: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    let r = run(
+        &t.path().join("s"),
+        &[ctx.to_str().unwrap(), "-t", &tag, "--push"],
+        &[],
+    )
+    .fails();
+    let errs: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
     assert_eq!(errs.len(), 1, "{}", r.stderr);
-    assert!(errs[0].contains(&format!("127.0.0.1:{port}")), "{}", r.stderr);
+    assert!(
+        errs[0].contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -229,12 +372,23 @@ fn missing_base_image_platform_lists_what_it_has() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let Some(base) = local_busybox(&store, "linux/amd64,linux/arm64") else { return };
+    let Some(base) = local_busybox(&store, "linux/amd64,linux/arm64") else {
+        return;
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), &format!("FROM {base}\n"));
-    let r = run(&store, &[ctx.to_str().unwrap(), "--platform", "linux/s390x"], &[]).fails();
+    let r = run(
+        &store,
+        &[ctx.to_str().unwrap(), "--platform", "linux/s390x"],
+        &[],
+    )
+    .fails();
     assert!(r.stderr.contains("linux/s390x"), "{}", r.stderr);
-    assert!(r.stderr.contains("linux/amd64") && r.stderr.contains("linux/arm64"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("linux/amd64") && r.stderr.contains("linux/arm64"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -245,12 +399,25 @@ fn missing_copy_source_fails_and_tags_nothing() {
     let reg = TestRegistry::start().expect("registry");
     let t = tempfile::tempdir().unwrap();
     let ctx = t.path().join("ctx");
-    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY nothere.txt /x\n");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY nothere.txt /x\n",
+    );
     let tag = format!("{}/x/y:1", reg.host());
-    let r = run(&t.path().join("s"), &[ctx.to_str().unwrap(), "-t", &tag, "--push"], &[]).fails();
+    let r = run(
+        &t.path().join("s"),
+        &[ctx.to_str().unwrap(), "-t", &tag, "--push"],
+        &[],
+    )
+    .fails();
     assert!(r.stderr.contains("nothere.txt"), "{}", r.stderr);
     let st = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{tag}")])
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{tag}"),
+        ])
         .output()
         .unwrap();
     assert!(!st.status.success(), "no tag was pushed");

@@ -32,7 +32,14 @@ fn dry_run_json_of_the_cross_dockerfile() {
     let df = t.path().join("Dockerfile.cross");
     let r = run(
         &t.path().join("store"),
-        &[ctx, "-f", df.to_str().unwrap(), "--platform", SIX, "--dry-run=json"],
+        &[
+            ctx,
+            "-f",
+            df.to_str().unwrap(),
+            "--platform",
+            SIX,
+            "--dry-run=json",
+        ],
         &[],
     )
     .ok();
@@ -48,7 +55,11 @@ fn dry_run_json_of_the_cross_dockerfile() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| stages[s.as_u64().unwrap() as usize]["name"].as_str().unwrap_or(""))
+            .map(|s| {
+                stages[s.as_u64().unwrap() as usize]["name"]
+                    .as_str()
+                    .unwrap_or("")
+            })
             .collect();
         if platform == "windows/amd64" {
             assert!(names.contains(&"release-windows"), "{platform}: {names:?}");
@@ -64,7 +75,11 @@ fn dry_run_json_of_the_cross_dockerfile() {
             .map(|s| &stages[s.as_u64().unwrap() as usize])
             .find(|s| s["name"] == "builder")
             .expect("builder stage");
-        assert_eq!(builder["platform"], host.as_str(), "builder runs on the build platform");
+        assert_eq!(
+            builder["platform"],
+            host.as_str(),
+            "builder runs on the build platform"
+        );
         // The builder's steps before ARG TARGETOS are one step shared by all six targets.
         let first_two: Vec<&serde_json::Value> = builder["steps"]
             .as_array()
@@ -83,7 +98,11 @@ fn dry_run_json_of_the_cross_dockerfile() {
         .iter()
         .filter(|s| s["instruction"]["kind"] == "run")
         .collect();
-    assert!(runs.len() >= 5, "one compile per distinct TARGETOS/TARGETARCH: {}", runs.len());
+    assert!(
+        runs.len() >= 5,
+        "one compile per distinct TARGETOS/TARGETARCH: {}",
+        runs.len()
+    );
 }
 
 #[test]
@@ -92,38 +111,67 @@ fn dry_run_text_names_stages_and_bases() {
     write(&t.path().join("Dockerfile"), CROSS);
     let r = run(
         &t.path().join("store"),
-        &[t.path().to_str().unwrap(), "--platform", "linux/arm64,windows/amd64", "--dry-run"],
+        &[
+            t.path().to_str().unwrap(),
+            "--platform",
+            "linux/arm64,windows/amd64",
+            "--dry-run",
+        ],
         &[],
     )
     .ok();
     assert!(r.stdout.contains("linux/arm64"), "{}", r.stdout);
     assert!(r.stdout.contains("release-windows"), "{}", r.stdout);
-    assert!(r.stdout.contains("mcr.microsoft.com/windows/nanoserver:ltsc2022"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("mcr.microsoft.com/windows/nanoserver:ltsc2022"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
 fn dockerfile_errors_name_file_and_line() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n\nCOPPY a /b\n");
-    let r = run(&t.path().join("s"), &[t.path().to_str().unwrap(), "--dry-run"], &[]).fails();
-    let line = r.stderr.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+    let r = run(
+        &t.path().join("s"),
+        &[t.path().to_str().unwrap(), "--dry-run"],
+        &[],
+    )
+    .fails();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
     assert!(line.contains("Dockerfile:3"), "{}", r.stderr);
     assert!(line.contains("COPPY"), "{}", r.stderr);
     assert!(line.contains("did you mean COPY?"), "{}", r.stderr);
-    assert_eq!(r.stderr.lines().filter(|l| l.starts_with("error:")).count(), 1);
+    assert_eq!(
+        r.stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1
+    );
 }
 
 #[test]
 fn unknown_target_lists_the_stages() {
     let t = tempfile::tempdir().unwrap();
-    write(&t.path().join("Dockerfile"), "FROM scratch AS one\nFROM scratch AS two\n");
+    write(
+        &t.path().join("Dockerfile"),
+        "FROM scratch AS one\nFROM scratch AS two\n",
+    );
     let r = run(
         &t.path().join("s"),
         &[t.path().to_str().unwrap(), "--target", "three", "--dry-run"],
         &[],
     )
     .fails();
-    assert!(r.stderr.contains("three") && r.stderr.contains("one") && r.stderr.contains("two"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("three") && r.stderr.contains("one") && r.stderr.contains("two"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -132,12 +180,21 @@ fn bad_platform_lists_the_supported_ones() {
     write(&t.path().join("Dockerfile"), "FROM scratch\n");
     let r = run(
         &t.path().join("s"),
-        &[t.path().to_str().unwrap(), "--platform", "linux/amd64,bogus", "--dry-run"],
+        &[
+            t.path().to_str().unwrap(),
+            "--platform",
+            "linux/amd64,bogus",
+            "--dry-run",
+        ],
         &[],
     )
     .fails();
     assert!(r.stderr.contains("bogus"), "{}", r.stderr);
-    assert!(r.stderr.contains("linux/arm/v7") && r.stderr.contains("windows/amd64"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("linux/arm/v7") && r.stderr.contains("windows/amd64"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -145,8 +202,17 @@ fn missing_context_and_dockerfile_are_reported() {
     let t = tempfile::tempdir().unwrap();
     let r = run(&t.path().join("s"), &["/nonexistent/ctx", "--dry-run"], &[]).fails();
     assert!(r.stderr.contains("/nonexistent/ctx"), "{}", r.stderr);
-    let r = run(&t.path().join("s"), &[t.path().to_str().unwrap(), "--dry-run"], &[]).fails();
-    assert!(r.stderr.contains("Dockerfile") && r.stderr.contains("-f"), "{}", r.stderr);
+    let r = run(
+        &t.path().join("s"),
+        &[t.path().to_str().unwrap(), "--dry-run"],
+        &[],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains("Dockerfile") && r.stderr.contains("-f"),
+        "{}",
+        r.stderr
+    );
     let r = run(&t.path().join("s"), &["--dry-run"], &[]).fails();
     assert!(r.stderr.contains("PATH"), "{}", r.stderr);
 }
@@ -164,7 +230,11 @@ fn flags_of_later_parts_say_not_implemented() {
         let mut args = vec![ctx];
         args.extend(flags.iter());
         let r = run(&t.path().join("s"), &args, &[]).fails();
-        assert!(r.stderr.contains("not implemented yet"), "{flags:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("not implemented yet"),
+            "{flags:?}: {}",
+            r.stderr
+        );
     }
 }
 
@@ -174,10 +244,19 @@ fn bad_output_and_build_arg_values() {
     write(&t.path().join("Dockerfile"), "FROM scratch\n");
     let ctx = t.path().to_str().unwrap();
     let r = run(&t.path().join("s"), &[ctx, "-o", "type=ftp"], &[]).fails();
-    assert!(r.stderr.contains("--output") && r.stderr.contains("ftp"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--output") && r.stderr.contains("ftp"),
+        "{}",
+        r.stderr
+    );
     let r = run(&t.path().join("s"), &[ctx, "--push"], &[]).fails();
     assert!(r.stderr.contains("-t NAME"), "{}", r.stderr);
-    let r = run(&t.path().join("s"), &[ctx, "--build-arg", "=x", "--dry-run"], &[]).fails();
+    let r = run(
+        &t.path().join("s"),
+        &[ctx, "--build-arg", "=x", "--dry-run"],
+        &[],
+    )
+    .fails();
     assert!(r.stderr.contains("--build-arg"), "{}", r.stderr);
 }
 
@@ -185,8 +264,19 @@ fn bad_output_and_build_arg_values() {
 fn help_reads_like_kubectl() {
     let t = tempfile::tempdir().unwrap();
     let r = run(&t.path().join("s"), &["--help"], &[]).ok();
-    for needle in ["Examples:", "Options:", "Usage:", "kubectl build [flags] PATH", "--platform", "--registry-secret"] {
-        assert!(r.stdout.contains(needle), "missing {needle:?} in help:\n{}", r.stdout);
+    for needle in [
+        "Examples:",
+        "Options:",
+        "Usage:",
+        "kubectl build [flags] PATH",
+        "--platform",
+        "--registry-secret",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "missing {needle:?} in help:\n{}",
+            r.stdout
+        );
     }
 }
 
@@ -195,15 +285,28 @@ fn dockerfile_from_stdin() {
     use std::io::Write;
     let t = tempfile::tempdir().unwrap();
     let mut c = std::process::Command::new(common::bin())
-        .args(["--root", t.path().join("s").to_str().unwrap(), "-", "--dry-run=json"])
+        .args([
+            "--root",
+            t.path().join("s").to_str().unwrap(),
+            "-",
+            "--dry-run=json",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    c.stdin.take().unwrap().write_all(b"FROM scratch\nLABEL a=b\n").unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM scratch\nLABEL a=b\n")
+        .unwrap();
     let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["targets"].as_array().unwrap().len(), 1);
 }

@@ -12,7 +12,9 @@
 use crate::config::{self, StageMeta};
 use crate::copy::{self, CopyError};
 use crate::fsutil::{join_container, resolve_in_root};
+use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
+use crate::run;
 use crate::users;
 use kbuild_dockerfile::instructions::Instruction;
 use kbuild_dockerfile::plan::{
@@ -24,6 +26,7 @@ use kbuild_image::{
     Index, LayerWriter, Manifest, MEDIA_TYPE_OCI_CONFIG,
 };
 use kbuild_platform::Platform;
+use kbuild_worker::executor::{Cancel, Executor, RunSpec, User as RunUser};
 use kbuild_worker::snapshot::{write_diff, DiffOptions, Snapshotter};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -63,6 +66,9 @@ pub enum SolveError {
     /// A failure shared by several waiters (a step many platforms need).
     #[error("{0}")]
     Shared(Arc<SolveError>),
+    /// A platform's RUN steps cannot execute on this machine.
+    #[error("{0}")]
+    Emulation(String),
     /// A worker thread died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,6 +95,20 @@ pub struct SolveOptions {
     /// `SOURCE_DATE_EPOCH`: clamps file times in new layers and sets the
     /// image and history timestamps, so identical inputs give identical digests.
     pub source_date_epoch: Option<i64>,
+    /// `--secret` values for RUN --mount=type=secret.
+    pub secrets: Vec<SecretSpec>,
+    /// `--ssh` values for RUN --mount=type=ssh.
+    pub ssh: Vec<SshSpec>,
+    /// `--add-host` entries for RUN's /etc/hosts.
+    pub add_hosts: Vec<(String, std::net::IpAddr)>,
+    /// `--network` for RUN steps without their own.
+    pub network: NetworkMode,
+    /// Where persistent `RUN --mount=type=cache` directories live.
+    pub cache_mounts: PathBuf,
+    /// Runs RUN steps (a re-exec of our own binary).
+    pub executor: Executor,
+    /// Set to stop running steps (Ctrl-C).
+    pub cancel: Cancel,
 }
 
 impl Default for SolveOptions {
@@ -98,6 +118,13 @@ impl Default for SolveOptions {
             pull: false,
             compression: Compression::Gzip(6),
             source_date_epoch: None,
+            secrets: Vec::new(),
+            ssh: Vec::new(),
+            add_hosts: Vec::new(),
+            network: NetworkMode::Default,
+            cache_mounts: std::env::temp_dir().join("kbuild-cache-mounts"),
+            executor: Executor::current_exe(),
+            cancel: Cancel::new(),
         }
     }
 }
@@ -347,7 +374,7 @@ impl Solver {
                 platform,
             } = &s.base
             {
-                wanted.push((reference.clone(), platform.clone()));
+                wanted.push((reference.clone(), Platform::clone(platform)));
             }
         }
         for st in &first.steps {
@@ -357,7 +384,7 @@ impl Solver {
                     platform,
                 } = src
                 {
-                    wanted.push((reference.clone(), platform.clone()));
+                    wanted.push((reference.clone(), Platform::clone(platform)));
                 }
             }
         }
@@ -388,6 +415,23 @@ impl Solver {
         } else {
             plan::plan(dockerfile, opts, &configs).map_err(in_file)?
         };
+        // RUN steps of foreign platforms need emulation: set it up (or stop
+        // with the fix) before anything runs.
+        let mut run_platforms: Vec<Platform> = Vec::new();
+        for st in &plan.steps {
+            if matches!(*st.instruction, Instruction::Run(_))
+                && !run_platforms.contains(&st.platform)
+            {
+                run_platforms.push(Platform::clone(&st.platform));
+            }
+        }
+        for p in &run_platforms {
+            match kbuild_worker::binfmt::ensure(p) {
+                Ok(kbuild_worker::binfmt::Action::AlreadySupported(_)) => {}
+                Ok(action) => self.progress.event(Event::Note(format!("{p}: {action}"))),
+                Err(e) => return Err(SolveError::Emulation(e.to_string())),
+            }
+        }
         let exec = Exec {
             solver: self,
             plan: &plan,
@@ -685,8 +729,11 @@ impl<'a> Exec<'a> {
         let stage = self.plan.stage(id);
         let is_vertex = |id: &StepId| {
             matches!(
-                self.plan.step(*id).instruction,
-                Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) | Instruction::Run(_)
+                *self.plan.step(*id).instruction,
+                Instruction::Copy(_)
+                    | Instruction::Add(_)
+                    | Instruction::Workdir(_)
+                    | Instruction::Run(_)
             )
         };
         let total = stage.steps.iter().filter(|s| is_vertex(s)).count() + 1;
@@ -775,18 +822,16 @@ impl<'a> Exec<'a> {
             step: name.clone(),
             reason,
         };
-        match &step.instruction {
-            Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) => {}
-            Instruction::Run(_) => {
-                return Err(fail(
-                    "RUN is not implemented yet in this builder (it comes with the sandboxed executor); the COPY/ADD/metadata steps work".into(),
-                ))
-            }
+        match &*step.instruction {
+            Instruction::Copy(_)
+            | Instruction::Add(_)
+            | Instruction::Workdir(_)
+            | Instruction::Run(_) => {}
             Instruction::From(_) => return Ok(parent),
             _ => {
                 // Metadata: config only, no vertex, no layer. Recorded in the
                 // cache too, so a rebuild keeps its history times and digests.
-                let key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&step.instruction)]);
+                let key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&*step.instruction)]);
                 if !self.solver.opts.no_cache {
                     if let Some(st) = self.cached(&key, &parent)? {
                         return Ok(Arc::new(st));
@@ -794,10 +839,12 @@ impl<'a> Exec<'a> {
                 }
                 let mut st = (*parent).clone();
                 let created = now_rfc3339(self.solver.opts.source_date_epoch);
-                if let Some(text) = config::apply(&mut st.config, &mut st.meta, &step.instruction, None)
-                    .map_err(|e| fail(e.to_string()))?
+                if let Some(text) =
+                    config::apply(&mut st.config, &mut st.meta, &*step.instruction, None)
+                        .map_err(|e| fail(e.to_string()))?
                 {
-                    st.config.push_empty_layer(config::history(&created, text, true));
+                    st.config
+                        .push_empty_layer(config::history(&created, text, true));
                 }
                 st.key = key.clone();
                 self.record(&key, &st, None)?;
@@ -815,7 +862,7 @@ impl<'a> Exec<'a> {
             name: name.clone(),
         });
         let started = Instant::now();
-        let result = self.run_fs_step(step, &parent, &sources, &name).await;
+        let result = self.run_fs_step(step, &parent, &sources, &name, v).await;
         match &result {
             Ok((_, true)) => self.solver.progress.event(Event::Cached {
                 id: v,
@@ -840,6 +887,7 @@ impl<'a> Exec<'a> {
         parent: &Arc<State>,
         sources: &[Arc<State>],
         name: &str,
+        vertex: u64,
     ) -> Result<(Arc<State>, bool), SolveError> {
         let solver = self.solver;
         let fail = |reason: String| SolveError::Step {
@@ -857,13 +905,13 @@ impl<'a> Exec<'a> {
         // What the step reads, for its cache key.
         let mut key_parts: Vec<Vec<u8>> = vec![
             parent.key.as_bytes().to_vec(),
-            instruction_key(&step.instruction),
+            instruction_key(&*step.instruction),
             step.platform.to_string().into_bytes(),
         ];
         for s in sources {
             key_parts.push(s.key.as_bytes().to_vec());
         }
-        let (copy_req, from_context) = match &step.instruction {
+        let (copy_req, from_context) = match &*step.instruction {
             Instruction::Copy(c) => (
                 Some(
                     self.copy_request(
@@ -923,6 +971,38 @@ impl<'a> Exec<'a> {
             };
             key_parts.push(sum.into_bytes());
         }
+        if matches!(*step.instruction, Instruction::Run(_)) {
+            // Build args are part of RUN's environment; secrets are not keyed.
+            for (k, v) in step.args.iter() {
+                key_parts.push(format!("arg:{k}={v}").into_bytes());
+            }
+            key_parts.push(format!("{:?}", solver.opts.network).into_bytes());
+            for m in step.mounts.iter() {
+                if let kbuild_dockerfile::instructions::Mount::Bind(b) = m {
+                    if b.from.is_none() {
+                        if let Some(dir) = &self.ctx.dir {
+                            let ctx = self.ctx;
+                            let excluded = |p: &str, d: bool| ctx.excluded(p, d);
+                            let src = copy::Source {
+                                root: dir,
+                                what: "build context",
+                                excluded: &excluded,
+                                keep_owner: false,
+                            };
+                            let req = copy::Request {
+                                sources: vec![b.source.clone().unwrap_or_else(|| ".".into())],
+                                ..Default::default()
+                            };
+                            key_parts.push(
+                                copy::checksum(&src, &req)
+                                    .map_err(|e| fail(e.to_string()))?
+                                    .into_bytes(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
         let key_refs: Vec<&[u8]> = key_parts.iter().map(|p| p.as_slice()).collect();
         let key = sha_hex(&key_refs);
 
@@ -933,15 +1013,15 @@ impl<'a> Exec<'a> {
         }
 
         // Layers to mount: the parent's (none for COPY --link) and the source's.
-        let link = matches!(&step.instruction, Instruction::Copy(c) if c.link)
-            || matches!(&step.instruction, Instruction::Add(a) if a.link);
+        let link = matches!(&*step.instruction, Instruction::Copy(c) if c.link)
+            || matches!(&*step.instruction, Instruction::Add(a) if a.link);
         let lowers = if link {
             Vec::new()
         } else {
             solver.layer_dirs(&parent.layers).await?
         };
         let source_lowers = match sources.first() {
-            Some(s) if matches!(step.instruction, Instruction::Copy(_)) => {
+            Some(s) if matches!(*step.instruction, Instruction::Copy(_)) => {
                 Some(solver.layer_dirs(&s.layers).await?)
             }
             _ => None,
@@ -950,6 +1030,15 @@ impl<'a> Exec<'a> {
         let mut st = (**parent).clone();
         let history_text;
         let instruction = step.instruction.clone();
+        let run_source_lowers = if matches!(*step.instruction, Instruction::Run(_)) {
+            let mut v = Vec::new();
+            for s in sources {
+                v.push(solver.layer_dirs(&s.layers).await?);
+            }
+            v
+        } else {
+            Vec::new()
+        };
         let user = st
             .config
             .config
@@ -962,16 +1051,20 @@ impl<'a> Exec<'a> {
         let store = solver.store.clone();
         let compression = solver.opts.compression;
         let sde = solver.opts.source_date_epoch;
-        let chown_spec = match &step.instruction {
+        let chown_spec = match &*step.instruction {
             Instruction::Copy(c) => c.chown.clone(),
             Instruction::Add(a) => a.chown.clone(),
             _ => None,
         };
-        let workdir_target = match &step.instruction {
+        let workdir_target = match &*step.instruction {
             Instruction::Workdir(w) => Some(join_container(&workdir_now, &w.path)),
             _ => None,
         };
-        match &step.instruction {
+        match &*step.instruction {
+            Instruction::Run(_) => {
+                history_text =
+                    format!("RUN {} # buildkit", step.display.trim_start_matches("RUN "));
+            }
             Instruction::Workdir(_) => {
                 history_text = format!("WORKDIR {}", workdir_target.clone().unwrap_or_default());
             }
@@ -983,6 +1076,36 @@ impl<'a> Exec<'a> {
             }
             _ => unreachable!("filtered above"),
         }
+        let run_data = match &*step.instruction {
+            Instruction::Run(r) => {
+                let env = st
+                    .config
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.env.clone())
+                    .unwrap_or_default();
+                let args: Vec<(String, String)> = step
+                    .args
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let shell = config::current_shell(&st.config);
+                Some(RunData {
+                    argv: run::argv(&r.command, &r.heredocs, &shell),
+                    env: run::environment(&env, &args),
+                    workdir: workdir_now.clone(),
+                    network: run::network(r.network, solver.opts.network),
+                    mounts: step.mounts.to_vec(),
+                    froms: run_source_lowers,
+                    platform: (*step.platform).clone(),
+                    display: step.display.to_string(),
+                })
+            }
+            _ => None,
+        };
+        let ctx_dir_run = self.ctx.dir.clone();
+        let opts = solver.opts.clone();
+        let progress = solver.progress.clone();
         let permit = solver
             .cpu
             .clone()
@@ -998,7 +1121,7 @@ impl<'a> Exec<'a> {
                 .map_err(|e| format!("mount the root filesystem: {e}"))?;
             let merged = mount.merged().to_path_buf();
             let work = (|| -> Result<(), String> {
-                match &instruction {
+                match &*instruction {
                     Instruction::Workdir(_) => {
                         let target = workdir_target.clone().unwrap_or_else(|| "/".into());
                         let host =
@@ -1012,6 +1135,19 @@ impl<'a> Exec<'a> {
                             copy::mkdir_all(&merged, &target, &req).map_err(|e| e.to_string())?;
                         }
                         Ok(())
+                    }
+                    Instruction::Run(_) => {
+                        let rd = run_data.as_ref().ok_or("no run data")?;
+                        run_in(
+                            &snaps,
+                            &merged,
+                            rd,
+                            &user,
+                            ctx_dir_run.as_deref(),
+                            &opts,
+                            &*progress,
+                            vertex,
+                        )
                     }
                     Instruction::Copy(_) | Instruction::Add(_) => {
                         let mut req = copy_req.clone().ok_or("no copy request")?;
@@ -1210,6 +1346,123 @@ impl<'a> Exec<'a> {
         store.set_ref(&format!("cache/{key}"), &d)?;
         Ok(())
     }
+}
+
+/// What a RUN step needs on its blocking thread.
+struct RunData {
+    argv: Vec<String>,
+    env: Vec<String>,
+    workdir: String,
+    network: kbuild_worker::executor::Network,
+    mounts: Vec<kbuild_dockerfile::instructions::Mount>,
+    froms: Vec<Vec<PathBuf>>,
+    platform: Platform,
+    display: String,
+}
+
+/// Run one RUN step in the sandbox on the mounted root `merged`; output
+/// goes to the progress view line by line, the last lines into the error.
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    snaps: &Snapshotter,
+    merged: &Path,
+    rd: &RunData,
+    user: &str,
+    context: Option<&Path>,
+    opts: &SolveOptions,
+    progress: &dyn Progress,
+    vertex: u64,
+) -> Result<(), String> {
+    let mut src_mounts = Vec::new();
+    let mut from_roots = Vec::new();
+    for lowers in &rd.froms {
+        let m = snaps
+            .mount(lowers)
+            .map_err(|e| format!("mount a --mount source: {e}"))?;
+        from_roots.push(run::FromRoot {
+            from: String::new(),
+            root: m.merged().to_path_buf(),
+        });
+        src_mounts.push(m);
+    }
+    let res = run::prepare(
+        &rd.mounts,
+        &run::Inputs {
+            context,
+            from_roots: &from_roots,
+            cache_dir: &opts.cache_mounts,
+            secrets: &opts.secrets,
+            ssh: &opts.ssh,
+            workdir: &rd.workdir,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let ids = users::user_ids(merged, user).map_err(|e| e.to_string())?;
+    let mut spec = RunSpec::new(merged, rd.argv.clone());
+    spec.env = rd.env.clone();
+    spec.env.extend(res.env.iter().cloned());
+    spec.cwd = rd.workdir.clone();
+    spec.user = RunUser {
+        uid: ids.uid,
+        gid: ids.gid,
+        additional_gids: ids.groups.clone(),
+    };
+    spec.extra_hosts = opts
+        .add_hosts
+        .iter()
+        .map(|(h, ip)| (h.clone(), ip.to_string()))
+        .collect();
+    spec.network = rd.network;
+    spec.platform = rd.platform.clone();
+    spec.mounts = res.mounts.clone();
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut partial: Vec<u8> = Vec::new();
+    let emit = |line: &[u8], tail: &mut std::collections::VecDeque<String>| {
+        let line = String::from_utf8_lossy(line)
+            .trim_end_matches('\r')
+            .to_string();
+        progress.event(Event::Log {
+            id: vertex,
+            line: line.clone(),
+        });
+        tail.push_back(line);
+        if tail.len() > 5 {
+            tail.pop_front();
+        }
+    };
+    let status = opts
+        .executor
+        .run(&spec, &opts.cancel, &mut |_stream, bytes| {
+            partial.extend_from_slice(bytes);
+            while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=pos).collect();
+                emit(&line[..line.len() - 1], &mut tail);
+            }
+        });
+    if !partial.is_empty() {
+        let rest = std::mem::take(&mut partial);
+        emit(&rest, &mut tail);
+    }
+    drop(res);
+    for m in src_mounts {
+        let _ = m.unmount();
+    }
+    let status = status.map_err(|e| e.to_string())?;
+    if !status.success() {
+        let last = if tail.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; last output: {}",
+                tail.iter().cloned().collect::<Vec<_>>().join(" | ")
+            )
+        };
+        return Err(format!(
+            "process \"{}\" did not complete successfully: {status}{last}",
+            rd.display.trim_start_matches("RUN ")
+        ));
+    }
+    Ok(())
 }
 
 fn is_remote(s: &str) -> bool {

@@ -16,4 +16,5 @@ pub mod fsutil;
 pub mod options;
 pub mod outputs;
 pub mod progress;
+pub mod run;
 pub mod users;

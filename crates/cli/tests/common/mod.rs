@@ -20,11 +20,19 @@ pub struct Run {
 
 impl Run {
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "command failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
     pub fn fails(self) -> Run {
-        assert_ne!(self.code, 0, "command should have failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_ne!(
+            self.code, 0,
+            "command should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -33,7 +41,8 @@ impl Run {
 pub fn run(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut c = Command::new(bin());
     c.arg("--root").arg(root).args(args).stdin(Stdio::null());
-    c.env_remove("SOURCE_DATE_EPOCH").env_remove("DOCKER_DEFAULT_PLATFORM");
+    c.env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("DOCKER_DEFAULT_PLATFORM");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -72,15 +81,25 @@ pub fn require_root() -> bool {
 }
 
 /// The seven Linux platforms of the busybox fixture.
-pub const SEVEN: &str = "linux/amd64,linux/arm64,linux/arm/v7,linux/arm/v6,linux/386,linux/ppc64le,linux/s390x";
+pub const SEVEN: &str =
+    "linux/amd64,linux/arm64,linux/arm/v7,linux/arm/v6,linux/386,linux/ppc64le,linux/s390x";
 
 /// `skopeo inspect --raw` of a pushed reference.
 pub fn skopeo_raw(reference: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{reference}")])
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
         .output()
         .expect("run skopeo");
-    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("skopeo printed JSON")
 }
 
