@@ -422,3 +422,97 @@ fn missing_copy_source_fails_and_tags_nothing() {
         .unwrap();
     assert!(!st.status.success(), "no tag was pushed");
 }
+
+#[test]
+fn windows_stage_writes_windows_layer_layout() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("app.exe"), "MZ not really a program\n");
+    write(&ctx.join("base.txt"), "base\n");
+    // A stand-in Windows base image made by the tool itself (no Windows
+    // image can be pulled here): one layer in the Windows layout.
+    write(
+        &ctx.join("Dockerfile.base"),
+        "FROM scratch\nCOPY base.txt C:\\\\base.txt\n",
+    );
+    run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "-f",
+            ctx.join("Dockerfile.base").to_str().unwrap(),
+            "--platform",
+            "windows/amd64",
+            "-t",
+            "kbuild.test/winbase:1",
+            "-o",
+            "type=image",
+        ],
+        &[],
+    )
+    .ok();
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kbuild.test/winbase:1 AS release-windows\nWORKDIR C:\\\\app\nCOPY app.exe .\nENTRYPOINT [\"C:\\\\app\\\\app.exe\"]\n",
+    );
+    let layout = t.path().join("layout");
+    run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "windows/amd64",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+        ],
+        &[],
+    )
+    .ok();
+    let read = |d: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = read(idx["manifests"][0]["digest"].as_str().unwrap());
+    let config = read(manifest["config"]["digest"].as_str().unwrap());
+    assert_eq!(config["os"], "windows");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["C:\\app\\app.exe"])
+    );
+    // The planner normalizes Windows WORKDIRs to a drive-less path.
+    assert_eq!(config["config"]["WorkingDir"], "/app");
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "base layer, WORKDIR's directory, COPY");
+    let last = layers[2]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let out = std::process::Command::new("tar")
+        .args([
+            "-tzf",
+            layout.join("blobs/sha256").join(last).to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(names.lines().any(|l| l == "Files/app/app.exe"), "{names}");
+    assert!(
+        names.lines().any(|l| l.trim_end_matches('/') == "Hives"),
+        "{names}"
+    );
+    assert!(!names.lines().any(|l| l.starts_with("app")), "{names}");
+}

@@ -1015,7 +1015,11 @@ impl<'a> Exec<'a> {
         // Layers to mount: the parent's (none for COPY --link) and the source's.
         let link = matches!(&*step.instruction, Instruction::Copy(c) if c.link)
             || matches!(&*step.instruction, Instruction::Add(a) if a.link);
-        let lowers = if link {
+        // Windows layers keep their files under `Files/` (and registry
+        // hives under `Hives/`); a Linux builder cannot mount them, so a
+        // Windows stage's COPY/ADD writes into an empty layer, as --link does.
+        let windows = step.platform.os == "windows";
+        let lowers = if link || windows {
             Vec::new()
         } else {
             solver.layer_dirs(&parent.layers).await?
@@ -1057,7 +1061,10 @@ impl<'a> Exec<'a> {
             _ => None,
         };
         let workdir_target = match &*step.instruction {
-            Instruction::Workdir(w) => Some(join_container(&workdir_now, &w.path)),
+            Instruction::Workdir(w) => Some(join_container(
+                &windows_path(&workdir_now),
+                &windows_path(&w.path),
+            )),
             _ => None,
         };
         match &*step.instruction {
@@ -1202,6 +1209,7 @@ impl<'a> Exec<'a> {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Ok(None);
             }
+            let dir = if windows { windows_layout(&dir)? } else { dir };
             let layer = (|| -> Result<kbuild_image::Layer, String> {
                 let lw = LayerWriter::new(&store, compression).map_err(|e| e.to_string())?;
                 let mut tb = tar::Builder::new(lw);
@@ -1280,8 +1288,10 @@ impl<'a> Exec<'a> {
             ),
             None => None,
         };
+        let dest = windows_path(dest);
+        let dest = dest.as_str();
         let slash = dest.ends_with('/') || dest == "." || dest.ends_with("/.");
-        let mut d = join_container(workdir, dest);
+        let mut d = join_container(&windows_path(workdir), dest);
         if slash && !d.ends_with('/') {
             d.push('/');
         }
@@ -1463,6 +1473,45 @@ fn run_in(
         ));
     }
     Ok(())
+}
+
+/// A Windows path as the layer stores it: `C:\\app\\x.exe` → `/app/x.exe`
+/// (other paths are returned as they are).
+fn windows_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let rest = if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+        &p[2..]
+    } else {
+        p
+    };
+    if rest.contains('\\') || rest.len() != p.len() {
+        let r = rest.replace('\\', "/");
+        if r.starts_with('/') {
+            r
+        } else {
+            format!("/{r}")
+        }
+    } else {
+        p.to_string()
+    }
+}
+
+/// Move a committed upper directory under `Files/` and add an empty
+/// `Hives/`, the layout of Windows image layers. The layer entries carry no
+/// Windows security descriptors (PAX `MSWINDOWS.rawsd`): Windows applies its
+/// defaults to files without one.
+fn windows_layout(dir: &Path) -> Result<PathBuf, String> {
+    let parent = dir.parent().ok_or("layer directory has no parent")?;
+    let out = parent.join(format!(
+        "{}.windows",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::rename(dir, out.join("Files")).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir(out.join("Hives")).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(out)
 }
 
 fn is_remote(s: &str) -> bool {
