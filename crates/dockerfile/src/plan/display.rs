@@ -31,14 +31,23 @@ pub(crate) fn display<E: Env + ?Sized>(
                     text.push_str(&format!(" ({})", summarize_heredoc(&first.content)));
                 }
             }
+            if plain(&text, lexer.escape(), false) {
+                // Nothing the lexer would change.
+                return uppercase_keyword(&text);
+            }
             let raw = lexer.with_raw_quotes(true).with_skip_unset_env(true);
             uppercase_keyword(&raw.process_word(&text, env).unwrap_or(text))
         }
-        Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) => uppercase_keyword(
-            &lexer
-                .process_word(original, env)
-                .unwrap_or_else(|_| original.to_string()),
-        ),
+        Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) => {
+            if plain(original, lexer.escape(), true) {
+                return uppercase_keyword(original);
+            }
+            uppercase_keyword(
+                &lexer
+                    .process_word(original, env)
+                    .unwrap_or_else(|_| original.to_string()),
+            )
+        }
         Instruction::Arg(a) => {
             let mut out = String::from("ARG");
             for def in &a.args {
@@ -59,6 +68,12 @@ pub(crate) fn display<E: Env + ?Sized>(
         Instruction::StopSignal(s) => format!("STOPSIGNAL {}", s.signal),
         _ => uppercase_keyword(original),
     }
+}
+
+/// Whether the lexer leaves `text` as it is: no `$`, no escape character and
+/// (when quotes are removed) no quote.
+fn plain(text: &str, escape: char, quotes_removed: bool) -> bool {
+    !text.contains(['$', escape]) && !(quotes_removed && text.contains(['\'', '"']))
 }
 
 fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>) -> String {

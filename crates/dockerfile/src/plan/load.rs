@@ -1,5 +1,7 @@
 //! From text to stages, through the parser and the instruction model.
 
+use std::sync::Arc;
+
 use super::error::Error;
 use crate::instructions::{self, Arg, Instruction, Stage};
 use crate::parser;
@@ -10,8 +12,10 @@ pub(crate) struct Loaded {
     pub(crate) escape: char,
     /// ARGs before the first FROM.
     pub(crate) meta: Vec<Arg>,
-    /// The stages in file order.
+    /// The stages in file order (their `commands` moved to `commands`).
     pub(crate) stages: Vec<Stage>,
+    /// The instructions of every stage, shared with the steps built from them.
+    pub(crate) commands: Vec<Vec<Arc<Instruction>>>,
 }
 
 fn parse_error(e: parser::Error) -> Error {
@@ -21,11 +25,22 @@ fn parse_error(e: parser::Error) -> Error {
 pub(crate) fn load(text: &str) -> Result<Loaded, Error> {
     let ast = parser::parse(text).map_err(parse_error)?;
     let escape = ast.escape;
-    let stages = instructions::stages(&ast).map_err(parse_error)?;
+    let mut stages = instructions::stages(&ast).map_err(parse_error)?;
+    let commands = stages
+        .stages
+        .iter_mut()
+        .map(|s| {
+            std::mem::take(&mut s.commands)
+                .into_iter()
+                .map(Arc::new)
+                .collect()
+        })
+        .collect();
     Ok(Loaded {
         escape,
         meta: stages.meta_args,
         stages: stages.stages,
+        commands,
     })
 }
 

@@ -6,6 +6,9 @@
 /// when it converts the path for the build state.
 pub(crate) fn resolve_workdir(current: &str, requested: &str, os: &str) -> String {
     let windows = os == "windows";
+    if !windows && is_clean_absolute(requested) {
+        return requested.to_string();
+    }
     let requested = if windows {
         strip_drive(&requested.replace('\\', "/"))
     } else {
@@ -21,6 +24,16 @@ pub(crate) fn resolve_workdir(current: &str, requested: &str, os: &str) -> Strin
     } else {
         clean(&format!("/{current}/{requested}"))
     }
+}
+
+/// An absolute path `clean` would return unchanged.
+fn is_clean_absolute(p: &str) -> bool {
+    p == "/"
+        || (p.starts_with('/')
+            && !p.ends_with('/')
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 fn strip_drive(p: &str) -> String {
@@ -71,6 +84,17 @@ mod tests {
         assert_eq!(resolve_workdir("/", "app", "linux"), "/app");
         assert_eq!(resolve_workdir("", "app", "linux"), "/app");
         assert_eq!(resolve_workdir("/a/b", "../c/./d/", "linux"), "/a/c/d");
+    }
+
+    #[test]
+    fn clean_absolute_detection() {
+        assert!(is_clean_absolute("/"));
+        assert!(is_clean_absolute("/a/b"));
+        assert!(!is_clean_absolute("/a/"));
+        assert!(!is_clean_absolute("/a//b"));
+        assert!(!is_clean_absolute("/a/./b"));
+        assert!(!is_clean_absolute("/a/../b"));
+        assert!(!is_clean_absolute("a/b"));
     }
 
     #[test]

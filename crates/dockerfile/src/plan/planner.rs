@@ -1,7 +1,6 @@
 //! The planner: BuildKit's `dockerfile2llb` dispatch, run once per target
 //! platform, with identical steps merged across platforms.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -21,7 +20,8 @@ use super::model::{
 use super::options::{ImageConfigSource, PlanOptions};
 use super::paths::resolve_workdir;
 use super::scope::{
-    default_path, default_shell, Globals, Memo, StageState, BUILTIN_ARGS, NON_ENV_ARGS,
+    default_path, default_shell, FastHasher, FastMap, Globals, Memo, StageState, BUILTIN_ARGS,
+    NON_ENV_ARGS,
 };
 use crate::instructions::{Arg, ArgDef, Instruction, Mount};
 
@@ -136,15 +136,17 @@ struct Planner<'a> {
     shell_linux: Arc<Vec<String>>,
     shell_windows: Arc<Vec<String>>,
     no_mounts: Arc<Vec<Mount>>,
+    /// One shared copy of every platform, so steps compare them by pointer.
+    platforms: FastMap<Platform, Arc<Platform>>,
     steps: Vec<Step>,
     /// The interned base of every step's stage.
     step_bases: Vec<u32>,
-    bases: HashMap<StageBase, u32>,
+    bases: FastMap<StageBase, u32>,
     /// Step lookup: key hash to the last step with it, then a chain.
-    step_index: HashMap<u64, u32>,
+    step_index: FastMap<u64, u32>,
     step_next: Vec<u32>,
     stages: Vec<StageInstance>,
-    stage_index: HashMap<u64, Vec<StageId>>,
+    stage_index: FastMap<u64, Vec<StageId>>,
     targets: Vec<Target>,
     warnings: Vec<Warning>,
     warning_set: HashSet<Warning>,
@@ -163,13 +165,14 @@ impl<'a> Planner<'a> {
             shell_linux: default_shell("linux"),
             shell_windows: default_shell("windows"),
             no_mounts: Arc::new(Vec::new()),
+            platforms: FastMap::default(),
             steps: Vec::new(),
             step_bases: Vec::new(),
-            bases: HashMap::new(),
-            step_index: HashMap::new(),
+            bases: FastMap::default(),
+            step_index: FastMap::default(),
             step_next: Vec::new(),
             stages: Vec::new(),
-            stage_index: HashMap::new(),
+            stage_index: FastMap::default(),
             targets: Vec::new(),
             warnings: Vec::new(),
             warning_set: HashSet::new(),
@@ -198,14 +201,14 @@ impl<'a> Planner<'a> {
         self.prep = Rc::new(self.prepare_all()?);
         self.check_cycles()?;
 
-        let commands: usize = self.file.stages.iter().map(|s| s.commands.len()).sum();
+        let commands: usize = self.file.commands.iter().map(Vec::len).sum();
         let most = commands * self.opts.platforms.len();
         self.steps.reserve(most);
         self.step_bases.reserve(most);
         self.step_next.reserve(most);
         self.step_index.reserve(most);
         for (platform, (globals, resolved)) in self.opts.platforms.iter().zip(&per_platform) {
-            let platform = Arc::new(platform.clone());
+            let platform = self.intern(platform);
             self.plan_target(&platform, globals, resolved, target)?;
         }
 
@@ -238,6 +241,15 @@ impl<'a> Planner<'a> {
             labels: self.opts.labels.clone(),
             warnings: self.warnings,
         })
+    }
+
+    fn intern(&mut self, p: &Platform) -> Arc<Platform> {
+        if let Some(shared) = self.platforms.get(p) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(p.clone());
+        self.platforms.insert(p.clone(), Arc::clone(&shared));
+        shared
     }
 
     fn warn(&mut self, w: Warning) {
@@ -392,13 +404,14 @@ impl<'a> Planner<'a> {
     /// file, anything else an image.
     fn prepare_all(&self) -> Result<Vec<Vec<Prep>>, Error> {
         self.file
-            .stages
+            .commands
             .iter()
-            .map(|s| s.commands.iter().map(|ins| self.prepare(ins)).collect())
+            .map(|s| s.iter().map(|ins| self.prepare(ins)).collect())
             .collect()
     }
 
-    fn prepare(&self, ins: &Instruction) -> Result<Prep, Error> {
+    fn prepare(&self, shared: &Arc<Instruction>) -> Result<Prep, Error> {
+        let ins: &Instruction = shared;
         let deps = self.deps_of(ins)?;
         let escape = self.file.escape;
         let special = |t: &str| t.contains(['$', '\'', '"']) || t.contains(escape);
@@ -438,7 +451,7 @@ impl<'a> Planner<'a> {
             Instruction::Run(r) => r.mounts.iter().all(|m| !special(m)),
             _ => true,
         };
-        let ins = Arc::new(ins.clone());
+        let ins = Arc::clone(shared);
         let fixed = if literal && env_free_display && env_free_mounts {
             Some(self.derive(&ins, true, &NoEnv)?)
         } else {
@@ -593,7 +606,7 @@ impl<'a> Planner<'a> {
                 };
                 return Err(match path.first() {
                     Some(&(stage, ins)) => {
-                        let ins = &self.file.stages[stage].commands[ins];
+                        let ins = &self.file.commands[stage][ins];
                         Error::at(kind, ins.range().start_line, ins.original())
                     }
                     None => Error::new(kind),
@@ -662,14 +675,14 @@ impl<'a> Planner<'a> {
                 }
                 BaseRef::Scratch => {
                     let platform = match &resolved[i].platform {
-                        Some(p) => Arc::new(p.clone()),
+                        Some(p) => self.intern(p),
                         None => Arc::clone(target_platform),
                     };
                     (StageBase::Scratch, platform, StageState::new(), None)
                 }
                 BaseRef::Image(reference) => {
                     let platform = match &resolved[i].platform {
-                        Some(p) => Arc::new(p.clone()),
+                        Some(p) => self.intern(p),
                         None => Arc::clone(target_platform),
                     };
                     let config = self
@@ -721,7 +734,7 @@ impl<'a> Planner<'a> {
                 base_id,
                 state,
                 prev,
-                steps: Vec::new(),
+                steps: Vec::with_capacity(triggers.len() + self.file.commands[i].len()),
             };
             let lines = (from.range.start_line, from.range.end_line);
             for trigger in &triggers {
@@ -731,7 +744,7 @@ impl<'a> Planner<'a> {
                         reason,
                     })
                 };
-                let ins = parse_trigger(trigger).map_err(trigger_error)?;
+                let ins = Arc::new(parse_trigger(trigger).map_err(trigger_error)?);
                 let prep = self
                     .prepare(&ins)
                     .map_err(|e| trigger_error(e.kind().to_string()))?;
@@ -972,11 +985,11 @@ impl<'a> Planner<'a> {
         mounts: Arc<Vec<Mount>>,
         target_platform: &Arc<Platform>,
     ) -> StepId {
-        let mut h = DefaultHasher::new();
+        let mut h = FastHasher::default();
         run.index.hash(&mut h);
         run.prev.hash(&mut h);
         run.base_id.hash(&mut h);
-        run.platform.hash(&mut h);
+        (Arc::as_ptr(&run.platform) as usize).hash(&mut h);
         lines.hash(&mut h);
         onbuild.hash(&mut h);
         sources.hash(&mut h);
@@ -996,7 +1009,7 @@ impl<'a> Planner<'a> {
             if s.parent == run.prev
                 && s.stage == run.index
                 && self.step_bases[id.0] == run.base_id
-                && s.platform == run.platform
+                && Arc::ptr_eq(&s.platform, &run.platform)
                 && s.onbuild == onbuild
                 && s.lines == lines
                 && (Arc::ptr_eq(&s.instruction, &instruction) || s.instruction == instruction)
@@ -1046,7 +1059,7 @@ impl<'a> Planner<'a> {
 
     fn add_stage(&mut self, run: &Run, target_platform: &Platform) -> StageId {
         let platform: &Platform = &run.platform;
-        let mut h = DefaultHasher::new();
+        let mut h = FastHasher::default();
         run.index.hash(&mut h);
         run.platform.hash(&mut h);
         run.base.hash(&mut h);

@@ -9,6 +9,60 @@ use kbuild_shell::Env;
 
 use super::model::Vars;
 
+/// A small, fast, non-cryptographic hasher (the multiply-rotate scheme of
+/// rustc's `FxHasher`) for the planner's internal maps: keys come from one
+/// Dockerfile, so hash flooding is no concern and SipHash's cost shows.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl FastHasher {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            self.add(u64::from_le_bytes(b));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FastHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// Build args BuildKit sets or understands without any ARG declaring them;
 /// never reported as unused.
 pub(crate) const BUILTIN_ARGS: &[&str] = &[
@@ -133,7 +187,7 @@ struct Var {
 #[derive(Debug, Clone)]
 pub(crate) struct StageState {
     vars: Vec<Var>,
-    index: HashMap<String, usize>,
+    index: FastMap<String, usize>,
     /// The image config's `Env`.
     pub(crate) image_env: Vars,
     /// The ARG values of `vars`, kept until an ARG or ENV changes them.
@@ -150,7 +204,7 @@ impl StageState {
     pub(crate) fn new() -> StageState {
         StageState {
             vars: Vec::new(),
-            index: HashMap::new(),
+            index: FastMap::default(),
             image_env: Vars::default(),
             args: None,
             workdir: Arc::from("/"),
