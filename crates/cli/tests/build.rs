@@ -516,3 +516,92 @@ fn windows_stage_writes_windows_layer_layout() {
     );
     assert!(!names.lines().any(|l| l.starts_with("app")), "{names}");
 }
+
+/// A one-file HTTP server on loopback for ADD URL; serves `body` for every request.
+fn serve_once_per_request(body: &'static [u8]) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        // Bounded: at most 8 requests, then the thread ends.
+        for stream in listener.incoming().take(8) {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body);
+        }
+    });
+    (port, h)
+}
+
+#[test]
+fn add_url_with_checksum() {
+    if !require_root() {
+        return;
+    }
+    use sha2::Digest;
+    const BODY: &[u8] = b"downloaded content\n";
+    let (port, _server) = serve_once_per_request(BODY);
+    let sum = format!("sha256:{}", hex::encode(sha2::Sha256::digest(BODY)));
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM scratch\nADD --checksum={sum} http://127.0.0.1:{port}/files/hello.txt /dl/\n"
+        ),
+    );
+    let out = t.path().join("out");
+    run(
+        &t.path().join("s"),
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    use std::os::unix::fs::MetadataExt;
+    let f = out.join("dl/hello.txt");
+    assert_eq!(std::fs::read(&f).unwrap(), BODY);
+    let md = std::fs::metadata(&f).unwrap();
+    assert_eq!(
+        md.mode() & 0o777,
+        0o600,
+        "ADD URL files get 0600 like Docker"
+    );
+    assert_eq!(md.mtime(), 784_111_777, "Last-Modified becomes the mtime");
+
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM scratch\nADD --checksum=sha256:{} http://127.0.0.1:{port}/files/hello.txt /dl/\n",
+            "0".repeat(64)
+        ),
+    );
+    let r = run(
+        &t.path().join("s"),
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", t.path().join("out2").display()),
+        ],
+        &[],
+    )
+    .fails();
+    assert!(r.stderr.contains("checksum mismatch"), "{}", r.stderr);
+    assert!(
+        !t.path().join("out2").exists(),
+        "nothing written on failure"
+    );
+}

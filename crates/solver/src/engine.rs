@@ -911,6 +911,8 @@ impl<'a> Exec<'a> {
         for s in sources {
             key_parts.push(s.key.as_bytes().to_vec());
         }
+        // ADD's downloads live here until the step is done.
+        let mut remote_root: Option<tempfile::TempDir> = None;
         let (copy_req, from_context) = match &*step.instruction {
             Instruction::Copy(c) => (
                 Some(
@@ -929,20 +931,42 @@ impl<'a> Exec<'a> {
                 c.from.is_none(),
             ),
             Instruction::Add(a) => {
-                if let Some(url) = a.sources.iter().find(|s| is_remote(s)) {
+                let mut sources = a.sources.clone();
+                if let Some(git) = a.sources.iter().find(|s| is_git(s)) {
                     return Err(fail(format!(
-                        "ADD of remote source {url} is not supported by this builder yet; download it in the build context and ADD the file"
+                        "ADD of the git repository {git} is not supported by this builder yet; clone it into the build context and COPY it"
                     )));
                 }
+                if a.sources.iter().any(|s| is_url(s)) {
+                    if !a.sources.iter().all(|s| is_url(s)) {
+                        return Err(fail(
+                            "ADD mixes URLs and local files; split it into one ADD per kind".into(),
+                        ));
+                    }
+                    let dir = tempfile::Builder::new()
+                        .prefix("kbuild-add-")
+                        .tempdir()
+                        .map_err(|e| fail(format!("temporary directory: {e}")))?;
+                    sources.clear();
+                    for url in &a.sources {
+                        sources.push(
+                            download(url, dir.path(), a.checksum.as_deref())
+                                .await
+                                .map_err(fail)?,
+                        );
+                    }
+                    remote_root = Some(dir);
+                }
+                let unpack = a.unpack != Some(false) && remote_root.is_none();
                 (
                     Some(
                         self.copy_request(
-                            &a.sources,
+                            &sources,
                             &a.dest,
                             &a.chmod,
                             &a.excludes,
                             false,
-                            a.unpack != Some(false),
+                            unpack,
                             "ADD",
                             &workdir_now,
                         )
@@ -954,7 +978,7 @@ impl<'a> Exec<'a> {
             _ => (None, false),
         };
         if let (Some(req), true) = (&copy_req, from_context) {
-            let ctx_dir = self.ctx.dir.clone().ok_or_else(|| {
+            let ctx_dir = remote_root.as_ref().map(|d| d.path().to_path_buf()).or_else(|| self.ctx.dir.clone()).ok_or_else(|| {
                 fail("there is no build context (the Dockerfile came from stdin); give a context directory".into())
             })?;
             let ctx = self.ctx;
@@ -1049,8 +1073,16 @@ impl<'a> Exec<'a> {
             .as_ref()
             .and_then(|c| c.user.clone())
             .unwrap_or_default();
-        let ctx_dir = self.ctx.dir.clone();
-        let ignore = self.ctx.ignore.clone();
+        // Downloads (ADD URL) replace the context as the source, without .dockerignore.
+        let ctx_dir = remote_root
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .or_else(|| self.ctx.dir.clone());
+        let ignore = if remote_root.is_some() {
+            None
+        } else {
+            self.ctx.ignore.clone()
+        };
         let snaps = solver.snaps.clone();
         let store = solver.store.clone();
         let compression = solver.opts.compression;
@@ -1514,13 +1546,97 @@ fn windows_layout(dir: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-fn is_remote(s: &str) -> bool {
-    s.starts_with("http://")
-        || s.starts_with("https://")
-        || s.starts_with("git@")
-        || s.ends_with(".git")
+fn is_url(s: &str) -> bool {
+    (s.starts_with("http://") || s.starts_with("https://")) && !is_git(s)
 }
 
+fn is_git(s: &str) -> bool {
+    s.starts_with("git@") || s.starts_with("git://") || s.ends_with(".git") || s.contains(".git#")
+}
+
+/// Download an ADD URL into `dir`, check `--checksum`, and return the file
+/// name it was stored under (the URL's last path segment, as Docker names
+/// it). The file gets mode 0600 and the server's Last-Modified time.
+async fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url}: {e}"))?;
+    let name = parsed
+        .path_segments()
+        .and_then(|mut s| s.next_back().map(String::from))
+        .filter(|n| !n.is_empty() && n != "." && n != "..")
+        .unwrap_or_else(|| "__unnamed__".to_string());
+    let resp = reqwest::Client::new()
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("download {url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "download {url}: the server answered {}",
+            resp.status()
+        ));
+    }
+    let modified = resp
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(httpdate_secs);
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("download {url}: {e}"))?;
+    let got = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+    if let Some(want) = checksum {
+        if want != got {
+            return Err(format!(
+                "ADD {url}: checksum mismatch: --checksum={want} but the content is {got}"
+            ));
+        }
+    }
+    let path = dir.join(&name);
+    std::fs::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(t) = modified {
+        let ts = nix::sys::time::TimeSpec::new(t, 0);
+        let _ = nix::sys::stat::utimensat(
+            None,
+            &path,
+            &ts,
+            &ts,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        );
+    }
+    Ok(name)
+}
+
+/// Seconds since the epoch of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate_secs(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as i64
+        + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4].split(':').filter_map(|x| x.parse().ok()).collect();
+    if hms.len() != 3 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+}
 /// The root directory a state's files would have: only for tests and the
 /// `local`/`tar` outputs, which apply the layers to a plain directory.
 pub fn apply_layers(
@@ -1543,6 +1659,15 @@ pub fn apply_layers(
 #[cfg(test)]
 mod tests {
     use super::rfc3339;
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            super::httpdate_secs("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(super::httpdate_secs("garbage"), None);
+    }
 
     #[test]
     fn rfc3339_dates() {
