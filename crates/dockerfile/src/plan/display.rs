@@ -73,7 +73,9 @@ pub(crate) fn display<E: Env + ?Sized>(
 /// Whether the lexer leaves `text` as it is: no `$`, no escape character and
 /// (when quotes are removed) no quote.
 fn plain(text: &str, escape: char, quotes_removed: bool) -> bool {
-    !text.contains(['$', escape]) && !(quotes_removed && text.contains(['\'', '"']))
+    let special = text.contains(['$', escape]);
+    let quoted = quotes_removed && text.contains(['\'', '"']);
+    !special && !quoted
 }
 
 fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>) -> String {

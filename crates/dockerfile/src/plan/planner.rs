@@ -993,7 +993,8 @@ impl<'a> Planner<'a> {
         lines.hash(&mut h);
         onbuild.hash(&mut h);
         sources.hash(&mut h);
-        run.state.hash_args(&mut h);
+        let (args, args_hash) = run.state.args();
+        args_hash.hash(&mut h);
         let key = h.finish();
         let shell = match &run.state.shell {
             Some(s) => Arc::clone(s),
@@ -1019,7 +1020,7 @@ impl<'a> Planner<'a> {
                 && s.user == st.user
                 && (Arc::ptr_eq(&s.shell, &shell) || s.shell == shell)
                 && s.env.same(&st.image_env)
-                && st.args_eq(&s.args)
+                && s.args.same(&args)
             {
                 let s = &mut self.steps[id.0];
                 if !s.platforms.iter().any(|p| Arc::ptr_eq(p, target_platform)) {
@@ -1030,7 +1031,6 @@ impl<'a> Planner<'a> {
             }
         }
         let id = StepId(self.steps.len());
-        let args = run.state.args();
         let st = &run.state;
         self.steps.push(Step {
             id,

@@ -190,8 +190,9 @@ pub(crate) struct StageState {
     index: FastMap<String, usize>,
     /// The image config's `Env`.
     pub(crate) image_env: Vars,
-    /// The ARG values of `vars`, kept until an ARG or ENV changes them.
-    args: Option<Vars>,
+    /// The ARG values of `vars` and their hash, kept until an ARG or ENV
+    /// changes them.
+    args: Option<(Vars, u64)>,
     pub(crate) workdir: Arc<str>,
     pub(crate) user: Arc<str>,
     /// The SHELL set by the image or an instruction; `None`: the default.
@@ -249,11 +250,13 @@ impl StageState {
         self.image_env.iter().any(|(k, _)| k == key)
     }
 
-    /// The ARG values of the build environment, in declaration order.
-    pub(crate) fn args(&mut self) -> Vars {
-        if let Some(a) = &self.args {
-            return a.clone();
+    /// The ARG values of the build environment, in declaration order, and
+    /// a hash of them.
+    pub(crate) fn args(&mut self) -> (Vars, u64) {
+        if let Some((a, h)) = &self.args {
+            return (a.clone(), *h);
         }
+        use std::hash::{Hash, Hasher};
         let a: Vars = self
             .vars
             .iter()
@@ -261,31 +264,11 @@ impl StageState {
             .map(|v| (v.key.clone(), v.value.clone()))
             .collect::<Vec<_>>()
             .into();
-        self.args = Some(a.clone());
-        a
-    }
-
-    /// Whether the ARG values equal `args`.
-    pub(crate) fn args_eq(&self, args: &Vars) -> bool {
-        if let Some(a) = &self.args {
-            return a.same(args);
-        }
-        let mut it = args.iter();
-        for v in self.vars.iter().filter(|v| v.from_arg) {
-            match it.next() {
-                Some((k, val)) if *k == v.key && *val == v.value => {}
-                _ => return false,
-            }
-        }
-        it.next().is_none()
-    }
-
-    pub(crate) fn hash_args<H: std::hash::Hasher>(&self, h: &mut H) {
-        use std::hash::Hash;
-        for v in self.vars.iter().filter(|v| v.from_arg) {
-            v.key.hash(h);
-            v.value.hash(h);
-        }
+        let mut h = FastHasher::default();
+        a.hash(&mut h);
+        let h = h.finish();
+        self.args = Some((a.clone(), h));
+        (a, h)
     }
 }
 
@@ -392,7 +375,7 @@ mod tests {
         st.set_var("A", "arg".into(), true);
         st.set_env("A", "env".into());
         assert_eq!(Env::get(&st, "A").as_deref(), Some("env"));
-        assert!(st.args().is_empty());
+        assert!(st.args().0.is_empty());
         assert_eq!(
             st.image_env.to_vec(),
             vec![("A".to_string(), "env".to_string())]
@@ -406,14 +389,16 @@ mod tests {
         st.set_var("A", "arg".into(), true);
         assert_eq!(Env::get(&st, "A").as_deref(), Some("arg"));
         assert_eq!(
-            st.args().to_vec(),
+            st.args().0.to_vec(),
             vec![("A".to_string(), "arg".to_string())]
         );
-        let args = st.args();
-        assert!(st.args_eq(&args));
+        let (args, hash) = st.args();
+        assert_eq!(st.args(), (args.clone(), hash));
         let mut other = st.clone();
         other.set_var("B", "x".into(), true);
-        assert!(!other.args_eq(&args));
+        assert_ne!(other.args().0, args);
+        other.set_env("B", "env".into());
+        assert_eq!(other.args(), (args.clone(), hash));
         assert_eq!(
             st.image_env.to_vec(),
             vec![("A".to_string(), "env".to_string())]
