@@ -301,7 +301,7 @@ fn walk_below(
             || excluded_by(&req.excludes, &child_rel)?
             || excluded_by(
                 &req.excludes,
-                &child_rel[base.len()..].trim_start_matches('/'),
+                child_rel[base.len()..].trim_start_matches('/'),
             )?
         {
             continue;

@@ -831,7 +831,7 @@ impl<'a> Exec<'a> {
             _ => {
                 // Metadata: config only, no vertex, no layer. Recorded in the
                 // cache too, so a rebuild keeps its history times and digests.
-                let key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&*step.instruction)]);
+                let key = sha_hex(&[parent.key.as_bytes(), &instruction_key(&step.instruction)]);
                 if !self.solver.opts.no_cache {
                     if let Some(st) = self.cached(&key, &parent)? {
                         return Ok(Arc::new(st));
@@ -840,7 +840,7 @@ impl<'a> Exec<'a> {
                 let mut st = (*parent).clone();
                 let created = now_rfc3339(self.solver.opts.source_date_epoch);
                 if let Some(text) =
-                    config::apply(&mut st.config, &mut st.meta, &*step.instruction, None)
+                    config::apply(&mut st.config, &mut st.meta, &step.instruction, None)
                         .map_err(|e| fail(e.to_string()))?
                 {
                     st.config
@@ -905,7 +905,7 @@ impl<'a> Exec<'a> {
         // What the step reads, for its cache key.
         let mut key_parts: Vec<Vec<u8>> = vec![
             parent.key.as_bytes().to_vec(),
-            instruction_key(&*step.instruction),
+            instruction_key(&step.instruction),
             step.platform.to_string().into_bytes(),
         ];
         for s in sources {
@@ -1056,7 +1056,6 @@ impl<'a> Exec<'a> {
         };
         let created = now_rfc3339(solver.opts.source_date_epoch);
         let mut st = (**parent).clone();
-        let history_text;
         let instruction = step.instruction.clone();
         let run_source_lowers = if matches!(*step.instruction, Instruction::Run(_)) {
             let mut v = Vec::new();
@@ -1099,22 +1098,21 @@ impl<'a> Exec<'a> {
             )),
             _ => None,
         };
-        match &*step.instruction {
+        let history_text = match &*step.instruction {
             Instruction::Run(_) => {
-                history_text =
-                    format!("RUN {} # buildkit", step.display.trim_start_matches("RUN "));
+                format!("RUN {} # buildkit", step.display.trim_start_matches("RUN "))
             }
             Instruction::Workdir(_) => {
-                history_text = format!("WORKDIR {}", workdir_target.clone().unwrap_or_default());
+                format!("WORKDIR {}", workdir_target.clone().unwrap_or_default())
             }
             Instruction::Copy(c) => {
-                history_text = format!("COPY {} {} # buildkit", c.sources.join(" "), c.dest);
+                format!("COPY {} {} # buildkit", c.sources.join(" "), c.dest)
             }
             Instruction::Add(a) => {
-                history_text = format!("ADD {} {} # buildkit", a.sources.join(" "), a.dest);
+                format!("ADD {} {} # buildkit", a.sources.join(" "), a.dest)
             }
             _ => unreachable!("filtered above"),
-        }
+        };
         let run_data = match &*step.instruction {
             Instruction::Run(r) => {
                 let env = st
