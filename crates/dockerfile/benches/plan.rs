@@ -121,6 +121,20 @@ fn options() -> PlanOptions {
     }
 }
 
+/// CPU time (user + system) this process has used, from `/proc/self/stat`
+/// (Linux; `None` elsewhere). On a shared machine wall-clock figures swing
+/// with the load, CPU time much less.
+fn cpu_time() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // The kernel reports clock ticks; USER_HZ is 100 on Linux.
+    Some(std::time::Duration::from_millis((utime + stime) * 10))
+}
+
 fn bench(c: &mut Criterion) {
     let text = dockerfile();
     let opts = options();
@@ -136,6 +150,18 @@ fn bench(c: &mut Criterion) {
         planned.stages.len(),
         planned.targets.len()
     );
+    if let Some(start) = cpu_time() {
+        let runs = 200u32;
+        for _ in 0..runs {
+            drop(black_box(plan(&text, &opts, &NoImageConfigs)));
+        }
+        if let Some(end) = cpu_time() {
+            eprintln!(
+                "CPU time per plan (incl. drop), mean of {runs}: {:?}",
+                (end - start) / runs
+            );
+        }
+    }
     c.bench_function("parse + stages only (for reference)", |b| {
         b.iter(|| {
             let ast = kbuild_dockerfile::parser::parse(black_box(&text)).expect("parses");
