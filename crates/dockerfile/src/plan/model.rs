@@ -311,12 +311,13 @@ pub struct BuildPlan {
 }
 
 impl BuildPlan {
-    /// The step with this id.
+    /// The step with this id. Panics if `id` does not come from this plan.
     pub fn step(&self, id: StepId) -> &Step {
         &self.steps[id.0]
     }
 
-    /// The stage instance with this id.
+    /// The stage instance with this id. Panics if `id` does not come from
+    /// this plan.
     pub fn stage(&self, id: StageId) -> &StageInstance {
         &self.stages[id.0]
     }
