@@ -40,17 +40,13 @@ pub fn argv(command: &Command, heredocs: &[Heredoc], shell: &[String]) -> Vec<St
     }
 }
 
-/// The environment of a RUN: the image's `Env`, then the build args in
-/// scope that no ENV of the same name overrides (BuildKit: ENV wins).
+/// The environment of a RUN: the image's `Env` with the build args in scope
+/// laid over it (the planner already dropped args that a later ENV of the
+/// same name replaced, so the later of the two wins, as in BuildKit).
 pub fn environment(env: &[String], args: &[(String, String)]) -> Vec<String> {
     let mut out = env.to_vec();
     for (k, v) in args {
-        if !out
-            .iter()
-            .any(|e| e.split_once('=').map(|(ek, _)| ek) == Some(k.as_str()))
-        {
-            out.push(format!("{k}={v}"));
-        }
+        crate::config::set_env(&mut out, k, v);
     }
     out
 }
@@ -397,12 +393,12 @@ mod tests {
     }
 
     #[test]
-    fn env_wins_over_args() {
+    fn args_are_laid_over_env() {
         let e = environment(
             &["PATH=/bin".into(), "A=env".into()],
             &[("A".into(), "arg".into()), ("B".into(), "b".into())],
         );
-        assert_eq!(e, vec!["PATH=/bin", "A=env", "B=b"]);
+        assert_eq!(e, vec!["PATH=/bin", "A=arg", "B=b"]);
     }
 
     #[test]
