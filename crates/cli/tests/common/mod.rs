@@ -110,3 +110,175 @@ pub fn write(path: &Path, text: &str) {
     }
     std::fs::write(path, text).unwrap();
 }
+
+/// The busybox fixture context, or `None` after [`kbuild_testkit::fixtures::skip_or_fail`].
+pub fn busybox_context() -> Option<PathBuf> {
+    let ctx = kbuild_testkit::fixtures::busybox_context();
+    if ctx.is_none() {
+        kbuild_testkit::fixtures::skip_or_fail("busybox fixtures missing: run scripts/fixtures.sh");
+    }
+    ctx
+}
+
+/// The name RUN tests use for the busybox base in their local store.
+pub const BUSYBOX: &str = "kbuild.test/busybox:latest";
+
+/// Builds the busybox fixture for `platforms` into `store`'s local images as
+/// [`BUSYBOX`] (COPY only, so every platform builds), for `FROM` in RUN tests.
+pub fn busybox_image(store: &Path, platforms: &str) -> Option<&'static str> {
+    let ctx = busybox_context()?;
+    run(
+        store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            platforms,
+            "-t",
+            BUSYBOX,
+            "-o",
+            "type=image",
+            "--progress",
+            "quiet",
+        ],
+        &[],
+    )
+    .ok();
+    Some(BUSYBOX)
+}
+
+/// A value no file of the test machine holds before the test writes it.
+pub fn unique(prefix: &str) -> String {
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").expect("read a uuid");
+    format!("{prefix}-{}", uuid.trim())
+}
+
+/// Parse one JSON document.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap())
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// The blob file of `digest` in an OCI layout directory.
+pub fn layout_blob(layout: &Path, digest: &str) -> PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The image manifests of an OCI layout directory (following an index
+/// one level down), as (platform or "", manifest JSON).
+pub fn layout_manifests(layout: &Path) -> Vec<(String, serde_json::Value)> {
+    let top = read_json(&layout.join("index.json"));
+    let mut out = Vec::new();
+    for d in top["manifests"].as_array().unwrap() {
+        let doc = read_json(&layout_blob(layout, d["digest"].as_str().unwrap()));
+        if doc["manifests"].is_array() {
+            for m in doc["manifests"].as_array().unwrap() {
+                let p = &m["platform"];
+                let mut plat = format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap_or(""),
+                    p["architecture"].as_str().unwrap_or("")
+                );
+                if let Some(v) = p["variant"].as_str() {
+                    plat = format!("{plat}/{v}");
+                }
+                let man = read_json(&layout_blob(layout, m["digest"].as_str().unwrap()));
+                out.push((plat, man));
+            }
+        } else {
+            out.push((String::new(), doc));
+        }
+    }
+    out
+}
+
+/// The entry names of every layer of `manifest` (in layer order), read with
+/// the system's `tar`, which decompresses gzip and zstd itself.
+pub fn layer_entries(layout: &Path, manifest: &serde_json::Value) -> Vec<Vec<String>> {
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let blob = layout_blob(layout, l["digest"].as_str().unwrap());
+            let out = Command::new("tar")
+                .arg("-tf")
+                .arg(&blob)
+                .output()
+                .expect("run tar");
+            assert!(
+                out.status.success(),
+                "tar -tf {}: {}",
+                blob.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|s| s.trim_start_matches("./").to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// `skopeo copy` of a pushed reference into a fresh OCI layout directory.
+pub fn skopeo_to_layout(reference: &str, layout: &Path) {
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{reference}"),
+            &format!("oci:{}:x", layout.display()),
+        ])
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every regular file under `dir` whose bytes contain `needle`; files that
+/// are gzip or zstd streams (layer blobs) are searched decompressed too.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() {
+                let Ok(bytes) = std::fs::read(&p) else {
+                    continue;
+                };
+                let plain = match bytes.get(..4) {
+                    Some([0x1f, 0x8b, _, _]) => decompress("gzip", &p),
+                    Some([0x28, 0xb5, 0x2f, 0xfd]) => decompress("zstd", &p),
+                    _ => None,
+                };
+                if contains(&bytes, needle) || plain.is_some_and(|b| contains(&b, needle)) {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn decompress(tool: &str, path: &Path) -> Option<Vec<u8>> {
+    let out = Command::new(tool).arg("-dc").arg(path).output().ok()?;
+    out.status.success().then_some(out.stdout)
+}

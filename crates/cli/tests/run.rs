@@ -1,0 +1,536 @@
+//! RUN in a sandbox, for every platform: the real binary runs real
+//! processes (natively, or under QEMU through binfmt_misc) on real overlay
+//! mounts of the busybox fixture, and what they leave is read back from the
+//! exported filesystem, from OCI layouts, from a real registry's storage and
+//! from `/proc`.
+
+mod common;
+
+use common::{
+    busybox_image, files_containing, layer_entries, layout_manifests, require_root, run,
+    skopeo_to_layout, unique, write, SEVEN,
+};
+use kbuild_testkit::registry::TestRegistry;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A fresh temporary directory with a store holding the busybox base for `platforms`.
+fn setup(platforms: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !require_root() {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    busybox_image(&store, platforms)?;
+    Some((t, store))
+}
+
+/// Writes `ctx/Dockerfile` and returns the context path as a string.
+fn context(t: &Path, name: &str, dockerfile: &str) -> String {
+    let ctx = t.join(name);
+    write(&ctx.join("Dockerfile"), dockerfile);
+    ctx.to_str().unwrap().to_string()
+}
+
+fn read(path: PathBuf) -> String {
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+#[test]
+fn uname_reports_each_platforms_machine() {
+    let Some((t, store)) = setup(SEVEN) else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\nRUN uname -m > /arch\n",
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            SEVEN,
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    // type=local with several platforms writes one directory per platform.
+    let want = [
+        ("linux_amd64", "x86_64"),
+        ("linux_386", "i686"),
+        ("linux_arm_v6", "armv6l"),
+        ("linux_arm_v7", "armv7l"),
+        ("linux_arm64", "aarch64"),
+        ("linux_ppc64le", "ppc64le"),
+        ("linux_s390x", "s390x"),
+    ];
+    for (dir, machine) in want {
+        assert_eq!(
+            read(out.join(dir).join("arch")).trim(),
+            machine,
+            "uname -m for {dir}"
+        );
+    }
+}
+
+#[test]
+fn failing_run_names_the_step_and_exit_code() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\nRUN false\n",
+    );
+    let r = run(
+        &store,
+        &[&ctx, "--platform", "linux/amd64", "--progress", "plain"],
+        &[],
+    )
+    .fails();
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{}", r.stderr);
+    let line = errors[0];
+    assert_eq!(
+        r.stderr.trim_end().lines().last(),
+        Some(line),
+        "the error is the last thing printed"
+    );
+    assert!(
+        line.contains("[linux/amd64 stage-0 2/2] RUN false"),
+        "names the step: {line}"
+    );
+    assert!(line.contains("exit code: 1"), "gives the exit code: {line}");
+}
+
+#[test]
+fn deletions_become_whiteouts_in_the_pushed_layer() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let reg = TestRegistry::start().expect("start docker-registry");
+    let tag = format!("{}/run/whiteout:1", reg.host());
+    // Replacing a directory of a lower layer makes it opaque. (Not /etc:
+    // /etc/hosts and /etc/resolv.conf are mount points during RUN, so
+    // `rm -rf /etc` fails with "Device or resource busy", as in BuildKit.)
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN mkdir /data && echo old > /data/old\n\
+         RUN rm /bin/ls\n\
+         RUN rm -rf /data && mkdir /data && echo x > /data/new\n",
+    );
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    let layout = t.path().join("layout");
+    skopeo_to_layout(&tag, &layout);
+    let manifests = layout_manifests(&layout);
+    assert_eq!(manifests.len(), 1);
+    let layers = layer_entries(&layout, &manifests[0].1);
+    assert_eq!(layers.len(), 4, "busybox + three RUN layers: {layers:?}");
+    let has = |layer: &[String], name: &str| layer.iter().any(|e| e == name);
+    assert!(has(&layers[1], "data/old"), "{:?}", layers[1]);
+    assert!(has(&layers[2], "bin/.wh.ls"), "rm /bin/ls: {:?}", layers[2]);
+    assert!(
+        !layers[2].iter().any(|e| e.starts_with("data")),
+        "{:?}",
+        layers[2]
+    );
+    assert!(
+        has(&layers[3], "data/.wh..wh..opq") && has(&layers[3], "data/new"),
+        "replaced directory is opaque: {:?}",
+        layers[3]
+    );
+    assert!(!has(&layers[3], "data/.wh.old"), "{:?}", layers[3]);
+
+    // A second build pulls the pushed image back and sees the deletions.
+    let ctx2 = context(
+        t.path(),
+        "ctx2",
+        &format!(
+            "FROM {tag}\n\
+             RUN test ! -e /bin/ls && test ! -e /data/old && test \"$(cat /data/new)\" = x\n"
+        ),
+    );
+    run(
+        &t.path().join("store2"),
+        &[&ctx2, "--platform", "linux/amd64", "--progress", "plain"],
+        &[],
+    )
+    .ok();
+}
+
+#[test]
+fn secrets_reach_run_but_no_blob() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let reg = TestRegistry::start().expect("start docker-registry");
+    let tag = format!("{}/run/secret:1", reg.host());
+    let secret = unique("secret");
+    let marker = unique("marker");
+    let secret_file = t.path().join("tok.txt");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let ctx = context(
+        t.path(),
+        "ctx",
+        &format!(
+            "FROM kbuild.test/busybox:latest\n\
+             RUN --mount=type=secret,id=tok cat /run/secrets/tok > /dev/null && test -s /run/secrets/tok\n\
+             RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK \
+                 test \"$TOK\" = \"$(cat /run/secrets/tok)\" && echo {marker} > /marker\n"
+        ),
+    );
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "--secret",
+            &format!("id=tok,src={}", secret_file.display()),
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    // The search finds what RUN wrote, inside compressed layers too ...
+    assert!(
+        files_containing(&store, marker.as_bytes())
+            .iter()
+            .any(|p| p.starts_with(store.join("content"))),
+        "the marker is in a layer blob of the store"
+    );
+    assert!(
+        !files_containing(&reg.storage(), marker.as_bytes()).is_empty(),
+        "the marker was pushed"
+    );
+    // ... and the secret nowhere.
+    assert_eq!(
+        files_containing(&store, secret.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "secret in the store"
+    );
+    assert_eq!(
+        files_containing(&reg.storage(), secret.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "secret in the registry"
+    );
+
+    // Without the secret, a required mount fails with a hint (an optional
+    // one, BuildKit's default, is just absent).
+    let ctx = context(
+        t.path(),
+        "required",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN --mount=type=secret,id=tok,required true\n",
+    );
+    let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
+    assert!(
+        r.stderr.contains("RUN") && r.stderr.contains("--secret id=tok"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn cache_mount_persists_across_builds_and_stays_out_of_the_image() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN --mount=type=cache,target=/cache sh -c 'echo $RANDOM >> /cache/log; wc -l < /cache/log > /count'\n",
+    );
+    let build = |dest: &Path, extra: &[&str]| {
+        let out = format!("type=local,dest={}", dest.display());
+        let mut args = vec![
+            ctx.as_str(),
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &out,
+            "--progress",
+            "plain",
+        ];
+        args.extend_from_slice(extra);
+        run(&store, &args, &[]).ok();
+    };
+    let first = t.path().join("out1");
+    let second = t.path().join("out2");
+    build(&first, &[]);
+    build(&second, &["--no-cache"]);
+    assert_eq!(read(first.join("count")).trim(), "1");
+    assert_eq!(
+        read(second.join("count")).trim(),
+        "2",
+        "the second run saw the first run's line"
+    );
+    assert!(
+        !second.join("cache/log").exists(),
+        "cache content is not in the image"
+    );
+}
+
+/// Pids of processes whose command line is exactly `argv`.
+fn processes(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_the_step_and_cleans_up() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    // An unusual duration, so no other test's sleep is mistaken for ours.
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\nRUN sleep 173\n",
+    );
+    let log = t.path().join("log");
+    let mut child = Command::new(common::bin())
+        .arg("--root")
+        .arg(&store)
+        .args([&ctx, "--platform", "linux/amd64", "--progress", "plain"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = child.id();
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("RUN sleep 173") && !processes(&["sleep", "173"]).is_empty() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the step did not start:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if interrupted.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!("still running 15 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("error:")),
+        "says it stopped:\n{text}"
+    );
+    assert_eq!(
+        processes(&["sleep", "173"]),
+        Vec::<u32>::new(),
+        "sleep left running"
+    );
+    let root = store.to_str().unwrap();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(root))
+        .map(String::from)
+        .collect();
+    assert_eq!(mounts, Vec::<String>::new(), "mounts left under the root");
+    let left: Vec<_> = std::fs::read_dir(store.join("snapshots/mounts"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(left, Vec::<PathBuf>::new(), "snapshot mounts left");
+}
+
+#[test]
+fn user_and_workdir_as_buildkit() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\n\
+         WORKDIR /new/dir\n\
+         RUN pwd > /tmp/pwd\n\
+         USER nobody\n\
+         RUN id -u > /tmp/nobody\n\
+         WORKDIR /home/nobody/work\n\
+         RUN touch made-by-nobody\n\
+         USER 1234:5678\n\
+         RUN id -u > /tmp/numeric && id -g >> /tmp/numeric\n",
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &str| {
+        let md = std::fs::metadata(out.join(p)).unwrap();
+        (md.uid(), md.gid())
+    };
+    assert_eq!(read(out.join("tmp/pwd")), "/new/dir\n");
+    assert_eq!(owner("new/dir"), (0, 0));
+    assert_eq!(read(out.join("tmp/nobody")), "65534\n");
+    // The fixture's passwd has no 1234: the ids are taken as given.
+    assert_eq!(read(out.join("tmp/numeric")), "1234\n5678\n");
+    // WORKDIR after USER creates the missing directories owned by that user.
+    for dir in ["home", "home/nobody", "home/nobody/work"] {
+        assert_eq!(owner(dir), (65534, 65534), "{dir}");
+    }
+    assert_eq!(owner("home/nobody/work/made-by-nobody"), (65534, 65534));
+
+    let ctx = context(
+        t.path(),
+        "ghost",
+        "FROM kbuild.test/busybox:latest\nUSER ghost\nRUN true\n",
+    );
+    let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("RUN true") && line.contains("unable to find user ghost"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn network_none_and_add_host() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN --network=none cat /proc/net/dev > /netdev\n\
+         RUN cat /etc/hosts > /hosts.txt\n",
+    );
+    let layout = t.path().join("layout");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "--add-host",
+            "db:10.1.2.3",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    let manifests = layout_manifests(&layout);
+    assert_eq!(manifests.len(), 1);
+    let layers = layer_entries(&layout, &manifests[0].1);
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    for layer in &layers[1..] {
+        assert!(
+            !layer
+                .iter()
+                .any(|e| e == "etc/hosts" || e == "etc/resolv.conf"),
+            "RUN's /etc/hosts stays out of the layer: {layer:?}"
+        );
+    }
+    // Read the files RUN wrote back from the layers.
+    let fs = t.path().join("fs");
+    std::fs::create_dir(&fs).unwrap();
+    for l in manifests[0].1["layers"].as_array().unwrap() {
+        let blob = common::layout_blob(&layout, l["digest"].as_str().unwrap());
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(&blob)
+            .arg("-C")
+            .arg(&fs)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let netdev = read(fs.join("netdev"));
+    let interfaces: Vec<&str> = netdev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(interfaces, vec!["lo"], "{netdev}");
+    let hosts = read(fs.join("hosts.txt"));
+    assert!(
+        hosts
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["10.1.2.3", "db"]),
+        "{hosts}"
+    );
+}
