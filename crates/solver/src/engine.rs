@@ -1240,21 +1240,7 @@ impl<'a> Exec<'a> {
                 return Ok(None);
             }
             let dir = if windows { windows_layout(&dir)? } else { dir };
-            let layer = (|| -> Result<kbuild_image::Layer, String> {
-                let lw = LayerWriter::new(&store, compression).map_err(|e| e.to_string())?;
-                let mut tb = tar::Builder::new(lw);
-                write_diff(
-                    &dir,
-                    &lowers,
-                    &mut tb,
-                    &DiffOptions {
-                        source_date_epoch: sde,
-                    },
-                )
-                .map_err(|e| e.to_string())?;
-                let lw = tb.into_inner().map_err(|e| e.to_string())?;
-                lw.finish().map_err(|e| e.to_string())
-            })();
+            let layer = write_layer(&store, compression, &dir, &lowers, sde);
             let layer = match layer {
                 Ok(l) => l,
                 Err(e) => {
@@ -1386,6 +1372,83 @@ impl<'a> Exec<'a> {
         store.set_ref(&format!("cache/{key}"), &d)?;
         Ok(())
     }
+}
+
+/// Diff `dir` into a layer in the store. Reading files and writing the tar
+/// stream run on this thread; hashing and compressing on a second one, fed
+/// through a bounded channel, so the two overlap.
+fn write_layer(
+    store: &ContentStore,
+    compression: Compression,
+    dir: &Path,
+    lowers: &[PathBuf],
+    sde: Option<i64>,
+) -> Result<kbuild_image::Layer, String> {
+    use std::io::Write;
+    struct Chan {
+        tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+        buf: Vec<u8>,
+    }
+    const CHUNK: usize = 256 * 1024;
+    impl Write for Chan {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() >= CHUNK {
+                self.flush()?;
+            }
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            if !self.buf.is_empty() {
+                let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 64 * 1024));
+                self.tx
+                    .send(Some(full))
+                    .map_err(|_| std::io::Error::other("the layer compressor stopped"))?;
+            }
+            Ok(())
+        }
+    }
+    let lw = LayerWriter::new(store, compression).map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+    let abort = tx.clone();
+    let compressor = std::thread::spawn(move || -> Result<kbuild_image::Layer, String> {
+        let mut lw = lw;
+        for chunk in rx {
+            match chunk {
+                Some(c) => lw.write_all(&c).map_err(|e| e.to_string())?,
+                // The producer failed: drop the ingest instead of committing it.
+                None => return Err("aborted".to_string()),
+            }
+        }
+        lw.finish().map_err(|e| e.to_string())
+    });
+    let produced = (|| -> Result<(), String> {
+        let mut tb = tar::Builder::new(Chan {
+            tx,
+            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+        });
+        write_diff(
+            dir,
+            lowers,
+            &mut tb,
+            &DiffOptions {
+                source_date_epoch: sde,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let mut chan = tb.into_inner().map_err(|e| e.to_string())?;
+        chan.flush().map_err(|e| e.to_string())
+    })();
+    if produced.is_err() {
+        let _ = abort.send(None);
+    }
+    drop(abort);
+    // Every sender is dropped now: the compressor ends.
+    let layer = compressor
+        .join()
+        .map_err(|_| "the layer compressor panicked".to_string())?;
+    produced?;
+    layer
 }
 
 /// What a RUN step needs on its blocking thread.
