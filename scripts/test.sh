@@ -15,9 +15,11 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # skopeo/umoci (independent OCI readers to cross-check our output), runc/crun
 # (executors), qemu-user-static (emulated RUN), busybox-static (fixtures source
 # and host-arch busybox), apache2-utils (htpasswd for Basic auth), openssl
-# (self-signed TLS registry), docker.io (dockerd to check docker-archive loads).
+# (self-signed TLS registry), docker.io (dockerd to check docker-archive loads),
+# golang-go (the Go toolchain of the cross-compilation tests' builder image,
+# scripts/builder-image.sh).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
-          apache2-utils openssl docker.io)
+          apache2-utils openssl docker.io golang-go)
 
 section "system packages"
 missing=()

@@ -282,3 +282,49 @@ fn decompress(tool: &str, path: &Path) -> Option<Vec<u8>> {
     let out = Command::new(tool).arg("-dc").arg(path).output().ok()?;
     out.status.success().then_some(out.stdout)
 }
+
+/// Extracts the layers of `manifest` into `dir` in order, applying OCI
+/// whiteouts (`.wh.NAME` removes NAME of lower layers, `.wh..wh..opq`
+/// empties its directory) as a runtime would.
+pub fn unpack_layers(layout: &Path, manifest: &serde_json::Value, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let entries = layer_entries(layout, manifest);
+    for (l, names) in manifest["layers"].as_array().unwrap().iter().zip(entries) {
+        let whiteouts: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                Path::new(n.as_str())
+                    .file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(".wh."))
+            })
+            .collect();
+        for w in &whiteouts {
+            let path = Path::new(w.as_str());
+            let parent = dir.join(path.parent().unwrap_or(Path::new("")));
+            let name = path.file_name().unwrap().to_string_lossy();
+            if name == ".wh..wh..opq" {
+                if let Ok(rd) = std::fs::read_dir(&parent) {
+                    for e in rd.flatten() {
+                        let _ = std::fs::remove_dir_all(e.path())
+                            .or_else(|_| std::fs::remove_file(e.path()));
+                    }
+                }
+            } else {
+                let target = parent.join(name.trim_start_matches(".wh."));
+                let _ = std::fs::remove_dir_all(&target).or_else(|_| std::fs::remove_file(&target));
+            }
+        }
+        let blob = layout_blob(layout, l["digest"].as_str().unwrap());
+        let st = Command::new("tar")
+            .arg("-xf")
+            .arg(&blob)
+            .arg("-C")
+            .arg(dir)
+            .status()
+            .expect("run tar");
+        assert!(st.success(), "untar {}", blob.display());
+        for w in whiteouts {
+            let _ = std::fs::remove_file(dir.join(w));
+        }
+    }
+}
