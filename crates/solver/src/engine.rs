@@ -1135,7 +1135,6 @@ impl<'a> Exec<'a> {
                     mounts: step.mounts.to_vec(),
                     froms: run_source_lowers,
                     platform: (*step.platform).clone(),
-                    display: step.display.to_string(),
                 })
             }
             _ => None,
@@ -1460,7 +1459,6 @@ struct RunData {
     mounts: Vec<kbuild_dockerfile::instructions::Mount>,
     froms: Vec<Vec<PathBuf>>,
     platform: Platform,
-    display: String,
 }
 
 /// Run one RUN step in the sandbox on the mounted root `merged`; output
@@ -1560,9 +1558,11 @@ fn run_in(
                 tail.iter().cloned().collect::<Vec<_>>().join(" | ")
             )
         };
+        // The process as BuildKit names it: its argv (`/bin/sh -c false`),
+        // not the instruction text, which may carry --mount/--network flags.
         return Err(format!(
             "process \"{}\" did not complete successfully: {status}{last}",
-            rd.display.trim_start_matches("RUN ")
+            rd.argv.join(" ")
         ));
     }
     Ok(())
