@@ -115,6 +115,11 @@ fn failing_run_names_the_step_and_exit_code() {
         "names the step: {line}"
     );
     assert!(line.contains("exit code: 1"), "gives the exit code: {line}");
+    // BuildKit names the process by its argv: the shell form runs through /bin/sh -c.
+    assert!(
+        line.contains(r#"process "/bin/sh -c false" did not complete successfully"#),
+        "{line}"
+    );
 }
 
 #[test]
