@@ -46,8 +46,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         None => {
             let req = request::BuildRequest::from_args(&cli.build, &cli.global)?;
-            for w in &req.notices {
-                eprintln!("WARNING: {w}");
+            if cli.build.dry_run.is_none() && cli.build.progress != args::Progress::Quiet {
+                for w in &req.notices {
+                    eprintln!("WARNING: {w}");
+                }
             }
             match cli.build.dry_run {
                 Some(format) => {
