@@ -39,7 +39,6 @@ Use \"kubectl options\" for a list of global command-line options (applies to al
     bin_name = "kubectl build",
     version,
     about = ABOUT,
-    args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     disable_help_subcommand = true,
     help_template = "{about-with-newline}\n{before-help}\n\nOptions:\n{options}\n\n{after-help}\n",

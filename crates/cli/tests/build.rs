@@ -605,3 +605,68 @@ fn add_url_with_checksum() {
         "nothing written on failure"
     );
 }
+
+#[test]
+fn prune_keeps_images_and_drops_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("a.txt"), "kept\n");
+    write(&ctx.join("b.txt"), "dropped\n");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "kbuild.test/keep:1",
+            "-o",
+            "type=image",
+        ],
+        &[],
+    )
+    .ok();
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY b.txt /\n");
+    run(
+        &store,
+        &[ctx.to_str().unwrap(), "--platform", "linux/amd64"],
+        &[],
+    )
+    .ok();
+    let r = run(&store, &["prune", "--all"], &[]).ok();
+    assert!(r.stdout.starts_with("removed "), "{}", r.stdout);
+    assert!(
+        !r.stdout.starts_with("removed 0 blobs"),
+        "the unnamed build's blobs go: {}",
+        r.stdout
+    );
+    // The stored image still builds on: its blobs and layers were kept.
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kbuild.test/keep:1\nCOPY b.txt /\n",
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).unwrap(),
+        "kept\n"
+    );
+    let again = run(&store, &["prune"], &[]).ok();
+    assert!(again.stdout.contains("removed"), "{}", again.stdout);
+}
