@@ -1502,6 +1502,8 @@ fn run_in(
     let mut spec = RunSpec::new(merged, rd.argv.clone());
     spec.env = rd.env.clone();
     spec.env.extend(res.env.iter().cloned());
+    // runc (BuildKit's executor) sets HOME from /etc/passwd when Env has none.
+    run::set_home(&mut spec.env, merged, user);
     spec.cwd = rd.workdir.clone();
     spec.user = RunUser {
         uid: ids.uid,

@@ -51,6 +51,31 @@ pub fn environment(env: &[String], args: &[(String, String)]) -> Vec<String> {
     out
 }
 
+/// `HOME` as runc (BuildKit's executor) sets it for a RUN whose environment
+/// has none: the home directory of the user's `/etc/passwd` entry in the
+/// root filesystem `root` (looked up by name, or by id for a numeric user;
+/// an empty user is root), else `/`.
+pub fn set_home(env: &mut Vec<String>, root: &Path, user: &str) {
+    if env.iter().any(|e| e.starts_with("HOME=")) {
+        return;
+    }
+    let name = user.split(':').next().unwrap_or_default();
+    let name = if name.is_empty() { "0" } else { name };
+    let passwd = crate::fsutil::resolve_in_root(root, "/etc/passwd", true)
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let home = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 6)
+        .find(|f| f[0] == name || (name.parse::<u32>().is_ok() && f[2] == name))
+        .map(|f| f[5].to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string());
+    env.push(format!("HOME={home}"));
+}
+
 /// The executor's network for a step: the step's `--network` unless it is
 /// `default`, then the build's `--network`.
 pub fn network(step: kbuild_dockerfile::instructions::NetworkMode, build: NetworkMode) -> Network {
@@ -390,6 +415,31 @@ mod tests {
             &["/bin/sh".into(), "-c".into()],
         );
         assert_eq!(v, vec!["a"]);
+    }
+
+    #[test]
+    fn home_from_passwd_as_runc() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("etc")).unwrap();
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        )
+        .unwrap();
+        let home = |user: &str, env: &[&str]| {
+            let mut env: Vec<String> = env.iter().map(|s| s.to_string()).collect();
+            set_home(&mut env, t.path(), user);
+            env.into_iter().find(|e| e.starts_with("HOME="))
+        };
+        assert_eq!(home("", &[]).as_deref(), Some("HOME=/root"));
+        assert_eq!(home("nobody", &[]).as_deref(), Some("HOME=/nonexistent"));
+        assert_eq!(home("65534:0", &[]).as_deref(), Some("HOME=/nonexistent"));
+        assert_eq!(home("1234:5678", &[]).as_deref(), Some("HOME=/"));
+        assert_eq!(home("", &["HOME=/x"]).as_deref(), Some("HOME=/x"));
+        let empty = tempfile::tempdir().unwrap();
+        let mut env = Vec::new();
+        set_home(&mut env, empty.path(), "");
+        assert_eq!(env, vec!["HOME=/"]);
     }
 
     #[test]
