@@ -411,13 +411,13 @@ fn user_and_workdir_as_buildkit() {
         "ctx",
         "FROM kbuild.test/busybox:latest\n\
          WORKDIR /new/dir\n\
-         RUN pwd > /tmp/pwd\n\
+         RUN pwd > /tmp/pwd && echo \"$HOME\" > /tmp/root-home\n\
          USER nobody\n\
-         RUN id -u > /tmp/nobody\n\
+         RUN id -u > /tmp/nobody && echo \"$HOME\" > /tmp/nobody-home\n\
          WORKDIR /home/nobody/work\n\
          RUN touch made-by-nobody\n\
          USER 1234:5678\n\
-         RUN id -u > /tmp/numeric && id -g >> /tmp/numeric\n",
+         RUN id -u > /tmp/numeric && id -g >> /tmp/numeric && echo \"$HOME\" >> /tmp/numeric\n",
     );
     let out = t.path().join("out");
     run(
@@ -443,7 +443,10 @@ fn user_and_workdir_as_buildkit() {
     assert_eq!(owner("new/dir"), (0, 0));
     assert_eq!(read(out.join("tmp/nobody")), "65534\n");
     // The fixture's passwd has no 1234: the ids are taken as given.
-    assert_eq!(read(out.join("tmp/numeric")), "1234\n5678\n");
+    assert_eq!(read(out.join("tmp/numeric")), "1234\n5678\n/\n");
+    // HOME comes from /etc/passwd when the image sets none, as runc does.
+    assert_eq!(read(out.join("tmp/root-home")), "/root\n");
+    assert_eq!(read(out.join("tmp/nobody-home")), "/nonexistent\n");
     // WORKDIR after USER creates the missing directories owned by that user.
     for dir in ["home", "home/nobody", "home/nobody/work"] {
         assert_eq!(owner(dir), (65534, 65534), "{dir}");
