@@ -439,6 +439,7 @@ impl Solver {
             images,
             steps: (0..plan.steps.len()).map(|_| OnceCell::new()).collect(),
             stages: (0..plan.stages.len()).map(|_| OnceCell::new()).collect(),
+            froms_shown: Default::default(),
         };
         let finals = futures_util::future::join_all(
             plan.targets.iter().map(|t| exec.stage_state(t.final_stage)),
@@ -671,6 +672,9 @@ struct Exec<'a> {
     images: HashMap<(String, String), Arc<BaseImage>>,
     steps: Vec<OnceCell<Shared<Arc<State>>>>,
     stages: Vec<OnceCell<Shared<Arc<State>>>>,
+    /// FROM vertices already shown: a stage instance per target with the
+    /// same base and platform (`FROM --platform=$BUILDPLATFORM`) shows it once.
+    froms_shown: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl<'a> Exec<'a> {
@@ -745,16 +749,25 @@ impl<'a> Exec<'a> {
                 reference,
                 platform,
             } => {
-                let v = self.solver.vertex();
                 let name = format!("[{} {} 1/{total}] FROM {reference}", stage.platform, label);
-                self.solver.progress.event(Event::Start { id: v, name });
-                let t = Instant::now();
-                let st = self.image_state(reference, platform)?;
-                self.solver.progress.event(Event::Done {
-                    id: v,
-                    elapsed: t.elapsed(),
-                });
-                st
+                let first = self
+                    .froms_shown
+                    .lock()
+                    .map(|mut shown| shown.insert(name.clone()))
+                    .unwrap_or(true);
+                if first {
+                    let v = self.solver.vertex();
+                    self.solver.progress.event(Event::Start { id: v, name });
+                    let t = Instant::now();
+                    let st = self.image_state(reference, platform)?;
+                    self.solver.progress.event(Event::Done {
+                        id: v,
+                        elapsed: t.elapsed(),
+                    });
+                    st
+                } else {
+                    self.image_state(reference, platform)?
+                }
             }
             StageBase::Stage(sid) => self.stage_state(*sid).await.map_err(SolveError::Shared)?,
         };
