@@ -224,6 +224,11 @@ fn go_cross_compiles_seven_platforms_in_one_push() {
     // Shared builder steps ran once, on the build platform; the compile once per target.
     let names = vertices(&r.stderr);
     let count = |suffix: &str| names.iter().filter(|n| n.ends_with(suffix)).count();
+    assert_eq!(
+        count("builder 1/4] FROM kbuild.test/golang:1.19"),
+        1,
+        "{names:#?}"
+    );
     assert_eq!(count("builder 2/4] WORKDIR /src"), 1, "{names:#?}");
     assert_eq!(count("builder 3/4] COPY . ."), 1, "{names:#?}");
     let compiles: Vec<&String> = names.iter().filter(|n| n.contains("go build")).collect();
