@@ -19,10 +19,18 @@ pub struct RunSetupError(pub String);
 
 /// The argv of a RUN: exec form as given; shell form through the stage's
 /// shell, with heredocs appended to the script so the shell reads them, as
-/// BuildKit runs them.
+/// BuildKit runs them. A command that is nothing but one heredoc
+/// (`RUN <<EOF` ... `EOF`) runs the heredoc's body as the shell script, as
+/// BuildKit does. (BuildKit runs a body starting with `#!` as an executable
+/// file with that interpreter; here it goes to the shell as well.)
 pub fn argv(command: &Command, heredocs: &[Heredoc], shell: &[String]) -> Vec<String> {
     match command {
         Command::Exec(v) => v.clone(),
+        Command::Shell(s) if only_heredoc(s, heredocs) => {
+            let mut v = shell.to_vec();
+            v.push(heredocs[0].content.clone());
+            v
+        }
         Command::Shell(s) => {
             let mut script = s.clone();
             for h in heredocs {
@@ -38,6 +46,21 @@ pub fn argv(command: &Command, heredocs: &[Heredoc], shell: &[String]) -> Vec<St
             v
         }
     }
+}
+
+/// Whether a shell-form command is exactly one heredoc operator
+/// (`[n]<<[-]WORD`, WORD possibly quoted) naming the only heredoc.
+fn only_heredoc(command: &str, heredocs: &[Heredoc]) -> bool {
+    let [h] = heredocs else {
+        return false;
+    };
+    let rest = command.trim().trim_start_matches(|c: char| c.is_ascii_digit());
+    let Some(rest) = rest.strip_prefix("<<") else {
+        return false;
+    };
+    let word = rest.strip_prefix('-').unwrap_or(rest).trim();
+    let unquoted: String = word.chars().filter(|c| !matches!(c, '\'' | '"')).collect();
+    !word.contains('<') && !word.contains(char::is_whitespace) && unquoted == h.name
 }
 
 /// The environment of a RUN: the image's `Env` with the build args in scope
@@ -415,6 +438,30 @@ mod tests {
             &["/bin/sh".into(), "-c".into()],
         );
         assert_eq!(v, vec!["a"]);
+    }
+
+    #[test]
+    fn a_lone_heredoc_is_the_script() {
+        let sh = ["/bin/sh".to_string(), "-c".to_string()];
+        let h = |name: &str| Heredoc {
+            name: name.into(),
+            content: "echo one\necho two\n".into(),
+            expand: true,
+            chomp: false,
+            file_descriptor: 0,
+        };
+        for cmd in ["<<EOF", "<<-EOF", "<< EOF", "<<'EOF'", "<<\"EOF\"", "0<<EOF"] {
+            assert_eq!(
+                argv(&Command::Shell(cmd.into()), &[h("EOF")], &sh),
+                vec!["/bin/sh", "-c", "echo one\necho two\n"],
+                "{cmd}"
+            );
+        }
+        // With a command or another delimiter, the shell reads the heredoc.
+        for cmd in ["cat <<EOF", "<<EOF cat", "<<END"] {
+            let v = argv(&Command::Shell(cmd.into()), &[h("EOF")], &sh);
+            assert!(v[2].starts_with(cmd) && v[2].ends_with("\nEOF"), "{cmd}: {v:?}");
+        }
     }
 
     #[test]
