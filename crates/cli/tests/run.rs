@@ -542,3 +542,45 @@ fn network_none_and_add_host() {
         "{hosts}"
     );
 }
+
+#[test]
+fn heredoc_runs_as_the_script() {
+    let Some((t, store)) = setup("linux/arm64") else {
+        return;
+    };
+    // A lone heredoc is the script (BuildKit's "fake heredoc"); one that
+    // feeds a command is read by the shell; `<<-` strips leading tabs.
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN <<EOF\n\
+         echo one > /one\n\
+         echo \"$(uname -m)\" >> /one\n\
+         EOF\n\
+         RUN cat > /two <<'EOF'\n\
+         $NOT_EXPANDED\n\
+         EOF\n\
+         RUN <<-EOF\n\
+         \techo tabbed > /three\n\
+         \tEOF\n",
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(read(out.join("one")), "one\naarch64\n");
+    assert_eq!(read(out.join("two")), "$NOT_EXPANDED\n");
+    assert_eq!(read(out.join("three")), "tabbed\n");
+}
