@@ -334,13 +334,21 @@ fn ctrl_c_stops_the_step_and_cleans_up() {
     let ctx = context(
         t.path(),
         "ctx",
-        "FROM kbuild.test/busybox:latest\nRUN sleep 173\n",
+        "FROM kbuild.test/busybox:latest\nRUN --mount=type=secret,id=tok sleep 173\n",
     );
+    let secret = t.path().join("tok");
+    std::fs::write(&secret, unique("secret")).unwrap();
+    // The build's temporary files (the secret's copy among them) go here.
+    let tmp = t.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
     let log = t.path().join("log");
     let mut child = Command::new(common::bin())
         .arg("--root")
         .arg(&store)
         .args([&ctx, "--platform", "linux/amd64", "--progress", "plain"])
+        .arg("--secret")
+        .arg(format!("id=tok,src={}", secret.display()))
+        .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -351,7 +359,7 @@ fn ctrl_c_stops_the_step_and_cleans_up() {
     let started = Instant::now();
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("RUN sleep 173") && !processes(&["sleep", "173"]).is_empty() {
+        if text.contains("sleep 173") && !processes(&["sleep", "173"]).is_empty() {
             break;
         }
         if started.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
@@ -360,6 +368,10 @@ fn ctrl_c_stops_the_step_and_cleans_up() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        std::fs::read_dir(&tmp).unwrap().next().is_some(),
+        "the secret's temporary copy exists while the step runs"
+    );
     let st = Command::new("kill")
         .args(["-INT", "--", &format!("-{pgid}")])
         .status()
@@ -399,6 +411,16 @@ fn ctrl_c_stops_the_step_and_cleans_up() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert_eq!(left, Vec::<PathBuf>::new(), "snapshot mounts left");
+    let temporary: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        temporary,
+        Vec::<PathBuf>::new(),
+        "temporary files (secrets) left"
+    );
 }
 
 #[test]
