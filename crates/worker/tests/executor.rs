@@ -497,6 +497,63 @@ fn cancel_kills_every_process_and_leaves_no_mount() {
 }
 
 #[test]
+fn the_step_dies_with_its_helper() {
+    let Some(root) = Rootfs::new("amd64") else {
+        return;
+    };
+    let me = std::process::id().to_string();
+    let spec = root.spec(["sh", "-c", "sleep 1013 & echo ready; sleep 1014"]);
+    // Only used if the helper cannot be found, so the test fails instead
+    // of waiting for the sleeps.
+    let fallback = Cancel::new();
+    let r = executor().run(&spec, &fallback, &mut |_, b| {
+        if b.starts_with(b"ready") {
+            let me = me.clone();
+            let fallback = fallback.clone();
+            std::thread::spawn(move || {
+                while processes_with_arg("1014").is_empty() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // Walk up from the sleep (whose parent is the sandbox init,
+                // or a shell under it) to our own child, the helper, and
+                // kill it: as if the CLI's helper were killed (Ctrl-C
+                // reaches it too).
+                let ppid = |pid: i32| -> i32 {
+                    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let after = stat.rsplit(") ").next().unwrap_or("");
+                    after
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0)
+                };
+                let mut helper = processes_with_arg("1014")[0];
+                while helper > 1 && ppid(helper).to_string() != me {
+                    helper = ppid(helper);
+                }
+                if helper <= 1 {
+                    fallback.cancel();
+                    return;
+                }
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(helper),
+                    nix::sys::signal::SIGKILL,
+                )
+                .unwrap();
+            });
+        }
+    });
+    assert!(matches!(r, Err(Error::HelperDied { .. })), "{r:?}");
+    assert!(processes_with_arg("1013").is_empty() && processes_with_arg("1014").is_empty());
+    let cancel = Cancel::new();
+    cancel.cancel();
+    assert!(matches!(
+        executor().run(&spec, &cancel, &mut |_, _| {}),
+        Err(Error::Cancelled)
+    ));
+}
+
+#[test]
 fn a_mount_that_cannot_be_made_is_a_setup_error() {
     let Some(root) = Rootfs::new("amd64") else {
         return;

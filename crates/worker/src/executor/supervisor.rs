@@ -89,6 +89,9 @@ pub(super) fn run(
     output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<ExitStatus> {
     validate(spec)?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
     let support = binfmt::support(&spec.platform);
     if let Support::Unsupported { reason, fix } = &support {
         return Err(Error::UnsupportedPlatform {
