@@ -331,7 +331,9 @@ fn supervise(
         }
     }
     let waited = child.wait();
-    if killed {
+    // Also when the helper died first: a terminal's Ctrl-C reaches it
+    // before the caller's handler sets the flag.
+    if killed || cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
     for s in &statuses {
