@@ -100,7 +100,7 @@ impl Lexer {
     /// Expands `word` into one string (BuildKit's `ProcessWord`): quotes are
     /// removed, escapes applied, variables expanded; whitespace is kept.
     pub fn process_word<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<String, Error> {
-        self.run(word, env).map(|done| done.result)
+        self.run(word, env, false, false).map(|done| done.result)
     }
 
     /// [`process_word`](Lexer::process_word) that also reports which
@@ -110,7 +110,8 @@ impl Lexer {
         word: &str,
         env: &E,
     ) -> Result<(String, Matches), Error> {
-        self.run(word, env).map(|done| (done.result, done.matches))
+        self.run(word, env, false, true)
+            .map(|done| (done.result, done.matches))
     }
 
     /// Expands `word` and splits it into fields (BuildKit's `ProcessWords`):
@@ -122,10 +123,40 @@ impl Lexer {
         word: &str,
         env: &E,
     ) -> Result<Vec<String>, Error> {
-        self.run(word, env).map(|done| done.fields)
+        self.run(word, env, true, false).map(|done| done.fields)
     }
 
-    fn run<E: Env + ?Sized>(&self, word: &str, env: &E) -> Result<Done, Error> {
+    /// Expands `word`; `fields` and `matches` are only filled when asked for
+    /// (collecting them costs allocations most callers do not need).
+    fn run<E: Env + ?Sized>(
+        &self,
+        word: &str,
+        env: &E,
+        want_fields: bool,
+        want_matches: bool,
+    ) -> Result<Done, Error> {
+        // Nothing to expand, unquote or unescape: the word is its own result
+        // (most Dockerfile words), and whitespace alone splits the fields.
+        let escape = self.escape;
+        let plain = !word.starts_with('\u{feff}')
+            && !word
+                .chars()
+                .any(|c| c == '$' || c == '\'' || c == '"' || c == escape);
+        if plain {
+            let fields = if want_fields {
+                word.split(is_go_space)
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return Ok(Done {
+                result: word.to_string(),
+                fields,
+                matches: Matches::default(),
+            });
+        }
         let env: &dyn EnvRef = &EnvAdapter(env);
         let mut chars: Vec<char> = word.chars().collect();
         // Go's text/scanner drops a byte order mark at the very start.
@@ -140,6 +171,8 @@ impl Lexer {
             raw_escapes: self.raw_escapes,
             depth: 0,
             matches: Matches::default(),
+            want_fields,
+            want_matches,
         };
         let raw_escapes = self.raw_escapes;
         match scan.process_stop_on(None, raw_escapes) {
@@ -175,6 +208,8 @@ impl<E: Env + ?Sized> EnvRef for EnvAdapter<'_, E> {
 /// BuildKit's fields collector (`wordsStruct`).
 #[derive(Default)]
 struct Fields {
+    /// Off: every method does nothing and no field is collected.
+    on: bool,
     word: String,
     words: Vec<String>,
     in_word: bool,
@@ -182,6 +217,9 @@ struct Fields {
 
 impl Fields {
     fn add_char(&mut self, ch: char) {
+        if !self.on {
+            return;
+        }
         if is_go_space(ch) {
             if self.in_word && !self.word.is_empty() {
                 self.words.push(std::mem::take(&mut self.word));
@@ -193,17 +231,26 @@ impl Fields {
     }
 
     fn add_raw_char(&mut self, ch: char) {
+        if !self.on {
+            return;
+        }
         self.word.push(ch);
         self.in_word = true;
     }
 
     fn add_string(&mut self, text: &str) {
+        if !self.on {
+            return;
+        }
         for ch in text.chars() {
             self.add_char(ch);
         }
     }
 
     fn add_raw_string(&mut self, text: &str) {
+        if !self.on {
+            return;
+        }
         self.word.push_str(text);
         self.in_word = true;
     }
@@ -226,6 +273,10 @@ struct Scan<'a> {
     raw_escapes: bool,
     depth: usize,
     matches: Matches,
+    /// Collect the fields of the top-level word (`process_words`).
+    want_fields: bool,
+    /// Record referenced names in `matches` (`process_word_with_matches`).
+    want_matches: bool,
 }
 
 impl Scan<'_> {
@@ -243,6 +294,9 @@ impl Scan<'_> {
 
     fn get_env(&mut self, name: &str) -> Option<String> {
         let value = self.env.lookup(name);
+        if !self.want_matches {
+            return value;
+        }
         let set = if value.is_some() {
             &mut self.matches.used
         } else {
@@ -273,7 +327,11 @@ impl Scan<'_> {
         stop: Option<char>,
     ) -> Result<(String, Vec<String>), ErrorKind> {
         let mut result = String::new();
-        let mut fields = Fields::default();
+        // Only the top-level word's fields are used.
+        let mut fields = Fields {
+            on: stop.is_none() && self.want_fields,
+            ..Fields::default()
+        };
         let quotes = !self.lexer.skip_process_quotes;
         while let Some(ch) = self.peek() {
             if stop == Some(ch) {
