@@ -151,7 +151,13 @@ fn bench(c: &mut Criterion) {
         planned.targets.len()
     );
     if let Some(start) = cpu_time() {
-        let runs = 200u32;
+        // KBUILD_BENCH_RUNS lowers the count for instruction counting under
+        // `valgrind --tool=callgrind` (pass a filter that matches no bench).
+        let runs: u32 = std::env::var("KBUILD_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(200);
         for _ in 0..runs {
             drop(black_box(plan(&text, &opts, &NoImageConfigs)));
         }

@@ -108,7 +108,7 @@ impl Conv<'_> {
         out
     }
 
-    fn flags(&self, defs: &[(&'static str, Kind)]) -> R<Flags> {
+    fn flags<'d>(&'d self, defs: &'d [(&'static str, Kind)]) -> R<Flags<'d>> {
         Flags::new(&self.node.keyword, defs)
             .parse(&self.node.flags)
             .map_err(|m| (ErrorKind::Flag, m))

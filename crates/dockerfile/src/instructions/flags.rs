@@ -13,19 +13,20 @@ pub(crate) enum Kind {
 }
 
 /// The flags an instruction accepts and the values given.
-pub(crate) struct Flags {
-    keyword: String,
-    defs: Vec<(&'static str, Kind)>,
+pub(crate) struct Flags<'a> {
+    /// The keyword as written (uppercased only for an error message).
+    keyword: &'a str,
+    defs: &'a [(&'static str, Kind)],
     strings: HashMap<&'static str, String>,
     bools: HashMap<&'static str, bool>,
     lists: HashMap<&'static str, Vec<String>>,
 }
 
-impl Flags {
-    pub(crate) fn new(keyword: &str, defs: &[(&'static str, Kind)]) -> Flags {
+impl<'a> Flags<'a> {
+    pub(crate) fn new(keyword: &'a str, defs: &'a [(&'static str, Kind)]) -> Flags<'a> {
         Flags {
-            keyword: keyword.to_ascii_uppercase(),
-            defs: defs.to_vec(),
+            keyword,
+            defs,
             strings: HashMap::new(),
             bools: HashMap::new(),
             lists: HashMap::new(),
@@ -34,7 +35,7 @@ impl Flags {
 
     /// Reads `args` (each `--name` or `--name=value`); the error is the
     /// message to report.
-    pub(crate) fn parse(mut self, args: &[String]) -> Result<Flags, String> {
+    pub(crate) fn parse(mut self, args: &[String]) -> Result<Flags<'a>, String> {
         let mut used: Vec<&'static str> = Vec::new();
         for arg in args {
             let Some(body) = arg.strip_prefix("--") else {
@@ -49,7 +50,10 @@ impl Flags {
             };
             let Some(&(def, kind)) = self.defs.iter().find(|(n, _)| *n == name) else {
                 let names: Vec<&str> = self.defs.iter().map(|(n, _)| *n).collect();
-                let msg = format!("unknown flag: --{name} for {}", self.keyword);
+                let msg = format!(
+                    "unknown flag: --{name} for {}",
+                    self.keyword.to_ascii_uppercase()
+                );
                 return Err(match suggest::suggest(name, &names, true) {
                     Some(s) => format!("{msg} (did you mean --{s}?)"),
                     None => msg,
@@ -119,7 +123,7 @@ mod tests {
         ("exclude", Kind::Strings),
     ];
 
-    fn parse(args: &[&str]) -> Result<Flags, String> {
+    fn parse(args: &[&str]) -> Result<Flags<'static>, String> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         Flags::new("copy", &COPY).parse(&args)
     }

@@ -2,7 +2,7 @@
 //! shape each instruction uses (BuildKit's dispatch table of line parsers).
 
 use super::words::{
-    extract_builder_flags, is_space, parse_json, parse_words, split_re_ws, JsonArgs,
+    extract_builder_flags, is_re_ws, is_space, parse_json, parse_words, split_re_ws, JsonArgs,
 };
 use super::{ErrorKind, Node, NodeArgs, SourceRange};
 
@@ -17,27 +17,36 @@ fn syntax(msg: impl Into<String>) -> (ErrorKind, String) {
 /// Builds the node for `line` (continuations already joined).
 pub(crate) fn node_from_line(line: &str, escape: char, comments: Vec<String>) -> NodeResult<Node> {
     let trimmed = line.trim_matches(is_space);
-    let mut split = split_re_ws(trimmed, 2).into_iter();
-    let keyword = split.next().unwrap_or_default();
-    let (rest, flags) = match split.next() {
-        Some(after) => extract_builder_flags(&after),
+    // The keyword, then the rest after the run of `[\t\v\f\r ]` that ends
+    // it (`split_re_ws(trimmed, 2)` without the copies).
+    let (keyword, after) = match trimmed.find(is_re_ws) {
+        Some(end) => {
+            let gap = &trimmed[end..];
+            let len = gap.find(|c| !is_re_ws(c)).unwrap_or(gap.len());
+            (&trimmed[..end], Some(&gap[len..]))
+        }
+        None => (trimmed, None),
+    };
+    let keyword = keyword.to_string();
+    let (rest, flags) = match after {
+        Some(after) => extract_builder_flags(after),
         None => (String::new(), Vec::new()),
     };
-    let rest = rest.trim_matches(is_space).to_string();
+    let rest = rest.trim_matches(is_space);
     let (args, json) = match keyword.to_lowercase().as_str() {
-        "add" | "copy" | "volume" => maybe_json_to_list(&rest)?,
-        "arg" => (name_or_name_val(&rest, escape), false),
-        "cmd" | "entrypoint" | "run" | "shell" => maybe_json(&rest)?,
-        "env" => (name_val(&rest, "ENV", escape)?, false),
-        "label" => (name_val(&rest, "LABEL", escape)?, false),
-        "expose" | "from" => (whitespace_delimited(&rest), false),
-        "healthcheck" => health_config(&rest)?,
-        "maintainer" | "stopsignal" | "user" | "workdir" => (text(&rest), false),
+        "add" | "copy" | "volume" => maybe_json_to_list(rest)?,
+        "arg" => (name_or_name_val(rest, escape), false),
+        "cmd" | "entrypoint" | "run" | "shell" => maybe_json(rest)?,
+        "env" => (name_val(rest, "ENV", escape)?, false),
+        "label" => (name_val(rest, "LABEL", escape)?, false),
+        "expose" | "from" => (whitespace_delimited(rest), false),
+        "healthcheck" => health_config(rest)?,
+        "maintainer" | "stopsignal" | "user" | "workdir" => (text(rest), false),
         "onbuild" => {
             if rest.is_empty() {
                 (NodeArgs::Empty, false)
             } else {
-                let child = node_from_line(&rest, escape, Vec::new())?;
+                let child = node_from_line(rest, escape, Vec::new())?;
                 (NodeArgs::Sub(Box::new(child)), false)
             }
         }

@@ -124,6 +124,11 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<String> {
 /// text. Returns the remaining text and the flags (quotes and backslash
 /// escapes inside flags removed). A bare `--` ends the flags and is dropped.
 pub(crate) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
+    // Most instructions have no flags: no need to scan character by character.
+    let start = line.trim_start_matches(is_space);
+    if !start.starts_with("--") {
+        return (start.to_string(), Vec::new());
+    }
     #[derive(PartialEq)]
     enum Phase {
         Spaces,
