@@ -106,10 +106,18 @@ fn summarize_heredoc(doc: &str) -> String {
 }
 
 fn uppercase_keyword(text: &str) -> String {
-    match text.split_once(' ') {
-        Some((kw, rest)) => format!("{} {rest}", kw.to_uppercase()),
-        None => text.to_uppercase(),
+    // One allocation: `str::to_uppercase` is `char::to_uppercase` per char.
+    let (kw, rest) = match text.split_once(' ') {
+        Some((kw, rest)) => (kw, Some(rest)),
+        None => (text, None),
+    };
+    let mut out = String::with_capacity(text.len());
+    out.extend(kw.chars().flat_map(char::to_uppercase));
+    if let Some(rest) = rest {
+        out.push(' ');
+        out.push_str(rest);
     }
+    out
 }
 
 impl BuildPlan {

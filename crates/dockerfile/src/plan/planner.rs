@@ -151,7 +151,7 @@ struct Planner<'a> {
     warnings: Vec<Warning>,
     warning_set: HashSet<Warning>,
     /// Names declared by an ARG of a dispatched stage or the global scope.
-    consumed: HashSet<String>,
+    consumed: HashSet<String, std::hash::BuildHasherDefault<FastHasher>>,
 }
 
 impl<'a> Planner<'a> {
@@ -176,7 +176,7 @@ impl<'a> Planner<'a> {
             targets: Vec::new(),
             warnings: Vec::new(),
             warning_set: HashSet::new(),
-            consumed: HashSet::new(),
+            consumed: HashSet::default(),
         }
     }
 

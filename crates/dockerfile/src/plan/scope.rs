@@ -2,6 +2,7 @@
 //! state BuildKit carries from instruction to instruction.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use kbuild_platform::Platform;
@@ -174,7 +175,8 @@ impl Env for Globals {
 /// One variable of a stage's build environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Var {
-    key: String,
+    /// Shared with the index, so cloning a stage's state copies no names.
+    key: Rc<str>,
     value: String,
     /// Set by an ARG (true) or by ENV / the base image (false).
     from_arg: bool,
@@ -187,7 +189,7 @@ struct Var {
 #[derive(Debug, Clone)]
 pub(crate) struct StageState {
     vars: Vec<Var>,
-    index: FastMap<String, usize>,
+    index: FastMap<Rc<str>, usize>,
     /// The image config's `Env`.
     pub(crate) image_env: Vars,
     /// The ARG values of `vars` and their hash, kept until an ARG or ENV
@@ -226,9 +228,10 @@ impl StageState {
                 self.vars[i].from_arg = from_arg;
             }
             None => {
-                self.index.insert(key.to_string(), self.vars.len());
+                let key: Rc<str> = Rc::from(key);
+                self.index.insert(Rc::clone(&key), self.vars.len());
                 self.vars.push(Var {
-                    key: key.to_string(),
+                    key,
                     value,
                     from_arg,
                 });
@@ -261,7 +264,7 @@ impl StageState {
             .vars
             .iter()
             .filter(|v| v.from_arg)
-            .map(|v| (v.key.clone(), v.value.clone()))
+            .map(|v| (v.key.to_string(), v.value.clone()))
             .collect::<Vec<_>>()
             .into();
         let mut h = FastHasher::default();
