@@ -326,7 +326,11 @@ impl Scan<'_> {
         &mut self,
         stop: Option<char>,
     ) -> Result<(String, Vec<String>), ErrorKind> {
-        let mut result = String::new();
+        // The top-level result is usually about as long as the input.
+        let mut result = String::with_capacity(match stop {
+            None => self.chars.len() - self.pos,
+            Some(_) => 0,
+        });
         // Only the top-level word's fields are used.
         let mut fields = Fields {
             on: stop.is_none() && self.want_fields,
@@ -573,26 +577,25 @@ impl Scan<'_> {
     /// A variable name: a run of digits (positional parameter), one special
     /// parameter character, or letters, digits and `_`.
     fn process_name(&mut self) -> String {
-        let mut name = String::new();
+        // Find the name's extent first, then copy it in one allocation.
+        let start = self.pos;
         while let Some(ch) = self.peek() {
-            if name.is_empty() && is_go_digit(ch) {
-                while let Some(digit) = self.peek().filter(|&c| is_go_digit(c)) {
+            if self.pos == start && is_go_digit(ch) {
+                while self.peek().is_some_and(is_go_digit) {
                     self.next();
-                    name.push(digit);
                 }
-                return name;
+                break;
             }
-            if name.is_empty() && is_special_parameter(ch) {
+            if self.pos == start && is_special_parameter(ch) {
                 self.next();
-                return ch.to_string();
+                break;
             }
             if !is_go_letter(ch) && !is_go_digit(ch) && ch != '_' {
                 break;
             }
             self.next();
-            name.push(ch);
         }
-        name
+        self.chars[start..self.pos].iter().collect()
     }
 }
 
