@@ -83,6 +83,11 @@ impl Vars {
     pub(crate) fn same(&self, other: &Vars) -> bool {
         Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
     }
+
+    /// Whether another value holds the same list (a change must copy it).
+    pub(crate) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
 }
 
 impl From<Vec<(String, String)>> for Vars {

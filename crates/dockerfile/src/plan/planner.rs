@@ -20,8 +20,8 @@ use super::model::{
 use super::options::{ImageConfigSource, PlanOptions};
 use super::paths::resolve_workdir;
 use super::scope::{
-    default_path, default_shell, FastHasher, FastMap, Globals, Memo, StageState, BUILTIN_ARGS,
-    NON_ENV_ARGS,
+    default_path, default_shell, EnvCache, FastHasher, FastMap, Globals, Memo, StageState,
+    BUILTIN_ARGS, NON_ENV_ARGS,
 };
 use crate::instructions::{Arg, ArgDef, Instruction, Mount};
 
@@ -152,6 +152,8 @@ struct Planner<'a> {
     warning_set: HashSet<Warning>,
     /// Names declared by an ARG of a dispatched stage or the global scope.
     consumed: HashSet<String, std::hash::BuildHasherDefault<FastHasher>>,
+    /// Image environments ENV made, shared between stages.
+    env_cache: EnvCache,
 }
 
 impl<'a> Planner<'a> {
@@ -177,6 +179,7 @@ impl<'a> Planner<'a> {
             warnings: Vec::new(),
             warning_set: HashSet::new(),
             consumed: HashSet::default(),
+            env_cache: EnvCache::default(),
         }
     }
 
@@ -722,7 +725,11 @@ impl<'a> Planner<'a> {
                 }
             };
             if !state.has_image_env("PATH") {
-                state.set_env("PATH", default_path(&platform.os).to_string());
+                state.set_env_shared(
+                    "PATH",
+                    default_path(&platform.os).to_string(),
+                    &mut self.env_cache,
+                );
             }
             let triggers = std::mem::take(&mut state.onbuild);
             let next_base = self.bases.len() as u32;
@@ -957,7 +964,7 @@ impl<'a> Planner<'a> {
             }
             Instruction::Env(e) => {
                 for kv in &e.vars {
-                    st.set_env(&kv.key, kv.value.clone());
+                    st.set_env_shared(&kv.key, kv.value.clone(), &mut self.env_cache);
                 }
             }
             Instruction::Workdir(w) if *st.workdir != *w.path => {

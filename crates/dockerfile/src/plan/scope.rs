@@ -249,6 +249,57 @@ impl StageState {
         self.set_var(key, value, false);
     }
 
+    /// [`set_env`](StageState::set_env), sharing the changed image
+    /// environment through `cache` with every stage that made the same
+    /// change to the same environment (the same stage for other target
+    /// platforms, mostly) instead of copying the list again.
+    pub(crate) fn set_env_shared(&mut self, key: &str, value: String, cache: &mut EnvCache) {
+        let old = &self.image_env;
+        let pos = old.iter().position(|(k, _)| k == key);
+        if pos.is_some_and(|p| old[p].1 == value) {
+            // The image environment does not change.
+            return self.set_var(key, value, false);
+        }
+        if !old.is_shared() {
+            // Changed in place: no copy.
+            return self.set_env(key, value);
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = FastHasher::default();
+        old.hash(&mut h);
+        key.hash(&mut h);
+        value.hash(&mut h);
+        let candidates = cache.0.entry(h.finish()).or_default();
+        let at = pos.unwrap_or(old.len());
+        let len = old.len() + usize::from(pos.is_none());
+        let found = candidates.iter().find(|new| {
+            new.len() == len
+                && new.iter().enumerate().all(|(i, (k, v))| {
+                    if i == at {
+                        k == key && *v == value
+                    } else {
+                        old[i].0 == *k && old[i].1 == *v
+                    }
+                })
+        });
+        let new = match found {
+            Some(new) => new.clone(),
+            None => {
+                let mut list = Vec::with_capacity(len);
+                list.extend(old.iter().cloned());
+                match pos {
+                    Some(p) => list[p].1.clone_from(&value),
+                    None => list.push((key.to_string(), value.clone())),
+                }
+                let new = Vars::from(list);
+                candidates.push(new.clone());
+                new
+            }
+        };
+        self.image_env = new;
+        self.set_var(key, value, false);
+    }
+
     pub(crate) fn has_image_env(&self, key: &str) -> bool {
         self.image_env.iter().any(|(k, _)| k == key)
     }
@@ -287,6 +338,11 @@ impl Env for StageState {
         self.value(name).map(str::to_string)
     }
 }
+
+/// Image environments made by [`StageState::set_env_shared`], by a hash of
+/// the environment changed, the name and the value.
+#[derive(Default)]
+pub(crate) struct EnvCache(FastMap<u64, Vec<Vars>>);
 
 /// A stage's build environment that remembers every lookup made through it.
 pub(crate) struct Recording<'a> {
