@@ -20,7 +20,7 @@ use super::model::{
 use super::options::{ImageConfigSource, PlanOptions};
 use super::paths::resolve_workdir;
 use super::scope::{
-    default_path, default_shell, EnvCache, FastHasher, FastMap, Globals, Memo, StageState,
+    default_path, default_shell, FastHasher, FastMap, Globals, Memo, StageState, VarsCache,
     BUILTIN_ARGS, NON_ENV_ARGS,
 };
 use crate::instructions::{Arg, ArgDef, Instruction, Mount};
@@ -153,7 +153,9 @@ struct Planner<'a> {
     /// Names declared by an ARG of a dispatched stage or the global scope.
     consumed: HashSet<String, std::hash::BuildHasherDefault<FastHasher>>,
     /// Image environments ENV made, shared between stages.
-    env_cache: EnvCache,
+    env_cache: VarsCache,
+    /// ARG lists of steps, shared between stages.
+    args_cache: VarsCache,
 }
 
 impl<'a> Planner<'a> {
@@ -179,7 +181,8 @@ impl<'a> Planner<'a> {
             warnings: Vec::new(),
             warning_set: HashSet::new(),
             consumed: HashSet::default(),
-            env_cache: EnvCache::default(),
+            env_cache: VarsCache::default(),
+            args_cache: VarsCache::default(),
         }
     }
 
@@ -1000,7 +1003,7 @@ impl<'a> Planner<'a> {
         lines.hash(&mut h);
         onbuild.hash(&mut h);
         sources.hash(&mut h);
-        let (args, args_hash) = run.state.args();
+        let (args, args_hash) = run.state.args_shared(&mut self.args_cache);
         args_hash.hash(&mut h);
         let key = h.finish();
         let shell = match &run.state.shell {

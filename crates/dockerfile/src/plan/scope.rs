@@ -253,7 +253,7 @@ impl StageState {
     /// environment through `cache` with every stage that made the same
     /// change to the same environment (the same stage for other target
     /// platforms, mostly) instead of copying the list again.
-    pub(crate) fn set_env_shared(&mut self, key: &str, value: String, cache: &mut EnvCache) {
+    pub(crate) fn set_env_shared(&mut self, key: &str, value: String, cache: &mut VarsCache) {
         let old = &self.image_env;
         let pos = old.iter().position(|(k, _)| k == key);
         if pos.is_some_and(|p| old[p].1 == value) {
@@ -306,21 +306,46 @@ impl StageState {
 
     /// The ARG values of the build environment, in declaration order, and
     /// a hash of them.
+    #[cfg(test)]
     pub(crate) fn args(&mut self) -> (Vars, u64) {
+        self.args_shared(&mut VarsCache::default())
+    }
+
+    /// [`args`](StageState::args), reusing an identical list from `cache`
+    /// (made by another stage instance) instead of copying the strings.
+    pub(crate) fn args_shared(&mut self, cache: &mut VarsCache) -> (Vars, u64) {
         if let Some((a, h)) = &self.args {
             return (a.clone(), *h);
         }
         use std::hash::{Hash, Hasher};
-        let a: Vars = self
-            .vars
-            .iter()
-            .filter(|v| v.from_arg)
-            .map(|v| (v.key.to_string(), v.value.clone()))
-            .collect::<Vec<_>>()
-            .into();
+        let args = || self.vars.iter().filter(|v| v.from_arg);
         let mut h = FastHasher::default();
-        a.hash(&mut h);
+        let mut count = 0usize;
+        for v in args() {
+            v.key.hash(&mut h);
+            v.value.hash(&mut h);
+            count += 1;
+        }
+        count.hash(&mut h);
         let h = h.finish();
+        let candidates = cache.0.entry(h).or_default();
+        let found = candidates.iter().find(|a| {
+            a.len() == count
+                && a.iter()
+                    .zip(args())
+                    .all(|((k, v), var)| **k == *var.key && *v == var.value)
+        });
+        let a = match found {
+            Some(a) => a.clone(),
+            None => {
+                let a: Vars = args()
+                    .map(|v| (v.key.to_string(), v.value.clone()))
+                    .collect::<Vec<_>>()
+                    .into();
+                candidates.push(a.clone());
+                a
+            }
+        };
         self.args = Some((a.clone(), h));
         (a, h)
     }
@@ -339,10 +364,12 @@ impl Env for StageState {
     }
 }
 
-/// Image environments made by [`StageState::set_env_shared`], by a hash of
-/// the environment changed, the name and the value.
+/// Variable lists made once and shared, by a hash: image environments
+/// made by [`StageState::set_env_shared`] (hash of the environment changed,
+/// the name and the value) or ARG lists made by
+/// [`StageState::args_shared`] (hash of the list).
 #[derive(Default)]
-pub(crate) struct EnvCache(FastMap<u64, Vec<Vars>>);
+pub(crate) struct VarsCache(FastMap<u64, Vec<Vars>>);
 
 /// A stage's build environment that remembers every lookup made through it.
 pub(crate) struct Recording<'a> {
