@@ -158,7 +158,9 @@ impl Lexer {
             });
         }
         let env: &dyn EnvRef = &EnvAdapter(env);
-        let mut chars: Vec<char> = word.chars().collect();
+        // Sized up front: collecting `chars()` grows the vector step by step.
+        let mut chars: Vec<char> = Vec::with_capacity(word.len());
+        chars.extend(word.chars());
         // Go's text/scanner drops a byte order mark at the very start.
         if chars.first() == Some(&'\u{feff}') {
             chars.remove(0);
