@@ -123,8 +123,9 @@ impl Conv<'_> {
     }
 
     fn convert(&self) -> R<Instruction> {
-        let keyword = self.node.keyword.to_lowercase();
-        Ok(match keyword.as_str() {
+        let mut buf = [0u8; 16];
+        let keyword = crate::parser::lowercase(&self.node.keyword, &mut buf);
+        Ok(match &*keyword {
             "env" => {
                 self.flags(&[])?;
                 let (vars, legacy_form) = self.kvps("ENV")?;

@@ -235,7 +235,8 @@ fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
     if s.is_empty() {
         return Err(err("failed to parse csv mounts: EOF"));
     }
-    let chars: Vec<char> = line.chars().collect();
+    let mut chars: Vec<char> = Vec::with_capacity(line.len());
+    chars.extend(line.chars());
     let mut fields = Vec::new();
     let mut i = 0;
     loop {
@@ -345,8 +346,9 @@ impl Mount {
         let mut size = None;
         let mut env = None;
         for field in &fields {
+            let mut buf = [0u8; 16];
             let (key, raw) = match field.split_once('=') {
-                Some((k, v)) => (k.to_lowercase(), v),
+                Some((k, v)) => (crate::parser::lowercase(k, &mut buf), v),
                 None => {
                     let key = field.to_lowercase();
                     match key.as_str() {
@@ -376,7 +378,7 @@ impl Mount {
             };
             let value = expand(raw)?;
             let bad = |key: &str| err(format!("invalid value for {key}: {value}"));
-            match key.as_str() {
+            match &*key {
                 "type" => {
                     kind = match value.to_lowercase().as_str() {
                         "bind" => Kind::Bind,

@@ -82,6 +82,20 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// `s.to_lowercase()`, in `buf` when `s` is short ASCII (keywords, option
+/// names), so the common case allocates nothing.
+pub(crate) fn lowercase<'a>(s: &'a str, buf: &'a mut [u8; 16]) -> std::borrow::Cow<'a, str> {
+    if s.len() <= buf.len() && s.is_ascii() {
+        let lower = &mut buf[..s.len()];
+        lower.copy_from_slice(s.as_bytes());
+        lower.make_ascii_lowercase();
+        if let Ok(lower) = std::str::from_utf8(lower) {
+            return std::borrow::Cow::Borrowed(lower);
+        }
+    }
+    std::borrow::Cow::Owned(s.to_lowercase())
+}
+
 /// Go's `bytes.TrimRight(s, "\r\n")`.
 fn trim_newline(s: &str) -> &str {
     s.trim_end_matches(['\r', '\n'])
@@ -200,7 +214,7 @@ impl<'a> Parser<'a> {
             let mut node =
                 node::node_from_line(&line, self.directives.escape, std::mem::take(&mut comments))
                     .map_err(|m| Error::new(m.0, Some(range), m.1).with_source(&line))?;
-            if node.can_contain_heredoc() && line.contains("<<") {
+            if line.contains("<<") && node.can_contain_heredoc() {
                 let docs = heredoc::heredocs_from_line(&line).map_err(|m| {
                     Error::new(ErrorKind::Syntax, Some(range), m).with_source(&line)
                 })?;

@@ -4,7 +4,7 @@
 use super::words::{
     extract_builder_flags, is_re_ws, is_space, parse_json, parse_words, split_re_ws, JsonArgs,
 };
-use super::{ErrorKind, Node, NodeArgs, SourceRange};
+use super::{lowercase, ErrorKind, Node, NodeArgs, SourceRange};
 
 type NodeResult<T> = Result<T, (ErrorKind, String)>;
 
@@ -33,7 +33,8 @@ pub(crate) fn node_from_line(line: &str, escape: char, comments: Vec<String>) ->
         None => (String::new(), Vec::new()),
     };
     let rest = rest.trim_matches(is_space);
-    let (args, json) = match keyword.to_lowercase().as_str() {
+    let mut buf = [0u8; 16];
+    let (args, json) = match &*lowercase(&keyword, &mut buf) {
         "add" | "copy" | "volume" => maybe_json_to_list(rest)?,
         "arg" => (name_or_name_val(rest, escape), false),
         "cmd" | "entrypoint" | "run" | "shell" => maybe_json(rest)?,
@@ -204,7 +205,8 @@ impl Node {
             NodeArgs::Sub(child) if self.keyword.eq_ignore_ascii_case("onbuild") => child,
             _ => self,
         };
-        matches!(node.keyword.to_lowercase().as_str(), "run" | "copy" | "add") && !node.json
+        let mut buf = [0u8; 16];
+        matches!(&*lowercase(&node.keyword, &mut buf), "run" | "copy" | "add") && !node.json
     }
 }
 

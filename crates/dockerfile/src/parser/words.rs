@@ -45,7 +45,8 @@ pub(crate) fn parse_words(rest: &str, escape: char) -> Vec<String> {
         Word,
         Quote,
     }
-    let chars: Vec<char> = rest.chars().collect();
+    let mut chars: Vec<char> = Vec::with_capacity(rest.len());
+    chars.extend(rest.chars());
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
     let mut quote = '\0';
@@ -135,7 +136,8 @@ pub(crate) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
         Word,
         Quote,
     }
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let mut chars: Vec<(usize, char)> = Vec::with_capacity(line.len());
+    chars.extend(line.char_indices());
     let byte_at = |i: usize| chars.get(i).map(|c| c.0).unwrap_or(line.len());
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
