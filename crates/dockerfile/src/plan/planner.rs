@@ -825,10 +825,10 @@ impl<'a> Planner<'a> {
         let lexer = self.lexer;
 
         // Expand with the environment before the instruction.
-        let mut new_args: Vec<(String, String)> = Vec::new();
+        let mut new_args: Vec<(&str, String)> = Vec::new();
         let derived = match ins {
             Instruction::Arg(a) => {
-                let mut defs = Vec::with_capacity(a.args.len());
+                let mut values: Vec<Option<String>> = Vec::with_capacity(a.args.len());
                 for def in &a.args {
                     if !self.consumed.contains(&def.name) {
                         self.consumed.insert(def.name.clone());
@@ -846,23 +846,38 @@ impl<'a> Planner<'a> {
                     };
                     if let Some(v) = &value {
                         if !NON_ENV_ARGS.contains(&def.name.as_str()) {
-                            new_args.push((def.name.clone(), v.clone()));
+                            new_args.push((def.name.as_str(), v.clone()));
                         }
                     }
-                    defs.push(ArgDef {
-                        name: def.name.clone(),
-                        default: value,
-                    });
+                    values.push(value);
                 }
+                // The definitions these values make, compared without
+                // building them (they are only built the first time).
+                let same = |defs: &[ArgDef]| {
+                    defs.len() == values.len()
+                        && defs
+                            .iter()
+                            .zip(a.args.iter().zip(&values))
+                            .all(|(d, (def, value))| d.name == def.name && d.default == *value)
+                };
                 let seen = prep
                     .args_seen
                     .borrow()
                     .iter()
-                    .find(|(d, _)| *d == defs)
+                    .find(|(d, _)| same(d))
                     .map(|(_, derived)| derived.clone());
                 match seen {
                     Some(derived) => derived,
                     None => {
+                        let defs: Vec<ArgDef> = a
+                            .args
+                            .iter()
+                            .zip(values)
+                            .map(|(def, value)| ArgDef {
+                                name: def.name.clone(),
+                                default: value,
+                            })
+                            .collect();
                         let expanded = if defs == a.args {
                             Arc::clone(&prep.ins)
                         } else {
@@ -962,7 +977,7 @@ impl<'a> Planner<'a> {
         match &*expanded {
             Instruction::Arg(_) => {
                 for (k, v) in new_args {
-                    st.set_var(&k, v, true);
+                    st.set_var(k, v, true);
                 }
             }
             Instruction::Env(e) => {
@@ -1108,7 +1123,7 @@ impl<'a> Planner<'a> {
 
 /// ARG values declared earlier in the same ARG instruction, then the stage.
 struct Overlay<'a> {
-    first: &'a [(String, String)],
+    first: &'a [(&'a str, String)],
     rest: &'a StageState,
 }
 
@@ -1117,7 +1132,7 @@ impl Env for Overlay<'_> {
         self.first
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
+            .find(|(k, _)| *k == name)
             .map(|(_, v)| v.clone())
             .or_else(|| self.rest.get(name))
     }
