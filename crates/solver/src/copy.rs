@@ -532,15 +532,27 @@ fn set_meta(
 }
 
 fn set_mtime(host: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
+    utimes(
+        host,
+        (md.atime(), md.atime_nsec()),
+        (md.mtime(), md.mtime_nsec()),
+    )
+}
+
+/// Set a path's access and modification times (seconds, nanoseconds) without following a symlink.
+fn utimes(host: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), CopyError> {
     use nix::sys::stat::{utimensat, UtimensatFlags};
     use nix::sys::time::TimeSpec;
-    let atime = TimeSpec::new(md.atime(), md.atime_nsec());
-    let mtime = TimeSpec::new(md.mtime(), md.mtime_nsec());
-    utimensat(None, host, &atime, &mtime, UtimensatFlags::NoFollowSymlink).map_err(|e| {
-        CopyError::Io {
-            path: host.to_path_buf(),
-            source: io::Error::from(e),
-        }
+    utimensat(
+        None,
+        host,
+        &TimeSpec::new(atime.0, atime.1),
+        &TimeSpec::new(mtime.0, mtime.1),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| CopyError::Io {
+        path: host.to_path_buf(),
+        source: io::Error::from(e),
     })
 }
 
@@ -702,13 +714,7 @@ fn unpack_archive(
 }
 
 fn set_time(host: &Path, secs: i64) -> Result<(), CopyError> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    let t = TimeSpec::new(secs, 0);
-    utimensat(None, host, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| CopyError::Io {
-        path: host.to_path_buf(),
-        source: io::Error::from(e),
-    })
+    utimes(host, (secs, 0), (secs, 0))
 }
 
 #[cfg(test)]

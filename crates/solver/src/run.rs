@@ -54,7 +54,9 @@ fn only_heredoc(command: &str, heredocs: &[Heredoc]) -> bool {
     let [h] = heredocs else {
         return false;
     };
-    let rest = command.trim().trim_start_matches(|c: char| c.is_ascii_digit());
+    let rest = command
+        .trim()
+        .trim_start_matches(|c: char| c.is_ascii_digit());
     let Some(rest) = rest.strip_prefix("<<") else {
         return false;
     };
@@ -450,7 +452,14 @@ mod tests {
             chomp: false,
             file_descriptor: 0,
         };
-        for cmd in ["<<EOF", "<<-EOF", "<< EOF", "<<'EOF'", "<<\"EOF\"", "0<<EOF"] {
+        for cmd in [
+            "<<EOF",
+            "<<-EOF",
+            "<< EOF",
+            "<<'EOF'",
+            "<<\"EOF\"",
+            "0<<EOF",
+        ] {
             assert_eq!(
                 argv(&Command::Shell(cmd.into()), &[h("EOF")], &sh),
                 vec!["/bin/sh", "-c", "echo one\necho two\n"],
@@ -460,7 +469,10 @@ mod tests {
         // With a command or another delimiter, the shell reads the heredoc.
         for cmd in ["cat <<EOF", "<<EOF cat", "<<END"] {
             let v = argv(&Command::Shell(cmd.into()), &[h("EOF")], &sh);
-            assert!(v[2].starts_with(cmd) && v[2].ends_with("\nEOF"), "{cmd}: {v:?}");
+            assert!(
+                v[2].starts_with(cmd) && v[2].ends_with("\nEOF"),
+                "{cmd}: {v:?}"
+            );
         }
     }
 

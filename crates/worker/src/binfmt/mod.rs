@@ -250,18 +250,8 @@ const ARCHES: &[Arch] = &[
     },
 ];
 
-/// The platforms [`report`] covers.
-pub const REPORT_PLATFORMS: [&str; 9] = [
-    "linux/amd64",
-    "linux/386",
-    "linux/arm/v6",
-    "linux/arm/v7",
-    "linux/arm/v8",
-    "linux/arm64",
-    "linux/ppc64le",
-    "linux/s390x",
-    "windows/amd64",
-];
+/// The platforms [`report`] covers: the ones kubectl-build supports.
+pub const REPORT_PLATFORMS: &[&str] = kbuild_platform::SUPPORTED;
 
 fn arch_of(platform: &Platform) -> Option<&'static Arch> {
     let p = platform.normalized();
