@@ -6,8 +6,8 @@ use crate::args::{BuildArgs, GlobalArgs};
 use kbuild_dockerfile::plan::{self, BuildPlan, PlanOptions};
 use kbuild_platform::Platform;
 use kbuild_solver::options::{
-    parse_add_host, parse_build_args, parse_labels, NetworkMode, Output, OutputKind, SecretSpec,
-    SshSpec,
+    parse_add_host, parse_build_args, parse_labels, parse_network, NetworkMode, Output, OutputKind,
+    SecretSpec, SshSpec,
 };
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -166,7 +166,7 @@ impl BuildRequest {
         let network = a
             .network
             .as_deref()
-            .map(NetworkMode::parse)
+            .map(parse_network)
             .transpose()?
             .unwrap_or_default();
 

@@ -683,21 +683,53 @@ fn zstd_layers_on_request() {
     let layout = t.path().join("layout");
     run(
         &t.path().join("s"),
-        &[ctx.to_str().unwrap(), "--platform", "linux/amd64", "-o", &format!("type=oci,dest={},tar=false,compression=zstd", layout.display())],
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!(
+                "type=oci,dest={},tar=false,compression=zstd",
+                layout.display()
+            ),
+        ],
         &[],
     )
     .ok();
     let read = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap()).unwrap()
+        serde_json::from_slice(
+            &std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap()
     };
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let m = read(idx["manifests"][0]["digest"].as_str().unwrap());
-    assert_eq!(m["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
-    let blob = layout.join("blobs/sha256").join(m["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    let blob = layout.join("blobs/sha256").join(
+        m["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("zstd -dc < '{}' | tar -tf -", blob.display()))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l == "a.txt"), "{:?}", out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l == "a.txt"),
+        "{:?}",
+        out
+    );
 }

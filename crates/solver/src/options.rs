@@ -377,28 +377,16 @@ pub fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), OptionEr
     Ok((host.to_string(), ip))
 }
 
-/// The RUN network mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// The builder's default: the host network, as BuildKit's OCI worker does.
-    #[default]
-    Default,
-    /// Only a loopback interface.
-    None,
-    /// The host network.
-    Host,
-}
+/// The RUN network mode: the same type the Dockerfile's `RUN --network` uses.
+pub use kbuild_dockerfile::instructions::NetworkMode;
 
-impl NetworkMode {
-    /// Parse `default`, `none` or `host`.
-    pub fn parse(value: &str) -> Result<NetworkMode, OptionError> {
-        match value {
-            "default" => Ok(NetworkMode::Default),
-            "none" => Ok(NetworkMode::None),
-            "host" => Ok(NetworkMode::Host),
-            _ => Err(err("--network", value, "use default, none or host")),
-        }
+/// Parse `--network default|none|host`.
+pub fn parse_network(value: &str) -> Result<NetworkMode, OptionError> {
+    match value {
+        "default" => Ok(NetworkMode::Default),
+        "none" => Ok(NetworkMode::None),
+        "host" => Ok(NetworkMode::Host),
+        _ => Err(err("--network", value, "use default, none or host")),
     }
 }
 
@@ -533,7 +521,7 @@ mod tests {
         assert_eq!((h.as_str(), ip.to_string().as_str()), ("db", "10.0.0.2"));
         assert!(parse_add_host("db=::1").is_ok());
         assert!(parse_add_host("db:notanip").is_err());
-        assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
-        assert!(NetworkMode::parse("bridge").is_err());
+        assert_eq!(parse_network("none").unwrap(), NetworkMode::None);
+        assert!(parse_network("bridge").is_err());
     }
 }

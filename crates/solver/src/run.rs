@@ -103,8 +103,8 @@ pub fn set_home(env: &mut Vec<String>, root: &Path, user: &str) {
 
 /// The executor's network for a step: the step's `--network` unless it is
 /// `default`, then the build's `--network`.
-pub fn network(step: kbuild_dockerfile::instructions::NetworkMode, build: NetworkMode) -> Network {
-    use kbuild_dockerfile::instructions::NetworkMode as N;
+pub fn network(step: NetworkMode, build: NetworkMode) -> Network {
+    use NetworkMode as N;
     match step {
         N::None => Network::None,
         N::Host => Network::Host,
