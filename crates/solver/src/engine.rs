@@ -1254,7 +1254,11 @@ impl<'a> Exec<'a> {
             let dir = if windows { windows_layout(&dir)? } else { dir };
             let layer = write_layer(&store, compression, &dir, &lowers, sde);
             let layer = match layer {
-                Ok(l) => l,
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Ok(None);
+                }
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
                     return Err(e);
@@ -1395,7 +1399,7 @@ fn write_layer(
     dir: &Path,
     lowers: &[PathBuf],
     sde: Option<i64>,
-) -> Result<kbuild_image::Layer, String> {
+) -> Result<Option<kbuild_image::Layer>, String> {
     use std::io::Write;
     struct Chan {
         tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
@@ -1434,12 +1438,12 @@ fn write_layer(
         }
         lw.finish().map_err(|e| e.to_string())
     });
-    let produced = (|| -> Result<(), String> {
+    let produced = (|| -> Result<u64, String> {
         let mut tb = tar::Builder::new(Chan {
             tx,
             buf: Vec::with_capacity(CHUNK + 64 * 1024),
         });
-        write_diff(
+        let stats = write_diff(
             dir,
             lowers,
             &mut tb,
@@ -1449,7 +1453,8 @@ fn write_layer(
         )
         .map_err(|e| e.to_string())?;
         let mut chan = tb.into_inner().map_err(|e| e.to_string())?;
-        chan.flush().map_err(|e| e.to_string())
+        chan.flush().map_err(|e| e.to_string())?;
+        Ok(stats.entries)
     })();
     if produced.is_err() {
         let _ = abort.send(None);
@@ -1459,8 +1464,10 @@ fn write_layer(
     let layer = compressor
         .join()
         .map_err(|_| "the layer compressor panicked".to_string())?;
-    produced?;
-    layer
+    let entries = produced?;
+    // An upper directory with nothing to report (only directories copied up
+    // unchanged) is no layer: the step leaves an empty_layer history entry.
+    layer.map(|l| (entries > 0).then_some(l))
 }
 
 /// What a RUN step needs on its blocking thread.

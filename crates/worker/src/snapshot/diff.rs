@@ -86,10 +86,14 @@ pub fn write_diff<W: Write>(
         lowers: lower_fds,
         links: HashMap::new(),
         stats: DiffStats::default(),
+        pending: Vec::new(),
     };
     w.walk(upper, &[])?;
     Ok(w.stats)
 }
+
+/// A directory entry held back: its header, path and xattrs.
+type PendingDir = (Header, Vec<u8>, Vec<(String, Vec<u8>)>);
 
 struct DiffWriter<'a, W: Write> {
     out: &'a mut tar::Builder<W>,
@@ -97,6 +101,11 @@ struct DiffWriter<'a, W: Write> {
     lowers: Vec<std::os::fd::OwnedFd>,
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: DiffStats,
+    /// Directories copied up unchanged (overlay copies a directory up when
+    /// something below it is touched, even if that is undone again, e.g. a
+    /// mount point created and removed): written only once an entry below
+    /// them is, so a step that changed nothing there adds nothing.
+    pending: Vec<PendingDir>,
 }
 
 fn display(rel: &[u8]) -> String {
@@ -173,6 +182,12 @@ impl<W: Write> DiffWriter<'_, W> {
         xattrs: &[(String, Vec<u8>)],
         data: impl Read,
     ) -> Result<()> {
+        if !self.pending.is_empty() {
+            for (ph, ppath, pxattrs) in std::mem::take(&mut self.pending) {
+                self.append(ph, &ppath, None, &pxattrs, io::empty())?;
+                self.stats.directories += 1;
+            }
+        }
         let name = display(path);
         let mut pax = Vec::new();
         if h.set_path(OsStr::from_bytes(path)).is_err() {
@@ -218,6 +233,49 @@ impl<W: Write> DiffWriter<'_, W> {
         self.out.append(&h, data).map_err(fail)?;
         self.stats.entries += 1;
         Ok(())
+    }
+
+    /// Whether the topmost lower that has `rel` has it as a directory with
+    /// the same mode, owner, mtime and xattrs as `md`.
+    fn same_in_lowers(&self, rel: &[u8], md: &Metadata, xattrs: &[(String, Vec<u8>)]) -> bool {
+        for fd in self.lowers.iter().rev() {
+            let found = rustix::fs::openat2(
+                fd.as_fd(),
+                OsStr::from_bytes(rel),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            );
+            let dir = match found {
+                Ok(d) => d,
+                Err(Errno::NOENT) => continue,
+                Err(_) => return false,
+            };
+            let Ok(st) = rustix::fs::fstat(&dir) else {
+                return false;
+            };
+            if st.st_mode & 0o7777 != md.mode() & 0o7777
+                || st.st_uid != md.uid()
+                || st.st_gid != md.gid()
+                || st.st_mtime != md.mtime()
+            {
+                return false;
+            }
+            let path = PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&dir)
+            ));
+            let lower_xattrs: Vec<(String, Vec<u8>)> = match fsutil::list_xattrs(&path) {
+                Ok(v) => v.into_iter().filter(|(k, _)| keep_xattr(k)).collect(),
+                Err(_) => return false,
+            };
+            let mut a = lower_xattrs;
+            let mut b = xattrs.to_vec();
+            a.sort();
+            b.sort();
+            return a == b;
+        }
+        false
     }
 
     /// Whether any lower layer has `rel` (a symlink in the way counts as yes).
@@ -289,10 +347,19 @@ impl<W: Write> DiffWriter<'_, W> {
             let mut path = rel.to_vec();
             path.push(b'/');
             let h = self.header(EntryType::Directory, &md);
+            let opaque = fsutil::get_xattr(abs, OPAQUE_XATTR).at("read the xattrs of", abs)?;
+            let is_opaque = opaque.as_deref() == Some(b"y");
+            if !is_opaque && self.same_in_lowers(rel, &md, &xattrs) {
+                let depth = self.pending.len();
+                self.pending.push((h, path, xattrs));
+                self.walk(abs, rel)?;
+                // Nothing below was written: the directory is not a change.
+                self.pending.truncate(depth);
+                return Ok(());
+            }
             self.append(h, &path, None, &xattrs, io::empty())?;
             self.stats.directories += 1;
-            let opaque = fsutil::get_xattr(abs, OPAQUE_XATTR).at("read the xattrs of", abs)?;
-            if opaque.as_deref() == Some(b"y") {
+            if is_opaque {
                 let mut marker = rel.to_vec();
                 marker.push(b'/');
                 marker.extend_from_slice(OPAQUE_MARKER.as_bytes());
