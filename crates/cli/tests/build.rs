@@ -733,3 +733,122 @@ fn zstd_layers_on_request() {
         out
     );
 }
+
+#[test]
+fn iidfile_metadata_file_and_tar_output() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("a.txt"), "A\n");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY a.txt /d/a.txt\n",
+    );
+    let iid = t.path().join("iid");
+    let meta = t.path().join("meta.json");
+    let tarball = t.path().join("fs.tar");
+    let r = run(
+        &t.path().join("s"),
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "kbuild.test/meta:1",
+            "-o",
+            "type=image",
+            "-o",
+            &format!("type=tar,dest={}", tarball.display()),
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "--progress",
+            "quiet",
+        ],
+        &[],
+    )
+    .ok();
+    let digest = std::fs::read_to_string(&iid).unwrap();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    assert_eq!(r.stdout.trim(), digest, "quiet prints the same digest");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.digest"], digest.as_str());
+    assert_eq!(
+        m["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(m["image.name"], "kbuild.test/meta:1");
+    let out = std::process::Command::new("tar")
+        .args(["-tf", tarball.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&out.stdout);
+    for p in ["linux_amd64/d/a.txt", "linux_arm64/d/a.txt"] {
+        assert!(
+            names.lines().any(|l| l.trim_start_matches("./") == p),
+            "{p} in {names}"
+        );
+    }
+}
+
+#[test]
+fn pull_re_resolves_the_base_image() {
+    if !require_root() {
+        return;
+    }
+    let reg = TestRegistry::start().expect("registry");
+    let t = tempfile::tempdir().unwrap();
+    let base = format!("{}/base/img:1", reg.host());
+    let ctx = t.path().join("ctx");
+    let store = t.path().join("store");
+    let push_base = |content: &str| {
+        write(&ctx.join("v.txt"), content);
+        write(
+            &ctx.join("Dockerfile.base"),
+            "FROM scratch\nCOPY v.txt /v.txt\n",
+        );
+        // A separate store: the build store only learns of the base by pulling.
+        run(
+            &t.path().join("basestore"),
+            &[
+                ctx.to_str().unwrap(),
+                "-f",
+                ctx.join("Dockerfile.base").to_str().unwrap(),
+                "--platform",
+                "linux/amd64",
+                "-t",
+                &base,
+                "--push",
+            ],
+            &[],
+        )
+        .ok();
+    };
+    let build = |extra: &[&str], dest: &Path| {
+        write(&ctx.join("Dockerfile"), &format!("FROM {base}\n"));
+        let d = format!("type=local,dest={}", dest.display());
+        let mut args = vec![ctx.to_str().unwrap(), "--platform", "linux/amd64", "-o", &d];
+        args.extend_from_slice(extra);
+        run(&store, &args, &[]).ok();
+        std::fs::read_to_string(dest.join("v.txt")).unwrap()
+    };
+    push_base("one\n");
+    assert_eq!(build(&[], &t.path().join("o1")), "one\n");
+    push_base("two\n");
+    assert_eq!(
+        build(&[], &t.path().join("o2")),
+        "one\n",
+        "without --pull the stored base is used"
+    );
+    assert_eq!(
+        build(&["--pull"], &t.path().join("o3")),
+        "two\n",
+        "--pull asks the registry"
+    );
+}
