@@ -43,6 +43,10 @@ fn platforms_str<S: Serializer, P: fmt::Display>(ps: &[P], s: S) -> Result<S::Ok
     s.collect_seq(ps.iter().map(|p| p.to_string()))
 }
 
+fn shared_platforms<S: Serializer>(ps: &Arc<[Arc<Platform>]>, s: S) -> Result<S::Ok, S::Error> {
+    platforms_str(ps, s)
+}
+
 fn shared_platform<S: Serializer>(p: &Arc<Platform>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&**p)
 }
@@ -228,9 +232,10 @@ pub struct Step {
     /// instruction's own `mounts` keep the text as written).
     #[serde(serialize_with = "arc")]
     pub mounts: Arc<Vec<Mount>>,
-    /// The target platforms whose build uses this step, in request order.
-    #[serde(serialize_with = "platforms_str")]
-    pub platforms: Vec<Arc<Platform>>,
+    /// The target platforms whose build uses this step, in request order;
+    /// steps built for the same platforms share one list.
+    #[serde(serialize_with = "shared_platforms")]
+    pub platforms: Arc<[Arc<Platform>]>,
     /// `platforms.len() > 1`: one step serves several target platforms.
     pub shared: bool,
 }

@@ -138,6 +138,9 @@ struct Planner<'a> {
     no_mounts: Arc<Vec<Mount>>,
     /// One shared copy of every platform, so steps compare them by pointer.
     platforms: FastMap<Platform, Arc<Platform>>,
+    /// The one-platform list of every target platform (by its shared
+    /// copy's address), shared by the steps only that platform uses.
+    single: FastMap<usize, Arc<[Arc<Platform>]>>,
     steps: Vec<Step>,
     /// The interned base of every step's stage.
     step_bases: Vec<u32>,
@@ -170,6 +173,7 @@ impl<'a> Planner<'a> {
             shell_windows: default_shell("windows"),
             no_mounts: Arc::new(Vec::new()),
             platforms: FastMap::default(),
+            single: FastMap::default(),
             steps: Vec::new(),
             step_bases: Vec::new(),
             bases: FastMap::default(),
@@ -1049,7 +1053,9 @@ impl<'a> Planner<'a> {
             {
                 let s = &mut self.steps[id.0];
                 if !s.platforms.iter().any(|p| Arc::ptr_eq(p, target_platform)) {
-                    s.platforms.push(Arc::clone(target_platform));
+                    let mut list = s.platforms.to_vec();
+                    list.push(Arc::clone(target_platform));
+                    s.platforms = Arc::from(list);
                     s.shared = s.platforms.len() > 1;
                 }
                 return id;
@@ -1073,7 +1079,11 @@ impl<'a> Planner<'a> {
             shell,
             sources,
             mounts,
-            platforms: vec![Arc::clone(target_platform)],
+            platforms: Arc::clone(
+                self.single
+                    .entry(Arc::as_ptr(target_platform) as usize)
+                    .or_insert_with(|| Arc::from([Arc::clone(target_platform)])),
+            ),
             shared: false,
         });
         self.step_bases.push(run.base_id);
