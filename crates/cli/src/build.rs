@@ -188,7 +188,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         .build()
         .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
     let started = Instant::now();
-    let (result, report) = rt.block_on(async {
+    let outcome = rt.block_on(async {
         let work = async {
             let result = solver
                 .build(
@@ -201,18 +201,20 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             let report = outputs::export(&solver, &result, &req.outputs).await?;
             Ok::<(BuildResult, ExportReport), BuildError>((result, report))
         };
-        tokio::pin!(work);
         tokio::select! {
-            r = &mut work => r,
+            r = work => r,
             _ = tokio::signal::ctrl_c() => {
-                // Kill running steps, then let the build unwind: mounts are
-                // released and no tag is pushed for an unfinished image.
+                // Kill running steps; dropping the build stops a push where
+                // it is (tags go last, so none is written).
                 cancel.cancel();
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut work).await;
                 Err(BuildError::Cancelled)
             }
         }
-    })?;
+    });
+    // Blocking work still running (a killed RUN step unmounting its root
+    // filesystem) gets time to clean up; nothing else is waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    let (result, report) = outcome?;
     for w in &result.plan.warnings {
         eprintln!("WARNING: {w}");
     }

@@ -852,3 +852,140 @@ fn pull_re_resolves_the_base_image() {
         "--pull asks the registry"
     );
 }
+
+/// A TCP forwarder to `target` that holds every PUT/PATCH (uploads, manifests,
+/// tags) for `stall`, so a push can be interrupted while it is under way.
+fn stalling_proxy(target: u16, stall: std::time::Duration) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Bounded: at most 64 connections, then the proxy stops accepting.
+        for client in listener.incoming().take(64) {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                return;
+            };
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s2.read(&mut buf) {
+                    if n == 0 || c2.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if buf[..n].starts_with(b"PUT ") || buf[..n].starts_with(b"PATCH ") {
+                        std::thread::sleep(stall);
+                    }
+                    if server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn ctrl_c_during_a_push_tags_nothing() {
+    if !require_root() {
+        return;
+    }
+    use std::io::BufRead;
+    let reg = TestRegistry::start().expect("registry");
+    let proxy = stalling_proxy(reg.port(), std::time::Duration::from_secs(30));
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("a.txt"), "pushed slowly\n");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
+    let tag = format!("127.0.0.1:{proxy}/slow/img:1");
+    let mut child = std::process::Command::new(common::bin())
+        .args([
+            "--root",
+            t.path().join("s").to_str().unwrap(),
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // Wait until the build is done and the push has begun (the step finished).
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            let done = l.contains(" DONE ");
+            seen.push(l);
+            if done {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // SIGINT, as Ctrl-C delivers it.
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(25),
+            "the CLI did not stop after SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+        seen.push(l);
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("error:") && l.contains("cancelled")),
+        "{seen:#?}"
+    );
+    // The registry never got the tag.
+    let st = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/slow/img:1", reg.host()),
+        ])
+        .output()
+        .unwrap();
+    assert!(!st.status.success(), "no tag for the interrupted push");
+}
