@@ -472,21 +472,11 @@ fn windows_stage_writes_windows_layer_layout() {
         &[],
     )
     .ok();
-    let read = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(
-                layout
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
-    let idx: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest = read(idx["manifests"][0]["digest"].as_str().unwrap());
-    let config = read(manifest["config"]["digest"].as_str().unwrap());
+    let (_, manifest) = common::layout_manifests(&layout).remove(0);
+    let config = common::read_json(&common::layout_blob(
+        &layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ));
     assert_eq!(config["os"], "windows");
     assert_eq!(
         config["config"]["Entrypoint"],
@@ -696,20 +686,7 @@ fn zstd_layers_on_request() {
         &[],
     )
     .ok();
-    let read = |d: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(
-                layout
-                    .join("blobs/sha256")
-                    .join(d.trim_start_matches("sha256:")),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
-    let idx: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let m = read(idx["manifests"][0]["digest"].as_str().unwrap());
+    let (_, m) = common::layout_manifests(&layout).remove(0);
     assert_eq!(
         m["layers"][0]["mediaType"],
         "application/vnd.oci.image.layer.v1.tar+zstd"
