@@ -150,8 +150,8 @@ pub enum StageBase {
         /// registry crate normalizes it.
         reference: String,
         /// The platform to pull.
-        #[serde(serialize_with = "platform_str")]
-        platform: Platform,
+        #[serde(serialize_with = "shared_platform")]
+        platform: Arc<Platform>,
     },
     /// The result of an earlier stage instance.
     Stage(StageId),
@@ -251,15 +251,16 @@ pub struct StageInstance {
     pub index: usize,
     /// The platform it runs for: its `FROM --platform`, its base stage's
     /// platform, or the target platform.
-    #[serde(serialize_with = "platform_str")]
-    pub platform: Platform,
+    #[serde(serialize_with = "shared_platform")]
+    pub platform: Arc<Platform>,
     /// What it starts from.
     pub base: StageBase,
     /// Its steps in order (ONBUILD triggers of the base first).
     pub steps: Vec<StepId>,
-    /// The target platforms whose build uses this instance, in request order.
-    #[serde(serialize_with = "platforms_str")]
-    pub target_platforms: Vec<Platform>,
+    /// The target platforms whose build uses this instance, in request
+    /// order; instances built for the same platforms share one list.
+    #[serde(serialize_with = "shared_platforms")]
+    pub target_platforms: Arc<[Arc<Platform>]>,
 }
 
 /// The build for one requested platform.

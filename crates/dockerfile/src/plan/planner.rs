@@ -253,6 +253,15 @@ impl<'a> Planner<'a> {
         })
     }
 
+    /// The shared one-element list of `target_platform` (an interned copy).
+    fn single_platform(&mut self, target_platform: &Arc<Platform>) -> Arc<[Arc<Platform>]> {
+        let list = self
+            .single
+            .entry(Arc::as_ptr(target_platform) as usize)
+            .or_insert_with(|| Arc::from([Arc::clone(target_platform)]));
+        Arc::clone(list)
+    }
+
     fn intern(&mut self, p: &Platform) -> Arc<Platform> {
         if let Some(shared) = self.platforms.get(p) {
             return Arc::clone(shared);
@@ -723,7 +732,7 @@ impl<'a> Planner<'a> {
                     (
                         StageBase::Image {
                             reference: reference.clone(),
-                            platform: (*platform).clone(),
+                            platform: Arc::clone(&platform),
                         },
                         platform,
                         st,
@@ -1062,6 +1071,7 @@ impl<'a> Planner<'a> {
             }
         }
         let id = StepId(self.steps.len());
+        let platforms = self.single_platform(target_platform);
         let st = &run.state;
         self.steps.push(Step {
             id,
@@ -1079,11 +1089,7 @@ impl<'a> Planner<'a> {
             shell,
             sources,
             mounts,
-            platforms: Arc::clone(
-                self.single
-                    .entry(Arc::as_ptr(target_platform) as usize)
-                    .or_insert_with(|| Arc::from([Arc::clone(target_platform)])),
-            ),
+            platforms,
             shared: false,
         });
         self.step_bases.push(run.base_id);
@@ -1092,7 +1098,7 @@ impl<'a> Planner<'a> {
         id
     }
 
-    fn add_stage(&mut self, run: &Run, target_platform: &Platform) -> StageId {
+    fn add_stage(&mut self, run: &Run, target_platform: &Arc<Platform>) -> StageId {
         let platform: &Platform = &run.platform;
         let mut h = FastHasher::default();
         run.index.hash(&mut h);
@@ -1104,27 +1110,34 @@ impl<'a> Planner<'a> {
             for &id in candidates {
                 let s = &self.stages[id.0];
                 if s.index == run.index
-                    && s.platform == *platform
+                    && *s.platform == *platform
                     && s.base == run.base
                     && s.steps == run.steps
                 {
                     let s = &mut self.stages[id.0];
-                    if !s.target_platforms.contains(target_platform) {
-                        s.target_platforms.push(target_platform.clone());
+                    if !s
+                        .target_platforms
+                        .iter()
+                        .any(|p| Arc::ptr_eq(p, target_platform))
+                    {
+                        let mut list = s.target_platforms.to_vec();
+                        list.push(Arc::clone(target_platform));
+                        s.target_platforms = Arc::from(list);
                     }
                     return id;
                 }
             }
         }
         let id = StageId(self.stages.len());
+        let target_platforms = self.single_platform(target_platform);
         self.stages.push(StageInstance {
             id,
             name: self.file.stages[run.index].from.name.clone(),
             index: run.index,
-            platform: platform.clone(),
+            platform: Arc::clone(&run.platform),
             base: run.base.clone(),
             steps: run.steps.clone(),
-            target_platforms: vec![target_platform.clone()],
+            target_platforms,
         });
         self.stage_index.entry(key).or_default().push(id);
         id
