@@ -1137,7 +1137,7 @@ impl<'a> Exec<'a> {
                 let args: Vec<(String, String)> = step
                     .args
                     .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
                 let shell = config::current_shell(&st.config);
                 Some(RunData {

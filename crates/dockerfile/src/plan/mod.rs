@@ -89,8 +89,8 @@ mod scope;
 
 pub use error::{Error, ErrorKind};
 pub use model::{
-    BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, Vars, Warning,
-    WarningKind,
+    BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, VarPair, Vars,
+    Warning, WarningKind,
 };
 pub use options::{BaseImageConfig, ImageConfigSource, NoImageConfigs, PlanOptions};
 pub use planner::plan;

@@ -59,11 +59,16 @@ fn arc<T: Serialize, S: Serializer>(v: &Arc<T>, s: S) -> Result<S::Ok, S::Error>
     (**v).serialize(s)
 }
 
+/// One variable of a [`Vars`] list: (`NAME`, value), both shared.
+pub type VarPair = (Arc<str>, Arc<str>);
+
 /// An ordered list of variables (`NAME`, value), shared by every step that
-/// sees the same list, so cloning it is cheap. Derefs to a slice; iterate it
-/// with `for (name, value) in &vars`. Serializes as `[["NAME", "value"], ...]`.
+/// sees the same list, so cloning it is cheap; the names and values are
+/// shared too, so a list that differs from another in one entry copies no
+/// text. Derefs to a slice; iterate it with `for (name, value) in &vars`.
+/// Serializes as `[["NAME", "value"], ...]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct Vars(Arc<Vec<(String, String)>>);
+pub struct Vars(Arc<Vec<VarPair>>);
 
 impl Vars {
     /// The value of `name` (the last entry wins), if set.
@@ -71,16 +76,19 @@ impl Vars {
         self.0
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| **k == *name)
+            .map(|(_, v)| &**v)
     }
 
     /// A copy as a plain vector.
     pub fn to_vec(&self) -> Vec<(String, String)> {
-        self.0.as_ref().clone()
+        self.0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
-    pub(crate) fn make_mut(&mut self) -> &mut Vec<(String, String)> {
+    pub(crate) fn make_mut(&mut self) -> &mut Vec<VarPair> {
         Arc::make_mut(&mut self.0)
     }
 
@@ -96,20 +104,30 @@ impl Vars {
 
 impl From<Vec<(String, String)>> for Vars {
     fn from(v: Vec<(String, String)>) -> Vars {
+        Vars(Arc::new(
+            v.into_iter()
+                .map(|(k, v)| (Arc::from(k), Arc::from(v)))
+                .collect(),
+        ))
+    }
+}
+
+impl From<Vec<VarPair>> for Vars {
+    fn from(v: Vec<VarPair>) -> Vars {
         Vars(Arc::new(v))
     }
 }
 
 impl Deref for Vars {
-    type Target = [(String, String)];
-    fn deref(&self) -> &[(String, String)] {
+    type Target = [VarPair];
+    fn deref(&self) -> &[VarPair] {
         &self.0
     }
 }
 
 impl<'a> IntoIterator for &'a Vars {
-    type Item = &'a (String, String);
-    type IntoIter = std::slice::Iter<'a, (String, String)>;
+    type Item = &'a VarPair;
+    type IntoIter = std::slice::Iter<'a, VarPair>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
     }
@@ -117,7 +135,12 @@ impl<'a> IntoIterator for &'a Vars {
 
 impl PartialEq<Vec<(String, String)>> for Vars {
     fn eq(&self, other: &Vec<(String, String)>) -> bool {
-        *self.0 == *other
+        self.0.len() == other.len()
+            && self
+                .0
+                .iter()
+                .zip(other)
+                .all(|((k, v), (ok, ov))| **k == **ok && **v == **ov)
     }
 }
 
@@ -130,8 +153,8 @@ impl kbuild_shell::Env for Vars {
 impl Serialize for Vars {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for pair in self.0.iter() {
-            seq.serialize_element(pair)?;
+        for (k, v) in self.0.iter() {
+            seq.serialize_element(&(&**k, &**v))?;
         }
         seq.end()
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kbuild_platform::Platform;
 use kbuild_shell::Env;
 
-use super::model::Vars;
+use super::model::{VarPair, Vars};
 
 /// A small, fast, non-cryptographic hasher (the multiply-rotate scheme of
 /// rustc's `FxHasher`) for the planner's internal maps: keys come from one
@@ -242,9 +242,9 @@ impl StageState {
     /// ENV: the build environment and the image config both change.
     pub(crate) fn set_env(&mut self, key: &str, value: String) {
         let env = self.image_env.make_mut();
-        match env.iter_mut().find(|(k, _)| k == key) {
-            Some(entry) => entry.1 = value.clone(),
-            None => env.push((key.to_string(), value.clone())),
+        match env.iter_mut().find(|(k, _)| **k == *key) {
+            Some(entry) => entry.1 = Arc::from(value.as_str()),
+            None => env.push((Arc::from(key), Arc::from(value.as_str()))),
         }
         self.set_var(key, value, false);
     }
@@ -255,8 +255,8 @@ impl StageState {
     /// platforms, mostly) instead of copying the list again.
     pub(crate) fn set_env_shared(&mut self, key: &str, value: String, cache: &mut VarsCache) {
         let old = &self.image_env;
-        let pos = old.iter().position(|(k, _)| k == key);
-        if pos.is_some_and(|p| old[p].1 == value) {
+        let pos = old.iter().position(|(k, _)| **k == *key);
+        if pos.is_some_and(|p| *old[p].1 == *value) {
             // The image environment does not change.
             return self.set_var(key, value, false);
         }
@@ -276,7 +276,7 @@ impl StageState {
             new.len() == len
                 && new.iter().enumerate().all(|(i, (k, v))| {
                     if i == at {
-                        k == key && *v == value
+                        **k == *key && **v == *value
                     } else {
                         old[i].0 == *k && old[i].1 == *v
                     }
@@ -288,8 +288,8 @@ impl StageState {
                 let mut list = Vec::with_capacity(len);
                 list.extend(old.iter().cloned());
                 match pos {
-                    Some(p) => list[p].1.clone_from(&value),
-                    None => list.push((key.to_string(), value.clone())),
+                    Some(p) => list[p].1 = Arc::from(value.as_str()),
+                    None => list.push((Arc::from(key), Arc::from(value.as_str()))),
                 }
                 let new = Vars::from(list);
                 candidates.push(new.clone());
@@ -301,7 +301,7 @@ impl StageState {
     }
 
     pub(crate) fn has_image_env(&self, key: &str) -> bool {
-        self.image_env.iter().any(|(k, _)| k == key)
+        self.image_env.iter().any(|(k, _)| **k == *key)
     }
 
     /// The ARG values of the build environment, in declaration order, and
@@ -333,14 +333,14 @@ impl StageState {
             a.len() == count
                 && a.iter()
                     .zip(args())
-                    .all(|((k, v), var)| **k == *var.key && *v == var.value)
+                    .all(|((k, v), var)| **k == *var.key && **v == *var.value)
         });
         let a = match found {
             Some(a) => a.clone(),
             None => {
                 let a: Vars = args()
-                    .map(|v| (v.key.to_string(), v.value.clone()))
-                    .collect::<Vec<_>>()
+                    .map(|v| (Arc::from(&*v.key), Arc::from(v.value.as_str())))
+                    .collect::<Vec<VarPair>>()
                     .into();
                 candidates.push(a.clone());
                 a
