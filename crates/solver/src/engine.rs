@@ -870,12 +870,22 @@ impl<'a> Exec<'a> {
             sources.push(self.source_state(s, &step.platform).await?);
         }
         let v = self.solver.vertex();
-        self.solver.progress.event(Event::Start {
-            id: v,
-            name: name.clone(),
-        });
-        let started = Instant::now();
-        let result = self.run_fs_step(step, &parent, &sources, &name, v).await;
+        // The vertex starts when its work does (after the cache lookup and
+        // once it has a CPU slot), so its time is its own.
+        let started: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        let result = self
+            .run_fs_step(step, &parent, &sources, &name, v, &started)
+            .await;
+        let started = match started.lock().ok().and_then(|s| *s) {
+            Some(t) => t,
+            None => {
+                self.solver.progress.event(Event::Start {
+                    id: v,
+                    name: name.clone(),
+                });
+                Instant::now()
+            }
+        };
         match &result {
             Ok((_, true)) => self.solver.progress.event(Event::Cached {
                 id: v,
@@ -901,7 +911,17 @@ impl<'a> Exec<'a> {
         sources: &[Arc<State>],
         name: &str,
         vertex: u64,
+        started: &std::sync::Mutex<Option<Instant>>,
     ) -> Result<(Arc<State>, bool), SolveError> {
+        let start = || {
+            self.solver.progress.event(Event::Start {
+                id: vertex,
+                name: name.to_string(),
+            });
+            if let Ok(mut s) = started.lock() {
+                *s = Some(Instant::now());
+            }
+        };
         let solver = self.solver;
         let fail = |reason: String| SolveError::Step {
             step: name.to_string(),
@@ -1045,6 +1065,7 @@ impl<'a> Exec<'a> {
 
         if !solver.opts.no_cache {
             if let Some(st) = self.cached(&key, parent)? {
+                start();
                 return Ok((Arc::new(st), true));
             }
         }
@@ -1161,6 +1182,7 @@ impl<'a> Exec<'a> {
             .acquire_owned()
             .await
             .map_err(|e| SolveError::Internal(e.to_string()))?;
+        start();
         let workdir_target2 = workdir_target.clone();
         let outcome = tokio::task::spawn_blocking(move || -> Result<Option<LayerRef>, String> {
             let workdir_target = workdir_target2;
