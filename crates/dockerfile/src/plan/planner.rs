@@ -70,6 +70,8 @@ struct Prep {
     memo: Memo<Derived>,
     /// For ARG: the instruction and text for each set of values seen.
     args_seen: std::cell::RefCell<Vec<(Vec<ArgDef>, Derived)>>,
+    /// For ARG: the expanded default of its first definition.
+    first_default: Memo<String>,
 }
 
 /// What an instruction becomes in a build environment.
@@ -482,6 +484,7 @@ impl<'a> Planner<'a> {
             literal,
             fixed,
             memo: Memo::default(),
+            first_default: Memo::default(),
             args_seen: std::cell::RefCell::new(Vec::new()),
         })
     }
@@ -848,6 +851,14 @@ impl<'a> Planner<'a> {
                     }
                     let value = if let Some(v) = self.opts.build_args.get(&def.name) {
                         Some(v.clone())
+                    } else if let (Some(d), true) = (&def.default, values.is_empty()) {
+                        // The first definition reads only the stage's
+                        // environment: expand it once per set of values read.
+                        Some(
+                            prep.first_default
+                                .get_or(&run.state, |env| lexer.process_word(d, env))
+                                .map_err(expansion)?,
+                        )
                     } else if let Some(d) = &def.default {
                         let env = Overlay {
                             first: &new_args,
