@@ -143,6 +143,9 @@ struct Planner<'a> {
     /// The one-platform list of every target platform (by its shared
     /// copy's address), shared by the steps only that platform uses.
     single: FastMap<usize, Arc<[Arc<Platform>]>>,
+    /// The last list `single_platform` returned (steps come in runs of
+    /// one target platform).
+    last_single: Option<Arc<[Arc<Platform>]>>,
     steps: Vec<Step>,
     /// The interned base of every step's stage.
     step_bases: Vec<u32>,
@@ -176,6 +179,7 @@ impl<'a> Planner<'a> {
             no_mounts: Arc::new(Vec::new()),
             platforms: FastMap::default(),
             single: FastMap::default(),
+            last_single: None,
             steps: Vec::new(),
             step_bases: Vec::new(),
             bases: FastMap::default(),
@@ -257,11 +261,21 @@ impl<'a> Planner<'a> {
 
     /// The shared one-element list of `target_platform` (an interned copy).
     fn single_platform(&mut self, target_platform: &Arc<Platform>) -> Arc<[Arc<Platform>]> {
+        if let Some(last) = &self.last_single {
+            if last
+                .first()
+                .is_some_and(|p| Arc::ptr_eq(p, target_platform))
+            {
+                return Arc::clone(last);
+            }
+        }
         let list = self
             .single
             .entry(Arc::as_ptr(target_platform) as usize)
             .or_insert_with(|| Arc::from([Arc::clone(target_platform)]));
-        Arc::clone(list)
+        let list = Arc::clone(list);
+        self.last_single = Some(Arc::clone(&list));
+        list
     }
 
     fn intern(&mut self, p: &Platform) -> Arc<Platform> {
