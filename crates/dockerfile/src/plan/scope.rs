@@ -205,9 +205,12 @@ pub(crate) struct StageState {
 
 impl StageState {
     pub(crate) fn new() -> StageState {
+        // Room for a typical stage's variables, so they are not moved as
+        // the stage sets them one by one.
+        const ROOM: usize = 32;
         StageState {
-            vars: Vec::new(),
-            index: FastMap::default(),
+            vars: Vec::with_capacity(ROOM),
+            index: FastMap::with_capacity_and_hasher(ROOM, Default::default()),
             image_env: Vars::default(),
             args: None,
             workdir: Arc::from("/"),
