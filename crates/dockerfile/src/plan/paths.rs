@@ -1,13 +1,16 @@
 //! WORKDIR resolution (BuildKit's `system.NormalizeWorkdir`).
 
+use std::borrow::Cow;
+
 /// Resolves `requested` against the current working directory `current`, as
 /// a clean absolute path with `/` separators. On Windows targets a drive
 /// letter (`C:`) is dropped and `\` is read as a separator, as BuildKit does
 /// when it converts the path for the build state.
-pub(crate) fn resolve_workdir(current: &str, requested: &str, os: &str) -> String {
+/// A path that is already clean and absolute comes back borrowed.
+pub(crate) fn resolve_workdir<'a>(current: &str, requested: &'a str, os: &str) -> Cow<'a, str> {
     let windows = os == "windows";
     if !windows && is_clean_absolute(requested) {
-        return requested.to_string();
+        return Cow::Borrowed(requested);
     }
     let requested = if windows {
         strip_drive(&requested.replace('\\', "/"))
@@ -19,21 +22,22 @@ pub(crate) fn resolve_workdir(current: &str, requested: &str, os: &str) -> Strin
     } else {
         current.to_string()
     };
-    if requested.starts_with('/') {
+    Cow::Owned(if requested.starts_with('/') {
         clean(&requested)
     } else {
         clean(&format!("/{current}/{requested}"))
-    }
+    })
 }
 
 /// An absolute path `clean` would return unchanged.
 fn is_clean_absolute(p: &str) -> bool {
+    let b = p.as_bytes();
     p == "/"
-        || (p.starts_with('/')
-            && !p.ends_with('/')
-            && p[1..]
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != ".."))
+        || (b.first() == Some(&b'/')
+            && b.last() != Some(&b'/')
+            && b[1..]
+                .split(|&c| c == b'/')
+                .all(|c| !c.is_empty() && c != b"." && c != b".."))
 }
 
 fn strip_drive(p: &str) -> String {

@@ -949,7 +949,8 @@ impl<'a> Planner<'a> {
         match &*expanded {
             Instruction::Workdir(w) => {
                 let path = resolve_workdir(&run.state.workdir, &w.path, &run.platform.os);
-                if path != w.path {
+                if *path != *w.path {
+                    let path = path.into_owned();
                     let mut w = w.clone();
                     w.path = path;
                     expanded = Arc::new(Instruction::Workdir(w));
