@@ -235,6 +235,10 @@ fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
     if s.is_empty() {
         return Err(err("failed to parse csv mounts: EOF"));
     }
+    if !line.contains('"') {
+        // No quoting: the fields are the text between commas.
+        return Ok(line.split(',').map(str::to_string).collect());
+    }
     let mut chars: Vec<char> = Vec::with_capacity(line.len());
     chars.extend(line.chars());
     let mut fields = Vec::new();
