@@ -130,6 +130,14 @@ pub(crate) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
     if !start.starts_with("--") {
         return (start.to_string(), Vec::new());
     }
+    match simple_builder_flags(start) {
+        Some(split) => split,
+        None => quoted_builder_flags(line),
+    }
+}
+
+/// [`extract_builder_flags`] character by character: quotes and escapes.
+fn quoted_builder_flags(line: &str) -> (String, Vec<String>) {
     #[derive(PartialEq)]
     enum Phase {
         Spaces,
@@ -221,6 +229,30 @@ pub(crate) fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
     (String::new(), words)
 }
 
+/// [`extract_builder_flags`] for a line whose flags have no quote or
+/// escape character (`None` otherwise): each flag is the text up to the next
+/// space. `start` has no leading space.
+fn simple_builder_flags(start: &str) -> Option<(String, Vec<String>)> {
+    let mut words = Vec::new();
+    let mut rest = start;
+    loop {
+        if !rest.starts_with("--") {
+            return Some((rest.to_string(), words));
+        }
+        let end = rest.find(is_space).unwrap_or(rest.len());
+        let word = &rest[..end];
+        if word.contains(['\'', '"', '\\']) {
+            return None;
+        }
+        if word == "--" {
+            // The end of the flags: the rest is the arguments, as written.
+            return Some((rest[end..].to_string(), words));
+        }
+        words.push(word.to_string());
+        rest = rest[end..].trim_start_matches(is_space);
+    }
+}
+
 /// Outcome of trying the JSON exec form.
 pub(crate) enum JsonArgs {
     /// A JSON array of strings.
@@ -298,6 +330,29 @@ mod tests {
             extract_builder_flags("--a='' x"),
             ("x".to_string(), vec!["--a=".to_string()])
         );
+    }
+
+    #[test]
+    fn simple_flags_split_as_the_general_scanner_does() {
+        let lines = [
+            "--from=a --chown=1:2 src dst",
+            "--a=b  --c=d \t x  y ",
+            "--a=b\t--",
+            "--a=b -- --x y",
+            "--a=b -x",
+            "--a=b --",
+            "--a=b",
+            "--mount=type=cache,target=/x make -j4",
+            "--a=b\u{a0}--c x",
+        ];
+        for line in lines {
+            let simple = simple_builder_flags(line);
+            assert!(simple.is_some(), "{line:?} has no quote");
+            assert_eq!(simple.unwrap(), quoted_builder_flags(line), "{line:?}");
+        }
+        for line in ["--a=\"b c\" x", "--a='b' x", "--a=\\ x", "--a=b --c=\"\""] {
+            assert_eq!(simple_builder_flags(line), None, "{line:?}");
+        }
     }
 
     #[test]
