@@ -8,14 +8,6 @@ use common::{require_root, run, skopeo_raw, write, SEVEN};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::Path;
 
-fn busybox_ctx() -> Option<std::path::PathBuf> {
-    let ctx = kbuild_testkit::fixtures::busybox_context();
-    if ctx.is_none() {
-        kbuild_testkit::fixtures::skip_or_fail("busybox fixtures missing: run scripts/fixtures.sh");
-    }
-    ctx
-}
-
 /// Digests of the platform manifests in an index, keyed by platform.
 fn manifest_digests(index: &serde_json::Value) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = index["manifests"]
@@ -44,7 +36,9 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     if !require_root() {
         return;
     }
-    let Some(ctx) = busybox_ctx() else { return };
+    let Some(ctx) = common::busybox_context() else {
+        return;
+    };
     let reg = TestRegistry::start().expect("start docker-registry");
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
@@ -202,29 +196,6 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     );
 }
 
-/// Build the busybox base into the local store for one platform and return its name.
-fn local_busybox(store: &Path, platform: &str) -> Option<String> {
-    let ctx = busybox_ctx()?;
-    let name = "kbuild.test/busybox:latest".to_string();
-    run(
-        store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            platform,
-            "-t",
-            &name,
-            "-o",
-            "type=image",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
-    Some(name)
-}
-
 #[test]
 fn copy_chown_workdir_stages_and_local_output() {
     if !require_root() {
@@ -232,7 +203,7 @@ fn copy_chown_workdir_stages_and_local_output() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let Some(base) = local_busybox(&store, "linux/amd64") else {
+    let Some(base) = common::busybox_image(&store, "linux/amd64") else {
         return;
     };
     let ctx = t.path().join("ctx");
@@ -296,7 +267,7 @@ fn docker_archive_loads_and_runs_in_dockerd() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let Some(base) = local_busybox(&store, "linux/amd64") else {
+    let Some(base) = common::busybox_image(&store, "linux/amd64") else {
         return;
     };
     let ctx = t.path().join("ctx");
@@ -372,7 +343,7 @@ fn missing_base_image_platform_lists_what_it_has() {
     }
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let Some(base) = local_busybox(&store, "linux/amd64,linux/arm64") else {
+    let Some(base) = common::busybox_image(&store, "linux/amd64,linux/arm64") else {
         return;
     };
     let ctx = t.path().join("ctx");

@@ -725,6 +725,16 @@ mod tests {
         false
     }
 
+    /// A build-context source with nothing excluded.
+    fn context(root: &Path) -> Source<'_> {
+        Source {
+            root,
+            what: "build context",
+            excluded: &no_excl,
+            keep_owner: false,
+        }
+    }
+
     fn ctx() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
@@ -751,12 +761,7 @@ mod tests {
     fn directory_copies_contents_and_file_copies_itself() {
         let c = ctx();
         let d = tempfile::tempdir().unwrap();
-        let src = Source {
-            root: c.path(),
-            what: "build context",
-            excluded: &no_excl,
-            keep_owner: false,
-        };
+        let src = context(c.path());
         copy(&src, &req(&["src"], "/app"), d.path()).unwrap();
         assert!(d.path().join("app/a.go").is_file());
         assert!(d.path().join("app/sub/c.go").is_file());
@@ -779,12 +784,7 @@ mod tests {
     fn wildcards_and_multiple_sources() {
         let c = ctx();
         let d = tempfile::tempdir().unwrap();
-        let src = Source {
-            root: c.path(),
-            what: "build context",
-            excluded: &no_excl,
-            keep_owner: false,
-        };
+        let src = context(c.path());
         copy(&src, &req(&["src/*.go"], "/w/"), d.path()).unwrap();
         assert!(d.path().join("w/a.go").is_file());
         assert!(!d.path().join("w/b.txt").exists());
@@ -841,12 +841,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("evil")).unwrap();
-        let src = Source {
-            root: c.path(),
-            what: "build context",
-            excluded: &no_excl,
-            keep_owner: false,
-        };
+        let src = context(c.path());
         copy(&src, &req(&["top.go"], "/evil/"), d.path()).unwrap();
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
         // The absolute link resolved inside the root instead.
@@ -860,12 +855,7 @@ mod tests {
     #[test]
     fn checksum_follows_content() {
         let c = ctx();
-        let src = Source {
-            root: c.path(),
-            what: "build context",
-            excluded: &no_excl,
-            keep_owner: false,
-        };
+        let src = context(c.path());
         let r = req(&["src"], "/a");
         let a = checksum(&src, &r).unwrap();
         assert_eq!(a, checksum(&src, &r).unwrap());
@@ -886,12 +876,7 @@ mod tests {
         b.append_data(&mut h, "dir/hello", &b"hello"[..]).unwrap();
         b.into_inner().unwrap().finish().unwrap();
         let d = tempfile::tempdir().unwrap();
-        let src = Source {
-            root: c.path(),
-            what: "build context",
-            excluded: &no_excl,
-            keep_owner: false,
-        };
+        let src = context(c.path());
         let mut r = req(&["x.tgz"], "/opt/");
         r.unpack_archives = true;
         r.instruction = "ADD";
