@@ -1522,10 +1522,7 @@ fn run_in(
         let m = snaps
             .mount(lowers)
             .map_err(|e| format!("mount a --mount source: {e}"))?;
-        from_roots.push(run::FromRoot {
-            from: String::new(),
-            root: m.merged().to_path_buf(),
-        });
+        from_roots.push(m.merged().to_path_buf());
         src_mounts.push(m);
     }
     let res = run::prepare(

@@ -128,21 +128,13 @@ pub struct Resources {
     _locks: Vec<File>,
 }
 
-/// What a mount of another stage or image resolved to: a host directory
-/// (the source's merged root filesystem, mounted by the caller).
-pub struct FromRoot {
-    /// The `from=` value as written.
-    pub from: String,
-    /// Host path of its root.
-    pub root: PathBuf,
-}
-
 /// Everything [`prepare`] needs besides the mounts.
 pub struct Inputs<'a> {
     /// The context directory.
     pub context: Option<&'a Path>,
-    /// Roots of `from=` sources, in the order the step lists them.
-    pub from_roots: &'a [FromRoot],
+    /// Host roots (mounted merged directories) of the `from=` sources, in
+    /// the order the step lists them.
+    pub from_roots: &'a [PathBuf],
     /// Directory of persistent cache mounts.
     pub cache_dir: &'a Path,
     /// `--secret` values of the build.
@@ -181,7 +173,7 @@ pub fn prepare(mounts: &[Mount], inp: &Inputs) -> Result<Resources, RunSetupErro
                 let base = match &b.from {
                     Some(_) => from_iter
                         .next()
-                        .map(|f| f.root.clone())
+                        .cloned()
                         .ok_or_else(|| RunSetupError(format!("--mount from={:?}: source not available", b.from)))?,
                     None => inp
                         .context
