@@ -3,6 +3,8 @@
 //! `dockerd`, and the locally built base-image fixtures. Nothing here is mocked:
 //! every helper starts or locates the real program and stops it when dropped.
 
+#![deny(missing_docs)]
+
 pub mod dockerd;
 pub mod fixtures;
 pub mod registry;
