@@ -50,7 +50,15 @@ pub enum BuildError {
     },
     /// The build failed.
     #[error(transparent)]
-    Solve(#[from] kbuild_solver::engine::SolveError),
+    Solve(kbuild_solver::engine::SolveError),
+    /// A step needs an entitlement the command line did not grant.
+    #[error("{source}; pass --allow {entitlement} to grant it")]
+    Entitlement {
+        /// The solver's refusal (names the step).
+        source: kbuild_solver::engine::SolveError,
+        /// The entitlement to pass.
+        entitlement: &'static str,
+    },
     /// Ctrl-C.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
@@ -65,6 +73,20 @@ pub enum BuildError {
     /// Something outside the build failed.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<kbuild_solver::engine::SolveError> for BuildError {
+    fn from(source: kbuild_solver::engine::SolveError) -> Self {
+        use kbuild_solver::engine::SolveError;
+        if let SolveError::EntitlementDenied { entitlement, .. } = &source {
+            let entitlement = *entitlement;
+            return BuildError::Entitlement {
+                source,
+                entitlement,
+            };
+        }
+        BuildError::Solve(source)
+    }
 }
 
 /// Open the local store (shared by builds; see `--root`).
@@ -149,6 +171,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             ssh: req.ssh.clone(),
             add_hosts: req.add_hosts.clone(),
             network: req.network,
+            allow_insecure: req.allow_insecure,
             cache_mounts: root.join("cache-mounts"),
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),

@@ -16,7 +16,7 @@ use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
 use crate::run;
 use crate::users;
-use kbuild_dockerfile::instructions::Instruction;
+use kbuild_dockerfile::instructions::{Instruction, SecurityMode};
 use kbuild_dockerfile::plan::{
     self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
     StageInstance, Step, StepId,
@@ -69,6 +69,18 @@ pub enum SolveError {
     /// A platform's RUN steps cannot execute on this machine.
     #[error("{0}")]
     Emulation(String),
+    /// A step asks for a privilege the build was not granted.
+    #[error("{file}:{line}: {instruction} needs the {entitlement} entitlement, which this build does not grant")]
+    EntitlementDenied {
+        /// The Dockerfile's name.
+        file: String,
+        /// The step's first line.
+        line: usize,
+        /// The instruction as written (shortened).
+        instruction: String,
+        /// The entitlement (`security.insecure`).
+        entitlement: &'static str,
+    },
     /// A worker thread died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +115,9 @@ pub struct SolveOptions {
     pub add_hosts: Vec<(String, std::net::IpAddr)>,
     /// `--network` for RUN steps without their own.
     pub network: NetworkMode,
+    /// The `security.insecure` entitlement: `RUN --security=insecure`
+    /// may run without the sandbox's restrictions.
+    pub allow_insecure: bool,
     /// Where persistent `RUN --mount=type=cache` directories live.
     pub cache_mounts: PathBuf,
     /// Runs RUN steps (a re-exec of our own binary).
@@ -122,6 +137,7 @@ impl Default for SolveOptions {
             ssh: Vec::new(),
             add_hosts: Vec::new(),
             network: NetworkMode::Default,
+            allow_insecure: false,
             cache_mounts: std::env::temp_dir().join("kbuild-cache-mounts"),
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
@@ -353,6 +369,28 @@ impl Solver {
         self.next_vertex.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Stops before any work when a step needs an entitlement the build
+    /// lacks (BuildKit refuses such a build the same way).
+    fn check_entitlements(&self, plan: &BuildPlan, file_name: &str) -> Result<(), SolveError> {
+        for st in &plan.steps {
+            if let Instruction::Run(r) = &*st.instruction {
+                if r.security == SecurityMode::Insecure && !self.opts.allow_insecure {
+                    let mut instruction: String = st.display.chars().take(60).collect();
+                    if instruction.len() < st.display.len() {
+                        instruction.push_str("...");
+                    }
+                    return Err(SolveError::EntitlementDenied {
+                        file: file_name.to_string(),
+                        line: st.lines.0,
+                        instruction,
+                        entitlement: "security.insecure",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Plan and build `dockerfile` for every platform of `opts`.
     /// `file_name` names the Dockerfile in error messages.
     pub async fn build(
@@ -367,6 +405,7 @@ impl Solver {
         // needed, resolve them, then plan again with their configs (their
         // ENV, WORKDIR and ONBUILD take part in planning).
         let first = plan::plan(dockerfile, opts, &plan::NoImageConfigs).map_err(in_file)?;
+        self.check_entitlements(&first, file_name)?;
         let mut wanted: Vec<(String, Platform)> = Vec::new();
         for s in &first.stages {
             if let StageBase::Image {
@@ -1166,6 +1205,10 @@ impl<'a> Exec<'a> {
                     env: run::environment(&env, &args),
                     workdir: workdir_now.clone(),
                     network: run::network(r.network, solver.opts.network),
+                    security: match r.security {
+                        SecurityMode::Sandbox => kbuild_worker::executor::Security::Sandbox,
+                        SecurityMode::Insecure => kbuild_worker::executor::Security::Insecure,
+                    },
                     mounts: step.mounts.to_vec(),
                     froms: run_source_lowers,
                     platform: (*step.platform).clone(),
@@ -1498,6 +1541,7 @@ struct RunData {
     env: Vec<String>,
     workdir: String,
     network: kbuild_worker::executor::Network,
+    security: kbuild_worker::executor::Security,
     mounts: Vec<kbuild_dockerfile::instructions::Mount>,
     froms: Vec<Vec<PathBuf>>,
     platform: Platform,
@@ -1555,6 +1599,7 @@ fn run_in(
         .map(|(h, ip)| (h.clone(), ip.to_string()))
         .collect();
     spec.network = rd.network;
+    spec.security = rd.security;
     spec.platform = rd.platform.clone();
     spec.mounts = res.mounts.clone();
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
