@@ -741,6 +741,10 @@ impl<'a> Exec<'a> {
     fn scratch_state(platform: &Platform) -> Result<Arc<State>, SolveError> {
         let mut config = ImageConfig::for_platform(platform)?;
         config::ensure_path(&mut config);
+        // BuildKit's empty image works in /.
+        if let Some(c) = config.config.as_mut() {
+            c.working_dir = Some("/".to_string());
+        }
         Ok(Arc::new(State {
             layers: Vec::new(),
             config,
@@ -815,6 +819,24 @@ impl<'a> Exec<'a> {
         if matches!(stage.base, StageBase::Stage(_)) {
             let mut s = (*state).clone();
             s.meta = StageMeta::default();
+            state = Arc::new(s);
+        }
+        // The base's ONBUILD triggers run as this stage's first steps (the
+        // planner put them there); the image made here does not carry them
+        // on, as BuildKit clears them.
+        let has_triggers = |s: &State| {
+            s.config
+                .config
+                .as_ref()
+                .and_then(|c| c.on_build.as_ref())
+                .is_some_and(|o| !o.is_empty())
+        };
+        if has_triggers(&state) {
+            let mut s = (*state).clone();
+            if let Some(c) = s.config.config.as_mut() {
+                c.on_build = None;
+            }
+            s.key = sha_hex(&[s.key.as_bytes(), b"onbuild-triggers-run"]);
             state = Arc::new(s);
         }
         for step_id in stage.steps.iter() {
@@ -979,6 +1001,9 @@ impl<'a> Exec<'a> {
             parent.key.as_bytes().to_vec(),
             instruction_key(&step.instruction),
             step.platform.to_string().into_bytes(),
+            // File times and history dates depend on it: a reproducible
+            // build never reuses a normal build's step, nor the reverse.
+            format!("source-date-epoch:{:?}", solver.opts.source_date_epoch).into_bytes(),
         ];
         for s in sources {
             key_parts.push(s.key.as_bytes().to_vec());
@@ -1073,6 +1098,10 @@ impl<'a> Exec<'a> {
                 key_parts.push(format!("arg:{k}={v}").into_bytes());
             }
             key_parts.push(format!("{:?}", solver.opts.network).into_bytes());
+            // --add-host changes what the command resolves.
+            for (host, ip) in &solver.opts.add_hosts {
+                key_parts.push(format!("add-host:{host}={ip}").into_bytes());
+            }
             for m in step.mounts.iter() {
                 if let kbuild_dockerfile::instructions::Mount::Bind(b) = m {
                     if b.from.is_none() {

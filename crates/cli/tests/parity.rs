@@ -1,0 +1,229 @@
+//! Where a Dockerfile must give the image BuildKit gives: owners, groups,
+//! the empty image's config, ONBUILD, and what a step's cache key holds.
+//! Real builds with the busybox fixture; results read back by skopeo from
+//! OCI layouts and from the exported filesystem.
+
+mod common;
+
+use common::{busybox_image, require_root, run, write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !require_root() {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    busybox_image(&store, "linux/amd64")?;
+    Some((t, store))
+}
+
+fn context(t: &Path, name: &str, dockerfile: &str) -> String {
+    let ctx = t.join(name);
+    write(&ctx.join("Dockerfile"), dockerfile);
+    write(&ctx.join("file.txt"), "hello\n");
+    ctx.to_str().unwrap().to_string()
+}
+
+/// The image config of a single-platform OCI layout directory, read by skopeo.
+fn skopeo_config(layout: &Path) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}", layout.display()))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect --config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a JSON config")
+}
+
+fn oci_dir(store: &Path, ctx: &str, dest: &Path, extra: &[&str]) {
+    let output = format!("type=oci,tar=false,dest={}", dest.display());
+    let mut args = vec![ctx, "--platform", "linux/amd64", "-o", &output];
+    args.extend_from_slice(extra);
+    run(store, &args, &[]).ok();
+}
+
+const USERS: &str = "FROM kbuild.test/busybox:latest\n\
+    RUN echo 'svc:x:1001:50::/srv:/bin/sh' >> /etc/passwd && \
+        printf 'staff:x:50:\\naudio:x:29:svc\\nvideo:x:44:svc\\n' >> /etc/group\n";
+
+#[test]
+fn chown_by_name_takes_the_primary_group_and_run_gets_supplementary_groups() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "users",
+        &format!(
+            "{USERS}\
+             COPY --chown=svc file.txt /by-name\n\
+             COPY --chown=1001 file.txt /by-id\n\
+             USER svc\n\
+             RUN id > /tmp/id-name\n\
+             USER 1001\n\
+             RUN id > /tmp/id-uid\n"
+        ),
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    let owner = |p: &str| {
+        let m = std::fs::metadata(out.join(p)).unwrap();
+        std::os::unix::fs::MetadataExt::uid(&m).to_string()
+            + ":"
+            + &std::os::unix::fs::MetadataExt::gid(&m).to_string()
+    };
+    assert_eq!(
+        owner("by-name"),
+        "1001:50",
+        "a name takes its primary group"
+    );
+    assert_eq!(
+        owner("by-id"),
+        "1001:1001",
+        "an id takes its own id as group"
+    );
+    for f in ["tmp/id-name", "tmp/id-uid"] {
+        let id = std::fs::read_to_string(out.join(f)).unwrap();
+        assert!(
+            id.starts_with("uid=1001(svc) gid=50(staff)")
+                && id.contains("29(audio)")
+                && id.contains("44(video)"),
+            "{f}: {id}"
+        );
+    }
+}
+
+#[test]
+fn scratch_works_in_slash_and_onbuild_triggers_are_not_inherited() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(t.path(), "scratch", "FROM scratch\nCOPY file.txt /\n");
+    let scratch = t.path().join("scratch-oci");
+    oci_dir(&store, &ctx, &scratch, &[]);
+    let config = skopeo_config(&scratch);
+    assert_eq!(config["config"]["WorkingDir"], "/", "{config}");
+
+    let parent = context(
+        t.path(),
+        "parent",
+        "FROM kbuild.test/busybox:latest\nONBUILD RUN echo triggered > /triggered\n",
+    );
+    run(
+        &store,
+        &[
+            &parent,
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "kbuild.test/parent:1",
+            "-o",
+            "type=image",
+        ],
+        &[],
+    )
+    .ok();
+    let child = context(
+        t.path(),
+        "child",
+        "FROM kbuild.test/parent:1\nRUN cat /triggered\n",
+    );
+    let child_oci = t.path().join("child-oci");
+    oci_dir(&store, &child, &child_oci, &[]);
+    let config = skopeo_config(&child_oci);
+    assert!(
+        config["config"]["OnBuild"].is_null()
+            || config["config"]["OnBuild"]
+                .as_array()
+                .is_some_and(|a| a.is_empty()),
+        "the child keeps no trigger: {config}"
+    );
+}
+
+/// The root digest of an OCI layout directory.
+fn layout_digest(layout: &Path) -> String {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn source_date_epoch_and_add_host_are_part_of_the_cache_key() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "keys",
+        "FROM kbuild.test/busybox:latest\n\
+         COPY file.txt /\n\
+         RUN cat /etc/hosts | grep -c example.test > /hosts-count || true\n",
+    );
+    // A normal build first fills the cache; a reproducible build after it
+    // must equal one made in an empty store.
+    oci_dir(&store, &ctx, &t.path().join("normal"), &[]);
+    let sde = |store: &Path, dest: &Path| {
+        let output = format!("type=oci,tar=false,dest={}", dest.display());
+        run(
+            store,
+            &[&ctx, "--platform", "linux/amd64", "-o", &output],
+            &[("SOURCE_DATE_EPOCH", "1700000000")],
+        )
+        .ok();
+        layout_digest(dest)
+    };
+    let after_normal = sde(&store, &t.path().join("sde-warm"));
+    let fresh_store = t.path().join("fresh");
+    busybox_image(&fresh_store, "linux/amd64").expect("busybox base");
+    let fresh = sde(&fresh_store, &t.path().join("sde-fresh"));
+    assert_eq!(
+        after_normal, fresh,
+        "the cache mixed in a normal build's times"
+    );
+    assert_ne!(layout_digest(&t.path().join("normal")), after_normal);
+
+    // --add-host changes /etc/hosts, so the RUN runs again.
+    let out = t.path().join("hosts");
+    let output = format!("type=local,dest={}", out.display());
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &output,
+            "--add-host",
+            "example.test:10.0.0.1",
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("hosts-count"))
+            .unwrap()
+            .trim(),
+        "1",
+        "the RUN was taken from the cache of a build without --add-host"
+    );
+}
