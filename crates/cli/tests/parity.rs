@@ -227,3 +227,106 @@ fn source_date_epoch_and_add_host_are_part_of_the_cache_key() {
         "the RUN was taken from the cache of a build without --add-host"
     );
 }
+
+#[test]
+fn copy_and_add_heredocs_become_files() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "heredocs",
+        &format!(
+            "{USERS}\
+             ARG NAME=world\n\
+             COPY <<EOF /etc/greeting\n\
+             hello $NAME\n\
+             EOF\n\
+             COPY <<'EOF' /raw\n\
+             hello $NAME\n\
+             EOF\n\
+             COPY <<-EOF /tabs\n\
+             \t\tindented\n\
+             \tEOF\n\
+             COPY --chmod=0751 --chown=svc <<a <<b /many/\n\
+             first\n\
+             a\n\
+             second\n\
+             b\n\
+             ADD <<EOF /added\n\
+             via add\n\
+             EOF\n\
+             COPY file.txt <<EOF /mixed/\n\
+             beside a context file\n\
+             EOF\n"
+        ),
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    let read =
+        |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("etc/greeting"), "hello world\n");
+    assert_eq!(read("raw"), "hello $NAME\n");
+    assert_eq!(read("tabs"), "indented\n");
+    assert_eq!(read("many/a"), "first\n");
+    assert_eq!(read("many/b"), "second\n");
+    assert_eq!(read("added"), "via add\n");
+    assert_eq!(read("mixed/EOF"), "beside a context file\n");
+    assert_eq!(read("mixed/file.txt"), "hello\n");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(out.join("many/a")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o751);
+    assert_eq!((m.uid(), m.gid()), (1001, 50));
+    let plain = std::fs::metadata(out.join("etc/greeting")).unwrap();
+    assert_eq!(plain.mode() & 0o7777, 0o644);
+
+    // A Dockerfile on stdin has no context, and needs none for heredocs.
+    let stdin_out = t.path().join("stdin-out");
+    let mut child = Command::new(common::bin())
+        .arg("--root")
+        .arg(&store)
+        .args(["-", "--platform", "linux/amd64", "-o"])
+        .arg(format!("type=local,dest={}", stdin_out.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"FROM scratch\nCOPY <<EOF /note\nfrom stdin\nEOF\n")
+            .unwrap();
+    }
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(stdin_out.join("note")).unwrap(),
+        "from stdin\n"
+    );
+
+    // Two sources into a file name is an error naming the rule.
+    let bad = context(
+        t.path(),
+        "bad",
+        "FROM scratch\nCOPY <<a <<b /file\nx\na\ny\nb\n",
+    );
+    let r = run(&store, &[&bad, "--platform", "linux/amd64"], &[]).fails();
+    assert!(r.stderr.contains("destination directory"), "{}", r.stderr);
+}

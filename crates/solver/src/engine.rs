@@ -16,7 +16,7 @@ use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
 use crate::run;
 use crate::users;
-use kbuild_dockerfile::instructions::{Instruction, SecurityMode};
+use kbuild_dockerfile::instructions::{Instruction, SecurityMode, SourceContent};
 use kbuild_dockerfile::plan::{
     self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
     StageInstance, Step, StepId,
@@ -283,6 +283,45 @@ fn sha_hex(parts: &[&[u8]]) -> String {
 
 /// The instruction as it goes into a cache key: expanded words, without
 /// the source position and raw text (moving a line must not miss the cache).
+/// Writes the heredoc files of a COPY/ADD (named by their delimiter,
+/// mode 0644 unless `--chmod` says otherwise) into a private directory and
+/// copies them like context files to `req.dest` in `merged`.
+fn copy_heredocs(
+    heredocs: &[SourceContent],
+    req: &copy::Request,
+    merged: &std::path::Path,
+) -> Result<(), String> {
+    let files = tempfile::Builder::new()
+        .prefix("kbuild-heredoc-")
+        .tempdir()
+        .map_err(|e| format!("create a directory for heredoc files: {e}"))?;
+    for h in heredocs {
+        let name = std::path::Path::new(&h.path);
+        if name.components().count() != 1 || h.path.contains('/') {
+            return Err(format!("the heredoc name {:?} is not a file name", h.path));
+        }
+        let path = files.path().join(name);
+        std::fs::write(&path, h.data.as_bytes())
+            .and_then(|()| {
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            })
+            .map_err(|e| format!("write the heredoc file {}: {e}", h.path))?;
+    }
+    let mut heredoc_req = req.clone();
+    heredoc_req.sources = heredocs.iter().map(|h| h.path.clone()).collect();
+    heredoc_req.unpack_archives = false;
+    heredoc_req.excludes.clear();
+    heredoc_req.parents = false;
+    let none = |_: &str, _: bool| false;
+    let src = copy::Source {
+        root: files.path(),
+        what: "heredoc",
+        excluded: &none,
+        keep_owner: false,
+    };
+    copy::copy(&src, &heredoc_req, merged).map_err(|e| e.to_string())
+}
+
 fn instruction_key(ins: &Instruction) -> Vec<u8> {
     let mut v = serde_json::to_value(ins).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
@@ -1074,6 +1113,23 @@ impl<'a> Exec<'a> {
             }
             _ => (None, false),
         };
+        // Heredoc sources (`COPY <<EOF /dest`) are files written by the
+        // Dockerfile itself: their text is in the instruction, so in the key.
+        let heredocs: Vec<SourceContent> = match &*step.instruction {
+            Instruction::Copy(c) => c.contents.clone(),
+            Instruction::Add(a) => a.contents.clone(),
+            _ => Vec::new(),
+        };
+        if let Some(req) = &copy_req {
+            let dir = req.dest.ends_with('/');
+            if req.sources.len() + heredocs.len() > 1 && !dir {
+                return Err(fail(format!(
+                    "{} with more than one source needs a destination directory ending with /: {}",
+                    req.instruction, req.dest
+                )));
+            }
+        }
+        let from_context = from_context && copy_req.as_ref().is_some_and(|r| !r.sources.is_empty());
         if let (Some(req), true) = (&copy_req, from_context) {
             let ctx_dir = remote_root.as_ref().map(|d| d.path().to_path_buf()).or_else(|| self.ctx.dir.clone()).ok_or_else(|| {
                 fail("there is no build context (the Dockerfile came from stdin); give a context directory".into())
@@ -1298,6 +1354,12 @@ impl<'a> Exec<'a> {
                             req.chown =
                                 Some(users::chown_ids(&merged, spec).map_err(|e| e.to_string())?);
                         }
+                        if !heredocs.is_empty() {
+                            copy_heredocs(&heredocs, &req, &merged)?;
+                            if req.sources.is_empty() {
+                                return Ok(());
+                            }
+                        }
                         match &source_lowers {
                             Some(src_lowers) => {
                                 let src_mount = snaps
@@ -1391,6 +1453,7 @@ impl<'a> Exec<'a> {
         Ok((Arc::new(st), false))
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[allow(clippy::too_many_arguments)]
     fn copy_request(
         &self,
