@@ -330,3 +330,80 @@ fn copy_and_add_heredocs_become_files() {
     let r = run(&store, &[&bad, "--platform", "linux/amd64"], &[]).fails();
     assert!(r.stderr.contains("destination directory"), "{}", r.stderr);
 }
+
+#[test]
+fn dockerignore_exceptions_below_an_excluded_directory_are_copied() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(t.path(), "ignore", "FROM scratch\nCOPY . /app/\n");
+    let dir = Path::new(&ctx);
+    write(
+        &dir.join(".dockerignore"),
+        "vendor\n!vendor/LICENSE\nlogs\n",
+    );
+    write(&dir.join("vendor/LICENSE"), "MIT\n");
+    write(&dir.join("vendor/lib/code.go"), "package lib\n");
+    write(&dir.join("logs/today.log"), "noise\n");
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read_to_string(out.join("app/vendor/LICENSE")).unwrap(),
+        "MIT\n"
+    );
+    assert!(
+        !out.join("app/vendor/lib").exists(),
+        "vendor/lib is excluded"
+    );
+    assert!(!out.join("app/logs").exists(), "logs is excluded");
+    assert!(out.join("app/file.txt").exists());
+}
+
+#[test]
+fn copy_chmod_applies_to_the_copied_entries_not_the_created_destination() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "chmod",
+        "FROM scratch\nCOPY --chmod=0700 src /made/by/copy/\n",
+    );
+    write(&Path::new(&ctx).join("src/a.txt"), "a\n");
+    write(&Path::new(&ctx).join("src/sub/b.txt"), "b\n");
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    use std::os::unix::fs::MetadataExt;
+    let mode = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("made/by/copy/a.txt"), 0o700);
+    assert_eq!(mode("made/by/copy/sub"), 0o700);
+    assert_eq!(mode("made/by/copy/sub/b.txt"), 0o700);
+    assert_eq!(
+        mode("made/by/copy"),
+        0o755,
+        "the destination the copy creates"
+    );
+    assert_eq!(mode("made/by"), 0o755);
+}

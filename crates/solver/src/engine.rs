@@ -160,6 +160,12 @@ impl Context {
             .as_ref()
             .is_some_and(|m| m.is_excluded(rel, is_dir))
     }
+
+    fn may_contain_included(&self, dir: &str) -> bool {
+        self.ignore
+            .as_ref()
+            .is_some_and(|m| m.may_contain_included(dir))
+    }
 }
 
 /// One layer of a state: its blob and its diff id.
@@ -317,6 +323,7 @@ fn copy_heredocs(
         root: files.path(),
         what: "heredoc",
         excluded: &none,
+        may_contain_included: &|_| false,
         keep_owner: false,
     };
     copy::copy(&src, &heredoc_req, merged).map_err(|e| e.to_string())
@@ -1138,10 +1145,12 @@ impl<'a> Exec<'a> {
             let req = req.clone();
             let sum = {
                 let excluded = |p: &str, d: bool| ctx.excluded(p, d);
+                let descend = |p: &str| ctx.may_contain_included(p);
                 let src = copy::Source {
                     root: &ctx_dir,
                     what: "build context",
                     excluded: &excluded,
+                    may_contain_included: &descend,
                     keep_owner: false,
                 };
                 copy::checksum(&src, &req).map_err(|e| fail(e.to_string()))?
@@ -1164,10 +1173,12 @@ impl<'a> Exec<'a> {
                         if let Some(dir) = &self.ctx.dir {
                             let ctx = self.ctx;
                             let excluded = |p: &str, d: bool| ctx.excluded(p, d);
+                            let descend = |p: &str| ctx.may_contain_included(p);
                             let src = copy::Source {
                                 root: dir,
                                 what: "build context",
                                 excluded: &excluded,
+                                may_contain_included: &descend,
                                 keep_owner: false,
                             };
                             let req = copy::Request {
@@ -1370,6 +1381,7 @@ impl<'a> Exec<'a> {
                                     root: src_mount.merged(),
                                     what: "source stage",
                                     excluded: &none,
+                                    may_contain_included: &|_| false,
                                     keep_owner: true,
                                 };
                                 let r = copy::copy(&src, &req, &merged).map_err(|e| e.to_string());
@@ -1381,10 +1393,14 @@ impl<'a> Exec<'a> {
                                 let excluded = |p: &str, d: bool| {
                                     ignore.as_ref().is_some_and(|m| m.is_excluded(p, d))
                                 };
+                                let descend = |p: &str| {
+                                    ignore.as_ref().is_some_and(|m| m.may_contain_included(p))
+                                };
                                 let src = copy::Source {
                                     root: dir,
                                     what: "build context",
                                     excluded: &excluded,
+                                    may_contain_included: &descend,
                                     keep_owner: false,
                                 };
                                 copy::copy(&src, &req, &merged)
