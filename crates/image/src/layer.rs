@@ -53,7 +53,7 @@ pub struct Layer {
 }
 
 enum Encoder {
-    Gzip(flate2::write::GzEncoder<Ingest>),
+    Gzip(crate::pargzip::ParallelGzip<Ingest>),
     Zstd(zstd::Encoder<'static, Ingest>),
     Plain(Ingest),
 }
@@ -76,19 +76,42 @@ impl std::fmt::Debug for LayerWriter {
     }
 }
 
+/// The compression threads a layer uses by default: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 impl LayerWriter {
-    /// Starts a layer in `store`.
+    /// Starts a layer in `store`, compressing on every core.
     pub fn new(store: &ContentStore, compression: Compression) -> Result<LayerWriter> {
+        LayerWriter::with_threads(store, compression, default_threads())
+    }
+
+    /// Starts a layer in `store`, compressing on `threads` threads. The
+    /// blob's bytes (and so its digest) are the same for any thread count:
+    /// gzip cuts blocks at fixed offsets (see [`crate::pargzip`]), zstd
+    /// always runs in its multi-threaded mode, whose output does not depend
+    /// on the number of workers.
+    pub fn with_threads(
+        store: &ContentStore,
+        compression: Compression,
+        threads: usize,
+    ) -> Result<LayerWriter> {
         let ingest = store.writer()?;
+        let threads = threads.max(1);
         let encoder = match compression {
-            Compression::Gzip(level) => Encoder::Gzip(
-                // GzBuilder writes mtime 0 and no file name: reproducible output.
-                flate2::GzBuilder::new().write(ingest, flate2::Compression::new(level.min(9))),
-            ),
-            Compression::Zstd(level) => Encoder::Zstd(
-                zstd::Encoder::new(ingest, level)
-                    .map_err(stream_err("start the zstd compressor"))?,
-            ),
+            Compression::Gzip(level) => {
+                Encoder::Gzip(crate::pargzip::ParallelGzip::new(ingest, level, threads))
+            }
+            Compression::Zstd(level) => {
+                let mut e = zstd::Encoder::new(ingest, level)
+                    .map_err(stream_err("start the zstd compressor"))?;
+                e.multithread(u32::try_from(threads).unwrap_or(u32::MAX))
+                    .map_err(stream_err("start the zstd compression threads"))?;
+                Encoder::Zstd(e)
+            }
             Compression::None => Encoder::Plain(ingest),
         };
         Ok(LayerWriter {

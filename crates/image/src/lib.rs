@@ -50,6 +50,7 @@ mod digest;
 mod error;
 mod layer;
 mod oci;
+pub mod pargzip;
 mod store;
 
 pub mod export;
@@ -58,8 +59,8 @@ pub mod tarball;
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
 pub use layer::{
-    compress_layers_parallel, decompress_reader, decompress_sniffed, Compression, Layer,
-    LayerWriter,
+    compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads, Compression,
+    Layer, LayerWriter,
 };
 pub use oci::*;
 pub use store::{
