@@ -202,9 +202,16 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         }
         None => None,
     };
+    // Keyed by the absolute context path, so `.` and its full name share
+    // one cache.
+    let checksums = req.context.as_ref().map(|dir| {
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &abs)
+    });
     let ctx = Context {
         dir: req.context.clone(),
         ignore,
+        checksums,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -237,6 +244,14 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     // Blocking work still running (a killed RUN step unmounting its root
     // filesystem) gets time to clean up; nothing else is waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
+        tracing::debug!(bytes = cache.hashed_bytes(), "context file content hashed");
+        // Only a speed-up for the next build: a failure to keep it is no
+        // reason to fail this one.
+        if let Err(e) = cache.save(dir) {
+            tracing::warn!(error = %e, "could not keep the context checksum cache");
+        }
+    }
     let (result, report) = outcome?;
     for w in &result.plan.warnings {
         eprintln!("WARNING: {w}");
@@ -301,14 +316,12 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     Ok(())
 }
 
+/// `--iidfile`, `--metadata-file`: written beside and renamed into place.
 fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), BuildError> {
-    let tmp = path.with_extension("kbuild-tmp");
-    std::fs::write(&tmp, data)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| BuildError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    kbuild_image::write_atomic(path, data).map_err(|e| BuildError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// `--progress plain`: one line per event, numbered like BuildKit's.

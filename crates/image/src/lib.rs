@@ -64,5 +64,6 @@ pub use layer::{
 };
 pub use oci::*;
 pub use store::{
-    default_root, ChildrenList, ContentStore, Ingest, PruneReport, StoreLock, STALE_INGEST_AGE,
+    default_root, write_atomic, ChildrenList, ContentStore, Ingest, PruneReport, StoreLock,
+    STALE_INGEST_AGE,
 };

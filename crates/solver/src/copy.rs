@@ -65,6 +65,8 @@ pub struct Source<'a> {
     pub may_contain_included: &'a dyn Fn(&str) -> bool,
     /// Keep the files' uid/gid (stage sources); otherwise 0:0 (context).
     pub keep_owner: bool,
+    /// Digests of unchanged files known from earlier builds (context).
+    pub checksums: Option<&'a crate::checksums::ChecksumCache>,
 }
 
 /// What to copy and how.
@@ -231,10 +233,16 @@ pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
                         .as_bytes(),
                 );
             } else if ft.is_file() {
-                let mut f = fs::File::open(path).map_err(io_err(path))?;
-                let mut fh = Sha256::new();
-                io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
-                h.update(fh.finalize());
+                let digest = match src.checksums {
+                    Some(cache) => cache.digest(rel, path, md).map_err(io_err(path))?,
+                    None => {
+                        let mut f = fs::File::open(path).map_err(io_err(path))?;
+                        let mut fh = Sha256::new();
+                        io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
+                        hex::encode(fh.finalize())
+                    }
+                };
+                h.update(digest.as_bytes());
             } else if ft.is_block_device() || ft.is_char_device() {
                 h.update(format!("{}", md.rdev()).as_bytes());
             }
@@ -761,6 +769,7 @@ mod tests {
             what: "build context",
             excluded: &no_excl,
             may_contain_included: &|_| false,
+            checksums: None,
             keep_owner: false,
         }
     }
@@ -843,6 +852,7 @@ mod tests {
             what: "build context",
             excluded: &excl,
             may_contain_included: &|_| false,
+            checksums: None,
             keep_owner: false,
         };
         let mut r = req(&["src"], "/a");

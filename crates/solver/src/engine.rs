@@ -152,6 +152,8 @@ pub struct Context {
     pub dir: Option<PathBuf>,
     /// Paths (relative to `dir`) that do not exist for the build.
     pub ignore: Option<kbuild_ignore::Matcher>,
+    /// Digests of the context's files known from earlier builds.
+    pub checksums: Option<crate::checksums::ChecksumCache>,
 }
 
 impl Context {
@@ -325,6 +327,7 @@ fn copy_heredocs(
         excluded: &none,
         may_contain_included: &|_| false,
         keep_owner: false,
+        checksums: None,
     };
     copy::copy(&src, &heredoc_req, merged).map_err(|e| e.to_string())
 }
@@ -1152,6 +1155,7 @@ impl<'a> Exec<'a> {
                     excluded: &excluded,
                     may_contain_included: &descend,
                     keep_owner: false,
+                    checksums: ctx.checksums.as_ref(),
                 };
                 copy::checksum(&src, &req).map_err(|e| fail(e.to_string()))?
             };
@@ -1180,6 +1184,7 @@ impl<'a> Exec<'a> {
                                 excluded: &excluded,
                                 may_contain_included: &descend,
                                 keep_owner: false,
+                                checksums: ctx.checksums.as_ref(),
                             };
                             let req = copy::Request {
                                 sources: vec![b.source.clone().unwrap_or_else(|| ".".into())],
@@ -1383,6 +1388,7 @@ impl<'a> Exec<'a> {
                                     excluded: &none,
                                     may_contain_included: &|_| false,
                                     keep_owner: true,
+                                    checksums: None,
                                 };
                                 let r = copy::copy(&src, &req, &merged).map_err(|e| e.to_string());
                                 src_mount.unmount().map_err(|e| e.to_string())?;
@@ -1402,6 +1408,7 @@ impl<'a> Exec<'a> {
                                     excluded: &excluded,
                                     may_contain_included: &descend,
                                     keep_owner: false,
+                                    checksums: None,
                                 };
                                 copy::copy(&src, &req, &merged)
                                     .map_err(|e: CopyError| e.to_string())
