@@ -132,14 +132,24 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     })
     .map_err(BuildError::Credentials)?;
 
-    let compression = match req
-        .outputs
-        .first()
-        .map(|o| o.compression)
-        .unwrap_or_default()
-    {
-        LayerCompression::Gzip => Compression::Gzip(6),
-        LayerCompression::Zstd => Compression::Zstd(3),
+    // Layers are compressed once, while they are built: every output of
+    // one build shares that compression.
+    let layer_policy = |o: &kbuild_solver::options::Output| {
+        (o.compression, o.compression_level, o.force_compression)
+    };
+    let policy = req.outputs.first().map(layer_policy);
+    if let Some(other) = req.outputs.iter().find(|o| Some(layer_policy(o)) != policy) {
+        return Err(BuildError::Other(format!(
+            "the outputs ask for different layer compressions ({:?} and {:?}); one build compresses its layers once: give every -o the same compression options, or build twice",
+            policy.map(|p| p.0).unwrap_or_default(),
+            other.compression
+        )));
+    }
+    let (layer_compression, level, force_compression) =
+        policy.unwrap_or((LayerCompression::Gzip, None, false));
+    let compression = match layer_compression {
+        LayerCompression::Gzip => Compression::Gzip(level.map_or(6, |l| l.unsigned_abs())),
+        LayerCompression::Zstd => Compression::Zstd(level.unwrap_or(3)),
         LayerCompression::Uncompressed => Compression::None,
     };
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
@@ -166,6 +176,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             no_cache,
             pull,
             compression,
+            force_compression,
             source_date_epoch,
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),

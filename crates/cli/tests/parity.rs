@@ -407,3 +407,125 @@ fn copy_chmod_applies_to_the_copied_entries_not_the_created_destination() {
     );
     assert_eq!(mode("made/by"), 0o755);
 }
+
+/// Media types of the layers of a single-platform OCI layout, read by skopeo.
+fn layer_media_types(layout: &Path) -> Vec<String> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}", layout.display()))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn compression_is_per_build_and_converts_cached_and_forced_layers() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "compress",
+        "FROM kbuild.test/busybox:latest\nCOPY file.txt /\nRUN echo built > /built\n",
+    );
+    let build = |name: &str, extra: &str| {
+        let dest = t.path().join(name);
+        let output = format!("type=oci,tar=false,dest={}{extra}", dest.display());
+        run(
+            &store,
+            &[&ctx, "--platform", "linux/amd64", "-o", &output],
+            &[],
+        )
+        .ok();
+        dest
+    };
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let gzip = layer_media_types(&build("gzip", ""));
+    assert!(gzip.iter().all(|m| m == GZIP), "{gzip:?}");
+    // The steps are cached from the gzip build; their layers come out zstd,
+    // the base image's stay gzip...
+    let zstd = layer_media_types(&build("zstd", ",compression=zstd"));
+    assert_eq!(zstd.len(), gzip.len());
+    assert_eq!(zstd[0], GZIP, "{zstd:?}");
+    assert!(zstd[1..].iter().all(|m| m == ZSTD), "{zstd:?}");
+    // ...unless forced.
+    let forced = build("forced", ",compression=zstd,force-compression=true");
+    let forced_types = layer_media_types(&forced);
+    assert!(forced_types.iter().all(|m| m == ZSTD), "{forced_types:?}");
+    // Independent check: every zstd blob is a valid zstd stream.
+    for entry in std::fs::read_dir(forced.join("blobs/sha256")).unwrap() {
+        let path = entry.unwrap().path();
+        let head = std::fs::read(&path).unwrap();
+        if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let ok = Command::new("zstd").arg("-t").arg(&path).output().unwrap();
+            assert!(ok.status.success(), "{}", path.display());
+        }
+    }
+
+    // compression-level changes the bytes of new layers.
+    let fresh = t.path().join("fresh-store");
+    busybox_image(&fresh, "linux/amd64").expect("busybox base");
+    let level = |name: &str, lvl: u32| {
+        let dest = t.path().join(name);
+        let output = format!(
+            "type=oci,tar=false,dest={},compression-level={lvl}",
+            dest.display()
+        );
+        run(
+            &fresh,
+            &[
+                &ctx,
+                "--platform",
+                "linux/amd64",
+                "-o",
+                &output,
+                "--no-cache",
+            ],
+            &[],
+        )
+        .ok();
+        std::fs::read(dest.join("index.json")).unwrap()
+    };
+    assert_ne!(level("l0", 0), level("l9", 9));
+
+    for (bad, needle) in [
+        (
+            "type=oci,dest=x,oci-mediatypes=false",
+            "oci-mediatypes=false",
+        ),
+        ("type=oci,dest=x,unpack=true", "supported: type, dest"),
+        ("type=oci,dest=x,compression-level=12", "0 to 9"),
+    ] {
+        let r = run(&store, &[&ctx, "-o", bad], &[]).fails();
+        assert!(r.stderr.contains(needle), "{bad}: {}", r.stderr);
+    }
+    let r = run(
+        &store,
+        &[
+            &ctx,
+            "-o",
+            "type=oci,dest=a.tar,compression=zstd",
+            "-o",
+            "type=tar,dest=b.tar",
+        ],
+        &[],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains("different layer compressions"),
+        "{}",
+        r.stderr
+    );
+}

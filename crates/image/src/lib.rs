@@ -59,8 +59,8 @@ pub mod tarball;
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
 pub use layer::{
-    compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads, Compression,
-    Layer, LayerWriter,
+    compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads,
+    layer_in_compression, Compression, Layer, LayerWriter,
 };
 pub use oci::*;
 pub use store::{

@@ -104,6 +104,8 @@ pub struct SolveOptions {
     pub pull: bool,
     /// Compression of new layers.
     pub compression: Compression,
+    /// Base image layers are converted to `compression` too.
+    pub force_compression: bool,
     /// `SOURCE_DATE_EPOCH`: clamps file times in new layers and sets the
     /// image and history timestamps, so identical inputs give identical digests.
     pub source_date_epoch: Option<i64>,
@@ -132,6 +134,7 @@ impl Default for SolveOptions {
             no_cache: false,
             pull: false,
             compression: Compression::Gzip(6),
+            force_compression: false,
             source_date_epoch: None,
             secrets: Vec::new(),
             ssh: Vec::new(),
@@ -598,12 +601,21 @@ impl Solver {
             .layers
             .iter()
             .map(|l| {
-                let mut d = l.descriptor.clone();
+                let mut d = if self.opts.force_compression {
+                    kbuild_image::layer_in_compression(
+                        &self.store,
+                        &l.descriptor,
+                        &l.diff_id,
+                        self.opts.compression,
+                    )?
+                } else {
+                    l.descriptor.clone()
+                };
                 d.media_type = oci_layer_media_type(&d.media_type);
                 d.platform = None;
-                d
+                Ok(d)
             })
-            .collect();
+            .collect::<Result<Vec<_>, SolveError>>()?;
         let manifest = Manifest::new(config_desc, layers);
         let mut desc = manifest.write(&self.store)?;
         desc.platform = Some(DescriptorPlatform::from_platform(platform)?);
@@ -1541,7 +1553,15 @@ impl<'a> Exec<'a> {
         }
         let config = ImageConfig::parse(&store.read(&rec.config)?)?;
         let mut layers = parent.layers.clone();
-        if let Some(l) = rec.layer {
+        if let Some(mut l) = rec.layer {
+            // The step's layer in this build's compression: a cache made by
+            // a gzip build serves a zstd build with zstd layers.
+            l.descriptor = kbuild_image::layer_in_compression(
+                store,
+                &l.descriptor,
+                &l.diff_id,
+                self.solver.opts.compression,
+            )?;
             layers.push(l);
         }
         Ok(Some(State {
