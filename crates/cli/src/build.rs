@@ -59,6 +59,9 @@ pub enum BuildError {
         /// The entitlement to pass.
         entitlement: &'static str,
     },
+    /// The embedded builder runs as an ordinary user.
+    #[error("the local builder needs root: it mounts overlay filesystems and runs RUN steps in new namespaces; run kubectl build as root (e.g. with sudo), or use --dry-run to check a Dockerfile")]
+    NotRoot,
     /// Ctrl-C.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
@@ -104,6 +107,9 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(BuildError::NotRoot);
+    }
     let mode = a.progress;
     let (registry_secret, insecure, no_cache, pull) = (
         a.registry_secret.as_deref(),

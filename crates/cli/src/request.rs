@@ -45,6 +45,9 @@ pub enum RequestError {
     /// A flag a later part of the product will execute.
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
+    /// `-o type=docker` for several platforms.
+    #[error("-o type=docker holds one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
+    DockerArchivePlatforms(String),
     /// An `--allow` value that names no entitlement.
     #[error(
         "invalid --allow value {0:?}: the entitlements are security.insecure and network.host"
@@ -148,6 +151,15 @@ impl BuildRequest {
                 Some(o) => o.push = true,
                 None => outputs.push(Output::parse("type=registry", &a.tags)?),
             }
+        }
+        if platforms.len() > 1 && outputs.iter().any(|o| o.kind == OutputKind::Docker) {
+            return Err(RequestError::DockerArchivePlatforms(
+                platforms
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
         }
         let mut notices = Vec::new();
         if outputs.is_empty() {

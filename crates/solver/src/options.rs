@@ -488,7 +488,10 @@ mod tests {
         let e = Output::parse("type=registry", &[]).unwrap_err();
         assert!(e.to_string().contains("-t NAME"), "{e}");
         let e = Output::parse("type=local,dest=x,colour=red", &[]).unwrap_err();
-        assert!(e.to_string().contains("unsupported field \"colour\""), "{e}");
+        assert!(
+            e.to_string().contains("unsupported field \"colour\""),
+            "{e}"
+        );
         let e = Output::parse("type=local,dest=x,push=maybe", &[]).unwrap_err();
         assert!(e.to_string().contains("not true or false"), "{e}");
         assert!(Output::parse("dest", &[]).is_ok());
