@@ -146,6 +146,10 @@ pub struct BuildArgs {
     #[arg(long)]
     pub push: bool,
 
+    /// Load the single-platform result into the Docker daemon (shorthand for --output=type=docker); DOCKER_HOST=unix://PATH picks the daemon.
+    #[arg(long)]
+    pub load: bool,
+
     /// Output destination (format: "type=local,dest=path"); types: registry, image, oci, docker, tar, local.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,

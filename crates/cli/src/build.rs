@@ -329,6 +329,9 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         for p in &report.written {
             eprintln!("=> wrote {}", p.display());
         }
+        for n in &report.loaded {
+            eprintln!("=> loaded {n} into the Docker daemon");
+        }
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ pub enum RequestError {
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
     /// `-o type=docker` for several platforms.
-    #[error("-o type=docker holds one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
+    #[error("-o type=docker and --load hold one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
     DockerArchivePlatforms(String),
     /// An `--allow` value that names no entitlement.
     #[error(
@@ -151,6 +151,13 @@ impl BuildRequest {
                 Some(o) => o.push = true,
                 None => outputs.push(Output::parse("type=registry", &a.tags)?),
             }
+        }
+        if a.load
+            && !outputs
+                .iter()
+                .any(|o| o.kind == OutputKind::Docker && o.dest.is_none())
+        {
+            outputs.push(Output::parse("type=docker", &a.tags)?);
         }
         if platforms.len() > 1 && outputs.iter().any(|o| o.kind == OutputKind::Docker) {
             return Err(RequestError::DockerArchivePlatforms(
