@@ -110,7 +110,11 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     if !rustix::process::geteuid().is_root() {
         return Err(BuildError::NotRoot);
     }
-    let mode = a.progress;
+    let mode = if a.quiet {
+        ProgressMode::Quiet
+    } else {
+        a.progress
+    };
     let (registry_secret, insecure, no_cache, pull) = (
         a.registry_secret.as_deref(),
         &a.insecure_registries,
@@ -306,8 +310,15 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
         write_atomic(&p, text.as_bytes())?;
     }
+    // Standard output may be the archive (`-o -`): nothing else goes there.
+    let stdout_is_output = req
+        .outputs
+        .iter()
+        .any(|o| o.dest.as_deref() == Some(std::path::Path::new("-")));
     if mode == ProgressMode::Quiet {
-        println!("{digest}");
+        if !stdout_is_output {
+            println!("{digest}");
+        }
     } else {
         eprintln!(
             "=> built {} in {:.1}s: {}",

@@ -110,6 +110,27 @@ impl BuildRequest {
             }
         }
         for (flag, used) in [
+            // =false asks for no attestation, which is what every build makes.
+            (
+                "--provenance",
+                a.provenance.as_deref().is_some_and(|v| !is_false(v)),
+            ),
+            ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
+            ("--attest", !a.attest.is_empty()),
+            ("--annotation", !a.annotation.is_empty()),
+            ("--build-context", !a.build_context.is_empty()),
+            ("--shm-size", a.shm_size.is_some()),
+            ("--ulimit", !a.ulimit.is_empty()),
+            ("--cgroup-parent", a.cgroup_parent.is_some()),
+        ] {
+            if used {
+                return Err(RequestError::NotImplemented(
+                    flag.to_string(),
+                    "this buildx flag is not supported by kubectl build yet (omit it)",
+                ));
+            }
+        }
+        for (flag, used) in [
             ("--cache-from", !a.cache_from.is_empty()),
             ("--cache-to", !a.cache_to.is_empty()),
         ] {
@@ -292,4 +313,9 @@ fn display_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_string())
+}
+
+/// `false`, `0` (how buildx users turn an attestation off).
+fn is_false(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "false" | "0")
 }

@@ -72,3 +72,92 @@ fn an_ordinary_user_is_told_at_once_that_the_local_builder_needs_root() {
     assert!(stdout.contains("not root"), "{stdout}");
     assert_ne!(doctor.status.code(), Some(0));
 }
+
+#[test]
+fn unsupported_buildx_flags_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    for flag in [
+        "--provenance=mode=max",
+        "--sbom=true",
+        "--annotation=a=b",
+        "--build-context=x=y",
+        "--shm-size=1g",
+    ] {
+        let name = flag.split('=').next().unwrap();
+        let r = common::run(&store, &[ctx.to_str().unwrap(), flag, "--dry-run"], &[]).fails();
+        assert!(
+            r.stderr.contains(&format!("{name} is not implemented yet")),
+            "{flag}: {}",
+            r.stderr
+        );
+    }
+    // Turning an attestation off asks for nothing.
+    common::run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--provenance=false",
+            "--sbom=false",
+            "--dry-run",
+        ],
+        &[],
+    )
+    .ok();
+}
+
+#[test]
+fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    let r = common::run(&store, &[ctx.to_str().unwrap(), "-q"], &[]).ok();
+    assert!(
+        r.stdout.starts_with("sha256:") && r.stdout.lines().count() == 1,
+        "{:?}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr
+            .lines()
+            .any(|l| l.starts_with('#') || l.starts_with("=>")),
+        "no progress in quiet mode: {}",
+        r.stderr
+    );
+    // The archive is all there is on stdout: tar reads it to the end.
+    let out = Command::new(bin())
+        .arg("--root")
+        .arg(&store)
+        .arg(&ctx)
+        .args(["-q", "-o", "type=tar,dest=-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archive = t.path().join("fs.tar");
+    std::fs::write(&archive, &out.stdout).unwrap();
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).trim(),
+        "Dockerfile"
+    );
+    let tail = &out.stdout[out.stdout.len().saturating_sub(1024)..];
+    assert!(
+        tail.iter().all(|b| *b == 0),
+        "bytes after the tar's end blocks"
+    );
+}
