@@ -329,8 +329,11 @@ fn write_file_atomically(
     write: impl FnOnce(&mut io::BufWriter<&mut fs::File>) -> Result<()>,
 ) -> Result<()> {
     let (parent, name) = split_dest(dest)?;
+    // 0666 less the umask, as `docker save > file` would give (a temp file
+    // alone is 0600).
     let mut temp = tempfile::Builder::new()
         .prefix(&format!(".{name}.tmp-"))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(&parent)
         .map_err(io_err("create a temp file in", &parent))?;
     {

@@ -289,8 +289,13 @@ fn write_filesystem(
             let f = std::fs::File::create(&file).map_err(io("create", &file))?;
             let mut t = DeterministicTar::new(std::io::BufWriter::new(f), opts);
             t.append_dir_tree(&tree, "")?;
-            let mut w = t.finish()?;
-            w.flush().map_err(io("write", &file))?;
+            let w = t.finish()?;
+            let f = w
+                .into_inner()
+                .map_err(|e| io("write", &file)(e.into_error()))?;
+            // On disk before it takes its name: a crash leaves the old file
+            // or the whole new one.
+            f.sync_all().map_err(io("sync", &file))?;
         }
         if to_stdout {
             let mut f = std::fs::File::open(&file).map_err(io("open", &file))?;
