@@ -161,3 +161,35 @@ fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
         "bytes after the tar's end blocks"
     );
 }
+
+#[test]
+fn archives_get_the_mode_of_any_new_file() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    // SAFETY: umask has no failure mode; this test reads it back at once.
+    let umask = unsafe { libc_umask(0o022) };
+    for (kind, name) in [("docker", "d.tar"), ("oci", "o.tar"), ("tar", "t.tar")] {
+        let dest = t.path().join(name);
+        let output = format!("type={kind},dest={}", dest.display());
+        common::run(
+            &store,
+            &[ctx.to_str().unwrap(), "-t", "x/y:1", "-o", &output],
+            &[],
+        )
+        .ok();
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{kind}");
+    }
+    // SAFETY: as above, puts the mask back.
+    unsafe { libc_umask(umask) };
+}
+
+extern "C" {
+    #[link_name = "umask"]
+    fn libc_umask(mask: u32) -> u32;
+}
