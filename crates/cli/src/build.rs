@@ -408,7 +408,7 @@ impl Progress for Tty {
                     indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                 );
-                pb.set_message(name);
+                pb.set_message(format!("#{id} {name}"));
                 pb.enable_steady_tick(std::time::Duration::from_millis(120));
                 bars.insert(id, pb);
             }
@@ -418,10 +418,10 @@ impl Progress for Tty {
                         indicatif::ProgressStyle::with_template("=> {msg}")
                             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                     );
-                    pb.finish_with_message(format!("CACHED {name}"));
+                    pb.finish_with_message(format!("#{id} CACHED {name}"));
                 }
             }
-            Event::Done { id, elapsed } | Event::Failed { id, elapsed } => {
+            Event::Done { id, elapsed } => {
                 if let Some(pb) = bars.remove(&id) {
                     let msg = pb.message();
                     pb.set_style(
@@ -431,9 +431,24 @@ impl Progress for Tty {
                     pb.finish_with_message(format!("{msg} {:.1}s", elapsed.as_secs_f64()));
                 }
             }
+            Event::Failed { id, elapsed } => {
+                if let Some(pb) = bars.remove(&id) {
+                    let msg = pb.message();
+                    pb.set_style(
+                        indicatif::ProgressStyle::with_template("=> {msg:.red}")
+                            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    );
+                    pb.finish_with_message(format!("ERROR {msg} {:.1}s", elapsed.as_secs_f64()));
+                }
+            }
             Event::Log { id, line } => {
-                if let Some(pb) = bars.get(&id) {
-                    pb.println(format!("   {line}"));
+                // Labelled like plain mode, printed above the live bars.
+                let text = format!("#{id} {line}");
+                match bars.get(&id) {
+                    Some(pb) => pb.println(text),
+                    None => {
+                        let _ = self.multi.println(text);
+                    }
                 }
             }
             Event::Note(s) => {
