@@ -80,3 +80,51 @@ fn tty_labels_output_and_marks_the_failure() {
         check("tty", &text);
     }
 }
+
+#[test]
+fn build_platform_steps_name_their_target_as_buildx_does() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let Some(base) = busybox_image(&store, "linux/amd64") else {
+        return;
+    };
+    let ctx = t.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS builder\n\
+             ARG TARGETARCH\n\
+             RUN echo $TARGETARCH > /arch\n\
+             FROM scratch\n\
+             COPY --from=builder /arch /\n"
+        ),
+    );
+    let out = common::run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64,linux/arm/v7",
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    for name in [
+        "[linux/amd64 builder",
+        "[linux/amd64->arm64 builder",
+        "[linux/amd64->arm/v7 builder",
+    ] {
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(name) && l.contains("RUN echo")),
+            "no {name:?} RUN step in:\n{}",
+            out.stderr
+        );
+    }
+}

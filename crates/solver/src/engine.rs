@@ -294,6 +294,26 @@ fn sha_hex(parts: &[&[u8]]) -> String {
 
 /// The instruction as it goes into a cache key: expanded words, without
 /// the source position and raw text (moving a line must not miss the cache).
+/// How progress names the platform of a step, as buildx does: the platform
+/// it runs on, and when that is not the target it builds for (a
+/// `FROM --platform=$BUILDPLATFORM` stage), `->` and the target, without
+/// the OS when it is the same: `linux/amd64->arm64`. A step shared by
+/// several targets names the first.
+fn vertex_platform(runs_on: &Platform, targets: &[Arc<Platform>]) -> String {
+    match targets.first() {
+        Some(t) if **t != *runs_on => {
+            let target = t.to_string();
+            let short = target
+                .strip_prefix(&format!("{}/", runs_on.os))
+                .filter(|_| t.os == runs_on.os)
+                .unwrap_or(&target)
+                .to_string();
+            format!("{runs_on}->{short}")
+        }
+        _ => runs_on.to_string(),
+    }
+}
+
 /// Writes the heredoc files of a COPY/ADD (named by their delimiter,
 /// mode 0644 unless `--chmod` says otherwise) into a private directory and
 /// copies them like context files to `req.dest` in `merged`.
@@ -862,7 +882,11 @@ impl<'a> Exec<'a> {
                 reference,
                 platform,
             } => {
-                let name = format!("[{} {} 1/{total}] FROM {reference}", stage.platform, label);
+                let name = format!(
+                    "[{} {} 1/{total}] FROM {reference}",
+                    vertex_platform(&stage.platform, &stage.target_platforms),
+                    label
+                );
                 let first = self
                     .froms_shown
                     .lock()
@@ -913,11 +937,12 @@ impl<'a> Exec<'a> {
             if is_vertex(step_id) {
                 position += 1;
             }
+            let step = self.plan.step(*step_id);
             let name = format!(
                 "[{} {} {position}/{total}] {}",
-                self.plan.step(*step_id).platform,
+                vertex_platform(&step.platform, &step.platforms),
                 label,
-                self.plan.step(*step_id).display
+                step.display
             );
             let parent = state.clone();
             state = self
