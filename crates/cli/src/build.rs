@@ -274,6 +274,9 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         for p in &report.written {
             eprintln!("=> wrote {}", p.display());
         }
+        for n in &report.notes {
+            eprintln!("=> {n}");
+        }
     }
     Ok(())
 }

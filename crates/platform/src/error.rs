@@ -2,13 +2,26 @@ use std::fmt;
 
 use crate::SUPPORTED;
 
-/// A platform specifier that cannot be parsed. Its message names the input
-/// and lists the supported platforms.
+/// A platform specifier that cannot be parsed, or (from
+/// [`Platform::check_known`](crate::Platform::check_known)) a platform that
+/// does not exist. Its message names the input and lists the supported
+/// platforms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid platform {input:?}: {kind}; supported platforms are {}", SUPPORTED.join(", "))]
+#[error("{} platform {input:?}: {kind}; supported platforms are {}", adjective(.kind), SUPPORTED.join(", "))]
 pub struct Error {
     input: String,
     kind: ErrorKind,
+}
+
+/// `unknown` for a well-formed platform that does not exist, `invalid` for
+/// text that is no platform at all.
+fn adjective(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::UnknownOs(_) | ErrorKind::UnknownArch(_) | ErrorKind::UnknownVariant { .. } => {
+            "unknown"
+        }
+        _ => "invalid",
+    }
 }
 
 impl Error {

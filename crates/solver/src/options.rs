@@ -71,6 +71,10 @@ pub struct Output {
     pub compression: LayerCompression,
     /// Whether `dest` should be written as a directory (`tar=false` for oci).
     pub as_directory: bool,
+    /// `type=local` only: create device nodes and keep setuid/setgid bits
+    /// and file capabilities (`preserve-special=true`). Off by default, as
+    /// `docker cp` does.
+    pub preserve_special: bool,
 }
 
 impl Output {
@@ -94,6 +98,7 @@ impl Output {
                 push: false,
                 compression: LayerCompression::Gzip,
                 as_directory: false,
+                preserve_special: false,
             });
         }
         let mut kind = None;
@@ -102,6 +107,7 @@ impl Output {
         let mut push = None;
         let mut compression = LayerCompression::Gzip;
         let mut tar = true;
+        let mut preserve_special = false;
         for field in split_csv(spec) {
             let (key, value) = field
                 .split_once('=')
@@ -148,6 +154,7 @@ impl Output {
                     }
                 }
                 "tar" => tar = parse_bool(FLAG, spec, value)?,
+                "preserve-special" => preserve_special = parse_bool(FLAG, spec, value)?,
                 // Accepted by buildx and harmless here: they tune details we do not vary.
                 "compression-level" | "force-compression" | "oci-mediatypes" | "annotation"
                 | "store" | "unpack" | "platform-split" => {}
@@ -155,7 +162,7 @@ impl Output {
                     return Err(err(
                         FLAG,
                         spec,
-                        format!("unknown field {other:?}; known: type, dest, name, push, compression, tar"),
+                        format!("unknown field {other:?}; known: type, dest, name, push, compression, tar, preserve-special"),
                     ))
                 }
             }
@@ -185,7 +192,15 @@ impl Output {
             }
             _ => {}
         }
+        if preserve_special && kind != OutputKind::Local {
+            return Err(err(
+                FLAG,
+                spec,
+                "preserve-special only applies to type=local (the other outputs keep every file as it is in the image)",
+            ));
+        }
         Ok(Output {
+            preserve_special,
             as_directory: kind == OutputKind::Oci && !tar,
             kind,
             dest,
@@ -430,6 +445,18 @@ mod tests {
         );
         let o = Output::parse("-", &[]).unwrap();
         assert_eq!(o.kind, OutputKind::Tar);
+    }
+
+    #[test]
+    fn output_local_preserve_special() {
+        let o = Output::parse("type=local,dest=out", &[]).unwrap();
+        assert!(!o.preserve_special);
+        let o = Output::parse("type=local,dest=out,preserve-special=true", &[]).unwrap();
+        assert!(o.preserve_special);
+        let e = Output::parse("type=tar,dest=o.tar,preserve-special=true", &[]).unwrap_err();
+        assert!(e.to_string().contains("only applies to type=local"), "{e}");
+        let e = Output::parse("type=local,dest=out,preserve-special=maybe", &[]).unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
     }
 
     #[test]

@@ -381,7 +381,7 @@ impl Extractor {
         };
         let path = join(&comps);
         let mut meta = read_meta(entry, &name)?;
-        if !self.keep_special && !matches!(what, Checked::Dir) {
+        if !self.keep_special && matches!(what, Checked::File | Checked::Device | Checked::Fifo) {
             let special =
                 meta.mode & 0o6000 != 0 || meta.xattrs.iter().any(|(k, _)| k == CAPABILITY_XATTR);
             if special {
@@ -397,6 +397,7 @@ impl Extractor {
         }
         if let Checked::Hardlink(target) = &what {
             if self.skipped.contains(&join(target)) {
+                self.report.devices_skipped += 1;
                 self.skipped.insert(path);
                 return Ok(());
             }
