@@ -56,6 +56,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             match cli.build.dry_run {
                 Some(format) => {
                     let plan = req.plan()?;
+                    // The same platform check a build makes before any work.
+                    kbuild_solver::engine::images_needed(&plan)?;
                     for w in &plan.warnings {
                         eprintln!("WARNING: {w}");
                     }

@@ -2,13 +2,26 @@ use std::fmt;
 
 use crate::SUPPORTED;
 
-/// A platform specifier that cannot be parsed. Its message names the input
-/// and lists the supported platforms.
+/// A platform specifier that cannot be parsed, or (from
+/// [`Platform::check_known`](crate::Platform::check_known)) a platform that
+/// does not exist. Its message names the input and lists the supported
+/// platforms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid platform {input:?}: {kind}; supported platforms are {}", SUPPORTED.join(", "))]
+#[error("{} platform {input:?}: {kind}; supported platforms are {}", adjective(.kind), SUPPORTED.join(", "))]
 pub struct Error {
     input: String,
     kind: ErrorKind,
+}
+
+/// `unknown` for a well-formed platform that does not exist, `invalid` for
+/// text that is no platform at all.
+fn adjective(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::UnknownOs(_) | ErrorKind::UnknownArch(_) | ErrorKind::UnknownVariant { .. } => {
+            "unknown"
+        }
+        _ => "invalid",
+    }
 }
 
 impl Error {
@@ -50,6 +63,21 @@ pub enum ErrorKind {
     UnknownOsOrArch,
     /// An empty item (1-based position) in a comma-separated list.
     EmptyListItem(usize),
+    /// A well-formed platform whose operating system (this text) is not
+    /// one of Go's `GOOS` values; see [`Platform::check_known`](crate::Platform::check_known).
+    UnknownOs(String),
+    /// A well-formed platform whose architecture (this text) is not one of
+    /// Go's `GOARCH` values.
+    UnknownArch(String),
+    /// A known architecture with a variant it does not have (`arm/v9`).
+    UnknownVariant {
+        /// The architecture.
+        architecture: String,
+        /// The variant given.
+        variant: String,
+        /// The variants the architecture has (empty: none).
+        known: &'static [&'static str],
+    },
 }
 
 impl fmt::Display for ErrorKind {
@@ -73,6 +101,23 @@ impl fmt::Display for ErrorKind {
                 f.write_str("it is neither a known operating system nor a known architecture")
             }
             ErrorKind::EmptyListItem(n) => write!(f, "item {n} of the list is empty"),
+            ErrorKind::UnknownOs(os) => write!(f, "{os:?} is not a known operating system"),
+            ErrorKind::UnknownArch(arch) => write!(f, "{arch:?} is not a known architecture"),
+            ErrorKind::UnknownVariant {
+                architecture,
+                variant,
+                known,
+            } => {
+                if known.is_empty() {
+                    write!(f, "architecture {architecture} has no variants, not {variant:?}")
+                } else {
+                    write!(
+                        f,
+                        "{variant:?} is not a variant of {architecture} (known: {})",
+                        known.join(", ")
+                    )
+                }
+            }
         }
     }
 }

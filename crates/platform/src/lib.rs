@@ -55,7 +55,16 @@
 //! `arm/v8`, `arm/v7`, `arm/v6`, `arm/v5`; `amd64` accepts `amd64` then
 //! `386`), and [`Platform::best_match`] picks the candidate earliest in that
 //! order. [`Platform::matches_strict`] is `OnlyStrict()`: exact after
-//! normalization.
+//! normalization. One deliberate difference: a 32-bit arm variant outside
+//! `v5`..`v8` (`arm/v9`) has no fallbacks, so it never resolves to an
+//! `arm/v7` image.
+//!
+//! # Known platforms
+//!
+//! [`Platform::parse`] accepts any well-formed `os/arch[/variant]`, as
+//! containerd does. [`Platform::check_known`] tells the ones that exist
+//! (Go's `GOOS`/`GOARCH` lists and the variants each architecture has) from
+//! typos such as `linux/arm65`, `foo/bar` or `linux/arm/v9`.
 //!
 //! # Example
 //!
@@ -194,6 +203,19 @@ impl Platform {
         }
     }
 
+    /// Whether this platform exists, as opposed to being merely well formed:
+    /// its os is one of Go's `GOOS` values, its architecture one of Go's
+    /// `GOARCH` values, and its variant (if any) one that architecture has:
+    /// `v5` to `v8` for `arm`, `v8.1` to `v8.9` and `v9` to `v9.5` for
+    /// `arm64`, `v2` to `v4` for `amd64`, none for the others. `linux/arm65`,
+    /// `foo/bar` and `linux/arm/v9` are well formed ([`Platform::parse`]
+    /// accepts them, as containerd does) but unknown.
+    ///
+    /// The error names the platform and lists [`SUPPORTED`].
+    pub fn check_known(&self) -> Result<(), Error> {
+        parse::check_known(self).map_err(|kind| Error::new(&self.format_all(), kind))
+    }
+
     /// Whether this platform (normalized) is one of [`SUPPORTED`].
     pub fn is_supported(&self) -> bool {
         let formatted = self.normalized().to_string();
@@ -204,7 +226,10 @@ impl Platform {
     /// for `candidate`. Same os; the architecture and variant must be one
     /// of the compatible list of `self`:
     ///
-    /// * `arm/vN` accepts `arm/vN` down to `arm/v5`;
+    /// * `arm/vN` accepts `arm/vN` down to `arm/v5` for the known variants
+    ///   (`v5` to `v8`); an unknown one such as `arm/v9` accepts only itself
+    ///   (containerd would accept `arm/v8` down to `arm/v5` for it, which
+    ///   turns a typo into a build from the wrong base image);
     /// * `arm64` (= `arm64/v8`) accepts `arm64`, then `arm/v8`, `arm/v7`,
     ///   `arm/v6`, `arm/v5`; `arm64/v8.x` and `arm64/v9.x` also accept the
     ///   earlier arm64 minor versions first (v9.x accepts v8.(x+5));

@@ -81,7 +81,9 @@ fn compatible(arch: &str, variant: Option<&str>) -> Vec<(String, Option<String>)
             out.push(("386".to_string(), None));
         }
         "arm" => {
-            if let Some(version) = variant.and_then(numbered_variant) {
+            // Only the real 32-bit arm versions fall back: arm/v9 is not an
+            // arm/v8 that also runs v7 code, it is a typo.
+            if let Some(version) = variant.and_then(numbered_variant).filter(|v| *v <= 8) {
                 for lower in (5..version).rev() {
                     push(&mut out, "arm", format!("v{lower}"));
                 }

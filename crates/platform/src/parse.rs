@@ -51,6 +51,50 @@ const KNOWN_ARCH: &[&str] = &[
     "wasm",
 ];
 
+/// The variants a 32-bit arm platform can have (`GOARM`, plus ARMv8's
+/// 32-bit mode).
+const ARM_VARIANTS: &[&str] = &["v5", "v6", "v7", "v8"];
+
+/// The variants of arm64 after normalization (plain `arm64` is v8.0).
+const ARM64_VARIANTS: &[&str] = &[
+    "v8.1", "v8.2", "v8.3", "v8.4", "v8.5", "v8.6", "v8.7", "v8.8", "v8.9", "v9", "v9.1", "v9.2",
+    "v9.3", "v9.4", "v9.5",
+];
+
+/// The micro-architecture levels of amd64 after normalization (plain
+/// `amd64` is v1).
+const AMD64_VARIANTS: &[&str] = &["v2", "v3", "v4"];
+
+/// Whether `p` names a platform that exists: a known os, a known
+/// architecture and, when there is a variant, one that architecture has.
+pub(crate) fn check_known(p: &Platform) -> Result<(), ErrorKind> {
+    let p = normalize(p);
+    if !KNOWN_OS.contains(&p.os.as_str()) {
+        return Err(ErrorKind::UnknownOs(p.os));
+    }
+    if !KNOWN_ARCH.contains(&p.architecture.as_str()) {
+        return Err(ErrorKind::UnknownArch(p.architecture));
+    }
+    let Some(variant) = p.variant else {
+        return Ok(());
+    };
+    let known: &'static [&'static str] = match p.architecture.as_str() {
+        "arm" => ARM_VARIANTS,
+        "arm64" => ARM64_VARIANTS,
+        "amd64" => AMD64_VARIANTS,
+        _ => &[],
+    };
+    if known.contains(&variant.as_str()) {
+        Ok(())
+    } else {
+        Err(ErrorKind::UnknownVariant {
+            architecture: p.architecture,
+            variant,
+            known,
+        })
+    }
+}
+
 pub(crate) fn parse(specifier: &str) -> Result<Platform, Error> {
     let fail = |kind| Err(Error::new(specifier, kind));
     if specifier.is_empty() {

@@ -48,6 +48,9 @@ fn kind_name(kind: &ErrorKind) -> &'static str {
         ErrorKind::InvalidComponent(_) => "invalid-component",
         ErrorKind::UnknownOsOrArch => "unknown",
         ErrorKind::EmptyListItem(_) => "empty-item",
+        ErrorKind::UnknownOs(_) => "unknown-os",
+        ErrorKind::UnknownArch(_) => "unknown-arch",
+        ErrorKind::UnknownVariant { .. } => "unknown-variant",
         _ => "other",
     }
 }
@@ -133,6 +136,23 @@ fn case_table() {
                 };
                 (got != want || !consistent).then(|| format!("best gave {got:?}"))
             }
+            ("known", [input, expected]) => {
+                let p = platform(input, line);
+                match (p.check_known(), *expected) {
+                    (Ok(()), "yes") => None,
+                    (Ok(()), _) => Some(format!("{p} is known")),
+                    (Err(e), "yes") => Some(format!("{p} is unknown: {e}")),
+                    (Err(e), kind) if kind_name(e.kind()) != kind => {
+                        Some(format!("{p}: wrong error {e}"))
+                    }
+                    (Err(e), _) => {
+                        let message = e.to_string();
+                        let lists = SUPPORTED.iter().all(|s| message.contains(s));
+                        let names = message.contains(&format!("{:?}", p.format_all()));
+                        (!lists || !names).then(|| format!("error message incomplete: {message}"))
+                    }
+                }
+            }
             _ => Some(format!("malformed case: {raw}")),
         };
         if let Some(f) = failure {
@@ -151,6 +171,7 @@ fn supported_platforms_parse_to_themselves_and_are_supported() {
         let p = Platform::parse(s).expect("supported platform parses");
         assert_eq!(p.to_string(), *s);
         assert!(p.is_supported(), "{s}");
+        assert_eq!(p.check_known(), Ok(()), "{s}");
     }
     assert!(!Platform::parse("linux/riscv64").unwrap().is_supported());
     assert!(Platform::parse("linux/armhf").unwrap().is_supported());

@@ -27,7 +27,7 @@ use kbuild_image::{
 };
 use kbuild_platform::Platform;
 use kbuild_worker::executor::{Cancel, Executor, RunSpec, User as RunUser};
-use kbuild_worker::snapshot::{write_diff, DiffOptions, Snapshotter};
+use kbuild_worker::snapshot::{write_diff, ApplyOptions, ApplyReport, DiffOptions, Snapshotter};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +84,36 @@ pub enum SolveError {
     /// A worker thread died.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A layer could not be unpacked or applied (an entry the layer policy
+    /// rejects, or a filesystem error).
+    #[error("layer {digest}: {source}")]
+    Layer {
+        /// The layer blob's digest.
+        digest: String,
+        /// What went wrong, naming the entry.
+        source: kbuild_worker::snapshot::Error,
+    },
+    /// An image would have to be pulled for a platform that does not exist
+    /// (`linux/arm65`, `foo/bar`, `linux/arm/v9`): only stages that start
+    /// `FROM scratch` build for such a platform.
+    #[error("{source}; only FROM scratch stages build for an unknown platform, but {image} would have to be pulled for it")]
+    UnknownPlatform {
+        /// The image the plan needs for that platform.
+        image: String,
+        /// Why the platform is unknown (names it, lists the supported ones).
+        source: kbuild_platform::Error,
+    },
+    /// A base image (from the local store) offers no manifest for the
+    /// wanted platform, even after containerd's compatibility fallbacks.
+    #[error("{image} has no image for platform {wanted}; it provides: {}; pick one of those with --platform", offered.join(", "))]
+    PlatformNotOffered {
+        /// The image reference.
+        image: String,
+        /// The platform asked for.
+        wanted: String,
+        /// The platforms the image offers.
+        offered: Vec<String>,
+    },
 }
 
 type Shared<T> = Result<T, Arc<SolveError>>;
@@ -199,7 +229,8 @@ pub struct State {
 /// The image built for one target platform.
 #[derive(Debug, Clone)]
 pub struct PlatformImage {
-    /// The requested platform.
+    /// The image's platform: the requested one (with the base image's os
+    /// version when the request names none); its config says the same.
     pub platform: Platform,
     /// The image manifest, with its platform set.
     pub manifest: Descriptor,
@@ -388,6 +419,64 @@ fn oci_layer_media_type(mt: &str) -> String {
     }
 }
 
+/// The images `plan` pulls, each `(reference, platform)` once, sorted.
+///
+/// Fails when one of them is wanted for a platform that does not exist
+/// ([`Platform::check_known`]): a build for `linux/arm65` or `linux/arm/v9`
+/// only goes ahead when every stage that runs for it starts `FROM scratch`
+/// (stages on another platform, such as `FROM --platform=$BUILDPLATFORM`,
+/// may use images) and nothing copies from an image for it. Callers run
+/// this before any build work; `--dry-run` runs it too.
+pub fn images_needed(plan: &BuildPlan) -> Result<Vec<(String, Platform)>, SolveError> {
+    let mut wanted: Vec<(String, Platform)> = Vec::new();
+    for s in &plan.stages {
+        if let StageBase::Image {
+            reference,
+            platform,
+        } = &s.base
+        {
+            wanted.push((reference.clone(), Platform::clone(platform)));
+        }
+    }
+    for st in &plan.steps {
+        for src in &st.sources {
+            if let PlanSource::Image {
+                reference,
+                platform,
+            } = src
+            {
+                wanted.push((reference.clone(), Platform::clone(platform)));
+            }
+        }
+    }
+    wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
+    wanted.dedup();
+    for (reference, platform) in &wanted {
+        platform
+            .check_known()
+            .map_err(|source| SolveError::UnknownPlatform {
+                image: reference.clone(),
+                source,
+            })?;
+    }
+    Ok(wanted)
+}
+
+/// The platform of a final image: the target platform's os, architecture
+/// and variant whatever the base image's config said (an `arm/v6` image
+/// built on a base whose config claims `v7` is `arm/v6`), with the base's
+/// os version and features kept when the target names none (Windows).
+fn image_platform(target: &Platform, base: &ImageConfig) -> Platform {
+    let mut p = target.clone();
+    if p.os_version.is_none() && base.os == p.os {
+        p.os_version = base.os_version.clone().filter(|v| !v.is_empty());
+    }
+    if p.os_features.is_empty() && base.os == p.os {
+        p.os_features = base.os_features.clone().unwrap_or_default();
+    }
+    p
+}
+
 /// The name of a local image ref: `image/<normalized reference>`.
 pub fn image_ref_name(reference: &str) -> Result<String, SolveError> {
     let r = kbuild_registry::Reference::parse(reference)?;
@@ -478,29 +567,7 @@ impl Solver {
         // ENV, WORKDIR and ONBUILD take part in planning).
         let first = plan::plan(dockerfile, opts, &plan::NoImageConfigs).map_err(in_file)?;
         self.check_entitlements(&first, file_name)?;
-        let mut wanted: Vec<(String, Platform)> = Vec::new();
-        for s in &first.stages {
-            if let StageBase::Image {
-                reference,
-                platform,
-            } = &s.base
-            {
-                wanted.push((reference.clone(), Platform::clone(platform)));
-            }
-        }
-        for st in &first.steps {
-            for src in &st.sources {
-                if let PlanSource::Image {
-                    reference,
-                    platform,
-                } = src
-                {
-                    wanted.push((reference.clone(), Platform::clone(platform)));
-                }
-            }
-        }
-        wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
-        wanted.dedup();
+        let wanted = images_needed(&first)?;
         let resolved =
             futures_util::future::join_all(wanted.iter().map(|(r, p)| self.resolve_image(r, p)))
                 .await;
@@ -568,9 +635,10 @@ impl Solver {
         };
         let mut images_out = Vec::new();
         for (t, st) in plan.targets.iter().zip(finals) {
-            let manifest = self.write_image(&st, &t.platform, &plan.labels)?;
+            let platform = image_platform(&t.platform, &st.config);
+            let manifest = self.write_image(&st, &platform, &plan.labels)?;
             images_out.push(PlatformImage {
-                platform: t.platform.clone(),
+                platform,
                 manifest,
                 state: st,
             });
@@ -602,6 +670,13 @@ impl Solver {
         labels: &BTreeMap<String, String>,
     ) -> Result<Descriptor, SolveError> {
         let mut cfg = st.config.clone();
+        // The config says what the index says, whatever the base claimed.
+        let p = DescriptorPlatform::from_platform(platform)?;
+        cfg.os = p.os;
+        cfg.architecture = p.architecture;
+        cfg.variant = p.variant;
+        cfg.os_version = p.os_version;
+        cfg.os_features = (!p.os_features.is_empty()).then_some(p.os_features);
         if !labels.is_empty() {
             let c = cfg.config.get_or_insert_with(Default::default);
             let l = c.labels.get_or_insert_with(BTreeMap::new);
@@ -697,8 +772,8 @@ impl Solver {
             return Ok(None);
         }
         let bytes = self.store.read(root)?;
-        let manifest_digest = match Document::parse(&bytes)? {
-            Document::Manifest(_) => *root,
+        let (manifest_digest, lone) = match Document::parse(&bytes)? {
+            Document::Manifest(_) => (*root, true),
             Document::Index(index) => {
                 let candidates: Vec<(usize, Platform)> = index
                     .manifests
@@ -708,16 +783,21 @@ impl Solver {
                     .collect();
                 let plats: Vec<Platform> = candidates.iter().map(|(_, p)| p.clone()).collect();
                 match platform.best_match(plats.iter()) {
-                    Some(k) => index.manifests[candidates[k].0].digest,
+                    Some(k) => (index.manifests[candidates[k].0].digest, false),
                     None => {
-                        return Err(SolveError::Image(format!(
-                            "image {reference} has no {platform} variant; it has {}",
-                            plats
-                                .iter()
-                                .map(|p| p.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )))
+                        let mut offered: Vec<String> = Vec::new();
+                        // Attestation manifests say unknown/unknown: not worth listing.
+                        for p in plats.iter().filter(|p| p.os != "unknown") {
+                            let p = p.to_string();
+                            if !offered.contains(&p) {
+                                offered.push(p);
+                            }
+                        }
+                        return Err(SolveError::PlatformNotOffered {
+                            image: reference.to_string(),
+                            wanted: platform.to_string(),
+                            offered,
+                        });
                     }
                 }
             }
@@ -730,6 +810,24 @@ impl Solver {
             return Ok(None);
         }
         let config = ImageConfig::parse(&self.store.read(&manifest.config.digest)?)?;
+        if lone {
+            // A manifest without an index is only right if its config says
+            // so (the registry client checks the same when it pulls one).
+            let offered = to_platform(&config.platform());
+            if !offered.as_ref().is_some_and(|p| platform.matches(p)) {
+                return Err(SolveError::PlatformNotOffered {
+                    image: reference.to_string(),
+                    wanted: platform.to_string(),
+                    offered: vec![offered.map_or_else(
+                        || {
+                            let p = config.platform();
+                            format!("{}/{}", p.os, p.architecture)
+                        },
+                        |p| p.to_string(),
+                    )],
+                });
+            }
+        }
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(SolveError::Image(format!(
                 "image {reference}: config lists {} layers but the manifest {}",
@@ -783,7 +881,10 @@ impl Solver {
                 )?;
                 snaps
                     .unpack_layer(&diff_id, reader)
-                    .map_err(|e| SolveError::Snapshot(format!("unpack layer {}: {e}", desc.digest)))
+                    .map_err(|source| SolveError::Layer {
+                        digest: desc.digest.to_string(),
+                        source,
+                    })
             })
             .await
             .map_err(|e| SolveError::Internal(e.to_string()))??;
@@ -1959,17 +2060,25 @@ pub fn apply_layers(
     store: &ContentStore,
     layers: &[LayerRef],
     dir: &Path,
-) -> Result<(), SolveError> {
+    options: ApplyOptions,
+) -> Result<ApplyReport, SolveError> {
+    let mut report = ApplyReport::default();
     for l in layers {
         let blob = store.open_blob(&l.descriptor.digest)?;
         let reader = kbuild_image::decompress_reader(
             &l.descriptor.media_type,
             std::io::BufReader::new(blob),
         )?;
-        kbuild_worker::snapshot::apply_layer_to_dir(dir, reader)
-            .map_err(|e| SolveError::Snapshot(e.to_string()))?;
+        let r = kbuild_worker::snapshot::apply_layer_to_dir_with(dir, reader, options).map_err(
+            |source| SolveError::Layer {
+                digest: l.descriptor.digest.to_string(),
+                source,
+            },
+        )?;
+        report.devices_skipped += r.devices_skipped;
+        report.privileges_dropped += r.privileges_dropped;
     }
-    Ok(())
+    Ok(report)
 }
 
 #[cfg(test)]

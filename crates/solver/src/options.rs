@@ -78,6 +78,10 @@ pub struct Output {
     pub force_compression: bool,
     /// Whether `dest` should be written as a directory (`tar=false` for oci).
     pub as_directory: bool,
+    /// `type=local` only: create device nodes and keep setuid/setgid bits
+    /// and file capabilities (`preserve-special=true`). Off by default, as
+    /// `docker cp` does.
+    pub preserve_special: bool,
 }
 
 impl Output {
@@ -103,6 +107,7 @@ impl Output {
                 compression_level: None,
                 force_compression: false,
                 as_directory: false,
+                preserve_special: false,
             });
         }
         let mut kind = None;
@@ -113,6 +118,7 @@ impl Output {
         let mut compression_level = None;
         let mut force_compression = false;
         let mut tar = true;
+        let mut preserve_special = false;
         for field in split_csv(spec) {
             let (key, value) = field
                 .split_once('=')
@@ -174,11 +180,12 @@ impl Output {
                         ));
                     }
                 }
+                "preserve-special" => preserve_special = parse_bool(FLAG, spec, value)?,
                 other => {
                     return Err(err(
                         FLAG,
                         spec,
-                        format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar"),
+                        format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special"),
                     ))
                 }
             }
@@ -224,7 +231,15 @@ impl Output {
             }
             _ => {}
         }
+        if preserve_special && kind != OutputKind::Local {
+            return Err(err(
+                FLAG,
+                spec,
+                "preserve-special only applies to type=local (the other outputs keep every file as it is in the image)",
+            ));
+        }
         Ok(Output {
+            preserve_special,
             as_directory: kind == OutputKind::Oci && !tar,
             kind,
             dest,
@@ -471,6 +486,18 @@ mod tests {
         );
         let o = Output::parse("-", &[]).unwrap();
         assert_eq!(o.kind, OutputKind::Tar);
+    }
+
+    #[test]
+    fn output_local_preserve_special() {
+        let o = Output::parse("type=local,dest=out", &[]).unwrap();
+        assert!(!o.preserve_special);
+        let o = Output::parse("type=local,dest=out,preserve-special=true", &[]).unwrap();
+        assert!(o.preserve_special);
+        let e = Output::parse("type=tar,dest=o.tar,preserve-special=true", &[]).unwrap_err();
+        assert!(e.to_string().contains("only applies to type=local"), "{e}");
+        let e = Output::parse("type=local,dest=out,preserve-special=maybe", &[]).unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
     }
 
     #[test]

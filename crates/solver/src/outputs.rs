@@ -8,6 +8,7 @@ use crate::options::{Output, OutputKind};
 use kbuild_image::export;
 use kbuild_image::tarball::{DeterministicTar, TarOptions};
 use kbuild_image::Descriptor;
+use kbuild_worker::snapshot::{ApplyOptions, ApplyReport};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,9 @@ pub struct ExportReport {
     pub written: Vec<PathBuf>,
     /// What the Docker daemon said it loaded (`--load`).
     pub loaded: Vec<String>,
+    /// What a filesystem output left out on purpose (device nodes,
+    /// setuid/setgid bits), one line each.
+    pub notes: Vec<String>,
 }
 
 fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SolveError> {
@@ -165,7 +169,13 @@ pub async fn export(
                 let opts = tar_options(solver);
                 let kind = out.kind.clone();
                 let dest2 = dest.clone();
-                blocking(move || {
+                // A tarball keeps every file as it is in the image; a
+                // directory on this machine gets no device nodes and no
+                // setuid/setgid bits unless asked, as `docker cp`.
+                let apply = ApplyOptions {
+                    preserve_special: kind == OutputKind::Tar || out.preserve_special,
+                };
+                let left_out = blocking(move || {
                     write_filesystem(
                         &store,
                         &parts,
@@ -173,9 +183,24 @@ pub async fn export(
                         &dest2,
                         kind == OutputKind::Tar,
                         opts,
+                        apply,
                     )
                 })
                 .await?;
+                if left_out.devices_skipped > 0 {
+                    report.notes.push(format!(
+                        "{}: left out {} device node(s); add preserve-special=true to -o type=local to create them",
+                        dest.display(),
+                        left_out.devices_skipped
+                    ));
+                }
+                if left_out.privileges_dropped > 0 {
+                    report.notes.push(format!(
+                        "{}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them",
+                        dest.display(),
+                        left_out.privileges_dropped
+                    ));
+                }
                 report.written.push(dest);
             }
         }
@@ -257,7 +282,9 @@ fn write_filesystem(
     dest: &Path,
     as_tar: bool,
     opts: TarOptions,
-) -> Result<(), SolveError> {
+    apply: ApplyOptions,
+) -> Result<ApplyReport, SolveError> {
+    let mut left_out = ApplyReport::default();
     let to_stdout = dest == Path::new("-");
     let parent = if to_stdout {
         std::env::temp_dir()
@@ -281,7 +308,9 @@ fn write_filesystem(
             tree.clone()
         };
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        apply_layers(store, layers, &dir)?;
+        let r = apply_layers(store, layers, &dir, apply)?;
+        left_out.devices_skipped += r.devices_skipped;
+        left_out.privileges_dropped += r.privileges_dropped;
     }
     if as_tar {
         let file = staging.path().join("out.tar");
@@ -309,7 +338,7 @@ fn write_filesystem(
     } else {
         std::fs::rename(&tree, dest).map_err(io("rename into", dest))?;
     }
-    Ok(())
+    Ok(left_out)
 }
 
 fn move_into(from: &Path, to: &Path) -> Result<(), SolveError> {

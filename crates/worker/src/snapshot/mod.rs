@@ -40,6 +40,7 @@ mod diff;
 mod error;
 mod fsutil;
 mod mount;
+mod policy;
 mod unpack;
 
 use std::fs::{self, File};
@@ -57,13 +58,51 @@ pub use mount::Mount;
 
 use error::IoContext;
 
-/// Applies an OCI layer tar (uncompressed) onto a plain directory, as the
-/// `-o type=local` output needs: entries are written safely inside `dir`
-/// (symlinks already in `dir` are followed only within it), `.wh.NAME`
-/// deletes `NAME`, and `.wh..wh..opq` empties its directory of everything
-/// this layer did not write. Ownership, modes and xattrs are preserved.
+/// Applies an OCI layer tar (uncompressed) onto a plain directory, keeping
+/// everything: [`apply_layer_to_dir_with`] with
+/// `preserve_special: true`.
 pub fn apply_layer_to_dir(dir: &Path, reader: impl Read) -> Result<()> {
-    unpack::extract(dir, reader, unpack::Flavor::Apply)
+    let options = ApplyOptions {
+        preserve_special: true,
+    };
+    apply_layer_to_dir_with(dir, reader, options).map(drop)
+}
+
+/// How [`apply_layer_to_dir_with`] treats entries that carry privileges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Create device nodes and keep setuid/setgid bits and file
+    /// capabilities (`security.capability`). Off by default, as `docker cp`
+    /// does: a tree exported to the host should not grant privileges.
+    pub preserve_special: bool,
+}
+
+/// What [`apply_layer_to_dir_with`] left out, for the caller to report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Device nodes (and hardlinks to them) not created.
+    pub devices_skipped: u64,
+    /// Files whose setuid/setgid bits or capabilities were dropped.
+    pub privileges_dropped: u64,
+}
+
+/// Applies an OCI layer tar (uncompressed) onto a plain directory, as the
+/// `-o type=local` output needs: `.wh.NAME` deletes `NAME`, `.wh..wh..opq`
+/// empties its directory of everything this layer did not write, and a
+/// parent that is a symlink or a file in `dir` is replaced by a directory
+/// (never followed), as an overlay mount of the layers shows it.
+/// Ownership, modes and xattrs are kept, except what `options` drops.
+///
+/// The layer's entries are checked by the same policy as
+/// [`Snapshotter::unpack_layer`]'s, so a layer is accepted here exactly when
+/// a build accepts it: a hardlink must name an earlier entry of the same
+/// layer, nothing is written below a symlink of the layer, and so on.
+pub fn apply_layer_to_dir_with(
+    dir: &Path,
+    reader: impl Read,
+    options: ApplyOptions,
+) -> Result<ApplyReport> {
+    unpack::extract(dir, reader, unpack::Flavor::Apply, options)
 }
 
 /// Owns the snapshot directories under one root; see the module docs.
@@ -210,7 +249,13 @@ impl Snapshotter {
             sha256: (id.algorithm == "sha256").then(Sha256::new),
             sha512: (id.algorithm == "sha512").then(Sha512::new),
         };
-        let result = unpack::extract(&tmp, &mut hashing, unpack::Flavor::Diff).and_then(|()| {
+        let result = unpack::extract(
+            &tmp,
+            &mut hashing,
+            unpack::Flavor::Diff,
+            ApplyOptions::default(),
+        )
+        .and_then(|_| {
             // The tar reader stops at the end-of-archive blocks; the digest
             // covers the whole stream.
             io::copy(&mut hashing, &mut io::sink()).map_err(Error::Tar)?;

@@ -1,16 +1,22 @@
 //! Safe extraction of an OCI layer tar, in two flavours:
 //!
 //! - [`Flavor::Diff`] writes an overlay-ready diff directory: OCI whiteouts
-//!   become overlay whiteouts (character device 0/0, `trusted.overlay.opaque`),
-//!   and every parent must be a real directory of the layer itself.
+//!   become overlay whiteouts (character device 0/0, `trusted.overlay.opaque`).
 //! - [`Flavor::Apply`] applies the layer onto an existing tree: whiteouts
-//!   delete, parents resolve like a container would see them (symlinks
-//!   followed but confined to the tree with `openat2(RESOLVE_IN_ROOT)`).
+//!   delete.
+//!
+//! Both flavours accept and reject exactly the same entries: each entry is
+//! first checked by the one [`EntryPolicy`] (see the `policy` module), and
+//! what lower layers left on disk never makes an entry invalid: a parent
+//! that a lower layer left as a file is replaced by a directory in both
+//! flavours (overlayfs shows an upper directory over a lower non-directory).
+//! Apply follows a lower layer's symlinked parents within the tree, as a
+//! container sees them.
 //!
 //! No path taken from the tar is ever resolved by the kernel from a string
-//! that could leave the target: names are cleaned lexically (`..` that climbs
-//! above the root is rejected, a leading `/` is dropped), parents are opened
-//! one descriptor at a time, and the final component is never followed.
+//! that could leave the target: names are cleaned lexically, parents are
+//! opened one descriptor at a time (Diff) or resolved inside the target
+//! (Apply, `RESOLVE_IN_ROOT`), and the final component is never followed.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -28,11 +34,12 @@ use tar::EntryType;
 
 use super::error::{Error, IoContext, Result};
 use super::fsutil::{self, OPAQUE_XATTR};
+use super::policy::{bad, join, Accepted, Checked, EntryPolicy};
+pub(crate) use super::policy::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use super::{ApplyOptions, ApplyReport};
 
-/// OCI whiteout name prefix.
-pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
-/// OCI opaque-directory marker name.
-pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The file-capability xattr, dropped with setuid/setgid bits.
+const CAPABILITY_XATTR: &str = "security.capability";
 
 /// How whiteouts and parents are treated; see the module docs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,13 +60,24 @@ struct Meta {
 }
 
 /// Extracts the tar `reader` into the directory `root` (which must exist).
-pub(crate) fn extract(root: &Path, reader: impl Read, flavor: Flavor) -> Result<()> {
+/// `options` only matter to [`Flavor::Apply`]; the snapshot unpacker keeps
+/// everything.
+pub(crate) fn extract(
+    root: &Path,
+    reader: impl Read,
+    flavor: Flavor,
+    options: ApplyOptions,
+) -> Result<ApplyReport> {
     let root_fd = fsutil::open_dir(root).at("open the target directory", root)?;
     let mut ex = Extractor {
         root: root_fd,
         flavor,
+        keep_special: flavor == Flavor::Diff || options.preserve_special,
+        policy: EntryPolicy::new(),
         dir_times: Vec::new(),
         written: HashSet::new(),
+        skipped: HashSet::new(),
+        report: ApplyReport::default(),
     };
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(Error::Tar)? {
@@ -72,45 +90,18 @@ pub(crate) fn extract(root: &Path, reader: impl Read, flavor: Flavor) -> Result<
 struct Extractor {
     root: OwnedFd,
     flavor: Flavor,
+    /// Create device nodes and keep setuid/setgid bits and capabilities.
+    keep_special: bool,
+    /// The shared entry checks.
+    policy: EntryPolicy,
     /// Directories whose times are set last, once their children exist.
     dir_times: Vec<(Vec<OsString>, Timespec, String)>,
     /// Paths this layer wrote (Apply flavor): an opaque marker keeps them.
     written: HashSet<Vec<u8>>,
-}
-
-fn bad(entry: &str, problem: impl Into<String>) -> Error {
-    Error::BadEntry {
-        entry: entry.to_string(),
-        problem: problem.into(),
-    }
-}
-
-/// Cleans a tar path into components below the root.
-fn clean(name: &[u8], entry: &str) -> Result<Vec<OsString>> {
-    let mut out: Vec<OsString> = Vec::new();
-    for part in name.split(|b| *b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => {
-                if out.pop().is_none() {
-                    return Err(bad(entry, "escapes the layer root through `..`"));
-                }
-            }
-            p => out.push(OsStr::from_bytes(p).to_os_string()),
-        }
-    }
-    Ok(out)
-}
-
-fn join(comps: &[OsString]) -> Vec<u8> {
-    let mut v = Vec::new();
-    for (i, c) in comps.iter().enumerate() {
-        if i > 0 {
-            v.push(b'/');
-        }
-        v.extend_from_slice(c.as_bytes());
-    }
-    v
+    /// Device nodes not created (Apply without `keep_special`): hardlinks to
+    /// them are skipped too.
+    skipped: HashSet<Vec<u8>>,
+    report: ApplyReport,
 }
 
 fn parse_mtime(s: &str) -> Option<Timespec> {
@@ -236,6 +227,19 @@ impl Extractor {
 
     /// Opens the directory `comps`, creating missing ones (mode 0755, root)
     /// when `create` is set.
+    ///
+    /// Diff: symlinks are never followed. A parent that is not a directory
+    /// can only be a whiteout of this layer (the policy refuses entries
+    /// below the layer's own non-directories); it becomes an opaque
+    /// directory.
+    ///
+    /// Apply: parents resolve as a container sees them, symlinks followed but
+    /// confined to the tree (`openat2(RESOLVE_IN_ROOT)`). A parent that does
+    /// not resolve to a directory (a lower layer's file, a dangling symlink)
+    /// is replaced by a directory, as the overlay view of a build shows
+    /// it, so what a build accepts is never rejected here.
+    ///
+    /// Without `create`, a missing or non-directory parent gives `None`.
     fn open_dir(&self, comps: &[OsString], entry: &str, create: bool) -> Result<Option<OwnedFd>> {
         if comps.is_empty() {
             return self
@@ -246,7 +250,7 @@ impl Extractor {
         match self.flavor {
             Flavor::Diff => {
                 let mut cur = self.dup_root().entry("open the layer root", entry)?;
-                for (i, c) in comps.iter().enumerate() {
+                for c in comps {
                     let next = match fsutil::open_dir_at(cur.as_fd(), c) {
                         Ok(fd) => fd,
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
@@ -257,13 +261,12 @@ impl Extractor {
                         }
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
                         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-                            return Err(bad(
-                                entry,
-                                format!(
-                                    "has the parent `{}`, which is a symlink or a non-directory in this layer",
-                                    String::from_utf8_lossy(&join(&comps[..=i]))
-                                ),
-                            ));
+                            if !create {
+                                return Ok(None);
+                            }
+                            self.replace_with_dir(cur.as_fd(), c, entry)?;
+                            fsutil::open_dir_at(cur.as_fd(), c)
+                                .entry("open a parent directory", entry)?
                         }
                         Err(e) => return Err(e).entry("open a parent directory", entry),
                     };
@@ -281,39 +284,30 @@ impl Extractor {
                         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
                     )
                 };
-                let not_dir = |upto: usize| {
-                    bad(
-                        entry,
-                        format!(
-                            "has the parent `{}`, which is not a directory in the target",
-                            String::from_utf8_lossy(&join(&comps[..upto]))
-                        ),
-                    )
-                };
                 match open(comps.len()) {
                     Ok(fd) => return Ok(Some(fd)),
-                    Err(Errno::NOENT) if create => {}
-                    Err(Errno::NOENT) => return Ok(None),
-                    Err(Errno::NOTDIR) => return Err(not_dir(comps.len())),
+                    Err(Errno::NOENT | Errno::NOTDIR) if create => {}
+                    Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
                     Err(e) => return Err(e).entry("open a parent directory", entry),
                 }
                 let mut cur = self.dup_root().entry("open the target root", entry)?;
                 for (i, comp) in comps.iter().enumerate() {
                     cur = match open(i + 1) {
                         Ok(fd) => fd,
-                        Err(Errno::NOENT) => {
+                        Err(Errno::NOENT | Errno::NOTDIR) => {
                             match rustix::fs::mkdirat(
                                 cur.as_fd(),
                                 comp.as_os_str(),
                                 Mode::from(0o755),
                             ) {
                                 Ok(()) => {}
-                                Err(Errno::EXIST) => return Err(not_dir(i + 1)),
+                                Err(Errno::EXIST) => {
+                                    self.replace_with_dir(cur.as_fd(), comp, entry)?
+                                }
                                 Err(e) => return Err(e).entry("create a parent directory", entry),
                             }
                             open(i + 1).entry("open a parent directory", entry)?
                         }
-                        Err(Errno::NOTDIR) => return Err(not_dir(i + 1)),
                         Err(e) => return Err(e).entry("open a parent directory", entry),
                     };
                 }
@@ -322,9 +316,26 @@ impl Extractor {
         }
     }
 
+    /// Replaces the non-directory `name` in `parent` by an empty directory
+    /// (mode 0755, root); in the Diff flavor a whiteout becomes an opaque
+    /// directory, so the lower layers' content stays hidden.
+    fn replace_with_dir(&self, parent: BorrowedFd<'_>, name: &OsStr, entry: &str) -> Result<()> {
+        let was_whiteout = self.flavor == Flavor::Diff && is_whiteout_at(parent, name);
+        fsutil::remove_at(parent, name).entry("replace a non-directory parent", entry)?;
+        rustix::fs::mkdirat(parent, name, Mode::from(0o755))
+            .entry("create a parent directory", entry)?;
+        if was_whiteout {
+            let dir = fsutil::open_dir_at(parent, name).entry("open a parent directory", entry)?;
+            rustix::fs::fsetxattr(dir.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .entry("mark the directory opaque", entry)?;
+        }
+        Ok(())
+    }
+
     /// Makes room for a new entry `leaf` in `parent`: keeps an existing
     /// directory when the new entry is a directory, removes anything else.
-    /// Returns whether an existing directory was kept.
+    /// Returns whether an existing directory was kept; a directory that
+    /// replaces a Diff whiteout is made opaque (the lower one stays hidden).
     fn make_room(
         &self,
         parent: BorrowedFd<'_>,
@@ -335,6 +346,10 @@ impl Extractor {
         match fsutil::lstat_at(parent, leaf).entry("inspect the existing path", entry)? {
             None => Ok(false),
             Some(FileType::Directory) if is_dir => Ok(true),
+            Some(_) if is_dir && self.flavor == Flavor::Diff && is_whiteout_at(parent, leaf) => {
+                self.replace_with_dir(parent, leaf, entry)?;
+                Ok(true)
+            }
             Some(_) => {
                 fsutil::remove_at(parent, leaf).entry("replace the existing path", entry)?;
                 Ok(false)
@@ -346,38 +361,55 @@ impl Extractor {
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
-            return Ok(());
-        }
-        let comps = clean(&raw, &name)?;
-        let Some((leaf, parent_comps)) = comps.split_last() else {
-            // The root itself: only a directory entry makes sense.
-            if !kind.is_dir() {
-                return Err(bad(
-                    &name,
-                    "would replace the layer root with a non-directory",
-                ));
+        let link = entry.link_name_bytes().map(|l| l.into_owned());
+        let Accepted { comps, what } = self.policy.check(&raw, kind, link.as_deref())?;
+        let parent_comps = comps.split_last().map_or(&[][..], |(_, p)| p);
+        match what {
+            Checked::Skip => return Ok(()),
+            Checked::Root => {
+                let meta = read_meta(entry, &name)?;
+                apply_meta(Target::Fd(self.root.as_fd()), &meta, &name, false)?;
+                self.dir_times.push((Vec::new(), meta.mtime, name));
+                return Ok(());
             }
-            let meta = read_meta(entry, &name)?;
-            apply_meta(Target::Fd(self.root.as_fd()), &meta, &name, false)?;
-            self.dir_times.push((Vec::new(), meta.mtime, name));
-            return Ok(());
-        };
-        let leaf_bytes = leaf.as_bytes();
-
-        if leaf_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            return self.whiteout(parent_comps, leaf_bytes, &name);
+            Checked::Opaque => return self.opaque(parent_comps, &name),
+            Checked::Whiteout(hidden) => return self.whiteout(parent_comps, &hidden, &name),
+            _ => {}
         }
-
-        let meta = read_meta(entry, &name)?;
+        let Some(leaf) = comps.last() else {
+            return Err(bad(&name, "has no name"));
+        };
+        let path = join(&comps);
+        let mut meta = read_meta(entry, &name)?;
+        if !self.keep_special && matches!(what, Checked::File | Checked::Device | Checked::Fifo) {
+            let special =
+                meta.mode & 0o6000 != 0 || meta.xattrs.iter().any(|(k, _)| k == CAPABILITY_XATTR);
+            if special {
+                meta.mode &= !0o6000;
+                meta.xattrs.retain(|(k, _)| k != CAPABILITY_XATTR);
+                self.report.privileges_dropped += 1;
+            }
+        }
+        if matches!(what, Checked::Device) && !self.keep_special {
+            self.report.devices_skipped += 1;
+            self.skipped.insert(path);
+            return Ok(());
+        }
+        if let Checked::Hardlink(target) = &what {
+            if self.skipped.contains(&join(target)) {
+                self.report.devices_skipped += 1;
+                self.skipped.insert(path);
+                return Ok(());
+            }
+        }
         let parent = self
             .open_dir(parent_comps, &name, true)?
             .ok_or_else(|| bad(&name, "has a parent that cannot be created"))?;
         let parent = parent.as_fd();
         let leaf = leaf.as_os_str();
 
-        match kind {
-            EntryType::Directory => {
+        match what {
+            Checked::Dir => {
                 if !self.make_room(parent, leaf, true, &name)? {
                     rustix::fs::mkdirat(parent, leaf, Mode::from(0o700))
                         .entry("create the directory", &name)?;
@@ -387,7 +419,7 @@ impl Extractor {
                 self.dir_times
                     .push((comps.clone(), meta.mtime, name.clone()));
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            Checked::File => {
                 self.make_room(parent, leaf, false, &name)?;
                 let fd = rustix::fs::openat(
                     parent,
@@ -404,43 +436,25 @@ impl Extractor {
                 io::copy(entry, &mut file).entry("write the file contents", &name)?;
                 apply_meta(Target::Fd(file.as_fd()), &meta, &name, true)?;
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(&name, "is a symlink without a target"))?
-                    .into_owned();
+            Checked::Symlink(target) => {
                 self.make_room(parent, leaf, false, &name)?;
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, leaf)
                     .entry("create the symlink", &name)?;
                 apply_meta(Target::At(parent, leaf, true), &meta, &name, true)?;
             }
-            EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(&name, "is a hardlink without a target"))?
-                    .into_owned();
-                let tcomps = clean(&target, &name).map_err(|_| {
-                    bad(
-                        &name,
-                        format!(
-                            "is a hardlink to `{}`, which escapes the layer root",
-                            String::from_utf8_lossy(&target)
-                        ),
-                    )
-                })?;
+            Checked::Hardlink(target) => {
+                // The policy made sure the target is an earlier entry of this
+                // layer, written below the root without following symlinks.
                 let missing = || {
                     bad(
                         &name,
                         format!(
                             "is a hardlink to `{}`, which is not a file in the layer",
-                            String::from_utf8_lossy(&target)
+                            String::from_utf8_lossy(&join(&target))
                         ),
                     )
                 };
-                let (tleaf, tparent) = tcomps.split_last().ok_or_else(missing)?;
-                if tcomps == comps {
-                    return Ok(());
-                }
+                let (tleaf, tparent) = target.split_last().ok_or_else(missing)?;
                 let tparent = self.open_dir(tparent, &name, false)?.ok_or_else(missing)?;
                 match fsutil::lstat_at(tparent.as_fd(), tleaf)
                     .entry("inspect the hardlink target", &name)?
@@ -461,7 +475,7 @@ impl Extractor {
                 )
                 .entry("create the hardlink", &name)?;
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+            Checked::Device | Checked::Fifo => {
                 let (ftype, dev) = if kind == EntryType::Fifo {
                     (FileType::Fifo, 0)
                 } else {
@@ -480,55 +494,45 @@ impl Extractor {
                     .entry("create the device node", &name)?;
                 apply_meta(Target::At(parent, leaf, false), &meta, &name, true)?;
             }
-            other => {
-                return Err(bad(
-                    &name,
-                    format!("has the unsupported tar entry type {:?}", other),
-                ))
-            }
+            Checked::Skip | Checked::Root | Checked::Opaque | Checked::Whiteout(_) => {}
         }
         if self.flavor == Flavor::Apply {
-            self.written.insert(join(&comps));
+            self.written.insert(path);
         }
         Ok(())
     }
 
-    fn whiteout(&mut self, parent_comps: &[OsString], leaf: &[u8], name: &str) -> Result<()> {
+    /// `.wh..wh..opq` in `parent_comps`: the lower layers' children are hidden.
+    fn opaque(&mut self, parent_comps: &[OsString], name: &str) -> Result<()> {
         let create = self.flavor == Flavor::Diff;
-        if leaf == OPAQUE_MARKER.as_bytes() {
-            let Some(dir) = self.open_dir(parent_comps, name, create)? else {
-                return Ok(());
-            };
-            match self.flavor {
-                Flavor::Diff => {
-                    rustix::fs::fsetxattr(dir.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
-                        .entry("mark the directory opaque", name)?
-                }
-                Flavor::Apply => {
-                    let prefix = join(parent_comps);
-                    let written = &self.written;
-                    fsutil::clear_dir(dir.as_fd(), |child| {
-                        let mut p = prefix.clone();
-                        if !p.is_empty() {
-                            p.push(b'/');
-                        }
-                        p.extend_from_slice(child.as_bytes());
-                        written.contains(&p)
-                    })
-                    .entry("empty the opaque directory", name)?;
-                }
+        let Some(dir) = self.open_dir(parent_comps, name, create)? else {
+            return Ok(());
+        };
+        match self.flavor {
+            Flavor::Diff => {
+                rustix::fs::fsetxattr(dir.as_fd(), OPAQUE_XATTR, b"y", XattrFlags::empty())
+                    .entry("mark the directory opaque", name)?
             }
-            return Ok(());
+            Flavor::Apply => {
+                let prefix = join(parent_comps);
+                let written = &self.written;
+                fsutil::clear_dir(dir.as_fd(), |child| {
+                    let mut p = prefix.clone();
+                    if !p.is_empty() {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(child.as_bytes());
+                    written.contains(&p)
+                })
+                .entry("empty the opaque directory", name)?;
+            }
         }
-        if leaf.starts_with(b".wh..wh.") {
-            // aufs bookkeeping (hardlink directories); not part of the image.
-            return Ok(());
-        }
-        let hidden = &leaf[WHITEOUT_PREFIX.len()..];
-        if hidden.is_empty() || hidden == b"." || hidden == b".." {
-            return Err(bad(name, "is a whiteout that names no file"));
-        }
-        let hidden = OsStr::from_bytes(hidden);
+        Ok(())
+    }
+
+    /// `.wh.NAME` in `parent_comps`: NAME is deleted.
+    fn whiteout(&mut self, parent_comps: &[OsString], hidden: &OsStr, name: &str) -> Result<()> {
+        let create = self.flavor == Flavor::Diff;
         let Some(dir) = self.open_dir(parent_comps, name, create)? else {
             return Ok(());
         };
@@ -554,7 +558,7 @@ impl Extractor {
     }
 
     /// Sets directory times last: creating children changed them.
-    fn finish(self) -> Result<()> {
+    fn finish(self) -> Result<ApplyReport> {
         for (comps, mtime, name) in self.dir_times.iter().rev() {
             // A later entry may have replaced the directory: reopen safely
             // and skip what is no longer a directory.
@@ -567,22 +571,23 @@ impl Extractor {
             };
             rustix::fs::futimens(dir.as_fd(), &times).entry("set the directory times", name)?;
         }
-        Ok(())
+        Ok(self.report)
+    }
+}
+
+/// Whether `name` in `parent` is an overlay whiteout (character device 0/0).
+fn is_whiteout_at(parent: BorrowedFd<'_>, name: &OsStr) -> bool {
+    match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => {
+            FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+        }
+        Err(_) => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clean_drops_dots_and_rejects_escapes() {
-        let c = clean(b"/a/./b//c/../d", "x").map(|v| join(&v));
-        assert_eq!(c.ok(), Some(b"a/b/d".to_vec()));
-        assert!(clean(b"a/../../etc", "x").is_err());
-        assert!(clean(b"../x", "x").is_err());
-        assert_eq!(clean(b"./", "x").map(|v| v.len()).ok(), Some(0));
-    }
 
     #[test]
     fn pax_mtime_fractions() {
