@@ -9,6 +9,10 @@
 //! <root>/refs/<name>          one file per ref holding a digest; the roots for prune
 //! <root>/lock                 advisory lock: shared by builds, exclusive by prune
 //! ```
+//!
+//! Every ingest file is locked (`flock`) by the process writing it, so
+//! [`ContentStore::recover`] can remove the anonymous ones a crashed process
+//! left behind without touching a live writer's.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -17,14 +21,17 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{io_err, Error, Result};
+use crate::lock::{self, FileLock, LockMode};
 
 /// Ingest files untouched for this long are removed by [`ContentStore::prune`].
 pub const STALE_INGEST_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// The name prefix of anonymous ingest files.
+const INGEST_TEMP_PREFIX: &str = "tmp-";
 
 /// JSON blobs bigger than this are never parsed while walking for prune.
 const MAX_WALK_DOCUMENT: u64 = 16 << 20;
@@ -57,7 +64,23 @@ pub struct ContentStore {
 /// A held store lock; released on drop. See [`ContentStore::lock_shared`].
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    _lock: FileLock,
+}
+
+/// The store lock held exclusively: no build runs while it is held. See
+/// [`ContentStore::try_lock_exclusive`]; released on drop.
+#[derive(Debug)]
+pub struct ExclusiveStoreLock {
+    _lock: FileLock,
+}
+
+/// What [`ContentStore::recover`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// Ingest temp files of processes that are gone.
+    pub removed_ingests: Vec<PathBuf>,
+    /// Their bytes.
+    pub freed_bytes: u64,
 }
 
 /// What [`ContentStore::prune`] did.
@@ -158,16 +181,17 @@ impl ContentStore {
     /// Starts an anonymous ingest. Dropping it without commit removes its file.
     pub fn writer(&self) -> Result<Ingest> {
         let dir = self.root.join("ingest");
-        let temp = tempfile::Builder::new()
-            .prefix("tmp-")
-            .tempfile_in(&dir)
-            .map_err(io_err("create an ingest file in", &dir))?;
-        let (file, temp_path) = temp.into_parts();
-        let path = temp_path.to_path_buf();
+        // Locked while this process writes it: see [`ContentStore::recover`].
+        let (file, path) = FileLock::create_unique(&dir, INGEST_TEMP_PREFIX, "")
+            .map_err(io_err("create an ingest file in", &dir))?
+            .into_parts();
         Ok(Ingest {
             out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            temp: Some(
+                tempfile::TempPath::try_from_path(&path)
+                    .map_err(io_err("create an ingest file in", &dir))?,
+            ),
             path,
-            temp: Some(temp_path),
             hasher: Hasher::default(),
             blobs: self.root.join("blobs/sha256"),
         })
@@ -192,7 +216,9 @@ impl ContentStore {
                 .truncate(false)
                 .open(&path)
                 .map_err(io_err("open the resumable ingest file", &path))?;
-            if FileExt::try_lock_exclusive(&file).is_err() {
+            if !lock::flock(&file, LockMode::Exclusive, false)
+                .map_err(io_err("lock the resumable ingest file", &path))?
+            {
                 return Err(Error::IngestBusy {
                     key: key.to_string(),
                 });
@@ -240,9 +266,79 @@ impl ContentStore {
     /// while a prune runs.
     pub fn lock_shared(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let file = File::open(&path).map_err(io_err("open the store lock", &path))?;
-        FileExt::lock_shared(&file).map_err(io_err("take the shared store lock", &path))?;
-        Ok(StoreLock { _file: file })
+        let lock = FileLock::acquire(&path, LockMode::Shared)
+            .map_err(io_err("take the shared store lock", &path))?;
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// Takes the store lock exclusively, without waiting: fails with
+    /// [`Error::Busy`] while a build holds it (including a [`StoreLock`] of
+    /// the caller itself). Garbage collection of the store and of the
+    /// snapshots runs under it.
+    pub fn try_lock_exclusive(&self) -> Result<ExclusiveStoreLock> {
+        let path = self.root.join("lock");
+        match FileLock::try_acquire(&path, LockMode::Exclusive)
+            .map_err(io_err("take the exclusive store lock", &path))?
+        {
+            Some(lock) => Ok(ExclusiveStoreLock { _lock: lock }),
+            None => Err(Error::Busy {
+                root: self.root.clone(),
+            }),
+        }
+    }
+
+    /// Removes the anonymous ingest files of processes that are gone (a
+    /// build killed while writing a blob); a live writer holds its file
+    /// locked and keeps it. Resumable ingests stay for a later resume
+    /// ([`ContentStore::prune`] drops stale ones). Safe to call while other
+    /// builds run; each removed file is logged at debug level.
+    pub fn recover(&self) -> Result<RecoverReport> {
+        let ingest = self.root.join("ingest");
+        let mut report = RecoverReport::default();
+        let entries = fs::read_dir(&ingest).map_err(io_err("list the ingest files in", &ingest))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list the ingest files in", &ingest))?;
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(INGEST_TEMP_PREFIX));
+            if !is_temp {
+                continue;
+            }
+            let path = entry.path();
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("open the ingest file", path)(e)),
+            };
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let Some(held) = FileLock::try_from_file(file, &path)
+                .map_err(io_err("lock the ingest file", &path))?
+            else {
+                continue; // a live writer's
+            };
+            held.remove()
+                .map_err(io_err("remove the ingest file", &path))?;
+            tracing::debug!(path = %path.display(), bytes = size, "removed the ingest file of a dead process");
+            report.freed_bytes += size;
+            report.removed_ingests.push(path);
+        }
+        report.removed_ingests.sort();
+        Ok(report)
+    }
+
+    /// The diff_ids of every image config reachable from the refs: the
+    /// unpacked layers a snapshot garbage collection must keep.
+    pub fn referenced_diff_ids(&self) -> Result<BTreeSet<Digest>> {
+        let roots: Vec<Digest> = self.list_refs()?.into_iter().map(|(_, d)| d).collect();
+        let mut out = BTreeSet::new();
+        for d in self.reachable(roots)? {
+            let Ok(bytes) = self.read(&d) else { continue };
+            if let Ok(cfg) = crate::ImageConfig::parse(&bytes) {
+                out.extend(cfg.rootfs.diff_ids);
+            }
+        }
+        Ok(out)
     }
 
     /// Points ref `name` at `digest`, replacing it atomically. Names are
@@ -371,23 +467,33 @@ impl ContentStore {
         Ok(seen)
     }
 
-    /// Removes blobs that no ref and none of `extra_roots` reach, and ingest
-    /// files untouched for [`STALE_INGEST_AGE`]. Takes the store lock
+    /// Removes blobs that no ref and none of `extra_roots` reach, the ingest
+    /// files of dead processes ([`ContentStore::recover`]) and resumable
+    /// ingest files untouched for [`STALE_INGEST_AGE`]. Takes the store lock
     /// exclusively and fails with [`Error::Busy`] while a build holds it
     /// (including a [`StoreLock`] held by the caller itself).
     pub fn prune(&self, extra_roots: &[Digest]) -> Result<PruneReport> {
-        let lock_path = self.root.join("lock");
-        let lock = File::open(&lock_path).map_err(io_err("open the store lock", &lock_path))?;
-        if FileExt::try_lock_exclusive(&lock).is_err() {
-            return Err(Error::Busy {
-                root: self.root.clone(),
-            });
-        }
+        let lock = self.try_lock_exclusive()?;
+        self.prune_locked(&lock, extra_roots)
+    }
+
+    /// [`ContentStore::prune`] for a caller that already holds the store
+    /// lock exclusively (to collect more than blobs under the same lock).
+    pub fn prune_locked(
+        &self,
+        _held: &ExclusiveStoreLock,
+        extra_roots: &[Digest],
+    ) -> Result<PruneReport> {
+        let recovered = self.recover()?;
         let mut roots: Vec<Digest> = self.list_refs()?.into_iter().map(|(_, d)| d).collect();
         roots.extend_from_slice(extra_roots);
         let keep = self.reachable(roots)?;
 
-        let mut report = PruneReport::default();
+        let mut report = PruneReport {
+            freed_bytes: recovered.freed_bytes,
+            removed_ingests: recovered.removed_ingests.len(),
+            ..PruneReport::default()
+        };
         let blobs = self.root.join("blobs/sha256");
         let entries = fs::read_dir(&blobs).map_err(io_err("list the blobs in", &blobs))?;
         for entry in entries {
@@ -431,17 +537,17 @@ impl ContentStore {
                 continue;
             }
             // A resumable writer holds its file locked; skip it if it is alive.
-            if let Ok(f) = File::open(entry.path()) {
-                if FileExt::try_lock_exclusive(&f).is_err() {
-                    continue;
-                }
-            }
-            if fs::remove_file(entry.path()).is_ok() {
+            let Ok(f) = File::open(entry.path()) else {
+                continue;
+            };
+            let Ok(Some(held)) = FileLock::try_from_file(f, entry.path()) else {
+                continue;
+            };
+            if held.remove().is_ok() {
                 report.freed_bytes += meta.len();
                 report.removed_ingests += 1;
             }
         }
-        drop(lock);
         Ok(report)
     }
 
