@@ -333,6 +333,10 @@ impl ContentStore {
         let roots: Vec<Digest> = self.list_refs()?.into_iter().map(|(_, d)| d).collect();
         let mut out = BTreeSet::new();
         for d in self.reachable(roots)? {
+            // Configs are small JSON documents; layers are not read.
+            if !matches!(self.size(&d), Ok(n) if n <= MAX_WALK_DOCUMENT) {
+                continue;
+            }
             let Ok(bytes) = self.read(&d) else { continue };
             if let Ok(cfg) = crate::ImageConfig::parse(&bytes) {
                 out.extend(cfg.rootfs.diff_ids);
@@ -656,15 +660,11 @@ impl Ingest {
 
     /// Removes the ingest file (also for resumable ingests).
     pub fn abort(mut self) -> Result<()> {
+        // The name goes while the file is open, so its lock still tells
+        // recovery that it is ours.
+        let removed = self.discard();
         self.out = None;
-        match self.temp.take() {
-            Some(t) => t
-                .close()
-                .map_err(io_err("remove the ingest file", &self.path)),
-            None => {
-                fs::remove_file(&self.path).map_err(io_err("remove the ingest file", &self.path))
-            }
-        }
+        removed
     }
 
     fn finish(mut self, expected: Option<&Digest>, size: Option<u64>) -> Result<(Digest, u64)> {
@@ -694,15 +694,17 @@ impl Ingest {
             }),
             _ => None,
         };
+        // The file stays open (and locked) until its name is gone or moved,
+        // so recovery never takes it for a dead writer's.
         if let Some(err) = mismatch {
-            drop(file);
             let _ = self.discard();
+            drop(file);
             return Err(err);
         }
         let target = self.blobs.join(actual.hex());
         if target.exists() {
-            drop(file);
             self.discard()?;
+            drop(file);
             return Ok((actual, actual_size));
         }
         // Data reaches the disk before the name does, so a crash never leaves
@@ -710,7 +712,6 @@ impl Ingest {
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err("set permissions on", &self.path))?;
         file.sync_all().map_err(io_err("sync", &self.path))?;
-        drop(file);
         match self.temp.take() {
             Some(t) => {
                 t.persist(&target).map_err(|e| Error::Io {
@@ -723,20 +724,20 @@ impl Ingest {
                 fs::rename(&self.path, &target).map_err(io_err("commit the blob to", &target))?
             }
         }
+        drop(file);
         sync_dir(&self.blobs)?;
         Ok((actual, actual_size))
     }
 
     fn discard(&mut self) -> Result<()> {
-        match self.temp.take() {
-            Some(t) => t
-                .close()
-                .map_err(io_err("remove the ingest file", &self.path)),
-            None => match fs::remove_file(&self.path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_err("remove the ingest file", &self.path)(e)),
-            },
+        let removed = match self.temp.take() {
+            Some(t) => t.close(),
+            None => fs::remove_file(&self.path),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove the ingest file", &self.path)(e)),
         }
     }
 }
