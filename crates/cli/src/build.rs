@@ -391,10 +391,11 @@ impl Progress for Tty {
 /// or `prune` tries again.
 fn recover(store: &ContentStore, snaps: &Snapshotter) {
     match store.recover() {
-        Ok(r) if !r.removed_ingests.is_empty() => tracing::debug!(
-            files = r.removed_ingests.len(),
+        Ok(r) if !r.removed_ingests.is_empty() || !r.removed_temps.is_empty() => tracing::debug!(
+            ingest_files = r.removed_ingests.len(),
             bytes = r.freed_bytes,
-            "removed ingest files of dead builds"
+            ref_temp_files = r.removed_temps.len(),
+            "removed temporary files of dead builds"
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot clean up the ingest files of dead builds"),

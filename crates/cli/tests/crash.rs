@@ -71,6 +71,21 @@ fn assert_clean(store: &Path, when: &str) {
             "{sub} not empty {when}"
         );
     }
+    let mut stack = vec![store.join("content/refs")];
+    while let Some(d) = stack.pop() {
+        for p in entries(&d) {
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                assert!(
+                    !name.contains(".tmp-"),
+                    "ref temp file {} {when}",
+                    p.display()
+                );
+            }
+        }
+    }
 }
 
 /// Pids whose command line ends with `sleep <secs>` (natively, or as the

@@ -30,6 +30,9 @@ use crate::lock::{self, FileLock, LockMode};
 /// Ingest files untouched for this long are removed by [`ContentStore::prune`].
 pub const STALE_INGEST_AGE: Duration = Duration::from_secs(60 * 60);
 
+/// Temp files of ref updates are named `.<ref>` followed by this and a random part.
+const REF_TEMP_MARK: &str = ".tmp-";
+
 /// The name prefix of anonymous ingest files.
 const INGEST_TEMP_PREFIX: &str = "tmp-";
 
@@ -81,6 +84,8 @@ pub struct RecoverReport {
     pub removed_ingests: Vec<PathBuf>,
     /// Their bytes.
     pub freed_bytes: u64,
+    /// Temp files of ref updates of processes that are gone.
+    pub removed_temps: Vec<PathBuf>,
 }
 
 /// What [`ContentStore::prune`] did.
@@ -288,8 +293,8 @@ impl ContentStore {
     }
 
     /// Removes the anonymous ingest files of processes that are gone (a
-    /// build killed while writing a blob); a live writer holds its file
-    /// locked and keeps it. Resumable ingests stay for a later resume
+    /// build killed while writing a blob) and the temp files of their ref
+    /// updates; a live writer holds its file locked and keeps it. Resumable ingests stay for a later resume
     /// ([`ContentStore::prune`] drops stale ones). Safe to call while other
     /// builds run; each removed file is logged at debug level.
     pub fn recover(&self) -> Result<RecoverReport> {
@@ -323,7 +328,43 @@ impl ContentStore {
             report.freed_bytes += size;
             report.removed_ingests.push(path);
         }
+        // Temp files of ref updates, anywhere below refs/.
+        let mut stack = vec![self.root.join("refs")];
+        while let Some(dir) = stack.pop() {
+            let entries = fs::read_dir(&dir).map_err(io_err("list the refs in", &dir))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err("list the refs in", &dir))?;
+                let path = entry.path();
+                let kind = entry.file_type().map_err(io_err("stat", &path))?;
+                if kind.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let is_temp = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(REF_TEMP_MARK));
+                if !is_temp {
+                    continue;
+                }
+                let file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("open the ref temp file", path)(e)),
+                };
+                let Some(held) = FileLock::try_from_file(file, &path)
+                    .map_err(io_err("lock the ref temp file", &path))?
+                else {
+                    continue; // a live writer's
+                };
+                held.remove()
+                    .map_err(io_err("remove the ref temp file", &path))?;
+                tracing::debug!(path = %path.display(), "removed the ref temp file of a dead process");
+                report.removed_temps.push(path);
+            }
+        }
         report.removed_ingests.sort();
+        report.removed_temps.sort();
         Ok(report)
     }
 
@@ -780,10 +821,14 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}.tmp-"))
-        .tempfile_in(dir)
+    // Locked while written, like ingest files: see [`ContentStore::recover`].
+    let (file, temp_path) =
+        FileLock::create_unique(dir, &format!(".{file_name}{REF_TEMP_MARK}"), "")
+            .map_err(io_err("create a temp file in", dir))?
+            .into_parts();
+    let temp_path = tempfile::TempPath::try_from_path(temp_path)
         .map_err(io_err("create a temp file in", dir))?;
+    let mut temp = tempfile::NamedTempFile::from_parts(file, temp_path);
     temp.write_all(data)
         .map_err(io_err("write", temp.path().to_path_buf()))?;
     temp.as_file()

@@ -448,3 +448,28 @@ fn recover_removes_the_ingest_files_of_killed_writers() {
         .collect();
     assert_eq!(left, Vec::<std::path::PathBuf>::new());
 }
+
+#[test]
+fn recover_removes_ref_temp_files_nobody_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let (d, _) = store.put_bytes(b"target").unwrap();
+    store.set_ref("image/a/b", &d).unwrap();
+    let refs = dir.path().join("refs/image/a");
+    // What a process killed in the middle of set_ref leaves: an unlocked temp file.
+    let dead = refs.join(".b.tmp-dead01");
+    fs::write(&dead, b"sha256:partial").unwrap();
+    // A writer that is alive holds its temp file locked.
+    let live = kbuild_image::lock::FileLock::create_unique(&refs, ".b.tmp-", "").unwrap();
+    let report = store.recover().unwrap();
+    assert_eq!(report.removed_temps, vec![dead.clone()]);
+    assert!(!dead.exists());
+    assert!(live.path().exists());
+    assert_eq!(
+        store.list_refs().unwrap(),
+        vec![("image/a/b".to_string(), d)]
+    );
+    store.set_ref("image/a/b", &d).unwrap();
+    live.remove().unwrap();
+    assert_eq!(fs::read_dir(&refs).unwrap().count(), 1, "only the ref");
+}
