@@ -361,7 +361,8 @@ fn prune_and_other_builds_leave_a_live_builds_mount_alone() {
     let ctx = context(
         t.path(),
         "live",
-        "FROM kbuild.test/busybox:latest\nRUN touch /kbuild-step-running && sleep 6 && echo done > /done\n",
+        // The step waits until the test ends its sleep, then finishes.
+        "FROM kbuild.test/busybox:latest\nRUN touch /kbuild-step-running && sleep 195; echo done > /done\n",
     );
     let out = t.path().join("out-live");
     let out_arg = format!("type=local,dest={}", out.display());
@@ -425,6 +426,13 @@ fn prune_and_other_builds_leave_a_live_builds_mount_alone() {
             .any(|d| d.join("upper/kbuild-step-running").exists()),
         "the live step's changes are intact"
     );
+    let sleeping = sleepers(195);
+    assert_eq!(sleeping.len(), 1, "the live step still runs");
+    let st = Command::new("kill")
+        .arg(sleeping[0].to_string())
+        .status()
+        .unwrap();
+    assert!(st.success());
     let status = live.wait(Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{}", live.log());
     assert_eq!(std::fs::read_to_string(out.join("done")).unwrap(), "done\n");
