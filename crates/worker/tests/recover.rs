@@ -216,6 +216,9 @@ fn gc_drops_unreferenced_layers_under_the_exclusive_store_lock() -> TestResult {
     // A leftover of an older version: a mount directory without a lock.
     let orphan = sandbox.path().join("snapshots/mounts/mOrphan");
     fs::create_dir_all(orphan.join("upper"))?;
+    // What a collection killed while deleting a layer leaves.
+    let half_deleted = sandbox.path().join("snapshots/tmp/gc-0123");
+    fs::create_dir_all(half_deleted.join("usr/bin"))?;
 
     let build = store.lock_shared()?;
     assert!(
@@ -227,7 +230,14 @@ fn gc_drops_unreferenced_layers_under_the_exclusive_store_lock() -> TestResult {
     let report = snap.gc(&held, [kept_id.as_str(), "not a diff id"])?;
     assert_eq!(report.removed_layers, 1);
     assert_eq!(report.freed_bytes, 12);
-    assert_eq!(report.recovered.removed, vec![orphan.clone()]);
+    let mut recovered = report.recovered.removed.clone();
+    recovered.sort();
+    assert_eq!(recovered, vec![orphan.clone(), half_deleted.clone()]);
+    assert_eq!(
+        entries(&sandbox.path().join("snapshots/tmp")),
+        Vec::<PathBuf>::new(),
+        "no trash left"
+    );
     assert!(kept.join("kept").exists());
     assert!(!gone.exists() && !orphan.exists());
     assert_eq!(snap.layer(&gone_id)?, None);

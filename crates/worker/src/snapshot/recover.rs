@@ -6,7 +6,9 @@
 //! - `mounts/<id>/` (a mount), `snapshots/<id>` and `snapshots/<id>.*` (its
 //!   committed upper directory and what is made from it before adoption)
 //!   belong to `mounts/<id>.lock`;
-//! - `tmp/<hex>/` (a layer being unpacked) belongs to `locks/<hex>.lock`.
+//! - `tmp/<hex>/` (a layer being unpacked) belongs to `locks/<hex>.lock`;
+//! - `tmp/gc-<hex>/` (a layer being deleted by [`Snapshotter::gc`]) belongs
+//!   to `locks/gc.lock`.
 //!
 //! A lock that can be taken belongs to no live process, so its entries are
 //! leftovers of a crash (SIGKILL, a power cut): recovery unmounts them
@@ -26,6 +28,12 @@ use kbuild_image::ExclusiveStoreLock;
 use super::error::{IoContext, Result};
 use super::mount::{unmount_path, LOCK_SUFFIX};
 use super::{parse_diff_id, Snapshotter};
+
+/// Names in `tmp/` of layers a collection is deleting.
+const GC_PREFIX: &str = "gc-";
+
+/// The lock a collection holds in `locks/`.
+const GC_LOCK: &str = "gc.lock";
 
 /// What [`Snapshotter::recover`] reclaimed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,9 +237,24 @@ impl Snapshotter {
         }
 
         // Half-unpacked layers: their unpacker holds locks/<hex>.lock.
+        // Layers a garbage collection was removing: it holds locks/gc.lock.
         let tmp = self.root.join("tmp");
+        let gc_lock = self.root.join("locks").join(GC_LOCK);
         for name in names(&tmp)? {
             let Some(hex) = name.to_str() else { continue };
+            if hex.starts_with(GC_PREFIX) {
+                let Some(_held) =
+                    FileLock::try_acquire(&gc_lock, LockMode::Exclusive).at("lock", &gc_lock)?
+                else {
+                    continue; // a collection is running
+                };
+                let p = tmp.join(&name);
+                if remove_tree(&p)? {
+                    tracing::debug!(dir = %p.display(), "removed a layer a dead collection was deleting");
+                    out.removed.push(p);
+                }
+                continue;
+            }
             let (sha256, sha512) = (format!("sha256:{hex}"), format!("sha512:{hex}"));
             if parse_diff_id(&sha256).is_err() && parse_diff_id(&sha512).is_err() {
                 continue; // not ours
@@ -269,18 +292,30 @@ impl Snapshotter {
             recovered: self.recover()?,
             ..GcReport::default()
         };
+        let gc_lock = self.root.join("locks").join(GC_LOCK);
+        let _held = FileLock::acquire(&gc_lock, LockMode::Exclusive).at("lock", &gc_lock)?;
         let layers = self.root.join("layers");
         for name in names(&layers)? {
             if name.to_str().is_some_and(|n| keep.contains(n)) {
                 continue;
             }
+            // Out of `layers/` by one rename first: a collection killed while
+            // deleting never leaves a half-deleted layer under its diff_id
+            // (recovery finishes the deletion).
             let p = layers.join(&name);
+            let mut trash_name = OsString::from(GC_PREFIX);
+            trash_name.push(&name);
+            let trash = self.root.join("tmp").join(trash_name);
             let size = tree_size(&p);
-            if remove_tree(&p)? {
-                tracing::debug!(dir = %p.display(), bytes = size, "removed an unreferenced layer");
-                report.removed_layers += 1;
-                report.freed_bytes += size;
+            match fs::rename(&p, &trash) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).at("move an unreferenced layer to", &trash),
             }
+            remove_tree(&trash)?;
+            tracing::debug!(dir = %p.display(), bytes = size, "removed an unreferenced layer");
+            report.removed_layers += 1;
+            report.freed_bytes += size;
         }
         Ok(report)
     }
