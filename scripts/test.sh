@@ -4,10 +4,16 @@
 #   1. installs the Debian packages the integration tests run (apt, only if missing)
 #   2. prepares the busybox fixtures (scripts/fixtures.sh, cached under target/fixtures)
 #   3. mounts binfmt_misc so foreign-architecture RUN steps can be emulated
-#   4. runs the whole workspace's tests; extra arguments go to `cargo test`
+#   4. checks formatting (cargo fmt) and lints (cargo clippy -D warnings)
+#   5. runs the whole workspace's tests; extra arguments go to `cargo test`,
+#      then prints how many tests skipped and why
+# CI=true is exported unless the caller set CI: a test that lacks a
+# prerequisite then fails instead of skipping (kbuild_testkit's
+# skip_or_fail is the one way to skip). Run with CI=false to allow skips.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+export CI="${CI:-true}"
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
@@ -17,9 +23,10 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # and host-arch busybox), apache2-utils (htpasswd for Basic auth), openssl
 # (self-signed TLS registry), docker.io (dockerd to check docker-archive loads),
 # golang-go (the Go toolchain of the cross-compilation tests' builder image,
-# scripts/builder-image.sh).
+# scripts/builder-image.sh), libseccomp-dev (the RUN sandbox's system call
+# filter is compiled with libseccomp; building the tool needs its headers).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
-          apache2-utils openssl docker.io golang-go)
+          apache2-utils openssl docker.io golang-go libseccomp-dev)
 
 section "system packages"
 missing=()
@@ -59,6 +66,24 @@ if [[ -e $binfmt/status ]]; then
     registered=$(find "$binfmt" -maxdepth 1 -name 'qemu-*' -printf '%f ' 2>/dev/null || true)
     echo "status: $(cat "$binfmt/status"); qemu handlers: ${registered:-none}"
 fi
+
+section "cargo fmt --check"
+cargo fmt --all --check
+
+section "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Every skip is appended here by kbuild_testkit::fixtures::skip_or_fail.
+export KBUILD_SKIP_LOG=$PWD/target/test-skips.log
+rm -f "$KBUILD_SKIP_LOG"
+report_skips() {
+    local n=0
+    [[ -s $KBUILD_SKIP_LOG ]] && n=$(wc -l < "$KBUILD_SKIP_LOG")
+    section "skipped tests: $n (CI=$CI)"
+    [[ $n -gt 0 ]] && sort "$KBUILD_SKIP_LOG" | uniq -c
+    return 0
+}
+trap report_skips EXIT
 
 section "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

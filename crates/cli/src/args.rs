@@ -202,6 +202,10 @@ pub struct BuildArgs {
     #[arg(long, value_name = "MODE")]
     pub network: Option<String>,
 
+    /// Allow extra privileged entitlement (e.g. "security.insecure" for RUN --security=insecure); repeatable, comma lists.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+
     /// Add a custom host-to-IP mapping (format: "host:ip"); repeatable.
     #[arg(long = "add-host", value_name = "HOST:IP")]
     pub add_hosts: Vec<String>,

@@ -51,7 +51,15 @@ pub enum BuildError {
     },
     /// The build failed.
     #[error(transparent)]
-    Solve(#[from] kbuild_solver::engine::SolveError),
+    Solve(kbuild_solver::engine::SolveError),
+    /// A step needs an entitlement the command line did not grant.
+    #[error("{source}; pass --allow {entitlement} to grant it")]
+    Entitlement {
+        /// The solver's refusal (names the step).
+        source: kbuild_solver::engine::SolveError,
+        /// The entitlement to pass.
+        entitlement: &'static str,
+    },
     /// SIGINT (Ctrl-C) or SIGTERM.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
@@ -66,6 +74,20 @@ pub enum BuildError {
     /// Something outside the build failed.
     #[error("{0}")]
     Other(String),
+}
+
+impl From<kbuild_solver::engine::SolveError> for BuildError {
+    fn from(source: kbuild_solver::engine::SolveError) -> Self {
+        use kbuild_solver::engine::SolveError;
+        if let SolveError::EntitlementDenied { entitlement, .. } = &source {
+            let entitlement = *entitlement;
+            return BuildError::Entitlement {
+                source,
+                entitlement,
+            };
+        }
+        BuildError::Solve(source)
+    }
 }
 
 /// Open the local store (shared by builds; see `--root`).
@@ -122,14 +144,24 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     })
     .map_err(BuildError::Credentials)?;
 
-    let compression = match req
-        .outputs
-        .first()
-        .map(|o| o.compression)
-        .unwrap_or_default()
-    {
-        LayerCompression::Gzip => Compression::Gzip(6),
-        LayerCompression::Zstd => Compression::Zstd(3),
+    // Layers are compressed once, while they are built: every output of
+    // one build shares that compression.
+    let layer_policy = |o: &kbuild_solver::options::Output| {
+        (o.compression, o.compression_level, o.force_compression)
+    };
+    let policy = req.outputs.first().map(layer_policy);
+    if let Some(other) = req.outputs.iter().find(|o| Some(layer_policy(o)) != policy) {
+        return Err(BuildError::Other(format!(
+            "the outputs ask for different layer compressions ({:?} and {:?}); one build compresses its layers once: give every -o the same compression options, or build twice",
+            policy.map(|p| p.0).unwrap_or_default(),
+            other.compression
+        )));
+    }
+    let (layer_compression, level, force_compression) =
+        policy.unwrap_or((LayerCompression::Gzip, None, false));
+    let compression = match layer_compression {
+        LayerCompression::Gzip => Compression::Gzip(level.map_or(6, |l| l.unsigned_abs())),
+        LayerCompression::Zstd => Compression::Zstd(level.unwrap_or(3)),
         LayerCompression::Uncompressed => Compression::None,
     };
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
@@ -156,11 +188,13 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             no_cache,
             pull,
             compression,
+            force_compression,
             source_date_epoch,
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
             add_hosts: req.add_hosts.clone(),
             network: req.network,
+            allow_insecure: req.allow_insecure,
             cache_mounts: root.join("cache-mounts"),
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
@@ -191,9 +225,16 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         }
         None => None,
     };
+    // Keyed by the absolute context path, so `.` and its full name share
+    // one cache.
+    let checksums = req.context.as_ref().map(|dir| {
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &abs)
+    });
     let ctx = Context {
         dir: req.context.clone(),
         ignore,
+        checksums,
     };
     let started = Instant::now();
     let outcome = rt.block_on(async {
@@ -223,6 +264,14 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     // Blocking work still running (a killed RUN step unmounting its root
     // filesystem) gets time to clean up; nothing else is waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
+        tracing::debug!(bytes = cache.hashed_bytes(), "context file content hashed");
+        // Only a speed-up for the next build: a failure to keep it is no
+        // reason to fail this one.
+        if let Err(e) = cache.save(dir) {
+            tracing::warn!(error = %e, "could not keep the context checksum cache");
+        }
+    }
     let (result, report) = outcome?;
     for w in &result.plan.warnings {
         eprintln!("WARNING: {w}");
@@ -287,14 +336,12 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     Ok(())
 }
 
+/// `--iidfile`, `--metadata-file`: written beside and renamed into place.
 fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), BuildError> {
-    let tmp = path.with_extension("kbuild-tmp");
-    std::fs::write(&tmp, data)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| BuildError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
+    kbuild_image::write_atomic(path, data).map_err(|e| BuildError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// `--progress plain`: one line per event, numbered like BuildKit's.

@@ -45,6 +45,11 @@ pub enum RequestError {
     /// A flag a later part of the product will execute.
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
+    /// An `--allow` value that names no entitlement.
+    #[error(
+        "invalid --allow value {0:?}: the entitlements are security.insecure and network.host"
+    )]
+    Entitlement(String),
     /// Planning failed (Dockerfile errors carry file and line).
     #[error(transparent)]
     Plan(#[from] plan::Error),
@@ -79,6 +84,8 @@ pub struct BuildRequest {
     pub add_hosts: Vec<(String, IpAddr)>,
     /// `--network`.
     pub network: NetworkMode,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run.
+    pub allow_insecure: bool,
     /// Things the user should know that do not stop the build.
     pub notices: Vec<String>,
 }
@@ -169,6 +176,17 @@ impl BuildRequest {
             .map(parse_network)
             .transpose()?
             .unwrap_or_default();
+        let mut allow_insecure = false;
+        for entitlement in a.allow.iter().flat_map(|v| v.split(',')).map(str::trim) {
+            match entitlement {
+                "security.insecure" => allow_insecure = true,
+                // RUN steps use the host's network by default here, so
+                // `RUN --network=host` needs no grant; accepted for buildx
+                // command lines.
+                "network.host" => {}
+                other => return Err(RequestError::Entitlement(other.to_string())),
+            }
+        }
 
         Ok(BuildRequest {
             context,
@@ -184,6 +202,7 @@ impl BuildRequest {
             ssh,
             add_hosts,
             network,
+            allow_insecure,
             notices,
         })
     }

@@ -606,3 +606,91 @@ fn heredoc_runs_as_the_script() {
     assert_eq!(read(out.join("two")), "$NOT_EXPANDED\n");
     assert_eq!(read(out.join("three")), "tabbed\n");
 }
+
+#[test]
+fn a_dockerfile_cannot_write_host_kernel_settings() {
+    let Some((t, store)) = setup("linux/amd64,linux/arm64") else {
+        return;
+    };
+    // Writes back the value already there: harmless if it ever succeeded.
+    let ctx = context(
+        t.path(),
+        "sysctl",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN v=$(cat /proc/sys/kernel/core_pattern); \
+             (echo \"$v\" > /proc/sys/kernel/core_pattern && echo written || echo refused) > /core; \
+             (cat /proc/keys | wc -c) > /keys; \
+             grep '^Seccomp:' /proc/self/status | sed 's/[^0-9]//g' > /seccomp\n",
+    );
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    for dir in ["linux_amd64", "linux_arm64"] {
+        assert_eq!(read(out.join(dir).join("core")).trim(), "refused", "{dir}");
+        assert_eq!(read(out.join(dir).join("keys")).trim(), "0", "{dir}");
+        assert_eq!(read(out.join(dir).join("seccomp")).trim(), "2", "{dir}");
+    }
+}
+
+#[test]
+fn security_insecure_needs_the_entitlement() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "insecure",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN echo sandboxed\n\
+         RUN --security=insecure grep '^Seccomp:' /proc/self/status | sed 's/[^0-9]//g' > /seccomp\n",
+    );
+    let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{}", r.stderr);
+    assert!(
+        errors[0].contains("Dockerfile:3")
+            && errors[0].contains("security.insecure")
+            && errors[0].contains("--allow security.insecure"),
+        "{}",
+        errors[0]
+    );
+    // Refused before anything ran.
+    assert!(!r.stderr.contains("sandboxed"), "{}", r.stderr);
+    let bad = run(&store, &[&ctx, "--allow", "security.everything"], &[]).fails();
+    assert!(
+        bad.stderr.contains("invalid --allow value"),
+        "{}",
+        bad.stderr
+    );
+
+    let out = t.path().join("out");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "--allow",
+            "security.insecure",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .ok();
+    assert_eq!(read(out.join("seccomp")).trim(), "0");
+}

@@ -53,7 +53,7 @@ pub struct Layer {
 }
 
 enum Encoder {
-    Gzip(flate2::write::GzEncoder<Ingest>),
+    Gzip(crate::pargzip::ParallelGzip<Ingest>),
     Zstd(zstd::Encoder<'static, Ingest>),
     Plain(Ingest),
 }
@@ -76,19 +76,42 @@ impl std::fmt::Debug for LayerWriter {
     }
 }
 
+/// The compression threads a layer uses by default: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 impl LayerWriter {
-    /// Starts a layer in `store`.
+    /// Starts a layer in `store`, compressing on every core.
     pub fn new(store: &ContentStore, compression: Compression) -> Result<LayerWriter> {
+        LayerWriter::with_threads(store, compression, default_threads())
+    }
+
+    /// Starts a layer in `store`, compressing on `threads` threads. The
+    /// blob's bytes (and so its digest) are the same for any thread count:
+    /// gzip cuts blocks at fixed offsets (see [`crate::pargzip`]), zstd
+    /// always runs in its multi-threaded mode, whose output does not depend
+    /// on the number of workers.
+    pub fn with_threads(
+        store: &ContentStore,
+        compression: Compression,
+        threads: usize,
+    ) -> Result<LayerWriter> {
         let ingest = store.writer()?;
+        let threads = threads.max(1);
         let encoder = match compression {
-            Compression::Gzip(level) => Encoder::Gzip(
-                // GzBuilder writes mtime 0 and no file name: reproducible output.
-                flate2::GzBuilder::new().write(ingest, flate2::Compression::new(level.min(9))),
-            ),
-            Compression::Zstd(level) => Encoder::Zstd(
-                zstd::Encoder::new(ingest, level)
-                    .map_err(stream_err("start the zstd compressor"))?,
-            ),
+            Compression::Gzip(level) => {
+                Encoder::Gzip(crate::pargzip::ParallelGzip::new(ingest, level, threads))
+            }
+            Compression::Zstd(level) => {
+                let mut e = zstd::Encoder::new(ingest, level)
+                    .map_err(stream_err("start the zstd compressor"))?;
+                e.multithread(u32::try_from(threads).unwrap_or(u32::MAX))
+                    .map_err(stream_err("start the zstd compression threads"))?;
+                Encoder::Zstd(e)
+            }
             Compression::None => Encoder::Plain(ingest),
         };
         Ok(LayerWriter {
@@ -240,4 +263,76 @@ pub fn decompress_sniffed<'a, R: Read + Send + 'a>(reader: R) -> Result<Box<dyn 
     } else {
         Ok(Box::new(reader))
     }
+}
+
+/// The compression a layer media type says its blob has: `Some(Gzip(6))`,
+/// `Some(Zstd(3))` or `Some(None)` (levels are nominal), or `None` for a
+/// media type that is not a layer this crate reads.
+fn compression_of(media_type: &str) -> Option<Compression> {
+    let plain = [
+        MEDIA_TYPE_OCI_LAYER,
+        MEDIA_TYPE_DOCKER_LAYER,
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    ];
+    if plain.contains(&media_type) {
+        Some(Compression::None)
+    } else if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
+        Some(Compression::Gzip(6))
+    } else if media_type.ends_with("+zstd") || media_type.ends_with(".tar.zstd") {
+        Some(Compression::Zstd(3))
+    } else {
+        None
+    }
+}
+
+fn same_kind(a: Compression, b: Compression) -> bool {
+    std::mem::discriminant(&a) == std::mem::discriminant(&b)
+}
+
+/// The layer `descriptor` (uncompressed digest `diff_id`) as a blob with
+/// `compression`: the blob itself when it is already compressed that way
+/// (whatever the level), else a new blob made from its tar, checked against
+/// `diff_id` and remembered under the ref
+/// `layer-compression/<kind>/<diff_id hex>`, so each conversion is made
+/// once per store (prune keeps what a ref names).
+pub fn layer_in_compression(
+    store: &ContentStore,
+    descriptor: &Descriptor,
+    diff_id: &Digest,
+    compression: Compression,
+) -> Result<Descriptor> {
+    if compression_of(&descriptor.media_type).is_some_and(|c| same_kind(c, compression)) {
+        return Ok(descriptor.clone());
+    }
+    let kind = match compression {
+        Compression::Gzip(_) => "gzip",
+        Compression::Zstd(_) => "zstd",
+        Compression::None => "none",
+    };
+    let name = format!("layer-compression/{kind}/{}", diff_id.hex());
+    if let Some(d) = store.get_ref(&name)? {
+        if store.has(&d) {
+            let size = std::fs::metadata(store.path(&d))
+                .map_err(|source| Error::Io {
+                    action: "stat",
+                    path: store.path(&d),
+                    source,
+                })?
+                .len();
+            return Ok(Descriptor::new(compression.media_type(), d, size));
+        }
+    }
+    let blob = store.open_blob(&descriptor.digest)?;
+    let mut tar = decompress_reader(&descriptor.media_type, BufReader::new(blob))?;
+    let mut w = LayerWriter::new(store, compression)?;
+    io::copy(&mut tar, &mut w).map_err(stream_err("convert the layer's compression"))?;
+    let layer = w.finish()?;
+    if layer.diff_id != *diff_id {
+        return Err(Error::DigestMismatch {
+            expected: *diff_id,
+            actual: layer.diff_id,
+        });
+    }
+    store.set_ref(&name, &layer.descriptor.digest)?;
+    Ok(layer.descriptor)
 }

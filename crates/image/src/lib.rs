@@ -52,6 +52,7 @@ mod digest;
 mod error;
 mod layer;
 mod oci;
+pub mod pargzip;
 mod store;
 
 pub mod export;
@@ -61,11 +62,11 @@ pub mod tarball;
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
 pub use layer::{
-    compress_layers_parallel, decompress_reader, decompress_sniffed, Compression, Layer,
-    LayerWriter,
+    compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads,
+    layer_in_compression, Compression, Layer, LayerWriter,
 };
 pub use oci::*;
 pub use store::{
-    default_root, ChildrenList, ContentStore, ExclusiveStoreLock, Ingest, PruneReport,
-    RecoverReport, StoreLock, STALE_INGEST_AGE,
+    default_root, write_atomic, ChildrenList, ContentStore, ExclusiveStoreLock, Ingest,
+    PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
 };

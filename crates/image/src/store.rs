@@ -815,13 +815,17 @@ impl Drop for Ingest {
 
 /// Writes `data` to `path` through a temp file in the same directory, fsyncs
 /// and renames; readers see the old or the new content, never a mix.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Locked while written, like ingest files: see [`ContentStore::recover`].
+    // 0666 less the umask, like any file a program creates.
     let (file, temp_path) =
         FileLock::create_unique(dir, &format!(".{file_name}{REF_TEMP_MARK}"), "")
             .map_err(io_err("create a temp file in", dir))?

@@ -199,3 +199,51 @@ fn parallel_compression_matches_sequential() {
     let err = compress_layers_parallel(&store, Compression::None, jobs).unwrap_err();
     assert!(err.to_string().contains("boom"));
 }
+
+/// The layer digest is a function of the content alone: the same with 1, 2
+/// or 8 compression threads, so caches and reproducible builds hold across
+/// machines with different core counts. Checked back with gzip and zstd.
+#[test]
+fn digests_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path().join("store")).unwrap();
+    let mut tar = sample_tar(dir.path());
+    // Several gzip blocks and more than one zstd job.
+    let noise: Vec<u8> = (0..12_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    tar.extend_from_slice(&noise);
+    let plain = dir.path().join("plain");
+    fs::write(&plain, &tar).unwrap();
+    for (compression, tool) in [
+        (Compression::Gzip(6), "gzip"),
+        (Compression::Zstd(3), "zstd"),
+    ] {
+        let digests: Vec<String> = [1, 2, 8]
+            .into_iter()
+            .map(|threads| {
+                let mut w = LayerWriter::with_threads(&store, compression, threads).unwrap();
+                for chunk in tar.chunks(12_345) {
+                    w.write_all(chunk).unwrap();
+                }
+                let layer = w.finish().unwrap();
+                let blob = store.path(&layer.descriptor.digest);
+                let out = Command::new(tool).arg("-dc").arg(&blob).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{tool} -dc: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    out.stdout == tar,
+                    "{tool} reads back the tar ({threads} threads)"
+                );
+                layer.descriptor.digest.to_string()
+            })
+            .collect();
+        assert!(
+            digests.iter().all(|d| *d == digests[0]),
+            "{compression:?}: {digests:?}"
+        );
+    }
+}

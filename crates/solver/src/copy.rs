@@ -58,8 +58,15 @@ pub struct Source<'a> {
     pub what: &'static str,
     /// Paths (relative to `root`) that do not exist for the copy, e.g. `.dockerignore` exclusions.
     pub excluded: &'a dyn Fn(&str, bool) -> bool,
+    /// Whether an excluded directory may still hold entries that are not
+    /// excluded (`.dockerignore`'s `vendor` then `!vendor/LICENSE`): the
+    /// walk then goes below it, and the directory appears only when some
+    /// entry below it does.
+    pub may_contain_included: &'a dyn Fn(&str) -> bool,
     /// Keep the files' uid/gid (stage sources); otherwise 0:0 (context).
     pub keep_owner: bool,
+    /// Digests of unchanged files known from earlier builds (context).
+    pub checksums: Option<&'a crate::checksums::ChecksumCache>,
 }
 
 /// What to copy and how.
@@ -226,10 +233,16 @@ pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
                         .as_bytes(),
                 );
             } else if ft.is_file() {
-                let mut f = fs::File::open(path).map_err(io_err(path))?;
-                let mut fh = Sha256::new();
-                io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
-                h.update(fh.finalize());
+                let digest = match src.checksums {
+                    Some(cache) => cache.digest(rel, path, md).map_err(io_err(path))?,
+                    None => {
+                        let mut f = fs::File::open(path).map_err(io_err(path))?;
+                        let mut fh = Sha256::new();
+                        io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
+                        hex::encode(fh.finalize())
+                    }
+                };
+                h.update(digest.as_bytes());
             } else if ft.is_block_device() || ft.is_char_device() {
                 h.update(format!("{}", md.rdev()).as_bytes());
             }
@@ -275,8 +288,12 @@ fn walk_children(
     rel: &str,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
 ) -> Result<(), CopyError> {
-    walk_below(src, req, dir, rel, rel, f)
+    walk_below(src, req, dir, rel, rel, &mut Vec::new(), f)
 }
+
+/// An excluded directory the walk went into, reported to the callback only
+/// once an entry below it is (with its parents first).
+type Pending = Vec<(String, std::path::PathBuf, fs::Metadata)>;
 
 /// `base` is the matched source's relative path: `--exclude` patterns match
 /// below it (and against the context-relative path).
@@ -286,6 +303,7 @@ fn walk_below(
     dir: &Path,
     rel: &str,
     base: &str,
+    pending: &mut Pending,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
 ) -> Result<(), CopyError> {
     let mut names: Vec<OsString> = fs::read_dir(dir)
@@ -297,8 +315,7 @@ fn walk_below(
         let child_rel = join_rel(rel, &name.to_string_lossy());
         let child = dir.join(&name);
         let md = fs::symlink_metadata(&child).map_err(io_err(&child))?;
-        if (src.excluded)(&child_rel, md.is_dir())
-            || excluded_by(&req.excludes, &child_rel)?
+        if excluded_by(&req.excludes, &child_rel)?
             || excluded_by(
                 &req.excludes,
                 child_rel[base.len()..].trim_start_matches('/'),
@@ -306,9 +323,23 @@ fn walk_below(
         {
             continue;
         }
+        if (src.excluded)(&child_rel, md.is_dir()) {
+            if md.is_dir() && (src.may_contain_included)(&child_rel) {
+                pending.push((child_rel.clone(), child.clone(), md));
+                walk_below(src, req, &child, &child_rel, base, pending, f)?;
+                // Still pending: nothing below it was kept.
+                if pending.last().is_some_and(|(r, _, _)| *r == child_rel) {
+                    pending.pop();
+                }
+            }
+            continue;
+        }
+        for (r, p, m) in pending.drain(..) {
+            f(&r, &p, &m)?;
+        }
         f(&child_rel, &child, &md)?;
         if md.is_dir() {
-            walk_below(src, req, &child, &child_rel, base, f)?;
+            walk_below(src, req, &child, &child_rel, base, pending, f)?;
         }
     }
     Ok(())
@@ -345,7 +376,13 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
                 dest.clone()
             };
             let target_host = mkdir_all(dest_root, &target, req)?;
-            set_meta(&target_host, &md, src, req, false)?;
+            // --chmod is for what is copied, not for the directory that
+            // receives it (BuildKit leaves that one's mode alone).
+            let top = Request {
+                chmod: None,
+                ..req.clone()
+            };
+            set_meta(&target_host, &md, src, &top, false)?;
             dirs_to_stamp.push((target_host.clone(), md.clone()));
             let mut err = None;
             walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
@@ -731,6 +768,8 @@ mod tests {
             root,
             what: "build context",
             excluded: &no_excl,
+            may_contain_included: &|_| false,
+            checksums: None,
             keep_owner: false,
         }
     }
@@ -812,6 +851,8 @@ mod tests {
             root: c.path(),
             what: "build context",
             excluded: &excl,
+            may_contain_included: &|_| false,
+            checksums: None,
             keep_owner: false,
         };
         let mut r = req(&["src"], "/a");

@@ -16,7 +16,7 @@ use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
 use crate::run;
 use crate::users;
-use kbuild_dockerfile::instructions::Instruction;
+use kbuild_dockerfile::instructions::{Instruction, SecurityMode, SourceContent};
 use kbuild_dockerfile::plan::{
     self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
     StageInstance, Step, StepId,
@@ -69,6 +69,18 @@ pub enum SolveError {
     /// A platform's RUN steps cannot execute on this machine.
     #[error("{0}")]
     Emulation(String),
+    /// A step asks for a privilege the build was not granted.
+    #[error("{file}:{line}: {instruction} needs the {entitlement} entitlement, which this build does not grant")]
+    EntitlementDenied {
+        /// The Dockerfile's name.
+        file: String,
+        /// The step's first line.
+        line: usize,
+        /// The instruction as written (shortened).
+        instruction: String,
+        /// The entitlement (`security.insecure`).
+        entitlement: &'static str,
+    },
     /// A worker thread died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +104,8 @@ pub struct SolveOptions {
     pub pull: bool,
     /// Compression of new layers.
     pub compression: Compression,
+    /// Base image layers are converted to `compression` too.
+    pub force_compression: bool,
     /// `SOURCE_DATE_EPOCH`: clamps file times in new layers and sets the
     /// image and history timestamps, so identical inputs give identical digests.
     pub source_date_epoch: Option<i64>,
@@ -103,6 +117,9 @@ pub struct SolveOptions {
     pub add_hosts: Vec<(String, std::net::IpAddr)>,
     /// `--network` for RUN steps without their own.
     pub network: NetworkMode,
+    /// The `security.insecure` entitlement: `RUN --security=insecure`
+    /// may run without the sandbox's restrictions.
+    pub allow_insecure: bool,
     /// Where persistent `RUN --mount=type=cache` directories live.
     pub cache_mounts: PathBuf,
     /// Runs RUN steps (a re-exec of our own binary).
@@ -117,11 +134,13 @@ impl Default for SolveOptions {
             no_cache: false,
             pull: false,
             compression: Compression::Gzip(6),
+            force_compression: false,
             source_date_epoch: None,
             secrets: Vec::new(),
             ssh: Vec::new(),
             add_hosts: Vec::new(),
             network: NetworkMode::Default,
+            allow_insecure: false,
             cache_mounts: std::env::temp_dir().join("kbuild-cache-mounts"),
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
@@ -136,6 +155,8 @@ pub struct Context {
     pub dir: Option<PathBuf>,
     /// Paths (relative to `dir`) that do not exist for the build.
     pub ignore: Option<kbuild_ignore::Matcher>,
+    /// Digests of the context's files known from earlier builds.
+    pub checksums: Option<crate::checksums::ChecksumCache>,
 }
 
 impl Context {
@@ -143,6 +164,12 @@ impl Context {
         self.ignore
             .as_ref()
             .is_some_and(|m| m.is_excluded(rel, is_dir))
+    }
+
+    fn may_contain_included(&self, dir: &str) -> bool {
+        self.ignore
+            .as_ref()
+            .is_some_and(|m| m.may_contain_included(dir))
     }
 }
 
@@ -267,6 +294,47 @@ fn sha_hex(parts: &[&[u8]]) -> String {
 
 /// The instruction as it goes into a cache key: expanded words, without
 /// the source position and raw text (moving a line must not miss the cache).
+/// Writes the heredoc files of a COPY/ADD (named by their delimiter,
+/// mode 0644 unless `--chmod` says otherwise) into a private directory and
+/// copies them like context files to `req.dest` in `merged`.
+fn copy_heredocs(
+    heredocs: &[SourceContent],
+    req: &copy::Request,
+    merged: &std::path::Path,
+) -> Result<(), String> {
+    let files = tempfile::Builder::new()
+        .prefix("kbuild-heredoc-")
+        .tempdir()
+        .map_err(|e| format!("create a directory for heredoc files: {e}"))?;
+    for h in heredocs {
+        let name = std::path::Path::new(&h.path);
+        if name.components().count() != 1 || h.path.contains('/') {
+            return Err(format!("the heredoc name {:?} is not a file name", h.path));
+        }
+        let path = files.path().join(name);
+        std::fs::write(&path, h.data.as_bytes())
+            .and_then(|()| {
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            })
+            .map_err(|e| format!("write the heredoc file {}: {e}", h.path))?;
+    }
+    let mut heredoc_req = req.clone();
+    heredoc_req.sources = heredocs.iter().map(|h| h.path.clone()).collect();
+    heredoc_req.unpack_archives = false;
+    heredoc_req.excludes.clear();
+    heredoc_req.parents = false;
+    let none = |_: &str, _: bool| false;
+    let src = copy::Source {
+        root: files.path(),
+        what: "heredoc",
+        excluded: &none,
+        may_contain_included: &|_| false,
+        keep_owner: false,
+        checksums: None,
+    };
+    copy::copy(&src, &heredoc_req, merged).map_err(|e| e.to_string())
+}
+
 fn instruction_key(ins: &Instruction) -> Vec<u8> {
     let mut v = serde_json::to_value(ins).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
@@ -353,6 +421,28 @@ impl Solver {
         self.next_vertex.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Stops before any work when a step needs an entitlement the build
+    /// lacks (BuildKit refuses such a build the same way).
+    fn check_entitlements(&self, plan: &BuildPlan, file_name: &str) -> Result<(), SolveError> {
+        for st in &plan.steps {
+            if let Instruction::Run(r) = &*st.instruction {
+                if r.security == SecurityMode::Insecure && !self.opts.allow_insecure {
+                    let mut instruction: String = st.display.chars().take(60).collect();
+                    if instruction.len() < st.display.len() {
+                        instruction.push_str("...");
+                    }
+                    return Err(SolveError::EntitlementDenied {
+                        file: file_name.to_string(),
+                        line: st.lines.0,
+                        instruction,
+                        entitlement: "security.insecure",
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Plan and build `dockerfile` for every platform of `opts`.
     /// `file_name` names the Dockerfile in error messages.
     pub async fn build(
@@ -367,6 +457,7 @@ impl Solver {
         // needed, resolve them, then plan again with their configs (their
         // ENV, WORKDIR and ONBUILD take part in planning).
         let first = plan::plan(dockerfile, opts, &plan::NoImageConfigs).map_err(in_file)?;
+        self.check_entitlements(&first, file_name)?;
         let mut wanted: Vec<(String, Platform)> = Vec::new();
         for s in &first.stages {
             if let StageBase::Image {
@@ -510,12 +601,21 @@ impl Solver {
             .layers
             .iter()
             .map(|l| {
-                let mut d = l.descriptor.clone();
+                let mut d = if self.opts.force_compression {
+                    kbuild_image::layer_in_compression(
+                        &self.store,
+                        &l.descriptor,
+                        &l.diff_id,
+                        self.opts.compression,
+                    )?
+                } else {
+                    l.descriptor.clone()
+                };
                 d.media_type = oci_layer_media_type(&d.media_type);
                 d.platform = None;
-                d
+                Ok(d)
             })
-            .collect();
+            .collect::<Result<Vec<_>, SolveError>>()?;
         let manifest = Manifest::new(config_desc, layers);
         let mut desc = manifest.write(&self.store)?;
         desc.platform = Some(DescriptorPlatform::from_platform(platform)?);
@@ -702,6 +802,10 @@ impl<'a> Exec<'a> {
     fn scratch_state(platform: &Platform) -> Result<Arc<State>, SolveError> {
         let mut config = ImageConfig::for_platform(platform)?;
         config::ensure_path(&mut config);
+        // BuildKit's empty image works in /.
+        if let Some(c) = config.config.as_mut() {
+            c.working_dir = Some("/".to_string());
+        }
         Ok(Arc::new(State {
             layers: Vec::new(),
             config,
@@ -776,6 +880,24 @@ impl<'a> Exec<'a> {
         if matches!(stage.base, StageBase::Stage(_)) {
             let mut s = (*state).clone();
             s.meta = StageMeta::default();
+            state = Arc::new(s);
+        }
+        // The base's ONBUILD triggers run as this stage's first steps (the
+        // planner put them there); the image made here does not carry them
+        // on, as BuildKit clears them.
+        let has_triggers = |s: &State| {
+            s.config
+                .config
+                .as_ref()
+                .and_then(|c| c.on_build.as_ref())
+                .is_some_and(|o| !o.is_empty())
+        };
+        if has_triggers(&state) {
+            let mut s = (*state).clone();
+            if let Some(c) = s.config.config.as_mut() {
+                c.on_build = None;
+            }
+            s.key = sha_hex(&[s.key.as_bytes(), b"onbuild-triggers-run"]);
             state = Arc::new(s);
         }
         for step_id in stage.steps.iter() {
@@ -940,6 +1062,9 @@ impl<'a> Exec<'a> {
             parent.key.as_bytes().to_vec(),
             instruction_key(&step.instruction),
             step.platform.to_string().into_bytes(),
+            // File times and history dates depend on it: a reproducible
+            // build never reuses a normal build's step, nor the reverse.
+            format!("source-date-epoch:{:?}", solver.opts.source_date_epoch).into_bytes(),
         ];
         for s in sources {
             key_parts.push(s.key.as_bytes().to_vec());
@@ -1010,6 +1135,23 @@ impl<'a> Exec<'a> {
             }
             _ => (None, false),
         };
+        // Heredoc sources (`COPY <<EOF /dest`) are files written by the
+        // Dockerfile itself: their text is in the instruction, so in the key.
+        let heredocs: Vec<SourceContent> = match &*step.instruction {
+            Instruction::Copy(c) => c.contents.clone(),
+            Instruction::Add(a) => a.contents.clone(),
+            _ => Vec::new(),
+        };
+        if let Some(req) = &copy_req {
+            let dir = req.dest.ends_with('/');
+            if req.sources.len() + heredocs.len() > 1 && !dir {
+                return Err(fail(format!(
+                    "{} with more than one source needs a destination directory ending with /: {}",
+                    req.instruction, req.dest
+                )));
+            }
+        }
+        let from_context = from_context && copy_req.as_ref().is_some_and(|r| !r.sources.is_empty());
         if let (Some(req), true) = (&copy_req, from_context) {
             let ctx_dir = remote_root.as_ref().map(|d| d.path().to_path_buf()).or_else(|| self.ctx.dir.clone()).ok_or_else(|| {
                 fail("there is no build context (the Dockerfile came from stdin); give a context directory".into())
@@ -1018,11 +1160,14 @@ impl<'a> Exec<'a> {
             let req = req.clone();
             let sum = {
                 let excluded = |p: &str, d: bool| ctx.excluded(p, d);
+                let descend = |p: &str| ctx.may_contain_included(p);
                 let src = copy::Source {
                     root: &ctx_dir,
                     what: "build context",
                     excluded: &excluded,
+                    may_contain_included: &descend,
                     keep_owner: false,
+                    checksums: ctx.checksums.as_ref(),
                 };
                 copy::checksum(&src, &req).map_err(|e| fail(e.to_string()))?
             };
@@ -1034,17 +1179,24 @@ impl<'a> Exec<'a> {
                 key_parts.push(format!("arg:{k}={v}").into_bytes());
             }
             key_parts.push(format!("{:?}", solver.opts.network).into_bytes());
+            // --add-host changes what the command resolves.
+            for (host, ip) in &solver.opts.add_hosts {
+                key_parts.push(format!("add-host:{host}={ip}").into_bytes());
+            }
             for m in step.mounts.iter() {
                 if let kbuild_dockerfile::instructions::Mount::Bind(b) = m {
                     if b.from.is_none() {
                         if let Some(dir) = &self.ctx.dir {
                             let ctx = self.ctx;
                             let excluded = |p: &str, d: bool| ctx.excluded(p, d);
+                            let descend = |p: &str| ctx.may_contain_included(p);
                             let src = copy::Source {
                                 root: dir,
                                 what: "build context",
                                 excluded: &excluded,
+                                may_contain_included: &descend,
                                 keep_owner: false,
+                                checksums: ctx.checksums.as_ref(),
                             };
                             let req = copy::Request {
                                 sources: vec![b.source.clone().unwrap_or_else(|| ".".into())],
@@ -1166,6 +1318,10 @@ impl<'a> Exec<'a> {
                     env: run::environment(&env, &args),
                     workdir: workdir_now.clone(),
                     network: run::network(r.network, solver.opts.network),
+                    security: match r.security {
+                        SecurityMode::Sandbox => kbuild_worker::executor::Security::Sandbox,
+                        SecurityMode::Insecure => kbuild_worker::executor::Security::Insecure,
+                    },
                     mounts: step.mounts.to_vec(),
                     froms: run_source_lowers,
                     platform: (*step.platform).clone(),
@@ -1226,6 +1382,12 @@ impl<'a> Exec<'a> {
                             req.chown =
                                 Some(users::chown_ids(&merged, spec).map_err(|e| e.to_string())?);
                         }
+                        if !heredocs.is_empty() {
+                            copy_heredocs(&heredocs, &req, &merged)?;
+                            if req.sources.is_empty() {
+                                return Ok(());
+                            }
+                        }
                         match &source_lowers {
                             Some(src_lowers) => {
                                 let src_mount = snaps
@@ -1236,7 +1398,9 @@ impl<'a> Exec<'a> {
                                     root: src_mount.merged(),
                                     what: "source stage",
                                     excluded: &none,
+                                    may_contain_included: &|_| false,
                                     keep_owner: true,
+                                    checksums: None,
                                 };
                                 let r = copy::copy(&src, &req, &merged).map_err(|e| e.to_string());
                                 src_mount.unmount().map_err(|e| e.to_string())?;
@@ -1247,11 +1411,16 @@ impl<'a> Exec<'a> {
                                 let excluded = |p: &str, d: bool| {
                                     ignore.as_ref().is_some_and(|m| m.is_excluded(p, d))
                                 };
+                                let descend = |p: &str| {
+                                    ignore.as_ref().is_some_and(|m| m.may_contain_included(p))
+                                };
                                 let src = copy::Source {
                                     root: dir,
                                     what: "build context",
                                     excluded: &excluded,
+                                    may_contain_included: &descend,
                                     keep_owner: false,
+                                    checksums: None,
                                 };
                                 copy::copy(&src, &req, &merged)
                                     .map_err(|e: CopyError| e.to_string())
@@ -1322,6 +1491,7 @@ impl<'a> Exec<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn copy_request(
         &self,
         sources: &[String],
@@ -1385,7 +1555,15 @@ impl<'a> Exec<'a> {
         }
         let config = ImageConfig::parse(&store.read(&rec.config)?)?;
         let mut layers = parent.layers.clone();
-        if let Some(l) = rec.layer {
+        if let Some(mut l) = rec.layer {
+            // The step's layer in this build's compression: a cache made by
+            // a gzip build serves a zstd build with zstd layers.
+            l.descriptor = kbuild_image::layer_in_compression(
+                store,
+                &l.descriptor,
+                &l.diff_id,
+                self.solver.opts.compression,
+            )?;
             layers.push(l);
         }
         Ok(Some(State {
@@ -1500,6 +1678,7 @@ struct RunData {
     env: Vec<String>,
     workdir: String,
     network: kbuild_worker::executor::Network,
+    security: kbuild_worker::executor::Security,
     mounts: Vec<kbuild_dockerfile::instructions::Mount>,
     froms: Vec<Vec<PathBuf>>,
     platform: Platform,
@@ -1557,6 +1736,7 @@ fn run_in(
         .map(|(h, ip)| (h.clone(), ip.to_string()))
         .collect();
     spec.network = rd.network;
+    spec.security = rd.security;
     spec.platform = rd.platform.clone();
     spec.mounts = res.mounts.clone();
     let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();

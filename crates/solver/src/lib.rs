@@ -9,6 +9,7 @@
 
 #![deny(missing_docs)]
 
+pub mod checksums;
 pub mod config;
 pub mod copy;
 pub mod engine;

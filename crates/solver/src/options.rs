@@ -69,6 +69,12 @@ pub struct Output {
     pub push: bool,
     /// Layer compression.
     pub compression: LayerCompression,
+    /// `compression-level=`: gzip 0-9, zstd 0-22 (the compressor's default
+    /// when unset).
+    pub compression_level: Option<i32>,
+    /// `force-compression=true`: base image layers are converted to the
+    /// compression too (by default they are reused as they are).
+    pub force_compression: bool,
     /// Whether `dest` should be written as a directory (`tar=false` for oci).
     pub as_directory: bool,
 }
@@ -93,6 +99,8 @@ impl Output {
                 names: Vec::new(),
                 push: false,
                 compression: LayerCompression::Gzip,
+                compression_level: None,
+                force_compression: false,
                 as_directory: false,
             });
         }
@@ -101,6 +109,8 @@ impl Output {
         let mut names: Vec<String> = Vec::new();
         let mut push = None;
         let mut compression = LayerCompression::Gzip;
+        let mut compression_level = None;
+        let mut force_compression = false;
         let mut tar = true;
         for field in split_csv(spec) {
             let (key, value) = field
@@ -148,19 +158,48 @@ impl Output {
                     }
                 }
                 "tar" => tar = parse_bool(FLAG, spec, value)?,
-                // Accepted by buildx and harmless here: they tune details we do not vary.
-                "compression-level" | "force-compression" | "oci-mediatypes" | "annotation"
-                | "store" | "unpack" | "platform-split" => {}
+                "compression-level" => {
+                    compression_level = Some(value.trim().parse::<i32>().map_err(|_| {
+                        err(FLAG, spec, format!("compression-level {value:?} is not a number"))
+                    })?)
+                }
+                "force-compression" => force_compression = parse_bool(FLAG, spec, value)?,
+                "oci-mediatypes" => {
+                    if !parse_bool(FLAG, spec, value)? {
+                        return Err(err(
+                            FLAG,
+                            spec,
+                            "oci-mediatypes=false (Docker media types) is not supported by this builder; images use OCI media types, which every current registry and docker accept",
+                        ));
+                    }
+                }
                 other => {
                     return Err(err(
                         FLAG,
                         spec,
-                        format!("unknown field {other:?}; known: type, dest, name, push, compression, tar"),
+                        format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar"),
                     ))
                 }
             }
         }
         let kind = kind.ok_or_else(|| err(FLAG, spec, "missing type=; use e.g. type=registry"))?;
+        if let Some(level) = compression_level {
+            let (name, max) = match compression {
+                LayerCompression::Gzip => ("gzip", 9),
+                LayerCompression::Zstd => ("zstd", 22),
+                LayerCompression::Uncompressed => ("uncompressed", -1),
+            };
+            if !(0..=max).contains(&level) {
+                return Err(err(
+                    FLAG,
+                    spec,
+                    match max {
+                        -1 => "compression-level needs compression=gzip or zstd".to_string(),
+                        _ => format!("compression-level for {name} is 0 to {max}"),
+                    },
+                ));
+            }
+        }
         if names.is_empty()
             && matches!(
                 kind,
@@ -192,6 +231,8 @@ impl Output {
             names,
             push,
             compression,
+            compression_level,
+            force_compression,
         })
     }
 }
@@ -447,7 +488,10 @@ mod tests {
         let e = Output::parse("type=registry", &[]).unwrap_err();
         assert!(e.to_string().contains("-t NAME"), "{e}");
         let e = Output::parse("type=local,dest=x,colour=red", &[]).unwrap_err();
-        assert!(e.to_string().contains("unknown field \"colour\""), "{e}");
+        assert!(
+            e.to_string().contains("unsupported field \"colour\""),
+            "{e}"
+        );
         let e = Output::parse("type=local,dest=x,push=maybe", &[]).unwrap_err();
         assert!(e.to_string().contains("not true or false"), "{e}");
         assert!(Output::parse("dest", &[]).is_ok());

@@ -81,24 +81,25 @@ fn group_id(root: &Path, g: &str) -> Result<u32, UserError> {
         .ok_or_else(|| UserError::Group(g.to_string()))
 }
 
-/// `--chown=user[:group]`: a name or id; without a group, the group id is
-/// the user's id (Docker's documented rule for COPY/ADD).
+/// `--chown=user[:group]`: a name or id. Without a group, a user named
+/// by name gets its primary group from `/etc/passwd` and a numeric user
+/// the group id equal to its user id, as BuildKit resolves COPY/ADD owners.
 pub fn chown_ids(root: &Path, spec: &str) -> Result<(u32, u32), UserError> {
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let uid = match u.parse::<u32>() {
-        Ok(n) => n,
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, n),
         Err(_) => passwd(root)
             .into_iter()
             .find(|(name, _, _)| name == u)
-            .map(|(_, id, _)| id)
+            .map(|(_, id, gid)| (id, gid))
             .ok_or_else(|| UserError::User(u.to_string()))?,
     };
     let gid = match g {
         Some(g) if !g.is_empty() => group_id(root, g)?,
-        _ => uid,
+        _ => primary,
     };
     Ok((uid, gid))
 }
@@ -160,7 +161,7 @@ mod tests {
         std::fs::create_dir_all(t.path().join("etc")).unwrap();
         std::fs::write(
             t.path().join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nweb:x:33:33::/var/www:/bin/false\n",
+"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nweb:x:33:33::/var/www:/bin/false\nsvc:x:1001:50::/srv:/bin/false\n",
         )
         .unwrap();
         std::fs::write(
@@ -177,6 +178,9 @@ mod tests {
         assert_eq!(chown_ids(t.path(), "app").unwrap(), (1000, 1000));
         assert_eq!(chown_ids(t.path(), "web").unwrap(), (33, 33));
         assert_eq!(chown_ids(t.path(), "10").unwrap(), (10, 10));
+        // A name without a group takes its primary group, an id its own id.
+        assert_eq!(chown_ids(t.path(), "svc").unwrap(), (1001, 50));
+        assert_eq!(chown_ids(t.path(), "1001").unwrap(), (1001, 1001));
         assert_eq!(chown_ids(t.path(), "app:staff").unwrap(), (1000, 50));
         assert_eq!(chown_ids(t.path(), "1:2").unwrap(), (1, 2));
         assert_eq!(

@@ -175,10 +175,17 @@ pub fn busybox_binary(arch: &str) -> Option<PathBuf> {
     }
 }
 
-/// Reports that something a test needs is not here. Prints `skipping: ...`
-/// with how to get it, so the caller can return early; under CI (`CI=true`),
-/// where `scripts/test.sh` provides everything, panics instead, so a broken
-/// setup cannot pass as a skip.
+/// Environment variable naming a file every skip is appended to (one line:
+/// the test's thread name and the reason); `scripts/test.sh` sets it and
+/// prints the count and the reasons when the run ends.
+pub const SKIP_LOG_ENV: &str = "KBUILD_SKIP_LOG";
+
+/// Reports that something a test needs is not here: the one way a test may
+/// skip. Prints `skipping: ...` with how to get it and records it in
+/// [`SKIP_LOG_ENV`]'s file, so the caller can return early; under CI
+/// (`CI=true`, which `.ci/run` and `scripts/test.sh` export, and where
+/// `scripts/test.sh` provides everything) panics instead, so a broken setup
+/// cannot pass as a skip.
 ///
 /// # Panics
 /// When the `CI` environment variable is `true`.
@@ -188,4 +195,25 @@ pub fn skip_or_fail(reason: &str) {
         panic!("{reason}; under CI this must not happen: {hint}");
     }
     eprintln!("skipping: {reason}; {hint}");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("an unnamed test")
+            .to_string();
+        let line = format!("{test}: {}\n", reason.replace('\n', " "));
+        // O_APPEND writes of one short line do not interleave between the
+        // test processes cargo runs one after the other or in parallel.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!(
+                "could not record the skip in {}: {e}",
+                log.to_string_lossy()
+            );
+        }
+    }
 }

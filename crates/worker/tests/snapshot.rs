@@ -25,7 +25,7 @@ fn skip_reason() -> Option<&'static str> {
 macro_rules! require_root {
     () => {
         if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
+            kbuild_testkit::fixtures::skip_or_fail(why);
             return Ok(());
         }
     };

@@ -20,18 +20,28 @@
 //! fresh `/proc`, a minimal `/dev` (tmpfs with `null`, `zero`, `full`,
 //! `random`, `urandom`, `tty` bind-mounted from the host, a new-instance
 //! `devpts` with `ptmx`, tmpfs `shm`, `mqueue`, `fd`/`stdin`/`stdout`/
-//! `stderr` links), `/sys` read-only, the generated `/etc/hosts`,
+//! `stderr` links), `/sys` read-only, `/proc/sys`, `/proc/sysrq-trigger`,
+//! `/proc/irq`, `/proc/bus` and `/proc/fs` read-only and [`MASKED_PATHS`]
+//! hidden (runc's defaults), the generated `/etc/hosts`,
 //! `/etc/resolv.conf` and `/etc/hostname` read-only, the extra mounts,
 //! then `pivot_root`s into the root filesystem, sets the hostname, creates
 //! the working directory when missing (owned by the step's user), and forks
 //! the command: it sets the personality (`PER_LINUX32` for compat
-//! platforms), the supplementary groups, gid and uid, stdin from
+//! platforms), drops every capability outside Docker's default set,
+//! installs Docker's default seccomp profile (see `seccomp/default.json`;
+//! compiled once per process with libseccomp for the host's architectures,
+//! which also judges QEMU's calls for emulated platforms), sets the
+//! supplementary groups, gid and uid, stdin from
 //! `/dev/null`, and executes `argv` with exactly `env` (plus `QEMU_CPU` for
 //! emulated arm/v6, see [`crate::binfmt`]), looking `argv[0]` up in the
 //! `PATH` of `env` (or the default `PATH`) inside the root filesystem.
 //! Init reaps every orphan; when the command exits, init reports its status
 //! and exits, and the kernel kills whatever the step left running (daemons
 //! forked into the background die with the step, as in BuildKit).
+//!
+//! [`Security::Insecure`] (`RUN --security=insecure`, granted by the
+//! caller) skips the capability drop, the filter and the masks, and mounts
+//! `/sys` writable.
 //!
 //! Mounts live only in the step's mount namespace: when its last process
 //! ends, they are gone; nothing is mounted on the host.
@@ -78,6 +88,7 @@
 mod files;
 mod protocol;
 mod sandbox;
+mod seccomp;
 mod supervisor;
 
 use std::fmt;
@@ -89,6 +100,7 @@ use std::sync::Arc;
 use kbuild_platform::Platform;
 
 pub use sandbox::helper_main;
+pub use seccomp::SeccompError;
 
 /// The hidden first argument that makes `kubectl-build` act as the sandbox
 /// helper: its `main` must start with
@@ -110,6 +122,47 @@ pub enum Network {
     /// A new network namespace with only the loopback interface, up.
     None,
 }
+
+/// How much of the host a step may reach (`RUN --security`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Security {
+    /// runc's and BuildKit's defaults: Docker's default capabilities and
+    /// seccomp profile, `/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq`,
+    /// `/proc/bus`, `/proc/fs` and `/sys` read-only, and the kernel's
+    /// sensitive files ([`MASKED_PATHS`]) hidden.
+    #[default]
+    Sandbox,
+    /// `RUN --security=insecure`: every capability, no system call filter,
+    /// nothing masked, `/proc` and `/sys` writable. The caller grants it
+    /// only with the `security.insecure` entitlement.
+    Insecure,
+}
+
+/// Paths hidden from a sandboxed step (an empty read-only tmpfs over a
+/// directory, `/dev/null` over a file), as runc's defaults.
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Parts of `/proc` a sandboxed step sees read-only, as runc's defaults.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Who the command runs as; names are resolved by the caller.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,6 +225,8 @@ pub struct RunSpec {
     pub platform: Platform,
     /// Extra mounts, applied in order after the standard ones.
     pub mounts: Vec<MountSpec>,
+    /// The sandbox's strength.
+    pub security: Security,
 }
 
 impl RunSpec {
@@ -194,6 +249,7 @@ impl RunSpec {
             network: Network::Host,
             platform: Platform::host(),
             mounts: Vec::new(),
+            security: Security::Sandbox,
         }
     }
 }
@@ -291,6 +347,9 @@ pub enum Error {
         /// The system error.
         source: io::Error,
     },
+    /// The system call filter could not be built.
+    #[error("could not build the RUN sandbox's system call filter: {0}")]
+    Seccomp(#[source] &'static SeccompError),
     /// The sandbox could not be set up (mounts, namespaces, user).
     #[error("could not set up the sandbox: {0}")]
     Setup(String),

@@ -43,6 +43,12 @@ pub(crate) struct HelperSpec {
     pub sys_dir: PathBuf,
     /// Generated files and extra mounts, in order.
     pub mounts: Vec<HelperMount>,
+    /// `RUN --security=insecure`: all capabilities, nothing masked or
+    /// read-only beyond what the step asked for, no system call filter.
+    pub privileged: bool,
+    /// The system call filter (BPF instructions) installed before the
+    /// command executes; `None` only when `privileged`.
+    pub seccomp: Option<Vec<u8>>,
 }
 
 /// A line on the status descriptor.

@@ -205,30 +205,9 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
         None,
     )?;
     setup_dev(&spec.dev_dir)?;
-    let sys_ro = nosuid_nodev_noexec | MsFlags::MS_RDONLY;
-    if mount(
-        Some("sysfs"),
-        &spec.sys_dir,
-        Some("sysfs"),
-        sys_ro,
-        None::<&str>,
-    )
-    .is_err()
-    {
-        mnt(
-            Some(Path::new("/sys")),
-            &spec.sys_dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        mnt(
-            None,
-            &spec.sys_dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | sys_ro,
-            None,
-        )?;
+    mount_sys(&spec.sys_dir, spec.privileged)?;
+    if !spec.privileged {
+        harden(&spec.proc_dir, &spec.sys_dir)?;
     }
     for m in &spec.mounts {
         match m {
@@ -318,6 +297,82 @@ fn reap_until(main: Pid) {
             Err(_) => return,
         }
     }
+}
+
+/// `/sys`: a fresh sysfs, read-only unless privileged; where sysfs cannot be
+/// mounted, the host's `/sys` bound without its submounts (so no cgroup
+/// tree comes along writable).
+fn mount_sys(sys: &Path, privileged: bool) -> Result<(), String> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !privileged {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if mount(Some("sysfs"), sys, Some("sysfs"), flags, None::<&str>).is_ok() {
+        return Ok(());
+    }
+    mnt(Some(Path::new("/sys")), sys, None, MsFlags::MS_BIND, None)?;
+    mnt(
+        None,
+        sys,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+        None,
+    )
+}
+
+/// runc's defaults for what a step sees of the kernel: the read-only parts
+/// of `/proc` are bound onto themselves and remounted read-only, the masked
+/// paths are covered (a directory by an empty read-only tmpfs, a file by
+/// `/dev/null`). Paths the kernel does not have are skipped. Runs before
+/// `pivot_root`, inside the fresh `/proc` and `/sys` mounted at `proc` and
+/// `sys`, which the image cannot redirect.
+fn harden(proc: &Path, sys: &Path) -> Result<(), String> {
+    let inside = |p: &str| match p.strip_prefix("/proc/") {
+        Some(rest) => proc.join(rest),
+        None => sys.join(p.trim_start_matches("/sys/")),
+    };
+    for path in super::READONLY_PATHS.map(inside) {
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        mnt(
+            Some(&path),
+            &path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        mnt(None, &path, None, flags, None)?;
+    }
+    for path in super::MASKED_PATHS.map(inside) {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mnt(
+                Some(Path::new("tmpfs")),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("size=0,mode=555"),
+            )?;
+        } else {
+            mnt(
+                Some(Path::new("/dev/null")),
+                &path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn setup_dev(dev: &Path) -> Result<(), String> {
@@ -502,7 +557,17 @@ fn exec_command(spec: &HelperSpec) -> String {
                 ));
             }
         }
-        drop_capabilities()?;
+        if !spec.privileged {
+            drop_capabilities()?;
+        }
+        // Everything from here to the command is allowed by the profile
+        // (setgroups, setres[ug]id, chdir, open, dup2, execve); installing
+        // needs CAP_SYS_ADMIN, which root still has until execve.
+        if let Some(program) = &spec.seccomp {
+            ctx(super::seccomp::install(program), || {
+                "install the seccomp filter".into()
+            })?;
+        }
         let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         ctx(nix::unistd::setgroups(&groups), || {
             "set the supplementary groups".into()

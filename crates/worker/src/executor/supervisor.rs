@@ -10,7 +10,10 @@ use std::process::{Command, Stdio};
 
 use super::files::{self, Generated, Kind, Stubs};
 use super::protocol::{HelperMount, HelperSpec, Status, STATUS_FD};
-use super::{Cancel, Error, Executor, ExitStatus, MountSpec, Network, Result, RunSpec, Stream};
+use super::{
+    seccomp, Cancel, Error, Executor, ExitStatus, MountSpec, Network, Result, RunSpec, Security,
+    Stream,
+};
 use crate::binfmt::{self, Support};
 
 /// How often a blocked poll wakes up to look at the cancel flag.
@@ -112,6 +115,12 @@ pub(super) fn run(
         "write the generated /etc files in",
         &std::env::temp_dir(),
     ))?;
+    let privileged = spec.security == Security::Insecure;
+    let seccomp = if privileged {
+        None
+    } else {
+        Some(seccomp::default_program().map_err(Error::Seccomp)?)
+    };
     let mut stubs = Stubs::default();
     let prepared =
         prepare(spec, &generated, &mut stubs).map(|(proc_dir, dev_dir, sys_dir, mounts)| {
@@ -130,6 +139,8 @@ pub(super) fn run(
                 dev_dir,
                 sys_dir,
                 mounts,
+                privileged,
+                seccomp: seccomp.map(<[u8]>::to_vec),
             }
         });
     stubs.seal();

@@ -1,0 +1,227 @@
+//! A cache of context file digests keyed by what `stat` says of the file,
+//! so a rebuild with nothing changed reads no file content to compute its
+//! cache keys, and a changed file is hashed alone.
+//!
+//! An entry is trusted when the file's path, size, modification and change
+//! times (nanoseconds), inode, device and mode are all as recorded. A file
+//! modified at or after the moment its entry was recorded could still be
+//! written again within the same timestamp tick without any of that
+//! changing ("racy git"), so such entries are never kept: the file is
+//! hashed again next time.
+//!
+//! One cache file per context directory lives under the store
+//! (`checksums/<sha256 of the context path>.json`). Builds load it at start
+//! and write it back atomically when they learned something; concurrent
+//! builds of one context may overwrite each other's additions, which only
+//! costs a re-hash.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The format of the cache files; a file of another version is ignored.
+const VERSION: u32 = 1;
+
+/// Entries of files modified this close to (or after) the time they were
+/// hashed are not kept: filesystems with coarse timestamps could hide a
+/// second write within the same tick.
+const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stat {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+    dev: u64,
+    mode: u32,
+}
+
+impl Stat {
+    fn of(md: &fs::Metadata) -> Stat {
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Stat {
+            size: md.size(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            ino: md.ino(),
+            dev: md.dev(),
+            mode: md.mode(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    entries: HashMap<String, (Stat, String)>,
+}
+
+/// The digests of one context directory's files; see the module docs.
+#[derive(Debug)]
+pub struct ChecksumCache {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, (Stat, String)>,
+    dirty: bool,
+    hashed_bytes: u64,
+}
+
+impl ChecksumCache {
+    /// The cache of the context `context`, kept in `dir` (created when
+    /// saved). An unreadable or outdated cache file starts an empty cache.
+    pub fn load(dir: &Path, context: &Path) -> ChecksumCache {
+        let key = hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()));
+        let path = dir.join(format!("{key}.json"));
+        let entries = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<File>(&b).ok())
+            .filter(|f| f.version == VERSION)
+            .map(|f| f.entries)
+            .unwrap_or_default();
+        ChecksumCache {
+            path,
+            state: Mutex::new(State {
+                entries,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// The sha256 (hex) of the file at `path` (`rel` in the context), from
+    /// the cache when its metadata `md` is unchanged, else by reading it.
+    pub fn digest(&self, rel: &str, path: &Path, md: &fs::Metadata) -> std::io::Result<String> {
+        let stat = Stat::of(md);
+        if let Ok(state) = self.state.lock() {
+            if let Some((known, digest)) = state.entries.get(rel) {
+                if *known == stat {
+                    return Ok(digest.clone());
+                }
+            }
+        }
+        let hashed_at = SystemTime::now();
+        let mut file = fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let n = std::io::copy(&mut file, &mut h)?;
+        let digest = hex::encode(h.finalize());
+        let modified = UNIX_EPOCH + Duration::from_nanos(stat.mtime_ns.max(0) as u64);
+        let changed = UNIX_EPOCH + Duration::from_nanos(stat.ctime_ns.max(0) as u64);
+        let racy = modified.max(changed) + RACY_WINDOW >= hashed_at;
+        if let Ok(mut state) = self.state.lock() {
+            state.hashed_bytes += n;
+            if !racy {
+                state
+                    .entries
+                    .insert(rel.to_string(), (stat, digest.clone()));
+                state.dirty = true;
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Bytes of file content read so far (0 for a rebuild where nothing
+    /// changed).
+    pub fn hashed_bytes(&self) -> u64 {
+        self.state.lock().map(|s| s.hashed_bytes).unwrap_or(0)
+    }
+
+    /// Writes the cache back when it learned something. Entries of files
+    /// that no longer exist are dropped.
+    pub fn save(&self, context: &Path) -> Result<(), kbuild_image::Error> {
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(());
+        };
+        if !state.dirty {
+            return Ok(());
+        }
+        state
+            .entries
+            .retain(|rel, _| fs::symlink_metadata(context.join(rel)).is_ok());
+        let file = File {
+            version: VERSION,
+            entries: std::mem::take(&mut state.entries),
+        };
+        let bytes = serde_json::to_vec(&file).unwrap_or_default();
+        state.entries = file.entries;
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(|source| kbuild_image::Error::Io {
+                action: "create the checksum cache directory",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        kbuild_image::write_atomic(&self.path, &bytes)?;
+        state.dirty = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_mtime(path: &Path, secs_ago: u64) {
+        let t = SystemTime::now() - Duration::from_secs(secs_ago);
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn unchanged_files_are_not_read_again_and_changed_ones_are() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let a = ctx.join("a");
+        fs::write(&a, "one").unwrap();
+        // ctime cannot be set back: wait until the file is out of the
+        // racy window instead.
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        let dir = t.path().join("cache");
+        let first = ChecksumCache::load(&dir, &ctx);
+        let d1 = first.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
+        assert_eq!(first.hashed_bytes(), 3);
+        first.save(&ctx).unwrap();
+
+        let second = ChecksumCache::load(&dir, &ctx);
+        let d2 = second.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
+        assert_eq!((d1.clone(), second.hashed_bytes()), (d2, 0));
+
+        // Same size, and the mtime put back: the ctime still tells.
+        fs::write(&a, "two").unwrap();
+        set_mtime(&a, 10);
+        let third = ChecksumCache::load(&dir, &ctx);
+        let d3 = third.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
+        assert_ne!(d3, d1);
+        assert_eq!(third.hashed_bytes(), 3);
+    }
+
+    #[test]
+    fn a_file_written_just_now_is_never_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let a = ctx.join("a");
+        fs::write(&a, "one").unwrap();
+        let dir = t.path().join("cache");
+        let first = ChecksumCache::load(&dir, &ctx);
+        first.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
+        first.save(&ctx).unwrap();
+        let second = ChecksumCache::load(&dir, &ctx);
+        second.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
+        assert_eq!(second.hashed_bytes(), 3, "a racy entry was kept");
+    }
+}

@@ -1,0 +1,3 @@
+package main
+
+const sys_add_key = 248

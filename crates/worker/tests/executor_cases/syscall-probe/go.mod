@@ -1,0 +1,3 @@
+module kbuild/syscallprobe
+
+go 1.19

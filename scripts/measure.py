@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Runs a command and prints what the benchmarks report of it, on one line:
+
+    LABEL: 12.34 s wall, CPU/wall 1.82, 1050.3 MB read, 41.2 MB peak RSS
+
+"read" is the bytes the process (all its threads) asked read(2) and friends
+for, from /proc/PID/io (rchar), taken after it exited and before it is
+reaped, so cached files count too: it measures how often the tool reads its
+inputs, not the disk. Child processes (the RUN sandbox) are not included.
+
+usage: scripts/measure.py LABEL COMMAND [ARG...]
+"""
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    label, argv = sys.argv[1], sys.argv[2:]
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    # Wait for the exit without reaping, so /proc/PID/io is still there.
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    wall = time.monotonic() - start
+    rchar = 0
+    try:
+        with open(f"/proc/{proc.pid}/io") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key == "rchar":
+                    rchar = int(value)
+    except OSError as e:
+        print(f"{label}: cannot read /proc/{proc.pid}/io: {e}", file=sys.stderr)
+    _, status, usage = os.wait4(proc.pid, 0)
+    cpu = usage.ru_utime + usage.ru_stime
+    code = os.waitstatus_to_exitcode(status)
+    print(
+        f"{label}: {wall:.2f} s wall, CPU/wall {cpu / wall if wall else 0:.2f}, "
+        f"{rchar / 1e6:.1f} MB read, {usage.ru_maxrss / 1024:.1f} MB peak RSS"
+        + ("" if code == 0 else f", exit {code}")
+    )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
