@@ -7,7 +7,10 @@
 #      itself: busybox for 7 architectures and a Go toolchain image;
 #   4. cross-compiles examples/hello for 7 platforms in one build, pushes one
 #      image index, and shows it.
-# The registry keeps running (stop it with: scripts/registry.sh stop DIR).
+# It uses the default store (KUBECTL_BUILD_ROOT, else ~/.local/share/kubectl-build)
+# and a registry on 127.0.0.1:5000 (QUICKSTART_REGISTRY to change it), so the
+# README's "by hand" command works as written afterwards. The registry keeps
+# running; the script ends by saying how to run the image and stop it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${QUICKSTART_DIR:-$PWD/target/quickstart}
@@ -28,24 +31,37 @@ fi
 step "build kubectl-build"
 cargo build --release -p kubectl-build
 K=${CARGO_TARGET_DIR:-$PWD/target}/release/kubectl-build
-root=$work/store
 
 step "local registry"
-REG=$(scripts/registry.sh start "$work/registry")
+REG=$(scripts/registry.sh start "$work/registry" "${QUICKSTART_REGISTRY:-127.0.0.1:5000}")
 echo "registry at $REG"
 
 step "base images from Debian packages"
 scripts/fixtures.sh >/dev/null
-"$K" --root "$root" target/fixtures/busybox --platform "$platforms" \
+"$K" target/fixtures/busybox --platform "$platforms" \
     -t kbuild.local/busybox:latest -o type=image --progress plain
 golang_ctx=$(scripts/builder-image.sh "$work/golang")
-"$K" --root "$root" "$golang_ctx" --platform linux/amd64 \
+"$K" "$golang_ctx" --platform linux/amd64 \
     -t kbuild.local/golang:1.19 -o type=image --progress plain
 
 step "cross-compile examples/hello for $platforms and push"
-"$K" --root "$root" examples/hello -f examples/hello/Dockerfile.cross \
+"$K" examples/hello -f examples/hello/Dockerfile.cross \
     --platform "$platforms" -t "$REG/demo/hello:1" --push --progress plain
 
 step "the pushed index"
 skopeo inspect --raw --tls-verify=false "docker://$REG/demo/hello:1"
 echo
+
+step "next"
+cat <<EOF
+The image is $REG/demo/hello:1, one index for $platforms.
+Run it on this machine's platform with docker (its daemon treats 127.0.0.1 as insecure):
+    docker run --rm $REG/demo/hello:1
+or for another platform through QEMU, without docker:
+    $K examples/hello -f examples/hello/Dockerfile.cross --platform linux/arm64 -o type=local,dest=$work/hello-arm64
+    qemu-aarch64-static $work/hello-arm64/hello
+Build it again by hand (same store, same registry; cached, so it takes a moment):
+    $K examples/hello -f examples/hello/Dockerfile.cross --platform $platforms -t $REG/demo/hello:1 --push
+Stop the registry when done:
+    scripts/registry.sh stop $work/registry
+EOF

@@ -2,8 +2,9 @@
 # Starts or stops Debian's docker-registry (package docker-registry) as a plain
 # process on a free 127.0.0.1 port, for the quick start and manual testing:
 #
-#   scripts/registry.sh start DIR   # prints the address on stdout, e.g. 127.0.0.1:39229
-#                                   # (details on stderr): REG=$(scripts/registry.sh start DIR)
+#   scripts/registry.sh start DIR [ADDR]  # prints the address on stdout, e.g. 127.0.0.1:39229
+#                                         # (details on stderr): REG=$(scripts/registry.sh start DIR)
+#                                         # ADDR (e.g. 127.0.0.1:5000) fixes the address
 #   scripts/registry.sh stop DIR
 #
 # DIR gets config.yml, data/ (the blobs), log, pid and addr. The port is chosen
@@ -14,9 +15,10 @@
 # scripts/dockerd.sh).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
-(($# == 2)) || usage
+usage() { echo "usage: $0 start DIR [ADDR] | stop DIR" >&2; exit 2; }
+[[ $# -eq 2 || ($# -eq 3 && $1 == start) ]] || usage
 cmd=$1
+listen=${3:-127.0.0.1:0}
 mkdir -p "$2"
 dir=$(cd "$2" && pwd)
 
@@ -47,7 +49,7 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:0
+  addr: $listen
 EOF
     rm -f "$dir/addr" "$dir/pid"
     # setsid: the registry outlives this script and its terminal.

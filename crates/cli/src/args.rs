@@ -146,6 +146,10 @@ pub struct BuildArgs {
     #[arg(long)]
     pub push: bool,
 
+    /// Load the single-platform result into the Docker daemon (shorthand for --output=type=docker); DOCKER_HOST=unix://PATH picks the daemon.
+    #[arg(long)]
+    pub load: bool,
+
     /// Output destination (format: "type=local,dest=path"); types: registry, image, oci, docker, tar, local.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
@@ -173,6 +177,35 @@ pub struct BuildArgs {
     /// Set type of progress output.
     #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
     pub progress: Progress,
+
+    /// Suppress the build output and print the image ID on success (same as --progress quiet).
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// buildx flags this builder does not support yet; accepted by name so the error can say so.
+    #[arg(long = "provenance", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
+    pub provenance: Option<String>,
+    #[arg(long = "sbom", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
+    #[allow(missing_docs)]
+    pub sbom: Option<String>,
+    #[arg(long = "attest", hide = true, value_name = "SPEC")]
+    #[allow(missing_docs)]
+    pub attest: Vec<String>,
+    #[arg(long = "annotation", hide = true, value_name = "KEY=VALUE")]
+    #[allow(missing_docs)]
+    pub annotation: Vec<String>,
+    #[arg(long = "build-context", hide = true, value_name = "NAME=VALUE")]
+    #[allow(missing_docs)]
+    pub build_context: Vec<String>,
+    #[arg(long = "shm-size", hide = true, value_name = "BYTES")]
+    #[allow(missing_docs)]
+    pub shm_size: Option<String>,
+    #[arg(long = "ulimit", hide = true, value_name = "ULIMIT")]
+    #[allow(missing_docs)]
+    pub ulimit: Vec<String>,
+    #[arg(long = "cgroup-parent", hide = true, value_name = "PARENT")]
+    #[allow(missing_docs)]
+    pub cgroup_parent: Option<String>,
 
     /// Kubernetes docker-registry secret with push/pull credentials ("file:PATH" reads one from a file).
     #[arg(long, value_name = "NAME")]

@@ -60,6 +60,9 @@ pub enum BuildError {
         /// The entitlement to pass.
         entitlement: &'static str,
     },
+    /// The embedded builder runs as an ordinary user.
+    #[error("the local builder needs root: it mounts overlay filesystems and runs RUN steps in new namespaces; run kubectl build as root (e.g. with sudo), or use --dry-run to check a Dockerfile")]
+    NotRoot,
     /// SIGINT (Ctrl-C) or SIGTERM.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
@@ -105,7 +108,14 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
-    let mode = a.progress;
+    if !rustix::process::geteuid().is_root() {
+        return Err(BuildError::NotRoot);
+    }
+    let mode = if a.quiet {
+        ProgressMode::Quiet
+    } else {
+        a.progress
+    };
     let (registry_secret, insecure, no_cache, pull) = (
         a.registry_secret.as_deref(),
         &a.insecure_registries,
@@ -309,8 +319,15 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
         write_atomic(&p, text.as_bytes())?;
     }
+    // Standard output may be the archive (`-o -`): nothing else goes there.
+    let stdout_is_output = req
+        .outputs
+        .iter()
+        .any(|o| o.dest.as_deref() == Some(std::path::Path::new("-")));
     if mode == ProgressMode::Quiet {
-        println!("{digest}");
+        if !stdout_is_output {
+            println!("{digest}");
+        }
     } else {
         eprintln!(
             "=> built {} in {:.1}s: {}",
@@ -331,6 +348,9 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         }
         for p in &report.written {
             eprintln!("=> wrote {}", p.display());
+        }
+        for n in &report.loaded {
+            eprintln!("=> loaded {n} into the Docker daemon");
         }
     }
     Ok(())

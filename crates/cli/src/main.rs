@@ -80,6 +80,12 @@ fn doctor(install: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let host = kbuild_platform::Platform::host();
     println!("host platform: {host}");
     let mut all_ok = true;
+    if rustix::process::geteuid().is_root() {
+        println!("user: root (the local builder can mount and run steps)");
+    } else {
+        all_ok = false;
+        println!("user: not root: the local builder needs root to mount overlay filesystems and run steps; run as root");
+    }
     for (platform, support) in kbuild_worker::binfmt::report() {
         let mut support = support;
         if install && !support.runs() && platform.os == "linux" {

@@ -45,6 +45,9 @@ pub enum RequestError {
     /// A flag a later part of the product will execute.
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
+    /// `-o type=docker` for several platforms.
+    #[error("-o type=docker and --load hold one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
+    DockerArchivePlatforms(String),
     /// An `--allow` value that names no entitlement.
     #[error(
         "invalid --allow value {0:?}: the entitlements are security.insecure and network.host"
@@ -107,6 +110,27 @@ impl BuildRequest {
             }
         }
         for (flag, used) in [
+            // =false asks for no attestation, which is what every build makes.
+            (
+                "--provenance",
+                a.provenance.as_deref().is_some_and(|v| !is_false(v)),
+            ),
+            ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
+            ("--attest", !a.attest.is_empty()),
+            ("--annotation", !a.annotation.is_empty()),
+            ("--build-context", !a.build_context.is_empty()),
+            ("--shm-size", a.shm_size.is_some()),
+            ("--ulimit", !a.ulimit.is_empty()),
+            ("--cgroup-parent", a.cgroup_parent.is_some()),
+        ] {
+            if used {
+                return Err(RequestError::NotImplemented(
+                    flag.to_string(),
+                    "this buildx flag is not supported by kubectl build yet (omit it)",
+                ));
+            }
+        }
+        for (flag, used) in [
             ("--cache-from", !a.cache_from.is_empty()),
             ("--cache-to", !a.cache_to.is_empty()),
         ] {
@@ -148,6 +172,22 @@ impl BuildRequest {
                 Some(o) => o.push = true,
                 None => outputs.push(Output::parse("type=registry", &a.tags)?),
             }
+        }
+        if a.load
+            && !outputs
+                .iter()
+                .any(|o| o.kind == OutputKind::Docker && o.dest.is_none())
+        {
+            outputs.push(Output::parse("type=docker", &a.tags)?);
+        }
+        if platforms.len() > 1 && outputs.iter().any(|o| o.kind == OutputKind::Docker) {
+            return Err(RequestError::DockerArchivePlatforms(
+                platforms
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
         }
         let mut notices = Vec::new();
         if outputs.is_empty() {
@@ -273,4 +313,9 @@ fn display_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_string())
+}
+
+/// `false`, `0` (how buildx users turn an attestation off).
+fn is_false(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "false" | "0")
 }

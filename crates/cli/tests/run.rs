@@ -694,3 +694,52 @@ fn security_insecure_needs_the_entitlement() {
     .ok();
     assert_eq!(read(out.join("seccomp")).trim(), "0");
 }
+
+#[test]
+fn one_failing_platform_stops_the_others_at_once() {
+    let Some((t, store)) = setup("linux/amd64,linux/arm64") else {
+        return;
+    };
+    // arm64 fails at once; amd64 would run for minutes (an unusual
+    // duration, so no other test's sleep is mistaken for this one).
+    let ctx = context(
+        t.path(),
+        "failfast",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN if [ \"$(uname -m)\" = aarch64 ]; then echo broken; exit 3; fi; sleep 161\n",
+    );
+    let started = Instant::now();
+    let r = run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .fails();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?}:\n{}",
+        r.stderr
+    );
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(
+        error.contains("linux/arm64") && error.contains("exit code: 3"),
+        "{}",
+        r.stderr
+    );
+    // No step process is left behind.
+    assert!(
+        processes(&["sleep", "161"]).is_empty(),
+        "a sleep survived the failed build"
+    );
+}

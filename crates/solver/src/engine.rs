@@ -532,13 +532,22 @@ impl Solver {
             stages: (0..plan.stages.len()).map(|_| OnceCell::new()).collect(),
             froms_shown: Default::default(),
         };
-        let finals = futures_util::future::join_all(
+        // Fail fast: the first platform that fails stops the others (their
+        // running steps are killed) instead of letting them finish for
+        // nothing.
+        let finals = futures_util::future::try_join_all(
             plan.targets.iter().map(|t| exec.stage_state(t.final_stage)),
         )
         .await;
+        let finals = match finals {
+            Ok(f) => f,
+            Err(e) => {
+                self.opts.cancel.cancel();
+                return Err(SolveError::Shared(e));
+            }
+        };
         let mut images_out = Vec::new();
         for (t, st) in plan.targets.iter().zip(finals) {
-            let st = st.map_err(SolveError::Shared)?;
             let manifest = self.write_image(&st, &t.platform, &plan.labels)?;
             images_out.push(PlatformImage {
                 platform: t.platform.clone(),

@@ -12,6 +12,7 @@
 pub mod checksums;
 pub mod config;
 pub mod copy;
+pub mod docker_load;
 pub mod engine;
 pub mod fsutil;
 pub mod options;

@@ -48,7 +48,8 @@ pub enum OutputKind {
     Image,
     /// An OCI image layout: a tarball, or a directory when `dest` is a directory (`type=oci`).
     Oci,
-    /// A tarball `docker load` reads (`type=docker`).
+    /// A tarball `docker load` reads (`type=docker`); without `dest`, loaded
+    /// into the Docker daemon (`--load`).
     Docker,
     /// The final filesystem as a tarball (`type=tar`).
     Tar,
@@ -217,9 +218,8 @@ impl Output {
                     "pushing needs an image name: add -t NAME or name=NAME",
                 ))
             }
-            OutputKind::Oci | OutputKind::Docker | OutputKind::Tar | OutputKind::Local
-                if dest.is_none() =>
-            {
+            // type=docker without dest loads into the Docker daemon (--load).
+            OutputKind::Oci | OutputKind::Tar | OutputKind::Local if dest.is_none() => {
                 return Err(err(FLAG, spec, "this output type needs dest=PATH"))
             }
             _ => {}

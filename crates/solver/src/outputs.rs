@@ -20,6 +20,8 @@ pub struct ExportReport {
     pub stored: Vec<String>,
     /// Files and directories written.
     pub written: Vec<PathBuf>,
+    /// What the Docker daemon said it loaded (`--load`).
+    pub loaded: Vec<String>,
 }
 
 fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SolveError> {
@@ -110,6 +112,17 @@ pub async fn export(
                         result.images.iter().map(|i| i.platform.to_string()).collect::<Vec<_>>().join(", ")
                     )));
                 }
+                if out.dest.is_none() {
+                    let loaded = load_into_docker(
+                        &store,
+                        &result.images[0].manifest,
+                        &out.names,
+                        tar_options(solver),
+                    )
+                    .await?;
+                    report.loaded.extend(loaded);
+                    continue;
+                }
                 let dest = dest_of(out)?;
                 let store = store.clone();
                 let manifest = result.images[0].manifest.clone();
@@ -168,6 +181,43 @@ pub async fn export(
         }
     }
     Ok(report)
+}
+
+/// `--load`: stages the docker archive in a temporary file, then posts it
+/// to the Docker daemon (see [`crate::docker_load`]).
+async fn load_into_docker(
+    store: &std::sync::Arc<kbuild_image::ContentStore>,
+    manifest: &Descriptor,
+    names: &[String],
+    opts: TarOptions,
+) -> Result<Vec<String>, SolveError> {
+    let socket = crate::docker_load::socket_from(std::env::var("DOCKER_HOST").ok().as_deref())
+        .map_err(|e| SolveError::Image(e.to_string()))?;
+    let staged = tempfile::Builder::new()
+        .prefix("kubectl-build-load-")
+        .suffix(".tar")
+        .tempfile()
+        .map_err(|e| SolveError::Image(format!("stage the image for --load: {e}")))?;
+    let path = staged.path().to_path_buf();
+    let (store, manifest, names) = (store.clone(), manifest.clone(), names.to_vec());
+    let file = staged
+        .reopen()
+        .map_err(|e| SolveError::Image(format!("stage the image for --load: {e}")))?;
+    blocking(move || {
+        export::docker_archive(
+            &store,
+            std::io::BufWriter::new(file),
+            &manifest,
+            &names,
+            &opts,
+        )
+        .map_err(SolveError::from)
+        .and_then(|mut w| w.flush().map_err(io("write", &path)))
+    })
+    .await?;
+    crate::docker_load::load(&socket, staged.path())
+        .await
+        .map_err(|e| SolveError::Image(e.to_string()))
 }
 
 async fn blocking<T: Send + 'static>(

@@ -1,0 +1,89 @@
+//! `--load`: the image goes straight into a real Docker daemon (a private
+//! dockerd of the test kit, reached through DOCKER_HOST), which runs it.
+
+mod common;
+
+use common::{require_root, run, write};
+
+#[test]
+fn load_puts_the_image_into_dockerd_which_runs_it() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let Some(base) = common::busybox_image(&store, "linux/amd64") else {
+        return;
+    };
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("hello.txt"), "loaded by kubectl-build\n");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM {base}\nCOPY hello.txt /srv/\nCMD [\"cat\", \"/srv/hello.txt\"]\n"),
+    );
+    let d = match kbuild_testkit::dockerd::Dockerd::start() {
+        Ok(d) => d,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("dockerd: {e}"));
+            return;
+        }
+    };
+    let host = d.host();
+    let r = run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "kbuild-test/loaded:1",
+            "--load",
+        ],
+        &[("DOCKER_HOST", &host)],
+    )
+    .ok();
+    assert!(
+        r.stderr
+            .contains("loaded kbuild-test/loaded:1 into the Docker daemon"),
+        "{}",
+        r.stderr
+    );
+    let out = d
+        .docker_ok(["run", "--rm", "--network", "none", "kbuild-test/loaded:1"])
+        .expect("docker run");
+    assert_eq!(out.trim(), "loaded by kubectl-build");
+
+    // No daemon there: one clear line, naming the socket and the fix.
+    let missing = t.path().join("no-docker.sock");
+    let r = run(
+        &store,
+        &[ctx.to_str().unwrap(), "--platform", "linux/amd64", "--load"],
+        &[("DOCKER_HOST", &format!("unix://{}", missing.display()))],
+    )
+    .fails();
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains("cannot reach the Docker daemon")
+            && errors[0].contains(missing.to_str().unwrap()),
+        "{}",
+        errors[0]
+    );
+    // Several platforms cannot go into the classic docker store.
+    let r = run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--load",
+        ],
+        &[("DOCKER_HOST", &host)],
+    )
+    .fails();
+    assert!(r.stderr.contains("hold one platform"), "{}", r.stderr);
+}

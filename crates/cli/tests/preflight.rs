@@ -1,0 +1,163 @@
+//! Errors that come before any build work: they name the problem and the
+//! fix, and nothing is written.
+
+mod common;
+
+use common::{bin, require_root, write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+#[test]
+fn a_docker_archive_of_several_platforms_is_refused_before_building() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let out = t.path().join("out.tar");
+    let r = common::run(
+        &t.path().join("store"),
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=docker,dest={}", out.display()),
+        ],
+        &[],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains("hold one platform") && r.stderr.contains("linux/amd64, linux/arm64"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    assert!(!t.path().join("store").exists(), "no store was made");
+}
+
+#[test]
+fn an_ordinary_user_is_told_at_once_that_the_local_builder_needs_root() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .arg("--root")
+        .arg(&store)
+        .arg(&ctx)
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("the local builder needs root"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!store.exists(), "nothing was written");
+
+    let doctor = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .arg("doctor")
+        .output()
+        .expect("run setpriv");
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    assert!(stdout.contains("not root"), "{stdout}");
+    assert_ne!(doctor.status.code(), Some(0));
+}
+
+#[test]
+fn unsupported_buildx_flags_are_named() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    for flag in [
+        "--provenance=mode=max",
+        "--sbom=true",
+        "--annotation=a=b",
+        "--build-context=x=y",
+        "--shm-size=1g",
+    ] {
+        let name = flag.split('=').next().unwrap();
+        let r = common::run(&store, &[ctx.to_str().unwrap(), flag, "--dry-run"], &[]).fails();
+        assert!(
+            r.stderr.contains(&format!("{name} is not implemented yet")),
+            "{flag}: {}",
+            r.stderr
+        );
+    }
+    // Turning an attestation off asks for nothing.
+    common::run(
+        &store,
+        &[
+            ctx.to_str().unwrap(),
+            "--provenance=false",
+            "--sbom=false",
+            "--dry-run",
+        ],
+        &[],
+    )
+    .ok();
+}
+
+#[test]
+fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    let r = common::run(&store, &[ctx.to_str().unwrap(), "-q"], &[]).ok();
+    assert!(
+        r.stdout.starts_with("sha256:") && r.stdout.lines().count() == 1,
+        "{:?}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr
+            .lines()
+            .any(|l| l.starts_with('#') || l.starts_with("=>")),
+        "no progress in quiet mode: {}",
+        r.stderr
+    );
+    // The archive is all there is on stdout: tar reads it to the end.
+    let out = Command::new(bin())
+        .arg("--root")
+        .arg(&store)
+        .arg(&ctx)
+        .args(["-q", "-o", "type=tar,dest=-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archive = t.path().join("fs.tar");
+    std::fs::write(&archive, &out.stdout).unwrap();
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(listing.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).trim(),
+        "Dockerfile"
+    );
+    let tail = &out.stdout[out.stdout.len().saturating_sub(1024)..];
+    assert!(
+        tail.iter().all(|b| *b == 0),
+        "bytes after the tar's end blocks"
+    );
+}
