@@ -3,6 +3,7 @@
 
 use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::request::BuildRequest;
+use crate::signals::StopSignals;
 use kbuild_image::{Compression, ContentStore};
 use kbuild_solver::engine::{BuildResult, Context, SolveOptions, Solver};
 use kbuild_solver::options::{LayerCompression, OutputKind};
@@ -29,13 +30,13 @@ pub enum BuildError {
         /// Why.
         source: kbuild_image::Error,
     },
-    /// The snapshotter could not be opened.
-    #[error("snapshots under {path}: {reason}")]
+    /// The snapshots could not be opened or collected.
+    #[error("snapshots under {path}: {source}")]
     Snapshots {
         /// Its root.
         path: PathBuf,
         /// Why.
-        reason: String,
+        source: kbuild_worker::snapshot::Error,
     },
     /// Credentials could not be read.
     #[error(transparent)]
@@ -62,7 +63,7 @@ pub enum BuildError {
     /// The embedded builder runs as an ordinary user.
     #[error("the local builder needs root: it mounts overlay filesystems and runs RUN steps in new namespaces; run kubectl build as root (e.g. with sudo), or use --dry-run to check a Dockerfile")]
     NotRoot,
-    /// Ctrl-C.
+    /// SIGINT (Ctrl-C) or SIGTERM.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
     /// Writing a result file failed.
@@ -122,16 +123,27 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         a.pull,
     );
     let (iidfile, metadata_file) = (a.iidfile.clone(), a.metadata_file.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    // From here on SIGINT and SIGTERM cancel the build instead of killing it.
+    let mut signals = {
+        let _in_runtime = rt.enter();
+        StopSignals::install()
+            .map_err(|e| BuildError::Other(format!("install the signal handlers: {e}")))?
+    };
     let (store, root) = open_store(g)?;
     let _lock = store.lock_shared().map_err(|source| BuildError::Store {
         path: root.clone(),
         source,
     })?;
     let snaps_root = root.join("snapshots");
-    let snaps = Snapshotter::new(&snaps_root).map_err(|e| BuildError::Snapshots {
+    let snaps = Snapshotter::new(&snaps_root).map_err(|source| BuildError::Snapshots {
         path: snaps_root.clone(),
-        reason: e.to_string(),
+        source,
     })?;
+    recover(&store, &snaps);
     let secret = registry_secret.or(Some(g.builder.as_str()));
     let creds = kbuild_registry::Credentials::from_registry_secret(secret)
         .map_err(BuildError::Credentials)?;
@@ -234,10 +246,6 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         ignore,
         checksums,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
     let started = Instant::now();
     let outcome = rt.block_on(async {
         let work = async {
@@ -254,7 +262,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         };
         tokio::select! {
             r = work => r,
-            _ = tokio::signal::ctrl_c() => {
+            signal = signals.recv() => {
+                tracing::debug!(%signal, "cancelling the build");
                 // Kill running steps; dropping the build stops a push where
                 // it is (tags go last, so none is written).
                 cancel.cancel();
@@ -461,14 +470,48 @@ impl Progress for Tty {
     }
 }
 
+/// Reclaims what crashed builds left in the store (ingest files, mounts,
+/// snapshot directories); entries of live builds are locked and kept. A
+/// failure here does not stop the build: it is reported and the next build
+/// or `prune` tries again.
+fn recover(store: &ContentStore, snaps: &Snapshotter) {
+    match store.recover() {
+        Ok(r) if !r.removed_ingests.is_empty() || !r.removed_temps.is_empty() => tracing::debug!(
+            ingest_files = r.removed_ingests.len(),
+            bytes = r.freed_bytes,
+            ref_temp_files = r.removed_temps.len(),
+            "removed temporary files of dead builds"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot clean up the ingest files of dead builds"),
+    }
+    match snaps.recover() {
+        Ok(r) if !r.is_empty() => tracing::debug!(
+            unmounted = r.unmounted.len(),
+            removed = r.removed.len(),
+            "reclaimed the mounts and directories of dead builds"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot clean up the snapshots of dead builds"),
+    }
+}
+
 /// `kubectl build prune`: drop what no image or cache record references
-/// (with `all`, the cache records too), blobs and unpacked layers alike.
+/// (with `all`, the cache records too), blobs and unpacked layers alike,
+/// and what crashed builds left behind. Runs under the store's exclusive
+/// lock: it fails at once, touching nothing, while a build runs.
 pub fn prune(g: &GlobalArgs, all: bool) -> Result<String, BuildError> {
     let (store, root) = open_store(g)?;
     let serr = |source| BuildError::Store {
         path: root.clone(),
         source,
     };
+    let held = store.try_lock_exclusive().map_err(serr)?;
+    let snaps_root = root.join("snapshots");
+    let snaps = Snapshotter::new(&snaps_root).map_err(|source| BuildError::Snapshots {
+        path: snaps_root.clone(),
+        source,
+    })?;
     let mut dropped_records = 0;
     if all {
         for (name, _) in store.list_refs().map_err(serr)? {
@@ -478,44 +521,27 @@ pub fn prune(g: &GlobalArgs, all: bool) -> Result<String, BuildError> {
             }
         }
     }
-    let report = store.prune(&[]).map_err(serr)?;
-    // Unpacked layers whose diff id no remaining config lists.
-    let roots: Vec<kbuild_image::Digest> = store
-        .list_refs()
-        .map_err(serr)?
-        .into_iter()
-        .map(|(_, d)| d)
-        .collect();
-    let mut keep = std::collections::HashSet::new();
-    for d in store.reachable(roots).map_err(serr)? {
-        if let Ok(bytes) = store.read(&d) {
-            if let Ok(cfg) = kbuild_image::ImageConfig::parse(&bytes) {
-                for id in cfg.rootfs.diff_ids {
-                    keep.insert(id.hex());
-                }
-            }
-        }
-    }
-    let layers = root.join("snapshots").join("layers");
-    let (mut removed_layers, mut layer_bytes) = (0u64, 0u64);
-    if let Ok(rd) = std::fs::read_dir(&layers) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if keep.contains(&name) {
-                continue;
-            }
-            layer_bytes += dir_size(&e.path());
-            if std::fs::remove_dir_all(e.path()).is_ok() {
-                removed_layers += 1;
-            }
-        }
-    }
+    let report = store.prune_locked(&held, &[]).map_err(serr)?;
+    let keep = store.referenced_diff_ids().map_err(serr)?;
+    let gc = snaps
+        .gc(&held, keep.iter().map(|d| d.to_string()))
+        .map_err(|source| BuildError::Snapshots {
+            path: snaps_root.clone(),
+            source,
+        })?;
+    drop(held);
+    tracing::debug!(
+        unmounted = gc.recovered.unmounted.len(),
+        removed = gc.recovered.removed.len(),
+        ingest_files = report.removed_ingests,
+        "reclaimed what dead builds left"
+    );
     Ok(format!(
         "removed {} blobs ({:.1} MB), {} unpacked layers ({:.1} MB){}; kept {} blobs",
         report.removed_blobs.len(),
         report.freed_bytes as f64 / 1e6,
-        removed_layers,
-        layer_bytes as f64 / 1e6,
+        gc.removed_layers,
+        gc.freed_bytes as f64 / 1e6,
         if all {
             format!(", {dropped_records} cache records")
         } else {
@@ -523,23 +549,4 @@ pub fn prune(g: &GlobalArgs, all: bool) -> Result<String, BuildError> {
         },
         report.kept
     ))
-}
-
-fn dir_size(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                if let Ok(m) = e.path().symlink_metadata() {
-                    if m.is_dir() {
-                        stack.push(e.path());
-                    } else {
-                        total += m.len();
-                    }
-                }
-            }
-        }
-    }
-    total
 }

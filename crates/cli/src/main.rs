@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod request;
+mod signals;
 
 use args::{Cli, Command, DryRun};
 use clap::Parser;

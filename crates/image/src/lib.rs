@@ -16,7 +16,9 @@
 //!   keys, compact, so the same image gives the same digests.
 //! - Builds hold [`ContentStore::lock_shared`] while they write blobs that no
 //!   ref reaches yet; [`ContentStore::prune`] takes the lock exclusively and
-//!   refuses to run while any build holds it.
+//!   refuses to run while any build holds it. [`ContentStore::recover`]
+//!   removes the ingest files of crashed processes. File locks go through
+//!   [`lock`], the workspace's one `flock` implementation.
 //! - A blob is opened with [`ContentStore::open_blob`] (`open` opens the store).
 //!
 //! ```
@@ -54,6 +56,7 @@ pub mod pargzip;
 mod store;
 
 pub mod export;
+pub mod lock;
 pub mod tarball;
 
 pub use digest::{Digest, DigestWriter};
@@ -64,6 +67,6 @@ pub use layer::{
 };
 pub use oci::*;
 pub use store::{
-    default_root, write_atomic, ChildrenList, ContentStore, Ingest, PruneReport, StoreLock,
-    STALE_INGEST_AGE,
+    default_root, write_atomic, ChildrenList, ContentStore, ExclusiveStoreLock, Ingest,
+    PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
 };

@@ -9,6 +9,10 @@
 //! <root>/refs/<name>          one file per ref holding a digest; the roots for prune
 //! <root>/lock                 advisory lock: shared by builds, exclusive by prune
 //! ```
+//!
+//! Every ingest file is locked (`flock`) by the process writing it, so
+//! [`ContentStore::recover`] can remove the anonymous ones a crashed process
+//! left behind without touching a live writer's.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -17,14 +21,20 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::{io_err, Error, Result};
+use crate::lock::{self, FileLock, LockMode};
 
 /// Ingest files untouched for this long are removed by [`ContentStore::prune`].
 pub const STALE_INGEST_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// Temp files of ref updates are named `.<ref>` followed by this and a random part.
+const REF_TEMP_MARK: &str = ".tmp-";
+
+/// The name prefix of anonymous ingest files.
+const INGEST_TEMP_PREFIX: &str = "tmp-";
 
 /// JSON blobs bigger than this are never parsed while walking for prune.
 const MAX_WALK_DOCUMENT: u64 = 16 << 20;
@@ -57,7 +67,25 @@ pub struct ContentStore {
 /// A held store lock; released on drop. See [`ContentStore::lock_shared`].
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    _lock: FileLock,
+}
+
+/// The store lock held exclusively: no build runs while it is held. See
+/// [`ContentStore::try_lock_exclusive`]; released on drop.
+#[derive(Debug)]
+pub struct ExclusiveStoreLock {
+    _lock: FileLock,
+}
+
+/// What [`ContentStore::recover`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// Ingest temp files of processes that are gone.
+    pub removed_ingests: Vec<PathBuf>,
+    /// Their bytes.
+    pub freed_bytes: u64,
+    /// Temp files of ref updates of processes that are gone.
+    pub removed_temps: Vec<PathBuf>,
 }
 
 /// What [`ContentStore::prune`] did.
@@ -158,16 +186,17 @@ impl ContentStore {
     /// Starts an anonymous ingest. Dropping it without commit removes its file.
     pub fn writer(&self) -> Result<Ingest> {
         let dir = self.root.join("ingest");
-        let temp = tempfile::Builder::new()
-            .prefix("tmp-")
-            .tempfile_in(&dir)
-            .map_err(io_err("create an ingest file in", &dir))?;
-        let (file, temp_path) = temp.into_parts();
-        let path = temp_path.to_path_buf();
+        // Locked while this process writes it: see [`ContentStore::recover`].
+        let (file, path) = FileLock::create_unique(&dir, INGEST_TEMP_PREFIX, "")
+            .map_err(io_err("create an ingest file in", &dir))?
+            .into_parts();
         Ok(Ingest {
             out: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            temp: Some(
+                tempfile::TempPath::try_from_path(&path)
+                    .map_err(io_err("create an ingest file in", &dir))?,
+            ),
             path,
-            temp: Some(temp_path),
             hasher: Hasher::default(),
             blobs: self.root.join("blobs/sha256"),
         })
@@ -192,7 +221,9 @@ impl ContentStore {
                 .truncate(false)
                 .open(&path)
                 .map_err(io_err("open the resumable ingest file", &path))?;
-            if FileExt::try_lock_exclusive(&file).is_err() {
+            if !lock::flock(&file, LockMode::Exclusive, false)
+                .map_err(io_err("lock the resumable ingest file", &path))?
+            {
                 return Err(Error::IngestBusy {
                     key: key.to_string(),
                 });
@@ -240,9 +271,119 @@ impl ContentStore {
     /// while a prune runs.
     pub fn lock_shared(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let file = File::open(&path).map_err(io_err("open the store lock", &path))?;
-        FileExt::lock_shared(&file).map_err(io_err("take the shared store lock", &path))?;
-        Ok(StoreLock { _file: file })
+        let lock = FileLock::acquire(&path, LockMode::Shared)
+            .map_err(io_err("take the shared store lock", &path))?;
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// Takes the store lock exclusively, without waiting: fails with
+    /// [`Error::Busy`] while a build holds it (including a [`StoreLock`] of
+    /// the caller itself). Garbage collection of the store and of the
+    /// snapshots runs under it.
+    pub fn try_lock_exclusive(&self) -> Result<ExclusiveStoreLock> {
+        let path = self.root.join("lock");
+        match FileLock::try_acquire(&path, LockMode::Exclusive)
+            .map_err(io_err("take the exclusive store lock", &path))?
+        {
+            Some(lock) => Ok(ExclusiveStoreLock { _lock: lock }),
+            None => Err(Error::Busy {
+                root: self.root.clone(),
+            }),
+        }
+    }
+
+    /// Removes the anonymous ingest files of processes that are gone (a
+    /// build killed while writing a blob) and the temp files of their ref
+    /// updates; a live writer holds its file locked and keeps it. Resumable ingests stay for a later resume
+    /// ([`ContentStore::prune`] drops stale ones). Safe to call while other
+    /// builds run; each removed file is logged at debug level.
+    pub fn recover(&self) -> Result<RecoverReport> {
+        let ingest = self.root.join("ingest");
+        let mut report = RecoverReport::default();
+        let entries = fs::read_dir(&ingest).map_err(io_err("list the ingest files in", &ingest))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list the ingest files in", &ingest))?;
+            let is_temp = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(INGEST_TEMP_PREFIX));
+            if !is_temp {
+                continue;
+            }
+            let path = entry.path();
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("open the ingest file", path)(e)),
+            };
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let Some(held) = FileLock::try_from_file(file, &path)
+                .map_err(io_err("lock the ingest file", &path))?
+            else {
+                continue; // a live writer's
+            };
+            held.remove()
+                .map_err(io_err("remove the ingest file", &path))?;
+            tracing::debug!(path = %path.display(), bytes = size, "removed the ingest file of a dead process");
+            report.freed_bytes += size;
+            report.removed_ingests.push(path);
+        }
+        // Temp files of ref updates, anywhere below refs/.
+        let mut stack = vec![self.root.join("refs")];
+        while let Some(dir) = stack.pop() {
+            let entries = fs::read_dir(&dir).map_err(io_err("list the refs in", &dir))?;
+            for entry in entries {
+                let entry = entry.map_err(io_err("list the refs in", &dir))?;
+                let path = entry.path();
+                let kind = entry.file_type().map_err(io_err("stat", &path))?;
+                if kind.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let is_temp = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(REF_TEMP_MARK));
+                if !is_temp {
+                    continue;
+                }
+                let file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err("open the ref temp file", path)(e)),
+                };
+                let Some(held) = FileLock::try_from_file(file, &path)
+                    .map_err(io_err("lock the ref temp file", &path))?
+                else {
+                    continue; // a live writer's
+                };
+                held.remove()
+                    .map_err(io_err("remove the ref temp file", &path))?;
+                tracing::debug!(path = %path.display(), "removed the ref temp file of a dead process");
+                report.removed_temps.push(path);
+            }
+        }
+        report.removed_ingests.sort();
+        report.removed_temps.sort();
+        Ok(report)
+    }
+
+    /// The diff_ids of every image config reachable from the refs: the
+    /// unpacked layers a snapshot garbage collection must keep.
+    pub fn referenced_diff_ids(&self) -> Result<BTreeSet<Digest>> {
+        let roots: Vec<Digest> = self.list_refs()?.into_iter().map(|(_, d)| d).collect();
+        let mut out = BTreeSet::new();
+        for d in self.reachable(roots)? {
+            // Configs are small JSON documents; layers are not read.
+            if !matches!(self.size(&d), Ok(n) if n <= MAX_WALK_DOCUMENT) {
+                continue;
+            }
+            let Ok(bytes) = self.read(&d) else { continue };
+            if let Ok(cfg) = crate::ImageConfig::parse(&bytes) {
+                out.extend(cfg.rootfs.diff_ids);
+            }
+        }
+        Ok(out)
     }
 
     /// Points ref `name` at `digest`, replacing it atomically. Names are
@@ -371,23 +512,33 @@ impl ContentStore {
         Ok(seen)
     }
 
-    /// Removes blobs that no ref and none of `extra_roots` reach, and ingest
-    /// files untouched for [`STALE_INGEST_AGE`]. Takes the store lock
+    /// Removes blobs that no ref and none of `extra_roots` reach, the ingest
+    /// files of dead processes ([`ContentStore::recover`]) and resumable
+    /// ingest files untouched for [`STALE_INGEST_AGE`]. Takes the store lock
     /// exclusively and fails with [`Error::Busy`] while a build holds it
     /// (including a [`StoreLock`] held by the caller itself).
     pub fn prune(&self, extra_roots: &[Digest]) -> Result<PruneReport> {
-        let lock_path = self.root.join("lock");
-        let lock = File::open(&lock_path).map_err(io_err("open the store lock", &lock_path))?;
-        if FileExt::try_lock_exclusive(&lock).is_err() {
-            return Err(Error::Busy {
-                root: self.root.clone(),
-            });
-        }
+        let lock = self.try_lock_exclusive()?;
+        self.prune_locked(&lock, extra_roots)
+    }
+
+    /// [`ContentStore::prune`] for a caller that already holds the store
+    /// lock exclusively (to collect more than blobs under the same lock).
+    pub fn prune_locked(
+        &self,
+        _held: &ExclusiveStoreLock,
+        extra_roots: &[Digest],
+    ) -> Result<PruneReport> {
+        let recovered = self.recover()?;
         let mut roots: Vec<Digest> = self.list_refs()?.into_iter().map(|(_, d)| d).collect();
         roots.extend_from_slice(extra_roots);
         let keep = self.reachable(roots)?;
 
-        let mut report = PruneReport::default();
+        let mut report = PruneReport {
+            freed_bytes: recovered.freed_bytes,
+            removed_ingests: recovered.removed_ingests.len(),
+            ..PruneReport::default()
+        };
         let blobs = self.root.join("blobs/sha256");
         let entries = fs::read_dir(&blobs).map_err(io_err("list the blobs in", &blobs))?;
         for entry in entries {
@@ -431,17 +582,17 @@ impl ContentStore {
                 continue;
             }
             // A resumable writer holds its file locked; skip it if it is alive.
-            if let Ok(f) = File::open(entry.path()) {
-                if FileExt::try_lock_exclusive(&f).is_err() {
-                    continue;
-                }
-            }
-            if fs::remove_file(entry.path()).is_ok() {
+            let Ok(f) = File::open(entry.path()) else {
+                continue;
+            };
+            let Ok(Some(held)) = FileLock::try_from_file(f, entry.path()) else {
+                continue;
+            };
+            if held.remove().is_ok() {
                 report.freed_bytes += meta.len();
                 report.removed_ingests += 1;
             }
         }
-        drop(lock);
         Ok(report)
     }
 
@@ -550,15 +701,11 @@ impl Ingest {
 
     /// Removes the ingest file (also for resumable ingests).
     pub fn abort(mut self) -> Result<()> {
+        // The name goes while the file is open, so its lock still tells
+        // recovery that it is ours.
+        let removed = self.discard();
         self.out = None;
-        match self.temp.take() {
-            Some(t) => t
-                .close()
-                .map_err(io_err("remove the ingest file", &self.path)),
-            None => {
-                fs::remove_file(&self.path).map_err(io_err("remove the ingest file", &self.path))
-            }
-        }
+        removed
     }
 
     fn finish(mut self, expected: Option<&Digest>, size: Option<u64>) -> Result<(Digest, u64)> {
@@ -588,15 +735,17 @@ impl Ingest {
             }),
             _ => None,
         };
+        // The file stays open (and locked) until its name is gone or moved,
+        // so recovery never takes it for a dead writer's.
         if let Some(err) = mismatch {
-            drop(file);
             let _ = self.discard();
+            drop(file);
             return Err(err);
         }
         let target = self.blobs.join(actual.hex());
         if target.exists() {
-            drop(file);
             self.discard()?;
+            drop(file);
             return Ok((actual, actual_size));
         }
         // Data reaches the disk before the name does, so a crash never leaves
@@ -604,7 +753,6 @@ impl Ingest {
         file.set_permissions(fs::Permissions::from_mode(0o444))
             .map_err(io_err("set permissions on", &self.path))?;
         file.sync_all().map_err(io_err("sync", &self.path))?;
-        drop(file);
         match self.temp.take() {
             Some(t) => {
                 t.persist(&target).map_err(|e| Error::Io {
@@ -617,20 +765,20 @@ impl Ingest {
                 fs::rename(&self.path, &target).map_err(io_err("commit the blob to", &target))?
             }
         }
+        drop(file);
         sync_dir(&self.blobs)?;
         Ok((actual, actual_size))
     }
 
     fn discard(&mut self) -> Result<()> {
-        match self.temp.take() {
-            Some(t) => t
-                .close()
-                .map_err(io_err("remove the ingest file", &self.path)),
-            None => match fs::remove_file(&self.path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_err("remove the ingest file", &self.path)(e)),
-            },
+        let removed = match self.temp.take() {
+            Some(t) => t.close(),
+            None => fs::remove_file(&self.path),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove the ingest file", &self.path)(e)),
         }
     }
 }
@@ -676,13 +824,15 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // 0666 less the umask, like any file a program creates (a temp file
-    // alone would be 0600).
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}.tmp-"))
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)
+    // Locked while written, like ingest files: see [`ContentStore::recover`].
+    // 0666 less the umask, like any file a program creates.
+    let (file, temp_path) =
+        FileLock::create_unique(dir, &format!(".{file_name}{REF_TEMP_MARK}"), "")
+            .map_err(io_err("create a temp file in", dir))?
+            .into_parts();
+    let temp_path = tempfile::TempPath::try_from_path(temp_path)
         .map_err(io_err("create a temp file in", dir))?;
+    let mut temp = tempfile::NamedTempFile::from_parts(file, temp_path);
     temp.write_all(data)
         .map_err(io_err("write", temp.path().to_path_buf()))?;
     temp.as_file()

@@ -381,3 +381,95 @@ fn default_root_follows_xdg() {
         ))
     );
 }
+
+/// Run by [`recover_removes_the_ingest_files_of_killed_writers`] in a child
+/// process: starts an ingest, prints its path, and waits to be killed.
+#[test]
+#[ignore = "helper process of recover_removes_the_ingest_files_of_killed_writers"]
+fn ingest_writer_child() {
+    let root = std::env::var_os("KBUILD_INGEST_CHILD_ROOT").expect("started by the parent test");
+    let store = ContentStore::open(root).unwrap();
+    let mut ingest = store.writer().unwrap();
+    ingest.write_all(b"half a blob").unwrap();
+    ingest.flush().unwrap();
+    println!("INGEST {}", ingest.path().display());
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+#[test]
+fn recover_removes_the_ingest_files_of_killed_writers() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "ingest_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KBUILD_INGEST_CHILD_ROOT", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let dead = loop {
+        let line = lines.next().expect("the child prints its ingest").unwrap();
+        // The harness prints "test NAME ... " on the same line.
+        if let Some((_, p)) = line.split_once("INGEST ") {
+            break std::path::PathBuf::from(p);
+        }
+    };
+    assert!(dead.exists());
+    // While the writer lives, its file is not touched.
+    assert_eq!(
+        store.recover().unwrap().removed_ingests,
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(dead.exists());
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    assert!(dead.exists(), "a killed writer leaves its ingest file");
+    let mut live = store.writer().unwrap();
+    live.write_all(b"still being written").unwrap();
+    let report = store.recover().unwrap();
+    assert_eq!(report.removed_ingests, vec![dead.clone()]);
+    assert_eq!(report.freed_bytes, 11);
+    assert!(!dead.exists());
+    assert!(live.path().exists(), "a live writer's file stays");
+    let (d, _) = live.commit(None).unwrap();
+    assert_eq!(store.read(&d).unwrap(), b"still being written");
+    let left: Vec<_> = fs::read_dir(dir.path().join("ingest"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left, Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn recover_removes_ref_temp_files_nobody_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let (d, _) = store.put_bytes(b"target").unwrap();
+    store.set_ref("image/a/b", &d).unwrap();
+    let refs = dir.path().join("refs/image/a");
+    // What a process killed in the middle of set_ref leaves: an unlocked temp file.
+    let dead = refs.join(".b.tmp-dead01");
+    fs::write(&dead, b"sha256:partial").unwrap();
+    // A writer that is alive holds its temp file locked.
+    let live = kbuild_image::lock::FileLock::create_unique(&refs, ".b.tmp-", "").unwrap();
+    let report = store.recover().unwrap();
+    assert_eq!(report.removed_temps, vec![dead.clone()]);
+    assert!(!dead.exists());
+    assert!(live.path().exists());
+    assert_eq!(
+        store.list_refs().unwrap(),
+        vec![("image/a/b".to_string(), d)]
+    );
+    store.set_ref("image/a/b", &d).unwrap();
+    live.remove().unwrap();
+    assert_eq!(fs::read_dir(&refs).unwrap().count(), 1, "only the ref");
+}

@@ -1569,7 +1569,9 @@ impl<'a> Exec<'a> {
                 let _ = mount.unmount();
                 return Err(e);
             }
-            let dir = mount.commit().map_err(|e| format!("unmount: {e}"))?;
+            // Held until the layer is adopted: recovery leaves it alone.
+            let snapshot = mount.commit().map_err(|e| format!("unmount: {e}"))?;
+            let dir = snapshot.path().to_path_buf();
             let empty = std::fs::read_dir(&dir)
                 .map(|mut d| d.next().is_none())
                 .unwrap_or(true);

@@ -355,21 +355,20 @@ fn scratch(res: &mut Resources) -> Result<PathBuf, RunSetupError> {
 }
 
 fn lock_file(path: &Path, wait: bool) -> Result<File, RunSetupError> {
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| RunSetupError(format!("cache lock {}: {e}", path.display())))?;
-    let op = if wait {
-        nix::fcntl::FlockArg::LockExclusive
+    use kbuild_image::lock::{FileLock, LockMode};
+    let err = |e: std::io::Error| RunSetupError(format!("cache lock {}: {e}", path.display()));
+    let lock = if wait {
+        Some(FileLock::acquire(path, LockMode::Exclusive).map_err(err)?)
     } else {
-        nix::fcntl::FlockArg::LockExclusiveNonblock
+        FileLock::try_acquire(path, LockMode::Exclusive).map_err(err)?
     };
-    #[allow(deprecated)]
-    nix::fcntl::flock(std::os::fd::AsRawFd::as_raw_fd(&f), op)
-        .map_err(|e| RunSetupError(format!("cache lock {}: {e}", path.display())))?;
-    Ok(f)
+    // The open file keeps the lock until the step's resources are dropped.
+    lock.map(|l| l.into_parts().0).ok_or_else(|| {
+        RunSetupError(format!(
+            "cache lock {}: held by another build",
+            path.display()
+        ))
+    })
 }
 
 /// `sharing=private`: the first free of `DIR`, `DIR.1`, `DIR.2`, ... (each held locked).

@@ -720,7 +720,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     assert!(is_whiteout(&committed.join("keep")));
     assert!(xattr(&committed.join("opt"), "trusted.overlay.opaque").is_some());
     let mut stack = lowers.clone();
-    stack.push(committed.clone());
+    stack.push(committed.to_path_buf());
     let next = snap.mount(&stack)?;
     assert_eq!(describe(next.merged()), merged_tree);
     drop(next);

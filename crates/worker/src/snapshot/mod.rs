@@ -9,6 +9,7 @@
 //! | `tmp/<hex>/` | a layer being unpacked; renamed into `layers/` when complete |
 //! | `locks/<hex>.lock` | `flock` taken while a layer is unpacked or adopted |
 //! | `mounts/<id>/{upper,work,merged}` | a live overlay mount |
+//! | `mounts/<id>.lock` | `flock` held by the process owning mount `<id>` and its snapshot |
 //! | `snapshots/<id>/` | an upper directory kept by [`Mount::commit`] |
 //! | `empty/` | the lower directory of a `FROM scratch` mount |
 //!
@@ -18,6 +19,11 @@
 //! unpack the same layer serialize on the lock, and the second one reuses
 //! the first one's result. (The rename is atomic against process crashes;
 //! durability against power loss is left to the filesystem.)
+//!
+//! What a crashed process leaves (a mount, its directories, a half-unpacked
+//! layer) is found by its free lock and reclaimed by
+//! [`Snapshotter::recover`]; [`Snapshotter::gc`] also drops the layers no
+//! image references, under the store's exclusive lock.
 //!
 //! ```no_run
 //! use kbuild_worker::snapshot::{write_diff, DiffOptions, Snapshotter};
@@ -41,20 +47,22 @@ mod error;
 mod fsutil;
 mod mount;
 mod policy;
+mod recover;
 mod unpack;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, RenameFlags};
+use kbuild_image::lock::{FileLock, LockMode};
+use rustix::fs::RenameFlags;
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256, Sha512};
 
 pub use diff::{write_diff, DiffOptions, DiffStats};
 pub use error::{Error, Result};
-pub use mount::Mount;
+pub use mount::{Mount, Snapshot};
+pub use recover::{GcReport, Recovered};
 
 use error::IoContext;
 
@@ -187,16 +195,9 @@ impl Snapshotter {
         Ok(p.is_dir().then_some(p))
     }
 
-    fn lock(&self, hex: &str) -> Result<File> {
+    fn lock(&self, hex: &str) -> Result<FileLock> {
         let p = self.root.join("locks").join(format!("{hex}.lock"));
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .at("open the layer lock", &p)?;
-        rustix::fs::flock(f.as_fd(), FlockOperation::LockExclusive).at("lock the layer", &p)?;
-        Ok(f)
+        FileLock::acquire(&p, LockMode::Exclusive).at("lock the layer", &p)
     }
 
     /// Renames a finished directory to its layer name unless another

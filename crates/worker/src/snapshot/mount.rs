@@ -21,8 +21,13 @@ use rustix::mount::{
     MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
 };
 
+use kbuild_image::lock::FileLock;
+
 use super::error::{Error, IoContext, Result};
 use super::fsutil;
+
+/// The name of a mount's lock file is its id followed by this.
+pub(crate) const LOCK_SUFFIX: &str = ".lock";
 
 /// The most lower layers overlayfs stacks (`OVL_MAX_STACK`).
 const MAX_LOWERS: usize = 500;
@@ -50,8 +55,13 @@ const PLAIN_UPPER_OPTIONS: [(&str, &str); 4] = [
 /// plain diff. Linux 6.8+ takes any number of lowers (up to overlayfs's
 /// 500) through `fsconfig(lowerdir+)`; older kernels fall back to
 /// `mount(2)`, whose one-page option string holds about 200 lowers.
-/// A process that crashes while holding a `Mount` leaves it mounted under
-/// `<root>/mounts/`.
+///
+/// The mount's directory `<root>/mounts/<id>/` belongs to the lock file
+/// `<root>/mounts/<id>.lock`, which the process holds (`flock`) for the
+/// mount's life and removes last. A process that dies while holding a
+/// `Mount` (SIGKILL) leaves it mounted; [`super::Snapshotter::recover`]
+/// finds it by its free lock and reclaims it, and never touches the mount
+/// of a live process.
 #[derive(Debug)]
 pub struct Mount {
     dir: PathBuf,
@@ -59,6 +69,70 @@ pub struct Mount {
     upper: PathBuf,
     snapshots: PathBuf,
     mounted: bool,
+    lock: Option<FileLock>,
+}
+
+/// An upper directory kept by [`Mount::commit`] (`<root>/snapshots/<id>`).
+/// It stays locked by this process (the mount's lock) until it is dropped,
+/// so [`super::Snapshotter::recover`] leaves it alone while it waits to be
+/// adopted ([`super::Snapshotter::adopt_layer`]) or diffed. Dropping it
+/// removes the directory if it is still there, then the lock.
+#[derive(Debug)]
+pub struct Snapshot {
+    path: PathBuf,
+    lock: Option<FileLock>,
+}
+
+impl Snapshot {
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Snapshot {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        match fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %self.path.display(), error = %e, "cannot remove a committed snapshot");
+                return; // keep the lock file: recovery reclaims the entry
+            }
+        }
+        if let Some(lock) = self.lock.take() {
+            if let Err(e) = lock.remove() {
+                tracing::warn!(error = %e, "cannot remove a snapshot lock");
+            }
+        }
+    }
+}
+
+/// Unmounts `path`, lazily (`MNT_DETACH`) when it is busy. Returns whether
+/// something was mounted there.
+pub(crate) fn unmount_path(path: &Path) -> Result<bool> {
+    match rustix::mount::unmount(path, UnmountFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(Errno::BUSY) => {
+            rustix::mount::unmount(path, UnmountFlags::DETACH).at("lazily unmount", path)?;
+            Ok(true)
+        }
+        Err(Errno::INVAL) | Err(Errno::NOENT) => Ok(false), // not mounted
+        Err(e) => Err(e).at("unmount", path),
+    }
 }
 
 fn escape_option(path: &Path) -> Vec<u8> {
@@ -171,17 +245,40 @@ impl Mount {
             return Err(Error::TooManyLowers(lowers.len()));
         }
         let mounts = root.join("mounts");
-        let dir = tempfile::Builder::new()
-            .prefix("m")
-            .tempdir_in(&mounts)
-            .at("create a mount directory in", &mounts)?
-            .keep();
+        // The lock first, then the directory: a directory without a lock
+        // file (or with a free one) never belongs to a live process.
+        let (lock, dir) = loop {
+            let lock = FileLock::create_unique(&mounts, "m", LOCK_SUFFIX)
+                .at("create a mount lock in", &mounts)?;
+            let id = lock
+                .path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(LOCK_SUFFIX))
+                .unwrap_or_default();
+            let dir = mounts.join(id);
+            match fs::create_dir(&dir) {
+                Ok(()) => break (lock, dir),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !id.is_empty() => {
+                    // A dead process's leftover under this name; recovery
+                    // removes it. Take another name.
+                    let _ = lock.remove();
+                }
+                Err(e) => {
+                    let _ = lock.remove();
+                    return Err(e).at("create a mount directory in", &mounts);
+                }
+            }
+        };
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .at("set the mode of", &dir)?;
         let mut mount = Mount {
             merged: dir.join("merged"),
             upper: dir.join("upper"),
             snapshots: root.join("snapshots"),
             dir,
             mounted: false,
+            lock: Some(lock),
         };
         let work = mount.dir.join("work");
         for d in [&mount.merged, &mount.upper, &work] {
@@ -227,32 +324,37 @@ impl Mount {
         if !self.mounted {
             return Ok(());
         }
-        match rustix::mount::unmount(&self.merged, UnmountFlags::empty()) {
-            Ok(()) => {}
-            Err(Errno::BUSY) => {
-                rustix::mount::unmount(&self.merged, UnmountFlags::DETACH)
-                    .at("lazily unmount", &self.merged)?;
-            }
-            Err(Errno::INVAL) | Err(Errno::NOENT) => {} // not mounted any more
-            Err(e) => return Err(e).at("unmount", &self.merged),
-        }
+        unmount_path(&self.merged)?;
         self.mounted = false;
         Ok(())
+    }
+
+    /// Removes the lock file; the last step of tearing a mount down.
+    fn release(&mut self) -> Result<()> {
+        match self.lock.take() {
+            Some(lock) => {
+                let path = lock.path().to_path_buf();
+                lock.remove().at("remove the mount lock", path)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Unmounts and removes the mount's directories (upper included).
     pub fn unmount(mut self) -> Result<()> {
         self.detach()?;
         let dir = std::mem::take(&mut self.dir);
-        fs::remove_dir_all(&dir).at("remove the mount directory", &dir)
+        fs::remove_dir_all(&dir).at("remove the mount directory", &dir)?;
+        self.release()
     }
 
     /// Unmounts and keeps the upper directory as a layer-like diff directory
     /// (`<root>/snapshots/<id>`) that can be stacked as a lower of a later
     /// mount without re-extracting, and diffed with [`super::write_diff`].
     /// Overlay bookkeeping xattrs other than the opaque mark are removed.
-    /// Name it by diff_id with [`super::Snapshotter::adopt_layer`].
-    pub fn commit(mut self) -> Result<PathBuf> {
+    /// Name it by diff_id with [`super::Snapshotter::adopt_layer`]; the
+    /// returned [`Snapshot`] keeps it safe from recovery until dropped.
+    pub fn commit(mut self) -> Result<Snapshot> {
         self.detach()?;
         strip_overlay_xattrs(&self.upper)?;
         let id = self
@@ -264,7 +366,10 @@ impl Mount {
         fs::rename(&self.upper, &target).at("move the upper directory to", &target)?;
         let dir = std::mem::take(&mut self.dir);
         fs::remove_dir_all(&dir).at("remove the mount directory", &dir)?;
-        Ok(target)
+        Ok(Snapshot {
+            path: target,
+            lock: self.lock.take(),
+        })
     }
 }
 
@@ -300,6 +405,10 @@ impl Drop for Mount {
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove mount directory");
+            return; // keep the lock file: recovery reclaims the entry
+        }
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "cannot remove the mount lock");
         }
     }
 }
