@@ -55,9 +55,11 @@ mod manifest;
 mod pull;
 mod push;
 mod reference;
+mod timeouts;
 
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{Credentials, DEFAULT_REGISTRY_SECRET};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;
+pub use timeouts::{Timeouts, TimeoutsError, TIMEOUT_KINDS};
