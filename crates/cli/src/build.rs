@@ -106,6 +106,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
         insecure: insecure.to_vec(),
         credentials: creds,
+        timeouts: req.registry_timeouts,
         ..Default::default()
     })
     .map_err(BuildError::Credentials)?;

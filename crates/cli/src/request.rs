@@ -45,6 +45,9 @@ pub enum RequestError {
     /// A flag a later part of the product will execute.
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
+    /// `--registry-timeout` (or its environment variable) does not parse.
+    #[error("--registry-timeout (or KUBECTL_BUILD_REGISTRY_TIMEOUTS): {0}")]
+    Timeouts(#[from] kbuild_registry::TimeoutsError),
     /// Planning failed (Dockerfile errors carry file and line).
     #[error(transparent)]
     Plan(#[from] plan::Error),
@@ -79,6 +82,8 @@ pub struct BuildRequest {
     pub add_hosts: Vec<(String, IpAddr)>,
     /// `--network`.
     pub network: NetworkMode,
+    /// `--registry-timeout`: limits on waiting for registries.
+    pub registry_timeouts: kbuild_registry::Timeouts,
     /// Things the user should know that do not stop the build.
     pub notices: Vec<String>,
 }
@@ -169,6 +174,10 @@ impl BuildRequest {
             .map(parse_network)
             .transpose()?
             .unwrap_or_default();
+        let registry_timeouts = match a.registry_timeout.as_deref() {
+            Some(spec) => kbuild_registry::Timeouts::parse(spec)?,
+            None => kbuild_registry::Timeouts::default(),
+        };
 
         Ok(BuildRequest {
             context,
@@ -184,6 +193,7 @@ impl BuildRequest {
             ssh,
             add_hosts,
             network,
+            registry_timeouts,
             notices,
         })
     }
