@@ -211,7 +211,11 @@ impl Client {
         media_type: &str,
         bytes: &Bytes,
     ) -> Result<()> {
-        let operation = format!("PUT manifest {key} ({digest}) in {}", scope.repository);
+        let operation = if key == digest.to_string() {
+            format!("PUT manifest {digest} in {}", scope.repository)
+        } else {
+            format!("PUT manifest {key} ({digest}) in {}", scope.repository)
+        };
         let url = self
             .api_url(
                 &scope.registry,
