@@ -54,10 +54,10 @@ struct Image {
 /// Two platforms sharing a 150 KiB layer (a chunked upload: 4 PATCHes), each
 /// with a small layer and a config of its own; unique per `seed`.
 fn image(store: &ContentStore, seed: u64) -> Image {
-    let shared = noise(seed * 100, 150 << 10);
+    let shared = noise(seed.wrapping_mul(100), 150 << 10);
     let mut entries = Vec::new();
     for (i, arch) in ["amd64", "arm64"].into_iter().enumerate() {
-        let own = noise(seed * 100 + 1 + i as u64, 2000);
+        let own = noise(seed.wrapping_mul(100).wrapping_add(1 + i as u64), 2000);
         let (digest, bytes) = manifest(store, "linux", arch, None, &[&shared, &own]);
         entries.push((
             serde_json::json!({"os": "linux", "architecture": arch}),
@@ -543,6 +543,9 @@ async fn random_fault_pushes() {
                 if only_lost_replies {
                     lost += 1;
                     println!("run {run} seed {seed} {rules:?}: failed from lost replies: {m}");
+                } else {
+                    let short: String = m.chars().take(160).collect();
+                    println!("run {run} {rules:?}: failed, no tag: {short}");
                 }
             }
             Outcome::FailedTagged(m) => {
