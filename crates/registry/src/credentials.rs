@@ -475,6 +475,8 @@ fn first_line(text: &str) -> &str {
 mod tests {
     use super::*;
 
+    const HELPER_LIMIT: Duration = Duration::from_secs(10);
+
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)
     }
@@ -486,15 +488,24 @@ mod tests {
             b64("hub-user:hub-pw")
         );
         let creds = Credentials::from_docker_config_json(json.as_bytes(), "test config").unwrap();
-        let hub = creds.lookup("docker.io").unwrap().unwrap();
+        let hub = creds.lookup("docker.io", HELPER_LIMIT).unwrap().unwrap();
         assert_eq!(hub.username.as_deref(), Some("hub-user"));
         assert_eq!(hub.password.as_deref(), Some("hub-pw"));
         assert!(hub.source.contains("test config"));
-        let local = creds.lookup("127.0.0.1:5000").unwrap().unwrap();
+        let local = creds
+            .lookup("127.0.0.1:5000", HELPER_LIMIT)
+            .unwrap()
+            .unwrap();
         assert_eq!(local.username.as_deref(), Some("u2"));
-        let token = creds.lookup("localhost:5001").unwrap().unwrap();
+        let token = creds
+            .lookup("localhost:5001", HELPER_LIMIT)
+            .unwrap()
+            .unwrap();
         assert_eq!(token.identity_token.as_deref(), Some("t3"));
-        assert!(creds.lookup("127.0.0.1:5002").unwrap().is_none());
+        assert!(creds
+            .lookup("127.0.0.1:5002", HELPER_LIMIT)
+            .unwrap()
+            .is_none());
         // Debug output never shows secrets.
         assert!(!format!("{hub:?}").contains("hub-pw"));
     }
@@ -503,7 +514,10 @@ mod tests {
     fn bad_auth_field_names_the_source_not_the_value() {
         let json = r#"{"auths":{"h.example":{"auth":"bm9jb2xvbg=="}}}"#;
         let creds = Credentials::from_docker_config_json(json.as_bytes(), "cfg.json").unwrap();
-        let err = creds.lookup("h.example").unwrap_err().to_string();
+        let err = creds
+            .lookup("h.example", HELPER_LIMIT)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cfg.json") && err.contains("username:password"),
             "{err}"
@@ -529,7 +543,7 @@ mod tests {
             Credentials::from_docker_config_json(&secret_payload(&bare).unwrap(), "bare").unwrap();
         assert_eq!(
             creds
-                .lookup("h.example")
+                .lookup("h.example", HELPER_LIMIT)
                 .unwrap()
                 .unwrap()
                 .username

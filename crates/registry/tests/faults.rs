@@ -379,10 +379,11 @@ async fn pulls_through_faults() {
                     format!("{kind}={fault}:1")
                 };
                 let seed = (k * 100 + f * 2) as u64 + u64::from(always);
-                let proxy = match FaultProxy::start(&host, seed, &[rule.clone()], TRICKLE) {
-                    Ok(p) => p,
-                    Err(e) => return skip_or_fail(&e.to_string()),
-                };
+                let proxy =
+                    match FaultProxy::start(&host, seed, std::slice::from_ref(&rule), TRICKLE) {
+                        Ok(p) => p,
+                        Err(e) => return skip_or_fail(&e.to_string()),
+                    };
                 let reference = Reference::parse(&format!("{}/pull/img:1", proxy.host())).unwrap();
                 let (_d, dst) = store();
                 let client = fault_client();
