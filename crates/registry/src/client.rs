@@ -848,18 +848,24 @@ impl Retry {
         Ok(())
     }
 
-    /// The error to report when `last` ends the operation: it alone, or, when an
-    /// earlier attempt failed differently, both with the first named first.
+    /// The error to report when `last` ends the operation: it alone after a
+    /// single attempt; else the first failure, the number of attempts, and
+    /// `last` when it differs from the first.
     pub fn give_up(&mut self, last: Error) -> Error {
-        match self.first.take() {
-            Some(first) if first.to_string() != last.to_string() => Error::GaveUp {
-                registry: self.registry.clone(),
-                operation: self.operation.clone(),
-                attempts: self.attempts,
-                first: Box::new(first),
-                last: Box::new(last),
-            },
-            _ => last,
+        let Some(first) = self.first.take() else {
+            return last;
+        };
+        let (first, last) = if first.to_string() == last.to_string() {
+            (last, None)
+        } else {
+            (first, Some(Box::new(last)))
+        };
+        Error::GaveUp {
+            registry: self.registry.clone(),
+            operation: self.operation.clone(),
+            attempts: self.attempts,
+            first: Box::new(first),
+            last,
         }
     }
 }

@@ -182,7 +182,7 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// Retries did not help; the first failure usually explains the later ones.
-    #[error("{operation} at registry {registry} failed after {attempts} attempts; first: {first}; last: {last}")]
+    #[error("{}", gave_up(operation, registry, *attempts, first, last.as_deref()))]
     GaveUp {
         /// Registry name.
         registry: String,
@@ -193,8 +193,8 @@ pub enum Error {
         /// The first failure.
         #[source]
         first: Box<Error>,
-        /// The failure that ended the retries.
-        last: Box<Error>,
+        /// The failure that ended the retries, when it differs from the first.
+        last: Option<Box<Error>>,
     },
     /// The local content store failed.
     #[error("content store: {what}: {reason}")]
@@ -206,7 +206,30 @@ pub enum Error {
     },
 }
 
+fn gave_up(
+    operation: &str,
+    registry: &str,
+    attempts: u32,
+    first: &Error,
+    last: Option<&Error>,
+) -> String {
+    match last {
+        Some(last) => format!(
+            "{operation} at registry {registry} failed after {attempts} attempts; first: {first}; last: {last}"
+        ),
+        None => format!("{first} ({attempts} attempts failed the same way)"),
+    }
+}
+
 impl Error {
+    /// The failure that started it: the first of [`Error::GaveUp`], else the error itself.
+    pub fn first_cause(&self) -> &Error {
+        match self {
+            Error::GaveUp { first, .. } => first,
+            other => other,
+        }
+    }
+
     /// Whether another attempt may succeed: the registry could not be reached,
     /// timed out, dropped the connection, or answered 429 or 5xx.
     pub fn is_transient(&self) -> bool {

@@ -471,7 +471,7 @@ async fn a_silent_token_endpoint_times_out() {
     );
     assert!(
         matches!(
-            err,
+            err.first_cause(),
             Error::Timeout {
                 wait: kbuild_registry::Wait::Token,
                 ..
