@@ -493,8 +493,12 @@ async fn a_slow_but_moving_transfer_has_no_total_limit() {
 
 /// `scripts/faults.sh`: KBUILD_FAULT_RUNS pushes (default 100), each through
 /// one to three random faults (kind, fault, probability) from a random seed;
-/// prints how they ended. Fails on any corrupt outcome or any failure whose
-/// only injected faults were lost replies.
+/// prints how they ended. Fails on any corrupt outcome, and on any failure
+/// whose only injected faults were lost replies to closing PUTs and manifest
+/// PUTs (the requests whose lost replies are recovered by HEAD). Failures
+/// where lost replies to PATCH, POST or HEAD used up the attempts are counted
+/// apart: with docker-registry a lost PATCH reply kills the session, and a
+/// lost POST or HEAD reply is an ordinary retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run by scripts/faults.sh"]
 async fn random_fault_pushes() {
@@ -514,7 +518,8 @@ async fn random_fault_pushes() {
         });
     println!("base seed {base} (KBUILD_FAULT_SEED={base} repeats this run)");
     let kinds = ["blob-put", "manifest-put", "patch", "post", "head"];
-    let (mut complete, mut failed, mut tagged, mut corrupt, mut lost) = (0, 0, 0, 0, 0);
+    let (mut complete, mut failed, mut tagged, mut corrupt) = (0, 0, 0, 0);
+    let (mut lost_closing, mut lost_other) = (0, 0);
     let started = Instant::now();
     for run in 0..runs {
         let seed = base.wrapping_add(run.wrapping_mul(0x9E37_79B9));
@@ -533,17 +538,21 @@ async fn random_fault_pushes() {
         else {
             return;
         };
-        let only_lost_replies = !injected.is_empty()
-            && injected
-                .iter()
-                .all(|i| i.ends_with("502-after") || i.ends_with("reset-after"));
+        let lost_reply = |i: &String| i.ends_with("502-after") || i.ends_with("reset-after");
+        let closing = |i: &String| i.starts_with("blob-put ") || i.starts_with("manifest-put ");
+        let only_lost_replies = !injected.is_empty() && injected.iter().all(lost_reply);
+        let only_on_closing = injected.iter().all(closing);
         match &outcome {
             Outcome::Complete => complete += 1,
             Outcome::FailedNoTag(m) => {
                 failed += 1;
-                if only_lost_replies {
-                    lost += 1;
-                    println!("run {run} seed {seed} {rules:?}: failed from lost replies: {m}");
+                if only_lost_replies && only_on_closing {
+                    lost_closing += 1;
+                    println!("run {run} seed {seed} {rules:?}: FAILED FROM LOST REPLIES to closing requests: {m}");
+                } else if only_lost_replies {
+                    lost_other += 1;
+                    let short: String = m.chars().take(160).collect();
+                    println!("run {run} {rules:?}: failed, no tag, lost replies to PATCH/POST/HEAD used up the attempts: {short}");
                 } else {
                     let short: String = m.chars().take(160).collect();
                     println!("run {run} {rules:?}: failed, no tag: {short}");
@@ -563,8 +572,8 @@ async fn random_fault_pushes() {
         }
     }
     println!(
-        "fault pushes: {runs} runs in {:.0?}: {complete} complete and valid, {failed} failed with no tag ({lost} from lost replies alone), {tagged} failed but tagged, {corrupt} corrupt",
+        "fault pushes: {runs} runs in {:.0?}: {complete} complete and valid, {failed} failed with no tag ({lost_closing} from lost replies to closing PUTs or manifest PUTs, {lost_other} from lost replies to PATCH/POST/HEAD using up the attempts), {tagged} failed but tagged, {corrupt} corrupt",
         started.elapsed()
     );
-    assert_eq!((corrupt, lost), (0, 0));
+    assert_eq!((corrupt, lost_closing), (0, 0));
 }
