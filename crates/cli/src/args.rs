@@ -211,6 +211,14 @@ pub struct BuildArgs {
     #[arg(long, value_name = "NAME")]
     pub registry_secret: Option<String>,
 
+    /// Limits on waiting for registries: DURATION for all, or KIND=DURATION,... with KIND connect, response (first byte of a reply), idle (silence mid-transfer), token, helper (credential helper); default connect=30s,response=2m,idle=1m,token=1m,helper=1m.
+    #[arg(
+        long = "registry-timeout",
+        value_name = "SPEC",
+        env = "KUBECTL_BUILD_REGISTRY_TIMEOUTS"
+    )]
+    pub registry_timeout: Option<String>,
+
     /// Registry host reached over plain HTTP or unverified TLS; repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,

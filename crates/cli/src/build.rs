@@ -56,7 +56,7 @@ pub enum BuildError {
     #[error("{source}; pass --allow {entitlement} to grant it")]
     Entitlement {
         /// The solver's refusal (names the step).
-        source: kbuild_solver::engine::SolveError,
+        source: Box<kbuild_solver::engine::SolveError>,
         /// The entitlement to pass.
         entitlement: &'static str,
     },
@@ -85,7 +85,7 @@ impl From<kbuild_solver::engine::SolveError> for BuildError {
         if let SolveError::EntitlementDenied { entitlement, .. } = &source {
             let entitlement = *entitlement;
             return BuildError::Entitlement {
-                source,
+                source: Box::new(source),
                 entitlement,
             };
         }
@@ -150,6 +150,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
         insecure: insecure.to_vec(),
         credentials: creds,
+        timeouts: req.registry_timeouts,
         ..Default::default()
     })
     .map_err(BuildError::Credentials)?;

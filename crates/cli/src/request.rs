@@ -53,6 +53,9 @@ pub enum RequestError {
         "invalid --allow value {0:?}: the entitlements are security.insecure and network.host"
     )]
     Entitlement(String),
+    /// `--registry-timeout` (or its environment variable) does not parse.
+    #[error("--registry-timeout (or KUBECTL_BUILD_REGISTRY_TIMEOUTS): {0}")]
+    Timeouts(#[from] kbuild_registry::TimeoutsError),
     /// Planning failed (Dockerfile errors carry file and line).
     #[error(transparent)]
     Plan(#[from] plan::Error),
@@ -89,6 +92,8 @@ pub struct BuildRequest {
     pub network: NetworkMode,
     /// `--allow security.insecure`: `RUN --security=insecure` may run.
     pub allow_insecure: bool,
+    /// `--registry-timeout`: limits on waiting for registries.
+    pub registry_timeouts: kbuild_registry::Timeouts,
     /// Things the user should know that do not stop the build.
     pub notices: Vec<String>,
 }
@@ -227,6 +232,10 @@ impl BuildRequest {
                 other => return Err(RequestError::Entitlement(other.to_string())),
             }
         }
+        let registry_timeouts = match a.registry_timeout.as_deref() {
+            Some(spec) => kbuild_registry::Timeouts::parse(spec)?,
+            None => kbuild_registry::Timeouts::default(),
+        };
 
         Ok(BuildRequest {
             context,
@@ -243,6 +252,7 @@ impl BuildRequest {
             add_hosts,
             network,
             allow_insecure,
+            registry_timeouts,
             notices,
         })
     }

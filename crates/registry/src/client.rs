@@ -7,15 +7,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
 use crate::auth::{fetch_token, parse_challenge, Challenge, TokenError};
 use crate::credentials::{Credential, Credentials};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Wait};
 use crate::reference::api_host;
+use crate::timeouts::Timeouts;
 
 /// Longest `Retry-After` honoured; longer asks wait this long instead.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -36,15 +37,15 @@ pub struct ClientOptions {
     pub chunk_size: u64,
     /// How many blobs are transferred at the same time.
     pub concurrency: usize,
-    /// Attempts per request on 429, 5xx and connection errors (at least 1);
-    /// a `Retry-After` in seconds (up to 30) replaces the backoff delay.
+    /// Attempts per operation on 429, 5xx, timeouts and connection errors (at
+    /// least 1): one request, or one blob's whole upload (restarted from a fresh
+    /// session when needed), or one manifest put; a `Retry-After` in seconds
+    /// (up to 30) replaces the backoff delay.
     pub max_attempts: u32,
     /// First retry delay; doubled on each further attempt.
     pub retry_delay: Duration,
-    /// Connection timeout.
-    pub connect_timeout: Duration,
-    /// Longest silence while reading a response.
-    pub read_timeout: Duration,
+    /// How long to wait for registries, token endpoints and credential helpers.
+    pub timeouts: Timeouts,
 }
 
 impl Default for ClientOptions {
@@ -57,8 +58,7 @@ impl Default for ClientOptions {
             concurrency: 4,
             max_attempts: 5,
             retry_delay: Duration::from_millis(250),
-            connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(120),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -191,15 +191,18 @@ pub(crate) struct Req {
     pub url: Url,
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
+    /// What the request does, for error messages ("PUT manifest v1 in team/app").
+    pub operation: String,
 }
 
 impl Req {
-    pub fn new(method: Method, url: Url) -> Req {
+    pub fn new(method: Method, url: Url, operation: impl Into<String>) -> Req {
         Req {
             method,
             url,
             headers: HeaderMap::new(),
             body: None,
+            operation: operation.into(),
         }
     }
 
@@ -211,6 +214,8 @@ impl Req {
     }
 
     pub fn body(mut self, body: Bytes) -> Req {
+        self.headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         self.body = Some(body);
         self
     }
@@ -251,9 +256,11 @@ impl Client {
     /// A client with the given options.
     pub fn new(opts: ClientOptions) -> Result<Client> {
         let build = |no_verify: bool| {
+            // No reqwest read timeout: it would also bound the upload of a
+            // request body. Waits are watched per phase in `send_once` and
+            // `read_body` instead.
             reqwest::Client::builder()
-                .connect_timeout(opts.connect_timeout)
-                .read_timeout(opts.read_timeout)
+                .connect_timeout(opts.timeouts.connect)
                 .user_agent(concat!("kubectl-build/", env!("CARGO_PKG_VERSION")))
                 .danger_accept_invalid_certs(no_verify)
                 .build()
@@ -369,9 +376,10 @@ impl Client {
                 reference: registry.to_string(),
                 reason: e.to_string(),
             })?;
-            match self.inner.http_no_verify.get(ping).send().await {
-                Ok(_) => https,
-                Err(_) => parse("http")?,
+            let probe = self.inner.http_no_verify.get(ping).send();
+            match tokio::time::timeout(self.inner.opts.timeouts.response, probe).await {
+                Ok(Ok(_)) => https,
+                Ok(Err(_)) | Err(_) => parse("http")?,
             }
         } else {
             parse("https")?
@@ -395,19 +403,28 @@ impl Client {
             })
     }
 
-    fn credential(&self, registry: &str) -> Result<Option<Credential>> {
+    /// Credentials for `registry`, looked up once. Credential helpers run on a
+    /// blocking thread, each bounded by the `helper` timeout.
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>> {
         if let Some(c) = self.state().creds.get(registry) {
             return Ok(c.clone());
         }
-        let cred = self.inner.opts.credentials.lookup(registry)?;
+        let credentials = self.inner.opts.credentials.clone();
+        let limit = self.inner.opts.timeouts.helper;
+        let name = registry.to_string();
+        let cred = match tokio::task::spawn_blocking(move || credentials.lookup(&name, limit)).await
+        {
+            Ok(cred) => cred?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         self.state()
             .creds
             .insert(registry.to_string(), cred.clone());
         Ok(cred)
     }
 
-    fn unauthorized(&self, scope: &Scope, status: u16) -> Error {
-        let tried = match self.credential(&scope.registry) {
+    async fn unauthorized(&self, scope: &Scope, status: u16) -> Error {
+        let tried = match self.credential(&scope.registry).await {
             Ok(Some(c)) => format!("credentials from {}", c.source),
             Ok(None) => "no credentials (none configured for this registry)".to_string(),
             Err(e) => format!("no credentials ({e})"),
@@ -430,7 +447,7 @@ impl Client {
             None => Ok(None),
             Some(Challenge::Basic) => {
                 use base64::Engine;
-                Ok(match self.credential(&scope.registry)? {
+                Ok(match self.credential(&scope.registry).await? {
                     Some(Credential {
                         username: Some(u),
                         password,
@@ -453,46 +470,75 @@ impl Client {
                         return Ok(header(format!("Bearer {token}")));
                     }
                 }
-                let cred = self.credential(&scope.registry)?;
-                let token = fetch_token(
+                let cred = self.credential(&scope.registry).await?;
+                let limit = self.inner.opts.timeouts.token;
+                let fetch = fetch_token(
                     self.http_for(&scope.registry),
                     &realm,
                     service.as_deref(),
                     &scopes,
                     cred.as_ref(),
-                )
-                .await
-                .map_err(|e| match e {
-                    TokenError::Denied(status) => self.unauthorized(scope, status),
-                    TokenError::Transport(cause) => Error::Unreachable {
-                        registry: scope.registry.clone(),
-                        url: realm.clone(),
-                        cause: format!("token endpoint: {cause}"),
-                    },
-                    TokenError::Other(message) => Error::Registry {
-                        registry: scope.registry.clone(),
-                        action: format!("token request for {}", scopes.join(" ")),
-                        status: 0,
-                        message,
-                    },
-                })?;
+                );
+                let answer = match tokio::time::timeout(limit, fetch).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(Error::Timeout {
+                            registry: scope.registry.clone(),
+                            operation: format!("a token request to {realm}"),
+                            wait: Wait::Token,
+                            limit,
+                        })
+                    }
+                };
+                let token = match answer {
+                    Ok(token) => token,
+                    Err(TokenError::Denied(status)) => {
+                        return Err(self.unauthorized(scope, status).await)
+                    }
+                    Err(e) => return Err(token_error(scope, &realm, &scopes, e)),
+                };
                 self.state().tokens.insert(key, token.clone());
                 Ok(header(format!("Bearer {token}")))
             }
         }
     }
 
-    /// Sends a request with authentication: on 401 learns the challenge, gets
-    /// credentials or a token and tries once more. 401/403 after that is
-    /// [`Error::Unauthorized`]; other statuses are returned for the caller to judge.
-    pub(crate) async fn send(&self, scope: &Scope, req: &Req) -> Result<Response> {
+    /// Sends `req` with authentication, retrying 429, 5xx, timeouts and broken
+    /// connections from `retry`, the budget of the operation it belongs to;
+    /// other statuses are for the caller.
+    pub(crate) async fn send_with(
+        &self,
+        scope: &Scope,
+        req: &Req,
+        retry: &mut Retry,
+    ) -> Result<Response> {
+        loop {
+            match self.send_once(scope, req).await {
+                Ok(response) => return Ok(response),
+                Err(Failed { error, pause }) if error.is_transient() => {
+                    retry.again(self, error, pause).await?
+                }
+                Err(Failed { error, .. }) => return Err(retry.give_up(error)),
+            }
+        }
+    }
+
+    /// One attempt at `req`, with authentication: on 401 learns the challenge,
+    /// gets credentials or a token and tries once more. 401/403 after that is
+    /// [`Error::Unauthorized`]; 429 and 5xx are errors (with the `Retry-After`
+    /// pause, if any); other statuses are returned for the caller to judge.
+    pub(crate) async fn send_once(
+        &self,
+        scope: &Scope,
+        req: &Req,
+    ) -> std::result::Result<Response, Failed> {
         let auth = self.auth_header(scope, false).await?;
         let had_auth = auth.is_some();
-        let response = self.send_retrying(&scope.registry, req, auth).await?;
+        let response = self.exchange(&scope.registry, req, auth).await?;
         match response.status() {
             StatusCode::UNAUTHORIZED => {}
-            StatusCode::FORBIDDEN => return Err(self.unauthorized(scope, 403)),
-            _ => return Ok(response),
+            StatusCode::FORBIDDEN => return Err(self.unauthorized(scope, 403).await.into()),
+            _ => return self.judge(&scope.registry, req, response).await,
         }
         let values: Vec<String> = response
             .headers()
@@ -501,7 +547,7 @@ impl Client {
             .filter_map(|v| v.to_str().ok().map(str::to_string))
             .collect();
         let Some(challenge) = parse_challenge(values.iter().map(String::as_str)) else {
-            return Err(self.unauthorized(scope, 401));
+            return Err(self.unauthorized(scope, 401).await.into());
         };
         let known = self
             .state()
@@ -509,133 +555,408 @@ impl Client {
             .insert(scope.registry.clone(), challenge.clone());
         // Basic credentials that were already sent will not get better on a retry.
         if had_auth && known == Some(Challenge::Basic) && challenge == Challenge::Basic {
-            return Err(self.unauthorized(scope, 401));
+            return Err(self.unauthorized(scope, 401).await.into());
         }
         let Some(auth) = self.auth_header(scope, true).await? else {
-            return Err(self.unauthorized(scope, 401));
+            return Err(self.unauthorized(scope, 401).await.into());
         };
-        let response = self.send_retrying(&scope.registry, req, Some(auth)).await?;
+        let response = self.exchange(&scope.registry, req, Some(auth)).await?;
         match response.status() {
-            StatusCode::UNAUTHORIZED => Err(self.unauthorized(scope, 401)),
-            StatusCode::FORBIDDEN => Err(self.unauthorized(scope, 403)),
-            _ => Ok(response),
+            StatusCode::UNAUTHORIZED => Err(self.unauthorized(scope, 401).await.into()),
+            StatusCode::FORBIDDEN => Err(self.unauthorized(scope, 403).await.into()),
+            _ => self.judge(&scope.registry, req, response).await,
         }
     }
 
-    /// Sends one request, retrying with exponential backoff on 429, 5xx and
-    /// connection errors up to `max_attempts`.
-    async fn send_retrying(
+    /// 429 and 5xx answers become errors, with the pause the registry asked for.
+    async fn judge(
+        &self,
+        registry: &str,
+        req: &Req,
+        response: Response,
+    ) -> std::result::Result<Response, Failed> {
+        let status = response.status();
+        if status != StatusCode::TOO_MANY_REQUESTS
+            && !matches!(status.as_u16(), 500 | 502 | 503 | 504)
+        {
+            return Ok(response);
+        }
+        // A registry that says when to come back is believed, within reason.
+        let pause = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+        let error = self
+            .unexpected(response, registry, req.operation.clone())
+            .await;
+        Err(Failed { error, pause })
+    }
+
+    /// One HTTP exchange up to the reply's headers, watched: the registry must
+    /// keep taking the body (`idle`) and answer within `response` of the end of
+    /// the request; connecting is bounded by `connect`.
+    async fn exchange(
         &self,
         registry: &str,
         req: &Req,
         auth: Option<HeaderValue>,
     ) -> Result<Response> {
-        let opts = &self.inner.opts;
-        let attempts = opts.max_attempts.max(1);
-        let mut delay = opts.retry_delay;
-        for attempt in 1..=attempts {
-            let mut builder = self
-                .http_for(registry)
-                .request(req.method.clone(), req.url.clone())
-                .headers(req.headers.clone());
-            if let Some(auth) = &auth {
-                builder = builder.header(AUTHORIZATION, auth.clone());
+        let limits = self.inner.opts.timeouts;
+        let watch = Arc::new(Watch::new());
+        let mut builder = self
+            .http_for(registry)
+            .request(req.method.clone(), req.url.clone())
+            .headers(req.headers.clone());
+        if let Some(auth) = auth {
+            builder = builder.header(AUTHORIZATION, auth);
+        }
+        match &req.body {
+            Some(body) => {
+                let stream = Tracked::new(body.clone(), watch.clone());
+                builder = builder.body(reqwest::Body::wrap_stream(stream));
             }
-            if let Some(body) = &req.body {
-                builder = builder.body(body.clone());
-            }
-            let last = attempt == attempts;
-            let mut pause = None;
-            match builder.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let transient = status == StatusCode::TOO_MANY_REQUESTS
-                        || matches!(status.as_u16(), 500 | 502 | 503 | 504);
-                    if !transient || last {
-                        return Ok(response);
-                    }
-                    tracing::debug!(%registry, url = %req.url, %status, "retrying");
-                    // A registry that says when to come back is believed, within reason.
-                    if let Some(secs) = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                    {
-                        pause = Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-                    }
+            None => watch.sent(),
+        }
+        let send = builder.send();
+        tokio::pin!(send);
+        loop {
+            let (deadline, _, _) = watch.deadline(&limits);
+            tokio::select! {
+                result = &mut send => {
+                    return result.map_err(|e| self.transport_error(registry, req, watch.is_sent(), e));
                 }
-                Err(e) => {
-                    let transient =
-                        e.is_connect() || e.is_timeout() || e.is_request() || e.is_body();
-                    if !transient || last {
-                        return Err(Error::Unreachable {
+                _ = tokio::time::sleep_until(deadline) => {
+                    let (deadline, wait, limit) = watch.deadline(&limits);
+                    if deadline <= tokio::time::Instant::now() {
+                        return Err(Error::Timeout {
                             registry: registry.to_string(),
-                            url: req.url.to_string(),
-                            cause: error_chain(&e),
+                            operation: req.operation.clone(),
+                            wait,
+                            limit,
                         });
                     }
-                    tracing::debug!(%registry, url = %req.url, error = %e, "retrying");
                 }
             }
-            Counters::add(&self.inner.counters.retries, 1);
-            tokio::time::sleep(pause.unwrap_or(delay)).await;
-            delay = delay.saturating_mul(2);
         }
-        // The loop returns on its last attempt.
-        Err(Error::Unreachable {
+    }
+
+    fn transport_error(&self, registry: &str, req: &Req, sent: bool, e: reqwest::Error) -> Error {
+        if e.is_connect() && e.is_timeout() {
+            Error::Timeout {
+                registry: registry.to_string(),
+                operation: req.operation.clone(),
+                wait: Wait::Connect,
+                limit: self.inner.opts.timeouts.connect,
+            }
+        } else if e.is_connect() {
+            Error::Unreachable {
+                registry: registry.to_string(),
+                url: req.url.to_string(),
+                cause: error_chain(&e),
+            }
+        } else {
+            Error::ConnectionLost {
+                registry: registry.to_string(),
+                operation: req.operation.clone(),
+                sent,
+                source: e,
+            }
+        }
+    }
+
+    /// The next piece of a reply body, waiting at most `idle` for it.
+    pub(crate) async fn next_chunk(
+        &self,
+        registry: &str,
+        operation: &str,
+        response: &mut Response,
+    ) -> Result<Option<Bytes>> {
+        let idle = self.inner.opts.timeouts.idle;
+        match tokio::time::timeout(idle, response.chunk()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(Error::ConnectionLost {
+                registry: registry.to_string(),
+                operation: operation.to_string(),
+                sent: true,
+                source: e,
+            }),
+            Err(_) => Err(Error::Timeout {
+                registry: registry.to_string(),
+                operation: operation.to_string(),
+                wait: Wait::Body,
+                limit: idle,
+            }),
+        }
+    }
+
+    /// A whole reply body, each piece within `idle` of the last (no total limit).
+    pub(crate) async fn read_body(
+        &self,
+        registry: &str,
+        operation: &str,
+        mut response: Response,
+    ) -> Result<Bytes> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk(registry, operation, &mut response).await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// A retry budget for one operation.
+    pub(crate) fn retry(&self, registry: &str, operation: impl Into<String>) -> Retry {
+        let opts = &self.inner.opts;
+        Retry {
             registry: registry.to_string(),
-            url: req.url.to_string(),
-            cause: "no attempt was made".into(),
-        })
+            operation: operation.into(),
+            left: opts.max_attempts.max(1) - 1,
+            attempts: 1,
+            delay: opts.retry_delay,
+            first: None,
+        }
+    }
+
+    /// An error for an unexpected answer, with the registry's error codes if it sent any.
+    pub(crate) async fn unexpected(
+        &self,
+        response: Response,
+        registry: &str,
+        action: String,
+    ) -> Error {
+        #[derive(Deserialize)]
+        struct Errors {
+            #[serde(default)]
+            errors: Vec<ErrorItem>,
+        }
+        #[derive(Deserialize)]
+        struct ErrorItem {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let status = response.status().as_u16();
+        // The body only adds details: a broken or silent one is left out.
+        let body = self
+            .read_body(registry, &action, response)
+            .await
+            .unwrap_or_default();
+        let message = match serde_json::from_slice::<Errors>(&body) {
+            Ok(e) if !e.errors.is_empty() => e
+                .errors
+                .iter()
+                .map(|i| format!("{} {}", i.code, i.message).trim().to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => {
+                let text = String::from_utf8_lossy(&body);
+                let line = text
+                    .trim()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect::<String>();
+                if line.is_empty() {
+                    "no details in the answer".to_string()
+                } else {
+                    line
+                }
+            }
+        };
+        Error::Registry {
+            registry: registry.to_string(),
+            action,
+            status,
+            message,
+        }
     }
 }
 
-/// An error for an unexpected answer, with the registry's error codes if it sent any.
-pub(crate) async fn unexpected(response: Response, registry: &str, action: String) -> Error {
-    #[derive(Deserialize)]
-    struct Errors {
-        #[serde(default)]
-        errors: Vec<ErrorItem>,
+/// A token endpoint failure other than a refusal, naming the registry.
+fn token_error(scope: &Scope, realm: &str, scopes: &[String], e: TokenError) -> Error {
+    match e {
+        TokenError::Transport(cause) => Error::Unreachable {
+            registry: scope.registry.clone(),
+            url: realm.to_string(),
+            cause: format!("token endpoint: {cause}"),
+        },
+        TokenError::Denied(status) => Error::Registry {
+            registry: scope.registry.clone(),
+            action: format!("token request for {}", scopes.join(" ")),
+            status,
+            message: format!("the token endpoint {realm} refused"),
+        },
+        TokenError::Other(message) => Error::Registry {
+            registry: scope.registry.clone(),
+            action: format!("token request for {}", scopes.join(" ")),
+            status: 0,
+            message,
+        },
     }
-    #[derive(Deserialize)]
-    struct ErrorItem {
-        #[serde(default)]
-        code: String,
-        #[serde(default)]
-        message: String,
+}
+
+/// A failed attempt: the error, and how long the registry asked us to wait.
+pub(crate) struct Failed {
+    pub error: Error,
+    pub pause: Option<Duration>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed { error, pause: None }
     }
-    let status = response.status().as_u16();
-    let body = response.bytes().await.unwrap_or_default();
-    let message = match serde_json::from_slice::<Errors>(&body) {
-        Ok(e) if !e.errors.is_empty() => e
-            .errors
-            .iter()
-            .map(|i| format!("{} {}", i.code, i.message).trim().to_string())
-            .collect::<Vec<_>>()
-            .join("; "),
-        _ => {
-            let text = String::from_utf8_lossy(&body);
-            let line = text
-                .trim()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(200)
-                .collect::<String>();
-            if line.is_empty() {
-                "no details in the answer".to_string()
-            } else {
-                line
-            }
+}
+
+/// The retry budget of one operation (a request, a blob's upload, a manifest
+/// put): how many more failures it absorbs, the next backoff delay, and the
+/// first failure, which the final error names.
+pub(crate) struct Retry {
+    registry: String,
+    operation: String,
+    left: u32,
+    attempts: u32,
+    delay: Duration,
+    first: Option<Error>,
+}
+
+impl Retry {
+    /// Records a failed attempt: when the budget allows another, counts the
+    /// retry, waits (`pause`, else the backoff delay) and returns `Ok`;
+    /// otherwise returns the final error.
+    pub async fn again(
+        &mut self,
+        client: &Client,
+        error: Error,
+        pause: Option<Duration>,
+    ) -> Result<()> {
+        if self.left == 0 {
+            return Err(self.give_up(error));
         }
-    };
-    Error::Registry {
-        registry: registry.to_string(),
-        action,
-        status,
-        message,
+        tracing::debug!(registry = %self.registry, operation = %self.operation, %error, "retrying");
+        self.left -= 1;
+        self.attempts += 1;
+        if self.first.is_none() {
+            self.first = Some(error);
+        }
+        Counters::add(&client.inner.counters.retries, 1);
+        tokio::time::sleep(pause.unwrap_or(self.delay)).await;
+        self.delay = self.delay.saturating_mul(2);
+        Ok(())
+    }
+
+    /// The error to report when `last` ends the operation: it alone after a
+    /// single attempt; else the first failure, the number of attempts, and
+    /// `last` when it differs from the first.
+    pub fn give_up(&mut self, last: Error) -> Error {
+        let Some(first) = self.first.take() else {
+            return last;
+        };
+        let (first, last) = if first.to_string() == last.to_string() {
+            (last, None)
+        } else {
+            (first, Some(Box::new(last)))
+        };
+        Error::GaveUp {
+            registry: self.registry.clone(),
+            operation: self.operation.clone(),
+            attempts: self.attempts,
+            first: Box::new(first),
+            last,
+        }
+    }
+}
+
+/// Progress of one exchange: when the body last moved and when it was all sent.
+struct Watch {
+    start: tokio::time::Instant,
+    /// Milliseconds from `start` to the last time the body moved.
+    moved: AtomicU64,
+    /// Milliseconds from `start` to the end of the body; `u64::MAX` until then.
+    sent: AtomicU64,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            start: tokio::time::Instant::now(),
+            moved: AtomicU64::new(0),
+            sent: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn touch(&self) {
+        self.moved.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn sent(&self) {
+        let now = self.now_ms();
+        let _ = self
+            .sent
+            .compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn is_sent(&self) -> bool {
+        self.sent.load(Ordering::Relaxed) != u64::MAX
+    }
+
+    /// When the exchange times out unless something happens, and waiting for what.
+    fn deadline(&self, limits: &Timeouts) -> (tokio::time::Instant, Wait, Duration) {
+        let at = |ms: u64, limit: Duration| self.start + Duration::from_millis(ms) + limit;
+        match self.sent.load(Ordering::Relaxed) {
+            u64::MAX => (
+                at(self.moved.load(Ordering::Relaxed), limits.idle),
+                Wait::Send,
+                limits.idle,
+            ),
+            sent => (at(sent, limits.response), Wait::Response, limits.response),
+        }
+    }
+}
+
+/// Size of the pieces a request body is handed to the connection in.
+const PIECE: usize = 64 << 10;
+
+/// A request body that reports each piece taken to its [`Watch`].
+struct Tracked {
+    pieces: std::collections::VecDeque<Bytes>,
+    watch: Arc<Watch>,
+}
+
+impl Tracked {
+    fn new(body: Bytes, watch: Arc<Watch>) -> Tracked {
+        let mut pieces = std::collections::VecDeque::new();
+        let mut at = 0;
+        while at < body.len() {
+            let end = (at + PIECE).min(body.len());
+            pieces.push_back(body.slice(at..end));
+            at = end;
+        }
+        Tracked { pieces, watch }
+    }
+}
+
+impl futures_util::Stream for Tracked {
+    type Item = std::result::Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        this.watch.touch();
+        let next = this.pieces.pop_front();
+        if this.pieces.is_empty() {
+            this.watch.sent();
+        }
+        std::task::Poll::Ready(next.map(Ok))
     }
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -194,10 +195,15 @@ impl Credentials {
     }
 
     /// Looks up credentials for a registry name (`docker.io`, `127.0.0.1:5000`),
-    /// running credential helpers if the config names one.
-    pub(crate) fn lookup(&self, registry: &str) -> Result<Option<Credential>> {
+    /// running credential helpers if the config names one (each stopped after
+    /// `helper_limit`). Blocks: call it off the async threads.
+    pub(crate) fn lookup(
+        &self,
+        registry: &str,
+        helper_limit: Duration,
+    ) -> Result<Option<Credential>> {
         for source in &self.sources {
-            if let Some(cred) = source.lookup(registry)? {
+            if let Some(cred) = source.lookup(registry, helper_limit)? {
                 return Ok(Some(cred));
             }
         }
@@ -269,14 +275,14 @@ fn helper_server_url(registry: &str) -> &str {
 }
 
 impl ConfigSource {
-    fn lookup(&self, registry: &str) -> Result<Option<Credential>> {
+    fn lookup(&self, registry: &str, helper_limit: Duration) -> Result<Option<Credential>> {
         if let Some((_, helper)) = self
             .config
             .cred_helpers
             .iter()
             .find(|(key, _)| normalize_key(key) == registry)
         {
-            return self.run_helper(helper, registry);
+            return self.run_helper(helper, registry, helper_limit);
         }
         // An exact key wins over one that only matches after normalization.
         let entry = self.config.auths.get(registry).or_else(|| {
@@ -292,7 +298,7 @@ impl ConfigSource {
             }
         }
         match &self.config.creds_store {
-            Some(store) if !store.is_empty() => self.run_helper(store, registry),
+            Some(store) if !store.is_empty() => self.run_helper(store, registry, helper_limit),
             _ => Ok(None),
         }
     }
@@ -332,7 +338,12 @@ impl ConfigSource {
         }))
     }
 
-    fn run_helper(&self, helper: &str, registry: &str) -> Result<Option<Credential>> {
+    fn run_helper(
+        &self,
+        helper: &str,
+        registry: &str,
+        limit: Duration,
+    ) -> Result<Option<Credential>> {
         let program = format!("docker-credential-{helper}");
         let source = format!("credential helper {program} (named in {})", self.name);
         let err = |reason: String| Error::Credentials {
@@ -350,14 +361,18 @@ impl ConfigSource {
                     "cannot run {program}: {e}; install it or remove it from the config"
                 ))
             })?;
+        let server = helper_server_url(registry);
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(helper_server_url(registry).as_bytes())
-                .map_err(|e| err(format!("cannot write to {program}: {e}")))?;
+            // A helper that exits without reading its input is judged by its answer.
+            let _ = stdin.write_all(server.as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| err(format!("{program} failed: {e}")))?;
+        let out = wait_limited(child, limit).map_err(|e| match e {
+            Waited::Io(e) => err(format!("{program} failed: {e}")),
+            Waited::TimedOut => err(format!(
+                "{program} get did not finish within {}; it may be waiting for a login or for input: run `echo {server} | {program} get` to see, or raise the limit with --registry-timeout helper=DURATION",
+                crate::timeouts::show(limit)
+            )),
+        })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             if stdout.contains("credentials not found") {
@@ -409,6 +424,49 @@ impl ConfigSource {
     }
 }
 
+enum Waited {
+    Io(std::io::Error),
+    TimedOut,
+}
+
+/// Like `wait_with_output`, but kills the child when it runs longer than `limit`.
+fn wait_limited(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> std::result::Result<std::process::Output, Waited> {
+    use std::io::Read;
+    fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().map_err(Waited::Io)? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // The reader threads end when the pipes close; not waited for,
+                // since a grandchild may still hold them.
+                return Err(Waited::TimedOut);
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 fn first_line(text: &str) -> &str {
     text.trim().lines().next().unwrap_or("")
 }
@@ -416,6 +474,8 @@ fn first_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HELPER_LIMIT: Duration = Duration::from_secs(10);
 
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)
@@ -428,15 +488,24 @@ mod tests {
             b64("hub-user:hub-pw")
         );
         let creds = Credentials::from_docker_config_json(json.as_bytes(), "test config").unwrap();
-        let hub = creds.lookup("docker.io").unwrap().unwrap();
+        let hub = creds.lookup("docker.io", HELPER_LIMIT).unwrap().unwrap();
         assert_eq!(hub.username.as_deref(), Some("hub-user"));
         assert_eq!(hub.password.as_deref(), Some("hub-pw"));
         assert!(hub.source.contains("test config"));
-        let local = creds.lookup("127.0.0.1:5000").unwrap().unwrap();
+        let local = creds
+            .lookup("127.0.0.1:5000", HELPER_LIMIT)
+            .unwrap()
+            .unwrap();
         assert_eq!(local.username.as_deref(), Some("u2"));
-        let token = creds.lookup("localhost:5001").unwrap().unwrap();
+        let token = creds
+            .lookup("localhost:5001", HELPER_LIMIT)
+            .unwrap()
+            .unwrap();
         assert_eq!(token.identity_token.as_deref(), Some("t3"));
-        assert!(creds.lookup("127.0.0.1:5002").unwrap().is_none());
+        assert!(creds
+            .lookup("127.0.0.1:5002", HELPER_LIMIT)
+            .unwrap()
+            .is_none());
         // Debug output never shows secrets.
         assert!(!format!("{hub:?}").contains("hub-pw"));
     }
@@ -445,7 +514,10 @@ mod tests {
     fn bad_auth_field_names_the_source_not_the_value() {
         let json = r#"{"auths":{"h.example":{"auth":"bm9jb2xvbg=="}}}"#;
         let creds = Credentials::from_docker_config_json(json.as_bytes(), "cfg.json").unwrap();
-        let err = creds.lookup("h.example").unwrap_err().to_string();
+        let err = creds
+            .lookup("h.example", HELPER_LIMIT)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cfg.json") && err.contains("username:password"),
             "{err}"
@@ -471,7 +543,7 @@ mod tests {
             Credentials::from_docker_config_json(&secret_payload(&bare).unwrap(), "bare").unwrap();
         assert_eq!(
             creds
-                .lookup("h.example")
+                .lookup("h.example", HELPER_LIMIT)
                 .unwrap()
                 .unwrap()
                 .username

@@ -1,6 +1,56 @@
 //! The one error type of this crate: every message names the registry or input at
 //! fault and what to do about it.
 
+use std::time::Duration;
+
+use crate::timeouts::{show, Timeouts};
+
+/// What the client was waiting for when a [`Error::Timeout`] struck.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wait {
+    /// A TCP/TLS connection.
+    Connect,
+    /// The registry to take more of the request body.
+    Send,
+    /// The first byte of the reply after the whole request was sent.
+    Response,
+    /// More of the reply body.
+    Body,
+    /// The token endpoint's whole answer.
+    Token,
+}
+
+impl Wait {
+    fn what(self) -> &'static str {
+        match self {
+            Wait::Connect => "accepted no connection",
+            Wait::Send => "stopped taking the request body",
+            Wait::Response => "sent no reply",
+            Wait::Body => "stopped sending the reply",
+            Wait::Token => "(its token endpoint) gave no token",
+        }
+    }
+
+    /// The name of the limit in a timeout specification.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Wait::Connect => "connect",
+            Wait::Send | Wait::Body => "idle",
+            Wait::Response => "response",
+            Wait::Token => "token",
+        }
+    }
+}
+
+fn lost(sent: bool) -> &'static str {
+    if sent {
+        "after the request was sent, so its reply was lost (the registry may have acted on it)"
+    } else {
+        "before the request was sent"
+    }
+}
+
 /// Everything that can go wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +157,45 @@ pub enum Error {
         /// Secret name given.
         name: String,
     },
+    /// The registry (or its token endpoint) went silent for longer than a limit.
+    #[error("registry {registry} {} within {} during {operation}; if it is only slow, raise the limit with --registry-timeout {}=DURATION (or {})", wait.what(), show(*limit), wait.kind(), Timeouts::ENV)]
+    Timeout {
+        /// Registry name.
+        registry: String,
+        /// What was being done.
+        operation: String,
+        /// What was awaited.
+        wait: Wait,
+        /// The limit that ran out.
+        limit: Duration,
+    },
+    /// The connection broke while a request was under way.
+    #[error("connection to registry {registry} broke during {operation} {}: {}", lost(*sent), crate::client::error_chain(source))]
+    ConnectionLost {
+        /// Registry name.
+        registry: String,
+        /// What was being done.
+        operation: String,
+        /// Whether the whole request had been sent (the reply is what was lost).
+        sent: bool,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// Retries did not help; the first failure usually explains the later ones.
+    #[error("{}", gave_up(operation, registry, *attempts, first, last.as_deref()))]
+    GaveUp {
+        /// Registry name.
+        registry: String,
+        /// What was being done.
+        operation: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The first failure.
+        #[source]
+        first: Box<Error>,
+        /// The failure that ended the retries, when it differs from the first.
+        last: Option<Box<Error>>,
+    },
     /// The local content store failed.
     #[error("content store: {what}: {reason}")]
     Store {
@@ -115,6 +204,43 @@ pub enum Error {
         /// Underlying error.
         reason: String,
     },
+}
+
+fn gave_up(
+    operation: &str,
+    registry: &str,
+    attempts: u32,
+    first: &Error,
+    last: Option<&Error>,
+) -> String {
+    match last {
+        Some(last) => format!(
+            "{operation} at registry {registry} failed after {attempts} attempts; first: {first}; last: {last}"
+        ),
+        None => format!("{first} ({attempts} attempts failed the same way)"),
+    }
+}
+
+impl Error {
+    /// The failure that started it: the first of [`Error::GaveUp`], else the error itself.
+    pub fn first_cause(&self) -> &Error {
+        match self {
+            Error::GaveUp { first, .. } => first,
+            other => other,
+        }
+    }
+
+    /// Whether another attempt may succeed: the registry could not be reached,
+    /// timed out, dropped the connection, or answered 429 or 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::ConnectionLost { .. } => {
+                true
+            }
+            Error::Registry { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
 }
 
 /// Result alias for this crate.

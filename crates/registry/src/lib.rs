@@ -18,8 +18,16 @@
 //!
 //! Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are spoken to over
 //! plain HTTP as Docker does; other hosts over HTTPS unless listed in
-//! [`ClientOptions::insecure`]. Requests are retried with exponential backoff
-//! on 429, 5xx and connection errors.
+//! [`ClientOptions::insecure`].
+//!
+//! Every wait is bounded by [`Timeouts`] (connecting, the first byte of a
+//! reply, silence mid-transfer, token requests, credential helpers), never a
+//! whole transfer. 429, 5xx, timeouts and broken connections are retried with
+//! exponential backoff from one budget per operation (a request, a blob's
+//! upload, a manifest put). A closing PUT or manifest put that fails or goes
+//! unanswered is followed by a HEAD: when the registry kept the content, the
+//! put is done; an upload session the registry forgot is started afresh. An
+//! error after retries names the first failure ([`Error::GaveUp`]).
 //!
 //! ```
 //! use kbuild_registry::Reference;
@@ -55,9 +63,11 @@ mod manifest;
 mod pull;
 mod push;
 mod reference;
+mod timeouts;
 
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{Credentials, DEFAULT_REGISTRY_SECRET};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;
+pub use timeouts::{Timeouts, TimeoutsError, TIMEOUT_KINDS};

@@ -4,7 +4,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
+use futures_util::stream::{self, TryStreamExt};
 use kbuild_image::{ContentStore, Digest};
 use kbuild_platform::Platform;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
@@ -12,7 +12,7 @@ use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256, Sha512};
 
-use crate::client::{unexpected, Client, Counters, Req, Scope};
+use crate::client::{Client, Counters, Req, Scope};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Document, Entry};
 use crate::reference::Reference;
@@ -80,48 +80,49 @@ impl Client {
         let url = self
             .api_url(registry, repository, &format!("manifests/{key}"))
             .await?;
-        let req = Req::new(Method::GET, url).header(ACCEPT, manifest::ACCEPT);
-        let response = self.send(&Scope::pull(registry, repository), &req).await?;
-        match response.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                return Err(Error::ManifestUnknown {
-                    reference: reference.to_string(),
-                    registry: registry.to_string(),
-                    repository: repository.to_string(),
-                    key: key.to_string(),
-                })
+        let operation = format!("GET manifest {key} of {repository}");
+        let req = Req::new(Method::GET, url, operation.clone()).header(ACCEPT, manifest::ACCEPT);
+        let scope = Scope::pull(registry, repository);
+        let mut retry = self.retry(registry, operation.clone());
+        // The body is part of the attempt: one that breaks off is fetched again.
+        let (transport_type, bytes) = loop {
+            let response = self.send_with(&scope, &req, &mut retry).await?;
+            match response.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(Error::ManifestUnknown {
+                        reference: reference.to_string(),
+                        registry: registry.to_string(),
+                        repository: repository.to_string(),
+                        key: key.to_string(),
+                    })
+                }
+                _ => {
+                    let e = self.unexpected(response, registry, operation).await;
+                    return Err(retry.give_up(e));
+                }
             }
-            _ => {
-                return Err(unexpected(
-                    response,
-                    registry,
-                    format!("GET manifest {key} of {repository}"),
-                )
-                .await)
+            if response
+                .content_length()
+                .is_some_and(|l| l > MAX_MANIFEST as u64)
+            {
+                return Err(Error::InvalidManifest {
+                    what: format!("{reference}"),
+                    source_name: registry.to_string(),
+                    reason: format!("it is larger than {MAX_MANIFEST} bytes"),
+                });
             }
-        }
-        let transport_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
-        let unreachable = |e: reqwest::Error| Error::Unreachable {
-            registry: registry.to_string(),
-            url: format!("manifest {key} of {repository}"),
-            cause: crate::client::error_chain(&e),
+            let transport_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+            match self.read_body(registry, &operation, response).await {
+                Ok(bytes) => break (transport_type, bytes),
+                Err(e) if e.is_transient() => retry.again(self, e, None).await?,
+                Err(e) => return Err(retry.give_up(e)),
+            }
         };
-        if response
-            .content_length()
-            .is_some_and(|l| l > MAX_MANIFEST as u64)
-        {
-            return Err(Error::InvalidManifest {
-                what: format!("{reference}"),
-                source_name: registry.to_string(),
-                reason: format!("it is larger than {MAX_MANIFEST} bytes"),
-            });
-        }
-        let bytes = response.bytes().await.map_err(unreachable)?;
         let algorithm = expected
             .as_deref()
             .and_then(|e| e.split_once(':'))
@@ -334,6 +335,9 @@ impl Client {
             .api_url(registry, repository, &format!("blobs/{digest}"))
             .await?;
         let scope = Scope::pull(registry, repository);
+        let operation = format!("GET {what}");
+        // One budget for the whole blob: failed requests and broken-off bodies.
+        let mut retry = self.retry(registry, operation.clone());
         let attempts = self.inner.opts.max_attempts.max(1);
         let mut attempt = 0;
         while offset < entry.size {
@@ -347,11 +351,11 @@ impl Client {
                     ),
                 });
             }
-            let mut req = Req::new(Method::GET, url.clone());
+            let mut req = Req::new(Method::GET, url.clone(), operation.clone());
             if offset > 0 {
                 req = req.header(RANGE, &format!("bytes={offset}-"));
             }
-            let response = self.send(&scope, &req).await?;
+            let mut response = self.send_with(&scope, &req, &mut retry).await?;
             let status = response.status();
             let resumed_at = response
                 .headers()
@@ -373,7 +377,10 @@ impl Client {
                         message: "the blob is unknown although a manifest lists it; the repository is incomplete, push the image again".into(),
                     })
                 }
-                _ => return Err(unexpected(response, registry, format!("GET {what}")).await),
+                _ => {
+                    let e = self.unexpected(response, registry, operation.clone()).await;
+                    return Err(retry.give_up(e));
+                }
             };
             if restart {
                 ingest
@@ -388,11 +395,11 @@ impl Client {
                     continue;
                 }
             }
-            let mut body = response.bytes_stream();
             let mut broken = None;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(chunk) => {
+            loop {
+                match self.next_chunk(registry, &operation, &mut response).await {
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => {
                         use std::io::Write;
                         ingest.write_all(&chunk).map_err(|e| Error::Store {
                             what: format!("writing {what}"),
@@ -411,20 +418,13 @@ impl Client {
                 }
             }
             match broken {
-                Some(e) if attempt < attempts && offset < entry.size => {
+                Some(e) if offset < entry.size => {
                     tracing::debug!(%what, error = %e, offset, "download interrupted, resuming");
-                    Counters::add(&counters.retries, 1);
+                    // A body that moved does not use up the attempts for bad range answers.
+                    attempt = 0;
+                    retry.again(self, e, None).await?;
                 }
-                Some(e) => {
-                    return Err(Error::Unreachable {
-                        registry: registry.to_string(),
-                        url: url.to_string(),
-                        cause: format!(
-                            "download of {what} broke off at byte {offset}: {}",
-                            crate::client::error_chain(&e)
-                        ),
-                    })
-                }
+                Some(e) => return Err(retry.give_up(e)),
                 None => break,
             }
         }

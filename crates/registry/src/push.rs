@@ -6,12 +6,12 @@ use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
 use kbuild_image::{ContentStore, Digest};
 use oci_spec::image::Descriptor;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use url::Url;
 
-use crate::client::{unexpected, Client, Counters, Req, Scope};
+use crate::client::{Client, Counters, Failed, Req, Retry, Scope};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
@@ -21,6 +21,15 @@ fn with_digest(mut url: Url, digest: &Digest) -> Url {
     url.query_pairs_mut()
         .append_pair("digest", &digest.to_string());
     url
+}
+
+/// Why one upload session ended early.
+struct UploadFailure {
+    error: Error,
+    /// The pause the registry asked for.
+    pause: Option<std::time::Duration>,
+    /// Whether the closing PUT failed: the registry may have kept the blob.
+    closing: bool,
 }
 
 /// Nesting limit for indexes of indexes.
@@ -190,6 +199,10 @@ impl Client {
         Ok(())
     }
 
+    /// Puts a manifest under `key` (its digest or a tag). A put that failed in
+    /// a way that may have reached the registry (a lost reply, a timeout, 5xx)
+    /// is checked with HEAD before it is retried: when the registry has `key`
+    /// as `digest`, the put is done.
     async fn put_manifest(
         &self,
         scope: &Scope,
@@ -198,6 +211,11 @@ impl Client {
         media_type: &str,
         bytes: &Bytes,
     ) -> Result<()> {
+        let operation = if key == digest.to_string() {
+            format!("PUT manifest {digest} in {}", scope.repository)
+        } else {
+            format!("PUT manifest {key} ({digest}) in {}", scope.repository)
+        };
         let url = self
             .api_url(
                 &scope.registry,
@@ -205,18 +223,42 @@ impl Client {
                 &format!("manifests/{key}"),
             )
             .await?;
-        let req = Req::new(Method::PUT, url)
+        let req = Req::new(Method::PUT, url.clone(), operation.clone())
             .header(CONTENT_TYPE, media_type)
             .body(bytes.clone());
-        let response = self.send(scope, &req).await?;
-        if response.status() != StatusCode::CREATED && !response.status().is_success() {
-            return Err(unexpected(
-                response,
-                &scope.registry,
-                format!("PUT manifest {key} ({digest}) in {}", scope.repository),
-            )
-            .await);
+        let mut retry = self.retry(&scope.registry, operation.clone());
+        loop {
+            let failure = match self.send_once(scope, &req).await {
+                Ok(response) if response.status().is_success() => {
+                    self.check_echoed_digest(scope, key, digest, &response)?;
+                    Counters::add(&self.inner.counters.manifests_pushed, 1);
+                    return Ok(());
+                }
+                Ok(response) => Failed::from(
+                    self.unexpected(response, &scope.registry, operation.clone())
+                        .await,
+                ),
+                Err(failed) => failed,
+            };
+            if !failure.error.is_transient() {
+                return Err(retry.give_up(failure.error));
+            }
+            if self.manifest_is(scope, &url, key, digest, media_type).await {
+                tracing::debug!(%operation, error = %failure.error, "the put failed but the registry has the manifest");
+                Counters::add(&self.inner.counters.manifests_pushed, 1);
+                return Ok(());
+            }
+            retry.again(self, failure.error, failure.pause).await?;
         }
+    }
+
+    fn check_echoed_digest(
+        &self,
+        scope: &Scope,
+        key: &str,
+        digest: &Digest,
+        response: &Response,
+    ) -> Result<()> {
         if let Some(echoed) = response
             .headers()
             .get("docker-content-digest")
@@ -231,10 +273,46 @@ impl Client {
                 });
             }
         }
-        Counters::add(&self.inner.counters.manifests_pushed, 1);
         Ok(())
     }
 
+    /// Whether the registry serves `digest` under `key` (one HEAD, no retries:
+    /// a failure only means "not known").
+    async fn manifest_is(
+        &self,
+        scope: &Scope,
+        url: &Url,
+        key: &str,
+        digest: &Digest,
+        media_type: &str,
+    ) -> bool {
+        let head = Req::new(
+            Method::HEAD,
+            url.clone(),
+            format!("HEAD manifest {key} in {}", scope.repository),
+        )
+        .header(ACCEPT, &format!("{media_type}, {}", manifest::ACCEPT));
+        match self.send_once(scope, &head).await {
+            Ok(response) if response.status() == StatusCode::OK => response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|d| d == digest.to_string()),
+            _ => false,
+        }
+    }
+
+    /// Whether the repository has the blob (one HEAD, no retries).
+    async fn blob_is_there(&self, scope: &Scope, url: &Url, what: &str) -> bool {
+        let head = Req::new(Method::HEAD, url.clone(), format!("HEAD {what}"));
+        matches!(self.send_once(scope, &head).await, Ok(r) if r.status() == StatusCode::OK)
+    }
+
+    /// Pushes one blob unless the repository has it: HEAD, then a mount from
+    /// another repository of the registry when one is known to have it, else an
+    /// upload. An upload that fails is restarted from a fresh session, within
+    /// the retry budget; when the request that closes it fails or goes
+    /// unanswered, a HEAD decides whether the registry kept the blob.
     async fn push_blob(
         &self,
         registry: &str,
@@ -246,12 +324,12 @@ impl Client {
         let counters = &self.inner.counters;
         let scope = Scope::push(registry, repository);
         let what = format!("blob {digest} to {repository}");
-        let head = Req::new(
-            Method::HEAD,
-            self.api_url(registry, repository, &format!("blobs/{digest}"))
-                .await?,
-        );
-        let response = self.send(&scope, &head).await?;
+        let mut retry = self.retry(registry, format!("pushing {what}"));
+        let blob_url = self
+            .api_url(registry, repository, &format!("blobs/{digest}"))
+            .await?;
+        let head = Req::new(Method::HEAD, blob_url.clone(), format!("HEAD {what}"));
+        let response = self.send_with(&scope, &head, &mut retry).await?;
         match response.status() {
             StatusCode::OK => {
                 Counters::add(&counters.blobs_existing, 1);
@@ -259,7 +337,12 @@ impl Client {
                 return Ok(());
             }
             StatusCode::NOT_FOUND => {}
-            _ => return Err(unexpected(response, registry, format!("HEAD {what}")).await),
+            _ => {
+                let e = self
+                    .unexpected(response, registry, format!("HEAD {what}"))
+                    .await;
+                return Err(retry.give_up(e));
+            }
         }
         if !store.has(digest) {
             return Err(Error::Store {
@@ -279,55 +362,131 @@ impl Client {
                 also_pull: vec![from.clone()],
                 ..scope.clone()
             };
-            // A refused mount is not fatal: the upload below still works.
-            match self.send(&mount_scope, &Req::new(Method::POST, url)).await {
+            let req = Req::new(Method::POST, url, format!("mounting {what} from {from}"));
+            // A refused or failed mount is not fatal: the upload below still works.
+            match self.send_with(&mount_scope, &req, &mut retry).await {
                 Ok(response) if response.status() == StatusCode::CREATED => {
                     Counters::add(&counters.blobs_mounted, 1);
                     self.note_blob_source(&(*digest).into(), registry, repository);
                     return Ok(());
                 }
                 Ok(response) if response.status() == StatusCode::ACCEPTED => {
-                    location = Some(self.location(registry, &response).await?);
+                    location = self.location(registry, &response).await.ok();
                 }
                 Ok(response) => {
                     tracing::debug!(%what, status = %response.status(), "mount refused, uploading");
                 }
-                Err(Error::Unauthorized { .. }) => {
-                    tracing::debug!(%what, %from, "no access to the mount source, uploading");
+                Err(e) => {
+                    tracing::debug!(%what, %from, error = %e, "mount failed, uploading");
+                    retry = self.retry(registry, format!("pushing {what}"));
                 }
-                Err(e) => return Err(e),
             }
         }
-        let location = match location {
+        loop {
+            let failure = match self
+                .upload(
+                    &scope,
+                    digest,
+                    size,
+                    store,
+                    &what,
+                    location.take(),
+                    &mut retry,
+                )
+                .await
+            {
+                Ok(()) => break,
+                Err(failure) => failure,
+            };
+            let UploadFailure {
+                error,
+                pause,
+                closing,
+            } = failure;
+            if closing && self.blob_is_there(&scope, &blob_url, &what).await {
+                tracing::debug!(%what, %error, "closing the upload failed but the registry has the blob");
+                break;
+            }
+            // 404: the registry forgot the session; 416: a chunk it has seen
+            // was sent again. Either way a fresh session starts over.
+            let restart = error.is_transient()
+                || matches!(
+                    error,
+                    Error::Registry {
+                        status: 404 | 416,
+                        ..
+                    }
+                );
+            if !restart {
+                return Err(retry.give_up(error));
+            }
+            retry.again(self, error, pause).await?;
+        }
+        Counters::add(&counters.blobs_uploaded, 1);
+        Counters::add(&counters.bytes_uploaded, size);
+        self.note_blob_source(&(*digest).into(), registry, repository);
+        Ok(())
+    }
+
+    /// One upload session: POST (unless a session is given), PATCH chunks or
+    /// nothing, then the closing PUT. Uploading requests are not retried here
+    /// (a lost reply makes a resend wrong); the caller restarts the session.
+    #[allow(clippy::too_many_arguments)]
+    async fn upload(
+        &self,
+        scope: &Scope,
+        digest: &Digest,
+        size: u64,
+        store: &ContentStore,
+        what: &str,
+        session: Option<Url>,
+        retry: &mut Retry,
+    ) -> std::result::Result<(), UploadFailure> {
+        let registry = &scope.registry;
+        let failed = |closing: bool| {
+            move |f: Failed| UploadFailure {
+                error: f.error,
+                pause: f.pause,
+                closing,
+            }
+        };
+        let plain = |error: Error| UploadFailure {
+            error,
+            pause: None,
+            closing: false,
+        };
+        let mut location = match session {
             Some(l) => l,
             None => {
-                let url = self.api_url(registry, repository, "blobs/uploads/").await?;
-                let response = self.send(&scope, &Req::new(Method::POST, url)).await?;
+                let url = self
+                    .api_url(registry, &scope.repository, "blobs/uploads/")
+                    .await
+                    .map_err(plain)?;
+                let req = Req::new(Method::POST, url, format!("starting the upload of {what}"));
+                let response = self.send_with(scope, &req, retry).await.map_err(plain)?;
                 if response.status() != StatusCode::ACCEPTED {
-                    return Err(unexpected(
-                        response,
-                        registry,
-                        format!("starting the upload of {what}"),
-                    )
-                    .await);
+                    return Err(plain(
+                        self.unexpected(response, registry, req.operation).await,
+                    ));
                 }
-                self.location(registry, &response).await?
+                self.location(registry, &response).await.map_err(plain)?
             }
         };
 
         let path = store.path(digest);
-        let io_err = |e: std::io::Error| Error::Store {
-            what: format!("reading {what} from {}", path.display()),
-            reason: e.to_string(),
+        let io_err = |e: std::io::Error| {
+            plain(Error::Store {
+                what: format!("reading {what} from {}", path.display()),
+                reason: e.to_string(),
+            })
         };
         let opts = &self.inner.opts;
-        let mut location = location;
+        let operation = format!("finishing the upload of {what}");
         let finish = if size <= opts.chunk_threshold {
             // Monolithic: the whole blob in the closing PUT.
             let data = tokio::fs::read(&path).await.map_err(io_err)?;
-            Req::new(Method::PUT, with_digest(location, digest))
+            Req::new(Method::PUT, with_digest(location, digest), operation)
                 .header(CONTENT_TYPE, "application/octet-stream")
-                .header(CONTENT_LENGTH, &data.len().to_string())
                 .body(Bytes::from(data))
         } else {
             // Chunked: PATCH each chunk to the latest Location, then an empty PUT.
@@ -341,48 +500,31 @@ impl Client {
                     .await
                     .map_err(io_err)?;
                 file.read_exact(&mut buf).await.map_err(io_err)?;
-                let req = Req::new(Method::PATCH, location.clone())
+                let action = format!("PATCH chunk at {offset} of {what}");
+                let req = Req::new(Method::PATCH, location.clone(), action.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_RANGE, &format!("{}-{}", offset, offset + len - 1))
-                    .header(CONTENT_LENGTH, &len.to_string())
                     .body(Bytes::from(buf));
-                let response = self.send(&scope, &req).await?;
+                let response = self.send_once(scope, &req).await.map_err(failed(false))?;
                 if response.status() != StatusCode::ACCEPTED {
-                    let action = format!("PATCH chunk at {offset} of {what}");
-                    return Err(unexpected(response, registry, action).await);
+                    return Err(plain(self.unexpected(response, registry, action).await));
                 }
-                location = self.location(registry, &response).await?;
+                location = self.location(registry, &response).await.map_err(plain)?;
                 offset += len;
             }
-            Counters::add(&counters.chunked_uploads, 1);
-            Req::new(Method::PUT, with_digest(location, digest)).header(CONTENT_LENGTH, "0")
+            Counters::add(&self.inner.counters.chunked_uploads, 1);
+            Req::new(Method::PUT, with_digest(location, digest), operation)
+                .header(CONTENT_LENGTH, "0")
         };
-        let response = self.send(&scope, &finish).await?;
-        self.finish_upload(response, registry, repository, digest, size, &what)
-            .await
-    }
-
-    async fn finish_upload(
-        &self,
-        response: Response,
-        registry: &str,
-        repository: &str,
-        digest: &Digest,
-        size: u64,
-        what: &str,
-    ) -> Result<()> {
+        let response = self.send_once(scope, &finish).await.map_err(failed(true))?;
         if response.status() != StatusCode::CREATED {
-            return Err(unexpected(
-                response,
-                registry,
-                format!("finishing the upload of {what}"),
-            )
-            .await);
+            let error = self.unexpected(response, registry, finish.operation).await;
+            return Err(UploadFailure {
+                error,
+                pause: None,
+                closing: true,
+            });
         }
-        let counters = &self.inner.counters;
-        Counters::add(&counters.blobs_uploaded, 1);
-        Counters::add(&counters.bytes_uploaded, size);
-        self.note_blob_source(&(*digest).into(), registry, repository);
         Ok(())
     }
 

@@ -434,3 +434,55 @@ async fn bearer_tokens_from_a_token_server_with_scopes_and_mounts() {
     assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
     assert!(err.to_string().contains("no credentials"), "{err}");
 }
+
+/// A token endpoint that takes the connection and never answers: the token
+/// limit ends the wait, and the error names the registry and the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_token_endpoint_times_out() {
+    // Connections complete in the listen backlog; nothing ever answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let realm = format!(
+        "http://127.0.0.1:{}/token",
+        silent.local_addr().unwrap().port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let files = TestRegistry::token_auth_files(dir.path(), &realm).unwrap();
+    let registry = TestRegistry::start_with_token_auth(&files).unwrap();
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        max_attempts: 2,
+        retry_delay: std::time::Duration::from_millis(10),
+        timeouts: kbuild_registry::Timeouts::parse("token=1s").unwrap(),
+        ..Default::default()
+    })
+    .unwrap();
+    let reference = Reference::parse(&format!("{}/locked/app:1", registry.host())).unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        client.resolve(&reference),
+    )
+    .await
+    .expect("bounded by the token limit")
+    .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "two attempts of 1 s: {took:?}"
+    );
+    assert!(
+        matches!(
+            err.first_cause(),
+            Error::Timeout {
+                wait: kbuild_registry::Wait::Token,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&registry.host()) && text.contains(&realm) && text.contains("token="),
+        "{text}"
+    );
+    assert_eq!(client.stats().retries, 1);
+}

@@ -85,6 +85,39 @@ async fn credential_helpers_supply_basic_credentials() {
         "{err}"
     );
 
+    // A helper that hangs (waiting for a login, say) is stopped after the
+    // helper limit, and the error names it; the async threads stay free.
+    let hang = bin.join("docker-credential-kbhang");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (creds, _) = config(format!(r#"{{"credHelpers":{{"{host}":"kbhang"}}}}"#));
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        credentials: creds,
+        timeouts: kbuild_registry::Timeouts::parse("helper=1s").unwrap(),
+        ..Default::default()
+    })
+    .unwrap();
+    let started = std::time::Instant::now();
+    let ticker = tokio::spawn(async {
+        for _ in 0..10 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    let err = tokio::time::timeout(std::time::Duration::from_secs(20), client.resolve(&missing))
+        .await
+        .expect("bounded by the helper limit")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(matches!(err, Error::Credentials { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("docker-credential-kbhang") && text.contains("did not finish within 1s"),
+        "{text}"
+    );
+    // This single-threaded runtime kept running other tasks while the helper hung.
+    assert!(ticker.is_finished());
+
     let asked = std::fs::read_to_string(&log).unwrap();
     assert!(asked.lines().any(|l| l == host), "{asked}");
 }

@@ -215,7 +215,10 @@ async fn unreachable_registry_names_it() {
         .resolve(&r(&format!("127.0.0.1:{port}/a:b")))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(
+        matches!(err.first_cause(), Error::Unreachable { .. }),
+        "{err}"
+    );
     assert!(
         err.to_string().contains(&format!("127.0.0.1:{port}")),
         "{err}"
@@ -406,7 +409,10 @@ async fn transient_errors_are_retried() {
         .resolve(&r(&format!("127.0.0.1:{}/down/app:1", failing.port)))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Registry { status: 502, .. }), "{err}");
+    assert!(
+        matches!(err.first_cause(), Error::Registry { status: 502, .. }),
+        "{err}"
+    );
     assert_eq!(failing.seen.lock().unwrap().len(), 3);
 }
 

@@ -1,10 +1,12 @@
 //! Real components for the integration tests of kubectl-build: a `docker-registry`
 //! process on a free loopback port (anonymous or htpasswd Basic auth), a private
-//! `dockerd`, and the locally built base-image fixtures. Nothing here is mocked:
+//! `dockerd`, a fault-injecting proxy process to put in front of the registry,
+//! and the locally built base-image fixtures. Nothing here is mocked:
 //! every helper starts or locates the real program and stops it when dropped.
 
 #![deny(missing_docs)]
 
 pub mod dockerd;
+pub mod faults;
 pub mod fixtures;
 pub mod registry;
