@@ -30,6 +30,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod graph;
 pub mod instructions;
 pub mod parser;
 pub mod plan;
