@@ -1,7 +1,9 @@
 //! `--chmod` values: octal (`0755`) or symbolic like chmod(1) and BuildKit's
 //! Dockerfile 1.x (`u+x`, `go-w`, `u=rwX,go=rX`), without a umask.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why a `--chmod` value is not a mode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,9 +22,9 @@ pub enum ChmodError {
     },
 }
 
-/// A parsed `--chmod`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A parsed `--chmod`. Serializes as its canonical text (`"0755"`,
+/// `"u+x,go-w"`) and reads back by parsing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chmod {
     /// An absolute mode (`0755`), at most `0o7777`.
     Octal(u32),
@@ -31,7 +33,7 @@ pub enum Chmod {
 }
 
 /// One `[ugoa]*[+-=][rwxXst]*` action of a symbolic mode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModeClause {
     /// Which classes: bit 0 user, 1 group, 2 others (none written: all).
     pub who: u8,
@@ -161,6 +163,44 @@ impl Chmod {
     }
 }
 
+impl fmt::Display for Chmod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let clauses = match self {
+            Chmod::Octal(m) => return write!(f, "{m:04o}"),
+            Chmod::Symbolic(c) => c,
+        };
+        for (i, c) in clauses.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            let all = WHO_U | WHO_G | WHO_O;
+            if c.who == all {
+                f.write_str("a")?;
+            }
+            for (bit, letter) in [(WHO_U, 'u'), (WHO_G, 'g'), (WHO_O, 'o')] {
+                if c.who != all && c.who & bit != 0 {
+                    write!(f, "{letter}")?;
+                }
+            }
+            write!(f, "{}{}", c.op, c.perms)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Chmod {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Chmod {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Chmod, D::Error> {
+        let text = String::deserialize(d)?;
+        Chmod::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +232,10 @@ mod tests {
         assert_eq!(m("+t").apply(0o777, true), 0o1777);
         assert_eq!(m("u+x-w").apply(0o644, false), 0o544);
         assert_eq!(m("o=").apply(0o777, false), 0o770);
+        for text in ["0755", "u+x", "go-w", "u=rwX,go=rX", "+x", "a-w"] {
+            assert_eq!(m(text).to_string(), text);
+            assert_eq!(Chmod::parse(&m(text).to_string()), Ok(m(text)));
+        }
         for bad in ["x+u", "u", "u+q", "u+x,", "ug", "=rw x"] {
             assert!(
                 matches!(Chmod::parse(bad), Err(ChmodError::BadClause { .. })),
