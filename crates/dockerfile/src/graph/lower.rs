@@ -21,7 +21,8 @@ pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
     };
     for stage in &plan.stages {
         let mut state = match &stage.base {
-            StageBase::Scratch => l.source(SourceOp::Scratch, None),
+            // A stage's scratch has its platform: the image config starts there.
+            StageBase::Scratch => l.source(SourceOp::Scratch, Some(stage.platform.to_string())),
             StageBase::Image {
                 reference,
                 platform,

@@ -161,11 +161,15 @@ pub enum OpKind {
     Config(ConfigOp),
 }
 
-/// Where a state comes from.
+/// Where a state comes from. An image or a scratch with a platform starts
+/// an image config for that platform (a scratch: empty, `os`/`architecture`
+/// set); on Linux `PATH` is defaulted in it when missing, as BuildKit does
+/// (`PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`).
+/// Scratch without a platform, the context, URLs and git give files only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
 pub enum SourceOp {
-    /// An empty filesystem and config.
+    /// An empty filesystem.
     Scratch,
     /// An image: its layers and config.
     Image {
