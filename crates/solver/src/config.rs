@@ -80,37 +80,11 @@ fn argv(config: &ImageConfig, command: &Command) -> Vec<String> {
     }
 }
 
-/// Expand an EXPOSE word into `port/proto` keys (`8000-8002/udp` is three keys).
+/// Expand an EXPOSE word into `port/proto` keys (`8000-8002/udp` is three
+/// keys), by the Dockerfile frontend's rule.
 pub fn expose_keys(word: &str) -> Result<Vec<String>, ConfigError> {
-    let (ports, proto) = match word.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (word, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(ConfigError(format!(
-            "EXPOSE {word}: invalid protocol {proto:?}; use tcp, udp or sctp"
-        )));
-    }
-    // A leading "ip:" (docker run syntax) is not valid in EXPOSE.
-    let bad = || {
-        ConfigError(format!(
-            "EXPOSE {word}: invalid port; use PORT[/PROTO] or START-END[/PROTO]"
-        ))
-    };
-    let (start, end) = match ports.split_once('-') {
-        Some((a, b)) => (
-            a.parse::<u16>().map_err(|_| bad())?,
-            b.parse::<u16>().map_err(|_| bad())?,
-        ),
-        None => {
-            let p = ports.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
-        }
-    };
-    if end < start {
-        return Err(bad());
-    }
-    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+    kbuild_dockerfile::graph::expose_keys(word)
+        .map_err(|e| ConfigError(format!("EXPOSE {word}: {e}")))
 }
 
 fn duration_ns(d: std::time::Duration) -> Option<i64> {
@@ -311,19 +285,6 @@ pub fn run_argv(config: &ImageConfig, command: &Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expose_forms() {
-        assert_eq!(expose_keys("80").unwrap(), vec!["80/tcp"]);
-        assert_eq!(expose_keys("53/UDP").unwrap(), vec!["53/udp"]);
-        assert_eq!(
-            expose_keys("8000-8002").unwrap(),
-            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
-        );
-        assert!(expose_keys("80/foo").is_err());
-        assert!(expose_keys("x").is_err());
-        assert!(expose_keys("9-1").is_err());
-    }
 
     #[test]
     fn env_replaces_in_place() {

@@ -16,6 +16,7 @@ use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
 use crate::run;
 use crate::users;
+use kbuild_dockerfile::graph::{add_source_kind, AddSourceKind, Chmod};
 use kbuild_dockerfile::instructions::Instruction;
 use kbuild_dockerfile::plan::{
     self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
@@ -1332,14 +1333,7 @@ impl<'a> Exec<'a> {
         workdir: &str,
     ) -> Result<copy::Request, String> {
         let chmod = match chmod {
-            Some(m) => Some(
-                u32::from_str_radix(m, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| {
-                        format!("invalid --chmod={m}: use an octal mode such as 0755")
-                    })?,
-            ),
+            Some(m) => Some(Chmod::parse(m).map_err(|e| format!("invalid --chmod={m}: {e}"))?),
             None => None,
         };
         let dest = windows_path(dest);
@@ -1649,11 +1643,11 @@ fn windows_layout(dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn is_url(s: &str) -> bool {
-    (s.starts_with("http://") || s.starts_with("https://")) && !is_git(s)
+    add_source_kind(s) == AddSourceKind::Url
 }
 
 fn is_git(s: &str) -> bool {
-    s.starts_with("git@") || s.starts_with("git://") || s.ends_with(".git") || s.contains(".git#")
+    add_source_kind(s) == AddSourceKind::Git
 }
 
 /// Download an ADD URL into `dir`, check `--checksum`, and return the file
