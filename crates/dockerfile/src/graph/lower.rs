@@ -318,14 +318,18 @@ impl Lowering {
                 }],
                 format!("SHELL {}", rules::go_list(&s.shell)),
             ),
-            Instruction::StopSignal(s) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::StopSignal {
-                    signal: s.signal.clone(),
-                }],
-                format!("STOPSIGNAL {}", s.signal),
-            ),
+            Instruction::StopSignal(s) => {
+                rules::check_signal(&s.signal)
+                    .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
+                self.config(
+                    step,
+                    state,
+                    vec![ConfigPatch::StopSignal {
+                        signal: s.signal.clone(),
+                    }],
+                    format!("STOPSIGNAL {}", s.signal),
+                )
+            }
             Instruction::Healthcheck(h) => {
                 let nanos = |d: std::time::Duration| {
                     (!d.is_zero()).then(|| d.as_nanos().min(u64::MAX as u128) as u64)

@@ -4,7 +4,7 @@
 //! [`lower`] turns every step of the plan into at most one [`Op`] (ARG,
 //! ENV, LABEL... become [`ConfigOp`]s, RUN an [`ExecOp`], COPY/ADD/WORKDIR a
 //! [`FileOp`], FROM nothing), deciding every Dockerfile rule that needs no
-//! image: `--chmod` modes (octal or symbolic), EXPOSE ports, ADD source
+//! image: `--chmod` modes (octal or symbolic), EXPOSE ports, STOPSIGNAL, ADD source
 //! kinds and `--checksum`s, destinations against the working directory,
 //! the argv of RUN heredocs (a single heredoc starting with `#!` is written
 //! to a file mounted at `/dev/pipes/` and executed), the defaults of
@@ -67,9 +67,9 @@ use crate::instructions::{NetworkMode, SecurityMode, Sharing};
 pub use chmod::{Chmod, ChmodError, ModeClause};
 pub use lower::lower;
 pub use rules::{
-    add_source_kind, check_checksum, expose_keys, go_duration, go_list, go_quote, go_quote_list,
-    go_quote_rune, resolve_dest, run_form, run_history, AddSourceKind, ChecksumError, ExposeError,
-    RunForm, HEREDOC_PIPES,
+    add_source_kind, check_checksum, check_signal, expose_keys, go_duration, go_list, go_quote,
+    go_quote_list, go_quote_rune, resolve_dest, run_form, run_history, AddSourceKind,
+    ChecksumError, ExposeError, RunForm, SignalError, HEREDOC_PIPES,
 };
 
 /// The version of the graph format; bumped when a change would make an

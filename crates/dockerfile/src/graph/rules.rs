@@ -114,6 +114,45 @@ pub fn check_checksum(kind: AddSourceKind, value: &str) -> Result<(), ChecksumEr
     }
 }
 
+/// A STOPSIGNAL that names no signal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid signal: {0}; use a name such as SIGTERM or a number")]
+pub struct SignalError(pub String);
+
+/// Signal names (without `SIG`) a Linux image may stop with.
+const SIGNALS: [&str; 34] = [
+    "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+    "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP", "TSTP",
+    "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+];
+
+/// Check a STOPSIGNAL value as BuildKit does: a non-zero number, or a
+/// signal name with or without `SIG`, any case (`SIGTERM`, `term`,
+/// `SIGRTMIN+3`).
+pub fn check_signal(value: &str) -> Result<(), SignalError> {
+    if let Ok(n) = value.parse::<i64>() {
+        return if n != 0 {
+            Ok(())
+        } else {
+            Err(SignalError(value.into()))
+        };
+    }
+    let upper = value.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let realtime = |base: &str, sign: char| match name.strip_prefix(base) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(sign).is_some_and(|n| {
+            !n.starts_with('0') && n.parse::<u8>().is_ok_and(|n| (1..=15).contains(&n))
+        }),
+        None => false,
+    };
+    if SIGNALS.contains(&name) || realtime("RTMIN", '+') || realtime("RTMAX", '-') {
+        Ok(())
+    } else {
+        Err(SignalError(value.into()))
+    }
+}
+
 /// Where a RUN heredoc whose body starts with `#!` is mounted (read-only);
 /// the file is executed from there.
 pub const HEREDOC_PIPES: &str = "/dev/pipes/";
@@ -356,6 +395,25 @@ mod tests {
         assert_eq!(expose_keys("9-1"), Err(ExposeError::Port));
         assert_eq!(expose_keys("+80"), Err(ExposeError::Port));
         assert_eq!(expose_keys("70000"), Err(ExposeError::Port));
+    }
+
+    #[test]
+    fn signals() {
+        for ok in [
+            "SIGTERM",
+            "term",
+            "SIGKILL",
+            "9",
+            "SIGRTMIN+3",
+            "RTMAX-1",
+            "SIGRTMAX",
+            "sigusr1",
+        ] {
+            assert_eq!(check_signal(ok), Ok(()), "{ok}");
+        }
+        for bad in ["0", "SIGFOO", "", "RTMIN+16", "SIGRTMIN+0", "TERM9"] {
+            assert!(check_signal(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

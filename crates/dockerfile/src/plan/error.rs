@@ -125,6 +125,12 @@ pub enum ErrorKind {
         /// What is wrong with it.
         source: crate::graph::ExposeError,
     },
+    /// A STOPSIGNAL that names no signal.
+    #[error("{source}")]
+    StopSignal {
+        /// The value.
+        source: crate::graph::SignalError,
+    },
     /// An ADD `--checksum` that cannot be used.
     #[error("{source}")]
     Checksum {
