@@ -473,7 +473,7 @@ mod tests {
         assert_eq!(
             run_form(
                 &Command::Shell("<<EOF".into()),
-                &[script.clone()],
+                std::slice::from_ref(&script),
                 &sh,
                 "linux"
             ),
@@ -487,7 +487,7 @@ mod tests {
         assert_eq!(
             run_form(
                 &Command::Shell("<<'EOF'".into()),
-                &[plain.clone()],
+                std::slice::from_ref(&plain),
                 &sh,
                 "linux"
             ),
