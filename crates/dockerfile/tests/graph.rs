@@ -185,3 +185,66 @@ fn golden_graphs() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
 }
+
+fn lower_text(dockerfile: &str, platforms: &[&str]) -> Graph {
+    let opts = PlanOptions {
+        platforms: platforms
+            .iter()
+            .map(|p| Platform::parse(p).unwrap())
+            .collect(),
+        build_platform: Platform::parse("linux/amd64").unwrap(),
+        build_args: BTreeMap::new(),
+        target: None,
+        labels: BTreeMap::new(),
+    };
+    let p = plan(dockerfile, &opts, &kbuild_dockerfile::plan::NoImageConfigs).unwrap();
+    lower(&p).unwrap()
+}
+
+#[test]
+fn ids_ignore_line_positions_and_follow_content() {
+    let a = "FROM busybox\nWORKDIR /src\nCOPY . .\nRUN make\n";
+    let moved = "# a comment\n\nFROM busybox\nWORKDIR /src\n\nCOPY . .\nRUN make\n";
+    let changed = "FROM busybox\nWORKDIR /src\nCOPY . .\nRUN make install\n";
+    let ids = |g: &Graph| g.ops.iter().map(|o| o.id.clone()).collect::<Vec<_>>();
+    let (ga, gm, gc) = (
+        lower_text(a, &["linux/amd64"]),
+        lower_text(moved, &["linux/amd64"]),
+        lower_text(changed, &["linux/amd64"]),
+    );
+    assert_eq!(ids(&ga), ids(&gm), "moving lines keeps every id");
+    assert_ne!(ga.ops.last().unwrap().meta, gm.ops.last().unwrap().meta);
+    // Only the changed RUN (the last op) gets a new id.
+    let (ia, ic) = (ids(&ga), ids(&gc));
+    assert_eq!(ia[..ia.len() - 1], ic[..ic.len() - 1]);
+    assert_ne!(ia.last(), ic.last());
+}
+
+#[test]
+fn build_platform_steps_are_one_op_for_every_target() {
+    let g = lower_text(
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nCOPY . /src\nARG TARGETARCH\nRUN echo $TARGETARCH > /arch\n\nFROM scratch\nCOPY --from=build /arch /\n",
+        &["linux/amd64", "linux/arm64", "linux/s390x"],
+    );
+    let copies_of_context = g
+        .ops
+        .iter()
+        .filter(|o| o.meta.display.as_deref() == Some("COPY . /src"))
+        .count();
+    assert_eq!(copies_of_context, 1);
+    let runs: Vec<_> = g
+        .ops
+        .iter()
+        .filter(|o| matches!(o.op, OpKind::Exec(_)))
+        .collect();
+    assert_eq!(runs.len(), 3, "one RUN per TARGETARCH");
+    for r in &runs {
+        assert_eq!(
+            r.platform.as_deref(),
+            Some("linux/amd64"),
+            "runs on the build platform"
+        );
+    }
+    let results: HashSet<_> = g.targets.iter().map(|t| &t.result).collect();
+    assert_eq!(results.len(), 3);
+}
