@@ -74,9 +74,23 @@ fn op_id(platform: &Option<String>, inputs: &[OpId], op: &OpKind) -> OpId {
         inputs,
         op,
     };
-    // Plain structs with string keys: serializing cannot fail.
-    let json = serde_json::to_vec(&body).unwrap_or_default();
-    OpId(format!("sha256:{}", hex::encode(Sha256::digest(json))))
+    // The JSON goes straight into the hash. Plain structs with string keys
+    // and a writer that cannot fail: serializing cannot fail.
+    let mut hasher = HashWriter(Sha256::new());
+    let _ = serde_json::to_writer(&mut hasher, &body);
+    OpId(format!("sha256:{}", hex::encode(hasher.0.finalize())))
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn at(step: &Step, kind: ErrorKind) -> Error {
@@ -679,7 +693,7 @@ impl Lowering {
                     };
                     ExecMount::Cache {
                         target: abs(&c.target),
-                        id: c.id.clone().unwrap_or_else(|| c.target.clone()),
+                        id: c.id.clone().unwrap_or_else(|| abs(&c.target)),
                         sharing: c.sharing,
                         input,
                         source: c.source.clone(),
@@ -715,7 +729,16 @@ impl Lowering {
                 }
                 Mount::Ssh(s) => ExecMount::Ssh {
                     id: s.id.clone().unwrap_or_else(|| "default".into()),
-                    target: s.target.as_deref().map(abs),
+                    target: match s.target.as_deref() {
+                        Some(t) => abs(t),
+                        None => {
+                            let n = mounts
+                                .iter()
+                                .filter(|m| matches!(m, ExecMount::Ssh { .. }))
+                                .count();
+                            format!("/run/buildkit/ssh_agent.{n}")
+                        }
+                    },
                     required: s.required,
                     mode: s.mode.unwrap_or(0o600),
                     uid: s.uid.unwrap_or(0),

@@ -257,7 +257,7 @@ pub enum ExecMount {
     Cache {
         /// Mount point.
         target: String,
-        /// Cache id (BuildKit's default: the target as written).
+        /// Cache id (default: the absolute target).
         id: String,
         /// Sharing mode.
         sharing: Sharing,
@@ -302,9 +302,9 @@ pub enum ExecMount {
     Ssh {
         /// Agent id.
         id: String,
-        /// Socket path (`None`: `/run/buildkit/ssh_agent.<n>`, n counting
-        /// the op's ssh mounts from 0).
-        target: Option<String>,
+        /// Socket path (default `/run/buildkit/ssh_agent.<n>`, n counting
+        /// the op's ssh mounts from 0); `SSH_AUTH_SOCK` names the first.
+        target: String,
         /// Fail when the agent is not provided.
         required: bool,
         /// Socket mode.
