@@ -289,17 +289,7 @@ impl Lowering {
                         }
                     }
                 }
-                // Go prints a map with its keys sorted.
-                let mut sorted = ports.clone();
-                sorted.sort();
-                let text = format!(
-                    "EXPOSE map[{}]",
-                    sorted
-                        .iter()
-                        .map(|k| format!("{k}:{{}}"))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                );
+                let text = rules::expose_history(&ports);
                 self.config(step, state, vec![ConfigPatch::ExposedPorts { ports }], text)
             }
             Instruction::Volume(v) => self.config(
@@ -358,7 +348,7 @@ impl Lowering {
                             start_interval: None,
                             retries: None,
                         },
-                        healthcheck_text(&["NONE".into()], [std::time::Duration::ZERO; 4], 0),
+                        rules::healthcheck_history(&h.test),
                     ),
                     HealthTest::Cmd {
                         command,
@@ -374,11 +364,7 @@ impl Lowering {
                                 .collect(),
                             Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
                         };
-                        let text = healthcheck_text(
-                            &test,
-                            [*interval, *timeout, *start_period, *start_interval],
-                            *retries,
-                        );
+                        let text = rules::healthcheck_history(&h.test);
                         (
                             ConfigPatch::Healthcheck {
                                 test,
@@ -457,7 +443,7 @@ impl Lowering {
                     &chmod,
                     c.link,
                 );
-                let text = copy_history("COPY", &c.sources, &c.contents, &c.dest);
+                let text = rules::copy_history("COPY", &c.sources, &c.contents, &c.dest);
                 self.file(step, inputs, actions, text)
             }
             Instruction::Add(a) => {
@@ -563,7 +549,7 @@ impl Lowering {
                     &chmod,
                     a.link,
                 );
-                let text = copy_history("ADD", &a.sources, &a.contents, &a.dest);
+                let text = rules::copy_history("ADD", &a.sources, &a.contents, &a.dest);
                 self.file(step, inputs, actions, text)
             }
         })
@@ -801,41 +787,6 @@ fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>)
         out.push('=');
         out.push_str(v);
     }
-    out
-}
-
-/// `COPY a b <<EOF /dest # buildkit`, as BuildKit writes it.
-fn copy_history(
-    keyword: &str,
-    sources: &[String],
-    contents: &[SourceContent],
-    dest: &str,
-) -> String {
-    let mut out = keyword.to_string();
-    for s in sources {
-        out.push(' ');
-        out.push_str(s);
-    }
-    for c in contents {
-        out.push_str(" <<");
-        out.push_str(&c.path);
-    }
-    out.push(' ');
-    out.push_str(dest);
-    out.push_str(" # buildkit");
-    out
-}
-
-/// Go's `%q` of BuildKit's `*HealthcheckConfig`.
-fn healthcheck_text(test: &[String], durations: [std::time::Duration; 4], retries: u32) -> String {
-    let mut out = format!("HEALTHCHECK &{{{}", rules::go_quote_list(test));
-    for d in durations {
-        out.push(' ');
-        out.push_str(&rules::go_quote(&rules::go_duration(d)));
-    }
-    out.push(' ');
-    out.push_str(&rules::go_quote_rune(retries));
-    out.push('}');
     out
 }
 

@@ -67,9 +67,10 @@ use crate::instructions::{NetworkMode, SecurityMode, Sharing};
 pub use chmod::{Chmod, ChmodError, ModeClause};
 pub use lower::lower;
 pub use rules::{
-    add_source_kind, check_checksum, check_signal, expose_keys, go_duration, go_list, go_quote,
-    go_quote_list, go_quote_rune, resolve_dest, run_form, run_history, AddSourceKind,
-    ChecksumError, ExposeError, RunForm, SignalError, HEREDOC_PIPES,
+    add_source_kind, check_checksum, check_signal, copy_history, expose_history, expose_keys,
+    go_duration, go_list, go_quote, go_quote_list, go_quote_rune, healthcheck_history,
+    resolve_dest, run_form, run_history, AddSourceKind, ChecksumError, ExposeError, RunForm,
+    SignalError, HEREDOC_PIPES,
 };
 
 /// The version of the graph format; bumped when a change would make an

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::instructions::{Command, Heredoc};
+use crate::instructions::{Command, HealthTest, Heredoc, SourceContent};
 
 /// An EXPOSE word that is not `PORT[/PROTO]` or `START-END[/PROTO]`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,6 +246,82 @@ pub fn run_history(argv: &[String], args: &[(impl AsRef<str>, impl AsRef<str>)])
         out.push_str(a);
     }
     out.push_str(" # buildkit");
+    out
+}
+
+/// The history text of EXPOSE: Go's rendering of the port set,
+/// `EXPOSE map[443/tcp:{} 80/tcp:{}]` (keys sorted).
+pub fn expose_history(keys: &[String]) -> String {
+    let mut sorted: Vec<&String> = keys.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut out = String::from("EXPOSE map[");
+    for (i, k) in sorted.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(k);
+        out.push_str(":{}");
+    }
+    out.push(']');
+    out
+}
+
+/// The history text of COPY/ADD: `COPY a b <<EOF /dest # buildkit`
+/// (sources as written, heredoc names, destination as written).
+pub fn copy_history(
+    keyword: &str,
+    sources: &[String],
+    contents: &[SourceContent],
+    dest: &str,
+) -> String {
+    let mut out = keyword.to_string();
+    for s in sources {
+        out.push(' ');
+        out.push_str(s);
+    }
+    for c in contents {
+        out.push_str(" <<");
+        out.push_str(&c.path);
+    }
+    out.push(' ');
+    out.push_str(dest);
+    out.push_str(" # buildkit");
+    out
+}
+
+/// The history text of HEALTHCHECK: Go's `%q` of BuildKit's
+/// `*HealthcheckConfig`,
+/// `HEALTHCHECK &{["CMD-SHELL" "curl -f http://x/"] "5m0s" "3s" "0s" "0s" '\x03'}`.
+pub fn healthcheck_history(test: &HealthTest) -> String {
+    let (argv, durations, retries) = match test {
+        HealthTest::None => (vec!["NONE".to_string()], [Duration::ZERO; 4], 0),
+        HealthTest::Cmd {
+            command,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => (
+            match command {
+                Command::Exec(v) => std::iter::once("CMD".to_string())
+                    .chain(v.iter().cloned())
+                    .collect(),
+                Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+            },
+            [*interval, *timeout, *start_period, *start_interval],
+            *retries,
+        ),
+    };
+    let mut out = format!("HEALTHCHECK &{{{}", go_quote_list(&argv));
+    for d in durations {
+        out.push(' ');
+        out.push_str(&go_quote(&go_duration(d)));
+    }
+    out.push(' ');
+    out.push_str(&go_quote_rune(retries));
+    out.push('}');
     out
 }
 
