@@ -2,8 +2,10 @@
 //! Dockerfile frontend writes them: ENV replaces or appends `KEY=value`,
 //! ENTRYPOINT clears a CMD inherited from the base image, shell forms are
 //! wrapped in the stage's SHELL, EXPOSE ranges are expanded to `port/proto`
-//! keys, and every step leaves a history entry.
+//! keys, and every step leaves a history entry (its text by the Dockerfile
+//! frontend's rules, `kbuild_dockerfile::graph`).
 
+use kbuild_dockerfile::graph;
 use kbuild_dockerfile::instructions::{Command, HealthTest, Instruction};
 use kbuild_image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig};
 use std::collections::BTreeMap;
@@ -150,13 +152,7 @@ pub fn apply(
                     keys.push(k);
                 }
             }
-            format!(
-                "EXPOSE map[{}]",
-                keys.iter()
-                    .map(|k| format!("{k}:{{}}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
+            graph::expose_history(&keys)
         }
         Instruction::Volume(v) => {
             let vols = c.volumes.get_or_insert_with(BTreeMap::new);
@@ -168,7 +164,7 @@ pub fn apply(
                 }
                 vols.insert(p.clone(), Empty {});
             }
-            format!("VOLUME {:?}", v.volumes)
+            format!("VOLUME {}", graph::go_list(&v.volumes))
         }
         Instruction::Entrypoint(e) => {
             let shell = c
@@ -184,7 +180,7 @@ pub fn apply(
             if !meta.cmd_set {
                 c.cmd = None;
             }
-            format!("ENTRYPOINT {}", json_list(&args))
+            format!("ENTRYPOINT {}", graph::go_quote_list(&args))
         }
         Instruction::Cmd(cmd) => {
             let shell = c
@@ -198,11 +194,11 @@ pub fn apply(
             };
             c.cmd = Some(args.clone());
             meta.cmd_set = true;
-            format!("CMD {}", json_list(&args))
+            format!("CMD {}", graph::go_quote_list(&args))
         }
         Instruction::Shell(s) => {
             c.shell = Some(s.shell.clone());
-            format!("SHELL {}", json_list(&s.shell))
+            format!("SHELL {}", graph::go_list(&s.shell))
         }
         Instruction::StopSignal(s) => {
             c.stop_signal = Some(s.signal.clone());
@@ -236,7 +232,7 @@ pub fn apply(
                     ..HealthConfig::default()
                 },
             };
-            let text = format!("HEALTHCHECK {}", json_list(&hc.test));
+            let text = graph::healthcheck_history(&h.test);
             c.healthcheck = Some(hc);
             text
         }
@@ -259,11 +255,6 @@ pub fn apply(
         }
     };
     Ok(Some(text))
-}
-
-/// `["a","b"]`, the way history and Docker print exec forms.
-pub fn json_list(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// The history entry BuildKit writes for a step.

@@ -16,7 +16,7 @@ use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
 use crate::run;
 use crate::users;
-use kbuild_dockerfile::graph::{add_source_kind, AddSourceKind, Chmod};
+use kbuild_dockerfile::graph::{self, add_source_kind, AddSourceKind, Chmod};
 use kbuild_dockerfile::instructions::Instruction;
 use kbuild_dockerfile::plan::{
     self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
@@ -1133,20 +1133,14 @@ impl<'a> Exec<'a> {
             )),
             _ => None,
         };
-        let history_text = match &*step.instruction {
-            Instruction::Run(_) => {
-                format!("RUN {} # buildkit", step.display.trim_start_matches("RUN "))
-            }
+        let mut history_text = match &*step.instruction {
             Instruction::Workdir(_) => {
                 format!("WORKDIR {}", workdir_target.clone().unwrap_or_default())
             }
-            Instruction::Copy(c) => {
-                format!("COPY {} {} # buildkit", c.sources.join(" "), c.dest)
-            }
-            Instruction::Add(a) => {
-                format!("ADD {} {} # buildkit", a.sources.join(" "), a.dest)
-            }
-            _ => unreachable!("filtered above"),
+            Instruction::Copy(c) => graph::copy_history("COPY", &c.sources, &c.contents, &c.dest),
+            Instruction::Add(a) => graph::copy_history("ADD", &a.sources, &a.contents, &a.dest),
+            // RUN: set below from its argv.
+            _ => String::new(),
         };
         let run_data = match &*step.instruction {
             Instruction::Run(r) => {
@@ -1162,8 +1156,10 @@ impl<'a> Exec<'a> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
                 let shell = config::current_shell(&st.config);
+                let argv = run::argv(&r.command, &r.heredocs, &shell);
+                history_text = graph::run_history(&argv, &args);
                 Some(RunData {
-                    argv: run::argv(&r.command, &r.heredocs, &shell),
+                    argv,
                     env: run::environment(&env, &args),
                     workdir: workdir_now.clone(),
                     network: run::network(r.network, solver.opts.network),
