@@ -102,7 +102,7 @@ pub struct GlobalArgs {
 pub enum DryRun {
     /// Human-readable text.
     Text,
-    /// The resolved plan as JSON.
+    /// The resolved plan as JSON, with its op graph under `graph`.
     Json,
 }
 

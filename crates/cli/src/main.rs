@@ -59,16 +59,27 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     let plan = req.plan()?;
                     // The same platform check a build makes before any work.
                     kbuild_solver::engine::images_needed(&plan)?;
+                    let graph = req.graph(&plan)?;
                     for w in &plan.warnings {
                         eprintln!("WARNING: {w}");
                     }
                     match format {
-                        DryRun::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                        DryRun::Json => {
+                            // The plan's fields, and the op graph beside them.
+                            let mut out = serde_json::to_value(&plan)?;
+                            if let Some(o) = out.as_object_mut() {
+                                o.insert("graph".into(), serde_json::to_value(&graph)?);
+                            }
+                            println!("{}", serde_json::to_string_pretty(&out)?)
+                        }
                         DryRun::Text => print!("{}", plan.to_text()),
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
+                    // Dockerfile errors that need no image stop the build
+                    // before the store is opened or anything is pulled.
+                    req.graph(&req.plan()?)?;
                     build::run(req, &cli.build, &cli.global)?;
                     Ok(ExitCode::SUCCESS)
                 }

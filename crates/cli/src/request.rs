@@ -3,6 +3,7 @@
 //! with one line naming the flag and nothing is written.
 
 use crate::args::{BuildArgs, GlobalArgs};
+use kbuild_dockerfile::graph::{self, Graph};
 use kbuild_dockerfile::plan::{self, BuildPlan, PlanOptions};
 use kbuild_platform::Platform;
 use kbuild_solver::options::{
@@ -263,6 +264,12 @@ impl BuildRequest {
         let opts = self.plan_options();
         plan::plan(&self.dockerfile, &opts, &plan::NoImageConfigs)
             .map_err(|e| RequestError::Plan(e.in_file(&self.dockerfile_name)))
+    }
+
+    /// The op graph of a plan of this request: every Dockerfile rule that
+    /// needs no image is checked here (`--chmod`, EXPOSE, `--checksum`...).
+    pub fn graph(&self, plan: &BuildPlan) -> Result<Graph, RequestError> {
+        graph::lower(plan).map_err(|e| RequestError::Plan(e.in_file(&self.dockerfile_name)))
     }
 
     /// The planner's options for this request.

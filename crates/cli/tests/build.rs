@@ -211,6 +211,12 @@ fn copy_chown_workdir_stages_and_local_output() {
     write(&ctx.join("app/skip.log"), "no\n");
     write(&ctx.join("secret.txt"), "ignored\n");
     write(&ctx.join(".dockerignore"), "secret.txt\n**/*.log\n");
+    write(&ctx.join("run.sh"), "#!/bin/sh\n");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(ctx.join("run.sh"), std::fs::Permissions::from_mode(0o664))
+            .unwrap();
+    }
     write(
         &ctx.join("Dockerfile"),
         &format!(
@@ -219,7 +225,8 @@ fn copy_chown_workdir_stages_and_local_output() {
              COPY --chown=nobody:nogroup app/ ./\n\
              FROM scratch AS out\n\
              COPY --from=base /srv /srv\n\
-             COPY --chmod=0600 app/main.txt /etc/motd\n"
+             COPY --chmod=0600 app/main.txt /etc/motd\n\
+             COPY --chmod=u+x,go-w run.sh /bin/run.sh\n"
         ),
     );
     // The busybox fixture's /etc/passwd and /etc/group name nobody/nogroup.
@@ -254,6 +261,12 @@ fn copy_chown_workdir_stages_and_local_output() {
     assert!(!out.join("secret.txt").exists());
     let motd = std::fs::metadata(out.join("etc/motd")).unwrap();
     assert_eq!(motd.mode() & 0o7777, 0o600);
+    let script = std::fs::metadata(out.join("bin/run.sh")).unwrap();
+    assert_eq!(
+        script.mode() & 0o7777,
+        0o744,
+        "symbolic --chmod applied to the file's own mode (0664)"
+    );
     assert!(
         !out.join("bin/busybox").exists(),
         "scratch stage holds only what was copied"

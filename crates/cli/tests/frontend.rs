@@ -310,3 +310,121 @@ fn dockerfile_from_stdin() {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["targets"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn dry_run_json_carries_the_op_graph() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile.cross"), CROSS);
+    let ctx = t.path().to_str().unwrap();
+    let df = t.path().join("Dockerfile.cross");
+    let args = [
+        ctx,
+        "-f",
+        df.to_str().unwrap(),
+        "--platform",
+        SIX,
+        "--dry-run=json",
+    ];
+    let out: serde_json::Value =
+        serde_json::from_str(&run(&t.path().join("s"), &args, &[]).ok().stdout).unwrap();
+    let graph = &out["graph"];
+    assert_eq!(graph["version"], 1);
+    let ops = graph["ops"].as_array().unwrap();
+    let ids: Vec<&str> = ops.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    let targets = graph["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 6);
+    for t in targets {
+        let result = t["result"].as_str().unwrap();
+        assert!(
+            result.starts_with("sha256:") && result.len() == 71,
+            "{result}"
+        );
+        assert!(ids.contains(&result), "{t}");
+    }
+    // WORKDIR /src and COPY . . of the builder run on the build platform
+    // once for all six targets.
+    let workdirs = ops
+        .iter()
+        .filter(|o| o["meta"]["display"] == "WORKDIR /src")
+        .count();
+    assert_eq!(workdirs, 1);
+    // One compile per distinct GOOS/GOARCH (arm/v6 and arm/v7 share GOARCH=arm).
+    let compiles: Vec<&serde_json::Value> =
+        ops.iter().filter(|o| o["op"]["type"] == "exec").collect();
+    assert_eq!(compiles.len(), 5, "{compiles:?}");
+    for c in &compiles {
+        let created_by = c["op"]["history"]["created_by"].as_str().unwrap();
+        assert!(
+            created_by.starts_with("RUN |2 TARGETOS=") && created_by.ends_with(" # buildkit"),
+            "{created_by}"
+        );
+        assert_eq!(c["platform"], kbuild_platform::Platform::host().to_string());
+    }
+    // The ids are content addresses: a second run prints the same graph.
+    let again: serde_json::Value =
+        serde_json::from_str(&run(&t.path().join("s"), &args, &[]).ok().stdout).unwrap();
+    assert_eq!(again["graph"], *graph);
+}
+
+#[test]
+fn dry_run_reports_rules_decided_without_images() {
+    let t = tempfile::tempdir().unwrap();
+    for (dockerfile, line, what) in [
+        (
+            "FROM busybox\nCOPY --chmod=rwx a /a\n",
+            "Dockerfile:2:",
+            "invalid --chmod=rwx",
+        ),
+        (
+            "FROM busybox\nARG P=80/icmp\nEXPOSE $P\n",
+            "Dockerfile:3:",
+            "invalid protocol \"icmp\"",
+        ),
+    ] {
+        write(&t.path().join("Dockerfile"), dockerfile);
+        for mode in ["--dry-run", "--dry-run=json"] {
+            let r = run(
+                &t.path().join("s"),
+                &[t.path().to_str().unwrap(), mode],
+                &[],
+            )
+            .fails();
+            let errors: Vec<&str> = r
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("error:"))
+                .collect();
+            assert_eq!(errors.len(), 1, "{}", r.stderr);
+            assert!(errors[0].contains(line), "{}", r.stderr);
+            assert!(errors[0].contains(what), "{}", r.stderr);
+            assert!(r.stdout.is_empty(), "{}", r.stdout);
+        }
+    }
+}
+
+#[test]
+fn a_build_stops_at_a_bad_chmod_before_pulling() {
+    let t = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1: a pull would fail with a connection error.
+    write(
+        &t.path().join("Dockerfile"),
+        "FROM 127.0.0.1:1/nothing/here:1\nCOPY --chmod=0999 a /a\n",
+    );
+    let r = run(
+        &t.path().join("s"),
+        &[t.path().to_str().unwrap(), "--progress", "plain"],
+        &[],
+    )
+    .fails();
+    let error = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        error.contains("Dockerfile:2:") && error.contains("invalid --chmod=0999"),
+        "{}",
+        r.stderr
+    );
+    assert!(!t.path().join("s").exists(), "the store was opened");
+}

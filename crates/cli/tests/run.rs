@@ -743,3 +743,84 @@ fn one_failing_platform_stops_the_others_at_once() {
         "a sleep survived the failed build"
     );
 }
+
+#[test]
+fn image_history_is_the_op_graphs() {
+    let Some((t, store)) = setup("linux/amd64") else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "ctx",
+        "FROM kbuild.test/busybox:latest\n\
+         ARG GREETING=hi\n\
+         RUN echo \"$GREETING\" > /greeting\n\
+         COPY <<EOF /etc/motd\n\
+         welcome\n\
+         EOF\n\
+         EXPOSE 8080 53/udp\n\
+         VOLUME /data\n\
+         HEALTHCHECK --interval=30s CMD [\"true\"]\n\
+         CMD [\"cat\", \"/greeting\"]\n",
+    );
+    let layout = t.path().join("layout");
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-o",
+            &format!("type=oci,dest={},tar=false", layout.display()),
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .ok();
+    let manifests = layout_manifests(&layout);
+    let config = common::read_json(&common::layout_blob(
+        &layout,
+        manifests[0].1["config"]["digest"].as_str().unwrap(),
+    ));
+    let history: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["comment"] == "buildkit.dockerfile.v0")
+        .map(|h| h["created_by"].as_str().unwrap())
+        .collect();
+    let dry: serde_json::Value = serde_json::from_str(
+        &run(
+            &store,
+            &[&ctx, "--platform", "linux/amd64", "--dry-run=json"],
+            &[],
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
+    // The graph's history texts, minus ARG's (this solver writes none yet).
+    let graph: Vec<&str> = dry["graph"]["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["op"]["history"]["created_by"].as_str())
+        .filter(|h| !h.starts_with("ARG "))
+        .collect();
+    // The base image (built by this tool) brings entries of its own first.
+    assert!(history.len() >= graph.len(), "{history:?}");
+    let history = &history[history.len() - graph.len()..];
+    assert_eq!(history, graph);
+    assert_eq!(
+        history,
+        [
+            "RUN |1 GREETING=hi /bin/sh -c echo \"$GREETING\" > /greeting # buildkit",
+            "COPY <<EOF /etc/motd # buildkit",
+            "EXPOSE map[53/udp:{} 8080/tcp:{}]",
+            "VOLUME [/data]",
+            "HEALTHCHECK &{[\"CMD\" \"true\"] \"30s\" \"0s\" \"0s\" \"0s\" '\\x00'}",
+            "CMD [\"cat\" \"/greeting\"]",
+        ]
+    );
+}

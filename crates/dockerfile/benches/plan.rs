@@ -179,6 +179,12 @@ fn bench(c: &mut Criterion) {
     c.bench_function("plan 2000-line/50-stage Dockerfile for 9 platforms", |b| {
         b.iter_with_large_drop(|| plan(black_box(&text), black_box(&opts), &NoImageConfigs))
     });
+    let planned = plan(&text, &opts, &NoImageConfigs).expect("plans");
+    let graph = kbuild_dockerfile::graph::lower(&planned).expect("lowers");
+    eprintln!("op graph: {} ops", graph.ops.len());
+    c.bench_function("lower the plan to its op graph", |b| {
+        b.iter_with_large_drop(|| kbuild_dockerfile::graph::lower(black_box(&planned)))
+    });
     c.bench_function("plan, then drop the plan (for reference)", |b| {
         b.iter(|| plan(black_box(&text), black_box(&opts), &NoImageConfigs))
     });

@@ -10,6 +10,9 @@
 //!   [`Instruction::expand`] expands exactly where BuildKit does.
 //! - [`plan`] expands and resolves stages per target platform into a
 //!   `BuildPlan`.
+//! - [`graph`] lowers a plan to content-addressed operations (source,
+//!   exec, file, config) with no Dockerfile left in them, deciding every
+//!   rule that needs no image.
 //!
 //! ```
 //! use kbuild_dockerfile::instructions::{stages, Command, Instruction};
@@ -30,6 +33,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod graph;
 pub mod instructions;
 pub mod parser;
 pub mod plan;

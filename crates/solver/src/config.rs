@@ -2,8 +2,10 @@
 //! Dockerfile frontend writes them: ENV replaces or appends `KEY=value`,
 //! ENTRYPOINT clears a CMD inherited from the base image, shell forms are
 //! wrapped in the stage's SHELL, EXPOSE ranges are expanded to `port/proto`
-//! keys, and every step leaves a history entry.
+//! keys, and every step leaves a history entry (its text by the Dockerfile
+//! frontend's rules, `kbuild_dockerfile::graph`).
 
+use kbuild_dockerfile::graph;
 use kbuild_dockerfile::instructions::{Command, HealthTest, Instruction};
 use kbuild_image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig};
 use std::collections::BTreeMap;
@@ -80,37 +82,11 @@ fn argv(config: &ImageConfig, command: &Command) -> Vec<String> {
     }
 }
 
-/// Expand an EXPOSE word into `port/proto` keys (`8000-8002/udp` is three keys).
+/// Expand an EXPOSE word into `port/proto` keys (`8000-8002/udp` is three
+/// keys), by the Dockerfile frontend's rule.
 pub fn expose_keys(word: &str) -> Result<Vec<String>, ConfigError> {
-    let (ports, proto) = match word.split_once('/') {
-        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
-        None => (word, "tcp".to_string()),
-    };
-    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(ConfigError(format!(
-            "EXPOSE {word}: invalid protocol {proto:?}; use tcp, udp or sctp"
-        )));
-    }
-    // A leading "ip:" (docker run syntax) is not valid in EXPOSE.
-    let bad = || {
-        ConfigError(format!(
-            "EXPOSE {word}: invalid port; use PORT[/PROTO] or START-END[/PROTO]"
-        ))
-    };
-    let (start, end) = match ports.split_once('-') {
-        Some((a, b)) => (
-            a.parse::<u16>().map_err(|_| bad())?,
-            b.parse::<u16>().map_err(|_| bad())?,
-        ),
-        None => {
-            let p = ports.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
-        }
-    };
-    if end < start {
-        return Err(bad());
-    }
-    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
+    kbuild_dockerfile::graph::expose_keys(word)
+        .map_err(|e| ConfigError(format!("EXPOSE {word}: {e}")))
 }
 
 fn duration_ns(d: std::time::Duration) -> Option<i64> {
@@ -176,13 +152,7 @@ pub fn apply(
                     keys.push(k);
                 }
             }
-            format!(
-                "EXPOSE map[{}]",
-                keys.iter()
-                    .map(|k| format!("{k}:{{}}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
+            graph::expose_history(&keys)
         }
         Instruction::Volume(v) => {
             let vols = c.volumes.get_or_insert_with(BTreeMap::new);
@@ -194,7 +164,7 @@ pub fn apply(
                 }
                 vols.insert(p.clone(), Empty {});
             }
-            format!("VOLUME {:?}", v.volumes)
+            format!("VOLUME {}", graph::go_list(&v.volumes))
         }
         Instruction::Entrypoint(e) => {
             let shell = c
@@ -210,7 +180,7 @@ pub fn apply(
             if !meta.cmd_set {
                 c.cmd = None;
             }
-            format!("ENTRYPOINT {}", json_list(&args))
+            format!("ENTRYPOINT {}", graph::go_quote_list(&args))
         }
         Instruction::Cmd(cmd) => {
             let shell = c
@@ -224,11 +194,11 @@ pub fn apply(
             };
             c.cmd = Some(args.clone());
             meta.cmd_set = true;
-            format!("CMD {}", json_list(&args))
+            format!("CMD {}", graph::go_quote_list(&args))
         }
         Instruction::Shell(s) => {
             c.shell = Some(s.shell.clone());
-            format!("SHELL {}", json_list(&s.shell))
+            format!("SHELL {}", graph::go_list(&s.shell))
         }
         Instruction::StopSignal(s) => {
             c.stop_signal = Some(s.signal.clone());
@@ -262,7 +232,7 @@ pub fn apply(
                     ..HealthConfig::default()
                 },
             };
-            let text = format!("HEALTHCHECK {}", json_list(&hc.test));
+            let text = graph::healthcheck_history(&h.test);
             c.healthcheck = Some(hc);
             text
         }
@@ -287,11 +257,6 @@ pub fn apply(
     Ok(Some(text))
 }
 
-/// `["a","b"]`, the way history and Docker print exec forms.
-pub fn json_list(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_default()
-}
-
 /// The history entry BuildKit writes for a step.
 pub fn history(created: &str, created_by: String, empty_layer: bool) -> History {
     History {
@@ -311,19 +276,6 @@ pub fn run_argv(config: &ImageConfig, command: &Command) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expose_forms() {
-        assert_eq!(expose_keys("80").unwrap(), vec!["80/tcp"]);
-        assert_eq!(expose_keys("53/UDP").unwrap(), vec!["53/udp"]);
-        assert_eq!(
-            expose_keys("8000-8002").unwrap(),
-            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
-        );
-        assert!(expose_keys("80/foo").is_err());
-        assert!(expose_keys("x").is_err());
-        assert!(expose_keys("9-1").is_err());
-    }
 
     #[test]
     fn env_replaces_in_place() {

@@ -10,6 +10,7 @@
 //! so a COPY is redone exactly when a file it reads changed.
 
 use crate::fsutil::{clean_rel, has_wildcards, resolve_in_root, wildcard_match};
+use kbuild_dockerfile::graph::Chmod;
 use sha2::{Digest as _, Sha256};
 use std::ffi::OsString;
 use std::fs;
@@ -78,8 +79,8 @@ pub struct Request {
     pub dest: String,
     /// `--chown` resolved to ids.
     pub chown: Option<(u32, u32)>,
-    /// `--chmod` as a mode.
-    pub chmod: Option<u32>,
+    /// `--chmod`, octal or symbolic (applied to each file's own mode).
+    pub chmod: Option<Chmod>,
     /// `--exclude` patterns (matched against paths relative to the source root).
     pub excludes: Vec<String>,
     /// `--parents`: keep the source's directory structure under the destination.
@@ -553,8 +554,8 @@ fn set_meta(
     };
     std::os::unix::fs::lchown(host, Some(uid), Some(gid)).map_err(io_err(host))?;
     if !is_link {
-        let mode = match req.chmod {
-            Some(m) => m,
+        let mode = match &req.chmod {
+            Some(m) => m.apply(md.mode() & 0o7777, md.is_dir()),
             None => md.mode() & 0o7777,
         };
         // After chown, which clears setuid/setgid bits.
@@ -858,7 +859,7 @@ mod tests {
         let mut r = req(&["src"], "/a");
         r.excludes = vec!["sub".into()];
         r.chown = Some((1000, 1001));
-        r.chmod = Some(0o600);
+        r.chmod = Some(Chmod::Octal(0o600));
         copy(&src, &r, d.path()).unwrap();
         assert!(!d.path().join("a/b.txt").exists());
         assert!(!d.path().join("a/sub").exists());

@@ -16,6 +16,7 @@ use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};
 use crate::run;
 use crate::users;
+use kbuild_dockerfile::graph::{self, add_source_kind, AddSourceKind, Chmod};
 use kbuild_dockerfile::instructions::{Instruction, SecurityMode, SourceContent};
 use kbuild_dockerfile::plan::{
     self, BaseImageConfig, BuildPlan, PlanOptions, Source as PlanSource, StageBase, StageId,
@@ -1419,20 +1420,14 @@ impl<'a> Exec<'a> {
             )),
             _ => None,
         };
-        let history_text = match &*step.instruction {
-            Instruction::Run(_) => {
-                format!("RUN {} # buildkit", step.display.trim_start_matches("RUN "))
-            }
+        let mut history_text = match &*step.instruction {
             Instruction::Workdir(_) => {
                 format!("WORKDIR {}", workdir_target.clone().unwrap_or_default())
             }
-            Instruction::Copy(c) => {
-                format!("COPY {} {} # buildkit", c.sources.join(" "), c.dest)
-            }
-            Instruction::Add(a) => {
-                format!("ADD {} {} # buildkit", a.sources.join(" "), a.dest)
-            }
-            _ => unreachable!("filtered above"),
+            Instruction::Copy(c) => graph::copy_history("COPY", &c.sources, &c.contents, &c.dest),
+            Instruction::Add(a) => graph::copy_history("ADD", &a.sources, &a.contents, &a.dest),
+            // RUN: set below from its argv.
+            _ => String::new(),
         };
         let run_data = match &*step.instruction {
             Instruction::Run(r) => {
@@ -1448,8 +1443,10 @@ impl<'a> Exec<'a> {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
                 let shell = config::current_shell(&st.config);
+                let argv = run::argv(&r.command, &r.heredocs, &shell);
+                history_text = graph::run_history(&argv, &args);
                 Some(RunData {
-                    argv: run::argv(&r.command, &r.heredocs, &shell),
+                    argv,
                     env: run::environment(&env, &args),
                     workdir: workdir_now.clone(),
                     network: run::network(r.network, solver.opts.network),
@@ -1639,14 +1636,7 @@ impl<'a> Exec<'a> {
         workdir: &str,
     ) -> Result<copy::Request, String> {
         let chmod = match chmod {
-            Some(m) => Some(
-                u32::from_str_radix(m, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| {
-                        format!("invalid --chmod={m}: use an octal mode such as 0755")
-                    })?,
-            ),
+            Some(m) => Some(Chmod::parse(m).map_err(|e| format!("invalid --chmod={m}: {e}"))?),
             None => None,
         };
         let dest = windows_path(dest);
@@ -1966,11 +1956,11 @@ fn windows_layout(dir: &Path) -> Result<PathBuf, String> {
 }
 
 fn is_url(s: &str) -> bool {
-    (s.starts_with("http://") || s.starts_with("https://")) && !is_git(s)
+    add_source_kind(s) == AddSourceKind::Url
 }
 
 fn is_git(s: &str) -> bool {
-    s.starts_with("git@") || s.starts_with("git://") || s.ends_with(".git") || s.contains(".git#")
+    add_source_kind(s) == AddSourceKind::Git
 }
 
 /// Download an ADD URL into `dir`, check `--checksum`, and return the file

@@ -6,6 +6,7 @@
 //! directory outside the root filesystem that is removed after the step.
 
 use crate::options::{NetworkMode, SecretSource, SecretSpec, SshSpec};
+use kbuild_dockerfile::graph::{run_form, RunForm};
 use kbuild_dockerfile::instructions::{Command, Heredoc, Mount, Sharing};
 use kbuild_worker::executor::{MountSpec, Network};
 use std::fs::File;
@@ -17,52 +18,19 @@ use std::path::{Path, PathBuf};
 #[error("{0}")]
 pub struct RunSetupError(pub String);
 
-/// The argv of a RUN: exec form as given; shell form through the stage's
-/// shell, with heredocs appended to the script so the shell reads them, as
-/// BuildKit runs them. A command that is nothing but one heredoc
-/// (`RUN <<EOF` ... `EOF`) runs the heredoc's body as the shell script, as
-/// BuildKit does. (BuildKit runs a body starting with `#!` as an executable
-/// file with that interpreter; here it goes to the shell as well.)
+/// The argv of a RUN, as the Dockerfile frontend resolves it
+/// ([`run_form`]). A single heredoc starting with `#!` is run by BuildKit
+/// as an executable file; until the solver executes the op graph (which
+/// mounts that file), its body goes to the shell here.
 pub fn argv(command: &Command, heredocs: &[Heredoc], shell: &[String]) -> Vec<String> {
-    match command {
-        Command::Exec(v) => v.clone(),
-        Command::Shell(s) if only_heredoc(s, heredocs) => {
+    match run_form(command, heredocs, shell, "linux") {
+        RunForm::Argv(argv) => argv,
+        RunForm::Script { data, .. } => {
             let mut v = shell.to_vec();
-            v.push(heredocs[0].content.clone());
-            v
-        }
-        Command::Shell(s) => {
-            let mut script = s.clone();
-            for h in heredocs {
-                script.push('\n');
-                script.push_str(&h.content);
-                if !h.content.ends_with('\n') && !h.content.is_empty() {
-                    script.push('\n');
-                }
-                script.push_str(&h.name);
-            }
-            let mut v = shell.to_vec();
-            v.push(script);
+            v.push(data);
             v
         }
     }
-}
-
-/// Whether a shell-form command is exactly one heredoc operator
-/// (`[n]<<[-]WORD`, WORD possibly quoted) naming the only heredoc.
-fn only_heredoc(command: &str, heredocs: &[Heredoc]) -> bool {
-    let [h] = heredocs else {
-        return false;
-    };
-    let rest = command
-        .trim()
-        .trim_start_matches(|c: char| c.is_ascii_digit());
-    let Some(rest) = rest.strip_prefix("<<") else {
-        return false;
-    };
-    let word = rest.strip_prefix('-').unwrap_or(rest).trim();
-    let unquoted: String = word.chars().filter(|c| !matches!(c, '\'' | '"')).collect();
-    !word.contains('<') && !word.contains(char::is_whitespace) && unquoted == h.name
 }
 
 /// The environment of a RUN: the image's `Env` with the build args in scope

@@ -109,6 +109,34 @@ pub enum ErrorKind {
         /// What the source reported.
         reason: String,
     },
+    /// A `--chmod` value that is not a mode.
+    #[error("invalid --chmod={value}: {source}")]
+    Chmod {
+        /// The expanded value.
+        value: String,
+        /// Why it is not a mode.
+        source: crate::graph::ChmodError,
+    },
+    /// An EXPOSE word that is not a port or port range.
+    #[error("invalid EXPOSE port {value:?}: {source}")]
+    Expose {
+        /// The expanded word.
+        value: String,
+        /// What is wrong with it.
+        source: crate::graph::ExposeError,
+    },
+    /// A STOPSIGNAL that names no signal.
+    #[error("{source}")]
+    StopSignal {
+        /// The value.
+        source: crate::graph::SignalError,
+    },
+    /// An ADD `--checksum` that cannot be used.
+    #[error("{source}")]
+    Checksum {
+        /// What is wrong with it.
+        source: crate::graph::ChecksumError,
+    },
     /// An ONBUILD trigger of a base could not be parsed or run.
     #[error("ONBUILD trigger {trigger:?} of the base: {reason}")]
     OnbuildTrigger {

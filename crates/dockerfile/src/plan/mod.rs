@@ -93,4 +93,5 @@ pub use model::{
     Warning, WarningKind,
 };
 pub use options::{BaseImageConfig, ImageConfigSource, NoImageConfigs, PlanOptions};
+pub(crate) use paths::resolve_workdir;
 pub use planner::plan;

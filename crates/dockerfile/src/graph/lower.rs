@@ -1,0 +1,802 @@
+//! Lowering a [`BuildPlan`] to a [`Graph`].
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use super::rules::{self, AddSourceKind, RunForm};
+use super::{
+    Chmod, ConfigOp, ConfigPatch, ExecMount, ExecOp, FileAction, FileOp, Graph, GraphTarget,
+    History, Op, OpId, OpKind, OpMeta, SourceOp, FORMAT_VERSION,
+};
+use crate::instructions::{Command, HealthTest, Instruction, Mount, SourceContent};
+use crate::plan::{BuildPlan, Error, ErrorKind, Source, StageBase, Step};
+
+/// Lower a plan to its op graph; see the [module docs](super).
+pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
+    let mut l = Lowering {
+        ops: Vec::new(),
+        index: HashMap::new(),
+        stage_ops: vec![None; plan.stages.len()],
+    };
+    for stage in &plan.stages {
+        let mut state = match &stage.base {
+            // A stage's scratch has its platform: the image config starts there.
+            StageBase::Scratch => l.source(SourceOp::Scratch, Some(stage.platform.to_string())),
+            StageBase::Image {
+                reference,
+                platform,
+            } => l.image(reference, &platform.to_string()),
+            StageBase::Stage(id) => l.stage_result(id.0)?,
+        };
+        let mut cmd_set = false;
+        for &sid in &stage.steps {
+            let step = plan.step(sid);
+            state = l.step(step, state, cmd_set)?;
+            cmd_set |= matches!(*step.instruction, Instruction::Cmd(_));
+        }
+        l.stage_ops[stage.id.0] = Some(state);
+    }
+    let mut targets = Vec::with_capacity(plan.targets.len());
+    for t in &plan.targets {
+        targets.push(GraphTarget {
+            platform: t.platform.to_string(),
+            result: l.stage_result(t.final_stage.0)?,
+        });
+    }
+    Ok(Graph {
+        version: FORMAT_VERSION,
+        ops: l.ops,
+        targets,
+        labels: plan.labels.clone(),
+    })
+}
+
+struct Lowering {
+    ops: Vec<Op>,
+    index: HashMap<OpId, usize>,
+    stage_ops: Vec<Option<OpId>>,
+}
+
+/// What the id covers: everything but the meta.
+#[derive(serde::Serialize)]
+struct Hashed<'a> {
+    version: u32,
+    platform: &'a Option<String>,
+    inputs: &'a [OpId],
+    op: &'a OpKind,
+}
+
+fn op_id(platform: &Option<String>, inputs: &[OpId], op: &OpKind) -> OpId {
+    let body = Hashed {
+        version: FORMAT_VERSION,
+        platform,
+        inputs,
+        op,
+    };
+    // The JSON goes straight into the hash. Plain structs with string keys
+    // and a writer that cannot fail: serializing cannot fail.
+    let mut hasher = HashWriter(Sha256::new());
+    let _ = serde_json::to_writer(&mut hasher, &body);
+    OpId(format!("sha256:{}", hex::encode(hasher.0.finalize())))
+}
+
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn at(step: &Step, kind: ErrorKind) -> Error {
+    Error::at(kind, step.lines.0, &step.display)
+}
+
+fn meta(step: &Step) -> OpMeta {
+    OpMeta {
+        lines: Some(step.lines),
+        display: Some(step.display.to_string()),
+    }
+}
+
+impl Lowering {
+    fn add(
+        &mut self,
+        platform: Option<String>,
+        inputs: Vec<OpId>,
+        op: OpKind,
+        meta: OpMeta,
+    ) -> OpId {
+        let id = op_id(&platform, &inputs, &op);
+        if !self.index.contains_key(&id) {
+            self.index.insert(id.clone(), self.ops.len());
+            self.ops.push(Op {
+                id: id.clone(),
+                platform,
+                inputs,
+                op,
+                meta,
+            });
+        }
+        id
+    }
+
+    fn source(&mut self, s: SourceOp, platform: Option<String>) -> OpId {
+        self.add(platform, Vec::new(), OpKind::Source(s), OpMeta::default())
+    }
+
+    fn image(&mut self, reference: &str, platform: &str) -> OpId {
+        self.source(
+            SourceOp::Image {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+            },
+            Some(platform.to_string()),
+        )
+    }
+
+    fn stage_result(&self, index: usize) -> Result<OpId, Error> {
+        self.stage_ops.get(index).cloned().flatten().ok_or_else(|| {
+            Error::new(ErrorKind::Invalid(format!(
+                "stage instance @{index} is used before it is built"
+            )))
+        })
+    }
+
+    fn plan_source(&mut self, s: &Source) -> Result<OpId, Error> {
+        match s {
+            Source::Stage(id) => self.stage_result(id.0),
+            Source::Scratch => Ok(self.source(SourceOp::Scratch, None)),
+            Source::Image {
+                reference,
+                platform,
+            } => Ok(self.image(reference, &platform.to_string())),
+        }
+    }
+
+    /// A scratch state holding inline files (heredocs) at `/<name>`.
+    fn inline_files(&mut self, platform: &str, files: Vec<(String, String, u32)>) -> OpId {
+        let scratch = self.source(SourceOp::Scratch, None);
+        let actions = files
+            .into_iter()
+            .map(|(name, data, mode)| FileAction::Mkfile {
+                path: format!("/{name}"),
+                data,
+                mode,
+                chown: None,
+            })
+            .collect();
+        self.add(
+            Some(platform.to_string()),
+            vec![scratch],
+            OpKind::File(FileOp {
+                actions,
+                config: Vec::new(),
+                history: None,
+            }),
+            OpMeta::default(),
+        )
+    }
+
+    fn config(
+        &mut self,
+        step: &Step,
+        state: OpId,
+        patches: Vec<ConfigPatch>,
+        text: String,
+    ) -> OpId {
+        self.add(
+            Some(step.platform.to_string()),
+            vec![state],
+            OpKind::Config(ConfigOp {
+                patches,
+                history: History::new(text),
+            }),
+            meta(step),
+        )
+    }
+
+    fn step(&mut self, step: &Step, state: OpId, cmd_set: bool) -> Result<OpId, Error> {
+        let shell_argv = |command: &Command| match command {
+            Command::Exec(v) => v.clone(),
+            Command::Shell(s) => {
+                let mut v = step.shell.to_vec();
+                v.push(s.clone());
+                v
+            }
+        };
+        Ok(match &*step.instruction {
+            Instruction::From(_) => state,
+            Instruction::Arg(_) => self.config(step, state, Vec::new(), step.display.to_string()),
+            Instruction::Env(e) => {
+                let patches = e
+                    .vars
+                    .iter()
+                    .map(|kv| ConfigPatch::Env {
+                        key: kv.key.clone(),
+                        value: kv.value.clone(),
+                    })
+                    .collect();
+                let text = pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
+                self.config(step, state, patches, text)
+            }
+            Instruction::Label(l) => {
+                let patches = l
+                    .labels
+                    .iter()
+                    .map(|kv| ConfigPatch::Label {
+                        key: kv.key.clone(),
+                        value: kv.value.clone(),
+                    })
+                    .collect();
+                let text = pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
+                self.config(step, state, patches, text)
+            }
+            Instruction::User(u) => self.config(
+                step,
+                state,
+                vec![ConfigPatch::User {
+                    user: u.user.clone(),
+                }],
+                format!("USER {}", u.user),
+            ),
+            Instruction::Workdir(w) => {
+                let text = format!("WORKDIR {}", w.path);
+                let patch = ConfigPatch::Workdir {
+                    path: w.path.clone(),
+                };
+                if w.path == "/" {
+                    self.config(step, state, vec![patch], text)
+                } else {
+                    let chown = (!step.user.is_empty()).then(|| step.user.to_string());
+                    self.add(
+                        Some(step.platform.to_string()),
+                        vec![state],
+                        OpKind::File(FileOp {
+                            actions: vec![FileAction::Mkdir {
+                                path: w.path.clone(),
+                                mode: 0o755,
+                                parents: true,
+                                chown,
+                            }],
+                            config: vec![patch],
+                            history: Some(History::new(text)),
+                        }),
+                        meta(step),
+                    )
+                }
+            }
+            Instruction::Expose(e) => {
+                let mut ports = Vec::new();
+                for w in &e.ports {
+                    let keys = rules::expose_keys(w).map_err(|source| {
+                        at(
+                            step,
+                            ErrorKind::Expose {
+                                value: w.clone(),
+                                source,
+                            },
+                        )
+                    })?;
+                    for k in keys {
+                        if !ports.contains(&k) {
+                            ports.push(k);
+                        }
+                    }
+                }
+                let text = rules::expose_history(&ports);
+                self.config(step, state, vec![ConfigPatch::ExposedPorts { ports }], text)
+            }
+            Instruction::Volume(v) => self.config(
+                step,
+                state,
+                vec![ConfigPatch::Volumes {
+                    paths: v.volumes.clone(),
+                }],
+                format!("VOLUME {}", rules::go_list(&v.volumes)),
+            ),
+            Instruction::Entrypoint(e) => {
+                let argv = shell_argv(&e.command);
+                let text = format!("ENTRYPOINT {}", rules::go_quote_list(&argv));
+                let patch = ConfigPatch::Entrypoint {
+                    argv,
+                    clear_cmd: !cmd_set,
+                };
+                self.config(step, state, vec![patch], text)
+            }
+            Instruction::Cmd(c) => {
+                let argv = shell_argv(&c.command);
+                let text = format!("CMD {}", rules::go_quote_list(&argv));
+                self.config(step, state, vec![ConfigPatch::Cmd { argv }], text)
+            }
+            Instruction::Shell(s) => self.config(
+                step,
+                state,
+                vec![ConfigPatch::Shell {
+                    argv: s.shell.clone(),
+                }],
+                format!("SHELL {}", rules::go_list(&s.shell)),
+            ),
+            Instruction::StopSignal(s) => {
+                rules::check_signal(&s.signal)
+                    .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
+                self.config(
+                    step,
+                    state,
+                    vec![ConfigPatch::StopSignal {
+                        signal: s.signal.clone(),
+                    }],
+                    format!("STOPSIGNAL {}", s.signal),
+                )
+            }
+            Instruction::Healthcheck(h) => {
+                let nanos = |d: std::time::Duration| {
+                    (!d.is_zero()).then(|| d.as_nanos().min(u64::MAX as u128) as u64)
+                };
+                let (patch, text) = match &h.test {
+                    HealthTest::None => (
+                        ConfigPatch::Healthcheck {
+                            test: vec!["NONE".into()],
+                            interval: None,
+                            timeout: None,
+                            start_period: None,
+                            start_interval: None,
+                            retries: None,
+                        },
+                        rules::healthcheck_history(&h.test),
+                    ),
+                    HealthTest::Cmd {
+                        command,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => {
+                        let test: Vec<String> = match command {
+                            Command::Exec(v) => std::iter::once("CMD".to_string())
+                                .chain(v.iter().cloned())
+                                .collect(),
+                            Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                        };
+                        let text = rules::healthcheck_history(&h.test);
+                        (
+                            ConfigPatch::Healthcheck {
+                                test,
+                                interval: nanos(*interval),
+                                timeout: nanos(*timeout),
+                                start_period: nanos(*start_period),
+                                start_interval: nanos(*start_interval),
+                                retries: (*retries > 0).then_some(*retries),
+                            },
+                            text,
+                        )
+                    }
+                };
+                self.config(step, state, vec![patch], text)
+            }
+            Instruction::Onbuild(o) => self.config(
+                step,
+                state,
+                vec![ConfigPatch::OnBuild {
+                    expression: o.expression.clone(),
+                }],
+                format!("ONBUILD {}", o.expression),
+            ),
+            Instruction::Maintainer(m) => self.config(
+                step,
+                state,
+                vec![ConfigPatch::Author {
+                    name: m.name.clone(),
+                }],
+                format!("MAINTAINER {}", m.name),
+            ),
+            Instruction::Run(r) => self.exec(step, state, r)?,
+            Instruction::Copy(c) => {
+                let chmod = parse_chmod(step, c.chmod.as_deref())?;
+                let dest = rules::resolve_dest(&step.workdir, &c.dest, &step.platform.os);
+                let mut inputs = vec![state];
+                let mut actions = Vec::new();
+                if !c.sources.is_empty() {
+                    let src = match (&c.from, step.sources.first()) {
+                        (None, _) => self.source(
+                            SourceOp::Context {
+                                include: c.sources.clone(),
+                                exclude: c.excludes.clone(),
+                                dockerignore: true,
+                            },
+                            None,
+                        ),
+                        (Some(_), Some(s)) => self.plan_source(s)?,
+                        (Some(from), None) => {
+                            return Err(at(
+                                step,
+                                ErrorKind::Invalid(format!("--from={from} names no source")),
+                            ))
+                        }
+                    };
+                    inputs.push(src);
+                    actions.push(FileAction::Copy {
+                        input: inputs.len() - 1,
+                        sources: c.sources.clone(),
+                        dest: dest.clone(),
+                        chown: c.chown.clone(),
+                        chmod: chmod.clone(),
+                        excludes: c.excludes.clone(),
+                        parents: c.parents,
+                        unpack: false,
+                        link: c.link,
+                    });
+                }
+                self.inline_copy(
+                    step,
+                    &c.contents,
+                    &mut inputs,
+                    &mut actions,
+                    &dest,
+                    &c.chown,
+                    &chmod,
+                    c.link,
+                );
+                let text = rules::copy_history("COPY", &c.sources, &c.contents, &c.dest);
+                self.file(step, inputs, actions, text)
+            }
+            Instruction::Add(a) => {
+                let chmod = parse_chmod(step, a.chmod.as_deref())?;
+                let dest = rules::resolve_dest(&step.workdir, &a.dest, &step.platform.os);
+                let mut inputs = vec![state];
+                let mut actions = Vec::new();
+                let mut local = Vec::new();
+                for src in &a.sources {
+                    let kind = rules::add_source_kind(src);
+                    if let Some(sum) = &a.checksum {
+                        rules::check_checksum(kind, sum)
+                            .map_err(|source| at(step, ErrorKind::Checksum { source }))?;
+                    }
+                    let copy =
+                        |input: usize, sources: Vec<String>, unpack: bool| FileAction::Copy {
+                            input,
+                            sources,
+                            dest: dest.clone(),
+                            chown: a.chown.clone(),
+                            chmod: chmod.clone(),
+                            excludes: a.excludes.clone(),
+                            parents: false,
+                            unpack,
+                            link: a.link,
+                        };
+                    match kind {
+                        AddSourceKind::Local => local.push(src.clone()),
+                        AddSourceKind::Url => {
+                            let filename = url_filename(src);
+                            let op = self.source(
+                                SourceOp::Http {
+                                    url: src.clone(),
+                                    filename: filename.clone(),
+                                    checksum: a.checksum.clone(),
+                                },
+                                None,
+                            );
+                            inputs.push(op);
+                            actions.push(copy(
+                                inputs.len() - 1,
+                                vec![format!("/{filename}")],
+                                a.unpack == Some(true),
+                            ));
+                        }
+                        AddSourceKind::Git => {
+                            let (remote, fragment) = match src.split_once('#') {
+                                Some((r, f)) => (r.to_string(), Some(f)),
+                                None => (src.clone(), None),
+                            };
+                            let (reference, subdir) = match fragment.map(|f| f.split_once(':')) {
+                                Some(Some((r, d))) => (Some(r.to_string()), Some(d.to_string())),
+                                Some(None) => (fragment.map(str::to_string), None),
+                                None => (None, None),
+                            };
+                            let op = self.source(
+                                SourceOp::Git {
+                                    remote,
+                                    reference: reference.filter(|r| !r.is_empty()),
+                                    subdir: subdir.filter(|d| !d.is_empty()),
+                                    keep_git_dir: a.keep_git_dir.unwrap_or(false),
+                                    checksum: a.checksum.clone(),
+                                },
+                                None,
+                            );
+                            inputs.push(op);
+                            actions.push(copy(inputs.len() - 1, vec!["/".into()], false));
+                        }
+                    }
+                }
+                if !local.is_empty() {
+                    let op = self.source(
+                        SourceOp::Context {
+                            include: local.clone(),
+                            exclude: a.excludes.clone(),
+                            dockerignore: true,
+                        },
+                        None,
+                    );
+                    inputs.push(op);
+                    actions.insert(
+                        0,
+                        FileAction::Copy {
+                            input: inputs.len() - 1,
+                            sources: local,
+                            dest: dest.clone(),
+                            chown: a.chown.clone(),
+                            chmod: chmod.clone(),
+                            excludes: a.excludes.clone(),
+                            parents: false,
+                            unpack: a.unpack != Some(false),
+                            link: a.link,
+                        },
+                    );
+                }
+                self.inline_copy(
+                    step,
+                    &a.contents,
+                    &mut inputs,
+                    &mut actions,
+                    &dest,
+                    &a.chown,
+                    &chmod,
+                    a.link,
+                );
+                let text = rules::copy_history("ADD", &a.sources, &a.contents, &a.dest);
+                self.file(step, inputs, actions, text)
+            }
+        })
+    }
+
+    fn file(
+        &mut self,
+        step: &Step,
+        inputs: Vec<OpId>,
+        actions: Vec<FileAction>,
+        text: String,
+    ) -> OpId {
+        self.add(
+            Some(step.platform.to_string()),
+            inputs,
+            OpKind::File(FileOp {
+                actions,
+                config: Vec::new(),
+                history: Some(History::new(text)),
+            }),
+            meta(step),
+        )
+    }
+
+    /// COPY/ADD heredocs: files on a scratch state (mode 0644), copied
+    /// like any source.
+    #[allow(clippy::too_many_arguments)]
+    fn inline_copy(
+        &mut self,
+        step: &Step,
+        contents: &[SourceContent],
+        inputs: &mut Vec<OpId>,
+        actions: &mut Vec<FileAction>,
+        dest: &str,
+        chown: &Option<String>,
+        chmod: &Option<Chmod>,
+        link: bool,
+    ) {
+        if contents.is_empty() {
+            return;
+        }
+        let files = contents
+            .iter()
+            .map(|c| (c.path.clone(), c.data.clone(), 0o644))
+            .collect();
+        let op = self.inline_files(&step.platform.to_string(), files);
+        inputs.push(op);
+        actions.push(FileAction::Copy {
+            input: inputs.len() - 1,
+            sources: contents.iter().map(|c| format!("/{}", c.path)).collect(),
+            dest: dest.to_string(),
+            chown: chown.clone(),
+            chmod: chmod.clone(),
+            excludes: Vec::new(),
+            parents: false,
+            unpack: false,
+            link,
+        });
+    }
+
+    fn exec(
+        &mut self,
+        step: &Step,
+        state: OpId,
+        r: &crate::instructions::Run,
+    ) -> Result<OpId, Error> {
+        let os = step.platform.os.as_str();
+        let platform = step.platform.to_string();
+        let mut inputs = vec![state];
+        let mut mounts = Vec::new();
+        let argv = match rules::run_form(&r.command, &r.heredocs, &step.shell, os) {
+            RunForm::Argv(argv) => argv,
+            RunForm::Script { name, data, argv } => {
+                let op = self.inline_files(&platform, vec![(name, data, 0o755)]);
+                inputs.push(op);
+                mounts.push(ExecMount::Bind {
+                    target: rules::HEREDOC_PIPES.to_string(),
+                    input: inputs.len() - 1,
+                    source: "/".into(),
+                    readonly: true,
+                });
+                argv
+            }
+        };
+        let abs = |t: &str| crate::plan::resolve_workdir(&step.workdir, t, os).into_owned();
+        let mut sources = step.sources.iter();
+        let mut from_input = |l: &mut Lowering, inputs: &mut Vec<OpId>, from: &str| {
+            let s = sources.next().ok_or_else(|| {
+                at(
+                    step,
+                    ErrorKind::Invalid(format!("--mount from={from} names no source")),
+                )
+            })?;
+            let op = l.plan_source(s)?;
+            inputs.push(op);
+            Ok::<usize, Error>(inputs.len() - 1)
+        };
+        for m in step.mounts.iter() {
+            mounts.push(match m {
+                Mount::Bind(b) => {
+                    let input = match &b.from {
+                        Some(from) => from_input(self, &mut inputs, from)?,
+                        None => {
+                            let ctx = self.source(
+                                SourceOp::Context {
+                                    include: Vec::new(),
+                                    exclude: Vec::new(),
+                                    dockerignore: true,
+                                },
+                                None,
+                            );
+                            inputs.push(ctx);
+                            inputs.len() - 1
+                        }
+                    };
+                    ExecMount::Bind {
+                        target: abs(&b.target),
+                        input,
+                        source: b.source.clone().unwrap_or_else(|| "/".into()),
+                        readonly: !b.read_write,
+                    }
+                }
+                Mount::Cache(c) => {
+                    let input = match &c.from {
+                        Some(from) => Some(from_input(self, &mut inputs, from)?),
+                        None => None,
+                    };
+                    ExecMount::Cache {
+                        target: abs(&c.target),
+                        id: c.id.clone().unwrap_or_else(|| abs(&c.target)),
+                        sharing: c.sharing,
+                        input,
+                        source: c.source.clone(),
+                        readonly: c.read_only,
+                        mode: c.mode.unwrap_or(0o755),
+                        uid: c.uid.unwrap_or(0),
+                        gid: c.gid.unwrap_or(0),
+                    }
+                }
+                Mount::Tmpfs(t) => ExecMount::Tmpfs {
+                    target: abs(&t.target),
+                    size: t.size,
+                },
+                Mount::Secret(s) => {
+                    let id = s.id.clone().unwrap_or_else(|| {
+                        let t = s.target.as_deref().unwrap_or_default();
+                        t.rsplit('/').next().unwrap_or(t).to_string()
+                    });
+                    let target = match (&s.target, &s.env) {
+                        (Some(t), _) => Some(abs(t)),
+                        (None, None) => Some(format!("/run/secrets/{id}")),
+                        (None, Some(_)) => None,
+                    };
+                    ExecMount::Secret {
+                        id,
+                        target,
+                        env: s.env.clone(),
+                        required: s.required,
+                        mode: s.mode.unwrap_or(0o400),
+                        uid: s.uid.unwrap_or(0),
+                        gid: s.gid.unwrap_or(0),
+                    }
+                }
+                Mount::Ssh(s) => ExecMount::Ssh {
+                    id: s.id.clone().unwrap_or_else(|| "default".into()),
+                    target: match s.target.as_deref() {
+                        Some(t) => abs(t),
+                        None => {
+                            let n = mounts
+                                .iter()
+                                .filter(|m| matches!(m, ExecMount::Ssh { .. }))
+                                .count();
+                            format!("/run/buildkit/ssh_agent.{n}")
+                        }
+                    },
+                    required: s.required,
+                    mode: s.mode.unwrap_or(0o600),
+                    uid: s.uid.unwrap_or(0),
+                    gid: s.gid.unwrap_or(0),
+                },
+            });
+        }
+        // The image environment with the build args laid over it.
+        let mut env: Vec<String> = Vec::with_capacity(step.env.len() + step.args.len());
+        for (k, v) in step.env.iter().chain(step.args.iter()) {
+            let entry = format!("{k}={v}");
+            match env
+                .iter_mut()
+                .find(|e| e.split_once('=').map(|(n, _)| n) == Some(&**k))
+            {
+                Some(e) => *e = entry,
+                None => env.push(entry),
+            }
+        }
+        let history = History::new(rules::run_history(&argv, &step.args));
+        Ok(self.add(
+            Some(platform),
+            inputs,
+            OpKind::Exec(ExecOp {
+                argv,
+                env,
+                user: step.user.to_string(),
+                cwd: step.workdir.to_string(),
+                mounts,
+                network: r.network,
+                security: r.security,
+                history,
+            }),
+            meta(step),
+        ))
+    }
+}
+
+fn parse_chmod(step: &Step, value: Option<&str>) -> Result<Option<Chmod>, Error> {
+    value
+        .map(|v| {
+            Chmod::parse(v).map_err(|source| {
+                at(
+                    step,
+                    ErrorKind::Chmod {
+                        value: v.to_string(),
+                        source,
+                    },
+                )
+            })
+        })
+        .transpose()
+}
+
+fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    let mut out = keyword.to_string();
+    for (k, v) in kvs {
+        out.push(' ');
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+    out
+}
+
+/// The file name of an ADD URL: its path's last segment.
+fn url_filename(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
+}
