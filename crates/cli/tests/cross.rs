@@ -233,12 +233,22 @@ fn go_cross_compiles_seven_platforms_in_one_push() {
     assert_eq!(count("builder 3/4] COPY . ."), 1, "{names:#?}");
     let compiles: Vec<&String> = names.iter().filter(|n| n.contains("go build")).collect();
     assert_eq!(compiles.len(), 7, "{names:#?}");
+    // Every compile runs on the build platform and is named for its target
+    // as buildx names it (`[linux/amd64->arm64 builder 4/4]`).
     assert!(
         compiles
             .iter()
-            .all(|n| n.starts_with("[linux/amd64 builder")),
+            .all(|n| n.starts_with("[linux/amd64 builder") || n.starts_with("[linux/amd64->")),
         "every compile runs on the build platform: {compiles:#?}"
     );
+    for target in ["386", "arm/v6", "arm/v7", "arm64", "ppc64le", "s390x"] {
+        let name = format!("[linux/amd64->{target} builder 4/4]");
+        assert_eq!(
+            compiles.iter().filter(|n| n.starts_with(&name)).count(),
+            1,
+            "{name}: {compiles:#?}"
+        );
+    }
 
     // One index with the seven platforms.
     let index = skopeo_raw(&tag);

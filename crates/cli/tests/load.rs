@@ -61,11 +61,7 @@ fn load_puts_the_image_into_dockerd_which_runs_it() {
         &[("DOCKER_HOST", &format!("unix://{}", missing.display()))],
     )
     .fails();
-    let errors: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let errors = common::error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "{}", r.stderr);
     assert!(
         errors[0].contains("cannot reach the Docker daemon")

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{busybox_image, require_root, run, write};
+use common::{build_local, busybox_image, require_root, run, write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -70,19 +70,7 @@ fn chown_by_name_takes_the_primary_group_and_run_gets_supplementary_groups() {
              RUN id > /tmp/id-uid\n"
         ),
     );
-    let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    let out = build_local(&store, &ctx, "linux/amd64", &t.path().join("out"), &[]);
     let owner = |p: &str| {
         let m = std::fs::metadata(out.join(p)).unwrap();
         std::os::unix::fs::MetadataExt::uid(&m).to_string()
@@ -261,19 +249,7 @@ fn copy_and_add_heredocs_become_files() {
              EOF\n"
         ),
     );
-    let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    let out = build_local(&store, &ctx, "linux/amd64", &t.path().join("out"), &[]);
     let read =
         |p: &str| std::fs::read_to_string(out.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     assert_eq!(read("etc/greeting"), "hello world\n");
@@ -345,19 +321,7 @@ fn dockerignore_exceptions_below_an_excluded_directory_are_copied() {
     write(&dir.join("vendor/LICENSE"), "MIT\n");
     write(&dir.join("vendor/lib/code.go"), "package lib\n");
     write(&dir.join("logs/today.log"), "noise\n");
-    let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    let out = build_local(&store, &ctx, "linux/amd64", &t.path().join("out"), &[]);
     assert_eq!(
         std::fs::read_to_string(out.join("app/vendor/LICENSE")).unwrap(),
         "MIT\n"
@@ -382,19 +346,7 @@ fn copy_chmod_applies_to_the_copied_entries_not_the_created_destination() {
     );
     write(&Path::new(&ctx).join("src/a.txt"), "a\n");
     write(&Path::new(&ctx).join("src/sub/b.txt"), "b\n");
-    let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    let out = build_local(&store, &ctx, "linux/amd64", &t.path().join("out"), &[]);
     use std::os::unix::fs::MetadataExt;
     let mode = |p: &str| std::fs::symlink_metadata(out.join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("made/by/copy/a.txt"), 0o700);

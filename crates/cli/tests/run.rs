@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    busybox_image, files_containing, layer_entries, layout_manifests, require_root, run,
-    skopeo_to_layout, unique, write, SEVEN,
+    build_local, busybox_image, error_lines, files_containing, layer_entries, layout_manifests,
+    require_root, run, skopeo_to_layout, unique, write, SEVEN,
 };
 use kbuild_testkit::registry::TestRegistry;
 use std::os::unix::process::CommandExt;
@@ -622,19 +622,13 @@ fn a_dockerfile_cannot_write_host_kernel_settings() {
              (cat /proc/keys | wc -c) > /keys; \
              grep '^Seccomp:' /proc/self/status | sed 's/[^0-9]//g' > /seccomp\n",
     );
-    let out = t.path().join("out");
-    run(
+    let out = build_local(
         &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
+        &ctx,
+        "linux/amd64,linux/arm64",
+        &t.path().join("out"),
         &[],
-    )
-    .ok();
+    );
     for dir in ["linux_amd64", "linux_arm64"] {
         assert_eq!(read(out.join(dir).join("core")).trim(), "refused", "{dir}");
         assert_eq!(read(out.join(dir).join("keys")).trim(), "0", "{dir}");
@@ -655,11 +649,7 @@ fn security_insecure_needs_the_entitlement() {
          RUN --security=insecure grep '^Seccomp:' /proc/self/status | sed 's/[^0-9]//g' > /seccomp\n",
     );
     let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
-    let errors: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let errors = error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "one error line:\n{}", r.stderr);
     assert!(
         errors[0].contains("Dockerfile:3")
@@ -677,21 +667,13 @@ fn security_insecure_needs_the_entitlement() {
         bad.stderr
     );
 
-    let out = t.path().join("out");
-    run(
+    let out = build_local(
         &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "--allow",
-            "security.insecure",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+        &ctx,
+        "linux/amd64",
+        &t.path().join("out"),
+        &["--allow", "security.insecure"],
+    );
     assert_eq!(read(out.join("seccomp")).trim(), "0");
 }
 

@@ -984,11 +984,9 @@ impl<'a> Exec<'a> {
                 reference,
                 platform,
             } => {
-                let name = format!(
-                    "[{} {} 1/{total}] FROM {reference}",
-                    vertex_platform(&stage.platform, &stage.target_platforms),
-                    label
-                );
+                // One vertex for every instance of the stage that starts
+                // from this image, as the pull is one.
+                let name = format!("[{} {} 1/{total}] FROM {reference}", stage.platform, label);
                 let first = self
                     .froms_shown
                     .lock()

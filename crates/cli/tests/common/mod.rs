@@ -328,3 +328,25 @@ pub fn unpack_layers(layout: &Path, manifest: &serde_json::Value, dir: &Path) {
         }
     }
 }
+
+/// The `error:` lines of a command's standard error (a failing command
+/// should print exactly one).
+pub fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr.lines().filter(|l| l.starts_with("error:")).collect()
+}
+
+/// Builds context `ctx` for `platforms` with `-o type=local,dest=DEST`
+/// (plus `extra` flags), expecting success; returns `dest`.
+pub fn build_local(
+    store: &Path,
+    ctx: &str,
+    platforms: &str,
+    dest: &Path,
+    extra: &[&str],
+) -> PathBuf {
+    let output = format!("type=local,dest={}", dest.display());
+    let mut args = vec![ctx, "--platform", platforms, "-o", &output];
+    args.extend_from_slice(extra);
+    run(store, &args, &[]).ok();
+    dest.to_path_buf()
+}
