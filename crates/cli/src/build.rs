@@ -206,6 +206,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             add_hosts: req.add_hosts.clone(),
             network: req.network,
             allow_insecure: req.allow_insecure,
+            network_timeouts: req.registry_timeouts,
             cache_mounts: root.join("cache-mounts"),
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),

@@ -193,3 +193,43 @@ extern "C" {
     #[link_name = "umask"]
     fn libc_umask(mask: u32) -> u32;
 }
+
+#[test]
+fn add_from_a_server_that_never_answers_fails_within_the_timeout() {
+    if !require_root() {
+        return;
+    }
+    // Accepts connections and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming().take(4) {
+            open.push(conn);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+    });
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM scratch\nADD http://{addr}/file.txt /file.txt\n"),
+    );
+    let started = std::time::Instant::now();
+    let r = common::run(
+        &t.path().join("store"),
+        &[ctx.to_str().unwrap(), "--registry-timeout", "2s"],
+        &[],
+    )
+    .fails();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    let errors = common::error_lines(&r.stderr);
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains(&addr.to_string()) && errors[0].contains("no answer"),
+        "{}",
+        errors[0]
+    );
+    drop(held);
+}

@@ -148,6 +148,8 @@ pub struct SolveOptions {
     pub add_hosts: Vec<(String, std::net::IpAddr)>,
     /// `--network` for RUN steps without their own.
     pub network: NetworkMode,
+    /// Limits on waiting for servers (ADD of a URL), as for registries.
+    pub network_timeouts: kbuild_registry::Timeouts,
     /// The `security.insecure` entitlement: `RUN --security=insecure`
     /// may run without the sandbox's restrictions.
     pub allow_insecure: bool,
@@ -172,6 +174,7 @@ impl Default for SolveOptions {
             add_hosts: Vec::new(),
             network: NetworkMode::Default,
             allow_insecure: false,
+            network_timeouts: kbuild_registry::Timeouts::default(),
             cache_mounts: std::env::temp_dir().join("kbuild-cache-mounts"),
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
@@ -1242,9 +1245,14 @@ impl<'a> Exec<'a> {
                     sources.clear();
                     for url in &a.sources {
                         sources.push(
-                            download(url, dir.path(), a.checksum.as_deref())
-                                .await
-                                .map_err(fail)?,
+                            download(
+                                url,
+                                dir.path(),
+                                a.checksum.as_deref(),
+                                &self.solver.opts.network_timeouts,
+                            )
+                            .await
+                            .map_err(fail)?,
                         );
                     }
                     remote_root = Some(dir);
@@ -1964,17 +1972,31 @@ fn is_git(s: &str) -> bool {
 /// Download an ADD URL into `dir`, check `--checksum`, and return the file
 /// name it was stored under (the URL's last path segment, as Docker names
 /// it). The file gets mode 0600 and the server's Last-Modified time.
-async fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<String, String> {
+async fn download(
+    url: &str,
+    dir: &Path,
+    checksum: Option<&str>,
+    timeouts: &kbuild_registry::Timeouts,
+) -> Result<String, String> {
+    use tokio::io::AsyncWriteExt;
     let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL {url}: {e}"))?;
     let name = parsed
         .path_segments()
         .and_then(|mut s| s.next_back().map(String::from))
         .filter(|n| !n.is_empty() && n != "." && n != "..")
         .unwrap_or_else(|| "__unnamed__".to_string());
-    let resp = reqwest::Client::new()
-        .get(url)
-        .send()
+    let client = reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .build()
+        .map_err(|e| format!("download {url}: {e}"))?;
+    let resp = tokio::time::timeout(timeouts.connect + timeouts.response, client.get(url).send())
         .await
+        .map_err(|_| {
+            format!(
+                "download {url}: no answer within {:?}",
+                timeouts.connect + timeouts.response
+            )
+        })?
         .map_err(|e| format!("download {url}: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!(
@@ -1987,11 +2009,35 @@ async fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Strin
         .get(reqwest::header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
         .and_then(httpdate_secs);
-    let bytes = resp
-        .bytes()
+    // Streamed to disk and hashed on the way: memory stays bounded for any
+    // size; no total limit, but no silence longer than the idle limit.
+    let path = dir.join(&name);
+    let mut file = tokio::fs::File::create(&path)
         .await
-        .map_err(|e| format!("download {url}: {e}"))?;
-    let got = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut body = resp.bytes_stream();
+    loop {
+        let next = tokio::time::timeout(timeouts.idle, futures_util::StreamExt::next(&mut body))
+            .await
+            .map_err(|_| {
+                format!(
+                    "download {url}: the server sent nothing for {:?}",
+                    timeouts.idle
+                )
+            })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| format!("download {url}: {e}"))?;
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    drop(file);
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
     if let Some(want) = checksum {
         if want != got {
             return Err(format!(
@@ -1999,8 +2045,6 @@ async fn download(url: &str, dir: &Path, checksum: Option<&str>) -> Result<Strin
             ));
         }
     }
-    let path = dir.join(&name);
-    std::fs::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if let Some(t) = modified {
