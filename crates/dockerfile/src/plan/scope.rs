@@ -190,6 +190,8 @@ struct Var {
 pub(crate) struct StageState {
     vars: Vec<Var>,
     index: FastMap<Rc<str>, usize>,
+    /// Bytes of the names and values in `vars`, kept as they change.
+    env_len: usize,
     /// The image config's `Env`.
     pub(crate) image_env: Vars,
     /// The ARG values of `vars` and their hash, kept until an ARG or ENV
@@ -211,6 +213,7 @@ impl StageState {
         StageState {
             vars: Vec::with_capacity(ROOM),
             index: FastMap::with_capacity_and_hasher(ROOM, Default::default()),
+            env_len: 0,
             image_env: Vars::default(),
             args: None,
             workdir: Arc::from("/"),
@@ -227,10 +230,12 @@ impl StageState {
         }
         match self.index.get(key) {
             Some(&i) => {
+                self.env_len = self.env_len - self.vars[i].value.len() + value.len();
                 self.vars[i].value = value;
                 self.vars[i].from_arg = from_arg;
             }
             None => {
+                self.env_len += key.len() + value.len();
                 let key: Rc<str> = Rc::from(key);
                 self.index.insert(Rc::clone(&key), self.vars.len());
                 self.vars.push(Var {
@@ -355,6 +360,12 @@ impl StageState {
 }
 
 impl StageState {
+    /// The size of the build environment: the bytes of every name and value
+    /// (ENV and ARG, as the lexer sees them).
+    pub(crate) fn env_len(&self) -> usize {
+        self.env_len
+    }
+
     /// The value of `name` in the build environment, borrowed.
     pub(crate) fn value(&self, name: &str) -> Option<&str> {
         self.index.get(name).map(|&i| self.vars[i].value.as_str())
@@ -457,6 +468,22 @@ pub(crate) fn default_shell(os: &str) -> Arc<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_size_follows_every_change() {
+        let mut st = StageState::new();
+        assert_eq!(st.env_len(), 0);
+        st.set_var("A", "arg".into(), true);
+        assert_eq!(st.env_len(), 4);
+        st.set_env("A", "longer".into());
+        assert_eq!(st.env_len(), 7);
+        st.set_env_shared("BB", "x".into(), &mut VarsCache::default());
+        assert_eq!(st.env_len(), 10);
+        st.set_var("BB", String::new(), true);
+        assert_eq!(st.env_len(), 9);
+        let copy = st.clone();
+        assert_eq!(copy.env_len(), 9);
+    }
 
     #[test]
     fn arg_then_env_env_wins_and_leaves_args() {
