@@ -290,11 +290,24 @@ impl Extractor {
                         ),
                     )
                 };
+                // A symlink among the parents that loops (`dev -> ../dev`) or
+                // needs more than the kernel's 40 hops: named by the entry,
+                // never by the directory being written.
+                let loops = |upto: usize| {
+                    bad(
+                        entry,
+                        format!(
+                            "has the parent `{}`, which is a symlink that loops or resolves through too many symlinks",
+                            String::from_utf8_lossy(&join(&comps[..upto]))
+                        ),
+                    )
+                };
                 match open(comps.len()) {
                     Ok(fd) => return Ok(Some(fd)),
                     Err(Errno::NOENT) if create => {}
                     Err(Errno::NOENT) => return Ok(None),
                     Err(Errno::NOTDIR) => return Err(not_dir(comps.len())),
+                    Err(Errno::LOOP) => return Err(loops(comps.len())),
                     Err(e) => return Err(e).entry("open a parent directory", entry),
                 }
                 let mut cur = self.dup_root().entry("open the target root", entry)?;
@@ -314,6 +327,7 @@ impl Extractor {
                             open(i + 1).entry("open a parent directory", entry)?
                         }
                         Err(Errno::NOTDIR) => return Err(not_dir(i + 1)),
+                        Err(Errno::LOOP) => return Err(loops(i + 1)),
                         Err(e) => return Err(e).entry("open a parent directory", entry),
                     };
                 }
@@ -582,6 +596,108 @@ mod tests {
         assert!(clean(b"a/../../etc", "x").is_err());
         assert!(clean(b"../x", "x").is_err());
         assert_eq!(clean(b"./", "x").map(|v| v.len()).ok(), Some(0));
+    }
+
+    fn tar_of(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, target) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            if !target.is_empty() {
+                h.set_link_name(target).unwrap();
+            }
+            h.set_path(name).unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Whiteouts and entries under a symlinked directory (a `dev` symlink
+    /// pointing outside, one that loops) are refused, or applied inside the
+    /// target, with a message naming the layer entry and its parent, never
+    /// the directory being written (a snapshot path of the store).
+    #[test]
+    fn entries_under_symlinked_parents_are_named_by_the_entry() {
+        use tar::EntryType as T;
+        let outside = tempfile::tempdir().unwrap();
+        let out = outside.path().to_str().unwrap();
+        let diff = "which is a symlink or a non-directory in this layer";
+        let not_dir = "which is not a directory in the target";
+        let loops = "which is a symlink that loops or resolves through too many symlinks";
+        type Case<'a> = (Vec<(&'a str, T, &'a str)>, Option<&'a str>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            // (entries, Diff error, Apply error); None: applied.
+            (
+                vec![("s", T::Symlink, out), ("s/.wh.passwd", T::Regular, "")],
+                Some(diff),
+                None,
+            ),
+            (
+                vec![("s", T::Symlink, "../.."), ("s/.wh.passwd", T::Regular, "")],
+                Some(diff),
+                None,
+            ),
+            (
+                vec![("s", T::Symlink, out), ("s/.wh..wh..opq", T::Regular, "")],
+                Some(diff),
+                None,
+            ),
+            (
+                vec![("dev", T::Symlink, out), ("dev/null", T::Char, "")],
+                Some(diff),
+                Some(not_dir),
+            ),
+            (
+                vec![("dev", T::Symlink, out), ("dev/.wh.null", T::Regular, "")],
+                Some(diff),
+                None,
+            ),
+            (
+                vec![
+                    ("dev", T::Symlink, "../../../dev"),
+                    ("dev/shm", T::Directory, ""),
+                ],
+                Some(diff),
+                Some(loops),
+            ),
+        ];
+        for flavor in [Flavor::Diff, Flavor::Apply] {
+            for (entries, diff_err, apply_err) in &cases {
+                let want = if flavor == Flavor::Diff {
+                    diff_err
+                } else {
+                    apply_err
+                };
+                let dir = tempfile::tempdir().unwrap();
+                let (last, _, _) = entries[entries.len() - 1];
+                let (parent, _, _) = entries[0];
+                let result = extract(dir.path(), &tar_of(entries)[..], flavor);
+                match (result, want) {
+                    (Ok(()), None) => {}
+                    (Err(e), Some(text)) => {
+                        let msg = e.to_string();
+                        assert_eq!(
+                            msg,
+                            format!("layer entry `{last}` has the parent `{parent}`, {text}"),
+                            "{flavor:?}"
+                        );
+                        assert!(!msg.contains(dir.path().to_str().unwrap()), "{msg}");
+                    }
+                    (got, _) => panic!("{flavor:?} {last}: expected {want:?}, got {got:?}"),
+                }
+                assert_eq!(
+                    std::fs::read_dir(outside.path()).unwrap().count(),
+                    0,
+                    "{flavor:?} {last}: wrote outside"
+                );
+            }
+        }
     }
 
     #[test]
