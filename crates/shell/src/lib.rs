@@ -71,8 +71,8 @@
 //!
 //! # Fuzzing
 //!
-//! `fuzz/` holds a cargo-fuzz target (`cargo +nightly fuzz run process_word`)
-//! outside the workspace; it needs a nightly toolchain. The always-run guard
+//! `fuzz/` holds a cargo-fuzz target outside the workspace
+//! (`scripts/fuzz.sh shell`); it needs a nightly toolchain. The always-run guard
 //! against panics is the proptest in `tests/no_panic.rs`, and the inputs the
 //! fuzzer found are regression tests in `tests/limits.rs`.
 
