@@ -58,7 +58,16 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         eprintln!("WARNING: {w}");
                     }
                     match format {
-                        DryRun::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                        DryRun::Json => {
+                            // Streamed: the JSON repeats each stage's
+                            // environment, so it can be far larger than the
+                            // plan in memory.
+                            use std::io::Write;
+                            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                            serde_json::to_writer_pretty(&mut out, &plan)?;
+                            writeln!(out)?;
+                            out.flush()?;
+                        }
                         DryRun::Text => print!("{}", plan.to_text()),
                     }
                     Ok(ExitCode::SUCCESS)

@@ -487,3 +487,33 @@ fn a_dockerfile_that_is_not_utf8_is_named_with_its_line() {
          valid UTF-8; save the file as UTF-8"
     );
 }
+
+#[test]
+fn stages_built_on_a_large_environment_share_it() {
+    // One stage with a 15 MB environment (just under the 16 MiB bound), and
+    // 40 stages built on it: they share its values instead of copying
+    // them (600 MB), so planning fits in a 384 MiB address space. (The
+    // JSON plan lists each stage's environment: 735 MB here, streamed.)
+    let t = tempfile::tempdir().unwrap();
+    let mut text = format!("FROM scratch AS a\nARG A={}\n", "a".repeat(1000));
+    for i in 1..=15 {
+        text += &format!("ENV V{i}=${{A//a/$A}}\n");
+    }
+    for n in 0..40 {
+        text += &format!("FROM a AS b{n}\nENV X={n}\n");
+    }
+    text += "FROM scratch\n";
+    for n in 0..40 {
+        text += &format!("COPY --from=b{n} /x /x{n}\n");
+    }
+    write(&t.path().join("Dockerfile"), &text);
+    let r = run_limited(
+        &t.path().join("s"),
+        384,
+        &[t.path().to_str().unwrap(), "--dry-run"],
+    )
+    .ok();
+    for n in 0..40 {
+        assert!(r.stdout.contains(&format!("ENV X={n}")), "b{n} missing");
+    }
+}

@@ -177,7 +177,10 @@ impl Env for Globals {
 struct Var {
     /// Shared with the index, so cloning a stage's state copies no names.
     key: Rc<str>,
-    value: String,
+    /// Shared too: a stage built on another, and the lookups a memoised
+    /// expansion records, copy no values (a stage's environment may be
+    /// up to 16 MiB).
+    value: Rc<str>,
     /// Set by an ARG (true) or by ENV / the base image (false).
     from_arg: bool,
 }
@@ -231,7 +234,7 @@ impl StageState {
         match self.index.get(key) {
             Some(&i) => {
                 self.env_len = self.env_len - self.vars[i].value.len() + value.len();
-                self.vars[i].value = value;
+                self.vars[i].value = Rc::from(value);
                 self.vars[i].from_arg = from_arg;
             }
             None => {
@@ -240,7 +243,7 @@ impl StageState {
                 self.index.insert(Rc::clone(&key), self.vars.len());
                 self.vars.push(Var {
                     key,
-                    value,
+                    value: Rc::from(value),
                     from_arg,
                 });
             }
@@ -347,7 +350,7 @@ impl StageState {
             Some(a) => a.clone(),
             None => {
                 let a: Vars = args()
-                    .map(|v| (Arc::from(&*v.key), Arc::from(v.value.as_str())))
+                    .map(|v| (Arc::from(&*v.key), Arc::from(&*v.value)))
                     .collect::<Vec<VarPair>>()
                     .into();
                 candidates.push(a.clone());
@@ -368,7 +371,14 @@ impl StageState {
 
     /// The value of `name` in the build environment, borrowed.
     pub(crate) fn value(&self, name: &str) -> Option<&str> {
-        self.index.get(name).map(|&i| self.vars[i].value.as_str())
+        self.index.get(name).map(|&i| &*self.vars[i].value)
+    }
+
+    /// The value of `name` in the build environment, shared.
+    fn value_shared(&self, name: &str) -> Option<Rc<str>> {
+        self.index
+            .get(name)
+            .map(|&i| Rc::clone(&self.vars[i].value))
     }
 }
 
@@ -388,17 +398,17 @@ pub(crate) struct VarsCache(FastMap<u64, Vec<Vars>>);
 /// A stage's build environment that remembers every lookup made through it.
 pub(crate) struct Recording<'a> {
     inner: &'a StageState,
-    seen: std::cell::RefCell<Vec<(String, Option<String>)>>,
+    seen: std::cell::RefCell<Lookups>,
 }
 
 impl Env for Recording<'_> {
     fn get(&self, name: &str) -> Option<String> {
-        let value = self.inner.value(name).map(str::to_string);
+        let value = self.inner.value_shared(name);
         let mut seen = self.seen.borrow_mut();
         if !seen.iter().any(|(k, _)| k == name) {
             seen.push((name.to_string(), value.clone()));
         }
-        value
+        value.map(|v| v.to_string())
     }
 }
 
@@ -410,7 +420,7 @@ pub(crate) struct Memo<T> {
 }
 
 /// Names read from an environment and the values they had.
-type Lookups = Vec<(String, Option<String>)>;
+type Lookups = Vec<(String, Option<Rc<str>>)>;
 
 impl<T> Default for Memo<T> {
     fn default() -> Self {
