@@ -65,12 +65,27 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     }
                     match format {
                         DryRun::Json => {
-                            // The plan's fields, and the op graph beside them.
-                            let mut out = serde_json::to_value(&plan)?;
-                            if let Some(o) = out.as_object_mut() {
-                                o.insert("graph".into(), serde_json::to_value(&graph)?);
+                            // Streamed: the JSON repeats each stage's
+                            // environment, so it can be far larger than the
+                            // plan in memory. The plan's fields, and the op
+                            // graph beside them.
+                            #[derive(serde::Serialize)]
+                            struct DryRun<'a, P, G> {
+                                #[serde(flatten)]
+                                plan: &'a P,
+                                graph: &'a G,
                             }
-                            println!("{}", serde_json::to_string_pretty(&out)?)
+                            use std::io::Write;
+                            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                            serde_json::to_writer_pretty(
+                                &mut out,
+                                &DryRun {
+                                    plan: &plan,
+                                    graph: &graph,
+                                },
+                            )?;
+                            writeln!(out)?;
+                            out.flush()?;
                         }
                         DryRun::Text => print!("{}", plan.to_text()),
                     }

@@ -34,6 +34,21 @@ pub enum RequestError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The Dockerfile is not UTF-8 text (a Dockerfile saved as UTF-16 or
+    /// Latin-1, say).
+    #[error("Dockerfile {path:?} is not UTF-8 text: byte 0x{byte:02x} at line {line} (byte offset {offset}) is not valid UTF-8{hint}; save the file as UTF-8")]
+    DockerfileNotUtf8 {
+        /// The file (`-` for standard input).
+        path: PathBuf,
+        /// The 1-based line of the first invalid byte.
+        line: usize,
+        /// The offset of the first invalid byte in the file.
+        offset: usize,
+        /// The first invalid byte.
+        byte: u8,
+        /// What the file seems to be instead, when that is recognisable.
+        hint: &'static str,
+    },
     /// Both the context and the Dockerfile were to come from stdin.
     #[error("the context PATH and -f cannot both be \"-\" (standard input can be read once)")]
     StdinTwice,
@@ -292,14 +307,14 @@ fn read_dockerfile(
     file: Option<&str>,
 ) -> Result<(Option<PathBuf>, Option<PathBuf>, String, String), RequestError> {
     let read_stdin = || {
-        let mut s = String::new();
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut s)
+            .read_to_end(&mut bytes)
             .map_err(|source| RequestError::Dockerfile {
                 path: PathBuf::from("-"),
                 source,
             })?;
-        Ok::<_, RequestError>(s)
+        utf8_text(bytes, Path::new("-"))
     };
     if path == "-" {
         if file == Some("-") {
@@ -318,12 +333,35 @@ fn read_dockerfile(
         Some(f) => PathBuf::from(f),
         None => context.join("Dockerfile"),
     };
-    let text = std::fs::read_to_string(&df).map_err(|source| RequestError::Dockerfile {
+    let bytes = std::fs::read(&df).map_err(|source| RequestError::Dockerfile {
         path: df.clone(),
         source,
     })?;
+    let text = utf8_text(bytes, &df)?;
     let name = display_name(&df);
     Ok((Some(context), Some(df), text, name))
+}
+
+/// The Dockerfile's bytes as text, or an error naming the first byte that
+/// is not UTF-8 (its line and offset).
+fn utf8_text(bytes: Vec<u8>, path: &Path) -> Result<String, RequestError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let offset = e.utf8_error().valid_up_to();
+        let before = &bytes[..offset];
+        let utf16 = bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]);
+        RequestError::DockerfileNotUtf8 {
+            path: path.to_path_buf(),
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            offset,
+            byte: bytes.get(offset).copied().unwrap_or(0),
+            hint: if utf16 {
+                " (the file starts with a UTF-16 byte order mark)"
+            } else {
+                ""
+            },
+        }
+    })
 }
 
 fn display_name(p: &Path) -> String {

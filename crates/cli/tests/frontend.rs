@@ -428,3 +428,210 @@ fn a_build_stops_at_a_bad_chmod_before_pulling() {
     );
     assert!(!t.path().join("s").exists(), "the store was opened");
 }
+
+/// The "billion laughs" Dockerfile: every line makes the value 20 times
+/// longer (20 bytes, 400, 8,000, 160,000, 3.2 MB, 64 MB, 1.28 GB...).
+const LAUGHS: &str = "FROM busybox
+ARG A=aaaaaaaaaaaaaaaaaaaa
+ENV B=${A//a/aaaaaaaaaaaaaaaaaaaa}
+ENV C=${B//a/aaaaaaaaaaaaaaaaaaaa}
+ENV D=${C//a/aaaaaaaaaaaaaaaaaaaa}
+ENV E=${D//a/aaaaaaaaaaaaaaaaaaaa}
+ENV F=${E//a/aaaaaaaaaaaaaaaaaaaa}
+ENV G=${F//a/aaaaaaaaaaaaaaaaaaaa}
+ENV H=${G//a/aaaaaaaaaaaaaaaaaaaa}
+";
+
+/// Runs the binary with its address space limited to `mib` MiB (`ulimit
+/// -v`), so a large allocation makes it fail instead of passing unseen.
+fn run_limited(root: &std::path::Path, mib: u64, args: &[&str]) -> common::Run {
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -v {}; exec \"$0\" \"$@\"", mib * 1024))
+        .arg(common::bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    let out = c.output().expect("run kubectl-build under sh");
+    common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn billion_laughs_fails_fast_naming_the_line() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), LAUGHS);
+    let ctx = t.path().to_str().unwrap();
+    // A plain Dockerfile plans within the same address-space limit.
+    let plain = t.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    write(&plain.join("Dockerfile"), "FROM busybox\nENV A=1\n");
+    run_limited(
+        &t.path().join("s"),
+        512,
+        &[plain.to_str().unwrap(), "--dry-run"],
+    )
+    .ok();
+
+    let started = std::time::Instant::now();
+    let r = run_limited(
+        &t.path().join("s"),
+        512,
+        &[ctx, "--dry-run", "--platform", "linux/amd64,linux/arm64"],
+    )
+    .fails();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: Dockerfile:6: ENV E=${D//a/aaaaaaaaaaaaaaaaaaaa}: failed to process \
+         \"${D//a/aaaaaaaaaaaaaaaaaaaa}\": the expansion is longer than 1048576 bytes, \
+         the limit for one word"
+    );
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+}
+
+#[test]
+fn a_required_variable_reports_its_message() {
+    let t = tempfile::tempdir().unwrap();
+    write(
+        &t.path().join("Dockerfile"),
+        "FROM busybox\nARG VERSION\nWORKDIR \"/app/${VERSION:?pass --build-arg VERSION=x.y.z}\"\n",
+    );
+    let ctx = t.path().to_str().unwrap();
+    let r = run(&t.path().join("s"), &[ctx, "--dry-run"], &[]).fails();
+    assert_eq!(
+        r.stderr.trim_end(),
+        "error: Dockerfile:3: WORKDIR \"/app/${VERSION:?pass --build-arg VERSION=x.y.z}\": \
+         failed to process \"\\\"/app/${VERSION:?pass --build-arg VERSION=x.y.z}\\\"\": \
+         VERSION: pass --build-arg VERSION=x.y.z"
+    );
+    // Set but empty, with `:?` and no message: BuildKit's default text.
+    write(
+        &t.path().join("Dockerfile"),
+        "FROM busybox\nARG VERSION\nENV V=${VERSION:?}\n",
+    );
+    let r = run(
+        &t.path().join("s"),
+        &[ctx, "--dry-run", "--build-arg", "VERSION="],
+        &[],
+    )
+    .fails();
+    assert!(
+        r.stderr
+            .ends_with("failed to process \"${VERSION:?}\": VERSION: is not allowed to be empty\n"),
+        "{}",
+        r.stderr
+    );
+    // Given, the plan is made.
+    let r = run(
+        &t.path().join("s"),
+        &[ctx, "--dry-run", "--build-arg", "VERSION=1.2"],
+        &[],
+    )
+    .ok();
+    assert!(r.stdout.contains("V=1.2"), "{}", r.stdout);
+}
+
+#[test]
+fn a_dockerfile_that_is_not_utf8_is_named_with_its_line() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().to_str().unwrap();
+    // Latin-1 "é" (0xe9) on line 3, at byte offset 30.
+    let mut latin1 = b"FROM busybox\nLABEL a=b\nLABEL caf".to_vec();
+    let offset = latin1.len();
+    latin1.extend_from_slice(b"\xe9=yes\n");
+    std::fs::write(t.path().join("Dockerfile"), &latin1).unwrap();
+    let r = run(&t.path().join("s"), &[ctx, "--dry-run"], &[]).fails();
+    let path = t.path().join("Dockerfile");
+    assert_eq!(
+        r.stderr.trim_end(),
+        format!(
+            "error: Dockerfile {path:?} is not UTF-8 text: byte 0xe9 at line 3 (byte offset \
+             {offset}) is not valid UTF-8; save the file as UTF-8"
+        )
+    );
+    assert!(!r.stderr.contains("-f/--file"), "{}", r.stderr);
+
+    // UTF-16 (as some Windows editors save), given with -f.
+    let utf16: Vec<u8> = std::iter::once(0xfeff_u16)
+        .chain("FROM busybox\n".encode_utf16())
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let other = t.path().join("Dockerfile.win");
+    std::fs::write(&other, &utf16).unwrap();
+    let r = run(
+        &t.path().join("s"),
+        &[ctx, "-f", other.to_str().unwrap(), "--dry-run"],
+        &[],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains(&format!(
+            "{other:?} is not UTF-8 text: byte 0xff at line 1 (byte offset 0)"
+        )) && r.stderr.contains("UTF-16 byte order mark"),
+        "{}",
+        r.stderr
+    );
+
+    // From standard input.
+    let mut c = std::process::Command::new(common::bin());
+    c.arg("--root")
+        .arg(t.path().join("s"))
+        .args(["-", "--dry-run"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"FROM busybox\n\xff\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim_end(),
+        "error: Dockerfile \"-\" is not UTF-8 text: byte 0xff at line 2 (byte offset 13) is not \
+         valid UTF-8; save the file as UTF-8"
+    );
+}
+
+#[test]
+fn stages_built_on_a_large_environment_share_it() {
+    // One stage with a 15 MB environment (just under the 16 MiB bound), and
+    // 40 stages built on it: they share its values instead of copying
+    // them (600 MB), so planning fits in a 384 MiB address space. (The
+    // JSON plan lists each stage's environment: 735 MB here, streamed.)
+    let t = tempfile::tempdir().unwrap();
+    let mut text = format!("FROM scratch AS a\nARG A={}\n", "a".repeat(1000));
+    for i in 1..=15 {
+        text += &format!("ENV V{i}=${{A//a/$A}}\n");
+    }
+    for n in 0..40 {
+        text += &format!("FROM a AS b{n}\nENV X={n}\n");
+    }
+    text += "FROM scratch\n";
+    for n in 0..40 {
+        text += &format!("COPY --from=b{n} /x /x{n}\n");
+    }
+    write(&t.path().join("Dockerfile"), &text);
+    let r = run_limited(
+        &t.path().join("s"),
+        384,
+        &[t.path().to_str().unwrap(), "--dry-run"],
+    )
+    .ok();
+    for n in 0..40 {
+        assert!(r.stdout.contains(&format!("ENV X={n}")), "b{n} missing");
+    }
+}

@@ -46,10 +46,11 @@ pub enum Error {
         /// The digest of what was written.
         actual: Digest,
     },
-    /// Written content does not have the size it was expected to have.
-    #[error("content {digest} has {actual} bytes but {expected} were expected; the download was truncated or the descriptor is wrong")]
+    /// Written content does not have the size its descriptor gives (checked
+    /// before the digest: content of another size has another digest too).
+    #[error("size mismatch for {digest}: its descriptor says {expected} bytes but {actual} bytes arrived; the download was truncated or padded, or the descriptor is wrong")]
     SizeMismatch {
-        /// The digest of what was written.
+        /// The digest the descriptor names.
         digest: Digest,
         /// The expected size.
         expected: u64,

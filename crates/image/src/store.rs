@@ -694,7 +694,10 @@ impl Ingest {
         self.finish(expected, None)
     }
 
-    /// Like [`Ingest::commit`] but also checks the size, as a descriptor gives it.
+    /// Like [`Ingest::commit`] but also checks the size, as a descriptor gives
+    /// it. Content of another size is a [`Error::SizeMismatch`] (whatever its
+    /// digest), content of the right size with another digest a
+    /// [`Error::DigestMismatch`].
     pub fn commit_exact(self, expected: &Digest, size: u64) -> Result<(Digest, u64)> {
         self.finish(Some(expected), Some(size))
     }
@@ -723,15 +726,17 @@ impl Ingest {
         let hasher = std::mem::take(&mut self.hasher);
         let actual_size = hasher.len();
         let actual = hasher.finish();
+        // The size first: content of another size cannot have the digest
+        // either, and "truncated" says more than two unrelated digests.
         let mismatch = match (expected, size) {
+            (_, Some(s)) if s != actual_size => Some(Error::SizeMismatch {
+                digest: expected.copied().unwrap_or(actual),
+                expected: s,
+                actual: actual_size,
+            }),
             (Some(e), _) if *e != actual => Some(Error::DigestMismatch {
                 expected: *e,
                 actual,
-            }),
-            (_, Some(s)) if s != actual_size => Some(Error::SizeMismatch {
-                digest: actual,
-                expected: s,
-                actual: actual_size,
             }),
             _ => None,
         };

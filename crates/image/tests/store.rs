@@ -110,6 +110,39 @@ fn commit_verifies_digest_and_size() {
     );
     assert!(!store.has(&Digest::of(b"payload")));
 
+    // A blob of another size than its descriptor says is a size mismatch
+    // naming the descriptor's digest, not a digest mismatch (its digest
+    // differs too, but that says less).
+    let want = Digest::of(b"payload plus more");
+    for (data, actual) in [(&b"payload"[..], 7), (&b"payload plus more!"[..], 18)] {
+        let mut w = store.writer().unwrap();
+        w.write_all(data).unwrap();
+        let err = w.commit_exact(&want, 17).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::SizeMismatch { digest, expected: 17, actual: a } if *digest == want && *a == actual
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "size mismatch for {want}: its descriptor says 17 bytes but {actual} bytes \
+                 arrived; the download was truncated or padded, or the descriptor is wrong"
+            )
+        );
+        assert!(!store.has(&Digest::of(data)));
+    }
+    // The right size with other bytes is a digest mismatch.
+    let mut w = store.writer().unwrap();
+    w.write_all(b"payload PLUS more").unwrap();
+    let err = w.commit_exact(&want, 17).unwrap_err();
+    assert!(
+        matches!(err, Error::DigestMismatch { expected, .. } if expected == want),
+        "{err}"
+    );
+
     let mut w = store.writer().unwrap();
     w.write_all(b"payload").unwrap();
     let (d, n) = w.commit_exact(&Digest::of(b"payload"), 7).unwrap();

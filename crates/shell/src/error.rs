@@ -89,6 +89,27 @@ pub enum ErrorKind {
     /// exhaustion; BuildKit has no such limit, no real Dockerfile reaches it).
     #[error("expansions are nested more than {0} levels deep")]
     TooDeep(usize),
+    /// The expansion would be longer than the lexer's bound
+    /// ([`Lexer::with_max_len`](crate::Lexer::with_max_len)); checked before
+    /// the text grows, so nothing that large is ever allocated. BuildKit has
+    /// no such limit.
+    #[error("the expansion is longer than {limit} bytes, the limit for one word")]
+    TooLong {
+        /// The bound, in bytes.
+        limit: usize,
+    },
+    /// Matching a `${v#p}`, `${v%p}` or `${v/p/r}` pattern against the value
+    /// would take too much work (a pattern of thousands of `*` against a
+    /// long value, say). BuildKit has no such limit.
+    #[error(
+        "the pattern ({parts} parts) is too costly to match against a value of {chars} characters"
+    )]
+    PatternTooCostly {
+        /// Wildcards and literal characters in the pattern.
+        parts: usize,
+        /// Characters in the value.
+        chars: usize,
+    },
 }
 
 /// Why a substitution pattern is invalid. In patterns only `\*`, `\?`, `\\`

@@ -3,10 +3,16 @@ use std::collections::BTreeSet;
 use crate::chars::{is_go_digit, is_go_letter, is_go_space};
 use crate::env::Env;
 use crate::error::{Error, ErrorKind};
-use crate::pattern::{reverse_pattern, Pattern};
+use crate::pattern::{reverse_pattern, Bounded, Pattern};
 
 /// How deep `${...}` expansions (and the quotes inside them) may nest.
 const MAX_DEPTH: usize = 200;
+
+/// The default bound on one expanded word, in bytes (1 MiB): far above any
+/// real Dockerfile word (BuildKit reads a Dockerfile line of at most
+/// 64 KiB), far below what hurts a shared builder. See
+/// [`Lexer::with_max_len`].
+pub const MAX_WORD_LEN: usize = 1 << 20;
 
 /// Variables a word referred to, from [`Lexer::process_word_with_matches`].
 ///
@@ -39,6 +45,7 @@ pub struct Lexer {
     raw_escapes: bool,
     skip_unset_env: bool,
     skip_process_quotes: bool,
+    max_len: usize,
 }
 
 impl Default for Lexer {
@@ -58,7 +65,24 @@ impl Lexer {
             raw_escapes: false,
             skip_unset_env: false,
             skip_process_quotes: false,
+            max_len: MAX_WORD_LEN,
         }
+    }
+
+    /// Bounds every expanded word, and every piece expanded inside it (the
+    /// word of `${v:-word}`, a pattern, a replacement), to `max_len` bytes
+    /// ([`MAX_WORD_LEN`] by default). The bound is checked before the text
+    /// grows, so `${v//a/aaaaaaaa}` nested a few times fails with
+    /// [`ErrorKind::TooLong`] instead of allocating gigabytes. Values read
+    /// from the environment count once they are copied into the word.
+    pub fn with_max_len(mut self, max_len: usize) -> Lexer {
+        self.max_len = max_len;
+        self
+    }
+
+    /// The bound on an expanded word, in bytes.
+    pub fn max_len(&self) -> usize {
+        self.max_len
     }
 
     /// The escape character.
@@ -143,6 +167,14 @@ impl Lexer {
                 .chars()
                 .any(|c| c == '$' || c == '\'' || c == '"' || c == escape);
         if plain {
+            if word.len() > self.max_len {
+                return Err(Error::new(
+                    word,
+                    ErrorKind::TooLong {
+                        limit: self.max_len,
+                    },
+                ));
+            }
             let fields = if want_fields {
                 word.split(is_go_space)
                     .filter(|f| !f.is_empty())
@@ -330,7 +362,7 @@ impl Scan<'_> {
     ) -> Result<(String, Vec<String>), ErrorKind> {
         // The top-level result is usually about as long as the input.
         let mut result = String::with_capacity(match stop {
-            None => self.chars.len() - self.pos,
+            None => (self.chars.len() - self.pos).min(self.lexer.max_len),
             Some(_) => 0,
         });
         // Only the top-level word's fields are used.
@@ -346,20 +378,24 @@ impl Scan<'_> {
             }
             if ch == '$' {
                 let value = self.process_dollar()?;
+                self.room(&result, value.len())?;
                 result.push_str(&value);
                 fields.add_string(&value);
             } else if quotes && ch == '\'' {
                 let value = self.process_single_quote()?;
+                self.room(&result, value.len())?;
                 result.push_str(&value);
                 fields.add_raw_string(&value);
             } else if quotes && ch == '"' {
                 let value = self.process_double_quote()?;
+                self.room(&result, value.len())?;
                 result.push_str(&value);
                 fields.add_raw_string(&value);
             } else {
                 self.next();
                 if ch == self.lexer.escape {
                     if self.raw_escapes {
+                        self.room(&result, ch.len_utf8())?;
                         fields.add_raw_char(ch);
                         result.push(ch);
                     }
@@ -367,9 +403,11 @@ impl Scan<'_> {
                     let Some(escaped) = self.next() else {
                         break;
                     };
+                    self.room(&result, escaped.len_utf8())?;
                     fields.add_raw_char(escaped);
                     result.push(escaped);
                 } else {
+                    self.room(&result, ch.len_utf8())?;
                     fields.add_char(ch);
                     result.push(ch);
                 }
@@ -406,29 +444,30 @@ impl Scan<'_> {
     /// `"..."`: `$` expands; the escape character escapes only `"`, `$` and
     /// itself and is kept literally before anything else.
     fn process_double_quote(&mut self) -> Result<String, ErrorKind> {
-        let mut result = String::new();
+        let mut result = Bounded::new(self.lexer.max_len);
         let open = self.next();
         if self.lexer.raw_quotes {
-            result.extend(open);
+            result.push('"')?;
         }
+        debug_assert_eq!(open, Some('"'));
         loop {
             match self.peek() {
                 None => return Err(ErrorKind::UnterminatedDoubleQuote),
                 Some('"') => {
                     self.next();
                     if self.lexer.raw_quotes {
-                        result.push('"');
+                        result.push('"')?;
                     }
-                    return Ok(result);
+                    return Ok(result.into_string());
                 }
                 Some('$') => {
                     let value = self.process_dollar()?;
-                    result.push_str(&value);
+                    result.push_str(&value)?;
                 }
                 Some(ch) => {
                     self.next();
                     if ch != self.lexer.escape {
-                        result.push(ch);
+                        result.push(ch)?;
                         continue;
                     }
                     match self.peek() {
@@ -438,15 +477,25 @@ impl Scan<'_> {
                         Some(next) if next == '"' || next == '$' || next == self.lexer.escape => {
                             self.next();
                             if self.raw_escapes {
-                                result.push(ch);
+                                result.push(ch)?;
                             }
-                            result.push(next);
+                            result.push(next)?;
                         }
-                        Some(_) => result.push(ch),
+                        Some(_) => result.push(ch)?,
                     }
                 }
             }
         }
+    }
+
+    /// Fails when `more` bytes would take `text` beyond the lexer's bound.
+    fn room(&self, text: &str, more: usize) -> Result<(), ErrorKind> {
+        if text.len().saturating_add(more) > self.lexer.max_len {
+            return Err(ErrorKind::TooLong {
+                limit: self.lexer.max_len,
+            });
+        }
+        Ok(())
     }
 
     fn process_dollar(&mut self) -> Result<String, ErrorKind> {
@@ -509,6 +558,7 @@ impl Scan<'_> {
         let word = self.process_word_until_brace(trims)?;
         let value = self.get_env(&name);
         if self.lexer.skip_unset_env && value.is_none() {
+            self.room(&word, name.len() + modifier.len() + 3)?;
             return Ok(format!("${{{name}{modifier}{word}}}"));
         }
         let empty = value.as_deref().map_or(true, str::is_empty);
@@ -571,9 +621,16 @@ impl Scan<'_> {
         let value = self.get_env(&name);
         if self.lexer.skip_unset_env && value.is_none() {
             let slashes = if all { "//" } else { "/" };
+            self.room(&pattern, replacement.len() + name.len() + 6)?;
             return Ok(format!("${{{name}{slashes}{pattern}/{replacement}}}"));
         }
-        substitute(&pattern, value.as_deref().unwrap_or(""), &replacement, all)
+        substitute(
+            &pattern,
+            value.as_deref().unwrap_or(""),
+            &replacement,
+            all,
+            self.lexer.max_len,
+        )
     }
 
     /// A variable name: a run of digits (positional parameter), one special
@@ -628,7 +685,7 @@ fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, Error
     let compiled =
         Pattern::compile(pattern, greedy, true).map_err(|e| invalid_pattern(pattern, e))?;
     let chars: Vec<char> = value.chars().collect();
-    Ok(match compiled.find(&chars) {
+    Ok(match compiled.find(&chars)? {
         Some((_, end)) => chars[end..].iter().collect(),
         None => value.to_string(),
     })
@@ -644,25 +701,28 @@ fn trim_suffix(pattern: &str, value: &str, greedy: bool) -> Result<String, Error
 }
 
 /// `${v/p/r}` replaces the first match literally; `${v//p/r}` replaces all
-/// matches with Go's template expansion of `r`. `*` is greedy in both.
+/// matches with Go's template expansion of `r`. `*` is greedy in both. The
+/// result is at most `max_len` bytes.
 fn substitute(
     pattern: &str,
     value: &str,
     replacement: &str,
     all: bool,
+    max_len: usize,
 ) -> Result<String, ErrorKind> {
     let compiled =
         Pattern::compile(pattern, true, false).map_err(|e| invalid_pattern(pattern, e))?;
     if all {
-        return Ok(compiled.replace_all(value, replacement));
+        return compiled.replace_all(value, replacement, max_len);
     }
     let chars: Vec<char> = value.chars().collect();
-    Ok(match compiled.find(&chars) {
+    Ok(match compiled.find(&chars)? {
         Some((start, end)) => {
-            let mut out: String = chars[..start].iter().collect();
-            out.push_str(replacement);
-            out.extend(&chars[end..]);
-            out
+            let mut out = Bounded::new(max_len);
+            out.push_chars(&chars[..start])?;
+            out.push_str(replacement)?;
+            out.push_chars(&chars[end..])?;
+            out.into_string()
         }
         None => value.to_string(),
     })

@@ -59,12 +59,22 @@
 //! stack; the text of the error for `${v` at the end of the word is
 //! "missing '}'".
 //!
+//! # Limits
+//!
+//! A word expands to at most [`MAX_WORD_LEN`] bytes (1 MiB; see
+//! [`Lexer::with_max_len`]). Every piece is checked before it is appended,
+//! so a "billion laughs" word such as `${A//a/aaaaaaaaaa}` nested a few
+//! times fails with [`ErrorKind::TooLong`] before anything large is
+//! allocated. Matching a pattern explores at most 16M states and takes at
+//! most 2^27 steps per trim or substitution
+//! ([`ErrorKind::PatternTooCostly`]). No real Dockerfile comes near either.
+//!
 //! # Fuzzing
 //!
-//! `fuzz/` holds a cargo-fuzz target (`cargo +nightly fuzz run process_word`)
-//! outside the workspace; it needs a nightly toolchain, which this project's
-//! machines do not have, so the always-run guard against panics is the
-//! proptest in `tests/no_panic.rs`.
+//! `fuzz/` holds a cargo-fuzz target outside the workspace
+//! (`scripts/fuzz.sh shell`); it needs a nightly toolchain. The always-run guard
+//! against panics is the proptest in `tests/no_panic.rs`, and the inputs the
+//! fuzzer found are regression tests in `tests/limits.rs`.
 
 #![deny(missing_docs)]
 
@@ -76,4 +86,4 @@ mod pattern;
 
 pub use env::Env;
 pub use error::{Error, ErrorKind, PatternError};
-pub use lexer::{Lexer, Matches};
+pub use lexer::{Lexer, Matches, MAX_WORD_LEN};

@@ -7,10 +7,18 @@
 //! Go's `.`, the wildcards never match a newline. There are no bracket
 //! expressions: `[` and `]` are literal characters, as in BuildKit.
 
-use std::collections::HashMap;
-
 use crate::chars::{is_go_digit, is_go_letter};
-use crate::error::PatternError;
+use crate::error::{ErrorKind, PatternError};
+
+/// The most states (pattern positions × text positions, both plus one) one
+/// match may explore: the memo of explored states is one `u32` per state,
+/// so this bounds it to 64 MiB (untouched pages cost nothing).
+pub(crate) const MAX_STATES: usize = 1 << 24;
+
+/// The most steps one trim or substitution may take over all its matches
+/// (about a second of work): a guard against patterns like `*a*a*a...b`
+/// replaced over a long value, which no real Dockerfile writes.
+pub(crate) const MAX_STEPS: u64 = 1 << 27;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
@@ -68,22 +76,27 @@ impl Pattern {
 
     /// The leftmost-first match in `text` starting at or after `from`, as
     /// `(start, end)` character indices.
-    fn find_from(&self, text: &[char], from: usize, memo: &mut Memo) -> Option<(usize, usize)> {
+    fn find_from(
+        &self,
+        text: &[char],
+        from: usize,
+        memo: &mut Memo,
+    ) -> Result<Option<(usize, usize)>, ErrorKind> {
         let last_start = if self.anchored {
             if from > 0 {
-                return None;
+                return Ok(None);
             }
             0
         } else {
             text.len()
         };
         for start in from..=last_start {
-            if let Some(end) = self.match_at(text, start, memo) {
+            if let Some(end) = self.match_at(text, start, memo)? {
                 memo.forget();
-                return Some((start, end));
+                return Ok(Some((start, end)));
             }
         }
-        None
+        Ok(None)
     }
 
     /// The end of the preferred match that starts exactly at `start`.
@@ -92,14 +105,19 @@ impl Pattern {
     /// alternatives in the order a backtracking engine would. Every transition
     /// moves forward, so a state popped a second time was already explored
     /// without success; `memo` remembers those (until a match is found).
-    fn match_at(&self, text: &[char], start: usize, memo: &mut Memo) -> Option<usize> {
+    fn match_at(
+        &self,
+        text: &[char],
+        start: usize,
+        memo: &mut Memo,
+    ) -> Result<Option<usize>, ErrorKind> {
         let mut stack = vec![(0usize, start)];
         while let Some((ti, si)) = stack.pop() {
-            if !memo.visit(ti, si) {
+            if !memo.visit(ti, si)? {
                 continue;
             }
             let Some(token) = self.tokens.get(ti) else {
-                return Some(si);
+                return Ok(Some(si));
             };
             let current = text.get(si).copied();
             match *token {
@@ -131,12 +149,25 @@ impl Pattern {
                 }
             }
         }
-        None
+        Ok(None)
+    }
+
+    /// The memo for matching this pattern against `chars` characters, or
+    /// the error when that could explore more than [`MAX_STATES`] states.
+    fn memo(&self, chars: usize) -> Result<Memo, ErrorKind> {
+        let too_costly = || ErrorKind::PatternTooCostly {
+            parts: self.tokens.len(),
+            chars,
+        };
+        match (self.tokens.len() + 1).checked_mul(chars.saturating_add(1)) {
+            Some(states) if states <= MAX_STATES => Ok(Memo::new(states, chars + 1, too_costly())),
+            _ => Err(too_costly()),
+        }
     }
 
     /// The first match in `text`, as character indices.
-    pub(crate) fn find(&self, text: &[char]) -> Option<(usize, usize)> {
-        let mut memo = Memo::new(self.tokens.len() + 1, text.len() + 1);
+    pub(crate) fn find(&self, text: &[char]) -> Result<Option<(usize, usize)>, ErrorKind> {
+        let mut memo = self.memo(text.len())?;
         self.find_from(text, 0, &mut memo)
     }
 
@@ -144,124 +175,158 @@ impl Pattern {
     /// match right after a previous match is skipped, and `template` is
     /// expanded per match (`$0`/`${0}` is the match, `$$` a dollar, other
     /// valid references are empty, a malformed `$` is literal).
-    pub(crate) fn replace_all(&self, text: &str, template: &str) -> String {
+    ///
+    /// The result may not grow beyond `max_len` bytes: the length is checked
+    /// before each piece is appended, so an expansion like `${v//a/aaaa}`
+    /// nested a few times fails instead of allocating gigabytes.
+    pub(crate) fn replace_all(
+        &self,
+        text: &str,
+        template: &str,
+        max_len: usize,
+    ) -> Result<String, ErrorKind> {
         let chars: Vec<char> = text.chars().collect();
-        let mut memo = Memo::new(self.tokens.len() + 1, chars.len() + 1);
-        let mut out = String::new();
+        let mut memo = self.memo(chars.len())?;
+        let mut out = Bounded::new(max_len);
         let mut last_end = 0;
         let mut search = 0;
         while search <= chars.len() {
-            let Some((start, end)) = self.find_from(&chars, search, &mut memo) else {
+            let Some((start, end)) = self.find_from(&chars, search, &mut memo)? else {
                 break;
             };
-            out.extend(&chars[last_end..start]);
+            out.push_chars(&chars[last_end..start])?;
             if end > last_end || start == 0 {
                 let matched: String = chars[start..end].iter().collect();
-                expand_template(&mut out, template, &matched);
+                expand_template(&mut out, template, &matched)?;
             }
             last_end = end;
             search = if end > search { end } else { search + 1 };
         }
-        out.extend(&chars[last_end..]);
-        out
+        out.push_chars(&chars[last_end..])?;
+        Ok(out.text)
     }
 }
 
-/// States already explored without a match, in the current search.
-enum Memo {
-    Dense {
-        stamps: Vec<u32>,
-        width: usize,
-        generation: u32,
-    },
-    Sparse {
-        stamps: HashMap<(usize, usize), u32>,
-        generation: u32,
-    },
+/// A string that refuses to grow beyond a limit, checked before appending.
+pub(crate) struct Bounded {
+    text: String,
+    max_len: usize,
+}
+
+impl Bounded {
+    pub(crate) fn new(max_len: usize) -> Bounded {
+        Bounded {
+            text: String::new(),
+            max_len,
+        }
+    }
+
+    fn room(&self, more: usize) -> Result<(), ErrorKind> {
+        if self.text.len().saturating_add(more) > self.max_len {
+            return Err(ErrorKind::TooLong {
+                limit: self.max_len,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn push_str(&mut self, piece: &str) -> Result<(), ErrorKind> {
+        self.room(piece.len())?;
+        self.text.push_str(piece);
+        Ok(())
+    }
+
+    pub(crate) fn push(&mut self, ch: char) -> Result<(), ErrorKind> {
+        self.room(ch.len_utf8())?;
+        self.text.push(ch);
+        Ok(())
+    }
+
+    pub(crate) fn push_chars(&mut self, chars: &[char]) -> Result<(), ErrorKind> {
+        self.room(chars.iter().map(|c| c.len_utf8()).sum())?;
+        self.text.extend(chars);
+        Ok(())
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.text
+    }
+}
+
+/// States already explored without a match, in the current search, and the
+/// steps taken so far by the whole operation.
+struct Memo {
+    stamps: Vec<u32>,
+    width: usize,
+    generation: u32,
+    steps: u64,
+    /// The error to return once the steps run out.
+    too_costly: ErrorKind,
 }
 
 impl Memo {
-    const DENSE_LIMIT: usize = 1 << 22;
-
-    fn new(tokens: usize, positions: usize) -> Memo {
-        match tokens.checked_mul(positions) {
-            Some(size) if size <= Self::DENSE_LIMIT => Memo::Dense {
-                stamps: vec![0; size],
-                width: positions,
-                generation: 1,
-            },
-            _ => Memo::Sparse {
-                stamps: HashMap::new(),
-                generation: 1,
-            },
+    /// `states` is at most [`MAX_STATES`] (checked by `Pattern::memo`).
+    fn new(states: usize, width: usize, too_costly: ErrorKind) -> Memo {
+        Memo {
+            stamps: vec![0; states],
+            width,
+            generation: 1,
+            steps: 0,
+            too_costly,
         }
     }
 
-    /// Marks the state; false when it was already marked.
-    fn visit(&mut self, token: usize, position: usize) -> bool {
-        match self {
-            Memo::Dense {
-                stamps,
-                width,
-                generation,
-            } => match stamps.get_mut(token * *width + position) {
-                Some(stamp) if *stamp == *generation => false,
-                Some(stamp) => {
-                    *stamp = *generation;
-                    true
-                }
-                None => true,
-            },
-            Memo::Sparse { stamps, generation } => {
-                stamps.insert((token, position), *generation) != Some(*generation)
-            }
+    /// Marks the state; false when it was already marked. Fails once the
+    /// operation has taken [`MAX_STEPS`] steps.
+    fn visit(&mut self, token: usize, position: usize) -> Result<bool, ErrorKind> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return Err(self.too_costly.clone());
         }
+        Ok(match self.stamps.get_mut(token * self.width + position) {
+            Some(stamp) if *stamp == self.generation => false,
+            Some(stamp) => {
+                *stamp = self.generation;
+                true
+            }
+            None => true,
+        })
     }
 
     /// After a match the marks no longer mean "fails": start afresh.
     fn forget(&mut self) {
-        match self {
-            Memo::Dense {
-                stamps, generation, ..
-            } => {
-                if *generation == u32::MAX {
-                    stamps.iter_mut().for_each(|s| *s = 0);
-                    *generation = 1;
-                } else {
-                    *generation += 1;
-                }
-            }
-            Memo::Sparse { stamps, generation } => {
-                stamps.clear();
-                *generation = 1;
-            }
+        if self.generation == u32::MAX {
+            self.stamps.iter_mut().for_each(|s| *s = 0);
+            self.generation = 1;
+        } else {
+            self.generation += 1;
         }
     }
 }
 
 /// Appends `template` with Go's `Regexp.Expand` rules for a regexp without
 /// capture groups.
-fn expand_template(out: &mut String, template: &str, matched: &str) {
+fn expand_template(out: &mut Bounded, template: &str, matched: &str) -> Result<(), ErrorKind> {
     let mut rest = template;
     while let Some(dollar) = rest.find('$') {
-        out.push_str(&rest[..dollar]);
+        out.push_str(&rest[..dollar])?;
         rest = &rest[dollar + 1..];
         if let Some(after) = rest.strip_prefix('$') {
-            out.push('$');
+            out.push('$')?;
             rest = after;
             continue;
         }
         match template_reference(rest) {
             Some((group, after)) => {
                 if group == Some(0) {
-                    out.push_str(matched);
+                    out.push_str(matched)?;
                 }
                 rest = after;
             }
-            None => out.push('$'),
+            None => out.push('$')?,
         }
     }
-    out.push_str(rest);
+    out.push_str(rest)
 }
 
 /// Parses `name`, `{name}` after a `$`: the group number (None for a name
@@ -325,6 +390,7 @@ mod tests {
         let chars: Vec<char> = text.chars().collect();
         pattern
             .find(&chars)
+            .expect("within the limits")
             .map(|(s, e)| chars[s..e].iter().collect())
     }
 
@@ -410,7 +476,8 @@ mod tests {
     fn replace_all(pattern: &str, text: &str, template: &str) -> String {
         Pattern::compile(pattern, true, false)
             .expect("valid pattern")
-            .replace_all(text, template)
+            .replace_all(text, template, usize::MAX)
+            .expect("within the limits")
     }
 
     #[test]

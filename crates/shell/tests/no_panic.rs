@@ -120,8 +120,12 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
 #[test]
 fn long_inputs_are_linear_enough() {
     let lexer = Lexer::default();
-    let env = BTreeMap::from([("V".to_string(), "ab".repeat(5_000))]);
-    let word = "$V ".repeat(2_000);
+    let env = BTreeMap::from([
+        ("V".to_string(), "ab".repeat(5_000)),
+        ("W".to_string(), "ab".repeat(200)),
+    ]);
+    // 802,000 bytes: just under the 1 MiB bound on a word.
+    let word = "$W ".repeat(2_000);
     let started = std::time::Instant::now();
     assert_eq!(lexer.process_words(&word, &env).unwrap().len(), 2_000);
     let trimmed = lexer.process_word("${V%%b*a*b}", &env).unwrap();

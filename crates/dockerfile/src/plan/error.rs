@@ -96,6 +96,16 @@ pub enum ErrorKind {
     /// A word could not be expanded (bad `${...}`, `${v?msg}` unset...).
     #[error("{0}")]
     Expansion(String),
+    /// The ENV and ARG values of a stage (names and values, base image
+    /// environment included) add up to more than
+    /// [`MAX_STAGE_ENV`](crate::plan::MAX_STAGE_ENV) bytes.
+    #[error("the environment of {scope} would be larger than {limit} bytes (names and values of its ENV and ARG variables), the limit for one stage")]
+    EnvironmentTooLarge {
+        /// `stage "<name>"`, or the global ARGs.
+        scope: String,
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// An instruction is invalid once expanded (bad `--mount`, empty VOLUME...).
     #[error("{0}")]
     Invalid(String),

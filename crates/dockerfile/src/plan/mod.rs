@@ -44,6 +44,14 @@
 //!   steps of a `FROM --platform=$BUILDPLATFORM` stage before it reads any
 //!   `TARGET*` arg are built once. Stage instances are merged the same way.
 //!
+//! - **Limits.** A Dockerfile is untrusted input to a shared builder, so
+//!   expansion is bounded: every expanded word is at most [`MAX_WORD_LEN`]
+//!   bytes (1 MiB, checked by the lexer before the text grows), and the
+//!   build environment of a stage (names and values of its ENV and ARG
+//!   variables, the base image's included) at most [`MAX_STAGE_ENV`] bytes
+//!   (16 MiB). Either is an error naming the line; BuildKit itself reads
+//!   no Dockerfile line longer than 64 KiB, so no real Dockerfile is near.
+//!
 //! Warnings: `--build-arg`s no ARG of a built stage (nor a global ARG)
 //! declares, and undeclared variables in FROM lines.
 //!
@@ -88,6 +96,11 @@ mod planner;
 mod scope;
 
 pub use error::{Error, ErrorKind};
+pub use kbuild_shell::MAX_WORD_LEN;
+
+/// The most bytes the build environment of one stage may hold: names and
+/// values of its ENV and ARG variables, the base image's ENV included.
+pub const MAX_STAGE_ENV: usize = 16 << 20;
 pub use model::{
     BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, VarPair, Vars,
     Warning, WarningKind,

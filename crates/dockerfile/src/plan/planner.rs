@@ -23,6 +23,7 @@ use super::scope::{
     default_path, default_shell, FastHasher, FastMap, Globals, Memo, StageState, VarsCache,
     BUILTIN_ARGS, NON_ENV_ARGS,
 };
+use super::MAX_STAGE_ENV;
 use crate::instructions::{Arg, ArgDef, Instruction, Mount};
 
 /// Plans `text` (a Dockerfile) for every platform of `opts`: see the
@@ -355,19 +356,28 @@ impl<'a> Planner<'a> {
             target_stage,
             &self.opts.build_args,
         );
+        // The global ARGs are bounded like a stage's environment; a name
+        // declared twice is counted twice, which only errs on the safe side.
+        let mut size = 0usize;
         for arg in &self.file.meta {
             for def in &arg.args {
+                let at = |kind| Error::at(kind, arg.range.start_line, &arg.original);
                 let value = match (self.opts.build_args.get(&def.name), &def.default) {
                     (Some(v), _) => Some(v.clone()),
-                    (None, Some(d)) => Some(self.lexer.process_word(d, &g).map_err(|e| {
-                        Error::at(
-                            ErrorKind::Expansion(e.to_string()),
-                            arg.range.start_line,
-                            &arg.original,
-                        )
-                    })?),
+                    (None, Some(d)) => Some(
+                        self.lexer
+                            .process_word(d, &g)
+                            .map_err(|e| at(ErrorKind::Expansion(e.to_string())))?,
+                    ),
                     (None, None) => None,
                 };
+                size += def.name.len() + value.as_ref().map_or(0, String::len);
+                if size > MAX_STAGE_ENV {
+                    return Err(at(ErrorKind::EnvironmentTooLarge {
+                        scope: "the global ARGs (before the first FROM)".to_string(),
+                        limit: MAX_STAGE_ENV,
+                    }));
+                }
                 g.set(&def.name, value);
             }
         }
@@ -764,6 +774,12 @@ impl<'a> Planner<'a> {
                     &mut self.env_cache,
                 );
             }
+            if state.env_len() > MAX_STAGE_ENV {
+                return Err(at(ErrorKind::EnvironmentTooLarge {
+                    scope: format!("stage {:?}", self.stage_name(i)),
+                    limit: MAX_STAGE_ENV,
+                }));
+            }
             let triggers = std::mem::take(&mut state.onbuild);
             let next_base = self.bases.len() as u32;
             let base_id = *self.bases.entry(base.clone()).or_insert(next_base);
@@ -1022,6 +1038,9 @@ impl<'a> Planner<'a> {
             Instruction::Env(e) => {
                 for kv in &e.vars {
                     st.set_env_shared(&kv.key, kv.value.clone(), &mut self.env_cache);
+                    if st.env_len() > MAX_STAGE_ENV {
+                        break;
+                    }
                 }
             }
             Instruction::Workdir(w) if *st.workdir != *w.path => {
@@ -1033,6 +1052,12 @@ impl<'a> Planner<'a> {
             Instruction::Shell(s) => st.shell = Some(Arc::new(s.shell.clone())),
             Instruction::Onbuild(o) => st.onbuild.push(o.expression.clone()),
             _ => {}
+        }
+        if st.env_len() > MAX_STAGE_ENV {
+            return Err(at(ErrorKind::EnvironmentTooLarge {
+                scope: format!("stage {:?}", self.stage_name(run.index)),
+                limit: MAX_STAGE_ENV,
+            }));
         }
         Ok(())
     }

@@ -177,7 +177,10 @@ impl Env for Globals {
 struct Var {
     /// Shared with the index, so cloning a stage's state copies no names.
     key: Rc<str>,
-    value: String,
+    /// Shared too: a stage built on another, and the lookups a memoised
+    /// expansion records, copy no values (a stage's environment may be
+    /// up to 16 MiB).
+    value: Rc<str>,
     /// Set by an ARG (true) or by ENV / the base image (false).
     from_arg: bool,
 }
@@ -190,6 +193,8 @@ struct Var {
 pub(crate) struct StageState {
     vars: Vec<Var>,
     index: FastMap<Rc<str>, usize>,
+    /// Bytes of the names and values in `vars`, kept as they change.
+    env_len: usize,
     /// The image config's `Env`.
     pub(crate) image_env: Vars,
     /// The ARG values of `vars` and their hash, kept until an ARG or ENV
@@ -211,6 +216,7 @@ impl StageState {
         StageState {
             vars: Vec::with_capacity(ROOM),
             index: FastMap::with_capacity_and_hasher(ROOM, Default::default()),
+            env_len: 0,
             image_env: Vars::default(),
             args: None,
             workdir: Arc::from("/"),
@@ -227,15 +233,17 @@ impl StageState {
         }
         match self.index.get(key) {
             Some(&i) => {
-                self.vars[i].value = value;
+                self.env_len = self.env_len - self.vars[i].value.len() + value.len();
+                self.vars[i].value = Rc::from(value);
                 self.vars[i].from_arg = from_arg;
             }
             None => {
+                self.env_len += key.len() + value.len();
                 let key: Rc<str> = Rc::from(key);
                 self.index.insert(Rc::clone(&key), self.vars.len());
                 self.vars.push(Var {
                     key,
-                    value,
+                    value: Rc::from(value),
                     from_arg,
                 });
             }
@@ -342,7 +350,7 @@ impl StageState {
             Some(a) => a.clone(),
             None => {
                 let a: Vars = args()
-                    .map(|v| (Arc::from(&*v.key), Arc::from(v.value.as_str())))
+                    .map(|v| (Arc::from(&*v.key), Arc::from(&*v.value)))
                     .collect::<Vec<VarPair>>()
                     .into();
                 candidates.push(a.clone());
@@ -355,9 +363,22 @@ impl StageState {
 }
 
 impl StageState {
+    /// The size of the build environment: the bytes of every name and value
+    /// (ENV and ARG, as the lexer sees them).
+    pub(crate) fn env_len(&self) -> usize {
+        self.env_len
+    }
+
     /// The value of `name` in the build environment, borrowed.
     pub(crate) fn value(&self, name: &str) -> Option<&str> {
-        self.index.get(name).map(|&i| self.vars[i].value.as_str())
+        self.index.get(name).map(|&i| &*self.vars[i].value)
+    }
+
+    /// The value of `name` in the build environment, shared.
+    fn value_shared(&self, name: &str) -> Option<Rc<str>> {
+        self.index
+            .get(name)
+            .map(|&i| Rc::clone(&self.vars[i].value))
     }
 }
 
@@ -377,17 +398,17 @@ pub(crate) struct VarsCache(FastMap<u64, Vec<Vars>>);
 /// A stage's build environment that remembers every lookup made through it.
 pub(crate) struct Recording<'a> {
     inner: &'a StageState,
-    seen: std::cell::RefCell<Vec<(String, Option<String>)>>,
+    seen: std::cell::RefCell<Lookups>,
 }
 
 impl Env for Recording<'_> {
     fn get(&self, name: &str) -> Option<String> {
-        let value = self.inner.value(name).map(str::to_string);
+        let value = self.inner.value_shared(name);
         let mut seen = self.seen.borrow_mut();
         if !seen.iter().any(|(k, _)| k == name) {
             seen.push((name.to_string(), value.clone()));
         }
-        value
+        value.map(|v| v.to_string())
     }
 }
 
@@ -399,7 +420,7 @@ pub(crate) struct Memo<T> {
 }
 
 /// Names read from an environment and the values they had.
-type Lookups = Vec<(String, Option<String>)>;
+type Lookups = Vec<(String, Option<Rc<str>>)>;
 
 impl<T> Default for Memo<T> {
     fn default() -> Self {
@@ -457,6 +478,22 @@ pub(crate) fn default_shell(os: &str) -> Arc<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_environment_size_follows_every_change() {
+        let mut st = StageState::new();
+        assert_eq!(st.env_len(), 0);
+        st.set_var("A", "arg".into(), true);
+        assert_eq!(st.env_len(), 4);
+        st.set_env("A", "longer".into());
+        assert_eq!(st.env_len(), 7);
+        st.set_env_shared("BB", "x".into(), &mut VarsCache::default());
+        assert_eq!(st.env_len(), 10);
+        st.set_var("BB", String::new(), true);
+        assert_eq!(st.env_len(), 9);
+        let copy = st.clone();
+        assert_eq!(copy.env_len(), 9);
+    }
 
     #[test]
     fn arg_then_env_env_wins_and_leaves_args() {
