@@ -178,7 +178,10 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode> {
         rows.push(r?);
     }
     match args.format {
-        LsFormat::Json => println!("{}", serde_json::to_string_pretty(&ls_json(&config, &rows))?),
+        LsFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&ls_json(&config, &rows))?
+        ),
         LsFormat::Table => print!("{}", ls_table(&config, &rows)),
     }
     Ok(ExitCode::SUCCESS)
@@ -214,7 +217,11 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
     let mut last_builder = None;
     for r in rows {
         if last_builder != Some(&r.builder) {
-            let mark = if config.current() == r.builder { "*" } else { "" };
+            let mark = if config.current() == r.builder {
+                "*"
+            } else {
+                ""
+            };
             table.push([
                 format!("{}{mark}", r.builder),
                 r.driver.clone(),
@@ -228,7 +235,10 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
         let (version, load, platforms) = match &r.result {
             Ok(info) => (
                 info.version.clone(),
-                format!("{} {:.1}/{}", info.running_builds, info.free_cores, info.cpus),
+                format!(
+                    "{} {:.1}/{}",
+                    info.running_builds, info.free_cores, info.cpus
+                ),
                 platform_list(&r.node, info).join(", "),
             ),
             Err(e) => {

@@ -79,12 +79,18 @@ impl TlsOptions {
     /// `servername`. `cert` and `key` go together and need `cacert`.
     pub fn from_driver_opts(opts: &[String]) -> Result<TlsOptions, Error> {
         let mut tls = TlsOptions::default();
-        for opt in opts.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+        for opt in opts
+            .iter()
+            .flat_map(|o| o.split(','))
+            .filter(|o| !o.is_empty())
+        {
             let bad = |reason| Error::DriverOpt {
                 opt: opt.to_string(),
                 reason,
             };
-            let (key, value) = opt.split_once('=').ok_or_else(|| bad("expected KEY=VALUE"))?;
+            let (key, value) = opt
+                .split_once('=')
+                .ok_or_else(|| bad("expected KEY=VALUE"))?;
             if value.is_empty() {
                 return Err(bad("empty value"));
             }
@@ -216,11 +222,10 @@ impl Config {
         }
         let mut platforms = Vec::new();
         for list in &spec.platforms {
-            let parsed =
-                kbuild_platform::parse_list(list).map_err(|source| Error::Platforms {
-                    list: list.clone(),
-                    source,
-                })?;
+            let parsed = kbuild_platform::parse_list(list).map_err(|source| Error::Platforms {
+                list: list.clone(),
+                source,
+            })?;
             for p in parsed {
                 let p = p.normalized().to_string();
                 if !platforms.contains(&p) {
@@ -228,7 +233,7 @@ impl Config {
                 }
             }
         }
-        let builder = match (self.builders.get_mut(name), append) {
+        match (self.builders.get(name), append) {
             (Some(_), false) => {
                 return Err(Error::Exists {
                     name: name.to_string(),
@@ -239,19 +244,17 @@ impl Config {
                     name: name.to_string(),
                 })
             }
-            (Some(b), true) => {
-                if b.driver != spec.driver {
-                    return Err(Error::Driver {
-                        driver: spec.driver.clone(),
-                    });
-                }
-                b
+            (Some(b), true) if b.driver != spec.driver => {
+                return Err(Error::Driver {
+                    driver: spec.driver.clone(),
+                })
             }
-            (None, false) => self.builders.entry(name.to_string()).or_insert(Builder {
-                driver: spec.driver.clone(),
-                nodes: Vec::new(),
-            }),
-        };
+            _ => {}
+        }
+        let builder = self.builders.entry(name.to_string()).or_insert(Builder {
+            driver: spec.driver.clone(),
+            nodes: Vec::new(),
+        });
         // NAME0, NAME1, ...: the first index no node uses.
         let node_name = (0..)
             .map(|i| format!("{name}{i}"))
@@ -327,7 +330,12 @@ mod tests {
             c.create("b", &spec("unix:///run/y.sock"), false),
             Err(Error::Exists { .. })
         ));
-        assert_eq!(c.create("b", &spec("tcp://[::1]:9").clone(), true).unwrap().name, "b1");
+        assert_eq!(
+            c.create("b", &spec("tcp://[::1]:9").clone(), true)
+                .unwrap()
+                .name,
+            "b1"
+        );
         assert!(matches!(
             c.create("nope", &spec("unix:///a"), true),
             Err(Error::NotFound { .. })
@@ -336,7 +344,10 @@ mod tests {
         c.save(&path).unwrap();
         let back = Config::load(&path).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.builders["b"].nodes[0].platforms, ["linux/arm64", "linux/arm/v7"]);
+        assert_eq!(
+            back.builders["b"].nodes[0].platforms,
+            ["linux/arm64", "linux/arm/v7"]
+        );
         let mut back = back;
         assert!(matches!(back.remove(LOCAL), Err(Error::Local { .. })));
         back.remove("b").unwrap();
@@ -352,7 +363,10 @@ mod tests {
                 Err(Error::InvalidName { .. })
             ));
         }
-        assert!(matches!(c.create(LOCAL, &spec("unix:///a"), false), Err(Error::Local { .. })));
+        assert!(matches!(
+            c.create(LOCAL, &spec("unix:///a"), false),
+            Err(Error::Local { .. })
+        ));
         assert!(TlsOptions::from_driver_opts(&["cacert".into()]).is_err());
         assert!(TlsOptions::from_driver_opts(&["colour=blue".into()]).is_err());
         assert!(matches!(
@@ -364,10 +378,15 @@ mod tests {
         std::fs::write(&f, "x").unwrap();
         let f = f.to_str().unwrap();
         assert!(TlsOptions::from_driver_opts(&[format!("cacert={f},cert={f}")]).is_err());
-        let ok = TlsOptions::from_driver_opts(&[format!("cacert={f},cert={f}"), format!("key={f}")]).unwrap();
+        let ok =
+            TlsOptions::from_driver_opts(&[format!("cacert={f},cert={f}"), format!("key={f}")])
+                .unwrap();
         assert_eq!(ok.key.as_deref(), Some(Path::new(f)));
         let mut s = spec("unix:///a");
         s.driver_opts = vec![format!("cacert={f}")];
-        assert!(matches!(c.create("u", &s, false), Err(Error::DriverOpt { .. })));
+        assert!(matches!(
+            c.create("u", &s, false),
+            Err(Error::DriverOpt { .. })
+        ));
     }
 }

@@ -101,7 +101,11 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
     let uri = match &endpoint {
         Endpoint::Unix(path) => format!("unix://{}", path.display()),
         Endpoint::Tcp { .. } => {
-            let scheme = if node.tls.cacert.is_some() { "https" } else { "http" };
+            let scheme = if node.tls.cacert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             // "tcp://host:port" with brackets for IPv6, as an URI authority.
             format!("{scheme}://{}", &endpoint.to_string()["tcp://".len()..])
         }
@@ -148,8 +152,7 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
             timeout,
         })??;
     let daemon = (reply.min_protocol, reply.protocol);
-    let Some(protocol) =
-        kbuild_proto::negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), daemon)
+    let Some(protocol) = kbuild_proto::negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), daemon)
     else {
         return Err(Error::Protocol {
             builder: builder.to_string(),

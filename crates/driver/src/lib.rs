@@ -19,7 +19,9 @@ pub use connect::{info, NodeInfo};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No configuration directory could be chosen.
-    #[error("cannot find a configuration directory for the builder list; set $XDG_CONFIG_HOME or $HOME")]
+    #[error(
+        "cannot find a configuration directory for the builder list; set $XDG_CONFIG_HOME or $HOME"
+    )]
     NoConfigDir,
     /// The builder file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -115,7 +117,10 @@ pub enum Error {
         timeout: std::time::Duration,
     },
     /// The node could not be reached.
-    #[error("builder {builder} at {endpoint} is unreachable: {}", connect::chain(source))]
+    #[error(
+        "builder {builder} at {endpoint} is unreachable: {}",
+        connect::chain(source)
+    )]
     Unreachable {
         /// The builder.
         builder: String,

@@ -104,7 +104,9 @@ impl Endpoint {
         if host.contains(['/', '@', '?', '#', ':']) && !host.parse::<std::net::Ipv6Addr>().is_ok() {
             return Err(err("the host is not a host name or IP address"));
         }
-        let port: u16 = port.parse().map_err(|_| err("the port is not a number from 1 to 65535"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| err("the port is not a number from 1 to 65535"))?;
         if port == 0 {
             return Err(err("the port is not a number from 1 to 65535"));
         }
@@ -124,7 +126,9 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
-            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "tcp://[{host}]:{port}"),
+            Endpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
             Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
         }
     }

@@ -198,7 +198,11 @@ pub fn cpu_load() -> (u32, f64) {
         .unwrap_or(1) as u32;
     let load1 = std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .unwrap_or(0.0);
     (cpus, (f64::from(cpus) - load1).max(0.0))
 }
@@ -322,7 +326,11 @@ fn bind_unix(endpoint: &Endpoint, path: &Path) -> Result<tokio::net::UnixListene
     Ok(listener)
 }
 
-async fn bind_tcp(endpoint: &Endpoint, host: &str, port: u16) -> Result<tokio::net::TcpListener, Error> {
+async fn bind_tcp(
+    endpoint: &Endpoint,
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|source| Error::Listen {
@@ -434,12 +442,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 let mut builder = Server::builder();
                 match &tls {
                     Some(tls) => {
-                        builder = builder.tls_config(tls.clone()).map_err(|source| {
-                            Error::Serve {
-                                endpoint: endpoint.clone(),
-                                source,
-                            }
-                        })?;
+                        builder =
+                            builder
+                                .tls_config(tls.clone())
+                                .map_err(|source| Error::Serve {
+                                    endpoint: endpoint.clone(),
+                                    source,
+                                })?;
                         tracing::info!("listening on {endpoint} (mutual TLS)");
                     }
                     None => {
