@@ -22,7 +22,7 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let addrs = args
         .addrs
         .iter()
-        .map(|a| Endpoint::parse(a))
+        .map(|a| Endpoint::parse_listen(a))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let platforms = if args.platforms.is_empty() {
         None
@@ -243,7 +243,16 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
             ),
             Err(e) => {
                 errors.push((table.len(), e.to_string()));
-                (String::new(), String::new(), r.node.platforms.join("*, "))
+                (
+                    String::new(),
+                    String::new(),
+                    r.node
+                        .platforms
+                        .iter()
+                        .map(|p| format!("{p}*"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
             }
         };
         table.push([

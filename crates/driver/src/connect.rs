@@ -56,7 +56,9 @@ pub fn status_text(s: &tonic::Status) -> String {
     };
     if let Some(src) = std::error::Error::source(s) {
         let text = chain(src);
-        if !out.contains(&text) {
+        if text.starts_with(&out) {
+            out = text;
+        } else if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
@@ -89,6 +91,39 @@ fn client_tls(tls: &TlsOptions, host: &str) -> Result<Option<ClientTlsConfig>, E
     Ok(Some(config))
 }
 
+/// What a connection error on a TCP node most likely means, given the TLS
+/// options: a daemon serving TLS always asks for a client certificate and
+/// closes the connection of a client without one or with one its CA did
+/// not sign; a TLS daemon answers plain HTTP/2 with bytes that do not parse.
+fn refusal_hint(tls: &TlsOptions, e: &Error) -> Option<&'static str> {
+    if !matches!(e, Error::Rpc { .. } | Error::Unreachable { .. }) {
+        return None;
+    }
+    let text = e.to_string();
+    let closed = [
+        "connection closed",
+        "received fatal alert",
+        "broken pipe",
+        "connection reset",
+    ]
+    .iter()
+    .any(|t| text.contains(t));
+    match (&tls.cacert, &tls.cert) {
+        (Some(_), None) if closed => Some(
+            "it requires a client certificate: create the node with --driver-opt \
+             cacert=FILE,cert=FILE,key=FILE, the certificate signed by the daemon's --tls-ca",
+        ),
+        (Some(_), Some(_)) if closed => {
+            Some("it did not accept the client certificate: is it signed by the daemon's --tls-ca?")
+        }
+        (None, _) if closed || text.contains("h2 protocol error") => Some(
+            "the daemon may serve TLS: create the node with --driver-opt \
+                 cacert=FILE,cert=FILE,key=FILE",
+        ),
+        _ => None,
+    }
+}
+
 /// Connects to `node` of builder `builder` and calls `Info`, all within
 /// `timeout`; refuses a node whose protocol this client does not speak.
 pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeInfo, Error> {
@@ -112,8 +147,7 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
     };
     let mut channel = tonic::transport::Endpoint::from_shared(uri)
         .map_err(unreachable)?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+        .connect_timeout(timeout);
     if let Endpoint::Tcp { host, .. } = &endpoint {
         if let Some(tls) = client_tls(&node.tls, host)? {
             channel = channel.tls_config(tls).map_err(unreachable)?;
@@ -150,7 +184,16 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
             builder: builder.to_string(),
             endpoint: endpoint.clone(),
             timeout,
-        })??;
+        })?
+        .map_err(|e| match refusal_hint(&node.tls, &e) {
+            Some(hint) => Error::Refused {
+                builder: builder.to_string(),
+                endpoint: endpoint.clone(),
+                hint,
+                source: Box::new(e),
+            },
+            None => e,
+        })?;
     let daemon = (reply.min_protocol, reply.protocol);
     let Some(protocol) = kbuild_proto::negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), daemon)
     else {

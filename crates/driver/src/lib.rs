@@ -139,6 +139,19 @@ pub enum Error {
         /// The gRPC status.
         source: tonic::Status,
     },
+    /// The node closed or garbled the connection in a way that points at
+    /// the TLS setup on one side.
+    #[error("builder {builder} at {endpoint} refused the connection: {hint} [{source}]")]
+    Refused {
+        /// The builder.
+        builder: String,
+        /// The node's endpoint.
+        endpoint: kbuild_proto::Endpoint,
+        /// What to check, in one sentence.
+        hint: &'static str,
+        /// What the connection reported.
+        source: Box<Error>,
+    },
     /// The node speaks a protocol this client does not.
     #[error("builder {builder} at {endpoint} speaks protocol {daemon}, this kubectl-build speaks {client}; {advice}")]
     Protocol {

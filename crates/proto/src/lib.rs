@@ -75,8 +75,19 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `unix://PATH` (an absolute path) or `tcp://HOST:PORT`.
+    /// Parses `unix://PATH` (an absolute path) or `tcp://HOST:PORT`: where
+    /// a client connects to.
     pub fn parse(s: &str) -> Result<Endpoint, Error> {
+        Endpoint::parse_inner(s, false)
+    }
+
+    /// [`Endpoint::parse`] for a listener, which may also take port 0 (any
+    /// free port).
+    pub fn parse_listen(s: &str) -> Result<Endpoint, Error> {
+        Endpoint::parse_inner(s, true)
+    }
+
+    fn parse_inner(s: &str, any_port: bool) -> Result<Endpoint, Error> {
         let err = |reason| Error::Endpoint {
             endpoint: s.to_string(),
             reason,
@@ -101,13 +112,13 @@ impl Endpoint {
         if host.is_empty() {
             return Err(err("no host"));
         }
-        if host.contains(['/', '@', '?', '#', ':']) && !host.parse::<std::net::Ipv6Addr>().is_ok() {
+        if host.contains(['/', '@', '?', '#', ':']) && host.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(err("the host is not a host name or IP address"));
         }
         let port: u16 = port
             .parse()
             .map_err(|_| err("the port is not a number from 1 to 65535"))?;
-        if port == 0 {
+        if port == 0 && !any_port {
             return Err(err("the port is not a number from 1 to 65535"));
         }
         Ok(Endpoint::Tcp {
@@ -198,6 +209,12 @@ mod tests {
         ] {
             assert!(Endpoint::parse(s).is_err(), "{s} should not parse");
         }
+        assert_eq!(
+            Endpoint::parse_listen("tcp://127.0.0.1:0")
+                .unwrap()
+                .to_string(),
+            "tcp://127.0.0.1:0"
+        );
     }
 
     #[test]
