@@ -212,7 +212,7 @@ impl Config {
                 driver: spec.driver.clone(),
             });
         }
-        let endpoint = Endpoint::parse(&spec.endpoint).map_err(Error::Endpoint)?;
+        let endpoint = Endpoint::parse(&spec.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
         let tls = TlsOptions::from_driver_opts(&spec.driver_opts)?;
         if !tls.is_empty() && !endpoint.is_tcp() {
             return Err(Error::DriverOpt {
@@ -224,7 +224,7 @@ impl Config {
         for list in &spec.platforms {
             let parsed = kbuild_platform::parse_list(list).map_err(|source| Error::Platforms {
                 list: list.clone(),
-                source,
+                source: Box::new(source),
             })?;
             for p in parsed {
                 let p = p.normalized().to_string();

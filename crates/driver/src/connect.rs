@@ -127,7 +127,7 @@ fn refusal_hint(tls: &TlsOptions, e: &Error) -> Option<&'static str> {
 /// Connects to `node` of builder `builder` and calls `Info`, all within
 /// `timeout`; refuses a node whose protocol this client does not speak.
 pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeInfo, Error> {
-    let endpoint = Endpoint::parse(&node.endpoint).map_err(Error::Endpoint)?;
+    let endpoint = Endpoint::parse(&node.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
     let unreachable = |source| Error::Unreachable {
         builder: builder.to_string(),
         endpoint: endpoint.clone(),
@@ -174,7 +174,7 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
                 _ => Error::Rpc {
                     builder: builder.to_string(),
                     endpoint: endpoint.clone(),
-                    source: status,
+                    source: Box::new(status),
                 },
             })
     };
@@ -212,7 +212,7 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
     let bad_platform = |source| Error::BadPlatform {
         builder: builder.to_string(),
         endpoint: endpoint.clone(),
-        source,
+        source: Box::new(source),
     };
     let native = reply
         .native_platforms

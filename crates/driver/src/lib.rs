@@ -79,14 +79,14 @@ pub enum Error {
     },
     /// A malformed endpoint.
     #[error(transparent)]
-    Endpoint(kbuild_proto::Error),
+    Endpoint(Box<kbuild_proto::Error>),
     /// A malformed `--platform` list.
     #[error("--platform {list:?}: {source}")]
     Platforms {
         /// The list.
         list: String,
-        /// Why.
-        source: kbuild_platform::Error,
+        /// Why (boxed: it is large).
+        source: Box<kbuild_platform::Error>,
     },
     /// A malformed or inconsistent `--driver-opt`.
     #[error("--driver-opt {opt:?}: {reason}")]
@@ -136,8 +136,8 @@ pub enum Error {
         builder: String,
         /// The node's endpoint.
         endpoint: kbuild_proto::Endpoint,
-        /// The gRPC status.
-        source: tonic::Status,
+        /// The gRPC status (boxed: it is large).
+        source: Box<tonic::Status>,
     },
     /// The node closed or garbled the connection in a way that points at
     /// the TLS setup on one side.
@@ -173,7 +173,7 @@ pub enum Error {
         builder: String,
         /// The node's endpoint.
         endpoint: kbuild_proto::Endpoint,
-        /// Why.
-        source: kbuild_proto::Error,
+        /// Why (boxed: it is large).
+        source: Box<kbuild_proto::Error>,
     },
 }
