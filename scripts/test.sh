@@ -26,7 +26,7 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # scripts/builder-image.sh), libseccomp-dev (the RUN sandbox's system call
 # filter is compiled with libseccomp; building the tool needs its headers).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
-          apache2-utils openssl docker.io golang-go libseccomp-dev)
+          apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler)
 
 section "system packages"
 missing=()

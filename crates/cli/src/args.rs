@@ -28,6 +28,9 @@ Usage:
   kubectl build [flags] PATH
   kubectl build doctor
   kubectl build prune [flags]
+  kubectl build serve [flags]
+  kubectl build create NAME --endpoint ADDRESS [flags]
+  kubectl build ls | rm NAME | use NAME
 
 Use \"kubectl build doctor\" to see which platforms this machine can build natively or by emulation.
 Use \"kubectl options\" for a list of global command-line options (applies to all commands).";
@@ -71,6 +74,109 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Run a builder daemon that clients reach with "kubectl build create --driver remote".
+    Serve(ServeArgs),
+    /// Add a builder (or, with --append, a node to one) that runs on a "kubectl-build serve" daemon.
+    Create(CreateArgs),
+    /// List builders, their nodes, status and platforms.
+    Ls(LsArgs),
+    /// Remove a builder.
+    Rm {
+        /// The builder.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Make a builder the default.
+    Use {
+        /// The builder ("local" for the embedded one).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listening address: unix:///path/to/socket or tcp://IP:PORT (TCP needs --tls-* or --insecure); repeatable.
+    #[arg(
+        long = "addr",
+        value_name = "ADDRESS",
+        default_value = "unix:///run/kubectl-build/builder.sock"
+    )]
+    pub addrs: Vec<String>,
+
+    /// Native platforms to advertise instead of the host's, comma-separated or repeated.
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<String>,
+
+    /// The daemon's TLS certificate (PEM) for TCP listeners.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM) that signs the client certificates to accept.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve TCP listeners without TLS or authentication (anyone who reaches them can build).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Test only: advertise this protocol version instead of the real one.
+    #[arg(long, hide = true, value_name = "N")]
+    pub test_protocol_version: Option<u32>,
+}
+
+/// Flags of `create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The builder's name.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Driver to use ("remote": a "kubectl-build serve" daemon).
+    #[arg(long, default_value = "remote", value_name = "DRIVER")]
+    pub driver: String,
+
+    /// The daemon's address: unix:///path/to/socket or tcp://HOST:PORT.
+    #[arg(long, value_name = "ADDRESS")]
+    pub endpoint: String,
+
+    /// Platforms this node builds, comma-separated or repeated (default: what the daemon reports).
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<String>,
+
+    /// Add a node to an existing builder.
+    #[arg(long)]
+    pub append: bool,
+
+    /// Driver options: cacert=FILE,cert=FILE,key=FILE,servername=NAME for mutual TLS to a tcp:// endpoint.
+    #[arg(long = "driver-opt", value_name = "KEY=VALUE")]
+    pub driver_opts: Vec<String>,
+}
+
+/// How `ls` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LsFormat {
+    /// A table.
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// Flags of `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table", value_name = "FORMAT")]
+    pub format: LsFormat,
+
+    /// Seconds to wait for each node.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    pub timeout: u64,
 }
 
 /// Flags that apply to every subcommand.

@@ -4,6 +4,7 @@
 
 mod args;
 mod build;
+mod builders;
 mod request;
 mod signals;
 
@@ -20,10 +21,15 @@ fn main() -> ExitCode {
         kbuild_worker::executor::helper_main();
     }
     let cli = Cli::parse();
+    // A daemon says where it listens and when it stops.
+    let default_level = match cli.command {
+        Some(Command::Serve(_)) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KUBECTL_BUILD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         // Colour only for a terminal: logs kept in files stay plain text.
@@ -47,6 +53,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Serve(args)) => builders::serve(&args, &cli.global),
+        Some(Command::Create(args)) => builders::create(&args),
+        Some(Command::Ls(args)) => builders::ls(&args),
+        Some(Command::Rm { name }) => builders::rm(&name),
+        Some(Command::Use { name }) => builders::use_builder(&name),
         None => {
             let req = request::BuildRequest::from_args(&cli.build, &cli.global)?;
             if cli.build.dry_run.is_none() && cli.build.progress != args::Progress::Quiet {

@@ -1,0 +1,331 @@
+//! `serve`, `create`, `ls`, `rm`, `use`: the daemon and the builder list.
+//! The work is in kbuild-serve and kbuild-driver; this renders it.
+
+use crate::args::{CreateArgs, GlobalArgs, LsArgs, LsFormat, ServeArgs};
+use kbuild_driver::config::{self, Config, NodeSpec};
+use kbuild_driver::{Node, NodeInfo, LOCAL};
+use kbuild_platform::Platform;
+use kbuild_proto::Endpoint;
+use std::process::ExitCode;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// `kubectl build serve`.
+pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
+    let addrs = args
+        .addrs
+        .iter()
+        .map(|a| Endpoint::parse_listen(a))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let platforms = if args.platforms.is_empty() {
+        None
+    } else {
+        let mut list = Vec::new();
+        for spec in &args.platforms {
+            for p in kbuild_platform::parse_list(spec)
+                .map_err(|e| format!("--platform {spec:?}: {e}"))?
+            {
+                list.push(p.normalized());
+            }
+        }
+        Some(list)
+    };
+    let tls = kbuild_serve::TlsFiles::from_flags(
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_ca.clone(),
+    )?;
+    // The store builds will use: opened (and created) now so a bad --root
+    // fails at start, not at the first build.
+    let (_store, root) = crate::build::open_store(global)?;
+    let protocol = match args.test_protocol_version {
+        Some(v) => (v, v),
+        None => (
+            kbuild_proto::MIN_PROTOCOL_VERSION,
+            kbuild_proto::PROTOCOL_VERSION,
+        ),
+    };
+    let config = kbuild_serve::Config {
+        addrs,
+        root,
+        platforms,
+        tls,
+        insecure: args.insecure,
+        protocol,
+    };
+    runtime()?.block_on(async {
+        let signal = kbuild_serve::shutdown_signal()?;
+        kbuild_serve::serve(config, signal).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load() -> Result<(Config, std::path::PathBuf)> {
+    let path = config::default_path()?;
+    Ok((Config::load(&path)?, path))
+}
+
+/// `kubectl build create`.
+pub fn create(args: &CreateArgs) -> Result<ExitCode> {
+    let (mut config, path) = load()?;
+    let spec = NodeSpec {
+        driver: args.driver.clone(),
+        endpoint: args.endpoint.clone(),
+        platforms: args.platforms.clone(),
+        driver_opts: args.driver_opts.clone(),
+    };
+    config.create(&args.name, &spec, args.append)?;
+    config.save(&path)?;
+    println!("{}", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl build rm`.
+pub fn rm(name: &str) -> Result<ExitCode> {
+    let (mut config, path) = load()?;
+    config.remove(name)?;
+    config.save(&path)?;
+    println!("{name} removed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl build use`.
+pub fn use_builder(name: &str) -> Result<ExitCode> {
+    let (mut config, path) = load()?;
+    config.use_builder(name)?;
+    config.save(&path)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row of `ls`: a node and what it said.
+struct Row {
+    builder: String,
+    driver: String,
+    node: Node,
+    result: std::result::Result<NodeInfo, kbuild_driver::Error>,
+}
+
+fn status(r: &Row) -> &'static str {
+    match &r.result {
+        Ok(_) => "running",
+        Err(kbuild_driver::Error::Protocol { .. }) => "version mismatch",
+        Err(_) => "unreachable",
+    }
+}
+
+/// The embedded builder, described as a daemon would describe itself.
+fn local_info() -> NodeInfo {
+    let platforms = kbuild_serve::platforms(None);
+    let (cpus, free_cores) = kbuild_serve::cpu_load();
+    NodeInfo {
+        protocol: kbuild_proto::PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: String::new(),
+        native: platforms.native,
+        emulated: platforms.emulated,
+        running_builds: 0,
+        cpus,
+        free_cores,
+    }
+}
+
+/// `kubectl build ls`.
+pub fn ls(args: &LsArgs) -> Result<ExitCode> {
+    let (config, _) = load()?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let mut rows = vec![Row {
+        builder: LOCAL.to_string(),
+        driver: "local".to_string(),
+        node: Node {
+            name: format!("{LOCAL}0"),
+            endpoint: "local".to_string(),
+            platforms: Vec::new(),
+            tls: Default::default(),
+        },
+        result: Ok(local_info()),
+    }];
+    // Every node at once, each within the timeout.
+    let remote = runtime()?.block_on(async {
+        let mut tasks = Vec::new();
+        for (name, builder) in &config.builders {
+            for node in &builder.nodes {
+                let (name, node, driver) = (name.clone(), node.clone(), builder.driver.clone());
+                tasks.push(tokio::spawn(async move {
+                    let result = kbuild_driver::info(&name, &node, timeout).await;
+                    Row {
+                        builder: name,
+                        driver,
+                        node,
+                        result,
+                    }
+                }));
+            }
+        }
+        let mut rows = Vec::new();
+        for t in tasks {
+            rows.push(t.await);
+        }
+        rows
+    });
+    for r in remote {
+        rows.push(r?);
+    }
+    match args.format {
+        LsFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&ls_json(&config, &rows))?
+        ),
+        LsFormat::Table => print!("{}", ls_table(&config, &rows)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn platform_list(node: &Node, info: &NodeInfo) -> Vec<String> {
+    // As buildx: the platforms the user assigned (marked *), then the rest.
+    let mut out: Vec<String> = node.platforms.iter().map(|p| format!("{p}*")).collect();
+    let known = |p: &Platform| node.platforms.iter().any(|n| *n == p.to_string());
+    for p in &info.native {
+        if !known(p) {
+            out.push(p.to_string());
+        }
+    }
+    for (p, _) in &info.emulated {
+        if !known(p) {
+            out.push(format!("{p} (emulated)"));
+        }
+    }
+    out
+}
+
+fn ls_table(config: &Config, rows: &[Row]) -> String {
+    let mut table: Vec<[String; 6]> = vec![[
+        "NAME/NODE".into(),
+        "DRIVER/ENDPOINT".into(),
+        "STATUS".into(),
+        "VERSION".into(),
+        "BUILDS FREE/CPUS".into(),
+        "PLATFORMS".into(),
+    ]];
+    let mut errors: Vec<(usize, String)> = Vec::new();
+    let mut last_builder = None;
+    for r in rows {
+        if last_builder != Some(&r.builder) {
+            let mark = if config.current() == r.builder {
+                "*"
+            } else {
+                ""
+            };
+            table.push([
+                format!("{}{mark}", r.builder),
+                r.driver.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            last_builder = Some(&r.builder);
+        }
+        let (version, load, platforms) = match &r.result {
+            Ok(info) => (
+                info.version.clone(),
+                format!(
+                    "{} {:.1}/{}",
+                    info.running_builds, info.free_cores, info.cpus
+                ),
+                platform_list(&r.node, info).join(", "),
+            ),
+            Err(e) => {
+                errors.push((table.len(), e.to_string()));
+                (
+                    String::new(),
+                    String::new(),
+                    r.node
+                        .platforms
+                        .iter()
+                        .map(|p| format!("{p}*"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            }
+        };
+        table.push([
+            format!("  {}", r.node.name),
+            r.node.endpoint.clone(),
+            status(r).to_string(),
+            version,
+            load,
+            platforms,
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for (i, row) in table.iter().enumerate() {
+        let mut line = String::new();
+        for (j, cell) in row.iter().enumerate() {
+            if j + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[j]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+        for (_, e) in errors.iter().filter(|(row, _)| *row == i) {
+            out.push_str(&format!("    error: {e}\n"));
+        }
+    }
+    out
+}
+
+fn ls_json(config: &Config, rows: &[Row]) -> serde_json::Value {
+    let mut builders: Vec<serde_json::Value> = Vec::new();
+    for r in rows {
+        let node = match &r.result {
+            Ok(info) => serde_json::json!({
+                "name": r.node.name,
+                "endpoint": r.node.endpoint,
+                "status": status(r),
+                "platforms": r.node.platforms,
+                "version": info.version,
+                "protocol": info.protocol,
+                "hostname": info.hostname,
+                "native_platforms": info.native.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "emulated_platforms": info.emulated.iter().map(|(p, h)| serde_json::json!({"platform": p.to_string(), "handler": h})).collect::<Vec<_>>(),
+                "load": {"running_builds": info.running_builds, "cpus": info.cpus, "free_cores": info.free_cores},
+            }),
+            Err(e) => serde_json::json!({
+                "name": r.node.name,
+                "endpoint": r.node.endpoint,
+                "status": status(r),
+                "platforms": r.node.platforms,
+                "error": e.to_string(),
+            }),
+        };
+        match builders.last_mut() {
+            Some(b) if b["name"] == r.builder.as_str() => {
+                if let Some(nodes) = b["nodes"].as_array_mut() {
+                    nodes.push(node);
+                }
+            }
+            _ => builders.push(serde_json::json!({
+                "name": r.builder,
+                "driver": r.driver,
+                "current": config.current() == r.builder,
+                "nodes": [node],
+            })),
+        }
+    }
+    serde_json::Value::Array(builders)
+}

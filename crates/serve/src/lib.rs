@@ -1,0 +1,509 @@
+//! The `kubectl-build serve` daemon: listeners (unix sockets, TCP with
+//! mutual TLS), the `kubectl_build.v1.Builder` gRPC service of
+//! [`kbuild_proto`], and a clean shutdown.
+//!
+//! Protocol 1 serves `Info` only: versions, the platforms this machine runs
+//! natively and by emulation (the same judgement as `kubectl build doctor`,
+//! from [`kbuild_worker::binfmt`]) and its load. Builds over the protocol
+//! come in a later protocol version.
+//!
+//! Security: a unix socket is guarded by its file mode (0660, owner and
+//! group). A TCP listener needs `--tls-cert`, `--tls-key` and `--tls-ca`: the
+//! daemon presents its certificate and accepts only clients whose
+//! certificate `--tls-ca` signed. Plain TCP is refused unless the operator
+//! passes `--insecure`, and then every start logs a warning.
+//!
+//! Test-only: [`Config::protocol`] lets the command line's hidden
+//! `--test-protocol-version` make the daemon advertise another protocol, so
+//! tests can check how clients refuse a daemon they cannot speak to.
+
+#![deny(missing_docs)]
+
+use kbuild_platform::Platform;
+use kbuild_proto::v1::{self, builder_server};
+use kbuild_proto::Endpoint;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// The mode of a unix socket the daemon creates: owner and group.
+pub const SOCKET_MODE: u32 = 0o660;
+
+/// How long running requests may finish after a shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No `--addr` was given.
+    #[error("no address to listen on; pass --addr unix:///path or --addr tcp://IP:PORT")]
+    NoAddress,
+    /// A TCP address without TLS and without `--insecure`.
+    #[error("{endpoint} would accept anyone who can reach it: give --tls-cert, --tls-key and --tls-ca for mutual TLS, or --insecure to serve it without authentication")]
+    TcpNeedsTls {
+        /// The address.
+        endpoint: Endpoint,
+    },
+    /// Some but not all of the TLS files were given.
+    #[error("mutual TLS needs --tls-cert, --tls-key and --tls-ca; {missing} is missing")]
+    TlsIncomplete {
+        /// The missing flag.
+        missing: &'static str,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadTls {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A listener could not be set up.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Listen {
+        /// The address.
+        endpoint: Endpoint,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error("{endpoint} is in use by another running daemon; stop it or choose another --addr")]
+    InUse {
+        /// The address.
+        endpoint: Endpoint,
+    },
+    /// The path of a unix socket exists and is not a socket.
+    #[error("cannot listen on {endpoint}: the path exists and is not a socket")]
+    NotASocket {
+        /// The address.
+        endpoint: Endpoint,
+    },
+    /// TLS could not be set up, or a listener failed while serving.
+    #[error("serving {endpoint}: {source}")]
+    Serve {
+        /// The address.
+        endpoint: Endpoint,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The signal handlers could not be installed.
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// The certificate, key and client CA of mutual TLS, as PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The daemon's certificate (`--tls-cert`).
+    pub cert: PathBuf,
+    /// Its private key (`--tls-key`).
+    pub key: PathBuf,
+    /// The CA that signs accepted client certificates (`--tls-ca`).
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// All three files, none, or [`Error::TlsIncomplete`].
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> Result<Option<TlsFiles>, Error> {
+        match (cert, key, ca) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+            (cert, key, _) => Err(Error::TlsIncomplete {
+                missing: if cert.is_none() {
+                    "--tls-cert"
+                } else if key.is_none() {
+                    "--tls-key"
+                } else {
+                    "--tls-ca"
+                },
+            }),
+        }
+    }
+}
+
+/// What the daemon serves and where.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listen addresses (`--addr`, repeatable).
+    pub addrs: Vec<Endpoint>,
+    /// The store directory builds use (`--root`).
+    pub root: PathBuf,
+    /// Native platforms to advertise instead of the host's (`--platform`).
+    pub platforms: Option<Vec<Platform>>,
+    /// Mutual TLS for TCP listeners.
+    pub tls: Option<TlsFiles>,
+    /// Serve TCP without TLS (`--insecure`).
+    pub insecure: bool,
+    /// The (oldest, newest) protocol advertised: normally
+    /// ([`kbuild_proto::MIN_PROTOCOL_VERSION`], [`kbuild_proto::PROTOCOL_VERSION`]);
+    /// other values only in tests.
+    pub protocol: (u32, u32),
+}
+
+/// The platforms a machine builds, as advertised by `Info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platforms {
+    /// RUN steps execute without emulation.
+    pub native: Vec<Platform>,
+    /// RUN steps execute through a binfmt_misc handler (platform, handler name).
+    pub emulated: Vec<(Platform, String)>,
+}
+
+/// The platforms this machine builds: `configured` (or the host's and the
+/// 32-bit ones its kernel runs in compat mode) natively, and every other
+/// Linux platform of [`kbuild_worker::binfmt::report`] with an emulator.
+pub fn platforms(configured: Option<&[Platform]>) -> Platforms {
+    let report = kbuild_worker::binfmt::report();
+    let native: Vec<Platform> = match configured {
+        Some(list) => list.to_vec(),
+        None => {
+            let mut native = vec![Platform::host()];
+            for (p, s) in &report {
+                if matches!(
+                    s,
+                    kbuild_worker::binfmt::Support::Native
+                        | kbuild_worker::binfmt::Support::NativeCompat
+                ) && !native.contains(p)
+                {
+                    native.push(p.clone());
+                }
+            }
+            native
+        }
+    };
+    let emulated = report
+        .into_iter()
+        .filter(|(p, _)| !native.contains(p))
+        .filter_map(|(p, s)| match s {
+            kbuild_worker::binfmt::Support::Emulated { handler, .. } => Some((p, handler)),
+            _ => None,
+        })
+        .collect();
+    Platforms { native, emulated }
+}
+
+/// CPUs this process may use and those of them not busy (the CPU count less
+/// the one-minute load average, at least 0).
+pub fn cpu_load() -> (u32, f64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u32;
+    let load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    (cpus, (f64::from(cpus) - load1).max(0.0))
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+struct Service {
+    config: Arc<Config>,
+    running_builds: Arc<AtomicU32>,
+    hostname: Arc<str>,
+}
+
+#[tonic::async_trait]
+impl builder_server::Builder for Service {
+    async fn info(
+        &self,
+        request: tonic::Request<v1::InfoRequest>,
+    ) -> Result<tonic::Response<v1::InfoResponse>, tonic::Status> {
+        let req = request.into_inner();
+        tracing::debug!(
+            client = %req.client_version,
+            protocol = req.protocol,
+            min_protocol = req.min_protocol,
+            "info"
+        );
+        let config = Arc::clone(&self.config);
+        // binfmt_misc is read from /proc: keep it off the async threads.
+        let platforms = tokio::task::spawn_blocking(move || platforms(config.platforms.as_deref()))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("reading the platforms: {e}")))?;
+        let (cpus, free_cores) = cpu_load();
+        Ok(tonic::Response::new(v1::InfoResponse {
+            protocol: self.config.protocol.1,
+            min_protocol: self.config.protocol.0,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            native_platforms: platforms.native.iter().map(v1::Platform::from).collect(),
+            emulated_platforms: platforms
+                .emulated
+                .iter()
+                .map(|(p, handler)| v1::EmulatedPlatform {
+                    platform: Some(v1::Platform::from(p)),
+                    handler: handler.clone(),
+                })
+                .collect(),
+            load: Some(v1::Load {
+                running_builds: self.running_builds.load(Ordering::Relaxed),
+                cpus,
+                free_cores,
+            }),
+            hostname: self.hostname.to_string(),
+        }))
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>, Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+enum Listener {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// Removes the unix socket files it holds when dropped: on shutdown and on
+/// every error path after they were created.
+#[derive(Default)]
+struct SocketFiles(Vec<PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            if let Err(e) = std::fs::remove_file(p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove {}: {e}", p.display());
+                }
+            }
+        }
+    }
+}
+
+fn bind_unix(endpoint: &Endpoint, path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    let listen_err = |source| Error::Listen {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen_err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A socket file: stale if nobody answers on it.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(Error::InUse {
+                        endpoint: endpoint.clone(),
+                    })
+                }
+                Err(_) => std::fs::remove_file(path).map_err(listen_err)?,
+            }
+        }
+        Ok(_) => {
+            return Err(Error::NotASocket {
+                endpoint: endpoint.clone(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(listen_err(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(listen_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(listen_err)?;
+    Ok(listener)
+}
+
+async fn bind_tcp(
+    endpoint: &Endpoint,
+    host: &str,
+    port: u16,
+) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind((host, port))
+        .await
+        .map_err(|source| Error::Listen {
+            endpoint: endpoint.clone(),
+            source,
+        })
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::ReadTls {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Serves `config` until `shutdown` resolves, then stops accepting, lets
+/// running requests finish for up to [`DRAIN_TIMEOUT`], and removes the unix
+/// socket files. Each listener logs `listening on ENDPOINT` (with the bound
+/// port for `tcp://IP:0`) at info level once it accepts connections.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    if config.addrs.is_empty() {
+        return Err(Error::NoAddress);
+    }
+    // Refuse before binding anything.
+    for endpoint in &config.addrs {
+        if endpoint.is_tcp() && config.tls.is_none() && !config.insecure {
+            return Err(Error::TcpNeedsTls {
+                endpoint: endpoint.clone(),
+            });
+        }
+    }
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = read_pem(&files.cert)?;
+            let key = read_pem(&files.key)?;
+            let ca = read_pem(&files.ca)?;
+            Some(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(cert, key))
+                    .client_ca_root(Certificate::from_pem(ca))
+                    .client_auth_optional(false),
+            )
+        }
+        None => None,
+    };
+
+    let mut sockets = SocketFiles::default();
+    let mut listeners = Vec::new();
+    for endpoint in &config.addrs {
+        match endpoint {
+            Endpoint::Unix(path) => {
+                let l = bind_unix(endpoint, path)?;
+                sockets.0.push(path.clone());
+                listeners.push((endpoint.clone(), Listener::Unix(l)));
+            }
+            Endpoint::Tcp { host, port } => {
+                let l = bind_tcp(endpoint, host, *port).await?;
+                let local = l.local_addr().map_err(|source| Error::Listen {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+                let bound = Endpoint::Tcp {
+                    host: local.ip().to_string(),
+                    port: local.port(),
+                };
+                listeners.push((bound, Listener::Tcp(l)));
+            }
+        }
+    }
+
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let service = Service {
+        config: Arc::new(config.clone()),
+        running_builds: Arc::new(AtomicU32::new(0)),
+        hostname: hostname.into(),
+    };
+
+    tracing::info!(
+        "kubectl-build {} serving protocol {}..={}, store {}",
+        env!("CARGO_PKG_VERSION"),
+        config.protocol.0,
+        config.protocol.1,
+        config.root.display()
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (endpoint, listener) in listeners {
+        let svc = builder_server::BuilderServer::new(service.clone());
+        let mut stop = stop_rx.clone();
+        let signal = async move {
+            // Resolves when told to stop or when the sender is gone.
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match listener {
+            Listener::Unix(l) => {
+                tracing::info!("listening on {endpoint} (mode {SOCKET_MODE:o})");
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                tasks.spawn(async move {
+                    let r = Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, signal)
+                        .await;
+                    (endpoint, r)
+                });
+            }
+            Listener::Tcp(l) => {
+                let mut builder = Server::builder();
+                match &tls {
+                    Some(tls) => {
+                        builder =
+                            builder
+                                .tls_config(tls.clone())
+                                .map_err(|source| Error::Serve {
+                                    endpoint: endpoint.clone(),
+                                    source,
+                                })?;
+                        tracing::info!("listening on {endpoint} (mutual TLS)");
+                    }
+                    None => {
+                        tracing::warn!(
+                            "INSECURE: {endpoint} serves without TLS or authentication \
+                             (--insecure): anyone who can reach it can run builds as this \
+                             daemon's user"
+                        );
+                        tracing::info!("listening on {endpoint}");
+                    }
+                }
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                tasks.spawn(async move {
+                    let r = builder
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, signal)
+                        .await;
+                    (endpoint, r)
+                });
+            }
+        }
+    }
+
+    // Run until the signal, or until a listener fails.
+    let mut failure = None;
+    tokio::select! {
+        _ = shutdown => {}
+        Some(done) = tasks.join_next() => {
+            if let Ok((endpoint, Err(source))) = done {
+                failure = Some(Error::Serve { endpoint, source });
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((endpoint, Err(source))) = done {
+                failure.get_or_insert(Error::Serve { endpoint, source });
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "requests still running after {}s: cancelled",
+            DRAIN_TIMEOUT.as_secs()
+        );
+        tasks.abort_all();
+    }
+    drop(sockets);
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
