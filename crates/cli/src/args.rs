@@ -194,9 +194,9 @@ pub struct GlobalArgs {
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Name of the builder to use; also the default name of the registry secret.
-    #[arg(long, global = true, default_value = "buildkit", value_name = "NAME")]
-    pub builder: String,
+    /// Name of the builder to use ("local" for the embedded one; default: the one "kubectl build use" chose, else local).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub builder: Option<String>,
 
     /// Local content store and cache directory (default: $XDG_DATA_HOME/kubectl-build).
     #[arg(long, global = true, value_name = "DIR", env = "KUBECTL_BUILD_ROOT")]

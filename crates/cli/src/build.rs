@@ -60,6 +60,9 @@ pub enum BuildError {
         /// The entitlement to pass.
         entitlement: &'static str,
     },
+    /// `--builder` names a builder that cannot run this build.
+    #[error("{0}")]
+    Builder(String),
     /// The embedded builder runs as an ordinary user.
     #[error("the local builder needs root: it mounts overlay filesystems and runs RUN steps in new namespaces; run kubectl build as root (e.g. with sudo), or use --dry-run to check a Dockerfile")]
     NotRoot,
@@ -93,6 +96,40 @@ impl From<kbuild_solver::engine::SolveError> for BuildError {
     }
 }
 
+/// The builder a build runs on: `--builder`, else the one `kubectl build
+/// use` chose, else `local`. `buildkit` (the kubernetes driver's default
+/// builder name) means the embedded builder while no cluster is used.
+/// Builds run on the embedded builder only, for now: a remote builder is
+/// refused by name, an unknown name too.
+fn choose_builder(flag: Option<&str>) -> Result<(), BuildError> {
+    let config = match kbuild_driver::config::default_path()
+        .and_then(|p| kbuild_driver::config::Config::load(&p))
+    {
+        Ok(c) => c,
+        // Without a readable builder list only the embedded builder exists.
+        Err(_) if flag.map_or(true, |f| f == LOCAL_BUILDER || f == DEFAULT_BUILDER) => {
+            return Ok(())
+        }
+        Err(e) => return Err(BuildError::Builder(e.to_string())),
+    };
+    let name = flag.unwrap_or_else(|| config.current());
+    if name == LOCAL_BUILDER || name == DEFAULT_BUILDER {
+        return Ok(());
+    }
+    match config.builders.get(name) {
+        Some(b) => Err(BuildError::Builder(format!(
+            "builder {name} uses the {} driver, and running builds on it is not implemented yet (its daemon answers kubectl build ls); build with --builder local, or make local the default with: kubectl build use local",
+            b.driver
+        ))),
+        None => Err(BuildError::Builder(format!(
+            "no builder {name}; kubectl build ls lists them"
+        ))),
+    }
+}
+
+const LOCAL_BUILDER: &str = kbuild_driver::config::LOCAL;
+const DEFAULT_BUILDER: &str = "buildkit";
+
 /// Open the local store (shared by builds; see `--root`).
 pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildError> {
     let root = match &g.root {
@@ -108,6 +145,7 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
+    choose_builder(g.builder.as_deref())?;
     if !rustix::process::geteuid().is_root() {
         return Err(BuildError::NotRoot);
     }
@@ -144,8 +182,10 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         source,
     })?;
     recover(&store, &snaps);
-    let secret = registry_secret.or(Some(g.builder.as_str()));
-    let creds = kbuild_registry::Credentials::from_registry_secret(secret)
+    // A secret named like the builder is looked up only where builders run
+    // in a cluster; the embedded builder reads --registry-secret and
+    // Docker's config.
+    let creds = kbuild_registry::Credentials::from_registry_secret(registry_secret)
         .map_err(BuildError::Credentials)?;
     let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
         insecure: insecure.to_vec(),

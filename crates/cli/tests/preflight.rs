@@ -233,3 +233,53 @@ fn add_from_a_server_that_never_answers_fails_within_the_timeout() {
     );
     drop(held);
 }
+
+#[test]
+fn builder_names_are_checked_before_building() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
+    let store = t.path().join("store");
+    let config = t.path().join("config");
+    let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
+    let r = common::run(
+        &store,
+        &[ctx.to_str().unwrap(), "--builder", "nosuch"],
+        &env,
+    )
+    .fails();
+    assert!(
+        common::error_lines(&r.stderr)
+            .first()
+            .is_some_and(|l| l.contains("no builder nosuch; kubectl build ls lists them")),
+        "{}",
+        r.stderr
+    );
+    let socket = t.path().join("b.sock");
+    common::run(
+        &store,
+        &[
+            "create",
+            "far",
+            "--driver",
+            "remote",
+            "--endpoint",
+            &format!("unix://{}", socket.display()),
+        ],
+        &env,
+    )
+    .ok();
+    let r = common::run(&store, &[ctx.to_str().unwrap(), "--builder", "far"], &env).fails();
+    assert!(
+        r.stderr.contains("builder far uses the remote driver"),
+        "{}",
+        r.stderr
+    );
+    // The default builder name of the kubernetes driver, without a
+    // cluster, is the embedded builder; its secret is not required.
+    if require_root() {
+        for name in ["buildkit", "local"] {
+            common::run(&store, &[ctx.to_str().unwrap(), "--builder", name], &env).ok();
+        }
+    }
+}
