@@ -222,7 +222,7 @@ impl Lowering {
                         value: kv.value.clone(),
                     })
                     .collect();
-                let text = pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
+                let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
                 self.config(step, state, patches, text)
             }
             Instruction::Label(l) => {
@@ -234,7 +234,8 @@ impl Lowering {
                         value: kv.value.clone(),
                     })
                     .collect();
-                let text = pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
+                let text =
+                    crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
                 self.config(step, state, patches, text)
             }
             Instruction::User(u) => self.config(
@@ -777,17 +778,6 @@ fn parse_chmod(step: &Step, value: Option<&str>) -> Result<Option<Chmod>, Error>
             })
         })
         .transpose()
-}
-
-fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
-    let mut out = keyword.to_string();
-    for (k, v) in kvs {
-        out.push(' ');
-        out.push_str(k);
-        out.push('=');
-        out.push_str(v);
-    }
-    out
 }
 
 /// The file name of an ADD URL: its path's last segment.

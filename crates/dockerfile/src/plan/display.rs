@@ -78,7 +78,11 @@ fn plain(text: &str, escape: char, quotes_removed: bool) -> bool {
     !special && !quoted
 }
 
-fn pairs<'a>(keyword: &str, kvs: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+/// `KEYWORD k=v k2=v2`: how ENV and LABEL read in progress and history.
+pub(crate) fn pairs<'a>(
+    keyword: &str,
+    kvs: impl Iterator<Item = (&'a String, &'a String)>,
+) -> String {
     let mut out = keyword.to_string();
     for (k, v) in kvs {
         out.push(' ');

@@ -86,6 +86,7 @@
 //! ```
 
 mod display;
+pub(crate) use display::pairs;
 mod error;
 mod expand;
 mod load;
