@@ -111,6 +111,18 @@ pub enum Error {
         /// Digest of what arrived.
         actual: String,
     },
+    /// A blob's length is not the one its descriptor gives.
+    #[error("size mismatch for {what} from registry {registry}: its descriptor says {expected} bytes but {actual} bytes arrived; the registry or a proxy in between cut or padded it, retry or report it to the registry operator")]
+    SizeMismatch {
+        /// What was fetched (blob with its repository and digest).
+        what: String,
+        /// Registry name.
+        registry: String,
+        /// Size in the descriptor.
+        expected: u64,
+        /// Bytes received.
+        actual: u64,
+    },
     /// An index has no manifest for the wanted platform.
     #[error("{reference} has no image for platform {wanted}; it provides: {}; pick one of those with --platform", available.join(", "))]
     PlatformNotFound {

@@ -439,15 +439,13 @@ impl Client {
                 })
             }
             Err(kbuild_image::Error::SizeMismatch {
-                digest: actual,
-                expected,
-                actual: size,
+                expected, actual, ..
             }) => {
-                return Err(Error::DigestMismatch {
-                    what,
+                return Err(Error::SizeMismatch {
+                    what: format!("{what} {digest}"),
                     registry: registry.to_string(),
-                    expected: format!("{digest} ({expected} bytes)"),
-                    actual: format!("{actual} ({size} bytes)"),
+                    expected,
+                    actual,
                 })
             }
             Err(e) => return Err(store_error(format!("committing {what}"))(e)),

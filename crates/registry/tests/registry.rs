@@ -306,7 +306,7 @@ async fn interrupted_download_resumes_from_the_partial_ingest() {
 }
 
 #[tokio::test]
-async fn wrong_bytes_from_the_server_are_a_digest_mismatch() {
+async fn wrong_bytes_from_the_server_are_refused() {
     let (_d, scratch) = store();
     let (manifest_digest, manifest_bytes) =
         manifest(&scratch, "linux", "amd64", None, &[b"real layer"]);
@@ -343,8 +343,13 @@ async fn wrong_bytes_from_the_server_are_a_digest_mismatch() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    // The wrong config is also of the wrong length: said as such.
+    assert!(
+        matches!(err, Error::SizeMismatch { expected, actual, .. } if expected != actual),
+        "{err}"
+    );
     assert!(err.to_string().contains(&host), "{err}");
+    assert!(err.to_string().starts_with("size mismatch"), "{err}");
 
     let err = client
         .resolve(&r(&format!("{host}/bad/app@{manifest_digest}")))
