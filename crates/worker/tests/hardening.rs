@@ -111,6 +111,9 @@ fn probe(platform: &Platform) -> Option<PathBuf> {
         .current_dir(&source)
         .env("CGO_ENABLED", "0")
         .env("GOARCH", goarch)
+        // Whatever HOME is (CI may have none): caches of our own.
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOPATH", dir.join("gopath"))
         .env("GOFLAGS", "-mod=mod")
         .env("GOTOOLCHAIN", "local")
         .output();
