@@ -288,29 +288,29 @@ pub struct BuildArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
-    /// buildx flags this builder does not support yet; accepted by name so the error can say so.
+    /// buildx's --provenance: not supported yet (=false accepted); taken by name so the error can say so.
     #[arg(long = "provenance", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
     pub provenance: Option<String>,
+    /// buildx's --sbom (not supported yet; =false accepted).
     #[arg(long = "sbom", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
-    #[allow(missing_docs)]
     pub sbom: Option<String>,
+    /// buildx's --attest (not supported yet).
     #[arg(long = "attest", hide = true, value_name = "SPEC")]
-    #[allow(missing_docs)]
     pub attest: Vec<String>,
+    /// buildx's --annotation (not supported yet).
     #[arg(long = "annotation", hide = true, value_name = "KEY=VALUE")]
-    #[allow(missing_docs)]
     pub annotation: Vec<String>,
+    /// buildx's --build-context (not supported yet).
     #[arg(long = "build-context", hide = true, value_name = "NAME=VALUE")]
-    #[allow(missing_docs)]
     pub build_context: Vec<String>,
+    /// buildx's --shm-size (not supported yet).
     #[arg(long = "shm-size", hide = true, value_name = "BYTES")]
-    #[allow(missing_docs)]
     pub shm_size: Option<String>,
+    /// buildx's --ulimit (not supported yet).
     #[arg(long = "ulimit", hide = true, value_name = "ULIMIT")]
-    #[allow(missing_docs)]
     pub ulimit: Vec<String>,
+    /// buildx's --cgroup-parent (not supported yet).
     #[arg(long = "cgroup-parent", hide = true, value_name = "PARENT")]
-    #[allow(missing_docs)]
     pub cgroup_parent: Option<String>,
 
     /// Kubernetes docker-registry secret with push/pull credentials ("file:PATH" reads one from a file).

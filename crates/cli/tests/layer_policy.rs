@@ -64,13 +64,6 @@ fn layer(entries: &[Entry]) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn put_blob(layout: &Path, bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    let hex = hex::encode(sha2::Sha256::digest(bytes));
-    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
-    format!("sha256:{hex}")
-}
-
 /// Appends an uncompressed layer to the single image of an OCI layout
 /// whose `index.json` points at one manifest.
 fn append_layer(layout: &Path, tar: &[u8]) {
@@ -79,7 +72,7 @@ fn append_layer(layout: &Path, tar: &[u8]) {
     let mut manifest = common::read_json(&common::layout_blob(layout, &manifest_digest));
     let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
     let mut config = common::read_json(&common::layout_blob(layout, &config_digest));
-    let digest = put_blob(layout, tar);
+    let digest = common::layout_put_blob(layout, tar);
     config["rootfs"]["diff_ids"]
         .as_array_mut()
         .unwrap()
@@ -97,10 +90,10 @@ fn append_layer(layout: &Path, tar: &[u8]) {
             "size": tar.len(),
         }));
     let config_bytes = serde_json::to_vec(&config).unwrap();
-    manifest["config"]["digest"] = put_blob(layout, &config_bytes).into();
+    manifest["config"]["digest"] = common::layout_put_blob(layout, &config_bytes).into();
     manifest["config"]["size"] = config_bytes.len().into();
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    top["manifests"][0]["digest"] = put_blob(layout, &manifest_bytes).into();
+    top["manifests"][0]["digest"] = common::layout_put_blob(layout, &manifest_bytes).into();
     top["manifests"][0]["size"] = manifest_bytes.len().into();
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }

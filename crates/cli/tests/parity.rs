@@ -26,21 +26,6 @@ fn context(t: &Path, name: &str, dockerfile: &str) -> String {
     ctx.to_str().unwrap().to_string()
 }
 
-/// The image config of a single-platform OCI layout directory, read by skopeo.
-fn skopeo_config(layout: &Path) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--config"])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect --config: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("a JSON config")
-}
-
 fn oci_dir(store: &Path, ctx: &str, dest: &Path, extra: &[&str]) {
     let output = format!("type=oci,tar=false,dest={}", dest.display());
     let mut args = vec![ctx, "--platform", "linux/amd64", "-o", &output];
@@ -106,7 +91,7 @@ fn scratch_works_in_slash_and_onbuild_triggers_are_not_inherited() {
     let ctx = context(t.path(), "scratch", "FROM scratch\nCOPY file.txt /\n");
     let scratch = t.path().join("scratch-oci");
     oci_dir(&store, &ctx, &scratch, &[]);
-    let config = skopeo_config(&scratch);
+    let config = common::skopeo_inspect_layout(&scratch, "--config");
     assert_eq!(config["config"]["WorkingDir"], "/", "{config}");
 
     let parent = context(
@@ -135,7 +120,7 @@ fn scratch_works_in_slash_and_onbuild_triggers_are_not_inherited() {
     );
     let child_oci = t.path().join("child-oci");
     oci_dir(&store, &child, &child_oci, &[]);
-    let config = skopeo_config(&child_oci);
+    let config = common::skopeo_inspect_layout(&child_oci, "--config");
     assert!(
         config["config"]["OnBuild"].is_null()
             || config["config"]["OnBuild"]
@@ -362,17 +347,7 @@ fn copy_chmod_applies_to_the_copied_entries_not_the_created_destination() {
 
 /// Media types of the layers of a single-platform OCI layout, read by skopeo.
 fn layer_media_types(layout: &Path) -> Vec<String> {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let manifest = common::skopeo_inspect_layout(layout, "--raw");
     manifest["layers"]
         .as_array()
         .unwrap()

@@ -12,14 +12,6 @@ use kbuild_testkit::registry::TestRegistry;
 use std::path::Path;
 use std::process::Command;
 
-/// Writes `bytes` as a blob of the OCI layout and returns its digest.
-fn put_blob(layout: &Path, bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    let hex = hex::encode(sha2::Sha256::digest(bytes));
-    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
-    format!("sha256:{hex}")
-}
-
 /// Rewrites, in an OCI layout whose `index.json` points at one image index,
 /// the config of the manifest listed for `platform` with `edit`; the
 /// manifest, the index and `index.json` follow the new digests.
@@ -50,13 +42,13 @@ fn patch_config(layout: &Path, platform: &str, edit: impl FnOnce(&mut serde_json
     let mut config = common::read_json(&common::layout_blob(layout, &config_digest));
     edit(&mut config);
     let config_bytes = serde_json::to_vec(&config).unwrap();
-    manifest["config"]["digest"] = put_blob(layout, &config_bytes).into();
+    manifest["config"]["digest"] = common::layout_put_blob(layout, &config_bytes).into();
     manifest["config"]["size"] = config_bytes.len().into();
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    entry["digest"] = put_blob(layout, &manifest_bytes).into();
+    entry["digest"] = common::layout_put_blob(layout, &manifest_bytes).into();
     entry["size"] = manifest_bytes.len().into();
     let index_bytes = serde_json::to_vec(&index).unwrap();
-    top["manifests"][0]["digest"] = put_blob(layout, &index_bytes).into();
+    top["manifests"][0]["digest"] = common::layout_put_blob(layout, &index_bytes).into();
     top["manifests"][0]["size"] = index_bytes.len().into();
     std::fs::write(layout.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
 }
@@ -136,10 +128,6 @@ fn index_entries(index: &serde_json::Value) -> Vec<(String, String)> {
 fn by_digest(tagged: &str, digest: &str) -> String {
     let (repository, _tag) = tagged.rsplit_once(':').unwrap();
     format!("{repository}@{digest}")
-}
-
-fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error")).collect()
 }
 
 /// A base whose linux/arm/v6 manifest's config claims arm/v7 (as some
@@ -243,7 +231,7 @@ fn requested_variant_is_kept_in_index_and_config() {
         &[],
     )
     .fails();
-    let errs = error_lines(&r.stderr);
+    let errs = common::error_lines(&r.stderr);
     assert_eq!(errs.len(), 1, "{}", r.stderr);
     for needle in [
         base.as_str(),
@@ -284,7 +272,7 @@ fn requested_variant_is_kept_in_index_and_config() {
         &[],
     )
     .fails();
-    let errs = error_lines(&r.stderr);
+    let errs = common::error_lines(&r.stderr);
     assert_eq!(errs.len(), 1, "{}", r.stderr);
     assert!(
         errs[0].contains("linux/arm/v9")
@@ -337,7 +325,7 @@ fn unknown_platforms_build_only_from_scratch() {
                 args.push("--dry-run");
             }
             let r = run(&store, &args, &[]).fails();
-            let errs = error_lines(&r.stderr);
+            let errs = common::error_lines(&r.stderr);
             assert_eq!(errs.len(), 1, "{platform}: {}", r.stderr);
             assert!(errs[0].contains(says), "{platform}: {}", r.stderr);
             assert!(
@@ -380,17 +368,7 @@ fn unknown_platforms_build_only_from_scratch() {
     .ok();
     // skopeo, an independent reader, sees the platforms in the index and in
     // each config.
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw"])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let index = common::skopeo_inspect_layout(&layout, "--raw");
     let entries = index_entries(&index);
     let names: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(names, ["foo/bar", "linux/arm/v9"]);

@@ -220,23 +220,15 @@ pub fn decompress_reader<'a, R: Read + Send + 'a>(
     media_type: &str,
     reader: R,
 ) -> Result<Box<dyn Read + Send + 'a>> {
-    let plain = [
-        MEDIA_TYPE_OCI_LAYER,
-        MEDIA_TYPE_DOCKER_LAYER,
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    ];
-    if plain.contains(&media_type) {
-        Ok(Box::new(reader))
-    } else if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
-            reader,
-        ))))
-    } else if media_type.ends_with("+zstd") || media_type.ends_with(".tar.zstd") {
-        Ok(Box::new(
+    match compression_of(media_type) {
+        Some(Compression::None) => Ok(Box::new(reader)),
+        Some(Compression::Gzip(_)) => Ok(Box::new(flate2::read::MultiGzDecoder::new(
+            BufReader::new(reader),
+        ))),
+        Some(Compression::Zstd(_)) => Ok(Box::new(
             zstd::Decoder::new(reader).map_err(stream_err("start the zstd decompressor"))?,
-        ))
-    } else {
-        Err(Error::UnsupportedMediaType(media_type.to_string()))
+        )),
+        None => Err(Error::UnsupportedMediaType(media_type.to_string())),
     }
 }
 

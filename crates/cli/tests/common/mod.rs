@@ -350,3 +350,29 @@ pub fn build_local(
     run(store, &args, &[]).ok();
     dest.to_path_buf()
 }
+
+/// Writes `bytes` as a blob of the OCI layout directory `layout` and
+/// returns its digest.
+pub fn layout_put_blob(layout: &Path, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hex = hex::encode(sha2::Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// `skopeo inspect FLAG oci:LAYOUT` (`--raw` for the top document,
+/// `--config` for a single image's config), parsed: the independent reader
+/// of OCI layout directories.
+pub fn skopeo_inspect_layout(layout: &Path, flag: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", flag])
+        .arg(format!("oci:{}", layout.display()))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {flag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
+}
