@@ -6,111 +6,10 @@
 mod common;
 
 use common::{bin, run, Run};
-use std::io::{BufRead, BufReader};
+use kbuild_testkit::daemon::{make_pki, Daemon};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-/// A running `kubectl-build serve`, its stderr collected line by line.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Vec<String>,
-}
-
-impl Daemon {
-    fn start(root: &Path, args: &[&str]) -> Daemon {
-        let mut child = Command::new(bin())
-            .arg("--root")
-            .arg(root)
-            .arg("serve")
-            .args(args)
-            .env_remove("KUBECTL_BUILD_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kubectl-build serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon {
-            child,
-            lines,
-            stderr: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line containing `text` and returns it.
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.stderr.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "the daemon never logged {text:?}; stderr so far:\n{}",
-            self.stderr.join("\n")
-        );
-    }
-
-    /// The endpoint of the `listening on` line that contains `scheme`.
-    fn listening(&mut self, scheme: &str) -> String {
-        let line = self.wait_for(&format!("listening on {scheme}"));
-        let at = line.find(scheme).expect("scheme in line");
-        line[at..]
-            .split_whitespace()
-            .next()
-            .expect("endpoint")
-            .to_string()
-    }
-
-    /// Sends SIGTERM; returns the exit code and the rest of stderr.
-    fn terminate(mut self) -> (i32, String) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let code = loop {
-            if let Some(s) = self.child.try_wait().expect("wait for the daemon") {
-                break s.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.stderr.push(line);
-        }
-        (code, self.stderr.join("\n"))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A scratch directory with the builder list under `config/`.
 struct Env {
@@ -160,7 +59,7 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     let env = Env::new();
     let socket = env.path("run/nested/builder.sock");
     let addr = format!("unix://{}", socket.display());
-    let mut daemon = Daemon::start(&env.path("daemon-root"), &["--addr", &addr]);
+    let mut daemon = Daemon::start(&bin(), &env.path("daemon-root"), &["--addr", &addr]);
     assert_eq!(daemon.listening("unix://"), addr);
     let meta = std::fs::symlink_metadata(&socket).expect("socket file");
     assert!(meta.file_type().is_socket());
@@ -256,109 +155,16 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     assert!(!socket.exists(), "the socket file is left behind");
 }
 
-/// The `openssl` CLI with `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA `NAME-ca.pem` and, signed by it, `NAME-server.pem` for 127.0.0.1
-/// and `NAME-client.pem` (keys beside them as `.key`).
-fn make_pki(dir: &Path, name: &str) {
-    let ca = format!("{name}-ca");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={ca}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-        ],
-    );
-    for (leaf, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
-        ),
-        (
-            "client",
-            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
-        ),
-    ] {
-        let base = format!("{name}-{leaf}");
-        std::fs::write(dir.join(format!("{base}.ext")), ext).unwrap();
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                &format!("/CN={base}"),
-                "-keyout",
-                &format!("{base}.key"),
-                "-out",
-                &format!("{base}.csr"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{base}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{base}.ext"),
-                "-out",
-                &format!("{base}.pem"),
-            ],
-        );
-    }
-}
-
 #[test]
 fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
     let env = Env::new();
     let pki = env.path("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    make_pki(&pki, "good");
-    make_pki(&pki, "rogue");
+    make_pki(&pki, "good", "127.0.0.1");
+    make_pki(&pki, "rogue", "127.0.0.1");
     let f = |name: &str| pki.join(name).to_str().unwrap().to_string();
     let mut daemon = Daemon::start(
+        &bin(),
         &env.path("daemon-root"),
         &[
             "--addr",
@@ -372,7 +178,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
         ],
     );
     let endpoint = daemon.listening("tcp://");
-    assert!(!daemon.stderr.join("\n").contains("INSECURE"));
+    assert!(!daemon.stderr_seen().contains("INSECURE"));
 
     let opts = |client: &str| {
         format!(
@@ -502,6 +308,7 @@ fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
     );
 
     let mut daemon = Daemon::start(
+        &bin(),
         &env.path("daemon-root"),
         &["--addr", "tcp://127.0.0.1:0", "--insecure"],
     );
@@ -525,6 +332,7 @@ fn a_daemon_of_another_protocol_is_refused_with_the_versions() {
     let socket = env.path("old.sock");
     let addr = format!("unix://{}", socket.display());
     let mut daemon = Daemon::start(
+        &bin(),
         &env.path("daemon-root"),
         &["--addr", &addr, "--test-protocol-version", "99"],
     );

@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod daemon;
 pub mod dockerd;
 pub mod faults;
 pub mod fixtures;
