@@ -40,7 +40,7 @@ step "base images from Debian packages"
 scripts/fixtures.sh >/dev/null
 "$K" target/fixtures/busybox --platform "$platforms" \
     -t kbuild.local/busybox:latest -o type=image --progress plain
-golang_ctx=$(scripts/builder-image.sh "$work/golang")
+golang_ctx=$(scripts/golang-image.sh "$work/golang")
 "$K" "$golang_ctx" --platform linux/amd64 \
     -t kbuild.local/golang:1.19 -o type=image --progress plain
 

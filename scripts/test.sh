@@ -23,7 +23,7 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # and host-arch busybox), apache2-utils (htpasswd for Basic auth), openssl
 # (self-signed TLS registry), docker.io (dockerd to check docker-archive loads),
 # golang-go (the Go toolchain of the cross-compilation tests' builder image,
-# scripts/builder-image.sh), libseccomp-dev (the RUN sandbox's system call
+# scripts/golang-image.sh), libseccomp-dev (the RUN sandbox's system call
 # filter is compiled with libseccomp; building the tool needs its headers).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
           apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler)

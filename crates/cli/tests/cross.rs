@@ -3,7 +3,7 @@
 //!
 //! - cross-compilation: a builder stage pinned to `$BUILDPLATFORM` runs a real
 //!   Go compiler (Debian's golang-go, copied into a local builder image by
-//!   `scripts/builder-image.sh`) once per target, and `FROM scratch` release
+//!   `scripts/golang-image.sh`) once per target, and `FROM scratch` release
 //!   stages collect the binaries; the binaries are checked by their ELF
 //!   header and by running them (natively or under `qemu-*-static`);
 //! - emulation: a stage for a foreign platform whose RUN steps execute under
@@ -25,7 +25,7 @@ const GOROOT: &str = "/usr/lib/go-1.19";
 const TARGETS: &str =
     "linux/amd64,linux/386,linux/arm/v6,linux/arm/v7,linux/arm64,linux/ppc64le,linux/s390x";
 
-/// Prepares the builder image's context with `scripts/builder-image.sh`
+/// Prepares the builder image's context with `scripts/golang-image.sh`
 /// (cached under the fixtures directory) and builds it into `store` as
 /// `kbuild.test/golang:1.19`.
 fn golang_image(store: &Path) -> Option<&'static str> {
@@ -36,7 +36,7 @@ fn golang_image(store: &Path) -> Option<&'static str> {
         return None;
     }
     kbuild_testkit::fixtures::busybox_binary("amd64")?;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/builder-image.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/golang-image.sh");
     let dest = kbuild_testkit::fixtures::fixtures_dir().join("golang");
     let out = Command::new(&script)
         .arg(&dest)
@@ -45,10 +45,10 @@ fn golang_image(store: &Path) -> Option<&'static str> {
             kbuild_testkit::fixtures::fixtures_dir(),
         )
         .output()
-        .expect("run scripts/builder-image.sh");
+        .expect("run scripts/golang-image.sh");
     assert!(
         out.status.success(),
-        "scripts/builder-image.sh: {}",
+        "scripts/golang-image.sh: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let name = "kbuild.test/golang:1.19";

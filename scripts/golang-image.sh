@@ -4,7 +4,7 @@
 # the amd64 busybox fixture, for the cross-compilation tests
 # (crates/cli/tests/cross.rs). Prints the context directory on stdout.
 #
-#   scripts/builder-image.sh [DIR]     # default: target/fixtures/golang
+#   scripts/golang-image.sh [DIR]     # default: target/fixtures/golang
 #
 # DIR/rootfs/ becomes the image's filesystem:
 #   bin/, etc/, tmp/            the amd64 busybox fixture (sh and the applets)
@@ -66,7 +66,7 @@ done | grep -oE '/[^ ]+' | sort -u | while read -r lib; do
 done
 
 cat > "$dest/Dockerfile" <<EOF
-# A Go 1.19 toolchain for linux/amd64 (written by scripts/builder-image.sh).
+# A Go 1.19 toolchain for linux/amd64 (written by scripts/golang-image.sh).
 FROM scratch
 COPY rootfs/ /
 ENV PATH=$goroot/bin:/bin GOPATH=/go HOME=/root
