@@ -269,7 +269,7 @@ COPY pause /pause
 USER 65535:65535
 ENTRYPOINT ["/pause"]
 EOF
-    "$kb" --root "$C/pause/store" build "$ctx" --platform linux/amd64 -t "$PAUSE_IMAGE" \
+    "$kb" --root "$C/pause/store" "$ctx" --platform linux/amd64 -t "$PAUSE_IMAGE" \
         -o "type=docker,dest=$C/pause/pause.tar.tmp" --progress quiet >&2 \
         || die "kubectl-build could not build the pause image (context $ctx)"
     mv "$C/pause/pause.tar.tmp" "$C/pause/pause.tar"
@@ -289,7 +289,7 @@ cert() {
         echo "basicConstraints=CA:FALSE"
         echo "keyUsage=critical,digitalSignature,keyEncipherment"
         echo "extendedKeyUsage=$usage"
-        [[ -n $san ]] && echo "subjectAltName=$san"
+        if [[ -n $san ]]; then echo "subjectAltName=$san"; fi
     } >"$pki/$name.ext"
     openssl x509 -req -in "$pki/$name.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
         -CAcreateserial -days 365 -sha256 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
@@ -444,7 +444,8 @@ make_cgroup_root() {
 }
 
 node_files() {
-    local n=$1 N=$C/node$n registry=$2
+    local n=$1 registry=$2
+    local N=$C/node$n
     mkdir -p "$N/containerd" "$N/kubelet" "$N/cni/net.d" "$N/cni/ipam" "$N/certs.d/$registry"
     cat >"$N/containerd/config.toml" <<EOF
 version = 2
@@ -550,13 +551,14 @@ EOF
 }
 
 start_node() {
-    local n=$1 N=$C/node$n
+    local n=$1
+    local N=$C/node$n
     make_cgroup_root "$n"
     start_daemon "containerd$n" /usr/bin/containerd --config "$N/containerd/config.toml"
     wait_for "containerd of node $n answering on $N/containerd.sock" "containerd$n" 30 \
         ctr --address "$N/containerd.sock" version
     if ! ctr --address "$N/containerd.sock" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
-        ctr --address "$N/containerd.sock" -n k8s.io images import --no-unpack=false \
+        ctr --address "$N/containerd.sock" -n k8s.io images import \
             "$C/pause/pause.tar" >&2 || die "ctr could not import $C/pause/pause.tar into node $n"
         ctr --address "$N/containerd.sock" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" \
             || die "node $n's containerd has no $PAUSE_IMAGE after importing $C/pause/pause.tar"
@@ -656,7 +658,7 @@ clean_cgroups() {
             sleep 0.2
         done
         find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-        [[ -d $dir ]] && log "warning: could not remove cgroup $dir"
+        if [[ -d $dir ]]; then log "warning: could not remove cgroup $dir"; fi
     done
 }
 
@@ -691,11 +693,11 @@ down() {
         ip link del "kbuild-br$n" 2>/dev/null || true
     done
     for p in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$p"; done
-    [[ -d $C/registry-data ]] && scripts/registry.sh stop "$C/registry-data" >/dev/null 2>&1
+    if [[ -d $C/registry-data ]]; then scripts/registry.sh stop "$C/registry-data" >/dev/null 2>&1; fi
     # veths of pods whose namespaces are gone went with them; any left on
     # our bridges' names are removed with the bridges above
     for n in "${NODES[@]}"; do rm -rf "$C/node$n"; done
-    rm -rf "$C/etcd" "$C/registry-data" "$run" "$C/registry"
+    rm -rf "$C/etcd" "$C/registry-data" "$run" "$C/registry" "$C"/*.kubeconfig
     log "down: no process, mount, cgroup or bridge of the cluster is left (logs kept in ${logs#"$checkout"/})"
 }
 
