@@ -249,7 +249,7 @@ kbuild_bin() {
         [[ -x $b ]] && { echo "$checkout/$b"; return; }
     done
     log "building kubectl-build (cargo build -p kubectl-build)"
-    cargo build -q -p kubectl-build >&2 || die "cargo build -p kubectl-build failed"
+    cargo build -q --locked -p kubectl-build >&2 || die "cargo build -p kubectl-build failed"
     echo "$checkout/target/debug/kubectl-build"
 }
 
