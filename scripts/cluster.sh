@@ -544,6 +544,7 @@ evictionHard:
 evictionPressureTransitionPeriod: 10s
 nodeStatusUpdateFrequency: 10s
 resolvConf: /etc/resolv.conf
+podLogsDir: $N/pod-logs
 protectKernelDefaults: false
 makeIPTablesUtilChains: false
 localStorageCapacityIsolation: true
@@ -691,6 +692,8 @@ down() {
         clean_cgroups "$n"
         unmount_under "$N"
         ip link del "kbuild-br$n" 2>/dev/null || true
+        # the kubelet's links to its containers' logs
+        find /var/log/containers -maxdepth 1 -type l -lname "$N/*" -delete 2>/dev/null || true
     done
     for p in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$p"; done
     if [[ -d $C/registry-data ]]; then scripts/registry.sh stop "$C/registry-data" >/dev/null 2>&1; fi
