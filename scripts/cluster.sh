@@ -546,7 +546,6 @@ nodeStatusUpdateFrequency: 10s
 resolvConf: /etc/resolv.conf
 podLogsDir: $N/pod-logs
 protectKernelDefaults: false
-makeIPTablesUtilChains: false
 localStorageCapacityIsolation: true
 EOF
 }
