@@ -115,7 +115,8 @@ start_daemon() {
         log "$name already running (pid $(pid_of "$name"))"
         return
     fi
-    setsid "$@" >>"$logs/$name.log" 2>&1 </dev/null &
+    # 9>&-: the daemon must not hold this script's lock (fd 9) open.
+    setsid "$@" >>"$logs/$name.log" 2>&1 </dev/null 9>&- &
     echo $! >"$run/$name.pid"
     log "$name started (pid $!, log ${logs#"$checkout"/}/$name.log)"
 }
@@ -430,6 +431,12 @@ cgroup_hierarchies() {
     awk '$3 == "cgroup" { print $2 }' /proc/mounts
 }
 
+# The above plus a hybrid host's cgroup2 mount, where runc also makes
+# directories.
+all_cgroup_mounts() {
+    awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/mounts
+}
+
 # /kbuild-nodeN in every cgroup v1 hierarchy: the node's kubelet puts its
 # kubepods there, so the two kubelets never share cgroups.
 make_cgroup_root() {
@@ -595,7 +602,7 @@ up() {
     load_ports
 
     local registry
-    registry=$(scripts/registry.sh start "$C/registry-data" 2>>"$logs/registry.log") \
+    registry=$(scripts/registry.sh start "$C/registry-data" 2>>"$logs/registry.log" 9>&-) \
         || die "the test registry did not start; see ${logs#"$checkout"/}/registry.log"
     echo "$registry" >"$C/registry"
 
@@ -644,7 +651,7 @@ pids_naming() {
 # Kills every process in the node's cgroups (containers), then removes them.
 clean_cgroups() {
     local n=$1 h dir p
-    for h in $(cgroup_hierarchies); do
+    for h in $(all_cgroup_mounts); do
         dir=$h/kbuild-node$n
         [[ -d $dir ]] || continue
         for _ in 1 2 3 4 5; do
