@@ -450,11 +450,23 @@ make_cgroup_root() {
     done
 }
 
+# Writes standard input to FILE unless FILE already holds it, through a
+# rename: containerd watches its CNI directory and must never read half a file.
+write_file() {
+    local file=$1
+    cat >"$file.tmp"
+    if cmp -s "$file.tmp" "$file"; then
+        rm -f "$file.tmp"
+    else
+        mv "$file.tmp" "$file"
+    fi
+}
+
 node_files() {
     local n=$1 registry=$2
     local N=$C/node$n
     mkdir -p "$N/containerd" "$N/kubelet" "$N/cni/net.d" "$N/cni/ipam" "$N/certs.d/$registry"
-    cat >"$N/containerd/config.toml" <<EOF
+    write_file "$N/containerd/config.toml" <<EOF
 version = 2
 root = "$N/containerd/root"
 state = "$N/containerd/state"
@@ -465,6 +477,9 @@ state = "$N/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
   netns_mounts_under_state_dir = true
+  # a sandbox's -998 and a Guaranteed pod's -997 need CAP_SYS_RESOURCE,
+  # which a container-based CI machine may lack: never below containerd's own
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_unprivileged_ports = false
@@ -485,13 +500,13 @@ state = "$N/containerd/state"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$N/containerd/opt"
 EOF
-    cat >"$N/certs.d/$registry/hosts.toml" <<EOF
+    write_file "$N/certs.d/$registry/hosts.toml" <<EOF
 server = "http://$registry"
 
 [host."http://$registry"]
   capabilities = ["pull", "resolve"]
 EOF
-    cat >"$N/cni/net.d/10-kbuild.conflist" <<EOF
+    write_file "$N/cni/net.d/10-kbuild.conflist" <<EOF
 {
   "cniVersion": "0.4.0",
   "name": "kbuild-node$n",
@@ -513,7 +528,7 @@ EOF
 }
 EOF
     local port_var=KUBELET${n}_PORT healthz_var=KUBELET${n}_HEALTHZ
-    cat >"$N/kubelet/config.yaml" <<EOF
+    write_file "$N/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: 0.0.0.0
