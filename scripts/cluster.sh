@@ -43,7 +43,7 @@
 # outside the checkout, by version, under $KBUILD_CACHE (default
 # /var/cache/kubectl-build): k8s-$K8S_VERSION/, etcd-$ETCD_VERSION/, and Go's
 # module and build caches in go/. A machine that has them skips the build
-# (a cold build takes about 25 minutes on 2 busy cores).
+# (a cold build took 30 minutes on 2 cores shared with other builds).
 # containerd, runc and the CNI plugins are Debian's (containerd,
 # runc, containernetworking-plugins; installed with apt-get when missing).
 #
@@ -200,7 +200,7 @@ build_k8s() {
         ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=34"
         ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
     done
-    log "building Kubernetes $K8S_VERSION into $k8s_bin (cold: about 25 minutes on 2 busy cores)"
+    log "building Kubernetes $K8S_VERSION into $k8s_bin (cold: about 30 minutes on 2 busy cores)"
     start=$SECONDS
     (cd scripts/cluster && nice -n 10 "$go" build -trimpath -ldflags "$ld" -o "$tmp/" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \

@@ -278,15 +278,21 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
 
     for ((node, arch), name) in placements.iter().zip(&deployments.names) {
         let started = Instant::now();
-        ok(
-            "kubectl rollout status (restricted user)",
-            cluster.user(&[
-                "rollout",
-                "status",
-                &format!("deployment/{name}"),
-                "--timeout=180s",
-            ]),
-        );
+        let rollout = cluster.user(&[
+            "rollout",
+            "status",
+            &format!("deployment/{name}"),
+            "--timeout=180s",
+        ]);
+        if !rollout.status.success() {
+            let events = cluster.admin(&["-n", cluster::NAMESPACE, "get", "events"]);
+            panic!(
+                "{name} did not roll out: {}\nevents in {}:\n{}",
+                String::from_utf8_lossy(&rollout.stderr).trim(),
+                cluster::NAMESPACE,
+                stdout(&events)
+            );
+        }
         let pods = json(
             "kubectl get pods (restricted user)",
             cluster.user(&["get", "pods", "-l", &format!("app={name}"), "-o", "json"]),
