@@ -402,7 +402,7 @@ start_control_plane() {
         --service-account-signing-key-file "$pki/sa.key" \
         --service-cluster-ip-range "$SERVICE_CIDR" \
         --authorization-mode Node,RBAC --allow-privileged=true \
-        --endpoint-reconciler-type none \
+        --endpoint-reconciler-type none --kubelet-preferred-address-types InternalIP \
         --feature-gates MutatingAdmissionPolicy=true \
         --runtime-config admissionregistration.k8s.io/v1beta1=true \
         --profiling=false
