@@ -707,9 +707,22 @@ down() {
             for p in $ids; do
                 ctr --address "$N/containerd.sock" -n k8s.io tasks kill -s KILL "$p" >/dev/null 2>&1 || true
             done
+            # deleting a task lets its shim exit and remove its socket
+            for p in $ids; do
+                ctr --address "$N/containerd.sock" -n k8s.io tasks delete -f "$p" >/dev/null 2>&1 || true
+            done
         fi
         stop_daemon "containerd$n"
-        for p in $(pids_naming "$N/containerd.sock"); do kill -KILL "$p" 2>/dev/null || true; done
+        # shims left over: kill them and remove their sockets, named by
+        # containerd 1.6 after sha256(address/namespace/id)
+        local id
+        for p in $(pids_naming "$N/containerd.sock"); do
+            id=$(tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | sed -n '/^-id$/{n;p;}')
+            kill -KILL "$p" 2>/dev/null || true
+            if [[ -n $id ]]; then
+                rm -f "/run/containerd/s/$(printf '%s' "$N/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+            fi
+        done
         clean_cgroups "$n"
         unmount_under "$N"
         ip link del "kbuild-br$n" 2>/dev/null || true
