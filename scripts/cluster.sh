@@ -18,6 +18,10 @@
 #     cgroup root (/kbuild-nodeN in each cgroup v1 hierarchy), CNI bridge
 #     (kbuild-br1/2, host-local IPAM, pod subnets 10.244.1.0/24 and
 #     10.244.2.0/24);
+#   - both kubelets listen on their own port on all addresses; a node's
+#     InternalIP is the machine's own address (a kubelet refuses a loopback
+#     node IP), which the API server uses to reach the kubelets for logs,
+#     exec and port-forward (their streams come from containerd on 127.0.0.1);
 #   - kbuild-node2 carries kubernetes.io/arch=arm64: the kubelet sets the
 #     label from its own GOARCH and puts it back on every status update, so a
 #     MutatingAdmissionPolicy (deploy/cluster/node-arch.yaml) makes the API
