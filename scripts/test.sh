@@ -5,7 +5,9 @@
 #   2. prepares the busybox fixtures (scripts/fixtures.sh, cached under target/fixtures)
 #   3. mounts binfmt_misc so foreign-architecture RUN steps can be emulated
 #   4. checks formatting (cargo fmt) and lints (cargo clippy -D warnings)
-#   5. runs the whole workspace's tests; extra arguments go to `cargo test`,
+#   5. starts the test cluster (scripts/cluster.sh up; stopped at the end if
+#      this run started it)
+#   6. runs the whole workspace's tests; extra arguments go to `cargo test`,
 #      then prints how many tests skipped and why
 # CI=true is exported unless the caller set CI: a test that lacks a
 # prerequisite then fails instead of skipping (kbuild_testkit's
@@ -24,9 +26,12 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # (self-signed TLS registry), docker.io (dockerd to check docker-archive loads),
 # golang-go (the Go toolchain of the cross-compilation tests' builder image,
 # scripts/golang-image.sh), libseccomp-dev (the RUN sandbox's system call
-# filter is compiled with libseccomp; building the tool needs its headers).
+# filter is compiled with libseccomp; building the tool needs its headers),
+# containerd, containernetworking-plugins, iproute2 and curl (the nodes of the
+# test cluster, scripts/cluster.sh).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
-          apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler)
+          apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler
+          containerd containernetworking-plugins iproute2 curl)
 
 section "system packages"
 missing=()
@@ -73,6 +78,32 @@ cargo fmt --all --check
 section "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The cluster tests (crates/cli/tests/cluster.rs) share one two-node cluster;
+# starting it here keeps its build and start out of the tests' timings. The
+# first run on a machine builds Kubernetes from source (cached under
+# /var/cache/kubectl-build). A cluster this run started is stopped at the end.
+section "test cluster (scripts/cluster.sh up)"
+cluster_started=false
+stop_cluster() {
+    if $cluster_started; then
+        section "test cluster (scripts/cluster.sh down)"
+        scripts/cluster.sh down || true
+    fi
+}
+if scripts/cluster.sh status >/dev/null 2>&1; then
+    echo "already running"
+else
+    cluster_started=true
+    trap stop_cluster EXIT
+fi
+if ! scripts/cluster.sh up; then
+    if [[ $CI == true ]]; then
+        echo "error: the test cluster did not start (logs in target/cluster/logs)" >&2
+        exit 1
+    fi
+    echo "the test cluster did not start: the cluster tests will skip (CI=$CI)"
+fi
+
 # Every skip is appended here by kbuild_testkit::fixtures::skip_or_fail.
 export KBUILD_SKIP_LOG=$PWD/target/test-skips.log
 rm -f "$KBUILD_SKIP_LOG"
@@ -83,7 +114,7 @@ report_skips() {
     [[ $n -gt 0 ]] && sort "$KBUILD_SKIP_LOG" | uniq -c
     return 0
 }
-trap report_skips EXIT
+trap 'report_skips; stop_cluster' EXIT
 
 section "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

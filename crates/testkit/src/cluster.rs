@@ -1,0 +1,211 @@
+//! The real two-node Kubernetes cluster of `scripts/cluster.sh`, shared by
+//! every test that needs one.
+//!
+//! [`shared`] runs `scripts/cluster.sh up` once per test process (the script
+//! itself holds a file lock, so test processes that run at the same time
+//! share one cluster, and `up` on a running cluster only checks it). The
+//! cluster stays up after the tests: `scripts/cluster.sh down` stops it.
+//!
+//! When the cluster cannot start, a developer's run skips (the reason and the
+//! end of the script's output on stderr); under `CI=true` it is a failure, as
+//! every missing prerequisite is (see [`crate::fixtures::skip_or_fail`]).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The node names `scripts/cluster.sh` registers.
+pub const NODES: [&str; 2] = ["kbuild-node1", "kbuild-node2"];
+
+/// The node that carries `kubernetes.io/arch=arm64`.
+pub const ARM64_NODE: &str = "kbuild-node2";
+
+/// The namespace the restricted user may work in.
+pub const NAMESPACE: &str = "kbuild-test";
+
+/// The restricted user's name (the CN of its client certificate).
+pub const USER: &str = "kbuild-test-user";
+
+/// A running test cluster: where its files are.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+    registry: String,
+}
+
+/// Why the cluster could not be used.
+#[derive(Debug)]
+pub struct ClusterError(String);
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// The checkout this testkit was built from (`crates/testkit/../..`).
+fn checkout() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest_dir)
+        .to_path_buf()
+}
+
+/// Runs `scripts/cluster.sh up` with `kbuild_bin` as the tool that builds
+/// the sandbox image, and reads back what it wrote under `target/cluster`.
+pub fn up(kbuild_bin: &Path) -> Result<Cluster, ClusterError> {
+    let root = checkout();
+    let script = root.join("scripts/cluster.sh");
+    let dir = root.join("target/cluster");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ClusterError(format!("cannot create {}: {e}", dir.display())))?;
+    let log_path = dir.join("up.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| ClusterError(format!("cannot create {}: {e}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| ClusterError(format!("cannot open {} twice: {e}", log_path.display())))?;
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg("up")
+        .env("KBUILD_BIN", kbuild_bin)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .status()
+        .map_err(|e| ClusterError(format!("cannot run {}: {e}", script.display())))?;
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if !status.success() {
+        let tail: Vec<&str> = output.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(ClusterError(format!(
+            "scripts/cluster.sh up failed ({status}) after {:.0?}; the end of its output ({}):\n{}",
+            started.elapsed(),
+            log_path.display(),
+            tail.join("\n")
+        )));
+    }
+    eprintln!(
+        "scripts/cluster.sh up: {:.1?} (output in {})",
+        started.elapsed(),
+        log_path.display()
+    );
+    let registry_file = dir.join("registry");
+    let registry = std::fs::read_to_string(&registry_file)
+        .map_err(|e| ClusterError(format!("cannot read {}: {e}", registry_file.display())))?
+        .trim()
+        .to_string();
+    let cluster = Cluster { dir, registry };
+    for file in [
+        cluster.kubectl(),
+        cluster.admin_kubeconfig(),
+        cluster.user_kubeconfig(),
+    ] {
+        if !file.is_file() {
+            return Err(ClusterError(format!(
+                "scripts/cluster.sh up succeeded but wrote no {}",
+                file.display()
+            )));
+        }
+    }
+    Ok(cluster)
+}
+
+/// The cluster, started by the first caller in this process (see the module
+/// documentation); `None` after [`crate::fixtures::skip_or_fail`] when it
+/// cannot start (a panic under CI).
+pub fn shared(kbuild_bin: &Path) -> Option<&'static Cluster> {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    let started = CLUSTER.get_or_init(|| {
+        if !is_root() {
+            return Err("the test cluster needs root (containerd, kubelets, cgroups)".to_string());
+        }
+        up(kbuild_bin).map_err(|e| e.to_string())
+    });
+    match started {
+        Ok(cluster) => Some(cluster),
+        Err(reason) => {
+            crate::fixtures::skip_or_fail(reason);
+            None
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+impl Cluster {
+    /// `target/cluster` of the checkout.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// kubectl of the cluster's release.
+    pub fn kubectl(&self) -> PathBuf {
+        self.dir.join("bin/kubectl")
+    }
+
+    /// A kubeconfig of a cluster admin (`system:masters`).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// A kubeconfig of [`USER`], whose only rights are the Role of
+    /// `deploy/rbac/role.yaml` in [`NAMESPACE`] (its default namespace).
+    pub fn user_kubeconfig(&self) -> PathBuf {
+        self.dir.join("user.kubeconfig")
+    }
+
+    /// `HOST:PORT` of the plain-HTTP registry both nodes pull from.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// A kubectl command as `kubeconfig`'s user (the caller adds arguments).
+    pub fn kubectl_command(&self, kubeconfig: &Path) -> Command {
+        let mut command = Command::new(self.kubectl());
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--request-timeout=60s")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs kubectl as the admin.
+    ///
+    /// # Panics
+    /// When kubectl cannot be started.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        run(self.kubectl_command(&self.admin_kubeconfig()).args(args))
+    }
+
+    /// Runs kubectl as the restricted [`USER`].
+    ///
+    /// # Panics
+    /// When kubectl cannot be started.
+    pub fn user(&self, args: &[&str]) -> Output {
+        run(self.kubectl_command(&self.user_kubeconfig()).args(args))
+    }
+}
+
+fn run(command: &mut Command) -> Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", command.get_program()))
+}
