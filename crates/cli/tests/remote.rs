@@ -74,14 +74,24 @@ fn base_image(env: &Env, builder: &str, platforms: &str) -> Option<()> {
     };
     let local: Vec<String> = args("local");
     let local = env
-        .kb(&local.iter().map(String::as_str).collect::<Vec<_>>(), &[EPOCH])
+        .kb(
+            &local.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[EPOCH],
+        )
         .ok();
     let remote: Vec<String> = args(builder);
     let remote = env
-        .kb(&remote.iter().map(String::as_str).collect::<Vec<_>>(), &[EPOCH])
+        .kb(
+            &remote.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[EPOCH],
+        )
         .ok();
     assert_eq!(local.stdout.trim(), remote.stdout.trim());
-    assert!(local.stdout.trim().starts_with("sha256:"), "{}", local.stdout);
+    assert!(
+        local.stdout.trim().starts_with("sha256:"),
+        "{}",
+        local.stdout
+    );
     Some(())
 }
 
@@ -156,7 +166,11 @@ fn builds_through_a_daemon_match_local_builds() {
                 &[EPOCH],
             )
             .ok();
-        assert!(r.stderr.contains("RUN <<EOF") || r.stderr.contains("RUN"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("RUN <<EOF") || r.stderr.contains("RUN"),
+            "{}",
+            r.stderr
+        );
         for (spec, _) in [
             (format!("type=tar,dest={}", tar.display()), ()),
             (format!("type=local,dest={}", local.display()), ()),
@@ -194,7 +208,14 @@ fn builds_through_a_daemon_match_local_builds() {
         let uname = String::from_utf8_lossy(&read(&remote_dir.join(arch).join("out/uname")))
             .trim()
             .to_string();
-        assert_eq!(uname, if arch == "linux_amd64" { "x86_64" } else { "aarch64" });
+        assert_eq!(
+            uname,
+            if arch == "linux_amd64" {
+                "x86_64"
+            } else {
+                "aarch64"
+            }
+        );
     }
     // Nothing ignored was sent, and the secret is nowhere on the daemon.
     let root = env.path("daemon-root");
@@ -311,7 +332,10 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
     assert!(first.contains("=> context: sent 2001 files"), "{first}");
     daemon.wait_for("context: received 2001 files");
     let again = build();
-    assert!(again.contains("=> context: sent 0 files (0 bytes)"), "{again}");
+    assert!(
+        again.contains("=> context: sent 0 files (0 bytes)"),
+        "{again}"
+    );
     daemon.wait_for("context: received 0 files");
     write(&ctx.join("d7/f7.txt"), "changed\n");
     let changed = build();
@@ -322,7 +346,12 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
     daemon.wait_for("context: received 1 files (8 bytes)");
     // The daemon's copy of the context is the client's.
     let out = env.path("out.tar");
-    let listing = Command::new("tar").arg("-xOf").arg(&out).arg("ctx/d7/f7.txt").output().unwrap();
+    let listing = Command::new("tar")
+        .arg("-xOf")
+        .arg(&out)
+        .arg("ctx/d7/f7.txt")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&listing.stdout), "changed\n");
     // A removed file is gone from the daemon's copy too.
     std::fs::remove_file(ctx.join("d3/f3.txt")).unwrap();
@@ -341,14 +370,14 @@ fn push_with_credentials_only_on_the_client() {
     let env = Env::new();
     let user = "builder";
     let password = unique("pw");
-    let registry = match kbuild_testkit::registry::TestRegistry::start_with_htpasswd(user, &password)
-    {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
-            return;
-        }
-    };
+    let registry =
+        match kbuild_testkit::registry::TestRegistry::start_with_htpasswd(user, &password) {
+            Ok(r) => r,
+            Err(e) => {
+                kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
+                return;
+            }
+        };
     let daemon = env.daemon("push");
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY hello /\n");
@@ -377,7 +406,11 @@ fn push_with_credentials_only_on_the_client() {
             &[("DOCKER_CONFIG", env.path("no-docker").to_str().unwrap())],
         )
         .ok();
-    assert!(r.stderr.contains(&format!("=> pushed {reference}@sha256:")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("=> pushed {reference}@sha256:")),
+        "{}",
+        r.stderr
+    );
     let out = Command::new("skopeo")
         .args([
             "inspect",
@@ -389,13 +422,20 @@ fn push_with_credentials_only_on_the_client() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Without the client's answer the daemon has no credentials: nothing
     // of them in its store or its logs.
     assert!(common::files_containing(&env.path("daemon-root"), password.as_bytes()).is_empty());
     assert!(common::files_containing(&env.path("daemon-root"), auth.as_bytes()).is_empty());
     let (_, stderr) = daemon.terminate();
-    assert!(!stderr.contains(&password) && !stderr.contains(&auth), "{stderr}");
+    assert!(
+        !stderr.contains(&password) && !stderr.contains(&auth),
+        "{stderr}"
+    );
 }
 
 fn base64(s: &str) -> String {
@@ -468,7 +508,13 @@ fn sleeping_build(env: &Env, builder: &str) -> Option<(std::process::Child, Stri
     let child = Command::new(bin())
         .arg("--root")
         .arg(env.path("root"))
-        .args([dir.to_str().unwrap(), "--builder", builder, "--progress", "plain"])
+        .args([
+            dir.to_str().unwrap(),
+            "--builder",
+            builder,
+            "--progress",
+            "plain",
+        ])
         .env("XDG_CONFIG_HOME", env.path("config"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -500,7 +546,10 @@ fn ctrl_c_on_the_client_cancels_the_daemons_build() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("cancelled") && stderr.contains("cancel"), "{stderr}");
+    assert!(
+        stderr.contains("cancelled") && stderr.contains("cancel"),
+        "{stderr}"
+    );
     wait_until("the RUN process to end", Duration::from_secs(20), || {
         pids_running(&marker).is_empty()
     });
@@ -534,7 +583,9 @@ fn a_daemon_killed_mid_build_is_a_clear_error_naming_the_builder() {
     assert!(errors[0].contains("lost the connection"), "{stderr}");
     // The sandbox of the killed daemon's RUN is ours to clean up.
     for pid in pids_running(&marker) {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
     }
     drop(daemon);
 }

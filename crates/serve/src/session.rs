@@ -931,16 +931,29 @@ async fn build(
     } else {
         start.dockerfile_path.clone()
     };
-    if start.push_by_digest {
-        for o in &mut outputs {
-            if o.push {
-                o.names = Vec::new();
-            }
-        }
-    }
     let result = solver
         .build(&dockerfile, &name, &plan_options, &ctx)
         .await?;
+    if start.push_by_digest {
+        // Blobs and manifests go up, pinned to the root digest: no tag is
+        // written (the coordinator merging several daemons' results does).
+        let pinned: oci_spec::image::Digest = result
+            .root
+            .digest
+            .to_string()
+            .parse()
+            .map_err(|e| proto(format!("root digest: {e}")))?;
+        for o in outputs.iter_mut().filter(|o| o.push) {
+            o.names = o
+                .names
+                .iter()
+                .map(|n| {
+                    kbuild_registry::Reference::parse(n)
+                        .map(|r| r.with_digest(pinned.clone()).to_string())
+                })
+                .collect::<Result<_, _>>()?;
+        }
+    }
     let report = kbuild_solver::outputs::export(&solver, &result, &outputs).await?;
     if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
         if let Err(e) = cache.save(dir) {
