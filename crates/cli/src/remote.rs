@@ -144,11 +144,11 @@ impl Local for Client {
 
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
         let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
-        if !sinks.contains_key(&output) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {
             let out = self.outputs.get(output as usize).cloned().ok_or_else(|| {
                 format!("the builder sent output {output}, which was not asked for")
             })?;
-            sinks.insert(output, open_sink(out));
+            slot.insert(open_sink(out));
         }
         let sink = sinks
             .get(&output)

@@ -162,7 +162,7 @@ pub async fn build(
     let (files_tx, mut files_rx) = mpsc::unbounded_channel::<Vec<String>>();
     let content_tx = tx.clone();
     let paths = Arc::new(paths);
-    let file_sender = tokio::spawn(async move {
+    let mut file_sender = tokio::spawn(async move {
         while let Some(digests) = files_rx.recv().await {
             for d in digests {
                 let Some(path) = paths.get(&d).cloned() else {
@@ -170,15 +170,14 @@ pub async fn build(
                         "the builder asked for {d}, which the context does not hold"
                     ));
                 };
-                if let Err(e) = send_file(&content_tx, &d, &path).await {
-                    return Err(e);
-                }
+                send_file(&content_tx, &d, &path).await?;
             }
         }
         Ok(())
     });
     tokio::pin!(interrupt);
     let mut cancelled = false;
+    let mut sender_done = false;
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let message = tokio::select! {
@@ -188,6 +187,14 @@ pub async fn build(
                 send(Out::Cancel(v1::Cancel {})).await;
                 deadline = Some(Box::pin(tokio::time::sleep(CANCEL_GRACE)));
                 continue;
+            }
+            sent = &mut file_sender, if !sender_done => {
+                sender_done = true;
+                match sent {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(reason)) => return Err(Error::Session { builder: builder.to_string(), reason }),
+                    Err(e) => return Err(Error::Session { builder: builder.to_string(), reason: e.to_string() }),
+                }
             }
             _ = async { if let Some(d) = deadline.as_mut() { d.await } else { std::future::pending().await } } => {
                 return Err(Error::Cancelled { builder: builder.to_string() });
@@ -205,12 +212,6 @@ pub async fn build(
         };
         match message {
             In::FileRequest(r) => {
-                if file_sender.is_finished() {
-                    return Err(Error::Session {
-                        builder: builder.to_string(),
-                        reason: "sending the context failed".into(),
-                    });
-                }
                 let _ = files_tx.send(r.digests);
             }
             In::Progress(p) => local.progress(p),

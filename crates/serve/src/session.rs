@@ -439,13 +439,17 @@ async fn session(
             _ => return Err(proto("expected the context manifest")),
         }
     }
+    let mut context_lock = None;
     let context_dir = if start.has_context {
         let key = hex::encode(Sha256::digest(
             format!("{}\0{}", start.client_hostname, start.context_path).as_bytes(),
         ));
         let state = root.join("contexts").join(key);
         let files = root.join("context-files");
-        sync_context(&state, &files, &entries, &mut inbound, tx, transfer).await?;
+        // Held until the build ends: no other session of this context
+        // changes the copy while the build reads it.
+        let lock = sync_context(&state, &files, &entries, &mut inbound, tx, transfer).await?;
+        context_lock = Some(lock);
         tracing::info!(
             context = %start.context_path,
             client = %start.client_hostname,
@@ -499,13 +503,15 @@ async fn session(
         })
     };
     let work = build(config, start, context_dir, queue, pending, cancel);
-    tokio::select! {
+    let outcome = tokio::select! {
         r = work => { reader.abort(); r }
         _ = cancelled.notified() => {
             cancel.cancel();
             Err(SessionError::Cancelled)
         }
-    }
+    };
+    drop(context_lock);
+    outcome
 }
 
 /// Brings `state/dir` to the client's context: asks for the contents
@@ -519,7 +525,7 @@ async fn sync_context(
     inbound: &mut Streaming<v1::BuildClientMessage>,
     tx: &Tx,
     transfer: &mut Transfer,
-) -> Result<(), SessionError> {
+) -> Result<kbuild_image::lock::FileLock, SessionError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| SessionError::Context { path, source }
@@ -528,7 +534,7 @@ async fn sync_context(
     std::fs::create_dir_all(files).map_err(io(files))?;
     // One session per context at a time.
     let lock_path = state.join("lock");
-    let _lock = tokio::task::spawn_blocking(move || {
+    let lock = tokio::task::spawn_blocking(move || {
         kbuild_image::lock::FileLock::acquire(&lock_path, kbuild_image::lock::LockMode::Exclusive)
     })
     .await
@@ -632,7 +638,8 @@ async fn sync_context(
     let entries = entries.to_vec();
     tokio::task::spawn_blocking(move || materialise(&state, &files, &entries))
         .await
-        .map_err(|e| proto(format!("materialise the context: {e}")))?
+        .map_err(|e| proto(format!("materialise the context: {e}")))??;
+    Ok(lock)
 }
 
 fn set_times(path: &Path, nanos: i64) -> std::io::Result<()> {
