@@ -589,3 +589,32 @@ fn a_daemon_killed_mid_build_is_a_clear_error_naming_the_builder() {
     }
     drop(daemon);
 }
+
+#[test]
+fn a_daemon_of_protocol_1_answers_info_but_is_not_sent_builds() {
+    let env = Env::new();
+    let addr = format!("unix://{}", env.path("old.sock").display());
+    let mut daemon = Daemon::start(
+        &bin(),
+        &env.path("daemon-root"),
+        &["--addr", &addr, "--test-protocol-version", "1"],
+    );
+    daemon.listening("unix://");
+    env.kb(&["create", "old", "--endpoint", &addr], &[]).ok();
+    // Info still works: ls shows the node running.
+    let ls = env.kb(&["ls"], &[]).ok();
+    assert!(ls.stdout.contains("old"), "{}", ls.stdout);
+    let ctx = env.path("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\n");
+    let r = env
+        .kb(&[ctx.to_str().unwrap(), "--builder", "old"], &[])
+        .fails();
+    let errors = common::error_lines(&r.stderr);
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains(&format!("builder old at {addr} speaks protocol 1"))
+            && errors[0].contains("building needs protocol 2"),
+        "{}",
+        r.stderr
+    );
+}

@@ -230,6 +230,13 @@ impl builder_server::Builder for Service {
         &self,
         request: tonic::Request<tonic::Streaming<v1::BuildClientMessage>>,
     ) -> Result<tonic::Response<Self::BuildStream>, tonic::Status> {
+        if self.config.protocol.1 < kbuild_proto::BUILD_PROTOCOL {
+            return Err(tonic::Status::unimplemented(format!(
+                "this daemon serves protocol {} at most; builds need {}",
+                self.config.protocol.1,
+                kbuild_proto::BUILD_PROTOCOL
+            )));
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let config = Arc::clone(&self.config);
         let running = Arc::clone(&self.running_builds);
