@@ -618,3 +618,29 @@ fn a_daemon_of_protocol_1_answers_info_but_is_not_sent_builds() {
         r.stderr
     );
 }
+
+#[test]
+fn sigterm_to_the_daemon_cancels_its_builds_and_tells_the_client() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let daemon = env.daemon("stopping");
+    let Some((child, marker)) = sleeping_build(&env, "stopping") else {
+        return;
+    };
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, 0, "{log}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let errors = common::error_lines(&stderr);
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("builder stopping") && errors[0].contains("shutting down"),
+        "{stderr}"
+    );
+    wait_until("the RUN process to end", Duration::from_secs(20), || {
+        pids_running(&marker).is_empty()
+    });
+}

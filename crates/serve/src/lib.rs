@@ -215,6 +215,8 @@ pub fn cpu_load() -> (u32, f64) {
 /// The gRPC service.
 #[derive(Clone)]
 struct Service {
+    /// Becomes true on SIGTERM/SIGINT: running builds are cancelled.
+    stopping: tokio::sync::watch::Receiver<bool>,
     config: Arc<Config>,
     running_builds: Arc<AtomicU32>,
     hostname: Arc<str>,
@@ -241,9 +243,10 @@ impl builder_server::Builder for Service {
         let config = Arc::clone(&self.config);
         let running = Arc::clone(&self.running_builds);
         let inbound = request.into_inner();
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             running.fetch_add(1, Ordering::Relaxed);
-            session::run(config, inbound, tx).await;
+            session::run(config, inbound, tx, stopping).await;
             running.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(tonic::Response::new(Box::pin(
@@ -438,7 +441,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let service = Service {
+        stopping: stop_rx.clone(),
         config: Arc::new(config.clone()),
         running_builds: Arc::new(AtomicU32::new(0)),
         hostname: hostname.into(),
@@ -451,7 +456,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         config.protocol.1,
         config.root.display()
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for (endpoint, listener) in listeners {
         let svc = builder_server::BuilderServer::new(service.clone());

@@ -66,6 +66,8 @@ pub(crate) enum SessionError {
     Ignore { path: &'static str, reason: String },
     #[error("cancelled")]
     Cancelled,
+    #[error("the builder's daemon is shutting down (SIGTERM): the build was cancelled; nothing was tagged")]
+    ShuttingDown,
 }
 
 fn proto(msg: impl Into<String>) -> SessionError {
@@ -277,6 +279,7 @@ pub(crate) async fn run(
     config: Arc<Config>,
     mut inbound: Streaming<v1::BuildClientMessage>,
     tx: Tx,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let start = match inbound.message().await {
         Ok(Some(v1::BuildClientMessage {
@@ -315,6 +318,7 @@ pub(crate) async fn run(
         &pending,
         &cancel,
         &mut transfer,
+        stopping,
     )
     .await;
     queue.close();
@@ -423,6 +427,7 @@ async fn session(
     pending: &Arc<Pending>,
     cancel: &kbuild_worker::executor::Cancel,
     transfer: &mut Transfer,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Finished, SessionError> {
     let root = config.root.clone();
     // The context: its entries first, then the contents the daemon lacks.
@@ -508,6 +513,10 @@ async fn session(
         _ = cancelled.notified() => {
             cancel.cancel();
             Err(SessionError::Cancelled)
+        }
+        _ = stopping.wait_for(|s| *s) => {
+            cancel.cancel();
+            Err(SessionError::ShuttingDown)
         }
     };
     drop(context_lock);
