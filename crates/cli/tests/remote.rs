@@ -292,6 +292,26 @@ fn mutual_tls_build_matches_local() {
         read(&dest)
     };
     assert!(out("local") == out("tls"), "OCI archives differ");
+    let docker = |b: &str| {
+        let dest = env.path(&format!("{b}.docker.tar"));
+        env.kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                b,
+                "--progress",
+                "quiet",
+                "-t",
+                "demo:1",
+                "-o",
+                &format!("type=docker,dest={}", dest.display()),
+            ],
+            &[EPOCH],
+        )
+        .ok();
+        read(&dest)
+    };
+    assert!(docker("local") == docker("tls"), "docker archives differ");
     let _ = daemon.terminate();
 }
 
@@ -643,4 +663,22 @@ fn sigterm_to_the_daemon_cancels_its_builds_and_tells_the_client() {
     wait_until("the RUN process to end", Duration::from_secs(20), || {
         pids_running(&marker).is_empty()
     });
+}
+
+#[test]
+fn a_client_that_dies_cancels_its_build_on_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let mut daemon = env.daemon("orphan");
+    let Some((mut child, marker)) = sleeping_build(&env, "orphan") else {
+        return;
+    };
+    child.kill().unwrap();
+    let _ = child.wait();
+    wait_until("the RUN process to end", Duration::from_secs(20), || {
+        pids_running(&marker).is_empty()
+    });
+    daemon.wait_for("the client went away");
 }

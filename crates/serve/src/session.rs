@@ -470,10 +470,12 @@ async fn session(
     };
     // From here on the client only answers questions or cancels.
     let cancelled = Arc::new(tokio::sync::Notify::new());
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let pending = pending.clone();
         let cancel = cancel.clone();
         let cancelled = cancelled.clone();
+        let gone = gone.clone();
         tokio::spawn(async move {
             loop {
                 match next(&mut inbound).await {
@@ -497,7 +499,13 @@ async fn session(
                             let _ = tx.send(s);
                         }
                     }
-                    Ok(In::Cancel(_)) | Err(_) => {
+                    Ok(In::Cancel(_)) => {
+                        cancel.cancel();
+                        cancelled.notify_one();
+                        return;
+                    }
+                    Err(_) => {
+                        gone.store(true, Ordering::Relaxed);
                         cancel.cancel();
                         cancelled.notify_one();
                         return;
@@ -512,7 +520,11 @@ async fn session(
         r = work => { reader.abort(); r }
         _ = cancelled.notified() => {
             cancel.cancel();
-            Err(SessionError::Cancelled)
+            if gone.load(Ordering::Relaxed) {
+                Err(SessionError::Gone)
+            } else {
+                Err(SessionError::Cancelled)
+            }
         }
         _ = stopping.wait_for(|s| *s) => {
             cancel.cancel();
