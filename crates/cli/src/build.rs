@@ -157,7 +157,7 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
     if let Chosen::Remote(name, builder) = choose_builder(g.builder.as_deref())? {
-        return crate::remote::run(req, a, &name, &builder);
+        return crate::remote::run(req, a, g, &name, &builder);
     }
     if !rustix::process::geteuid().is_root() {
         return Err(BuildError::NotRoot);

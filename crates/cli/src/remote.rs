@@ -5,7 +5,7 @@
 //! rendered as for a local build, and file outputs stream back and are
 //! written here atomically.
 
-use crate::args::{BuildArgs, Progress as ProgressMode};
+use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::{progress_renderer, BuildError};
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
@@ -229,6 +229,7 @@ fn open_sink(out: Output) -> Sink {
 pub fn run(
     req: BuildRequest,
     a: &BuildArgs,
+    g: &GlobalArgs,
     name: &str,
     builder: &kbuild_driver::Builder,
 ) -> Result<(), BuildError> {
@@ -296,7 +297,7 @@ pub fn run(
     // the local store's (the daemon has its own).
     let checksums = req.context.as_ref().and_then(|dir| {
         let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        let base = kbuild_image::default_root()?;
+        let base = g.root.clone().or_else(kbuild_image::default_root)?;
         Some(Arc::new(kbuild_solver::checksums::ChecksumCache::load(
             &base.join("checksums"),
             &abs,

@@ -62,8 +62,8 @@ pub(crate) enum SessionError {
     Timeouts(#[from] kbuild_registry::TimeoutsError),
     #[error(transparent)]
     Solve(#[from] kbuild_solver::engine::SolveError),
-    #[error("{path}: {reason}")]
-    Ignore { path: &'static str, reason: String },
+    #[error("the client's .dockerignore: {0}")]
+    Ignore(#[source] kbuild_ignore::Error),
     #[error("cancelled")]
     Cancelled,
     #[error("the builder's daemon is shutting down (SIGTERM): the build was cancelled; nothing was tagged")]
@@ -918,14 +918,7 @@ async fn build(
     let ignore = if start.dockerignore.is_empty() {
         None
     } else {
-        Some(
-            kbuild_ignore::Matcher::parse(&start.dockerignore).map_err(|e| {
-                SessionError::Ignore {
-                    path: ".dockerignore",
-                    reason: e.to_string(),
-                }
-            })?,
-        )
+        Some(kbuild_ignore::Matcher::parse(&start.dockerignore).map_err(SessionError::Ignore)?)
     };
     let checksums = context_dir
         .as_ref()
