@@ -527,7 +527,7 @@ impl Progress for Tty {
 /// snapshot directories); entries of live builds are locked and kept. A
 /// failure here does not stop the build: it is reported and the next build
 /// or `prune` tries again.
-fn recover(store: &ContentStore, snaps: &Snapshotter) {
+pub(crate) fn recover(store: &ContentStore, snaps: &Snapshotter) {
     match store.recover() {
         Ok(r) if !r.removed_ingests.is_empty() || !r.removed_temps.is_empty() => tracing::debug!(
             ingest_files = r.removed_ingests.len(),
