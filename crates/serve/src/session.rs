@@ -702,15 +702,23 @@ fn materialise(
     let dir = state.join("dir");
     let record_path = state.join("entries.json");
     // What the last session left; anything unreadable is rebuilt.
-    let mut before: BTreeMap<String, Recorded> = std::fs::read(&record_path)
+    let mut before: Option<BTreeMap<String, Recorded>> = std::fs::read(&record_path)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    if !dir.is_dir() {
-        before.clear();
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    // Gone while the copy changes: a session that dies half-way leaves no
+    // record, and the next one compares nothing with it.
+    match std::fs::remove_file(&record_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&record_path)(e)),
+    }
+    // Without a record of what the copy holds, it starts afresh.
+    if before.is_none() || !dir.is_dir() {
+        before = None;
         remove_any(&dir).map_err(io(&dir))?;
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     }
+    let before = before.unwrap_or_default();
     let mut sorted: Vec<&v1::ContextEntry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     let wanted: HashSet<&str> = sorted.iter().map(|e| e.path.as_str()).collect();
