@@ -4,9 +4,9 @@
 use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
-use kbuild_image::{Compression, ContentStore};
+use kbuild_image::ContentStore;
 use kbuild_solver::engine::{BuildResult, Context, SolveOptions, Solver};
-use kbuild_solver::options::{LayerCompression, OutputKind};
+use kbuild_solver::options::OutputKind;
 use kbuild_solver::outputs::{self, ExportReport};
 use kbuild_solver::progress::{Event, Progress};
 use kbuild_worker::snapshot::Snapshotter;
@@ -80,6 +80,9 @@ pub enum BuildError {
     /// Something outside the build failed.
     #[error("{0}")]
     Other(String),
+    /// A session with a remote builder broke (names the builder).
+    #[error(transparent)]
+    Remote(Box<kbuild_driver::Error>),
 }
 
 impl From<kbuild_solver::engine::SolveError> for BuildError {
@@ -96,29 +99,37 @@ impl From<kbuild_solver::engine::SolveError> for BuildError {
     }
 }
 
+/// Where a build runs.
+enum Chosen {
+    /// The embedded builder.
+    Local,
+    /// A remote builder: its name and definition.
+    Remote(String, kbuild_driver::Builder),
+}
+
 /// The builder a build runs on: `--builder`, else the one `kubectl build
 /// use` chose, else `local`. `buildkit` (the kubernetes driver's default
 /// builder name) means the embedded builder while no cluster is used.
-/// Builds run on the embedded builder only, for now: a remote builder is
-/// refused by name, an unknown name too.
-fn choose_builder(flag: Option<&str>) -> Result<(), BuildError> {
+/// A remote builder builds through its daemon; an unknown name is refused.
+fn choose_builder(flag: Option<&str>) -> Result<Chosen, BuildError> {
     let config = match kbuild_driver::config::default_path()
         .and_then(|p| kbuild_driver::config::Config::load(&p))
     {
         Ok(c) => c,
         // Without a readable builder list only the embedded builder exists.
         Err(_) if flag.map_or(true, |f| f == LOCAL_BUILDER || f == DEFAULT_BUILDER) => {
-            return Ok(())
+            return Ok(Chosen::Local)
         }
         Err(e) => return Err(BuildError::Builder(e.to_string())),
     };
     let name = flag.unwrap_or_else(|| config.current());
     if name == LOCAL_BUILDER || name == DEFAULT_BUILDER {
-        return Ok(());
+        return Ok(Chosen::Local);
     }
     match config.builders.get(name) {
+        Some(b) if b.driver == "remote" => Ok(Chosen::Remote(name.to_string(), b.clone())),
         Some(b) => Err(BuildError::Builder(format!(
-            "builder {name} uses the {} driver, and running builds on it is not implemented yet (its daemon answers kubectl build ls); build with --builder local, or make local the default with: kubectl build use local",
+            "builder {name} uses the {} driver, which cannot run builds yet; build with --builder local",
             b.driver
         ))),
         None => Err(BuildError::Builder(format!(
@@ -145,7 +156,9 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
-    choose_builder(g.builder.as_deref())?;
+    if let Chosen::Remote(name, builder) = choose_builder(g.builder.as_deref())? {
+        return crate::remote::run(req, a, g, &name, &builder);
+    }
     if !rustix::process::geteuid().is_root() {
         return Err(BuildError::NotRoot);
     }
@@ -197,40 +210,11 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
 
     // Layers are compressed once, while they are built: every output of
     // one build shares that compression.
-    let layer_policy = |o: &kbuild_solver::options::Output| {
-        (o.compression, o.compression_level, o.force_compression)
-    };
-    let policy = req.outputs.first().map(layer_policy);
-    if let Some(other) = req.outputs.iter().find(|o| Some(layer_policy(o)) != policy) {
-        return Err(BuildError::Other(format!(
-            "the outputs ask for different layer compressions ({:?} and {:?}); one build compresses its layers once: give every -o the same compression options, or build twice",
-            policy.map(|p| p.0).unwrap_or_default(),
-            other.compression
-        )));
-    }
-    let (layer_compression, level, force_compression) =
-        policy.unwrap_or((LayerCompression::Gzip, None, false));
-    let compression = match layer_compression {
-        LayerCompression::Gzip => Compression::Gzip(level.map_or(6, |l| l.unsigned_abs())),
-        LayerCompression::Zstd => Compression::Zstd(level.unwrap_or(3)),
-        LayerCompression::Uncompressed => Compression::None,
-    };
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
-            BuildError::Other(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        })?),
-        _ => None,
-    };
+    let (compression, force_compression) = kbuild_solver::options::layer_compression(&req.outputs)
+        .map_err(|e| BuildError::Other(e.to_string()))?;
+    let source_date_epoch = source_date_epoch()?;
     let cancel = kbuild_worker::executor::Cancel::new();
-    let progress: Arc<dyn Progress> = match mode {
-        ProgressMode::Quiet => Arc::new(kbuild_solver::progress::Silent),
-        ProgressMode::Plain => Arc::new(Plain::default()),
-        ProgressMode::Tty => Arc::new(Tty::new()),
-        ProgressMode::Auto if std::io::stderr().is_terminal() => Arc::new(Tty::new()),
-        ProgressMode::Auto => Arc::new(Plain::default()),
-    };
+    let progress = progress_renderer(mode);
     let solver = Solver::new(
         store.clone(),
         Arc::new(snaps),
@@ -253,30 +237,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         },
         progress.clone(),
     );
-    let ignore = match &req.context {
-        Some(ctx) => {
-            let df = req
-                .dockerfile_path
-                .clone()
-                .unwrap_or_else(|| ctx.join("Dockerfile"));
-            match kbuild_ignore::find_ignore_file(ctx, &df) {
-                Some(p) => {
-                    let text = std::fs::read_to_string(&p).map_err(|e| BuildError::Ignore {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?;
-                    Some(
-                        kbuild_ignore::Matcher::parse(&text).map_err(|e| BuildError::Ignore {
-                            path: p.clone(),
-                            reason: e.to_string(),
-                        })?,
-                    )
-                }
-                None => None,
-            }
-        }
-        None => None,
-    };
+    let ignore = read_ignore(&req)?.map(|(m, _)| m);
     // Keyed by the absolute context path, so `.` and its full name share
     // one cache.
     let checksums = req.context.as_ref().map(|dir| {
@@ -401,8 +362,58 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     Ok(())
 }
 
+/// `SOURCE_DATE_EPOCH` from the environment, checked.
+pub(crate) fn source_date_epoch() -> Result<Option<i64>, BuildError> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Ok(Some(v.parse::<i64>().map_err(|_| {
+            BuildError::Other(format!(
+                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
+            ))
+        })?)),
+        _ => Ok(None),
+    }
+}
+
+/// The renderer of `--progress` (quiet, plain, tty, auto), for local and
+/// remote builds alike.
+pub(crate) fn progress_renderer(mode: ProgressMode) -> Arc<dyn Progress> {
+    match mode {
+        ProgressMode::Quiet => Arc::new(kbuild_solver::progress::Silent),
+        ProgressMode::Plain => Arc::new(Plain::default()),
+        ProgressMode::Tty => Arc::new(Tty::new()),
+        ProgressMode::Auto if std::io::stderr().is_terminal() => Arc::new(Tty::new()),
+        ProgressMode::Auto => Arc::new(Plain::default()),
+    }
+}
+
+/// The `.dockerignore` that applies to the request's context (beside the
+/// Dockerfile or at the context root), parsed, with its text.
+pub(crate) fn read_ignore(
+    req: &BuildRequest,
+) -> Result<Option<(kbuild_ignore::Matcher, String)>, BuildError> {
+    let Some(ctx) = &req.context else {
+        return Ok(None);
+    };
+    let df = req
+        .dockerfile_path
+        .clone()
+        .unwrap_or_else(|| ctx.join("Dockerfile"));
+    let Some(p) = kbuild_ignore::find_ignore_file(ctx, &df) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&p).map_err(|e| BuildError::Ignore {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    let matcher = kbuild_ignore::Matcher::parse(&text).map_err(|e| BuildError::Ignore {
+        path: p.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(Some((matcher, text)))
+}
+
 /// `--iidfile`, `--metadata-file`: written beside and renamed into place.
-fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), BuildError> {
+pub(crate) fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), BuildError> {
     kbuild_image::write_atomic(path, data).map_err(|e| BuildError::Write {
         path: path.to_path_buf(),
         source: std::io::Error::other(e),
@@ -516,7 +527,7 @@ impl Progress for Tty {
 /// snapshot directories); entries of live builds are locked and kept. A
 /// failure here does not stop the build: it is reported and the next build
 /// or `prune` tries again.
-fn recover(store: &ContentStore, snaps: &Snapshotter) {
+pub(crate) fn recover(store: &ContentStore, snaps: &Snapshotter) {
     match store.recover() {
         Ok(r) if !r.removed_ingests.is_empty() || !r.removed_temps.is_empty() => tracing::debug!(
             ingest_files = r.removed_ingests.len(),

@@ -44,7 +44,17 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     )?;
     // The store builds will use: opened (and created) now so a bad --root
     // fails at start, not at the first build.
-    let (_store, root) = crate::build::open_store(global)?;
+    let (store, root) = crate::build::open_store(global)?;
+    // What builds of a daemon that died left (ingest files, mounts,
+    // snapshot directories) is reclaimed now; live entries are locked.
+    let snaps_root = root.join("snapshots");
+    let snaps = kbuild_worker::snapshot::Snapshotter::new(&snaps_root).map_err(|source| {
+        crate::build::BuildError::Snapshots {
+            path: snaps_root.clone(),
+            source,
+        }
+    })?;
+    crate::build::recover(&store, &snaps);
     let protocol = match args.test_protocol_version {
         Some(v) => (v, v),
         None => (

@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod builders;
+mod remote;
 mod request;
 mod signals;
 

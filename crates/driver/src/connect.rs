@@ -127,6 +127,15 @@ fn refusal_hint(tls: &TlsOptions, e: &Error) -> Option<&'static str> {
 /// Connects to `node` of builder `builder` and calls `Info`, all within
 /// `timeout`; refuses a node whose protocol this client does not speak.
 pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeInfo, Error> {
+    connect(builder, node, timeout).await.map(|(_, info)| info)
+}
+
+/// Like [`info`], and keeps the connection for further calls (a build).
+pub async fn connect(
+    builder: &str,
+    node: &Node,
+    timeout: Duration,
+) -> Result<(Channel, NodeInfo), Error> {
     let endpoint = Endpoint::parse(&node.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
     let unreachable = |source| Error::Unreachable {
         builder: builder.to_string(),
@@ -147,7 +156,12 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
     };
     let mut channel = tonic::transport::Endpoint::from_shared(uri)
         .map_err(unreachable)?
-        .connect_timeout(timeout);
+        .connect_timeout(timeout)
+        // A daemon that dies or a network that breaks mid-build is noticed
+        // within seconds, not when the kernel gives up on the connection.
+        .http2_keep_alive_interval(Duration::from_secs(3))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
     if let Endpoint::Tcp { host, .. } = &endpoint {
         if let Some(tls) = client_tls(&node.tls, host)? {
             channel = channel.tls_config(tls).map_err(unreachable)?;
@@ -155,14 +169,14 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
     }
     let call = async {
         let channel: Channel = channel.connect().await.map_err(unreachable)?;
-        BuilderClient::new(channel)
+        BuilderClient::new(channel.clone())
             .info(InfoRequest {
                 protocol: PROTOCOL_VERSION,
                 min_protocol: MIN_PROTOCOL_VERSION,
                 client_version: format!("kubectl-build {}", env!("CARGO_PKG_VERSION")),
             })
             .await
-            .map(tonic::Response::into_inner)
+            .map(|r| (channel, r.into_inner()))
             .map_err(|status| match status.code() {
                 tonic::Code::Unimplemented => Error::Protocol {
                     builder: builder.to_string(),
@@ -178,7 +192,7 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
                 },
             })
     };
-    let reply = tokio::time::timeout(timeout, call)
+    let (channel, reply) = tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| Error::Timeout {
             builder: builder.to_string(),
@@ -228,14 +242,17 @@ pub async fn info(builder: &str, node: &Node, timeout: Duration) -> Result<NodeI
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad_platform)?;
     let load = reply.load.unwrap_or_default();
-    Ok(NodeInfo {
-        protocol,
-        version: reply.version,
-        hostname: reply.hostname,
-        native,
-        emulated,
-        running_builds: load.running_builds,
-        cpus: load.cpus,
-        free_cores: load.free_cores,
-    })
+    Ok((
+        channel,
+        NodeInfo {
+            protocol,
+            version: reply.version,
+            hostname: reply.hostname,
+            native,
+            emulated,
+            running_builds: load.running_builds,
+            cpus: load.cpus,
+            free_cores: load.free_cores,
+        },
+    ))
 }

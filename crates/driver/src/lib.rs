@@ -11,9 +11,10 @@
 
 pub mod config;
 pub mod connect;
+pub mod session;
 
 pub use config::{Builder, Config, Node, TlsOptions, LOCAL};
-pub use connect::{info, NodeInfo};
+pub use connect::{connect, info, NodeInfo};
 
 /// What went wrong with a builder definition or a node.
 #[derive(Debug, thiserror::Error)]
@@ -175,5 +176,40 @@ pub enum Error {
         endpoint: kbuild_proto::Endpoint,
         /// Why (boxed: it is large).
         source: Box<kbuild_proto::Error>,
+    },
+    /// The connection to a builder broke during a build.
+    #[error("lost the connection to builder {builder} ({host} at {endpoint}) during the build: {}; the build there is cancelled", connect::status_text(source))]
+    Lost {
+        /// The builder.
+        builder: String,
+        /// The node's endpoint.
+        endpoint: kbuild_proto::Endpoint,
+        /// The node's host name (from Info).
+        host: String,
+        /// What the transport said.
+        source: Box<tonic::Status>,
+    },
+    /// The session could not go on (a result could not be written, the
+    /// context could not be sent).
+    #[error("build on builder {builder}: {reason}")]
+    Session {
+        /// The builder.
+        builder: String,
+        /// Why.
+        reason: String,
+    },
+    /// A context file could not be read.
+    #[error("build context {path}: {source}")]
+    Context {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The user interrupted the build (Ctrl-C); the builder was told.
+    #[error("build cancelled (interrupted) on builder {builder}; nothing was tagged")]
+    Cancelled {
+        /// The builder.
+        builder: String,
     },
 }

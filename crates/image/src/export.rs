@@ -324,7 +324,10 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
     f.sync_all().map_err(io_err("sync", path))
 }
 
-fn write_file_atomically(
+/// Writes a file beside `dest` through `write` (buffered), syncs it and renames
+/// it into place: the workspace's one streaming atomic writer (exports, and
+/// the results a build daemon streams back).
+pub fn write_file_atomically(
     dest: &Path,
     write: impl FnOnce(&mut io::BufWriter<&mut fs::File>) -> Result<()>,
 ) -> Result<()> {

@@ -10,8 +10,8 @@
 //! diagnostics stack to every build of the workspace; `protoc` is one small,
 //! packaged binary that other languages' clients use on the same `.proto`.
 //!
-//! Only `Builder.Info` is served in protocol 1; the build session messages
-//! are the design for protocol 2 and no RPC carries them yet.
+//! Protocol 1 is `Builder.Info` only; protocol 2 adds `Builder.Build`, the
+//! build session ([`BUILD_PROTOCOL`] is the first protocol that may build).
 
 #![deny(missing_docs)]
 
@@ -25,7 +25,11 @@ pub mod v1 {
 }
 
 /// The newest protocol this build of kubectl-build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first protocol that serves `Builder.Build`: a client must have
+/// negotiated at least this before it sends a build.
+pub const BUILD_PROTOCOL: u32 = 2;
 
 /// The oldest protocol this build of kubectl-build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

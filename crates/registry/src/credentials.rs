@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -32,6 +33,45 @@ const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     sources: Vec<ConfigSource>,
+    /// Pluggable sources, consulted after the config files (a build daemon
+    /// asks its client).
+    external: Vec<Arc<dyn CredentialSource>>,
+}
+
+/// Credentials for one registry, as a [`CredentialSource`] answers them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// User name (with `password`).
+    pub username: Option<String>,
+    /// Password or personal token.
+    pub password: Option<String>,
+    /// OAuth2 refresh token (`identitytoken`).
+    pub identity_token: Option<String>,
+}
+
+impl fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Somewhere else credentials come from: the build daemon's source asks the
+/// client over the build session. Called off the async threads; may block
+/// up to `limit`.
+pub trait CredentialSource: Send + Sync + fmt::Debug {
+    /// Credentials for `registry` (`127.0.0.1:5000`), `None` for anonymous
+    /// access. `scopes` are the token scopes wanted, for the answerer's
+    /// information.
+    fn login(
+        &self,
+        registry: &str,
+        scopes: &[String],
+        limit: Duration,
+    ) -> Result<Option<RegistryLogin>>;
+    /// What it is, for messages (`the client of this build`).
+    fn describe(&self) -> String;
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +181,7 @@ impl Credentials {
                 name: name.to_string(),
                 config,
             }],
+            external: Vec::new(),
         })
     }
 
@@ -186,12 +227,31 @@ impl Credentials {
     /// Adds `other`'s sources after this one's (they are consulted later).
     pub fn then(mut self, other: Credentials) -> Credentials {
         self.sources.extend(other.sources);
+        self.external.extend(other.external);
         self
+    }
+
+    /// Credentials from a pluggable source only.
+    pub fn from_source(source: Arc<dyn CredentialSource>) -> Credentials {
+        Credentials {
+            sources: Vec::new(),
+            external: vec![source],
+        }
     }
 
     /// Whether no source is configured.
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
+        self.sources.is_empty() && self.external.is_empty()
+    }
+
+    /// The credentials these sources give for `registry`, as a client
+    /// answers a build daemon's question. Blocks (credential helpers run).
+    pub fn login(&self, registry: &str, helper_limit: Duration) -> Result<Option<RegistryLogin>> {
+        Ok(self.lookup(registry, helper_limit)?.map(|c| RegistryLogin {
+            username: c.username,
+            password: c.password,
+            identity_token: c.identity_token,
+        }))
     }
 
     /// Looks up credentials for a registry name (`docker.io`, `127.0.0.1:5000`),
@@ -205,6 +265,16 @@ impl Credentials {
         for source in &self.sources {
             if let Some(cred) = source.lookup(registry, helper_limit)? {
                 return Ok(Some(cred));
+            }
+        }
+        for source in &self.external {
+            if let Some(login) = source.login(registry, &[], helper_limit)? {
+                return Ok(Some(Credential {
+                    username: login.username,
+                    password: login.password,
+                    identity_token: login.identity_token,
+                    source: source.describe(),
+                }));
             }
         }
         Ok(None)

@@ -66,7 +66,7 @@ mod reference;
 mod timeouts;
 
 pub use client::{Client, ClientOptions, Stats};
-pub use credentials::{Credentials, DEFAULT_REGISTRY_SECRET};
+pub use credentials::{CredentialSource, Credentials, RegistryLogin, DEFAULT_REGISTRY_SECRET};
 pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;

@@ -2,10 +2,13 @@
 //! mutual TLS), the `kubectl_build.v1.Builder` gRPC service of
 //! [`kbuild_proto`], and a clean shutdown.
 //!
-//! Protocol 1 serves `Info` only: versions, the platforms this machine runs
+//! `Info` (protocol 1 and later): versions, the platforms this machine runs
 //! natively and by emulation (the same judgement as `kubectl build doctor`,
-//! from [`kbuild_worker::binfmt`]) and its load. Builds over the protocol
-//! come in a later protocol version.
+//! from [`kbuild_worker::binfmt`]) and its load. `Build` (protocol 2): one
+//! build session per stream, see the `session` module: the context synced
+//! into `--root` (only missing contents travel), the build run with the
+//! same solver and store layout as a local build, progress and file outputs
+//! streamed back, registry credentials and secrets asked from the client.
 //!
 //! Security: a unix socket is guarded by its file mode (0660, owner and
 //! group). A TCP listener needs `--tls-cert`, `--tls-key` and `--tls-ca`: the
@@ -18,6 +21,8 @@
 //! tests can check how clients refuse a daemon they cannot speak to.
 
 #![deny(missing_docs)]
+
+mod session;
 
 use kbuild_platform::Platform;
 use kbuild_proto::v1::{self, builder_server};
@@ -210,6 +215,8 @@ pub fn cpu_load() -> (u32, f64) {
 /// The gRPC service.
 #[derive(Clone)]
 struct Service {
+    /// Becomes true on SIGTERM/SIGINT: running builds are cancelled.
+    stopping: tokio::sync::watch::Receiver<bool>,
     config: Arc<Config>,
     running_builds: Arc<AtomicU32>,
     hostname: Arc<str>,
@@ -217,6 +224,36 @@ struct Service {
 
 #[tonic::async_trait]
 impl builder_server::Builder for Service {
+    type BuildStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::BuildServerMessage, tonic::Status>> + Send>,
+    >;
+
+    async fn build(
+        &self,
+        request: tonic::Request<tonic::Streaming<v1::BuildClientMessage>>,
+    ) -> Result<tonic::Response<Self::BuildStream>, tonic::Status> {
+        if self.config.protocol.1 < kbuild_proto::BUILD_PROTOCOL {
+            return Err(tonic::Status::unimplemented(format!(
+                "this daemon serves protocol {} at most; builds need {}",
+                self.config.protocol.1,
+                kbuild_proto::BUILD_PROTOCOL
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let config = Arc::clone(&self.config);
+        let running = Arc::clone(&self.running_builds);
+        let inbound = request.into_inner();
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            running.fetch_add(1, Ordering::Relaxed);
+            session::run(config, inbound, tx, stopping).await;
+            running.fetch_sub(1, Ordering::Relaxed);
+        });
+        Ok(tonic::Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn info(
         &self,
         request: tonic::Request<v1::InfoRequest>,
@@ -404,7 +441,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let service = Service {
+        stopping: stop_rx.clone(),
         config: Arc::new(config.clone()),
         running_builds: Arc::new(AtomicU32::new(0)),
         hostname: hostname.into(),
@@ -417,7 +456,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         config.protocol.1,
         config.root.display()
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for (endpoint, listener) in listeners {
         let svc = builder_server::BuilderServer::new(service.clone());

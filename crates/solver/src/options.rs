@@ -321,7 +321,34 @@ pub enum SecretSource {
     File(PathBuf),
     /// An environment variable of the client.
     Env(String),
+    /// Asked for when a RUN mounts it (a build daemon asks its client).
+    Provided(SecretProvider),
 }
+
+/// Answers a secret's value on demand: `Ok(None)` when the asker has no
+/// such secret. Called on the RUN step's blocking thread; may block.
+pub trait ProvideSecret: Send + Sync {
+    /// The value of secret `id`. The error text names where it failed.
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// A shared [`ProvideSecret`]; equal when it is the same provider.
+#[derive(Clone)]
+pub struct SecretProvider(pub std::sync::Arc<dyn ProvideSecret>);
+
+impl std::fmt::Debug for SecretProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretProvider")
+    }
+}
+
+impl PartialEq for SecretProvider {
+    fn eq(&self, other: &SecretProvider) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SecretProvider {}
 
 /// One `--secret` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -595,4 +622,39 @@ mod tests {
         assert_eq!(parse_network("none").unwrap(), NetworkMode::None);
         assert!(parse_network("bridge").is_err());
     }
+}
+
+/// The outputs of one build ask for different layer compressions.
+#[derive(Debug, thiserror::Error)]
+#[error("the outputs ask for different layer compressions ({first:?} and {other:?}); one build compresses its layers once: give every -o the same compression options, or build twice")]
+pub struct CompressionConflict {
+    /// The first output's.
+    pub first: LayerCompression,
+    /// Another output's.
+    pub other: LayerCompression,
+}
+
+/// The compression of the layers a build makes, and whether base layers
+/// are converted too: layers are compressed once, while they are built, so
+/// every output of one build must agree.
+pub fn layer_compression(
+    outputs: &[Output],
+) -> Result<(kbuild_image::Compression, bool), CompressionConflict> {
+    let policy = |o: &Output| (o.compression, o.compression_level, o.force_compression);
+    let first = outputs.first().map(policy);
+    if let Some(other) = outputs.iter().find(|o| Some(policy(o)) != first) {
+        return Err(CompressionConflict {
+            first: first.map(|p| p.0).unwrap_or_default(),
+            other: other.compression,
+        });
+    }
+    let (kind, level, force) = first.unwrap_or((LayerCompression::Gzip, None, false));
+    let compression = match kind {
+        LayerCompression::Gzip => {
+            kbuild_image::Compression::Gzip(level.map_or(6, |l| l.unsigned_abs()))
+        }
+        LayerCompression::Zstd => kbuild_image::Compression::Zstd(level.unwrap_or(3)),
+        LayerCompression::Uncompressed => kbuild_image::Compression::None,
+    };
+    Ok((compression, force))
 }

@@ -361,3 +361,34 @@ fn move_into(from: &Path, to: &Path) -> Result<(), SolveError> {
     }
     Ok(())
 }
+
+/// `-o type=local` from a tar of the filesystem (what a build daemon
+/// streams back): applied with the worker's one extractor in a staging
+/// directory beside `dest`, then renamed or merged into place as a local
+/// build's.
+pub fn local_from_tar(
+    reader: impl std::io::Read,
+    dest: &Path,
+    apply: ApplyOptions,
+) -> Result<ApplyReport, SolveError> {
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".kubectl-build-")
+        .tempdir_in(&parent)
+        .map_err(io("create a staging directory in", &parent))?;
+    let tree = staging.path().join("rootfs");
+    std::fs::create_dir(&tree).map_err(io("create", &tree))?;
+    let report = kbuild_worker::snapshot::apply_layer_to_dir_with(&tree, reader, apply)
+        .map_err(|e| SolveError::Image(format!("{}: {e}", dest.display())))?;
+    if dest.exists() {
+        move_into(&tree, dest)?;
+    } else {
+        std::fs::rename(&tree, dest).map_err(io("rename into", dest))?;
+    }
+    Ok(report)
+}

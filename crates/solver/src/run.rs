@@ -231,6 +231,13 @@ pub fn prepare(mounts: &[Mount], inp: &Inputs) -> Result<Resources, RunSetupErro
                         source: SecretSource::Env(v),
                         ..
                     }) => std::env::var_os(v).map(|v| v.into_encoded_bytes()),
+                    Some(SecretSpec {
+                        source: SecretSource::Provided(p),
+                        ..
+                    }) => {
+                        p.0.secret(&id)
+                            .map_err(|e| RunSetupError(format!("secret {id}: {e}")))?
+                    }
                     None => None,
                 };
                 let Some(value) = value else {

@@ -1,0 +1,430 @@
+//! A build sent to a remote builder (`--builder NAME` of a `kubectl-build
+//! serve` daemon): the request becomes a BuildStart, the session
+//! ([`kbuild_driver::session`]) syncs the context and answers the daemon's
+//! questions from this machine's credentials and secrets, progress is
+//! rendered as for a local build, and file outputs stream back and are
+//! written here atomically.
+
+use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
+use crate::build::{progress_renderer, BuildError};
+use crate::request::BuildRequest;
+use crate::signals::StopSignals;
+use kbuild_driver::session::{ContextSource, Local};
+use kbuild_proto::v1;
+use kbuild_solver::options::{LayerCompression, Output, OutputKind, SecretSource};
+use kbuild_solver::progress::{Event, Progress};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The output spec the daemon is sent: everything but where a file goes
+/// (the client writes it).
+fn spec_of(o: &Output) -> String {
+    let kind = match o.kind {
+        OutputKind::Registry => "registry",
+        OutputKind::Image => "image",
+        OutputKind::Oci => "oci",
+        OutputKind::Docker => "docker",
+        OutputKind::Tar => "tar",
+        OutputKind::Local => "local",
+    };
+    let mut s = format!("type={kind}");
+    for n in &o.names {
+        s.push_str(&format!(",\"name={n}\""));
+    }
+    if o.push {
+        s.push_str(",push=true");
+    }
+    s.push_str(match o.compression {
+        LayerCompression::Gzip => ",compression=gzip",
+        LayerCompression::Zstd => ",compression=zstd",
+        LayerCompression::Uncompressed => ",compression=uncompressed",
+    });
+    if let Some(l) = o.compression_level {
+        s.push_str(&format!(",compression-level={l}"));
+    }
+    if o.force_compression {
+        s.push_str(",force-compression=true");
+    }
+    if o.dest.is_some() {
+        // A placeholder: the daemon streams the result back instead.
+        s.push_str(",dest=-");
+    }
+    s
+}
+
+/// One output being written here.
+struct Sink {
+    tx: SyncSender<Option<Vec<u8>>>,
+    thread: std::thread::JoinHandle<Result<Vec<String>, String>>,
+}
+
+/// Reads what the session hands over; a sender gone before the end marker
+/// is an error, so a broken session never leaves a cut file.
+struct ChannelReader {
+    rx: Receiver<Option<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Some(b)) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                Ok(None) => self.ended = true,
+                Err(_) => {
+                    return Err(std::io::Error::other(
+                        "the builder stopped sending before the output was complete",
+                    ))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// This side of the session.
+struct Client {
+    progress: Arc<dyn Progress>,
+    credentials: kbuild_registry::Credentials,
+    helper_limit: Duration,
+    secrets: Vec<kbuild_solver::options::SecretSpec>,
+    outputs: Vec<Output>,
+    sinks: Mutex<HashMap<u32, Sink>>,
+    notes: Mutex<Vec<String>>,
+}
+
+impl Local for Client {
+    fn progress(&self, p: v1::ProgressEvent) {
+        use v1::progress_event::Event as E;
+        let elapsed = Duration::from_nanos(p.elapsed_nanos);
+        let id = p.vertex;
+        let event = match p.event {
+            Some(E::Started(_)) => Event::Start { id, name: p.name },
+            Some(E::Cached(_)) => Event::Cached { id, name: p.name },
+            Some(E::Done(_)) => Event::Done { id, elapsed },
+            Some(E::Failed(_)) => Event::Failed { id, elapsed },
+            Some(E::Log(line)) => Event::Log { id, line },
+            Some(E::Note(n)) => Event::Note(n),
+            None => return,
+        };
+        self.progress.event(event);
+    }
+
+    fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+        self.credentials
+            .login(host, self.helper_limit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.secrets.iter().find(|s| s.id == id).map(|s| &s.source) {
+            Some(SecretSource::File(p)) => std::fs::read(p)
+                .map(Some)
+                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Some(SecretSource::Env(v)) => Ok(std::env::var_os(v).map(|v| v.into_encoded_bytes())),
+            Some(SecretSource::Provided(p)) => p.0.secret(id),
+            None => Ok(None),
+        }
+    }
+
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+        let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {
+            let out = self.outputs.get(output as usize).cloned().ok_or_else(|| {
+                format!("the builder sent output {output}, which was not asked for")
+            })?;
+            slot.insert(open_sink(out));
+        }
+        let sink = sinks
+            .get(&output)
+            .ok_or_else(|| "output writer missing".to_string())?;
+        if !data.is_empty() {
+            sink.tx
+                .send(Some(data))
+                .map_err(|_| "the output writer stopped".to_string())?;
+        }
+        if last {
+            let sink = sinks
+                .remove(&output)
+                .ok_or_else(|| "output writer missing".to_string())?;
+            let _ = sink.tx.send(None);
+            drop(sink.tx);
+            let notes = sink
+                .thread
+                .join()
+                .map_err(|_| "the output writer panicked".to_string())??;
+            if let Ok(mut n) = self.notes.lock() {
+                n.extend(notes);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_sink(out: Output) -> Sink {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+    let thread = std::thread::spawn(move || -> Result<Vec<String>, String> {
+        let mut reader = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            ended: false,
+        };
+        let dest = out.dest.clone().unwrap_or_else(|| PathBuf::from("-"));
+        let shown = dest.display().to_string();
+        if dest == Path::new("-") {
+            let mut stdout = std::io::stdout().lock();
+            std::io::copy(&mut reader, &mut stdout).map_err(|e| format!("standard output: {e}"))?;
+            stdout
+                .flush()
+                .map_err(|e| format!("standard output: {e}"))?;
+            return Ok(Vec::new());
+        }
+        if out.kind == OutputKind::Local {
+            let apply = kbuild_worker::snapshot::ApplyOptions {
+                preserve_special: out.preserve_special,
+            };
+            let r = kbuild_solver::outputs::local_from_tar(&mut reader, &dest, apply)
+                .map_err(|e| e.to_string())?;
+            let mut notes = Vec::new();
+            if r.devices_skipped > 0 {
+                notes.push(format!("{shown}: left out {} device node(s); add preserve-special=true to -o type=local to create them", r.devices_skipped));
+            }
+            if r.privileges_dropped > 0 {
+                notes.push(format!("{shown}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them", r.privileges_dropped));
+            }
+            return Ok(notes);
+        }
+        kbuild_image::export::write_file_atomically(&dest, |w| {
+            std::io::copy(&mut reader, w)
+                .map(drop)
+                .map_err(|source| kbuild_image::Error::Io {
+                    action: "write",
+                    path: dest.clone(),
+                    source,
+                })
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(Vec::new())
+    });
+    Sink { tx, thread }
+}
+
+/// Runs `req` on remote builder `name`.
+pub fn run(
+    req: BuildRequest,
+    a: &BuildArgs,
+    g: &GlobalArgs,
+    name: &str,
+    builder: &kbuild_driver::Builder,
+) -> Result<(), BuildError> {
+    let node = builder
+        .nodes
+        .first()
+        .ok_or_else(|| BuildError::Builder(format!("builder {name} has no node; add one with kubectl build create {name} --append --endpoint ...")))?
+        .clone();
+    if let Some(s) = req.ssh.first() {
+        return Err(BuildError::Builder(format!(
+            "--ssh {} is not served by remote builders yet (builder {name}); build with --builder local",
+            s.id
+        )));
+    }
+    let mode = if a.quiet {
+        ProgressMode::Quiet
+    } else {
+        a.progress
+    };
+    let credentials =
+        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
+            .map_err(BuildError::Credentials)?;
+    let source_date_epoch = crate::build::source_date_epoch()?;
+    let ignore = crate::build::read_ignore(&req)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let mut signals = {
+        let _in_runtime = rt.enter();
+        StopSignals::install()
+            .map_err(|e| BuildError::Other(format!("install the signal handlers: {e}")))?
+    };
+    let progress = progress_renderer(mode);
+    let start = v1::BuildStart {
+        dockerfile: req.dockerfile.clone().into_bytes(),
+        dockerfile_path: req.dockerfile_name.clone(),
+        platforms: req.platforms.iter().map(v1::Platform::from).collect(),
+        build_args: req.build_args.clone().into_iter().collect(),
+        target: req.target.clone().unwrap_or_default(),
+        labels: req.labels.clone().into_iter().collect(),
+        no_cache: a.no_cache,
+        pull: a.pull,
+        outputs: req.outputs.iter().map(spec_of).collect(),
+        tags: a.tags.clone(),
+        network: a.network.clone().unwrap_or_default(),
+        allow: if req.allow_insecure {
+            vec!["security.insecure".to_string()]
+        } else {
+            Vec::new()
+        },
+        add_hosts: req
+            .add_hosts
+            .iter()
+            .map(|(h, ip)| format!("{h}={ip}"))
+            .collect(),
+        secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
+        source_date_epoch,
+        build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
+        registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
+        insecure_registries: a.insecure_registries.clone(),
+        ..Default::default()
+    };
+    // The client keeps a checksum cache of its own per context, beside
+    // the local store's (the daemon has its own).
+    let checksums = req.context.as_ref().and_then(|dir| {
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        let base = g.root.clone().or_else(kbuild_image::default_root)?;
+        Some(Arc::new(kbuild_solver::checksums::ChecksumCache::load(
+            &base.join("checksums"),
+            &abs,
+        )))
+    });
+    let context = req.context.as_ref().map(|dir| ContextSource {
+        dir: dir.clone(),
+        ignore: ignore.clone(),
+        checksums: checksums.clone(),
+    });
+    let client = Arc::new(Client {
+        progress,
+        credentials,
+        helper_limit: req.registry_timeouts.helper,
+        secrets: req.secrets.clone(),
+        outputs: req.outputs.clone(),
+        sinks: Mutex::new(HashMap::new()),
+        notes: Mutex::new(Vec::new()),
+    });
+    let started = Instant::now();
+    let outcome = rt.block_on(kbuild_driver::session::build(
+        name,
+        &node,
+        start,
+        context,
+        client.clone(),
+        async move {
+            let signal = signals.recv().await;
+            tracing::debug!(%signal, "cancelling the remote build");
+        },
+    ));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if let (Some(cache), Some(dir)) = (&checksums, &req.context) {
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if let Err(e) = cache.save(&abs) {
+            tracing::warn!(error = %e, "could not keep the context checksum cache");
+        }
+    }
+    let done = outcome.map_err(|e| BuildError::Remote(Box::new(e)))?;
+    if !done.error.is_empty() {
+        if !done.entitlement.is_empty() {
+            return Err(BuildError::Builder(format!(
+                "{}; pass --allow {} to grant it",
+                done.error, done.entitlement
+            )));
+        }
+        return Err(BuildError::Builder(format!(
+            "builder {name}: {}",
+            done.error
+        )));
+    }
+    for w in &done.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    let root = done.root.clone().unwrap_or_default();
+    let digest = root.digest.clone();
+    if let Some(p) = &a.iidfile {
+        crate::build::write_atomic(p, digest.as_bytes())?;
+    }
+    if let Some(p) = &a.metadata_file {
+        let mut m = serde_json::Map::new();
+        m.insert("containerimage.digest".into(), digest.clone().into());
+        m.insert(
+            "containerimage.descriptor".into(),
+            serde_json::json!({"mediaType": root.media_type, "digest": root.digest, "size": root.size}),
+        );
+        if !done.config_digest.is_empty() {
+            m.insert(
+                "containerimage.config.digest".into(),
+                done.config_digest.clone().into(),
+            );
+        }
+        let names: Vec<String> = req
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.kind, OutputKind::Registry | OutputKind::Image))
+            .flat_map(|o| o.names.clone())
+            .collect();
+        if !names.is_empty() {
+            m.insert("image.name".into(), names.join(",").into());
+        }
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
+        crate::build::write_atomic(p, text.as_bytes())?;
+    }
+    let stdout_is_output = req
+        .outputs
+        .iter()
+        .any(|o| o.dest.as_deref() == Some(Path::new("-")));
+    if mode == ProgressMode::Quiet {
+        if !stdout_is_output {
+            println!("{digest}");
+        }
+        return Ok(());
+    }
+    let platforms: Vec<String> = done
+        .manifests
+        .iter()
+        .filter_map(|m| m.platform.as_ref())
+        .filter_map(|p| kbuild_platform::Platform::try_from(p).ok())
+        .map(|p| p.to_string())
+        .collect();
+    eprintln!(
+        "=> built {} on builder {name} in {:.1}s: {digest}",
+        platforms.join(", "),
+        started.elapsed().as_secs_f64(),
+    );
+    eprintln!(
+        "=> context: sent {} files ({} bytes) to builder {name}",
+        done.files_received, done.bytes_received
+    );
+    for n in &done.pushed {
+        eprintln!("=> pushed {n}@{digest}");
+    }
+    for n in &done.stored {
+        eprintln!("=> stored {n}@{digest} in the store of builder {name}");
+    }
+    for o in &req.outputs {
+        if let Some(d) = &o.dest {
+            if d != Path::new("-") {
+                eprintln!("=> wrote {}", d.display());
+            }
+        }
+    }
+    if let Ok(notes) = client.notes.lock() {
+        for n in notes.iter() {
+            eprintln!("=> {n}");
+        }
+    }
+    Ok(())
+}

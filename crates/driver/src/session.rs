@@ -1,0 +1,447 @@
+//! The client side of a `Builder.Build` session: send the build options,
+//! the context's entries (after `.dockerignore`, digests from the
+//! stat-keyed checksum cache) and then only the contents the daemon asks
+//! for; answer its questions (registry credentials, secrets) from the
+//! client's own sources; hand progress and streamed outputs to the caller;
+//! send Cancel when asked to.
+
+use crate::config::Node;
+use crate::Error;
+use kbuild_proto::v1::{
+    self, build_client_message::Message as Out, build_server_message::Message as In,
+};
+use kbuild_proto::Endpoint;
+use std::future::Future;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Entries in one ContextManifest message.
+const MANIFEST_BATCH: usize = 1000;
+/// Bytes of file content in one FileChunk.
+const FILE_CHUNK: usize = 256 * 1024;
+/// How long a cancelled build may take to say it stopped.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// The context to send.
+pub struct ContextSource {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its `.dockerignore` rules, and their text (sent to the daemon).
+    pub ignore: Option<(kbuild_ignore::Matcher, String)>,
+    /// Digests known from earlier builds (saved back by the caller).
+    pub checksums: Option<Arc<kbuild_solver::checksums::ChecksumCache>>,
+}
+
+/// What the session asks of the client side.
+pub trait Local: Send + Sync + 'static {
+    /// One progress event (render it).
+    fn progress(&self, event: v1::ProgressEvent);
+    /// Registry credentials for `host`. Blocking is fine (helpers run).
+    fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String>;
+    /// A `--secret` value (`None`: no such secret). Blocking is fine.
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+    /// A piece of output `output` (index into the outputs sent); `last`
+    /// ends it. Blocking is fine.
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String>;
+}
+
+/// Runs one build on `node` of `builder` to its end: `Ok(done)` when the
+/// daemon finished it (check `done.error`), `Err` when the session broke.
+/// `interrupt` resolves when the user asks to stop (Ctrl-C).
+pub async fn build(
+    builder: &str,
+    node: &Node,
+    mut start: v1::BuildStart,
+    context: Option<ContextSource>,
+    local: Arc<dyn Local>,
+    interrupt: impl Future<Output = ()>,
+) -> Result<v1::BuildDone, Error> {
+    let endpoint = Endpoint::parse(&node.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
+    let (channel, info) = crate::connect::connect(builder, node, Duration::from_secs(10)).await?;
+    if info.protocol < kbuild_proto::BUILD_PROTOCOL {
+        return Err(Error::Protocol {
+            builder: builder.to_string(),
+            endpoint,
+            daemon: info.protocol,
+            client: kbuild_proto::PROTOCOL_VERSION,
+            advice: "building needs protocol 2: upgrade kubectl-build on the builder's machine and restart \"kubectl-build serve\"",
+        });
+    }
+    let lost = |status: tonic::Status| Error::Lost {
+        builder: builder.to_string(),
+        endpoint: endpoint.clone(),
+        host: info.hostname.clone(),
+        source: Box::new(status),
+    };
+    // The context walk happens before the stream opens (it reads the disk).
+    let walked = match &context {
+        Some(c) => {
+            let dir = c.dir.clone();
+            let ignore = c.ignore.as_ref().map(|(m, _)| m.clone());
+            let checksums = c.checksums.clone();
+            tokio::task::spawn_blocking(move || walk(&dir, ignore.as_ref(), checksums.as_deref()))
+                .await
+                .map_err(|e| Error::Context {
+                    path: c.dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??
+        }
+        None => Vec::new(),
+    };
+    if let Some(c) = &context {
+        start.has_context = true;
+        start.context_path = std::fs::canonicalize(&c.dir)
+            .unwrap_or_else(|_| c.dir.clone())
+            .display()
+            .to_string();
+        start.dockerignore = c
+            .ignore
+            .as_ref()
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default();
+    }
+    start.client_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let (tx, rx) = mpsc::channel::<v1::BuildClientMessage>(8);
+    let send = |m: Out| {
+        let tx = tx.clone();
+        async move {
+            tx.send(v1::BuildClientMessage { message: Some(m) })
+                .await
+                .is_ok()
+        }
+    };
+    send(Out::Start(start)).await;
+    // Entries go out while the stream opens (bounded channel: in step).
+    let paths: std::collections::HashMap<String, PathBuf> = walked
+        .iter()
+        .filter(|(e, _)| !e.digest.is_empty())
+        .map(|(e, p)| (e.digest.clone(), p.clone()))
+        .collect();
+    let entries: Vec<v1::ContextEntry> = walked.into_iter().map(|(e, _)| e).collect();
+    let manifest_tx = tx.clone();
+    tokio::spawn(async move {
+        let mut batches = entries.chunks(MANIFEST_BATCH).peekable();
+        if batches.peek().is_none() {
+            let _ = manifest_tx
+                .send(v1::BuildClientMessage {
+                    message: Some(Out::Manifest(v1::ContextManifest {
+                        entries: Vec::new(),
+                        complete: true,
+                    })),
+                })
+                .await;
+        }
+        while let Some(b) = batches.next() {
+            let m = Out::Manifest(v1::ContextManifest {
+                entries: b.to_vec(),
+                complete: batches.peek().is_none(),
+            });
+            if manifest_tx
+                .send(v1::BuildClientMessage { message: Some(m) })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut client = kbuild_proto::v1::builder_client::BuilderClient::new(channel)
+        .max_decoding_message_size(16 << 20);
+    let mut inbound = client
+        .build(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(lost)?
+        .into_inner();
+    // Contents go out in the order asked, one sender task after another.
+    let (files_tx, mut files_rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let content_tx = tx.clone();
+    let paths = Arc::new(paths);
+    let mut file_sender = tokio::spawn(async move {
+        while let Some(digests) = files_rx.recv().await {
+            for d in digests {
+                let Some(path) = paths.get(&d).cloned() else {
+                    return Err(format!(
+                        "the builder asked for {d}, which the context does not hold"
+                    ));
+                };
+                send_file(&content_tx, &d, &path).await?;
+            }
+        }
+        Ok(())
+    });
+    tokio::pin!(interrupt);
+    let mut cancelled = false;
+    let mut sender_done = false;
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            _ = &mut interrupt, if !cancelled => {
+                cancelled = true;
+                send(Out::Cancel(v1::Cancel {})).await;
+                deadline = Some(Box::pin(tokio::time::sleep(CANCEL_GRACE)));
+                continue;
+            }
+            sent = &mut file_sender, if !sender_done => {
+                sender_done = true;
+                match sent {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(reason)) => return Err(Error::Session { builder: builder.to_string(), reason }),
+                    Err(e) => return Err(Error::Session { builder: builder.to_string(), reason: e.to_string() }),
+                }
+            }
+            _ = async { if let Some(d) = deadline.as_mut() { d.await } else { std::future::pending().await } } => {
+                return Err(Error::Cancelled { builder: builder.to_string() });
+            }
+        };
+        let message = match message {
+            Ok(Some(v1::BuildServerMessage { message: Some(m) })) => m,
+            Ok(Some(_)) => continue,
+            Ok(None) => {
+                return Err(lost(tonic::Status::unavailable(
+                    "the builder closed the stream before the build ended",
+                )))
+            }
+            Err(status) => return Err(lost(status)),
+        };
+        match message {
+            In::FileRequest(r) => {
+                let _ = files_tx.send(r.digests);
+            }
+            In::Progress(p) => local.progress(p),
+            In::CredentialsRequest(r) => {
+                let local = local.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let host = r.host.clone();
+                    let answer = tokio::task::spawn_blocking(move || local.credentials(&host))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    let mut resp = v1::CredentialsResponse {
+                        host: r.host,
+                        id: r.id,
+                        ..Default::default()
+                    };
+                    match answer {
+                        Ok(Some(l)) => {
+                            resp.username = l.username.unwrap_or_default();
+                            resp.secret = l.password.unwrap_or_default();
+                            resp.token = l.identity_token.unwrap_or_default();
+                        }
+                        Ok(None) => {}
+                        Err(e) => resp.error = e,
+                    }
+                    let _ = tx
+                        .send(v1::BuildClientMessage {
+                            message: Some(Out::Credentials(resp)),
+                        })
+                        .await;
+                });
+            }
+            In::SecretRequest(r) => {
+                let local = local.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let id = r.id.clone();
+                    let answer = tokio::task::spawn_blocking(move || local.secret(&id))
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    let mut resp = v1::SecretResponse {
+                        id: r.id,
+                        request: r.request,
+                        ..Default::default()
+                    };
+                    match answer {
+                        Ok(Some(data)) => resp.data = data,
+                        Ok(None) => resp.missing = true,
+                        Err(e) => resp.error = e,
+                    }
+                    let _ = tx
+                        .send(v1::BuildClientMessage {
+                            message: Some(Out::Secret(resp)),
+                        })
+                        .await;
+                });
+            }
+            In::SshOpen(_) | In::Ssh(_) => {}
+            In::Result(chunk) => {
+                let local = local.clone();
+                tokio::task::spawn_blocking(move || {
+                    local.result(chunk.output, chunk.data, chunk.last)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(|reason| Error::Session {
+                    builder: builder.to_string(),
+                    reason,
+                })?;
+            }
+            In::Done(done) => {
+                file_sender.abort();
+                if cancelled || done.cancelled {
+                    return Err(Error::Cancelled {
+                        builder: builder.to_string(),
+                    });
+                }
+                return Ok(done);
+            }
+        }
+    }
+}
+
+async fn send_file(
+    tx: &mpsc::Sender<v1::BuildClientMessage>,
+    digest: &str,
+    path: &Path,
+) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = vec![0u8; FILE_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let chunk = v1::FileChunk {
+            digest: digest.to_string(),
+            offset,
+            data: buf[..n].to_vec(),
+            last: n == 0,
+        };
+        offset += n as u64;
+        tx.send(v1::BuildClientMessage {
+            message: Some(Out::File(chunk)),
+        })
+        .await
+        .map_err(|_| "the session ended".to_string())?;
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// The context's entries (directories, files, symbolic links) that
+/// `.dockerignore` keeps, with the files' digests and paths. A directory
+/// that is ignored is still walked (an exception may bring files back); it
+/// is listed when anything under it is.
+fn walk(
+    dir: &Path,
+    ignore: Option<&kbuild_ignore::Matcher>,
+    checksums: Option<&kbuild_solver::checksums::ChecksumCache>,
+) -> Result<Vec<(v1::ContextEntry, PathBuf)>, Error> {
+    let mut out = Vec::new();
+    walk_dir(dir, "", ignore, checksums, &mut out)?;
+    Ok(out)
+}
+
+fn walk_dir(
+    root: &Path,
+    rel: &str,
+    ignore: Option<&kbuild_ignore::Matcher>,
+    checksums: Option<&kbuild_solver::checksums::ChecksumCache>,
+    out: &mut Vec<(v1::ContextEntry, PathBuf)>,
+) -> Result<bool, Error> {
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Context { path, source }
+    };
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(err(&dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(err(&dir))?;
+    names.sort();
+    let mut any = false;
+    for name in names {
+        let Some(name) = name.to_str() else {
+            return Err(Error::Context {
+                path: dir.join(&name),
+                source: std::io::Error::other("the name is not UTF-8"),
+            });
+        };
+        let path = dir.join(name);
+        let child = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let md = std::fs::symlink_metadata(&path).map_err(err(&path))?;
+        let excluded = ignore.is_some_and(|m| m.is_excluded(&child, md.is_dir()));
+        let mut entry = v1::ContextEntry {
+            path: child.clone(),
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.len(),
+            mtime_unix_nanos: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ..Default::default()
+        };
+        if md.is_dir() {
+            if excluded && !ignore.is_some_and(|m| m.may_contain_included(&child)) {
+                continue;
+            }
+            let index = out.len();
+            out.push((entry, path.clone()));
+            let inner = walk_dir(root, &child, ignore, checksums, out)?;
+            if excluded && !inner {
+                out.truncate(index);
+            } else {
+                any = true;
+            }
+            continue;
+        }
+        if excluded {
+            continue;
+        }
+        if md.file_type().is_symlink() {
+            entry.link_target = std::fs::read_link(&path)
+                .map_err(err(&path))?
+                .to_string_lossy()
+                .into_owned();
+        } else if md.is_file() {
+            entry.digest = match checksums {
+                Some(c) => format!(
+                    "sha256:{}",
+                    c.digest(&child, &path, &md).map_err(err(&path))?
+                ),
+                None => hash_file(&path).map_err(err(&path))?,
+            };
+        } else {
+            // Sockets, pipes, devices: not part of a build context.
+            continue;
+        }
+        any = true;
+        out.push((entry, path));
+    }
+    Ok(any)
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
