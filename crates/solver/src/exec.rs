@@ -73,10 +73,11 @@ pub(crate) async fn run(
     let lowers = solver.layer_dirs(&parent.layers).await?;
     let mut froms = Vec::with_capacity(inputs.len());
     for (i, value) in inputs.iter().enumerate() {
-        let read = e
-            .mounts
-            .iter()
-            .any(|m| matches!(m, ExecMount::Bind { input, .. } if *input == i));
+        let read = e.mounts.iter().any(|m| match m {
+            ExecMount::Bind { input, .. } => *input == i,
+            ExecMount::Cache { input, .. } => *input == Some(i),
+            _ => false,
+        });
         froms.push(match value {
             _ if !read => None,
             Value::State(s) => Some(MountFrom::Layers(solver.layer_dirs(&s.layers).await?)),
@@ -175,7 +176,8 @@ fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepEr
     Ok(key.finish())
 }
 
-/// Mount the inputs the op's bind mounts read; their roots by input index.
+/// Mount the inputs the op's bind and cache mounts read; their roots by
+/// input index.
 fn mount_inputs(
     snaps: &Snapshotter,
     froms: &[Option<MountFrom>],

@@ -148,11 +148,12 @@ pub fn prepare(mounts: &[ExecMount], inp: &Inputs) -> Result<Resources, RunSetup
                 target,
                 id,
                 sharing,
+                input,
+                source,
                 readonly,
                 mode,
                 uid,
                 gid,
-                ..
             } => {
                 let base = inp.cache_dir.join(safe_id(id));
                 let dir = match sharing {
@@ -165,6 +166,10 @@ pub fn prepare(mounts: &[ExecMount], inp: &Inputs) -> Result<Resources, RunSetup
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode))
                         .map_err(err())?;
                     std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid)).map_err(err())?;
+                    // `from=`: a new cache starts as a copy of that input's files.
+                    if let Some(i) = input {
+                        seed(inp, *i, source.as_deref().unwrap_or("/"), &dir)?;
+                    }
                 }
                 if *sharing == Sharing::Locked {
                     let f = lock_file(&base.with_extension("lock"), true)?;
@@ -265,6 +270,22 @@ fn bind(
         readonly,
     });
     Ok(())
+}
+
+/// Copy the files under `source` in input `input` into the new cache `dir`.
+fn seed(inp: &Inputs, input: usize, source: &str, dir: &Path) -> Result<(), RunSetupError> {
+    let base = inp
+        .roots
+        .get(input)
+        .cloned()
+        .flatten()
+        .ok_or(RunSetupError::NoInput(input))?;
+    let src =
+        crate::fsutil::resolve_in_root(&base, source, true).map_err(io("--mount source", &base))?;
+    if !src.is_dir() {
+        return Err(RunSetupError::NoSource(source.to_string()));
+    }
+    copy_tree(&src.join("."), dir)
 }
 
 fn secret(
@@ -465,6 +486,30 @@ mod tests {
             prepare(&[secret("nope")], &inp),
             Err(RunSetupError::SecretMissing(id)) if id == "nope"
         ));
+        // A new cache with from= starts as a copy of the input's files; a
+        // cache that exists keeps its own.
+        let cache = ExecMount::Cache {
+            target: "/cache".into(),
+            id: "seeded".into(),
+            sharing: Sharing::Shared,
+            input: Some(1),
+            source: Some("/".into()),
+            readonly: false,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        };
+        prepare(std::slice::from_ref(&cache), &inp).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("seeded/a")).unwrap(),
+            "a"
+        );
+        std::fs::write(t.path().join("seeded/a"), "kept").unwrap();
+        prepare(&[cache], &inp).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("seeded/a")).unwrap(),
+            "kept"
+        );
         let bad_input = ExecMount::Bind {
             target: "/x".into(),
             input: 0,

@@ -110,16 +110,13 @@ impl<'a> Exec<'a> {
             futures_util::future::try_join_all(op.inputs.iter().map(|i| self.value(i, Some(op))))
                 .await
                 .map_err(SolveError::Shared)?;
-        if let OpKind::Source(s) = &op.op {
-            return crate::source::value(self, op, s, reader).await;
-        }
-        let parent = state_input(op, &inputs, 0)?;
+        let parent = || state_input(op, &inputs, 0);
         let vertex = Vertex::new(self.solver, op);
         let result = match &op.op {
-            OpKind::Config(c) => self.config_op(op, c, parent, &vertex),
-            OpKind::File(f) => crate::fileop::run(self, op, f, parent, &inputs, &vertex).await,
-            OpKind::Exec(e) => crate::exec::run(self, op, e, parent, &inputs, &vertex).await,
-            OpKind::Source(_) => unreachable!("sources return above"),
+            OpKind::Source(s) => return crate::source::value(self, op, s, reader).await,
+            OpKind::Config(c) => self.config_op(op, c, parent()?, &vertex),
+            OpKind::File(f) => crate::fileop::run(self, op, f, parent()?, &inputs, &vertex).await,
+            OpKind::Exec(e) => crate::exec::run(self, op, e, parent()?, &inputs, &vertex).await,
         };
         vertex.finish(&result);
         result.map(|(s, _)| Value::State(s))
@@ -203,7 +200,11 @@ pub(crate) struct Vertex<'a> {
 
 impl<'a> Vertex<'a> {
     fn new(solver: &'a Solver, op: &'a Op) -> Self {
-        let name = op.meta.progress.first().map(String::as_str);
+        // Sources show their own vertices (one per stage starting FROM an image).
+        let name = match op.op {
+            OpKind::Source(_) => None,
+            _ => op.meta.progress.first().map(String::as_str),
+        };
         Vertex {
             id: if name.is_some() { solver.vertex() } else { 0 },
             name,
