@@ -1,22 +1,17 @@
-//! Image config changes of the metadata instructions, written as BuildKit's
-//! Dockerfile frontend writes them: ENV replaces or appends `KEY=value`,
-//! ENTRYPOINT clears a CMD inherited from the base image, shell forms are
-//! wrapped in the stage's SHELL, EXPOSE ranges are expanded to `port/proto`
-//! keys, and every step leaves a history entry (its text by the Dockerfile
-//! frontend's rules, `kbuild_dockerfile::graph`).
+//! Config ops: image config patches applied as BuildKit's Dockerfile
+//! frontend writes them (ENV replaces or appends `KEY=value`, ENTRYPOINT
+//! may clear CMD, EXPOSE adds `port/proto` keys), and the history entries
+//! ops leave. What to patch is decided by the frontend
+//! (`kbuild_dockerfile::graph`); this module only writes it.
 
-use kbuild_dockerfile::graph;
-use kbuild_dockerfile::instructions::{Command, HealthTest, Instruction};
+use kbuild_dockerfile::graph::ConfigPatch;
 use kbuild_image::{ContainerConfig, Empty, HealthConfig, History, ImageConfig};
 use std::collections::BTreeMap;
 
+use crate::error::StepError;
+
 /// The default PATH BuildKit puts into Linux images that have none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A metadata instruction whose value cannot be written.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
 
 /// Make sure a Linux config has a PATH, as BuildKit does for every stage.
 pub fn ensure_path(config: &mut ImageConfig) {
@@ -42,235 +37,103 @@ pub fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
-/// The argv a shell-form command runs with.
-pub fn shell_argv(shell: &[String], cmd: &str) -> Vec<String> {
-    let mut v = shell.to_vec();
-    v.push(cmd.to_string());
-    v
+fn nanos(v: Option<u64>) -> Option<i64> {
+    v.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Stage-local facts the config alone does not carry.
-#[derive(Debug, Clone, Default)]
-pub struct StageMeta {
-    /// Whether CMD was set in this stage (ENTRYPOINT keeps it then).
-    pub cmd_set: bool,
-}
-
-/// The default shell when the config sets none.
-pub fn default_shell(os: &str) -> Vec<String> {
-    if os == "windows" {
-        vec!["cmd".into(), "/S".into(), "/C".into()]
-    } else {
-        vec!["/bin/sh".into(), "-c".into()]
+/// Apply the patches of a config (or file) op in order.
+pub fn apply(config: &mut ImageConfig, patches: &[ConfigPatch]) -> Result<(), StepError> {
+    for p in patches {
+        apply_one(config, p)?;
     }
+    Ok(())
 }
 
-/// The stage's current shell.
-pub fn current_shell(config: &ImageConfig) -> Vec<String> {
-    config
-        .config
-        .as_ref()
-        .and_then(|c| c.shell.clone())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| default_shell(&config.os))
-}
-
-fn argv(config: &ImageConfig, command: &Command) -> Vec<String> {
-    match command {
-        Command::Exec(v) => v.clone(),
-        Command::Shell(s) => shell_argv(&current_shell(config), s),
+fn apply_one(config: &mut ImageConfig, patch: &ConfigPatch) -> Result<(), StepError> {
+    if let ConfigPatch::ClearOnBuild = patch {
+        if let Some(c) = config.config.as_mut() {
+            c.on_build = None;
+        }
+        return Ok(());
     }
-}
-
-/// Expand an EXPOSE word into `port/proto` keys (`8000-8002/udp` is three
-/// keys), by the Dockerfile frontend's rule.
-pub fn expose_keys(word: &str) -> Result<Vec<String>, ConfigError> {
-    kbuild_dockerfile::graph::expose_keys(word)
-        .map_err(|e| ConfigError(format!("EXPOSE {word}: {e}")))
-}
-
-fn duration_ns(d: std::time::Duration) -> Option<i64> {
-    (!d.is_zero()).then(|| d.as_nanos().min(i64::MAX as u128) as i64)
-}
-
-/// Apply a metadata instruction (anything but FROM, RUN, COPY, ADD) to the
-/// config; WORKDIR's directory creation is the solver's job, its config part
-/// is done here. Returns the history text, or `None` when the instruction
-/// leaves no history (ARG).
-pub fn apply(
-    config: &mut ImageConfig,
-    meta: &mut StageMeta,
-    ins: &Instruction,
-    workdir_abs: Option<&str>,
-) -> Result<Option<String>, ConfigError> {
-    let os = config.os.clone();
+    if let ConfigPatch::Author { name } = patch {
+        config.author = Some(name.clone());
+        return Ok(());
+    }
     let c = config.config.get_or_insert_with(ContainerConfig::default);
-    let text = match ins {
-        Instruction::Env(e) => {
-            let env = c.env.get_or_insert_with(Vec::new);
-            for kv in &e.vars {
-                set_env(env, &kv.key, &kv.value);
+    match patch {
+        ConfigPatch::Env { key, value } => set_env(c.env.get_or_insert_with(Vec::new), key, value),
+        ConfigPatch::Label { key, value } => {
+            c.labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key.clone(), value.clone());
+        }
+        ConfigPatch::User { user } => c.user = Some(user.clone()),
+        ConfigPatch::Workdir { path } => c.working_dir = Some(path.clone()),
+        ConfigPatch::ExposedPorts { ports } => {
+            let map = c.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for k in ports {
+                map.insert(k.clone(), Empty {});
             }
-            format!(
-                "ENV {}",
-                e.vars
-                    .iter()
-                    .map(|kv| format!("{}={}", kv.key, kv.value))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
         }
-        Instruction::Label(l) => {
-            let labels = c.labels.get_or_insert_with(BTreeMap::new);
-            for kv in &l.labels {
-                labels.insert(kv.key.clone(), kv.value.clone());
-            }
-            format!(
-                "LABEL {}",
-                l.labels
-                    .iter()
-                    .map(|kv| format!("{}={}", kv.key, kv.value))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            )
-        }
-        Instruction::User(u) => {
-            c.user = Some(u.user.clone());
-            format!("USER {}", u.user)
-        }
-        Instruction::Workdir(w) => {
-            let abs = workdir_abs.unwrap_or(&w.path).to_string();
-            c.working_dir = Some(abs.clone());
-            format!("WORKDIR {abs}")
-        }
-        Instruction::Expose(e) => {
-            let ports = c.exposed_ports.get_or_insert_with(BTreeMap::new);
-            let mut keys = Vec::new();
-            for w in &e.ports {
-                for k in expose_keys(w)? {
-                    ports.insert(k.clone(), Empty {});
-                    keys.push(k);
-                }
-            }
-            graph::expose_history(&keys)
-        }
-        Instruction::Volume(v) => {
+        ConfigPatch::Volumes { paths } => {
             let vols = c.volumes.get_or_insert_with(BTreeMap::new);
-            for p in &v.volumes {
+            for p in paths {
                 if p.trim().is_empty() {
-                    return Err(ConfigError(
-                        "VOLUME specified can not be an empty string".into(),
-                    ));
+                    return Err(StepError::EmptyVolume);
                 }
                 vols.insert(p.clone(), Empty {});
             }
-            format!("VOLUME {}", graph::go_list(&v.volumes))
         }
-        Instruction::Entrypoint(e) => {
-            let shell = c
-                .shell
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| default_shell(&os));
-            let args = match &e.command {
-                Command::Exec(v) => v.clone(),
-                Command::Shell(s) => shell_argv(&shell, s),
-            };
-            c.entrypoint = Some(args.clone());
-            if !meta.cmd_set {
+        ConfigPatch::Entrypoint { argv, clear_cmd } => {
+            c.entrypoint = Some(argv.clone());
+            if *clear_cmd {
                 c.cmd = None;
             }
-            format!("ENTRYPOINT {}", graph::go_quote_list(&args))
         }
-        Instruction::Cmd(cmd) => {
-            let shell = c
-                .shell
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| default_shell(&os));
-            let args = match &cmd.command {
-                Command::Exec(v) => v.clone(),
-                Command::Shell(s) => shell_argv(&shell, s),
-            };
-            c.cmd = Some(args.clone());
-            meta.cmd_set = true;
-            format!("CMD {}", graph::go_quote_list(&args))
+        ConfigPatch::Cmd { argv } => c.cmd = Some(argv.clone()),
+        ConfigPatch::Shell { argv } => c.shell = Some(argv.clone()),
+        ConfigPatch::StopSignal { signal } => c.stop_signal = Some(signal.clone()),
+        ConfigPatch::Healthcheck {
+            test,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
+            c.healthcheck = Some(HealthConfig {
+                test: test.clone(),
+                interval: nanos(*interval),
+                timeout: nanos(*timeout),
+                start_period: nanos(*start_period),
+                start_interval: nanos(*start_interval),
+                retries: retries.map(i64::from),
+                ..HealthConfig::default()
+            })
         }
-        Instruction::Shell(s) => {
-            c.shell = Some(s.shell.clone());
-            format!("SHELL {}", graph::go_list(&s.shell))
-        }
-        Instruction::StopSignal(s) => {
-            c.stop_signal = Some(s.signal.clone());
-            format!("STOPSIGNAL {}", s.signal)
-        }
-        Instruction::Healthcheck(h) => {
-            let hc = match &h.test {
-                HealthTest::None => HealthConfig {
-                    test: vec!["NONE".into()],
-                    ..HealthConfig::default()
-                },
-                HealthTest::Cmd {
-                    command,
-                    interval,
-                    timeout,
-                    start_period,
-                    start_interval,
-                    retries,
-                } => HealthConfig {
-                    test: match command {
-                        Command::Exec(v) => std::iter::once("CMD".to_string())
-                            .chain(v.iter().cloned())
-                            .collect(),
-                        Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-                    },
-                    interval: duration_ns(*interval),
-                    timeout: duration_ns(*timeout),
-                    start_period: duration_ns(*start_period),
-                    start_interval: duration_ns(*start_interval),
-                    retries: (*retries > 0).then_some(i64::from(*retries)),
-                    ..HealthConfig::default()
-                },
-            };
-            let text = graph::healthcheck_history(&h.test);
-            c.healthcheck = Some(hc);
-            text
-        }
-        Instruction::Onbuild(o) => {
-            c.on_build
-                .get_or_insert_with(Vec::new)
-                .push(o.expression.clone());
-            format!("ONBUILD {}", o.expression)
-        }
-        Instruction::Maintainer(m) => {
-            config.author = Some(m.name.clone());
-            format!("MAINTAINER {}", m.name)
-        }
-        Instruction::Arg(_) => return Ok(None),
-        Instruction::From(_) | Instruction::Run(_) | Instruction::Copy(_) | Instruction::Add(_) => {
-            return Err(ConfigError(format!(
-                "{} is not a metadata instruction",
-                ins.keyword()
-            )))
-        }
-    };
-    Ok(Some(text))
+        ConfigPatch::OnBuild { expression } => c
+            .on_build
+            .get_or_insert_with(Vec::new)
+            .push(expression.clone()),
+        ConfigPatch::ClearOnBuild | ConfigPatch::Author { .. } => {}
+    }
+    Ok(())
 }
 
-/// The history entry BuildKit writes for a step.
-pub fn history(created: &str, created_by: String, empty_layer: bool) -> History {
+/// The history entry an op writes.
+pub fn history(
+    created: &str,
+    entry: &kbuild_dockerfile::graph::History,
+    empty_layer: bool,
+) -> History {
     History {
         created: Some(created.to_string()),
-        created_by: Some(created_by),
-        comment: Some("buildkit.dockerfile.v0".to_string()),
+        created_by: Some(entry.created_by.clone()),
+        comment: Some(entry.comment.clone()),
         empty_layer: empty_layer.then_some(true),
         ..History::default()
     }
-}
-
-/// The argv of a RUN in this config (shell form through the stage's SHELL).
-pub fn run_argv(config: &ImageConfig, command: &Command) -> Vec<String> {
-    argv(config, command)
 }
 
 #[cfg(test)]

@@ -1,22 +1,42 @@
-//! kbuild-solver runs a [`kbuild_dockerfile`] build plan: it turns the plan's
-//! steps into a DAG of content-addressed operations, runs independent ones in
-//! parallel (steps shared by several platforms once), keeps a cache of step
-//! results in the content store, assembles one image per platform and hands
-//! the result to the outputs (registry, OCI layout, docker archive, local).
+//! kbuild-solver builds images: [`engine::Solver`] plans a Dockerfile
+//! with [`kbuild_dockerfile`], lowers the plan to its op graph and executes
+//! the graph: independent ops run in parallel (ops shared by several
+//! platforms once), op results are cached in the content store, one image
+//! is assembled per platform and handed to the outputs (registry, OCI
+//! layout, docker archive, local). The solver knows ops, not Dockerfile
+//! instructions.
 //!
-//! [`options`] holds the requests a build carries besides the Dockerfile
-//! (outputs, secrets, SSH, network), parsed from the command line's strings.
+//! Modules by job: [`engine`] (entry points and orchestration),
+//! `scheduler` (the memo table of ops, progress vertices), `base` (base
+//! images), `source`, `exec`, `fileop` and [`config`] (one per op kind),
+//! [`mounts`] (the host side of exec mounts), `cache` (keys and records),
+//! `layer` (the layer pipeline), `assemble` (configs, manifests, index),
+//! `download` (URLs), `error`. [`options`] holds the requests a build
+//! carries besides the Dockerfile (outputs, secrets, SSH, network), parsed
+//! from the command line's strings.
 
 #![deny(missing_docs)]
 
+mod assemble;
+mod base;
+mod cache;
 pub mod checksums;
 pub mod config;
 pub mod copy;
 pub mod docker_load;
+mod download;
 pub mod engine;
+mod error;
+mod exec;
+mod fileop;
 pub mod fsutil;
+mod layer;
+pub mod mounts;
 pub mod options;
 pub mod outputs;
 pub mod progress;
-pub mod run;
+mod scheduler;
+mod source;
 pub mod users;
+
+pub use download::DownloadError;

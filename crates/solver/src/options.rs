@@ -461,7 +461,7 @@ pub fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), OptionEr
 }
 
 /// The RUN network mode: the same type the Dockerfile's `RUN --network` uses.
-pub use kbuild_dockerfile::instructions::NetworkMode;
+pub use kbuild_dockerfile::graph::NetworkMode;
 
 /// Parse `--network default|none|host`.
 pub fn parse_network(value: &str) -> Result<NetworkMode, OptionError> {

@@ -1,6 +1,9 @@
 //! Lowering a [`BuildPlan`] to a [`Graph`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use kbuild_platform::Platform;
 
 use sha2::{Digest, Sha256};
 
@@ -10,7 +13,7 @@ use super::{
     History, Op, OpId, OpKind, OpMeta, SourceOp, FORMAT_VERSION,
 };
 use crate::instructions::{Command, HealthTest, Instruction, Mount, SourceContent};
-use crate::plan::{BuildPlan, Error, ErrorKind, Source, StageBase, Step};
+use crate::plan::{BuildPlan, Error, ErrorKind, Source, StageBase, StageInstance, Step};
 
 /// Lower a plan to its op graph; see the [module docs](super).
 pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
@@ -29,11 +32,33 @@ pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
             } => l.image(reference, &platform.to_string()),
             StageBase::Stage(id) => l.stage_result(id.0)?,
         };
+        let names = StageNames::new(plan, stage);
+        if let StageBase::Image { reference, .. } = &stage.base {
+            l.name(&state, names.from(reference));
+        }
+        // A base's ONBUILD triggers run as the stage's first steps (the
+        // planner put them there); the stage does not pass them on.
+        if stage.steps.first().is_some_and(|s| plan.step(*s).onbuild) {
+            state = l.add(
+                Some(stage.platform.to_string()),
+                vec![state],
+                OpKind::Config(ConfigOp {
+                    patches: vec![ConfigPatch::ClearOnBuild],
+                    history: None,
+                }),
+                OpMeta::default(),
+            );
+        }
         let mut cmd_set = false;
+        let mut position = 1;
         for &sid in &stage.steps {
             let step = plan.step(sid);
             state = l.step(step, state, cmd_set)?;
             cmd_set |= matches!(*step.instruction, Instruction::Cmd(_));
+            if is_vertex(&step.instruction) {
+                position += 1;
+                l.name(&state, names.step(step, position));
+            }
         }
         l.stage_ops[stage.id.0] = Some(state);
     }
@@ -50,6 +75,78 @@ pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
         targets,
         labels: plan.labels.clone(),
     })
+}
+
+/// Whether a step is shown as a progress vertex (metadata steps are not).
+fn is_vertex(ins: &Instruction) -> bool {
+    matches!(
+        ins,
+        Instruction::Copy(_) | Instruction::Add(_) | Instruction::Workdir(_) | Instruction::Run(_)
+    )
+}
+
+/// How progress names the platform of a step, as buildx does: the platform
+/// it runs on, and when that is not the target it builds for (a
+/// `FROM --platform=$BUILDPLATFORM` stage), `->` and the target, without
+/// the OS when it is the same: `linux/amd64->arm64`. A step shared by
+/// several targets names the first.
+pub fn vertex_platform(runs_on: &Platform, targets: &[Arc<Platform>]) -> String {
+    match targets.first() {
+        Some(t) if **t != *runs_on => {
+            let target = t.to_string();
+            let short = target
+                .strip_prefix(&format!("{}/", runs_on.os))
+                .filter(|_| t.os == runs_on.os)
+                .unwrap_or(&target)
+                .to_string();
+            format!("{runs_on}->{short}")
+        }
+        _ => runs_on.to_string(),
+    }
+}
+
+/// The progress names of one stage instance's vertices:
+/// `[platform label position/total] text`.
+struct StageNames {
+    platform: String,
+    label: String,
+    total: usize,
+}
+
+impl StageNames {
+    fn new(plan: &BuildPlan, stage: &StageInstance) -> StageNames {
+        let total = stage
+            .steps
+            .iter()
+            .filter(|s| is_vertex(&plan.step(**s).instruction))
+            .count()
+            + 1;
+        StageNames {
+            platform: stage.platform.to_string(),
+            label: stage
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{}", stage.index)),
+            total,
+        }
+    }
+
+    fn from(&self, reference: &str) -> String {
+        format!(
+            "[{} {} 1/{}] FROM {reference}",
+            self.platform, self.label, self.total
+        )
+    }
+
+    fn step(&self, step: &Step, position: usize) -> String {
+        format!(
+            "[{} {} {position}/{}] {}",
+            vertex_platform(&step.platform, &step.platforms),
+            self.label,
+            self.total,
+            step.display
+        )
+    }
 }
 
 struct Lowering {
@@ -101,6 +198,7 @@ fn meta(step: &Step) -> OpMeta {
     OpMeta {
         lines: Some(step.lines),
         display: Some(step.display.to_string()),
+        progress: Vec::new(),
     }
 }
 
@@ -124,6 +222,16 @@ impl Lowering {
             });
         }
         id
+    }
+
+    /// Add a progress name to an op (once).
+    fn name(&mut self, id: &OpId, name: String) {
+        if let Some(&i) = self.index.get(id) {
+            let names = &mut self.ops[i].meta.progress;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
     }
 
     fn source(&mut self, s: SourceOp, platform: Option<String>) -> OpId {
@@ -195,7 +303,7 @@ impl Lowering {
             vec![state],
             OpKind::Config(ConfigOp {
                 patches,
-                history: History::new(text),
+                history: Some(History::new(text)),
             }),
             meta(step),
         )
@@ -212,7 +320,8 @@ impl Lowering {
         };
         Ok(match &*step.instruction {
             Instruction::From(_) => state,
-            Instruction::Arg(_) => self.config(step, state, Vec::new(), step.display.to_string()),
+            // No history entry, no config change: nothing to do.
+            Instruction::Arg(_) => state,
             Instruction::Env(e) => {
                 let patches = e
                     .vars

@@ -1,9 +1,9 @@
 //! The op graph: a [`BuildPlan`](crate::plan::BuildPlan) lowered to plain
 //! operations with no Dockerfile left in them, as LLB is for BuildKit.
 //!
-//! [`lower`] turns every step of the plan into at most one [`Op`] (ARG,
-//! ENV, LABEL... become [`ConfigOp`]s, RUN an [`ExecOp`], COPY/ADD/WORKDIR a
-//! [`FileOp`], FROM nothing), deciding every Dockerfile rule that needs no
+//! [`lower`] turns every step of the plan into at most one [`Op`] (ENV,
+//! LABEL... become [`ConfigOp`]s, RUN an [`ExecOp`], COPY/ADD/WORKDIR a
+//! [`FileOp`], FROM and ARG nothing: an ARG leaves no history entry here), deciding every Dockerfile rule that needs no
 //! image: `--chmod` modes (octal or symbolic), EXPOSE ports, STOPSIGNAL, ADD source
 //! kinds and `--checksum`s, destinations against the working directory,
 //! the argv of RUN heredocs (a single heredoc starting with `#!` is written
@@ -62,10 +62,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::instructions::{NetworkMode, SecurityMode, Sharing};
+pub use crate::instructions::{NetworkMode, SecurityMode, Sharing};
 
 pub use chmod::{Chmod, ChmodError, ModeClause};
 pub use lower::lower;
+pub use lower::vertex_platform;
 pub use rules::{
     add_source_kind, check_checksum, check_signal, copy_history, expose_history, expose_keys,
     go_duration, go_list, go_quote, go_quote_list, go_quote_rune, healthcheck_history,
@@ -146,6 +147,14 @@ pub struct OpMeta {
     /// The progress name (`RUN go build .`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub display: Option<String>,
+    /// The progress vertex names, as buildx shows them
+    /// (`[linux/amd64->arm64 builder 2/4] RUN go build .`): for an exec or
+    /// file op (and a config op of WORKDIR /), the name of the step that
+    /// made it first; for an image source, one per distinct stage that
+    /// starts `FROM` it (`[linux/amd64 builder 1/4] FROM golang`). Empty
+    /// for ops shown as no vertex.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub progress: Vec<String>,
 }
 
 /// The kinds of op.
@@ -164,7 +173,7 @@ pub enum OpKind {
 
 /// Where a state comes from. An image or a scratch with a platform starts
 /// an image config for that platform (a scratch: empty, `os`/`architecture`
-/// set); on Linux `PATH` is defaulted in it when missing, as BuildKit does
+/// set, working directory `/`); on Linux `PATH` is defaulted in it when missing, as BuildKit does
 /// (`PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`).
 /// Scratch without a platform, the context, URLs and git give files only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,8 +402,10 @@ pub enum FileAction {
 pub struct ConfigOp {
     /// The changes.
     pub patches: Vec<ConfigPatch>,
-    /// The history entry (always an empty layer).
-    pub history: History,
+    /// The history entry (always an empty layer); `None` for internal
+    /// ops (clearing the base's ONBUILD triggers once a stage ran them).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub history: Option<History>,
 }
 
 /// One image config change.
@@ -482,6 +493,9 @@ pub enum ConfigPatch {
         /// The name.
         name: String,
     },
+    /// Remove every `OnBuild` trigger: a stage that starts from a base with
+    /// triggers runs them as its first ops and does not pass them on.
+    ClearOnBuild,
 }
 
 /// A history entry of the image config.

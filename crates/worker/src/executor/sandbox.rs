@@ -216,6 +216,7 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
                 target,
                 readonly,
             } => {
+                recreate_mount_point(target, source.is_dir())?;
                 mnt(
                     Some(source),
                     target,
@@ -234,6 +235,7 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
                 }
             }
             HelperMount::Tmpfs { target, size } => {
+                recreate_mount_point(target, true)?;
                 let data = match size {
                     Some(s) => format!("mode=1777,size={s}"),
                     None => "mode=1777".to_string(),
@@ -373,6 +375,25 @@ fn harden(proc: &Path, sys: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A mount point the supervisor made in the root filesystem is hidden
+/// when it lies under a filesystem mounted here since (`/dev`'s tmpfs,
+/// e.g. `/dev/pipes/` for a RUN heredoc script): make it again, in that
+/// fresh filesystem, as runc does for its mount destinations.
+fn recreate_mount_point(target: &Path, dir: bool) -> Result<(), String> {
+    if fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
+    let made = if dir {
+        fs::create_dir_all(target)
+    } else {
+        target
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| fs::File::create(target).map(drop))
+    };
+    made.map_err(|e| format!("create the mount point {}: {e}", target.display()))
 }
 
 fn setup_dev(dev: &Path) -> Result<(), String> {

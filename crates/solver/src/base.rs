@@ -1,0 +1,259 @@
+//! Base images: which images a plan or graph needs, and resolving each
+//! for its platform (the local store first, the registry when missing or
+//! with `--pull`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kbuild_dockerfile::graph::{Graph, OpKind, SourceOp};
+use kbuild_dockerfile::plan::{BuildPlan, Source as PlanSource, StageBase};
+use kbuild_image::{DescriptorPlatform, Digest, Document, ImageConfig, Manifest};
+use kbuild_platform::Platform;
+
+use crate::engine::Solver;
+use crate::error::SolveError;
+use crate::layer::LayerRef;
+use crate::progress::Event;
+
+/// A base image resolved for one platform.
+#[derive(Debug)]
+pub(crate) struct BaseImage {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRef>,
+    pub manifest_digest: Digest,
+}
+
+/// Resolved images by (reference, platform).
+pub(crate) type Images = HashMap<(String, String), Arc<BaseImage>>;
+
+fn to_platform(p: &DescriptorPlatform) -> Option<Platform> {
+    let s = match &p.variant {
+        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
+        None => format!("{}/{}", p.os, p.architecture),
+    };
+    let mut plat = Platform::parse(&s).ok()?;
+    plat.os_version = p.os_version.clone();
+    Some(plat)
+}
+
+/// The images `plan` pulls, each `(reference, platform)` once, sorted.
+///
+/// Fails when one of them is wanted for a platform that does not exist
+/// ([`Platform::check_known`]): a build for `linux/arm65` or `linux/arm/v9`
+/// only goes ahead when every stage that runs for it starts `FROM scratch`
+/// (stages on another platform, such as `FROM --platform=$BUILDPLATFORM`,
+/// may use images) and nothing copies from an image for it. Callers run
+/// this before any build work; `--dry-run` runs it too.
+pub fn images_needed(plan: &BuildPlan) -> Result<Vec<(String, Platform)>, SolveError> {
+    let mut wanted: Vec<(String, Platform)> = Vec::new();
+    for s in &plan.stages {
+        if let StageBase::Image {
+            reference,
+            platform,
+        } = &s.base
+        {
+            wanted.push((reference.clone(), Platform::clone(platform)));
+        }
+    }
+    for st in &plan.steps {
+        for src in &st.sources {
+            if let PlanSource::Image {
+                reference,
+                platform,
+            } = src
+            {
+                wanted.push((reference.clone(), Platform::clone(platform)));
+            }
+        }
+    }
+    wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
+    wanted.dedup();
+    for (reference, platform) in &wanted {
+        platform
+            .check_known()
+            .map_err(|source| SolveError::UnknownPlatform {
+                image: reference.clone(),
+                source,
+            })?;
+    }
+    Ok(wanted)
+}
+
+/// The images the image source ops of `graph` pull, each once, sorted;
+/// refused like [`images_needed`] for a platform that does not exist.
+pub fn graph_images(graph: &Graph) -> Result<Vec<(String, Platform)>, SolveError> {
+    let mut wanted: Vec<(String, Platform)> = Vec::new();
+    for op in &graph.ops {
+        if let OpKind::Source(SourceOp::Image {
+            reference,
+            platform,
+        }) = &op.op
+        {
+            let p = Platform::parse(platform).map_err(|source| SolveError::OpPlatform {
+                op: op.id.clone(),
+                value: platform.clone(),
+                source: Box::new(source),
+            })?;
+            wanted.push((reference.clone(), p));
+        }
+    }
+    wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
+    wanted.dedup();
+    for (reference, platform) in &wanted {
+        platform
+            .check_known()
+            .map_err(|source| SolveError::UnknownPlatform {
+                image: reference.clone(),
+                source,
+            })?;
+    }
+    Ok(wanted)
+}
+
+/// The name of a local image ref: `image/<normalized reference>`.
+pub fn image_ref_name(reference: &str) -> Result<String, SolveError> {
+    let r = kbuild_registry::Reference::parse(reference)?;
+    Ok(format!("image/{r}"))
+}
+
+impl Solver {
+    /// Resolve every `(reference, platform)` concurrently.
+    pub(crate) async fn resolve_images(
+        &self,
+        wanted: &[(String, Platform)],
+    ) -> Result<Images, SolveError> {
+        let resolved =
+            futures_util::future::join_all(wanted.iter().map(|(r, p)| self.resolve_image(r, p)))
+                .await;
+        let mut images = Images::new();
+        for ((r, p), img) in wanted.iter().zip(resolved) {
+            images.insert((r.clone(), p.to_string()), img?);
+        }
+        Ok(images)
+    }
+
+    /// Resolve `reference` for `platform`: the local store first (images
+    /// built here with `-o type=image`, or pulled before), the registry when
+    /// the store has none or `--pull` was given.
+    pub(crate) async fn resolve_image(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Arc<BaseImage>, SolveError> {
+        let refname = image_ref_name(reference)?;
+        if !self.opts.pull {
+            if let Some(root) = self.store.get_ref(&refname)? {
+                if let Some(img) = self.local_image(reference, &root, platform)? {
+                    self.progress.event(Event::Note(format!(
+                        "resolve {reference} for {platform}: local"
+                    )));
+                    return Ok(Arc::new(img));
+                }
+            }
+        }
+        self.progress
+            .event(Event::Note(format!("pull {reference} for {platform}")));
+        let r = kbuild_registry::Reference::parse(reference)?;
+        let pulled = self.registry.pull_image(&r, platform, &self.store).await?;
+        let root = Digest::parse(&pulled.root_digest.to_string())?;
+        self.store.set_ref(&refname, &root)?;
+        self.local_image(reference, &root, platform)?
+            .map(Arc::new)
+            .ok_or_else(|| SolveError::PulledWithoutPlatform {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+            })
+    }
+
+    /// Read an image for `platform` from the store; `None` when the stored
+    /// index has no matching platform or a blob is missing.
+    fn local_image(
+        &self,
+        reference: &str,
+        root: &Digest,
+        platform: &Platform,
+    ) -> Result<Option<BaseImage>, SolveError> {
+        if !self.store.has(root) {
+            return Ok(None);
+        }
+        let bytes = self.store.read(root)?;
+        let (manifest_digest, lone) = match Document::parse(&bytes)? {
+            Document::Manifest(_) => (*root, true),
+            Document::Index(index) => {
+                let candidates: Vec<(usize, Platform)> = index
+                    .manifests
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, d)| d.platform.as_ref().and_then(to_platform).map(|p| (i, p)))
+                    .collect();
+                let plats: Vec<Platform> = candidates.iter().map(|(_, p)| p.clone()).collect();
+                match platform.best_match(plats.iter()) {
+                    Some(k) => (index.manifests[candidates[k].0].digest, false),
+                    None => {
+                        let mut offered: Vec<String> = Vec::new();
+                        // Attestation manifests say unknown/unknown: not worth listing.
+                        for p in plats.iter().filter(|p| p.os != "unknown") {
+                            let p = p.to_string();
+                            if !offered.contains(&p) {
+                                offered.push(p);
+                            }
+                        }
+                        return Err(SolveError::PlatformNotOffered {
+                            image: reference.to_string(),
+                            wanted: platform.to_string(),
+                            offered,
+                        });
+                    }
+                }
+            }
+        };
+        if !self.store.has(&manifest_digest) {
+            return Ok(None);
+        }
+        let manifest = Manifest::parse(&self.store.read(&manifest_digest)?)?;
+        if !self.store.has(&manifest.config.digest) {
+            return Ok(None);
+        }
+        let config = ImageConfig::parse(&self.store.read(&manifest.config.digest)?)?;
+        if lone {
+            // A manifest without an index is only right if its config says
+            // so (the registry client checks the same when it pulls one).
+            let offered = to_platform(&config.platform());
+            if !offered.as_ref().is_some_and(|p| platform.matches(p)) {
+                return Err(SolveError::PlatformNotOffered {
+                    image: reference.to_string(),
+                    wanted: platform.to_string(),
+                    offered: vec![offered.map_or_else(
+                        || {
+                            let p = config.platform();
+                            format!("{}/{}", p.os, p.architecture)
+                        },
+                        |p| p.to_string(),
+                    )],
+                });
+            }
+        }
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(SolveError::LayerCount {
+                reference: reference.to_string(),
+                config: config.rootfs.diff_ids.len(),
+                manifest: manifest.layers.len(),
+            });
+        }
+        let mut layers = Vec::new();
+        for (d, diff_id) in manifest.layers.iter().zip(config.rootfs.diff_ids.iter()) {
+            if !self.store.has(&d.digest) && d.urls.is_empty() {
+                return Ok(None);
+            }
+            layers.push(LayerRef {
+                diff_id: *diff_id,
+                descriptor: d.clone(),
+            });
+        }
+        Ok(Some(BaseImage {
+            config,
+            layers,
+            manifest_digest,
+        }))
+    }
+}

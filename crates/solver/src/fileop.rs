@@ -1,0 +1,431 @@
+//! File ops: copy (from a state, the build context or a download), mkfile,
+//! mkdir and rm applied in order to the parent state mounted with
+//! overlayfs; the upper directory becomes the op's layer. Owners are
+//! resolved against the changed state's `/etc/passwd` and `/etc/group`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kbuild_dockerfile::graph::{FileAction, FileOp, Op};
+use kbuild_worker::snapshot::Snapshotter;
+
+use crate::assemble::now_rfc3339;
+use crate::cache::{self, KeyParts};
+use crate::copy;
+use crate::engine::{Context, State};
+use crate::error::{SolveError, StepError};
+use crate::fsutil::resolve_in_root;
+use crate::layer::{self, LayerOptions};
+use crate::scheduler::{step_error, Exec, Value, Vertex};
+use crate::users;
+
+/// Where a copy action reads.
+enum CopyFrom {
+    /// A state's layers, mounted for the copy; owners are kept.
+    Layers(Vec<PathBuf>),
+    /// A host directory (the context, a download); files become root's.
+    Dir {
+        root: PathBuf,
+        ignore: Option<kbuild_ignore::Matcher>,
+    },
+}
+
+/// Run a file op on `parent`. Returns the state and whether it came
+/// from the cache.
+pub(crate) async fn run(
+    x: &Exec<'_>,
+    op: &Op,
+    f: &FileOp,
+    parent: Arc<State>,
+    inputs: &[Value],
+    vertex: &Vertex<'_>,
+) -> Result<(Arc<State>, bool), SolveError> {
+    let solver = x.solver;
+    let fail = |e: StepError| step_error(op, e);
+    let instruction = instruction_of(op);
+    check_dest(f, instruction).map_err(fail)?;
+    let key = key(x, op, f, inputs, instruction).map_err(fail)?;
+    if !solver.opts.no_cache {
+        if let Some(st) = cache::cached(&solver.store, &key, &parent, solver.opts.compression)? {
+            vertex.start();
+            return Ok((Arc::new(st), true));
+        }
+    }
+    let windows = op
+        .platform
+        .as_deref()
+        .is_some_and(|p| p.starts_with("windows/"));
+    // --link copies do not depend on the files under them; a Linux builder
+    // cannot mount Windows layers, so a Windows op writes into an empty
+    // layer too.
+    let link = f.actions.iter().all(|a| match a {
+        FileAction::Copy { link, .. } => *link,
+        _ => false,
+    });
+    let lowers = if link || windows {
+        Vec::new()
+    } else {
+        solver.layer_dirs(&parent.layers).await?
+    };
+    let froms = copy_sources(x, f, inputs).await.map_err(|e| match e {
+        Ok(step) => fail(step),
+        Err(solve) => solve,
+    })?;
+    let permit = solver.cpu.clone().acquire_owned().await?;
+    vertex.start();
+    let snaps = solver.snaps.clone();
+    let store = solver.store.clone();
+    let actions = f.actions.clone();
+    let opts = LayerOptions {
+        compression: solver.opts.compression,
+        source_date_epoch: solver.opts.source_date_epoch,
+        windows,
+    };
+    let layer = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mount = snaps.mount(&lowers).map_err(|source| StepError::Mount {
+            what: "root",
+            source,
+        })?;
+        if let Err(e) = apply(
+            &snaps,
+            mount.merged(),
+            &actions,
+            &froms,
+            instruction,
+            windows,
+        ) {
+            let _ = mount.unmount();
+            return Err(e);
+        }
+        layer::commit(&snaps, &store, mount, &lowers, &opts)
+    })
+    .await?
+    .map_err(fail)?;
+    let mut st = (*parent).clone();
+    crate::config::apply(&mut st.config, &f.config).map_err(fail)?;
+    let created = now_rfc3339(solver.opts.source_date_epoch);
+    match (&layer, &f.history) {
+        (Some(l), Some(h)) => st
+            .config
+            .push_layer(l.diff_id, crate::config::history(&created, h, false)),
+        (Some(l), None) => st.config.rootfs.diff_ids.push(l.diff_id),
+        (None, Some(h)) => st
+            .config
+            .push_empty_layer(crate::config::history(&created, h, true)),
+        (None, None) => {}
+    }
+    if let Some(l) = &layer {
+        st.layers.push(l.clone());
+    }
+    st.key = key;
+    cache::record(&solver.store, &st, layer)?;
+    Ok((Arc::new(st), false))
+}
+
+/// `COPY` or `ADD`, for messages (from the op's Dockerfile text).
+fn instruction_of(op: &Op) -> &'static str {
+    match op.meta.display.as_deref() {
+        Some(d) if d.starts_with("ADD") => "ADD",
+        _ => "COPY",
+    }
+}
+
+/// Several sources need a destination directory ending with `/`.
+fn check_dest(f: &FileOp, instruction: &'static str) -> Result<(), StepError> {
+    let mut sources = 0;
+    let mut dest = None;
+    for a in &f.actions {
+        if let FileAction::Copy {
+            sources: s,
+            dest: d,
+            ..
+        } = a
+        {
+            sources += s.len();
+            dest = Some(d);
+        }
+    }
+    match dest {
+        Some(d) if sources > 1 && !d.ends_with('/') => Err(StepError::DestNotDir {
+            instruction,
+            dest: d.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The cache key: the op, its inputs' keys, `SOURCE_DATE_EPOCH` (file
+/// times and history dates depend on it) and the checksum of every
+/// context file a copy reads.
+fn key(
+    x: &Exec,
+    op: &Op,
+    f: &FileOp,
+    inputs: &[Value],
+    instruction: &'static str,
+) -> Result<String, StepError> {
+    let mut key = KeyParts::default();
+    key.push(op.id.0.as_bytes());
+    key.push(format!(
+        "source-date-epoch:{:?}",
+        x.solver.opts.source_date_epoch
+    ));
+    for i in inputs {
+        key.push(i.key().as_bytes());
+    }
+    for a in &f.actions {
+        let FileAction::Copy { input, .. } = a else {
+            continue;
+        };
+        if let Some(Value::Context { dockerignore }) = inputs.get(*input) {
+            let req = request(a, instruction).unwrap_or_default();
+            key.push(context_checksum(x.ctx, *dockerignore, &req)?);
+        }
+    }
+    Ok(key.finish())
+}
+
+/// The digest of the context files `req` reads.
+pub(crate) fn context_checksum(
+    ctx: &Context,
+    dockerignore: bool,
+    req: &copy::Request,
+) -> Result<String, StepError> {
+    let dir = ctx.dir.as_deref().ok_or(StepError::NoContext)?;
+    let excluded = |p: &str, d: bool| dockerignore && ctx.excluded(p, d);
+    let descend = |p: &str| dockerignore && ctx.may_contain_included(p);
+    let src = copy::Source {
+        root: dir,
+        what: "build context",
+        excluded: &excluded,
+        may_contain_included: &descend,
+        keep_owner: false,
+        checksums: ctx.checksums.as_ref(),
+    };
+    Ok(copy::checksum(&src, req)?)
+}
+
+/// The copy request of a copy action (`None` for other actions).
+fn request(a: &FileAction, instruction: &'static str) -> Option<copy::Request> {
+    let FileAction::Copy {
+        sources,
+        dest,
+        chmod,
+        excludes,
+        parents,
+        unpack,
+        ..
+    } = a
+    else {
+        return None;
+    };
+    Some(copy::Request {
+        sources: sources.clone(),
+        dest: dest.clone(),
+        chown: None,
+        chmod: chmod.clone(),
+        excludes: excludes.clone(),
+        parents: *parents,
+        unpack_archives: *unpack,
+        instruction,
+    })
+}
+
+/// Where each input a copy action reads comes from (`None` for inputs no
+/// copy reads). The outer error is a step's, the inner one the build's.
+async fn copy_sources(
+    x: &Exec<'_>,
+    f: &FileOp,
+    inputs: &[Value],
+) -> Result<Vec<Option<CopyFrom>>, Result<StepError, SolveError>> {
+    let mut froms = Vec::with_capacity(inputs.len());
+    for (i, value) in inputs.iter().enumerate() {
+        let read = f
+            .actions
+            .iter()
+            .any(|a| matches!(a, FileAction::Copy { input, .. } if *input == i));
+        if !read {
+            froms.push(None);
+            continue;
+        }
+        froms.push(Some(match value {
+            Value::State(s) => CopyFrom::Layers(x.solver.layer_dirs(&s.layers).await.map_err(Err)?),
+            Value::Context { dockerignore } => CopyFrom::Dir {
+                root: x.ctx.dir.clone().ok_or(Ok(StepError::NoContext))?,
+                ignore: if *dockerignore {
+                    x.ctx.ignore.clone()
+                } else {
+                    None
+                },
+            },
+            Value::Download(d) => CopyFrom::Dir {
+                root: d.dir.path().to_path_buf(),
+                ignore: None,
+            },
+        }));
+    }
+    Ok(froms)
+}
+
+/// Apply the actions in order to the mounted root `merged`.
+fn apply(
+    snaps: &Snapshotter,
+    merged: &Path,
+    actions: &[FileAction],
+    froms: &[Option<CopyFrom>],
+    instruction: &'static str,
+    windows: bool,
+) -> Result<(), StepError> {
+    let path = |p: &str| {
+        if windows {
+            layer::windows_path(p)
+        } else {
+            p.to_string()
+        }
+    };
+    for a in actions {
+        match a {
+            FileAction::Copy { input, chown, .. } => {
+                let mut req = request(a, instruction).unwrap_or_default();
+                if let Some(spec) = chown {
+                    req.chown = Some(users::chown_ids(merged, spec)?);
+                }
+                let from = froms.get(*input).and_then(Option::as_ref);
+                copy_from(snaps, merged, from, &req)?;
+            }
+            FileAction::Mkfile {
+                path: p,
+                data,
+                mode,
+                chown,
+            } => mkfile(merged, &path(p), data, *mode, chown.as_deref())?,
+            FileAction::Mkdir {
+                path: p,
+                mode,
+                parents,
+                chown,
+            } => mkdir(merged, &path(p), *mode, *parents, chown.as_deref())?,
+            FileAction::Rm {
+                path: p,
+                allow_not_found,
+            } => rm(merged, &path(p), *allow_not_found)?,
+        }
+    }
+    Ok(())
+}
+
+fn copy_from(
+    snaps: &Snapshotter,
+    merged: &Path,
+    from: Option<&CopyFrom>,
+    req: &copy::Request,
+) -> Result<(), StepError> {
+    match from {
+        Some(CopyFrom::Layers(lowers)) => {
+            let m = snaps.mount(lowers).map_err(|source| StepError::Mount {
+                what: "source",
+                source,
+            })?;
+            let none = |_: &str, _: bool| false;
+            let src = copy::Source {
+                root: m.merged(),
+                what: "source stage",
+                excluded: &none,
+                may_contain_included: &|_| false,
+                keep_owner: true,
+                checksums: None,
+            };
+            let r = copy::copy(&src, req, merged);
+            m.unmount().map_err(|source| StepError::Snapshot {
+                action: "unmount the source",
+                source,
+            })?;
+            Ok(r?)
+        }
+        Some(CopyFrom::Dir { root, ignore }) => {
+            let excluded = |p: &str, d: bool| ignore.as_ref().is_some_and(|m| m.is_excluded(p, d));
+            let descend = |p: &str| ignore.as_ref().is_some_and(|m| m.may_contain_included(p));
+            let src = copy::Source {
+                root,
+                what: "build context",
+                excluded: &excluded,
+                may_contain_included: &descend,
+                keep_owner: false,
+                checksums: None,
+            };
+            Ok(copy::copy(&src, req, merged)?)
+        }
+        None => Err(StepError::NoContext),
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
+    move |source| StepError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn mkfile(
+    root: &Path,
+    path: &str,
+    data: &str,
+    mode: u32,
+    chown: Option<&str>,
+) -> Result<(), StepError> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = resolve_in_root(root, path, false).map_err(io_at(Path::new(path)))?;
+    std::fs::write(&host, data.as_bytes()).map_err(io_at(Path::new(path)))?;
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
+        .map_err(io_at(Path::new(path)))?;
+    let (uid, gid) = match chown {
+        Some(spec) => users::chown_ids(root, spec)?,
+        None => (0, 0),
+    };
+    std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_at(Path::new(path)))
+}
+
+fn mkdir(
+    root: &Path,
+    path: &str,
+    mode: u32,
+    parents: bool,
+    chown: Option<&str>,
+) -> Result<(), StepError> {
+    use std::os::unix::fs::PermissionsExt;
+    let host = resolve_in_root(root, path, true).map_err(io_at(Path::new(path)))?;
+    if host.is_dir() {
+        return Ok(());
+    }
+    let ids = users::user_ids(root, chown.unwrap_or_default())?;
+    let req = copy::Request {
+        chown: Some((ids.uid, ids.gid)),
+        ..Default::default()
+    };
+    if parents {
+        copy::mkdir_all(root, path, &req)?;
+    } else {
+        std::fs::create_dir(&host).map_err(io_at(Path::new(path)))?;
+        std::os::unix::fs::lchown(&host, Some(ids.uid), Some(ids.gid))
+            .map_err(io_at(Path::new(path)))?;
+    }
+    if mode != 0o755 || !parents {
+        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
+            .map_err(io_at(Path::new(path)))?;
+    }
+    Ok(())
+}
+
+fn rm(root: &Path, path: &str, allow_not_found: bool) -> Result<(), StepError> {
+    let host = resolve_in_root(root, path, false).map_err(io_at(Path::new(path)))?;
+    let r = match std::fs::symlink_metadata(&host) {
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(&host),
+        Ok(_) => std::fs::remove_file(&host),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && allow_not_found => Ok(()),
+        other => other.map_err(io_at(Path::new(path))),
+    }
+}

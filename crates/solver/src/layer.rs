@@ -1,0 +1,276 @@
+//! The layer pipeline: unpacking a state's layers into snapshot
+//! directories to mount, turning an op's upper directory into a layer
+//! (deterministic tar → gzip/zstd on a second thread, then kept as the
+//! layer's snapshot), the Windows layer layout, and applying layers to a
+//! plain directory for the filesystem outputs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kbuild_image::{Compression, ContentStore, Descriptor, Digest, LayerWriter};
+use kbuild_worker::snapshot::{
+    write_diff, ApplyOptions, ApplyReport, DiffOptions, Mount, Snapshotter,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Solver;
+use crate::error::{LayerError, SolveError, StepError};
+
+/// One layer of a state: its blob and its diff id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRef {
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    /// The blob in the store.
+    pub descriptor: Descriptor,
+}
+
+impl Solver {
+    /// Make sure every layer is unpacked; returns their directories, base first.
+    pub(crate) async fn layer_dirs(&self, layers: &[LayerRef]) -> Result<Vec<PathBuf>, SolveError> {
+        let mut out = Vec::new();
+        for l in layers {
+            let diff_id = l.diff_id.to_string();
+            if let Some(p) = self.snaps.layer(&diff_id)? {
+                out.push(p);
+                continue;
+            }
+            let store = self.store.clone();
+            let snaps = self.snaps.clone();
+            let desc = l.descriptor.clone();
+            let _permit = self.cpu.acquire().await?;
+            let p = tokio::task::spawn_blocking(move || -> Result<PathBuf, SolveError> {
+                let blob = store.open_blob(&desc.digest)?;
+                let reader = kbuild_image::decompress_reader(
+                    &desc.media_type,
+                    std::io::BufReader::new(blob),
+                )?;
+                snaps
+                    .unpack_layer(&diff_id, reader)
+                    .map_err(|source| SolveError::Layer {
+                        digest: desc.digest.to_string(),
+                        source,
+                    })
+            })
+            .await??;
+            out.push(p);
+        }
+        Ok(out)
+    }
+}
+
+/// How an op's changes become a layer.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerOptions {
+    /// Compression of the blob.
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`: clamps file times.
+    pub source_date_epoch: Option<i64>,
+    /// Write the Windows layout (`Files/`, `Hives/`).
+    pub windows: bool,
+}
+
+/// Unmount `mount` and turn its upper directory into a layer kept as a
+/// snapshot; `None` when the op changed nothing.
+pub(crate) fn commit(
+    snaps: &Snapshotter,
+    store: &ContentStore,
+    mount: Mount,
+    lowers: &[PathBuf],
+    opts: &LayerOptions,
+) -> Result<Option<LayerRef>, StepError> {
+    // Held until the layer is adopted: recovery leaves it alone.
+    let snapshot = mount.commit().map_err(|source| StepError::Snapshot {
+        action: "unmount",
+        source,
+    })?;
+    let dir = snapshot.path().to_path_buf();
+    let empty = std::fs::read_dir(&dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true);
+    if empty {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(None);
+    }
+    let dir = if opts.windows {
+        windows_layout(&dir)?
+    } else {
+        dir
+    };
+    let layer = match write_layer(
+        store,
+        opts.compression,
+        &dir,
+        lowers,
+        opts.source_date_epoch,
+    ) {
+        Ok(Some(l)) => l,
+        other => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return other.map(|_| None).map_err(StepError::from);
+        }
+    };
+    snaps
+        .adopt_layer(&layer.diff_id.to_string(), &dir)
+        .map_err(|source| StepError::Snapshot {
+            action: "keep the layer",
+            source,
+        })?;
+    Ok(Some(LayerRef {
+        diff_id: layer.diff_id,
+        descriptor: layer.descriptor,
+    }))
+}
+
+/// Feeds the tar stream to the compressor thread in chunks.
+struct Chan {
+    tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl Write for Chan {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 64 * 1024));
+            self.tx
+                .send(Some(full))
+                .map_err(|_| std::io::Error::other("the layer compressor stopped"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Diff `dir` into a layer in the store. Reading files and writing the tar
+/// stream run on this thread; hashing and compressing on a second one, fed
+/// through a bounded channel, so the two overlap.
+fn write_layer(
+    store: &ContentStore,
+    compression: Compression,
+    dir: &Path,
+    lowers: &[PathBuf],
+    sde: Option<i64>,
+) -> Result<Option<kbuild_image::Layer>, LayerError> {
+    let lw = LayerWriter::new(store, compression)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+    let abort = tx.clone();
+    let compressor = std::thread::spawn(move || -> Result<kbuild_image::Layer, LayerError> {
+        let mut lw = lw;
+        for chunk in rx {
+            match chunk {
+                Some(c) => lw.write_all(&c)?,
+                // The producer failed: drop the ingest instead of committing it.
+                None => return Err(LayerError::Abandoned),
+            }
+        }
+        Ok(lw.finish()?)
+    });
+    let produced = (|| -> Result<u64, LayerError> {
+        let mut tb = tar::Builder::new(Chan {
+            tx,
+            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+        });
+        let stats = write_diff(
+            dir,
+            lowers,
+            &mut tb,
+            &DiffOptions {
+                source_date_epoch: sde,
+            },
+        )?;
+        let mut chan = tb.into_inner()?;
+        chan.flush()?;
+        Ok(stats.entries)
+    })();
+    if produced.is_err() {
+        let _ = abort.send(None);
+    }
+    drop(abort);
+    // Every sender is dropped now: the compressor ends.
+    let layer = compressor
+        .join()
+        .map_err(|_| LayerError::CompressorPanicked)?;
+    let entries = produced?;
+    // An upper directory with nothing to report (only directories copied up
+    // unchanged) is no layer: the op leaves an empty_layer history entry.
+    layer.map(|l| (entries > 0).then_some(l))
+}
+
+/// Move a committed upper directory under `Files/` and add an empty
+/// `Hives/`, the layout of Windows image layers. The layer entries carry no
+/// Windows security descriptors (PAX `MSWINDOWS.rawsd`): Windows applies its
+/// defaults to files without one.
+fn windows_layout(dir: &Path) -> Result<PathBuf, StepError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StepError::Io { path, source }
+    };
+    let parent = dir.parent().unwrap_or(dir);
+    let out = parent.join(format!(
+        "{}.windows",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir(&out).map_err(io(&out))?;
+    std::fs::rename(dir, out.join("Files")).map_err(io(&out))?;
+    std::fs::create_dir(out.join("Hives")).map_err(io(&out))?;
+    Ok(out)
+}
+
+/// A Windows path as the layer stores it: `C:\\app\\x.exe` → `/app/x.exe`
+/// (other paths are returned as they are).
+pub(crate) fn windows_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let rest = if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+        &p[2..]
+    } else {
+        p
+    };
+    if rest.contains('\\') || rest.len() != p.len() {
+        let r = rest.replace('\\', "/");
+        if r.starts_with('/') {
+            r
+        } else {
+            format!("/{r}")
+        }
+    } else {
+        p.to_string()
+    }
+}
+
+/// The root directory a state's files would have: only for tests and the
+/// `local`/`tar` outputs, which apply the layers to a plain directory.
+pub fn apply_layers(
+    store: &ContentStore,
+    layers: &[LayerRef],
+    dir: &Path,
+    options: ApplyOptions,
+) -> Result<ApplyReport, SolveError> {
+    let mut report = ApplyReport::default();
+    for l in layers {
+        let blob = store.open_blob(&l.descriptor.digest)?;
+        let reader = kbuild_image::decompress_reader(
+            &l.descriptor.media_type,
+            std::io::BufReader::new(blob),
+        )?;
+        let r = kbuild_worker::snapshot::apply_layer_to_dir_with(dir, reader, options).map_err(
+            |source| SolveError::Layer {
+                digest: l.descriptor.digest.to_string(),
+                source,
+            },
+        )?;
+        report.devices_skipped += r.devices_skipped;
+        report.privileges_dropped += r.privileges_dropped;
+    }
+    Ok(report)
+}

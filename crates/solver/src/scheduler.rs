@@ -1,0 +1,261 @@
+//! The scheduler: one build's memo table over the graph's ops. Every op is
+//! a future computed at most once (keyed by its id) that first awaits its
+//! inputs concurrently, then runs by its kind: [`crate::source`],
+//! [`crate::exec`], [`crate::fileop`] or a config patch. Ops with a
+//! progress name are shown as vertices.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use kbuild_dockerfile::graph::{ConfigOp, Graph, Op, OpId, OpKind};
+use tokio::sync::OnceCell;
+
+use crate::assemble::now_rfc3339;
+use crate::base::Images;
+use crate::engine::{Context, Solver, State};
+use crate::error::{share, GraphProblem, Shared, SolveError, StepError};
+use crate::progress::{Event, Progress};
+
+/// What an op gives the ops that read it.
+#[derive(Clone)]
+pub(crate) enum Value {
+    /// A filesystem as layers, with an image config.
+    State(Arc<State>),
+    /// Files of the build context (`.dockerignore` applied or not).
+    Context {
+        /// Whether `.dockerignore` applies.
+        dockerignore: bool,
+    },
+    /// A downloaded file.
+    Download(Arc<Downloaded>),
+}
+
+/// A file an `http` source downloaded.
+pub(crate) struct Downloaded {
+    /// The directory holding it (removed when the build is done).
+    pub dir: tempfile::TempDir,
+    /// Its content digest.
+    pub digest: String,
+}
+
+impl Value {
+    /// What the value contributes to its readers' cache keys. The files
+    /// of the context are keyed by each reader, by what it reads.
+    pub fn key(&self) -> &str {
+        match self {
+            Value::State(s) => &s.key,
+            Value::Context { dockerignore: true } => "context",
+            Value::Context {
+                dockerignore: false,
+            } => "context-all",
+            Value::Download(d) => &d.digest,
+        }
+    }
+}
+
+/// The memo table of one build.
+pub(crate) struct Exec<'a> {
+    pub solver: &'a Solver,
+    pub ctx: &'a Context,
+    pub images: Images,
+    ops: HashMap<&'a OpId, (&'a Op, OnceCell<Shared<Value>>)>,
+}
+
+impl<'a> Exec<'a> {
+    pub fn new(solver: &'a Solver, graph: &'a Graph, ctx: &'a Context, images: Images) -> Self {
+        let ops = graph
+            .ops
+            .iter()
+            .map(|op| (&op.id, (op, OnceCell::new())))
+            .collect();
+        Exec {
+            solver,
+            ctx,
+            images,
+            ops,
+        }
+    }
+
+    /// The image state a target's result op gives.
+    pub async fn target_state(&'a self, id: &'a OpId) -> Shared<Arc<State>> {
+        match self.value(id, None).await? {
+            Value::State(s) => Ok(s),
+            _ => Err(Arc::new(SolveError::InvalidOp {
+                op: id.clone(),
+                problem: GraphProblem::NotAnImage,
+            })),
+        }
+    }
+
+    /// The value of op `id`, computed once; `reader` is the op that asks
+    /// first (its name goes into errors of sources it reads).
+    fn value(&'a self, id: &'a OpId, reader: Option<&'a Op>) -> BoxFuture<'a, Shared<Value>> {
+        Box::pin(async move {
+            let Some((op, cell)) = self.ops.get(id) else {
+                return Err(Arc::new(SolveError::InvalidOp {
+                    op: reader.map_or_else(|| id.clone(), |r| r.id.clone()),
+                    problem: GraphProblem::MissingInput(id.clone()),
+                }));
+            };
+            cell.get_or_init(|| async move { self.compute(op, reader).await.map_err(share) })
+                .await
+                .clone()
+        })
+    }
+
+    async fn compute(&'a self, op: &'a Op, reader: Option<&'a Op>) -> Result<Value, SolveError> {
+        let inputs =
+            futures_util::future::try_join_all(op.inputs.iter().map(|i| self.value(i, Some(op))))
+                .await
+                .map_err(SolveError::Shared)?;
+        let parent = || state_input(op, &inputs, 0);
+        let vertex = Vertex::new(self.solver, op);
+        let result = match &op.op {
+            OpKind::Source(s) => return crate::source::value(self, op, s, reader).await,
+            OpKind::Config(c) => self.config_op(op, c, parent()?, &vertex),
+            OpKind::File(f) => crate::fileop::run(self, op, f, parent()?, &inputs, &vertex).await,
+            OpKind::Exec(e) => crate::exec::run(self, op, e, parent()?, &inputs, &vertex).await,
+        };
+        vertex.finish(&result);
+        result.map(|(s, _)| Value::State(s))
+    }
+
+    /// A config op: patches and a history entry, no vertex of its own
+    /// unless it has a progress name (`WORKDIR /`).
+    fn config_op(
+        &self,
+        op: &Op,
+        c: &ConfigOp,
+        parent: Arc<State>,
+        vertex: &Vertex,
+    ) -> Result<(Arc<State>, bool), SolveError> {
+        let solver = self.solver;
+        let key = crate::cache::key(&[op.id.0.as_bytes(), parent.key.as_bytes()]);
+        if !solver.opts.no_cache {
+            if let Some(st) =
+                crate::cache::cached(&solver.store, &key, &parent, solver.opts.compression)?
+            {
+                vertex.start();
+                return Ok((Arc::new(st), true));
+            }
+        }
+        vertex.start();
+        let mut st = (*parent).clone();
+        crate::config::apply(&mut st.config, &c.patches).map_err(|e| step_error(op, e))?;
+        if let Some(h) = &c.history {
+            let created = now_rfc3339(solver.opts.source_date_epoch);
+            st.config
+                .push_empty_layer(crate::config::history(&created, h, true));
+        }
+        st.key = key;
+        crate::cache::record(&solver.store, &st, None)?;
+        Ok((Arc::new(st), false))
+    }
+}
+
+/// Input `i` of `op` as a filesystem state.
+pub(crate) fn state_input(op: &Op, inputs: &[Value], i: usize) -> Result<Arc<State>, SolveError> {
+    let invalid = |problem| SolveError::InvalidOp {
+        op: op.id.clone(),
+        problem,
+    };
+    match inputs.get(i) {
+        Some(Value::State(s)) => Ok(s.clone()),
+        Some(_) => Err(invalid(GraphProblem::NotAState(i))),
+        None if i == 0 => Err(invalid(GraphProblem::NoParent)),
+        None => Err(invalid(GraphProblem::InputIndex(i))),
+    }
+}
+
+/// How errors and progress name an op: its progress name, else its
+/// Dockerfile text, else its id.
+pub(crate) fn op_name(op: &Op) -> String {
+    op.meta
+        .progress
+        .first()
+        .or(op.meta.display.as_ref())
+        .cloned()
+        .unwrap_or_else(|| op.id.to_string())
+}
+
+/// A failure inside `op`.
+pub(crate) fn step_error(op: &Op, source: impl Into<StepError>) -> SolveError {
+    SolveError::Step {
+        step: op_name(op),
+        source: source.into(),
+    }
+}
+
+/// The progress vertex of an op (none when the op has no progress name).
+/// It starts when its work does (after the cache lookup and once it has a
+/// CPU slot), so its time is its own.
+pub(crate) struct Vertex<'a> {
+    pub id: u64,
+    name: Option<&'a str>,
+    progress: &'a dyn Progress,
+    started: Mutex<Option<Instant>>,
+}
+
+impl<'a> Vertex<'a> {
+    fn new(solver: &'a Solver, op: &'a Op) -> Self {
+        // Sources show their own vertices (one per stage starting FROM an image).
+        let name = match op.op {
+            OpKind::Source(_) => None,
+            _ => op.meta.progress.first().map(String::as_str),
+        };
+        Vertex {
+            id: if name.is_some() { solver.vertex() } else { 0 },
+            name,
+            progress: &*solver.progress,
+            started: Mutex::new(None),
+        }
+    }
+
+    /// The work begins.
+    pub fn start(&self) {
+        let Some(name) = self.name else { return };
+        self.progress.event(Event::Start {
+            id: self.id,
+            name: name.to_string(),
+        });
+        if let Ok(mut s) = self.started.lock() {
+            *s = Some(Instant::now());
+        }
+    }
+
+    /// Whether output lines go to a vertex.
+    pub fn shown(&self) -> bool {
+        self.name.is_some()
+    }
+
+    fn finish<T>(&self, result: &Result<(T, bool), SolveError>) {
+        let Some(name) = self.name else { return };
+        let started = match self.started.lock().ok().and_then(|s| *s) {
+            Some(t) => t,
+            None => {
+                self.progress.event(Event::Start {
+                    id: self.id,
+                    name: name.to_string(),
+                });
+                Instant::now()
+            }
+        };
+        let elapsed = started.elapsed();
+        self.progress.event(match result {
+            Ok((_, true)) => Event::Cached {
+                id: self.id,
+                name: name.to_string(),
+            },
+            Ok(_) => Event::Done {
+                id: self.id,
+                elapsed,
+            },
+            Err(_) => Event::Failed {
+                id: self.id,
+                elapsed,
+            },
+        });
+    }
+}

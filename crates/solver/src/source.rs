@@ -1,0 +1,143 @@
+//! Source ops: the states a graph starts from. An image (resolved before
+//! the build), an empty filesystem, the build context, a downloaded URL;
+//! git repositories are refused.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kbuild_dockerfile::graph::{Op, SourceOp};
+use kbuild_image::ImageConfig;
+use kbuild_platform::Platform;
+
+use crate::cache;
+use crate::config::ensure_path;
+use crate::engine::State;
+use crate::error::{SolveError, StepError};
+use crate::progress::Event;
+use crate::scheduler::{op_name, Downloaded, Exec, Value};
+
+/// The value of a source op; `reader` (the op that asked first) names
+/// the step in download errors.
+pub(crate) async fn value(
+    x: &Exec<'_>,
+    op: &Op,
+    s: &SourceOp,
+    reader: Option<&Op>,
+) -> Result<Value, SolveError> {
+    let fail = |source: StepError| SolveError::Step {
+        step: op_name(reader.unwrap_or(op)),
+        source,
+    };
+    match s {
+        SourceOp::Scratch => Ok(Value::State(scratch(op)?)),
+        SourceOp::Image {
+            reference,
+            platform,
+        } => {
+            // One vertex per stage that starts from the image (the pull
+            // itself happened before the build).
+            let shown: Vec<(u64, Instant)> = op
+                .meta
+                .progress
+                .iter()
+                .map(|name| {
+                    let id = x.solver.vertex();
+                    x.solver.progress.event(Event::Start {
+                        id,
+                        name: name.clone(),
+                    });
+                    (id, Instant::now())
+                })
+                .collect();
+            let st = image(x, op, reference, platform);
+            for (id, t) in shown {
+                x.solver.progress.event(Event::Done {
+                    id,
+                    elapsed: t.elapsed(),
+                });
+            }
+            st.map(Value::State)
+        }
+        SourceOp::Context { dockerignore, .. } => {
+            if x.ctx.dir.is_none() {
+                return Err(fail(StepError::NoContext));
+            }
+            Ok(Value::Context {
+                dockerignore: *dockerignore,
+            })
+        }
+        SourceOp::Http {
+            url,
+            filename,
+            checksum,
+        } => {
+            let tmp = std::env::temp_dir();
+            let dir = tempfile::Builder::new()
+                .prefix("kbuild-add-")
+                .tempdir()
+                .map_err(|source| fail(StepError::Io { path: tmp, source }))?;
+            let digest = crate::download::download(
+                url,
+                dir.path(),
+                filename,
+                checksum.as_deref(),
+                &x.solver.opts.network_timeouts,
+            )
+            .await
+            .map_err(|e| fail(e.into()))?;
+            Ok(Value::Download(Arc::new(Downloaded { dir, digest })))
+        }
+        SourceOp::Git { remote, .. } => Err(fail(StepError::Git(remote.clone()))),
+    }
+}
+
+fn platform_of(op: &Op, value: &str) -> Result<Platform, SolveError> {
+    Platform::parse(value).map_err(|source| SolveError::OpPlatform {
+        op: op.id.clone(),
+        value: value.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// An empty filesystem; with a platform, an empty image config for it
+/// (`PATH` defaulted on Linux, working in `/` as BuildKit's empty image).
+fn scratch(op: &Op) -> Result<Arc<State>, SolveError> {
+    let Some(p) = &op.platform else {
+        return Ok(Arc::new(State {
+            layers: Vec::new(),
+            config: ImageConfig::default(),
+            key: cache::key(&[b"scratch"]),
+        }));
+    };
+    let platform = platform_of(op, p)?;
+    let mut config = ImageConfig::for_platform(&platform)?;
+    ensure_path(&mut config);
+    if let Some(c) = config.config.as_mut() {
+        c.working_dir = Some("/".to_string());
+    }
+    Ok(Arc::new(State {
+        layers: Vec::new(),
+        config,
+        key: cache::key(&[b"scratch", platform.to_string().as_bytes()]),
+    }))
+}
+
+/// A resolved image's layers and config (`PATH` defaulted on Linux),
+/// keyed by its manifest digest.
+fn image(x: &Exec, op: &Op, reference: &str, platform: &str) -> Result<Arc<State>, SolveError> {
+    let platform = platform_of(op, platform)?;
+    let img = x
+        .images
+        .get(&(reference.to_string(), platform.to_string()))
+        .ok_or_else(|| SolveError::InvalidOp {
+            op: op.id.clone(),
+            problem: crate::error::GraphProblem::Unresolved(reference.to_string()),
+        })?;
+    let mut config = img.config.clone();
+    ensure_path(&mut config);
+    Ok(Arc::new(State {
+        layers: img.layers.clone(),
+        config,
+        key: cache::key(&[b"image", img.manifest_digest.to_string().as_bytes()]),
+    }))
+}
