@@ -1,7 +1,7 @@
 //! Real components for the integration tests of kubectl-build: a `docker-registry`
 //! process on a free loopback port (anonymous or htpasswd Basic auth), a private
 //! `dockerd`, a fault-injecting proxy process to put in front of the registry,
-//! and the locally built base-image fixtures. Nothing here is mocked:
+//! test hosts in network namespaces, and the locally built base-image fixtures. Nothing here is mocked:
 //! every helper starts or locates the real program and stops it when dropped.
 
 #![deny(missing_docs)]
@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod dockerd;
 pub mod faults;
 pub mod fixtures;
+pub mod netns;
 pub mod registry;
