@@ -185,7 +185,7 @@ fn join(l: &[String]) -> String {
 /// Assigns every target to a node (see the module documentation).
 /// `exec(build_platform, target)` gives the platforms the target's exec
 /// ops run on when built on a node of that build platform; a node with no
-/// build platform is offered targets that run nothing only.
+/// native platform at all (hence no build platform) gets nothing.
 pub fn schedule(
     builder: &str,
     nodes: &[Candidate],
@@ -209,6 +209,8 @@ pub fn schedule(
         .collect();
     let class = |t: usize, n: usize| -> Option<Reason> {
         let node = &nodes[n];
+        // Without a build platform what would run there is unknown.
+        node.build_platform()?;
         let e = &work[t][n];
         if node.native(&targets[t]) && e.iter().all(|p| node.runs(p)) {
             Some(Reason::Native)
@@ -336,7 +338,11 @@ mod tests {
                 protocol: 1,
                 version: "0".into(),
                 hostname: name.into(),
-                native: platforms(native),
+                native: if native.is_empty() {
+                    Vec::new()
+                } else {
+                    platforms(native)
+                },
                 emulated: if emulated.is_empty() {
                     Vec::new()
                 } else {
@@ -539,6 +545,11 @@ mod tests {
         let win = platforms("windows/amd64");
         let exec = exec_of(RUNS, &win, &nodes);
         assert!(schedule("bx", &nodes, &win, exec).is_err());
+        // A node that runs nothing natively has no build platform: it
+        // takes nothing, not even COPY-only targets.
+        let bare = vec![node("z", "", "linux/arm64", 2.0, 0)];
+        let copy = platforms("linux/arm64");
+        assert!(schedule("bx", &bare, &copy, |_, _| BTreeSet::new()).is_err());
         let none = schedule("bx", &[], &targets, |_, _| BTreeSet::new()).unwrap_err();
         assert_eq!(none.to_string(), "builder bx has no reachable node");
     }
