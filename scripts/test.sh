@@ -24,9 +24,12 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # (self-signed TLS registry), docker.io (dockerd to check docker-archive loads),
 # golang-go (the Go toolchain of the cross-compilation tests' builder image,
 # scripts/builder-image.sh), libseccomp-dev (the RUN sandbox's system call
-# filter is compiled with libseccomp; building the tool needs its headers).
+# filter is compiled with libseccomp; building the tool needs its headers),
+# iproute2 and util-linux (ip netns and taskset: the test hosts of
+# kbuild_testkit::netns).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
-          apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler)
+          apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler
+          iproute2 util-linux)
 
 section "system packages"
 missing=()
