@@ -171,10 +171,12 @@ pub fn assign(req: &BuildRequest, name: &str, builder: &Builder) -> Result<Repor
             exec.insert((b.clone(), t.clone()), set);
         }
     }
+    // The graph has one target per requested platform; should one be
+    // missing, assume it runs on its own platform (never wrongly "cross").
     let scheduled = kbuild_driver::schedule(name, &candidates, &req.platforms, |b, t| {
         exec.get(&(b.clone(), t.clone()))
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_else(|| BTreeSet::from([t.clone()]))
     });
     let assignments = match scheduled {
         Ok(a) => a,
