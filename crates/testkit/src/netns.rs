@@ -280,7 +280,12 @@ mod tests {
         // Dropping removes the namespace, the veth pair and the processes.
         let mut sleeper = a.command("sleep").arg("600").spawn().expect("sleep");
         let name = a.name().to_string();
-        assert!(a.pids().contains(&sleeper.id()));
+        // `ip netns exec` enters the namespace, then becomes `sleep`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !a.pids().contains(&sleeper.id()) {
+            assert!(Instant::now() < deadline, "sleep never ran in the host");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop(a);
         assert!(!Path::new("/run/netns").join(&name).exists());
         assert!(!Path::new("/sys/class/net").join(&name).exists());
