@@ -444,6 +444,20 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
         .spawn()
         .expect("start busybox nc in host d");
     let silent_endpoint = format!("tcp://{silent_ip}:{silent_port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = d
+            ._host
+            .command("busybox")
+            .args(["netstat", "-ltn"])
+            .output()
+            .expect("run busybox netstat in host d");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{silent_port} ")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nc never listened in host d");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     env.kb(&[
         "create",
         "two",
