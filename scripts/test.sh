@@ -28,10 +28,11 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # scripts/golang-image.sh), libseccomp-dev (the RUN sandbox's system call
 # filter is compiled with libseccomp; building the tool needs its headers),
 # containerd, containernetworking-plugins, iproute2 and curl (the nodes of the
-# test cluster, scripts/cluster.sh).
+# test cluster, scripts/cluster.sh), iproute2 and util-linux (ip netns and
+# taskset: the test hosts of kbuild_testkit::netns).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
           apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler
-          containerd containernetworking-plugins iproute2 curl)
+          containerd containernetworking-plugins iproute2 curl util-linux)
 
 section "system packages"
 missing=()

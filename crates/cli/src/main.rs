@@ -5,6 +5,7 @@
 mod args;
 mod build;
 mod builders;
+mod fanout;
 mod remote;
 mod request;
 mod signals;
@@ -72,8 +73,16 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     // The same platform check a build makes before any work.
                     kbuild_solver::engine::images_needed(&plan)?;
                     let graph = req.graph(&plan)?;
+                    // A remote builder: which node would build which platform.
+                    let schedule = match fanout::remote_builder(cli.global.builder.as_deref())? {
+                        Some((name, builder)) => Some(fanout::assign(&req, &name, &builder)?),
+                        None => None,
+                    };
                     for w in &plan.warnings {
                         eprintln!("WARNING: {w}");
+                    }
+                    for e in schedule.iter().flat_map(|s| s.unreachable()) {
+                        eprintln!("WARNING: {e}; its platforms go to the other nodes");
                     }
                     match format {
                         DryRun::Json => {
@@ -86,6 +95,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                                 #[serde(flatten)]
                                 plan: &'a P,
                                 graph: &'a G,
+                                #[serde(skip_serializing_if = "Option::is_none")]
+                                schedule: Option<serde_json::Value>,
                             }
                             use std::io::Write;
                             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -94,12 +105,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                                 &DryRun {
                                     plan: &plan,
                                     graph: &graph,
+                                    schedule: schedule.as_ref().map(fanout::Report::to_json),
                                 },
                             )?;
                             writeln!(out)?;
                             out.flush()?;
                         }
-                        DryRun::Text => print!("{}", plan.to_text()),
+                        DryRun::Text => {
+                            print!("{}", plan.to_text());
+                            if let Some(s) = &schedule {
+                                print!("{}", s.to_text());
+                            }
+                        }
                     }
                     Ok(ExitCode::SUCCESS)
                 }

@@ -7,7 +7,7 @@
 //! `KBUILD_BLESS=1 cargo test -p kbuild-dockerfile --test graph` rewrites
 //! the `graph.json` files from the current output (review the diff).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::Path;
 
@@ -247,4 +247,37 @@ fn build_platform_steps_are_one_op_for_every_target() {
     }
     let results: HashSet<_> = g.targets.iter().map(|t| &t.result).collect();
     assert_eq!(results.len(), 3);
+}
+
+#[test]
+fn exec_platforms_follow_every_input_of_each_target() {
+    let set = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+    // Cross-compilation: the RUN of each target runs on the build platform
+    // (reached through COPY --from, not the parent chain); the release
+    // stage runs nothing.
+    let cross = lower_text(
+        "FROM --platform=$BUILDPLATFORM busybox AS build\nARG TARGETARCH\nRUN echo $TARGETARCH > /arch\n\nFROM scratch\nCOPY --from=build /arch /\n",
+        &["linux/amd64", "linux/arm64", "linux/s390x"],
+    );
+    assert_eq!(cross.exec_platforms(), vec![set(&["linux/amd64"]); 3]);
+    // A RUN in the target stage runs on the target platform.
+    let native = lower_text(
+        "FROM busybox\nRUN uname -m > /m\n",
+        &["linux/amd64", "linux/arm/v7"],
+    );
+    assert_eq!(
+        native.exec_platforms(),
+        vec![set(&["linux/amd64"]), set(&["linux/arm/v7"])]
+    );
+    // COPY only: nothing runs; a RUN --mount=from reaches another stage.
+    let copy_only = lower_text("FROM busybox\nCOPY a /a\n", &["linux/arm64"]);
+    assert_eq!(copy_only.exec_platforms(), vec![set(&[])]);
+    let mounted = lower_text(
+        "FROM --platform=linux/s390x busybox AS tool\nRUN true\n\nFROM --platform=$BUILDPLATFORM busybox\nRUN --mount=from=tool,target=/t true\n",
+        &["linux/arm64"],
+    );
+    assert_eq!(
+        mounted.exec_platforms(),
+        vec![set(&["linux/amd64", "linux/s390x"])]
+    );
 }

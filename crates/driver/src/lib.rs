@@ -2,7 +2,8 @@
 //! `kubectl build create/ls/rm/use` keep in
 //! `$XDG_CONFIG_HOME/kubectl-build/builders.json` ([`config`]), and
 //! connecting to a `kubectl-build serve` node with its TLS options, a
-//! timeout and the protocol version check ([`connect`]).
+//! timeout and the protocol version check ([`connect`]), and which node
+//! builds which target platform ([`schedule`]).
 //!
 //! The embedded builder is always available as the builder named
 //! [`LOCAL`]; it has no entry in the file and cannot be removed.
@@ -11,10 +12,12 @@
 
 pub mod config;
 pub mod connect;
+pub mod schedule;
 pub mod session;
 
 pub use config::{Builder, Config, Node, TlsOptions, LOCAL};
 pub use connect::{connect, info, NodeInfo};
+pub use schedule::{schedule, Assignment, Candidate, Reason, ScheduleError};
 
 /// What went wrong with a builder definition or a node.
 #[derive(Debug, thiserror::Error)]

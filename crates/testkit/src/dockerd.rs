@@ -331,7 +331,7 @@ fn shim_socket(root: &Path, id: &str) -> Option<PathBuf> {
     Some(Path::new("/run/containerd/s").join(hex))
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The real uid is the first number of the `Uid:` line.
     fs::read_to_string("/proc/self/status")
         .ok()

@@ -1,10 +1,11 @@
 //! Real components for the integration tests of kubectl-build: a `docker-registry`
 //! process on a free loopback port (anonymous or htpasswd Basic auth), a private
 //! `dockerd`, a fault-injecting proxy process to put in front of the registry,
-//! the locally built base-image fixtures, and a two-node Kubernetes cluster.
-//! Nothing here is mocked: every helper starts or locates the real program and
-//! stops it when dropped, except the cluster (`scripts/cluster.sh`), which
-//! stays up for the next tests until `scripts/cluster.sh down`.
+//! test hosts in network namespaces, the locally built base-image fixtures,
+//! and a two-node Kubernetes cluster. Nothing here is mocked: every helper
+//! starts or locates the real program and stops it when dropped, except the
+//! cluster (`scripts/cluster.sh`), which stays up for the next tests until
+//! `scripts/cluster.sh down`.
 
 #![deny(missing_docs)]
 
@@ -13,4 +14,5 @@ pub mod daemon;
 pub mod dockerd;
 pub mod faults;
 pub mod fixtures;
+pub mod netns;
 pub mod registry;

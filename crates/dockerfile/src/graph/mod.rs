@@ -110,6 +110,42 @@ impl Graph {
     pub fn op(&self, id: &OpId) -> Option<&Op> {
         self.ops.iter().find(|o| o.id == *id)
     }
+
+    /// For each target, in [`Graph::targets`] order, the platforms its exec
+    /// ops run on: every exec op its result depends on through any input
+    /// (parents, copy sources, mounts), each platform once, sorted. An
+    /// empty set means the target runs no process at all (COPY-only); a set
+    /// without the target's own platform is the cross-compilation pattern
+    /// (`FROM --platform=$BUILDPLATFORM` stages do the work). The answer
+    /// depends on the build platform the plan was made for.
+    pub fn exec_platforms(&self) -> Vec<std::collections::BTreeSet<String>> {
+        let index: std::collections::HashMap<&OpId, usize> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (&o.id, i))
+            .collect();
+        self.targets
+            .iter()
+            .map(|t| {
+                let mut found = std::collections::BTreeSet::new();
+                let mut seen = vec![false; self.ops.len()];
+                let mut stack: Vec<&OpId> = vec![&t.result];
+                while let Some(id) = stack.pop() {
+                    let Some(&i) = index.get(id) else { continue };
+                    if std::mem::replace(&mut seen[i], true) {
+                        continue;
+                    }
+                    let op = &self.ops[i];
+                    if let (OpKind::Exec(_), Some(p)) = (&op.op, &op.platform) {
+                        found.insert(p.clone());
+                    }
+                    stack.extend(op.inputs.iter());
+                }
+                found
+            })
+            .collect()
+    }
 }
 
 /// The image for one requested platform.
