@@ -317,10 +317,13 @@ fn secret(
         Some(SecretSpec {
             source: SecretSource::Provided(p),
             ..
-        }) => p.0.secret(id).map_err(|reason| RunSetupError::SecretUnavailable {
-            id: id.to_string(),
-            reason,
-        })?,
+        }) => {
+            p.0.secret(id)
+                .map_err(|reason| RunSetupError::SecretUnavailable {
+                    id: id.to_string(),
+                    reason,
+                })?
+        }
         None => None,
     };
     let Some(value) = value else {
