@@ -159,6 +159,8 @@ pub struct SolveOptions {
     pub executor: Executor,
     /// Set to stop running steps (Ctrl-C).
     pub cancel: Cancel,
+    /// Told about each layer of the images as soon as it is in the store.
+    pub on_layer: crate::options::LayerHook,
 }
 
 impl Default for SolveOptions {
@@ -178,6 +180,7 @@ impl Default for SolveOptions {
             cache_mounts: std::env::temp_dir().join("kbuild-cache-mounts"),
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
+            on_layer: Default::default(),
         }
     }
 }
@@ -622,6 +625,7 @@ impl Solver {
             steps: (0..plan.steps.len()).map(|_| OnceCell::new()).collect(),
             stages: (0..plan.stages.len()).map(|_| OnceCell::new()).collect(),
             froms_shown: Default::default(),
+            in_image: crate::options::stages_in_images(&plan),
         };
         // Fail fast: the first platform that fails stops the others (their
         // running steps are killed) instead of letting them finish for
@@ -909,6 +913,8 @@ struct Exec<'a> {
     /// FROM vertices already shown: a stage instance per target with the
     /// same base and platform (`FROM --platform=$BUILDPLATFORM`) shows it once.
     froms_shown: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per stage instance: whether its layers go into an image (`on_layer`).
+    in_image: Vec<bool>,
 }
 
 impl<'a> Exec<'a> {
@@ -1036,6 +1042,10 @@ impl<'a> Exec<'a> {
             s.key = sha_hex(&[s.key.as_bytes(), b"onbuild-triggers-run"]);
             state = Arc::new(s);
         }
+        let on_layer = Some(&self.solver.opts.on_layer).filter(|_| self.in_image[id.0]);
+        if let Some(h) = on_layer {
+            h.added(&[], &state.layers);
+        }
         for step_id in stage.steps.iter() {
             if is_vertex(step_id) {
                 position += 1;
@@ -1049,9 +1059,12 @@ impl<'a> Exec<'a> {
             );
             let parent = state.clone();
             state = self
-                .solver_step(*step_id, parent, name)
+                .solver_step(*step_id, parent.clone(), name)
                 .await
                 .map_err(SolveError::Shared)?;
+            if let Some(h) = on_layer {
+                h.added(&parent.layers, &state.layers);
+            }
         }
         Ok(state)
     }
