@@ -9,7 +9,13 @@
 #                                           changed, then one file changed, each
 #                                           with gzip and zstd; every line gives
 #                                           wall time, CPU/wall, bytes read and
-#                                           peak RSS (scripts/measure.py)
+#                                           peak RSS (scripts/measure.py); the wall
+#                                           time runs from the start to the tag
+#                                           (the command ends once the tag is put)
+# Environment: KBUILD_BENCH_MB (context size), KBUILD_BENCH_COMPRESSION
+# (large-copy: "gzip zstd" by default), KBUILD_BENCH_BIN (a kubectl-build
+# binary to measure instead of building this tree's release binary, e.g. an
+# older build for a before/after comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=default
@@ -20,8 +26,12 @@ fi
 work=${1:-target/bench}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-cargo build --release -p kubectl-build >/dev/null
-K=${CARGO_TARGET_DIR:-$PWD/target}/release/kubectl-build
+if [[ -n ${KBUILD_BENCH_BIN:-} ]]; then
+    K=$KBUILD_BENCH_BIN
+else
+    cargo build --release -p kubectl-build >/dev/null
+    K=${CARGO_TARGET_DIR:-$PWD/target}/release/kubectl-build
+fi
 
 section() { printf '\n== %s\n' "$*"; }
 
@@ -56,7 +66,7 @@ if [[ $mode == large-copy ]]; then
     sleep 3
     reg=$(scripts/registry.sh start "$work/registry")
     trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true' EXIT
-    for compression in gzip zstd; do
+    for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
         section "large COPY, ${size_mb} MiB in 20k files, compression=$compression, pushed to $reg"
         store=$work/store-large-$compression
         rm -rf "$store"
