@@ -605,7 +605,10 @@ mod tests {
 /// once for each. The push output uses it to upload layers while the build
 /// goes on ([`crate::outputs::EarlyPush`]).
 #[derive(Clone, Default)]
-pub struct LayerHook(Option<std::sync::Arc<dyn Fn(&kbuild_image::Descriptor) + Send + Sync>>);
+pub struct LayerHook(Option<std::sync::Arc<LayerFn>>);
+
+/// What a [`LayerHook`] calls.
+type LayerFn = dyn Fn(&kbuild_image::Descriptor) + Send + Sync;
 
 impl LayerHook {
     /// A hook calling `f` for each layer.
