@@ -9,7 +9,14 @@
 #                                           changed, then one file changed, each
 #                                           with gzip and zstd; every line gives
 #                                           wall time, CPU/wall, bytes read and
-#                                           peak RSS (scripts/measure.py)
+#                                           peak RSS (scripts/measure.py); the wall
+#                                           time runs from the start to the tag
+#                                           (the command ends once the tag is put)
+# Environment: KBUILD_BENCH_MB (context size), KBUILD_BENCH_LAYERS (large-copy:
+# 2 copies the same files in two COPY steps), KBUILD_BENCH_COMPRESSION
+# (large-copy: "gzip zstd" by default), KBUILD_BENCH_BIN (a kubectl-build
+# binary to measure instead of building this tree's release binary, e.g. an
+# older build for a before/after comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=default
@@ -20,8 +27,12 @@ fi
 work=${1:-target/bench}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
-cargo build --release -p kubectl-build >/dev/null
-K=${CARGO_TARGET_DIR:-$PWD/target}/release/kubectl-build
+if [[ -n ${KBUILD_BENCH_BIN:-} ]]; then
+    K=$KBUILD_BENCH_BIN
+else
+    cargo build --release -p kubectl-build >/dev/null
+    K=${CARGO_TARGET_DIR:-$PWD/target}/release/kubectl-build
+fi
 
 section() { printf '\n== %s\n' "$*"; }
 
@@ -54,14 +65,28 @@ if [[ $mode == large-copy ]]; then
     # The racy-write rule of the checksum cache ignores files written in the
     # last 2 s; a fresh context must age a little first.
     sleep 3
+    # A fresh registry: a blob left by an earlier run would not be uploaded.
+    scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
+    rm -rf "$work/registry"
     reg=$(scripts/registry.sh start "$work/registry")
+    # KBUILD_BENCH_LAYERS=2: the same files in two COPY steps (d0-d99, then
+    # d100-d199), so the first layer can upload while the second is made.
+    dockerfile=$big/Dockerfile
+    if [[ ${KBUILD_BENCH_LAYERS:-1} == 2 ]]; then
+        dockerfile=$big/Dockerfile.layers2
+        {
+            echo "FROM scratch"
+            echo "COPY $(printf 'data/d%d ' $(seq 0 99))/data/"
+            echo "COPY $(printf 'data/d%d ' $(seq 100 199))/data/"
+        } >"$dockerfile"
+    fi
     trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true' EXIT
-    for compression in gzip zstd; do
-        section "large COPY, ${size_mb} MiB in 20k files, compression=$compression, pushed to $reg"
+    for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
+        section "large COPY, ${size_mb} MiB in 20k files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to $reg"
         store=$work/store-large-$compression
         rm -rf "$store"
         out="type=registry,name=$reg/bench/large:$compression,compression=$compression"
-        run() { scripts/measure.py "$1" "$K" --root "$store" "$big" --platform linux/amd64 -o "$out" --progress quiet; }
+        run() { scripts/measure.py "$1" "$K" --root "$store" "$big" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
         run "cold (fresh store)"
         run "warm (nothing changed)"
         victim=$big/data/d0/f0.txt

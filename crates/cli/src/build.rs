@@ -41,6 +41,9 @@ pub enum BuildError {
     /// Credentials could not be read.
     #[error(transparent)]
     Credentials(kbuild_registry::Error),
+    /// `KUBECTL_BUILD_REGISTRY_PARALLELISM` is not a usable number.
+    #[error(transparent)]
+    Parallelism(#[from] kbuild_registry::ParallelismError),
     /// The `.dockerignore` file is malformed.
     #[error("{path}: {reason}")]
     Ignore {
@@ -204,9 +207,13 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         insecure: insecure.to_vec(),
         credentials: creds,
         timeouts: req.registry_timeouts,
+        concurrency: kbuild_registry::parallelism_from_env()?
+            .unwrap_or(kbuild_registry::ClientOptions::default().concurrency),
         ..Default::default()
     })
     .map_err(BuildError::Credentials)?;
+    // With --push, layers upload while the build goes on.
+    let early_push = outputs::EarlyPush::new(&registry, &store, &req.outputs)?;
 
     // Layers are compressed once, while they are built: every output of
     // one build shares that compression.
@@ -234,6 +241,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             cache_mounts: root.join("cache-mounts"),
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
+            on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
         },
         progress.clone(),
     );
@@ -260,7 +268,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
                     &ctx,
                 )
                 .await?;
-            let report = outputs::export(&solver, &result, &req.outputs).await?;
+            let report =
+                outputs::export_with(&solver, &result, &req.outputs, early_push.as_ref()).await?;
             Ok::<(BuildResult, ExportReport), BuildError>((result, report))
         };
         tokio::select! {

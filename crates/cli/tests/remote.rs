@@ -519,8 +519,11 @@ fn sleeping_build(env: &Env, builder: &str) -> Option<(std::process::Child, Stri
     )
     .ok();
     let dir = env.path("sleep");
-    // A number of seconds no other process uses.
-    let seconds = 86_000 + (std::process::id() % 400);
+    // A number of seconds no other process uses: tests of this binary run
+    // in one process, so each call takes its own.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seconds = 86_000 + (std::process::id() % 400) * 16 + call;
     write(
         &dir.join("Dockerfile"),
         &format!("FROM {}\nRUN sleep {seconds}\n", common::BUSYBOX),

@@ -35,7 +35,9 @@ pub struct ClientOptions {
     pub chunk_threshold: u64,
     /// Size of each PATCH chunk.
     pub chunk_size: u64,
-    /// How many blobs are transferred at the same time.
+    /// How many blobs are transferred at the same time: per pull, and per
+    /// push for all its uploads together (those started during a build
+    /// included). The CLI takes it from [`crate::PARALLELISM_ENV`].
     pub concurrency: usize,
     /// Attempts per operation on 429, 5xx, timeouts and connection errors (at
     /// least 1): one request, or one blob's whole upload (restarted from a fresh

@@ -208,6 +208,17 @@ pub enum Error {
         /// The failure that ended the retries, when it differs from the first.
         last: Option<Box<Error>>,
     },
+    /// A background blob upload ended without an outcome (it panicked or
+    /// was stopped).
+    #[error("the upload of {what} to registry {registry} stopped: {source}; push again")]
+    UploadStopped {
+        /// Which blob, to which repository.
+        what: String,
+        /// Registry name.
+        registry: String,
+        /// Why the task ended.
+        source: tokio::task::JoinError,
+    },
     /// The local content store failed.
     #[error("content store: {what}: {reason}")]
     Store {

@@ -5,7 +5,10 @@
 //! the content store ([`Client::pull_image`]: digests verified, blobs already
 //! stored skipped, interrupted downloads resumed with Range requests, layers in
 //! parallel), and pushing ([`Client::push`]: HEAD before upload, cross-repository
-//! mounts, monolithic or chunked uploads, each blob once, tags last).
+//! mounts, monolithic or chunked uploads, each blob once, a bounded number at
+//! a time, tags last). A build can hand over its layers as it commits them
+//! ([`Client::blob_uploads`], [`BlobUploads::start`]) so that they upload while
+//! it goes on, and push with [`Client::push_with`].
 //!
 //! Authentication follows the registry's `WWW-Authenticate` challenge: Basic, or
 //! Bearer tokens (GET with Basic credentials, or OAuth2 POST with an identity
@@ -64,6 +67,7 @@ mod pull;
 mod push;
 mod reference;
 mod timeouts;
+mod uploads;
 
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{CredentialSource, Credentials, RegistryLogin, DEFAULT_REGISTRY_SECRET};
@@ -71,3 +75,6 @@ pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;
 pub use timeouts::{Timeouts, TimeoutsError, TIMEOUT_KINDS};
+pub use uploads::{
+    parallelism_from_env, BlobUploads, ParallelismError, MAX_PARALLELISM, PARALLELISM_ENV,
+};

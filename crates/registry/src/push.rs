@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use futures_util::stream::{self, TryStreamExt};
 use kbuild_image::{ContentStore, Digest};
 use oci_spec::image::Descriptor;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
@@ -15,6 +14,7 @@ use crate::client::{Client, Counters, Failed, Req, Retry, Scope};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
+use crate::uploads::BlobUploads;
 
 /// An upload URL with the `digest` parameter that closes the upload.
 fn with_digest(mut url: Url, digest: &Digest) -> Url {
@@ -123,20 +123,36 @@ impl Plan {
 
 impl Client {
     /// Pushes `root` (an index or a manifest in `store`) with all it references
-    /// to every reference in `targets`.
-    ///
-    /// For each target repository: every distinct blob once (HEAD first, then a
-    /// cross-repository mount when the blob is known to be in another repository
-    /// of the same registry, else a monolithic or chunked upload), `concurrency`
-    /// at a time; then the manifests below the root by digest, exact bytes; then
-    /// the root by digest. Only when every target has all that are the tags put,
-    /// so no tag ever names content whose blobs are missing.
+    /// to every reference in `targets`: [`Client::push_with`] with uploads
+    /// that start now.
     pub async fn push(
         &self,
         targets: &[Reference],
         root: &Descriptor,
         store: &ContentStore,
     ) -> Result<()> {
+        let uploads = self.blob_uploads(targets, store);
+        self.push_with(targets, root, &uploads).await
+    }
+
+    /// Pushes `root` (an index or a manifest in the store of `uploads`) with
+    /// all it references to every reference in `targets`.
+    ///
+    /// For each target repository: every distinct blob once (HEAD first, then a
+    /// cross-repository mount when the blob is known to be in another repository
+    /// of the same registry, else a monolithic or chunked upload), at most
+    /// `concurrency` at a time, uploads already started through `uploads`
+    /// (while the image was being built) waited for rather than repeated;
+    /// then the manifests below the root by digest, exact bytes; then the
+    /// root by digest. Only when every target has all that are the tags put,
+    /// so no tag ever names content whose blobs are missing.
+    pub async fn push_with(
+        &self,
+        targets: &[Reference],
+        root: &Descriptor,
+        uploads: &BlobUploads,
+    ) -> Result<()> {
+        let store = uploads.store();
         let root_digest = parse_digest(root.digest().as_ref(), "the pushed root")?;
         let root_bytes = Bytes::from(
             store
@@ -170,12 +186,7 @@ impl Client {
 
         for (registry, repository) in &repositories {
             let scope = Scope::push(registry, repository);
-            let limit = self.inner.opts.concurrency.max(1);
-            stream::iter(plan.blobs.iter().map(Ok))
-                .try_for_each_concurrent(limit, |(digest, size)| {
-                    self.push_blob(registry, repository, digest, *size, store)
-                })
-                .await?;
+            uploads.finish(registry, repository, &plan.blobs).await?;
             for (digest, media_type, bytes) in &plan.manifests {
                 self.put_manifest(&scope, &digest.to_string(), digest, media_type, bytes)
                     .await?;
@@ -313,7 +324,7 @@ impl Client {
     /// upload. An upload that fails is restarted from a fresh session, within
     /// the retry budget; when the request that closes it fails or goes
     /// unanswered, a HEAD decides whether the registry kept the blob.
-    async fn push_blob(
+    pub(crate) async fn push_blob(
         &self,
         registry: &str,
         repository: &str,

@@ -920,6 +920,8 @@ async fn build(
             cache_mounts: root.join("cache-mounts"),
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
+            // The daemon pushes after the build (no uploads overlapped yet).
+            on_layer: Default::default(),
         },
         progress,
     );

@@ -64,6 +64,8 @@ pub struct SolveOptions {
     pub executor: Executor,
     /// Set to stop running steps (Ctrl-C).
     pub cancel: Cancel,
+    /// Told about each layer of the images as soon as it is in the store.
+    pub on_layer: crate::options::LayerHook,
 }
 
 impl Default for SolveOptions {
@@ -83,6 +85,7 @@ impl Default for SolveOptions {
             cache_mounts: std::env::temp_dir().join("kbuild-cache-mounts"),
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
+            on_layer: Default::default(),
         }
     }
 }

@@ -658,3 +658,51 @@ pub fn layer_compression(
     };
     Ok((compression, force))
 }
+
+/// Told about each layer blob of the images being built as soon as it is in
+/// the content store: the layers of a final stage (and of the stages it is
+/// based on) when the step that made them, or found them in the cache, ends,
+/// and the base image's layers when the stage starts. Layers of other stages
+/// are not reported. A layer shared by several platforms may be reported
+/// once for each. The push output uses it to upload layers while the build
+/// goes on ([`crate::outputs::EarlyPush`]).
+#[derive(Clone, Default)]
+pub struct LayerHook(Option<std::sync::Arc<LayerFn>>);
+
+/// What a [`LayerHook`] calls.
+type LayerFn = dyn Fn(&kbuild_image::Descriptor) + Send + Sync;
+
+impl LayerHook {
+    /// A hook calling `f` for each layer.
+    pub fn new(f: impl Fn(&kbuild_image::Descriptor) + Send + Sync + 'static) -> LayerHook {
+        LayerHook(Some(std::sync::Arc::new(f)))
+    }
+
+    /// Whether a function is set.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Reports the layers a state has beyond those of its parent.
+    pub(crate) fn added(
+        &self,
+        parent: &[crate::engine::LayerRef],
+        now: &[crate::engine::LayerRef],
+    ) {
+        if let Some(f) = &self.0 {
+            for l in now.iter().skip(parent.len()) {
+                f(&l.descriptor);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for LayerHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_set() {
+            "LayerHook(set)"
+        } else {
+            "LayerHook(none)"
+        })
+    }
+}

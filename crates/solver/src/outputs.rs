@@ -4,13 +4,14 @@
 //! renamed into place, so a failed export leaves nothing half-written.
 
 use crate::engine::{apply_layers, image_ref_name, BuildResult, SolveError, Solver};
-use crate::options::{Output, OutputKind};
+use crate::options::{LayerHook, Output, OutputKind};
 use kbuild_image::export;
 use kbuild_image::tarball::{DeterministicTar, TarOptions};
 use kbuild_image::Descriptor;
 use kbuild_worker::snapshot::{ApplyOptions, ApplyReport};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What the outputs did, for the summary and `--metadata-file`.
 #[derive(Debug, Default, Clone)]
@@ -42,12 +43,78 @@ fn tar_options(solver: &Solver) -> TarOptions {
     }
 }
 
+/// Layer uploads of a build's first push output that start while the build
+/// runs: made before the build, its [`EarlyPush::hook`] goes into
+/// [`crate::engine::SolveOptions::on_layer`], and [`export_with`] then only
+/// waits for those uploads before it uploads the rest (configs, base image
+/// layers the registry lacks) and writes manifests, index and tags. A build
+/// that fails drops it, which stops the uploads: no manifest or tag is
+/// written.
+#[derive(Debug, Clone)]
+pub struct EarlyPush {
+    uploads: Arc<kbuild_registry::BlobUploads>,
+}
+
+impl EarlyPush {
+    /// Uploads for the first output of `outputs` that pushes (to its first
+    /// name's repository), or `None` when no output pushes.
+    pub fn new(
+        registry: &kbuild_registry::Client,
+        store: &kbuild_image::ContentStore,
+        outputs: &[Output],
+    ) -> Result<Option<EarlyPush>, SolveError> {
+        let Some(out) = outputs.iter().find(|o| o.push) else {
+            return Ok(None);
+        };
+        let refs = references(out)?;
+        Ok(Some(EarlyPush {
+            uploads: Arc::new(registry.blob_uploads(&refs, store)),
+        }))
+    }
+
+    /// The hook that starts a layer's upload (in the background, bounded
+    /// with the push's other uploads).
+    pub fn hook(&self) -> LayerHook {
+        let uploads = Arc::downgrade(&self.uploads);
+        LayerHook::new(move |layer| {
+            if let Some(u) = uploads.upgrade() {
+                u.start(&layer.digest, layer.size);
+            }
+        })
+    }
+
+    /// How many uploads were started so far.
+    pub fn started(&self) -> usize {
+        self.uploads.started()
+    }
+}
+
+fn references(out: &Output) -> Result<Vec<kbuild_registry::Reference>, SolveError> {
+    Ok(out
+        .names
+        .iter()
+        .map(|n| kbuild_registry::Reference::parse(n))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Run every output in order.
 pub async fn export(
     solver: &Solver,
     result: &BuildResult,
     outputs: &[Output],
 ) -> Result<ExportReport, SolveError> {
+    export_with(solver, result, outputs, None).await
+}
+
+/// Run every output in order; the first push output waits for the uploads
+/// `early` started during the build instead of starting them again.
+pub async fn export_with(
+    solver: &Solver,
+    result: &BuildResult,
+    outputs: &[Output],
+    early: Option<&EarlyPush>,
+) -> Result<ExportReport, SolveError> {
+    let mut early = early;
     let mut report = ExportReport::default();
     let store = solver.store().clone();
     for out in outputs {
@@ -60,13 +127,17 @@ pub async fn export(
                     }
                 }
                 if out.push {
-                    let refs = out
-                        .names
-                        .iter()
-                        .map(|n| kbuild_registry::Reference::parse(n))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let refs = references(out)?;
                     let root = oci_descriptor(&result.root)?;
-                    solver.registry().push(&refs, &root, &store).await?;
+                    match early.take() {
+                        Some(e) => {
+                            solver
+                                .registry()
+                                .push_with(&refs, &root, &e.uploads)
+                                .await?
+                        }
+                        None => solver.registry().push(&refs, &root, &store).await?,
+                    }
                     report.pushed.extend(out.names.iter().cloned());
                 }
             }

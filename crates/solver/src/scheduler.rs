@@ -61,6 +61,10 @@ pub(crate) struct Exec<'a> {
     pub ctx: &'a Context,
     pub images: Images,
     ops: HashMap<&'a OpId, (&'a Op, OnceCell<Shared<Value>>)>,
+    /// The ops whose states become the targets' images: each target's
+    /// result and its parents (`inputs[0]`) down to the source. Their new
+    /// layers are reported to `SolveOptions::on_layer` as they finish.
+    in_image: std::collections::HashSet<&'a OpId>,
 }
 
 impl<'a> Exec<'a> {
@@ -70,11 +74,22 @@ impl<'a> Exec<'a> {
             .iter()
             .map(|op| (&op.id, (op, OnceCell::new())))
             .collect();
+        let mut in_image = std::collections::HashSet::new();
+        for t in &graph.targets {
+            let mut next = Some(&t.result);
+            while let Some(id) = next.filter(|id| in_image.insert(*id)) {
+                next = graph.op(id).and_then(|op| match op.op {
+                    OpKind::Source(_) => None,
+                    _ => op.inputs.first(),
+                });
+            }
+        }
         Exec {
             solver,
             ctx,
             images,
             ops,
+            in_image,
         }
     }
 
@@ -113,13 +128,32 @@ impl<'a> Exec<'a> {
         let parent = || state_input(op, &inputs, 0);
         let vertex = Vertex::new(self.solver, op);
         let result = match &op.op {
-            OpKind::Source(s) => return crate::source::value(self, op, s, reader).await,
+            OpKind::Source(s) => {
+                let value = crate::source::value(self, op, s, reader).await?;
+                if let Value::State(st) = &value {
+                    self.report_layers(op, &[], st);
+                }
+                return Ok(value);
+            }
             OpKind::Config(c) => self.config_op(op, c, parent()?, &vertex),
             OpKind::File(f) => crate::fileop::run(self, op, f, parent()?, &inputs, &vertex).await,
             OpKind::Exec(e) => crate::exec::run(self, op, e, parent()?, &inputs, &vertex).await,
         };
         vertex.finish(&result);
-        result.map(|(s, _)| Value::State(s))
+        let (state, _) = result?;
+        if let Ok(p) = parent() {
+            self.report_layers(op, &p.layers, &state);
+        }
+        Ok(Value::State(state))
+    }
+
+    /// Tells `SolveOptions::on_layer` about the layers `state` adds to
+    /// `parent`, when `op`'s state goes into an image (so a push can
+    /// upload them while the build goes on).
+    fn report_layers(&self, op: &Op, parent: &[crate::engine::LayerRef], state: &State) {
+        if self.in_image.contains(&op.id) {
+            self.solver.opts.on_layer.added(parent, &state.layers);
+        }
     }
 
     /// A config op: patches and a history entry, no vertex of its own

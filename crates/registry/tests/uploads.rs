@@ -1,0 +1,245 @@
+//! Blob uploads that start before the push (as a build commits its layers),
+//! against a real `docker-registry`, some through `kbuild-fault-proxy`: each
+//! blob goes up once, the push waits for those under way, uploads run side by
+//! side up to the client's bound, and a failed upload fails the push before
+//! any manifest or tag.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use kbuild_image::{ContentStore, Digest};
+use kbuild_registry::{Client, ClientOptions, Credentials, Error, Reference, Timeouts};
+use kbuild_testkit::faults::FaultProxy;
+use kbuild_testkit::fixtures::skip_or_fail;
+use kbuild_testkit::registry::TestRegistry;
+
+fn store() -> (tempfile::TempDir, ContentStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path().join("store")).unwrap();
+    (dir, store)
+}
+
+fn registry() -> Option<TestRegistry> {
+    match TestRegistry::start() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            skip_or_fail(&e.to_string());
+            None
+        }
+    }
+}
+
+fn proxy(registry: &TestRegistry, rules: &[&str]) -> Option<FaultProxy> {
+    let rules: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+    match FaultProxy::start(
+        &registry.host(),
+        1,
+        &rules,
+        (4096, Duration::from_millis(20)),
+    ) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            skip_or_fail(&e.to_string());
+            None
+        }
+    }
+}
+
+fn client(concurrency: usize, max_attempts: u32, response: Duration) -> Client {
+    Client::new(ClientOptions {
+        credentials: Credentials::anonymous(),
+        chunk_threshold: 64 << 10,
+        chunk_size: 48 << 10,
+        concurrency,
+        max_attempts,
+        retry_delay: Duration::from_millis(20),
+        timeouts: Timeouts {
+            response,
+            ..Timeouts::default()
+        },
+        ..ClientOptions::default()
+    })
+    .expect("client")
+}
+
+struct Image {
+    root: oci_spec::image::Descriptor,
+    index: Vec<u8>,
+    /// (digest, size) of every layer, as a build would report them: the
+    /// shared layer once per platform.
+    layers: Vec<(Digest, u64)>,
+    /// Distinct blobs: layers and configs.
+    distinct_blobs: u64,
+}
+
+/// `platforms` platforms sharing a 100 KiB layer (chunked), each with a
+/// small layer and a config of its own.
+fn image(store: &ContentStore, seed: u64, platforms: usize) -> Image {
+    let shared = noise(seed * 100, 100 << 10);
+    let mut entries = Vec::new();
+    let mut layers = Vec::new();
+    for i in 0..platforms {
+        let own = noise(seed * 100 + 1 + i as u64, 2000 + i);
+        let arch = format!("arch{i}");
+        let (digest, bytes) = manifest(store, "linux", &arch, None, &[&shared, &own]);
+        for l in [&shared, &own] {
+            layers.push((Digest::of(l), l.len() as u64));
+        }
+        entries.push((
+            serde_json::json!({"os": "linux", "architecture": arch}),
+            digest,
+            bytes,
+        ));
+    }
+    let refs: Vec<_> = entries
+        .iter()
+        .map(|(p, d, b)| (p.clone(), d, b.as_slice()))
+        .collect();
+    let (root, index) = index(store, &refs);
+    Image {
+        root,
+        index,
+        layers,
+        distinct_blobs: 1 + 2 * platforms as u64,
+    }
+}
+
+/// Whether the registry's storage holds the blob (read from its directory,
+/// not through the API).
+fn stored(registry: &TestRegistry, digest: &Digest) -> bool {
+    let hex = digest.hex();
+    registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+        .is_file()
+}
+
+fn tag_exists(reference: &str) -> bool {
+    std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo")
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_started_early_go_up_once_and_the_push_waits_for_them() {
+    let Some(registry) = registry() else { return };
+    let host = registry.host();
+    let (_d, src) = store();
+    let img = image(&src, 7, 3);
+    let client = client(4, 5, Duration::from_secs(30));
+    let target = Reference::parse(&format!("{host}/early/img:1")).unwrap();
+    let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
+    // Every platform reports its layers, the shared one three times.
+    for (digest, size) in &img.layers {
+        uploads.start(digest, *size);
+    }
+    let distinct_layers = 1 + 3;
+    assert_eq!(
+        uploads.started(),
+        distinct_layers,
+        "each layer started once"
+    );
+
+    // They arrive without any push being asked for, and nothing names them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !img.layers.iter().all(|(d, _)| stored(&registry, d)) {
+        assert!(Instant::now() < deadline, "early uploads never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!tag_exists(&target.to_string()), "no tag before the push");
+
+    client
+        .push_with(std::slice::from_ref(&target), &img.root, &uploads)
+        .await
+        .unwrap();
+    let stats = client.stats();
+    assert_eq!(
+        stats.blobs_uploaded, img.distinct_blobs,
+        "each distinct blob uploaded once: {stats:?}"
+    );
+    assert_eq!(
+        stats.blobs_existing, 0,
+        "the push waited for the early uploads instead of checking them again: {stats:?}"
+    );
+    // 3 manifests, the index by digest, the tag.
+    assert_eq!(stats.manifests_pushed, 5, "{stats:?}");
+    assert_eq!(skopeo_raw(&target.to_string(), None), img.index);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_run_side_by_side_up_to_the_bound() {
+    let Some(registry) = registry() else { return };
+    // Every closing PUT is read and never answered: each upload that gets
+    // that far holds its place until the push is dropped.
+    let Some(proxy) = proxy(&registry, &["blob-put=hang"]) else {
+        return;
+    };
+    let (_d, src) = store();
+    let img = image(&src, 8, 4);
+    let bound = 3;
+    let client = client(bound, 1, Duration::from_secs(60));
+    let target = Reference::parse(&format!("{}/bound/img:1", proxy.host())).unwrap();
+    let push = tokio::spawn({
+        let (client, src, root) = (client.clone(), src.clone(), img.root.clone());
+        async move { client.push(&[target], &root, &src).await }
+    });
+    let closing_puts = || proxy.log().iter().filter(|l| l.kind == "blob-put").count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while closing_puts() < bound {
+        assert!(
+            Instant::now() < deadline,
+            "uploads did not overlap: {:?}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other uploads wait for a place: none gets to its closing PUT.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(closing_puts(), bound, "{:?}", proxy.log());
+    assert!(img.distinct_blobs > bound as u64 + 2);
+    assert!(!push.is_finished());
+    push.abort();
+    assert!(
+        proxy.log().iter().all(|l| l.kind != "manifest-put"),
+        "{:?}",
+        proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_early_upload_fails_the_push_before_any_manifest() {
+    let Some(registry) = registry() else { return };
+    let Some(proxy) = proxy(&registry, &["blob-put=500"]) else {
+        return;
+    };
+    let (_d, src) = store();
+    let img = image(&src, 9, 2);
+    let client = client(2, 1, Duration::from_secs(30));
+    let target = Reference::parse(&format!("{}/failed/img:1", proxy.host())).unwrap();
+    let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
+    for (digest, size) in &img.layers {
+        uploads.start(digest, *size);
+    }
+    let err = client
+        .push_with(std::slice::from_ref(&target), &img.root, &uploads)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.first_cause(), Error::Registry { status: 500, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("HTTP 500"), "{err}");
+    let log = proxy.log();
+    assert!(log.iter().any(|l| l.kind == "blob-put"), "{log:?}");
+    assert!(log.iter().all(|l| l.kind != "manifest-put"), "{log:?}");
+    assert!(!tag_exists(&format!("{}/failed/img:1", registry.host())));
+}
