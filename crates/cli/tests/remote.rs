@@ -17,6 +17,24 @@ struct Env {
     dir: tempfile::TempDir,
 }
 
+impl Drop for Env {
+    /// A daemon a test killed or stopped mid-build may leave its RUN's
+    /// overlay mount behind: `prune` on its store reclaims what dead
+    /// processes left (the daemons are gone by now: they are dropped first).
+    fn drop(&mut self) {
+        let root = self.path("daemon-root");
+        if root.exists() {
+            let _ = std::process::Command::new(bin())
+                .arg("--root")
+                .arg(&root)
+                .arg("prune")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Env {
     fn new() -> Env {
         Env {
