@@ -213,7 +213,7 @@ impl BuildRequest {
         let mut notices = Vec::new();
         if outputs.is_empty() {
             notices.push(
-                "no output specified (--push or -o); the result stays in the local store and build cache".to_string(),
+                "no output specified (--push or -o); the result stays in the builder's store and build cache".to_string(),
             );
         }
         let secrets = a
