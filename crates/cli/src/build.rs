@@ -299,43 +299,24 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         eprintln!("WARNING: {w}");
     }
     let digest = result.root.digest.to_string();
-    if let Some(p) = iidfile {
-        write_atomic(&p, digest.as_bytes())?;
-    }
-    if let Some(p) = metadata_file {
-        let mut m = serde_json::Map::new();
-        m.insert("containerimage.digest".into(), digest.clone().into());
-        m.insert(
-            "containerimage.descriptor".into(),
-            serde_json::to_value(&result.root).unwrap_or_default(),
-        );
-        if result.images.len() == 1 {
-            if let Ok(bytes) = store.read(&result.images[0].manifest.digest) {
-                if let Ok(man) = kbuild_image::Manifest::parse(&bytes) {
-                    m.insert(
-                        "containerimage.config.digest".into(),
-                        man.config.digest.to_string().into(),
-                    );
-                }
-            }
-        }
-        let names: Vec<String> = req
-            .outputs
-            .iter()
-            .filter(|o| matches!(o.kind, OutputKind::Registry | OutputKind::Image))
-            .flat_map(|o| o.names.clone())
-            .collect();
-        if !names.is_empty() {
-            m.insert("image.name".into(), names.join(",").into());
-        }
-        let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
-        write_atomic(&p, text.as_bytes())?;
-    }
+    let config_digest = match result.images.as_slice() {
+        [one] => store
+            .read(&one.manifest.digest)
+            .ok()
+            .and_then(|bytes| kbuild_image::Manifest::parse(&bytes).ok())
+            .map(|man| man.config.digest.to_string()),
+        _ => None,
+    };
+    write_result_files(
+        &req,
+        iidfile.as_deref(),
+        metadata_file.as_deref(),
+        &digest,
+        serde_json::to_value(&result.root).unwrap_or_default(),
+        config_digest,
+    )?;
     // Standard output may be the archive (`-o -`): nothing else goes there.
-    let stdout_is_output = req
-        .outputs
-        .iter()
-        .any(|o| o.dest.as_deref() == Some(std::path::Path::new("-")));
+    let stdout_is_output = stdout_is_output(&req);
     if mode == ProgressMode::Quiet {
         if !stdout_is_output {
             println!("{digest}");
@@ -419,6 +400,50 @@ pub(crate) fn read_ignore(
         reason: e.to_string(),
     })?;
     Ok(Some((matcher, text)))
+}
+
+/// Whether an output writes to standard output (`-o -`): then nothing
+/// else may go there.
+pub(crate) fn stdout_is_output(req: &BuildRequest) -> bool {
+    req.outputs
+        .iter()
+        .any(|o| o.dest.as_deref() == Some(std::path::Path::new("-")))
+}
+
+/// Writes `--iidfile` (the root digest) and `--metadata-file` (buildx's
+/// keys: digest, descriptor `root`, the config digest of a one-platform
+/// image, the pushed or stored names) of a finished build.
+pub(crate) fn write_result_files(
+    req: &BuildRequest,
+    iidfile: Option<&std::path::Path>,
+    metadata_file: Option<&std::path::Path>,
+    digest: &str,
+    root: serde_json::Value,
+    config_digest: Option<String>,
+) -> Result<(), BuildError> {
+    if let Some(p) = iidfile {
+        write_atomic(p, digest.as_bytes())?;
+    }
+    if let Some(p) = metadata_file {
+        let mut m = serde_json::Map::new();
+        m.insert("containerimage.digest".into(), digest.into());
+        m.insert("containerimage.descriptor".into(), root);
+        if let Some(c) = config_digest {
+            m.insert("containerimage.config.digest".into(), c.into());
+        }
+        let names: Vec<String> = req
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.kind, OutputKind::Registry | OutputKind::Image))
+            .flat_map(|o| o.names.clone())
+            .collect();
+        if !names.is_empty() {
+            m.insert("image.name".into(), names.join(",").into());
+        }
+        let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
+        write_atomic(p, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// `--iidfile`, `--metadata-file`: written beside and renamed into place.

@@ -354,38 +354,15 @@ pub fn run(
     }
     let root = done.root.clone().unwrap_or_default();
     let digest = root.digest.clone();
-    if let Some(p) = &a.iidfile {
-        crate::build::write_atomic(p, digest.as_bytes())?;
-    }
-    if let Some(p) = &a.metadata_file {
-        let mut m = serde_json::Map::new();
-        m.insert("containerimage.digest".into(), digest.clone().into());
-        m.insert(
-            "containerimage.descriptor".into(),
-            serde_json::json!({"mediaType": root.media_type, "digest": root.digest, "size": root.size}),
-        );
-        if !done.config_digest.is_empty() {
-            m.insert(
-                "containerimage.config.digest".into(),
-                done.config_digest.clone().into(),
-            );
-        }
-        let names: Vec<String> = req
-            .outputs
-            .iter()
-            .filter(|o| matches!(o.kind, OutputKind::Registry | OutputKind::Image))
-            .flat_map(|o| o.names.clone())
-            .collect();
-        if !names.is_empty() {
-            m.insert("image.name".into(), names.join(",").into());
-        }
-        let text = serde_json::to_string_pretty(&serde_json::Value::Object(m)).unwrap_or_default();
-        crate::build::write_atomic(p, text.as_bytes())?;
-    }
-    let stdout_is_output = req
-        .outputs
-        .iter()
-        .any(|o| o.dest.as_deref() == Some(Path::new("-")));
+    crate::build::write_result_files(
+        &req,
+        a.iidfile.as_deref(),
+        a.metadata_file.as_deref(),
+        &digest,
+        serde_json::json!({"mediaType": root.media_type, "digest": root.digest, "size": root.size}),
+        Some(done.config_digest.clone()).filter(|c| !c.is_empty()),
+    )?;
+    let stdout_is_output = crate::build::stdout_is_output(&req);
     if mode == ProgressMode::Quiet {
         if !stdout_is_output {
             println!("{digest}");

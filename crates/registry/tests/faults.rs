@@ -65,11 +65,7 @@ fn image(store: &ContentStore, seed: u64) -> Image {
             bytes,
         ));
     }
-    let refs: Vec<_> = entries
-        .iter()
-        .map(|(p, d, b)| (p.clone(), d, b.as_slice()))
-        .collect();
-    let (root, index) = index(store, &refs);
+    let (root, index) = index(store, &entries);
     Image {
         root,
         index,

@@ -55,11 +55,7 @@ fn multi_arch(store: &ContentStore) -> MultiArch {
         digest,
         bytes,
     ));
-    let refs: Vec<_> = entries
-        .iter()
-        .map(|(p, d, b)| (p.clone(), d, b.as_slice()))
-        .collect();
-    let (root, index) = index(store, &refs);
+    let (root, index) = index(store, &entries);
     MultiArch {
         root,
         index,

@@ -93,11 +93,7 @@ fn image(store: &ContentStore, seed: u64, platforms: usize) -> Image {
             bytes,
         ));
     }
-    let refs: Vec<_> = entries
-        .iter()
-        .map(|(p, d, b)| (p.clone(), d, b.as_slice()))
-        .collect();
-    let (root, index) = index(store, &refs);
+    let (root, index) = index(store, &entries);
     Image {
         root,
         index,

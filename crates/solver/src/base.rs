@@ -66,17 +66,7 @@ pub fn images_needed(plan: &BuildPlan) -> Result<Vec<(String, Platform)>, SolveE
             }
         }
     }
-    wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
-    wanted.dedup();
-    for (reference, platform) in &wanted {
-        platform
-            .check_known()
-            .map_err(|source| SolveError::UnknownPlatform {
-                image: reference.clone(),
-                source,
-            })?;
-    }
-    Ok(wanted)
+    each_once_known(wanted)
 }
 
 /// The images the image source ops of `graph` pull, each once, sorted;
@@ -97,6 +87,14 @@ pub fn graph_images(graph: &Graph) -> Result<Vec<(String, Platform)>, SolveError
             wanted.push((reference.clone(), p));
         }
     }
+    each_once_known(wanted)
+}
+
+/// `wanted` sorted, each (image, platform) once; an image wanted for a
+/// platform that does not exist is refused.
+fn each_once_known(
+    mut wanted: Vec<(String, Platform)>,
+) -> Result<Vec<(String, Platform)>, SolveError> {
     wanted.sort_by_key(|(r, p)| (r.clone(), p.to_string()));
     wanted.dedup();
     for (reference, platform) in &wanted {

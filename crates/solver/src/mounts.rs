@@ -251,14 +251,7 @@ fn bind(
     source: &str,
     readonly: bool,
 ) -> Result<(), RunSetupError> {
-    let base = inp
-        .roots
-        .get(input)
-        .cloned()
-        .flatten()
-        .ok_or(RunSetupError::NoInput(input))?;
-    let src =
-        crate::fsutil::resolve_in_root(&base, source, true).map_err(io("--mount source", &base))?;
+    let src = input_path(inp, input, source)?;
     if !src.exists() {
         return Err(RunSetupError::NoSource(source.to_string()));
     }
@@ -280,16 +273,21 @@ fn bind(
     Ok(())
 }
 
-/// Copy the files under `source` in input `input` into the new cache `dir`.
-fn seed(inp: &Inputs, input: usize, source: &str, dir: &Path) -> Result<(), RunSetupError> {
+/// `source` inside the root of input `input`, resolved as that root's
+/// symlinks say (never leaving it).
+fn input_path(inp: &Inputs, input: usize, source: &str) -> Result<PathBuf, RunSetupError> {
     let base = inp
         .roots
         .get(input)
         .cloned()
         .flatten()
         .ok_or(RunSetupError::NoInput(input))?;
-    let src =
-        crate::fsutil::resolve_in_root(&base, source, true).map_err(io("--mount source", &base))?;
+    crate::fsutil::resolve_in_root(&base, source, true).map_err(io("--mount source", &base))
+}
+
+/// Copy the files under `source` in input `input` into the new cache `dir`.
+fn seed(inp: &Inputs, input: usize, source: &str, dir: &Path) -> Result<(), RunSetupError> {
+    let src = input_path(inp, input, source)?;
     if !src.is_dir() {
         return Err(RunSetupError::NoSource(source.to_string()));
     }

@@ -75,7 +75,7 @@ pub fn manifest(
 /// An index over `(platform json, manifest digest, manifest bytes)`, stored.
 pub fn index(
     store: &ContentStore,
-    entries: &[(serde_json::Value, &Digest, &[u8])],
+    entries: &[(serde_json::Value, Digest, Vec<u8>)],
 ) -> (Descriptor, Vec<u8>) {
     let manifests: Vec<_> = entries
         .iter()
