@@ -321,6 +321,7 @@ pub fn run(
     let outcome = rt.block_on(kbuild_driver::session::build(
         name,
         &node,
+        &kbuild_driver::Direct,
         start,
         context,
         client.clone(),

@@ -7,6 +7,8 @@ use kbuild_platform::Platform;
 use kbuild_proto::v1::builder_client::BuilderClient;
 use kbuild_proto::v1::InfoRequest;
 use kbuild_proto::{Endpoint, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -121,6 +123,31 @@ fn refusal_hint(tls: &TlsOptions, e: &Error) -> Option<&'static str> {
                  cacert=FILE,cert=FILE,key=FILE",
         ),
         _ => None,
+    }
+}
+
+/// A connection being made: the channel and what the node said.
+pub type Dialing<'a> =
+    Pin<Box<dyn Future<Output = Result<(Channel, NodeInfo), Error>> + Send + 'a>>;
+
+/// How a client reaches the nodes of a builder. The remote driver dials
+/// each node's address ([`Direct`]); the kubernetes driver goes through
+/// the API server to a builder pod. Either way the result is a channel on
+/// which `Info` has been called and the protocol checked.
+pub trait Dialer: Send + Sync {
+    /// Connects to `node` of builder `builder` and calls `Info`, all within
+    /// `timeout`.
+    fn dial<'a>(&'a self, builder: &'a str, node: &'a Node, timeout: Duration) -> Dialing<'a>;
+}
+
+/// Dials a node by its address (`unix://`, `tcp://`, with the node's TLS
+/// options): the remote driver.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Direct;
+
+impl Dialer for Direct {
+    fn dial<'a>(&'a self, builder: &'a str, node: &'a Node, timeout: Duration) -> Dialing<'a> {
+        Box::pin(connect(builder, node, timeout))
     }
 }
 

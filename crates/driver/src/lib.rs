@@ -16,7 +16,7 @@ pub mod schedule;
 pub mod session;
 
 pub use config::{Builder, Config, Node, TlsOptions, LOCAL};
-pub use connect::{connect, info, NodeInfo};
+pub use connect::{connect, info, Dialer, Dialing, Direct, NodeInfo};
 pub use schedule::{schedule, Assignment, Candidate, Reason, ScheduleError};
 
 /// What went wrong with a builder definition or a node.

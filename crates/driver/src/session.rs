@@ -6,6 +6,7 @@
 //! send Cancel when asked to.
 
 use crate::config::Node;
+use crate::connect::Dialer;
 use crate::Error;
 use kbuild_proto::v1::{
     self, build_client_message::Message as Out, build_server_message::Message as In,
@@ -55,13 +56,14 @@ pub trait Local: Send + Sync + 'static {
 pub async fn build(
     builder: &str,
     node: &Node,
+    dialer: &dyn Dialer,
     mut start: v1::BuildStart,
     context: Option<ContextSource>,
     local: Arc<dyn Local>,
     interrupt: impl Future<Output = ()>,
 ) -> Result<v1::BuildDone, Error> {
     let endpoint = Endpoint::parse(&node.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
-    let (channel, info) = crate::connect::connect(builder, node, Duration::from_secs(10)).await?;
+    let (channel, info) = dialer.dial(builder, node, Duration::from_secs(10)).await?;
     if info.protocol < kbuild_proto::BUILD_PROTOCOL {
         return Err(Error::Protocol {
             builder: builder.to_string(),
