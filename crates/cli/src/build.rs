@@ -260,6 +260,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     let started = Instant::now();
     let outcome = rt.block_on(async {
         let work = async {
+            // An unreachable push registry fails before any step runs.
+            outputs::check_push_targets(solver.registry(), &req.outputs).await?;
             let result = solver
                 .build(
                     &req.dockerfile,

@@ -289,3 +289,56 @@ fn builder_names_are_checked_before_building() {
         }
     }
 }
+
+#[test]
+fn an_unreachable_push_registry_fails_before_any_step_runs() {
+    if !require_root() {
+        return;
+    }
+    // A loopback port nobody listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("a.txt"), "never built\n");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY a.txt /marker-step\n",
+    );
+    let tag = format!("127.0.0.1:{port}/nowhere/img:1");
+    let r = common::run(
+        &t.path().join("store"),
+        &[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &tag,
+            "--push",
+            "--progress",
+            "plain",
+        ],
+        &[],
+    )
+    .fails();
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains(&format!("cannot reach registry 127.0.0.1:{port}"))
+            && errors[0].contains("http://")
+            && errors[0].contains("check that the registry runs at that address"),
+        "{}",
+        errors[0]
+    );
+    // Plain HTTP was already used: no advice to allow it.
+    assert!(!errors[0].contains("--insecure-registry"), "{}", errors[0]);
+    // No step ran: the COPY never shows in the progress.
+    assert!(!r.stderr.contains("marker-step"), "{}", r.stderr);
+}

@@ -15,7 +15,7 @@ use url::Url;
 use crate::auth::{fetch_token, parse_challenge, Challenge, TokenError};
 use crate::credentials::{Credential, Credentials};
 use crate::error::{Error, Result, Wait};
-use crate::reference::api_host;
+use crate::reference::{api_host, Reference};
 use crate::timeouts::Timeouts;
 
 /// Longest `Retry-After` honoured; longer asks wait this long instead.
@@ -403,6 +403,23 @@ impl Client {
                 reference: format!("{registry}/{repository}"),
                 reason: format!("cannot build a request URL: {e}"),
             })
+    }
+
+    /// Checks, before anything is built, that the registry of `reference`
+    /// answers and accepts this client's credentials for a push to its
+    /// repository: the API root (`GET /v2/`) with a push-scoped
+    /// authentication. Nothing is written.
+    pub async fn check_push(&self, reference: &Reference) -> Result<()> {
+        let registry = reference.registry();
+        let url = self.base_url(registry).await?;
+        let url = url.join("v2/").map_err(|e| Error::InvalidReference {
+            reference: reference.to_string(),
+            reason: format!("cannot build a request URL: {e}"),
+        })?;
+        let scope = Scope::push(registry, reference.repository());
+        let req = Req::new(Method::GET, url, "GET /v2/");
+        let mut retry = self.retry(registry, "GET /v2/");
+        self.send_with(&scope, &req, &mut retry).await.map(drop)
     }
 
     /// Credentials for `registry`, looked up once. Credential helpers run on a

@@ -64,7 +64,10 @@ pub enum Error {
         reason: String,
     },
     /// The registry could not be reached at all.
-    #[error("cannot reach registry {registry} ({url}): {cause}; check the registry address and network, and pass --insecure-registry {registry} if it serves plain HTTP")]
+    #[error(
+        "cannot reach registry {registry} ({url}): {cause}; {}",
+        unreachable_advice(registry, url)
+    )]
     Unreachable {
         /// Registry name.
         registry: String,
@@ -268,3 +271,13 @@ impl Error {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What to check when a registry cannot be reached: the address and the
+/// network, and `--insecure-registry` only where HTTPS was tried.
+fn unreachable_advice(registry: &str, url: &str) -> String {
+    if url.starts_with("http://") {
+        "check that the registry runs at that address and that the network reaches it".to_string()
+    } else {
+        format!("check the registry address and network, and pass --insecure-registry {registry} if it serves plain HTTP")
+    }
+}

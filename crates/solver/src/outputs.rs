@@ -89,6 +89,28 @@ impl EarlyPush {
     }
 }
 
+/// Checks every registry repository the outputs push to, all at once,
+/// before the build starts: an unreachable registry or refused credentials
+/// fail the build before any step runs, as buildx does.
+pub async fn check_push_targets(
+    registry: &kbuild_registry::Client,
+    outputs: &[Output],
+) -> Result<(), SolveError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut checks = Vec::new();
+    for out in outputs.iter().filter(|o| o.push) {
+        for r in references(out)? {
+            if seen.insert((r.registry().to_string(), r.repository().to_string())) {
+                checks.push(async move { registry.check_push(&r).await });
+            }
+        }
+    }
+    for result in futures_util::future::join_all(checks).await {
+        result?;
+    }
+    Ok(())
+}
+
 fn references(out: &Output) -> Result<Vec<kbuild_registry::Reference>, SolveError> {
     Ok(out
         .names
