@@ -902,3 +902,44 @@ fn committed_upper_is_adopted_as_a_layer() -> TestResult {
     assert_eq!(snap.unpack_layer(&id, std::io::empty())?, layer);
     Ok(())
 }
+
+#[test]
+fn a_new_hardlink_to_a_lower_file_is_a_file_of_its_own_in_the_diff() -> TestResult {
+    require_root!();
+    let sandbox = tempfile::tempdir()?;
+    let snap = Snapshotter::new(sandbox.path())?;
+    let mut lowers = Vec::new();
+    for tar in three_layers() {
+        lowers.push(unpack(&snap, &tar)?);
+    }
+    let mount = snap.mount(&lowers)?;
+    let m = mount.merged().to_path_buf();
+    // Overlay copies "c" up (unchanged) to give it a second name.
+    fs::hard_link(m.join("c"), m.join("c-link"))?;
+    fs::hard_link(m.join("c"), m.join("etc/c-link2"))?;
+    assert!(mount.upper().join("c").exists(), "overlay copied c up");
+    let mut out = tar::Builder::new(Vec::new());
+    let stats = write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
+    let tar = out.into_inner()?;
+    // The unchanged lower file is not re-emitted; the first new name holds
+    // the content, the second links to it within the layer.
+    assert_eq!(
+        entries(&tar),
+        ["c-link", "etc/", "etc/c-link2 => c-link"],
+        "{stats:?}"
+    );
+    let mut a = tar::Archive::new(&tar[..]);
+    let mut first = a.entries()?.next().expect("an entry")?;
+    assert_eq!(first.header().entry_type(), EntryType::Regular);
+    let mut content = Vec::new();
+    first.read_to_end(&mut content)?;
+    assert_eq!(content, b"c3");
+
+    // A copied-up file that did change is still part of the layer.
+    fs::write(m.join("c"), "c4")?;
+    let mut out = tar::Builder::new(Vec::new());
+    write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
+    let names = entries(&out.into_inner()?);
+    assert!(names.contains(&"c".to_string()), "{names:?}");
+    Ok(())
+}

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -237,6 +237,59 @@ impl<W: Write> DiffWriter<'_, W> {
 
     /// Whether the topmost lower that has `rel` has it as a directory with
     /// the same mode, owner, mtime and xattrs as `md`.
+    /// Whether the regular file `rel` of the upper is the same file as in
+    /// the topmost lower that has the path: the same mode, owner, mtime
+    /// (to the nanosecond), size, xattrs and content. Overlay copies a
+    /// file up unchanged when a new hardlink names it.
+    fn unchanged_copy_up(
+        &self,
+        rel: &[u8],
+        abs: &Path,
+        md: &Metadata,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> bool {
+        for fd in self.lowers.iter().rev() {
+            let found = rustix::fs::openat2(
+                fd.as_fd(),
+                OsStr::from_bytes(rel),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            );
+            let lower = match found {
+                Ok(f) => f,
+                Err(Errno::NOENT) => continue,
+                Err(_) => return false,
+            };
+            let Ok(st) = rustix::fs::fstat(&lower) else {
+                return false;
+            };
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG
+                || st.st_mode & 0o7777 != md.mode() & 0o7777
+                || st.st_uid != md.uid()
+                || st.st_gid != md.gid()
+                || st.st_mtime != md.mtime()
+                || i64::try_from(st.st_mtime_nsec).ok() != Some(md.mtime_nsec())
+                || st.st_size as u64 != md.len()
+            {
+                return false;
+            }
+            let path = PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&lower)
+            ));
+            let mut a: Vec<(String, Vec<u8>)> = match fsutil::list_xattrs(&path) {
+                Ok(v) => v.into_iter().filter(|(k, _)| keep_xattr(k)).collect(),
+                Err(_) => return false,
+            };
+            let mut b = xattrs.to_vec();
+            a.sort();
+            b.sort();
+            return a == b && same_content(File::from(lower), abs);
+        }
+        false
+    }
+
     fn same_in_lowers(&self, rel: &[u8], md: &Metadata, xattrs: &[(String, Vec<u8>)]) -> bool {
         for fd in self.lowers.iter().rev() {
             let found = rustix::fs::openat2(
@@ -373,6 +426,13 @@ impl<W: Write> DiffWriter<'_, W> {
             }
             return self.walk(abs, rel);
         }
+        if md.nlink() > 1 && ft.is_file() && self.unchanged_copy_up(rel, abs, &md, &xattrs) {
+            // Overlay copied a lower file up to link a new name to it: the
+            // file itself did not change and is not part of the layer. The
+            // new name is written with the content, as BuildKit's differ
+            // does, and links nothing outside the layer.
+            return Ok(());
+        }
         if md.nlink() > 1 {
             if let Some(first) = self.links.get(&(md.dev(), md.ino())).cloned() {
                 let mut h = self.header(EntryType::Link, &md);
@@ -431,6 +491,36 @@ impl<W: Write> DiffWriter<'_, W> {
             self.stats.devices += 1;
         }
         Ok(())
+    }
+}
+
+/// Whether `lower` (open) and the file at `upper` hold the same bytes.
+fn same_content(lower: File, upper: &Path) -> bool {
+    let Ok(upper) = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(upper)
+    else {
+        return false;
+    };
+    let (mut a, mut b) = (
+        io::BufReader::with_capacity(64 * 1024, lower),
+        io::BufReader::with_capacity(64 * 1024, upper),
+    );
+    loop {
+        let (x, y) = match (a.fill_buf(), b.fill_buf()) {
+            (Ok(x), Ok(y)) => (x, y),
+            _ => return false,
+        };
+        if x.is_empty() || y.is_empty() {
+            return x.is_empty() && y.is_empty();
+        }
+        let n = x.len().min(y.len());
+        if x[..n] != y[..n] {
+            return false;
+        }
+        a.consume(n);
+        b.consume(n);
     }
 }
 
