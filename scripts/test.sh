@@ -32,7 +32,7 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # taskset: the test hosts of kbuild_testkit::netns).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
           apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler
-          containerd containernetworking-plugins iproute2 curl util-linux)
+          containerd containernetworking-plugins iproute2 curl util-linux git)
 
 section "system packages"
 missing=()

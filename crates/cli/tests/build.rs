@@ -950,3 +950,156 @@ fn ctrl_c_during_a_push_tags_nothing() {
         .unwrap();
     assert!(!st.status.success(), "no tag for the interrupted push");
 }
+
+/// The body, the ETag, and the heads of the requests so far.
+type EtagState = std::sync::Arc<std::sync::Mutex<(Vec<u8>, String, Vec<String>)>>;
+
+/// A file server for one URL that answers `If-None-Match` with 304 while
+/// its ETag matches, and keeps each request's head.
+struct EtagServer {
+    port: u16,
+    state: EtagState,
+}
+
+impl EtagServer {
+    fn start(body: &[u8], etag: &str) -> EtagServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new((
+            body.to_vec(),
+            etag.to_string(),
+            Vec::new(),
+        )));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(32) {
+                let Ok(mut s) = stream else { return };
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let mut st = shared.lock().unwrap();
+                let not_modified = head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase() == format!("if-none-match: {}", st.1));
+                st.2.push(head);
+                let reply = if not_modified {
+                    format!(
+                        "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nConnection: close\r\n\r\n",
+                        st.1
+                    )
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {}\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n",
+                        st.0.len(),
+                        st.1
+                    )
+                };
+                let _ = s.write_all(reply.as_bytes());
+                if !not_modified {
+                    let _ = s.write_all(&st.0);
+                }
+            }
+        });
+        EtagServer { port, state }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().2.clone()
+    }
+
+    fn change(&self, body: &[u8], etag: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.0 = body.to_vec();
+        st.1 = etag.to_string();
+    }
+}
+
+#[test]
+fn add_url_asks_the_server_only_when_it_must() {
+    if !require_root() {
+        return;
+    }
+    use sha2::Digest;
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    let store = t.path().join("s");
+    let build = |dest: &str| {
+        run(
+            &store,
+            &[
+                ctx.to_str().unwrap(),
+                "--platform",
+                "linux/amd64",
+                "--progress",
+                "plain",
+                "-o",
+                &format!("type=local,dest={}", t.path().join(dest).display()),
+            ],
+            &[],
+        )
+        .ok()
+    };
+
+    // With --checksum, a cached ADD needs no request at all.
+    let pinned = EtagServer::start(b"pinned\n", "\"p1\"");
+    let sum = format!("sha256:{}", hex::encode(sha2::Sha256::digest(b"pinned\n")));
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM scratch\nADD --checksum={sum} http://127.0.0.1:{}/f.txt /dl/\n",
+            pinned.port
+        ),
+    );
+    build("o1");
+    assert_eq!(pinned.requests().len(), 1);
+    build("o2");
+    assert_eq!(
+        pinned.requests().len(),
+        1,
+        "a cached ADD with --checksum downloads nothing"
+    );
+    assert_eq!(
+        std::fs::read(t.path().join("o2/dl/f.txt")).unwrap(),
+        b"pinned\n"
+    );
+
+    // Without it, the server is asked whether the file changed (ETag).
+    let server = EtagServer::start(b"one\n", "\"v1\"");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!(
+            "FROM scratch\nADD http://127.0.0.1:{}/g.txt /dl/\n",
+            server.port
+        ),
+    );
+    build("o3");
+    assert_eq!(server.requests().len(), 1);
+    let r = build("o4");
+    let reqs = server.requests();
+    assert_eq!(
+        reqs.len(),
+        2,
+        "one conditional request, no download: {reqs:?}"
+    );
+    assert!(
+        reqs[1]
+            .to_ascii_lowercase()
+            .contains("if-none-match: \"v1\""),
+        "{}",
+        reqs[1]
+    );
+    assert!(r.stderr.contains("CACHED"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(t.path().join("o4/dl/g.txt")).unwrap(),
+        b"one\n"
+    );
+
+    // A changed file is downloaded again and the step runs again.
+    server.change(b"two\n", "\"v2\"");
+    build("o5");
+    assert_eq!(
+        std::fs::read(t.path().join("o5/dl/g.txt")).unwrap(),
+        b"two\n"
+    );
+}

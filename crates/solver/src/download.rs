@@ -70,95 +70,227 @@ pub enum DownloadError {
     },
 }
 
-/// Download `url` into `dir/name`, check `checksum`, and return the
-/// content's digest (`sha256:<hex>`). The file gets mode 0600 and the
-/// server's Last-Modified time.
-pub async fn download(
-    url: &str,
-    dir: &Path,
-    name: &str,
-    checksum: Option<&str>,
-    timeouts: &kbuild_registry::Timeouts,
-) -> Result<String, DownloadError> {
-    use tokio::io::AsyncWriteExt;
-    let http = |source| DownloadError::Http {
-        url: url.to_string(),
-        source,
-    };
-    url::Url::parse(url).map_err(|source| DownloadError::Url {
-        url: url.to_string(),
-        source,
-    })?;
-    let client = reqwest::Client::builder()
-        .connect_timeout(timeouts.connect)
-        .build()
-        .map_err(http)?;
-    let limit = timeouts.connect + timeouts.response;
-    let resp = tokio::time::timeout(limit, client.get(url).send())
-        .await
-        .map_err(|_| DownloadError::NoAnswer {
-            url: url.to_string(),
-            after: limit,
-        })?
-        .map_err(http)?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status {
-            url: url.to_string(),
-            status: resp.status(),
-        });
-    }
-    let modified = resp
-        .headers()
-        .get(reqwest::header::LAST_MODIFIED)
-        .and_then(|v| v.to_str().ok())
-        .and_then(httpdate_secs);
-    // Streamed to disk and hashed on the way: memory stays bounded for any
-    // size; no total limit, but no silence longer than the idle limit.
-    let path = dir.join(name);
-    let io = |source| DownloadError::Io {
-        path: path.clone(),
-        source,
-    };
-    let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut body = resp.bytes_stream();
-    loop {
-        let next = tokio::time::timeout(timeouts.idle, futures_util::StreamExt::next(&mut body))
-            .await
-            .map_err(|_| DownloadError::Idle {
-                url: url.to_string(),
-                after: timeouts.idle,
-            })?;
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(http)?;
-        hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(io)?;
-    }
-    file.flush().await.map_err(io)?;
-    drop(file);
-    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if let Some(want) = checksum {
-        if want != got {
-            return Err(DownloadError::Checksum {
-                url: url.to_string(),
-                want: want.to_string(),
-                got,
-            });
+/// What the file of a URL is, known before (or without) its body.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Known {
+    /// The content digest (`sha256:<hex>`).
+    pub digest: String,
+    /// The server's Last-Modified time (seconds), which the file gets;
+    /// `None` when unknown (with `--checksum`, before downloading).
+    pub modified: Option<i64>,
+}
+
+impl Known {
+    /// The readers' cache key part.
+    pub fn key(&self) -> String {
+        match self.modified {
+            Some(t) => format!("{}@{t}", self.digest),
+            None => self.digest.clone(),
         }
     }
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io)?;
-    if let Some(t) = modified {
-        let ts = nix::sys::time::TimeSpec::new(t, 0);
-        let _ = nix::sys::stat::utimensat(
-            None,
-            &path,
-            &ts,
-            &ts,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        );
+}
+
+/// What the last download of a URL said, to ask the server next time
+/// whether it changed (`If-None-Match`, `If-Modified-Since`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Record {
+    url: String,
+    etag: Option<String>,
+    last_modified: Option<String>,
+    known: Known,
+}
+
+/// One URL to fetch: an `http` source op.
+#[derive(Clone, Debug)]
+pub struct Fetch {
+    /// The URL.
+    pub url: String,
+    /// The file name it is stored under.
+    pub filename: String,
+    /// `--checksum`.
+    pub checksum: Option<String>,
+    /// The connect, response and idle limits.
+    pub timeouts: kbuild_registry::Timeouts,
+    /// Where what earlier downloads said is kept (one file per URL).
+    pub records: PathBuf,
+}
+
+impl Fetch {
+    fn record_path(&self) -> PathBuf {
+        let name = hex::encode(Sha256::digest(self.url.as_bytes()));
+        self.records.join(format!("{name}.json"))
     }
-    Ok(got)
+
+    fn client(&self) -> Result<reqwest::Client, DownloadError> {
+        url::Url::parse(&self.url).map_err(|source| DownloadError::Url {
+            url: self.url.clone(),
+            source,
+        })?;
+        reqwest::Client::builder()
+            .connect_timeout(self.timeouts.connect)
+            .build()
+            .map_err(|source| self.http(source))
+    }
+
+    fn http(&self, source: reqwest::Error) -> DownloadError {
+        DownloadError::Http {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, DownloadError> {
+        let limit = self.timeouts.connect + self.timeouts.response;
+        tokio::time::timeout(limit, req.send())
+            .await
+            .map_err(|_| DownloadError::NoAnswer {
+                url: self.url.clone(),
+                after: limit,
+            })?
+            .map_err(|e| self.http(e))
+    }
+
+    /// The file's identity without downloading it, where that is possible:
+    /// from `--checksum`, or when the server answers that the URL did not
+    /// change since the download recorded last time (as BuildKit asks with
+    /// the ETag). `None`: it must be downloaded to be known.
+    pub async fn known(&self) -> Result<Option<Known>, DownloadError> {
+        if let Some(digest) = &self.checksum {
+            return Ok(Some(Known {
+                digest: digest.clone(),
+                modified: None,
+            }));
+        }
+        let path = self.record_path();
+        let record = match tokio::fs::read(&path).await {
+            Ok(bytes) => match serde_json::from_slice::<Record>(&bytes) {
+                Ok(r) if r.url == self.url => r,
+                _ => return Ok(None),
+            },
+            Err(_) => return Ok(None),
+        };
+        if record.etag.is_none() && record.last_modified.is_none() {
+            return Ok(None);
+        }
+        let mut req = self.client()?.get(&self.url);
+        if let Some(etag) = &record.etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = &record.last_modified {
+            req = req.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+        }
+        // The body of a changed URL is not read here: it is downloaded
+        // again by the caller.
+        let resp = self.send(req).await?;
+        Ok((resp.status() == reqwest::StatusCode::NOT_MODIFIED).then_some(record.known))
+    }
+
+    /// Downloads the file into a new temporary directory as `filename`,
+    /// checks it (against `--checksum`, or the digest it was known by),
+    /// records what the server said for next time, and says what it is.
+    /// The file gets mode 0600 and the server's Last-Modified time.
+    pub async fn to_temp_dir(&self) -> Result<(tempfile::TempDir, Known), DownloadError> {
+        let tmp = std::env::temp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("kbuild-add-")
+            .tempdir()
+            .map_err(|source| DownloadError::Io { path: tmp, source })?;
+        let resp = self.send(self.client()?.get(&self.url)).await?;
+        if !resp.status().is_success() {
+            return Err(DownloadError::Status {
+                url: self.url.clone(),
+                status: resp.status(),
+            });
+        }
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header(reqwest::header::ETAG);
+        let last_modified = header(reqwest::header::LAST_MODIFIED);
+        let modified = last_modified.as_deref().and_then(httpdate_secs);
+        let path = dir.path().join(&self.filename);
+        let digest = self.stream_to(resp, &path).await?;
+        if let Some(want) = &self.checksum {
+            if *want != digest {
+                return Err(DownloadError::Checksum {
+                    url: self.url.clone(),
+                    want: want.clone(),
+                    got: digest,
+                });
+            }
+        }
+        let io = |source| DownloadError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io)?;
+        if let Some(t) = modified {
+            let ts = nix::sys::time::TimeSpec::new(t, 0);
+            let _ = nix::sys::stat::utimensat(
+                None,
+                &path,
+                &ts,
+                &ts,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            );
+        }
+        let known = Known { digest, modified };
+        if self.checksum.is_none() && (etag.is_some() || last_modified.is_some()) {
+            let record = Record {
+                url: self.url.clone(),
+                etag,
+                last_modified,
+                known: known.clone(),
+            };
+            // Only a hint for next time: a record that cannot be kept
+            // means the next build downloads again.
+            let kept = std::fs::create_dir_all(&self.records).is_ok()
+                && serde_json::to_vec(&record)
+                    .ok()
+                    .is_some_and(|b| kbuild_image::write_atomic(&self.record_path(), &b).is_ok());
+            if !kept {
+                tracing::debug!(url = %self.url, "could not record the download's validators");
+            }
+        }
+        Ok((dir, known))
+    }
+
+    /// Streams the body to `path`, hashed on the way: memory stays bounded
+    /// for any size; no total limit, but no silence longer than the idle
+    /// limit. Returns the content digest.
+    async fn stream_to(
+        &self,
+        resp: reqwest::Response,
+        path: &Path,
+    ) -> Result<String, DownloadError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |source| DownloadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut body = resp.bytes_stream();
+        loop {
+            let next =
+                tokio::time::timeout(self.timeouts.idle, futures_util::StreamExt::next(&mut body))
+                    .await
+                    .map_err(|_| DownloadError::Idle {
+                        url: self.url.clone(),
+                        after: self.timeouts.idle,
+                    })?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| self.http(e))?;
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        file.flush().await.map_err(io)?;
+        Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+    }
 }
 
 /// Seconds since the epoch of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).

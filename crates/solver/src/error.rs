@@ -220,9 +220,9 @@ pub enum StepError {
     /// Downloading a URL failed.
     #[error(transparent)]
     Download(#[from] DownloadError),
-    /// ADD of a git repository.
-    #[error("ADD of the git repository {0} is not supported by this builder yet; clone it into the build context and COPY it")]
-    Git(String),
+    /// ADD of a git repository failed.
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
     /// Files of the context are wanted but there is none.
     #[error(
         "there is no build context (the Dockerfile came from stdin); give a context directory"

@@ -88,7 +88,7 @@ pub(crate) async fn run(
                     .ok_or(StepError::NoContext)
                     .map_err(fail)?,
             )),
-            Value::Download(d) => Some(MountFrom::Dir(d.dir.path().to_path_buf())),
+            Value::Download(d) => Some(MountFrom::Dir(d.dir().await.map_err(fail)?)),
         });
     }
     let permit = solver.cpu.clone().acquire_owned().await?;

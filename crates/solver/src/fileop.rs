@@ -260,7 +260,7 @@ async fn copy_sources(
                 },
             },
             Value::Download(d) => CopyFrom::Dir {
-                root: d.dir.path().to_path_buf(),
+                root: d.dir().await.map_err(Ok)?,
                 ignore: None,
             },
         }));

@@ -30,6 +30,7 @@ mod error;
 mod exec;
 mod fileop;
 pub mod fsutil;
+mod git;
 mod layer;
 pub mod mounts;
 pub mod options;
@@ -40,3 +41,4 @@ mod source;
 pub mod users;
 
 pub use download::DownloadError;
+pub use git::GitError;

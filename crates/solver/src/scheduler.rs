@@ -32,12 +32,53 @@ pub(crate) enum Value {
     Download(Arc<Downloaded>),
 }
 
-/// A file an `http` source downloaded.
+/// The files of an `http` or `git` source: fetched already, or known by
+/// their identity (`--checksum`, a server answering "not modified", a
+/// commit from `ls-remote`) and fetched only when an op that reads them
+/// misses the cache.
 pub(crate) struct Downloaded {
-    /// The directory holding it (removed when the build is done).
-    pub dir: tempfile::TempDir,
-    /// Its content digest.
-    pub digest: String,
+    /// What it contributes to its readers' cache keys.
+    pub key: String,
+    /// How to fetch it when needed.
+    pub fetch: Fetch,
+    /// The temporary directory holding it (removed when the build is
+    /// done) and the root to read from.
+    pub dir: tokio::sync::OnceCell<(tempfile::TempDir, std::path::PathBuf)>,
+}
+
+/// Where a [`Downloaded`] comes from.
+pub(crate) enum Fetch {
+    /// One URL.
+    Http(crate::download::Fetch),
+    /// A repository at a commit (`None`: known only after the checkout).
+    Git(crate::git::Checkout, Option<String>),
+}
+
+impl Downloaded {
+    /// The directory to read from, fetching it on first use.
+    pub async fn dir(&self) -> Result<std::path::PathBuf, StepError> {
+        let (_, root) = self
+            .dir
+            .get_or_try_init(|| async {
+                match &self.fetch {
+                    Fetch::Http(f) => f
+                        .to_temp_dir()
+                        .await
+                        .map(|(dir, _)| {
+                            let root = dir.path().to_path_buf();
+                            (dir, root)
+                        })
+                        .map_err(StepError::from),
+                    Fetch::Git(c, commit) => c
+                        .to_temp_dir(commit.as_deref())
+                        .await
+                        .map(|(dir, root, _)| (dir, root))
+                        .map_err(StepError::from),
+                }
+            })
+            .await?;
+        Ok(root.clone())
+    }
 }
 
 impl Value {
@@ -50,7 +91,7 @@ impl Value {
             Value::Context {
                 dockerignore: false,
             } => "context-all",
-            Value::Download(d) => &d.digest,
+            Value::Download(d) => &d.key,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Source ops: the states a graph starts from. An image (resolved before
-//! the build), an empty filesystem, the build context, a downloaded URL;
-//! git repositories are refused.
+//! the build), an empty filesystem, the build context, a downloaded URL,
+//! a git checkout.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +14,7 @@ use crate::config::ensure_path;
 use crate::engine::State;
 use crate::error::{SolveError, StepError};
 use crate::progress::Event;
-use crate::scheduler::{op_name, Downloaded, Exec, Value};
+use crate::scheduler::{op_name, Downloaded, Exec, Fetch, Value};
 
 /// The value of a source op; `reader` (the op that asked first) names
 /// the step in download errors.
@@ -71,23 +71,70 @@ pub(crate) async fn value(
             filename,
             checksum,
         } => {
-            let tmp = std::env::temp_dir();
-            let dir = tempfile::Builder::new()
-                .prefix("kbuild-add-")
-                .tempdir()
-                .map_err(|source| fail(StepError::Io { path: tmp, source }))?;
-            let digest = crate::download::download(
-                url,
-                dir.path(),
-                filename,
-                checksum.as_deref(),
-                &x.solver.opts.network_timeouts,
-            )
-            .await
-            .map_err(|e| fail(e.into()))?;
-            Ok(Value::Download(Arc::new(Downloaded { dir, digest })))
+            let fetch = crate::download::Fetch {
+                url: url.clone(),
+                filename: filename.clone(),
+                checksum: checksum.clone(),
+                timeouts: x.solver.opts.network_timeouts,
+                records: x.solver.store.root().join("downloads"),
+            };
+            // Known without the body: --checksum, or "not modified" since
+            // the last download. Otherwise the file is downloaded now.
+            let (key, dir) = match fetch.known().await.map_err(|e| fail(e.into()))? {
+                Some(known) => (known.key(), tokio::sync::OnceCell::new()),
+                None => {
+                    let (dir, known) = fetch.to_temp_dir().await.map_err(|e| fail(e.into()))?;
+                    let root = dir.path().to_path_buf();
+                    (
+                        known.key(),
+                        tokio::sync::OnceCell::new_with(Some((dir, root))),
+                    )
+                }
+            };
+            Ok(Value::Download(Arc::new(Downloaded {
+                key,
+                fetch: Fetch::Http(fetch),
+                dir,
+            })))
         }
-        SourceOp::Git { remote, .. } => Err(fail(StepError::Git(remote.clone()))),
+        SourceOp::Git {
+            remote,
+            reference,
+            subdir,
+            keep_git_dir,
+            checksum,
+        } => {
+            let checkout = crate::git::Checkout {
+                remote: remote.clone(),
+                reference: reference.clone(),
+                subdir: subdir.clone(),
+                keep_git_dir: *keep_git_dir,
+                checksum: checksum.clone(),
+            };
+            // The commit from ls-remote keys the readers; the clone waits
+            // until one of them misses the cache.
+            let commit = checkout.resolve().await.map_err(|e| fail(e.into()))?;
+            let (commit, dir) = match commit {
+                Some(c) => (c, tokio::sync::OnceCell::new()),
+                None => {
+                    let (dir, root, c) = checkout
+                        .to_temp_dir(None)
+                        .await
+                        .map_err(|e| fail(e.into()))?;
+                    (c, tokio::sync::OnceCell::new_with(Some((dir, root))))
+                }
+            };
+            let key = format!(
+                "git:{commit}:{}:{}",
+                subdir.as_deref().unwrap_or(""),
+                keep_git_dir
+            );
+            Ok(Value::Download(Arc::new(Downloaded {
+                key,
+                fetch: Fetch::Git(checkout, Some(commit)),
+                dir,
+            })))
+        }
     }
 }
 
