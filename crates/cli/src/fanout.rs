@@ -15,16 +15,16 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::BuildError;
 use crate::remote::{self, Setup};
 use crate::request::{BuildRequest, RequestError};
+use kbuild_driver::config::{self, Builder, Config};
 use kbuild_driver::session::Local;
+use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
+use kbuild_platform::Platform;
 use kbuild_proto::v1;
 use kbuild_solver::options::OutputKind;
 use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use kbuild_driver::config::{self, Builder, Config};
-use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
-use kbuild_platform::Platform;
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 fn left_out(unreachable: &[kbuild_driver::Error]) -> String {
@@ -67,7 +67,9 @@ pub enum FanoutError {
     #[error("asking the nodes: {0}")]
     Runtime(std::io::Error),
     /// A node's build failed: the build stops there, nothing is tagged.
-    #[error("node {node} of builder {builder} failed building {platforms}: {error}; nothing was tagged")]
+    #[error(
+        "node {node} of builder {builder} failed building {platforms}: {error}; nothing was tagged"
+    )]
     NodeFailed {
         /// The builder.
         builder: String,
@@ -190,7 +192,12 @@ pub fn assign(req: &BuildRequest, name: &str, builder: &Builder) -> Result<Repor
         .enable_all()
         .build()
         .map_err(FanoutError::Runtime)?;
-    rt.block_on(assign_nodes(req, name, &builder.nodes, &kbuild_driver::Direct))
+    rt.block_on(assign_nodes(
+        req,
+        name,
+        &builder.nodes,
+        &kbuild_driver::Direct,
+    ))
 }
 
 /// Asks every node through `dialer` at once (each within
@@ -638,7 +645,9 @@ fn split(
     let spawn = |set: &mut tokio::task::JoinSet<Joined>, id: usize, part: &Part| {
         let mut start = template.clone();
         start.platforms = part.platforms.iter().map(v1::Platform::from).collect();
-        start.build_platform = candidates[part.node].build_platform().map(v1::Platform::from);
+        start.build_platform = candidates[part.node]
+            .build_platform()
+            .map(v1::Platform::from);
         start.push_by_digest = push;
         let node = defs[part.node].clone();
         let local: Arc<dyn Local> = Arc::new(NodeLocal {
@@ -709,7 +718,10 @@ fn split(
                     let error = if done.entitlement.is_empty() {
                         done.error
                     } else {
-                        format!("{}; pass --allow {} to grant it", done.error, done.entitlement)
+                        format!(
+                            "{}; pass --allow {} to grant it",
+                            done.error, done.entitlement
+                        )
                     };
                     failure = Some(FanoutError::NodeFailed {
                         builder: name.to_string(),
@@ -732,8 +744,9 @@ fn split(
                         continue;
                     }
                     // Once more over the nodes still there.
-                    let alive: Vec<usize> =
-                        (0..candidates.len()).filter(|i| !dead.contains(i)).collect();
+                    let alive: Vec<usize> = (0..candidates.len())
+                        .filter(|i| !dead.contains(i))
+                        .collect();
                     let others: Vec<Candidate> =
                         alive.iter().map(|i| candidates[*i].clone()).collect();
                     match schedule_with(name, &others, &part.platforms, &report.exec) {
@@ -918,7 +931,8 @@ fn merge(
         };
         by_node.entry(node).or_default().push(p.to_string());
         let digest = kbuild_image::Digest::parse(&m.digest).map_err(FanoutError::Index)?;
-        let desc = kbuild_image::Descriptor::new(m.media_type.clone(), digest, m.size.max(0) as u64);
+        let desc =
+            kbuild_image::Descriptor::new(m.media_type.clone(), digest, m.size.max(0) as u64);
         index.push_manifest(desc, p).map_err(FanoutError::Index)?;
     }
     let bytes = index.to_bytes().map_err(FanoutError::Index)?;
