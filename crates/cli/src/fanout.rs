@@ -101,7 +101,7 @@ pub enum FanoutError {
         /// How the connection was lost.
         source: Box<kbuild_driver::Error>,
         /// Why no other node took them (`None`: this was their retry).
-        retry: Option<ScheduleError>,
+        retry: Option<Box<ScheduleError>>,
     },
     /// A file output of a build split over several nodes.
     #[error("-o type={kind} is not written from a build split over several nodes yet (builder {builder}: {split}); push instead (--push, -o type=registry), or build a --platform subset that one node builds")]
@@ -131,12 +131,12 @@ pub enum FanoutError {
     Push {
         /// The names pushed to.
         targets: String,
-        /// Why.
-        source: kbuild_registry::Error,
+        /// Why (boxed: it is large).
+        source: Box<kbuild_registry::Error>,
     },
 }
 
-fn retry_text(retry: &Option<ScheduleError>) -> String {
+fn retry_text(retry: &Option<Box<ScheduleError>>) -> String {
     match retry {
         Some(e) => format!("no other node can build them: {e}"),
         None => "they were already being retried there".to_string(),
@@ -781,7 +781,7 @@ fn split(
                                 node,
                                 platforms,
                                 source: Box::new(e),
-                                retry: Some(source),
+                                retry: Some(Box::new(source)),
                             });
                             cancel_tx.send_replace(true);
                         }
@@ -951,7 +951,7 @@ async fn push_index(
     let push_err = |source| {
         fail(FanoutError::Push {
             targets: targets.join(", "),
-            source,
+            source: Box::new(source),
         })
     };
     let credentials =
