@@ -86,6 +86,9 @@ pub enum BuildError {
     /// A session with a remote builder broke (names the builder).
     #[error(transparent)]
     Remote(Box<kbuild_driver::Error>),
+    /// A build split over several nodes failed (names the node).
+    #[error(transparent)]
+    Fanout(Box<crate::fanout::FanoutError>),
 }
 
 impl From<kbuild_solver::engine::SolveError> for BuildError {

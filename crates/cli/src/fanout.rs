@@ -1,13 +1,30 @@
-//! Which node of a remote builder builds which platform, as `--dry-run`
-//! shows it: every node is asked for its `Info` at once, the Dockerfile's
-//! op graph is lowered once per build platform among the nodes, and
-//! `kbuild_driver::schedule` decides. Nothing is built.
+//! One build over the nodes of a remote builder. Every node is asked for
+//! its `Info` at once, the Dockerfile's op graph is lowered once per build
+//! platform among the nodes, and `kbuild_driver::schedule` decides which
+//! node builds which platform (`--dry-run` shows it and builds nothing).
+//!
+//! [`build`] then runs one session per node, all at once, each for its
+//! platforms only; with a push output each node pushes its blobs and
+//! manifests by digest, and this side merges the index from the manifest
+//! descriptors the nodes return (platforms in request order), pushes it
+//! and writes the tags last. A node whose build fails stops the build
+//! (the others are cancelled, nothing is tagged); a node lost mid-build
+//! has its platforms scheduled once more over the other nodes.
 
+use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
+use crate::build::BuildError;
+use crate::remote::{self, Setup};
 use crate::request::{BuildRequest, RequestError};
 use kbuild_driver::config::{self, Builder, Config};
-use kbuild_driver::{Assignment, Candidate, ScheduleError};
+use kbuild_driver::session::Local;
+use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
 use kbuild_platform::Platform;
+use kbuild_proto::v1;
+use kbuild_solver::options::OutputKind;
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn left_out(unreachable: &[kbuild_driver::Error]) -> String {
@@ -49,6 +66,81 @@ pub enum FanoutError {
     /// The async runtime could not start or lost a task.
     #[error("asking the nodes: {0}")]
     Runtime(std::io::Error),
+    /// A node's build failed: the build stops there, nothing is tagged.
+    #[error(
+        "node {node} of builder {builder} failed building {platforms}: {error}; nothing was tagged"
+    )]
+    NodeFailed {
+        /// The builder.
+        builder: String,
+        /// The node.
+        node: String,
+        /// The platforms it was building.
+        platforms: String,
+        /// The daemon's error, one line.
+        error: String,
+    },
+    /// A node's session could not go on for a reason that is not the
+    /// node being lost (a context file, a result, the protocol).
+    #[error("node {node} (building {platforms}): {source}; nothing was tagged")]
+    NodeError {
+        /// The node.
+        node: String,
+        /// The platforms it was building.
+        platforms: String,
+        /// Why.
+        source: Box<kbuild_driver::Error>,
+    },
+    /// A node was lost and its platforms could not be built elsewhere.
+    #[error("{source} (node {node}, building {platforms}); {}; nothing was tagged", retry_text(.retry))]
+    NodeLost {
+        /// The node.
+        node: String,
+        /// The platforms it was building.
+        platforms: String,
+        /// How the connection was lost.
+        source: Box<kbuild_driver::Error>,
+        /// Why no other node took them (`None`: this was their retry).
+        retry: Option<Box<ScheduleError>>,
+    },
+    /// A file output of a build split over several nodes.
+    #[error("-o type={kind} is not written from a build split over several nodes yet (builder {builder}: {split}); push instead (--push, -o type=registry), or build a --platform subset that one node builds")]
+    SplitOutput {
+        /// The output's type.
+        kind: &'static str,
+        /// The builder.
+        builder: String,
+        /// Which node would build which platforms.
+        split: String,
+    },
+    /// A node said its build succeeded without the manifest of a platform.
+    #[error("node {node} of builder {builder} returned no manifest for {platform}")]
+    MissingManifest {
+        /// The builder.
+        builder: String,
+        /// The node.
+        node: String,
+        /// The platform.
+        platform: String,
+    },
+    /// The merged index could not be made.
+    #[error("merge the index of the nodes' images: {0}")]
+    Index(kbuild_image::Error),
+    /// The merged index could not be pushed (no tag was written).
+    #[error("push the merged index to {targets}: {source}")]
+    Push {
+        /// The names pushed to.
+        targets: String,
+        /// Why (boxed: it is large).
+        source: Box<kbuild_registry::Error>,
+    },
+}
+
+fn retry_text(retry: &Option<Box<ScheduleError>>) -> String {
+    match retry {
+        Some(e) => format!("no other node can build them: {e}"),
+        None => "they were already being retried there".to_string(),
+    }
 }
 
 /// A node as asked.
@@ -68,6 +160,8 @@ pub struct Report {
     /// One per target platform, in request order; `node` indexes the
     /// reachable nodes ([`Report::reachable`]).
     pub assignments: Vec<Assignment>,
+    /// What each target executes per build platform (to schedule again).
+    exec: Exec,
 }
 
 /// The remote builder a build would use (`--builder`, else the one `use`
@@ -98,41 +192,44 @@ pub fn assign(req: &BuildRequest, name: &str, builder: &Builder) -> Result<Repor
         .enable_all()
         .build()
         .map_err(FanoutError::Runtime)?;
-    // Every node at once, each within the timeout.
-    let nodes: Vec<NodeStatus> = rt
-        .block_on(async {
-            let tasks: Vec<_> = builder
-                .nodes
-                .iter()
-                .map(|node| {
-                    let (name, node) = (name.to_string(), node.clone());
-                    tokio::spawn(async move {
-                        let result =
-                            kbuild_driver::info(&name, &node, INFO_TIMEOUT)
-                                .await
-                                .map(|info| Candidate {
-                                    name: node.name.clone(),
-                                    endpoint: node.endpoint.clone(),
-                                    assigned: node
-                                        .platforms
-                                        .iter()
-                                        .filter_map(|p| Platform::parse(p).ok())
-                                        .collect(),
-                                    info,
-                                });
-                        NodeStatus { node, result }
-                    })
-                })
-                .collect();
-            let mut nodes = Vec::new();
-            for t in tasks {
-                nodes.push(t.await);
-            }
-            nodes
-        })
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .map_err(|e| FanoutError::Runtime(std::io::Error::other(e)))?;
+    rt.block_on(assign_nodes(
+        req,
+        name,
+        &builder.nodes,
+        &kbuild_driver::Direct,
+    ))
+}
+
+/// Asks every node through `dialer` at once (each within
+/// [`INFO_TIMEOUT`]), lowers the op graph once per build platform among
+/// the nodes that answered, and assigns `req`'s platforms.
+pub async fn assign_nodes(
+    req: &BuildRequest,
+    name: &str,
+    nodes: &[config::Node],
+    dialer: &dyn Dialer,
+) -> Result<Report, FanoutError> {
+    let asked = futures_util::future::join_all(nodes.iter().map(|node| async move {
+        let result = dialer
+            .dial(name, node, INFO_TIMEOUT)
+            .await
+            .map(|(_, info)| Candidate {
+                name: node.name.clone(),
+                endpoint: node.endpoint.clone(),
+                assigned: node
+                    .platforms
+                    .iter()
+                    .filter_map(|p| Platform::parse(p).ok())
+                    .collect(),
+                info,
+            });
+        NodeStatus {
+            node: node.clone(),
+            result,
+        }
+    }))
+    .await;
+    let nodes = asked;
     let candidates: Vec<Candidate> = nodes
         .iter()
         .filter_map(|n| n.result.as_ref().ok().cloned())
@@ -145,7 +242,7 @@ pub fn assign(req: &BuildRequest, name: &str, builder: &Builder) -> Result<Repor
     }
     // The op graph per build platform: `FROM --platform=$BUILDPLATFORM`
     // stages run on each node's own platform.
-    let mut exec: BTreeMap<(Platform, Platform), BTreeSet<Platform>> = BTreeMap::new();
+    let mut exec: Exec = BTreeMap::new();
     let build_platforms: BTreeSet<Platform> = candidates
         .iter()
         .filter_map(|c| c.build_platform().cloned())
@@ -171,13 +268,7 @@ pub fn assign(req: &BuildRequest, name: &str, builder: &Builder) -> Result<Repor
             exec.insert((b.clone(), t.clone()), set);
         }
     }
-    // The graph has one target per requested platform; should one be
-    // missing, assume it runs on its own platform (never wrongly "cross").
-    let scheduled = kbuild_driver::schedule(name, &candidates, &req.platforms, |b, t| {
-        exec.get(&(b.clone(), t.clone()))
-            .cloned()
-            .unwrap_or_else(|| BTreeSet::from([t.clone()]))
-    });
+    let scheduled = schedule_with(name, &candidates, &req.platforms, &exec);
     let assignments = match scheduled {
         Ok(a) => a,
         Err(source) => {
@@ -191,6 +282,26 @@ pub fn assign(req: &BuildRequest, name: &str, builder: &Builder) -> Result<Repor
         builder: name.to_string(),
         nodes,
         assignments,
+        exec,
+    })
+}
+
+/// Which platforms a target's exec ops run on, per (build platform, target).
+type Exec = BTreeMap<(Platform, Platform), BTreeSet<Platform>>;
+
+/// [`kbuild_driver::schedule`] with the exec platforms of the op graph.
+fn schedule_with(
+    name: &str,
+    candidates: &[Candidate],
+    targets: &[Platform],
+    exec: &Exec,
+) -> Result<Vec<Assignment>, ScheduleError> {
+    // The graph has one target per requested platform; should one be
+    // missing, assume it runs on its own platform (never wrongly "cross").
+    kbuild_driver::schedule(name, candidates, targets, |b, t| {
+        exec.get(&(b.clone(), t.clone()))
+            .cloned()
+            .unwrap_or_else(|| BTreeSet::from([t.clone()]))
     })
 }
 
@@ -208,7 +319,7 @@ impl Report {
         self.nodes.iter().filter_map(|n| n.result.as_ref().err())
     }
 
-    fn reason_text(a: &Assignment) -> String {
+    pub(crate) fn reason_text(a: &Assignment) -> String {
         let list = |l: &[Platform]| {
             l.iter()
                 .map(|p| p.to_string())
@@ -327,4 +438,540 @@ impl Report {
             "assignments": assignments,
         })
     }
+}
+
+/// Whether a session ended because its node went away (connection broken,
+/// daemon killed, not reachable any more), as opposed to the build failing.
+fn is_lost(e: &kbuild_driver::Error) -> bool {
+    matches!(
+        e,
+        kbuild_driver::Error::Lost { .. }
+            | kbuild_driver::Error::Unreachable { .. }
+            | kbuild_driver::Error::Timeout { .. }
+            | kbuild_driver::Error::Refused { .. }
+    )
+}
+
+fn list(platforms: &[Platform]) -> String {
+    platforms
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn output_kind(k: &OutputKind) -> &'static str {
+    match k {
+        OutputKind::Registry => "registry",
+        OutputKind::Image => "image",
+        OutputKind::Oci => "oci",
+        OutputKind::Docker => "docker",
+        OutputKind::Tar => "tar",
+        OutputKind::Local => "local",
+    }
+}
+
+fn fail(e: FanoutError) -> BuildError {
+    BuildError::Fanout(Box::new(e))
+}
+
+/// Runs `req` on builder `name`, whose `nodes` are reached through
+/// `dialer` (the remote driver dials addresses; the kubernetes driver its
+/// builder pods). One node, or every platform scheduled on one node: one
+/// session with the whole build. Otherwise one session per node with its
+/// platforms, concurrently, and the index merged here.
+pub fn build(
+    req: BuildRequest,
+    a: &BuildArgs,
+    g: &GlobalArgs,
+    name: &str,
+    nodes: Vec<config::Node>,
+    dialer: Arc<dyn Dialer>,
+) -> Result<(), BuildError> {
+    let Some(first) = nodes.first().cloned() else {
+        return Err(BuildError::Builder(format!(
+            "builder {name} has no node; add one with kubectl build create {name} --append --endpoint ..."
+        )));
+    };
+    let setup = Setup::new(&req, a, g, name)?;
+    if nodes.len() == 1 {
+        return remote::single(req, a, setup, name, &first, &*dialer, None);
+    }
+    let report = setup
+        .rt
+        .block_on(assign_nodes(&req, name, &nodes, &*dialer))
+        .map_err(fail)?;
+    for e in report.unreachable() {
+        eprintln!("WARNING: {e}; its platforms go to the other nodes");
+    }
+    let candidates: Vec<Candidate> = report.reachable().into_iter().cloned().collect();
+    let defs: Vec<config::Node> = report
+        .nodes
+        .iter()
+        .filter(|n| n.result.is_ok())
+        .map(|n| n.node.clone())
+        .collect();
+    for asg in &report.assignments {
+        setup.client.note(format!(
+            "{} → node {} ({})",
+            asg.platform,
+            candidates[asg.node].name,
+            Report::reason_text(asg)
+        ));
+    }
+    let used: BTreeSet<usize> = report.assignments.iter().map(|a| a.node).collect();
+    if let [only] = used.into_iter().collect::<Vec<_>>().as_slice() {
+        let build_platform = candidates[*only].build_platform().cloned();
+        return remote::single(
+            req,
+            a,
+            setup,
+            name,
+            &defs[*only],
+            &*dialer,
+            build_platform.as_ref(),
+        );
+    }
+    if let Some(o) = req
+        .outputs
+        .iter()
+        .find(|o| !matches!(o.kind, OutputKind::Registry | OutputKind::Image))
+    {
+        let mut by_node: BTreeMap<usize, Vec<Platform>> = BTreeMap::new();
+        for asg in &report.assignments {
+            by_node
+                .entry(asg.node)
+                .or_default()
+                .push(asg.platform.clone());
+        }
+        let split = by_node
+            .iter()
+            .map(|(n, p)| format!("{} on node {}", list(p), candidates[*n].name))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(fail(FanoutError::SplitOutput {
+            kind: output_kind(&o.kind),
+            builder: name.to_string(),
+            split,
+        }));
+    }
+    split(req, a, setup, name, report, candidates, defs, dialer)
+}
+
+/// This side of one node's session: progress with the node's name and
+/// vertex numbers unique over the whole build; questions answered by the
+/// shared client.
+struct NodeLocal {
+    client: Arc<remote::Client>,
+    node: String,
+    ids: Mutex<HashMap<u64, u64>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Local for NodeLocal {
+    fn progress(&self, mut p: v1::ProgressEvent) {
+        use v1::progress_event::Event as E;
+        if p.vertex != 0 {
+            let Ok(mut ids) = self.ids.lock() else {
+                return;
+            };
+            p.vertex = *ids
+                .entry(p.vertex)
+                .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
+        }
+        if !p.name.is_empty() {
+            p.name = format!("[node {}] {}", self.node, p.name);
+        }
+        if let Some(E::Note(n)) = &mut p.event {
+            *n = format!("node {}: {n}", self.node);
+        }
+        self.client.progress(p);
+    }
+    fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+        self.client.credentials(host)
+    }
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        self.client.secret(id)
+    }
+    fn result(&self, output: u32, _data: Vec<u8>, _last: bool) -> Result<(), String> {
+        Err(format!(
+            "node {} sent output {output}, but a build split over several nodes writes no file output",
+            self.node
+        ))
+    }
+}
+
+/// One node's share: its platforms, in request order.
+struct Part {
+    /// Index into the reachable nodes.
+    node: usize,
+    platforms: Vec<Platform>,
+    /// A second attempt after the first node was lost.
+    retry: bool,
+}
+
+type Joined = (usize, Result<v1::BuildDone, kbuild_driver::Error>);
+
+/// The sessions of a build split over several nodes, the merged index and
+/// its push.
+#[allow(clippy::too_many_arguments)]
+fn split(
+    req: BuildRequest,
+    a: &BuildArgs,
+    mut setup: Setup,
+    name: &str,
+    report: Report,
+    candidates: Vec<Candidate>,
+    defs: Vec<config::Node>,
+    dialer: Arc<dyn Dialer>,
+) -> Result<(), BuildError> {
+    let push = req.outputs.iter().any(|o| o.push);
+    let next_id = Arc::new(AtomicU64::new(1));
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let mut parts: Vec<Part> = Vec::new();
+    for asg in &report.assignments {
+        match parts.iter_mut().find(|p| p.node == asg.node) {
+            Some(p) => p.platforms.push(asg.platform.clone()),
+            None => parts.push(Part {
+                node: asg.node,
+                platforms: vec![asg.platform.clone()],
+                retry: false,
+            }),
+        }
+    }
+    let contexts = setup.contexts(&req);
+    let template = setup.start.clone();
+    let client = setup.client.clone();
+    let spawn = |set: &mut tokio::task::JoinSet<Joined>, id: usize, part: &Part| {
+        let mut start = template.clone();
+        start.platforms = part.platforms.iter().map(v1::Platform::from).collect();
+        start.build_platform = candidates[part.node]
+            .build_platform()
+            .map(v1::Platform::from);
+        start.push_by_digest = push;
+        let node = defs[part.node].clone();
+        let local: Arc<dyn Local> = Arc::new(NodeLocal {
+            client: client.clone(),
+            node: node.name.clone(),
+            ids: Mutex::new(HashMap::new()),
+            next: next_id.clone(),
+        });
+        let context = contexts();
+        let dialer = dialer.clone();
+        let builder = name.to_string();
+        let mut cancelled = cancel_rx.clone();
+        set.spawn(async move {
+            let interrupt = async move {
+                if cancelled.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let r = kbuild_driver::session::build(
+                &builder, &node, &*dialer, start, context, local, interrupt,
+            )
+            .await;
+            (id, r)
+        });
+    };
+    let rt = &setup.rt;
+    let signals = &mut setup.signals;
+    let outcome: Result<Vec<(usize, v1::BuildDone)>, BuildError> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (id, part) in parts.iter().enumerate() {
+            spawn(&mut set, id, part);
+        }
+        let mut dead: BTreeSet<usize> = BTreeSet::new();
+        let mut finished: Vec<(usize, v1::BuildDone)> = Vec::new();
+        let mut failure: Option<FanoutError> = None;
+        let mut interrupted = false;
+        loop {
+            let joined = tokio::select! {
+                j = set.join_next() => match j {
+                    Some(j) => j,
+                    None => break,
+                },
+                signal = signals.recv(), if !interrupted => {
+                    tracing::debug!(%signal, "cancelling the build on every node");
+                    interrupted = true;
+                    cancel_tx.send_replace(true);
+                    continue;
+                }
+            };
+            let (id, outcome) = match joined {
+                Ok(j) => j,
+                Err(e) => {
+                    failure.get_or_insert(FanoutError::Runtime(std::io::Error::other(e)));
+                    cancel_tx.send_replace(true);
+                    continue;
+                }
+            };
+            if failure.is_some() || interrupted {
+                // Draining: the other sessions end cancelled.
+                continue;
+            }
+            let part = &parts[id];
+            let node = candidates[part.node].name.clone();
+            let platforms = list(&part.platforms);
+            match outcome {
+                Ok(done) if done.error.is_empty() => finished.push((part.node, done)),
+                Ok(done) => {
+                    let error = if done.entitlement.is_empty() {
+                        done.error
+                    } else {
+                        format!(
+                            "{}; pass --allow {} to grant it",
+                            done.error, done.entitlement
+                        )
+                    };
+                    failure = Some(FanoutError::NodeFailed {
+                        builder: name.to_string(),
+                        node,
+                        platforms,
+                        error,
+                    });
+                    cancel_tx.send_replace(true);
+                }
+                Err(e) if is_lost(&e) => {
+                    dead.insert(part.node);
+                    if part.retry {
+                        failure = Some(FanoutError::NodeLost {
+                            node,
+                            platforms,
+                            source: Box::new(e),
+                            retry: None,
+                        });
+                        cancel_tx.send_replace(true);
+                        continue;
+                    }
+                    // Once more over the nodes still there.
+                    let alive: Vec<usize> = (0..candidates.len())
+                        .filter(|i| !dead.contains(i))
+                        .collect();
+                    let others: Vec<Candidate> =
+                        alive.iter().map(|i| candidates[*i].clone()).collect();
+                    match schedule_with(name, &others, &part.platforms, &report.exec) {
+                        Ok(again) => {
+                            client.note(format!("lost node {node}: {e}"));
+                            let mut retries: Vec<Part> = Vec::new();
+                            for asg in &again {
+                                let to = alive[asg.node];
+                                client.note(format!(
+                                    "{} → node {} ({}, retried after losing node {node})",
+                                    asg.platform,
+                                    candidates[to].name,
+                                    Report::reason_text(asg)
+                                ));
+                                match retries.iter_mut().find(|p| p.node == to) {
+                                    Some(p) => p.platforms.push(asg.platform.clone()),
+                                    None => retries.push(Part {
+                                        node: to,
+                                        platforms: vec![asg.platform.clone()],
+                                        retry: true,
+                                    }),
+                                }
+                            }
+                            for r in retries {
+                                parts.push(r);
+                                let id = parts.len() - 1;
+                                spawn(&mut set, id, &parts[id]);
+                            }
+                        }
+                        Err(source) => {
+                            failure = Some(FanoutError::NodeLost {
+                                node,
+                                platforms,
+                                source: Box::new(e),
+                                retry: Some(Box::new(source)),
+                            });
+                            cancel_tx.send_replace(true);
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(FanoutError::NodeError {
+                        node,
+                        platforms,
+                        source: Box::new(e),
+                    });
+                    cancel_tx.send_replace(true);
+                }
+            }
+        }
+        if interrupted {
+            return Err(BuildError::Cancelled);
+        }
+        match failure {
+            Some(f) => Err(fail(f)),
+            None => Ok(finished),
+        }
+    });
+    let finished = match outcome {
+        Ok(f) => f,
+        Err(e) => {
+            setup.finish(&req);
+            return Err(e);
+        }
+    };
+    let merged = merge(&req, name, &candidates, &finished);
+    // Tags last: only now, once every node has pushed its part.
+    let targets: Vec<String> = req
+        .outputs
+        .iter()
+        .filter(|o| o.push)
+        .flat_map(|o| o.names.clone())
+        .collect();
+    let pushed = match merged {
+        Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
+            .rt
+            .block_on(push_index(a, &req, &targets, &bytes, &media_type))
+            .map(|()| (bytes, media_type, by_node)),
+        Ok(m) => Ok(m),
+        Err(e) => Err(fail(e)),
+    };
+    let (bytes, media_type, by_node) = match pushed {
+        Ok(m) => m,
+        Err(e) => {
+            setup.finish(&req);
+            return Err(e);
+        }
+    };
+    let digest = kbuild_image::Digest::of(&bytes).to_string();
+    let (mode, client, started) = setup.finish(&req);
+    for (_, done) in &finished {
+        for w in &done.warnings {
+            eprintln!("WARNING: {w}");
+        }
+    }
+    crate::build::write_result_files(
+        &req,
+        a.iidfile.as_deref(),
+        a.metadata_file.as_deref(),
+        &digest,
+        serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()}),
+        None,
+    )?;
+    if mode == ProgressMode::Quiet {
+        println!("{digest}");
+        return Ok(());
+    }
+    let split = by_node
+        .iter()
+        .map(|(n, p)| format!("{} on node {}", p.join(", "), candidates[*n].name))
+        .collect::<Vec<_>>()
+        .join("; ");
+    eprintln!(
+        "=> built {} on builder {name} in {:.1}s ({split}): {digest}",
+        list(&req.platforms),
+        started.elapsed().as_secs_f64(),
+    );
+    for (n, done) in &finished {
+        eprintln!(
+            "=> context: sent {} files ({} bytes) to node {}",
+            done.files_received, done.bytes_received, candidates[*n].name
+        );
+        for s in &done.stored {
+            eprintln!(
+                "=> stored {s} ({}) in the store of node {}",
+                done.manifests
+                    .iter()
+                    .filter_map(|m| m.platform.as_ref())
+                    .filter_map(|p| Platform::try_from(p).ok())
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                candidates[*n].name
+            );
+        }
+    }
+    for n in &targets {
+        eprintln!("=> pushed {n}@{digest}");
+    }
+    if let Ok(notes) = client.notes.lock() {
+        for n in notes.iter() {
+            eprintln!("=> {n}");
+        }
+    }
+    Ok(())
+}
+
+/// The index of the nodes' images: one manifest per platform, in request
+/// order, as a one-node build writes it. Returns its bytes, its media type
+/// and which platforms each node built.
+#[allow(clippy::type_complexity)]
+fn merge(
+    req: &BuildRequest,
+    name: &str,
+    candidates: &[Candidate],
+    finished: &[(usize, v1::BuildDone)],
+) -> Result<(Vec<u8>, String, BTreeMap<usize, Vec<String>>), FanoutError> {
+    let mut index = kbuild_image::Index::new();
+    let mut by_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for p in &req.platforms {
+        let found = finished.iter().find_map(|(node, done)| {
+            done.manifests
+                .iter()
+                .find(|m| {
+                    m.platform
+                        .as_ref()
+                        .and_then(|mp| Platform::try_from(mp).ok())
+                        .is_some_and(|mp| mp == *p)
+                })
+                .map(|m| (*node, m))
+        });
+        let Some((node, m)) = found else {
+            return Err(FanoutError::MissingManifest {
+                builder: name.to_string(),
+                node: finished
+                    .iter()
+                    .map(|(n, _)| candidates[*n].name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                platform: p.to_string(),
+            });
+        };
+        by_node.entry(node).or_default().push(p.to_string());
+        let digest = kbuild_image::Digest::parse(&m.digest).map_err(FanoutError::Index)?;
+        let desc =
+            kbuild_image::Descriptor::new(m.media_type.clone(), digest, m.size.max(0) as u64);
+        index.push_manifest(desc, p).map_err(FanoutError::Index)?;
+    }
+    let bytes = index.to_bytes().map_err(FanoutError::Index)?;
+    Ok((bytes, index.descriptor_media_type().to_string(), by_node))
+}
+
+/// Puts the merged index and then the tags, with this machine's
+/// credentials.
+async fn push_index(
+    a: &BuildArgs,
+    req: &BuildRequest,
+    targets: &[String],
+    index: &[u8],
+    media_type: &str,
+) -> Result<(), BuildError> {
+    let push_err = |source| {
+        fail(FanoutError::Push {
+            targets: targets.join(", "),
+            source: Box::new(source),
+        })
+    };
+    let credentials =
+        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
+            .map_err(BuildError::Credentials)?;
+    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        insecure: a.insecure_registries.clone(),
+        credentials,
+        timeouts: req.registry_timeouts,
+        ..Default::default()
+    })
+    .map_err(BuildError::Credentials)?;
+    let refs = targets
+        .iter()
+        .map(|t| kbuild_registry::Reference::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(push_err)?;
+    client
+        .push_index(&refs, index, media_type)
+        .await
+        .map_err(push_err)?;
+    Ok(())
 }

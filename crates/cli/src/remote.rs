@@ -97,15 +97,23 @@ impl std::io::Read for ChannelReader {
     }
 }
 
-/// This side of the session.
-struct Client {
+/// This side of the session(s): progress, credentials, secrets and
+/// streamed outputs, shared by every node of a fanned-out build.
+pub(crate) struct Client {
     progress: Arc<dyn Progress>,
     credentials: kbuild_registry::Credentials,
     helper_limit: Duration,
     secrets: Vec<kbuild_solver::options::SecretSpec>,
     outputs: Vec<Output>,
     sinks: Mutex<HashMap<u32, Sink>>,
-    notes: Mutex<Vec<String>>,
+    pub(crate) notes: Mutex<Vec<String>>,
+}
+
+impl Client {
+    /// Renders a note that belongs to no step.
+    pub(crate) fn note(&self, text: String) {
+        self.progress.event(Event::Note(text));
+    }
 }
 
 impl Local for Client {
@@ -225,7 +233,155 @@ fn open_sink(out: Output) -> Sink {
     Sink { tx, thread }
 }
 
-/// Runs `req` on remote builder `name`.
+/// What every build on a remote builder sets up before its session(s):
+/// the runtime (with the stop signals), the progress renderer, this side of
+/// the session and the BuildStart every node is sent (per node, its
+/// platforms and build platform change).
+pub(crate) struct Setup {
+    pub(crate) mode: ProgressMode,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) signals: StopSignals,
+    pub(crate) client: Arc<Client>,
+    pub(crate) start: v1::BuildStart,
+    ignore: Option<(kbuild_ignore::Matcher, String)>,
+    checksums: Option<Arc<kbuild_solver::checksums::ChecksumCache>>,
+    pub(crate) started: Instant,
+}
+
+impl Setup {
+    /// Checks what remote builders refuse and prepares the sessions of
+    /// `req` on builder `name`.
+    pub(crate) fn new(
+        req: &BuildRequest,
+        a: &BuildArgs,
+        g: &GlobalArgs,
+        name: &str,
+    ) -> Result<Setup, BuildError> {
+        if let Some(s) = req.ssh.first() {
+            return Err(BuildError::Builder(format!(
+                "--ssh {} is not served by remote builders yet (builder {name}); build with --builder local",
+                s.id
+            )));
+        }
+        let mode = if a.quiet {
+            ProgressMode::Quiet
+        } else {
+            a.progress
+        };
+        let credentials =
+            kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
+                .map_err(BuildError::Credentials)?;
+        let source_date_epoch = crate::build::source_date_epoch()?;
+        let ignore = crate::build::read_ignore(req)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+        let signals = {
+            let _in_runtime = rt.enter();
+            StopSignals::install()
+                .map_err(|e| BuildError::Other(format!("install the signal handlers: {e}")))?
+        };
+        let progress = progress_renderer(mode);
+        let start = v1::BuildStart {
+            dockerfile: req.dockerfile.clone().into_bytes(),
+            dockerfile_path: req.dockerfile_name.clone(),
+            platforms: req.platforms.iter().map(v1::Platform::from).collect(),
+            build_args: req.build_args.clone().into_iter().collect(),
+            target: req.target.clone().unwrap_or_default(),
+            labels: req.labels.clone().into_iter().collect(),
+            no_cache: a.no_cache,
+            pull: a.pull,
+            outputs: req.outputs.iter().map(spec_of).collect(),
+            tags: a.tags.clone(),
+            network: a.network.clone().unwrap_or_default(),
+            allow: if req.allow_insecure {
+                vec!["security.insecure".to_string()]
+            } else {
+                Vec::new()
+            },
+            add_hosts: req
+                .add_hosts
+                .iter()
+                .map(|(h, ip)| format!("{h}={ip}"))
+                .collect(),
+            secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
+            source_date_epoch,
+            build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
+            registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
+            insecure_registries: a.insecure_registries.clone(),
+            ..Default::default()
+        };
+        // The client keeps a checksum cache of its own per context, beside
+        // the local store's (the daemon has its own).
+        let checksums = req.context.as_ref().and_then(|dir| {
+            let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            let base = g.root.clone().or_else(kbuild_image::default_root)?;
+            Some(Arc::new(kbuild_solver::checksums::ChecksumCache::load(
+                &base.join("checksums"),
+                &abs,
+            )))
+        });
+        let client = Arc::new(Client {
+            progress,
+            credentials,
+            helper_limit: req.registry_timeouts.helper,
+            secrets: req.secrets.clone(),
+            outputs: req.outputs.clone(),
+            sinks: Mutex::new(HashMap::new()),
+            notes: Mutex::new(Vec::new()),
+        });
+        Ok(Setup {
+            mode,
+            rt,
+            signals,
+            client,
+            start,
+            ignore,
+            checksums,
+            started: Instant::now(),
+        })
+    }
+
+    /// The context to send to one node.
+    pub(crate) fn context(&self, req: &BuildRequest) -> Option<ContextSource> {
+        req.context.as_ref().map(|dir| ContextSource {
+            dir: dir.clone(),
+            ignore: self.ignore.clone(),
+            checksums: self.checksums.clone(),
+        })
+    }
+
+    /// Makes the context to send to each node of a split build.
+    pub(crate) fn contexts(&self, req: &BuildRequest) -> impl Fn() -> Option<ContextSource> {
+        let dir = req.context.clone();
+        let ignore = self.ignore.clone();
+        let checksums = self.checksums.clone();
+        move || {
+            dir.as_ref().map(|dir| ContextSource {
+                dir: dir.clone(),
+                ignore: ignore.clone(),
+                checksums: checksums.clone(),
+            })
+        }
+    }
+
+    /// Keeps the context checksums for the next build and stops the
+    /// runtime.
+    pub(crate) fn finish(self, req: &BuildRequest) -> (ProgressMode, Arc<Client>, Instant) {
+        self.rt.shutdown_timeout(Duration::from_secs(2));
+        if let (Some(cache), Some(dir)) = (&self.checksums, &req.context) {
+            let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            if let Err(e) = cache.save(&abs) {
+                tracing::warn!(error = %e, "could not keep the context checksum cache");
+            }
+        }
+        (self.mode, self.client, self.started)
+    }
+}
+
+/// Runs `req` on remote builder `name`: on its only node, or split over
+/// its nodes by platform ([`crate::fanout::build`]).
 pub fn run(
     req: BuildRequest,
     a: &BuildArgs,
@@ -233,110 +389,46 @@ pub fn run(
     name: &str,
     builder: &kbuild_driver::Builder,
 ) -> Result<(), BuildError> {
-    let node = builder
-        .nodes
-        .first()
-        .ok_or_else(|| BuildError::Builder(format!("builder {name} has no node; add one with kubectl build create {name} --append --endpoint ...")))?
-        .clone();
-    if let Some(s) = req.ssh.first() {
-        return Err(BuildError::Builder(format!(
-            "--ssh {} is not served by remote builders yet (builder {name}); build with --builder local",
-            s.id
-        )));
-    }
-    let mode = if a.quiet {
-        ProgressMode::Quiet
-    } else {
-        a.progress
-    };
-    let credentials =
-        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
-            .map_err(BuildError::Credentials)?;
-    let source_date_epoch = crate::build::source_date_epoch()?;
-    let ignore = crate::build::read_ignore(&req)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
-    let mut signals = {
-        let _in_runtime = rt.enter();
-        StopSignals::install()
-            .map_err(|e| BuildError::Other(format!("install the signal handlers: {e}")))?
-    };
-    let progress = progress_renderer(mode);
-    let start = v1::BuildStart {
-        dockerfile: req.dockerfile.clone().into_bytes(),
-        dockerfile_path: req.dockerfile_name.clone(),
-        platforms: req.platforms.iter().map(v1::Platform::from).collect(),
-        build_args: req.build_args.clone().into_iter().collect(),
-        target: req.target.clone().unwrap_or_default(),
-        labels: req.labels.clone().into_iter().collect(),
-        no_cache: a.no_cache,
-        pull: a.pull,
-        outputs: req.outputs.iter().map(spec_of).collect(),
-        tags: a.tags.clone(),
-        network: a.network.clone().unwrap_or_default(),
-        allow: if req.allow_insecure {
-            vec!["security.insecure".to_string()]
-        } else {
-            Vec::new()
-        },
-        add_hosts: req
-            .add_hosts
-            .iter()
-            .map(|(h, ip)| format!("{h}={ip}"))
-            .collect(),
-        secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
-        source_date_epoch,
-        build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
-        registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
-        insecure_registries: a.insecure_registries.clone(),
-        ..Default::default()
-    };
-    // The client keeps a checksum cache of its own per context, beside
-    // the local store's (the daemon has its own).
-    let checksums = req.context.as_ref().and_then(|dir| {
-        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        let base = g.root.clone().or_else(kbuild_image::default_root)?;
-        Some(Arc::new(kbuild_solver::checksums::ChecksumCache::load(
-            &base.join("checksums"),
-            &abs,
-        )))
-    });
-    let context = req.context.as_ref().map(|dir| ContextSource {
-        dir: dir.clone(),
-        ignore: ignore.clone(),
-        checksums: checksums.clone(),
-    });
-    let client = Arc::new(Client {
-        progress,
-        credentials,
-        helper_limit: req.registry_timeouts.helper,
-        secrets: req.secrets.clone(),
-        outputs: req.outputs.clone(),
-        sinks: Mutex::new(HashMap::new()),
-        notes: Mutex::new(Vec::new()),
-    });
-    let started = Instant::now();
-    let outcome = rt.block_on(kbuild_driver::session::build(
+    crate::fanout::build(
+        req,
+        a,
+        g,
         name,
-        &node,
-        &kbuild_driver::Direct,
+        builder.nodes.clone(),
+        Arc::new(kbuild_driver::Direct),
+    )
+}
+
+/// Runs the whole of `req` on `node` of builder `name` in one session;
+/// `build_platform` is the node's when it is known (from its Info).
+pub(crate) fn single(
+    req: BuildRequest,
+    a: &BuildArgs,
+    mut setup: Setup,
+    name: &str,
+    node: &kbuild_driver::Node,
+    dialer: &dyn kbuild_driver::Dialer,
+    build_platform: Option<&kbuild_platform::Platform>,
+) -> Result<(), BuildError> {
+    let mut start = setup.start.clone();
+    if let Some(p) = build_platform {
+        start.build_platform = Some(v1::Platform::from(p));
+    }
+    let context = setup.context(&req);
+    let signals = &mut setup.signals;
+    let outcome = setup.rt.block_on(kbuild_driver::session::build(
+        name,
+        node,
+        dialer,
         start,
         context,
-        client.clone(),
+        setup.client.clone(),
         async move {
             let signal = signals.recv().await;
             tracing::debug!(%signal, "cancelling the remote build");
         },
     ));
-    rt.shutdown_timeout(Duration::from_secs(2));
-    if let (Some(cache), Some(dir)) = (&checksums, &req.context) {
-        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        if let Err(e) = cache.save(&abs) {
-            tracing::warn!(error = %e, "could not keep the context checksum cache");
-        }
-    }
+    let (mode, client, started) = setup.finish(&req);
     let done = outcome.map_err(|e| BuildError::Remote(Box::new(e)))?;
     if !done.error.is_empty() {
         if !done.entitlement.is_empty() {

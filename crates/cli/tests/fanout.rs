@@ -1,21 +1,50 @@
-//! One build over many nodes: which node builds which platform, as
-//! `--dry-run` shows it, against real `kubectl-build serve` daemons on test
-//! hosts (network namespaces with their own addresses, see
+//! One build over many nodes, against real `kubectl-build serve` daemons on
+//! test hosts (network namespaces with their own addresses, see
 //! `kbuild_testkit::netns`), reached over mutual TLS on those addresses and
-//! over unix sockets.
+//! over unix sockets: which node builds which platform (`--dry-run`), and
+//! real builds split over the nodes, pushed to a registry the hosts reach,
+//! with one index and the tag written last; a failing node, and a node
+//! killed mid-build.
 
 mod common;
 
 use common::{bin, run, Run, SEVEN};
 use kbuild_testkit::daemon::{make_pki, Daemon};
 use kbuild_testkit::netns::Host;
+use kbuild_testkit::registry::TestRegistry;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A scratch directory: the client's builder list, the PKI, the daemons'
 /// stores and sockets.
 struct Env {
     dir: tempfile::TempDir,
+}
+
+impl Drop for Env {
+    /// A daemon killed mid-build leaves its RUN's overlay mount behind:
+    /// `prune` on each daemon's store reclaims what dead processes left
+    /// (the nodes are dropped before the environment).
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let root = e.path();
+            if root.is_dir() && e.file_name().to_string_lossy().ends_with("-root") {
+                let _ = Command::new(bin())
+                    .arg("--root")
+                    .arg(&root)
+                    .arg("prune")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
 }
 
 impl Env {
@@ -43,6 +72,41 @@ impl Env {
             args,
             &[("XDG_CONFIG_HOME", config.to_str().expect("utf-8 path"))],
         )
+    }
+    /// `kubectl-build ARGS` with extra environment.
+    fn kb_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let config = self.path("config");
+        let mut env = vec![("XDG_CONFIG_HOME", config.to_str().expect("utf-8 path"))];
+        env.extend_from_slice(extra);
+        run(&self.path("client-root"), args, &env)
+    }
+    /// `kubectl-build ARGS` started in the background, its stderr lines
+    /// coming through the receiver as they are written.
+    fn spawn(&self, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+        let mut child = Command::new(bin())
+            .arg("--root")
+            .arg(self.path("client-root"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kubectl-build");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
     }
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.kb(args).ok();
@@ -101,6 +165,174 @@ impl Node {
             _host: host,
         })
     }
+}
+
+impl Node {
+    /// Kills the daemon at once (SIGKILL): its connections break mid-build.
+    fn kill(&self) {
+        let status = Command::new("kill")
+            .args(["-KILL", &self.daemon.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill the daemon");
+    }
+}
+
+/// A registry every test host reaches (on `host`'s gateway address, which
+/// the other hosts reach through their own default route), holding the
+/// busybox fixture as `HOST/base/busybox:1` for `platforms`, pushed by the
+/// local builder. `None` after `skip_or_fail` without the fixtures.
+fn registry_with_base(env: &Env, host: &Host, platforms: &str) -> Option<(TestRegistry, String)> {
+    let reg = TestRegistry::start_on(host.gateway()).expect("start docker-registry");
+    let ctx = common::busybox_context()?;
+    let base = format!("{}/base/busybox:1", reg.host());
+    env.kb(&[
+        ctx.to_str().expect("utf-8"),
+        "--builder",
+        "local",
+        "--platform",
+        platforms,
+        "-t",
+        &base,
+        "--push",
+        "--insecure-registry",
+        &reg.host(),
+        "--progress",
+        "quiet",
+    ])
+    .ok();
+    Some((reg, base))
+}
+
+/// The digests tag `tag` of `repo` has ever named, from the registry's
+/// storage (its tag index keeps each one): one entry for a tag written
+/// once, none for a tag never written.
+fn tag_history(reg: &TestRegistry, repo: &str, tag: &str) -> Vec<String> {
+    let dir = reg
+        .storage()
+        .join("docker/registry/v2/repositories")
+        .join(repo)
+        .join("_manifests/tags")
+        .join(tag)
+        .join("index/sha256");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .map(|e| {
+                format!(
+                    "sha256:{}",
+                    e.expect("tag index entry").file_name().to_string_lossy()
+                )
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", dir.display()),
+    }
+}
+
+/// Whether `skopeo inspect` finds `reference` (a tag never written fails).
+fn skopeo_finds(reference: &str) -> bool {
+    Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run skopeo")
+        .success()
+}
+
+/// The platforms of a pushed index, in order.
+fn index_platforms(index: &serde_json::Value) -> Vec<String> {
+    index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an index: {index:#}"))
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            let mut s = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap_or_default(),
+                p["architecture"].as_str().unwrap_or_default()
+            );
+            if let Some(v) = p["variant"].as_str() {
+                s = format!("{s}/{v}");
+            }
+            s
+        })
+        .collect()
+}
+
+/// The file `name` of the last layer of each platform's image of a pushed
+/// index, as (platform, content).
+fn last_layer_file(env: &Env, reference: &str, name: &str) -> Vec<(String, String)> {
+    let layout = env.path(&format!("layout-{}", common::unique("l")));
+    common::skopeo_to_layout(reference, &layout);
+    common::layout_manifests(&layout)
+        .into_iter()
+        .map(|(platform, manifest)| {
+            let layers = manifest["layers"].as_array().expect("layers");
+            let last = layers.last().expect("a layer");
+            let blob = common::layout_blob(&layout, last["digest"].as_str().expect("digest"));
+            let out = Command::new("tar")
+                .arg("-xOf")
+                .arg(&blob)
+                .arg(name)
+                .output()
+                .expect("run tar");
+            assert!(
+                out.status.success(),
+                "{platform}: no {name} in the last layer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                platform,
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits for a stderr line of a running client containing all of `parts`;
+/// returns the lines seen.
+fn wait_line(rx: &mpsc::Receiver<String>, parts: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let hit = parts.iter().all(|p| line.contains(p));
+                seen.push(line);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "no line with {parts:?}; stderr so far:\n{}",
+        seen.join("\n")
+    );
+}
+
+/// Waits for the client to end: (exit code, the rest of stderr).
+fn finish(mut child: std::process::Child, rx: mpsc::Receiver<String>) -> (i32, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait for kubectl-build") {
+            break s.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kubectl-build did not end");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, rx.iter().collect())
 }
 
 fn builder<'a>(ls: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -262,6 +494,148 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
         "{text}"
     );
     assert!(text.contains("builder mix:"), "{text}");
+
+    // The real build: each platform's RUN on its node, one index pushed.
+    let Some((reg, base)) = registry_with_base(&env, &a._host, platforms) else {
+        return;
+    };
+    let insecure = reg.host();
+    let ctx = context(&env, &format!("FROM {base}\nRUN uname -m > /m\n"));
+    let tag = format!("{}/mix/app:1", reg.host());
+    let out = env
+        .kb(&[
+            "--builder",
+            "mix",
+            "--platform",
+            platforms,
+            "-t",
+            &tag,
+            "--push",
+            "--insecure-registry",
+            &insecure,
+            "--progress",
+            "plain",
+            &ctx,
+        ])
+        .ok();
+    for (platform, node) in [
+        ("linux/amd64", "mix0"),
+        ("linux/386", "mix0"),
+        ("linux/arm64", "mix1"),
+        ("linux/arm/v7", "mix1"),
+    ] {
+        assert!(
+            out.stderr
+                .contains(&format!("{platform} → node {node} (native)")),
+            "{}",
+            out.stderr
+        );
+        // Its RUN step ran there.
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(&format!("[node {node}] [{platform}"))
+                    && l.contains("RUN uname -m")),
+            "{platform} on {node}: {}",
+            out.stderr
+        );
+        let other = if node == "mix0" { "mix1" } else { "mix0" };
+        assert!(
+            !out.stderr
+                .lines()
+                .any(|l| l.contains(&format!("[node {other}] [{platform}"))),
+            "{platform} also on {other}: {}",
+            out.stderr
+        );
+    }
+    let index = common::skopeo_raw(&tag);
+    assert_eq!(
+        index_platforms(&index),
+        ["linux/amd64", "linux/386", "linux/arm64", "linux/arm/v7"]
+    );
+    let unames: std::collections::BTreeMap<String, String> =
+        last_layer_file(&env, &tag, "m").into_iter().collect();
+    assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
+    assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
+    assert!(unames["linux/arm/v7"].starts_with("armv7"), "{unames:?}");
+    assert!(
+        unames["linux/386"].starts_with('i') && unames["linux/386"].ends_with("86"),
+        "{unames:?}"
+    );
+    assert_eq!(tag_history(&reg, "mix/app", "1").len(), 1);
+
+    // A RUN failing on one node fails the build: no index, no tag, and the
+    // error names the node and the platform.
+    let ctx = context(
+        &env,
+        &format!(
+            "FROM {base}\nARG TARGETARCH\nRUN if [ \"$TARGETARCH\" = arm64 ]; then echo broken >&2; exit 3; fi; sleep 1\n"
+        ),
+    );
+    let failing = format!("{}/mix/fail:1", reg.host());
+    let out = env
+        .kb(&[
+            "--builder",
+            "mix",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &failing,
+            "--push",
+            "--insecure-registry",
+            &insecure,
+            "--progress",
+            "plain",
+            &ctx,
+        ])
+        .fails();
+    let line = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with("error: node mix1 of builder mix failed building linux/arm64: ")
+            && line.ends_with("nothing was tagged"),
+        "{}",
+        out.stderr
+    );
+    assert!(!skopeo_finds(&failing), "{failing} was tagged");
+    assert!(tag_history(&reg, "mix/fail", "1").is_empty());
+
+    // Node mix0 killed mid-build, and no other node builds linux/amd64
+    // (mix1 neither runs nor emulates it): a clear error, no tag.
+    let ctx = context(
+        &env,
+        &format!("FROM {base}\nRUN sleep 3 && uname -m > /m\n"),
+    );
+    let lost = format!("{}/mix/lost:1", reg.host());
+    let (child, rx) = env.spawn(&[
+        "--builder",
+        "mix",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &lost,
+        "--push",
+        "--insecure-registry",
+        &insecure,
+        "--progress",
+        "plain",
+        &ctx,
+    ]);
+    let mut seen = wait_line(&rx, &["[node mix0] [linux/amd64", "RUN sleep 3"]);
+    a.kill();
+    let (code, rest) = finish(child, rx);
+    seen.extend(rest);
+    let stderr = seen.join("\n");
+    assert_ne!(code, 0, "{stderr}");
+    let line = seen.last().cloned().unwrap_or_default();
+    assert!(
+        line.starts_with("error: lost the connection to builder mix (")
+            && line.contains(&format!("at {}) during the build", a.tcp))
+            && line.contains("(node mix0, building linux/amd64); no other node can build them: no node of builder mix can build linux/amd64: mix1 runs linux/arm64, linux/arm/v7 natively")
+            && line.ends_with("nothing was tagged"),
+        "{stderr}"
+    );
+    assert!(!skopeo_finds(&lost), "{lost} was tagged");
+    assert!(tag_history(&reg, "mix/lost", "1").is_empty());
     drop(b);
     drop(a);
 }
@@ -355,6 +729,124 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
             .any(|l| l.contains("linux/s390x") && l.ends_with(&format!("cross (runs on {host})"))),
         "{text}"
     );
+
+    // The real build of a cross Dockerfile for seven platforms, split over
+    // both nodes, gives the index a one-node build of it gives.
+    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+        return;
+    };
+    let insecure = reg.host();
+    let ctx = context(
+        &env,
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+             ARG TARGETPLATFORM PAUSE=0\n\
+             RUN mkdir /out && sleep $PAUSE && echo \"built for $TARGETPLATFORM\" > /out/target\n\
+             FROM scratch\n\
+             COPY --from=build /out/target /target\n"
+        ),
+    );
+    env.kb(&["create", "one", "--endpoint", &a.unix]).ok();
+    let digest_of = |stderr: &str| -> String {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("=> built "))
+            .unwrap_or_else(|| panic!("no summary: {stderr}"));
+        line.rsplit(": ").next().unwrap_or_default().to_string()
+    };
+    let build = |builder: &str, tag: &str| -> Run {
+        env.kb_env(
+            &[
+                "--builder",
+                builder,
+                "--platform",
+                SEVEN,
+                "-t",
+                tag,
+                "--push",
+                "--insecure-registry",
+                &insecure,
+                "--progress",
+                "plain",
+                &ctx,
+            ],
+            &[("SOURCE_DATE_EPOCH", "0")],
+        )
+        .ok()
+    };
+    let split_tag = format!("{}/cross/split:1", reg.host());
+    let split = build("pair", &split_tag);
+    let one_tag = format!("{}/cross/one:1", reg.host());
+    let one = build("one", &one_tag);
+    let summary = split
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("=> built "))
+        .unwrap_or_default();
+    assert!(
+        summary.contains("on node pair0") && summary.contains("on node pair1"),
+        "{}",
+        split.stderr
+    );
+    let digest = digest_of(&split.stderr);
+    assert!(digest.starts_with("sha256:"), "{}", split.stderr);
+    assert_eq!(
+        digest,
+        digest_of(&one.stderr),
+        "{}\n{}",
+        split.stderr,
+        one.stderr
+    );
+    let index = common::skopeo_raw(&split_tag);
+    assert_eq!(index, common::skopeo_raw(&one_tag));
+    assert_eq!(
+        index_platforms(&index),
+        SEVEN.split(',').collect::<Vec<_>>()
+    );
+    for (platform, text) in last_layer_file(&env, &split_tag, "target") {
+        assert_eq!(text, format!("built for {platform}"));
+    }
+
+    // Node pair1's daemon killed mid-build: its platforms go to pair0 once,
+    // the build succeeds, and the tag is written once.
+    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
+    let retried = format!("{}/cross/retried:1", reg.host());
+    let (child, rx) = env.spawn(&[
+        "--builder",
+        "pair",
+        "--platform",
+        four,
+        "--build-arg",
+        "PAUSE=3",
+        "-t",
+        &retried,
+        "--push",
+        "--insecure-registry",
+        &insecure,
+        "--progress",
+        "plain",
+        &ctx,
+    ]);
+    let mut seen = wait_line(&rx, &["[node pair1] [", "RUN mkdir /out && sleep 3"]);
+    c.kill();
+    let (code, rest) = finish(child, rx);
+    seen.extend(rest);
+    let stderr = seen.join("\n");
+    assert_eq!(code, 0, "{stderr}");
+    let moved: Vec<&str> = seen
+        .iter()
+        .filter(|l| l.contains("→ node pair0") && l.contains("retried after losing node pair1"))
+        .map(String::as_str)
+        .collect();
+    assert!(!moved.is_empty(), "{stderr}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("lost node pair1: lost the connection to builder pair")),
+        "{stderr}"
+    );
+    assert_eq!(tag_history(&reg, "cross/retried", "1").len(), 1);
+    let index = common::skopeo_raw(&retried);
+    assert_eq!(index_platforms(&index), four.split(',').collect::<Vec<_>>());
 }
 
 #[test]

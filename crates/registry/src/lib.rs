@@ -63,6 +63,7 @@ mod client;
 mod credentials;
 mod error;
 mod manifest;
+mod merge;
 mod pull;
 mod push;
 mod reference;

@@ -214,7 +214,7 @@ impl Client {
     /// a way that may have reached the registry (a lost reply, a timeout, 5xx)
     /// is checked with HEAD before it is retried: when the registry has `key`
     /// as `digest`, the put is done.
-    async fn put_manifest(
+    pub(crate) async fn put_manifest(
         &self,
         scope: &Scope,
         key: &str,
