@@ -153,7 +153,11 @@ fn local_cache_min_and_max_hit_in_another_store() {
         ],
     );
     assert_eq!(runs(&a), ["builder", "final"], "{}", r.stderr);
-    assert!(r.stderr.contains("=> exported cache type=local"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("=> exported cache type=local"),
+        "{}",
+        r.stderr
+    );
     // An OCI layout: the cache manifest tagged latest, its config the cache config.
     let index = read_json(&max.join("index.json"));
     let m = &index["manifests"][0];
@@ -432,11 +436,8 @@ fn copy_dir(from: &Path, to: &Path) {
         let rel = f.strip_prefix(from).unwrap();
         let dest = to.join(rel);
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        // Modes are kept (they are part of a file's cache key).
         std::fs::copy(&f, &dest).unwrap();
-        let mut perm = std::fs::metadata(&dest).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perm.set_readonly(false);
-        std::fs::set_permissions(&dest, perm).unwrap();
     }
 }
 

@@ -116,11 +116,7 @@ impl Imported {
                 Some(l) => match fetch(solver, &s.origin, l).await {
                     Ok(l) => Some(l),
                     Err(why) => {
-                        warn(
-                            solver,
-                            &s.name,
-                            format!("layer {}: {why}", l.blob.digest),
-                        );
+                        warn(solver, &s.name, format!("layer {}: {why}", l.blob.digest));
                         continue;
                     }
                 },
@@ -169,7 +165,9 @@ async fn fetch(solver: &Solver, origin: &Origin, l: &CacheLayer) -> Result<Layer
 }
 
 fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs").join(digest.algorithm()).join(digest.hex())
+    dir.join("blobs")
+        .join(digest.algorithm())
+        .join(digest.hex())
 }
 
 /// Copy a layout's blob into the store, verifying digest and size.

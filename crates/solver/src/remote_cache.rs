@@ -166,6 +166,7 @@ impl CacheTo {
         let mut kind = None;
         let (mut dest, mut reference, mut tag, mut mode) = (None, None, None, None);
         let mut ignore_error = false;
+        let mut unknown = None;
         for (k, v) in fields(FLAG, spec)? {
             match k.as_str() {
                 "type" => kind = Some(v),
@@ -181,19 +182,31 @@ impl CacheTo {
                 }
                 "ignore-error" => ignore_error = parse_bool(FLAG, spec, &k, &v)?,
                 "image-manifest" | "oci-mediatypes" => always_true(FLAG, spec, &k, &v)?,
-                other => {
-                    return Err(bad(
-                        FLAG,
-                        spec,
-                        format!("unknown attribute {other:?}; the attributes are type, ref (registry), dest and tag (local), mode, ignore-error"),
-                    ))
-                }
+                _ => unknown = unknown.or(Some(k.clone())),
             }
         }
         let kind = kind.ok_or_else(|| bad(FLAG, spec, format!("no type=; {TYPES}")))?;
+        if !matches!(kind.as_str(), "local" | "registry" | "inline") {
+            return Err(bad(
+                FLAG,
+                spec,
+                format!("unsupported cache type {kind:?}; {TYPES}"),
+            ));
+        }
+        if let Some(other) = unknown {
+            return Err(bad(
+                FLAG,
+                spec,
+                format!("unknown attribute {other:?}; the attributes are type, ref (registry), dest and tag (local), mode, ignore-error"),
+            ));
+        }
         let only = |attr: &str, set: bool, ty: &str| {
             if set {
-                Err(bad(FLAG, spec, format!("{attr}= does not apply to type={ty}")))
+                Err(bad(
+                    FLAG,
+                    spec,
+                    format!("{attr}= does not apply to type={ty}"),
+                ))
             } else {
                 Ok(())
             }
@@ -261,19 +274,14 @@ impl CacheFrom {
             return Ok(CacheFrom::Registry { reference });
         }
         let (mut kind, mut src, mut reference, mut tag) = (None, None, None, None);
+        let mut unknown = None;
         for (k, v) in fields(FLAG, spec)? {
             match k.as_str() {
                 "type" => kind = Some(v),
                 "src" => src = Some(PathBuf::from(v)),
                 "ref" => reference = Some(v),
                 "tag" => tag = Some(v),
-                other => {
-                    return Err(bad(
-                        FLAG,
-                        spec,
-                        format!("unknown attribute {other:?}; the attributes are type, ref (registry), src and tag (local)"),
-                    ))
-                }
+                _ => unknown = unknown.or(Some(k.clone())),
             }
         }
         let kind = kind.ok_or_else(|| {
@@ -283,6 +291,20 @@ impl CacheFrom {
                 "no type=; the types are registry and local (or give a bare image reference)",
             )
         })?;
+        if !matches!(kind.as_str(), "local" | "registry") {
+            return Err(bad(
+                FLAG,
+                spec,
+                format!("unsupported cache type {kind:?}; the types are registry and local"),
+            ));
+        }
+        if let Some(other) = unknown {
+            return Err(bad(
+                FLAG,
+                spec,
+                format!("unknown attribute {other:?}; the attributes are type, ref (registry), src and tag (local)"),
+            ));
+        }
         match kind.as_str() {
             "local" => {
                 if reference.is_some() {
@@ -374,14 +396,16 @@ impl CacheConfig {
         let mut layers: BTreeMap<Digest, CacheLayer> = BTreeMap::new();
         for r in by_key.values() {
             if let Some(l) = &r.layer {
-                layers.entry(l.descriptor.digest).or_insert_with(|| CacheLayer {
-                    blob: Descriptor::new(
-                        l.descriptor.media_type.clone(),
-                        l.descriptor.digest,
-                        l.descriptor.size,
-                    ),
-                    diff_id: l.diff_id,
-                });
+                layers
+                    .entry(l.descriptor.digest)
+                    .or_insert_with(|| CacheLayer {
+                        blob: Descriptor::new(
+                            l.descriptor.media_type.clone(),
+                            l.descriptor.digest,
+                            l.descriptor.size,
+                        ),
+                        diff_id: l.diff_id,
+                    });
             }
         }
         let index: BTreeMap<Digest, usize> =
@@ -453,7 +477,10 @@ mod tests {
             ("type=gha", "unsupported cache type \"gha\""),
             ("type=local", "needs dest=DIR"),
             ("type=local,dest=/x,mode=all", "mode=\"all\""),
-            ("type=local,dest=/x,colour=red", "unknown attribute \"colour\""),
+            (
+                "type=local,dest=/x,colour=red",
+                "unknown attribute \"colour\"",
+            ),
             ("type=inline,mode=max", "mode=min"),
             ("type=registry", "needs ref=REF"),
             ("type=registry,ref=Bad Ref", "ref="),
@@ -484,7 +511,10 @@ mod tests {
         for (bad, says) in [
             ("type=s3,bucket=x", "unsupported cache type \"s3\""),
             ("type=local", "needs src=DIR"),
-            ("type=registry,ref=r/a,mode=max", "unknown attribute \"mode\""),
+            (
+                "type=registry,ref=r/a,mode=max",
+                "unknown attribute \"mode\"",
+            ),
             ("type=local,src=/x,ref=r/a", "ref= does not apply"),
         ] {
             let e = CacheFrom::parse(bad).unwrap_err();
