@@ -88,7 +88,13 @@ pub enum BuildError {
     Remote(Box<kbuild_driver::Error>),
     /// A `--cache-to` export failed (names the flag value).
     #[error(transparent)]
-    CacheExport(#[from] kbuild_solver::cache_export::CacheExportError),
+    CacheExport(Box<kbuild_solver::cache_export::CacheExportError>),
+}
+
+impl From<kbuild_solver::cache_export::CacheExportError> for BuildError {
+    fn from(e: kbuild_solver::cache_export::CacheExportError) -> Self {
+        BuildError::CacheExport(Box::new(e))
+    }
 }
 
 impl From<kbuild_solver::engine::SolveError> for BuildError {

@@ -487,3 +487,53 @@ fn cache_flags_are_checked_before_building() {
     )
     .ok();
 }
+
+#[test]
+fn remote_builders_refuse_cache_flags() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch\n");
+    let config = t.path().join("config");
+    let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
+    let store = t.path().join("store");
+    // Defining a builder does not contact it.
+    run(
+        &store,
+        &[
+            "create",
+            "far",
+            "--driver",
+            "remote",
+            "--endpoint",
+            "tcp://127.0.0.1:9",
+        ],
+        &env,
+    )
+    .ok();
+    for flag in ["--cache-to", "--cache-from"] {
+        let value = if flag == "--cache-to" {
+            "type=inline"
+        } else {
+            "r.example/app:cache"
+        };
+        let r = run(
+            &store,
+            &[
+                t.path().to_str().unwrap(),
+                "--builder",
+                "far",
+                flag,
+                value,
+                "-o",
+                &format!("type=oci,dest={}", t.path().join("out.tar").display()),
+            ],
+            &env,
+        )
+        .fails();
+        assert!(
+            r.stderr
+                .contains("--cache-from and --cache-to are not supported by remote builders yet (builder far)"),
+            "{}",
+            r.stderr
+        );
+    }
+}
