@@ -5,9 +5,9 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
 use kbuild_image::ContentStore;
-use kbuild_solver::engine::{BuildResult, Context, SolveOptions, Solver};
+use kbuild_solver::engine::{Context, SolveOptions, Solver};
 use kbuild_solver::options::OutputKind;
-use kbuild_solver::outputs::{self, ExportReport};
+use kbuild_solver::outputs;
 use kbuild_solver::progress::{Event, Progress};
 use kbuild_worker::snapshot::Snapshotter;
 use std::collections::HashMap;
@@ -89,6 +89,15 @@ pub enum BuildError {
     /// A build split over several nodes failed (names the node).
     #[error(transparent)]
     Fanout(Box<crate::fanout::FanoutError>),
+    /// A `--cache-to` export failed (names the flag value).
+    #[error(transparent)]
+    CacheExport(Box<kbuild_solver::cache_export::CacheExportError>),
+}
+
+impl From<kbuild_solver::cache_export::CacheExportError> for BuildError {
+    fn from(e: kbuild_solver::cache_export::CacheExportError) -> Self {
+        BuildError::CacheExport(Box::new(e))
+    }
 }
 
 impl From<kbuild_solver::engine::SolveError> for BuildError {
@@ -163,6 +172,11 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
     if let Chosen::Remote(name, builder) = choose_builder(g.builder.as_deref())? {
+        if !req.cache_from.is_empty() || !req.cache_to.is_empty() {
+            return Err(BuildError::Builder(format!(
+                "--cache-from and --cache-to are not supported by remote builders yet (builder {name}); build with --builder local, or omit them"
+            )));
+        }
         return crate::remote::run(req, a, g, &name, &builder);
     }
     if !rustix::process::geteuid().is_root() {
@@ -247,7 +261,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
         },
         progress.clone(),
-    );
+    )
+    .with_cache(req.cache_from.clone(), req.cache_to.clone());
     let ignore = read_ignore(&req)?.map(|(m, _)| m);
     // Keyed by the absolute context path, so `.` and its full name share
     // one cache.
@@ -275,7 +290,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
                 .await?;
             let report =
                 outputs::export_with(&solver, &result, &req.outputs, early_push.as_ref()).await?;
-            Ok::<(BuildResult, ExportReport), BuildError>((result, report))
+            let caches = solver.export_cache().await?;
+            Ok::<_, BuildError>((result, report, caches))
         };
         tokio::select! {
             r = work => r,
@@ -299,7 +315,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             tracing::warn!(error = %e, "could not keep the context checksum cache");
         }
     }
-    let (result, report) = outcome?;
+    let (result, report, caches) = outcome?;
     for w in &result.plan.warnings {
         eprintln!("WARNING: {w}");
     }
@@ -352,6 +368,16 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         }
         for n in &report.notes {
             eprintln!("=> {n}");
+        }
+    }
+    for c in &caches {
+        match &c.ignored {
+            Some(e) => eprintln!("WARNING: {e} (ignore-error=true: the build still succeeds)"),
+            None if mode != ProgressMode::Quiet => eprintln!(
+                "=> exported cache {}: {} records, {} layers",
+                c.to, c.records, c.layers
+            ),
+            None => {}
         }
     }
     Ok(())

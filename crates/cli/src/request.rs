@@ -10,6 +10,7 @@ use kbuild_solver::options::{
     parse_add_host, parse_build_args, parse_labels, parse_network, NetworkMode, Output, OutputKind,
     SecretSpec, SshSpec,
 };
+use kbuild_solver::remote_cache::{CacheFrom, CacheTo};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::IpAddr;
@@ -112,6 +113,10 @@ pub struct BuildRequest {
     pub registry_timeouts: kbuild_registry::Timeouts,
     /// Things the user should know that do not stop the build.
     pub notices: Vec<String>,
+    /// `--cache-from`: external caches to import.
+    pub cache_from: Vec<CacheFrom>,
+    /// `--cache-to`: where to export the build cache.
+    pub cache_to: Vec<CacheTo>,
 }
 
 impl BuildRequest {
@@ -151,17 +156,16 @@ impl BuildRequest {
                 ));
             }
         }
-        for (flag, used) in [
-            ("--cache-from", !a.cache_from.is_empty()),
-            ("--cache-to", !a.cache_to.is_empty()),
-        ] {
-            if used {
-                return Err(RequestError::NotImplemented(
-                    flag.to_string(),
-                    "external cache import/export comes later; the local cache is always used (omit the flag)",
-                ));
-            }
-        }
+        let cache_from = a
+            .cache_from
+            .iter()
+            .map(|s| CacheFrom::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cache_to = a
+            .cache_to
+            .iter()
+            .map(|s| CacheTo::parse(s))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (context, dockerfile_path, dockerfile, dockerfile_name) =
             read_dockerfile(path, a.file.as_deref())?;
@@ -270,6 +274,8 @@ impl BuildRequest {
             allow_insecure,
             registry_timeouts,
             notices,
+            cache_from,
+            cache_to,
         })
     }
 

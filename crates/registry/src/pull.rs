@@ -282,6 +282,25 @@ impl Client {
         })
     }
 
+    /// Downloads one blob of `reference`'s repository into the store, digest
+    /// and size verified (nothing to do when the store has it): a cache
+    /// config or a layer of an imported build cache.
+    pub async fn pull_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        store: &ContentStore,
+    ) -> Result<()> {
+        let entry = Entry {
+            media_type: String::new(),
+            digest: digest.to_string(),
+            size,
+            platform: None,
+        };
+        self.fetch_blob(reference, &entry, store).await
+    }
+
     /// Downloads blobs of `reference`'s repository into the store, `concurrency` at a time.
     pub(crate) async fn fetch_blobs(
         &self,

@@ -166,6 +166,8 @@ pub struct Solver {
     pub(crate) opts: SolveOptions,
     pub(crate) progress: Arc<dyn Progress>,
     pub(crate) cpu: Arc<Semaphore>,
+    /// `--cache-from` and `--cache-to` (see [`Solver::with_cache`]).
+    pub(crate) external: crate::cache_export::External,
     next_vertex: AtomicU64,
 }
 
@@ -188,6 +190,7 @@ impl Solver {
             opts,
             progress,
             cpu: Arc::new(Semaphore::new(cores)),
+            external: Default::default(),
             next_vertex: AtomicU64::new(1),
         }
     }
@@ -328,7 +331,10 @@ impl Solver {
         ctx: &Context,
         images: Images,
     ) -> Result<Solved, SolveError> {
-        let exec = Exec::new(self, graph, ctx, images);
+        let mut exec = Exec::new(self, graph, ctx, images);
+        if !self.opts.no_cache {
+            exec.imported = crate::cache_import::Imported::load(self).await;
+        }
         // Fail fast: the first target that fails stops the others (their
         // running ops are killed) instead of letting them finish for nothing.
         let finals = futures_util::future::try_join_all(
@@ -349,6 +355,7 @@ impl Solver {
                 value: t.platform.clone(),
                 source: Box::new(source),
             })?;
+            let st = self.external.with_inline(graph, t, st)?;
             let platform = crate::assemble::image_platform(&target, &st.config);
             let manifest = self.write_image(&st, &platform, &graph.labels)?;
             images_out.push(PlatformImage {

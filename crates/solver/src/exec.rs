@@ -61,6 +61,16 @@ pub(crate) async fn run(
             vertex.start();
             return Ok((Arc::new(st), true));
         }
+        // --cache-from: the layer comes from the imported cache.
+        if let Some(hit) = x.imported.lookup(solver, &key).await {
+            let created = hit
+                .created
+                .unwrap_or_else(|| now_rfc3339(solver.opts.source_date_epoch));
+            let st = result_state(&parent, e, hit.layer.as_ref(), &created, key);
+            cache::record(&solver.store, &st, hit.layer)?;
+            vertex.start();
+            return Ok((Arc::new(st), true));
+        }
     }
     let platform = match &op.platform {
         Some(p) => Platform::parse(p).map_err(|source| SolveError::OpPlatform {
@@ -125,23 +135,36 @@ pub(crate) async fn run(
     })
     .await?
     .map_err(fail)?;
-    let mut st = (*parent).clone();
     let created = now_rfc3339(solver.opts.source_date_epoch);
-    match &layer {
+    let st = result_state(&parent, e, layer.as_ref(), &created, key);
+    cache::record(&solver.store, &st, layer)?;
+    Ok((Arc::new(st), false))
+}
+
+/// The state after an exec op that added `layer` to `parent`, its history
+/// entry dated `created`.
+fn result_state(
+    parent: &State,
+    e: &ExecOp,
+    layer: Option<&layer::LayerRef>,
+    created: &str,
+    key: String,
+) -> State {
+    let mut st = parent.clone();
+    match layer {
         Some(l) => {
             st.layers.push(l.clone());
             st.config.push_layer(
                 l.diff_id,
-                crate::config::history(&created, &e.history, false),
+                crate::config::history(created, &e.history, false),
             );
         }
         None => st
             .config
-            .push_empty_layer(crate::config::history(&created, &e.history, true)),
+            .push_empty_layer(crate::config::history(created, &e.history, true)),
     }
     st.key = key;
-    cache::record(&solver.store, &st, layer)?;
-    Ok((Arc::new(st), false))
+    st
 }
 
 /// The cache key: the op (argv, env with the build args, user, cwd,

@@ -50,6 +50,16 @@ pub(crate) async fn run(
             vertex.start();
             return Ok((Arc::new(st), true));
         }
+        // --cache-from: the layer comes from the imported cache.
+        if let Some(hit) = x.imported.lookup(solver, &key).await {
+            let created = hit
+                .created
+                .unwrap_or_else(|| now_rfc3339(solver.opts.source_date_epoch));
+            let st = result_state(&parent, f, hit.layer.as_ref(), &created, key).map_err(fail)?;
+            cache::record(&solver.store, &st, hit.layer)?;
+            vertex.start();
+            return Ok((Arc::new(st), true));
+        }
     }
     let windows = op
         .platform
@@ -102,25 +112,38 @@ pub(crate) async fn run(
     })
     .await?
     .map_err(fail)?;
-    let mut st = (*parent).clone();
-    crate::config::apply(&mut st.config, &f.config).map_err(fail)?;
     let created = now_rfc3339(solver.opts.source_date_epoch);
-    match (&layer, &f.history) {
+    let st = result_state(&parent, f, layer.as_ref(), &created, key).map_err(fail)?;
+    cache::record(&solver.store, &st, layer)?;
+    Ok((Arc::new(st), false))
+}
+
+/// The state after a file op that added `layer` to `parent`, its history
+/// entry dated `created`.
+fn result_state(
+    parent: &State,
+    f: &FileOp,
+    layer: Option<&layer::LayerRef>,
+    created: &str,
+    key: String,
+) -> Result<State, StepError> {
+    let mut st = parent.clone();
+    crate::config::apply(&mut st.config, &f.config)?;
+    match (layer, &f.history) {
         (Some(l), Some(h)) => st
             .config
-            .push_layer(l.diff_id, crate::config::history(&created, h, false)),
+            .push_layer(l.diff_id, crate::config::history(created, h, false)),
         (Some(l), None) => st.config.rootfs.diff_ids.push(l.diff_id),
         (None, Some(h)) => st
             .config
-            .push_empty_layer(crate::config::history(&created, h, true)),
+            .push_empty_layer(crate::config::history(created, h, true)),
         (None, None) => {}
     }
-    if let Some(l) = &layer {
+    if let Some(l) = layer {
         st.layers.push(l.clone());
     }
     st.key = key;
-    cache::record(&solver.store, &st, layer)?;
-    Ok((Arc::new(st), false))
+    Ok(st)
 }
 
 /// `COPY` or `ADD`, for messages (from the op's Dockerfile text).

@@ -20,6 +20,8 @@
 mod assemble;
 mod base;
 mod cache;
+pub mod cache_export;
+mod cache_import;
 pub mod checksums;
 pub mod config;
 pub mod copy;
@@ -36,6 +38,7 @@ pub mod mounts;
 pub mod options;
 pub mod outputs;
 pub mod progress;
+pub mod remote_cache;
 mod scheduler;
 mod source;
 pub mod users;

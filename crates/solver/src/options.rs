@@ -253,7 +253,7 @@ impl Output {
 }
 
 /// Split a comma-separated list where values may be double-quoted (`name="a,b"`).
-fn split_csv(spec: &str) -> Vec<String> {
+pub(crate) fn split_csv(spec: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;

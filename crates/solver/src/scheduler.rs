@@ -106,6 +106,8 @@ pub(crate) struct Exec<'a> {
     /// result and its parents (`inputs[0]`) down to the source. Their new
     /// layers are reported to `SolveOptions::on_layer` as they finish.
     in_image: std::collections::HashSet<&'a OpId>,
+    /// The caches of `--cache-from`, looked up after the local cache.
+    pub imported: crate::cache_import::Imported,
 }
 
 impl<'a> Exec<'a> {
@@ -131,6 +133,7 @@ impl<'a> Exec<'a> {
             images,
             ops,
             in_image,
+            imported: Default::default(),
         }
     }
 
@@ -184,6 +187,8 @@ impl<'a> Exec<'a> {
         let (state, _) = result?;
         if let Ok(p) = parent() {
             self.report_layers(op, &p.layers, &state);
+            let in_image = self.in_image.contains(&op.id);
+            self.solver.external.record(op, &p, &state, in_image);
         }
         Ok(Value::State(state))
     }
@@ -207,7 +212,10 @@ impl<'a> Exec<'a> {
         vertex: &Vertex,
     ) -> Result<(Arc<State>, bool), SolveError> {
         let solver = self.solver;
-        let key = crate::cache::key(&[op.id.0.as_bytes(), parent.key.as_bytes()]);
+        // SOURCE_DATE_EPOCH sets the history time: part of the key, as for
+        // every other op.
+        let sde = format!("source-date-epoch:{:?}", solver.opts.source_date_epoch);
+        let key = crate::cache::key(&[op.id.0.as_bytes(), parent.key.as_bytes(), sde.as_bytes()]);
         if !solver.opts.no_cache {
             if let Some(st) =
                 crate::cache::cached(&solver.store, &key, &parent, solver.opts.compression)?
@@ -216,17 +224,24 @@ impl<'a> Exec<'a> {
                 return Ok((Arc::new(st), true));
             }
         }
+        let imported = match solver.opts.no_cache {
+            false => self.imported.lookup_now(&key),
+            true => None,
+        };
         vertex.start();
         let mut st = (*parent).clone();
         crate::config::apply(&mut st.config, &c.patches).map_err(|e| step_error(op, e))?;
         if let Some(h) = &c.history {
-            let created = now_rfc3339(solver.opts.source_date_epoch);
+            let created = imported
+                .clone()
+                .flatten()
+                .unwrap_or_else(|| now_rfc3339(solver.opts.source_date_epoch));
             st.config
                 .push_empty_layer(crate::config::history(&created, h, true));
         }
         st.key = key;
         crate::cache::record(&solver.store, &st, None)?;
-        Ok((Arc::new(st), false))
+        Ok((Arc::new(st), imported.is_some()))
     }
 }
 
