@@ -1,13 +1,13 @@
 //! Pushing an index or manifest with everything it references; tags go last.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kbuild_image::{ContentStore, Digest};
 use oci_spec::image::Descriptor;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use url::Url;
 
 use crate::client::{Client, Counters, Failed, Req, Retry, Scope};
@@ -491,31 +491,27 @@ impl Client {
                 reason: e.to_string(),
             })
         };
+        // Read from the file a piece at a time as each request is sent.
+        let file = tokio::fs::File::open(&path).await.map_err(io_err)?;
+        let file = Arc::new(file.into_std().await);
         let opts = &self.inner.opts;
         let operation = format!("finishing the upload of {what}");
         let finish = if size <= opts.chunk_threshold {
             // Monolithic: the whole blob in the closing PUT.
-            let data = tokio::fs::read(&path).await.map_err(io_err)?;
             Req::new(Method::PUT, with_digest(location, digest), operation)
                 .header(CONTENT_TYPE, "application/octet-stream")
-                .body(Bytes::from(data))
+                .file_range(file, 0, size)
         } else {
             // Chunked: PATCH each chunk to the latest Location, then an empty PUT.
-            let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
             let chunk = opts.chunk_size.max(1);
             let mut offset = 0u64;
             while offset < size {
                 let len = chunk.min(size - offset);
-                let mut buf = vec![0u8; len as usize];
-                file.seek(std::io::SeekFrom::Start(offset))
-                    .await
-                    .map_err(io_err)?;
-                file.read_exact(&mut buf).await.map_err(io_err)?;
                 let action = format!("PATCH chunk at {offset} of {what}");
                 let req = Req::new(Method::PATCH, location.clone(), action.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_RANGE, &format!("{}-{}", offset, offset + len - 1))
-                    .body(Bytes::from(buf));
+                    .file_range(file.clone(), offset, len);
                 let response = self.send_once(scope, &req).await.map_err(failed(false))?;
                 if response.status() != StatusCode::ACCEPTED {
                     return Err(plain(self.unexpected(response, registry, action).await));
