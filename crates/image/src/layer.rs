@@ -53,9 +53,53 @@ pub struct Layer {
 }
 
 enum Encoder {
-    Gzip(crate::pargzip::ParallelGzip<Ingest>),
-    Zstd(zstd::Encoder<'static, Ingest>),
-    Plain(Ingest),
+    Gzip(crate::pargzip::ParallelGzip<Sink>),
+    Zstd(zstd::Encoder<'static, Sink>),
+    Plain(Sink),
+}
+
+/// Told about a layer blob while [`LayerWriter`] writes it, so that it can
+/// be sent on as it grows (a push uploading the layer while it is still
+/// being compressed). Dropped without [`BlobWatch::done`]: the layer was
+/// abandoned and its ingest removed.
+pub trait BlobWatch: Send {
+    /// The blob will be written to `file` (the ingest, opened for reading
+    /// before anything is written; it stays readable after the commit).
+    fn start(&mut self, file: std::fs::File);
+    /// The first `len` bytes of the blob are in the file.
+    fn grown(&mut self, len: u64);
+    /// The blob is complete and committed to the store: `size` bytes, `digest`.
+    fn done(&mut self, digest: &Digest, size: u64);
+}
+
+/// How many bytes of the blob are written between two [`BlobWatch::grown`].
+const GROWN_EVERY: u64 = 1 << 20;
+
+/// The compressed side: the ingest, and whoever watches it grow.
+struct Sink {
+    ingest: Ingest,
+    watch: Option<Box<dyn BlobWatch>>,
+    told: u64,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.ingest.write(buf)?;
+        if let Some(w) = self.watch.as_mut() {
+            let len = self.ingest.offset();
+            if len - self.told >= GROWN_EVERY {
+                // Out of the write buffer, so a reader of the file sees it.
+                self.ingest.flush()?;
+                self.told = len;
+                w.grown(len);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.ingest.flush()
+    }
 }
 
 /// Takes the uncompressed tar stream through [`Write`], compresses it into an
@@ -99,7 +143,35 @@ impl LayerWriter {
         compression: Compression,
         threads: usize,
     ) -> Result<LayerWriter> {
+        LayerWriter::watched(store, compression, threads, None)
+    }
+
+    /// [`LayerWriter::with_threads`], telling `watch` (if any) how far the
+    /// blob is written as it grows, and its digest once it is committed.
+    pub fn watched(
+        store: &ContentStore,
+        compression: Compression,
+        threads: usize,
+        watch: Option<Box<dyn BlobWatch>>,
+    ) -> Result<LayerWriter> {
         let ingest = store.writer()?;
+        let watch = match watch {
+            Some(mut w) => {
+                let file = std::fs::File::open(ingest.path()).map_err(|source| Error::Io {
+                    action: "open for reading",
+                    path: ingest.path().to_path_buf(),
+                    source,
+                })?;
+                w.start(file);
+                Some(w)
+            }
+            None => None,
+        };
+        let ingest = Sink {
+            ingest,
+            watch,
+            told: 0,
+        };
         let threads = threads.max(1);
         let encoder = match compression {
             Compression::Gzip(level) => {
@@ -128,13 +200,18 @@ impl LayerWriter {
 
     /// Flushes the compressor, verifies and commits the blob.
     pub fn finish(self) -> Result<Layer> {
-        let ingest = match self.encoder {
+        let sink = match self.encoder {
             Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
             Encoder::Plain(i) => Ok(i),
         }
         .map_err(stream_err("finish compressing the layer"))?;
+        let Sink { ingest, watch, .. } = sink;
         let (digest, size) = ingest.commit(None)?;
+        if let Some(mut w) = watch {
+            w.grown(size);
+            w.done(&digest, size);
+        }
         let uncompressed_size = self.diff.len();
         Ok(Layer {
             descriptor: Descriptor::new(self.media_type, digest, size),

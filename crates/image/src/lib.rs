@@ -63,7 +63,7 @@ pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
 pub use layer::{
     compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads,
-    layer_in_compression, Compression, Layer, LayerWriter,
+    layer_in_compression, BlobWatch, Compression, Layer, LayerWriter,
 };
 pub use oci::*;
 pub use store::{

@@ -2,6 +2,7 @@
 //! challenge dance and token caching, and client-wide statistics.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -192,7 +193,7 @@ pub(crate) struct Req {
     pub method: Method,
     pub url: Url,
     pub headers: HeaderMap,
-    pub body: Option<Bytes>,
+    pub body: Option<Body>,
     /// What the request does, for error messages ("PUT manifest v1 in team/app").
     pub operation: String,
 }
@@ -218,9 +219,30 @@ impl Req {
     pub fn body(mut self, body: Bytes) -> Req {
         self.headers
             .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        self.body = Some(body);
+        self.body = Some(Body::Bytes(body));
         self
     }
+
+    /// `len` bytes of `file` from `offset` as the body, read a piece at a
+    /// time each time the request is sent (never held whole in memory).
+    pub fn file_range(mut self, file: Arc<std::fs::File>, offset: u64, len: u64) -> Req {
+        self.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        self.body = Some(Body::File { file, offset, len });
+        self
+    }
+}
+
+/// What a request sends.
+#[derive(Clone, Debug)]
+pub(crate) enum Body {
+    /// Bytes in memory (manifests, small documents).
+    Bytes(Bytes),
+    /// A range of a file (blob uploads), read in [`PIECE`]s as it is sent.
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 /// The full cause chain of an error on one line.
@@ -632,8 +654,12 @@ impl Client {
             builder = builder.header(AUTHORIZATION, auth);
         }
         match &req.body {
-            Some(body) => {
+            Some(Body::Bytes(body)) => {
                 let stream = Tracked::new(body.clone(), watch.clone());
+                builder = builder.body(reqwest::Body::wrap_stream(stream));
+            }
+            Some(Body::File { file, offset, len }) => {
+                let stream = FileRange::new(file.clone(), *offset, *len, Some(watch.clone()));
                 builder = builder.body(reqwest::Body::wrap_stream(stream));
             }
             None => watch.sent(),
@@ -979,9 +1005,169 @@ impl futures_util::Stream for Tracked {
     }
 }
 
+/// A request body read from a range of a file, one [`PIECE`] at a time on
+/// a blocking thread: at most one piece of it is in memory, however long the
+/// range. Each piece is reported to the [`Watch`], if any.
+struct FileRange {
+    file: Arc<std::fs::File>,
+    offset: u64,
+    end: u64,
+    reading: Option<tokio::task::JoinHandle<std::io::Result<Bytes>>>,
+    watch: Option<Arc<Watch>>,
+}
+
+impl FileRange {
+    fn new(
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+        watch: Option<Arc<Watch>>,
+    ) -> FileRange {
+        FileRange {
+            file,
+            offset,
+            end: offset.saturating_add(len),
+            reading: None,
+            watch,
+        }
+    }
+}
+
+/// Reads up to `len` bytes of `file` at `offset` (fewer only at its end).
+fn read_piece(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
+}
+
+impl futures_util::Stream for FileRange {
+    type Item = std::result::Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.reading.is_none() {
+            if this.offset >= this.end {
+                if let Some(w) = &this.watch {
+                    w.sent();
+                }
+                return Poll::Ready(None);
+            }
+            let len = usize::try_from(this.end - this.offset).map_or(PIECE, |l| l.min(PIECE));
+            let (file, offset) = (this.file.clone(), this.offset);
+            this.reading = Some(tokio::task::spawn_blocking(move || {
+                read_piece(&file, offset, len)
+            }));
+        }
+        let Some(reading) = this.reading.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let piece = match std::pin::Pin::new(reading).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(r)) => r,
+            Poll::Ready(Err(e)) => Err(std::io::Error::other(e)),
+        };
+        this.reading = None;
+        let piece = match piece {
+            Ok(p) if p.is_empty() => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ends at {} before the {} bytes to send",
+                    this.offset, this.end
+                ),
+            )),
+            other => other,
+        };
+        match piece {
+            Ok(p) => {
+                this.offset += p.len() as u64;
+                if let Some(w) = &this.watch {
+                    w.touch();
+                    if this.offset >= this.end {
+                        w.sent();
+                    }
+                }
+                Poll::Ready(Some(Ok(p)))
+            }
+            Err(e) => {
+                // Nothing more comes after an error.
+                this.offset = this.end;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
+
+    fn file_with(data: &[u8]) -> (tempfile::NamedTempFile, Arc<std::fs::File>) {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(data).unwrap();
+        f.flush().unwrap();
+        let read = Arc::new(std::fs::File::open(f.path()).unwrap());
+        (f, read)
+    }
+
+    /// An upload chunk (16 MiB by default) goes out in pieces of at most
+    /// [`PIECE`] read from the file as they are sent: the upload path never
+    /// holds a whole chunk in memory.
+    #[tokio::test]
+    async fn a_file_range_body_is_read_a_piece_at_a_time() {
+        let data: Vec<u8> = (0..(3 * PIECE + 1234) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let (_keep, file) = file_with(&data);
+        for (offset, len) in [
+            (0, data.len()),
+            (1000, 2 * PIECE + 5),
+            (PIECE, PIECE),
+            (7, 0),
+        ] {
+            let mut body = FileRange::new(file.clone(), offset as u64, len as u64, None);
+            let mut got = Vec::new();
+            let mut pieces = 0;
+            while let Some(piece) = body.next().await {
+                let piece = piece.unwrap();
+                assert!(
+                    !piece.is_empty() && piece.len() <= PIECE,
+                    "piece of {} bytes",
+                    piece.len()
+                );
+                got.extend_from_slice(&piece);
+                pieces += 1;
+            }
+            assert_eq!(got, &data[offset..offset + len], "range {offset}+{len}");
+            assert_eq!(pieces, len.div_ceil(PIECE), "range {offset}+{len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_range_is_an_error() {
+        let (_keep, file) = file_with(&[1u8; 1000]);
+        let mut body = FileRange::new(file, 500, 1000, None);
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(first.len(), 500);
+        let err = body.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+        assert!(body.next().await.is_none());
+    }
 
     #[test]
     fn loopback_hosts_use_http() {

@@ -1,13 +1,14 @@
 //! Pushing an index or manifest with everything it references; tags go last.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use kbuild_image::{ContentStore, Digest};
 use oci_spec::image::Descriptor;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
 use url::Url;
 
 use crate::client::{Client, Counters, Failed, Req, Retry, Scope};
@@ -403,6 +404,7 @@ impl Client {
                     &what,
                     location.take(),
                     &mut retry,
+                    false,
                 )
                 .await
             {
@@ -418,29 +420,18 @@ impl Client {
                 tracing::debug!(%what, %error, "closing the upload failed but the registry has the blob");
                 break;
             }
-            // 404: the registry forgot the session; 416: a chunk it has seen
-            // was sent again. Either way a fresh session starts over.
-            let restart = error.is_transient()
-                || matches!(
-                    error,
-                    Error::Registry {
-                        status: 404 | 416,
-                        ..
-                    }
-                );
-            if !restart {
+            if !restarts(&error) {
                 return Err(retry.give_up(error));
             }
             retry.again(self, error, pause).await?;
         }
-        Counters::add(&counters.blobs_uploaded, 1);
-        Counters::add(&counters.bytes_uploaded, size);
-        self.note_blob_source(&(*digest).into(), registry, repository);
+        self.uploaded(registry, repository, digest, size);
         Ok(())
     }
 
     /// One upload session: POST (unless a session is given), PATCH chunks or
-    /// nothing, then the closing PUT. Uploading requests are not retried here
+    /// nothing, then the closing PUT; `monolithic` sends the whole blob in the
+    /// closing PUT whatever its size. Uploading requests are not retried here
     /// (a lost reply makes a resend wrong); the caller restarts the session.
     #[allow(clippy::too_many_arguments)]
     async fn upload(
@@ -452,91 +443,262 @@ impl Client {
         what: &str,
         session: Option<Url>,
         retry: &mut Retry,
+        monolithic: bool,
     ) -> std::result::Result<(), UploadFailure> {
-        let registry = &scope.registry;
-        let failed = |closing: bool| {
-            move |f: Failed| UploadFailure {
-                error: f.error,
-                pause: f.pause,
-                closing,
-            }
-        };
-        let plain = |error: Error| UploadFailure {
-            error,
-            pause: None,
-            closing: false,
-        };
         let mut location = match session {
             Some(l) => l,
-            None => {
-                let url = self
-                    .api_url(registry, &scope.repository, "blobs/uploads/")
-                    .await
-                    .map_err(plain)?;
-                let req = Req::new(Method::POST, url, format!("starting the upload of {what}"));
-                let response = self.send_with(scope, &req, retry).await.map_err(plain)?;
-                if response.status() != StatusCode::ACCEPTED {
-                    return Err(plain(
-                        self.unexpected(response, registry, req.operation).await,
-                    ));
-                }
-                self.location(registry, &response).await.map_err(plain)?
-            }
+            None => self.start_session(scope, what, retry).await?,
         };
-
         let path = store.path(digest);
-        let io_err = |e: std::io::Error| {
+        // Read from the file a piece at a time as each request is sent.
+        let file = tokio::fs::File::open(&path).await.map_err(|e| {
             plain(Error::Store {
                 what: format!("reading {what} from {}", path.display()),
                 reason: e.to_string(),
             })
-        };
+        })?;
+        let file = Arc::new(file.into_std().await);
         let opts = &self.inner.opts;
-        let operation = format!("finishing the upload of {what}");
-        let finish = if size <= opts.chunk_threshold {
+        if monolithic || size <= opts.chunk_threshold {
             // Monolithic: the whole blob in the closing PUT.
-            let data = tokio::fs::read(&path).await.map_err(io_err)?;
-            Req::new(Method::PUT, with_digest(location, digest), operation)
+            return self
+                .close(scope, location, digest, Some((file, size)), what)
+                .await;
+        }
+        // Chunked: PATCH each chunk to the latest Location, then an empty PUT.
+        let chunk = opts.chunk_size.max(1);
+        let mut offset = 0u64;
+        while offset < size {
+            let len = chunk.min(size - offset);
+            location = self
+                .patch(scope, &location, &file, offset, len, what)
+                .await?;
+            offset += len;
+        }
+        Counters::add(&self.inner.counters.chunked_uploads, 1);
+        self.close(scope, location, digest, None, what).await
+    }
+
+    /// Starts an upload session (POST); returns its location.
+    async fn start_session(
+        &self,
+        scope: &Scope,
+        what: &str,
+        retry: &mut Retry,
+    ) -> std::result::Result<Url, UploadFailure> {
+        let registry = &scope.registry;
+        let url = self
+            .api_url(registry, &scope.repository, "blobs/uploads/")
+            .await
+            .map_err(plain)?;
+        let req = Req::new(Method::POST, url, format!("starting the upload of {what}"));
+        let response = self.send_with(scope, &req, retry).await.map_err(plain)?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(plain(
+                self.unexpected(response, registry, req.operation).await,
+            ));
+        }
+        self.location(registry, &response).await.map_err(plain)
+    }
+
+    /// PATCHes `len` bytes of `file` from `offset` to the session at
+    /// `location`; returns the session's next location.
+    async fn patch(
+        &self,
+        scope: &Scope,
+        location: &Url,
+        file: &Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+        what: &str,
+    ) -> std::result::Result<Url, UploadFailure> {
+        let registry = &scope.registry;
+        let action = format!("PATCH chunk at {offset} of {what}");
+        let req = Req::new(Method::PATCH, location.clone(), action.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_RANGE, &format!("{}-{}", offset, offset + len - 1))
+            .file_range(file.clone(), offset, len);
+        let response = self
+            .send_once(scope, &req)
+            .await
+            .map_err(|f| UploadFailure {
+                error: f.error,
+                pause: f.pause,
+                closing: false,
+            })?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(plain(self.unexpected(response, registry, action).await));
+        }
+        self.location(registry, &response).await.map_err(plain)
+    }
+
+    /// The PUT that closes the session at `location` as blob `digest`, with
+    /// the whole blob as its body (`file` of `size` bytes) or none.
+    async fn close(
+        &self,
+        scope: &Scope,
+        location: Url,
+        digest: &Digest,
+        body: Option<(Arc<std::fs::File>, u64)>,
+        what: &str,
+    ) -> std::result::Result<(), UploadFailure> {
+        let operation = format!("finishing the upload of {what}");
+        let req = Req::new(Method::PUT, with_digest(location, digest), operation);
+        let finish = match body {
+            Some((file, size)) => req
                 .header(CONTENT_TYPE, "application/octet-stream")
-                .body(Bytes::from(data))
-        } else {
-            // Chunked: PATCH each chunk to the latest Location, then an empty PUT.
-            let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
-            let chunk = opts.chunk_size.max(1);
-            let mut offset = 0u64;
-            while offset < size {
-                let len = chunk.min(size - offset);
-                let mut buf = vec![0u8; len as usize];
-                file.seek(std::io::SeekFrom::Start(offset))
-                    .await
-                    .map_err(io_err)?;
-                file.read_exact(&mut buf).await.map_err(io_err)?;
-                let action = format!("PATCH chunk at {offset} of {what}");
-                let req = Req::new(Method::PATCH, location.clone(), action.clone())
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_RANGE, &format!("{}-{}", offset, offset + len - 1))
-                    .body(Bytes::from(buf));
-                let response = self.send_once(scope, &req).await.map_err(failed(false))?;
-                if response.status() != StatusCode::ACCEPTED {
-                    return Err(plain(self.unexpected(response, registry, action).await));
-                }
-                location = self.location(registry, &response).await.map_err(plain)?;
-                offset += len;
-            }
-            Counters::add(&self.inner.counters.chunked_uploads, 1);
-            Req::new(Method::PUT, with_digest(location, digest), operation)
-                .header(CONTENT_LENGTH, "0")
+                .file_range(file, 0, size),
+            None => req.header(CONTENT_LENGTH, "0"),
         };
-        let response = self.send_once(scope, &finish).await.map_err(failed(true))?;
+        let closing = |error: Error, pause| UploadFailure {
+            error,
+            pause,
+            closing: true,
+        };
+        let response = self
+            .send_once(scope, &finish)
+            .await
+            .map_err(|f| closing(f.error, f.pause))?;
         if response.status() != StatusCode::CREATED {
-            let error = self.unexpected(response, registry, finish.operation).await;
-            return Err(UploadFailure {
-                error,
-                pause: None,
-                closing: true,
-            });
+            let error = self
+                .unexpected(response, &scope.registry, finish.operation)
+                .await;
+            return Err(closing(error, None));
         }
         Ok(())
+    }
+
+    /// Uploads a blob while it is being written (a layer still being
+    /// compressed, told through `feed`): a chunked upload that PATCHes each
+    /// chunk as soon as the file has it and closes with `PUT ?digest=` once
+    /// the blob is complete and its digest known. A blob complete before its
+    /// first chunk is uploaded as a finished one. Where the registry refuses
+    /// the chunked upload (a 4xx other than 404 and 416), the blob goes up in
+    /// one PUT once it is complete. Failures restart from a fresh session,
+    /// within one retry budget, as [`Client::push_blob`] does. Ends with
+    /// nothing done when the writer abandons the blob.
+    pub(crate) async fn stream_blob(
+        &self,
+        registry: &str,
+        repository: &str,
+        mut feed: watch::Receiver<Feed>,
+        store: &ContentStore,
+    ) -> Result<()> {
+        let scope = Scope::push(registry, repository);
+        let growing = format!("a layer being built to {repository}");
+        let mut retry = self.retry(registry, format!("pushing {growing}"));
+        let mut monolithic = false;
+        loop {
+            let outcome = if monolithic {
+                match grown(&mut feed, u64::MAX).await.and_then(|f| f.done) {
+                    Some((digest, size)) => {
+                        let what = format!("blob {digest} to {repository}");
+                        self.upload(&scope, &digest, size, store, &what, None, &mut retry, true)
+                            .await
+                            .map(|()| Some((digest, size)))
+                    }
+                    None => Ok(None),
+                }
+            } else {
+                self.upload_growing(&scope, &mut feed, store, &growing, &mut retry)
+                    .await
+            };
+            let failure = match outcome {
+                Ok(Some((digest, size))) => {
+                    self.uploaded(registry, repository, &digest, size);
+                    return Ok(());
+                }
+                // Abandoned: the build that wrote it failed.
+                Ok(None) => return Ok(()),
+                Err(failure) => failure,
+            };
+            let UploadFailure {
+                error,
+                pause,
+                closing,
+            } = failure;
+            let done = feed.borrow().done;
+            if let (true, Some((digest, size))) = (closing, done) {
+                let what = format!("blob {digest} to {repository}");
+                let url = self
+                    .api_url(registry, repository, &format!("blobs/{digest}"))
+                    .await?;
+                if self.blob_is_there(&scope, &url, &what).await {
+                    tracing::debug!(%what, %error, "closing the upload failed but the registry has the blob");
+                    self.uploaded(registry, repository, &digest, size);
+                    return Ok(());
+                }
+            }
+            if restarts(&error) {
+                retry.again(self, error, pause).await?;
+                continue;
+            }
+            if !monolithic && !closing && refuses_chunks(&error) {
+                tracing::debug!(%growing, %error, "chunked upload refused; uploading in one request once complete");
+                monolithic = true;
+                continue;
+            }
+            return Err(retry.give_up(error));
+        }
+    }
+
+    /// One session of [`Client::stream_blob`]: `Some((digest, size))` when
+    /// the blob went up, `None` when the writer abandoned it.
+    async fn upload_growing(
+        &self,
+        scope: &Scope,
+        feed: &mut watch::Receiver<Feed>,
+        store: &ContentStore,
+        what: &str,
+        retry: &mut Retry,
+    ) -> std::result::Result<Option<(Digest, u64)>, UploadFailure> {
+        let chunk = self.inner.opts.chunk_size.max(1);
+        let Some(first) = grown(feed, chunk).await else {
+            return Ok(None);
+        };
+        if let Some((digest, size)) = first.done {
+            let what = format!("blob {digest} to {}", scope.repository);
+            return self
+                .upload(scope, &digest, size, store, &what, None, retry, false)
+                .await
+                .map(|()| Some((digest, size)));
+        }
+        let Some(file) = first.file else {
+            return Ok(None);
+        };
+        let mut location = self.start_session(scope, what, retry).await?;
+        let mut offset = 0u64;
+        loop {
+            let Some(now) = grown(feed, offset + chunk).await else {
+                return Ok(None);
+            };
+            let end = match now.done {
+                Some((_, size)) => size.min(offset + chunk),
+                None => offset + chunk,
+            };
+            if end > offset {
+                location = self
+                    .patch(scope, &location, &file, offset, end - offset, what)
+                    .await?;
+                offset = end;
+            }
+            if let Some((digest, size)) = now.done {
+                if offset >= size {
+                    Counters::add(&self.inner.counters.chunked_uploads, 1);
+                    let what = format!("blob {digest} to {}", scope.repository);
+                    self.close(scope, location, &digest, None, &what).await?;
+                    return Ok(Some((digest, size)));
+                }
+            }
+        }
+    }
+
+    /// Counts an uploaded blob and remembers where it is.
+    fn uploaded(&self, registry: &str, repository: &str, digest: &Digest, size: u64) {
+        let counters = &self.inner.counters;
+        Counters::add(&counters.blobs_uploaded, 1);
+        Counters::add(&counters.bytes_uploaded, size);
+        self.note_blob_source(&(*digest).into(), registry, repository);
     }
 
     /// The upload URL from a `Location` header, resolved against the registry's base URL.
@@ -560,5 +722,61 @@ impl Client {
             status: response.status().as_u16(),
             message: format!("the Location header {location:?} is not a URL: {e}"),
         })
+    }
+}
+
+/// A failure of the upload session itself, not of the blob: a transient
+/// error, or 404 (the registry forgot the session) or 416 (a chunk it has
+/// seen was sent again). A fresh session starts over.
+fn restarts(error: &Error) -> bool {
+    error.is_transient()
+        || matches!(
+            error,
+            Error::Registry {
+                status: 404 | 416,
+                ..
+            }
+        )
+}
+
+/// A refusal that a monolithic upload may not meet: a 4xx answer to a
+/// chunked upload other than those that restart it.
+fn refuses_chunks(error: &Error) -> bool {
+    matches!(error, Error::Registry { status, .. } if (400..500).contains(status))
+        && !restarts(error)
+}
+
+/// An error that is not the registry's answer to an uploading request.
+fn plain(error: Error) -> UploadFailure {
+    UploadFailure {
+        error,
+        pause: None,
+        closing: false,
+    }
+}
+
+/// How far a blob being written has come: the file it is written to, how
+/// many of its bytes are there, and its digest and size once it is complete.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Feed {
+    pub file: Option<Arc<std::fs::File>>,
+    pub len: u64,
+    pub done: Option<(Digest, u64)>,
+}
+
+/// Waits until the blob of `feed` has at least `want` bytes in its file or
+/// is complete; `None` when its writer stopped without completing it.
+async fn grown(feed: &mut watch::Receiver<Feed>, want: u64) -> Option<Feed> {
+    loop {
+        {
+            let now = feed.borrow_and_update();
+            if now.done.is_some() || (now.file.is_some() && now.len >= want) {
+                return Some(now.clone());
+            }
+        }
+        if feed.changed().await.is_err() {
+            let last = feed.borrow();
+            return last.done.is_some().then(|| last.clone());
+        }
     }
 }

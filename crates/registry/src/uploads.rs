@@ -4,15 +4,16 @@
 //! way ([`Client::blob_uploads`], [`BlobUploads::start`], [`Client::push_with`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use kbuild_image::{ContentStore, Digest};
-use tokio::sync::Semaphore;
+use kbuild_image::{BlobWatch, ContentStore, Digest};
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::push::Feed;
 use crate::reference::Reference;
 
 /// Environment variable for [`crate::ClientOptions::concurrency`]: how many
@@ -61,6 +62,10 @@ impl Drop for Task {
 struct State {
     running: BTreeMap<Key, Task>,
     done: BTreeSet<Key>,
+    /// Uploads of blobs still being written, by a number of their own
+    /// until their digest is known ([`BlobUploads::stream`]).
+    streaming: BTreeMap<u64, Task>,
+    next_stream: u64,
 }
 
 /// Blob uploads of one push, at most [`crate::ClientOptions::concurrency`] at
@@ -80,7 +85,7 @@ pub struct BlobUploads {
     /// target's (the push mounts from there into the other targets).
     early: Option<(String, String)>,
     limit: Arc<Semaphore>,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 impl std::fmt::Debug for BlobUploads {
@@ -105,14 +110,45 @@ impl Client {
                 .first()
                 .map(|t| (t.registry().to_string(), t.repository().to_string())),
             limit: Arc::new(Semaphore::new(self.inner.opts.concurrency.max(1))),
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
         }
     }
 }
 
 impl BlobUploads {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
+    }
+
+    /// A [`BlobWatch`] for a layer about to be written: its blob uploads to
+    /// the first target's repository while it is written
+    /// ([`Client::stream_blob`]), under the same bound as the other
+    /// uploads. Once the layer is committed, the upload counts as that
+    /// blob's (a later [`BlobUploads::start`] of it waits for it rather than
+    /// uploading again); a layer abandoned stops it. `None` outside a tokio
+    /// runtime or without a target.
+    pub fn stream(&self) -> Option<Box<dyn BlobWatch>> {
+        let (registry, repository) = self.early.clone()?;
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = watch::channel(Feed::default());
+        let (client, store, limit) = (self.client.clone(), self.store.clone(), self.limit.clone());
+        let (reg, repo) = (registry.clone(), repository.clone());
+        let handle = runtime.spawn(async move {
+            let _permit = limit.acquire_owned().await.ok();
+            client.stream_blob(&reg, &repo, rx, &store).await
+        });
+        let mut state = self.lock();
+        let id = state.next_stream;
+        state.next_stream += 1;
+        state.streaming.insert(id, Task(handle));
+        Some(Box::new(LayerStream {
+            feed: tx,
+            state: Arc::downgrade(&self.state),
+            id,
+            registry,
+            repository,
+            done: false,
+        }))
     }
 
     /// Starts uploading the blob `digest` of `size` bytes, which must be in
@@ -215,5 +251,67 @@ impl BlobUploads {
             }
         }
         Ok(())
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The [`BlobWatch`] of [`BlobUploads::stream`]: passes the blob's progress
+/// to its upload task and, once the digest is known, files the task under it.
+struct LayerStream {
+    feed: watch::Sender<Feed>,
+    state: Weak<Mutex<State>>,
+    id: u64,
+    registry: String,
+    repository: String,
+    done: bool,
+}
+
+impl BlobWatch for LayerStream {
+    fn start(&mut self, file: std::fs::File) {
+        let file = Arc::new(file);
+        self.feed.send_modify(|f| f.file = Some(file));
+    }
+
+    fn grown(&mut self, len: u64) {
+        self.feed.send_modify(|f| f.len = len);
+    }
+
+    fn done(&mut self, digest: &Digest, size: u64) {
+        self.done = true;
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let mut state = lock(&state);
+        let Some(task) = state.streaming.remove(&self.id) else {
+            return;
+        };
+        let key = (self.registry.clone(), self.repository.clone(), *digest);
+        if state.running.contains_key(&key) || state.done.contains(&key) {
+            // The same blob is already on its way: this upload is not needed.
+            drop(task);
+            return;
+        }
+        state.running.insert(key, task);
+        drop(state);
+        self.feed.send_modify(|f| {
+            f.len = size;
+            f.done = Some((*digest, size));
+        });
+    }
+}
+
+impl Drop for LayerStream {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Abandoned: its upload stops.
+        if let Some(state) = self.state.upgrade() {
+            let task = lock(&state).streaming.remove(&self.id);
+            drop(task);
+        }
     }
 }

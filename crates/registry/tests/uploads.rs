@@ -2,16 +2,19 @@
 //! against a real `docker-registry`, some through `kbuild-fault-proxy`: each
 //! blob goes up once, the push waits for those under way, uploads run side by
 //! side up to the client's bound, and a failed upload fails the push before
-//! any manifest or tag.
+//! any manifest or tag. A layer streams to the registry while it is
+//! compressed, or goes up in one PUT once complete where the registry
+//! refuses chunked uploads.
 
 mod common;
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kbuild_image::{ContentStore, Digest};
+use kbuild_image::{Compression, ContentStore, Digest, LayerWriter};
 use kbuild_registry::{Client, ClientOptions, Credentials, Error, Reference, Timeouts};
-use kbuild_testkit::faults::FaultProxy;
+use kbuild_testkit::faults::{FaultProxy, Logged};
 use kbuild_testkit::fixtures::skip_or_fail;
 use kbuild_testkit::registry::TestRegistry;
 
@@ -238,4 +241,196 @@ async fn a_failed_early_upload_fails_the_push_before_any_manifest() {
     assert!(log.iter().any(|l| l.kind == "blob-put"), "{log:?}");
     assert!(log.iter().all(|l| l.kind != "manifest-put"), "{log:?}");
     assert!(!tag_exists(&format!("{}/failed/img:1", registry.host())));
+}
+
+/// A gzip layer written through [`LayerWriter::watched`] with the upload's
+/// watch, `before` bytes of noise first; returns the writer, still open.
+async fn start_layer(
+    src: &ContentStore,
+    uploads: &kbuild_registry::BlobUploads,
+    seed: u64,
+    before: usize,
+) -> LayerWriter {
+    let watch = uploads.stream().expect("a stream inside the runtime");
+    let src = src.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut w = LayerWriter::watched(&src, Compression::Gzip(6), 2, Some(watch)).unwrap();
+        w.write_all(&noise(seed, before)).unwrap();
+        w
+    })
+    .await
+    .unwrap()
+}
+
+/// Writes `after` more bytes and commits the layer.
+async fn finish_layer(mut w: LayerWriter, seed: u64, after: usize) -> kbuild_image::Layer {
+    tokio::task::spawn_blocking(move || {
+        w.write_all(&noise(seed + 1, after)).unwrap();
+        w.finish().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until the proxy has logged a request that `pred` accepts.
+async fn logged(proxy: &FaultProxy, what: &str, pred: impl Fn(&Logged) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy.log().iter().any(&pred) {
+        assert!(Instant::now() < deadline, "no {what}: {:?}", proxy.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An image of the one layer `layer` (its bytes read back from the store).
+fn image_of(
+    src: &ContentStore,
+    layer: &kbuild_image::Layer,
+) -> (oci_spec::image::Descriptor, Vec<u8>) {
+    let bytes = src.read(&layer.descriptor.digest).unwrap();
+    let (digest, manifest_bytes) = manifest(src, "linux", "amd64", None, &[&bytes]);
+    index(
+        src,
+        &[(
+            serde_json::json!({"os": "linux", "architecture": "amd64"}),
+            digest,
+            manifest_bytes,
+        )],
+    )
+}
+
+fn closes(l: &Logged, digest: &Digest) -> bool {
+    l.kind == "blob-put" && l.target.replace("%3A", ":").contains(&digest.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_uploads_while_it_is_compressed_and_the_tag_comes_last() {
+    let Some(registry) = registry() else { return };
+    let Some(proxy) = proxy(&registry, &[]) else {
+        return;
+    };
+    let (_d, src) = store();
+    let client = client(2, 3, Duration::from_secs(30));
+    let target = Reference::parse(&format!("{}/stream/img:1", proxy.host())).unwrap();
+    let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
+    // Noise does not compress: 3 MiB in is about 3 MiB of blob.
+    let w = start_layer(&src, &uploads, 21, 3 << 20).await;
+    // Chunks go up while the layer is still open, with no closing PUT.
+    logged(&proxy, "PATCH while compressing", |l| l.kind == "patch").await;
+    assert!(
+        proxy.log().iter().all(|l| l.kind != "blob-put"),
+        "{:?}",
+        proxy.log()
+    );
+    let layer = finish_layer(w, 21, 1 << 20).await;
+    let digest = layer.descriptor.digest;
+    // The build reports the layer once it is committed: it is the streamed
+    // upload's, not a new one.
+    uploads.start(&digest, layer.descriptor.size);
+    assert_eq!(uploads.started(), 1);
+
+    let (root, index_bytes) = image_of(&src, &layer);
+    client
+        .push_with(std::slice::from_ref(&target), &root, &uploads)
+        .await
+        .unwrap();
+    let stats = client.stats();
+    assert_eq!(
+        stats.blobs_uploaded, 2,
+        "the layer and the config: {stats:?}"
+    );
+    assert_eq!(stats.chunked_uploads, 1, "{stats:?}");
+    assert_eq!(stats.blobs_existing, 0, "{stats:?}");
+    let log = proxy.log();
+    assert_eq!(
+        log.iter().filter(|l| closes(l, &digest)).count(),
+        1,
+        "{log:?}"
+    );
+    let patches = log.iter().filter(|l| l.kind == "patch").count() as u64;
+    assert!(
+        patches >= layer.descriptor.size / (48 << 10),
+        "{patches} PATCHes for {} bytes: {log:?}",
+        layer.descriptor.size
+    );
+    // The blob the registry keeps is the store's, byte for byte; the tag
+    // is the last request.
+    let hex = digest.hex();
+    let kept = registry
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    assert!(std::fs::read(kept).unwrap() == src.read(&digest).unwrap());
+    assert_eq!(log.last().map(|l| l.kind.as_str()), Some("manifest-put"));
+    assert!(
+        log.last().unwrap().target.ends_with("/manifests/1"),
+        "{log:?}"
+    );
+    let direct = format!("{}/stream/img:1", registry.host());
+    assert_eq!(skopeo_raw(&direct, None), index_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_refusing_chunks_gets_the_layer_in_one_put_once_it_is_complete() {
+    let Some(registry) = registry() else { return };
+    let Some(proxy) = proxy(&registry, &["patch=405"]) else {
+        return;
+    };
+    let (_d, src) = store();
+    let client = client(2, 3, Duration::from_secs(30));
+    let target = Reference::parse(&format!("{}/refuse/img:1", proxy.host())).unwrap();
+    let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
+    let w = start_layer(&src, &uploads, 31, 3 << 20).await;
+    logged(&proxy, "refused PATCH", |l| {
+        l.kind == "patch" && l.fault == "405"
+    })
+    .await;
+    let layer = finish_layer(w, 31, 1 << 20).await;
+    let digest = layer.descriptor.digest;
+    uploads.start(&digest, layer.descriptor.size);
+    let (root, index_bytes) = image_of(&src, &layer);
+    client
+        .push_with(std::slice::from_ref(&target), &root, &uploads)
+        .await
+        .unwrap();
+    let stats = client.stats();
+    assert_eq!(stats.blobs_uploaded, 2, "{stats:?}");
+    assert_eq!(stats.chunked_uploads, 0, "{stats:?}");
+    let log = proxy.log();
+    assert_eq!(
+        log.iter().filter(|l| l.kind == "patch").count(),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter().filter(|l| closes(l, &digest)).count(),
+        1,
+        "{log:?}"
+    );
+    assert!(stored(&registry, &digest));
+    let direct = format!("{}/refuse/img:1", registry.host());
+    assert_eq!(skopeo_raw(&direct, None), index_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_layer_closes_no_upload() {
+    let Some(registry) = registry() else { return };
+    let Some(proxy) = proxy(&registry, &[]) else {
+        return;
+    };
+    let (_d, src) = store();
+    let client = client(2, 3, Duration::from_secs(30));
+    let target = Reference::parse(&format!("{}/abandon/img:1", proxy.host())).unwrap();
+    let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
+    let w = start_layer(&src, &uploads, 41, 3 << 20).await;
+    logged(&proxy, "PATCH while compressing", |l| l.kind == "patch").await;
+    // The step fails: its layer writer is dropped without a commit.
+    drop(w);
+    let settled = proxy.log().len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let log = proxy.log();
+    assert!(log.iter().all(|l| l.kind != "blob-put"), "{log:?}");
+    assert!(log.len() <= settled + 1, "the upload went on: {log:?}");
+    assert_eq!(uploads.started(), 0);
 }

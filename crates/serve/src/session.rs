@@ -901,6 +901,9 @@ async fn build(
     };
     let allow_insecure = start.allow.iter().any(|a| a == "security.insecure");
     let progress: Arc<dyn Progress> = Arc::new(WireProgress(queue.clone()));
+    // With a push output, layers upload while the build goes on (each new
+    // one while it is compressed), as in a local build.
+    let early_push = kbuild_solver::outputs::EarlyPush::new(&registry, &store, &outputs)?;
     let solver = Solver::new(
         store.clone(),
         Arc::new(snaps),
@@ -920,8 +923,7 @@ async fn build(
             cache_mounts: root.join("cache-mounts"),
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
-            // The daemon pushes after the build (no uploads overlapped yet).
-            on_layer: Default::default(),
+            on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
         },
         progress,
     );
@@ -985,7 +987,9 @@ async fn build(
                 .collect::<Result<_, _>>()?;
         }
     }
-    let report = kbuild_solver::outputs::export(&solver, &result, &outputs).await?;
+    let report =
+        kbuild_solver::outputs::export_with(&solver, &result, &outputs, early_push.as_ref())
+            .await?;
     if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
         if let Err(e) = cache.save(dir) {
             tracing::warn!(error = %e, "could not keep the context checksum cache");

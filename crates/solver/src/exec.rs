@@ -119,6 +119,7 @@ pub(crate) async fn run(
         source_date_epoch: solver.opts.source_date_epoch,
         windows: platform.os == "windows",
     };
+    let watch = x.layer_watch(op);
     let layer = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mount = snaps
@@ -131,7 +132,7 @@ pub(crate) async fn run(
             let _ = mount.unmount();
             return Err(err);
         }
-        layer::commit(&snaps, &store, mount, &job.lowers, &layer_opts)
+        layer::commit(&snaps, &store, mount, &job.lowers, &layer_opts, watch)
     })
     .await?
     .map_err(fail)?;

@@ -91,6 +91,7 @@ pub(crate) async fn run(
         source_date_epoch: solver.opts.source_date_epoch,
         windows,
     };
+    let watch = x.layer_watch(op);
     let layer = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mount = snaps.mount(&lowers).map_err(|source| StepError::Mount {
@@ -108,7 +109,7 @@ pub(crate) async fn run(
             let _ = mount.unmount();
             return Err(e);
         }
-        layer::commit(&snaps, &store, mount, &lowers, &opts)
+        layer::commit(&snaps, &store, mount, &lowers, &opts, watch)
     })
     .await?
     .map_err(fail)?;

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kbuild_image::{Compression, ContentStore, Descriptor, Digest, LayerWriter};
+use kbuild_image::{BlobWatch, Compression, ContentStore, Descriptor, Digest, LayerWriter};
 use kbuild_worker::snapshot::{
     write_diff, ApplyOptions, ApplyReport, DiffOptions, Mount, Snapshotter,
 };
@@ -72,13 +72,15 @@ pub(crate) struct LayerOptions {
 }
 
 /// Unmount `mount` and turn its upper directory into a layer kept as a
-/// snapshot; `None` when the op changed nothing.
+/// snapshot; `None` when the op changed nothing. `watch` follows the blob
+/// while it is written.
 pub(crate) fn commit(
     snaps: &Snapshotter,
     store: &ContentStore,
     mount: Mount,
     lowers: &[PathBuf],
     opts: &LayerOptions,
+    watch: Option<Box<dyn BlobWatch>>,
 ) -> Result<Option<LayerRef>, StepError> {
     // Held until the layer is adopted: recovery leaves it alone.
     let snapshot = mount.commit().map_err(|source| StepError::Snapshot {
@@ -104,6 +106,7 @@ pub(crate) fn commit(
         &dir,
         lowers,
         opts.source_date_epoch,
+        watch,
     ) {
         Ok(Some(l)) => l,
         other => {
@@ -159,8 +162,9 @@ fn write_layer(
     dir: &Path,
     lowers: &[PathBuf],
     sde: Option<i64>,
+    watch: Option<Box<dyn BlobWatch>>,
 ) -> Result<Option<kbuild_image::Layer>, LayerError> {
-    let lw = LayerWriter::new(store, compression)?;
+    let lw = LayerWriter::watched(store, compression, kbuild_image::default_threads(), watch)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
     let abort = tx.clone();
     let compressor = std::thread::spawn(move || -> Result<kbuild_image::Layer, LayerError> {

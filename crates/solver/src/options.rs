@@ -666,21 +666,50 @@ pub fn layer_compression(
 /// are not reported. A layer shared by several platforms may be reported
 /// once for each. The push output uses it to upload layers while the build
 /// goes on ([`crate::outputs::EarlyPush`]).
+///
+/// With [`LayerHook::with_stream`] it is also asked, as each new layer of
+/// those stages starts being compressed, for a [`kbuild_image::BlobWatch`]
+/// that follows the blob while it is written (the push streams it to the
+/// registry during compression).
 #[derive(Clone, Default)]
-pub struct LayerHook(Option<std::sync::Arc<LayerFn>>);
+pub struct LayerHook {
+    added: Option<std::sync::Arc<LayerFn>>,
+    stream: Option<std::sync::Arc<StreamFn>>,
+}
 
 /// What a [`LayerHook`] calls.
 type LayerFn = dyn Fn(&kbuild_image::Descriptor) + Send + Sync;
 
+/// What a [`LayerHook`] asks for a watch of a layer being written.
+type StreamFn = dyn Fn() -> Option<Box<dyn kbuild_image::BlobWatch>> + Send + Sync;
+
 impl LayerHook {
     /// A hook calling `f` for each layer.
     pub fn new(f: impl Fn(&kbuild_image::Descriptor) + Send + Sync + 'static) -> LayerHook {
-        LayerHook(Some(std::sync::Arc::new(f)))
+        LayerHook {
+            added: Some(std::sync::Arc::new(f)),
+            stream: None,
+        }
+    }
+
+    /// The hook, also calling `f` as each new layer starts being written
+    /// for a watch of its blob (`None`: not followed).
+    pub fn with_stream(
+        mut self,
+        f: impl Fn() -> Option<Box<dyn kbuild_image::BlobWatch>> + Send + Sync + 'static,
+    ) -> LayerHook {
+        self.stream = Some(std::sync::Arc::new(f));
+        self
     }
 
     /// Whether a function is set.
     pub fn is_set(&self) -> bool {
-        self.0.is_some()
+        self.added.is_some() || self.stream.is_some()
+    }
+
+    /// A watch for a layer about to be written, if the hook wants one.
+    pub(crate) fn stream(&self) -> Option<Box<dyn kbuild_image::BlobWatch>> {
+        self.stream.as_ref().and_then(|f| f())
     }
 
     /// Reports the layers a state has beyond those of its parent.
@@ -689,7 +718,7 @@ impl LayerHook {
         parent: &[crate::engine::LayerRef],
         now: &[crate::engine::LayerRef],
     ) {
-        if let Some(f) = &self.0 {
+        if let Some(f) = &self.added {
             for l in now.iter().skip(parent.len()) {
                 f(&l.descriptor);
             }

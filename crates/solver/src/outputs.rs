@@ -73,14 +73,17 @@ impl EarlyPush {
     }
 
     /// The hook that starts a layer's upload (in the background, bounded
-    /// with the push's other uploads).
+    /// with the push's other uploads): a new layer's while it is being
+    /// compressed, a layer from the cache or a base image's once reported.
     pub fn hook(&self) -> LayerHook {
         let uploads = Arc::downgrade(&self.uploads);
+        let streams = uploads.clone();
         LayerHook::new(move |layer| {
             if let Some(u) = uploads.upgrade() {
                 u.start(&layer.digest, layer.size);
             }
         })
+        .with_stream(move || streams.upgrade().and_then(|u| u.stream()))
     }
 
     /// How many uploads were started so far.

@@ -202,6 +202,16 @@ impl<'a> Exec<'a> {
         }
     }
 
+    /// A watch for the layer `op` is about to write, when its state goes
+    /// into an image and the layer hook follows layers as they are written.
+    pub(crate) fn layer_watch(&self, op: &Op) -> Option<Box<dyn kbuild_image::BlobWatch>> {
+        if self.in_image.contains(&op.id) {
+            self.solver.opts.on_layer.stream()
+        } else {
+            None
+        }
+    }
+
     /// A config op: patches and a history entry, no vertex of its own
     /// unless it has a progress name (`WORKDIR /`).
     fn config_op(

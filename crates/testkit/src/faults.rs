@@ -9,7 +9,7 @@
 //!
 //! | fault | what the client sees |
 //! |---|---|
-//! | `500`, `502`, `503` | that status; the registry never saw the request |
+//! | `405`, `500`, `502`, `503` | that status; the registry never saw the request (405: a registry that refuses the method, e.g. chunked `PATCH` uploads) |
 //! | `reset` | the connection closed before the request was forwarded |
 //! | `502-after` | the registry did the request, the client gets 502 (a lost reply) |
 //! | `reset-after` | the registry did the request, the connection closes (a lost reply) |
@@ -50,7 +50,8 @@ pub const KINDS: [&str; 8] = [
 ];
 
 /// Faults a rule can inject.
-pub const FAULTS: [&str; 8] = [
+pub const FAULTS: [&str; 9] = [
+    "405",
     "500",
     "502",
     "503",
@@ -408,6 +409,7 @@ fn serve(client: TcpStream, config: &Config) -> std::io::Result<()> {
         );
     }
     let answer = match fault.as_deref() {
+        Some("405") => canned(405),
         Some("500") => canned(500),
         Some("502") => canned(502),
         Some("503") => canned(503),
