@@ -238,6 +238,39 @@ pub fn run(
         .first()
         .ok_or_else(|| BuildError::Builder(format!("builder {name} has no node; add one with kubectl build create {name} --append --endpoint ...")))?
         .clone();
+    let credentials =
+        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
+            .map_err(BuildError::Credentials)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    run_on(
+        rt,
+        req,
+        a,
+        g,
+        name,
+        &node,
+        &kbuild_driver::Direct,
+        credentials,
+    )
+}
+
+/// Runs `req` on `node` of builder `name`, reached by `dialer`, in `rt`
+/// (where the dialer's own tasks run), answering registry questions from
+/// `credentials`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_on(
+    rt: tokio::runtime::Runtime,
+    req: BuildRequest,
+    a: &BuildArgs,
+    g: &GlobalArgs,
+    name: &str,
+    node: &kbuild_driver::Node,
+    dialer: &dyn kbuild_driver::Dialer,
+    credentials: kbuild_registry::Credentials,
+) -> Result<(), BuildError> {
     if let Some(s) = req.ssh.first() {
         return Err(BuildError::Builder(format!(
             "--ssh {} is not served by remote builders yet (builder {name}); build with --builder local",
@@ -249,15 +282,8 @@ pub fn run(
     } else {
         a.progress
     };
-    let credentials =
-        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
-            .map_err(BuildError::Credentials)?;
     let source_date_epoch = crate::build::source_date_epoch()?;
     let ignore = crate::build::read_ignore(&req)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
     let mut signals = {
         let _in_runtime = rt.enter();
         StopSignals::install()
@@ -320,8 +346,8 @@ pub fn run(
     let started = Instant::now();
     let outcome = rt.block_on(kbuild_driver::session::build(
         name,
-        &node,
-        &kbuild_driver::Direct,
+        node,
+        dialer,
         start,
         context,
         client.clone(),
