@@ -143,6 +143,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub insecure: bool,
 
+    /// Before serving, mount binfmt_misc if needed and register missing QEMU handlers, as "doctor --install" does (builder pods run with it; needs privileges).
+    #[arg(long)]
+    pub install_emulation: bool,
+
     /// Test only: advertise this protocol version instead of the real one.
     #[arg(long, hide = true, value_name = "N")]
     pub test_protocol_version: Option<u32>,

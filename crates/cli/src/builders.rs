@@ -42,6 +42,17 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         args.tls_key.clone(),
         args.tls_ca.clone(),
     )?;
+    if args.install_emulation {
+        for (platform, support) in kbuild_worker::binfmt::report() {
+            if support.runs() || platform.os != "linux" {
+                continue;
+            }
+            match kbuild_worker::binfmt::ensure(&platform) {
+                Ok(action) => tracing::info!(%platform, %action, "emulation"),
+                Err(e) => tracing::warn!(%platform, error = %e, "no emulation"),
+            }
+        }
+    }
     // The store builds will use: opened (and created) now so a bad --root
     // fails at start, not at the first build.
     let (store, root) = crate::build::open_store(global)?;

@@ -570,5 +570,10 @@ pub fn run(
             node.name, cluster.namespace
         );
     }
-    crate::remote::run_on(rt, req, a, g, name, &node, &dialer, credentials)
+    let pod = node.endpoint.clone();
+    crate::remote::run_on(rt, req, a, g, name, &node, &dialer, credentials).map_err(|e| match e {
+        // The daemon's own account of a failed build: say which pod.
+        BuildError::Builder(m) => BuildError::Builder(format!("{m} (on {pod})")),
+        e => e,
+    })
 }

@@ -291,7 +291,7 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
             "--driver-opt",
             "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
             "--driver-opt",
-            "tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule",
+            "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
             "--driver-opt",
             "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
         ]),

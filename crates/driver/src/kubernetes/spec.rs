@@ -366,7 +366,12 @@ pub fn deployment(
         .join(",");
     let annotations = (!platforms.is_empty())
         .then(|| BTreeMap::from([(PLATFORMS_ANNOTATION.to_string(), platforms.clone())]));
-    let mut args = vec!["serve".to_string(), "--addr".to_string(), SOCKET.to_string()];
+    let mut args = vec![
+        "serve".to_string(),
+        "--addr".to_string(),
+        SOCKET.to_string(),
+        "--install-emulation".to_string(),
+    ];
     if !platforms.is_empty() {
         args.push("--platform".to_string());
         args.push(platforms.clone());
@@ -570,7 +575,14 @@ mod tests {
         assert_eq!(c["image"], "reg.test/builder:1");
         assert_eq!(
             c["args"],
-            serde_json::json!(["serve", "--addr", SOCKET, "--platform", "linux/arm64,linux/arm/v7"])
+            serde_json::json!([
+                "serve",
+                "--addr",
+                SOCKET,
+                "--install-emulation",
+                "--platform",
+                "linux/arm64,linux/arm/v7"
+            ])
         );
         assert_eq!(c["securityContext"]["privileged"], true);
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
@@ -589,7 +601,7 @@ mod tests {
         assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
         assert!(pod["containers"][0].get("resources").is_none());
         assert_eq!(pod["volumes"].as_array().unwrap().len(), 1);
-        assert_eq!(pod["containers"][0]["args"], serde_json::json!(["serve", "--addr", SOCKET]));
+        assert_eq!(pod["containers"][0]["args"], serde_json::json!(["serve", "--addr", SOCKET, "--install-emulation"]));
     }
 
     #[test]
