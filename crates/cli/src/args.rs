@@ -91,14 +91,22 @@ pub enum Command {
     #[command(hide = true)]
     DialStdio {
         /// The daemon's socket.
-        #[arg(long, value_name = "ADDRESS", default_value = "unix:///run/kubectl-build/builder.sock")]
+        #[arg(
+            long,
+            value_name = "ADDRESS",
+            default_value = "unix:///run/kubectl-build/builder.sock"
+        )]
         addr: String,
     },
     /// Exit 0 when the builder daemon answers Info (the builder pods' readiness probe).
     #[command(hide = true)]
     Health {
         /// The daemon's socket.
-        #[arg(long, value_name = "ADDRESS", default_value = "unix:///run/kubectl-build/builder.sock")]
+        #[arg(
+            long,
+            value_name = "ADDRESS",
+            default_value = "unix:///run/kubectl-build/builder.sock"
+        )]
         addr: String,
         /// Seconds to wait for the answer.
         #[arg(long, default_value = "4", value_name = "SECONDS")]

@@ -89,8 +89,8 @@ fn image(options: &Options) -> std::result::Result<String, k8s::Error> {
 fn platforms(list: &[String]) -> Result<Vec<Platform>> {
     let mut out: Vec<Platform> = Vec::new();
     for spec in list {
-        for p in kbuild_platform::parse_list(spec)
-            .map_err(|e| format!("--platform {spec:?}: {e}"))?
+        for p in
+            kbuild_platform::parse_list(spec).map_err(|e| format!("--platform {spec:?}: {e}"))?
         {
             let p = p.normalized();
             if !out.contains(&p) {
@@ -123,9 +123,7 @@ async fn create_in(
     append: bool,
 ) -> std::result::Result<k8s::BuilderPods, k8s::Error> {
     let image = image(options)?;
-    cluster
-        .create(name, pools, &image, options, append)
-        .await?;
+    cluster.create(name, pools, &image, options, append).await?;
     cluster
         .wait_ready(name, Duration::from_secs(options.timeout))
         .await
@@ -134,7 +132,9 @@ async fn create_in(
 /// `kubectl build create NAME --driver kubernetes`.
 pub fn create(args: &CreateArgs, g: &GlobalArgs) -> Result<ExitCode> {
     if args.endpoint.is_some() {
-        return Err("--endpoint is for the remote driver; the kubernetes driver makes its own pods".into());
+        return Err(
+            "--endpoint is for the remote driver; the kubernetes driver makes its own pods".into(),
+        );
     }
     if !spec::valid_name(&args.name) {
         return Err(format!(
@@ -429,7 +429,8 @@ async fn credentials(
         None => (builder, false),
     };
     let docker = kbuild_registry::Credentials::docker_config().map_err(BuildError::Credentials)?;
-    let kube_err = |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
+    let kube_err =
+        |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
     match cluster.registry_secret(name).await.map_err(kube_err)? {
         Some(json) => {
             let from = format!("registry secret {}/{name}", cluster.namespace);
@@ -463,9 +464,11 @@ async fn pick_node(
 ) -> std::result::Result<Node, BuildError> {
     let mut candidates = Vec::new();
     let mut errors = Vec::new();
-    let asked = futures_join(nodes.iter().map(|n| async move {
-        (n, dialer.dial(name, n, INFO_TIMEOUT).await)
-    }))
+    let asked = futures_join(
+        nodes
+            .iter()
+            .map(|n| async move { (n, dialer.dial(name, n, INFO_TIMEOUT).await) }),
+    )
     .await;
     for (node, r) in asked {
         match r {
@@ -488,8 +491,27 @@ async fn pick_node(
             errors.join("; ")
         )));
     }
+    // Where each target's exec ops run, from the op graph planned for
+    // this machine's platform (a COPY-only target runs nothing).
+    let graph = req
+        .plan()
+        .and_then(|p| req.graph(&p))
+        .map_err(|e| BuildError::Builder(e.to_string()))?;
+    let exec: std::collections::BTreeMap<Platform, BTreeSet<Platform>> = req
+        .platforms
+        .iter()
+        .zip(graph.exec_platforms())
+        .map(|(t, ps)| {
+            (
+                t.clone(),
+                ps.iter().filter_map(|p| Platform::parse(p).ok()).collect(),
+            )
+        })
+        .collect();
     let assignments = kbuild_driver::schedule(name, &candidates, &req.platforms, |_, t| {
-        BTreeSet::from([t.clone()])
+        exec.get(t)
+            .cloned()
+            .unwrap_or_else(|| BTreeSet::from([t.clone()]))
     })
     .map_err(|e| BuildError::Builder(e.to_string()))?;
     let mut count = vec![0usize; candidates.len()];

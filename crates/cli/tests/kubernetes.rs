@@ -63,7 +63,9 @@ fn builder_image(c: &Cluster) -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let bin = common::bin();
-        let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&bin).expect("read the binary")));
+        let digest = hex::encode(sha2::Sha256::digest(
+            std::fs::read(&bin).expect("read the binary"),
+        ));
         let reference = format!("{}/kubectl-build/builder:{}", c.registry(), &digest[..16]);
         let exists = Command::new("skopeo")
             .args(["inspect", "--raw", "--tls-verify=false"])
@@ -83,7 +85,10 @@ fn builder_image(c: &Cluster) -> &'static str {
         std::fs::copy(&bin, &stripped).unwrap();
         ok(
             "strip",
-            Command::new("strip").arg(&stripped).output().expect("run strip"),
+            Command::new("strip")
+                .arg(&stripped)
+                .output()
+                .expect("run strip"),
         );
         let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let ctx = work.path().join("image");
@@ -240,7 +245,11 @@ fn copy_context(dir: &Path, token: &str) -> PathBuf {
     let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("hello.txt"), format!("hello {token}\n")).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY hello.txt /hello.txt\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+    )
+    .unwrap();
     ctx
 }
 
@@ -301,13 +310,30 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     // What the cluster holds, as the admin sees it.
     let d = json(
         "get deployment",
-        c.admin(&["-n", cluster::NAMESPACE, "get", "deployment", &b, "-o", "json"]),
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "get",
+            "deployment",
+            &b,
+            "-o",
+            "json",
+        ]),
     );
-    assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/managed-by"], "kubectl-build");
-    assert_eq!(d["metadata"]["labels"]["kubectl-build.io/builder"], b.as_str());
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kubectl-build"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["kubectl-build.io/builder"],
+        b.as_str()
+    );
     assert_eq!(d["spec"]["replicas"], 2);
     let pod = &d["spec"]["template"]["spec"];
-    assert_eq!(pod["nodeSelector"]["kubernetes.io/hostname"], "kbuild-node1");
+    assert_eq!(
+        pod["nodeSelector"]["kubernetes.io/hostname"],
+        "kbuild-node1"
+    );
     assert_eq!(pod["tolerations"][0]["key"], "kbuild.test/dedicated");
     assert_eq!(pod["tolerations"][0]["effect"], "NoSchedule");
     let container = &pod["containers"][0];
@@ -448,7 +474,10 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         )),
         "{stderr}"
     );
-    assert!(stderr.contains("=> builder buildkit: pod buildkit-"), "{stderr}");
+    assert!(
+        stderr.contains("=> builder buildkit: pod buildkit-"),
+        "{stderr}"
+    );
     let index = skopeo_index(&image, &creds);
     assert_eq!(
         platforms_of(&index),
@@ -478,7 +507,10 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("creating builder"), "{stderr}");
-    assert!(stderr.contains(&format!("=> pushed {image}@{digest}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("=> pushed {image}@{digest}")),
+        "{stderr}"
+    );
 
     // Without any secret the registry refuses: the credentials came from
     // the cluster, not from elsewhere.
@@ -504,7 +536,11 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         .args(["plugin", "list"])
         .output()
         .unwrap();
-    assert!(text(&plugin_list.stdout).contains("kubectl-build"), "{}", text(&plugin_list.stdout));
+    assert!(
+        text(&plugin_list.stdout).contains("kubectl-build"),
+        "{}",
+        text(&plugin_list.stdout)
+    );
     let out = kb
         .command(&c.kubectl())
         .env("PATH", &path)
@@ -529,7 +565,10 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         .unwrap();
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "kubectl build failed:\n{stderr}");
-    assert!(stderr.contains(&format!("=> pushed {image}@{digest}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("=> pushed {image}@{digest}")),
+        "{stderr}"
+    );
 
     ok("rm buildkit", kb.run(&["rm", "buildkit"]));
     assert_eq!(left_of(c, "buildkit").trim(), "");
@@ -556,7 +595,8 @@ fn user_without_rights_in_a_namespace_gets_the_verb_and_resource() {
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("cannot list deployments.apps in namespace default: ask your cluster admin"),
+        stderr
+            .contains("cannot list deployments.apps in namespace default: ask your cluster admin"),
         "{stderr}"
     );
 }
@@ -598,7 +638,14 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     .ok();
     ok(
         "create",
-        kb.run(&["create", &b, "--driver", "kubernetes", "--platform", "linux/amd64"]),
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--platform",
+            "linux/amd64",
+        ]),
     );
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
@@ -669,7 +716,10 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     let failed_after = deleted.elapsed();
     let stderr = rest.join("\n");
     assert!(!status.success(), "the build succeeded:\n{stderr}");
-    assert!(failed_after < Duration::from_secs(60), "took {failed_after:?}");
+    assert!(
+        failed_after < Duration::from_secs(60),
+        "took {failed_after:?}"
+    );
     let last = rest
         .iter()
         .rev()

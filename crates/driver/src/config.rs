@@ -429,7 +429,9 @@ mod tests {
         // A file written before the kubernetes driver still reads.
         let old = r#"{"builders":{"r":{"driver":"remote","nodes":[]}}}"#;
         std::fs::write(&path, old).unwrap();
-        assert!(Config::load(&path).unwrap().builders["r"].kubernetes.is_none());
+        assert!(Config::load(&path).unwrap().builders["r"]
+            .kubernetes
+            .is_none());
     }
 
     #[test]

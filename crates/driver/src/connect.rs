@@ -263,13 +263,14 @@ pub async fn handshake(
                 },
             })
     };
-    let (channel, reply) = tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| Error::Timeout {
-            builder: builder.to_string(),
-            endpoint: endpoint.clone(),
-            timeout,
-        })??;
+    let (channel, reply) =
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| Error::Timeout {
+                builder: builder.to_string(),
+                endpoint: endpoint.clone(),
+                timeout,
+            })??;
     let daemon = (reply.min_protocol, reply.protocol);
     let Some(protocol) = kbuild_proto::negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), daemon)
     else {

@@ -124,8 +124,9 @@ impl Endpoint {
             let dns_label = |v: &str| {
                 !v.is_empty()
                     && v.len() <= 253
-                    && v.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                    && v.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    })
             };
             if !dns_label(namespace) || !dns_label(pod) {
                 return Err(err("the namespace and pod must be Kubernetes object names"));

@@ -203,7 +203,8 @@ impl Cluster {
                 .map(|p| pod_status(p, &self.namespace))
                 .collect(),
         };
-        out.pods.sort_by(|a, b| (&a.pool, &a.name).cmp(&(&b.pool, &b.name)));
+        out.pods
+            .sort_by(|a, b| (&a.pool, &a.name).cmp(&(&b.pool, &b.name)));
         Ok(Some(out))
     }
 
@@ -388,9 +389,7 @@ impl Cluster {
                 )))
             }
         };
-        let bytes = data
-            .get(key)
-            .ok_or_else(|| bad(format!("no {key} key")))?;
+        let bytes = data.get(key).ok_or_else(|| bad(format!("no {key} key")))?;
         Ok(Some(bytes.0.clone()))
     }
 }

@@ -124,13 +124,11 @@ impl Dialer for PodDialer {
             };
             // The first exec here, so an API error (403, 404) is reported
             // as such; the channel execs again should it reconnect.
-            let first = tokio::time::timeout(
-                timeout,
-                exec_stdio(self.client.clone(), namespace, pod),
-            )
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(failed)?;
+            let first =
+                tokio::time::timeout(timeout, exec_stdio(self.client.clone(), namespace, pod))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(failed)?;
             let first = Arc::new(Mutex::new(Some(first)));
             let (client, ns, pod_name) = (self.client.clone(), namespace.clone(), pod.clone());
             let connector = tower::service_fn(move |_: http::Uri| {
@@ -160,7 +158,13 @@ impl Dialer for PodDialer {
                     source,
                 })?;
             let left = timeout.saturating_sub(started.elapsed());
-            connect::handshake(builder, &endpoint, channel, left.max(Duration::from_secs(1))).await
+            connect::handshake(
+                builder,
+                &endpoint,
+                channel,
+                left.max(Duration::from_secs(1)),
+            )
+            .await
         })
     }
 }

@@ -221,10 +221,16 @@ mod tests {
         std::fs::write(home.join(".kube/config"), "").unwrap();
         let missing = dir.path().join("missing");
         let env = std::env::join_paths([&missing, &b, &a, &b]).unwrap();
-        assert_eq!(files(Some(&missing), Some(&env), Some(&home)), [missing.clone()]);
+        assert_eq!(
+            files(Some(&missing), Some(&env), Some(&home)),
+            [missing.clone()]
+        );
         assert_eq!(files(None, Some(&env), Some(&home)), [b.clone(), a.clone()]);
         assert_eq!(files(None, None, Some(&home)), [home.join(".kube/config")]);
-        assert_eq!(files(None, Some(OsStr::new("")), Some(&home)), [home.join(".kube/config")]);
+        assert_eq!(
+            files(None, Some(OsStr::new("")), Some(&home)),
+            [home.join(".kube/config")]
+        );
         assert!(files(None, None, Some(&missing)).is_empty());
     }
 
@@ -233,7 +239,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = dir.path().join("first");
         let second = dir.path().join("second");
-        std::fs::write(&first, kubeconfig("one", &[("one", Some("team-a"))], "first")).unwrap();
+        std::fs::write(
+            &first,
+            kubeconfig("one", &[("one", Some("team-a"))], "first"),
+        )
+        .unwrap();
         std::fs::write(
             &second,
             kubeconfig("two", &[("one", Some("ignored")), ("two", None)], "second"),
@@ -245,23 +255,41 @@ mod tests {
             .block_on(resolve_from(&sel(None, None, None), Some(&env), None))
             .unwrap()
             .unwrap();
-        assert_eq!((r.context.as_str(), r.namespace.as_str()), ("one", "team-a"));
+        assert_eq!(
+            (r.context.as_str(), r.namespace.as_str()),
+            ("one", "team-a")
+        );
         assert_eq!(r.config.cluster_url.to_string(), "https://first:6443/");
         assert_eq!(r.files, [first.clone(), second.clone()]);
         let r = rt
-            .block_on(resolve_from(&sel(None, Some("two"), None), Some(&env), None))
+            .block_on(resolve_from(
+                &sel(None, Some("two"), None),
+                Some(&env),
+                None,
+            ))
             .unwrap()
             .unwrap();
-        assert_eq!((r.context.as_str(), r.namespace.as_str()), ("two", "default"));
+        assert_eq!(
+            (r.context.as_str(), r.namespace.as_str()),
+            ("two", "default")
+        );
         let r = rt
-            .block_on(resolve_from(&sel(None, Some("two"), Some("mine")), Some(&env), None))
+            .block_on(resolve_from(
+                &sel(None, Some("two"), Some("mine")),
+                Some(&env),
+                None,
+            ))
             .unwrap()
             .unwrap();
         assert_eq!(r.namespace, "mine");
         assert_eq!(r.config.default_namespace, "mine");
         // --kubeconfig alone: the env list is not read.
         let r = rt
-            .block_on(resolve_from(&sel(Some(&second), None, None), Some(&env), None))
+            .block_on(resolve_from(
+                &sel(Some(&second), None, None),
+                Some(&env),
+                None,
+            ))
             .unwrap()
             .unwrap();
         assert_eq!(r.context, "two");
@@ -293,7 +321,11 @@ mod tests {
             Err(Error::NoContext { .. })
         ));
         assert!(matches!(
-            rt.block_on(resolve_from(&sel(None, Some("nope"), None), Some(&env), None)),
+            rt.block_on(resolve_from(
+                &sel(None, Some("nope"), None),
+                Some(&env),
+                None
+            )),
             Err(Error::Context { .. })
         ));
         let bad = dir.path().join("bad");
@@ -301,6 +333,10 @@ mod tests {
         let e = rt
             .block_on(resolve_from(&sel(Some(&bad), None, None), None, None))
             .unwrap_err();
-        assert!(e.to_string().starts_with(&format!("kubeconfig {}: ", bad.display())), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("kubeconfig {}: ", bad.display())),
+            "{e}"
+        );
     }
 }

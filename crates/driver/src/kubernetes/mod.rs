@@ -199,7 +199,12 @@ pub enum Error {
 impl Error {
     /// Maps a failed API call: 403 to [`Error::Forbidden`] naming the verb
     /// and resource, anything else to [`Error::Api`].
-    pub fn api(verb: &'static str, resource: &'static str, namespace: &str, e: kube::Error) -> Error {
+    pub fn api(
+        verb: &'static str,
+        resource: &'static str,
+        namespace: &str,
+        e: kube::Error,
+    ) -> Error {
         if matches!(&e, kube::Error::Api(s) if s.code == 403) {
             return Error::Forbidden {
                 verb,

@@ -153,10 +153,14 @@ fn toleration(opt: &str, text: &str) -> Result<Toleration, Error> {
         }
     }
     if t.operator.as_deref() == Some("Exists") && t.value.is_some() {
-        return Err(bad("a toleration with operator=Exists takes no value".to_string()));
+        return Err(bad(
+            "a toleration with operator=Exists takes no value".to_string()
+        ));
     }
     if t.key.is_none() && t.operator.as_deref() != Some("Exists") {
-        return Err(bad("a toleration without a key needs operator=Exists".to_string()));
+        return Err(bad(
+            "a toleration without a key needs operator=Exists".to_string()
+        ));
     }
     Ok(t)
 }
@@ -437,12 +441,10 @@ pub fn deployment(
             failure_threshold: Some(3),
             ..Default::default()
         }),
-        resources: (!o.requests.is_empty() || !o.limits.is_empty()).then(|| {
-            ResourceRequirements {
-                requests: quantities(&o.requests),
-                limits: quantities(&o.limits),
-                ..Default::default()
-            }
+        resources: (!o.requests.is_empty() || !o.limits.is_empty()).then(|| ResourceRequirements {
+            requests: quantities(&o.requests),
+            limits: quantities(&o.limits),
+            ..Default::default()
         }),
         volume_mounts: Some(mounts),
         ..Default::default()
@@ -499,7 +501,8 @@ mod tests {
         let o = Options::parse(&[
             "replicas=2,image=reg.test/b:1".into(),
             "\"nodeselector=disk=ssd,zone=a\"".into(),
-            "tolerations=\"key=dedicated,value=build,effect=NoSchedule;key=spot,operator=exists\"".into(),
+            "tolerations=\"key=dedicated,value=build,effect=NoSchedule;key=spot,operator=exists\""
+                .into(),
             "requests.cpu=500m,requests.memory=256Mi,limits.memory=1Gi".into(),
             "containerd-socket=true,timeout=60s".into(),
         ])
@@ -529,7 +532,10 @@ mod tests {
             "image=",
             "nodeselector=novalue",
         ] {
-            assert!(Options::parse(&[bad.into()]).is_err(), "{bad} should not parse");
+            assert!(
+                Options::parse(&[bad.into()]).is_err(),
+                "{bad} should not parse"
+            );
         }
         assert!(Options::parse(&["rootless=false".into()]).is_ok());
     }
@@ -542,7 +548,14 @@ mod tests {
         assert_eq!(p[1].platforms, plats("linux/arm64,linux/arm/v7"));
         assert_eq!(p[0].platforms, plats("linux/amd64,linux/386"));
         let p = pools(&plats("linux/arm/v6")).unwrap();
-        assert_eq!((p[0].name.as_str(), p[0].arch.as_deref(), p[0].variant.as_deref()), ("arm-v6", Some("arm"), Some("v6")));
+        assert_eq!(
+            (
+                p[0].name.as_str(),
+                p[0].arch.as_deref(),
+                p[0].variant.as_deref()
+            ),
+            ("arm-v6", Some("arm"), Some("v6"))
+        );
         let any = pools(&[]).unwrap();
         assert_eq!(any[0].name, "");
         assert!(pools(&plats("windows/amd64")).is_err());
@@ -551,8 +564,10 @@ mod tests {
     #[test]
     fn deployment_carries_labels_selector_resources_and_the_daemon_flags() {
         let o = Options::parse(&[
-            "replicas=2,\"nodeselector=disk=ssd\",tolerations=key=k,value=v,effect=NoExecute".into(),
-            "requests.cpu=100m,limits.memory=512Mi,containerd-socket=/run/k2/containerd.sock".into(),
+            "replicas=2,\"nodeselector=disk=ssd\",\"tolerations=key=k,value=v,effect=NoExecute\""
+                .into(),
+            "requests.cpu=100m,limits.memory=512Mi,containerd-socket=/run/k2/containerd.sock"
+                .into(),
         ])
         .unwrap();
         let pool = pools(&plats("linux/arm64,linux/arm/v7")).unwrap().remove(0);
@@ -560,14 +575,29 @@ mod tests {
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["metadata"]["name"], "buildkit-arm64");
         assert_eq!(v["metadata"]["namespace"], "team");
-        assert_eq!(v["metadata"]["labels"]["app.kubernetes.io/managed-by"], "kubectl-build");
-        assert_eq!(v["metadata"]["labels"]["kubectl-build.io/builder"], "buildkit");
-        assert_eq!(v["metadata"]["annotations"][PLATFORMS_ANNOTATION], "linux/arm64,linux/arm/v7");
+        assert_eq!(
+            v["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "kubectl-build"
+        );
+        assert_eq!(
+            v["metadata"]["labels"]["kubectl-build.io/builder"],
+            "buildkit"
+        );
+        assert_eq!(
+            v["metadata"]["annotations"][PLATFORMS_ANNOTATION],
+            "linux/arm64,linux/arm/v7"
+        );
         let spec = &v["spec"];
         assert_eq!(spec["replicas"], 2);
-        assert_eq!(spec["selector"]["matchLabels"]["kubectl-build.io/pool"], "arm64");
+        assert_eq!(
+            spec["selector"]["matchLabels"]["kubectl-build.io/pool"],
+            "arm64"
+        );
         let pod = &spec["template"]["spec"];
-        assert_eq!(spec["template"]["metadata"]["labels"]["kubectl-build.io/builder"], "buildkit");
+        assert_eq!(
+            spec["template"]["metadata"]["labels"]["kubectl-build.io/builder"],
+            "buildkit"
+        );
         assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "arm64");
         assert_eq!(pod["nodeSelector"]["disk"], "ssd");
         assert_eq!(pod["tolerations"][0]["effect"], "NoExecute");
@@ -590,7 +620,10 @@ mod tests {
         assert_eq!(c["readinessProbe"]["exec"]["command"][1], "health");
         assert_eq!(c["volumeMounts"][0]["mountPath"], STORE);
         assert_eq!(pod["volumes"][0]["emptyDir"], serde_json::json!({}));
-        assert_eq!(pod["volumes"][1]["hostPath"]["path"], "/run/k2/containerd.sock");
+        assert_eq!(
+            pod["volumes"][1]["hostPath"]["path"],
+            "/run/k2/containerd.sock"
+        );
         assert_eq!(c["volumeMounts"][1]["mountPath"], CONTAINERD_IN_POD);
 
         // Without options or platforms: one pool, no pinning, no extras.
@@ -601,7 +634,10 @@ mod tests {
         assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
         assert!(pod["containers"][0].get("resources").is_none());
         assert_eq!(pod["volumes"].as_array().unwrap().len(), 1);
-        assert_eq!(pod["containers"][0]["args"], serde_json::json!(["serve", "--addr", SOCKET, "--install-emulation"]));
+        assert_eq!(
+            pod["containers"][0]["args"],
+            serde_json::json!(["serve", "--addr", SOCKET, "--install-emulation"])
+        );
     }
 
     #[test]
