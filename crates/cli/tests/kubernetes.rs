@@ -384,7 +384,7 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
         );
     }
     let table = ok("ls", other.run(&["ls"]));
-    assert!(table.contains(&format!("on kbuild-node1")), "{table}");
+    assert!(table.contains("on kbuild-node1"), "{table}");
 
     // rm removes everything create made, and waits for it.
     let rm = ok("rm", other.run(&["rm", &b]));

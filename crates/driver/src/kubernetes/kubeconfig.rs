@@ -223,7 +223,7 @@ mod tests {
         let env = std::env::join_paths([&missing, &b, &a, &b]).unwrap();
         assert_eq!(
             files(Some(&missing), Some(&env), Some(&home)),
-            [missing.clone()]
+            std::slice::from_ref(&missing)
         );
         assert_eq!(files(None, Some(&env), Some(&home)), [b.clone(), a.clone()]);
         assert_eq!(files(None, None, Some(&home)), [home.join(".kube/config")]);
