@@ -583,10 +583,12 @@ start_node() {
     start_daemon "containerd$n" /usr/bin/containerd --config "$N/containerd/config.toml"
     wait_for "containerd of node $n answering on $N/containerd.sock" "containerd$n" 30 \
         ctr --address "$N/containerd.sock" version
-    if ! ctr --address "$N/containerd.sock" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE"; then
+    # grep reads all of ctr's output: -q would stop at the first match and,
+    # with pipefail, a ctr killed by SIGPIPE would fail the check.
+    if ! ctr --address "$N/containerd.sock" -n k8s.io images ls -q | grep -x "$PAUSE_IMAGE" >/dev/null; then
         ctr --address "$N/containerd.sock" -n k8s.io images import \
             "$C/pause/pause.tar" >&2 || die "ctr could not import $C/pause/pause.tar into node $n"
-        ctr --address "$N/containerd.sock" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" \
+        ctr --address "$N/containerd.sock" -n k8s.io images ls -q | grep -x "$PAUSE_IMAGE" >/dev/null \
             || die "node $n's containerd has no $PAUSE_IMAGE after importing $C/pause/pause.tar"
         log "node $n: imported $PAUSE_IMAGE"
     fi

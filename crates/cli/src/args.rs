@@ -30,6 +30,7 @@ Usage:
   kubectl build prune [flags]
   kubectl build serve [flags]
   kubectl build create NAME --endpoint ADDRESS [flags]
+  kubectl build create NAME --driver kubernetes [--platform ...] [--driver-opt ...]
   kubectl build ls | rm NAME | use NAME
 
 Use \"kubectl build doctor\" to see which platforms this machine can build natively or by emulation.
@@ -76,15 +77,40 @@ pub enum Command {
     },
     /// Run a builder daemon that clients reach with "kubectl build create --driver remote".
     Serve(ServeArgs),
-    /// Add a builder (or, with --append, a node to one) that runs on a "kubectl-build serve" daemon.
+    /// Add a builder (or, with --append, a node or node pool to one): a "kubectl-build serve" daemon (remote), or builder pods in the cluster (kubernetes).
     Create(CreateArgs),
     /// List builders, their nodes, status and platforms.
     Ls(LsArgs),
-    /// Remove a builder.
+    /// Remove a builder (a kubernetes builder: everything create made in the cluster).
     Rm {
         /// The builder.
         #[arg(value_name = "NAME")]
         name: String,
+    },
+    /// Join standard input and output to a builder daemon's socket (what the kubernetes driver runs in a builder pod).
+    #[command(hide = true)]
+    DialStdio {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            value_name = "ADDRESS",
+            default_value = "unix:///run/kubectl-build/builder.sock"
+        )]
+        addr: String,
+    },
+    /// Exit 0 when the builder daemon answers Info (the builder pods' readiness probe).
+    #[command(hide = true)]
+    Health {
+        /// The daemon's socket.
+        #[arg(
+            long,
+            value_name = "ADDRESS",
+            default_value = "unix:///run/kubectl-build/builder.sock"
+        )]
+        addr: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value = "4", value_name = "SECONDS")]
+        timeout: u64,
     },
     /// Make a builder the default.
     Use {
@@ -125,6 +151,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub insecure: bool,
 
+    /// Before serving, mount binfmt_misc if needed and register missing QEMU handlers, as "doctor --install" does (builder pods run with it; needs privileges).
+    #[arg(long)]
+    pub install_emulation: bool,
+
     /// Test only: advertise this protocol version instead of the real one.
     #[arg(long, hide = true, value_name = "N")]
     pub test_protocol_version: Option<u32>,
@@ -137,23 +167,23 @@ pub struct CreateArgs {
     #[arg(value_name = "NAME")]
     pub name: String,
 
-    /// Driver to use ("remote": a "kubectl-build serve" daemon).
+    /// Driver to use: "remote" (a "kubectl-build serve" daemon) or "kubernetes" (builder pods in the cluster of the kubeconfig).
     #[arg(long, default_value = "remote", value_name = "DRIVER")]
     pub driver: String,
 
-    /// The daemon's address: unix:///path/to/socket or tcp://HOST:PORT.
+    /// The daemon's address (remote driver): unix:///path/to/socket or tcp://HOST:PORT.
     #[arg(long, value_name = "ADDRESS")]
-    pub endpoint: String,
+    pub endpoint: Option<String>,
 
-    /// Platforms this node builds, comma-separated or repeated (default: what the daemon reports).
+    /// Platforms this node builds, comma-separated or repeated (default: what the daemon reports); with the kubernetes driver, one Deployment per architecture, pinned to nodes of that kubernetes.io/arch.
     #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
     pub platforms: Vec<String>,
 
-    /// Add a node to an existing builder.
+    /// Add a node (kubernetes: a node pool) to an existing builder.
     #[arg(long)]
     pub append: bool,
 
-    /// Driver options: cacert=FILE,cert=FILE,key=FILE,servername=NAME for mutual TLS to a tcp:// endpoint.
+    /// Driver options. remote: cacert=FILE,cert=FILE,key=FILE,servername=NAME for mutual TLS to a tcp:// endpoint. kubernetes: replicas=N, image=REF, namespace=NS, "nodeselector=K=V,...", "tolerations=key=K,value=V,effect=E;...", requests.cpu, requests.memory, limits.cpu, limits.memory, rootless=false, containerd-socket=PATH|true, timeout=SECONDS.
     #[arg(long = "driver-opt", value_name = "KEY=VALUE")]
     pub driver_opts: Vec<String>,
 }
@@ -194,7 +224,7 @@ pub struct GlobalArgs {
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// Name of the builder to use ("local" for the embedded one; default: the one "kubectl build use" chose, else local).
+    /// Name of the builder to use ("local" for the embedded one; default: the one "kubectl build use" chose, else "buildkit" in the cluster of the kubeconfig, else local).
     #[arg(long, global = true, value_name = "NAME")]
     pub builder: Option<String>,
 

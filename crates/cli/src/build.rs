@@ -120,36 +120,37 @@ enum Chosen {
     Local,
     /// A remote builder: its name and definition.
     Remote(String, kbuild_driver::Builder),
+    /// A kubernetes builder (see [`crate::kube::route`]).
+    Kubernetes(crate::kube::Route),
 }
 
 /// The builder a build runs on: `--builder`, else the one `kubectl build
-/// use` chose, else `local`. `buildkit` (the kubernetes driver's default
-/// builder name) means the embedded builder while no cluster is used.
-/// A remote builder builds through its daemon; an unknown name is refused.
-fn choose_builder(flag: Option<&str>) -> Result<Chosen, BuildError> {
+/// use` chose; `local` is the embedded builder; a remote builder builds
+/// through its daemon; any other name (and no choice at all, as
+/// `buildkit`) is a kubernetes builder when a kubeconfig context is
+/// usable ([`crate::kube::route`]), else the embedded builder with a note.
+fn choose_builder(flag: Option<&str>, g: &GlobalArgs) -> Result<Chosen, BuildError> {
+    if flag == Some(LOCAL_BUILDER) {
+        return Ok(Chosen::Local);
+    }
     let config = match kbuild_driver::config::default_path()
         .and_then(|p| kbuild_driver::config::Config::load(&p))
     {
         Ok(c) => c,
-        // Without a readable builder list only the embedded builder exists.
-        Err(_) if flag.map_or(true, |f| f == LOCAL_BUILDER || f == DEFAULT_BUILDER) => {
-            return Ok(Chosen::Local)
+        // Without a readable builder list only the embedded builder and
+        // the cluster's builders exist.
+        Err(_) if flag.map_or(true, |f| f == DEFAULT_BUILDER) => {
+            return crate::kube::route(flag, g).map(Chosen::Kubernetes)
         }
         Err(e) => return Err(BuildError::Builder(e.to_string())),
     };
-    let name = flag.unwrap_or_else(|| config.current());
-    if name == LOCAL_BUILDER || name == DEFAULT_BUILDER {
+    let chosen = flag.or(config.current.as_deref());
+    if chosen == Some(LOCAL_BUILDER) {
         return Ok(Chosen::Local);
     }
-    match config.builders.get(name) {
-        Some(b) if b.driver == "remote" => Ok(Chosen::Remote(name.to_string(), b.clone())),
-        Some(b) => Err(BuildError::Builder(format!(
-            "builder {name} uses the {} driver, which cannot run builds yet; build with --builder local",
-            b.driver
-        ))),
-        None => Err(BuildError::Builder(format!(
-            "no builder {name}; kubectl build ls lists them"
-        ))),
+    match chosen.and_then(|n| config.builders.get(n).map(|b| (n, b))) {
+        Some((name, b)) if b.driver == "remote" => Ok(Chosen::Remote(name.to_string(), b.clone())),
+        _ => crate::kube::route(chosen, g).map(Chosen::Kubernetes),
     }
 }
 
@@ -171,13 +172,29 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
-    if let Chosen::Remote(name, builder) = choose_builder(g.builder.as_deref())? {
-        if !req.cache_from.is_empty() || !req.cache_to.is_empty() {
-            return Err(BuildError::Builder(format!(
-                "--cache-from and --cache-to are not supported by remote builders yet (builder {name}); build with --builder local, or omit them"
-            )));
+    let cache_refusal = |name: &str| {
+        BuildError::Builder(format!(
+            "--cache-from and --cache-to are not supported by remote builders yet (builder {name}); build with --builder local, or omit them"
+        ))
+    };
+    let caches = !req.cache_from.is_empty() || !req.cache_to.is_empty();
+    match choose_builder(g.builder.as_deref(), g)? {
+        Chosen::Remote(name, _) if caches => return Err(cache_refusal(&name)),
+        Chosen::Remote(name, builder) => return crate::remote::run(req, a, g, &name, &builder),
+        Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. }) if caches => {
+            return Err(cache_refusal(&name))
         }
-        return crate::remote::run(req, a, g, &name, &builder);
+        Chosen::Kubernetes(crate::kube::Route::Kubernetes {
+            name,
+            namespace,
+            auto,
+        }) => return crate::kube::run(req, a, g, &name, namespace.as_deref(), auto),
+        Chosen::Kubernetes(crate::kube::Route::Local(note)) => {
+            if let Some(note) = note.filter(|_| !a.quiet && a.progress != ProgressMode::Quiet) {
+                eprintln!("=> {note}");
+            }
+        }
+        Chosen::Local => {}
     }
     if !rustix::process::geteuid().is_root() {
         return Err(BuildError::NotRoot);

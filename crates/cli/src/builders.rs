@@ -42,6 +42,17 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         args.tls_key.clone(),
         args.tls_ca.clone(),
     )?;
+    if args.install_emulation {
+        for (platform, support) in kbuild_worker::binfmt::report() {
+            if support.runs() || platform.os != "linux" {
+                continue;
+            }
+            match kbuild_worker::binfmt::ensure(&platform) {
+                Ok(action) => tracing::info!(%platform, %action, "emulation"),
+                Err(e) => tracing::warn!(%platform, error = %e, "no emulation"),
+            }
+        }
+    }
     // The store builds will use: opened (and created) now so a bad --root
     // fails at start, not at the first build.
     let (store, root) = crate::build::open_store(global)?;
@@ -83,11 +94,16 @@ fn load() -> Result<(Config, std::path::PathBuf)> {
 }
 
 /// `kubectl build create`.
-pub fn create(args: &CreateArgs) -> Result<ExitCode> {
+pub fn create(args: &CreateArgs, global: &GlobalArgs) -> Result<ExitCode> {
+    if args.driver == kbuild_driver::kubernetes::DRIVER {
+        return crate::kube::create(args, global);
+    }
     let (mut config, path) = load()?;
     let spec = NodeSpec {
         driver: args.driver.clone(),
-        endpoint: args.endpoint.clone(),
+        endpoint: args.endpoint.clone().ok_or(
+            "the remote driver needs --endpoint unix:///path/to/socket or tcp://HOST:PORT",
+        )?,
         platforms: args.platforms.clone(),
         driver_opts: args.driver_opts.clone(),
     };
@@ -98,8 +114,17 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode> {
 }
 
 /// `kubectl build rm`.
-pub fn rm(name: &str) -> Result<ExitCode> {
+pub fn rm(name: &str, global: &GlobalArgs) -> Result<ExitCode> {
     let (mut config, path) = load()?;
+    let remote = config
+        .builders
+        .get(name)
+        .is_some_and(|b| b.driver != kbuild_driver::kubernetes::DRIVER);
+    if !remote && name != LOCAL {
+        if let Some(code) = crate::kube::rm(name, global)? {
+            return Ok(code);
+        }
+    }
     config.remove(name)?;
     config.save(&path)?;
     println!("{name} removed");
@@ -120,13 +145,35 @@ struct Row {
     driver: String,
     node: Node,
     result: std::result::Result<NodeInfo, kbuild_driver::Error>,
+    /// A builder pod: the Kubernetes node it runs on, whether it is
+    /// ready, and why it could not be asked.
+    pod: Option<(Option<String>, bool, Option<String>)>,
 }
 
 fn status(r: &Row) -> &'static str {
-    match &r.result {
-        Ok(_) => "running",
-        Err(kbuild_driver::Error::Protocol { .. }) => "version mismatch",
-        Err(_) => "unreachable",
+    match (&r.pod, &r.result) {
+        (Some((_, false, _)), _) => "not ready",
+        (Some((_, true, Some(_))), _) => "unreachable",
+        (_, Ok(_)) => "running",
+        (_, Err(kbuild_driver::Error::Protocol { .. })) => "version mismatch",
+        (_, Err(_)) => "unreachable",
+    }
+}
+
+/// What a row shows as its endpoint: a pod says where it runs.
+fn endpoint_text(r: &Row) -> String {
+    match &r.pod {
+        Some((Some(node), _, _)) => format!("{} on {node}", r.node.endpoint),
+        _ => r.node.endpoint.clone(),
+    }
+}
+
+/// Why a row has no Info.
+fn error_text(r: &Row) -> Option<String> {
+    match (&r.pod, &r.result) {
+        (Some((_, _, Some(e))), _) => Some(e.clone()),
+        (_, Err(e)) => Some(e.to_string()),
+        _ => None,
     }
 }
 
@@ -147,7 +194,7 @@ fn local_info() -> NodeInfo {
 }
 
 /// `kubectl build ls`.
-pub fn ls(args: &LsArgs) -> Result<ExitCode> {
+pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let (config, _) = load()?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let mut rows = vec![Row {
@@ -160,11 +207,15 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode> {
             tls: Default::default(),
         },
         result: Ok(local_info()),
+        pod: None,
     }];
     // Every node at once, each within the timeout.
     let remote = runtime()?.block_on(async {
         let mut tasks = Vec::new();
         for (name, builder) in &config.builders {
+            if builder.driver == kbuild_driver::kubernetes::DRIVER {
+                continue;
+            }
             for node in &builder.nodes {
                 let (name, node, driver) = (name.clone(), node.clone(), builder.driver.clone());
                 tasks.push(tokio::spawn(async move {
@@ -174,6 +225,7 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode> {
                         driver,
                         node,
                         result,
+                        pod: None,
                     }
                 }));
             }
@@ -187,12 +239,41 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode> {
     for r in remote {
         rows.push(r?);
     }
+    // Kubernetes builders: what the cluster has, by label.
+    let mut unreachable_cluster = None;
+    match crate::kube::ls_rows(global, &config) {
+        Ok(pods) => {
+            for p in pods {
+                let (result, error) = match p.result {
+                    Ok(info) => (Ok(info), None),
+                    Err(e) => (
+                        Err(kbuild_driver::Error::Session {
+                            builder: p.builder.clone(),
+                            reason: e.clone(),
+                        }),
+                        Some(e),
+                    ),
+                };
+                rows.push(Row {
+                    builder: p.builder,
+                    driver: kbuild_driver::kubernetes::DRIVER.to_string(),
+                    node: p.node,
+                    result,
+                    pod: Some((p.k8s_node, p.ready, error)),
+                });
+            }
+        }
+        Err(e) => unreachable_cluster = Some(e.to_string()),
+    }
     match args.format {
         LsFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&ls_json(&config, &rows))?
         ),
         LsFormat::Table => print!("{}", ls_table(&config, &rows)),
+    }
+    if let Some(e) = unreachable_cluster {
+        eprintln!("WARNING: kubernetes builders not listed: {e}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -251,8 +332,8 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
                 ),
                 platform_list(&r.node, info).join(", "),
             ),
-            Err(e) => {
-                errors.push((table.len(), e.to_string()));
+            Err(_) => {
+                errors.push((table.len(), error_text(r).unwrap_or_default()));
                 (
                     String::new(),
                     String::new(),
@@ -267,7 +348,7 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
         };
         table.push([
             format!("  {}", r.node.name),
-            r.node.endpoint.clone(),
+            endpoint_text(r),
             status(r).to_string(),
             version,
             load,
@@ -302,7 +383,7 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
 fn ls_json(config: &Config, rows: &[Row]) -> serde_json::Value {
     let mut builders: Vec<serde_json::Value> = Vec::new();
     for r in rows {
-        let node = match &r.result {
+        let mut node = match &r.result {
             Ok(info) => serde_json::json!({
                 "name": r.node.name,
                 "endpoint": r.node.endpoint,
@@ -315,14 +396,18 @@ fn ls_json(config: &Config, rows: &[Row]) -> serde_json::Value {
                 "emulated_platforms": info.emulated.iter().map(|(p, h)| serde_json::json!({"platform": p.to_string(), "handler": h})).collect::<Vec<_>>(),
                 "load": {"running_builds": info.running_builds, "cpus": info.cpus, "free_cores": info.free_cores},
             }),
-            Err(e) => serde_json::json!({
+            Err(_) => serde_json::json!({
                 "name": r.node.name,
                 "endpoint": r.node.endpoint,
                 "status": status(r),
                 "platforms": r.node.platforms,
-                "error": e.to_string(),
+                "error": error_text(r),
             }),
         };
+        if let Some((k8s_node, ready, _)) = &r.pod {
+            node["kubernetes_node"] = serde_json::json!(k8s_node);
+            node["ready"] = serde_json::json!(ready);
+        }
         match builders.last_mut() {
             Some(b) if b["name"] == r.builder.as_str() => {
                 if let Some(nodes) = b["nodes"].as_array_mut() {

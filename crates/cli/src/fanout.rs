@@ -487,13 +487,14 @@ pub fn build(
     name: &str,
     nodes: Vec<config::Node>,
     dialer: Arc<dyn Dialer>,
+    credentials: Option<kbuild_registry::Credentials>,
 ) -> Result<(), BuildError> {
     let Some(first) = nodes.first().cloned() else {
         return Err(BuildError::Builder(format!(
             "builder {name} has no node; add one with kubectl build create {name} --append --endpoint ..."
         )));
     };
-    let setup = Setup::new(&req, a, g, name)?;
+    let setup = Setup::new(&req, a, g, name, credentials)?;
     if nodes.len() == 1 {
         return remote::single(req, a, setup, name, &first, &*dialer, None);
     }

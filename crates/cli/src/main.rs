@@ -6,6 +6,7 @@ mod args;
 mod build;
 mod builders;
 mod fanout;
+mod kube;
 mod remote;
 mod request;
 mod signals;
@@ -56,9 +57,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => builders::serve(&args, &cli.global),
-        Some(Command::Create(args)) => builders::create(&args),
-        Some(Command::Ls(args)) => builders::ls(&args),
-        Some(Command::Rm { name }) => builders::rm(&name),
+        Some(Command::Create(args)) => builders::create(&args, &cli.global),
+        Some(Command::Ls(args)) => builders::ls(&args, &cli.global),
+        Some(Command::Rm { name }) => builders::rm(&name, &cli.global),
+        Some(Command::DialStdio { addr }) => kube::dial_stdio(&addr),
+        Some(Command::Health { addr, timeout }) => kube::health(&addr, timeout),
         Some(Command::Use { name }) => builders::use_builder(&name),
         None => {
             let req = request::BuildRequest::from_args(&cli.build, &cli.global)?;

@@ -256,6 +256,7 @@ impl Setup {
         a: &BuildArgs,
         g: &GlobalArgs,
         name: &str,
+        credentials: Option<kbuild_registry::Credentials>,
     ) -> Result<Setup, BuildError> {
         if let Some(s) = req.ssh.first() {
             return Err(BuildError::Builder(format!(
@@ -268,9 +269,13 @@ impl Setup {
         } else {
             a.progress
         };
-        let credentials =
-            kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
-                .map_err(BuildError::Credentials)?;
+        let credentials = match credentials {
+            Some(c) => c,
+            None => {
+                kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
+                    .map_err(BuildError::Credentials)?
+            }
+        };
         let source_date_epoch = crate::build::source_date_epoch()?;
         let ignore = crate::build::read_ignore(req)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -396,6 +401,7 @@ pub fn run(
         name,
         builder.nodes.clone(),
         Arc::new(kbuild_driver::Direct),
+        None,
     )
 }
 

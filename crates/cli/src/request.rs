@@ -121,20 +121,8 @@ pub struct BuildRequest {
 
 impl BuildRequest {
     /// Check every flag and read the Dockerfile.
-    pub fn from_args(a: &BuildArgs, g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
+    pub fn from_args(a: &BuildArgs, _g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
         let path = a.path.as_deref().ok_or(RequestError::MissingPath)?;
-        for (flag, used) in [
-            ("--kubeconfig", g.kubeconfig.is_some()),
-            ("--context", g.context.is_some()),
-            ("--namespace", g.namespace.is_some()),
-        ] {
-            if used {
-                return Err(RequestError::NotImplemented(
-                    flag.to_string(),
-                    "the kubernetes driver comes later; today every build runs on the embedded local builder (omit the flag)",
-                ));
-            }
-        }
         for (flag, used) in [
             // =false asks for no attestation, which is what every build makes.
             (

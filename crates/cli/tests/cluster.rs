@@ -1,9 +1,10 @@
 //! Smoke test of the real two-node test cluster (`scripts/cluster.sh`,
 //! through `kbuild_testkit::cluster`): both nodes are Ready, node 2 stays
 //! labelled arm64, an image built and pushed by kubectl-build runs on each
-//! node, and the restricted user of `deploy/rbac/role.yaml` can exec into
-//! and port-forward to its pods through the API server but cannot create
-//! deployments outside its namespace.
+//! node and is reached by port-forward through the API server, and the
+//! restricted user of `deploy/rbac/role.yaml` can exec into its pods (what
+//! the kubernetes driver does) but cannot create deployments outside its
+//! namespace.
 
 mod common;
 
@@ -329,10 +330,17 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
         );
         assert_eq!(out.trim(), format!("42 {node}"));
 
-        // port-forward through the API server, as the restricted user.
-        let mut forward = cluster.kubectl_command(&cluster.user_kubeconfig());
+        // port-forward through the API server (the driver does not use it,
+        // so the restricted user's Role does not grant it).
+        let mut forward = cluster.kubectl_command(&cluster.admin_kubeconfig());
         let child = forward
-            .args(["port-forward", &format!("pod/{pod_name}"), ":8080"])
+            .args([
+                "-n",
+                cluster::NAMESPACE,
+                "port-forward",
+                &format!("pod/{pod_name}"),
+                ":8080",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -222,20 +222,35 @@ fn flags_of_later_parts_say_not_implemented() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n");
     let ctx = t.path().to_str().unwrap();
-    for flags in [
-        vec!["--kubeconfig", "/x"],
-        vec!["--cache-from", "type=registry,ref=x"],
-        vec!["-n", "builds"],
-    ] {
-        let mut args = vec![ctx];
-        args.extend(flags.iter());
-        let r = run(&t.path().join("s"), &args, &[]).fails();
-        assert!(
-            r.stderr.contains("not implemented yet"),
-            "{flags:?}: {}",
-            r.stderr
-        );
-    }
+    let r = run(
+        &t.path().join("s"),
+        &[ctx, "--cache-from", "type=registry,ref=x"],
+        &[],
+    )
+    .fails();
+    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
+}
+
+#[test]
+fn cluster_flags_without_a_kubeconfig_say_what_is_missing() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("Dockerfile"), "FROM scratch\n");
+    let ctx = t.path().to_str().unwrap();
+    let home = t.path().join("home");
+    let env = [("HOME", home.to_str().unwrap()), ("KUBECONFIG", "")];
+    let r = run(&t.path().join("s"), &[ctx, "--kubeconfig", "/x"], &env).fails();
+    assert!(
+        r.stderr.contains("--kubeconfig /x: no such file"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&t.path().join("s"), &[ctx, "-n", "builds"], &env).fails();
+    assert!(
+        r.stderr
+            .contains("--namespace needs a cluster, and there is no kubeconfig"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

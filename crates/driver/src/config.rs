@@ -28,10 +28,25 @@ pub struct Config {
 /// One builder: a driver and its nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Builder {
-    /// `remote`.
+    /// `remote` or `kubernetes`.
     pub driver: String,
-    /// Its nodes, in the order they were added.
+    /// Its nodes, in the order they were added (a kubernetes builder's
+    /// nodes are its ready pods, asked from the cluster: none here).
     pub nodes: Vec<Node>,
+    /// Where a kubernetes builder's Deployments are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesBuilder>,
+}
+
+/// Where a kubernetes builder lives (the cluster itself is the record:
+/// its Deployments carry the builder's labels).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesBuilder {
+    /// The namespace.
+    pub namespace: String,
+    /// The kubeconfig context it was created with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 /// One daemon of a builder.
@@ -254,6 +269,7 @@ impl Config {
         let builder = self.builders.entry(name.to_string()).or_insert(Builder {
             driver: spec.driver.clone(),
             nodes: Vec::new(),
+            kubernetes: None,
         });
         // NAME0, NAME1, ...: the first index no node uses.
         let node_name = (0..)
@@ -267,6 +283,43 @@ impl Config {
             tls,
         });
         Ok(builder.nodes.last().expect("a node was just pushed"))
+    }
+
+    /// Records kubernetes builder `name` (made in the cluster) so `use`
+    /// and `ls` know it; an existing record of it is replaced.
+    pub fn record_kubernetes(
+        &mut self,
+        name: &str,
+        namespace: &str,
+        context: Option<&str>,
+    ) -> Result<(), Error> {
+        if name == LOCAL {
+            return Err(Error::Local { action: "replaced" });
+        }
+        if !valid_name(name) {
+            return Err(Error::InvalidName {
+                name: name.to_string(),
+            });
+        }
+        match self.builders.get(name) {
+            Some(b) if b.driver != crate::kubernetes::DRIVER => Err(Error::Exists {
+                name: name.to_string(),
+            }),
+            _ => {
+                self.builders.insert(
+                    name.to_string(),
+                    Builder {
+                        driver: crate::kubernetes::DRIVER.to_string(),
+                        nodes: Vec::new(),
+                        kubernetes: Some(KubernetesBuilder {
+                            namespace: namespace.to_string(),
+                            context: context.map(str::to_string),
+                        }),
+                    },
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Removes builder `name`; the default goes back to [`LOCAL`] if it was `name`.
@@ -352,6 +405,33 @@ mod tests {
         assert!(matches!(back.remove(LOCAL), Err(Error::Local { .. })));
         back.remove("b").unwrap();
         assert_eq!(back.current(), LOCAL);
+    }
+
+    #[test]
+    fn kubernetes_builders_are_recorded_with_their_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builders.json");
+        let mut c = Config::default();
+        c.record_kubernetes("kb", "team", Some("ctx")).unwrap();
+        c.record_kubernetes("kb", "other", None).unwrap();
+        c.create("r", &spec("unix:///a"), false).unwrap();
+        assert!(matches!(
+            c.record_kubernetes("r", "team", None),
+            Err(Error::Exists { .. })
+        ));
+        c.use_builder("kb").unwrap();
+        c.save(&path).unwrap();
+        let back = Config::load(&path).unwrap();
+        assert_eq!(back, c);
+        let kb = &back.builders["kb"];
+        assert_eq!(kb.driver, "kubernetes");
+        assert_eq!(kb.kubernetes.as_ref().unwrap().namespace, "other");
+        // A file written before the kubernetes driver still reads.
+        let old = r#"{"builders":{"r":{"driver":"remote","nodes":[]}}}"#;
+        std::fs::write(&path, old).unwrap();
+        assert!(Config::load(&path).unwrap().builders["r"]
+            .kubernetes
+            .is_none());
     }
 
     #[test]

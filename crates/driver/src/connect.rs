@@ -180,6 +180,12 @@ pub async fn connect(
             // "tcp://host:port" with brackets for IPv6, as an URI authority.
             format!("{scheme}://{}", &endpoint.to_string()["tcp://".len()..])
         }
+        Endpoint::Kubernetes { .. } => {
+            return Err(Error::NeedsCluster {
+                builder: builder.to_string(),
+                endpoint,
+            })
+        }
     };
     let mut channel = tonic::transport::Endpoint::from_shared(uri)
         .map_err(unreachable)?
@@ -194,8 +200,46 @@ pub async fn connect(
             channel = channel.tls_config(tls).map_err(unreachable)?;
         }
     }
+    let started = std::time::Instant::now();
+    let channel = tokio::time::timeout(timeout, channel.connect())
+        .await
+        .map_err(|_| Error::Timeout {
+            builder: builder.to_string(),
+            endpoint: endpoint.clone(),
+            timeout,
+        })?
+        .map_err(unreachable)
+        .map_err(|e| with_hint(builder, &endpoint, &node.tls, e))?;
+    let left = timeout.saturating_sub(started.elapsed());
+    handshake(builder, &endpoint, channel, left)
+        .await
+        .map_err(|e| with_hint(builder, &endpoint, &node.tls, e))
+}
+
+/// What a connection error on a TCP node means, when the TLS options explain it.
+fn with_hint(builder: &str, endpoint: &Endpoint, tls: &TlsOptions, e: Error) -> Error {
+    match refusal_hint(tls, &e) {
+        Some(hint) => Error::Refused {
+            builder: builder.to_string(),
+            endpoint: endpoint.clone(),
+            hint,
+            source: Box::new(e),
+        },
+        None => e,
+    }
+}
+
+/// Calls `Info` on a connected `channel` to `endpoint` of `builder` within
+/// `timeout` and checks the protocol: what every [`Dialer`] does once it
+/// has a channel.
+pub async fn handshake(
+    builder: &str,
+    endpoint: &Endpoint,
+    channel: Channel,
+    timeout: Duration,
+) -> Result<(Channel, NodeInfo), Error> {
+    let endpoint = endpoint.clone();
     let call = async {
-        let channel: Channel = channel.connect().await.map_err(unreachable)?;
         BuilderClient::new(channel.clone())
             .info(InfoRequest {
                 protocol: PROTOCOL_VERSION,
@@ -219,22 +263,14 @@ pub async fn connect(
                 },
             })
     };
-    let (channel, reply) = tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| Error::Timeout {
-            builder: builder.to_string(),
-            endpoint: endpoint.clone(),
-            timeout,
-        })?
-        .map_err(|e| match refusal_hint(&node.tls, &e) {
-            Some(hint) => Error::Refused {
+    let (channel, reply) =
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| Error::Timeout {
                 builder: builder.to_string(),
                 endpoint: endpoint.clone(),
-                hint,
-                source: Box::new(e),
-            },
-            None => e,
-        })?;
+                timeout,
+            })??;
     let daemon = (reply.min_protocol, reply.protocol);
     let Some(protocol) = kbuild_proto::negotiate((MIN_PROTOCOL_VERSION, PROTOCOL_VERSION), daemon)
     else {

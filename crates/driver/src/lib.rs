@@ -12,11 +12,12 @@
 
 pub mod config;
 pub mod connect;
+pub mod kubernetes;
 pub mod schedule;
 pub mod session;
 
 pub use config::{Builder, Config, Node, TlsOptions, LOCAL};
-pub use connect::{connect, info, Dialer, Dialing, Direct, NodeInfo};
+pub use connect::{connect, handshake, info, Dialer, Dialing, Direct, NodeInfo};
 pub use schedule::{schedule, Assignment, Candidate, Reason, ScheduleError};
 
 /// What went wrong with a builder definition or a node.
@@ -76,7 +77,7 @@ pub enum Error {
         action: &'static str,
     },
     /// An unknown `--driver`.
-    #[error("unknown driver {driver:?}; this version supports \"remote\"")]
+    #[error("unknown driver {driver:?}; this version supports \"remote\" and \"kubernetes\"")]
     Driver {
         /// The driver given.
         driver: String,
@@ -209,6 +210,27 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A builder pod could not be reached through the API server.
+    #[error("builder {builder} at {endpoint}: {source}")]
+    Pod {
+        /// The builder.
+        builder: String,
+        /// The pod (`kubernetes://NAMESPACE/POD`).
+        endpoint: kbuild_proto::Endpoint,
+        /// Why.
+        source: Box<kubernetes::Error>,
+    },
+    /// A `kubernetes://` node dialed without a cluster client.
+    #[error("builder {builder} at {endpoint} is a pod: it is reached through the Kubernetes API server (the kubernetes driver), not dialed directly")]
+    NeedsCluster {
+        /// The builder.
+        builder: String,
+        /// The pod.
+        endpoint: kbuild_proto::Endpoint,
+    },
+    /// A kubernetes driver operation failed.
+    #[error(transparent)]
+    Kubernetes(Box<kubernetes::Error>),
     /// The user interrupted the build (Ctrl-C); the builder was told.
     #[error("build cancelled (interrupted) on builder {builder}; nothing was tagged")]
     Cancelled {

@@ -46,7 +46,7 @@ pub fn negotiate(client: (u32, u32), daemon: (u32, u32)) -> Option<u32> {
 /// A malformed endpoint or platform.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The endpoint is not `unix://PATH` or `tcp://HOST:PORT`.
+    /// The endpoint is not `unix://PATH`, `tcp://HOST:PORT` or `kubernetes://NAMESPACE/POD`.
     #[error("endpoint {endpoint:?}: {reason}; use unix:///path/to/socket or tcp://HOST:PORT")]
     Endpoint {
         /// What was given.
@@ -76,6 +76,14 @@ pub enum Endpoint {
         /// Port.
         port: u16,
     },
+    /// A builder pod reached through the Kubernetes API server
+    /// (`kubernetes://NAMESPACE/POD`): a client-side address only.
+    Kubernetes {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod.
+        pod: String,
+    },
 }
 
 impl Endpoint {
@@ -86,8 +94,15 @@ impl Endpoint {
     }
 
     /// [`Endpoint::parse`] for a listener, which may also take port 0 (any
-    /// free port).
+    /// free port); a `kubernetes://` address names a pod, not a place to
+    /// listen, and is refused.
     pub fn parse_listen(s: &str) -> Result<Endpoint, Error> {
+        if s.starts_with("kubernetes://") {
+            return Err(Error::Endpoint {
+                endpoint: s.to_string(),
+                reason: "a kubernetes:// address names a builder pod and cannot be listened on",
+            });
+        }
         Endpoint::parse_inner(s, true)
     }
 
@@ -101,6 +116,25 @@ impl Endpoint {
                 return Err(err("the socket path must be absolute"));
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if let Some(rest) = s.strip_prefix("kubernetes://") {
+            let (namespace, pod) = rest
+                .split_once('/')
+                .ok_or_else(|| err("expected kubernetes://NAMESPACE/POD"))?;
+            let dns_label = |v: &str| {
+                !v.is_empty()
+                    && v.len() <= 253
+                    && v.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+                    })
+            };
+            if !dns_label(namespace) || !dns_label(pod) {
+                return Err(err("the namespace and pod must be Kubernetes object names"));
+            }
+            return Ok(Endpoint::Kubernetes {
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+            });
         }
         let Some(rest) = s.strip_prefix("tcp://") else {
             return Err(err("unknown scheme"));
@@ -145,6 +179,7 @@ impl fmt::Display for Endpoint {
                 write!(f, "tcp://[{host}]:{port}")
             }
             Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Kubernetes { namespace, pod } => write!(f, "kubernetes://{namespace}/{pod}"),
         }
     }
 }
@@ -198,9 +233,13 @@ mod tests {
             "tcp://127.0.0.1:1234",
             "tcp://[::1]:1234",
             "tcp://builder.lan:65535",
+            "kubernetes://kbuild-test/buildkit-amd64-7d9f-x2k",
         ] {
             assert_eq!(Endpoint::parse(s).unwrap().to_string(), s);
         }
+        assert!(Endpoint::parse_listen("kubernetes://ns/pod").is_err());
+        assert!(Endpoint::parse("kubernetes://ns").is_err());
+        assert!(Endpoint::parse("kubernetes://NS/pod").is_err());
         for s in [
             "unix://relative.sock",
             "http://host:1",

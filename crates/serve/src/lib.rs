@@ -435,6 +435,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 };
                 listeners.push((bound, Listener::Tcp(l)));
             }
+            // Endpoint::parse_listen refuses these; a Config built in code may not.
+            Endpoint::Kubernetes { .. } => {
+                return Err(Error::Listen {
+                    endpoint: endpoint.clone(),
+                    source: std::io::Error::other(
+                        "a kubernetes:// address names a builder pod and cannot be listened on",
+                    ),
+                })
+            }
         }
     }
 

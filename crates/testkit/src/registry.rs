@@ -96,6 +96,16 @@ impl TestRegistry {
 
     /// Starts a registry that requires Basic auth as `user`/`pass`.
     pub fn start_with_htpasswd(user: &str, pass: &str) -> Result<TestRegistry, StartError> {
+        TestRegistry::start_with_htpasswd_on(Ipv4Addr::LOCALHOST, user, pass)
+    }
+
+    /// [`TestRegistry::start_with_htpasswd`] listening on `ip` (e.g. an
+    /// address pods of a test cluster reach).
+    pub fn start_with_htpasswd_on(
+        ip: Ipv4Addr,
+        user: &str,
+        pass: &str,
+    ) -> Result<TestRegistry, StartError> {
         let out = Command::new("htpasswd")
             .args(["-Bbn", user, pass])
             .output()
@@ -108,7 +118,7 @@ impl TestRegistry {
         }
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         TestRegistry::launch(
-            Ipv4Addr::LOCALHOST,
+            ip,
             "auth:\n  htpasswd:\n    realm: test-realm\n    path: HTPASSWD\n",
             move |dir| {
                 std::fs::write(dir.join("htpasswd"), format!("{line}\n"))

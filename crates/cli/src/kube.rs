@@ -1,0 +1,525 @@
+//! The kubernetes driver on the command line: which cluster (kubectl's
+//! `--kubeconfig`, `$KUBECONFIG`, `~/.kube/config`, `--context`, `-n`),
+//! `create/ls/rm` of builders made of pods, builds sent to those pods
+//! through the API server, registry secrets read from the cluster, and the
+//! two helpers that run inside a builder pod (`dial-stdio`, `health`).
+
+use crate::args::{BuildArgs, CreateArgs, GlobalArgs, Progress as ProgressMode};
+use crate::build::BuildError;
+use crate::request::BuildRequest;
+use kbuild_driver::kubernetes::{self as k8s, spec, Cluster, Options, PodDialer, Selection};
+use kbuild_driver::{Candidate, Dialer, Node, NodeInfo};
+use kbuild_platform::Platform;
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// The kubernetes driver's default builder, created on first use.
+pub const DEFAULT_BUILDER: &str = "buildkit";
+
+/// How long `rm` waits for the pods to go.
+const RM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `ls` and builds wait for each pod's Info.
+const INFO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// No cluster although the command line named one.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} needs a cluster, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG (or create ~/.kube/config)")]
+pub struct NoCluster {
+    flag: &'static str,
+}
+
+fn selection(g: &GlobalArgs) -> Selection {
+    Selection {
+        kubeconfig: g.kubeconfig.clone(),
+        context: g.context.clone(),
+        namespace: g.namespace.clone(),
+    }
+}
+
+/// The flag that names a cluster, if any was given.
+fn explicit(g: &GlobalArgs) -> Option<&'static str> {
+    if g.kubeconfig.is_some() {
+        Some("--kubeconfig")
+    } else if g.context.is_some() {
+        Some("--context")
+    } else if g.namespace.is_some() {
+        Some("--namespace")
+    } else {
+        None
+    }
+}
+
+/// The cluster of the kubeconfig, in `namespace` (else `-n`, else the
+/// context's): `None` when there is none and none was asked for.
+pub async fn cluster(
+    g: &GlobalArgs,
+    namespace: Option<&str>,
+) -> std::result::Result<Option<Cluster>, Box<dyn std::error::Error + Send + Sync>> {
+    let resolved = k8s::kubeconfig::resolve(&selection(g)).await?;
+    match resolved {
+        Some(r) => {
+            let ns = g.namespace.as_deref().or(namespace);
+            Ok(Some(Cluster::new(r, ns)?))
+        }
+        None => match explicit(g) {
+            Some(flag) => Err(Box::new(NoCluster { flag })),
+            None => Ok(None),
+        },
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn image(options: &Options) -> std::result::Result<String, k8s::Error> {
+    options
+        .image
+        .clone()
+        .or_else(|| std::env::var(k8s::IMAGE_ENV).ok().filter(|v| !v.is_empty()))
+        .ok_or(k8s::Error::NoImage)
+}
+
+fn platforms(list: &[String]) -> Result<Vec<Platform>> {
+    let mut out: Vec<Platform> = Vec::new();
+    for spec in list {
+        for p in
+            kbuild_platform::parse_list(spec).map_err(|e| format!("--platform {spec:?}: {e}"))?
+        {
+            let p = p.normalized();
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records builder `name` in the builder list (for `use`), when it can be
+/// written; the cluster stays the record.
+fn record(name: &str, cluster: &Cluster) {
+    let saved = kbuild_driver::config::default_path().and_then(|path| {
+        let mut c = kbuild_driver::Config::load(&path)?;
+        c.record_kubernetes(name, &cluster.namespace, Some(&cluster.context))?;
+        c.save(&path)
+    });
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "could not record the builder in the builder list");
+    }
+}
+
+/// Creates builder `name` (`pools` of `options`) and waits for its pods.
+async fn create_in(
+    cluster: &Cluster,
+    name: &str,
+    pools: &[spec::Pool],
+    options: &Options,
+    append: bool,
+) -> std::result::Result<k8s::BuilderPods, k8s::Error> {
+    let image = image(options)?;
+    cluster.create(name, pools, &image, options, append).await?;
+    cluster
+        .wait_ready(name, Duration::from_secs(options.timeout))
+        .await
+}
+
+/// `kubectl build create NAME --driver kubernetes`.
+pub fn create(args: &CreateArgs, g: &GlobalArgs) -> Result<ExitCode> {
+    if args.endpoint.is_some() {
+        return Err(
+            "--endpoint is for the remote driver; the kubernetes driver makes its own pods".into(),
+        );
+    }
+    if !spec::valid_name(&args.name) {
+        return Err(format!(
+            "invalid kubernetes builder name {:?}: use lowercase letters, digits and '-' (at most 40), as its Deployments and pods are named after it",
+            args.name
+        )
+        .into());
+    }
+    let options = Options::parse(&args.driver_opts)?;
+    let pools = spec::pools(&platforms(&args.platforms)?)?;
+    let rt = runtime()?;
+    let (cluster, status) = rt.block_on(async {
+        let cluster = cluster(g, options.namespace.as_deref())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                "the kubernetes driver needs a cluster: pass --kubeconfig FILE or set $KUBECONFIG (or create ~/.kube/config)".to_string()
+            })?;
+        let status = create_in(&cluster, &args.name, &pools, &options, args.append)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((cluster, status))
+    })?;
+    record(&args.name, &cluster);
+    eprintln!(
+        "builder {} in namespace {}: {} pod(s) ready",
+        args.name,
+        cluster.namespace,
+        status.ready_nodes().len()
+    );
+    println!("{}", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The namespace builder `name` was recorded in, if it is a kubernetes builder of the list.
+fn recorded(name: &str) -> Option<kbuild_driver::config::KubernetesBuilder> {
+    let path = kbuild_driver::config::default_path().ok()?;
+    let c = kbuild_driver::Config::load(&path).ok()?;
+    c.builders.get(name)?.kubernetes.clone()
+}
+
+/// `kubectl build rm NAME` of a kubernetes builder: `Ok(None)` when `name`
+/// is no kubernetes builder (neither recorded nor in the cluster).
+pub fn rm(name: &str, g: &GlobalArgs) -> Result<Option<ExitCode>> {
+    let rec = recorded(name);
+    let rt = runtime()?;
+    let removed = rt.block_on(async {
+        let Some(cluster) = cluster(g, rec.as_ref().map(|r| r.namespace.as_str()))
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok::<_, String>(None);
+        };
+        match cluster.remove(name, RM_TIMEOUT).await {
+            Ok(()) => Ok(Some(cluster.namespace.clone())),
+            Err(k8s::Error::NotFound { .. }) if rec.is_none() => Ok(None),
+            // Removed by someone else: only the record is left to remove.
+            Err(k8s::Error::NotFound { .. }) => Ok(Some(cluster.namespace.clone())),
+            Err(e) => Err(e.to_string()),
+        }
+    })?;
+    let Some(namespace) = removed else {
+        return Ok(None);
+    };
+    if rec.is_some() {
+        let path = kbuild_driver::config::default_path()?;
+        let mut c = kbuild_driver::Config::load(&path)?;
+        c.remove(name)?;
+        c.save(&path)?;
+    }
+    println!("{name} removed from namespace {namespace}");
+    Ok(Some(ExitCode::SUCCESS))
+}
+
+/// One pod of a kubernetes builder, for `ls`.
+pub struct PodRow {
+    /// The builder.
+    pub builder: String,
+    /// The pod as a node.
+    pub node: Node,
+    /// The Kubernetes node it runs on.
+    pub k8s_node: Option<String>,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// What it said, or why not.
+    pub result: std::result::Result<NodeInfo, String>,
+}
+
+/// The kubernetes builders of the cluster (by label) and of the builder
+/// list, with their pods' Info; `Ok(empty)` without a cluster.
+pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<PodRow>> {
+    let rt = runtime()?;
+    let rows = rt.block_on(async {
+        let Some(cluster) = cluster(g, None).await.map_err(|e| e.to_string())? else {
+            return Ok::<_, String>(Vec::new());
+        };
+        let mut names: BTreeSet<String> = cluster
+            .builders()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        for (name, b) in &config.builders {
+            if b.kubernetes.as_ref().is_some_and(|k| k.namespace == cluster.namespace) {
+                names.insert(name.clone());
+            }
+        }
+        let dialer = Arc::new(PodDialer::new(cluster.client.clone()));
+        let mut tasks = Vec::new();
+        for name in names {
+            let status = cluster.status(&name).await.map_err(|e| e.to_string())?;
+            let Some(status) = status else {
+                tasks.push(tokio::spawn(async move {
+                    PodRow {
+                        builder: name.clone(),
+                        node: Node {
+                            name: "-".into(),
+                            endpoint: String::new(),
+                            platforms: Vec::new(),
+                            tls: Default::default(),
+                        },
+                        k8s_node: None,
+                        ready: false,
+                        result: Err("no Deployment left in the cluster; kubectl build rm removes the record".into()),
+                    }
+                }));
+                continue;
+            };
+            for pod in status.pods {
+                let (name, dialer) = (name.clone(), dialer.clone());
+                tasks.push(tokio::spawn(async move {
+                    let node = pod.node();
+                    let result = if pod.ready {
+                        dialer
+                            .dial(&name, &node, INFO_TIMEOUT)
+                            .await
+                            .map(|(_, info)| info)
+                            .map_err(|e| e.to_string())
+                    } else {
+                        Err(pod
+                            .waiting
+                            .clone()
+                            .unwrap_or_else(|| "not ready".to_string()))
+                    };
+                    PodRow {
+                        builder: name,
+                        node,
+                        k8s_node: pod.node.clone(),
+                        ready: pod.ready,
+                        result,
+                    }
+                }));
+            }
+        }
+        let mut rows = Vec::new();
+        for t in tasks {
+            rows.push(t.await.map_err(|e| e.to_string())?);
+        }
+        Ok(rows)
+    })?;
+    Ok(rows)
+}
+
+/// `kubectl-build dial-stdio`: standard input to the daemon's socket, the
+/// socket to standard output, until either side ends.
+pub fn dial_stdio(addr: &str) -> Result<ExitCode> {
+    let endpoint = kbuild_proto::Endpoint::parse(addr)?;
+    let kbuild_proto::Endpoint::Unix(path) = endpoint else {
+        return Err(format!("dial-stdio {addr}: only unix:// sockets").into());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let done = rt.block_on(async {
+        let sock = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", path.display()))?;
+        let (mut rd, mut wr) = sock.into_split();
+        // Standard input closing (the client went away) closes our side;
+        // the session ends when the daemon closes its side.
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let _ = tokio::io::copy(&mut stdin, &mut wr).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
+        });
+        let mut stdout = tokio::io::stdout();
+        tokio::io::copy(&mut rd, &mut stdout)
+            .await
+            .map_err(|e| format!("dial-stdio {}: {e}", path.display()))?;
+        tokio::io::AsyncWriteExt::flush(&mut stdout)
+            .await
+            .map_err(|e| format!("dial-stdio: standard output: {e}"))?;
+        Ok::<_, String>(())
+    });
+    // A read of standard input may still block: do not wait for it.
+    rt.shutdown_background();
+    done?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kubectl-build health`: the daemon answers Info.
+pub fn health(addr: &str, timeout: u64) -> Result<ExitCode> {
+    let node = Node {
+        name: "health".into(),
+        endpoint: addr.to_string(),
+        platforms: Vec::new(),
+        tls: Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let info = rt.block_on(kbuild_driver::info(
+        "health",
+        &node,
+        Duration::from_secs(timeout.max(1)),
+    ))?;
+    println!("ok: protocol {} on {}", info.protocol, info.hostname);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a build goes when no remote builder is chosen: a kubernetes
+/// builder, or `None` for the embedded one.
+pub enum Route {
+    /// The embedded builder (with a note to print, when it was chosen
+    /// because there is no cluster).
+    Local(Option<String>),
+    /// Builder `name` in the cluster; `auto`: create it when missing.
+    Kubernetes {
+        /// The builder.
+        name: String,
+        /// Its recorded namespace.
+        namespace: Option<String>,
+        /// Create it on first use.
+        auto: bool,
+    },
+}
+
+/// The route of a build for builder `name` (`None`: nothing chosen):
+/// a recorded kubernetes builder, else — when a kubeconfig context is
+/// usable — `name` (default `buildkit`) in the cluster, else local.
+pub fn route(name: Option<&str>, g: &GlobalArgs) -> std::result::Result<Route, BuildError> {
+    if let Some(n) = name {
+        if let Some(rec) = recorded(n) {
+            return Ok(Route::Kubernetes {
+                name: n.to_string(),
+                namespace: Some(rec.namespace),
+                auto: false,
+            });
+        }
+    }
+    let rt = runtime().map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let found = rt
+        .block_on(k8s::kubeconfig::resolve(&selection(g)))
+        .map_err(|e| BuildError::Builder(e.to_string()))?;
+    match found {
+        Some(_) => Ok(Route::Kubernetes {
+            name: name.unwrap_or(DEFAULT_BUILDER).to_string(),
+            namespace: None,
+            auto: name.map_or(true, |n| n == DEFAULT_BUILDER),
+        }),
+        None => {
+            if let Some(flag) = explicit(g) {
+                return Err(BuildError::Builder(NoCluster { flag }.to_string()));
+            }
+            match name {
+                Some(n) if n != DEFAULT_BUILDER => Err(BuildError::Builder(format!(
+                    "no builder {n}; kubectl build ls lists them"
+                ))),
+                _ => Ok(Route::Local(Some(
+                    "no Kubernetes context (--kubeconfig, $KUBECONFIG, ~/.kube/config): building with the embedded builder; --builder local skips this check".to_string(),
+                ))),
+            }
+        }
+    }
+}
+
+/// The credentials for a build on a kubernetes builder: `--registry-secret
+/// NAME` read from the cluster (missing: an error), `file:PATH` as
+/// always, or without the flag the secret named like the builder when it
+/// exists; then Docker's config.
+async fn credentials(
+    cluster: &Cluster,
+    flag: Option<&str>,
+    builder: &str,
+) -> std::result::Result<kbuild_registry::Credentials, BuildError> {
+    let (name, required) = match flag {
+        Some(f) if f.starts_with("file:") => {
+            return kbuild_registry::Credentials::from_registry_secret(Some(f))
+                .map_err(BuildError::Credentials)
+        }
+        Some(f) => (f, true),
+        None => (builder, false),
+    };
+    let docker = kbuild_registry::Credentials::docker_config().map_err(BuildError::Credentials)?;
+    let kube_err =
+        |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
+    match cluster.registry_secret(name).await.map_err(kube_err)? {
+        Some(json) => {
+            let from = format!("registry secret {}/{name}", cluster.namespace);
+            let creds = kbuild_registry::Credentials::from_docker_config_json(&json, &from)
+                .map_err(|source| {
+                    kube_err(k8s::Error::SecretCredentials {
+                        name: name.to_string(),
+                        namespace: cluster.namespace.clone(),
+                        source: Box::new(source),
+                    })
+                })?;
+            Ok(creds.then(docker))
+        }
+        None if required => Err(kube_err(k8s::Error::SecretNotFound {
+            name: name.to_string(),
+            namespace: cluster.namespace.clone(),
+        })),
+        None => Ok(docker),
+    }
+}
+
+/// A build on kubernetes builder `name`.
+pub fn run(
+    req: BuildRequest,
+    a: &BuildArgs,
+    g: &GlobalArgs,
+    name: &str,
+    namespace: Option<&str>,
+    auto: bool,
+) -> std::result::Result<(), BuildError> {
+    let rt = runtime().map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let quiet = a.quiet || a.progress == ProgressMode::Quiet;
+    let kube_err =
+        |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
+    let (cluster, nodes, credentials) = rt.block_on(async {
+        let cluster = cluster(g, namespace)
+            .await
+            .map_err(|e| BuildError::Builder(e.to_string()))?
+            .ok_or_else(|| BuildError::Builder(format!("builder {name} is a kubernetes builder, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG")))?;
+        let status = match cluster.status(name).await.map_err(kube_err)? {
+            Some(s) if !s.ready_nodes().is_empty() => s,
+            Some(_) => cluster
+                .wait_ready(name, Duration::from_secs(Options::default().timeout))
+                .await
+                .map_err(kube_err)?,
+            None if auto => {
+                let options = Options::default();
+                if !quiet {
+                    eprintln!(
+                        "=> creating builder {name} (kubernetes driver) in namespace {} of context {}: first use",
+                        cluster.namespace, cluster.context
+                    );
+                }
+                let status = create_in(&cluster, name, &spec::pools(&[]).map_err(kube_err)?, &options, false)
+                    .await
+                    .map_err(kube_err)?;
+                record(name, &cluster);
+                status
+            }
+            None => {
+                return Err(kube_err(k8s::Error::NotFound {
+                    builder: name.to_string(),
+                    namespace: cluster.namespace.clone(),
+                }))
+            }
+        };
+        let credentials = credentials(&cluster, a.registry_secret.as_deref(), name).await?;
+        Ok::<_, BuildError>((cluster, status.ready_nodes(), credentials))
+    })?;
+    let dialer = PodDialer::new(cluster.client.clone());
+    if !quiet {
+        let pods: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        eprintln!(
+            "=> builder {name}: pods {} in namespace {}",
+            pods.join(", "),
+            cluster.namespace
+        );
+    }
+    // The API client's connections live on `rt`: it stays up while the
+    // build's own runtime dials the pods through it.
+    let result = crate::fanout::build(
+        req,
+        a,
+        g,
+        name,
+        nodes,
+        std::sync::Arc::new(dialer),
+        Some(credentials),
+    );
+    drop(rt);
+    result
+}

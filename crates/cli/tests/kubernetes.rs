@@ -1,0 +1,741 @@
+//! The kubernetes driver against the real test cluster (`scripts/cluster.sh`
+//! through `kbuild_testkit::cluster`), always as the restricted user of
+//! `deploy/rbac/role.yaml`: builders made of pods, listed and removed by
+//! label; the default builder `buildkit` created on first use; registry
+//! secrets read through the API; RBAC errors naming the verb and resource;
+//! the plugin run through kubectl; a builder pod deleted mid-build.
+//!
+//! The builder image is built by kubectl-build itself from
+//! `deploy/builder/Dockerfile` (`scripts/builder-pod-image.sh`) and pushed to
+//! the cluster's registry, tagged with the test binary's digest so later
+//! runs of the same binary reuse it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use kbuild_testkit::cluster::{self, Cluster};
+use kbuild_testkit::registry::TestRegistry;
+use sha2::Digest;
+
+fn cluster() -> Option<&'static Cluster> {
+    cluster::shared(&common::bin())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn json(what: &str, out: Output) -> serde_json::Value {
+    let t = ok(what, out);
+    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{t}"))
+}
+
+/// A name for this test's objects (lowercase, short).
+fn name(prefix: &str) -> String {
+    let u = common::unique(prefix).to_lowercase().replace('_', "-");
+    u.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(24)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
+/// The builder image in the cluster's registry, built once per binary.
+fn builder_image(c: &Cluster) -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let bin = common::bin();
+        let digest = hex::encode(sha2::Sha256::digest(
+            std::fs::read(&bin).expect("read the binary"),
+        ));
+        let reference = format!("{}/kubectl-build/builder:{}", c.registry(), &digest[..16]);
+        let exists = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if exists {
+            return reference;
+        }
+        let started = Instant::now();
+        let work = tempfile::tempdir().unwrap();
+        // A stripped copy: the image's size is mostly the test binary's
+        // debug information otherwise.
+        let stripped = work.path().join("kubectl-build");
+        std::fs::copy(&bin, &stripped).unwrap();
+        ok(
+            "strip",
+            Command::new("strip")
+                .arg(&stripped)
+                .output()
+                .expect("run strip"),
+        );
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let ctx = work.path().join("image");
+        ok(
+            "scripts/builder-pod-image.sh",
+            Command::new(checkout.join("scripts/builder-pod-image.sh"))
+                .arg(&ctx)
+                .env("KUBECTL_BUILD_BINARY", &stripped)
+                .output()
+                .expect("run scripts/builder-pod-image.sh"),
+        );
+        common::run(
+            &work.path().join("store"),
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "local",
+                "-t",
+                &reference,
+                "--push",
+                "--progress",
+                "plain",
+            ],
+            &[],
+        )
+        .ok();
+        eprintln!(
+            "builder image {reference} built and pushed in {:.1?}",
+            started.elapsed()
+        );
+        reference
+    })
+}
+
+/// kubectl-build as the restricted user, with its own builder list.
+struct Kb {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Kb {
+    fn new(c: &Cluster) -> Kb {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![
+            (
+                "KUBECONFIG".to_string(),
+                c.user_kubeconfig().display().to_string(),
+            ),
+            (
+                "KUBECTL_BUILD_BUILDER_IMAGE".to_string(),
+                builder_image(c).to_string(),
+            ),
+            (
+                "XDG_CONFIG_HOME".to_string(),
+                dir.path().join("config").display().to_string(),
+            ),
+            (
+                "HOME".to_string(),
+                dir.path().join("home").display().to_string(),
+            ),
+            ("SOURCE_DATE_EPOCH".to_string(), "0".to_string()),
+        ];
+        Kb { dir, env }
+    }
+
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.stdin(Stdio::null()).env_remove("DOCKER_DEFAULT_PLATFORM");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(&common::bin())
+            .arg("--root")
+            .arg(self.dir.path().join("store"))
+            .args(args)
+            .output()
+            .expect("run kubectl-build")
+    }
+}
+
+/// Removes a builder (as the admin, by label) however the test ends.
+struct Cleanup<'a> {
+    cluster: &'a Cluster,
+    builders: Vec<String>,
+    secrets: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        for b in &self.builders {
+            let _ = self.cluster.admin(&[
+                "-n",
+                cluster::NAMESPACE,
+                "delete",
+                "deployments",
+                "-l",
+                &format!("kubectl-build.io/builder={b}"),
+                "--wait=false",
+            ]);
+        }
+        for s in &self.secrets {
+            let _ = self.cluster.admin(&[
+                "-n",
+                cluster::NAMESPACE,
+                "delete",
+                "secret",
+                s,
+                "--ignore-not-found",
+            ]);
+        }
+    }
+}
+
+/// Everything of builder `b` left in the namespace (as the admin).
+fn left_of(c: &Cluster, b: &str) -> String {
+    ok(
+        "kubectl get (admin)",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "get",
+            "deployments,replicasets,pods,configmaps,serviceaccounts,services",
+            "-l",
+            &format!("kubectl-build.io/builder={b}"),
+            "-o",
+            "name",
+        ]),
+    )
+}
+
+/// The address pods reach this machine at: node 1's InternalIP.
+fn node_ip(c: &Cluster) -> Ipv4Addr {
+    let out = ok(
+        "kubectl get node",
+        c.admin(&[
+            "get",
+            "node",
+            cluster::NODES[0],
+            "-o",
+            "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
+        ]),
+    );
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("node IP {out:?}: {e}"))
+}
+
+/// A context whose Dockerfile only copies (so windows/amd64 builds too).
+fn copy_context(dir: &Path, token: &str) -> PathBuf {
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("hello.txt"), format!("hello {token}\n")).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+    )
+    .unwrap();
+    ctx
+}
+
+fn skopeo_index(reference: &str, creds: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds", creds])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    json(&format!("skopeo inspect {reference}"), out)
+}
+
+fn platforms_of(index: &serde_json::Value) -> Vec<String> {
+    let mut p: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an index: {index}"))
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or_default(),
+                m["platform"]["architecture"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
+    let Some(c) = cluster() else { return };
+    let kb = Kb::new(c);
+    let b = name("kt-a");
+    let _cleanup = Cleanup {
+        cluster: c,
+        builders: vec![b.clone()],
+        secrets: Vec::new(),
+    };
+    let started = Instant::now();
+    ok(
+        "create --driver kubernetes",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--driver-opt",
+            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+            "--driver-opt",
+            "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
+            "--driver-opt",
+            "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
+        ]),
+    );
+    eprintln!("created with 2 ready pods in {:.1?}", started.elapsed());
+
+    // What the cluster holds, as the admin sees it.
+    let d = json(
+        "get deployment",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "get",
+            "deployment",
+            &b,
+            "-o",
+            "json",
+        ]),
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "kubectl-build"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["kubectl-build.io/builder"],
+        b.as_str()
+    );
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["nodeSelector"]["kubernetes.io/hostname"],
+        "kbuild-node1"
+    );
+    assert_eq!(pod["tolerations"][0]["key"], "kbuild.test/dedicated");
+    assert_eq!(pod["tolerations"][0]["effect"], "NoSchedule");
+    let container = &pod["containers"][0];
+    assert_eq!(container["resources"]["requests"]["cpu"], "10m");
+    assert_eq!(container["resources"]["requests"]["memory"], "64Mi");
+    assert_eq!(container["resources"]["limits"]["memory"], "2Gi");
+    assert_eq!(container["securityContext"]["privileged"], true);
+    assert_eq!(d["status"]["readyReplicas"], 2, "{}", d["status"]);
+
+    // ls: the builder comes from the cluster (another user's builder list
+    // is empty), with both pods, their node, readiness and platforms.
+    let other = Kb::new(c);
+    let ls = json("ls --format json", other.run(&["ls", "--format", "json"]));
+    let entry = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == b.as_str())
+        .unwrap_or_else(|| panic!("ls does not list {b}: {ls}"));
+    assert_eq!(entry["driver"], "kubernetes");
+    let nodes = entry["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{entry}");
+    for n in nodes {
+        assert_eq!(n["status"], "running", "{n}");
+        assert_eq!(n["ready"], true);
+        assert_eq!(n["kubernetes_node"], "kbuild-node1");
+        assert!(
+            n["endpoint"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("kubernetes://{}/{b}-", cluster::NAMESPACE)),
+            "{n}"
+        );
+        let native: Vec<&str> = n["native_platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .collect();
+        assert!(native.contains(&"linux/amd64"), "{n}");
+        assert!(
+            n["emulated_platforms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["platform"] == "linux/arm64"),
+            "QEMU in the builder image: {n}"
+        );
+    }
+    let table = ok("ls", other.run(&["ls"]));
+    assert!(table.contains("on kbuild-node1"), "{table}");
+
+    // rm removes everything create made, and waits for it.
+    let rm = ok("rm", other.run(&["rm", &b]));
+    assert!(rm.contains(&format!("{b} removed")), "{rm}");
+    assert_eq!(left_of(c, &b).trim(), "", "left after rm");
+    // The creator's record of it goes too; then the name is unknown.
+    ok("rm of the record", kb.run(&["rm", &b]));
+    let again = text(&kb.run(&["rm", &b]).stderr);
+    assert!(again.contains(&format!("no builder named {b}")), "{again}");
+}
+
+#[test]
+fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() {
+    let Some(c) = cluster() else { return };
+    let kb = Kb::new(c);
+    let ip = node_ip(c);
+    let (user, pass) = ("kbuild", "s3cret-k8s");
+    let registry =
+        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let host = registry.host();
+    let creds = format!("{user}:{pass}");
+    let mut cleanup = Cleanup {
+        cluster: c,
+        builders: vec!["buildkit".to_string()],
+        secrets: Vec::new(),
+    };
+    // No builder buildkit yet, from an earlier run.
+    let _ = c.admin(&[
+        "-n",
+        cluster::NAMESPACE,
+        "delete",
+        "deployments",
+        "-l",
+        "kubectl-build.io/builder=buildkit",
+        "--wait=true",
+    ]);
+    // The default-named secret, as a user makes it.
+    for secret in ["buildkit", "kt-other-secret"] {
+        ok(
+            "kubectl create secret docker-registry",
+            c.admin(&[
+                "-n",
+                cluster::NAMESPACE,
+                "create",
+                "secret",
+                "docker-registry",
+                secret,
+                &format!("--docker-server={host}"),
+                &format!("--docker-username={user}"),
+                &format!("--docker-password={pass}"),
+            ]),
+        );
+        cleanup.secrets.push(secret.to_string());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::unique("tok");
+    let ctx = copy_context(dir.path(), &token);
+    let image = format!("{host}/kbuild-test/app:{}", &name("b")[..12]);
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64,windows/amd64",
+            "-t",
+            &image,
+            "--push",
+            "--insecure-registry",
+            &host,
+            "--progress",
+            "plain",
+        ];
+        args.extend(extra);
+        kb.run(&args)
+    };
+
+    // (b) first use: the default builder is created, the secret named like
+    // it gives the credentials.
+    let started = Instant::now();
+    let out = build(&[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    eprintln!("first build (builder created) in {:.1?}", started.elapsed());
+    assert!(
+        stderr.contains(&format!(
+            "=> creating builder buildkit (kubernetes driver) in namespace {}",
+            cluster::NAMESPACE
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("=> builder buildkit: pod buildkit-"),
+        "{stderr}"
+    );
+    let index = skopeo_index(&image, &creds);
+    assert_eq!(
+        platforms_of(&index),
+        ["linux/amd64", "linux/arm64", "windows/amd64"],
+        "{index}"
+    );
+    let digest = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("=> pushed {image}@")))
+        .unwrap_or_else(|| panic!("no pushed line: {stderr}"))
+        .to_string();
+    assert!(left_of(c, "buildkit").contains("deployment.apps/buildkit"));
+
+    // (c) a named secret that does not exist is a clear error.
+    let out = build(&["--registry-secret", "kt-missing-secret"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!(
+            "registry secret kt-missing-secret not found in namespace {}",
+            cluster::NAMESPACE
+        )),
+        "{stderr}"
+    );
+    // A named secret that exists; the builder is not created again.
+    let out = build(&["--registry-secret", "kt-other-secret"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("creating builder"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("=> pushed {image}@{digest}")),
+        "{stderr}"
+    );
+
+    // Without any secret the registry refuses: the credentials came from
+    // the cluster, not from elsewhere.
+    ok(
+        "delete the default secret",
+        c.admin(&["-n", cluster::NAMESPACE, "delete", "secret", "buildkit"]),
+    );
+    let out = build(&[]);
+    assert!(!out.status.success(), "pushed without credentials");
+
+    // (e) through kubectl itself, the plugin on PATH: the same result.
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(common::bin(), plugins.join("kubectl-build")).unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let plugin_list = kb
+        .command(&c.kubectl())
+        .env("PATH", &path)
+        .args(["plugin", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&plugin_list.stdout).contains("kubectl-build"),
+        "{}",
+        text(&plugin_list.stdout)
+    );
+    let out = kb
+        .command(&c.kubectl())
+        .env("PATH", &path)
+        .args([
+            "build",
+            "--root",
+            kb.dir.path().join("store").to_str().unwrap(),
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64,windows/amd64",
+            "-t",
+            &image,
+            "--push",
+            "--insecure-registry",
+            &host,
+            "--progress",
+            "plain",
+            "--registry-secret",
+            "kt-other-secret",
+        ])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "kubectl build failed:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("=> pushed {image}@{digest}")),
+        "{stderr}"
+    );
+
+    ok("rm buildkit", kb.run(&["rm", "buildkit"]));
+    assert_eq!(left_of(c, "buildkit").trim(), "");
+}
+
+#[test]
+fn user_without_rights_in_a_namespace_gets_the_verb_and_resource() {
+    let Some(c) = cluster() else { return };
+    let kb = Kb::new(c);
+    let out = kb.run(&["create", "kt-d", "--driver", "kubernetes", "-n", "default"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(
+            "cannot create deployments.apps in namespace default: ask your cluster admin for the Role in deploy/rbac/role.yaml"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // A build there names what it could not do.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = copy_context(dir.path(), "d");
+    let out = kb.run(&[ctx.to_str().unwrap(), "-n", "default"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr
+            .contains("cannot list deployments.apps in namespace default: ask your cluster admin"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
+    let Some(c) = cluster() else { return };
+    let Some(busybox) = common::busybox_context() else {
+        return;
+    };
+    let kb = Kb::new(c);
+    let ip = node_ip(c);
+    let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
+    let host = registry.host();
+    let b = name("kt-f");
+    let _cleanup = Cleanup {
+        cluster: c,
+        builders: vec![b.clone()],
+        secrets: Vec::new(),
+    };
+    // A base image with a shell, where the pod pulls it from.
+    let base = format!("{host}/kbuild-test/busybox:1");
+    common::run(
+        &kb.dir.path().join("local-store"),
+        &[
+            busybox.to_str().unwrap(),
+            "--builder",
+            "local",
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &base,
+            "--push",
+            "--insecure-registry",
+            &host,
+        ],
+        &[],
+    )
+    .ok();
+    ok(
+        "create",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--platform",
+            "linux/amd64",
+        ]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN echo step-started && sleep 300\n"),
+    )
+    .unwrap();
+    let image = format!("{host}/kbuild-test/never:1");
+    let mut child = kb
+        .command(&common::bin())
+        .arg("--root")
+        .arg(kb.dir.path().join("store"))
+        .args([
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &image,
+            "--push",
+            "--insecure-registry",
+            &host,
+            "--progress",
+            "plain",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut pod = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(p) = line.strip_prefix(&format!("=> builder {b}: pod ")) {
+            pod = p.split_whitespace().next().map(str::to_string);
+        }
+        let started = line.contains("step-started");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    let pod = pod.unwrap_or_else(|| panic!("no pod named: {}", seen.join("\n")));
+    assert!(
+        seen.iter().any(|l| l.contains("step-started")),
+        "the RUN step never started:\n{}",
+        seen.join("\n")
+    );
+    let deleted = Instant::now();
+    ok(
+        "delete the builder pod (admin)",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "delete",
+            "pod",
+            &pod,
+            "--grace-period=1",
+            "--wait=false",
+        ]),
+    );
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    let failed_after = deleted.elapsed();
+    let stderr = rest.join("\n");
+    assert!(!status.success(), "the build succeeded:\n{stderr}");
+    assert!(
+        failed_after < Duration::from_secs(60),
+        "took {failed_after:?}"
+    );
+    let last = rest
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{stderr}"));
+    assert!(last.contains(&format!("builder {b}")), "{last}");
+    assert!(
+        last.contains(&format!("kubernetes://{}/{pod}", cluster::NAMESPACE))
+            || last.contains("cancel"),
+        "{last}"
+    );
+    eprintln!("failed {failed_after:.1?} after the pod was deleted: {last}");
+    let tagged = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(!tagged.status.success(), "the image was tagged");
+}
