@@ -407,7 +407,7 @@ impl ContentStore {
                 .map(Some)
                 .map_err(|e| Error::CorruptRef {
                     name: name.to_string(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read the ref", path)(e)),

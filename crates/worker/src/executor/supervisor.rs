@@ -245,8 +245,7 @@ fn supervise(
         source,
     })?;
     drop(status_w);
-    let json =
-        serde_json::to_vec(spec).map_err(|e| Error::Setup(format!("encode the spec: {e}")))?;
+    let json = serde_json::to_vec(spec).map_err(Error::EncodeSpec)?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that died early shows up below as a missing status.
         let _ = stdin.write_all(&json);
