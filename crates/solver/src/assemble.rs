@@ -83,7 +83,7 @@ impl Solver {
     ) -> Result<Descriptor, SolveError> {
         let mut cfg = st.config.clone();
         // The config says what the index says, whatever the base claimed.
-        let p = DescriptorPlatform::from_platform(platform)?;
+        let p = DescriptorPlatform::from(platform);
         cfg.os = p.os;
         cfg.architecture = p.architecture;
         cfg.variant = p.variant;
@@ -134,7 +134,7 @@ impl Solver {
             .collect::<Result<Vec<_>, SolveError>>()?;
         let manifest = Manifest::new(config_desc, layers);
         let mut desc = manifest.write(&self.store)?;
-        desc.platform = Some(DescriptorPlatform::from_platform(platform)?);
+        desc.platform = Some(DescriptorPlatform::from(platform));
         Ok(desc)
     }
 
@@ -147,7 +147,7 @@ impl Solver {
         for i in images {
             let mut d = i.manifest.clone();
             d.platform = None;
-            index.push_manifest(d, &i.platform)?;
+            index.push_manifest(d, &i.platform);
         }
         Ok(index.write(&self.store)?)
     }
