@@ -66,6 +66,6 @@ pub use layer::{
 };
 pub use oci::*;
 pub use store::{
-    default_root, write_atomic, ChildrenList, ContentStore, ExclusiveStoreLock, Ingest,
-    PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
+    default_root, write_atomic, write_atomic_with, ChildrenList, ContentStore, ExclusiveStoreLock,
+    Ingest, PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
 };
