@@ -316,26 +316,20 @@ impl Lowering {
             // No history entry, no config change: nothing to do.
             Instruction::Arg(_) => state,
             Instruction::Env(e) => {
-                let patches = e
-                    .vars
-                    .iter()
-                    .map(|kv| ConfigPatch::Env {
-                        key: kv.key.clone(),
-                        value: kv.value.clone(),
-                    })
-                    .collect();
+                let patches = e.vars.iter().map(|kv| ConfigPatch::Env {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                });
+                let patches = patches.collect();
                 let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
                 self.config(step, state, patches, text)
             }
             Instruction::Label(l) => {
-                let patches = l
-                    .labels
-                    .iter()
-                    .map(|kv| ConfigPatch::Label {
-                        key: kv.key.clone(),
-                        value: kv.value.clone(),
-                    })
-                    .collect();
+                let patches = l.labels.iter().map(|kv| ConfigPatch::Label {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                });
+                let patches = patches.collect();
                 let text =
                     crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
                 self.config(step, state, patches, text)
@@ -387,14 +381,9 @@ impl Lowering {
             Instruction::StopSignal(s) => {
                 rules::check_signal(&s.signal)
                     .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
-                self.config(
-                    step,
-                    state,
-                    vec![ConfigPatch::StopSignal {
-                        signal: s.signal.clone(),
-                    }],
-                    format!("STOPSIGNAL {}", s.signal),
-                )
+                let signal = s.signal.clone();
+                let text = format!("STOPSIGNAL {}", s.signal);
+                self.config(step, state, vec![ConfigPatch::StopSignal { signal }], text)
             }
             Instruction::Healthcheck(h) => {
                 let patch = healthcheck_patch(&h.test);
@@ -713,73 +702,23 @@ impl Lowering {
                         Some(from) => Some(from_input(self, &mut inputs, from)?),
                         None => None,
                     };
-                    ExecMount::Cache {
-                        target: abs(&c.target),
-                        id: c.id.clone().unwrap_or_else(|| abs(&c.target)),
-                        sharing: c.sharing,
-                        input,
-                        source: c.source.clone(),
-                        readonly: c.read_only,
-                        mode: c.mode.unwrap_or(0o755),
-                        uid: c.uid.unwrap_or(0),
-                        gid: c.gid.unwrap_or(0),
-                    }
+                    cache_mount(c, input, &abs)
                 }
                 Mount::Tmpfs(t) => ExecMount::Tmpfs {
                     target: abs(&t.target),
                     size: t.size,
                 },
-                Mount::Secret(s) => {
-                    let id = s.id.clone().unwrap_or_else(|| {
-                        let t = s.target.as_deref().unwrap_or_default();
-                        t.rsplit('/').next().unwrap_or(t).to_string()
-                    });
-                    let target = match (&s.target, &s.env) {
-                        (Some(t), _) => Some(abs(t)),
-                        (None, None) => Some(format!("/run/secrets/{id}")),
-                        (None, Some(_)) => None,
-                    };
-                    ExecMount::Secret {
-                        id,
-                        target,
-                        env: s.env.clone(),
-                        required: s.required,
-                        mode: s.mode.unwrap_or(0o400),
-                        uid: s.uid.unwrap_or(0),
-                        gid: s.gid.unwrap_or(0),
-                    }
+                Mount::Secret(s) => secret_mount(s, &abs),
+                Mount::Ssh(s) => {
+                    let n = mounts
+                        .iter()
+                        .filter(|m| matches!(m, ExecMount::Ssh { .. }))
+                        .count();
+                    ssh_mount(s, n, &abs)
                 }
-                Mount::Ssh(s) => ExecMount::Ssh {
-                    id: s.id.clone().unwrap_or_else(|| "default".into()),
-                    target: match s.target.as_deref() {
-                        Some(t) => abs(t),
-                        None => {
-                            let n = mounts
-                                .iter()
-                                .filter(|m| matches!(m, ExecMount::Ssh { .. }))
-                                .count();
-                            format!("/run/buildkit/ssh_agent.{n}")
-                        }
-                    },
-                    required: s.required,
-                    mode: s.mode.unwrap_or(0o600),
-                    uid: s.uid.unwrap_or(0),
-                    gid: s.gid.unwrap_or(0),
-                },
             });
         }
-        // The image environment with the build args laid over it.
-        let mut env: Vec<String> = Vec::with_capacity(step.env.len() + step.args.len());
-        for (k, v) in step.env.iter().chain(step.args.iter()) {
-            let entry = format!("{k}={v}");
-            match env
-                .iter_mut()
-                .find(|e| e.split_once('=').map(|(n, _)| n) == Some(&**k))
-            {
-                Some(e) => *e = entry,
-                None => env.push(entry),
-            }
-        }
+        let env = run_env(step);
         let history = History::new(rules::run_history(&argv, &step.args));
         Ok(self.add(
             Some(platform),
@@ -809,6 +748,84 @@ fn shell_argv(step: &Step, command: &Command) -> Vec<String> {
             v.push(s.clone());
             v
         }
+    }
+}
+
+/// RUN's environment: the image environment with the build args laid over it.
+fn run_env(step: &Step) -> Vec<String> {
+    let mut env: Vec<String> = Vec::with_capacity(step.env.len() + step.args.len());
+    for (k, v) in step.env.iter().chain(step.args.iter()) {
+        let entry = format!("{k}={v}");
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(n, _)| n) == Some(&**k))
+        {
+            Some(e) => *e = entry,
+            None => env.push(entry),
+        }
+    }
+    env
+}
+
+/// `--mount=type=cache`: the id defaults to the target.
+fn cache_mount(
+    c: &crate::instructions::CacheMount,
+    input: Option<usize>,
+    abs: &dyn Fn(&str) -> String,
+) -> ExecMount {
+    ExecMount::Cache {
+        target: abs(&c.target),
+        id: c.id.clone().unwrap_or_else(|| abs(&c.target)),
+        sharing: c.sharing,
+        input,
+        source: c.source.clone(),
+        readonly: c.read_only,
+        mode: c.mode.unwrap_or(0o755),
+        uid: c.uid.unwrap_or(0),
+        gid: c.gid.unwrap_or(0),
+    }
+}
+
+/// `--mount=type=ssh`, the `n`th of its step: the target defaults to
+/// `/run/buildkit/ssh_agent.N`.
+fn ssh_mount(
+    s: &crate::instructions::SshMount,
+    n: usize,
+    abs: &dyn Fn(&str) -> String,
+) -> ExecMount {
+    ExecMount::Ssh {
+        id: s.id.clone().unwrap_or_else(|| "default".into()),
+        target: match s.target.as_deref() {
+            Some(t) => abs(t),
+            None => format!("/run/buildkit/ssh_agent.{n}"),
+        },
+        required: s.required,
+        mode: s.mode.unwrap_or(0o600),
+        uid: s.uid.unwrap_or(0),
+        gid: s.gid.unwrap_or(0),
+    }
+}
+
+/// `--mount=type=secret`: the id defaults to the target's base name, the
+/// target to `/run/secrets/ID` unless the secret goes to an env variable.
+fn secret_mount(s: &crate::instructions::SecretMount, abs: &dyn Fn(&str) -> String) -> ExecMount {
+    let id = s.id.clone().unwrap_or_else(|| {
+        let t = s.target.as_deref().unwrap_or_default();
+        t.rsplit('/').next().unwrap_or(t).to_string()
+    });
+    let target = match (&s.target, &s.env) {
+        (Some(t), _) => Some(abs(t)),
+        (None, None) => Some(format!("/run/secrets/{id}")),
+        (None, Some(_)) => None,
+    };
+    ExecMount::Secret {
+        id,
+        target,
+        env: s.env.clone(),
+        required: s.required,
+        mode: s.mode.unwrap_or(0o400),
+        uid: s.uid.unwrap_or(0),
+        gid: s.gid.unwrap_or(0),
     }
 }
 
