@@ -6,19 +6,7 @@ use std::path::{Component, Path};
 
 /// Lexically clean an absolute container path: `.` dropped, `..` applied but
 /// never above `/`, duplicate slashes folded. The result starts with `/`.
-pub fn clean_abs(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
+pub use kbuild_dockerfile::plan::clean_path as clean_abs;
 
 /// Join `rel` onto the container directory `base` (`rel` absolute replaces it) and clean.
 pub fn join_container(base: &str, rel: &str) -> String {
