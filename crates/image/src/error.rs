@@ -74,12 +74,13 @@ pub enum Error {
         reason: &'static str,
     },
     /// A ref file holds something that is not a digest.
-    #[error("ref {name:?} in the content store is corrupt ({reason}); remove it with remove_ref and rebuild")]
+    #[error("ref {name:?} in the content store is corrupt ({source}); remove it with remove_ref and rebuild")]
     CorruptRef {
         /// The ref name.
         name: String,
-        /// What is wrong with it.
-        reason: String,
+        /// Why its content is no digest.
+        #[source]
+        source: Box<Error>,
     },
     /// Prune could not take the store lock because a build holds it.
     #[error("the content store at {} is in use by a running build; prune again once it finishes", root.display())]
@@ -120,6 +121,15 @@ pub enum Error {
         path: String,
         /// Why.
         reason: String,
+    },
+    /// A tar header field does not fit the entry (a device number too large).
+    #[error("cannot add {path:?} to the tar stream: {source}")]
+    TarHeader {
+        /// The archive path of the entry.
+        path: String,
+        /// The tar writer's error.
+        #[source]
+        source: io::Error,
     },
     /// An export destination cannot be used.
     #[error("cannot export to {}: {reason}", path.display())]

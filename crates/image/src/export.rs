@@ -325,30 +325,12 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Writes a file beside `dest` through `write` (buffered), syncs it and renames
-/// it into place: the workspace's one streaming atomic writer (exports, and
-/// the results a build daemon streams back).
+/// it into place with [`crate::write_atomic_with`] (exports, and the results
+/// a build daemon streams back), creating `dest`'s directory first.
 pub fn write_file_atomically(
     dest: &Path,
     write: impl FnOnce(&mut io::BufWriter<&mut fs::File>) -> Result<()>,
 ) -> Result<()> {
-    let (parent, name) = split_dest(dest)?;
-    // 0666 less the umask, as `docker save > file` would give (a temp file
-    // alone is 0600).
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp-"))
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(&parent)
-        .map_err(io_err("create a temp file in", &parent))?;
-    {
-        let mut w = io::BufWriter::with_capacity(1 << 20, temp.as_file_mut());
-        write(&mut w)?;
-        w.flush().map_err(io_err("write", dest))?;
-    }
-    temp.as_file().sync_all().map_err(io_err("sync", dest))?;
-    temp.persist(dest).map_err(|e| Error::Io {
-        action: "rename the export into",
-        path: dest.to_path_buf(),
-        source: e.error,
-    })?;
-    sync_dir(&parent)
+    split_dest(dest)?;
+    crate::store::write_atomic_with(dest, write)
 }

@@ -323,7 +323,9 @@ pub fn decompress_sniffed<'a, R: Read + Send + 'a>(reader: R) -> Result<Box<dyn 
     } else if head.starts_with(b"BZh") {
         Ok(Box::new(bzip2::read::MultiBzDecoder::new(reader)))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        Ok(Box::new(xz2::read::XzDecoder::new_multi_decoder(reader)))
+        Ok(Box::new(liblzma::read::XzDecoder::new_multi_decoder(
+            reader,
+        )))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Ok(Box::new(
             zstd::Decoder::with_buffer(reader)

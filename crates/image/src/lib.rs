@@ -9,9 +9,8 @@
 //!   writes a platform's `os.version`/`os.features` as `os_version`/
 //!   `os_features` and keeps annotations in a `HashMap` (unstable bytes).
 //!   `From<&Descriptor> for oci_spec::image::Descriptor` and the reverse
-//!   `TryFrom` convert when needed. Platforms convert from any type with the
-//!   OCI serde shape (e.g. `kbuild_platform::Platform`) through
-//!   [`DescriptorPlatform::from_platform`].
+//!   `TryFrom` convert when needed. [`DescriptorPlatform`] converts from and
+//!   to `kbuild_platform::Platform` with `From`.
 //! - Documents are written as canonical JSON ([`canonical_json`]): sorted
 //!   keys, compact, so the same image gives the same digests.
 //! - Builds hold [`ContentStore::lock_shared`] while they write blobs that no
@@ -67,6 +66,6 @@ pub use layer::{
 };
 pub use oci::*;
 pub use store::{
-    default_root, write_atomic, ChildrenList, ContentStore, ExclusiveStoreLock, Ingest,
-    PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
+    default_root, write_atomic, write_atomic_with, ChildrenList, ContentStore, ExclusiveStoreLock,
+    Ingest, PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
 };

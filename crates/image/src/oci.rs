@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -113,9 +112,9 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-/// The platform of a descriptor, with the OCI field names. Convert from and
-/// to `kbuild_platform::Platform` (or any type with the same serde shape)
-/// with [`DescriptorPlatform::from_platform`] / [`DescriptorPlatform::to_platform`].
+/// The platform of a descriptor, with the OCI field names. Converts from and
+/// to `kbuild_platform::Platform` with `From` (the workspace's one platform
+/// conversion).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DescriptorPlatform {
     /// CPU architecture, GOARCH style.
@@ -149,30 +148,36 @@ pub struct DescriptorPlatform {
     pub features: Vec<String>,
 }
 
-impl DescriptorPlatform {
-    /// Converts from any platform type that serializes with the OCI field
-    /// names (`kbuild_platform::Platform` does).
-    pub fn from_platform<P: Serialize>(platform: &P) -> Result<DescriptorPlatform> {
-        let value = serde_json::to_value(platform).map_err(|source| Error::Json {
-            what: "a platform".to_string(),
-            source,
-        })?;
-        serde_json::from_value(value).map_err(|source| Error::Json {
-            what: "a platform".to_string(),
-            source,
-        })
+impl From<&kbuild_platform::Platform> for DescriptorPlatform {
+    fn from(p: &kbuild_platform::Platform) -> DescriptorPlatform {
+        DescriptorPlatform {
+            architecture: p.architecture.clone(),
+            os: p.os.clone(),
+            os_version: p.os_version.clone(),
+            os_features: p.os_features.clone(),
+            variant: p.variant.clone(),
+            features: Vec::new(),
+        }
     }
+}
 
-    /// Converts into any platform type that deserializes from the OCI field names.
-    pub fn to_platform<P: DeserializeOwned>(&self) -> Result<P> {
-        let value = serde_json::to_value(self).map_err(|source| Error::Json {
-            what: format!("platform {}/{}", self.os, self.architecture),
-            source,
-        })?;
-        serde_json::from_value(value).map_err(|source| Error::Json {
-            what: format!("platform {}/{}", self.os, self.architecture),
-            source,
-        })
+impl From<&DescriptorPlatform> for DescriptorPlatform {
+    fn from(p: &DescriptorPlatform) -> DescriptorPlatform {
+        p.clone()
+    }
+}
+
+impl From<&DescriptorPlatform> for kbuild_platform::Platform {
+    /// The platform as found (empty variant or os version as none); call
+    /// [`kbuild_platform::Platform::normalized`] before comparing fields.
+    fn from(p: &DescriptorPlatform) -> kbuild_platform::Platform {
+        kbuild_platform::Platform {
+            os: p.os.clone(),
+            architecture: p.architecture.clone(),
+            variant: p.variant.clone().filter(|v| !v.is_empty()),
+            os_version: p.os_version.clone().filter(|v| !v.is_empty()),
+            os_features: p.os_features.clone(),
+        }
     }
 }
 
@@ -505,18 +510,18 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    /// An empty config for `platform` (any type with the OCI platform serde
-    /// shape, e.g. `kbuild_platform::Platform` or [`DescriptorPlatform`]).
-    pub fn for_platform<P: Serialize>(platform: &P) -> Result<ImageConfig> {
-        let p = DescriptorPlatform::from_platform(platform)?;
-        Ok(ImageConfig {
+    /// An empty config for `platform` (a `kbuild_platform::Platform` or a
+    /// [`DescriptorPlatform`]).
+    pub fn for_platform(platform: impl Into<DescriptorPlatform>) -> ImageConfig {
+        let p = platform.into();
+        ImageConfig {
             architecture: p.architecture,
             os: p.os,
             os_version: p.os_version,
             os_features: (!p.os_features.is_empty()).then_some(p.os_features),
             variant: p.variant,
             ..ImageConfig::default()
-        })
+        }
     }
 
     /// Parses a pulled or stored config (OCI or Docker).
@@ -681,16 +686,10 @@ impl Index {
         }
     }
 
-    /// Adds a manifest descriptor for `platform` (any type with the OCI
-    /// platform serde shape).
-    pub fn push_manifest<P: Serialize>(
-        &mut self,
-        manifest: Descriptor,
-        platform: &P,
-    ) -> Result<()> {
-        let platform = DescriptorPlatform::from_platform(platform)?;
-        self.manifests.push(manifest.with_platform(platform));
-        Ok(())
+    /// Adds a manifest descriptor for `platform` (a
+    /// `kbuild_platform::Platform` or a [`DescriptorPlatform`]).
+    pub fn push_manifest(&mut self, manifest: Descriptor, platform: impl Into<DescriptorPlatform>) {
+        self.manifests.push(manifest.with_platform(platform.into()));
     }
 
     /// Parses an index, rejecting image manifests.

@@ -407,7 +407,7 @@ impl ContentStore {
                 .map(Some)
                 .map_err(|e| Error::CorruptRef {
                     name: name.to_string(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read the ref", path)(e)),
@@ -821,6 +821,19 @@ impl Drop for Ingest {
 /// Writes `data` to `path` through a temp file in the same directory, fsyncs
 /// and renames; readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(data).map_err(io_err("write", path)))
+}
+
+/// The workspace's one atomic writer: `write` fills (buffered) a temp file
+/// beside `path`, which is fsynced and renamed over `path`, then the
+/// directory is fsynced. The temp file has a unique name and is locked
+/// while written, so [`ContentStore::recover`] can tell a dead writer's
+/// leftovers; it is removed if `write` fails. The file is 0666 less the
+/// umask, like any file a program creates.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -829,8 +842,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Locked while written, like ingest files: see [`ContentStore::recover`].
-    // 0666 less the umask, like any file a program creates.
     let (file, temp_path) =
         FileLock::create_unique(dir, &format!(".{file_name}{REF_TEMP_MARK}"), "")
             .map_err(io_err("create a temp file in", dir))?
@@ -838,11 +849,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let temp_path = tempfile::TempPath::try_from_path(temp_path)
         .map_err(io_err("create a temp file in", dir))?;
     let mut temp = tempfile::NamedTempFile::from_parts(file, temp_path);
-    temp.write_all(data)
-        .map_err(io_err("write", temp.path().to_path_buf()))?;
-    temp.as_file()
-        .sync_all()
-        .map_err(io_err("sync", temp.path().to_path_buf()))?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+        write(&mut w)?;
+        w.flush().map_err(io_err("write", path))?;
+    }
+    temp.as_file().sync_all().map_err(io_err("sync", path))?;
     temp.persist(path).map_err(|e| Error::Io {
         action: "rename a temp file to",
         path: path.to_path_buf(),

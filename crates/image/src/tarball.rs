@@ -213,9 +213,9 @@ impl<W: Write> DeterministicTar<W> {
             _ => (0, 0),
         };
         let display = String::from_utf8_lossy(&path).into_owned();
-        let tar_err = |e: io::Error| Error::TarEntry {
+        let tar_err = |source: io::Error| Error::TarHeader {
             path: display.clone(),
-            reason: e.to_string(),
+            source,
         };
         header.set_device_major(major).map_err(tar_err)?;
         header.set_device_minor(minor).map_err(tar_err)?;

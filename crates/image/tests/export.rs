@@ -120,16 +120,14 @@ fn multi_platform_index_layout() {
     );
     let mut index = Index::new();
     for (m, arch) in [(&amd64, "amd64"), (&arm64, "arm64")] {
-        index
-            .push_manifest(
-                m.clone(),
-                &DescriptorPlatform {
-                    os: "linux".into(),
-                    architecture: arch.into(),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        index.push_manifest(
+            m.clone(),
+            &DescriptorPlatform {
+                os: "linux".into(),
+                architecture: arch.into(),
+                ..Default::default()
+            },
+        );
     }
     let root = index.write(&store).unwrap();
     let dest = dir.path().join("multi");

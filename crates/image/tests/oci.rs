@@ -85,8 +85,7 @@ fn built_config_is_canonical_and_deterministic() {
         architecture: "arm".into(),
         variant: Some("v7".into()),
         ..Default::default()
-    })
-    .unwrap();
+    });
     config.created = Some("2024-01-01T00:00:00Z".into());
     config.config = Some(ContainerConfig {
         env: Some(vec!["A=1".into()]),
@@ -197,16 +196,14 @@ fn manifest_and_index_builders_write_to_the_store() {
     assert_eq!(parsed.layers.len(), 1);
 
     let mut index = Index::new();
-    index
-        .push_manifest(
-            manifest.clone(),
-            &DescriptorPlatform {
-                os: "linux".into(),
-                architecture: "amd64".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    index.push_manifest(
+        manifest.clone(),
+        &DescriptorPlatform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            ..Default::default()
+        },
+    );
     index.annotations.insert(
         "org.opencontainers.image.created".into(),
         "2024-01-01T00:00:00Z".into(),

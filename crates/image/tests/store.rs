@@ -303,16 +303,14 @@ fn prune_keeps_what_refs_reach() {
         &["/hello"],
     );
     let mut index = Index::new();
-    index
-        .push_manifest(
-            m1.clone(),
-            &kbuild_image::DescriptorPlatform {
-                os: "linux".into(),
-                architecture: "amd64".into(),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    index.push_manifest(
+        m1.clone(),
+        &kbuild_image::DescriptorPlatform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            ..Default::default()
+        },
+    );
     let idx = index.write(&store).unwrap();
     store.set_ref("image/one", &idx.digest).unwrap();
     // image 2, kept only through a children list

@@ -218,8 +218,8 @@ impl Credentials {
             reason,
         };
         let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let doc: serde_yaml::Value =
-            serde_yaml::from_slice(&text).map_err(|e| err(format!("not YAML or JSON: {e}")))?;
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_slice(&text).map_err(|e| err(format!("not YAML or JSON: {e}")))?;
         let json = secret_payload(&doc).map_err(err)?;
         Credentials::from_docker_config_json(&json, &name)
     }
@@ -283,8 +283,8 @@ impl Credentials {
 
 /// The dockerconfigjson inside a Secret document, or the document itself if it
 /// already is a Docker config.
-fn secret_payload(doc: &serde_yaml::Value) -> std::result::Result<Vec<u8>, String> {
-    let field = |v: &serde_yaml::Value, k: &str| v.get(k).cloned();
+fn secret_payload(doc: &serde_yaml_ng::Value) -> std::result::Result<Vec<u8>, String> {
+    let field = |v: &serde_yaml_ng::Value, k: &str| v.get(k).cloned();
     if doc.get("auths").is_some() {
         return serde_json::to_vec(doc).map_err(|e| e.to_string());
     }
@@ -597,18 +597,18 @@ mod tests {
     #[test]
     fn secret_payload_forms() {
         let config = r#"{"auths":{"h.example":{"auth":"dTpw"}}}"#;
-        let data: serde_yaml::Value = serde_yaml::from_str(&format!(
+        let data: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
             "kind: Secret\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: {}\n",
             b64(config)
         ))
         .unwrap();
         assert_eq!(secret_payload(&data).unwrap(), config.as_bytes());
-        let string_data: serde_yaml::Value = serde_yaml::from_str(&format!(
+        let string_data: serde_yaml_ng::Value = serde_yaml_ng::from_str(&format!(
             "kind: Secret\nstringData:\n  .dockerconfigjson: '{config}'\n"
         ))
         .unwrap();
         assert_eq!(secret_payload(&string_data).unwrap(), config.as_bytes());
-        let bare: serde_yaml::Value = serde_yaml::from_str(config).unwrap();
+        let bare: serde_yaml_ng::Value = serde_yaml_ng::from_str(config).unwrap();
         let creds =
             Credentials::from_docker_config_json(&secret_payload(&bare).unwrap(), "bare").unwrap();
         assert_eq!(
@@ -620,9 +620,11 @@ mod tests {
                 .as_deref(),
             Some("u")
         );
-        let map: serde_yaml::Value = serde_yaml::from_str("kind: ConfigMap\ndata: {}\n").unwrap();
+        let map: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str("kind: ConfigMap\ndata: {}\n").unwrap();
         assert!(secret_payload(&map).unwrap_err().contains("ConfigMap"));
-        let empty: serde_yaml::Value = serde_yaml::from_str("kind: Secret\ndata: {}\n").unwrap();
+        let empty: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str("kind: Secret\ndata: {}\n").unwrap();
         assert!(secret_payload(&empty)
             .unwrap_err()
             .contains(".dockerconfigjson"));

@@ -23,25 +23,14 @@ pub(crate) fn now_rfc3339(epoch: Option<i64>) -> String {
 
 /// Format seconds since the epoch as RFC 3339 UTC.
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    let secs = secs.clamp(
+        jiff::Timestamp::MIN.as_second(),
+        jiff::Timestamp::MAX.as_second(),
+    );
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// OCI manifests carry OCI layer media types; Docker's are renamed (same bytes).
@@ -83,7 +72,7 @@ impl Solver {
     ) -> Result<Descriptor, SolveError> {
         let mut cfg = st.config.clone();
         // The config says what the index says, whatever the base claimed.
-        let p = DescriptorPlatform::from_platform(platform)?;
+        let p = DescriptorPlatform::from(platform);
         cfg.os = p.os;
         cfg.architecture = p.architecture;
         cfg.variant = p.variant;
@@ -134,7 +123,7 @@ impl Solver {
             .collect::<Result<Vec<_>, SolveError>>()?;
         let manifest = Manifest::new(config_desc, layers);
         let mut desc = manifest.write(&self.store)?;
-        desc.platform = Some(DescriptorPlatform::from_platform(platform)?);
+        desc.platform = Some(DescriptorPlatform::from(platform));
         Ok(desc)
     }
 
@@ -147,7 +136,7 @@ impl Solver {
         for i in images {
             let mut d = i.manifest.clone();
             d.platform = None;
-            index.push_manifest(d, &i.platform)?;
+            index.push_manifest(d, &i.platform);
         }
         Ok(index.write(&self.store)?)
     }

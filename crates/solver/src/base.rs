@@ -23,18 +23,14 @@ pub(crate) struct BaseImage {
     pub manifest_digest: Digest,
 }
 
+/// A descriptor's or config's platform, normalized; `None` when it names no
+/// architecture.
+fn to_platform(p: &DescriptorPlatform) -> Option<Platform> {
+    (!p.architecture.is_empty()).then(|| Platform::from(p).normalized())
+}
+
 /// Resolved images by (reference, platform).
 pub(crate) type Images = HashMap<(String, String), Arc<BaseImage>>;
-
-fn to_platform(p: &DescriptorPlatform) -> Option<Platform> {
-    let s = match &p.variant {
-        Some(v) => format!("{}/{}/{}", p.os, p.architecture, v),
-        None => format!("{}/{}", p.os, p.architecture),
-    };
-    let mut plat = Platform::parse(&s).ok()?;
-    plat.os_version = p.os_version.clone();
-    Some(plat)
-}
 
 /// The images `plan` pulls, each `(reference, platform)` once, sorted.
 ///

@@ -518,16 +518,17 @@ fn write_entry(
         set_meta(&host, md, src, req, false)?;
     } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
         let kind = if ft.is_char_device() {
-            nix::sys::stat::SFlag::S_IFCHR
+            rustix::fs::FileType::CharacterDevice
         } else if ft.is_block_device() {
-            nix::sys::stat::SFlag::S_IFBLK
+            rustix::fs::FileType::BlockDevice
         } else {
-            nix::sys::stat::SFlag::S_IFIFO
+            rustix::fs::FileType::Fifo
         };
-        nix::sys::stat::mknod(
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
             &host,
             kind,
-            nix::sys::stat::Mode::from_bits_truncate(md.mode() & 0o7777),
+            rustix::fs::Mode::from_raw_mode(md.mode() & 0o7777),
             md.rdev(),
         )
         .map_err(|e| CopyError::Io {
@@ -579,19 +580,10 @@ fn set_mtime(host: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
 
 /// Set a path's access and modification times (seconds, nanoseconds) without following a symlink.
 fn utimes(host: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), CopyError> {
-    use nix::sys::stat::{utimensat, UtimensatFlags};
-    use nix::sys::time::TimeSpec;
-    utimensat(
-        None,
-        host,
-        &TimeSpec::new(atime.0, atime.1),
-        &TimeSpec::new(mtime.0, mtime.1),
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| CopyError::Io {
-        path: host.to_path_buf(),
-        source: io::Error::from(e),
-    })
+    let time = |(secs, nanos): (i64, i64)| {
+        filetime::FileTime::from_unix_time(secs, u32::try_from(nanos).unwrap_or(0))
+    };
+    filetime::set_symlink_file_times(host, time(atime), time(mtime)).map_err(io_err(host))
 }
 
 /// Compression of a local archive, detected from its first bytes as Docker does.
@@ -660,7 +652,7 @@ fn open_decompressed(path: &Path, kind: ArchiveKind) -> io::Result<Box<dyn Read>
         ArchiveKind::Tar => Box::new(f),
         ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
         ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
-        ArchiveKind::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
+        ArchiveKind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(f)),
         ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
     })
 }

@@ -38,6 +38,14 @@ pub enum LoadError {
         /// Why.
         source: hyper::Error,
     },
+    /// The load request could not be formed.
+    #[error("the request to the Docker daemon at {} could not be formed: {source}", socket.display())]
+    Request {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        source: hyper::http::Error,
+    },
     /// The archive could not be read.
     #[error("read the staged docker archive {}: {source}", path.display())]
     Archive {
@@ -106,9 +114,9 @@ pub async fn load(socket: &Path, archive: &Path) -> Result<Vec<String>, LoadErro
         .header(hyper::header::CONTENT_TYPE, "application/x-tar")
         .header(hyper::header::CONTENT_LENGTH, length)
         .body(body)
-        .map_err(|e| LoadError::Refused {
+        .map_err(|source| LoadError::Request {
             socket: socket.to_path_buf(),
-            message: format!("could not form the request: {e}"),
+            source,
         })?;
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();

@@ -229,14 +229,8 @@ impl Fetch {
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(io)?;
         if let Some(t) = modified {
-            let ts = nix::sys::time::TimeSpec::new(t, 0);
-            let _ = nix::sys::stat::utimensat(
-                None,
-                &path,
-                &ts,
-                &ts,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            );
+            let t = filetime::FileTime::from_unix_time(t, 0);
+            let _ = filetime::set_symlink_file_times(&path, t, t);
         }
         let known = Known { digest, modified };
         if self.checksum.is_none() && (etag.is_some() || last_modified.is_some()) {
@@ -295,31 +289,9 @@ impl Fetch {
 
 /// Seconds since the epoch of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 fn httpdate_secs(s: &str) -> Option<i64> {
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let day: i64 = parts[1].parse().ok()?;
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == parts[2])? as i64
-        + 1;
-    let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<i64> = parts[4].split(':').filter_map(|x| x.parse().ok()).collect();
-    if hms.len() != 3 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+    jiff::fmt::rfc2822::parse(s)
+        .ok()
+        .map(|z| z.timestamp().as_second())
 }
 
 #[cfg(test)]

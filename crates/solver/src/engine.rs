@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 pub use crate::assemble::rfc3339;
 use crate::base::Images;
 pub use crate::base::{graph_images, image_ref_name, images_needed};
-pub use crate::error::{GraphProblem, LayerError, SolveError, StepError};
+pub use crate::error::{GraphProblem, LayerError, OutputError, SolveError, StepError};
 pub use crate::layer::{apply_layers, LayerRef};
 use crate::options::{NetworkMode, SecretSpec, SshSpec};
 use crate::progress::{Event, Progress};

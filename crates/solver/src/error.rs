@@ -29,10 +29,9 @@ pub enum SolveError {
         /// What went wrong.
         source: StepError,
     },
-    /// An output could not be written (a message of the outputs, which
-    /// name the image and destination themselves).
-    #[error("{0}")]
-    Image(String),
+    /// An output could not be written.
+    #[error(transparent)]
+    Output(#[from] OutputError),
     /// A pulled image lacks the manifest the pull was for.
     #[error("{reference}: pulled image has no {platform} manifest")]
     PulledWithoutPlatform {
@@ -78,9 +77,6 @@ pub enum SolveError {
         /// The entitlement (`security.insecure`).
         entitlement: &'static str,
     },
-    /// An output failed in a way that is a bug (a message of the outputs).
-    #[error("internal error: {0}")]
-    Internal(String),
     /// A build thread died.
     #[error("internal error: a build thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -275,6 +271,48 @@ pub enum LayerError {
     /// The tar producer failed, so the compressor dropped the layer.
     #[error("the layer was abandoned")]
     Abandoned,
+}
+
+/// Why an output could not be written; each names the output, file or
+/// daemon at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// `-o type=docker` of a multi-platform build.
+    #[error("-o type=docker holds one platform but {} were built ({}); build one --platform or use -o type=oci", .platforms.len(), .platforms.join(", "))]
+    DockerOnePlatform {
+        /// The platforms built.
+        platforms: Vec<String>,
+    },
+    /// A file output without a destination.
+    #[error("this output needs dest=PATH")]
+    NoDest,
+    /// `--load` could not reach or use the Docker daemon.
+    #[error(transparent)]
+    Load(#[from] crate::docker_load::LoadError),
+    /// `--load` could not stage the archive.
+    #[error("stage the image for --load: {0}")]
+    StageLoad(#[source] std::io::Error),
+    /// A file or directory of an output could not be written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// `create`, `write`, `rename into`...
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The root descriptor does not convert to the registry's model (a bug).
+    #[error("internal error: the image's root descriptor does not convert for the registry: {0}")]
+    Descriptor(#[source] serde_json::Error),
+    /// A filesystem tar (from a build daemon) could not be applied.
+    #[error("{}: {source}", dest.display())]
+    Apply {
+        /// The output's destination.
+        dest: PathBuf,
+        /// Why, naming the entry.
+        source: kbuild_worker::snapshot::Error,
+    },
 }
 
 /// A result many waiters share.

@@ -2,29 +2,11 @@
 //! resolution that never leaves the root (symlinks are resolved as if the
 //! root were `/`), and Go `filepath.Match` wildcards as COPY uses them.
 
-use std::ffi::OsStr;
-use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path, PathBuf};
-
-/// Maximum symlinks followed while resolving one path (Linux uses 40).
-const MAX_SYMLINKS: usize = 40;
+use std::path::{Component, Path};
 
 /// Lexically clean an absolute container path: `.` dropped, `..` applied but
 /// never above `/`, duplicate slashes folded. The result starts with `/`.
-pub fn clean_abs(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            other => parts.push(other),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
+pub use kbuild_dockerfile::plan::clean_path as clean_abs;
 
 /// Join `rel` onto the container directory `base` (`rel` absolute replaces it) and clean.
 pub fn join_container(base: &str, rel: &str) -> String {
@@ -35,64 +17,7 @@ pub fn join_container(base: &str, rel: &str) -> String {
     }
 }
 
-/// Resolve a container path inside `root` following symlinks as the container
-/// would see them, so the result is always under `root`. The last component
-/// is followed too when `follow_last` is set. Components that do not exist
-/// are appended as they are.
-pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result<PathBuf> {
-    let mut todo: Vec<Vec<u8>> = path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .map(|c| c.as_bytes().to_vec())
-        .rev()
-        .collect();
-    let mut done: Vec<Vec<u8>> = Vec::new();
-    let mut followed = 0usize;
-    while let Some(comp) = todo.pop() {
-        match comp.as_slice() {
-            b"." => continue,
-            b".." => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let is_last = todo.is_empty();
-        let mut candidate = root.to_path_buf();
-        for d in &done {
-            candidate.push(OsStr::from_bytes(d));
-        }
-        candidate.push(OsStr::from_bytes(&comp));
-        if is_last && !follow_last {
-            done.push(comp);
-            continue;
-        }
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(md) if md.file_type().is_symlink() => {
-                followed += 1;
-                if followed > MAX_SYMLINKS {
-                    return Err(io::Error::other(format!(
-                        "too many levels of symbolic links resolving {path}"
-                    )));
-                }
-                let target = std::fs::read_link(&candidate)?;
-                let target = target.as_os_str().as_bytes();
-                if target.starts_with(b"/") {
-                    done.clear();
-                }
-                for c in target.split(|b| *b == b'/').filter(|c| !c.is_empty()).rev() {
-                    todo.push(c.to_vec());
-                }
-            }
-            _ => done.push(comp),
-        }
-    }
-    let mut out = root.to_path_buf();
-    for d in &done {
-        out.push(OsStr::from_bytes(d));
-    }
-    Ok(out)
-}
+pub use kbuild_worker::rootpath::resolve_in_root;
 
 /// Go's `filepath.Match` on one path: `*` and `?` never match `/`, `[...]`
 /// classes with ranges and `^`/`!` negation, `\` escapes. A malformed
@@ -257,7 +182,6 @@ pub fn is_within(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
 
     #[test]
     fn clean_and_join() {
@@ -298,33 +222,5 @@ mod tests {
         }
         assert!(wildcard_match("[", "a").is_err());
         assert!(wildcard_match("a\\", "a").is_err());
-    }
-
-    #[test]
-    fn resolve_never_leaves_root() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
-        symlink("/usr/lib", root.join("lib")).unwrap();
-        symlink("../../../../etc", root.join("usr/escape")).unwrap();
-        symlink("loop2", root.join("loop1")).unwrap();
-        symlink("loop1", root.join("loop2")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, "/lib/x", true).unwrap(),
-            root.join("usr/lib/x")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/usr/escape/passwd", true).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/lib", false).unwrap(),
-            root.join("lib")
-        );
-        assert!(resolve_in_root(root, "/loop1/x", true).is_err());
-        assert_eq!(
-            resolve_in_root(root, "/../../a", true).unwrap(),
-            root.join("a")
-        );
     }
 }

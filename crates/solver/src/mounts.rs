@@ -70,20 +70,7 @@ pub fn set_home(env: &mut Vec<String>, root: &Path, user: &str) {
     if env.iter().any(|e| e.starts_with("HOME=")) {
         return;
     }
-    let name = user.split(':').next().unwrap_or_default();
-    let name = if name.is_empty() { "0" } else { name };
-    let passwd = crate::fsutil::resolve_in_root(root, "/etc/passwd", true)
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
-    let home = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .filter(|f| f.len() >= 6)
-        .find(|f| f[0] == name || (name.parse::<u32>().is_ok() && f[2] == name))
-        .map(|f| f[5].to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "/".to_string());
+    let home = crate::users::home_dir(root, user).unwrap_or_else(|| "/".to_string());
     env.push(format!("HOME={home}"));
 }
 

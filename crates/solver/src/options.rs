@@ -88,137 +88,138 @@ impl Output {
     /// Parse one `--output` value, as buildx does: `type=...,dest=...,name=...,push=...`,
     /// a bare path (`type=local,dest=PATH`) or `-` (a tarball of the filesystem on stdout).
     pub fn parse(spec: &str, tags: &[String]) -> Result<Output, OptionError> {
-        const FLAG: &str = "--output";
         if spec.is_empty() {
             return Err(err(FLAG, spec, "empty output; use e.g. type=registry"));
         }
         if !spec.contains('=') {
-            let (kind, dest) = if spec == "-" {
-                (OutputKind::Tar, PathBuf::from("-"))
-            } else {
-                (OutputKind::Local, PathBuf::from(spec))
-            };
-            return Ok(Output {
-                kind,
-                dest: Some(dest),
-                names: Vec::new(),
-                push: false,
-                compression: LayerCompression::Gzip,
-                compression_level: None,
-                force_compression: false,
-                as_directory: false,
-                preserve_special: false,
-            });
+            return Ok(Output::bare(spec));
         }
-        let mut kind = None;
-        let mut dest = None;
-        let mut names: Vec<String> = Vec::new();
-        let mut push = None;
-        let mut compression = LayerCompression::Gzip;
-        let mut compression_level = None;
-        let mut force_compression = false;
-        let mut tar = true;
-        let mut preserve_special = false;
+        let mut fields = OutputFields::default();
         for field in split_csv(spec) {
             let (key, value) = field
                 .split_once('=')
                 .ok_or_else(|| err(FLAG, spec, format!("field {field:?} is not KEY=VALUE")))?;
-            match key.trim().to_ascii_lowercase().as_str() {
-                "type" => {
-                    kind = Some(match value {
-                        "registry" => OutputKind::Registry,
-                        "image" => OutputKind::Image,
-                        "oci" => OutputKind::Oci,
-                        "docker" => OutputKind::Docker,
-                        "tar" => OutputKind::Tar,
-                        "local" => OutputKind::Local,
-                        other => {
-                            return Err(err(
-                                FLAG,
-                                spec,
-                                format!("unknown type {other:?}; use registry, image, oci, docker, tar or local"),
-                            ))
-                        }
-                    })
-                }
-                "dest" => dest = Some(PathBuf::from(value)),
-                "name" => names.extend(
-                    value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from),
-                ),
-                "push" => push = Some(parse_bool(FLAG, spec, value)?),
-                "compression" => {
-                    compression = match value {
-                        "gzip" => LayerCompression::Gzip,
-                        "zstd" => LayerCompression::Zstd,
-                        "uncompressed" => LayerCompression::Uncompressed,
-                        other => {
-                            return Err(err(
-                                FLAG,
-                                spec,
-                                format!("unknown compression {other:?}; use gzip, zstd or uncompressed"),
-                            ))
-                        }
-                    }
-                }
-                "tar" => tar = parse_bool(FLAG, spec, value)?,
-                "compression-level" => {
-                    compression_level = Some(value.trim().parse::<i32>().map_err(|_| {
-                        err(FLAG, spec, format!("compression-level {value:?} is not a number"))
-                    })?)
-                }
-                "force-compression" => force_compression = parse_bool(FLAG, spec, value)?,
-                "oci-mediatypes" => {
-                    if !parse_bool(FLAG, spec, value)? {
-                        return Err(err(
-                            FLAG,
-                            spec,
-                            "oci-mediatypes=false (Docker media types) is not supported by this builder; images use OCI media types, which every current registry and docker accept",
-                        ));
-                    }
-                }
-                "preserve-special" => preserve_special = parse_bool(FLAG, spec, value)?,
-                other => {
+            fields.set(spec, key, value)?;
+        }
+        fields.finish(spec, tags)
+    }
+
+    /// A bare path: the filesystem into that directory, or as a tarball on
+    /// standard output for `-`.
+    fn bare(spec: &str) -> Output {
+        let kind = if spec == "-" {
+            OutputKind::Tar
+        } else {
+            OutputKind::Local
+        };
+        Output {
+            kind,
+            dest: Some(PathBuf::from(spec)),
+            names: Vec::new(),
+            push: false,
+            compression: LayerCompression::Gzip,
+            compression_level: None,
+            force_compression: false,
+            as_directory: false,
+            preserve_special: false,
+        }
+    }
+}
+
+const FLAG: &str = "--output";
+
+/// The fields of one `--output` value, as given.
+struct OutputFields {
+    kind: Option<OutputKind>,
+    dest: Option<PathBuf>,
+    names: Vec<String>,
+    push: Option<bool>,
+    compression: LayerCompression,
+    compression_level: Option<i32>,
+    force_compression: bool,
+    tar: bool,
+    preserve_special: bool,
+}
+
+impl Default for OutputFields {
+    fn default() -> OutputFields {
+        OutputFields {
+            kind: None,
+            dest: None,
+            names: Vec::new(),
+            push: None,
+            compression: LayerCompression::Gzip,
+            compression_level: None,
+            force_compression: false,
+            tar: true,
+            preserve_special: false,
+        }
+    }
+}
+
+impl OutputFields {
+    /// One `KEY=VALUE` field of `spec`.
+    fn set(&mut self, spec: &str, key: &str, value: &str) -> Result<(), OptionError> {
+        match key.trim().to_ascii_lowercase().as_str() {
+            "type" => self.kind = Some(output_kind(spec, value)?),
+            "dest" => self.dest = Some(PathBuf::from(value)),
+            "name" => self.names.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
+            "push" => self.push = Some(parse_bool(FLAG, spec, value)?),
+            "compression" => self.compression = compression(spec, value)?,
+            "tar" => self.tar = parse_bool(FLAG, spec, value)?,
+            "compression-level" => {
+                self.compression_level = Some(value.trim().parse::<i32>().map_err(|_| {
+                    err(FLAG, spec, format!("compression-level {value:?} is not a number"))
+                })?)
+            }
+            "force-compression" => self.force_compression = parse_bool(FLAG, spec, value)?,
+            "oci-mediatypes" => {
+                if !parse_bool(FLAG, spec, value)? {
                     return Err(err(
                         FLAG,
                         spec,
-                        format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special"),
-                    ))
+                        "oci-mediatypes=false (Docker media types) is not supported by this builder; images use OCI media types, which every current registry and docker accept",
+                    ));
                 }
             }
-        }
-        let kind = kind.ok_or_else(|| err(FLAG, spec, "missing type=; use e.g. type=registry"))?;
-        if let Some(level) = compression_level {
-            let (name, max) = match compression {
-                LayerCompression::Gzip => ("gzip", 9),
-                LayerCompression::Zstd => ("zstd", 22),
-                LayerCompression::Uncompressed => ("uncompressed", -1),
-            };
-            if !(0..=max).contains(&level) {
+            "preserve-special" => self.preserve_special = parse_bool(FLAG, spec, value)?,
+            other => {
                 return Err(err(
                     FLAG,
                     spec,
-                    match max {
-                        -1 => "compression-level needs compression=gzip or zstd".to_string(),
-                        _ => format!("compression-level for {name} is 0 to {max}"),
-                    },
-                ));
+                    format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special"),
+                ))
             }
         }
-        if names.is_empty()
+        Ok(())
+    }
+
+    /// The output the fields ask for, once they agree with each other.
+    fn finish(mut self, spec: &str, tags: &[String]) -> Result<Output, OptionError> {
+        let kind = self
+            .kind
+            .take()
+            .ok_or_else(|| err(FLAG, spec, "missing type=; use e.g. type=registry"))?;
+        if let Some(level) = self.compression_level {
+            check_level(spec, self.compression, level)?;
+        }
+        if self.names.is_empty()
             && matches!(
                 kind,
                 OutputKind::Registry | OutputKind::Image | OutputKind::Docker | OutputKind::Oci
             )
         {
-            names = tags.to_vec();
+            self.names = tags.to_vec();
         }
-        let push = push.unwrap_or(kind == OutputKind::Registry);
+        let push = self.push.unwrap_or(kind == OutputKind::Registry);
         match kind {
-            OutputKind::Registry | OutputKind::Image if push && names.is_empty() => {
+            OutputKind::Registry | OutputKind::Image if push && self.names.is_empty() => {
                 return Err(err(
                     FLAG,
                     spec,
@@ -226,12 +227,12 @@ impl Output {
                 ))
             }
             // type=docker without dest loads into the Docker daemon (--load).
-            OutputKind::Oci | OutputKind::Tar | OutputKind::Local if dest.is_none() => {
+            OutputKind::Oci | OutputKind::Tar | OutputKind::Local if self.dest.is_none() => {
                 return Err(err(FLAG, spec, "this output type needs dest=PATH"))
             }
             _ => {}
         }
-        if preserve_special && kind != OutputKind::Local {
+        if self.preserve_special && kind != OutputKind::Local {
             return Err(err(
                 FLAG,
                 spec,
@@ -239,17 +240,70 @@ impl Output {
             ));
         }
         Ok(Output {
-            preserve_special,
-            as_directory: kind == OutputKind::Oci && !tar,
+            preserve_special: self.preserve_special,
+            as_directory: kind == OutputKind::Oci && !self.tar,
             kind,
-            dest,
-            names,
+            dest: self.dest,
+            names: self.names,
             push,
-            compression,
-            compression_level,
-            force_compression,
+            compression: self.compression,
+            compression_level: self.compression_level,
+            force_compression: self.force_compression,
         })
     }
+}
+
+fn output_kind(spec: &str, value: &str) -> Result<OutputKind, OptionError> {
+    Ok(match value {
+        "registry" => OutputKind::Registry,
+        "image" => OutputKind::Image,
+        "oci" => OutputKind::Oci,
+        "docker" => OutputKind::Docker,
+        "tar" => OutputKind::Tar,
+        "local" => OutputKind::Local,
+        other => {
+            return Err(err(
+                FLAG,
+                spec,
+                format!("unknown type {other:?}; use registry, image, oci, docker, tar or local"),
+            ))
+        }
+    })
+}
+
+fn compression(spec: &str, value: &str) -> Result<LayerCompression, OptionError> {
+    Ok(match value {
+        "gzip" => LayerCompression::Gzip,
+        "zstd" => LayerCompression::Zstd,
+        "uncompressed" => LayerCompression::Uncompressed,
+        other => {
+            return Err(err(
+                FLAG,
+                spec,
+                format!("unknown compression {other:?}; use gzip, zstd or uncompressed"),
+            ))
+        }
+    })
+}
+
+/// `compression-level=`: gzip 0-9, zstd 0-22, nothing for uncompressed.
+fn check_level(spec: &str, compression: LayerCompression, level: i32) -> Result<(), OptionError> {
+    let (name, max) = match compression {
+        LayerCompression::Gzip => ("gzip", 9),
+        LayerCompression::Zstd => ("zstd", 22),
+        LayerCompression::Uncompressed => ("uncompressed", -1),
+    };
+    if (0..=max).contains(&level) {
+        return Ok(());
+    }
+    Err(err(
+        FLAG,
+        spec,
+        match max {
+            -1 => "compression-level needs compression=gzip or zstd".to_string(),
+            _ => format!("compression-level for {name} is 0 to {max}"),
+        },
+    ))
 }
 
 /// Split a comma-separated list where values may be double-quoted (`name="a,b"`).

@@ -4,6 +4,7 @@
 //! renamed into place, so a failed export leaves nothing half-written.
 
 use crate::engine::{apply_layers, image_ref_name, BuildResult, SolveError, Solver};
+use crate::error::OutputError;
 use crate::options::{LayerHook, Output, OutputKind};
 use kbuild_image::export;
 use kbuild_image::tarball::{DeterministicTar, TarOptions};
@@ -30,8 +31,8 @@ pub struct ExportReport {
 }
 
 fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SolveError> {
-    let v = serde_json::to_value(d).map_err(|e| SolveError::Internal(e.to_string()))?;
-    serde_json::from_value(v).map_err(|e| SolveError::Internal(e.to_string()))
+    let v = serde_json::to_value(d).map_err(OutputError::Descriptor)?;
+    Ok(serde_json::from_value(v).map_err(OutputError::Descriptor)?)
 }
 
 fn tar_options(solver: &Solver) -> TarOptions {
@@ -141,167 +142,189 @@ pub async fn export_with(
 ) -> Result<ExportReport, SolveError> {
     let mut early = early;
     let mut report = ExportReport::default();
-    let store = solver.store().clone();
     for out in outputs {
         match out.kind {
             OutputKind::Registry | OutputKind::Image => {
-                if out.kind == OutputKind::Image || !out.push {
-                    for n in &out.names {
-                        store.set_ref(&image_ref_name(n)?, &result.root.digest)?;
-                        report.stored.push(n.clone());
-                    }
-                }
-                if out.push {
-                    let refs = references(out)?;
-                    let root = oci_descriptor(&result.root)?;
-                    match early.take() {
-                        Some(e) => {
-                            solver
-                                .registry()
-                                .push_with(&refs, &root, &e.uploads)
-                                .await?
-                        }
-                        None => solver.registry().push(&refs, &root, &store).await?,
-                    }
-                    report.pushed.extend(out.names.iter().cloned());
-                }
+                push_or_store(solver, result, out, &mut early, &mut report).await?
             }
-            OutputKind::Oci => {
-                let dest = dest_of(out)?;
-                let ref_name = out.names.first().map(|n| tag_of(n));
-                let store = store.clone();
-                let root = result.root.clone();
-                let opts = tar_options(solver);
-                let dest2 = dest.clone();
-                let as_dir = out.as_directory;
-                blocking(move || {
-                    if dest2 == Path::new("-") {
-                        export::oci_layout_tar(
-                            &store,
-                            &root,
-                            std::io::stdout().lock(),
-                            ref_name.as_deref(),
-                            &opts,
-                        )
-                        .map_err(SolveError::from)
-                        .and_then(|mut w| {
-                            w.flush().map_err(io("write", Path::new("standard output")))
-                        })
-                    } else if as_dir {
-                        export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
-                            .map_err(SolveError::from)
-                    } else {
-                        export::oci_layout_tar_file(
-                            &store,
-                            &root,
-                            &dest2,
-                            ref_name.as_deref(),
-                            &opts,
-                        )
-                        .map_err(SolveError::from)
-                    }
-                })
-                .await?;
-                report.written.push(dest);
-            }
-            OutputKind::Docker => {
-                if result.images.len() != 1 {
-                    return Err(SolveError::Image(format!(
-                        "-o type=docker holds one platform but {} were built ({}); build one --platform or use -o type=oci",
-                        result.images.len(),
-                        result.images.iter().map(|i| i.platform.to_string()).collect::<Vec<_>>().join(", ")
-                    )));
-                }
-                if out.dest.is_none() {
-                    let loaded = load_into_docker(
-                        &store,
-                        &result.images[0].manifest,
-                        &out.names,
-                        tar_options(solver),
-                    )
-                    .await?;
-                    report.loaded.extend(loaded);
-                    continue;
-                }
-                let dest = dest_of(out)?;
-                let store = store.clone();
-                let manifest = result.images[0].manifest.clone();
-                let names = out.names.clone();
-                let opts = tar_options(solver);
-                let dest2 = dest.clone();
-                blocking(move || {
-                    if dest2 == Path::new("-") {
-                        export::docker_archive(
-                            &store,
-                            std::io::stdout().lock(),
-                            &manifest,
-                            &names,
-                            &opts,
-                        )
-                        .map(drop)
-                        .map_err(SolveError::from)
-                    } else {
-                        export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
-                            .map_err(SolveError::from)
-                    }
-                })
-                .await?;
-                report.written.push(dest);
-            }
+            OutputKind::Oci => report.written.push(write_oci(solver, result, out).await?),
+            OutputKind::Docker => write_docker(solver, result, out, &mut report).await?,
             OutputKind::Local | OutputKind::Tar => {
-                let dest = dest_of(out)?;
-                let several = result.images.len() > 1;
-                let store = store.clone();
-                let parts: Vec<(String, Vec<crate::engine::LayerRef>)> = result
-                    .images
-                    .iter()
-                    .map(|i| {
-                        (
-                            i.platform.to_string().replace('/', "_"),
-                            i.state.layers.clone(),
-                        )
-                    })
-                    .collect();
-                let opts = tar_options(solver);
-                let kind = out.kind.clone();
-                let dest2 = dest.clone();
-                // A tarball keeps every file as it is in the image; a
-                // directory on this machine gets no device nodes and no
-                // setuid/setgid bits unless asked, as `docker cp`.
-                let apply = ApplyOptions {
-                    preserve_special: kind == OutputKind::Tar || out.preserve_special,
-                };
-                let left_out = blocking(move || {
-                    write_filesystem(
-                        &store,
-                        &parts,
-                        several,
-                        &dest2,
-                        kind == OutputKind::Tar,
-                        opts,
-                        apply,
-                    )
-                })
-                .await?;
-                if left_out.devices_skipped > 0 {
-                    report.notes.push(format!(
-                        "{}: left out {} device node(s); add preserve-special=true to -o type=local to create them",
-                        dest.display(),
-                        left_out.devices_skipped
-                    ));
-                }
-                if left_out.privileges_dropped > 0 {
-                    report.notes.push(format!(
-                        "{}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them",
-                        dest.display(),
-                        left_out.privileges_dropped
-                    ));
-                }
-                report.written.push(dest);
+                write_files(solver, result, out, &mut report).await?
             }
         }
     }
     Ok(report)
+}
+
+/// `type=image` and `type=registry`: names in the local store, and a push
+/// (waiting for `early`'s uploads, once).
+async fn push_or_store(
+    solver: &Solver,
+    result: &BuildResult,
+    out: &Output,
+    early: &mut Option<&EarlyPush>,
+    report: &mut ExportReport,
+) -> Result<(), SolveError> {
+    let store = solver.store();
+    if out.kind == OutputKind::Image || !out.push {
+        for n in &out.names {
+            store.set_ref(&image_ref_name(n)?, &result.root.digest)?;
+            report.stored.push(n.clone());
+        }
+    }
+    if out.push {
+        let refs = references(out)?;
+        let root = oci_descriptor(&result.root)?;
+        match early.take() {
+            Some(e) => {
+                solver
+                    .registry()
+                    .push_with(&refs, &root, &e.uploads)
+                    .await?
+            }
+            None => solver.registry().push(&refs, &root, store).await?,
+        }
+        report.pushed.extend(out.names.iter().cloned());
+    }
+    Ok(())
+}
+
+/// `type=oci`: a layout tarball (a file or standard output) or directory.
+async fn write_oci(
+    solver: &Solver,
+    result: &BuildResult,
+    out: &Output,
+) -> Result<PathBuf, SolveError> {
+    let dest = dest_of(out)?;
+    let ref_name = out.names.first().map(|n| tag_of(n));
+    let store = solver.store().clone();
+    let root = result.root.clone();
+    let opts = tar_options(solver);
+    let dest2 = dest.clone();
+    let as_dir = out.as_directory;
+    blocking(move || {
+        if dest2 == Path::new("-") {
+            export::oci_layout_tar(
+                &store,
+                &root,
+                std::io::stdout().lock(),
+                ref_name.as_deref(),
+                &opts,
+            )
+            .map_err(SolveError::from)
+            .and_then(|mut w| w.flush().map_err(io("write", Path::new("standard output"))))
+        } else if as_dir {
+            export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
+                .map_err(SolveError::from)
+        } else {
+            export::oci_layout_tar_file(&store, &root, &dest2, ref_name.as_deref(), &opts)
+                .map_err(SolveError::from)
+        }
+    })
+    .await?;
+    Ok(dest)
+}
+
+/// `type=docker`: one platform's archive, into a file, standard output or
+/// the Docker daemon (no `dest`).
+async fn write_docker(
+    solver: &Solver,
+    result: &BuildResult,
+    out: &Output,
+    report: &mut ExportReport,
+) -> Result<(), SolveError> {
+    if result.images.len() != 1 {
+        return Err(OutputError::DockerOnePlatform {
+            platforms: result
+                .images
+                .iter()
+                .map(|i| i.platform.to_string())
+                .collect(),
+        }
+        .into());
+    }
+    let store = solver.store().clone();
+    if out.dest.is_none() {
+        let loaded = load_into_docker(
+            &store,
+            &result.images[0].manifest,
+            &out.names,
+            tar_options(solver),
+        )
+        .await?;
+        report.loaded.extend(loaded);
+        return Ok(());
+    }
+    let dest = dest_of(out)?;
+    let manifest = result.images[0].manifest.clone();
+    let names = out.names.clone();
+    let opts = tar_options(solver);
+    let dest2 = dest.clone();
+    blocking(move || {
+        if dest2 == Path::new("-") {
+            export::docker_archive(&store, std::io::stdout().lock(), &manifest, &names, &opts)
+                .map(drop)
+                .map_err(SolveError::from)
+        } else {
+            export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
+                .map_err(SolveError::from)
+        }
+    })
+    .await?;
+    report.written.push(dest);
+    Ok(())
+}
+
+/// `type=local` and `type=tar`: the final filesystem of each platform, with
+/// a note for what a directory on this machine left out.
+async fn write_files(
+    solver: &Solver,
+    result: &BuildResult,
+    out: &Output,
+    report: &mut ExportReport,
+) -> Result<(), SolveError> {
+    let dest = dest_of(out)?;
+    let several = result.images.len() > 1;
+    let store = solver.store().clone();
+    let parts: Vec<(String, Vec<crate::engine::LayerRef>)> = result
+        .images
+        .iter()
+        .map(|i| {
+            (
+                i.platform.to_string().replace('/', "_"),
+                i.state.layers.clone(),
+            )
+        })
+        .collect();
+    let opts = tar_options(solver);
+    let as_tar = out.kind == OutputKind::Tar;
+    let dest2 = dest.clone();
+    // A tarball keeps every file as it is in the image; a directory on
+    // this machine gets no device nodes and no setuid/setgid bits unless
+    // asked, as `docker cp`.
+    let apply = ApplyOptions {
+        preserve_special: as_tar || out.preserve_special,
+    };
+    let left_out =
+        blocking(move || write_filesystem(&store, &parts, several, &dest2, as_tar, opts, apply))
+            .await?;
+    if left_out.devices_skipped > 0 {
+        report.notes.push(format!(
+            "{}: left out {} device node(s); add preserve-special=true to -o type=local to create them",
+            dest.display(),
+            left_out.devices_skipped
+        ));
+    }
+    if left_out.privileges_dropped > 0 {
+        report.notes.push(format!(
+            "{}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them",
+            dest.display(),
+            left_out.privileges_dropped
+        ));
+    }
+    report.written.push(dest);
+    Ok(())
 }
 
 /// `--load`: stages the docker archive in a temporary file, then posts it
@@ -313,17 +336,15 @@ async fn load_into_docker(
     opts: TarOptions,
 ) -> Result<Vec<String>, SolveError> {
     let socket = crate::docker_load::socket_from(std::env::var("DOCKER_HOST").ok().as_deref())
-        .map_err(|e| SolveError::Image(e.to_string()))?;
+        .map_err(OutputError::Load)?;
     let staged = tempfile::Builder::new()
         .prefix("kubectl-build-load-")
         .suffix(".tar")
         .tempfile()
-        .map_err(|e| SolveError::Image(format!("stage the image for --load: {e}")))?;
+        .map_err(OutputError::StageLoad)?;
     let path = staged.path().to_path_buf();
     let (store, manifest, names) = (store.clone(), manifest.clone(), names.to_vec());
-    let file = staged
-        .reopen()
-        .map_err(|e| SolveError::Image(format!("stage the image for --load: {e}")))?;
+    let file = staged.reopen().map_err(OutputError::StageLoad)?;
     blocking(move || {
         export::docker_archive(
             &store,
@@ -336,23 +357,21 @@ async fn load_into_docker(
         .and_then(|mut w| w.flush().map_err(io("write", &path)))
     })
     .await?;
-    crate::docker_load::load(&socket, staged.path())
+    Ok(crate::docker_load::load(&socket, staged.path())
         .await
-        .map_err(|e| SolveError::Image(e.to_string()))
+        .map_err(OutputError::Load)?)
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SolveError> + Send + 'static,
 ) -> Result<T, SolveError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| SolveError::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 fn dest_of(out: &Output) -> Result<PathBuf, SolveError> {
     out.dest
         .clone()
-        .ok_or_else(|| SolveError::Image("this output needs dest=PATH".to_string()))
+        .ok_or(SolveError::Output(OutputError::NoDest))
 }
 
 /// `name:tag` → `tag` for the OCI layout's ref name annotation (buildx uses the tag).
@@ -363,9 +382,16 @@ fn tag_of(name: &str) -> String {
     }
 }
 
-fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
-    let msg = format!("{what} {}", path.display());
-    move |e| SolveError::Image(format!("{msg}: {e}"))
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
+    let path = path.to_path_buf();
+    move |source| {
+        OutputError::Io {
+            action,
+            path,
+            source,
+        }
+        .into()
+    }
 }
 
 /// The final filesystem of each platform, as a directory tree (`local`) or
@@ -479,8 +505,12 @@ pub fn local_from_tar(
         .map_err(io("create a staging directory in", &parent))?;
     let tree = staging.path().join("rootfs");
     std::fs::create_dir(&tree).map_err(io("create", &tree))?;
-    let report = kbuild_worker::snapshot::apply_layer_to_dir_with(&tree, reader, apply)
-        .map_err(|e| SolveError::Image(format!("{}: {e}", dest.display())))?;
+    let report = kbuild_worker::snapshot::apply_layer_to_dir_with(&tree, reader, apply).map_err(
+        |source| OutputError::Apply {
+            dest: dest.to_path_buf(),
+            source,
+        },
+    )?;
     if dest.exists() {
         move_into(&tree, dest)?;
     } else {

@@ -157,7 +157,7 @@ fn scratch(op: &Op) -> Result<Arc<State>, SolveError> {
         }));
     };
     let platform = platform_of(op, p)?;
-    let mut config = ImageConfig::for_platform(&platform)?;
+    let mut config = ImageConfig::for_platform(&platform);
     ensure_path(&mut config);
     if let Some(c) = config.config.as_mut() {
         c.working_dir = Some("/".to_string());

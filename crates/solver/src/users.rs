@@ -33,18 +33,38 @@ fn read(root: &Path, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// (name, uid, gid) of every /etc/passwd entry.
-fn passwd(root: &Path) -> Vec<(String, u32, u32)> {
+/// The fields of every /etc/passwd line: the workspace's one passwd reader.
+fn passwd_fields(root: &Path) -> Vec<Vec<String>> {
     read(root, "/etc/passwd")
         .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
+}
+
+/// (name, uid, gid) of every /etc/passwd entry.
+fn passwd(root: &Path) -> Vec<(String, u32, u32)> {
+    passwd_fields(root)
+        .into_iter()
+        .filter_map(|f| {
             if f.len() < 4 {
                 return None;
             }
-            Some((f[0].to_string(), f[2].parse().ok()?, f[3].parse().ok()?))
+            Some((f[0].clone(), f[2].parse().ok()?, f[3].parse().ok()?))
         })
         .collect()
+}
+
+/// The home directory of `user`'s /etc/passwd entry (looked up by name,
+/// or by id for a numeric user; an empty user is root), when it names one.
+pub fn home_dir(root: &Path, user: &str) -> Option<String> {
+    let name = user.split(':').next().unwrap_or_default();
+    let name = if name.is_empty() { "0" } else { name };
+    passwd_fields(root)
+        .into_iter()
+        .filter(|f| f.len() >= 6)
+        .find(|f| f[0] == name || (name.parse::<u32>().is_ok() && f[2] == name))
+        .map(|f| f[5].clone())
+        .filter(|h| !h.is_empty())
 }
 
 /// (name, gid, members) of every /etc/group entry.

@@ -12,4 +12,5 @@
 
 pub mod binfmt;
 pub mod executor;
+pub mod rootpath;
 pub mod snapshot;

@@ -310,39 +310,26 @@ impl Lowering {
     }
 
     fn step(&mut self, step: &Step, state: OpId, cmd_set: bool) -> Result<OpId, Error> {
-        let shell_argv = |command: &Command| match command {
-            Command::Exec(v) => v.clone(),
-            Command::Shell(s) => {
-                let mut v = step.shell.to_vec();
-                v.push(s.clone());
-                v
-            }
-        };
+        let shell_argv = |command: &Command| shell_argv(step, command);
         Ok(match &*step.instruction {
             Instruction::From(_) => state,
             // No history entry, no config change: nothing to do.
             Instruction::Arg(_) => state,
             Instruction::Env(e) => {
-                let patches = e
-                    .vars
-                    .iter()
-                    .map(|kv| ConfigPatch::Env {
-                        key: kv.key.clone(),
-                        value: kv.value.clone(),
-                    })
-                    .collect();
+                let patches = e.vars.iter().map(|kv| ConfigPatch::Env {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                });
+                let patches = patches.collect();
                 let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
                 self.config(step, state, patches, text)
             }
             Instruction::Label(l) => {
-                let patches = l
-                    .labels
-                    .iter()
-                    .map(|kv| ConfigPatch::Label {
-                        key: kv.key.clone(),
-                        value: kv.value.clone(),
-                    })
-                    .collect();
+                let patches = l.labels.iter().map(|kv| ConfigPatch::Label {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                });
+                let patches = patches.collect();
                 let text =
                     crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
                 self.config(step, state, patches, text)
@@ -355,50 +342,9 @@ impl Lowering {
                 }],
                 format!("USER {}", u.user),
             ),
-            Instruction::Workdir(w) => {
-                let text = format!("WORKDIR {}", w.path);
-                let patch = ConfigPatch::Workdir {
-                    path: w.path.clone(),
-                };
-                if w.path == "/" {
-                    self.config(step, state, vec![patch], text)
-                } else {
-                    let chown = (!step.user.is_empty()).then(|| step.user.to_string());
-                    self.add(
-                        Some(step.platform.to_string()),
-                        vec![state],
-                        OpKind::File(FileOp {
-                            actions: vec![FileAction::Mkdir {
-                                path: w.path.clone(),
-                                mode: 0o755,
-                                parents: true,
-                                chown,
-                            }],
-                            config: vec![patch],
-                            history: Some(History::new(text)),
-                        }),
-                        meta(step),
-                    )
-                }
-            }
+            Instruction::Workdir(w) => self.workdir(step, state, w),
             Instruction::Expose(e) => {
-                let mut ports = Vec::new();
-                for w in &e.ports {
-                    let keys = rules::expose_keys(w).map_err(|source| {
-                        at(
-                            step,
-                            ErrorKind::Expose {
-                                value: w.clone(),
-                                source,
-                            },
-                        )
-                    })?;
-                    for k in keys {
-                        if !ports.contains(&k) {
-                            ports.push(k);
-                        }
-                    }
-                }
+                let ports = expose_ports(step, e)?;
                 let text = rules::expose_history(&ports);
                 self.config(step, state, vec![ConfigPatch::ExposedPorts { ports }], text)
             }
@@ -435,60 +381,18 @@ impl Lowering {
             Instruction::StopSignal(s) => {
                 rules::check_signal(&s.signal)
                     .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
+                let signal = s.signal.clone();
+                let text = format!("STOPSIGNAL {}", s.signal);
+                self.config(step, state, vec![ConfigPatch::StopSignal { signal }], text)
+            }
+            Instruction::Healthcheck(h) => {
+                let patch = healthcheck_patch(&h.test);
                 self.config(
                     step,
                     state,
-                    vec![ConfigPatch::StopSignal {
-                        signal: s.signal.clone(),
-                    }],
-                    format!("STOPSIGNAL {}", s.signal),
+                    vec![patch],
+                    rules::healthcheck_history(&h.test),
                 )
-            }
-            Instruction::Healthcheck(h) => {
-                let nanos = |d: std::time::Duration| {
-                    (!d.is_zero()).then(|| d.as_nanos().min(u64::MAX as u128) as u64)
-                };
-                let (patch, text) = match &h.test {
-                    HealthTest::None => (
-                        ConfigPatch::Healthcheck {
-                            test: vec!["NONE".into()],
-                            interval: None,
-                            timeout: None,
-                            start_period: None,
-                            start_interval: None,
-                            retries: None,
-                        },
-                        rules::healthcheck_history(&h.test),
-                    ),
-                    HealthTest::Cmd {
-                        command,
-                        interval,
-                        timeout,
-                        start_period,
-                        start_interval,
-                        retries,
-                    } => {
-                        let test: Vec<String> = match command {
-                            Command::Exec(v) => std::iter::once("CMD".to_string())
-                                .chain(v.iter().cloned())
-                                .collect(),
-                            Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-                        };
-                        let text = rules::healthcheck_history(&h.test);
-                        (
-                            ConfigPatch::Healthcheck {
-                                test,
-                                interval: nanos(*interval),
-                                timeout: nanos(*timeout),
-                                start_period: nanos(*start_period),
-                                start_interval: nanos(*start_interval),
-                                retries: (*retries > 0).then_some(*retries),
-                            },
-                            text,
-                        )
-                    }
-                };
-                self.config(step, state, vec![patch], text)
             }
             Instruction::Onbuild(o) => self.config(
                 step,
@@ -507,162 +411,173 @@ impl Lowering {
                 format!("MAINTAINER {}", m.name),
             ),
             Instruction::Run(r) => self.exec(step, state, r)?,
-            Instruction::Copy(c) => {
-                let chmod = parse_chmod(step, c.chmod.as_deref())?;
-                let dest = rules::resolve_dest(&step.workdir, &c.dest, &step.platform.os);
-                let mut inputs = vec![state];
-                let mut actions = Vec::new();
-                if !c.sources.is_empty() {
-                    let src = match (&c.from, step.sources.first()) {
-                        (None, _) => self.source(
-                            SourceOp::Context {
-                                include: c.sources.clone(),
-                                exclude: c.excludes.clone(),
-                                dockerignore: true,
-                            },
-                            None,
-                        ),
-                        (Some(_), Some(s)) => self.plan_source(s)?,
-                        (Some(from), None) => {
-                            return Err(at(
-                                step,
-                                ErrorKind::Invalid(format!("--from={from} names no source")),
-                            ))
-                        }
-                    };
-                    inputs.push(src);
-                    actions.push(FileAction::Copy {
-                        input: inputs.len() - 1,
-                        sources: c.sources.clone(),
-                        dest: dest.clone(),
-                        chown: c.chown.clone(),
-                        chmod: chmod.clone(),
-                        excludes: c.excludes.clone(),
-                        parents: c.parents,
-                        unpack: false,
-                        link: c.link,
-                    });
+            Instruction::Copy(c) => self.copy(step, state, c)?,
+            Instruction::Add(a) => self.add_files(step, state, a)?,
+        })
+    }
+
+    /// WORKDIR: a mkdir file op that also patches the config (`/` only
+    /// patches the config).
+    fn workdir(&mut self, step: &Step, state: OpId, w: &crate::instructions::Workdir) -> OpId {
+        let text = format!("WORKDIR {}", w.path);
+        let patch = ConfigPatch::Workdir {
+            path: w.path.clone(),
+        };
+        if w.path == "/" {
+            return self.config(step, state, vec![patch], text);
+        }
+        let chown = (!step.user.is_empty()).then(|| step.user.to_string());
+        self.add(
+            Some(step.platform.to_string()),
+            vec![state],
+            OpKind::File(FileOp {
+                actions: vec![FileAction::Mkdir {
+                    path: w.path.clone(),
+                    mode: 0o755,
+                    parents: true,
+                    chown,
+                }],
+                config: vec![patch],
+                history: Some(History::new(text)),
+            }),
+            meta(step),
+        )
+    }
+
+    fn copy(
+        &mut self,
+        step: &Step,
+        state: OpId,
+        c: &crate::instructions::Copy,
+    ) -> Result<OpId, Error> {
+        let chmod = parse_chmod(step, c.chmod.as_deref())?;
+        let dest = rules::resolve_dest(&step.workdir, &c.dest, &step.platform.os);
+        let mut inputs = vec![state];
+        let mut actions = Vec::new();
+        if !c.sources.is_empty() {
+            let src = match (&c.from, step.sources.first()) {
+                (None, _) => self.source(
+                    SourceOp::Context {
+                        include: c.sources.clone(),
+                        exclude: c.excludes.clone(),
+                        dockerignore: true,
+                    },
+                    None,
+                ),
+                (Some(_), Some(s)) => self.plan_source(s)?,
+                (Some(from), None) => {
+                    return Err(at(
+                        step,
+                        ErrorKind::Invalid(format!("--from={from} names no source")),
+                    ))
                 }
-                self.inline_copy(
-                    step,
-                    &c.contents,
-                    &mut inputs,
-                    &mut actions,
-                    &dest,
-                    &c.chown,
-                    &chmod,
-                    c.link,
-                );
-                let text = rules::copy_history("COPY", &c.sources, &c.contents, &c.dest);
-                self.file(step, inputs, actions, text)
+            };
+            inputs.push(src);
+            actions.push(FileAction::Copy {
+                input: inputs.len() - 1,
+                sources: c.sources.clone(),
+                dest: dest.clone(),
+                chown: c.chown.clone(),
+                chmod: chmod.clone(),
+                excludes: c.excludes.clone(),
+                parents: c.parents,
+                unpack: false,
+                link: c.link,
+            });
+        }
+        self.inline_copy(
+            step,
+            &c.contents,
+            &mut inputs,
+            &mut actions,
+            &dest,
+            &c.chown,
+            &chmod,
+            c.link,
+        );
+        let text = rules::copy_history("COPY", &c.sources, &c.contents, &c.dest);
+        Ok(self.file(step, inputs, actions, text))
+    }
+
+    /// ADD: local sources (one context input, copied first), URLs and git
+    /// repositories (a source op each), then heredocs.
+    fn add_files(
+        &mut self,
+        step: &Step,
+        state: OpId,
+        a: &crate::instructions::Add,
+    ) -> Result<OpId, Error> {
+        let chmod = parse_chmod(step, a.chmod.as_deref())?;
+        let dest = rules::resolve_dest(&step.workdir, &a.dest, &step.platform.os);
+        let mut inputs = vec![state];
+        let mut actions = Vec::new();
+        let mut local = Vec::new();
+        let copy = |input: usize, sources: Vec<String>, unpack: bool| FileAction::Copy {
+            input,
+            sources,
+            dest: dest.clone(),
+            chown: a.chown.clone(),
+            chmod: chmod.clone(),
+            excludes: a.excludes.clone(),
+            parents: false,
+            unpack,
+            link: a.link,
+        };
+        for src in &a.sources {
+            let kind = rules::add_source_kind(src);
+            if let Some(sum) = &a.checksum {
+                rules::check_checksum(kind, sum)
+                    .map_err(|source| at(step, ErrorKind::Checksum { source }))?;
             }
-            Instruction::Add(a) => {
-                let chmod = parse_chmod(step, a.chmod.as_deref())?;
-                let dest = rules::resolve_dest(&step.workdir, &a.dest, &step.platform.os);
-                let mut inputs = vec![state];
-                let mut actions = Vec::new();
-                let mut local = Vec::new();
-                for src in &a.sources {
-                    let kind = rules::add_source_kind(src);
-                    if let Some(sum) = &a.checksum {
-                        rules::check_checksum(kind, sum)
-                            .map_err(|source| at(step, ErrorKind::Checksum { source }))?;
-                    }
-                    let copy =
-                        |input: usize, sources: Vec<String>, unpack: bool| FileAction::Copy {
-                            input,
-                            sources,
-                            dest: dest.clone(),
-                            chown: a.chown.clone(),
-                            chmod: chmod.clone(),
-                            excludes: a.excludes.clone(),
-                            parents: false,
-                            unpack,
-                            link: a.link,
-                        };
-                    match kind {
-                        AddSourceKind::Local => local.push(src.clone()),
-                        AddSourceKind::Url => {
-                            let filename = url_filename(src);
-                            let op = self.source(
-                                SourceOp::Http {
-                                    url: src.clone(),
-                                    filename: filename.clone(),
-                                    checksum: a.checksum.clone(),
-                                },
-                                None,
-                            );
-                            inputs.push(op);
-                            actions.push(copy(
-                                inputs.len() - 1,
-                                vec![format!("/{filename}")],
-                                a.unpack == Some(true),
-                            ));
-                        }
-                        AddSourceKind::Git => {
-                            let (remote, fragment) = match src.split_once('#') {
-                                Some((r, f)) => (r.to_string(), Some(f)),
-                                None => (src.clone(), None),
-                            };
-                            let (reference, subdir) = match fragment.map(|f| f.split_once(':')) {
-                                Some(Some((r, d))) => (Some(r.to_string()), Some(d.to_string())),
-                                Some(None) => (fragment.map(str::to_string), None),
-                                None => (None, None),
-                            };
-                            let op = self.source(
-                                SourceOp::Git {
-                                    remote,
-                                    reference: reference.filter(|r| !r.is_empty()),
-                                    subdir: subdir.filter(|d| !d.is_empty()),
-                                    keep_git_dir: a.keep_git_dir.unwrap_or(false),
-                                    checksum: a.checksum.clone(),
-                                },
-                                None,
-                            );
-                            inputs.push(op);
-                            actions.push(copy(inputs.len() - 1, vec!["/".into()], false));
-                        }
-                    }
+            let (op, sources, unpack) = match kind {
+                AddSourceKind::Local => {
+                    local.push(src.clone());
+                    continue;
                 }
-                if !local.is_empty() {
+                AddSourceKind::Url => {
+                    let filename = url_filename(src);
                     let op = self.source(
-                        SourceOp::Context {
-                            include: local.clone(),
-                            exclude: a.excludes.clone(),
-                            dockerignore: true,
+                        SourceOp::Http {
+                            url: src.clone(),
+                            filename: filename.clone(),
+                            checksum: a.checksum.clone(),
                         },
                         None,
                     );
-                    inputs.push(op);
-                    actions.insert(
-                        0,
-                        FileAction::Copy {
-                            input: inputs.len() - 1,
-                            sources: local,
-                            dest: dest.clone(),
-                            chown: a.chown.clone(),
-                            chmod: chmod.clone(),
-                            excludes: a.excludes.clone(),
-                            parents: false,
-                            unpack: a.unpack != Some(false),
-                            link: a.link,
-                        },
-                    );
+                    (op, vec![format!("/{filename}")], a.unpack == Some(true))
                 }
-                self.inline_copy(
-                    step,
-                    &a.contents,
-                    &mut inputs,
-                    &mut actions,
-                    &dest,
-                    &a.chown,
-                    &chmod,
-                    a.link,
-                );
-                let text = rules::copy_history("ADD", &a.sources, &a.contents, &a.dest);
-                self.file(step, inputs, actions, text)
-            }
-        })
+                AddSourceKind::Git => {
+                    let op = self.source(git_source(src, a), None);
+                    (op, vec!["/".into()], false)
+                }
+            };
+            inputs.push(op);
+            actions.push(copy(inputs.len() - 1, sources, unpack));
+        }
+        if !local.is_empty() {
+            let op = self.source(
+                SourceOp::Context {
+                    include: local.clone(),
+                    exclude: a.excludes.clone(),
+                    dockerignore: true,
+                },
+                None,
+            );
+            inputs.push(op);
+            actions.insert(0, copy(inputs.len() - 1, local, a.unpack != Some(false)));
+        }
+        self.inline_copy(
+            step,
+            &a.contents,
+            &mut inputs,
+            &mut actions,
+            &dest,
+            &a.chown,
+            &chmod,
+            a.link,
+        );
+        let text = rules::copy_history("ADD", &a.sources, &a.contents, &a.dest);
+        Ok(self.file(step, inputs, actions, text))
     }
 
     fn file(
@@ -787,73 +702,23 @@ impl Lowering {
                         Some(from) => Some(from_input(self, &mut inputs, from)?),
                         None => None,
                     };
-                    ExecMount::Cache {
-                        target: abs(&c.target),
-                        id: c.id.clone().unwrap_or_else(|| abs(&c.target)),
-                        sharing: c.sharing,
-                        input,
-                        source: c.source.clone(),
-                        readonly: c.read_only,
-                        mode: c.mode.unwrap_or(0o755),
-                        uid: c.uid.unwrap_or(0),
-                        gid: c.gid.unwrap_or(0),
-                    }
+                    cache_mount(c, input, &abs)
                 }
                 Mount::Tmpfs(t) => ExecMount::Tmpfs {
                     target: abs(&t.target),
                     size: t.size,
                 },
-                Mount::Secret(s) => {
-                    let id = s.id.clone().unwrap_or_else(|| {
-                        let t = s.target.as_deref().unwrap_or_default();
-                        t.rsplit('/').next().unwrap_or(t).to_string()
-                    });
-                    let target = match (&s.target, &s.env) {
-                        (Some(t), _) => Some(abs(t)),
-                        (None, None) => Some(format!("/run/secrets/{id}")),
-                        (None, Some(_)) => None,
-                    };
-                    ExecMount::Secret {
-                        id,
-                        target,
-                        env: s.env.clone(),
-                        required: s.required,
-                        mode: s.mode.unwrap_or(0o400),
-                        uid: s.uid.unwrap_or(0),
-                        gid: s.gid.unwrap_or(0),
-                    }
+                Mount::Secret(s) => secret_mount(s, &abs),
+                Mount::Ssh(s) => {
+                    let n = mounts
+                        .iter()
+                        .filter(|m| matches!(m, ExecMount::Ssh { .. }))
+                        .count();
+                    ssh_mount(s, n, &abs)
                 }
-                Mount::Ssh(s) => ExecMount::Ssh {
-                    id: s.id.clone().unwrap_or_else(|| "default".into()),
-                    target: match s.target.as_deref() {
-                        Some(t) => abs(t),
-                        None => {
-                            let n = mounts
-                                .iter()
-                                .filter(|m| matches!(m, ExecMount::Ssh { .. }))
-                                .count();
-                            format!("/run/buildkit/ssh_agent.{n}")
-                        }
-                    },
-                    required: s.required,
-                    mode: s.mode.unwrap_or(0o600),
-                    uid: s.uid.unwrap_or(0),
-                    gid: s.gid.unwrap_or(0),
-                },
             });
         }
-        // The image environment with the build args laid over it.
-        let mut env: Vec<String> = Vec::with_capacity(step.env.len() + step.args.len());
-        for (k, v) in step.env.iter().chain(step.args.iter()) {
-            let entry = format!("{k}={v}");
-            match env
-                .iter_mut()
-                .find(|e| e.split_once('=').map(|(n, _)| n) == Some(&**k))
-            {
-                Some(e) => *e = entry,
-                None => env.push(entry),
-            }
-        }
+        let env = run_env(step);
         let history = History::new(rules::run_history(&argv, &step.args));
         Ok(self.add(
             Some(platform),
@@ -870,6 +735,178 @@ impl Lowering {
             }),
             meta(step),
         ))
+    }
+}
+
+/// An argv of CMD/ENTRYPOINT: exec form as written, shell form through the
+/// stage's SHELL.
+fn shell_argv(step: &Step, command: &Command) -> Vec<String> {
+    match command {
+        Command::Exec(v) => v.clone(),
+        Command::Shell(s) => {
+            let mut v = step.shell.to_vec();
+            v.push(s.clone());
+            v
+        }
+    }
+}
+
+/// RUN's environment: the image environment with the build args laid over it.
+fn run_env(step: &Step) -> Vec<String> {
+    let mut env: Vec<String> = Vec::with_capacity(step.env.len() + step.args.len());
+    for (k, v) in step.env.iter().chain(step.args.iter()) {
+        let entry = format!("{k}={v}");
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(n, _)| n) == Some(&**k))
+        {
+            Some(e) => *e = entry,
+            None => env.push(entry),
+        }
+    }
+    env
+}
+
+/// `--mount=type=cache`: the id defaults to the target.
+fn cache_mount(
+    c: &crate::instructions::CacheMount,
+    input: Option<usize>,
+    abs: &dyn Fn(&str) -> String,
+) -> ExecMount {
+    ExecMount::Cache {
+        target: abs(&c.target),
+        id: c.id.clone().unwrap_or_else(|| abs(&c.target)),
+        sharing: c.sharing,
+        input,
+        source: c.source.clone(),
+        readonly: c.read_only,
+        mode: c.mode.unwrap_or(0o755),
+        uid: c.uid.unwrap_or(0),
+        gid: c.gid.unwrap_or(0),
+    }
+}
+
+/// `--mount=type=ssh`, the `n`th of its step: the target defaults to
+/// `/run/buildkit/ssh_agent.N`.
+fn ssh_mount(
+    s: &crate::instructions::SshMount,
+    n: usize,
+    abs: &dyn Fn(&str) -> String,
+) -> ExecMount {
+    ExecMount::Ssh {
+        id: s.id.clone().unwrap_or_else(|| "default".into()),
+        target: match s.target.as_deref() {
+            Some(t) => abs(t),
+            None => format!("/run/buildkit/ssh_agent.{n}"),
+        },
+        required: s.required,
+        mode: s.mode.unwrap_or(0o600),
+        uid: s.uid.unwrap_or(0),
+        gid: s.gid.unwrap_or(0),
+    }
+}
+
+/// `--mount=type=secret`: the id defaults to the target's base name, the
+/// target to `/run/secrets/ID` unless the secret goes to an env variable.
+fn secret_mount(s: &crate::instructions::SecretMount, abs: &dyn Fn(&str) -> String) -> ExecMount {
+    let id = s.id.clone().unwrap_or_else(|| {
+        let t = s.target.as_deref().unwrap_or_default();
+        t.rsplit('/').next().unwrap_or(t).to_string()
+    });
+    let target = match (&s.target, &s.env) {
+        (Some(t), _) => Some(abs(t)),
+        (None, None) => Some(format!("/run/secrets/{id}")),
+        (None, Some(_)) => None,
+    };
+    ExecMount::Secret {
+        id,
+        target,
+        env: s.env.clone(),
+        required: s.required,
+        mode: s.mode.unwrap_or(0o400),
+        uid: s.uid.unwrap_or(0),
+        gid: s.gid.unwrap_or(0),
+    }
+}
+
+/// EXPOSE's ports as config keys (`80/tcp`), each once, in order.
+fn expose_ports(step: &Step, e: &crate::instructions::Expose) -> Result<Vec<String>, Error> {
+    let mut ports = Vec::new();
+    for w in &e.ports {
+        let keys = rules::expose_keys(w).map_err(|source| {
+            at(
+                step,
+                ErrorKind::Expose {
+                    value: w.clone(),
+                    source,
+                },
+            )
+        })?;
+        for k in keys {
+            if !ports.contains(&k) {
+                ports.push(k);
+            }
+        }
+    }
+    Ok(ports)
+}
+
+/// HEALTHCHECK's config patch (durations in nanoseconds, zero left out).
+fn healthcheck_patch(test: &HealthTest) -> ConfigPatch {
+    let nanos =
+        |d: &std::time::Duration| (!d.is_zero()).then(|| d.as_nanos().min(u64::MAX as u128) as u64);
+    match test {
+        HealthTest::None => ConfigPatch::Healthcheck {
+            test: vec!["NONE".into()],
+            interval: None,
+            timeout: None,
+            start_period: None,
+            start_interval: None,
+            retries: None,
+        },
+        HealthTest::Cmd {
+            command,
+            interval,
+            timeout,
+            start_period,
+            start_interval,
+            retries,
+        } => {
+            let test: Vec<String> = match command {
+                Command::Exec(v) => std::iter::once("CMD".to_string())
+                    .chain(v.iter().cloned())
+                    .collect(),
+                Command::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+            };
+            ConfigPatch::Healthcheck {
+                test,
+                interval: nanos(interval),
+                timeout: nanos(timeout),
+                start_period: nanos(start_period),
+                start_interval: nanos(start_interval),
+                retries: (*retries > 0).then_some(*retries),
+            }
+        }
+    }
+}
+
+/// ADD of a git URL: `REMOTE[#REF[:SUBDIR]]` as a git source.
+fn git_source(src: &str, a: &crate::instructions::Add) -> SourceOp {
+    let (remote, fragment) = match src.split_once('#') {
+        Some((r, f)) => (r.to_string(), Some(f)),
+        None => (src.to_string(), None),
+    };
+    let (reference, subdir) = match fragment.map(|f| f.split_once(':')) {
+        Some(Some((r, d))) => (Some(r.to_string()), Some(d.to_string())),
+        Some(None) => (fragment.map(str::to_string), None),
+        None => (None, None),
+    };
+    SourceOp::Git {
+        remote,
+        reference: reference.filter(|r| !r.is_empty()),
+        subdir: subdir.filter(|d| !d.is_empty()),
+        keep_git_dir: a.keep_git_dir.unwrap_or(false),
+        checksum: a.checksum.clone(),
     }
 }
 

@@ -107,5 +107,6 @@ pub use model::{
     Warning, WarningKind,
 };
 pub use options::{BaseImageConfig, ImageConfigSource, NoImageConfigs, PlanOptions};
+pub use paths::clean as clean_path;
 pub(crate) use paths::resolve_workdir;
 pub use planner::plan;

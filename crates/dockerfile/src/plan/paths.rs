@@ -55,8 +55,9 @@ fn strip_drive(p: &str) -> String {
 }
 
 /// Go's `path.Clean` for absolute paths: no `.`, no `..` past the root, no
-/// duplicate or trailing slashes.
-pub(crate) fn clean(p: &str) -> String {
+/// duplicate or trailing slashes; a relative path is taken from `/`. The
+/// workspace's one cleaner of container paths.
+pub fn clean(p: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for part in p.split('/') {
         match part {

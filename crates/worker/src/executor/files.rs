@@ -2,74 +2,13 @@
 //! filesystem, mount points created for the step and removed after it, and
 //! the generated `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
 
-use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{Timespec, Timestamps};
-
-/// Most symlinks followed while resolving one path (Linux's limit).
-const MAX_LINKS: u32 = 40;
-
-/// The host path of `path` (absolute inside `root`), following symlinks as
-/// the step would see them: absolute targets restart at `root`, `..` stops
-/// at `root`. Components that do not exist are appended as given.
-pub(crate) fn resolve_in_root(root: &Path, path: &str) -> io::Result<PathBuf> {
-    let mut queue: VecDeque<OsString> = Path::new(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            _ => None,
-        })
-        .collect();
-    let mut resolved: Vec<OsString> = Vec::new();
-    let mut links = 0;
-    let mut missing = false;
-    while let Some(c) = queue.pop_front() {
-        if c == ".." {
-            resolved.pop();
-            continue;
-        }
-        resolved.push(c);
-        if missing {
-            continue;
-        }
-        let here: PathBuf = root.join(resolved.iter().collect::<PathBuf>());
-        match fs::symlink_metadata(&here) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_LINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = fs::read_link(&here)?;
-                resolved.pop();
-                if target.has_root() {
-                    resolved.clear();
-                }
-                for (i, c) in target
-                    .components()
-                    .filter_map(|c| match c {
-                        Component::Normal(n) => Some(n.to_os_string()),
-                        Component::ParentDir => Some(OsString::from("..")),
-                        _ => None,
-                    })
-                    .enumerate()
-                {
-                    queue.insert(i, c);
-                }
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => missing = true,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(root.join(resolved.iter().collect::<PathBuf>()))
-}
 
 /// What kind of mount point a target needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,30 +214,6 @@ pub(crate) fn valid_hosts_word(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
-
-    #[test]
-    fn resolves_symlinks_inside_the_root() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        fs::create_dir_all(root.join("real/etc")).unwrap();
-        symlink("/real/etc", root.join("etc")).unwrap();
-        symlink("../../../../outside", root.join("real/etc/up")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, "/etc/hosts").unwrap(),
-            root.join("real/etc/hosts")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/etc/up/x").unwrap(),
-            root.join("outside/x")
-        );
-        assert_eq!(
-            resolve_in_root(root, "/../../proc").unwrap(),
-            root.join("proc")
-        );
-        symlink("loop", root.join("loop")).unwrap();
-        assert!(resolve_in_root(root, "/loop/x").is_err());
-    }
 
     #[test]
     fn stubs_leave_no_trace() {

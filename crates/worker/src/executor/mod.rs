@@ -350,9 +350,13 @@ pub enum Error {
     /// The system call filter could not be built.
     #[error("could not build the RUN sandbox's system call filter: {0}")]
     Seccomp(#[source] &'static SeccompError),
-    /// The sandbox could not be set up (mounts, namespaces, user).
+    /// The sandbox could not be set up (mounts, namespaces, user): the
+    /// helper's report, which crosses a process boundary as text.
     #[error("could not set up the sandbox: {0}")]
     Setup(String),
+    /// The spec could not be encoded for the helper.
+    #[error("could not set up the sandbox: encode the spec: {0}")]
+    EncodeSpec(#[source] serde_json::Error),
     /// The command could not be executed.
     #[error("could not execute {argv0:?}: {message}")]
     Exec {

@@ -75,7 +75,7 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 
 /// Resolves `target` inside the root and makes sure a mount point exists.
 fn mount_point(stubs: &mut Stubs, root: &Path, target: &str, kind: Kind) -> Result<PathBuf> {
-    let host = files::resolve_in_root(root, target).map_err(io_err(
+    let host = crate::rootpath::resolve_in_root(root, target, true).map_err(io_err(
         "resolve the mount point",
         &root.join(target.trim_start_matches('/')),
     ))?;
@@ -245,8 +245,7 @@ fn supervise(
         source,
     })?;
     drop(status_w);
-    let json =
-        serde_json::to_vec(spec).map_err(|e| Error::Setup(format!("encode the spec: {e}")))?;
+    let json = serde_json::to_vec(spec).map_err(Error::EncodeSpec)?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that died early shows up below as a missing status.
         let _ = stdin.write_all(&json);
