@@ -81,6 +81,9 @@ pub enum SolveError {
     /// An output failed in a way that is a bug (a message of the outputs).
     #[error("internal error: {0}")]
     Internal(String),
+    /// `-o type=containerd` failed (names the socket).
+    #[error(transparent)]
+    Containerd(#[from] kbuild_containerd::Error),
     /// A build thread died.
     #[error("internal error: a build thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -22,6 +22,7 @@ mod base;
 mod cache;
 pub mod checksums;
 pub mod config;
+mod containerd_load;
 pub mod copy;
 pub mod docker_load;
 mod download;
@@ -37,6 +38,7 @@ pub mod outputs;
 pub mod progress;
 mod scheduler;
 mod source;
+mod stdout_stage;
 pub mod users;
 
 pub use download::DownloadError;

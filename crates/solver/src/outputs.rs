@@ -24,6 +24,9 @@ pub struct ExportReport {
     pub written: Vec<PathBuf>,
     /// What the Docker daemon said it loaded (`--load`).
     pub loaded: Vec<String>,
+    /// What `-o type=containerd` loaded, one line each (names, socket,
+    /// namespace, platforms unpacked).
+    pub containerd: Vec<String>,
     /// What a filesystem output left out on purpose (device nodes,
     /// setuid/setgid bits), one line each.
     pub notes: Vec<String>,
@@ -151,16 +154,10 @@ pub async fn export_with(
                 let as_dir = out.as_directory;
                 blocking(move || {
                     if dest2 == Path::new("-") {
-                        export::oci_layout_tar(
-                            &store,
-                            &root,
-                            std::io::stdout().lock(),
-                            ref_name.as_deref(),
-                            &opts,
-                        )
-                        .map_err(SolveError::from)
-                        .and_then(|mut w| {
-                            w.flush().map_err(io("write", Path::new("standard output")))
+                        crate::stdout_stage::staged(|w| {
+                            export::oci_layout_tar(&store, &root, w, ref_name.as_deref(), &opts)
+                                .map(drop)
+                                .map_err(SolveError::from)
                         })
                     } else if as_dir {
                         export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
@@ -206,15 +203,11 @@ pub async fn export_with(
                 let dest2 = dest.clone();
                 blocking(move || {
                     if dest2 == Path::new("-") {
-                        export::docker_archive(
-                            &store,
-                            std::io::stdout().lock(),
-                            &manifest,
-                            &names,
-                            &opts,
-                        )
-                        .map(drop)
-                        .map_err(SolveError::from)
+                        crate::stdout_stage::staged(|w| {
+                            export::docker_archive(&store, w, &manifest, &names, &opts)
+                                .map(drop)
+                                .map_err(SolveError::from)
+                        })
                     } else {
                         export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
                             .map_err(SolveError::from)
@@ -222,6 +215,10 @@ pub async fn export_with(
                 })
                 .await?;
                 report.written.push(dest);
+            }
+            OutputKind::Containerd => {
+                let line = crate::containerd_load::export(solver, result, out).await?;
+                report.containerd.push(line);
             }
             OutputKind::Local | OutputKind::Tar => {
                 let dest = dest_of(out)?;
