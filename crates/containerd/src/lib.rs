@@ -27,9 +27,8 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, CreateRequest as CreateLease,
-    DeleteRequest as DeleteLease, Image, Info, InfoRequest, UpdateImageRequest, UpdateRequest,
-    WriteAction, WriteContentRequest,
+    ApplyRequest, CreateImageRequest, CreateRequest as CreateLease, DeleteRequest as DeleteLease,
+    Image, Info, InfoRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::types::{Descriptor as CtrDescriptor, Mount};
 use containerd_client::Client;
@@ -114,7 +113,9 @@ pub enum Error {
         source: Status,
     },
     /// The namespace is not a valid gRPC header value.
-    #[error("containerd namespace {namespace:?} is not a valid name (letters, digits, '-', '_', '.')")]
+    #[error(
+        "containerd namespace {namespace:?} is not a valid name (letters, digits, '-', '_', '.')"
+    )]
     Namespace {
         /// The namespace.
         namespace: String,
@@ -316,12 +317,7 @@ async fn load_in_lease(
         let top = unpack_one(conn, target, p, &mut report).await?;
         if let Some(top) = top {
             let label = format!("{LABEL_GC_SNAPSHOT}.{}", target.snapshotter);
-            set_labels(
-                conn,
-                &p.doc.config.digest,
-                BTreeMap::from([(label, top)]),
-            )
-            .await?;
+            set_labels(conn, &p.doc.config.digest, BTreeMap::from([(label, top)])).await?;
         }
         report.unpacked.push(
             p.platform
@@ -362,8 +358,8 @@ fn read_tree(store: &ContentStore, root: &Descriptor) -> Result<Vec<Part>, Error
     let mut parts = Vec::new();
     for m in manifests {
         let doc = Manifest::parse(&read(&m.digest)?).map_err(parse_err(&m.digest))?;
-        let config =
-            ImageConfig::parse(&read(&doc.config.digest)?).map_err(parse_err(&doc.config.digest))?;
+        let config = ImageConfig::parse(&read(&doc.config.digest)?)
+            .map_err(parse_err(&doc.config.digest))?;
         if config.rootfs.diff_ids.len() != doc.layers.len() {
             return Err(Error::LayerCount {
                 manifest: m.digest.clone(),
@@ -560,8 +556,10 @@ async fn put(
 }
 
 /// Streams a blob to the Content service: WRITE messages with the data,
-/// then COMMIT with the expected size, digest and labels; each message is
-/// answered, so they go in lockstep.
+/// then COMMIT with the expected size, digest and labels. containerd
+/// answers each message before it reads the next, so they go in lockstep;
+/// the first goes out before the call is awaited, since the call only
+/// completes once containerd has answered something.
 async fn write_blob(
     conn: &Conn,
     store: &ContentStore,
@@ -575,15 +573,8 @@ async fn write_blob(
         source,
     };
     let mut file = tokio::fs::File::open(&path).await.map_err(blob_err)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(1);
     let what = format!("write blob {}", d.digest);
-    let mut responses = conn
-        .client
-        .content()
-        .write(conn.req(tokio_stream::wrappers::ReceiverStream::new(rx))?)
-        .await
-        .map_err(conn.rpc(what.clone()))?
-        .into_inner();
+    let closed = || Status::aborted("containerd closed the write stream early");
     let reference = format!(
         "kubectl-build-{}-{:08x}",
         d.digest.hex(),
@@ -593,6 +584,9 @@ async fn write_blob(
     let total = d.size as i64;
     let mut offset: i64 = 0;
     let mut buf = vec![0u8; CHUNK];
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(1);
+    let mut rx = Some(rx);
+    let mut responses = None;
     loop {
         let n = file.read(&mut buf).await.map_err(|source| Error::Blob {
             digest: d.digest.clone(),
@@ -618,35 +612,33 @@ async fn write_blob(
             },
         };
         if tx.send(msg).await.is_err() {
-            // containerd ended the stream: its status says why.
-            match responses.message().await {
-                Err(s) => return Err(conn.rpc(what)(s)),
-                Ok(_) => {
-                    return Err(conn.rpc(what)(Status::aborted(
-                        "containerd closed the write stream early",
-                    )))
-                }
-            }
+            return Err(conn.rpc(what)(closed()));
         }
-        match responses.message().await {
-            Ok(Some(r)) => {
-                if r.action == WriteAction::Commit as i32 {
-                    drop(tx);
-                    return Ok(offset as u64 + n as u64);
-                }
+        let stream = match responses.as_mut() {
+            Some(s) => s,
+            None => {
+                let Some(rx) = rx.take() else {
+                    return Err(conn.rpc(what)(closed()));
+                };
+                responses.insert(
+                    conn.client
+                        .content()
+                        .write(conn.req(tokio_stream::wrappers::ReceiverStream::new(rx))?)
+                        .await
+                        .map_err(conn.rpc(what.clone()))?
+                        .into_inner(),
+                )
             }
-            Ok(None) => {
-                return Err(conn.rpc(what)(Status::aborted(
-                    "containerd closed the write stream early",
-                )))
-            }
+        };
+        match stream.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(conn.rpc(what)(closed())),
             Err(s) => return Err(conn.rpc(what)(s)),
         }
+        offset += n as i64;
         if last {
-            drop(tx);
             return Ok(offset as u64);
         }
-        offset += n as i64;
     }
 }
 
@@ -682,10 +674,7 @@ async fn unpack_one(
         } else {
             chain[i - 1].clone()
         };
-        let key = format!(
-            "extract-{:016x} {chain_id}",
-            rand::random::<u64>()
-        );
+        let key = format!("extract-{:016x} {chain_id}", rand::random::<u64>());
         let mounts: Vec<Mount> = snapshots
             .prepare(conn.req(PrepareSnapshotRequest {
                 snapshotter: target.snapshotter.clone(),
@@ -818,10 +807,7 @@ mod tests {
 
     #[test]
     fn names_are_normalized_as_cri_looks_them_up() {
-        assert_eq!(
-            normalize_name("app:1").unwrap(),
-            "docker.io/library/app:1"
-        );
+        assert_eq!(normalize_name("app:1").unwrap(), "docker.io/library/app:1");
         assert_eq!(
             normalize_name("127.0.0.1:5000/x/y").unwrap(),
             "127.0.0.1:5000/x/y:latest"
