@@ -393,5 +393,6 @@ fn containerd_output_through_a_serve_daemon() {
         .arg("--root")
         .arg(t.path().join("daemon-root"))
         .arg("prune")
+        .stdout(std::process::Stdio::null())
         .status();
 }
