@@ -56,3 +56,48 @@ fn archive_on_stdout_is_staged_and_a_failure_leaves_stdout_empty() {
         );
     }
 }
+
+/// `type=local` into an existing directory replaces it as a whole (the
+/// new tree is made beside it and exchanged in one rename): nothing of the
+/// old tree survives and nothing is left beside it.
+#[test]
+fn local_output_replaces_an_existing_directory_whole() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("new.txt"), "new\n");
+    write(&ctx.join("sub/b.txt"), "b\n");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+    let out = t.path().join("out");
+    write(&out.join("old.txt"), "old\n");
+    write(&out.join("sub/a.txt"), "a\n");
+    let dest = format!("type=local,dest={}", out.display());
+    run(&store, &[ctx.to_str().unwrap(), "-o", &dest], &[]).ok();
+    let mut names: Vec<String> = walk(&out);
+    names.sort();
+    assert_eq!(names, ["Dockerfile", "new.txt", "sub", "sub/b.txt"]);
+    let beside: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kubectl-build-"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_dir() {
+            for n in walk(&e.path()) {
+                out.push(format!("{name}/{n}"));
+            }
+        }
+        out.push(name);
+    }
+    out
+}
