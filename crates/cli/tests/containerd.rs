@@ -152,7 +152,11 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
         .collect();
     assert_eq!(tops.len(), 1, "{blobs:?}");
     let committed = snapshots(&c);
-    assert!(committed.contains(tops[0]), "{committed:?} lacks {}", tops[0]);
+    assert!(
+        committed.contains(tops[0]),
+        "{committed:?} lacks {}",
+        tops[0]
+    );
     // busybox, COPY, RUN: three layers unpacked.
     assert_eq!(committed.len(), 3, "{committed:?}");
 
@@ -194,13 +198,21 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
     // name refers to the index, and takes it all once none does.
     c.ctr_ok(
         NS,
-        ["images", "rm", "--sync", "127.0.0.1:5000/kbuild-test/ctr:extra"],
+        [
+            "images",
+            "rm",
+            "--sync",
+            "127.0.0.1:5000/kbuild-test/ctr:extra",
+        ],
     )
     .expect("ctr images rm");
     assert_eq!(before.1, content(&c));
     assert_eq!(before.2, snapshots(&c));
-    c.ctr_ok(NS, ["images", "rm", "--sync", "docker.io/kbuild-test/ctr:1"])
-        .expect("ctr images rm");
+    c.ctr_ok(
+        NS,
+        ["images", "rm", "--sync", "docker.io/kbuild-test/ctr:1"],
+    )
+    .expect("ctr images rm");
     assert!(content(&c).is_empty(), "{:?}", content(&c));
     assert!(snapshots(&c).is_empty(), "{:?}", snapshots(&c));
 
@@ -246,7 +258,13 @@ fn containerd_output_errors_name_the_socket_and_the_fix() {
     let output = format!("type=containerd,address={}", missing.display());
     let r = run(
         &store,
-        &[ctx.to_str().unwrap(), "-t", "kbuild-test/x:1", "-o", &output],
+        &[
+            ctx.to_str().unwrap(),
+            "-t",
+            "kbuild-test/x:1",
+            "-o",
+            &output,
+        ],
         &[],
     )
     .fails();
@@ -262,7 +280,13 @@ fn containerd_output_errors_name_the_socket_and_the_fix() {
     std::fs::write(&missing, "").unwrap();
     let r = run(
         &store,
-        &[ctx.to_str().unwrap(), "-t", "kbuild-test/x:1", "-o", &output],
+        &[
+            ctx.to_str().unwrap(),
+            "-t",
+            "kbuild-test/x:1",
+            "-o",
+            &output,
+        ],
         &[],
     )
     .fails();

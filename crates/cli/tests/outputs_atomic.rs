@@ -35,19 +35,36 @@ fn archive_on_stdout_is_staged_and_a_failure_leaves_stdout_empty() {
         return;
     };
     let ctx = t.path().join("ctx");
-    write(&ctx.join("Dockerfile"), &format!("FROM {base}\nLABEL a=b\n"));
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM {base}\nLABEL a=b\n"),
+    );
     let ctx = ctx.to_str().unwrap();
     for output in ["type=oci,dest=-", "type=docker,dest=-"] {
         // Whole: a tar that ends with its two zero blocks.
-        let r = run(&store, &[ctx, "--platform", "linux/amd64", "-o", output], &[]).ok();
-        assert!(r.stdout.len() > 10_000, "{output}: {} bytes", r.stdout.len());
+        let r = run(
+            &store,
+            &[ctx, "--platform", "linux/amd64", "-o", output],
+            &[],
+        )
+        .ok();
+        assert!(
+            r.stdout.len() > 10_000,
+            "{output}: {} bytes",
+            r.stdout.len()
+        );
     }
     // The base layer now reads short: the export fails in the middle.
     let layer = largest_blob(&store);
     std::fs::remove_file(&layer).unwrap();
     std::os::unix::fs::symlink(SHORT_FILE, &layer).unwrap();
     for output in ["type=oci,dest=-", "type=docker,dest=-"] {
-        let r = run(&store, &[ctx, "--platform", "linux/amd64", "-o", output], &[]).fails();
+        let r = run(
+            &store,
+            &[ctx, "--platform", "linux/amd64", "-o", output],
+            &[],
+        )
+        .fails();
         assert_eq!(error_lines(&r.stderr).len(), 1, "{}", r.stderr);
         assert!(
             r.stdout.is_empty(),

@@ -110,7 +110,7 @@ pub enum Error {
         what: String,
         /// containerd's status.
         #[source]
-        source: Status,
+        source: Box<Status>,
     },
     /// The namespace is not a valid gRPC header value.
     #[error(
@@ -127,7 +127,7 @@ pub enum Error {
         digest: Digest,
         /// Why.
         #[source]
-        source: kbuild_image::Error,
+        source: Box<kbuild_image::Error>,
     },
     /// A blob file could not be read.
     #[error("read {} (blob {digest}): {source}", path.display())]
@@ -147,7 +147,7 @@ pub enum Error {
         name: String,
         /// Why.
         #[source]
-        source: kbuild_registry::Error,
+        source: Box<kbuild_registry::Error>,
     },
     /// containerd unpacked a layer to something other than what the image
     /// config says.
@@ -157,8 +157,8 @@ pub enum Error {
         socket: PathBuf,
         /// The image platform.
         platform: String,
-        /// The compressed layer.
-        layer: Digest,
+        /// The compressed layer's digest.
+        layer: String,
         /// The diff ID in the config.
         expected: String,
         /// What containerd reported.
@@ -207,7 +207,7 @@ pub fn normalize_name(name: &str) -> Result<String, Error> {
         .map(|r| r.to_string())
         .map_err(|source| Error::Name {
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -337,13 +337,16 @@ async fn load_in_lease(
 fn read_tree(store: &ContentStore, root: &Descriptor) -> Result<Vec<Part>, Error> {
     let read = |d: &Digest| {
         store.read(d).map_err(|source| Error::Store {
-            digest: d.clone(),
-            source,
+            digest: *d,
+            source: Box::new(source),
         })
     };
     let parse_err = |d: &Digest| {
-        let d = d.clone();
-        move |source| Error::Store { digest: d, source }
+        let d = *d;
+        move |source| Error::Store {
+            digest: d,
+            source: Box::new(source),
+        }
     };
     let manifests: Vec<Descriptor> = if root.is_index() {
         Index::parse(&read(&root.digest)?)
@@ -362,7 +365,7 @@ fn read_tree(store: &ContentStore, root: &Descriptor) -> Result<Vec<Part>, Error
             .map_err(parse_err(&doc.config.digest))?;
         if config.rootfs.diff_ids.len() != doc.layers.len() {
             return Err(Error::LayerCount {
-                manifest: m.digest.clone(),
+                manifest: m.digest,
                 layers: doc.layers.len(),
                 diff_ids: config.rootfs.diff_ids.len(),
             });
@@ -467,7 +470,7 @@ impl Conn {
         move |source| Error::Rpc {
             socket,
             what,
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -568,7 +571,7 @@ async fn write_blob(
 ) -> Result<u64, Error> {
     let path = store.path(&d.digest);
     let blob_err = |source| Error::Blob {
-        digest: d.digest.clone(),
+        digest: d.digest,
         path: path.clone(),
         source,
     };
@@ -589,7 +592,7 @@ async fn write_blob(
     let mut responses = None;
     loop {
         let n = file.read(&mut buf).await.map_err(|source| Error::Blob {
-            digest: d.digest.clone(),
+            digest: d.digest,
             path: path.clone(),
             source,
         })?;
@@ -715,7 +718,7 @@ async fn unpack_one(
             return Err(Error::DiffMismatch {
                 socket: conn.socket.clone(),
                 platform,
-                layer: p.doc.layers[i].digest.clone(),
+                layer: p.doc.layers[i].digest.to_string(),
                 expected,
                 applied,
             });
@@ -798,7 +801,7 @@ mod tests {
     fn chain_ids_follow_the_image_spec() {
         let a = Digest::of(b"a");
         let b = Digest::of(b"b");
-        let c = chain_ids(&[a.clone(), b.clone()]);
+        let c = chain_ids(&[a, b]);
         assert_eq!(c[0], a.to_string());
         let want = Digest::of(format!("{a} {b}").as_bytes()).to_string();
         assert_eq!(c[1], want);

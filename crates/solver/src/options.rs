@@ -642,7 +642,10 @@ mod tests {
         let e = Output::parse("type=containerd,name=a,namespace=a/b", &[]).unwrap_err();
         assert!(e.to_string().contains("not a containerd namespace"), "{e}");
         let e = Output::parse("type=oci,dest=x,namespace=k8s.io", &[]).unwrap_err();
-        assert!(e.to_string().contains("only applies to type=containerd"), "{e}");
+        assert!(
+            e.to_string().contains("only applies to type=containerd"),
+            "{e}"
+        );
     }
 
     #[test]

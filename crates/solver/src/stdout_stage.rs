@@ -11,12 +11,14 @@ use std::io::{Seek, Write};
 pub(crate) fn staged(
     write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<(), SolveError>,
 ) -> Result<(), SolveError> {
-    let io = |what: &'static str| move |e: std::io::Error| SolveError::Image(format!("{what}: {e}"));
+    let io =
+        |what: &'static str| move |e: std::io::Error| SolveError::Image(format!("{what}: {e}"));
     let mut file = tempfile::tempfile().map_err(io("stage the archive for standard output"))?;
     {
         let mut w = std::io::BufWriter::new(&mut file);
         write(&mut w)?;
-        w.flush().map_err(io("stage the archive for standard output"))?;
+        w.flush()
+            .map_err(io("stage the archive for standard output"))?;
     }
     file.rewind()
         .map_err(io("stage the archive for standard output"))?;
