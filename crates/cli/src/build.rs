@@ -383,6 +383,9 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         for n in &report.loaded {
             eprintln!("=> loaded {n} into the Docker daemon");
         }
+        for n in &report.containerd {
+            eprintln!("=> {n}");
+        }
         for n in &report.notes {
             eprintln!("=> {n}");
         }

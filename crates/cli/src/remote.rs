@@ -30,6 +30,7 @@ fn spec_of(o: &Output) -> String {
         OutputKind::Docker => "docker",
         OutputKind::Tar => "tar",
         OutputKind::Local => "local",
+        OutputKind::Containerd => "containerd",
     };
     let mut s = format!("type={kind}");
     for n in &o.names {
@@ -48,6 +49,19 @@ fn spec_of(o: &Output) -> String {
     }
     if o.force_compression {
         s.push_str(",force-compression=true");
+    }
+    if let Some(t) = &o.containerd {
+        // Loaded by the daemon, into the containerd of its machine.
+        s.push_str(&format!(
+            ",address={},namespace={},snapshotter={}",
+            t.address.display(),
+            t.namespace,
+            t.snapshotter
+        ));
+        if !t.unpack.is_empty() {
+            let list: Vec<String> = t.unpack.iter().map(ToString::to_string).collect();
+            s.push_str(&format!(",\"unpack={}\"", list.join(",")));
+        }
     }
     if o.dest.is_some() {
         // A placeholder: the daemon streams the result back instead.
@@ -486,6 +500,9 @@ pub(crate) fn single(
     );
     for n in &done.pushed {
         eprintln!("=> pushed {n}@{digest}");
+    }
+    for n in &done.loaded {
+        eprintln!("=> {n} (builder {name})");
     }
     for n in &done.stored {
         eprintln!("=> stored {n}@{digest} in the store of builder {name}");

@@ -837,7 +837,7 @@ async fn build(
     for (i, spec) in start.outputs.iter().enumerate() {
         let mut o = Output::parse(spec, &start.tags)?;
         match o.kind {
-            OutputKind::Registry | OutputKind::Image => {}
+            OutputKind::Registry | OutputKind::Image | OutputKind::Containerd => {}
             OutputKind::Docker if o.dest.is_none() => {
                 return Err(proto(
                     "--load into a Docker daemon is not served by a remote builder yet; use -o type=docker,dest=FILE and docker load",
@@ -1014,6 +1014,7 @@ async fn build(
         root: Some(descriptor(&result.root)),
         pushed: report.pushed,
         stored: report.stored,
+        loaded: report.containerd,
         manifests: result
             .images
             .iter()

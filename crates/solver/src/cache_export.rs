@@ -141,10 +141,11 @@ impl External {
         let mut st = (*state).clone();
         st.config.extra.remove(INLINE_CACHE_KEY);
         if inline {
+            // A panic while holding the lock left whole entries behind.
             let recorded = self
                 .recorded
                 .lock()
-                .map_err(|_| SolveError::Internal("cache records poisoned".into()))?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut chain = Vec::new();
             let mut next = Some(&t.result);
             while let Some(id) = next {

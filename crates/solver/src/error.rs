@@ -77,6 +77,9 @@ pub enum SolveError {
         /// The entitlement (`security.insecure`).
         entitlement: &'static str,
     },
+    /// `-o type=containerd` failed (names the socket).
+    #[error(transparent)]
+    Containerd(#[from] kbuild_containerd::Error),
     /// A build thread died.
     #[error("internal error: a build thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),

@@ -24,6 +24,7 @@ pub mod cache_export;
 mod cache_import;
 pub mod checksums;
 pub mod config;
+mod containerd_load;
 pub mod copy;
 pub mod docker_load;
 mod download;
@@ -41,6 +42,7 @@ pub mod progress;
 pub mod remote_cache;
 mod scheduler;
 mod source;
+mod stdout_stage;
 pub mod users;
 
 pub use download::DownloadError;

@@ -55,6 +55,9 @@ pub enum OutputKind {
     Tar,
     /// The final filesystem in a directory (`type=local`).
     Local,
+    /// Loaded into containerd (`type=containerd`): content, image records
+    /// and snapshots of the platforms its machine runs.
+    Containerd,
 }
 
 /// One `-o/--output` request.
@@ -82,6 +85,10 @@ pub struct Output {
     /// and file capabilities (`preserve-special=true`). Off by default, as
     /// `docker cp` does.
     pub preserve_special: bool,
+    /// `type=containerd` only: the socket, namespace, snapshotter and the
+    /// platforms to unpack (`address=`, `namespace=`, `snapshotter=`,
+    /// `unpack=`).
+    pub containerd: Option<kbuild_containerd::Target>,
 }
 
 impl Output {
@@ -122,6 +129,7 @@ impl Output {
             force_compression: false,
             as_directory: false,
             preserve_special: false,
+            containerd: None,
         }
     }
 }
@@ -139,6 +147,8 @@ struct OutputFields {
     force_compression: bool,
     tar: bool,
     preserve_special: bool,
+    /// `address`, `namespace`, `snapshotter`, `unpack` of type=containerd.
+    containerd_fields: Vec<(String, String)>,
 }
 
 impl Default for OutputFields {
@@ -153,6 +163,7 @@ impl Default for OutputFields {
             force_compression: false,
             tar: true,
             preserve_special: false,
+            containerd_fields: Vec::new(),
         }
     }
 }
@@ -189,11 +200,14 @@ impl OutputFields {
                 }
             }
             "preserve-special" => self.preserve_special = parse_bool(FLAG, spec, value)?,
+            k @ ("address" | "namespace" | "snapshotter" | "unpack") => self
+                .containerd_fields
+                .push((k.to_string(), value.to_string())),
             other => {
                 return Err(err(
                     FLAG,
                     spec,
-                    format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special"),
+                    format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special; for type=containerd also address, namespace, snapshotter, unpack"),
                 ))
             }
         }
@@ -212,7 +226,11 @@ impl OutputFields {
         if self.names.is_empty()
             && matches!(
                 kind,
-                OutputKind::Registry | OutputKind::Image | OutputKind::Docker | OutputKind::Oci
+                OutputKind::Registry
+                    | OutputKind::Image
+                    | OutputKind::Docker
+                    | OutputKind::Oci
+                    | OutputKind::Containerd
             )
         {
             self.names = tags.to_vec();
@@ -230,6 +248,20 @@ impl OutputFields {
             OutputKind::Oci | OutputKind::Tar | OutputKind::Local if self.dest.is_none() => {
                 return Err(err(FLAG, spec, "this output type needs dest=PATH"))
             }
+            OutputKind::Containerd if self.names.is_empty() => {
+                return Err(err(
+                    FLAG,
+                    spec,
+                    "containerd needs an image name: add -t NAME or name=NAME",
+                ))
+            }
+            OutputKind::Containerd if self.dest.is_some() || push => {
+                return Err(err(
+                    FLAG,
+                    spec,
+                    "type=containerd takes no dest= or push=; use address= for containerd's socket",
+                ))
+            }
             _ => {}
         }
         if self.preserve_special && kind != OutputKind::Local {
@@ -239,7 +271,19 @@ impl OutputFields {
                 "preserve-special only applies to type=local (the other outputs keep every file as it is in the image)",
             ));
         }
+        let containerd = if kind == OutputKind::Containerd {
+            Some(containerd_target(spec, &self.containerd_fields)?)
+        } else if let Some((k, _)) = self.containerd_fields.first() {
+            return Err(err(
+                FLAG,
+                spec,
+                format!("{k}= only applies to type=containerd"),
+            ));
+        } else {
+            None
+        };
         Ok(Output {
+            containerd,
             preserve_special: self.preserve_special,
             as_directory: kind == OutputKind::Oci && !self.tar,
             kind,
@@ -261,11 +305,12 @@ fn output_kind(spec: &str, value: &str) -> Result<OutputKind, OptionError> {
         "docker" => OutputKind::Docker,
         "tar" => OutputKind::Tar,
         "local" => OutputKind::Local,
+        "containerd" => OutputKind::Containerd,
         other => {
             return Err(err(
                 FLAG,
                 spec,
-                format!("unknown type {other:?}; use registry, image, oci, docker, tar or local"),
+                format!("unknown type {other:?}; use registry, image, oci, docker, tar, local or containerd"),
             ))
         }
     })
@@ -304,6 +349,56 @@ fn check_level(spec: &str, compression: LayerCompression, level: i32) -> Result<
             _ => format!("compression-level for {name} is 0 to {max}"),
         },
     ))
+}
+
+/// The containerd fields of a `type=containerd` output.
+fn containerd_target(
+    spec: &str,
+    fields: &[(String, String)],
+) -> Result<kbuild_containerd::Target, OptionError> {
+    const FLAG: &str = "--output";
+    let mut t = kbuild_containerd::Target::default();
+    for (k, v) in fields {
+        let v = v.trim();
+        match k.as_str() {
+            "address" => {
+                let path = v.strip_prefix("unix://").unwrap_or(v);
+                if !path.starts_with('/') {
+                    return Err(err(
+                        FLAG,
+                        spec,
+                        format!("address {v:?} is not an absolute socket path; use e.g. address=/run/containerd/containerd.sock"),
+                    ));
+                }
+                t.address = PathBuf::from(path);
+            }
+            "namespace" => {
+                if v.is_empty()
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                {
+                    return Err(err(
+                        FLAG,
+                        spec,
+                        format!("namespace {v:?} is not a containerd namespace (letters, digits, '-', '_', '.')"),
+                    ));
+                }
+                t.namespace = v.to_string();
+            }
+            "snapshotter" => {
+                if v.is_empty() {
+                    return Err(err(FLAG, spec, "snapshotter= is empty"));
+                }
+                t.snapshotter = v.to_string();
+            }
+            _ => {
+                t.unpack = kbuild_platform::parse_list(v)
+                    .map_err(|e| err(FLAG, spec, format!("unpack={v}: {e}")))?;
+            }
+        }
+    }
+    Ok(t)
 }
 
 /// Split a comma-separated list where values may be double-quoted (`name="a,b"`).
@@ -579,6 +674,34 @@ mod tests {
         assert!(e.to_string().contains("only applies to type=local"), "{e}");
         let e = Output::parse("type=local,dest=out,preserve-special=maybe", &[]).unwrap_err();
         assert!(e.to_string().contains("maybe"), "{e}");
+    }
+
+    #[test]
+    fn output_containerd() {
+        let o = Output::parse("type=containerd", &tags()).unwrap();
+        assert_eq!(o.kind, OutputKind::Containerd);
+        assert_eq!(o.names, tags());
+        assert_eq!(o.containerd, Some(kbuild_containerd::Target::default()));
+        let o = Output::parse(
+            "type=containerd,name=a:1,address=unix:///tmp/c.sock,namespace=default,\"unpack=linux/amd64,linux/arm64\"",
+            &[],
+        )
+        .unwrap();
+        let t = o.containerd.unwrap();
+        assert_eq!(t.address, PathBuf::from("/tmp/c.sock"));
+        assert_eq!(t.namespace, "default");
+        assert_eq!(t.unpack.len(), 2);
+        let e = Output::parse("type=containerd", &[]).unwrap_err();
+        assert!(e.to_string().contains("needs an image name"), "{e}");
+        let e = Output::parse("type=containerd,name=a,address=rel.sock", &[]).unwrap_err();
+        assert!(e.to_string().contains("absolute socket path"), "{e}");
+        let e = Output::parse("type=containerd,name=a,namespace=a/b", &[]).unwrap_err();
+        assert!(e.to_string().contains("not a containerd namespace"), "{e}");
+        let e = Output::parse("type=oci,dest=x,namespace=k8s.io", &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("only applies to type=containerd"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct ExportReport {
     pub written: Vec<PathBuf>,
     /// What the Docker daemon said it loaded (`--load`).
     pub loaded: Vec<String>,
+    /// What `-o type=containerd` loaded, one line each (names, socket,
+    /// namespace, platforms unpacked).
+    pub containerd: Vec<String>,
     /// What a filesystem output left out on purpose (device nodes,
     /// setuid/setgid bits), one line each.
     pub notes: Vec<String>,
@@ -149,6 +152,10 @@ pub async fn export_with(
             }
             OutputKind::Oci => report.written.push(write_oci(solver, result, out).await?),
             OutputKind::Docker => write_docker(solver, result, out, &mut report).await?,
+            OutputKind::Containerd => {
+                let line = crate::containerd_load::export(solver, result, out).await?;
+                report.containerd.push(line);
+            }
             OutputKind::Local | OutputKind::Tar => {
                 write_files(solver, result, out, &mut report).await?
             }
@@ -205,15 +212,11 @@ async fn write_oci(
     let as_dir = out.as_directory;
     blocking(move || {
         if dest2 == Path::new("-") {
-            export::oci_layout_tar(
-                &store,
-                &root,
-                std::io::stdout().lock(),
-                ref_name.as_deref(),
-                &opts,
-            )
-            .map_err(SolveError::from)
-            .and_then(|mut w| w.flush().map_err(io("write", Path::new("standard output"))))
+            crate::stdout_stage::staged(|w| {
+                export::oci_layout_tar(&store, &root, w, ref_name.as_deref(), &opts)
+                    .map(drop)
+                    .map_err(SolveError::from)
+            })
         } else if as_dir {
             export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
                 .map_err(SolveError::from)
@@ -263,9 +266,11 @@ async fn write_docker(
     let dest2 = dest.clone();
     blocking(move || {
         if dest2 == Path::new("-") {
-            export::docker_archive(&store, std::io::stdout().lock(), &manifest, &names, &opts)
-                .map(drop)
-                .map_err(SolveError::from)
+            crate::stdout_stage::staged(|w| {
+                export::docker_archive(&store, w, &manifest, &names, &opts)
+                    .map(drop)
+                    .map_err(SolveError::from)
+            })
         } else {
             export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
                 .map_err(SolveError::from)
@@ -454,40 +459,39 @@ fn write_filesystem(
         } else {
             std::fs::rename(&file, dest).map_err(io("rename into", dest))?;
         }
-    } else if dest.exists() {
-        // Merge into an existing directory, as buildx does.
-        move_into(&tree, dest)?;
     } else {
-        std::fs::rename(&tree, dest).map_err(io("rename into", dest))?;
+        replace_with(&tree, dest)?;
     }
     Ok(left_out)
 }
 
-fn move_into(from: &Path, to: &Path) -> Result<(), SolveError> {
-    for e in std::fs::read_dir(from).map_err(io("read", from))? {
-        let e = e.map_err(io("read", from))?;
-        let target = to.join(e.file_name());
-        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        match std::fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() && is_dir => move_into(&e.path(), &target)?,
-            Ok(m) => {
-                if m.is_dir() {
-                    std::fs::remove_dir_all(&target).map_err(io("replace", &target))?;
-                } else {
-                    std::fs::remove_file(&target).map_err(io("replace", &target))?;
-                }
-                std::fs::rename(e.path(), &target).map_err(io("write", &target))?;
-            }
-            Err(_) => std::fs::rename(e.path(), &target).map_err(io("write", &target))?,
-        }
+/// Puts the finished tree `staged` (in a staging directory beside `dest`)
+/// at `dest`. An existing `dest` is exchanged with it in one atomic rename
+/// (`renameat2` with `RENAME_EXCHANGE`), so `dest` is always either the old
+/// whole tree or the new one, never a merge of both; the old tree, now at
+/// `staged`, goes with the staging directory.
+fn replace_with(staged: &Path, dest: &Path) -> Result<(), SolveError> {
+    if std::fs::symlink_metadata(dest).is_err() {
+        return std::fs::rename(staged, dest).map_err(io("rename into", dest));
     }
-    Ok(())
+    nix::fcntl::renameat2(
+        None,
+        staged,
+        None,
+        dest,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(|e| io("replace", dest)(std::io::Error::from(e)))?;
+    if std::fs::symlink_metadata(staged).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(staged).map_err(io("remove the old tree of", dest))
+    } else {
+        std::fs::remove_file(staged).map_err(io("remove the old", dest))
+    }
 }
 
 /// `-o type=local` from a tar of the filesystem (what a build daemon
 /// streams back): applied with the worker's one extractor in a staging
-/// directory beside `dest`, then renamed or merged into place as a local
-/// build's.
+/// directory beside `dest`, then exchanged into place as a local build's.
 pub fn local_from_tar(
     reader: impl std::io::Read,
     dest: &Path,
@@ -511,10 +515,6 @@ pub fn local_from_tar(
             source,
         },
     )?;
-    if dest.exists() {
-        move_into(&tree, dest)?;
-    } else {
-        std::fs::rename(&tree, dest).map_err(io("rename into", dest))?;
-    }
+    replace_with(&tree, dest)?;
     Ok(report)
 }

@@ -345,7 +345,7 @@ pub(crate) fn is_root() -> bool {
 }
 
 /// Process ids whose command line contains `needle`, except our own.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<u32> {
     let own = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -369,7 +369,7 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 }
 
 /// Mount points at or under `dir`, deepest first.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(table) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod cluster;
+pub mod containerd;
 pub mod daemon;
 pub mod dockerd;
 pub mod faults;
