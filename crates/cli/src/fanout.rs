@@ -468,6 +468,7 @@ fn output_kind(k: &OutputKind) -> &'static str {
         OutputKind::Docker => "docker",
         OutputKind::Tar => "tar",
         OutputKind::Local => "local",
+        OutputKind::Containerd => "containerd",
     }
 }
 
@@ -533,11 +534,13 @@ pub fn build(
             build_platform.as_ref(),
         );
     }
-    if let Some(o) = req
-        .outputs
-        .iter()
-        .find(|o| !matches!(o.kind, OutputKind::Registry | OutputKind::Image))
-    {
+    if let Some(o) = req.outputs.iter().find(|o| {
+        // Each node keeps or loads its own platforms.
+        !matches!(
+            o.kind,
+            OutputKind::Registry | OutputKind::Image | OutputKind::Containerd
+        )
+    }) {
         let mut by_node: BTreeMap<usize, Vec<Platform>> = BTreeMap::new();
         for asg in &report.assignments {
             by_node
@@ -934,7 +937,7 @@ fn merge(
         let digest = kbuild_image::Digest::parse(&m.digest).map_err(FanoutError::Index)?;
         let desc =
             kbuild_image::Descriptor::new(m.media_type.clone(), digest, m.size.max(0) as u64);
-        index.push_manifest(desc, p).map_err(FanoutError::Index)?;
+        index.push_manifest(desc, p);
     }
     let bytes = index.to_bytes().map_err(FanoutError::Index)?;
     Ok((bytes, index.descriptor_media_type().to_string(), by_node))

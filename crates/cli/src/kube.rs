@@ -8,7 +8,7 @@ use crate::args::{BuildArgs, CreateArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::BuildError;
 use crate::request::BuildRequest;
 use kbuild_driver::kubernetes::{self as k8s, spec, Cluster, Options, PodDialer, Selection};
-use kbuild_driver::{Candidate, Dialer, Node, NodeInfo};
+use kbuild_driver::{Dialer, Node, NodeInfo};
 use kbuild_platform::Platform;
 use std::collections::BTreeSet;
 use std::process::ExitCode;

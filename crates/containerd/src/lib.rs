@@ -371,8 +371,8 @@ fn read_tree(store: &ContentStore, root: &Descriptor) -> Result<Vec<Part>, Error
             });
         }
         let platform = match &m.platform {
-            Some(p) => p.to_platform::<Platform>().ok(),
-            None => config.platform().to_platform::<Platform>().ok(),
+            Some(p) => Some(Platform::from(p)),
+            None => Some(Platform::from(&config.platform())),
         };
         parts.push(Part {
             manifest: m,

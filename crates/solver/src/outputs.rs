@@ -474,12 +474,12 @@ fn replace_with(staged: &Path, dest: &Path) -> Result<(), SolveError> {
     if std::fs::symlink_metadata(dest).is_err() {
         return std::fs::rename(staged, dest).map_err(io("rename into", dest));
     }
-    nix::fcntl::renameat2(
-        None,
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
         staged,
-        None,
+        rustix::fs::CWD,
         dest,
-        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        rustix::fs::RenameFlags::EXCHANGE,
     )
     .map_err(|e| io("replace", dest)(std::io::Error::from(e)))?;
     if std::fs::symlink_metadata(staged).is_ok_and(|m| m.is_dir()) {
