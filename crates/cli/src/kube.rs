@@ -504,7 +504,8 @@ pub fn run(
     if !quiet {
         let pods: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         eprintln!(
-            "=> builder {name}: pods {} in namespace {}",
+            "=> builder {name}: {} {} in namespace {}",
+            if pods.len() == 1 { "pod" } else { "pods" },
             pods.join(", "),
             cluster.namespace
         );

@@ -218,20 +218,6 @@ fn missing_context_and_dockerfile_are_reported() {
 }
 
 #[test]
-fn flags_of_later_parts_say_not_implemented() {
-    let t = tempfile::tempdir().unwrap();
-    write(&t.path().join("Dockerfile"), "FROM scratch\n");
-    let ctx = t.path().to_str().unwrap();
-    let r = run(
-        &t.path().join("s"),
-        &[ctx, "--cache-from", "type=registry,ref=x"],
-        &[],
-    )
-    .fails();
-    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
-}
-
-#[test]
 fn cluster_flags_without_a_kubeconfig_say_what_is_missing() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n");

@@ -432,7 +432,7 @@ fn compression_is_per_build_and_converts_cached_and_forced_layers() {
             "type=oci,dest=x,oci-mediatypes=false",
             "oci-mediatypes=false",
         ),
-        ("type=oci,dest=x,unpack=true", "supported: type, dest"),
+        ("type=oci,dest=x,bogus=true", "supported: type, dest"),
         ("type=oci,dest=x,compression-level=12", "0 to 9"),
     ] {
         let r = run(&store, &[&ctx, "-o", bad], &[]).fails();

@@ -213,6 +213,17 @@ pub async fn connect(
     let left = timeout.saturating_sub(started.elapsed());
     handshake(builder, &endpoint, channel, left)
         .await
+        .map_err(|e| match e {
+            // The whole wait is what the user was given.
+            Error::Timeout {
+                builder, endpoint, ..
+            } => Error::Timeout {
+                builder,
+                endpoint,
+                timeout,
+            },
+            e => e,
+        })
         .map_err(|e| with_hint(builder, &endpoint, &node.tls, e))
 }
 
