@@ -205,29 +205,7 @@ impl Drop for Containerd {
         let shim_sockets = self.stop();
         // Shims name the daemon's socket on their command line.
         let marker = self.socket().display().to_string();
-        for pid in crate::dockerd::processes_mentioning(&marker) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        for s in shim_sockets {
-            let _ = fs::remove_file(s);
-        }
-        for m in crate::dockerd::mounts_under(self.dir.path()) {
-            let ok = Command::new("umount")
-                .arg(&m)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                let _ = Command::new("umount")
-                    .arg("--lazy")
-                    .arg(&m)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        crate::dockerd::clear_leftovers(&marker, shim_sockets, self.dir.path());
     }
 }
 

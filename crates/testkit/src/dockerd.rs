@@ -276,29 +276,7 @@ impl Dockerd {
             }
         }
         let marker = format!("{}/", root.join("exec").display());
-        for pid in processes_mentioning(&marker) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        for socket in shim_sockets {
-            let _ = fs::remove_file(socket);
-        }
-        for mount_point in mounts_under(root) {
-            let unmounted = Command::new("umount")
-                .arg(&mount_point)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !unmounted {
-                let _ = Command::new("umount")
-                    .arg("--lazy")
-                    .arg(&mount_point)
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        clear_leftovers(&marker, shim_sockets, root);
     }
 }
 
@@ -342,6 +320,36 @@ pub(crate) fn is_root() -> bool {
                 .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
         })
         .unwrap_or(false)
+}
+
+/// What a stopped daemon's containers may leave behind: kills the processes
+/// whose command line holds `marker` (shims name their daemon's paths),
+/// removes `shim_sockets`, and unmounts everything under `root` (lazily
+/// where a plain unmount is refused).
+pub(crate) fn clear_leftovers(marker: &str, shim_sockets: Vec<PathBuf>, root: &Path) {
+    for pid in processes_mentioning(marker) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    for socket in shim_sockets {
+        let _ = fs::remove_file(socket);
+    }
+    for mount_point in mounts_under(root) {
+        let unmounted = Command::new("umount")
+            .arg(&mount_point)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount")
+                .arg("--lazy")
+                .arg(&mount_point)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Process ids whose command line contains `needle`, except our own.
