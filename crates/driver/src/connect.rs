@@ -101,12 +101,19 @@ fn refusal_hint(tls: &TlsOptions, e: &Error) -> Option<&'static str> {
     if !matches!(e, Error::Rpc { .. } | Error::Unreachable { .. }) {
         return None;
     }
-    let text = e.to_string();
+    let text = e.to_string().to_lowercase();
+    // With TLS 1.3 the client finishes its handshake before the daemon
+    // checks the certificate, so the refusal shows up in whatever the
+    // client was doing then: reading the alert, writing the HTTP/2
+    // preface, or waiting for the connection to become ready.
     let closed = [
         "connection closed",
         "received fatal alert",
         "broken pipe",
         "connection reset",
+        "connection was not ready",
+        "unexpected eof",
+        "tls handshake eof",
     ]
     .iter()
     .any(|t| text.contains(t));
