@@ -387,7 +387,8 @@ fn tag_of(name: &str) -> String {
     }
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
+/// An I/O error of an output, with what was being done and where.
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
     let path = path.to_path_buf();
     move |source| {
         OutputError::Io {
