@@ -739,3 +739,397 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
         .unwrap();
     assert!(!tagged.status.success(), "the image was tagged");
 }
+
+/// The file `name` of the last layer of each platform's image of a pushed
+/// index, as (platform, content).
+fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, String)> {
+    let layout = dir.join(format!("layout-{}", common::unique("l")));
+    common::skopeo_to_layout(reference, &layout);
+    common::layout_manifests(&layout)
+        .into_iter()
+        .map(|(platform, manifest)| {
+            let last = manifest["layers"]
+                .as_array()
+                .and_then(|l| l.last())
+                .unwrap_or_else(|| panic!("{platform}: no layer: {manifest}"));
+            let blob = common::layout_blob(&layout, last["digest"].as_str().expect("digest"));
+            let out = Command::new("tar")
+                .arg("-xOf")
+                .arg(&blob)
+                .arg(name)
+                .output()
+                .expect("run tar");
+            (
+                platform,
+                ok(&format!("tar -xOf {name}"), out).trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The builder's pods (as the admin): pool label → (pod, node).
+fn pods_of(c: &Cluster, b: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let list = json(
+        "get pods",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            &format!("kubectl-build.io/builder={b}"),
+            "-o",
+            "json",
+        ]),
+    );
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["labels"]["kubectl-build.io/pool"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Runs `image` (never pulled) on `node` as the admin until it exits;
+/// returns its log.
+fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
+    let overrides = serde_json::json!({"spec": {"nodeName": node}}).to_string();
+    ok(
+        "kubectl run",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "run",
+            pod,
+            &format!("--image={image}"),
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            &format!("--overrides={overrides}"),
+        ]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let phase = ok(
+            "get pod phase",
+            c.admin(&[
+                "-n",
+                cluster::NAMESPACE,
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.phase} {.status.containerStatuses[0].state.waiting.reason}",
+            ]),
+        );
+        match phase.split_whitespace().next() {
+            Some("Succeeded") => break,
+            Some("Failed") => panic!("pod {pod} on {node} failed: {phase}"),
+            _ if Instant::now() > deadline => {
+                let describe = c.admin(&["-n", cluster::NAMESPACE, "describe", "pod", pod]);
+                panic!(
+                    "pod {pod} on {node} did not finish: {phase}\n{}",
+                    text(&describe.stdout)
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    ok(
+        "kubectl logs",
+        c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
+    )
+}
+
+#[test]
+fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
+    let Some(c) = cluster() else { return };
+    let Some(busybox) = common::busybox_context() else {
+        return;
+    };
+    let kb = Kb::new(c);
+    let ip = node_ip(c);
+    let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
+    let host = registry.host();
+    let b = name("kt-mix");
+    let suffix = name("l");
+    let loaded = format!("kbuild.test/kt-loaded:{}", &suffix[..12]);
+    let run_pods = [format!("{b}-run-amd64"), format!("{b}-run-arm64")];
+    struct Loaded<'a>(&'a Cluster, String, Vec<String>);
+    impl Drop for Loaded<'_> {
+        fn drop(&mut self) {
+            for p in &self.2 {
+                let _ = self.0.admin(&[
+                    "-n",
+                    cluster::NAMESPACE,
+                    "delete",
+                    "pod",
+                    p,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ]);
+            }
+            for n in 1..=2 {
+                let sock = self.0.dir().join(format!("node{n}/containerd.sock"));
+                let _ = Command::new("ctr")
+                    .arg("--address")
+                    .arg(&sock)
+                    .args(["-n", "k8s.io", "images", "rm", &self.1])
+                    .output();
+            }
+        }
+    }
+    let _cleanup = Cleanup {
+        cluster: c,
+        builders: vec![b.clone()],
+        secrets: Vec::new(),
+    };
+    let _loaded = Loaded(c, loaded.clone(), run_pods.to_vec());
+    let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
+    let base = format!("{host}/kbuild-test/busybox:4");
+    common::run(
+        &kb.dir.path().join("local-store"),
+        &[
+            busybox.to_str().unwrap(),
+            "--builder",
+            "local",
+            "--platform",
+            platforms,
+            "-t",
+            &base,
+            "--push",
+            "--insecure-registry",
+            &host,
+        ],
+        &[],
+    )
+    .ok();
+
+    // Two pools, each mounting its node's containerd socket (both kubelets
+    // of the test cluster run on this machine, each with its own).
+    let socket = |n: u8| {
+        format!(
+            "containerd-socket={}",
+            c.dir().join(format!("node{n}/containerd.sock")).display()
+        )
+    };
+    let started = Instant::now();
+    ok(
+        "create (amd64 pool)",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--platform",
+            "linux/amd64,linux/386",
+            "--driver-opt",
+            &socket(1),
+        ]),
+    );
+    ok(
+        "create --append (arm64 pool)",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--append",
+            "--platform",
+            "linux/arm64,linux/arm/v7",
+            "--driver-opt",
+            &socket(2),
+        ]),
+    );
+    eprintln!("mixed builder ready in {:.1?}", started.elapsed());
+    let pods = pods_of(c, &b);
+    let (amd_pod, amd_node) = pods.get("amd64").expect("an amd64 pod").clone();
+    let (arm_pod, arm_node) = pods.get("arm64").expect("an arm64 pod").clone();
+    assert_eq!(amd_node, cluster::NODES[0], "{pods:?}");
+    assert_eq!(arm_node, cluster::ARM64_NODE, "{pods:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN uname -m > /m\nCMD [\"cat\", \"/m\"]\n"),
+    )
+    .unwrap();
+
+    // --dry-run: the same table as for remote builders, nothing built.
+    let dry = ok(
+        "--dry-run",
+        kb.run(&[
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "--platform",
+            platforms,
+            "--dry-run",
+        ]),
+    );
+    for (platform, pod) in [
+        ("linux/amd64", &amd_pod),
+        ("linux/386", &amd_pod),
+        ("linux/arm64", &arm_pod),
+        ("linux/arm/v7", &arm_pod),
+    ] {
+        assert!(
+            dry.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 4
+                    && f[0] == platform
+                    && f[1] == pod.as_str()
+                    && f[2] == format!("kubernetes://{}/{pod}", cluster::NAMESPACE)
+                    && f[3] == "native"
+            }),
+            "{platform} → {pod} native:\n{dry}"
+        );
+    }
+    for pod in [&amd_pod, &arm_pod] {
+        let log = ok(
+            "kubectl logs",
+            c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
+        );
+        assert!(!log.contains("build: platforms"), "dry-run built: {log}");
+    }
+
+    // The build: each platform's RUN in the pod on its node, one index.
+    let tag = format!("{host}/kbuild-test/mix:1");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        platforms,
+        "-t",
+        &tag,
+        "--push",
+        "--insecure-registry",
+        &host,
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    for (platform, pod) in [
+        ("linux/amd64", &amd_pod),
+        ("linux/386", &amd_pod),
+        ("linux/arm64", &arm_pod),
+        ("linux/arm/v7", &arm_pod),
+    ] {
+        assert!(
+            stderr.contains(&format!("{platform} → node {pod} (native)")),
+            "{stderr}"
+        );
+    }
+    let logs = |pod: &str| {
+        ok(
+            "kubectl logs",
+            c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
+        )
+    };
+    let amd_log = logs(&amd_pod);
+    let arm_log = logs(&arm_pod);
+    assert!(
+        amd_log.contains("build: platforms linux/amd64, linux/386"),
+        "{amd_log}"
+    );
+    assert!(
+        arm_log.contains("build: platforms linux/arm64, linux/arm/v7"),
+        "{arm_log}"
+    );
+    let builds = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("build: platforms"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(builds(&amd_log).len(), 1, "{amd_log}");
+    assert_eq!(builds(&arm_log).len(), 1, "{arm_log}");
+    assert!(!builds(&amd_log)[0].contains("arm"), "{amd_log}");
+    assert!(!builds(&arm_log)[0].contains("amd64"), "{arm_log}");
+    let index = common::skopeo_raw(&tag);
+    let mut listed: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            match p["variant"].as_str() {
+                Some(v) => format!(
+                    "{}/{}/{v}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+                None => format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+            }
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["linux/386", "linux/amd64", "linux/arm/v7", "linux/arm64"],
+        "{index}"
+    );
+    let unames: std::collections::BTreeMap<String, String> =
+        last_layer_file(dir.path(), &tag, "m").into_iter().collect();
+    assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
+    assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
+    assert_eq!(unames["linux/arm/v7"], "armv7l", "{unames:?}");
+    assert!(
+        ["i686", "x86_64"].contains(&unames["linux/386"].as_str()),
+        "{unames:?}"
+    );
+
+    // --load of two platforms: each node loads its own into its
+    // containerd (namespace k8s.io); pods run it without pulling.
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &loaded,
+        "--load",
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "--load failed:\n{stderr}");
+    for (pod, platform) in [(&amd_pod, "linux/amd64"), (&arm_pod, "linux/arm64")] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("loaded {loaded}"))
+                    && l.contains("namespace k8s.io")
+                    && l.contains(&format!("unpacked {platform}"))
+                    && l.ends_with(&format!("(node {pod})"))),
+            "{pod} loads {platform}:\n{stderr}"
+        );
+    }
+    let log = run_loaded(c, &run_pods[0], &loaded, cluster::NODES[0]);
+    assert_eq!(log.trim(), "x86_64");
+    let log = run_loaded(c, &run_pods[1], &loaded, cluster::ARM64_NODE);
+    assert_eq!(log.trim(), "aarch64");
+}

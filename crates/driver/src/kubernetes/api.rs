@@ -42,6 +42,8 @@ pub struct PodStatus {
     pub waiting: Option<String>,
     /// Whether it is being deleted.
     pub terminating: bool,
+    /// Whether it mounts its node's containerd socket (`--load`).
+    pub containerd_socket: bool,
 }
 
 impl PodStatus {
@@ -121,6 +123,11 @@ fn pod_status(p: &Pod, namespace: &str) -> PodStatus {
             .unwrap_or_default(),
         waiting,
         terminating: p.metadata.deletion_timestamp.is_some(),
+        containerd_socket: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == spec::CONTAINERD_VOLUME)),
     }
 }
 
