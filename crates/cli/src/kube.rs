@@ -213,6 +213,8 @@ pub fn rm(name: &str, g: &GlobalArgs) -> Result<Option<ExitCode>> {
 pub struct PodRow {
     /// The builder.
     pub builder: String,
+    /// Its namespace.
+    pub namespace: String,
     /// The pod as a node.
     pub node: Node,
     /// The Kubernetes node it runs on.
@@ -223,33 +225,72 @@ pub struct PodRow {
     pub result: std::result::Result<NodeInfo, String>,
 }
 
-/// The kubernetes builders of the cluster (by label) and of the builder
-/// list, with their pods' Info; `Ok(empty)` without a cluster.
-pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<PodRow>> {
+/// The kubernetes builders of the cluster (by label; with `all`, of every
+/// namespace) and of the builder list, with their pods' Info, and notes
+/// for the user; `Ok(empty)` without a cluster. A cluster-wide list the
+/// user may not make falls back to the current namespace, with a note.
+pub fn ls_rows(
+    g: &GlobalArgs,
+    config: &kbuild_driver::Config,
+    all: bool,
+) -> Result<(Vec<PodRow>, Vec<String>)> {
     let rt = runtime()?;
     let rows = rt.block_on(async {
+        let mut notes = Vec::new();
         let Some(cluster) = cluster(g, None).await.map_err(|e| e.to_string())? else {
-            return Ok::<_, String>(Vec::new());
+            return Ok::<_, String>((Vec::new(), notes));
         };
-        let mut names: BTreeSet<String> = cluster
-            .builders()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
+        let mut names: BTreeSet<(String, String)> = BTreeSet::new();
+        let everywhere = if all {
+            match cluster.all_builders().await {
+                Ok(found) => Some(found),
+                Err(k8s::Error::Forbidden { .. }) => {
+                    notes.push(format!(
+                        "you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
+                        cluster.namespace
+                    ));
+                    None
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        } else {
+            None
+        };
+        match everywhere {
+            Some(found) => names.extend(found),
+            None => names.extend(
+                cluster
+                    .builders()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|n| (cluster.namespace.clone(), n)),
+            ),
+        }
         for (name, b) in &config.builders {
-            if b.kubernetes.as_ref().is_some_and(|k| k.namespace == cluster.namespace) {
-                names.insert(name.clone());
+            if let Some(k) = &b.kubernetes {
+                if all || k.namespace == cluster.namespace {
+                    names.insert((k.namespace.clone(), name.clone()));
+                }
             }
         }
         let dialer = Arc::new(PodDialer::new(cluster.client.clone()));
         let mut tasks = Vec::new();
-        for name in names {
-            let status = cluster.status(&name).await.map_err(|e| e.to_string())?;
+        for (namespace, name) in names {
+            let status = match cluster.in_namespace(&namespace).status(&name).await {
+                Ok(s) => s,
+                // A recorded builder in a namespace no longer ours.
+                Err(e @ k8s::Error::Forbidden { .. }) if all => {
+                    notes.push(format!("builder {name}: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let Some(status) = status else {
                 tasks.push(tokio::spawn(async move {
                     PodRow {
                         builder: name.clone(),
+                        namespace,
                         node: Node {
                             name: "-".into(),
                             endpoint: String::new(),
@@ -264,7 +305,7 @@ pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<Pod
                 continue;
             };
             for pod in status.pods {
-                let (name, dialer) = (name.clone(), dialer.clone());
+                let (name, namespace, dialer) = (name.clone(), namespace.clone(), dialer.clone());
                 tasks.push(tokio::spawn(async move {
                     let node = pod.node();
                     let result = if pod.ready {
@@ -281,6 +322,7 @@ pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<Pod
                     };
                     PodRow {
                         builder: name,
+                        namespace,
                         node,
                         k8s_node: pod.node.clone(),
                         ready: pod.ready,
@@ -293,7 +335,7 @@ pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<Pod
         for t in tasks {
             rows.push(t.await.map_err(|e| e.to_string())?);
         }
-        Ok(rows)
+        Ok((rows, notes))
     })?;
     Ok(rows)
 }

@@ -386,6 +386,68 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     let table = ok("ls", other.run(&["ls"]));
     assert!(table.contains("on kbuild-node1"), "{table}");
 
+    // ls -A: the restricted user may not list cluster-wide and is told so
+    // in one note, and still sees its namespace; the admin sees the
+    // builder from its own default namespace.
+    let out = other.run(&["ls", "-A", "--format", "json"]);
+    let stderr = text(&out.stderr);
+    let listed = json("ls -A (restricted)", out);
+    assert!(
+        stderr.contains(&format!(
+            "NOTE: you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
+            cluster::NAMESPACE
+        )),
+        "{stderr}"
+    );
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == b.as_str() && e["namespace"] == cluster::NAMESPACE),
+        "{listed}"
+    );
+    let mut admin = Kb::new(c);
+    admin.env[0].1 = c.admin_kubeconfig().display().to_string();
+    let default_ns = admin.run(&["ls", "--format", "json"]);
+    assert!(
+        !text(&default_ns.stdout).contains(&b),
+        "the admin's namespace is not {}: {}",
+        cluster::NAMESPACE,
+        text(&default_ns.stdout)
+    );
+    let out = admin.run(&["ls", "--all-namespaces"]);
+    let stderr = text(&out.stderr);
+    let table = ok("ls --all-namespaces (admin)", out);
+    assert!(!stderr.contains("NOTE"), "{stderr}");
+    assert!(
+        table.lines().any(|l| l.starts_with(&b)
+            && l.contains(&format!("kubernetes (namespace {})", cluster::NAMESPACE))),
+        "{table}"
+    );
+    assert_eq!(table.matches("on kbuild-node1").count(), 2, "{table}");
+
+    // --load needs the nodes' containerd socket, which this builder does
+    // not mount: one line saying how to recreate it, before any build.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = copy_context(dir.path(), "load");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "-t",
+        "kbuild.test/never-loaded:1",
+        "--load",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("--load on builder {b} loads through each node's containerd socket, which pod(s) {b}-"))
+            && stderr.contains(&format!("kubectl build create {b} --driver kubernetes --driver-opt containerd-socket=/run/containerd/containerd.sock")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
     // rm removes everything create made, and waits for it.
     let rm = ok("rm", other.run(&["rm", &b]));
     assert!(rm.contains(&format!("{b} removed")), "{rm}");
@@ -421,6 +483,37 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         "kubectl-build.io/builder=buildkit",
         "--wait=true",
     ]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::unique("tok");
+    let ctx = copy_context(dir.path(), &token);
+    // --dry-run while no builder exists: the schedule it would have,
+    // and nothing is created.
+    let dry = ok(
+        "--dry-run",
+        kb.run(&[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--dry-run",
+        ]),
+    );
+    assert!(
+        dry.contains(&format!(
+            "builder buildkit (kubernetes driver, namespace {}): does not exist yet; the build would create it",
+            cluster::NAMESPACE
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.lines()
+            .any(|l| l.trim_start().starts_with("linux/arm64") && l.contains("its pod")),
+        "{dry}"
+    );
+    assert_eq!(
+        left_of(c, "buildkit").trim(),
+        "",
+        "--dry-run created something"
+    );
     // The default-named secret, as a user makes it.
     for secret in ["buildkit", "kt-other-secret"] {
         ok(
@@ -439,9 +532,6 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         );
         cleanup.secrets.push(secret.to_string());
     }
-    let dir = tempfile::tempdir().unwrap();
-    let token = common::unique("tok");
-    let ctx = copy_context(dir.path(), &token);
     let image = format!("{host}/kbuild-test/app:{}", &name("b")[..12]);
     let build = |extra: &[&str]| {
         let mut args = vec![

@@ -172,6 +172,36 @@ impl Cluster {
         Ok(names.into_iter().collect())
     }
 
+    /// The builders of every namespace (by label) as (namespace, name),
+    /// sorted: a cluster-wide list, which the user may be refused
+    /// ([`Error::Forbidden`] in namespace `*`).
+    pub async fn all_builders(&self) -> Result<Vec<(String, String)>, Error> {
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)))
+            .await
+            .map_err(|e| Error::api("list", "deployments.apps", "*", e))?;
+        let names: BTreeSet<(String, String)> = list
+            .items
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.metadata.namespace.clone()?,
+                    d.metadata.labels.as_ref()?.get(BUILDER_LABEL).cloned()?,
+                ))
+            })
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    /// This cluster's client in namespace `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Cluster {
+        Cluster {
+            namespace: namespace.to_string(),
+            ..self.clone()
+        }
+    }
+
     /// Builder `name`'s Deployments and pods; `None` when it has no Deployment.
     pub async fn status(&self, name: &str) -> Result<Option<BuilderPods>, Error> {
         let selector = spec::selector(name);
