@@ -802,7 +802,14 @@ fn split(
     let pushed = match merged {
         Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
             .rt
-            .block_on(push_index(a, &req, &targets, &bytes, &media_type))
+            .block_on(push_index(
+                a,
+                &req,
+                setup.client.credentials.clone(),
+                &targets,
+                &bytes,
+                &media_type,
+            ))
             .map(|()| (bytes, media_type, by_node)),
         Ok(m) => Ok(m),
         Err(e) => Err(fail(e)),
@@ -921,11 +928,13 @@ fn merge(
     Ok((bytes, index.descriptor_media_type().to_string(), by_node))
 }
 
-/// Puts the merged index and then the tags, with this machine's
-/// credentials.
+/// Puts the merged index and then the tags, with the build's credentials
+/// (those the nodes were given: a kubernetes builder's cluster secret, else
+/// this machine's).
 async fn push_index(
     a: &BuildArgs,
     req: &BuildRequest,
+    credentials: kbuild_registry::Credentials,
     targets: &[String],
     index: &[u8],
     media_type: &str,
@@ -936,9 +945,6 @@ async fn push_index(
             source: Box::new(source),
         })
     };
-    let credentials =
-        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
-            .map_err(BuildError::Credentials)?;
     let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
         insecure: a.insecure_registries.clone(),
         credentials,

@@ -1191,6 +1191,54 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         "{unames:?}"
     );
 
+    // The same build pushed to a registry that needs credentials: the
+    // secret named like the builder gives them to both pods and to the
+    // merged index's push.
+    let (user, pass) = ("kbuild", "s3cret-mix");
+    let auth = TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let auth_host = auth.host();
+    ok(
+        "kubectl create secret docker-registry",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "create",
+            "secret",
+            "docker-registry",
+            &b,
+            &format!("--docker-server={auth_host}"),
+            &format!("--docker-username={user}"),
+            &format!("--docker-password={pass}"),
+        ]),
+    );
+    let secret = Cleanup {
+        cluster: c,
+        builders: Vec::new(),
+        secrets: vec![b.clone()],
+    };
+    let auth_tag = format!("{auth_host}/kbuild-test/mix:1");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        platforms,
+        "-t",
+        &auth_tag,
+        "--push",
+        "--insecure-registry",
+        &host,
+        "--insecure-registry",
+        &auth_host,
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "push with the builder's secret failed:\n{stderr}");
+    let index = skopeo_index(&auth_tag, &format!("{user}:{pass}"));
+    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(4), "{index}");
+    drop(secret);
+
     // --load of two platforms: each node loads its own into its
     // containerd (namespace k8s.io); pods run it without pulling.
     let out = kb.run(&[
