@@ -1195,7 +1195,8 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     // secret named like the builder gives them to both pods and to the
     // merged index's push.
     let (user, pass) = ("kbuild", "s3cret-mix");
-    let auth = TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let auth =
+        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
     let auth_host = auth.host();
     ok(
         "kubectl create secret docker-registry",
@@ -1234,9 +1235,16 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         "plain",
     ]);
     let stderr = text(&out.stderr);
-    assert!(out.status.success(), "push with the builder's secret failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "push with the builder's secret failed:\n{stderr}"
+    );
     let index = skopeo_index(&auth_tag, &format!("{user}:{pass}"));
-    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(4), "{index}");
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(4),
+        "{index}"
+    );
     drop(secret);
 
     // --load of two platforms: each node loads its own into its
