@@ -1274,6 +1274,44 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             "{pod} loads {platform}:\n{stderr}"
         );
     }
+    // -o type=containerd given explicitly goes the same way: one
+    // platform, one pod, its node's containerd.
+    let explicit = format!("{loaded}-explicit");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        "linux/arm64",
+        "-o",
+        &format!("type=containerd,name={explicit}"),
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "-o type=containerd failed:\n{stderr}");
+    let images = |n: u8| {
+        ok(
+            "ctr images ls",
+            Command::new("ctr")
+                .arg("--address")
+                .arg(c.dir().join(format!("node{n}/containerd.sock")))
+                .args(["-n", "k8s.io", "images", "ls", "-q"])
+                .output()
+                .expect("run ctr"),
+        )
+    };
+    let (node1, node2) = (images(1), images(2));
+    assert!(node2.lines().any(|l| l == explicit), "{node2}");
+    assert!(!node1.lines().any(|l| l == explicit), "{node1}");
+    for n in 1..=2 {
+        let _ = Command::new("ctr")
+            .arg("--address")
+            .arg(c.dir().join(format!("node{n}/containerd.sock")))
+            .args(["-n", "k8s.io", "images", "rm", &explicit])
+            .output();
+    }
+
     let log = run_loaded(c, &run_pods[0], &loaded, cluster::NODES[0]);
     assert_eq!(log.trim(), "x86_64");
     let log = run_loaded(c, &run_pods[1], &loaded, cluster::ARM64_NODE);
