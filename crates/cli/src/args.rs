@@ -207,6 +207,10 @@ pub struct LsArgs {
     /// Seconds to wait for each node.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub timeout: u64,
+
+    /// List kubernetes builders in every namespace (as kubectl's -A).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
 }
 
 /// Flags that apply to every subcommand.

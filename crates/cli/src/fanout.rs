@@ -15,7 +15,7 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::BuildError;
 use crate::remote::{self, Setup};
 use crate::request::{BuildRequest, RequestError};
-use kbuild_driver::config::{self, Builder, Config};
+use kbuild_driver::config::{self, Builder};
 use kbuild_driver::session::Local;
 use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
 use kbuild_platform::Platform;
@@ -41,9 +41,6 @@ pub const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the assignment could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    /// The builder list could not be read, or names no such builder.
-    #[error(transparent)]
-    Config(kbuild_driver::Error),
     /// The Dockerfile does not plan for a node's build platform.
     #[error(transparent)]
     Plan(RequestError),
@@ -162,28 +159,6 @@ pub struct Report {
     pub assignments: Vec<Assignment>,
     /// What each target executes per build platform (to schedule again).
     exec: Exec,
-}
-
-/// The remote builder a build would use (`--builder`, else the one `use`
-/// chose), or `None` for the embedded one (`local`, and `buildkit`, the
-/// kubernetes driver's default name, while no cluster is used).
-pub fn remote_builder(flag: Option<&str>) -> Result<Option<(String, Builder)>, FanoutError> {
-    let local = |name: &str| name == config::LOCAL || name == "buildkit";
-    let config = match config::default_path().and_then(|p| Config::load(&p)) {
-        Ok(c) => c,
-        Err(_) if flag.map_or(true, local) => return Ok(None),
-        Err(e) => return Err(FanoutError::Config(e)),
-    };
-    let name = flag.unwrap_or_else(|| config.current());
-    if local(name) {
-        return Ok(None);
-    }
-    match config.builders.get(name) {
-        Some(b) => Ok(Some((name.to_string(), b.clone()))),
-        None => Err(FanoutError::Config(kbuild_driver::Error::NotFound {
-            name: name.to_string(),
-        })),
-    }
 }
 
 /// Asks every node of `builder` and assigns `req`'s platforms.
@@ -827,7 +802,14 @@ fn split(
     let pushed = match merged {
         Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
             .rt
-            .block_on(push_index(a, &req, &targets, &bytes, &media_type))
+            .block_on(push_index(
+                a,
+                &req,
+                setup.client.credentials.clone(),
+                &targets,
+                &bytes,
+                &media_type,
+            ))
             .map(|()| (bytes, media_type, by_node)),
         Ok(m) => Ok(m),
         Err(e) => Err(fail(e)),
@@ -886,6 +868,9 @@ fn split(
                 candidates[*n].name
             );
         }
+        for l in &done.loaded {
+            eprintln!("=> {l} (node {})", candidates[*n].name);
+        }
     }
     for n in &targets {
         eprintln!("=> pushed {n}@{digest}");
@@ -943,11 +928,13 @@ fn merge(
     Ok((bytes, index.descriptor_media_type().to_string(), by_node))
 }
 
-/// Puts the merged index and then the tags, with this machine's
-/// credentials.
+/// Puts the merged index and then the tags, with the build's credentials
+/// (those the nodes were given: a kubernetes builder's cluster secret, else
+/// this machine's).
 async fn push_index(
     a: &BuildArgs,
     req: &BuildRequest,
+    credentials: kbuild_registry::Credentials,
     targets: &[String],
     index: &[u8],
     media_type: &str,
@@ -958,9 +945,6 @@ async fn push_index(
             source: Box::new(source),
         })
     };
-    let credentials =
-        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
-            .map_err(BuildError::Credentials)?;
     let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
         insecure: a.insecure_registries.clone(),
         credentials,

@@ -77,10 +77,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     kbuild_solver::engine::images_needed(&plan)?;
                     let graph = req.graph(&plan)?;
                     // A remote builder: which node would build which platform.
-                    let schedule = match fanout::remote_builder(cli.global.builder.as_deref())? {
-                        Some((name, builder)) => Some(fanout::assign(&req, &name, &builder)?),
-                        None => None,
-                    };
+                    // A remote or kubernetes builder: which node would
+                    // build which platform.
+                    let schedule = build::dry_run_schedule(&req, &cli.global)?;
                     for w in &plan.warnings {
                         eprintln!("WARNING: {w}");
                     }
@@ -108,7 +107,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                                 &DryRun {
                                     plan: &plan,
                                     graph: &graph,
-                                    schedule: schedule.as_ref().map(fanout::Report::to_json),
+                                    schedule: schedule.as_ref().map(build::Schedule::to_json),
                                 },
                             )?;
                             writeln!(out)?;

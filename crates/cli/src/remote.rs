@@ -115,7 +115,9 @@ impl std::io::Read for ChannelReader {
 /// streamed outputs, shared by every node of a fanned-out build.
 pub(crate) struct Client {
     progress: Arc<dyn Progress>,
-    credentials: kbuild_registry::Credentials,
+    /// The build's credentials (a kubernetes builder's cluster secret
+    /// included), for the merged index too.
+    pub(crate) credentials: kbuild_registry::Credentials,
     helper_limit: Duration,
     secrets: Vec<kbuild_solver::options::SecretSpec>,
     outputs: Vec<Output>,

@@ -946,6 +946,32 @@ async fn build(
         .map(kbuild_platform::Platform::try_from)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| proto(e.to_string()))?;
+    // One line per build in the daemon's log (`kubectl logs` of a builder
+    // pod): which platforms this daemon builds for which client.
+    tracing::info!(
+        client = %start.client_hostname,
+        "build: platforms {}",
+        platforms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // A containerd output without unpack= unpacks what this daemon builds
+    // of its own native platforms (a node of a mixed cluster loads its
+    // own platform), not the host's, which an emulating node differs from.
+    for t in outputs
+        .iter_mut()
+        .filter_map(|o| o.containerd.as_mut())
+        .filter(|t| t.unpack.is_empty())
+    {
+        let native = crate::platforms(config.platforms.as_deref()).native;
+        t.unpack = platforms
+            .iter()
+            .filter(|p| native.iter().any(|n| n.matches_strict(p)))
+            .cloned()
+            .collect();
+    }
     let build_platform = match &start.build_platform {
         Some(p) => kbuild_platform::Platform::try_from(p).map_err(|e| proto(e.to_string()))?,
         None => kbuild_platform::Platform::host(),
