@@ -78,11 +78,23 @@ struct Sink {
 
 /// Reads what the session hands over; a sender gone before the end marker
 /// is an error, so a broken session never leaves a cut file.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: Receiver<Option<Vec<u8>>>,
     buf: Vec<u8>,
     pos: usize,
     ended: bool,
+}
+
+impl ChannelReader {
+    /// Reads what `rx` receives until its end marker (`None`).
+    pub(crate) fn new(rx: Receiver<Option<Vec<u8>>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            ended: false,
+        }
+    }
 }
 
 impl std::io::Read for ChannelReader {
@@ -201,12 +213,7 @@ impl Local for Client {
 fn open_sink(out: Output) -> Sink {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
     let thread = std::thread::spawn(move || -> Result<Vec<String>, String> {
-        let mut reader = ChannelReader {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-            ended: false,
-        };
+        let mut reader = ChannelReader::new(rx);
         let dest = out.dest.clone().unwrap_or_else(|| PathBuf::from("-"));
         let shown = dest.display().to_string();
         if dest == Path::new("-") {
