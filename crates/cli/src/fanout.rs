@@ -451,6 +451,7 @@ fn is_lost(e: &kbuild_driver::Error) -> bool {
     matches!(
         e,
         kbuild_driver::Error::Lost { .. }
+            | kbuild_driver::Error::ShuttingDown { .. }
             | kbuild_driver::Error::Unreachable { .. }
             | kbuild_driver::Error::Timeout { .. }
             | kbuild_driver::Error::Refused { .. }

@@ -1236,3 +1236,89 @@ fn split_file_outputs_are_those_of_one_node() {
     );
     assert!(!Path::new(&out("pair", "docker.tar")).exists());
 }
+
+/// A node's daemon stopped with SIGTERM mid-build says so (not a build
+/// failure): its platforms are built once more on the other node, the
+/// build succeeds and the tag is written once.
+#[test]
+fn a_node_stopped_with_sigterm_is_lost_not_failed() {
+    let env = Env::new();
+    let Some(a) = Node::start(&env, "a", Some(0), &[]) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(c) = Node::start(&env, "c", Some(1 % cpus), &[]) else {
+        return;
+    };
+    env.kb(&["create", "pair", "--endpoint", &a.unix]).ok();
+    env.kb(&[
+        "create",
+        "pair",
+        "--append",
+        "--endpoint",
+        &c.tcp,
+        "--driver-opt",
+        &env.mtls("c"),
+    ])
+    .ok();
+    let host = kbuild_platform::Platform::host().to_string();
+    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+        return;
+    };
+    let insecure = reg.host();
+    let ctx = context(
+        &env,
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+             ARG TARGETPLATFORM PAUSE=0\n\
+             RUN mkdir /out && sleep $PAUSE && echo \"built for $TARGETPLATFORM\" > /out/target\n\
+             FROM scratch\n\
+             COPY --from=build /out/target /target\n"
+        ),
+    );
+    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
+    let tag = format!("{}/stopped/app:1", reg.host());
+    let (child, rx) = env.spawn(&[
+        "--builder",
+        "pair",
+        "--platform",
+        four,
+        "--build-arg",
+        "PAUSE=3",
+        "-t",
+        &tag,
+        "--push",
+        "--insecure-registry",
+        &insecure,
+        "--progress",
+        "plain",
+        &ctx,
+    ]);
+    let mut seen = wait_line(&rx, &["[node pair1] [", "RUN mkdir /out && sleep 3"]);
+    let status = Command::new("kill")
+        .args(["-TERM", &c.daemon.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "SIGTERM to the daemon");
+    let (code, rest) = finish(child, rx);
+    seen.extend(rest);
+    let stderr = seen.join("\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("lost node pair1: builder pair (")
+                && l.contains("is shutting down and cancelled the build")),
+        "{stderr}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("→ node pair0") && l.contains("retried after losing node pair1")),
+        "{stderr}"
+    );
+    assert_eq!(tag_history(&reg, "stopped/app", "1").len(), 1);
+    let index = common::skopeo_raw(&tag);
+    assert_eq!(index_platforms(&index), four.split(',').collect::<Vec<_>>());
+    for (platform, text) in last_layer_file(&env, &tag, "target") {
+        assert_eq!(text, format!("built for {platform}"));
+    }
+}

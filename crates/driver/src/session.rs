@@ -292,6 +292,14 @@ pub async fn build(
                         builder: builder.to_string(),
                     });
                 }
+                if done.shutting_down {
+                    return Err(Error::ShuttingDown {
+                        builder: builder.to_string(),
+                        endpoint: endpoint.clone(),
+                        host: info.hostname.clone(),
+                        reason: done.error,
+                    });
+                }
                 return Ok(done);
             }
         }

@@ -66,7 +66,7 @@ pub(crate) enum SessionError {
     Ignore(#[source] kbuild_ignore::Error),
     #[error("cancelled")]
     Cancelled,
-    #[error("the builder's daemon is shutting down (SIGTERM): the build was cancelled; nothing was tagged")]
+    #[error("the daemon is stopping (SIGTERM or SIGINT); nothing was tagged")]
     ShuttingDown,
 }
 
@@ -345,6 +345,11 @@ pub(crate) async fn run(
         Err(SessionError::Gone) => {
             tracing::info!("build cancelled: the client went away");
             return;
+        }
+        Err(SessionError::ShuttingDown) => {
+            tracing::info!("build cancelled: the daemon is shutting down");
+            done.shutting_down = true;
+            done.error = SessionError::ShuttingDown.to_string();
         }
         Err(SessionError::Cancelled) => {
             tracing::info!("build cancelled by the client");
