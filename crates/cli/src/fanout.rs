@@ -604,6 +604,9 @@ impl Local for NodeLocal {
     fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         self.client.secret(id)
     }
+    fn ssh_agent(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.client.ssh_agent(id)
+    }
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
         match &self.outputs {
             Some(o) => o.chunk(self.part, output, data, last),

@@ -130,6 +130,7 @@ pub(crate) struct Client {
     credentials: kbuild_registry::Credentials,
     helper_limit: Duration,
     secrets: Vec<kbuild_solver::options::SecretSpec>,
+    ssh: Vec<kbuild_solver::options::SshSpec>,
     outputs: Vec<Output>,
     sinks: Mutex<HashMap<u32, Sink>>,
     pub(crate) notes: Mutex<Vec<String>>,
@@ -174,6 +175,16 @@ impl Local for Client {
             Some(SecretSource::Provided(p)) => p.0.secret(id),
             None => Ok(None),
         }
+    }
+
+    fn ssh_agent(&self, id: &str) -> Option<PathBuf> {
+        // As a local build: the first path given, else $SSH_AUTH_SOCK.
+        self.ssh.iter().find(|s| s.id == id).and_then(|s| {
+            s.paths
+                .first()
+                .cloned()
+                .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+        })
     }
 
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
@@ -270,21 +281,15 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    /// Checks what remote builders refuse and prepares the sessions of
-    /// `req` on builder `name`.
+    /// Prepares the sessions of `req` on a remote builder (`_builder`:
+    /// its name).
     pub(crate) fn new(
         req: &BuildRequest,
         a: &BuildArgs,
         g: &GlobalArgs,
-        name: &str,
+        _builder: &str,
         credentials: Option<kbuild_registry::Credentials>,
     ) -> Result<Setup, BuildError> {
-        if let Some(s) = req.ssh.first() {
-            return Err(BuildError::Builder(format!(
-                "--ssh {} is not served by remote builders yet (builder {name}); build with --builder local",
-                s.id
-            )));
-        }
         let mode = if a.quiet {
             ProgressMode::Quiet
         } else {
@@ -332,6 +337,7 @@ impl Setup {
                 .map(|(h, ip)| format!("{h}={ip}"))
                 .collect(),
             secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
+            ssh_ids: req.ssh.iter().map(|s| s.id.clone()).collect(),
             source_date_epoch,
             build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
             registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
@@ -353,6 +359,7 @@ impl Setup {
             credentials,
             helper_limit: req.registry_timeouts.helper,
             secrets: req.secrets.clone(),
+            ssh: req.ssh.clone(),
             outputs: req.outputs.clone(),
             sinks: Mutex::new(HashMap::new()),
             notes: Mutex::new(Vec::new()),

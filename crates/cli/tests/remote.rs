@@ -703,3 +703,190 @@ fn a_client_that_dies_cancels_its_build_on_the_daemon() {
     });
     daemon.wait_for("the client went away");
 }
+
+/// A program that asks the agent at `$SSH_AUTH_SOCK` for its identities
+/// (SSH2_AGENTC_REQUEST_IDENTITIES, 11) and prints their comments.
+const AGENT_LIST: &str = r#"package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+)
+
+func main() {
+	c, err := net.Dial("unix", os.Getenv("SSH_AUTH_SOCK"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dial:", err)
+		os.Exit(1)
+	}
+	c.Write([]byte{0, 0, 0, 1, 11})
+	var n uint32
+	if err := binary.Read(c, binary.BigEndian, &n); err != nil {
+		fmt.Fprintln(os.Stderr, "read:", err)
+		os.Exit(1)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 12 {
+		fmt.Fprintln(os.Stderr, "bad answer:", err)
+		os.Exit(1)
+	}
+	keys := binary.BigEndian.Uint32(b[1:5])
+	p := 5
+	fmt.Printf("keys: %d\n", keys)
+	for i := 0; i < int(keys); i++ {
+		p += 4 + int(binary.BigEndian.Uint32(b[p:]))
+		l := int(binary.BigEndian.Uint32(b[p:]))
+		p += 4
+		fmt.Printf("key: %s\n", b[p:p+l])
+		p += l
+	}
+}
+"#;
+
+/// `--ssh` through a daemon: the RUN's agent socket is the client's real
+/// `ssh-agent`, relayed over the session; the key never reaches the
+/// builder's disk.
+#[test]
+fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    let go = Path::new("/usr/local/go/bin/go");
+    if !go.exists() || Command::new("ssh-agent").arg("-h").output().is_err() {
+        kbuild_testkit::fixtures::skip_or_fail("go and ssh-agent are needed");
+        return;
+    }
+    let env = Env::new();
+    let _daemon = env.daemon("agent");
+    let host = kbuild_platform::Platform::host().to_string();
+    if base_image(&env, "agent", &host).is_none() {
+        return;
+    }
+    // A real agent holding a fresh key.
+    let key = env.path("id_test");
+    let keygen = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kbuild-agent-key",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(keygen.success());
+    let sock = env.path("ssh-agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ssh-agent");
+    // The socket exists from bind(), before the agent listens: retry.
+    wait_until(
+        "ssh-add to reach the agent",
+        Duration::from_secs(10),
+        || {
+            Command::new("ssh-add")
+                .arg(&key)
+                .env("SSH_AUTH_SOCK", &sock)
+                .stderr(Stdio::null())
+                .status()
+                .expect("run ssh-add")
+                .success()
+        },
+    );
+
+    let ctx = env.path("ctx");
+    write(&ctx.join("main.go"), AGENT_LIST);
+    let built = Command::new(go)
+        .args(["build", "-o"])
+        .arg(ctx.join("agentls"))
+        .arg(ctx.join("main.go"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", std::env::temp_dir().join("kbuild-test-gocache"))
+        .env("GOPATH", env.path("gopath"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("run go build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kbuild.test/busybox:latest\n\
+         COPY agentls /agentls\n\
+         RUN --mount=type=ssh /agentls > /keys\n",
+    );
+    let out = env.path("out");
+    let sock_arg = format!("default={}", sock.display());
+    let dest = format!("type=local,dest={}", out.display());
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "agent",
+                "--platform",
+                &host,
+                "--ssh",
+                &sock_arg,
+                "-o",
+                &dest,
+                "--progress",
+                "plain",
+            ],
+            &[],
+        )
+        .ok();
+    let keys = std::fs::read_to_string(out.join("keys"))
+        .unwrap_or_else(|e| panic!("no /keys ({e}):\n{}", r.stderr));
+    assert_eq!(keys, "keys: 1\nkey: kbuild-agent-key\n");
+    // Without --ssh the RUN has no agent (the mount is optional, as in
+    // BuildKit): the program finds no socket.
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "agent",
+                "--platform",
+                &host,
+                "--no-cache",
+            ],
+            &[],
+        )
+        .fails();
+    assert!(
+        r.stderr.contains("dial unix: missing address"),
+        "{}",
+        r.stderr
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // The private key's lines are nowhere in the daemon's store.
+    let private = std::fs::read_to_string(&key).expect("private key");
+    for line in private.lines().filter(|l| !l.starts_with("-----")) {
+        let grep = Command::new("grep")
+            .args(["-r", "-F", "-l", "-e", line])
+            .arg(env.path("daemon-root"))
+            .output()
+            .expect("run grep");
+        assert!(
+            grep.stdout.is_empty(),
+            "the key is on the builder's disk: {}",
+            String::from_utf8_lossy(&grep.stdout)
+        );
+    }
+}

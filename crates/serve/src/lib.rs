@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod session;
+mod ssh;
 
 use kbuild_platform::Platform;
 use kbuild_proto::v1::{self, builder_server};

@@ -64,6 +64,8 @@ pub(crate) enum SessionError {
     Solve(#[from] kbuild_solver::engine::SolveError),
     #[error("the client's .dockerignore: {0}")]
     Ignore(#[source] kbuild_ignore::Error),
+    #[error("serve the --ssh agent sockets: {0}")]
+    Ssh(#[source] std::io::Error),
     #[error("cancelled")]
     Cancelled,
     #[error("the daemon is stopping (SIGTERM or SIGINT); nothing was tagged")]
@@ -80,6 +82,8 @@ struct Pending {
     next: AtomicU64,
     credentials: Mutex<HashMap<u64, std::sync::mpsc::Sender<v1::CredentialsResponse>>>,
     secrets: Mutex<HashMap<u64, std::sync::mpsc::Sender<v1::SecretResponse>>>,
+    /// Agent connections of `--ssh` (see [`crate::ssh`]).
+    ssh: Arc<crate::ssh::Streams>,
 }
 
 /// Messages to the client that must never block the solver (progress,
@@ -321,6 +325,7 @@ pub(crate) async fn run(
         stopping,
     )
     .await;
+    pending.ssh.close();
     queue.close();
     let _ = forwarder.await;
     let mut done = v1::BuildDone {
@@ -504,6 +509,7 @@ async fn session(
                             let _ = tx.send(s);
                         }
                     }
+                    Ok(In::Ssh(d)) => pending.ssh.deliver(d),
                     Ok(In::Cancel(_)) => {
                         cancel.cancel();
                         cancelled.notify_one();
@@ -886,6 +892,24 @@ async fn build(
         queue: queue.clone(),
         pending: pending.clone(),
     }));
+    // `--ssh`: the client's agents, relayed through sockets of this session.
+    let (_agents, ssh) = {
+        let q = queue.clone();
+        crate::ssh::serve(
+            &start.ssh_ids,
+            &session_dir.0,
+            &pending.ssh,
+            Arc::new(move |m| q.send(m)),
+        )
+        .map_err(SessionError::Ssh)?
+    };
+    let ssh = ssh
+        .into_iter()
+        .map(|(id, path)| kbuild_solver::options::SshSpec {
+            id,
+            paths: vec![path],
+        })
+        .collect();
     let secrets = start
         .secret_ids
         .iter()
@@ -920,7 +944,7 @@ async fn build(
             force_compression,
             source_date_epoch: start.source_date_epoch,
             secrets,
-            ssh: Vec::new(),
+            ssh,
             add_hosts,
             network,
             allow_insecure,
