@@ -890,3 +890,122 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
         );
     }
 }
+
+/// A push through a daemon to a registry that wants Bearer tokens, where
+/// only the client holds the token server's credentials: the daemon asks
+/// the client per registry and scope, the push works, and the password is
+/// in none of the daemon's files nor its log.
+#[test]
+fn push_with_bearer_tokens_only_on_the_client() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let user = "tokenuser";
+    let password = unique("tokenpw");
+    let keys = env.path("token-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (tokens, files) = match kbuild_testkit::token::TokenServer::start(
+        std::net::Ipv4Addr::LOCALHOST,
+        &keys,
+        user,
+        &password,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("token server: {e}"));
+            return;
+        }
+    };
+    let registry = match kbuild_testkit::registry::TestRegistry::start_with_token_auth(&files) {
+        Ok(r) => r,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
+            return;
+        }
+    };
+    let daemon = env.daemon("bearer");
+    let ctx = env.path("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY hello /\n");
+    write(&ctx.join("hello"), "hello over tokens\n");
+    let host = registry.host();
+    let auth = base64(&format!("{user}:{password}"));
+    let docker_config = env.path("docker-config");
+    write(
+        &docker_config.join("config.json"),
+        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    );
+    let reference = format!("{host}/bearer/app:1");
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "bearer",
+                "-t",
+                &reference,
+                "--push",
+            ],
+            &[("DOCKER_CONFIG", docker_config.to_str().unwrap())],
+        )
+        .ok();
+    assert!(
+        r.stderr.contains(&format!("=> pushed {reference}@sha256:")),
+        "{}",
+        r.stderr
+    );
+    // The token server issued tokens for the push's scope.
+    let scopes = tokens.scopes();
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s == "repository:bearer/app:pull,push"),
+        "{scopes:?}"
+    );
+    assert_eq!(
+        tokens.denied(),
+        0,
+        "every token request had the credentials"
+    );
+    // Readable with a token from the same server.
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{user}:{password}"),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the client's credentials the daemon cannot push: the client's
+    // answer is all it has.
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "bearer",
+                "-t",
+                &format!("{host}/bearer/app:2"),
+                "--push",
+            ],
+            &[("DOCKER_CONFIG", env.path("no-docker").to_str().unwrap())],
+        )
+        .fails();
+    assert!(r.stderr.contains(&host), "{}", r.stderr);
+    assert!(tokens.denied() > 0);
+    assert!(common::files_containing(&env.path("daemon-root"), password.as_bytes()).is_empty());
+    assert!(common::files_containing(&env.path("daemon-root"), auth.as_bytes()).is_empty());
+    let (_, stderr) = daemon.terminate();
+    assert!(
+        !stderr.contains(&password) && !stderr.contains(&auth),
+        "{stderr}"
+    );
+}
