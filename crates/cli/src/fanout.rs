@@ -125,6 +125,15 @@ pub enum FanoutError {
         /// The platform.
         platform: String,
     },
+    /// A registry cache export of a build split over several nodes: each
+    /// node would replace the others' records under the one reference.
+    #[error("--cache-to {cache} is not exported from a build split over several nodes (builder {builder}): each node would replace the others' records; use --cache-to type=inline, or build a --platform subset that one node builds")]
+    SplitCacheExport {
+        /// The flag's value.
+        cache: String,
+        /// The builder.
+        builder: String,
+    },
     /// A file output could not be assembled from the nodes' parts.
     #[error(transparent)]
     Output(Box<crate::split_outputs::SplitOutputError>),
@@ -563,6 +572,17 @@ pub fn build(
             split,
         }));
     }
+    if let Some(c) = req.cache_to.iter().find(|c| {
+        matches!(
+            c.destination,
+            kbuild_solver::remote_cache::CacheDestination::Registry { .. }
+        )
+    }) {
+        return Err(fail(FanoutError::SplitCacheExport {
+            cache: c.to_string(),
+            builder: name.to_string(),
+        }));
+    }
     split(req, a, setup, name, report, candidates, defs, dialer)
 }
 
@@ -918,6 +938,9 @@ fn split(
             "=> context: sent {} files ({} bytes) to node {}",
             done.files_received, done.bytes_received, candidates[*n].name
         );
+        for c in &done.cache_exports {
+            eprintln!("=> exported cache {c} (node {})", candidates[*n].name);
+        }
         for s in &done.stored {
             eprintln!(
                 "=> stored {s} ({}) in the store of node {}",

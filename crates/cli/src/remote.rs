@@ -281,15 +281,38 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    /// Prepares the sessions of `req` on a remote builder (`_builder`:
-    /// its name).
+    /// Prepares the sessions of `req` on a remote builder (`builder`:
+    /// its name, for messages).
     pub(crate) fn new(
         req: &BuildRequest,
         a: &BuildArgs,
         g: &GlobalArgs,
-        _builder: &str,
+        builder: &str,
         credentials: Option<kbuild_registry::Credentials>,
     ) -> Result<Setup, BuildError> {
+        // A type=local cache is a directory of this machine: not streamed.
+        let local_cache = req
+            .cache_from
+            .iter()
+            .filter(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
+            .map(|c| format!("--cache-from {c}"))
+            .chain(
+                req.cache_to
+                    .iter()
+                    .filter(|c| {
+                        matches!(
+                            c.destination,
+                            kbuild_solver::remote_cache::CacheDestination::Local { .. }
+                        )
+                    })
+                    .map(|c| format!("--cache-to {c}")),
+            )
+            .next();
+        if let Some(flag) = local_cache {
+            return Err(BuildError::Builder(format!(
+                "{flag}: a type=local cache is a directory of this machine, which builder {builder} cannot reach; remote builders import and export type=registry and type=inline caches (or build with --builder local)"
+            )));
+        }
         let mode = if a.quiet {
             ProgressMode::Quiet
         } else {
@@ -338,6 +361,8 @@ impl Setup {
                 .collect(),
             secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
             ssh_ids: req.ssh.iter().map(|s| s.id.clone()).collect(),
+            cache_from: a.cache_from.clone(),
+            cache_to: a.cache_to.clone(),
             source_date_epoch,
             build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
             registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
@@ -520,6 +545,9 @@ pub(crate) fn single(
     }
     for n in &done.stored {
         eprintln!("=> stored {n}@{digest} in the store of builder {name}");
+    }
+    for c in &done.cache_exports {
+        eprintln!("=> exported cache {c} (builder {name})");
     }
     for o in &req.outputs {
         if let Some(d) = &o.dest {

@@ -1009,3 +1009,118 @@ fn push_with_bearer_tokens_only_on_the_client() {
         "{stderr}"
     );
 }
+
+/// The names of the steps `--progress plain` reported as CACHED.
+fn cached_steps(stderr: &str) -> Vec<String> {
+    let mut names = std::collections::HashMap::new();
+    let mut cached = Vec::new();
+    for line in stderr.lines() {
+        let Some((id, rest)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        if rest.starts_with('[') {
+            names.insert(id.to_string(), rest.to_string());
+        } else if rest == "CACHED" {
+            cached.push(names.get(id).cloned().unwrap_or_default());
+        }
+    }
+    cached
+}
+
+/// `--cache-to type=registry` from one daemon and `--cache-from` on a
+/// second daemon with an empty store: the RUN step hits, and the image is
+/// the same. A `type=local` cache is refused, naming why.
+#[test]
+fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let registry = match kbuild_testkit::registry::TestRegistry::start() {
+        Ok(r) => r,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
+            return;
+        }
+    };
+    let host = registry.host();
+    let platform = kbuild_platform::Platform::host().to_string();
+    let Some(busybox) = busybox_context() else {
+        return;
+    };
+    let base = format!("{host}/base/busybox:1");
+    env.kb(
+        &[
+            busybox.to_str().unwrap(),
+            "--builder",
+            "local",
+            "--platform",
+            &platform,
+            "-t",
+            &base,
+            "--push",
+            "--progress",
+            "quiet",
+        ],
+        &[EPOCH],
+    )
+    .ok();
+    let _first = env.daemon("first");
+    let second_addr = format!("unix://{}", env.path("second.sock").display());
+    let mut second = Daemon::start(&bin(), &env.path("second-root"), &["--addr", &second_addr]);
+    second.listening("unix://");
+    env.kb(&["create", "second", "--endpoint", &second_addr], &[])
+        .ok();
+    let ctx = env.path("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM {base}\nRUN echo expensive > /made && sleep 1\n"),
+    );
+    let cache_ref = format!("{host}/cache/app:buildcache");
+    let build = |builder: &str, extra: &[&str]| -> Run {
+        let iid = env.path(&format!("{builder}.iid"));
+        let mut args = vec![
+            ctx.to_str().unwrap(),
+            "--builder",
+            builder,
+            "--platform",
+            &platform,
+            "--progress",
+            "plain",
+            "--iidfile",
+            iid.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        env.kb(&args, &[EPOCH])
+    };
+    let to = format!("type=registry,ref={cache_ref},mode=max");
+    let first = build("first", &["--cache-to", &to]).ok();
+    assert!(
+        first
+            .stderr
+            .contains(&format!("=> exported cache type=registry,ref={cache_ref}")),
+        "{}",
+        first.stderr
+    );
+    assert!(cached_steps(&first.stderr).is_empty(), "{}", first.stderr);
+    let from = format!("type=registry,ref={cache_ref}");
+    let second_run = build("second", &["--cache-from", &from]).ok();
+    let hits = cached_steps(&second_run.stderr);
+    assert!(
+        hits.iter().any(|n| n.contains("] RUN echo expensive")),
+        "no cache hit on the empty daemon: {hits:?}\n{}",
+        second_run.stderr
+    );
+    let iid = |b: &str| std::fs::read_to_string(env.path(&format!("{b}.iid"))).unwrap();
+    assert_eq!(iid("first"), iid("second"));
+    // A local cache is a directory of the client.
+    let local = format!("type=local,dest={}", env.path("cache-dir").display());
+    let r = build("second", &["--cache-to", &local]).fails();
+    assert!(
+        r.stderr.contains(
+            "a type=local cache is a directory of this machine, which builder second cannot reach"
+        ),
+        "{}",
+        r.stderr
+    );
+}

@@ -64,6 +64,8 @@ pub(crate) enum SessionError {
     Solve(#[from] kbuild_solver::engine::SolveError),
     #[error("the client's .dockerignore: {0}")]
     Ignore(#[source] kbuild_ignore::Error),
+    #[error(transparent)]
+    CacheExport(#[from] kbuild_solver::cache_export::CacheExportError),
     #[error("serve the --ssh agent sockets: {0}")]
     Ssh(#[source] std::io::Error),
     #[error("cancelled")]
@@ -929,6 +931,31 @@ async fn build(
         kbuild_solver::options::parse_network(&start.network)?
     };
     let allow_insecure = start.allow.iter().any(|a| a == "security.insecure");
+    // Registry and inline caches; a local one is a directory of the client.
+    let cache_from = start
+        .cache_from
+        .iter()
+        .map(|s| kbuild_solver::remote_cache::CacheFrom::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = start
+        .cache_to
+        .iter()
+        .map(|s| kbuild_solver::remote_cache::CacheTo::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if cache_from
+        .iter()
+        .any(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
+        || cache_to.iter().any(|c| {
+            matches!(
+                c.destination,
+                kbuild_solver::remote_cache::CacheDestination::Local { .. }
+            )
+        })
+    {
+        return Err(proto(
+            "a type=local cache is a directory of the client, which the builder cannot reach",
+        ));
+    }
     let progress: Arc<dyn Progress> = Arc::new(WireProgress(queue.clone()));
     // With a push output, layers upload while the build goes on (each new
     // one while it is compressed), as in a local build.
@@ -955,7 +982,8 @@ async fn build(
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
         },
         progress,
-    );
+    )
+    .with_cache(cache_from, cache_to);
     let ignore = if start.dockerignore.is_empty() {
         None
     } else {
@@ -1019,6 +1047,19 @@ async fn build(
     let report =
         kbuild_solver::outputs::export_with(&solver, &result, &outputs, early_push.as_ref())
             .await?;
+    let mut cache_exports = Vec::new();
+    let mut cache_warnings = Vec::new();
+    for c in solver.export_cache().await? {
+        match &c.ignored {
+            Some(e) => {
+                cache_warnings.push(format!("{e} (ignore-error=true: the build still succeeds)"))
+            }
+            None => cache_exports.push(format!(
+                "{}: {} records, {} layers",
+                c.to, c.records, c.layers
+            )),
+        }
+    }
     if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
         if let Err(e) = cache.save(dir) {
             tracing::warn!(error = %e, "could not keep the context checksum cache");
@@ -1057,7 +1098,9 @@ async fn build(
             .warnings
             .iter()
             .map(ToString::to_string)
+            .chain(cache_warnings)
             .collect(),
+        cache_exports,
         config_digest,
         ..Default::default()
     };
