@@ -65,7 +65,7 @@ pub(crate) enum SessionError {
     #[error("the client's .dockerignore: {0}")]
     Ignore(#[source] kbuild_ignore::Error),
     #[error(transparent)]
-    CacheExport(#[from] kbuild_solver::cache_export::CacheExportError),
+    CacheExport(Box<kbuild_solver::cache_export::CacheExportError>),
     #[error("serve the --ssh agent sockets: {0}")]
     Ssh(#[source] std::io::Error),
     #[error("cancelled")]
@@ -1049,7 +1049,11 @@ async fn build(
             .await?;
     let mut cache_exports = Vec::new();
     let mut cache_warnings = Vec::new();
-    for c in solver.export_cache().await? {
+    for c in solver
+        .export_cache()
+        .await
+        .map_err(|e| SessionError::CacheExport(Box::new(e)))?
+    {
         match &c.ignored {
             Some(e) => {
                 cache_warnings.push(format!("{e} (ignore-error=true: the build still succeeds)"))
