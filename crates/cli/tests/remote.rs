@@ -1124,3 +1124,68 @@ fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
         r.stderr
     );
 }
+
+/// The daemon keeps the last `--keep-contexts` client contexts: an older
+/// context's copy and the files only it used are removed after a build, and
+/// building it again sends its files again.
+#[test]
+fn the_daemon_keeps_only_the_last_contexts() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let addr = format!("unix://{}", env.path("gc.sock").display());
+    let root = env.path("daemon-root");
+    let mut daemon = Daemon::start(&bin(), &root, &["--addr", &addr, "--keep-contexts", "1"]);
+    daemon.listening("unix://");
+    env.kb(&["create", "gc", "--endpoint", &addr], &[]).ok();
+    let make = |name: &str| -> PathBuf {
+        let dir = env.path(name);
+        write(&dir.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+        write(&dir.join("only.txt"), &format!("content only {name} has\n"));
+        write(&dir.join("shared.txt"), "content both have\n");
+        dir
+    };
+    let (a, b) = (make("ctx-a"), make("ctx-b"));
+    let build = |dir: &Path| -> Run {
+        env.kb(&[dir.to_str().unwrap(), "--builder", "gc"], &[])
+            .ok()
+    };
+    let sent = |r: &Run| -> String {
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("=> context: sent "))
+            .unwrap_or_else(|| panic!("no transfer line:\n{}", r.stderr))
+            .to_string()
+    };
+    let count = |dir: &str| -> usize {
+        std::fs::read_dir(root.join(dir))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let first = build(&a);
+    assert!(sent(&first).contains("sent 3 files"), "{}", first.stderr);
+    let again = build(&a);
+    assert!(sent(&again).contains("sent 0 files"), "{}", again.stderr);
+    let other = build(&b);
+    // b's Dockerfile and shared.txt are a's: only its own file came.
+    assert!(sent(&other).contains("sent 1 files"), "{}", other.stderr);
+    // The collection runs once the build has ended.
+    daemon.wait_for("removed 1 contexts and 1 files");
+    assert_eq!(count("contexts"), 1, "one context kept");
+    // Left: b's three files; a's own file went with its context.
+    assert_eq!(count("context-files"), 3);
+    let only_a = std::fs::read_dir(root.join("context-files"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| std::fs::read(e.path()).unwrap() == b"content only ctx-a has\n");
+    assert!(!only_a, "a's file is still cached");
+    let back = build(&a);
+    assert!(sent(&back).contains("sent 1 files"), "{}", back.stderr);
+    daemon.wait_for("removed 1 contexts and 1 files");
+    assert_eq!(count("contexts"), 1, "one context kept");
+}

@@ -22,6 +22,7 @@
 
 #![deny(missing_docs)]
 
+pub mod gc;
 mod session;
 mod ssh;
 
@@ -152,6 +153,8 @@ pub struct Config {
     /// ([`kbuild_proto::MIN_PROTOCOL_VERSION`], [`kbuild_proto::PROTOCOL_VERSION`]);
     /// other values only in tests.
     pub protocol: (u32, u32),
+    /// Client contexts kept after a build (`--keep-contexts`, see [`gc`]).
+    pub keep_contexts: usize,
 }
 
 /// The platforms a machine builds, as advertised by `Info`.

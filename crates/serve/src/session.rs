@@ -380,6 +380,26 @@ pub(crate) async fn run(
             message: Some(Out::Done(done)),
         }))
         .await;
+    collect_contexts(&config).await;
+}
+
+/// Bounds the kept client contexts once a session is over (see [`crate::gc`]).
+async fn collect_contexts(config: &Arc<Config>) {
+    let (root, keep) = (config.root.clone(), config.keep_contexts);
+    match tokio::task::spawn_blocking(move || crate::gc::collect(&root, keep)).await {
+        Ok(Ok(Some(c))) if c.contexts > 0 || c.files > 0 => tracing::info!(
+            contexts = c.contexts,
+            files = c.files,
+            bytes = c.bytes,
+            "context state: removed {} contexts and {} files ({} bytes)",
+            c.contexts,
+            c.files,
+            c.bytes
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not collect old contexts"),
+        Err(e) => tracing::warn!(error = %e, "could not collect old contexts"),
+    }
 }
 
 async fn stream_result(tx: &Tx, output: u32, path: &Path) -> std::io::Result<()> {
@@ -465,7 +485,17 @@ async fn session(
         let files = root.join("context-files");
         // Held until the build ends: no other session of this context
         // changes the copy while the build reads it.
+        // No collection of context files while this sync runs.
+        let gc_root = root.clone();
+        let sync_guard = tokio::task::spawn_blocking(move || crate::gc::hold_for_sync(&gc_root))
+            .await
+            .map_err(|e| proto(format!("lock the context files: {e}")))?
+            .map_err(|source| SessionError::Context {
+                path: root.display().to_string(),
+                source,
+            })?;
         let lock = sync_context(&state, &files, &entries, &mut inbound, tx, transfer).await?;
+        drop(sync_guard);
         context_lock = Some(lock);
         tracing::info!(
             context = %start.context_path,
