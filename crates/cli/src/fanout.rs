@@ -920,7 +920,10 @@ fn split(
         None,
     )?;
     if mode == ProgressMode::Quiet {
-        println!("{digest}");
+        // Nothing but the archive when standard output is one.
+        if !crate::build::stdout_is_output(&req) {
+            println!("{digest}");
+        }
         return Ok(());
     }
     let split = by_node

@@ -1224,6 +1224,15 @@ fn split_file_outputs_are_those_of_one_node() {
         "the layout on standard output differs"
     );
 
+    // `-o -` (the filesystems as a tarball), quiet: only the archive.
+    let stdout = build("pair", &["-o", "-", "-q"]).ok().stdout;
+    let fs_tar = bytes(out("one", "fs.tar"));
+    assert_eq!(stdout.len(), String::from_utf8_lossy(&fs_tar).len());
+    assert!(
+        stdout == String::from_utf8_lossy(&fs_tar),
+        "the tarball on standard output differs"
+    );
+
     // A docker archive holds one platform.
     let docker = format!("type=docker,dest={}", out("pair", "docker.tar"));
     let refused = build("pair", &["-o", &docker]).fails();
