@@ -8,7 +8,10 @@
 //! Sessions hold `context-files.lock` shared while they sync a context
 //! (from asking for files until the copy and its record are written); the
 //! collection takes it exclusively and is skipped while any sync runs, so
-//! it never removes a file a sync is about to use.
+//! it never removes a file a sync is about to use. Reading what the kept
+//! copies list costs time for large contexts, so the files are swept only
+//! when a copy was removed or every [`SWEEP_EVERY`] collections (files an
+//! edited context no longer lists go then).
 
 use kbuild_image::lock::{FileLock, LockMode};
 use std::collections::{BTreeMap, HashSet};
@@ -18,6 +21,9 @@ use std::time::SystemTime;
 
 /// Contexts kept by default (`serve --keep-contexts`).
 pub const KEEP_CONTEXTS: usize = 16;
+
+/// Collections between two sweeps of the files when no copy was removed.
+pub const SWEEP_EVERY: u64 = 16;
 
 /// What one collection removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +46,10 @@ pub(crate) fn hold_for_sync(root: &Path) -> io::Result<FileLock> {
     FileLock::acquire(lock_path(root), LockMode::Shared)
 }
 
-/// Keeps the `keep` most recently used contexts under `root` and the files
-/// they list; returns what went, or `None` when a sync was running.
-pub fn collect(root: &Path, keep: usize) -> io::Result<Option<Collected>> {
+/// Keeps the `keep` most recently used contexts under `root` and, when one
+/// was removed or `sweep` is set, only the files the kept ones list;
+/// returns what went, or `None` when a sync was running.
+pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Collected>> {
     let contexts = root.join("contexts");
     if !contexts.is_dir() {
         return Ok(Some(Collected::default()));
@@ -80,6 +87,9 @@ pub fn collect(root: &Path, keep: usize) -> io::Result<Option<Collected>> {
             }
             None => kept.push(dir),
         }
+    }
+    if done.contexts == 0 && !sweep {
+        return Ok(Some(done));
     }
     // The files the kept contexts list.
     let mut wanted: HashSet<String> = HashSet::new();

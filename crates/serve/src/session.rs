@@ -385,8 +385,10 @@ pub(crate) async fn run(
 
 /// Bounds the kept client contexts once a session is over (see [`crate::gc`]).
 async fn collect_contexts(config: &Arc<Config>) {
+    static SESSIONS: AtomicU64 = AtomicU64::new(0);
+    let sweep = SESSIONS.fetch_add(1, Ordering::Relaxed) % crate::gc::SWEEP_EVERY == 0;
     let (root, keep) = (config.root.clone(), config.keep_contexts);
-    match tokio::task::spawn_blocking(move || crate::gc::collect(&root, keep)).await {
+    match tokio::task::spawn_blocking(move || crate::gc::collect(&root, keep, sweep)).await {
         Ok(Ok(Some(c))) if c.contexts > 0 || c.files > 0 => tracing::info!(
             contexts = c.contexts,
             files = c.files,
