@@ -891,7 +891,11 @@ fn split(
                 (*id, candidates[p.node].name.clone(), p.platforms.clone())
             })
             .collect();
-        match files.finish(&done_parts, &bytes, &media_type) {
+        let root = crate::split_outputs::Root::Merged {
+            index: &bytes,
+            media_type: &media_type,
+        };
+        match files.finish(&done_parts, &root) {
             Ok((notes, w)) => {
                 written = w;
                 if let Ok(mut n) = setup.client.notes.lock() {

@@ -9,6 +9,7 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::{progress_renderer, BuildError};
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
+use crate::split_outputs::{Root, SplitOutputs};
 use kbuild_driver::session::{ContextSource, Local};
 use kbuild_proto::v1;
 use kbuild_solver::options::{LayerCompression, Output, OutputKind, SecretSource};
@@ -19,6 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+fn output_error(e: crate::split_outputs::SplitOutputError) -> BuildError {
+    BuildError::Fanout(Box::new(crate::fanout::FanoutError::Output(Box::new(e))))
+}
 
 /// The output spec the daemon is sent: everything but where a file goes
 /// (the client writes it).
@@ -133,6 +138,9 @@ pub(crate) struct Client {
     ssh: Vec<kbuild_solver::options::SshSpec>,
     outputs: Vec<Output>,
     sinks: Mutex<HashMap<u32, Sink>>,
+    /// `-o type=oci,tar=false` of a one-node build: the blobs the node
+    /// streams, written as a layout directory once it has finished.
+    layouts: Option<Arc<SplitOutputs>>,
     pub(crate) notes: Mutex<Vec<String>>,
 }
 
@@ -188,6 +196,9 @@ impl Local for Client {
     }
 
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+        if let Some(l) = self.layouts.as_ref().filter(|l| l.has(output)) {
+            return l.chunk(0, output, data, last);
+        }
         let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {
             let out = self.outputs.get(output as usize).cloned().ok_or_else(|| {
@@ -387,6 +398,11 @@ impl Setup {
             ssh: req.ssh.clone(),
             outputs: req.outputs.clone(),
             sinks: Mutex::new(HashMap::new()),
+            layouts: SplitOutputs::for_outputs(&req.outputs, source_date_epoch, |o| {
+                o.kind == OutputKind::Oci && o.as_directory
+            })
+            .map_err(output_error)?
+            .map(Arc::new),
             notes: Mutex::new(Vec::new()),
         });
         Ok(Setup {
@@ -500,6 +516,16 @@ pub(crate) fn single(
             "builder {name}: {}",
             done.error
         )));
+    }
+    if let Some(layouts) = &client.layouts {
+        let root = done.root.clone().unwrap_or_default();
+        let digest = kbuild_image::Digest::parse(&root.digest).map_err(|e| {
+            BuildError::Builder(format!("builder {name} sent a bad root digest: {e}"))
+        })?;
+        let root = kbuild_image::Descriptor::new(root.media_type, digest, root.size.max(0) as u64);
+        layouts
+            .finish(&[(0, name.to_string(), Vec::new())], &Root::Streamed(root))
+            .map_err(output_error)?;
     }
     for w in &done.warnings {
         eprintln!("WARNING: {w}");

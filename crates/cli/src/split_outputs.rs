@@ -56,6 +56,19 @@ pub enum SplitOutputError {
     },
 }
 
+/// The image an OCI output holds.
+pub(crate) enum Root<'a> {
+    /// The index merged here from the nodes' manifests.
+    Merged {
+        /// Its bytes.
+        index: &'a [u8],
+        /// Its media type.
+        media_type: &'a str,
+    },
+    /// The root one node built (its blob is among those it streamed).
+    Streamed(Descriptor),
+}
+
 /// Where one file output collects the nodes' parts.
 enum Stage {
     /// A scratch store beside the destination (removed with it).
@@ -111,8 +124,17 @@ impl SplitOutputs {
         outputs: &[Output],
         source_date_epoch: Option<i64>,
     ) -> Result<Option<SplitOutputs>, SplitOutputError> {
+        SplitOutputs::for_outputs(outputs, source_date_epoch, |_| true)
+    }
+
+    /// [`SplitOutputs::new`] for the file outputs `wanted` accepts only.
+    pub(crate) fn for_outputs(
+        outputs: &[Output],
+        source_date_epoch: Option<i64>,
+        wanted: impl Fn(&Output) -> bool,
+    ) -> Result<Option<SplitOutputs>, SplitOutputError> {
         let mut stages = HashMap::new();
-        for (i, o) in outputs.iter().enumerate() {
+        for (i, o) in outputs.iter().enumerate().filter(|(_, o)| wanted(o)) {
             let dest = dest_of(o);
             let stage_err = |source| SplitOutputError::Stage {
                 kind: kind_name(&o.kind),
@@ -166,6 +188,14 @@ impl SplitOutputs {
                 source_date_epoch: source_date_epoch.and_then(|e| u64::try_from(e).ok()),
             },
         }))
+    }
+
+    /// Whether output `output` is collected here.
+    pub(crate) fn has(&self, output: u32) -> bool {
+        self.stages
+            .lock()
+            .map(|s| s.contains_key(&output))
+            .unwrap_or(false)
     }
 
     /// A piece of output `output` of part `part` (one node's session).
@@ -246,8 +276,7 @@ impl SplitOutputs {
     pub(crate) fn finish(
         &self,
         parts: &[(usize, String, Vec<Platform>)],
-        index: &[u8],
-        media_type: &str,
+        root: &Root<'_>,
     ) -> Result<(Vec<String>, Vec<PathBuf>), SplitOutputError> {
         // Parts still open belong to lost nodes: their threads end here.
         if let Ok(mut s) = self.sinks.lock() {
@@ -300,8 +329,14 @@ impl SplitOutputs {
                         dest: shown.clone(),
                         source,
                     };
-                    let (digest, size) = store.put_bytes(index).map_err(layout_err)?;
-                    let root = Descriptor::new(media_type.to_string(), digest, size);
+                    let root = match root {
+                        Root::Merged { index, media_type } => {
+                            let (digest, size) = store.put_bytes(index).map_err(layout_err)?;
+                            Descriptor::new(media_type.to_string(), digest, size)
+                        }
+                        // Its blob came with the node's layout.
+                        Root::Streamed(d) => d.clone(),
+                    };
                     let ref_name = o.names.first().map(|n| ref_name_of(n));
                     write_layout(&store, &root, o, &dest, ref_name.as_deref(), &self.tar)
                         .map_err(layout_err)?;

@@ -189,9 +189,11 @@ fn builds_through_a_daemon_match_local_builds() {
             "{}",
             r.stderr
         );
+        let layout = env.path(&format!("{name}.ocidir"));
         for (spec, _) in [
             (format!("type=tar,dest={}", tar.display()), ()),
             (format!("type=local,dest={}", local.display()), ()),
+            (format!("type=oci,tar=false,dest={}", layout.display()), ()),
         ] {
             env.kb(
                 &[
@@ -217,6 +219,19 @@ fn builds_through_a_daemon_match_local_builds() {
     let (remote_oci, remote_tar, remote_dir) = build("remote1", "remote");
     assert!(local_oci == remote_oci, "OCI archives differ");
     assert!(local_tar == remote_tar, "filesystem tars differ");
+    // `tar=false`: the same layout directory.
+    assert!(env.path("remote.ocidir").join("index.json").is_file());
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(env.path("local.ocidir"))
+        .arg(env.path("remote.ocidir"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "OCI layout directories differ: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
     for arch in ["linux_amd64", "linux_arm64"] {
         let a = read(&local_dir.join(arch).join("out/files"));
         let b = read(&remote_dir.join(arch).join("out/files"));
