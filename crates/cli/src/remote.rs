@@ -524,7 +524,10 @@ pub(crate) fn single(
         })?;
         let root = kbuild_image::Descriptor::new(root.media_type, digest, root.size.max(0) as u64);
         layouts
-            .finish(&[(0, name.to_string(), Vec::new())], &Root::Streamed(root))
+            .finish(
+                &[(0, name.to_string(), Vec::new())],
+                &Root::Streamed(Box::new(root)),
+            )
             .map_err(output_error)?;
     }
     for w in &done.warnings {

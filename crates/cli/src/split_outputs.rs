@@ -66,7 +66,7 @@ pub(crate) enum Root<'a> {
         media_type: &'a str,
     },
     /// The root one node built (its blob is among those it streamed).
-    Streamed(Descriptor),
+    Streamed(Box<Descriptor>),
 }
 
 /// Where one file output collects the nodes' parts.
@@ -335,7 +335,7 @@ impl SplitOutputs {
                             Descriptor::new(media_type.to_string(), digest, size)
                         }
                         // Its blob came with the node's layout.
-                        Root::Streamed(d) => d.clone(),
+                        Root::Streamed(d) => (**d).clone(),
                     };
                     let ref_name = o.names.first().map(|n| ref_name_of(n));
                     write_layout(&store, &root, o, &dest, ref_name.as_deref(), &self.tar)
