@@ -8,7 +8,10 @@
 //! Sessions hold `context-files.lock` shared while they sync a context
 //! (from asking for files until the copy and its record are written); the
 //! collection takes it exclusively and is skipped while any sync runs, so
-//! it never removes a file a sync is about to use. Reading what the kept
+//! it never removes a file a sync is about to use. Under that lock what
+//! goes is only renamed into a trash directory of the same file system
+//! (`gc-trash/`); it is deleted after the lock is released, so a sync
+//! waits for renames, not for the deletion of large trees. Reading what the kept
 //! copies list costs time for large contexts, so the files are swept only
 //! when a copy was removed or every [`SWEEP_EVERY`] collections (files an
 //! edited context no longer lists go then).
@@ -54,14 +57,40 @@ pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Colle
     if !contexts.is_dir() {
         return Ok(Some(Collected::default()));
     }
-    let Some(_gc) = FileLock::try_acquire(lock_path(root), LockMode::Exclusive)? else {
+    let Some(gc) = FileLock::try_acquire(lock_path(root), LockMode::Exclusive)? else {
         return Ok(None);
     };
+    let trash_root = root.join("gc-trash");
+    // What a collection that did not finish (the daemon stopped) left.
+    if let Ok(entries) = std::fs::read_dir(&trash_root) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    std::fs::create_dir_all(&trash_root)?;
+    let trash = tempfile::Builder::new()
+        .prefix("gc-")
+        .tempdir_in(&trash_root)?;
+    let done = select(root, &contexts, keep, sweep, trash.path());
+    drop(gc);
+    // The deletion proper, without holding up syncs.
+    drop(trash);
+    done.map(Some)
+}
+
+/// Moves what goes into `trash` (see [`collect`]).
+fn select(
+    root: &Path,
+    contexts: &Path,
+    keep: usize,
+    sweep: bool,
+    trash: &Path,
+) -> io::Result<Collected> {
     let mut done = Collected::default();
     // Most recently used first: the time of the record each sync writes
     // last (a context without one was never completed: oldest).
     let mut all: Vec<(SystemTime, std::path::PathBuf)> = Vec::new();
-    for e in std::fs::read_dir(&contexts)? {
+    for e in std::fs::read_dir(contexts)? {
         let dir = e?.path();
         if !dir.is_dir() {
             continue;
@@ -81,7 +110,14 @@ pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Colle
         // A build using it holds its lock: it stays.
         match FileLock::try_acquire(dir.join("lock"), LockMode::Exclusive)? {
             Some(lock) => {
-                remove_context(&dir)?;
+                // Its record first: a copy half gone is never trusted.
+                match std::fs::remove_file(dir.join("entries.json")) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                let name = dir.file_name().unwrap_or_default().to_owned();
+                std::fs::rename(&dir, trash.join(name))?;
                 drop(lock);
                 done.contexts += 1;
             }
@@ -89,7 +125,7 @@ pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Colle
         }
     }
     if done.contexts == 0 && !sweep {
-        return Ok(Some(done));
+        return Ok(done);
     }
     // The files the kept contexts list.
     let mut wanted: HashSet<String> = HashSet::new();
@@ -111,6 +147,8 @@ pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Colle
         }
     }
     let files = root.join("context-files");
+    let file_trash = trash.join("files");
+    std::fs::create_dir_all(&file_trash)?;
     if files.is_dir() {
         for e in std::fs::read_dir(&files)? {
             let e = e?;
@@ -119,7 +157,7 @@ pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Colle
                 continue;
             }
             let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-            match std::fs::remove_file(e.path()) {
+            match std::fs::rename(e.path(), file_trash.join(&name)) {
                 Ok(()) => {
                     done.files += 1;
                     done.bytes += size;
@@ -129,28 +167,5 @@ pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Colle
             }
         }
     }
-    Ok(Some(done))
-}
-
-/// Removes a context copy: its record first (so a half-removed copy is
-/// rebuilt from scratch), then the rest, the lock file last.
-fn remove_context(dir: &Path) -> io::Result<()> {
-    match std::fs::remove_file(dir.join("entries.json")) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_name() == "lock" {
-            continue;
-        }
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&p)?;
-        } else {
-            std::fs::remove_file(&p)?;
-        }
-    }
-    std::fs::remove_dir_all(dir)
+    Ok(done)
 }
