@@ -769,11 +769,23 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
     if !require_root() {
         return;
     }
-    let go = Path::new("/usr/local/go/bin/go");
-    if !go.exists() || Command::new("ssh-agent").arg("-h").output().is_err() {
-        kbuild_testkit::fixtures::skip_or_fail("go and ssh-agent are needed");
+    // Go from PATH (Debian's golang-go), else the official toolchain's place.
+    let go = ["go", "/usr/local/go/bin/go"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|g| {
+            Command::new(g)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let agent_present = Command::new("ssh-agent").arg("-h").output().is_ok();
+    let (Some(go), true) = (go, agent_present) else {
+        kbuild_testkit::fixtures::skip_or_fail(
+            "go (golang-go) and ssh-agent (openssh-client) are needed",
+        );
         return;
-    }
+    };
     let env = Env::new();
     let _daemon = env.daemon("agent");
     let host = kbuild_platform::Platform::host().to_string();
@@ -823,7 +835,7 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
 
     let ctx = env.path("ctx");
     write(&ctx.join("main.go"), AGENT_LIST);
-    let built = Command::new(go)
+    let built = Command::new(&go)
         .args(["build", "-o"])
         .arg(ctx.join("agentls"))
         .arg(ctx.join("main.go"))
