@@ -245,12 +245,6 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
-    let cache_refusal = |name: &str| {
-        BuildError::Builder(format!(
-            "--cache-from and --cache-to are not supported by remote builders yet (builder {name}); build with --builder local, or omit them"
-        ))
-    };
-    let caches = !req.cache_from.is_empty() || !req.cache_to.is_empty();
     let chosen = choose_builder(g.builder.as_deref(), g)?;
     if !matches!(
         chosen,
@@ -258,12 +252,10 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     ) {
         req.check_load()?;
     }
+    // Remote and kubernetes builders check their cache flags in
+    // `remote::Setup` (a type=local cache is a directory of this machine).
     match chosen {
-        Chosen::Remote(name, _) if caches => return Err(cache_refusal(&name)),
         Chosen::Remote(name, builder) => return crate::remote::run(req, a, g, &name, &builder),
-        Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. }) if caches => {
-            return Err(cache_refusal(&name))
-        }
         Chosen::Kubernetes(crate::kube::Route::Kubernetes {
             name,
             namespace,

@@ -80,6 +80,7 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         tls,
         insecure: args.insecure,
         protocol,
+        keep_contexts: args.keep_contexts,
     };
     runtime()?.block_on(async {
         let signal = kbuild_serve::shutdown_signal()?;

@@ -15,6 +15,7 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::BuildError;
 use crate::remote::{self, Setup};
 use crate::request::{BuildRequest, RequestError};
+use crate::split_outputs::SplitOutputs;
 use kbuild_driver::config::{self, Builder};
 use kbuild_driver::session::Local;
 use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
@@ -100,8 +101,9 @@ pub enum FanoutError {
         /// Why no other node took them (`None`: this was their retry).
         retry: Option<Box<ScheduleError>>,
     },
-    /// A file output of a build split over several nodes.
-    #[error("-o type={kind} is not written from a build split over several nodes yet (builder {builder}: {split}); push instead (--push, -o type=registry), or build a --platform subset that one node builds")]
+    /// A docker archive of a build split over several nodes (it holds one
+    /// platform).
+    #[error("-o type={kind} holds one platform, but the build has several (builder {builder}: {split}); build one --platform, or use -o type=oci")]
     SplitOutput {
         /// The output's type.
         kind: &'static str,
@@ -120,6 +122,18 @@ pub enum FanoutError {
         /// The platform.
         platform: String,
     },
+    /// A registry cache export of a build split over several nodes: each
+    /// node would replace the others' records under the one reference.
+    #[error("--cache-to {cache} is not exported from a build split over several nodes (builder {builder}): each node would replace the others' records; use --cache-to type=inline, or build a --platform subset that one node builds")]
+    SplitCacheExport {
+        /// The flag's value.
+        cache: String,
+        /// The builder.
+        builder: String,
+    },
+    /// A file output could not be assembled from the nodes' parts.
+    #[error(transparent)]
+    Output(Box<crate::split_outputs::SplitOutputError>),
     /// The merged index could not be made.
     #[error("merge the index of the nodes' images: {0}")]
     Index(kbuild_image::Error),
@@ -421,6 +435,7 @@ fn is_lost(e: &kbuild_driver::Error) -> bool {
     matches!(
         e,
         kbuild_driver::Error::Lost { .. }
+            | kbuild_driver::Error::ShuttingDown { .. }
             | kbuild_driver::Error::Unreachable { .. }
             | kbuild_driver::Error::Timeout { .. }
             | kbuild_driver::Error::Refused { .. }
@@ -510,11 +525,9 @@ pub fn build(
         );
     }
     if let Some(o) = req.outputs.iter().find(|o| {
-        // Each node keeps or loads its own platforms.
-        !matches!(
-            o.kind,
-            OutputKind::Registry | OutputKind::Image | OutputKind::Containerd
-        )
+        // A docker archive holds one platform; the other file outputs are
+        // assembled here from the nodes' parts.
+        o.kind == OutputKind::Docker
     }) {
         let mut by_node: BTreeMap<usize, Vec<Platform>> = BTreeMap::new();
         for asg in &report.assignments {
@@ -534,6 +547,17 @@ pub fn build(
             split,
         }));
     }
+    if let Some(c) = req.cache_to.iter().find(|c| {
+        matches!(
+            c.destination,
+            kbuild_solver::remote_cache::CacheDestination::Registry { .. }
+        )
+    }) {
+        return Err(fail(FanoutError::SplitCacheExport {
+            cache: c.to_string(),
+            builder: name.to_string(),
+        }));
+    }
     split(req, a, setup, name, report, candidates, defs, dialer)
 }
 
@@ -543,6 +567,9 @@ pub fn build(
 struct NodeLocal {
     client: Arc<remote::Client>,
     node: String,
+    /// This session's part, and where its file outputs go.
+    part: usize,
+    outputs: Option<Arc<SplitOutputs>>,
     ids: Mutex<HashMap<u64, u64>>,
     next: Arc<AtomicU64>,
 }
@@ -572,11 +599,17 @@ impl Local for NodeLocal {
     fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         self.client.secret(id)
     }
-    fn result(&self, output: u32, _data: Vec<u8>, _last: bool) -> Result<(), String> {
-        Err(format!(
-            "node {} sent output {output}, but a build split over several nodes writes no file output",
-            self.node
-        ))
+    fn ssh_agent(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.client.ssh_agent(id)
+    }
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+        match &self.outputs {
+            Some(o) => o.chunk(self.part, output, data, last),
+            None => Err(format!(
+                "node {} sent output {output}, which the build did not ask for",
+                self.node
+            )),
+        }
     }
 }
 
@@ -618,6 +651,13 @@ fn split(
             }),
         }
     }
+    let files = match SplitOutputs::new(&req.outputs, setup.start.source_date_epoch) {
+        Ok(f) => f.map(Arc::new),
+        Err(e) => {
+            setup.finish(&req);
+            return Err(fail(FanoutError::Output(Box::new(e))));
+        }
+    };
     let contexts = setup.contexts(&req);
     let template = setup.start.clone();
     let client = setup.client.clone();
@@ -632,6 +672,8 @@ fn split(
         let local: Arc<dyn Local> = Arc::new(NodeLocal {
             client: client.clone(),
             node: node.name.clone(),
+            part: id,
+            outputs: files.clone(),
             ids: Mutex::new(HashMap::new()),
             next: next_id.clone(),
         });
@@ -654,13 +696,13 @@ fn split(
     };
     let rt = &setup.rt;
     let signals = &mut setup.signals;
-    let outcome: Result<Vec<(usize, v1::BuildDone)>, BuildError> = rt.block_on(async {
+    let outcome: Result<Vec<(usize, usize, v1::BuildDone)>, BuildError> = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (id, part) in parts.iter().enumerate() {
             spawn(&mut set, id, part);
         }
         let mut dead: BTreeSet<usize> = BTreeSet::new();
-        let mut finished: Vec<(usize, v1::BuildDone)> = Vec::new();
+        let mut finished: Vec<(usize, usize, v1::BuildDone)> = Vec::new();
         let mut failure: Option<FanoutError> = None;
         let mut interrupted = false;
         loop {
@@ -692,7 +734,7 @@ fn split(
             let node = candidates[part.node].name.clone();
             let platforms = list(&part.platforms);
             match outcome {
-                Ok(done) if done.error.is_empty() => finished.push((part.node, done)),
+                Ok(done) if done.error.is_empty() => finished.push((id, part.node, done)),
                 Ok(done) => {
                     let error = if done.entitlement.is_empty() {
                         done.error
@@ -784,8 +826,8 @@ fn split(
             None => Ok(finished),
         }
     });
-    let finished = match outcome {
-        Ok(f) => f,
+    let (finished_parts, finished): (Vec<usize>, Vec<(usize, v1::BuildDone)>) = match outcome {
+        Ok(f) => f.into_iter().map(|(id, n, d)| (id, (n, d))).unzip(),
         Err(e) => {
             setup.finish(&req);
             return Err(e);
@@ -821,6 +863,33 @@ fn split(
             return Err(e);
         }
     };
+    // File outputs last, from every node's part and the merged index.
+    let mut written = Vec::new();
+    if let Some(files) = &files {
+        let done_parts: Vec<(usize, String, Vec<Platform>)> = finished_parts
+            .iter()
+            .map(|id| {
+                let p = &parts[*id];
+                (*id, candidates[p.node].name.clone(), p.platforms.clone())
+            })
+            .collect();
+        let root = crate::split_outputs::Root::Merged {
+            index: &bytes,
+            media_type: &media_type,
+        };
+        match files.finish(&done_parts, &root) {
+            Ok((notes, w)) => {
+                written = w;
+                if let Ok(mut n) = setup.client.notes.lock() {
+                    n.extend(notes);
+                }
+            }
+            Err(e) => {
+                setup.finish(&req);
+                return Err(fail(FanoutError::Output(Box::new(e))));
+            }
+        }
+    }
     let digest = kbuild_image::Digest::of(&bytes).to_string();
     let (mode, client, started) = setup.finish(&req);
     for (_, done) in &finished {
@@ -837,7 +906,10 @@ fn split(
         None,
     )?;
     if mode == ProgressMode::Quiet {
-        println!("{digest}");
+        // Nothing but the archive when standard output is one.
+        if !crate::build::stdout_is_output(&req) {
+            println!("{digest}");
+        }
         return Ok(());
     }
     let split = by_node
@@ -855,6 +927,9 @@ fn split(
             "=> context: sent {} files ({} bytes) to node {}",
             done.files_received, done.bytes_received, candidates[*n].name
         );
+        for c in &done.cache_exports {
+            eprintln!("=> exported cache {c} (node {})", candidates[*n].name);
+        }
         for s in &done.stored {
             eprintln!(
                 "=> stored {s} ({}) in the store of node {}",
@@ -874,6 +949,9 @@ fn split(
     }
     for n in &targets {
         eprintln!("=> pushed {n}@{digest}");
+    }
+    for w in &written {
+        eprintln!("=> wrote {}", w.display());
     }
     if let Ok(notes) = client.notes.lock() {
         for n in notes.iter() {

@@ -10,6 +10,7 @@ mod kube;
 mod remote;
 mod request;
 mod signals;
+mod split_outputs;
 
 use args::{Cli, Command, DryRun};
 use clap::Parser;
