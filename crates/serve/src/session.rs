@@ -64,6 +64,12 @@ pub(crate) enum SessionError {
     Solve(#[from] kbuild_solver::engine::SolveError),
     #[error("the client's .dockerignore: {0}")]
     Ignore(#[source] kbuild_ignore::Error),
+    #[error("the client's op graph: {0}")]
+    Graph(#[source] kbuild_dockerfile::graph::DecodeError),
+    #[error(transparent)]
+    WirePlatform(kbuild_proto::Error),
+    #[error("the Dockerfile is not UTF-8")]
+    DockerfileNotUtf8,
     #[error("cancelled")]
     Cancelled,
     #[error("the builder's daemon is shutting down (SIGTERM): the build was cancelled; nothing was tagged")]
@@ -940,33 +946,10 @@ async fn build(
         ignore,
         checksums,
     };
-    let platforms = start
-        .platforms
-        .iter()
-        .map(kbuild_platform::Platform::try_from)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| proto(e.to_string()))?;
-    let build_platform = match &start.build_platform {
-        Some(p) => kbuild_platform::Platform::try_from(p).map_err(|e| proto(e.to_string()))?,
-        None => kbuild_platform::Platform::host(),
-    };
-    let plan_options = kbuild_dockerfile::plan::PlanOptions {
-        platforms,
-        build_platform,
-        build_args: start.build_args.clone().into_iter().collect(),
-        target: (!start.target.is_empty()).then(|| start.target.clone()),
-        labels: start.labels.clone().into_iter().collect(),
-    };
-    let dockerfile = String::from_utf8(start.dockerfile.clone())
-        .map_err(|_| proto("the Dockerfile is not UTF-8"))?;
-    let name = if start.dockerfile_path.is_empty() {
-        "Dockerfile".to_string()
-    } else {
-        start.dockerfile_path.clone()
-    };
-    let result = solver
-        .build(&dockerfile, &name, &plan_options, &ctx)
-        .await?;
+    let crate::Ran {
+        solved: result,
+        warnings,
+    } = crate::solve_start(&solver, start, &ctx).await?;
     if start.push_by_digest {
         // Blobs and manifests go up, pinned to the root digest: no tag is
         // written (the coordinator merging several daemons' results does).
@@ -1023,12 +1006,7 @@ async fn build(
                 ..descriptor(&i.manifest)
             })
             .collect(),
-        warnings: result
-            .plan
-            .warnings
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        warnings,
         config_digest,
         ..Default::default()
     };

@@ -143,10 +143,8 @@ pub struct PlatformImage {
 pub struct BuildResult {
     /// The plan that ran.
     pub plan: BuildPlan,
-    /// One image per target platform, in request order.
-    pub images: Vec<PlatformImage>,
-    /// The image index (several platforms) or the manifest (one platform).
-    pub root: Descriptor,
+    /// One image per target platform, in request order, and the root.
+    pub solved: Solved,
 }
 
 /// What a graph produced.
@@ -244,11 +242,7 @@ impl Solver {
         let graph = graph::lower(&plan).map_err(in_file)?;
         self.ensure_emulation(&graph)?;
         let solved = self.run(&graph, ctx, images).await?;
-        Ok(BuildResult {
-            plan,
-            images: solved.images,
-            root: solved.root,
-        })
+        Ok(BuildResult { plan, solved })
     }
 
     /// Execute an op graph (one lowered here or received from a client):

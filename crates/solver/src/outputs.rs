@@ -3,7 +3,7 @@
 //! or directory). File outputs are written beside their destination and
 //! renamed into place, so a failed export leaves nothing half-written.
 
-use crate::engine::{apply_layers, image_ref_name, BuildResult, SolveError, Solver};
+use crate::engine::{apply_layers, image_ref_name, SolveError, Solved, Solver};
 use crate::error::OutputError;
 use crate::options::{LayerHook, Output, OutputKind};
 use kbuild_image::export;
@@ -129,7 +129,7 @@ fn references(out: &Output) -> Result<Vec<kbuild_registry::Reference>, SolveErro
 /// Run every output in order.
 pub async fn export(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     outputs: &[Output],
 ) -> Result<ExportReport, SolveError> {
     export_with(solver, result, outputs, None).await
@@ -139,7 +139,7 @@ pub async fn export(
 /// `early` started during the build instead of starting them again.
 pub async fn export_with(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     outputs: &[Output],
     early: Option<&EarlyPush>,
 ) -> Result<ExportReport, SolveError> {
@@ -168,7 +168,7 @@ pub async fn export_with(
 /// (waiting for `early`'s uploads, once).
 async fn push_or_store(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
     early: &mut Option<&EarlyPush>,
     report: &mut ExportReport,
@@ -198,11 +198,7 @@ async fn push_or_store(
 }
 
 /// `type=oci`: a layout tarball (a file or standard output) or directory.
-async fn write_oci(
-    solver: &Solver,
-    result: &BuildResult,
-    out: &Output,
-) -> Result<PathBuf, SolveError> {
+async fn write_oci(solver: &Solver, result: &Solved, out: &Output) -> Result<PathBuf, SolveError> {
     let dest = dest_of(out)?;
     let ref_name = out.names.first().map(|n| tag_of(n));
     let store = solver.store().clone();
@@ -233,7 +229,7 @@ async fn write_oci(
 /// the Docker daemon (no `dest`).
 async fn write_docker(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
     report: &mut ExportReport,
 ) -> Result<(), SolveError> {
@@ -285,7 +281,7 @@ async fn write_docker(
 /// a note for what a directory on this machine left out.
 async fn write_files(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
     report: &mut ExportReport,
 ) -> Result<(), SolveError> {

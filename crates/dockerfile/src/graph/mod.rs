@@ -109,7 +109,9 @@ pub struct Graph {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The graph was written in a format version this reader does not know.
-    #[error("graph format version {found} is not supported; this builder reads version {supported}")]
+    #[error(
+        "graph format version {found} is not supported; this builder reads version {supported}"
+    )]
     Version {
         /// The graph's `version`.
         found: u32,
