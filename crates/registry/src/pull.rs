@@ -168,6 +168,28 @@ impl Client {
         platform: &Platform,
         store: &ContentStore,
     ) -> Result<PulledImage> {
+        self.pull(reference, platform, store, true).await
+    }
+
+    /// [`Client::pull_image`] without the layers: the index, manifest and
+    /// config of `platform`'s image go into `store` (a client planning a
+    /// build that a builder daemon runs needs the config alone).
+    pub async fn pull_config(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &ContentStore,
+    ) -> Result<PulledImage> {
+        self.pull(reference, platform, store, false).await
+    }
+
+    async fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &ContentStore,
+        layers: bool,
+    ) -> Result<PulledImage> {
         let registry = reference.registry();
         let (root, root_bytes) = self.resolve(reference).await?;
         let root_digest = store_digest(root.digest().as_ref(), &reference.to_string(), registry)?;
@@ -237,7 +259,7 @@ impl Client {
         blobs.extend(
             doc.layers
                 .iter()
-                .filter(|l| !l.non_distributable())
+                .filter(|l| layers && !l.non_distributable())
                 .cloned(),
         );
         self.fetch_blobs(reference, &blobs, store).await?;
