@@ -824,10 +824,10 @@ impl Client {
 /// A token endpoint failure other than a refusal, naming the registry.
 fn token_error(scope: &Scope, realm: &str, scopes: &[String], e: TokenError) -> Error {
     match e {
-        TokenError::Transport(cause) => Error::Unreachable {
+        TokenError::Transport(_) => Error::TokenUnreachable {
             registry: scope.registry.clone(),
             url: realm.to_string(),
-            cause: format!("token endpoint: {cause}"),
+            source: e,
         },
         TokenError::Denied(status) => Error::Registry {
             registry: scope.registry.clone(),
@@ -835,11 +835,10 @@ fn token_error(scope: &Scope, realm: &str, scopes: &[String], e: TokenError) -> 
             status,
             message: format!("the token endpoint {realm} refused"),
         },
-        TokenError::Other(message) => Error::Registry {
+        e => Error::Token {
             registry: scope.registry.clone(),
             action: format!("token request for {}", scopes.join(" ")),
-            status: 0,
-            message,
+            source: e,
         },
     }
 }

@@ -72,6 +72,7 @@ mod uploads;
 
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{CredentialSource, Credentials, RegistryLogin, DEFAULT_REGISTRY_SECRET};
+pub use auth::TokenError;
 pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;

@@ -53,10 +53,7 @@ fn store_digest(text: &str, what: &str, source: &str) -> Result<Digest> {
 }
 
 fn store_error(what: String) -> impl FnOnce(kbuild_image::Error) -> Error {
-    move |e| Error::Store {
-        what,
-        reason: e.to_string(),
-    }
+    move |source| Error::Store { what, source }
 }
 
 impl Client {
@@ -442,9 +439,9 @@ impl Client {
                     Ok(None) => break,
                     Ok(Some(chunk)) => {
                         use std::io::Write;
-                        ingest.write_all(&chunk).map_err(|e| Error::Store {
+                        ingest.write_all(&chunk).map_err(|source| Error::StoreIo {
                             what: format!("writing {what}"),
-                            reason: e.to_string(),
+                            source,
                         })?;
                         Counters::add(&counters.bytes_downloaded, chunk.len() as u64);
                         offset += chunk.len() as u64;

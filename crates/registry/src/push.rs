@@ -46,10 +46,7 @@ struct Plan {
 }
 
 fn store_err(what: String) -> impl FnOnce(kbuild_image::Error) -> Error {
-    move |e| Error::Store {
-        what,
-        reason: e.to_string(),
-    }
+    move |source| Error::Store { what, source }
 }
 
 fn parse_digest(text: &str, what: &str) -> Result<Digest> {
@@ -357,10 +354,8 @@ impl Client {
             }
         }
         if !store.has(digest) {
-            return Err(Error::Store {
+            return Err(Error::NotInStore {
                 what: format!("pushing {what}"),
-                reason: "the blob is not in the content store; build or pull the image again"
-                    .into(),
             });
         }
 
@@ -452,9 +447,9 @@ impl Client {
         let path = store.path(digest);
         // Read from the file a piece at a time as each request is sent.
         let file = tokio::fs::File::open(&path).await.map_err(|e| {
-            plain(Error::Store {
+            plain(Error::StoreIo {
                 what: format!("reading {what} from {}", path.display()),
-                reason: e.to_string(),
+                source: e,
             })
         })?;
         let file = Arc::new(file.into_std().await);

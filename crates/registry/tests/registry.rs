@@ -523,7 +523,7 @@ async fn tags_are_put_only_after_every_target_has_the_content() {
         .push(std::slice::from_ref(&target), &broken_root, &src)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Store { .. }), "{err}");
+    assert!(matches!(err, Error::NotInStore { .. }), "{err}");
     assert!(err.to_string().contains(&layer.to_string()), "{err}");
     let err = client.resolve(&target).await.unwrap_err();
     assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
