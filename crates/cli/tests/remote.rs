@@ -247,8 +247,14 @@ fn builds_through_a_daemon_match_local_builds() {
     assert!(!stderr.contains(&secret_value));
     // The client planned (the base image's config from its own store) and
     // the daemon ran the graph.
-    assert!(stderr.contains("building the client's op graph"), "{stderr}");
-    assert!(!stderr.contains("planning the client's Dockerfile"), "{stderr}");
+    assert!(
+        stderr.contains("building the client's op graph"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("planning the client's Dockerfile"),
+        "{stderr}"
+    );
 }
 
 #[test]

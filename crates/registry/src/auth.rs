@@ -197,10 +197,7 @@ pub(crate) async fn fetch_token(
             request
         }
     };
-    let response = request
-        .send()
-        .await
-        .map_err(TokenError::Transport)?;
+    let response = request.send().await.map_err(TokenError::Transport)?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(TokenError::Denied(status.as_u16()));
@@ -211,10 +208,7 @@ pub(crate) async fn fetch_token(
             status,
         });
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(TokenError::Transport)?;
+    let body = response.bytes().await.map_err(TokenError::Transport)?;
     let answer: TokenAnswer =
         serde_json::from_slice(&body).map_err(|source| TokenError::NotJson {
             realm: realm.to_string(),

@@ -77,7 +77,10 @@ pub enum Error {
         cause: String,
     },
     /// The registry's token endpoint could not be reached.
-    #[error("cannot reach registry {registry} ({url}): {source}; {}", unreachable_advice(registry, url))]
+    #[error(
+        "cannot reach registry {registry} ({url}): {source}; {}",
+        unreachable_advice(registry, url)
+    )]
     TokenUnreachable {
         /// Registry name.
         registry: String,

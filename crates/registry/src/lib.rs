@@ -70,9 +70,9 @@ mod reference;
 mod timeouts;
 mod uploads;
 
+pub use auth::TokenError;
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{CredentialSource, Credentials, RegistryLogin, DEFAULT_REGISTRY_SECRET};
-pub use auth::TokenError;
 pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;
