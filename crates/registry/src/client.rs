@@ -329,7 +329,7 @@ impl Client {
     /// Pulls and pushes record this themselves.
     pub fn note_blob_source(
         &self,
-        digest: &oci_spec::image::Digest,
+        digest: &kbuild_image::Digest,
         registry: &str,
         repository: &str,
     ) {

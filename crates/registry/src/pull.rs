@@ -1,13 +1,11 @@
 //! Resolving references and pulling one platform's image into the content store.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
-use kbuild_image::{ContentStore, Digest};
+use kbuild_image::{ContentStore, Descriptor, Digest, ImageConfig, Manifest};
 use kbuild_platform::Platform;
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
 use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256, Sha512};
@@ -28,11 +26,11 @@ pub struct PulledImage {
     /// Digest of the platform's manifest (equal to `root_digest` for a single-manifest image).
     pub manifest_digest: Digest,
     /// The platform's manifest.
-    pub manifest: ImageManifest,
+    pub manifest: Manifest,
     /// Digest of the image config.
     pub config_digest: Digest,
     /// The image config.
-    pub config: ImageConfiguration,
+    pub config: ImageConfig,
     /// The platform the image is for, as the index or config states it.
     pub platform: Platform,
 }
@@ -141,17 +139,9 @@ impl Client {
             reason,
         })?;
         let media_type = doc.media_type(transport_type.as_deref());
-        let digest =
-            oci_spec::image::Digest::from_str(&actual).map_err(|e| Error::InvalidManifest {
-                what: format!("{reference}"),
-                source_name: registry.to_string(),
-                reason: e.to_string(),
-            })?;
-        let descriptor = Descriptor::new(
-            MediaType::from(media_type.as_str()),
-            bytes.len() as u64,
-            digest,
-        );
+        // The bytes were checked against a pinned digest of any algorithm
+        // above; the descriptor names them by sha256, as the store does.
+        let descriptor = Descriptor::new(media_type, Digest::of(&bytes), bytes.len() as u64);
         Ok((descriptor, bytes))
     }
 
@@ -189,11 +179,11 @@ impl Client {
     ) -> Result<PulledImage> {
         let registry = reference.registry();
         let (root, root_bytes) = self.resolve(reference).await?;
-        let root_digest = store_digest(root.digest().as_ref(), &reference.to_string(), registry)?;
+        let root_digest = root.digest;
         store
             .put_bytes(&root_bytes)
             .map_err(store_error(format!("storing the manifest of {reference}")))?;
-        let root_type = root.media_type().to_string();
+        let root_type = root.media_type.clone();
         let (manifest_digest, manifest_bytes, index_platform) = if manifest::is_index(&root_type) {
             let doc = Document::parse(&root_bytes).map_err(|reason| Error::InvalidManifest {
                 what: reference.to_string(),
@@ -225,7 +215,7 @@ impl Client {
             let (descriptor, bytes) = self
                 .fetch_manifest(reference, &entry.digest, Some(entry.digest.clone()))
                 .await?;
-            let digest = store_digest(descriptor.digest().as_ref(), &entry.digest, registry)?;
+            let digest = descriptor.digest;
             store.put_bytes(&bytes).map_err(store_error(format!(
                 "storing manifest {digest} of {reference}"
             )))?;
@@ -247,8 +237,7 @@ impl Client {
             reason,
         };
         let doc = Document::parse(&manifest_bytes).map_err(invalid)?;
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
+        let manifest = Manifest::parse(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
         let Some(config_entry) = doc.config.clone() else {
             return Err(invalid("it has no config".into()));
         };
@@ -264,19 +253,12 @@ impl Client {
         let config_bytes = store
             .read(&config_digest)
             .map_err(store_error(format!("reading config {config_digest}")))?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
-                what: format!("config {config_digest} of {reference}"),
-                source_name: registry.to_string(),
-                reason: e.to_string(),
-            })?;
-        let config_platform = Platform {
-            os: config.os().to_string(),
-            architecture: config.architecture().to_string(),
-            variant: config.variant().clone().filter(|v| !v.is_empty()),
-            os_version: config.os_version().clone().filter(|v| !v.is_empty()),
-            os_features: config.os_features().clone().unwrap_or_default(),
-        };
+        let config = ImageConfig::parse(&config_bytes).map_err(|e| Error::InvalidManifest {
+            what: format!("config {config_digest} of {reference}"),
+            source_name: registry.to_string(),
+            reason: e.to_string(),
+        })?;
+        let config_platform = Platform::from(&config.platform());
         let image_platform = match index_platform {
             Some(p) => p,
             None => {

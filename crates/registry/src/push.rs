@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kbuild_image::Descriptor;
 use kbuild_image::{ContentStore, Digest};
-use oci_spec::image::Descriptor;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::watch;
@@ -151,13 +151,13 @@ impl Client {
         uploads: &BlobUploads,
     ) -> Result<()> {
         let store = uploads.store();
-        let root_digest = parse_digest(root.digest().as_ref(), "the pushed root")?;
+        let root_digest = root.digest;
         let root_bytes = Bytes::from(
             store
                 .read(&root_digest)
                 .map_err(store_err(format!("reading the root {root_digest} to push")))?,
         );
-        let root_type = root.media_type().to_string();
+        let root_type = root.media_type.clone();
         let mut plan = Plan::default();
         plan.walk(store, &root_digest, &root_type, &root_bytes, 0)?;
 
@@ -342,7 +342,7 @@ impl Client {
         match response.status() {
             StatusCode::OK => {
                 Counters::add(&counters.blobs_existing, 1);
-                self.note_blob_source(&(*digest).into(), registry, repository);
+                self.note_blob_source(digest, registry, repository);
                 return Ok(());
             }
             StatusCode::NOT_FOUND => {}
@@ -374,7 +374,7 @@ impl Client {
             match self.send_with(&mount_scope, &req, &mut retry).await {
                 Ok(response) if response.status() == StatusCode::CREATED => {
                     Counters::add(&counters.blobs_mounted, 1);
-                    self.note_blob_source(&(*digest).into(), registry, repository);
+                    self.note_blob_source(digest, registry, repository);
                     return Ok(());
                 }
                 Ok(response) if response.status() == StatusCode::ACCEPTED => {
@@ -693,7 +693,7 @@ impl Client {
         let counters = &self.inner.counters;
         Counters::add(&counters.blobs_uploaded, 1);
         Counters::add(&counters.bytes_uploaded, size);
-        self.note_blob_source(&(*digest).into(), registry, repository);
+        self.note_blob_source(digest, registry, repository);
     }
 
     /// The upload URL from a `Location` header, resolved against the registry's base URL.

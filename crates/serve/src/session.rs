@@ -953,19 +953,13 @@ async fn build(
     if start.push_by_digest {
         // Blobs and manifests go up, pinned to the root digest: no tag is
         // written (the coordinator merging several daemons' results does).
-        let pinned: oci_spec::image::Digest = result
-            .root
-            .digest
-            .to_string()
-            .parse()
-            .map_err(|e| proto(format!("root digest: {e}")))?;
+        let pinned = result.root.digest;
         for o in outputs.iter_mut().filter(|o| o.push) {
             o.names = o
                 .names
                 .iter()
                 .map(|n| {
-                    kbuild_registry::Reference::parse(n)
-                        .map(|r| r.with_digest(pinned.clone()).to_string())
+                    kbuild_registry::Reference::parse(n).map(|r| r.with_digest(pinned).to_string())
                 })
                 .collect::<Result<_, _>>()?;
         }

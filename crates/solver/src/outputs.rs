@@ -33,11 +33,6 @@ pub struct ExportReport {
     pub notes: Vec<String>,
 }
 
-fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SolveError> {
-    let v = serde_json::to_value(d).map_err(OutputError::Descriptor)?;
-    Ok(serde_json::from_value(v).map_err(OutputError::Descriptor)?)
-}
-
 fn tar_options(solver: &Solver) -> TarOptions {
     TarOptions {
         source_date_epoch: solver
@@ -182,15 +177,10 @@ async fn push_or_store(
     }
     if out.push {
         let refs = references(out)?;
-        let root = oci_descriptor(&result.root)?;
+        let root = &result.root;
         match early.take() {
-            Some(e) => {
-                solver
-                    .registry()
-                    .push_with(&refs, &root, &e.uploads)
-                    .await?
-            }
-            None => solver.registry().push(&refs, &root, store).await?,
+            Some(e) => solver.registry().push_with(&refs, root, &e.uploads).await?,
+            None => solver.registry().push(&refs, root, store).await?,
         }
         report.pushed.extend(out.names.iter().cloned());
     }
