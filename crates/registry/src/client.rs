@@ -288,11 +288,7 @@ impl Client {
                 .user_agent(concat!("kubectl-build/", env!("CARGO_PKG_VERSION")))
                 .danger_accept_invalid_certs(no_verify)
                 .build()
-                .map_err(|e| Error::Unreachable {
-                    registry: "(any)".into(),
-                    url: String::new(),
-                    cause: format!("cannot set up the HTTP client: {}", error_chain(&e)),
-                })
+                .map_err(|source| Error::HttpClient { source })
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -699,7 +695,7 @@ impl Client {
             Error::Unreachable {
                 registry: registry.to_string(),
                 url: req.url.to_string(),
-                cause: error_chain(&e),
+                source: e,
             }
         } else {
             Error::ConnectionLost {

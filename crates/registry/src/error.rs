@@ -65,7 +65,8 @@ pub enum Error {
     },
     /// The registry could not be reached at all.
     #[error(
-        "cannot reach registry {registry} ({url}): {cause}; {}",
+        "cannot reach registry {registry} ({url}): {}; {}",
+        crate::client::error_chain(source),
         unreachable_advice(registry, url)
     )]
     Unreachable {
@@ -74,7 +75,34 @@ pub enum Error {
         /// URL that failed.
         url: String,
         /// Underlying transport error.
-        cause: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The HTTP client could not be set up (TLS roots, proxy settings).
+    #[error(
+        "cannot reach registry (any) (): cannot set up the HTTP client: {}; {}",
+        crate::client::error_chain(source),
+        unreachable_advice("(any)", "")
+    )]
+    HttpClient {
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A blob download kept getting range answers it cannot use.
+    #[error(
+        "cannot reach registry {registry} ({url}): gave up on {what} after {attempts} attempts with unusable range answers; {}",
+        unreachable_advice(registry, url)
+    )]
+    UnusableRanges {
+        /// Registry name.
+        registry: String,
+        /// The blob's URL.
+        url: String,
+        /// Which blob, of which repository.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
     },
     /// The registry's token endpoint could not be reached.
     #[error(
@@ -302,6 +330,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Unreachable { .. }
+            | Error::UnusableRanges { .. }
             | Error::TokenUnreachable { .. }
             | Error::Timeout { .. }
             | Error::ConnectionLost { .. } => true,

@@ -363,12 +363,11 @@ impl Client {
         while offset < entry.size {
             attempt += 1;
             if attempt > attempts {
-                return Err(Error::Unreachable {
+                return Err(Error::UnusableRanges {
                     registry: registry.to_string(),
                     url: url.to_string(),
-                    cause: format!(
-                        "gave up on {what} after {attempts} attempts with unusable range answers"
-                    ),
+                    what: what.to_string(),
+                    attempts,
                 });
             }
             let mut req = Req::new(Method::GET, url.clone(), operation.clone());
