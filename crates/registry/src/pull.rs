@@ -326,7 +326,7 @@ impl Client {
         let repository = reference.repository();
         let digest = store_digest(&entry.digest, &format!("blob of {reference}"), registry)?;
         let counters = &self.inner.counters;
-        self.note_blob_source(&digest.into(), registry, repository);
+        self.note_blob_source(&digest, registry, repository);
         let what = format!("blob {digest} of {repository}");
         let (mut ingest, mut offset) = loop {
             if store.has(&digest) {

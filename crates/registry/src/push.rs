@@ -163,7 +163,7 @@ impl Client {
 
         for target in targets {
             if let Some(pinned) = target.digest() {
-                if pinned.to_string() != root_digest.to_string() {
+                if pinned != root_digest.to_string() {
                     return Err(Error::InvalidReference {
                         reference: target.to_string(),
                         reason: format!(
