@@ -378,7 +378,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
                 )
                 .await?;
             let report =
-                outputs::export_with(&solver, &result, &req.outputs, early_push.as_ref()).await?;
+                outputs::export_with(&solver, &result.solved, &req.outputs, early_push.as_ref())
+                    .await?;
             let caches = solver.export_cache().await?;
             Ok::<_, BuildError>((result, report, caches))
         };
@@ -408,8 +409,8 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     for w in &result.plan.warnings {
         eprintln!("WARNING: {w}");
     }
-    let digest = result.root.digest.to_string();
-    let config_digest = match result.images.as_slice() {
+    let digest = result.solved.root.digest.to_string();
+    let config_digest = match result.solved.images.as_slice() {
         [one] => store
             .read(&one.manifest.digest)
             .ok()
@@ -422,7 +423,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         iidfile.as_deref(),
         metadata_file.as_deref(),
         &digest,
-        serde_json::to_value(&result.root).unwrap_or_default(),
+        serde_json::to_value(&result.solved.root).unwrap_or_default(),
         config_digest,
     )?;
     // Standard output may be the archive (`-o -`): nothing else goes there.
@@ -435,6 +436,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         eprintln!(
             "=> built {} in {:.1}s: {}",
             result
+                .solved
                 .images
                 .iter()
                 .map(|i| i.platform.to_string())

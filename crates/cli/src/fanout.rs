@@ -661,12 +661,34 @@ fn split(
     let contexts = setup.contexts(&req);
     let template = setup.start.clone();
     let client = setup.client.clone();
+    // Each node's graph: its platforms, planned here for its build
+    // platform (base-image configs resolved once per build platform, for
+    // every node a lost node's platforms may go to).
+    let planner = setup.planner.clone();
+    let build_platforms: Vec<Platform> = candidates
+        .iter()
+        .filter_map(|c| c.build_platform().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    setup.rt.block_on(planner.resolve(&build_platforms));
+    for part in &parts {
+        if let Some(b) = candidates[part.node].build_platform() {
+            planner.graph(b, &part.platforms)?;
+        }
+    }
     let spawn = |set: &mut tokio::task::JoinSet<Joined>, id: usize, part: &Part| {
         let mut start = template.clone();
         start.platforms = part.platforms.iter().map(v1::Platform::from).collect();
         start.build_platform = candidates[part.node]
             .build_platform()
             .map(v1::Platform::from);
+        if let Some(b) = candidates[part.node].build_platform() {
+            if let Err(e) = planner.apply(&mut start, b, &part.platforms) {
+                // The node plans the Dockerfile and reports the same error.
+                tracing::warn!(error = %e, "no op graph for node {}", candidates[part.node].name);
+            }
+        }
         start.push_by_digest = push;
         let node = defs[part.node].clone();
         let local: Arc<dyn Local> = Arc::new(NodeLocal {
@@ -892,11 +914,11 @@ fn split(
     }
     let digest = kbuild_image::Digest::of(&bytes).to_string();
     let (mode, client, started) = setup.finish(&req);
-    for (_, done) in &finished {
-        for w in &done.warnings {
-            eprintln!("WARNING: {w}");
-        }
-    }
+    let from_daemons: Vec<String> = finished
+        .iter()
+        .flat_map(|(_, done)| done.warnings.iter().cloned())
+        .collect();
+    remote::print_warnings(&planner, &from_daemons);
     crate::build::write_result_files(
         &req,
         a.iidfile.as_deref(),

@@ -7,6 +7,7 @@ mod build;
 mod builders;
 mod fanout;
 mod kube;
+mod planner;
 mod remote;
 mod request;
 mod signals;

@@ -1,5 +1,6 @@
 //! A build sent to a remote builder (`--builder NAME` of a `kubectl-build
-//! serve` daemon): the request becomes a BuildStart, the session
+//! serve` daemon): the request becomes a BuildStart with the op graph
+//! planned here ([`crate::planner`]), the session
 //! ([`kbuild_driver::session`]) syncs the context and answers the daemon's
 //! questions from this machine's credentials and secrets, progress is
 //! rendered as for a local build, and file outputs stream back and are
@@ -7,6 +8,7 @@
 
 use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::{progress_renderer, BuildError};
+use crate::planner::Planner;
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
 use crate::split_outputs::{Root, SplitOutputs};
@@ -288,6 +290,8 @@ pub(crate) struct Setup {
     pub(crate) signals: StopSignals,
     pub(crate) client: Arc<Client>,
     pub(crate) start: v1::BuildStart,
+    /// The graphs sent instead of the Dockerfile, planned here once.
+    pub(crate) planner: Arc<Planner>,
     ignore: Option<(kbuild_ignore::Matcher, String)>,
     checksums: Option<Arc<kbuild_solver::checksums::ChecksumCache>>,
     pub(crate) started: Instant,
@@ -338,6 +342,9 @@ impl Setup {
                     .map_err(BuildError::Credentials)?
             }
         };
+        // Dockerfile errors that need no image stop the build before any
+        // node is dialled.
+        let planner = Arc::new(Planner::new(req, a, g, credentials.clone())?);
         let source_date_epoch = crate::build::source_date_epoch()?;
         let ignore = crate::build::read_ignore(req)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -413,6 +420,7 @@ impl Setup {
             signals,
             client,
             start,
+            planner,
             ignore,
             checksums,
             started: Instant::now(),
@@ -491,6 +499,17 @@ pub(crate) fn single(
     if let Some(p) = build_platform {
         start.build_platform = Some(v1::Platform::from(p));
     }
+    // The graph of the whole build, planned for the build platform sent.
+    let build_platform = build_platform
+        .cloned()
+        .unwrap_or_else(kbuild_platform::Platform::host);
+    setup
+        .rt
+        .block_on(setup.planner.resolve(std::slice::from_ref(&build_platform)));
+    setup
+        .planner
+        .apply(&mut start, &build_platform, &req.platforms)?;
+    let warnings = setup.planner.clone();
     let context = setup.context(&req);
     let signals = &mut setup.signals;
     let outcome = setup.rt.block_on(kbuild_driver::session::build(
@@ -532,9 +551,7 @@ pub(crate) fn single(
             )
             .map_err(output_error)?;
     }
-    for w in &done.warnings {
-        eprintln!("WARNING: {w}");
-    }
+    print_warnings(&warnings, &done.warnings);
     let root = done.root.clone().unwrap_or_default();
     let digest = root.digest.clone();
     crate::build::write_result_files(
@@ -593,4 +610,19 @@ pub(crate) fn single(
         }
     }
     Ok(())
+}
+
+/// The plan's warnings (made here) and a daemon's (when it planned), each
+/// once.
+pub(crate) fn print_warnings(planner: &Planner, from_daemon: &[String]) {
+    let mut seen = planner.warnings();
+    for w in &seen {
+        eprintln!("WARNING: {w}");
+    }
+    for w in from_daemon {
+        if !seen.contains(w) {
+            eprintln!("WARNING: {w}");
+            seen.push(w.clone());
+        }
+    }
 }

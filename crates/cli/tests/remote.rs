@@ -1,4 +1,4 @@
-//! Builds sent to a real `kubectl-build serve` daemon (protocol 2, the
+//! Builds sent to a real `kubectl-build serve` daemon (protocols 2 and 3, the
 //! Build session): the same outputs as local builds, the context synced by
 //! digest, credentials and secrets that stay on the client, Ctrl-C and a
 //! daemon that dies mid-build.
@@ -260,6 +260,16 @@ fn builds_through_a_daemon_match_local_builds() {
     let (code, stderr) = daemon.terminate();
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains(&secret_value));
+    // The client planned (the base image's config from its own store) and
+    // the daemon ran the graph.
+    assert!(
+        stderr.contains("building the client's op graph"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("planning the client's Dockerfile"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1215,4 +1225,161 @@ fn the_daemon_keeps_only_the_last_contexts() {
     assert!(sent(&back).contains("sent 1 files"), "{}", back.stderr);
     daemon.wait_for("removed 1 contexts and 1 files");
     assert_eq!(count("contexts"), 1, "one context kept");
+}
+
+/// A protocol-3 daemon is sent the op graph planned on the client; a
+/// daemon speaking protocol 2 is sent the Dockerfile and plans it itself
+/// (what an older client sends a new daemon): both give a local build's
+/// bytes.
+#[test]
+fn the_client_sends_the_graph_and_a_protocol_2_daemon_the_dockerfile() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let new = env.daemon("new");
+    let old_addr = format!("unix://{}", env.path("old.sock").display());
+    let mut old = Daemon::start(
+        &bin(),
+        &env.path("old-root"),
+        &["--addr", &old_addr, "--test-protocol-version", "2"],
+    );
+    old.listening("unix://");
+    env.kb(&["create", "old", "--endpoint", &old_addr], &[])
+        .ok();
+    let ctx = env.path("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM scratch\nARG V=1\nCOPY --chmod=u=rw,go=r f/ /ctx/\nWORKDIR /ctx/$V\nLABEL v=$V\n",
+    );
+    write(&ctx.join("f/x.txt"), "x\n");
+    let out = |b: &str| {
+        let dest = env.path(&format!("{b}.tar"));
+        env.kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                b,
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--build-arg",
+                "V=2",
+                "--progress",
+                "quiet",
+                "-o",
+                &format!("type=oci,dest={}", dest.display()),
+            ],
+            &[EPOCH],
+        )
+        .ok();
+        read(&dest)
+    };
+    let local = out("local");
+    assert!(
+        local == out("new"),
+        "the graph's build differs from the local one"
+    );
+    assert!(
+        local == out("old"),
+        "the protocol-2 build differs from the local one"
+    );
+    let (code, new_log) = new.terminate();
+    assert_eq!(code, 0, "{new_log}");
+    assert!(
+        new_log.contains("building the client's op graph")
+            && !new_log.contains("planning the client's Dockerfile"),
+        "{new_log}"
+    );
+    let (code, old_log) = old.terminate();
+    assert_eq!(code, 0, "{old_log}");
+    assert!(
+        old_log.contains("planning the client's Dockerfile")
+            && !old_log.contains("building the client's op graph"),
+        "{old_log}"
+    );
+}
+
+/// Dockerfile errors that need no image come from the client before it
+/// dials a node: the builder's only node here does not exist.
+#[test]
+fn dockerfile_errors_come_before_any_node_is_dialled() {
+    let env = Env::new();
+    let addr = format!("unix://{}", env.path("nobody.sock").display());
+    env.kb(&["create", "gone", "--endpoint", &addr], &[]).ok();
+    let ctx = env.path("ctx");
+    for (dockerfile, error) in [
+        (
+            "FROM scratch\nCOPY --chmod=u+q a /\n",
+            "error: Dockerfile:2: COPY --chmod=u+q a /: invalid --chmod=u+q: \"u+q\" is not a mode clause; use an octal mode such as 0755 or clauses such as u+x,go-w",
+        ),
+        ("FROM scratch\nFROBNICATE a\n", "error: Dockerfile:2: unknown instruction: FROBNICATE"),
+    ] {
+        write(&ctx.join("Dockerfile"), dockerfile);
+        write(&ctx.join("a"), "a\n");
+        let r = env
+            .kb(&[ctx.to_str().unwrap(), "--builder", "gone"], &[])
+            .fails();
+        let errors = common::error_lines(&r.stderr);
+        assert_eq!(errors, [error], "{}", r.stderr);
+    }
+}
+
+/// A graph of a format version the daemon does not read is refused before
+/// anything runs, naming both versions.
+#[test]
+fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    struct Quiet;
+    impl kbuild_driver::session::Local for Quiet {
+        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
+        fn credentials(&self, _: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+            Ok(None)
+        }
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(None)
+        }
+        fn result(&self, output: u32, _: Vec<u8>, _: bool) -> Result<(), String> {
+            Err(format!("no output was asked for, got {output}"))
+        }
+    }
+    let env = Env::new();
+    let _daemon = env.daemon("graphs");
+    let addr = format!("unix://{}", env.path("graphs.sock").display());
+    let node = kbuild_driver::config::Node {
+        name: "graphs0".into(),
+        endpoint: addr,
+        platforms: Vec::new(),
+        tls: Default::default(),
+    };
+    let future = kbuild_dockerfile::graph::FORMAT_VERSION + 1;
+    let start = kbuild_proto::v1::BuildStart {
+        dockerfile_path: "Dockerfile".into(),
+        platforms: vec![kbuild_proto::v1::Platform::from(
+            &kbuild_platform::Platform::parse("linux/amd64").unwrap(),
+        )],
+        graph: format!(r#"{{"version":{future},"ops":[{{"op":"teleport"}}],"targets":[]}}"#)
+            .into_bytes(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let done = rt
+        .block_on(kbuild_driver::session::build(
+            "graphs",
+            &node,
+            &kbuild_driver::Direct,
+            start,
+            None,
+            std::sync::Arc::new(Quiet),
+            std::future::pending::<()>(),
+        ))
+        .expect("the session ends with BuildDone");
+    assert_eq!(
+        done.error,
+        format!(
+            "the client's op graph: graph format version {future} is not supported; this builder reads version {}",
+            kbuild_dockerfile::graph::FORMAT_VERSION
+        )
+    );
 }

@@ -133,6 +133,12 @@ fn run_case(dir: &Path) -> Result<(), String> {
     if again != g {
         return Err("a second lowering differs".into());
     }
+    // The wire form (what a client sends a builder daemon) reads back to
+    // the same graph, meta included.
+    let wire = g.to_json().map_err(|e| format!("to_json: {e}"))?;
+    if Graph::from_json(&wire).map_err(|e| format!("from_json: {e}"))? != g {
+        return Err("the graph read back from its JSON differs".into());
+    }
     let got = serde_json::to_string_pretty(&g).map_err(|e| e.to_string())? + "\n";
     let path = dir.join("graph.json");
     if std::env::var_os("KBUILD_BLESS").is_some() {
@@ -279,5 +285,30 @@ fn exec_platforms_follow_every_input_of_each_target() {
     assert_eq!(
         mounted.exec_platforms(),
         vec![set(&["linux/amd64", "linux/s390x"])]
+    );
+}
+
+#[test]
+fn a_serialised_graph_of_another_version_is_refused_by_version() {
+    let g = lower_text("FROM busybox\nRUN true\n", &["linux/amd64"]);
+    let mut v: serde_json::Value = serde_json::from_slice(&g.to_json().unwrap()).unwrap();
+    v["version"] = serde_json::json!(kbuild_dockerfile::graph::FORMAT_VERSION + 1);
+    // Ops a newer writer might shape differently do not matter: the
+    // version is what the reader reports.
+    v["ops"][0]["op"] = serde_json::json!({"type": "future"});
+    let err = Graph::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "graph format version {} is not supported; this builder reads version {}",
+            kbuild_dockerfile::graph::FORMAT_VERSION + 1,
+            kbuild_dockerfile::graph::FORMAT_VERSION
+        )
+    );
+    let err = Graph::from_json(b"{\"version\": 1, \"ops\": 3}").unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("the op graph is not valid JSON of format version 1: "),
+        "{err}"
     );
 }

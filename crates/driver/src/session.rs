@@ -78,6 +78,13 @@ pub async fn build(
             advice: "building needs protocol 2: upgrade kubectl-build on the builder's machine and restart \"kubectl-build serve\"",
         });
     }
+    // A daemon of protocol 3 gets the planned graph and not the Dockerfile;
+    // an older one the Dockerfile, which it plans itself.
+    if info.protocol >= kbuild_proto::GRAPH_PROTOCOL && !start.graph.is_empty() {
+        start.dockerfile.clear();
+    } else {
+        start.graph.clear();
+    }
     let lost = |status: tonic::Status| Error::Lost {
         builder: builder.to_string(),
         endpoint: endpoint.clone(),

@@ -104,24 +104,6 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-impl From<Digest> for oci_spec::image::Digest {
-    fn from(d: Digest) -> oci_spec::image::Digest {
-        // Invariant, not input: 64 lowercase hex digits (hex of 32 bytes) are
-        // exactly what oci-spec's sha256 parser accepts.
-        #[allow(clippy::expect_used)]
-        let sha = oci_spec::image::Sha256Digest::from_str(&d.hex())
-            .expect("64 lowercase hex digits form a valid sha256 digest");
-        sha.into()
-    }
-}
-
-impl TryFrom<&oci_spec::image::Digest> for Digest {
-    type Error = Error;
-    fn try_from(d: &oci_spec::image::Digest) -> Result<Digest, Error> {
-        Digest::parse(d.as_ref())
-    }
-}
-
 /// A writer that hashes and counts every byte before passing it on to `inner`.
 #[derive(Debug)]
 pub struct DigestWriter<W> {

@@ -8,8 +8,8 @@
 //! - [`Descriptor`] is this crate's own type, not oci-spec's: oci-spec 0.10
 //!   writes a platform's `os.version`/`os.features` as `os_version`/
 //!   `os_features` and keeps annotations in a `HashMap` (unstable bytes).
-//!   `From<&Descriptor> for oci_spec::image::Descriptor` and the reverse
-//!   `TryFrom` convert when needed. [`DescriptorPlatform`] converts from and
+//!   These types are the workspace's one OCI document model (the registry
+//!   client speaks them too). [`DescriptorPlatform`] converts from and
 //!   to `kbuild_platform::Platform` with `From`.
 //! - Documents are written as canonical JSON ([`canonical_json`]): sorted
 //!   keys, compact, so the same image gives the same digests.

@@ -9,7 +9,8 @@
 //! 0.10 serializes a platform's `os.version`/`os.features` as
 //! `os_version`/`os_features` and keeps annotations in a `HashMap`, which
 //! would make Windows platform matching and byte-stable output impossible.
-//! Conversions to and from `oci_spec::image::Descriptor` are provided.
+//! It is the workspace's one document model: the registry client speaks it
+//! too.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -255,67 +256,6 @@ impl Descriptor {
     /// Whether this points at an image manifest.
     pub fn is_manifest(&self) -> bool {
         is_manifest_media_type(&self.media_type)
-    }
-}
-
-impl From<&Descriptor> for oci_spec::image::Descriptor {
-    fn from(d: &Descriptor) -> oci_spec::image::Descriptor {
-        let mut out = oci_spec::image::Descriptor::new(
-            oci_spec::image::MediaType::from(d.media_type.as_str()),
-            d.size,
-            oci_spec::image::Digest::from(d.digest),
-        );
-        if !d.urls.is_empty() {
-            out.set_urls(Some(d.urls.clone()));
-        }
-        if !d.annotations.is_empty() {
-            out.set_annotations(Some(d.annotations.clone().into_iter().collect()));
-        }
-        if let Some(p) = &d.platform {
-            let mut op = oci_spec::image::Platform::default();
-            op.set_architecture(oci_spec::image::Arch::from(p.architecture.as_str()));
-            op.set_os(oci_spec::image::Os::from(p.os.as_str()));
-            op.set_os_version(p.os_version.clone());
-            op.set_variant(p.variant.clone());
-            if !p.os_features.is_empty() {
-                op.set_os_features(Some(p.os_features.clone()));
-            }
-            out.set_platform(Some(op));
-        }
-        if let Some(a) = &d.artifact_type {
-            out.set_artifact_type(Some(oci_spec::image::MediaType::from(a.as_str())));
-        }
-        out.set_data(d.data.clone());
-        out
-    }
-}
-
-impl TryFrom<&oci_spec::image::Descriptor> for Descriptor {
-    type Error = Error;
-    fn try_from(d: &oci_spec::image::Descriptor) -> Result<Descriptor> {
-        let mut out = Descriptor::new(
-            d.media_type().to_string(),
-            Digest::try_from(d.digest())?,
-            d.size(),
-        );
-        out.urls = d.urls().clone().unwrap_or_default();
-        out.annotations = d
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        out.platform = d.platform().as_ref().map(|p| DescriptorPlatform {
-            architecture: p.architecture().to_string(),
-            os: p.os().to_string(),
-            os_version: p.os_version().clone(),
-            os_features: p.os_features().clone().unwrap_or_default(),
-            variant: p.variant().clone(),
-            features: p.features().clone().unwrap_or_default(),
-        });
-        out.artifact_type = d.artifact_type().as_ref().map(|m| m.to_string());
-        out.data = d.data().clone();
-        Ok(out)
     }
 }
 

@@ -73,9 +73,7 @@ fn docker_config_round_trips_extension_fields() {
     let written = config.to_bytes().unwrap();
     assert_eq!(written, python_canonical(&input));
     assert_eq!(ImageConfig::parse(&written).unwrap(), config);
-    // Also readable as oci-spec's type (what other tools use).
-    let oci = oci_spec::image::ImageConfiguration::from_reader(written.as_slice()).unwrap();
-    assert_eq!(oci.rootfs().diff_ids().len(), 1);
+    assert_eq!(config.rootfs.diff_ids.len(), 1);
 }
 
 #[test]
@@ -219,7 +217,7 @@ fn manifest_and_index_builders_write_to_the_store() {
 }
 
 #[test]
-fn descriptors_convert_to_and_from_oci_spec() {
+fn descriptors_keep_every_field_through_their_json() {
     let d = Descriptor::new(
         "application/vnd.oci.image.manifest.v1+json",
         Digest::of(b"m"),
@@ -233,10 +231,7 @@ fn descriptors_convert_to_and_from_oci_spec() {
         variant: Some("v8".into()),
         ..Default::default()
     });
-    let oci: oci_spec::image::Descriptor = (&d).into();
-    assert_eq!(oci.size(), 42);
-    assert_eq!(oci.digest().to_string(), Digest::of(b"m").to_string());
-    let back = Descriptor::try_from(&oci).unwrap();
+    let back: Descriptor = serde_json::from_slice(&canonical_json(&d).unwrap()).unwrap();
     assert_eq!(back, d);
     // Canonical JSON orders annotation keys.
     let json = String::from_utf8(canonical_json(&d).unwrap()).unwrap();

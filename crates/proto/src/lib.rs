@@ -11,7 +11,9 @@
 //! packaged binary that other languages' clients use on the same `.proto`.
 //!
 //! Protocol 1 is `Builder.Info` only; protocol 2 adds `Builder.Build`, the
-//! build session ([`BUILD_PROTOCOL`] is the first protocol that may build).
+//! build session ([`BUILD_PROTOCOL`] is the first protocol that may build);
+//! protocol 3 sends the planned op graph in `BuildStart.graph` instead of
+//! the Dockerfile ([`GRAPH_PROTOCOL`]).
 
 #![deny(missing_docs)]
 
@@ -25,11 +27,16 @@ pub mod v1 {
 }
 
 /// The newest protocol this build of kubectl-build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first protocol that serves `Builder.Build`: a client must have
 /// negotiated at least this before it sends a build.
 pub const BUILD_PROTOCOL: u32 = 2;
+
+/// The first protocol whose `BuildStart` may carry the op graph
+/// (`graph`) instead of the Dockerfile: with an older daemon a client
+/// sends the Dockerfile, which that daemon plans itself.
+pub const GRAPH_PROTOCOL: u32 = 3;
 
 /// The oldest protocol this build of kubectl-build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

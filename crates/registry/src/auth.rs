@@ -119,13 +119,37 @@ struct TokenAnswer {
 }
 
 /// Why a token could not be obtained.
-pub(crate) enum TokenError {
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
     /// The token endpoint rejected the credentials (401/403).
+    #[error("the token endpoint refused (HTTP {0})")]
     Denied(u16),
-    /// The endpoint could not be reached.
-    Transport(String),
-    /// Any other answer.
-    Other(String),
+    /// The endpoint could not be reached, or its answer broke off.
+    #[error("token endpoint: {}", crate::client::error_chain(.0))]
+    Transport(#[source] reqwest::Error),
+    /// The endpoint answered with an error status.
+    #[error("token endpoint {realm} answered HTTP {status}")]
+    Status {
+        /// The endpoint.
+        realm: String,
+        /// Its answer.
+        status: reqwest::StatusCode,
+    },
+    /// The answer is not the token JSON.
+    #[error("token endpoint {realm} sent no token JSON: {source}")]
+    NotJson {
+        /// The endpoint.
+        realm: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The answer holds no token.
+    #[error("token endpoint {realm} sent an empty token")]
+    Empty {
+        /// The endpoint.
+        realm: String,
+    },
 }
 
 /// Asks the token endpoint for a token covering `scopes`.
@@ -173,31 +197,30 @@ pub(crate) async fn fetch_token(
             request
         }
     };
-    let response = request
-        .send()
-        .await
-        .map_err(|e| TokenError::Transport(crate::client::error_chain(&e)))?;
+    let response = request.send().await.map_err(TokenError::Transport)?;
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(TokenError::Denied(status.as_u16()));
     }
     if !status.is_success() {
-        return Err(TokenError::Other(format!(
-            "token endpoint {realm} answered HTTP {status}"
-        )));
+        return Err(TokenError::Status {
+            realm: realm.to_string(),
+            status,
+        });
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| TokenError::Transport(crate::client::error_chain(&e)))?;
-    let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-        TokenError::Other(format!("token endpoint {realm} sent no token JSON: {e}"))
-    })?;
+    let body = response.bytes().await.map_err(TokenError::Transport)?;
+    let answer: TokenAnswer =
+        serde_json::from_slice(&body).map_err(|source| TokenError::NotJson {
+            realm: realm.to_string(),
+            source,
+        })?;
     answer
         .token
         .or(answer.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| TokenError::Other(format!("token endpoint {realm} sent an empty token")))
+        .ok_or_else(|| TokenError::Empty {
+            realm: realm.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -288,11 +288,7 @@ impl Client {
                 .user_agent(concat!("kubectl-build/", env!("CARGO_PKG_VERSION")))
                 .danger_accept_invalid_certs(no_verify)
                 .build()
-                .map_err(|e| Error::Unreachable {
-                    registry: "(any)".into(),
-                    url: String::new(),
-                    cause: format!("cannot set up the HTTP client: {}", error_chain(&e)),
-                })
+                .map_err(|source| Error::HttpClient { source })
         };
         Ok(Client {
             inner: Arc::new(Inner {
@@ -329,7 +325,7 @@ impl Client {
     /// Pulls and pushes record this themselves.
     pub fn note_blob_source(
         &self,
-        digest: &oci_spec::image::Digest,
+        digest: &kbuild_image::Digest,
         registry: &str,
         repository: &str,
     ) {
@@ -699,7 +695,7 @@ impl Client {
             Error::Unreachable {
                 registry: registry.to_string(),
                 url: req.url.to_string(),
-                cause: error_chain(&e),
+                source: e,
             }
         } else {
             Error::ConnectionLost {
@@ -824,10 +820,10 @@ impl Client {
 /// A token endpoint failure other than a refusal, naming the registry.
 fn token_error(scope: &Scope, realm: &str, scopes: &[String], e: TokenError) -> Error {
     match e {
-        TokenError::Transport(cause) => Error::Unreachable {
+        TokenError::Transport(_) => Error::TokenUnreachable {
             registry: scope.registry.clone(),
             url: realm.to_string(),
-            cause: format!("token endpoint: {cause}"),
+            source: e,
         },
         TokenError::Denied(status) => Error::Registry {
             registry: scope.registry.clone(),
@@ -835,11 +831,10 @@ fn token_error(scope: &Scope, realm: &str, scopes: &[String], e: TokenError) -> 
             status,
             message: format!("the token endpoint {realm} refused"),
         },
-        TokenError::Other(message) => Error::Registry {
+        e => Error::Token {
             registry: scope.registry.clone(),
             action: format!("token request for {}", scopes.join(" ")),
-            status: 0,
-            message,
+            source: e,
         },
     }
 }

@@ -65,7 +65,8 @@ pub enum Error {
     },
     /// The registry could not be reached at all.
     #[error(
-        "cannot reach registry {registry} ({url}): {cause}; {}",
+        "cannot reach registry {registry} ({url}): {}; {}",
+        crate::client::error_chain(source),
         unreachable_advice(registry, url)
     )]
     Unreachable {
@@ -74,7 +75,59 @@ pub enum Error {
         /// URL that failed.
         url: String,
         /// Underlying transport error.
-        cause: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The HTTP client could not be set up (TLS roots, proxy settings).
+    #[error(
+        "cannot reach registry (any) (): cannot set up the HTTP client: {}; {}",
+        crate::client::error_chain(source),
+        unreachable_advice("(any)", "")
+    )]
+    HttpClient {
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A blob download kept getting range answers it cannot use.
+    #[error(
+        "cannot reach registry {registry} ({url}): gave up on {what} after {attempts} attempts with unusable range answers; {}",
+        unreachable_advice(registry, url)
+    )]
+    UnusableRanges {
+        /// Registry name.
+        registry: String,
+        /// The blob's URL.
+        url: String,
+        /// Which blob, of which repository.
+        what: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The registry's token endpoint could not be reached.
+    #[error(
+        "cannot reach registry {registry} ({url}): {source}; {}",
+        unreachable_advice(registry, url)
+    )]
+    TokenUnreachable {
+        /// Registry name.
+        registry: String,
+        /// The token endpoint.
+        url: String,
+        /// The transport error.
+        #[source]
+        source: crate::auth::TokenError,
+    },
+    /// The registry's token endpoint answered without a usable token.
+    #[error("registry {registry} answered HTTP 0 to {action}: {source}")]
+    Token {
+        /// Registry name.
+        registry: String,
+        /// The token request (`token request for repository:a/b:pull`).
+        action: String,
+        /// What the endpoint answered.
+        #[source]
+        source: crate::auth::TokenError,
     },
     /// The registry refused the credentials (or their absence).
     #[error("registry {registry} denied {action} access to {repository} (HTTP {status}) using {tried}; log in with `docker login {registry}` or pass --registry-secret with credentials that grant {action} access")]
@@ -223,12 +276,28 @@ pub enum Error {
         source: tokio::task::JoinError,
     },
     /// The local content store failed.
-    #[error("content store: {what}: {reason}")]
+    #[error("content store: {what}: {source}")]
     Store {
         /// What was being read or written.
         what: String,
         /// Underlying error.
-        reason: String,
+        #[source]
+        source: kbuild_image::Error,
+    },
+    /// Writing or reading a blob file of the content store failed.
+    #[error("content store: {what}: {source}")]
+    StoreIo {
+        /// What was being read or written.
+        what: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob to push is not in the content store.
+    #[error("content store: {what}: the blob is not in the content store; build or pull the image again")]
+    NotInStore {
+        /// What was being pushed.
+        what: String,
     },
 }
 
@@ -260,9 +329,11 @@ impl Error {
     /// timed out, dropped the connection, or answered 429 or 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Timeout { .. } | Error::ConnectionLost { .. } => {
-                true
-            }
+            Error::Unreachable { .. }
+            | Error::UnusableRanges { .. }
+            | Error::TokenUnreachable { .. }
+            | Error::Timeout { .. }
+            | Error::ConnectionLost { .. } => true,
             Error::Registry { status, .. } => matches!(status, 429 | 500 | 502 | 503 | 504),
             _ => false,
         }

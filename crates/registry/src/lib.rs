@@ -70,6 +70,7 @@ mod reference;
 mod timeouts;
 mod uploads;
 
+pub use auth::TokenError;
 pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{CredentialSource, Credentials, RegistryLogin, DEFAULT_REGISTRY_SECRET};
 pub use error::{Error, Result, Wait};

@@ -38,7 +38,7 @@ impl Client {
         Document::parse(index).map_err(invalid)?;
         for target in targets {
             if let Some(pinned) = target.digest() {
-                if pinned.to_string() != digest.to_string() {
+                if pinned != digest.to_string() {
                     return Err(Error::InvalidReference {
                         reference: target.to_string(),
                         reason: format!(

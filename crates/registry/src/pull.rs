@@ -1,13 +1,11 @@
 //! Resolving references and pulling one platform's image into the content store.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
-use kbuild_image::{ContentStore, Digest};
+use kbuild_image::{ContentStore, Descriptor, Digest, ImageConfig, Manifest};
 use kbuild_platform::Platform;
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageManifest, MediaType};
 use reqwest::header::{ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256, Sha512};
@@ -28,11 +26,11 @@ pub struct PulledImage {
     /// Digest of the platform's manifest (equal to `root_digest` for a single-manifest image).
     pub manifest_digest: Digest,
     /// The platform's manifest.
-    pub manifest: ImageManifest,
+    pub manifest: Manifest,
     /// Digest of the image config.
     pub config_digest: Digest,
     /// The image config.
-    pub config: ImageConfiguration,
+    pub config: ImageConfig,
     /// The platform the image is for, as the index or config states it.
     pub platform: Platform,
 }
@@ -53,10 +51,7 @@ fn store_digest(text: &str, what: &str, source: &str) -> Result<Digest> {
 }
 
 fn store_error(what: String) -> impl FnOnce(kbuild_image::Error) -> Error {
-    move |e| Error::Store {
-        what,
-        reason: e.to_string(),
-    }
+    move |source| Error::Store { what, source }
 }
 
 impl Client {
@@ -144,17 +139,9 @@ impl Client {
             reason,
         })?;
         let media_type = doc.media_type(transport_type.as_deref());
-        let digest =
-            oci_spec::image::Digest::from_str(&actual).map_err(|e| Error::InvalidManifest {
-                what: format!("{reference}"),
-                source_name: registry.to_string(),
-                reason: e.to_string(),
-            })?;
-        let descriptor = Descriptor::new(
-            MediaType::from(media_type.as_str()),
-            bytes.len() as u64,
-            digest,
-        );
+        // The bytes were checked against a pinned digest of any algorithm
+        // above; the descriptor names them by sha256, as the store does.
+        let descriptor = Descriptor::new(media_type, Digest::of(&bytes), bytes.len() as u64);
         Ok((descriptor, bytes))
     }
 
@@ -168,13 +155,35 @@ impl Client {
         platform: &Platform,
         store: &ContentStore,
     ) -> Result<PulledImage> {
+        self.pull(reference, platform, store, true).await
+    }
+
+    /// [`Client::pull_image`] without the layers: the index, manifest and
+    /// config of `platform`'s image go into `store` (a client planning a
+    /// build that a builder daemon runs needs the config alone).
+    pub async fn pull_config(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &ContentStore,
+    ) -> Result<PulledImage> {
+        self.pull(reference, platform, store, false).await
+    }
+
+    async fn pull(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        store: &ContentStore,
+        layers: bool,
+    ) -> Result<PulledImage> {
         let registry = reference.registry();
         let (root, root_bytes) = self.resolve(reference).await?;
-        let root_digest = store_digest(root.digest().as_ref(), &reference.to_string(), registry)?;
+        let root_digest = root.digest;
         store
             .put_bytes(&root_bytes)
             .map_err(store_error(format!("storing the manifest of {reference}")))?;
-        let root_type = root.media_type().to_string();
+        let root_type = root.media_type.clone();
         let (manifest_digest, manifest_bytes, index_platform) = if manifest::is_index(&root_type) {
             let doc = Document::parse(&root_bytes).map_err(|reason| Error::InvalidManifest {
                 what: reference.to_string(),
@@ -206,7 +215,7 @@ impl Client {
             let (descriptor, bytes) = self
                 .fetch_manifest(reference, &entry.digest, Some(entry.digest.clone()))
                 .await?;
-            let digest = store_digest(descriptor.digest().as_ref(), &entry.digest, registry)?;
+            let digest = descriptor.digest;
             store.put_bytes(&bytes).map_err(store_error(format!(
                 "storing manifest {digest} of {reference}"
             )))?;
@@ -228,8 +237,7 @@ impl Client {
             reason,
         };
         let doc = Document::parse(&manifest_bytes).map_err(invalid)?;
-        let manifest: ImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
+        let manifest = Manifest::parse(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
         let Some(config_entry) = doc.config.clone() else {
             return Err(invalid("it has no config".into()));
         };
@@ -237,7 +245,7 @@ impl Client {
         blobs.extend(
             doc.layers
                 .iter()
-                .filter(|l| !l.non_distributable())
+                .filter(|l| layers && !l.non_distributable())
                 .cloned(),
         );
         self.fetch_blobs(reference, &blobs, store).await?;
@@ -245,19 +253,12 @@ impl Client {
         let config_bytes = store
             .read(&config_digest)
             .map_err(store_error(format!("reading config {config_digest}")))?;
-        let config: ImageConfiguration =
-            serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
-                what: format!("config {config_digest} of {reference}"),
-                source_name: registry.to_string(),
-                reason: e.to_string(),
-            })?;
-        let config_platform = Platform {
-            os: config.os().to_string(),
-            architecture: config.architecture().to_string(),
-            variant: config.variant().clone().filter(|v| !v.is_empty()),
-            os_version: config.os_version().clone().filter(|v| !v.is_empty()),
-            os_features: config.os_features().clone().unwrap_or_default(),
-        };
+        let config = ImageConfig::parse(&config_bytes).map_err(|e| Error::InvalidManifest {
+            what: format!("config {config_digest} of {reference}"),
+            source_name: registry.to_string(),
+            reason: e.to_string(),
+        })?;
+        let config_platform = Platform::from(&config.platform());
         let image_platform = match index_platform {
             Some(p) => p,
             None => {
@@ -325,7 +326,7 @@ impl Client {
         let repository = reference.repository();
         let digest = store_digest(&entry.digest, &format!("blob of {reference}"), registry)?;
         let counters = &self.inner.counters;
-        self.note_blob_source(&digest.into(), registry, repository);
+        self.note_blob_source(&digest, registry, repository);
         let what = format!("blob {digest} of {repository}");
         let (mut ingest, mut offset) = loop {
             if store.has(&digest) {
@@ -362,12 +363,11 @@ impl Client {
         while offset < entry.size {
             attempt += 1;
             if attempt > attempts {
-                return Err(Error::Unreachable {
+                return Err(Error::UnusableRanges {
                     registry: registry.to_string(),
                     url: url.to_string(),
-                    cause: format!(
-                        "gave up on {what} after {attempts} attempts with unusable range answers"
-                    ),
+                    what: what.to_string(),
+                    attempts,
                 });
             }
             let mut req = Req::new(Method::GET, url.clone(), operation.clone());
@@ -420,9 +420,9 @@ impl Client {
                     Ok(None) => break,
                     Ok(Some(chunk)) => {
                         use std::io::Write;
-                        ingest.write_all(&chunk).map_err(|e| Error::Store {
+                        ingest.write_all(&chunk).map_err(|source| Error::StoreIo {
                             what: format!("writing {what}"),
-                            reason: e.to_string(),
+                            source,
                         })?;
                         Counters::add(&counters.bytes_downloaded, chunk.len() as u64);
                         offset += chunk.len() as u64;

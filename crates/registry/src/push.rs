@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kbuild_image::Descriptor;
 use kbuild_image::{ContentStore, Digest};
-use oci_spec::image::Descriptor;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, Response, StatusCode};
 use tokio::sync::watch;
@@ -46,10 +46,7 @@ struct Plan {
 }
 
 fn store_err(what: String) -> impl FnOnce(kbuild_image::Error) -> Error {
-    move |e| Error::Store {
-        what,
-        reason: e.to_string(),
-    }
+    move |source| Error::Store { what, source }
 }
 
 fn parse_digest(text: &str, what: &str) -> Result<Digest> {
@@ -154,19 +151,19 @@ impl Client {
         uploads: &BlobUploads,
     ) -> Result<()> {
         let store = uploads.store();
-        let root_digest = parse_digest(root.digest().as_ref(), "the pushed root")?;
+        let root_digest = root.digest;
         let root_bytes = Bytes::from(
             store
                 .read(&root_digest)
                 .map_err(store_err(format!("reading the root {root_digest} to push")))?,
         );
-        let root_type = root.media_type().to_string();
+        let root_type = root.media_type.clone();
         let mut plan = Plan::default();
         plan.walk(store, &root_digest, &root_type, &root_bytes, 0)?;
 
         for target in targets {
             if let Some(pinned) = target.digest() {
-                if pinned.to_string() != root_digest.to_string() {
+                if pinned != root_digest.to_string() {
                     return Err(Error::InvalidReference {
                         reference: target.to_string(),
                         reason: format!(
@@ -345,7 +342,7 @@ impl Client {
         match response.status() {
             StatusCode::OK => {
                 Counters::add(&counters.blobs_existing, 1);
-                self.note_blob_source(&(*digest).into(), registry, repository);
+                self.note_blob_source(digest, registry, repository);
                 return Ok(());
             }
             StatusCode::NOT_FOUND => {}
@@ -357,10 +354,8 @@ impl Client {
             }
         }
         if !store.has(digest) {
-            return Err(Error::Store {
+            return Err(Error::NotInStore {
                 what: format!("pushing {what}"),
-                reason: "the blob is not in the content store; build or pull the image again"
-                    .into(),
             });
         }
 
@@ -379,7 +374,7 @@ impl Client {
             match self.send_with(&mount_scope, &req, &mut retry).await {
                 Ok(response) if response.status() == StatusCode::CREATED => {
                     Counters::add(&counters.blobs_mounted, 1);
-                    self.note_blob_source(&(*digest).into(), registry, repository);
+                    self.note_blob_source(digest, registry, repository);
                     return Ok(());
                 }
                 Ok(response) if response.status() == StatusCode::ACCEPTED => {
@@ -452,9 +447,9 @@ impl Client {
         let path = store.path(digest);
         // Read from the file a piece at a time as each request is sent.
         let file = tokio::fs::File::open(&path).await.map_err(|e| {
-            plain(Error::Store {
+            plain(Error::StoreIo {
                 what: format!("reading {what} from {}", path.display()),
-                reason: e.to_string(),
+                source: e,
             })
         })?;
         let file = Arc::new(file.into_std().await);
@@ -698,7 +693,7 @@ impl Client {
         let counters = &self.inner.counters;
         Counters::add(&counters.blobs_uploaded, 1);
         Counters::add(&counters.bytes_uploaded, size);
-        self.note_blob_source(&(*digest).into(), registry, repository);
+        self.note_blob_source(digest, registry, repository);
     }
 
     /// The upload URL from a `Location` header, resolved against the registry's base URL.

@@ -23,12 +23,12 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-fn small_image(store: &ContentStore) -> oci_spec::image::Descriptor {
+fn small_image(store: &ContentStore) -> kbuild_image::Descriptor {
     let (digest, bytes) = manifest(store, "linux", "amd64", None, &[&noise(5, 2000)]);
-    oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::ImageManifest,
-        bytes.len() as u64,
+    kbuild_image::Descriptor::new(
+        "application/vnd.oci.image.manifest.v1+json",
         digest,
+        bytes.len() as u64,
     )
 }
 
@@ -99,12 +99,7 @@ async fn basic_auth_with_docker_config_and_secret_files() {
         .unwrap();
     assert_eq!(pusher.stats().blobs_uploaded, 2);
     let raw = skopeo_raw(&target.to_string(), Some(&format!("{USER}:{PASSWORD}")));
-    assert_eq!(
-        raw,
-        store
-            .read(&kbuild_image::Digest::parse(root.digest().as_ref()).unwrap())
-            .unwrap()
-    );
+    assert_eq!(raw, store.read(&root.digest).unwrap());
 
     // A Kubernetes Secret saved as YAML, through --registry-secret file:PATH.
     let secret = dir.path().join("secret.yaml");
@@ -127,10 +122,7 @@ async fn basic_auth_with_docker_config_and_secret_files() {
         .pull_image(&target, &Platform::parse("linux/amd64").unwrap(), &dst)
         .await
         .unwrap();
-    assert_eq!(
-        pulled.manifest_digest.to_string(),
-        root.digest().to_string()
-    );
+    assert_eq!(pulled.manifest_digest.to_string(), root.digest.to_string());
 
     // The same Secret as JSON with a wrong password: the error names the secret file.
     let secret_json = dir.path().join("secret.json");
@@ -400,7 +392,7 @@ async fn bearer_tokens_from_a_token_server_with_scopes_and_mounts() {
     );
     let oauth = common::client(Credentials::docker_config_file(&oauth_config).unwrap());
     let (desc, _) = oauth.resolve(&first).await.unwrap();
-    assert_eq!(desc.digest().to_string(), root.digest().to_string());
+    assert_eq!(desc.digest.to_string(), root.digest.to_string());
     let posts = tokens
         .server
         .seen

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use kbuild_image::{ContentStore, Digest};
+use kbuild_image::ContentStore;
 use kbuild_platform::Platform;
 use kbuild_registry::{Client, ClientOptions, Credentials, Error, Reference, Timeouts};
 use kbuild_testkit::faults::FaultProxy;
@@ -46,7 +46,7 @@ const HARD_LIMIT: Duration = Duration::from_secs(30);
 const TRICKLE: (usize, Duration) = (4096, Duration::from_millis(20));
 
 struct Image {
-    root: oci_spec::image::Descriptor,
+    root: kbuild_image::Descriptor,
     index: Vec<u8>,
     platforms: Vec<&'static str>,
 }
@@ -107,7 +107,7 @@ fn tag_bytes(reference: &str) -> Option<Vec<u8>> {
 async fn content_verifies(host: &str, repo: &str, img: &Image) -> Result<(), String> {
     let (_d, dst) = store();
     let direct = fault_client();
-    let by_digest = Reference::parse(&format!("{host}/{repo}@{}", img.root.digest()))
+    let by_digest = Reference::parse(&format!("{host}/{repo}@{}", img.root.digest))
         .map_err(|e| e.to_string())?;
     for p in &img.platforms {
         let platform = Platform::parse(p).map_err(|e| e.to_string())?;
@@ -115,8 +115,8 @@ async fn content_verifies(host: &str, repo: &str, img: &Image) -> Result<(), Str
             .pull_image(&by_digest, &platform, &dst)
             .await
             .map_err(|e| format!("{p}: {e}"))?;
-        for layer in pulled.manifest.layers() {
-            let d = Digest::parse(layer.digest().as_ref()).map_err(|e| e.to_string())?;
+        for layer in &pulled.manifest.layers {
+            let d = layer.digest;
             if !dst.has(&d) {
                 return Err(format!("{p}: layer {d} missing"));
             }
@@ -396,8 +396,8 @@ async fn pulls_through_faults() {
                 match result {
                     Ok(pulled) => {
                         assert!(recoverable, "{rule}: a pull cannot get through");
-                        for layer in pulled.manifest.layers() {
-                            let d = Digest::parse(layer.digest().as_ref()).unwrap();
+                        for layer in &pulled.manifest.layers {
+                            let d = layer.digest;
                             assert!(dst.has(&d), "{rule}: layer {d}");
                         }
                         assert!(dst.has(&pulled.config_digest), "{rule}");

@@ -19,7 +19,7 @@ fn r(text: &str) -> Reference {
 }
 
 struct MultiArch {
-    root: oci_spec::image::Descriptor,
+    root: kbuild_image::Descriptor,
     index: Vec<u8>,
     /// (platform, manifest digest, manifest bytes)
     manifests: Vec<(&'static str, Digest, Vec<u8>)>,
@@ -107,8 +107,8 @@ async fn push_multi_platform_index_read_back_and_pull_by_platform() {
 
     // resolve gives the index descriptor and bytes
     let (desc, bytes) = client.resolve(&targets[0]).await.unwrap();
-    assert_eq!(desc.digest().to_string(), image.root.digest().to_string());
-    assert_eq!(desc.media_type().to_string(), OCI_INDEX);
+    assert_eq!(desc.digest.to_string(), image.root.digest.to_string());
+    assert_eq!(desc.media_type, OCI_INDEX);
     assert_eq!(bytes.as_ref(), image.index.as_slice());
 
     // Pull one platform into a fresh store with a fresh client.
@@ -119,12 +119,12 @@ async fn push_multi_platform_index_read_back_and_pull_by_platform() {
     assert_eq!(pulled.manifest_digest, image.manifests[2].1);
     assert_eq!(
         pulled.root_digest.to_string(),
-        image.root.digest().to_string()
+        image.root.digest.to_string()
     );
-    assert_eq!(pulled.config.architecture().to_string(), "arm");
+    assert_eq!(pulled.config.architecture, "arm");
     assert_eq!(pulled.platform.to_string(), "linux/arm/v7");
-    for layer in pulled.manifest.layers() {
-        let d = Digest::parse(layer.digest().as_ref()).unwrap();
+    for layer in &pulled.manifest.layers {
+        let d = layer.digest;
         assert!(dst.has(&d), "layer {d} stored");
     }
     assert!(dst.has(&pulled.config_digest));
@@ -228,10 +228,10 @@ async fn single_manifest_image_checks_the_config_platform() {
     let host = registry.host();
     let (_d, src) = store();
     let (digest, bytes) = manifest(&src, "linux", "arm64", None, &[&noise(3, 1000)]);
-    let root = oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::ImageManifest,
-        bytes.len() as u64,
+    let root = kbuild_image::Descriptor::new(
+        "application/vnd.oci.image.manifest.v1+json",
         digest,
+        bytes.len() as u64,
     );
     let client = client(Credentials::anonymous());
     let target = r(&format!("{host}/single/app:1"));
@@ -263,10 +263,10 @@ async fn interrupted_download_resumes_from_the_partial_ingest() {
     let (_d, src) = store();
     let layer = noise(7, 300 << 10);
     let (digest, bytes) = manifest(&src, "linux", "amd64", None, &[&layer]);
-    let root = oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::ImageManifest,
-        bytes.len() as u64,
+    let root = kbuild_image::Descriptor::new(
+        "application/vnd.oci.image.manifest.v1+json",
         digest,
+        bytes.len() as u64,
     );
     let target = r(&format!("{host}/resume/app:1"));
     client(Credentials::anonymous())
@@ -293,7 +293,7 @@ async fn interrupted_download_resumes_from_the_partial_ingest() {
     assert_eq!(dst.read(&layer_digest).unwrap(), layer);
     let stats = puller.stats();
     assert_eq!(stats.bytes_resumed, 100_000, "{stats:?}");
-    let config_size = pulled.manifest.config().size();
+    let config_size = pulled.manifest.config.size;
     assert_eq!(
         stats.bytes_downloaded,
         layer.len() as u64 - 100_000 + config_size,
@@ -386,7 +386,7 @@ async fn transient_errors_are_retried() {
     let reference = r(&format!("127.0.0.1:{}/flaky/app:1", server.port));
     let started = std::time::Instant::now();
     let (desc, _) = client.resolve(&reference).await.unwrap();
-    assert_eq!(desc.media_type().to_string(), OCI_INDEX);
+    assert_eq!(desc.media_type, OCI_INDEX);
     assert_eq!(client.stats().retries, 2);
     assert!(
         started.elapsed() >= std::time::Duration::from_secs(1),
@@ -436,10 +436,10 @@ async fn remote_registries_need_tls_unless_marked_insecure() {
     let host = registry.host();
     let (_d, src) = store();
     let (digest, bytes) = manifest(&src, "linux", "amd64", None, &[&noise(9, 500)]);
-    let root = oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::ImageManifest,
-        bytes.len() as u64,
+    let root = kbuild_image::Descriptor::new(
+        "application/vnd.oci.image.manifest.v1+json",
         digest,
+        bytes.len() as u64,
     );
     let target = r(&format!("{host}/plain/app:1"));
 
@@ -472,7 +472,7 @@ async fn remote_registries_need_tls_unless_marked_insecure() {
         .await
         .unwrap();
     let (desc, _) = insecure.resolve(&target).await.unwrap();
-    assert_eq!(desc.digest().to_string(), digest.to_string());
+    assert_eq!(desc.digest.to_string(), digest.to_string());
 }
 
 #[tokio::test]
@@ -481,10 +481,10 @@ async fn tags_are_put_only_after_every_target_has_the_content() {
     let host = registry.host();
     let (_d, src) = store();
     let (digest, bytes) = manifest(&src, "linux", "amd64", None, &[&noise(11, 500)]);
-    let root = oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::ImageManifest,
-        bytes.len() as u64,
+    let root = kbuild_image::Descriptor::new(
+        "application/vnd.oci.image.manifest.v1+json",
         digest,
+        bytes.len() as u64,
     );
     // The second target's registry is down: the first must not get its tag.
     let dead = kbuild_testkit::registry::free_port().unwrap();
@@ -506,31 +506,31 @@ async fn tags_are_put_only_after_every_target_has_the_content() {
         .resolve(&targets[0].with_digest(desc_digest(&digest)))
         .await
         .unwrap();
-    assert_eq!(desc.digest().to_string(), digest.to_string());
+    assert_eq!(desc.digest.to_string(), digest.to_string());
 
     // A blob missing from the store stops the push before any manifest or tag.
     let (broken_digest, broken) = manifest(&src, "linux", "arm64", None, &[&noise(12, 500)]);
     let doc: serde_json::Value = serde_json::from_slice(&broken).unwrap();
     let layer = Digest::parse(doc["layers"][0]["digest"].as_str().unwrap()).unwrap();
     std::fs::remove_file(src.path(&layer)).unwrap();
-    let broken_root = oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::ImageManifest,
-        broken.len() as u64,
+    let broken_root = kbuild_image::Descriptor::new(
+        "application/vnd.oci.image.manifest.v1+json",
         broken_digest,
+        broken.len() as u64,
     );
     let target = r(&format!("{host}/broken/app:1"));
     let err = client
         .push(std::slice::from_ref(&target), &broken_root, &src)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Store { .. }), "{err}");
+    assert!(matches!(err, Error::NotInStore { .. }), "{err}");
     assert!(err.to_string().contains(&layer.to_string()), "{err}");
     let err = client.resolve(&target).await.unwrap_err();
     assert!(matches!(err, Error::ManifestUnknown { .. }), "{err}");
 }
 
-fn desc_digest(d: &Digest) -> oci_spec::image::Digest {
-    (*d).into()
+fn desc_digest(d: &Digest) -> Digest {
+    *d
 }
 
 #[tokio::test]
@@ -566,12 +566,10 @@ async fn docker_schema2_manifest_lists_push_and_pull() {
     }))
     .unwrap();
     let list_digest = put(&src, &list);
-    let root = oci_spec::image::Descriptor::new(
-        oci_spec::image::MediaType::Other(
-            "application/vnd.docker.distribution.manifest.list.v2+json".into(),
-        ),
-        list.len() as u64,
+    let root = kbuild_image::Descriptor::new(
+        "application/vnd.docker.distribution.manifest.list.v2+json",
         list_digest,
+        list.len() as u64,
     );
     let target = r(&format!("{host}/docker/list:1"));
     let client = client(Credentials::anonymous());
@@ -583,7 +581,7 @@ async fn docker_schema2_manifest_lists_push_and_pull() {
 
     let (desc, _) = client.resolve(&target).await.unwrap();
     assert_eq!(
-        desc.media_type().to_string(),
+        desc.media_type,
         "application/vnd.docker.distribution.manifest.list.v2+json"
     );
     let (_d2, dst) = store();
@@ -593,7 +591,7 @@ async fn docker_schema2_manifest_lists_push_and_pull() {
         .await
         .unwrap();
     assert_eq!(pulled.manifest_digest, manifest_digest);
-    assert_eq!(pulled.config.architecture().to_string(), "arm64");
+    assert_eq!(pulled.config.architecture, "arm64");
     assert!(dst.has(&Digest::of(&layer)));
 }
 

@@ -68,7 +68,7 @@ fn client(concurrency: usize, max_attempts: u32, response: Duration) -> Client {
 }
 
 struct Image {
-    root: oci_spec::image::Descriptor,
+    root: kbuild_image::Descriptor,
     index: Vec<u8>,
     /// (digest, size) of every layer, as a build would report them: the
     /// shared layer once per platform.
@@ -285,7 +285,7 @@ async fn logged(proxy: &FaultProxy, what: &str, pred: impl Fn(&Logged) -> bool) 
 fn image_of(
     src: &ContentStore,
     layer: &kbuild_image::Layer,
-) -> (oci_spec::image::Descriptor, Vec<u8>) {
+) -> (kbuild_image::Descriptor, Vec<u8>) {
     let bytes = src.read(&layer.descriptor.digest).unwrap();
     let (digest, manifest_bytes) = manifest(src, "linux", "amd64", None, &[&bytes]);
     index(

@@ -9,6 +9,9 @@
 //! into `--root` (only missing contents travel), the build run with the
 //! same solver and store layout as a local build, progress and file outputs
 //! streamed back, registry credentials and secrets asked from the client.
+//! What runs is the client's op graph (protocol 3, [`solve_start`]: the
+//! client planned the Dockerfile), or, from a protocol-2 client, the
+//! Dockerfile planned here.
 //!
 //! Security: a unix socket is guarded by its file mode (0660, owner and
 //! group). A TCP listener needs `--tls-cert`, `--tls-key` and `--tls-ca`: the
@@ -25,6 +28,9 @@
 pub mod gc;
 mod session;
 mod ssh;
+
+use kbuild_solver::engine::{Context, Solved, Solver};
+use session::SessionError;
 
 use kbuild_platform::Platform;
 use kbuild_proto::v1::{self, builder_server};
@@ -557,4 +563,72 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             Ok(())
         }
     }
+}
+
+/// What a session's build ran: one image per target and, when the daemon
+/// planned the Dockerfile itself, the planner's warnings (a client that
+/// sends a graph has shown its own).
+pub(crate) struct Ran {
+    pub(crate) solved: Solved,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// The build of one session's `BuildStart`: its op graph executed with
+/// [`Solver::solve`] (protocol 3: the client planned the Dockerfile for
+/// this node's platforms and build platform), or, from a protocol-2
+/// client, its Dockerfile planned here and built with [`Solver::build`].
+pub(crate) async fn solve_start(
+    solver: &Solver,
+    start: &v1::BuildStart,
+    ctx: &Context,
+) -> Result<Ran, SessionError> {
+    let name = if start.dockerfile_path.is_empty() {
+        "Dockerfile".to_string()
+    } else {
+        start.dockerfile_path.clone()
+    };
+    if !start.graph.is_empty() {
+        let graph = kbuild_dockerfile::graph::Graph::from_json(&start.graph)
+            .map_err(SessionError::Graph)?;
+        tracing::info!(
+            ops = graph.ops.len(),
+            targets = graph.targets.len(),
+            "building the client's op graph"
+        );
+        let solved = solver.solve(&graph, &name, ctx).await?;
+        return Ok(Ran {
+            solved,
+            warnings: Vec::new(),
+        });
+    }
+    let platforms = start
+        .platforms
+        .iter()
+        .map(Platform::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SessionError::WirePlatform)?;
+    let build_platform = match &start.build_platform {
+        Some(p) => Platform::try_from(p).map_err(SessionError::WirePlatform)?,
+        None => Platform::host(),
+    };
+    let plan_options = kbuild_dockerfile::plan::PlanOptions {
+        platforms,
+        build_platform,
+        build_args: start.build_args.clone().into_iter().collect(),
+        target: (!start.target.is_empty()).then(|| start.target.clone()),
+        labels: start.labels.clone().into_iter().collect(),
+    };
+    let dockerfile =
+        std::str::from_utf8(&start.dockerfile).map_err(|_| SessionError::DockerfileNotUtf8)?;
+    tracing::info!("planning the client's Dockerfile (a protocol-2 client)");
+    let result = solver.build(dockerfile, &name, &plan_options, ctx).await?;
+    Ok(Ran {
+        warnings: result
+            .plan
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        solved: result.solved,
+    })
 }

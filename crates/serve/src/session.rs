@@ -68,6 +68,12 @@ pub(crate) enum SessionError {
     CacheExport(Box<kbuild_solver::cache_export::CacheExportError>),
     #[error("serve the --ssh agent sockets: {0}")]
     Ssh(#[source] std::io::Error),
+    #[error("the client's op graph: {0}")]
+    Graph(#[source] kbuild_dockerfile::graph::DecodeError),
+    #[error(transparent)]
+    WirePlatform(kbuild_proto::Error),
+    #[error("the Dockerfile is not UTF-8")]
+    DockerfileNotUtf8,
     #[error("cancelled")]
     Cancelled,
     #[error("the daemon is stopping (SIGTERM or SIGINT); nothing was tagged")]
@@ -1034,7 +1040,7 @@ async fn build(
         .iter()
         .map(kbuild_platform::Platform::try_from)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| proto(e.to_string()))?;
+        .map_err(SessionError::WirePlatform)?;
     // One line per build in the daemon's log (`kubectl logs` of a builder
     // pod): which platforms this daemon builds for which client.
     tracing::info!(
@@ -1061,43 +1067,20 @@ async fn build(
             .cloned()
             .collect();
     }
-    let build_platform = match &start.build_platform {
-        Some(p) => kbuild_platform::Platform::try_from(p).map_err(|e| proto(e.to_string()))?,
-        None => kbuild_platform::Platform::host(),
-    };
-    let plan_options = kbuild_dockerfile::plan::PlanOptions {
-        platforms,
-        build_platform,
-        build_args: start.build_args.clone().into_iter().collect(),
-        target: (!start.target.is_empty()).then(|| start.target.clone()),
-        labels: start.labels.clone().into_iter().collect(),
-    };
-    let dockerfile = String::from_utf8(start.dockerfile.clone())
-        .map_err(|_| proto("the Dockerfile is not UTF-8"))?;
-    let name = if start.dockerfile_path.is_empty() {
-        "Dockerfile".to_string()
-    } else {
-        start.dockerfile_path.clone()
-    };
-    let result = solver
-        .build(&dockerfile, &name, &plan_options, &ctx)
-        .await?;
+    let crate::Ran {
+        solved: result,
+        warnings,
+    } = crate::solve_start(&solver, start, &ctx).await?;
     if start.push_by_digest {
         // Blobs and manifests go up, pinned to the root digest: no tag is
         // written (the coordinator merging several daemons' results does).
-        let pinned: oci_spec::image::Digest = result
-            .root
-            .digest
-            .to_string()
-            .parse()
-            .map_err(|e| proto(format!("root digest: {e}")))?;
+        let pinned = result.root.digest;
         for o in outputs.iter_mut().filter(|o| o.push) {
             o.names = o
                 .names
                 .iter()
                 .map(|n| {
-                    kbuild_registry::Reference::parse(n)
-                        .map(|r| r.with_digest(pinned.clone()).to_string())
+                    kbuild_registry::Reference::parse(n).map(|r| r.with_digest(pinned).to_string())
                 })
                 .collect::<Result<_, _>>()?;
         }
@@ -1155,13 +1138,7 @@ async fn build(
                 ..descriptor(&i.manifest)
             })
             .collect(),
-        warnings: result
-            .plan
-            .warnings
-            .iter()
-            .map(ToString::to_string)
-            .chain(cache_warnings)
-            .collect(),
+        warnings: warnings.into_iter().chain(cache_warnings).collect(),
         cache_exports,
         config_digest,
         ..Default::default()

@@ -2,12 +2,12 @@
 //! for its platform (the local store first, the registry when missing or
 //! with `--pull`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kbuild_dockerfile::graph::{Graph, OpKind, SourceOp};
-use kbuild_dockerfile::plan::{BuildPlan, Source as PlanSource, StageBase};
-use kbuild_image::{DescriptorPlatform, Digest, Document, ImageConfig, Manifest};
+use kbuild_dockerfile::plan::{BaseImageConfig, BuildPlan, Source as PlanSource, StageBase};
+use kbuild_image::{ContentStore, DescriptorPlatform, Digest, Document, ImageConfig, Manifest};
 use kbuild_platform::Platform;
 
 use crate::engine::Solver;
@@ -167,87 +167,149 @@ impl Solver {
         root: &Digest,
         platform: &Platform,
     ) -> Result<Option<BaseImage>, SolveError> {
-        if !self.store.has(root) {
-            return Ok(None);
-        }
-        let bytes = self.store.read(root)?;
-        let (manifest_digest, lone) = match Document::parse(&bytes)? {
-            Document::Manifest(_) => (*root, true),
-            Document::Index(index) => {
-                let candidates: Vec<(usize, Platform)> = index
-                    .manifests
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, d)| d.platform.as_ref().and_then(to_platform).map(|p| (i, p)))
-                    .collect();
-                let plats: Vec<Platform> = candidates.iter().map(|(_, p)| p.clone()).collect();
-                match platform.best_match(plats.iter()) {
-                    Some(k) => (index.manifests[candidates[k].0].digest, false),
-                    None => {
-                        let mut offered: Vec<String> = Vec::new();
-                        // Attestation manifests say unknown/unknown: not worth listing.
-                        for p in plats.iter().filter(|p| p.os != "unknown") {
-                            let p = p.to_string();
-                            if !offered.contains(&p) {
-                                offered.push(p);
-                            }
-                        }
-                        return Err(SolveError::PlatformNotOffered {
-                            image: reference.to_string(),
-                            wanted: platform.to_string(),
-                            offered,
-                        });
+        stored_image(&self.store, reference, root, platform, true)
+    }
+}
+
+/// What the planner needs of a base image config: its ENV, WORKDIR, USER,
+/// SHELL and ONBUILD.
+pub(crate) fn planner_config(config: &ImageConfig) -> BaseImageConfig {
+    let c = config.config.clone().unwrap_or_default();
+    BaseImageConfig {
+        env: c.env.unwrap_or_default(),
+        working_dir: c.working_dir.unwrap_or_default(),
+        user: c.user.unwrap_or_default(),
+        shell: c.shell.unwrap_or_default(),
+        on_build: c.on_build.unwrap_or_default(),
+    }
+}
+
+/// The configs of the `wanted` images, keyed `reference@platform` as the
+/// planner looks them up, for a client that plans a build a builder
+/// daemon runs: each read from `store` when it holds the image's manifest
+/// and config and `pull` is false, else fetched from its registry with its
+/// manifest (no layer is downloaded: the daemon pulls the layers it needs).
+pub async fn resolve_configs(
+    store: &ContentStore,
+    registry: &kbuild_registry::Client,
+    wanted: &[(String, Platform)],
+    pull: bool,
+) -> Result<BTreeMap<String, BaseImageConfig>, SolveError> {
+    let one = |reference: &str, platform: &Platform| {
+        let reference = reference.to_string();
+        let platform = platform.clone();
+        async move {
+            if !pull {
+                if let Some(root) = store.get_ref(&image_ref_name(&reference)?)? {
+                    if let Some(img) = stored_image(store, &reference, &root, &platform, false)? {
+                        return Ok::<_, SolveError>(planner_config(&img.config));
                     }
                 }
             }
-        };
-        if !self.store.has(&manifest_digest) {
-            return Ok(None);
+            let r = kbuild_registry::Reference::parse(&reference)?;
+            let pulled = registry.pull_config(&r, &platform, store).await?;
+            let bytes = store.read(&pulled.config_digest)?;
+            Ok(planner_config(&ImageConfig::parse(&bytes)?))
         }
-        let manifest = Manifest::parse(&self.store.read(&manifest_digest)?)?;
-        if !self.store.has(&manifest.config.digest) {
-            return Ok(None);
-        }
-        let config = ImageConfig::parse(&self.store.read(&manifest.config.digest)?)?;
-        if lone {
-            // A manifest without an index is only right if its config says
-            // so (the registry client checks the same when it pulls one).
-            let offered = to_platform(&config.platform());
-            if !offered.as_ref().is_some_and(|p| platform.matches(p)) {
-                return Err(SolveError::PlatformNotOffered {
-                    image: reference.to_string(),
-                    wanted: platform.to_string(),
-                    offered: vec![offered.map_or_else(
-                        || {
-                            let p = config.platform();
-                            format!("{}/{}", p.os, p.architecture)
-                        },
-                        |p| p.to_string(),
-                    )],
-                });
-            }
-        }
-        if config.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(SolveError::LayerCount {
-                reference: reference.to_string(),
-                config: config.rootfs.diff_ids.len(),
-                manifest: manifest.layers.len(),
-            });
-        }
-        let mut layers = Vec::new();
-        for (d, diff_id) in manifest.layers.iter().zip(config.rootfs.diff_ids.iter()) {
-            if !self.store.has(&d.digest) && d.urls.is_empty() {
-                return Ok(None);
-            }
-            layers.push(LayerRef {
-                diff_id: *diff_id,
-                descriptor: d.clone(),
-            });
-        }
-        Ok(Some(BaseImage {
-            config,
-            layers,
-            manifest_digest,
-        }))
+    };
+    let resolved = futures_util::future::join_all(wanted.iter().map(|(r, p)| one(r, p))).await;
+    let mut configs = BTreeMap::new();
+    for ((r, p), config) in wanted.iter().zip(resolved) {
+        configs.insert(format!("{r}@{p}"), config?);
     }
+    Ok(configs)
+}
+
+/// Read an image for `platform` from `store`; `None` when the stored index
+/// has no matching platform or a blob is missing (a layer only counts when
+/// `need_layers`: a planner needs the config alone).
+fn stored_image(
+    store: &ContentStore,
+    reference: &str,
+    root: &Digest,
+    platform: &Platform,
+    need_layers: bool,
+) -> Result<Option<BaseImage>, SolveError> {
+    if !store.has(root) {
+        return Ok(None);
+    }
+    let bytes = store.read(root)?;
+    let (manifest_digest, lone) = match Document::parse(&bytes)? {
+        Document::Manifest(_) => (*root, true),
+        Document::Index(index) => {
+            let candidates: Vec<(usize, Platform)> = index
+                .manifests
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| d.platform.as_ref().and_then(to_platform).map(|p| (i, p)))
+                .collect();
+            let plats: Vec<Platform> = candidates.iter().map(|(_, p)| p.clone()).collect();
+            match platform.best_match(plats.iter()) {
+                Some(k) => (index.manifests[candidates[k].0].digest, false),
+                None => {
+                    let mut offered: Vec<String> = Vec::new();
+                    // Attestation manifests say unknown/unknown: not worth listing.
+                    for p in plats.iter().filter(|p| p.os != "unknown") {
+                        let p = p.to_string();
+                        if !offered.contains(&p) {
+                            offered.push(p);
+                        }
+                    }
+                    return Err(SolveError::PlatformNotOffered {
+                        image: reference.to_string(),
+                        wanted: platform.to_string(),
+                        offered,
+                    });
+                }
+            }
+        }
+    };
+    if !store.has(&manifest_digest) {
+        return Ok(None);
+    }
+    let manifest = Manifest::parse(&store.read(&manifest_digest)?)?;
+    if !store.has(&manifest.config.digest) {
+        return Ok(None);
+    }
+    let config = ImageConfig::parse(&store.read(&manifest.config.digest)?)?;
+    if lone {
+        // A manifest without an index is only right if its config says
+        // so (the registry client checks the same when it pulls one).
+        let offered = to_platform(&config.platform());
+        if !offered.as_ref().is_some_and(|p| platform.matches(p)) {
+            return Err(SolveError::PlatformNotOffered {
+                image: reference.to_string(),
+                wanted: platform.to_string(),
+                offered: vec![offered.map_or_else(
+                    || {
+                        let p = config.platform();
+                        format!("{}/{}", p.os, p.architecture)
+                    },
+                    |p| p.to_string(),
+                )],
+            });
+        }
+    }
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(SolveError::LayerCount {
+            reference: reference.to_string(),
+            config: config.rootfs.diff_ids.len(),
+            manifest: manifest.layers.len(),
+        });
+    }
+    let mut layers = Vec::new();
+    for (d, diff_id) in manifest.layers.iter().zip(config.rootfs.diff_ids.iter()) {
+        if need_layers && !store.has(&d.digest) && d.urls.is_empty() {
+            return Ok(None);
+        }
+        layers.push(LayerRef {
+            diff_id: *diff_id,
+            descriptor: d.clone(),
+        });
+    }
+    Ok(Some(BaseImage {
+        config,
+        layers,
+        manifest_digest,
+    }))
 }

@@ -252,7 +252,7 @@ impl Solver {
                 };
                 let r = kbuild_registry::Reference::parse(reference).map_err(registry_err)?;
                 self.registry
-                    .push(&[r], &(&root).into(), &self.store)
+                    .push(&[r], &root, &self.store)
                     .await
                     .map_err(registry_err)?;
             }

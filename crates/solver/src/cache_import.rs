@@ -282,12 +282,9 @@ async fn load_registry(solver: &Solver, reference: &str) -> Result<(Origin, Reco
         Document::Manifest(m) => manifests.push(m),
         Document::Index(index) => {
             for d in index.manifests.iter().filter(|d| d.is_manifest()) {
-                let digest =
-                    <oci_spec::image::Digest as std::str::FromStr>::from_str(&d.digest.to_string())
-                        .map_err(|e| e.to_string())?;
                 let (_, bytes) = solver
                     .registry
-                    .resolve(&r.with_digest(digest))
+                    .resolve(&r.with_digest(d.digest))
                     .await
                     .map_err(|e| e.to_string())?;
                 manifests.push(Manifest::parse(&bytes).map_err(|e| e.to_string())?);

@@ -2,7 +2,7 @@
 //! Kubernetes node's, for `--load` of builders in a cluster) through
 //! [`kbuild_containerd`].
 
-use crate::engine::{BuildResult, Solver};
+use crate::engine::{Solved, Solver};
 use crate::error::SolveError;
 use crate::options::Output;
 
@@ -14,7 +14,7 @@ const LEASE_SECONDS: i64 = 3600;
 /// CLI prints.
 pub(crate) async fn export(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
 ) -> Result<String, SolveError> {
     let target = out.containerd.clone().unwrap_or_default();

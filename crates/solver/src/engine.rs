@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 pub use crate::assemble::rfc3339;
 use crate::base::Images;
-pub use crate::base::{graph_images, image_ref_name, images_needed};
+pub use crate::base::{graph_images, image_ref_name, images_needed, resolve_configs};
 pub use crate::error::{GraphProblem, LayerError, OutputError, SolveError, StepError};
 pub use crate::layer::{apply_layers, LayerRef};
 use crate::options::{NetworkMode, SecretSpec, SshSpec};
@@ -143,10 +143,8 @@ pub struct PlatformImage {
 pub struct BuildResult {
     /// The plan that ran.
     pub plan: BuildPlan,
-    /// One image per target platform, in request order.
-    pub images: Vec<PlatformImage>,
-    /// The image index (several platforms) or the manifest (one platform).
-    pub root: Descriptor,
+    /// One image per target platform, in request order, and the root.
+    pub solved: Solved,
 }
 
 /// What a graph produced.
@@ -244,11 +242,7 @@ impl Solver {
         let graph = graph::lower(&plan).map_err(in_file)?;
         self.ensure_emulation(&graph)?;
         let solved = self.run(&graph, ctx, images).await?;
-        Ok(BuildResult {
-            plan,
-            images: solved.images,
-            root: solved.root,
-        })
+        Ok(BuildResult { plan, solved })
     }
 
     /// Execute an op graph (one lowered here or received from a client):
@@ -377,18 +371,6 @@ impl Solver {
 fn base_configs(images: &Images) -> std::collections::BTreeMap<String, BaseImageConfig> {
     images
         .iter()
-        .map(|((r, p), img)| {
-            let c = img.config.config.clone().unwrap_or_default();
-            (
-                format!("{r}@{p}"),
-                BaseImageConfig {
-                    env: c.env.unwrap_or_default(),
-                    working_dir: c.working_dir.unwrap_or_default(),
-                    user: c.user.unwrap_or_default(),
-                    shell: c.shell.unwrap_or_default(),
-                    on_build: c.on_build.unwrap_or_default(),
-                },
-            )
-        })
+        .map(|((r, p), img)| (format!("{r}@{p}"), crate::base::planner_config(&img.config)))
         .collect()
 }

@@ -305,9 +305,6 @@ pub enum OutputError {
         /// Why.
         source: std::io::Error,
     },
-    /// The root descriptor does not convert to the registry's model (a bug).
-    #[error("internal error: the image's root descriptor does not convert for the registry: {0}")]
-    Descriptor(#[source] serde_json::Error),
     /// A filesystem tar (from a build daemon) could not be applied.
     #[error("{}: {source}", dest.display())]
     Apply {

@@ -3,7 +3,7 @@
 //! or directory). File outputs are written beside their destination and
 //! renamed into place, so a failed export leaves nothing half-written.
 
-use crate::engine::{apply_layers, image_ref_name, BuildResult, SolveError, Solver};
+use crate::engine::{apply_layers, image_ref_name, SolveError, Solved, Solver};
 use crate::error::OutputError;
 use crate::options::{LayerHook, Output, OutputKind};
 use kbuild_image::export;
@@ -31,11 +31,6 @@ pub struct ExportReport {
     /// What a filesystem output left out on purpose (device nodes,
     /// setuid/setgid bits), one line each.
     pub notes: Vec<String>,
-}
-
-fn oci_descriptor(d: &Descriptor) -> Result<oci_spec::image::Descriptor, SolveError> {
-    let v = serde_json::to_value(d).map_err(OutputError::Descriptor)?;
-    Ok(serde_json::from_value(v).map_err(OutputError::Descriptor)?)
 }
 
 fn tar_options(solver: &Solver) -> TarOptions {
@@ -129,7 +124,7 @@ fn references(out: &Output) -> Result<Vec<kbuild_registry::Reference>, SolveErro
 /// Run every output in order.
 pub async fn export(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     outputs: &[Output],
 ) -> Result<ExportReport, SolveError> {
     export_with(solver, result, outputs, None).await
@@ -139,7 +134,7 @@ pub async fn export(
 /// `early` started during the build instead of starting them again.
 pub async fn export_with(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     outputs: &[Output],
     early: Option<&EarlyPush>,
 ) -> Result<ExportReport, SolveError> {
@@ -168,7 +163,7 @@ pub async fn export_with(
 /// (waiting for `early`'s uploads, once).
 async fn push_or_store(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
     early: &mut Option<&EarlyPush>,
     report: &mut ExportReport,
@@ -182,15 +177,10 @@ async fn push_or_store(
     }
     if out.push {
         let refs = references(out)?;
-        let root = oci_descriptor(&result.root)?;
+        let root = &result.root;
         match early.take() {
-            Some(e) => {
-                solver
-                    .registry()
-                    .push_with(&refs, &root, &e.uploads)
-                    .await?
-            }
-            None => solver.registry().push(&refs, &root, store).await?,
+            Some(e) => solver.registry().push_with(&refs, root, &e.uploads).await?,
+            None => solver.registry().push(&refs, root, store).await?,
         }
         report.pushed.extend(out.names.iter().cloned());
     }
@@ -198,11 +188,7 @@ async fn push_or_store(
 }
 
 /// `type=oci`: a layout tarball (a file or standard output) or directory.
-async fn write_oci(
-    solver: &Solver,
-    result: &BuildResult,
-    out: &Output,
-) -> Result<PathBuf, SolveError> {
+async fn write_oci(solver: &Solver, result: &Solved, out: &Output) -> Result<PathBuf, SolveError> {
     let dest = dest_of(out)?;
     let ref_name = out.names.first().map(|n| tag_of(n));
     let store = solver.store().clone();
@@ -233,7 +219,7 @@ async fn write_oci(
 /// the Docker daemon (no `dest`).
 async fn write_docker(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
     report: &mut ExportReport,
 ) -> Result<(), SolveError> {
@@ -285,7 +271,7 @@ async fn write_docker(
 /// a note for what a directory on this machine left out.
 async fn write_files(
     solver: &Solver,
-    result: &BuildResult,
+    result: &Solved,
     out: &Output,
     report: &mut ExportReport,
 ) -> Result<(), SolveError> {

@@ -105,7 +105,60 @@ pub struct Graph {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A serialised graph that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The graph was written in a format version this reader does not know.
+    #[error(
+        "graph format version {found} is not supported; this builder reads version {supported}"
+    )]
+    Version {
+        /// The graph's `version`.
+        found: u32,
+        /// [`FORMAT_VERSION`].
+        supported: u32,
+    },
+    /// The bytes are not a graph of this version.
+    #[error("the op graph is not valid JSON of format version {version}: {source}")]
+    Json {
+        /// The version the graph claims.
+        version: u32,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 impl Graph {
+    /// The graph as JSON, its wire form (what `--dry-run=json` prints under
+    /// `graph`, compact): what a client sends a builder daemon.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Reads [`Graph::to_json`]'s bytes. The version is checked first, so a
+    /// graph of another format version is [`DecodeError::Version`] however
+    /// its ops look.
+    pub fn from_json(bytes: &[u8]) -> Result<Graph, DecodeError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let version = serde_json::from_slice::<Versioned>(bytes)
+            .map_err(|source| DecodeError::Json {
+                version: FORMAT_VERSION,
+                source,
+            })?
+            .version;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::Version {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(|source| DecodeError::Json { version, source })
+    }
+
     /// The op with this id, if the graph has it.
     pub fn op(&self, id: &OpId) -> Option<&Op> {
         self.ops.iter().find(|o| o.id == *id)

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
+use kbuild_image::Descriptor;
 use kbuild_image::{ContentStore, Digest};
 use kbuild_registry::{Client, ClientOptions, Credentials};
-use oci_spec::image::{Descriptor, MediaType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -91,7 +91,7 @@ pub fn index(
     .unwrap();
     let digest = put(store, &bytes);
     (
-        Descriptor::new(MediaType::ImageIndex, bytes.len() as u64, digest),
+        Descriptor::new(OCI_INDEX, digest, bytes.len() as u64),
         bytes,
     )
 }

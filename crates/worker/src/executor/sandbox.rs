@@ -209,7 +209,28 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
     if !spec.privileged {
         harden(&spec.proc_dir, &spec.sys_dir)?;
     }
-    for m in &spec.mounts {
+    mount_step_mounts(&spec.mounts)?;
+    enter_root(spec)?;
+    make_cwd(&spec.cwd, spec.uid, spec.gid)?;
+    // SAFETY: single-threaded.
+    match ctx(unsafe { fork() }, || "fork the command".into())? {
+        ForkResult::Child => {
+            let message = exec_command(spec);
+            report(&Status::Exec(message));
+            // SAFETY: leave without running anything of the parent's.
+            unsafe { libc::_exit(127) }
+        }
+        ForkResult::Parent { child } => {
+            reap_until(child);
+            Ok(())
+        }
+    }
+}
+
+/// The step's own mounts (RUN --mount binds and tmpfs), in order, on
+/// mount points made to fit.
+fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), String> {
+    for m in mounts {
         match m {
             HelperMount::Bind {
                 source,
@@ -250,6 +271,14 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// Makes the prepared root the process's `/` (pivot_root, the old root
+/// detached), then sets the hostname and, in a new network namespace,
+/// brings up the loopback interface.
+fn enter_root(spec: &HelperSpec) -> Result<(), String> {
+    let root = &spec.rootfs;
     ctx(nix::unistd::chdir(root), || {
         format!("enter {}", root.display())
     })?;
@@ -266,20 +295,7 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
     if spec.new_network {
         ctx(loopback_up(), || "bring up the loopback interface".into())?;
     }
-    make_cwd(&spec.cwd, spec.uid, spec.gid)?;
-    // SAFETY: single-threaded.
-    match ctx(unsafe { fork() }, || "fork the command".into())? {
-        ForkResult::Child => {
-            let message = exec_command(spec);
-            report(&Status::Exec(message));
-            // SAFETY: leave without running anything of the parent's.
-            unsafe { libc::_exit(127) }
-        }
-        ForkResult::Parent { child } => {
-            reap_until(child);
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 /// Reaps every child (orphans are re-parented to us) until `main` ends,

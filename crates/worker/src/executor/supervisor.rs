@@ -212,6 +212,21 @@ fn supervise(
     cancel: &Cancel,
     output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<ExitStatus> {
+    let (mut child, mut sources) = spawn_helper(exec, spec)?;
+    let (statuses, killed) = pump(exec, &mut child, &mut sources, cancel, output)?;
+    let waited = child.wait();
+    // Also when the helper died first: a terminal's Ctrl-C reaches it
+    // before the caller's handler sets the flag.
+    if killed || cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    outcome(exec, spec, &statuses, waited)
+}
+
+/// Starts the sandbox helper with the status pipe at [`STATUS_FD`], writes
+/// `spec` to its standard input and returns its readable pipes (stdout,
+/// stderr, status).
+fn spawn_helper(exec: &Executor, spec: &HelperSpec) -> Result<(std::process::Child, Vec<Source>)> {
     let (status_r, status_w): (OwnedFd, OwnedFd) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| Error::Io {
             action: "create the status pipe for",
@@ -271,6 +286,19 @@ fn supervise(
         open: true,
     });
 
+    Ok((child, sources))
+}
+
+/// Reads the helper's pipes until all are closed: output goes to
+/// `output`, status lines are collected; a cancel kills the step's init and
+/// the helper. Returns the statuses and whether it killed them.
+fn pump(
+    exec: &Executor,
+    child: &mut std::process::Child,
+    sources: &mut [Source],
+    cancel: &Cancel,
+    output: &mut dyn FnMut(Stream, &[u8]),
+) -> Result<(Vec<Status>, bool)> {
     let mut status_buf: Vec<u8> = Vec::new();
     let mut statuses: Vec<Status> = Vec::new();
     let mut init_pid: Option<i32> = None;
@@ -340,13 +368,19 @@ fn supervise(
             }
         }
     }
-    let waited = child.wait();
-    // Also when the helper died first: a terminal's Ctrl-C reaches it
-    // before the caller's handler sets the flag.
-    if killed || cancel.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-    for s in &statuses {
+    Ok((statuses, killed))
+}
+
+/// The step's exit status from the helper's statuses: a setup or exec
+/// failure first, then how the command ended; a helper that reported
+/// neither died.
+fn outcome(
+    exec: &Executor,
+    spec: &HelperSpec,
+    statuses: &[Status],
+    waited: io::Result<std::process::ExitStatus>,
+) -> Result<ExitStatus> {
+    for s in statuses {
         match s {
             Status::Setup(m) => return Err(Error::Setup(m.clone())),
             Status::Exec(m) => {
@@ -358,7 +392,7 @@ fn supervise(
             _ => {}
         }
     }
-    for s in &statuses {
+    for s in statuses {
         match s {
             Status::Exited(c) => return Ok(ExitStatus::Code(*c)),
             Status::Signaled(sig) => return Ok(ExitStatus::Signal(*sig)),

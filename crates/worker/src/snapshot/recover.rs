@@ -150,6 +150,92 @@ fn tree_size(p: &Path) -> u64 {
     total
 }
 
+/// Every mount id that has a lock file or a directory under `mounts`, a
+/// snapshot under `snapshots` or a mount point, with the mount points below
+/// it (as mountinfo names them: resolved paths).
+fn entry_ids(mounts: &Path, snapshots: &Path) -> Result<BTreeMap<OsString, Vec<PathBuf>>> {
+    let real_mounts = fs::canonicalize(mounts).at("resolve", mounts)?;
+    let mut ids: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
+    for name in names(mounts)? {
+        let id = match name.as_bytes().strip_suffix(LOCK_SUFFIX.as_bytes()) {
+            Some(id) => OsString::from_vec(id.to_vec()),
+            None => name,
+        };
+        ids.entry(id).or_default();
+    }
+    for name in names(snapshots)? {
+        let id = name
+            .as_bytes()
+            .split(|b| *b == b'.')
+            .next()
+            .unwrap_or_default();
+        if !id.is_empty() {
+            ids.entry(OsString::from_vec(id.to_vec())).or_default();
+        }
+    }
+    for mp in mount_points_under(&real_mounts)? {
+        if let Some(first) = mp
+            .strip_prefix(&real_mounts)
+            .ok()
+            .and_then(|rel| rel.components().next())
+        {
+            ids.entry(first.as_os_str().to_os_string())
+                .or_default()
+                .push(mp.clone());
+        }
+    }
+    Ok(ids)
+}
+
+/// Mount `id`'s leftovers when no live process holds its lock: its mount
+/// points unmounted (deepest first), its directory and its snapshots never
+/// adopted removed, then the lock file.
+fn reclaim_mount(
+    mounts: &Path,
+    snapshots: &Path,
+    id: &OsString,
+    mut points: Vec<PathBuf>,
+    out: &mut Recovered,
+) -> Result<()> {
+    let mut lock_name = id.clone();
+    lock_name.push(LOCK_SUFFIX);
+    let lock_path = mounts.join(&lock_name);
+    let Some(claim) = FileLock::try_claim(&lock_path).at("lock", &lock_path)? else {
+        return Ok(()); // a live process's
+    };
+    // Deepest first, and the mount directory's own merged view in any
+    // case (mountinfo may name it differently).
+    let dir = mounts.join(id);
+    points.push(dir.join("merged"));
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    points.dedup();
+    for mp in points {
+        if unmount_path(&mp)? {
+            tracing::debug!(mount = %mp.display(), "unmounted the overlay of a dead process");
+            out.unmounted.push(mp);
+        }
+    }
+    if remove_tree(&dir)? {
+        tracing::debug!(dir = %dir.display(), "removed the mount directory of a dead process");
+        out.removed.push(dir);
+    }
+    for name in names(snapshots)? {
+        let b = name.as_bytes();
+        let ours = b
+            .strip_prefix(id.as_bytes())
+            .is_some_and(|rest| rest.is_empty() || rest.first() == Some(&b'.'));
+        if ours {
+            let p = snapshots.join(&name);
+            if remove_tree(&p)? {
+                tracing::debug!(dir = %p.display(), "removed a snapshot a dead process never adopted");
+                out.removed.push(p);
+            }
+        }
+    }
+    claim.remove().at("remove the mount lock", &lock_path)?;
+    Ok(())
+}
+
 impl Snapshotter {
     /// Reclaims what crashed processes left: overlay mounts under
     /// `mounts/` (unmounted, lazily when busy), their directories, committed
@@ -162,82 +248,17 @@ impl Snapshotter {
         let mut out = Recovered::default();
         let mounts = self.root.join("mounts");
         let snapshots = self.root.join("snapshots");
-        // mountinfo names resolved paths.
-        let real_mounts = fs::canonicalize(&mounts).at("resolve", &mounts)?;
+        for (id, points) in entry_ids(&mounts, &snapshots)? {
+            reclaim_mount(&mounts, &snapshots, &id, points, &mut out)?;
+        }
+        self.reclaim_unpacks(&mut out)?;
+        Ok(out)
+    }
 
-        // Every id that has a lock file, a mount directory, a snapshot or a
-        // mount point, with the mount points below it.
-        let mut ids: BTreeMap<OsString, Vec<PathBuf>> = BTreeMap::new();
-        for name in names(&mounts)? {
-            let id = match name.as_bytes().strip_suffix(LOCK_SUFFIX.as_bytes()) {
-                Some(id) => OsString::from_vec(id.to_vec()),
-                None => name,
-            };
-            ids.entry(id).or_default();
-        }
-        for name in names(&snapshots)? {
-            let id = name
-                .as_bytes()
-                .split(|b| *b == b'.')
-                .next()
-                .unwrap_or_default();
-            if !id.is_empty() {
-                ids.entry(OsString::from_vec(id.to_vec())).or_default();
-            }
-        }
-        for mp in mount_points_under(&real_mounts)? {
-            if let Some(first) = mp
-                .strip_prefix(&real_mounts)
-                .ok()
-                .and_then(|rel| rel.components().next())
-            {
-                ids.entry(first.as_os_str().to_os_string())
-                    .or_default()
-                    .push(mp.clone());
-            }
-        }
-
-        for (id, mut points) in ids {
-            let mut lock_name = id.clone();
-            lock_name.push(LOCK_SUFFIX);
-            let lock_path = mounts.join(&lock_name);
-            let Some(claim) = FileLock::try_claim(&lock_path).at("lock", &lock_path)? else {
-                continue; // a live process's
-            };
-            // Deepest first, and the mount directory's own merged view in
-            // any case (mountinfo may name it differently).
-            let dir = mounts.join(&id);
-            points.push(dir.join("merged"));
-            points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-            points.dedup();
-            for mp in points {
-                if unmount_path(&mp)? {
-                    tracing::debug!(mount = %mp.display(), "unmounted the overlay of a dead process");
-                    out.unmounted.push(mp);
-                }
-            }
-            if remove_tree(&dir)? {
-                tracing::debug!(dir = %dir.display(), "removed the mount directory of a dead process");
-                out.removed.push(dir);
-            }
-            for name in names(&snapshots)? {
-                let b = name.as_bytes();
-                let ours = b
-                    .strip_prefix(id.as_bytes())
-                    .is_some_and(|rest| rest.is_empty() || rest.first() == Some(&b'.'));
-                if ours {
-                    let p = snapshots.join(&name);
-                    if remove_tree(&p)? {
-                        tracing::debug!(dir = %p.display(), "removed a snapshot a dead process never adopted");
-                        out.removed.push(p);
-                    }
-                }
-            }
-            claim.remove().at("remove the mount lock", &lock_path)?;
-        }
-
-        // Half-unpacked layers: their unpacker holds locks/<hex>.lock.
-        // Layers a garbage collection was removing: it holds locks/gc.lock.
+    /// Half-unpacked layers in `tmp/` (their unpacker holds
+    /// `locks/<hex>.lock`) and layers a garbage collection was removing (it
+    /// holds `locks/gc.lock`), when no live process holds those locks.
+    fn reclaim_unpacks(&self, out: &mut Recovered) -> Result<()> {
         let tmp = self.root.join("tmp");
         let gc_lock = self.root.join("locks").join(GC_LOCK);
         for name in names(&tmp)? {
@@ -271,7 +292,7 @@ impl Snapshotter {
                 out.removed.push(p);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Garbage collection: [`Snapshotter::recover`], then removes every
