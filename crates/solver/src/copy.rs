@@ -618,9 +618,12 @@ fn write_entry(
     // The entry's name in the layer, while the tee is on.
     let mut rel = None;
     if let Some(t) = again(&mut tee).filter(|t| t.on()) {
-        if existing.is_some() {
-            // What replaces a file of the lowers (a whiteout, an opaque
-            // directory, or nothing) is for the diff to say.
+        // A file over a file of the lowers is a new file in the upper, as
+        // if there had been none; what replaces anything else (a whiteout,
+        // an opaque directory, a directory copied up) is for the diff to say.
+        let file_over_file =
+            ft.is_file() && existing.as_ref().is_some_and(|e| e.file_type().is_file());
+        if existing.is_some() && !file_over_file {
             t.off("an entry of the lower layers replaced");
         } else if let Some(r) = layer_rel(root, &host, cpath) {
             rel = Some(r);
