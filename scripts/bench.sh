@@ -92,15 +92,15 @@ if [[ $mode == large-copy ]]; then
                 -o "type=registry,name=$reg/bench/busybox:latest" --progress quiet >/dev/null
         fi
     }
-    from=scratch
     dockerfile=$work/Dockerfile.large
     # KBUILD_BENCH_LAYERS=2: the files in two COPY steps (the first half of
     # the directories, then the second), so the first layer can upload while
     # the second is made.
     dirs=$(( (files + 99) / 100 ))
-    trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true' EXIT
-    for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
+    # A fresh registry, the Dockerfile that names its base and the output.
+    prepare() {
         fresh_registry
+        local from=scratch
         if [[ $base == busybox ]]; then
             from=$reg/bench/busybox:latest
         fi
@@ -113,15 +113,19 @@ if [[ $mode == large-copy ]]; then
         else
             printf 'FROM %s\nCOPY . /data\n' "$from" >"$dockerfile"
         fi
-        section "large COPY (FROM $base), ${size_mb} MiB ($ctx_bytes bytes) in $files files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to $reg; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-        store=$work/store-large-$compression
         out="type=registry,name=$reg/bench/large:$compression,compression=$compression"
+    }
+    trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true' EXIT
+    for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
+        store=$work/store-large-$compression
         run() { MEASURE_PER_BYTES=$ctx_bytes scripts/measure.py "$1" "$K" --root "$store" "$ctx" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
         for i in $(seq 1 "${KBUILD_BENCH_RUNS:-1}"); do
-            if [[ $i -gt 1 ]]; then
-                fresh_registry
+            prepare
+            if [[ $i == 1 ]]; then
+                section "large COPY (FROM $base), ${size_mb} MiB ($ctx_bytes bytes) in $files files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to a local registry"
             fi
             rm -rf "$store"
+            echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
             run "cold $i (fresh store and registry)"
         done
         echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
