@@ -2,21 +2,28 @@
 # End-to-end benchmarks of the release binary (figures go into README.md).
 # Not part of the test suite: timings depend on the machine. Run as root.
 #   scripts/bench.sh [WORKDIR]              the default set below
-#   scripts/bench.sh large-copy [WORKDIR]   COPY of a 1 GiB / 20k-file context
-#                                           (KBUILD_BENCH_MB to change the size),
-#                                           pushed to a local registry: cold with
-#                                           a fresh store, warm with nothing
-#                                           changed, then one file changed, each
-#                                           with gzip and zstd; every line gives
-#                                           wall time, CPU/wall, bytes read and
-#                                           peak RSS (scripts/measure.py); the wall
-#                                           time runs from the start to the tag
-#                                           (the command ends once the tag is put)
-# Environment: KBUILD_BENCH_MB (context size), KBUILD_BENCH_LAYERS (large-copy:
-# 2 copies the same files in two COPY steps), KBUILD_BENCH_COMPRESSION
-# (large-copy: "gzip zstd" by default), KBUILD_BENCH_BIN (a kubectl-build
-# binary to measure instead of building this tree's release binary, e.g. an
-# older build for a before/after comparison).
+#   scripts/bench.sh large-copy [WORKDIR]   FROM busybox + COPY . /data of a
+#                                           1 GiB / 20k-file context, pushed to
+#                                           a local registry: cold with a fresh
+#                                           store, warm with nothing changed,
+#                                           then one file changed, each with gzip
+#                                           and zstd; every line gives wall time,
+#                                           CPU/wall, bytes read (and per byte of
+#                                           context) and peak RSS
+#                                           (scripts/measure.py); the wall time
+#                                           runs from the start to the tag (the
+#                                           command ends once the tag is put)
+# Environment: KBUILD_BENCH_MB (context size; e.g. 256 for a quick run),
+# KBUILD_BENCH_FILES (large-copy: number of files, 20000 by default; e.g. 5000),
+# KBUILD_BENCH_BASE (large-copy: "busybox", the default, built from the
+# busybox fixtures of scripts/fixtures.sh and pushed to the bench registry,
+# or "scratch"), KBUILD_BENCH_RUNS (large-copy: how many times each cold
+# build runs, each with a fresh store and registry; 1 by default),
+# KBUILD_BENCH_LAYERS (large-copy: 2 copies the files in two COPY steps),
+# KBUILD_BENCH_COMPRESSION (large-copy: "gzip zstd" by default),
+# KBUILD_BENCH_BIN (a kubectl-build binary to measure instead of building
+# this tree's release binary, e.g. an older build for a before/after
+# comparison).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=default
@@ -36,16 +43,16 @@ fi
 
 section() { printf '\n== %s\n' "$*"; }
 
-# A context of $2 MiB in 20,000 files under $1/data (compressible but not
-# trivial: text-like lines plus random bytes), made once per size.
+# A context of $2 MiB in $3 files (20,000 by default) under $1/data, 100
+# files a directory (compressible but not trivial: text-like lines plus
+# random bytes), made once per size.
 make_big_context() {
-    local root=$1 mb=$2
-    [[ -f $root/.done-$mb ]] && return
+    local root=$1 mb=$2 files=${3:-20000}
+    [[ -f $root/.done-$mb-$files ]] && return
     rm -rf "$root"
-    python3 - "$root" "$mb" <<'PY'
+    python3 - "$root" "$mb" "$files" <<'PY'
 import os, sys
-root, mb = sys.argv[1], int(sys.argv[2])
-n = 20000
+root, mb, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 per = mb * 1024 * 1024 // n
 os.makedirs(root, exist_ok=True)
 for i in range(n):
@@ -54,42 +61,76 @@ for i in range(n):
     with open(f"{d}/f{i}.txt", "wb") as fh:
         fh.write((f"{i:08d} " * 7 + "\n").encode() * (per // 72) + os.urandom(per // 8))
 open(f"{root}/Dockerfile", "w").write("FROM scratch\nCOPY data /data\n")
-open(f"{root}/.done-{mb}", "w").close()
+open(f"{root}/.done-{mb}-{n}", "w").close()
 PY
 }
 
 if [[ $mode == large-copy ]]; then
     size_mb=${KBUILD_BENCH_MB:-1024}
+    files=${KBUILD_BENCH_FILES:-20000}
+    base=${KBUILD_BENCH_BASE:-busybox}
     big=$work/ctxbig
-    make_big_context "$big" "$size_mb"
+    make_big_context "$big" "$size_mb" "$files"
+    ctx=$big/data
+    ctx_bytes=$(find "$ctx" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+    fixtures=${KBUILD_FIXTURES_DIR:-$PWD/target/fixtures}
+    if [[ $base == busybox && ! -d $fixtures/busybox/amd64 ]]; then
+        echo "error: $fixtures/busybox not found; run scripts/fixtures.sh (or KBUILD_BENCH_BASE=scratch)" >&2
+        exit 1
+    fi
     # The racy-write rule of the checksum cache ignores files written in the
     # last 2 s; a fresh context must age a little first.
     sleep 3
-    # A fresh registry: a blob left by an earlier run would not be uploaded.
-    scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
-    rm -rf "$work/registry"
-    reg=$(scripts/registry.sh start "$work/registry")
-    # KBUILD_BENCH_LAYERS=2: the same files in two COPY steps (d0-d99, then
-    # d100-d199), so the first layer can upload while the second is made.
-    dockerfile=$big/Dockerfile
-    if [[ ${KBUILD_BENCH_LAYERS:-1} == 2 ]]; then
-        dockerfile=$big/Dockerfile.layers2
-        {
-            echo "FROM scratch"
-            echo "COPY $(printf 'data/d%d ' $(seq 0 99))/data/"
-            echo "COPY $(printf 'data/d%d ' $(seq 100 199))/data/"
-        } >"$dockerfile"
-    fi
+    # A fresh registry (a blob left by an earlier run would not be
+    # uploaded), holding the base image when there is one.
+    fresh_registry() {
+        scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true
+        rm -rf "$work/registry"
+        reg=$(scripts/registry.sh start "$work/registry")
+        if [[ $base == busybox ]]; then
+            "$K" --root "$work/store-busybox" "$fixtures/busybox" --platform linux/amd64 \
+                -o "type=registry,name=$reg/bench/busybox:latest" --progress quiet >/dev/null
+        fi
+    }
+    dockerfile=$work/Dockerfile.large
+    # KBUILD_BENCH_LAYERS=2: the files in two COPY steps (the first half of
+    # the directories, then the second), so the first layer can upload while
+    # the second is made.
+    dirs=$(( (files + 99) / 100 ))
+    # A fresh registry, the Dockerfile that names its base and the output.
+    prepare() {
+        fresh_registry
+        local from=scratch
+        if [[ $base == busybox ]]; then
+            from=$reg/bench/busybox:latest
+        fi
+        if [[ ${KBUILD_BENCH_LAYERS:-1} == 2 ]]; then
+            {
+                echo "FROM $from"
+                echo "COPY $(printf 'd%d ' $(seq 0 $((dirs / 2 - 1))))/data/"
+                echo "COPY $(printf 'd%d ' $(seq $((dirs / 2)) $((dirs - 1))))/data/"
+            } >"$dockerfile"
+        else
+            printf 'FROM %s\nCOPY . /data\n' "$from" >"$dockerfile"
+        fi
+        out="type=registry,name=$reg/bench/large:$compression,compression=$compression"
+    }
     trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true' EXIT
     for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
-        section "large COPY, ${size_mb} MiB in 20k files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to $reg"
         store=$work/store-large-$compression
-        rm -rf "$store"
-        out="type=registry,name=$reg/bench/large:$compression,compression=$compression"
-        run() { scripts/measure.py "$1" "$K" --root "$store" "$big" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
-        run "cold (fresh store)"
+        run() { MEASURE_PER_BYTES=$ctx_bytes scripts/measure.py "$1" "$K" --root "$store" "$ctx" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
+        for i in $(seq 1 "${KBUILD_BENCH_RUNS:-1}"); do
+            prepare
+            if [[ $i == 1 ]]; then
+                section "large COPY (FROM $base), ${size_mb} MiB ($ctx_bytes bytes) in $files files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to a local registry"
+            fi
+            rm -rf "$store"
+            echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+            run "cold $i (fresh store and registry)"
+        done
+        echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
         run "warm (nothing changed)"
-        victim=$big/data/d0/f0.txt
+        victim=$ctx/d0/f0.txt
         cp "$victim" "$victim.orig"
         echo "changed $(date +%s%N)" >> "$victim"
         run "one file changed"

@@ -8,6 +8,9 @@ for, from /proc/PID/io (rchar), taken after it exited and before it is
 reaped, so cached files count too: it measures how often the tool reads its
 inputs, not the disk. Child processes (the RUN sandbox) are not included.
 
+With MEASURE_PER_BYTES=N in the environment (N > 0, e.g. the size of a
+build context), the line also gives the bytes read per one of those N bytes.
+
 usage: scripts/measure.py LABEL COMMAND [ARG...]
 """
 import os
@@ -39,9 +42,12 @@ def main() -> int:
     _, status, usage = os.wait4(proc.pid, 0)
     cpu = usage.ru_utime + usage.ru_stime
     code = os.waitstatus_to_exitcode(status)
+    per = int(os.environ.get("MEASURE_PER_BYTES") or 0)
     print(
         f"{label}: {wall:.2f} s wall, CPU/wall {cpu / wall if wall else 0:.2f}, "
-        f"{rchar / 1e6:.1f} MB read, {usage.ru_maxrss / 1024:.1f} MB peak RSS"
+        f"{rchar / 1e6:.1f} MB read"
+        + (f" ({rchar / per:.2f} bytes per context byte)" if per > 0 else "")
+        + f", {usage.ru_maxrss / 1024:.1f} MB peak RSS"
         + ("" if code == 0 else f", exit {code}")
     )
     return code

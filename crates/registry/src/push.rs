@@ -586,6 +586,7 @@ impl Client {
         loop {
             let outcome = if monolithic {
                 match grown(&mut feed, u64::MAX).await.and_then(|f| f.done) {
+                    Some((digest, _)) if self.already_there(&scope, &digest).await => return Ok(()),
                     Some((digest, size)) => {
                         let what = format!("blob {digest} to {repository}");
                         self.upload(&scope, &digest, size, store, &what, None, &mut retry, true)
@@ -603,7 +604,8 @@ impl Client {
                     self.uploaded(registry, repository, &digest, size);
                     return Ok(());
                 }
-                // Abandoned: the build that wrote it failed.
+                // Abandoned (the build that wrote it failed), or found in
+                // the repository once its digest was known.
                 Ok(None) => return Ok(()),
                 Err(failure) => failure,
             };
@@ -638,7 +640,13 @@ impl Client {
     }
 
     /// One session of [`Client::stream_blob`]: `Some((digest, size))` when
-    /// the blob went up, `None` when the writer abandoned it.
+    /// the blob went up, `None` when the writer abandoned it or the
+    /// repository turned out to have it. The digest of a blob still being
+    /// written is not known when its upload starts, so no HEAD can come
+    /// first: it comes as soon as the digest is known, before the rest of
+    /// the blob is sent, and a blob the repository has (identical bytes
+    /// built again without the cache) cancels the session (`DELETE`)
+    /// instead of closing it.
     async fn upload_growing(
         &self,
         scope: &Scope,
@@ -652,6 +660,9 @@ impl Client {
             return Ok(None);
         };
         if let Some((digest, size)) = first.done {
+            if self.already_there(scope, &digest).await {
+                return Ok(None);
+            }
             let what = format!("blob {digest} to {}", scope.repository);
             return self
                 .upload(scope, &digest, size, store, &what, None, retry, false)
@@ -663,10 +674,18 @@ impl Client {
         };
         let mut location = self.start_session(scope, what, retry).await?;
         let mut offset = 0u64;
+        let mut looked = false;
         loop {
             let Some(now) = grown(feed, offset + chunk).await else {
                 return Ok(None);
             };
+            if let (false, Some((digest, _))) = (looked, now.done) {
+                looked = true;
+                if self.already_there(scope, &digest).await {
+                    self.cancel(scope, &location, what).await;
+                    return Ok(None);
+                }
+            }
             let end = match now.done {
                 Some((_, size)) => size.min(offset + chunk),
                 None => offset + chunk,
@@ -684,6 +703,49 @@ impl Client {
                     self.close(scope, location, &digest, None, &what).await?;
                     return Ok(Some((digest, size)));
                 }
+            }
+        }
+    }
+
+    /// Whether the repository of `scope` has the blob `digest` (one HEAD,
+    /// no retries: without an answer the upload goes on); counted and
+    /// remembered as a mount source when it has.
+    async fn already_there(&self, scope: &Scope, digest: &Digest) -> bool {
+        let what = format!("blob {digest} to {}", scope.repository);
+        let Ok(url) = self
+            .api_url(
+                &scope.registry,
+                &scope.repository,
+                &format!("blobs/{digest}"),
+            )
+            .await
+        else {
+            return false;
+        };
+        if !self.blob_is_there(scope, &url, &what).await {
+            return false;
+        }
+        tracing::debug!(%what, "the repository has the blob already; not uploading it");
+        Counters::add(&self.inner.counters.blobs_existing, 1);
+        self.note_blob_source(&(*digest).into(), &scope.registry, &scope.repository);
+        true
+    }
+
+    /// Cancels the upload session at `location` (`DELETE`). A failure is
+    /// only logged: the registry drops sessions left open by itself.
+    async fn cancel(&self, scope: &Scope, location: &Url, what: &str) {
+        let req = Req::new(
+            Method::DELETE,
+            location.clone(),
+            format!("cancelling the upload of {what}"),
+        );
+        match self.send_once(scope, &req).await {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), %what, "the registry kept the upload session")
+            }
+            Err(f) => {
+                tracing::debug!(error = %f.error, %what, "cancelling the upload session failed")
             }
         }
     }

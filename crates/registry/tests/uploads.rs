@@ -434,3 +434,71 @@ async fn an_abandoned_layer_closes_no_upload() {
     assert!(log.len() <= settled + 1, "the upload went on: {log:?}");
     assert_eq!(uploads.started(), 0);
 }
+
+/// The same layer built again without the cache (identical bytes) streams
+/// again, since its digest is unknown while it is compressed; once the
+/// digest is known, a HEAD finds the blob in the repository and the
+/// session is cancelled (`DELETE`) instead of closed, so the rest of the
+/// blob is not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_layer_the_repository_has_is_not_sent_twice() {
+    let Some(registry) = registry() else { return };
+    let Some(proxy) = proxy(&registry, &[]) else {
+        return;
+    };
+    let target = Reference::parse(&format!("{}/again/img:1", proxy.host())).unwrap();
+    let mut patches = Vec::new();
+    let mut digests = Vec::new();
+    for build in 0..2 {
+        // Each build with its own store and client, as two processes.
+        let (_d, src) = store();
+        let client = client(2, 3, Duration::from_secs(30));
+        let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
+        let before = proxy.log().len();
+        let w = start_layer(&src, &uploads, 51, 3 << 20).await;
+        logged(&proxy, "PATCH while compressing", |l| l.kind == "patch").await;
+        let layer = finish_layer(w, 51, 1 << 20).await;
+        let digest = layer.descriptor.digest;
+        uploads.start(&digest, layer.descriptor.size);
+        let (root, _) = image_of(&src, &layer);
+        client
+            .push_with(std::slice::from_ref(&target), &root, &uploads)
+            .await
+            .unwrap();
+        let log: Vec<Logged> = proxy.log().split_off(before);
+        let stats = client.stats();
+        if build == 0 {
+            assert_eq!(stats.blobs_existing, 0, "{stats:?}");
+            assert_eq!(log.iter().filter(|l| closes(l, &digest)).count(), 1);
+            assert!(log.iter().all(|l| l.method != "DELETE"), "{log:?}");
+        } else {
+            assert_eq!(
+                stats.blobs_existing, 2,
+                "the layer and the config: {stats:?}"
+            );
+            assert_eq!(stats.blobs_uploaded, 0, "{stats:?}");
+            assert_eq!(
+                log.iter().filter(|l| closes(l, &digest)).count(),
+                0,
+                "{log:?}"
+            );
+            assert_eq!(
+                log.iter()
+                    .filter(|l| l.method == "DELETE" && l.target.contains("/blobs/uploads/"))
+                    .count(),
+                1,
+                "the session is cancelled: {log:?}"
+            );
+        }
+        patches.push(log.iter().filter(|l| l.kind == "patch").count());
+        digests.push(digest);
+    }
+    assert_eq!(digests[0], digests[1], "the same bytes");
+    // The first build sent the whole blob; the second stopped once the
+    // digest was known, at least the last write's worth of chunks sooner.
+    assert!(
+        patches[1] + ((1 << 20) / (48 << 10)) <= patches[0],
+        "PATCHes: {patches:?}"
+    );
+    assert!(stored(&registry, &digests[0]));
+}

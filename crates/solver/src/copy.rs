@@ -11,6 +11,7 @@
 
 use crate::fsutil::{clean_rel, has_wildcards, resolve_in_root, wildcard_match};
 use kbuild_dockerfile::graph::Chmod;
+use kbuild_worker::snapshot::EntryMeta;
 use sha2::{Digest as _, Sha256};
 use std::ffi::OsString;
 use std::fs;
@@ -348,8 +349,123 @@ fn walk_below(
 
 /// Perform the copy into `dest_root` (the step's root filesystem).
 pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyError> {
+    copy_teed(src, req, dest_root, None)
+}
+
+/// Told about each entry a copy writes into a fresh overlay upper, in the
+/// order a diff of the upper lists them, so that the layer is written while
+/// the files are copied, from the same reads ([`crate::layer::OnePass`]).
+/// A copy whose result it cannot describe exactly turns it off, and the
+/// layer is made by diffing the upper as for any other step.
+pub(crate) trait Tee {
+    /// Whether entries are still wanted.
+    fn on(&self) -> bool;
+    /// The copy does something the tee cannot describe: no more entries.
+    fn off(&mut self, why: &'static str);
+    /// A directory (relative to the root, no `/` around), see
+    /// [`kbuild_worker::snapshot::LayerEntries::dir`].
+    fn dir(&mut self, rel: &[u8], mtime: Option<i64>, in_lowers: bool);
+    /// A symlink now in place with its final metadata.
+    fn symlink(&mut self, rel: &[u8]);
+    /// A regular file about to get `meta`, with `len` bytes read from
+    /// `data`; `data` may be left partly or wholly unread.
+    fn file(&mut self, rel: &[u8], meta: &EntryMeta, len: u64, data: &mut dyn Read);
+    /// The file `rel` is complete: check it is what [`Tee::file`] said.
+    fn file_done(&mut self, rel: &[u8], meta: &EntryMeta, len: u64);
+}
+
+/// Reads a source file and writes what it reads to the copy, so that one
+/// read feeds both the copy and the layer.
+struct TeeRead<'a> {
+    from: &'a mut fs::File,
+    to: &'a mut fs::File,
+    /// A failed write to the copy: the copy's error.
+    failed: Option<io::Error>,
+}
+
+impl Read for TeeRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.from.read(buf)?;
+        if let Err(e) = self.to.write_all(&buf[..n]) {
+            let kind = e.kind();
+            self.failed = Some(e);
+            return Err(io::Error::new(kind, "writing the copy failed"));
+        }
+        Ok(n)
+    }
+}
+
+/// The path of `host` under `root` as a layer names it, if `host` is
+/// `root` joined with the clean container path `cpath` (no symlink was
+/// followed on the way, so the upper holds it under that name).
+fn layer_rel(root: &Path, host: &Path, cpath: &str) -> Option<Vec<u8>> {
+    let rel = host.strip_prefix(root).ok()?;
+    let want = cpath.trim_start_matches('/').trim_end_matches('/');
+    (rel.as_os_str().as_bytes() == want.as_bytes()).then(|| want.as_bytes().to_vec())
+}
+
+/// Each directory on the way to `cpath` (itself included), with whether it
+/// exists now; `None` when one is not a directory (a symlink, say).
+fn dirs_on_the_way(root: &Path, cpath: &str) -> Option<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for comp in cpath.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if !cur.is_empty() {
+            cur.push('/');
+        }
+        cur.push_str(comp);
+        match fs::symlink_metadata(root.join(&cur)) {
+            Ok(md) if md.is_dir() => out.push((cur.clone(), true)),
+            Ok(_) => return None,
+            Err(_) => out.push((cur.clone(), false)),
+        }
+    }
+    Some(out)
+}
+
+/// Tells `tee` about the directories made or found on the way to a copy's
+/// target (`stamp`: the mtime the last one gets once the copy is done).
+fn tee_dirs(tee: &mut Option<&mut dyn Tee>, dirs: Option<Vec<(String, bool)>>, stamp: Option<i64>) {
+    let Some(t) = again(tee).filter(|t| t.on()) else {
+        return;
+    };
+    let Some(dirs) = dirs else {
+        t.off("a symlink on the way to the destination");
+        return;
+    };
+    let last = dirs.len().saturating_sub(1);
+    for (i, (rel, existed)) in dirs.iter().enumerate() {
+        t.dir(
+            rel.as_bytes(),
+            if i == last { stamp } else { None },
+            *existed,
+        );
+    }
+}
+
+/// A shorter borrow of an optional tee.
+pub(crate) fn again<'b>(tee: &'b mut Option<&mut dyn Tee>) -> Option<&'b mut dyn Tee> {
+    match tee {
+        Some(t) => Some(&mut **t),
+        None => None,
+    }
+}
+
+/// [`copy`], telling `tee` (when given) about each entry it writes.
+pub(crate) fn copy_teed(
+    src: &Source,
+    req: &Request,
+    dest_root: &Path,
+    mut tee: Option<&mut dyn Tee>,
+) -> Result<(), CopyError> {
     let literal_sources = req.sources.len();
     let matched = expand(src, req)?;
+    if let Some(t) = again(&mut tee) {
+        // Several sources may write into one directory out of name order.
+        if matched.len() != 1 || req.parents {
+            t.off("several sources or --parents");
+        }
+    }
     let dest_slash = req.dest.ends_with('/');
     if literal_sources > 1 && !dest_slash {
         return Err(CopyError::DestNotDir(req.instruction));
@@ -376,6 +492,7 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
             } else {
                 dest.clone()
             };
+            let on_the_way = dirs_on_the_way(dest_root, &target);
             let target_host = mkdir_all(dest_root, &target, req)?;
             // --chmod is for what is copied, not for the directory that
             // receives it (BuildKit leaves that one's mode alone).
@@ -385,6 +502,7 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
             };
             set_meta(&target_host, &md, src, &top, false)?;
             dirs_to_stamp.push((target_host.clone(), md.clone()));
+            tee_dirs(&mut tee, on_the_way, Some(md.mtime()));
             let mut err = None;
             walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
                 let sub = rel
@@ -392,7 +510,7 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
                     .unwrap_or(rel)
                     .trim_start_matches('/');
                 let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
-                match write_entry(dest_root, &cpath, path, md, src, req) {
+                match write_entry(dest_root, &cpath, path, md, src, req, again(&mut tee)) {
                     Ok(Some(d)) => dirs_to_stamp.push((d, md.clone())),
                     Ok(None) => {}
                     Err(e) => err = Some(e),
@@ -403,6 +521,9 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
                 return Err(e);
             }
         } else if req.unpack_archives && is_archive(&m.path) {
+            if let Some(t) = again(&mut tee) {
+                t.off("an archive unpacked");
+            }
             let target_host = mkdir_all(dest_root, &dest, req)?;
             unpack_archive(&m.path, &target_host, dest_root, &dest)?;
         } else {
@@ -411,16 +532,21 @@ pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyErr
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let cpath = if dest_is_dir || req.parents {
+                let on_the_way = dirs_on_the_way(dest_root, &base_dest);
                 mkdir_all(dest_root, &base_dest, req)?;
+                tee_dirs(&mut tee, on_the_way, None);
                 format!("{}/{}", base_dest.trim_end_matches('/'), name)
             } else {
                 if let Some(parent) = Path::new(&dest).parent() {
-                    mkdir_all(dest_root, &parent.to_string_lossy(), req)?;
+                    let parent = parent.to_string_lossy();
+                    let on_the_way = dirs_on_the_way(dest_root, &parent);
+                    mkdir_all(dest_root, &parent, req)?;
+                    tee_dirs(&mut tee, on_the_way, None);
                 }
                 dest.clone()
             };
             let lmd = fs::metadata(&m.path).map_err(io_err(&m.path))?;
-            write_entry(dest_root, &cpath, &m.path, &lmd, src, req)?;
+            write_entry(dest_root, &cpath, &m.path, &lmd, src, req, again(&mut tee))?;
         }
     }
     // Directory mtimes last, after their children were written.
@@ -470,7 +596,8 @@ pub(crate) fn mkdir_all(root: &Path, cpath: &str, req: &Request) -> Result<PathB
     Ok(host)
 }
 
-/// Write one entry at container path `cpath`; returns the host path when it is a directory.
+/// Write one entry at container path `cpath`, telling `tee` about it;
+/// returns the host path when it is a directory.
 fn write_entry(
     root: &Path,
     cpath: &str,
@@ -478,6 +605,7 @@ fn write_entry(
     md: &fs::Metadata,
     src: &Source,
     req: &Request,
+    mut tee: Option<&mut dyn Tee>,
 ) -> Result<Option<PathBuf>, CopyError> {
     let (parent, name) = match cpath.rsplit_once('/') {
         Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
@@ -487,6 +615,24 @@ fn write_entry(
     let host = parent_host.join(name);
     let ft = md.file_type();
     let existing = fs::symlink_metadata(&host).ok();
+    // The entry's name in the layer, while the tee is on.
+    let mut rel = None;
+    if let Some(t) = again(&mut tee).filter(|t| t.on()) {
+        // A file over a file of the lowers is a new file in the upper, as
+        // if there had been none; what replaces anything else (a whiteout,
+        // an opaque directory, a directory copied up) is for the diff to say.
+        let file_over_file =
+            ft.is_file() && existing.as_ref().is_some_and(|e| e.file_type().is_file());
+        if existing.is_some() && !file_over_file {
+            t.off("an entry of the lower layers replaced");
+        } else if let Some(r) = layer_rel(root, &host, cpath) {
+            rel = Some(r);
+        } else {
+            t.off("a symlink on the way to an entry");
+        }
+    }
+    let mut tee = tee.filter(|_| rel.is_some());
+    let rel = rel.unwrap_or_default();
     if ft.is_dir() {
         match existing {
             Some(e) if e.is_dir() => {}
@@ -497,6 +643,10 @@ fn write_entry(
             None => fs::create_dir(&host).map_err(io_err(&host))?,
         }
         set_meta(&host, md, src, req, false)?;
+        if let Some(t) = tee {
+            // Its mtime is set once its children are written.
+            t.dir(&rel, Some(md.mtime()), false);
+        }
         return Ok(Some(host));
     }
     if let Some(e) = existing {
@@ -510,13 +660,41 @@ fn write_entry(
         let target = fs::read_link(src_path).map_err(io_err(src_path))?;
         std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
         set_meta(&host, md, src, req, true)?;
+        if let Some(t) = tee {
+            t.symlink(&rel);
+        }
     } else if ft.is_file() {
         let mut from = fs::File::open(src_path).map_err(io_err(src_path))?;
         let mut to = fs::File::create(&host).map_err(io_err(&host))?;
+        let (uid, gid) = owner(md, src, req);
+        let meta = EntryMeta {
+            mode: final_mode(md, req),
+            uid,
+            gid,
+            mtime: md.mtime(),
+        };
+        if let Some(t) = again(&mut tee) {
+            let mut data = TeeRead {
+                from: &mut from,
+                to: &mut to,
+                failed: None,
+            };
+            t.file(&rel, &meta, md.len(), &mut data);
+            if let Some(e) = data.failed {
+                return Err(io_err(&host)(e));
+            }
+        }
+        // What the tee left unread (all of it without a tee).
         io::copy(&mut from, &mut to).map_err(io_err(&host))?;
         drop(to);
         set_meta(&host, md, src, req, false)?;
+        if let Some(t) = tee {
+            t.file_done(&rel, &meta, md.len());
+        }
     } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        if let Some(t) = tee {
+            t.off("a device or fifo");
+        }
         let kind = if ft.is_char_device() {
             rustix::fs::FileType::CharacterDevice
         } else if ft.is_block_device() {
@@ -541,6 +719,23 @@ fn write_entry(
     Ok(None)
 }
 
+/// The owner a copied entry gets.
+fn owner(md: &fs::Metadata, src: &Source, req: &Request) -> (u32, u32) {
+    match req.chown {
+        Some(ids) => ids,
+        None if src.keep_owner => (md.uid(), md.gid()),
+        None => (0, 0),
+    }
+}
+
+/// The mode a copied entry (not a symlink) gets.
+fn final_mode(md: &fs::Metadata, req: &Request) -> u32 {
+    match &req.chmod {
+        Some(m) => m.apply(md.mode() & 0o7777, md.is_dir()),
+        None => md.mode() & 0o7777,
+    }
+}
+
 fn set_meta(
     host: &Path,
     md: &fs::Metadata,
@@ -548,17 +743,10 @@ fn set_meta(
     req: &Request,
     is_link: bool,
 ) -> Result<(), CopyError> {
-    let (uid, gid) = match req.chown {
-        Some(ids) => ids,
-        None if src.keep_owner => (md.uid(), md.gid()),
-        None => (0, 0),
-    };
+    let (uid, gid) = owner(md, src, req);
     std::os::unix::fs::lchown(host, Some(uid), Some(gid)).map_err(io_err(host))?;
     if !is_link {
-        let mode = match &req.chmod {
-            Some(m) => m.apply(md.mode() & 0o7777, md.is_dir()),
-            None => md.mode() & 0o7777,
-        };
+        let mode = final_mode(md, req);
         // After chown, which clears setuid/setgid bits.
         fs::set_permissions(host, fs::Permissions::from_mode(mode)).map_err(io_err(host))?;
         if !md.is_dir() {

@@ -91,13 +91,25 @@ pub(crate) async fn run(
         source_date_epoch: solver.opts.source_date_epoch,
         windows,
     };
-    let watch = x.layer_watch(op);
+    let mut watch = x.layer_watch(op);
     let layer = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mount = snaps.mount(&lowers).map_err(|source| StepError::Mount {
             what: "root",
             source,
         })?;
+        // One copy from a host directory: its layer is made while it copies.
+        let mut one_pass = if one_pass(&actions, &froms, windows) {
+            match layer::OnePass::start(&store, &opts, mount.upper(), watch.take()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let _ = mount.unmount();
+                    return Err(StepError::from(e));
+                }
+            }
+        } else {
+            None
+        };
         if let Err(e) = apply(
             &snaps,
             mount.merged(),
@@ -105,9 +117,14 @@ pub(crate) async fn run(
             &froms,
             instruction,
             windows,
+            one_pass.as_mut().map(|p| p as &mut dyn copy::Tee),
         ) {
+            drop(one_pass);
             let _ = mount.unmount();
             return Err(e);
+        }
+        if let Some(made) = one_pass.and_then(layer::OnePass::finish) {
+            return layer::commit_made(&snaps, mount, made);
         }
         layer::commit(&snaps, &store, mount, &lowers, &opts, watch)
     })
@@ -292,7 +309,19 @@ async fn copy_sources(
     Ok(froms)
 }
 
-/// Apply the actions in order to the mounted root `merged`.
+/// Whether the layer of `actions` can be made while they run
+/// ([`layer::OnePass`]): one copy from a host directory into a Linux root.
+fn one_pass(actions: &[FileAction], froms: &[Option<CopyFrom>], windows: bool) -> bool {
+    match actions {
+        [FileAction::Copy { input, .. }] => {
+            !windows && matches!(froms.get(*input), Some(Some(CopyFrom::Dir { .. })))
+        }
+        _ => false,
+    }
+}
+
+/// Apply the actions in order to the mounted root `merged`; a copy from a
+/// host directory tells `tee` what it writes.
 fn apply(
     snaps: &Snapshotter,
     merged: &Path,
@@ -300,6 +329,7 @@ fn apply(
     froms: &[Option<CopyFrom>],
     instruction: &'static str,
     windows: bool,
+    mut tee: Option<&mut dyn copy::Tee>,
 ) -> Result<(), StepError> {
     let path = |p: &str| {
         if windows {
@@ -316,7 +346,7 @@ fn apply(
                     req.chown = Some(users::chown_ids(merged, spec)?);
                 }
                 let from = froms.get(*input).and_then(Option::as_ref);
-                copy_from(snaps, merged, from, &req)?;
+                copy_from(snaps, merged, from, &req, copy::again(&mut tee))?;
             }
             FileAction::Mkfile {
                 path: p,
@@ -344,6 +374,7 @@ fn copy_from(
     merged: &Path,
     from: Option<&CopyFrom>,
     req: &copy::Request,
+    tee: Option<&mut dyn copy::Tee>,
 ) -> Result<(), StepError> {
     match from {
         Some(CopyFrom::Layers(lowers)) => {
@@ -378,7 +409,7 @@ fn copy_from(
                 keep_owner: false,
                 checksums: None,
             };
-            Ok(copy::copy(&src, req, merged)?)
+            Ok(copy::copy_teed(&src, req, merged, tee)?)
         }
         None => Err(StepError::NoContext),
     }

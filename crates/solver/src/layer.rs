@@ -4,12 +4,12 @@
 //! layer's snapshot), the Windows layer layout, and applying layers to a
 //! plain directory for the filesystem outputs.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use kbuild_image::{BlobWatch, Compression, ContentStore, Descriptor, Digest, LayerWriter};
 use kbuild_worker::snapshot::{
-    write_diff, ApplyOptions, ApplyReport, DiffOptions, Mount, Snapshotter,
+    write_diff, ApplyOptions, ApplyReport, DiffOptions, EntryMeta, LayerEntries, Mount, Snapshotter,
 };
 use serde::{Deserialize, Serialize};
 
@@ -153,9 +153,62 @@ impl Write for Chan {
     }
 }
 
+/// The thread that hashes and compresses a layer's tar stream into the
+/// store (parallel gzip or multi-threaded zstd: see
+/// [`kbuild_image::LayerWriter`]), fed in chunks through a bounded channel
+/// by the thread that reads files and writes the tar, so the two overlap.
+struct Compressor {
+    /// Sends `None` to abandon the layer.
+    abort: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    thread: std::thread::JoinHandle<Result<kbuild_image::Layer, LayerError>>,
+}
+
+impl Compressor {
+    /// A compressor writing into `store`, and the tar stream's input.
+    fn start(
+        store: &ContentStore,
+        compression: Compression,
+        watch: Option<Box<dyn BlobWatch>>,
+    ) -> Result<(Compressor, Chan), LayerError> {
+        let lw = LayerWriter::watched(store, compression, kbuild_image::default_threads(), watch)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+        let abort = tx.clone();
+        let thread = std::thread::spawn(move || -> Result<kbuild_image::Layer, LayerError> {
+            let mut lw = lw;
+            for chunk in rx {
+                match chunk {
+                    Some(c) => lw.write_all(&c)?,
+                    // The producer failed: drop the ingest instead of committing it.
+                    None => return Err(LayerError::Abandoned),
+                }
+            }
+            Ok(lw.finish()?)
+        });
+        let chan = Chan {
+            tx,
+            buf: Vec::with_capacity(CHUNK + 64 * 1024),
+        };
+        Ok((Compressor { abort, thread }, chan))
+    }
+
+    /// Drops the layer (its ingest is removed, its upload stopped).
+    fn abandon(self) {
+        let _ = self.abort.send(None);
+        drop(self.abort);
+        let _ = self.thread.join();
+    }
+
+    /// The committed layer, once every [`Chan`] is dropped.
+    fn finish(self) -> Result<kbuild_image::Layer, LayerError> {
+        drop(self.abort);
+        self.thread
+            .join()
+            .map_err(|_| LayerError::CompressorPanicked)?
+    }
+}
+
 /// Diff `dir` into a layer in the store. Reading files and writing the tar
-/// stream run on this thread; hashing and compressing on a second one, fed
-/// through a bounded channel, so the two overlap.
+/// stream run on this thread; hashing and compressing on others.
 fn write_layer(
     store: &ContentStore,
     compression: Compression,
@@ -164,25 +217,9 @@ fn write_layer(
     sde: Option<i64>,
     watch: Option<Box<dyn BlobWatch>>,
 ) -> Result<Option<kbuild_image::Layer>, LayerError> {
-    let lw = LayerWriter::watched(store, compression, kbuild_image::default_threads(), watch)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
-    let abort = tx.clone();
-    let compressor = std::thread::spawn(move || -> Result<kbuild_image::Layer, LayerError> {
-        let mut lw = lw;
-        for chunk in rx {
-            match chunk {
-                Some(c) => lw.write_all(&c)?,
-                // The producer failed: drop the ingest instead of committing it.
-                None => return Err(LayerError::Abandoned),
-            }
-        }
-        Ok(lw.finish()?)
-    });
+    let (compressor, chan) = Compressor::start(store, compression, watch)?;
     let produced = (|| -> Result<u64, LayerError> {
-        let mut tb = tar::Builder::new(Chan {
-            tx,
-            buf: Vec::with_capacity(CHUNK + 64 * 1024),
-        });
+        let mut tb = tar::Builder::new(chan);
         let stats = write_diff(
             dir,
             lowers,
@@ -195,18 +232,194 @@ fn write_layer(
         chan.flush()?;
         Ok(stats.entries)
     })();
-    if produced.is_err() {
-        let _ = abort.send(None);
-    }
-    drop(abort);
+    let entries = match produced {
+        Ok(n) => n,
+        Err(e) => {
+            compressor.abandon();
+            return Err(e);
+        }
+    };
     // Every sender is dropped now: the compressor ends.
-    let layer = compressor
-        .join()
-        .map_err(|_| LayerError::CompressorPanicked)?;
-    let entries = produced?;
+    let layer = compressor.finish()?;
     // An upper directory with nothing to report (only directories copied up
     // unchanged) is no layer: the op leaves an empty_layer history entry.
-    layer.map(|l| (entries > 0).then_some(l))
+    Ok((entries > 0).then_some(layer))
+}
+
+/// The layer of a COPY made while it copies: each file is read once, and
+/// that read both writes the snapshot and feeds the layer's tar stream
+/// ([`crate::copy::Tee`], [`LayerEntries`]), instead of reading the
+/// snapshot back to diff it. Used for a file op that is one copy from a
+/// host directory (the build context, a download) into a fresh upper.
+///
+/// Where the copy cannot say what a diff of the upper would write, the
+/// one pass is given up and [`commit`] diffs the upper as for any other
+/// step: several sources or `--parents` (entries out of name order), an
+/// archive unpacked by ADD, an entry that replaces one of the lower layers
+/// (whiteouts, opaque directories), a symlink on the way to the
+/// destination, devices and fifos, a file with xattrs, other links or
+/// metadata other than announced, and a destination directory of the
+/// lowers with nothing copied into it. The layer is byte-for-byte the one
+/// the diff would make.
+pub(crate) struct OnePass {
+    entries: Option<LayerEntries<Chan>>,
+    compressor: Option<Compressor>,
+}
+
+impl OnePass {
+    /// Starts the layer of a copy into the upper directory `upper`.
+    pub(crate) fn start(
+        store: &ContentStore,
+        opts: &LayerOptions,
+        upper: &Path,
+        watch: Option<Box<dyn BlobWatch>>,
+    ) -> Result<OnePass, LayerError> {
+        let (compressor, chan) = Compressor::start(store, opts.compression, watch)?;
+        let options = DiffOptions {
+            source_date_epoch: opts.source_date_epoch,
+        };
+        Ok(OnePass {
+            entries: Some(LayerEntries::new(tar::Builder::new(chan), upper, &options)),
+            compressor: Some(compressor),
+        })
+    }
+
+    /// The layer, if the one pass held to the end: `Some(None)` when the
+    /// copy wrote nothing; `None` when the upper must be diffed instead.
+    pub(crate) fn finish(mut self) -> Option<Option<kbuild_image::Layer>> {
+        let entries = self.entries.take()?;
+        let compressor = self.compressor.take()?;
+        let made = (|| -> Result<Option<u64>, LayerError> {
+            let Some((tb, stats)) = entries.finish()? else {
+                return Ok(None);
+            };
+            let mut chan = tb.into_inner()?;
+            chan.flush()?;
+            Ok(Some(stats.entries))
+        })();
+        match made {
+            Ok(Some(entries)) => match compressor.finish() {
+                Ok(layer) => {
+                    tracing::debug!(diff_id = %layer.diff_id, "layer made while copying");
+                    Some((entries > 0).then_some(layer))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the one-pass layer failed; diffing the upper");
+                    None
+                }
+            },
+            Ok(None) => {
+                tracing::debug!("the one-pass layer may differ from the diff; diffing the upper");
+                compressor.abandon();
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the one-pass layer failed; diffing the upper");
+                compressor.abandon();
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        tracing::debug!(%error, "{what}; the layer is made by diffing the upper");
+        self.turn_off();
+    }
+
+    fn turn_off(&mut self) {
+        // Dropping the tar builder writes its end into the channel: the
+        // compressor is abandoned right after.
+        self.entries = None;
+        if let Some(c) = self.compressor.take() {
+            c.abandon();
+        }
+    }
+}
+
+impl Drop for OnePass {
+    fn drop(&mut self) {
+        self.turn_off();
+    }
+}
+
+impl crate::copy::Tee for OnePass {
+    fn on(&self) -> bool {
+        self.entries.is_some()
+    }
+
+    fn off(&mut self, why: &'static str) {
+        if self.on() {
+            tracing::debug!(why, "the layer is made by diffing the upper");
+        }
+        self.turn_off();
+    }
+
+    fn dir(&mut self, rel: &[u8], mtime: Option<i64>, in_lowers: bool) {
+        if let Some(e) = self.entries.as_mut() {
+            e.dir(rel, mtime, in_lowers);
+        }
+    }
+
+    fn symlink(&mut self, rel: &[u8]) {
+        let Some(e) = self.entries.as_mut() else {
+            return;
+        };
+        match e.symlink(rel) {
+            Ok(true) => {}
+            Ok(false) => self.off("a symlink the diff may write otherwise"),
+            Err(error) => self.fail("writing a symlink's entry failed", &error),
+        }
+    }
+
+    fn file(&mut self, rel: &[u8], meta: &EntryMeta, len: u64, data: &mut dyn Read) {
+        let Some(e) = self.entries.as_mut() else {
+            return;
+        };
+        match e.file(rel, meta, len, data) {
+            Ok(true) => {}
+            Ok(false) => self.off("a directory the diff may write otherwise"),
+            Err(error) => self.fail("writing a file's entry failed", &error),
+        }
+    }
+
+    fn file_done(&mut self, rel: &[u8], meta: &EntryMeta, len: u64) {
+        let Some(e) = self.entries.as_ref() else {
+            return;
+        };
+        match e.file_is(rel, meta, len) {
+            Ok(true) => {}
+            Ok(false) => self.off("a file whose metadata differs from its entry"),
+            Err(error) => self.fail("checking a copied file failed", &error),
+        }
+    }
+}
+
+/// Unmount `mount` and keep its upper directory as the snapshot of
+/// `layer`, made by [`OnePass`] (`None`: the copy wrote nothing).
+pub(crate) fn commit_made(
+    snaps: &Snapshotter,
+    mount: Mount,
+    layer: Option<kbuild_image::Layer>,
+) -> Result<Option<LayerRef>, StepError> {
+    let snapshot = mount.commit().map_err(|source| StepError::Snapshot {
+        action: "unmount",
+        source,
+    })?;
+    let dir = snapshot.path().to_path_buf();
+    let Some(layer) = layer else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(None);
+    };
+    snaps
+        .adopt_layer(&layer.diff_id.to_string(), &dir)
+        .map_err(|source| StepError::Snapshot {
+            action: "keep the layer",
+            source,
+        })?;
+    Ok(Some(LayerRef {
+        diff_id: layer.diff_id,
+        descriptor: layer.descriptor,
+    }))
 }
 
 /// Move a committed upper directory under `Files/` and add an empty

@@ -152,31 +152,100 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
+/// An mtime as the layer records it: whole seconds, clamped to
+/// `SOURCE_DATE_EPOCH` when one is given.
+fn clamp_mtime(options: &DiffOptions, secs: i64) -> u64 {
+    let t = secs.max(0);
+    let t = match options.source_date_epoch {
+        Some(epoch) if t > epoch => epoch.max(0),
+        _ => t,
+    };
+    t as u64
+}
+
+/// The ustar header of an entry (size 0: the caller sets it for files).
+fn entry_header(options: &DiffOptions, kind: EntryType, meta: &EntryMeta) -> Header {
+    let mut h = Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(meta.mode & 0o7777);
+    h.set_uid(u64::from(meta.uid));
+    h.set_gid(u64::from(meta.gid));
+    h.set_mtime(clamp_mtime(options, meta.mtime));
+    h.set_size(0);
+    h
+}
+
+/// Appends one entry, preceded by a PAX header when ustar cannot hold it:
+/// the one tar entry writer of layers.
+fn append_entry<W: Write>(
+    out: &mut tar::Builder<W>,
+    stats: &mut DiffStats,
+    mut h: Header,
+    path: &[u8],
+    link: Option<&[u8]>,
+    xattrs: &[(String, Vec<u8>)],
+    data: impl Read,
+) -> Result<()> {
+    let name = display(path);
+    let mut pax = Vec::new();
+    if h.set_path(OsStr::from_bytes(path)).is_err() {
+        pax.extend(pax_record("path", path));
+        let field = &mut h.as_old_mut().name;
+        let n = path.len().min(field.len());
+        field.fill(0);
+        field[..n].copy_from_slice(&path[..n]);
+    }
+    if let Some(link) = link {
+        if h.set_link_name_literal(link).is_err() {
+            pax.extend(pax_record("linkpath", link));
+            let field = &mut h.as_old_mut().linkname;
+            let n = link.len().min(field.len());
+            field.fill(0);
+            field[..n].copy_from_slice(&link[..n]);
+        }
+    }
+    for (id, key) in [(h.uid(), "uid"), (h.gid(), "gid")] {
+        if id.map(|v| v > 0o7_777_777).unwrap_or(true) {
+            let value = if key == "uid" { h.uid() } else { h.gid() };
+            pax.extend(pax_record(key, value.unwrap_or(0).to_string().as_bytes()));
+        }
+    }
+    for (k, v) in xattrs {
+        pax.extend(pax_record(&format!("SCHILY.xattr.{k}"), v));
+    }
+    let fail = |source| Error::WriteTar {
+        entry: name.clone(),
+        source,
+    };
+    if !pax.is_empty() {
+        let mut xh = Header::new_ustar();
+        xh.set_entry_type(EntryType::XHeader);
+        xh.set_path("././@PaxHeader").map_err(fail)?;
+        xh.set_mode(0o644);
+        xh.set_mtime(0);
+        xh.set_size(pax.len() as u64);
+        xh.set_cksum();
+        out.append(&xh, &pax[..]).map_err(fail)?;
+    }
+    h.set_cksum();
+    out.append(&h, data).map_err(fail)?;
+    stats.entries += 1;
+    Ok(())
+}
+
 impl<W: Write> DiffWriter<'_, W> {
     fn mtime(&self, md: &Metadata) -> u64 {
-        let t = md.mtime().max(0);
-        let t = match self.options.source_date_epoch {
-            Some(epoch) if t > epoch => epoch.max(0),
-            _ => t,
-        };
-        t as u64
+        clamp_mtime(self.options, md.mtime())
     }
 
     fn header(&self, kind: EntryType, md: &Metadata) -> Header {
-        let mut h = Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(md.mode() & 0o7777);
-        h.set_uid(u64::from(md.uid()));
-        h.set_gid(u64::from(md.gid()));
-        h.set_mtime(self.mtime(md));
-        h.set_size(0);
-        h
+        entry_header(self.options, kind, &EntryMeta::of(md))
     }
 
-    /// Appends one entry, preceded by a PAX header when ustar cannot hold it.
+    /// Appends one entry after the directories held back above it.
     fn append(
         &mut self,
-        mut h: Header,
+        h: Header,
         path: &[u8],
         link: Option<&[u8]>,
         xattrs: &[(String, Vec<u8>)],
@@ -184,55 +253,19 @@ impl<W: Write> DiffWriter<'_, W> {
     ) -> Result<()> {
         if !self.pending.is_empty() {
             for (ph, ppath, pxattrs) in std::mem::take(&mut self.pending) {
-                self.append(ph, &ppath, None, &pxattrs, io::empty())?;
+                append_entry(
+                    self.out,
+                    &mut self.stats,
+                    ph,
+                    &ppath,
+                    None,
+                    &pxattrs,
+                    io::empty(),
+                )?;
                 self.stats.directories += 1;
             }
         }
-        let name = display(path);
-        let mut pax = Vec::new();
-        if h.set_path(OsStr::from_bytes(path)).is_err() {
-            pax.extend(pax_record("path", path));
-            let field = &mut h.as_old_mut().name;
-            let n = path.len().min(field.len());
-            field.fill(0);
-            field[..n].copy_from_slice(&path[..n]);
-        }
-        if let Some(link) = link {
-            if h.set_link_name_literal(link).is_err() {
-                pax.extend(pax_record("linkpath", link));
-                let field = &mut h.as_old_mut().linkname;
-                let n = link.len().min(field.len());
-                field.fill(0);
-                field[..n].copy_from_slice(&link[..n]);
-            }
-        }
-        for (id, key) in [(h.uid(), "uid"), (h.gid(), "gid")] {
-            if id.map(|v| v > 0o7_777_777).unwrap_or(true) {
-                let value = if key == "uid" { h.uid() } else { h.gid() };
-                pax.extend(pax_record(key, value.unwrap_or(0).to_string().as_bytes()));
-            }
-        }
-        for (k, v) in xattrs {
-            pax.extend(pax_record(&format!("SCHILY.xattr.{k}"), v));
-        }
-        let fail = |source| Error::WriteTar {
-            entry: name.clone(),
-            source,
-        };
-        if !pax.is_empty() {
-            let mut xh = Header::new_ustar();
-            xh.set_entry_type(EntryType::XHeader);
-            xh.set_path("././@PaxHeader").map_err(fail)?;
-            xh.set_mode(0o644);
-            xh.set_mtime(0);
-            xh.set_size(pax.len() as u64);
-            xh.set_cksum();
-            self.out.append(&xh, &pax[..]).map_err(fail)?;
-        }
-        h.set_cksum();
-        self.out.append(&h, data).map_err(fail)?;
-        self.stats.entries += 1;
-        Ok(())
+        append_entry(self.out, &mut self.stats, h, path, link, xattrs, data)
     }
 
     /// Whether the topmost lower that has `rel` has it as a directory with
@@ -491,6 +524,223 @@ impl<W: Write> DiffWriter<'_, W> {
             self.stats.devices += 1;
         }
         Ok(())
+    }
+}
+
+/// The metadata of an entry that its tar header records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Permission bits with setuid/setgid/sticky (file type bits ignored).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, whole seconds since the epoch (before clamping).
+    pub mtime: i64,
+}
+
+impl EntryMeta {
+    /// What `md` (an lstat) gives.
+    pub fn of(md: &Metadata) -> EntryMeta {
+        EntryMeta {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+        }
+    }
+}
+
+/// A directory [`LayerEntries`] holds back until an entry follows it.
+struct HeldDir {
+    rel: Vec<u8>,
+    mtime: Option<i64>,
+    in_lowers: bool,
+}
+
+/// Layer entries written while a step makes its changes, for a caller that
+/// knows every change as it makes it in a fresh upper directory (a COPY
+/// writes its layer while it copies, reading each file once). The entries,
+/// their order and their headers are what [`write_diff`] would give for the
+/// finished upper directory: metadata is read from the upper (`upper`) as
+/// [`write_diff`] reads it, file contents come from the caller's stream.
+///
+/// The caller reports entries in [`write_diff`]'s order (names sorted
+/// bytewise, a directory before its children) and only changes that
+/// [`write_diff`] renders as plain entries. Where the result could differ
+/// (an opaque directory, a file with xattrs or other links, a file whose
+/// metadata ended up other than announced, a directory of the lowers with
+/// nothing written below it), [`LayerEntries::finish`] or the method says
+/// so and the caller must diff the upper instead.
+pub struct LayerEntries<W: Write> {
+    out: tar::Builder<W>,
+    upper: PathBuf,
+    options: DiffOptions,
+    stats: DiffStats,
+    held: Vec<HeldDir>,
+    /// Directories whose mtime the caller sets after their children:
+    /// checked by [`LayerEntries::finish`].
+    stamped: Vec<(Vec<u8>, i64)>,
+}
+
+impl<W: Write> LayerEntries<W> {
+    /// Entries for the changes made in `upper`, written to `out`.
+    pub fn new(out: tar::Builder<W>, upper: &Path, options: &DiffOptions) -> LayerEntries<W> {
+        LayerEntries {
+            out,
+            upper: upper.to_path_buf(),
+            options: options.clone(),
+            stats: DiffStats::default(),
+            held: Vec::new(),
+            stamped: Vec::new(),
+        }
+    }
+
+    /// The directory `rel` of the upper (relative, no trailing `/`). Its
+    /// entry is written from the upper's metadata when the next entry is
+    /// (so changes made in it until then count), with `mtime` as its mtime
+    /// when the caller sets that after writing the children. `in_lowers`:
+    /// the directory is in a lower layer too, so [`write_diff`] writes it
+    /// only if something below it changed.
+    pub fn dir(&mut self, rel: &[u8], mtime: Option<i64>, in_lowers: bool) {
+        self.held.push(HeldDir {
+            rel: rel.to_vec(),
+            mtime,
+            in_lowers,
+        });
+    }
+
+    /// Writes the directories held back. `Ok(false)`: one of them is not a
+    /// plain directory entry (opaque, or gone).
+    fn release(&mut self) -> Result<bool> {
+        for d in std::mem::take(&mut self.held) {
+            let abs = self.upper.join(OsStr::from_bytes(&d.rel));
+            let md = match abs.symlink_metadata() {
+                Ok(md) if md.is_dir() => md,
+                _ => return Ok(false),
+            };
+            let opaque = fsutil::get_xattr(&abs, OPAQUE_XATTR).at("read the xattrs of", &abs)?;
+            if opaque.is_some() {
+                return Ok(false);
+            }
+            let xattrs: Vec<(String, Vec<u8>)> = fsutil::list_xattrs(&abs)
+                .at("read the xattrs of", &abs)?
+                .into_iter()
+                .filter(|(k, _)| keep_xattr(k))
+                .collect();
+            let mut meta = EntryMeta::of(&md);
+            if let Some(t) = d.mtime {
+                meta.mtime = t;
+                self.stamped.push((d.rel.clone(), t));
+            }
+            let h = entry_header(&self.options, EntryType::Directory, &meta);
+            let mut path = d.rel;
+            path.push(b'/');
+            append_entry(
+                &mut self.out,
+                &mut self.stats,
+                h,
+                &path,
+                None,
+                &xattrs,
+                io::empty(),
+            )?;
+            self.stats.directories += 1;
+        }
+        Ok(true)
+    }
+
+    /// The symlink `rel`, as the upper has it now. `Ok(false)`: not one
+    /// [`write_diff`] writes as a plain entry.
+    pub fn symlink(&mut self, rel: &[u8]) -> Result<bool> {
+        if !self.release()? {
+            return Ok(false);
+        }
+        let abs = self.upper.join(OsStr::from_bytes(rel));
+        let md = abs.symlink_metadata().at("inspect", &abs)?;
+        if !md.file_type().is_symlink() {
+            return Ok(false);
+        }
+        let xattrs: Vec<(String, Vec<u8>)> = fsutil::list_xattrs(&abs)
+            .at("read the xattrs of", &abs)?
+            .into_iter()
+            .filter(|(k, _)| keep_xattr(k))
+            .collect();
+        let target = fs::read_link(&abs).at("read the symlink", &abs)?;
+        let h = entry_header(&self.options, EntryType::Symlink, &EntryMeta::of(&md));
+        append_entry(
+            &mut self.out,
+            &mut self.stats,
+            h,
+            rel,
+            Some(target.as_os_str().as_bytes()),
+            &xattrs,
+            io::empty(),
+        )?;
+        self.stats.symlinks += 1;
+        Ok(true)
+    }
+
+    /// The regular file `rel` with `meta` and `len` bytes read from `data`
+    /// (an error unless it gives exactly `len`), written before its
+    /// metadata is final in the upper: check it with
+    /// [`LayerEntries::file_is`] once it is. `Ok(false)`: a directory held
+    /// back is not a plain entry; nothing of the file was read.
+    pub fn file(
+        &mut self,
+        rel: &[u8],
+        meta: &EntryMeta,
+        len: u64,
+        data: impl Read,
+    ) -> Result<bool> {
+        if !self.release()? {
+            return Ok(false);
+        }
+        let mut h = entry_header(&self.options, EntryType::Regular, meta);
+        h.set_size(len);
+        let data = Exact {
+            inner: io::BufReader::with_capacity(128 * 1024, data),
+            left: len,
+        };
+        append_entry(&mut self.out, &mut self.stats, h, rel, None, &[], data)?;
+        self.stats.regular_files += 1;
+        self.stats.content_bytes += len;
+        Ok(true)
+    }
+
+    /// Whether the upper's `rel` is now the file [`LayerEntries::file`]
+    /// wrote: a regular file with one link, no xattrs kept in layers, the
+    /// same mode, owner, mtime (in seconds) and size.
+    pub fn file_is(&self, rel: &[u8], meta: &EntryMeta, len: u64) -> Result<bool> {
+        let abs = self.upper.join(OsStr::from_bytes(rel));
+        let md = abs.symlink_metadata().at("inspect", &abs)?;
+        if !md.file_type().is_file() || md.nlink() != 1 || md.len() != len {
+            return Ok(false);
+        }
+        if EntryMeta::of(&md) != *meta {
+            return Ok(false);
+        }
+        let xattrs = fsutil::list_xattrs(&abs).at("read the xattrs of", &abs)?;
+        Ok(xattrs.iter().all(|(k, _)| !keep_xattr(k)))
+    }
+
+    /// Ends the entries: writes the directories still held back and checks
+    /// the mtimes set after the fact. `Ok(None)`: the layer
+    /// [`write_diff`] would make may differ; diff the upper instead.
+    /// Otherwise the tar builder (not finished) and what was written.
+    pub fn finish(mut self) -> Result<Option<(tar::Builder<W>, DiffStats)>> {
+        if self.held.iter().any(|d| d.in_lowers) || !self.release()? {
+            return Ok(None);
+        }
+        for (rel, mtime) in &self.stamped {
+            let abs = self.upper.join(OsStr::from_bytes(rel));
+            let md = abs.symlink_metadata().at("inspect", &abs)?;
+            if md.mtime() != *mtime {
+                return Ok(None);
+            }
+        }
+        Ok(Some((self.out, self.stats)))
     }
 }
 
