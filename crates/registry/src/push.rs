@@ -727,7 +727,7 @@ impl Client {
         }
         tracing::debug!(%what, "the repository has the blob already; not uploading it");
         Counters::add(&self.inner.counters.blobs_existing, 1);
-        self.note_blob_source(&(*digest).into(), &scope.registry, &scope.repository);
+        self.note_blob_source(digest, &scope.registry, &scope.repository);
         true
     }
 
