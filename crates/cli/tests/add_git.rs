@@ -47,9 +47,17 @@ impl GitDaemon {
             .unwrap()
             .port();
         let log = base.join("daemon.log");
-        let child = Command::new("git")
+        // `git daemon` runs git-daemon as its child, which killing `git`
+        // would leave behind (holding the test's stdout): start the
+        // program itself.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git --exec-path");
+        let program =
+            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
+        let child = Command::new(program)
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--export-all",
                 "--verbose",
@@ -58,6 +66,7 @@ impl GitDaemon {
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
+            .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("git daemon starts");
