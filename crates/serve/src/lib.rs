@@ -22,6 +22,7 @@
 
 #![deny(missing_docs)]
 
+mod context;
 mod session;
 
 use kbuild_platform::Platform;
