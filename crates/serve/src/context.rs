@@ -104,7 +104,8 @@ impl<R: Read> Entries<R> {
     }
 
     fn next(&mut self) -> std::io::Result<Option<v1::ContextEntry>> {
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         let mut len = 0u64;
         let mut shift = 0;
         loop {
@@ -281,7 +282,8 @@ impl Compare {
                 }
             }
         }
-        write_entry(&mut self.spool, &e, &mut self.buf).map_err(io(Path::new("the context spool")))?;
+        write_entry(&mut self.spool, &e, &mut self.buf)
+            .map_err(io(Path::new("the context spool")))?;
         self.last = Some(e.path);
         Ok(())
     }
@@ -569,9 +571,7 @@ fn apply(
     let mut open: Vec<OpenDir> = Vec::new();
     let mut written = 0u64;
     loop {
-        let e = new
-            .next()
-            .map_err(io(Path::new("the context spool")))?;
+        let e = new.next().map_err(io(Path::new("the context spool")))?;
         // Entries of the record before `e` (all of them after the last) are
         // no longer in the context.
         while let Some((o, _)) = old.as_ref() {
@@ -639,11 +639,7 @@ fn apply(
                     .tempfile_in(parent)
                     .map_err(io(parent))?;
                 std::fs::copy(&src, temp.path()).map_err(|source| SessionError::Context {
-                    path: format!(
-                        "{} (the content of {}; build again)",
-                        src.display(),
-                        e.path
-                    ),
+                    path: format!("{} (the content of {}; build again)", src.display(), e.path),
                     source,
                 })?;
                 remove_any(&target).map_err(io(&target))?;

@@ -363,7 +363,9 @@ impl Drop for SessionDir {
 /// them (removed once sent).
 type Finished = (v1::BuildDone, Vec<(u32, PathBuf)>, SessionDir);
 
-pub(crate) async fn next(inbound: &mut Streaming<v1::BuildClientMessage>) -> Result<In, SessionError> {
+pub(crate) async fn next(
+    inbound: &mut Streaming<v1::BuildClientMessage>,
+) -> Result<In, SessionError> {
     match inbound.message().await {
         Ok(Some(v1::BuildClientMessage { message: Some(m) })) => Ok(m),
         Ok(Some(_)) => Err(proto("an empty message")),
@@ -477,7 +479,15 @@ async fn session(
             }
         })
     };
-    let work = build(config, start, context_dir, checksums, queue, pending, cancel);
+    let work = build(
+        config,
+        start,
+        context_dir,
+        checksums,
+        queue,
+        pending,
+        cancel,
+    );
     let outcome = tokio::select! {
         r = work => { reader.abort(); r }
         _ = cancelled.notified() => {
