@@ -400,8 +400,10 @@ async fn session(
         let cache = kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &dir);
         // Held until the build ends: no other session of this context
         // changes the copy while the build reads it.
+        let began = std::time::Instant::now();
         let (lock, cache) =
             crate::context::sync(&state, &files, cache, &mut inbound, tx, transfer).await?;
+        let took = began.elapsed().as_secs_f64();
         context_lock = Some(lock);
         checksums = Some(cache);
         tracing::info!(
@@ -410,7 +412,7 @@ async fn session(
             files = transfer.files,
             bytes = transfer.bytes,
             written = transfer.written,
-            "context: received {} files ({} bytes), wrote {} entries into its copy",
+            "context: received {} files ({} bytes), wrote {} entries into its copy in {took:.3} s",
             transfer.files,
             transfer.bytes,
             transfer.written
