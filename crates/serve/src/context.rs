@@ -543,29 +543,26 @@ fn apply(
     // From here until the record is written, the copy is neither the old
     // record's nor the new one's.
     kbuild_image::write_atomic(&st.dirty(), b"")?;
-    let mut old = if fresh {
+    if fresh {
         remove_any(&dir).map_err(io(&dir))?;
-        None
-    } else {
-        old
     }
-    .and_then(|(first, r)| first.ok().flatten().map(|e| (e, r)));
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    // A record that stops being readable half-way: what is left of it is
-    // removed with the directory's other strays below.
+    let mut old = match old {
+        Some((first, r)) => first.map_err(io(&st.record()))?.map(|e| (e, r)),
+        None => None,
+    };
+    // Phase 1 read the record to its end; should it fail now, the session
+    // fails and the next one, finding `dirty`, starts afresh.
+    let record = st.record();
     let next_old = |old: &mut Option<(v1::ContextEntry, Entries<BufReader<File>>)>| {
-        if let Some((_, r)) = old.as_mut() {
-            match r.next() {
-                Ok(Some(e)) => {
-                    if let Some(o) = old.as_mut() {
-                        o.0 = e;
-                    }
-                    return;
-                }
-                Ok(None) | Err(_) => {}
+        if let Some((o, r)) = old.as_mut() {
+            if let Some(e) = r.next().map_err(io(&record))? {
+                *o = e;
+                return Ok(());
             }
         }
         *old = None;
+        Ok::<(), SessionError>(())
     };
     let mut new = Entries::new(BufReader::with_capacity(1 << 16, &mut *spool));
     let mut open: Vec<OpenDir> = Vec::new();
@@ -585,9 +582,9 @@ fn apply(
             let target = dir.join(&gone);
             remove_any(&target).map_err(io(&target))?;
             touch_parent(&mut open, &gone);
-            next_old(&mut old);
+            next_old(&mut old)?;
             while old.as_ref().is_some_and(|(o, _)| within(&o.path, &gone)) {
-                next_old(&mut old);
+                next_old(&mut old)?;
             }
         }
         let Some(e) = e else { break };
@@ -595,7 +592,7 @@ fn apply(
         let prev = match old.as_ref() {
             Some((o, _)) if o.path == e.path => {
                 let o = o.clone();
-                next_old(&mut old);
+                next_old(&mut old)?;
                 Some(o)
             }
             _ => None,
@@ -604,7 +601,7 @@ fn apply(
         if prev.as_ref().is_some_and(|p| p.mode & S_IFMT == S_IFDIR) && kind != S_IFDIR {
             // What was below the directory goes with it.
             while old.as_ref().is_some_and(|(o, _)| within(&o.path, &e.path)) {
-                next_old(&mut old);
+                next_old(&mut old)?;
             }
         }
         if prev.as_ref() == Some(&e) {
