@@ -492,6 +492,29 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A new file in `parent` with the content of the file cache's `src`: the
+/// cache file itself (a hard link, so the content is written once) when no
+/// copy of a context links it yet, else a copy. The content of a copy's
+/// file is never written in place (changes replace it), so the cache entry
+/// stays intact; its owner, mode and times become the copy's, which the
+/// cache does not use. Checking and linking happen under a lock on the
+/// cache file, so two copies never share one inode (and its metadata).
+fn place(src: &Path, parent: &Path) -> std::io::Result<tempfile::TempPath> {
+    use std::os::unix::fs::MetadataExt;
+    let cached = File::open(src)?;
+    rustix::fs::flock(&cached, rustix::fs::FlockOperation::LockExclusive)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".sync-");
+    if cached.metadata()?.nlink() == 1 {
+        if let Ok(t) = builder.make_in(parent, |p| std::fs::hard_link(src, p)) {
+            return Ok(t.into_temp_path());
+        }
+    }
+    let temp = builder.tempfile_in(parent)?;
+    std::fs::copy(src, temp.path())?;
+    Ok(temp.into_temp_path())
+}
+
 /// A directory the walk is in: its path, its times, whether they must be
 /// set again when the walk leaves it.
 struct OpenDir {
@@ -631,11 +654,7 @@ fn apply(
                 let hex = hex_of(&e.digest).unwrap_or_default();
                 let src = files.join(hex);
                 let parent = target.parent().unwrap_or(&dir);
-                let temp = tempfile::Builder::new()
-                    .prefix(".sync-")
-                    .tempfile_in(parent)
-                    .map_err(io(parent))?;
-                std::fs::copy(&src, temp.path()).map_err(|source| SessionError::Context {
+                let temp = place(&src, parent).map_err(|source| SessionError::Context {
                     path: format!("{} (the content of {}; build again)", src.display(), e.path),
                     source,
                 })?;
