@@ -433,31 +433,43 @@ pub(crate) async fn sync(
         .into_inner()
         .map_err(|e| io(Path::new("the context spool"))(e.into_error()))?;
     let files = files.to_path_buf();
-    let (written, checksums) = tokio::task::spawn_blocking(move || -> Result<_, SessionError> {
-        spool.rewind().map_err(io(Path::new("the context spool")))?;
-        let written = apply(&st, &files, &mut spool, fresh, &checksums)?;
-        spool.rewind().map_err(io(Path::new("the context spool")))?;
-        kbuild_image::write_atomic_with(&st.record(), |w| {
-            std::io::copy(&mut spool, w)
-                .map(|_| ())
-                .map_err(|source| kbuild_image::Error::Io {
-                    action: "write",
-                    path: st.record(),
-                    source,
-                })
-        })?;
-        std::fs::remove_file(st.dirty()).map_err(io(&st.dirty()))?;
-        // Kept now, whatever becomes of the build: the next session that
-        // finds nothing changed relies on it.
-        if let Err(e) = checksums.save(&st.dir()) {
-            tracing::warn!(error = %e, "could not keep the context checksum cache");
-        }
-        Ok((written, checksums))
+    let (written, checksums) = tokio::task::spawn_blocking(move || {
+        commit(&st, &files, &mut spool, fresh, &checksums).map(|w| (w, checksums))
     })
     .await
     .map_err(|e| proto(format!("update the context copy: {e}")))??;
     transfer.written = written;
     Ok((lock, checksums))
+}
+
+/// Phases 3 and 4: brings the copy to the spooled manifest, then makes the
+/// spool the record. Returns the entries written.
+fn commit(
+    st: &State,
+    files: &Path,
+    spool: &mut File,
+    fresh: bool,
+    checksums: &ChecksumCache,
+) -> Result<u64, SessionError> {
+    spool.rewind().map_err(io(Path::new("the context spool")))?;
+    let written = apply(st, files, spool, fresh, checksums)?;
+    spool.rewind().map_err(io(Path::new("the context spool")))?;
+    kbuild_image::write_atomic_with(&st.record(), |w| {
+        std::io::copy(spool, w)
+            .map(|_| ())
+            .map_err(|source| kbuild_image::Error::Io {
+                action: "write",
+                path: st.record(),
+                source,
+            })
+    })?;
+    std::fs::remove_file(st.dirty()).map_err(io(&st.dirty()))?;
+    // Kept now, whatever becomes of the build: the next session that finds
+    // nothing changed relies on it.
+    if let Err(e) = checksums.save(&st.dir()) {
+        tracing::warn!(error = %e, "could not keep the context checksum cache");
+    }
+    Ok(written)
 }
 
 fn set_times(path: &Path, nanos: i64) -> std::io::Result<()> {
@@ -702,6 +714,91 @@ mod tests {
         v.sort_by(|a, b| walk_order(a, b));
         assert_eq!(v, ["a", "a/x", "a/x/y", "a-c/z", "a.b", "b"]);
         assert!(within("a/x", "a") && within("a", "a") && !within("ab", "a"));
+    }
+
+    fn entry(path: &str, kind: u32, content: Option<&str>) -> v1::ContextEntry {
+        v1::ContextEntry {
+            path: path.to_string(),
+            mode: kind | if kind == S_IFDIR { 0o755 } else { 0o644 },
+            mtime_unix_nanos: 1_000_000_000,
+            size: content.map_or(0, |c| c.len() as u64),
+            digest: content
+                .map(|c| format!("sha256:{}", hex::encode(Sha256::digest(c))))
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn spooled(entries: &[v1::ContextEntry]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        let mut buf = Vec::new();
+        for e in entries {
+            write_entry(&mut f, e, &mut buf).unwrap();
+        }
+        f
+    }
+
+    #[test]
+    fn the_copy_follows_the_list_through_kind_changes_and_removals() {
+        let t = tempfile::tempdir().unwrap();
+        let st = State {
+            state: t.path().join("state"),
+        };
+        let files = t.path().join("files");
+        std::fs::create_dir_all(&st.state).unwrap();
+        std::fs::create_dir_all(&files).unwrap();
+        for c in ["one", "two"] {
+            let hex = hex::encode(Sha256::digest(c));
+            std::fs::write(files.join(hex), c).unwrap();
+        }
+        let cache = ChecksumCache::load(&t.path().join("checksums"), &st.dir());
+        let first = [
+            entry("a", S_IFDIR, None),
+            entry("a/x", S_IFREG, Some("one")),
+            entry("b", S_IFREG, Some("one")),
+            entry("c", S_IFDIR, None),
+            entry("c/d", S_IFDIR, None),
+            entry("c/d/y", S_IFREG, Some("two")),
+        ];
+        let written = commit(&st, &files, &mut spooled(&first), true, &cache).unwrap();
+        assert_eq!(written, 6);
+        let dir = st.dir();
+        assert_eq!(std::fs::read_to_string(dir.join("a/x")).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "one");
+        assert!(!st.dirty().exists());
+        // The same list again: nothing to write.
+        let again = commit(&st, &files, &mut spooled(&first), false, &cache).unwrap();
+        assert_eq!(again, 0);
+        // a: directory to file, b: file to directory, c and all below it
+        // gone, e new.
+        let second = [
+            entry("a", S_IFREG, Some("two")),
+            entry("b", S_IFDIR, None),
+            entry("b/z", S_IFREG, Some("one")),
+            entry("e", S_IFREG, Some("two")),
+        ];
+        let written = commit(&st, &files, &mut spooled(&second), false, &cache).unwrap();
+        assert_eq!(written, 4);
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "two");
+        assert_eq!(std::fs::read_to_string(dir.join("b/z")).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(dir.join("e")).unwrap(), "two");
+        assert!(!dir.join("c").exists());
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "e"]);
+        // Times as listed, directories included (set after their contents).
+        let md = std::fs::symlink_metadata(dir.join("b")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&md), 1);
+        // The solver's cache knows every written file without reading it.
+        let path = dir.join("b/z");
+        let digest = cache
+            .digest("b/z", &path, &std::fs::symlink_metadata(&path).unwrap())
+            .unwrap();
+        assert_eq!(digest, hex::encode(Sha256::digest("one")));
+        assert_eq!(cache.hashed_bytes(), 0);
     }
 
     #[test]
