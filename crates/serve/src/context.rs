@@ -328,6 +328,11 @@ pub(crate) async fn sync(
     .await
     .map_err(|e| proto(format!("lock the context: {e}")))?
     .map_err(io(state))?;
+    // The solver's cache is read while the manifest comes.
+    let loading = tokio::task::spawn_blocking(move || {
+        checksums.preload();
+        checksums
+    });
     let st = State {
         state: state.to_path_buf(),
     };
@@ -423,6 +428,9 @@ pub(crate) async fn sync(
             _ => return Err(proto("expected the context manifest or file content")),
         }
     }
+    let checksums = loading
+        .await
+        .map_err(|e| proto(format!("read the context's checksums: {e}")))?;
     if !cmp.any_change() {
         return Ok((lock, checksums));
     }
