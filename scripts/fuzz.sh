@@ -2,15 +2,19 @@
 # Runs one libFuzzer target for a while, one job, with a 2 GiB RSS limit
 # (figures go into README.md). Needs a nightly toolchain; cargo-fuzz is not
 # needed: the coverage flags cargo-fuzz passes are given here directly.
-#   scripts/fuzz.sh shell|dockerfile [SECONDS]
+#   scripts/fuzz.sh shell|dockerfile|ignore|platform [SECONDS]
 # shell: crates/shell/fuzz (process_word); dockerfile: crates/dockerfile/fuzz
-# (parse, which also plans). Corpus and crashes go under target/fuzz/.
+# (parse, which also plans); ignore: crates/ignore/fuzz (matcher: patterns and
+# the walker's pruning rule); platform: crates/platform/fuzz (specifier: specifiers
+# and lists round-trip). Corpus and crashes go under target/fuzz/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case ${1:-} in
 shell) dir=crates/shell/fuzz bin=process_word ;;
 dockerfile) dir=crates/dockerfile/fuzz bin=parse ;;
-*) echo "usage: $0 shell|dockerfile [SECONDS]" >&2; exit 2 ;;
+ignore) dir=crates/ignore/fuzz bin=matcher ;;
+platform) dir=crates/platform/fuzz bin=specifier ;;
+*) echo "usage: $0 shell|dockerfile|ignore|platform [SECONDS]" >&2; exit 2 ;;
 esac
 seconds=${2:-600}
 triple=$(rustc -vV | sed -n 's/^host: //p')

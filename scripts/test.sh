@@ -30,10 +30,12 @@ section() { printf '\n==== %s ====\n' "$*"; }
 # containerd, containernetworking-plugins, iproute2 and curl (the nodes of the
 # test cluster, scripts/cluster.sh), iproute2 and util-linux (ip netns and
 # taskset: the test hosts of kbuild_testkit::netns), binutils (strip: the
-# kubernetes tests' builder image holds the test binary without its debug info).
+# kubernetes tests' builder image holds the test binary without its debug info),
+# openssh-client (ssh-agent, ssh-keygen, ssh-add: --ssh through a daemon).
 PACKAGES=(docker-registry skopeo umoci runc crun qemu-user-static busybox-static
           apache2-utils openssl docker.io golang-go libseccomp-dev protobuf-compiler
-          containerd containernetworking-plugins iproute2 curl util-linux binutils git)
+          containerd containernetworking-plugins iproute2 curl util-linux binutils git
+          openssh-client)
 
 section "system packages"
 missing=()

@@ -158,6 +158,10 @@ pub struct ServeArgs {
     /// Test only: advertise this protocol version instead of the real one.
     #[arg(long, hide = true, value_name = "N")]
     pub test_protocol_version: Option<u32>,
+    /// Client contexts kept after a build (the most recently used; older
+    /// copies and the files only they use are removed).
+    #[arg(long, value_name = "N", default_value_t = kbuild_serve::gc::KEEP_CONTEXTS)]
+    pub keep_contexts: usize,
 }
 
 /// Flags of `create`.
@@ -207,6 +211,10 @@ pub struct LsArgs {
     /// Seconds to wait for each node.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub timeout: u64,
+
+    /// List kubernetes builders in every namespace (as kubectl's -A).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
 }
 
 /// Flags that apply to every subcommand.

@@ -92,6 +92,16 @@ pub enum BuildError {
     /// A `--cache-to` export failed (names the flag value).
     #[error(transparent)]
     CacheExport(Box<kbuild_solver::cache_export::CacheExportError>),
+    /// A flag this builder cannot honour (`--load` of several platforms
+    /// into a Docker daemon).
+    #[error(transparent)]
+    Request(Box<crate::request::RequestError>),
+}
+
+impl From<crate::request::RequestError> for BuildError {
+    fn from(e: crate::request::RequestError) -> Self {
+        BuildError::Request(Box::new(e))
+    }
 }
 
 impl From<kbuild_solver::cache_export::CacheExportError> for BuildError {
@@ -154,6 +164,69 @@ fn choose_builder(flag: Option<&str>, g: &GlobalArgs) -> Result<Chosen, BuildErr
     }
 }
 
+/// What `--dry-run` shows of the builder a build would use: which node
+/// (or pod) would build which platform; `None` for the embedded builder.
+/// Creates nothing.
+pub enum Schedule {
+    /// A remote builder's nodes.
+    Remote(crate::fanout::Report),
+    /// A kubernetes builder's pods.
+    Kubernetes(crate::kube::Preview),
+}
+
+impl Schedule {
+    /// The text printed after the plan.
+    pub fn to_text(&self) -> String {
+        match self {
+            Schedule::Remote(r) => r.to_text(),
+            Schedule::Kubernetes(p) => p.to_text(),
+        }
+    }
+
+    /// The `schedule` object of `--dry-run=json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Schedule::Remote(r) => r.to_json(),
+            Schedule::Kubernetes(p) => p.to_json(),
+        }
+    }
+
+    /// The nodes that did not answer.
+    pub fn unreachable(&self) -> Vec<&kbuild_driver::Error> {
+        match self {
+            Schedule::Remote(r) | Schedule::Kubernetes(crate::kube::Preview::Pods(r)) => {
+                r.unreachable().collect()
+            }
+            Schedule::Kubernetes(_) => Vec::new(),
+        }
+    }
+}
+
+/// The schedule `--dry-run` prints for the builder `req` would run on.
+pub fn dry_run_schedule(
+    req: &BuildRequest,
+    g: &GlobalArgs,
+) -> Result<Option<Schedule>, BuildError> {
+    match choose_builder(g.builder.as_deref(), g)? {
+        Chosen::Local | Chosen::Kubernetes(crate::kube::Route::Local(_)) => {
+            req.check_load()?;
+            Ok(None)
+        }
+        Chosen::Remote(name, builder) => {
+            req.check_load()?;
+            crate::fanout::assign(req, &name, &builder)
+                .map(|r| Some(Schedule::Remote(r)))
+                .map_err(|e| BuildError::Fanout(Box::new(e)))
+        }
+        Chosen::Kubernetes(crate::kube::Route::Kubernetes {
+            name,
+            namespace,
+            auto,
+        }) => crate::kube::preview(req, g, &name, namespace.as_deref(), auto)
+            .map(|p| Some(Schedule::Kubernetes(p))),
+    }
+}
+
 const LOCAL_BUILDER: &str = kbuild_driver::config::LOCAL;
 const DEFAULT_BUILDER: &str = "buildkit";
 
@@ -172,18 +245,17 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
-    let cache_refusal = |name: &str| {
-        BuildError::Builder(format!(
-            "--cache-from and --cache-to are not supported by remote builders yet (builder {name}); build with --builder local, or omit them"
-        ))
-    };
-    let caches = !req.cache_from.is_empty() || !req.cache_to.is_empty();
-    match choose_builder(g.builder.as_deref(), g)? {
-        Chosen::Remote(name, _) if caches => return Err(cache_refusal(&name)),
+    let chosen = choose_builder(g.builder.as_deref(), g)?;
+    if !matches!(
+        chosen,
+        Chosen::Kubernetes(crate::kube::Route::Kubernetes { .. })
+    ) {
+        req.check_load()?;
+    }
+    // Remote and kubernetes builders check their cache flags in
+    // `remote::Setup` (a type=local cache is a directory of this machine).
+    match chosen {
         Chosen::Remote(name, builder) => return crate::remote::run(req, a, g, &name, &builder),
-        Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. }) if caches => {
-            return Err(cache_refusal(&name))
-        }
         Chosen::Kubernetes(crate::kube::Route::Kubernetes {
             name,
             namespace,

@@ -80,6 +80,7 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         tls,
         insecure: args.insecure,
         protocol,
+        keep_contexts: args.keep_contexts,
     };
     runtime()?.block_on(async {
         let signal = kbuild_serve::shutdown_signal()?;
@@ -148,6 +149,8 @@ struct Row {
     /// A builder pod: the Kubernetes node it runs on, whether it is
     /// ready, and why it could not be asked.
     pod: Option<(Option<String>, bool, Option<String>)>,
+    /// A kubernetes builder's namespace.
+    namespace: Option<String>,
 }
 
 fn status(r: &Row) -> &'static str {
@@ -208,6 +211,7 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
         },
         result: Ok(local_info()),
         pod: None,
+        namespace: None,
     }];
     // Every node at once, each within the timeout.
     let remote = runtime()?.block_on(async {
@@ -226,6 +230,7 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
                         node,
                         result,
                         pod: None,
+                        namespace: None,
                     }
                 }));
             }
@@ -241,8 +246,10 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
     }
     // Kubernetes builders: what the cluster has, by label.
     let mut unreachable_cluster = None;
-    match crate::kube::ls_rows(global, &config) {
-        Ok(pods) => {
+    let mut notes = Vec::new();
+    match crate::kube::ls_rows(global, &config, args.all_namespaces) {
+        Ok((pods, n)) => {
+            notes = n;
             for p in pods {
                 let (result, error) = match p.result {
                     Ok(info) => (Ok(info), None),
@@ -260,6 +267,7 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
                     node: p.node,
                     result,
                     pod: Some((p.k8s_node, p.ready, error)),
+                    namespace: Some(p.namespace),
                 });
             }
         }
@@ -271,6 +279,9 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
             serde_json::to_string_pretty(&ls_json(&config, &rows))?
         ),
         LsFormat::Table => print!("{}", ls_table(&config, &rows)),
+    }
+    for n in notes {
+        eprintln!("NOTE: {n}");
     }
     if let Some(e) = unreachable_cluster {
         eprintln!("WARNING: kubernetes builders not listed: {e}");
@@ -307,7 +318,7 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
     let mut errors: Vec<(usize, String)> = Vec::new();
     let mut last_builder = None;
     for r in rows {
-        if last_builder != Some(&r.builder) {
+        if last_builder != Some((&r.builder, &r.namespace)) {
             let mark = if config.current() == r.builder {
                 "*"
             } else {
@@ -315,13 +326,16 @@ fn ls_table(config: &Config, rows: &[Row]) -> String {
             };
             table.push([
                 format!("{}{mark}", r.builder),
-                r.driver.clone(),
+                match &r.namespace {
+                    Some(ns) => format!("{} (namespace {ns})", r.driver),
+                    None => r.driver.clone(),
+                },
                 String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
             ]);
-            last_builder = Some(&r.builder);
+            last_builder = Some((&r.builder, &r.namespace));
         }
         let (version, load, platforms) = match &r.result {
             Ok(info) => (
@@ -409,17 +423,26 @@ fn ls_json(config: &Config, rows: &[Row]) -> serde_json::Value {
             node["ready"] = serde_json::json!(ready);
         }
         match builders.last_mut() {
-            Some(b) if b["name"] == r.builder.as_str() => {
+            Some(b)
+                if b["name"] == r.builder.as_str()
+                    && b.get("namespace").and_then(|n| n.as_str()) == r.namespace.as_deref() =>
+            {
                 if let Some(nodes) = b["nodes"].as_array_mut() {
                     nodes.push(node);
                 }
             }
-            _ => builders.push(serde_json::json!({
-                "name": r.builder,
-                "driver": r.driver,
-                "current": config.current() == r.builder,
-                "nodes": [node],
-            })),
+            _ => {
+                let mut b = serde_json::json!({
+                    "name": r.builder,
+                    "driver": r.driver,
+                    "current": config.current() == r.builder,
+                    "nodes": [node],
+                });
+                if let Some(ns) = &r.namespace {
+                    b["namespace"] = serde_json::json!(ns);
+                }
+                builders.push(b)
+            }
         }
     }
     serde_json::Value::Array(builders)

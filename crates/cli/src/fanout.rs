@@ -15,7 +15,8 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::BuildError;
 use crate::remote::{self, Setup};
 use crate::request::{BuildRequest, RequestError};
-use kbuild_driver::config::{self, Builder, Config};
+use crate::split_outputs::SplitOutputs;
+use kbuild_driver::config::{self, Builder};
 use kbuild_driver::session::Local;
 use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
 use kbuild_platform::Platform;
@@ -41,9 +42,6 @@ pub const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why the assignment could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    /// The builder list could not be read, or names no such builder.
-    #[error(transparent)]
-    Config(kbuild_driver::Error),
     /// The Dockerfile does not plan for a node's build platform.
     #[error(transparent)]
     Plan(RequestError),
@@ -103,8 +101,9 @@ pub enum FanoutError {
         /// Why no other node took them (`None`: this was their retry).
         retry: Option<Box<ScheduleError>>,
     },
-    /// A file output of a build split over several nodes.
-    #[error("-o type={kind} is not written from a build split over several nodes yet (builder {builder}: {split}); push instead (--push, -o type=registry), or build a --platform subset that one node builds")]
+    /// A docker archive of a build split over several nodes (it holds one
+    /// platform).
+    #[error("-o type={kind} holds one platform, but the build has several (builder {builder}: {split}); build one --platform, or use -o type=oci")]
     SplitOutput {
         /// The output's type.
         kind: &'static str,
@@ -123,6 +122,18 @@ pub enum FanoutError {
         /// The platform.
         platform: String,
     },
+    /// A registry cache export of a build split over several nodes: each
+    /// node would replace the others' records under the one reference.
+    #[error("--cache-to {cache} is not exported from a build split over several nodes (builder {builder}): each node would replace the others' records; use --cache-to type=inline, or build a --platform subset that one node builds")]
+    SplitCacheExport {
+        /// The flag's value.
+        cache: String,
+        /// The builder.
+        builder: String,
+    },
+    /// A file output could not be assembled from the nodes' parts.
+    #[error(transparent)]
+    Output(Box<crate::split_outputs::SplitOutputError>),
     /// The merged index could not be made.
     #[error("merge the index of the nodes' images: {0}")]
     Index(kbuild_image::Error),
@@ -162,28 +173,6 @@ pub struct Report {
     pub assignments: Vec<Assignment>,
     /// What each target executes per build platform (to schedule again).
     exec: Exec,
-}
-
-/// The remote builder a build would use (`--builder`, else the one `use`
-/// chose), or `None` for the embedded one (`local`, and `buildkit`, the
-/// kubernetes driver's default name, while no cluster is used).
-pub fn remote_builder(flag: Option<&str>) -> Result<Option<(String, Builder)>, FanoutError> {
-    let local = |name: &str| name == config::LOCAL || name == "buildkit";
-    let config = match config::default_path().and_then(|p| Config::load(&p)) {
-        Ok(c) => c,
-        Err(_) if flag.map_or(true, local) => return Ok(None),
-        Err(e) => return Err(FanoutError::Config(e)),
-    };
-    let name = flag.unwrap_or_else(|| config.current());
-    if local(name) {
-        return Ok(None);
-    }
-    match config.builders.get(name) {
-        Some(b) => Ok(Some((name.to_string(), b.clone()))),
-        None => Err(FanoutError::Config(kbuild_driver::Error::NotFound {
-            name: name.to_string(),
-        })),
-    }
 }
 
 /// Asks every node of `builder` and assigns `req`'s platforms.
@@ -446,6 +435,7 @@ fn is_lost(e: &kbuild_driver::Error) -> bool {
     matches!(
         e,
         kbuild_driver::Error::Lost { .. }
+            | kbuild_driver::Error::ShuttingDown { .. }
             | kbuild_driver::Error::Unreachable { .. }
             | kbuild_driver::Error::Timeout { .. }
             | kbuild_driver::Error::Refused { .. }
@@ -535,11 +525,9 @@ pub fn build(
         );
     }
     if let Some(o) = req.outputs.iter().find(|o| {
-        // Each node keeps or loads its own platforms.
-        !matches!(
-            o.kind,
-            OutputKind::Registry | OutputKind::Image | OutputKind::Containerd
-        )
+        // A docker archive holds one platform; the other file outputs are
+        // assembled here from the nodes' parts.
+        o.kind == OutputKind::Docker
     }) {
         let mut by_node: BTreeMap<usize, Vec<Platform>> = BTreeMap::new();
         for asg in &report.assignments {
@@ -559,6 +547,17 @@ pub fn build(
             split,
         }));
     }
+    if let Some(c) = req.cache_to.iter().find(|c| {
+        matches!(
+            c.destination,
+            kbuild_solver::remote_cache::CacheDestination::Registry { .. }
+        )
+    }) {
+        return Err(fail(FanoutError::SplitCacheExport {
+            cache: c.to_string(),
+            builder: name.to_string(),
+        }));
+    }
     split(req, a, setup, name, report, candidates, defs, dialer)
 }
 
@@ -568,6 +567,9 @@ pub fn build(
 struct NodeLocal {
     client: Arc<remote::Client>,
     node: String,
+    /// This session's part, and where its file outputs go.
+    part: usize,
+    outputs: Option<Arc<SplitOutputs>>,
     ids: Mutex<HashMap<u64, u64>>,
     next: Arc<AtomicU64>,
 }
@@ -597,11 +599,17 @@ impl Local for NodeLocal {
     fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         self.client.secret(id)
     }
-    fn result(&self, output: u32, _data: Vec<u8>, _last: bool) -> Result<(), String> {
-        Err(format!(
-            "node {} sent output {output}, but a build split over several nodes writes no file output",
-            self.node
-        ))
+    fn ssh_agent(&self, id: &str) -> Option<std::path::PathBuf> {
+        self.client.ssh_agent(id)
+    }
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+        match &self.outputs {
+            Some(o) => o.chunk(self.part, output, data, last),
+            None => Err(format!(
+                "node {} sent output {output}, which the build did not ask for",
+                self.node
+            )),
+        }
     }
 }
 
@@ -643,6 +651,13 @@ fn split(
             }),
         }
     }
+    let files = match SplitOutputs::new(&req.outputs, setup.start.source_date_epoch) {
+        Ok(f) => f.map(Arc::new),
+        Err(e) => {
+            setup.finish(&req);
+            return Err(fail(FanoutError::Output(Box::new(e))));
+        }
+    };
     let contexts = setup.contexts(&req);
     let template = setup.start.clone();
     let client = setup.client.clone();
@@ -657,6 +672,8 @@ fn split(
         let local: Arc<dyn Local> = Arc::new(NodeLocal {
             client: client.clone(),
             node: node.name.clone(),
+            part: id,
+            outputs: files.clone(),
             ids: Mutex::new(HashMap::new()),
             next: next_id.clone(),
         });
@@ -679,13 +696,13 @@ fn split(
     };
     let rt = &setup.rt;
     let signals = &mut setup.signals;
-    let outcome: Result<Vec<(usize, v1::BuildDone)>, BuildError> = rt.block_on(async {
+    let outcome: Result<Vec<(usize, usize, v1::BuildDone)>, BuildError> = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (id, part) in parts.iter().enumerate() {
             spawn(&mut set, id, part);
         }
         let mut dead: BTreeSet<usize> = BTreeSet::new();
-        let mut finished: Vec<(usize, v1::BuildDone)> = Vec::new();
+        let mut finished: Vec<(usize, usize, v1::BuildDone)> = Vec::new();
         let mut failure: Option<FanoutError> = None;
         let mut interrupted = false;
         loop {
@@ -717,7 +734,7 @@ fn split(
             let node = candidates[part.node].name.clone();
             let platforms = list(&part.platforms);
             match outcome {
-                Ok(done) if done.error.is_empty() => finished.push((part.node, done)),
+                Ok(done) if done.error.is_empty() => finished.push((id, part.node, done)),
                 Ok(done) => {
                     let error = if done.entitlement.is_empty() {
                         done.error
@@ -809,8 +826,8 @@ fn split(
             None => Ok(finished),
         }
     });
-    let finished = match outcome {
-        Ok(f) => f,
+    let (finished_parts, finished): (Vec<usize>, Vec<(usize, v1::BuildDone)>) = match outcome {
+        Ok(f) => f.into_iter().map(|(id, n, d)| (id, (n, d))).unzip(),
         Err(e) => {
             setup.finish(&req);
             return Err(e);
@@ -827,7 +844,14 @@ fn split(
     let pushed = match merged {
         Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
             .rt
-            .block_on(push_index(a, &req, &targets, &bytes, &media_type))
+            .block_on(push_index(
+                a,
+                &req,
+                setup.client.credentials.clone(),
+                &targets,
+                &bytes,
+                &media_type,
+            ))
             .map(|()| (bytes, media_type, by_node)),
         Ok(m) => Ok(m),
         Err(e) => Err(fail(e)),
@@ -839,6 +863,33 @@ fn split(
             return Err(e);
         }
     };
+    // File outputs last, from every node's part and the merged index.
+    let mut written = Vec::new();
+    if let Some(files) = &files {
+        let done_parts: Vec<(usize, String, Vec<Platform>)> = finished_parts
+            .iter()
+            .map(|id| {
+                let p = &parts[*id];
+                (*id, candidates[p.node].name.clone(), p.platforms.clone())
+            })
+            .collect();
+        let root = crate::split_outputs::Root::Merged {
+            index: &bytes,
+            media_type: &media_type,
+        };
+        match files.finish(&done_parts, &root) {
+            Ok((notes, w)) => {
+                written = w;
+                if let Ok(mut n) = setup.client.notes.lock() {
+                    n.extend(notes);
+                }
+            }
+            Err(e) => {
+                setup.finish(&req);
+                return Err(fail(FanoutError::Output(Box::new(e))));
+            }
+        }
+    }
     let digest = kbuild_image::Digest::of(&bytes).to_string();
     let (mode, client, started) = setup.finish(&req);
     for (_, done) in &finished {
@@ -855,7 +906,10 @@ fn split(
         None,
     )?;
     if mode == ProgressMode::Quiet {
-        println!("{digest}");
+        // Nothing but the archive when standard output is one.
+        if !crate::build::stdout_is_output(&req) {
+            println!("{digest}");
+        }
         return Ok(());
     }
     let split = by_node
@@ -873,6 +927,9 @@ fn split(
             "=> context: sent {} files ({} bytes) to node {}",
             done.files_received, done.bytes_received, candidates[*n].name
         );
+        for c in &done.cache_exports {
+            eprintln!("=> exported cache {c} (node {})", candidates[*n].name);
+        }
         for s in &done.stored {
             eprintln!(
                 "=> stored {s} ({}) in the store of node {}",
@@ -886,9 +943,15 @@ fn split(
                 candidates[*n].name
             );
         }
+        for l in &done.loaded {
+            eprintln!("=> {l} (node {})", candidates[*n].name);
+        }
     }
     for n in &targets {
         eprintln!("=> pushed {n}@{digest}");
+    }
+    for w in &written {
+        eprintln!("=> wrote {}", w.display());
     }
     if let Ok(notes) = client.notes.lock() {
         for n in notes.iter() {
@@ -943,11 +1006,13 @@ fn merge(
     Ok((bytes, index.descriptor_media_type().to_string(), by_node))
 }
 
-/// Puts the merged index and then the tags, with this machine's
-/// credentials.
+/// Puts the merged index and then the tags, with the build's credentials
+/// (those the nodes were given: a kubernetes builder's cluster secret, else
+/// this machine's).
 async fn push_index(
     a: &BuildArgs,
     req: &BuildRequest,
+    credentials: kbuild_registry::Credentials,
     targets: &[String],
     index: &[u8],
     media_type: &str,
@@ -958,9 +1023,6 @@ async fn push_index(
             source: Box::new(source),
         })
     };
-    let credentials =
-        kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
-            .map_err(BuildError::Credentials)?;
     let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
         insecure: a.insecure_registries.clone(),
         credentials,

@@ -213,6 +213,8 @@ pub fn rm(name: &str, g: &GlobalArgs) -> Result<Option<ExitCode>> {
 pub struct PodRow {
     /// The builder.
     pub builder: String,
+    /// Its namespace.
+    pub namespace: String,
     /// The pod as a node.
     pub node: Node,
     /// The Kubernetes node it runs on.
@@ -223,33 +225,72 @@ pub struct PodRow {
     pub result: std::result::Result<NodeInfo, String>,
 }
 
-/// The kubernetes builders of the cluster (by label) and of the builder
-/// list, with their pods' Info; `Ok(empty)` without a cluster.
-pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<PodRow>> {
+/// The kubernetes builders of the cluster (by label; with `all`, of every
+/// namespace) and of the builder list, with their pods' Info, and notes
+/// for the user; `Ok(empty)` without a cluster. A cluster-wide list the
+/// user may not make falls back to the current namespace, with a note.
+pub fn ls_rows(
+    g: &GlobalArgs,
+    config: &kbuild_driver::Config,
+    all: bool,
+) -> Result<(Vec<PodRow>, Vec<String>)> {
     let rt = runtime()?;
     let rows = rt.block_on(async {
+        let mut notes = Vec::new();
         let Some(cluster) = cluster(g, None).await.map_err(|e| e.to_string())? else {
-            return Ok::<_, String>(Vec::new());
+            return Ok::<_, String>((Vec::new(), notes));
         };
-        let mut names: BTreeSet<String> = cluster
-            .builders()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
+        let mut names: BTreeSet<(String, String)> = BTreeSet::new();
+        let everywhere = if all {
+            match cluster.all_builders().await {
+                Ok(found) => Some(found),
+                Err(k8s::Error::Forbidden { .. }) => {
+                    notes.push(format!(
+                        "you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
+                        cluster.namespace
+                    ));
+                    None
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        } else {
+            None
+        };
+        match everywhere {
+            Some(found) => names.extend(found),
+            None => names.extend(
+                cluster
+                    .builders()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|n| (cluster.namespace.clone(), n)),
+            ),
+        }
         for (name, b) in &config.builders {
-            if b.kubernetes.as_ref().is_some_and(|k| k.namespace == cluster.namespace) {
-                names.insert(name.clone());
+            if let Some(k) = &b.kubernetes {
+                if all || k.namespace == cluster.namespace {
+                    names.insert((k.namespace.clone(), name.clone()));
+                }
             }
         }
         let dialer = Arc::new(PodDialer::new(cluster.client.clone()));
         let mut tasks = Vec::new();
-        for name in names {
-            let status = cluster.status(&name).await.map_err(|e| e.to_string())?;
+        for (namespace, name) in names {
+            let status = match cluster.in_namespace(&namespace).status(&name).await {
+                Ok(s) => s,
+                // A recorded builder in a namespace no longer ours.
+                Err(e @ k8s::Error::Forbidden { .. }) if all => {
+                    notes.push(format!("builder {name}: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
             let Some(status) = status else {
                 tasks.push(tokio::spawn(async move {
                     PodRow {
                         builder: name.clone(),
+                        namespace,
                         node: Node {
                             name: "-".into(),
                             endpoint: String::new(),
@@ -264,7 +305,7 @@ pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<Pod
                 continue;
             };
             for pod in status.pods {
-                let (name, dialer) = (name.clone(), dialer.clone());
+                let (name, namespace, dialer) = (name.clone(), namespace.clone(), dialer.clone());
                 tasks.push(tokio::spawn(async move {
                     let node = pod.node();
                     let result = if pod.ready {
@@ -281,6 +322,7 @@ pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<Pod
                     };
                     PodRow {
                         builder: name,
+                        namespace,
                         node,
                         k8s_node: pod.node.clone(),
                         ready: pod.ready,
@@ -293,7 +335,7 @@ pub fn ls_rows(g: &GlobalArgs, config: &kbuild_driver::Config) -> Result<Vec<Pod
         for t in tasks {
             rows.push(t.await.map_err(|e| e.to_string())?);
         }
-        Ok(rows)
+        Ok((rows, notes))
     })?;
     Ok(rows)
 }
@@ -452,9 +494,19 @@ async fn credentials(
     }
 }
 
+/// The options of the default builder created on first use: no node
+/// socket, unless that first build loads into the nodes' containerd
+/// (`--load`), which then mounts the usual socket.
+fn default_options(loads: bool) -> Options {
+    Options {
+        containerd_socket: loads.then(|| spec::CONTAINERD_DEFAULT.to_string()),
+        ..Options::default()
+    }
+}
+
 /// A build on kubernetes builder `name`.
 pub fn run(
-    req: BuildRequest,
+    mut req: BuildRequest,
     a: &BuildArgs,
     g: &GlobalArgs,
     name: &str,
@@ -465,6 +517,13 @@ pub fn run(
     let quiet = a.quiet || a.progress == ProgressMode::Quiet;
     let kube_err =
         |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
+    // `--load` loads into the containerd of each node that builds, through
+    // its socket mounted in the builder pod.
+    req.load_into_containerd(&a.tags)?;
+    let loads = req
+        .outputs
+        .iter()
+        .any(|o| o.kind == kbuild_solver::options::OutputKind::Containerd);
     let (cluster, nodes, credentials) = rt.block_on(async {
         let cluster = cluster(g, namespace)
             .await
@@ -477,11 +536,17 @@ pub fn run(
                 .await
                 .map_err(kube_err)?,
             None if auto => {
-                let options = Options::default();
+                let options = default_options(loads);
                 if !quiet {
                     eprintln!(
-                        "=> creating builder {name} (kubernetes driver) in namespace {} of context {}: first use",
-                        cluster.namespace, cluster.context
+                        "=> creating builder {name} (kubernetes driver) in namespace {} of context {}: first use{}",
+                        cluster.namespace,
+                        cluster.context,
+                        options
+                            .containerd_socket
+                            .as_deref()
+                            .map(|s| format!(", mounting the nodes' containerd socket {s} for --load"))
+                            .unwrap_or_default()
                     );
                 }
                 let status = create_in(&cluster, name, &spec::pools(&[]).map_err(kube_err)?, &options, false)
@@ -497,6 +562,20 @@ pub fn run(
                 }))
             }
         };
+        if loads {
+            let without: Vec<&str> = status
+                .pods
+                .iter()
+                .filter(|p| p.ready && !p.terminating && !p.containerd_socket)
+                .map(|p| p.name.as_str())
+                .collect();
+            if !without.is_empty() {
+                return Err(kube_err(k8s::Error::NoContainerdSocket {
+                    builder: name.to_string(),
+                    pods: without.join(", "),
+                }));
+            }
+        }
         let credentials = credentials(&cluster, a.registry_secret.as_deref(), name).await?;
         Ok::<_, BuildError>((cluster, status.ready_nodes(), credentials))
     })?;
@@ -523,4 +602,124 @@ pub fn run(
     );
     drop(rt);
     result
+}
+
+/// What `--dry-run` shows for a kubernetes builder.
+pub enum Preview {
+    /// The builder's ready pods, asked for their Info, and the assignment.
+    Pods(crate::fanout::Report),
+    /// The default builder does not exist yet: the build would create it.
+    NotCreated {
+        /// The builder.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// The platforms asked for.
+        platforms: Vec<Platform>,
+    },
+}
+
+impl Preview {
+    /// The text printed after the plan.
+    pub fn to_text(&self) -> String {
+        match self {
+            Preview::Pods(report) => report.to_text(),
+            Preview::NotCreated {
+                name,
+                namespace,
+                platforms,
+            } => {
+                let mut out = format!(
+                    "\nbuilder {name} (kubernetes driver, namespace {namespace}): does not exist yet; the build would create it (one pod, on a node the scheduler picks)\nplatforms:\n"
+                );
+                let w = platforms
+                    .iter()
+                    .map(|p| p.to_string().len())
+                    .max()
+                    .unwrap_or(0);
+                for p in platforms {
+                    out.push_str(&format!(
+                        "  {:<w$}  its pod  native, cross or emulated: decided by the architecture of the node it lands on, unknown until it runs\n",
+                        p.to_string()
+                    ));
+                }
+                out
+            }
+        }
+    }
+
+    /// The `schedule` object of `--dry-run=json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Preview::Pods(report) => report.to_json(),
+            Preview::NotCreated {
+                name,
+                namespace,
+                platforms,
+            } => serde_json::json!({
+                "builder": name,
+                "driver": k8s::DRIVER,
+                "namespace": namespace,
+                "would_create": true,
+                "nodes": [],
+                "assignments": platforms.iter().map(|p| serde_json::json!({
+                    "platform": p.to_string(),
+                    "node": null,
+                    "reason": "unknown until the pod runs",
+                })).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+/// `--dry-run` on kubernetes builder `name`: asks its ready pods and
+/// assigns the platforms as a build would, creating nothing.
+pub fn preview(
+    req: &BuildRequest,
+    g: &GlobalArgs,
+    name: &str,
+    namespace: Option<&str>,
+    auto: bool,
+) -> std::result::Result<Preview, BuildError> {
+    let rt = runtime().map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let kube_err =
+        |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
+    rt.block_on(async {
+        let cluster = cluster(g, namespace)
+            .await
+            .map_err(|e| BuildError::Builder(e.to_string()))?
+            .ok_or_else(|| BuildError::Builder(format!("builder {name} is a kubernetes builder, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG")))?;
+        match cluster.status(name).await.map_err(kube_err)? {
+            Some(status) => {
+                let nodes = status.ready_nodes();
+                if nodes.is_empty() {
+                    return Err(kube_err(k8s::Error::NotReady {
+                        builder: name.to_string(),
+                        namespace: cluster.namespace.clone(),
+                        ready: 0,
+                        wanted: status.wanted(),
+                        waited: Duration::ZERO,
+                        detail: status
+                            .pods
+                            .iter()
+                            .find_map(|p| p.waiting.as_ref().map(|w| format!("pod {}: {w}", p.name))),
+                    }));
+                }
+                let dialer = PodDialer::new(cluster.client.clone());
+                crate::fanout::assign_nodes(req, name, &nodes, &dialer)
+                    .await
+                    .map(Preview::Pods)
+                    .map_err(|e| BuildError::Fanout(Box::new(e)))
+            }
+            None if auto => Ok(Preview::NotCreated {
+                name: name.to_string(),
+                namespace: cluster.namespace.clone(),
+                platforms: req.platforms.clone(),
+            }),
+            None => Err(kube_err(k8s::Error::NotFound {
+                builder: name.to_string(),
+                namespace: cluster.namespace.clone(),
+            })),
+        }
+    })
 }

@@ -10,6 +10,7 @@ mod kube;
 mod remote;
 mod request;
 mod signals;
+mod split_outputs;
 
 use args::{Cli, Command, DryRun};
 use clap::Parser;
@@ -77,10 +78,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     kbuild_solver::engine::images_needed(&plan)?;
                     let graph = req.graph(&plan)?;
                     // A remote builder: which node would build which platform.
-                    let schedule = match fanout::remote_builder(cli.global.builder.as_deref())? {
-                        Some((name, builder)) => Some(fanout::assign(&req, &name, &builder)?),
-                        None => None,
-                    };
+                    // A remote or kubernetes builder: which node would
+                    // build which platform.
+                    let schedule = build::dry_run_schedule(&req, &cli.global)?;
                     for w in &plan.warnings {
                         eprintln!("WARNING: {w}");
                     }
@@ -108,7 +108,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                                 &DryRun {
                                     plan: &plan,
                                     graph: &graph,
-                                    schedule: schedule.as_ref().map(fanout::Report::to_json),
+                                    schedule: schedule.as_ref().map(build::Schedule::to_json),
                                 },
                             )?;
                             writeln!(out)?;

@@ -9,6 +9,7 @@ use crate::args::{BuildArgs, GlobalArgs, Progress as ProgressMode};
 use crate::build::{progress_renderer, BuildError};
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
+use crate::split_outputs::{Root, SplitOutputs};
 use kbuild_driver::session::{ContextSource, Local};
 use kbuild_proto::v1;
 use kbuild_solver::options::{LayerCompression, Output, OutputKind, SecretSource};
@@ -19,6 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+fn output_error(e: crate::split_outputs::SplitOutputError) -> BuildError {
+    BuildError::Fanout(Box::new(crate::fanout::FanoutError::Output(Box::new(e))))
+}
 
 /// The output spec the daemon is sent: everything but where a file goes
 /// (the client writes it).
@@ -78,11 +83,23 @@ struct Sink {
 
 /// Reads what the session hands over; a sender gone before the end marker
 /// is an error, so a broken session never leaves a cut file.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: Receiver<Option<Vec<u8>>>,
     buf: Vec<u8>,
     pos: usize,
     ended: bool,
+}
+
+impl ChannelReader {
+    /// Reads what `rx` receives until its end marker (`None`).
+    pub(crate) fn new(rx: Receiver<Option<Vec<u8>>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            ended: false,
+        }
+    }
 }
 
 impl std::io::Read for ChannelReader {
@@ -115,11 +132,17 @@ impl std::io::Read for ChannelReader {
 /// streamed outputs, shared by every node of a fanned-out build.
 pub(crate) struct Client {
     progress: Arc<dyn Progress>,
-    credentials: kbuild_registry::Credentials,
+    /// The build's credentials (a kubernetes builder's cluster secret
+    /// included), for the merged index too.
+    pub(crate) credentials: kbuild_registry::Credentials,
     helper_limit: Duration,
     secrets: Vec<kbuild_solver::options::SecretSpec>,
+    ssh: Vec<kbuild_solver::options::SshSpec>,
     outputs: Vec<Output>,
     sinks: Mutex<HashMap<u32, Sink>>,
+    /// `-o type=oci,tar=false` of a one-node build: the blobs the node
+    /// streams, written as a layout directory once it has finished.
+    layouts: Option<Arc<SplitOutputs>>,
     pub(crate) notes: Mutex<Vec<String>>,
 }
 
@@ -164,7 +187,20 @@ impl Local for Client {
         }
     }
 
+    fn ssh_agent(&self, id: &str) -> Option<PathBuf> {
+        // As a local build: the first path given, else $SSH_AUTH_SOCK.
+        self.ssh.iter().find(|s| s.id == id).and_then(|s| {
+            s.paths
+                .first()
+                .cloned()
+                .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+        })
+    }
+
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+        if let Some(l) = self.layouts.as_ref().filter(|l| l.has(output)) {
+            return l.chunk(0, output, data, last);
+        }
         let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {
             let out = self.outputs.get(output as usize).cloned().ok_or_else(|| {
@@ -201,12 +237,7 @@ impl Local for Client {
 fn open_sink(out: Output) -> Sink {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
     let thread = std::thread::spawn(move || -> Result<Vec<String>, String> {
-        let mut reader = ChannelReader {
-            rx,
-            buf: Vec::new(),
-            pos: 0,
-            ended: false,
-        };
+        let mut reader = ChannelReader::new(rx);
         let dest = out.dest.clone().unwrap_or_else(|| PathBuf::from("-"));
         let shown = dest.display().to_string();
         if dest == Path::new("-") {
@@ -263,19 +294,36 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
-    /// Checks what remote builders refuse and prepares the sessions of
-    /// `req` on builder `name`.
+    /// Prepares the sessions of `req` on a remote builder (`builder`:
+    /// its name, for messages).
     pub(crate) fn new(
         req: &BuildRequest,
         a: &BuildArgs,
         g: &GlobalArgs,
-        name: &str,
+        builder: &str,
         credentials: Option<kbuild_registry::Credentials>,
     ) -> Result<Setup, BuildError> {
-        if let Some(s) = req.ssh.first() {
+        // A type=local cache is a directory of this machine: not streamed.
+        let local_cache = req
+            .cache_from
+            .iter()
+            .filter(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
+            .map(|c| format!("--cache-from {c}"))
+            .chain(
+                req.cache_to
+                    .iter()
+                    .filter(|c| {
+                        matches!(
+                            c.destination,
+                            kbuild_solver::remote_cache::CacheDestination::Local { .. }
+                        )
+                    })
+                    .map(|c| format!("--cache-to {c}")),
+            )
+            .next();
+        if let Some(flag) = local_cache {
             return Err(BuildError::Builder(format!(
-                "--ssh {} is not served by remote builders yet (builder {name}); build with --builder local",
-                s.id
+                "{flag}: a type=local cache is a directory of this machine, which builder {builder} cannot reach; remote builders import and export type=registry and type=inline caches (or build with --builder local)"
             )));
         }
         let mode = if a.quiet {
@@ -325,6 +373,9 @@ impl Setup {
                 .map(|(h, ip)| format!("{h}={ip}"))
                 .collect(),
             secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
+            ssh_ids: req.ssh.iter().map(|s| s.id.clone()).collect(),
+            cache_from: a.cache_from.clone(),
+            cache_to: a.cache_to.clone(),
             source_date_epoch,
             build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
             registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
@@ -346,8 +397,14 @@ impl Setup {
             credentials,
             helper_limit: req.registry_timeouts.helper,
             secrets: req.secrets.clone(),
+            ssh: req.ssh.clone(),
             outputs: req.outputs.clone(),
             sinks: Mutex::new(HashMap::new()),
+            layouts: SplitOutputs::for_outputs(&req.outputs, source_date_epoch, |o| {
+                o.kind == OutputKind::Oci && o.as_directory
+            })
+            .map_err(output_error)?
+            .map(Arc::new),
             notes: Mutex::new(Vec::new()),
         });
         Ok(Setup {
@@ -462,6 +519,19 @@ pub(crate) fn single(
             done.error
         )));
     }
+    if let Some(layouts) = &client.layouts {
+        let root = done.root.clone().unwrap_or_default();
+        let digest = kbuild_image::Digest::parse(&root.digest).map_err(|e| {
+            BuildError::Builder(format!("builder {name} sent a bad root digest: {e}"))
+        })?;
+        let root = kbuild_image::Descriptor::new(root.media_type, digest, root.size.max(0) as u64);
+        layouts
+            .finish(
+                &[(0, name.to_string(), Vec::new())],
+                &Root::Streamed(Box::new(root)),
+            )
+            .map_err(output_error)?;
+    }
     for w in &done.warnings {
         eprintln!("WARNING: {w}");
     }
@@ -506,6 +576,9 @@ pub(crate) fn single(
     }
     for n in &done.stored {
         eprintln!("=> stored {n}@{digest} in the store of builder {name}");
+    }
+    for c in &done.cache_exports {
+        eprintln!("=> exported cache {c} (builder {name})");
     }
     for o in &req.outputs {
         if let Some(d) = &o.dest {

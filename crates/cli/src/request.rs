@@ -117,6 +117,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<CacheFrom>,
     /// `--cache-to`: where to export the build cache.
     pub cache_to: Vec<CacheTo>,
+    /// The output `--load` stands for (a Docker daemon here; the nodes'
+    /// containerd on a kubernetes builder), an index into `outputs`.
+    pub load: Option<usize>,
 }
 
 impl BuildRequest {
@@ -186,14 +189,25 @@ impl BuildRequest {
                 None => outputs.push(Output::parse("type=registry", &a.tags)?),
             }
         }
-        if a.load
-            && !outputs
+        let mut load = None;
+        if a.load {
+            let daemon = outputs
                 .iter()
-                .any(|o| o.kind == OutputKind::Docker && o.dest.is_none())
-        {
-            outputs.push(Output::parse("type=docker", &a.tags)?);
+                .position(|o| o.kind == OutputKind::Docker && o.dest.is_none());
+            load = Some(daemon.unwrap_or(outputs.len()));
+            if daemon.is_none() {
+                outputs.push(Output::parse("type=docker", &a.tags)?);
+            }
         }
-        if platforms.len() > 1 && outputs.iter().any(|o| o.kind == OutputKind::Docker) {
+        // `--load` holds several platforms on a kubernetes builder (each
+        // node loads its own); [`BuildRequest::check_load`] checks it
+        // once the builder is known.
+        if platforms.len() > 1
+            && outputs
+                .iter()
+                .enumerate()
+                .any(|(i, o)| o.kind == OutputKind::Docker && Some(i) != load)
+        {
             return Err(RequestError::DockerArchivePlatforms(
                 platforms
                     .iter()
@@ -264,7 +278,33 @@ impl BuildRequest {
             notices,
             cache_from,
             cache_to,
+            load,
         })
+    }
+
+    /// `--load` into a Docker daemon holds one platform: checked for the
+    /// builders where `--load` means that (all but kubernetes ones).
+    pub fn check_load(&self) -> Result<(), RequestError> {
+        if self.load.is_some() && self.platforms.len() > 1 {
+            return Err(RequestError::DockerArchivePlatforms(
+                self.platforms
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+        Ok(())
+    }
+
+    /// On a kubernetes builder `--load` means the nodes' containerd
+    /// (`-o type=containerd`, namespace `k8s.io`, named by `-t`): replaces
+    /// the Docker daemon output `--load` stood for.
+    pub fn load_into_containerd(&mut self, tags: &[String]) -> Result<(), RequestError> {
+        if let Some(i) = self.load {
+            self.outputs[i] = Output::parse("type=containerd", tags)?;
+        }
+        Ok(())
     }
 
     /// Plan the build without any I/O: base images' configs are unknown here,

@@ -489,7 +489,7 @@ fn cache_flags_are_checked_before_building() {
 }
 
 #[test]
-fn remote_builders_refuse_cache_flags() {
+fn remote_builders_refuse_local_cache_flags() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n");
     let config = t.path().join("config");
@@ -510,10 +510,13 @@ fn remote_builders_refuse_cache_flags() {
     )
     .ok();
     for flag in ["--cache-to", "--cache-from"] {
+        // A type=local cache is a directory of this machine: refused
+        // before the (unreachable) daemon is asked anything.
+        let cache_dir = t.path().join("cache");
         let value = if flag == "--cache-to" {
-            "type=inline"
+            format!("type=local,dest={}", cache_dir.display())
         } else {
-            "r.example/app:cache"
+            format!("type=local,src={}", cache_dir.display())
         };
         let r = run(
             &store,
@@ -522,7 +525,7 @@ fn remote_builders_refuse_cache_flags() {
                 "--builder",
                 "far",
                 flag,
-                value,
+                &value,
                 "-o",
                 &format!("type=oci,dest={}", t.path().join("out.tar").display()),
             ],
@@ -530,8 +533,9 @@ fn remote_builders_refuse_cache_flags() {
         )
         .fails();
         assert!(
-            r.stderr
-                .contains("--cache-from and --cache-to are not supported by remote builders yet (builder far)"),
+            r.stderr.contains(
+                "a type=local cache is a directory of this machine, which builder far cannot reach"
+            ),
             "{}",
             r.stderr
         );

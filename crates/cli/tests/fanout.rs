@@ -1064,3 +1064,270 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
     let _ = silent.kill();
     let _ = silent.wait();
 }
+
+/// File outputs of a build split over two nodes: one OCI layout (a file,
+/// and on standard output) holding the merged index and every platform's
+/// blobs, one directory or tarball per platform, byte for byte what a
+/// one-node build writes; a docker archive (one platform) is refused.
+#[test]
+fn split_file_outputs_are_those_of_one_node() {
+    let env = Env::new();
+    let Some(a) = Node::start(&env, "a", Some(0), &[]) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(c) = Node::start(&env, "c", Some(1 % cpus), &[]) else {
+        return;
+    };
+    env.kb(&["create", "pair", "--endpoint", &a.unix]).ok();
+    env.kb(&[
+        "create",
+        "pair",
+        "--append",
+        "--endpoint",
+        &c.tcp,
+        "--driver-opt",
+        &env.mtls("c"),
+    ])
+    .ok();
+    env.kb(&["create", "one", "--endpoint", &a.unix]).ok();
+    let host = kbuild_platform::Platform::host().to_string();
+    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+        return;
+    };
+    let insecure = reg.host();
+    let ctx = context(
+        &env,
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+             ARG TARGETPLATFORM\n\
+             RUN mkdir /out && echo \"built for $TARGETPLATFORM\" > /out/target\n\
+             FROM scratch\n\
+             COPY --from=build /out/target /target\n"
+        ),
+    );
+    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
+    let out = |b: &str, f: &str| env.path(&format!("{b}-{f}")).display().to_string();
+    let build = |builder: &str, extra: &[&str]| -> Run {
+        let mut args = vec![
+            "--builder",
+            builder,
+            "--platform",
+            four,
+            "-t",
+            "example.test/split/app:1",
+            "--insecure-registry",
+            &insecure,
+            "--progress",
+            "plain",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&ctx);
+        env.kb_env(&args, &[("SOURCE_DATE_EPOCH", "0")])
+    };
+    let outputs = |b: &str| -> Vec<String> {
+        vec![
+            "-o".into(),
+            format!("type=oci,dest={}", out(b, "oci.tar")),
+            "-o".into(),
+            format!("type=tar,dest={}", out(b, "fs.tar")),
+            "-o".into(),
+            format!("type=local,dest={}", out(b, "fs")),
+        ]
+    };
+    let split_args = outputs("pair");
+    let split = build(
+        "pair",
+        &split_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .ok();
+    let summary = split
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("=> built "))
+        .unwrap_or_default();
+    assert!(
+        summary.contains("on node pair0") && summary.contains("on node pair1"),
+        "split over both nodes:\n{}",
+        split.stderr
+    );
+    let one_args = outputs("one");
+    build(
+        "one",
+        &one_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .ok();
+    let bytes = |p: String| std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let oci = bytes(out("pair", "oci.tar"));
+    assert_eq!(oci, bytes(out("one", "oci.tar")), "the OCI layouts differ");
+    assert_eq!(
+        bytes(out("pair", "fs.tar")),
+        bytes(out("one", "fs.tar")),
+        "the filesystem tarballs differ"
+    );
+    // The layout holds the merged index and each platform's blobs.
+    let layout = env.path("layout");
+    std::fs::create_dir_all(&layout).expect("layout dir");
+    let untar = Command::new("tar")
+        .arg("-xf")
+        .arg(out("pair", "oci.tar"))
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("run tar");
+    assert!(untar.success());
+    let manifests = common::layout_manifests(&layout);
+    let platforms: Vec<String> = manifests.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(platforms, four.split(',').collect::<Vec<_>>());
+    for (platform, manifest) in &manifests {
+        for l in manifest["layers"].as_array().expect("layers") {
+            let blob = common::layout_blob(&layout, l["digest"].as_str().expect("digest"));
+            let text = Command::new("tar")
+                .arg("-xOf")
+                .arg(&blob)
+                .arg("target")
+                .output()
+                .expect("run tar");
+            assert_eq!(
+                String::from_utf8_lossy(&text.stdout).trim(),
+                format!("built for {platform}")
+            );
+        }
+    }
+    // One directory per platform, as from one node.
+    for p in four.split(',') {
+        let file = Path::new(&out("pair", "fs"))
+            .join(p.replace('/', "_"))
+            .join("target");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
+            format!("built for {p}\n")
+        );
+    }
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(out("pair", "fs"))
+        .arg(out("one", "fs"))
+        .output()
+        .expect("run diff");
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+
+    // `-o type=oci,dest=-`: the same layout on standard output.
+    let stdout = build("pair", &["-o", "type=oci,dest=-"]).ok().stdout;
+    assert_eq!(stdout.len(), String::from_utf8_lossy(&oci).len());
+    assert!(
+        stdout == String::from_utf8_lossy(&oci),
+        "the layout on standard output differs"
+    );
+
+    // `-o -` (the filesystems as a tarball), quiet: only the archive.
+    let stdout = build("pair", &["-o", "-", "-q"]).ok().stdout;
+    let fs_tar = bytes(out("one", "fs.tar"));
+    assert_eq!(stdout.len(), String::from_utf8_lossy(&fs_tar).len());
+    assert!(
+        stdout == String::from_utf8_lossy(&fs_tar),
+        "the tarball on standard output differs"
+    );
+
+    // A docker archive holds one platform.
+    let docker = format!("type=docker,dest={}", out("pair", "docker.tar"));
+    let refused = build("pair", &["-o", &docker]).fails();
+    assert!(
+        refused
+            .stderr
+            .contains("-o type=docker and --load hold one platform, but --platform asks for"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!Path::new(&out("pair", "docker.tar")).exists());
+}
+
+/// A node's daemon stopped with SIGTERM mid-build says so (not a build
+/// failure): its platforms are built once more on the other node, the
+/// build succeeds and the tag is written once.
+#[test]
+fn a_node_stopped_with_sigterm_is_lost_not_failed() {
+    let env = Env::new();
+    let Some(a) = Node::start(&env, "a", Some(0), &[]) else {
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Some(c) = Node::start(&env, "c", Some(1 % cpus), &[]) else {
+        return;
+    };
+    env.kb(&["create", "pair", "--endpoint", &a.unix]).ok();
+    env.kb(&[
+        "create",
+        "pair",
+        "--append",
+        "--endpoint",
+        &c.tcp,
+        "--driver-opt",
+        &env.mtls("c"),
+    ])
+    .ok();
+    let host = kbuild_platform::Platform::host().to_string();
+    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+        return;
+    };
+    let insecure = reg.host();
+    let ctx = context(
+        &env,
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+             ARG TARGETPLATFORM PAUSE=0\n\
+             RUN mkdir /out && sleep $PAUSE && echo \"built for $TARGETPLATFORM\" > /out/target\n\
+             FROM scratch\n\
+             COPY --from=build /out/target /target\n"
+        ),
+    );
+    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
+    let tag = format!("{}/stopped/app:1", reg.host());
+    let (child, rx) = env.spawn(&[
+        "--builder",
+        "pair",
+        "--platform",
+        four,
+        "--build-arg",
+        "PAUSE=3",
+        "-t",
+        &tag,
+        "--push",
+        "--insecure-registry",
+        &insecure,
+        "--progress",
+        "plain",
+        &ctx,
+    ]);
+    let mut seen = wait_line(&rx, &["[node pair1] [", "RUN mkdir /out && sleep 3"]);
+    let status = Command::new("kill")
+        .args(["-TERM", &c.daemon.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "SIGTERM to the daemon");
+    let (code, rest) = finish(child, rx);
+    seen.extend(rest);
+    let stderr = seen.join("\n");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("lost node pair1: builder pair (")
+                && l.contains("is shutting down and cancelled the build")),
+        "{stderr}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("→ node pair0") && l.contains("retried after losing node pair1")),
+        "{stderr}"
+    );
+    assert_eq!(tag_history(&reg, "stopped/app", "1").len(), 1);
+    let index = common::skopeo_raw(&tag);
+    assert_eq!(index_platforms(&index), four.split(',').collect::<Vec<_>>());
+    for (platform, text) in last_layer_file(&env, &tag, "target") {
+        assert_eq!(text, format!("built for {platform}"));
+    }
+}

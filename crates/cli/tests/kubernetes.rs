@@ -386,6 +386,68 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     let table = ok("ls", other.run(&["ls"]));
     assert!(table.contains("on kbuild-node1"), "{table}");
 
+    // ls -A: the restricted user may not list cluster-wide and is told so
+    // in one note, and still sees its namespace; the admin sees the
+    // builder from its own default namespace.
+    let out = other.run(&["ls", "-A", "--format", "json"]);
+    let stderr = text(&out.stderr);
+    let listed = json("ls -A (restricted)", out);
+    assert!(
+        stderr.contains(&format!(
+            "NOTE: you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
+            cluster::NAMESPACE
+        )),
+        "{stderr}"
+    );
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == b.as_str() && e["namespace"] == cluster::NAMESPACE),
+        "{listed}"
+    );
+    let mut admin = Kb::new(c);
+    admin.env[0].1 = c.admin_kubeconfig().display().to_string();
+    let default_ns = admin.run(&["ls", "--format", "json"]);
+    assert!(
+        !text(&default_ns.stdout).contains(&b),
+        "the admin's namespace is not {}: {}",
+        cluster::NAMESPACE,
+        text(&default_ns.stdout)
+    );
+    let out = admin.run(&["ls", "--all-namespaces"]);
+    let stderr = text(&out.stderr);
+    let table = ok("ls --all-namespaces (admin)", out);
+    assert!(!stderr.contains("NOTE"), "{stderr}");
+    assert!(
+        table.lines().any(|l| l.starts_with(&b)
+            && l.contains(&format!("kubernetes (namespace {})", cluster::NAMESPACE))),
+        "{table}"
+    );
+    assert_eq!(table.matches("on kbuild-node1").count(), 2, "{table}");
+
+    // --load needs the nodes' containerd socket, which this builder does
+    // not mount: one line saying how to recreate it, before any build.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = copy_context(dir.path(), "load");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "-t",
+        "kbuild.test/never-loaded:1",
+        "--load",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("--load on builder {b} loads through each node's containerd socket, which pod(s) {b}-"))
+            && stderr.contains(&format!("kubectl build create {b} --driver kubernetes --driver-opt containerd-socket=/run/containerd/containerd.sock")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
     // rm removes everything create made, and waits for it.
     let rm = ok("rm", other.run(&["rm", &b]));
     assert!(rm.contains(&format!("{b} removed")), "{rm}");
@@ -421,6 +483,37 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         "kubectl-build.io/builder=buildkit",
         "--wait=true",
     ]);
+    let dir = tempfile::tempdir().unwrap();
+    let token = common::unique("tok");
+    let ctx = copy_context(dir.path(), &token);
+    // --dry-run while no builder exists: the schedule it would have,
+    // and nothing is created.
+    let dry = ok(
+        "--dry-run",
+        kb.run(&[
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--dry-run",
+        ]),
+    );
+    assert!(
+        dry.contains(&format!(
+            "builder buildkit (kubernetes driver, namespace {}): does not exist yet; the build would create it",
+            cluster::NAMESPACE
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.lines()
+            .any(|l| l.trim_start().starts_with("linux/arm64") && l.contains("its pod")),
+        "{dry}"
+    );
+    assert_eq!(
+        left_of(c, "buildkit").trim(),
+        "",
+        "--dry-run created something"
+    );
     // The default-named secret, as a user makes it.
     for secret in ["buildkit", "kt-other-secret"] {
         ok(
@@ -439,9 +532,6 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         );
         cleanup.secrets.push(secret.to_string());
     }
-    let dir = tempfile::tempdir().unwrap();
-    let token = common::unique("tok");
-    let ctx = copy_context(dir.path(), &token);
     let image = format!("{host}/kbuild-test/app:{}", &name("b")[..12]);
     let build = |extra: &[&str]| {
         let mut args = vec![
@@ -738,4 +828,492 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
         .output()
         .unwrap();
     assert!(!tagged.status.success(), "the image was tagged");
+}
+
+/// The file `name` of the last layer of each platform's image of a pushed
+/// index, as (platform, content).
+fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, String)> {
+    let layout = dir.join(format!("layout-{}", common::unique("l")));
+    common::skopeo_to_layout(reference, &layout);
+    common::layout_manifests(&layout)
+        .into_iter()
+        .map(|(platform, manifest)| {
+            let last = manifest["layers"]
+                .as_array()
+                .and_then(|l| l.last())
+                .unwrap_or_else(|| panic!("{platform}: no layer: {manifest}"));
+            let blob = common::layout_blob(&layout, last["digest"].as_str().expect("digest"));
+            let out = Command::new("tar")
+                .arg("-xOf")
+                .arg(&blob)
+                .arg(name)
+                .output()
+                .expect("run tar");
+            (
+                platform,
+                ok(&format!("tar -xOf {name}"), out).trim().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The builder's pods (as the admin): pool label → (pod, node).
+fn pods_of(c: &Cluster, b: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let list = json(
+        "get pods",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            &format!("kubectl-build.io/builder={b}"),
+            "-o",
+            "json",
+        ]),
+    );
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            (
+                p["metadata"]["labels"]["kubectl-build.io/pool"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Runs `image` (never pulled) on `node` as the admin until it exits;
+/// returns its log.
+fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
+    let overrides = serde_json::json!({"spec": {"nodeName": node}}).to_string();
+    ok(
+        "kubectl run",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "run",
+            pod,
+            &format!("--image={image}"),
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            &format!("--overrides={overrides}"),
+        ]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let phase = ok(
+            "get pod phase",
+            c.admin(&[
+                "-n",
+                cluster::NAMESPACE,
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.phase} {.status.containerStatuses[0].state.waiting.reason}",
+            ]),
+        );
+        match phase.split_whitespace().next() {
+            Some("Succeeded") => break,
+            Some("Failed") => panic!("pod {pod} on {node} failed: {phase}"),
+            _ if Instant::now() > deadline => {
+                let describe = c.admin(&["-n", cluster::NAMESPACE, "describe", "pod", pod]);
+                panic!(
+                    "pod {pod} on {node} did not finish: {phase}\n{}",
+                    text(&describe.stdout)
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    ok(
+        "kubectl logs",
+        c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
+    )
+}
+
+#[test]
+fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
+    let Some(c) = cluster() else { return };
+    let Some(busybox) = common::busybox_context() else {
+        return;
+    };
+    let kb = Kb::new(c);
+    let ip = node_ip(c);
+    let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
+    let host = registry.host();
+    let b = name("kt-mix");
+    let suffix = name("l");
+    let loaded = format!("kbuild.test/kt-loaded:{}", &suffix[..12]);
+    let run_pods = [format!("{b}-run-amd64"), format!("{b}-run-arm64")];
+    struct Loaded<'a>(&'a Cluster, String, Vec<String>);
+    impl Drop for Loaded<'_> {
+        fn drop(&mut self) {
+            for p in &self.2 {
+                let _ = self.0.admin(&[
+                    "-n",
+                    cluster::NAMESPACE,
+                    "delete",
+                    "pod",
+                    p,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ]);
+            }
+            for n in 1..=2 {
+                let sock = self.0.dir().join(format!("node{n}/containerd.sock"));
+                let _ = Command::new("ctr")
+                    .arg("--address")
+                    .arg(&sock)
+                    .args(["-n", "k8s.io", "images", "rm", &self.1])
+                    .output();
+            }
+        }
+    }
+    let _cleanup = Cleanup {
+        cluster: c,
+        builders: vec![b.clone()],
+        secrets: Vec::new(),
+    };
+    let _loaded = Loaded(c, loaded.clone(), run_pods.to_vec());
+    let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
+    let base = format!("{host}/kbuild-test/busybox:4");
+    common::run(
+        &kb.dir.path().join("local-store"),
+        &[
+            busybox.to_str().unwrap(),
+            "--builder",
+            "local",
+            "--platform",
+            platforms,
+            "-t",
+            &base,
+            "--push",
+            "--insecure-registry",
+            &host,
+        ],
+        &[],
+    )
+    .ok();
+
+    // Two pools, each mounting its node's containerd socket (both kubelets
+    // of the test cluster run on this machine, each with its own).
+    let socket = |n: u8| {
+        format!(
+            "containerd-socket={}",
+            c.dir().join(format!("node{n}/containerd.sock")).display()
+        )
+    };
+    let started = Instant::now();
+    ok(
+        "create (amd64 pool)",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--platform",
+            "linux/amd64,linux/386",
+            "--driver-opt",
+            &socket(1),
+        ]),
+    );
+    ok(
+        "create --append (arm64 pool)",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--append",
+            "--platform",
+            "linux/arm64,linux/arm/v7",
+            "--driver-opt",
+            &socket(2),
+        ]),
+    );
+    eprintln!("mixed builder ready in {:.1?}", started.elapsed());
+    let pods = pods_of(c, &b);
+    let (amd_pod, amd_node) = pods.get("amd64").expect("an amd64 pod").clone();
+    let (arm_pod, arm_node) = pods.get("arm64").expect("an arm64 pod").clone();
+    assert_eq!(amd_node, cluster::NODES[0], "{pods:?}");
+    assert_eq!(arm_node, cluster::ARM64_NODE, "{pods:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nRUN uname -m > /m\nCMD [\"cat\", \"/m\"]\n"),
+    )
+    .unwrap();
+
+    // --dry-run: the same table as for remote builders, nothing built.
+    let dry = ok(
+        "--dry-run",
+        kb.run(&[
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "--platform",
+            platforms,
+            "--dry-run",
+        ]),
+    );
+    for (platform, pod) in [
+        ("linux/amd64", &amd_pod),
+        ("linux/386", &amd_pod),
+        ("linux/arm64", &arm_pod),
+        ("linux/arm/v7", &arm_pod),
+    ] {
+        assert!(
+            dry.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 4
+                    && f[0] == platform
+                    && f[1] == pod.as_str()
+                    && f[2] == format!("kubernetes://{}/{pod}", cluster::NAMESPACE)
+                    && f[3] == "native"
+            }),
+            "{platform} → {pod} native:\n{dry}"
+        );
+    }
+    for pod in [&amd_pod, &arm_pod] {
+        let log = ok(
+            "kubectl logs",
+            c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
+        );
+        assert!(!log.contains("build: platforms"), "dry-run built: {log}");
+    }
+
+    // The build: each platform's RUN in the pod on its node, one index.
+    let tag = format!("{host}/kbuild-test/mix:1");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        platforms,
+        "-t",
+        &tag,
+        "--push",
+        "--insecure-registry",
+        &host,
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "build failed:\n{stderr}");
+    for (platform, pod) in [
+        ("linux/amd64", &amd_pod),
+        ("linux/386", &amd_pod),
+        ("linux/arm64", &arm_pod),
+        ("linux/arm/v7", &arm_pod),
+    ] {
+        assert!(
+            stderr.contains(&format!("{platform} → node {pod} (native)")),
+            "{stderr}"
+        );
+    }
+    let logs = |pod: &str| {
+        ok(
+            "kubectl logs",
+            c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
+        )
+    };
+    let amd_log = logs(&amd_pod);
+    let arm_log = logs(&arm_pod);
+    assert!(
+        amd_log.contains("build: platforms linux/amd64, linux/386"),
+        "{amd_log}"
+    );
+    assert!(
+        arm_log.contains("build: platforms linux/arm64, linux/arm/v7"),
+        "{arm_log}"
+    );
+    let builds = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("build: platforms"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(builds(&amd_log).len(), 1, "{amd_log}");
+    assert_eq!(builds(&arm_log).len(), 1, "{arm_log}");
+    assert!(!builds(&amd_log)[0].contains("arm"), "{amd_log}");
+    assert!(!builds(&arm_log)[0].contains("amd64"), "{arm_log}");
+    let index = common::skopeo_raw(&tag);
+    let mut listed: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            match p["variant"].as_str() {
+                Some(v) => format!(
+                    "{}/{}/{v}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+                None => format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                ),
+            }
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        ["linux/386", "linux/amd64", "linux/arm/v7", "linux/arm64"],
+        "{index}"
+    );
+    let unames: std::collections::BTreeMap<String, String> =
+        last_layer_file(dir.path(), &tag, "m").into_iter().collect();
+    assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
+    assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
+    assert_eq!(unames["linux/arm/v7"], "armv7l", "{unames:?}");
+    assert!(
+        ["i686", "x86_64"].contains(&unames["linux/386"].as_str()),
+        "{unames:?}"
+    );
+
+    // The same build pushed to a registry that needs credentials: the
+    // secret named like the builder gives them to both pods and to the
+    // merged index's push.
+    let (user, pass) = ("kbuild", "s3cret-mix");
+    let auth =
+        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let auth_host = auth.host();
+    ok(
+        "kubectl create secret docker-registry",
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "create",
+            "secret",
+            "docker-registry",
+            &b,
+            &format!("--docker-server={auth_host}"),
+            &format!("--docker-username={user}"),
+            &format!("--docker-password={pass}"),
+        ]),
+    );
+    let secret = Cleanup {
+        cluster: c,
+        builders: Vec::new(),
+        secrets: vec![b.clone()],
+    };
+    let auth_tag = format!("{auth_host}/kbuild-test/mix:1");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        platforms,
+        "-t",
+        &auth_tag,
+        "--push",
+        "--insecure-registry",
+        &host,
+        "--insecure-registry",
+        &auth_host,
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "push with the builder's secret failed:\n{stderr}"
+    );
+    let index = skopeo_index(&auth_tag, &format!("{user}:{pass}"));
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(4),
+        "{index}"
+    );
+    drop(secret);
+
+    // --load of two platforms: each node loads its own into its
+    // containerd (namespace k8s.io); pods run it without pulling.
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &loaded,
+        "--load",
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "--load failed:\n{stderr}");
+    for (pod, platform) in [(&amd_pod, "linux/amd64"), (&arm_pod, "linux/arm64")] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("loaded {loaded}"))
+                    && l.contains("namespace k8s.io")
+                    && l.contains(&format!("unpacked {platform}"))
+                    && l.ends_with(&format!("(node {pod})"))),
+            "{pod} loads {platform}:\n{stderr}"
+        );
+    }
+    // -o type=containerd given explicitly goes the same way: one
+    // platform, one pod, its node's containerd.
+    let explicit = format!("{loaded}-explicit");
+    let out = kb.run(&[
+        ctx.to_str().unwrap(),
+        "--builder",
+        &b,
+        "--platform",
+        "linux/arm64",
+        "-o",
+        &format!("type=containerd,name={explicit}"),
+        "--progress",
+        "plain",
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "-o type=containerd failed:\n{stderr}");
+    let images = |n: u8| {
+        ok(
+            "ctr images ls",
+            Command::new("ctr")
+                .arg("--address")
+                .arg(c.dir().join(format!("node{n}/containerd.sock")))
+                .args(["-n", "k8s.io", "images", "ls", "-q"])
+                .output()
+                .expect("run ctr"),
+        )
+    };
+    let (node1, node2) = (images(1), images(2));
+    assert!(node2.lines().any(|l| l == explicit), "{node2}");
+    assert!(!node1.lines().any(|l| l == explicit), "{node1}");
+    for n in 1..=2 {
+        let _ = Command::new("ctr")
+            .arg("--address")
+            .arg(c.dir().join(format!("node{n}/containerd.sock")))
+            .args(["-n", "k8s.io", "images", "rm", &explicit])
+            .output();
+    }
+
+    let log = run_loaded(c, &run_pods[0], &loaded, cluster::NODES[0]);
+    assert_eq!(log.trim(), "x86_64");
+    let log = run_loaded(c, &run_pods[1], &loaded, cluster::ARM64_NODE);
+    assert_eq!(log.trim(), "aarch64");
 }

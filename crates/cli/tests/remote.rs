@@ -189,9 +189,11 @@ fn builds_through_a_daemon_match_local_builds() {
             "{}",
             r.stderr
         );
+        let layout = env.path(&format!("{name}.ocidir"));
         for (spec, _) in [
             (format!("type=tar,dest={}", tar.display()), ()),
             (format!("type=local,dest={}", local.display()), ()),
+            (format!("type=oci,tar=false,dest={}", layout.display()), ()),
         ] {
             env.kb(
                 &[
@@ -217,6 +219,19 @@ fn builds_through_a_daemon_match_local_builds() {
     let (remote_oci, remote_tar, remote_dir) = build("remote1", "remote");
     assert!(local_oci == remote_oci, "OCI archives differ");
     assert!(local_tar == remote_tar, "filesystem tars differ");
+    // `tar=false`: the same layout directory.
+    assert!(env.path("remote.ocidir").join("index.json").is_file());
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(env.path("local.ocidir"))
+        .arg(env.path("remote.ocidir"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "OCI layout directories differ: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
     for arch in ["linux_amd64", "linux_arm64"] {
         let a = read(&local_dir.join(arch).join("out/files"));
         let b = read(&remote_dir.join(arch).join("out/files"));
@@ -753,4 +768,502 @@ fn a_client_that_dies_cancels_its_build_on_the_daemon() {
         pids_running(&marker).is_empty()
     });
     daemon.wait_for("the client went away");
+}
+
+/// A program that asks the agent at `$SSH_AUTH_SOCK` for its identities
+/// (SSH2_AGENTC_REQUEST_IDENTITIES, 11) and prints their comments.
+const AGENT_LIST: &str = r#"package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+)
+
+func main() {
+	c, err := net.Dial("unix", os.Getenv("SSH_AUTH_SOCK"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dial:", err)
+		os.Exit(1)
+	}
+	c.Write([]byte{0, 0, 0, 1, 11})
+	var n uint32
+	if err := binary.Read(c, binary.BigEndian, &n); err != nil {
+		fmt.Fprintln(os.Stderr, "read:", err)
+		os.Exit(1)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(c, b); err != nil || b[0] != 12 {
+		fmt.Fprintln(os.Stderr, "bad answer:", err)
+		os.Exit(1)
+	}
+	keys := binary.BigEndian.Uint32(b[1:5])
+	p := 5
+	fmt.Printf("keys: %d\n", keys)
+	for i := 0; i < int(keys); i++ {
+		p += 4 + int(binary.BigEndian.Uint32(b[p:]))
+		l := int(binary.BigEndian.Uint32(b[p:]))
+		p += 4
+		fmt.Printf("key: %s\n", b[p:p+l])
+		p += l
+	}
+}
+"#;
+
+/// `--ssh` through a daemon: the RUN's agent socket is the client's real
+/// `ssh-agent`, relayed over the session; the key never reaches the
+/// builder's disk.
+#[test]
+fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    // Go from PATH (Debian's golang-go), else the official toolchain's place.
+    let go = ["go", "/usr/local/go/bin/go"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|g| {
+            Command::new(g)
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let agent_present = Command::new("ssh-agent").arg("-h").output().is_ok();
+    let (Some(go), true) = (go, agent_present) else {
+        kbuild_testkit::fixtures::skip_or_fail(
+            "go (golang-go) and ssh-agent (openssh-client) are needed",
+        );
+        return;
+    };
+    let env = Env::new();
+    let _daemon = env.daemon("agent");
+    let host = kbuild_platform::Platform::host().to_string();
+    if base_image(&env, "agent", &host).is_none() {
+        return;
+    }
+    // A real agent holding a fresh key.
+    let key = env.path("id_test");
+    let keygen = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kbuild-agent-key",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(keygen.success());
+    let sock = env.path("ssh-agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ssh-agent");
+    // The socket exists from bind(), before the agent listens: retry.
+    wait_until(
+        "ssh-add to reach the agent",
+        Duration::from_secs(10),
+        || {
+            Command::new("ssh-add")
+                .arg(&key)
+                .env("SSH_AUTH_SOCK", &sock)
+                .stderr(Stdio::null())
+                .status()
+                .expect("run ssh-add")
+                .success()
+        },
+    );
+
+    let ctx = env.path("ctx");
+    write(&ctx.join("main.go"), AGENT_LIST);
+    let built = Command::new(&go)
+        .args(["build", "-o"])
+        .arg(ctx.join("agentls"))
+        .arg(ctx.join("main.go"))
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", std::env::temp_dir().join("kbuild-test-gocache"))
+        .env("GOPATH", env.path("gopath"))
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("run go build");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    write(
+        &ctx.join("Dockerfile"),
+        "FROM kbuild.test/busybox:latest\n\
+         COPY agentls /agentls\n\
+         RUN --mount=type=ssh /agentls > /keys\n",
+    );
+    let out = env.path("out");
+    let sock_arg = format!("default={}", sock.display());
+    let dest = format!("type=local,dest={}", out.display());
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "agent",
+                "--platform",
+                &host,
+                "--ssh",
+                &sock_arg,
+                "-o",
+                &dest,
+                "--progress",
+                "plain",
+            ],
+            &[],
+        )
+        .ok();
+    let keys = std::fs::read_to_string(out.join("keys"))
+        .unwrap_or_else(|e| panic!("no /keys ({e}):\n{}", r.stderr));
+    assert_eq!(keys, "keys: 1\nkey: kbuild-agent-key\n");
+    // Without --ssh the RUN has no agent (the mount is optional, as in
+    // BuildKit): the program finds no socket.
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "agent",
+                "--platform",
+                &host,
+                "--no-cache",
+            ],
+            &[],
+        )
+        .fails();
+    assert!(
+        r.stderr.contains("dial unix: missing address"),
+        "{}",
+        r.stderr
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // The private key's lines are nowhere in the daemon's store.
+    let private = std::fs::read_to_string(&key).expect("private key");
+    for line in private.lines().filter(|l| !l.starts_with("-----")) {
+        let grep = Command::new("grep")
+            .args(["-r", "-F", "-l", "-e", line])
+            .arg(env.path("daemon-root"))
+            .output()
+            .expect("run grep");
+        assert!(
+            grep.stdout.is_empty(),
+            "the key is on the builder's disk: {}",
+            String::from_utf8_lossy(&grep.stdout)
+        );
+    }
+}
+
+/// A push through a daemon to a registry that wants Bearer tokens, where
+/// only the client holds the token server's credentials: the daemon asks
+/// the client per registry and scope, the push works, and the password is
+/// in none of the daemon's files nor its log.
+#[test]
+fn push_with_bearer_tokens_only_on_the_client() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let user = "tokenuser";
+    let password = unique("tokenpw");
+    let keys = env.path("token-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (tokens, files) = match kbuild_testkit::token::TokenServer::start(
+        std::net::Ipv4Addr::LOCALHOST,
+        &keys,
+        user,
+        &password,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("token server: {e}"));
+            return;
+        }
+    };
+    let registry = match kbuild_testkit::registry::TestRegistry::start_with_token_auth(&files) {
+        Ok(r) => r,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
+            return;
+        }
+    };
+    let daemon = env.daemon("bearer");
+    let ctx = env.path("ctx");
+    write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY hello /\n");
+    write(&ctx.join("hello"), "hello over tokens\n");
+    let host = registry.host();
+    let auth = base64(&format!("{user}:{password}"));
+    let docker_config = env.path("docker-config");
+    write(
+        &docker_config.join("config.json"),
+        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    );
+    let reference = format!("{host}/bearer/app:1");
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "bearer",
+                "-t",
+                &reference,
+                "--push",
+            ],
+            &[("DOCKER_CONFIG", docker_config.to_str().unwrap())],
+        )
+        .ok();
+    assert!(
+        r.stderr.contains(&format!("=> pushed {reference}@sha256:")),
+        "{}",
+        r.stderr
+    );
+    // The token server issued tokens for the push's scope.
+    let scopes = tokens.scopes();
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s == "repository:bearer/app:pull,push"),
+        "{scopes:?}"
+    );
+    assert_eq!(
+        tokens.denied(),
+        0,
+        "every token request had the credentials"
+    );
+    // Readable with a token from the same server.
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{user}:{password}"),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without the client's credentials the daemon cannot push: the client's
+    // answer is all it has.
+    let r = env
+        .kb(
+            &[
+                ctx.to_str().unwrap(),
+                "--builder",
+                "bearer",
+                "-t",
+                &format!("{host}/bearer/app:2"),
+                "--push",
+            ],
+            &[("DOCKER_CONFIG", env.path("no-docker").to_str().unwrap())],
+        )
+        .fails();
+    assert!(r.stderr.contains(&host), "{}", r.stderr);
+    assert!(tokens.denied() > 0);
+    assert!(common::files_containing(&env.path("daemon-root"), password.as_bytes()).is_empty());
+    assert!(common::files_containing(&env.path("daemon-root"), auth.as_bytes()).is_empty());
+    let (_, stderr) = daemon.terminate();
+    assert!(
+        !stderr.contains(&password) && !stderr.contains(&auth),
+        "{stderr}"
+    );
+}
+
+/// The names of the steps `--progress plain` reported as CACHED.
+fn cached_steps(stderr: &str) -> Vec<String> {
+    let mut names = std::collections::HashMap::new();
+    let mut cached = Vec::new();
+    for line in stderr.lines() {
+        let Some((id, rest)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        if rest.starts_with('[') {
+            names.insert(id.to_string(), rest.to_string());
+        } else if rest == "CACHED" {
+            cached.push(names.get(id).cloned().unwrap_or_default());
+        }
+    }
+    cached
+}
+
+/// `--cache-to type=registry` from one daemon and `--cache-from` on a
+/// second daemon with an empty store: the RUN step hits, and the image is
+/// the same. A `type=local` cache is refused, naming why.
+#[test]
+fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let registry = match kbuild_testkit::registry::TestRegistry::start() {
+        Ok(r) => r,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
+            return;
+        }
+    };
+    let host = registry.host();
+    let platform = kbuild_platform::Platform::host().to_string();
+    let Some(busybox) = busybox_context() else {
+        return;
+    };
+    let base = format!("{host}/base/busybox:1");
+    env.kb(
+        &[
+            busybox.to_str().unwrap(),
+            "--builder",
+            "local",
+            "--platform",
+            &platform,
+            "-t",
+            &base,
+            "--push",
+            "--progress",
+            "quiet",
+        ],
+        &[EPOCH],
+    )
+    .ok();
+    let _first = env.daemon("first");
+    let second_addr = format!("unix://{}", env.path("second.sock").display());
+    let mut second = Daemon::start(&bin(), &env.path("second-root"), &["--addr", &second_addr]);
+    second.listening("unix://");
+    env.kb(&["create", "second", "--endpoint", &second_addr], &[])
+        .ok();
+    let ctx = env.path("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM {base}\nRUN echo expensive > /made && sleep 1\n"),
+    );
+    let cache_ref = format!("{host}/cache/app:buildcache");
+    let build = |builder: &str, extra: &[&str]| -> Run {
+        let iid = env.path(&format!("{builder}.iid"));
+        let mut args = vec![
+            ctx.to_str().unwrap(),
+            "--builder",
+            builder,
+            "--platform",
+            &platform,
+            "--progress",
+            "plain",
+            "--iidfile",
+            iid.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        env.kb(&args, &[EPOCH])
+    };
+    let to = format!("type=registry,ref={cache_ref},mode=max");
+    let first = build("first", &["--cache-to", &to]).ok();
+    assert!(
+        first
+            .stderr
+            .contains(&format!("=> exported cache type=registry,ref={cache_ref}")),
+        "{}",
+        first.stderr
+    );
+    assert!(cached_steps(&first.stderr).is_empty(), "{}", first.stderr);
+    let from = format!("type=registry,ref={cache_ref}");
+    let second_run = build("second", &["--cache-from", &from]).ok();
+    let hits = cached_steps(&second_run.stderr);
+    assert!(
+        hits.iter().any(|n| n.contains("] RUN echo expensive")),
+        "no cache hit on the empty daemon: {hits:?}\n{}",
+        second_run.stderr
+    );
+    let iid = |b: &str| std::fs::read_to_string(env.path(&format!("{b}.iid"))).unwrap();
+    assert_eq!(iid("first"), iid("second"));
+    // A local cache is a directory of the client.
+    let local = format!("type=local,dest={}", env.path("cache-dir").display());
+    let r = build("second", &["--cache-to", &local]).fails();
+    assert!(
+        r.stderr.contains(
+            "a type=local cache is a directory of this machine, which builder second cannot reach"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The daemon keeps the last `--keep-contexts` client contexts: an older
+/// context's copy and the files only it used are removed after a build, and
+/// building it again sends its files again.
+#[test]
+fn the_daemon_keeps_only_the_last_contexts() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let addr = format!("unix://{}", env.path("gc.sock").display());
+    let root = env.path("daemon-root");
+    let mut daemon = Daemon::start(&bin(), &root, &["--addr", &addr, "--keep-contexts", "1"]);
+    daemon.listening("unix://");
+    env.kb(&["create", "gc", "--endpoint", &addr], &[]).ok();
+    let make = |name: &str| -> PathBuf {
+        let dir = env.path(name);
+        write(&dir.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
+        write(&dir.join("only.txt"), &format!("content only {name} has\n"));
+        write(&dir.join("shared.txt"), "content both have\n");
+        dir
+    };
+    let (a, b) = (make("ctx-a"), make("ctx-b"));
+    let build = |dir: &Path| -> Run {
+        env.kb(&[dir.to_str().unwrap(), "--builder", "gc"], &[])
+            .ok()
+    };
+    let sent = |r: &Run| -> String {
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("=> context: sent "))
+            .unwrap_or_else(|| panic!("no transfer line:\n{}", r.stderr))
+            .to_string()
+    };
+    let count = |dir: &str| -> usize {
+        std::fs::read_dir(root.join(dir))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let first = build(&a);
+    assert!(sent(&first).contains("sent 3 files"), "{}", first.stderr);
+    let again = build(&a);
+    assert!(sent(&again).contains("sent 0 files"), "{}", again.stderr);
+    let other = build(&b);
+    // b's Dockerfile and shared.txt are a's: only its own file came.
+    assert!(sent(&other).contains("sent 1 files"), "{}", other.stderr);
+    // The collection runs once the build has ended.
+    daemon.wait_for("removed 1 contexts and 1 files");
+    assert_eq!(count("contexts"), 1, "one context kept");
+    // Left: b's three files; a's own file went with its context.
+    assert_eq!(count("context-files"), 3);
+    let only_a = std::fs::read_dir(root.join("context-files"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| std::fs::read(e.path()).unwrap() == b"content only ctx-a has\n");
+    assert!(!only_a, "a's file is still cached");
+    let back = build(&a);
+    assert!(sent(&back).contains("sent 1 files"), "{}", back.stderr);
+    daemon.wait_for("removed 1 contexts and 1 files");
+    assert_eq!(count("contexts"), 1, "one context kept");
 }

@@ -193,6 +193,19 @@ pub enum Error {
         /// What the transport said.
         source: Box<tonic::Status>,
     },
+    /// The node's daemon is stopping (SIGTERM) and cancelled the build
+    /// (`BuildDone.shutting_down`): the node is lost, not the build failed.
+    #[error("builder {builder} ({host} at {endpoint}) is shutting down and cancelled the build: {reason}")]
+    ShuttingDown {
+        /// The builder.
+        builder: String,
+        /// The node's endpoint.
+        endpoint: kbuild_proto::Endpoint,
+        /// The node's host name (from Info).
+        host: String,
+        /// The daemon's message.
+        reason: String,
+    },
     /// The session could not go on (a result could not be written, the
     /// context could not be sent).
     #[error("build on builder {builder}: {reason}")]

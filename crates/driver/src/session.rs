@@ -49,6 +49,11 @@ pub trait Local: Send + Sync + 'static {
     /// A piece of output `output` (index into the outputs sent); `last`
     /// ends it. Blocking is fine.
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String>;
+    /// The agent socket of `--ssh` id `id` (`None`: the build was given no
+    /// such agent; the daemon's RUN then sees the connection closed).
+    fn ssh_agent(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Runs one build on `node` of `builder` to its end: `Ok(done)` when the
@@ -168,6 +173,9 @@ pub async fn build(
         Ok(())
     });
     tokio::pin!(interrupt);
+    // `--ssh` connections the daemon relays, by stream number.
+    let mut ssh_streams: std::collections::HashMap<u32, mpsc::UnboundedSender<v1::SshData>> =
+        std::collections::HashMap::new();
     let mut cancelled = false;
     let mut sender_done = false;
     let mut walked = false;
@@ -270,7 +278,21 @@ pub async fn build(
                         .await;
                 });
             }
-            In::SshOpen(_) | In::Ssh(_) => {}
+            In::SshOpen(o) => {
+                let agent = local.ssh_agent(&o.id);
+                let (to_agent, from_daemon) = mpsc::unbounded_channel();
+                ssh_streams.insert(o.stream, to_agent);
+                tokio::spawn(ssh_relay(agent, o.stream, from_daemon, tx.clone()));
+            }
+            In::Ssh(d) => {
+                let (stream, eof) = (d.stream, d.eof);
+                if let Some(to_agent) = ssh_streams.get(&stream) {
+                    let _ = to_agent.send(d);
+                }
+                if eof {
+                    ssh_streams.remove(&stream);
+                }
+            }
             In::Result(chunk) => {
                 let local = local.clone();
                 tokio::task::spawn_blocking(move || {
@@ -292,10 +314,85 @@ pub async fn build(
                         builder: builder.to_string(),
                     });
                 }
+                if done.shutting_down {
+                    return Err(Error::ShuttingDown {
+                        builder: builder.to_string(),
+                        endpoint: endpoint.clone(),
+                        host: info.hostname.clone(),
+                        reason: done.error,
+                    });
+                }
                 return Ok(done);
             }
         }
     }
+}
+
+/// One `--ssh` agent connection a RUN on the daemon opened: joined to the
+/// local agent socket `agent`; the daemon's bytes come through
+/// `from_daemon`, the agent's go out as `SshData` on `tx`. Without an agent
+/// (or when it cannot be reached) the connection is closed at once.
+async fn ssh_relay(
+    agent: Option<PathBuf>,
+    stream: u32,
+    mut from_daemon: mpsc::UnboundedReceiver<v1::SshData>,
+    tx: mpsc::Sender<v1::BuildClientMessage>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let eof = v1::BuildClientMessage {
+        message: Some(Out::Ssh(v1::SshData {
+            stream,
+            data: Vec::new(),
+            eof: true,
+        })),
+    };
+    let conn = match agent {
+        Some(path) => match tokio::net::UnixStream::connect(&path).await {
+            Ok(c) => c,
+            Err(_) => {
+                let _ = tx.send(eof).await;
+                return;
+            }
+        },
+        None => {
+            let _ = tx.send(eof).await;
+            return;
+        }
+    };
+    let (mut read, mut write) = conn.into_split();
+    let up = tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(n) if n > 0 => {
+                    let m = v1::BuildClientMessage {
+                        message: Some(Out::Ssh(v1::SshData {
+                            stream,
+                            data: buf[..n].to_vec(),
+                            eof: false,
+                        })),
+                    };
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = tx.send(eof).await;
+                    return;
+                }
+            }
+        }
+    });
+    while let Some(d) = from_daemon.recv().await {
+        if !d.data.is_empty() && write.write_all(&d.data).await.is_err() {
+            break;
+        }
+        if d.eof {
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+    let _ = up.await;
 }
 
 async fn send_file(

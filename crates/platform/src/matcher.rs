@@ -74,7 +74,9 @@ fn compatible(arch: &str, variant: Option<&str>) -> Vec<(String, Option<String>)
     match arch {
         "amd64" => {
             if let Some(level) = variant.and_then(numbered_variant) {
-                for lower in (1..level).rev() {
+                // Levels stop at v4: a higher one runs what v4 and below
+                // run, and the list stays short.
+                for lower in (1..level.min(5)).rev() {
                     push(&mut out, "amd64", format!("v{lower}"));
                 }
             }
@@ -91,7 +93,10 @@ fn compatible(arch: &str, variant: Option<&str>) -> Vec<(String, Option<String>)
         }
         "arm64" => {
             let variant = variant.unwrap_or("v8");
-            if let Some((mut major, mut minor)) = arm64_version(variant).filter(|v| v.0 >= 8) {
+            if let Some((mut major, minor)) = arm64_version(variant).filter(|v| v.0 >= 8) {
+                // No minor above .9 exists: a larger one (`v8.4000000000`)
+                // runs what .9 and below run, and the list stays short.
+                let mut minor = minor.min(10);
                 if major == 9 {
                     for lower in (0..minor).rev() {
                         push(&mut out, "arm64", format!("v9.{lower}"));

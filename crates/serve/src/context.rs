@@ -92,6 +92,24 @@ fn parent_of(path: &str) -> Option<&str> {
     path.rsplit_once('/').map(|(p, _)| p)
 }
 
+/// The name of a context's record in its state directory.
+pub(crate) const RECORD: &str = "record";
+
+/// Calls `f` with the hex digest of every file the record of the context
+/// whose state directory is `state` lists.
+pub(crate) fn listed_digests(state: &Path, mut f: impl FnMut(&str)) -> std::io::Result<()> {
+    let mut r = Entries::new(BufReader::with_capacity(
+        1 << 16,
+        File::open(state.join(RECORD))?,
+    ));
+    while let Some(e) = r.next()? {
+        if let Some(hex) = hex_of(&e.digest) {
+            f(hex);
+        }
+    }
+    Ok(())
+}
+
 /// Reads length-delimited entries one at a time.
 struct Entries<R> {
     r: R,
@@ -153,7 +171,7 @@ impl State {
         self.state.join("dir")
     }
     fn record(&self) -> PathBuf {
-        self.state.join("record")
+        self.state.join(RECORD)
     }
     fn dirty(&self) -> PathBuf {
         self.state.join("dirty")
@@ -432,6 +450,14 @@ pub(crate) async fn sync(
         .await
         .map_err(|e| proto(format!("read the context's checksums: {e}")))?;
     if !cmp.any_change() {
+        // The record's time says when the context was last used (the
+        // collection keeps the most recent).
+        let record = st.record();
+        std::fs::File::options()
+            .write(true)
+            .open(&record)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(io(&record))?;
         return Ok((lock, checksums));
     }
     let fresh = cmp.fresh || cmp.old.is_none();

@@ -23,7 +23,9 @@
 #![deny(missing_docs)]
 
 mod context;
+pub mod gc;
 mod session;
+mod ssh;
 
 use kbuild_platform::Platform;
 use kbuild_proto::v1::{self, builder_server};
@@ -152,6 +154,8 @@ pub struct Config {
     /// ([`kbuild_proto::MIN_PROTOCOL_VERSION`], [`kbuild_proto::PROTOCOL_VERSION`]);
     /// other values only in tests.
     pub protocol: (u32, u32),
+    /// Client contexts kept after a build (`--keep-contexts`, see [`gc`]).
+    pub keep_contexts: usize,
 }
 
 /// The platforms a machine builds, as advertised by `Info`.

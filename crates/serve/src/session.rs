@@ -60,9 +60,13 @@ pub(crate) enum SessionError {
     Solve(#[from] kbuild_solver::engine::SolveError),
     #[error("the client's .dockerignore: {0}")]
     Ignore(#[source] kbuild_ignore::Error),
+    #[error(transparent)]
+    CacheExport(Box<kbuild_solver::cache_export::CacheExportError>),
+    #[error("serve the --ssh agent sockets: {0}")]
+    Ssh(#[source] std::io::Error),
     #[error("cancelled")]
     Cancelled,
-    #[error("the builder's daemon is shutting down (SIGTERM): the build was cancelled; nothing was tagged")]
+    #[error("the daemon is stopping (SIGTERM or SIGINT); nothing was tagged")]
     ShuttingDown,
 }
 
@@ -76,6 +80,8 @@ struct Pending {
     next: AtomicU64,
     credentials: Mutex<HashMap<u64, std::sync::mpsc::Sender<v1::CredentialsResponse>>>,
     secrets: Mutex<HashMap<u64, std::sync::mpsc::Sender<v1::SecretResponse>>>,
+    /// Agent connections of `--ssh` (see [`crate::ssh`]).
+    ssh: Arc<crate::ssh::Streams>,
 }
 
 /// Messages to the client that must never block the solver (progress,
@@ -273,6 +279,7 @@ pub(crate) async fn run(
         stopping,
     )
     .await;
+    pending.ssh.close();
     queue.close();
     let _ = forwarder.await;
     let mut done = v1::BuildDone {
@@ -300,6 +307,11 @@ pub(crate) async fn run(
             tracing::info!("build cancelled: the client went away");
             return;
         }
+        Err(SessionError::ShuttingDown) => {
+            tracing::info!("build cancelled: the daemon is shutting down");
+            done.shutting_down = true;
+            done.error = SessionError::ShuttingDown.to_string();
+        }
         Err(SessionError::Cancelled) => {
             tracing::info!("build cancelled by the client");
             done.cancelled = true;
@@ -322,6 +334,28 @@ pub(crate) async fn run(
             message: Some(Out::Done(done)),
         }))
         .await;
+    collect_contexts(&config).await;
+}
+
+/// Bounds the kept client contexts once a session is over (see [`crate::gc`]).
+async fn collect_contexts(config: &Arc<Config>) {
+    static SESSIONS: AtomicU64 = AtomicU64::new(0);
+    let sweep = SESSIONS.fetch_add(1, Ordering::Relaxed) % crate::gc::SWEEP_EVERY == 0;
+    let (root, keep) = (config.root.clone(), config.keep_contexts);
+    match tokio::task::spawn_blocking(move || crate::gc::collect(&root, keep, sweep)).await {
+        Ok(Ok(Some(c))) if c.contexts > 0 || c.files > 0 => tracing::info!(
+            contexts = c.contexts,
+            files = c.files,
+            bytes = c.bytes,
+            "context state: removed {} contexts and {} files ({} bytes)",
+            c.contexts,
+            c.files,
+            c.bytes
+        ),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not collect old contexts"),
+        Err(e) => tracing::warn!(error = %e, "could not collect old contexts"),
+    }
 }
 
 async fn stream_result(tx: &Tx, output: u32, path: &Path) -> std::io::Result<()> {
@@ -400,10 +434,20 @@ async fn session(
         let cache = kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &dir);
         // Held until the build ends: no other session of this context
         // changes the copy while the build reads it.
+        // No collection of context files while this sync runs.
+        let gc_root = root.clone();
+        let sync_guard = tokio::task::spawn_blocking(move || crate::gc::hold_for_sync(&gc_root))
+            .await
+            .map_err(|e| proto(format!("lock the context files: {e}")))?
+            .map_err(|source| SessionError::Context {
+                path: root.display().to_string(),
+                source,
+            })?;
         let began = std::time::Instant::now();
         let (lock, cache) =
             crate::context::sync(&state, &files, cache, &mut inbound, tx, transfer).await?;
         let took = began.elapsed().as_secs_f64();
+        drop(sync_guard);
         context_lock = Some(lock);
         checksums = Some(cache);
         tracing::info!(
@@ -465,6 +509,7 @@ async fn session(
                             let _ = tx.send(s);
                         }
                     }
+                    Ok(In::Ssh(d)) => pending.ssh.deliver(d),
                     Ok(In::Cancel(_)) => {
                         cancel.cancel();
                         cancelled.notify_one();
@@ -593,6 +638,24 @@ async fn build(
         queue: queue.clone(),
         pending: pending.clone(),
     }));
+    // `--ssh`: the client's agents, relayed through sockets of this session.
+    let (_agents, ssh) = {
+        let q = queue.clone();
+        crate::ssh::serve(
+            &start.ssh_ids,
+            &session_dir.0,
+            &pending.ssh,
+            Arc::new(move |m| q.send(m)),
+        )
+        .map_err(SessionError::Ssh)?
+    };
+    let ssh = ssh
+        .into_iter()
+        .map(|(id, path)| kbuild_solver::options::SshSpec {
+            id,
+            paths: vec![path],
+        })
+        .collect();
     let secrets = start
         .secret_ids
         .iter()
@@ -612,6 +675,31 @@ async fn build(
         kbuild_solver::options::parse_network(&start.network)?
     };
     let allow_insecure = start.allow.iter().any(|a| a == "security.insecure");
+    // Registry and inline caches; a local one is a directory of the client.
+    let cache_from = start
+        .cache_from
+        .iter()
+        .map(|s| kbuild_solver::remote_cache::CacheFrom::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_to = start
+        .cache_to
+        .iter()
+        .map(|s| kbuild_solver::remote_cache::CacheTo::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if cache_from
+        .iter()
+        .any(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
+        || cache_to.iter().any(|c| {
+            matches!(
+                c.destination,
+                kbuild_solver::remote_cache::CacheDestination::Local { .. }
+            )
+        })
+    {
+        return Err(proto(
+            "a type=local cache is a directory of the client, which the builder cannot reach",
+        ));
+    }
     let progress: Arc<dyn Progress> = Arc::new(WireProgress(queue.clone()));
     // With a push output, layers upload while the build goes on (each new
     // one while it is compressed), as in a local build.
@@ -627,7 +715,7 @@ async fn build(
             force_compression,
             source_date_epoch: start.source_date_epoch,
             secrets,
-            ssh: Vec::new(),
+            ssh,
             add_hosts,
             network,
             allow_insecure,
@@ -638,7 +726,8 @@ async fn build(
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
         },
         progress,
-    );
+    )
+    .with_cache(cache_from, cache_to);
     let ignore = if start.dockerignore.is_empty() {
         None
     } else {
@@ -655,6 +744,32 @@ async fn build(
         .map(kbuild_platform::Platform::try_from)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| proto(e.to_string()))?;
+    // One line per build in the daemon's log (`kubectl logs` of a builder
+    // pod): which platforms this daemon builds for which client.
+    tracing::info!(
+        client = %start.client_hostname,
+        "build: platforms {}",
+        platforms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // A containerd output without unpack= unpacks what this daemon builds
+    // of its own native platforms (a node of a mixed cluster loads its
+    // own platform), not the host's, which an emulating node differs from.
+    for t in outputs
+        .iter_mut()
+        .filter_map(|o| o.containerd.as_mut())
+        .filter(|t| t.unpack.is_empty())
+    {
+        let native = crate::platforms(config.platforms.as_deref()).native;
+        t.unpack = platforms
+            .iter()
+            .filter(|p| native.iter().any(|n| n.matches_strict(p)))
+            .cloned()
+            .collect();
+    }
     let build_platform = match &start.build_platform {
         Some(p) => kbuild_platform::Platform::try_from(p).map_err(|e| proto(e.to_string()))?,
         None => kbuild_platform::Platform::host(),
@@ -700,6 +815,23 @@ async fn build(
         kbuild_solver::outputs::export_with(&solver, &result, &outputs, early_push.as_ref())
             .await?;
     let mut hashed = 0;
+    let mut cache_exports = Vec::new();
+    let mut cache_warnings = Vec::new();
+    for c in solver
+        .export_cache()
+        .await
+        .map_err(|e| SessionError::CacheExport(Box::new(e)))?
+    {
+        match &c.ignored {
+            Some(e) => {
+                cache_warnings.push(format!("{e} (ignore-error=true: the build still succeeds)"))
+            }
+            None => cache_exports.push(format!(
+                "{}: {} records, {} layers",
+                c.to, c.records, c.layers
+            )),
+        }
+    }
     if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
         hashed = cache.hashed_bytes();
         tracing::info!(
@@ -743,7 +875,9 @@ async fn build(
             .warnings
             .iter()
             .map(ToString::to_string)
+            .chain(cache_warnings)
             .collect(),
+        cache_exports,
         config_digest,
         context_bytes_hashed: hashed,
         ..Default::default()

@@ -113,23 +113,45 @@ pub struct Fetch {
     pub timeouts: kbuild_registry::Timeouts,
     /// Where what earlier downloads said is kept (one file per URL).
     pub records: PathBuf,
+    /// The HTTP client of this fetch: the conditional request and the
+    /// download share its connection.
+    client: reqwest::Client,
 }
 
 impl Fetch {
+    /// A fetch of `url`, stored as `filename`; refuses a URL that does not
+    /// parse.
+    pub fn new(
+        url: &str,
+        filename: &str,
+        checksum: Option<String>,
+        timeouts: kbuild_registry::Timeouts,
+        records: PathBuf,
+    ) -> Result<Fetch, DownloadError> {
+        url::Url::parse(url).map_err(|source| DownloadError::Url {
+            url: url.to_string(),
+            source,
+        })?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .build()
+            .map_err(|source| DownloadError::Http {
+                url: url.to_string(),
+                source,
+            })?;
+        Ok(Fetch {
+            url: url.to_string(),
+            filename: filename.to_string(),
+            checksum,
+            timeouts,
+            records,
+            client,
+        })
+    }
+
     fn record_path(&self) -> PathBuf {
         let name = hex::encode(Sha256::digest(self.url.as_bytes()));
         self.records.join(format!("{name}.json"))
-    }
-
-    fn client(&self) -> Result<reqwest::Client, DownloadError> {
-        url::Url::parse(&self.url).map_err(|source| DownloadError::Url {
-            url: self.url.clone(),
-            source,
-        })?;
-        reqwest::Client::builder()
-            .connect_timeout(self.timeouts.connect)
-            .build()
-            .map_err(|source| self.http(source))
     }
 
     fn http(&self, source: reqwest::Error) -> DownloadError {
@@ -172,7 +194,7 @@ impl Fetch {
         if record.etag.is_none() && record.last_modified.is_none() {
             return Ok(None);
         }
-        let mut req = self.client()?.get(&self.url);
+        let mut req = self.client.get(&self.url);
         if let Some(etag) = &record.etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, etag);
         }
@@ -195,7 +217,7 @@ impl Fetch {
             .prefix("kbuild-add-")
             .tempdir()
             .map_err(|source| DownloadError::Io { path: tmp, source })?;
-        let resp = self.send(self.client()?.get(&self.url)).await?;
+        let resp = self.send(self.client.get(&self.url)).await?;
         if !resp.status().is_success() {
             return Err(DownloadError::Status {
                 url: self.url.clone(),
@@ -226,29 +248,43 @@ impl Fetch {
             path: path.clone(),
             source,
         };
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        tokio::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .await
             .map_err(io)?;
-        if let Some(t) = modified {
-            let t = filetime::FileTime::from_unix_time(t, 0);
-            let _ = filetime::set_symlink_file_times(&path, t, t);
-        }
         let known = Known { digest, modified };
-        if self.checksum.is_none() && (etag.is_some() || last_modified.is_some()) {
-            let record = Record {
-                url: self.url.clone(),
-                etag,
-                last_modified,
-                known: known.clone(),
-            };
+        let record =
+            (self.checksum.is_none() && (etag.is_some() || last_modified.is_some())).then(|| {
+                Record {
+                    url: self.url.clone(),
+                    etag,
+                    last_modified,
+                    known: known.clone(),
+                }
+            });
+        let (records, record_path, url) =
+            (self.records.clone(), self.record_path(), self.url.clone());
+        // File times and the record are written off the async threads.
+        let kept = tokio::task::spawn_blocking(move || {
+            if let Some(t) = modified {
+                let t = filetime::FileTime::from_unix_time(t, 0);
+                let _ = filetime::set_symlink_file_times(&path, t, t);
+            }
             // Only a hint for next time: a record that cannot be kept
             // means the next build downloads again.
-            let kept = std::fs::create_dir_all(&self.records).is_ok()
-                && serde_json::to_vec(&record)
-                    .ok()
-                    .is_some_and(|b| kbuild_image::write_atomic(&self.record_path(), &b).is_ok());
-            if !kept {
-                tracing::debug!(url = %self.url, "could not record the download's validators");
+            match record {
+                None => true,
+                Some(record) => {
+                    std::fs::create_dir_all(&records).is_ok()
+                        && serde_json::to_vec(&record)
+                            .ok()
+                            .is_some_and(|b| kbuild_image::write_atomic(&record_path, &b).is_ok())
+                }
             }
+        })
+        .await
+        .unwrap_or(false);
+        if !kept {
+            tracing::debug!(url = %url, "could not record the download's validators");
         }
         Ok((dir, known))
     }

@@ -387,7 +387,8 @@ fn tag_of(name: &str) -> String {
     }
 }
 
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
+/// An I/O error of an output, with what was being done and where.
+pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SolveError {
     let path = path.to_path_buf();
     move |source| {
         OutputError::Io {
@@ -412,57 +413,100 @@ fn write_filesystem(
     apply: ApplyOptions,
 ) -> Result<ApplyReport, SolveError> {
     let mut left_out = ApplyReport::default();
-    let to_stdout = dest == Path::new("-");
-    let parent = if to_stdout {
-        std::env::temp_dir()
-    } else {
-        dest.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    };
-    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".kubectl-build-")
-        .tempdir_in(&parent)
-        .map_err(io("create a staging directory in", &parent))?;
-    let tree = staging.path().join("rootfs");
-    std::fs::create_dir(&tree).map_err(io("create", &tree))?;
+    let stage = FilesystemStage::new(dest)?;
     for (name, layers) in parts {
         let dir = if several {
-            tree.join(name)
+            stage.tree().join(name)
         } else {
-            tree.clone()
+            stage.tree().to_path_buf()
         };
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let r = apply_layers(store, layers, &dir, apply)?;
         left_out.devices_skipped += r.devices_skipped;
         left_out.privileges_dropped += r.privileges_dropped;
     }
-    if as_tar {
-        let file = staging.path().join("out.tar");
-        {
-            let f = std::fs::File::create(&file).map_err(io("create", &file))?;
-            let mut t = DeterministicTar::new(std::io::BufWriter::new(f), opts);
-            t.append_dir_tree(&tree, "")?;
-            let w = t.finish()?;
-            let f = w
-                .into_inner()
-                .map_err(|e| io("write", &file)(e.into_error()))?;
-            // On disk before it takes its name: a crash leaves the old file
-            // or the whole new one.
-            f.sync_all().map_err(io("sync", &file))?;
-        }
-        if to_stdout {
-            let mut f = std::fs::File::open(&file).map_err(io("open", &file))?;
-            std::io::copy(&mut f, &mut std::io::stdout().lock()).map_err(io("write", dest))?;
-        } else {
-            std::fs::rename(&file, dest).map_err(io("rename into", dest))?;
-        }
-    } else {
-        replace_with(&tree, dest)?;
-    }
+    stage.finish(as_tar, opts)?;
     Ok(left_out)
+}
+
+/// The staging tree of a `type=local` or `type=tar` output: a directory
+/// beside `dest` (in the temporary directory for standard output) that is
+/// filled first, then renamed into place as a whole (`local`) or written as
+/// one deterministic tarball (`tar`). A build daemon's client assembles the
+/// platforms several nodes streamed back in one (`linux_amd64/`, ...).
+pub struct FilesystemStage {
+    staging: tempfile::TempDir,
+    tree: PathBuf,
+    dest: PathBuf,
+}
+
+impl FilesystemStage {
+    /// Makes the staging directory for `dest` (`-`: standard output).
+    pub fn new(dest: &Path) -> Result<FilesystemStage, SolveError> {
+        let parent = if dest == Path::new("-") {
+            std::env::temp_dir()
+        } else {
+            dest.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        };
+        std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".kubectl-build-")
+            .tempdir_in(&parent)
+            .map_err(io("create a staging directory in", &parent))?;
+        let tree = staging.path().join("rootfs");
+        std::fs::create_dir(&tree).map_err(io("create", &tree))?;
+        Ok(FilesystemStage {
+            staging,
+            tree,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// The tree to fill (the output's root).
+    pub fn tree(&self) -> &Path {
+        &self.tree
+    }
+
+    /// A scratch directory in the staging directory (same file system as
+    /// the tree: its contents can be renamed into the tree).
+    pub fn scratch(&self, name: &str) -> Result<PathBuf, SolveError> {
+        let dir = self.staging.path().join(name);
+        std::fs::create_dir(&dir).map_err(io("create", &dir))?;
+        Ok(dir)
+    }
+
+    /// Writes the tree to its destination: a tarball (`as_tar`, mtimes
+    /// clamped by `opts`) or the directory itself.
+    pub fn finish(self, as_tar: bool, opts: TarOptions) -> Result<(), SolveError> {
+        let dest = &self.dest;
+        if as_tar {
+            let file = self.staging.path().join("out.tar");
+            {
+                let f = std::fs::File::create(&file).map_err(io("create", &file))?;
+                let mut t = DeterministicTar::new(std::io::BufWriter::new(f), opts);
+                t.append_dir_tree(&self.tree, "")?;
+                let w = t.finish()?;
+                let f = w
+                    .into_inner()
+                    .map_err(|e| io("write", &file)(e.into_error()))?;
+                // On disk before it takes its name: a crash leaves the old file
+                // or the whole new one.
+                f.sync_all().map_err(io("sync", &file))?;
+            }
+            if dest == Path::new("-") {
+                let mut f = std::fs::File::open(&file).map_err(io("open", &file))?;
+                std::io::copy(&mut f, &mut std::io::stdout().lock()).map_err(io("write", dest))?;
+            } else {
+                std::fs::rename(&file, dest).map_err(io("rename into", dest))?;
+            }
+        } else {
+            replace_with(&self.tree, dest)?;
+        }
+        Ok(())
+    }
 }
 
 /// Puts the finished tree `staged` (in a staging directory beside `dest`)
@@ -497,24 +541,12 @@ pub fn local_from_tar(
     dest: &Path,
     apply: ApplyOptions,
 ) -> Result<ApplyReport, SolveError> {
-    let parent = dest
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".kubectl-build-")
-        .tempdir_in(&parent)
-        .map_err(io("create a staging directory in", &parent))?;
-    let tree = staging.path().join("rootfs");
-    std::fs::create_dir(&tree).map_err(io("create", &tree))?;
-    let report = kbuild_worker::snapshot::apply_layer_to_dir_with(&tree, reader, apply).map_err(
-        |source| OutputError::Apply {
+    let stage = FilesystemStage::new(dest)?;
+    let report = kbuild_worker::snapshot::apply_layer_to_dir_with(stage.tree(), reader, apply)
+        .map_err(|source| OutputError::Apply {
             dest: dest.to_path_buf(),
             source,
-        },
-    )?;
-    replace_with(&tree, dest)?;
+        })?;
+    stage.finish(false, TarOptions::default())?;
     Ok(report)
 }

@@ -71,13 +71,14 @@ pub(crate) async fn value(
             filename,
             checksum,
         } => {
-            let fetch = crate::download::Fetch {
-                url: url.clone(),
-                filename: filename.clone(),
-                checksum: checksum.clone(),
-                timeouts: x.solver.opts.network_timeouts,
-                records: x.solver.store.root().join("downloads"),
-            };
+            let fetch = crate::download::Fetch::new(
+                url,
+                filename,
+                checksum.clone(),
+                x.solver.opts.network_timeouts,
+                x.solver.store.root().join("downloads"),
+            )
+            .map_err(|e| fail(e.into()))?;
             // Known without the body: --checksum, or "not modified" since
             // the last download. Otherwise the file is downloaded now.
             let (key, dir) = match fetch.known().await.map_err(|e| fail(e.into()))? {

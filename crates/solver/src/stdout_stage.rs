@@ -11,16 +11,8 @@ use std::io::{Seek, Write};
 pub(crate) fn staged(
     write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<(), SolveError>,
 ) -> Result<(), SolveError> {
-    let io = |action: &'static str| {
-        move |source: std::io::Error| -> SolveError {
-            crate::error::OutputError::Io {
-                action,
-                path: std::path::PathBuf::from("standard output"),
-                source,
-            }
-            .into()
-        }
-    };
+    let stdout = std::path::Path::new("standard output");
+    let io = |action| crate::outputs::io(action, stdout);
     let mut file = tempfile::tempfile().map_err(io("stage the archive for"))?;
     {
         let mut w = std::io::BufWriter::new(&mut file);

@@ -17,3 +17,4 @@ pub mod faults;
 pub mod fixtures;
 pub mod netns;
 pub mod registry;
+pub mod token;

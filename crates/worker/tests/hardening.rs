@@ -6,6 +6,7 @@
 //! static system call probe in `executor_cases/syscall-probe`); under
 //! `CI=true` a missing one fails the test.
 
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,8 +84,23 @@ fn run(spec: &RunSpec) -> (ExitStatus, String) {
 /// The system call probe built for `platform`'s architecture, static.
 fn probe(platform: &Platform) -> Option<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    // One directory per version of the probe's source, kept between runs
+    // (the Go build and its caches are about 70 MB).
     let dir = BUILT.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("kbuild-syscall-probe-{}", std::process::id()));
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/executor_cases/syscall-probe");
+        let mut names: Vec<_> = std::fs::read_dir(&source)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        names.sort();
+        let mut hash = sha2::Sha256::new();
+        for name in names {
+            hash.update(name.file_name().unwrap_or_default().as_encoded_bytes());
+            hash.update(std::fs::read(&name).map_err(|e| e.to_string())?);
+        }
+        let key = hex::encode(&hash.finalize()[..8]);
+        let out = std::env::temp_dir().join(format!("kbuild-syscall-probe-{key}"));
         std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
         Ok(out)
     });
@@ -103,10 +119,13 @@ fn probe(platform: &Platform) -> Option<PathBuf> {
     if binary.exists() {
         return Some(binary);
     }
+    // Built under a name of this process and renamed, so that test
+    // processes building at once never run a half-written probe.
+    let partial = dir.join(format!("{goarch}.{}", std::process::id()));
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/executor_cases/syscall-probe");
     let built = Command::new("go")
         .args(["build", "-o"])
-        .arg(&binary)
+        .arg(&partial)
         .arg(".")
         .current_dir(&source)
         .env("CGO_ENABLED", "0")
@@ -118,7 +137,13 @@ fn probe(platform: &Platform) -> Option<PathBuf> {
         .env("GOTOOLCHAIN", "local")
         .output();
     match built {
-        Ok(o) if o.status.success() => Some(binary),
+        Ok(o) if o.status.success() => match std::fs::rename(&partial, &binary) {
+            Ok(()) => Some(binary),
+            Err(e) => {
+                skip_or_fail(&format!("cannot keep the syscall probe: {e}"));
+                None
+            }
+        },
         Ok(o) => {
             skip_or_fail(&format!(
                 "go build of the syscall probe failed: {}",

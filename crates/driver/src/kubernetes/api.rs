@@ -42,6 +42,8 @@ pub struct PodStatus {
     pub waiting: Option<String>,
     /// Whether it is being deleted.
     pub terminating: bool,
+    /// Whether it mounts its node's containerd socket (`--load`).
+    pub containerd_socket: bool,
 }
 
 impl PodStatus {
@@ -121,6 +123,11 @@ fn pod_status(p: &Pod, namespace: &str) -> PodStatus {
             .unwrap_or_default(),
         waiting,
         terminating: p.metadata.deletion_timestamp.is_some(),
+        containerd_socket: p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == spec::CONTAINERD_VOLUME)),
     }
 }
 
@@ -163,6 +170,36 @@ impl Cluster {
             .filter_map(|d| d.metadata.labels.as_ref()?.get(BUILDER_LABEL).cloned())
             .collect();
         Ok(names.into_iter().collect())
+    }
+
+    /// The builders of every namespace (by label) as (namespace, name),
+    /// sorted: a cluster-wide list, which the user may be refused
+    /// ([`Error::Forbidden`] in namespace `*`).
+    pub async fn all_builders(&self) -> Result<Vec<(String, String)>, Error> {
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let list = api
+            .list(&ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)))
+            .await
+            .map_err(|e| Error::api("list", "deployments.apps", "*", e))?;
+        let names: BTreeSet<(String, String)> = list
+            .items
+            .iter()
+            .filter_map(|d| {
+                Some((
+                    d.metadata.namespace.clone()?,
+                    d.metadata.labels.as_ref()?.get(BUILDER_LABEL).cloned()?,
+                ))
+            })
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+
+    /// This cluster's client in namespace `namespace`.
+    pub fn in_namespace(&self, namespace: &str) -> Cluster {
+        Cluster {
+            namespace: namespace.to_string(),
+            ..self.clone()
+        }
     }
 
     /// Builder `name`'s Deployments and pods; `None` when it has no Deployment.

@@ -166,6 +166,15 @@ pub enum Error {
         /// How long we waited.
         waited: std::time::Duration,
     },
+    /// `--load` (or `-o type=containerd`) on a builder whose pods do not
+    /// mount their node's containerd socket.
+    #[error("--load on builder {builder} loads through each node's containerd socket, which pod(s) {pods} do not mount: recreate the builder with it, \"kubectl build rm {builder}\" then \"kubectl build create {builder} --driver kubernetes --driver-opt containerd-socket={}\" (with the --platform pools it had)", super::kubernetes::spec::CONTAINERD_DEFAULT)]
+    NoContainerdSocket {
+        /// The builder.
+        builder: String,
+        /// The pods without it.
+        pods: String,
+    },
     /// A registry secret named by `--registry-secret` does not exist.
     #[error("registry secret {name} not found in namespace {namespace}; create it with \"kubectl create secret docker-registry {name} --docker-server=... --docker-username=... --docker-password=...\"")]
     SecretNotFound {

@@ -24,6 +24,8 @@ pub const STORE: &str = "/var/lib/kubectl-build";
 pub const CONTAINERD_IN_POD: &str = "/run/containerd/containerd.sock";
 /// The usual containerd socket of a node.
 pub const CONTAINERD_DEFAULT: &str = "/run/containerd/containerd.sock";
+/// The pod volume holding the node's containerd socket.
+pub const CONTAINERD_VOLUME: &str = "containerd";
 
 /// The options of `create --driver kubernetes`.
 #[derive(Clone, Debug, PartialEq)]
@@ -403,7 +405,7 @@ pub fn deployment(
     }];
     if let Some(sock) = &o.containerd_socket {
         volumes.push(Volume {
-            name: "containerd".to_string(),
+            name: CONTAINERD_VOLUME.to_string(),
             host_path: Some(HostPathVolumeSource {
                 path: sock.clone(),
                 type_: Some("Socket".to_string()),
@@ -411,7 +413,7 @@ pub fn deployment(
             ..Default::default()
         });
         mounts.push(VolumeMount {
-            name: "containerd".to_string(),
+            name: CONTAINERD_VOLUME.to_string(),
             mount_path: CONTAINERD_IN_POD.to_string(),
             ..Default::default()
         });

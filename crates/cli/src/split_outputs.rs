@@ -1,0 +1,465 @@
+//! File outputs (`-o type=oci|tar|local`, and `-o -`) of a build split over
+//! several nodes. Each node streams back its own platforms' part, as it
+//! would for a one-node build: an OCI layout tarball, or a tar of the
+//! filesystem (one platform at its root, several in `linux_amd64/`-style
+//! directories). This side keeps the parts as they arrive (the blobs in a
+//! scratch content store, the filesystems unpacked with the worker's one
+//! extractor in the output's staging directory), and once every node has
+//! finished writes the whole output through the same writers a local build
+//! uses: the OCI layout of the merged index, or one directory per platform.
+//! A part of a node lost mid-build is dropped with it; its retry streams a
+//! new one.
+
+use crate::remote::ChannelReader;
+use kbuild_image::tarball::TarOptions;
+use kbuild_image::{ContentStore, Descriptor, Digest};
+use kbuild_platform::Platform;
+use kbuild_solver::options::{Output, OutputKind};
+use kbuild_solver::outputs::FilesystemStage;
+use kbuild_worker::snapshot::{ApplyOptions, ApplyReport};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+
+/// Why a split build's file output could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitOutputError {
+    /// The scratch store or staging directory.
+    #[error("-o type={kind},dest={dest}: {source}")]
+    Stage {
+        kind: &'static str,
+        dest: String,
+        source: Box<kbuild_solver::engine::SolveError>,
+    },
+    /// The blobs or the layout.
+    #[error("-o type=oci,dest={dest}: {source}")]
+    Layout {
+        dest: String,
+        source: kbuild_image::Error,
+    },
+    /// A node's part did not come.
+    #[error("-o type={kind},dest={dest}: node {node} sent no output for {platforms}")]
+    MissingPart {
+        kind: &'static str,
+        dest: String,
+        node: String,
+        platforms: String,
+    },
+    /// A part could not be moved into the output's tree.
+    #[error("-o type={kind},dest={dest}: move {path}: {source}")]
+    Move {
+        kind: &'static str,
+        dest: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The image an OCI output holds.
+pub(crate) enum Root<'a> {
+    /// The index merged here from the nodes' manifests.
+    Merged {
+        /// Its bytes.
+        index: &'a [u8],
+        /// Its media type.
+        media_type: &'a str,
+    },
+    /// The root one node built (its blob is among those it streamed).
+    Streamed(Box<Descriptor>),
+}
+
+/// Where one file output collects the nodes' parts.
+enum Stage {
+    /// A scratch store beside the destination (removed with it).
+    Oci {
+        _dir: tempfile::TempDir,
+        store: Arc<ContentStore>,
+    },
+    /// The output's staging tree.
+    Files(FilesystemStage),
+}
+
+/// One part being received.
+struct Sink {
+    tx: SyncSender<Option<Vec<u8>>>,
+    thread: std::thread::JoinHandle<Result<ApplyReport, String>>,
+}
+
+/// The file outputs of one split build.
+pub(crate) struct SplitOutputs {
+    outputs: Vec<Output>,
+    stages: Mutex<HashMap<u32, Stage>>,
+    sinks: Mutex<HashMap<(usize, u32), Sink>>,
+    /// Parts received whole, with what the extractor left out.
+    received: Mutex<HashMap<(usize, u32), ApplyReport>>,
+    tar: TarOptions,
+}
+
+fn kind_name(k: &OutputKind) -> &'static str {
+    match k {
+        OutputKind::Oci => "oci",
+        OutputKind::Tar => "tar",
+        OutputKind::Local => "local",
+        OutputKind::Docker => "docker",
+        OutputKind::Registry => "registry",
+        OutputKind::Image => "image",
+        OutputKind::Containerd => "containerd",
+    }
+}
+
+fn dest_of(o: &Output) -> PathBuf {
+    o.dest.clone().unwrap_or_else(|| PathBuf::from("-"))
+}
+
+/// A platform's directory in a several-platform filesystem output.
+pub(crate) fn platform_dir(p: &Platform) -> String {
+    p.to_string().replace('/', "_")
+}
+
+impl SplitOutputs {
+    /// Prepares a staging place for each file output of `outputs` (the
+    /// others run on the nodes). `None` when there is none.
+    pub(crate) fn new(
+        outputs: &[Output],
+        source_date_epoch: Option<i64>,
+    ) -> Result<Option<SplitOutputs>, SplitOutputError> {
+        SplitOutputs::for_outputs(outputs, source_date_epoch, |_| true)
+    }
+
+    /// [`SplitOutputs::new`] for the file outputs `wanted` accepts only.
+    pub(crate) fn for_outputs(
+        outputs: &[Output],
+        source_date_epoch: Option<i64>,
+        wanted: impl Fn(&Output) -> bool,
+    ) -> Result<Option<SplitOutputs>, SplitOutputError> {
+        let mut stages = HashMap::new();
+        for (i, o) in outputs.iter().enumerate().filter(|(_, o)| wanted(o)) {
+            let dest = dest_of(o);
+            let stage_err = |source| SplitOutputError::Stage {
+                kind: kind_name(&o.kind),
+                dest: dest.display().to_string(),
+                source: Box::new(source),
+            };
+            let stage = match o.kind {
+                OutputKind::Oci => {
+                    let parent = if dest == Path::new("-") {
+                        std::env::temp_dir()
+                    } else {
+                        dest.parent()
+                            .filter(|p| !p.as_os_str().is_empty())
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| PathBuf::from("."))
+                    };
+                    let layout_err = |source| SplitOutputError::Layout {
+                        dest: dest.display().to_string(),
+                        source,
+                    };
+                    std::fs::create_dir_all(&parent)
+                        .map_err(io_err("create", &parent))
+                        .map_err(layout_err)?;
+                    let dir = tempfile::Builder::new()
+                        .prefix(".kubectl-build-parts-")
+                        .tempdir_in(&parent)
+                        .map_err(io_err("create a staging directory in", &parent))
+                        .map_err(layout_err)?;
+                    let store = ContentStore::open(dir.path().join("store")).map_err(layout_err)?;
+                    Stage::Oci {
+                        _dir: dir,
+                        store: Arc::new(store),
+                    }
+                }
+                OutputKind::Tar | OutputKind::Local => {
+                    Stage::Files(FilesystemStage::new(&dest).map_err(stage_err)?)
+                }
+                _ => continue,
+            };
+            stages.insert(i as u32, stage);
+        }
+        if stages.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(SplitOutputs {
+            outputs: outputs.to_vec(),
+            stages: Mutex::new(stages),
+            sinks: Mutex::new(HashMap::new()),
+            received: Mutex::new(HashMap::new()),
+            tar: TarOptions {
+                source_date_epoch: source_date_epoch.and_then(|e| u64::try_from(e).ok()),
+            },
+        }))
+    }
+
+    /// Whether output `output` is collected here.
+    pub(crate) fn has(&self, output: u32) -> bool {
+        self.stages
+            .lock()
+            .map(|s| s.contains_key(&output))
+            .unwrap_or(false)
+    }
+
+    /// A piece of output `output` of part `part` (one node's session).
+    pub(crate) fn chunk(
+        &self,
+        part: usize,
+        output: u32,
+        data: Vec<u8>,
+        last: bool,
+    ) -> Result<(), String> {
+        let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry((part, output)) {
+            let stages = self.stages.lock().map_err(|e| e.to_string())?;
+            let stage = stages.get(&output).ok_or_else(|| {
+                format!("the builder sent output {output}, which is not a file output")
+            })?;
+            slot.insert(self.open(stage, part, output)?);
+        }
+        let sink = sinks
+            .get(&(part, output))
+            .ok_or_else(|| "output writer missing".to_string())?;
+        if !data.is_empty() {
+            sink.tx
+                .send(Some(data))
+                .map_err(|_| "the output writer stopped".to_string())?;
+        }
+        if last {
+            let sink = sinks
+                .remove(&(part, output))
+                .ok_or_else(|| "output writer missing".to_string())?;
+            let _ = sink.tx.send(None);
+            drop(sink.tx);
+            let report = sink
+                .thread
+                .join()
+                .map_err(|_| "the output writer panicked".to_string())??;
+            self.received
+                .lock()
+                .map_err(|e| e.to_string())?
+                .insert((part, output), report);
+        }
+        Ok(())
+    }
+
+    fn open(&self, stage: &Stage, part: usize, output: u32) -> Result<Sink, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+        let reader = ChannelReader::new(rx);
+        let thread = match stage {
+            Stage::Oci { store, .. } => {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    receive_blobs(&store, reader).map(|()| Default::default())
+                })
+            }
+            Stage::Files(s) => {
+                let dir = s
+                    .scratch(&format!("part-{part}-{output}"))
+                    .map_err(|e| e.to_string())?;
+                let o = &self.outputs[output as usize];
+                // A tarball keeps everything; a directory here only what
+                // a local build's keeps.
+                let apply = ApplyOptions {
+                    preserve_special: o.kind == OutputKind::Tar || o.preserve_special,
+                };
+                std::thread::spawn(move || {
+                    kbuild_worker::snapshot::apply_layer_to_dir_with(&dir, reader, apply)
+                        .map_err(|e| format!("{}: {e}", dir.display()))
+                })
+            }
+        };
+        Ok(Sink { tx, thread })
+    }
+
+    /// Writes every file output from the finished parts: `parts` are
+    /// (part, node name, platforms), `index` the merged index (bytes and
+    /// media type). Returns notes (what a directory left out) and the
+    /// files written.
+    pub(crate) fn finish(
+        &self,
+        parts: &[(usize, String, Vec<Platform>)],
+        root: &Root<'_>,
+    ) -> Result<(Vec<String>, Vec<PathBuf>), SplitOutputError> {
+        // Parts still open belong to lost nodes: their threads end here.
+        if let Ok(mut s) = self.sinks.lock() {
+            s.clear();
+        }
+        let received = self
+            .received
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        let mut notes = Vec::new();
+        let mut written = Vec::new();
+        let mut stages: Vec<(u32, Stage)> = self
+            .stages
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        stages.sort_by_key(|(i, _)| *i);
+        for (i, stage) in stages {
+            let o = &self.outputs[i as usize];
+            let dest = dest_of(o);
+            let shown = dest.display().to_string();
+            let kind = kind_name(&o.kind);
+            let mut report = ApplyReport::default();
+            for (part, node, platforms) in parts {
+                match received.get(&(*part, i)) {
+                    Some(r) => {
+                        report.devices_skipped += r.devices_skipped;
+                        report.privileges_dropped += r.privileges_dropped;
+                    }
+                    None => {
+                        return Err(SplitOutputError::MissingPart {
+                            kind,
+                            dest: shown,
+                            node: node.clone(),
+                            platforms: platforms
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        })
+                    }
+                }
+            }
+            match stage {
+                Stage::Oci { _dir, store } => {
+                    let layout_err = |source| SplitOutputError::Layout {
+                        dest: shown.clone(),
+                        source,
+                    };
+                    let root = match root {
+                        Root::Merged { index, media_type } => {
+                            let (digest, size) = store.put_bytes(index).map_err(layout_err)?;
+                            Descriptor::new(media_type.to_string(), digest, size)
+                        }
+                        // Its blob came with the node's layout.
+                        Root::Streamed(d) => (**d).clone(),
+                    };
+                    let ref_name = o.names.first().map(|n| ref_name_of(n));
+                    write_layout(&store, &root, o, &dest, ref_name.as_deref(), &self.tar)
+                        .map_err(layout_err)?;
+                    drop(_dir);
+                }
+                Stage::Files(s) => {
+                    for (part, _, platforms) in parts {
+                        let from = s
+                            .tree()
+                            .parent()
+                            .map(|p| p.join(format!("part-{part}-{i}")));
+                        let Some(from) = from else { continue };
+                        let moves: Vec<(PathBuf, PathBuf)> = if let [one] = platforms.as_slice() {
+                            vec![(from.clone(), s.tree().join(platform_dir(one)))]
+                        } else {
+                            platforms
+                                .iter()
+                                .map(|p| {
+                                    (from.join(platform_dir(p)), s.tree().join(platform_dir(p)))
+                                })
+                                .collect()
+                        };
+                        for (a, b) in moves {
+                            std::fs::rename(&a, &b).map_err(|source| SplitOutputError::Move {
+                                kind,
+                                dest: shown.clone(),
+                                path: a.clone(),
+                                source,
+                            })?;
+                        }
+                    }
+                    s.finish(o.kind == OutputKind::Tar, self.tar)
+                        .map_err(|source| SplitOutputError::Stage {
+                            kind,
+                            dest: shown.clone(),
+                            source: Box::new(source),
+                        })?;
+                    if o.kind == OutputKind::Local {
+                        if report.devices_skipped > 0 {
+                            notes.push(format!("{shown}: left out {} device node(s); add preserve-special=true to -o type=local to create them", report.devices_skipped));
+                        }
+                        if report.privileges_dropped > 0 {
+                            notes.push(format!("{shown}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them", report.privileges_dropped));
+                        }
+                    }
+                }
+            }
+            if dest != Path::new("-") {
+                written.push(dest);
+            }
+        }
+        Ok((notes, written))
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> kbuild_image::Error {
+    let path = path.to_path_buf();
+    move |source| kbuild_image::Error::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The layout's `org.opencontainers.image.ref.name`: the name's tag, as a
+/// local build writes it.
+fn ref_name_of(name: &str) -> String {
+    match kbuild_registry::Reference::parse(name) {
+        Ok(r) => r.tag().unwrap_or("latest").to_string(),
+        Err(_) => name.to_string(),
+    }
+}
+
+fn write_layout(
+    store: &ContentStore,
+    root: &Descriptor,
+    o: &Output,
+    dest: &Path,
+    ref_name: Option<&str>,
+    tar: &TarOptions,
+) -> Result<(), kbuild_image::Error> {
+    use std::io::Write;
+    if dest == Path::new("-") {
+        let mut stdout = std::io::stdout().lock();
+        kbuild_image::export::oci_layout_tar(store, root, &mut stdout, ref_name, tar)?;
+        return stdout.flush().map_err(io_err("write", Path::new("-")));
+    }
+    if o.as_directory {
+        kbuild_image::export::oci_layout_dir(store, root, dest, ref_name)
+    } else {
+        kbuild_image::export::oci_layout_tar_file(store, root, dest, ref_name, tar)
+    }
+}
+
+/// Reads a node's OCI layout tarball and keeps its blobs (each checked
+/// against its name); its `index.json` is the node's own and is dropped.
+fn receive_blobs(store: &ContentStore, reader: ChannelReader) -> Result<(), String> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("read the layout: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("read the layout: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("read the layout: {e}"))?
+            .to_string_lossy()
+            .into_owned();
+        let Some(hex) = path.strip_prefix("blobs/sha256/") else {
+            continue;
+        };
+        if hex.is_empty() {
+            continue;
+        }
+        let digest = Digest::parse(&format!("sha256:{hex}"))
+            .map_err(|e| format!("layout entry {path}: {e}"))?;
+        if store.has(&digest) {
+            continue;
+        }
+        let mut w = store.writer().map_err(|e| e.to_string())?;
+        std::io::copy(&mut entry, &mut w).map_err(|e| format!("layout entry {path}: {e}"))?;
+        w.commit(Some(&digest))
+            .map_err(|e| format!("layout entry {path}: {e}"))?;
+    }
+    Ok(())
+}

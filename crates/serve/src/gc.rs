@@ -1,0 +1,161 @@
+//! Bounds the daemon's per-context state: `contexts/<key>/` (a copy of each
+//! client context, kept so a rebuild sends only what changed) and
+//! `context-files/` (the content cache the copies are made from). After
+//! each build the contexts beyond the most recently used `keep` are
+//! removed (never one a build is using: each holds its context's lock),
+//! then every cached file no kept context lists.
+//!
+//! Sessions hold `context-files.lock` shared while they sync a context
+//! (from asking for files until the copy and its record are written); the
+//! collection takes it exclusively and is skipped while any sync runs, so
+//! it never removes a file a sync is about to use. Under that lock what
+//! goes is only renamed into a trash directory of the same file system
+//! (`gc-trash/`); it is deleted after the lock is released, so a sync
+//! waits for renames, not for the deletion of large trees. Reading what the kept
+//! copies list costs time for large contexts, so the files are swept only
+//! when a copy was removed or every [`SWEEP_EVERY`] collections (files an
+//! edited context no longer lists go then).
+
+use kbuild_image::lock::{FileLock, LockMode};
+use std::collections::HashSet;
+use std::io;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// Contexts kept by default (`serve --keep-contexts`).
+pub const KEEP_CONTEXTS: usize = 16;
+
+/// Collections between two sweeps of the files when no copy was removed.
+pub const SWEEP_EVERY: u64 = 16;
+
+/// What one collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Context copies removed.
+    pub contexts: usize,
+    /// Cached files removed.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+fn lock_path(root: &Path) -> std::path::PathBuf {
+    root.join("context-files.lock")
+}
+
+/// Held by a session while it syncs a context.
+pub(crate) fn hold_for_sync(root: &Path) -> io::Result<FileLock> {
+    std::fs::create_dir_all(root)?;
+    FileLock::acquire(lock_path(root), LockMode::Shared)
+}
+
+/// Keeps the `keep` most recently used contexts under `root` and, when one
+/// was removed or `sweep` is set, only the files the kept ones list;
+/// returns what went, or `None` when a sync was running.
+pub fn collect(root: &Path, keep: usize, sweep: bool) -> io::Result<Option<Collected>> {
+    let contexts = root.join("contexts");
+    if !contexts.is_dir() {
+        return Ok(Some(Collected::default()));
+    }
+    let Some(gc) = FileLock::try_acquire(lock_path(root), LockMode::Exclusive)? else {
+        return Ok(None);
+    };
+    let trash_root = root.join("gc-trash");
+    // What a collection that did not finish (the daemon stopped) left.
+    if let Ok(entries) = std::fs::read_dir(&trash_root) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    std::fs::create_dir_all(&trash_root)?;
+    let trash = tempfile::Builder::new()
+        .prefix("gc-")
+        .tempdir_in(&trash_root)?;
+    let done = select(root, &contexts, keep, sweep, trash.path());
+    drop(gc);
+    // The deletion proper, without holding up syncs.
+    drop(trash);
+    done.map(Some)
+}
+
+/// Moves what goes into `trash` (see [`collect`]).
+fn select(
+    root: &Path,
+    contexts: &Path,
+    keep: usize,
+    sweep: bool,
+    trash: &Path,
+) -> io::Result<Collected> {
+    let mut done = Collected::default();
+    // Most recently used first: the time of the record each sync writes
+    // last (a context without one was never completed: oldest).
+    let mut all: Vec<(SystemTime, std::path::PathBuf)> = Vec::new();
+    for e in std::fs::read_dir(contexts)? {
+        let dir = e?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let used = std::fs::metadata(dir.join(crate::context::RECORD))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        all.push((used, dir));
+    }
+    all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut kept = Vec::new();
+    for (i, (_, dir)) in all.into_iter().enumerate() {
+        if i < keep {
+            kept.push(dir);
+            continue;
+        }
+        // A build using it holds its lock: it stays.
+        match FileLock::try_acquire(dir.join("lock"), LockMode::Exclusive)? {
+            Some(lock) => {
+                // Its record first: a copy half gone is never trusted.
+                match std::fs::remove_file(dir.join(crate::context::RECORD)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                let name = dir.file_name().unwrap_or_default().to_owned();
+                std::fs::rename(&dir, trash.join(name))?;
+                drop(lock);
+                done.contexts += 1;
+            }
+            None => kept.push(dir),
+        }
+    }
+    if done.contexts == 0 && !sweep {
+        return Ok(done);
+    }
+    // The files the kept contexts list.
+    let mut wanted: HashSet<String> = HashSet::new();
+    for dir in &kept {
+        // A record that cannot be read lists nothing (its copy starts
+        // afresh next time).
+        let _ = crate::context::listed_digests(dir, |hex| {
+            wanted.insert(hex.to_string());
+        });
+    }
+    let files = root.join("context-files");
+    let file_trash = trash.join("files");
+    std::fs::create_dir_all(&file_trash)?;
+    if files.is_dir() {
+        for e in std::fs::read_dir(&files)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if wanted.contains(&name) {
+                continue;
+            }
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            match std::fs::rename(e.path(), file_trash.join(&name)) {
+                Ok(()) => {
+                    done.files += 1;
+                    done.bytes += size;
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(done)
+}
