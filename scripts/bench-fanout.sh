@@ -10,9 +10,8 @@
 #    node is a `kubectl-build serve` in its own network namespace, pinned to
 #    its own CPU with taskset (node 0 on CPU 0, node 1 on CPU 1), reached over
 #    a unix socket; the result stays in the nodes' stores (-o type=image).
-# 2. remote overhead: a rebuild with nothing changed of a context of
-#    KBUILD_BENCH_FILES files (20000) and KBUILD_BENCH_MB MiB (1024), COPY .
-#    /app, through node 0 vs the embedded builder.
+# (The remote overhead, first-time context transfer and daemon memory are
+# measured by scripts/bench-remote.sh.)
 #
 # KBUILD_BENCH_BIN: the binary to measure (default: this tree's debug
 # binary, target/debug/kubectl-build, built when missing). KBUILD_BENCH_RUNS:
@@ -27,8 +26,6 @@ if [[ ! -x $K ]]; then
     cargo build -p kubectl-build >/dev/null
 fi
 runs=${KBUILD_BENCH_RUNS:-2}
-files=${KBUILD_BENCH_FILES:-20000}
-mb=${KBUILD_BENCH_MB:-1024}
 export XDG_CONFIG_HOME=$work/config
 rm -rf "$XDG_CONFIG_HOME"
 
@@ -80,30 +77,4 @@ for r in $(seq "$runs"); do
     done
 done
 
-# Remote overhead: a no-change rebuild, embedded builder vs node 0.
-ctx=$work/context-$files-$mb
-if [[ ! -f $ctx/.done ]]; then
-    rm -rf "$ctx"
-    python3 - "$ctx" "$files" "$mb" <<'PY'
-import os, sys
-root, n, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-per = mb * 1024 * 1024 // n
-for i in range(n):
-    d = f"{root}/data/d{i // 100}"
-    os.makedirs(d, exist_ok=True)
-    with open(f"{d}/f{i}.txt", "wb") as fh:
-        fh.write((f"{i:08d} " * 7 + "\n").encode() * (per // 72) + os.urandom(per // 8))
-open(f"{root}/Dockerfile", "w").write("FROM scratch\nCOPY . /app\n")
-open(f"{root}/.done", "w").close()
-PY
-fi
-for b in local n0; do
-    "$K" --root "$work/client-store" "$ctx" --builder "$b" -t bench/ctx:1 -o type=image --progress quiet >/dev/null
-    for r in $(seq "$runs"); do
-        t0=$(now)
-        "$K" --root "$work/client-store" "$ctx" --builder "$b" -t bench/ctx:1 -o type=image \
-            --progress plain 2>"$work/rebuild-$b-$r.log"
-        echo "no-change rebuild, $files files / $mb MiB, builder $b (run $r): $(since "$t0") s wall; $(grep -o 'sent [0-9]* files ([0-9]* bytes)' "$work/rebuild-$b-$r.log" || echo 'embedded')"
-    done
-done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -43,26 +43,10 @@ fi
 
 section() { printf '\n== %s\n' "$*"; }
 
-# A context of $2 MiB in $3 files (20,000 by default) under $1/data, 100
-# files a directory (compressible but not trivial: text-like lines plus
-# random bytes), made once per size.
+# A context of $2 MiB in $3 files (20,000 by default) under $1/data, made
+# once per size (scripts/bench-context.py).
 make_big_context() {
-    local root=$1 mb=$2 files=${3:-20000}
-    [[ -f $root/.done-$mb-$files ]] && return
-    rm -rf "$root"
-    python3 - "$root" "$mb" "$files" <<'PY'
-import os, sys
-root, mb, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-per = mb * 1024 * 1024 // n
-os.makedirs(root, exist_ok=True)
-for i in range(n):
-    d = f"{root}/data/d{i // 100}"
-    os.makedirs(d, exist_ok=True)
-    with open(f"{d}/f{i}.txt", "wb") as fh:
-        fh.write((f"{i:08d} " * 7 + "\n").encode() * (per // 72) + os.urandom(per // 8))
-open(f"{root}/Dockerfile", "w").write("FROM scratch\nCOPY data /data\n")
-open(f"{root}/.done-{mb}-{n}", "w").close()
-PY
+    scripts/bench-context.py "$1" "$2" "${3:-20000}"
 }
 
 if [[ $mode == large-copy ]]; then

@@ -358,6 +358,15 @@ fn mutual_tls_build_matches_local() {
     let _ = daemon.terminate();
 }
 
+/// The daemon's two context lines of the next session: what came and what
+/// it wrote into its copy, then the context content it read to compute
+/// checksums.
+fn context_counters(daemon: &mut Daemon) -> (String, String) {
+    let sync = daemon.wait_for("context: received");
+    let hashed = daemon.wait_for("bytes of context content to compute checksums");
+    (sync, hashed)
+}
+
 #[test]
 fn a_rebuild_with_one_file_changed_sends_one_file() {
     if !require_root() {
@@ -367,62 +376,104 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
     let mut daemon = env.daemon("sync");
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /ctx/\n");
-    for i in 0..2000 {
+    for i in 0..20_000 {
         write(
             &ctx.join(format!("d{}/f{i}.txt", i % 20)),
             &format!("file {i}\n"),
         );
     }
-    let build = || {
-        let dest = env.path("out.tar");
-        env.kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "sync",
-                "--progress",
-                "plain",
-                "-o",
-                &format!("type=tar,dest={}", dest.display()),
-            ],
-            &[EPOCH],
-        )
-        .ok()
-        .stderr
+    // The image stays in the daemon's store; the last build also writes
+    // its files here, to check the copy.
+    let out = env.path("out.tar");
+    let tar_output = format!("type=tar,dest={}", out.display());
+    let build_to = |output: &str| {
+        let t = Instant::now();
+        let stderr = env
+            .kb(
+                &[
+                    ctx.to_str().unwrap(),
+                    "--builder",
+                    "sync",
+                    "--progress",
+                    "plain",
+                    "-o",
+                    output,
+                ],
+                &[EPOCH],
+            )
+            .ok()
+            .stderr;
+        eprintln!("build: {:.2} s", t.elapsed().as_secs_f64());
+        stderr
     };
+    let build = || build_to("type=image,name=kbuild.test/sync:1");
     let first = build();
-    // 2,000 files and the Dockerfile, all different contents.
-    assert!(first.contains("=> context: sent 2001 files"), "{first}");
-    daemon.wait_for("context: received 2001 files");
+    // 20,000 files and the Dockerfile, all different contents, in 20
+    // directories; the daemon takes their digests from the client and
+    // reads none of them again to compute its cache keys.
+    assert!(first.contains("=> context: sent 20001 files"), "{first}");
+    let (sync, hashed) = context_counters(&mut daemon);
+    assert!(
+        sync.contains("context: received 20001 files") && sync.contains("wrote 20021 entries"),
+        "{sync}"
+    );
+    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
+    // Nothing changed: metadata only; the daemon writes nothing into its
+    // copy and reads no content.
     let again = build();
     assert!(
         again.contains("=> context: sent 0 files (0 bytes)"),
         "{again}"
     );
-    daemon.wait_for("context: received 0 files");
+    let (sync, hashed) = context_counters(&mut daemon);
+    assert!(
+        sync.contains("context: received 0 files (0 bytes), wrote 0 entries"),
+        "{sync}"
+    );
+    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
     write(&ctx.join("d7/f7.txt"), "changed\n");
     let changed = build();
     assert!(
         changed.contains("=> context: sent 1 files (8 bytes)"),
         "{changed}"
     );
-    daemon.wait_for("context: received 1 files (8 bytes)");
+    let (sync, hashed) = context_counters(&mut daemon);
+    assert!(
+        sync.contains("context: received 1 files (8 bytes), wrote 1 entries"),
+        "{sync}"
+    );
+    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
+    // A removed file is gone from the daemon's copy too; a file whose
+    // content the daemon already holds (a copy of another) is not sent.
+    std::fs::remove_file(ctx.join("d3/f3.txt")).unwrap();
+    std::fs::copy(ctx.join("d4/f4.txt"), ctx.join("d5/copy.txt")).unwrap();
+    let moved = build_to(&tar_output);
+    assert!(
+        moved.contains("=> context: sent 0 files (0 bytes)"),
+        "{moved}"
+    );
+    // The new file, and the two directories whose times changed.
+    let (sync, _) = context_counters(&mut daemon);
+    assert!(sync.contains("wrote 3 entries"), "{sync}");
     // The daemon's copy of the context is the client's.
-    let out = env.path("out.tar");
-    let listing = Command::new("tar")
+    let changed = Command::new("tar")
         .arg("-xOf")
         .arg(&out)
         .arg("ctx/d7/f7.txt")
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&listing.stdout), "changed\n");
-    // A removed file is gone from the daemon's copy too.
-    std::fs::remove_file(ctx.join("d3/f3.txt")).unwrap();
-    build();
+    assert_eq!(String::from_utf8_lossy(&changed.stdout), "changed\n");
     let listing = Command::new("tar").arg("-tf").arg(&out).output().unwrap();
     let names = String::from_utf8_lossy(&listing.stdout);
     assert!(!names.contains("ctx/d3/f3.txt\n"), "{names}");
     assert!(names.contains("ctx/d3/f23.txt\n"), "{names}");
+    let copy = Command::new("tar")
+        .arg("-xOf")
+        .arg(&out)
+        .arg("ctx/d5/copy.txt")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&copy.stdout), "file 4\n");
 }
 
 #[test]

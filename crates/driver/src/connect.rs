@@ -201,7 +201,10 @@ pub async fn connect(
         // within seconds, not when the kernel gives up on the connection.
         .http2_keep_alive_interval(Duration::from_secs(3))
         .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        // Outputs streamed back need not wait for each 64 KiB to be taken.
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20);
     if let Endpoint::Tcp { host, .. } = &endpoint {
         if let Some(tls) = client_tls(&node.tls, host)? {
             channel = channel.tls_config(tls).map_err(unreachable)?;

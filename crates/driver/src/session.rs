@@ -12,11 +12,12 @@ use kbuild_proto::v1::{
     self, build_client_message::Message as Out, build_server_message::Message as In,
 };
 use kbuild_proto::Endpoint;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -68,44 +69,6 @@ pub async fn build(
     interrupt: impl Future<Output = ()>,
 ) -> Result<v1::BuildDone, Error> {
     let endpoint = Endpoint::parse(&node.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
-    let (channel, info) = dialer.dial(builder, node, Duration::from_secs(10)).await?;
-    if info.protocol < kbuild_proto::BUILD_PROTOCOL {
-        return Err(Error::Protocol {
-            builder: builder.to_string(),
-            endpoint,
-            daemon: info.protocol,
-            client: kbuild_proto::PROTOCOL_VERSION,
-            advice: "building needs protocol 2: upgrade kubectl-build on the builder's machine and restart \"kubectl-build serve\"",
-        });
-    }
-    // A daemon of protocol 3 gets the planned graph and not the Dockerfile;
-    // an older one the Dockerfile, which it plans itself.
-    if info.protocol >= kbuild_proto::GRAPH_PROTOCOL && !start.graph.is_empty() {
-        start.dockerfile.clear();
-    } else {
-        start.graph.clear();
-    }
-    let lost = |status: tonic::Status| Error::Lost {
-        builder: builder.to_string(),
-        endpoint: endpoint.clone(),
-        host: info.hostname.clone(),
-        source: Box::new(status),
-    };
-    // The context walk happens before the stream opens (it reads the disk).
-    let walked = match &context {
-        Some(c) => {
-            let dir = c.dir.clone();
-            let ignore = c.ignore.as_ref().map(|(m, _)| m.clone());
-            let checksums = c.checksums.clone();
-            tokio::task::spawn_blocking(move || walk(&dir, ignore.as_ref(), checksums.as_deref()))
-                .await
-                .map_err(|e| Error::Context {
-                    path: c.dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })??
-        }
-        None => Vec::new(),
-    };
     if let Some(c) = &context {
         start.has_context = true;
         start.context_path = std::fs::canonicalize(&c.dir)
@@ -130,41 +93,81 @@ pub async fn build(
                 .is_ok()
         }
     };
-    send(Out::Start(start)).await;
-    // Entries go out while the stream opens (bounded channel: in step).
-    let paths: std::collections::HashMap<String, PathBuf> = walked
-        .iter()
-        .filter(|(e, _)| !e.digest.is_empty())
-        .map(|(e, p)| (e.digest.clone(), p.clone()))
-        .collect();
-    let entries: Vec<v1::ContextEntry> = walked.into_iter().map(|(e, _)| e).collect();
-    let manifest_tx = tx.clone();
-    tokio::spawn(async move {
-        let mut batches = entries.chunks(MANIFEST_BATCH).peekable();
-        if batches.peek().is_none() {
-            let _ = manifest_tx
-                .send(v1::BuildClientMessage {
-                    message: Some(Out::Manifest(v1::ContextManifest {
-                        entries: Vec::new(),
-                        complete: true,
-                    })),
-                })
-                .await;
-        }
-        while let Some(b) = batches.next() {
-            let m = Out::Manifest(v1::ContextManifest {
-                entries: b.to_vec(),
-                complete: batches.peek().is_none(),
-            });
-            if manifest_tx
-                .send(v1::BuildClientMessage { message: Some(m) })
-                .await
-                .is_err()
-            {
-                return;
+    // The context is walked while the connection and the stream open, its entries sent in
+    // batches as the walk goes (the bounded channels keep them in step);
+    // they follow the start message, which waits for the daemon's protocol.
+    let (walk_tx, mut walk_rx) = mpsc::channel::<v1::BuildClientMessage>(8);
+    // Where each content is, by digest, for the daemon's FileRequests (a
+    // digest is entered before its entry is sent).
+    let paths: Arc<Mutex<HashMap<String, PathBuf>>> = Arc::default();
+    let mut walker = {
+        let tx = walk_tx;
+        let paths = paths.clone();
+        let context = context.map(|c| (c.dir, c.ignore.map(|(m, _)| m), c.checksums));
+        tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            let mut batch = Vec::with_capacity(MANIFEST_BATCH);
+            let mut emit = |entry: Option<(v1::ContextEntry, PathBuf)>| -> bool {
+                let last = entry.is_none();
+                if let Some((e, path)) = entry {
+                    if !e.digest.is_empty() {
+                        if let Ok(mut p) = paths.lock() {
+                            p.entry(e.digest.clone()).or_insert(path);
+                        }
+                    }
+                    batch.push(e);
+                }
+                if last || batch.len() == MANIFEST_BATCH {
+                    let m = Out::Manifest(v1::ContextManifest {
+                        entries: std::mem::take(&mut batch),
+                        complete: last,
+                    });
+                    return tx
+                        .blocking_send(v1::BuildClientMessage { message: Some(m) })
+                        .is_ok();
+                }
+                true
+            };
+            if let Some((dir, ignore, checksums)) = &context {
+                walk_dir(dir, "", ignore.as_ref(), checksums.as_deref(), &mut emit)?;
             }
-        }
-    });
+            emit(None);
+            Ok(())
+        })
+    };
+    let (channel, info) = dialer.dial(builder, node, Duration::from_secs(10)).await?;
+    if info.protocol < kbuild_proto::BUILD_PROTOCOL {
+        return Err(Error::Protocol {
+            builder: builder.to_string(),
+            endpoint,
+            daemon: info.protocol,
+            client: kbuild_proto::PROTOCOL_VERSION,
+            advice: "building needs protocol 2: upgrade kubectl-build on the builder's machine and restart \"kubectl-build serve\"",
+        });
+    }
+    // A daemon of protocol 3 gets the planned graph and not the Dockerfile;
+    // an older one the Dockerfile, which it plans itself.
+    if info.protocol >= kbuild_proto::GRAPH_PROTOCOL && !start.graph.is_empty() {
+        start.dockerfile.clear();
+    } else {
+        start.graph.clear();
+    }
+    send(Out::Start(start)).await;
+    {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = walk_rx.recv().await {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let lost = |status: tonic::Status| Error::Lost {
+        builder: builder.to_string(),
+        endpoint: endpoint.clone(),
+        host: info.hostname.clone(),
+        source: Box::new(status),
+    };
     let mut client = kbuild_proto::v1::builder_client::BuilderClient::new(channel)
         .max_decoding_message_size(16 << 20);
     let mut inbound = client
@@ -175,11 +178,10 @@ pub async fn build(
     // Contents go out in the order asked, one sender task after another.
     let (files_tx, mut files_rx) = mpsc::unbounded_channel::<Vec<String>>();
     let content_tx = tx.clone();
-    let paths = Arc::new(paths);
     let mut file_sender = tokio::spawn(async move {
         while let Some(digests) = files_rx.recv().await {
             for d in digests {
-                let Some(path) = paths.get(&d).cloned() else {
+                let Some(path) = paths.lock().ok().and_then(|p| p.get(&d).cloned()) else {
                     return Err(format!(
                         "the builder asked for {d}, which the context does not hold"
                     ));
@@ -195,6 +197,7 @@ pub async fn build(
         std::collections::HashMap::new();
     let mut cancelled = false;
     let mut sender_done = false;
+    let mut walked = false;
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let message = tokio::select! {
@@ -204,6 +207,14 @@ pub async fn build(
                 send(Out::Cancel(v1::Cancel {})).await;
                 deadline = Some(Box::pin(tokio::time::sleep(CANCEL_GRACE)));
                 continue;
+            }
+            w = &mut walker, if !walked => {
+                walked = true;
+                match w {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(Error::Session { builder: builder.to_string(), reason: format!("walk the context: {e}") }),
+                }
             }
             sent = &mut file_sender, if !sender_done => {
                 sender_done = true;
@@ -316,6 +327,7 @@ pub async fn build(
             }
             In::Done(done) => {
                 file_sender.abort();
+                walker.abort();
                 if cancelled || done.cancelled {
                     return Err(Error::Cancelled {
                         builder: builder.to_string(),
@@ -436,27 +448,63 @@ async fn send_file(
     }
 }
 
-/// The context's entries (directories, files, symbolic links) that
-/// `.dockerignore` keeps, with the files' digests and paths. A directory
-/// that is ignored is still walked (an exception may bring files back); it
-/// is listed when anything under it is.
-fn walk(
-    dir: &Path,
-    ignore: Option<&kbuild_ignore::Matcher>,
-    checksums: Option<&kbuild_solver::checksums::ChecksumCache>,
-) -> Result<Vec<(v1::ContextEntry, PathBuf)>, Error> {
-    let mut out = Vec::new();
-    walk_dir(dir, "", ignore, checksums, &mut out)?;
-    Ok(out)
-}
-
+/// Walks the context, handing `emit` each entry (directories, files,
+/// symbolic links) that `.dockerignore` keeps, with the files' digests and
+/// paths, in walk order: names sorted byte-wise, a directory before what it
+/// holds. A directory that is ignored is still walked (an exception may
+/// bring files back); it is listed when anything under it is, so entries
+/// below it wait until one is kept. `emit` returning false stops the walk
+/// (the session ended).
 fn walk_dir(
     root: &Path,
     rel: &str,
     ignore: Option<&kbuild_ignore::Matcher>,
     checksums: Option<&kbuild_solver::checksums::ChecksumCache>,
-    out: &mut Vec<(v1::ContextEntry, PathBuf)>,
-) -> Result<bool, Error> {
+    emit: &mut dyn FnMut(Option<(v1::ContextEntry, PathBuf)>) -> bool,
+) -> Result<(), Error> {
+    match walk_below(root, rel, ignore, checksums, &mut Vec::new(), emit) {
+        Ok(_) | Err(Stop::Ended) => Ok(()),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// Why a walk stopped early.
+enum Stop {
+    /// The session ended (it reports why).
+    Ended,
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+/// Sends the held directories, then `entry`.
+fn send(
+    held: &mut Vec<(v1::ContextEntry, PathBuf)>,
+    entry: (v1::ContextEntry, PathBuf),
+    emit: &mut dyn FnMut(Option<(v1::ContextEntry, PathBuf)>) -> bool,
+) -> Result<(), Stop> {
+    for h in held.drain(..).chain(std::iter::once(entry)) {
+        if !emit(Some(h)) {
+            return Err(Stop::Ended);
+        }
+    }
+    Ok(())
+}
+
+/// Walks `rel`; `held` are ignored directories above it not sent yet.
+/// Returns whether anything was sent.
+fn walk_below(
+    root: &Path,
+    rel: &str,
+    ignore: Option<&kbuild_ignore::Matcher>,
+    checksums: Option<&kbuild_solver::checksums::ChecksumCache>,
+    held: &mut Vec<(v1::ContextEntry, PathBuf)>,
+    emit: &mut dyn FnMut(Option<(v1::ContextEntry, PathBuf)>) -> bool,
+) -> Result<bool, Stop> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -475,10 +523,10 @@ fn walk_dir(
     let mut any = false;
     for name in names {
         let Some(name) = name.to_str() else {
-            return Err(Error::Context {
+            return Err(Stop::Failed(Error::Context {
                 path: dir.join(&name),
                 source: std::io::Error::other("the name is not UTF-8"),
-            });
+            }));
         };
         let path = dir.join(name);
         let child = if rel.is_empty() {
@@ -498,16 +546,21 @@ fn walk_dir(
             ..Default::default()
         };
         if md.is_dir() {
-            if excluded && !ignore.is_some_and(|m| m.may_contain_included(&child)) {
-                continue;
-            }
-            let index = out.len();
-            out.push((entry, path.clone()));
-            let inner = walk_dir(root, &child, ignore, checksums, out)?;
-            if excluded && !inner {
-                out.truncate(index);
+            if excluded {
+                if !ignore.is_some_and(|m| m.may_contain_included(&child)) {
+                    continue;
+                }
+                // Sent only when something below it is.
+                let depth = held.len();
+                held.push((entry, path));
+                if walk_below(root, &child, ignore, checksums, held, emit)? {
+                    any = true;
+                }
+                held.truncate(depth);
             } else {
+                send(held, (entry, path), emit)?;
                 any = true;
+                walk_below(root, &child, ignore, checksums, held, emit)?;
             }
             continue;
         }
@@ -532,7 +585,7 @@ fn walk_dir(
             continue;
         }
         any = true;
-        out.push((entry, path));
+        send(held, (entry, path), emit)?;
     }
     Ok(any)
 }

@@ -17,7 +17,7 @@
 //! edited context no longer lists go then).
 
 use kbuild_image::lock::{FileLock, LockMode};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::time::SystemTime;
@@ -95,7 +95,7 @@ fn select(
         if !dir.is_dir() {
             continue;
         }
-        let used = std::fs::metadata(dir.join("entries.json"))
+        let used = std::fs::metadata(dir.join(crate::context::RECORD))
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
         all.push((used, dir));
@@ -111,7 +111,7 @@ fn select(
         match FileLock::try_acquire(dir.join("lock"), LockMode::Exclusive)? {
             Some(lock) => {
                 // Its record first: a copy half gone is never trusted.
-                match std::fs::remove_file(dir.join("entries.json")) {
+                match std::fs::remove_file(dir.join(crate::context::RECORD)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
@@ -130,21 +130,11 @@ fn select(
     // The files the kept contexts list.
     let mut wanted: HashSet<String> = HashSet::new();
     for dir in &kept {
-        let Ok(bytes) = std::fs::read(dir.join("entries.json")) else {
-            continue;
-        };
-        let record: BTreeMap<String, serde_json::Value> = match serde_json::from_slice(&bytes) {
-            Ok(r) => r,
-            Err(_) => continue,
-        };
-        for entry in record.values() {
-            if let Some(hex) = entry["digest"]
-                .as_str()
-                .and_then(|d| d.strip_prefix("sha256:"))
-            {
-                wanted.insert(hex.to_string());
-            }
-        }
+        // A record that cannot be read lists nothing (its copy starts
+        // afresh next time).
+        let _ = crate::context::listed_digests(dir, |hex| {
+            wanted.insert(hex.to_string());
+        });
     }
     let files = root.join("context-files");
     let file_trash = trash.join("files");

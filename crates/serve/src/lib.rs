@@ -25,6 +25,7 @@
 
 #![deny(missing_docs)]
 
+mod context;
 pub mod gc;
 mod session;
 mod ssh;
@@ -393,6 +394,20 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// HTTP/2 flow-control windows for what clients send (context contents):
+/// the default 64 KiB would make every 64 KiB wait for the daemon to say it
+/// took them, which a loaded machine delays. These bound what one
+/// connection can have in flight.
+const STREAM_WINDOW: u32 = 4 << 20;
+/// See [`STREAM_WINDOW`].
+const CONNECTION_WINDOW: u32 = 8 << 20;
+
+fn server() -> Server {
+    Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+}
+
 /// Serves `config` until `shutdown` resolves, then stops accepting, lets
 /// running requests finish for up to [`DRAIN_TIMEOUT`], and removes the unix
 /// socket files. Each listener logs `listening on ENDPOINT` (with the bound
@@ -488,7 +503,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 tracing::info!("listening on {endpoint} (mode {SOCKET_MODE:o})");
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
                 tasks.spawn(async move {
-                    let r = Server::builder()
+                    let r = server()
                         .add_service(svc)
                         .serve_with_incoming_shutdown(incoming, signal)
                         .await;
@@ -496,7 +511,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
                 });
             }
             Listener::Tcp(l) => {
-                let mut builder = Server::builder();
+                let mut builder = server();
                 match &tls {
                     Some(tls) => {
                         builder =

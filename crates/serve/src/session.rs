@@ -16,9 +16,7 @@ use kbuild_solver::options::{
 };
 use kbuild_solver::progress::{Event, Progress};
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,8 +27,6 @@ use tonic::Streaming;
 /// Where the server messages go (the response stream).
 pub(crate) type Tx = mpsc::Sender<Result<v1::BuildServerMessage, tonic::Status>>;
 
-/// Digests asked for in one FileRequest.
-const REQUEST_BATCH: usize = 4096;
 /// Bytes of a streamed output in one ResultChunk.
 const RESULT_CHUNK: usize = 256 * 1024;
 /// How long the daemon waits for the client to answer a question.
@@ -80,7 +76,7 @@ pub(crate) enum SessionError {
     ShuttingDown,
 }
 
-fn proto(msg: impl Into<String>) -> SessionError {
+pub(crate) fn proto(msg: impl Into<String>) -> SessionError {
     SessionError::Protocol(msg.into())
 }
 
@@ -232,57 +228,13 @@ impl ProvideSecret for ClientSecrets {
     }
 }
 
-/// One entry of a materialised context, as recorded for the next session.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-struct Recorded {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    digest: String,
-    link: String,
-}
-
-impl From<&v1::ContextEntry> for Recorded {
-    fn from(e: &v1::ContextEntry) -> Recorded {
-        Recorded {
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime: e.mtime_unix_nanos,
-            digest: e.digest.clone(),
-            link: e.link_target.clone(),
-        }
-    }
-}
-
-const S_IFMT: u32 = 0o170000;
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
-
-fn valid_rel(path: &str) -> bool {
-    !path.is_empty()
-        && !path.starts_with('/')
-        && path
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
-}
-
-fn hex_of(digest: &str) -> Option<&str> {
-    let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-    .then_some(hex)
-}
-
-/// Files and bytes received, for the session's BuildDone and logs.
+/// Files and bytes received and entries written into the context's copy,
+/// for the session's BuildDone and logs.
 #[derive(Default, Clone, Copy)]
-struct Transfer {
-    files: u64,
-    bytes: u64,
+pub(crate) struct Transfer {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    pub(crate) written: u64,
 }
 
 /// Runs one session to its end; every outcome ends with BuildDone unless
@@ -339,6 +291,7 @@ pub(crate) async fn run(
     let mut done = v1::BuildDone {
         files_received: transfer.files,
         bytes_received: transfer.bytes,
+        context_entries_written: transfer.written,
         ..Default::default()
     };
     match outcome {
@@ -346,6 +299,7 @@ pub(crate) async fn run(
             done = v1::BuildDone {
                 files_received: transfer.files,
                 bytes_received: transfer.bytes,
+                context_entries_written: transfer.written,
                 ..d
             };
             for (index, path) in results {
@@ -449,7 +403,9 @@ impl Drop for SessionDir {
 /// them (removed once sent).
 type Finished = (v1::BuildDone, Vec<(u32, PathBuf)>, SessionDir);
 
-async fn next(inbound: &mut Streaming<v1::BuildClientMessage>) -> Result<In, SessionError> {
+pub(crate) async fn next(
+    inbound: &mut Streaming<v1::BuildClientMessage>,
+) -> Result<In, SessionError> {
     match inbound.message().await {
         Ok(Some(v1::BuildClientMessage { message: Some(m) })) => Ok(m),
         Ok(Some(_)) => Err(proto("an empty message")),
@@ -470,27 +426,18 @@ async fn session(
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Finished, SessionError> {
     let root = config.root.clone();
-    // The context: its entries first, then the contents the daemon lacks.
-    let mut entries = Vec::new();
-    loop {
-        match next(&mut inbound).await? {
-            In::Manifest(m) => {
-                entries.extend(m.entries);
-                if m.complete {
-                    break;
-                }
-            }
-            In::Cancel(_) => return Err(SessionError::Cancelled),
-            _ => return Err(proto("expected the context manifest")),
-        }
-    }
     let mut context_lock = None;
+    let mut checksums = None;
     let context_dir = if start.has_context {
         let key = hex::encode(Sha256::digest(
             format!("{}\0{}", start.client_hostname, start.context_path).as_bytes(),
         ));
         let state = root.join("contexts").join(key);
         let files = root.join("context-files");
+        let dir = state.join("dir");
+        // The solver's checksum cache of the copy: the sync enters the
+        // client's digest of every file it writes.
+        let cache = kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &dir);
         // Held until the build ends: no other session of this context
         // changes the copy while the build reads it.
         // No collection of context files while this sync runs.
@@ -502,20 +449,39 @@ async fn session(
                 path: root.display().to_string(),
                 source,
             })?;
-        let lock = sync_context(&state, &files, &entries, &mut inbound, tx, transfer).await?;
+        let began = std::time::Instant::now();
+        let (lock, cache) =
+            crate::context::sync(&state, &files, cache, &mut inbound, tx, transfer).await?;
+        let took = began.elapsed().as_secs_f64();
         drop(sync_guard);
         context_lock = Some(lock);
+        checksums = Some(cache);
         tracing::info!(
             context = %start.context_path,
             client = %start.client_hostname,
             files = transfer.files,
             bytes = transfer.bytes,
-            "context: received {} files ({} bytes)",
+            written = transfer.written,
+            "context: received {} files ({} bytes), wrote {} entries into its copy in {took:.3} s",
             transfer.files,
-            transfer.bytes
+            transfer.bytes,
+            transfer.written
         );
-        Some(state.join("dir"))
+        Some(dir)
     } else {
+        // No context: one empty manifest.
+        loop {
+            match next(&mut inbound).await? {
+                In::Manifest(m) if m.entries.is_empty() => {
+                    if m.complete {
+                        break;
+                    }
+                }
+                In::Manifest(_) => return Err(proto("context entries without a context")),
+                In::Cancel(_) => return Err(SessionError::Cancelled),
+                _ => return Err(proto("expected the context manifest")),
+            }
+        }
         None
     };
     // From here on the client only answers questions or cancels.
@@ -566,7 +532,15 @@ async fn session(
             }
         })
     };
-    let work = build(config, start, context_dir, queue, pending, cancel);
+    let work = build(
+        config,
+        start,
+        context_dir,
+        checksums,
+        queue,
+        pending,
+        cancel,
+    );
     let outcome = tokio::select! {
         r = work => { reader.abort(); r }
         _ = cancelled.notified() => {
@@ -586,275 +560,13 @@ async fn session(
     outcome
 }
 
-/// Brings `state/dir` to the client's context: asks for the contents
-/// missing from the file cache (`files/<hex>`, shared by all contexts),
-/// writes them there as they stream in, then creates, replaces and removes
-/// entries so the directory holds exactly `entries`.
-async fn sync_context(
-    state: &Path,
-    files: &Path,
-    entries: &[v1::ContextEntry],
-    inbound: &mut Streaming<v1::BuildClientMessage>,
-    tx: &Tx,
-    transfer: &mut Transfer,
-) -> Result<kbuild_image::lock::FileLock, SessionError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| SessionError::Context { path, source }
-    };
-    std::fs::create_dir_all(state).map_err(io(state))?;
-    std::fs::create_dir_all(files).map_err(io(files))?;
-    // One session per context at a time.
-    let lock_path = state.join("lock");
-    let lock = tokio::task::spawn_blocking(move || {
-        kbuild_image::lock::FileLock::acquire(&lock_path, kbuild_image::lock::LockMode::Exclusive)
-    })
-    .await
-    .map_err(|e| proto(format!("lock the context: {e}")))?
-    .map_err(io(state))?;
-    let mut seen = HashSet::new();
-    for e in entries {
-        if !valid_rel(&e.path) {
-            return Err(proto(format!(
-                "context entry {:?}: not a relative path",
-                e.path
-            )));
-        }
-        if !seen.insert(e.path.as_str()) {
-            return Err(proto(format!("context entry {:?} listed twice", e.path)));
-        }
-        if e.mode & S_IFMT == S_IFREG && hex_of(&e.digest).is_none() {
-            return Err(proto(format!(
-                "context entry {:?}: bad digest {:?}",
-                e.path, e.digest
-            )));
-        }
-    }
-    // Every entry's parent must be a listed directory: nothing is ever
-    // written through a symbolic link.
-    let dirs: HashSet<&str> = entries
-        .iter()
-        .filter(|e| e.mode & S_IFMT == S_IFDIR)
-        .map(|e| e.path.as_str())
-        .collect();
-    for e in entries {
-        if let Some((parent, _)) = e.path.rsplit_once('/') {
-            if !dirs.contains(parent) {
-                return Err(proto(format!(
-                    "context entry {:?}: its directory is not listed",
-                    e.path
-                )));
-            }
-        }
-    }
-    let mut missing: Vec<String> = Vec::new();
-    let mut asked = HashSet::new();
-    for e in entries.iter().filter(|e| e.mode & S_IFMT == S_IFREG) {
-        let hex = hex_of(&e.digest).unwrap_or_default();
-        if !files.join(hex).exists() && asked.insert(e.digest.clone()) {
-            missing.push(e.digest.clone());
-        }
-    }
-    for batch in missing.chunks(REQUEST_BATCH) {
-        tx.send(Ok(v1::BuildServerMessage {
-            message: Some(Out::FileRequest(v1::FileRequest {
-                digests: batch.to_vec(),
-            })),
-        }))
-        .await
-        .map_err(|_| SessionError::Gone)?;
-    }
-    for digest in &missing {
-        let hex = hex_of(digest).unwrap_or_default();
-        let mut temp = tempfile::Builder::new()
-            .prefix(".in-")
-            .tempfile_in(files)
-            .map_err(io(files))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        loop {
-            let chunk = match next(inbound).await? {
-                In::File(c) => c,
-                In::Cancel(_) => return Err(SessionError::Cancelled),
-                _ => return Err(proto("expected file content")),
-            };
-            if chunk.digest != *digest || chunk.offset != size {
-                return Err(proto(format!(
-                    "expected {digest} at offset {size}, got {} at {}",
-                    chunk.digest, chunk.offset
-                )));
-            }
-            hasher.update(&chunk.data);
-            temp.write_all(&chunk.data).map_err(io(temp.path()))?;
-            size += chunk.data.len() as u64;
-            transfer.bytes += chunk.data.len() as u64;
-            if chunk.last {
-                break;
-            }
-        }
-        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if got != *digest {
-            return Err(proto(format!(
-                "a context file changed while it was sent (expected {digest}, got {got}); build again"
-            )));
-        }
-        let target = files.join(hex);
-        temp.persist(&target).map_err(|e| SessionError::Context {
-            path: target.display().to_string(),
-            source: e.error,
-        })?;
-        transfer.files += 1;
-    }
-    let state = state.to_path_buf();
-    let files = files.to_path_buf();
-    let entries = entries.to_vec();
-    tokio::task::spawn_blocking(move || materialise(&state, &files, &entries))
-        .await
-        .map_err(|e| proto(format!("materialise the context: {e}")))??;
-    Ok(lock)
-}
-
-fn set_times(path: &Path, nanos: i64) -> std::io::Result<()> {
-    use rustix::fs::{Timespec, Timestamps};
-    let t = Timespec {
-        tv_sec: nanos.div_euclid(1_000_000_000),
-        tv_nsec: nanos.rem_euclid(1_000_000_000) as _,
-    };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        path,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(std::io::Error::from)
-}
-
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn materialise(
-    state: &Path,
-    files: &Path,
-    entries: &[v1::ContextEntry],
-) -> Result<(), SessionError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| SessionError::Context { path, source }
-    };
-    let dir = state.join("dir");
-    let record_path = state.join("entries.json");
-    // What the last session left; anything unreadable is rebuilt.
-    let mut before: Option<BTreeMap<String, Recorded>> = std::fs::read(&record_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    // Gone while the copy changes: a session that dies half-way leaves no
-    // record, and the next one compares nothing with it.
-    match std::fs::remove_file(&record_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&record_path)(e)),
-    }
-    // Without a record of what the copy holds, it starts afresh.
-    if before.is_none() || !dir.is_dir() {
-        before = None;
-        remove_any(&dir).map_err(io(&dir))?;
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    }
-    let before = before.unwrap_or_default();
-    let mut sorted: Vec<&v1::ContextEntry> = entries.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let wanted: HashSet<&str> = sorted.iter().map(|e| e.path.as_str()).collect();
-    // Remove what is no longer listed (deepest first: reverse order).
-    for (path, _) in before.iter().rev() {
-        if !wanted.contains(path.as_str()) {
-            let p = dir.join(path);
-            remove_any(&p).map_err(io(&p))?;
-        }
-    }
-    for e in &sorted {
-        let target = dir.join(&e.path);
-        let record = Recorded::from(*e);
-        let current = std::fs::symlink_metadata(&target).ok();
-        let kind = e.mode & S_IFMT;
-        let unchanged = before.get(&e.path) == Some(&record)
-            && current.as_ref().is_some_and(|m| match kind {
-                S_IFDIR => m.is_dir(),
-                S_IFLNK => m.file_type().is_symlink(),
-                _ => m.is_file(),
-            });
-        if unchanged {
-            continue;
-        }
-        match kind {
-            S_IFDIR => {
-                if !current.as_ref().is_some_and(|m| m.is_dir()) {
-                    remove_any(&target).map_err(io(&target))?;
-                    std::fs::create_dir(&target).map_err(io(&target))?;
-                }
-            }
-            S_IFLNK => {
-                remove_any(&target).map_err(io(&target))?;
-                std::os::unix::fs::symlink(&e.link_target, &target).map_err(io(&target))?;
-            }
-            S_IFREG => {
-                let src = files.join(hex_of(&e.digest).unwrap_or_default());
-                let parent = target.parent().unwrap_or(&dir);
-                let temp = tempfile::Builder::new()
-                    .prefix(".sync-")
-                    .tempfile_in(parent)
-                    .map_err(io(parent))?;
-                std::fs::copy(&src, temp.path()).map_err(io(&src))?;
-                remove_any(&target).map_err(io(&target))?;
-                temp.persist(&target).map_err(|e| SessionError::Context {
-                    path: target.display().to_string(),
-                    source: e.error,
-                })?;
-            }
-            _ => {
-                // Other kinds (sockets, devices) are not sent: skipped.
-                continue;
-            }
-        }
-        std::os::unix::fs::lchown(&target, Some(e.uid), Some(e.gid)).map_err(io(&target))?;
-        if kind != S_IFLNK {
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(e.mode & 0o7777))
-                .map_err(io(&target))?;
-        }
-        if kind != S_IFDIR {
-            set_times(&target, e.mtime_unix_nanos).map_err(io(&target))?;
-        }
-    }
-    // Directory times last, deepest first: filling them changed them.
-    for e in sorted.iter().rev().filter(|e| e.mode & S_IFMT == S_IFDIR) {
-        let target = dir.join(&e.path);
-        set_times(&target, e.mtime_unix_nanos).map_err(io(&target))?;
-    }
-    let record: BTreeMap<&str, Recorded> = sorted
-        .iter()
-        .filter(|e| matches!(e.mode & S_IFMT, S_IFDIR | S_IFREG | S_IFLNK))
-        .map(|e| (e.path.as_str(), Recorded::from(*e)))
-        .collect();
-    let json =
-        serde_json::to_vec(&record).map_err(|e| proto(format!("record the context: {e}")))?;
-    kbuild_image::write_atomic(&record_path, &json)?;
-    Ok(())
-}
-
 /// Runs the build as a local one does (see the CLI's build), with this
 /// session's progress, credentials and secrets.
 async fn build(
     config: &Arc<Config>,
     start: &v1::BuildStart,
     context_dir: Option<PathBuf>,
+    checksums: Option<kbuild_solver::checksums::ChecksumCache>,
     queue: &Queue,
     pending: &Arc<Pending>,
     cancel: &kbuild_worker::executor::Cancel,
@@ -1027,9 +739,6 @@ async fn build(
     } else {
         Some(kbuild_ignore::Matcher::parse(&start.dockerignore).map_err(SessionError::Ignore)?)
     };
-    let checksums = context_dir
-        .as_ref()
-        .map(|dir| kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), dir));
     let ctx = Context {
         dir: context_dir.clone(),
         ignore,
@@ -1088,6 +797,7 @@ async fn build(
     let report =
         kbuild_solver::outputs::export_with(&solver, &result, &outputs, early_push.as_ref())
             .await?;
+    let mut hashed = 0;
     let mut cache_exports = Vec::new();
     let mut cache_warnings = Vec::new();
     for c in solver
@@ -1106,6 +816,11 @@ async fn build(
         }
     }
     if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
+        hashed = cache.hashed_bytes();
+        tracing::info!(
+            hashed,
+            "context: read {hashed} bytes of context content to compute checksums"
+        );
         if let Err(e) = cache.save(dir) {
             tracing::warn!(error = %e, "could not keep the context checksum cache");
         }
@@ -1141,6 +856,7 @@ async fn build(
         warnings: warnings.into_iter().chain(cache_warnings).collect(),
         cache_exports,
         config_digest,
+        context_bytes_hashed: hashed,
         ..Default::default()
     };
     Ok((done, streamed, session_dir))

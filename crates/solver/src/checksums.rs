@@ -67,7 +67,8 @@ struct File {
 #[derive(Debug)]
 pub struct ChecksumCache {
     path: PathBuf,
-    state: Mutex<State>,
+    /// `None` until the cache file is read (when first needed).
+    state: Mutex<Option<State>>,
 }
 
 #[derive(Debug, Default)]
@@ -80,34 +81,52 @@ struct State {
 impl ChecksumCache {
     /// The cache of the context `context`, kept in `dir` (created when
     /// saved). An unreadable or outdated cache file starts an empty cache.
+    /// The file is read when the cache is first used, or by
+    /// [`preload`](Self::preload) (e.g. on another thread while other work
+    /// goes on).
     pub fn load(dir: &Path, context: &Path) -> ChecksumCache {
         let key = hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()));
-        let path = dir.join(format!("{key}.json"));
-        let entries = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<File>(&b).ok())
-            .filter(|f| f.version == VERSION)
-            .map(|f| f.entries)
-            .unwrap_or_default();
         ChecksumCache {
-            path,
-            state: Mutex::new(State {
-                entries,
-                ..State::default()
-            }),
+            path: dir.join(format!("{key}.json")),
+            state: Mutex::new(None),
         }
+    }
+
+    /// Reads the cache file now unless it was read already.
+    pub fn preload(&self) {
+        self.with(|_| ());
+    }
+
+    /// `f` on the state, read from the file first if need be.
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
+        let mut state = self.state.lock().ok()?;
+        let state = state.get_or_insert_with(|| State {
+            entries: fs::read(&self.path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<File>(&b).ok())
+                .filter(|f| f.version == VERSION)
+                .map(|f| f.entries)
+                .unwrap_or_default(),
+            ..State::default()
+        });
+        Some(f(state))
     }
 
     /// The sha256 (hex) of the file at `path` (`rel` in the context), from
     /// the cache when its metadata `md` is unchanged, else by reading it.
     pub fn digest(&self, rel: &str, path: &Path, md: &fs::Metadata) -> std::io::Result<String> {
         let stat = Stat::of(md);
-        if let Ok(state) = self.state.lock() {
-            if let Some((known, digest)) = state.entries.get(rel) {
-                if *known == stat {
-                    return Ok(digest.clone());
-                }
-            }
+        let known = self
+            .with(|state| {
+                state
+                    .entries
+                    .get(rel)
+                    .filter(|(known, _)| *known == stat)
+                    .map(|(_, digest)| digest.clone())
+            })
+            .flatten();
+        if let Some(digest) = known {
+            return Ok(digest);
         }
         let hashed_at = SystemTime::now();
         let mut file = fs::File::open(path)?;
@@ -117,7 +136,7 @@ impl ChecksumCache {
         let modified = UNIX_EPOCH + Duration::from_nanos(stat.mtime_ns.max(0) as u64);
         let changed = UNIX_EPOCH + Duration::from_nanos(stat.ctime_ns.max(0) as u64);
         let racy = modified.max(changed) + RACY_WINDOW >= hashed_at;
-        if let Ok(mut state) = self.state.lock() {
+        self.with(|state| {
             state.hashed_bytes += n;
             if !racy {
                 state
@@ -125,20 +144,42 @@ impl ChecksumCache {
                     .insert(rel.to_string(), (stat, digest.clone()));
                 state.dirty = true;
             }
-        }
+        });
         Ok(digest)
+    }
+
+    /// Records that the file at `rel`, whose metadata is now `md`, holds
+    /// content of sha256 `digest` (hex), without reading it and without the
+    /// racy-write rule. Only for a file the caller itself just wrote with
+    /// content it had verified, in a tree nothing else writes (a builder
+    /// daemon's copy of a client's context, whose digests the client sent).
+    pub fn insert_known(&self, rel: &str, md: &fs::Metadata, digest: &str) {
+        self.with(|state| {
+            state
+                .entries
+                .insert(rel.to_string(), (Stat::of(md), digest.to_string()));
+            state.dirty = true;
+        });
     }
 
     /// Bytes of file content read so far (0 for a rebuild where nothing
     /// changed).
     pub fn hashed_bytes(&self) -> u64 {
-        self.state.lock().map(|s| s.hashed_bytes).unwrap_or(0)
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.hashed_bytes))
+            .unwrap_or(0)
     }
 
     /// Writes the cache back when it learned something. Entries of files
     /// that no longer exist are dropped.
     pub fn save(&self, context: &Path) -> Result<(), kbuild_image::Error> {
         let Ok(mut state) = self.state.lock() else {
+            return Ok(());
+        };
+        // Never read: nothing learned.
+        let Some(state) = state.as_mut() else {
             return Ok(());
         };
         if !state.dirty {
