@@ -330,8 +330,8 @@ pub struct BuildArgs {
     /// buildx's --annotation (not supported yet).
     #[arg(long = "annotation", hide = true, value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
-    /// buildx's --build-context (not supported yet).
-    #[arg(long = "build-context", hide = true, value_name = "NAME=VALUE")]
+    /// Additional build contexts (format: "name=path", "name=docker-image://REF" or "name=oci-layout://PATH[:TAG|@DIGEST]"): FROM name, COPY --from=name and RUN --mount=from=name read them instead of a stage or image of that name; repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_context: Vec<String>,
     /// buildx's --shm-size (not supported yet).
     #[arg(long = "shm-size", hide = true, value_name = "BYTES")]

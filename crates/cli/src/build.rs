@@ -178,7 +178,21 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         ))
     };
     let caches = !req.cache_from.is_empty() || !req.cache_to.is_empty();
-    match choose_builder(g.builder.as_deref(), g)? {
+    let chosen = choose_builder(g.builder.as_deref(), g)?;
+    let local_contexts = req.local_only_contexts();
+    match &chosen {
+        Chosen::Remote(name, _)
+        | Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. })
+            if !local_contexts.is_empty() =>
+        {
+            return Err(BuildError::Builder(format!(
+                "--build-context {}: directory and oci-layout:// contexts are not sent to builder daemons yet (builder {name}); build with --builder local, or use docker-image:// contexts",
+                local_contexts.join(", ")
+            )))
+        }
+        _ => {}
+    }
+    match chosen {
         Chosen::Remote(name, _) if caches => return Err(cache_refusal(&name)),
         Chosen::Remote(name, builder) => return crate::remote::run(req, a, g, &name, &builder),
         Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. }) if caches => {
@@ -291,6 +305,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         dir: req.context.clone(),
         ignore,
         checksums,
+        named: req.context_dirs.clone(),
     };
     let started = Instant::now();
     let outcome = rt.block_on(async {

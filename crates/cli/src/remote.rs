@@ -329,6 +329,7 @@ impl Setup {
             build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
             registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
             insecure_registries: a.insecure_registries.clone(),
+            named_images: req.named_images(),
             ..Default::default()
         };
         // The client keeps a checksum cache of its own per context, beside

@@ -4,7 +4,7 @@
 
 use crate::args::{BuildArgs, GlobalArgs};
 use kbuild_dockerfile::graph::{self, Graph};
-use kbuild_dockerfile::plan::{self, BuildPlan, PlanOptions};
+use kbuild_dockerfile::plan::{self, BuildPlan, NamedContext, PlanOptions};
 use kbuild_platform::Platform;
 use kbuild_solver::options::{
     parse_add_host, parse_build_args, parse_labels, parse_network, NetworkMode, Output, OutputKind,
@@ -62,6 +62,30 @@ pub enum RequestError {
     /// A flag a later part of the product will execute.
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
+    /// A `--build-context` value that is not NAME=VALUE or names nothing usable.
+    #[error("invalid --build-context {value:?}: {reason}")]
+    BuildContext {
+        /// The flag value.
+        value: String,
+        /// What is wrong, and the forms that work.
+        reason: String,
+    },
+    /// An `oci-layout://` build context that cannot be read.
+    #[error("--build-context {value}: {source}")]
+    BuildContextLayout {
+        /// The flag value.
+        value: String,
+        /// Why.
+        source: kbuild_solver::layout::LayoutError,
+    },
+    /// A `docker-image://` build context whose reference does not parse.
+    #[error("--build-context {value}: {source}")]
+    BuildContextImage {
+        /// The flag value.
+        value: String,
+        /// Why.
+        source: kbuild_registry::Error,
+    },
     /// `-o type=docker` for several platforms.
     #[error("-o type=docker and --load hold one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
     DockerArchivePlatforms(String),
@@ -117,6 +141,10 @@ pub struct BuildRequest {
     pub cache_from: Vec<CacheFrom>,
     /// `--cache-to`: where to export the build cache.
     pub cache_to: Vec<CacheTo>,
+    /// `--build-context` values as the planner sees them.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// The `--build-context` values that are local directories.
+    pub context_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl BuildRequest {
@@ -132,7 +160,6 @@ impl BuildRequest {
             ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
             ("--attest", !a.attest.is_empty()),
             ("--annotation", !a.annotation.is_empty()),
-            ("--build-context", !a.build_context.is_empty()),
             ("--shm-size", a.shm_size.is_some()),
             ("--ulimit", !a.ulimit.is_empty()),
             ("--cgroup-parent", a.cgroup_parent.is_some()),
@@ -154,6 +181,16 @@ impl BuildRequest {
             .iter()
             .map(|s| CacheTo::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
+
+        let mut named_contexts = BTreeMap::new();
+        let mut context_dirs = BTreeMap::new();
+        for value in &a.build_context {
+            let (name, named, dir) = parse_build_context(value)?;
+            if let Some(dir) = dir {
+                context_dirs.insert(name.clone(), dir);
+            }
+            named_contexts.insert(name, named);
+        }
 
         let (context, dockerfile_path, dockerfile, dockerfile_name) =
             read_dockerfile(path, a.file.as_deref())?;
@@ -264,6 +301,8 @@ impl BuildRequest {
             notices,
             cache_from,
             cache_to,
+            named_contexts,
+            context_dirs,
         })
     }
 
@@ -281,6 +320,31 @@ impl BuildRequest {
         graph::lower(plan).map_err(|e| RequestError::Plan(e.in_file(&self.dockerfile_name)))
     }
 
+    /// The `--build-context` values that are images (`docker-image://`),
+    /// name to reference: what a builder daemon gets.
+    pub fn named_images(&self) -> std::collections::HashMap<String, String> {
+        self.named_contexts
+            .iter()
+            .filter_map(|(name, c)| match c {
+                NamedContext::Image(r) if !r.starts_with(kbuild_solver::layout::SCHEME) => {
+                    Some((name.clone(), r.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `--build-context` values only this machine can read
+    /// (directories, OCI layouts), as `NAME=VALUE` for messages.
+    pub fn local_only_contexts(&self) -> Vec<String> {
+        let images = self.named_images();
+        self.named_contexts
+            .keys()
+            .filter(|name| !images.contains_key(*name))
+            .cloned()
+            .collect()
+    }
+
     /// The planner's options for this request.
     pub fn plan_options(&self) -> PlanOptions {
         PlanOptions {
@@ -289,6 +353,7 @@ impl BuildRequest {
             build_args: self.build_args.clone(),
             target: self.target.clone(),
             labels: self.labels.clone(),
+            named_contexts: self.named_contexts.clone(),
         }
     }
 }
@@ -362,6 +427,71 @@ fn display_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_string())
+}
+
+/// One `--build-context NAME=VALUE`, as buildx reads it: `docker-image://REF`,
+/// `oci-layout://PATH[:TAG|@DIGEST]` (resolved in the layout now, so a bad
+/// path or tag fails before the build), or a local directory.
+fn parse_build_context(
+    value: &str,
+) -> Result<(String, NamedContext, Option<PathBuf>), RequestError> {
+    let bad = |reason: &str| RequestError::BuildContext {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let (name, target) = value
+        .split_once('=')
+        .filter(|(n, t)| !n.is_empty() && !t.is_empty())
+        .ok_or_else(|| {
+            bad("use NAME=DIR, NAME=docker-image://REF or NAME=oci-layout://PATH[:TAG|@DIGEST]")
+        })?;
+    if let Some(reference) = target.strip_prefix("docker-image://") {
+        kbuild_registry::Reference::parse(reference).map_err(|source| {
+            RequestError::BuildContextImage {
+                value: value.to_string(),
+                source,
+            }
+        })?;
+        return Ok((
+            name.to_string(),
+            NamedContext::Image(reference.to_string()),
+            None,
+        ));
+    }
+    if target.starts_with(kbuild_solver::layout::SCHEME) {
+        let layout_err = |source| RequestError::BuildContextLayout {
+            value: value.to_string(),
+            source,
+        };
+        let layout = kbuild_solver::layout::LayoutRef::parse(target).map_err(layout_err)?;
+        let digest = layout.resolve().map_err(layout_err)?;
+        let pinned = kbuild_solver::layout::LayoutRef {
+            path: layout.path.clone(),
+            select: kbuild_solver::layout::Select::Digest(digest),
+        }
+        .to_absolute()
+        .map_err(layout_err)?;
+        return Ok((name.to_string(), NamedContext::Image(pinned), None));
+    }
+    if let Some(stage) = target.strip_prefix("target:") {
+        return Err(RequestError::NotImplemented(
+            format!("--build-context {name}=target:{stage}"),
+            "a named context from another bake target is not supported by kubectl build yet; use a directory, docker-image:// or oci-layout://",
+        ));
+    }
+    if target.contains("://") || target.starts_with("git@") {
+        return Err(RequestError::NotImplemented(
+            format!("--build-context {name}={target}"),
+            "named contexts from URLs and git repositories are not supported by kubectl build yet; use a directory, docker-image:// or oci-layout://",
+        ));
+    }
+    let dir = PathBuf::from(target);
+    if !dir.is_dir() {
+        return Err(bad(&format!(
+            "{target} is not a directory (a named context is a directory, docker-image://REF or oci-layout://PATH)"
+        )));
+    }
+    Ok((name.to_string(), NamedContext::Dir, Some(dir)))
 }
 
 /// `false`, `0` (how buildx users turn an attestation off).

@@ -939,6 +939,7 @@ async fn build(
         dir: context_dir.clone(),
         ignore,
         checksums,
+        named: Default::default(),
     };
     let platforms = start
         .platforms
@@ -956,6 +957,16 @@ async fn build(
         build_args: start.build_args.clone().into_iter().collect(),
         target: (!start.target.is_empty()).then(|| start.target.clone()),
         labels: start.labels.clone().into_iter().collect(),
+        named_contexts: start
+            .named_images
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    kbuild_dockerfile::plan::NamedContext::Image(r.clone()),
+                )
+            })
+            .collect(),
     };
     let dockerfile = String::from_utf8(start.dockerfile.clone())
         .map_err(|_| proto("the Dockerfile is not UTF-8"))?;

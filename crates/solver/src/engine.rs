@@ -99,9 +99,24 @@ pub struct Context {
     pub ignore: Option<kbuild_ignore::Matcher>,
     /// Digests of the context's files known from earlier builds.
     pub checksums: Option<crate::checksums::ChecksumCache>,
+    /// `--build-context NAME=DIR` directories, by name.
+    pub named: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Context {
+    /// The directory a context source reads: the main context, or the
+    /// `--build-context` directory `name`.
+    pub(crate) fn root(&self, name: Option<&str>) -> Result<&std::path::Path, StepError> {
+        match name {
+            None => self.dir.as_deref().ok_or(StepError::NoContext),
+            Some(n) => self
+                .named
+                .get(n)
+                .map(PathBuf::as_path)
+                .ok_or_else(|| StepError::NoNamedContext(n.to_string())),
+        }
+    }
+
     pub(crate) fn excluded(&self, rel: &str, is_dir: bool) -> bool {
         self.ignore
             .as_ref()

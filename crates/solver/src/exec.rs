@@ -91,12 +91,8 @@ pub(crate) async fn run(
         froms.push(match value {
             _ if !read => None,
             Value::State(s) => Some(MountFrom::Layers(solver.layer_dirs(&s.layers).await?)),
-            Value::Context { .. } => Some(MountFrom::Dir(
-                x.ctx
-                    .dir
-                    .clone()
-                    .ok_or(StepError::NoContext)
-                    .map_err(fail)?,
+            Value::Context { name, .. } => Some(MountFrom::Dir(
+                x.ctx.root(name.as_deref()).map_err(fail)?.to_path_buf(),
             )),
             Value::Download(d) => Some(MountFrom::Dir(d.dir().await.map_err(fail)?)),
         });
@@ -189,12 +185,17 @@ fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepEr
         let ExecMount::Bind { input, source, .. } = m else {
             continue;
         };
-        if let Some(Value::Context { dockerignore }) = inputs.get(*input) {
+        if let Some(Value::Context { dockerignore, name }) = inputs.get(*input) {
             let req = copy::Request {
                 sources: vec![source.clone()],
                 ..Default::default()
             };
-            key.push(crate::fileop::context_checksum(x.ctx, *dockerignore, &req)?);
+            key.push(crate::fileop::context_checksum(
+                x.ctx,
+                *dockerignore,
+                name.as_deref(),
+                &req,
+            )?);
         }
     }
     Ok(key.finish())

@@ -35,6 +35,7 @@ mod fileop;
 pub mod fsutil;
 mod git;
 mod layer;
+pub mod layout;
 pub mod mounts;
 pub mod options;
 pub mod outputs;

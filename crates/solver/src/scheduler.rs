@@ -27,6 +27,8 @@ pub(crate) enum Value {
     Context {
         /// Whether `.dockerignore` applies.
         dockerignore: bool,
+        /// The `--build-context` directory; the main context when `None`.
+        name: Option<String>,
     },
     /// A downloaded file.
     Download(Arc<Downloaded>),
@@ -87,9 +89,12 @@ impl Value {
     pub fn key(&self) -> &str {
         match self {
             Value::State(s) => &s.key,
-            Value::Context { dockerignore: true } => "context",
+            Value::Context {
+                dockerignore: true, ..
+            } => "context",
             Value::Context {
                 dockerignore: false,
+                ..
             } => "context-all",
             Value::Download(d) => &d.key,
         }

@@ -1,0 +1,247 @@
+//! buildx flags BuildKit users expect: `--build-context`, `--annotation`,
+//! `--shm-size`, `--provenance`. Real builds with the busybox fixture and
+//! a real registry; results read back with skopeo, tar and the exported
+//! filesystem.
+
+mod common;
+
+use common::{build_local, busybox_image, error_lines, require_root, run, write};
+use kbuild_testkit::registry::TestRegistry;
+use std::path::{Path, PathBuf};
+
+fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !require_root() {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    busybox_image(&store, "linux/amd64")?;
+    Some((t, store))
+}
+
+fn registry() -> Option<TestRegistry> {
+    match TestRegistry::start() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&e.to_string());
+            None
+        }
+    }
+}
+
+fn context(t: &Path, name: &str, dockerfile: &str) -> String {
+    let ctx = t.join(name);
+    write(&ctx.join("Dockerfile"), dockerfile);
+    ctx.to_str().unwrap().to_string()
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.join(file).display()))
+}
+
+/// An image of busybox with `/marker` holding `text`, pushed as `reference`.
+fn push_marked(store: &Path, t: &Path, reference: &str, text: &str) {
+    let ctx = context(
+        t,
+        &format!("marked-{text}"),
+        "FROM kbuild.test/busybox:latest\nCOPY marker /marker\n",
+    );
+    write(&Path::new(&ctx).join("marker"), &format!("{text}\n"));
+    run(
+        store,
+        &[&ctx, "--platform", "linux/amd64", "-t", reference, "--push"],
+        &[],
+    )
+    .ok();
+}
+
+#[test]
+fn build_context_directory_is_a_second_context_without_its_dockerignore() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let extra = t.path().join("extra");
+    write(&extra.join("a.txt"), "from extra\n");
+    write(&extra.join("sub/b.txt"), "mounted\n");
+    // BuildKit applies no .dockerignore to a named context.
+    write(&extra.join(".dockerignore"), "a.txt\nsub\n");
+    let ctx = context(
+        t.path(),
+        "main",
+        "FROM kbuild.test/busybox:latest\n\
+         COPY --from=extra a.txt /copied\n\
+         RUN --mount=from=extra,target=/x cat /x/sub/b.txt > /mounted\n\
+         COPY a.txt /main\n",
+    );
+    write(&Path::new(&ctx).join("a.txt"), "from main\n");
+    let flag = format!("extra={}", extra.display());
+    let out = build_local(
+        &store,
+        &ctx,
+        "linux/amd64",
+        &t.path().join("out"),
+        &["--build-context", &flag],
+    );
+    assert_eq!(read(&out, "copied"), "from extra\n");
+    assert_eq!(read(&out, "mounted"), "mounted\n");
+    assert_eq!(
+        read(&out, "main"),
+        "from main\n",
+        "the main context is still ."
+    );
+
+    // A change in the named directory is a cache miss of the copy.
+    write(&extra.join("a.txt"), "changed\n");
+    let out = build_local(
+        &store,
+        &ctx,
+        "linux/amd64",
+        &t.path().join("out2"),
+        &["--build-context", &flag],
+    );
+    assert_eq!(read(&out, "copied"), "changed\n");
+
+    // FROM a directory context is refused with the way out.
+    let from_dir = context(t.path(), "from-dir", "FROM extra\n");
+    let r = run(
+        &store,
+        &[&from_dir, "--build-context", &flag, "--dry-run"],
+        &[],
+    )
+    .fails();
+    let lines = error_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("Dockerfile:1")
+            && lines[0].contains("--build-context extra is a directory"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn build_context_docker_image_replaces_an_image_and_a_stage_of_that_name() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let Some(reg) = registry() else {
+        return;
+    };
+    let base = format!("{}/named/base:1", reg.host());
+    push_marked(&store, t.path(), &base, "pinned");
+    let ctx = context(
+        t.path(),
+        "main",
+        "FROM busybox AS builder\n\
+         RUN echo from-the-stage > /marker\n\
+         FROM alpine\n\
+         RUN cat /marker > /seen\n\
+         COPY --from=builder /marker /from-builder\n",
+    );
+    let image_flag = format!("alpine=docker-image://{base}");
+    let stage_flag = format!("builder=docker-image://{base}");
+    let out = build_local(
+        &store,
+        &ctx,
+        "linux/amd64",
+        &t.path().join("out"),
+        &[
+            "--build-context",
+            &image_flag,
+            "--build-context",
+            &stage_flag,
+        ],
+    );
+    assert_eq!(
+        read(&out, "seen"),
+        "pinned\n",
+        "FROM alpine reads the image"
+    );
+    assert_eq!(
+        read(&out, "from-builder"),
+        "pinned\n",
+        "the stage named builder is replaced (its RUN never runs)"
+    );
+
+    for (value, says) in [
+        (
+            "x=target:other",
+            "--build-context x=target:other is not implemented yet",
+        ),
+        (
+            "x=https://example.invalid/ctx.tar",
+            "--build-context x=https://example.invalid/ctx.tar is not implemented yet",
+        ),
+        ("x", "invalid --build-context \"x\""),
+    ] {
+        let r = run(&store, &[&ctx, "--build-context", value, "--dry-run"], &[]).fails();
+        let lines = error_lines(&r.stderr);
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(lines[0].contains(says), "{value}: {}", lines[0]);
+    }
+}
+
+#[test]
+fn build_context_oci_layout_reads_a_local_layout_by_tag_or_digest() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "marked",
+        "FROM kbuild.test/busybox:latest\nCOPY marker /marker\n",
+    );
+    write(&Path::new(&ctx).join("marker"), "from the layout\n");
+    let layout = t.path().join("layout");
+    let dest = format!("type=oci,tar=false,dest={}", layout.display());
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-t",
+            "x/y:v1",
+            "-o",
+            &dest,
+        ],
+        &[],
+    )
+    .ok();
+    let index = common::read_json(&layout.join("index.json"));
+    let digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A fresh store: everything comes from the layout (busybox included).
+    let fresh = t.path().join("fresh");
+    let main = context(
+        t.path(),
+        "main",
+        "FROM base\nRUN cat /marker > /seen\nCOPY --from=base /marker /copied\n",
+    );
+    for selector in ["", ":v1", &format!("@{digest}")] {
+        let flag = format!("base=oci-layout://{}{selector}", layout.display());
+        let out = build_local(
+            &fresh,
+            &main,
+            "linux/amd64",
+            &t.path().join(format!("out{}", selector.len())),
+            &["--build-context", &flag],
+        );
+        assert_eq!(read(&out, "seen"), "from the layout\n", "{flag}");
+        assert_eq!(read(&out, "copied"), "from the layout\n", "{flag}");
+    }
+
+    let flag = format!("base=oci-layout://{}:nope", layout.display());
+    let r = run(&fresh, &[&main, "--build-context", &flag, "--dry-run"], &[]).fails();
+    let lines = error_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("has no image tagged nope") && lines[0].contains("v1"),
+        "{}",
+        lines[0]
+    );
+}
