@@ -327,8 +327,8 @@ pub struct BuildArgs {
     /// buildx's --attest (not supported yet).
     #[arg(long = "attest", hide = true, value_name = "SPEC")]
     pub attest: Vec<String>,
-    /// buildx's --annotation (not supported yet).
-    #[arg(long = "annotation", hide = true, value_name = "KEY=VALUE")]
+    /// Add annotations to the image (format: "KEY=VALUE" on the manifests, or "TYPE[PLATFORM]:KEY=VALUE" with TYPE manifest, manifest-descriptor, index, index-descriptor); repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
     /// Additional build contexts (format: "name=path", "name=docker-image://REF" or "name=oci-layout://PATH[:TAG|@DIGEST]"): FROM name, COPY --from=name and RUN --mount=from=name read them instead of a stage or image of that name; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]

@@ -290,6 +290,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
+            annotations: req.annotations.clone(),
         },
         progress.clone(),
     )

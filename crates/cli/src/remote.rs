@@ -330,6 +330,7 @@ impl Setup {
             registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
             insecure_registries: a.insecure_registries.clone(),
             named_images: req.named_images(),
+            annotations: req.annotations.iter().map(|a| a.to_flag()).collect(),
             ..Default::default()
         };
         // The client keeps a checksum cache of its own per context, beside

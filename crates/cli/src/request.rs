@@ -7,8 +7,8 @@ use kbuild_dockerfile::graph::{self, Graph};
 use kbuild_dockerfile::plan::{self, BuildPlan, NamedContext, PlanOptions};
 use kbuild_platform::Platform;
 use kbuild_solver::options::{
-    parse_add_host, parse_build_args, parse_labels, parse_network, NetworkMode, Output, OutputKind,
-    SecretSpec, SshSpec,
+    parse_add_host, parse_build_args, parse_labels, parse_network, Annotation, AnnotationTarget,
+    NetworkMode, Output, OutputKind, SecretSpec, SshSpec,
 };
 use kbuild_solver::remote_cache::{CacheFrom, CacheTo};
 use std::collections::BTreeMap;
@@ -86,6 +86,9 @@ pub enum RequestError {
         /// Why.
         source: kbuild_registry::Error,
     },
+    /// An index annotation for a build that makes no index.
+    #[error("annotation {0:?} goes on an image index, but a build for one platform makes a single manifest; build several platforms, or use a manifest annotation")]
+    IndexAnnotation(String),
     /// `-o type=docker` for several platforms.
     #[error("-o type=docker and --load hold one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
     DockerArchivePlatforms(String),
@@ -145,6 +148,8 @@ pub struct BuildRequest {
     pub named_contexts: BTreeMap<String, NamedContext>,
     /// The `--build-context` values that are local directories.
     pub context_dirs: BTreeMap<String, PathBuf>,
+    /// `--annotation` values, then the outputs' `annotation.*` options.
+    pub annotations: Vec<Annotation>,
 }
 
 impl BuildRequest {
@@ -159,7 +164,6 @@ impl BuildRequest {
             ),
             ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
             ("--attest", !a.attest.is_empty()),
-            ("--annotation", !a.annotation.is_empty()),
             ("--shm-size", a.shm_size.is_some()),
             ("--ulimit", !a.ulimit.is_empty()),
             ("--cgroup-parent", a.cgroup_parent.is_some()),
@@ -239,6 +243,21 @@ impl BuildRequest {
                     .join(", "),
             ));
         }
+        let mut annotations = Vec::new();
+        for spec in &a.annotation {
+            annotations.extend(Annotation::parse_flag(spec)?);
+        }
+        annotations.extend(outputs.iter().flat_map(|o| o.annotations.iter().cloned()));
+        if let Some(index_only) = annotations.iter().find(|x| {
+            matches!(
+                x.target,
+                AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+            )
+        }) {
+            if platforms.len() < 2 {
+                return Err(RequestError::IndexAnnotation(index_only.to_flag()));
+            }
+        }
         let mut notices = Vec::new();
         if outputs.is_empty() {
             notices.push(
@@ -303,6 +322,7 @@ impl BuildRequest {
             cache_to,
             named_contexts,
             context_dirs,
+            annotations,
         })
     }
 

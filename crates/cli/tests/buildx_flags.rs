@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{build_local, busybox_image, error_lines, require_root, run, write};
+use common::{build_local, busybox_image, error_lines, require_root, run, skopeo_raw, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::{Path, PathBuf};
 
@@ -244,4 +244,111 @@ fn build_context_oci_layout_reads_a_local_layout_by_tag_or_digest() {
         "{}",
         lines[0]
     );
+}
+
+#[test]
+fn annotations_go_where_buildx_puts_them() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    if busybox_image(&store, "linux/amd64,linux/arm64").is_none() {
+        return;
+    }
+    let Some(reg) = registry() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "main",
+        "FROM kbuild.test/busybox:latest\nCOPY Dockerfile /\n",
+    );
+    let image = format!("{}/annotated/app:1", reg.host());
+    let layout = t.path().join("layout");
+    let oci = format!(
+        "type=oci,tar=false,dest={},annotation-index-descriptor.org.example.desc=top,annotation.org.example.out=from-output",
+        layout.display()
+    );
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &image,
+            "--push",
+            "-o",
+            &oci,
+            "--annotation",
+            "org.opencontainers.image.title=plain",
+            "--annotation",
+            "index:org.example.index=idx",
+            "--annotation",
+            "manifest[linux/arm64]:org.example.arm=only-arm",
+            "--annotation",
+            "manifest-descriptor:org.example.md=desc",
+        ],
+        &[],
+    )
+    .ok();
+    let index = skopeo_raw(&image);
+    assert_eq!(index["annotations"]["org.example.index"], "idx", "{index}");
+    assert!(
+        index["annotations"]
+            .get("org.opencontainers.image.title")
+            .is_none(),
+        "a bare key goes on the manifests only: {index}"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 2);
+    for d in manifests {
+        assert_eq!(d["annotations"]["org.example.md"], "desc", "{d}");
+        let arch = d["platform"]["architecture"].as_str().unwrap();
+        let m = skopeo_raw(&format!(
+            "{}/annotated/app@{}",
+            reg.host(),
+            d["digest"].as_str().unwrap()
+        ));
+        assert_eq!(m["annotations"]["org.opencontainers.image.title"], "plain");
+        assert_eq!(m["annotations"]["org.example.out"], "from-output");
+        assert_eq!(
+            m["annotations"]["org.example.arm"].as_str(),
+            (arch == "arm64").then_some("only-arm"),
+            "{arch}: {m}"
+        );
+    }
+    // The OCI layout holds the same index, its descriptor annotated.
+    let top = common::read_json(&layout.join("index.json"));
+    assert_eq!(
+        top["manifests"][0]["annotations"]["org.example.desc"],
+        "top"
+    );
+    let raw = common::skopeo_inspect_layout(&layout, "--raw");
+    assert_eq!(raw, index, "the layout and the registry hold one index");
+
+    // Index annotations need an index; unknown types are named.
+    for (value, says) in [
+        ("index:k=v", "goes on an image index"),
+        ("bogus:k=v", "invalid --annotation"),
+        ("manifest[linux/arm65]:k=v", "invalid --annotation"),
+    ] {
+        let r = run(
+            &store,
+            &[
+                &ctx,
+                "--platform",
+                "linux/amd64",
+                "--annotation",
+                value,
+                "--dry-run",
+            ],
+            &[],
+        )
+        .fails();
+        let lines = error_lines(&r.stderr);
+        assert_eq!(lines.len(), 1, "{}", r.stderr);
+        assert!(lines[0].contains(says), "{value}: {}", lines[0]);
+    }
 }

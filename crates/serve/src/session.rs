@@ -924,6 +924,12 @@ async fn build(
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
+            annotations: start
+                .annotations
+                .iter()
+                .map(|a| kbuild_solver::options::Annotation::parse_flag(a))
+                .collect::<Result<Vec<_>, _>>()?
+                .concat(),
         },
         progress,
     );

@@ -66,6 +66,9 @@ pub struct SolveOptions {
     pub cancel: Cancel,
     /// Told about each layer of the images as soon as it is in the store.
     pub on_layer: crate::options::LayerHook,
+    /// `--annotation` values (and the outputs' `annotation.*` options) to
+    /// write on the manifests, the index and their descriptors.
+    pub annotations: Vec<crate::options::Annotation>,
 }
 
 impl Default for SolveOptions {
@@ -86,6 +89,7 @@ impl Default for SolveOptions {
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
             on_layer: Default::default(),
+            annotations: Vec::new(),
         }
     }
 }
