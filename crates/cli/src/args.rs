@@ -333,8 +333,8 @@ pub struct BuildArgs {
     /// Additional build contexts (format: "name=path", "name=docker-image://REF" or "name=oci-layout://PATH[:TAG|@DIGEST]"): FROM name, COPY --from=name and RUN --mount=from=name read them instead of a stage or image of that name; repeatable.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_context: Vec<String>,
-    /// buildx's --shm-size (not supported yet).
-    #[arg(long = "shm-size", hide = true, value_name = "BYTES")]
+    /// Size of /dev/shm in RUN steps (bytes, or with a unit: 128m, 1g; default 64m).
+    #[arg(long = "shm-size", value_name = "BYTES")]
     pub shm_size: Option<String>,
     /// buildx's --ulimit (not supported yet).
     #[arg(long = "ulimit", hide = true, value_name = "ULIMIT")]

@@ -291,6 +291,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             cancel: cancel.clone(),
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
             annotations: req.annotations.clone(),
+            shm_size: req.shm_size,
         },
         progress.clone(),
     )

@@ -331,6 +331,7 @@ impl Setup {
             insecure_registries: a.insecure_registries.clone(),
             named_images: req.named_images(),
             annotations: req.annotations.iter().map(|a| a.to_flag()).collect(),
+            shm_size: req.shm_size,
             ..Default::default()
         };
         // The client keeps a checksum cache of its own per context, beside

@@ -7,8 +7,8 @@ use kbuild_dockerfile::graph::{self, Graph};
 use kbuild_dockerfile::plan::{self, BuildPlan, NamedContext, PlanOptions};
 use kbuild_platform::Platform;
 use kbuild_solver::options::{
-    parse_add_host, parse_build_args, parse_labels, parse_network, Annotation, AnnotationTarget,
-    NetworkMode, Output, OutputKind, SecretSpec, SshSpec,
+    parse_add_host, parse_build_args, parse_labels, parse_network, parse_shm_size, Annotation,
+    AnnotationTarget, NetworkMode, Output, OutputKind, SecretSpec, SshSpec,
 };
 use kbuild_solver::remote_cache::{CacheFrom, CacheTo};
 use std::collections::BTreeMap;
@@ -150,6 +150,8 @@ pub struct BuildRequest {
     pub context_dirs: BTreeMap<String, PathBuf>,
     /// `--annotation` values, then the outputs' `annotation.*` options.
     pub annotations: Vec<Annotation>,
+    /// `--shm-size` in bytes (64 MiB by default).
+    pub shm_size: u64,
 }
 
 impl BuildRequest {
@@ -164,7 +166,6 @@ impl BuildRequest {
             ),
             ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
             ("--attest", !a.attest.is_empty()),
-            ("--shm-size", a.shm_size.is_some()),
             ("--ulimit", !a.ulimit.is_empty()),
             ("--cgroup-parent", a.cgroup_parent.is_some()),
         ] {
@@ -258,6 +259,10 @@ impl BuildRequest {
                 return Err(RequestError::IndexAnnotation(index_only.to_flag()));
             }
         }
+        let shm_size = match a.shm_size.as_deref() {
+            Some(v) => parse_shm_size(v)?,
+            None => kbuild_worker::executor::DEFAULT_SHM_SIZE,
+        };
         let mut notices = Vec::new();
         if outputs.is_empty() {
             notices.push(
@@ -323,6 +328,7 @@ impl BuildRequest {
             named_contexts,
             context_dirs,
             annotations,
+            shm_size,
         })
     }
 

@@ -352,3 +352,44 @@ fn annotations_go_where_buildx_puts_them() {
         assert!(lines[0].contains(says), "{value}: {}", lines[0]);
     }
 }
+
+#[test]
+fn shm_size_sets_the_dev_shm_tmpfs_of_run() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let ctx = context(
+        t.path(),
+        "main",
+        "FROM kbuild.test/busybox:latest\n\
+         RUN df -k /dev/shm | tail -n 1 | awk '{print $2}' > /shm-kib\n\
+         RUN if dd if=/dev/zero of=/dev/shm/fill bs=1024 count=20480 2>/dev/null; then echo fits; else echo full; fi > /twenty-mib\n",
+    );
+    let out = build_local(&store, &ctx, "linux/amd64", &t.path().join("default"), &[]);
+    assert_eq!(read(&out, "shm-kib"), "65536\n", "64 MiB as runc gives");
+    assert_eq!(read(&out, "twenty-mib"), "fits\n");
+
+    // Another size is another cache key: the steps run again.
+    let out = build_local(
+        &store,
+        &ctx,
+        "linux/amd64",
+        &t.path().join("small"),
+        &["--shm-size", "16m"],
+    );
+    assert_eq!(read(&out, "shm-kib"), "16384\n");
+    assert_eq!(
+        read(&out, "twenty-mib"),
+        "full\n",
+        "a write beyond 16 MiB fails"
+    );
+
+    let r = run(&store, &[&ctx, "--shm-size", "lots", "--dry-run"], &[]).fails();
+    let lines = error_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("invalid --shm-size value \"lots\""),
+        "{}",
+        lines[0]
+    );
+}

@@ -930,6 +930,10 @@ async fn build(
                 .map(|a| kbuild_solver::options::Annotation::parse_flag(a))
                 .collect::<Result<Vec<_>, _>>()?
                 .concat(),
+            shm_size: match start.shm_size {
+                0 => kbuild_worker::executor::DEFAULT_SHM_SIZE,
+                n => n,
+            },
         },
         progress,
     );

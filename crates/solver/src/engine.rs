@@ -69,6 +69,8 @@ pub struct SolveOptions {
     /// `--annotation` values (and the outputs' `annotation.*` options) to
     /// write on the manifests, the index and their descriptors.
     pub annotations: Vec<crate::options::Annotation>,
+    /// `--shm-size`: the size of RUN's `/dev/shm` in bytes.
+    pub shm_size: u64,
 }
 
 impl Default for SolveOptions {
@@ -90,6 +92,7 @@ impl Default for SolveOptions {
             cancel: Cancel::new(),
             on_layer: Default::default(),
             annotations: Vec::new(),
+            shm_size: kbuild_worker::executor::DEFAULT_SHM_SIZE,
         }
     }
 }

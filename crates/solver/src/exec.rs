@@ -178,6 +178,11 @@ fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepEr
         key.push(i.key().as_bytes());
     }
     key.push(format!("{:?}", opts.network));
+    // BuildKit's /dev/shm is a tmpfs mount of the exec: its size is part of
+    // the key. The default adds nothing, so earlier keys stay valid.
+    if opts.shm_size != kbuild_worker::executor::DEFAULT_SHM_SIZE {
+        key.push(format!("shm-size:{}", opts.shm_size));
+    }
     for (host, ip) in &opts.add_hosts {
         key.push(format!("add-host:{host}={ip}"));
     }
@@ -273,6 +278,7 @@ fn run_process(merged: &Path, job: &Job, roots: &[Option<PathBuf>]) -> Result<()
     };
     spec.platform = job.platform.clone();
     spec.mounts = res.mounts.clone();
+    spec.shm_size = opts.shm_size;
     let mut out = Output::new(&*job.progress, job.vertex);
     let status = opts
         .executor

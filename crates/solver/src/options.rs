@@ -1162,3 +1162,56 @@ mod annotation_tests {
         assert!(Output::parse("type=oci,dest=x,annotation-bogus.a=1", &[]).is_err());
     }
 }
+
+/// `--shm-size`: a size in bytes as docker reads it (`67108864`, `64m`,
+/// `64MiB`, `1.5g`; k, m, g, t are powers of 1024).
+pub fn parse_shm_size(value: &str) -> Result<u64, OptionError> {
+    const FLAG: &str = "--shm-size";
+    let bad = || {
+        err(
+            FLAG,
+            value,
+            "use a size in bytes, or with a unit as docker takes it: 64m, 512MiB, 1g",
+        )
+    };
+    let v = value.trim();
+    let number_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(number_end);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = number * multiplier as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(err(FLAG, value, "the size must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod shm_tests {
+    use super::parse_shm_size;
+
+    #[test]
+    fn docker_sizes() {
+        assert_eq!(parse_shm_size("67108864"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("64 MB"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_shm_size("2k"), Ok(2048));
+        for bad in ["", "m", "-1", "0", "12q", "1..2m"] {
+            assert!(parse_shm_size(bad).is_err(), "{bad}");
+        }
+    }
+}
