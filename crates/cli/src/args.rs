@@ -318,8 +318,8 @@ pub struct BuildArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
-    /// buildx's --provenance: not supported yet (=false accepted); taken by name so the error can say so.
-    #[arg(long = "provenance", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
+    /// Attach an SLSA provenance attestation to each image ("true", "false", "mode=min" or "mode=max"; off by default, see the README).
+    #[arg(long = "provenance", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "SPEC")]
     pub provenance: Option<String>,
     /// buildx's --sbom (not supported yet; =false accepted).
     #[arg(long = "sbom", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]

@@ -292,6 +292,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
             annotations: req.annotations.clone(),
             shm_size: req.shm_size,
+            provenance: req.provenance_request(),
         },
         progress.clone(),
     )

@@ -332,6 +332,7 @@ impl Setup {
             named_images: req.named_images(),
             annotations: req.annotations.iter().map(|a| a.to_flag()).collect(),
             shm_size: req.shm_size,
+            provenance: a.provenance.clone().unwrap_or_default(),
             ..Default::default()
         };
         // The client keeps a checksum cache of its own per context, beside

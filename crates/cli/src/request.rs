@@ -10,6 +10,7 @@ use kbuild_solver::options::{
     parse_add_host, parse_build_args, parse_labels, parse_network, parse_shm_size, Annotation,
     AnnotationTarget, NetworkMode, Output, OutputKind, SecretSpec, SshSpec,
 };
+use kbuild_solver::provenance::{Invocation, ProvenanceMode, ProvenanceRequest};
 use kbuild_solver::remote_cache::{CacheFrom, CacheTo};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -86,6 +87,12 @@ pub enum RequestError {
         /// Why.
         source: kbuild_registry::Error,
     },
+    /// A `--provenance` value that does not parse.
+    #[error(transparent)]
+    Provenance(#[from] kbuild_solver::provenance::ProvenanceError),
+    /// `--provenance` with an output that cannot hold attestations.
+    #[error("--provenance cannot go with -o type={0:?} (or --load): that output holds image manifests only, not the attestation manifests of an index; drop --provenance, or use --push or -o type=oci")]
+    ProvenanceOutput(OutputKind),
     /// An index annotation for a build that makes no index.
     #[error("annotation {0:?} goes on an image index, but a build for one platform makes a single manifest; build several platforms, or use a manifest annotation")]
     IndexAnnotation(String),
@@ -152,6 +159,10 @@ pub struct BuildRequest {
     pub annotations: Vec<Annotation>,
     /// `--shm-size` in bytes (64 MiB by default).
     pub shm_size: u64,
+    /// `--provenance`: how much the attestation says (`None`: none).
+    pub provenance: Option<ProvenanceMode>,
+    /// `--build-context` values as given, name to value (for provenance).
+    pub context_values: BTreeMap<String, String>,
 }
 
 impl BuildRequest {
@@ -159,11 +170,6 @@ impl BuildRequest {
     pub fn from_args(a: &BuildArgs, _g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
         let path = a.path.as_deref().ok_or(RequestError::MissingPath)?;
         for (flag, used) in [
-            // =false asks for no attestation, which is what every build makes.
-            (
-                "--provenance",
-                a.provenance.as_deref().is_some_and(|v| !is_false(v)),
-            ),
             ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
             ("--attest", !a.attest.is_empty()),
             ("--ulimit", !a.ulimit.is_empty()),
@@ -189,8 +195,12 @@ impl BuildRequest {
 
         let mut named_contexts = BTreeMap::new();
         let mut context_dirs = BTreeMap::new();
+        let mut context_values = BTreeMap::new();
         for value in &a.build_context {
             let (name, named, dir) = parse_build_context(value)?;
+            if let Some((_, v)) = value.split_once('=') {
+                context_values.insert(name.clone(), v.to_string());
+            }
             if let Some(dir) = dir {
                 context_dirs.insert(name.clone(), dir);
             }
@@ -249,13 +259,25 @@ impl BuildRequest {
             annotations.extend(Annotation::parse_flag(spec)?);
         }
         annotations.extend(outputs.iter().flat_map(|o| o.annotations.iter().cloned()));
+        let provenance = match a.provenance.as_deref() {
+            Some(v) => kbuild_solver::provenance::parse_mode(v)?,
+            None => None,
+        };
+        if provenance.is_some() {
+            if let Some(o) = outputs
+                .iter()
+                .find(|o| matches!(o.kind, OutputKind::Docker | OutputKind::Containerd))
+            {
+                return Err(RequestError::ProvenanceOutput(o.kind.clone()));
+            }
+        }
         if let Some(index_only) = annotations.iter().find(|x| {
             matches!(
                 x.target,
                 AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
             )
         }) {
-            if platforms.len() < 2 {
+            if platforms.len() < 2 && provenance.is_none() {
                 return Err(RequestError::IndexAnnotation(index_only.to_flag()));
             }
         }
@@ -329,6 +351,8 @@ impl BuildRequest {
             context_dirs,
             annotations,
             shm_size,
+            provenance,
+            context_values,
         })
     }
 
@@ -369,6 +393,39 @@ impl BuildRequest {
             .filter(|name| !images.contains_key(*name))
             .cloned()
             .collect()
+    }
+
+    /// What `--provenance` records about this request (`None`: no
+    /// attestation).
+    pub fn provenance_request(&self) -> Option<ProvenanceRequest> {
+        let mode = self.provenance?;
+        let inv = Invocation {
+            build_args: self
+                .build_args
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            target: self.target.as_deref(),
+            contexts: self
+                .context_values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            context_dirs: self.context_dirs.keys().map(String::as_str).collect(),
+            has_context: self.context.is_some(),
+            dockerfile: &self.dockerfile_name,
+            names: self
+                .outputs
+                .iter()
+                .flat_map(|o| o.names.iter().map(String::as_str))
+                .collect(),
+        };
+        Some(ProvenanceRequest::new(mode, &inv))
     }
 
     /// The planner's options for this request.

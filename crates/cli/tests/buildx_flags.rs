@@ -393,3 +393,224 @@ fn shm_size_sets_the_dev_shm_tmpfs_of_run() {
         lines[0]
     );
 }
+
+#[test]
+fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let Some(reg) = registry() else {
+        return;
+    };
+    // The base comes from the registry, so its digest is a material.
+    let ctx0 = common::busybox_context();
+    let Some(ctx0) = ctx0 else { return };
+    let base = format!("{}/prov/busybox:1", reg.host());
+    run(
+        &store,
+        &[
+            ctx0.to_str().unwrap(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &base,
+            "--push",
+        ],
+        &[],
+    )
+    .ok();
+    let base_index = skopeo_raw(&base);
+    let base_digest = |arch: &str| {
+        base_index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["platform"]["architecture"] == arch)
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let ctx = context(
+        t.path(),
+        "main",
+        &format!(
+            "FROM {base}\nARG GREETING\nCOPY Dockerfile /\nCMD [\"echo\", \"provenance ok\"]\n"
+        ),
+    );
+    let image = format!("{}/prov/app:1", reg.host());
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &image,
+            "--push",
+            "--provenance=mode=max",
+            "--build-arg",
+            "GREETING=hi",
+        ],
+        &[],
+    )
+    .ok();
+    let index = skopeo_raw(&image);
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 4, "two images, two attestations: {index}");
+    let (images, attestations): (Vec<_>, Vec<_>) =
+        entries.iter().partition(|d| d["platform"]["os"] == "linux");
+    assert_eq!(images.len(), 2, "{index}");
+    for (img, att) in images.iter().zip(&attestations) {
+        assert_eq!(att["platform"]["os"], "unknown", "{att}");
+        assert_eq!(att["platform"]["architecture"], "unknown", "{att}");
+        assert_eq!(
+            att["annotations"]["vnd.docker.reference.type"],
+            "attestation-manifest"
+        );
+        assert_eq!(
+            att["annotations"]["vnd.docker.reference.digest"],
+            img["digest"]
+        );
+        let arch = img["platform"]["architecture"].as_str().unwrap();
+        let manifest = skopeo_raw(&format!(
+            "{}/prov/app@{}",
+            reg.host(),
+            att["digest"].as_str().unwrap()
+        ));
+        let layer = &manifest["layers"][0];
+        assert_eq!(layer["mediaType"], "application/vnd.in-toto+json");
+        assert_eq!(
+            layer["annotations"]["in-toto.io/predicate-type"],
+            "https://slsa.dev/provenance/v0.2"
+        );
+        // The statement itself, fetched from the registry by skopeo.
+        let layout = t.path().join(format!("att-{arch}"));
+        common::skopeo_to_layout(
+            &format!(
+                "{}/prov/app@{}",
+                reg.host(),
+                att["digest"].as_str().unwrap()
+            ),
+            &layout,
+        );
+        let statement = common::read_json(&common::layout_blob(
+            &layout,
+            layer["digest"].as_str().unwrap(),
+        ));
+        assert_eq!(statement["_type"], "https://in-toto.io/Statement/v0.1");
+        assert_eq!(
+            statement["predicateType"],
+            "https://slsa.dev/provenance/v0.2"
+        );
+        assert_eq!(
+            statement["subject"][0]["digest"]["sha256"],
+            img["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:"),
+            "{statement:#}"
+        );
+        let p = &statement["predicate"];
+        assert!(
+            p["builder"]["id"].as_str().is_some_and(|id| !id.is_empty()),
+            "{p:#}"
+        );
+        assert_eq!(p["invocation"]["parameters"]["frontend"], "dockerfile.v0");
+        assert_eq!(
+            p["invocation"]["parameters"]["args"]["build-arg:GREETING"],
+            "hi"
+        );
+        assert_eq!(
+            p["invocation"]["environment"]["platform"],
+            format!("linux/{arch}")
+        );
+        let materials = p["materials"].as_array().unwrap();
+        assert_eq!(materials.len(), 1, "{p:#}");
+        assert_eq!(
+            materials[0]["digest"]["sha256"],
+            base_digest(arch).trim_start_matches("sha256:"),
+            "{p:#}"
+        );
+        assert!(
+            materials[0]["uri"]
+                .as_str()
+                .unwrap()
+                .starts_with("pkg:docker/"),
+            "{p:#}"
+        );
+        assert!(
+            p["buildConfig"]["llbDefinition"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty()),
+            "mode=max lists the steps: {p:#}"
+        );
+    }
+
+    // docker pulls the index and runs the image of its platform.
+    let d = match kbuild_testkit::dockerd::Dockerd::start() {
+        Ok(d) => d,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("dockerd: {e}"));
+            return;
+        }
+    };
+    d.docker_ok(["pull", "--platform", "linux/amd64", &image])
+        .expect("docker pull");
+    let out = d
+        .docker_ok([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--platform",
+            "linux/amd64",
+            &image,
+        ])
+        .expect("docker run");
+    assert_eq!(out.trim(), "provenance ok");
+
+    // One platform gets an index too; without --provenance it stays a manifest.
+    let single = format!("{}/prov/single:1", reg.host());
+    run(
+        &store,
+        &[
+            &ctx,
+            "--platform",
+            "linux/amd64",
+            "-t",
+            &single,
+            "--push",
+            "--provenance=true",
+        ],
+        &[],
+    )
+    .ok();
+    let raw = skopeo_raw(&single);
+    assert_eq!(raw["manifests"].as_array().map(Vec::len), Some(2), "{raw}");
+    let plain = format!("{}/prov/plain:1", reg.host());
+    run(
+        &store,
+        &[&ctx, "--platform", "linux/amd64", "-t", &plain, "--push"],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        skopeo_raw(&plain)["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json",
+        "provenance is off by default"
+    );
+
+    let r = run(&store, &[&ctx, "--provenance=mode=full", "--dry-run"], &[]).fails();
+    assert!(
+        error_lines(&r.stderr)[0].contains("invalid --provenance value"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&store, &[&ctx, "--provenance", "--load", "--dry-run"], &[]).fails();
+    assert!(
+        error_lines(&r.stderr)[0].contains("--provenance cannot go with"),
+        "{}",
+        r.stderr
+    );
+}

@@ -130,9 +130,15 @@ impl Solver {
         Ok(desc)
     }
 
-    /// The index of several images, or the manifest of one.
-    pub(crate) fn write_root(&self, images: &[PlatformImage]) -> Result<Descriptor, SolveError> {
-        if let [one] = images {
+    /// The index of several images (and their attestation manifests,
+    /// listed after the images as BuildKit does), or the manifest of one
+    /// image without attestations.
+    pub(crate) fn write_root(
+        &self,
+        images: &[PlatformImage],
+        attestations: &[Descriptor],
+    ) -> Result<Descriptor, SolveError> {
+        if let ([one], []) = (images, attestations) {
             return Ok(one.manifest.clone());
         }
         let mut index = Index::new();
@@ -141,6 +147,7 @@ impl Solver {
             d.platform = None;
             index.push_manifest(d, &i.platform);
         }
+        index.manifests.extend(attestations.iter().cloned());
         let any = Platform::host();
         index.annotations = self.annotations_for(AnnotationTarget::Index, &any);
         let mut desc = index.write(&self.store)?;

@@ -71,6 +71,8 @@ pub struct SolveOptions {
     pub annotations: Vec<crate::options::Annotation>,
     /// `--shm-size`: the size of RUN's `/dev/shm` in bytes.
     pub shm_size: u64,
+    /// `--provenance`: attach an SLSA provenance attestation per image.
+    pub provenance: Option<crate::provenance::ProvenanceRequest>,
 }
 
 impl Default for SolveOptions {
@@ -93,6 +95,7 @@ impl Default for SolveOptions {
             on_layer: Default::default(),
             annotations: Vec::new(),
             shm_size: kbuild_worker::executor::DEFAULT_SHM_SIZE,
+            provenance: None,
         }
     }
 }
@@ -353,6 +356,29 @@ impl Solver {
         ctx: &Context,
         images: Images,
     ) -> Result<Solved, SolveError> {
+        let started = crate::assemble::now_rfc3339(self.opts.source_date_epoch);
+        // The base images each target read, for its provenance.
+        let materials: Vec<Vec<crate::provenance::Material>> = match &self.opts.provenance {
+            None => Vec::new(),
+            Some(_) => graph
+                .targets
+                .iter()
+                .map(|t| {
+                    crate::provenance::image_sources(graph, &t.result)
+                        .into_iter()
+                        .filter_map(|(reference, platform)| {
+                            let p = Platform::parse(&platform).ok()?.to_string();
+                            let img = images.get(&(reference.clone(), p.clone()))?;
+                            Some(crate::provenance::Material {
+                                reference,
+                                platform: p,
+                                digest: img.manifest_digest,
+                            })
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
         let mut exec = Exec::new(self, graph, ctx, images);
         if !self.opts.no_cache {
             exec.imported = crate::cache_import::Imported::load(self).await;
@@ -386,7 +412,28 @@ impl Solver {
                 state: st,
             });
         }
-        let root = self.write_root(&images_out)?;
+        let mut attestations = Vec::new();
+        if let Some(req) = &self.opts.provenance {
+            let finished = crate::assemble::now_rfc3339(self.opts.source_date_epoch);
+            for ((t, image), materials) in graph.targets.iter().zip(&images_out).zip(&materials) {
+                let statement = crate::provenance::statement(
+                    req,
+                    graph,
+                    &t.result,
+                    &image.platform,
+                    &image.manifest.digest,
+                    materials,
+                    &started,
+                    &finished,
+                );
+                attestations.push(crate::provenance::write_attestation(
+                    &self.store,
+                    &statement,
+                    &image.manifest.digest,
+                )?);
+            }
+        }
+        let root = self.write_root(&images_out, &attestations)?;
         Ok(Solved {
             images: images_out,
             root,

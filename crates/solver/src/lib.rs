@@ -40,6 +40,7 @@ pub mod mounts;
 pub mod options;
 pub mod outputs;
 pub mod progress;
+pub mod provenance;
 pub mod remote_cache;
 mod scheduler;
 mod source;
