@@ -169,7 +169,7 @@ fn result_state(
 /// build's network and `--add-host`s (they change what the command
 /// resolves) and the checksum of every context directory it bind-mounts.
 /// Secrets are not keyed.
-fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepError> {
+pub(crate) fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepError> {
     let opts = &x.solver.opts;
     let mut key = KeyParts::default();
     key.push(op.id.0.as_bytes());

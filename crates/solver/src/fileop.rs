@@ -148,7 +148,7 @@ fn result_state(
 }
 
 /// `COPY` or `ADD`, for messages (from the op's Dockerfile text).
-fn instruction_of(op: &Op) -> &'static str {
+pub(crate) fn instruction_of(op: &Op) -> &'static str {
     match op.meta.display.as_deref() {
         Some(d) if d.starts_with("ADD") => "ADD",
         _ => "COPY",
@@ -182,7 +182,7 @@ fn check_dest(f: &FileOp, instruction: &'static str) -> Result<(), StepError> {
 /// The cache key: the op, its inputs' keys, `SOURCE_DATE_EPOCH` (file
 /// times and history dates depend on it) and the checksum of every
 /// context file a copy reads.
-fn key(
+pub(crate) fn key(
     x: &Exec,
     op: &Op,
     f: &FileOp,
