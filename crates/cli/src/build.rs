@@ -72,6 +72,9 @@ pub enum BuildError {
     /// SIGINT (Ctrl-C) or SIGTERM.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
+    /// SIGINT (Ctrl-C) or SIGTERM after some outputs had been written.
+    #[error("build cancelled (interrupted) after writing {0}; nothing else was tagged or written")]
+    CancelledAfter(String),
     /// Writing a result file failed.
     #[error("write {path}: {source}")]
     Write {
@@ -269,6 +272,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         .map_err(|e| BuildError::Other(e.to_string()))?;
     let source_date_epoch = source_date_epoch()?;
     let cancel = kbuild_worker::executor::Cancel::new();
+    let gate = kbuild_image::CommitGate::new();
     let progress = progress_renderer(mode);
     let solver = Solver::new(
         store.clone(),
@@ -293,6 +297,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             annotations: req.annotations.clone(),
             shm_size: req.shm_size,
             provenance: req.provenance_request(),
+            outputs_gate: gate.clone(),
         },
         progress.clone(),
     )
@@ -333,9 +338,16 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             signal = signals.recv() => {
                 tracing::debug!(%signal, "cancelling the build");
                 // Kill running steps; dropping the build stops a push where
-                // it is (tags go last, so none is written).
+                // it is (tags go last, so none is written). Closing the
+                // gate stops every export thread before its rename: what
+                // it reports is all that was written.
                 cancel.cancel();
-                Err(BuildError::Cancelled)
+                let written = gate.close();
+                if written.is_empty() {
+                    Err(BuildError::Cancelled)
+                } else {
+                    Err(BuildError::CancelledAfter(written.join(", ")))
+                }
             }
         }
     });

@@ -935,6 +935,7 @@ async fn build(
                 n => n,
             },
             provenance: provenance_request(&start, &outputs)?,
+            outputs_gate: Default::default(),
         },
         progress,
     );

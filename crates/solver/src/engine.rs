@@ -73,6 +73,9 @@ pub struct SolveOptions {
     pub shm_size: u64,
     /// `--provenance`: attach an SLSA provenance attestation per image.
     pub provenance: Option<crate::provenance::ProvenanceRequest>,
+    /// Every output takes its name through this gate; the caller closes
+    /// it when the build is cancelled (see [`kbuild_image::CommitGate`]).
+    pub outputs_gate: kbuild_image::CommitGate,
 }
 
 impl Default for SolveOptions {
@@ -96,6 +99,7 @@ impl Default for SolveOptions {
             annotations: Vec::new(),
             shm_size: kbuild_worker::executor::DEFAULT_SHM_SIZE,
             provenance: None,
+            outputs_gate: kbuild_image::CommitGate::new(),
         }
     }
 }

@@ -175,8 +175,10 @@ async fn push_or_store(
 ) -> Result<(), SolveError> {
     let store = solver.store();
     if out.kind == OutputKind::Image || !out.push {
+        let gate = &solver.options().outputs_gate;
         for n in &out.names {
-            store.set_ref(&image_ref_name(n)?, &result.root.digest)?;
+            let name = image_ref_name(n)?;
+            gate.commit(Path::new(n), || store.set_ref(&name, &result.root.digest))?;
             report.stored.push(n.clone());
         }
     }
@@ -210,6 +212,7 @@ async fn write_oci(
     let opts = tar_options(solver);
     let dest2 = dest.clone();
     let as_dir = out.as_directory;
+    let gate = solver.options().outputs_gate.clone();
     blocking(move || {
         if dest2 == Path::new("-") {
             crate::stdout_stage::staged(|w| {
@@ -218,11 +221,13 @@ async fn write_oci(
                     .map_err(SolveError::from)
             })
         } else if as_dir {
-            export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
+            export::oci_layout_dir_gated(&store, &root, &dest2, ref_name.as_deref(), Some(&gate))
                 .map_err(SolveError::from)
         } else {
-            export::oci_layout_tar_file(&store, &root, &dest2, ref_name.as_deref(), &opts)
-                .map_err(SolveError::from)
+            export::write_file_atomically_gated(&dest2, Some(&gate), |w| {
+                export::oci_layout_tar(&store, &root, w, ref_name.as_deref(), &opts).map(drop)
+            })
+            .map_err(SolveError::from)
         }
     })
     .await?;
@@ -264,6 +269,7 @@ async fn write_docker(
     let names = out.names.clone();
     let opts = tar_options(solver);
     let dest2 = dest.clone();
+    let gate = solver.options().outputs_gate.clone();
     blocking(move || {
         if dest2 == Path::new("-") {
             crate::stdout_stage::staged(|w| {
@@ -272,8 +278,10 @@ async fn write_docker(
                     .map_err(SolveError::from)
             })
         } else {
-            export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
-                .map_err(SolveError::from)
+            export::write_file_atomically_gated(&dest2, Some(&gate), |w| {
+                export::docker_archive(&store, w, &manifest, &names, &opts).map(drop)
+            })
+            .map_err(SolveError::from)
         }
     })
     .await?;
@@ -311,9 +319,11 @@ async fn write_files(
     let apply = ApplyOptions {
         preserve_special: as_tar || out.preserve_special,
     };
-    let left_out =
-        blocking(move || write_filesystem(&store, &parts, several, &dest2, as_tar, opts, apply))
-            .await?;
+    let gate = solver.options().outputs_gate.clone();
+    let left_out = blocking(move || {
+        write_filesystem(&store, &parts, several, &dest2, as_tar, opts, apply, &gate)
+    })
+    .await?;
     if left_out.devices_skipped > 0 {
         report.notes.push(format!(
             "{}: left out {} device node(s); add preserve-special=true to -o type=local to create them",
@@ -402,6 +412,7 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Solve
 /// The final filesystem of each platform, as a directory tree (`local`) or
 /// one tarball (`tar`); several platforms get a subdirectory each
 /// (`linux_amd64/`), as buildx does.
+#[allow(clippy::too_many_arguments)]
 fn write_filesystem(
     store: &kbuild_image::ContentStore,
     parts: &[(String, Vec<crate::engine::LayerRef>)],
@@ -410,6 +421,7 @@ fn write_filesystem(
     as_tar: bool,
     opts: TarOptions,
     apply: ApplyOptions,
+    gate: &kbuild_image::CommitGate,
 ) -> Result<ApplyReport, SolveError> {
     let mut left_out = ApplyReport::default();
     let to_stdout = dest == Path::new("-");
@@ -457,10 +469,12 @@ fn write_filesystem(
             let mut f = std::fs::File::open(&file).map_err(io("open", &file))?;
             std::io::copy(&mut f, &mut std::io::stdout().lock()).map_err(io("write", dest))?;
         } else {
-            std::fs::rename(&file, dest).map_err(io("rename into", dest))?;
+            gate.commit(dest, || {
+                std::fs::rename(&file, dest).map_err(io("rename into", dest))
+            })?;
         }
     } else {
-        replace_with(&tree, dest)?;
+        gate.commit(dest, || replace_with(&tree, dest))?;
     }
     Ok(left_out)
 }
