@@ -77,7 +77,7 @@ pub enum RequestError {
         /// The flag value.
         value: String,
         /// Why.
-        source: kbuild_solver::layout::LayoutError,
+        source: Box<kbuild_solver::layout::LayoutError>,
     },
     /// A `docker-image://` build context whose reference does not parse.
     #[error("--build-context {value}: {source}")]
@@ -85,7 +85,7 @@ pub enum RequestError {
         /// The flag value.
         value: String,
         /// Why.
-        source: kbuild_registry::Error,
+        source: Box<kbuild_registry::Error>,
     },
     /// A `--provenance` value that does not parse.
     #[error(transparent)]
@@ -532,7 +532,7 @@ fn parse_build_context(
         kbuild_registry::Reference::parse(reference).map_err(|source| {
             RequestError::BuildContextImage {
                 value: value.to_string(),
-                source,
+                source: Box::new(source),
             }
         })?;
         return Ok((
@@ -544,7 +544,7 @@ fn parse_build_context(
     if target.starts_with(kbuild_solver::layout::SCHEME) {
         let layout_err = |source| RequestError::BuildContextLayout {
             value: value.to_string(),
-            source,
+            source: Box::new(source),
         };
         let layout = kbuild_solver::layout::LayoutRef::parse(target).map_err(layout_err)?;
         let digest = layout.resolve().map_err(layout_err)?;

@@ -138,7 +138,7 @@ fn swap_in(staged: &Path, dest: &Path, parent: &Path, name: &str) -> Result<Opti
         Ok(m) if m.is_dir() => {
             let old = tempfile::Builder::new()
                 .prefix(&format!(".{name}.old-"))
-                .tempdir_in(&parent)
+                .tempdir_in(parent)
                 .map_err(io_err("create a temp directory in", &parent))?
                 .keep();
             fs::rename(dest, &old).map_err(io_err("move aside the existing", dest))?;

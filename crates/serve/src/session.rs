@@ -934,7 +934,7 @@ async fn build(
                 0 => kbuild_worker::executor::DEFAULT_SHM_SIZE,
                 n => n,
             },
-            provenance: provenance_request(&start, &outputs)?,
+            provenance: provenance_request(start, &outputs)?,
             outputs_gate: Default::default(),
         },
         progress,

@@ -171,7 +171,7 @@ impl Solver {
     ) -> Result<Arc<BaseImage>, SolveError> {
         let layout_err = |source| SolveError::Layout {
             reference: reference.to_string(),
-            source,
+            source: Box::new(source),
         };
         let layout = crate::layout::LayoutRef::parse(reference).map_err(layout_err)?;
         let store = self.store.clone();

@@ -27,7 +27,7 @@ pub enum SolveError {
         /// The `oci-layout://` value.
         reference: String,
         /// Why.
-        source: crate::layout::LayoutError,
+        source: Box<crate::layout::LayoutError>,
     },
     /// A step failed; `step` is its progress name.
     #[error("{step}: {source}")]

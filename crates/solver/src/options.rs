@@ -1063,7 +1063,7 @@ impl Annotation {
             && self
                 .platform
                 .as_ref()
-                .is_none_or(|p| p.normalized() == platform.normalized())
+                .map_or(true, |p| p.normalized() == platform.normalized())
     }
 
     /// The annotation in `--annotation` syntax (what a builder daemon gets).

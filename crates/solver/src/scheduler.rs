@@ -227,9 +227,11 @@ impl<'a> Exec<'a> {
             return Ok(None);
         }
         // Inputs already computed cost nothing: only a missing one matters.
-        let missing = op.inputs[1..]
-            .iter()
-            .any(|i| self.ops.get(i).is_none_or(|(_, cell)| cell.get().is_none()));
+        let missing = op.inputs[1..].iter().any(|i| {
+            self.ops
+                .get(i)
+                .map_or(true, |(_, cell)| cell.get().is_none())
+        });
         if !missing {
             return Ok(None);
         }
