@@ -614,3 +614,123 @@ fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
         r.stderr
     );
 }
+
+#[test]
+fn a_builder_daemon_gets_image_contexts_annotations_shm_size_and_provenance() {
+    let Some((t, store)) = setup() else {
+        return;
+    };
+    let Some(reg) = registry() else {
+        return;
+    };
+    let base = format!("{}/daemon/base:1", reg.host());
+    push_marked(&store, t.path(), &base, "through-the-daemon");
+    let config = t.path().join("config");
+    let config_env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
+    let addr = format!("unix://{}", t.path().join("d.sock").display());
+    let mut daemon = kbuild_testkit::daemon::Daemon::start(
+        &common::bin(),
+        &t.path().join("daemon-root"),
+        &["--addr", &addr],
+    );
+    daemon.listening("unix://");
+    run(&store, &["create", "d1", "--endpoint", &addr], &config_env).ok();
+
+    let ctx = context(
+        t.path(),
+        "main",
+        "FROM alpine\n\
+         RUN df -k /dev/shm | tail -n 1 | awk '{print $2}' > /shm-kib && cp /marker /seen\n",
+    );
+    let named = format!("alpine=docker-image://{base}");
+    let out = t.path().join("out");
+    let local = format!("type=local,dest={}", out.display());
+    run(
+        &store,
+        &[
+            &ctx,
+            "--builder",
+            "d1",
+            "--platform",
+            "linux/amd64",
+            "--build-context",
+            &named,
+            "--shm-size",
+            "16m",
+            "-o",
+            &local,
+        ],
+        &config_env,
+    )
+    .ok();
+    assert_eq!(read(&out, "shm-kib"), "16384\n");
+    assert_eq!(read(&out, "seen"), "through-the-daemon\n");
+
+    let image = format!("{}/daemon/app:1", reg.host());
+    run(
+        &store,
+        &[
+            &ctx,
+            "--builder",
+            "d1",
+            "--platform",
+            "linux/amd64",
+            "--build-context",
+            &named,
+            "-t",
+            &image,
+            "--push",
+            "--provenance=true",
+            "--annotation",
+            "index:org.example.index=daemon",
+            "--annotation",
+            "org.example.manifest=daemon",
+        ],
+        &config_env,
+    )
+    .ok();
+    let index = skopeo_raw(&image);
+    assert_eq!(
+        index["annotations"]["org.example.index"], "daemon",
+        "{index}"
+    );
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{index}");
+    assert_eq!(
+        entries[1]["annotations"]["vnd.docker.reference.digest"],
+        entries[0]["digest"]
+    );
+    let m = skopeo_raw(&format!(
+        "{}/daemon/app@{}",
+        reg.host(),
+        entries[0]["digest"].as_str().unwrap()
+    ));
+    assert_eq!(m["annotations"]["org.example.manifest"], "daemon", "{m}");
+
+    // A directory stays on this machine: refused by name.
+    let dir = t.path().join("extra");
+    std::fs::create_dir_all(&dir).unwrap();
+    let flag = format!("extra={}", dir.display());
+    let r = run(
+        &store,
+        &[
+            &ctx,
+            "--builder",
+            "d1",
+            "--build-context",
+            &flag,
+            "-o",
+            &local,
+        ],
+        &config_env,
+    )
+    .fails();
+    let lines = error_lines(&r.stderr);
+    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    assert!(
+        lines[0].contains("--build-context extra") && lines[0].contains("builder d1"),
+        "{}",
+        lines[0]
+    );
+    daemon.terminate();
+}
