@@ -239,6 +239,18 @@ impl<'a> Exec<'a> {
             return Ok(None);
         };
         let key = &key_only.key;
+        // A miss must not wait for the parent before the other inputs
+        // start: look at the records first, the parent only on a hit.
+        let recorded = solver
+            .store
+            .get_ref(&format!("cache/{key}"))
+            .ok()
+            .flatten()
+            .is_some()
+            || self.imported.lookup_now(key).is_some();
+        if !recorded {
+            return Ok(None);
+        }
         let parent = match self.value(&op.inputs[0], Some(op)).await {
             Ok(Value::State(p)) => p,
             _ => return Ok(None),
