@@ -326,8 +326,8 @@ pub struct BuildArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
 
-    /// buildx's --provenance: not supported yet (=false accepted); taken by name so the error can say so.
-    #[arg(long = "provenance", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
+    /// Attach an SLSA provenance attestation to each image ("true", "false", "mode=min" or "mode=max"; off by default, see the README).
+    #[arg(long = "provenance", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "SPEC")]
     pub provenance: Option<String>,
     /// buildx's --sbom (not supported yet; =false accepted).
     #[arg(long = "sbom", hide = true, num_args = 0..=1, default_missing_value = "true", value_name = "SPEC")]
@@ -335,14 +335,14 @@ pub struct BuildArgs {
     /// buildx's --attest (not supported yet).
     #[arg(long = "attest", hide = true, value_name = "SPEC")]
     pub attest: Vec<String>,
-    /// buildx's --annotation (not supported yet).
-    #[arg(long = "annotation", hide = true, value_name = "KEY=VALUE")]
+    /// Add annotations to the image (format: "KEY=VALUE" on the manifests, or "TYPE[PLATFORM]:KEY=VALUE" with TYPE manifest, manifest-descriptor, index, index-descriptor); repeatable.
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
     pub annotation: Vec<String>,
-    /// buildx's --build-context (not supported yet).
-    #[arg(long = "build-context", hide = true, value_name = "NAME=VALUE")]
+    /// Additional build contexts (format: "name=path", "name=docker-image://REF" or "name=oci-layout://PATH[:TAG|@DIGEST]"): FROM name, COPY --from=name and RUN --mount=from=name read them instead of a stage or image of that name; repeatable.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_context: Vec<String>,
-    /// buildx's --shm-size (not supported yet).
-    #[arg(long = "shm-size", hide = true, value_name = "BYTES")]
+    /// Size of /dev/shm in RUN steps (bytes, or with a unit: 128m, 1g; default 64m).
+    #[arg(long = "shm-size", value_name = "BYTES")]
     pub shm_size: Option<String>,
     /// buildx's --ulimit (not supported yet).
     #[arg(long = "ulimit", hide = true, value_name = "ULIMIT")]

@@ -72,6 +72,9 @@ pub enum BuildError {
     /// SIGINT (Ctrl-C) or SIGTERM.
     #[error("build cancelled (interrupted); nothing was tagged or written")]
     Cancelled,
+    /// SIGINT (Ctrl-C) or SIGTERM after some outputs had been written.
+    #[error("build cancelled (interrupted) after writing {0}; nothing else was tagged or written")]
+    CancelledAfter(String),
     /// Writing a result file failed.
     #[error("write {path}: {source}")]
     Write {
@@ -252,6 +255,19 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
     ) {
         req.check_load()?;
     }
+    let local_contexts = req.local_only_contexts();
+    match &chosen {
+        Chosen::Remote(name, _)
+        | Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. })
+            if !local_contexts.is_empty() =>
+        {
+            return Err(BuildError::Builder(format!(
+                "--build-context {}: directory and oci-layout:// contexts are not sent to builder daemons yet (builder {name}); build with --builder local, or use docker-image:// contexts",
+                local_contexts.join(", ")
+            )))
+        }
+        _ => {}
+    }
     // Remote and kubernetes builders check their cache flags in
     // `remote::Setup` (a type=local cache is a directory of this machine).
     match chosen {
@@ -327,6 +343,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         .map_err(|e| BuildError::Other(e.to_string()))?;
     let source_date_epoch = source_date_epoch()?;
     let cancel = kbuild_worker::executor::Cancel::new();
+    let gate = kbuild_image::CommitGate::new();
     let progress = progress_renderer(mode);
     let solver = Solver::new(
         store.clone(),
@@ -348,6 +365,10 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
+            annotations: req.annotations.clone(),
+            shm_size: req.shm_size,
+            provenance: req.provenance_request(),
+            outputs_gate: gate.clone(),
         },
         progress.clone(),
     )
@@ -363,6 +384,7 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         dir: req.context.clone(),
         ignore,
         checksums,
+        named: req.context_dirs.clone(),
     };
     let started = Instant::now();
     let outcome = rt.block_on(async {
@@ -388,9 +410,16 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             signal = signals.recv() => {
                 tracing::debug!(%signal, "cancelling the build");
                 // Kill running steps; dropping the build stops a push where
-                // it is (tags go last, so none is written).
+                // it is (tags go last, so none is written). Closing the
+                // gate stops every export thread before its rename: what
+                // it reports is all that was written.
                 cancel.cancel();
-                Err(BuildError::Cancelled)
+                let written = gate.close();
+                if written.is_empty() {
+                    Err(BuildError::Cancelled)
+                } else {
+                    Err(BuildError::CancelledAfter(written.join(", ")))
+                }
             }
         }
     });

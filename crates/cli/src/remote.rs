@@ -387,6 +387,10 @@ impl Setup {
             build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
             registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
             insecure_registries: a.insecure_registries.clone(),
+            named_images: req.named_images(),
+            annotations: req.annotations.iter().map(|a| a.to_flag()).collect(),
+            shm_size: req.shm_size,
+            provenance: a.provenance.clone().unwrap_or_default(),
             ..Default::default()
         };
         // The client keeps a checksum cache of its own per context, beside

@@ -4,12 +4,13 @@
 
 use crate::args::{BuildArgs, GlobalArgs};
 use kbuild_dockerfile::graph::{self, Graph};
-use kbuild_dockerfile::plan::{self, BuildPlan, PlanOptions};
+use kbuild_dockerfile::plan::{self, BuildPlan, NamedContext, PlanOptions};
 use kbuild_platform::Platform;
 use kbuild_solver::options::{
-    parse_add_host, parse_build_args, parse_labels, parse_network, NetworkMode, Output, OutputKind,
-    SecretSpec, SshSpec,
+    parse_add_host, parse_build_args, parse_labels, parse_network, parse_shm_size, Annotation,
+    AnnotationTarget, NetworkMode, Output, OutputKind, SecretSpec, SshSpec,
 };
+use kbuild_solver::provenance::{Invocation, ProvenanceMode, ProvenanceRequest};
 use kbuild_solver::remote_cache::{CacheFrom, CacheTo};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -62,6 +63,39 @@ pub enum RequestError {
     /// A flag a later part of the product will execute.
     #[error("{0} is not implemented yet: {1}")]
     NotImplemented(String, &'static str),
+    /// A `--build-context` value that is not NAME=VALUE or names nothing usable.
+    #[error("invalid --build-context {value:?}: {reason}")]
+    BuildContext {
+        /// The flag value.
+        value: String,
+        /// What is wrong, and the forms that work.
+        reason: String,
+    },
+    /// An `oci-layout://` build context that cannot be read.
+    #[error("--build-context {value}: {source}")]
+    BuildContextLayout {
+        /// The flag value.
+        value: String,
+        /// Why.
+        source: Box<kbuild_solver::layout::LayoutError>,
+    },
+    /// A `docker-image://` build context whose reference does not parse.
+    #[error("--build-context {value}: {source}")]
+    BuildContextImage {
+        /// The flag value.
+        value: String,
+        /// Why.
+        source: Box<kbuild_registry::Error>,
+    },
+    /// A `--provenance` value that does not parse.
+    #[error(transparent)]
+    Provenance(#[from] kbuild_solver::provenance::ProvenanceError),
+    /// `--provenance` with an output that cannot hold attestations.
+    #[error("--provenance cannot go with -o type={0:?} (or --load): that output holds image manifests only, not the attestation manifests of an index; drop --provenance, or use --push or -o type=oci")]
+    ProvenanceOutput(OutputKind),
+    /// An index annotation for a build that makes no index.
+    #[error("annotation {0:?} goes on an image index, but a build for one platform makes a single manifest; build several platforms, or use a manifest annotation")]
+    IndexAnnotation(String),
     /// `-o type=docker` for several platforms.
     #[error("-o type=docker and --load hold one platform, but --platform asks for {0}; build one platform, or use -o type=oci for several")]
     DockerArchivePlatforms(String),
@@ -120,6 +154,18 @@ pub struct BuildRequest {
     /// The output `--load` stands for (a Docker daemon here; the nodes'
     /// containerd on a kubernetes builder), an index into `outputs`.
     pub load: Option<usize>,
+    /// `--build-context` values as the planner sees them.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+    /// The `--build-context` values that are local directories.
+    pub context_dirs: BTreeMap<String, PathBuf>,
+    /// `--annotation` values, then the outputs' `annotation.*` options.
+    pub annotations: Vec<Annotation>,
+    /// `--shm-size` in bytes (64 MiB by default).
+    pub shm_size: u64,
+    /// `--provenance`: how much the attestation says (`None`: none).
+    pub provenance: Option<ProvenanceMode>,
+    /// `--build-context` values as given, name to value (for provenance).
+    pub context_values: BTreeMap<String, String>,
 }
 
 impl BuildRequest {
@@ -127,16 +173,8 @@ impl BuildRequest {
     pub fn from_args(a: &BuildArgs, _g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
         let path = a.path.as_deref().ok_or(RequestError::MissingPath)?;
         for (flag, used) in [
-            // =false asks for no attestation, which is what every build makes.
-            (
-                "--provenance",
-                a.provenance.as_deref().is_some_and(|v| !is_false(v)),
-            ),
             ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
             ("--attest", !a.attest.is_empty()),
-            ("--annotation", !a.annotation.is_empty()),
-            ("--build-context", !a.build_context.is_empty()),
-            ("--shm-size", a.shm_size.is_some()),
             ("--ulimit", !a.ulimit.is_empty()),
             ("--cgroup-parent", a.cgroup_parent.is_some()),
         ] {
@@ -157,6 +195,20 @@ impl BuildRequest {
             .iter()
             .map(|s| CacheTo::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
+
+        let mut named_contexts = BTreeMap::new();
+        let mut context_dirs = BTreeMap::new();
+        let mut context_values = BTreeMap::new();
+        for value in &a.build_context {
+            let (name, named, dir) = parse_build_context(value)?;
+            if let Some((_, v)) = value.split_once('=') {
+                context_values.insert(name.clone(), v.to_string());
+            }
+            if let Some(dir) = dir {
+                context_dirs.insert(name.clone(), dir);
+            }
+            named_contexts.insert(name, named);
+        }
 
         let (context, dockerfile_path, dockerfile, dockerfile_name) =
             read_dockerfile(path, a.file.as_deref())?;
@@ -216,6 +268,37 @@ impl BuildRequest {
                     .join(", "),
             ));
         }
+        let mut annotations = Vec::new();
+        for spec in &a.annotation {
+            annotations.extend(Annotation::parse_flag(spec)?);
+        }
+        annotations.extend(outputs.iter().flat_map(|o| o.annotations.iter().cloned()));
+        let provenance = match a.provenance.as_deref() {
+            Some(v) => kbuild_solver::provenance::parse_mode(v)?,
+            None => None,
+        };
+        if provenance.is_some() {
+            if let Some(o) = outputs
+                .iter()
+                .find(|o| matches!(o.kind, OutputKind::Docker | OutputKind::Containerd))
+            {
+                return Err(RequestError::ProvenanceOutput(o.kind.clone()));
+            }
+        }
+        if let Some(index_only) = annotations.iter().find(|x| {
+            matches!(
+                x.target,
+                AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+            )
+        }) {
+            if platforms.len() < 2 && provenance.is_none() {
+                return Err(RequestError::IndexAnnotation(index_only.to_flag()));
+            }
+        }
+        let shm_size = match a.shm_size.as_deref() {
+            Some(v) => parse_shm_size(v)?,
+            None => kbuild_worker::executor::DEFAULT_SHM_SIZE,
+        };
         let mut notices = Vec::new();
         if outputs.is_empty() {
             notices.push(
@@ -279,6 +362,12 @@ impl BuildRequest {
             cache_from,
             cache_to,
             load,
+            named_contexts,
+            context_dirs,
+            annotations,
+            shm_size,
+            provenance,
+            context_values,
         })
     }
 
@@ -321,6 +410,64 @@ impl BuildRequest {
         graph::lower(plan).map_err(|e| RequestError::Plan(e.in_file(&self.dockerfile_name)))
     }
 
+    /// The `--build-context` values that are images (`docker-image://`),
+    /// name to reference: what a builder daemon gets.
+    pub fn named_images(&self) -> std::collections::HashMap<String, String> {
+        self.named_contexts
+            .iter()
+            .filter_map(|(name, c)| match c {
+                NamedContext::Image(r) if !r.starts_with(kbuild_solver::layout::SCHEME) => {
+                    Some((name.clone(), r.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `--build-context` values only this machine can read
+    /// (directories, OCI layouts), as `NAME=VALUE` for messages.
+    pub fn local_only_contexts(&self) -> Vec<String> {
+        let images = self.named_images();
+        self.named_contexts
+            .keys()
+            .filter(|name| !images.contains_key(*name))
+            .cloned()
+            .collect()
+    }
+
+    /// What `--provenance` records about this request (`None`: no
+    /// attestation).
+    pub fn provenance_request(&self) -> Option<ProvenanceRequest> {
+        let mode = self.provenance?;
+        let inv = Invocation {
+            build_args: self
+                .build_args
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            target: self.target.as_deref(),
+            contexts: self
+                .context_values
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            context_dirs: self.context_dirs.keys().map(String::as_str).collect(),
+            has_context: self.context.is_some(),
+            dockerfile: &self.dockerfile_name,
+            names: self
+                .outputs
+                .iter()
+                .flat_map(|o| o.names.iter().map(String::as_str))
+                .collect(),
+        };
+        Some(ProvenanceRequest::new(mode, &inv))
+    }
+
     /// The planner's options for this request.
     pub fn plan_options(&self) -> PlanOptions {
         PlanOptions {
@@ -329,6 +476,7 @@ impl BuildRequest {
             build_args: self.build_args.clone(),
             target: self.target.clone(),
             labels: self.labels.clone(),
+            named_contexts: self.named_contexts.clone(),
         }
     }
 }
@@ -402,6 +550,71 @@ fn display_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "Dockerfile".to_string())
+}
+
+/// One `--build-context NAME=VALUE`, as buildx reads it: `docker-image://REF`,
+/// `oci-layout://PATH[:TAG|@DIGEST]` (resolved in the layout now, so a bad
+/// path or tag fails before the build), or a local directory.
+fn parse_build_context(
+    value: &str,
+) -> Result<(String, NamedContext, Option<PathBuf>), RequestError> {
+    let bad = |reason: &str| RequestError::BuildContext {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let (name, target) = value
+        .split_once('=')
+        .filter(|(n, t)| !n.is_empty() && !t.is_empty())
+        .ok_or_else(|| {
+            bad("use NAME=DIR, NAME=docker-image://REF or NAME=oci-layout://PATH[:TAG|@DIGEST]")
+        })?;
+    if let Some(reference) = target.strip_prefix("docker-image://") {
+        kbuild_registry::Reference::parse(reference).map_err(|source| {
+            RequestError::BuildContextImage {
+                value: value.to_string(),
+                source: Box::new(source),
+            }
+        })?;
+        return Ok((
+            name.to_string(),
+            NamedContext::Image(reference.to_string()),
+            None,
+        ));
+    }
+    if target.starts_with(kbuild_solver::layout::SCHEME) {
+        let layout_err = |source| RequestError::BuildContextLayout {
+            value: value.to_string(),
+            source: Box::new(source),
+        };
+        let layout = kbuild_solver::layout::LayoutRef::parse(target).map_err(layout_err)?;
+        let digest = layout.resolve().map_err(layout_err)?;
+        let pinned = kbuild_solver::layout::LayoutRef {
+            path: layout.path.clone(),
+            select: kbuild_solver::layout::Select::Digest(digest),
+        }
+        .to_absolute()
+        .map_err(layout_err)?;
+        return Ok((name.to_string(), NamedContext::Image(pinned), None));
+    }
+    if let Some(stage) = target.strip_prefix("target:") {
+        return Err(RequestError::NotImplemented(
+            format!("--build-context {name}=target:{stage}"),
+            "a named context from another bake target is not supported by kubectl build yet; use a directory, docker-image:// or oci-layout://",
+        ));
+    }
+    if target.contains("://") || target.starts_with("git@") {
+        return Err(RequestError::NotImplemented(
+            format!("--build-context {name}={target}"),
+            "named contexts from URLs and git repositories are not supported by kubectl build yet; use a directory, docker-image:// or oci-layout://",
+        ));
+    }
+    let dir = PathBuf::from(target);
+    if !dir.is_dir() {
+        return Err(bad(&format!(
+            "{target} is not a directory (a named context is a directory, docker-image://REF or oci-layout://PATH)"
+        )));
+    }
+    Ok((name.to_string(), NamedContext::Dir, Some(dir)))
 }
 
 /// `false`, `0` (how buildx users turn an attestation off).

@@ -368,12 +368,16 @@ impl SplitOutputs {
                             })?;
                         }
                     }
-                    s.finish(o.kind == OutputKind::Tar, self.tar)
-                        .map_err(|source| SplitOutputError::Stage {
-                            kind,
-                            dest: shown.clone(),
-                            source: Box::new(source),
-                        })?;
+                    s.finish(
+                        o.kind == OutputKind::Tar,
+                        self.tar,
+                        &kbuild_image::CommitGate::new(),
+                    )
+                    .map_err(|source| SplitOutputError::Stage {
+                        kind,
+                        dest: shown.clone(),
+                        source: Box::new(source),
+                    })?;
                     if o.kind == OutputKind::Local {
                         if report.devices_skipped > 0 {
                             notes.push(format!("{shown}: left out {} device node(s); add preserve-special=true to -o type=local to create them", report.devices_skipped));

@@ -80,11 +80,10 @@ fn unsupported_buildx_flags_are_named() {
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
     let store = t.path().join("store");
     for flag in [
-        "--provenance=mode=max",
         "--sbom=true",
-        "--annotation=a=b",
-        "--build-context=x=y",
-        "--shm-size=1g",
+        "--attest=type=sbom",
+        "--ulimit=nofile=1024:1024",
+        "--cgroup-parent=build",
     ] {
         let name = flag.split('=').next().unwrap();
         let r = common::run(&store, &[ctx.to_str().unwrap(), flag, "--dry-run"], &[]).fails();

@@ -118,6 +118,7 @@ fn options() -> PlanOptions {
         build_args: BTreeMap::new(),
         target: None,
         labels: BTreeMap::new(),
+        named_contexts: Default::default(),
     }
 }
 

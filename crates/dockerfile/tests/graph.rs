@@ -47,6 +47,7 @@ fn lower_case(dir: &Path) -> Result<Result<Graph, String>, String> {
         build_args: options.build_args,
         target: options.target,
         labels: options.labels,
+        named_contexts: Default::default(),
     };
     let p = match plan(&dockerfile, &opts, &options.images) {
         Ok(p) => p,
@@ -202,6 +203,7 @@ fn lower_text(dockerfile: &str, platforms: &[&str]) -> Graph {
         build_args: BTreeMap::new(),
         target: None,
         labels: BTreeMap::new(),
+        named_contexts: Default::default(),
     };
     let p = plan(dockerfile, &opts, &kbuild_dockerfile::plan::NoImageConfigs).unwrap();
     lower(&p).unwrap()

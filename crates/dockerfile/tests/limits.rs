@@ -20,6 +20,7 @@ fn options(platforms: &[&str]) -> PlanOptions {
         build_args: BTreeMap::new(),
         target: None,
         labels: BTreeMap::new(),
+        named_contexts: Default::default(),
     }
 }
 

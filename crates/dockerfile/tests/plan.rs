@@ -106,6 +106,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
         build_args: options.build_args,
         target: options.target,
         labels: options.labels,
+        named_contexts: Default::default(),
     };
     let images = Images {
         known: options.images,

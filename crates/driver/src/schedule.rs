@@ -315,6 +315,7 @@ mod tests {
                 build_args: BTreeMap::new(),
                 target: None,
                 labels: BTreeMap::new(),
+                named_contexts: Default::default(),
             };
             let graph = lower(&plan(dockerfile, &opts, &NoImageConfigs).unwrap()).unwrap();
             for (t, e) in targets.iter().zip(graph.exec_platforms()) {

@@ -10,6 +10,12 @@ use crate::digest::Digest;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The build was cancelled before this output took its name.
+    #[error("{path}: not written, the build was cancelled")]
+    Cancelled {
+        /// The output.
+        path: std::path::PathBuf,
+    },
     /// A string is not a `sha256:<64 hex>` digest.
     #[error("invalid digest {input:?}: {reason}")]
     InvalidDigest {

@@ -75,6 +75,18 @@ pub fn oci_layout_dir(
     dest: &Path,
     ref_name: Option<&str>,
 ) -> Result<()> {
+    oci_layout_dir_gated(store, root, dest, ref_name, None)
+}
+
+/// [`oci_layout_dir`], the final rename going through `gate` (an output
+/// of a build that may be cancelled: a closed gate leaves `dest` as it was).
+pub fn oci_layout_dir_gated(
+    store: &ContentStore,
+    root: &Descriptor,
+    dest: &Path,
+    ref_name: Option<&str>,
+    gate: Option<&crate::CommitGate>,
+) -> Result<()> {
     let blobs = image_blobs(store, root)?;
     let (parent, name) = split_dest(dest)?;
     let temp = tempfile::Builder::new()
@@ -102,11 +114,31 @@ pub fn oci_layout_dir(
     sync_dir(&blob_dir)?;
     sync_dir(temp.path())?;
 
+    let staged = temp.keep();
+    let swap = || swap_in(&staged, dest, &parent, &name);
+    let swapped = match gate {
+        Some(g) => g.commit(dest, swap),
+        None => swap(),
+    };
+    if swapped.is_err() {
+        let _ = fs::remove_dir_all(&staged);
+    }
+    let old = swapped?;
+    sync_dir(&parent)?;
+    if let Some(old) = old {
+        fs::remove_dir_all(&old).map_err(io_err("remove the previous export", &old))?;
+    }
+    Ok(())
+}
+
+/// Puts the staged layout at `dest`, moving an existing directory aside;
+/// returns where the old one went.
+fn swap_in(staged: &Path, dest: &Path, parent: &Path, name: &str) -> Result<Option<PathBuf>> {
     let old = match fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => {
             let old = tempfile::Builder::new()
                 .prefix(&format!(".{name}.old-"))
-                .tempdir_in(&parent)
+                .tempdir_in(parent)
                 .map_err(io_err("create a temp directory in", &parent))?
                 .keep();
             fs::rename(dest, &old).map_err(io_err("move aside the existing", dest))?;
@@ -121,19 +153,13 @@ pub fn oci_layout_dir(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err("stat", dest)(e)),
     };
-    let staged = temp.keep();
-    if let Err(e) = fs::rename(&staged, dest) {
+    if let Err(e) = fs::rename(staged, dest) {
         if let Some(old) = &old {
             let _ = fs::rename(old, dest);
         }
-        let _ = fs::remove_dir_all(&staged);
         return Err(io_err("rename the export into", dest)(e));
     }
-    sync_dir(&parent)?;
-    if let Some(old) = old {
-        fs::remove_dir_all(&old).map_err(io_err("remove the previous export", &old))?;
-    }
-    Ok(())
+    Ok(old)
 }
 
 /// Streams the OCI image layout of [`oci_layout_dir`] as a deterministic tar
@@ -331,6 +357,16 @@ pub fn write_file_atomically(
     dest: &Path,
     write: impl FnOnce(&mut io::BufWriter<&mut fs::File>) -> Result<()>,
 ) -> Result<()> {
+    write_file_atomically_gated(dest, None, write)
+}
+
+/// [`write_file_atomically`], the rename going through `gate` (an output
+/// of a build that may be cancelled).
+pub fn write_file_atomically_gated(
+    dest: &Path,
+    gate: Option<&crate::CommitGate>,
+    write: impl FnOnce(&mut io::BufWriter<&mut fs::File>) -> Result<()>,
+) -> Result<()> {
     split_dest(dest)?;
-    crate::store::write_atomic_with(dest, write)
+    crate::store::write_atomic_gated(dest, gate, write)
 }

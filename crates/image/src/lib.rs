@@ -49,6 +49,7 @@
 
 mod digest;
 mod error;
+mod gate;
 mod layer;
 mod oci;
 pub mod pargzip;
@@ -60,12 +61,13 @@ pub mod tarball;
 
 pub use digest::{Digest, DigestWriter};
 pub use error::{Error, Result};
+pub use gate::CommitGate;
 pub use layer::{
     compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads,
     layer_in_compression, BlobWatch, Compression, Layer, LayerWriter,
 };
 pub use oci::*;
 pub use store::{
-    default_root, write_atomic, write_atomic_with, ChildrenList, ContentStore, ExclusiveStoreLock,
-    Ingest, PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
+    default_root, write_atomic, write_atomic_gated, write_atomic_with, ChildrenList, ContentStore,
+    ExclusiveStoreLock, Ingest, PruneReport, RecoverReport, StoreLock, STALE_INGEST_AGE,
 };

@@ -834,6 +834,16 @@ pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
 ) -> Result<()> {
+    write_atomic_gated(path, None, write)
+}
+
+/// [`write_atomic_with`], the rename going through `gate` (an output of a
+/// build that may be cancelled).
+pub fn write_atomic_gated(
+    path: &Path,
+    gate: Option<&crate::CommitGate>,
+    write: impl FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -855,11 +865,17 @@ pub fn write_atomic_with(
         w.flush().map_err(io_err("write", path))?;
     }
     temp.as_file().sync_all().map_err(io_err("sync", path))?;
-    temp.persist(path).map_err(|e| Error::Io {
-        action: "rename a temp file to",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
+    let persist = || {
+        temp.persist(path).map(drop).map_err(|e| Error::Io {
+            action: "rename a temp file to",
+            path: path.to_path_buf(),
+            source: e.error,
+        })
+    };
+    match gate {
+        Some(g) => g.commit(path, persist)?,
+        None => persist()?,
+    }
     sync_dir(dir)
 }
 

@@ -632,6 +632,16 @@ pub(crate) async fn solve_start(
         build_args: start.build_args.clone().into_iter().collect(),
         target: (!start.target.is_empty()).then(|| start.target.clone()),
         labels: start.labels.clone().into_iter().collect(),
+        named_contexts: start
+            .named_images
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    kbuild_dockerfile::plan::NamedContext::Image(r.clone()),
+                )
+            })
+            .collect(),
     };
     let dockerfile =
         std::str::from_utf8(&start.dockerfile).map_err(|_| SessionError::DockerfileNotUtf8)?;

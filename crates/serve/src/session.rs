@@ -730,6 +730,18 @@ async fn build(
             executor: kbuild_worker::executor::Executor::current_exe(),
             cancel: cancel.clone(),
             on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
+            annotations: start
+                .annotations
+                .iter()
+                .map(|a| kbuild_solver::options::Annotation::parse_flag(a))
+                .collect::<Result<Vec<_>, _>>()?
+                .concat(),
+            shm_size: match start.shm_size {
+                0 => kbuild_worker::executor::DEFAULT_SHM_SIZE,
+                n => n,
+            },
+            provenance: provenance_request(start, &outputs)?,
+            outputs_gate: Default::default(),
         },
         progress,
     )
@@ -743,6 +755,7 @@ async fn build(
         dir: context_dir.clone(),
         ignore,
         checksums,
+        named: Default::default(),
     };
     let platforms = start
         .platforms
@@ -860,4 +873,46 @@ async fn build(
         ..Default::default()
     };
     Ok((done, streamed, session_dir))
+}
+
+/// The provenance a session's client asked for, recorded as the client
+/// would (`--provenance`, through `BuildStart.provenance`).
+fn provenance_request(
+    start: &v1::BuildStart,
+    outputs: &[kbuild_solver::options::Output],
+) -> Result<Option<kbuild_solver::provenance::ProvenanceRequest>, SessionError> {
+    use kbuild_solver::provenance::{parse_mode, Invocation, ProvenanceRequest};
+    let mode = if start.provenance.is_empty() {
+        None
+    } else {
+        parse_mode(&start.provenance).map_err(|e| proto(e.to_string()))?
+    };
+    Ok(mode.map(|mode| {
+        let inv = Invocation {
+            build_args: start
+                .build_args
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            labels: start
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            target: (!start.target.is_empty()).then_some(start.target.as_str()),
+            contexts: start
+                .named_images
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            context_dirs: Vec::new(),
+            has_context: start.has_context,
+            dockerfile: &start.dockerfile_path,
+            names: outputs
+                .iter()
+                .flat_map(|o| o.names.iter().map(String::as_str))
+                .collect(),
+        };
+        ProvenanceRequest::new(mode, &inv)
+    }))
 }

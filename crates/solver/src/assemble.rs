@@ -10,6 +10,7 @@ use kbuild_platform::Platform;
 
 use crate::engine::{PlatformImage, Solver, State};
 use crate::error::SolveError;
+use crate::options::AnnotationTarget;
 
 pub(crate) fn now_rfc3339(epoch: Option<i64>) -> String {
     let secs = epoch.unwrap_or_else(|| {
@@ -121,15 +122,23 @@ impl Solver {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, SolveError>>()?;
-        let manifest = Manifest::new(config_desc, layers);
+        let mut manifest = Manifest::new(config_desc, layers);
+        manifest.annotations = self.annotations_for(AnnotationTarget::Manifest, platform);
         let mut desc = manifest.write(&self.store)?;
         desc.platform = Some(DescriptorPlatform::from(platform));
+        desc.annotations = self.annotations_for(AnnotationTarget::ManifestDescriptor, platform);
         Ok(desc)
     }
 
-    /// The index of several images, or the manifest of one.
-    pub(crate) fn write_root(&self, images: &[PlatformImage]) -> Result<Descriptor, SolveError> {
-        if let [one] = images {
+    /// The index of several images (and their attestation manifests,
+    /// listed after the images as BuildKit does), or the manifest of one
+    /// image without attestations.
+    pub(crate) fn write_root(
+        &self,
+        images: &[PlatformImage],
+        attestations: &[Descriptor],
+    ) -> Result<Descriptor, SolveError> {
+        if let ([one], []) = (images, attestations) {
             return Ok(one.manifest.clone());
         }
         let mut index = Index::new();
@@ -138,7 +147,27 @@ impl Solver {
             d.platform = None;
             index.push_manifest(d, &i.platform);
         }
-        Ok(index.write(&self.store)?)
+        index.manifests.extend(attestations.iter().cloned());
+        let any = Platform::host();
+        index.annotations = self.annotations_for(AnnotationTarget::Index, &any);
+        let mut desc = index.write(&self.store)?;
+        desc.annotations = self.annotations_for(AnnotationTarget::IndexDescriptor, &any);
+        Ok(desc)
+    }
+
+    /// The annotations (`--annotation`) of `target` for `platform`'s image
+    /// (index ones have no platform).
+    fn annotations_for(
+        &self,
+        target: AnnotationTarget,
+        platform: &Platform,
+    ) -> BTreeMap<String, String> {
+        self.opts
+            .annotations
+            .iter()
+            .filter(|a| a.applies(target, platform))
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect()
     }
 }
 

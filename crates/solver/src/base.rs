@@ -134,6 +134,9 @@ impl Solver {
         reference: &str,
         platform: &Platform,
     ) -> Result<Arc<BaseImage>, SolveError> {
+        if reference.starts_with(crate::layout::SCHEME) {
+            return self.layout_image(reference, platform).await;
+        }
         let refname = image_ref_name(reference)?;
         if !self.opts.pull {
             if let Some(root) = self.store.get_ref(&refname)? {
@@ -151,6 +154,36 @@ impl Solver {
         let pulled = self.registry.pull_image(&r, platform, &self.store).await?;
         let root = Digest::parse(&pulled.root_digest.to_string())?;
         self.store.set_ref(&refname, &root)?;
+        self.local_image(reference, &root, platform)?
+            .map(Arc::new)
+            .ok_or_else(|| SolveError::PulledWithoutPlatform {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+            })
+    }
+
+    /// An image of a local OCI layout (`--build-context
+    /// NAME=oci-layout://...`), copied into the store.
+    async fn layout_image(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<Arc<BaseImage>, SolveError> {
+        let layout_err = |source| SolveError::Layout {
+            reference: reference.to_string(),
+            source: Box::new(source),
+        };
+        let layout = crate::layout::LayoutRef::parse(reference).map_err(layout_err)?;
+        let store = self.store.clone();
+        let root = tokio::task::spawn_blocking(move || {
+            let root = layout.resolve()?;
+            layout.import(&store, &root).map(|()| root)
+        })
+        .await?
+        .map_err(layout_err)?;
+        self.progress.event(Event::Note(format!(
+            "resolve {reference} for {platform}: {root}"
+        )));
         self.local_image(reference, &root, platform)?
             .map(Arc::new)
             .ok_or_else(|| SolveError::PulledWithoutPlatform {

@@ -94,6 +94,11 @@ impl Imported {
         Imported { sources }
     }
 
+    /// Whether no cache was imported.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
     /// The history time recorded under `key` (`Some(None)` for a record
     /// without one), for ops that add no layer: nothing to fetch.
     pub fn lookup_now(&self, key: &str) -> Option<Option<String>> {

@@ -66,6 +66,16 @@ pub struct SolveOptions {
     pub cancel: Cancel,
     /// Told about each layer of the images as soon as it is in the store.
     pub on_layer: crate::options::LayerHook,
+    /// `--annotation` values (and the outputs' `annotation.*` options) to
+    /// write on the manifests, the index and their descriptors.
+    pub annotations: Vec<crate::options::Annotation>,
+    /// `--shm-size`: the size of RUN's `/dev/shm` in bytes.
+    pub shm_size: u64,
+    /// `--provenance`: attach an SLSA provenance attestation per image.
+    pub provenance: Option<crate::provenance::ProvenanceRequest>,
+    /// Every output takes its name through this gate; the caller closes
+    /// it when the build is cancelled (see [`kbuild_image::CommitGate`]).
+    pub outputs_gate: kbuild_image::CommitGate,
 }
 
 impl Default for SolveOptions {
@@ -86,6 +96,10 @@ impl Default for SolveOptions {
             executor: Executor::current_exe(),
             cancel: Cancel::new(),
             on_layer: Default::default(),
+            annotations: Vec::new(),
+            shm_size: kbuild_worker::executor::DEFAULT_SHM_SIZE,
+            provenance: None,
+            outputs_gate: kbuild_image::CommitGate::new(),
         }
     }
 }
@@ -99,9 +113,24 @@ pub struct Context {
     pub ignore: Option<kbuild_ignore::Matcher>,
     /// Digests of the context's files known from earlier builds.
     pub checksums: Option<crate::checksums::ChecksumCache>,
+    /// `--build-context NAME=DIR` directories, by name.
+    pub named: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Context {
+    /// The directory a context source reads: the main context, or the
+    /// `--build-context` directory `name`.
+    pub(crate) fn root(&self, name: Option<&str>) -> Result<&std::path::Path, StepError> {
+        match name {
+            None => self.dir.as_deref().ok_or(StepError::NoContext),
+            Some(n) => self
+                .named
+                .get(n)
+                .map(PathBuf::as_path)
+                .ok_or_else(|| StepError::NoNamedContext(n.to_string())),
+        }
+    }
+
     pub(crate) fn excluded(&self, rel: &str, is_dir: bool) -> bool {
         self.ignore
             .as_ref()
@@ -325,6 +354,29 @@ impl Solver {
         ctx: &Context,
         images: Images,
     ) -> Result<Solved, SolveError> {
+        let started = crate::assemble::now_rfc3339(self.opts.source_date_epoch);
+        // The base images each target read, for its provenance.
+        let materials: Vec<Vec<crate::provenance::Material>> = match &self.opts.provenance {
+            None => Vec::new(),
+            Some(_) => graph
+                .targets
+                .iter()
+                .map(|t| {
+                    crate::provenance::image_sources(graph, &t.result)
+                        .into_iter()
+                        .filter_map(|(reference, platform)| {
+                            let p = Platform::parse(&platform).ok()?.to_string();
+                            let img = images.get(&(reference.clone(), p.clone()))?;
+                            Some(crate::provenance::Material {
+                                reference,
+                                platform: p,
+                                digest: img.manifest_digest,
+                            })
+                        })
+                        .collect()
+                })
+                .collect(),
+        };
         let mut exec = Exec::new(self, graph, ctx, images);
         if !self.opts.no_cache {
             exec.imported = crate::cache_import::Imported::load(self).await;
@@ -358,7 +410,28 @@ impl Solver {
                 state: st,
             });
         }
-        let root = self.write_root(&images_out)?;
+        let mut attestations = Vec::new();
+        if let Some(req) = &self.opts.provenance {
+            let finished = crate::assemble::now_rfc3339(self.opts.source_date_epoch);
+            for ((t, image), materials) in graph.targets.iter().zip(&images_out).zip(&materials) {
+                let statement = crate::provenance::statement(
+                    req,
+                    graph,
+                    &t.result,
+                    &image.platform,
+                    &image.manifest.digest,
+                    materials,
+                    &started,
+                    &finished,
+                );
+                attestations.push(crate::provenance::write_attestation(
+                    &self.store,
+                    &statement,
+                    &image.manifest.digest,
+                )?);
+            }
+        }
+        let root = self.write_root(&images_out, &attestations)?;
         Ok(Solved {
             images: images_out,
             root,

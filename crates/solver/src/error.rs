@@ -21,6 +21,14 @@ pub enum SolveError {
     /// The Dockerfile does not plan.
     #[error(transparent)]
     Plan(#[from] plan::Error),
+    /// An `oci-layout://` build context could not be read.
+    #[error("--build-context {reference}: {source}")]
+    Layout {
+        /// The `oci-layout://` value.
+        reference: String,
+        /// Why.
+        source: Box<crate::layout::LayoutError>,
+    },
     /// A step failed; `step` is its progress name.
     #[error("{step}: {source}")]
     Step {
@@ -227,6 +235,9 @@ pub enum StepError {
         "there is no build context (the Dockerfile came from stdin); give a context directory"
     )]
     NoContext,
+    /// A graph reads a `--build-context` directory the build was not given.
+    #[error("the build reads the build context {0:?}, which was not given; pass --build-context {0}=DIR")]
+    NoNamedContext(String),
     /// Several sources into something not marked as a directory.
     #[error("{instruction} with more than one source needs a destination directory ending with /: {dest}")]
     DestNotDir {

@@ -91,12 +91,8 @@ pub(crate) async fn run(
         froms.push(match value {
             _ if !read => None,
             Value::State(s) => Some(MountFrom::Layers(solver.layer_dirs(&s.layers).await?)),
-            Value::Context { .. } => Some(MountFrom::Dir(
-                x.ctx
-                    .dir
-                    .clone()
-                    .ok_or(StepError::NoContext)
-                    .map_err(fail)?,
+            Value::Context { name, .. } => Some(MountFrom::Dir(
+                x.ctx.root(name.as_deref()).map_err(fail)?.to_path_buf(),
             )),
             Value::Download(d) => Some(MountFrom::Dir(d.dir().await.map_err(fail)?)),
         });
@@ -173,7 +169,7 @@ fn result_state(
 /// build's network and `--add-host`s (they change what the command
 /// resolves) and the checksum of every context directory it bind-mounts.
 /// Secrets are not keyed.
-fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepError> {
+pub(crate) fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepError> {
     let opts = &x.solver.opts;
     let mut key = KeyParts::default();
     key.push(op.id.0.as_bytes());
@@ -182,6 +178,11 @@ fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepEr
         key.push(i.key().as_bytes());
     }
     key.push(format!("{:?}", opts.network));
+    // BuildKit's /dev/shm is a tmpfs mount of the exec: its size is part of
+    // the key. The default adds nothing, so earlier keys stay valid.
+    if opts.shm_size != kbuild_worker::executor::DEFAULT_SHM_SIZE {
+        key.push(format!("shm-size:{}", opts.shm_size));
+    }
     for (host, ip) in &opts.add_hosts {
         key.push(format!("add-host:{host}={ip}"));
     }
@@ -189,12 +190,17 @@ fn key(x: &Exec, op: &Op, e: &ExecOp, inputs: &[Value]) -> Result<String, StepEr
         let ExecMount::Bind { input, source, .. } = m else {
             continue;
         };
-        if let Some(Value::Context { dockerignore }) = inputs.get(*input) {
+        if let Some(Value::Context { dockerignore, name }) = inputs.get(*input) {
             let req = copy::Request {
                 sources: vec![source.clone()],
                 ..Default::default()
             };
-            key.push(crate::fileop::context_checksum(x.ctx, *dockerignore, &req)?);
+            key.push(crate::fileop::context_checksum(
+                x.ctx,
+                *dockerignore,
+                name.as_deref(),
+                &req,
+            )?);
         }
     }
     Ok(key.finish())
@@ -272,6 +278,7 @@ fn run_process(merged: &Path, job: &Job, roots: &[Option<PathBuf>]) -> Result<()
     };
     spec.platform = job.platform.clone();
     spec.mounts = res.mounts.clone();
+    spec.shm_size = opts.shm_size;
     let mut out = Output::new(&*job.progress, job.vertex);
     let status = opts
         .executor

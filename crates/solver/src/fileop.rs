@@ -165,7 +165,7 @@ fn result_state(
 }
 
 /// `COPY` or `ADD`, for messages (from the op's Dockerfile text).
-fn instruction_of(op: &Op) -> &'static str {
+pub(crate) fn instruction_of(op: &Op) -> &'static str {
     match op.meta.display.as_deref() {
         Some(d) if d.starts_with("ADD") => "ADD",
         _ => "COPY",
@@ -199,7 +199,7 @@ fn check_dest(f: &FileOp, instruction: &'static str) -> Result<(), StepError> {
 /// The cache key: the op, its inputs' keys, `SOURCE_DATE_EPOCH` (file
 /// times and history dates depend on it) and the checksum of every
 /// context file a copy reads.
-fn key(
+pub(crate) fn key(
     x: &Exec,
     op: &Op,
     f: &FileOp,
@@ -219,21 +219,28 @@ fn key(
         let FileAction::Copy { input, .. } = a else {
             continue;
         };
-        if let Some(Value::Context { dockerignore }) = inputs.get(*input) {
+        if let Some(Value::Context { dockerignore, name }) = inputs.get(*input) {
             let req = request(a, instruction).unwrap_or_default();
-            key.push(context_checksum(x.ctx, *dockerignore, &req)?);
+            key.push(context_checksum(
+                x.ctx,
+                *dockerignore,
+                name.as_deref(),
+                &req,
+            )?);
         }
     }
     Ok(key.finish())
 }
 
-/// The digest of the context files `req` reads.
+/// The digest of the context files `req` reads (of the `--build-context`
+/// directory `name`, when given).
 pub(crate) fn context_checksum(
     ctx: &Context,
     dockerignore: bool,
+    name: Option<&str>,
     req: &copy::Request,
 ) -> Result<String, StepError> {
-    let dir = ctx.dir.as_deref().ok_or(StepError::NoContext)?;
+    let dir = ctx.root(name)?;
     let excluded = |p: &str, d: bool| dockerignore && ctx.excluded(p, d);
     let descend = |p: &str| dockerignore && ctx.may_contain_included(p);
     let src = copy::Source {
@@ -242,7 +249,8 @@ pub(crate) fn context_checksum(
         excluded: &excluded,
         may_contain_included: &descend,
         keep_owner: false,
-        checksums: ctx.checksums.as_ref(),
+        // The digests remembered are the main context's.
+        checksums: ctx.checksums.as_ref().filter(|_| name.is_none()),
     };
     Ok(copy::checksum(&src, req)?)
 }
@@ -292,8 +300,8 @@ async fn copy_sources(
         }
         froms.push(Some(match value {
             Value::State(s) => CopyFrom::Layers(x.solver.layer_dirs(&s.layers).await.map_err(Err)?),
-            Value::Context { dockerignore } => CopyFrom::Dir {
-                root: x.ctx.dir.clone().ok_or(Ok(StepError::NoContext))?,
+            Value::Context { dockerignore, name } => CopyFrom::Dir {
+                root: x.ctx.root(name.as_deref()).map_err(Ok)?.to_path_buf(),
                 ignore: if *dockerignore {
                     x.ctx.ignore.clone()
                 } else {

@@ -89,6 +89,10 @@ pub struct Output {
     /// platforms to unpack (`address=`, `namespace=`, `snapshotter=`,
     /// `unpack=`).
     pub containerd: Option<kbuild_containerd::Target>,
+    /// `annotation.KEY=VALUE` and `annotation-TYPE[PLATFORM].KEY=VALUE`
+    /// exporter options (BuildKit's image exporter options).
+    #[serde(skip)]
+    pub annotations: Vec<Annotation>,
 }
 
 impl Output {
@@ -130,6 +134,7 @@ impl Output {
             as_directory: false,
             preserve_special: false,
             containerd: None,
+            annotations: Vec::new(),
         }
     }
 }
@@ -149,6 +154,8 @@ struct OutputFields {
     preserve_special: bool,
     /// `address`, `namespace`, `snapshotter`, `unpack` of type=containerd.
     containerd_fields: Vec<(String, String)>,
+    /// `annotation.KEY=VALUE` and its typed forms.
+    annotations: Vec<Annotation>,
 }
 
 impl Default for OutputFields {
@@ -164,6 +171,7 @@ impl Default for OutputFields {
             tar: true,
             preserve_special: false,
             containerd_fields: Vec::new(),
+            annotations: Vec::new(),
         }
     }
 }
@@ -171,6 +179,11 @@ impl Default for OutputFields {
 impl OutputFields {
     /// One `KEY=VALUE` field of `spec`.
     fn set(&mut self, spec: &str, key: &str, value: &str) -> Result<(), OptionError> {
+        // Annotation keys keep their case.
+        if let Some(a) = Annotation::parse_output_field(spec, key.trim(), value) {
+            self.annotations.push(a?);
+            return Ok(());
+        }
         match key.trim().to_ascii_lowercase().as_str() {
             "type" => self.kind = Some(output_kind(spec, value)?),
             "dest" => self.dest = Some(PathBuf::from(value)),
@@ -207,7 +220,7 @@ impl OutputFields {
                 return Err(err(
                     FLAG,
                     spec,
-                    format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special; for type=containerd also address, namespace, snapshotter, unpack"),
+                    format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special, annotation.KEY, annotation-TYPE[PLATFORM].KEY; for type=containerd also address, namespace, snapshotter, unpack"),
                 ))
             }
         }
@@ -293,6 +306,7 @@ impl OutputFields {
             compression: self.compression,
             compression_level: self.compression_level,
             force_compression: self.force_compression,
+            annotations: self.annotations,
         })
     }
 }
@@ -910,5 +924,294 @@ impl std::fmt::Debug for LayerHook {
         } else {
             "LayerHook(none)"
         })
+    }
+}
+
+/// What an annotation is written on (buildx's `--annotation TYPE:KEY=VALUE`
+/// and BuildKit's `annotation-TYPE.KEY=VALUE` exporter options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AnnotationTarget {
+    /// Each image manifest (the default).
+    Manifest,
+    /// The descriptor of each image manifest in the index (or, for one
+    /// platform, in an OCI layout's `index.json`).
+    ManifestDescriptor,
+    /// The image index (several platforms, or attestations).
+    Index,
+    /// The descriptor of the image index in an OCI layout's `index.json`.
+    IndexDescriptor,
+}
+
+impl AnnotationTarget {
+    fn parse(word: &str) -> Option<AnnotationTarget> {
+        Some(match word {
+            "" | "manifest" => AnnotationTarget::Manifest,
+            "manifest-descriptor" => AnnotationTarget::ManifestDescriptor,
+            "index" => AnnotationTarget::Index,
+            "index-descriptor" => AnnotationTarget::IndexDescriptor,
+            _ => return None,
+        })
+    }
+
+    /// The name buildx uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnnotationTarget::Manifest => "manifest",
+            AnnotationTarget::ManifestDescriptor => "manifest-descriptor",
+            AnnotationTarget::Index => "index",
+            AnnotationTarget::IndexDescriptor => "index-descriptor",
+        }
+    }
+}
+
+/// One annotation to write on the images a build makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// Where it goes.
+    pub target: AnnotationTarget,
+    /// For manifests and their descriptors: only that platform's
+    /// (`manifest[linux/amd64]:KEY=VALUE`); every platform when `None`.
+    pub platform: Option<kbuild_platform::Platform>,
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+const ANNOTATION_TYPES: &str = "manifest, manifest-descriptor, index, index-descriptor";
+
+impl Annotation {
+    /// Parse one `--annotation` value as buildx does: `KEY=VALUE` (on the
+    /// manifests) or `TYPES:KEY=VALUE`, TYPES being a comma list of
+    /// `manifest`, `manifest-descriptor`, `index`, `index-descriptor`, each
+    /// optionally with `[PLATFORM]`.
+    pub fn parse_flag(spec: &str) -> Result<Vec<Annotation>, OptionError> {
+        const FLAG: &str = "--annotation";
+        let (left, value) = spec
+            .split_once('=')
+            .ok_or_else(|| err(FLAG, spec, "use KEY=VALUE or TYPE[PLATFORM]:KEY=VALUE"))?;
+        // As buildx: the text before a ':' is the list of types.
+        let (types, key) = left.split_once(':').unwrap_or(("", left));
+        let mut out = Vec::new();
+        for word in types.split(',') {
+            let (target, platform) = annotation_type(FLAG, spec, word.trim())?;
+            out.push(Annotation::new(FLAG, spec, target, platform, key, value)?);
+        }
+        Ok(out)
+    }
+
+    /// An exporter option of `-o` (`annotation.KEY`,
+    /// `annotation-TYPE.KEY`, `annotation-TYPE[PLATFORM].KEY`), or `None`
+    /// when `key` is not one.
+    fn parse_output_field(
+        spec: &str,
+        key: &str,
+        value: &str,
+    ) -> Option<Result<Annotation, OptionError>> {
+        const FLAG: &str = "--output";
+        let rest = key.strip_prefix("annotation")?;
+        let (typ, name) = if let Some(name) = rest.strip_prefix('.') {
+            ("", name)
+        } else {
+            let rest = rest.strip_prefix('-')?;
+            // The key starts at the first '.' after any [platform].
+            let from = rest.find(']').unwrap_or(0);
+            let dot = rest[from..].find('.')? + from;
+            (&rest[..dot], &rest[dot + 1..])
+        };
+        Some(
+            annotation_type(FLAG, spec, typ).and_then(|(target, platform)| {
+                Annotation::new(FLAG, spec, target, platform, name, value)
+            }),
+        )
+    }
+
+    fn new(
+        flag: &'static str,
+        spec: &str,
+        target: AnnotationTarget,
+        platform: Option<kbuild_platform::Platform>,
+        key: &str,
+        value: &str,
+    ) -> Result<Annotation, OptionError> {
+        if key.is_empty() {
+            return Err(err(flag, spec, "the annotation key is empty"));
+        }
+        if platform.is_some()
+            && matches!(
+                target,
+                AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+            )
+        {
+            return Err(err(
+                flag,
+                spec,
+                "a [platform] only applies to manifest and manifest-descriptor annotations",
+            ));
+        }
+        Ok(Annotation {
+            target,
+            platform,
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+
+    /// Whether this annotation goes on the `target` of `platform`'s image.
+    pub fn applies(&self, target: AnnotationTarget, platform: &kbuild_platform::Platform) -> bool {
+        self.target == target
+            && self
+                .platform
+                .as_ref()
+                .map_or(true, |p| p.normalized() == platform.normalized())
+    }
+
+    /// The annotation in `--annotation` syntax (what a builder daemon gets).
+    pub fn to_flag(&self) -> String {
+        let platform = self
+            .platform
+            .as_ref()
+            .map(|p| format!("[{p}]"))
+            .unwrap_or_default();
+        format!(
+            "{}{platform}:{}={}",
+            self.target.name(),
+            self.key,
+            self.value
+        )
+    }
+}
+
+fn annotation_type(
+    flag: &'static str,
+    spec: &str,
+    word: &str,
+) -> Result<(AnnotationTarget, Option<kbuild_platform::Platform>), OptionError> {
+    let (name, platform) = match word.split_once('[') {
+        Some((name, rest)) => {
+            let p = rest.strip_suffix(']').ok_or_else(|| {
+                err(
+                    flag,
+                    spec,
+                    format!("{word:?}: a platform is written [os/arch]"),
+                )
+            })?;
+            let p = kbuild_platform::Platform::parse(p)
+                .and_then(|p| p.check_known().map(|()| p))
+                .map_err(|e| err(flag, spec, format!("{word:?}: {e}")))?;
+            (name, Some(p))
+        }
+        None => (word, None),
+    };
+    let target = AnnotationTarget::parse(name).ok_or_else(|| {
+        err(
+            flag,
+            spec,
+            format!("unknown annotation type {name:?}; the types are {ANNOTATION_TYPES}"),
+        )
+    })?;
+    Ok((target, platform))
+}
+
+#[cfg(test)]
+mod annotation_tests {
+    use super::*;
+
+    #[test]
+    fn flag_forms() {
+        let a = Annotation::parse_flag("org.example=1").unwrap();
+        assert_eq!(a[0].target, AnnotationTarget::Manifest);
+        assert_eq!(
+            (a[0].key.as_str(), a[0].value.as_str()),
+            ("org.example", "1")
+        );
+        let a = Annotation::parse_flag("index,manifest[linux/arm64]:k=v=w").unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].target, AnnotationTarget::Index);
+        assert_eq!(a[1].platform.as_ref().unwrap().to_string(), "linux/arm64");
+        assert_eq!(a[1].value, "v=w");
+        assert!(Annotation::parse_flag("a:b=c").is_err());
+        assert!(Annotation::parse_flag("nokey").is_err());
+        assert!(Annotation::parse_flag("index[linux/amd64]:k=v").is_err());
+        assert_eq!(
+            Annotation::parse_flag("manifest[linux/amd64]:k=v").unwrap()[0].to_flag(),
+            "manifest[linux/amd64]:k=v"
+        );
+    }
+
+    #[test]
+    fn output_fields() {
+        let o = Output::parse(
+            "type=oci,dest=x,annotation.a=1,annotation-index.b=2,annotation-manifest-descriptor[linux/amd64].c.d=3",
+            &[],
+        )
+        .unwrap();
+        let got: Vec<(AnnotationTarget, String)> = o
+            .annotations
+            .iter()
+            .map(|a| (a.target, a.key.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (AnnotationTarget::Manifest, "a".to_string()),
+                (AnnotationTarget::Index, "b".to_string()),
+                (AnnotationTarget::ManifestDescriptor, "c.d".to_string()),
+            ]
+        );
+        assert!(Output::parse("type=oci,dest=x,annotation-bogus.a=1", &[]).is_err());
+    }
+}
+
+/// `--shm-size`: a size in bytes as docker reads it (`67108864`, `64m`,
+/// `64MiB`, `1.5g`; k, m, g, t are powers of 1024).
+pub fn parse_shm_size(value: &str) -> Result<u64, OptionError> {
+    const FLAG: &str = "--shm-size";
+    let bad = || {
+        err(
+            FLAG,
+            value,
+            "use a size in bytes, or with a unit as docker takes it: 64m, 512MiB, 1g",
+        )
+    };
+    let v = value.trim();
+    let number_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(number_end);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let multiplier: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = number * multiplier as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(err(FLAG, value, "the size must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod shm_tests {
+    use super::parse_shm_size;
+
+    #[test]
+    fn docker_sizes() {
+        assert_eq!(parse_shm_size("67108864"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("64 MB"), Ok(64 << 20));
+        assert_eq!(parse_shm_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_shm_size("2k"), Ok(2048));
+        for bad in ["", "m", "-1", "0", "12q", "1..2m"] {
+            assert!(parse_shm_size(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -170,8 +170,10 @@ async fn push_or_store(
 ) -> Result<(), SolveError> {
     let store = solver.store();
     if out.kind == OutputKind::Image || !out.push {
+        let gate = &solver.options().outputs_gate;
         for n in &out.names {
-            store.set_ref(&image_ref_name(n)?, &result.root.digest)?;
+            let name = image_ref_name(n)?;
+            gate.commit(Path::new(n), || store.set_ref(&name, &result.root.digest))?;
             report.stored.push(n.clone());
         }
     }
@@ -196,6 +198,7 @@ async fn write_oci(solver: &Solver, result: &Solved, out: &Output) -> Result<Pat
     let opts = tar_options(solver);
     let dest2 = dest.clone();
     let as_dir = out.as_directory;
+    let gate = solver.options().outputs_gate.clone();
     blocking(move || {
         if dest2 == Path::new("-") {
             crate::stdout_stage::staged(|w| {
@@ -204,11 +207,13 @@ async fn write_oci(solver: &Solver, result: &Solved, out: &Output) -> Result<Pat
                     .map_err(SolveError::from)
             })
         } else if as_dir {
-            export::oci_layout_dir(&store, &root, &dest2, ref_name.as_deref())
+            export::oci_layout_dir_gated(&store, &root, &dest2, ref_name.as_deref(), Some(&gate))
                 .map_err(SolveError::from)
         } else {
-            export::oci_layout_tar_file(&store, &root, &dest2, ref_name.as_deref(), &opts)
-                .map_err(SolveError::from)
+            export::write_file_atomically_gated(&dest2, Some(&gate), |w| {
+                export::oci_layout_tar(&store, &root, w, ref_name.as_deref(), &opts).map(drop)
+            })
+            .map_err(SolveError::from)
         }
     })
     .await?;
@@ -250,6 +255,7 @@ async fn write_docker(
     let names = out.names.clone();
     let opts = tar_options(solver);
     let dest2 = dest.clone();
+    let gate = solver.options().outputs_gate.clone();
     blocking(move || {
         if dest2 == Path::new("-") {
             crate::stdout_stage::staged(|w| {
@@ -258,8 +264,10 @@ async fn write_docker(
                     .map_err(SolveError::from)
             })
         } else {
-            export::docker_archive_file(&store, &manifest, &names, &dest2, &opts)
-                .map_err(SolveError::from)
+            export::write_file_atomically_gated(&dest2, Some(&gate), |w| {
+                export::docker_archive(&store, w, &manifest, &names, &opts).map(drop)
+            })
+            .map_err(SolveError::from)
         }
     })
     .await?;
@@ -297,9 +305,11 @@ async fn write_files(
     let apply = ApplyOptions {
         preserve_special: as_tar || out.preserve_special,
     };
-    let left_out =
-        blocking(move || write_filesystem(&store, &parts, several, &dest2, as_tar, opts, apply))
-            .await?;
+    let gate = solver.options().outputs_gate.clone();
+    let left_out = blocking(move || {
+        write_filesystem(&store, &parts, several, &dest2, as_tar, opts, apply, &gate)
+    })
+    .await?;
     if left_out.devices_skipped > 0 {
         report.notes.push(format!(
             "{}: left out {} device node(s); add preserve-special=true to -o type=local to create them",
@@ -389,6 +399,7 @@ pub(crate) fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Erro
 /// The final filesystem of each platform, as a directory tree (`local`) or
 /// one tarball (`tar`); several platforms get a subdirectory each
 /// (`linux_amd64/`), as buildx does.
+#[allow(clippy::too_many_arguments)]
 fn write_filesystem(
     store: &kbuild_image::ContentStore,
     parts: &[(String, Vec<crate::engine::LayerRef>)],
@@ -397,6 +408,7 @@ fn write_filesystem(
     as_tar: bool,
     opts: TarOptions,
     apply: ApplyOptions,
+    gate: &kbuild_image::CommitGate,
 ) -> Result<ApplyReport, SolveError> {
     let mut left_out = ApplyReport::default();
     let stage = FilesystemStage::new(dest)?;
@@ -411,7 +423,7 @@ fn write_filesystem(
         left_out.devices_skipped += r.devices_skipped;
         left_out.privileges_dropped += r.privileges_dropped;
     }
-    stage.finish(as_tar, opts)?;
+    stage.finish(as_tar, opts, gate)?;
     Ok(left_out)
 }
 
@@ -465,8 +477,14 @@ impl FilesystemStage {
     }
 
     /// Writes the tree to its destination: a tarball (`as_tar`, mtimes
-    /// clamped by `opts`) or the directory itself.
-    pub fn finish(self, as_tar: bool, opts: TarOptions) -> Result<(), SolveError> {
+    /// clamped by `opts`) or the directory itself; the final rename goes
+    /// through `gate` (none once Ctrl-C closed it).
+    pub fn finish(
+        self,
+        as_tar: bool,
+        opts: TarOptions,
+        gate: &kbuild_image::CommitGate,
+    ) -> Result<(), SolveError> {
         let dest = &self.dest;
         if as_tar {
             let file = self.staging.path().join("out.tar");
@@ -486,10 +504,12 @@ impl FilesystemStage {
                 let mut f = std::fs::File::open(&file).map_err(io("open", &file))?;
                 std::io::copy(&mut f, &mut std::io::stdout().lock()).map_err(io("write", dest))?;
             } else {
-                std::fs::rename(&file, dest).map_err(io("rename into", dest))?;
+                gate.commit(dest, || {
+                    std::fs::rename(&file, dest).map_err(io("rename into", dest))
+                })?;
             }
         } else {
-            replace_with(&self.tree, dest)?;
+            gate.commit(dest, || replace_with(&self.tree, dest))?;
         }
         Ok(())
     }
@@ -533,6 +553,12 @@ pub fn local_from_tar(
             dest: dest.to_path_buf(),
             source,
         })?;
-    stage.finish(false, TarOptions::default())?;
+    // Not gated: Ctrl-C during a daemon's output does not yet stop this
+    // rename (a local build's outputs are gated).
+    stage.finish(
+        false,
+        TarOptions::default(),
+        &kbuild_image::CommitGate::new(),
+    )?;
     Ok(report)
 }

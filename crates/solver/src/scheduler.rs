@@ -27,6 +27,8 @@ pub(crate) enum Value {
     Context {
         /// Whether `.dockerignore` applies.
         dockerignore: bool,
+        /// The `--build-context` directory; the main context when `None`.
+        name: Option<String>,
     },
     /// A downloaded file.
     Download(Arc<Downloaded>),
@@ -87,9 +89,12 @@ impl Value {
     pub fn key(&self) -> &str {
         match self {
             Value::State(s) => &s.key,
-            Value::Context { dockerignore: true } => "context",
+            Value::Context {
+                dockerignore: true, ..
+            } => "context",
             Value::Context {
                 dockerignore: false,
+                ..
             } => "context-all",
             Value::Download(d) => &d.key,
         }
@@ -108,6 +113,9 @@ pub(crate) struct Exec<'a> {
     in_image: std::collections::HashSet<&'a OpId>,
     /// The caches of `--cache-from`, looked up after the local cache.
     pub imported: crate::cache_import::Imported,
+    /// Each op's cache key, computed from its inputs' keys without running
+    /// them (see [`Exec::key_only`]).
+    keys: HashMap<&'a OpId, OnceCell<Shared<Value>>>,
 }
 
 impl<'a> Exec<'a> {
@@ -131,6 +139,11 @@ impl<'a> Exec<'a> {
             solver,
             ctx,
             images,
+            keys: graph
+                .ops
+                .iter()
+                .map(|op| (&op.id, OnceCell::new()))
+                .collect(),
             ops,
             in_image,
             imported: Default::default(),
@@ -165,10 +178,14 @@ impl<'a> Exec<'a> {
     }
 
     async fn compute(&'a self, op: &'a Op, reader: Option<&'a Op>) -> Result<Value, SolveError> {
-        let inputs =
-            futures_util::future::try_join_all(op.inputs.iter().map(|i| self.value(i, Some(op))))
-                .await
-                .map_err(SolveError::Shared)?;
+        let inputs = match self.hit_without_sources(op).await? {
+            Some(inputs) => inputs,
+            None => futures_util::future::try_join_all(
+                op.inputs.iter().map(|i| self.value(i, Some(op))),
+            )
+            .await
+            .map_err(SolveError::Shared)?,
+        };
         let parent = || state_input(op, &inputs, 0);
         let vertex = Vertex::new(self.solver, op);
         let result = match &op.op {
@@ -191,6 +208,110 @@ impl<'a> Exec<'a> {
             self.solver.external.record(op, &p, &state, in_image);
         }
         Ok(Value::State(state))
+    }
+
+    /// With `--cache-from`, as BuildKit computes cache keys before running
+    /// anything: when a file or exec op's key (made from its inputs' keys
+    /// alone) is in the local or an imported cache, only its parent is
+    /// needed to rebuild its state; the states it reads besides (`COPY
+    /// --from`, `RUN --mount=from=`) are not run. Returns the inputs to
+    /// run the op with (the parent's real state, the others' keys), or
+    /// `None` to run every input.
+    async fn hit_without_sources(&'a self, op: &'a Op) -> Result<Option<Vec<Value>>, SolveError> {
+        let solver = self.solver;
+        if solver.opts.no_cache
+            || self.imported.is_empty()
+            || op.inputs.len() < 2
+            || !matches!(op.op, OpKind::File(_) | OpKind::Exec(_))
+        {
+            return Ok(None);
+        }
+        // Inputs already computed cost nothing: only a missing one matters.
+        let missing = op.inputs[1..].iter().any(|i| {
+            self.ops
+                .get(i)
+                .map_or(true, |(_, cell)| cell.get().is_none())
+        });
+        if !missing {
+            return Ok(None);
+        }
+        let Ok(Value::State(key_only)) = self.key_only(&op.id).await else {
+            return Ok(None);
+        };
+        let key = &key_only.key;
+        // A miss must not wait for the parent before the other inputs
+        // start: look at the records first, the parent only on a hit.
+        let recorded = solver
+            .store
+            .get_ref(&format!("cache/{key}"))
+            .ok()
+            .flatten()
+            .is_some()
+            || self.imported.lookup_now(key).is_some();
+        if !recorded {
+            return Ok(None);
+        }
+        let parent = match self.value(&op.inputs[0], Some(op)).await {
+            Ok(Value::State(p)) => p,
+            _ => return Ok(None),
+        };
+        let hit = crate::cache::cached(&solver.store, key, &parent, solver.opts.compression)?
+            .is_some()
+            || self.imported.lookup(solver, key).await.is_some();
+        if !hit {
+            return Ok(None);
+        }
+        let mut inputs = vec![Value::State(parent)];
+        for i in &op.inputs[1..] {
+            inputs.push(self.key_only(i).await.map_err(SolveError::Shared)?);
+        }
+        Ok(Some(inputs))
+    }
+
+    /// The value of op `id` as far as its readers' keys need it: a source's
+    /// real value, an op already computed, or else a state holding only the
+    /// op's cache key, computed from its inputs' keys without running it.
+    fn key_only(&'a self, id: &'a OpId) -> BoxFuture<'a, Shared<Value>> {
+        Box::pin(async move {
+            let Some((op, cell)) = self.ops.get(id) else {
+                return self.value(id, None).await;
+            };
+            if let Some(v) = cell.get() {
+                return v.clone();
+            }
+            if matches!(op.op, OpKind::Source(_)) {
+                return self.value(id, None).await;
+            }
+            let Some(keys) = self.keys.get(id) else {
+                return self.value(id, None).await;
+            };
+            keys.get_or_init(|| async move {
+                let mut inputs = Vec::with_capacity(op.inputs.len());
+                for i in &op.inputs {
+                    inputs.push(self.key_only(i).await?);
+                }
+                let key = match &op.op {
+                    OpKind::Config(_) => {
+                        let parent = state_input(op, &inputs, 0).map_err(share)?;
+                        config_key(self.solver, op, &parent.key)
+                    }
+                    OpKind::File(f) => {
+                        crate::fileop::key(self, op, f, &inputs, crate::fileop::instruction_of(op))
+                            .map_err(|e| share(step_error(op, e)))?
+                    }
+                    OpKind::Exec(e) => crate::exec::key(self, op, e, &inputs)
+                        .map_err(|err| share(step_error(op, err)))?,
+                    OpKind::Source(_) => return self.value(id, None).await,
+                };
+                Ok(Value::State(Arc::new(State {
+                    layers: Vec::new(),
+                    config: Default::default(),
+                    key,
+                })))
+            })
+            .await
+            .clone()
+        })
     }
 
     /// Tells `SolveOptions::on_layer` about the layers `state` adds to
@@ -224,8 +345,7 @@ impl<'a> Exec<'a> {
         let solver = self.solver;
         // SOURCE_DATE_EPOCH sets the history time: part of the key, as for
         // every other op.
-        let sde = format!("source-date-epoch:{:?}", solver.opts.source_date_epoch);
-        let key = crate::cache::key(&[op.id.0.as_bytes(), parent.key.as_bytes(), sde.as_bytes()]);
+        let key = config_key(solver, op, &parent.key);
         if !solver.opts.no_cache {
             if let Some(st) =
                 crate::cache::cached(&solver.store, &key, &parent, solver.opts.compression)?
@@ -253,6 +373,13 @@ impl<'a> Exec<'a> {
         crate::cache::record(&solver.store, &st, None)?;
         Ok((Arc::new(st), imported.is_some()))
     }
+}
+
+/// A config op's cache key: the op, its parent's key and
+/// `SOURCE_DATE_EPOCH` (it sets the history time).
+fn config_key(solver: &Solver, op: &Op, parent_key: &str) -> String {
+    let sde = format!("source-date-epoch:{:?}", solver.opts.source_date_epoch);
+    crate::cache::key(&[op.id.0.as_bytes(), parent_key.as_bytes(), sde.as_bytes()])
 }
 
 /// Input `i` of `op` as a filesystem state.

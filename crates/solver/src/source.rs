@@ -58,12 +58,13 @@ pub(crate) async fn value(
             }
             st.map(Value::State)
         }
-        SourceOp::Context { dockerignore, .. } => {
-            if x.ctx.dir.is_none() {
-                return Err(fail(StepError::NoContext));
-            }
+        SourceOp::Context {
+            dockerignore, name, ..
+        } => {
+            x.ctx.root(name.as_deref()).map_err(fail)?;
             Ok(Value::Context {
                 dockerignore: *dockerignore,
+                name: name.clone(),
             })
         }
         SourceOp::Http {

@@ -154,6 +154,7 @@ fn no_context() -> Context {
         dir: None,
         ignore: None,
         checksums: None,
+        named: Default::default(),
     }
 }
 
@@ -290,6 +291,7 @@ async fn malformed_graphs_are_refused_naming_the_problem() {
                 include: vec![],
                 exclude: vec![],
                 dockerignore: true,
+                name: None,
             }),
             &[],
         ),

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
             build_args: Default::default(),
             target: None,
             labels: Default::default(),
+            named_contexts: Default::default(),
         };
         let _ = plan(&text, &opts, &NoImageConfigs);
     }

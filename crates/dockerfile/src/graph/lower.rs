@@ -264,6 +264,15 @@ impl Lowering {
                 reference,
                 platform,
             } => Ok(self.image(reference, &platform.to_string())),
+            Source::Context(name) => Ok(self.source(
+                SourceOp::Context {
+                    include: Vec::new(),
+                    exclude: Vec::new(),
+                    dockerignore: false,
+                    name: Some(name.clone()),
+                },
+                None,
+            )),
         }
     }
 
@@ -461,6 +470,7 @@ impl Lowering {
                         include: c.sources.clone(),
                         exclude: c.excludes.clone(),
                         dockerignore: true,
+                        name: None,
                     },
                     None,
                 ),
@@ -560,6 +570,7 @@ impl Lowering {
                     include: local.clone(),
                     exclude: a.excludes.clone(),
                     dockerignore: true,
+                    name: None,
                 },
                 None,
             );
@@ -683,6 +694,7 @@ impl Lowering {
                                     include: Vec::new(),
                                     exclude: Vec::new(),
                                     dockerignore: true,
+                                    name: None,
                                 },
                                 None,
                             );

@@ -38,6 +38,7 @@
 //!     build_args: BTreeMap::new(),
 //!     target: None,
 //!     labels: BTreeMap::new(),
+//!     named_contexts: Default::default(),
 //! };
 //! let p = plan("FROM busybox\nCOPY --chmod=u+x run.sh /\nEXPOSE 80\n", &opts, &NoImageConfigs)?;
 //! let g = lower(&p)?;
@@ -287,6 +288,10 @@ pub enum SourceOp {
         exclude: Vec<String>,
         /// Whether `.dockerignore` applies.
         dockerignore: bool,
+        /// The `--build-context` directory to read; the main context when
+        /// `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// One file downloaded from a URL, stored as `/<filename>`.
     Http {

@@ -173,6 +173,7 @@ impl BuildPlan {
                                 reference,
                                 platform,
                             } => format!("image {reference} ({platform})"),
+                            Source::Context(name) => format!("build context {name}"),
                         })
                         .collect();
                     if !reads.is_empty() {

@@ -76,6 +76,7 @@
 //!     build_args: BTreeMap::new(),
 //!     target: None,
 //!     labels: BTreeMap::new(),
+//!     named_contexts: Default::default(),
 //! };
 //! let plan = plan(dockerfile, &opts, &NoImageConfigs)?;
 //! // WORKDIR and COPY . . run once for both platforms.
@@ -106,7 +107,7 @@ pub use model::{
     BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, VarPair, Vars,
     Warning, WarningKind,
 };
-pub use options::{BaseImageConfig, ImageConfigSource, NoImageConfigs, PlanOptions};
+pub use options::{BaseImageConfig, ImageConfigSource, NamedContext, NoImageConfigs, PlanOptions};
 pub use paths::clean as clean_path;
 pub(crate) use paths::resolve_workdir;
 pub use planner::plan;

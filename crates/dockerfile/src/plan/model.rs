@@ -199,6 +199,8 @@ pub enum Source {
         #[serde(serialize_with = "shared_platform")]
         platform: Arc<Platform>,
     },
+    /// A directory named by `--build-context NAME=DIR`.
+    Context(String),
 }
 
 /// One build step: a Dockerfile instruction applied to its parent's result,

@@ -20,6 +20,23 @@ pub struct PlanOptions {
     pub target: Option<String>,
     /// `--label` values for the target image.
     pub labels: BTreeMap<String, String>,
+    /// `--build-context NAME=VALUE`: a `FROM NAME`, `COPY --from=NAME` or
+    /// `RUN --mount=from=NAME` reads the named context instead of a stage
+    /// or image of that name, as BuildKit does.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a `--build-context` names, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory: a second build context for `COPY --from=NAME`
+    /// and `RUN --mount=from=NAME` (no `.dockerignore` applies, as in
+    /// BuildKit).
+    Dir,
+    /// An image used wherever NAME is: `docker-image://REF` gives `REF`,
+    /// `oci-layout://PATH@DIGEST` stays as written (the solver reads it
+    /// from that layout).
+    Image(String),
 }
 
 /// The parts of a base image's config the planner needs: `Env` seeds variable

@@ -17,7 +17,7 @@ use super::model::{
     BuildPlan, Source, StageBase, StageId, StageInstance, Step, StepId, Target, Warning,
     WarningKind,
 };
-use super::options::{ImageConfigSource, PlanOptions};
+use super::options::{ImageConfigSource, NamedContext, PlanOptions};
 use super::paths::resolve_workdir;
 use super::scope::{
     default_path, default_shell, FastHasher, FastMap, Globals, Memo, StageState, VarsCache,
@@ -48,6 +48,8 @@ pub fn plan(
 enum DepKind {
     Stage(usize),
     Image(String),
+    /// A `--build-context NAME=DIR`.
+    Context(String),
 }
 
 #[derive(Debug, Clone)]
@@ -310,6 +312,14 @@ impl<'a> Planner<'a> {
             .position(|s| s.from.name.as_deref() == Some(lower.as_str()))
     }
 
+    /// What `--from=NAME` reads when a `--build-context NAME=...` names it.
+    fn named_context(&self, name: &str) -> Option<DepKind> {
+        self.opts.named_contexts.get(name).map(|c| match c {
+            NamedContext::Dir => DepKind::Context(name.to_string()),
+            NamedContext::Image(reference) => DepKind::Image(reference.clone()),
+        })
+    }
+
     fn check_stage_names(&self) -> Result<(), Error> {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for s in &self.file.stages {
@@ -429,7 +439,17 @@ impl<'a> Planner<'a> {
             // Only stages defined earlier can be a base, and the name must
             // match exactly (stage names are lowercase; BuildKit does not fold
             // the FROM word).
-            let base = if let Some(&j) = by_name.get(&name) {
+            // A named context wins over a stage or image of that name.
+            let base = if let Some(named) = self.opts.named_contexts.get(&name) {
+                match named {
+                    NamedContext::Image(reference) => BaseRef::Image(reference.clone()),
+                    NamedContext::Dir => {
+                        return Err(at(ErrorKind::Invalid(format!(
+                            "FROM {name}: --build-context {name} is a directory; a directory context can be read with COPY --from={name} or RUN --mount=from={name}, not used as a base"
+                        ))))
+                    }
+                }
+            } else if let Some(&j) = by_name.get(&name) {
                 BaseRef::Stage(j)
             } else if name == "scratch" {
                 BaseRef::Scratch
@@ -556,7 +576,9 @@ impl<'a> Planner<'a> {
                 let Some(from) = &c.from else {
                     return Ok(Vec::new());
                 };
-                let kind = if let Ok(index) = from.parse::<i64>() {
+                let kind = if let Some(named) = self.named_context(from) {
+                    named
+                } else if let Ok(index) = from.parse::<i64>() {
                     if index < 0 || index as usize >= self.file.stages.len() {
                         return Err(at(ErrorKind::InvalidStageIndex {
                             index: from.clone(),
@@ -587,9 +609,10 @@ impl<'a> Planner<'a> {
                     };
                     if let Some(from) = mount_from(&mount) {
                         // RUN --mount looks stages up by name only.
-                        let kind = match self.named(from) {
-                            Some(s) => DepKind::Stage(s),
-                            None => DepKind::Image(from.to_string()),
+                        let kind = match (self.named_context(from), self.named(from)) {
+                            (Some(named), _) => named,
+                            (None, Some(s)) => DepKind::Stage(s),
+                            (None, None) => DepKind::Image(from.to_string()),
                         };
                         deps.push(Dep {
                             kind,
@@ -1007,6 +1030,7 @@ impl<'a> Planner<'a> {
                 DepKind::Image(reference) if reference == "scratch" => {
                     sources.push(Source::Scratch)
                 }
+                DepKind::Context(name) => sources.push(Source::Context(name.clone())),
                 DepKind::Image(reference) => sources.push(Source::Image {
                     reference: reference.clone(),
                     platform: Arc::clone(target_platform),

@@ -227,7 +227,14 @@ pub struct RunSpec {
     pub mounts: Vec<MountSpec>,
     /// The sandbox's strength.
     pub security: Security,
+    /// The size of the `/dev/shm` tmpfs in bytes (`--shm-size`;
+    /// [`DEFAULT_SHM_SIZE`] as in runc and BuildKit).
+    pub shm_size: u64,
 }
+
+/// The size of `/dev/shm` when none is asked for: 64 MiB, as runc and
+/// BuildKit give.
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 
 impl RunSpec {
     /// A spec running `argv` as root in `/` of `rootfs` for the host
@@ -250,6 +257,7 @@ impl RunSpec {
             platform: Platform::host(),
             mounts: Vec::new(),
             security: Security::Sandbox,
+            shm_size: DEFAULT_SHM_SIZE,
         }
     }
 }

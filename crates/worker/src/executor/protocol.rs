@@ -49,6 +49,8 @@ pub(crate) struct HelperSpec {
     /// The system call filter (BPF instructions) installed before the
     /// command executes; `None` only when `privileged`.
     pub seccomp: Option<Vec<u8>>,
+    /// The size of `/dev/shm` in bytes.
+    pub shm_size: u64,
 }
 
 /// A line on the status descriptor.

@@ -204,7 +204,7 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
         nosuid_nodev_noexec,
         None,
     )?;
-    setup_dev(&spec.dev_dir)?;
+    setup_dev(&spec.dev_dir, spec.shm_size)?;
     mount_sys(&spec.sys_dir, spec.privileged)?;
     if !spec.privileged {
         harden(&spec.proc_dir, &spec.sys_dir)?;
@@ -412,7 +412,7 @@ fn recreate_mount_point(target: &Path, dir: bool) -> Result<(), String> {
     made.map_err(|e| format!("create the mount point {}: {e}", target.display()))
 }
 
-fn setup_dev(dev: &Path) -> Result<(), String> {
+fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), String> {
     mnt(
         Some(Path::new("tmpfs")),
         dev,
@@ -452,7 +452,7 @@ fn setup_dev(dev: &Path) -> Result<(), String> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(format!("mode=1777,size={shm_size}").as_str()),
     )?;
     let mqueue = dir("mqueue", 0o755)?;
     // Optional: kernels without POSIX message queues lack the filesystem.

@@ -141,6 +141,7 @@ pub(super) fn run(
                 mounts,
                 privileged,
                 seccomp: seccomp.map(<[u8]>::to_vec),
+                shm_size: spec.shm_size,
             }
         });
     stubs.seal();
