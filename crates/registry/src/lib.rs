@@ -53,7 +53,7 @@
 //! let image = client
 //!     .pull_image(&Reference::parse("alpine:3.20")?, &kbuild_platform::Platform::host(), &store)
 //!     .await?;
-//! println!("{} layers", image.manifest.layers().len());
+//! println!("{} layers", image.manifest.layers.len());
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
