@@ -242,6 +242,33 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
         .filter(|l| l.contains_key("containerd.io/gc.ref.snapshot.overlayfs"))
         .count();
     assert_eq!(tops, 2);
+
+    // A platform the image lacks in unpack= is an error naming what it
+    // has, and containerd gets nothing new.
+    let before = (content(&c), snapshots(&c));
+    let s390x = format!("{output},unpack=linux/s390x");
+    let r = run(
+        &store,
+        &[
+            ctx.as_str(),
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "kbuild-test/ctr:2",
+            "-o",
+            &s390x,
+        ],
+        &[],
+    )
+    .fails();
+    assert!(
+        r.stderr.contains(
+            "unpack=linux/s390x: the image has no such platform (it has linux/amd64, linux/arm64)"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(before, (content(&c), snapshots(&c)));
 }
 
 #[test]

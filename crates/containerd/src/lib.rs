@@ -151,6 +151,14 @@ pub enum Error {
     },
     /// containerd unpacked a layer to something other than what the image
     /// config says.
+    /// `unpack=` names a platform the image does not have.
+    #[error("unpack={wanted}: the image has no such platform (it has {available}); unpack only platforms of --platform")]
+    NoSuchPlatform {
+        /// The platform asked for.
+        wanted: String,
+        /// The image's platforms, comma-separated.
+        available: String,
+    },
     #[error("containerd at {} unpacked layer {layer} of {platform} to {applied}, but the image config says {expected}", socket.display())]
     DiffMismatch {
         /// The address.
@@ -244,7 +252,7 @@ pub async fn load(
         .map(|n| normalize_name(n))
         .collect::<Result<Vec<_>, _>>()?;
     let parts = read_tree(store, root)?;
-    let unpack = choose_unpack(target, &parts);
+    let unpack = choose_unpack(target, &parts)?;
     let conn = Conn::connect(target).await?;
     let lease = format!("kubectl-build-{:016x}", unique_id());
     let mut labels = HashMap::new();
@@ -385,12 +393,16 @@ fn read_tree(store: &ContentStore, root: &Descriptor) -> Result<Vec<Part>, Error
 }
 
 /// Which parts to unpack: for each wanted platform (this machine's when
-/// none is given), the manifest containerd's matcher likes best.
-fn choose_unpack(target: &Target, parts: &[Part]) -> Vec<usize> {
-    let wanted = if target.unpack.is_empty() {
-        vec![Platform::host()]
-    } else {
+/// none is given), the manifest containerd's matcher likes best. A
+/// platform named in `unpack=` that the image lacks is an error; without
+/// `unpack=`, an image without this machine's platform is loaded and not
+/// unpacked.
+fn choose_unpack(target: &Target, parts: &[Part]) -> Result<Vec<usize>, Error> {
+    let given = !target.unpack.is_empty();
+    let wanted = if given {
         target.unpack.clone()
+    } else {
+        vec![Platform::host()]
     };
     let indexed: Vec<(usize, &Platform)> = parts
         .iter()
@@ -399,14 +411,27 @@ fn choose_unpack(target: &Target, parts: &[Part]) -> Vec<usize> {
         .collect();
     let mut out = Vec::new();
     for w in &wanted {
-        if let Some(k) = w.best_match(indexed.iter().map(|(_, p)| *p)) {
-            let i = indexed[k].0;
-            if !out.contains(&i) {
-                out.push(i);
+        match w.best_match(indexed.iter().map(|(_, p)| *p)) {
+            Some(k) => {
+                let i = indexed[k].0;
+                if !out.contains(&i) {
+                    out.push(i);
+                }
             }
+            None if given => {
+                return Err(Error::NoSuchPlatform {
+                    wanted: w.to_string(),
+                    available: indexed
+                        .iter()
+                        .map(|(_, p)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+            }
+            None => {}
         }
     }
-    out
+    Ok(out)
 }
 
 struct Conn {
