@@ -159,9 +159,10 @@ impl Credentials {
                 return Ok(Credentials::anonymous())
             }
             Err(e) => {
-                return Err(Error::Credentials {
+                return Err(Error::CredentialsSource {
                     source_name: name,
-                    reason: e.to_string(),
+                    what: "",
+                    source: Box::new(e),
                 })
             }
         };
@@ -172,9 +173,10 @@ impl Credentials {
     /// came from in error messages.
     pub fn from_docker_config_json(json: &[u8], name: &str) -> Result<Credentials> {
         let config: DockerConfig =
-            serde_json::from_slice(json).map_err(|e| Error::Credentials {
+            serde_json::from_slice(json).map_err(|e| Error::CredentialsSource {
                 source_name: name.to_string(),
-                reason: format!("not a Docker config JSON: {e}"),
+                what: "not a Docker config JSON: ",
+                source: Box::new(e),
             })?;
         Ok(Credentials {
             sources: vec![ConfigSource {
@@ -217,9 +219,14 @@ impl Credentials {
             source_name: name.clone(),
             reason,
         };
-        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let doc: serde_yaml_ng::Value =
-            serde_yaml_ng::from_slice(&text).map_err(|e| err(format!("not YAML or JSON: {e}")))?;
+        let failed = |what, source| Error::CredentialsSource {
+            source_name: name.clone(),
+            what,
+            source,
+        };
+        let text = std::fs::read(path).map_err(|e| failed("", Box::new(e)))?;
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&text)
+            .map_err(|e| failed("not YAML or JSON: ", Box::new(e)))?;
         let json = secret_payload(&doc).map_err(err)?;
         Credentials::from_docker_config_json(&json, &name)
     }
@@ -379,9 +386,10 @@ impl ConfigSource {
         if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
-                .map_err(|e| Error::Credentials {
+                .map_err(|e| Error::CredentialsSource {
                     source_name: source.clone(),
-                    reason: format!("`auth` is not valid base64: {e}"),
+                    what: "`auth` is not valid base64: ",
+                    source: Box::new(e),
                 })?;
             let decoded = String::from_utf8(decoded).map_err(|_| Error::Credentials {
                 source_name: source.clone(),
@@ -592,6 +600,27 @@ mod tests {
             err.contains("cfg.json") && err.contains("username:password"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn unreadable_configs_keep_their_parse_errors() {
+        let err = Credentials::from_docker_config_json(b"{", "config.json").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "cannot read registry credentials from config.json: not a Docker config JSON: "
+            ),
+            "{err}"
+        );
+        let source = std::error::Error::source(&err).expect("the JSON error is kept");
+        assert!(source.is::<serde_json::Error>(), "{source:?}");
+        let config = format!(r#"{{"auths":{{"r.example":{{"auth":"{}"}}}}}}"#, "!!");
+        let creds = Credentials::from_docker_config_json(config.as_bytes(), "c").unwrap();
+        let err = creds.lookup("r.example", HELPER_LIMIT).unwrap_err();
+        assert!(
+            err.to_string().contains("`auth` is not valid base64: "),
+            "{err}"
+        );
+        assert!(std::error::Error::source(&err).is_some_and(|s| s.is::<base64::DecodeError>()));
     }
 
     #[test]

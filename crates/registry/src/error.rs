@@ -211,6 +211,17 @@ pub enum Error {
         /// Parse error.
         reason: String,
     },
+    /// A credentials source could not be read or parsed: the reading or
+    /// parsing error is kept.
+    #[error("cannot read registry credentials from {source_name}: {what}{source}")]
+    CredentialsSource {
+        /// The config file, secret file or helper.
+        source_name: String,
+        /// What was being read (`not a Docker config JSON: `), or empty.
+        what: &'static str,
+        /// The reading or parsing error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A credentials source could not be read.
     #[error("cannot read registry credentials from {source_name}: {reason}")]
     Credentials {
