@@ -344,7 +344,10 @@ pub(crate) async fn sync(
         kbuild_image::lock::FileLock::acquire(&lock_path, kbuild_image::lock::LockMode::Exclusive)
     })
     .await
-    .map_err(|e| proto(format!("lock the context: {e}")))?
+    .map_err(|source| SessionError::Join {
+        what: "lock the context",
+        source,
+    })?
     .map_err(io(state))?;
     // The solver's cache is read while the manifest comes.
     let loading = tokio::task::spawn_blocking(move || {
@@ -446,9 +449,10 @@ pub(crate) async fn sync(
             _ => return Err(proto("expected the context manifest or file content")),
         }
     }
-    let checksums = loading
-        .await
-        .map_err(|e| proto(format!("read the context's checksums: {e}")))?;
+    let checksums = loading.await.map_err(|source| SessionError::Join {
+        what: "read the context's checksums",
+        source,
+    })?;
     if !cmp.any_change() {
         // The record's time says when the context was last used (the
         // collection keeps the most recent).
@@ -471,7 +475,10 @@ pub(crate) async fn sync(
         commit(&st, &files, &mut spool, fresh, &checksums).map(|w| (w, checksums))
     })
     .await
-    .map_err(|e| proto(format!("update the context copy: {e}")))??;
+    .map_err(|source| SessionError::Join {
+        what: "update the context copy",
+        source,
+    })??;
     transfer.written = written;
     Ok((lock, checksums))
 }

@@ -39,6 +39,13 @@ pub(crate) enum SessionError {
     Protocol(String),
     #[error("the client closed the session")]
     Gone,
+    /// A blocking task of the session panicked or was dropped.
+    #[error("{what}: {source}")]
+    Join {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("context {path}: {source}")]
     Context {
         path: String,
@@ -444,7 +451,10 @@ async fn session(
         let gc_root = root.clone();
         let sync_guard = tokio::task::spawn_blocking(move || crate::gc::hold_for_sync(&gc_root))
             .await
-            .map_err(|e| proto(format!("lock the context files: {e}")))?
+            .map_err(|source| SessionError::Join {
+                what: "lock the context files",
+                source,
+            })?
             .map_err(|source| SessionError::Context {
                 path: root.display().to_string(),
                 source,
