@@ -23,6 +23,8 @@
 //!
 //! containerd 1.6 has no Transfer service, so the unpack happens here.
 
+#![deny(missing_docs)]
+
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
@@ -149,8 +151,6 @@ pub enum Error {
         #[source]
         source: Box<kbuild_registry::Error>,
     },
-    /// containerd unpacked a layer to something other than what the image
-    /// config says.
     /// `unpack=` names a platform the image does not have.
     #[error("unpack={wanted}: the image has no such platform (it has {available}); unpack only platforms of --platform")]
     NoSuchPlatform {
@@ -159,6 +159,8 @@ pub enum Error {
         /// The image's platforms, comma-separated.
         available: String,
     },
+    /// containerd unpacked a layer to something other than what the image
+    /// config says.
     #[error("containerd at {} unpacked layer {layer} of {platform} to {applied}, but the image config says {expected}", socket.display())]
     DiffMismatch {
         /// The address.
