@@ -787,12 +787,15 @@ async fn build(
     // A containerd output without unpack= unpacks what this daemon builds
     // of its own native platforms (a node of a mixed cluster loads its
     // own platform), not the host's, which an emulating node differs from.
+    // Read once, and only when such an output exists (binfmt is probed).
+    let mut native = None;
     for t in outputs
         .iter_mut()
         .filter_map(|o| o.containerd.as_mut())
         .filter(|t| t.unpack.is_empty())
     {
-        let native = crate::platforms(config.platforms.as_deref()).native;
+        let native: &Vec<kbuild_platform::Platform> =
+            native.get_or_insert_with(|| crate::platforms(config.platforms.as_deref()).native);
         t.unpack = platforms
             .iter()
             .filter(|p| native.iter().any(|n| n.matches_strict(p)))
