@@ -450,18 +450,6 @@ fn list(platforms: &[Platform]) -> String {
         .join(", ")
 }
 
-fn output_kind(k: &OutputKind) -> &'static str {
-    match k {
-        OutputKind::Registry => "registry",
-        OutputKind::Image => "image",
-        OutputKind::Oci => "oci",
-        OutputKind::Docker => "docker",
-        OutputKind::Tar => "tar",
-        OutputKind::Local => "local",
-        OutputKind::Containerd => "containerd",
-    }
-}
-
 fn fail(e: FanoutError) -> BuildError {
     BuildError::Fanout(Box::new(e))
 }
@@ -542,7 +530,7 @@ pub fn build(
             .collect::<Vec<_>>()
             .join("; ");
         return Err(fail(FanoutError::SplitOutput {
-            kind: output_kind(&o.kind),
+            kind: o.kind.name(),
             builder: name.to_string(),
             split,
         }));

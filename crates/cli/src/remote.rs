@@ -30,16 +30,7 @@ fn output_error(e: crate::split_outputs::SplitOutputError) -> BuildError {
 /// The output spec the daemon is sent: everything but where a file goes
 /// (the client writes it).
 fn spec_of(o: &Output) -> String {
-    let kind = match o.kind {
-        OutputKind::Registry => "registry",
-        OutputKind::Image => "image",
-        OutputKind::Oci => "oci",
-        OutputKind::Docker => "docker",
-        OutputKind::Tar => "tar",
-        OutputKind::Local => "local",
-        OutputKind::Containerd => "containerd",
-    };
-    let mut s = format!("type={kind}");
+    let mut s = format!("type={}", o.kind.name());
     for n in &o.names {
         s.push_str(&format!(",\"name={n}\""));
     }

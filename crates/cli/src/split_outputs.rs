@@ -96,18 +96,6 @@ pub(crate) struct SplitOutputs {
     tar: TarOptions,
 }
 
-fn kind_name(k: &OutputKind) -> &'static str {
-    match k {
-        OutputKind::Oci => "oci",
-        OutputKind::Tar => "tar",
-        OutputKind::Local => "local",
-        OutputKind::Docker => "docker",
-        OutputKind::Registry => "registry",
-        OutputKind::Image => "image",
-        OutputKind::Containerd => "containerd",
-    }
-}
-
 fn dest_of(o: &Output) -> PathBuf {
     o.dest.clone().unwrap_or_else(|| PathBuf::from("-"))
 }
@@ -137,7 +125,7 @@ impl SplitOutputs {
         for (i, o) in outputs.iter().enumerate().filter(|(_, o)| wanted(o)) {
             let dest = dest_of(o);
             let stage_err = |source| SplitOutputError::Stage {
-                kind: kind_name(&o.kind),
+                kind: o.kind.name(),
                 dest: dest.display().to_string(),
                 source: Box::new(source),
             };
@@ -301,7 +289,7 @@ impl SplitOutputs {
             let o = &self.outputs[i as usize];
             let dest = dest_of(o);
             let shown = dest.display().to_string();
-            let kind = kind_name(&o.kind);
+            let kind = o.kind.name();
             let mut report = ApplyReport::default();
             for (part, node, platforms) in parts {
                 match received.get(&(*part, i)) {

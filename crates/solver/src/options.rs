@@ -60,6 +60,21 @@ pub enum OutputKind {
     Containerd,
 }
 
+impl OutputKind {
+    /// The `type=` name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OutputKind::Registry => "registry",
+            OutputKind::Image => "image",
+            OutputKind::Oci => "oci",
+            OutputKind::Docker => "docker",
+            OutputKind::Tar => "tar",
+            OutputKind::Local => "local",
+            OutputKind::Containerd => "containerd",
+        }
+    }
+}
+
 /// One `-o/--output` request.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Output {
