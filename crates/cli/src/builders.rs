@@ -11,10 +11,28 @@ use std::time::Duration;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+/// The runtime of a builder command.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?)
+        .build()
+}
+
+/// `--platform` values (each a comma-separated list), normalized, each
+/// platform once.
+pub(crate) fn platform_flags(list: &[String]) -> Result<Vec<kbuild_platform::Platform>> {
+    let mut out: Vec<kbuild_platform::Platform> = Vec::new();
+    for spec in list {
+        for p in
+            kbuild_platform::parse_list(spec).map_err(|e| format!("--platform {spec:?}: {e}"))?
+        {
+            let p = p.normalized();
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `kubectl build serve`.
@@ -27,15 +45,7 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let platforms = if args.platforms.is_empty() {
         None
     } else {
-        let mut list = Vec::new();
-        for spec in &args.platforms {
-            for p in kbuild_platform::parse_list(spec)
-                .map_err(|e| format!("--platform {spec:?}: {e}"))?
-            {
-                list.push(p.normalized());
-            }
-        }
-        Some(list)
+        Some(platform_flags(&args.platforms)?)
     };
     let tls = kbuild_serve::TlsFiles::from_flags(
         args.tls_cert.clone(),

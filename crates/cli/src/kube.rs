@@ -72,33 +72,12 @@ pub async fn cluster(
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
 fn image(options: &Options) -> std::result::Result<String, k8s::Error> {
     options
         .image
         .clone()
         .or_else(|| std::env::var(k8s::IMAGE_ENV).ok().filter(|v| !v.is_empty()))
         .ok_or(k8s::Error::NoImage)
-}
-
-fn platforms(list: &[String]) -> Result<Vec<Platform>> {
-    let mut out: Vec<Platform> = Vec::new();
-    for spec in list {
-        for p in
-            kbuild_platform::parse_list(spec).map_err(|e| format!("--platform {spec:?}: {e}"))?
-        {
-            let p = p.normalized();
-            if !out.contains(&p) {
-                out.push(p);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Records builder `name` in the builder list (for `use`), when it can be
@@ -144,8 +123,8 @@ pub fn create(args: &CreateArgs, g: &GlobalArgs) -> Result<ExitCode> {
         .into());
     }
     let options = Options::parse(&args.driver_opts)?;
-    let pools = spec::pools(&platforms(&args.platforms)?)?;
-    let rt = runtime()?;
+    let pools = spec::pools(&crate::builders::platform_flags(&args.platforms)?)?;
+    let rt = crate::builders::runtime()?;
     let (cluster, status) = rt.block_on(async {
         let cluster = cluster(g, options.namespace.as_deref())
             .await
@@ -180,7 +159,7 @@ fn recorded(name: &str) -> Option<kbuild_driver::config::KubernetesBuilder> {
 /// is no kubernetes builder (neither recorded nor in the cluster).
 pub fn rm(name: &str, g: &GlobalArgs) -> Result<Option<ExitCode>> {
     let rec = recorded(name);
-    let rt = runtime()?;
+    let rt = crate::builders::runtime()?;
     let removed = rt.block_on(async {
         let Some(cluster) = cluster(g, rec.as_ref().map(|r| r.namespace.as_str()))
             .await
@@ -234,7 +213,7 @@ pub fn ls_rows(
     config: &kbuild_driver::Config,
     all: bool,
 ) -> Result<(Vec<PodRow>, Vec<String>)> {
-    let rt = runtime()?;
+    let rt = crate::builders::runtime()?;
     let rows = rt.block_on(async {
         let mut notes = Vec::new();
         let Some(cluster) = cluster(g, None).await.map_err(|e| e.to_string())? else {
@@ -427,7 +406,8 @@ pub fn route(name: Option<&str>, g: &GlobalArgs) -> std::result::Result<Route, B
             });
         }
     }
-    let rt = runtime().map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let rt = crate::builders::runtime()
+        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
     let found = rt
         .block_on(k8s::kubeconfig::resolve(&selection(g)))
         .map_err(|e| BuildError::Builder(e.to_string()))?;
@@ -513,7 +493,8 @@ pub fn run(
     namespace: Option<&str>,
     auto: bool,
 ) -> std::result::Result<(), BuildError> {
-    let rt = runtime().map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let rt = crate::builders::runtime()
+        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
     let quiet = a.quiet || a.progress == ProgressMode::Quiet;
     let kube_err =
         |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
@@ -681,7 +662,8 @@ pub fn preview(
     namespace: Option<&str>,
     auto: bool,
 ) -> std::result::Result<Preview, BuildError> {
-    let rt = runtime().map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let rt = crate::builders::runtime()
+        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
     let kube_err =
         |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
     rt.block_on(async {
