@@ -100,11 +100,6 @@ fn dest_of(o: &Output) -> PathBuf {
     o.dest.clone().unwrap_or_else(|| PathBuf::from("-"))
 }
 
-/// A platform's directory in a several-platform filesystem output.
-pub(crate) fn platform_dir(p: &Platform) -> String {
-    p.to_string().replace('/', "_")
-}
-
 impl SplitOutputs {
     /// Prepares a staging place for each file output of `outputs` (the
     /// others run on the nodes). `None` when there is none.
@@ -325,9 +320,16 @@ impl SplitOutputs {
                         // Its blob came with the node's layout.
                         Root::Streamed(d) => (**d).clone(),
                     };
-                    let ref_name = o.names.first().map(|n| ref_name_of(n));
-                    write_layout(&store, &root, o, &dest, ref_name.as_deref(), &self.tar)
-                        .map_err(layout_err)?;
+                    let ref_name = o.names.first().map(|n| kbuild_solver::outputs::tag_of(n));
+                    write_layout(
+                        &store,
+                        &root,
+                        o,
+                        &dest,
+                        ref_name.as_deref(),
+                        &self.tar,
+                        &shown,
+                    )?;
                     drop(_dir);
                 }
                 Stage::Files(s) => {
@@ -338,12 +340,18 @@ impl SplitOutputs {
                             .map(|p| p.join(format!("part-{part}-{i}")));
                         let Some(from) = from else { continue };
                         let moves: Vec<(PathBuf, PathBuf)> = if let [one] = platforms.as_slice() {
-                            vec![(from.clone(), s.tree().join(platform_dir(one)))]
+                            vec![(
+                                from.clone(),
+                                s.tree().join(kbuild_solver::outputs::platform_dir(one)),
+                            )]
                         } else {
                             platforms
                                 .iter()
                                 .map(|p| {
-                                    (from.join(platform_dir(p)), s.tree().join(platform_dir(p)))
+                                    (
+                                        from.join(kbuild_solver::outputs::platform_dir(p)),
+                                        s.tree().join(kbuild_solver::outputs::platform_dir(p)),
+                                    )
                                 })
                                 .collect()
                         };
@@ -393,15 +401,6 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> k
     }
 }
 
-/// The layout's `org.opencontainers.image.ref.name`: the name's tag, as a
-/// local build writes it.
-fn ref_name_of(name: &str) -> String {
-    match kbuild_registry::Reference::parse(name) {
-        Ok(r) => r.tag().unwrap_or("latest").to_string(),
-        Err(_) => name.to_string(),
-    }
-}
-
 fn write_layout(
     store: &ContentStore,
     root: &Descriptor,
@@ -409,18 +408,29 @@ fn write_layout(
     dest: &Path,
     ref_name: Option<&str>,
     tar: &TarOptions,
-) -> Result<(), kbuild_image::Error> {
-    use std::io::Write;
+    shown: &str,
+) -> Result<(), SplitOutputError> {
     if dest == Path::new("-") {
-        let mut stdout = std::io::stdout().lock();
-        kbuild_image::export::oci_layout_tar(store, root, &mut stdout, ref_name, tar)?;
-        return stdout.flush().map_err(io_err("write", Path::new("-")));
+        // Whole before standard output sees a byte, as a one-node build's.
+        return kbuild_solver::outputs::staged_stdout(|w| {
+            kbuild_image::export::oci_layout_tar(store, root, w, ref_name, tar)?;
+            Ok(())
+        })
+        .map_err(|source| SplitOutputError::Stage {
+            kind: "oci",
+            dest: shown.to_string(),
+            source: Box::new(source),
+        });
     }
     if o.as_directory {
         kbuild_image::export::oci_layout_dir(store, root, dest, ref_name)
     } else {
         kbuild_image::export::oci_layout_tar_file(store, root, dest, ref_name, tar)
     }
+    .map_err(|source| SplitOutputError::Layout {
+        dest: shown.to_string(),
+        source,
+    })
 }
 
 /// Reads a node's OCI layout tarball and keeps its blobs (each checked

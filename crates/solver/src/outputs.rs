@@ -289,12 +289,7 @@ async fn write_files(
     let parts: Vec<(String, Vec<crate::engine::LayerRef>)> = result
         .images
         .iter()
-        .map(|i| {
-            (
-                i.platform.to_string().replace('/', "_"),
-                i.state.layers.clone(),
-            )
-        })
+        .map(|i| (platform_dir(&i.platform), i.state.layers.clone()))
         .collect();
     let opts = tar_options(solver);
     let as_tar = out.kind == OutputKind::Tar;
@@ -376,7 +371,23 @@ fn dest_of(out: &Output) -> Result<PathBuf, SolveError> {
 }
 
 /// `name:tag` → `tag` for the OCI layout's ref name annotation (buildx uses the tag).
-fn tag_of(name: &str) -> String {
+/// Runs `write` into a staging file and copies it to standard output only
+/// once it is whole (`-o -`): a failure half-way leaves stdout empty.
+pub fn staged_stdout(
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<(), SolveError>,
+) -> Result<(), SolveError> {
+    crate::stdout_stage::staged(write)
+}
+
+/// A platform's directory in a several-platform filesystem output
+/// (`linux_amd64`), as buildx names it.
+pub fn platform_dir(p: &kbuild_platform::Platform) -> String {
+    p.to_string().replace('/', "_")
+}
+
+/// An OCI layout's `org.opencontainers.image.ref.name` for image name
+/// `name`: its tag.
+pub fn tag_of(name: &str) -> String {
     match kbuild_registry::Reference::parse(name) {
         Ok(r) => r.tag().unwrap_or("latest").to_string(),
         Err(_) => name.to_string(),
