@@ -8,199 +8,44 @@
 
 mod common;
 
-use common::{bin, run, Run, SEVEN};
-use kbuild_testkit::daemon::{make_pki, Daemon};
+use common::{Client, Run, SEVEN};
 use kbuild_testkit::netns::Host;
+use kbuild_testkit::node::Node;
 use kbuild_testkit::registry::TestRegistry;
-use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// A scratch directory: the client's builder list, the PKI, the daemons'
-/// stores and sockets.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Env {
-    /// A daemon killed mid-build leaves its RUN's overlay mount behind:
-    /// `prune` on each daemon's store reclaims what dead processes left
-    /// (the nodes are dropped before the environment).
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let root = e.path();
-            if root.is_dir() && e.file_name().to_string_lossy().ends_with("-root") {
-                let _ = Command::new(bin())
-                    .arg("--root")
-                    .arg(&root)
-                    .arg("prune")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+/// A node in a new test host (its own address), on mutual TLS at that
+/// address and on a unix socket, its daemon pinned to CPU `cpu` if given;
+/// `None` when test hosts cannot be made here (after `skip_or_fail`).
+fn host_node(env: &Client, name: &str, cpu: Option<usize>, extra: &[&str]) -> Option<Node> {
+    let mut host = Host::create()?;
+    if let Some(cpu) = cpu {
+        host = host.pin(cpu);
     }
-}
-
-impl Env {
-    fn new() -> Env {
-        let env = Env {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        std::fs::create_dir_all(env.path("pki")).expect("pki dir");
-        env
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn pki(&self, file: &str) -> String {
-        self.path("pki")
-            .join(file)
-            .to_str()
-            .expect("utf-8")
-            .to_string()
-    }
-    fn kb(&self, args: &[&str]) -> Run {
-        let config = self.path("config");
-        run(
-            &self.path("client-root"),
-            args,
-            &[("XDG_CONFIG_HOME", config.to_str().expect("utf-8 path"))],
-        )
-    }
-    /// `kubectl-build ARGS` with extra environment.
-    fn kb_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
-        let config = self.path("config");
-        let mut env = vec![("XDG_CONFIG_HOME", config.to_str().expect("utf-8 path"))];
-        env.extend_from_slice(extra);
-        run(&self.path("client-root"), args, &env)
-    }
-    /// `kubectl-build ARGS` started in the background, its stderr lines
-    /// coming through the receiver as they are written.
-    fn spawn(&self, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
-        let mut child = Command::new(bin())
-            .arg("--root")
-            .arg(self.path("client-root"))
-            .args(args)
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env_remove("SOURCE_DATE_EPOCH")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start kubectl-build");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        (child, rx)
-    }
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let out = self.kb(args).ok();
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{}", out.stdout))
-    }
-    /// `--driver-opt` for the client certificate of host `name`'s PKI.
-    fn mtls(&self, name: &str) -> String {
-        format!(
-            "cacert={},cert={},key={}",
-            self.pki(&format!("{name}-ca.pem")),
-            self.pki(&format!("{name}-client.pem")),
-            self.pki(&format!("{name}-client.key"))
-        )
-    }
-}
-
-/// A test host running `kubectl-build serve` on mutual TLS at its own
-/// address and on a unix socket.
-struct Node {
-    daemon: Daemon,
-    tcp: String,
-    unix: String,
-    // Dropped after the daemon: the host kills what is left in it.
-    _host: Host,
-}
-
-impl Node {
-    /// Starts a daemon in a new host, its certificates made for the host's
-    /// address; `None` when test hosts cannot be made here (after
-    /// `skip_or_fail`).
-    fn start(env: &Env, name: &str, cpu: Option<usize>, extra: &[&str]) -> Option<Node> {
-        let mut host = Host::create()?;
-        if let Some(cpu) = cpu {
-            host = host.pin(cpu);
-        }
-        let ip = host.ip().to_string();
-        make_pki(&env.path("pki"), name, &ip);
-        let unix = format!("unix://{}", env.path(&format!("{name}.sock")).display());
-        let mut cmd = host.command(bin());
-        cmd.arg("--root")
-            .arg(env.path(&format!("{name}-root")))
-            .arg("serve")
-            .args(["--addr", &format!("tcp://{ip}:0"), "--addr", &unix])
-            .args(["--tls-cert", &env.pki(&format!("{name}-server.pem"))])
-            .args(["--tls-key", &env.pki(&format!("{name}-server.key"))])
-            .args(["--tls-ca", &env.pki(&format!("{name}-ca.pem"))])
-            .args(extra);
-        let mut daemon = Daemon::spawn(cmd);
-        let tcp = daemon.listening(&format!("tcp://{ip}:"));
-        daemon.listening("unix://");
-        Some(Node {
-            daemon,
-            tcp,
-            unix,
-            _host: host,
-        })
-    }
-}
-
-impl Node {
-    /// Kills the daemon at once (SIGKILL): its connections break mid-build.
-    fn kill(&self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.daemon.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill the daemon");
-    }
+    let node = common::node(env.dir(), name).host(host).tls();
+    Some(node.args(extra.iter().copied()).start())
 }
 
 /// A registry every test host reaches (on `host`'s gateway address, which
 /// the other hosts reach through their own default route), holding the
 /// busybox fixture as `HOST/base/busybox:1` for `platforms`, pushed by the
 /// local builder. `None` after `skip_or_fail` without the fixtures.
-fn registry_with_base(env: &Env, host: &Host, platforms: &str) -> Option<(TestRegistry, String)> {
+fn registry_with_base(
+    env: &Client,
+    host: &Host,
+    platforms: &str,
+) -> Option<(TestRegistry, String)> {
     let reg = TestRegistry::start_on(host.gateway()).expect("start docker-registry");
     let ctx = common::busybox_context()?;
     let base = format!("{}/base/busybox:1", reg.host());
-    env.kb(&[
-        ctx.to_str().expect("utf-8"),
-        "--builder",
-        "local",
-        "--platform",
-        platforms,
-        "-t",
-        &base,
-        "--push",
-        "--insecure-registry",
-        &reg.host(),
-        "--progress",
-        "quiet",
-    ])
-    .ok();
+    env.kb([ctx])
+        .builder("local")
+        .platform(platforms)
+        .push_to(&base, &reg.host())
+        .quiet()
+        .ok();
     Some((reg, base))
 }
 
@@ -266,75 +111,6 @@ fn index_platforms(index: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// The file `name` of the last layer of each platform's image of a pushed
-/// index, as (platform, content).
-fn last_layer_file(env: &Env, reference: &str, name: &str) -> Vec<(String, String)> {
-    let layout = env.path(&format!("layout-{}", common::unique("l")));
-    common::skopeo_to_layout(reference, &layout);
-    common::layout_manifests(&layout)
-        .into_iter()
-        .map(|(platform, manifest)| {
-            let layers = manifest["layers"].as_array().expect("layers");
-            let last = layers.last().expect("a layer");
-            let blob = common::layout_blob(&layout, last["digest"].as_str().expect("digest"));
-            let out = Command::new("tar")
-                .arg("-xOf")
-                .arg(&blob)
-                .arg(name)
-                .output()
-                .expect("run tar");
-            assert!(
-                out.status.success(),
-                "{platform}: no {name} in the last layer: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            (
-                platform,
-                String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Waits for a stderr line of a running client containing all of `parts`;
-/// returns the lines seen.
-fn wait_line(rx: &mpsc::Receiver<String>, parts: &[&str]) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let hit = parts.iter().all(|p| line.contains(p));
-                seen.push(line);
-                if hit {
-                    return seen;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    panic!(
-        "no line with {parts:?}; stderr so far:\n{}",
-        seen.join("\n")
-    );
-}
-
-/// Waits for the client to end: (exit code, the rest of stderr).
-fn finish(mut child: std::process::Child, rx: mpsc::Receiver<String>) -> (i32, Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait for kubectl-build") {
-            break s.code().unwrap_or(-1);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kubectl-build did not end");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (code, rx.iter().collect())
-}
-
 fn builder<'a>(ls: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     ls.as_array()
         .expect("ls lists builders")
@@ -349,13 +125,6 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
         .iter()
         .map(|s| s.as_str().expect("a string").to_string())
         .collect()
-}
-
-/// A context directory holding `Dockerfile`.
-fn context(env: &Env, dockerfile: &str) -> String {
-    let dir = env.path("context");
-    common::write(&dir.join("Dockerfile"), dockerfile);
-    dir.to_str().expect("utf-8").to_string()
 }
 
 /// `platform -> (node, endpoint, reason)` from `--dry-run=json`'s `schedule`.
@@ -373,35 +142,17 @@ fn assignments(dry: &serde_json::Value) -> Vec<(String, String, String, String)>
 
 #[test]
 fn mixed_cluster_sends_each_platform_to_its_native_node() {
-    let env = Env::new();
-    let Some(a) = Node::start(&env, "a", None, &[]) else {
+    let env = common::client();
+    let Some(a) = host_node(&env, "a", None, &[]) else {
         return;
     };
-    let Some(b) = Node::start(&env, "b", None, &["--platform", "linux/arm64,linux/arm/v7"]) else {
+    let Some(b) = host_node(&env, "b", None, &["--platform", "linux/arm64,linux/arm/v7"]) else {
         return;
     };
-    env.kb(&[
-        "create",
-        "mix",
-        "--endpoint",
-        &a.tcp,
-        "--driver-opt",
-        &env.mtls("a"),
-    ])
-    .ok();
-    env.kb(&[
-        "create",
-        "mix",
-        "--append",
-        "--endpoint",
-        &b.tcp,
-        "--driver-opt",
-        &env.mtls("b"),
-    ])
-    .ok();
+    env.create("mix", &[a.via_tls(), b.via_tls()]);
 
     // ls shows both nodes, running, with their own platforms.
-    let ls = env.json(&["ls", "--format", "json"]);
+    let ls = env.kb(&["ls", "--format", "json"]).json();
     let nodes = builder(&ls, "mix")["nodes"]
         .as_array()
         .expect("nodes")
@@ -410,41 +161,49 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
     let here = kbuild_serve::platforms(None);
     let host_native: Vec<String> = here.native.iter().map(|p| p.to_string()).collect();
     assert_eq!(nodes[0]["name"], "mix0");
-    assert_eq!(nodes[0]["endpoint"], a.tcp.as_str());
+    assert_eq!(nodes[0]["endpoint"], a.tcp());
     assert_eq!(nodes[0]["status"], "running", "{ls:#}");
     assert_eq!(strings(&nodes[0]["native_platforms"]), host_native);
     assert_eq!(nodes[1]["name"], "mix1");
-    assert_eq!(nodes[1]["endpoint"], b.tcp.as_str());
+    assert_eq!(nodes[1]["endpoint"], b.tcp());
     assert_eq!(nodes[1]["status"], "running", "{ls:#}");
     assert_eq!(
         strings(&nodes[1]["native_platforms"]),
         ["linux/arm64", "linux/arm/v7"]
     );
     let table = env.kb(&["ls"]).ok().stdout;
-    for (node, endpoint) in [("mix0", &a.tcp), ("mix1", &b.tcp)] {
+    for (node, endpoint) in [("mix0", a.tcp()), ("mix1", b.tcp())] {
         let row = table
             .lines()
             .find(|l| l.trim_start().starts_with(node))
             .unwrap_or_else(|| panic!("no row for {node}:\n{table}"));
-        assert!(
-            row.contains(endpoint.as_str()) && row.contains("running"),
-            "{table}"
-        );
+        assert!(row.contains(endpoint) && row.contains("running"), "{table}");
     }
 
     // RUN steps on every platform: each goes to the node that runs it natively.
-    let ctx = context(&env, "FROM busybox\nRUN uname -m > /m\n");
+    let ctx = env.context("context", "FROM busybox\nRUN uname -m > /m\n");
     let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
-    let dry = env.json(&[
-        "--builder",
-        "mix",
-        "--dry-run=json",
-        "--platform",
-        platforms,
-        &ctx,
-    ]);
-    let to_a = |p: &str| (p.to_string(), "mix0".into(), a.tcp.clone(), "native".into());
-    let to_b = |p: &str| (p.to_string(), "mix1".into(), b.tcp.clone(), "native".into());
+    let dry = env
+        .kb(["--dry-run=json", &ctx])
+        .builder("mix")
+        .platform(platforms)
+        .json();
+    let to_a = |p: &str| {
+        (
+            p.to_string(),
+            "mix0".into(),
+            a.tcp().to_string(),
+            "native".into(),
+        )
+    };
+    let to_b = |p: &str| {
+        (
+            p.to_string(),
+            "mix1".into(),
+            b.tcp().to_string(),
+            "native".into(),
+        )
+    };
     assert!(
         host_native.iter().any(|p| p == "linux/386"),
         "this machine does not run linux/386 natively: {host_native:?}"
@@ -486,21 +245,21 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
     assert_eq!(
         rows,
         [
-            vec!["linux/amd64", "mix0", a.tcp.as_str(), "native"],
-            vec!["linux/386", "mix0", a.tcp.as_str(), "native"],
-            vec!["linux/arm64", "mix1", b.tcp.as_str(), "native"],
-            vec!["linux/arm/v7", "mix1", b.tcp.as_str(), "native"],
+            vec!["linux/amd64", "mix0", a.tcp(), "native"],
+            vec!["linux/386", "mix0", a.tcp(), "native"],
+            vec!["linux/arm64", "mix1", b.tcp(), "native"],
+            vec!["linux/arm/v7", "mix1", b.tcp(), "native"],
         ],
         "{text}"
     );
     assert!(text.contains("builder mix:"), "{text}");
 
     // The real build: each platform's RUN on its node, one index pushed.
-    let Some((reg, base)) = registry_with_base(&env, &a._host, platforms) else {
+    let Some((reg, base)) = registry_with_base(&env, &a.host(), platforms) else {
         return;
     };
     let insecure = reg.host();
-    let ctx = context(&env, &format!("FROM {base}\nRUN uname -m > /m\n"));
+    let ctx = env.context("context", &format!("FROM {base}\nRUN uname -m > /m\n"));
     let tag = format!("{}/mix/app:1", reg.host());
     let out = env
         .kb(&[
@@ -554,7 +313,9 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
         ["linux/amd64", "linux/386", "linux/arm64", "linux/arm/v7"]
     );
     let unames: std::collections::BTreeMap<String, String> =
-        last_layer_file(&env, &tag, "m").into_iter().collect();
+        common::last_layer_file(env.dir(), &tag, "m")
+            .into_iter()
+            .collect();
     assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
     assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
     assert!(unames["linux/arm/v7"].starts_with("armv7"), "{unames:?}");
@@ -566,8 +327,8 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
 
     // A RUN failing on one node fails the build: no index, no tag, and the
     // error names the node and the platform.
-    let ctx = context(
-        &env,
+    let ctx = env.context(
+        "context",
         &format!(
             "FROM {base}\nARG TARGETARCH\nRUN if [ \"$TARGETARCH\" = arm64 ]; then echo broken >&2; exit 3; fi; sleep 1\n"
         ),
@@ -601,35 +362,27 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
 
     // Node mix0 killed mid-build, and no other node builds linux/amd64
     // (mix1 neither runs nor emulates it): a clear error, no tag.
-    let ctx = context(
-        &env,
+    let ctx = env.context(
+        "context",
         &format!("FROM {base}\nRUN sleep 3 && uname -m > /m\n"),
     );
     let lost = format!("{}/mix/lost:1", reg.host());
-    let (child, rx) = env.spawn(&[
-        "--builder",
-        "mix",
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "-t",
-        &lost,
-        "--push",
-        "--insecure-registry",
-        &insecure,
-        "--progress",
-        "plain",
-        &ctx,
-    ]);
-    let mut seen = wait_line(&rx, &["[node mix0] [linux/amd64", "RUN sleep 3"]);
+    let mut client = env
+        .kb([&ctx])
+        .builder("mix")
+        .platform("linux/amd64,linux/arm64")
+        .push_to(&lost, &insecure)
+        .plain()
+        .spawn();
+    client.wait_line(&["[node mix0] [linux/amd64", "RUN sleep 3"]);
     a.kill();
-    let (code, rest) = finish(child, rx);
-    seen.extend(rest);
+    let (code, seen) = client.finish();
     let stderr = seen.join("\n");
     assert_ne!(code, 0, "{stderr}");
     let line = seen.last().cloned().unwrap_or_default();
     assert!(
         line.starts_with("error: lost the connection to builder mix (")
-            && line.contains(&format!("at {}) during the build", a.tcp))
+            && line.contains(&format!("at {}) during the build", a.tcp()))
             && line.contains("(node mix0, building linux/amd64); no other node can build them: no node of builder mix can build linux/amd64: mix1 runs linux/arm64, linux/arm/v7 natively")
             && line.ends_with("nothing was tagged"),
         "{stderr}"
@@ -642,28 +395,18 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
 
 #[test]
 fn cross_dockerfile_spreads_over_two_amd64_nodes() {
-    let env = Env::new();
+    let env = common::client();
     // Each host's daemon on its own CPU: a one-core node.
-    let Some(a) = Node::start(&env, "a", Some(0), &[]) else {
+    let Some(a) = host_node(&env, "a", Some(0), &[]) else {
         return;
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Some(c) = Node::start(&env, "c", Some(1 % cpus), &[]) else {
+    let Some(c) = host_node(&env, "c", Some(1 % cpus), &[]) else {
         return;
     };
     // One node over its unix socket, the other over mutual TLS.
-    env.kb(&["create", "pair", "--endpoint", &a.unix]).ok();
-    env.kb(&[
-        "create",
-        "pair",
-        "--append",
-        "--endpoint",
-        &c.tcp,
-        "--driver-opt",
-        &env.mtls("c"),
-    ])
-    .ok();
-    let ls = env.json(&["ls", "--format", "json"]);
+    env.create("pair", &[a.via_unix(), c.via_tls()]);
+    let ls = env.kb(&["ls", "--format", "json"]).json();
     for n in builder(&ls, "pair")["nodes"].as_array().expect("nodes") {
         assert_eq!(n["status"], "running", "{ls:#}");
         assert_eq!(n["load"]["cpus"], 1, "pinned to one CPU: {ls:#}");
@@ -671,16 +414,16 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
 
     let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
     let dockerfile = hello.join("Dockerfile.cross");
-    let dry = env.json(&[
-        "--builder",
-        "pair",
-        "--dry-run=json",
-        "-f",
-        dockerfile.to_str().expect("utf-8"),
-        "--platform",
-        SEVEN,
-        hello.to_str().expect("utf-8"),
-    ]);
+    let dry = env
+        .kb([
+            "--dry-run=json",
+            "-f",
+            dockerfile.to_str().expect("utf-8"),
+            hello.to_str().expect("utf-8"),
+        ])
+        .builder("pair")
+        .platform(SEVEN)
+        .json();
     let got = assignments(&dry);
     assert_eq!(got.len(), 7, "{:#}", dry["schedule"]);
     let host = kbuild_platform::Platform::host().to_string();
@@ -688,7 +431,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     let mut per_node = std::collections::BTreeMap::<String, usize>::new();
     for (platform, node, endpoint, reason) in &got {
         *per_node.entry(node.clone()).or_default() += 1;
-        let expected_endpoint = if node == "pair0" { &a.unix } else { &c.tcp };
+        let expected_endpoint = if node == "pair0" { a.unix() } else { c.tcp() };
         assert_eq!(endpoint, expected_endpoint);
         let runs_here = native.iter().any(|p| p.to_string() == *platform);
         assert_eq!(
@@ -732,12 +475,12 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
 
     // The real build of a cross Dockerfile for seven platforms, split over
     // both nodes, gives the index a one-node build of it gives.
-    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+    let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
         return;
     };
     let insecure = reg.host();
-    let ctx = context(
-        &env,
+    let ctx = env.context(
+        "context",
         &format!(
             "FROM --platform=$BUILDPLATFORM {base} AS build\n\
              ARG TARGETPLATFORM PAUSE=0\n\
@@ -746,7 +489,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
              COPY --from=build /out/target /target\n"
         ),
     );
-    env.kb(&["create", "one", "--endpoint", &a.unix]).ok();
+    env.create("one", &[a.via_unix()]);
     let digest_of = |stderr: &str| -> String {
         let line = stderr
             .lines()
@@ -755,24 +498,13 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
         line.rsplit(": ").next().unwrap_or_default().to_string()
     };
     let build = |builder: &str, tag: &str| -> Run {
-        env.kb_env(
-            &[
-                "--builder",
-                builder,
-                "--platform",
-                SEVEN,
-                "-t",
-                tag,
-                "--push",
-                "--insecure-registry",
-                &insecure,
-                "--progress",
-                "plain",
-                &ctx,
-            ],
-            &[("SOURCE_DATE_EPOCH", "0")],
-        )
-        .ok()
+        env.kb([&ctx])
+            .builder(builder)
+            .platform(SEVEN)
+            .push_to(tag, &insecure)
+            .plain()
+            .epoch()
+            .ok()
     };
     let split_tag = format!("{}/cross/split:1", reg.host());
     let split = build("pair", &split_tag);
@@ -803,7 +535,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
         index_platforms(&index),
         SEVEN.split(',').collect::<Vec<_>>()
     );
-    for (platform, text) in last_layer_file(&env, &split_tag, "target") {
+    for (platform, text) in common::last_layer_file(env.dir(), &split_tag, "target") {
         assert_eq!(text, format!("built for {platform}"));
     }
 
@@ -811,26 +543,16 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     // the build succeeds, and the tag is written once.
     let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
     let retried = format!("{}/cross/retried:1", reg.host());
-    let (child, rx) = env.spawn(&[
-        "--builder",
-        "pair",
-        "--platform",
-        four,
-        "--build-arg",
-        "PAUSE=3",
-        "-t",
-        &retried,
-        "--push",
-        "--insecure-registry",
-        &insecure,
-        "--progress",
-        "plain",
-        &ctx,
-    ]);
-    let mut seen = wait_line(&rx, &["[node pair1] [", "RUN mkdir /out && sleep 3"]);
+    let mut client = env
+        .kb(["--build-arg", "PAUSE=3", &ctx])
+        .builder("pair")
+        .platform(four)
+        .push_to(&retried, &insecure)
+        .plain()
+        .spawn();
+    client.wait_line(&["[node pair1] [", "RUN mkdir /out && sleep 3"]);
     c.kill();
-    let (code, rest) = finish(child, rx);
-    seen.extend(rest);
+    let (code, seen) = client.finish();
     let stderr = seen.join("\n");
     assert_eq!(code, 0, "{stderr}");
     let moved: Vec<&str> = seen
@@ -851,33 +573,33 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
 
 #[test]
 fn a_tls_client_without_a_certificate_is_refused_by_the_host() {
-    let env = Env::new();
-    let Some(a) = Node::start(&env, "a", None, &[]) else {
+    let env = common::client();
+    let Some(a) = host_node(&env, "a", None, &[]) else {
         return;
     };
-    let cacert = format!("cacert={}", env.pki("a-ca.pem"));
+    let cacert = format!("cacert={}", a.pki_file("ca.pem").display());
     env.kb(&[
         "create",
         "nocert",
         "--endpoint",
-        &a.tcp,
+        a.tcp(),
         "--driver-opt",
         &cacert,
     ])
     .ok();
-    let ls = env.json(&["ls", "--format", "json"]);
+    let ls = env.kb(&["ls", "--format", "json"]).json();
     let node = &builder(&ls, "nocert")["nodes"][0];
     assert_eq!(node["status"], "unreachable", "{ls:#}");
     let error = node["error"].as_str().expect("an error");
     assert!(
         error.starts_with(&format!(
             "builder nocert at {} refused the connection: it requires a client certificate",
-            a.tcp
+            a.tcp()
         )),
         "{error}"
     );
     // A dry run over that builder stops with the same reason, on one line.
-    let ctx = context(&env, "FROM busybox\nRUN true\n");
+    let ctx = env.context("context", "FROM busybox\nRUN true\n");
     let out = env
         .kb(&[
             "--builder",
@@ -893,42 +615,34 @@ fn a_tls_client_without_a_certificate_is_refused_by_the_host() {
     assert!(
         line.starts_with(&format!(
             "error: builder nocert has no reachable node: builder nocert at {} refused the connection: it requires a client certificate",
-            a.tcp
+            a.tcp()
         )),
         "{line}"
     );
     // The daemon saw the refused handshakes and still serves.
-    env.kb(&[
-        "create",
-        "ok",
-        "--endpoint",
-        &a.tcp,
-        "--driver-opt",
-        &env.mtls("a"),
-    ])
-    .ok();
-    let ls = env.json(&["ls", "--format", "json"]);
+    env.create("ok", &[a.via_tls()]);
+    let ls = env.kb(&["ls", "--format", "json"]).json();
     assert_eq!(builder(&ls, "ok")["nodes"][0]["status"], "running");
 }
 
 #[test]
 fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
-    let env = Env::new();
-    let Some(a) = Node::start(&env, "a", None, &[]) else {
+    let env = common::client();
+    let Some(a) = host_node(&env, "a", None, &[]) else {
         return;
     };
-    let Some(d) = Node::start(&env, "d", None, &[]) else {
+    let Some(mut d) = host_node(&env, "d", None, &[]) else {
         return;
     };
     // A listener in host d that accepts connections and never answers.
     let silent_port = "4433";
-    let silent_ip = d.tcp["tcp://".len()..]
+    let silent_ip = d.tcp()["tcp://".len()..]
         .rsplit_once(':')
         .expect("host:port")
         .0
         .to_string();
     let mut silent = d
-        ._host
+        .host()
         .command("busybox")
         .args(["nc", "-l", "-p", silent_port])
         .stdin(std::process::Stdio::piped())
@@ -939,7 +653,7 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = d
-            ._host
+            .host()
             .command("busybox")
             .args(["netstat", "-ltn"])
             .output()
@@ -950,35 +664,17 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
         assert!(Instant::now() < deadline, "nc never listened in host d");
         std::thread::sleep(Duration::from_millis(20));
     }
-    env.kb(&[
-        "create",
-        "two",
-        "--endpoint",
-        &a.tcp,
-        "--driver-opt",
-        &env.mtls("a"),
-    ])
-    .ok();
-    env.kb(&[
-        "create",
-        "two",
-        "--append",
-        "--endpoint",
-        &d.tcp,
-        "--driver-opt",
-        &env.mtls("d"),
-    ])
-    .ok();
+    env.create("two", &[a.via_tls(), d.via_tls()]);
     env.kb(&["create", "silent", "--endpoint", &silent_endpoint])
         .ok();
-    let dead_endpoint = d.tcp.clone();
-    let (code, stderr) = d.daemon.terminate();
+    let dead_endpoint = d.tcp().to_string();
+    let (code, stderr) = d.terminate();
     assert_eq!(code, 0, "{stderr}");
 
-    let ctx = context(&env, "FROM busybox\nRUN true\n");
+    let ctx = env.context("context", "FROM busybox\nRUN true\n");
     let timed = |args: &[&str]| {
         let started = Instant::now();
-        let out = env.kb(args);
+        let out = env.kb(args).run();
         let took = started.elapsed();
         assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
         out
@@ -1036,7 +732,7 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
         "--endpoint",
         &dead_endpoint,
         "--driver-opt",
-        &env.mtls("d"),
+        &d.driver_opt(),
     ])
     .ok();
     for (builder, endpoint, cause) in [
@@ -1071,33 +767,23 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
 /// one-node build writes; a docker archive (one platform) is refused.
 #[test]
 fn split_file_outputs_are_those_of_one_node() {
-    let env = Env::new();
-    let Some(a) = Node::start(&env, "a", Some(0), &[]) else {
+    let env = common::client();
+    let Some(a) = host_node(&env, "a", Some(0), &[]) else {
         return;
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Some(c) = Node::start(&env, "c", Some(1 % cpus), &[]) else {
+    let Some(c) = host_node(&env, "c", Some(1 % cpus), &[]) else {
         return;
     };
-    env.kb(&["create", "pair", "--endpoint", &a.unix]).ok();
-    env.kb(&[
-        "create",
-        "pair",
-        "--append",
-        "--endpoint",
-        &c.tcp,
-        "--driver-opt",
-        &env.mtls("c"),
-    ])
-    .ok();
-    env.kb(&["create", "one", "--endpoint", &a.unix]).ok();
+    env.create("pair", &[a.via_unix(), c.via_tls()]);
+    env.create("one", &[a.via_unix()]);
     let host = kbuild_platform::Platform::host().to_string();
-    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+    let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
         return;
     };
     let insecure = reg.host();
-    let ctx = context(
-        &env,
+    let ctx = env.context(
+        "context",
         &format!(
             "FROM --platform=$BUILDPLATFORM {base} AS build\n\
              ARG TARGETPLATFORM\n\
@@ -1109,21 +795,19 @@ fn split_file_outputs_are_those_of_one_node() {
     let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
     let out = |b: &str, f: &str| env.path(&format!("{b}-{f}")).display().to_string();
     let build = |builder: &str, extra: &[&str]| -> Run {
-        let mut args = vec![
-            "--builder",
-            builder,
-            "--platform",
-            four,
+        env.kb([
             "-t",
             "example.test/split/app:1",
             "--insecure-registry",
             &insecure,
-            "--progress",
-            "plain",
-        ];
-        args.extend_from_slice(extra);
-        args.push(&ctx);
-        env.kb_env(&args, &[("SOURCE_DATE_EPOCH", "0")])
+        ])
+        .builder(builder)
+        .platform(four)
+        .plain()
+        .args(extra)
+        .arg(&ctx)
+        .epoch()
+        .run()
     };
     let outputs = |b: &str| -> Vec<String> {
         vec![
@@ -1251,32 +935,22 @@ fn split_file_outputs_are_those_of_one_node() {
 /// build succeeds and the tag is written once.
 #[test]
 fn a_node_stopped_with_sigterm_is_lost_not_failed() {
-    let env = Env::new();
-    let Some(a) = Node::start(&env, "a", Some(0), &[]) else {
+    let env = common::client();
+    let Some(a) = host_node(&env, "a", Some(0), &[]) else {
         return;
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Some(c) = Node::start(&env, "c", Some(1 % cpus), &[]) else {
+    let Some(c) = host_node(&env, "c", Some(1 % cpus), &[]) else {
         return;
     };
-    env.kb(&["create", "pair", "--endpoint", &a.unix]).ok();
-    env.kb(&[
-        "create",
-        "pair",
-        "--append",
-        "--endpoint",
-        &c.tcp,
-        "--driver-opt",
-        &env.mtls("c"),
-    ])
-    .ok();
+    env.create("pair", &[a.via_unix(), c.via_tls()]);
     let host = kbuild_platform::Platform::host().to_string();
-    let Some((reg, base)) = registry_with_base(&env, &a._host, &host) else {
+    let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
         return;
     };
     let insecure = reg.host();
-    let ctx = context(
-        &env,
+    let ctx = env.context(
+        "context",
         &format!(
             "FROM --platform=$BUILDPLATFORM {base} AS build\n\
              ARG TARGETPLATFORM PAUSE=0\n\
@@ -1287,30 +961,20 @@ fn a_node_stopped_with_sigterm_is_lost_not_failed() {
     );
     let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
     let tag = format!("{}/stopped/app:1", reg.host());
-    let (child, rx) = env.spawn(&[
-        "--builder",
-        "pair",
-        "--platform",
-        four,
-        "--build-arg",
-        "PAUSE=3",
-        "-t",
-        &tag,
-        "--push",
-        "--insecure-registry",
-        &insecure,
-        "--progress",
-        "plain",
-        &ctx,
-    ]);
-    let mut seen = wait_line(&rx, &["[node pair1] [", "RUN mkdir /out && sleep 3"]);
+    let mut client = env
+        .kb(["--build-arg", "PAUSE=3", &ctx])
+        .builder("pair")
+        .platform(four)
+        .push_to(&tag, &insecure)
+        .plain()
+        .spawn();
+    client.wait_line(&["[node pair1] [", "RUN mkdir /out && sleep 3"]);
     let status = Command::new("kill")
-        .args(["-TERM", &c.daemon.pid().to_string()])
+        .args(["-TERM", &c.pid().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success(), "SIGTERM to the daemon");
-    let (code, rest) = finish(child, rx);
-    seen.extend(rest);
+    let (code, seen) = client.finish();
     let stderr = seen.join("\n");
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -1327,7 +991,7 @@ fn a_node_stopped_with_sigterm_is_lost_not_failed() {
     assert_eq!(tag_history(&reg, "stopped/app", "1").len(), 1);
     let index = common::skopeo_raw(&tag);
     assert_eq!(index_platforms(&index), four.split(',').collect::<Vec<_>>());
-    for (platform, text) in last_layer_file(&env, &tag, "target") {
+    for (platform, text) in common::last_layer_file(env.dir(), &tag, "target") {
         assert_eq!(text, format!("built for {platform}"));
     }
 }

@@ -217,3 +217,16 @@ pub fn skip_or_fail(reason: &str) {
         }
     }
 }
+
+/// The component `what` that `started` started, or `None` after
+/// [`skip_or_fail`] naming it and why it did not start (a program of the
+/// test machine missing, for instance).
+pub fn started<T, E: std::fmt::Display>(what: &str, started: Result<T, E>) -> Option<T> {
+    match started {
+        Ok(t) => Some(t),
+        Err(e) => {
+            skip_or_fail(&format!("{what}: {e}"));
+            None
+        }
+    }
+}

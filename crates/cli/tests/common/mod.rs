@@ -4,54 +4,39 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kubectl-build"))
 }
 
-/// Result of one run.
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    pub fn ok(self) -> Run {
-        assert_eq!(
-            self.code, 0,
-            "command failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-    pub fn fails(self) -> Run {
-        assert_ne!(
-            self.code, 0,
-            "command should have failed\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
-        self
-    }
-}
+#[allow(unused_imports)]
+pub use kbuild_testkit::client::{error_lines, Build, Client, Run};
 
 /// Run `kubectl-build` with `args`, store under `root`, extra environment `env`.
 pub fn run(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut c = Command::new(bin());
-    c.arg("--root").arg(root).args(args).stdin(Stdio::null());
-    c.env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("DOCKER_DEFAULT_PLATFORM");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out: Output = c.output().expect("run kubectl-build");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Build::new(&bin(), root).args(args).envs(env).run()
+}
+
+/// A client of the binary under test, in its own scratch directory.
+pub fn client() -> Client {
+    Client::new(&bin())
+}
+
+/// A `kubectl-build serve` daemon of the binary under test on a unix
+/// socket in `client`'s directory (serve arguments `args` added),
+/// registered there as builder `name`, its one node.
+pub fn serve_builder(client: &Client, name: &str, args: &[&str]) -> kbuild_testkit::node::Node {
+    let node = node(client.dir(), name).args(args.iter().copied()).start();
+    client.create(name, &[node.via_unix()]);
+    node
+}
+
+/// A `kubectl-build serve` node of the binary under test, with its store
+/// and socket in `dir` (see [`kbuild_testkit::node::Node::new`]).
+pub fn node(dir: &Path, name: &str) -> kbuild_testkit::node::NodeSpec {
+    kbuild_testkit::node::Node::new(&bin(), dir, name)
 }
 
 /// Whether this process may mount (the local builder needs root).
@@ -329,12 +314,6 @@ pub fn unpack_layers(layout: &Path, manifest: &serde_json::Value, dir: &Path) {
     }
 }
 
-/// The `error:` lines of a command's standard error (a failing command
-/// should print exactly one).
-pub fn error_lines(stderr: &str) -> Vec<&str> {
-    stderr.lines().filter(|l| l.starts_with("error:")).collect()
-}
-
 /// Builds context `ctx` for `platforms` with `-o type=local,dest=DEST`
 /// (plus `extra` flags), expecting success; returns `dest`.
 pub fn build_local(
@@ -375,4 +354,37 @@ pub fn skopeo_inspect_layout(layout: &Path, flag: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
+}
+
+/// The file `name` of the last layer of each platform's image of the
+/// pushed index `reference` (copied into a new layout under `dir`), as
+/// (platform, content).
+pub fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, String)> {
+    let layout = dir.join(format!("layout-{}", unique("l")));
+    skopeo_to_layout(reference, &layout);
+    layout_manifests(&layout)
+        .into_iter()
+        .map(|(platform, manifest)| {
+            let last = manifest["layers"]
+                .as_array()
+                .and_then(|l| l.last())
+                .unwrap_or_else(|| panic!("{platform}: no layer: {manifest}"));
+            let blob = layout_blob(&layout, last["digest"].as_str().expect("digest"));
+            let out = Command::new("tar")
+                .arg("-xOf")
+                .arg(&blob)
+                .arg(name)
+                .output()
+                .expect("run tar");
+            assert!(
+                out.status.success(),
+                "{platform}: no {name} in the last layer: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (
+                platform,
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            )
+        })
+        .collect()
 }
