@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{error_lines, require_root, run, write};
+use common::{error_lines, require_root, write};
 use kbuild_testkit::containerd::Containerd;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,13 +13,7 @@ use std::path::Path;
 const NS: &str = "k8s.io";
 
 fn start_containerd() -> Option<Containerd> {
-    match Containerd::start() {
-        Ok(c) => Some(c),
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("containerd: {e}"));
-            None
-        }
-    }
+    kbuild_testkit::fixtures::started("containerd", Containerd::start())
 }
 
 /// `ctr content ls`: digest → labels.
@@ -105,7 +99,7 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
             &output,
         ];
         args.extend_from_slice(extra);
-        run(&store, &args, &[]).ok()
+        common::kb(&store, &args).ok()
     };
     let r = build(&[]);
     assert!(
@@ -218,20 +212,10 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
 
     // unpack= picks the platforms to unpack (here both).
     let both = format!("{output},\"unpack=linux/amd64,linux/arm64\"");
-    let r = run(
-        &store,
-        &[
-            ctx.as_str(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            "kbuild-test/ctr:1",
-            "-o",
-            &both,
-        ],
-        &[],
-    )
-    .ok();
+    let r = common::kb(&store, [ctx.as_str(), "-t", "kbuild-test/ctr:1"])
+        .platform("linux/amd64,linux/arm64")
+        .output(&both)
+        .ok();
     assert!(
         r.stderr.contains("unpacked linux/amd64, linux/arm64"),
         "{}",
@@ -247,20 +231,10 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
     // has, and containerd gets nothing new.
     let before = (content(&c), snapshots(&c));
     let s390x = format!("{output},unpack=linux/s390x");
-    let r = run(
-        &store,
-        &[
-            ctx.as_str(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            "kbuild-test/ctr:2",
-            "-o",
-            &s390x,
-        ],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&store, [ctx.as_str(), "-t", "kbuild-test/ctr:2"])
+        .platform("linux/amd64,linux/arm64")
+        .output(&s390x)
+        .fails();
     assert!(
         r.stderr.contains(
             "unpack=linux/s390x: the image has no such platform (it has linux/amd64, linux/arm64)"
@@ -283,18 +257,9 @@ fn containerd_output_errors_name_the_socket_and_the_fix() {
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
     let missing = t.path().join("no-containerd.sock");
     let output = format!("type=containerd,address={}", missing.display());
-    let r = run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "-t",
-            "kbuild-test/x:1",
-            "-o",
-            &output,
-        ],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap(), "-t", "kbuild-test/x:1"])
+        .output(&output)
+        .fails();
     let errors = error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "{}", r.stderr);
     assert!(
@@ -305,18 +270,9 @@ fn containerd_output_errors_name_the_socket_and_the_fix() {
     );
     // A file that is not a socket: containerd cannot be reached there.
     std::fs::write(&missing, "").unwrap();
-    let r = run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "-t",
-            "kbuild-test/x:1",
-            "-o",
-            &output,
-        ],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap(), "-t", "kbuild-test/x:1"])
+        .output(&output)
+        .fails();
     let errors = error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "{}", r.stderr);
     assert!(
@@ -325,12 +281,9 @@ fn containerd_output_errors_name_the_socket_and_the_fix() {
         errors[0]
     );
     // No name: refused before the build.
-    let r = run(
-        &store,
-        &[ctx.to_str().unwrap(), "-o", &output, "--dry-run"],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap(), "--dry-run"])
+        .output(&output)
+        .fails();
     assert!(r.stderr.contains("needs an image name"), "{}", r.stderr);
 }
 
@@ -341,58 +294,27 @@ fn containerd_output_through_a_serve_daemon() {
     if !require_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let config = t.path().join("config");
-    let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
-    let addr = format!("unix://{}", t.path().join("d.sock").display());
-    let mut daemon = kbuild_testkit::daemon::Daemon::start(
-        &common::bin(),
-        &t.path().join("daemon-root"),
-        &["--addr", &addr],
-    );
-    daemon.listening("unix://");
-    run(&store, &["create", "node", "--endpoint", &addr], &env).ok();
+    let env = common::client();
+    let mut daemon = common::serve_builder(&env, "node", &[]);
     let Some(bb) = common::busybox_context() else {
         return;
     };
-    run(
-        &store,
-        &[
-            bb.to_str().unwrap(),
-            "--builder",
-            "node",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            common::BUSYBOX,
-            "-o",
-            "type=image",
-        ],
-        &env,
-    )
-    .ok();
-    let ctx = context(&t.path().join("ctx"), common::BUSYBOX);
+    env.kb([bb.to_str().unwrap(), "-t", common::BUSYBOX])
+        .builder("node")
+        .platform("linux/amd64")
+        .output("type=image")
+        .ok();
+    let ctx = context(&env.path("ctx"), common::BUSYBOX);
     let Some(c) = start_containerd() else {
         return;
     };
     let output = format!("type=containerd,address={}", c.socket().display());
-    let r = run(
-        &store,
-        &[
-            ctx.as_str(),
-            "--builder",
-            "node",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild-test/remote:1",
-            "-o",
-            &output,
-        ],
-        &env,
-    )
-    .ok();
+    let r = env
+        .kb([ctx.as_str(), "-t", "kbuild-test/remote:1"])
+        .builder("node")
+        .platform("linux/amd64")
+        .output(&output)
+        .ok();
     assert!(
         r.stderr.contains(&format!(
             "=> loaded docker.io/kbuild-test/remote:1 into containerd at {} (namespace k8s.io; unpacked linux/amd64) (builder node)",
@@ -414,23 +336,13 @@ fn containerd_output_through_a_serve_daemon() {
         .expect("ctr run");
     assert_eq!(out.trim(), "loaded into containerd");
     // A bad address fails the remote build with the daemon's one line.
-    let missing = t.path().join("none.sock");
-    let r = run(
-        &store,
-        &[
-            ctx.as_str(),
-            "--builder",
-            "node",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild-test/remote:1",
-            "-o",
-            &format!("type=containerd,address={}", missing.display()),
-        ],
-        &env,
-    )
-    .fails();
+    let missing = env.path("none.sock");
+    let r = env
+        .kb([ctx.as_str(), "-t", "kbuild-test/remote:1"])
+        .builder("node")
+        .platform("linux/amd64")
+        .output(&format!("type=containerd,address={}", missing.display()))
+        .fails();
     let errors = error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "{}", r.stderr);
     assert!(
@@ -440,10 +352,4 @@ fn containerd_output_through_a_serve_daemon() {
     );
     drop(c);
     let _ = daemon.terminate();
-    let _ = std::process::Command::new(common::bin())
-        .arg("--root")
-        .arg(t.path().join("daemon-root"))
-        .arg("prune")
-        .stdout(std::process::Stdio::null())
-        .status();
 }

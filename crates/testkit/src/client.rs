@@ -63,6 +63,14 @@ impl Run {
         error_lines(&self.stderr)
     }
 
+    /// The one `error:` line of standard error, asserting there is
+    /// exactly one.
+    pub fn error_line(&self) -> &str {
+        let lines = self.error_lines();
+        assert_eq!(lines.len(), 1, "{}", self.stderr);
+        lines[0]
+    }
+
     /// Standard output parsed as one JSON document.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout)

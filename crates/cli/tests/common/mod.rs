@@ -19,6 +19,15 @@ pub fn run(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     Build::new(&bin(), root).args(args).envs(env).run()
 }
 
+/// `kubectl-build --root STORE ARGS` (the command is yet to run).
+pub fn kb<I, S>(store: &Path, args: I) -> Build
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Build::new(&bin(), store).args(args)
+}
+
 /// A client of the binary under test, in its own scratch directory.
 pub fn client() -> Client {
     Client::new(&bin())
@@ -129,6 +138,20 @@ pub fn busybox_image(store: &Path, platforms: &str) -> Option<&'static str> {
     )
     .ok();
     Some(BUSYBOX)
+}
+
+/// A scratch directory and a store in it holding [`BUSYBOX`] for
+/// `platforms` (see [`busybox_image`]); `None` after
+/// [`kbuild_testkit::fixtures::skip_or_fail`] when not root or without the
+/// fixtures.
+pub fn busybox_store(platforms: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !require_root() {
+        return None;
+    }
+    let t = tempfile::tempdir().expect("make a temporary directory");
+    let store = t.path().join("store");
+    busybox_image(&store, platforms)?;
+    Some((t, store))
 }
 
 /// A value no file of the test machine holds before the test writes it.
