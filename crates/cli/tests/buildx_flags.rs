@@ -5,28 +5,16 @@
 
 mod common;
 
-use common::{build_local, busybox_image, error_lines, require_root, run, skopeo_raw, write};
+use common::{build_local, error_lines, require_root, skopeo_raw, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::{Path, PathBuf};
 
 fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !require_root() {
-        return None;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    busybox_image(&store, "linux/amd64")?;
-    Some((t, store))
+    common::busybox_store("linux/amd64")
 }
 
 fn registry() -> Option<TestRegistry> {
-    match TestRegistry::start() {
-        Ok(r) => Some(r),
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&e.to_string());
-            None
-        }
-    }
+    kbuild_testkit::fixtures::started("registry", TestRegistry::start())
 }
 
 fn context(t: &Path, name: &str, dockerfile: &str) -> String {
@@ -48,12 +36,9 @@ fn push_marked(store: &Path, t: &Path, reference: &str, text: &str) {
         "FROM kbuild.test/busybox:latest\nCOPY marker /marker\n",
     );
     write(&Path::new(&ctx).join("marker"), &format!("{text}\n"));
-    run(
-        store,
-        &[&ctx, "--platform", "linux/amd64", "-t", reference, "--push"],
-        &[],
-    )
-    .ok();
+    common::kb(store, [&ctx, "-t", reference, "--push"])
+        .platform("linux/amd64")
+        .ok();
 }
 
 #[test]
@@ -104,19 +89,12 @@ fn build_context_directory_is_a_second_context_without_its_dockerignore() {
 
     // FROM a directory context is refused with the way out.
     let from_dir = context(t.path(), "from-dir", "FROM extra\n");
-    let r = run(
-        &store,
-        &[&from_dir, "--build-context", &flag, "--dry-run"],
-        &[],
-    )
-    .fails();
-    let lines = error_lines(&r.stderr);
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let r = common::kb(&store, [&from_dir, "--build-context", &flag, "--dry-run"]).fails();
+    let line = r.error_line();
     assert!(
-        lines[0].contains("Dockerfile:1")
-            && lines[0].contains("--build-context extra is a directory"),
+        line.contains("Dockerfile:1") && line.contains("--build-context extra is a directory"),
         "{}",
-        lines[0]
+        line
     );
 }
 
@@ -175,10 +153,9 @@ fn build_context_docker_image_replaces_an_image_and_a_stage_of_that_name() {
         ),
         ("x", "invalid --build-context \"x\""),
     ] {
-        let r = run(&store, &[&ctx, "--build-context", value, "--dry-run"], &[]).fails();
-        let lines = error_lines(&r.stderr);
-        assert_eq!(lines.len(), 1, "{}", r.stderr);
-        assert!(lines[0].contains(says), "{value}: {}", lines[0]);
+        let r = common::kb(&store, [&ctx, "--build-context", value, "--dry-run"]).fails();
+        let line = r.error_line();
+        assert!(line.contains(says), "{value}: {}", line);
     }
 }
 
@@ -195,20 +172,10 @@ fn build_context_oci_layout_reads_a_local_layout_by_tag_or_digest() {
     write(&Path::new(&ctx).join("marker"), "from the layout\n");
     let layout = t.path().join("layout");
     let dest = format!("type=oci,tar=false,dest={}", layout.display());
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "x/y:v1",
-            "-o",
-            &dest,
-        ],
-        &[],
-    )
-    .ok();
+    common::kb(&store, [&ctx, "-t", "x/y:v1"])
+        .platform("linux/amd64")
+        .output(&dest)
+        .ok();
     let index = common::read_json(&layout.join("index.json"));
     let digest = index["manifests"][0]["digest"]
         .as_str()
@@ -236,26 +203,20 @@ fn build_context_oci_layout_reads_a_local_layout_by_tag_or_digest() {
     }
 
     let flag = format!("base=oci-layout://{}:nope", layout.display());
-    let r = run(&fresh, &[&main, "--build-context", &flag, "--dry-run"], &[]).fails();
-    let lines = error_lines(&r.stderr);
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let r = common::kb(&fresh, [&main, "--build-context", &flag, "--dry-run"]).fails();
+    let line = r.error_line();
     assert!(
-        lines[0].contains("has no image tagged nope") && lines[0].contains("v1"),
+        line.contains("has no image tagged nope") && line.contains("v1"),
         "{}",
-        lines[0]
+        line
     );
 }
 
 #[test]
 fn annotations_go_where_buildx_puts_them() {
-    if !require_root() {
+    let Some((t, store)) = common::busybox_store("linux/amd64,linux/arm64") else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    if busybox_image(&store, "linux/amd64,linux/arm64").is_none() {
-        return;
-    }
+    };
     let Some(reg) = registry() else {
         return;
     };
@@ -270,17 +231,13 @@ fn annotations_go_where_buildx_puts_them() {
         "type=oci,tar=false,dest={},annotation-index-descriptor.org.example.desc=top,annotation.org.example.out=from-output",
         layout.display()
     );
-    run(
+    common::kb(
         &store,
-        &[
+        [
             &ctx,
-            "--platform",
-            "linux/amd64,linux/arm64",
             "-t",
             &image,
             "--push",
-            "-o",
-            &oci,
             "--annotation",
             "org.opencontainers.image.title=plain",
             "--annotation",
@@ -290,8 +247,9 @@ fn annotations_go_where_buildx_puts_them() {
             "--annotation",
             "manifest-descriptor:org.example.md=desc",
         ],
-        &[],
     )
+    .platform("linux/amd64,linux/arm64")
+    .output(&oci)
     .ok();
     let index = skopeo_raw(&image);
     assert_eq!(index["annotations"]["org.example.index"], "idx", "{index}");
@@ -334,22 +292,11 @@ fn annotations_go_where_buildx_puts_them() {
         ("bogus:k=v", "invalid --annotation"),
         ("manifest[linux/arm65]:k=v", "invalid --annotation"),
     ] {
-        let r = run(
-            &store,
-            &[
-                &ctx,
-                "--platform",
-                "linux/amd64",
-                "--annotation",
-                value,
-                "--dry-run",
-            ],
-            &[],
-        )
-        .fails();
-        let lines = error_lines(&r.stderr);
-        assert_eq!(lines.len(), 1, "{}", r.stderr);
-        assert!(lines[0].contains(says), "{value}: {}", lines[0]);
+        let r = common::kb(&store, [&ctx, "--annotation", value, "--dry-run"])
+            .platform("linux/amd64")
+            .fails();
+        let line = r.error_line();
+        assert!(line.contains(says), "{value}: {}", line);
     }
 }
 
@@ -384,13 +331,12 @@ fn shm_size_sets_the_dev_shm_tmpfs_of_run() {
         "a write beyond 16 MiB fails"
     );
 
-    let r = run(&store, &[&ctx, "--shm-size", "lots", "--dry-run"], &[]).fails();
-    let lines = error_lines(&r.stderr);
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let r = common::kb(&store, [&ctx, "--shm-size", "lots", "--dry-run"]).fails();
+    let line = r.error_line();
     assert!(
-        lines[0].contains("invalid --shm-size value \"lots\""),
+        line.contains("invalid --shm-size value \"lots\""),
         "{}",
-        lines[0]
+        line
     );
 }
 
@@ -408,19 +354,9 @@ fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
     let ctx0 = common::busybox_context();
     let Some(ctx0) = ctx0 else { return };
     let base = format!("{}/prov/busybox:1", reg.host());
-    run(
-        &store,
-        &[
-            ctx0.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            &base,
-            "--push",
-        ],
-        &[],
-    )
-    .ok();
+    common::kb(&store, [ctx0.to_str().unwrap(), "-t", &base, "--push"])
+        .platform("linux/amd64,linux/arm64")
+        .ok();
     let base_index = skopeo_raw(&base);
     let base_digest = |arch: &str| {
         base_index["manifests"]
@@ -439,12 +375,10 @@ fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
         ),
     );
     let image = format!("{}/prov/app:1", reg.host());
-    run(
+    common::kb(
         &store,
-        &[
+        [
             &ctx,
-            "--platform",
-            "linux/amd64,linux/arm64",
             "-t",
             &image,
             "--push",
@@ -452,8 +386,8 @@ fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
             "--build-arg",
             "GREETING=hi",
         ],
-        &[],
     )
+    .platform("linux/amd64,linux/arm64")
     .ok();
     let index = skopeo_raw(&image);
     let entries = index["manifests"].as_array().unwrap();
@@ -572,42 +506,28 @@ fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
 
     // One platform gets an index too; without --provenance it stays a manifest.
     let single = format!("{}/prov/single:1", reg.host());
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &single,
-            "--push",
-            "--provenance=true",
-        ],
-        &[],
-    )
-    .ok();
+    common::kb(&store, [&ctx, "-t", &single, "--push", "--provenance=true"])
+        .platform("linux/amd64")
+        .ok();
     let raw = skopeo_raw(&single);
     assert_eq!(raw["manifests"].as_array().map(Vec::len), Some(2), "{raw}");
     let plain = format!("{}/prov/plain:1", reg.host());
-    run(
-        &store,
-        &[&ctx, "--platform", "linux/amd64", "-t", &plain, "--push"],
-        &[],
-    )
-    .ok();
+    common::kb(&store, [&ctx, "-t", &plain, "--push"])
+        .platform("linux/amd64")
+        .ok();
     assert_eq!(
         skopeo_raw(&plain)["mediaType"],
         "application/vnd.oci.image.manifest.v1+json",
         "provenance is off by default"
     );
 
-    let r = run(&store, &[&ctx, "--provenance=mode=full", "--dry-run"], &[]).fails();
+    let r = common::kb(&store, [&ctx, "--provenance=mode=full", "--dry-run"]).fails();
     assert!(
         error_lines(&r.stderr)[0].contains("invalid --provenance value"),
         "{}",
         r.stderr
     );
-    let r = run(&store, &[&ctx, "--provenance", "--load", "--dry-run"], &[]).fails();
+    let r = common::kb(&store, [&ctx, "--provenance", "--load", "--dry-run"]).fails();
     assert!(
         error_lines(&r.stderr)[0].contains("--provenance cannot go with"),
         "{}",
@@ -627,14 +547,11 @@ fn a_builder_daemon_gets_image_contexts_annotations_shm_size_and_provenance() {
     push_marked(&store, t.path(), &base, "through-the-daemon");
     let config = t.path().join("config");
     let config_env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
-    let addr = format!("unix://{}", t.path().join("d.sock").display());
-    let mut daemon = kbuild_testkit::daemon::Daemon::start(
-        &common::bin(),
-        &t.path().join("daemon-root"),
-        &["--addr", &addr],
-    );
-    daemon.listening("unix://");
-    run(&store, &["create", "d1", "--endpoint", &addr], &config_env).ok();
+    let mut daemon = common::node(t.path(), "d1").start();
+    common::kb(&store, ["create", "d1"])
+        .args(daemon.via_unix())
+        .envs(&config_env)
+        .ok();
 
     let ctx = context(
         t.path(),
@@ -645,36 +562,23 @@ fn a_builder_daemon_gets_image_contexts_annotations_shm_size_and_provenance() {
     let named = format!("alpine=docker-image://{base}");
     let out = t.path().join("out");
     let local = format!("type=local,dest={}", out.display());
-    run(
+    common::kb(
         &store,
-        &[
-            &ctx,
-            "--builder",
-            "d1",
-            "--platform",
-            "linux/amd64",
-            "--build-context",
-            &named,
-            "--shm-size",
-            "16m",
-            "-o",
-            &local,
-        ],
-        &config_env,
+        [&ctx, "--build-context", &named, "--shm-size", "16m"],
     )
+    .builder("d1")
+    .platform("linux/amd64")
+    .output(&local)
+    .envs(&config_env)
     .ok();
     assert_eq!(read(&out, "shm-kib"), "16384\n");
     assert_eq!(read(&out, "seen"), "through-the-daemon\n");
 
     let image = format!("{}/daemon/app:1", reg.host());
-    run(
+    common::kb(
         &store,
-        &[
+        [
             &ctx,
-            "--builder",
-            "d1",
-            "--platform",
-            "linux/amd64",
             "--build-context",
             &named,
             "-t",
@@ -686,8 +590,10 @@ fn a_builder_daemon_gets_image_contexts_annotations_shm_size_and_provenance() {
             "--annotation",
             "org.example.manifest=daemon",
         ],
-        &config_env,
     )
+    .builder("d1")
+    .platform("linux/amd64")
+    .envs(&config_env)
     .ok();
     let index = skopeo_raw(&image);
     assert_eq!(
@@ -711,26 +617,16 @@ fn a_builder_daemon_gets_image_contexts_annotations_shm_size_and_provenance() {
     let dir = t.path().join("extra");
     std::fs::create_dir_all(&dir).unwrap();
     let flag = format!("extra={}", dir.display());
-    let r = run(
-        &store,
-        &[
-            &ctx,
-            "--builder",
-            "d1",
-            "--build-context",
-            &flag,
-            "-o",
-            &local,
-        ],
-        &config_env,
-    )
-    .fails();
-    let lines = error_lines(&r.stderr);
-    assert_eq!(lines.len(), 1, "{}", r.stderr);
+    let r = common::kb(&store, [&ctx, "--build-context", &flag])
+        .builder("d1")
+        .output(&local)
+        .envs(&config_env)
+        .fails();
+    let line = r.error_line();
     assert!(
-        lines[0].contains("--build-context extra") && lines[0].contains("builder d1"),
+        line.contains("--build-context extra") && line.contains("builder d1"),
         "{}",
-        lines[0]
+        line
     );
     daemon.terminate();
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{busybox_image, require_root, run, write, BUSYBOX};
+use common::{write, BUSYBOX};
 use kbuild_worker::snapshot::{write_diff, DiffOptions};
 use sha2::{Digest as _, Sha256};
 use std::os::unix::fs::PermissionsExt;
@@ -110,14 +110,9 @@ struct Case {
 
 #[test]
 fn copy_layers_made_in_one_pass_equal_the_diff_of_their_snapshot() {
-    if !require_root() {
+    let Some((t, store)) = common::busybox_store("linux/amd64") else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    if busybox_image(&store, "linux/amd64").is_none() {
-        return;
-    }
+    };
     let ctx = t.path().join("ctx");
     context(&ctx);
     let from = format!("FROM {BUSYBOX}\n");
@@ -176,22 +171,19 @@ fn copy_layers_made_in_one_pass_equal_the_diff_of_their_snapshot() {
             if sde.is_some() {
                 env.push(("SOURCE_DATE_EPOCH", &sde_s));
             }
-            let r = run(
+            let r = common::kb(
                 &store,
-                &[
+                [
                     ctx.to_str().unwrap(),
                     "-f",
                     dockerfile.to_str().unwrap(),
-                    "--platform",
-                    "linux/amd64",
                     "--no-cache",
-                    "-o",
-                    &output,
-                    "--progress",
-                    "plain",
                 ],
-                &env,
             )
+            .platform("linux/amd64")
+            .output(&output)
+            .plain()
+            .envs(&env)
             .ok();
             // The last step's way (an earlier COPY may have made its layer
             // in one pass too).
