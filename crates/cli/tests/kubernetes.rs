@@ -100,20 +100,12 @@ fn builder_image(c: &Cluster) -> &'static str {
                 .output()
                 .expect("run scripts/builder-pod-image.sh"),
         );
-        common::run(
+        common::kb(
             &work.path().join("store"),
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "local",
-                "-t",
-                &reference,
-                "--push",
-                "--progress",
-                "plain",
-            ],
-            &[],
+            [ctx.to_str().unwrap(), "-t", &reference, "--push"],
         )
+        .builder("local")
+        .plain()
         .ok();
         eprintln!(
             "builder image {reference} built and pushed in {:.1?}",
@@ -709,22 +701,13 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     };
     // A base image with a shell, where the pod pulls it from.
     let base = format!("{host}/kbuild-test/busybox:1");
-    common::run(
+    common::kb(
         &kb.dir.path().join("local-store"),
-        &[
-            busybox.to_str().unwrap(),
-            "--builder",
-            "local",
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &base,
-            "--push",
-            "--insecure-registry",
-            &host,
-        ],
-        &[],
+        [busybox.to_str().unwrap()],
     )
+    .builder("local")
+    .platform("linux/amd64")
+    .push_to(&base, &host)
     .ok();
     ok(
         "create",
@@ -828,33 +811,6 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
         .output()
         .unwrap();
     assert!(!tagged.status.success(), "the image was tagged");
-}
-
-/// The file `name` of the last layer of each platform's image of a pushed
-/// index, as (platform, content).
-fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, String)> {
-    let layout = dir.join(format!("layout-{}", common::unique("l")));
-    common::skopeo_to_layout(reference, &layout);
-    common::layout_manifests(&layout)
-        .into_iter()
-        .map(|(platform, manifest)| {
-            let last = manifest["layers"]
-                .as_array()
-                .and_then(|l| l.last())
-                .unwrap_or_else(|| panic!("{platform}: no layer: {manifest}"));
-            let blob = common::layout_blob(&layout, last["digest"].as_str().expect("digest"));
-            let out = Command::new("tar")
-                .arg("-xOf")
-                .arg(&blob)
-                .arg(name)
-                .output()
-                .expect("run tar");
-            (
-                platform,
-                ok(&format!("tar -xOf {name}"), out).trim().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// The builder's pods (as the admin): pool label → (pod, node).
@@ -991,22 +947,13 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     let _loaded = Loaded(c, loaded.clone(), run_pods.to_vec());
     let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
     let base = format!("{host}/kbuild-test/busybox:4");
-    common::run(
+    common::kb(
         &kb.dir.path().join("local-store"),
-        &[
-            busybox.to_str().unwrap(),
-            "--builder",
-            "local",
-            "--platform",
-            platforms,
-            "-t",
-            &base,
-            "--push",
-            "--insecure-registry",
-            &host,
-        ],
-        &[],
+        [busybox.to_str().unwrap()],
     )
+    .builder("local")
+    .platform(platforms)
+    .push_to(&base, &host)
     .ok();
 
     // Two pools, each mounting its node's containerd socket (both kubelets
@@ -1182,7 +1129,9 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         "{index}"
     );
     let unames: std::collections::BTreeMap<String, String> =
-        last_layer_file(dir.path(), &tag, "m").into_iter().collect();
+        common::last_layer_file(dir.path(), &tag, "m")
+            .into_iter()
+            .collect();
     assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
     assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
     assert_eq!(unames["linux/arm/v7"], "armv7l", "{unames:?}");
