@@ -28,6 +28,59 @@ fn host_node(env: &Client, name: &str, cpu: Option<usize>, extra: &[&str]) -> Op
     Some(node.args(extra.iter().copied()).start())
 }
 
+/// Two nodes in their own test hosts, each daemon pinned to its own CPU
+/// (a one-core node), made builder `pair`: `a` reached over its unix
+/// socket, `c` over mutual TLS. `None` after `skip_or_fail` without test
+/// hosts.
+fn pinned_pair(env: &Client) -> Option<(Node, Node)> {
+    let a = host_node(env, "a", Some(0), &[])?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let c = host_node(env, "c", Some(1 % cpus), &[])?;
+    env.create("pair", &[a.via_unix(), c.via_tls()]);
+    Some((a, c))
+}
+
+/// A context whose Dockerfile builds on the build platform from `base`
+/// (after `PAUSE` seconds, 0 by default) a file naming the target
+/// platform, and copies it into an empty final stage.
+fn cross_context(env: &Client, base: &str) -> String {
+    env.context(
+        "context",
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+             ARG TARGETPLATFORM PAUSE=0\n\
+             RUN mkdir /out && sleep $PAUSE && echo \"built for $TARGETPLATFORM\" > /out/target\n\
+             FROM scratch\n\
+             COPY --from=build /out/target /target\n"
+        ),
+    )
+}
+
+/// The platforms of the builds that lose a node.
+const FOUR: &str = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
+
+/// Builds [`cross_context`] `ctx` with a 3 s pause for [`FOUR`] on builder
+/// `pair`, pushed as `tag`; calls `stop` once node pair1 runs its RUN step.
+/// Returns the client's exit code and standard error lines.
+fn pair1_lost_mid_build(
+    env: &Client,
+    ctx: &str,
+    tag: &str,
+    registry: &str,
+    stop: impl FnOnce(),
+) -> (i32, Vec<String>) {
+    let mut client = env
+        .kb(["--build-arg", "PAUSE=3", ctx])
+        .builder("pair")
+        .platform(FOUR)
+        .push_to(tag, registry)
+        .plain()
+        .spawn();
+    client.wait_line(&["[node pair1] [", "RUN mkdir /out && sleep 3"]);
+    stop();
+    client.finish()
+}
+
 /// A registry every test host reaches (on `host`'s gateway address, which
 /// the other hosts reach through their own default route), holding the
 /// busybox fixture as `HOST/base/busybox:1` for `platforms`, pushed by the
@@ -396,16 +449,9 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
 #[test]
 fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     let env = common::client();
-    // Each host's daemon on its own CPU: a one-core node.
-    let Some(a) = host_node(&env, "a", Some(0), &[]) else {
+    let Some((a, c)) = pinned_pair(&env) else {
         return;
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Some(c) = host_node(&env, "c", Some(1 % cpus), &[]) else {
-        return;
-    };
-    // One node over its unix socket, the other over mutual TLS.
-    env.create("pair", &[a.via_unix(), c.via_tls()]);
     let ls = env.kb(&["ls", "--format", "json"]).json();
     for n in builder(&ls, "pair")["nodes"].as_array().expect("nodes") {
         assert_eq!(n["status"], "running", "{ls:#}");
@@ -479,16 +525,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
         return;
     };
     let insecure = reg.host();
-    let ctx = env.context(
-        "context",
-        &format!(
-            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
-             ARG TARGETPLATFORM PAUSE=0\n\
-             RUN mkdir /out && sleep $PAUSE && echo \"built for $TARGETPLATFORM\" > /out/target\n\
-             FROM scratch\n\
-             COPY --from=build /out/target /target\n"
-        ),
-    );
+    let ctx = cross_context(&env, &base);
     env.create("one", &[a.via_unix()]);
     let digest_of = |stderr: &str| -> String {
         let line = stderr
@@ -541,18 +578,8 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
 
     // Node pair1's daemon killed mid-build: its platforms go to pair0 once,
     // the build succeeds, and the tag is written once.
-    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
     let retried = format!("{}/cross/retried:1", reg.host());
-    let mut client = env
-        .kb(["--build-arg", "PAUSE=3", &ctx])
-        .builder("pair")
-        .platform(four)
-        .push_to(&retried, &insecure)
-        .plain()
-        .spawn();
-    client.wait_line(&["[node pair1] [", "RUN mkdir /out && sleep 3"]);
-    c.kill();
-    let (code, seen) = client.finish();
+    let (code, seen) = pair1_lost_mid_build(&env, &ctx, &retried, &insecure, || c.kill());
     let stderr = seen.join("\n");
     assert_eq!(code, 0, "{stderr}");
     let moved: Vec<&str> = seen
@@ -568,7 +595,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     );
     assert_eq!(tag_history(&reg, "cross/retried", "1").len(), 1);
     let index = common::skopeo_raw(&retried);
-    assert_eq!(index_platforms(&index), four.split(',').collect::<Vec<_>>());
+    assert_eq!(index_platforms(&index), FOUR.split(',').collect::<Vec<_>>());
 }
 
 #[test]
@@ -768,14 +795,9 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
 #[test]
 fn split_file_outputs_are_those_of_one_node() {
     let env = common::client();
-    let Some(a) = host_node(&env, "a", Some(0), &[]) else {
+    let Some((a, _c)) = pinned_pair(&env) else {
         return;
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Some(c) = host_node(&env, "c", Some(1 % cpus), &[]) else {
-        return;
-    };
-    env.create("pair", &[a.via_unix(), c.via_tls()]);
     env.create("one", &[a.via_unix()]);
     let host = kbuild_platform::Platform::host().to_string();
     let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
@@ -792,7 +814,6 @@ fn split_file_outputs_are_those_of_one_node() {
              COPY --from=build /out/target /target\n"
         ),
     );
-    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
     let out = |b: &str, f: &str| env.path(&format!("{b}-{f}")).display().to_string();
     let build = |builder: &str, extra: &[&str]| -> Run {
         env.kb([
@@ -802,7 +823,7 @@ fn split_file_outputs_are_those_of_one_node() {
             &insecure,
         ])
         .builder(builder)
-        .platform(four)
+        .platform(FOUR)
         .plain()
         .args(extra)
         .arg(&ctx)
@@ -862,7 +883,7 @@ fn split_file_outputs_are_those_of_one_node() {
     assert!(untar.success());
     let manifests = common::layout_manifests(&layout);
     let platforms: Vec<String> = manifests.iter().map(|(p, _)| p.clone()).collect();
-    assert_eq!(platforms, four.split(',').collect::<Vec<_>>());
+    assert_eq!(platforms, FOUR.split(',').collect::<Vec<_>>());
     for (platform, manifest) in &manifests {
         for l in manifest["layers"].as_array().expect("layers") {
             let blob = common::layout_blob(&layout, l["digest"].as_str().expect("digest"));
@@ -879,7 +900,7 @@ fn split_file_outputs_are_those_of_one_node() {
         }
     }
     // One directory per platform, as from one node.
-    for p in four.split(',') {
+    for p in FOUR.split(',') {
         let file = Path::new(&out("pair", "fs"))
             .join(p.replace('/', "_"))
             .join("target");
@@ -936,45 +957,17 @@ fn split_file_outputs_are_those_of_one_node() {
 #[test]
 fn a_node_stopped_with_sigterm_is_lost_not_failed() {
     let env = common::client();
-    let Some(a) = host_node(&env, "a", Some(0), &[]) else {
+    let Some((a, c)) = pinned_pair(&env) else {
         return;
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let Some(c) = host_node(&env, "c", Some(1 % cpus), &[]) else {
-        return;
-    };
-    env.create("pair", &[a.via_unix(), c.via_tls()]);
     let host = kbuild_platform::Platform::host().to_string();
     let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
         return;
     };
     let insecure = reg.host();
-    let ctx = env.context(
-        "context",
-        &format!(
-            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
-             ARG TARGETPLATFORM PAUSE=0\n\
-             RUN mkdir /out && sleep $PAUSE && echo \"built for $TARGETPLATFORM\" > /out/target\n\
-             FROM scratch\n\
-             COPY --from=build /out/target /target\n"
-        ),
-    );
-    let four = "linux/amd64,linux/arm64,linux/s390x,linux/ppc64le";
+    let ctx = cross_context(&env, &base);
     let tag = format!("{}/stopped/app:1", reg.host());
-    let mut client = env
-        .kb(["--build-arg", "PAUSE=3", &ctx])
-        .builder("pair")
-        .platform(four)
-        .push_to(&tag, &insecure)
-        .plain()
-        .spawn();
-    client.wait_line(&["[node pair1] [", "RUN mkdir /out && sleep 3"]);
-    let status = Command::new("kill")
-        .args(["-TERM", &c.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "SIGTERM to the daemon");
-    let (code, seen) = client.finish();
+    let (code, seen) = pair1_lost_mid_build(&env, &ctx, &tag, &insecure, || c.signal("TERM"));
     let stderr = seen.join("\n");
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -990,7 +983,7 @@ fn a_node_stopped_with_sigterm_is_lost_not_failed() {
     );
     assert_eq!(tag_history(&reg, "stopped/app", "1").len(), 1);
     let index = common::skopeo_raw(&tag);
-    assert_eq!(index_platforms(&index), four.split(',').collect::<Vec<_>>());
+    assert_eq!(index_platforms(&index), FOUR.split(',').collect::<Vec<_>>());
     for (platform, text) in common::last_layer_file(env.dir(), &tag, "target") {
         assert_eq!(text, format!("built for {platform}"));
     }
