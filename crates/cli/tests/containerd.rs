@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{error_lines, require_root, write};
+use common::{require_root, write};
 use kbuild_testkit::containerd::Containerd;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +49,14 @@ fn snapshots(c: &Containerd) -> Vec<String> {
         .filter(|l| l.contains("Committed"))
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect()
+}
+
+/// `ctr run --rm IMAGE NAME-PID ARGS`: what the container printed.
+fn ctr_run(c: &Containerd, image: &str, name: &str, args: &[&str]) -> String {
+    let id = format!("{name}-{}", std::process::id());
+    let mut run = vec!["run", "--rm", image, &id];
+    run.extend_from_slice(args);
+    c.ctr_ok(NS, run).expect("ctr run")
 }
 
 fn images(c: &Containerd) -> Vec<String> {
@@ -155,31 +163,14 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
     assert_eq!(committed.len(), 3, "{committed:?}");
 
     // ctr runs it as loaded (runc, no network).
-    let out = c
-        .ctr_ok(
-            NS,
-            [
-                "run",
-                "--rm",
-                "docker.io/kbuild-test/ctr:1",
-                &format!("kbuild-ctr-{}", std::process::id()),
-            ],
-        )
-        .expect("ctr run");
+    let out = ctr_run(&c, "docker.io/kbuild-test/ctr:1", "kbuild-ctr", &[]);
     assert_eq!(out.trim(), "loaded into containerd");
-    let out = c
-        .ctr_ok(
-            NS,
-            [
-                "run",
-                "--rm",
-                "docker.io/kbuild-test/ctr:1",
-                &format!("kbuild-ctr-arch-{}", std::process::id()),
-                "cat",
-                "/srv/arch",
-            ],
-        )
-        .expect("ctr run cat /srv/arch");
+    let out = ctr_run(
+        &c,
+        "docker.io/kbuild-test/ctr:1",
+        "kbuild-ctr-arch",
+        &["cat", "/srv/arch"],
+    );
     assert_eq!(out.trim(), "amd64");
 
     // Loading again changes nothing: same images, blobs, labels, snapshots.
@@ -260,25 +251,23 @@ fn containerd_output_errors_name_the_socket_and_the_fix() {
     let r = common::kb(&store, [ctx.to_str().unwrap(), "-t", "kbuild-test/x:1"])
         .output(&output)
         .fails();
-    let errors = error_lines(&r.stderr);
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let error = r.error_line();
     assert!(
-        errors[0].contains(&format!("no containerd socket at {}", missing.display()))
-            && errors[0].contains("is containerd running? pass address="),
+        error.contains(&format!("no containerd socket at {}", missing.display()))
+            && error.contains("is containerd running? pass address="),
         "{}",
-        errors[0]
+        error
     );
     // A file that is not a socket: containerd cannot be reached there.
     std::fs::write(&missing, "").unwrap();
     let r = common::kb(&store, [ctx.to_str().unwrap(), "-t", "kbuild-test/x:1"])
         .output(&output)
         .fails();
-    let errors = error_lines(&r.stderr);
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let error = r.error_line();
     assert!(
-        errors[0].contains(&format!("cannot reach containerd at {}", missing.display())),
+        error.contains(&format!("cannot reach containerd at {}", missing.display())),
         "{}",
-        errors[0]
+        error
     );
     // No name: refused before the build.
     let r = common::kb(&store, [ctx.to_str().unwrap(), "--dry-run"])
@@ -323,17 +312,7 @@ fn containerd_output_through_a_serve_daemon() {
         "{}",
         r.stderr
     );
-    let out = c
-        .ctr_ok(
-            NS,
-            [
-                "run",
-                "--rm",
-                "docker.io/kbuild-test/remote:1",
-                &format!("kbuild-remote-{}", std::process::id()),
-            ],
-        )
-        .expect("ctr run");
+    let out = ctr_run(&c, "docker.io/kbuild-test/remote:1", "kbuild-remote", &[]);
     assert_eq!(out.trim(), "loaded into containerd");
     // A bad address fails the remote build with the daemon's one line.
     let missing = env.path("none.sock");
@@ -343,12 +322,11 @@ fn containerd_output_through_a_serve_daemon() {
         .platform("linux/amd64")
         .output(&format!("type=containerd,address={}", missing.display()))
         .fails();
-    let errors = error_lines(&r.stderr);
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let error = r.error_line();
     assert!(
-        errors[0].contains(&format!("no containerd socket at {}", missing.display())),
+        error.contains(&format!("no containerd socket at {}", missing.display())),
         "{}",
-        errors[0]
+        error
     );
     drop(c);
     let _ = daemon.terminate();
