@@ -5,105 +5,30 @@
 
 mod common;
 
-use common::{bin, busybox_context, require_root, run, unique, write, Run};
-use kbuild_testkit::daemon::{make_pki, Daemon};
+use common::{busybox_context, require_root, serve_builder, unique, write, Client, Run};
+use kbuild_testkit::client::Running;
+use kbuild_testkit::node::Node;
+use kbuild_testkit::registry::TestRegistry;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A scratch directory: the client's store (`root`), the builder list
-/// (`config`), the daemon's store (`daemon-root`) and its socket.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Env {
-    /// A daemon a test killed or stopped mid-build may leave its RUN's
-    /// overlay mount behind: `prune` on its store reclaims what dead
-    /// processes left (the daemons are gone by now: they are dropped first).
-    fn drop(&mut self) {
-        let root = self.path("daemon-root");
-        if root.exists() {
-            let _ = std::process::Command::new(bin())
-                .arg("--root")
-                .arg(&root)
-                .arg("prune")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![(
-            "XDG_CONFIG_HOME",
-            self.path("config").to_str().unwrap().to_string(),
-        )]
-    }
-    /// `kubectl-build ARGS` as the client, with extra environment.
-    fn kb(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
-        let base = self.env();
-        let mut env: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        env.extend_from_slice(extra);
-        run(&self.path("root"), args, &env)
-    }
-    /// A daemon on a unix socket, registered as builder `name`.
-    fn daemon(&self, name: &str) -> Daemon {
-        let addr = format!("unix://{}", self.path(&format!("{name}.sock")).display());
-        let mut d = Daemon::start(&bin(), &self.path("daemon-root"), &["--addr", &addr]);
-        d.listening("unix://");
-        self.kb(&["create", name, "--endpoint", &addr], &[]).ok();
-        d
-    }
-}
-
-const EPOCH: (&str, &str) = ("SOURCE_DATE_EPOCH", "0");
 
 /// The busybox fixture as `kbuild.test/busybox:latest` for `platforms`,
 /// built into both stores with SOURCE_DATE_EPOCH: once locally, once
 /// through `builder` (`-o type=image` keeps it in the daemon's store). The
 /// two root digests must be equal.
-fn base_image(env: &Env, builder: &str, platforms: &str) -> Option<()> {
+fn base_image(env: &Client, builder: &str, platforms: &str) -> Option<()> {
     let ctx = busybox_context()?;
-    let args = |b: &str| -> Vec<String> {
-        vec![
-            ctx.to_str().unwrap().to_string(),
-            "--platform".into(),
-            platforms.into(),
-            "-t".into(),
-            common::BUSYBOX.into(),
-            "-o".into(),
-            "type=image".into(),
-            "--progress".into(),
-            "quiet".into(),
-            "--builder".into(),
-            b.into(),
-        ]
+    let build = |b: &str| -> Run {
+        env.kb([ctx.as_os_str()])
+            .platform(platforms)
+            .args(["-t", common::BUSYBOX, "-o", "type=image"])
+            .quiet()
+            .builder(b)
+            .epoch()
+            .ok()
     };
-    let local: Vec<String> = args("local");
-    let local = env
-        .kb(
-            &local.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[EPOCH],
-        )
-        .ok();
-    let remote: Vec<String> = args(builder);
-    let remote = env
-        .kb(
-            &remote.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[EPOCH],
-        )
-        .ok();
+    let (local, remote) = (build("local"), build(builder));
     assert_eq!(local.stdout.trim(), remote.stdout.trim());
     assert!(
         local.stdout.trim().starts_with("sha256:"),
@@ -150,8 +75,8 @@ fn builds_through_a_daemon_match_local_builds() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let daemon = env.daemon("remote1");
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "remote1", &[]);
     let platforms = "linux/amd64,linux/arm64";
     if base_image(&env, "remote1", platforms).is_none() {
         return;
@@ -167,22 +92,12 @@ fn builds_through_a_daemon_match_local_builds() {
         let tar = env.path(&format!("{name}.fs.tar"));
         let local = env.path(&format!("{name}.dir"));
         let r = env
-            .kb(
-                &[
-                    ctx.to_str().unwrap(),
-                    "--builder",
-                    builder,
-                    "--platform",
-                    platforms,
-                    "--secret",
-                    &secret,
-                    "--progress",
-                    "plain",
-                    "-o",
-                    &format!("type=oci,dest={}", oci.display()),
-                ],
-                &[EPOCH],
-            )
+            .kb([ctx.to_str().unwrap(), "--secret", &secret])
+            .builder(builder)
+            .platform(platforms)
+            .plain()
+            .output(&format!("type=oci,dest={}", oci.display()))
+            .epoch()
             .ok();
         assert!(
             r.stderr.contains("RUN <<EOF") || r.stderr.contains("RUN"),
@@ -195,23 +110,13 @@ fn builds_through_a_daemon_match_local_builds() {
             (format!("type=local,dest={}", local.display()), ()),
             (format!("type=oci,tar=false,dest={}", layout.display()), ()),
         ] {
-            env.kb(
-                &[
-                    ctx.to_str().unwrap(),
-                    "--builder",
-                    builder,
-                    "--platform",
-                    platforms,
-                    "--secret",
-                    &secret,
-                    "--progress",
-                    "quiet",
-                    "-o",
-                    &spec,
-                ],
-                &[EPOCH],
-            )
-            .ok();
+            env.kb([ctx.to_str().unwrap(), "--secret", &secret])
+                .builder(builder)
+                .platform(platforms)
+                .quiet()
+                .output(&spec)
+                .epoch()
+                .ok();
         }
         (read(&oci), read(&tar), local)
     };
@@ -251,7 +156,7 @@ fn builds_through_a_daemon_match_local_builds() {
         );
     }
     // Nothing ignored was sent, and the secret is nowhere on the daemon.
-    let root = env.path("daemon-root");
+    let root = daemon.root();
     assert!(common::files_containing(&root, b"must not be sent").is_empty());
     assert!(
         common::files_containing(&root, secret_value.as_bytes()).is_empty(),
@@ -277,81 +182,31 @@ fn mutual_tls_build_matches_local() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let pki = env.path("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    make_pki(&pki, "t", "127.0.0.1");
-    let f = |n: &str| pki.join(n).to_str().unwrap().to_string();
-    let mut daemon = Daemon::start(
-        &bin(),
-        &env.path("daemon-root"),
-        &[
-            "--addr",
-            "tcp://127.0.0.1:0",
-            "--tls-cert",
-            &f("t-server.pem"),
-            "--tls-key",
-            &f("t-server.key"),
-            "--tls-ca",
-            &f("t-ca.pem"),
-        ],
-    );
-    let endpoint = daemon.listening("tcp://");
-    env.kb(
-        &[
-            "create",
-            "tls",
-            "--endpoint",
-            &endpoint,
-            "--driver-opt",
-            &format!(
-                "cacert={},cert={},key={}",
-                f("t-ca.pem"),
-                f("t-client.pem"),
-                f("t-client.key")
-            ),
-        ],
-        &[],
-    )
-    .ok();
+    let env = common::client();
+    let mut daemon = common::node(env.dir(), "t").tls().start();
+    env.create("tls", &[daemon.via_tls()]);
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /ctx/\n");
     write(&ctx.join("f/x.txt"), "x\n");
     let out = |b: &str| {
         let dest = env.path(&format!("{b}.tar"));
-        env.kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                b,
-                "--progress",
-                "quiet",
-                "-o",
-                &format!("type=oci,dest={}", dest.display()),
-            ],
-            &[EPOCH],
-        )
-        .ok();
+        env.kb([ctx.to_str().unwrap()])
+            .builder(b)
+            .quiet()
+            .output(&format!("type=oci,dest={}", dest.display()))
+            .epoch()
+            .ok();
         read(&dest)
     };
     assert!(out("local") == out("tls"), "OCI archives differ");
     let docker = |b: &str| {
         let dest = env.path(&format!("{b}.docker.tar"));
-        env.kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                b,
-                "--progress",
-                "quiet",
-                "-t",
-                "demo:1",
-                "-o",
-                &format!("type=docker,dest={}", dest.display()),
-            ],
-            &[EPOCH],
-        )
-        .ok();
+        env.kb([ctx.to_str().unwrap(), "-t", "demo:1"])
+            .builder(b)
+            .quiet()
+            .output(&format!("type=docker,dest={}", dest.display()))
+            .epoch()
+            .ok();
         read(&dest)
     };
     assert!(docker("local") == docker("tls"), "docker archives differ");
@@ -361,9 +216,11 @@ fn mutual_tls_build_matches_local() {
 /// The daemon's two context lines of the next session: what came and what
 /// it wrote into its copy, then the context content it read to compute
 /// checksums.
-fn context_counters(daemon: &mut Daemon) -> (String, String) {
-    let sync = daemon.wait_for("context: received");
-    let hashed = daemon.wait_for("bytes of context content to compute checksums");
+fn context_counters(node: &mut Node) -> (String, String) {
+    let sync = node.daemon().wait_for("context: received");
+    let hashed = node
+        .daemon()
+        .wait_for("bytes of context content to compute checksums");
     (sync, hashed)
 }
 
@@ -372,8 +229,8 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let mut daemon = env.daemon("sync");
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "sync", &[]);
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /ctx/\n");
     for i in 0..20_000 {
@@ -389,18 +246,11 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
     let build_to = |output: &str| {
         let t = Instant::now();
         let stderr = env
-            .kb(
-                &[
-                    ctx.to_str().unwrap(),
-                    "--builder",
-                    "sync",
-                    "--progress",
-                    "plain",
-                    "-o",
-                    output,
-                ],
-                &[EPOCH],
-            )
+            .kb([ctx.to_str().unwrap()])
+            .builder("sync")
+            .plain()
+            .output(output)
+            .epoch()
             .ok()
             .stderr;
         eprintln!("build: {:.2} s", t.elapsed().as_secs_f64());
@@ -481,50 +331,58 @@ fn push_with_credentials_only_on_the_client() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
+    let env = common::client();
     let user = "builder";
     let password = unique("pw");
-    let registry =
-        match kbuild_testkit::registry::TestRegistry::start_with_htpasswd(user, &password) {
-            Ok(r) => r,
-            Err(e) => {
-                kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
-                return;
-            }
-        };
-    let daemon = env.daemon("push");
+    let Some(registry) = kbuild_testkit::fixtures::started(
+        "registry",
+        TestRegistry::start_with_htpasswd(user, &password),
+    ) else {
+        return;
+    };
+    let mut daemon = serve_builder(&env, "push", &[]);
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY hello /\n");
     write(&ctx.join("hello"), "hello\n");
     let host = registry.host();
-    let auth = base64(&format!("{user}:{password}"));
+    let (auth, config) = docker_config(&host, user, &password);
     let secret = env.path("dockerconfig.json");
-    std::fs::write(
-        &secret,
-        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    write(&secret, &config);
     let reference = format!("{host}/remote/app:1");
     let r = env
-        .kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "push",
-                "--registry-secret",
-                &format!("file:{}", secret.display()),
-                "-t",
-                &reference,
-                "--push",
-            ],
-            &[("DOCKER_CONFIG", env.path("no-docker").to_str().unwrap())],
-        )
+        .kb([
+            ctx.to_str().unwrap(),
+            "--registry-secret",
+            &format!("file:{}", secret.display()),
+            "-t",
+            &reference,
+            "--push",
+        ])
+        .builder("push")
+        .env("DOCKER_CONFIG", env.path("no-docker"))
         .ok();
     assert!(
         r.stderr.contains(&format!("=> pushed {reference}@sha256:")),
         "{}",
         r.stderr
     );
+    assert_readable_with(&reference, user, &password);
+    // Without the client's answer the daemon has no credentials: nothing
+    // of them in its store or its logs.
+    assert_stopped_without(&mut daemon, &[&password, &auth]);
+}
+
+/// The `auth` of `user:password` and a Docker config file holding it for
+/// registry `host`.
+fn docker_config(host: &str, user: &str, password: &str) -> (String, String) {
+    let auth = base64(&format!("{user}:{password}"));
+    let config = format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#);
+    (auth, config)
+}
+
+/// Asserts `skopeo` reads `reference` with the credentials
+/// `user:password`.
+fn assert_readable_with(reference: &str, user: &str, password: &str) {
     let out = Command::new("skopeo")
         .args([
             "inspect",
@@ -541,15 +399,16 @@ fn push_with_credentials_only_on_the_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Without the client's answer the daemon has no credentials: nothing
-    // of them in its store or its logs.
-    assert!(common::files_containing(&env.path("daemon-root"), password.as_bytes()).is_empty());
-    assert!(common::files_containing(&env.path("daemon-root"), auth.as_bytes()).is_empty());
+}
+
+/// Asserts none of `secrets` is in a file of the daemon's store, then
+/// stops the daemon and asserts none is in its log.
+fn assert_stopped_without(daemon: &mut Node, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(common::files_containing(daemon.root(), secret.as_bytes()).is_empty());
+    }
     let (_, stderr) = daemon.terminate();
-    assert!(
-        !stderr.contains(&password) && !stderr.contains(&auth),
-        "{stderr}"
-    );
+    assert!(!secrets.iter().any(|s| stderr.contains(s)), "{stderr}");
 }
 
 fn base64(s: &str) -> String {
@@ -595,23 +454,13 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// A client building a RUN that sleeps until stopped, and the sleep's
 /// marker (its argument).
-fn sleeping_build(env: &Env, builder: &str) -> Option<(std::process::Child, String)> {
+fn sleeping_build(env: &Client, builder: &str) -> Option<(Running, String)> {
     let ctx = busybox_context()?;
-    env.kb(
-        &[
-            ctx.to_str().unwrap(),
-            "-t",
-            common::BUSYBOX,
-            "-o",
-            "type=image",
-            "--progress",
-            "quiet",
-            "--builder",
-            builder,
-        ],
-        &[],
-    )
-    .ok();
+    env.kb([ctx.to_str().unwrap(), "-t", common::BUSYBOX])
+        .output("type=image")
+        .quiet()
+        .builder(builder)
+        .ok();
     let dir = env.path("sleep");
     // A number of seconds no other process uses: tests of this binary run
     // in one process, so each call takes its own.
@@ -622,27 +471,12 @@ fn sleeping_build(env: &Env, builder: &str) -> Option<(std::process::Child, Stri
         &dir.join("Dockerfile"),
         &format!("FROM {}\nRUN sleep {seconds}\n", common::BUSYBOX),
     );
-    let child = Command::new(bin())
-        .arg("--root")
-        .arg(env.path("root"))
-        .args([
-            dir.to_str().unwrap(),
-            "--builder",
-            builder,
-            "--progress",
-            "plain",
-        ])
-        .env("XDG_CONFIG_HOME", env.path("config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = env.kb([&dir]).builder(builder).plain().spawn();
     let marker = format!("sleep {seconds}");
     wait_until("the RUN step to start", Duration::from_secs(60), || {
         !pids_running(&marker).is_empty()
     });
-    Some((child, marker))
+    Some((client, marker))
 }
 
 #[test]
@@ -650,19 +484,15 @@ fn ctrl_c_on_the_client_cancels_the_daemons_build() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let daemon = env.daemon("cancel");
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "cancel", &[]);
     let Some((child, marker)) = sleeping_build(&env, "cancel") else {
         return;
     };
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    child.signal("INT");
+    let (code, lines) = child.finish();
+    let stderr = lines.join("\n");
+    assert_ne!(code, 0, "{stderr}");
     assert!(
         stderr.contains("cancelled") && stderr.contains("cancel"),
         "{stderr}"
@@ -679,20 +509,17 @@ fn a_daemon_killed_mid_build_is_a_clear_error_naming_the_builder() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let daemon = env.daemon("doomed");
+    let env = common::client();
+    let daemon = serve_builder(&env, "doomed", &[]);
     let Some((child, marker)) = sleeping_build(&env, "doomed") else {
         return;
     };
     let killed = Instant::now();
-    Command::new("kill")
-        .args(["-KILL", &daemon.pid().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    daemon.kill();
+    let (code, lines) = child.finish();
     let took = killed.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = lines.join("\n");
+    assert_ne!(code, 0, "{stderr}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let errors = common::error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
@@ -709,28 +536,19 @@ fn a_daemon_killed_mid_build_is_a_clear_error_naming_the_builder() {
 
 #[test]
 fn a_daemon_of_protocol_1_answers_info_but_is_not_sent_builds() {
-    let env = Env::new();
-    let addr = format!("unix://{}", env.path("old.sock").display());
-    let mut daemon = Daemon::start(
-        &bin(),
-        &env.path("daemon-root"),
-        &["--addr", &addr, "--test-protocol-version", "1"],
-    );
-    daemon.listening("unix://");
-    env.kb(&["create", "old", "--endpoint", &addr], &[]).ok();
+    let env = common::client();
+    let daemon = serve_builder(&env, "old", &["--test-protocol-version", "1"]);
+    let addr = daemon.unix();
     // Info still works: ls shows the node running.
-    let ls = env.kb(&["ls"], &[]).ok();
+    let ls = env.kb(["ls"]).ok();
     assert!(ls.stdout.contains("old"), "{}", ls.stdout);
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\n");
-    let r = env
-        .kb(&[ctx.to_str().unwrap(), "--builder", "old"], &[])
-        .fails();
-    let errors = common::error_lines(&r.stderr);
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let r = env.kb([ctx.to_str().unwrap()]).builder("old").fails();
+    let error = r.error_line();
     assert!(
-        errors[0].contains(&format!("builder old at {addr} speaks protocol 1"))
-            && errors[0].contains("building needs protocol 2"),
+        error.contains(&format!("builder old at {addr} speaks protocol 1"))
+            && error.contains("building needs protocol 2"),
         "{}",
         r.stderr
     );
@@ -741,16 +559,16 @@ fn sigterm_to_the_daemon_cancels_its_builds_and_tells_the_client() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let daemon = env.daemon("stopping");
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "stopping", &[]);
     let Some((child, marker)) = sleeping_build(&env, "stopping") else {
         return;
     };
     let (code, log) = daemon.terminate();
     assert_eq!(code, 0, "{log}");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, lines) = child.finish();
+    let stderr = lines.join("\n");
+    assert_ne!(code, 0, "{stderr}");
     let errors = common::error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
@@ -767,17 +585,16 @@ fn a_client_that_dies_cancels_its_build_on_the_daemon() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let mut daemon = env.daemon("orphan");
-    let Some((mut child, marker)) = sleeping_build(&env, "orphan") else {
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "orphan", &[]);
+    let Some((child, marker)) = sleeping_build(&env, "orphan") else {
         return;
     };
-    child.kill().unwrap();
-    let _ = child.wait();
+    child.kill();
     wait_until("the RUN process to end", Duration::from_secs(20), || {
         pids_running(&marker).is_empty()
     });
-    daemon.wait_for("the client went away");
+    daemon.daemon().wait_for("the client went away");
 }
 
 /// A program that asks the agent at `$SSH_AUTH_SOCK` for its identities
@@ -847,8 +664,8 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
         );
         return;
     };
-    let env = Env::new();
-    let _daemon = env.daemon("agent");
+    let env = common::client();
+    let daemon = serve_builder(&env, "agent", &[]);
     let host = kbuild_platform::Platform::host().to_string();
     if base_image(&env, "agent", &host).is_none() {
         return;
@@ -921,22 +738,11 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
     let sock_arg = format!("default={}", sock.display());
     let dest = format!("type=local,dest={}", out.display());
     let r = env
-        .kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "agent",
-                "--platform",
-                &host,
-                "--ssh",
-                &sock_arg,
-                "-o",
-                &dest,
-                "--progress",
-                "plain",
-            ],
-            &[],
-        )
+        .kb([ctx.to_str().unwrap(), "--ssh", &sock_arg])
+        .builder("agent")
+        .platform(&host)
+        .output(&dest)
+        .plain()
         .ok();
     let keys = std::fs::read_to_string(out.join("keys"))
         .unwrap_or_else(|e| panic!("no /keys ({e}):\n{}", r.stderr));
@@ -944,17 +750,9 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
     // Without --ssh the RUN has no agent (the mount is optional, as in
     // BuildKit): the program finds no socket.
     let r = env
-        .kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "agent",
-                "--platform",
-                &host,
-                "--no-cache",
-            ],
-            &[],
-        )
+        .kb([ctx.to_str().unwrap(), "--no-cache"])
+        .builder("agent")
+        .platform(&host)
         .fails();
     assert!(
         r.stderr.contains("dial unix: missing address"),
@@ -968,7 +766,7 @@ fn ssh_agent_of_the_client_serves_a_run_on_the_daemon() {
     for line in private.lines().filter(|l| !l.starts_with("-----")) {
         let grep = Command::new("grep")
             .args(["-r", "-F", "-l", "-e", line])
-            .arg(env.path("daemon-root"))
+            .arg(daemon.root())
             .output()
             .expect("run grep");
         assert!(
@@ -988,54 +786,40 @@ fn push_with_bearer_tokens_only_on_the_client() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
+    let env = common::client();
     let user = "tokenuser";
     let password = unique("tokenpw");
     let keys = env.path("token-keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let (tokens, files) = match kbuild_testkit::token::TokenServer::start(
-        std::net::Ipv4Addr::LOCALHOST,
-        &keys,
-        user,
-        &password,
-    ) {
-        Ok(t) => t,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("token server: {e}"));
-            return;
-        }
+    let Some((tokens, files)) = kbuild_testkit::fixtures::started(
+        "token server",
+        kbuild_testkit::token::TokenServer::start(
+            std::net::Ipv4Addr::LOCALHOST,
+            &keys,
+            user,
+            &password,
+        ),
+    ) else {
+        return;
     };
-    let registry = match kbuild_testkit::registry::TestRegistry::start_with_token_auth(&files) {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
-            return;
-        }
+    let Some(registry) =
+        kbuild_testkit::fixtures::started("registry", TestRegistry::start_with_token_auth(&files))
+    else {
+        return;
     };
-    let daemon = env.daemon("bearer");
+    let mut daemon = serve_builder(&env, "bearer", &[]);
     let ctx = env.path("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY hello /\n");
     write(&ctx.join("hello"), "hello over tokens\n");
     let host = registry.host();
-    let auth = base64(&format!("{user}:{password}"));
+    let (auth, config) = docker_config(&host, user, &password);
     let docker_config = env.path("docker-config");
-    write(
-        &docker_config.join("config.json"),
-        &format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    );
+    write(&docker_config.join("config.json"), &config);
     let reference = format!("{host}/bearer/app:1");
     let r = env
-        .kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "bearer",
-                "-t",
-                &reference,
-                "--push",
-            ],
-            &[("DOCKER_CONFIG", docker_config.to_str().unwrap())],
-        )
+        .kb([ctx.to_str().unwrap(), "-t", &reference, "--push"])
+        .builder("bearer")
+        .env("DOCKER_CONFIG", &docker_config)
         .ok();
     assert!(
         r.stderr.contains(&format!("=> pushed {reference}@sha256:")),
@@ -1056,46 +840,22 @@ fn push_with_bearer_tokens_only_on_the_client() {
         "every token request had the credentials"
     );
     // Readable with a token from the same server.
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &format!("{user}:{password}"),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_readable_with(&reference, user, &password);
     // Without the client's credentials the daemon cannot push: the client's
     // answer is all it has.
     let r = env
-        .kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "bearer",
-                "-t",
-                &format!("{host}/bearer/app:2"),
-                "--push",
-            ],
-            &[("DOCKER_CONFIG", env.path("no-docker").to_str().unwrap())],
-        )
+        .kb([
+            ctx.to_str().unwrap(),
+            "-t",
+            &format!("{host}/bearer/app:2"),
+            "--push",
+        ])
+        .builder("bearer")
+        .env("DOCKER_CONFIG", env.path("no-docker"))
         .fails();
     assert!(r.stderr.contains(&host), "{}", r.stderr);
     assert!(tokens.denied() > 0);
-    assert!(common::files_containing(&env.path("daemon-root"), password.as_bytes()).is_empty());
-    assert!(common::files_containing(&env.path("daemon-root"), auth.as_bytes()).is_empty());
-    let (_, stderr) = daemon.terminate();
-    assert!(
-        !stderr.contains(&password) && !stderr.contains(&auth),
-        "{stderr}"
-    );
+    assert_stopped_without(&mut daemon, &[&password, &auth]);
 }
 
 /// The names of the steps `--progress plain` reported as CACHED.
@@ -1123,13 +883,10 @@ fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let registry = match kbuild_testkit::registry::TestRegistry::start() {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
-            return;
-        }
+    let env = common::client();
+    let Some(registry) = kbuild_testkit::fixtures::started("registry", TestRegistry::start())
+    else {
+        return;
     };
     let host = registry.host();
     let platform = kbuild_platform::Platform::host().to_string();
@@ -1137,28 +894,14 @@ fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
         return;
     };
     let base = format!("{host}/base/busybox:1");
-    env.kb(
-        &[
-            busybox.to_str().unwrap(),
-            "--builder",
-            "local",
-            "--platform",
-            &platform,
-            "-t",
-            &base,
-            "--push",
-            "--progress",
-            "quiet",
-        ],
-        &[EPOCH],
-    )
-    .ok();
-    let _first = env.daemon("first");
-    let second_addr = format!("unix://{}", env.path("second.sock").display());
-    let mut second = Daemon::start(&bin(), &env.path("second-root"), &["--addr", &second_addr]);
-    second.listening("unix://");
-    env.kb(&["create", "second", "--endpoint", &second_addr], &[])
+    env.kb([busybox.to_str().unwrap(), "-t", &base, "--push"])
+        .builder("local")
+        .platform(&platform)
+        .quiet()
+        .epoch()
         .ok();
+    let _first = serve_builder(&env, "first", &[]);
+    let _second = serve_builder(&env, "second", &[]);
     let ctx = env.path("ctx");
     write(
         &ctx.join("Dockerfile"),
@@ -1167,19 +910,15 @@ fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
     let cache_ref = format!("{host}/cache/app:buildcache");
     let build = |builder: &str, extra: &[&str]| -> Run {
         let iid = env.path(&format!("{builder}.iid"));
-        let mut args = vec![
-            ctx.to_str().unwrap(),
-            "--builder",
-            builder,
-            "--platform",
-            &platform,
-            "--progress",
-            "plain",
-            "--iidfile",
-            iid.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        env.kb(&args, &[EPOCH])
+        env.kb([ctx.as_os_str()])
+            .builder(builder)
+            .platform(&platform)
+            .plain()
+            .arg("--iidfile")
+            .arg(iid)
+            .args(extra)
+            .epoch()
+            .run()
     };
     let to = format!("type=registry,ref={cache_ref},mode=max");
     let first = build("first", &["--cache-to", &to]).ok();
@@ -1221,12 +960,9 @@ fn the_daemon_keeps_only_the_last_contexts() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let addr = format!("unix://{}", env.path("gc.sock").display());
-    let root = env.path("daemon-root");
-    let mut daemon = Daemon::start(&bin(), &root, &["--addr", &addr, "--keep-contexts", "1"]);
-    daemon.listening("unix://");
-    env.kb(&["create", "gc", "--endpoint", &addr], &[]).ok();
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "gc", &["--keep-contexts", "1"]);
+    let root = daemon.root().to_path_buf();
     let make = |name: &str| -> PathBuf {
         let dir = env.path(name);
         write(&dir.join("Dockerfile"), "FROM scratch\nCOPY . /\n");
@@ -1235,10 +971,7 @@ fn the_daemon_keeps_only_the_last_contexts() {
         dir
     };
     let (a, b) = (make("ctx-a"), make("ctx-b"));
-    let build = |dir: &Path| -> Run {
-        env.kb(&[dir.to_str().unwrap(), "--builder", "gc"], &[])
-            .ok()
-    };
+    let build = |dir: &Path| -> Run { env.kb([dir.to_str().unwrap()]).builder("gc").ok() };
     let sent = |r: &Run| -> String {
         r.stderr
             .lines()
@@ -1263,7 +996,7 @@ fn the_daemon_keeps_only_the_last_contexts() {
     // b's Dockerfile and shared.txt are a's: only its own file came.
     assert!(sent(&other).contains("sent 1 files"), "{}", other.stderr);
     // The collection runs once the build has ended.
-    daemon.wait_for("removed 1 contexts and 1 files");
+    daemon.daemon().wait_for("removed 1 contexts and 1 files");
     assert_eq!(count("contexts"), 1, "one context kept");
     // Left: b's three files; a's own file went with its context.
     assert_eq!(count("context-files"), 3);
@@ -1274,7 +1007,7 @@ fn the_daemon_keeps_only_the_last_contexts() {
     assert!(!only_a, "a's file is still cached");
     let back = build(&a);
     assert!(sent(&back).contains("sent 1 files"), "{}", back.stderr);
-    daemon.wait_for("removed 1 contexts and 1 files");
+    daemon.daemon().wait_for("removed 1 contexts and 1 files");
     assert_eq!(count("contexts"), 1, "one context kept");
 }
 
@@ -1287,17 +1020,9 @@ fn the_client_sends_the_graph_and_a_protocol_2_daemon_the_dockerfile() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let new = env.daemon("new");
-    let old_addr = format!("unix://{}", env.path("old.sock").display());
-    let mut old = Daemon::start(
-        &bin(),
-        &env.path("old-root"),
-        &["--addr", &old_addr, "--test-protocol-version", "2"],
-    );
-    old.listening("unix://");
-    env.kb(&["create", "old", "--endpoint", &old_addr], &[])
-        .ok();
+    let env = common::client();
+    let mut new = serve_builder(&env, "new", &[]);
+    let mut old = serve_builder(&env, "old", &["--test-protocol-version", "2"]);
     let ctx = env.path("ctx");
     write(
         &ctx.join("Dockerfile"),
@@ -1306,23 +1031,13 @@ fn the_client_sends_the_graph_and_a_protocol_2_daemon_the_dockerfile() {
     write(&ctx.join("f/x.txt"), "x\n");
     let out = |b: &str| {
         let dest = env.path(&format!("{b}.tar"));
-        env.kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                b,
-                "--platform",
-                "linux/amd64,linux/arm64",
-                "--build-arg",
-                "V=2",
-                "--progress",
-                "quiet",
-                "-o",
-                &format!("type=oci,dest={}", dest.display()),
-            ],
-            &[EPOCH],
-        )
-        .ok();
+        env.kb([ctx.to_str().unwrap(), "--build-arg", "V=2"])
+            .builder(b)
+            .platform("linux/amd64,linux/arm64")
+            .quiet()
+            .output(&format!("type=oci,dest={}", dest.display()))
+            .epoch()
+            .ok();
         read(&dest)
     };
     let local = out("local");
@@ -1354,9 +1069,9 @@ fn the_client_sends_the_graph_and_a_protocol_2_daemon_the_dockerfile() {
 /// dials a node: the builder's only node here does not exist.
 #[test]
 fn dockerfile_errors_come_before_any_node_is_dialled() {
-    let env = Env::new();
+    let env = common::client();
     let addr = format!("unix://{}", env.path("nobody.sock").display());
-    env.kb(&["create", "gone", "--endpoint", &addr], &[]).ok();
+    env.kb(["create", "gone", "--endpoint", &addr]).ok();
     let ctx = env.path("ctx");
     for (dockerfile, error) in [
         (
@@ -1367,8 +1082,7 @@ fn dockerfile_errors_come_before_any_node_is_dialled() {
     ] {
         write(&ctx.join("Dockerfile"), dockerfile);
         write(&ctx.join("a"), "a\n");
-        let r = env
-            .kb(&[ctx.to_str().unwrap(), "--builder", "gone"], &[])
+        let r = env.kb([ctx.to_str().unwrap()]).builder("gone")
             .fails();
         let errors = common::error_lines(&r.stderr);
         assert_eq!(errors, [error], "{}", r.stderr);
@@ -1395,8 +1109,8 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
             Err(format!("no output was asked for, got {output}"))
         }
     }
-    let env = Env::new();
-    let _daemon = env.daemon("graphs");
+    let env = common::client();
+    let _daemon = serve_builder(&env, "graphs", &[]);
     let addr = format!("unix://{}", env.path("graphs.sock").display());
     let node = kbuild_driver::config::Node {
         name: "graphs0".into(),

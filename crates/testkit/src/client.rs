@@ -10,7 +10,7 @@
 //! # use kbuild_testkit::node::Node;
 //! # fn demo(bin: &std::path::Path) {
 //! let client = Client::new(bin);
-//! let a = Node::new(bin, client.dir(), "a").start();
+//! let a = Node::spec(bin, client.dir(), "a").start();
 //! client.create("one", &[a.via_unix()]);
 //! let ctx = client.context("ctx", "FROM scratch\n");
 //! let out = client.kb([ctx.as_str(), "--builder", "one"]).epoch().plain().ok();

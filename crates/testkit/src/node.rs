@@ -9,8 +9,8 @@
 //! # use kbuild_testkit::node::Node;
 //! # use kbuild_testkit::netns::Host;
 //! # fn demo(bin: &std::path::Path, dir: &std::path::Path) -> Option<()> {
-//! let a = Node::new(bin, dir, "a").host(Host::create()?).tls().start();
-//! let b = Node::new(bin, dir, "b").args(["--keep-contexts", "1"]).start();
+//! let a = Node::spec(bin, dir, "a").host(Host::create()?).tls().start();
+//! let b = Node::spec(bin, dir, "b").args(["--keep-contexts", "1"]).start();
 //! println!("{} {} {}", a.tcp(), a.driver_opt(), b.unix());
 //! # Some(())
 //! # }
@@ -21,7 +21,7 @@ use crate::netns::Host;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// What [`NodeSpec::start`] starts; made by [`Node::new`].
+/// What [`NodeSpec::start`] starts; made by [`Node::spec`].
 pub struct NodeSpec {
     bin: PathBuf,
     dir: PathBuf,
@@ -48,7 +48,7 @@ impl Node {
     /// A node named `name` run by binary `bin`: its store is
     /// `DIR/NAME-root`, its socket `DIR/NAME.sock`, its certificates (with
     /// [`NodeSpec::tls`]) `DIR/pki/NAME-*`.
-    pub fn new(bin: &Path, dir: &Path, name: &str) -> NodeSpec {
+    pub fn spec(bin: &Path, dir: &Path, name: &str) -> NodeSpec {
         NodeSpec {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),

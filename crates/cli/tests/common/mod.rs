@@ -43,9 +43,9 @@ pub fn serve_builder(client: &Client, name: &str, args: &[&str]) -> kbuild_testk
 }
 
 /// A `kubectl-build serve` node of the binary under test, with its store
-/// and socket in `dir` (see [`kbuild_testkit::node::Node::new`]).
+/// and socket in `dir` (see [`kbuild_testkit::node::Node::spec`]).
 pub fn node(dir: &Path, name: &str) -> kbuild_testkit::node::NodeSpec {
-    kbuild_testkit::node::Node::new(&bin(), dir, name)
+    kbuild_testkit::node::Node::spec(&bin(), dir, name)
 }
 
 /// Whether this process may mount (the local builder needs root).
