@@ -19,22 +19,12 @@ const SDE: (&str, &str) = ("SOURCE_DATE_EPOCH", "1700000000");
 fn store(t: &Path, name: &str) -> Option<PathBuf> {
     let store = t.join(name);
     let ctx = busybox_context()?;
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            BUSYBOX,
-            "-o",
-            "type=image",
-            "--progress",
-            "quiet",
-        ],
-        &[SDE],
-    )
-    .ok();
+    common::kb(&store, [ctx.to_str().unwrap(), "-t", BUSYBOX])
+        .platform("linux/amd64")
+        .output("type=image")
+        .quiet()
+        .envs(&[SDE])
+        .ok();
     Some(store)
 }
 
@@ -264,12 +254,8 @@ fn registry_cache_and_inline_cache_hit_in_another_store() {
     if !require_root() {
         return;
     }
-    let reg = match TestRegistry::start() {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&e.to_string());
-            return;
-        }
+    let Some(reg) = kbuild_testkit::fixtures::started("registry", TestRegistry::start()) else {
+        return;
     };
     let t = tempfile::tempdir().unwrap();
     let Some(a) = store(t.path(), "a") else {
@@ -358,12 +344,8 @@ fn missing_or_corrupt_cache_sources_are_warnings() {
     if !require_root() {
         return;
     }
-    let reg = match TestRegistry::start() {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&e.to_string());
-            return;
-        }
+    let Some(reg) = kbuild_testkit::fixtures::started("registry", TestRegistry::start()) else {
+        return;
     };
     let t = tempfile::tempdir().unwrap();
     let Some(a) = store(t.path(), "a") else {
@@ -480,12 +462,7 @@ fn cache_flags_are_checked_before_building() {
         ),
         ("--cache-from", "type=local", "type=local needs src=DIR"),
     ] {
-        let r = run(
-            &t.path().join("store"),
-            &[ctx, "--dry-run", flag, value],
-            &[],
-        )
-        .fails();
+        let r = common::kb(&t.path().join("store"), [ctx, "--dry-run", flag, value]).fails();
         assert!(
             r.stderr.contains(&format!("invalid {flag} value")) && r.stderr.contains(says),
             "{flag} {value}: {}",
@@ -493,10 +470,9 @@ fn cache_flags_are_checked_before_building() {
         );
     }
     // A bare reference is a registry cache, as in buildx.
-    run(
+    common::kb(
         &t.path().join("store"),
-        &[ctx, "--dry-run", "--cache-from", "r.example/app:cache"],
-        &[],
+        [ctx, "--dry-run", "--cache-from", "r.example/app:cache"],
     )
     .ok();
 }
@@ -509,9 +485,9 @@ fn remote_builders_refuse_local_cache_flags() {
     let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
     let store = t.path().join("store");
     // Defining a builder does not contact it.
-    run(
+    common::kb(
         &store,
-        &[
+        [
             "create",
             "far",
             "--driver",
@@ -519,8 +495,8 @@ fn remote_builders_refuse_local_cache_flags() {
             "--endpoint",
             "tcp://127.0.0.1:9",
         ],
-        &env,
     )
+    .envs(&env)
     .ok();
     for flag in ["--cache-to", "--cache-from"] {
         // A type=local cache is a directory of this machine: refused
@@ -531,20 +507,14 @@ fn remote_builders_refuse_local_cache_flags() {
         } else {
             format!("type=local,src={}", cache_dir.display())
         };
-        let r = run(
-            &store,
-            &[
-                t.path().to_str().unwrap(),
-                "--builder",
-                "far",
-                flag,
-                &value,
-                "-o",
-                &format!("type=oci,dest={}", t.path().join("out.tar").display()),
-            ],
-            &env,
-        )
-        .fails();
+        let r = common::kb(&store, [t.path().to_str().unwrap(), flag, &value])
+            .builder("far")
+            .output(&format!(
+                "type=oci,dest={}",
+                t.path().join("out.tar").display()
+            ))
+            .envs(&env)
+            .fails();
         assert!(
             r.stderr.contains(
                 "a type=local cache is a directory of this machine, which builder far cannot reach"

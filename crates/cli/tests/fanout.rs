@@ -279,14 +279,9 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
 
     // The text form: one row per platform with node, endpoint and reason.
     let text = env
-        .kb(&[
-            "--builder",
-            "mix",
-            "--dry-run",
-            "--platform",
-            platforms,
-            &ctx,
-        ])
+        .kb(["--dry-run", &ctx])
+        .builder("mix")
+        .platform(platforms)
         .ok()
         .stdout;
     let rows: Vec<Vec<&str>> = text
@@ -315,20 +310,11 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
     let ctx = env.context("context", &format!("FROM {base}\nRUN uname -m > /m\n"));
     let tag = format!("{}/mix/app:1", reg.host());
     let out = env
-        .kb(&[
-            "--builder",
-            "mix",
-            "--platform",
-            platforms,
-            "-t",
-            &tag,
-            "--push",
-            "--insecure-registry",
-            &insecure,
-            "--progress",
-            "plain",
-            &ctx,
-        ])
+        .kb([&ctx])
+        .builder("mix")
+        .platform(platforms)
+        .push_to(&tag, &insecure)
+        .plain()
         .ok();
     for (platform, node) in [
         ("linux/amd64", "mix0"),
@@ -388,20 +374,11 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
     );
     let failing = format!("{}/mix/fail:1", reg.host());
     let out = env
-        .kb(&[
-            "--builder",
-            "mix",
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            &failing,
-            "--push",
-            "--insecure-registry",
-            &insecure,
-            "--progress",
-            "plain",
-            &ctx,
-        ])
+        .kb([&ctx])
+        .builder("mix")
+        .platform("linux/amd64,linux/arm64")
+        .push_to(&failing, &insecure)
+        .plain()
         .fails();
     let line = out.stderr.lines().last().unwrap_or_default();
     assert!(
@@ -501,16 +478,14 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
         "seven platforms over two equal nodes: {per_node:?}"
     );
     let text = env
-        .kb(&[
-            "--builder",
-            "pair",
+        .kb([
             "--dry-run",
             "-f",
             dockerfile.to_str().expect("utf-8"),
-            "--platform",
-            SEVEN,
             hello.to_str().expect("utf-8"),
         ])
+        .builder("pair")
+        .platform(SEVEN)
         .ok()
         .stdout;
     assert!(
@@ -628,14 +603,9 @@ fn a_tls_client_without_a_certificate_is_refused_by_the_host() {
     // A dry run over that builder stops with the same reason, on one line.
     let ctx = env.context("context", "FROM busybox\nRUN true\n");
     let out = env
-        .kb(&[
-            "--builder",
-            "nocert",
-            "--dry-run",
-            "--platform",
-            "linux/amd64",
-            &ctx,
-        ])
+        .kb(["--dry-run", &ctx])
+        .builder("nocert")
+        .platform("linux/amd64")
         .fails();
     let line = out.stderr.trim();
     assert_eq!(line.lines().count(), 1, "{line}");

@@ -5,38 +5,14 @@
 
 mod common;
 
-use common::{bin, run, Run};
+use common::{bin, Client};
 use kbuild_testkit::daemon::{make_pki, Daemon};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// A scratch directory with the builder list under `config/`.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    fn kb(&self, args: &[&str]) -> Run {
-        let config = self.path("config");
-        run(
-            &self.path("root"),
-            args,
-            &[("XDG_CONFIG_HOME", config.to_str().expect("utf-8 path"))],
-        )
-    }
-    fn ls(&self) -> serde_json::Value {
-        let out = self.kb(&["ls", "--format", "json"]).ok();
-        serde_json::from_str(&out.stdout).expect("ls printed JSON")
-    }
+/// `ls --format json` of the client's builders.
+fn ls_json(env: &Client) -> serde_json::Value {
+    env.kb(["ls", "--format", "json"]).json()
 }
 
 fn builder<'a>(ls: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
@@ -56,7 +32,7 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
-    let env = Env::new();
+    let env = common::client();
     let socket = env.path("run/nested/builder.sock");
     let addr = format!("unix://{}", socket.display());
     let mut daemon = Daemon::start(&bin(), &env.path("daemon-root"), &["--addr", &addr]);
@@ -66,26 +42,20 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
 
     // Only the embedded builder, which is the default.
-    let ls = env.ls();
+    let ls = ls_json(&env);
     assert_eq!(ls.as_array().unwrap().len(), 1, "{ls:#}");
     let local = builder(&ls, "local").expect("local is listed");
     assert_eq!(local["current"], true);
     let host = kbuild_platform::Platform::host().to_string();
     assert!(strings(&local["nodes"][0]["native_platforms"]).contains(&host));
 
-    env.kb(&[
-        "create",
-        "remote1",
-        "--endpoint",
-        &addr,
-        "--platform",
-        "linux/arm64,linux/amd64",
-    ])
-    .ok();
+    env.kb(["create", "remote1", "--endpoint", &addr])
+        .platform("linux/arm64,linux/amd64")
+        .ok();
     let again = env.kb(&["create", "remote1", "--endpoint", &addr]).fails();
     assert!(again.stderr.contains("--append"), "{}", again.stderr);
 
-    let ls = env.ls();
+    let ls = ls_json(&env);
     let node = &builder(&ls, "remote1").expect("remote1 listed")["nodes"][0];
     assert_eq!(node["status"], "running", "{ls:#}");
     assert_eq!(node["name"], "remote10");
@@ -121,7 +91,7 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     env.kb(&["create", "remote1", "--append", "--endpoint", &addr])
         .ok();
     env.kb(&["use", "remote1"]).ok();
-    let ls = env.ls();
+    let ls = ls_json(&env);
     let b = builder(&ls, "remote1").unwrap();
     assert_eq!(b["current"], true);
     assert_eq!(builder(&ls, "local").unwrap()["current"], false);
@@ -130,7 +100,7 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
 
     // rm removes it, the default goes back to local, local stays.
     env.kb(&["rm", "remote1"]).ok();
-    let ls = env.ls();
+    let ls = ls_json(&env);
     assert!(builder(&ls, "remote1").is_none(), "{ls:#}");
     assert_eq!(builder(&ls, "local").unwrap()["current"], true);
     let again = env.kb(&["rm", "remote1"]).fails();
@@ -157,7 +127,7 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
 
 #[test]
 fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
-    let env = Env::new();
+    let env = common::client();
     let pki = env.path("pki");
     std::fs::create_dir_all(&pki).unwrap();
     make_pki(&pki, "good", "127.0.0.1");
@@ -219,7 +189,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
     env.kb(&["create", "plain", "--endpoint", &endpoint]).ok();
 
     let started = Instant::now();
-    let ls = env.ls();
+    let ls = ls_json(&env);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "ls took {:?}",
@@ -264,7 +234,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
         &rogue_ca,
     ])
     .ok();
-    let ls = env.ls();
+    let ls = ls_json(&env);
     let n = &builder(&ls, "untrusted").unwrap()["nodes"][0];
     assert_eq!(n["status"], "unreachable");
     assert!(
@@ -282,7 +252,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
 
 #[test]
 fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
-    let env = Env::new();
+    let env = common::client();
     let refused = env.kb(&["serve", "--addr", "tcp://127.0.0.1:0"]).fails();
     let line = refused.stderr.trim();
     assert_eq!(line.lines().count(), 1, "{line}");
@@ -316,7 +286,7 @@ fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
     assert!(warning.contains("WARN"), "{warning}");
     let endpoint = daemon.listening("tcp://");
     env.kb(&["create", "open", "--endpoint", &endpoint]).ok();
-    let ls = env.ls();
+    let ls = ls_json(&env);
     assert_eq!(
         builder(&ls, "open").unwrap()["nodes"][0]["status"],
         "running",
@@ -328,17 +298,11 @@ fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
 
 #[test]
 fn a_daemon_of_another_protocol_is_refused_with_the_versions() {
-    let env = Env::new();
-    let socket = env.path("old.sock");
-    let addr = format!("unix://{}", socket.display());
-    let mut daemon = Daemon::start(
-        &bin(),
-        &env.path("daemon-root"),
-        &["--addr", &addr, "--test-protocol-version", "99"],
-    );
-    daemon.listening("unix://");
-    env.kb(&["create", "future", "--endpoint", &addr]).ok();
-    let ls = env.ls();
+    let env = common::client();
+    let mut daemon = common::serve_builder(&env, "future", &["--test-protocol-version", "99"]);
+    let addr = daemon.unix().to_string();
+    let socket = env.path("future.sock");
+    let ls = ls_json(&env);
     let node = &builder(&ls, "future").unwrap()["nodes"][0];
     assert_eq!(node["status"], "version mismatch", "{ls:#}");
     assert_eq!(
@@ -358,7 +322,7 @@ fn a_daemon_of_another_protocol_is_refused_with_the_versions() {
 
 #[test]
 fn dead_endpoints_are_unreachable_within_10_seconds() {
-    let env = Env::new();
+    let env = common::client();
     let missing = format!("unix://{}", env.path("nobody.sock").display());
     // A port nobody listens on.
     let closed = {
@@ -374,7 +338,7 @@ fn dead_endpoints_are_unreachable_within_10_seconds() {
         .ok();
 
     let started = Instant::now();
-    let ls = env.ls();
+    let ls = ls_json(&env);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(10), "ls took {took:?}");
     for (name, endpoint) in [
