@@ -149,7 +149,9 @@ impl Client {
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let file = dir.join("Dockerfile");
         std::fs::write(&file, dockerfile).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        dir.to_str().expect("a UTF-8 temporary directory").to_string()
+        dir.to_str()
+            .expect("a UTF-8 temporary directory")
+            .to_string()
     }
 }
 

@@ -101,10 +101,17 @@ impl Daemon {
             if let Some(s) = self.child.try_wait().expect("wait for the daemon") {
                 break s.code().unwrap_or(-1);
             }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not stop on SIGTERM"
-            );
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
+                    self.stderr.push(line);
+                }
+                panic!(
+                    "the daemon did not stop within 20 s of SIGTERM; its stderr:\n{}",
+                    self.stderr.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {

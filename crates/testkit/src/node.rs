@@ -125,9 +125,7 @@ impl NodeSpec {
         cmd.args(&self.args);
         let mut daemon = Daemon::spawn(cmd);
         daemon.listening("unix://");
-        let tcp = self
-            .tls
-            .then(|| daemon.listening(&format!("tcp://{ip}:")));
+        let tcp = self.tls.then(|| daemon.listening(&format!("tcp://{ip}:")));
         Node {
             name: self.name,
             bin: self.bin,
@@ -237,7 +235,11 @@ impl Node {
             .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -{signal} the daemon of {}", self.name);
+        assert!(
+            status.success(),
+            "kill -{signal} the daemon of {}",
+            self.name
+        );
     }
 
     /// Kills the daemon at once (SIGKILL): its connections break mid-build.
