@@ -437,16 +437,14 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
 
     let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
     let dockerfile = hello.join("Dockerfile.cross");
-    let dry = env
-        .kb([
-            "--dry-run=json",
-            "-f",
-            dockerfile.to_str().expect("utf-8"),
-            hello.to_str().expect("utf-8"),
-        ])
-        .builder("pair")
-        .platform(SEVEN)
-        .json();
+    let dry_run = |mode: &str| {
+        env.kb([mode, "-f"])
+            .args([&dockerfile, &hello])
+            .builder("pair")
+            .platform(SEVEN)
+            .ok()
+    };
+    let dry = dry_run("--dry-run=json").json();
     let got = assignments(&dry);
     assert_eq!(got.len(), 7, "{:#}", dry["schedule"]);
     let host = kbuild_platform::Platform::host().to_string();
@@ -477,17 +475,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
         per_node.values().all(|n| *n >= 3),
         "seven platforms over two equal nodes: {per_node:?}"
     );
-    let text = env
-        .kb([
-            "--dry-run",
-            "-f",
-            dockerfile.to_str().expect("utf-8"),
-            hello.to_str().expect("utf-8"),
-        ])
-        .builder("pair")
-        .platform(SEVEN)
-        .ok()
-        .stdout;
+    let text = dry_run("--dry-run").stdout;
     assert!(
         text.lines()
             .any(|l| l.contains("linux/s390x") && l.ends_with(&format!("cross (runs on {host})"))),

@@ -19,7 +19,6 @@
 //! ```
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -276,15 +275,7 @@ impl Build {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start kubectl-build");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = crate::daemon::stderr_lines(&mut child);
         Running {
             child,
             lines,
