@@ -509,7 +509,7 @@ fn remote_builders_refuse_local_cache_flags() {
         };
         let r = common::kb(&store, [t.path().to_str().unwrap(), flag, &value])
             .builder("far")
-            .output(&format!(
+            .output(format!(
                 "type=oci,dest={}",
                 t.path().join("out.tar").display()
             ))

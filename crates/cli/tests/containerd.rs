@@ -320,7 +320,7 @@ fn containerd_output_through_a_serve_daemon() {
         .kb([ctx.as_str(), "-t", "kbuild-test/remote:1"])
         .builder("node")
         .platform("linux/amd64")
-        .output(&format!("type=containerd,address={}", missing.display()))
+        .output(format!("type=containerd,address={}", missing.display()))
         .fails();
     let error = r.error_line();
     assert!(

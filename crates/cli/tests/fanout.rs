@@ -205,7 +205,7 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
     env.create("mix", &[a.via_tls(), b.via_tls()]);
 
     // ls shows both nodes, running, with their own platforms.
-    let ls = env.kb(&["ls", "--format", "json"]).json();
+    let ls = env.kb(["ls", "--format", "json"]).json();
     let nodes = builder(&ls, "mix")["nodes"]
         .as_array()
         .expect("nodes")
@@ -224,7 +224,7 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
         strings(&nodes[1]["native_platforms"]),
         ["linux/arm64", "linux/arm/v7"]
     );
-    let table = env.kb(&["ls"]).ok().stdout;
+    let table = env.kb(["ls"]).ok().stdout;
     for (node, endpoint) in [("mix0", a.tcp()), ("mix1", b.tcp())] {
         let row = table
             .lines()
@@ -303,7 +303,7 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
     assert!(text.contains("builder mix:"), "{text}");
 
     // The real build: each platform's RUN on its node, one index pushed.
-    let Some((reg, base)) = registry_with_base(&env, &a.host(), platforms) else {
+    let Some((reg, base)) = registry_with_base(&env, a.host(), platforms) else {
         return;
     };
     let insecure = reg.host();
@@ -429,7 +429,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     let Some((a, c)) = pinned_pair(&env) else {
         return;
     };
-    let ls = env.kb(&["ls", "--format", "json"]).json();
+    let ls = env.kb(["ls", "--format", "json"]).json();
     for n in builder(&ls, "pair")["nodes"].as_array().expect("nodes") {
         assert_eq!(n["status"], "running", "{ls:#}");
         assert_eq!(n["load"]["cpus"], 1, "pinned to one CPU: {ls:#}");
@@ -484,7 +484,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
 
     // The real build of a cross Dockerfile for seven platforms, split over
     // both nodes, gives the index a one-node build of it gives.
-    let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
+    let Some((reg, base)) = registry_with_base(&env, a.host(), &host) else {
         return;
     };
     let insecure = reg.host();
@@ -568,7 +568,7 @@ fn a_tls_client_without_a_certificate_is_refused_by_the_host() {
         return;
     };
     let cacert = format!("cacert={}", a.pki_file("ca.pem").display());
-    env.kb(&[
+    env.kb([
         "create",
         "nocert",
         "--endpoint",
@@ -577,7 +577,7 @@ fn a_tls_client_without_a_certificate_is_refused_by_the_host() {
         &cacert,
     ])
     .ok();
-    let ls = env.kb(&["ls", "--format", "json"]).json();
+    let ls = env.kb(["ls", "--format", "json"]).json();
     let node = &builder(&ls, "nocert")["nodes"][0];
     assert_eq!(node["status"], "unreachable", "{ls:#}");
     let error = node["error"].as_str().expect("an error");
@@ -606,7 +606,7 @@ fn a_tls_client_without_a_certificate_is_refused_by_the_host() {
     );
     // The daemon saw the refused handshakes and still serves.
     env.create("ok", &[a.via_tls()]);
-    let ls = env.kb(&["ls", "--format", "json"]).json();
+    let ls = env.kb(["ls", "--format", "json"]).json();
     assert_eq!(builder(&ls, "ok")["nodes"][0]["status"], "running");
 }
 
@@ -650,7 +650,7 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
         std::thread::sleep(Duration::from_millis(20));
     }
     env.create("two", &[a.via_tls(), d.via_tls()]);
-    env.kb(&["create", "silent", "--endpoint", &silent_endpoint])
+    env.kb(["create", "silent", "--endpoint", &silent_endpoint])
         .ok();
     let dead_endpoint = d.tcp().to_string();
     let (code, stderr) = d.terminate();
@@ -711,7 +711,7 @@ fn dead_and_silent_nodes_give_a_clear_error_within_10_seconds() {
     );
 
     // Only dead nodes: an error naming the builder, endpoint and cause.
-    env.kb(&[
+    env.kb([
         "create",
         "dead",
         "--endpoint",
@@ -758,7 +758,7 @@ fn split_file_outputs_are_those_of_one_node() {
     };
     env.create("one", &[a.via_unix()]);
     let host = kbuild_platform::Platform::host().to_string();
-    let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
+    let Some((reg, base)) = registry_with_base(&env, a.host(), &host) else {
         return;
     };
     let insecure = reg.host();
@@ -919,7 +919,7 @@ fn a_node_stopped_with_sigterm_is_lost_not_failed() {
         return;
     };
     let host = kbuild_platform::Platform::host().to_string();
-    let Some((reg, base)) = registry_with_base(&env, &a.host(), &host) else {
+    let Some((reg, base)) = registry_with_base(&env, a.host(), &host) else {
         return;
     };
     let insecure = reg.host();

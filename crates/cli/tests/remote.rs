@@ -96,7 +96,7 @@ fn builds_through_a_daemon_match_local_builds() {
             .builder(builder)
             .platform(platforms)
             .plain()
-            .output(&format!("type=oci,dest={}", oci.display()))
+            .output(format!("type=oci,dest={}", oci.display()))
             .epoch()
             .ok();
         assert!(
@@ -157,9 +157,9 @@ fn builds_through_a_daemon_match_local_builds() {
     }
     // Nothing ignored was sent, and the secret is nowhere on the daemon.
     let root = daemon.root();
-    assert!(common::files_containing(&root, b"must not be sent").is_empty());
+    assert!(common::files_containing(root, b"must not be sent").is_empty());
     assert!(
-        common::files_containing(&root, secret_value.as_bytes()).is_empty(),
+        common::files_containing(root, secret_value.as_bytes()).is_empty(),
         "the secret was written under the daemon's root"
     );
     let (code, stderr) = daemon.terminate();
@@ -193,7 +193,7 @@ fn mutual_tls_build_matches_local() {
         env.kb([ctx.to_str().unwrap()])
             .builder(b)
             .quiet()
-            .output(&format!("type=oci,dest={}", dest.display()))
+            .output(format!("type=oci,dest={}", dest.display()))
             .epoch()
             .ok();
         read(&dest)
@@ -204,7 +204,7 @@ fn mutual_tls_build_matches_local() {
         env.kb([ctx.to_str().unwrap(), "-t", "demo:1"])
             .builder(b)
             .quiet()
-            .output(&format!("type=docker,dest={}", dest.display()))
+            .output(format!("type=docker,dest={}", dest.display()))
             .epoch()
             .ok();
         read(&dest)
@@ -1035,7 +1035,7 @@ fn the_client_sends_the_graph_and_a_protocol_2_daemon_the_dockerfile() {
             .builder(b)
             .platform("linux/amd64,linux/arm64")
             .quiet()
-            .output(&format!("type=oci,dest={}", dest.display()))
+            .output(format!("type=oci,dest={}", dest.display()))
             .epoch()
             .ok();
         read(&dest)

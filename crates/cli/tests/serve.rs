@@ -52,7 +52,7 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     env.kb(["create", "remote1", "--endpoint", &addr])
         .platform("linux/arm64,linux/amd64")
         .ok();
-    let again = env.kb(&["create", "remote1", "--endpoint", &addr]).fails();
+    let again = env.kb(["create", "remote1", "--endpoint", &addr]).fails();
     assert!(again.stderr.contains("--append"), "{}", again.stderr);
 
     let ls = ls_json(&env);
@@ -78,7 +78,7 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     assert!(node["load"]["cpus"].as_u64().unwrap() >= 1);
 
     // The table shows the same.
-    let table = env.kb(&["ls"]).ok().stdout;
+    let table = env.kb(["ls"]).ok().stdout;
     let row = table
         .lines()
         .find(|l| l.trim_start().starts_with("remote10"))
@@ -88,9 +88,9 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     assert!(table.lines().any(|l| l.starts_with("local*")), "{table}");
 
     // --append adds a node; `use` makes the builder the default.
-    env.kb(&["create", "remote1", "--append", "--endpoint", &addr])
+    env.kb(["create", "remote1", "--append", "--endpoint", &addr])
         .ok();
-    env.kb(&["use", "remote1"]).ok();
+    env.kb(["use", "remote1"]).ok();
     let ls = ls_json(&env);
     let b = builder(&ls, "remote1").unwrap();
     assert_eq!(b["current"], true);
@@ -99,24 +99,24 @@ fn unix_socket_builder_create_ls_use_rm_and_sigterm() {
     assert_eq!(b["nodes"][1]["status"], "running");
 
     // rm removes it, the default goes back to local, local stays.
-    env.kb(&["rm", "remote1"]).ok();
+    env.kb(["rm", "remote1"]).ok();
     let ls = ls_json(&env);
     assert!(builder(&ls, "remote1").is_none(), "{ls:#}");
     assert_eq!(builder(&ls, "local").unwrap()["current"], true);
-    let again = env.kb(&["rm", "remote1"]).fails();
+    let again = env.kb(["rm", "remote1"]).fails();
     assert!(
         again.stderr.contains("no builder named remote1"),
         "{}",
         again.stderr
     );
-    let local = env.kb(&["rm", "local"]).fails();
+    let local = env.kb(["rm", "local"]).fails();
     assert_eq!(
         local.stderr.trim(),
         "error: the local builder is built in and cannot be removed"
     );
 
     // A second daemon on the same socket is refused while the first runs.
-    let second = env.kb(&["serve", "--addr", &addr]).fails();
+    let second = env.kb(["serve", "--addr", &addr]).fails();
     assert!(second.stderr.contains("in use"), "{}", second.stderr);
 
     let (code, stderr) = daemon.terminate();
@@ -158,7 +158,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
             f(&format!("{client}-client.key"))
         )
     };
-    env.kb(&[
+    env.kb([
         "create",
         "good",
         "--endpoint",
@@ -167,7 +167,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
         &opts("good"),
     ])
     .ok();
-    env.kb(&[
+    env.kb([
         "create",
         "rogue",
         "--endpoint",
@@ -177,7 +177,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
     ])
     .ok();
     let cacert = format!("cacert={}", f("good-ca.pem"));
-    env.kb(&[
+    env.kb([
         "create",
         "nocert",
         "--endpoint",
@@ -186,7 +186,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
         &cacert,
     ])
     .ok();
-    env.kb(&["create", "plain", "--endpoint", &endpoint]).ok();
+    env.kb(["create", "plain", "--endpoint", &endpoint]).ok();
 
     let started = Instant::now();
     let ls = ls_json(&env);
@@ -225,7 +225,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
 
     // A client that does not trust the daemon's CA refuses the daemon.
     let rogue_ca = format!("cacert={}", f("rogue-ca.pem"));
-    env.kb(&[
+    env.kb([
         "create",
         "untrusted",
         "--endpoint",
@@ -253,7 +253,7 @@ fn tcp_needs_a_client_certificate_signed_by_the_daemons_ca() {
 #[test]
 fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
     let env = common::client();
-    let refused = env.kb(&["serve", "--addr", "tcp://127.0.0.1:0"]).fails();
+    let refused = env.kb(["serve", "--addr", "tcp://127.0.0.1:0"]).fails();
     let line = refused.stderr.trim();
     assert_eq!(line.lines().count(), 1, "{line}");
     assert!(
@@ -263,7 +263,7 @@ fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
         "{line}"
     );
     let incomplete = env
-        .kb(&[
+        .kb([
             "serve",
             "--addr",
             "tcp://127.0.0.1:0",
@@ -285,7 +285,7 @@ fn plain_tcp_is_refused_without_insecure_and_warned_with_it() {
     let warning = daemon.wait_for("INSECURE");
     assert!(warning.contains("WARN"), "{warning}");
     let endpoint = daemon.listening("tcp://");
-    env.kb(&["create", "open", "--endpoint", &endpoint]).ok();
+    env.kb(["create", "open", "--endpoint", &endpoint]).ok();
     let ls = ls_json(&env);
     assert_eq!(
         builder(&ls, "open").unwrap()["nodes"][0]["status"],
@@ -312,7 +312,7 @@ fn a_daemon_of_another_protocol_is_refused_with_the_versions() {
             kbuild_proto::PROTOCOL_VERSION
         )
     );
-    let table = env.kb(&["ls"]).ok().stdout;
+    let table = env.kb(["ls"]).ok().stdout;
     assert!(table.contains("version mismatch"), "{table}");
     assert!(table.contains("speaks protocol 99"), "{table}");
     let (code, stderr) = daemon.terminate();
@@ -332,9 +332,9 @@ fn dead_endpoints_are_unreachable_within_10_seconds() {
     // A listener that accepts connections and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = format!("tcp://{}", silent.local_addr().unwrap());
-    env.kb(&["create", "missing", "--endpoint", &missing]).ok();
-    env.kb(&["create", "closed", "--endpoint", &closed]).ok();
-    env.kb(&["create", "silent", "--endpoint", &silent_addr])
+    env.kb(["create", "missing", "--endpoint", &missing]).ok();
+    env.kb(["create", "closed", "--endpoint", &closed]).ok();
+    env.kb(["create", "silent", "--endpoint", &silent_addr])
         .ok();
 
     let started = Instant::now();
