@@ -95,23 +95,6 @@ fn build(store: &Path, ctx: &Path, extra: &[&str]) -> (String, Run) {
     (digest, r)
 }
 
-/// The names of the steps `--progress plain` reported as CACHED.
-fn cached_steps(stderr: &str) -> Vec<String> {
-    let mut names = std::collections::HashMap::new();
-    let mut cached = Vec::new();
-    for line in stderr.lines() {
-        let Some((id, rest)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
-            continue;
-        };
-        if rest.starts_with('[') {
-            names.insert(id.to_string(), rest.to_string());
-        } else if rest == "CACHED" {
-            cached.push(names.get(id).cloned().unwrap_or_default());
-        }
-    }
-    cached
-}
-
 /// Whether the RUN step of the builder stage (or of the final stage) was
 /// reported CACHED.
 fn cached_run(stderr: &str, builder: bool) -> bool {

@@ -858,23 +858,6 @@ fn push_with_bearer_tokens_only_on_the_client() {
     assert_stopped_without(&mut daemon, &[&password, &auth]);
 }
 
-/// The names of the steps `--progress plain` reported as CACHED.
-fn cached_steps(stderr: &str) -> Vec<String> {
-    let mut names = std::collections::HashMap::new();
-    let mut cached = Vec::new();
-    for line in stderr.lines() {
-        let Some((id, rest)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
-            continue;
-        };
-        if rest.starts_with('[') {
-            names.insert(id.to_string(), rest.to_string());
-        } else if rest == "CACHED" {
-            cached.push(names.get(id).cloned().unwrap_or_default());
-        }
-    }
-    cached
-}
-
 /// `--cache-to type=registry` from one daemon and `--cache-from` on a
 /// second daemon with an empty store: the RUN step hits, and the image is
 /// the same. A `type=local` cache is refused, naming why.
@@ -929,10 +912,14 @@ fn registry_cache_through_daemons_hits_on_an_empty_daemon() {
         "{}",
         first.stderr
     );
-    assert!(cached_steps(&first.stderr).is_empty(), "{}", first.stderr);
+    assert!(
+        common::cached_steps(&first.stderr).is_empty(),
+        "{}",
+        first.stderr
+    );
     let from = format!("type=registry,ref={cache_ref}");
     let second_run = build("second", &["--cache-from", &from]).ok();
-    let hits = cached_steps(&second_run.stderr);
+    let hits = common::cached_steps(&second_run.stderr);
     assert!(
         hits.iter().any(|n| n.contains("] RUN echo expensive")),
         "no cache hit on the empty daemon: {hits:?}\n{}",

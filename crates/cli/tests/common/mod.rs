@@ -337,6 +337,23 @@ pub fn unpack_layers(layout: &Path, manifest: &serde_json::Value, dir: &Path) {
     }
 }
 
+/// The names of the steps `--progress plain` reported as CACHED.
+pub fn cached_steps(stderr: &str) -> Vec<String> {
+    let mut names = std::collections::HashMap::new();
+    let mut cached = Vec::new();
+    for line in stderr.lines() {
+        let Some((id, rest)) = line.strip_prefix('#').and_then(|l| l.split_once(' ')) else {
+            continue;
+        };
+        if rest.starts_with('[') {
+            names.insert(id.to_string(), rest.to_string());
+        } else if rest == "CACHED" {
+            cached.push(names.get(id).cloned().unwrap_or_default());
+        }
+    }
+    cached
+}
+
 /// Builds context `ctx` for `platforms` with `-o type=local,dest=DEST`
 /// (plus `extra` flags), expecting success; returns `dest`.
 pub fn build_local(
