@@ -130,6 +130,8 @@ pub(crate) struct Inner {
     http_no_verify: reqwest::Client,
     state: Mutex<State>,
     pub counters: Counters,
+    /// When the client was made (every cached token is younger).
+    created: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -145,6 +147,8 @@ struct State {
     /// Registry → the credential source that hands out its tokens (a build
     /// daemon's client), described for messages.
     token_sources: HashMap<String, String>,
+    /// (registry, scopes) → held while a token for them is being fetched.
+    fetching: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     /// Blob digest → (registry, repository) pairs known to hold it.
     blob_sources: HashMap<String, BTreeSet<(String, String)>>,
 }
@@ -152,6 +156,8 @@ struct State {
 /// A token and until when it is used.
 struct CachedToken {
     token: String,
+    /// When it was got.
+    fetched: std::time::Instant,
     until: std::time::Instant,
 }
 
@@ -308,6 +314,7 @@ impl Client {
                 opts,
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
+                created: std::time::Instant::now(),
             }),
         })
     }
@@ -528,10 +535,23 @@ impl Client {
                     scopes: scope.strings(),
                 };
                 let key = (scope.registry.clone(), request.scopes.join(" "));
+                let asked = std::time::Instant::now();
                 if !fresh {
                     if let Some(token) = self.cached_token(&key) {
                         return Ok(header(format!("Bearer {}", token.token)));
                     }
+                }
+                // One fetch per scope at a time: requests that met the same
+                // challenge together take the token the first one got.
+                let gate = self
+                    .state()
+                    .fetching
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
+                let _turn = gate.lock().await;
+                if let Some(token) = self.cached_token_since(&key, asked) {
+                    return Ok(header(format!("Bearer {}", token.token)));
                 }
                 let token = self.bearer_token(scope, &request).await?;
                 self.cache_token(key, &token);
@@ -542,8 +562,17 @@ impl Client {
 
     /// A cached token that is still good for a while.
     fn cached_token(&self, key: &(String, String)) -> Option<RegistryToken> {
+        self.cached_token_since(key, self.inner.created)
+    }
+
+    /// [`Client::cached_token`] if it was fetched at or after `since`.
+    fn cached_token_since(
+        &self,
+        key: &(String, String),
+        since: std::time::Instant,
+    ) -> Option<RegistryToken> {
         let state = self.state();
-        let cached = state.tokens.get(key)?;
+        let cached = state.tokens.get(key).filter(|c| c.fetched >= since)?;
         let left = cached
             .until
             .checked_duration_since(std::time::Instant::now())?;
@@ -558,11 +587,13 @@ impl Client {
     /// token about to lapse.
     fn cache_token(&self, key: (String, String), token: &RegistryToken) {
         let early = (token.expires_in / 5).min(Duration::from_secs(30));
-        let until = std::time::Instant::now() + token.expires_in.saturating_sub(early);
+        let fetched = std::time::Instant::now();
+        let until = fetched + token.expires_in.saturating_sub(early);
         self.state().tokens.insert(
             key,
             CachedToken {
                 token: token.token.clone(),
+                fetched,
                 until,
             },
         );
