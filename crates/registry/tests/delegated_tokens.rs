@@ -106,7 +106,10 @@ async fn a_source_hands_over_scoped_tokens_and_is_asked_again_when_they_expire()
         .await
         .unwrap();
     let push_scope = vec!["repository:team/app:pull,push".to_string()];
-    assert_eq!(holder.asked.lock().unwrap().clone(), [push_scope.clone()]);
+    assert_eq!(
+        holder.asked.lock().unwrap().clone(),
+        std::slice::from_ref(&push_scope)
+    );
     // Once it expired the same scope is asked for again.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     daemon
