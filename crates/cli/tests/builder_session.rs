@@ -338,3 +338,114 @@ fn prune_builder_prunes_every_node() {
     let again = env.kb(&["prune", "--builder", "two", "--all"], &[]).ok();
     assert!(again.stdout.contains("removed 0 blobs"), "{}", again.stdout);
 }
+
+/// A client from before registry tokens answers the daemon's Bearer
+/// question with its login (it ignores the challenge): the daemon then
+/// gets the tokens itself with that login, and the push works.
+#[test]
+fn a_client_without_token_answers_still_pushes_with_its_login() {
+    if !require_root() {
+        return;
+    }
+    struct OldClient(kbuild_registry::RegistryLogin);
+    impl kbuild_driver::session::Local for OldClient {
+        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
+        fn credentials(&self, _: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+            Ok(Some(self.0.clone()))
+        }
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(None)
+        }
+        fn result(&self, output: u32, _: Vec<u8>, _: bool) -> Result<(), String> {
+            Err(format!("no output was streamed, got {output}"))
+        }
+    }
+    let env = Env::new();
+    let (user, password) = ("olduser", unique("oldpw"));
+    let keys = env.path("token-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (tokens, files) =
+        match TokenServer::start(std::net::Ipv4Addr::LOCALHOST, &keys, user, &password) {
+            Ok(t) => t,
+            Err(e) => {
+                kbuild_testkit::fixtures::skip_or_fail(&format!("token server: {e}"));
+                return;
+            }
+        };
+    let registry = match TestRegistry::start_with_token_auth(&files) {
+        Ok(r) => r,
+        Err(e) => {
+            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
+            return;
+        }
+    };
+    let reg = registry.host();
+    let addr = format!("unix://{}", env.path("old.sock").display());
+    let mut cmd = Command::new("env");
+    cmd.arg("KUBECTL_BUILD_LOG=kbuild_serve=debug")
+        .arg(bin())
+        .arg("--root")
+        .arg(env.path("daemon-root"))
+        .args(["serve", "--addr", &addr]);
+    let mut daemon = Daemon::spawn(cmd);
+    daemon.listening("unix://");
+    let node = kbuild_driver::config::Node {
+        name: "old0".into(),
+        endpoint: addr,
+        platforms: Vec::new(),
+        tls: Default::default(),
+    };
+    let app = format!("{reg}/old/app:1");
+    let start = kbuild_proto::v1::BuildStart {
+        dockerfile: b"FROM scratch\nLABEL made.by=an-older-client\n".to_vec(),
+        dockerfile_path: "Dockerfile".into(),
+        platforms: vec![kbuild_proto::v1::Platform::from(
+            &kbuild_platform::Platform::parse("linux/amd64").unwrap(),
+        )],
+        outputs: vec![format!("type=image,\"name={app}\",push=true")],
+        ..Default::default()
+    };
+    let login = kbuild_registry::RegistryLogin {
+        username: Some(user.to_string()),
+        password: Some(password.clone()),
+        identity_token: None,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let done = rt
+        .block_on(kbuild_driver::session::build(
+            "old",
+            &node,
+            &kbuild_driver::Direct,
+            start,
+            None,
+            std::sync::Arc::new(OldClient(login)),
+            std::future::pending::<()>(),
+        ))
+        .expect("the session ends with BuildDone");
+    assert_eq!(done.error, "", "{done:?}");
+    let (_, log) = daemon.terminate();
+    assert!(
+        log.contains("credentials from the client: a login (a client without token answers)"),
+        "{log}"
+    );
+    assert!(!log.contains("a registry token"), "{log}");
+    // The daemon fetched the tokens itself, with the login it was handed.
+    assert!(tokens.requests().iter().all(|s| s.granted));
+    assert!(!tokens.requests().is_empty());
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{user}:{password}"),
+            &format!("docker://{app}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
