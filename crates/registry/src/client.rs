@@ -21,6 +21,10 @@ use crate::error::{Error, Result, Wait};
 use crate::reference::{api_host, Reference};
 use crate::timeouts::Timeouts;
 
+/// How long a client waits for a registry's challenge before it hands a
+/// build daemon a token for it.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
+
 /// Longest `Retry-After` honoured; longer asks wait this long instead.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -147,6 +151,8 @@ struct State {
     /// Registry → the credential source that hands out its tokens (a build
     /// daemon's client), described for messages.
     token_sources: HashMap<String, String>,
+    /// Registries whose challenge [`Client::challenge_of`] asked for.
+    probed: std::collections::HashSet<String>,
     /// (registry, scopes) → held while a token for them is being fetched.
     fetching: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     /// Blob digest → (registry, repository) pairs known to hold it.
@@ -749,9 +755,16 @@ impl Client {
         if let Some(c) = self.state().challenges.get(registry) {
             return Some(c.clone());
         }
-        let url = self.base_url(registry).await.ok()?.join("v2/").ok()?;
-        let req = Req::new(Method::GET, url, "GET /v2/");
-        let response = self.exchange(registry, &req, None).await.ok()?;
+        // Asked once: a registry only the builder reaches costs one wait.
+        if !self.state().probed.insert(registry.to_string()) {
+            return None;
+        }
+        let probe = async {
+            let url = self.base_url(registry).await.ok()?.join("v2/").ok()?;
+            let req = Req::new(Method::GET, url, "GET /v2/");
+            self.exchange(registry, &req, None).await.ok()
+        };
+        let response = tokio::time::timeout(PROBE_LIMIT, probe).await.ok()??;
         if response.status() != StatusCode::UNAUTHORIZED {
             return None;
         }
