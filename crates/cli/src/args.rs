@@ -69,7 +69,7 @@ pub enum Command {
         #[arg(long)]
         install: bool,
     },
-    /// Remove blobs, snapshots and cache entries that no image or cache record references.
+    /// Remove blobs, snapshots and cache entries that no image or cache record references (with --builder NAME: on every node of that builder, and the client contexts its daemons keep beyond --keep-contexts).
     Prune {
         /// Remove the build cache records too, not only unreferenced data.
         #[arg(long)]

@@ -743,51 +743,30 @@ pub(crate) fn recover(store: &ContentStore, snaps: &Snapshotter) {
 /// lock: it fails at once, touching nothing, while a build runs.
 pub fn prune(g: &GlobalArgs, all: bool) -> Result<String, BuildError> {
     let (store, root) = open_store(g)?;
-    let serr = |source| BuildError::Store {
-        path: root.clone(),
-        source,
-    };
-    let held = store.try_lock_exclusive().map_err(serr)?;
-    let snaps_root = root.join("snapshots");
-    let snaps = Snapshotter::new(&snaps_root).map_err(|source| BuildError::Snapshots {
-        path: snaps_root.clone(),
-        source,
-    })?;
-    let mut dropped_records = 0;
-    if all {
-        for (name, _) in store.list_refs().map_err(serr)? {
-            if name.starts_with("cache/") {
-                store.remove_ref(&name).map_err(serr)?;
-                dropped_records += 1;
-            }
+    let report = kbuild_solver::prune::prune(&store, &root, all).map_err(|e| match e {
+        kbuild_solver::prune::PruneError::Store { path, source } => {
+            BuildError::Store { path, source }
         }
-    }
-    let report = store.prune_locked(&held, &[]).map_err(serr)?;
-    let keep = store.referenced_diff_ids().map_err(serr)?;
-    let gc = snaps
-        .gc(&held, keep.iter().map(|d| d.to_string()))
-        .map_err(|source| BuildError::Snapshots {
-            path: snaps_root.clone(),
-            source,
-        })?;
-    drop(held);
-    tracing::debug!(
-        unmounted = gc.recovered.unmounted.len(),
-        removed = gc.recovered.removed.len(),
-        ingest_files = report.removed_ingests,
-        "reclaimed what dead builds left"
-    );
-    Ok(format!(
+        kbuild_solver::prune::PruneError::Snapshots { path, source } => {
+            BuildError::Snapshots { path, source }
+        }
+    })?;
+    Ok(prune_summary(&report, all))
+}
+
+/// The one line a prune prints (`removed 3 blobs (1.2 MB), ...`).
+pub(crate) fn prune_summary(report: &kbuild_solver::prune::PruneReport, all: bool) -> String {
+    format!(
         "removed {} blobs ({:.1} MB), {} unpacked layers ({:.1} MB){}; kept {} blobs",
-        report.removed_blobs.len(),
-        report.freed_bytes as f64 / 1e6,
-        gc.removed_layers,
-        gc.freed_bytes as f64 / 1e6,
+        report.blobs_removed,
+        report.blob_bytes as f64 / 1e6,
+        report.layers_removed,
+        report.layer_bytes as f64 / 1e6,
         if all {
-            format!(", {dropped_records} cache records")
+            format!(", {} cache records", report.cache_records_removed)
         } else {
             String::new()
         },
-        report.kept
-    ))
+        report.blobs_kept
+    )
 }

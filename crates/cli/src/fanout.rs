@@ -584,6 +584,13 @@ impl Local for NodeLocal {
     fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
         self.client.credentials(host)
     }
+    fn registry_token(
+        &self,
+        host: &str,
+        request: &kbuild_registry::TokenRequest,
+    ) -> Result<Option<kbuild_registry::RegistryToken>, String> {
+        self.client.registry_token(host, request)
+    }
     fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         self.client.secret(id)
     }

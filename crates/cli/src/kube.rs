@@ -149,7 +149,7 @@ pub fn create(args: &CreateArgs, g: &GlobalArgs) -> Result<ExitCode> {
 }
 
 /// The namespace builder `name` was recorded in, if it is a kubernetes builder of the list.
-fn recorded(name: &str) -> Option<kbuild_driver::config::KubernetesBuilder> {
+pub(crate) fn recorded(name: &str) -> Option<kbuild_driver::config::KubernetesBuilder> {
     let path = kbuild_driver::config::default_path().ok()?;
     let c = kbuild_driver::Config::load(&path).ok()?;
     c.builders.get(name)?.kubernetes.clone()

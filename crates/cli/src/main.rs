@@ -8,6 +8,7 @@ mod builders;
 mod fanout;
 mod kube;
 mod planner;
+mod prune;
 mod remote;
 mod request;
 mod signals;
@@ -53,6 +54,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Some(Command::Doctor { install }) => doctor(install),
+        Some(Command::Prune { all }) if cli.global.builder.is_some() => {
+            let name = cli
+                .global
+                .builder
+                .as_deref()
+                .unwrap_or(kbuild_driver::LOCAL);
+            prune::prune_builder(name, all, &cli.global)
+        }
         Some(Command::Prune { all }) => {
             let report = build::prune(&cli.global, all)?;
             println!("{report}");

@@ -129,6 +129,9 @@ pub(crate) struct Client {
     /// included), for the merged index too.
     pub(crate) credentials: kbuild_registry::Credentials,
     helper_limit: Duration,
+    /// Gets registry tokens for the daemons' Bearer challenges with
+    /// `credentials` (and caches them per scope).
+    tokens: kbuild_registry::Client,
     secrets: Vec<kbuild_solver::options::SecretSpec>,
     ssh: Vec<kbuild_solver::options::SshSpec>,
     outputs: Vec<Output>,
@@ -166,6 +169,18 @@ impl Local for Client {
     fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
         self.credentials
             .login(host, self.helper_limit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn registry_token(
+        &self,
+        host: &str,
+        request: &kbuild_registry::TokenRequest,
+    ) -> Result<Option<kbuild_registry::RegistryToken>, String> {
+        // Called on a blocking thread of the session's runtime.
+        tokio::runtime::Handle::current()
+            .block_on(self.tokens.registry_token(host, request))
+            .map(Some)
             .map_err(|e| e.to_string())
     }
 
@@ -394,10 +409,18 @@ impl Setup {
                 &abs,
             )))
         });
+        let tokens = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+            insecure: a.insecure_registries.clone(),
+            credentials: credentials.clone(),
+            timeouts: req.registry_timeouts,
+            ..Default::default()
+        })
+        .map_err(BuildError::Credentials)?;
         let client = Arc::new(Client {
             progress,
             credentials,
             helper_limit: req.registry_timeouts.helper,
+            tokens,
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
             outputs: req.outputs.clone(),

@@ -1266,3 +1266,67 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     let log = run_loaded(c, &run_pods[1], &loaded, cluster::ARM64_NODE);
     assert_eq!(log.trim(), "aarch64");
 }
+
+/// `prune --builder` of a kubernetes builder prunes every ready pod through
+/// the API server (the same exec as a build), one line per pod.
+#[test]
+fn prune_builder_prunes_every_pod() {
+    let Some(c) = cluster() else { return };
+    let kb = Kb::new(c);
+    let b = name("kt-prune");
+    let _cleanup = Cleanup {
+        cluster: c,
+        builders: vec![b.clone()],
+        secrets: Vec::new(),
+    };
+    ok(
+        "create --driver kubernetes",
+        kb.run(&[
+            "create",
+            &b,
+            "--driver",
+            "kubernetes",
+            "--driver-opt",
+            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+        ]),
+    );
+    // A result kept only in a pod's build cache.
+    let ctx = kb.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY data /\n").unwrap();
+    std::fs::write(ctx.join("data"), "x".repeat(8192)).unwrap();
+    ok(
+        "build",
+        kb.run(&[
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "--progress",
+            "quiet",
+        ]),
+    );
+    let out = ok(
+        "prune --builder",
+        kb.run(&["prune", "--builder", &b, "--all"]),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let pods: Vec<&str> = lines[..2]
+        .iter()
+        .map(|l| l.split(": ").next().unwrap_or(""))
+        .collect();
+    for pod in &pods {
+        assert!(pod.starts_with(&b), "{out}");
+    }
+    assert_ne!(pods[0], pods[1], "{out}");
+    // The pod that built had blobs to free.
+    assert!(
+        lines[..2].iter().any(|l| !l.contains("removed 0 blobs")),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("builder {b}: 2 of 2 nodes pruned")),
+        "{out}"
+    );
+    ok("rm", kb.run(&["rm", &b]));
+}

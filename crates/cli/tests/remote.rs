@@ -1135,3 +1135,61 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
         )
     );
 }
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(e.path()),
+                Ok(_) => n += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    n
+}
+
+/// `prune --builder` of a node that is running a build is refused, as a
+/// local prune is while a build holds the store, and changes nothing;
+/// once the build is gone it prunes.
+#[test]
+fn prune_builder_is_refused_while_the_node_builds() {
+    if !require_root() {
+        return;
+    }
+    let env = Env::new();
+    let daemon = env.daemon("busy");
+    let Some((child, marker)) = sleeping_build(&env, "busy") else {
+        return;
+    };
+    let content = env.path("daemon-root").join("content");
+    let before = files_under(&content);
+    let r = env
+        .kb(&["prune", "--builder", "busy", "--all"], &[])
+        .fails();
+    let errors = common::error_lines(&r.stderr);
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains("builder busy") && errors[0].contains("a build is running"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(files_under(&content), before);
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait_with_output();
+    wait_until("the RUN process to end", Duration::from_secs(20), || {
+        pids_running(&marker).is_empty()
+    });
+    let r = env.kb(&["prune", "--builder", "busy", "--all"], &[]).ok();
+    assert!(r.stdout.starts_with("busy0: removed "), "{}", r.stdout);
+    assert!(files_under(&content) < before, "{}", r.stdout);
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, 0, "{log}");
+}

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod connect;
 pub mod kubernetes;
+pub mod prune;
 pub mod schedule;
 pub mod session;
 

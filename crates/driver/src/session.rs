@@ -44,6 +44,18 @@ pub trait Local: Send + Sync + 'static {
     fn progress(&self, event: v1::ProgressEvent);
     /// Registry credentials for `host`. Blocking is fine (helpers run).
     fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String>;
+    /// A registry token for `request` (the Bearer challenge `host` gave the
+    /// daemon, and the scopes it needs), got with this side's own
+    /// credentials, so that the daemon never holds the login. `Ok(None)`:
+    /// answer with the login instead (what a client without this does).
+    /// Blocking is fine.
+    fn registry_token(
+        &self,
+        _host: &str,
+        _request: &kbuild_registry::TokenRequest,
+    ) -> Result<Option<kbuild_registry::RegistryToken>, String> {
+        Ok(None)
+    }
     /// A `--secret` value (`None`: no such secret). Blocking is fine.
     fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
     /// A piece of output `output` (index into the outputs sent); `last`
@@ -247,15 +259,50 @@ pub async fn build(
                 let local = local.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let mut resp = v1::CredentialsResponse {
+                        host: r.host.clone(),
+                        id: r.id,
+                        ..Default::default()
+                    };
+                    // A Bearer challenge: a token for exactly the scopes
+                    // asked, so that the login stays here.
+                    if !r.realm.is_empty() {
+                        let request = kbuild_registry::TokenRequest {
+                            realm: r.realm,
+                            service: (!r.service.is_empty()).then_some(r.service),
+                            scopes: r.scopes,
+                        };
+                        let (local, host) = (local.clone(), r.host.clone());
+                        let token = tokio::task::spawn_blocking(move || {
+                            local.registry_token(&host, &request)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                        let done = match token {
+                            Ok(Some(t)) => {
+                                resp.registry_token = t.token;
+                                resp.expires_in_seconds = t.expires_in.as_secs().max(1);
+                                true
+                            }
+                            Ok(None) => false,
+                            Err(e) => {
+                                resp.error = e;
+                                true
+                            }
+                        };
+                        if done {
+                            let _ = tx
+                                .send(v1::BuildClientMessage {
+                                    message: Some(Out::Credentials(resp)),
+                                })
+                                .await;
+                            return;
+                        }
+                    }
                     let host = r.host.clone();
                     let answer = tokio::task::spawn_blocking(move || local.credentials(&host))
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
-                    let mut resp = v1::CredentialsResponse {
-                        host: r.host,
-                        id: r.id,
-                        ..Default::default()
-                    };
                     match answer {
                         Ok(Some(l)) => {
                             resp.username = l.username.unwrap_or_default();

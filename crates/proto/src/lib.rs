@@ -13,7 +13,12 @@
 //! Protocol 1 is `Builder.Info` only; protocol 2 adds `Builder.Build`, the
 //! build session ([`BUILD_PROTOCOL`] is the first protocol that may build);
 //! protocol 3 sends the planned op graph in `BuildStart.graph` instead of
-//! the Dockerfile ([`GRAPH_PROTOCOL`]).
+//! the Dockerfile ([`GRAPH_PROTOCOL`]); protocol 4 adds `Builder.Prune`
+//! ([`PRUNE_PROTOCOL`]). A build session's credential questions carry the
+//! registry's Bearer challenge (`CredentialsRequest.realm`) so that the
+//! client answers with a scoped token (`CredentialsResponse.registry_token`);
+//! both sides fall back to the login when the other ignores those fields,
+//! so that needs no protocol of its own.
 
 #![deny(missing_docs)]
 
@@ -27,7 +32,7 @@ pub mod v1 {
 }
 
 /// The newest protocol this build of kubectl-build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first protocol that serves `Builder.Build`: a client must have
 /// negotiated at least this before it sends a build.
@@ -37,6 +42,9 @@ pub const BUILD_PROTOCOL: u32 = 2;
 /// (`graph`) instead of the Dockerfile: with an older daemon a client
 /// sends the Dockerfile, which that daemon plans itself.
 pub const GRAPH_PROTOCOL: u32 = 3;
+
+/// The first protocol that serves `Builder.Prune`.
+pub const PRUNE_PROTOCOL: u32 = 4;
 
 /// The oldest protocol this build of kubectl-build still speaks.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;

@@ -2,6 +2,8 @@
 //! authentication (GET with Basic credentials, or OAuth2 POST with a refresh token).
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -116,6 +118,45 @@ struct TokenAnswer {
     token: Option<String>,
     #[serde(default)]
     access_token: Option<String>,
+    /// Seconds the token is valid for; absent means 60 (Docker's token
+    /// specification).
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// How long a token is taken to be valid when its endpoint does not say
+/// (`expires_in` absent or 0), as Docker's token specification defines.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A registry (Bearer) token and how long it is valid from when it was
+/// handed over.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryToken {
+    /// The token, sent as `Authorization: Bearer TOKEN`.
+    pub token: String,
+    /// How long it stays valid.
+    pub expires_in: Duration,
+}
+
+impl fmt::Debug for RegistryToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryToken")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registry's Bearer challenge and the scopes a token is wanted for:
+/// what a build daemon sends its client so that the client gets the token
+/// with its own credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The token endpoint (`realm` of the challenge).
+    pub realm: String,
+    /// The `service` of the challenge, if any.
+    pub service: Option<String>,
+    /// The scopes (`repository:team/app:pull,push`), each granted exactly.
+    pub scopes: Vec<String>,
 }
 
 /// Why a token could not be obtained.
@@ -163,7 +204,7 @@ pub(crate) async fn fetch_token(
     service: Option<&str>,
     scopes: &[String],
     cred: Option<&Credential>,
-) -> Result<String, TokenError> {
+) -> Result<RegistryToken, TokenError> {
     let request = match cred.and_then(|c| c.identity_token.as_deref()) {
         Some(refresh) => {
             let mut form: Vec<(&str, String)> = vec![
@@ -214,13 +255,35 @@ pub(crate) async fn fetch_token(
             realm: realm.to_string(),
             source,
         })?;
+    let expires_in = match answer.expires_in {
+        Some(secs) if secs > 0 => Duration::from_secs(secs),
+        _ => DEFAULT_TOKEN_LIFETIME,
+    };
     answer
         .token
         .or(answer.access_token)
         .filter(|t| !t.is_empty())
+        .map(|token| RegistryToken { token, expires_in })
         .ok_or_else(|| TokenError::Empty {
             realm: realm.to_string(),
         })
+}
+
+/// Whether a build daemon may be handed a token for `scope`: a repository
+/// scope whose actions are only `pull` and `push` (never `delete`, `*` or
+/// the registry's catalog).
+pub(crate) fn scope_allowed(scope: &str) -> bool {
+    let mut parts = scope.splitn(3, ':');
+    let (Some("repository"), Some(name), Some(actions)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    // A name may hold a port-less path only; a colon would be another field.
+    !name.is_empty()
+        && !name.contains(':')
+        && !actions.is_empty()
+        && actions.split(',').all(|a| a == "pull" || a == "push")
 }
 
 #[cfg(test)]
@@ -239,6 +302,28 @@ mod tests {
                 service: Some("reg \"x\"".into()),
             })
         );
+    }
+
+    #[test]
+    fn only_repository_pull_and_push_scopes_are_handed_out() {
+        for ok in [
+            "repository:a/b:pull",
+            "repository:a/b:pull,push",
+            "repository:library/busybox:push",
+        ] {
+            assert!(scope_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "repository:a/b:*",
+            "repository:a/b:pull,delete",
+            "registry:catalog:*",
+            "repository::pull",
+            "repository:a/b:",
+            "repository:a:b:pull",
+            "",
+        ] {
+            assert!(!scope_allowed(refused), "{refused}");
+        }
     }
 
     #[test]

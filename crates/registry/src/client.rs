@@ -13,11 +13,17 @@ use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
 use url::Url;
 
-use crate::auth::{fetch_token, parse_challenge, Challenge, TokenError};
-use crate::credentials::{Credential, Credentials};
+use crate::auth::{
+    fetch_token, parse_challenge, scope_allowed, Challenge, RegistryToken, TokenError, TokenRequest,
+};
+use crate::credentials::{Bearer, Credential, Credentials};
 use crate::error::{Error, Result, Wait};
 use crate::reference::{api_host, Reference};
 use crate::timeouts::Timeouts;
+
+/// How long a client waits for a registry's challenge before it hands a
+/// build daemon a token for it.
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Longest `Retry-After` honoured; longer asks wait this long instead.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -128,6 +134,8 @@ pub(crate) struct Inner {
     http_no_verify: reqwest::Client,
     state: Mutex<State>,
     pub counters: Counters,
+    /// When the client was made (every cached token is younger).
+    created: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -139,9 +147,24 @@ struct State {
     /// Registry → how it wants to be authenticated.
     challenges: HashMap<String, Challenge>,
     /// (registry, scopes) → bearer token.
-    tokens: HashMap<(String, String), String>,
+    tokens: HashMap<(String, String), CachedToken>,
+    /// Registry → the credential source that hands out its tokens (a build
+    /// daemon's client), described for messages.
+    token_sources: HashMap<String, String>,
+    /// Registries whose challenge [`Client::challenge_of`] asked for.
+    probed: std::collections::HashSet<String>,
+    /// (registry, scopes) → held while a token for them is being fetched.
+    fetching: HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>,
     /// Blob digest → (registry, repository) pairs known to hold it.
     blob_sources: HashMap<String, BTreeSet<(String, String)>>,
+}
+
+/// A token and until when it is used.
+struct CachedToken {
+    token: String,
+    /// When it was got.
+    fetched: std::time::Instant,
+    until: std::time::Instant,
 }
 
 /// What a request needs access to: used for token scopes and error messages.
@@ -297,6 +320,7 @@ impl Client {
                 opts,
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
+                created: std::time::Instant::now(),
             }),
         })
     }
@@ -461,6 +485,17 @@ impl Client {
     }
 
     async fn unauthorized(&self, scope: &Scope, status: u16) -> Error {
+        let from = self.state().token_sources.get(&scope.registry).cloned();
+        if let Some(from) = from {
+            // The login stays with the source: never ask it for one here.
+            return Error::Unauthorized {
+                registry: scope.registry.clone(),
+                repository: scope.repository.clone(),
+                action: scope.action().to_string(),
+                status,
+                tried: format!("a token from {from}"),
+            };
+        }
         let tried = match self.credential(&scope.registry).await {
             Ok(Some(c)) => format!("credentials from {}", c.source),
             Ok(None) => "no credentials (none configured for this registry)".to_string(),
@@ -500,44 +535,250 @@ impl Client {
                 })
             }
             Some(Challenge::Bearer { realm, service }) => {
-                let scopes = scope.strings();
-                let key = (scope.registry.clone(), scopes.join(" "));
+                let request = TokenRequest {
+                    realm,
+                    service,
+                    scopes: scope.strings(),
+                };
+                let key = (scope.registry.clone(), request.scopes.join(" "));
+                let asked = std::time::Instant::now();
                 if !fresh {
-                    if let Some(token) = self.state().tokens.get(&key) {
-                        return Ok(header(format!("Bearer {token}")));
+                    if let Some(token) = self.cached_token(&key) {
+                        return Ok(header(format!("Bearer {}", token.token)));
                     }
                 }
-                let cred = self.credential(&scope.registry).await?;
-                let limit = self.inner.opts.timeouts.token;
-                let fetch = fetch_token(
-                    self.http_for(&scope.registry),
-                    &realm,
-                    service.as_deref(),
-                    &scopes,
-                    cred.as_ref(),
-                );
-                let answer = match tokio::time::timeout(limit, fetch).await {
-                    Ok(answer) => answer,
-                    Err(_) => {
-                        return Err(Error::Timeout {
-                            registry: scope.registry.clone(),
-                            operation: format!("a token request to {realm}"),
-                            wait: Wait::Token,
-                            limit,
-                        })
-                    }
-                };
-                let token = match answer {
-                    Ok(token) => token,
-                    Err(TokenError::Denied(status)) => {
-                        return Err(self.unauthorized(scope, status).await)
-                    }
-                    Err(e) => return Err(token_error(scope, &realm, &scopes, e)),
-                };
-                self.state().tokens.insert(key, token.clone());
-                Ok(header(format!("Bearer {token}")))
+                // One fetch per scope at a time: requests that met the same
+                // challenge together take the token the first one got.
+                let gate = self
+                    .state()
+                    .fetching
+                    .entry(key.clone())
+                    .or_default()
+                    .clone();
+                let _turn = gate.lock().await;
+                if let Some(token) = self.cached_token_since(&key, asked) {
+                    return Ok(header(format!("Bearer {}", token.token)));
+                }
+                let token = self.bearer_token(scope, &request).await?;
+                self.cache_token(key, &token);
+                Ok(header(format!("Bearer {}", token.token)))
             }
         }
+    }
+
+    /// A cached token that is still good for a while.
+    fn cached_token(&self, key: &(String, String)) -> Option<RegistryToken> {
+        self.cached_token_since(key, self.inner.created)
+    }
+
+    /// [`Client::cached_token`] if it was fetched at or after `since`.
+    fn cached_token_since(
+        &self,
+        key: &(String, String),
+        since: std::time::Instant,
+    ) -> Option<RegistryToken> {
+        let state = self.state();
+        let cached = state.tokens.get(key).filter(|c| c.fetched >= since)?;
+        let left = cached
+            .until
+            .checked_duration_since(std::time::Instant::now())?;
+        Some(RegistryToken {
+            token: cached.token.clone(),
+            expires_in: left,
+        })
+    }
+
+    /// Keeps `token` until shortly before it expires (a fifth of its
+    /// lifetime early, at most 30 s), so that no request goes out with a
+    /// token about to lapse.
+    fn cache_token(&self, key: (String, String), token: &RegistryToken) {
+        let early = (token.expires_in / 5).min(Duration::from_secs(30));
+        let fetched = std::time::Instant::now();
+        let until = fetched + token.expires_in.saturating_sub(early);
+        self.state().tokens.insert(
+            key,
+            CachedToken {
+                token: token.token.clone(),
+                fetched,
+                until,
+            },
+        );
+    }
+
+    /// A fresh token for `request`: fetched with this client's credentials
+    /// for the registry, or handed over by a credential source that does
+    /// the exchange itself (a build daemon's client).
+    async fn bearer_token(&self, scope: &Scope, request: &TokenRequest) -> Result<RegistryToken> {
+        let known = self.state().creds.get(&scope.registry).cloned();
+        let delegated = self.state().token_sources.contains_key(&scope.registry);
+        let cred = match known {
+            Some(cred) if cred.is_some() || !delegated => cred,
+            _ => {
+                let credentials = self.inner.opts.credentials.clone();
+                let limit = self.question_limit();
+                let (name, req) = (scope.registry.clone(), request.clone());
+                let bearer = match tokio::task::spawn_blocking(move || {
+                    credentials.bearer(&name, &req, limit)
+                })
+                .await
+                {
+                    Ok(bearer) => bearer?,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                };
+                match bearer {
+                    Bearer::Token(token, from) => {
+                        tracing::debug!(
+                            registry = %scope.registry,
+                            scopes = %request.scopes.join(" "),
+                            expires_in = token.expires_in.as_secs(),
+                            "a registry token from {from}"
+                        );
+                        self.state()
+                            .token_sources
+                            .insert(scope.registry.clone(), from);
+                        return Ok(token);
+                    }
+                    Bearer::Credential(cred) => {
+                        self.state()
+                            .creds
+                            .insert(scope.registry.clone(), cred.clone());
+                        cred
+                    }
+                }
+            }
+        };
+        self.fetch_token(scope, request, cred.as_ref()).await
+    }
+
+    /// How long a question to a credential source may take: a helper's run,
+    /// or a token exchange done by the source.
+    fn question_limit(&self) -> Duration {
+        let t = &self.inner.opts.timeouts;
+        t.helper.saturating_add(t.token)
+    }
+
+    /// One exchange at the token endpoint, bounded by the `token` timeout.
+    async fn fetch_token(
+        &self,
+        scope: &Scope,
+        request: &TokenRequest,
+        cred: Option<&Credential>,
+    ) -> Result<RegistryToken> {
+        let limit = self.inner.opts.timeouts.token;
+        let fetch = fetch_token(
+            self.http_for(&scope.registry),
+            &request.realm,
+            request.service.as_deref(),
+            &request.scopes,
+            cred,
+        );
+        let answer = match tokio::time::timeout(limit, fetch).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    registry: scope.registry.clone(),
+                    operation: format!("a token request to {}", request.realm),
+                    wait: Wait::Token,
+                    limit,
+                })
+            }
+        };
+        match answer {
+            Ok(token) => Ok(token),
+            Err(TokenError::Denied(status)) => Err(self.unauthorized(scope, status).await),
+            Err(e) => Err(token_error(scope, &request.realm, &request.scopes, e)),
+        }
+    }
+
+    /// A token for `request` at `registry`'s token endpoint, got with this
+    /// client's own credentials: how a client answers a build daemon that
+    /// met a Bearer challenge, so that the daemon holds a token for exactly
+    /// those scopes (and for its lifetime) instead of the login.
+    ///
+    /// Only repository scopes with `pull` and `push` actions are handed
+    /// out ([`Error::ScopeRefused`]). When this client knows, or can learn
+    /// with one anonymous `GET /v2/`, the registry's own challenge, the
+    /// realm and service must be those ([`Error::RealmMismatch`]): the
+    /// credentials go only where the registry itself sends them. A registry
+    /// this machine cannot reach is taken at the daemon's word. Tokens are
+    /// cached as for the client's own requests.
+    pub async fn registry_token(
+        &self,
+        registry: &str,
+        request: &TokenRequest,
+    ) -> Result<RegistryToken> {
+        if let Some(bad) = request.scopes.iter().find(|s| !scope_allowed(s)) {
+            return Err(Error::ScopeRefused {
+                registry: registry.to_string(),
+                scope: bad.clone(),
+            });
+        }
+        if request.scopes.is_empty() {
+            return Err(Error::ScopeRefused {
+                registry: registry.to_string(),
+                scope: String::new(),
+            });
+        }
+        if let Some(Challenge::Bearer { realm, service }) = self.challenge_of(registry).await {
+            if realm != request.realm || service != request.service {
+                return Err(Error::RealmMismatch {
+                    registry: registry.to_string(),
+                    asked: request.realm.clone(),
+                    announced: realm,
+                });
+            }
+        }
+        let key = (registry.to_string(), request.scopes.join(" "));
+        if let Some(token) = self.cached_token(&key) {
+            return Ok(token);
+        }
+        // The first scope names the repository in messages.
+        let repository = request.scopes[0]
+            .split(':')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let scope = Scope {
+            push: request.scopes[0].ends_with("push"),
+            ..Scope::pull(registry, &repository)
+        };
+        let cred = self.credential(registry).await?;
+        let token = self.fetch_token(&scope, request, cred.as_ref()).await?;
+        self.cache_token(key, &token);
+        Ok(token)
+    }
+
+    /// The challenge `registry` answers with, learnt from an earlier request
+    /// or from one anonymous `GET /v2/`; `None` when it cannot be reached
+    /// or asks for none.
+    async fn challenge_of(&self, registry: &str) -> Option<Challenge> {
+        if let Some(c) = self.state().challenges.get(registry) {
+            return Some(c.clone());
+        }
+        // Asked once: a registry only the builder reaches costs one wait.
+        if !self.state().probed.insert(registry.to_string()) {
+            return None;
+        }
+        let probe = async {
+            let url = self.base_url(registry).await.ok()?.join("v2/").ok()?;
+            let req = Req::new(Method::GET, url, "GET /v2/");
+            self.exchange(registry, &req, None).await.ok()
+        };
+        let response = tokio::time::timeout(PROBE_LIMIT, probe).await.ok()??;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return None;
+        }
+        let values: Vec<String> = response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        let challenge = parse_challenge(values.iter().map(String::as_str))?;
+        self.state()
+            .challenges
+            .insert(registry.to_string(), challenge.clone());
+        Some(challenge)
     }
 
     /// Sends `req` with authentication, retrying 429, 5xx, timeouts and broken

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde::Deserialize;
 
+use crate::auth::{RegistryToken, TokenRequest};
 use crate::error::{Error, Result};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_ENDPOINT, DOCKER_HUB_LEGACY};
 
@@ -70,8 +71,39 @@ pub trait CredentialSource: Send + Sync + fmt::Debug {
         scopes: &[String],
         limit: Duration,
     ) -> Result<Option<RegistryLogin>>;
+    /// A token for `request` that the source gets itself with its own
+    /// credentials for `registry` (a build daemon's client does the token
+    /// exchange, so the daemon never holds the login): `Ok(None)` when the
+    /// source does not do token exchanges, and the caller asks
+    /// [`CredentialSource::login`] and fetches the token itself. A source may
+    /// also answer with a login ([`TokenAnswer::Login`]: an older client).
+    fn token(
+        &self,
+        _registry: &str,
+        _request: &TokenRequest,
+        _limit: Duration,
+    ) -> Result<Option<TokenAnswer>> {
+        Ok(None)
+    }
     /// What it is, for messages (`the client of this build`).
     fn describe(&self) -> String;
+}
+
+/// What a [`CredentialSource`] answers when asked for a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenAnswer {
+    /// A token for exactly the scopes asked.
+    Token(RegistryToken),
+    /// A login to get the token with (`None`: anonymous).
+    Login(Option<RegistryLogin>),
+}
+
+/// How a Bearer token is to be had for a registry (see [`Credentials::bearer`]).
+pub(crate) enum Bearer {
+    /// A source handed over a token; the string describes the source.
+    Token(RegistryToken, String),
+    /// Fetch one with these credentials (`None`: anonymously).
+    Credential(Option<Credential>),
 }
 
 #[derive(Clone, Debug)]
@@ -259,6 +291,40 @@ impl Credentials {
             password: c.password,
             identity_token: c.identity_token,
         }))
+    }
+
+    /// How to get a Bearer token for `request` at `registry`: credentials of
+    /// the config files first, then each pluggable source, which may hand
+    /// over the token itself. Blocks: call it off the async threads.
+    pub(crate) fn bearer(
+        &self,
+        registry: &str,
+        request: &TokenRequest,
+        limit: Duration,
+    ) -> Result<Bearer> {
+        for source in &self.sources {
+            if let Some(cred) = source.lookup(registry, limit)? {
+                return Ok(Bearer::Credential(Some(cred)));
+            }
+        }
+        for source in &self.external {
+            let login = match source.token(registry, request, limit)? {
+                Some(TokenAnswer::Token(token)) => {
+                    return Ok(Bearer::Token(token, source.describe()))
+                }
+                Some(TokenAnswer::Login(login)) => login,
+                None => source.login(registry, &request.scopes, limit)?,
+            };
+            if let Some(login) = login {
+                return Ok(Bearer::Credential(Some(Credential {
+                    username: login.username,
+                    password: login.password,
+                    identity_token: login.identity_token,
+                    source: source.describe(),
+                })));
+            }
+        }
+        Ok(Bearer::Credential(None))
     }
 
     /// Looks up credentials for a registry name (`docker.io`, `127.0.0.1:5000`),

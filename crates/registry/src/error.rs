@@ -222,6 +222,25 @@ pub enum Error {
         /// The reading or parsing error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A build daemon asked for a token with a scope it is never handed.
+    #[error("the builder asked for a {registry} token with scope {scope:?}; only repository:NAME:pull and repository:NAME:pull,push tokens are handed to a builder")]
+    ScopeRefused {
+        /// Registry name.
+        registry: String,
+        /// The scope refused (empty: none was named).
+        scope: String,
+    },
+    /// A build daemon named a token endpoint other than the one the
+    /// registry announces: the client's credentials are not sent there.
+    #[error("the builder asked for a {registry} token from {asked}, but {registry} sends clients to {announced}; the credentials were not sent")]
+    RealmMismatch {
+        /// Registry name.
+        registry: String,
+        /// The endpoint the builder named.
+        asked: String,
+        /// The endpoint the registry names.
+        announced: String,
+    },
     /// A credentials source could not be read.
     #[error("cannot read registry credentials from {source_name}: {reason}")]
     Credentials {

@@ -70,9 +70,11 @@ mod reference;
 mod timeouts;
 mod uploads;
 
-pub use auth::TokenError;
+pub use auth::{RegistryToken, TokenError, TokenRequest, DEFAULT_TOKEN_LIFETIME};
 pub use client::{Client, ClientOptions, Stats};
-pub use credentials::{CredentialSource, Credentials, RegistryLogin, DEFAULT_REGISTRY_SECRET};
+pub use credentials::{
+    CredentialSource, Credentials, RegistryLogin, TokenAnswer, DEFAULT_REGISTRY_SECRET,
+};
 pub use error::{Error, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;

@@ -1,9 +1,11 @@
 //! Bounds the daemon's per-context state: `contexts/<key>/` (a copy of each
-//! client context, kept so a rebuild sends only what changed) and
-//! `context-files/` (the content cache the copies are made from). After
-//! each build the contexts beyond the most recently used `keep` are
-//! removed (never one a build is using: each holds its context's lock),
-//! then every cached file no kept context lists.
+//! client context, kept so a rebuild sends only what changed),
+//! `context-files/` (the content cache the copies are made from) and
+//! `checksums/` (the solver's checksum cache of each copy). After each
+//! build, and on `Prune`, the contexts beyond the most recently used `keep`
+//! are removed with their checksum caches (never one a build is using: each
+//! holds its context's lock), then every cached file and checksum cache no
+//! kept context has.
 //!
 //! Sessions hold `context-files.lock` shared while they sync a context
 //! (from asking for files until the copy and its record are written); the
@@ -35,8 +37,31 @@ pub struct Collected {
     pub contexts: usize,
     /// Cached files removed.
     pub files: usize,
-    /// Their bytes.
+    /// Their bytes, with those of the checksum caches removed.
     pub bytes: u64,
+    /// Checksum caches (`checksums/*.json`) removed.
+    pub checksum_files: usize,
+}
+
+/// The checksum cache file of the context copy in `context` (a directory
+/// of `contexts/`): named after the copy's path, as the session loads it.
+fn checksum_file(root: &Path, context: &Path) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let dir = context.join("dir");
+    let key = hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+    root.join("checksums").join(format!("{key}.json"))
+}
+
+/// Moves `file` into `trash` as `name`; its size when it was there.
+fn trash_file(file: &Path, trash: &Path, name: &std::ffi::OsStr) -> io::Result<Option<u64>> {
+    let size = std::fs::symlink_metadata(file)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    match std::fs::rename(file, trash.join(name)) {
+        Ok(()) => Ok(Some(size)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn lock_path(root: &Path) -> std::path::PathBuf {
@@ -117,15 +142,41 @@ fn select(
                     Err(e) => return Err(e),
                 }
                 let name = dir.file_name().unwrap_or_default().to_owned();
-                std::fs::rename(&dir, trash.join(name))?;
+                let sums = checksum_file(root, &dir);
+                std::fs::rename(&dir, trash.join(&name))?;
                 drop(lock);
                 done.contexts += 1;
+                let mut sums_name = name;
+                sums_name.push(".json");
+                if let Some(size) = trash_file(&sums, trash, &sums_name)? {
+                    done.checksum_files += 1;
+                    done.bytes += size;
+                }
             }
             None => kept.push(dir),
         }
     }
     if done.contexts == 0 && !sweep {
         return Ok(done);
+    }
+    // The checksum caches of contexts no longer kept (removed by an
+    // earlier collection that stopped half-way, or by hand).
+    let kept_sums: HashSet<std::path::PathBuf> =
+        kept.iter().map(|dir| checksum_file(root, dir)).collect();
+    if let Ok(entries) = std::fs::read_dir(root.join("checksums")) {
+        for e in entries {
+            let e = e?;
+            let path = e.path();
+            if kept_sums.contains(&path) || !matches!(path.extension(), Some(x) if x == "json") {
+                continue;
+            }
+            let mut name = std::ffi::OsString::from("sums-");
+            name.push(e.file_name());
+            if let Some(size) = trash_file(&path, trash, &name)? {
+                done.checksum_files += 1;
+                done.bytes += size;
+            }
+        }
     }
     // The files the kept contexts list.
     let mut wanted: HashSet<String> = HashSet::new();

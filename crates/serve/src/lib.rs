@@ -265,6 +265,26 @@ impl builder_server::Builder for Service {
         )))
     }
 
+    async fn prune(
+        &self,
+        request: tonic::Request<v1::PruneRequest>,
+    ) -> Result<tonic::Response<v1::PruneResponse>, tonic::Status> {
+        if self.config.protocol.1 < kbuild_proto::PRUNE_PROTOCOL {
+            return Err(tonic::Status::unimplemented(format!(
+                "this daemon serves protocol {} at most; prune needs {}",
+                self.config.protocol.1,
+                kbuild_proto::PRUNE_PROTOCOL
+            )));
+        }
+        let all = request.into_inner().all;
+        let config = Arc::clone(&self.config);
+        let mut response = tokio::task::spawn_blocking(move || prune(&config, all))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("prune: {e}")))??;
+        response.hostname = self.hostname.to_string();
+        Ok(tonic::Response::new(response))
+    }
+
     async fn info(
         &self,
         request: tonic::Request<v1::InfoRequest>,
@@ -303,6 +323,60 @@ impl builder_server::Builder for Service {
             hostname: self.hostname.to_string(),
         }))
     }
+}
+
+/// The daemon's prune: the store as a local `prune` does it (under the
+/// store's exclusive lock, refused while a build runs), then the client
+/// contexts beyond `--keep-contexts` with their files and checksum caches.
+fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, tonic::Status> {
+    let root = &config.root;
+    let store = kbuild_image::ContentStore::open(root.join("content"))
+        .map_err(|e| tonic::Status::internal(format!("prune: store {}: {e}", root.display())))?;
+    let report = kbuild_solver::prune::prune(&store, root, all).map_err(|e| {
+        if e.is_busy() {
+            tonic::Status::failed_precondition(format!("a build is running on this builder: {e}"))
+        } else {
+            tonic::Status::internal(format!("prune: {e}"))
+        }
+    })?;
+    let contexts = match gc::collect(root, config.keep_contexts, true) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::info!("prune: a build is syncing its context; contexts left for later");
+            gc::Collected::default()
+        }
+        Err(e) => {
+            return Err(tonic::Status::internal(format!(
+                "prune: contexts under {}: {e}",
+                root.display()
+            )))
+        }
+    };
+    tracing::info!(
+        blobs = report.blobs_removed,
+        blob_bytes = report.blob_bytes,
+        layers = report.layers_removed,
+        layer_bytes = report.layer_bytes,
+        cache_records = report.cache_records_removed,
+        contexts = contexts.contexts,
+        context_files = contexts.files,
+        checksum_files = contexts.checksum_files,
+        context_bytes = contexts.bytes,
+        "pruned"
+    );
+    Ok(v1::PruneResponse {
+        blobs_removed: report.blobs_removed,
+        blob_bytes: report.blob_bytes,
+        layers_removed: report.layers_removed,
+        layer_bytes: report.layer_bytes,
+        cache_records_removed: report.cache_records_removed,
+        blobs_kept: report.blobs_kept,
+        contexts_removed: contexts.contexts as u64,
+        context_files_removed: contexts.files as u64,
+        context_bytes: contexts.bytes,
+        checksum_files_removed: contexts.checksum_files as u64,
+        hostname: String::new(),
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

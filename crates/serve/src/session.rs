@@ -166,26 +166,22 @@ impl std::fmt::Debug for ClientCredentials {
     }
 }
 
-impl kbuild_registry::CredentialSource for ClientCredentials {
-    fn login(
+impl ClientCredentials {
+    /// Sends one question and waits for its answer (errors the client
+    /// reports included).
+    fn ask(
         &self,
-        registry: &str,
-        scopes: &[String],
+        question: v1::CredentialsRequest,
         limit: Duration,
-    ) -> kbuild_registry::Result<Option<kbuild_registry::RegistryLogin>> {
-        let id = self.pending.next.fetch_add(1, Ordering::Relaxed);
+    ) -> kbuild_registry::Result<v1::CredentialsResponse> {
+        let registry = question.host.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         if let Ok(mut p) = self.pending.credentials.lock() {
-            p.insert(id, tx);
+            p.insert(question.id, tx);
         }
-        self.queue
-            .send(Out::CredentialsRequest(v1::CredentialsRequest {
-                host: registry.to_string(),
-                scopes: scopes.to_vec(),
-                id,
-            }));
+        self.queue.send(Out::CredentialsRequest(question));
         let err = |reason: String| kbuild_registry::Error::Credentials {
-            source_name: self.describe(),
+            source_name: kbuild_registry::CredentialSource::describe(self),
             reason,
         };
         let answer = rx
@@ -194,13 +190,91 @@ impl kbuild_registry::CredentialSource for ClientCredentials {
         if !answer.error.is_empty() {
             return Err(err(answer.error));
         }
-        let some = |s: String| (!s.is_empty()).then_some(s);
-        let login = kbuild_registry::RegistryLogin {
-            username: some(answer.username),
-            password: some(answer.secret),
-            identity_token: some(answer.token),
-        };
-        Ok((login != kbuild_registry::RegistryLogin::default()).then_some(login))
+        Ok(answer)
+    }
+}
+
+/// The login fields of an answer (`None`: anonymous).
+fn login_of(answer: v1::CredentialsResponse) -> Option<kbuild_registry::RegistryLogin> {
+    let some = |s: String| (!s.is_empty()).then_some(s);
+    let login = kbuild_registry::RegistryLogin {
+        username: some(answer.username),
+        password: some(answer.secret),
+        identity_token: some(answer.token),
+    };
+    (login != kbuild_registry::RegistryLogin::default()).then_some(login)
+}
+
+impl kbuild_registry::CredentialSource for ClientCredentials {
+    fn login(
+        &self,
+        registry: &str,
+        scopes: &[String],
+        limit: Duration,
+    ) -> kbuild_registry::Result<Option<kbuild_registry::RegistryLogin>> {
+        let answer = self.ask(
+            v1::CredentialsRequest {
+                host: registry.to_string(),
+                scopes: scopes.to_vec(),
+                id: self.pending.next.fetch_add(1, Ordering::Relaxed),
+                ..Default::default()
+            },
+            limit,
+        )?;
+        // What kind of answer came, never its content.
+        tracing::debug!(
+            registry,
+            "credentials from the client: a login (Basic authentication)"
+        );
+        Ok(login_of(answer))
+    }
+
+    /// The registry's Bearer challenge goes to the client, which answers
+    /// with a token for exactly these scopes; a client older than that
+    /// answers with its login, which the registry client then exchanges.
+    fn token(
+        &self,
+        registry: &str,
+        request: &kbuild_registry::TokenRequest,
+        limit: Duration,
+    ) -> kbuild_registry::Result<Option<kbuild_registry::TokenAnswer>> {
+        let answer = self.ask(
+            v1::CredentialsRequest {
+                host: registry.to_string(),
+                scopes: request.scopes.clone(),
+                id: self.pending.next.fetch_add(1, Ordering::Relaxed),
+                realm: request.realm.clone(),
+                service: request.service.clone().unwrap_or_default(),
+            },
+            limit,
+        )?;
+        let scopes = request.scopes.join(" ");
+        if !answer.registry_token.is_empty() {
+            let expires_in = match answer.expires_in_seconds {
+                0 => kbuild_registry::DEFAULT_TOKEN_LIFETIME,
+                secs => Duration::from_secs(secs),
+            };
+            tracing::debug!(
+                registry,
+                scopes = %scopes,
+                expires_in = expires_in.as_secs(),
+                "credentials from the client: a registry token"
+            );
+            return Ok(Some(kbuild_registry::TokenAnswer::Token(
+                kbuild_registry::RegistryToken {
+                    token: answer.registry_token,
+                    expires_in,
+                },
+            )));
+        }
+        let login = login_of(answer);
+        tracing::debug!(
+            registry,
+            scopes = %scopes,
+            "credentials from the client: {} (a client without token answers)",
+            if login.is_some() { "a login" } else { "none" }
+        );
+        Ok(Some(kbuild_registry::TokenAnswer::Login(login)))
     }
 
     fn describe(&self) -> String {

@@ -41,6 +41,7 @@ pub mod options;
 pub mod outputs;
 pub mod progress;
 pub mod provenance;
+pub mod prune;
 pub mod remote_cache;
 mod scheduler;
 mod source;

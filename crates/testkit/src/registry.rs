@@ -202,6 +202,15 @@ impl TestRegistry {
     /// Starts a registry that requires Bearer tokens issued at `files.realm` and
     /// signed with the key of `files.cert_pem`.
     pub fn start_with_token_auth(files: &TokenAuthFiles) -> Result<TestRegistry, StartError> {
+        TestRegistry::start_with_token_auth_on(Ipv4Addr::LOCALHOST, files)
+    }
+
+    /// [`TestRegistry::start_with_token_auth`] listening on `ip` (e.g. a
+    /// test host's gateway, which daemons in test hosts reach).
+    pub fn start_with_token_auth_on(
+        ip: Ipv4Addr,
+        files: &TokenAuthFiles,
+    ) -> Result<TestRegistry, StartError> {
         let section = format!(
             "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
             files.realm,
@@ -209,7 +218,7 @@ impl TestRegistry {
             files.issuer,
             files.cert_pem.display()
         );
-        TestRegistry::launch(Ipv4Addr::LOCALHOST, &section, |_| Ok(()))
+        TestRegistry::launch(ip, &section, |_| Ok(()))
     }
 
     fn launch(

@@ -2,14 +2,17 @@
 //! takes HTTP `GET /token?service=...&scope=...` with Basic credentials
 //! (the only user it knows), records the scopes asked for, and answers an
 //! ES256 JWT signed with the key the registry trusts, granting exactly the
-//! scopes asked for. Wrong or missing credentials get 401. Stopped on drop.
+//! scopes asked for. Wrong or missing credentials get 401. Every request is
+//! recorded with the address it came from ([`TokenServer::requests`]), and
+//! the lifetime it announces (`expires_in`) can be shortened
+//! ([`TokenServer::set_expires_in`]). Stopped on drop.
 
 use crate::registry::{StartError, TestRegistry, TokenAuthFiles};
 use base64::Engine as _;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A running token server.
@@ -18,7 +21,20 @@ pub struct TokenServer {
     stop: Arc<AtomicBool>,
     scopes: Arc<Mutex<Vec<String>>>,
     denied: Arc<Mutex<u32>>,
+    requests: Arc<Mutex<Vec<Seen>>>,
+    expires_in: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One token request as the server saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The address it came from.
+    pub peer: IpAddr,
+    /// The scopes asked for (granted exactly when `granted`).
+    pub scopes: Vec<String>,
+    /// Whether it had the credentials and got a token.
+    pub granted: bool,
 }
 
 impl TokenServer {
@@ -39,6 +55,8 @@ impl TokenServer {
         let stop = Arc::new(AtomicBool::new(false));
         let scopes = Arc::new(Mutex::new(Vec::new()));
         let denied = Arc::new(Mutex::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let expires_in = Arc::new(AtomicU64::new(300));
         let expected = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
@@ -47,13 +65,17 @@ impl TokenServer {
         let thread = {
             let (stop, scopes, denied, files) =
                 (stop.clone(), scopes.clone(), denied.clone(), files.clone());
+            let (requests, expires_in) = (requests.clone(), expires_in.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
-                    let answer = serve(conn, &files, &expected, &subject, &scopes);
+                    let lifetime = expires_in.load(Ordering::Relaxed);
+                    let answer = serve(
+                        conn, &files, &expected, &subject, &scopes, &requests, lifetime,
+                    );
                     if answer == Some(401) {
                         if let Ok(mut d) = denied.lock() {
                             *d += 1;
@@ -68,6 +90,8 @@ impl TokenServer {
                 stop,
                 scopes,
                 denied,
+                requests,
+                expires_in,
                 thread: Some(thread),
             },
             files,
@@ -77,6 +101,18 @@ impl TokenServer {
     /// The scopes asked for so far, in order.
     pub fn scopes(&self) -> Vec<String> {
         self.scopes.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Every request so far, in order, with the address it came from.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.requests.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The `expires_in` (seconds) of the tokens it hands out from now on
+    /// (300 at the start; the tokens themselves stay valid for 300 s, so a
+    /// client that asks again early is only seen doing so).
+    pub fn set_expires_in(&self, secs: u64) {
+        self.expires_in.store(secs, Ordering::Relaxed);
     }
 
     /// How many requests were refused (wrong or no credentials).
@@ -121,7 +157,10 @@ fn serve(
     expected: &str,
     subject: &str,
     seen: &Mutex<Vec<String>>,
+    requests: &Mutex<Vec<Seen>>,
+    expires_in: u64,
 ) -> Option<u16> {
+    let peer = conn.peer_addr().ok()?.ip();
     let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -139,13 +178,27 @@ fn serve(
         }
     }
     let mut conn = conn;
-    if authorization.as_deref() != Some(expected) {
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let asked: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "scope")
+        .map(|(_, v)| percent_decode(v))
+        .collect();
+    let granted = authorization.as_deref() == Some(expected);
+    if let Ok(mut r) = requests.lock() {
+        r.push(Seen {
+            peer,
+            scopes: asked,
+            granted,
+        });
+    }
+    if !granted {
         let _ = conn.write_all(
             b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
         );
         return Some(401);
     }
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
     let mut access = Vec::new();
     for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
         if k != "scope" {
@@ -164,7 +217,8 @@ fn serve(
         }
     }
     let token = sign(files, subject, access)?;
-    let body = serde_json::to_vec(&serde_json::json!({"token": token, "expires_in": 300})).ok()?;
+    let body =
+        serde_json::to_vec(&serde_json::json!({"token": token, "expires_in": expires_in})).ok()?;
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
