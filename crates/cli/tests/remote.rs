@@ -1160,34 +1160,27 @@ fn prune_builder_is_refused_while_the_node_builds() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
-    let daemon = env.daemon("busy");
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "busy", &[]);
     let Some((child, marker)) = sleeping_build(&env, "busy") else {
         return;
     };
-    let content = env.path("daemon-root").join("content");
+    let content = daemon.root().join("content");
     let before = files_under(&content);
-    let r = env
-        .kb(&["prune", "--builder", "busy", "--all"], &[])
-        .fails();
-    let errors = common::error_lines(&r.stderr);
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let r = env.kb(["prune", "--builder", "busy", "--all"]).fails();
+    let error = r.error_line();
     assert!(
-        errors[0].contains("builder busy") && errors[0].contains("a build is running"),
+        error.contains("builder busy") && error.contains("a build is running"),
         "{}",
         r.stderr
     );
     assert_eq!(files_under(&content), before);
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _ = child.wait_with_output();
+    child.signal("INT");
+    let _ = child.finish();
     wait_until("the RUN process to end", Duration::from_secs(20), || {
         pids_running(&marker).is_empty()
     });
-    let r = env.kb(&["prune", "--builder", "busy", "--all"], &[]).ok();
+    let r = env.kb(["prune", "--builder", "busy", "--all"]).ok();
     assert!(r.stdout.starts_with("busy0: removed "), "{}", r.stdout);
     assert!(files_under(&content) < before, "{}", r.stdout);
     let (code, log) = daemon.terminate();
