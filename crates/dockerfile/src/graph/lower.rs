@@ -1,6 +1,6 @@
 //! Lowering a [`BuildPlan`] to a [`Graph`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kbuild_platform::Platform;
@@ -10,17 +10,31 @@ use sha2::{Digest, Sha256};
 use super::rules::{self, AddSourceKind, RunForm};
 use super::{
     Chmod, ConfigOp, ConfigPatch, ExecMount, ExecOp, FileAction, FileOp, Graph, GraphTarget,
-    History, Op, OpId, OpKind, OpMeta, SourceOp, FORMAT_VERSION,
+    History, ImagePin, Op, OpId, OpKind, OpMeta, SourceOp, FORMAT_VERSION,
 };
 use crate::instructions::{Command, HealthTest, Instruction, Mount, SourceContent};
 use crate::plan::{BuildPlan, Error, ErrorKind, Source, StageBase, StageInstance, Step};
 
-/// Lower a plan to its op graph; see the [module docs](super).
+/// Resolved images by (reference as written, platform as
+/// `Platform::to_string` writes it): what [`lower_pinned`] pins them to.
+pub type Pins = BTreeMap<(String, String), ImagePin>;
+
+/// Lower a plan to its op graph; see the [module docs](super). Its image
+/// sources are not pinned: they are resolved when the graph runs.
 pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
+    lower_pinned(plan, &Pins::new())
+}
+
+/// [`lower`], with every image source found in `pins` pinned to its
+/// digests ([`ImagePin`]): the graph then builds on exactly those images
+/// wherever it runs, however the tag moves. Images not in `pins` are
+/// left to be resolved when the graph runs.
+pub fn lower_pinned(plan: &BuildPlan, pins: &Pins) -> Result<Graph, Error> {
     let mut l = Lowering {
         ops: Vec::new(),
         index: HashMap::new(),
         stage_ops: vec![None; plan.stages.len()],
+        pins,
     };
     for stage in &plan.stages {
         let mut state = match &stage.base {
@@ -149,10 +163,11 @@ impl StageNames {
     }
 }
 
-struct Lowering {
+struct Lowering<'p> {
     ops: Vec<Op>,
     index: HashMap<OpId, usize>,
     stage_ops: Vec<Option<OpId>>,
+    pins: &'p Pins,
 }
 
 /// What the id covers: everything but the meta.
@@ -202,7 +217,7 @@ fn meta(step: &Step) -> OpMeta {
     }
 }
 
-impl Lowering {
+impl Lowering<'_> {
     fn add(
         &mut self,
         platform: Option<String>,
@@ -243,6 +258,10 @@ impl Lowering {
             SourceOp::Image {
                 reference: reference.to_string(),
                 platform: platform.to_string(),
+                pin: self
+                    .pins
+                    .get(&(reference.to_string(), platform.to_string()))
+                    .cloned(),
             },
             Some(platform.to_string()),
         )
