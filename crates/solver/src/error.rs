@@ -137,6 +137,32 @@ pub enum SolveError {
         /// [`kbuild_dockerfile::graph::FORMAT_VERSION`].
         supported: u32,
     },
+    /// An image source's pin is not a digest.
+    #[error("image {reference} is pinned to {digest:?}, which is not a digest: {source}")]
+    InvalidPin {
+        /// The reference as written.
+        reference: String,
+        /// The pinned value.
+        digest: String,
+        /// Why it does not parse.
+        #[source]
+        source: kbuild_image::Error,
+    },
+    /// The pinned image's manifest for the platform is not the one the
+    /// graph was planned with.
+    #[error("image {reference}@{digest} gives manifest {found} for {platform}, but the build was planned with {pinned}; plan the build again")]
+    PinnedManifest {
+        /// The reference as written.
+        reference: String,
+        /// The pinned index or manifest.
+        digest: String,
+        /// The platform.
+        platform: String,
+        /// The manifest the graph names.
+        pinned: String,
+        /// The manifest the image gives.
+        found: String,
+    },
     /// An op of the graph is malformed (a graph not made by `lower`).
     #[error("op {op}: {problem}")]
     InvalidOp {
