@@ -308,8 +308,8 @@ fn a_serialised_graph_of_another_version_is_refused_by_version() {
         )
     );
     let version = kbuild_dockerfile::graph::FORMAT_VERSION;
-    let err = Graph::from_json(format!("{{\"version\": {version}, \"ops\": 3}}").as_bytes())
-        .unwrap_err();
+    let err =
+        Graph::from_json(format!("{{\"version\": {version}, \"ops\": 3}}").as_bytes()).unwrap_err();
     assert!(
         err.to_string().starts_with(&format!(
             "the op graph is not valid JSON of format version {version}: "
@@ -354,7 +354,9 @@ fn pinned_image_sources_carry_their_digests_in_the_id_and_the_json() {
         .ops
         .iter()
         .filter_map(|o| match &o.op {
-            OpKind::Source(SourceOp::Image { reference, pin, .. }) => Some((reference.as_str(), pin)),
+            OpKind::Source(SourceOp::Image { reference, pin, .. }) => {
+                Some((reference.as_str(), pin))
+            }
             _ => None,
         })
         .collect();
@@ -388,5 +390,7 @@ fn pinned_image_sources_carry_their_digests_in_the_id_and_the_json() {
         "{text}"
     );
     assert_eq!(Graph::from_json(&json).unwrap(), pinned);
-    assert!(!String::from_utf8(plain.to_json().unwrap()).unwrap().contains("\"pin\""));
+    assert!(!String::from_utf8(plain.to_json().unwrap())
+        .unwrap()
+        .contains("\"pin\""));
 }

@@ -68,7 +68,10 @@ impl Machine {
 
 fn options(platforms: &[&str]) -> PlanOptions {
     PlanOptions {
-        platforms: platforms.iter().map(|p| Platform::parse(p).unwrap()).collect(),
+        platforms: platforms
+            .iter()
+            .map(|p| Platform::parse(p).unwrap())
+            .collect(),
         build_platform: Platform::parse(AMD64).unwrap(),
         build_args: Default::default(),
         target: None,
@@ -195,7 +198,11 @@ async fn a_pinned_base_is_pulled_by_digest_after_its_tag_moved_and_pull_resolves
         .solve(&graph, "Dockerfile", &no_context())
         .await
         .expect("the pinned graph builds");
-    assert_eq!(base_layer(&solved), first, "the base the graph was planned on");
+    assert_eq!(
+        base_layer(&solved),
+        first,
+        "the base the graph was planned on"
+    );
     assert!(
         notes(&rec).contains(&format!("pull {reference}@{} for {AMD64}", pin.digest)),
         "{:?}",

@@ -66,8 +66,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::instructions::{NetworkMode, SecurityMode, Sharing};
 
 pub use chmod::{Chmod, ChmodError, ModeClause};
-pub use lower::{lower, lower_pinned, Pins};
 pub use lower::vertex_platform;
+pub use lower::{lower, lower_pinned, Pins};
 pub use rules::{
     add_source_kind, check_checksum, check_signal, copy_history, expose_history, expose_keys,
     go_duration, go_list, go_quote, go_quote_list, go_quote_rune, healthcheck_history,
