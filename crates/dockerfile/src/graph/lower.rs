@@ -338,109 +338,17 @@ impl Lowering<'_> {
     }
 
     fn step(&mut self, step: &Step, state: OpId, cmd_set: bool) -> Result<OpId, Error> {
-        let shell_argv = |command: &Command| shell_argv(step, command);
+        if let Some((patches, text)) = config_change(step, cmd_set)? {
+            return Ok(self.config(step, state, patches, text));
+        }
         Ok(match &*step.instruction {
-            Instruction::From(_) => state,
-            // No history entry, no config change: nothing to do.
-            Instruction::Arg(_) => state,
-            Instruction::Env(e) => {
-                let patches = e.vars.iter().map(|kv| ConfigPatch::Env {
-                    key: kv.key.clone(),
-                    value: kv.value.clone(),
-                });
-                let patches = patches.collect();
-                let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
-                self.config(step, state, patches, text)
-            }
-            Instruction::Label(l) => {
-                let patches = l.labels.iter().map(|kv| ConfigPatch::Label {
-                    key: kv.key.clone(),
-                    value: kv.value.clone(),
-                });
-                let patches = patches.collect();
-                let text =
-                    crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
-                self.config(step, state, patches, text)
-            }
-            Instruction::User(u) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::User {
-                    user: u.user.clone(),
-                }],
-                format!("USER {}", u.user),
-            ),
             Instruction::Workdir(w) => self.workdir(step, state, w),
-            Instruction::Expose(e) => {
-                let ports = expose_ports(step, e)?;
-                let text = rules::expose_history(&ports);
-                self.config(step, state, vec![ConfigPatch::ExposedPorts { ports }], text)
-            }
-            Instruction::Volume(v) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::Volumes {
-                    paths: v.volumes.clone(),
-                }],
-                format!("VOLUME {}", rules::go_list(&v.volumes)),
-            ),
-            Instruction::Entrypoint(e) => {
-                let argv = shell_argv(&e.command);
-                let text = format!("ENTRYPOINT {}", rules::go_quote_list(&argv));
-                let patch = ConfigPatch::Entrypoint {
-                    argv,
-                    clear_cmd: !cmd_set,
-                };
-                self.config(step, state, vec![patch], text)
-            }
-            Instruction::Cmd(c) => {
-                let argv = shell_argv(&c.command);
-                let text = format!("CMD {}", rules::go_quote_list(&argv));
-                self.config(step, state, vec![ConfigPatch::Cmd { argv }], text)
-            }
-            Instruction::Shell(s) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::Shell {
-                    argv: s.shell.clone(),
-                }],
-                format!("SHELL {}", rules::go_list(&s.shell)),
-            ),
-            Instruction::StopSignal(s) => {
-                rules::check_signal(&s.signal)
-                    .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
-                let signal = s.signal.clone();
-                let text = format!("STOPSIGNAL {}", s.signal);
-                self.config(step, state, vec![ConfigPatch::StopSignal { signal }], text)
-            }
-            Instruction::Healthcheck(h) => {
-                let patch = healthcheck_patch(&h.test);
-                self.config(
-                    step,
-                    state,
-                    vec![patch],
-                    rules::healthcheck_history(&h.test),
-                )
-            }
-            Instruction::Onbuild(o) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::OnBuild {
-                    expression: o.expression.clone(),
-                }],
-                format!("ONBUILD {}", o.expression),
-            ),
-            Instruction::Maintainer(m) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::Author {
-                    name: m.name.clone(),
-                }],
-                format!("MAINTAINER {}", m.name),
-            ),
             Instruction::Run(r) => self.exec(step, state, r)?,
             Instruction::Copy(c) => self.copy(step, state, c)?,
             Instruction::Add(a) => self.add_files(step, state, a)?,
+            // FROM starts the stage; ARG leaves no history entry and no
+            // config change; the others are config changes (above).
+            _ => state,
         })
     }
 
@@ -966,4 +874,97 @@ fn url_filename(url: &str) -> String {
         Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
         _ => "__unnamed__".to_string(),
     }
+}
+
+/// The config patches and history text of a metadata instruction (ENV,
+/// LABEL, USER, EXPOSE, ...); `None` for the instructions that are no
+/// config op (FROM, ARG, and WORKDIR, RUN, COPY, ADD, which change files).
+fn config_change(step: &Step, cmd_set: bool) -> Result<Option<(Vec<ConfigPatch>, String)>, Error> {
+    let shell_argv = |command: &Command| shell_argv(step, command);
+    Ok(Some(match &*step.instruction {
+        Instruction::From(_)
+        | Instruction::Arg(_)
+        | Instruction::Workdir(_)
+        | Instruction::Run(_)
+        | Instruction::Copy(_)
+        | Instruction::Add(_) => return Ok(None),
+        Instruction::Env(e) => {
+            let patches = e.vars.iter().map(|kv| ConfigPatch::Env {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+            });
+            let patches = patches.collect();
+            let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
+            (patches, text)
+        }
+        Instruction::Label(l) => {
+            let patches = l.labels.iter().map(|kv| ConfigPatch::Label {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+            });
+            let patches = patches.collect();
+            let text = crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
+            (patches, text)
+        }
+        Instruction::User(u) => (
+            vec![ConfigPatch::User {
+                user: u.user.clone(),
+            }],
+            format!("USER {}", u.user),
+        ),
+        Instruction::Expose(e) => {
+            let ports = expose_ports(step, e)?;
+            let text = rules::expose_history(&ports);
+            (vec![ConfigPatch::ExposedPorts { ports }], text)
+        }
+        Instruction::Volume(v) => (
+            vec![ConfigPatch::Volumes {
+                paths: v.volumes.clone(),
+            }],
+            format!("VOLUME {}", rules::go_list(&v.volumes)),
+        ),
+        Instruction::Entrypoint(e) => {
+            let argv = shell_argv(&e.command);
+            let text = format!("ENTRYPOINT {}", rules::go_quote_list(&argv));
+            let patch = ConfigPatch::Entrypoint {
+                argv,
+                clear_cmd: !cmd_set,
+            };
+            (vec![patch], text)
+        }
+        Instruction::Cmd(c) => {
+            let argv = shell_argv(&c.command);
+            let text = format!("CMD {}", rules::go_quote_list(&argv));
+            (vec![ConfigPatch::Cmd { argv }], text)
+        }
+        Instruction::Shell(s) => (
+            vec![ConfigPatch::Shell {
+                argv: s.shell.clone(),
+            }],
+            format!("SHELL {}", rules::go_list(&s.shell)),
+        ),
+        Instruction::StopSignal(s) => {
+            rules::check_signal(&s.signal)
+                .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
+            let signal = s.signal.clone();
+            let text = format!("STOPSIGNAL {}", s.signal);
+            (vec![ConfigPatch::StopSignal { signal }], text)
+        }
+        Instruction::Healthcheck(h) => {
+            let patch = healthcheck_patch(&h.test);
+            (vec![patch], rules::healthcheck_history(&h.test))
+        }
+        Instruction::Onbuild(o) => (
+            vec![ConfigPatch::OnBuild {
+                expression: o.expression.clone(),
+            }],
+            format!("ONBUILD {}", o.expression),
+        ),
+        Instruction::Maintainer(m) => (
+            vec![ConfigPatch::Author {
+                name: m.name.clone(),
+            }],
+            format!("MAINTAINER {}", m.name),
+        ),
+    }))
 }
