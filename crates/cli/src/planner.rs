@@ -31,6 +31,45 @@ use kbuild_solver::engine::SolveError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
+/// What `--dry-run` prints: `first` (planned without base-image configs)
+/// planned again with the configs of the base images the local store
+/// holds under their names, and its graph with those images pinned to
+/// their digests, as a build without `--pull` would take them. Nothing is
+/// fetched or written: images the store lacks stay unpinned (a build
+/// resolves them), and with `--pull` nothing is pinned (a build asks the
+/// registry).
+pub(crate) fn dry_run(
+    req: &BuildRequest,
+    a: &BuildArgs,
+    g: &GlobalArgs,
+    first: plan::BuildPlan,
+) -> Result<(plan::BuildPlan, graph::Graph), BuildError> {
+    let in_file =
+        |e: plan::Error| BuildError::Solve(SolveError::Plan(e.in_file(&req.dockerfile_name)));
+    let content = g
+        .root
+        .clone()
+        .or_else(kbuild_image::default_root)
+        .map(|root| root.join("content"))
+        .filter(|c| c.is_dir() && !a.pull);
+    let store = content.and_then(|c| ContentStore::open(c).ok());
+    let stored = match store {
+        Some(store) => {
+            let wanted = kbuild_solver::engine::images_needed(&first).map_err(BuildError::Solve)?;
+            kbuild_solver::engine::stored_configs(&store, &wanted).map_err(BuildError::Solve)?
+        }
+        None => Default::default(),
+    };
+    if stored.pins.is_empty() {
+        let lowered = graph::lower(&first).map_err(in_file)?;
+        return Ok((first, lowered));
+    }
+    let planned =
+        plan::plan(&req.dockerfile, &req.plan_options(), &stored.configs).map_err(in_file)?;
+    let lowered = graph::lower_pinned(&planned, &stored.pins).map_err(in_file)?;
+    Ok((planned, lowered))
+}
+
 /// This machine's plans of one build.
 pub(crate) struct Planner {
     dockerfile: String,

@@ -390,6 +390,36 @@ pub async fn resolve_configs(
     Ok(out)
 }
 
+/// The configs and digests of the `wanted` images that `store` holds
+/// under their names (manifest and config; what a build without `--pull`
+/// takes), leaving the others out: nothing is fetched. What `--dry-run`
+/// plans and pins with. An image stored without `platform` is the error a
+/// build would stop with.
+pub fn stored_configs(
+    store: &ContentStore,
+    wanted: &[(String, Platform)],
+) -> Result<ResolvedConfigs, SolveError> {
+    let mut out = ResolvedConfigs::default();
+    for (reference, platform) in wanted.iter().filter(|(r, _)| pinnable(r)) {
+        // A reference that does not parse is the build's error to report.
+        let Ok(name) = image_ref_name(reference) else {
+            continue;
+        };
+        let Some(root) = store.get_ref(&name)? else {
+            continue;
+        };
+        if let Some(img) = stored_image(store, reference, &root, platform, false)? {
+            out.configs.insert(
+                format!("{reference}@{platform}"),
+                planner_config(&img.config),
+            );
+            out.pins
+                .insert((reference.clone(), platform.to_string()), img.pin());
+        }
+    }
+    Ok(out)
+}
+
 /// Read an image for `platform` from `store`; `None` when the stored index
 /// has no matching platform or a blob is missing (a layer only counts when
 /// `need_layers`: a planner needs the config alone).

@@ -25,7 +25,8 @@ use tokio::sync::Semaphore;
 pub use crate::assemble::rfc3339;
 use crate::base::Images;
 pub use crate::base::{
-    graph_images, image_ref_name, images_needed, resolve_configs, ResolvedConfigs, WantedImage,
+    graph_images, image_ref_name, images_needed, resolve_configs, stored_configs, ResolvedConfigs,
+    WantedImage,
 };
 pub use crate::error::{GraphProblem, LayerError, OutputError, SolveError, StepError};
 pub use crate::layer::{apply_layers, LayerRef};
