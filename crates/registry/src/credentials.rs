@@ -426,7 +426,7 @@ impl ConfigSource {
         let source = format!("credential helper {program} (named in {})", self.name);
         let err = |problem: HelperProblem| Error::CredentialHelper {
             source_name: source.clone(),
-            problem,
+            problem: Box::new(problem),
         };
         let mut child = Command::new(&program)
             .arg("get")

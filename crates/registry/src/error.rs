@@ -303,7 +303,7 @@ pub enum Error {
         source_name: String,
         /// What is wrong with it.
         #[source]
-        reason: ManifestProblem,
+        reason: Box<ManifestProblem>,
     },
     /// A credentials source could not be read or parsed: the reading or
     /// parsing error is kept.
@@ -331,7 +331,7 @@ pub enum Error {
         source_name: String,
         /// What went wrong.
         #[source]
-        problem: HelperProblem,
+        problem: Box<HelperProblem>,
     },
     /// `--registry-secret NAME` needs cluster access that is not available.
     #[error("registry secret {name:?} would be read from the Kubernetes cluster, which needs the kubernetes driver (not available yet); pass --registry-secret file:PATH with the Secret saved as YAML or JSON, or log in with `docker login`")]

@@ -100,7 +100,7 @@ mod tests {
         let err = Error::InvalidManifest {
             what: "r.example/app:1".into(),
             source_name: "r.example".into(),
-            reason,
+            reason: Box::new(reason),
         };
         let text = err.to_string();
         assert!(

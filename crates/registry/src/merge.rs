@@ -28,7 +28,7 @@ impl Client {
         let invalid = |reason: ManifestProblem| Error::InvalidManifest {
             what: format!("index {digest}"),
             source_name: "the merged build".into(),
-            reason,
+            reason: Box::new(reason),
         };
         if !manifest::is_index(media_type) {
             return Err(invalid(ManifestProblem::NotAnIndex(media_type.to_string())));

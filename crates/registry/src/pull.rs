@@ -46,10 +46,10 @@ fn store_digest(text: &str, what: &str, source: &str) -> Result<Digest> {
     Digest::parse(text).map_err(|e| Error::InvalidManifest {
         what: what.to_string(),
         source_name: source.to_string(),
-        reason: ManifestProblem::Digest {
+        reason: Box::new(ManifestProblem::Digest {
             text: text.to_string(),
             source: e,
-        },
+        }),
     })
 }
 
@@ -107,9 +107,9 @@ impl Client {
                 return Err(Error::InvalidManifest {
                     what: format!("{reference}"),
                     source_name: registry.to_string(),
-                    reason: ManifestProblem::TooLarge {
+                    reason: Box::new(ManifestProblem::TooLarge {
                         limit: MAX_MANIFEST,
-                    },
+                    }),
                 });
             }
             let transport_type = response
@@ -141,7 +141,7 @@ impl Client {
         let doc = Document::parse(&bytes).map_err(|reason| Error::InvalidManifest {
             what: format!("{reference}"),
             source_name: registry.to_string(),
-            reason,
+            reason: Box::new(reason),
         })?;
         let media_type = doc.media_type(transport_type.as_deref());
         // The bytes were checked against a pinned digest of any algorithm
@@ -193,7 +193,7 @@ impl Client {
             let doc = Document::parse(&root_bytes).map_err(|reason| Error::InvalidManifest {
                 what: reference.to_string(),
                 source_name: registry.to_string(),
-                reason,
+                reason: Box::new(reason),
             })?;
             let entries: Vec<&Entry> = doc
                 .manifests
@@ -231,13 +231,13 @@ impl Client {
             return Err(Error::InvalidManifest {
                 what: reference.to_string(),
                 source_name: registry.to_string(),
-                reason: ManifestProblem::MediaType(root_type),
+                reason: Box::new(ManifestProblem::MediaType(root_type)),
             });
         };
         let invalid = |reason: ManifestProblem| Error::InvalidManifest {
             what: format!("{reference} (manifest {manifest_digest})"),
             source_name: registry.to_string(),
-            reason,
+            reason: Box::new(reason),
         };
         let doc = Document::parse(&manifest_bytes).map_err(invalid)?;
         let manifest =
@@ -260,7 +260,7 @@ impl Client {
         let config = ImageConfig::parse(&config_bytes).map_err(|e| Error::InvalidManifest {
             what: format!("config {config_digest} of {reference}"),
             source_name: registry.to_string(),
-            reason: ManifestProblem::Model(e),
+            reason: Box::new(ManifestProblem::Model(e)),
         })?;
         let config_platform = Platform::from(&config.platform());
         let image_platform = match index_platform {

@@ -53,10 +53,10 @@ fn parse_digest(text: &str, what: &str) -> Result<Digest> {
     Digest::parse(text).map_err(|e| Error::InvalidManifest {
         what: what.to_string(),
         source_name: "the content store".into(),
-        reason: ManifestProblem::Digest {
+        reason: Box::new(ManifestProblem::Digest {
             text: text.to_string(),
             source: e,
-        },
+        }),
     })
 }
 
@@ -72,7 +72,7 @@ impl Plan {
         let invalid = |reason: ManifestProblem| Error::InvalidManifest {
             what: digest.to_string(),
             source_name: "the content store".into(),
-            reason,
+            reason: Box::new(reason),
         };
         if depth > MAX_DEPTH {
             return Err(invalid(ManifestProblem::TooDeep(MAX_DEPTH)));

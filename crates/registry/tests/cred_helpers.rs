@@ -112,10 +112,8 @@ async fn credential_helpers_supply_basic_credentials() {
     assert!(
         matches!(
             &err,
-            Error::CredentialHelper {
-                problem: kbuild_registry::HelperProblem::TimedOut { .. },
-                ..
-            }
+            Error::CredentialHelper { problem, .. }
+                if matches!(**problem, kbuild_registry::HelperProblem::TimedOut { .. })
         ),
         "{err}"
     );

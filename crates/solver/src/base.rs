@@ -244,7 +244,7 @@ impl Solver {
         let bad_pin = |source| SolveError::InvalidPin {
             reference: reference.to_string(),
             digest: pin.digest.clone(),
-            source,
+            source: Box::new(source),
         };
         let root = Digest::parse(&pin.digest).map_err(bad_pin)?;
         let img = match self.local_image(reference, &root, platform)? {
@@ -271,9 +271,8 @@ impl Solver {
         if img.manifest_digest.to_string() != pin.manifest {
             return Err(SolveError::PinnedManifest {
                 reference: reference.to_string(),
-                digest: pin.digest.clone(),
                 platform: platform.to_string(),
-                pinned: pin.manifest.clone(),
+                pin: Box::new(pin.clone()),
                 found: img.manifest_digest.to_string(),
             });
         }

@@ -146,20 +146,18 @@ pub enum SolveError {
         digest: String,
         /// Why it does not parse.
         #[source]
-        source: kbuild_image::Error,
+        source: Box<kbuild_image::Error>,
     },
     /// The pinned image's manifest for the platform is not the one the
     /// graph was planned with.
-    #[error("image {reference}@{digest} gives manifest {found} for {platform}, but the build was planned with {pinned}; plan the build again")]
+    #[error("image {reference}@{} gives manifest {found} for {platform}, but the build was planned with {}; plan the build again", pin.digest, pin.manifest)]
     PinnedManifest {
         /// The reference as written.
         reference: String,
-        /// The pinned index or manifest.
-        digest: String,
         /// The platform.
         platform: String,
-        /// The manifest the graph names.
-        pinned: String,
+        /// The digests the graph names.
+        pin: Box<kbuild_dockerfile::graph::ImagePin>,
         /// The manifest the image gives.
         found: String,
     },
