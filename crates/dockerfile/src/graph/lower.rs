@@ -597,6 +597,35 @@ impl Lowering<'_> {
                 argv
             }
         };
+        self.run_mounts(step, &mut inputs, &mut mounts)?;
+        let env = run_env(step);
+        let history = History::new(rules::run_history(&argv, &step.args));
+        Ok(self.add(
+            Some(platform),
+            inputs,
+            OpKind::Exec(ExecOp {
+                argv,
+                env,
+                user: step.user.to_string(),
+                cwd: step.workdir.to_string(),
+                mounts,
+                network: r.network,
+                security: r.security,
+                history,
+            }),
+            meta(step),
+        ))
+    }
+
+    /// The `--mount`s of a RUN step, after any heredoc script mount: each
+    /// input they read (the context, a stage, an image) added to `inputs`.
+    fn run_mounts(
+        &mut self,
+        step: &Step,
+        inputs: &mut Vec<OpId>,
+        mounts: &mut Vec<ExecMount>,
+    ) -> Result<(), Error> {
+        let os = step.platform.os.as_str();
         let abs = |t: &str| crate::plan::resolve_workdir(&step.workdir, t, os).into_owned();
         let mut sources = step.sources.iter();
         let mut from_input = |l: &mut Lowering, inputs: &mut Vec<OpId>, from: &str| {
@@ -614,7 +643,7 @@ impl Lowering<'_> {
             mounts.push(match m {
                 Mount::Bind(b) => {
                     let input = match &b.from {
-                        Some(from) => from_input(self, &mut inputs, from)?,
+                        Some(from) => from_input(self, inputs, from)?,
                         None => {
                             let ctx = self.source(
                                 SourceOp::Context {
@@ -638,7 +667,7 @@ impl Lowering<'_> {
                 }
                 Mount::Cache(c) => {
                     let input = match &c.from {
-                        Some(from) => Some(from_input(self, &mut inputs, from)?),
+                        Some(from) => Some(from_input(self, inputs, from)?),
                         None => None,
                     };
                     cache_mount(c, input, &abs)
@@ -657,23 +686,7 @@ impl Lowering<'_> {
                 }
             });
         }
-        let env = run_env(step);
-        let history = History::new(rules::run_history(&argv, &step.args));
-        Ok(self.add(
-            Some(platform),
-            inputs,
-            OpKind::Exec(ExecOp {
-                argv,
-                env,
-                user: step.user.to_string(),
-                cwd: step.workdir.to_string(),
-                mounts,
-                network: r.network,
-                security: r.security,
-                history,
-            }),
-            meta(step),
-        ))
+        Ok(())
     }
 }
 
