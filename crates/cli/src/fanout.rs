@@ -861,14 +861,7 @@ fn split(
     let pushed = match merged {
         Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
             .rt
-            .block_on(push_index(
-                a,
-                &req,
-                setup.client.credentials.clone(),
-                &targets,
-                &bytes,
-                &media_type,
-            ))
+            .block_on(push_index(&setup.registry, &targets, &bytes, &media_type))
             .map(|()| (bytes, media_type, by_node)),
         Ok(m) => Ok(m),
         Err(e) => Err(fail(e)),
@@ -1023,13 +1016,11 @@ fn merge(
     Ok((bytes, index.descriptor_media_type().to_string(), by_node))
 }
 
-/// Puts the merged index and then the tags, with the build's credentials
-/// (those the nodes were given: a kubernetes builder's cluster secret, else
-/// this machine's).
+/// Puts the merged index and then the tags through the build's registry
+/// client, with the build's credentials (those the nodes were given: a
+/// kubernetes builder's cluster secret, else this machine's).
 async fn push_index(
-    a: &BuildArgs,
-    req: &BuildRequest,
-    credentials: kbuild_registry::Credentials,
+    client: &kbuild_registry::Client,
     targets: &[String],
     index: &[u8],
     media_type: &str,
@@ -1040,13 +1031,6 @@ async fn push_index(
             source: Box::new(source),
         })
     };
-    let client = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
-        insecure: a.insecure_registries.clone(),
-        credentials,
-        timeouts: req.registry_timeouts,
-        ..Default::default()
-    })
-    .map_err(BuildError::Credentials)?;
     let refs = targets
         .iter()
         .map(|t| kbuild_registry::Reference::parse(t))

@@ -86,7 +86,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     let plan = req.plan()?;
                     // The same platform check a build makes before any work.
                     kbuild_solver::engine::images_needed(&plan)?;
-                    let graph = req.graph(&plan)?;
+                    req.graph(&plan)?;
+                    // Planned again with the base images the store holds,
+                    // their sources pinned as a build would pin them.
+                    let (plan, graph) = planner::dry_run(&req, &cli.build, &cli.global, plan)?;
                     // A remote builder: which node would build which platform.
                     // A remote or kubernetes builder: which node would
                     // build which platform.

@@ -4,7 +4,9 @@
 //! resolved with this machine's credentials (the local store first, then
 //! the registry: manifest and config only, the daemon pulls the layers),
 //! and each node is sent the graph of its platforms, planned for its build
-//! platform (`BuildStart.graph`, protocol 3).
+//! platform (`BuildStart.graph`, protocol 3), its image sources pinned to
+//! the digests resolved here: every node builds on the same bases however
+//! the tags move, and no node resolves a tag again.
 //!
 //! [`Planner::new`] plans without base-image configs before any connection,
 //! so Dockerfile errors that need no image (a bad `--chmod`, an unknown
@@ -14,12 +16,13 @@
 //! platform, platforms) ([`Planner::graph`]). An image this machine cannot
 //! resolve (one kept only in a builder's store, a registry only the builder
 //! reaches) leaves the planning to the daemon, as with an older daemon: the
-//! node is sent the Dockerfile.
+//! node is sent the Dockerfile. The registry client is the build's one
+//! ([`crate::remote::Setup`]), which also pushes a split build's index.
 
 use crate::args::{BuildArgs, GlobalArgs};
 use crate::build::BuildError;
 use crate::request::BuildRequest;
-use kbuild_dockerfile::graph;
+use kbuild_dockerfile::graph::{self, Pins};
 use kbuild_dockerfile::plan::{self, BaseImageConfig, PlanOptions};
 use kbuild_image::ContentStore;
 use kbuild_platform::Platform;
@@ -28,10 +31,44 @@ use kbuild_solver::engine::SolveError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-/// Registry attempts per request while resolving a base-image config
-/// here: a failure only leaves the planning to the daemon, which retries
-/// with the full budget.
-const RESOLVE_ATTEMPTS: u32 = 2;
+/// What `--dry-run` prints: `first` (planned without base-image configs)
+/// planned again with the configs of the base images the local store
+/// holds under their names, and its graph with those images pinned to
+/// their digests, as a build without `--pull` would take them. Nothing is
+/// fetched or written: images the store lacks stay unpinned (a build
+/// resolves them), and with `--pull` nothing is pinned (a build asks the
+/// registry).
+pub(crate) fn dry_run(
+    req: &BuildRequest,
+    a: &BuildArgs,
+    g: &GlobalArgs,
+    first: plan::BuildPlan,
+) -> Result<(plan::BuildPlan, graph::Graph), BuildError> {
+    let in_file =
+        |e: plan::Error| BuildError::Solve(SolveError::Plan(e.in_file(&req.dockerfile_name)));
+    let content = g
+        .root
+        .clone()
+        .or_else(kbuild_image::default_root)
+        .map(|root| root.join("content"))
+        .filter(|c| c.is_dir() && !a.pull);
+    let store = content.and_then(|c| ContentStore::open(c).ok());
+    let stored = match store {
+        Some(store) => {
+            let wanted = kbuild_solver::engine::images_needed(&first).map_err(BuildError::Solve)?;
+            kbuild_solver::engine::stored_configs(&store, &wanted).map_err(BuildError::Solve)?
+        }
+        None => Default::default(),
+    };
+    if stored.pins.is_empty() {
+        let lowered = graph::lower(&first).map_err(in_file)?;
+        return Ok((first, lowered));
+    }
+    let planned =
+        plan::plan(&req.dockerfile, &req.plan_options(), &stored.configs).map_err(in_file)?;
+    let lowered = graph::lower_pinned(&planned, &stored.pins).map_err(in_file)?;
+    Ok((planned, lowered))
+}
 
 /// This machine's plans of one build.
 pub(crate) struct Planner {
@@ -48,6 +85,8 @@ pub(crate) struct Planner {
 struct State {
     /// Base-image configs by `reference@platform`.
     configs: BTreeMap<String, BaseImageConfig>,
+    /// The digests each image resolved to.
+    pins: Pins,
     /// Build platforms whose images are resolved.
     resolved: BTreeSet<Platform>,
     /// Why the daemons plan instead (an image not resolved here).
@@ -61,12 +100,13 @@ struct State {
 impl Planner {
     /// Plans `req` without base-image configs for this machine's platform
     /// and lowers it: the Dockerfile errors that need no image, and a base
-    /// image wanted for an unknown platform, are reported here.
+    /// image wanted for an unknown platform, are reported here. Base
+    /// images are resolved through `registry`, the build's client.
     pub(crate) fn new(
         req: &BuildRequest,
         a: &BuildArgs,
         g: &GlobalArgs,
-        credentials: kbuild_registry::Credentials,
+        registry: kbuild_registry::Client,
     ) -> Result<Planner, BuildError> {
         let options = req.plan_options();
         let in_file =
@@ -80,14 +120,6 @@ impl Planner {
             .clone()
             .or_else(kbuild_image::default_root)
             .and_then(|root| ContentStore::open(root.join("content")).ok());
-        let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
-            insecure: a.insecure_registries.clone(),
-            credentials,
-            timeouts: req.registry_timeouts,
-            max_attempts: RESOLVE_ATTEMPTS,
-            ..Default::default()
-        })
-        .map_err(BuildError::Credentials)?;
         Ok(Planner {
             dockerfile: req.dockerfile.clone(),
             file_name: req.dockerfile_name.clone(),
@@ -143,7 +175,7 @@ impl Planner {
                 }
             };
             let resolved = match (&self.store, wanted.is_empty()) {
-                (_, true) => Ok(BTreeMap::new()),
+                (_, true) => Ok(Default::default()),
                 (None, false) => {
                     self.leave_to_daemon("no local store to keep base-image configs in".into());
                     return;
@@ -160,9 +192,10 @@ impl Planner {
                 }
             };
             match resolved {
-                Ok(configs) => {
+                Ok(resolved) => {
                     let mut state = self.state();
-                    state.configs.extend(configs);
+                    state.configs.extend(resolved.configs);
+                    state.pins.extend(resolved.pins);
                     state.resolved.insert(b.clone());
                 }
                 Err(e) => {
@@ -187,7 +220,7 @@ impl Planner {
         platforms: &[Platform],
     ) -> Result<Option<Vec<u8>>, BuildError> {
         let key = (build_platform.clone(), platforms.to_vec());
-        let configs = {
+        let (configs, pins) = {
             let state = self.state();
             if state.unresolved.is_some() || !state.resolved.contains(build_platform) {
                 return Ok(None);
@@ -195,12 +228,12 @@ impl Planner {
             if let Some(g) = state.graphs.get(&key) {
                 return Ok(Some(g.clone()));
             }
-            state.configs.clone()
+            (state.configs.clone(), state.pins.clone())
         };
         let planned = self
             .plan_for(build_platform, platforms, &configs)
             .map_err(BuildError::Solve)?;
-        let lowered = graph::lower(&planned)
+        let lowered = graph::lower_pinned(&planned, &pins)
             .map_err(|e| BuildError::Solve(SolveError::Plan(e.in_file(&self.file_name))))?;
         let json = lowered
             .to_json()

@@ -298,6 +298,9 @@ pub(crate) struct Setup {
     pub(crate) start: v1::BuildStart,
     /// The graphs sent instead of the Dockerfile, planned here once.
     pub(crate) planner: Arc<Planner>,
+    /// The build's registry client (the planner's, and the one that
+    /// pushes a split build's index).
+    pub(crate) registry: kbuild_registry::Client,
     ignore: Option<(kbuild_ignore::Matcher, String)>,
     checksums: Option<Arc<kbuild_solver::checksums::ChecksumCache>>,
     pub(crate) started: Instant,
@@ -350,7 +353,17 @@ impl Setup {
         };
         // Dockerfile errors that need no image stop the build before any
         // node is dialled.
-        let planner = Arc::new(Planner::new(req, a, g, credentials.clone())?);
+        // One registry client per build, with the build's credentials: the
+        // planner resolves base images with it and a split build pushes
+        // its index with it.
+        let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+            insecure: a.insecure_registries.clone(),
+            credentials: credentials.clone(),
+            timeouts: req.registry_timeouts,
+            ..Default::default()
+        })
+        .map_err(BuildError::Credentials)?;
+        let planner = Arc::new(Planner::new(req, a, g, registry.clone())?);
         let source_date_epoch = crate::build::source_date_epoch()?;
         let ignore = crate::build::read_ignore(req)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -439,6 +452,7 @@ impl Setup {
             client,
             start,
             planner,
+            registry,
             ignore,
             checksums,
             started: Instant::now(),

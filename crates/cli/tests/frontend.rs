@@ -329,7 +329,7 @@ fn dry_run_json_carries_the_op_graph() {
     let out: serde_json::Value =
         serde_json::from_str(&run(&t.path().join("s"), &args, &[]).ok().stdout).unwrap();
     let graph = &out["graph"];
-    assert_eq!(graph["version"], 1);
+    assert_eq!(graph["version"], kbuild_dockerfile::graph::FORMAT_VERSION);
     let ops = graph["ops"].as_array().unwrap();
     let ids: Vec<&str> = ops.iter().map(|o| o["id"].as_str().unwrap()).collect();
     let targets = graph["targets"].as_array().unwrap();

@@ -1186,3 +1186,103 @@ fn prune_builder_is_refused_while_the_node_builds() {
     let (code, log) = daemon.terminate();
     assert_eq!(code, 0, "{log}");
 }
+
+/// The client pins the base images of the graph it sends: a daemon builds
+/// on the image the client resolved, not on what the tag names when the
+/// daemon pulls. Here the client's store holds the tag's first image and
+/// the registry's tag has moved on: the daemon (an empty store) still
+/// builds on the first, pulled by digest; with `--pull` the client asks
+/// the registry and the daemon builds on the new one. `--dry-run=json`
+/// shows the pin a build would use.
+#[test]
+fn the_daemon_builds_on_the_base_the_client_pinned() {
+    if !require_root() {
+        return;
+    }
+    let env = common::client();
+    let Some(registry) = kbuild_testkit::fixtures::started(
+        "registry",
+        kbuild_testkit::registry::TestRegistry::start(),
+    ) else {
+        return;
+    };
+    let base = format!("{}/pin/base:moving", registry.host());
+    let push_base = |text: &str| {
+        let ctx = env.path(&format!("base-{text}"));
+        write(
+            &ctx.join("Dockerfile"),
+            &format!("FROM scratch\nCOPY <<EOF /base\n{text}\nEOF\n"),
+        );
+        env.kb([ctx.to_str().unwrap(), "-t", &base, "--push"])
+            .builder("local")
+            .platform("linux/amd64")
+            .quiet()
+            .ok();
+    };
+    push_base("one");
+    let ctx = env.path("ctx");
+    write(
+        &ctx.join("Dockerfile"),
+        &format!("FROM {base}\nLABEL app=1\n"),
+    );
+    let build = |builder: &str, extra: &[&str]| -> String {
+        let dest = env.path(&format!("out-{builder}-{}", extra.len()));
+        let out = format!("type=local,dest={}", dest.display());
+        let mut args = vec![
+            ctx.to_str().unwrap(),
+            "--builder",
+            builder,
+            "--platform",
+            "linux/amd64",
+            "--progress",
+            "quiet",
+            "-o",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        env.kb(args).ok();
+        String::from_utf8(read(&dest.join("base"))).unwrap()
+    };
+    // A local build pulls the first image into the client's store.
+    assert_eq!(build("local", &[]), "one\n");
+    let dry = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            ctx.to_str().unwrap(),
+            "--platform",
+            "linux/amd64",
+            "--dry-run=json",
+        ];
+        args.extend_from_slice(extra);
+        let r = env.kb(args).ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let sources: Vec<serde_json::Value> = v["graph"]["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["op"]["source"] == "image")
+            .map(|o| o["op"]["pin"].clone())
+            .collect();
+        assert_eq!(sources.len(), 1, "{}", r.stdout);
+        sources[0].clone()
+    };
+    let pin = dry(&["--builder", "local"]);
+    let manifest = pin["manifest"].as_str().unwrap_or_default().to_string();
+    assert!(manifest.starts_with("sha256:"), "{pin}");
+    assert_eq!(
+        dry(&["--builder", "local", "--pull"]),
+        serde_json::Value::Null
+    );
+
+    push_base("two");
+    let _daemon = serve_builder(&env, "pinned", &[]);
+    assert_eq!(
+        build("pinned", &[]),
+        "one\n",
+        "the daemon built on the tag's new image, not the one the client planned with"
+    );
+    assert_eq!(
+        build("pinned", &["--pull"]),
+        "two\n",
+        "--pull resolves the tag again"
+    );
+}

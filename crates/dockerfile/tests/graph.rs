@@ -307,10 +307,90 @@ fn a_serialised_graph_of_another_version_is_refused_by_version() {
             kbuild_dockerfile::graph::FORMAT_VERSION
         )
     );
-    let err = Graph::from_json(b"{\"version\": 1, \"ops\": 3}").unwrap_err();
+    let version = kbuild_dockerfile::graph::FORMAT_VERSION;
+    let err =
+        Graph::from_json(format!("{{\"version\": {version}, \"ops\": 3}}").as_bytes()).unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with("the op graph is not valid JSON of format version 1: "),
+        err.to_string().starts_with(&format!(
+            "the op graph is not valid JSON of format version {version}: "
+        )),
         "{err}"
     );
+}
+
+/// `lower_pinned` pins the image sources it has digests for (every op
+/// that starts from them, in every stage and COPY --from), leaves the
+/// others to be resolved, and the pin is part of the ids and the wire form.
+#[test]
+fn pinned_image_sources_carry_their_digests_in_the_id_and_the_json() {
+    use kbuild_dockerfile::graph::{lower_pinned, ImagePin, Pins, SourceOp};
+    let text = "FROM busybox AS a\nRUN true\n\nFROM alpine\nCOPY --from=busybox /bin/sh /sh\nCOPY --from=a /etc /etc\n";
+    let opts = PlanOptions {
+        platforms: vec![Platform::parse("linux/arm64").unwrap()],
+        build_platform: Platform::parse("linux/amd64").unwrap(),
+        build_args: BTreeMap::new(),
+        target: None,
+        labels: BTreeMap::new(),
+        named_contexts: Default::default(),
+    };
+    let p = plan(text, &opts, &kbuild_dockerfile::plan::NoImageConfigs).unwrap();
+    let pin = ImagePin {
+        digest: format!("sha256:{}", "1".repeat(64)),
+        manifest: format!("sha256:{}", "2".repeat(64)),
+    };
+    let mut pins = Pins::new();
+    pins.insert(("busybox".into(), "linux/arm64".into()), pin.clone());
+    // Another platform of the same image is not this pin.
+    pins.insert(
+        ("alpine".into(), "linux/amd64".into()),
+        ImagePin {
+            digest: format!("sha256:{}", "3".repeat(64)),
+            manifest: format!("sha256:{}", "4".repeat(64)),
+        },
+    );
+    let pinned = lower_pinned(&p, &pins).unwrap();
+    check_invariants(&pinned).unwrap();
+    let sources: Vec<(&str, &Option<ImagePin>)> = pinned
+        .ops
+        .iter()
+        .filter_map(|o| match &o.op {
+            OpKind::Source(SourceOp::Image { reference, pin, .. }) => {
+                Some((reference.as_str(), pin))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sources,
+        [("busybox", &Some(pin.clone())), ("alpine", &None)],
+        "one busybox source for FROM and COPY --from, alpine unpinned"
+    );
+    let plain = lower(&p).unwrap();
+    let image_ids = |g: &Graph| -> Vec<String> {
+        g.ops
+            .iter()
+            .filter(|o| matches!(o.op, OpKind::Source(SourceOp::Image { .. })))
+            .map(|o| o.id.0.clone())
+            .collect()
+    };
+    let (a, b) = (image_ids(&pinned), image_ids(&plain));
+    assert_ne!(a[0], b[0], "the pin is part of the source's id");
+    assert_eq!(a[1], b[1], "an unpinned source keeps its id");
+    assert_ne!(
+        pinned.targets[0].result, plain.targets[0].result,
+        "ids of ops that read a pinned source follow it"
+    );
+    let json = pinned.to_json().unwrap();
+    let text = String::from_utf8(json.clone()).unwrap();
+    assert!(
+        text.contains(&format!(
+            r#""pin":{{"digest":"{}","manifest":"{}"}}"#,
+            pin.digest, pin.manifest
+        )),
+        "{text}"
+    );
+    assert_eq!(Graph::from_json(&json).unwrap(), pinned);
+    assert!(!String::from_utf8(plain.to_json().unwrap())
+        .unwrap()
+        .contains("\"pin\""));
 }

@@ -13,7 +13,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::auth::{RegistryToken, TokenRequest};
-use crate::error::{Error, Result};
+use crate::error::{Error, HelperProblem, Result};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_ENDPOINT, DOCKER_HUB_LEGACY};
 
 /// Key Docker writes in `config.json` for Docker Hub, and the server URL it hands
@@ -490,9 +490,9 @@ impl ConfigSource {
     ) -> Result<Option<Credential>> {
         let program = format!("docker-credential-{helper}");
         let source = format!("credential helper {program} (named in {})", self.name);
-        let err = |reason: String| Error::Credentials {
+        let err = |problem: HelperProblem| Error::CredentialHelper {
             source_name: source.clone(),
-            reason,
+            problem: Box::new(problem),
         };
         let mut child = Command::new(&program)
             .arg("get")
@@ -500,10 +500,11 @@ impl ConfigSource {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                err(format!(
-                    "cannot run {program}: {e}; install it or remove it from the config"
-                ))
+            .map_err(|source| {
+                err(HelperProblem::Spawn {
+                    program: program.clone(),
+                    source,
+                })
             })?;
         let server = helper_server_url(registry);
         if let Some(mut stdin) = child.stdin.take() {
@@ -511,11 +512,15 @@ impl ConfigSource {
             let _ = stdin.write_all(server.as_bytes());
         }
         let out = wait_limited(child, limit).map_err(|e| match e {
-            Waited::Io(e) => err(format!("{program} failed: {e}")),
-            Waited::TimedOut => err(format!(
-                "{program} get did not finish within {}; it may be waiting for a login or for input: run `echo {server} | {program} get` to see, or raise the limit with --registry-timeout helper=DURATION",
-                crate::timeouts::show(limit)
-            )),
+            Waited::Io(source) => err(HelperProblem::Io {
+                program: program.clone(),
+                source,
+            }),
+            Waited::TimedOut => err(HelperProblem::TimedOut {
+                program: program.clone(),
+                server: server.to_string(),
+                limit,
+            }),
         })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
@@ -523,15 +528,16 @@ impl ConfigSource {
                 return Ok(None);
             }
             let stderr = String::from_utf8_lossy(&out.stderr);
-            return Err(err(format!(
-                "{program} get exited with {}: {}",
-                out.status,
-                first_line(if stdout.trim().is_empty() {
+            return Err(err(HelperProblem::Exited {
+                program: program.clone(),
+                status: out.status,
+                said: first_line(if stdout.trim().is_empty() {
                     &stderr
                 } else {
                     &stdout
                 })
-            )));
+                .to_string(),
+            }));
         }
         #[derive(Deserialize)]
         struct HelperAnswer {
@@ -540,10 +546,11 @@ impl ConfigSource {
             #[serde(rename = "Secret", default)]
             secret: String,
         }
-        let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|e| {
-            err(format!(
-                "{program} printed something that is not credentials JSON: {e}"
-            ))
+        let answer: HelperAnswer = serde_json::from_slice(&out.stdout).map_err(|source| {
+            err(HelperProblem::Answer {
+                program: program.clone(),
+                source,
+            })
         })?;
         if answer.secret.is_empty() {
             return Ok(None);

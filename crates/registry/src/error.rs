@@ -5,6 +5,99 @@ use std::time::Duration;
 
 use crate::timeouts::{show, Timeouts};
 
+/// Why a manifest, index or image config is not usable
+/// ([`Error::InvalidManifest`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestProblem {
+    /// It is not JSON of a manifest or index.
+    #[error("{0}")]
+    Json(#[source] serde_json::Error),
+    /// The image model refuses it (a manifest or config that does not parse).
+    #[error("{0}")]
+    Model(#[source] kbuild_image::Error),
+    /// It is larger than the limit.
+    #[error("it is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Its media type is neither an index nor a manifest.
+    #[error("media type {0} is neither an image index nor an image manifest")]
+    MediaType(String),
+    /// An index was expected.
+    #[error("media type {0} is not an image index")]
+    NotAnIndex(String),
+    /// A manifest without a config.
+    #[error("it has no config")]
+    NoConfig,
+    /// Indexes nested deeper than the limit.
+    #[error("indexes are nested more than {0} deep")]
+    TooDeep(usize),
+    /// A digest it lists is not one the content store takes.
+    #[error("digest {text:?} is not usable: {source}")]
+    Digest {
+        /// The digest as written.
+        text: String,
+        /// Why it is refused.
+        #[source]
+        source: kbuild_image::Error,
+    },
+}
+
+/// Why a credential helper gave no credentials ([`Error::CredentialHelper`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelperProblem {
+    /// The program could not be started.
+    #[error("cannot run {program}: {source}; install it or remove it from the config")]
+    Spawn {
+        /// `docker-credential-NAME`.
+        program: String,
+        /// Why it did not start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Talking to the running program failed.
+    #[error("{program} failed: {source}")]
+    Io {
+        /// `docker-credential-NAME`.
+        program: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran longer than the helper limit and was killed.
+    #[error("{program} get did not finish within {}; it may be waiting for a login or for input: run `echo {server} | {program} get` to see, or raise the limit with --registry-timeout helper=DURATION", show(*limit))]
+    TimedOut {
+        /// `docker-credential-NAME`.
+        program: String,
+        /// The server URL it was asked about.
+        server: String,
+        /// The helper limit.
+        limit: Duration,
+    },
+    /// It exited unsuccessfully (and not with "credentials not found").
+    #[error("{program} get exited with {status}: {said}")]
+    Exited {
+        /// `docker-credential-NAME`.
+        program: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The first line it printed (standard output, else standard error).
+        said: String,
+    },
+    /// Its answer is not the credentials JSON.
+    #[error("{program} printed something that is not credentials JSON: {source}")]
+    Answer {
+        /// `docker-credential-NAME`.
+        program: String,
+        /// Why the answer does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
 /// What the client was waiting for when a [`Error::Timeout`] struck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -208,8 +301,9 @@ pub enum Error {
         what: String,
         /// Registry or local store it came from.
         source_name: String,
-        /// Parse error.
-        reason: String,
+        /// What is wrong with it.
+        #[source]
+        reason: Box<ManifestProblem>,
     },
     /// A credentials source could not be read or parsed: the reading or
     /// parsing error is kept.
@@ -248,6 +342,15 @@ pub enum Error {
         source_name: String,
         /// What went wrong.
         reason: String,
+    },
+    /// A credential helper (`docker-credential-NAME get`) gave no answer.
+    #[error("cannot read registry credentials from {source_name}: {problem}")]
+    CredentialHelper {
+        /// `credential helper PROGRAM (named in CONFIG)`.
+        source_name: String,
+        /// What went wrong.
+        #[source]
+        problem: Box<HelperProblem>,
     },
     /// `--registry-secret NAME` needs cluster access that is not available.
     #[error("registry secret {name:?} would be read from the Kubernetes cluster, which needs the kubernetes driver (not available yet); pass --registry-secret file:PATH with the Secret saved as YAML or JSON, or log in with `docker login`")]

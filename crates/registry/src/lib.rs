@@ -75,7 +75,7 @@ pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{
     CredentialSource, Credentials, RegistryLogin, TokenAnswer, DEFAULT_REGISTRY_SECRET,
 };
-pub use error::{Error, Result, Wait};
+pub use error::{Error, HelperProblem, ManifestProblem, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;
 pub use timeouts::{Timeouts, TimeoutsError, TIMEOUT_KINDS};

@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::error::ManifestProblem;
+
 /// OCI image index.
 pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// OCI image manifest.
@@ -62,8 +64,8 @@ pub(crate) struct Document {
 }
 
 impl Document {
-    pub fn parse(bytes: &[u8]) -> Result<Document, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    pub fn parse(bytes: &[u8]) -> Result<Document, ManifestProblem> {
+        serde_json::from_slice(bytes).map_err(ManifestProblem::Json)
     }
 
     /// The media type: the document's own field, else the transport's, else
@@ -80,5 +82,36 @@ impl Document {
         } else {
             OCI_MANIFEST.to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use std::error::Error as _;
+
+    /// A manifest that does not parse keeps serde's error as the source of
+    /// `InvalidManifest`, and the message is still one line naming it.
+    #[test]
+    fn an_unparsable_manifest_keeps_the_json_error() {
+        let reason = Document::parse(b"{\"layers\": 3}").unwrap_err();
+        assert!(matches!(reason, ManifestProblem::Json(_)), "{reason}");
+        let err = Error::InvalidManifest {
+            what: "r.example/app:1".into(),
+            source_name: "r.example".into(),
+            reason: Box::new(reason),
+        };
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "invalid manifest r.example/app:1 from r.example: invalid type: integer `3`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+        let problem = err.source().expect("the problem is the source");
+        let json = problem.source().expect("serde's error is kept");
+        assert!(json.downcast_ref::<serde_json::Error>().is_some());
     }
 }

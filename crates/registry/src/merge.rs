@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kbuild_image::Digest;
 
 use crate::client::{Client, Scope};
-use crate::error::{Error, Result};
+use crate::error::{Error, ManifestProblem, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
 
@@ -25,15 +25,13 @@ impl Client {
         media_type: &str,
     ) -> Result<Digest> {
         let digest = Digest::of(index);
-        let invalid = |reason: String| Error::InvalidManifest {
+        let invalid = |reason: ManifestProblem| Error::InvalidManifest {
             what: format!("index {digest}"),
             source_name: "the merged build".into(),
-            reason,
+            reason: Box::new(reason),
         };
         if !manifest::is_index(media_type) {
-            return Err(invalid(format!(
-                "media type {media_type} is not an image index"
-            )));
+            return Err(invalid(ManifestProblem::NotAnIndex(media_type.to_string())));
         }
         Document::parse(index).map_err(invalid)?;
         for target in targets {

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256, Sha512};
 
 use crate::client::{Client, Counters, Req, Scope};
-use crate::error::{Error, Result};
+use crate::error::{Error, ManifestProblem, Result};
 use crate::manifest::{self, Document, Entry};
 use crate::reference::Reference;
 
@@ -46,7 +46,10 @@ fn store_digest(text: &str, what: &str, source: &str) -> Result<Digest> {
     Digest::parse(text).map_err(|e| Error::InvalidManifest {
         what: what.to_string(),
         source_name: source.to_string(),
-        reason: format!("digest {text:?} cannot be stored: {e}"),
+        reason: Box::new(ManifestProblem::Digest {
+            text: text.to_string(),
+            source: e,
+        }),
     })
 }
 
@@ -104,7 +107,9 @@ impl Client {
                 return Err(Error::InvalidManifest {
                     what: format!("{reference}"),
                     source_name: registry.to_string(),
-                    reason: format!("it is larger than {MAX_MANIFEST} bytes"),
+                    reason: Box::new(ManifestProblem::TooLarge {
+                        limit: MAX_MANIFEST,
+                    }),
                 });
             }
             let transport_type = response
@@ -136,7 +141,7 @@ impl Client {
         let doc = Document::parse(&bytes).map_err(|reason| Error::InvalidManifest {
             what: format!("{reference}"),
             source_name: registry.to_string(),
-            reason,
+            reason: Box::new(reason),
         })?;
         let media_type = doc.media_type(transport_type.as_deref());
         // The bytes were checked against a pinned digest of any algorithm
@@ -188,7 +193,7 @@ impl Client {
             let doc = Document::parse(&root_bytes).map_err(|reason| Error::InvalidManifest {
                 what: reference.to_string(),
                 source_name: registry.to_string(),
-                reason,
+                reason: Box::new(reason),
             })?;
             let entries: Vec<&Entry> = doc
                 .manifests
@@ -226,20 +231,19 @@ impl Client {
             return Err(Error::InvalidManifest {
                 what: reference.to_string(),
                 source_name: registry.to_string(),
-                reason: format!(
-                    "media type {root_type} is neither an image index nor an image manifest"
-                ),
+                reason: Box::new(ManifestProblem::MediaType(root_type)),
             });
         };
-        let invalid = |reason: String| Error::InvalidManifest {
+        let invalid = |reason: ManifestProblem| Error::InvalidManifest {
             what: format!("{reference} (manifest {manifest_digest})"),
             source_name: registry.to_string(),
-            reason,
+            reason: Box::new(reason),
         };
         let doc = Document::parse(&manifest_bytes).map_err(invalid)?;
-        let manifest = Manifest::parse(&manifest_bytes).map_err(|e| invalid(e.to_string()))?;
+        let manifest =
+            Manifest::parse(&manifest_bytes).map_err(|e| invalid(ManifestProblem::Model(e)))?;
         let Some(config_entry) = doc.config.clone() else {
-            return Err(invalid("it has no config".into()));
+            return Err(invalid(ManifestProblem::NoConfig));
         };
         let mut blobs = vec![config_entry.clone()];
         blobs.extend(
@@ -256,7 +260,7 @@ impl Client {
         let config = ImageConfig::parse(&config_bytes).map_err(|e| Error::InvalidManifest {
             what: format!("config {config_digest} of {reference}"),
             source_name: registry.to_string(),
-            reason: e.to_string(),
+            reason: Box::new(ManifestProblem::Model(e)),
         })?;
         let config_platform = Platform::from(&config.platform());
         let image_platform = match index_platform {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use crate::client::{Client, Counters, Failed, Req, Retry, Scope};
-use crate::error::{Error, Result};
+use crate::error::{Error, ManifestProblem, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
 use crate::uploads::BlobUploads;
@@ -53,7 +53,10 @@ fn parse_digest(text: &str, what: &str) -> Result<Digest> {
     Digest::parse(text).map_err(|e| Error::InvalidManifest {
         what: what.to_string(),
         source_name: "the content store".into(),
-        reason: format!("digest {text:?} is not usable: {e}"),
+        reason: Box::new(ManifestProblem::Digest {
+            text: text.to_string(),
+            source: e,
+        }),
     })
 }
 
@@ -66,15 +69,13 @@ impl Plan {
         bytes: &[u8],
         depth: usize,
     ) -> Result<()> {
-        let invalid = |reason: String| Error::InvalidManifest {
+        let invalid = |reason: ManifestProblem| Error::InvalidManifest {
             what: digest.to_string(),
             source_name: "the content store".into(),
-            reason,
+            reason: Box::new(reason),
         };
         if depth > MAX_DEPTH {
-            return Err(invalid(format!(
-                "indexes are nested more than {MAX_DEPTH} deep"
-            )));
+            return Err(invalid(ManifestProblem::TooDeep(MAX_DEPTH)));
         }
         let doc = Document::parse(bytes).map_err(invalid)?;
         if manifest::is_index(media_type) {
@@ -102,7 +103,7 @@ impl Plan {
             let config = doc
                 .config
                 .as_ref()
-                .ok_or_else(|| invalid("the manifest has no config".into()))?;
+                .ok_or_else(|| invalid(ManifestProblem::NoConfig))?;
             for blob in std::iter::once(config).chain(doc.layers.iter()) {
                 if blob.non_distributable() {
                     continue;
@@ -111,9 +112,7 @@ impl Plan {
                 self.blobs.insert(d, blob.size);
             }
         } else {
-            return Err(invalid(format!(
-                "media type {media_type} is neither an image index nor an image manifest"
-            )));
+            return Err(invalid(ManifestProblem::MediaType(media_type.to_string())));
         }
         Ok(())
     }

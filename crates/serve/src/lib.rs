@@ -679,9 +679,24 @@ pub(crate) async fn solve_start(
     if !start.graph.is_empty() {
         let graph = kbuild_dockerfile::graph::Graph::from_json(&start.graph)
             .map_err(SessionError::Graph)?;
+        // Image sources the client pinned are taken by digest: their tags
+        // are not resolved here again (see `Solver::solve`).
+        let pinned = graph
+            .ops
+            .iter()
+            .filter(|o| {
+                matches!(
+                    &o.op,
+                    kbuild_dockerfile::graph::OpKind::Source(
+                        kbuild_dockerfile::graph::SourceOp::Image { pin: Some(_), .. }
+                    )
+                )
+            })
+            .count();
         tracing::info!(
             ops = graph.ops.len(),
             targets = graph.targets.len(),
+            pinned_images = pinned,
             "building the client's op graph"
         );
         let solved = solver.solve(&graph, &name, ctx).await?;

@@ -35,8 +35,13 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// A session that could not finish.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
+    /// The client broke the protocol; the text says how (no source).
     #[error("{0}")]
     Protocol(String),
+    /// `BuildStart.provenance` does not parse (the client checks
+    /// `--provenance` before sending it: an older or foreign client).
+    #[error("the client's provenance request: {0}")]
+    Provenance(#[source] kbuild_solver::provenance::ProvenanceError),
     #[error("the client closed the session")]
     Gone,
     /// A blocking task of the session panicked or was dropped.
@@ -972,7 +977,7 @@ fn provenance_request(
     let mode = if start.provenance.is_empty() {
         None
     } else {
-        parse_mode(&start.provenance).map_err(|e| proto(e.to_string()))?
+        parse_mode(&start.provenance).map_err(SessionError::Provenance)?
     };
     Ok(mode.map(|mode| {
         let inv = Invocation {

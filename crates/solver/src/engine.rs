@@ -24,7 +24,10 @@ use tokio::sync::Semaphore;
 
 pub use crate::assemble::rfc3339;
 use crate::base::Images;
-pub use crate::base::{graph_images, image_ref_name, images_needed, resolve_configs};
+pub use crate::base::{
+    graph_images, image_ref_name, images_needed, resolve_configs, stored_configs, ResolvedConfigs,
+    WantedImage,
+};
 pub use crate::error::{GraphProblem, LayerError, OutputError, SolveError, StepError};
 pub use crate::layer::{apply_layers, LayerRef};
 use crate::options::{NetworkMode, SecretSpec, SshSpec};
@@ -262,20 +265,28 @@ impl Solver {
         // ENV, WORKDIR and ONBUILD take part in planning).
         let first = plan::plan(dockerfile, opts, &plan::NoImageConfigs).map_err(in_file)?;
         self.check_entitlements(&graph::lower(&first).map_err(in_file)?, file_name)?;
-        let images = self.resolve_images(&images_needed(&first)?).await?;
+        let wanted: Vec<crate::base::WantedImage> = images_needed(&first)?
+            .into_iter()
+            .map(|(r, p)| (r, p, None))
+            .collect();
+        let images = self.resolve_images(&wanted).await?;
         let plan = if images.is_empty() {
             first
         } else {
             plan::plan(dockerfile, opts, &base_configs(&images)).map_err(in_file)?
         };
-        let graph = graph::lower(&plan).map_err(in_file)?;
+        // The graph names the images just resolved by digest, so each is
+        // resolved once per build, as a client planning for daemons pins.
+        let graph = graph::lower_pinned(&plan, &crate::base::pins(&images)).map_err(in_file)?;
+        let images = crate::base::pinned(images);
         self.ensure_emulation(&graph)?;
         let solved = self.run(&graph, ctx, images).await?;
         Ok(BuildResult { plan, solved })
     }
 
     /// Execute an op graph (one lowered here or received from a client):
-    /// resolve its images, check entitlements and emulation, run every op
+    /// resolve its images (by digest where the graph pins them, without
+    /// resolving their tags), check entitlements and emulation, run every op
     /// its targets need, and write one image per target (an index over
     /// several). `file_name` names the Dockerfile in entitlement errors.
     pub async fn solve(
@@ -364,9 +375,9 @@ impl Solver {
                 .map(|t| {
                     crate::provenance::image_sources(graph, &t.result)
                         .into_iter()
-                        .filter_map(|(reference, platform)| {
+                        .filter_map(|(reference, platform, pin)| {
                             let p = Platform::parse(&platform).ok()?.to_string();
-                            let img = images.get(&(reference.clone(), p.clone()))?;
+                            let img = images.get(&(reference.clone(), p.clone(), pin))?;
                             Some(crate::provenance::Material {
                                 reference,
                                 platform: p,
@@ -444,6 +455,6 @@ impl Solver {
 fn base_configs(images: &Images) -> std::collections::BTreeMap<String, BaseImageConfig> {
     images
         .iter()
-        .map(|((r, p), img)| (format!("{r}@{p}"), crate::base::planner_config(&img.config)))
+        .map(|((r, p, _), img)| (format!("{r}@{p}"), crate::base::planner_config(&img.config)))
         .collect()
 }

@@ -137,6 +137,30 @@ pub enum SolveError {
         /// [`kbuild_dockerfile::graph::FORMAT_VERSION`].
         supported: u32,
     },
+    /// An image source's pin is not a digest.
+    #[error("image {reference} is pinned to {digest:?}, which is not a digest: {source}")]
+    InvalidPin {
+        /// The reference as written.
+        reference: String,
+        /// The pinned value.
+        digest: String,
+        /// Why it does not parse.
+        #[source]
+        source: Box<kbuild_image::Error>,
+    },
+    /// The pinned image's manifest for the platform is not the one the
+    /// graph was planned with.
+    #[error("image {reference}@{} gives manifest {found} for {platform}, but the build was planned with {}; plan the build again", pin.digest, pin.manifest)]
+    PinnedManifest {
+        /// The reference as written.
+        reference: String,
+        /// The platform.
+        platform: String,
+        /// The digests the graph names.
+        pin: Box<kbuild_dockerfile::graph::ImagePin>,
+        /// The manifest the image gives.
+        found: String,
+    },
     /// An op of the graph is malformed (a graph not made by `lower`).
     #[error("op {op}: {problem}")]
     InvalidOp {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use kbuild_dockerfile::graph::{Graph, OpId, OpKind, SourceOp};
+use kbuild_dockerfile::graph::{Graph, ImagePin, OpId, OpKind, SourceOp};
 use kbuild_image::{ContentStore, Descriptor, DescriptorPlatform, Digest, Manifest};
 use kbuild_platform::Platform;
 use serde_json::{json, Value};
@@ -165,7 +165,10 @@ pub(crate) struct Material {
 }
 
 /// The image sources `target` reads (through any input), each once.
-pub(crate) fn image_sources(graph: &Graph, target: &OpId) -> Vec<(String, String)> {
+pub(crate) fn image_sources(
+    graph: &Graph,
+    target: &OpId,
+) -> Vec<(String, String, Option<ImagePin>)> {
     let mut seen = std::collections::HashSet::new();
     let mut stack = vec![target.clone()];
     let mut out = Vec::new();
@@ -177,9 +180,10 @@ pub(crate) fn image_sources(graph: &Graph, target: &OpId) -> Vec<(String, String
         if let OpKind::Source(SourceOp::Image {
             reference,
             platform,
+            pin,
         }) = &op.op
         {
-            let pair = (reference.clone(), platform.clone());
+            let pair = (reference.clone(), platform.clone(), pin.clone());
             if !out.contains(&pair) {
                 out.push(pair);
             }

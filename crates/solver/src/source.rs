@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kbuild_dockerfile::graph::{Op, SourceOp};
+use kbuild_dockerfile::graph::{ImagePin, Op, SourceOp};
 use kbuild_image::ImageConfig;
 use kbuild_platform::Platform;
 
@@ -33,6 +33,7 @@ pub(crate) async fn value(
         SourceOp::Image {
             reference,
             platform,
+            pin,
         } => {
             // One vertex per stage that starts from the image (the pull
             // itself happened before the build).
@@ -49,7 +50,7 @@ pub(crate) async fn value(
                     (id, Instant::now())
                 })
                 .collect();
-            let st = image(x, op, reference, platform);
+            let st = image(x, op, reference, platform, pin.as_ref());
             for (id, t) in shown {
                 x.solver.progress.event(Event::Done {
                     id,
@@ -173,11 +174,17 @@ fn scratch(op: &Op) -> Result<Arc<State>, SolveError> {
 
 /// A resolved image's layers and config (`PATH` defaulted on Linux),
 /// keyed by its manifest digest.
-fn image(x: &Exec, op: &Op, reference: &str, platform: &str) -> Result<Arc<State>, SolveError> {
+fn image(
+    x: &Exec,
+    op: &Op,
+    reference: &str,
+    platform: &str,
+    pin: Option<&ImagePin>,
+) -> Result<Arc<State>, SolveError> {
     let platform = platform_of(op, platform)?;
     let img = x
         .images
-        .get(&(reference.to_string(), platform.to_string()))
+        .get(&(reference.to_string(), platform.to_string(), pin.cloned()))
         .ok_or_else(|| SolveError::InvalidOp {
             op: op.id.clone(),
             problem: crate::error::GraphProblem::Unresolved(reference.to_string()),

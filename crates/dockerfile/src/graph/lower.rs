@@ -1,6 +1,6 @@
 //! Lowering a [`BuildPlan`] to a [`Graph`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use kbuild_platform::Platform;
@@ -10,17 +10,31 @@ use sha2::{Digest, Sha256};
 use super::rules::{self, AddSourceKind, RunForm};
 use super::{
     Chmod, ConfigOp, ConfigPatch, ExecMount, ExecOp, FileAction, FileOp, Graph, GraphTarget,
-    History, Op, OpId, OpKind, OpMeta, SourceOp, FORMAT_VERSION,
+    History, ImagePin, Op, OpId, OpKind, OpMeta, SourceOp, FORMAT_VERSION,
 };
 use crate::instructions::{Command, HealthTest, Instruction, Mount, SourceContent};
 use crate::plan::{BuildPlan, Error, ErrorKind, Source, StageBase, StageInstance, Step};
 
-/// Lower a plan to its op graph; see the [module docs](super).
+/// Resolved images by (reference as written, platform as
+/// `Platform::to_string` writes it): what [`lower_pinned`] pins them to.
+pub type Pins = BTreeMap<(String, String), ImagePin>;
+
+/// Lower a plan to its op graph; see the [module docs](super). Its image
+/// sources are not pinned: they are resolved when the graph runs.
 pub fn lower(plan: &BuildPlan) -> Result<Graph, Error> {
+    lower_pinned(plan, &Pins::new())
+}
+
+/// [`lower`], with every image source found in `pins` pinned to its
+/// digests ([`ImagePin`]): the graph then builds on exactly those images
+/// wherever it runs, however the tag moves. Images not in `pins` are
+/// left to be resolved when the graph runs.
+pub fn lower_pinned(plan: &BuildPlan, pins: &Pins) -> Result<Graph, Error> {
     let mut l = Lowering {
         ops: Vec::new(),
         index: HashMap::new(),
         stage_ops: vec![None; plan.stages.len()],
+        pins,
     };
     for stage in &plan.stages {
         let mut state = match &stage.base {
@@ -149,10 +163,11 @@ impl StageNames {
     }
 }
 
-struct Lowering {
+struct Lowering<'p> {
     ops: Vec<Op>,
     index: HashMap<OpId, usize>,
     stage_ops: Vec<Option<OpId>>,
+    pins: &'p Pins,
 }
 
 /// What the id covers: everything but the meta.
@@ -202,7 +217,7 @@ fn meta(step: &Step) -> OpMeta {
     }
 }
 
-impl Lowering {
+impl Lowering<'_> {
     fn add(
         &mut self,
         platform: Option<String>,
@@ -243,6 +258,10 @@ impl Lowering {
             SourceOp::Image {
                 reference: reference.to_string(),
                 platform: platform.to_string(),
+                pin: self
+                    .pins
+                    .get(&(reference.to_string(), platform.to_string()))
+                    .cloned(),
             },
             Some(platform.to_string()),
         )
@@ -319,109 +338,17 @@ impl Lowering {
     }
 
     fn step(&mut self, step: &Step, state: OpId, cmd_set: bool) -> Result<OpId, Error> {
-        let shell_argv = |command: &Command| shell_argv(step, command);
+        if let Some((patches, text)) = config_change(step, cmd_set)? {
+            return Ok(self.config(step, state, patches, text));
+        }
         Ok(match &*step.instruction {
-            Instruction::From(_) => state,
-            // No history entry, no config change: nothing to do.
-            Instruction::Arg(_) => state,
-            Instruction::Env(e) => {
-                let patches = e.vars.iter().map(|kv| ConfigPatch::Env {
-                    key: kv.key.clone(),
-                    value: kv.value.clone(),
-                });
-                let patches = patches.collect();
-                let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
-                self.config(step, state, patches, text)
-            }
-            Instruction::Label(l) => {
-                let patches = l.labels.iter().map(|kv| ConfigPatch::Label {
-                    key: kv.key.clone(),
-                    value: kv.value.clone(),
-                });
-                let patches = patches.collect();
-                let text =
-                    crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
-                self.config(step, state, patches, text)
-            }
-            Instruction::User(u) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::User {
-                    user: u.user.clone(),
-                }],
-                format!("USER {}", u.user),
-            ),
             Instruction::Workdir(w) => self.workdir(step, state, w),
-            Instruction::Expose(e) => {
-                let ports = expose_ports(step, e)?;
-                let text = rules::expose_history(&ports);
-                self.config(step, state, vec![ConfigPatch::ExposedPorts { ports }], text)
-            }
-            Instruction::Volume(v) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::Volumes {
-                    paths: v.volumes.clone(),
-                }],
-                format!("VOLUME {}", rules::go_list(&v.volumes)),
-            ),
-            Instruction::Entrypoint(e) => {
-                let argv = shell_argv(&e.command);
-                let text = format!("ENTRYPOINT {}", rules::go_quote_list(&argv));
-                let patch = ConfigPatch::Entrypoint {
-                    argv,
-                    clear_cmd: !cmd_set,
-                };
-                self.config(step, state, vec![patch], text)
-            }
-            Instruction::Cmd(c) => {
-                let argv = shell_argv(&c.command);
-                let text = format!("CMD {}", rules::go_quote_list(&argv));
-                self.config(step, state, vec![ConfigPatch::Cmd { argv }], text)
-            }
-            Instruction::Shell(s) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::Shell {
-                    argv: s.shell.clone(),
-                }],
-                format!("SHELL {}", rules::go_list(&s.shell)),
-            ),
-            Instruction::StopSignal(s) => {
-                rules::check_signal(&s.signal)
-                    .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
-                let signal = s.signal.clone();
-                let text = format!("STOPSIGNAL {}", s.signal);
-                self.config(step, state, vec![ConfigPatch::StopSignal { signal }], text)
-            }
-            Instruction::Healthcheck(h) => {
-                let patch = healthcheck_patch(&h.test);
-                self.config(
-                    step,
-                    state,
-                    vec![patch],
-                    rules::healthcheck_history(&h.test),
-                )
-            }
-            Instruction::Onbuild(o) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::OnBuild {
-                    expression: o.expression.clone(),
-                }],
-                format!("ONBUILD {}", o.expression),
-            ),
-            Instruction::Maintainer(m) => self.config(
-                step,
-                state,
-                vec![ConfigPatch::Author {
-                    name: m.name.clone(),
-                }],
-                format!("MAINTAINER {}", m.name),
-            ),
             Instruction::Run(r) => self.exec(step, state, r)?,
             Instruction::Copy(c) => self.copy(step, state, c)?,
             Instruction::Add(a) => self.add_files(step, state, a)?,
+            // FROM starts the stage; ARG leaves no history entry and no
+            // config change; the others are config changes (above).
+            _ => state,
         })
     }
 
@@ -670,6 +597,35 @@ impl Lowering {
                 argv
             }
         };
+        self.run_mounts(step, &mut inputs, &mut mounts)?;
+        let env = run_env(step);
+        let history = History::new(rules::run_history(&argv, &step.args));
+        Ok(self.add(
+            Some(platform),
+            inputs,
+            OpKind::Exec(ExecOp {
+                argv,
+                env,
+                user: step.user.to_string(),
+                cwd: step.workdir.to_string(),
+                mounts,
+                network: r.network,
+                security: r.security,
+                history,
+            }),
+            meta(step),
+        ))
+    }
+
+    /// The `--mount`s of a RUN step, after any heredoc script mount: each
+    /// input they read (the context, a stage, an image) added to `inputs`.
+    fn run_mounts(
+        &mut self,
+        step: &Step,
+        inputs: &mut Vec<OpId>,
+        mounts: &mut Vec<ExecMount>,
+    ) -> Result<(), Error> {
+        let os = step.platform.os.as_str();
         let abs = |t: &str| crate::plan::resolve_workdir(&step.workdir, t, os).into_owned();
         let mut sources = step.sources.iter();
         let mut from_input = |l: &mut Lowering, inputs: &mut Vec<OpId>, from: &str| {
@@ -687,7 +643,7 @@ impl Lowering {
             mounts.push(match m {
                 Mount::Bind(b) => {
                     let input = match &b.from {
-                        Some(from) => from_input(self, &mut inputs, from)?,
+                        Some(from) => from_input(self, inputs, from)?,
                         None => {
                             let ctx = self.source(
                                 SourceOp::Context {
@@ -711,7 +667,7 @@ impl Lowering {
                 }
                 Mount::Cache(c) => {
                     let input = match &c.from {
-                        Some(from) => Some(from_input(self, &mut inputs, from)?),
+                        Some(from) => Some(from_input(self, inputs, from)?),
                         None => None,
                     };
                     cache_mount(c, input, &abs)
@@ -730,23 +686,7 @@ impl Lowering {
                 }
             });
         }
-        let env = run_env(step);
-        let history = History::new(rules::run_history(&argv, &step.args));
-        Ok(self.add(
-            Some(platform),
-            inputs,
-            OpKind::Exec(ExecOp {
-                argv,
-                env,
-                user: step.user.to_string(),
-                cwd: step.workdir.to_string(),
-                mounts,
-                network: r.network,
-                security: r.security,
-                history,
-            }),
-            meta(step),
-        ))
+        Ok(())
     }
 }
 
@@ -947,4 +887,97 @@ fn url_filename(url: &str) -> String {
         Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
         _ => "__unnamed__".to_string(),
     }
+}
+
+/// The config patches and history text of a metadata instruction (ENV,
+/// LABEL, USER, EXPOSE, ...); `None` for the instructions that are no
+/// config op (FROM, ARG, and WORKDIR, RUN, COPY, ADD, which change files).
+fn config_change(step: &Step, cmd_set: bool) -> Result<Option<(Vec<ConfigPatch>, String)>, Error> {
+    let shell_argv = |command: &Command| shell_argv(step, command);
+    Ok(Some(match &*step.instruction {
+        Instruction::From(_)
+        | Instruction::Arg(_)
+        | Instruction::Workdir(_)
+        | Instruction::Run(_)
+        | Instruction::Copy(_)
+        | Instruction::Add(_) => return Ok(None),
+        Instruction::Env(e) => {
+            let patches = e.vars.iter().map(|kv| ConfigPatch::Env {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+            });
+            let patches = patches.collect();
+            let text = crate::plan::pairs("ENV", e.vars.iter().map(|kv| (&kv.key, &kv.value)));
+            (patches, text)
+        }
+        Instruction::Label(l) => {
+            let patches = l.labels.iter().map(|kv| ConfigPatch::Label {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+            });
+            let patches = patches.collect();
+            let text = crate::plan::pairs("LABEL", l.labels.iter().map(|kv| (&kv.key, &kv.value)));
+            (patches, text)
+        }
+        Instruction::User(u) => (
+            vec![ConfigPatch::User {
+                user: u.user.clone(),
+            }],
+            format!("USER {}", u.user),
+        ),
+        Instruction::Expose(e) => {
+            let ports = expose_ports(step, e)?;
+            let text = rules::expose_history(&ports);
+            (vec![ConfigPatch::ExposedPorts { ports }], text)
+        }
+        Instruction::Volume(v) => (
+            vec![ConfigPatch::Volumes {
+                paths: v.volumes.clone(),
+            }],
+            format!("VOLUME {}", rules::go_list(&v.volumes)),
+        ),
+        Instruction::Entrypoint(e) => {
+            let argv = shell_argv(&e.command);
+            let text = format!("ENTRYPOINT {}", rules::go_quote_list(&argv));
+            let patch = ConfigPatch::Entrypoint {
+                argv,
+                clear_cmd: !cmd_set,
+            };
+            (vec![patch], text)
+        }
+        Instruction::Cmd(c) => {
+            let argv = shell_argv(&c.command);
+            let text = format!("CMD {}", rules::go_quote_list(&argv));
+            (vec![ConfigPatch::Cmd { argv }], text)
+        }
+        Instruction::Shell(s) => (
+            vec![ConfigPatch::Shell {
+                argv: s.shell.clone(),
+            }],
+            format!("SHELL {}", rules::go_list(&s.shell)),
+        ),
+        Instruction::StopSignal(s) => {
+            rules::check_signal(&s.signal)
+                .map_err(|source| at(step, ErrorKind::StopSignal { source }))?;
+            let signal = s.signal.clone();
+            let text = format!("STOPSIGNAL {}", s.signal);
+            (vec![ConfigPatch::StopSignal { signal }], text)
+        }
+        Instruction::Healthcheck(h) => {
+            let patch = healthcheck_patch(&h.test);
+            (vec![patch], rules::healthcheck_history(&h.test))
+        }
+        Instruction::Onbuild(o) => (
+            vec![ConfigPatch::OnBuild {
+                expression: o.expression.clone(),
+            }],
+            format!("ONBUILD {}", o.expression),
+        ),
+        Instruction::Maintainer(m) => (
+            vec![ConfigPatch::Author {
+                name: m.name.clone(),
+            }],
+            format!("MAINTAINER {}", m.name),
+        ),
+    }))
 }

@@ -66,8 +66,8 @@ use serde::{Deserialize, Serialize};
 pub use crate::instructions::{NetworkMode, SecurityMode, Sharing};
 
 pub use chmod::{Chmod, ChmodError, ModeClause};
-pub use lower::lower;
 pub use lower::vertex_platform;
+pub use lower::{lower, lower_pinned, Pins};
 pub use rules::{
     add_source_kind, check_checksum, check_signal, copy_history, expose_history, expose_keys,
     go_duration, go_list, go_quote, go_quote_list, go_quote_rune, healthcheck_history,
@@ -76,8 +76,10 @@ pub use rules::{
 };
 
 /// The version of the graph format; bumped when a change would make an
-/// older reader misread a graph (it is part of every op id).
-pub const FORMAT_VERSION: u32 = 1;
+/// older reader misread a graph (it is part of every op id). Version 2
+/// pins image sources to digests ([`ImagePin`]), which a version-1 reader
+/// would ignore and resolve the tag again.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The comment BuildKit's Dockerfile frontend puts on every history entry.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
@@ -277,6 +279,11 @@ pub enum SourceOp {
         reference: String,
         /// The platform to pull (`linux/arm64`).
         platform: String,
+        /// What the reference resolved to when the graph was made: the
+        /// image is then taken by these digests and the tag is not
+        /// resolved again. `None`: resolved when the graph runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<ImagePin>,
     },
     /// Files of the build context: the paths or patterns in `include`
     /// (all of it when empty), minus `exclude` and, when `dockerignore`,
@@ -315,6 +322,18 @@ pub enum SourceOp {
         /// The commit the checkout must resolve to.
         checksum: Option<String>,
     },
+}
+
+/// The digests an image source is pinned to (BuildKit's LLB pins
+/// `docker-image://NAME@sha256:...` the same way after resolving it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ImagePin {
+    /// The digest the reference resolved to: its index, or its manifest
+    /// for an image of one manifest (`sha256:<hex>`).
+    pub digest: String,
+    /// The digest of the source platform's manifest (equal to `digest`
+    /// for an image of one manifest).
+    pub manifest: String,
 }
 
 /// A process run with `inputs[0]` mounted read-write at `/`.
