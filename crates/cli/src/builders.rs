@@ -92,10 +92,15 @@ pub fn serve(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitCode> {
         protocol,
         keep_contexts: args.keep_contexts,
     };
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let served = rt.block_on(async {
         let signal = kbuild_serve::shutdown_signal()?;
         kbuild_serve::serve(config, signal).await
-    })?;
+    });
+    // Builds are cancelled by now; a blocking thread still busy for one
+    // (compressing a layer nobody will use) must not keep the daemon alive.
+    rt.shutdown_timeout(kbuild_serve::DRAIN_TIMEOUT / 2);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

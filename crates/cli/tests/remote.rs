@@ -1286,3 +1286,90 @@ fn the_daemon_builds_on_the_base_the_client_pinned() {
         "--pull resolves the tag again"
     );
 }
+
+/// A session that ends while the daemon waits for the client's answer to a
+/// credentials question (here the client cancels instead of answering)
+/// leaves no thread of the daemon waiting for that answer: the daemon then
+/// stops on SIGTERM within its drain time, not after the question's
+/// minute-long timeout.
+#[test]
+fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
+    if !require_root() {
+        return;
+    }
+    struct Silent(std::sync::mpsc::SyncSender<()>);
+    impl kbuild_driver::session::Local for Silent {
+        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
+        fn credentials(&self, _: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+            // Asked: tell the test, which cancels the build, and never answer.
+            let _ = self.0.try_send(());
+            std::thread::sleep(Duration::from_secs(3));
+            Err("not answered".into())
+        }
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(None)
+        }
+        fn result(&self, output: u32, _: Vec<u8>, _: bool) -> Result<(), String> {
+            Err(format!("no output was asked for, got {output}"))
+        }
+    }
+    let Some(registry) = kbuild_testkit::fixtures::started(
+        "registry",
+        TestRegistry::start_with_htpasswd("user", "password"),
+    ) else {
+        return;
+    };
+    let env = common::client();
+    let mut daemon = serve_builder(&env, "asking", &[]);
+    let node = kbuild_driver::config::Node {
+        name: "asking0".into(),
+        endpoint: format!("unix://{}", env.path("asking.sock").display()),
+        platforms: Vec::new(),
+        tls: Default::default(),
+    };
+    let start = kbuild_proto::v1::BuildStart {
+        dockerfile: format!("FROM {}/private/base:1\n", registry.host()).into_bytes(),
+        dockerfile_path: "Dockerfile".into(),
+        platforms: vec![kbuild_proto::v1::Platform::from(
+            &kbuild_platform::Platform::parse("linux/amd64").unwrap(),
+        )],
+        ..Default::default()
+    };
+    let (asked_tx, asked_rx) = std::sync::mpsc::sync_channel(1);
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let session = rt.spawn(async move {
+        kbuild_driver::session::build(
+            "asking",
+            &node,
+            &kbuild_driver::Direct,
+            start,
+            None,
+            std::sync::Arc::new(Silent(asked_tx)),
+            async {
+                let _ = cancel_rx.await;
+            },
+        )
+        .await
+        .map(|done| done.error)
+        .map_err(|e| e.to_string())
+    });
+    asked_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the daemon asks the client for the registry's credentials");
+    let _ = cancel_tx.send(());
+    let ended = rt.block_on(session).expect("the session task");
+    assert!(
+        ended.as_ref().err().is_some_and(|e| e.contains("cancel"))
+            || ended.as_ref().is_ok_and(|e| e.contains("cancel")),
+        "{ended:?}"
+    );
+    let stopping = Instant::now();
+    let (code, log) = daemon.terminate();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        stopping.elapsed() < kbuild_serve::DRAIN_TIMEOUT,
+        "the daemon took {:?} to stop:\n{log}",
+        stopping.elapsed()
+    );
+}

@@ -96,10 +96,63 @@ pub(crate) fn proto(msg: impl Into<String>) -> SessionError {
 #[derive(Default)]
 struct Pending {
     next: AtomicU64,
-    credentials: Mutex<HashMap<u64, std::sync::mpsc::Sender<v1::CredentialsResponse>>>,
-    secrets: Mutex<HashMap<u64, std::sync::mpsc::Sender<v1::SecretResponse>>>,
+    credentials: Waiters<v1::CredentialsResponse>,
+    secrets: Waiters<v1::SecretResponse>,
     /// Agent connections of `--ssh` (see [`crate::ssh`]).
     ssh: Arc<crate::ssh::Streams>,
+}
+
+impl Pending {
+    /// The session is over: every question still waiting (on a blocking
+    /// thread of a step the session's end cancelled) gets no answer at once,
+    /// and later questions none either, so no thread waits out its timeout
+    /// and holds up the daemon's shutdown.
+    fn close(&self) {
+        self.credentials.close();
+        self.secrets.close();
+        self.ssh.close();
+    }
+}
+
+/// Threads waiting for one kind of answer, by question number; `None`
+/// once the session is over.
+struct Waiters<T>(Mutex<Option<HashMap<u64, std::sync::mpsc::Sender<T>>>>);
+
+impl<T> Default for Waiters<T> {
+    fn default() -> Self {
+        Waiters(Mutex::new(Some(HashMap::new())))
+    }
+}
+
+impl<T> Waiters<T> {
+    /// Where question `id`'s answer will arrive; `None` after [`close`].
+    ///
+    /// [`close`]: Waiters::close
+    fn wait_for(&self, id: u64) -> Option<std::sync::mpsc::Receiver<T>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut waiting = self.0.lock().ok()?;
+        waiting.as_mut()?.insert(id, tx);
+        Some(rx)
+    }
+
+    /// Hands question `id`'s answer to its waiter, if it still waits.
+    fn answer(&self, id: u64, answer: T) {
+        let waiter = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut w| w.as_mut().and_then(|w| w.remove(&id)));
+        if let Some(tx) = waiter {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// Wakes every waiter with no answer and refuses later questions.
+    fn close(&self) {
+        if let Ok(mut w) = self.0.lock() {
+            *w = None;
+        }
+    }
 }
 
 /// Messages to the client that must never block the solver (progress,
@@ -180,15 +233,16 @@ impl ClientCredentials {
         limit: Duration,
     ) -> kbuild_registry::Result<v1::CredentialsResponse> {
         let registry = question.host.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        if let Ok(mut p) = self.pending.credentials.lock() {
-            p.insert(question.id, tx);
-        }
-        self.queue.send(Out::CredentialsRequest(question));
         let err = |reason: String| kbuild_registry::Error::Credentials {
             source_name: kbuild_registry::CredentialSource::describe(self),
             reason,
         };
+        let rx = self
+            .pending
+            .credentials
+            .wait_for(question.id)
+            .ok_or_else(|| err(format!("the session ended before asking for {registry}")))?;
+        self.queue.send(Out::CredentialsRequest(question));
         let answer = rx
             .recv_timeout(limit.max(ANSWER_TIMEOUT))
             .map_err(|_| err(format!("no answer for {registry}")))?;
@@ -296,10 +350,11 @@ struct ClientSecrets {
 impl ProvideSecret for ClientSecrets {
     fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
         let request = self.pending.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = std::sync::mpsc::channel();
-        if let Ok(mut p) = self.pending.secrets.lock() {
-            p.insert(request, tx);
-        }
+        let rx = self
+            .pending
+            .secrets
+            .wait_for(request)
+            .ok_or_else(|| "the session ended before asking for it".to_string())?;
         self.queue.send(Out::SecretRequest(v1::SecretRequest {
             id: id.to_string(),
             request,
@@ -371,7 +426,7 @@ pub(crate) async fn run(
         stopping,
     )
     .await;
-    pending.ssh.close();
+    pending.close();
     queue.close();
     let _ = forwarder.await;
     let mut done = v1::BuildDone {
@@ -584,26 +639,8 @@ async fn session(
         tokio::spawn(async move {
             loop {
                 match next(&mut inbound).await {
-                    Ok(In::Credentials(c)) => {
-                        if let Some(tx) = pending
-                            .credentials
-                            .lock()
-                            .ok()
-                            .and_then(|mut p| p.remove(&c.id))
-                        {
-                            let _ = tx.send(c);
-                        }
-                    }
-                    Ok(In::Secret(s)) => {
-                        if let Some(tx) = pending
-                            .secrets
-                            .lock()
-                            .ok()
-                            .and_then(|mut p| p.remove(&s.request))
-                        {
-                            let _ = tx.send(s);
-                        }
-                    }
+                    Ok(In::Credentials(c)) => pending.credentials.answer(c.id, c),
+                    Ok(In::Secret(s)) => pending.secrets.answer(s.request, s),
                     Ok(In::Ssh(d)) => pending.ssh.deliver(d),
                     Ok(In::Cancel(_)) => {
                         cancel.cancel();
