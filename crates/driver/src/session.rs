@@ -461,8 +461,7 @@ fn listing() -> std::io::Result<(Listing, Listed)> {
         },
         Listed {
             file: read,
-            buf: Vec::new(),
-            read_to: 0,
+            cursor: Cursor::default(),
         },
     ))
 }
@@ -660,14 +659,16 @@ fn walk_below(
         let path = path.to_path_buf();
         move |source| Error::Context { path, source }
     };
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
+    // Each entry's metadata comes from the directory's own descriptor
+    // (`statx` of a name in it), not from a lookup of its whole path.
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(err(&dir))?
-        .map(|e| e.map(|e| e.file_name()))
+        .map(|e| e.map(|e| (e.file_name(), e)))
         .collect::<Result<_, _>>()
         .map_err(err(&dir))?;
-    names.sort();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut any = false;
-    for name in names {
+    for (name, dirent) in entries {
         let Some(name) = name.to_str() else {
             return Err(Stop::Failed(Error::Context {
                 path: dir.join(&name),
@@ -680,7 +681,7 @@ fn walk_below(
         } else {
             format!("{rel}/{name}")
         };
-        let md = std::fs::symlink_metadata(&path).map_err(err(&path))?;
+        let md = dirent.metadata().map_err(err(&path))?;
         let excluded = ignore.is_some_and(|m| m.is_excluded(&child, md.is_dir()));
         let mut entry = v1::ContextEntry {
             path: child.clone(),
