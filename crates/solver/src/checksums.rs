@@ -148,11 +148,7 @@ impl ChecksumCache {
         h.update(generation);
         h.update(request);
         let key: [u8; 32] = h.finalize().into();
-        let known = memo
-            .known
-            .lock()
-            .ok()
-            .and_then(|k| k.get(&key).cloned());
+        let known = memo.known.lock().ok().and_then(|k| k.get(&key).cloned());
         if let Some(checksum) = known {
             self.tree_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(checksum);
@@ -371,22 +367,37 @@ mod tests {
             ChecksumCache::load(t.path(), t.path()).with_tree([generation; 32], memo.clone())
         };
         let first = cache(1);
-        assert_eq!(first.tree_checksum(b"COPY a", || compute("x")).unwrap(), "x");
+        assert_eq!(
+            first.tree_checksum(b"COPY a", || compute("x")).unwrap(),
+            "x"
+        );
         // Another build of the same tree: remembered, nothing computed.
         let again = cache(1);
-        assert_eq!(again.tree_checksum(b"COPY a", || compute("y")).unwrap(), "x");
+        assert_eq!(
+            again.tree_checksum(b"COPY a", || compute("y")).unwrap(),
+            "x"
+        );
         assert_eq!((computed.get(), again.tree_hits()), (1, 1));
         // Another request, or another generation: computed.
-        assert_eq!(again.tree_checksum(b"COPY b", || compute("z")).unwrap(), "z");
+        assert_eq!(
+            again.tree_checksum(b"COPY b", || compute("z")).unwrap(),
+            "z"
+        );
         let changed = cache(2);
-        assert_eq!(changed.tree_checksum(b"COPY a", || compute("w")).unwrap(), "w");
+        assert_eq!(
+            changed.tree_checksum(b"COPY a", || compute("w")).unwrap(),
+            "w"
+        );
         assert_eq!((computed.get(), changed.tree_hits()), (3, 0));
         // An error is not remembered.
         let failed = cache(3).tree_checksum(b"COPY a", || {
             Err::<String, _>(std::io::Error::other("gone"))
         });
         assert!(failed.is_err());
-        assert_eq!(cache(3).tree_checksum(b"COPY a", || compute("v")).unwrap(), "v");
+        assert_eq!(
+            cache(3).tree_checksum(b"COPY a", || compute("v")).unwrap(),
+            "v"
+        );
         // A cache that knows no tree computes every time.
         let plain = ChecksumCache::load(t.path(), t.path());
         plain.tree_checksum(b"COPY a", || compute("u")).unwrap();
