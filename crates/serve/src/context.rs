@@ -17,7 +17,10 @@
 //!    shared by all contexts) lacks are asked for at once, so they stream in
 //!    while the rest of the manifest still comes.
 //! 2. When nothing changed, that is all: the copy and the record stay as
-//!    they are, no file is read, written or even looked at.
+//!    they are, no file is read, written or even looked at. The digest of
+//!    the `.dockerignore` and the manifest (the copy's generation) lets the
+//!    build take the checksums it computed over the same copy before, so
+//!    it does not look at the copy either.
 //! 3. Otherwise the spool and the record are merged again: entries no
 //!    longer listed are removed, changed ones created or replaced (regular
 //!    files copied from the file cache), with their modes, owners and times;
