@@ -23,6 +23,8 @@
 # Each measurement runs KBUILD_BENCH_RUNS times (3); the median is printed
 # after the runs. KBUILD_BENCH_BIN: the binary to measure (default: the
 # release binary, built when missing, in CARGO_TARGET_DIR or target/).
+# KBUILD_BENCH_PARTS: which of them to run ("first rebuild", the default;
+# "rebuild" alone skips the first-time transfers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-target/bench-remote}
@@ -35,6 +37,7 @@ else
     K=${CARGO_TARGET_DIR:-$PWD/target}/release/kubectl-build
 fi
 runs=${KBUILD_BENCH_RUNS:-3}
+parts=${KBUILD_BENCH_PARTS:-first rebuild}
 files=${KBUILD_BENCH_FILES:-20000}
 mb=${KBUILD_BENCH_MB:-1024}
 ns=kbr-0
@@ -121,6 +124,7 @@ echo "context: $files files, $bytes bytes; load average before: $(load)"
 # cache is warmed first (a build it sends to a daemon thrown away), so the
 # runs time the transfer, not the client hashing its files.
 rm -rf "$work/daemon-root" "$work/client-root"
+if [[ " $parts " == *" first "* ]]; then
 start_daemon
 build remote "$work/client-root" "$work/warm-client.log"
 stop_daemon
@@ -174,24 +178,31 @@ c.recv(1)
     echo "the same files over plain TCP (run $r): $took s ($(python3 -c "print(f'{$bytes / $took / 1e6:.0f}')") MB/s)"
 done
 echo "plain TCP, median: $(median "${raw_times[@]}") s"
+fi
 
 # 2. Rebuilds with nothing changed: the daemon (its store now warm) vs the
 # embedded builder.
 start_daemon
 build remote "$work/client-root" "$work/warm-remote.log"
 build local "$work/local-root" "$work/warm-local.log"
-for b in local remote; do
-    times=()
-    for r in $(seq "$runs"); do
+# The runs alternate between the two, so that a change in the machine's
+# load touches both alike.
+local_times=()
+remote_times=()
+for r in $(seq "$runs"); do
+    for b in local remote; do
         t0=$(now)
         root=$work/client-root
         [[ $b == local ]] && root=$work/local-root
         build "$b" "$root" "$work/rebuild-$b-$r.log"
         took=$(since "$t0")
-        times+=("$took")
+        if [[ $b == local ]]; then local_times+=("$took"); else remote_times+=("$took"); fi
         echo "no-change rebuild, builder $b (run $r): $took s; $(grep -o 'sent [0-9]* files ([0-9]* bytes)' "$work/rebuild-$b-$r.log" || echo embedded); load $(load)"
     done
-    echo "no-change rebuild, builder $b, median: $(median "${times[@]}") s"
 done
+lm=$(median "${local_times[@]}")
+rmed=$(median "${remote_times[@]}")
+echo "no-change rebuild, median: builder local $lm s, builder remote $rmed s ($(python3 -c "print(f'{$rmed / $lm:.2f}')")x)"
+grep 'context: read' "$work/daemon.log" | tail -1
 grep 'context: received' "$work/daemon.log" | tail -1
 echo "load average after: $(load)"

@@ -268,8 +268,10 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
         "{sync}"
     );
     assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
+    assert!(hashed.contains("looked up 20001 files"), "{hashed}");
     // Nothing changed: metadata only; the daemon writes nothing into its
-    // copy and reads no content.
+    // copy, and takes the COPY's checksum over the copy from the first
+    // build (the same manifest, the same copy): it looks at no file.
     let again = build();
     assert!(
         again.contains("=> context: sent 0 files (0 bytes)"),
@@ -281,6 +283,10 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
         "{sync}"
     );
     assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
+    assert!(
+        hashed.contains("looked up 0 files, 1 checksums remembered"),
+        "{hashed}"
+    );
     write(&ctx.join("d7/f7.txt"), "changed\n");
     let changed = build();
     assert!(
@@ -292,7 +298,13 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
         sync.contains("context: received 1 files (8 bytes), wrote 1 entries"),
         "{sync}"
     );
+    // A new copy: its checksum is computed again (from the digests the
+    // sync entered, no content read).
     assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
+    assert!(
+        hashed.contains("looked up 20001 files, 0 checksums remembered"),
+        "{hashed}"
+    );
     // A removed file is gone from the daemon's copy too; a file whose
     // content the daemon already holds (a copy of another) is not sent.
     std::fs::remove_file(ctx.join("d3/f3.txt")).unwrap();

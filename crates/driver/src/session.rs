@@ -12,12 +12,11 @@ use kbuild_proto::v1::{
     self, build_client_message::Message as Out, build_server_message::Message as In,
 };
 use kbuild_proto::Endpoint;
-use std::collections::HashMap;
 use std::future::Future;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -109,26 +108,36 @@ pub async fn build(
     // batches as the walk goes (the bounded channels keep them in step);
     // they follow the start message, which waits for the daemon's protocol.
     let (walk_tx, mut walk_rx) = mpsc::channel::<v1::BuildClientMessage>(8);
-    // Where each content is, by digest, for the daemon's FileRequests (a
-    // digest is entered before its entry is sent).
-    let paths: Arc<Mutex<HashMap<String, PathBuf>>> = Arc::default();
+    // Where each content is, by digest, for the daemon's FileRequests: on
+    // disk, written before the entries' batch is sent.
+    let root = context.as_ref().map(|c| c.dir.clone()).unwrap_or_default();
+    let (mut listing, mut listed) = listing().map_err(|source| Error::Context {
+        path: std::env::temp_dir(),
+        source,
+    })?;
     let mut walker = {
         let tx = walk_tx;
-        let paths = paths.clone();
         let context = context.map(|c| (c.dir, c.ignore.map(|(m, _)| m), c.checksums));
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             let mut batch = Vec::with_capacity(MANIFEST_BATCH);
+            let mut failed = None;
             let mut emit = |entry: Option<(v1::ContextEntry, PathBuf)>| -> bool {
+                if failed.is_some() {
+                    return false;
+                }
                 let last = entry.is_none();
-                if let Some((e, path)) = entry {
-                    if !e.digest.is_empty() {
-                        if let Ok(mut p) = paths.lock() {
-                            p.entry(e.digest.clone()).or_insert(path);
-                        }
+                if let Some((e, _)) = entry {
+                    if let Err(e) = listing.add(&e) {
+                        failed = Some(e);
+                        return false;
                     }
                     batch.push(e);
                 }
                 if last || batch.len() == MANIFEST_BATCH {
+                    if let Err(e) = listing.flush() {
+                        failed = Some(e);
+                        return false;
+                    }
                     let m = Out::Manifest(v1::ContextManifest {
                         entries: std::mem::take(&mut batch),
                         complete: last,
@@ -143,7 +152,13 @@ pub async fn build(
                 walk_dir(dir, "", ignore.as_ref(), checksums.as_deref(), &mut emit)?;
             }
             emit(None);
-            Ok(())
+            match failed {
+                Some(source) => Err(Error::Context {
+                    path: std::env::temp_dir(),
+                    source,
+                }),
+                None => Ok(()),
+            }
         })
     };
     let (channel, info) = dialer.dial(builder, node, Duration::from_secs(10)).await?;
@@ -192,13 +207,25 @@ pub async fn build(
     let content_tx = tx.clone();
     let mut file_sender = tokio::spawn(async move {
         while let Some(digests) = files_rx.recv().await {
-            for d in digests {
-                let Some(path) = paths.lock().ok().and_then(|p| p.get(&d).cloned()) else {
+            // One request's paths looked up at once, off the async threads.
+            let (back, found) = tokio::task::spawn_blocking(move || {
+                let found: Vec<_> = digests
+                    .into_iter()
+                    .map(|d| listed.find(&d).map(|rel| (d, rel)))
+                    .collect();
+                (listed, found)
+            })
+            .await
+            .map_err(|e| format!("read the list of context files: {e}"))?;
+            listed = back;
+            for f in found {
+                let (d, rel) = f.map_err(|e| format!("read the list of context files: {e}"))?;
+                let Some(rel) = rel else {
                     return Err(format!(
                         "the builder asked for {d}, which the context does not hold"
                     ));
                 };
-                send_file(&content_tx, &d, &path).await?;
+                send_file(&content_tx, &d, &root.join(rel)).await?;
             }
         }
         Ok(())
@@ -461,6 +488,124 @@ async fn ssh_relay(
     let _ = up.await;
 }
 
+/// The raw bytes of a `sha256:` digest.
+fn raw_digest(digest: &str) -> Option<[u8; 32]> {
+    let mut raw = [0u8; 32];
+    hex::decode_to_slice(digest.strip_prefix("sha256:")?, &mut raw).ok()?;
+    Some(raw)
+}
+
+/// The context's files as the walk lists them, kept in an unnamed
+/// temporary file so that the client's memory stays bounded whatever the
+/// size of the context: one record per file (its digest, the length of its
+/// path, the path), written by [`Listing`] and searched by [`Listed`].
+fn listing() -> std::io::Result<(Listing, Listed)> {
+    let file = tempfile::tempfile()?;
+    let read = file.try_clone()?;
+    Ok((
+        Listing {
+            w: std::io::BufWriter::with_capacity(1 << 16, file),
+        },
+        Listed {
+            file: read,
+            cursor: Cursor::default(),
+        },
+    ))
+}
+
+/// The writing end of [`listing`].
+struct Listing {
+    w: std::io::BufWriter<std::fs::File>,
+}
+
+impl Listing {
+    /// Lists `e` when it is a file.
+    fn add(&mut self, e: &v1::ContextEntry) -> std::io::Result<()> {
+        let Some(raw) = raw_digest(&e.digest) else {
+            return Ok(());
+        };
+        self.w.write_all(&raw)?;
+        self.w.write_all(&(e.path.len() as u32).to_le_bytes())?;
+        self.w.write_all(e.path.as_bytes())
+    }
+
+    /// Makes what was listed so far readable by [`Listed`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// The reading end of [`listing`]: a cursor that only moves forward. The
+/// daemon asks for contents in the order their entries came, each digest
+/// once, so each is found after the one before it; one asked for out of
+/// that order costs a scan from the start.
+struct Listed {
+    file: std::fs::File,
+    cursor: Cursor,
+}
+
+/// A position in the records of a [`Listed`].
+#[derive(Default)]
+struct Cursor {
+    /// Bytes read from the file; those before `at` are parsed.
+    buf: Vec<u8>,
+    at: usize,
+    /// Where the next read starts (with `pread`: the writer's offset,
+    /// which the two handles share, is left alone).
+    read_to: u64,
+}
+
+/// Bytes of a record before its path.
+const LISTED_HEAD: usize = 32 + 4;
+
+impl Listed {
+    /// The path (relative to the context) of a file with content `digest`.
+    fn find(&mut self, digest: &str) -> std::io::Result<Option<String>> {
+        let Some(raw) = raw_digest(digest) else {
+            return Ok(None);
+        };
+        if let Some(rel) = self.cursor.scan(&self.file, &raw)? {
+            return Ok(Some(rel));
+        }
+        // Out of order: from the start, leaving the cursor where it is.
+        Cursor::default().scan(&self.file, &raw)
+    }
+}
+
+impl Cursor {
+    /// Reads records until one of `raw`, or the end of what was written
+    /// (a record cut short there is read again once complete).
+    fn scan(&mut self, file: &std::fs::File, raw: &[u8; 32]) -> std::io::Result<Option<String>> {
+        loop {
+            let rest = &self.buf[self.at..];
+            if rest.len() >= LISTED_HEAD {
+                let mut len = [0u8; 4];
+                len.copy_from_slice(&rest[32..LISTED_HEAD]);
+                let end = LISTED_HEAD + u32::from_le_bytes(len) as usize;
+                if rest.len() >= end {
+                    let found = (rest[..32] == raw[..])
+                        .then(|| String::from_utf8_lossy(&rest[LISTED_HEAD..end]).into_owned());
+                    self.at += end;
+                    if found.is_some() {
+                        return Ok(found);
+                    }
+                    continue;
+                }
+            }
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let old = self.buf.len();
+            self.buf.resize(old + (1 << 16), 0);
+            let n = file.read_at(&mut self.buf[old..], self.read_to)?;
+            self.buf.truncate(old + n);
+            if n == 0 {
+                return Ok(None);
+            }
+            self.read_to += n as u64;
+        }
+    }
+}
+
 async fn send_file(
     tx: &mpsc::Sender<v1::BuildClientMessage>,
     digest: &str,
@@ -561,14 +706,16 @@ fn walk_below(
         let path = path.to_path_buf();
         move |source| Error::Context { path, source }
     };
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
+    // Each entry's metadata comes from the directory's own descriptor
+    // (`statx` of a name in it), not from a lookup of its whole path.
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .map_err(err(&dir))?
-        .map(|e| e.map(|e| e.file_name()))
+        .map(|e| e.map(|e| (e.file_name(), e)))
         .collect::<Result<_, _>>()
         .map_err(err(&dir))?;
-    names.sort();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut any = false;
-    for name in names {
+    for (name, dirent) in entries {
         let Some(name) = name.to_str() else {
             return Err(Stop::Failed(Error::Context {
                 path: dir.join(&name),
@@ -581,7 +728,7 @@ fn walk_below(
         } else {
             format!("{rel}/{name}")
         };
-        let md = std::fs::symlink_metadata(&path).map_err(err(&path))?;
+        let md = dirent.metadata().map_err(err(&path))?;
         let excluded = ignore.is_some_and(|m| m.is_excluded(&child, md.is_dir()));
         let mut entry = v1::ContextEntry {
             path: child.clone(),
@@ -650,4 +797,49 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, n: u8) -> v1::ContextEntry {
+        v1::ContextEntry {
+            path: path.to_string(),
+            digest: format!("sha256:{}", hex::encode([n; 32])),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_listing_finds_files_in_order_out_of_order_and_only_once_written() {
+        let (mut listing, mut listed) = listing().unwrap();
+        let dir = v1::ContextEntry {
+            path: "d".to_string(),
+            ..Default::default()
+        };
+        listing.add(&dir).unwrap();
+        // Long paths, so that the records span several reads.
+        let long = "x".repeat(20_000);
+        for i in 0..10u8 {
+            listing.add(&file(&format!("d/{long}{i}"), i)).unwrap();
+        }
+        listing.add(&file("d/same", 3)).unwrap();
+        listing.flush().unwrap();
+        let digest = |n: u8| format!("sha256:{}", hex::encode([n; 32]));
+        // In the order listed; a content listed twice is found at its first.
+        assert_eq!(listed.find(&digest(1)).unwrap(), Some(format!("d/{long}1")));
+        assert_eq!(listed.find(&digest(3)).unwrap(), Some(format!("d/{long}3")));
+        assert_eq!(listed.find(&digest(8)).unwrap(), Some(format!("d/{long}8")));
+        // Out of order: still found.
+        assert_eq!(listed.find(&digest(2)).unwrap(), Some(format!("d/{long}2")));
+        assert_eq!(listed.find(&digest(9)).unwrap(), Some(format!("d/{long}9")));
+        // Not listed (a directory has no digest), or not yet flushed.
+        assert_eq!(listed.find(&digest(42)).unwrap(), None);
+        assert_eq!(listed.find("sha256:nothex").unwrap(), None);
+        listing.add(&file("e", 42)).unwrap();
+        assert_eq!(listed.find(&digest(42)).unwrap(), None);
+        listing.flush().unwrap();
+        assert_eq!(listed.find(&digest(42)).unwrap(), Some("e".to_string()));
+    }
 }

@@ -17,7 +17,10 @@
 //!    shared by all contexts) lacks are asked for at once, so they stream in
 //!    while the rest of the manifest still comes.
 //! 2. When nothing changed, that is all: the copy and the record stay as
-//!    they are, no file is read, written or even looked at.
+//!    they are, no file is read, written or even looked at. The digest of
+//!    the `.dockerignore` and the manifest (the copy's generation) lets the
+//!    build take the checksums it computed over the same copy before, so
+//!    it does not look at the copy either.
 //! 3. Otherwise the spool and the record are merged again: entries no
 //!    longer listed are removed, changed ones created or replaced (regular
 //!    files copied from the file cache), with their modes, owners and times;
@@ -211,6 +214,9 @@ struct Compare {
     removed: u64,
     /// Contents asked for in this session.
     asked: HashSet<[u8; 32]>,
+    /// The digest of the `.dockerignore` and the manifest: the copy's
+    /// generation once the sync is done.
+    generation: Sha256,
 }
 
 impl Compare {
@@ -302,8 +308,14 @@ impl Compare {
         }
         write_entry(&mut self.spool, &e, &mut self.buf)
             .map_err(io(Path::new("the context spool")))?;
+        self.generation.update(&self.buf);
         self.last = Some(e.path);
         Ok(())
+    }
+
+    /// Whether the copy must change, as far as the manifest came.
+    fn changing(&self) -> bool {
+        self.fresh || self.old.is_none() || self.changed > 0 || self.removed > 0
     }
 
     /// Whether the copy must change (called once the manifest is complete).
@@ -323,19 +335,31 @@ struct Receiving {
     size: u64,
 }
 
+/// What a sync leaves the build.
+pub(crate) struct Synced {
+    /// The context's lock: hold it while the build reads the copy.
+    pub(crate) lock: kbuild_image::lock::FileLock,
+    /// The solver's cache of the copy, told each written file's digest.
+    pub(crate) checksums: ChecksumCache,
+    /// A digest of the `.dockerignore` and the manifest the copy now
+    /// holds (every entry's path, kind, mode, owner, time, link target
+    /// and content digest): the same generation, the same copy.
+    pub(crate) generation: [u8; 32],
+}
+
 /// Brings the context copy under `state` to the client's manifest, asking
-/// for the contents missing from `files` (see the module docs). Returns the
-/// context's lock (hold it while the build reads the copy) and `checksums`,
-/// the solver's cache of the copy, told each written file's digest; counts
-/// what came and what was written in `transfer`.
+/// for the contents missing from `files` (see the module docs); the
+/// build reads the copy with `dockerignore`'s rules. Counts what came and
+/// what was written in `transfer`.
 pub(crate) async fn sync(
     state: &Path,
     files: &Path,
+    dockerignore: &str,
     checksums: ChecksumCache,
     inbound: &mut Streaming<v1::BuildClientMessage>,
     tx: &Tx,
     transfer: &mut Transfer,
-) -> Result<(kbuild_image::lock::FileLock, ChecksumCache), SessionError> {
+) -> Result<Synced, SessionError> {
     std::fs::create_dir_all(state).map_err(io(state))?;
     std::fs::create_dir_all(files).map_err(io(files))?;
     // One session per context at a time.
@@ -349,11 +373,14 @@ pub(crate) async fn sync(
         source,
     })?
     .map_err(io(state))?;
-    // The solver's cache is read while the manifest comes.
-    let loading = tokio::task::spawn_blocking(move || {
-        checksums.preload();
-        checksums
-    });
+    // The solver's cache is read while the manifest comes, once something
+    // changed: a copy that stays as it is needs none of it when the build's
+    // checksums over this generation are remembered.
+    enum Cache {
+        Kept(ChecksumCache),
+        Loading(tokio::task::JoinHandle<ChecksumCache>),
+    }
+    let mut cache = Cache::Kept(checksums);
     let st = State {
         state: state.to_path_buf(),
     };
@@ -369,7 +396,11 @@ pub(crate) async fn sync(
         changed: 0,
         removed: 0,
         asked: HashSet::new(),
+        generation: Sha256::new(),
     };
+    cmp.generation
+        .update((dockerignore.len() as u64).to_le_bytes());
+    cmp.generation.update(dockerignore.as_bytes());
     cmp.advance();
     let mut manifest_done = false;
     let mut waiting: VecDeque<String> = VecDeque::new();
@@ -385,6 +416,15 @@ pub(crate) async fn sync(
                     cmp.add(e, files, &mut missing)?;
                 }
                 manifest_done = m.complete;
+                if cmp.changing() {
+                    cache = match cache {
+                        Cache::Kept(c) => Cache::Loading(tokio::task::spawn_blocking(move || {
+                            c.preload();
+                            c
+                        })),
+                        loading => loading,
+                    };
+                }
                 for batch in missing.chunks(REQUEST_BATCH) {
                     tx.send(Ok(v1::BuildServerMessage {
                         message: Some(Out::FileRequest(v1::FileRequest {
@@ -449,10 +489,14 @@ pub(crate) async fn sync(
             _ => return Err(proto("expected the context manifest or file content")),
         }
     }
-    let checksums = loading.await.map_err(|source| SessionError::Join {
-        what: "read the context's checksums",
-        source,
-    })?;
+    let checksums = match cache {
+        Cache::Kept(c) => c,
+        Cache::Loading(loading) => loading.await.map_err(|source| SessionError::Join {
+            what: "read the context's checksums",
+            source,
+        })?,
+    };
+    let generation: [u8; 32] = cmp.generation.clone().finalize().into();
     if !cmp.any_change() {
         // The record's time says when the context was last used (the
         // collection keeps the most recent).
@@ -462,7 +506,11 @@ pub(crate) async fn sync(
             .open(&record)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()))
             .map_err(io(&record))?;
-        return Ok((lock, checksums));
+        return Ok(Synced {
+            lock,
+            checksums,
+            generation,
+        });
     }
     let fresh = cmp.fresh || cmp.old.is_none();
     drop(cmp.old.take());
@@ -480,7 +528,11 @@ pub(crate) async fn sync(
         source,
     })??;
     transfer.written = written;
-    Ok((lock, checksums))
+    Ok(Synced {
+        lock,
+        checksums,
+        generation,
+    })
 }
 
 /// Phases 3 and 4: brings the copy to the spooled manifest, then makes the

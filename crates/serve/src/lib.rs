@@ -231,6 +231,9 @@ struct Service {
     config: Arc<Config>,
     running_builds: Arc<AtomicU32>,
     hostname: Arc<str>,
+    /// Checksums over the context copies, remembered across builds (a
+    /// rebuild of an unchanged context looks at none of its files).
+    trees: Arc<kbuild_solver::checksums::TreeChecksums>,
 }
 
 #[tonic::async_trait]
@@ -255,9 +258,10 @@ impl builder_server::Builder for Service {
         let running = Arc::clone(&self.running_builds);
         let inbound = request.into_inner();
         let stopping = self.stopping.clone();
+        let trees = Arc::clone(&self.trees);
         tokio::spawn(async move {
             running.fetch_add(1, Ordering::Relaxed);
-            session::run(config, inbound, tx, stopping).await;
+            session::run(config, trees, inbound, tx, stopping).await;
             running.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(tonic::Response::new(Box::pin(
@@ -555,6 +559,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         config: Arc::new(config.clone()),
         running_builds: Arc::new(AtomicU32::new(0)),
         hostname: hostname.into(),
+        trees: Arc::default(),
     };
 
     tracing::info!(

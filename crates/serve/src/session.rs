@@ -382,6 +382,7 @@ pub(crate) struct Transfer {
 /// the client is gone.
 pub(crate) async fn run(
     config: Arc<Config>,
+    trees: Arc<kbuild_solver::checksums::TreeChecksums>,
     mut inbound: Streaming<v1::BuildClientMessage>,
     tx: Tx,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -416,6 +417,7 @@ pub(crate) async fn run(
     let cancel = kbuild_worker::executor::Cancel::new();
     let outcome = session(
         &config,
+        trees,
         &start,
         inbound,
         &tx,
@@ -557,6 +559,7 @@ pub(crate) async fn next(
 #[allow(clippy::too_many_arguments)]
 async fn session(
     config: &Arc<Config>,
+    trees: Arc<kbuild_solver::checksums::TreeChecksums>,
     start: &v1::BuildStart,
     mut inbound: Streaming<v1::BuildClientMessage>,
     tx: &Tx,
@@ -594,12 +597,23 @@ async fn session(
                 source,
             })?;
         let began = std::time::Instant::now();
-        let (lock, cache) =
-            crate::context::sync(&state, &files, cache, &mut inbound, tx, transfer).await?;
+        let synced = crate::context::sync(
+            &state,
+            &files,
+            &start.dockerignore,
+            cache,
+            &mut inbound,
+            tx,
+            transfer,
+        )
+        .await?;
         let took = began.elapsed().as_secs_f64();
         drop(sync_guard);
-        context_lock = Some(lock);
-        checksums = Some(cache);
+        context_lock = Some(synced.lock);
+        // The copy is written only by the sync, under the context's lock
+        // (RUN binds it read-only or as a throwaway copy): the checksums
+        // over this generation hold as long as the lock is held.
+        checksums = Some(synced.checksums.with_tree(synced.generation, trees));
         tracing::info!(
             context = %start.context_path,
             client = %start.client_hostname,
@@ -959,9 +973,12 @@ async fn build(
     }
     if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
         hashed = cache.hashed_bytes();
+        let (looked_up, remembered) = (cache.looked_up(), cache.tree_hits());
         tracing::info!(
             hashed,
-            "context: read {hashed} bytes of context content to compute checksums"
+            looked_up,
+            remembered,
+            "context: read {hashed} bytes of context content to compute checksums; looked up {looked_up} files, {remembered} checksums remembered for this copy"
         );
         if let Err(e) = cache.save(dir) {
             tracing::warn!(error = %e, "could not keep the context checksum cache");

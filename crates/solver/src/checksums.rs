@@ -14,12 +14,19 @@
 //! and write it back atomically when they learned something; concurrent
 //! builds of one context may overwrite each other's additions, which only
 //! costs a re-hash.
+//!
+//! A process that knows a context tree exactly by a generation (a builder
+//! daemon, whose copy of a client's context is written only by its sync,
+//! from a manifest it hashed) can also remember whole checksums over it in
+//! a [`TreeChecksums`]: the same request over the same generation then
+//! looks at no file at all ([`ChecksumCache::tree_checksum`]).
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +39,10 @@ const VERSION: u32 = 1;
 /// hashed are not kept: filesystems with coarse timestamps could hide a
 /// second write within the same tick.
 const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Checksums a [`TreeChecksums`] keeps at most (about 150 bytes each); when
+/// full it starts afresh.
+const MAX_TREE_CHECKSUMS: usize = 4096;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stat {
@@ -69,6 +80,20 @@ pub struct ChecksumCache {
     path: PathBuf,
     /// `None` until the cache file is read (when first needed).
     state: Mutex<Option<State>>,
+    /// The generation of the tree the directory holds, and where checksums
+    /// over it are remembered ([`ChecksumCache::with_tree`]).
+    tree: Option<([u8; 32], Arc<TreeChecksums>)>,
+    /// Checksums taken from `tree` without looking at the directory.
+    tree_hits: AtomicU64,
+}
+
+/// Checksums over whole trees, each known by the generation of the tree
+/// and the request (see [`ChecksumCache::tree_checksum`]): shared by the
+/// builds of a long-running process, in memory only, so they never outlive
+/// the code that computed them. Bounded (a few thousand checksums).
+#[derive(Debug, Default)]
+pub struct TreeChecksums {
+    known: Mutex<HashMap<[u8; 32], String>>,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +101,7 @@ struct State {
     entries: HashMap<String, (Stat, String)>,
     dirty: bool,
     hashed_bytes: u64,
+    looked_up: u64,
 }
 
 impl ChecksumCache {
@@ -89,7 +115,58 @@ impl ChecksumCache {
         ChecksumCache {
             path: dir.join(format!("{key}.json")),
             state: Mutex::new(None),
+            tree: None,
+            tree_hits: AtomicU64::new(0),
         }
+    }
+
+    /// The same cache, told that its directory holds exactly the tree
+    /// `generation` names, and that checksums over it are remembered in
+    /// `memo`. `generation` must change whenever anything a checksum reads
+    /// could (a name, kind, mode, owner, link target or content, or a rule
+    /// that excludes paths), and nothing else may write the directory: a
+    /// builder daemon's copy of a client's context, named by a digest of
+    /// the client's manifest and `.dockerignore`.
+    pub fn with_tree(mut self, generation: [u8; 32], memo: Arc<TreeChecksums>) -> ChecksumCache {
+        self.tree = Some((generation, memo));
+        self
+    }
+
+    /// The checksum `compute` makes of `request` (bytes naming everything
+    /// of the request it reads) over the directory: remembered for the
+    /// tree's generation when the cache has one ([`with_tree`](Self::with_tree)),
+    /// so computed once per generation; else computed every time.
+    pub fn tree_checksum<E>(
+        &self,
+        request: &[u8],
+        compute: impl FnOnce() -> Result<String, E>,
+    ) -> Result<String, E> {
+        let Some((generation, memo)) = &self.tree else {
+            return compute();
+        };
+        let mut h = Sha256::new();
+        h.update(generation);
+        h.update(request);
+        let key: [u8; 32] = h.finalize().into();
+        let known = memo.known.lock().ok().and_then(|k| k.get(&key).cloned());
+        if let Some(checksum) = known {
+            self.tree_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(checksum);
+        }
+        let checksum = compute()?;
+        if let Ok(mut known) = memo.known.lock() {
+            if known.len() >= MAX_TREE_CHECKSUMS {
+                known.clear();
+            }
+            known.insert(key, checksum.clone());
+        }
+        Ok(checksum)
+    }
+
+    /// Checksums [`tree_checksum`](Self::tree_checksum) took from what it
+    /// remembered, without looking at the directory.
+    pub fn tree_hits(&self) -> u64 {
+        self.tree_hits.load(Ordering::Relaxed)
     }
 
     /// Reads the cache file now unless it was read already.
@@ -118,6 +195,7 @@ impl ChecksumCache {
         let stat = Stat::of(md);
         let known = self
             .with(|state| {
+                state.looked_up += 1;
                 state
                     .entries
                     .get(rel)
@@ -169,6 +247,16 @@ impl ChecksumCache {
             .lock()
             .ok()
             .and_then(|s| s.as_ref().map(|s| s.hashed_bytes))
+            .unwrap_or(0)
+    }
+
+    /// Files whose digest was asked for so far ([`digest`](Self::digest),
+    /// each after a `stat` of the file by the caller).
+    pub fn looked_up(&self) -> u64 {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.looked_up))
             .unwrap_or(0)
     }
 
@@ -264,5 +352,56 @@ mod tests {
         let second = ChecksumCache::load(&dir, &ctx);
         second.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
         assert_eq!(second.hashed_bytes(), 3, "a racy entry was kept");
+    }
+
+    #[test]
+    fn checksums_over_a_known_tree_are_computed_once_per_generation() {
+        let t = tempfile::tempdir().unwrap();
+        let memo = Arc::new(TreeChecksums::default());
+        let computed = std::cell::Cell::new(0);
+        let compute = |value: &str| {
+            computed.set(computed.get() + 1);
+            Ok::<_, std::io::Error>(value.to_string())
+        };
+        let cache = |generation: u8| {
+            ChecksumCache::load(t.path(), t.path()).with_tree([generation; 32], memo.clone())
+        };
+        let first = cache(1);
+        assert_eq!(
+            first.tree_checksum(b"COPY a", || compute("x")).unwrap(),
+            "x"
+        );
+        // Another build of the same tree: remembered, nothing computed.
+        let again = cache(1);
+        assert_eq!(
+            again.tree_checksum(b"COPY a", || compute("y")).unwrap(),
+            "x"
+        );
+        assert_eq!((computed.get(), again.tree_hits()), (1, 1));
+        // Another request, or another generation: computed.
+        assert_eq!(
+            again.tree_checksum(b"COPY b", || compute("z")).unwrap(),
+            "z"
+        );
+        let changed = cache(2);
+        assert_eq!(
+            changed.tree_checksum(b"COPY a", || compute("w")).unwrap(),
+            "w"
+        );
+        assert_eq!((computed.get(), changed.tree_hits()), (3, 0));
+        // An error is not remembered.
+        let failed = cache(3).tree_checksum(b"COPY a", || {
+            Err::<String, _>(std::io::Error::other("gone"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            cache(3).tree_checksum(b"COPY a", || compute("v")).unwrap(),
+            "v"
+        );
+        // A cache that knows no tree computes every time.
+        let plain = ChecksumCache::load(t.path(), t.path());
+        plain.tree_checksum(b"COPY a", || compute("u")).unwrap();
+        plain.tree_checksum(b"COPY a", || compute("u")).unwrap();
+        assert_eq!((computed.get(), plain.tree_hits()), (6, 0));
     }
 }

@@ -243,16 +243,30 @@ pub(crate) fn context_checksum(
     let dir = ctx.root(name)?;
     let excluded = |p: &str, d: bool| dockerignore && ctx.excluded(p, d);
     let descend = |p: &str| dockerignore && ctx.may_contain_included(p);
+    // The digests remembered are the main context's.
+    let checksums = ctx.checksums.as_ref().filter(|_| name.is_none());
     let src = copy::Source {
         root: dir,
         what: "build context",
         excluded: &excluded,
         may_contain_included: &descend,
         keep_owner: false,
-        // The digests remembered are the main context's.
-        checksums: ctx.checksums.as_ref().filter(|_| name.is_none()),
+        checksums,
     };
-    Ok(copy::checksum(&src, req)?)
+    let Some(cache) = checksums else {
+        return Ok(copy::checksum(&src, req)?);
+    };
+    // What the checksum reads of the request, for a cache that knows its
+    // tree's generation (a builder daemon's context copy).
+    let mut key = vec![u8::from(dockerignore)];
+    for list in [&req.sources, &req.excludes] {
+        key.extend_from_slice(&(list.len() as u64).to_le_bytes());
+        for p in list {
+            key.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            key.extend_from_slice(p.as_bytes());
+        }
+    }
+    Ok(cache.tree_checksum(&key, || copy::checksum(&src, req))?)
 }
 
 /// The copy request of a copy action (`None` for other actions).
