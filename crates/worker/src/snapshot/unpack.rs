@@ -168,13 +168,20 @@ fn parse_mtime(s: &str) -> Option<Timespec> {
     Some(Timespec { tv_sec, tv_nsec })
 }
 
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
+/// The entry's metadata. `lenient` (ADD archives) reads an unreadable
+/// mode as 0644 and unreadable ids and mtime as 0, as Docker's untar reads
+/// empty numeric fields; a layer must have them all.
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str, lenient: bool) -> Result<Meta> {
     let header = entry.header();
-    let mode = header.mode().map_err(Error::Tar)? & 0o7777;
-    let mut uid = header.uid().map_err(Error::Tar)?;
-    let mut gid = header.gid().map_err(Error::Tar)?;
+    let field = |v: io::Result<u64>, default: u64| match v {
+        Err(_) if lenient => Ok(default),
+        v => v.map_err(Error::Tar),
+    };
+    let mode = field(header.mode().map(u64::from), 0o644)? as u32 & 0o7777;
+    let mut uid = field(header.uid(), 0)?;
+    let mut gid = field(header.gid(), 0)?;
     let mut mtime = Timespec {
-        tv_sec: i64::try_from(header.mtime().map_err(Error::Tar)?).unwrap_or(i64::MAX),
+        tv_sec: i64::try_from(field(header.mtime(), 0)?).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
     let mut xattrs = Vec::new();
@@ -437,7 +444,7 @@ impl Extractor {
         if self.flavor == Flavor::Archive {
             return Ok(());
         }
-        let meta = read_meta(entry, name)?;
+        let meta = read_meta(entry, name, false)?;
         apply_meta(Target::Fd(self.root.as_fd()), &meta, name, false)?;
         self.dir_times.push((Vec::new(), meta.mtime, name.to_string()));
         Ok(())
@@ -450,7 +457,7 @@ impl Extractor {
         what: &Checked,
         name: &str,
     ) -> Result<Meta> {
-        let mut meta = read_meta(entry, name)?;
+        let mut meta = read_meta(entry, name, self.flavor == Flavor::Archive)?;
         if let Some((uid, gid)) = self.owner {
             meta.uid = uid;
             meta.gid = gid;
