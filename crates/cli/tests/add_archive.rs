@@ -77,7 +77,10 @@ fn add_unpacks_a_gzip_archive_into_its_destination() {
         &["--progress", "plain"],
     );
     let opt = out.join("opt");
-    assert_eq!(fs::read_to_string(opt.join("bin/tool")).unwrap(), "bin/tool");
+    assert_eq!(
+        fs::read_to_string(opt.join("bin/tool")).unwrap(),
+        "bin/tool"
+    );
     assert_eq!(
         fs::read_link(opt.join("bin/alias")).unwrap(),
         Path::new("/bin/tool")
@@ -91,7 +94,10 @@ fn add_unpacks_a_gzip_archive_into_its_destination() {
     assert_eq!(tool.mtime(), 1_000_000);
     let bin = fs::metadata(opt.join("bin")).unwrap();
     assert_eq!((bin.mode() & 0o7777, bin.mtime()), (0o750, 1_000_000));
-    assert!(opt.join(".wh.kept").is_file(), "an archive has no whiteouts");
+    assert!(
+        opt.join(".wh.kept").is_file(),
+        "an archive has no whiteouts"
+    );
     assert!(!opt.join("app.tar.gz").exists(), "the archive is unpacked");
     assert!(out.join("owned/bin/tool").is_file());
 }

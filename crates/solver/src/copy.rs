@@ -49,18 +49,16 @@ pub enum CopyError {
         /// The archive.
         path: PathBuf,
         /// The decompressor's error.
-        source: kbuild_image::Error,
+        source: Box<kbuild_image::Error>,
     },
     /// A local archive for `ADD` that cannot be unpacked (an unsafe or
     /// malformed entry, or a filesystem error).
-    #[error("cannot unpack the archive {path} into {dest}: {source}")]
+    #[error("cannot unpack the archive {path}: {source}")]
     Unpack {
         /// The archive.
         path: PathBuf,
-        /// The destination directory in the container.
-        dest: String,
         /// The extractor's error, naming the entry.
-        source: kbuild_worker::snapshot::Error,
+        source: Box<kbuild_worker::snapshot::Error>,
     },
 }
 
@@ -818,18 +816,23 @@ fn is_archive(path: &Path) -> bool {
 /// Unpacks the local archive `path` into the existing directory
 /// `dest_cpath` of the root filesystem `root`, with the worker's extractor
 /// (the destination acts as the archive's root).
-fn unpack_archive(path: &Path, root: &Path, dest_cpath: &str, req: &Request) -> Result<(), CopyError> {
+fn unpack_archive(
+    path: &Path,
+    root: &Path,
+    dest_cpath: &str,
+    req: &Request,
+) -> Result<(), CopyError> {
     let file = fs::File::open(path).map_err(io_err(path))?;
-    let reader = kbuild_image::decompress_sniffed(file).map_err(|source| CopyError::Decompress {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let reader =
+        kbuild_image::decompress_sniffed(file).map_err(|source| CopyError::Decompress {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
     let options = kbuild_worker::snapshot::ArchiveOptions { chown: req.chown };
     kbuild_worker::snapshot::unpack_archive(root, dest_cpath, reader, options).map_err(|source| {
         CopyError::Unpack {
             path: path.to_path_buf(),
-            dest: dest_cpath.to_string(),
-            source,
+            source: Box::new(source),
         }
     })
 }
@@ -1059,16 +1062,28 @@ mod tests {
         );
         add("ok.tar").unwrap();
         let app = r.join("opt/app");
-        assert_eq!(fs::read_to_string(app.join("abs/file")).unwrap(), "/abs/file");
+        assert_eq!(
+            fs::read_to_string(app.join("abs/file")).unwrap(),
+            "/abs/file"
+        );
         // The image's absolute symlink resolves inside the destination, as
         // in Docker's chrooted untar.
         assert_eq!(fs::read_to_string(app.join("etc/x")).unwrap(), "conf/x");
         assert!(!r.join("etc/x").exists());
         assert_eq!(fs::read_to_string(app.join("b")).unwrap(), "a/../b");
         let (a, h) = (app.join("abs/file"), app.join("hard"));
-        assert_eq!(fs::metadata(a).unwrap().ino(), fs::metadata(h).unwrap().ino());
-        assert!(app.join(".wh.kept").is_file(), "an archive has no whiteouts");
-        assert!(fs::symlink_metadata(app.join("fifo")).is_err(), "ADD makes no FIFOs");
+        assert_eq!(
+            fs::metadata(a).unwrap().ino(),
+            fs::metadata(h).unwrap().ino()
+        );
+        assert!(
+            app.join(".wh.kept").is_file(),
+            "an archive has no whiteouts"
+        );
+        assert!(
+            fs::symlink_metadata(app.join("fifo")).is_err(),
+            "ADD makes no FIFOs"
+        );
         assert_eq!(fs::read_dir(r.join("etc")).unwrap().count(), 0);
     }
 
@@ -1096,7 +1111,10 @@ mod tests {
         copy(&src, &q, r).unwrap();
         let dst = r.join("dst");
         assert_eq!(fs::read_to_string(dst.join("was-dir")).unwrap(), "was-dir");
-        assert_eq!(fs::read_to_string(dst.join("was-file/in")).unwrap(), "was-file/in");
+        assert_eq!(
+            fs::read_to_string(dst.join("was-file/in")).unwrap(),
+            "was-file/in"
+        );
         for p in ["was-dir", "was-file", "was-file/in"] {
             let md = fs::symlink_metadata(dst.join(p)).unwrap();
             assert_eq!((md.uid(), md.gid()), (1000, 1001), "{p}");

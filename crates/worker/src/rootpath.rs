@@ -60,14 +60,17 @@ fn openat2_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlags) -> io::Resu
 /// component.
 fn open_in_root_userspace(root: BorrowedFd<'_>, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
     let follow_last = !flags.contains(OFlags::NOFOLLOW);
-    let mut resolved = walk(path.as_os_str().as_bytes(), follow_last, |prefix| {
-        match rustix::fs::readlinkat(root, OsStr::from_bytes(prefix), Vec::new()) {
-            Ok(target) => Ok(Some(target.into_bytes())),
-            Err(Errno::INVAL | Errno::NOENT | Errno::NOTDIR) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    })?
-    .join(&b'/');
+    let mut resolved =
+        walk(
+            path.as_os_str().as_bytes(),
+            follow_last,
+            |prefix| match rustix::fs::readlinkat(root, OsStr::from_bytes(prefix), Vec::new()) {
+                Ok(target) => Ok(Some(target.into_bytes())),
+                Err(Errno::INVAL | Errno::NOENT | Errno::NOTDIR) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        )?
+        .join(&b'/');
     if resolved.is_empty() {
         resolved.push(b'.');
     }
@@ -87,9 +90,9 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result
     let done = walk(path.as_bytes(), follow_last, |prefix| {
         let candidate = root.join(OsStr::from_bytes(prefix));
         match std::fs::symlink_metadata(&candidate) {
-            Ok(md) if md.file_type().is_symlink() => {
-                Ok(Some(std::fs::read_link(&candidate)?.into_os_string().into_vec()))
-            }
+            Ok(md) if md.file_type().is_symlink() => Ok(Some(
+                std::fs::read_link(&candidate)?.into_os_string().into_vec(),
+            )),
             _ => Ok(None),
         }
     })?;
@@ -164,10 +167,12 @@ mod tests {
     /// fallback) and answers the host path both opened, which must agree.
     fn opened(root: &Path, path: &str, flags: OFlags) -> io::Result<PathBuf> {
         let dir = std::fs::File::open(root)?;
-        let real = |fd: OwnedFd| std::fs::read_link(format!("/proc/self/fd/{}", {
-            use std::os::fd::AsRawFd;
-            fd.as_raw_fd()
-        }));
+        let real = |fd: OwnedFd| {
+            std::fs::read_link(format!("/proc/self/fd/{}", {
+                use std::os::fd::AsRawFd;
+                fd.as_raw_fd()
+            }))
+        };
         let kernel = openat2_in_root(dir.as_fd(), Path::new(path), flags).and_then(real);
         let user = open_in_root_userspace(dir.as_fd(), Path::new(path), flags).and_then(real);
         match (kernel, user) {
@@ -195,9 +200,18 @@ mod tests {
         symlink("loop2", root.join("loop1")).unwrap();
         symlink("loop1", root.join("loop2")).unwrap();
         let read = OFlags::RDONLY;
-        assert_eq!(opened(root, "/lib/x", read).unwrap(), root.join("usr/lib/x"));
-        assert_eq!(opened(root, "lib/up/lib/x", read).unwrap(), root.join("usr/lib/x"));
-        assert_eq!(opened(root, "../../lib", read).unwrap(), root.join("usr/lib"));
+        assert_eq!(
+            opened(root, "/lib/x", read).unwrap(),
+            root.join("usr/lib/x")
+        );
+        assert_eq!(
+            opened(root, "lib/up/lib/x", read).unwrap(),
+            root.join("usr/lib/x")
+        );
+        assert_eq!(
+            opened(root, "../../lib", read).unwrap(),
+            root.join("usr/lib")
+        );
         assert_eq!(opened(root, "/", read).unwrap(), root.clone());
         // The host's /etc/passwd is never reached.
         let passwd = opened(root, "/passwd", read).unwrap_err();

@@ -183,10 +183,12 @@ fn mount_fs(
     flags: MountFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
-    let data = data
-        .map(CString::new)
-        .transpose()
-        .map_err(|_| format!("mount {fstype} on {}: options contain a NUL byte", target.display()))?;
+    let data = data.map(CString::new).transpose().map_err(|_| {
+        format!(
+            "mount {fstype} on {}: options contain a NUL byte",
+            target.display()
+        )
+    })?;
     let r = rustix::mount::mount(source, target, fstype, flags, data.as_deref());
     mounted(r, &fstype, target)
 }
@@ -293,9 +295,10 @@ fn enter_root(spec: &HelperSpec) -> Result<(), String> {
         "detach the old root".into()
     })?;
     ctx(rustix::process::chdir("/"), || "enter the new root".into())?;
-    ctx(rustix::system::sethostname(spec.hostname.as_bytes()), || {
-        format!("set the hostname {:?}", spec.hostname)
-    })?;
+    ctx(
+        rustix::system::sethostname(spec.hostname.as_bytes()),
+        || format!("set the hostname {:?}", spec.hostname),
+    )?;
     if spec.new_network {
         ctx(loopback_up(), || "bring up the loopback interface".into())?;
     }

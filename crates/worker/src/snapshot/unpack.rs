@@ -34,18 +34,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{
-    AtFlags, FileType, Mode, OFlags, RawMode, Timespec, Timestamps, XattrFlags,
-};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawMode, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use tar::EntryType;
 
 use super::error::{Error, IoContext, Result};
-use crate::rootpath;
 use super::fsutil::{self, OPAQUE_XATTR};
 use super::policy::{bad, join, Accepted, Checked, EntryPolicy};
 pub(crate) use super::policy::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use super::{ApplyOptions, ApplyReport};
+use crate::rootpath;
 
 /// The file-capability xattr, dropped with setuid/setgid bits.
 const CAPABILITY_XATTR: &str = "security.capability";
@@ -355,7 +353,8 @@ impl Extractor {
                 OFlags::RDONLY | OFlags::DIRECTORY,
             )
         };
-        let missing = |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR));
+        let missing =
+            |e: &io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR));
         match open(comps.len()) {
             Ok(fd) => return Ok(Some(fd)),
             Err(e) if missing(&e) && create => {}
@@ -446,7 +445,8 @@ impl Extractor {
         }
         let meta = read_meta(entry, name, false)?;
         apply_meta(Target::Fd(self.root.as_fd()), &meta, name, false)?;
-        self.dir_times.push((Vec::new(), meta.mtime, name.to_string()));
+        self.dir_times
+            .push((Vec::new(), meta.mtime, name.to_string()));
         Ok(())
     }
 
@@ -465,8 +465,7 @@ impl Extractor {
         if self.flavor == Flavor::Archive {
             meta.xattrs.clear();
         }
-        if self.drop_privileges && matches!(what, Checked::File | Checked::Device | Checked::Fifo)
-        {
+        if self.drop_privileges && matches!(what, Checked::File | Checked::Device | Checked::Fifo) {
             let special =
                 meta.mode & 0o6000 != 0 || meta.xattrs.iter().any(|(k, _)| k == CAPABILITY_XATTR);
             if special {
@@ -518,7 +517,8 @@ impl Extractor {
         match what {
             Checked::Dir => {
                 self.write_dir(parent, leaf, &meta, name)?;
-                self.dir_times.push((comps.to_vec(), meta.mtime, name.to_string()));
+                self.dir_times
+                    .push((comps.to_vec(), meta.mtime, name.to_string()));
             }
             Checked::File => self.write_file(parent, leaf, entry, &meta, name)?,
             Checked::Symlink(target) => self.write_symlink(parent, leaf, &target, &meta, name)?,
@@ -534,7 +534,13 @@ impl Extractor {
         Ok(())
     }
 
-    fn write_dir(&self, parent: BorrowedFd<'_>, leaf: &OsStr, meta: &Meta, name: &str) -> Result<()> {
+    fn write_dir(
+        &self,
+        parent: BorrowedFd<'_>,
+        leaf: &OsStr,
+        meta: &Meta,
+        name: &str,
+    ) -> Result<()> {
         if !self.make_room(parent, leaf, true, name)? {
             rustix::fs::mkdirat(parent, leaf, Mode::from(0o700))
                 .entry("create the directory", name)?;
@@ -604,8 +610,14 @@ impl Extractor {
             Some(_) => {}
         }
         self.make_room(parent, leaf, false, name)?;
-        rustix::fs::linkat(tparent.as_fd(), tleaf.as_os_str(), parent, leaf, AtFlags::empty())
-            .entry("create the hardlink", name)
+        rustix::fs::linkat(
+            tparent.as_fd(),
+            tleaf.as_os_str(),
+            parent,
+            leaf,
+            AtFlags::empty(),
+        )
+        .entry("create the hardlink", name)
     }
 
     /// A device node or FIFO.
