@@ -1085,6 +1085,19 @@ mod tests {
             "ADD makes no FIFOs"
         );
         assert_eq!(fs::read_dir(r.join("etc")).unwrap().count(), 0);
+
+        // A parent the image has as a dangling symlink is an error, and the
+        // symlink stays.
+        std::os::unix::fs::symlink("/nowhere", app.join("dangling")).unwrap();
+        write_archive(c.path(), "dangling.tar", &[("dangling/f", Regular, None)]);
+        let e = add("dangling.tar").unwrap_err().to_string();
+        assert!(
+            e.contains("has the parent `dangling`, which is not a directory"),
+            "{e}"
+        );
+        assert!(fs::symlink_metadata(app.join("dangling"))
+            .unwrap()
+            .is_symlink());
     }
 
     #[test]

@@ -206,7 +206,7 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), String> {
 /// Remounts the bind mount at `target` with `flags` (read-only, ...).
 fn remount_bind(target: &Path, flags: MountFlags) -> Result<(), String> {
     let r = rustix::mount::mount_remount(target, MountFlags::BIND | flags, "");
-    mounted(r, &target.display(), target)
+    ctx(r, || format!("remount {} with {flags:?}", target.display()))
 }
 
 /// PID 1 of the step: mounts, pivot_root, then the command; returns when

@@ -135,7 +135,9 @@ pub struct ArchiveOptions {
 /// (their metadata updated); modes (with setuid/setgid bits) and mtimes
 /// are kept; device nodes and FIFOs are not created and xattrs not
 /// applied; the archive's own `./` entry leaves `dest` as it is. Missing
-/// parents the archive does not list are made 0755 root:root.
+/// parents the archive does not list are made 0755 root:root; a parent
+/// that exists but does not resolve to a directory (a file, a dangling
+/// symlink) is an error, never replaced.
 pub fn unpack_archive(
     root: &Path,
     dest: &str,

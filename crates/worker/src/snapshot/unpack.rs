@@ -286,10 +286,12 @@ impl Extractor {
     /// directory.
     ///
     /// Apply and Archive: parents resolve as a container sees them, symlinks
-    /// followed but confined to the tree ([`rootpath::open_in_root`]). A
-    /// parent that does not resolve to a directory (a lower layer's file, a
-    /// dangling symlink) is replaced by a directory, as the overlay view of a
-    /// build shows it, so what a build accepts is never rejected here.
+    /// followed but confined to the tree ([`rootpath::open_in_root`]). In
+    /// Apply, a parent that does not resolve to a directory (a lower layer's
+    /// file, a dangling symlink) is replaced by a directory, as the overlay
+    /// view of a build shows it, so what a build accepts is never rejected
+    /// here. In Archive such a parent is an error, as in Docker's untar:
+    /// `ADD` never deletes what the image has.
     ///
     /// Without `create`, a missing or non-directory parent gives `None`.
     fn open_dir(&self, comps: &[OsString], entry: &str, create: bool) -> Result<Option<OwnedFd>> {
@@ -368,6 +370,16 @@ impl Extractor {
                 Err(e) if missing(&e) => {
                     match rustix::fs::mkdirat(cur.as_fd(), comp.as_os_str(), Mode::from(0o755)) {
                         Ok(()) => {}
+                        Err(Errno::EXIST) if self.flavor == Flavor::Archive => {
+                            return Err(bad(
+                                entry,
+                                format!(
+                                    "has the parent `{}`, which is not a directory in the \
+                                     destination",
+                                    String::from_utf8_lossy(&join(&comps[..=i]))
+                                ),
+                            ));
+                        }
                         Err(Errno::EXIST) => self.replace_with_dir(cur.as_fd(), comp, entry)?,
                         Err(e) => return Err(e).entry("create a parent directory", entry),
                     }
