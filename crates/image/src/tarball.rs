@@ -357,6 +357,14 @@ impl<W: Write> DeterministicTar<W> {
         Ok(true)
     }
 
+    /// Writes the PAX extended header for the entry at `path`.
+    ///
+    /// Written by hand rather than with `tar::Builder::append_pax_extensions`:
+    /// that one leaves the header's name, mode and mtime empty, while ours
+    /// names it `PaxHeaders.0/<base name>` with mode 0644 and the entry's
+    /// (clamped) mtime, as Go's archive/tar (and so BuildKit) does. Switching
+    /// would change the bytes, and so the digest, of every layer that needs a
+    /// PAX record.
     fn write_pax(&mut self, path: &[u8], mtime: u64, records: &[(String, Vec<u8>)]) -> Result<()> {
         let mut data = Vec::new();
         for (key, value) in records {
@@ -486,72 +494,50 @@ fn dev_numbers(rdev: u64) -> (u32, u32) {
     (major as u32, minor as u32)
 }
 
-/// Extended attributes of `path` (not following symlinks), except
-/// `security.selinux`, which labels the build host rather than the image.
+/// Extended attributes of `path` (not following symlinks) for an archive
+/// entry: [`xattrs`] except `security.selinux`, which labels the build
+/// host rather than the image.
 fn read_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::TarEntry {
-            path: path.display().to_string(),
-            reason: "the path contains a NUL byte".to_string(),
-        })?;
-    let names = match xattr_call(|buf, len| {
-        // SAFETY: c_path is NUL-terminated; buf/len describe a valid buffer
-        // (or null/0 to query the size).
-        unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) }
-    }) {
-        Ok(n) => n,
-        Err(e) if xattrs_unsupported(&e) => return Ok(out),
-        Err(e) => return Err(io_err("list the extended attributes of", path)(e)),
+    Ok(xattrs(path)
+        .map_err(io_err("read the extended attributes of", path))?
+        .into_iter()
+        .filter(|(name, _)| name != "security.selinux")
+        .collect())
+}
+
+/// Every extended attribute of `path`, not following a final symlink, in
+/// the order the kernel lists them: the workspace's one xattr reader (the
+/// worker's snapshot diff reads through it too). A filesystem without
+/// xattrs gives none; a name that is not UTF-8, or an attribute removed
+/// between listing and reading, is left out.
+pub fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if xattrs_unsupported(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let Ok(name_str) = std::str::from_utf8(name) else {
+    let mut out = Vec::new();
+    for name in names {
+        let Some(text) = name.to_str() else {
             continue;
         };
-        if name_str == "security.selinux" {
-            continue;
+        if let Some(value) = xattr_value(path, text)? {
+            out.push((text.to_string(), value));
         }
-        let Ok(c_name) = std::ffi::CString::new(name) else {
-            continue;
-        };
-        let value = match xattr_call(|buf, len| {
-            // SAFETY: as above; c_name is NUL-terminated.
-            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) }
-        }) {
-            Ok(v) => v,
-            // Removed between list and get: nothing to archive.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
-            Err(e) => return Err(io_err("read the extended attributes of", path)(e)),
-        };
-        out.insert(name_str.to_string(), value);
     }
     Ok(out)
 }
 
-fn xattrs_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOSYS))
+/// One extended attribute of `path` (not following a final symlink),
+/// `None` when it is not set or the filesystem has no xattrs.
+pub fn xattr_value(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    match xattr::get(path, name) {
+        Ok(value) => Ok(value),
+        Err(e) if xattrs_unsupported(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// Calls a size-query-then-fill xattr syscall, retrying if the value grows.
-fn xattr_call(mut call: impl FnMut(*mut u8, usize) -> isize) -> io::Result<Vec<u8>> {
-    loop {
-        let size = call(std::ptr::null_mut(), 0);
-        if size < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; size as usize];
-        let n = call(buf.as_mut_ptr(), buf.len());
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue;
-            }
-            return Err(e);
-        }
-        buf.truncate(n as usize);
-        return Ok(buf);
-    }
+fn xattrs_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOSYS))
 }

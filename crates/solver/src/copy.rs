@@ -43,6 +43,23 @@ pub enum CopyError {
         /// The error.
         source: io::Error,
     },
+    /// A local archive for `ADD` that cannot be decompressed.
+    #[error("cannot decompress the archive {path}: {source}")]
+    Decompress {
+        /// The archive.
+        path: PathBuf,
+        /// The decompressor's error.
+        source: Box<kbuild_image::Error>,
+    },
+    /// A local archive for `ADD` that cannot be unpacked (an unsafe or
+    /// malformed entry, or a filesystem error).
+    #[error("cannot unpack the archive {path}: {source}")]
+    Unpack {
+        /// The archive.
+        path: PathBuf,
+        /// The extractor's error, naming the entry.
+        source: Box<kbuild_worker::snapshot::Error>,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
@@ -524,8 +541,8 @@ pub(crate) fn copy_teed(
             if let Some(t) = again(&mut tee) {
                 t.off("an archive unpacked");
             }
-            let target_host = mkdir_all(dest_root, &dest, req)?;
-            unpack_archive(&m.path, &target_host, dest_root, &dest)?;
+            mkdir_all(dest_root, &dest, req)?;
+            unpack_archive(&m.path, dest_root, &dest, req)?;
         } else {
             let name = Path::new(&m.rel)
                 .file_name()
@@ -774,165 +791,50 @@ fn utimes(host: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), CopyE
     filetime::set_symlink_file_times(host, time(atime), time(mtime)).map_err(io_err(host))
 }
 
-/// Compression of a local archive, detected from its first bytes as Docker does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ArchiveKind {
-    Tar,
-    Gzip,
-    Bzip2,
-    Xz,
-    Zstd,
-}
-
-fn archive_kind(path: &Path) -> Option<ArchiveKind> {
-    let mut f = fs::File::open(path).ok()?;
+/// Whether a local file is a tar archive `ADD` unpacks, as Docker decides:
+/// plain, or compressed with gzip, bzip2, xz or zstd (detected from its
+/// first bytes), with a ustar header once decompressed.
+fn is_archive(path: &Path) -> bool {
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    let Ok(mut reader) = kbuild_image::decompress_sniffed(file) else {
+        return false;
+    };
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < head.len() {
-        match f.read(&mut head[n..]) {
+        match reader.read(&mut head[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(_) => return None,
+            Err(_) => return false,
         }
     }
-    let h = &head[..n];
-    if h.starts_with(&[0x1f, 0x8b]) {
-        Some(ArchiveKind::Gzip)
-    } else if h.starts_with(b"BZh") {
-        Some(ArchiveKind::Bzip2)
-    } else if h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Some(ArchiveKind::Xz)
-    } else if h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Some(ArchiveKind::Zstd)
-    } else if n >= 262 && &h[257..262] == b"ustar" {
-        Some(ArchiveKind::Tar)
-    } else {
-        None
-    }
+    n >= 262 && &head[257..262] == b"ustar"
 }
 
-fn is_archive(path: &Path) -> bool {
-    match archive_kind(path) {
-        Some(ArchiveKind::Tar) => true,
-        // A compressed file is an archive only if it holds a tar.
-        Some(k) => open_decompressed(path, k)
-            .ok()
-            .and_then(|mut r| {
-                let mut head = vec![0u8; 512];
-                let mut n = 0;
-                while n < 512 {
-                    match r.read(&mut head[n..]) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(_) => return None,
-                    }
-                }
-                Some(n >= 262 && &head[257..262] == b"ustar")
-            })
-            .unwrap_or(false),
-        None => false,
-    }
-}
-
-fn open_decompressed(path: &Path, kind: ArchiveKind) -> io::Result<Box<dyn Read>> {
-    let f = io::BufReader::new(fs::File::open(path)?);
-    Ok(match kind {
-        ArchiveKind::Tar => Box::new(f),
-        ArchiveKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
-        ArchiveKind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
-        ArchiveKind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(f)),
-        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
-    })
-}
-
-/// Unpack a local archive into `dest_cpath` (host `dest_host`), entries kept inside the root.
+/// Unpacks the local archive `path` into the existing directory
+/// `dest_cpath` of the root filesystem `root`, with the worker's extractor
+/// (the destination acts as the archive's root).
 fn unpack_archive(
     path: &Path,
-    _dest_host: &Path,
     root: &Path,
     dest_cpath: &str,
+    req: &Request,
 ) -> Result<(), CopyError> {
-    let kind = archive_kind(path).ok_or_else(|| CopyError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::other("not an archive"),
-    })?;
-    let reader = open_decompressed(path, kind).map_err(io_err(path))?;
-    let mut ar = tar::Archive::new(reader);
-    let mut dirs: Vec<(PathBuf, i64)> = Vec::new();
-    for entry in ar.entries().map_err(io_err(path))? {
-        let mut entry = entry.map_err(io_err(path))?;
-        let name = entry.path_bytes().into_owned();
-        let rel = clean_rel(&String::from_utf8_lossy(&name));
-        if rel.is_empty() {
-            continue;
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let reader =
+        kbuild_image::decompress_sniffed(file).map_err(|source| CopyError::Decompress {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
+    let options = kbuild_worker::snapshot::ArchiveOptions { chown: req.chown };
+    kbuild_worker::snapshot::unpack_archive(root, dest_cpath, reader, options).map_err(|source| {
+        CopyError::Unpack {
+            path: path.to_path_buf(),
+            source: Box::new(source),
         }
-        let cpath = format!("{}/{}", dest_cpath.trim_end_matches('/'), rel);
-        let (parent, base) = cpath.rsplit_once('/').unwrap_or(("/", &cpath));
-        let req = Request::default();
-        let parent_host = mkdir_all(root, if parent.is_empty() { "/" } else { parent }, &req)?;
-        let host = parent_host.join(base);
-        let hdr = entry.header().clone();
-        let mode = hdr.mode().unwrap_or(0o644) & 0o7777;
-        let uid = hdr.uid().unwrap_or(0) as u32;
-        let gid = hdr.gid().unwrap_or(0) as u32;
-        let mtime = hdr.mtime().unwrap_or(0) as i64;
-        let et = hdr.entry_type();
-        if let Ok(md) = fs::symlink_metadata(&host) {
-            if !(md.is_dir() && et.is_dir()) {
-                if md.is_dir() {
-                    fs::remove_dir_all(&host).map_err(io_err(&host))?;
-                } else {
-                    fs::remove_file(&host).map_err(io_err(&host))?;
-                }
-            }
-        }
-        match et {
-            tar::EntryType::Directory => {
-                if !host.is_dir() {
-                    fs::create_dir(&host).map_err(io_err(&host))?;
-                }
-                dirs.push((host.clone(), mtime));
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)))
-                    .unwrap_or_default();
-                std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| clean_rel(&String::from_utf8_lossy(&b)))
-                    .unwrap_or_default();
-                let tcpath = format!("{}/{}", dest_cpath.trim_end_matches('/'), target);
-                let thost = resolve_in_root(root, &tcpath, false).map_err(io_err(root))?;
-                fs::hard_link(&thost, &host).map_err(io_err(&host))?;
-                continue;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut f = fs::File::create(&host).map_err(io_err(&host))?;
-                io::copy(&mut entry, &mut f).map_err(io_err(&host))?;
-            }
-            // Devices, fifos and extension headers are not unpacked by ADD.
-            _ => continue,
-        }
-        std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_err(&host))?;
-        if et != tar::EntryType::Symlink {
-            fs::set_permissions(&host, fs::Permissions::from_mode(mode)).map_err(io_err(&host))?;
-            if et != tar::EntryType::Directory {
-                set_time(&host, mtime)?;
-            }
-        }
-    }
-    for (d, t) in dirs.iter().rev() {
-        set_time(d, *t)?;
-    }
-    Ok(())
-}
-
-fn set_time(host: &Path, secs: i64) -> Result<(), CopyError> {
-    utimes(host, (secs, 0), (secs, 0))
+    })
 }
 
 #[cfg(test)]
@@ -1083,6 +985,158 @@ mod tests {
         assert_eq!(a, checksum(&src, &r).unwrap());
         fs::write(c.path().join("src/sub/c.go"), "changed").unwrap();
         assert_ne!(a, checksum(&src, &r).unwrap());
+    }
+
+    /// Writes the archive `file` in `dir`: entries given as (name as
+    /// written, even with `..`; type; link target), each file holding its
+    /// own name, owned 0:0, mode 0644 (0755 for directories).
+    fn write_archive(dir: &Path, file: &str, entries: &[(&str, tar::EntryType, Option<&str>)]) {
+        let mut b = tar::Builder::new(fs::File::create(dir.join(file)).unwrap());
+        for (name, kind, link) in entries {
+            let data: &[u8] = if *kind == tar::EntryType::Regular {
+                name.as_bytes()
+            } else {
+                b""
+            };
+            let mut h = tar::Header::new_ustar();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(l) = link {
+                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
+            }
+            h.set_entry_type(*kind);
+            h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+            h.set_size(data.len() as u64);
+            h.set_mtime(1_000_000);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.finish().unwrap();
+    }
+
+    fn add_req(source: &str, dest: &str) -> Request {
+        Request {
+            unpack_archives: true,
+            instruction: "ADD",
+            ..req(&[source], dest)
+        }
+    }
+
+    #[test]
+    fn add_archive_stays_inside_its_destination() {
+        use tar::EntryType::{Fifo, Link, Regular, Symlink};
+        let c = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        // The image has /etc, and below the destination a symlink to it.
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::create_dir_all(r.join("opt/app/etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("opt/app/conf")).unwrap();
+        let src = context(c.path());
+        let add = |file: &str| copy(&src, &add_req(file, "/opt/app/"), r);
+
+        write_archive(c.path(), "up.tar", &[("../../escape", Regular, None)]);
+        let e = add("up.tar").unwrap_err().to_string();
+        assert!(e.contains("`../../escape`") && e.contains("up.tar"), "{e}");
+        assert!(!r.join("escape").exists() && !r.join("opt/escape").exists());
+
+        write_archive(
+            c.path(),
+            "through.tar",
+            &[("link", Symlink, Some("/")), ("link/evil", Regular, None)],
+        );
+        let e = add("through.tar").unwrap_err().to_string();
+        assert!(e.contains("`link/evil`"), "{e}");
+        assert!(!r.join("evil").exists() && !r.join("opt/app/evil").exists());
+
+        write_archive(
+            c.path(),
+            "ok.tar",
+            &[
+                ("/abs/file", Regular, None),
+                ("conf/x", Regular, None),
+                ("a/../b", Regular, None),
+                ("hard", Link, Some("/abs/file")),
+                (".wh.kept", Regular, None),
+                ("fifo", Fifo, None),
+            ],
+        );
+        add("ok.tar").unwrap();
+        let app = r.join("opt/app");
+        assert_eq!(
+            fs::read_to_string(app.join("abs/file")).unwrap(),
+            "/abs/file"
+        );
+        // The image's absolute symlink resolves inside the destination, as
+        // in Docker's chrooted untar.
+        assert_eq!(fs::read_to_string(app.join("etc/x")).unwrap(), "conf/x");
+        assert!(!r.join("etc/x").exists());
+        assert_eq!(fs::read_to_string(app.join("b")).unwrap(), "a/../b");
+        let (a, h) = (app.join("abs/file"), app.join("hard"));
+        assert_eq!(
+            fs::metadata(a).unwrap().ino(),
+            fs::metadata(h).unwrap().ino()
+        );
+        assert!(
+            app.join(".wh.kept").is_file(),
+            "an archive has no whiteouts"
+        );
+        assert!(
+            fs::symlink_metadata(app.join("fifo")).is_err(),
+            "ADD makes no FIFOs"
+        );
+        assert_eq!(fs::read_dir(r.join("etc")).unwrap().count(), 0);
+
+        // A parent the image has as a dangling symlink is an error, and the
+        // symlink stays.
+        std::os::unix::fs::symlink("/nowhere", app.join("dangling")).unwrap();
+        write_archive(c.path(), "dangling.tar", &[("dangling/f", Regular, None)]);
+        let e = add("dangling.tar").unwrap_err().to_string();
+        assert!(
+            e.contains("has the parent `dangling`, which is not a directory"),
+            "{e}"
+        );
+        assert!(fs::symlink_metadata(app.join("dangling"))
+            .unwrap()
+            .is_symlink());
+    }
+
+    #[test]
+    fn add_archive_replaces_existing_paths_and_takes_chown() {
+        use tar::EntryType::{Directory, Regular};
+        let c = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("dst/was-dir/sub")).unwrap();
+        fs::write(r.join("dst/was-file"), "old").unwrap();
+        write_archive(
+            c.path(),
+            "a.tar",
+            &[
+                ("./", Directory, None),
+                ("was-dir", Regular, None),
+                ("was-file/", Directory, None),
+                ("was-file/in", Regular, None),
+            ],
+        );
+        let src = context(c.path());
+        let mut q = add_req("a.tar", "/dst");
+        q.chown = Some((1000, 1001));
+        copy(&src, &q, r).unwrap();
+        let dst = r.join("dst");
+        assert_eq!(fs::read_to_string(dst.join("was-dir")).unwrap(), "was-dir");
+        assert_eq!(
+            fs::read_to_string(dst.join("was-file/in")).unwrap(),
+            "was-file/in"
+        );
+        for p in ["was-dir", "was-file", "was-file/in"] {
+            let md = fs::symlink_metadata(dst.join(p)).unwrap();
+            assert_eq!((md.uid(), md.gid()), (1000, 1001), "{p}");
+            assert_eq!(md.mtime(), 1_000_000, "{p}");
+        }
+        let mode = fs::metadata(dst.join("was-file")).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+        // The destination itself keeps the owner ADD gave it, not `./`'s mtime.
+        assert_ne!(fs::metadata(&dst).unwrap().mtime(), 1_000_000);
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn run_true(exec: &Executor, spec: &RunSpec) {
 }
 
 fn bench(c: &mut Criterion) {
-    if !nix::unistd::geteuid().is_root() {
+    if !rustix::process::geteuid().is_root() {
         eprintln!("skipping: the sandbox needs root");
         return;
     }

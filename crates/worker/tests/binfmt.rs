@@ -52,7 +52,7 @@ fn linux_386_runs_natively_or_emulated_on_amd64() {
 
 #[test]
 fn ensure_registers_qemu_with_the_fix_binary_flag() {
-    if !nix::unistd::geteuid().is_root() {
+    if !rustix::process::geteuid().is_root() {
         skip_or_fail("registering binfmt_misc handlers needs root");
         return;
     }

@@ -24,7 +24,7 @@ fn executor() -> Executor {
 }
 
 fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if rustix::process::geteuid().is_root() {
         return true;
     }
     skip_or_fail("the sandbox needs root (namespaces, mounts)");
@@ -536,11 +536,8 @@ fn the_step_dies_with_its_helper() {
                     fallback.cancel();
                     return;
                 }
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(helper),
-                    nix::sys::signal::SIGKILL,
-                )
-                .unwrap();
+                let helper = rustix::process::Pid::from_raw(helper).expect("a process id");
+                rustix::process::kill_process(helper, rustix::process::Signal::KILL).unwrap();
             });
         }
     });

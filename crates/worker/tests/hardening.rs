@@ -37,7 +37,7 @@ struct Rootfs {
 
 impl Rootfs {
     fn new(platform: &str) -> Option<Rootfs> {
-        if !nix::unistd::geteuid().is_root() {
+        if !rustix::process::geteuid().is_root() {
             skip_or_fail("the sandbox needs root (namespaces, mounts)");
             return None;
         }

@@ -9,11 +9,15 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+// System calls go through rustix. nix stays for the three calls rustix has
+// no stable API for (its `runtime` module is unstable): `fork` (twice: the
+// sandbox init and the command), `execve` of the command, and `signal` to
+// give the command default SIGPIPE/SIGINT/SIGTERM dispositions.
+use nix::sys::signal::{SigHandler, Signal};
+use nix::unistd::{fork, ForkResult};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use rustix::process::{Gid, Pid, Uid, WaitOptions};
+use rustix::thread::UnshareFlags;
 
 use super::protocol::{HelperMount, HelperSpec, Status, STATUS_FD};
 use super::DEFAULT_PATH;
@@ -112,17 +116,18 @@ fn helper() -> Result<i32, String> {
             io::Error::last_os_error()
         ));
     }
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
+    let mut flags =
+        UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
     if spec.new_network {
-        flags |= CloneFlags::CLONE_NEWNET;
+        flags |= UnshareFlags::NEWNET;
     }
-    ctx(unshare(flags), || "unshare namespaces (needs root)".into())?;
+    // SAFETY: no FILES flag, and this process is single-threaded.
+    ctx(unsafe { rustix::thread::unshare_unsafe(flags) }, || {
+        "unshare namespaces (needs root)".into()
+    })?;
     // Held open by this process only: the init sees it close if we die
     // before it has asked to die with us.
-    let (alive_r, alive_w) = ctx(nix::unistd::pipe(), || "create a pipe".into())?;
+    let (alive_r, alive_w) = ctx(rustix::pipe::pipe(), || "create a pipe".into())?;
     // SAFETY: this process is single-threaded.
     match ctx(unsafe { fork() }, || "fork the sandbox init".into())? {
         ForkResult::Child => {
@@ -150,60 +155,73 @@ fn helper() -> Result<i32, String> {
         ForkResult::Parent { child } => {
             drop(alive_r);
             report(&Status::Init(child.as_raw()));
-            while let Err(nix::errno::Errno::EINTR) = waitpid(child, None) {}
+            let child = Pid::from_raw(child.as_raw());
+            while let Err(rustix::io::Errno::INTR) =
+                rustix::process::waitpid(child, WaitOptions::empty())
+            {}
             drop(alive_w);
             Ok(0)
         }
     }
 }
 
-fn mnt(
-    source: Option<&Path>,
+/// Names a failed mount by what was mounted (the filesystem type, else
+/// the source) and where.
+fn mounted(
+    r: rustix::io::Result<()>,
+    what: &dyn std::fmt::Display,
     target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
+) -> Result<(), String> {
+    ctx(r, || format!("mount {what} on {}", target.display()))
+}
+
+/// Mounts a fresh filesystem of type `fstype` (named `source`) on `target`.
+fn mount_fs(
+    source: &str,
+    fstype: &str,
+    target: &Path,
+    flags: MountFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
-    ctx(mount(source, target, fstype, flags, data), || {
+    let data = data.map(CString::new).transpose().map_err(|_| {
         format!(
-            "mount {} on {}",
-            fstype
-                .map(str::to_string)
-                .or_else(|| source.map(|s| s.display().to_string()))
-                .unwrap_or_default(),
+            "mount {fstype} on {}: options contain a NUL byte",
             target.display()
         )
-    })
+    })?;
+    let r = rustix::mount::mount(source, target, fstype, flags, data.as_deref());
+    mounted(r, &fstype, target)
+}
+
+/// Binds `source` onto `target`, with its submounts when `recursive`.
+fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), String> {
+    let r = if recursive {
+        rustix::mount::mount_bind_recursive(source, target)
+    } else {
+        rustix::mount::mount_bind(source, target)
+    };
+    mounted(r, &source.display(), target)
+}
+
+/// Remounts the bind mount at `target` with `flags` (read-only, ...).
+fn remount_bind(target: &Path, flags: MountFlags) -> Result<(), String> {
+    let r = rustix::mount::mount_remount(target, MountFlags::BIND | flags, "");
+    ctx(r, || format!("remount {} with {flags:?}", target.display()))
 }
 
 /// PID 1 of the step: mounts, pivot_root, then the command; returns when
 /// the command has ended and its status is reported.
 fn init(spec: &HelperSpec) -> Result<(), String> {
-    // SAFETY: umask has no failure mode.
-    unsafe { libc::umask(0o022) };
-    mnt(
-        None,
-        Path::new("/"),
-        None,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None,
-    )?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let r = rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    );
+    ctx(r, || "make the mounts private".into())?;
     let root = &spec.rootfs;
-    mnt(
-        Some(root),
-        root,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mnt(
-        Some(Path::new("proc")),
-        &spec.proc_dir,
-        Some("proc"),
-        nosuid_nodev_noexec,
-        None,
-    )?;
+    bind(root, root, true)?;
+    let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_fs("proc", "proc", &spec.proc_dir, nosuid_nodev_noexec, None)?;
     setup_dev(&spec.dev_dir, spec.shm_size)?;
     mount_sys(&spec.sys_dir, spec.privileged)?;
     if !spec.privileged {
@@ -221,7 +239,7 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => {
-            reap_until(child);
+            reap_until(Pid::from_raw(child.as_raw()));
             Ok(())
         }
     }
@@ -238,21 +256,9 @@ fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), String> {
                 readonly,
             } => {
                 recreate_mount_point(target, source.is_dir())?;
-                mnt(
-                    Some(source),
-                    target,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REC,
-                    None,
-                )?;
+                bind(source, target, true)?;
                 if *readonly {
-                    mnt(
-                        None,
-                        target,
-                        None,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None,
-                    )?;
+                    remount_bind(target, MountFlags::RDONLY)?;
                 }
             }
             HelperMount::Tmpfs { target, size } => {
@@ -261,11 +267,11 @@ fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), String> {
                     Some(s) => format!("mode=1777,size={s}"),
                     None => "mode=1777".to_string(),
                 };
-                mnt(
-                    Some(Path::new("tmpfs")),
+                mount_fs(
+                    "tmpfs",
+                    "tmpfs",
                     target,
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    MountFlags::NOSUID | MountFlags::NODEV,
                     Some(&data),
                 )?;
             }
@@ -279,19 +285,20 @@ fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), String> {
 /// brings up the loopback interface.
 fn enter_root(spec: &HelperSpec) -> Result<(), String> {
     let root = &spec.rootfs;
-    ctx(nix::unistd::chdir(root), || {
+    ctx(rustix::process::chdir(root), || {
         format!("enter {}", root.display())
     })?;
-    ctx(nix::unistd::pivot_root(".", "."), || {
+    ctx(rustix::process::pivot_root(".", "."), || {
         format!("pivot_root into {}", root.display())
     })?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+    ctx(rustix::mount::unmount(".", UnmountFlags::DETACH), || {
         "detach the old root".into()
     })?;
-    ctx(nix::unistd::chdir("/"), || "enter the new root".into())?;
-    ctx(nix::unistd::sethostname(&spec.hostname), || {
-        format!("set the hostname {:?}", spec.hostname)
-    })?;
+    ctx(rustix::process::chdir("/"), || "enter the new root".into())?;
+    ctx(
+        rustix::system::sethostname(spec.hostname.as_bytes()),
+        || format!("set the hostname {:?}", spec.hostname),
+    )?;
     if spec.new_network {
         ctx(loopback_up(), || "bring up the loopback interface".into())?;
     }
@@ -300,18 +307,20 @@ fn enter_root(spec: &HelperSpec) -> Result<(), String> {
 
 /// Reaps every child (orphans are re-parented to us) until `main` ends,
 /// then reports its status. The caller exits, and with it the namespace.
-fn reap_until(main: Pid) {
+fn reap_until(main: Option<Pid>) {
     loop {
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == main => {
-                report(&Status::Exited(code));
-                return;
+        match rustix::process::waitpid(None, WaitOptions::empty()) {
+            Ok(Some((pid, status))) if Some(pid) == main => {
+                if let Some(code) = status.exit_status() {
+                    report(&Status::Exited(code));
+                    return;
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    report(&Status::Signaled(signal));
+                    return;
+                }
             }
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == main => {
-                report(&Status::Signaled(signal as i32));
-                return;
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return,
         }
     }
@@ -321,21 +330,15 @@ fn reap_until(main: Pid) {
 /// mounted, the host's `/sys` bound without its submounts (so no cgroup
 /// tree comes along writable).
 fn mount_sys(sys: &Path, privileged: bool) -> Result<(), String> {
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     if !privileged {
-        flags |= MsFlags::MS_RDONLY;
+        flags |= MountFlags::RDONLY;
     }
-    if mount(Some("sysfs"), sys, Some("sysfs"), flags, None::<&str>).is_ok() {
+    if rustix::mount::mount("sysfs", sys, "sysfs", flags, None).is_ok() {
         return Ok(());
     }
-    mnt(Some(Path::new("/sys")), sys, None, MsFlags::MS_BIND, None)?;
-    mnt(
-        None,
-        sys,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-        None,
-    )
+    bind(Path::new("/sys"), sys, false)?;
+    remount_bind(sys, flags)
 }
 
 /// runc's defaults for what a step sees of the kernel: the read-only parts
@@ -353,41 +356,25 @@ fn harden(proc: &Path, sys: &Path) -> Result<(), String> {
         if fs::symlink_metadata(&path).is_err() {
             continue;
         }
-        mnt(
-            Some(&path),
-            &path,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        let flags = MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC;
-        mnt(None, &path, None, flags, None)?;
+        bind(&path, &path, true)?;
+        let flags =
+            MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        remount_bind(&path, flags)?;
     }
     for path in super::MASKED_PATHS.map(inside) {
         let Ok(meta) = fs::symlink_metadata(&path) else {
             continue;
         };
         if meta.is_dir() {
-            mnt(
-                Some(Path::new("tmpfs")),
+            mount_fs(
+                "tmpfs",
+                "tmpfs",
                 &path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
                 Some("size=0,mode=555"),
             )?;
         } else {
-            mnt(
-                Some(Path::new("/dev/null")),
-                &path,
-                None,
-                MsFlags::MS_BIND,
-                None,
-            )?;
+            bind(Path::new("/dev/null"), &path, false)?;
         }
     }
     Ok(())
@@ -413,11 +400,11 @@ fn recreate_mount_point(target: &Path, dir: bool) -> Result<(), String> {
 }
 
 fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), String> {
-    mnt(
-        Some(Path::new("tmpfs")),
+    mount_fs(
+        "tmpfs",
+        "tmpfs",
         dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MountFlags::NOSUID | MountFlags::STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
     for name in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -429,7 +416,7 @@ fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), String> {
         ctx(fs::File::create(&target), || {
             format!("create {}", target.display())
         })?;
-        mnt(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+        bind(&host, &target, false)?;
     }
     let dir = |name: &str, mode: u32| -> Result<PathBuf, String> {
         let p = dev.join(name);
@@ -439,29 +426,29 @@ fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), String> {
         Ok(p)
     };
     let pts = dir("pts", 0o755)?;
-    mnt(
-        Some(Path::new("devpts")),
+    mount_fs(
+        "devpts",
+        "devpts",
         &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        MountFlags::NOSUID | MountFlags::NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     let shm = dir("shm", 0o1777)?;
-    mnt(
-        Some(Path::new("shm")),
+    mount_fs(
+        "shm",
+        "tmpfs",
         &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         Some(format!("mode=1777,size={shm_size}").as_str()),
     )?;
     let mqueue = dir("mqueue", 0o755)?;
     // Optional: kernels without POSIX message queues lack the filesystem.
-    let _ = mount(
-        Some("mqueue"),
+    let _ = rustix::mount::mount(
+        "mqueue",
         &mqueue,
-        Some("mqueue"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
+        "mqueue",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
     );
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
@@ -583,7 +570,7 @@ fn exec_command(spec: &HelperSpec) -> String {
         // The command gets default signal handling whatever we inherited.
         for s in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGTERM] {
             // SAFETY: restoring default dispositions.
-            let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
+            let _ = unsafe { nix::sys::signal::signal(s, SigHandler::SigDfl) };
         }
         if let Some(p) = spec.personality {
             // SAFETY: personality takes a plain integer.
@@ -605,26 +592,27 @@ fn exec_command(spec: &HelperSpec) -> String {
                 "install the seccomp filter".into()
             })?;
         }
+        // rustix sets credentials with the raw system calls, which act on
+        // the calling thread only (glibc's wrappers signal every thread):
+        // this process is the single-threaded fork of the sandbox init, so
+        // the thread is the process.
         let groups: Vec<Gid> = spec.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-        ctx(nix::unistd::setgroups(&groups), || {
+        ctx(rustix::thread::set_thread_groups(&groups), || {
             "set the supplementary groups".into()
         })?;
         let gid = Gid::from_raw(spec.gid);
-        ctx(nix::unistd::setresgid(gid, gid, gid), || {
+        ctx(rustix::thread::set_thread_res_gid(gid, gid, gid), || {
             format!("set gid {}", spec.gid)
         })?;
         let uid = Uid::from_raw(spec.uid);
-        ctx(nix::unistd::setresuid(uid, uid, uid), || {
+        ctx(rustix::thread::set_thread_res_uid(uid, uid, uid), || {
             format!("set uid {}", spec.uid)
         })?;
-        ctx(nix::unistd::chdir(Path::new(&spec.cwd)), || {
+        ctx(rustix::process::chdir(Path::new(&spec.cwd)), || {
             format!("enter the working directory {}", spec.cwd)
         })?;
         let null = ctx(fs::File::open("/dev/null"), || "open /dev/null".into())?;
-        ctx(
-            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0),
-            || "redirect stdin".into(),
-        )?;
+        ctx(rustix::stdio::dup2_stdin(&null), || "redirect stdin".into())?;
         let argv0 = spec.argv.first().ok_or("the command is empty")?;
         let program = find_program(argv0, &spec.env)?;
         let cstr = |s: &[u8]| {

@@ -399,26 +399,13 @@ impl<W: Write> DiffWriter<'_, W> {
         Ok(())
     }
 
+    /// Writes what the upper-directory entry `abs` (at `rel`, named `leaf`
+    /// in `parent`) changes, and what is below it.
     fn one(&mut self, abs: &Path, rel: &[u8], leaf: &[u8], parent: &[u8]) -> Result<()> {
         let md = abs.symlink_metadata().at("inspect", abs)?;
         let ft = md.file_type();
         if ft.is_char_device() && md.rdev() == 0 {
-            if self.in_lowers(rel) {
-                let mut path = parent.to_vec();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
-                path.extend_from_slice(leaf);
-                let mut h = Header::new_ustar();
-                h.set_entry_type(EntryType::Regular);
-                h.set_mode(0);
-                h.set_mtime(self.mtime(&md));
-                h.set_size(0);
-                self.append(h, &path, None, &[], io::empty())?;
-                self.stats.whiteouts += 1;
-            }
-            return Ok(());
+            return self.whiteout(rel, leaf, parent, &md);
         }
         if ft.is_socket() {
             tracing::debug!(path = %abs.display(), "sockets cannot be archived; skipped");
@@ -430,34 +417,7 @@ impl<W: Write> DiffWriter<'_, W> {
             .filter(|(k, _)| keep_xattr(k))
             .collect();
         if ft.is_dir() {
-            let mut path = rel.to_vec();
-            path.push(b'/');
-            let h = self.header(EntryType::Directory, &md);
-            let opaque = fsutil::get_xattr(abs, OPAQUE_XATTR).at("read the xattrs of", abs)?;
-            let is_opaque = opaque.as_deref() == Some(b"y");
-            if !is_opaque && self.same_in_lowers(rel, &md, &xattrs) {
-                let depth = self.pending.len();
-                self.pending.push((h, path, xattrs));
-                self.walk(abs, rel)?;
-                // Nothing below was written: the directory is not a change.
-                self.pending.truncate(depth);
-                return Ok(());
-            }
-            self.append(h, &path, None, &xattrs, io::empty())?;
-            self.stats.directories += 1;
-            if is_opaque {
-                let mut marker = rel.to_vec();
-                marker.push(b'/');
-                marker.extend_from_slice(OPAQUE_MARKER.as_bytes());
-                let mut h = Header::new_ustar();
-                h.set_entry_type(EntryType::Regular);
-                h.set_mode(0);
-                h.set_mtime(self.mtime(&md));
-                h.set_size(0);
-                self.append(h, &marker, None, &[], io::empty())?;
-                self.stats.opaque_dirs += 1;
-            }
-            return self.walk(abs, rel);
+            return self.directory(abs, rel, &md, xattrs);
         }
         if md.nlink() > 1 && ft.is_file() && self.unchanged_copy_up(rel, abs, &md, &xattrs) {
             // Overlay copied a lower file up to link a new name to it: the
@@ -477,52 +437,129 @@ impl<W: Write> DiffWriter<'_, W> {
             self.links.insert((md.dev(), md.ino()), rel.to_vec());
         }
         if ft.is_file() {
-            let file = File::options()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(abs)
-                .at("open", abs)?;
-            let mut h = self.header(EntryType::Regular, &md);
-            h.set_size(md.len());
-            let data = Exact {
-                inner: io::BufReader::with_capacity(128 * 1024, file),
-                left: md.len(),
-            };
-            self.append(h, rel, None, &xattrs, data)?;
-            self.stats.regular_files += 1;
-            self.stats.content_bytes += md.len();
+            self.regular_file(abs, rel, &md, &xattrs)
         } else if ft.is_symlink() {
             let target = fs::read_link(abs).at("read the symlink", abs)?;
             let h = self.header(EntryType::Symlink, &md);
-            self.append(
-                h,
-                rel,
-                Some(target.as_os_str().as_bytes()),
-                &xattrs,
-                io::empty(),
-            )?;
+            let target = Some(target.as_os_str().as_bytes());
+            self.append(h, rel, target, &xattrs, io::empty())?;
             self.stats.symlinks += 1;
+            Ok(())
         } else {
-            let kind = if ft.is_char_device() {
-                EntryType::Char
-            } else if ft.is_block_device() {
-                EntryType::Block
-            } else {
-                EntryType::Fifo
-            };
-            let mut h = self.header(kind, &md);
-            if kind != EntryType::Fifo {
-                let dev = md.rdev();
-                let fail = |source| Error::WriteTar {
-                    entry: display(rel),
-                    source,
-                };
-                h.set_device_major(rustix::fs::major(dev)).map_err(fail)?;
-                h.set_device_minor(rustix::fs::minor(dev)).map_err(fail)?;
-            }
-            self.append(h, rel, None, &xattrs, io::empty())?;
-            self.stats.devices += 1;
+            self.device(rel, &md, &xattrs)
         }
+    }
+
+    /// An overlay whiteout (character device 0/0): a `.wh.` entry when a
+    /// lower layer has the path, else nothing.
+    fn whiteout(&mut self, rel: &[u8], leaf: &[u8], parent: &[u8], md: &Metadata) -> Result<()> {
+        if !self.in_lowers(rel) {
+            return Ok(());
+        }
+        let mut path = parent.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
+        path.extend_from_slice(leaf);
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0);
+        h.set_mtime(self.mtime(md));
+        h.set_size(0);
+        self.append(h, &path, None, &[], io::empty())?;
+        self.stats.whiteouts += 1;
+        Ok(())
+    }
+
+    /// A directory: written when it changed (or is opaque, then with the
+    /// opaque marker), held back until something below it is written when
+    /// it is the same as in the lowers; then its children.
+    fn directory(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        md: &Metadata,
+        xattrs: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        let mut path = rel.to_vec();
+        path.push(b'/');
+        let h = self.header(EntryType::Directory, md);
+        let opaque = fsutil::get_xattr(abs, OPAQUE_XATTR).at("read the xattrs of", abs)?;
+        let is_opaque = opaque.as_deref() == Some(b"y");
+        if !is_opaque && self.same_in_lowers(rel, md, &xattrs) {
+            let depth = self.pending.len();
+            self.pending.push((h, path, xattrs));
+            self.walk(abs, rel)?;
+            // Nothing below was written: the directory is not a change.
+            self.pending.truncate(depth);
+            return Ok(());
+        }
+        self.append(h, &path, None, &xattrs, io::empty())?;
+        self.stats.directories += 1;
+        if is_opaque {
+            let mut marker = rel.to_vec();
+            marker.push(b'/');
+            marker.extend_from_slice(OPAQUE_MARKER.as_bytes());
+            let mut h = Header::new_ustar();
+            h.set_entry_type(EntryType::Regular);
+            h.set_mode(0);
+            h.set_mtime(self.mtime(md));
+            h.set_size(0);
+            self.append(h, &marker, None, &[], io::empty())?;
+            self.stats.opaque_dirs += 1;
+        }
+        self.walk(abs, rel)
+    }
+
+    /// A regular file with its content, read without following a symlink
+    /// and checked to be exactly as long as its metadata said.
+    fn regular_file(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        md: &Metadata,
+        xattrs: &[(String, Vec<u8>)],
+    ) -> Result<()> {
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(abs)
+            .at("open", abs)?;
+        let mut h = self.header(EntryType::Regular, md);
+        h.set_size(md.len());
+        let data = Exact {
+            inner: io::BufReader::with_capacity(128 * 1024, file),
+            left: md.len(),
+        };
+        self.append(h, rel, None, xattrs, data)?;
+        self.stats.regular_files += 1;
+        self.stats.content_bytes += md.len();
+        Ok(())
+    }
+
+    /// A character or block device node, or a FIFO.
+    fn device(&mut self, rel: &[u8], md: &Metadata, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+        let ft = md.file_type();
+        let kind = if ft.is_char_device() {
+            EntryType::Char
+        } else if ft.is_block_device() {
+            EntryType::Block
+        } else {
+            EntryType::Fifo
+        };
+        let mut h = self.header(kind, md);
+        if kind != EntryType::Fifo {
+            let dev = md.rdev();
+            let fail = |source| Error::WriteTar {
+                entry: display(rel),
+                source,
+            };
+            h.set_device_major(rustix::fs::major(dev)).map_err(fail)?;
+            h.set_device_minor(rustix::fs::minor(dev)).map_err(fail)?;
+        }
+        self.append(h, rel, None, xattrs, io::empty())?;
+        self.stats.devices += 1;
         Ok(())
     }
 }

@@ -93,41 +93,15 @@ pub(crate) fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString
     Ok(names)
 }
 
-/// All extended attributes of `path` (not following a final symlink).
+/// All extended attributes of `path` (not following a final symlink),
+/// read by the workspace's one xattr reader ([`kbuild_image::tarball::xattrs`]).
 pub(crate) fn list_xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let mut names = vec![0u8; 1024];
-    let len = loop {
-        match rustix::fs::llistxattr(path, &mut names[..]) {
-            Ok(n) => break n,
-            Err(Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut out = Vec::new();
-    for raw in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(raw).into_owned();
-        if let Some(value) = get_xattr(path, &name)? {
-            out.push((name, value));
-        }
-    }
-    Ok(out)
+    kbuild_image::tarball::xattrs(path)
 }
 
 /// One extended attribute of `path`, `None` when it is not set.
 pub(crate) fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; 256];
-    loop {
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(Errno::RANGE) => buf.resize(buf.len() * 4, 0),
-            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    kbuild_image::tarball::xattr_value(path, name)
 }
 
 /// Whether an xattr is overlayfs bookkeeping rather than file content.

@@ -113,6 +113,47 @@ pub fn apply_layer_to_dir_with(
     unpack::extract(dir, reader, unpack::Flavor::Apply, options)
 }
 
+/// How [`unpack_archive`] owns what it writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveOptions {
+    /// `ADD --chown`'s uid and gid for every entry; without it each entry
+    /// keeps the ids the archive gives it.
+    pub chown: Option<(u32, u32)>,
+}
+
+/// Unpacks a local tar archive (already decompressed) for Dockerfile `ADD`
+/// into the existing directory `dest`, a container path of the root
+/// filesystem `root` (resolved as the container sees it, never leaving
+/// `root`). The destination acts as the archive's root, as in Docker's
+/// chrooted untar: names with `..` that climb above it are rejected,
+/// absolute names and symlinks resolve inside it, and an entry below a
+/// symlink the archive itself made is rejected, so nothing is written
+/// outside `dest`.
+///
+/// Entries are checked by the layer policy, except that `.wh.` names are
+/// ordinary files. Existing files are replaced, existing directories kept
+/// (their metadata updated); modes (with setuid/setgid bits) and mtimes
+/// are kept; device nodes and FIFOs are not created and xattrs not
+/// applied; the archive's own `./` entry leaves `dest` as it is. Missing
+/// parents the archive does not list are made 0755 root:root; a parent
+/// that exists but does not resolve to a directory (a file, a dangling
+/// symlink) is an error, never replaced.
+pub fn unpack_archive(
+    root: &Path,
+    dest: &str,
+    reader: impl Read,
+    options: ArchiveOptions,
+) -> Result<()> {
+    let root_fd = fsutil::open_dir(root).at("open the root filesystem", root)?;
+    let dest_fd = crate::rootpath::open_in_root(
+        std::os::fd::AsFd::as_fd(&root_fd),
+        Path::new(dest),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+    )
+    .at("open the destination directory", Path::new(dest))?;
+    unpack::extract_archive(dest_fd, reader, options.chown)
+}
+
 /// Owns the snapshot directories under one root; see the module docs.
 ///
 /// Cheap to clone; every method is safe to call from several threads and

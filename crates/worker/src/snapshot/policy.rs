@@ -22,6 +22,10 @@
 //!   [`ApplyOptions`](super::ApplyOptions)), not a question of validity;
 //! * tar entry types other than files, directories, links, devices and
 //!   FIFOs are rejected.
+//!
+//! The extractor's `ADD` archives go through the same checks
+//! ([`EntryPolicy::without_whiteouts`]), except that an archive has no
+//! whiteouts.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -82,6 +86,8 @@ enum Defined {
 #[derive(Debug, Default)]
 pub(crate) struct EntryPolicy {
     defined: HashMap<Vec<u8>, Defined>,
+    /// `.wh.` names are ordinary entries (an `ADD` archive, not a layer).
+    no_whiteouts: bool,
 }
 
 pub(crate) fn bad(entry: &str, problem: impl Into<String>) -> Error {
@@ -126,6 +132,16 @@ impl EntryPolicy {
         EntryPolicy::default()
     }
 
+    /// A policy for a tar that is not a layer (Dockerfile `ADD` archives):
+    /// the same checks, but `.wh.` names are ordinary files, as Docker and
+    /// BuildKit unpack them.
+    pub(crate) fn without_whiteouts() -> EntryPolicy {
+        EntryPolicy {
+            no_whiteouts: true,
+            ..EntryPolicy::default()
+        }
+    }
+
     /// Checks the next entry of the layer: its raw path, tar type and link
     /// name. On success the entry counts as defined for later entries.
     pub(crate) fn check(
@@ -162,7 +178,7 @@ impl EntryPolicy {
         })?;
 
         let leaf = leaf.as_bytes();
-        if leaf.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+        if !self.no_whiteouts && leaf.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             let what = if leaf == OPAQUE_MARKER.as_bytes() {
                 Checked::Opaque
             } else if leaf.starts_with(b".wh..wh.") {
