@@ -231,10 +231,13 @@ impl Solver {
     /// The image `pin` names for `platform`: the store's copy when it has
     /// the pinned index or manifest with every layer (whatever `--pull`
     /// says: the content is the same), else pulled from the reference's
-    /// repository by digest. The tag is never resolved, and the store's
-    /// ref of the tag is left alone; what is pulled is kept under the
-    /// digest reference (`image/REGISTRY/REPO@sha256:...`), as a `FROM
-    /// NAME@DIGEST` pull keeps it.
+    /// repository by digest. The tag is never resolved; what is pulled is
+    /// kept under the digest reference (`image/REGISTRY/REPO@sha256:...`),
+    /// as a `FROM NAME@DIGEST` pull keeps it, and under the tag when the
+    /// store has no image of that tag yet (what the tag named when the
+    /// client resolved it, as a pull by tag would have kept), so a later
+    /// build that the daemon plans itself finds it; an existing tag is
+    /// left alone.
     async fn pinned_image(
         &self,
         reference: &str,
@@ -261,6 +264,10 @@ impl Solver {
                 let r = kbuild_registry::Reference::parse(reference)?.with_digest(root);
                 self.registry.pull_image(&r, platform, &self.store).await?;
                 self.store.set_ref(&format!("image/{r}"), &root)?;
+                let tag = image_ref_name(reference)?;
+                if self.store.get_ref(&tag)?.is_none() {
+                    self.store.set_ref(&tag, &root)?;
+                }
                 self.local_image(reference, &root, platform)?
                     .ok_or_else(|| SolveError::PulledWithoutPlatform {
                         reference: r.to_string(),

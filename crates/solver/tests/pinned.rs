@@ -209,6 +209,18 @@ async fn a_pinned_base_is_pulled_by_digest_after_its_tag_moved_and_pull_resolves
         notes(&rec)
     );
 
+    // The daemon had no image of that tag: it now keeps what the tag named
+    // when the client resolved it, as a pull by tag would have, so a build
+    // it plans itself later finds it.
+    assert_eq!(
+        daemon
+            .store
+            .get_ref(&format!("image/{reference}"))
+            .unwrap()
+            .map(|d| d.to_string()),
+        Some(pin.digest.clone())
+    );
+
     // Solved again (with --pull too): the store's copy, nothing asked.
     for pull in [false, true] {
         let rec = Arc::new(Recorder::default());
