@@ -75,7 +75,7 @@ pub trait BlobWatch: Send {
 /// Uncompressed bytes per job of the multi-threaded zstd encoder. zstd's
 /// own choice at level 3 is 8 MiB (4 windows), and it keeps about two jobs
 /// per worker in memory, each with its input and its output: some 40 MB
-/// on 2 cores. Jobs of 1 MiB keep that near 10 MB, for a blob about 1%
+/// on 2 cores. Jobs of 1 MiB keep that near 10 MB, for a blob about 0.5%
 /// larger. Fixed, so the bytes do not depend on the number of workers.
 const ZSTD_JOB_SIZE: u32 = 1 << 20;
 
