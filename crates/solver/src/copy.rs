@@ -263,13 +263,18 @@ pub(crate) fn checksum_probe(src: &Source, req: &Request) -> Result<Probe, CopyE
     })
 }
 
+/// A regular file's digest (hex) for [`checksum_with`], from its relative
+/// path, host path and metadata; `None` when it is not known.
+type FileDigest<'a> =
+    dyn FnMut(&str, &Path, &fs::Metadata) -> Result<Option<String>, CopyError> + 'a;
+
 /// The walk of [`checksum`], with `file` giving each regular file's
 /// digest; `None` when `file` gave `None` for some file (the walk goes on
 /// to the end, so `file` sees every file).
 fn checksum_with(
     src: &Source,
     req: &Request,
-    file: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<Option<String>, CopyError>,
+    file: &mut FileDigest<'_>,
 ) -> Result<Option<String>, CopyError> {
     let matched = expand(src, req)?;
     let mut h = Sha256::new();
