@@ -10,9 +10,12 @@ inputs, not the disk. Child processes (the RUN sandbox) are not included.
 
 With MEASURE_PER_BYTES=N in the environment (N > 0, e.g. the size of a
 build context), the line also gives the bytes read per one of those N bytes.
+With MEASURE_JSON=FILE, the figures are also written to FILE as JSON
+(wall_s, cpu_s, rchar, maxrss_kb, exit), for a script to go on with.
 
 usage: scripts/measure.py LABEL COMMAND [ARG...]
 """
+import json
 import os
 import resource
 import subprocess
@@ -50,6 +53,19 @@ def main() -> int:
         + f", {usage.ru_maxrss / 1024:.1f} MB peak RSS"
         + ("" if code == 0 else f", exit {code}")
     )
+    out = os.environ.get("MEASURE_JSON")
+    if out:
+        with open(out, "w") as fh:
+            json.dump(
+                {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "rchar": rchar,
+                    "maxrss_kb": usage.ru_maxrss,
+                    "exit": code,
+                },
+                fh,
+            )
     return code
 
 

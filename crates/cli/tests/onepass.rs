@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{write, BUSYBOX};
+use common::{busybox_image, require_root, write, BUSYBOX};
 use kbuild_worker::snapshot::{write_diff, DiffOptions};
 use sha2::{Digest as _, Sha256};
 use std::os::unix::fs::PermissionsExt;
@@ -209,4 +209,136 @@ fn copy_layers_made_in_one_pass_equal_the_diff_of_their_snapshot() {
             );
         }
     }
+}
+
+/// `cmd`'s exit and the bytes it (with the processes it waited for) asked
+/// read(2) and friends for: `rchar` of a shell that ran it, read after it.
+fn run_counting_reads(cmd: &mut Command) -> (common::Run, u64) {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#""$@"; s=$?; grep '^rchar:' /proc/$$/io >&2; exit $s"#)
+        .arg("sh")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let out = sh.stdin(std::process::Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let rchar = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rchar line in:\n{stderr}"));
+    let run = common::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    };
+    (run, rchar)
+}
+
+/// The layer digest and diff_id of the last layer of the one image in an
+/// OCI layout directory.
+fn last_layer(layout: &Path) -> (String, String) {
+    let index = blob_file(&layout.join("index.json"));
+    let manifest = blob(layout, index["manifests"][0]["digest"].as_str().unwrap());
+    let layers = manifest["layers"].as_array().unwrap();
+    let digest = layers.last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (digest, diff_ids(layout).last().unwrap().clone())
+}
+
+/// On a fresh store the key of `COPY . /data` needs the checksum of every
+/// file it copies, which the checksum cache does not know: the copy then
+/// runs first and hashes each file as it copies it, so each file is read
+/// once (counted by the kernel), and the key comes after. The layer is the
+/// one the key-first path makes (a warm checksum cache), and a key found in
+/// the cache after the copy gives the cached image.
+#[test]
+fn a_cold_copy_reads_each_context_file_once() {
+    if !require_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    // 24 MiB, compressible: the layer blob the export reads back is small.
+    let files = 96u64;
+    let size = 256 * 1024u64;
+    for i in 0..files {
+        let line = format!("file {i}: the quick brown fox jumps over the lazy dog\n");
+        let data: Vec<u8> = line.bytes().cycle().take(size as usize).collect();
+        let p = ctx.join(format!("d{}/f{i}.txt", i % 4));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let total = files * size;
+    // Files written this recently are never kept in the checksum cache
+    // (its racy-write rule), and the warm case below needs them kept.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let dockerfile = t.path().join("Dockerfile");
+    let build = |store: &Path, copy_to: &str, dest: &Path| {
+        std::fs::write(&dockerfile, format!("FROM {BUSYBOX}\nCOPY . {copy_to}\n")).unwrap();
+        let output = format!("type=oci,tar=false,dest={}", dest.display());
+        let mut cmd = Command::new(common::bin());
+        cmd.arg("--root")
+            .arg(store)
+            .arg(&ctx)
+            .args(["-f", dockerfile.to_str().unwrap()])
+            .args(["--platform", "linux/amd64", "-o", &output])
+            .args(["--progress", "plain"])
+            .env("KUBECTL_BUILD_LOG", "kbuild_solver=debug")
+            .env("SOURCE_DATE_EPOCH", "1000000000");
+        let (r, rchar) = run_counting_reads(&mut cmd);
+        (r.ok(), rchar)
+    };
+    let first_copy = "the copy runs before its key is known";
+    let found_after = "a copy run before its key was found in the cache";
+
+    let store = t.path().join("store");
+    if busybox_image(&store, "linux/amd64").is_none() {
+        return;
+    }
+    let (cold, read) = build(&store, "/data", &t.path().join("cold"));
+    assert!(
+        cold.stderr.contains(first_copy) && cold.stderr.contains("layer made while copying"),
+        "{}",
+        cold.stderr
+    );
+    // Each file once, plus the base image, the Dockerfile, the small blob
+    // of the export: well under two reads of the context.
+    assert!(
+        read >= total && read < total + total / 2,
+        "{read} bytes read for a context of {total}\n{}",
+        cold.stderr
+    );
+    let made = last_layer(&t.path().join("cold"));
+
+    // The same store without its checksum cache: the copy runs first
+    // again, then finds its key in the cache.
+    std::fs::remove_dir_all(store.join("checksums")).unwrap();
+    let (again, _) = build(&store, "/data", &t.path().join("again"));
+    assert!(
+        again.stderr.contains(first_copy) && again.stderr.contains(found_after),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(last_layer(&t.path().join("again")), made);
+
+    // Another store whose checksum cache knows the files (from a COPY
+    // elsewhere): the key comes first, and the layer is the same.
+    let other = t.path().join("other");
+    if busybox_image(&other, "linux/amd64").is_none() {
+        return;
+    }
+    build(&other, "/elsewhere", &t.path().join("warmup"));
+    let (warm, _) = build(&other, "/data", &t.path().join("warm"));
+    assert!(!warm.stderr.contains(first_copy), "{}", warm.stderr);
+    assert_eq!(last_layer(&t.path().join("warm")), made);
 }

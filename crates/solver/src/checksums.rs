@@ -20,6 +20,13 @@
 //! from a manifest it hashed) can also remember whole checksums over it in
 //! a [`TreeChecksums`]: the same request over the same generation then
 //! looks at no file at all ([`ChecksumCache::tree_checksum`]).
+//!
+//! A copy that reads files anyway (a COPY run before its key is known, see
+//! `fileop`) hashes them while it copies and tells the cache
+//! ([`ChecksumCache::learn`]); the key is then computed from what it
+//! learned, without reading the files again. What a build learns is kept
+//! for the rest of the build even where the racy-write rule keeps it out of
+//! the file.
 
 use std::collections::HashMap;
 use std::fs;
@@ -77,7 +84,8 @@ struct File {
 /// The digests of one context directory's files; see the module docs.
 #[derive(Debug)]
 pub struct ChecksumCache {
-    path: PathBuf,
+    /// The cache file; `None` for [`ChecksumCache::in_memory`].
+    path: Option<PathBuf>,
     /// `None` until the cache file is read (when first needed).
     state: Mutex<Option<State>>,
     /// The generation of the tree the directory holds, and where checksums
@@ -99,9 +107,37 @@ pub struct TreeChecksums {
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<String, (Stat, String)>,
+    /// Digests learned by this build that the racy-write rule keeps out of
+    /// `entries` (never saved).
+    racy: HashMap<String, (Stat, String)>,
     dirty: bool,
     hashed_bytes: u64,
     looked_up: u64,
+}
+
+impl State {
+    fn known(&self, rel: &str, stat: &Stat) -> Option<String> {
+        [&self.entries, &self.racy]
+            .into_iter()
+            .find_map(|m| m.get(rel).filter(|(known, _)| known == stat))
+            .map(|(_, digest)| digest.clone())
+    }
+
+    /// Keeps `digest` of the file `rel` whose metadata was `stat` when it
+    /// was read from `hashed_at` on.
+    fn keep(&mut self, rel: &str, stat: Stat, digest: &str, hashed_at: SystemTime) {
+        let modified = UNIX_EPOCH + Duration::from_nanos(stat.mtime_ns.max(0) as u64);
+        let changed = UNIX_EPOCH + Duration::from_nanos(stat.ctime_ns.max(0) as u64);
+        if modified.max(changed) + RACY_WINDOW >= hashed_at {
+            self.racy
+                .insert(rel.to_string(), (stat, digest.to_string()));
+        } else {
+            self.racy.remove(rel);
+            self.entries
+                .insert(rel.to_string(), (stat, digest.to_string()));
+            self.dirty = true;
+        }
+    }
 }
 
 impl ChecksumCache {
@@ -113,7 +149,7 @@ impl ChecksumCache {
     pub fn load(dir: &Path, context: &Path) -> ChecksumCache {
         let key = hex::encode(Sha256::digest(context.as_os_str().as_encoded_bytes()));
         ChecksumCache {
-            path: dir.join(format!("{key}.json")),
+            path: Some(dir.join(format!("{key}.json"))),
             state: Mutex::new(None),
             tree: None,
             tree_hits: AtomicU64::new(0),
@@ -141,32 +177,77 @@ impl ChecksumCache {
         request: &[u8],
         compute: impl FnOnce() -> Result<String, E>,
     ) -> Result<String, E> {
-        let Some((generation, memo)) = &self.tree else {
-            return compute();
-        };
-        let mut h = Sha256::new();
-        h.update(generation);
-        h.update(request);
-        let key: [u8; 32] = h.finalize().into();
-        let known = memo.known.lock().ok().and_then(|k| k.get(&key).cloned());
-        if let Some(checksum) = known {
-            self.tree_hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(checksum) = self.tree_remembered(request) {
             return Ok(checksum);
         }
         let checksum = compute()?;
+        self.tree_remember(request, &checksum);
+        Ok(checksum)
+    }
+
+    /// The checksum of `request` remembered for the tree's generation
+    /// (counted in [`tree_hits`](Self::tree_hits)); `None` without one.
+    pub fn tree_remembered(&self, request: &[u8]) -> Option<String> {
+        let (key, memo) = self.tree_key(request)?;
+        let known = memo.known.lock().ok()?.get(&key).cloned()?;
+        self.tree_hits.fetch_add(1, Ordering::Relaxed);
+        Some(known)
+    }
+
+    /// Remembers `checksum` of `request` for the tree's generation (nothing
+    /// without one).
+    pub fn tree_remember(&self, request: &[u8], checksum: &str) {
+        let Some((key, memo)) = self.tree_key(request) else {
+            return;
+        };
         if let Ok(mut known) = memo.known.lock() {
             if known.len() >= MAX_TREE_CHECKSUMS {
                 known.clear();
             }
-            known.insert(key, checksum.clone());
+            known.insert(key, checksum.to_string());
         }
-        Ok(checksum)
+    }
+
+    /// Where `request`'s checksum over this generation is remembered.
+    fn tree_key(&self, request: &[u8]) -> Option<([u8; 32], &TreeChecksums)> {
+        let (generation, memo) = self.tree.as_ref()?;
+        let mut h = Sha256::new();
+        h.update(generation);
+        h.update(request);
+        Some((h.finalize().into(), memo))
     }
 
     /// Checksums [`tree_checksum`](Self::tree_checksum) took from what it
     /// remembered, without looking at the directory.
     pub fn tree_hits(&self) -> u64 {
         self.tree_hits.load(Ordering::Relaxed)
+    }
+
+    /// An empty cache with no file behind it, to collect what a copy learns
+    /// on another thread; [`absorb`](Self::absorb) hands that on.
+    pub fn in_memory() -> ChecksumCache {
+        ChecksumCache {
+            path: None,
+            state: Mutex::new(None),
+            tree: None,
+            tree_hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes in what `other` learned (its digests and the bytes it read).
+    pub fn absorb(&self, other: &ChecksumCache) {
+        let Some(learned) = other.with(std::mem::take) else {
+            return;
+        };
+        self.with(|state| {
+            state.hashed_bytes += learned.hashed_bytes;
+            state.dirty |= !learned.entries.is_empty();
+            for (rel, entry) in learned.entries {
+                state.racy.remove(&rel);
+                state.entries.insert(rel, entry);
+            }
+            state.racy.extend(learned.racy);
+        });
     }
 
     /// Reads the cache file now unless it was read already.
@@ -178,8 +259,10 @@ impl ChecksumCache {
     fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> Option<R> {
         let mut state = self.state.lock().ok()?;
         let state = state.get_or_insert_with(|| State {
-            entries: fs::read(&self.path)
-                .ok()
+            entries: self
+                .path
+                .as_ref()
+                .and_then(|path| fs::read(path).ok())
                 .and_then(|b| serde_json::from_slice::<File>(&b).ok())
                 .filter(|f| f.version == VERSION)
                 .map(|f| f.entries)
@@ -192,18 +275,7 @@ impl ChecksumCache {
     /// The sha256 (hex) of the file at `path` (`rel` in the context), from
     /// the cache when its metadata `md` is unchanged, else by reading it.
     pub fn digest(&self, rel: &str, path: &Path, md: &fs::Metadata) -> std::io::Result<String> {
-        let stat = Stat::of(md);
-        let known = self
-            .with(|state| {
-                state.looked_up += 1;
-                state
-                    .entries
-                    .get(rel)
-                    .filter(|(known, _)| *known == stat)
-                    .map(|(_, digest)| digest.clone())
-            })
-            .flatten();
-        if let Some(digest) = known {
+        if let Some(digest) = self.known(rel, md) {
             return Ok(digest);
         }
         let hashed_at = SystemTime::now();
@@ -211,19 +283,39 @@ impl ChecksumCache {
         let mut h = Sha256::new();
         let n = std::io::copy(&mut file, &mut h)?;
         let digest = hex::encode(h.finalize());
-        let modified = UNIX_EPOCH + Duration::from_nanos(stat.mtime_ns.max(0) as u64);
-        let changed = UNIX_EPOCH + Duration::from_nanos(stat.ctime_ns.max(0) as u64);
-        let racy = modified.max(changed) + RACY_WINDOW >= hashed_at;
-        self.with(|state| {
-            state.hashed_bytes += n;
-            if !racy {
-                state
-                    .entries
-                    .insert(rel.to_string(), (stat, digest.clone()));
-                state.dirty = true;
-            }
-        });
+        self.learn(rel, md, &digest, n, hashed_at);
         Ok(digest)
+    }
+
+    /// The sha256 (hex) of the file `rel` if the cache (or this build) knows
+    /// it for metadata `md`, without reading anything.
+    pub fn known(&self, rel: &str, md: &fs::Metadata) -> Option<String> {
+        let stat = Stat::of(md);
+        self.with(|state| {
+            state.looked_up += 1;
+            state.known(rel, &stat)
+        })
+        .flatten()
+    }
+
+    /// Records that the file `rel`, whose metadata was `md` when reading it
+    /// began at `hashed_at`, held `bytes` bytes of sha256 `digest` (hex):
+    /// what a copy that hashed the file while copying it learned. The
+    /// racy-write rule applies as for [`digest`](Self::digest): a racy
+    /// entry serves the rest of this build but is not saved.
+    pub fn learn(
+        &self,
+        rel: &str,
+        md: &fs::Metadata,
+        digest: &str,
+        bytes: u64,
+        hashed_at: SystemTime,
+    ) {
+        let stat = Stat::of(md);
+        self.with(|state| {
+            state.hashed_bytes += bytes;
+            state.keep(rel, stat, digest, hashed_at);
+        });
     }
 
     /// Records that the file at `rel`, whose metadata is now `md`, holds
@@ -282,14 +374,17 @@ impl ChecksumCache {
         };
         let bytes = serde_json::to_vec(&file).unwrap_or_default();
         state.entries = file.entries;
-        if let Some(dir) = self.path.parent() {
+        let Some(path) = self.path.as_ref() else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|source| kbuild_image::Error::Io {
                 action: "create the checksum cache directory",
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
-        kbuild_image::write_atomic(&self.path, &bytes)?;
+        kbuild_image::write_atomic(path, &bytes)?;
         state.dirty = false;
         Ok(())
     }
@@ -336,6 +431,43 @@ mod tests {
         let d3 = third.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
         assert_ne!(d3, d1);
         assert_eq!(third.hashed_bytes(), 3);
+    }
+
+    #[test]
+    fn what_a_copy_learned_serves_the_build_and_is_saved_unless_racy() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let (old, new) = (ctx.join("old"), ctx.join("new"));
+        fs::write(&old, "old").unwrap();
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        fs::write(&new, "new").unwrap();
+        let sha = |s: &str| hex::encode(Sha256::digest(s));
+        let dir = t.path().join("cache");
+        let cache = ChecksumCache::load(&dir, &ctx);
+        let learned = ChecksumCache::in_memory();
+        let now = SystemTime::now();
+        for (rel, path, text) in [("old", &old, "old"), ("new", &new, "new")] {
+            let md = fs::metadata(path).unwrap();
+            assert_eq!(cache.known(rel, &md), None);
+            learned.learn(rel, &md, &sha(text), 3, now);
+        }
+        cache.absorb(&learned);
+        assert_eq!(cache.hashed_bytes(), 6);
+        // Both serve this build without reading.
+        for (rel, path, text) in [("old", &old, "old"), ("new", &new, "new")] {
+            let md = fs::metadata(path).unwrap();
+            assert_eq!(cache.digest(rel, path, &md).unwrap(), sha(text));
+        }
+        assert_eq!(cache.hashed_bytes(), 6);
+        cache.save(&ctx).unwrap();
+        // The next build knows the old file only.
+        let next = ChecksumCache::load(&dir, &ctx);
+        assert_eq!(
+            next.known("old", &fs::metadata(&old).unwrap()),
+            Some(sha("old"))
+        );
+        assert_eq!(next.known("new", &fs::metadata(&new).unwrap()), None);
     }
 
     #[test]

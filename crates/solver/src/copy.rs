@@ -230,8 +230,72 @@ fn join_rel(base: &str, name: &str) -> String {
 /// Digest of everything the request would read: paths, types, modes, owners
 /// (for stage sources), link targets and contents. Feeds the cache key.
 pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
+    let digest = checksum_with(src, req, &mut |rel, path, md| {
+        let digest = match src.checksums {
+            Some(cache) => cache.digest(rel, path, md).map_err(io_err(path))?,
+            None => {
+                let mut f = fs::File::open(path).map_err(io_err(path))?;
+                let mut fh = Sha256::new();
+                io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
+                hex::encode(fh.finalize())
+            }
+        };
+        Ok(Some(digest))
+    })?;
+    // Every file had a digest.
+    Ok(digest.unwrap_or_default())
+}
+
+/// What [`checksum`] gives when the source's checksum cache knows every
+/// file it reads, found without reading any file content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The checksum.
+    Known(String),
+    /// Files the cache does not know: their bytes, and the bytes of all
+    /// the files the request reads.
+    Unknown {
+        /// Bytes of the files whose digest is unknown.
+        unknown: u64,
+        /// Bytes of every file the request reads.
+        total: u64,
+    },
+}
+
+/// [`checksum`] as far as the checksum cache alone can tell it: no file
+/// content is read. Without a cache every file is unknown.
+pub(crate) fn checksum_probe(src: &Source, req: &Request) -> Result<Probe, CopyError> {
+    let (mut unknown, mut total) = (0u64, 0u64);
+    let digest = checksum_with(src, req, &mut |rel, _, md| {
+        total += md.len();
+        let known = src.checksums.and_then(|c| c.known(rel, md));
+        if known.is_none() {
+            unknown += md.len();
+        }
+        Ok(known)
+    })?;
+    Ok(match digest {
+        Some(d) if unknown == 0 => Probe::Known(d),
+        _ => Probe::Unknown { unknown, total },
+    })
+}
+
+/// A regular file's digest (hex) for [`checksum_with`], from its relative
+/// path, host path and metadata; `None` when it is not known.
+type FileDigest<'a> =
+    dyn FnMut(&str, &Path, &fs::Metadata) -> Result<Option<String>, CopyError> + 'a;
+
+/// The walk of [`checksum`], with `file` giving each regular file's
+/// digest; `None` when `file` gave `None` for some file (the walk goes on
+/// to the end, so `file` sees every file).
+fn checksum_with(
+    src: &Source,
+    req: &Request,
+    file: &mut FileDigest<'_>,
+) -> Result<Option<String>, CopyError> {
     let matched = expand(src, req)?;
     let mut h = Sha256::new();
+    let mut complete = true;
     for m in &matched {
         h.update(b"src\0");
         h.update(m.rel.as_bytes());
@@ -252,16 +316,10 @@ pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
                         .as_bytes(),
                 );
             } else if ft.is_file() {
-                let digest = match src.checksums {
-                    Some(cache) => cache.digest(rel, path, md).map_err(io_err(path))?,
-                    None => {
-                        let mut f = fs::File::open(path).map_err(io_err(path))?;
-                        let mut fh = Sha256::new();
-                        io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
-                        hex::encode(fh.finalize())
-                    }
-                };
-                h.update(digest.as_bytes());
+                match file(rel, path, md)? {
+                    Some(digest) => h.update(digest.as_bytes()),
+                    None => complete = false,
+                }
             } else if ft.is_block_device() || ft.is_char_device() {
                 h.update(format!("{}", md.rdev()).as_bytes());
             }
@@ -269,7 +327,7 @@ pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
             Ok(())
         })?;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(complete.then(|| hex::encode(h.finalize())))
 }
 
 struct HashWriter<'a>(&'a mut Sha256);
@@ -391,16 +449,35 @@ pub(crate) trait Tee {
     fn file_done(&mut self, rel: &[u8], meta: &EntryMeta, len: u64);
 }
 
+/// A source file being read, hashed on the way when `sha` is given.
+struct Hashed<'a> {
+    file: &'a mut fs::File,
+    sha: Option<Sha256>,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl Read for Hashed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        if let Some(sha) = self.sha.as_mut() {
+            sha.update(&buf[..n]);
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads a source file and writes what it reads to the copy, so that one
-/// read feeds both the copy and the layer.
-struct TeeRead<'a> {
-    from: &'a mut fs::File,
+/// read feeds the copy, the layer and (when wanted) the file's checksum.
+struct TeeRead<'a, 'f> {
+    from: &'a mut Hashed<'f>,
     to: &'a mut fs::File,
     /// A failed write to the copy: the copy's error.
     failed: Option<io::Error>,
 }
 
-impl Read for TeeRead<'_> {
+impl Read for TeeRead<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.from.read(buf)?;
         if let Err(e) = self.to.write_all(&buf[..n]) {
@@ -527,7 +604,7 @@ pub(crate) fn copy_teed(
                     .unwrap_or(rel)
                     .trim_start_matches('/');
                 let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
-                match write_entry(dest_root, &cpath, path, md, src, req, again(&mut tee)) {
+                match write_entry(dest_root, &cpath, rel, path, md, src, req, again(&mut tee)) {
                     Ok(Some(d)) => dirs_to_stamp.push((d, md.clone())),
                     Ok(None) => {}
                     Err(e) => err = Some(e),
@@ -563,7 +640,16 @@ pub(crate) fn copy_teed(
                 dest.clone()
             };
             let lmd = fs::metadata(&m.path).map_err(io_err(&m.path))?;
-            write_entry(dest_root, &cpath, &m.path, &lmd, src, req, again(&mut tee))?;
+            write_entry(
+                dest_root,
+                &cpath,
+                &m.rel,
+                &m.path,
+                &lmd,
+                src,
+                req,
+                again(&mut tee),
+            )?;
         }
     }
     // Directory mtimes last, after their children were written.
@@ -614,10 +700,15 @@ pub(crate) fn mkdir_all(root: &Path, cpath: &str, req: &Request) -> Result<PathB
 }
 
 /// Write one entry at container path `cpath`, telling `tee` about it;
-/// returns the host path when it is a directory.
+/// returns the host path when it is a directory. `src_rel` is the entry's
+/// path in the source tree: with a checksum cache in `src`, a regular file
+/// the cache does not know is hashed while it is copied and the cache
+/// learns its digest.
+#[allow(clippy::too_many_arguments)]
 fn write_entry(
     root: &Path,
     cpath: &str,
+    src_rel: &str,
     src_path: &Path,
     md: &fs::Metadata,
     src: &Source,
@@ -681,7 +772,16 @@ fn write_entry(
             t.symlink(&rel);
         }
     } else if ft.is_file() {
-        let mut from = fs::File::open(src_path).map_err(io_err(src_path))?;
+        let learn = src
+            .checksums
+            .filter(|c| c.known(src_rel, md).is_none())
+            .map(|c| (c, std::time::SystemTime::now()));
+        let mut file = fs::File::open(src_path).map_err(io_err(src_path))?;
+        let mut from = Hashed {
+            file: &mut file,
+            sha: learn.map(|_| Sha256::new()),
+            read: 0,
+        };
         let mut to = fs::File::create(&host).map_err(io_err(&host))?;
         let (uid, gid) = owner(md, src, req);
         let meta = EntryMeta {
@@ -702,8 +802,21 @@ fn write_entry(
             }
         }
         // What the tee left unread (all of it without a tee).
-        io::copy(&mut from, &mut to).map_err(io_err(&host))?;
+        if from.sha.is_some() {
+            io::copy(
+                &mut io::BufReader::with_capacity(128 * 1024, &mut from),
+                &mut to,
+            )
+            .map_err(io_err(&host))?;
+        } else {
+            // Nothing to hash: the kernel may copy without reading it here.
+            io::copy(from.file, &mut to).map_err(io_err(&host))?;
+        }
         drop(to);
+        if let (Some((cache, hashed_at)), Some(sha)) = (learn, from.sha.take()) {
+            let digest = hex::encode(sha.finalize());
+            cache.learn(src_rel, md, &digest, from.read, hashed_at);
+        }
         set_meta(&host, md, src, req, false)?;
         if let Some(t) = tee {
             t.file_done(&rel, &meta, md.len());

@@ -11,6 +11,7 @@ use kbuild_worker::snapshot::Snapshotter;
 
 use crate::assemble::now_rfc3339;
 use crate::cache::{self, KeyParts};
+use crate::checksums::ChecksumCache;
 use crate::copy;
 use crate::engine::{Context, State};
 use crate::error::{SolveError, StepError};
@@ -27,7 +28,24 @@ enum CopyFrom {
     Dir {
         root: PathBuf,
         ignore: Option<kbuild_ignore::Matcher>,
+        /// Learns the digests of the files the copy reads (a copy run
+        /// before its key is known, see [`KeyFirst::RunFirst`]).
+        learn: Option<Arc<ChecksumCache>>,
     },
+}
+
+/// Whether a file op's key is known before it runs.
+enum KeyFirst {
+    /// The key: look it up in the caches, run the op on a miss.
+    Key(String),
+    /// One copy from the build context, most of whose files the checksum
+    /// cache does not know (a fresh store, a fresh checkout): the key
+    /// would read them all just to hash them, and the copy would read them
+    /// again. The copy runs first instead, hashing each file as it copies
+    /// it (one read per file), and the key is computed from those digests
+    /// once it is done. If the key is then found in the cache, the cached
+    /// state is the result, as if it had been found first.
+    RunFirst,
 }
 
 /// Run a file op on `parent`. Returns the state and whether it came
@@ -44,8 +62,13 @@ pub(crate) async fn run(
     let fail = |e: StepError| step_error(op, e);
     let instruction = instruction_of(op);
     check_dest(f, instruction).map_err(fail)?;
-    let key = key(x, op, f, inputs, instruction).map_err(fail)?;
-    if !solver.opts.no_cache {
+    let first = key_first(x, op, f, inputs, instruction).map_err(fail)?;
+    let key = match first {
+        KeyFirst::Key(key) => Some(key),
+        KeyFirst::RunFirst => None,
+    };
+    if let (Some(key), false) = (&key, solver.opts.no_cache) {
+        let key = key.clone();
         if let Some(st) = cache::cached(&solver.store, &key, &parent, solver.opts.compression)? {
             vertex.start();
             return Ok((Arc::new(st), true));
@@ -77,10 +100,18 @@ pub(crate) async fn run(
     } else {
         solver.layer_dirs(&parent.layers).await?
     };
-    let froms = copy_sources(x, f, inputs).await.map_err(|e| match e {
+    let mut froms = copy_sources(x, f, inputs).await.map_err(|e| match e {
         Ok(step) => fail(step),
         Err(solve) => solve,
     })?;
+    let learned = key.is_none().then(|| Arc::new(ChecksumCache::in_memory()));
+    if let Some(l) = &learned {
+        for from in froms.iter_mut().flatten() {
+            if let CopyFrom::Dir { learn, .. } = from {
+                *learn = Some(Arc::clone(l));
+            }
+        }
+    }
     let permit = solver.cpu.clone().acquire_owned().await?;
     vertex.start();
     let snaps = solver.snaps.clone();
@@ -130,6 +161,29 @@ pub(crate) async fn run(
     })
     .await?
     .map_err(fail)?;
+    let key = match key {
+        Some(key) => key,
+        None => {
+            // The copy hashed what it read: the key reads nothing more.
+            if let (Some(cache), Some(learned)) = (x.ctx.checksums.as_ref(), &learned) {
+                cache.absorb(learned);
+            }
+            let key = self::key(x, op, f, inputs, instruction).map_err(fail)?;
+            if !solver.opts.no_cache {
+                if let Some(st) =
+                    cache::cached(&solver.store, &key, &parent, solver.opts.compression)?
+                {
+                    // Its layer is, but for a store made by another
+                    // version, the one just made (its snapshot already
+                    // adopted under the same diff id); otherwise what was
+                    // made is left to prune.
+                    tracing::debug!(%key, "a copy run before its key was found in the cache");
+                    return Ok((Arc::new(st), true));
+                }
+            }
+            key
+        }
+    };
     let created = now_rfc3339(solver.opts.source_date_epoch);
     let st = result_state(&parent, f, layer.as_ref(), &created, key).map_err(fail)?;
     cache::record(&solver.store, &st, layer)?;
@@ -196,6 +250,67 @@ fn check_dest(f: &FileOp, instruction: &'static str) -> Result<(), StepError> {
     }
 }
 
+/// Whether `f`'s key is computed before it runs (see [`KeyFirst`]).
+fn key_first(
+    x: &Exec,
+    op: &Op,
+    f: &FileOp,
+    inputs: &[Value],
+    instruction: &'static str,
+) -> Result<KeyFirst, StepError> {
+    let windows = op
+        .platform
+        .as_deref()
+        .is_some_and(|p| p.starts_with("windows/"));
+    let (a, dockerignore) = match f.actions.as_slice() {
+        [a @ FileAction::Copy { input, .. }] => match inputs.get(*input) {
+            Some(Value::Context {
+                dockerignore,
+                name: None,
+            }) => (a, *dockerignore),
+            _ => return key(x, op, f, inputs, instruction).map(KeyFirst::Key),
+        },
+        _ => return key(x, op, f, inputs, instruction).map(KeyFirst::Key),
+    };
+    // With imported caches a hit is likely even where the checksum cache
+    // is cold (a fresh CI runner): the key comes first.
+    if windows || x.ctx.checksums.is_none() || !x.imported.is_empty() {
+        return key(x, op, f, inputs, instruction).map(KeyFirst::Key);
+    }
+    let req = request(a, instruction).unwrap_or_default();
+    match context_probe(x.ctx, dockerignore, &req)? {
+        copy::Probe::Known(sum) => {
+            let mut key = key_parts(x, op, inputs);
+            key.push(sum);
+            Ok(KeyFirst::Key(key.finish()))
+        }
+        // Most of the bytes would be read for the key alone (or, with
+        // --no-cache, the key is only recorded): copy first.
+        copy::Probe::Unknown { unknown, total }
+            if x.solver.opts.no_cache || unknown >= total - unknown =>
+        {
+            tracing::debug!(unknown, total, "the copy runs before its key is known");
+            Ok(KeyFirst::RunFirst)
+        }
+        copy::Probe::Unknown { .. } => key(x, op, f, inputs, instruction).map(KeyFirst::Key),
+    }
+}
+
+/// What every file op's key holds before the checksums of the context
+/// files it reads.
+fn key_parts(x: &Exec, op: &Op, inputs: &[Value]) -> KeyParts {
+    let mut key = KeyParts::default();
+    key.push(op.id.0.as_bytes());
+    key.push(format!(
+        "source-date-epoch:{:?}",
+        x.solver.opts.source_date_epoch
+    ));
+    for i in inputs {
+        key.push(i.key().as_bytes());
+    }
+    key
+}
+
 /// The cache key: the op, its inputs' keys, `SOURCE_DATE_EPOCH` (file
 /// times and history dates depend on it) and the checksum of every
 /// context file a copy reads.
@@ -206,15 +321,7 @@ pub(crate) fn key(
     inputs: &[Value],
     instruction: &'static str,
 ) -> Result<String, StepError> {
-    let mut key = KeyParts::default();
-    key.push(op.id.0.as_bytes());
-    key.push(format!(
-        "source-date-epoch:{:?}",
-        x.solver.opts.source_date_epoch
-    ));
-    for i in inputs {
-        key.push(i.key().as_bytes());
-    }
+    let mut key = key_parts(x, op, inputs);
     for a in &f.actions {
         let FileAction::Copy { input, .. } = a else {
             continue;
@@ -256,8 +363,14 @@ pub(crate) fn context_checksum(
     let Some(cache) = checksums else {
         return Ok(copy::checksum(&src, req)?);
     };
-    // What the checksum reads of the request, for a cache that knows its
-    // tree's generation (a builder daemon's context copy).
+    Ok(cache.tree_checksum(&tree_request(dockerignore, req), || {
+        copy::checksum(&src, req)
+    })?)
+}
+
+/// What the checksum reads of the request, for a cache that knows its
+/// tree's generation (a builder daemon's context copy).
+fn tree_request(dockerignore: bool, req: &copy::Request) -> Vec<u8> {
     let mut key = vec![u8::from(dockerignore)];
     for list in [&req.sources, &req.excludes] {
         key.extend_from_slice(&(list.len() as u64).to_le_bytes());
@@ -266,7 +379,50 @@ pub(crate) fn context_checksum(
             key.extend_from_slice(p.as_bytes());
         }
     }
-    Ok(cache.tree_checksum(&key, || copy::checksum(&src, req))?)
+    key
+}
+
+/// [`copy::checksum_probe`] of the main context's files `req` reads; for a
+/// context whose tree generation is known (a builder daemon's copy), the
+/// checksum remembered for it without looking at any file, and a checksum
+/// the probe finds is remembered.
+fn context_probe(
+    ctx: &Context,
+    dockerignore: bool,
+    req: &copy::Request,
+) -> Result<copy::Probe, StepError> {
+    let tree = ctx
+        .checksums
+        .as_ref()
+        .map(|cache| (cache, tree_request(dockerignore, req)));
+    if let Some(sum) = tree.as_ref().and_then(|(c, r)| c.tree_remembered(r)) {
+        return Ok(copy::Probe::Known(sum));
+    }
+    let probe = probe_files(ctx, dockerignore, req)?;
+    if let (Some((cache, request)), copy::Probe::Known(sum)) = (&tree, &probe) {
+        cache.tree_remember(request, sum);
+    }
+    Ok(probe)
+}
+
+/// The stat-only walk of [`context_probe`].
+fn probe_files(
+    ctx: &Context,
+    dockerignore: bool,
+    req: &copy::Request,
+) -> Result<copy::Probe, StepError> {
+    let dir = ctx.root(None)?;
+    let excluded = |p: &str, d: bool| dockerignore && ctx.excluded(p, d);
+    let descend = |p: &str| dockerignore && ctx.may_contain_included(p);
+    let src = copy::Source {
+        root: dir,
+        what: "build context",
+        excluded: &excluded,
+        may_contain_included: &descend,
+        keep_owner: false,
+        checksums: ctx.checksums.as_ref(),
+    };
+    Ok(copy::checksum_probe(&src, req)?)
 }
 
 /// The copy request of a copy action (`None` for other actions).
@@ -321,10 +477,12 @@ async fn copy_sources(
                 } else {
                     None
                 },
+                learn: None,
             },
             Value::Download(d) => CopyFrom::Dir {
                 root: d.dir().await.map_err(Ok)?,
                 ignore: None,
+                learn: None,
             },
         }));
     }
@@ -420,7 +578,11 @@ fn copy_from(
             })?;
             Ok(r?)
         }
-        Some(CopyFrom::Dir { root, ignore }) => {
+        Some(CopyFrom::Dir {
+            root,
+            ignore,
+            learn,
+        }) => {
             let excluded = |p: &str, d: bool| ignore.as_ref().is_some_and(|m| m.is_excluded(p, d));
             let descend = |p: &str| ignore.as_ref().is_some_and(|m| m.may_contain_included(p));
             let src = copy::Source {
@@ -429,7 +591,7 @@ fn copy_from(
                 excluded: &excluded,
                 may_contain_included: &descend,
                 keep_owner: false,
-                checksums: None,
+                checksums: learn.as_deref(),
             };
             Ok(copy::copy_teed(&src, req, merged, tee)?)
         }
