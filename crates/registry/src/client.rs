@@ -768,13 +768,7 @@ impl Client {
         if response.status() != StatusCode::UNAUTHORIZED {
             return None;
         }
-        let values: Vec<String> = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let challenge = parse_challenge(values.iter().map(String::as_str))?;
+        let challenge = challenge_of(&response)?;
         self.state()
             .challenges
             .insert(registry.to_string(), challenge.clone());
@@ -818,13 +812,7 @@ impl Client {
             StatusCode::FORBIDDEN => return Err(self.unauthorized(scope, 403).await.into()),
             _ => return self.judge(&scope.registry, req, response).await,
         }
-        let values: Vec<String> = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let Some(challenge) = parse_challenge(values.iter().map(String::as_str)) else {
+        let Some(challenge) = challenge_of(&response) else {
             return Err(self.unauthorized(scope, 401).await.into());
         };
         let known = self
@@ -1345,6 +1333,17 @@ impl futures_util::Stream for FileRange {
             }
         }
     }
+}
+
+/// The challenge of a 401 response's `WWW-Authenticate` headers.
+fn challenge_of(response: &Response) -> Option<Challenge> {
+    let values: Vec<&str> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    parse_challenge(values)
 }
 
 #[cfg(test)]

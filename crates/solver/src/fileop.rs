@@ -347,25 +347,36 @@ pub(crate) fn context_checksum(
     name: Option<&str>,
     req: &copy::Request,
 ) -> Result<String, StepError> {
+    let sum = on_context(ctx, dockerignore, name, |src| match src.checksums {
+        None => copy::checksum(src, req),
+        Some(cache) => cache.tree_checksum(&tree_request(dockerignore, req), || {
+            copy::checksum(src, req)
+        }),
+    })?;
+    Ok(sum?)
+}
+
+/// `f` on the context's files as a copy reads them (of the
+/// `--build-context` directory `name`, when given; the digests remembered
+/// are the main context's).
+fn on_context<R>(
+    ctx: &Context,
+    dockerignore: bool,
+    name: Option<&str>,
+    f: impl FnOnce(&copy::Source) -> R,
+) -> Result<R, StepError> {
     let dir = ctx.root(name)?;
     let excluded = |p: &str, d: bool| dockerignore && ctx.excluded(p, d);
     let descend = |p: &str| dockerignore && ctx.may_contain_included(p);
-    // The digests remembered are the main context's.
-    let checksums = ctx.checksums.as_ref().filter(|_| name.is_none());
     let src = copy::Source {
         root: dir,
         what: "build context",
         excluded: &excluded,
         may_contain_included: &descend,
         keep_owner: false,
-        checksums,
+        checksums: ctx.checksums.as_ref().filter(|_| name.is_none()),
     };
-    let Some(cache) = checksums else {
-        return Ok(copy::checksum(&src, req)?);
-    };
-    Ok(cache.tree_checksum(&tree_request(dockerignore, req), || {
-        copy::checksum(&src, req)
-    })?)
+    Ok(f(&src))
 }
 
 /// What the checksum reads of the request, for a cache that knows its
@@ -398,31 +409,13 @@ fn context_probe(
     if let Some(sum) = tree.as_ref().and_then(|(c, r)| c.tree_remembered(r)) {
         return Ok(copy::Probe::Known(sum));
     }
-    let probe = probe_files(ctx, dockerignore, req)?;
+    let probe = on_context(ctx, dockerignore, None, |src| {
+        copy::checksum_probe(src, req)
+    })??;
     if let (Some((cache, request)), copy::Probe::Known(sum)) = (&tree, &probe) {
         cache.tree_remember(request, sum);
     }
     Ok(probe)
-}
-
-/// The stat-only walk of [`context_probe`].
-fn probe_files(
-    ctx: &Context,
-    dockerignore: bool,
-    req: &copy::Request,
-) -> Result<copy::Probe, StepError> {
-    let dir = ctx.root(None)?;
-    let excluded = |p: &str, d: bool| dockerignore && ctx.excluded(p, d);
-    let descend = |p: &str| dockerignore && ctx.may_contain_included(p);
-    let src = copy::Source {
-        root: dir,
-        what: "build context",
-        excluded: &excluded,
-        may_contain_included: &descend,
-        keep_owner: false,
-        checksums: ctx.checksums.as_ref(),
-    };
-    Ok(copy::checksum_probe(&src, req)?)
 }
 
 /// The copy request of a copy action (`None` for other actions).
