@@ -173,22 +173,7 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
     );
     let after = tokens.requests().len();
     // (c) skopeo reads it.
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &format!("{user}:{password}"),
-            &format!("docker://{app}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_readable_with(&app, user, &password);
     let (_, log) = daemon.terminate();
 
     // (a) Every token request came from the client's address (the gateway
@@ -432,20 +417,5 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
     // The daemon fetched the tokens itself, with the login it was handed.
     assert!(tokens.requests().iter().all(|s| s.granted));
     assert!(!tokens.requests().is_empty());
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &format!("{user}:{password}"),
-            &format!("docker://{app}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_readable_with(&app, user, &password);
 }

@@ -378,7 +378,7 @@ fn push_with_credentials_only_on_the_client() {
         "{}",
         r.stderr
     );
-    assert_readable_with(&reference, user, &password);
+    common::assert_readable_with(&reference, user, &password);
     // Without the client's answer the daemon has no credentials: nothing
     // of them in its store or its logs.
     assert_stopped_without(&mut daemon, &[&password, &auth]);
@@ -390,27 +390,6 @@ fn docker_config(host: &str, user: &str, password: &str) -> (String, String) {
     let auth = base64(&format!("{user}:{password}"));
     let config = format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#);
     (auth, config)
-}
-
-/// Asserts `skopeo` reads `reference` with the credentials
-/// `user:password`.
-fn assert_readable_with(reference: &str, user: &str, password: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &format!("{user}:{password}"),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Asserts none of `secrets` is in a file of the daemon's store, then
@@ -852,7 +831,7 @@ fn push_with_bearer_tokens_only_on_the_client() {
         "every token request had the credentials"
     );
     // Readable with a token from the same server.
-    assert_readable_with(&reference, user, &password);
+    common::assert_readable_with(&reference, user, &password);
     // Without the client's credentials the daemon cannot push: the client's
     // answer is all it has.
     let r = env

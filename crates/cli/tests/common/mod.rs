@@ -428,3 +428,24 @@ pub fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, 
         })
         .collect()
 }
+
+/// Asserts `skopeo` reads `reference` with the credentials
+/// `user:password`.
+pub fn assert_readable_with(reference: &str, user: &str, password: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            "--creds",
+            &format!("{user}:{password}"),
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
