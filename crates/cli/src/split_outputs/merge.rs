@@ -1,0 +1,256 @@
+//! `-o type=tar` of a split build without unpacking: the nodes' filesystem
+//! tarballs are merged entry by entry into the tarball a one-node build
+//! writes. That one walks a tree holding one directory per platform
+//! (`linux_amd64/`, ...) in bytewise name order, so the merge takes the
+//! platforms in that order, each from its node's tarball: a node that built
+//! several platforms already has them in such directories (each one's
+//! entries together, in walk order); one that built one platform has it at
+//! the root, so its entries get the platform's directory as a prefix (link
+//! targets too) and the directory an entry of its own. Every entry goes
+//! through the workspace's one tar writer again (same bytes: it is what
+//! wrote them on the node), nothing is unpacked, so no root is needed.
+
+use super::io_err as io;
+use kbuild_image::tarball::{DeterministicTar, Entry, EntryKind, TarOptions};
+use kbuild_image::Error;
+use kbuild_platform::Platform;
+use kbuild_solver::outputs::platform_dir;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::iter::Peekable;
+use std::path::{Path, PathBuf};
+
+type Archive = tar::Archive<BufReader<File>>;
+
+/// One node's tarball as it is read.
+struct PartTar<'a> {
+    path: &'a Path,
+    /// Whether its platforms are in directories (the node built several).
+    several: bool,
+    entries: Peekable<tar::Entries<'a, BufReader<File>>>,
+}
+
+/// Writes to `out` the tarball of the platforms of `parts`: (the node's
+/// tarball, the platforms it built), every platform in one part only.
+pub(super) fn merge_parts(
+    parts: &[(PathBuf, &[Platform])],
+    options: TarOptions,
+    out: impl Write,
+) -> Result<(), Error> {
+    let mut archives = parts
+        .iter()
+        .map(|(path, _)| {
+            let file = File::open(path).map_err(io("open", path))?;
+            Ok(tar::Archive::new(BufReader::new(file)))
+        })
+        .collect::<Result<Vec<Archive>, Error>>()?;
+    let mut tars = parts
+        .iter()
+        .zip(archives.iter_mut())
+        .map(|((path, platforms), archive)| {
+            Ok(PartTar {
+                path,
+                several: platforms.len() > 1,
+                entries: archive.entries().map_err(io("read", path))?.peekable(),
+            })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let mut writer = DeterministicTar::new(out, options);
+    for (dir, part) in walk_order(parts) {
+        tars[part].copy_platform(&dir, &mut writer)?;
+    }
+    for tar in &mut tars {
+        tar.expect_end()?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+/// Each platform's directory with the index of its part, in the order a
+/// tree walk meets them (bytewise by name).
+fn walk_order(parts: &[(PathBuf, &[Platform])]) -> Vec<(String, usize)> {
+    let mut order: Vec<(String, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, platforms))| platforms.iter().map(move |p| (platform_dir(p), i)))
+        .collect();
+    order.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    order
+}
+
+impl PartTar<'_> {
+    /// Copies platform directory `dir` (with its contents) to `writer`.
+    fn copy_platform(
+        &mut self,
+        dir: &str,
+        writer: &mut DeterministicTar<impl Write>,
+    ) -> Result<(), Error> {
+        if self.several {
+            return self.copy_directory(dir, writer);
+        }
+        // The directory a node makes for a platform: its own, root's, 0755.
+        let mut top = Entry::new(dir, EntryKind::Dir);
+        top.mtime = now();
+        writer.append(&top, std::io::empty())?;
+        while let Some(entry) = self.entries.next() {
+            let mut entry = entry.map_err(io("read", self.path))?;
+            let header = entry_of(&mut entry, Some(dir)).map_err(io("read", self.path))?;
+            writer.append(&header, &mut entry)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the entries of this part under `dir/`: the next ones in it.
+    fn copy_directory(
+        &mut self,
+        dir: &str,
+        writer: &mut DeterministicTar<impl Write>,
+    ) -> Result<(), Error> {
+        let mut copied = 0usize;
+        loop {
+            match self.entries.peek() {
+                Some(Ok(e)) if top_dir(&e.path_bytes()) == dir.as_bytes() => {}
+                Some(Ok(_)) | None => break,
+                Some(Err(_)) => {}
+            }
+            let Some(entry) = self.entries.next() else {
+                break;
+            };
+            let mut entry = entry.map_err(io("read", self.path))?;
+            let header = entry_of(&mut entry, None).map_err(io("read", self.path))?;
+            writer.append(&header, &mut entry)?;
+            copied += 1;
+        }
+        if copied == 0 {
+            return Err(Error::TarEntry {
+                path: format!("{dir}/"),
+                reason: format!("{} has no such directory", self.path.display()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fails if entries are left that are in none of the part's platforms.
+    fn expect_end(&mut self) -> Result<(), Error> {
+        match self.entries.next() {
+            None => Ok(()),
+            Some(Err(e)) => Err(io("read", self.path)(e)),
+            Some(Ok(e)) => Err(Error::TarEntry {
+                path: String::from_utf8_lossy(&e.path_bytes()).into_owned(),
+                reason: format!(
+                    "{} has it outside the directories of its platforms",
+                    self.path.display()
+                ),
+            }),
+        }
+    }
+}
+
+/// The first component of an archive path.
+fn top_dir(path: &[u8]) -> &[u8] {
+    let path = path.strip_prefix(b"./").unwrap_or(path);
+    path.split(|b| *b == b'/').next().unwrap_or_default()
+}
+
+/// The writer's description of `entry`, its path (and a hard link's
+/// target) below `prefix` when one is given.
+fn entry_of<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    prefix: Option<&str>,
+) -> std::io::Result<Entry> {
+    let prefixed = |path: &[u8]| match prefix {
+        Some(p) => [p.as_bytes(), b"/", path].concat(),
+        None => path.to_vec(),
+    };
+    let header = entry.header();
+    let link = || {
+        entry
+            .link_name_bytes()
+            .map(|l| l.into_owned())
+            .unwrap_or_default()
+    };
+    let device = || -> std::io::Result<(u32, u32)> {
+        Ok((
+            header.device_major()?.unwrap_or(0),
+            header.device_minor()?.unwrap_or(0),
+        ))
+    };
+    let kind = match header.entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            EntryKind::File { size: entry.size() }
+        }
+        tar::EntryType::Directory => EntryKind::Dir,
+        tar::EntryType::Symlink => EntryKind::Symlink(link()),
+        tar::EntryType::Link => EntryKind::Hardlink(prefixed(&link())),
+        tar::EntryType::Char => {
+            let (major, minor) = device()?;
+            EntryKind::CharDevice { major, minor }
+        }
+        tar::EntryType::Block => {
+            let (major, minor) = device()?;
+            EntryKind::BlockDevice { major, minor }
+        }
+        tar::EntryType::Fifo => EntryKind::Fifo,
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "{}: unexpected tar entry type {other:?}",
+                    String::from_utf8_lossy(&entry.path_bytes())
+                ),
+            ))
+        }
+    };
+    let (mode, mut uid, mut gid, mtime) = (
+        header.mode()?,
+        header.uid()?,
+        header.gid()?,
+        header.mtime()?,
+    );
+    let path = prefixed(&entry.path_bytes());
+    let mut xattrs = BTreeMap::new();
+    if let Some(records) = entry.pax_extensions()? {
+        for record in records {
+            let record = record?;
+            let value = record.value_bytes();
+            match record.key_bytes() {
+                b"uid" => uid = pax_number(value)?,
+                b"gid" => gid = pax_number(value)?,
+                key => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        xattrs.insert(String::from_utf8_lossy(name).into_owned(), value.to_vec());
+                    }
+                }
+            }
+        }
+    }
+    Ok(Entry {
+        path,
+        kind,
+        mode: mode & 0o7777,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
+}
+
+fn pax_number(value: &[u8]) -> std::io::Result<u64> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad PAX id {:?}", String::from_utf8_lossy(value)),
+            )
+        })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
