@@ -254,3 +254,173 @@ fn now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{part_tar, write_merged_tar};
+    use kbuild_image::tarball::{DeterministicTar, TarOptions};
+    use kbuild_platform::Platform;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const OPTIONS: TarOptions = TarOptions {
+        source_date_epoch: Some(0),
+    };
+
+    /// Where [`merge_as_another_user`] finds the parts and writes the merge.
+    const DIR_ENV: &str = "KBUILD_TEST_MERGE_DIR";
+
+    fn platforms() -> [Platform; 3] {
+        ["linux/amd64", "linux/arm64", "linux/arm/v7"]
+            .map(|p| Platform::parse(p).expect("a platform"))
+    }
+
+    /// A platform's filesystem: a file, a directory, a symlink, a hard
+    /// link, a name too long for ustar.
+    fn fill(dir: &Path, platform: &Platform) {
+        let sub = dir.join("etc").join("x".repeat(120));
+        std::fs::create_dir_all(&sub).expect("mkdir");
+        std::fs::write(dir.join("etc/target"), format!("built for {platform}\n")).expect("write");
+        std::fs::write(sub.join("long"), "long").expect("write");
+        std::fs::hard_link(dir.join("etc/target"), dir.join("target.link")).expect("link");
+        std::os::unix::fs::symlink("etc/target", dir.join("target")).expect("symlink");
+        for d in [dir, &dir.join("etc"), &sub] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+
+    fn tar_of(tree: &Path, file: &Path) {
+        let f = std::fs::File::create(file).expect("create");
+        let mut t = DeterministicTar::new(f, OPTIONS);
+        t.append_dir_tree(tree, "").expect("tar");
+        t.finish().expect("finish");
+    }
+
+    /// Two nodes' tarballs in `dir` (output 0): part 0 built amd64 and
+    /// arm/v7 (in directories), part 1 arm64 (at its root); returns the
+    /// parts and the tarball one node building all three writes.
+    fn parts_and_whole(dir: &Path) -> (Vec<(usize, String, Vec<Platform>)>, Vec<u8>) {
+        let [amd64, arm64, armv7] = platforms();
+        let whole = dir.join("whole");
+        let several = dir.join("several");
+        for p in [&amd64, &arm64, &armv7] {
+            fill(&whole.join(kbuild_solver::outputs::platform_dir(p)), p);
+        }
+        for p in [&amd64, &armv7] {
+            fill(&several.join(kbuild_solver::outputs::platform_dir(p)), p);
+        }
+        let one = dir.join("one");
+        fill(&one, &arm64);
+        tar_of(&several, &part_tar(dir, 0, 0));
+        tar_of(&one, &part_tar(dir, 1, 0));
+        let expected = dir.join("expected.tar");
+        tar_of(&whole, &expected);
+        let parts = vec![
+            (0, "pair0".to_string(), vec![amd64, armv7]),
+            (1, "pair1".to_string(), vec![arm64]),
+        ];
+        (parts, std::fs::read(&expected).expect("read"))
+    }
+
+    #[test]
+    fn merged_parts_are_the_tarball_of_one_node() {
+        if !rustix::process::geteuid().is_root() {
+            kbuild_testkit::fixtures::skip_or_fail(
+                "the platform directories a node makes are root's: run as root",
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (parts, expected) = parts_and_whole(dir.path());
+        let dest = dir.path().join("out").join("fs.tar");
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        write_merged_tar(dir.path(), 0, &parts, &dest, OPTIONS).expect("merge");
+        let merged = std::fs::read(&dest).expect("read");
+        assert!(merged == expected, "the merged tarball differs");
+        // Nothing left beside it but the output.
+        let left: Vec<PathBuf> = std::fs::read_dir(dest.parent().expect("parent"))
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(left, vec![dest.clone()]);
+    }
+
+    /// A part that lacks a platform it claims fails the merge and leaves
+    /// no output behind.
+    #[test]
+    fn a_missing_platform_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        parts_and_whole(dir.path());
+        let [amd64, arm64, armv7] = platforms();
+        let s390x = Platform::parse("linux/s390x").expect("a platform");
+        let parts = vec![
+            (0, "pair0".to_string(), vec![amd64, armv7, s390x]),
+            (1, "pair1".to_string(), vec![arm64]),
+        ];
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).expect("mkdir");
+        let err = write_merged_tar(dir.path(), 0, &parts, &out.join("fs.tar"), OPTIONS)
+            .expect_err("a platform is missing");
+        assert!(
+            err.to_string().contains("\"linux_s390x/\"")
+                && err
+                    .to_string()
+                    .contains("part-0-0.tar has no such directory"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(&out).expect("list").count(), 0);
+    }
+
+    /// The merge as uid/gid 65534 (setpriv), into a directory that user
+    /// owns, gives the same bytes as the merge as root.
+    #[test]
+    fn merge_needs_no_root() {
+        if !rustix::process::geteuid().is_root() {
+            kbuild_testkit::fixtures::skip_or_fail("changing to uid 65534 needs root");
+            return;
+        }
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            kbuild_testkit::fixtures::skip_or_fail("setpriv (util-linux) is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, expected) = parts_and_whole(dir.path());
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("mkdir");
+        std::os::unix::fs::chown(&out, Some(65534), Some(65534)).expect("chown");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let status = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(std::env::current_exe().expect("the test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "split_outputs::merge::tests::merge_as_another_user",
+            ])
+            .env(DIR_ENV, dir.path())
+            .status()
+            .expect("run setpriv");
+        assert!(status.success(), "the merge as uid 65534 failed");
+        let merged = std::fs::read(out.join("fs.tar")).expect("read");
+        assert!(merged == expected, "the merged tarball differs");
+    }
+
+    #[test]
+    #[ignore = "run by merge_needs_no_root as uid 65534"]
+    fn merge_as_another_user() {
+        let dir = PathBuf::from(std::env::var_os(DIR_ENV).expect(DIR_ENV));
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "not run as another user"
+        );
+        let [amd64, arm64, armv7] = platforms();
+        let parts = vec![
+            (0, "pair0".to_string(), vec![amd64, armv7]),
+            (1, "pair1".to_string(), vec![arm64]),
+        ];
+        let dest = dir.join("out").join("fs.tar");
+        write_merged_tar(&dir, 0, &parts, &dest, OPTIONS).expect("merge");
+    }
+}
