@@ -93,7 +93,7 @@ impl PartTar<'_> {
         let mut top = Entry::new(dir, EntryKind::Dir);
         top.mtime = now();
         writer.append(&top, std::io::empty())?;
-        while let Some(entry) = self.entries.next() {
+        for entry in self.entries.by_ref() {
             let mut entry = entry.map_err(io("read", self.path))?;
             let header = entry_of(&mut entry, Some(dir)).map_err(io("read", self.path))?;
             writer.append(&header, &mut entry)?;
@@ -300,7 +300,10 @@ mod tests {
     /// Two nodes' tarballs in `dir` (output 0): part 0 built amd64 and
     /// arm/v7 (in directories), part 1 arm64 (at its root); returns the
     /// parts and the tarball one node building all three writes.
-    fn parts_and_whole(dir: &Path) -> (Vec<(usize, String, Vec<Platform>)>, Vec<u8>) {
+    /// (part, node, platforms) of each node's tarball.
+    type Parts = Vec<(usize, String, Vec<Platform>)>;
+
+    fn parts_and_whole(dir: &Path) -> (Parts, Vec<u8>) {
         let [amd64, arm64, armv7] = platforms();
         let whole = dir.join("whole");
         let several = dir.join("several");
