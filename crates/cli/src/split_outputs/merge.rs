@@ -89,7 +89,7 @@ impl PartTar<'_> {
         if self.several {
             return self.copy_directory(dir, writer);
         }
-        // The directory a node makes for a platform: its own, root's, 0755.
+        // As a node makes a platform's directory: root's, 0755, now.
         let mut top = Entry::new(dir, EntryKind::Dir);
         top.mtime = now();
         writer.append(&top, std::io::empty())?;
