@@ -619,6 +619,182 @@ struct Part {
 
 type Joined = (usize, Result<v1::BuildDone, kbuild_driver::Error>);
 
+/// Adds `platform` to node `node`'s part in `parts` (a new part if it
+/// has none yet).
+fn add_platform(parts: &mut Vec<Part>, node: usize, platform: &Platform, retry: bool) {
+    match parts.iter_mut().find(|p| p.node == node) {
+        Some(p) => p.platforms.push(platform.clone()),
+        None => parts.push(Part {
+            node,
+            platforms: vec![platform.clone()],
+            retry,
+        }),
+    }
+}
+
+/// What the sessions of a split build share.
+struct SplitBuild<'a> {
+    name: &'a str,
+    candidates: &'a [Candidate],
+    report: &'a Report,
+    client: &'a Arc<remote::Client>,
+    /// The build's start message, before a node's platforms and graph.
+    template: v1::BuildStart,
+    planner: &'a crate::planner::Planner,
+    /// The nodes as defined (`candidates` in the same order).
+    defs: &'a [config::Node],
+    files: Option<Arc<SplitOutputs>>,
+    next_id: Arc<AtomicU64>,
+    contexts: &'a dyn Fn() -> Option<kbuild_driver::session::ContextSource>,
+    dialer: Arc<dyn Dialer>,
+    /// Set once the build is cancelled.
+    cancel: tokio::sync::watch::Receiver<bool>,
+    /// Whether the nodes push their images by digest.
+    push: bool,
+}
+
+impl SplitBuild<'_> {
+    /// Starts the session of `part` (number `id`) on its node in `set`.
+    fn spawn(&self, set: &mut tokio::task::JoinSet<Joined>, id: usize, part: &Part) {
+        let candidate = &self.candidates[part.node];
+        let mut start = self.template.clone();
+        start.platforms = part.platforms.iter().map(v1::Platform::from).collect();
+        start.build_platform = candidate.build_platform().map(v1::Platform::from);
+        if let Some(b) = candidate.build_platform() {
+            if let Err(e) = self.planner.apply(&mut start, b, &part.platforms) {
+                // The node plans the Dockerfile and reports the same error.
+                tracing::warn!(error = %e, "no op graph for node {}", candidate.name);
+            }
+        }
+        start.push_by_digest = self.push;
+        let node = self.defs[part.node].clone();
+        let local: Arc<dyn Local> = Arc::new(NodeLocal {
+            client: self.client.clone(),
+            node: node.name.clone(),
+            part: id,
+            outputs: self.files.clone(),
+            ids: Mutex::new(HashMap::new()),
+            next: self.next_id.clone(),
+        });
+        let context = (self.contexts)();
+        let dialer = self.dialer.clone();
+        let builder = self.name.to_string();
+        let mut cancelled = self.cancel.clone();
+        set.spawn(async move {
+            let interrupt = async move {
+                if cancelled.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let r = kbuild_driver::session::build(
+                &builder, &node, &*dialer, start, context, local, interrupt,
+            )
+            .await;
+            (id, r)
+        });
+    }
+
+    /// The parts that build once more, over the nodes not `dead`, the
+    /// platforms of `part`, whose node `node` was lost (`e`).
+    fn retry(
+        &self,
+        dead: &BTreeSet<usize>,
+        part: &Part,
+        node: &str,
+        e: &kbuild_driver::Error,
+    ) -> Result<Vec<Part>, ScheduleError> {
+        let alive: Vec<usize> = (0..self.candidates.len())
+            .filter(|i| !dead.contains(i))
+            .collect();
+        let others: Vec<Candidate> = alive.iter().map(|i| self.candidates[*i].clone()).collect();
+        let again = schedule_with(self.name, &others, &part.platforms, &self.report.exec)?;
+        self.client.note(format!("lost node {node}: {e}"));
+        let mut retries: Vec<Part> = Vec::new();
+        for asg in &again {
+            let to = alive[asg.node];
+            self.client.note(format!(
+                "{} → node {} ({}, retried after losing node {node})",
+                asg.platform,
+                self.candidates[to].name,
+                Report::reason_text(asg)
+            ));
+            add_platform(&mut retries, to, &asg.platform, true);
+        }
+        Ok(retries)
+    }
+}
+
+/// What the sessions of a split build came to so far.
+#[derive(Default)]
+struct Sessions {
+    /// The nodes lost.
+    dead: BTreeSet<usize>,
+    /// (part, node, result) of the sessions that built their part.
+    finished: Vec<(usize, usize, v1::BuildDone)>,
+    /// The first failure: the build stops.
+    failure: Option<FanoutError>,
+}
+
+impl Sessions {
+    /// Takes in the end of session `id` (of `part`): finished, failed, or
+    /// lost; the platforms of a lost node build once more on the others,
+    /// in the parts returned.
+    fn joined(
+        &mut self,
+        split: &SplitBuild<'_>,
+        part: &Part,
+        id: usize,
+        outcome: Result<v1::BuildDone, kbuild_driver::Error>,
+    ) -> Vec<Part> {
+        let node = split.candidates[part.node].name.clone();
+        let platforms = list(&part.platforms);
+        match outcome {
+            Ok(done) if done.error.is_empty() => self.finished.push((id, part.node, done)),
+            Ok(done) => {
+                let error = if done.entitlement.is_empty() {
+                    done.error
+                } else {
+                    format!(
+                        "{}; pass --allow {} to grant it",
+                        done.error, done.entitlement
+                    )
+                };
+                self.failure = Some(FanoutError::NodeFailed {
+                    builder: split.name.to_string(),
+                    node,
+                    platforms,
+                    error,
+                });
+            }
+            Err(e) if is_lost(&e) => {
+                self.dead.insert(part.node);
+                let retry = if part.retry {
+                    None
+                } else {
+                    match split.retry(&self.dead, part, &node, &e) {
+                        Ok(retries) => return retries,
+                        Err(source) => Some(Box::new(source)),
+                    }
+                };
+                self.failure = Some(FanoutError::NodeLost {
+                    node,
+                    platforms,
+                    source: Box::new(e),
+                    retry,
+                });
+            }
+            Err(e) => {
+                self.failure = Some(FanoutError::NodeError {
+                    node,
+                    platforms,
+                    source: Box::new(e),
+                });
+            }
+        }
+        Vec::new()
+    }
+}
+
 /// The sessions of a build split over several nodes, the merged index and
 /// its push.
 #[allow(clippy::too_many_arguments)]
@@ -632,19 +808,10 @@ fn split(
     defs: Vec<config::Node>,
     dialer: Arc<dyn Dialer>,
 ) -> Result<(), BuildError> {
-    let push = req.outputs.iter().any(|o| o.push);
-    let next_id = Arc::new(AtomicU64::new(1));
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let mut parts: Vec<Part> = Vec::new();
     for asg in &report.assignments {
-        match parts.iter_mut().find(|p| p.node == asg.node) {
-            Some(p) => p.platforms.push(asg.platform.clone()),
-            None => parts.push(Part {
-                node: asg.node,
-                platforms: vec![asg.platform.clone()],
-                retry: false,
-            }),
-        }
+        add_platform(&mut parts, asg.node, &asg.platform, false);
     }
     let files = match SplitOutputs::new(&req.outputs, setup.start.source_date_epoch) {
         Ok(f) => f.map(Arc::new),
@@ -654,195 +821,30 @@ fn split(
         }
     };
     let contexts = setup.contexts(&req);
-    let template = setup.start.clone();
     let client = setup.client.clone();
-    // Each node's graph: its platforms, planned here for its build
-    // platform (base-image configs resolved once per build platform, for
-    // every node a lost node's platforms may go to).
     let planner = setup.planner.clone();
-    let build_platforms: Vec<Platform> = candidates
-        .iter()
-        .filter_map(|c| c.build_platform().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    setup.rt.block_on(planner.resolve(&build_platforms));
-    for part in &parts {
-        if let Some(b) = candidates[part.node].build_platform() {
-            planner.graph(b, &part.platforms)?;
-        }
-    }
-    let spawn = |set: &mut tokio::task::JoinSet<Joined>, id: usize, part: &Part| {
-        let mut start = template.clone();
-        start.platforms = part.platforms.iter().map(v1::Platform::from).collect();
-        start.build_platform = candidates[part.node]
-            .build_platform()
-            .map(v1::Platform::from);
-        if let Some(b) = candidates[part.node].build_platform() {
-            if let Err(e) = planner.apply(&mut start, b, &part.platforms) {
-                // The node plans the Dockerfile and reports the same error.
-                tracing::warn!(error = %e, "no op graph for node {}", candidates[part.node].name);
-            }
-        }
-        start.push_by_digest = push;
-        let node = defs[part.node].clone();
-        let local: Arc<dyn Local> = Arc::new(NodeLocal {
-            client: client.clone(),
-            node: node.name.clone(),
-            part: id,
-            outputs: files.clone(),
-            ids: Mutex::new(HashMap::new()),
-            next: next_id.clone(),
-        });
-        let context = contexts();
-        let dialer = dialer.clone();
-        let builder = name.to_string();
-        let mut cancelled = cancel_rx.clone();
-        set.spawn(async move {
-            let interrupt = async move {
-                if cancelled.wait_for(|c| *c).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            let r = kbuild_driver::session::build(
-                &builder, &node, &*dialer, start, context, local, interrupt,
-            )
-            .await;
-            (id, r)
-        });
+    plan_graphs(&setup, &candidates, &parts)?;
+    let split = SplitBuild {
+        name,
+        candidates: &candidates,
+        report: &report,
+        client: &client,
+        template: setup.start.clone(),
+        planner: &planner,
+        defs: &defs,
+        files: files.clone(),
+        next_id: Arc::new(AtomicU64::new(1)),
+        contexts: &contexts,
+        dialer,
+        cancel: cancel_rx,
+        push: req.outputs.iter().any(|o| o.push),
     };
-    let rt = &setup.rt;
-    let signals = &mut setup.signals;
-    let outcome: Result<Vec<(usize, usize, v1::BuildDone)>, BuildError> = rt.block_on(async {
-        let mut set = tokio::task::JoinSet::new();
-        for (id, part) in parts.iter().enumerate() {
-            spawn(&mut set, id, part);
-        }
-        let mut dead: BTreeSet<usize> = BTreeSet::new();
-        let mut finished: Vec<(usize, usize, v1::BuildDone)> = Vec::new();
-        let mut failure: Option<FanoutError> = None;
-        let mut interrupted = false;
-        loop {
-            let joined = tokio::select! {
-                j = set.join_next() => match j {
-                    Some(j) => j,
-                    None => break,
-                },
-                signal = signals.recv(), if !interrupted => {
-                    tracing::debug!(%signal, "cancelling the build on every node");
-                    interrupted = true;
-                    cancel_tx.send_replace(true);
-                    continue;
-                }
-            };
-            let (id, outcome) = match joined {
-                Ok(j) => j,
-                Err(e) => {
-                    failure.get_or_insert(FanoutError::Runtime(std::io::Error::other(e)));
-                    cancel_tx.send_replace(true);
-                    continue;
-                }
-            };
-            if failure.is_some() || interrupted {
-                // Draining: the other sessions end cancelled.
-                continue;
-            }
-            let part = &parts[id];
-            let node = candidates[part.node].name.clone();
-            let platforms = list(&part.platforms);
-            match outcome {
-                Ok(done) if done.error.is_empty() => finished.push((id, part.node, done)),
-                Ok(done) => {
-                    let error = if done.entitlement.is_empty() {
-                        done.error
-                    } else {
-                        format!(
-                            "{}; pass --allow {} to grant it",
-                            done.error, done.entitlement
-                        )
-                    };
-                    failure = Some(FanoutError::NodeFailed {
-                        builder: name.to_string(),
-                        node,
-                        platforms,
-                        error,
-                    });
-                    cancel_tx.send_replace(true);
-                }
-                Err(e) if is_lost(&e) => {
-                    dead.insert(part.node);
-                    if part.retry {
-                        failure = Some(FanoutError::NodeLost {
-                            node,
-                            platforms,
-                            source: Box::new(e),
-                            retry: None,
-                        });
-                        cancel_tx.send_replace(true);
-                        continue;
-                    }
-                    // Once more over the nodes still there.
-                    let alive: Vec<usize> = (0..candidates.len())
-                        .filter(|i| !dead.contains(i))
-                        .collect();
-                    let others: Vec<Candidate> =
-                        alive.iter().map(|i| candidates[*i].clone()).collect();
-                    match schedule_with(name, &others, &part.platforms, &report.exec) {
-                        Ok(again) => {
-                            client.note(format!("lost node {node}: {e}"));
-                            let mut retries: Vec<Part> = Vec::new();
-                            for asg in &again {
-                                let to = alive[asg.node];
-                                client.note(format!(
-                                    "{} → node {} ({}, retried after losing node {node})",
-                                    asg.platform,
-                                    candidates[to].name,
-                                    Report::reason_text(asg)
-                                ));
-                                match retries.iter_mut().find(|p| p.node == to) {
-                                    Some(p) => p.platforms.push(asg.platform.clone()),
-                                    None => retries.push(Part {
-                                        node: to,
-                                        platforms: vec![asg.platform.clone()],
-                                        retry: true,
-                                    }),
-                                }
-                            }
-                            for r in retries {
-                                parts.push(r);
-                                let id = parts.len() - 1;
-                                spawn(&mut set, id, &parts[id]);
-                            }
-                        }
-                        Err(source) => {
-                            failure = Some(FanoutError::NodeLost {
-                                node,
-                                platforms,
-                                source: Box::new(e),
-                                retry: Some(Box::new(source)),
-                            });
-                            cancel_tx.send_replace(true);
-                        }
-                    }
-                }
-                Err(e) => {
-                    failure = Some(FanoutError::NodeError {
-                        node,
-                        platforms,
-                        source: Box::new(e),
-                    });
-                    cancel_tx.send_replace(true);
-                }
-            }
-        }
-        if interrupted {
-            return Err(BuildError::Cancelled);
-        }
-        match failure {
-            Some(f) => Err(fail(f)),
-            None => Ok(finished),
-        }
-    });
+    let outcome = setup.rt.block_on(run_sessions(
+        &split,
+        &mut parts,
+        &mut setup.signals,
+        &cancel_tx,
+    ));
     let (finished_parts, finished): (Vec<usize>, Vec<(usize, v1::BuildDone)>) = match outcome {
         Ok(f) => f.into_iter().map(|(id, n, d)| (id, (n, d))).unzip(),
         Err(e) => {
@@ -850,71 +852,28 @@ fn split(
             return Err(e);
         }
     };
-    let merged = merge(&req, name, &candidates, &finished);
-    // Tags last: only now, once every node has pushed its part.
-    let targets: Vec<String> = req
-        .outputs
-        .iter()
-        .filter(|o| o.push)
-        .flat_map(|o| o.names.clone())
-        .collect();
-    let pushed = match merged {
-        Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
-            .rt
-            .block_on(push_index(&setup.registry, &targets, &bytes, &media_type))
-            .map(|()| (bytes, media_type, by_node)),
-        Ok(m) => Ok(m),
-        Err(e) => Err(fail(e)),
-    };
-    let (bytes, media_type, by_node) = match pushed {
-        Ok(m) => m,
-        Err(e) => {
-            setup.finish(&req);
-            return Err(e);
-        }
-    };
-    // File outputs last, from every node's part and the merged index.
-    let mut written = Vec::new();
-    if let Some(files) = &files {
-        let done_parts: Vec<(usize, String, Vec<Platform>)> = finished_parts
-            .iter()
-            .map(|id| {
-                let p = &parts[*id];
-                (*id, candidates[p.node].name.clone(), p.platforms.clone())
-            })
-            .collect();
-        let root = crate::split_outputs::Root::Merged {
-            index: &bytes,
-            media_type: &media_type,
-        };
-        match files.finish(&done_parts, &root) {
-            Ok((notes, w)) => {
-                written = w;
-                if let Ok(mut n) = setup.client.notes.lock() {
-                    n.extend(notes);
-                }
-            }
+    let targets = push_targets(&req);
+    let (bytes, media_type, by_node) =
+        match merge_and_push(&req, &setup, name, &candidates, &finished, &targets) {
+            Ok(m) => m,
             Err(e) => {
                 setup.finish(&req);
-                return Err(fail(FanoutError::Output(Box::new(e))));
+                return Err(e);
             }
+        };
+    // File outputs last, from every node's part and the merged index.
+    let done = done_parts(&finished_parts, &parts, &candidates);
+    let written = match write_files(files.as_deref(), &done, &bytes, &media_type, &client) {
+        Ok(w) => w,
+        Err(e) => {
+            setup.finish(&req);
+            return Err(fail(FanoutError::Output(Box::new(e))));
         }
-    }
+    };
     let digest = kbuild_image::Digest::of(&bytes).to_string();
     let (mode, client, started) = setup.finish(&req);
-    let from_daemons: Vec<String> = finished
-        .iter()
-        .flat_map(|(_, done)| done.warnings.iter().cloned())
-        .collect();
-    remote::print_warnings(&planner, &from_daemons);
-    crate::build::write_result_files(
-        &req,
-        a.iidfile.as_deref(),
-        a.metadata_file.as_deref(),
-        &digest,
-        serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()}),
-        None,
-    )?;
+    let index = serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()});
+    write_results(&req, a, &planner, &finished, &digest, index)?;
     if mode == ProgressMode::Quiet {
         // Nothing but the archive when standard output is one.
         if !crate::build::stdout_is_output(&req) {
@@ -922,6 +881,226 @@ fn split(
         }
         return Ok(());
     }
+    let summary = Summary {
+        name,
+        candidates: &candidates,
+        req: &req,
+        digest: &digest,
+        by_node: &by_node,
+        finished: &finished,
+        targets: &targets,
+        written: &written,
+    };
+    print_summary(&summary, started, &client);
+    Ok(())
+}
+
+/// Shows the nodes' warnings and writes `--iidfile` and
+/// `--metadata-file` for the merged index (`digest`, descriptor `index`).
+fn write_results(
+    req: &BuildRequest,
+    a: &BuildArgs,
+    planner: &crate::planner::Planner,
+    finished: &[(usize, v1::BuildDone)],
+    digest: &str,
+    index: serde_json::Value,
+) -> Result<(), BuildError> {
+    let from_daemons: Vec<String> = finished
+        .iter()
+        .flat_map(|(_, done)| done.warnings.iter().cloned())
+        .collect();
+    remote::print_warnings(planner, &from_daemons);
+    crate::build::write_result_files(
+        req,
+        a.iidfile.as_deref(),
+        a.metadata_file.as_deref(),
+        digest,
+        index,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Writes the file outputs from the `done` parts and the merged index
+/// (`bytes`, `media_type`), their notes kept for the end; the files written.
+fn write_files(
+    files: Option<&SplitOutputs>,
+    done: &[(usize, String, Vec<Platform>)],
+    bytes: &[u8],
+    media_type: &str,
+    client: &remote::Client,
+) -> Result<Vec<std::path::PathBuf>, crate::split_outputs::SplitOutputError> {
+    let Some(files) = files else {
+        return Ok(Vec::new());
+    };
+    let root = crate::split_outputs::Root::Merged {
+        index: bytes,
+        media_type,
+    };
+    let (notes, written) = files.finish(done, &root)?;
+    if let Ok(mut n) = client.notes.lock() {
+        n.extend(notes);
+    }
+    Ok(written)
+}
+
+/// (part, node name, platforms) of each finished part.
+fn done_parts(
+    finished_parts: &[usize],
+    parts: &[Part],
+    candidates: &[Candidate],
+) -> Vec<(usize, String, Vec<Platform>)> {
+    finished_parts
+        .iter()
+        .map(|id| {
+            let p = &parts[*id];
+            (*id, candidates[p.node].name.clone(), p.platforms.clone())
+        })
+        .collect()
+}
+
+/// Plans each part's graph here for its node's build platform (base-image
+/// configs resolved once per build platform, for every node a lost node's
+/// platforms may go to).
+fn plan_graphs(setup: &Setup, candidates: &[Candidate], parts: &[Part]) -> Result<(), BuildError> {
+    let build_platforms: Vec<Platform> = candidates
+        .iter()
+        .filter_map(|c| c.build_platform().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    setup.rt.block_on(setup.planner.resolve(&build_platforms));
+    for part in parts {
+        if let Some(b) = candidates[part.node].build_platform() {
+            setup.planner.graph(b, &part.platforms)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs every part's session until all have ended: a lost node's
+/// platforms go once more to the nodes left (new parts), the first failure
+/// or a signal cancels the others. Returns (part, node, result) of each.
+async fn run_sessions(
+    split: &SplitBuild<'_>,
+    parts: &mut Vec<Part>,
+    signals: &mut crate::signals::StopSignals,
+    cancel_tx: &tokio::sync::watch::Sender<bool>,
+) -> Result<Vec<(usize, usize, v1::BuildDone)>, BuildError> {
+    let mut set = tokio::task::JoinSet::new();
+    for (id, part) in parts.iter().enumerate() {
+        split.spawn(&mut set, id, part);
+    }
+    let mut sessions = Sessions::default();
+    let mut interrupted = false;
+    loop {
+        let joined = tokio::select! {
+            j = set.join_next() => match j {
+                Some(j) => j,
+                None => break,
+            },
+            signal = signals.recv(), if !interrupted => {
+                tracing::debug!(%signal, "cancelling the build on every node");
+                interrupted = true;
+                cancel_tx.send_replace(true);
+                continue;
+            }
+        };
+        let (id, outcome) = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                sessions
+                    .failure
+                    .get_or_insert(FanoutError::Runtime(std::io::Error::other(e)));
+                cancel_tx.send_replace(true);
+                continue;
+            }
+        };
+        if sessions.failure.is_some() || interrupted {
+            // Draining: the other sessions end cancelled.
+            continue;
+        }
+        let retries = sessions.joined(split, &parts[id], id, outcome);
+        if sessions.failure.is_some() {
+            cancel_tx.send_replace(true);
+        }
+        for r in retries {
+            parts.push(r);
+            let id = parts.len() - 1;
+            split.spawn(&mut set, id, &parts[id]);
+        }
+    }
+    if interrupted {
+        return Err(BuildError::Cancelled);
+    }
+    match sessions.failure {
+        Some(f) => Err(fail(f)),
+        None => Ok(sessions.finished),
+    }
+}
+
+/// The names the build pushes.
+fn push_targets(req: &BuildRequest) -> Vec<String> {
+    req.outputs
+        .iter()
+        .filter(|o| o.push)
+        .flat_map(|o| o.names.clone())
+        .collect()
+}
+
+/// The merged index of the `finished` parts, pushed as `targets` (if
+/// any): its bytes, media type and the platforms each node built.
+#[allow(clippy::type_complexity)]
+fn merge_and_push(
+    req: &BuildRequest,
+    setup: &Setup,
+    name: &str,
+    candidates: &[Candidate],
+    finished: &[(usize, v1::BuildDone)],
+    targets: &[String],
+) -> Result<(Vec<u8>, String, BTreeMap<usize, Vec<String>>), BuildError> {
+    let merged = merge(req, name, candidates, finished);
+    // Tags last: only now, once every node has pushed its part.
+    match merged {
+        Ok((bytes, media_type, by_node)) if !targets.is_empty() => setup
+            .rt
+            .block_on(push_index(&setup.registry, targets, &bytes, &media_type))
+            .map(|()| (bytes, media_type, by_node)),
+        Ok(m) => Ok(m),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// What the end of a split build reports.
+struct Summary<'a> {
+    name: &'a str,
+    candidates: &'a [Candidate],
+    req: &'a BuildRequest,
+    digest: &'a str,
+    /// The platforms each node built.
+    by_node: &'a BTreeMap<usize, Vec<String>>,
+    /// (node, result) of each part.
+    finished: &'a [(usize, v1::BuildDone)],
+    /// The names pushed.
+    targets: &'a [String],
+    /// The files written.
+    written: &'a [std::path::PathBuf],
+}
+
+/// Prints what a split build did: where each platform was built, what was
+/// sent, exported, stored, loaded, pushed and written, and the client's
+/// notes.
+fn print_summary(s: &Summary<'_>, started: std::time::Instant, client: &remote::Client) {
+    let Summary {
+        name,
+        candidates,
+        req,
+        digest,
+        by_node,
+        finished,
+        targets,
+        written,
+    } = *s;
     let split = by_node
         .iter()
         .map(|(n, p)| format!("{} on node {}", p.join(", "), candidates[*n].name))
@@ -932,7 +1111,7 @@ fn split(
         list(&req.platforms),
         started.elapsed().as_secs_f64(),
     );
-    for (n, done) in &finished {
+    for (n, done) in finished {
         eprintln!(
             "=> context: sent {} files ({} bytes) to node {}",
             done.files_received, done.bytes_received, candidates[*n].name
@@ -957,10 +1136,10 @@ fn split(
             eprintln!("=> {l} (node {})", candidates[*n].name);
         }
     }
-    for n in &targets {
+    for n in targets {
         eprintln!("=> pushed {n}@{digest}");
     }
-    for w in &written {
+    for w in written {
         eprintln!("=> wrote {}", w.display());
     }
     if let Ok(notes) = client.notes.lock() {
@@ -968,7 +1147,6 @@ fn split(
             eprintln!("=> {n}");
         }
     }
-    Ok(())
 }
 
 /// The index of the nodes' images: one manifest per platform, in request

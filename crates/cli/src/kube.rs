@@ -219,40 +219,7 @@ pub fn ls_rows(
         let Some(cluster) = cluster(g, None).await.map_err(|e| e.to_string())? else {
             return Ok::<_, String>((Vec::new(), notes));
         };
-        let mut names: BTreeSet<(String, String)> = BTreeSet::new();
-        let everywhere = if all {
-            match cluster.all_builders().await {
-                Ok(found) => Some(found),
-                Err(k8s::Error::Forbidden { .. }) => {
-                    notes.push(format!(
-                        "you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
-                        cluster.namespace
-                    ));
-                    None
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        } else {
-            None
-        };
-        match everywhere {
-            Some(found) => names.extend(found),
-            None => names.extend(
-                cluster
-                    .builders()
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .map(|n| (cluster.namespace.clone(), n)),
-            ),
-        }
-        for (name, b) in &config.builders {
-            if let Some(k) = &b.kubernetes {
-                if all || k.namespace == cluster.namespace {
-                    names.insert((k.namespace.clone(), name.clone()));
-                }
-            }
-        }
+        let names = builder_names(&cluster, config, all, &mut notes).await?;
         let dialer = Arc::new(PodDialer::new(cluster.client.clone()));
         let mut tasks = Vec::new();
         for (namespace, name) in names {
@@ -266,48 +233,14 @@ pub fn ls_rows(
                 Err(e) => return Err(e.to_string()),
             };
             let Some(status) = status else {
-                tasks.push(tokio::spawn(async move {
-                    PodRow {
-                        builder: name.clone(),
-                        namespace,
-                        node: Node {
-                            name: "-".into(),
-                            endpoint: String::new(),
-                            platforms: Vec::new(),
-                            tls: Default::default(),
-                        },
-                        k8s_node: None,
-                        ready: false,
-                        result: Err("no Deployment left in the cluster; kubectl build rm removes the record".into()),
-                    }
-                }));
+                tasks.push(tokio::spawn(
+                    async move { no_deployment_row(name, namespace) },
+                ));
                 continue;
             };
             for pod in status.pods {
-                let (name, namespace, dialer) = (name.clone(), namespace.clone(), dialer.clone());
-                tasks.push(tokio::spawn(async move {
-                    let node = pod.node();
-                    let result = if pod.ready {
-                        dialer
-                            .dial(&name, &node, INFO_TIMEOUT)
-                            .await
-                            .map(|(_, info)| info)
-                            .map_err(|e| e.to_string())
-                    } else {
-                        Err(pod
-                            .waiting
-                            .clone()
-                            .unwrap_or_else(|| "not ready".to_string()))
-                    };
-                    PodRow {
-                        builder: name,
-                        namespace,
-                        node,
-                        k8s_node: pod.node.clone(),
-                        ready: pod.ready,
-                        result,
-                    }
-                }));
+                let (name, namespace) = (name.clone(), namespace.clone());
+                tasks.push(tokio::spawn(pod_row(dialer.clone(), name, namespace, pod)));
             }
         }
         let mut rows = Vec::new();
@@ -317,6 +250,103 @@ pub fn ls_rows(
         Ok((rows, notes))
     })?;
     Ok(rows)
+}
+
+/// The (namespace, name) of every kubernetes builder `ls` shows: those
+/// labelled in the cluster (every namespace with `all`, else the current
+/// one; a cluster-wide list the user may not make falls back to the
+/// current namespace with a note) and those of the builder list.
+async fn builder_names(
+    cluster: &Cluster,
+    config: &kbuild_driver::Config,
+    all: bool,
+    notes: &mut Vec<String>,
+) -> std::result::Result<BTreeSet<(String, String)>, String> {
+    let mut names: BTreeSet<(String, String)> = BTreeSet::new();
+    let everywhere = if all {
+        match cluster.all_builders().await {
+            Ok(found) => Some(found),
+            Err(k8s::Error::Forbidden { .. }) => {
+                notes.push(format!(
+                    "you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
+                    cluster.namespace
+                ));
+                None
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    } else {
+        None
+    };
+    match everywhere {
+        Some(found) => names.extend(found),
+        None => names.extend(
+            cluster
+                .builders()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|n| (cluster.namespace.clone(), n)),
+        ),
+    }
+    for (name, b) in &config.builders {
+        if let Some(k) = &b.kubernetes {
+            if all || k.namespace == cluster.namespace {
+                names.insert((k.namespace.clone(), name.clone()));
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The row of a recorded builder whose Deployment is gone.
+fn no_deployment_row(builder: String, namespace: String) -> PodRow {
+    PodRow {
+        builder,
+        namespace,
+        node: Node {
+            name: "-".into(),
+            endpoint: String::new(),
+            platforms: Vec::new(),
+            tls: Default::default(),
+        },
+        k8s_node: None,
+        ready: false,
+        result: Err(
+            "no Deployment left in the cluster; kubectl build rm removes the record".into(),
+        ),
+    }
+}
+
+/// The row of builder `name`'s pod `pod`: its Info when it is ready, else
+/// why it is not.
+async fn pod_row(
+    dialer: Arc<PodDialer>,
+    name: String,
+    namespace: String,
+    pod: k8s::PodStatus,
+) -> PodRow {
+    let node = pod.node();
+    let result = if pod.ready {
+        dialer
+            .dial(&name, &node, INFO_TIMEOUT)
+            .await
+            .map(|(_, info)| info)
+            .map_err(|e| e.to_string())
+    } else {
+        Err(pod
+            .waiting
+            .clone()
+            .unwrap_or_else(|| "not ready".to_string()))
+    };
+    PodRow {
+        builder: name,
+        namespace,
+        node,
+        k8s_node: pod.node.clone(),
+        ready: pod.ready,
+        result,
+    }
 }
 
 /// `kubectl-build dial-stdio`: standard input to the daemon's socket, the

@@ -172,19 +172,7 @@ impl BuildRequest {
     /// Check every flag and read the Dockerfile.
     pub fn from_args(a: &BuildArgs, _g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
         let path = a.path.as_deref().ok_or(RequestError::MissingPath)?;
-        for (flag, used) in [
-            ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
-            ("--attest", !a.attest.is_empty()),
-            ("--ulimit", !a.ulimit.is_empty()),
-            ("--cgroup-parent", a.cgroup_parent.is_some()),
-        ] {
-            if used {
-                return Err(RequestError::NotImplemented(
-                    flag.to_string(),
-                    "this buildx flag is not supported by kubectl build yet (omit it)",
-                ));
-            }
-        }
+        refuse_unsupported(a)?;
         let cache_from = a
             .cache_from
             .iter()
@@ -196,105 +184,17 @@ impl BuildRequest {
             .map(|s| CacheTo::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut named_contexts = BTreeMap::new();
-        let mut context_dirs = BTreeMap::new();
-        let mut context_values = BTreeMap::new();
-        for value in &a.build_context {
-            let (name, named, dir) = parse_build_context(value)?;
-            if let Some((_, v)) = value.split_once('=') {
-                context_values.insert(name.clone(), v.to_string());
-            }
-            if let Some(dir) = dir {
-                context_dirs.insert(name.clone(), dir);
-            }
-            named_contexts.insert(name, named);
-        }
+        let (named_contexts, context_dirs, context_values) = build_contexts(a)?;
 
         let (context, dockerfile_path, dockerfile, dockerfile_name) =
             read_dockerfile(path, a.file.as_deref())?;
 
-        let mut platforms: Vec<Platform> = Vec::new();
-        for value in &a.platforms {
-            for p in kbuild_platform::parse_list(value)? {
-                if !platforms.contains(&p) {
-                    platforms.push(p);
-                }
-            }
-        }
-        if platforms.is_empty() {
-            platforms.push(Platform::host());
-        }
+        let platforms = platforms_of(a)?;
 
         let build_args = parse_build_args(&a.build_args, |k| std::env::var(k).ok())?;
         let labels = parse_labels(&a.labels)?;
-        let mut outputs = a
-            .outputs
-            .iter()
-            .map(|o| Output::parse(o, &a.tags))
-            .collect::<Result<Vec<_>, _>>()?;
-        if a.push {
-            match outputs
-                .iter_mut()
-                .find(|o| matches!(o.kind, OutputKind::Image | OutputKind::Registry))
-            {
-                Some(o) => o.push = true,
-                None => outputs.push(Output::parse("type=registry", &a.tags)?),
-            }
-        }
-        let mut load = None;
-        if a.load {
-            let daemon = outputs
-                .iter()
-                .position(|o| o.kind == OutputKind::Docker && o.dest.is_none());
-            load = Some(daemon.unwrap_or(outputs.len()));
-            if daemon.is_none() {
-                outputs.push(Output::parse("type=docker", &a.tags)?);
-            }
-        }
-        // `--load` holds several platforms on a kubernetes builder (each
-        // node loads its own); [`BuildRequest::check_load`] checks it
-        // once the builder is known.
-        if platforms.len() > 1
-            && outputs
-                .iter()
-                .enumerate()
-                .any(|(i, o)| o.kind == OutputKind::Docker && Some(i) != load)
-        {
-            return Err(RequestError::DockerArchivePlatforms(
-                platforms
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ));
-        }
-        let mut annotations = Vec::new();
-        for spec in &a.annotation {
-            annotations.extend(Annotation::parse_flag(spec)?);
-        }
-        annotations.extend(outputs.iter().flat_map(|o| o.annotations.iter().cloned()));
-        let provenance = match a.provenance.as_deref() {
-            Some(v) => kbuild_solver::provenance::parse_mode(v)?,
-            None => None,
-        };
-        if provenance.is_some() {
-            if let Some(o) = outputs
-                .iter()
-                .find(|o| matches!(o.kind, OutputKind::Docker | OutputKind::Containerd))
-            {
-                return Err(RequestError::ProvenanceOutput(o.kind.clone()));
-            }
-        }
-        if let Some(index_only) = annotations.iter().find(|x| {
-            matches!(
-                x.target,
-                AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
-            )
-        }) {
-            if platforms.len() < 2 && provenance.is_none() {
-                return Err(RequestError::IndexAnnotation(index_only.to_flag()));
-            }
-        }
+        let (outputs, load) = outputs_of(a, &platforms)?;
+        let (annotations, provenance) = annotations_of(a, &outputs, &platforms)?;
         let shm_size = match a.shm_size.as_deref() {
             Some(v) => parse_shm_size(v)?,
             None => kbuild_worker::executor::DEFAULT_SHM_SIZE,
@@ -326,17 +226,7 @@ impl BuildRequest {
             .map(parse_network)
             .transpose()?
             .unwrap_or_default();
-        let mut allow_insecure = false;
-        for entitlement in a.allow.iter().flat_map(|v| v.split(',')).map(str::trim) {
-            match entitlement {
-                "security.insecure" => allow_insecure = true,
-                // RUN steps use the host's network by default here, so
-                // `RUN --network=host` needs no grant; accepted for buildx
-                // command lines.
-                "network.host" => {}
-                other => return Err(RequestError::Entitlement(other.to_string())),
-            }
-        }
+        let allow_insecure = allow_insecure(a)?;
         let registry_timeouts = match a.registry_timeout.as_deref() {
             Some(spec) => kbuild_registry::Timeouts::parse(spec)?,
             None => kbuild_registry::Timeouts::default(),
@@ -484,6 +374,169 @@ impl BuildRequest {
 /// Resolve PATH and `-f` as docker does: PATH `-` is a Dockerfile on stdin with
 /// no context; `-f -` reads the Dockerfile from stdin with PATH as context;
 /// a relative `-f` is relative to the working directory.
+/// Refuses the buildx flags not supported yet.
+fn refuse_unsupported(a: &BuildArgs) -> Result<(), RequestError> {
+    for (flag, used) in [
+        ("--sbom", a.sbom.as_deref().is_some_and(|v| !is_false(v))),
+        ("--attest", !a.attest.is_empty()),
+        ("--ulimit", !a.ulimit.is_empty()),
+        ("--cgroup-parent", a.cgroup_parent.is_some()),
+    ] {
+        if used {
+            return Err(RequestError::NotImplemented(
+                flag.to_string(),
+                "this buildx flag is not supported by kubectl build yet (omit it)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The named contexts of `--build-context`: (name → context, name →
+/// local directory, name → the value as given).
+type BuildContexts = (
+    BTreeMap<String, NamedContext>,
+    BTreeMap<String, PathBuf>,
+    BTreeMap<String, String>,
+);
+
+fn build_contexts(a: &BuildArgs) -> Result<BuildContexts, RequestError> {
+    let mut named_contexts = BTreeMap::new();
+    let mut context_dirs = BTreeMap::new();
+    let mut context_values = BTreeMap::new();
+    for value in &a.build_context {
+        let (name, named, dir) = parse_build_context(value)?;
+        if let Some((_, v)) = value.split_once('=') {
+            context_values.insert(name.clone(), v.to_string());
+        }
+        if let Some(dir) = dir {
+            context_dirs.insert(name.clone(), dir);
+        }
+        named_contexts.insert(name, named);
+    }
+    Ok((named_contexts, context_dirs, context_values))
+}
+
+/// The `--platform` values, each once, in order; the host's by default.
+fn platforms_of(a: &BuildArgs) -> Result<Vec<Platform>, RequestError> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for value in &a.platforms {
+        for p in kbuild_platform::parse_list(value)? {
+            if !platforms.contains(&p) {
+                platforms.push(p);
+            }
+        }
+    }
+    if platforms.is_empty() {
+        platforms.push(Platform::host());
+    }
+    Ok(platforms)
+}
+
+/// The outputs of `-o`, `--push` and `--load`, and which of them
+/// `--load` is; a docker archive refused for several platforms.
+fn outputs_of(
+    a: &BuildArgs,
+    platforms: &[Platform],
+) -> Result<(Vec<Output>, Option<usize>), RequestError> {
+    let mut outputs = a
+        .outputs
+        .iter()
+        .map(|o| Output::parse(o, &a.tags))
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.push {
+        match outputs
+            .iter_mut()
+            .find(|o| matches!(o.kind, OutputKind::Image | OutputKind::Registry))
+        {
+            Some(o) => o.push = true,
+            None => outputs.push(Output::parse("type=registry", &a.tags)?),
+        }
+    }
+    let mut load = None;
+    if a.load {
+        let daemon = outputs
+            .iter()
+            .position(|o| o.kind == OutputKind::Docker && o.dest.is_none());
+        load = Some(daemon.unwrap_or(outputs.len()));
+        if daemon.is_none() {
+            outputs.push(Output::parse("type=docker", &a.tags)?);
+        }
+    }
+    // `--load` holds several platforms on a kubernetes builder (each
+    // node loads its own); [`BuildRequest::check_load`] checks it
+    // once the builder is known.
+    if platforms.len() > 1
+        && outputs
+            .iter()
+            .enumerate()
+            .any(|(i, o)| o.kind == OutputKind::Docker && Some(i) != load)
+    {
+        return Err(RequestError::DockerArchivePlatforms(
+            platforms
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    Ok((outputs, load))
+}
+
+/// The `--annotation`s and those of the outputs, and the `--provenance`
+/// mode; refused where the outputs or platforms cannot hold them.
+fn annotations_of(
+    a: &BuildArgs,
+    outputs: &[Output],
+    platforms: &[Platform],
+) -> Result<(Vec<Annotation>, Option<ProvenanceMode>), RequestError> {
+    let mut annotations = Vec::new();
+    for spec in &a.annotation {
+        annotations.extend(Annotation::parse_flag(spec)?);
+    }
+    annotations.extend(outputs.iter().flat_map(|o| o.annotations.iter().cloned()));
+    let provenance = match a.provenance.as_deref() {
+        Some(v) => kbuild_solver::provenance::parse_mode(v)?,
+        None => None,
+    };
+    if provenance.is_some() {
+        if let Some(o) = outputs
+            .iter()
+            .find(|o| matches!(o.kind, OutputKind::Docker | OutputKind::Containerd))
+        {
+            return Err(RequestError::ProvenanceOutput(o.kind.clone()));
+        }
+    }
+    if let Some(index_only) = annotations.iter().find(|x| {
+        matches!(
+            x.target,
+            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+        )
+    }) {
+        if platforms.len() < 2 && provenance.is_none() {
+            return Err(RequestError::IndexAnnotation(index_only.to_flag()));
+        }
+    }
+    Ok((annotations, provenance))
+}
+
+/// Whether `--allow` grants `security.insecure`; other entitlements but
+/// `network.host` are refused.
+fn allow_insecure(a: &BuildArgs) -> Result<bool, RequestError> {
+    let mut allow_insecure = false;
+    for entitlement in a.allow.iter().flat_map(|v| v.split(',')).map(str::trim) {
+        match entitlement {
+            "security.insecure" => allow_insecure = true,
+            // RUN steps use the host's network by default here, so
+            // `RUN --network=host` needs no grant; accepted for buildx
+            // command lines.
+            "network.host" => {}
+            other => return Err(RequestError::Entitlement(other.to_string())),
+        }
+    }
+    Ok(allow_insecure)
+}
+
 fn read_dockerfile(
     path: &str,
     file: Option<&str>,

@@ -3,12 +3,16 @@
 //! would for a one-node build: an OCI layout tarball, or a tar of the
 //! filesystem (one platform at its root, several in `linux_amd64/`-style
 //! directories). This side keeps the parts as they arrive (the blobs in a
-//! scratch content store, the filesystems unpacked with the worker's one
-//! extractor in the output's staging directory), and once every node has
-//! finished writes the whole output through the same writers a local build
-//! uses: the OCI layout of the merged index, or one directory per platform.
-//! A part of a node lost mid-build is dropped with it; its retry streams a
-//! new one.
+//! scratch content store, the tarballs as they came for `type=tar`, the
+//! filesystems unpacked with the worker's one extractor in the output's
+//! staging directory for `type=local`), and once every node has finished
+//! writes the whole output through the same writers a local build uses: the
+//! OCI layout of the merged index, one tarball merged from the nodes' ones
+//! (`merge`: nothing unpacked, so no root needed), or one directory per
+//! platform. A part of a node lost mid-build is dropped with it; its retry
+//! streams a new one.
+
+mod merge;
 
 use crate::remote::ChannelReader;
 use kbuild_image::tarball::TarOptions;
@@ -46,6 +50,12 @@ pub enum SplitOutputError {
         node: String,
         platforms: String,
     },
+    /// The nodes' tarballs could not be merged into one.
+    #[error("-o type=tar,dest={dest}: {source}")]
+    Tar {
+        dest: String,
+        source: kbuild_image::Error,
+    },
     /// A part could not be moved into the output's tree.
     #[error("-o type={kind},dest={dest}: move {path}: {source}")]
     Move {
@@ -76,7 +86,10 @@ enum Stage {
         _dir: tempfile::TempDir,
         store: Arc<ContentStore>,
     },
-    /// The output's staging tree.
+    /// `type=tar`: a scratch directory beside the destination holding
+    /// each node's tarball (`part-<part>-<output>.tar`).
+    Tar(tempfile::TempDir),
+    /// `type=local`: the output's staging tree.
     Files(FilesystemStage),
 }
 
@@ -100,6 +113,67 @@ fn dest_of(o: &Output) -> PathBuf {
     o.dest.clone().unwrap_or_else(|| PathBuf::from("-"))
 }
 
+/// Node `part`'s tarball of output `output` in a `type=tar` stage.
+fn part_tar(dir: &Path, part: usize, output: u32) -> PathBuf {
+    dir.join(format!("part-{part}-{output}.tar"))
+}
+
+/// A scratch directory beside `dest` (in the temporary directory for
+/// standard output), removed when dropped.
+fn scratch_beside(dest: &Path) -> Result<tempfile::TempDir, kbuild_image::Error> {
+    let parent = if dest == Path::new("-") {
+        std::env::temp_dir()
+    } else {
+        dest.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    };
+    std::fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
+    tempfile::Builder::new()
+        .prefix(".kubectl-build-parts-")
+        .tempdir_in(&parent)
+        .map_err(io_err("create a staging directory in", &parent))
+}
+
+impl Stage {
+    /// Where output `o`'s parts go; `None` when it is no file output.
+    fn for_output(o: &Output) -> Result<Option<Stage>, SplitOutputError> {
+        let dest = dest_of(o);
+        let shown = || dest.display().to_string();
+        Ok(Some(match o.kind {
+            OutputKind::Oci => {
+                let layout_err = |source| SplitOutputError::Layout {
+                    dest: shown(),
+                    source,
+                };
+                let dir = scratch_beside(&dest).map_err(layout_err)?;
+                let store = ContentStore::open(dir.path().join("store")).map_err(layout_err)?;
+                Stage::Oci {
+                    _dir: dir,
+                    store: Arc::new(store),
+                }
+            }
+            OutputKind::Tar => {
+                Stage::Tar(
+                    scratch_beside(&dest).map_err(|source| SplitOutputError::Tar {
+                        dest: shown(),
+                        source,
+                    })?,
+                )
+            }
+            OutputKind::Local => Stage::Files(FilesystemStage::new(&dest).map_err(|source| {
+                SplitOutputError::Stage {
+                    kind: o.kind.name(),
+                    dest: shown(),
+                    source: Box::new(source),
+                }
+            })?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
 impl SplitOutputs {
     /// Prepares a staging place for each file output of `outputs` (the
     /// others run on the nodes). `None` when there is none.
@@ -118,46 +192,9 @@ impl SplitOutputs {
     ) -> Result<Option<SplitOutputs>, SplitOutputError> {
         let mut stages = HashMap::new();
         for (i, o) in outputs.iter().enumerate().filter(|(_, o)| wanted(o)) {
-            let dest = dest_of(o);
-            let stage_err = |source| SplitOutputError::Stage {
-                kind: o.kind.name(),
-                dest: dest.display().to_string(),
-                source: Box::new(source),
-            };
-            let stage = match o.kind {
-                OutputKind::Oci => {
-                    let parent = if dest == Path::new("-") {
-                        std::env::temp_dir()
-                    } else {
-                        dest.parent()
-                            .filter(|p| !p.as_os_str().is_empty())
-                            .map(Path::to_path_buf)
-                            .unwrap_or_else(|| PathBuf::from("."))
-                    };
-                    let layout_err = |source| SplitOutputError::Layout {
-                        dest: dest.display().to_string(),
-                        source,
-                    };
-                    std::fs::create_dir_all(&parent)
-                        .map_err(io_err("create", &parent))
-                        .map_err(layout_err)?;
-                    let dir = tempfile::Builder::new()
-                        .prefix(".kubectl-build-parts-")
-                        .tempdir_in(&parent)
-                        .map_err(io_err("create a staging directory in", &parent))
-                        .map_err(layout_err)?;
-                    let store = ContentStore::open(dir.path().join("store")).map_err(layout_err)?;
-                    Stage::Oci {
-                        _dir: dir,
-                        store: Arc::new(store),
-                    }
-                }
-                OutputKind::Tar | OutputKind::Local => {
-                    Stage::Files(FilesystemStage::new(&dest).map_err(stage_err)?)
-                }
-                _ => continue,
-            };
-            stages.insert(i as u32, stage);
+            if let Some(stage) = Stage::for_output(o)? {
+                stages.insert(i as u32, stage);
+            }
         }
         if stages.is_empty() {
             return Ok(None);
@@ -233,15 +270,18 @@ impl SplitOutputs {
                     receive_blobs(&store, reader).map(|()| Default::default())
                 })
             }
+            Stage::Tar(dir) => {
+                let file = part_tar(dir.path(), part, output);
+                std::thread::spawn(move || receive_tar(&file, reader).map(|()| Default::default()))
+            }
             Stage::Files(s) => {
                 let dir = s
                     .scratch(&format!("part-{part}-{output}"))
                     .map_err(|e| e.to_string())?;
                 let o = &self.outputs[output as usize];
-                // A tarball keeps everything; a directory here only what
-                // a local build's keeps.
+                // Only what a local build's directory keeps.
                 let apply = ApplyOptions {
-                    preserve_special: o.kind == OutputKind::Tar || o.preserve_special,
+                    preserve_special: o.preserve_special,
                 };
                 std::thread::spawn(move || {
                     kbuild_worker::snapshot::apply_layer_to_dir_with(&dir, reader, apply)
@@ -282,114 +322,188 @@ impl SplitOutputs {
         stages.sort_by_key(|(i, _)| *i);
         for (i, stage) in stages {
             let o = &self.outputs[i as usize];
+            let report = received_report(o, i, parts, &received)?;
+            self.write_output(o, i, stage, parts, root)?;
+            if o.kind == OutputKind::Local {
+                notes.extend(left_out_notes(&dest_of(o), &report));
+            }
             let dest = dest_of(o);
-            let shown = dest.display().to_string();
-            let kind = o.kind.name();
-            let mut report = ApplyReport::default();
-            for (part, node, platforms) in parts {
-                match received.get(&(*part, i)) {
-                    Some(r) => {
-                        report.devices_skipped += r.devices_skipped;
-                        report.privileges_dropped += r.privileges_dropped;
-                    }
-                    None => {
-                        return Err(SplitOutputError::MissingPart {
-                            kind,
-                            dest: shown,
-                            node: node.clone(),
-                            platforms: platforms
-                                .iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                        })
-                    }
-                }
-            }
-            match stage {
-                Stage::Oci { _dir, store } => {
-                    let layout_err = |source| SplitOutputError::Layout {
-                        dest: shown.clone(),
-                        source,
-                    };
-                    let root = match root {
-                        Root::Merged { index, media_type } => {
-                            let (digest, size) = store.put_bytes(index).map_err(layout_err)?;
-                            Descriptor::new(media_type.to_string(), digest, size)
-                        }
-                        // Its blob came with the node's layout.
-                        Root::Streamed(d) => (**d).clone(),
-                    };
-                    let ref_name = o.names.first().map(|n| kbuild_solver::outputs::tag_of(n));
-                    write_layout(
-                        &store,
-                        &root,
-                        o,
-                        &dest,
-                        ref_name.as_deref(),
-                        &self.tar,
-                        &shown,
-                    )?;
-                    drop(_dir);
-                }
-                Stage::Files(s) => {
-                    for (part, _, platforms) in parts {
-                        let from = s
-                            .tree()
-                            .parent()
-                            .map(|p| p.join(format!("part-{part}-{i}")));
-                        let Some(from) = from else { continue };
-                        let moves: Vec<(PathBuf, PathBuf)> = if let [one] = platforms.as_slice() {
-                            vec![(
-                                from.clone(),
-                                s.tree().join(kbuild_solver::outputs::platform_dir(one)),
-                            )]
-                        } else {
-                            platforms
-                                .iter()
-                                .map(|p| {
-                                    (
-                                        from.join(kbuild_solver::outputs::platform_dir(p)),
-                                        s.tree().join(kbuild_solver::outputs::platform_dir(p)),
-                                    )
-                                })
-                                .collect()
-                        };
-                        for (a, b) in moves {
-                            std::fs::rename(&a, &b).map_err(|source| SplitOutputError::Move {
-                                kind,
-                                dest: shown.clone(),
-                                path: a.clone(),
-                                source,
-                            })?;
-                        }
-                    }
-                    s.finish(
-                        o.kind == OutputKind::Tar,
-                        self.tar,
-                        &kbuild_image::CommitGate::new(),
-                    )
-                    .map_err(|source| SplitOutputError::Stage {
-                        kind,
-                        dest: shown.clone(),
-                        source: Box::new(source),
-                    })?;
-                    if o.kind == OutputKind::Local {
-                        if report.devices_skipped > 0 {
-                            notes.push(format!("{shown}: left out {} device node(s); add preserve-special=true to -o type=local to create them", report.devices_skipped));
-                        }
-                        if report.privileges_dropped > 0 {
-                            notes.push(format!("{shown}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them", report.privileges_dropped));
-                        }
-                    }
-                }
-            }
             if dest != Path::new("-") {
                 written.push(dest);
             }
         }
         Ok((notes, written))
     }
+
+    /// Writes output `o` (number `i`) from its stage.
+    fn write_output(
+        &self,
+        o: &Output,
+        i: u32,
+        stage: Stage,
+        parts: &[(usize, String, Vec<Platform>)],
+        root: &Root<'_>,
+    ) -> Result<(), SplitOutputError> {
+        let dest = dest_of(o);
+        let shown = dest.display().to_string();
+        match stage {
+            Stage::Oci { _dir, store } => {
+                let root = match root {
+                    Root::Merged { index, media_type } => {
+                        let (digest, size) =
+                            store
+                                .put_bytes(index)
+                                .map_err(|source| SplitOutputError::Layout {
+                                    dest: shown.clone(),
+                                    source,
+                                })?;
+                        Descriptor::new(media_type.to_string(), digest, size)
+                    }
+                    // Its blob came with the node's layout.
+                    Root::Streamed(d) => (**d).clone(),
+                };
+                let ref_name = o.names.first().map(|n| kbuild_solver::outputs::tag_of(n));
+                write_layout(
+                    &store,
+                    &root,
+                    o,
+                    &dest,
+                    ref_name.as_deref(),
+                    &self.tar,
+                    &shown,
+                )?;
+                drop(_dir);
+                Ok(())
+            }
+            Stage::Tar(dir) => write_merged_tar(dir.path(), i, parts, &dest, self.tar),
+            Stage::Files(s) => {
+                move_parts(&s, i, parts).map_err(|(path, source)| SplitOutputError::Move {
+                    kind: o.kind.name(),
+                    dest: shown.clone(),
+                    path,
+                    source,
+                })?;
+                s.finish(false, self.tar, &kbuild_image::CommitGate::new())
+                    .map_err(|source| SplitOutputError::Stage {
+                        kind: o.kind.name(),
+                        dest: shown,
+                        source: Box::new(source),
+                    })
+            }
+        }
+    }
+}
+
+/// What the extractor left out of output `o` (number `i`) over all parts;
+/// an error naming the node whose part did not come.
+fn received_report(
+    o: &Output,
+    i: u32,
+    parts: &[(usize, String, Vec<Platform>)],
+    received: &HashMap<(usize, u32), ApplyReport>,
+) -> Result<ApplyReport, SplitOutputError> {
+    let mut report = ApplyReport::default();
+    for (part, node, platforms) in parts {
+        let Some(r) = received.get(&(*part, i)) else {
+            return Err(SplitOutputError::MissingPart {
+                kind: o.kind.name(),
+                dest: dest_of(o).display().to_string(),
+                node: node.clone(),
+                platforms: platforms
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        report.devices_skipped += r.devices_skipped;
+        report.privileges_dropped += r.privileges_dropped;
+    }
+    Ok(report)
+}
+
+/// The notes of a `type=local` output at `dest` about what it left out.
+fn left_out_notes(dest: &Path, report: &ApplyReport) -> Vec<String> {
+    let shown = dest.display();
+    let mut notes = Vec::new();
+    if report.devices_skipped > 0 {
+        notes.push(format!("{shown}: left out {} device node(s); add preserve-special=true to -o type=local to create them", report.devices_skipped));
+    }
+    if report.privileges_dropped > 0 {
+        notes.push(format!("{shown}: cleared setuid/setgid bits or capabilities of {} file(s); add preserve-special=true to -o type=local to keep them", report.privileges_dropped));
+    }
+    notes
+}
+
+/// Moves each part's unpacked platforms into the stage's tree, one
+/// directory per platform; the failed rename's source on error.
+fn move_parts(
+    s: &FilesystemStage,
+    i: u32,
+    parts: &[(usize, String, Vec<Platform>)],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    use kbuild_solver::outputs::platform_dir;
+    for (part, _, platforms) in parts {
+        let Some(from) = s
+            .tree()
+            .parent()
+            .map(|p| p.join(format!("part-{part}-{i}")))
+        else {
+            continue;
+        };
+        let moves: Vec<(PathBuf, PathBuf)> = if let [one] = platforms.as_slice() {
+            vec![(from.clone(), s.tree().join(platform_dir(one)))]
+        } else {
+            platforms
+                .iter()
+                .map(|p| (from.join(platform_dir(p)), s.tree().join(platform_dir(p))))
+                .collect()
+        };
+        for (a, b) in moves {
+            std::fs::rename(&a, &b).map_err(|source| (a.clone(), source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Merges the nodes' tarballs of output `i` (kept in `dir`) into `dest`,
+/// written whole or not at all (standard output: nothing before the end).
+fn write_merged_tar(
+    dir: &Path,
+    i: u32,
+    parts: &[(usize, String, Vec<Platform>)],
+    dest: &Path,
+    tar: TarOptions,
+) -> Result<(), SplitOutputError> {
+    let inputs: Vec<(PathBuf, &[Platform])> = parts
+        .iter()
+        .map(|(part, _, platforms)| (part_tar(dir, *part, i), platforms.as_slice()))
+        .collect();
+    let shown = || dest.display().to_string();
+    if dest == Path::new("-") {
+        return kbuild_solver::outputs::staged_stdout(|w| {
+            merge::merge_parts(&inputs, tar, w)?;
+            Ok(())
+        })
+        .map_err(|source| SplitOutputError::Stage {
+            kind: "tar",
+            dest: shown(),
+            source: Box::new(source),
+        });
+    }
+    kbuild_image::write_atomic_with(dest, |w| merge::merge_parts(&inputs, tar, w)).map_err(
+        |source| SplitOutputError::Tar {
+            dest: shown(),
+            source,
+        },
+    )
+}
+
+/// Keeps a node's filesystem tarball as it comes, in `file`.
+fn receive_tar(file: &Path, mut reader: ChannelReader) -> Result<(), String> {
+    let mut f = std::fs::File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    std::io::copy(&mut reader, &mut f).map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(())
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> kbuild_image::Error {

@@ -207,6 +207,34 @@ pub fn schedule(
                 .collect()
         })
         .collect();
+    let best = best_classes(nodes, targets, &work);
+    refuse_missing(builder, nodes, targets, &best)?;
+    let chosen = spread(nodes, targets.len(), &best);
+    Ok(targets
+        .iter()
+        .zip(chosen)
+        .enumerate()
+        .filter_map(|(t, (platform, c))| {
+            let (node, reason) = c?;
+            Some(Assignment {
+                platform: platform.clone(),
+                node,
+                reason,
+                build_platform: nodes[node].build_platform().cloned(),
+                exec_platforms: work[t][node].iter().cloned().collect(),
+            })
+        })
+        .collect())
+}
+
+/// Each target's best class (native, cross, emulated) and, in node order,
+/// the nodes that offer it; `work[t][n]`: what target `t` executes on
+/// node `n`.
+fn best_classes(
+    nodes: &[Candidate],
+    targets: &[Platform],
+    work: &[Vec<BTreeSet<Platform>>],
+) -> Vec<Option<(Reason, Vec<usize>)>> {
     let class = |t: usize, n: usize| -> Option<Reason> {
         let node = &nodes[n];
         // Without a build platform what would run there is unknown.
@@ -222,8 +250,7 @@ pub fn schedule(
             None
         }
     };
-    // Each target's best class, and which nodes offer it.
-    let best: Vec<Option<(Reason, Vec<usize>)>> = (0..targets.len())
+    (0..targets.len())
         .map(|t| {
             let classes: Vec<Option<Reason>> = (0..nodes.len()).map(|n| class(t, n)).collect();
             let reason = classes.iter().flatten().min().copied()?;
@@ -232,29 +259,50 @@ pub fn schedule(
                 .collect();
             Some((reason, which))
         })
-        .collect();
+        .collect()
+}
+
+/// An error naming the targets no node can build, with every node's
+/// platforms.
+fn refuse_missing(
+    builder: &str,
+    nodes: &[Candidate],
+    targets: &[Platform],
+    best: &[Option<(Reason, Vec<usize>)>],
+) -> Result<(), ScheduleError> {
     let missing: Vec<String> = targets
         .iter()
-        .zip(&best)
+        .zip(best)
         .filter(|(_, b)| b.is_none())
         .map(|(t, _)| t.to_string())
         .collect();
-    if !missing.is_empty() {
-        return Err(ScheduleError::NoCapableNode {
-            builder: builder.to_string(),
-            platforms: missing,
-            nodes: nodes
-                .iter()
-                .map(|n| NodeSummary {
-                    name: n.name.clone(),
-                    native: n.native_platforms(),
-                    emulated: n.info.emulated.iter().map(|(p, _)| p.to_string()).collect(),
-                })
-                .collect(),
-        });
+    if missing.is_empty() {
+        return Ok(());
     }
+    Err(ScheduleError::NoCapableNode {
+        builder: builder.to_string(),
+        platforms: missing,
+        nodes: nodes
+            .iter()
+            .map(|n| NodeSummary {
+                name: n.name.clone(),
+                native: n.native_platforms(),
+                emulated: n.info.emulated.iter().map(|(p, _)| p.to_string()).collect(),
+            })
+            .collect(),
+    })
+}
+
+/// The node and class chosen for each of `count` targets: class by class
+/// (native first), each target to the node of its best class with the
+/// smallest share of builds per free core (the first of equal ones).
+fn spread(
+    nodes: &[Candidate],
+    count: usize,
+    best: &[Option<(Reason, Vec<usize>)>],
+) -> Vec<Option<(usize, Reason)>> {
     let mut given = vec![0u32; nodes.len()];
-    let mut chosen: Vec<Option<(usize, Reason)>> = vec![None; targets.len()];
+    let mut chosen: Vec<Option<(usize, Reason)>> = vec![None; count];
     for pass in [Reason::Native, Reason::Cross, Reason::Emulated] {
         for (t, b) in best.iter().enumerate() {
             let Some((reason, which)) = b else { continue };
@@ -276,21 +324,7 @@ pub fn schedule(
             chosen[t] = Some((pick, *reason));
         }
     }
-    Ok(targets
-        .iter()
-        .zip(chosen)
-        .enumerate()
-        .filter_map(|(t, (platform, c))| {
-            let (node, reason) = c?;
-            Some(Assignment {
-                platform: platform.clone(),
-                node,
-                reason,
-                build_platform: nodes[node].build_platform().cloned(),
-                exec_platforms: work[t][node].iter().cloned().collect(),
-            })
-        })
-        .collect())
+    chosen
 }
 
 #[cfg(test)]

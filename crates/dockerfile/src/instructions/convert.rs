@@ -137,13 +137,10 @@ impl Conv<'_> {
                 })
             }
             "maintainer" => {
-                let args = self.args();
-                if args.len() != 1 {
-                    return arg_err(exactly_one("MAINTAINER"));
-                }
+                let arg = self.one_arg("MAINTAINER")?;
                 self.flags(&[])?;
                 Instruction::Maintainer(Maintainer {
-                    name: args[0].clone(),
+                    name: arg,
                     range: self.range(),
                     original: self.original(),
                 })
@@ -163,13 +160,10 @@ impl Conv<'_> {
             "from" => self.from()?,
             "onbuild" => self.onbuild()?,
             "workdir" => {
-                let args = self.args();
-                if args.len() != 1 {
-                    return arg_err(exactly_one("WORKDIR"));
-                }
+                let arg = self.one_arg("WORKDIR")?;
                 self.flags(&[])?;
                 Instruction::Workdir(Workdir {
-                    path: args[0].clone(),
+                    path: arg,
                     range: self.range(),
                     original: self.original(),
                 })
@@ -192,105 +186,28 @@ impl Conv<'_> {
                 })
             }
             "healthcheck" => self.healthcheck()?,
-            "expose" => {
-                let mut ports = self.args();
-                if ports.is_empty() {
-                    return arg_err(at_least_one("EXPOSE"));
-                }
-                self.flags(&[])?;
-                ports.sort();
-                Instruction::Expose(Expose {
-                    ports,
-                    range: self.range(),
-                    original: self.original(),
-                })
-            }
+            "expose" => self.expose()?,
             "user" => {
-                let args = self.args();
-                if args.len() != 1 {
-                    return arg_err(exactly_one("USER"));
-                }
+                let arg = self.one_arg("USER")?;
                 self.flags(&[])?;
                 Instruction::User(User {
-                    user: args[0].clone(),
+                    user: arg,
                     range: self.range(),
                     original: self.original(),
                 })
             }
-            "volume" => {
-                let args = self.args();
-                if args.is_empty() {
-                    return arg_err(at_least_one("VOLUME"));
-                }
-                self.flags(&[])?;
-                let mut volumes = Vec::with_capacity(args.len());
-                for v in args {
-                    let v = v.trim();
-                    if v.is_empty() {
-                        return arg_err("VOLUME specified can not be an empty string");
-                    }
-                    volumes.push(v.to_string());
-                }
-                Instruction::Volume(Volume {
-                    volumes,
-                    json: self.node.json,
-                    range: self.range(),
-                    original: self.original(),
-                })
-            }
+            "volume" => self.volume()?,
             "stopsignal" => {
                 // BuildKit never checks STOPSIGNAL's flags.
-                let args = self.args();
-                if args.len() != 1 {
-                    return arg_err(exactly_one("STOPSIGNAL"));
-                }
+                let arg = self.one_arg("STOPSIGNAL")?;
                 Instruction::StopSignal(StopSignal {
-                    signal: args[0].clone(),
+                    signal: arg,
                     range: self.range(),
                     original: self.original(),
                 })
             }
-            "arg" => {
-                // BuildKit never checks ARG's flags.
-                let words = self.args();
-                if words.is_empty() {
-                    return arg_err(at_least_one("ARG"));
-                }
-                let mut args = Vec::with_capacity(words.len());
-                for w in words {
-                    match w.split_once('=') {
-                        Some(("", _)) => return arg_err("ARG names can not be blank"),
-                        Some((k, v)) => args.push(ArgDef {
-                            name: k.to_string(),
-                            default: Some(v.to_string()),
-                        }),
-                        None => args.push(ArgDef {
-                            name: w,
-                            default: None,
-                        }),
-                    }
-                }
-                Instruction::Arg(Arg {
-                    args,
-                    range: self.range(),
-                    original: self.original(),
-                })
-            }
-            "shell" => {
-                self.flags(&[])?;
-                let args = self.args();
-                if args.is_empty() {
-                    return arg_err(at_least_one("SHELL"));
-                }
-                if !self.node.json {
-                    return arg_err(not_json("SHELL"));
-                }
-                Instruction::Shell(Shell {
-                    shell: args,
-                    range: self.range(),
-                    original: self.original(),
-                })
-            }
+            "arg" => self.arg()?,
+            "shell" => self.shell()?,
             _ => {
                 let msg = format!("unknown instruction: {}", self.node.keyword);
                 return Err((
@@ -299,6 +216,98 @@ impl Conv<'_> {
                 ));
             }
         })
+    }
+
+    /// VOLUME: one or more paths, none empty.
+    fn volume(&self) -> R<Instruction> {
+        let args = self.args();
+        if args.is_empty() {
+            return arg_err(at_least_one("VOLUME"));
+        }
+        self.flags(&[])?;
+        let mut volumes = Vec::with_capacity(args.len());
+        for v in args {
+            let v = v.trim();
+            if v.is_empty() {
+                return arg_err("VOLUME specified can not be an empty string");
+            }
+            volumes.push(v.to_string());
+        }
+        Ok(Instruction::Volume(Volume {
+            volumes,
+            json: self.node.json,
+            range: self.range(),
+            original: self.original(),
+        }))
+    }
+
+    /// ARG: `name` or `name=default` definitions (flags are never checked, as in BuildKit).
+    fn arg(&self) -> R<Instruction> {
+        // BuildKit never checks ARG's flags.
+        let words = self.args();
+        if words.is_empty() {
+            return arg_err(at_least_one("ARG"));
+        }
+        let mut args = Vec::with_capacity(words.len());
+        for w in words {
+            match w.split_once('=') {
+                Some(("", _)) => return arg_err("ARG names can not be blank"),
+                Some((k, v)) => args.push(ArgDef {
+                    name: k.to_string(),
+                    default: Some(v.to_string()),
+                }),
+                None => args.push(ArgDef {
+                    name: w,
+                    default: None,
+                }),
+            }
+        }
+        Ok(Instruction::Arg(Arg {
+            args,
+            range: self.range(),
+            original: self.original(),
+        }))
+    }
+
+    /// SHELL: a JSON array.
+    fn shell(&self) -> R<Instruction> {
+        self.flags(&[])?;
+        let args = self.args();
+        if args.is_empty() {
+            return arg_err(at_least_one("SHELL"));
+        }
+        if !self.node.json {
+            return arg_err(not_json("SHELL"));
+        }
+        Ok(Instruction::Shell(Shell {
+            shell: args,
+            range: self.range(),
+            original: self.original(),
+        }))
+    }
+
+    /// EXPOSE: one or more ports, sorted.
+    fn expose(&self) -> R<Instruction> {
+        let mut ports = self.args();
+        if ports.is_empty() {
+            return arg_err(at_least_one("EXPOSE"));
+        }
+        self.flags(&[])?;
+        ports.sort();
+        Ok(Instruction::Expose(Expose {
+            ports,
+            range: self.range(),
+            original: self.original(),
+        }))
+    }
+
+    /// The one argument of `keyword`.
+    fn one_arg(&self, keyword: &str) -> R<String> {
+        let mut args = self.args();
+        match args.pop() {
+            Some(arg) if args.is_empty() => Ok(arg),
+            _ => arg_err(exactly_one(keyword)),
+        }
     }
 
     fn kvps(&self, keyword: &str) -> R<(Vec<KeyValue>, bool)> {

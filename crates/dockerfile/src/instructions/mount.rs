@@ -335,238 +335,276 @@ impl Mount {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
         };
-        let mut kind = Kind::Bind;
-        let mut from = None;
-        let mut source: Option<String> = None;
-        let mut target: Option<String> = None;
-        let mut read_only = false;
-        let mut ro_auto = true;
-        let mut id: Option<String> = None;
-        let mut sharing: Option<Sharing> = None;
-        let mut required = false;
-        let mut mode = None;
-        let mut uid = None;
-        let mut gid = None;
-        let mut size = None;
-        let mut env = None;
+        let mut options = Options::default();
         for field in &fields {
             let mut buf = [0u8; 16];
-            let (key, raw) = match field.split_once('=') {
-                Some((k, v)) => (crate::parser::lowercase(k, &mut buf), v),
-                None => {
-                    let key = field.to_lowercase();
-                    match key.as_str() {
-                        "readonly" | "ro" => {
-                            read_only = true;
-                            ro_auto = false;
-                        }
-                        "readwrite" | "rw" => {
-                            read_only = false;
-                            ro_auto = false;
-                        }
-                        "required" if matches!(kind, Kind::Secret | Kind::Ssh) => required = true,
-                        "required" => {
-                            return Ok(Err(err(format!(
-                                "unexpected key '{key}' for mount type '{}'",
-                                kind.name()
-                            ))))
-                        }
-                        _ => {
-                            return Ok(Err(err(format!(
-                                "invalid field '{field}' must be a key=value pair"
-                            ))))
-                        }
-                    }
-                    continue;
+            let set = match field.split_once('=') {
+                Some((k, v)) => {
+                    let key = crate::parser::lowercase(k, &mut buf);
+                    let value = expand(v)?;
+                    options.set(&key, field, value)
                 }
+                None => options.flag(field),
             };
-            let value = expand(raw)?;
-            let bad = |key: &str| err(format!("invalid value for {key}: {value}"));
-            match &*key {
-                "type" => {
-                    kind = match value.to_lowercase().as_str() {
-                        "bind" => Kind::Bind,
-                        "cache" => Kind::Cache,
-                        "tmpfs" => Kind::Tmpfs,
-                        "secret" => Kind::Secret,
-                        "ssh" => Kind::Ssh,
-                        _ => {
-                            let msg = format!("unsupported mount type {value:?}");
-                            return Ok(Err(err(crate::parser::suggest::wrap(
-                                msg, &value, &ALL_TYPES, true,
-                            ))));
-                        }
-                    }
-                }
-                "from" => from = Some(value),
-                "source" | "src" => source = Some(value),
-                "target" | "dst" | "destination" => target = Some(value),
-                "readonly" | "ro" => {
-                    read_only = match parse_bool(&value) {
-                        Some(b) => b,
-                        None => return Ok(Err(bad(&key))),
-                    };
-                    ro_auto = false;
-                }
-                "readwrite" | "rw" => {
-                    read_only = match parse_bool(&value) {
-                        Some(b) => !b,
-                        None => return Ok(Err(bad(&key))),
-                    };
-                    ro_auto = false;
-                }
-                "required" => {
-                    if !matches!(kind, Kind::Secret | Kind::Ssh) {
-                        return Ok(Err(err(format!(
-                            "unexpected key '{key}' for mount type '{}'",
-                            kind.name()
-                        ))));
-                    }
-                    required = match parse_bool(&value) {
-                        Some(b) => b,
-                        None => return Ok(Err(bad(&key))),
-                    };
-                }
-                "size" => {
-                    if kind != Kind::Tmpfs {
-                        return Ok(Err(err(format!(
-                            "unexpected key '{key}' for mount type '{}'",
-                            kind.name()
-                        ))));
-                    }
-                    size = match ram_in_bytes(&value) {
-                        Some(s) => Some(s),
-                        None => return Ok(Err(bad(&key))),
-                    };
-                }
-                "env" => {
-                    if kind != Kind::Secret {
-                        return Ok(Err(err(format!(
-                            "unexpected key '{key}' for mount type '{}'",
-                            kind.name()
-                        ))));
-                    }
-                    env = Some(value);
-                }
-                "id" => id = Some(value),
-                "sharing" => {
-                    sharing = Some(match value.to_lowercase().as_str() {
-                        "shared" => Sharing::Shared,
-                        "private" => Sharing::Private,
-                        "locked" => Sharing::Locked,
-                        _ => {
-                            let msg = format!("unsupported sharing value {value:?}");
-                            return Ok(Err(err(crate::parser::suggest::wrap(
-                                msg,
-                                &value,
-                                &ALL_SHARING,
-                                true,
-                            ))));
-                        }
-                    })
-                }
-                "mode" => match parse_u32(&value, 8) {
-                    Some(m) => mode = Some(m),
-                    None => return Ok(Err(err(format!("invalid value {value} for mode")))),
-                },
-                "uid" => match parse_u32(&value, 10) {
-                    Some(m) => uid = Some(m),
-                    None => return Ok(Err(err(format!("invalid value {value} for uid")))),
-                },
-                "gid" => match parse_u32(&value, 10) {
-                    Some(m) => gid = Some(m),
-                    None => return Ok(Err(err(format!("invalid value {value} for gid")))),
-                },
-                _ => {
-                    let msg = format!("unexpected key '{key}' in '{field}'");
-                    return Ok(Err(err(crate::parser::suggest::wrap(
-                        msg, &key, &ALL_KEYS, true,
-                    ))));
-                }
+            if let Err(e) = set {
+                return Ok(Err(e));
             }
         }
+        Ok(options.finish())
+    }
+}
 
+/// The options of one `--mount`, as they are read.
+struct Options {
+    kind: Kind,
+    from: Option<String>,
+    source: Option<String>,
+    target: Option<String>,
+    read_only: bool,
+    /// Neither `ro` nor `rw` given: the mount type decides.
+    ro_auto: bool,
+    id: Option<String>,
+    sharing: Option<Sharing>,
+    required: bool,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    env: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            kind: Kind::Bind,
+            from: None,
+            source: None,
+            target: None,
+            read_only: false,
+            ro_auto: true,
+            id: None,
+            sharing: None,
+            required: false,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            env: None,
+        }
+    }
+}
+
+impl Options {
+    /// A field without a value (`ro`, `rw`, `required`).
+    fn flag(&mut self, field: &str) -> Result<(), MountError> {
+        let key = field.to_lowercase();
+        match key.as_str() {
+            "readonly" | "ro" => {
+                self.read_only = true;
+                self.ro_auto = false;
+            }
+            "readwrite" | "rw" => {
+                self.read_only = false;
+                self.ro_auto = false;
+            }
+            "required" if matches!(self.kind, Kind::Secret | Kind::Ssh) => self.required = true,
+            "required" => return Err(self.unexpected(&key)),
+            _ => {
+                return Err(err(format!(
+                    "invalid field '{field}' must be a key=value pair"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `key=value` (`key` lowercased, `value` expanded) of `field`.
+    fn set(&mut self, key: &str, field: &str, value: String) -> Result<(), MountError> {
+        let bad = |key: &str| err(format!("invalid value for {key}: {value}"));
+        let number = |radix: u32| {
+            parse_u32(&value, radix).ok_or_else(|| err(format!("invalid value {value} for {key}")))
+        };
+        match key {
+            "type" => self.kind = parse_kind(&value)?,
+            "from" => self.from = Some(value),
+            "source" | "src" => self.source = Some(value),
+            "target" | "dst" | "destination" => self.target = Some(value),
+            "readonly" | "ro" => {
+                self.read_only = parse_bool(&value).ok_or_else(|| bad(key))?;
+                self.ro_auto = false;
+            }
+            "readwrite" | "rw" => {
+                self.read_only = !parse_bool(&value).ok_or_else(|| bad(key))?;
+                self.ro_auto = false;
+            }
+            "required" => {
+                self.only_for(key, matches!(self.kind, Kind::Secret | Kind::Ssh))?;
+                self.required = parse_bool(&value).ok_or_else(|| bad(key))?;
+            }
+            "size" => {
+                self.only_for(key, self.kind == Kind::Tmpfs)?;
+                self.size = Some(ram_in_bytes(&value).ok_or_else(|| bad(key))?);
+            }
+            "env" => {
+                self.only_for(key, self.kind == Kind::Secret)?;
+                self.env = Some(value);
+            }
+            "id" => self.id = Some(value),
+            "sharing" => self.sharing = Some(parse_sharing(&value)?),
+            "mode" => self.mode = Some(number(8)?),
+            "uid" => self.uid = Some(number(10)?),
+            "gid" => self.gid = Some(number(10)?),
+            _ => {
+                let msg = format!("unexpected key '{key}' in '{field}'");
+                return Err(err(crate::parser::suggest::wrap(msg, key, &ALL_KEYS, true)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `key` unless the mount type `allowed` it.
+    fn only_for(&self, key: &str, allowed: bool) -> Result<(), MountError> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(self.unexpected(key))
+        }
+    }
+
+    fn unexpected(&self, key: &str) -> MountError {
+        err(format!(
+            "unexpected key '{key}' for mount type '{}'",
+            self.kind.name()
+        ))
+    }
+
+    /// Checks the options against each other and makes the mount.
+    fn finish(mut self) -> Result<Mount, MountError> {
+        let kind = self.kind;
         let file_info_allowed = matches!(kind, Kind::Secret | Kind::Ssh | Kind::Cache);
         if !file_info_allowed {
             for (name, set) in [
-                ("mode", mode.is_some()),
-                ("uid", uid.is_some()),
-                ("gid", gid.is_some()),
+                ("mode", self.mode.is_some()),
+                ("uid", self.uid.is_some()),
+                ("gid", self.gid.is_some()),
             ] {
                 if set {
-                    return Ok(Err(err(format!(
+                    return Err(err(format!(
                         "{name} not allowed for {:?} type mounts",
                         kind.name()
-                    ))));
+                    )));
                 }
             }
         }
-        if ro_auto {
-            read_only = !matches!(kind, Kind::Cache | Kind::Tmpfs);
+        if self.ro_auto {
+            self.read_only = !matches!(kind, Kind::Cache | Kind::Tmpfs);
         }
         if kind == Kind::Secret {
-            if from.is_some() {
-                return Ok(Err(err("secret mount should not have a from")));
-            }
-            if sharing.is_some() {
-                return Ok(Err(err("secret mount should not define sharing")));
-            }
-            if source.is_none() && target.is_none() && id.is_none() && env.is_none() {
-                return Ok(Err(err(
-                    "invalid secret mount. one of source, target required",
-                )));
-            }
-            if source.is_some() && id.is_some() {
-                return Ok(Err(err("both source and id can't be set")));
-            }
+            self.check_secret()?;
         }
-        if sharing.is_some() && kind != Kind::Cache {
-            return Ok(Err(err(format!(
+        if self.sharing.is_some() && kind != Kind::Cache {
+            return Err(err(format!(
                 "invalid cache sharing set for {} mount",
                 kind.name()
-            ))));
+            )));
         }
-        Ok(Ok(match kind {
+        Ok(self.into_mount())
+    }
+
+    fn check_secret(&self) -> Result<(), MountError> {
+        if self.from.is_some() {
+            return Err(err("secret mount should not have a from"));
+        }
+        if self.sharing.is_some() {
+            return Err(err("secret mount should not define sharing"));
+        }
+        if self.source.is_none() && self.target.is_none() && self.id.is_none() && self.env.is_none()
+        {
+            return Err(err("invalid secret mount. one of source, target required"));
+        }
+        if self.source.is_some() && self.id.is_some() {
+            return Err(err("both source and id can't be set"));
+        }
+        Ok(())
+    }
+
+    fn into_mount(self) -> Mount {
+        match self.kind {
             Kind::Bind => Mount::Bind(BindMount {
-                target: target.unwrap_or_default(),
-                source,
-                from,
-                read_write: !read_only,
+                target: self.target.unwrap_or_default(),
+                source: self.source,
+                from: self.from,
+                read_write: !self.read_only,
             }),
             Kind::Cache => Mount::Cache(CacheMount {
-                target: target.unwrap_or_default(),
-                id,
-                sharing: sharing.unwrap_or_default(),
-                from,
-                source,
-                read_only,
-                mode,
-                uid,
-                gid,
+                target: self.target.unwrap_or_default(),
+                id: self.id,
+                sharing: self.sharing.unwrap_or_default(),
+                from: self.from,
+                source: self.source,
+                read_only: self.read_only,
+                mode: self.mode,
+                uid: self.uid,
+                gid: self.gid,
             }),
             Kind::Tmpfs => Mount::Tmpfs(TmpfsMount {
-                target: target.unwrap_or_default(),
-                size,
+                target: self.target.unwrap_or_default(),
+                size: self.size,
             }),
             Kind::Secret => Mount::Secret(SecretMount {
-                id: id.or(source),
-                target,
-                env,
-                required,
-                mode,
-                uid,
-                gid,
+                id: self.id.or(self.source),
+                target: self.target,
+                env: self.env,
+                required: self.required,
+                mode: self.mode,
+                uid: self.uid,
+                gid: self.gid,
             }),
             Kind::Ssh => Mount::Ssh(SshMount {
-                id,
-                target,
-                required,
-                mode,
-                uid,
-                gid,
+                id: self.id,
+                target: self.target,
+                required: self.required,
+                mode: self.mode,
+                uid: self.uid,
+                gid: self.gid,
             }),
-        }))
+        }
     }
+}
+
+/// `type=`: the mount type.
+fn parse_kind(value: &str) -> Result<Kind, MountError> {
+    Ok(match value.to_lowercase().as_str() {
+        "bind" => Kind::Bind,
+        "cache" => Kind::Cache,
+        "tmpfs" => Kind::Tmpfs,
+        "secret" => Kind::Secret,
+        "ssh" => Kind::Ssh,
+        _ => {
+            let msg = format!("unsupported mount type {value:?}");
+            return Err(err(crate::parser::suggest::wrap(
+                msg, value, &ALL_TYPES, true,
+            )));
+        }
+    })
+}
+
+/// `sharing=`: a cache mount's sharing mode.
+fn parse_sharing(value: &str) -> Result<Sharing, MountError> {
+    Ok(match value.to_lowercase().as_str() {
+        "shared" => Sharing::Shared,
+        "private" => Sharing::Private,
+        "locked" => Sharing::Locked,
+        _ => {
+            let msg = format!("unsupported sharing value {value:?}");
+            return Err(err(crate::parser::suggest::wrap(
+                msg,
+                value,
+                &ALL_SHARING,
+                true,
+            )));
+        }
+    })
 }
 
 #[cfg(test)]

@@ -158,6 +158,84 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// The logical line starting with `first` (its continuation lines
+    /// joined, comments and empty ones skipped, the latter warned about)
+    /// and the number of its last line.
+    fn logical_line(
+        &mut self,
+        first: &str,
+        mut end_of_line: bool,
+    ) -> Result<(String, usize), Error> {
+        let mut line = first.to_string();
+        let mut empty_continuation = false;
+        while !end_of_line {
+            let Some(raw) = self.lines.next()? else { break };
+            let line_no = self.lines.count;
+            let token = self.process_line(raw, false, line_no)?;
+            if is_comment(raw) {
+                continue;
+            }
+            if trim_left_space(token).is_empty() {
+                empty_continuation = true;
+                continue;
+            }
+            let (part, eol) = self.trim_continuation(token);
+            end_of_line = eol;
+            line.push_str(part);
+        }
+        let end_line = self.lines.count;
+        if empty_continuation {
+            self.warnings.push(Warning {
+                rule: "NoEmptyContinuation".to_string(),
+                message: format!("Empty continuation line found in: {line}"),
+                range: SourceRange {
+                    start_line: end_line,
+                    end_line,
+                },
+            });
+        }
+        Ok((line, end_line))
+    }
+
+    /// Reads the bodies of the heredocs `line` opens (up to each one's
+    /// terminator) into `node`.
+    fn read_heredocs(
+        &mut self,
+        node: &mut Node,
+        line: &str,
+        start_line: usize,
+        range: SourceRange,
+    ) -> Result<(), Error> {
+        let docs = heredoc::heredocs_from_line(line)
+            .map_err(|m| Error::new(ErrorKind::Syntax, Some(range), m).with_source(line))?;
+        for mut doc in docs {
+            let mut terminated = false;
+            while let Some(raw) = self.lines.next()? {
+                let mut candidate = trim_newline(raw);
+                if doc.chomp {
+                    candidate = candidate.trim_start_matches('\t');
+                }
+                if candidate == doc.name {
+                    terminated = true;
+                    break;
+                }
+                doc.content.push_str(raw);
+            }
+            if !terminated {
+                let end = SourceRange {
+                    start_line,
+                    end_line: self.lines.count,
+                };
+                return Err(
+                    Error::new(ErrorKind::Syntax, Some(end), "unterminated heredoc")
+                        .with_source(line),
+                );
+            }
+            node.heredocs.push(doc);
+        }
+        Ok(())
+    }
+
     fn run(mut self) -> Result<Ast, Error> {
         let mut comments: Vec<String> = Vec::new();
         while let Some(mut raw) = self.lines.next()? {
@@ -175,38 +253,11 @@ impl<'a> Parser<'a> {
             }
             let start_line = self.lines.count;
             let token = self.process_line(raw, true, start_line)?;
-            let (first, mut end_of_line) = self.trim_continuation(token);
+            let (first, end_of_line) = self.trim_continuation(token);
             if end_of_line && first.is_empty() {
                 continue;
             }
-            let mut line = first.to_string();
-            let mut empty_continuation = false;
-            while !end_of_line {
-                let Some(raw) = self.lines.next()? else { break };
-                let line_no = self.lines.count;
-                let token = self.process_line(raw, false, line_no)?;
-                if is_comment(raw) {
-                    continue;
-                }
-                if trim_left_space(token).is_empty() {
-                    empty_continuation = true;
-                    continue;
-                }
-                let (part, eol) = self.trim_continuation(token);
-                end_of_line = eol;
-                line.push_str(part);
-            }
-            let end_line = self.lines.count;
-            if empty_continuation {
-                self.warnings.push(Warning {
-                    rule: "NoEmptyContinuation".to_string(),
-                    message: format!("Empty continuation line found in: {line}"),
-                    range: SourceRange {
-                        start_line: end_line,
-                        end_line,
-                    },
-                });
-            }
+            let (line, end_line) = self.logical_line(first, end_of_line)?;
             let range = SourceRange {
                 start_line,
                 end_line,
@@ -215,36 +266,7 @@ impl<'a> Parser<'a> {
                 node::node_from_line(&line, self.directives.escape, std::mem::take(&mut comments))
                     .map_err(|m| Error::new(m.0, Some(range), m.1).with_source(&line))?;
             if line.contains("<<") && node.can_contain_heredoc() {
-                let docs = heredoc::heredocs_from_line(&line).map_err(|m| {
-                    Error::new(ErrorKind::Syntax, Some(range), m).with_source(&line)
-                })?;
-                for mut doc in docs {
-                    let mut terminated = false;
-                    while let Some(raw) = self.lines.next()? {
-                        let mut candidate = trim_newline(raw);
-                        if doc.chomp {
-                            candidate = candidate.trim_start_matches('\t');
-                        }
-                        if candidate == doc.name {
-                            terminated = true;
-                            break;
-                        }
-                        doc.content.push_str(raw);
-                    }
-                    if !terminated {
-                        let end = SourceRange {
-                            start_line,
-                            end_line: self.lines.count,
-                        };
-                        return Err(Error::new(
-                            ErrorKind::Syntax,
-                            Some(end),
-                            "unterminated heredoc",
-                        )
-                        .with_source(&line));
-                    }
-                    node.heredocs.push(doc);
-                }
+                self.read_heredocs(&mut node, &line, start_line, range)?;
             }
             node.range = SourceRange {
                 start_line,

@@ -119,6 +119,9 @@ struct Done {
     last_step: Option<StepId>,
 }
 
+/// Where a stage starts: its base, platform, state and last step.
+type StageStart = (StageBase, Arc<Platform>, StageState, Option<StepId>);
+
 /// One stage being dispatched.
 struct Run {
     index: usize,
@@ -721,144 +724,9 @@ impl<'a> Planner<'a> {
             if !reachable[i] {
                 continue;
             }
-            let stage = &self.file.stages[i];
-            let from = &stage.from;
-            let at = |kind| Error::at(kind, from.range.start_line, &from.original);
-            let (base, platform, mut state, prev) = match &resolved[i].base {
-                BaseRef::Stage(b) => {
-                    // The base is earlier in the file, so already done; a
-                    // stage based on another inherits its platform, whatever
-                    // its own --platform says (BuildKit's init()).
-                    let Some(parent) = done[*b].as_ref() else {
-                        return Err(at(ErrorKind::Invalid(format!(
-                            "base stage {:?} was not built",
-                            self.stage_name(*b)
-                        ))));
-                    };
-                    (
-                        StageBase::Stage(parent.instance),
-                        parent.platform.clone(),
-                        parent.state.clone(),
-                        parent.last_step,
-                    )
-                }
-                BaseRef::Scratch => {
-                    let platform = match &resolved[i].platform {
-                        Some(p) => self.intern(p),
-                        None => Arc::clone(target_platform),
-                    };
-                    (StageBase::Scratch, platform, StageState::new(), None)
-                }
-                BaseRef::Image(reference) => {
-                    let platform = match &resolved[i].platform {
-                        Some(p) => self.intern(p),
-                        None => Arc::clone(target_platform),
-                    };
-                    let config = self
-                        .images
-                        .image_config(reference, &platform)
-                        .map_err(|reason| {
-                            at(ErrorKind::ImageConfig {
-                                reference: reference.clone(),
-                                platform: platform.to_string(),
-                                reason,
-                            })
-                        })?
-                        .unwrap_or_default();
-                    let mut st = StageState::new();
-                    for entry in &config.env {
-                        let (k, v) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-                        st.set_env(k, v.to_string());
-                    }
-                    if !config.working_dir.is_empty() {
-                        st.workdir =
-                            Arc::from(resolve_workdir("/", &config.working_dir, &platform.os));
-                    }
-                    st.user = Arc::from(config.user);
-                    if !config.shell.is_empty() {
-                        st.shell = Some(Arc::new(config.shell));
-                    }
-                    st.onbuild = config.on_build;
-                    (
-                        StageBase::Image {
-                            reference: reference.clone(),
-                            platform: Arc::clone(&platform),
-                        },
-                        platform,
-                        st,
-                        None,
-                    )
-                }
-            };
-            if !state.has_image_env("PATH") {
-                state.set_env_shared(
-                    "PATH",
-                    default_path(&platform.os).to_string(),
-                    &mut self.env_cache,
-                );
-            }
-            if state.env_len() > MAX_STAGE_ENV {
-                return Err(at(ErrorKind::EnvironmentTooLarge {
-                    scope: format!("stage {:?}", self.stage_name(i)),
-                    limit: MAX_STAGE_ENV,
-                }));
-            }
-            let triggers = std::mem::take(&mut state.onbuild);
-            let next_base = self.bases.len() as u32;
-            let base_id = *self.bases.entry(base.clone()).or_insert(next_base);
-            let mut run = Run {
-                index: i,
-                platform,
-                base,
-                base_id,
-                state,
-                prev,
-                steps: Vec::with_capacity(triggers.len() + self.file.commands[i].len()),
-            };
-            let lines = (from.range.start_line, from.range.end_line);
-            for trigger in &triggers {
-                let trigger_error = |reason: String| {
-                    at(ErrorKind::OnbuildTrigger {
-                        trigger: trigger.clone(),
-                        reason,
-                    })
-                };
-                let ins = Arc::new(parse_trigger(trigger).map_err(trigger_error)?);
-                let prep = self
-                    .prepare(&ins)
-                    .map_err(|e| trigger_error(e.kind().to_string()))?;
-                self.dispatch(
-                    &prep,
-                    true,
-                    lines,
-                    &mut run,
-                    target_platform,
-                    globals,
-                    &done,
-                )
-                .map_err(|e| trigger_error(e.kind().to_string()))?;
-            }
-            let preps = Rc::clone(&self.prep);
-            for prep in &preps[i] {
-                let r = prep.ins.range();
-                self.dispatch(
-                    prep,
-                    false,
-                    (r.start_line, r.end_line),
-                    &mut run,
-                    target_platform,
-                    globals,
-                    &done,
-                )?;
-            }
-            let instance = self.add_stage(&run, target_platform);
-            order.push(instance);
-            done[i] = Some(Done {
-                instance,
-                platform: run.platform,
-                state: run.state,
-                last_step: run.prev,
-            });
+            let stage = self.plan_stage(i, &resolved[i], target_platform, globals, &done)?;
+            order.push(stage.instance);
+            done[i] = Some(stage);
         }
         let final_stage = match done[target].as_ref() {
             Some(d) => d.instance,
@@ -877,6 +745,157 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
+    /// Plans stage `i` (its base `resolved`) for `target_platform`: the
+    /// ONBUILD triggers of its base, then its own instructions.
+    fn plan_stage(
+        &mut self,
+        i: usize,
+        resolved: &Resolved,
+        target_platform: &Arc<Platform>,
+        globals: &Globals,
+        done: &[Option<Done>],
+    ) -> Result<Done, Error> {
+        let from = &self.file.stages[i].from;
+        let at = |kind| Error::at(kind, from.range.start_line, &from.original);
+        let (base, platform, mut state, prev) = self
+            .stage_base(resolved, target_platform, done)
+            .map_err(at)?;
+        if !state.has_image_env("PATH") {
+            state.set_env_shared(
+                "PATH",
+                default_path(&platform.os).to_string(),
+                &mut self.env_cache,
+            );
+        }
+        if state.env_len() > MAX_STAGE_ENV {
+            return Err(at(ErrorKind::EnvironmentTooLarge {
+                scope: format!("stage {:?}", self.stage_name(i)),
+                limit: MAX_STAGE_ENV,
+            }));
+        }
+        let triggers = std::mem::take(&mut state.onbuild);
+        let next_base = self.bases.len() as u32;
+        let base_id = *self.bases.entry(base.clone()).or_insert(next_base);
+        let mut run = Run {
+            index: i,
+            platform,
+            base,
+            base_id,
+            state,
+            prev,
+            steps: Vec::with_capacity(triggers.len() + self.file.commands[i].len()),
+        };
+        let lines = (from.range.start_line, from.range.end_line);
+        for trigger in &triggers {
+            let trigger_error = |reason: String| {
+                at(ErrorKind::OnbuildTrigger {
+                    trigger: trigger.clone(),
+                    reason,
+                })
+            };
+            let ins = Arc::new(parse_trigger(trigger).map_err(trigger_error)?);
+            let prep = self
+                .prepare(&ins)
+                .map_err(|e| trigger_error(e.kind().to_string()))?;
+            self.dispatch(&prep, true, lines, &mut run, target_platform, globals, done)
+                .map_err(|e| trigger_error(e.kind().to_string()))?;
+        }
+        let preps = Rc::clone(&self.prep);
+        for prep in &preps[i] {
+            let r = prep.ins.range();
+            self.dispatch(
+                prep,
+                false,
+                (r.start_line, r.end_line),
+                &mut run,
+                target_platform,
+                globals,
+                done,
+            )?;
+        }
+        let instance = self.add_stage(&run, target_platform);
+        Ok(Done {
+            instance,
+            platform: run.platform,
+            state: run.state,
+            last_step: run.prev,
+        })
+    }
+
+    /// Where a stage starts: its base, platform, state and last step. A
+    /// stage based on another (earlier in the file, so already done)
+    /// inherits its platform, whatever its own --platform says (BuildKit's
+    /// init()); an image's config gives the state.
+    fn stage_base(
+        &mut self,
+        resolved: &Resolved,
+        target_platform: &Arc<Platform>,
+        done: &[Option<Done>],
+    ) -> Result<StageStart, ErrorKind> {
+        let platform = |planner: &mut Self| match &resolved.platform {
+            Some(p) => planner.intern(p),
+            None => Arc::clone(target_platform),
+        };
+        match &resolved.base {
+            BaseRef::Stage(b) => {
+                let Some(parent) = done[*b].as_ref() else {
+                    return Err(ErrorKind::Invalid(format!(
+                        "base stage {:?} was not built",
+                        self.stage_name(*b)
+                    )));
+                };
+                Ok((
+                    StageBase::Stage(parent.instance),
+                    parent.platform.clone(),
+                    parent.state.clone(),
+                    parent.last_step,
+                ))
+            }
+            BaseRef::Scratch => Ok((StageBase::Scratch, platform(self), StageState::new(), None)),
+            BaseRef::Image(reference) => {
+                let platform = platform(self);
+                let state = self.image_state(reference, &platform)?;
+                Ok((
+                    StageBase::Image {
+                        reference: reference.clone(),
+                        platform: Arc::clone(&platform),
+                    },
+                    platform,
+                    state,
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// The state a stage starts with from image `reference`'s config for
+    /// `platform`: its ENV, WORKDIR, USER, SHELL and ONBUILD triggers.
+    fn image_state(&self, reference: &str, platform: &Platform) -> Result<StageState, ErrorKind> {
+        let config = self
+            .images
+            .image_config(reference, platform)
+            .map_err(|reason| ErrorKind::ImageConfig {
+                reference: reference.to_string(),
+                platform: platform.to_string(),
+                reason,
+            })?
+            .unwrap_or_default();
+        let mut st = StageState::new();
+        for entry in &config.env {
+            let (k, v) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
+            st.set_env(k, v.to_string());
+        }
+        if !config.working_dir.is_empty() {
+            st.workdir = Arc::from(resolve_workdir("/", &config.working_dir, &platform.os));
+        }
+        st.user = Arc::from(config.user);
+        if !config.shell.is_empty() {
+            st.shell = Some(Arc::new(config.shell));
+        }
+        st.onbuild = config.on_build;
+        Ok(st)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
@@ -890,91 +909,13 @@ impl<'a> Planner<'a> {
     ) -> Result<(), Error> {
         let ins: &Instruction = &prep.ins;
         let at = |kind| Error::at(kind, ins.range().start_line, ins.original());
-        let expansion = |e: kbuild_shell::Error| at(ErrorKind::Expansion(e.to_string()));
-        let lexer = self.lexer;
 
         // Expand with the environment before the instruction.
         let mut new_args: Vec<(&str, String)> = Vec::new();
         let derived = match ins {
             Instruction::Arg(a) => {
-                let mut values: Vec<Option<String>> = Vec::with_capacity(a.args.len());
-                for def in &a.args {
-                    if !self.consumed.contains(&def.name) {
-                        self.consumed.insert(def.name.clone());
-                    }
-                    let value = if let Some(v) = self.opts.build_args.get(&def.name) {
-                        Some(v.clone())
-                    } else if let (Some(d), true) = (&def.default, values.is_empty()) {
-                        // The first definition reads only the stage's
-                        // environment: expand it once per set of values read.
-                        Some(
-                            prep.first_default
-                                .get_or(&run.state, |env| lexer.process_word(d, env))
-                                .map_err(expansion)?,
-                        )
-                    } else if let Some(d) = &def.default {
-                        let env = Overlay {
-                            first: &new_args,
-                            rest: &run.state,
-                        };
-                        Some(lexer.process_word(d, &env).map_err(expansion)?)
-                    } else {
-                        globals.inherited(&def.name)
-                    };
-                    if let Some(v) = &value {
-                        if !NON_ENV_ARGS.contains(&def.name.as_str()) {
-                            new_args.push((def.name.as_str(), v.clone()));
-                        }
-                    }
-                    values.push(value);
-                }
-                // The definitions these values make, compared without
-                // building them (they are only built the first time).
-                let same = |defs: &[ArgDef]| {
-                    defs.len() == values.len()
-                        && defs
-                            .iter()
-                            .zip(a.args.iter().zip(&values))
-                            .all(|(d, (def, value))| d.name == def.name && d.default == *value)
-                };
-                let seen = prep
-                    .args_seen
-                    .borrow()
-                    .iter()
-                    .find(|(d, _)| same(d))
-                    .map(|(_, derived)| derived.clone());
-                match seen {
-                    Some(derived) => derived,
-                    None => {
-                        let defs: Vec<ArgDef> = a
-                            .args
-                            .iter()
-                            .zip(values)
-                            .map(|(def, value)| ArgDef {
-                                name: def.name.clone(),
-                                default: value,
-                            })
-                            .collect();
-                        let expanded = if defs == a.args {
-                            Arc::clone(&prep.ins)
-                        } else {
-                            Arc::new(Instruction::Arg(Arg {
-                                args: defs.clone(),
-                                ..a.clone()
-                            }))
-                        };
-                        let derived = Derived {
-                            display: Arc::from(display(ins, &expanded, &lexer, &NoEnv)),
-                            ins: expanded,
-                            mounts: Arc::clone(&self.no_mounts),
-                        };
-                        let mut seen = prep.args_seen.borrow_mut();
-                        if seen.len() < 32 {
-                            seen.push((defs, derived.clone()));
-                        }
-                        derived
-                    }
-                }
+                let values = self.arg_values(prep, a, run, globals, &mut new_args)?;
+                self.derived_arg(prep, a, values)
             }
             _ => match &prep.fixed {
                 Some(d) => d.clone(),
@@ -983,60 +924,11 @@ impl<'a> Planner<'a> {
                     .get_or(&run.state, |env| self.derive(&prep.ins, prep.literal, env))?,
             },
         };
-        let mut expanded = derived.ins;
+        let expanded = in_stage(derived.ins, run).map_err(at)?;
         let mounts = derived.mounts;
-        match &*expanded {
-            Instruction::Workdir(w) => {
-                let path = resolve_workdir(&run.state.workdir, &w.path, &run.platform.os);
-                if *path != *w.path {
-                    let path = path.into_owned();
-                    let mut w = w.clone();
-                    w.path = path;
-                    expanded = Arc::new(Instruction::Workdir(w));
-                }
-            }
-            Instruction::Volume(v) if v.volumes.iter().any(|p| p.is_empty()) => {
-                return Err(at(ErrorKind::Invalid(
-                    "VOLUME specified can not be an empty string".to_string(),
-                )));
-            }
-            _ => {}
-        }
-
-        // What the step reads.
-        let mut sources = Vec::with_capacity(prep.deps.len());
-        for dep in &prep.deps {
-            match &dep.kind {
-                DepKind::Stage(s) => match done[*s].as_ref() {
-                    Some(d) => sources.push(Source::Stage(d.instance)),
-                    None => {
-                        let kind = match dep.mount {
-                            None => ErrorKind::CopyFromLaterStage {
-                                from: dep.from.clone(),
-                                stage: if self.file.stages.len() == 1 {
-                                    String::new()
-                                } else {
-                                    self.stage_name(run.index)
-                                },
-                            },
-                            Some(m) => ErrorKind::MountFromLaterStage {
-                                from: dep.from.clone(),
-                                target: mounts.get(m).map(mount_target).unwrap_or_default(),
-                            },
-                        };
-                        return Err(at(kind));
-                    }
-                },
-                DepKind::Image(reference) if reference == "scratch" => {
-                    sources.push(Source::Scratch)
-                }
-                DepKind::Context(name) => sources.push(Source::Context(name.clone())),
-                DepKind::Image(reference) => sources.push(Source::Image {
-                    reference: reference.clone(),
-                    platform: Arc::clone(target_platform),
-                }),
-            }
-        }
+        let sources = self
+            .step_sources(prep, run, target_platform, done, &mounts)
+            .map_err(at)?;
 
         let id = self.add_step(
             run,
@@ -1050,10 +942,169 @@ impl<'a> Planner<'a> {
         );
         run.prev = Some(id);
         run.steps.push(id);
+        self.apply_to_state(&expanded, new_args, run).map_err(at)
+    }
 
-        // Apply the instruction to the stage state.
+    /// The values of ARG `a`'s definitions: a build argument, else the
+    /// default expanded (the first with the stage's environment only,
+    /// memoized; later ones also see the earlier definitions), else the
+    /// global value. Those that become variables go to `new_args`.
+    fn arg_values<'p>(
+        &mut self,
+        prep: &Prep,
+        a: &'p Arg,
+        run: &Run,
+        globals: &Globals,
+        new_args: &mut Vec<(&'p str, String)>,
+    ) -> Result<Vec<Option<String>>, Error> {
+        let ins: &Instruction = &prep.ins;
+        let expansion = |e: kbuild_shell::Error| {
+            Error::at(
+                ErrorKind::Expansion(e.to_string()),
+                ins.range().start_line,
+                ins.original(),
+            )
+        };
+        let lexer = self.lexer;
+        let mut values: Vec<Option<String>> = Vec::with_capacity(a.args.len());
+        for def in &a.args {
+            if !self.consumed.contains(&def.name) {
+                self.consumed.insert(def.name.clone());
+            }
+            let value = if let Some(v) = self.opts.build_args.get(&def.name) {
+                Some(v.clone())
+            } else if let (Some(d), true) = (&def.default, values.is_empty()) {
+                // The first definition reads only the stage's
+                // environment: expand it once per set of values read.
+                Some(
+                    prep.first_default
+                        .get_or(&run.state, |env| lexer.process_word(d, env))
+                        .map_err(expansion)?,
+                )
+            } else if let Some(d) = &def.default {
+                let env = Overlay {
+                    first: new_args,
+                    rest: &run.state,
+                };
+                Some(lexer.process_word(d, &env).map_err(expansion)?)
+            } else {
+                globals.inherited(&def.name)
+            };
+            if let Some(v) = &value {
+                if !NON_ENV_ARGS.contains(&def.name.as_str()) {
+                    new_args.push((def.name.as_str(), v.clone()));
+                }
+            }
+            values.push(value);
+        }
+        Ok(values)
+    }
+
+    /// The ARG instruction `a` with its definitions' `values`: one seen
+    /// before with the same values, else built (and kept, up to 32).
+    fn derived_arg(&self, prep: &Prep, a: &Arg, values: Vec<Option<String>>) -> Derived {
+        // The definitions these values make, compared without
+        // building them (they are only built the first time).
+        let same = |defs: &[ArgDef]| {
+            defs.len() == values.len()
+                && defs
+                    .iter()
+                    .zip(a.args.iter().zip(&values))
+                    .all(|(d, (def, value))| d.name == def.name && d.default == *value)
+        };
+        let seen = prep
+            .args_seen
+            .borrow()
+            .iter()
+            .find(|(d, _)| same(d))
+            .map(|(_, derived)| derived.clone());
+        if let Some(derived) = seen {
+            return derived;
+        }
+        let defs: Vec<ArgDef> = a
+            .args
+            .iter()
+            .zip(values)
+            .map(|(def, value)| ArgDef {
+                name: def.name.clone(),
+                default: value,
+            })
+            .collect();
+        let expanded = if defs == a.args {
+            Arc::clone(&prep.ins)
+        } else {
+            Arc::new(Instruction::Arg(Arg {
+                args: defs.clone(),
+                ..a.clone()
+            }))
+        };
+        let derived = Derived {
+            display: Arc::from(display(&prep.ins, &expanded, &self.lexer, &NoEnv)),
+            ins: expanded,
+            mounts: Arc::clone(&self.no_mounts),
+        };
+        let mut seen = prep.args_seen.borrow_mut();
+        if seen.len() < 32 {
+            seen.push((defs, derived.clone()));
+        }
+        derived
+    }
+
+    /// What the step of `prep` reads: the stages it copies or mounts from
+    /// (done before it), images, the build context.
+    fn step_sources(
+        &self,
+        prep: &Prep,
+        run: &Run,
+        target_platform: &Arc<Platform>,
+        done: &[Option<Done>],
+        mounts: &[Mount],
+    ) -> Result<Vec<Source>, ErrorKind> {
+        let mut sources = Vec::with_capacity(prep.deps.len());
+        for dep in &prep.deps {
+            match &dep.kind {
+                DepKind::Stage(s) => match done[*s].as_ref() {
+                    Some(d) => sources.push(Source::Stage(d.instance)),
+                    None => {
+                        return Err(match dep.mount {
+                            None => ErrorKind::CopyFromLaterStage {
+                                from: dep.from.clone(),
+                                stage: if self.file.stages.len() == 1 {
+                                    String::new()
+                                } else {
+                                    self.stage_name(run.index)
+                                },
+                            },
+                            Some(m) => ErrorKind::MountFromLaterStage {
+                                from: dep.from.clone(),
+                                target: mounts.get(m).map(mount_target).unwrap_or_default(),
+                            },
+                        });
+                    }
+                },
+                DepKind::Image(reference) if reference == "scratch" => {
+                    sources.push(Source::Scratch)
+                }
+                DepKind::Context(name) => sources.push(Source::Context(name.clone())),
+                DepKind::Image(reference) => sources.push(Source::Image {
+                    reference: reference.clone(),
+                    platform: Arc::clone(target_platform),
+                }),
+            }
+        }
+        Ok(sources)
+    }
+
+    /// Applies the instruction `expanded` to the stage's state (ARG: its
+    /// `new_args`); an error once the environment grows too large.
+    fn apply_to_state(
+        &mut self,
+        expanded: &Instruction,
+        new_args: Vec<(&str, String)>,
+        run: &mut Run,
+    ) -> Result<(), ErrorKind> {
         let st = &mut run.state;
-        match &*expanded {
+        match expanded {
             Instruction::Arg(_) => {
                 for (k, v) in new_args {
                     st.set_var(k, v, true);
@@ -1078,10 +1129,10 @@ impl<'a> Planner<'a> {
             _ => {}
         }
         if st.env_len() > MAX_STAGE_ENV {
-            return Err(at(ErrorKind::EnvironmentTooLarge {
+            return Err(ErrorKind::EnvironmentTooLarge {
                 scope: format!("stage {:?}", self.stage_name(run.index)),
                 limit: MAX_STAGE_ENV,
-            }));
+            });
         }
         Ok(())
     }
@@ -1284,6 +1335,29 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// The expanded instruction as it applies in the stage of `run`: WORKDIR
+/// resolved against the current one; an empty VOLUME refused.
+fn in_stage(expanded: Arc<Instruction>, run: &Run) -> Result<Arc<Instruction>, ErrorKind> {
+    match &*expanded {
+        Instruction::Workdir(w) => {
+            let path = resolve_workdir(&run.state.workdir, &w.path, &run.platform.os);
+            if *path != *w.path {
+                let path = path.into_owned();
+                let mut w = w.clone();
+                w.path = path;
+                return Ok(Arc::new(Instruction::Workdir(w)));
+            }
+        }
+        Instruction::Volume(v) if v.volumes.iter().any(|p| p.is_empty()) => {
+            return Err(ErrorKind::Invalid(
+                "VOLUME specified can not be an empty string".to_string(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(expanded)
 }
 
 #[cfg(test)]

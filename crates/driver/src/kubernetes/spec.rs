@@ -355,23 +355,9 @@ pub fn labels(builder: &str, pool: &Pool) -> BTreeMap<String, String> {
     l
 }
 
-/// The Deployment of `pool` of builder `builder` in `namespace`, running `image`.
-pub fn deployment(
-    builder: &str,
-    namespace: &str,
-    pool: &Pool,
-    image: &str,
-    o: &Options,
-) -> Deployment {
-    let labels = labels(builder, pool);
-    let platforms = pool
-        .platforms
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let annotations = (!platforms.is_empty())
-        .then(|| BTreeMap::from([(PLATFORMS_ANNOTATION.to_string(), platforms.clone())]));
+/// The arguments of the pod's `serve` for `platforms` (comma-separated;
+/// empty: the node's own).
+fn serve_args(platforms: &str) -> Vec<String> {
     let mut args = vec![
         "serve".to_string(),
         "--addr".to_string(),
@@ -380,19 +366,14 @@ pub fn deployment(
     ];
     if !platforms.is_empty() {
         args.push("--platform".to_string());
-        args.push(platforms.clone());
+        args.push(platforms.to_string());
     }
-    let mut node_selector = o.node_selector.clone();
-    if let Some(a) = &pool.arch {
-        node_selector.insert("kubernetes.io/arch".to_string(), a.clone());
-    }
-    let quantities = |m: &BTreeMap<String, String>| {
-        (!m.is_empty()).then(|| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
-                .collect::<BTreeMap<_, _>>()
-        })
-    };
+    args
+}
+
+/// The pod's volumes and the container's mounts of them: the store, and
+/// the host's containerd socket when one is given.
+fn store_volumes(o: &Options) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![Volume {
         name: "store".to_string(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -418,7 +399,20 @@ pub fn deployment(
             ..Default::default()
         });
     }
-    let container = Container {
+    (volumes, mounts)
+}
+
+/// The builder container: `serve` with `args`, privileged unless
+/// rootless, ready once `health` answers, with the requested resources.
+fn container(image: &str, args: Vec<String>, mounts: Vec<VolumeMount>, o: &Options) -> Container {
+    let quantities = |m: &BTreeMap<String, String>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+                .collect::<BTreeMap<_, _>>()
+        })
+    };
+    Container {
         name: CONTAINER.to_string(),
         image: Some(image.to_string()),
         image_pull_policy: Some("IfNotPresent".to_string()),
@@ -450,7 +444,32 @@ pub fn deployment(
         }),
         volume_mounts: Some(mounts),
         ..Default::default()
-    };
+    }
+}
+
+/// The Deployment of `pool` of builder `builder` in `namespace`, running `image`.
+pub fn deployment(
+    builder: &str,
+    namespace: &str,
+    pool: &Pool,
+    image: &str,
+    o: &Options,
+) -> Deployment {
+    let labels = labels(builder, pool);
+    let platforms = pool
+        .platforms
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let annotations = (!platforms.is_empty())
+        .then(|| BTreeMap::from([(PLATFORMS_ANNOTATION.to_string(), platforms.clone())]));
+    let mut node_selector = o.node_selector.clone();
+    if let Some(a) = &pool.arch {
+        node_selector.insert("kubernetes.io/arch".to_string(), a.clone());
+    }
+    let (volumes, mounts) = store_volumes(o);
+    let container = container(image, serve_args(&platforms), mounts, o);
     Deployment {
         metadata: ObjectMeta {
             name: Some(deployment_name(builder, pool)),
