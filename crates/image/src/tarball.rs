@@ -368,19 +368,7 @@ impl<W: Write> DeterministicTar<W> {
     fn write_pax(&mut self, path: &[u8], mtime: u64, records: &[(String, Vec<u8>)]) -> Result<()> {
         let mut data = Vec::new();
         for (key, value) in records {
-            // "<len> <key>=<value>\n" where len counts the whole record,
-            // including its own digits.
-            let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
-            let mut len = rest + 1;
-            while len != rest + len.to_string().len() {
-                len = rest + len.to_string().len();
-            }
-            data.extend_from_slice(len.to_string().as_bytes());
-            data.push(b' ');
-            data.extend_from_slice(key.as_bytes());
-            data.push(b'=');
-            data.extend_from_slice(value);
-            data.push(b'\n');
+            data.extend(pax_record(key, value));
         }
         let base = path
             .rsplit(|b| *b == b'/')
@@ -509,6 +497,21 @@ fn read_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
 /// the order the kernel lists them: the workspace's one xattr reader (the
 /// worker's snapshot diff reads through it too). A filesystem without
 /// xattrs gives none; a name that is not UTF-8, or an attribute removed
+/// One PAX extended-header record, `"<len> <key>=<value>\n"`, where `len`
+/// counts the whole record including its own digits: the one encoder of
+/// the workspace's tar writers.
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut rec = format!("{len} {key}=").into_bytes();
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
 /// between listing and reading, is left out.
 pub fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let names = match xattr::list(path) {
@@ -540,4 +543,25 @@ pub fn xattr_value(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
 
 fn xattrs_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOSYS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for (k, v) in [
+            ("path", "a".repeat(5)),
+            ("path", "b".repeat(93)),
+            ("x", "c".repeat(994)),
+        ] {
+            let rec = pax_record(k, v.as_bytes());
+            let (len, _) = std::str::from_utf8(&rec)
+                .ok()
+                .and_then(|s| s.split_once(' '))
+                .unwrap_or(("", ""));
+            assert_eq!(len.parse::<usize>().ok(), Some(rec.len()), "{k}={v}");
+        }
+    }
 }

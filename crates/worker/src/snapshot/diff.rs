@@ -112,19 +112,6 @@ fn display(rel: &[u8]) -> String {
     String::from_utf8_lossy(rel).into_owned()
 }
 
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    // "<len> <key>=<value>\n", where <len> counts itself.
-    let rest = key.len() + value.len() + 3;
-    let mut len = rest + 1;
-    while len != rest + len.to_string().len() {
-        len = rest + len.to_string().len();
-    }
-    let mut rec = format!("{len} {key}=").into_bytes();
-    rec.extend_from_slice(value);
-    rec.push(b'\n');
-    rec
-}
-
 /// A reader that fails unless it yields exactly `left` bytes, so a file
 /// that changes size while being read cannot corrupt the archive.
 struct Exact<R> {
@@ -189,7 +176,7 @@ fn append_entry<W: Write>(
     let name = display(path);
     let mut pax = Vec::new();
     if h.set_path(OsStr::from_bytes(path)).is_err() {
-        pax.extend(pax_record("path", path));
+        pax.extend(kbuild_image::tarball::pax_record("path", path));
         let field = &mut h.as_old_mut().name;
         let n = path.len().min(field.len());
         field.fill(0);
@@ -197,7 +184,7 @@ fn append_entry<W: Write>(
     }
     if let Some(link) = link {
         if h.set_link_name_literal(link).is_err() {
-            pax.extend(pax_record("linkpath", link));
+            pax.extend(kbuild_image::tarball::pax_record("linkpath", link));
             let field = &mut h.as_old_mut().linkname;
             let n = link.len().min(field.len());
             field.fill(0);
@@ -207,11 +194,17 @@ fn append_entry<W: Write>(
     for (id, key) in [(h.uid(), "uid"), (h.gid(), "gid")] {
         if id.map(|v| v > 0o7_777_777).unwrap_or(true) {
             let value = if key == "uid" { h.uid() } else { h.gid() };
-            pax.extend(pax_record(key, value.unwrap_or(0).to_string().as_bytes()));
+            pax.extend(kbuild_image::tarball::pax_record(
+                key,
+                value.unwrap_or(0).to_string().as_bytes(),
+            ));
         }
     }
     for (k, v) in xattrs {
-        pax.extend(pax_record(&format!("SCHILY.xattr.{k}"), v));
+        pax.extend(kbuild_image::tarball::pax_record(
+            &format!("SCHILY.xattr.{k}"),
+            v,
+        ));
     }
     let fail = |source| Error::WriteTar {
         entry: name.clone(),
@@ -808,26 +801,5 @@ fn same_content(lower: File, upper: &Path) -> bool {
         }
         a.consume(n);
         b.consume(n);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pax_record_length_counts_itself() {
-        for (k, v) in [
-            ("path", "a".repeat(5)),
-            ("path", "b".repeat(93)),
-            ("x", "c".repeat(994)),
-        ] {
-            let rec = pax_record(k, v.as_bytes());
-            let (len, _) = std::str::from_utf8(&rec)
-                .ok()
-                .and_then(|s| s.split_once(' '))
-                .unwrap_or(("", ""));
-            assert_eq!(len.parse::<usize>().ok(), Some(rec.len()), "{k}={v}");
-        }
     }
 }
