@@ -121,14 +121,7 @@ fn part_tar(dir: &Path, part: usize, output: u32) -> PathBuf {
 /// A scratch directory beside `dest` (in the temporary directory for
 /// standard output), removed when dropped.
 fn scratch_beside(dest: &Path) -> Result<tempfile::TempDir, kbuild_image::Error> {
-    let parent = if dest == Path::new("-") {
-        std::env::temp_dir()
-    } else {
-        dest.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    };
+    let parent = kbuild_solver::outputs::staging_parent(dest);
     std::fs::create_dir_all(&parent).map_err(io_err("create", &parent))?;
     tempfile::Builder::new()
         .prefix(".kubectl-build-parts-")

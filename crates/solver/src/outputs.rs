@@ -449,17 +449,24 @@ pub struct FilesystemStage {
     dest: PathBuf,
 }
 
+/// Where staging for the output `dest` goes: beside it, so the final
+/// rename stays on one filesystem (the temporary directory for `-`,
+/// standard output).
+pub fn staging_parent(dest: &Path) -> PathBuf {
+    if dest == Path::new("-") {
+        std::env::temp_dir()
+    } else {
+        dest.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
 impl FilesystemStage {
     /// Makes the staging directory for `dest` (`-`: standard output).
     pub fn new(dest: &Path) -> Result<FilesystemStage, SolveError> {
-        let parent = if dest == Path::new("-") {
-            std::env::temp_dir()
-        } else {
-            dest.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("."))
-        };
+        let parent = staging_parent(dest);
         std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
         let staging = tempfile::Builder::new()
             .prefix(".kubectl-build-")

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use kbuild_image::tarball::pax_record;
 use kbuild_worker::snapshot::{apply_layer_to_dir, write_diff, DiffOptions, Error, Snapshotter};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
@@ -35,18 +36,6 @@ macro_rules! require_root {
 /// paths can be written) and PAX records.
 struct Layer {
     b: tar::Builder<Vec<u8>>,
-}
-
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let rest = key.len() + value.len() + 3;
-    let mut len = rest + 1;
-    while len != rest + len.to_string().len() {
-        len = rest + len.to_string().len();
-    }
-    let mut rec = format!("{len} {key}=").into_bytes();
-    rec.extend_from_slice(value);
-    rec.push(b'\n');
-    rec
 }
 
 struct E<'a> {
