@@ -15,28 +15,12 @@ use std::process::Command;
 /// Writes a tar at `path` with entries (name as written, type, link
 /// target); regular files hold their own name, mode 0640, mtime 1000000.
 fn archive(path: &Path, entries: &[(&str, tar::EntryType, Option<&str>)]) {
-    let mut b = tar::Builder::new(fs::File::create(path).unwrap());
-    for (name, kind, link) in entries {
-        let data: &[u8] = if *kind == tar::EntryType::Regular {
-            name.as_bytes()
-        } else {
-            b""
-        };
-        let mut h = tar::Header::new_ustar();
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(l) = link {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_entry_type(*kind);
-        h.set_mode(if kind.is_dir() { 0o750 } else { 0o640 });
-        h.set_uid(1234);
-        h.set_gid(5678);
-        h.set_size(data.len() as u64);
-        h.set_mtime(1_000_000);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    b.finish().unwrap();
+    let owner = kbuild_testkit::archive::RawOwner {
+        ids: (1234, 5678),
+        dir_mode: 0o750,
+        file_mode: 0o640,
+    };
+    kbuild_testkit::archive::raw_tar(path, entries, owner);
 }
 
 #[test]

@@ -187,24 +187,6 @@ fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).to_string()
-}
-
 impl TokenServer {
     async fn start(files_for: impl FnOnce(u16) -> TokenAuthFiles) -> (TokenServer, TokenAuthFiles) {
         use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -226,7 +208,7 @@ impl TokenServer {
             let form = |text: &str| -> Vec<(String, String)> {
                 text.split('&')
                     .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                    .map(|(k, v)| (k.to_string(), kbuild_testkit::token::percent_decode(v)))
                     .collect()
             };
             let requested: Vec<String> = if req.method == "POST" {

@@ -1104,26 +1104,12 @@ mod tests {
     /// written, even with `..`; type; link target), each file holding its
     /// own name, owned 0:0, mode 0644 (0755 for directories).
     fn write_archive(dir: &Path, file: &str, entries: &[(&str, tar::EntryType, Option<&str>)]) {
-        let mut b = tar::Builder::new(fs::File::create(dir.join(file)).unwrap());
-        for (name, kind, link) in entries {
-            let data: &[u8] = if *kind == tar::EntryType::Regular {
-                name.as_bytes()
-            } else {
-                b""
-            };
-            let mut h = tar::Header::new_ustar();
-            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-            if let Some(l) = link {
-                h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-            }
-            h.set_entry_type(*kind);
-            h.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
-            h.set_size(data.len() as u64);
-            h.set_mtime(1_000_000);
-            h.set_cksum();
-            b.append(&h, data).unwrap();
-        }
-        b.finish().unwrap();
+        let owner = kbuild_testkit::archive::RawOwner {
+            ids: (0, 0),
+            dir_mode: 0o755,
+            file_mode: 0o644,
+        };
+        kbuild_testkit::archive::raw_tar(&dir.join(file), entries, owner);
     }
 
     fn add_req(source: &str, dest: &str) -> Request {

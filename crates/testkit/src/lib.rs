@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod client;
 pub mod cluster;
 pub mod containerd;

@@ -132,7 +132,9 @@ impl Drop for TokenServer {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// `application/x-www-form-urlencoded` decoding of one value (`%XX`,
+/// `+` for a space); bad escapes are kept as they are.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
