@@ -33,6 +33,14 @@ struct UploadFailure {
     closing: bool,
 }
 
+/// What a mount attempt left the push of a blob to do.
+enum Mount {
+    /// The repository has the blob now.
+    Mounted,
+    /// Upload it, in the session the registry opened for the mount if any.
+    Upload(Option<Url>),
+}
+
 /// Nesting limit for indexes of indexes.
 const MAX_DEPTH: usize = 8;
 
@@ -336,58 +344,23 @@ impl Client {
         let blob_url = self
             .api_url(registry, repository, &format!("blobs/{digest}"))
             .await?;
-        let head = Req::new(Method::HEAD, blob_url.clone(), format!("HEAD {what}"));
-        let response = self.send_with(&scope, &head, &mut retry).await?;
-        match response.status() {
-            StatusCode::OK => {
-                Counters::add(&counters.blobs_existing, 1);
-                self.note_blob_source(digest, registry, repository);
-                return Ok(());
-            }
-            StatusCode::NOT_FOUND => {}
-            _ => {
-                let e = self
-                    .unexpected(response, registry, format!("HEAD {what}"))
-                    .await;
-                return Err(retry.give_up(e));
-            }
+        if self
+            .blob_exists(&scope, &blob_url, &what, &mut retry)
+            .await?
+        {
+            Counters::add(&counters.blobs_existing, 1);
+            self.note_blob_source(digest, registry, repository);
+            return Ok(());
         }
         if !store.has(digest) {
             return Err(Error::NotInStore {
                 what: format!("pushing {what}"),
             });
         }
-
-        let mut location = None;
-        if let Some(from) = self.mount_source(&digest.to_string(), registry, repository) {
-            let mut url = self.api_url(registry, repository, "blobs/uploads/").await?;
-            url.query_pairs_mut()
-                .append_pair("mount", &digest.to_string())
-                .append_pair("from", &from);
-            let mount_scope = Scope {
-                also_pull: vec![from.clone()],
-                ..scope.clone()
-            };
-            let req = Req::new(Method::POST, url, format!("mounting {what} from {from}"));
-            // A refused or failed mount is not fatal: the upload below still works.
-            match self.send_with(&mount_scope, &req, &mut retry).await {
-                Ok(response) if response.status() == StatusCode::CREATED => {
-                    Counters::add(&counters.blobs_mounted, 1);
-                    self.note_blob_source(digest, registry, repository);
-                    return Ok(());
-                }
-                Ok(response) if response.status() == StatusCode::ACCEPTED => {
-                    location = self.location(registry, &response).await.ok();
-                }
-                Ok(response) => {
-                    tracing::debug!(%what, status = %response.status(), "mount refused, uploading");
-                }
-                Err(e) => {
-                    tracing::debug!(%what, %from, error = %e, "mount failed, uploading");
-                    retry = self.retry(registry, format!("pushing {what}"));
-                }
-            }
-        }
+        let mut location = match self.mount_blob(&scope, digest, &what, &mut retry).await? {
+            Mount::Mounted => return Ok(()),
+            Mount::Upload(session) => session,
+        };
         loop {
             let failure = match self
                 .upload(
@@ -421,6 +394,74 @@ impl Client {
         }
         self.uploaded(registry, repository, digest, size);
         Ok(())
+    }
+
+    /// The HEAD before a push (within the push's retry budget): whether the
+    /// repository has the blob.
+    async fn blob_exists(
+        &self,
+        scope: &Scope,
+        blob_url: &Url,
+        what: &str,
+        retry: &mut Retry,
+    ) -> Result<bool> {
+        let head = Req::new(Method::HEAD, blob_url.clone(), format!("HEAD {what}"));
+        let response = self.send_with(scope, &head, retry).await?;
+        match response.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => {
+                let e = self
+                    .unexpected(response, &scope.registry, format!("HEAD {what}"))
+                    .await;
+                Err(retry.give_up(e))
+            }
+        }
+    }
+
+    /// Mounts the blob from another repository of the registry known to
+    /// have it, if any. A refused or failed mount is not fatal: the upload
+    /// still works, in the session the registry opened instead when it did
+    /// (a failed mount leaves the upload a fresh retry budget).
+    async fn mount_blob(
+        &self,
+        scope: &Scope,
+        digest: &Digest,
+        what: &str,
+        retry: &mut Retry,
+    ) -> Result<Mount> {
+        let (registry, repository) = (scope.registry.as_str(), scope.repository.as_str());
+        let Some(from) = self.mount_source(&digest.to_string(), registry, repository) else {
+            return Ok(Mount::Upload(None));
+        };
+        let mut url = self.api_url(registry, repository, "blobs/uploads/").await?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", &from);
+        let mount_scope = Scope {
+            also_pull: vec![from.clone()],
+            ..scope.clone()
+        };
+        let req = Req::new(Method::POST, url, format!("mounting {what} from {from}"));
+        match self.send_with(&mount_scope, &req, retry).await {
+            Ok(response) if response.status() == StatusCode::CREATED => {
+                Counters::add(&self.inner.counters.blobs_mounted, 1);
+                self.note_blob_source(digest, registry, repository);
+                Ok(Mount::Mounted)
+            }
+            Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                Ok(Mount::Upload(self.location(registry, &response).await.ok()))
+            }
+            Ok(response) => {
+                tracing::debug!(%what, status = %response.status(), "mount refused, uploading");
+                Ok(Mount::Upload(None))
+            }
+            Err(e) => {
+                tracing::debug!(%what, %from, error = %e, "mount failed, uploading");
+                *retry = self.retry(registry, format!("pushing {what}"));
+                Ok(Mount::Upload(None))
+            }
+        }
     }
 
     /// One upload session: POST (unless a session is given), PATCH chunks or
