@@ -407,18 +407,20 @@ impl Client {
         }
         let host = api_host(registry);
         let parse = |scheme: &str| {
-            Url::parse(&format!("{scheme}://{host}/")).map_err(|e| Error::InvalidReference {
+            Url::parse(&format!("{scheme}://{host}/")).map_err(|source| Error::RequestUrl {
                 reference: registry.to_string(),
-                reason: format!("the registry host is not usable in a URL: {e}"),
+                what: "the registry host is not usable in a URL: ",
+                source,
             })
         };
         let url = if is_loopback(registry) {
             parse("http")?
         } else if self.is_insecure(registry) {
             let https = parse("https")?;
-            let ping = https.join("v2/").map_err(|e| Error::InvalidReference {
+            let ping = https.join("v2/").map_err(|source| Error::RequestUrl {
                 reference: registry.to_string(),
-                reason: e.to_string(),
+                what: "",
+                source,
             })?;
             let probe = self.inner.http_no_verify.get(ping).send();
             match tokio::time::timeout(self.inner.opts.timeouts.response, probe).await {
@@ -441,9 +443,10 @@ impl Client {
     ) -> Result<Url> {
         let base = self.base_url(registry).await?;
         base.join(&format!("v2/{repository}/{rest}"))
-            .map_err(|e| Error::InvalidReference {
+            .map_err(|source| Error::RequestUrl {
                 reference: format!("{registry}/{repository}"),
-                reason: format!("cannot build a request URL: {e}"),
+                what: "cannot build a request URL: ",
+                source,
             })
     }
 
@@ -454,9 +457,10 @@ impl Client {
     pub async fn check_push(&self, reference: &Reference) -> Result<()> {
         let registry = reference.registry();
         let url = self.base_url(registry).await?;
-        let url = url.join("v2/").map_err(|e| Error::InvalidReference {
+        let url = url.join("v2/").map_err(|source| Error::RequestUrl {
             reference: reference.to_string(),
-            reason: format!("cannot build a request URL: {e}"),
+            what: "cannot build a request URL: ",
+            source,
         })?;
         let scope = Scope::push(registry, reference.repository());
         let req = Req::new(Method::GET, url, "GET /v2/");

@@ -13,7 +13,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use crate::auth::{RegistryToken, TokenRequest};
-use crate::error::{Error, HelperProblem, Result};
+use crate::error::{CredentialsProblem, Error, HelperProblem, Result};
 use crate::reference::{DOCKER_HUB, DOCKER_HUB_ENDPOINT, DOCKER_HUB_LEGACY};
 
 /// Key Docker writes in `config.json` for Docker Hub, and the server URL it hands
@@ -25,7 +25,7 @@ const DOCKER_HUB_ALIASES: [&str; 3] = [DOCKER_HUB_LEGACY, DOCKER_HUB, DOCKER_HUB
 /// default, credentials silently come from Docker's config instead.
 pub const DEFAULT_REGISTRY_SECRET: &str = "buildkit";
 /// Secret type that carries a Docker config.
-const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+pub(crate) const DOCKERCONFIGJSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
 
 /// Where registry credentials come from, in lookup order.
 ///
@@ -247,9 +247,9 @@ impl Credentials {
     /// dockerconfigjson file.
     pub fn secret_file(path: &Path) -> Result<Credentials> {
         let name = format!("registry secret file {}", path.display());
-        let err = |reason: String| Error::Credentials {
+        let err = |problem| Error::Credentials {
             source_name: name.clone(),
-            reason,
+            problem: Box::new(problem),
         };
         let failed = |what, source| Error::CredentialsSource {
             source_name: name.clone(),
@@ -356,21 +356,19 @@ impl Credentials {
 
 /// The dockerconfigjson inside a Secret document, or the document itself if it
 /// already is a Docker config.
-fn secret_payload(doc: &serde_yaml_ng::Value) -> std::result::Result<Vec<u8>, String> {
+fn secret_payload(doc: &serde_yaml_ng::Value) -> std::result::Result<Vec<u8>, CredentialsProblem> {
     let field = |v: &serde_yaml_ng::Value, k: &str| v.get(k).cloned();
     if doc.get("auths").is_some() {
-        return serde_json::to_vec(doc).map_err(|e| e.to_string());
+        return serde_json::to_vec(doc).map_err(CredentialsProblem::SecretJson);
     }
     if let Some(kind) = field(doc, "kind").and_then(|k| k.as_str().map(str::to_string)) {
         if kind != "Secret" {
-            return Err(format!("it is a {kind}, not a Secret"));
+            return Err(CredentialsProblem::NotASecret { kind });
         }
     }
     if let Some(ty) = field(doc, "type").and_then(|k| k.as_str().map(str::to_string)) {
         if ty != DOCKERCONFIGJSON_TYPE {
-            return Err(format!(
-                "the Secret has type {ty}; it must be {DOCKERCONFIGJSON_TYPE} (create it with `kubectl create secret docker-registry`)"
-            ));
+            return Err(CredentialsProblem::SecretType { secret_type: ty });
         }
     }
     if let Some(encoded) = doc
@@ -381,7 +379,7 @@ fn secret_payload(doc: &serde_yaml_ng::Value) -> std::result::Result<Vec<u8>, St
         let cleaned: String = encoded.chars().filter(|c| !c.is_whitespace()).collect();
         return base64::engine::general_purpose::STANDARD
             .decode(cleaned)
-            .map_err(|e| format!("data[.dockerconfigjson] is not valid base64: {e}"));
+            .map_err(CredentialsProblem::SecretBase64);
     }
     if let Some(plain) = doc
         .get("stringData")
@@ -390,7 +388,7 @@ fn secret_payload(doc: &serde_yaml_ng::Value) -> std::result::Result<Vec<u8>, St
     {
         return Ok(plain.as_bytes().to_vec());
     }
-    Err("it has neither data[.dockerconfigjson] nor an `auths` map".to_string())
+    Err(CredentialsProblem::NoDockerConfig)
 }
 
 /// Registry name an `auths`/`credHelpers` key stands for: scheme and path dropped,
@@ -457,14 +455,14 @@ impl ConfigSource {
                     what: "`auth` is not valid base64: ",
                     source: Box::new(e),
                 })?;
-            let decoded = String::from_utf8(decoded).map_err(|_| Error::Credentials {
+            let decoded = String::from_utf8(decoded).map_err(|e| Error::Credentials {
                 source_name: source.clone(),
-                reason: "`auth` does not decode to UTF-8 text".into(),
+                problem: Box::new(CredentialsProblem::AuthNotUtf8(e)),
             })?;
             let Some((u, p)) = decoded.split_once(':') else {
                 return Err(Error::Credentials {
                     source_name: source,
-                    reason: "`auth` must decode to username:password".into(),
+                    problem: Box::new(CredentialsProblem::AuthNotPair),
                 });
             };
             username = Some(u.to_string());
@@ -724,12 +722,52 @@ mod tests {
         );
         let map: serde_yaml_ng::Value =
             serde_yaml_ng::from_str("kind: ConfigMap\ndata: {}\n").unwrap();
-        assert!(secret_payload(&map).unwrap_err().contains("ConfigMap"));
+        assert!(secret_payload(&map)
+            .unwrap_err()
+            .to_string()
+            .contains("ConfigMap"));
         let empty: serde_yaml_ng::Value =
             serde_yaml_ng::from_str("kind: Secret\ndata: {}\n").unwrap();
         assert!(secret_payload(&empty)
             .unwrap_err()
+            .to_string()
             .contains(".dockerconfigjson"));
+    }
+
+    #[test]
+    fn unusable_auths_and_secrets_keep_their_sources() {
+        let not_utf8 = base64::engine::general_purpose::STANDARD.encode([0xff, b':', b'p']);
+        let config = format!(r#"{{"auths":{{"r.example":{{"auth":"{not_utf8}"}}}}}}"#);
+        let creds = Credentials::from_docker_config_json(config.as_bytes(), "c").unwrap();
+        let err = creds.lookup("r.example", HELPER_LIMIT).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read registry credentials from c (auths entry for r.example): `auth` does not decode to UTF-8 text"
+        );
+        let problem = std::error::Error::source(&err).expect("the problem is kept");
+        assert!(
+            std::error::Error::source(problem)
+                .is_some_and(|s| s.is::<std::string::FromUtf8Error>()),
+            "{problem:?}"
+        );
+        let secret: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            "kind: Secret\ntype: kubernetes.io/dockerconfigjson\ndata:\n  .dockerconfigjson: '!!'\n",
+        )
+        .unwrap();
+        let problem = secret_payload(&secret).unwrap_err();
+        assert!(
+            problem
+                .to_string()
+                .starts_with("data[.dockerconfigjson] is not valid base64: "),
+            "{problem}"
+        );
+        assert!(std::error::Error::source(&problem).is_some_and(|s| s.is::<base64::DecodeError>()));
+        let typed: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str("kind: Secret\ntype: Opaque\n").unwrap();
+        assert_eq!(
+            secret_payload(&typed).unwrap_err().to_string(),
+            "the Secret has type Opaque; it must be kubernetes.io/dockerconfigjson (create it with `kubectl create secret docker-registry`)"
+        );
     }
 
     #[test]

@@ -98,6 +98,39 @@ pub enum HelperProblem {
     },
 }
 
+/// What is wrong with a credentials source ([`Error::Credentials`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CredentialsProblem {
+    /// An `auths` entry's `auth` decodes to bytes that are not UTF-8.
+    #[error("`auth` does not decode to UTF-8 text")]
+    AuthNotUtf8(#[source] std::string::FromUtf8Error),
+    /// An `auths` entry's `auth` has no `:` between user name and password.
+    #[error("`auth` must decode to username:password")]
+    AuthNotPair,
+    /// A registry secret file holds another kind of object.
+    #[error("it is a {kind}, not a Secret")]
+    NotASecret {
+        /// The object's `kind`.
+        kind: String,
+    },
+    /// A registry secret of another type than a Docker config.
+    #[error("the Secret has type {secret_type}; it must be {} (create it with `kubectl create secret docker-registry`)", crate::credentials::DOCKERCONFIGJSON_TYPE)]
+    SecretType {
+        /// The Secret's `type`.
+        secret_type: String,
+    },
+    /// A registry secret's `data[.dockerconfigjson]` is not base64.
+    #[error("data[.dockerconfigjson] is not valid base64: {0}")]
+    SecretBase64(#[source] base64::DecodeError),
+    /// A bare Docker config in a secret file that cannot be written as JSON.
+    #[error("{0}")]
+    SecretJson(#[source] serde_json::Error),
+    /// A registry secret file with no Docker config in it.
+    #[error("it has neither data[.dockerconfigjson] nor an `auths` map")]
+    NoDockerConfig,
+}
+
 /// What the client was waiting for when a [`Error::Timeout`] struck.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,6 +188,17 @@ pub enum Error {
         reference: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A reference whose registry or repository makes no usable request URL.
+    #[error("invalid image reference {reference:?}: {what}{source}")]
+    RequestUrl {
+        /// The registry, repository or reference.
+        reference: String,
+        /// What could not be made (`cannot build a request URL: `), or empty.
+        what: &'static str,
+        /// Why the URL does not parse.
+        #[source]
+        source: url::ParseError,
     },
     /// The registry could not be reached at all.
     #[error(
@@ -335,13 +379,14 @@ pub enum Error {
         /// The endpoint the registry names.
         announced: String,
     },
-    /// A credentials source could not be read.
-    #[error("cannot read registry credentials from {source_name}: {reason}")]
+    /// A credentials source holds something it cannot use.
+    #[error("cannot read registry credentials from {source_name}: {problem}")]
     Credentials {
-        /// The config file, secret file or helper.
+        /// The config file or secret file (with the entry at fault).
         source_name: String,
-        /// What went wrong.
-        reason: String,
+        /// What is wrong with it.
+        #[source]
+        problem: Box<CredentialsProblem>,
     },
     /// A credential helper (`docker-credential-NAME get`) gave no answer.
     #[error("cannot read registry credentials from {source_name}: {problem}")]

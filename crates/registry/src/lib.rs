@@ -75,10 +75,10 @@ pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{
     CredentialSource, Credentials, RegistryLogin, TokenAnswer, DEFAULT_REGISTRY_SECRET,
 };
-pub use error::{Error, HelperProblem, ManifestProblem, Result, Wait};
+pub use error::{CredentialsProblem, Error, HelperProblem, ManifestProblem, Result, Wait};
 pub use pull::PulledImage;
 pub use reference::Reference;
-pub use timeouts::{Timeouts, TimeoutsError, TIMEOUT_KINDS};
+pub use timeouts::{Timeouts, TimeoutsError, TimeoutsProblem, TIMEOUT_KINDS};
 pub use uploads::{
     parallelism_from_env, BlobUploads, ParallelismError, MAX_PARALLELISM, PARALLELISM_ENV,
 };

@@ -44,7 +44,38 @@ pub struct TimeoutsError {
     /// The specification as given.
     pub spec: String,
     /// What is wrong with it.
-    pub reason: String,
+    #[source]
+    pub reason: TimeoutsProblem,
+}
+
+/// What is wrong with a timeout specification ([`TimeoutsError`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeoutsProblem {
+    /// Nothing was given.
+    #[error("it is empty")]
+    Empty,
+    /// An entry of a list without `KIND=`.
+    #[error("{0:?} has no KIND=")]
+    NoKind(String),
+    /// A kind that is none of [`TIMEOUT_KINDS`].
+    #[error("unknown kind {0:?}")]
+    UnknownKind(String),
+    /// A duration whose number does not parse.
+    #[error("{text:?} is not a duration")]
+    NotADuration {
+        /// The duration as given.
+        text: String,
+        /// Why its number does not parse.
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// A duration in another unit than ms, s, m or h.
+    #[error("{0:?} has an unknown unit (use ms, s, m or h)")]
+    UnknownUnit(String),
+    /// A duration of zero or less, or longer than a week.
+    #[error("{0:?} must be more than zero and at most a week")]
+    OutOfRange(String),
 }
 
 impl Timeouts {
@@ -54,13 +85,13 @@ impl Timeouts {
     /// Applies a specification on top of `self`: `DURATION` sets every limit,
     /// `KIND=DURATION[,KIND=DURATION...]` the named ones (later entries win).
     pub fn apply(&mut self, spec: &str) -> Result<(), TimeoutsError> {
-        let bad = |reason: String| TimeoutsError {
+        let bad = |reason| TimeoutsError {
             spec: spec.to_string(),
             reason,
         };
         let spec_trimmed = spec.trim();
         if spec_trimmed.is_empty() {
-            return Err(bad("it is empty".into()));
+            return Err(bad(TimeoutsProblem::Empty));
         }
         if !spec_trimmed.contains('=') {
             let d = parse_duration(spec_trimmed).map_err(bad)?;
@@ -79,7 +110,7 @@ impl Timeouts {
                 continue;
             }
             let Some((kind, value)) = part.split_once('=') else {
-                return Err(bad(format!("{part:?} has no KIND=")));
+                return Err(bad(TimeoutsProblem::NoKind(part.to_string())));
             };
             let d = parse_duration(value.trim()).map_err(bad)?;
             match kind.trim() {
@@ -88,7 +119,7 @@ impl Timeouts {
                 "idle" => self.idle = d,
                 "token" => self.token = d,
                 "helper" => self.helper = d,
-                other => return Err(bad(format!("unknown kind {other:?}"))),
+                other => return Err(bad(TimeoutsProblem::UnknownKind(other.to_string()))),
             }
         }
         Ok(())
@@ -131,25 +162,26 @@ pub(crate) fn show(d: Duration) -> String {
 }
 
 /// `500ms`, `30s`, `1.5s`, `2m`, `1h`, or a bare number of seconds; not zero.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> Result<Duration, TimeoutsProblem> {
     let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration"))?;
+        .map_err(|source| TimeoutsProblem::NotADuration {
+            text: text.to_string(),
+            source,
+        })?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m or h)")),
+        _ => return Err(TimeoutsProblem::UnknownUnit(text.to_string())),
     };
     if !seconds.is_finite() || seconds <= 0.0 || seconds > 7.0 * 86400.0 {
-        return Err(format!(
-            "{text:?} must be more than zero and at most a week"
-        ));
+        return Err(TimeoutsProblem::OutOfRange(text.to_string()));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -198,5 +230,11 @@ mod tests {
             let e = Timeouts::parse(spec).unwrap_err().to_string();
             assert!(e.contains(says), "{spec}: {e}");
         }
+        let e = Timeouts::parse("idle=fast").unwrap_err();
+        let number = std::error::Error::source(&e).and_then(std::error::Error::source);
+        assert!(
+            number.is_some_and(|n| n.is::<std::num::ParseFloatError>()),
+            "{e:?}"
+        );
     }
 }

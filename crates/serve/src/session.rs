@@ -224,6 +224,24 @@ impl std::fmt::Debug for ClientCredentials {
     }
 }
 
+/// Why the client of a session gave no credentials.
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    /// The session ended before the question went out.
+    #[error("the session ended before asking for {registry}")]
+    SessionEnded { registry: String },
+    /// The answer did not come in time, or the session ended waiting.
+    #[error("no answer for {registry}")]
+    NoAnswer {
+        registry: String,
+        #[source]
+        source: std::sync::mpsc::RecvTimeoutError,
+    },
+    /// The client's own error, as it sent it.
+    #[error("{0}")]
+    Client(String),
+}
+
 impl ClientCredentials {
     /// Sends one question and waits for its answer (errors the client
     /// reports included).
@@ -233,21 +251,26 @@ impl ClientCredentials {
         limit: Duration,
     ) -> kbuild_registry::Result<v1::CredentialsResponse> {
         let registry = question.host.clone();
-        let err = |reason: String| kbuild_registry::Error::Credentials {
+        let err = |problem: Unanswered| kbuild_registry::Error::CredentialsSource {
             source_name: kbuild_registry::CredentialSource::describe(self),
-            reason,
+            what: "",
+            source: Box::new(problem),
         };
         let rx = self
             .pending
             .credentials
             .wait_for(question.id)
-            .ok_or_else(|| err(format!("the session ended before asking for {registry}")))?;
+            .ok_or_else(|| {
+                err(Unanswered::SessionEnded {
+                    registry: registry.clone(),
+                })
+            })?;
         self.queue.send(Out::CredentialsRequest(question));
         let answer = rx
             .recv_timeout(limit.max(ANSWER_TIMEOUT))
-            .map_err(|_| err(format!("no answer for {registry}")))?;
+            .map_err(|source| err(Unanswered::NoAnswer { registry, source }))?;
         if !answer.error.is_empty() {
-            return Err(err(answer.error));
+            return Err(err(Unanswered::Client(answer.error)));
         }
         Ok(answer)
     }
