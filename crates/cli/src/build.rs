@@ -99,6 +99,9 @@ pub enum BuildError {
     /// into a Docker daemon).
     #[error(transparent)]
     Request(Box<crate::request::RequestError>),
+    /// The kubernetes driver could not pick, reach or use its builder.
+    #[error(transparent)]
+    Kube(Box<crate::kube::KubeError>),
 }
 
 impl From<crate::request::RequestError> for BuildError {

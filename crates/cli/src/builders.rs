@@ -18,14 +18,29 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// A `--platform` value of `serve` or `create` that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("--platform {spec:?}: {source}")]
+pub(crate) struct PlatformFlagError {
+    /// The value as given.
+    spec: String,
+    /// Why it does not parse.
+    #[source]
+    source: kbuild_platform::Error,
+}
+
 /// `--platform` values (each a comma-separated list), normalized, each
 /// platform once.
-pub(crate) fn platform_flags(list: &[String]) -> Result<Vec<kbuild_platform::Platform>> {
+pub(crate) fn platform_flags(
+    list: &[String],
+) -> std::result::Result<Vec<kbuild_platform::Platform>, PlatformFlagError> {
     let mut out: Vec<kbuild_platform::Platform> = Vec::new();
     for spec in list {
-        for p in
-            kbuild_platform::parse_list(spec).map_err(|e| format!("--platform {spec:?}: {e}"))?
-        {
+        let parsed = kbuild_platform::parse_list(spec).map_err(|source| PlatformFlagError {
+            spec: spec.clone(),
+            source,
+        })?;
+        for p in parsed {
             let p = p.normalized();
             if !out.contains(&p) {
                 out.push(p);
@@ -271,9 +286,9 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
                     Err(e) => (
                         Err(kbuild_driver::Error::Session {
                             builder: p.builder.clone(),
-                            reason: e.clone(),
+                            reason: e.to_string(),
                         }),
-                        Some(e),
+                        Some(e.to_string()),
                     ),
                 };
                 rows.push(Row {

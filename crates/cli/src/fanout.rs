@@ -599,7 +599,9 @@ impl Local for NodeLocal {
     }
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
         match &self.outputs {
-            Some(o) => o.chunk(self.part, output, data, last),
+            Some(o) => o
+                .chunk(self.part, output, data, last)
+                .map_err(|e| e.to_string()),
             None => Err(format!(
                 "node {} sent output {output}, which the build did not ask for",
                 self.node

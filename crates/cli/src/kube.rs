@@ -25,11 +25,98 @@ const RM_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `ls` and builds wait for each pod's Info.
 const INFO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// No cluster although the command line named one.
+/// Why a command of the kubernetes driver could not be carried out.
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} needs a cluster, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG (or create ~/.kube/config)")]
-pub struct NoCluster {
-    flag: &'static str,
+pub enum KubeError {
+    /// No cluster although the command line named one.
+    #[error("{flag} needs a cluster, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG (or create ~/.kube/config)")]
+    NoCluster {
+        /// The flag that named it.
+        flag: &'static str,
+    },
+    /// `create --driver kubernetes` without a cluster.
+    #[error("the kubernetes driver needs a cluster: pass --kubeconfig FILE or set $KUBECONFIG (or create ~/.kube/config)")]
+    DriverNeedsCluster,
+    /// A build on a kubernetes builder without a cluster.
+    #[error("builder {name} is a kubernetes builder, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG")]
+    BuilderNeedsCluster {
+        /// The builder.
+        name: String,
+    },
+    /// `--builder NAME` names no builder at all.
+    #[error("no builder {name}; kubectl build ls lists them")]
+    NoBuilder {
+        /// The builder.
+        name: String,
+    },
+    /// `create --endpoint` with the kubernetes driver.
+    #[error("--endpoint is for the remote driver; the kubernetes driver makes its own pods")]
+    Endpoint,
+    /// A builder name Kubernetes cannot name its objects after.
+    #[error("invalid kubernetes builder name {name:?}: use lowercase letters, digits and '-' (at most 40), as its Deployments and pods are named after it")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+    },
+    /// The kubeconfig or the API server.
+    #[error(transparent)]
+    Kubernetes(#[from] k8s::Error),
+    /// The runtime of the command did not start.
+    #[error("start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A task asking a pod ended without an answer.
+    #[error("{0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// `dial-stdio` of another endpoint than a unix socket.
+    #[error("dial-stdio {addr}: only unix:// sockets")]
+    NotUnix {
+        /// The address as given.
+        addr: String,
+    },
+    /// `dial-stdio` cannot connect to the daemon's socket.
+    #[error("connect to {}: {source}", path.display())]
+    Connect {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `dial-stdio` lost the daemon's socket or its standard output.
+    #[error("dial-stdio {}: {source}", path.display())]
+    Relay {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `dial-stdio` cannot flush its standard output.
+    #[error("dial-stdio: standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+}
+
+impl From<KubeError> for BuildError {
+    fn from(e: KubeError) -> Self {
+        BuildError::Kube(Box::new(e))
+    }
+}
+
+/// Why a pod of a kubernetes builder shows no Info in `ls`.
+#[derive(Debug, thiserror::Error)]
+pub enum PodProblem {
+    /// The pod is ready but its daemon did not answer.
+    #[error("{0}")]
+    Dial(#[source] kbuild_driver::Error),
+    /// What Kubernetes says the pod waits for.
+    #[error("{0}")]
+    Waiting(String),
+    /// The pod is not ready, for no reason Kubernetes gives.
+    #[error("not ready")]
+    NotReady,
+    /// A recorded builder whose Deployment is gone.
+    #[error("no Deployment left in the cluster; kubectl build rm removes the record")]
+    NoDeployment,
 }
 
 fn selection(g: &GlobalArgs) -> Selection {
@@ -58,7 +145,7 @@ fn explicit(g: &GlobalArgs) -> Option<&'static str> {
 pub async fn cluster(
     g: &GlobalArgs,
     namespace: Option<&str>,
-) -> std::result::Result<Option<Cluster>, Box<dyn std::error::Error + Send + Sync>> {
+) -> std::result::Result<Option<Cluster>, KubeError> {
     let resolved = k8s::kubeconfig::resolve(&selection(g)).await?;
     match resolved {
         Some(r) => {
@@ -66,7 +153,7 @@ pub async fn cluster(
             Ok(Some(Cluster::new(r, ns)?))
         }
         None => match explicit(g) {
-            Some(flag) => Err(Box::new(NoCluster { flag })),
+            Some(flag) => Err(KubeError::NoCluster { flag }),
             None => Ok(None),
         },
     }
@@ -111,15 +198,12 @@ async fn create_in(
 /// `kubectl build create NAME --driver kubernetes`.
 pub fn create(args: &CreateArgs, g: &GlobalArgs) -> Result<ExitCode> {
     if args.endpoint.is_some() {
-        return Err(
-            "--endpoint is for the remote driver; the kubernetes driver makes its own pods".into(),
-        );
+        return Err(KubeError::Endpoint.into());
     }
     if !spec::valid_name(&args.name) {
-        return Err(format!(
-            "invalid kubernetes builder name {:?}: use lowercase letters, digits and '-' (at most 40), as its Deployments and pods are named after it",
-            args.name
-        )
+        return Err(KubeError::InvalidName {
+            name: args.name.clone(),
+        }
         .into());
     }
     let options = Options::parse(&args.driver_opts)?;
@@ -127,15 +211,10 @@ pub fn create(args: &CreateArgs, g: &GlobalArgs) -> Result<ExitCode> {
     let rt = crate::builders::runtime()?;
     let (cluster, status) = rt.block_on(async {
         let cluster = cluster(g, options.namespace.as_deref())
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                "the kubernetes driver needs a cluster: pass --kubeconfig FILE or set $KUBECONFIG (or create ~/.kube/config)".to_string()
-            })?;
-        let status = create_in(&cluster, &args.name, &pools, &options, args.append)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((cluster, status))
+            .await?
+            .ok_or(KubeError::DriverNeedsCluster)?;
+        let status = create_in(&cluster, &args.name, &pools, &options, args.append).await?;
+        Ok::<_, KubeError>((cluster, status))
     })?;
     record(&args.name, &cluster);
     eprintln!(
@@ -161,18 +240,15 @@ pub fn rm(name: &str, g: &GlobalArgs) -> Result<Option<ExitCode>> {
     let rec = recorded(name);
     let rt = crate::builders::runtime()?;
     let removed = rt.block_on(async {
-        let Some(cluster) = cluster(g, rec.as_ref().map(|r| r.namespace.as_str()))
-            .await
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok::<_, String>(None);
+        let Some(cluster) = cluster(g, rec.as_ref().map(|r| r.namespace.as_str())).await? else {
+            return Ok::<_, KubeError>(None);
         };
         match cluster.remove(name, RM_TIMEOUT).await {
             Ok(()) => Ok(Some(cluster.namespace.clone())),
             Err(k8s::Error::NotFound { .. }) if rec.is_none() => Ok(None),
             // Removed by someone else: only the record is left to remove.
             Err(k8s::Error::NotFound { .. }) => Ok(Some(cluster.namespace.clone())),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     })?;
     let Some(namespace) = removed else {
@@ -201,7 +277,7 @@ pub struct PodRow {
     /// Whether it is ready.
     pub ready: bool,
     /// What it said, or why not.
-    pub result: std::result::Result<NodeInfo, String>,
+    pub result: std::result::Result<NodeInfo, PodProblem>,
 }
 
 /// The kubernetes builders of the cluster (by label; with `all`, of every
@@ -216,8 +292,8 @@ pub fn ls_rows(
     let rt = crate::builders::runtime()?;
     let rows = rt.block_on(async {
         let mut notes = Vec::new();
-        let Some(cluster) = cluster(g, None).await.map_err(|e| e.to_string())? else {
-            return Ok::<_, String>((Vec::new(), notes));
+        let Some(cluster) = cluster(g, None).await? else {
+            return Ok::<_, KubeError>((Vec::new(), notes));
         };
         let names = builder_names(&cluster, config, all, &mut notes).await?;
         let dialer = Arc::new(PodDialer::new(cluster.client.clone()));
@@ -230,7 +306,7 @@ pub fn ls_rows(
                     notes.push(format!("builder {name}: {e}"));
                     continue;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             };
             let Some(status) = status else {
                 tasks.push(tokio::spawn(
@@ -245,7 +321,7 @@ pub fn ls_rows(
         }
         let mut rows = Vec::new();
         for t in tasks {
-            rows.push(t.await.map_err(|e| e.to_string())?);
+            rows.push(t.await.map_err(KubeError::Task)?);
         }
         Ok((rows, notes))
     })?;
@@ -261,7 +337,7 @@ async fn builder_names(
     config: &kbuild_driver::Config,
     all: bool,
     notes: &mut Vec<String>,
-) -> std::result::Result<BTreeSet<(String, String)>, String> {
+) -> std::result::Result<BTreeSet<(String, String)>, k8s::Error> {
     let mut names: BTreeSet<(String, String)> = BTreeSet::new();
     let everywhere = if all {
         match cluster.all_builders().await {
@@ -273,7 +349,7 @@ async fn builder_names(
                 ));
                 None
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e),
         }
     } else {
         None
@@ -283,8 +359,7 @@ async fn builder_names(
         None => names.extend(
             cluster
                 .builders()
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .into_iter()
                 .map(|n| (cluster.namespace.clone(), n)),
         ),
@@ -312,9 +387,7 @@ fn no_deployment_row(builder: String, namespace: String) -> PodRow {
         },
         k8s_node: None,
         ready: false,
-        result: Err(
-            "no Deployment left in the cluster; kubectl build rm removes the record".into(),
-        ),
+        result: Err(PodProblem::NoDeployment),
     }
 }
 
@@ -332,12 +405,12 @@ async fn pod_row(
             .dial(&name, &node, INFO_TIMEOUT)
             .await
             .map(|(_, info)| info)
-            .map_err(|e| e.to_string())
+            .map_err(PodProblem::Dial)
     } else {
         Err(pod
             .waiting
             .clone()
-            .unwrap_or_else(|| "not ready".to_string()))
+            .map_or(PodProblem::NotReady, PodProblem::Waiting))
     };
     PodRow {
         builder: name,
@@ -354,7 +427,10 @@ async fn pod_row(
 pub fn dial_stdio(addr: &str) -> Result<ExitCode> {
     let endpoint = kbuild_proto::Endpoint::parse(addr)?;
     let kbuild_proto::Endpoint::Unix(path) = endpoint else {
-        return Err(format!("dial-stdio {addr}: only unix:// sockets").into());
+        return Err(KubeError::NotUnix {
+            addr: addr.to_string(),
+        }
+        .into());
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -362,7 +438,10 @@ pub fn dial_stdio(addr: &str) -> Result<ExitCode> {
     let done = rt.block_on(async {
         let sock = tokio::net::UnixStream::connect(&path)
             .await
-            .map_err(|e| format!("connect to {}: {e}", path.display()))?;
+            .map_err(|source| KubeError::Connect {
+                path: path.clone(),
+                source,
+            })?;
         let (mut rd, mut wr) = sock.into_split();
         // Standard input closing (the client went away) closes our side;
         // the session ends when the daemon closes its side.
@@ -374,11 +453,14 @@ pub fn dial_stdio(addr: &str) -> Result<ExitCode> {
         let mut stdout = tokio::io::stdout();
         tokio::io::copy(&mut rd, &mut stdout)
             .await
-            .map_err(|e| format!("dial-stdio {}: {e}", path.display()))?;
+            .map_err(|source| KubeError::Relay {
+                path: path.clone(),
+                source,
+            })?;
         tokio::io::AsyncWriteExt::flush(&mut stdout)
             .await
-            .map_err(|e| format!("dial-stdio: standard output: {e}"))?;
-        Ok::<_, String>(())
+            .map_err(KubeError::Stdout)?;
+        Ok::<_, KubeError>(())
     });
     // A read of standard input may still block: do not wait for it.
     rt.shutdown_background();
@@ -436,11 +518,10 @@ pub fn route(name: Option<&str>, g: &GlobalArgs) -> std::result::Result<Route, B
             });
         }
     }
-    let rt = crate::builders::runtime()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let rt = crate::builders::runtime().map_err(KubeError::Runtime)?;
     let found = rt
         .block_on(k8s::kubeconfig::resolve(&selection(g)))
-        .map_err(|e| BuildError::Builder(e.to_string()))?;
+        .map_err(KubeError::Kubernetes)?;
     match found {
         Some(_) => Ok(Route::Kubernetes {
             name: name.unwrap_or(DEFAULT_BUILDER).to_string(),
@@ -449,12 +530,13 @@ pub fn route(name: Option<&str>, g: &GlobalArgs) -> std::result::Result<Route, B
         }),
         None => {
             if let Some(flag) = explicit(g) {
-                return Err(BuildError::Builder(NoCluster { flag }.to_string()));
+                return Err(KubeError::NoCluster { flag }.into());
             }
             match name {
-                Some(n) if n != DEFAULT_BUILDER => Err(BuildError::Builder(format!(
-                    "no builder {n}; kubectl build ls lists them"
-                ))),
+                Some(n) if n != DEFAULT_BUILDER => Err(KubeError::NoBuilder {
+                    name: n.to_string(),
+                }
+                .into()),
                 _ => Ok(Route::Local(Some(
                     "no Kubernetes context (--kubeconfig, $KUBECONFIG, ~/.kube/config): building with the embedded builder; --builder local skips this check".to_string(),
                 ))),
@@ -523,8 +605,7 @@ pub fn run(
     namespace: Option<&str>,
     auto: bool,
 ) -> std::result::Result<(), BuildError> {
-    let rt = crate::builders::runtime()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let rt = crate::builders::runtime().map_err(KubeError::Runtime)?;
     let quiet = a.quiet || a.progress == ProgressMode::Quiet;
     let kube_err =
         |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
@@ -537,9 +618,10 @@ pub fn run(
         .any(|o| o.kind == kbuild_solver::options::OutputKind::Containerd);
     let (cluster, nodes, credentials) = rt.block_on(async {
         let cluster = cluster(g, namespace)
-            .await
-            .map_err(|e| BuildError::Builder(e.to_string()))?
-            .ok_or_else(|| BuildError::Builder(format!("builder {name} is a kubernetes builder, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG")))?;
+            .await?
+            .ok_or_else(|| KubeError::BuilderNeedsCluster {
+                name: name.to_string(),
+            })?;
         let status = match cluster.status(name).await.map_err(kube_err)? {
             Some(s) if !s.ready_nodes().is_empty() => s,
             Some(_) => cluster
@@ -692,15 +774,16 @@ pub fn preview(
     namespace: Option<&str>,
     auto: bool,
 ) -> std::result::Result<Preview, BuildError> {
-    let rt = crate::builders::runtime()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
+    let rt = crate::builders::runtime().map_err(KubeError::Runtime)?;
     let kube_err =
         |e: k8s::Error| BuildError::Remote(Box::new(kbuild_driver::Error::Kubernetes(Box::new(e))));
     rt.block_on(async {
-        let cluster = cluster(g, namespace)
-            .await
-            .map_err(|e| BuildError::Builder(e.to_string()))?
-            .ok_or_else(|| BuildError::Builder(format!("builder {name} is a kubernetes builder, and there is no kubeconfig: pass --kubeconfig FILE or set $KUBECONFIG")))?;
+        let cluster =
+            cluster(g, namespace)
+                .await?
+                .ok_or_else(|| KubeError::BuilderNeedsCluster {
+                    name: name.to_string(),
+                })?;
         match cluster.status(name).await.map_err(kube_err)? {
             Some(status) => {
                 let nodes = status.ready_nodes();
@@ -711,10 +794,9 @@ pub fn preview(
                         ready: 0,
                         wanted: status.wanted(),
                         waited: Duration::ZERO,
-                        detail: status
-                            .pods
-                            .iter()
-                            .find_map(|p| p.waiting.as_ref().map(|w| format!("pod {}: {w}", p.name))),
+                        detail: status.pods.iter().find_map(|p| {
+                            p.waiting.as_ref().map(|w| format!("pod {}: {w}", p.name))
+                        }),
                     }));
                 }
                 let dialer = PodDialer::new(cluster.client.clone());

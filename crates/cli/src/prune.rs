@@ -14,6 +14,37 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// How long connecting to one node may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a builder's nodes could not be found for pruning.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// Neither a remote builder nor a cluster to look in.
+    #[error("no builder {name}: it is not a remote builder and there is no kubeconfig for a kubernetes one; \"kubectl build ls\" lists them")]
+    NoBuilder {
+        /// The builder.
+        name: String,
+    },
+    /// The cluster could not be asked.
+    #[error(transparent)]
+    Kube(#[from] crate::kube::KubeError),
+    /// The cluster's answer about the builder.
+    #[error(transparent)]
+    Kubernetes(#[from] kbuild_driver::kubernetes::Error),
+    /// A kubernetes builder without a ready pod.
+    #[error("builder {name} has no ready pod in namespace {namespace} to prune")]
+    NoReadyPod {
+        /// The builder.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// A remote builder without nodes.
+    #[error("builder {name} has no nodes")]
+    NoNodes {
+        /// The builder.
+        name: String,
+    },
+}
+
 /// Prunes builder `name`'s daemons (`local`: the local store). Prints one
 /// line per node; fails when any node failed (the others are pruned all
 /// the same).
@@ -34,36 +65,33 @@ pub fn prune_builder(name: &str, all: bool, g: &GlobalArgs) -> Result<ExitCode> 
             let namespace = crate::kube::recorded(name).map(|r| r.namespace);
             let (nodes, dialer) = rt.block_on(async {
                 let cluster = crate::kube::cluster(g, namespace.as_deref())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| {
-                        format!("no builder {name}: it is not a remote builder and there is no kubeconfig for a kubernetes one; \"kubectl build ls\" lists them")
+                    .await?
+                    .ok_or_else(|| PruneError::NoBuilder {
+                        name: name.to_string(),
                     })?;
-                let status = cluster
-                    .status(name)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| {
-                        kbuild_driver::kubernetes::Error::NotFound {
-                            builder: name.to_string(),
-                            namespace: cluster.namespace.clone(),
-                        }
-                        .to_string()
-                    })?;
+                let status = cluster.status(name).await?.ok_or_else(|| {
+                    kbuild_driver::kubernetes::Error::NotFound {
+                        builder: name.to_string(),
+                        namespace: cluster.namespace.clone(),
+                    }
+                })?;
                 let nodes = status.ready_nodes();
                 if nodes.is_empty() {
-                    return Err(format!(
-                        "builder {name} has no ready pod in namespace {} to prune",
-                        cluster.namespace
-                    ));
+                    return Err(PruneError::NoReadyPod {
+                        name: name.to_string(),
+                        namespace: cluster.namespace.clone(),
+                    });
                 }
-                Ok::<_, String>((nodes, PodDialer::new(cluster.client.clone())))
+                Ok::<_, PruneError>((nodes, PodDialer::new(cluster.client.clone())))
             })?;
             (nodes, Box::new(dialer))
         }
     };
     if nodes.is_empty() {
-        return Err(format!("builder {name} has no nodes").into());
+        return Err(PruneError::NoNodes {
+            name: name.to_string(),
+        }
+        .into());
     }
     let results = rt.block_on(futures_util::future::join_all(nodes.iter().map(|node| {
         kbuild_driver::prune::prune(name, node, dialer.as_ref(), all, DIAL_TIMEOUT)

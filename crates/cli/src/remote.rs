@@ -207,7 +207,7 @@ impl Local for Client {
 
     fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
         if let Some(l) = self.layouts.as_ref().filter(|l| l.has(output)) {
-            return l.chunk(0, output, data, last);
+            return l.chunk(0, output, data, last).map_err(|e| e.to_string());
         }
         let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {

@@ -66,6 +66,75 @@ pub enum SplitOutputError {
     },
 }
 
+/// Why a node's part of a file output could not be received; the text
+/// goes back to the node's daemon as the answer to its result.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// A thread holding the outputs' state panicked.
+    #[error("poisoned lock: another task failed inside")]
+    Poisoned,
+    /// The daemon named an output that is not collected here.
+    #[error("the builder sent output {output}, which is not a file output")]
+    NotAFileOutput {
+        /// The output's index.
+        output: u32,
+    },
+    /// No writer for a part being received.
+    #[error("output writer missing")]
+    WriterMissing,
+    /// The writer of a part ended before the part did.
+    #[error("the output writer stopped")]
+    WriterStopped,
+    /// The writer of a part panicked.
+    #[error("the output writer panicked")]
+    WriterPanicked,
+    /// The part's directory in a `type=local` stage.
+    #[error("{0}")]
+    Scratch(#[source] kbuild_solver::engine::SolveError),
+    /// A node's filesystem tar could not be unpacked.
+    #[error("{}: {source}", dir.display())]
+    Unpack {
+        /// Where it was being unpacked.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: kbuild_worker::snapshot::Error,
+    },
+    /// A node's filesystem tarball could not be kept.
+    #[error("{}: {source}", file.display())]
+    Tarball {
+        /// The file it goes to.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A node's OCI layout tarball could not be read.
+    #[error("read the layout: {0}")]
+    Layout(#[source] std::io::Error),
+    /// A blob of a node's OCI layout could not be kept.
+    #[error("layout entry {path}: {source}")]
+    Blob {
+        /// The entry's path in the layout.
+        path: String,
+        /// Why: a name that is no digest, or a blob that is not its digest.
+        #[source]
+        source: kbuild_image::Error,
+    },
+    /// A blob of a node's OCI layout broke off.
+    #[error("layout entry {path}: {source}")]
+    BlobRead {
+        /// The entry's path in the layout.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The scratch store refused a new blob.
+    #[error("{0}")]
+    Store(#[source] kbuild_image::Error),
+}
+
 /// The image an OCI output holds.
 pub(crate) enum Root<'a> {
     /// The index merged here from the nodes' manifests.
@@ -96,7 +165,7 @@ enum Stage {
 /// One part being received.
 struct Sink {
     tx: SyncSender<Option<Vec<u8>>>,
-    thread: std::thread::JoinHandle<Result<ApplyReport, String>>,
+    thread: std::thread::JoinHandle<Result<ApplyReport, ReceiveError>>,
 }
 
 /// The file outputs of one split build.
@@ -218,42 +287,42 @@ impl SplitOutputs {
         output: u32,
         data: Vec<u8>,
         last: bool,
-    ) -> Result<(), String> {
-        let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
+    ) -> Result<(), ReceiveError> {
+        let mut sinks = self.sinks.lock().map_err(|_| ReceiveError::Poisoned)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry((part, output)) {
-            let stages = self.stages.lock().map_err(|e| e.to_string())?;
-            let stage = stages.get(&output).ok_or_else(|| {
-                format!("the builder sent output {output}, which is not a file output")
-            })?;
+            let stages = self.stages.lock().map_err(|_| ReceiveError::Poisoned)?;
+            let stage = stages
+                .get(&output)
+                .ok_or(ReceiveError::NotAFileOutput { output })?;
             slot.insert(self.open(stage, part, output)?);
         }
         let sink = sinks
             .get(&(part, output))
-            .ok_or_else(|| "output writer missing".to_string())?;
+            .ok_or(ReceiveError::WriterMissing)?;
         if !data.is_empty() {
             sink.tx
                 .send(Some(data))
-                .map_err(|_| "the output writer stopped".to_string())?;
+                .map_err(|_| ReceiveError::WriterStopped)?;
         }
         if last {
             let sink = sinks
                 .remove(&(part, output))
-                .ok_or_else(|| "output writer missing".to_string())?;
+                .ok_or(ReceiveError::WriterMissing)?;
             let _ = sink.tx.send(None);
             drop(sink.tx);
             let report = sink
                 .thread
                 .join()
-                .map_err(|_| "the output writer panicked".to_string())??;
+                .map_err(|_| ReceiveError::WriterPanicked)??;
             self.received
                 .lock()
-                .map_err(|e| e.to_string())?
+                .map_err(|_| ReceiveError::Poisoned)?
                 .insert((part, output), report);
         }
         Ok(())
     }
 
-    fn open(&self, stage: &Stage, part: usize, output: u32) -> Result<Sink, String> {
+    fn open(&self, stage: &Stage, part: usize, output: u32) -> Result<Sink, ReceiveError> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
         let reader = ChannelReader::new(rx);
         let thread = match stage {
@@ -270,7 +339,7 @@ impl SplitOutputs {
             Stage::Files(s) => {
                 let dir = s
                     .scratch(&format!("part-{part}-{output}"))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(ReceiveError::Scratch)?;
                 let o = &self.outputs[output as usize];
                 // Only what a local build's directory keeps.
                 let apply = ApplyOptions {
@@ -278,7 +347,7 @@ impl SplitOutputs {
                 };
                 std::thread::spawn(move || {
                     kbuild_worker::snapshot::apply_layer_to_dir_with(&dir, reader, apply)
-                        .map_err(|e| format!("{}: {e}", dir.display()))
+                        .map_err(|source| ReceiveError::Unpack { dir, source })
                 })
             }
         };
@@ -493,9 +562,13 @@ fn write_merged_tar(
 }
 
 /// Keeps a node's filesystem tarball as it comes, in `file`.
-fn receive_tar(file: &Path, mut reader: ChannelReader) -> Result<(), String> {
-    let mut f = std::fs::File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    std::io::copy(&mut reader, &mut f).map_err(|e| format!("{}: {e}", file.display()))?;
+fn receive_tar(file: &Path, mut reader: ChannelReader) -> Result<(), ReceiveError> {
+    let kept = |source| ReceiveError::Tarball {
+        file: file.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::create(file).map_err(kept)?;
+    std::io::copy(&mut reader, &mut f).map_err(kept)?;
     Ok(())
 }
 
@@ -542,16 +615,14 @@ fn write_layout(
 
 /// Reads a node's OCI layout tarball and keeps its blobs (each checked
 /// against its name); its `index.json` is the node's own and is dropped.
-fn receive_blobs(store: &ContentStore, reader: ChannelReader) -> Result<(), String> {
+fn receive_blobs(store: &ContentStore, reader: ChannelReader) -> Result<(), ReceiveError> {
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("read the layout: {e}"))?;
+    let entries = archive.entries().map_err(ReceiveError::Layout)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("read the layout: {e}"))?;
+        let mut entry = entry.map_err(ReceiveError::Layout)?;
         let path = entry
             .path()
-            .map_err(|e| format!("read the layout: {e}"))?
+            .map_err(ReceiveError::Layout)?
             .to_string_lossy()
             .into_owned();
         let Some(hex) = path.strip_prefix("blobs/sha256/") else {
@@ -560,15 +631,20 @@ fn receive_blobs(store: &ContentStore, reader: ChannelReader) -> Result<(), Stri
         if hex.is_empty() {
             continue;
         }
-        let digest = Digest::parse(&format!("sha256:{hex}"))
-            .map_err(|e| format!("layout entry {path}: {e}"))?;
+        let blob = |source| ReceiveError::Blob {
+            path: path.clone(),
+            source,
+        };
+        let digest = Digest::parse(&format!("sha256:{hex}")).map_err(blob)?;
         if store.has(&digest) {
             continue;
         }
-        let mut w = store.writer().map_err(|e| e.to_string())?;
-        std::io::copy(&mut entry, &mut w).map_err(|e| format!("layout entry {path}: {e}"))?;
-        w.commit(Some(&digest))
-            .map_err(|e| format!("layout entry {path}: {e}"))?;
+        let mut w = store.writer().map_err(ReceiveError::Store)?;
+        std::io::copy(&mut entry, &mut w).map_err(|source| ReceiveError::BlobRead {
+            path: path.clone(),
+            source,
+        })?;
+        w.commit(Some(&digest)).map_err(blob)?;
     }
     Ok(())
 }
