@@ -185,7 +185,7 @@ impl Client {
     ) -> Result<PulledImage> {
         let registry = reference.registry();
         let (root, root_bytes) = self.resolve(reference).await?;
-        let root_digest = root.digest.clone();
+        let root_digest = root.digest;
         store
             .put_bytes(&root_bytes)
             .map_err(store_error(format!("storing the manifest of {reference}")))?;
