@@ -24,7 +24,7 @@ struct Inner {
 pub enum ErrorKind {
     /// The Dockerfile could not be parsed (the line is the plan error's).
     #[error("{}", .0.message)]
-    Parse(#[source] crate::parser::Error),
+    Parse(#[source] Box<crate::parser::Error>),
     /// The Dockerfile has no FROM.
     #[error("the Dockerfile has no stage to build; add a FROM instruction")]
     NoStages,
@@ -180,7 +180,7 @@ pub enum ErrorKind {
         /// The trigger text.
         trigger: String,
         /// What is wrong with it.
-        source: TriggerError,
+        source: Box<TriggerError>,
     },
 }
 
@@ -221,7 +221,7 @@ impl Error {
             file: "Dockerfile".to_string(),
             line: e.range.map(|r| r.start_line),
             text: None,
-            kind: ErrorKind::Parse(e),
+            kind: ErrorKind::Parse(Box::new(e)),
         }))
     }
 

@@ -786,7 +786,7 @@ impl<'a> Planner<'a> {
             let trigger_error = |source: TriggerError| {
                 at(ErrorKind::OnbuildTrigger {
                     trigger: trigger.clone(),
-                    source,
+                    source: Box::new(source),
                 })
             };
             let planned = |e: Error| trigger_error(TriggerError::Plan(Box::new(e.kind().clone())));
