@@ -3,11 +3,14 @@
 //! overlayfs; the upper directory becomes the op's layer. Owners are
 //! resolved against the changed state's `/etc/passwd` and `/etc/group`.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kbuild_dockerfile::graph::{FileAction, FileOp, Op};
+use kbuild_image::{BlobWatch, ContentStore};
 use kbuild_worker::snapshot::Snapshotter;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::assemble::now_rfc3339;
 use crate::cache::{self, KeyParts};
@@ -15,7 +18,7 @@ use crate::checksums::ChecksumCache;
 use crate::copy;
 use crate::engine::{Context, State};
 use crate::error::{SolveError, StepError};
-use crate::fsutil::resolve_in_root;
+use crate::fsutil::{open_file_in, open_parent_in};
 use crate::layer::{self, LayerOptions};
 use crate::scheduler::{step_error, Exec, Value, Vertex};
 use crate::users;
@@ -62,113 +65,31 @@ pub(crate) async fn run(
     let fail = |e: StepError| step_error(op, e);
     let instruction = instruction_of(op);
     check_dest(f, instruction).map_err(fail)?;
-    let first = key_first(x, op, f, inputs, instruction).map_err(fail)?;
-    let key = match first {
+    let key = match key_first(x, op, f, inputs, instruction).map_err(fail)? {
         KeyFirst::Key(key) => Some(key),
         KeyFirst::RunFirst => None,
     };
     if let (Some(key), false) = (&key, solver.opts.no_cache) {
-        let key = key.clone();
-        if let Some(st) = cache::cached(&solver.store, &key, &parent, solver.opts.compression)? {
+        if let Some(st) = cached(x, op, f, &parent, key).await? {
             vertex.start();
-            return Ok((Arc::new(st), true));
-        }
-        // --cache-from: the layer comes from the imported cache.
-        if let Some(hit) = x.imported.lookup(solver, &key).await {
-            let created = hit
-                .created
-                .unwrap_or_else(|| now_rfc3339(solver.opts.source_date_epoch));
-            let st = result_state(&parent, f, hit.layer.as_ref(), &created, key).map_err(fail)?;
-            cache::record(&solver.store, &st, hit.layer)?;
-            vertex.start();
-            return Ok((Arc::new(st), true));
+            return Ok((st, true));
         }
     }
-    let windows = op
-        .platform
-        .as_deref()
-        .is_some_and(|p| p.starts_with("windows/"));
-    // --link copies do not depend on the files under them; a Linux builder
-    // cannot mount Windows layers, so a Windows op writes into an empty
-    // layer too.
-    let link = f.actions.iter().all(|a| match a {
-        FileAction::Copy { link, .. } => *link,
-        _ => false,
-    });
-    let lowers = if link || windows {
-        Vec::new()
-    } else {
-        solver.layer_dirs(&parent.layers).await?
-    };
-    let mut froms = copy_sources(x, f, inputs).await.map_err(|e| match e {
-        Ok(step) => fail(step),
-        Err(solve) => solve,
-    })?;
     let learned = key.is_none().then(|| Arc::new(ChecksumCache::in_memory()));
-    if let Some(l) = &learned {
-        for from in froms.iter_mut().flatten() {
-            if let CopyFrom::Dir { learn, .. } = from {
-                *learn = Some(Arc::clone(l));
-            }
-        }
-    }
+    let job = LayerJob::prepare(x, op, f, &parent, inputs, learned.clone()).await?;
     let permit = solver.cpu.clone().acquire_owned().await?;
     vertex.start();
-    let snaps = solver.snaps.clone();
-    let store = solver.store.clone();
-    let actions = f.actions.clone();
-    let opts = LayerOptions {
-        compression: solver.opts.compression,
-        source_date_epoch: solver.opts.source_date_epoch,
-        windows,
-    };
-    let mut watch = x.layer_watch(op);
+    let watch = x.layer_watch(op);
     let layer = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mount = snaps.mount(&lowers).map_err(|source| StepError::Mount {
-            what: "root",
-            source,
-        })?;
-        // One copy from a host directory: its layer is made while it copies.
-        let mut one_pass = if one_pass(&actions, &froms, windows) {
-            match layer::OnePass::start(&store, &opts, mount.upper(), watch.take()) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let _ = mount.unmount();
-                    return Err(StepError::from(e));
-                }
-            }
-        } else {
-            None
-        };
-        if let Err(e) = apply(
-            &snaps,
-            mount.merged(),
-            &actions,
-            &froms,
-            instruction,
-            windows,
-            one_pass.as_mut().map(|p| p as &mut dyn copy::Tee),
-        ) {
-            drop(one_pass);
-            let _ = mount.unmount();
-            return Err(e);
-        }
-        if let Some(made) = one_pass.and_then(layer::OnePass::finish) {
-            return layer::commit_made(&snaps, mount, made);
-        }
-        layer::commit(&snaps, &store, mount, &lowers, &opts, watch)
+        job.run(watch)
     })
     .await?
     .map_err(fail)?;
     let key = match key {
         Some(key) => key,
         None => {
-            // The copy hashed what it read: the key reads nothing more.
-            if let (Some(cache), Some(learned)) = (x.ctx.checksums.as_ref(), &learned) {
-                cache.absorb(learned);
-            }
-            let key = self::key(x, op, f, inputs, instruction).map_err(fail)?;
+            let key = key_after_copy(x, op, f, inputs, learned.as_deref()).map_err(fail)?;
             if !solver.opts.no_cache {
                 if let Some(st) =
                     cache::cached(&solver.store, &key, &parent, solver.opts.compression)?
@@ -188,6 +109,171 @@ pub(crate) async fn run(
     let st = result_state(&parent, f, layer.as_ref(), &created, key).map_err(fail)?;
     cache::record(&solver.store, &st, layer)?;
     Ok((Arc::new(st), false))
+}
+
+/// The state recorded under `key`: in the store, else in an imported cache
+/// (`--cache-from`, its layer then brought into the store).
+async fn cached(
+    x: &Exec<'_>,
+    op: &Op,
+    f: &FileOp,
+    parent: &Arc<State>,
+    key: &str,
+) -> Result<Option<Arc<State>>, SolveError> {
+    let solver = x.solver;
+    if let Some(st) = cache::cached(&solver.store, key, parent, solver.opts.compression)? {
+        return Ok(Some(Arc::new(st)));
+    }
+    let Some(hit) = x.imported.lookup(solver, key).await else {
+        return Ok(None);
+    };
+    let created = hit
+        .created
+        .unwrap_or_else(|| now_rfc3339(solver.opts.source_date_epoch));
+    let st = result_state(parent, f, hit.layer.as_ref(), &created, key.to_string())
+        .map_err(|e| step_error(op, e))?;
+    cache::record(&solver.store, &st, hit.layer)?;
+    Ok(Some(Arc::new(st)))
+}
+
+/// The key of a copy that ran before it (see [`KeyFirst::RunFirst`]): the
+/// copy hashed what it read, so the key reads nothing more.
+fn key_after_copy(
+    x: &Exec,
+    op: &Op,
+    f: &FileOp,
+    inputs: &[Value],
+    learned: Option<&ChecksumCache>,
+) -> Result<String, StepError> {
+    if let (Some(cache), Some(learned)) = (x.ctx.checksums.as_ref(), learned) {
+        cache.absorb(learned);
+    }
+    key(x, op, f, inputs, instruction_of(op))
+}
+
+/// Whether the op builds a Windows image.
+fn is_windows(op: &Op) -> bool {
+    op.platform
+        .as_deref()
+        .is_some_and(|p| p.starts_with("windows/"))
+}
+
+/// What a file op's blocking thread needs to change the parent state and
+/// make its layer.
+struct LayerJob {
+    snaps: Arc<Snapshotter>,
+    store: Arc<ContentStore>,
+    actions: Vec<FileAction>,
+    /// The parent's layer directories (none for `--link` and Windows).
+    lowers: Vec<PathBuf>,
+    froms: Vec<Option<CopyFrom>>,
+    instruction: &'static str,
+    opts: LayerOptions,
+}
+
+impl LayerJob {
+    /// Gathers the parent's layers and the copies' sources; copies from a
+    /// host directory tell `learned` the digests of what they read.
+    async fn prepare(
+        x: &Exec<'_>,
+        op: &Op,
+        f: &FileOp,
+        parent: &State,
+        inputs: &[Value],
+        learned: Option<Arc<ChecksumCache>>,
+    ) -> Result<LayerJob, SolveError> {
+        let solver = x.solver;
+        let windows = is_windows(op);
+        // --link copies do not depend on the files under them; a Linux builder
+        // cannot mount Windows layers, so a Windows op writes into an empty
+        // layer too.
+        let link = f.actions.iter().all(|a| match a {
+            FileAction::Copy { link, .. } => *link,
+            _ => false,
+        });
+        let lowers = if link || windows {
+            Vec::new()
+        } else {
+            solver.layer_dirs(&parent.layers).await?
+        };
+        let mut froms = copy_sources(x, f, inputs).await.map_err(|e| match e {
+            Ok(step) => step_error(op, step),
+            Err(solve) => solve,
+        })?;
+        if let Some(l) = &learned {
+            for from in froms.iter_mut().flatten() {
+                if let CopyFrom::Dir { learn, .. } = from {
+                    *learn = Some(Arc::clone(l));
+                }
+            }
+        }
+        Ok(LayerJob {
+            snaps: solver.snaps.clone(),
+            store: solver.store.clone(),
+            actions: f.actions.clone(),
+            lowers,
+            froms,
+            instruction: instruction_of(op),
+            opts: LayerOptions {
+                compression: solver.opts.compression,
+                source_date_epoch: solver.opts.source_date_epoch,
+                windows,
+            },
+        })
+    }
+
+    /// Mounts the parent, applies the actions and makes the layer (while
+    /// copying, for one copy from a host directory; else from the diff),
+    /// telling `watch` how far its blob is written.
+    fn run(
+        self,
+        mut watch: Option<Box<dyn BlobWatch>>,
+    ) -> Result<Option<layer::LayerRef>, StepError> {
+        let mount = self
+            .snaps
+            .mount(&self.lowers)
+            .map_err(|source| StepError::Mount {
+                what: "root",
+                source,
+            })?;
+        let mut one_pass = if one_pass(&self.actions, &self.froms, self.opts.windows) {
+            let started =
+                layer::OnePass::start(&self.store, &self.opts, mount.upper(), watch.take());
+            match started {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let _ = mount.unmount();
+                    return Err(StepError::from(e));
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(e) = apply(
+            &self.snaps,
+            mount.merged(),
+            &self.actions,
+            &self.froms,
+            self.instruction,
+            self.opts.windows,
+            one_pass.as_mut().map(|p| p as &mut dyn copy::Tee),
+        ) {
+            drop(one_pass);
+            let _ = mount.unmount();
+            return Err(e);
+        }
+        if let Some(made) = one_pass.and_then(layer::OnePass::finish) {
+            return layer::commit_made(&self.snaps, mount, made);
+        }
+        layer::commit(
+            &self.snaps,
+            &self.store,
+            mount,
+            &self.lowers,
+            &self.opts,
+            watch,
+        )
+    }
 }
 
 /// The state after a file op that added `layer` to `parent`, its history
@@ -258,10 +344,7 @@ fn key_first(
     inputs: &[Value],
     instruction: &'static str,
 ) -> Result<KeyFirst, StepError> {
-    let windows = op
-        .platform
-        .as_deref()
-        .is_some_and(|p| p.starts_with("windows/"));
+    let windows = is_windows(op);
     let (a, dockerignore) = match f.actions.as_slice() {
         [a @ FileAction::Copy { input, .. }] => match inputs.get(*input) {
             Some(Value::Context {
@@ -599,6 +682,9 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StepError + '_ {
     }
 }
 
+/// Writes `data` to the container path `path` (a symlink there followed as
+/// the container sees it), then its mode and owner, all through one
+/// descriptor opened inside `root`.
 fn mkfile(
     root: &Path,
     path: &str,
@@ -606,18 +692,23 @@ fn mkfile(
     mode: u32,
     chown: Option<&str>,
 ) -> Result<(), StepError> {
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let host = resolve_in_root(root, path, false).map_err(io_at(Path::new(path)))?;
-    std::fs::write(&host, data.as_bytes()).map_err(io_at(Path::new(path)))?;
-    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
-        .map_err(io_at(Path::new(path)))?;
+    let at = || io_at(Path::new(path));
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC;
+    let mut file = open_file_in(root, path, flags).map_err(at())?;
+    file.write_all(data.as_bytes()).map_err(at())?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(at())?;
     let (uid, gid) = match chown {
         Some(spec) => users::chown_ids(root, spec)?,
         None => (0, 0),
     };
-    std::os::unix::fs::lchown(&host, Some(uid), Some(gid)).map_err(io_at(Path::new(path)))
+    std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(at())
 }
 
+/// Makes the directory `path` (and its parents with `parents`) unless it
+/// is one already.
 fn mkdir(
     root: &Path,
     path: &str,
@@ -626,38 +717,126 @@ fn mkdir(
     chown: Option<&str>,
 ) -> Result<(), StepError> {
     use std::os::unix::fs::PermissionsExt;
-    let host = resolve_in_root(root, path, true).map_err(io_at(Path::new(path)))?;
-    if host.is_dir() {
+    let at = || io_at(Path::new(path));
+    if open_file_in(root, path, OFlags::DIRECTORY | OFlags::PATH).is_ok() {
         return Ok(());
     }
+    let dir = OFlags::DIRECTORY | OFlags::RDONLY;
     let ids = users::user_ids(root, chown.unwrap_or_default())?;
-    let req = copy::Request {
-        chown: Some((ids.uid, ids.gid)),
-        ..Default::default()
-    };
-    if parents {
+    let made = if parents {
+        let req = copy::Request {
+            chown: Some((ids.uid, ids.gid)),
+            ..Default::default()
+        };
         copy::mkdir_all(root, path, &req)?;
+        open_file_in(root, path, dir).map_err(at())?
     } else {
-        std::fs::create_dir(&host).map_err(io_at(Path::new(path)))?;
-        std::os::unix::fs::lchown(&host, Some(ids.uid), Some(ids.gid))
-            .map_err(io_at(Path::new(path)))?;
-    }
+        let (parent, name) = open_parent_in(root, path)
+            .map_err(at())?
+            .ok_or_else(|| at()(std::io::ErrorKind::AlreadyExists.into()))?;
+        rustix::fs::mkdirat(&parent, &name, Mode::from_raw_mode(0o755))
+            .map_err(|e| at()(e.into()))?;
+        let made = rustix::fs::openat(&parent, &name, dir | OFlags::NOFOLLOW, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| at()(e.into()))?;
+        std::os::unix::fs::fchown(&made, Some(ids.uid), Some(ids.gid)).map_err(at())?;
+        made
+    };
     if mode != 0o755 || !parents {
-        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
-            .map_err(io_at(Path::new(path)))?;
+        made.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(at())?;
     }
     Ok(())
 }
 
+/// Removes `path` (a directory with what it holds; a symlink itself, not
+/// what it points to) from its parent directory opened inside `root`.
 fn rm(root: &Path, path: &str, allow_not_found: bool) -> Result<(), StepError> {
-    let host = resolve_in_root(root, path, false).map_err(io_at(Path::new(path)))?;
-    let r = match std::fs::symlink_metadata(&host) {
-        Ok(md) if md.is_dir() => std::fs::remove_dir_all(&host),
-        Ok(_) => std::fs::remove_file(&host),
-        Err(e) => Err(e),
-    };
+    let r = open_parent_in(root, path).and_then(|found| {
+        let Some((parent, name)) = found else {
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        };
+        let st = rustix::fs::statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            // Through the parent's descriptor: the directory removed is the
+            // one inside the root, whatever its ancestors become meanwhile.
+            let fd = format!("/proc/self/fd/{}", parent.as_raw_fd());
+            std::fs::remove_dir_all(Path::new(&fd).join(&name))
+        } else {
+            Ok(rustix::fs::unlinkat(&parent, &name, AtFlags::empty())?)
+        }
+    });
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && allow_not_found => Ok(()),
         other => other.map_err(io_at(Path::new(path))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt};
+
+    /// A root whose `/link` names `host/target` by its absolute host path,
+    /// and the host directory `host`, which nothing may change.
+    fn root_and_host() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+        let host = tempfile::tempdir().unwrap();
+        let abs = std::fs::canonicalize(host.path()).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(abs.strip_prefix("/").unwrap())).unwrap();
+        symlink(abs.join("target"), root.path().join("link")).unwrap();
+        (root, host, abs)
+    }
+
+    #[test]
+    fn mkfile_through_a_symlink_writes_inside_the_root() {
+        let (root, _host, abs) = root_and_host();
+        mkfile(root.path(), "/link", "data", 0o640, Some("7:8")).unwrap();
+        assert!(!abs.join("target").exists(), "wrote outside the root");
+        let inside = root
+            .path()
+            .join(abs.strip_prefix("/").unwrap())
+            .join("target");
+        assert_eq!(std::fs::read_to_string(&inside).unwrap(), "data");
+        let md = std::fs::metadata(&inside).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (0o640, 7, 8));
+        assert!(std::fs::symlink_metadata(root.path().join("link"))
+            .unwrap()
+            .is_symlink());
+    }
+
+    #[test]
+    fn mkdir_and_rm_stay_inside_the_root() {
+        let (root, _host, abs) = root_and_host();
+        std::fs::create_dir(abs.join("target")).unwrap();
+        std::fs::write(abs.join("target/keep"), "host").unwrap();
+        // `/link` names a directory that exists on the host, not in the
+        // root: it is made in the root, and `..` never climbs above it.
+        mkdir(root.path(), "/../../link/sub", 0o700, true, None).unwrap();
+        let inside = root
+            .path()
+            .join(abs.strip_prefix("/").unwrap())
+            .join("target");
+        let md = std::fs::metadata(inside.join("sub")).unwrap();
+        assert!(md.is_dir());
+        assert_eq!(md.mode() & 0o7777, 0o700);
+        mkdir(root.path(), "/one", 0o750, false, None).unwrap();
+        let md = std::fs::metadata(root.path().join("one")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o750);
+        // A symlink is removed itself; a directory under one is the root's.
+        rm(root.path(), "/link/sub", false).unwrap();
+        assert!(!inside.join("sub").exists());
+        rm(root.path(), "/link", false).unwrap();
+        assert!(std::fs::symlink_metadata(root.path().join("link")).is_err());
+        assert!(inside.is_dir());
+        assert_eq!(
+            std::fs::read_to_string(abs.join("target/keep")).unwrap(),
+            "host"
+        );
+        rm(root.path(), "/missing", true).unwrap();
+        assert!(matches!(
+            rm(root.path(), "/missing", false),
+            Err(StepError::Io { .. })
+        ));
     }
 }

@@ -2,7 +2,13 @@
 //! resolution that never leaves the root (symlinks are resolved as if the
 //! root were `/`), and Go `filepath.Match` wildcards as COPY uses them.
 
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
 use std::path::{Component, Path};
+
+use rustix::fs::OFlags;
 
 /// Lexically clean an absolute container path: `.` dropped, `..` applied but
 /// never above `/`, duplicate slashes folded. The result starts with `/`.
@@ -17,7 +23,36 @@ pub fn join_container(base: &str, rel: &str) -> String {
     }
 }
 
-pub use kbuild_worker::rootpath::resolve_in_root;
+pub use kbuild_worker::rootpath::{open_in_root, resolve_in_root};
+
+/// Opens the container path `path` of the root filesystem at the host
+/// directory `root` with `open(2)` `flags`, through [`open_in_root`]: what
+/// is opened is the file the container would see, and nothing swapped
+/// between resolving and opening can lead outside `root`.
+pub fn open_file_in(root: &Path, path: &str, flags: OFlags) -> io::Result<File> {
+    let dir = File::open(root)?;
+    Ok(File::from(open_in_root(
+        dir.as_fd(),
+        Path::new(path),
+        flags,
+    )?))
+}
+
+/// The directory holding the container path `path` (cleaned lexically, as
+/// the graph's paths are), opened inside `root` as [`open_file_in`] does,
+/// and the last name of `path`; `None` for `/` itself.
+pub fn open_parent_in(root: &Path, path: &str) -> io::Result<Option<(File, OsString)>> {
+    let clean = clean_abs(path);
+    let Some((parent, name)) = clean.rsplit_once('/') else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let parent = if parent.is_empty() { "/" } else { parent };
+    let dir = open_file_in(root, parent, OFlags::DIRECTORY | OFlags::RDONLY)?;
+    Ok(Some((dir, OsString::from(name))))
+}
 
 /// Go's `filepath.Match` on one path: `*` and `?` never match `/`, `[...]`
 /// classes with ranges and `^`/`!` negation, `\` escapes. A malformed

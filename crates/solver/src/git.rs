@@ -258,6 +258,8 @@ impl Checkout {
         }
         let root = match &self.subdir {
             Some(sub) => {
+                // A host path: copies read the checkout from this root by
+                // path, and the checkout is a private temporary directory.
                 let root = crate::fsutil::resolve_in_root(d, sub, true)
                     .ok()
                     .filter(|p| p.is_dir());

@@ -130,7 +130,7 @@ fn safe_id(id: &str) -> String {
 /// Prepare the host side of an exec op's mounts.
 pub fn prepare(mounts: &[ExecMount], inp: &Inputs) -> Result<Resources, RunSetupError> {
     let mut res = Resources::default();
-    let mut ssh_n = 0;
+    let mut ssh_sockets = 0;
     for m in mounts {
         match m {
             ExecMount::Bind {
@@ -150,26 +150,8 @@ pub fn prepare(mounts: &[ExecMount], inp: &Inputs) -> Result<Resources, RunSetup
                 uid,
                 gid,
             } => {
-                let base = inp.cache_dir.join(safe_id(id));
-                let dir = match sharing {
-                    Sharing::Shared | Sharing::Locked => base.clone(),
-                    Sharing::Private => private_cache_dir(&base, &mut res)?,
-                };
-                if !dir.exists() {
-                    let err = || io(format!("cache mount {id}"), &dir);
-                    std::fs::create_dir_all(&dir).map_err(err())?;
-                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(*mode))
-                        .map_err(err())?;
-                    std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid)).map_err(err())?;
-                    // `from=`: a new cache starts as a copy of that input's files.
-                    if let Some(i) = input {
-                        seed(inp, *i, source.as_deref().unwrap_or("/"), &dir)?;
-                    }
-                }
-                if *sharing == Sharing::Locked {
-                    let f = lock_file(&base.with_extension("lock"), true)?;
-                    res._locks.push(f);
-                }
+                let from = input.map(|i| (i, source.as_deref().unwrap_or("/")));
+                let dir = cache_dir(&mut res, inp, id, *sharing, from, (*mode, *uid, *gid))?;
                 res.mounts.push(MountSpec::Bind {
                     source: dir,
                     target: target.clone(),
@@ -203,31 +185,79 @@ pub fn prepare(mounts: &[ExecMount], inp: &Inputs) -> Result<Resources, RunSetup
                 required,
                 ..
             } => {
-                let sock = inp.ssh.iter().find(|x| x.id == *id).and_then(|x| {
-                    x.paths
-                        .first()
-                        .cloned()
-                        .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
-                });
-                let Some(sock) = sock else {
-                    if *required {
-                        return Err(RunSetupError::SshMissing(id.clone()));
-                    }
-                    continue;
-                };
-                ssh_n += 1;
-                if ssh_n == 1 {
-                    res.env.push(format!("SSH_AUTH_SOCK={target}"));
+                if ssh(&mut res, inp, id, target, *required, ssh_sockets == 0)? {
+                    ssh_sockets += 1;
                 }
-                res.mounts.push(MountSpec::Bind {
-                    source: sock,
-                    target: target.clone(),
-                    readonly: false,
-                });
             }
         }
     }
     Ok(res)
+}
+
+/// The host directory of cache mount `id` (created with `mode` and owner
+/// `uid:gid` when new, as a copy of `from`'s files when given), held
+/// locked as its `sharing` says.
+fn cache_dir(
+    res: &mut Resources,
+    inp: &Inputs,
+    id: &str,
+    sharing: Sharing,
+    from: Option<(usize, &str)>,
+    (mode, uid, gid): (u32, u32, u32),
+) -> Result<PathBuf, RunSetupError> {
+    let base = inp.cache_dir.join(safe_id(id));
+    let dir = match sharing {
+        Sharing::Shared | Sharing::Locked => base.clone(),
+        Sharing::Private => private_cache_dir(&base, res)?,
+    };
+    if !dir.exists() {
+        let err = || io(format!("cache mount {id}"), &dir);
+        std::fs::create_dir_all(&dir).map_err(err())?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(err())?;
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(err())?;
+        // `from=`: a new cache starts as a copy of that input's files.
+        if let Some((input, source)) = from {
+            seed(inp, input, source, &dir)?;
+        }
+    }
+    if sharing == Sharing::Locked {
+        let f = lock_file(&base.with_extension("lock"), true)?;
+        res._locks.push(f);
+    }
+    Ok(dir)
+}
+
+/// Mounts the SSH agent socket `id` at `target` (the first one mounted is
+/// also `SSH_AUTH_SOCK`); whether there was one to mount.
+fn ssh(
+    res: &mut Resources,
+    inp: &Inputs,
+    id: &str,
+    target: &str,
+    required: bool,
+    first: bool,
+) -> Result<bool, RunSetupError> {
+    let sock = inp.ssh.iter().find(|x| x.id == id).and_then(|x| {
+        x.paths
+            .first()
+            .cloned()
+            .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+    });
+    let Some(sock) = sock else {
+        if required {
+            return Err(RunSetupError::SshMissing(id.to_string()));
+        }
+        return Ok(false);
+    };
+    if first {
+        res.env.push(format!("SSH_AUTH_SOCK={target}"));
+    }
+    res.mounts.push(MountSpec::Bind {
+        source: sock,
+        target: target.to_string(),
+        readonly: false,
+    });
+    Ok(true)
 }
 
 fn bind(
@@ -269,6 +299,8 @@ fn input_path(inp: &Inputs, input: usize, source: &str) -> Result<PathBuf, RunSe
         .cloned()
         .flatten()
         .ok_or(RunSetupError::NoInput(input))?;
+    // A host path, not a descriptor: the sandbox helper bind-mounts it
+    // later, in its own process, and `cp` seeds caches from it.
     crate::fsutil::resolve_in_root(&base, source, true).map_err(io("--mount source", &base))
 }
 

@@ -200,60 +200,74 @@ impl CacheTo {
                 format!("unknown attribute {other:?}; the attributes are type, ref (registry), dest and tag (local), mode, ignore-error"),
             ));
         }
-        let only = |attr: &str, set: bool, ty: &str| {
-            if set {
-                Err(bad(
-                    FLAG,
-                    spec,
-                    format!("{attr}= does not apply to type={ty}"),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        let destination = match kind.as_str() {
-            "local" => {
-                only("ref", reference.is_some(), "local")?;
-                CacheDestination::Local {
-                    dest: dest.ok_or_else(|| bad(FLAG, spec, "type=local needs dest=DIR"))?,
-                    tag: tag.unwrap_or_else(|| "latest".to_string()),
-                }
-            }
-            "registry" => {
-                only("dest", dest.is_some(), "registry")?;
-                only("tag", tag.is_some(), "registry")?;
-                let reference =
-                    reference.ok_or_else(|| bad(FLAG, spec, "type=registry needs ref=REF"))?;
-                check_reference(FLAG, spec, &reference)?;
-                CacheDestination::Registry { reference }
-            }
-            "inline" => {
-                only("dest", dest.is_some(), "inline")?;
-                only("ref", reference.is_some(), "inline")?;
-                only("tag", tag.is_some(), "inline")?;
-                if mode == Some(CacheMode::Max) {
-                    return Err(bad(
-                        FLAG,
-                        spec,
-                        "type=inline holds only the image's own steps (mode=min); use type=registry or type=local for mode=max",
-                    ));
-                }
-                CacheDestination::Inline
-            }
-            other => {
-                return Err(bad(
-                    FLAG,
-                    spec,
-                    format!("unsupported cache type {other:?}; {TYPES}"),
-                ))
-            }
-        };
+        let destination = destination(spec, &kind, dest, reference, tag, mode)?;
         Ok(CacheTo {
             destination,
             mode: mode.unwrap_or_default(),
             ignore_error,
         })
     }
+}
+
+/// Where `--cache-to` of type `kind` writes, with the attributes that
+/// type takes and no other.
+fn destination(
+    spec: &str,
+    kind: &str,
+    dest: Option<PathBuf>,
+    reference: Option<String>,
+    tag: Option<String>,
+    mode: Option<CacheMode>,
+) -> Result<CacheDestination, OptionError> {
+    const FLAG: &str = "--cache-to";
+    let only = |attr: &str, set: bool, ty: &str| {
+        if set {
+            Err(bad(
+                FLAG,
+                spec,
+                format!("{attr}= does not apply to type={ty}"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match kind {
+        "local" => {
+            only("ref", reference.is_some(), "local")?;
+            CacheDestination::Local {
+                dest: dest.ok_or_else(|| bad(FLAG, spec, "type=local needs dest=DIR"))?,
+                tag: tag.unwrap_or_else(|| "latest".to_string()),
+            }
+        }
+        "registry" => {
+            only("dest", dest.is_some(), "registry")?;
+            only("tag", tag.is_some(), "registry")?;
+            let reference =
+                reference.ok_or_else(|| bad(FLAG, spec, "type=registry needs ref=REF"))?;
+            check_reference(FLAG, spec, &reference)?;
+            CacheDestination::Registry { reference }
+        }
+        "inline" => {
+            only("dest", dest.is_some(), "inline")?;
+            only("ref", reference.is_some(), "inline")?;
+            only("tag", tag.is_some(), "inline")?;
+            if mode == Some(CacheMode::Max) {
+                return Err(bad(
+                    FLAG,
+                    spec,
+                    "type=inline holds only the image's own steps (mode=min); use type=registry or type=local for mode=max",
+                ));
+            }
+            CacheDestination::Inline
+        }
+        other => {
+            return Err(bad(
+                FLAG,
+                spec,
+                format!("unsupported cache type {other:?}; {TYPES}"),
+            ))
+        }
+    })
 }
 
 fn check_reference(flag: &'static str, spec: &str, reference: &str) -> Result<(), OptionError> {
@@ -428,22 +442,30 @@ impl CacheConfig {
     }
 
     /// Check what an importer relies on: the version and every layer index.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), CacheConfigError> {
         if self.version != FORMAT {
-            return Err(format!(
-                "cache format version {} (this builder reads {FORMAT})",
-                self.version
-            ));
+            return Err(CacheConfigError::Version(self.version));
         }
         if let Some(r) = self
             .records
             .iter()
             .find(|r| r.layer.is_some_and(|i| i >= self.layers.len()))
         {
-            return Err(format!("record {} names a layer that is not listed", r.key));
+            return Err(CacheConfigError::UnlistedLayer(r.key.clone()));
         }
         Ok(())
     }
+}
+
+/// A cache config an importer cannot rely on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheConfigError {
+    /// A format version this builder does not read.
+    #[error("cache format version {0} (this builder reads {FORMAT})")]
+    Version(u32),
+    /// A record (by key) whose layer index is beyond the listed layers.
+    #[error("record {0} names a layer that is not listed")]
+    UnlistedLayer(String),
 }
 
 #[cfg(test)]

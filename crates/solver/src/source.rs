@@ -34,31 +34,7 @@ pub(crate) async fn value(
             reference,
             platform,
             pin,
-        } => {
-            // One vertex per stage that starts from the image (the pull
-            // itself happened before the build).
-            let shown: Vec<(u64, Instant)> = op
-                .meta
-                .progress
-                .iter()
-                .map(|name| {
-                    let id = x.solver.vertex();
-                    x.solver.progress.event(Event::Start {
-                        id,
-                        name: name.clone(),
-                    });
-                    (id, Instant::now())
-                })
-                .collect();
-            let st = image(x, op, reference, platform, pin.as_ref());
-            for (id, t) in shown {
-                x.solver.progress.event(Event::Done {
-                    id,
-                    elapsed: t.elapsed(),
-                });
-            }
-            st.map(Value::State)
-        }
+        } => shown(x, op, || image(x, op, reference, platform, pin.as_ref())).map(Value::State),
         SourceOp::Context {
             dockerignore, name, ..
         } => {
@@ -72,34 +48,7 @@ pub(crate) async fn value(
             url,
             filename,
             checksum,
-        } => {
-            let fetch = crate::download::Fetch::new(
-                url,
-                filename,
-                checksum.clone(),
-                x.solver.opts.network_timeouts,
-                x.solver.store.root().join("downloads"),
-            )
-            .map_err(|e| fail(e.into()))?;
-            // Known without the body: --checksum, or "not modified" since
-            // the last download. Otherwise the file is downloaded now.
-            let (key, dir) = match fetch.known().await.map_err(|e| fail(e.into()))? {
-                Some(known) => (known.key(), tokio::sync::OnceCell::new()),
-                None => {
-                    let (dir, known) = fetch.to_temp_dir().await.map_err(|e| fail(e.into()))?;
-                    let root = dir.path().to_path_buf();
-                    (
-                        known.key(),
-                        tokio::sync::OnceCell::new_with(Some((dir, root))),
-                    )
-                }
-            };
-            Ok(Value::Download(Arc::new(Downloaded {
-                key,
-                fetch: Fetch::Http(fetch),
-                dir,
-            })))
-        }
+        } => http(x, url, filename, checksum.clone()).await.map_err(fail),
         SourceOp::Git {
             remote,
             reference,
@@ -114,31 +63,92 @@ pub(crate) async fn value(
                 keep_git_dir: *keep_git_dir,
                 checksum: checksum.clone(),
             };
-            // The commit from ls-remote keys the readers; the clone waits
-            // until one of them misses the cache.
-            let commit = checkout.resolve().await.map_err(|e| fail(e.into()))?;
-            let (commit, dir) = match commit {
-                Some(c) => (c, tokio::sync::OnceCell::new()),
-                None => {
-                    let (dir, root, c) = checkout
-                        .to_temp_dir(None)
-                        .await
-                        .map_err(|e| fail(e.into()))?;
-                    (c, tokio::sync::OnceCell::new_with(Some((dir, root))))
-                }
-            };
-            let key = format!(
-                "git:{commit}:{}:{}",
-                subdir.as_deref().unwrap_or(""),
-                keep_git_dir
-            );
-            Ok(Value::Download(Arc::new(Downloaded {
-                key,
-                fetch: Fetch::Git(checkout, Some(commit)),
-                dir,
-            })))
+            git(checkout).await.map_err(fail)
         }
     }
+}
+
+/// `source` (an image's state), shown as one vertex per stage that starts
+/// from the image (the pull itself happened before the build).
+fn shown<R>(x: &Exec, op: &Op, source: impl FnOnce() -> R) -> R {
+    let shown: Vec<(u64, Instant)> = op
+        .meta
+        .progress
+        .iter()
+        .map(|name| {
+            let id = x.solver.vertex();
+            x.solver.progress.event(Event::Start {
+                id,
+                name: name.clone(),
+            });
+            (id, Instant::now())
+        })
+        .collect();
+    let st = source();
+    for (id, t) in shown {
+        x.solver.progress.event(Event::Done {
+            id,
+            elapsed: t.elapsed(),
+        });
+    }
+    st
+}
+
+/// A URL to download, keyed by what is known of its content without the
+/// body (`--checksum`, or "not modified" since the last download);
+/// otherwise it is downloaded now.
+async fn http(
+    x: &Exec<'_>,
+    url: &str,
+    filename: &str,
+    checksum: Option<String>,
+) -> Result<Value, StepError> {
+    let fetch = crate::download::Fetch::new(
+        url,
+        filename,
+        checksum,
+        x.solver.opts.network_timeouts,
+        x.solver.store.root().join("downloads"),
+    )?;
+    let (key, dir) = match fetch.known().await? {
+        Some(known) => (known.key(), tokio::sync::OnceCell::new()),
+        None => {
+            let (dir, known) = fetch.to_temp_dir().await?;
+            let root = dir.path().to_path_buf();
+            (
+                known.key(),
+                tokio::sync::OnceCell::new_with(Some((dir, root))),
+            )
+        }
+    };
+    Ok(Value::Download(Arc::new(Downloaded {
+        key,
+        fetch: Fetch::Http(fetch),
+        dir,
+    })))
+}
+
+/// A git checkout, keyed by the commit `ls-remote` gives for it: the clone
+/// waits until one of its readers misses the cache (a commit only the
+/// clone can tell is cloned now).
+async fn git(checkout: crate::git::Checkout) -> Result<Value, StepError> {
+    let (commit, dir) = match checkout.resolve().await? {
+        Some(c) => (c, tokio::sync::OnceCell::new()),
+        None => {
+            let (dir, root, c) = checkout.to_temp_dir(None).await?;
+            (c, tokio::sync::OnceCell::new_with(Some((dir, root))))
+        }
+    };
+    let key = format!(
+        "git:{commit}:{}:{}",
+        checkout.subdir.as_deref().unwrap_or(""),
+        checkout.keep_git_dir
+    );
+    Ok(Value::Download(Arc::new(Downloaded {
+        key,
+        fetch: Fetch::Git(checkout, Some(commit)),
+        dir,
+    })))
 }
 
 fn platform_of(op: &Op, value: &str) -> Result<Platform, SolveError> {

@@ -1,7 +1,8 @@
 //! User and group names resolved in an image's `/etc/passwd` and
 //! `/etc/group`, as `USER`, `WORKDIR` and `COPY --chown` need them.
 
-use crate::fsutil::resolve_in_root;
+use crate::fsutil::open_file_in;
+use rustix::fs::OFlags;
 use std::path::Path;
 
 /// A name that is not in the image.
@@ -26,10 +27,10 @@ pub struct Ids {
     pub groups: Vec<u32>,
 }
 
+/// The text of the image's file `path`, empty when it cannot be read.
 fn read(root: &Path, path: &str) -> String {
-    resolve_in_root(root, path, true)
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
+    open_file_in(root, path, OFlags::RDONLY)
+        .and_then(std::io::read_to_string)
         .unwrap_or_default()
 }
 
@@ -211,6 +212,42 @@ mod tests {
             chown_ids(t.path(), "app:nogroup").unwrap_err(),
             UserError::Group("nogroup".into())
         );
+    }
+
+    #[test]
+    fn passwd_and_group_are_read_inside_the_root() {
+        use std::os::unix::fs::symlink;
+        // Host files the image's symlinks name: never the ones read.
+        let host = tempfile::tempdir().unwrap();
+        let host = std::fs::canonicalize(host.path()).unwrap();
+        std::fs::write(host.join("passwd"), "ghost:x:4242:4242::/:/bin/sh\n").unwrap();
+        std::fs::write(host.join("group"), "outsiders:x:4343:\n").unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let inside = root.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
+        std::fs::write(inside.join("passwd"), "app:x:7:8::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(inside.join("group"), "staff:x:50:app\n").unwrap();
+        std::fs::create_dir(root.join("etc")).unwrap();
+        // An absolute target, and a `..` chain climbing past the root.
+        symlink(host.join("passwd"), root.join("etc/passwd")).unwrap();
+        let up = "../".repeat(host.components().count() + 3);
+        symlink(
+            format!("{up}{}/group", host.display()),
+            root.join("etc/group"),
+        )
+        .unwrap();
+        assert_eq!(chown_ids(root, "app").unwrap(), (7, 8));
+        assert_eq!(chown_ids(root, "app:staff").unwrap(), (7, 50));
+        assert_eq!(
+            chown_ids(root, "ghost").unwrap_err(),
+            UserError::User("ghost".into())
+        );
+        assert_eq!(
+            chown_ids(root, "0:outsiders").unwrap_err(),
+            UserError::Group("outsiders".into())
+        );
+        assert_eq!(home_dir(root, "app").as_deref(), Some("/home/app"));
     }
 
     #[test]

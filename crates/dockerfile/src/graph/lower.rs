@@ -268,11 +268,11 @@ impl Lowering<'_> {
     }
 
     fn stage_result(&self, index: usize) -> Result<OpId, Error> {
-        self.stage_ops.get(index).cloned().flatten().ok_or_else(|| {
-            Error::new(ErrorKind::Invalid(format!(
-                "stage instance @{index} is used before it is built"
-            )))
-        })
+        self.stage_ops
+            .get(index)
+            .cloned()
+            .flatten()
+            .ok_or_else(|| Error::new(ErrorKind::StageUsedBeforeBuilt(index)))
     }
 
     fn plan_source(&mut self, s: &Source) -> Result<OpId, Error> {
@@ -405,7 +405,10 @@ impl Lowering<'_> {
                 (Some(from), None) => {
                     return Err(at(
                         step,
-                        ErrorKind::Invalid(format!("--from={from} names no source")),
+                        ErrorKind::NoSource {
+                            flag: "--from=",
+                            from: from.clone(),
+                        },
                     ))
                 }
             };
@@ -632,7 +635,10 @@ impl Lowering<'_> {
             let s = sources.next().ok_or_else(|| {
                 at(
                     step,
-                    ErrorKind::Invalid(format!("--mount from={from} names no source")),
+                    ErrorKind::NoSource {
+                        flag: "--mount from=",
+                        from: from.to_string(),
+                    },
                 )
             })?;
             let op = l.plan_source(s)?;

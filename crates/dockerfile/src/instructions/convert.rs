@@ -393,7 +393,7 @@ impl Conv<'_> {
         let heredocs = self.node.heredocs.iter().map(chomped).collect();
         let mounts = flags.list("mount");
         for m in &mounts {
-            mount::precheck(m).map_err(|e| (ErrorKind::Argument, e.0))?;
+            mount::precheck(m).map_err(|e| (ErrorKind::Argument, e.to_string()))?;
         }
         let network = match flags.string("network").as_deref().unwrap_or("default") {
             "default" => NetworkMode::Default,

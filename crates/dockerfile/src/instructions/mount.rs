@@ -5,8 +5,107 @@ use thiserror::Error;
 
 /// A `RUN --mount` value that BuildKit rejects; Display is BuildKit's message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("{0}")]
-pub struct MountError(pub String);
+pub enum MountError {
+    /// The value is empty.
+    #[error("failed to parse csv mounts: EOF")]
+    Empty,
+    /// A quoted field is not closed, or text follows its closing quote.
+    #[error("failed to parse csv mounts: parse error on line 1, column {column}: extraneous or missing \" in quoted-field")]
+    QuotedField {
+        /// The column at fault (1-based, in characters).
+        column: usize,
+    },
+    /// A quote inside a field that does not start with one.
+    #[error("failed to parse csv mounts: parse error on line 1, column {column}: bare \" in non-quoted-field")]
+    BareQuote {
+        /// The column at fault (1-based, in characters).
+        column: usize,
+    },
+    /// `from=` uses a variable.
+    #[error("'from' doesn't support variable expansion, define alias stage instead")]
+    FromVariable,
+    /// A field without `=` that is not a flag.
+    #[error("invalid field '{0}' must be a key=value pair")]
+    NotKeyValue(String),
+    /// A value that is not a boolean or size.
+    #[error("invalid value for {key}: {value}")]
+    Value {
+        /// The key.
+        key: String,
+        /// The expanded value.
+        value: String,
+    },
+    /// `mode=`, `uid=` or `gid=` that is not a number.
+    #[error("invalid value {value} for {key}")]
+    Number {
+        /// The key.
+        key: String,
+        /// The expanded value.
+        value: String,
+    },
+    /// A key no mount type has.
+    #[error("{}", unknown_key(.key, .field))]
+    UnknownKey {
+        /// The key.
+        key: String,
+        /// The field it is in.
+        field: String,
+    },
+    /// A key another mount type has.
+    #[error("unexpected key '{key}' for mount type '{kind}'")]
+    KeyForType {
+        /// The key.
+        key: String,
+        /// The mount type.
+        kind: &'static str,
+    },
+    /// `mode`, `uid` or `gid` for a type without file info.
+    #[error("{key} not allowed for {kind:?} type mounts")]
+    FileInfo {
+        /// The key.
+        key: &'static str,
+        /// The mount type.
+        kind: &'static str,
+    },
+    /// `sharing=` for a type other than `cache`.
+    #[error("invalid cache sharing set for {0} mount")]
+    SharingNotCache(&'static str),
+    /// A secret mount with `from=`.
+    #[error("secret mount should not have a from")]
+    SecretFrom,
+    /// A secret mount with `sharing=`.
+    #[error("secret mount should not define sharing")]
+    SecretSharing,
+    /// A secret mount that names nothing.
+    #[error("invalid secret mount. one of source, target required")]
+    SecretNothing,
+    /// A secret mount with both `source=` and `id=`.
+    #[error("both source and id can't be set")]
+    SecretSourceAndId,
+    /// An unknown `type=`.
+    #[error("{}", unknown_type(.0))]
+    UnknownType(String),
+    /// An unknown `sharing=`.
+    #[error("{}", unknown_sharing(.0))]
+    UnknownSharing(String),
+}
+
+// BuildKit's messages for names it does not know, with the closest known
+// one as a suggestion.
+fn unknown_key(key: &str, field: &str) -> String {
+    let msg = format!("unexpected key '{key}' in '{field}'");
+    crate::parser::suggest::wrap(msg, key, &ALL_KEYS, true)
+}
+
+fn unknown_type(value: &str) -> String {
+    let msg = format!("unsupported mount type {value:?}");
+    crate::parser::suggest::wrap(msg, value, &ALL_TYPES, true)
+}
+
+fn unknown_sharing(value: &str) -> String {
+    let msg = format!("unsupported sharing value {value:?}");
+    crate::parser::suggest::wrap(msg, value, &ALL_SHARING, true)
+}
 
 /// Cache mount sharing mode (`sharing=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -166,10 +265,6 @@ const ALL_KEYS: [&str; 19] = [
     "env",
 ];
 
-fn err(msg: impl Into<String>) -> MountError {
-    MountError(msg.into())
-}
-
 /// Go's strconv.ParseBool.
 fn parse_bool(v: &str) -> Option<bool> {
     match v {
@@ -233,7 +328,7 @@ fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
     let line = s.split('\n').next().unwrap_or("");
     let line = line.strip_suffix('\r').unwrap_or(line);
     if s.is_empty() {
-        return Err(err("failed to parse csv mounts: EOF"));
+        return Err(MountError::Empty);
     }
     if !line.contains('"') {
         // No quoting: the fields are the text between commas.
@@ -249,12 +344,7 @@ fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
             i += 1;
             loop {
                 match chars.get(i) {
-                    None => {
-                        return Err(err(format!(
-                            "failed to parse csv mounts: parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                            i + 1
-                        )))
-                    }
+                    None => return Err(MountError::QuotedField { column: i + 1 }),
                     Some('"') if chars.get(i + 1) == Some(&'"') => {
                         field.push('"');
                         i += 2;
@@ -263,12 +353,7 @@ fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
                         i += 1;
                         match chars.get(i) {
                             None | Some(',') => break,
-                            Some(_) => {
-                                return Err(err(format!(
-                                    "failed to parse csv mounts: parse error on line 1, column {}: extraneous or missing \" in quoted-field",
-                                    i + 1
-                                )))
-                            }
+                            Some(_) => return Err(MountError::QuotedField { column: i + 1 }),
                         }
                     }
                     Some(c) => {
@@ -281,12 +366,7 @@ fn read_csv_record(s: &str) -> Result<Vec<String>, MountError> {
             while let Some(c) = chars.get(i) {
                 match c {
                     ',' => break,
-                    '"' => {
-                        return Err(err(format!(
-                            "failed to parse csv mounts: parse error on line 1, column {}: bare \" in non-quoted-field",
-                            i + 1
-                        )))
-                    }
+                    '"' => return Err(MountError::BareQuote { column: i + 1 }),
                     c => field.push(*c),
                 }
                 i += 1;
@@ -308,9 +388,7 @@ pub(crate) fn precheck(value: &str) -> Result<(), MountError> {
     for field in read_csv_record(value)? {
         if let Some((key, v)) = field.split_once('=') {
             if key.eq_ignore_ascii_case("from") && has_variable(v) {
-                return Err(err(
-                    "'from' doesn't support variable expansion, define alias stage instead",
-                ));
+                return Err(MountError::FromVariable);
             }
         }
     }
@@ -409,20 +487,22 @@ impl Options {
             }
             "required" if matches!(self.kind, Kind::Secret | Kind::Ssh) => self.required = true,
             "required" => return Err(self.unexpected(&key)),
-            _ => {
-                return Err(err(format!(
-                    "invalid field '{field}' must be a key=value pair"
-                )))
-            }
+            _ => return Err(MountError::NotKeyValue(field.to_string())),
         }
         Ok(())
     }
 
     /// `key=value` (`key` lowercased, `value` expanded) of `field`.
     fn set(&mut self, key: &str, field: &str, value: String) -> Result<(), MountError> {
-        let bad = |key: &str| err(format!("invalid value for {key}: {value}"));
+        let bad = |key: &str| MountError::Value {
+            key: key.to_string(),
+            value: value.clone(),
+        };
         let number = |radix: u32| {
-            parse_u32(&value, radix).ok_or_else(|| err(format!("invalid value {value} for {key}")))
+            parse_u32(&value, radix).ok_or_else(|| MountError::Number {
+                key: key.to_string(),
+                value: value.clone(),
+            })
         };
         match key {
             "type" => self.kind = parse_kind(&value)?,
@@ -455,8 +535,10 @@ impl Options {
             "uid" => self.uid = Some(number(10)?),
             "gid" => self.gid = Some(number(10)?),
             _ => {
-                let msg = format!("unexpected key '{key}' in '{field}'");
-                return Err(err(crate::parser::suggest::wrap(msg, key, &ALL_KEYS, true)));
+                return Err(MountError::UnknownKey {
+                    key: key.to_string(),
+                    field: field.to_string(),
+                })
             }
         }
         Ok(())
@@ -472,10 +554,10 @@ impl Options {
     }
 
     fn unexpected(&self, key: &str) -> MountError {
-        err(format!(
-            "unexpected key '{key}' for mount type '{}'",
-            self.kind.name()
-        ))
+        MountError::KeyForType {
+            key: key.to_string(),
+            kind: self.kind.name(),
+        }
     }
 
     /// Checks the options against each other and makes the mount.
@@ -489,10 +571,10 @@ impl Options {
                 ("gid", self.gid.is_some()),
             ] {
                 if set {
-                    return Err(err(format!(
-                        "{name} not allowed for {:?} type mounts",
-                        kind.name()
-                    )));
+                    return Err(MountError::FileInfo {
+                        key: name,
+                        kind: kind.name(),
+                    });
                 }
             }
         }
@@ -503,27 +585,24 @@ impl Options {
             self.check_secret()?;
         }
         if self.sharing.is_some() && kind != Kind::Cache {
-            return Err(err(format!(
-                "invalid cache sharing set for {} mount",
-                kind.name()
-            )));
+            return Err(MountError::SharingNotCache(kind.name()));
         }
         Ok(self.into_mount())
     }
 
     fn check_secret(&self) -> Result<(), MountError> {
         if self.from.is_some() {
-            return Err(err("secret mount should not have a from"));
+            return Err(MountError::SecretFrom);
         }
         if self.sharing.is_some() {
-            return Err(err("secret mount should not define sharing"));
+            return Err(MountError::SecretSharing);
         }
         if self.source.is_none() && self.target.is_none() && self.id.is_none() && self.env.is_none()
         {
-            return Err(err("invalid secret mount. one of source, target required"));
+            return Err(MountError::SecretNothing);
         }
         if self.source.is_some() && self.id.is_some() {
-            return Err(err("both source and id can't be set"));
+            return Err(MountError::SecretSourceAndId);
         }
         Ok(())
     }
@@ -580,12 +659,7 @@ fn parse_kind(value: &str) -> Result<Kind, MountError> {
         "tmpfs" => Kind::Tmpfs,
         "secret" => Kind::Secret,
         "ssh" => Kind::Ssh,
-        _ => {
-            let msg = format!("unsupported mount type {value:?}");
-            return Err(err(crate::parser::suggest::wrap(
-                msg, value, &ALL_TYPES, true,
-            )));
-        }
+        _ => return Err(MountError::UnknownType(value.to_string())),
     })
 }
 
@@ -595,15 +669,7 @@ fn parse_sharing(value: &str) -> Result<Sharing, MountError> {
         "shared" => Sharing::Shared,
         "private" => Sharing::Private,
         "locked" => Sharing::Locked,
-        _ => {
-            let msg = format!("unsupported sharing value {value:?}");
-            return Err(err(crate::parser::suggest::wrap(
-                msg,
-                value,
-                &ALL_SHARING,
-                true,
-            )));
-        }
+        _ => return Err(MountError::UnknownSharing(value.to_string())),
     })
 }
 
@@ -661,15 +727,17 @@ mod tests {
             })
         );
         assert_eq!(
-            p("type=cache,target=/c,sharing=lockd").unwrap_err().0,
+            p("type=cache,target=/c,sharing=lockd")
+                .unwrap_err()
+                .to_string(),
             "unsupported sharing value \"lockd\" (did you mean locked?)"
         );
         assert_eq!(
-            p("type=cache,target=/c,mode=9").unwrap_err().0,
+            p("type=cache,target=/c,mode=9").unwrap_err().to_string(),
             "invalid value 9 for mode"
         );
         assert_eq!(
-            p("type=cache,target=/c,uid=-1").unwrap_err().0,
+            p("type=cache,target=/c,uid=-1").unwrap_err().to_string(),
             "invalid value -1 for uid"
         );
     }
@@ -698,15 +766,15 @@ mod tests {
             })
         );
         assert_eq!(
-            p("type=tmpfs,target=/t,size=lots").unwrap_err().0,
+            p("type=tmpfs,target=/t,size=lots").unwrap_err().to_string(),
             "invalid value for size: lots"
         );
         assert_eq!(
-            p("type=bind,target=/t,size=1").unwrap_err().0,
+            p("type=bind,target=/t,size=1").unwrap_err().to_string(),
             "unexpected key 'size' for mount type 'bind'"
         );
         assert_eq!(
-            p("type=tmpfs,target=/t,mode=755").unwrap_err().0,
+            p("type=tmpfs,target=/t,mode=755").unwrap_err().to_string(),
             "mode not allowed for \"tmpfs\" type mounts"
         );
     }
@@ -729,30 +797,32 @@ mod tests {
             matches!(p("type=secret,id=tok,env=TOKEN").unwrap(), Mount::Secret(s) if s.env.as_deref() == Some("TOKEN"))
         );
         assert_eq!(
-            p("type=secret").unwrap_err().0,
+            p("type=secret").unwrap_err().to_string(),
             "invalid secret mount. one of source, target required"
         );
         assert_eq!(
-            p("type=secret,id=a,src=b").unwrap_err().0,
+            p("type=secret,id=a,src=b").unwrap_err().to_string(),
             "both source and id can't be set"
         );
         assert_eq!(
-            p("type=secret,id=a,from=x").unwrap_err().0,
+            p("type=secret,id=a,from=x").unwrap_err().to_string(),
             "secret mount should not have a from"
         );
         assert_eq!(
-            p("type=secret,id=a,required=maybe").unwrap_err().0,
+            p("type=secret,id=a,required=maybe")
+                .unwrap_err()
+                .to_string(),
             "invalid value for required: maybe"
         );
         assert!(matches!(p("type=ssh").unwrap(), Mount::Ssh(s) if s.id.is_none() && !s.required));
         assert_eq!(
-            p("type=bind,target=/x,required").unwrap_err().0,
+            p("type=bind,target=/x,required").unwrap_err().to_string(),
             "unexpected key 'required' for mount type 'bind'"
         );
         assert_eq!(
             p("type=cache,target=/x,sharing=private,type=tmpfs")
                 .unwrap_err()
-                .0,
+                .to_string(),
             "invalid cache sharing set for tmpfs mount"
         );
     }
@@ -760,21 +830,24 @@ mod tests {
     #[test]
     fn errors_and_suggestions() {
         assert_eq!(
-            p("type=bnd").unwrap_err().0,
+            p("type=bnd").unwrap_err().to_string(),
             "unsupported mount type \"bnd\" (did you mean bind?)"
         );
         assert_eq!(
-            p("type=cache,targt=/x").unwrap_err().0,
+            p("type=cache,targt=/x").unwrap_err().to_string(),
             "unexpected key 'targt' in 'targt=/x' (did you mean target?)"
         );
         assert_eq!(
-            p("type=cache,bogus").unwrap_err().0,
+            p("type=cache,bogus").unwrap_err().to_string(),
             "invalid field 'bogus' must be a key=value pair"
         );
-        assert_eq!(p("").unwrap_err().0, "failed to parse csv mounts: EOF");
+        assert_eq!(
+            p("").unwrap_err().to_string(),
+            "failed to parse csv mounts: EOF"
+        );
         assert!(p("target=a\"b")
             .unwrap_err()
-            .0
+            .to_string()
             .contains("bare \" in non-quoted-field"));
         assert_eq!(
             p("type=tmpfs").unwrap(),

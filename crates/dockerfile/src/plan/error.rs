@@ -22,9 +22,9 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The Dockerfile could not be parsed.
-    #[error("{0}")]
-    Parse(String),
+    /// The Dockerfile could not be parsed (the line is the plan error's).
+    #[error("{}", .0.message)]
+    Parse(#[source] Box<crate::parser::Error>),
     /// The Dockerfile has no FROM.
     #[error("the Dockerfile has no stage to build; add a FROM instruction")]
     NoStages,
@@ -86,16 +86,16 @@ pub enum ErrorKind {
     #[error("empty platform value from expression {0}")]
     EmptyPlatform(String),
     /// `FROM --platform` is not a platform.
-    #[error("failed to parse platform {value}: {reason}")]
+    #[error("failed to parse platform {value}: {source}")]
     InvalidPlatform {
         /// The expanded value.
         value: String,
         /// Why it is not a platform.
-        reason: String,
+        source: kbuild_platform::Error,
     },
     /// A word could not be expanded (bad `${...}`, `${v?msg}` unset...).
     #[error("{0}")]
-    Expansion(String),
+    Expansion(#[source] kbuild_shell::Error),
     /// The ENV and ARG values of a stage (names and values, base image
     /// environment included) add up to more than
     /// [`MAX_STAGE_ENV`](crate::plan::MAX_STAGE_ENV) bytes.
@@ -106,9 +106,36 @@ pub enum ErrorKind {
         /// The limit, in bytes.
         limit: usize,
     },
-    /// An instruction is invalid once expanded (bad `--mount`, empty VOLUME...).
+    /// A `RUN --mount` value is invalid once expanded.
     #[error("{0}")]
-    Invalid(String),
+    Mount(#[source] crate::instructions::MountError),
+    /// `VOLUME` with an empty path.
+    #[error("VOLUME specified can not be an empty string")]
+    EmptyVolume,
+    /// `FROM` names a `--build-context` that is a directory.
+    #[error("FROM {0}: --build-context {0} is a directory; a directory context can be read with COPY --from={0} or RUN --mount=from={0}, not used as a base")]
+    DirectoryBase(String),
+    /// A stage the plan needs was not planned (an internal inconsistency).
+    #[error("{role} stage {stage:?} was not built")]
+    StageNotBuilt {
+        /// `target` or `base`.
+        role: &'static str,
+        /// The stage's name.
+        stage: String,
+    },
+    /// A stage instance read before its op exists (an internal
+    /// inconsistency of the lowering).
+    #[error("stage instance @{0} is used before it is built")]
+    StageUsedBeforeBuilt(usize),
+    /// A `--from` (of COPY) or `from=` (of `RUN --mount`) without its
+    /// source in the step (an internal inconsistency of the plan).
+    #[error("{flag}{from} names no source")]
+    NoSource {
+        /// `--from=` or `--mount from=`.
+        flag: &'static str,
+        /// The value.
+        from: String,
+    },
     /// The image config source failed.
     #[error("cannot read the config of base image {reference:?} for {platform}: {reason}")]
     ImageConfig {
@@ -148,13 +175,27 @@ pub enum ErrorKind {
         source: crate::graph::ChecksumError,
     },
     /// An ONBUILD trigger of a base could not be parsed or run.
-    #[error("ONBUILD trigger {trigger:?} of the base: {reason}")]
+    #[error("ONBUILD trigger {trigger:?} of the base: {source}")]
     OnbuildTrigger {
         /// The trigger text.
         trigger: String,
         /// What is wrong with it.
-        reason: String,
+        source: Box<TriggerError>,
     },
+}
+
+/// Why an ONBUILD trigger of a base cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TriggerError {
+    /// It does not parse.
+    #[error("{}", .0.message)]
+    Parse(#[source] crate::parser::Error),
+    /// It holds more than one instruction.
+    #[error("onbuild trigger should be a single expression")]
+    NotOne,
+    /// It cannot be planned or run.
+    #[error("{0}")]
+    Plan(#[source] Box<ErrorKind>),
 }
 
 fn list_stages(stages: &[String]) -> String {
@@ -175,12 +216,12 @@ impl Error {
         }))
     }
 
-    pub(crate) fn parse(message: String, line: Option<usize>) -> Error {
+    pub(crate) fn parse(e: crate::parser::Error) -> Error {
         Error(Box::new(Inner {
             file: "Dockerfile".to_string(),
-            line,
+            line: e.range.map(|r| r.start_line),
             text: None,
-            kind: ErrorKind::Parse(message),
+            kind: ErrorKind::Parse(Box::new(e)),
         }))
     }
 
@@ -223,4 +264,8 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0.kind)
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::error::Error;
+use super::error::{Error, TriggerError};
 use crate::instructions::{self, Arg, Instruction, Stage};
 use crate::parser;
 
@@ -18,14 +18,10 @@ pub(crate) struct Loaded {
     pub(crate) commands: Vec<Vec<Arc<Instruction>>>,
 }
 
-fn parse_error(e: parser::Error) -> Error {
-    Error::parse(e.message, e.range.map(|r| r.start_line))
-}
-
 pub(crate) fn load(text: &str) -> Result<Loaded, Error> {
-    let ast = parser::parse(text).map_err(parse_error)?;
+    let ast = parser::parse(text).map_err(Error::parse)?;
     let escape = ast.escape;
-    let mut stages = instructions::stages(&ast).map_err(parse_error)?;
+    let mut stages = instructions::stages(&ast).map_err(Error::parse)?;
     let commands = stages
         .stages
         .iter_mut()
@@ -46,10 +42,10 @@ pub(crate) fn load(text: &str) -> Result<Loaded, Error> {
 
 /// Parses an ONBUILD trigger (one instruction; BuildKit parses it on its own,
 /// with the default escape character).
-pub(crate) fn parse_trigger(expression: &str) -> Result<Instruction, String> {
-    let ast = parser::parse_named(expression, "ONBUILD").map_err(|e| e.message)?;
+pub(crate) fn parse_trigger(expression: &str) -> Result<Instruction, TriggerError> {
+    let ast = parser::parse_named(expression, "ONBUILD").map_err(TriggerError::Parse)?;
     match ast.nodes.as_slice() {
-        [node] => instructions::from_node(node).map_err(|e| e.message),
-        _ => Err("onbuild trigger should be a single expression".to_string()),
+        [node] => instructions::from_node(node).map_err(TriggerError::Parse),
+        _ => Err(TriggerError::NotOne),
     }
 }

@@ -97,7 +97,7 @@ mod paths;
 mod planner;
 mod scope;
 
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, TriggerError};
 pub use kbuild_shell::MAX_WORD_LEN;
 
 /// The most bytes the build environment of one stage may hold: names and

@@ -10,7 +10,7 @@ use kbuild_platform::Platform;
 use kbuild_shell::{Env, Lexer};
 
 use super::display::display;
-use super::error::{Error, ErrorKind};
+use super::error::{Error, ErrorKind, TriggerError};
 use super::expand::expand_instruction;
 use super::load::{load, parse_trigger, Loaded};
 use super::model::{
@@ -380,7 +380,7 @@ impl<'a> Planner<'a> {
                     (None, Some(d)) => Some(
                         self.lexer
                             .process_word(d, &g)
-                            .map_err(|e| at(ErrorKind::Expansion(e.to_string())))?,
+                            .map_err(|e| at(ErrorKind::Expansion(e)))?,
                     ),
                     (None, None) => None,
                 };
@@ -406,7 +406,7 @@ impl<'a> Planner<'a> {
             let (name, matches) = self
                 .lexer
                 .process_word_with_matches(&from.image, globals)
-                .map_err(|e| at(ErrorKind::Expansion(e.to_string())))?;
+                .map_err(|e| at(ErrorKind::Expansion(e)))?;
             let mut unmatched: Vec<String> = matches.unmatched.into_iter().collect();
             if name.is_empty() {
                 return Err(at(ErrorKind::BlankBaseName(from.image.clone())));
@@ -416,7 +416,7 @@ impl<'a> Planner<'a> {
                 let (value, m) = self
                     .lexer
                     .process_word_with_matches(expr, globals)
-                    .map_err(|e| at(ErrorKind::Expansion(e.to_string())))?;
+                    .map_err(|e| at(ErrorKind::Expansion(e)))?;
                 unmatched.extend(m.unmatched);
                 if value.is_empty() {
                     return Err(at(ErrorKind::EmptyPlatform(expr.clone())));
@@ -424,7 +424,7 @@ impl<'a> Planner<'a> {
                 let p = Platform::parse(&value).map_err(|e| {
                     at(ErrorKind::InvalidPlatform {
                         value: value.clone(),
-                        reason: e.to_string(),
+                        source: e,
                     })
                 })?;
                 platform = Some(p);
@@ -446,11 +446,7 @@ impl<'a> Planner<'a> {
             let base = if let Some(named) = self.opts.named_contexts.get(&name) {
                 match named {
                     NamedContext::Image(reference) => BaseRef::Image(reference.clone()),
-                    NamedContext::Dir => {
-                        return Err(at(ErrorKind::Invalid(format!(
-                            "FROM {name}: --build-context {name} is a directory; a directory context can be read with COPY --from={name} or RUN --mount=from={name}, not used as a base"
-                        ))))
-                    }
+                    NamedContext::Dir => return Err(at(ErrorKind::DirectoryBase(name))),
                 }
             } else if let Some(&j) = by_name.get(&name) {
                 BaseRef::Stage(j)
@@ -545,7 +541,7 @@ impl<'a> Planner<'a> {
         env: &E,
     ) -> Result<Derived, Error> {
         let at = |kind| Error::at(kind, ins.range().start_line, ins.original());
-        let expansion = |e: kbuild_shell::Error| at(ErrorKind::Expansion(e.to_string()));
+        let expansion = |e: kbuild_shell::Error| at(ErrorKind::Expansion(e));
         let expanded = if literal {
             Arc::clone(ins)
         } else {
@@ -557,7 +553,7 @@ impl<'a> Planner<'a> {
                 for raw in &r.mounts {
                     let m = Mount::parse(raw, |w| self.lexer.process_word(w, env))
                         .map_err(expansion)?
-                        .map_err(|e| at(ErrorKind::Invalid(e.to_string())))?;
+                        .map_err(|e| at(ErrorKind::Mount(e)))?;
                     mounts.push(m);
                 }
                 Arc::new(mounts)
@@ -607,7 +603,7 @@ impl<'a> Planner<'a> {
                         Mount::parse(raw, |w| Ok::<_, std::convert::Infallible>(w.to_string()));
                     let mount = match parsed {
                         Ok(Ok(m)) => m,
-                        Ok(Err(e)) => return Err(at(ErrorKind::Invalid(e.to_string()))),
+                        Ok(Err(e)) => return Err(at(ErrorKind::Mount(e))),
                         Err(never) => match never {},
                     };
                     if let Some(from) = mount_from(&mount) {
@@ -731,10 +727,10 @@ impl<'a> Planner<'a> {
         let final_stage = match done[target].as_ref() {
             Some(d) => d.instance,
             None => {
-                return Err(Error::new(ErrorKind::Invalid(format!(
-                    "target stage {:?} was not built",
-                    self.stage_name(target)
-                ))))
+                return Err(Error::new(ErrorKind::StageNotBuilt {
+                    role: "target",
+                    stage: self.stage_name(target),
+                }))
             }
         };
         self.targets.push(Target {
@@ -787,18 +783,17 @@ impl<'a> Planner<'a> {
         };
         let lines = (from.range.start_line, from.range.end_line);
         for trigger in &triggers {
-            let trigger_error = |reason: String| {
+            let trigger_error = |source: TriggerError| {
                 at(ErrorKind::OnbuildTrigger {
                     trigger: trigger.clone(),
-                    reason,
+                    source: Box::new(source),
                 })
             };
+            let planned = |e: Error| trigger_error(TriggerError::Plan(Box::new(e.kind().clone())));
             let ins = Arc::new(parse_trigger(trigger).map_err(trigger_error)?);
-            let prep = self
-                .prepare(&ins)
-                .map_err(|e| trigger_error(e.kind().to_string()))?;
+            let prep = self.prepare(&ins).map_err(planned)?;
             self.dispatch(&prep, true, lines, &mut run, target_platform, globals, done)
-                .map_err(|e| trigger_error(e.kind().to_string()))?;
+                .map_err(planned)?;
         }
         let preps = Rc::clone(&self.prep);
         for prep in &preps[i] {
@@ -839,10 +834,10 @@ impl<'a> Planner<'a> {
         match &resolved.base {
             BaseRef::Stage(b) => {
                 let Some(parent) = done[*b].as_ref() else {
-                    return Err(ErrorKind::Invalid(format!(
-                        "base stage {:?} was not built",
-                        self.stage_name(*b)
-                    )));
+                    return Err(ErrorKind::StageNotBuilt {
+                        role: "base",
+                        stage: self.stage_name(*b),
+                    });
                 };
                 Ok((
                     StageBase::Stage(parent.instance),
@@ -960,7 +955,7 @@ impl<'a> Planner<'a> {
         let ins: &Instruction = &prep.ins;
         let expansion = |e: kbuild_shell::Error| {
             Error::at(
-                ErrorKind::Expansion(e.to_string()),
+                ErrorKind::Expansion(e),
                 ins.range().start_line,
                 ins.original(),
             )
@@ -1351,9 +1346,7 @@ fn in_stage(expanded: Arc<Instruction>, run: &Run) -> Result<Arc<Instruction>, E
             }
         }
         Instruction::Volume(v) if v.volumes.iter().any(|p| p.is_empty()) => {
-            return Err(ErrorKind::Invalid(
-                "VOLUME specified can not be an empty string".to_string(),
-            ));
+            return Err(ErrorKind::EmptyVolume);
         }
         _ => {}
     }
