@@ -63,9 +63,56 @@ pub enum BuildError {
         /// The entitlement to pass.
         entitlement: &'static str,
     },
-    /// `--builder` names a builder that cannot run this build.
-    #[error("{0}")]
-    Builder(String),
+    /// The builder list could not be read.
+    #[error(transparent)]
+    BuilderList(Box<kbuild_driver::Error>),
+    /// Contexts of this machine's files for a builder daemon.
+    #[error("--build-context {contexts}: directory and oci-layout:// contexts are not sent to builder daemons yet (builder {builder}); build with --builder local, or use docker-image:// contexts")]
+    LocalContexts {
+        /// The `--build-context` names, comma-separated.
+        contexts: String,
+        /// The builder.
+        builder: String,
+    },
+    /// A `type=local` cache for a builder daemon.
+    #[error("{flag}: a type=local cache is a directory of this machine, which builder {builder} cannot reach; remote builders import and export type=registry and type=inline caches (or build with --builder local)")]
+    LocalCache {
+        /// The flag and its value (`--cache-from type=local,...`).
+        flag: String,
+        /// The builder.
+        builder: String,
+    },
+    /// A builder with no node to build on.
+    #[error("builder {builder} has no node; add one with kubectl build create {builder} --append --endpoint ...")]
+    NoNodes {
+        /// The builder.
+        builder: String,
+    },
+    /// The build failed on a builder daemon (its message).
+    #[error("builder {builder}: {error}")]
+    Failed {
+        /// The builder.
+        builder: String,
+        /// What the daemon reported.
+        error: String,
+    },
+    /// A step on a builder daemon needs an entitlement the command line
+    /// did not grant.
+    #[error("{error}; pass --allow {entitlement} to grant it")]
+    FailedEntitlement {
+        /// What the daemon reported (names the step).
+        error: String,
+        /// The entitlement to pass.
+        entitlement: String,
+    },
+    /// A builder daemon's result names no valid root.
+    #[error("builder {builder} sent a bad root digest: {source}")]
+    BadRoot {
+        /// The builder.
+        builder: String,
+        /// Why the digest is not valid.
+        source: kbuild_image::Error,
+    },
     /// The embedded builder runs as an ordinary user.
     #[error("the local builder needs root: it mounts overlay filesystems and runs RUN steps in new namespaces; run kubectl build as root (e.g. with sudo), or use --dry-run to check a Dockerfile")]
     NotRoot,
@@ -83,9 +130,26 @@ pub enum BuildError {
         /// Why.
         source: std::io::Error,
     },
-    /// Something outside the build failed.
-    #[error("{0}")]
-    Other(String),
+    /// The async runtime could not start.
+    #[error("start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// SIGINT and SIGTERM could not be caught.
+    #[error("install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The outputs disagree on the layers' compression.
+    #[error(transparent)]
+    Compression(#[from] kbuild_solver::options::CompressionConflict),
+    /// `SOURCE_DATE_EPOCH` is not a number.
+    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds")]
+    SourceDateEpoch {
+        /// Its value.
+        value: String,
+        /// Why it does not parse.
+        source: std::num::ParseIntError,
+    },
+    /// The op graph sent to a builder daemon could not be serialised.
+    #[error("serialise the op graph: {0}")]
+    Graph(#[source] serde_json::Error),
     /// A session with a remote builder broke (names the builder).
     #[error(transparent)]
     Remote(Box<kbuild_driver::Error>),
@@ -158,7 +222,7 @@ fn choose_builder(flag: Option<&str>, g: &GlobalArgs) -> Result<Chosen, BuildErr
         Err(_) if flag.map_or(true, |f| f == DEFAULT_BUILDER) => {
             return crate::kube::route(flag, g).map(Chosen::Kubernetes)
         }
-        Err(e) => return Err(BuildError::Builder(e.to_string())),
+        Err(e) => return Err(BuildError::BuilderList(Box::new(e))),
     };
     let chosen = flag.or(config.current.as_deref());
     if chosen == Some(LOCAL_BUILDER) {
@@ -252,25 +316,7 @@ pub fn open_store(g: &GlobalArgs) -> Result<(Arc<ContentStore>, PathBuf), BuildE
 /// Run the build and its outputs. Returns the exit code.
 pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
     let chosen = choose_builder(g.builder.as_deref(), g)?;
-    if !matches!(
-        chosen,
-        Chosen::Kubernetes(crate::kube::Route::Kubernetes { .. })
-    ) {
-        req.check_load()?;
-    }
-    let local_contexts = req.local_only_contexts();
-    match &chosen {
-        Chosen::Remote(name, _)
-        | Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. })
-            if !local_contexts.is_empty() =>
-        {
-            return Err(BuildError::Builder(format!(
-                "--build-context {}: directory and oci-layout:// contexts are not sent to builder daemons yet (builder {name}); build with --builder local, or use docker-image:// contexts",
-                local_contexts.join(", ")
-            )))
-        }
-        _ => {}
-    }
+    check_for_builder(&req, &chosen)?;
     // Remote and kubernetes builders check their cache flags in
     // `remote::Setup` (a type=local cache is a directory of this machine).
     match chosen {
@@ -287,216 +333,345 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
         }
         Chosen::Local => {}
     }
-    if !rustix::process::geteuid().is_root() {
-        return Err(BuildError::NotRoot);
+    run_local(req, a, g)
+}
+
+/// Refuses what the chosen builder cannot do: `--load` it cannot honour
+/// (a kubernetes builder checks its own), and contexts of this machine's
+/// files on a builder daemon.
+fn check_for_builder(req: &BuildRequest, chosen: &Chosen) -> Result<(), BuildError> {
+    if !matches!(
+        chosen,
+        Chosen::Kubernetes(crate::kube::Route::Kubernetes { .. })
+    ) {
+        req.check_load()?;
     }
-    let mode = if a.quiet {
+    let local_contexts = req.local_only_contexts();
+    match chosen {
+        Chosen::Remote(name, _)
+        | Chosen::Kubernetes(crate::kube::Route::Kubernetes { name, .. })
+            if !local_contexts.is_empty() =>
+        {
+            Err(BuildError::LocalContexts {
+                contexts: local_contexts.join(", "),
+                builder: name.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The progress mode of the command line (`--quiet` is `--progress quiet`).
+pub(crate) fn progress_mode(a: &BuildArgs) -> ProgressMode {
+    if a.quiet {
         ProgressMode::Quiet
     } else {
         a.progress
-    };
-    let (registry_secret, insecure, no_cache, pull) = (
-        a.registry_secret.as_deref(),
-        &a.insecure_registries,
-        a.no_cache,
-        a.pull,
-    );
-    let (iidfile, metadata_file) = (a.iidfile.clone(), a.metadata_file.clone());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
-    // From here on SIGINT and SIGTERM cancel the build instead of killing it.
-    let mut signals = {
-        let _in_runtime = rt.enter();
-        StopSignals::install()
-            .map_err(|e| BuildError::Other(format!("install the signal handlers: {e}")))?
-    };
-    let (store, root) = open_store(g)?;
-    let _lock = store.lock_shared().map_err(|source| BuildError::Store {
-        path: root.clone(),
-        source,
-    })?;
-    let snaps_root = root.join("snapshots");
-    let snaps = Snapshotter::new(&snaps_root).map_err(|source| BuildError::Snapshots {
-        path: snaps_root.clone(),
-        source,
-    })?;
-    recover(&store, &snaps);
-    // A secret named like the builder is looked up only where builders run
-    // in a cluster; the embedded builder reads --registry-secret and
-    // Docker's config.
-    let creds = kbuild_registry::Credentials::from_registry_secret(registry_secret)
-        .map_err(BuildError::Credentials)?;
-    let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
-        insecure: insecure.to_vec(),
-        credentials: creds,
-        timeouts: req.registry_timeouts,
-        concurrency: kbuild_registry::parallelism_from_env()?
-            .unwrap_or(kbuild_registry::ClientOptions::default().concurrency),
-        ..Default::default()
-    })
-    .map_err(BuildError::Credentials)?;
-    // With --push, layers upload while the build goes on.
-    let early_push = outputs::EarlyPush::new(&registry, &store, &req.outputs)?;
+    }
+}
 
-    // Layers are compressed once, while they are built: every output of
-    // one build shares that compression.
-    let (compression, force_compression) = kbuild_solver::options::layer_compression(&req.outputs)
-        .map_err(|e| BuildError::Other(e.to_string()))?;
-    let source_date_epoch = source_date_epoch()?;
-    let cancel = kbuild_worker::executor::Cancel::new();
-    let gate = kbuild_image::CommitGate::new();
-    let progress = progress_renderer(mode);
-    let solver = Solver::new(
-        store.clone(),
-        Arc::new(snaps),
-        Arc::new(registry),
-        SolveOptions {
-            no_cache,
-            pull,
-            compression,
-            force_compression,
-            source_date_epoch,
-            secrets: req.secrets.clone(),
-            ssh: req.ssh.clone(),
-            add_hosts: req.add_hosts.clone(),
-            network: req.network,
-            allow_insecure: req.allow_insecure,
-            network_timeouts: req.registry_timeouts,
-            cache_mounts: root.join("cache-mounts"),
-            executor: kbuild_worker::executor::Executor::current_exe(),
-            cancel: cancel.clone(),
-            on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
-            annotations: req.annotations.clone(),
-            shm_size: req.shm_size,
-            provenance: req.provenance_request(),
-            outputs_gate: gate.clone(),
-        },
-        progress.clone(),
-    )
-    .with_cache(req.cache_from.clone(), req.cache_to.clone());
-    let ignore = read_ignore(&req)?.map(|(m, _)| m);
-    // Keyed by the absolute context path, so `.` and its full name share
-    // one cache.
-    let checksums = req.context.as_ref().map(|dir| {
-        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &abs)
-    });
-    let ctx = Context {
-        dir: req.context.clone(),
-        ignore,
-        checksums,
-        named: req.context_dirs.clone(),
+/// The runtime a build runs on, and from then on the stop signals, which
+/// cancel the build instead of killing it.
+pub(crate) fn runtime_with_signals() -> Result<(tokio::runtime::Runtime, StopSignals), BuildError> {
+    let rt = crate::builders::runtime().map_err(BuildError::Runtime)?;
+    let signals = {
+        let _in_runtime = rt.enter();
+        StopSignals::install().map_err(BuildError::Signals)?
     };
+    Ok((rt, signals))
+}
+
+/// A build on the embedded builder.
+fn run_local(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), BuildError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(BuildError::NotRoot);
+    }
+    let mode = progress_mode(a);
+    let (rt, mut signals) = runtime_with_signals()?;
+    let build = LocalBuild::prepare(&req, a, g, mode)?;
     let started = Instant::now();
     let outcome = rt.block_on(async {
-        let work = async {
-            // An unreachable push registry fails before any step runs.
-            outputs::check_push_targets(solver.registry(), &req.outputs).await?;
-            let result = solver
-                .build(
-                    &req.dockerfile,
-                    &req.dockerfile_name,
-                    &req.plan_options(),
-                    &ctx,
-                )
-                .await?;
-            let report =
-                outputs::export_with(&solver, &result.solved, &req.outputs, early_push.as_ref())
-                    .await?;
-            let caches = solver.export_cache().await?;
-            Ok::<_, BuildError>((result, report, caches))
-        };
         tokio::select! {
-            r = work => r,
+            r = build.solve_and_export(&req) => r,
             signal = signals.recv() => {
                 tracing::debug!(%signal, "cancelling the build");
-                // Kill running steps; dropping the build stops a push where
-                // it is (tags go last, so none is written). Closing the
-                // gate stops every export thread before its rename: what
-                // it reports is all that was written.
-                cancel.cancel();
-                let written = gate.close();
-                if written.is_empty() {
-                    Err(BuildError::Cancelled)
-                } else {
-                    Err(BuildError::CancelledAfter(written.join(", ")))
-                }
+                Err(build.cancel())
             }
         }
     });
     // Blocking work still running (a killed RUN step unmounting its root
     // filesystem) gets time to clean up; nothing else is waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
-    if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
-        tracing::debug!(bytes = cache.hashed_bytes(), "context file content hashed");
-        // Only a speed-up for the next build: a failure to keep it is no
-        // reason to fail this one.
-        if let Err(e) = cache.save(dir) {
-            tracing::warn!(error = %e, "could not keep the context checksum cache");
-        }
-    }
+    build.keep_checksums();
     let (result, report, caches) = outcome?;
     for w in &result.plan.warnings {
         eprintln!("WARNING: {w}");
     }
     let digest = result.solved.root.digest.to_string();
-    let config_digest = match result.solved.images.as_slice() {
-        [one] => store
-            .read(&one.manifest.digest)
-            .ok()
-            .and_then(|bytes| kbuild_image::Manifest::parse(&bytes).ok())
-            .map(|man| man.config.digest.to_string()),
-        _ => None,
-    };
     write_result_files(
         &req,
-        iidfile.as_deref(),
-        metadata_file.as_deref(),
+        a.iidfile.as_deref(),
+        a.metadata_file.as_deref(),
         &digest,
         serde_json::to_value(&result.solved.root).unwrap_or_default(),
-        config_digest,
+        build.config_digest(&result.solved),
     )?;
-    // Standard output may be the archive (`-o -`): nothing else goes there.
-    let stdout_is_output = stdout_is_output(&req);
     if mode == ProgressMode::Quiet {
-        if !stdout_is_output {
+        // Standard output may be the archive (`-o -`): nothing else goes there.
+        if !stdout_is_output(&req) {
             println!("{digest}");
         }
     } else {
-        eprintln!(
-            "=> built {} in {:.1}s: {}",
-            result
-                .solved
-                .images
-                .iter()
-                .map(|i| i.platform.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            started.elapsed().as_secs_f64(),
-            digest
-        );
-        for n in &report.pushed {
-            eprintln!("=> pushed {n}@{digest}");
-        }
-        for n in &report.stored {
-            eprintln!("=> stored {n}@{digest} in the local store");
-        }
-        for p in &report.written {
-            eprintln!("=> wrote {}", p.display());
-        }
-        for n in &report.loaded {
-            eprintln!("=> loaded {n} into the Docker daemon");
-        }
-        for n in &report.containerd {
-            eprintln!("=> {n}");
-        }
-        for n in &report.notes {
-            eprintln!("=> {n}");
+        print_summary(&result.solved, &report, &digest, started);
+    }
+    print_cache_exports(&caches, mode);
+    Ok(())
+}
+
+/// What a build on the embedded builder holds while it runs: the store
+/// (under its shared lock), the solver and the context, and what cancels
+/// it.
+struct LocalBuild {
+    store: Arc<ContentStore>,
+    _lock: kbuild_image::StoreLock,
+    solver: Solver,
+    early_push: Option<outputs::EarlyPush>,
+    ctx: Context,
+    cancel: kbuild_worker::executor::Cancel,
+    gate: kbuild_image::CommitGate,
+}
+
+type Built = (
+    kbuild_solver::engine::BuildResult,
+    outputs::ExportReport,
+    Vec<kbuild_solver::cache_export::CacheExported>,
+);
+
+impl LocalBuild {
+    /// Opens the store and reclaims what dead builds left, then sets up
+    /// the registry client, the solver and the context of `req`.
+    fn prepare(
+        req: &BuildRequest,
+        a: &BuildArgs,
+        g: &GlobalArgs,
+        mode: ProgressMode,
+    ) -> Result<LocalBuild, BuildError> {
+        let (store, root) = open_store(g)?;
+        let lock = store.lock_shared().map_err(|source| BuildError::Store {
+            path: root.clone(),
+            source,
+        })?;
+        let snaps_root = root.join("snapshots");
+        let snaps = Snapshotter::new(&snaps_root).map_err(|source| BuildError::Snapshots {
+            path: snaps_root.clone(),
+            source,
+        })?;
+        recover(&store, &snaps);
+        let registry = local_registry(req, a)?;
+        // With --push, layers upload while the build goes on.
+        let early_push = outputs::EarlyPush::new(&registry, &store, &req.outputs)?;
+        let cancel = kbuild_worker::executor::Cancel::new();
+        let gate = kbuild_image::CommitGate::new();
+        let mut options = solve_options(req, a, &root, cancel.clone(), gate.clone())?;
+        options.on_layer = early_push.as_ref().map(|e| e.hook()).unwrap_or_default();
+        let solver = Solver::new(
+            store.clone(),
+            Arc::new(snaps),
+            Arc::new(registry),
+            options,
+            progress_renderer(mode),
+        )
+        .with_cache(req.cache_from.clone(), req.cache_to.clone());
+        let ctx = local_context(req, &root)?;
+        Ok(LocalBuild {
+            store,
+            _lock: lock,
+            solver,
+            early_push,
+            ctx,
+            cancel,
+            gate,
+        })
+    }
+
+    /// Builds `req`, writes its outputs and exports its caches.
+    async fn solve_and_export(&self, req: &BuildRequest) -> Result<Built, BuildError> {
+        // An unreachable push registry fails before any step runs.
+        outputs::check_push_targets(self.solver.registry(), &req.outputs).await?;
+        let result = self
+            .solver
+            .build(
+                &req.dockerfile,
+                &req.dockerfile_name,
+                &req.plan_options(),
+                &self.ctx,
+            )
+            .await?;
+        let report = outputs::export_with(
+            &self.solver,
+            &result.solved,
+            &req.outputs,
+            self.early_push.as_ref(),
+        )
+        .await?;
+        let caches = self.solver.export_cache().await?;
+        Ok((result, report, caches))
+    }
+
+    /// Stops the build on a signal: kills running steps (dropping the
+    /// build stops a push where it is; tags go last, so none is written)
+    /// and closes the gate, which stops every export thread before its
+    /// rename: what it reports is all that was written.
+    fn cancel(&self) -> BuildError {
+        self.cancel.cancel();
+        let written = self.gate.close();
+        if written.is_empty() {
+            BuildError::Cancelled
+        } else {
+            BuildError::CancelledAfter(written.join(", "))
         }
     }
-    for c in &caches {
+
+    /// Keeps the context's checksums for the next build.
+    fn keep_checksums(&self) {
+        if let (Some(cache), Some(dir)) = (&self.ctx.checksums, &self.ctx.dir) {
+            tracing::debug!(bytes = cache.hashed_bytes(), "context file content hashed");
+            // Only a speed-up for the next build: a failure to keep it is no
+            // reason to fail this one.
+            if let Err(e) = cache.save(dir) {
+                tracing::warn!(error = %e, "could not keep the context checksum cache");
+            }
+        }
+    }
+
+    /// The config digest of a one-platform image (`--metadata-file`).
+    fn config_digest(&self, solved: &kbuild_solver::engine::Solved) -> Option<String> {
+        match solved.images.as_slice() {
+            [one] => self
+                .store
+                .read(&one.manifest.digest)
+                .ok()
+                .and_then(|bytes| kbuild_image::Manifest::parse(&bytes).ok())
+                .map(|man| man.config.digest.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// The registry client of a local build: a secret named like the builder
+/// is looked up only where builders run in a cluster; the embedded
+/// builder reads --registry-secret and Docker's config.
+fn local_registry(
+    req: &BuildRequest,
+    a: &BuildArgs,
+) -> Result<kbuild_registry::Client, BuildError> {
+    let creds = kbuild_registry::Credentials::from_registry_secret(a.registry_secret.as_deref())
+        .map_err(BuildError::Credentials)?;
+    kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        insecure: a.insecure_registries.clone(),
+        credentials: creds,
+        timeouts: req.registry_timeouts,
+        concurrency: kbuild_registry::parallelism_from_env()?
+            .unwrap_or(kbuild_registry::ClientOptions::default().concurrency),
+        ..Default::default()
+    })
+    .map_err(BuildError::Credentials)
+}
+
+/// The solver's options for `req` (the early push's hook is set by the
+/// caller).
+fn solve_options(
+    req: &BuildRequest,
+    a: &BuildArgs,
+    root: &std::path::Path,
+    cancel: kbuild_worker::executor::Cancel,
+    gate: kbuild_image::CommitGate,
+) -> Result<SolveOptions, BuildError> {
+    // Layers are compressed once, while they are built: every output of
+    // one build shares that compression.
+    let (compression, force_compression) = kbuild_solver::options::layer_compression(&req.outputs)?;
+    Ok(SolveOptions {
+        no_cache: a.no_cache,
+        pull: a.pull,
+        compression,
+        force_compression,
+        source_date_epoch: source_date_epoch()?,
+        secrets: req.secrets.clone(),
+        ssh: req.ssh.clone(),
+        add_hosts: req.add_hosts.clone(),
+        network: req.network,
+        allow_insecure: req.allow_insecure,
+        network_timeouts: req.registry_timeouts,
+        cache_mounts: root.join("cache-mounts"),
+        executor: kbuild_worker::executor::Executor::current_exe(),
+        cancel,
+        on_layer: Default::default(),
+        annotations: req.annotations.clone(),
+        shm_size: req.shm_size,
+        provenance: req.provenance_request(),
+        outputs_gate: gate,
+    })
+}
+
+/// The context of a local build, with its `.dockerignore` and the
+/// checksum cache of its directory (keyed by the absolute context path,
+/// so `.` and its full name share one cache).
+fn local_context(req: &BuildRequest, root: &std::path::Path) -> Result<Context, BuildError> {
+    let ignore = read_ignore(req)?.map(|(m, _)| m);
+    let checksums = req.context.as_ref().map(|dir| {
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &abs)
+    });
+    Ok(Context {
+        dir: req.context.clone(),
+        ignore,
+        checksums,
+        named: req.context_dirs.clone(),
+    })
+}
+
+/// What a finished local build did, one `=>` line each.
+fn print_summary(
+    solved: &kbuild_solver::engine::Solved,
+    report: &outputs::ExportReport,
+    digest: &str,
+    started: Instant,
+) {
+    eprintln!(
+        "=> built {} in {:.1}s: {}",
+        solved
+            .images
+            .iter()
+            .map(|i| i.platform.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        started.elapsed().as_secs_f64(),
+        digest
+    );
+    for n in &report.pushed {
+        eprintln!("=> pushed {n}@{digest}");
+    }
+    for n in &report.stored {
+        eprintln!("=> stored {n}@{digest} in the local store");
+    }
+    for p in &report.written {
+        eprintln!("=> wrote {}", p.display());
+    }
+    for n in &report.loaded {
+        eprintln!("=> loaded {n} into the Docker daemon");
+    }
+    for n in &report.containerd {
+        eprintln!("=> {n}");
+    }
+    for n in &report.notes {
+        eprintln!("=> {n}");
+    }
+}
+
+/// The `--cache-to` exports: a warning for each that failed with
+/// `ignore-error=true`, a line for each written (not when quiet).
+fn print_cache_exports(caches: &[kbuild_solver::cache_export::CacheExported], mode: ProgressMode) {
+    for c in caches {
         match &c.ignored {
             Some(e) => eprintln!("WARNING: {e} (ignore-error=true: the build still succeeds)"),
             None if mode != ProgressMode::Quiet => eprintln!(
@@ -506,17 +681,15 @@ pub fn run(req: BuildRequest, a: &BuildArgs, g: &GlobalArgs) -> Result<(), Build
             None => {}
         }
     }
-    Ok(())
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment, checked.
 pub(crate) fn source_date_epoch() -> Result<Option<i64>, BuildError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Ok(Some(v.parse::<i64>().map_err(|_| {
-            BuildError::Other(format!(
-                "SOURCE_DATE_EPOCH={v:?} is not a number of seconds"
-            ))
-        })?)),
+        Ok(v) if !v.is_empty() => match v.parse::<i64>() {
+            Ok(n) => Ok(Some(n)),
+            Err(source) => Err(BuildError::SourceDateEpoch { value: v, source }),
+        },
         _ => Ok(None),
     }
 }

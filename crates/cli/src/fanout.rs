@@ -17,7 +17,7 @@ use crate::remote::{self, Setup};
 use crate::request::{BuildRequest, RequestError};
 use crate::split_outputs::SplitOutputs;
 use kbuild_driver::config::{self, Builder};
-use kbuild_driver::session::Local;
+use kbuild_driver::session::{Local, LocalError};
 use kbuild_driver::{Assignment, Candidate, Dialer, ScheduleError};
 use kbuild_platform::Platform;
 use kbuild_proto::v1;
@@ -469,9 +469,9 @@ pub fn build(
     credentials: Option<kbuild_registry::Credentials>,
 ) -> Result<(), BuildError> {
     let Some(first) = nodes.first().cloned() else {
-        return Err(BuildError::Builder(format!(
-            "builder {name} has no node; add one with kubectl build create {name} --append --endpoint ..."
-        )));
+        return Err(BuildError::NoNodes {
+            builder: name.to_string(),
+        });
     };
     let setup = Setup::new(&req, a, g, name, credentials)?;
     if nodes.len() == 1 {
@@ -581,31 +581,32 @@ impl Local for NodeLocal {
         }
         self.client.progress(p);
     }
-    fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+    fn credentials(
+        &self,
+        host: &str,
+    ) -> Result<Option<kbuild_registry::RegistryLogin>, LocalError> {
         self.client.credentials(host)
     }
     fn registry_token(
         &self,
         host: &str,
         request: &kbuild_registry::TokenRequest,
-    ) -> Result<Option<kbuild_registry::RegistryToken>, String> {
+    ) -> Result<Option<kbuild_registry::RegistryToken>, LocalError> {
         self.client.registry_token(host, request)
     }
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, LocalError> {
         self.client.secret(id)
     }
     fn ssh_agent(&self, id: &str) -> Option<std::path::PathBuf> {
         self.client.ssh_agent(id)
     }
-    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), LocalError> {
         match &self.outputs {
-            Some(o) => o
-                .chunk(self.part, output, data, last)
-                .map_err(|e| e.to_string()),
-            None => Err(format!(
-                "node {} sent output {output}, which the build did not ask for",
-                self.node
-            )),
+            Some(o) => Ok(o.chunk(self.part, output, data, last)?),
+            None => Err(Box::new(remote::AnswerError::NotAskedOfNode {
+                node: self.node.clone(),
+                output,
+            })),
         }
     }
 }

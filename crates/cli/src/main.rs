@@ -82,60 +82,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
             match cli.build.dry_run {
-                Some(format) => {
-                    let plan = req.plan()?;
-                    // The same platform check a build makes before any work.
-                    kbuild_solver::engine::images_needed(&plan)?;
-                    req.graph(&plan)?;
-                    // Planned again with the base images the store holds,
-                    // their sources pinned as a build would pin them.
-                    let (plan, graph) = planner::dry_run(&req, &cli.build, &cli.global, plan)?;
-                    // A remote builder: which node would build which platform.
-                    // A remote or kubernetes builder: which node would
-                    // build which platform.
-                    let schedule = build::dry_run_schedule(&req, &cli.global)?;
-                    for w in &plan.warnings {
-                        eprintln!("WARNING: {w}");
-                    }
-                    for e in schedule.iter().flat_map(|s| s.unreachable()) {
-                        eprintln!("WARNING: {e}; its platforms go to the other nodes");
-                    }
-                    match format {
-                        DryRun::Json => {
-                            // Streamed: the JSON repeats each stage's
-                            // environment, so it can be far larger than the
-                            // plan in memory. The plan's fields, and the op
-                            // graph beside them.
-                            #[derive(serde::Serialize)]
-                            struct DryRun<'a, P, G> {
-                                #[serde(flatten)]
-                                plan: &'a P,
-                                graph: &'a G,
-                                #[serde(skip_serializing_if = "Option::is_none")]
-                                schedule: Option<serde_json::Value>,
-                            }
-                            use std::io::Write;
-                            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                            serde_json::to_writer_pretty(
-                                &mut out,
-                                &DryRun {
-                                    plan: &plan,
-                                    graph: &graph,
-                                    schedule: schedule.as_ref().map(build::Schedule::to_json),
-                                },
-                            )?;
-                            writeln!(out)?;
-                            out.flush()?;
-                        }
-                        DryRun::Text => {
-                            print!("{}", plan.to_text());
-                            if let Some(s) = &schedule {
-                                print!("{}", s.to_text());
-                            }
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
+                Some(format) => dry_run(&req, format, &cli),
                 None => {
                     // Dockerfile errors that need no image stop the build
                     // before the store is opened or anything is pulled.
@@ -146,6 +93,65 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }
     }
+}
+
+/// `--dry-run`: the plan and the op graph (text or JSON), and which node
+/// of a remote or kubernetes builder would build which platform.
+fn dry_run(
+    req: &request::BuildRequest,
+    format: DryRun,
+    cli: &Cli,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let plan = req.plan()?;
+    // The same platform check a build makes before any work.
+    kbuild_solver::engine::images_needed(&plan)?;
+    req.graph(&plan)?;
+    // Planned again with the base images the store holds, their sources
+    // pinned as a build would pin them.
+    let (plan, graph) = planner::dry_run(req, &cli.build, &cli.global, plan)?;
+    // A remote or kubernetes builder: which node would build which
+    // platform.
+    let schedule = build::dry_run_schedule(req, &cli.global)?;
+    for w in &plan.warnings {
+        eprintln!("WARNING: {w}");
+    }
+    for e in schedule.iter().flat_map(|s| s.unreachable()) {
+        eprintln!("WARNING: {e}; its platforms go to the other nodes");
+    }
+    match format {
+        DryRun::Json => {
+            // Streamed: the JSON repeats each stage's environment, so it
+            // can be far larger than the plan in memory. The plan's
+            // fields, and the op graph beside them.
+            #[derive(serde::Serialize)]
+            struct DryRun<'a, P, G> {
+                #[serde(flatten)]
+                plan: &'a P,
+                graph: &'a G,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                schedule: Option<serde_json::Value>,
+            }
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            serde_json::to_writer_pretty(
+                &mut out,
+                &DryRun {
+                    plan: &plan,
+                    graph: &graph,
+                    schedule: schedule.as_ref().map(build::Schedule::to_json),
+                },
+            )?;
+            writeln!(out)?;
+            out.flush()?;
+        }
+        DryRun::Text => {
+            print!("{}", plan.to_text());
+            if let Some(s) = &schedule {
+                print!("{}", s.to_text());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `kubectl build doctor`: how each supported platform's RUN steps execute here.

@@ -235,9 +235,7 @@ impl Planner {
             .map_err(BuildError::Solve)?;
         let lowered = graph::lower_pinned(&planned, &pins)
             .map_err(|e| BuildError::Solve(SolveError::Plan(e.in_file(&self.file_name))))?;
-        let json = lowered
-            .to_json()
-            .map_err(|e| BuildError::Other(format!("serialise the op graph: {e}")))?;
+        let json = lowered.to_json().map_err(BuildError::Graph)?;
         let mut state = self.state();
         for w in &planned.warnings {
             let w = w.to_string();

@@ -12,9 +12,9 @@ use crate::planner::Planner;
 use crate::request::BuildRequest;
 use crate::signals::StopSignals;
 use crate::split_outputs::{Root, SplitOutputs};
-use kbuild_driver::session::{ContextSource, Local};
+use kbuild_driver::session::{ContextSource, Local, LocalError};
 use kbuild_proto::v1;
-use kbuild_solver::options::{LayerCompression, Output, OutputKind, SecretSource};
+use kbuild_solver::options::{Output, OutputKind, SecretSource};
 use kbuild_solver::progress::{Event, Progress};
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,55 +23,63 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn output_error(e: crate::split_outputs::SplitOutputError) -> BuildError {
-    BuildError::Fanout(Box::new(crate::fanout::FanoutError::Output(Box::new(e))))
+/// What this side could not answer or take of a daemon's requests: the
+/// daemon gets a question's text back; an output's error ends the session.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AnswerError {
+    /// A `--secret` file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    SecretFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon streamed an output the build did not send it.
+    #[error("the builder sent output {output}, which was not asked for")]
+    NotAsked {
+        /// Its index.
+        output: u32,
+    },
+    /// A node of a split build streamed an output it was not sent.
+    #[error("node {node} sent output {output}, which the build did not ask for")]
+    NotAskedOfNode {
+        /// The node.
+        node: String,
+        /// Its index.
+        output: u32,
+    },
+    /// An output's writer is not there.
+    #[error("output writer missing")]
+    WriterMissing,
+    /// An output's writer ended before its output did.
+    #[error("the output writer stopped")]
+    WriterStopped,
+    /// An output's writer panicked.
+    #[error("the output writer panicked")]
+    WriterPanicked,
+    /// A thread panicked while it held the outputs' writers.
+    #[error("poisoned lock: another task failed inside")]
+    Poisoned,
+    /// An output to standard output could not be written.
+    #[error("standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+    /// A filesystem output (`type=local`) could not be written.
+    #[error(transparent)]
+    Filesystem(Box<kbuild_solver::engine::SolveError>),
+    /// A file output could not be written.
+    #[error(transparent)]
+    File(kbuild_image::Error),
 }
 
-/// The output spec the daemon is sent: everything but where a file goes
-/// (the client writes it).
-fn spec_of(o: &Output) -> String {
-    let mut s = format!("type={}", o.kind.name());
-    for n in &o.names {
-        s.push_str(&format!(",\"name={n}\""));
-    }
-    if o.push {
-        s.push_str(",push=true");
-    }
-    s.push_str(match o.compression {
-        LayerCompression::Gzip => ",compression=gzip",
-        LayerCompression::Zstd => ",compression=zstd",
-        LayerCompression::Uncompressed => ",compression=uncompressed",
-    });
-    if let Some(l) = o.compression_level {
-        s.push_str(&format!(",compression-level={l}"));
-    }
-    if o.force_compression {
-        s.push_str(",force-compression=true");
-    }
-    if let Some(t) = &o.containerd {
-        // Loaded by the daemon, into the containerd of its machine.
-        s.push_str(&format!(
-            ",address={},namespace={},snapshotter={}",
-            t.address.display(),
-            t.namespace,
-            t.snapshotter
-        ));
-        if !t.unpack.is_empty() {
-            let list: Vec<String> = t.unpack.iter().map(ToString::to_string).collect();
-            s.push_str(&format!(",\"unpack={}\"", list.join(",")));
-        }
-    }
-    if o.dest.is_some() {
-        // A placeholder: the daemon streams the result back instead.
-        s.push_str(",dest=-");
-    }
-    s
+fn output_error(e: crate::split_outputs::SplitOutputError) -> BuildError {
+    BuildError::Fanout(Box::new(crate::fanout::FanoutError::Output(Box::new(e))))
 }
 
 /// One output being written here.
 struct Sink {
     tx: SyncSender<Option<Vec<u8>>>,
-    thread: std::thread::JoinHandle<Result<Vec<String>, String>>,
+    thread: std::thread::JoinHandle<Result<Vec<String>, AnswerError>>,
 }
 
 /// Reads what the session hands over; a sender gone before the end marker
@@ -166,31 +174,35 @@ impl Local for Client {
         self.progress.event(event);
     }
 
-    fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
-        self.credentials
-            .login(host, self.helper_limit)
-            .map_err(|e| e.to_string())
+    fn credentials(
+        &self,
+        host: &str,
+    ) -> Result<Option<kbuild_registry::RegistryLogin>, LocalError> {
+        Ok(self.credentials.login(host, self.helper_limit)?)
     }
 
     fn registry_token(
         &self,
         host: &str,
         request: &kbuild_registry::TokenRequest,
-    ) -> Result<Option<kbuild_registry::RegistryToken>, String> {
+    ) -> Result<Option<kbuild_registry::RegistryToken>, LocalError> {
         // Called on a blocking thread of the session's runtime.
-        tokio::runtime::Handle::current()
-            .block_on(self.tokens.registry_token(host, request))
-            .map(Some)
-            .map_err(|e| e.to_string())
+        let token = tokio::runtime::Handle::current()
+            .block_on(self.tokens.registry_token(host, request))?;
+        Ok(Some(token))
     }
 
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, LocalError> {
         match self.secrets.iter().find(|s| s.id == id).map(|s| &s.source) {
-            Some(SecretSource::File(p)) => std::fs::read(p)
-                .map(Some)
-                .map_err(|e| format!("cannot read {}: {e}", p.display())),
+            Some(SecretSource::File(p)) => match std::fs::read(p) {
+                Ok(data) => Ok(Some(data)),
+                Err(source) => Err(Box::new(AnswerError::SecretFile {
+                    path: p.clone(),
+                    source,
+                })),
+            },
             Some(SecretSource::Env(v)) => Ok(std::env::var_os(v).map(|v| v.into_encoded_bytes())),
-            Some(SecretSource::Provided(p)) => p.0.secret(id),
+            Some(SecretSource::Provided(p)) => Ok(p.0.secret(id)?),
             None => Ok(None),
         }
     }
@@ -205,35 +217,42 @@ impl Local for Client {
         })
     }
 
-    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String> {
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), LocalError> {
         if let Some(l) = self.layouts.as_ref().filter(|l| l.has(output)) {
-            return l.chunk(0, output, data, last).map_err(|e| e.to_string());
+            return Ok(l.chunk(0, output, data, last)?);
         }
-        let mut sinks = self.sinks.lock().map_err(|e| e.to_string())?;
+        Ok(self.write_output(output, data, last)?)
+    }
+}
+
+impl Client {
+    /// Passes a piece of output `output` to its writer (opened at its
+    /// first piece); at the `last`, waits for the writer and keeps its
+    /// notes.
+    fn write_output(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), AnswerError> {
+        let mut sinks = self.sinks.lock().map_err(|_| AnswerError::Poisoned)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {
-            let out = self.outputs.get(output as usize).cloned().ok_or_else(|| {
-                format!("the builder sent output {output}, which was not asked for")
-            })?;
+            let out = self
+                .outputs
+                .get(output as usize)
+                .cloned()
+                .ok_or(AnswerError::NotAsked { output })?;
             slot.insert(open_sink(out));
         }
-        let sink = sinks
-            .get(&output)
-            .ok_or_else(|| "output writer missing".to_string())?;
+        let sink = sinks.get(&output).ok_or(AnswerError::WriterMissing)?;
         if !data.is_empty() {
             sink.tx
                 .send(Some(data))
-                .map_err(|_| "the output writer stopped".to_string())?;
+                .map_err(|_| AnswerError::WriterStopped)?;
         }
         if last {
-            let sink = sinks
-                .remove(&output)
-                .ok_or_else(|| "output writer missing".to_string())?;
+            let sink = sinks.remove(&output).ok_or(AnswerError::WriterMissing)?;
             let _ = sink.tx.send(None);
             drop(sink.tx);
             let notes = sink
                 .thread
                 .join()
-                .map_err(|_| "the output writer panicked".to_string())??;
+                .map_err(|_| AnswerError::WriterPanicked)??;
             if let Ok(mut n) = self.notes.lock() {
                 n.extend(notes);
             }
@@ -244,16 +263,14 @@ impl Local for Client {
 
 fn open_sink(out: Output) -> Sink {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
-    let thread = std::thread::spawn(move || -> Result<Vec<String>, String> {
+    let thread = std::thread::spawn(move || -> Result<Vec<String>, AnswerError> {
         let mut reader = ChannelReader::new(rx);
         let dest = out.dest.clone().unwrap_or_else(|| PathBuf::from("-"));
         let shown = dest.display().to_string();
         if dest == Path::new("-") {
             let mut stdout = std::io::stdout().lock();
-            std::io::copy(&mut reader, &mut stdout).map_err(|e| format!("standard output: {e}"))?;
-            stdout
-                .flush()
-                .map_err(|e| format!("standard output: {e}"))?;
+            std::io::copy(&mut reader, &mut stdout).map_err(AnswerError::Stdout)?;
+            stdout.flush().map_err(AnswerError::Stdout)?;
             return Ok(Vec::new());
         }
         if out.kind == OutputKind::Local {
@@ -261,7 +278,7 @@ fn open_sink(out: Output) -> Sink {
                 preserve_special: out.preserve_special,
             };
             let r = kbuild_solver::outputs::local_from_tar(&mut reader, &dest, apply)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| AnswerError::Filesystem(Box::new(e)))?;
             let mut notes = Vec::new();
             if r.devices_skipped > 0 {
                 notes.push(format!("{shown}: left out {} device node(s); add preserve-special=true to -o type=local to create them", r.devices_skipped));
@@ -280,10 +297,115 @@ fn open_sink(out: Output) -> Sink {
                     source,
                 })
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(AnswerError::File)?;
         Ok(Vec::new())
     });
     Sink { tx, thread }
+}
+
+/// Refuses a `type=local` cache: it is a directory of this machine, which
+/// is not streamed.
+fn refuse_local_cache(req: &BuildRequest, builder: &str) -> Result<(), BuildError> {
+    let local_cache = req
+        .cache_from
+        .iter()
+        .filter(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
+        .map(|c| format!("--cache-from {c}"))
+        .chain(
+            req.cache_to
+                .iter()
+                .filter(|c| {
+                    matches!(
+                        c.destination,
+                        kbuild_solver::remote_cache::CacheDestination::Local { .. }
+                    )
+                })
+                .map(|c| format!("--cache-to {c}")),
+        )
+        .next();
+    match local_cache {
+        Some(flag) => Err(BuildError::LocalCache {
+            flag,
+            builder: builder.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A registry client with the build's credentials and timeouts.
+fn registry_client(
+    req: &BuildRequest,
+    a: &BuildArgs,
+    credentials: &kbuild_registry::Credentials,
+) -> Result<kbuild_registry::Client, BuildError> {
+    kbuild_registry::Client::new(kbuild_registry::ClientOptions {
+        insecure: a.insecure_registries.clone(),
+        credentials: credentials.clone(),
+        timeouts: req.registry_timeouts,
+        ..Default::default()
+    })
+    .map_err(BuildError::Credentials)
+}
+
+/// The BuildStart every node is sent, before its platforms, its build
+/// platform and its op graph.
+fn start_message(
+    req: &BuildRequest,
+    a: &BuildArgs,
+    source_date_epoch: Option<i64>,
+) -> v1::BuildStart {
+    v1::BuildStart {
+        dockerfile: req.dockerfile.clone().into_bytes(),
+        dockerfile_path: req.dockerfile_name.clone(),
+        platforms: req.platforms.iter().map(v1::Platform::from).collect(),
+        build_args: req.build_args.clone().into_iter().collect(),
+        target: req.target.clone().unwrap_or_default(),
+        labels: req.labels.clone().into_iter().collect(),
+        no_cache: a.no_cache,
+        pull: a.pull,
+        outputs: req.outputs.iter().map(Output::daemon_spec).collect(),
+        tags: a.tags.clone(),
+        network: a.network.clone().unwrap_or_default(),
+        allow: if req.allow_insecure {
+            vec!["security.insecure".to_string()]
+        } else {
+            Vec::new()
+        },
+        add_hosts: req
+            .add_hosts
+            .iter()
+            .map(|(h, ip)| format!("{h}={ip}"))
+            .collect(),
+        secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
+        ssh_ids: req.ssh.iter().map(|s| s.id.clone()).collect(),
+        cache_from: a.cache_from.clone(),
+        cache_to: a.cache_to.clone(),
+        source_date_epoch,
+        build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
+        registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
+        insecure_registries: a.insecure_registries.clone(),
+        named_images: req.named_images(),
+        annotations: req.annotations.iter().map(|a| a.to_flag()).collect(),
+        shm_size: req.shm_size,
+        provenance: a.provenance.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The client's own checksum cache of the context, beside the local
+/// store's (the daemon has its own).
+fn client_checksums(
+    req: &BuildRequest,
+    g: &GlobalArgs,
+) -> Option<Arc<kbuild_solver::checksums::ChecksumCache>> {
+    req.context.as_ref().and_then(|dir| {
+        let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        let base = g.root.clone().or_else(kbuild_image::default_root)?;
+        Some(Arc::new(kbuild_solver::checksums::ChecksumCache::load(
+            &base.join("checksums"),
+            &abs,
+        )))
+    })
 }
 
 /// What every build on a remote builder sets up before its session(s):
@@ -316,34 +438,8 @@ impl Setup {
         builder: &str,
         credentials: Option<kbuild_registry::Credentials>,
     ) -> Result<Setup, BuildError> {
-        // A type=local cache is a directory of this machine: not streamed.
-        let local_cache = req
-            .cache_from
-            .iter()
-            .filter(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
-            .map(|c| format!("--cache-from {c}"))
-            .chain(
-                req.cache_to
-                    .iter()
-                    .filter(|c| {
-                        matches!(
-                            c.destination,
-                            kbuild_solver::remote_cache::CacheDestination::Local { .. }
-                        )
-                    })
-                    .map(|c| format!("--cache-to {c}")),
-            )
-            .next();
-        if let Some(flag) = local_cache {
-            return Err(BuildError::Builder(format!(
-                "{flag}: a type=local cache is a directory of this machine, which builder {builder} cannot reach; remote builders import and export type=registry and type=inline caches (or build with --builder local)"
-            )));
-        }
-        let mode = if a.quiet {
-            ProgressMode::Quiet
-        } else {
-            a.progress
-        };
+        refuse_local_cache(req, builder)?;
+        let mode = crate::build::progress_mode(a);
         let credentials = match credentials {
             Some(c) => c,
             None => {
@@ -356,84 +452,19 @@ impl Setup {
         // One registry client per build, with the build's credentials: the
         // planner resolves base images with it and a split build pushes
         // its index with it.
-        let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
-            insecure: a.insecure_registries.clone(),
-            credentials: credentials.clone(),
-            timeouts: req.registry_timeouts,
-            ..Default::default()
-        })
-        .map_err(BuildError::Credentials)?;
+        let registry = registry_client(req, a, &credentials)?;
         let planner = Arc::new(Planner::new(req, a, g, registry.clone())?);
         let source_date_epoch = crate::build::source_date_epoch()?;
         let ignore = crate::build::read_ignore(req)?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| BuildError::Other(format!("start the runtime: {e}")))?;
-        let signals = {
-            let _in_runtime = rt.enter();
-            StopSignals::install()
-                .map_err(|e| BuildError::Other(format!("install the signal handlers: {e}")))?
-        };
+        let (rt, signals) = crate::build::runtime_with_signals()?;
         let progress = progress_renderer(mode);
-        let start = v1::BuildStart {
-            dockerfile: req.dockerfile.clone().into_bytes(),
-            dockerfile_path: req.dockerfile_name.clone(),
-            platforms: req.platforms.iter().map(v1::Platform::from).collect(),
-            build_args: req.build_args.clone().into_iter().collect(),
-            target: req.target.clone().unwrap_or_default(),
-            labels: req.labels.clone().into_iter().collect(),
-            no_cache: a.no_cache,
-            pull: a.pull,
-            outputs: req.outputs.iter().map(spec_of).collect(),
-            tags: a.tags.clone(),
-            network: a.network.clone().unwrap_or_default(),
-            allow: if req.allow_insecure {
-                vec!["security.insecure".to_string()]
-            } else {
-                Vec::new()
-            },
-            add_hosts: req
-                .add_hosts
-                .iter()
-                .map(|(h, ip)| format!("{h}={ip}"))
-                .collect(),
-            secret_ids: req.secrets.iter().map(|s| s.id.clone()).collect(),
-            ssh_ids: req.ssh.iter().map(|s| s.id.clone()).collect(),
-            cache_from: a.cache_from.clone(),
-            cache_to: a.cache_to.clone(),
-            source_date_epoch,
-            build_platform: Some(v1::Platform::from(&kbuild_platform::Platform::host())),
-            registry_timeouts: a.registry_timeout.clone().unwrap_or_default(),
-            insecure_registries: a.insecure_registries.clone(),
-            named_images: req.named_images(),
-            annotations: req.annotations.iter().map(|a| a.to_flag()).collect(),
-            shm_size: req.shm_size,
-            provenance: a.provenance.clone().unwrap_or_default(),
-            ..Default::default()
-        };
-        // The client keeps a checksum cache of its own per context, beside
-        // the local store's (the daemon has its own).
-        let checksums = req.context.as_ref().and_then(|dir| {
-            let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-            let base = g.root.clone().or_else(kbuild_image::default_root)?;
-            Some(Arc::new(kbuild_solver::checksums::ChecksumCache::load(
-                &base.join("checksums"),
-                &abs,
-            )))
-        });
-        let tokens = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
-            insecure: a.insecure_registries.clone(),
-            credentials: credentials.clone(),
-            timeouts: req.registry_timeouts,
-            ..Default::default()
-        })
-        .map_err(BuildError::Credentials)?;
+        let start = start_message(req, a, source_date_epoch);
+        let checksums = client_checksums(req, g);
         let client = Arc::new(Client {
             progress,
+            tokens: registry_client(req, a, &credentials)?,
             credentials,
             helper_limit: req.registry_timeouts.helper,
-            tokens,
             secrets: req.secrets.clone(),
             ssh: req.ssh.clone(),
             outputs: req.outputs.clone(),
@@ -527,20 +558,7 @@ pub(crate) fn single(
     dialer: &dyn kbuild_driver::Dialer,
     build_platform: Option<&kbuild_platform::Platform>,
 ) -> Result<(), BuildError> {
-    let mut start = setup.start.clone();
-    if let Some(p) = build_platform {
-        start.build_platform = Some(v1::Platform::from(p));
-    }
-    // The graph of the whole build, planned for the build platform sent.
-    let build_platform = build_platform
-        .cloned()
-        .unwrap_or_else(kbuild_platform::Platform::host);
-    setup
-        .rt
-        .block_on(setup.planner.resolve(std::slice::from_ref(&build_platform)));
-    setup
-        .planner
-        .apply(&mut start, &build_platform, &req.platforms)?;
+    let start = planned_start(&setup, &req, build_platform)?;
     let warnings = setup.planner.clone();
     let context = setup.context(&req);
     let signals = &mut setup.signals;
@@ -558,30 +576,9 @@ pub(crate) fn single(
     ));
     let (mode, client, started) = setup.finish(&req);
     let done = outcome.map_err(|e| BuildError::Remote(Box::new(e)))?;
-    if !done.error.is_empty() {
-        if !done.entitlement.is_empty() {
-            return Err(BuildError::Builder(format!(
-                "{}; pass --allow {} to grant it",
-                done.error, done.entitlement
-            )));
-        }
-        return Err(BuildError::Builder(format!(
-            "builder {name}: {}",
-            done.error
-        )));
-    }
+    check_done(name, &done)?;
     if let Some(layouts) = &client.layouts {
-        let root = done.root.clone().unwrap_or_default();
-        let digest = kbuild_image::Digest::parse(&root.digest).map_err(|e| {
-            BuildError::Builder(format!("builder {name} sent a bad root digest: {e}"))
-        })?;
-        let root = kbuild_image::Descriptor::new(root.media_type, digest, root.size.max(0) as u64);
-        layouts
-            .finish(
-                &[(0, name.to_string(), Vec::new())],
-                &Root::Streamed(Box::new(root)),
-            )
-            .map_err(output_error)?;
+        write_layout(layouts, name, &done)?;
     }
     print_warnings(&warnings, &done.warnings);
     let root = done.root.clone().unwrap_or_default();
@@ -601,6 +598,82 @@ pub(crate) fn single(
         }
         return Ok(());
     }
+    print_summary(&req, name, &digest, &done, &client, started);
+    Ok(())
+}
+
+/// The start message of a one-session build: the graph of the whole
+/// build, planned for the build platform sent.
+fn planned_start(
+    setup: &Setup,
+    req: &BuildRequest,
+    build_platform: Option<&kbuild_platform::Platform>,
+) -> Result<v1::BuildStart, BuildError> {
+    let mut start = setup.start.clone();
+    if let Some(p) = build_platform {
+        start.build_platform = Some(v1::Platform::from(p));
+    }
+    let build_platform = build_platform
+        .cloned()
+        .unwrap_or_else(kbuild_platform::Platform::host);
+    setup
+        .rt
+        .block_on(setup.planner.resolve(std::slice::from_ref(&build_platform)));
+    setup
+        .planner
+        .apply(&mut start, &build_platform, &req.platforms)?;
+    Ok(start)
+}
+
+/// The daemon's verdict on the build: its error, if it reported one.
+fn check_done(name: &str, done: &v1::BuildDone) -> Result<(), BuildError> {
+    if done.error.is_empty() {
+        return Ok(());
+    }
+    if !done.entitlement.is_empty() {
+        return Err(BuildError::FailedEntitlement {
+            error: done.error.clone(),
+            entitlement: done.entitlement.clone(),
+        });
+    }
+    Err(BuildError::Failed {
+        builder: name.to_string(),
+        error: done.error.clone(),
+    })
+}
+
+/// Writes the `type=oci,tar=false` layout of the blobs node `name`
+/// streamed, under the root it reported.
+fn write_layout(
+    layouts: &SplitOutputs,
+    name: &str,
+    done: &v1::BuildDone,
+) -> Result<(), BuildError> {
+    let root = done.root.clone().unwrap_or_default();
+    let digest =
+        kbuild_image::Digest::parse(&root.digest).map_err(|source| BuildError::BadRoot {
+            builder: name.to_string(),
+            source,
+        })?;
+    let root = kbuild_image::Descriptor::new(root.media_type, digest, root.size.max(0) as u64);
+    layouts
+        .finish(
+            &[(0, name.to_string(), Vec::new())],
+            &Root::Streamed(Box::new(root)),
+        )
+        .map_err(output_error)?;
+    Ok(())
+}
+
+/// What the one-session build on builder `name` did, one `=>` line each.
+fn print_summary(
+    req: &BuildRequest,
+    name: &str,
+    digest: &str,
+    done: &v1::BuildDone,
+    client: &Client,
+    started: Instant,
+) {
     let platforms: Vec<String> = done
         .manifests
         .iter()
@@ -641,7 +714,6 @@ pub(crate) fn single(
             eprintln!("=> {n}");
         }
     }
-    Ok(())
 }
 
 /// The plan's warnings (made here) and a daemon's (when it planned), each

@@ -335,14 +335,23 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
     struct OldClient(kbuild_registry::RegistryLogin);
     impl kbuild_driver::session::Local for OldClient {
         fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(&self, _: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+        fn credentials(
+            &self,
+            _: &str,
+        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
+        {
             Ok(Some(self.0.clone()))
         }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
             Ok(None)
         }
-        fn result(&self, output: u32, _: Vec<u8>, _: bool) -> Result<(), String> {
-            Err(format!("no output was streamed, got {output}"))
+        fn result(
+            &self,
+            output: u32,
+            _: Vec<u8>,
+            _: bool,
+        ) -> Result<(), kbuild_driver::session::LocalError> {
+            Err(format!("no output was streamed, got {output}").into())
         }
     }
     let env = Env::new();

@@ -1077,14 +1077,23 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
     struct Quiet;
     impl kbuild_driver::session::Local for Quiet {
         fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(&self, _: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+        fn credentials(
+            &self,
+            _: &str,
+        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
+        {
             Ok(None)
         }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
             Ok(None)
         }
-        fn result(&self, output: u32, _: Vec<u8>, _: bool) -> Result<(), String> {
-            Err(format!("no output was asked for, got {output}"))
+        fn result(
+            &self,
+            output: u32,
+            _: Vec<u8>,
+            _: bool,
+        ) -> Result<(), kbuild_driver::session::LocalError> {
+            Err(format!("no output was asked for, got {output}").into())
         }
     }
     let env = common::client();
@@ -1291,17 +1300,26 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
     struct Silent(std::sync::mpsc::SyncSender<()>);
     impl kbuild_driver::session::Local for Silent {
         fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(&self, _: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String> {
+        fn credentials(
+            &self,
+            _: &str,
+        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
+        {
             // Asked: tell the test, which cancels the build, and never answer.
             let _ = self.0.try_send(());
             std::thread::sleep(Duration::from_secs(3));
             Err("not answered".into())
         }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, String> {
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
             Ok(None)
         }
-        fn result(&self, output: u32, _: Vec<u8>, _: bool) -> Result<(), String> {
-            Err(format!("no output was asked for, got {output}"))
+        fn result(
+            &self,
+            output: u32,
+            _: Vec<u8>,
+            _: bool,
+        ) -> Result<(), kbuild_driver::session::LocalError> {
+            Err(format!("no output was asked for, got {output}").into())
         }
     }
     let Some(registry) = kbuild_testkit::fixtures::started(

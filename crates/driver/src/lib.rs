@@ -207,14 +207,22 @@ pub enum Error {
         /// The daemon's message.
         reason: String,
     },
-    /// The session could not go on (a result could not be written, the
-    /// context could not be sent).
+    /// A builder's node could not be used, for a reason it gave as text.
     #[error("build on builder {builder}: {reason}")]
     Session {
         /// The builder.
         builder: String,
         /// Why.
         reason: String,
+    },
+    /// The session could not go on on this side (a result could not be
+    /// written, the context could not be sent).
+    #[error("build on builder {builder}: {source}")]
+    ClientSide {
+        /// The builder.
+        builder: String,
+        /// Why.
+        source: session::ClientError,
     },
     /// A context file could not be read.
     #[error("build context {path}: {source}")]

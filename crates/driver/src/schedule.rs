@@ -414,9 +414,24 @@ mod tests {
             .collect()
     }
 
+    /// Schedules every case and checks the answer, and that the same
+    /// inputs give the same answer.
+    fn check(cases: Vec<Case>) {
+        for c in cases {
+            let targets = platforms(c.targets);
+            let exec = exec_of(c.dockerfile, &targets, &c.nodes);
+            let got = schedule("bx", &c.nodes, &targets, &exec)
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            assert_eq!(render(&c.nodes, &got), c.want, "{}", c.name);
+            // The same inputs give the same answer.
+            let again = schedule("bx", &c.nodes, &targets, &exec).unwrap();
+            assert_eq!(got, again, "{}", c.name);
+        }
+    }
+
     #[test]
-    fn table() {
-        let cases = vec![
+    fn native_and_emulated_table() {
+        check(vec![
             Case {
                 name: "mixed cluster: each platform goes to the node that runs it natively",
                 dockerfile: RUNS,
@@ -432,6 +447,36 @@ mod tests {
                     "linux/arm/v7 b native",
                 ],
             },
+            Case {
+                name: "emulation when no node is native, least loaded first",
+                dockerfile: RUNS,
+                targets: "linux/arm64,linux/s390x,linux/amd64",
+                nodes: vec![
+                    node("a", "linux/amd64", "linux/arm64,linux/s390x", 2.0, 2),
+                    node("b", "linux/amd64", "linux/arm64", 2.0, 0),
+                ],
+                want: &[
+                    "linux/arm64 b emulated",
+                    "linux/s390x a emulated",
+                    "linux/amd64 b native",
+                ],
+            },
+            Case {
+                name: "a native node is preferred over a less loaded emulating one",
+                dockerfile: RUNS,
+                targets: "linux/arm64",
+                nodes: vec![
+                    node("a", "linux/amd64", "linux/arm64", 8.0, 0),
+                    node("b", "linux/arm64", "", 0.0, 5),
+                ],
+                want: &["linux/arm64 b native"],
+            },
+        ]);
+    }
+
+    #[test]
+    fn cross_table() {
+        check(vec![
             Case {
                 name: "cross-only over two amd64 nodes: seven platforms spread, natives first",
                 dockerfile: CROSS,
@@ -483,30 +528,6 @@ mod tests {
                 ],
             },
             Case {
-                name: "emulation when no node is native, least loaded first",
-                dockerfile: RUNS,
-                targets: "linux/arm64,linux/s390x,linux/amd64",
-                nodes: vec![
-                    node("a", "linux/amd64", "linux/arm64,linux/s390x", 2.0, 2),
-                    node("b", "linux/amd64", "linux/arm64", 2.0, 0),
-                ],
-                want: &[
-                    "linux/arm64 b emulated",
-                    "linux/s390x a emulated",
-                    "linux/amd64 b native",
-                ],
-            },
-            Case {
-                name: "a native node is preferred over a less loaded emulating one",
-                dockerfile: RUNS,
-                targets: "linux/arm64",
-                nodes: vec![
-                    node("a", "linux/amd64", "linux/arm64", 8.0, 0),
-                    node("b", "linux/arm64", "", 0.0, 5),
-                ],
-                want: &["linux/arm64 b native"],
-            },
-            Case {
                 name: "COPY-only targets run nothing: any node, spread",
                 dockerfile: "FROM scratch\nCOPY a /a\n",
                 targets: "linux/riscv64,windows/amd64,linux/mips64le",
@@ -520,17 +541,7 @@ mod tests {
                     "linux/mips64le a cross",
                 ],
             },
-        ];
-        for c in cases {
-            let targets = platforms(c.targets);
-            let exec = exec_of(c.dockerfile, &targets, &c.nodes);
-            let got = schedule("bx", &c.nodes, &targets, &exec)
-                .unwrap_or_else(|e| panic!("{}: {e}", c.name));
-            assert_eq!(render(&c.nodes, &got), c.want, "{}", c.name);
-            // The same inputs give the same answer.
-            let again = schedule("bx", &c.nodes, &targets, &exec).unwrap();
-            assert_eq!(got, again, "{}", c.name);
-        }
+        ]);
     }
 
     #[test]

@@ -6,19 +6,22 @@
 //! send Cancel when asked to.
 
 use crate::config::Node;
-use crate::connect::Dialer;
+use crate::connect::{Dialer, NodeInfo};
 use crate::Error;
 use kbuild_proto::v1::{
     self, build_client_message::Message as Out, build_server_message::Message as In,
 };
 use kbuild_proto::Endpoint;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
 
 /// Entries in one ContextManifest message.
 const MANIFEST_BATCH: usize = 1000;
@@ -37,12 +40,18 @@ pub struct ContextSource {
     pub checksums: Option<Arc<kbuild_solver::checksums::ChecksumCache>>,
 }
 
+/// Why the client side could not answer or take something: the daemon
+/// gets its text ([`Local::credentials`], [`Local::secret`]), or the
+/// session ends with it ([`Local::result`]).
+pub type LocalError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What the session asks of the client side.
 pub trait Local: Send + Sync + 'static {
     /// One progress event (render it).
     fn progress(&self, event: v1::ProgressEvent);
     /// Registry credentials for `host`. Blocking is fine (helpers run).
-    fn credentials(&self, host: &str) -> Result<Option<kbuild_registry::RegistryLogin>, String>;
+    fn credentials(&self, host: &str)
+        -> Result<Option<kbuild_registry::RegistryLogin>, LocalError>;
     /// A registry token for `request` (the Bearer challenge `host` gave the
     /// daemon, and the scopes it needs), got with this side's own
     /// credentials, so that the daemon never holds the login. `Ok(None)`:
@@ -52,19 +61,59 @@ pub trait Local: Send + Sync + 'static {
         &self,
         _host: &str,
         _request: &kbuild_registry::TokenRequest,
-    ) -> Result<Option<kbuild_registry::RegistryToken>, String> {
+    ) -> Result<Option<kbuild_registry::RegistryToken>, LocalError> {
         Ok(None)
     }
     /// A `--secret` value (`None`: no such secret). Blocking is fine.
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, LocalError>;
     /// A piece of output `output` (index into the outputs sent); `last`
     /// ends it. Blocking is fine.
-    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), String>;
+    fn result(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), LocalError>;
     /// The agent socket of `--ssh` id `id` (`None`: the build was given no
     /// such agent; the daemon's RUN then sees the connection closed).
     fn ssh_agent(&self, _id: &str) -> Option<PathBuf> {
         None
     }
+}
+
+/// What broke a session on the client's side ([`Error::ClientSide`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The context walk's thread failed.
+    #[error("walk the context: {0}")]
+    Walk(#[source] JoinError),
+    /// The list of the context's files could not be searched.
+    #[error("read the list of context files: {0}")]
+    Listing(#[source] std::io::Error),
+    /// The search of that list did not finish.
+    #[error("read the list of context files: {0}")]
+    ListingTask(#[source] JoinError),
+    /// The daemon asked for a content the context does not have.
+    #[error("the builder asked for {digest}, which the context does not hold")]
+    NotInContext {
+        /// The content asked for.
+        digest: String,
+    },
+    /// A context file could not be read to send it.
+    #[error("{}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The session's stream closed while a file was sent.
+    #[error("the session ended")]
+    Ended,
+    /// The task sending the contents failed.
+    #[error("{0}")]
+    Sender(#[source] JoinError),
+    /// A streamed output could not be taken ([`Local::result`]).
+    #[error("{0}")]
+    Output(#[source] LocalError),
+    /// The thread taking a streamed output failed.
+    #[error("{0}")]
+    OutputTask(#[source] JoinError),
 }
 
 /// Runs one build on `node` of `builder` to its end: `Ok(done)` when the
@@ -80,7 +129,41 @@ pub async fn build(
     interrupt: impl Future<Output = ()>,
 ) -> Result<v1::BuildDone, Error> {
     let endpoint = Endpoint::parse(&node.endpoint).map_err(|e| Error::Endpoint(Box::new(e)))?;
-    if let Some(c) = &context {
+    describe_context(&mut start, context.as_ref());
+    let (tx, rx) = mpsc::channel::<v1::BuildClientMessage>(8);
+    // The context is walked while the connection and the stream open, its
+    // entries sent in batches as the walk goes (the bounded channels keep
+    // them in step); they follow the start message, which waits for the
+    // daemon's protocol.
+    let root = context.as_ref().map(|c| c.dir.clone()).unwrap_or_default();
+    let (walk, listed) = Walk::start(context)?;
+    let (channel, info) = dialer.dial(builder, node, Duration::from_secs(10)).await?;
+    check_protocol(builder, &endpoint, &info)?;
+    choose_plan_form(&mut start, info.protocol);
+    send_message(&tx, Out::Start(start)).await;
+    let walker = walk.forward(tx.clone());
+    let mut session = Session {
+        builder,
+        endpoint,
+        host: info.hostname,
+        tx,
+        local,
+        ssh_streams: HashMap::new(),
+    };
+    let mut client =
+        v1::builder_client::BuilderClient::new(channel).max_decoding_message_size(16 << 20);
+    let inbound = client
+        .build(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|status| session.lost(status))?
+        .into_inner();
+    let contents = Contents::start(listed, root, session.tx.clone());
+    session.receive(inbound, walker, contents, interrupt).await
+}
+
+/// Fills in what the daemon is told of the client and its context.
+fn describe_context(start: &mut v1::BuildStart, context: Option<&ContextSource>) {
+    if let Some(c) = context {
         start.has_context = true;
         start.context_path = std::fs::canonicalize(&c.dir)
             .unwrap_or_else(|_| c.dir.clone())
@@ -95,330 +178,426 @@ pub async fn build(
     start.client_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    let (tx, rx) = mpsc::channel::<v1::BuildClientMessage>(8);
-    let send = |m: Out| {
-        let tx = tx.clone();
-        async move {
-            tx.send(v1::BuildClientMessage { message: Some(m) })
-                .await
-                .is_ok()
-        }
-    };
-    // The context is walked while the connection and the stream open, its entries sent in
-    // batches as the walk goes (the bounded channels keep them in step);
-    // they follow the start message, which waits for the daemon's protocol.
-    let (walk_tx, mut walk_rx) = mpsc::channel::<v1::BuildClientMessage>(8);
-    // Where each content is, by digest, for the daemon's FileRequests: on
-    // disk, written before the entries' batch is sent.
-    let root = context.as_ref().map(|c| c.dir.clone()).unwrap_or_default();
-    let (mut listing, mut listed) = listing().map_err(|source| Error::Context {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let mut walker = {
-        let tx = walk_tx;
+}
+
+/// Refuses a daemon too old to build.
+fn check_protocol(builder: &str, endpoint: &Endpoint, info: &NodeInfo) -> Result<(), Error> {
+    if info.protocol >= kbuild_proto::BUILD_PROTOCOL {
+        return Ok(());
+    }
+    Err(Error::Protocol {
+        builder: builder.to_string(),
+        endpoint: endpoint.clone(),
+        daemon: info.protocol,
+        client: kbuild_proto::PROTOCOL_VERSION,
+        advice: "building needs protocol 2: upgrade kubectl-build on the builder's machine and restart \"kubectl-build serve\"",
+    })
+}
+
+/// A daemon of protocol 3 gets the planned graph and not the Dockerfile;
+/// an older one the Dockerfile, which it plans itself.
+fn choose_plan_form(start: &mut v1::BuildStart, protocol: u32) {
+    if protocol >= kbuild_proto::GRAPH_PROTOCOL && !start.graph.is_empty() {
+        start.dockerfile.clear();
+    } else {
+        start.graph.clear();
+    }
+}
+
+/// Sends `m` on the session's stream; a closed stream is noticed by the
+/// receiving side, which says why.
+async fn send_message(tx: &mpsc::Sender<v1::BuildClientMessage>, m: Out) {
+    let _ = tx.send(v1::BuildClientMessage { message: Some(m) }).await;
+}
+
+/// The context walk, on a blocking thread: its manifest batches, and the
+/// walk's end.
+struct Walk {
+    batches: mpsc::Receiver<v1::BuildClientMessage>,
+    walker: JoinHandle<Result<(), Error>>,
+}
+
+impl Walk {
+    /// Starts walking `context` (nothing to walk without one: one empty,
+    /// complete manifest). Where each content is, by digest, for the
+    /// daemon's FileRequests, goes to the returned [`Listed`]: on disk,
+    /// written before the entries' batch is sent.
+    fn start(context: Option<ContextSource>) -> Result<(Walk, Listed), Error> {
+        let (listing, listed) = listing().map_err(|source| Error::Context {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let (tx, batches) = mpsc::channel::<v1::BuildClientMessage>(8);
         let context = context.map(|c| (c.dir, c.ignore.map(|(m, _)| m), c.checksums));
-        tokio::task::spawn_blocking(move || -> Result<(), Error> {
-            let mut batch = Vec::with_capacity(MANIFEST_BATCH);
-            let mut failed = None;
-            let mut emit = |entry: Option<(v1::ContextEntry, PathBuf)>| -> bool {
-                if failed.is_some() {
-                    return false;
-                }
-                let last = entry.is_none();
-                if let Some((e, _)) = entry {
-                    if let Err(e) = listing.add(&e) {
-                        failed = Some(e);
-                        return false;
-                    }
-                    batch.push(e);
-                }
-                if last || batch.len() == MANIFEST_BATCH {
-                    if let Err(e) = listing.flush() {
-                        failed = Some(e);
-                        return false;
-                    }
-                    let m = Out::Manifest(v1::ContextManifest {
-                        entries: std::mem::take(&mut batch),
-                        complete: last,
-                    });
-                    return tx
-                        .blocking_send(v1::BuildClientMessage { message: Some(m) })
-                        .is_ok();
-                }
-                true
+        let walker = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+            let mut batcher = Batcher {
+                batch: Vec::with_capacity(MANIFEST_BATCH),
+                listing,
+                tx,
+                failed: None,
             };
+            let mut emit = |entry| batcher.emit(entry);
             if let Some((dir, ignore, checksums)) = &context {
                 walk_dir(dir, "", ignore.as_ref(), checksums.as_deref(), &mut emit)?;
             }
             emit(None);
-            match failed {
+            match batcher.failed {
                 Some(source) => Err(Error::Context {
                     path: std::env::temp_dir(),
                     source,
                 }),
                 None => Ok(()),
             }
-        })
-    };
-    let (channel, info) = dialer.dial(builder, node, Duration::from_secs(10)).await?;
-    if info.protocol < kbuild_proto::BUILD_PROTOCOL {
-        return Err(Error::Protocol {
-            builder: builder.to_string(),
-            endpoint,
-            daemon: info.protocol,
-            client: kbuild_proto::PROTOCOL_VERSION,
-            advice: "building needs protocol 2: upgrade kubectl-build on the builder's machine and restart \"kubectl-build serve\"",
         });
+        Ok((Walk { batches, walker }, listed))
     }
-    // A daemon of protocol 3 gets the planned graph and not the Dockerfile;
-    // an older one the Dockerfile, which it plans itself.
-    if info.protocol >= kbuild_proto::GRAPH_PROTOCOL && !start.graph.is_empty() {
-        start.dockerfile.clear();
-    } else {
-        start.graph.clear();
-    }
-    send(Out::Start(start)).await;
-    {
-        let tx = tx.clone();
+
+    /// Passes the manifest batches on to the session's stream; returns
+    /// the walk's end.
+    fn forward(self, tx: mpsc::Sender<v1::BuildClientMessage>) -> JoinHandle<Result<(), Error>> {
+        let mut batches = self.batches;
         tokio::spawn(async move {
-            while let Some(m) = walk_rx.recv().await {
+            while let Some(m) = batches.recv().await {
                 if tx.send(m).await.is_err() {
                     break;
                 }
             }
         });
+        self.walker
     }
-    let lost = |status: tonic::Status| Error::Lost {
-        builder: builder.to_string(),
-        endpoint: endpoint.clone(),
-        host: info.hostname.clone(),
-        source: Box::new(status),
-    };
-    let mut client = kbuild_proto::v1::builder_client::BuilderClient::new(channel)
-        .max_decoding_message_size(16 << 20);
-    let mut inbound = client
-        .build(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(lost)?
-        .into_inner();
-    // Contents go out in the order asked, one sender task after another.
-    let (files_tx, mut files_rx) = mpsc::unbounded_channel::<Vec<String>>();
-    let content_tx = tx.clone();
-    let mut file_sender = tokio::spawn(async move {
-        while let Some(digests) = files_rx.recv().await {
-            // One request's paths looked up at once, off the async threads.
-            let (back, found) = tokio::task::spawn_blocking(move || {
-                let found: Vec<_> = digests
-                    .into_iter()
-                    .map(|d| listed.find(&d).map(|rel| (d, rel)))
-                    .collect();
-                (listed, found)
-            })
-            .await
-            .map_err(|e| format!("read the list of context files: {e}"))?;
-            listed = back;
-            for f in found {
-                let (d, rel) = f.map_err(|e| format!("read the list of context files: {e}"))?;
-                let Some(rel) = rel else {
-                    return Err(format!(
-                        "the builder asked for {d}, which the context does not hold"
-                    ));
-                };
-                send_file(&content_tx, &d, &root.join(rel)).await?;
-            }
+}
+
+/// Gathers the walk's entries into ContextManifest batches, listing each
+/// file before its batch goes out.
+struct Batcher {
+    batch: Vec<v1::ContextEntry>,
+    listing: Listing,
+    tx: mpsc::Sender<v1::BuildClientMessage>,
+    /// Why the listing could not be written (the walk stops).
+    failed: Option<std::io::Error>,
+}
+
+impl Batcher {
+    /// Takes one entry (`None`: the walk is complete); false stops the walk.
+    fn emit(&mut self, entry: Option<(v1::ContextEntry, PathBuf)>) -> bool {
+        if self.failed.is_some() {
+            return false;
         }
-        Ok(())
-    });
-    tokio::pin!(interrupt);
-    // `--ssh` connections the daemon relays, by stream number.
-    let mut ssh_streams: std::collections::HashMap<u32, mpsc::UnboundedSender<v1::SshData>> =
-        std::collections::HashMap::new();
-    let mut cancelled = false;
-    let mut sender_done = false;
-    let mut walked = false;
-    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    loop {
-        let message = tokio::select! {
-            m = inbound.message() => m,
-            _ = &mut interrupt, if !cancelled => {
-                cancelled = true;
-                send(Out::Cancel(v1::Cancel {})).await;
-                deadline = Some(Box::pin(tokio::time::sleep(CANCEL_GRACE)));
-                continue;
+        let last = entry.is_none();
+        if let Some((e, _)) = entry {
+            if let Err(e) = self.listing.add(&e) {
+                self.failed = Some(e);
+                return false;
             }
-            w = &mut walker, if !walked => {
-                walked = true;
-                match w {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => return Err(Error::Session { builder: builder.to_string(), reason: format!("walk the context: {e}") }),
+            self.batch.push(e);
+        }
+        if !last && self.batch.len() < MANIFEST_BATCH {
+            return true;
+        }
+        if let Err(e) = self.listing.flush() {
+            self.failed = Some(e);
+            return false;
+        }
+        let m = Out::Manifest(v1::ContextManifest {
+            entries: std::mem::take(&mut self.batch),
+            complete: last,
+        });
+        self.tx
+            .blocking_send(v1::BuildClientMessage { message: Some(m) })
+            .is_ok()
+    }
+}
+
+/// The contents the daemon asks for: they go out in the order asked, one
+/// request after another.
+struct Contents {
+    requests: mpsc::UnboundedSender<Vec<String>>,
+    sender: JoinHandle<Result<(), ClientError>>,
+}
+
+impl Contents {
+    /// Starts the sender of the contents listed in `listed`, under `root`.
+    fn start(listed: Listed, root: PathBuf, tx: mpsc::Sender<v1::BuildClientMessage>) -> Contents {
+        let (requests, asked) = mpsc::unbounded_channel::<Vec<String>>();
+        let sender = tokio::spawn(send_contents(listed, root, asked, tx));
+        Contents { requests, sender }
+    }
+}
+
+/// Sends the contents of each request of `asked`, found in `listed`.
+async fn send_contents(
+    mut listed: Listed,
+    root: PathBuf,
+    mut asked: mpsc::UnboundedReceiver<Vec<String>>,
+    tx: mpsc::Sender<v1::BuildClientMessage>,
+) -> Result<(), ClientError> {
+    while let Some(digests) = asked.recv().await {
+        // One request's paths looked up at once, off the async threads.
+        let (back, found) = tokio::task::spawn_blocking(move || {
+            let found: Vec<_> = digests
+                .into_iter()
+                .map(|d| listed.find(&d).map(|rel| (d, rel)))
+                .collect();
+            (listed, found)
+        })
+        .await
+        .map_err(ClientError::ListingTask)?;
+        listed = back;
+        for f in found {
+            let (digest, rel) = f.map_err(ClientError::Listing)?;
+            let Some(rel) = rel else {
+                return Err(ClientError::NotInContext { digest });
+            };
+            send_file(&tx, &digest, &root.join(rel)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One session's state while it receives the daemon's messages.
+struct Session<'a> {
+    builder: &'a str,
+    endpoint: Endpoint,
+    /// The node's host name (from Info).
+    host: String,
+    tx: mpsc::Sender<v1::BuildClientMessage>,
+    local: Arc<dyn Local>,
+    /// `--ssh` connections the daemon relays, by stream number.
+    ssh_streams: HashMap<u32, mpsc::UnboundedSender<v1::SshData>>,
+}
+
+/// What stopped waiting for the daemon's next message.
+enum Wake {
+    Message(Result<Option<v1::BuildServerMessage>, tonic::Status>),
+    /// Anything else handled; wait again.
+    Again,
+}
+
+impl Session<'_> {
+    /// The connection broke with `status`.
+    fn lost(&self, status: tonic::Status) -> Error {
+        Error::Lost {
+            builder: self.builder.to_string(),
+            endpoint: self.endpoint.clone(),
+            host: self.host.clone(),
+            source: Box::new(status),
+        }
+    }
+
+    fn client_side(&self, source: ClientError) -> Error {
+        Error::ClientSide {
+            builder: self.builder.to_string(),
+            source,
+        }
+    }
+
+    /// Takes the daemon's messages until its BuildDone, while the walk and
+    /// the contents' sender run; `interrupt` sends Cancel and gives the
+    /// daemon [`CANCEL_GRACE`] to end the build.
+    async fn receive(
+        &mut self,
+        mut inbound: tonic::Streaming<v1::BuildServerMessage>,
+        mut walker: JoinHandle<Result<(), Error>>,
+        mut contents: Contents,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<v1::BuildDone, Error> {
+        tokio::pin!(interrupt);
+        let mut cancelled = false;
+        let mut sender_done = false;
+        let mut walked = false;
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let wake = tokio::select! {
+                m = inbound.message() => Wake::Message(m),
+                _ = &mut interrupt, if !cancelled => {
+                    cancelled = true;
+                    send_message(&self.tx, Out::Cancel(v1::Cancel {})).await;
+                    deadline = Some(Box::pin(tokio::time::sleep(CANCEL_GRACE)));
+                    Wake::Again
                 }
-            }
-            sent = &mut file_sender, if !sender_done => {
-                sender_done = true;
-                match sent {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(reason)) => return Err(Error::Session { builder: builder.to_string(), reason }),
-                    Err(e) => return Err(Error::Session { builder: builder.to_string(), reason: e.to_string() }),
+                w = &mut walker, if !walked => {
+                    walked = true;
+                    w.map_err(|e| self.client_side(ClientError::Walk(e)))??;
+                    Wake::Again
                 }
+                sent = &mut contents.sender, if !sender_done => {
+                    sender_done = true;
+                    sent.map_err(ClientError::Sender)
+                        .and_then(|r| r)
+                        .map_err(|e| self.client_side(e))?;
+                    Wake::Again
+                }
+                _ = async { if let Some(d) = deadline.as_mut() { d.await } else { std::future::pending().await } } => {
+                    return Err(Error::Cancelled { builder: self.builder.to_string() });
+                }
+            };
+            let message = match wake {
+                Wake::Again => continue,
+                Wake::Message(Ok(Some(v1::BuildServerMessage { message: Some(m) }))) => m,
+                Wake::Message(Ok(Some(_))) => continue,
+                Wake::Message(Ok(None)) => {
+                    return Err(self.lost(tonic::Status::unavailable(
+                        "the builder closed the stream before the build ended",
+                    )))
+                }
+                Wake::Message(Err(status)) => return Err(self.lost(status)),
+            };
+            if let In::Done(done) = message {
+                contents.sender.abort();
+                walker.abort();
+                return self.finish(done, cancelled);
             }
-            _ = async { if let Some(d) = deadline.as_mut() { d.await } else { std::future::pending().await } } => {
-                return Err(Error::Cancelled { builder: builder.to_string() });
-            }
-        };
-        let message = match message {
-            Ok(Some(v1::BuildServerMessage { message: Some(m) })) => m,
-            Ok(Some(_)) => continue,
-            Ok(None) => {
-                return Err(lost(tonic::Status::unavailable(
-                    "the builder closed the stream before the build ended",
-                )))
-            }
-            Err(status) => return Err(lost(status)),
-        };
+            self.handle(message, &contents).await?;
+        }
+    }
+
+    /// Answers or takes one message of the daemon (not its BuildDone).
+    async fn handle(&mut self, message: In, contents: &Contents) -> Result<(), Error> {
         match message {
             In::FileRequest(r) => {
-                let _ = files_tx.send(r.digests);
+                let _ = contents.requests.send(r.digests);
             }
-            In::Progress(p) => local.progress(p),
+            In::Progress(p) => self.local.progress(p),
             In::CredentialsRequest(r) => {
-                let local = local.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut resp = v1::CredentialsResponse {
-                        host: r.host.clone(),
-                        id: r.id,
-                        ..Default::default()
-                    };
-                    // A Bearer challenge: a token for exactly the scopes
-                    // asked, so that the login stays here.
-                    if !r.realm.is_empty() {
-                        let request = kbuild_registry::TokenRequest {
-                            realm: r.realm,
-                            service: (!r.service.is_empty()).then_some(r.service),
-                            scopes: r.scopes,
-                        };
-                        let (local, host) = (local.clone(), r.host.clone());
-                        let token = tokio::task::spawn_blocking(move || {
-                            local.registry_token(&host, &request)
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
-                        let done = match token {
-                            Ok(Some(t)) => {
-                                resp.registry_token = t.token;
-                                resp.expires_in_seconds = t.expires_in.as_secs().max(1);
-                                true
-                            }
-                            Ok(None) => false,
-                            Err(e) => {
-                                resp.error = e;
-                                true
-                            }
-                        };
-                        if done {
-                            let _ = tx
-                                .send(v1::BuildClientMessage {
-                                    message: Some(Out::Credentials(resp)),
-                                })
-                                .await;
-                            return;
-                        }
-                    }
-                    let host = r.host.clone();
-                    let answer = tokio::task::spawn_blocking(move || local.credentials(&host))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
-                    match answer {
-                        Ok(Some(l)) => {
-                            resp.username = l.username.unwrap_or_default();
-                            resp.secret = l.password.unwrap_or_default();
-                            resp.token = l.identity_token.unwrap_or_default();
-                        }
-                        Ok(None) => {}
-                        Err(e) => resp.error = e,
-                    }
-                    let _ = tx
-                        .send(v1::BuildClientMessage {
-                            message: Some(Out::Credentials(resp)),
-                        })
-                        .await;
-                });
+                tokio::spawn(answer_credentials(self.local.clone(), r, self.tx.clone()));
             }
             In::SecretRequest(r) => {
-                let local = local.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let id = r.id.clone();
-                    let answer = tokio::task::spawn_blocking(move || local.secret(&id))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
-                    let mut resp = v1::SecretResponse {
-                        id: r.id,
-                        request: r.request,
-                        ..Default::default()
-                    };
-                    match answer {
-                        Ok(Some(data)) => resp.data = data,
-                        Ok(None) => resp.missing = true,
-                        Err(e) => resp.error = e,
-                    }
-                    let _ = tx
-                        .send(v1::BuildClientMessage {
-                            message: Some(Out::Secret(resp)),
-                        })
-                        .await;
-                });
+                tokio::spawn(answer_secret(self.local.clone(), r, self.tx.clone()));
             }
             In::SshOpen(o) => {
-                let agent = local.ssh_agent(&o.id);
+                let agent = self.local.ssh_agent(&o.id);
                 let (to_agent, from_daemon) = mpsc::unbounded_channel();
-                ssh_streams.insert(o.stream, to_agent);
-                tokio::spawn(ssh_relay(agent, o.stream, from_daemon, tx.clone()));
+                self.ssh_streams.insert(o.stream, to_agent);
+                tokio::spawn(ssh_relay(agent, o.stream, from_daemon, self.tx.clone()));
             }
             In::Ssh(d) => {
                 let (stream, eof) = (d.stream, d.eof);
-                if let Some(to_agent) = ssh_streams.get(&stream) {
+                if let Some(to_agent) = self.ssh_streams.get(&stream) {
                     let _ = to_agent.send(d);
                 }
                 if eof {
-                    ssh_streams.remove(&stream);
+                    self.ssh_streams.remove(&stream);
                 }
             }
-            In::Result(chunk) => {
-                let local = local.clone();
-                tokio::task::spawn_blocking(move || {
-                    local.result(chunk.output, chunk.data, chunk.last)
-                })
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r)
-                .map_err(|reason| Error::Session {
-                    builder: builder.to_string(),
-                    reason,
-                })?;
+            In::Result(chunk) => self.take_result(chunk).await?,
+            In::Done(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Hands a piece of a streamed output to the client side.
+    async fn take_result(&self, chunk: v1::ResultChunk) -> Result<(), Error> {
+        let local = self.local.clone();
+        tokio::task::spawn_blocking(move || local.result(chunk.output, chunk.data, chunk.last))
+            .await
+            .map_err(ClientError::OutputTask)
+            .and_then(|r| r.map_err(ClientError::Output))
+            .map_err(|e| self.client_side(e))
+    }
+
+    /// The session's end: the daemon's BuildDone, unless the build was
+    /// cancelled or the daemon is stopping.
+    fn finish(&self, done: v1::BuildDone, cancelled: bool) -> Result<v1::BuildDone, Error> {
+        if cancelled || done.cancelled {
+            return Err(Error::Cancelled {
+                builder: self.builder.to_string(),
+            });
+        }
+        if done.shutting_down {
+            return Err(Error::ShuttingDown {
+                builder: self.builder.to_string(),
+                endpoint: self.endpoint.clone(),
+                host: self.host.clone(),
+                reason: done.error,
+            });
+        }
+        Ok(done)
+    }
+}
+
+/// Answers a CredentialsRequest: for a Bearer challenge a token for
+/// exactly the scopes asked, so that the login stays here; otherwise (or
+/// when the client side has no token to give) the login.
+async fn answer_credentials(
+    local: Arc<dyn Local>,
+    r: v1::CredentialsRequest,
+    tx: mpsc::Sender<v1::BuildClientMessage>,
+) {
+    let mut resp = v1::CredentialsResponse {
+        host: r.host.clone(),
+        id: r.id,
+        ..Default::default()
+    };
+    let answered = !r.realm.is_empty() && answer_token(&local, &r, &mut resp).await;
+    if !answered {
+        let host = r.host.clone();
+        let answer = tokio::task::spawn_blocking(move || local.credentials(&host))
+            .await
+            .unwrap_or_else(|e| Err(e.into()));
+        match answer {
+            Ok(Some(l)) => {
+                resp.username = l.username.unwrap_or_default();
+                resp.secret = l.password.unwrap_or_default();
+                resp.token = l.identity_token.unwrap_or_default();
             }
-            In::Done(done) => {
-                file_sender.abort();
-                walker.abort();
-                if cancelled || done.cancelled {
-                    return Err(Error::Cancelled {
-                        builder: builder.to_string(),
-                    });
-                }
-                if done.shutting_down {
-                    return Err(Error::ShuttingDown {
-                        builder: builder.to_string(),
-                        endpoint: endpoint.clone(),
-                        host: info.hostname.clone(),
-                        reason: done.error,
-                    });
-                }
-                return Ok(done);
-            }
+            Ok(None) => {}
+            Err(e) => resp.error = e.to_string(),
         }
     }
+    send_message(&tx, Out::Credentials(resp)).await;
+}
+
+/// Puts a token for `r`'s Bearer challenge (or why there is none) into
+/// `resp`; false when the client side answers with its login instead.
+async fn answer_token(
+    local: &Arc<dyn Local>,
+    r: &v1::CredentialsRequest,
+    resp: &mut v1::CredentialsResponse,
+) -> bool {
+    let request = kbuild_registry::TokenRequest {
+        realm: r.realm.clone(),
+        service: (!r.service.is_empty()).then(|| r.service.clone()),
+        scopes: r.scopes.clone(),
+    };
+    let (local, host) = (local.clone(), r.host.clone());
+    let token = tokio::task::spawn_blocking(move || local.registry_token(&host, &request))
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
+    match token {
+        Ok(Some(t)) => {
+            resp.registry_token = t.token;
+            resp.expires_in_seconds = t.expires_in.as_secs().max(1);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            resp.error = e.to_string();
+            true
+        }
+    }
+}
+
+/// Answers a SecretRequest from the client side's `--secret`s.
+async fn answer_secret(
+    local: Arc<dyn Local>,
+    r: v1::SecretRequest,
+    tx: mpsc::Sender<v1::BuildClientMessage>,
+) {
+    let id = r.id.clone();
+    let answer = tokio::task::spawn_blocking(move || local.secret(&id))
+        .await
+        .unwrap_or_else(|e| Err(e.into()));
+    let mut resp = v1::SecretResponse {
+        id: r.id,
+        request: r.request,
+        ..Default::default()
+    };
+    match answer {
+        Ok(Some(data)) => resp.data = data,
+        Ok(None) => resp.missing = true,
+        Err(e) => resp.error = e.to_string(),
+    }
+    send_message(&tx, Out::Secret(resp)).await;
 }
 
 /// One `--ssh` agent connection a RUN on the daemon opened: joined to the
@@ -610,18 +789,17 @@ async fn send_file(
     tx: &mpsc::Sender<v1::BuildClientMessage>,
     digest: &str,
     path: &Path,
-) -> Result<(), String> {
+) -> Result<(), ClientError> {
     use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let read_error = |source| ClientError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(read_error)?;
     let mut buf = vec![0u8; FILE_CHUNK];
     let mut offset = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = f.read(&mut buf).await.map_err(read_error)?;
         let chunk = v1::FileChunk {
             digest: digest.to_string(),
             offset,
@@ -633,7 +811,7 @@ async fn send_file(
             message: Some(Out::File(chunk)),
         })
         .await
-        .map_err(|_| "the session ended".to_string())?;
+        .map_err(|_| ClientError::Ended)?;
         if n == 0 {
             return Ok(());
         }

@@ -152,6 +152,47 @@ impl Output {
             annotations: Vec::new(),
         }
     }
+
+    /// The `--output` value a builder daemon is sent for this output
+    /// ([`Output::parse`] reads it): everything but where a file goes,
+    /// which the client writes; `dest=-` has the daemon stream it back.
+    pub fn daemon_spec(&self) -> String {
+        let mut s = format!("type={}", self.kind.name());
+        for n in &self.names {
+            s.push_str(&format!(",\"name={n}\""));
+        }
+        if self.push {
+            s.push_str(",push=true");
+        }
+        s.push_str(match self.compression {
+            LayerCompression::Gzip => ",compression=gzip",
+            LayerCompression::Zstd => ",compression=zstd",
+            LayerCompression::Uncompressed => ",compression=uncompressed",
+        });
+        if let Some(l) = self.compression_level {
+            s.push_str(&format!(",compression-level={l}"));
+        }
+        if self.force_compression {
+            s.push_str(",force-compression=true");
+        }
+        if let Some(t) = &self.containerd {
+            // Loaded by the daemon, into the containerd of its machine.
+            s.push_str(&format!(
+                ",address={},namespace={},snapshotter={}",
+                t.address.display(),
+                t.namespace,
+                t.snapshotter
+            ));
+            if !t.unpack.is_empty() {
+                let list: Vec<String> = t.unpack.iter().map(ToString::to_string).collect();
+                s.push_str(&format!(",\"unpack={}\"", list.join(",")));
+            }
+        }
+        if self.dest.is_some() {
+            s.push_str(",dest=-");
+        }
+        s
+    }
 }
 
 const FLAG: &str = "--output";
@@ -657,6 +698,26 @@ mod tests {
 
     fn tags() -> Vec<String> {
         vec!["127.0.0.1:5000/demo:1".to_string()]
+    }
+
+    #[test]
+    fn a_daemon_spec_parses_back_to_its_output_streamed_to_the_client() {
+        for spec in [
+            "type=registry,\"name=r.test/a:1,r.test/b:2\",compression=zstd,compression-level=3",
+            "type=image,name=r.test/c:1,push=true,force-compression=true",
+            "type=oci,dest=out.tar,compression=uncompressed",
+            "type=docker,dest=-",
+            "type=local,dest=out",
+            "out",
+        ] {
+            let output = Output::parse(spec, &tags()).unwrap();
+            let sent = Output::parse(&output.daemon_spec(), &tags()).unwrap();
+            let mut want = output.clone();
+            if want.dest.is_some() {
+                want.dest = Some(PathBuf::from("-"));
+            }
+            assert_eq!(sent, want, "{spec} sent as {}", output.daemon_spec());
+        }
     }
 
     #[test]
