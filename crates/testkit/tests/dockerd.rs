@@ -20,7 +20,7 @@ fn start_dockerd() -> Option<Dockerd> {
             Some(daemon)
         }
         Err(reason) => {
-            fixtures::skip_or_fail(&reason);
+            fixtures::skip_or_fail(&reason.to_string());
             None
         }
     }
