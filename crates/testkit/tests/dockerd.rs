@@ -171,7 +171,8 @@ fn daemon_is_private_and_leaves_nothing_behind() {
     // a CLI error names the command
     let err = daemon
         .docker_ok(["image", "inspect", "kbuild-testkit/absent:none"])
-        .expect_err("inspecting an absent image must fail");
+        .expect_err("inspecting an absent image must fail")
+        .to_string();
     assert!(
         err.contains("docker image inspect kbuild-testkit/absent:none"),
         "{err}"
