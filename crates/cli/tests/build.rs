@@ -304,12 +304,10 @@ fn docker_archive_loads_and_runs_in_dockerd() {
         &[],
     )
     .ok();
-    let d = match kbuild_testkit::dockerd::Dockerd::start() {
-        Ok(d) => d,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("dockerd: {e}"));
-            return;
-        }
+    let Some(d) =
+        kbuild_testkit::fixtures::started("dockerd", kbuild_testkit::dockerd::Dockerd::start())
+    else {
+        return;
     };
     d.docker_ok(["load", "-i", tarball.to_str().unwrap()])
         .expect("docker load");
@@ -862,7 +860,6 @@ fn ctrl_c_during_a_push_tags_nothing() {
     if !require_root() {
         return;
     }
-    use std::io::BufRead;
     let reg = TestRegistry::start().expect("registry");
     let proxy = stalling_proxy(reg.port(), std::time::Duration::from_secs(30));
     let t = tempfile::tempdir().unwrap();
@@ -870,69 +867,23 @@ fn ctrl_c_during_a_push_tags_nothing() {
     write(&ctx.join("a.txt"), "pushed slowly\n");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
     let tag = format!("127.0.0.1:{proxy}/slow/img:1");
-    let mut child = std::process::Command::new(common::bin())
-        .args([
-            "--root",
-            t.path().join("s").to_str().unwrap(),
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let mut child = common::kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .spawn();
     // Wait until the build is done and the push has begun (the step finished).
-    let started = std::time::Instant::now();
-    let mut seen = Vec::new();
-    while started.elapsed() < std::time::Duration::from_secs(60) {
-        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
-            let done = l.contains(" DONE ");
-            seen.push(l);
-            if done {
-                break;
-            }
-        }
-    }
+    child.wait_line(&[" DONE "]);
     std::thread::sleep(std::time::Duration::from_secs(2));
     // SIGINT, as Ctrl-C delivers it.
-    let st = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    child.signal("INT");
     let waited = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            waited.elapsed() < std::time::Duration::from_secs(25),
-            "the CLI did not stop after SIGINT"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    assert!(!status.success());
-    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
-        seen.push(l);
-    }
+    let (code, seen) = child.finish();
+    assert!(
+        waited.elapsed() < std::time::Duration::from_secs(25),
+        "the CLI did not stop after SIGINT"
+    );
+    assert_ne!(code, 0);
     assert!(
         seen.iter()
             .any(|l| l.starts_with("error:") && l.contains("cancelled")),

@@ -5,56 +5,14 @@
 
 mod common;
 
-use common::{bin, require_root, unique, write};
+use common::{bin, require_root, unique, write, Client};
 use kbuild_testkit::daemon::Daemon;
 use kbuild_testkit::netns::Host;
 use kbuild_testkit::registry::TestRegistry;
-use kbuild_testkit::token::TokenServer;
+use kbuild_testkit::token::{docker_config, TokenServer};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The client's store (`root`) and builder list (`config`), and the
-/// daemons' stores, in one scratch directory.
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-    /// `kubectl-build ARGS` as the client, with extra environment.
-    fn kb(&self, args: &[&str], extra: &[(&str, &str)]) -> common::Run {
-        let config = self.path("config");
-        let mut env: Vec<(&str, &str)> = vec![("XDG_CONFIG_HOME", config.to_str().unwrap())];
-        env.extend_from_slice(extra);
-        common::run(&self.path("root"), args, &env)
-    }
-}
-
-fn base64(s: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new("base64")
-        .arg("-w0")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run base64");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(s.as_bytes())
-        .expect("write to base64");
-    let out = child.wait_with_output().expect("base64 output");
-    String::from_utf8(out.stdout).expect("base64 is ASCII")
-}
 
 /// The scopes of each token the daemon's log says it was handed.
 fn tokens_handed(log: &str) -> Vec<String> {
@@ -79,7 +37,7 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
         return;
     }
     let Some(host) = Host::create() else { return };
-    let env = Env::new();
+    let env = common::client();
     let gateway = host.gateway();
     let (user, password) = ("tokenuser", unique("tokenpw"));
     let keys = env.path("token-keys");
@@ -109,14 +67,11 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
         .args(["serve", "--addr", &addr]);
     let mut daemon = Daemon::spawn(cmd);
     daemon.listening("unix://");
-    env.kb(&["create", "tokens", "--endpoint", &addr], &[]).ok();
+    env.kb(["create", "tokens", "--endpoint", &addr]).ok();
 
-    let auth = base64(&format!("{user}:{password}"));
+    let (auth, config) = docker_config(&reg, user, &password);
     let docker_config = env.path("docker-config");
-    write(
-        &docker_config.join("config.json"),
-        &format!(r#"{{"auths":{{"{reg}":{{"auth":"{auth}"}}}}}}"#),
-    );
+    write(&docker_config.join("config.json"), &config);
     let docker = ("DOCKER_CONFIG", docker_config.to_str().unwrap());
     // The base image, pushed by the client with the embedded builder.
     let base_ctx = env.path("base");
@@ -126,21 +81,19 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
     );
     write(&base_ctx.join("base.txt"), "the base layer\n");
     let base = format!("{reg}/bearer/base:1");
-    env.kb(
-        &[
-            base_ctx.to_str().unwrap(),
-            "--builder",
-            "local",
-            "-t",
-            &base,
-            "--push",
-            "--insecure-registry",
-            &reg,
-            "--progress",
-            "quiet",
-        ],
-        &[docker],
-    )
+    env.kb([
+        base_ctx.to_str().unwrap(),
+        "--builder",
+        "local",
+        "-t",
+        &base,
+        "--push",
+        "--insecure-registry",
+        &reg,
+        "--progress",
+        "quiet",
+    ])
+    .envs(&[docker])
     .ok();
     let before = tokens.requests().len();
     // The build through the daemon: pulls the base, pushes the image.
@@ -152,19 +105,17 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
     write(&ctx.join("hello"), "hello over scoped tokens\n");
     let app = format!("{reg}/bearer/app:1");
     let r = env
-        .kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                "tokens",
-                "-t",
-                &app,
-                "--push",
-                "--insecure-registry",
-                &reg,
-            ],
-            &[docker],
-        )
+        .kb([
+            ctx.to_str().unwrap(),
+            "--builder",
+            "tokens",
+            "-t",
+            &app,
+            "--push",
+            "--insecure-registry",
+            &reg,
+        ])
+        .envs(&[docker])
         .ok();
     assert!(
         r.stderr.contains(&format!("=> pushed {app}@sha256:")),
@@ -226,7 +177,7 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
 }
 
 /// A daemon on a unix socket with its own store.
-fn daemon(env: &Env, name: &str, keep_contexts: &str) -> (Daemon, String) {
+fn daemon(env: &Client, name: &str, keep_contexts: &str) -> (Daemon, String) {
     let addr = format!("unix://{}", env.path(&format!("{name}.sock")).display());
     let mut d = Daemon::start(
         &bin(),
@@ -250,20 +201,14 @@ fn prune_builder_prunes_every_node() {
     if !require_root() {
         return;
     }
-    let env = Env::new();
+    let env = common::client();
     let (one, one_addr) = daemon(&env, "one", "4");
     let (_two, two_addr) = daemon(&env, "two", "4");
-    env.kb(&["create", "one", "--endpoint", &one_addr], &[])
+    env.kb(["create", "one", "--endpoint", &one_addr]).ok();
+    env.kb(["create", "two", "--endpoint", &two_addr]).ok();
+    env.kb(["create", "both", "--endpoint", &one_addr]).ok();
+    env.kb(["create", "both", "--append", "--endpoint", &two_addr])
         .ok();
-    env.kb(&["create", "two", "--endpoint", &two_addr], &[])
-        .ok();
-    env.kb(&["create", "both", "--endpoint", &one_addr], &[])
-        .ok();
-    env.kb(
-        &["create", "both", "--append", "--endpoint", &two_addr],
-        &[],
-    )
-    .ok();
     // Two contexts on node one, one on node two; results only in the
     // builders' caches.
     for (i, builder) in [(0, "one"), (1, "one"), (2, "two")] {
@@ -273,16 +218,13 @@ fn prune_builder_prunes_every_node() {
             &ctx.join("data"),
             &format!("context {i} {}\n", "x".repeat(4096)),
         );
-        env.kb(
-            &[
-                ctx.to_str().unwrap(),
-                "--builder",
-                builder,
-                "--progress",
-                "quiet",
-            ],
-            &[],
-        )
+        env.kb([
+            ctx.to_str().unwrap(),
+            "--builder",
+            builder,
+            "--progress",
+            "quiet",
+        ])
         .ok();
     }
     let one_root = env.path("one-root");
@@ -292,7 +234,7 @@ fn prune_builder_prunes_every_node() {
     let _ = one.terminate();
     let (_one, _) = daemon(&env, "one", "1");
 
-    let r = env.kb(&["prune", "--builder", "both", "--all"], &[]).ok();
+    let r = env.kb(["prune", "--builder", "both", "--all"]).ok();
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", r.stdout);
     for node in ["both0", "both1"] {
@@ -320,7 +262,7 @@ fn prune_builder_prunes_every_node() {
     assert_eq!(entries(&one_root.join("contexts")), 1);
     assert_eq!(entries(&one_root.join("checksums")), 1);
     // Nothing is left to prune.
-    let again = env.kb(&["prune", "--builder", "two", "--all"], &[]).ok();
+    let again = env.kb(["prune", "--builder", "two", "--all"]).ok();
     assert!(again.stdout.contains("removed 0 blobs"), "{}", again.stdout);
 }
 
@@ -354,7 +296,7 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
             Err(format!("no output was streamed, got {output}").into())
         }
     }
-    let env = Env::new();
+    let env = common::client();
     let (user, password) = ("olduser", unique("oldpw"));
     let keys = env.path("token-keys");
     std::fs::create_dir_all(&keys).unwrap();

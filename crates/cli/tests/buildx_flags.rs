@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{build_local, error_lines, require_root, skopeo_raw, write};
+use common::{build_local, context, error_lines, require_root, skopeo_raw, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::{Path, PathBuf};
 
@@ -15,12 +15,6 @@ fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
 
 fn registry() -> Option<TestRegistry> {
     kbuild_testkit::fixtures::started("registry", TestRegistry::start())
-}
-
-fn context(t: &Path, name: &str, dockerfile: &str) -> String {
-    let ctx = t.join(name);
-    write(&ctx.join("Dockerfile"), dockerfile);
-    ctx.to_str().unwrap().to_string()
 }
 
 fn read(dir: &Path, file: &str) -> String {
@@ -482,12 +476,10 @@ fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
     }
 
     // docker pulls the index and runs the image of its platform.
-    let d = match kbuild_testkit::dockerd::Dockerd::start() {
-        Ok(d) => d,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("dockerd: {e}"));
-            return;
-        }
+    let Some(d) =
+        kbuild_testkit::fixtures::started("dockerd", kbuild_testkit::dockerd::Dockerd::start())
+    else {
+        return;
     };
     d.docker_ok(["pull", "--platform", "linux/amd64", &image])
         .expect("docker pull");

@@ -9,7 +9,7 @@ mod common;
 use common::{error_lines, require_root, run, write};
 use sha2::Digest as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sha256(path: &Path) -> String {
@@ -80,23 +80,13 @@ fn sigint_at_the_export_leaves_the_old_archive_or_a_complete_one_and_says_which(
         let before = sha256(&dest);
         let marker = format!("run {i}\n");
         write(&ctx.join("small"), &marker);
-        let child = Command::new(common::bin())
-            .arg("--root")
-            .arg(&store)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("SOURCE_DATE_EPOCH")
-            .spawn()
-            .unwrap();
+        let child = common::kb(&store, args).spawn();
         // From the start to past the end of a whole build.
         std::thread::sleep(whole * (i + 1) / 16);
-        let _ = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status();
-        let out = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Not yet waited for, so the pid is still ours even if it ended.
+        child.signal("INT");
+        let (code, lines) = child.finish();
+        let stderr = lines.join("\n");
         // Nothing may change after the command has exited.
         std::thread::sleep(Duration::from_millis(300));
         let changed = sha256(&dest) != before;
@@ -107,7 +97,7 @@ fn sigint_at_the_export_leaves_the_old_archive_or_a_complete_one_and_says_which(
             before_small.clone()
         };
         before_small = small.clone();
-        if out.status.success() {
+        if code == 0 {
             assert_eq!(small, marker, "{stderr}");
             replaced += 1;
             continue;

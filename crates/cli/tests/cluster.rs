@@ -10,40 +10,21 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Run;
 use kbuild_testkit::cluster::{self, Cluster};
 
 fn cluster() -> Option<&'static Cluster> {
     cluster::shared(&common::bin())
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout(&out)
-}
-
-fn json(what: &str, out: Output) -> serde_json::Value {
-    let text = ok(what, out);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{text}"))
-}
-
 fn node_label(cluster: &Cluster, node: &str, label: &str) -> String {
-    let node = json(
-        "kubectl get node",
-        cluster.admin(&["get", "node", node, "-o", "json"]),
-    );
+    let node = cluster
+        .admin(&["get", "node", node, "-o", "json"])
+        .ok()
+        .json();
     node["metadata"]["labels"][label]
         .as_str()
         .unwrap_or_default()
@@ -53,10 +34,7 @@ fn node_label(cluster: &Cluster, node: &str, label: &str) -> String {
 #[test]
 fn both_nodes_are_ready_and_node2_stays_arm64() {
     let Some(cluster) = cluster() else { return };
-    let nodes = json(
-        "kubectl get nodes",
-        cluster.admin(&["get", "nodes", "-o", "json"]),
-    );
+    let nodes = cluster.admin(&["get", "nodes", "-o", "json"]).ok().json();
     let items = nodes["items"].as_array().expect("a node list");
     for name in cluster::NODES {
         let node = items
@@ -106,11 +84,11 @@ fn restricted_user_cannot_create_deployments_in_another_namespace() {
         "--image",
         "kbuild.test/busybox:1",
     ]);
-    assert!(
-        !out.status.success(),
+    assert_ne!(
+        out.code, 0,
         "the restricted user created a deployment in namespace default"
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = &out.stderr;
     assert!(
         stderr.contains(&format!(
             "deployments.apps is forbidden: User \"{}\" cannot create resource \"deployments\" \
@@ -122,9 +100,8 @@ fn restricted_user_cannot_create_deployments_in_another_namespace() {
     // In its own namespace the same user may.
     let name = common::unique("allowed");
     let name = &name[..20];
-    ok(
-        "create deployment as the restricted user",
-        cluster.user(&[
+    cluster
+        .user(&[
             "create",
             "deployment",
             name,
@@ -132,12 +109,11 @@ fn restricted_user_cannot_create_deployments_in_another_namespace() {
             "kbuild.test/busybox:1",
             "--replicas",
             "0",
-        ]),
-    );
-    ok(
-        "delete deployment as the restricted user",
-        cluster.user(&["delete", "deployment", name, "--wait=false"]),
-    );
+        ])
+        .ok();
+    cluster
+        .user(&["delete", "deployment", name, "--wait=false"])
+        .ok();
 }
 
 /// A Deployment of `image` pinned to nodes of `arch`: it prints where it runs,
@@ -270,10 +246,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
             .expect("kubectl's stdin")
             .write_all(deployment(&name, arch, &image, &token).as_bytes())
             .expect("write the deployment to kubectl");
-        ok(
-            "kubectl apply (restricted user)",
-            child.wait_with_output().expect("wait for kubectl apply"),
-        );
+        Run::from(child.wait_with_output().expect("wait for kubectl apply")).ok();
         deployments.names.push(name);
     }
 
@@ -285,19 +258,19 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
             &format!("deployment/{name}"),
             "--timeout=180s",
         ]);
-        if !rollout.status.success() {
+        if rollout.code != 0 {
             let events = cluster.admin(&["-n", cluster::NAMESPACE, "get", "events"]);
             panic!(
                 "{name} did not roll out: {}\nevents in {}:\n{}",
-                String::from_utf8_lossy(&rollout.stderr).trim(),
+                rollout.stderr.trim(),
                 cluster::NAMESPACE,
-                stdout(&events)
+                events.stdout
             );
         }
-        let pods = json(
-            "kubectl get pods (restricted user)",
-            cluster.user(&["get", "pods", "-l", &format!("app={name}"), "-o", "json"]),
-        );
+        let pods = cluster
+            .user(&["get", "pods", "-l", &format!("app={name}"), "-o", "json"])
+            .ok()
+            .json();
         let pod = pods["items"]
             .as_array()
             .and_then(|items| items.iter().find(|p| p["status"]["phase"] == "Running"))
@@ -312,10 +285,10 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
         // Its output, read back through the API server and the node's kubelet.
         let deadline = Instant::now() + Duration::from_secs(30);
         let logs = loop {
-            let logs = ok(
-                "kubectl logs",
-                cluster.admin(&["-n", cluster::NAMESPACE, "logs", pod_name]),
-            );
+            let logs = cluster
+                .admin(&["-n", cluster::NAMESPACE, "logs", pod_name])
+                .ok()
+                .stdout;
             if logs.contains("started on") || Instant::now() > deadline {
                 break logs;
             }
@@ -324,10 +297,10 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
         assert_eq!(logs.trim(), format!("started on {node} as x86_64"));
 
         // exec through the API server, as the restricted user.
-        let out = ok(
-            "kubectl exec (restricted user)",
-            cluster.user(&["exec", pod_name, "--", "sh", "-c", "echo $((6 * 7)) $NODE"]),
-        );
+        let out = cluster
+            .user(&["exec", pod_name, "--", "sh", "-c", "echo $((6 * 7)) $NODE"])
+            .ok()
+            .stdout;
         assert_eq!(out.trim(), format!("42 {node}"));
 
         // port-forward through the API server (the driver does not use it,

@@ -8,29 +8,11 @@
 
 mod common;
 
-use common::{busybox_image, require_root, run, write};
+use common::{busybox_store, context, run};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-/// A fresh temporary directory with a store holding the busybox base for `platforms`.
-fn setup(platforms: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    if !require_root() {
-        return None;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    busybox_image(&store, platforms)?;
-    Some((t, store))
-}
-
-/// Writes `<t>/<name>/Dockerfile` and returns the context directory.
-fn context(t: &Path, name: &str, dockerfile: &str) -> String {
-    let ctx = t.join(name);
-    write(&ctx.join("Dockerfile"), dockerfile);
-    ctx.to_str().unwrap().to_string()
-}
 
 /// Mount points under `root` in this process's mount namespace.
 fn mounts_under(root: &Path) -> Vec<String> {
@@ -213,7 +195,7 @@ enum First {
 /// the step runs, then checks that `first` (and then the other) reclaims
 /// everything and that the next build works.
 fn stopped_build(platform: &str, stop: Stop, secs: u32, first: First) {
-    let Some((t, store)) = setup(platform) else {
+    let Some((t, store)) = busybox_store(platform) else {
         return;
     };
     let ctx = context(
@@ -355,7 +337,7 @@ fn sigterm_emulated_cancels_like_sigint() {
 
 #[test]
 fn prune_and_other_builds_leave_a_live_builds_mount_alone() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(

@@ -283,32 +283,10 @@ fn help_reads_like_kubectl() {
 
 #[test]
 fn dockerfile_from_stdin() {
-    use std::io::Write;
     let t = tempfile::tempdir().unwrap();
-    let mut c = std::process::Command::new(common::bin())
-        .args([
-            "--root",
-            t.path().join("s").to_str().unwrap(),
-            "-",
-            "--dry-run=json",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(b"FROM scratch\nLABEL a=b\n")
-        .unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = common::kb(&t.path().join("s"), ["-", "--dry-run=json"])
+        .stdin("FROM scratch\nLABEL a=b\n")
+        .json();
     assert_eq!(plan["targets"].as_array().unwrap().len(), 1);
 }
 
@@ -446,20 +424,14 @@ ENV H=${G//a/aaaaaaaaaaaaaaaaaaaa}
 /// Runs the binary with its address space limited to `mib` MiB (`ulimit
 /// -v`), so a large allocation makes it fail instead of passing unseen.
 fn run_limited(root: &std::path::Path, mib: u64, args: &[&str]) -> common::Run {
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
+    common::Build::program("sh")
+        .arg("-c")
         .arg(format!("ulimit -v {}; exec \"$0\" \"$@\"", mib * 1024))
         .arg(common::bin())
         .arg("--root")
         .arg(root)
         .args(args)
-        .stdin(std::process::Stdio::null());
-    let out = c.output().expect("run kubectl-build under sh");
-    common::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .run()
 }
 
 #[test]
@@ -584,24 +556,12 @@ fn a_dockerfile_that_is_not_utf8_is_named_with_its_line() {
     );
 
     // From standard input.
-    let mut c = std::process::Command::new(common::bin());
-    c.arg("--root")
-        .arg(t.path().join("s"))
-        .args(["-", "--dry-run"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"FROM busybox\n\xff\n").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert_ne!(out.status.code(), Some(0));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let out = common::kb(&t.path().join("s"), ["-", "--dry-run"])
+        .stdin(&b"FROM busybox\n\xff\n"[..])
+        .run();
+    assert_ne!(out.code, 0);
     assert_eq!(
-        stderr.trim_end(),
+        out.stderr.trim_end(),
         "error: Dockerfile \"-\" is not UTF-8 text: byte 0xff at line 2 (byte offset 13) is not \
          valid UTF-8; save the file as UTF-8"
     );

@@ -12,39 +12,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{Client, Run};
 use kbuild_testkit::cluster::{self, Cluster};
 use kbuild_testkit::registry::TestRegistry;
 use sha2::Digest;
 
 fn cluster() -> Option<&'static Cluster> {
     cluster::shared(&common::bin())
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({})\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn json(what: &str, out: Output) -> serde_json::Value {
-    let t = ok(what, out);
-    serde_json::from_str(&t).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}):\n{t}"))
 }
 
 /// A name for this test's objects (lowercase, short).
@@ -83,23 +63,23 @@ fn builder_image(c: &Cluster) -> &'static str {
         // debug information otherwise.
         let stripped = work.path().join("kubectl-build");
         std::fs::copy(&bin, &stripped).unwrap();
-        ok(
-            "strip",
+        Run::from(
             Command::new("strip")
                 .arg(&stripped)
                 .output()
                 .expect("run strip"),
-        );
+        )
+        .ok();
         let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let ctx = work.path().join("image");
-        ok(
-            "scripts/builder-pod-image.sh",
+        Run::from(
             Command::new(checkout.join("scripts/builder-pod-image.sh"))
                 .arg(&ctx)
                 .env("KUBECTL_BUILD_BINARY", &stripped)
                 .output()
                 .expect("run scripts/builder-pod-image.sh"),
-        );
+        )
+        .ok();
         common::kb(
             &work.path().join("store"),
             [ctx.to_str().unwrap(), "-t", &reference, "--push"],
@@ -115,54 +95,21 @@ fn builder_image(c: &Cluster) -> &'static str {
     })
 }
 
-/// kubectl-build as the restricted user, with its own builder list.
-struct Kb {
-    dir: tempfile::TempDir,
-    env: Vec<(String, String)>,
+/// A kubectl-build client as `kubeconfig`'s user, with its own builder
+/// list, home and store, building with the test cluster's builder image.
+fn client_as(c: &Cluster, kubeconfig: &Path) -> Client {
+    let client = common::client();
+    let home = client.path("home");
+    client
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECTL_BUILD_BUILDER_IMAGE", builder_image(c))
+        .env("HOME", home)
+        .env("SOURCE_DATE_EPOCH", "0")
 }
 
-impl Kb {
-    fn new(c: &Cluster) -> Kb {
-        let dir = tempfile::tempdir().unwrap();
-        let env = vec![
-            (
-                "KUBECONFIG".to_string(),
-                c.user_kubeconfig().display().to_string(),
-            ),
-            (
-                "KUBECTL_BUILD_BUILDER_IMAGE".to_string(),
-                builder_image(c).to_string(),
-            ),
-            (
-                "XDG_CONFIG_HOME".to_string(),
-                dir.path().join("config").display().to_string(),
-            ),
-            (
-                "HOME".to_string(),
-                dir.path().join("home").display().to_string(),
-            ),
-            ("SOURCE_DATE_EPOCH".to_string(), "0".to_string()),
-        ];
-        Kb { dir, env }
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut c = Command::new(program);
-        c.stdin(Stdio::null()).env_remove("DOCKER_DEFAULT_PLATFORM");
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(&common::bin())
-            .arg("--root")
-            .arg(self.dir.path().join("store"))
-            .args(args)
-            .output()
-            .expect("run kubectl-build")
-    }
+/// A kubectl-build client as the restricted user.
+fn user_client(c: &Cluster) -> Client {
+    client_as(c, &c.user_kubeconfig())
 }
 
 /// Removes a builder (as the admin, by label) however the test ends.
@@ -200,33 +147,32 @@ impl Drop for Cleanup<'_> {
 
 /// Everything of builder `b` left in the namespace (as the admin).
 fn left_of(c: &Cluster, b: &str) -> String {
-    ok(
-        "kubectl get (admin)",
-        c.admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "get",
-            "deployments,replicasets,pods,configmaps,serviceaccounts,services",
-            "-l",
-            &format!("kubectl-build.io/builder={b}"),
-            "-o",
-            "name",
-        ]),
-    )
+    c.admin(&[
+        "-n",
+        cluster::NAMESPACE,
+        "get",
+        "deployments,replicasets,pods,configmaps,serviceaccounts,services",
+        "-l",
+        &format!("kubectl-build.io/builder={b}"),
+        "-o",
+        "name",
+    ])
+    .ok()
+    .stdout
 }
 
 /// The address pods reach this machine at: node 1's InternalIP.
 fn node_ip(c: &Cluster) -> Ipv4Addr {
-    let out = ok(
-        "kubectl get node",
-        c.admin(&[
+    let out = c
+        .admin(&[
             "get",
             "node",
             cluster::NODES[0],
             "-o",
             "jsonpath={.status.addresses[?(@.type==\"InternalIP\")].address}",
-        ]),
-    );
+        ])
+        .ok()
+        .stdout;
     out.trim()
         .parse()
         .unwrap_or_else(|e| panic!("node IP {out:?}: {e}"))
@@ -251,7 +197,7 @@ fn skopeo_index(reference: &str, creds: &str) -> serde_json::Value {
         .arg(format!("docker://{reference}"))
         .output()
         .expect("run skopeo");
-    json(&format!("skopeo inspect {reference}"), out)
+    Run::from(out).ok().json()
 }
 
 fn platforms_of(index: &serde_json::Value) -> Vec<String> {
@@ -274,7 +220,7 @@ fn platforms_of(index: &serde_json::Value) -> Vec<String> {
 #[test]
 fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     let Some(c) = cluster() else { return };
-    let kb = Kb::new(c);
+    let kb = user_client(c);
     let b = name("kt-a");
     let _cleanup = Cleanup {
         cluster: c,
@@ -282,27 +228,24 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
         secrets: Vec::new(),
     };
     let started = Instant::now();
-    ok(
-        "create --driver kubernetes",
-        kb.run(&[
-            "create",
-            &b,
-            "--driver",
-            "kubernetes",
-            "--driver-opt",
-            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
-            "--driver-opt",
-            "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
-            "--driver-opt",
-            "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
-        ]),
-    );
+    kb.kb([
+        "create",
+        &b,
+        "--driver",
+        "kubernetes",
+        "--driver-opt",
+        "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+        "--driver-opt",
+        "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
+        "--driver-opt",
+        "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
+    ])
+    .ok();
     eprintln!("created with 2 ready pods in {:.1?}", started.elapsed());
 
     // What the cluster holds, as the admin sees it.
-    let d = json(
-        "get deployment",
-        c.admin(&[
+    let d = c
+        .admin(&[
             "-n",
             cluster::NAMESPACE,
             "get",
@@ -310,8 +253,9 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
             &b,
             "-o",
             "json",
-        ]),
-    );
+        ])
+        .ok()
+        .json();
     assert_eq!(
         d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "kubectl-build"
@@ -337,8 +281,8 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
 
     // ls: the builder comes from the cluster (another user's builder list
     // is empty), with both pods, their node, readiness and platforms.
-    let other = Kb::new(c);
-    let ls = json("ls --format json", other.run(&["ls", "--format", "json"]));
+    let other = user_client(c);
+    let ls = other.kb(["ls", "--format", "json"]).json();
     let entry = ls
         .as_array()
         .unwrap()
@@ -375,15 +319,14 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
             "QEMU in the builder image: {n}"
         );
     }
-    let table = ok("ls", other.run(&["ls"]));
+    let table = other.kb(["ls"]).ok().stdout;
     assert!(table.contains("on kbuild-node1"), "{table}");
 
     // ls -A: the restricted user may not list cluster-wide and is told so
     // in one note, and still sees its namespace; the admin sees the
     // builder from its own default namespace.
-    let out = other.run(&["ls", "-A", "--format", "json"]);
-    let stderr = text(&out.stderr);
-    let listed = json("ls -A (restricted)", out);
+    let out = other.kb(["ls", "-A", "--format", "json"]).ok();
+    let (stderr, listed) = (&out.stderr, out.json());
     assert!(
         stderr.contains(&format!(
             "NOTE: you may not list deployments.apps in all namespaces (a cluster-wide list needs a ClusterRole): only namespace {} is listed",
@@ -399,18 +342,16 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
             .any(|e| e["name"] == b.as_str() && e["namespace"] == cluster::NAMESPACE),
         "{listed}"
     );
-    let mut admin = Kb::new(c);
-    admin.env[0].1 = c.admin_kubeconfig().display().to_string();
-    let default_ns = admin.run(&["ls", "--format", "json"]);
+    let admin = client_as(c, &c.admin_kubeconfig());
+    let default_ns = admin.kb(["ls", "--format", "json"]).run();
     assert!(
-        !text(&default_ns.stdout).contains(&b),
+        !default_ns.stdout.contains(&b),
         "the admin's namespace is not {}: {}",
         cluster::NAMESPACE,
-        text(&default_ns.stdout)
+        default_ns.stdout
     );
-    let out = admin.run(&["ls", "--all-namespaces"]);
-    let stderr = text(&out.stderr);
-    let table = ok("ls --all-namespaces (admin)", out);
+    let out = admin.kb(["ls", "--all-namespaces"]).ok();
+    let (stderr, table) = (out.stderr, out.stdout);
     assert!(!stderr.contains("NOTE"), "{stderr}");
     assert!(
         table.lines().any(|l| l.starts_with(&b)
@@ -423,16 +364,17 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     // not mount: one line saying how to recreate it, before any build.
     let dir = tempfile::tempdir().unwrap();
     let ctx = copy_context(dir.path(), "load");
-    let out = kb.run(&[
-        ctx.to_str().unwrap(),
-        "--builder",
-        &b,
-        "-t",
-        "kbuild.test/never-loaded:1",
-        "--load",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = kb
+        .kb([
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "-t",
+            "kbuild.test/never-loaded:1",
+            "--load",
+        ])
+        .fails()
+        .stderr;
     assert!(
         stderr.contains(&format!("--load on builder {b} loads through each node's containerd socket, which pod(s) {b}-"))
             && stderr.contains(&format!("kubectl build create {b} --driver kubernetes --driver-opt containerd-socket=/run/containerd/containerd.sock")),
@@ -441,19 +383,19 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     // rm removes everything create made, and waits for it.
-    let rm = ok("rm", other.run(&["rm", &b]));
+    let rm = other.kb(["rm", &b]).ok().stdout;
     assert!(rm.contains(&format!("{b} removed")), "{rm}");
     assert_eq!(left_of(c, &b).trim(), "", "left after rm");
     // The creator's record of it goes too; then the name is unknown.
-    ok("rm of the record", kb.run(&["rm", &b]));
-    let again = text(&kb.run(&["rm", &b]).stderr);
+    kb.kb(["rm", &b]).ok();
+    let again = kb.kb(["rm", &b]).fails().stderr;
     assert!(again.contains(&format!("no builder named {b}")), "{again}");
 }
 
 #[test]
 fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() {
     let Some(c) = cluster() else { return };
-    let kb = Kb::new(c);
+    let kb = user_client(c);
     let ip = node_ip(c);
     let (user, pass) = ("kbuild", "s3cret-k8s");
     let registry =
@@ -480,15 +422,15 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
     let ctx = copy_context(dir.path(), &token);
     // --dry-run while no builder exists: the schedule it would have,
     // and nothing is created.
-    let dry = ok(
-        "--dry-run",
-        kb.run(&[
+    let dry = kb
+        .kb([
             ctx.to_str().unwrap(),
             "--platform",
             "linux/amd64,linux/arm64",
             "--dry-run",
-        ]),
-    );
+        ])
+        .ok()
+        .stdout;
     assert!(
         dry.contains(&format!(
             "builder buildkit (kubernetes driver, namespace {}): does not exist yet; the build would create it",
@@ -508,20 +450,18 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
     );
     // The default-named secret, as a user makes it.
     for secret in ["buildkit", "kt-other-secret"] {
-        ok(
-            "kubectl create secret docker-registry",
-            c.admin(&[
-                "-n",
-                cluster::NAMESPACE,
-                "create",
-                "secret",
-                "docker-registry",
-                secret,
-                &format!("--docker-server={host}"),
-                &format!("--docker-username={user}"),
-                &format!("--docker-password={pass}"),
-            ]),
-        );
+        c.admin(&[
+            "-n",
+            cluster::NAMESPACE,
+            "create",
+            "secret",
+            "docker-registry",
+            secret,
+            &format!("--docker-server={host}"),
+            &format!("--docker-username={user}"),
+            &format!("--docker-password={pass}"),
+        ])
+        .ok();
         cleanup.secrets.push(secret.to_string());
     }
     let image = format!("{host}/kbuild-test/app:{}", &name("b")[..12]);
@@ -539,15 +479,13 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
             "plain",
         ];
         args.extend(extra);
-        kb.run(&args)
+        kb.kb(args).run()
     };
 
     // (b) first use: the default builder is created, the secret named like
     // it gives the credentials.
     let started = Instant::now();
-    let out = build(&[]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "build failed:\n{stderr}");
+    let stderr = build(&[]).ok().stderr;
     eprintln!("first build (builder created) in {:.1?}", started.elapsed());
     assert!(
         stderr.contains(&format!(
@@ -574,9 +512,9 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
     assert!(left_of(c, "buildkit").contains("deployment.apps/buildkit"));
 
     // (c) a named secret that does not exist is a clear error.
-    let out = build(&["--registry-secret", "kt-missing-secret"]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = build(&["--registry-secret", "kt-missing-secret"])
+        .fails()
+        .stderr;
     assert!(
         stderr.contains(&format!(
             "registry secret kt-missing-secret not found in namespace {}",
@@ -585,9 +523,7 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         "{stderr}"
     );
     // A named secret that exists; the builder is not created again.
-    let out = build(&["--registry-secret", "kt-other-secret"]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let stderr = build(&["--registry-secret", "kt-other-secret"]).ok().stderr;
     assert!(!stderr.contains("creating builder"), "{stderr}");
     assert!(
         stderr.contains(&format!("=> pushed {image}@{digest}")),
@@ -596,12 +532,10 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
 
     // Without any secret the registry refuses: the credentials came from
     // the cluster, not from elsewhere.
-    ok(
-        "delete the default secret",
-        c.admin(&["-n", cluster::NAMESPACE, "delete", "secret", "buildkit"]),
-    );
+    c.admin(&["-n", cluster::NAMESPACE, "delete", "secret", "buildkit"])
+        .ok();
     let out = build(&[]);
-    assert!(!out.status.success(), "pushed without credentials");
+    assert_ne!(out.code, 0, "pushed without credentials");
 
     // (e) through kubectl itself, the plugin on PATH: the same result.
     let plugins = dir.path().join("plugins");
@@ -613,23 +547,22 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         std::env::var("PATH").unwrap_or_default()
     );
     let plugin_list = kb
-        .command(&c.kubectl())
+        .command(c.kubectl())
         .env("PATH", &path)
         .args(["plugin", "list"])
-        .output()
-        .unwrap();
+        .run();
     assert!(
-        text(&plugin_list.stdout).contains("kubectl-build"),
+        plugin_list.stdout.contains("kubectl-build"),
         "{}",
-        text(&plugin_list.stdout)
+        plugin_list.stdout
     );
-    let out = kb
-        .command(&c.kubectl())
+    let stderr = kb
+        .command(c.kubectl())
         .env("PATH", &path)
+        .arg("build")
+        .arg("--root")
+        .arg(kb.root())
         .args([
-            "build",
-            "--root",
-            kb.dir.path().join("store").to_str().unwrap(),
             ctx.to_str().unwrap(),
             "--platform",
             "linux/amd64,linux/arm64,windows/amd64",
@@ -643,26 +576,25 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
             "--registry-secret",
             "kt-other-secret",
         ])
-        .output()
-        .unwrap();
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "kubectl build failed:\n{stderr}");
+        .ok()
+        .stderr;
     assert!(
         stderr.contains(&format!("=> pushed {image}@{digest}")),
         "{stderr}"
     );
 
-    ok("rm buildkit", kb.run(&["rm", "buildkit"]));
+    kb.kb(["rm", "buildkit"]).ok();
     assert_eq!(left_of(c, "buildkit").trim(), "");
 }
 
 #[test]
 fn user_without_rights_in_a_namespace_gets_the_verb_and_resource() {
     let Some(c) = cluster() else { return };
-    let kb = Kb::new(c);
-    let out = kb.run(&["create", "kt-d", "--driver", "kubernetes", "-n", "default"]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
+    let kb = user_client(c);
+    let stderr = kb
+        .kb(["create", "kt-d", "--driver", "kubernetes", "-n", "default"])
+        .fails()
+        .stderr;
     assert!(
         stderr.contains(
             "cannot create deployments.apps in namespace default: ask your cluster admin for the Role in deploy/rbac/role.yaml"
@@ -673,9 +605,10 @@ fn user_without_rights_in_a_namespace_gets_the_verb_and_resource() {
     // A build there names what it could not do.
     let dir = tempfile::tempdir().unwrap();
     let ctx = copy_context(dir.path(), "d");
-    let out = kb.run(&[ctx.to_str().unwrap(), "-n", "default"]);
-    let stderr = text(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = kb
+        .kb([ctx.to_str().unwrap(), "-n", "default"])
+        .fails()
+        .stderr;
     assert!(
         stderr
             .contains("cannot list deployments.apps in namespace default: ask your cluster admin"),
@@ -689,7 +622,7 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     let Some(busybox) = common::busybox_context() else {
         return;
     };
-    let kb = Kb::new(c);
+    let kb = user_client(c);
     let ip = node_ip(c);
     let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
     let host = registry.host();
@@ -701,25 +634,20 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     };
     // A base image with a shell, where the pod pulls it from.
     let base = format!("{host}/kbuild-test/busybox:1");
-    common::kb(
-        &kb.dir.path().join("local-store"),
-        [busybox.to_str().unwrap()],
-    )
-    .builder("local")
-    .platform("linux/amd64")
-    .push_to(&base, &host)
-    .ok();
-    ok(
+    common::kb(&kb.path("local-store"), [busybox.to_str().unwrap()])
+        .builder("local")
+        .platform("linux/amd64")
+        .push_to(&base, &host)
+        .ok();
+    kb.kb([
         "create",
-        kb.run(&[
-            "create",
-            &b,
-            "--driver",
-            "kubernetes",
-            "--platform",
-            "linux/amd64",
-        ]),
-    );
+        &b,
+        "--driver",
+        "kubernetes",
+        "--platform",
+        "linux/amd64",
+    ])
+    .ok();
     let dir = tempfile::tempdir().unwrap();
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -729,11 +657,8 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     )
     .unwrap();
     let image = format!("{host}/kbuild-test/never:1");
-    let mut child = kb
-        .command(&common::bin())
-        .arg("--root")
-        .arg(kb.dir.path().join("store"))
-        .args([
+    let mut build = kb
+        .kb([
             ctx.to_str().unwrap(),
             "--builder",
             &b,
@@ -747,53 +672,35 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
             "--progress",
             "plain",
         ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let mut pod = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(p) = line.strip_prefix(&format!("=> builder {b}: pod ")) {
-            pod = p.split_whitespace().next().map(str::to_string);
-        }
-        let started = line.contains("step-started");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
-    let pod = pod.unwrap_or_else(|| panic!("no pod named: {}", seen.join("\n")));
-    assert!(
-        seen.iter().any(|l| l.contains("step-started")),
-        "the RUN step never started:\n{}",
-        seen.join("\n")
-    );
+        .spawn();
+    let named = format!("=> builder {b}: pod ");
+    let line = build.wait_line(&[&named]);
+    let pod = line
+        .split_once(&named)
+        .and_then(|(_, p)| p.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no pod named: {line}"))
+        .to_string();
+    build.wait_line(&["step-started"]);
     let deleted = Instant::now();
-    ok(
-        "delete the builder pod (admin)",
-        c.admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "delete",
-            "pod",
-            &pod,
-            "--grace-period=1",
-            "--wait=false",
-        ]),
-    );
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().unwrap();
+    c.admin(&[
+        "-n",
+        cluster::NAMESPACE,
+        "delete",
+        "pod",
+        &pod,
+        "--grace-period=1",
+        "--wait=false",
+    ])
+    .ok();
+    let (code, lines) = build.finish();
     let failed_after = deleted.elapsed();
-    let stderr = rest.join("\n");
-    assert!(!status.success(), "the build succeeded:\n{stderr}");
+    let stderr = lines.join("\n");
+    assert_ne!(code, 0, "the build succeeded:\n{stderr}");
     assert!(
         failed_after < Duration::from_secs(60),
         "took {failed_after:?}"
     );
-    let last = rest
+    let last = lines
         .iter()
         .rev()
         .find(|l| l.starts_with("error:"))
@@ -808,16 +715,15 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     let tagged = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    assert!(!tagged.status.success(), "the image was tagged");
+        .status()
+        .expect("run skopeo");
+    assert!(!tagged.success(), "the image was tagged");
 }
 
 /// The builder's pods (as the admin): pool label → (pod, node).
 fn pods_of(c: &Cluster, b: &str) -> std::collections::BTreeMap<String, (String, String)> {
-    let list = json(
-        "get pods",
-        c.admin(&[
+    let list = c
+        .admin(&[
             "-n",
             cluster::NAMESPACE,
             "get",
@@ -826,8 +732,9 @@ fn pods_of(c: &Cluster, b: &str) -> std::collections::BTreeMap<String, (String, 
             &format!("kubectl-build.io/builder={b}"),
             "-o",
             "json",
-        ]),
-    );
+        ])
+        .ok()
+        .json();
     list["items"]
         .as_array()
         .unwrap()
@@ -855,24 +762,21 @@ fn pods_of(c: &Cluster, b: &str) -> std::collections::BTreeMap<String, (String, 
 /// returns its log.
 fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
     let overrides = serde_json::json!({"spec": {"nodeName": node}}).to_string();
-    ok(
-        "kubectl run",
-        c.admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "run",
-            pod,
-            &format!("--image={image}"),
-            "--image-pull-policy=Never",
-            "--restart=Never",
-            &format!("--overrides={overrides}"),
-        ]),
-    );
+    c.admin(&[
+        "-n",
+        cluster::NAMESPACE,
+        "run",
+        pod,
+        &format!("--image={image}"),
+        "--image-pull-policy=Never",
+        "--restart=Never",
+        &format!("--overrides={overrides}"),
+    ])
+    .ok();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let phase = ok(
-            "get pod phase",
-            c.admin(&[
+        let phase = c
+            .admin(&[
                 "-n",
                 cluster::NAMESPACE,
                 "get",
@@ -880,8 +784,9 @@ fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
                 pod,
                 "-o",
                 "jsonpath={.status.phase} {.status.containerStatuses[0].state.waiting.reason}",
-            ]),
-        );
+            ])
+            .ok()
+            .stdout;
         match phase.split_whitespace().next() {
             Some("Succeeded") => break,
             Some("Failed") => panic!("pod {pod} on {node} failed: {phase}"),
@@ -889,16 +794,15 @@ fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
                 let describe = c.admin(&["-n", cluster::NAMESPACE, "describe", "pod", pod]);
                 panic!(
                     "pod {pod} on {node} did not finish: {phase}\n{}",
-                    text(&describe.stdout)
+                    describe.stdout
                 )
             }
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
     }
-    ok(
-        "kubectl logs",
-        c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
-    )
+    c.admin(&["-n", cluster::NAMESPACE, "logs", pod])
+        .ok()
+        .stdout
 }
 
 #[test]
@@ -907,7 +811,7 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     let Some(busybox) = common::busybox_context() else {
         return;
     };
-    let kb = Kb::new(c);
+    let kb = user_client(c);
     let ip = node_ip(c);
     let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
     let host = registry.host();
@@ -947,14 +851,11 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     let _loaded = Loaded(c, loaded.clone(), run_pods.to_vec());
     let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
     let base = format!("{host}/kbuild-test/busybox:4");
-    common::kb(
-        &kb.dir.path().join("local-store"),
-        [busybox.to_str().unwrap()],
-    )
-    .builder("local")
-    .platform(platforms)
-    .push_to(&base, &host)
-    .ok();
+    common::kb(&kb.path("local-store"), [busybox.to_str().unwrap()])
+        .builder("local")
+        .platform(platforms)
+        .push_to(&base, &host)
+        .ok();
 
     // Two pools, each mounting its node's containerd socket (both kubelets
     // of the test cluster run on this machine, each with its own).
@@ -965,33 +866,29 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         )
     };
     let started = Instant::now();
-    ok(
-        "create (amd64 pool)",
-        kb.run(&[
-            "create",
-            &b,
-            "--driver",
-            "kubernetes",
-            "--platform",
-            "linux/amd64,linux/386",
-            "--driver-opt",
-            &socket(1),
-        ]),
-    );
-    ok(
-        "create --append (arm64 pool)",
-        kb.run(&[
-            "create",
-            &b,
-            "--driver",
-            "kubernetes",
-            "--append",
-            "--platform",
-            "linux/arm64,linux/arm/v7",
-            "--driver-opt",
-            &socket(2),
-        ]),
-    );
+    kb.kb([
+        "create",
+        &b,
+        "--driver",
+        "kubernetes",
+        "--platform",
+        "linux/amd64,linux/386",
+        "--driver-opt",
+        &socket(1),
+    ])
+    .ok();
+    kb.kb([
+        "create",
+        &b,
+        "--driver",
+        "kubernetes",
+        "--append",
+        "--platform",
+        "linux/arm64,linux/arm/v7",
+        "--driver-opt",
+        &socket(2),
+    ])
+    .ok();
     eprintln!("mixed builder ready in {:.1?}", started.elapsed());
     let pods = pods_of(c, &b);
     let (amd_pod, amd_node) = pods.get("amd64").expect("an amd64 pod").clone();
@@ -1009,17 +906,17 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     .unwrap();
 
     // --dry-run: the same table as for remote builders, nothing built.
-    let dry = ok(
-        "--dry-run",
-        kb.run(&[
+    let dry = kb
+        .kb([
             ctx.to_str().unwrap(),
             "--builder",
             &b,
             "--platform",
             platforms,
             "--dry-run",
-        ]),
-    );
+        ])
+        .ok()
+        .stdout;
     for (platform, pod) in [
         ("linux/amd64", &amd_pod),
         ("linux/386", &amd_pod),
@@ -1038,32 +935,35 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             "{platform} → {pod} native:\n{dry}"
         );
     }
+    let logs = |pod: &str| {
+        c.admin(&["-n", cluster::NAMESPACE, "logs", pod])
+            .ok()
+            .stdout
+    };
     for pod in [&amd_pod, &arm_pod] {
-        let log = ok(
-            "kubectl logs",
-            c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
-        );
+        let log = logs(pod);
         assert!(!log.contains("build: platforms"), "dry-run built: {log}");
     }
 
     // The build: each platform's RUN in the pod on its node, one index.
     let tag = format!("{host}/kbuild-test/mix:1");
-    let out = kb.run(&[
-        ctx.to_str().unwrap(),
-        "--builder",
-        &b,
-        "--platform",
-        platforms,
-        "-t",
-        &tag,
-        "--push",
-        "--insecure-registry",
-        &host,
-        "--progress",
-        "plain",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "build failed:\n{stderr}");
+    let stderr = kb
+        .kb([
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "--platform",
+            platforms,
+            "-t",
+            &tag,
+            "--push",
+            "--insecure-registry",
+            &host,
+            "--progress",
+            "plain",
+        ])
+        .ok()
+        .stderr;
     for (platform, pod) in [
         ("linux/amd64", &amd_pod),
         ("linux/386", &amd_pod),
@@ -1075,12 +975,6 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             "{stderr}"
         );
     }
-    let logs = |pod: &str| {
-        ok(
-            "kubectl logs",
-            c.admin(&["-n", cluster::NAMESPACE, "logs", pod]),
-        )
-    };
     let amd_log = logs(&amd_pod);
     let arm_log = logs(&arm_pod);
     assert!(
@@ -1147,27 +1041,25 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     let auth =
         TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
     let auth_host = auth.host();
-    ok(
-        "kubectl create secret docker-registry",
-        c.admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "create",
-            "secret",
-            "docker-registry",
-            &b,
-            &format!("--docker-server={auth_host}"),
-            &format!("--docker-username={user}"),
-            &format!("--docker-password={pass}"),
-        ]),
-    );
+    c.admin(&[
+        "-n",
+        cluster::NAMESPACE,
+        "create",
+        "secret",
+        "docker-registry",
+        &b,
+        &format!("--docker-server={auth_host}"),
+        &format!("--docker-username={user}"),
+        &format!("--docker-password={pass}"),
+    ])
+    .ok();
     let secret = Cleanup {
         cluster: c,
         builders: Vec::new(),
         secrets: vec![b.clone()],
     };
     let auth_tag = format!("{auth_host}/kbuild-test/mix:1");
-    let out = kb.run(&[
+    kb.kb([
         ctx.to_str().unwrap(),
         "--builder",
         &b,
@@ -1182,12 +1074,8 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         &auth_host,
         "--progress",
         "plain",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(
-        out.status.success(),
-        "push with the builder's secret failed:\n{stderr}"
-    );
+    ])
+    .ok();
     let index = skopeo_index(&auth_tag, &format!("{user}:{pass}"));
     assert_eq!(
         index["manifests"].as_array().map(Vec::len),
@@ -1198,20 +1086,21 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
 
     // --load of two platforms: each node loads its own into its
     // containerd (namespace k8s.io); pods run it without pulling.
-    let out = kb.run(&[
-        ctx.to_str().unwrap(),
-        "--builder",
-        &b,
-        "--platform",
-        "linux/amd64,linux/arm64",
-        "-t",
-        &loaded,
-        "--load",
-        "--progress",
-        "plain",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "--load failed:\n{stderr}");
+    let stderr = kb
+        .kb([
+            ctx.to_str().unwrap(),
+            "--builder",
+            &b,
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &loaded,
+            "--load",
+            "--progress",
+            "plain",
+        ])
+        .ok()
+        .stderr;
     for (pod, platform) in [(&amd_pod, "linux/amd64"), (&arm_pod, "linux/arm64")] {
         assert!(
             stderr
@@ -1226,7 +1115,7 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     // -o type=containerd given explicitly goes the same way: one
     // platform, one pod, its node's containerd.
     let explicit = format!("{loaded}-explicit");
-    let out = kb.run(&[
+    kb.kb([
         ctx.to_str().unwrap(),
         "--builder",
         &b,
@@ -1236,12 +1125,10 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         &format!("type=containerd,name={explicit}"),
         "--progress",
         "plain",
-    ]);
-    let stderr = text(&out.stderr);
-    assert!(out.status.success(), "-o type=containerd failed:\n{stderr}");
+    ])
+    .ok();
     let images = |n: u8| {
-        ok(
-            "ctr images ls",
+        Run::from(
             Command::new("ctr")
                 .arg("--address")
                 .arg(c.dir().join(format!("node{n}/containerd.sock")))
@@ -1249,6 +1136,8 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
                 .output()
                 .expect("run ctr"),
         )
+        .ok()
+        .stdout
     };
     let (node1, node2) = (images(1), images(2));
     assert!(node2.lines().any(|l| l == explicit), "{node2}");
@@ -1272,43 +1161,27 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
 #[test]
 fn prune_builder_prunes_every_pod() {
     let Some(c) = cluster() else { return };
-    let kb = Kb::new(c);
+    let kb = user_client(c);
     let b = name("kt-prune");
     let _cleanup = Cleanup {
         cluster: c,
         builders: vec![b.clone()],
         secrets: Vec::new(),
     };
-    ok(
-        "create --driver kubernetes",
-        kb.run(&[
-            "create",
-            &b,
-            "--driver",
-            "kubernetes",
-            "--driver-opt",
-            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
-        ]),
-    );
+    kb.kb([
+        "create",
+        &b,
+        "--driver",
+        "kubernetes",
+        "--driver-opt",
+        "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+    ])
+    .ok();
     // A result kept only in a pod's build cache.
-    let ctx = kb.dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY data /\n").unwrap();
-    std::fs::write(ctx.join("data"), "x".repeat(8192)).unwrap();
-    ok(
-        "build",
-        kb.run(&[
-            ctx.to_str().unwrap(),
-            "--builder",
-            &b,
-            "--progress",
-            "quiet",
-        ]),
-    );
-    let out = ok(
-        "prune --builder",
-        kb.run(&["prune", "--builder", &b, "--all"]),
-    );
+    let ctx = kb.context("ctx", "FROM scratch\nCOPY data /\n");
+    std::fs::write(Path::new(&ctx).join("data"), "x".repeat(8192)).unwrap();
+    kb.kb([ctx.as_str(), "--builder", &b]).quiet().ok();
+    let out = kb.kb(["prune", "--builder", &b, "--all"]).ok().stdout;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let pods: Vec<&str> = lines[..2]
@@ -1328,5 +1201,5 @@ fn prune_builder_prunes_every_pod() {
         lines[2].starts_with(&format!("builder {b}: 2 of 2 nodes pruned")),
         "{out}"
     );
-    ok("rm", kb.run(&["rm", &b]));
+    kb.kb(["rm", &b]).ok();
 }

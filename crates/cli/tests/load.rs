@@ -21,12 +21,10 @@ fn load_puts_the_image_into_dockerd_which_runs_it() {
         &ctx.join("Dockerfile"),
         &format!("FROM {base}\nCOPY hello.txt /srv/\nCMD [\"cat\", \"/srv/hello.txt\"]\n"),
     );
-    let d = match kbuild_testkit::dockerd::Dockerd::start() {
-        Ok(d) => d,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("dockerd: {e}"));
-            return;
-        }
+    let Some(d) =
+        kbuild_testkit::fixtures::started("dockerd", kbuild_testkit::dockerd::Dockerd::start())
+    else {
+        return;
     };
     let host = d.host();
     let r = run(

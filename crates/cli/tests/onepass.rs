@@ -211,35 +211,27 @@ fn copy_layers_made_in_one_pass_equal_the_diff_of_their_snapshot() {
     }
 }
 
-/// `cmd`'s exit and the bytes it (with the processes it waited for) asked
-/// read(2) and friends for: `rchar` of a shell that ran it, read after it.
-fn run_counting_reads(cmd: &mut Command) -> (common::Run, u64) {
-    let mut sh = Command::new("sh");
-    sh.arg("-c")
+/// `kubectl-build --root STORE` (the caller adds the rest) in a shell
+/// that prints, after it ends, the bytes it (with the processes it waited
+/// for) asked read(2) and friends for: the shell's `rchar`.
+fn counting_reads(store: &Path) -> common::Build {
+    common::Build::program("sh")
+        .arg("-c")
         .arg(r#""$@"; s=$?; grep '^rchar:' /proc/$$/io >&2; exit $s"#)
         .arg("sh")
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    let out = sh.stdin(std::process::Stdio::null()).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let rchar = stderr
+        .arg(common::bin())
+        .arg("--root")
+        .arg(store)
+}
+
+/// The bytes a [`counting_reads`] run read.
+fn rchar(run: &common::Run) -> u64 {
+    run.stderr
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("rchar:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rchar line in:\n{stderr}"));
-    let run = common::Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    };
-    (run, rchar)
+        .unwrap_or_else(|| panic!("no rchar line in:\n{}", run.stderr))
 }
 
 /// The layer digest and diff_id of the last layer of the one image in an
@@ -286,17 +278,16 @@ fn a_cold_copy_reads_each_context_file_once() {
     let build = |store: &Path, copy_to: &str, dest: &Path| {
         std::fs::write(&dockerfile, format!("FROM {BUSYBOX}\nCOPY . {copy_to}\n")).unwrap();
         let output = format!("type=oci,tar=false,dest={}", dest.display());
-        let mut cmd = Command::new(common::bin());
-        cmd.arg("--root")
-            .arg(store)
+        let r = counting_reads(store)
             .arg(&ctx)
             .args(["-f", dockerfile.to_str().unwrap()])
             .args(["--platform", "linux/amd64", "-o", &output])
             .args(["--progress", "plain"])
             .env("KUBECTL_BUILD_LOG", "kbuild_solver=debug")
-            .env("SOURCE_DATE_EPOCH", "1000000000");
-        let (r, rchar) = run_counting_reads(&mut cmd);
-        (r.ok(), rchar)
+            .env("SOURCE_DATE_EPOCH", "1000000000")
+            .run();
+        let read = rchar(&r);
+        (r.ok(), read)
     };
     let first_copy = "the copy runs before its key is known";
     let found_after = "a copy run before its key was found in the cache";

@@ -5,19 +5,9 @@
 
 mod common;
 
-use common::{build_local, busybox_image, require_root, run, write};
-use std::path::{Path, PathBuf};
+use common::{build_local, busybox_image, busybox_store, run, write};
+use std::path::Path;
 use std::process::Command;
-
-fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !require_root() {
-        return None;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    busybox_image(&store, "linux/amd64")?;
-    Some((t, store))
-}
 
 fn context(t: &Path, name: &str, dockerfile: &str) -> String {
     let ctx = t.join(name);
@@ -39,7 +29,7 @@ const USERS: &str = "FROM kbuild.test/busybox:latest\n\
 
 #[test]
 fn chown_by_name_takes_the_primary_group_and_run_gets_supplementary_groups() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -85,7 +75,7 @@ fn chown_by_name_takes_the_primary_group_and_run_gets_supplementary_groups() {
 
 #[test]
 fn scratch_works_in_slash_and_onbuild_triggers_are_not_inherited() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(t.path(), "scratch", "FROM scratch\nCOPY file.txt /\n");
@@ -142,7 +132,7 @@ fn layout_digest(layout: &Path) -> String {
 
 #[test]
 fn source_date_epoch_and_add_host_are_part_of_the_cache_key() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -203,7 +193,7 @@ fn source_date_epoch_and_add_host_are_part_of_the_cache_key() {
 
 #[test]
 fn copy_and_add_heredocs_become_files() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -254,29 +244,10 @@ fn copy_and_add_heredocs_become_files() {
 
     // A Dockerfile on stdin has no context, and needs none for heredocs.
     let stdin_out = t.path().join("stdin-out");
-    let mut child = Command::new(common::bin())
-        .arg("--root")
-        .arg(&store)
-        .args(["-", "--platform", "linux/amd64", "-o"])
-        .arg(format!("type=local,dest={}", stdin_out.display()))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"FROM scratch\nCOPY <<EOF /note\nfrom stdin\nEOF\n")
-            .unwrap();
-    }
-    let done = child.wait_with_output().unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    common::kb(&store, ["-", "--platform", "linux/amd64"])
+        .output(format!("type=local,dest={}", stdin_out.display()))
+        .stdin("FROM scratch\nCOPY <<EOF /note\nfrom stdin\nEOF\n")
+        .ok();
     assert_eq!(
         std::fs::read_to_string(stdin_out.join("note")).unwrap(),
         "from stdin\n"
@@ -294,7 +265,7 @@ fn copy_and_add_heredocs_become_files() {
 
 #[test]
 fn dockerignore_exceptions_below_an_excluded_directory_are_copied() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(t.path(), "ignore", "FROM scratch\nCOPY . /app/\n");
@@ -321,7 +292,7 @@ fn dockerignore_exceptions_below_an_excluded_directory_are_copied() {
 
 #[test]
 fn copy_chmod_applies_to_the_copied_entries_not_the_created_destination() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -358,7 +329,7 @@ fn layer_media_types(layout: &Path) -> Vec<String> {
 
 #[test]
 fn compression_is_per_build_and_converts_cached_and_forced_layers() {
-    let Some((t, store)) = setup() else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(

@@ -44,33 +44,23 @@ fn an_ordinary_user_is_told_at_once_that_the_local_builder_needs_root() {
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
     let store = t.path().join("store");
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(bin())
-        .arg("--root")
-        .arg(&store)
-        .arg(&ctx)
-        .output()
-        .expect("run setpriv (util-linux)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("the local builder needs root"), "{stderr}");
-    assert_eq!(
-        stderr.lines().filter(|l| l.starts_with("error:")).count(),
-        1,
-        "{stderr}"
+    // As nobody: setpriv (util-linux) drops to its uid and groups.
+    let as_nobody = || {
+        common::Build::program("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+    };
+    let out = as_nobody().arg("--root").arg(&store).arg(&ctx).fails();
+    assert!(
+        out.stderr.contains("the local builder needs root"),
+        "{}",
+        out.stderr
     );
+    out.error_line();
     assert!(!store.exists(), "nothing was written");
 
-    let doctor = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(bin())
-        .arg("doctor")
-        .output()
-        .expect("run setpriv");
-    let stdout = String::from_utf8_lossy(&doctor.stdout);
-    assert!(stdout.contains("not root"), "{stdout}");
-    assert_ne!(doctor.status.code(), Some(0));
+    let doctor = as_nobody().arg("doctor").fails();
+    assert!(doctor.stdout.contains("not root"), "{}", doctor.stdout);
 }
 
 #[test]
@@ -130,13 +120,9 @@ fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
         r.stderr
     );
     // The archive is all there is on stdout: tar reads it to the end.
-    let out = Command::new(bin())
-        .arg("--root")
-        .arg(&store)
-        .arg(&ctx)
+    let out = common::kb(&store, [&ctx])
         .args(["-q", "-o", "type=tar,dest=-"])
-        .output()
-        .unwrap();
+        .raw();
     assert!(
         out.status.success(),
         "{}",

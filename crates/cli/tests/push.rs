@@ -36,13 +36,10 @@ fn setup(last: &str) -> Option<Setup> {
     let store = t.path().join("store");
     let base = busybox_image(&store, "linux/amd64,linux/386")?;
     let reg = TestRegistry::start().expect("start docker-registry");
-    let proxy = match FaultProxy::start(&reg.host(), 1, &[], (4096, Duration::from_millis(20))) {
-        Ok(p) => p,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&e.to_string());
-            return None;
-        }
-    };
+    let proxy = kbuild_testkit::fixtures::started(
+        "fault proxy",
+        FaultProxy::start(&reg.host(), 1, &[], (4096, Duration::from_millis(20))),
+    )?;
     let ctx = t.path().join("ctx");
     write(
         &ctx.join("shared.txt"),

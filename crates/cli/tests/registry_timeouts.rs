@@ -15,14 +15,16 @@ fn a_registry_that_never_answers_fails_the_push_within_the_limits() {
         return;
     }
     let reg = TestRegistry::start().expect("registry");
-    let proxy = match FaultProxy::start(
-        &reg.host(),
-        1,
-        &["manifest-put=hang".to_string()],
-        (4096, Duration::from_millis(20)),
-    ) {
-        Ok(p) => p,
-        Err(e) => return kbuild_testkit::fixtures::skip_or_fail(&e.to_string()),
+    let Some(proxy) = kbuild_testkit::fixtures::started(
+        "fault proxy",
+        FaultProxy::start(
+            &reg.host(),
+            1,
+            &["manifest-put=hang".to_string()],
+            (4096, Duration::from_millis(20)),
+        ),
+    ) else {
+        return;
     };
     let t = tempfile::tempdir().unwrap();
     let ctx = t.path().join("ctx");

@@ -9,6 +9,7 @@ use common::{busybox_context, require_root, serve_builder, unique, write, Client
 use kbuild_testkit::client::Running;
 use kbuild_testkit::node::Node;
 use kbuild_testkit::registry::TestRegistry;
+use kbuild_testkit::token::docker_config;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -384,14 +385,6 @@ fn push_with_credentials_only_on_the_client() {
     assert_stopped_without(&mut daemon, &[&password, &auth]);
 }
 
-/// The `auth` of `user:password` and a Docker config file holding it for
-/// registry `host`.
-fn docker_config(host: &str, user: &str, password: &str) -> (String, String) {
-    let auth = base64(&format!("{user}:{password}"));
-    let config = format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#);
-    (auth, config)
-}
-
 /// Asserts none of `secrets` is in a file of the daemon's store, then
 /// stops the daemon and asserts none is in its log.
 fn assert_stopped_without(daemon: &mut Node, secrets: &[&str]) {
@@ -400,21 +393,6 @@ fn assert_stopped_without(daemon: &mut Node, secrets: &[&str]) {
     }
     let (_, stderr) = daemon.terminate();
     assert!(!secrets.iter().any(|s| stderr.contains(s)), "{stderr}");
-}
-
-fn base64(s: &str) -> String {
-    let out = Command::new("base64")
-        .arg("-w0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(s.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Pids whose command line contains `needle`.

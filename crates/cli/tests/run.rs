@@ -7,8 +7,8 @@
 mod common;
 
 use common::{
-    build_local, busybox_image, error_lines, files_containing, layer_entries, layout_manifests,
-    require_root, run, skopeo_to_layout, unique, write, SEVEN,
+    build_local, busybox_store, context, error_lines, files_containing, layer_entries,
+    layout_manifests, run, skopeo_to_layout, unique, SEVEN,
 };
 use kbuild_testkit::registry::TestRegistry;
 use std::os::unix::process::CommandExt;
@@ -16,31 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A fresh temporary directory with a store holding the busybox base for `platforms`.
-fn setup(platforms: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    if !require_root() {
-        return None;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    busybox_image(&store, platforms)?;
-    Some((t, store))
-}
-
-/// Writes `ctx/Dockerfile` and returns the context path as a string.
-fn context(t: &Path, name: &str, dockerfile: &str) -> String {
-    let ctx = t.join(name);
-    write(&ctx.join("Dockerfile"), dockerfile);
-    ctx.to_str().unwrap().to_string()
-}
-
 fn read(path: PathBuf) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 #[test]
 fn uname_reports_each_platforms_machine() {
-    let Some((t, store)) = setup(SEVEN) else {
+    let Some((t, store)) = busybox_store(SEVEN) else {
         return;
     };
     let ctx = context(
@@ -84,7 +66,7 @@ fn uname_reports_each_platforms_machine() {
 
 #[test]
 fn failing_run_names_the_step_and_exit_code() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -124,7 +106,7 @@ fn failing_run_names_the_step_and_exit_code() {
 
 #[test]
 fn deletions_become_whiteouts_in_the_pushed_layer() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let reg = TestRegistry::start().expect("start docker-registry");
@@ -195,7 +177,7 @@ fn deletions_become_whiteouts_in_the_pushed_layer() {
 
 #[test]
 fn secrets_reach_run_but_no_blob() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let reg = TestRegistry::start().expect("start docker-registry");
@@ -272,7 +254,7 @@ fn secrets_reach_run_but_no_blob() {
 
 #[test]
 fn cache_mount_persists_across_builds_and_stays_out_of_the_image() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -327,7 +309,7 @@ fn processes(argv: &[&str]) -> Vec<u32> {
 
 #[test]
 fn ctrl_c_stops_the_step_and_cleans_up() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     // An unusual duration, so no other test's sleep is mistaken for ours.
@@ -425,7 +407,7 @@ fn ctrl_c_stops_the_step_and_cleans_up() {
 
 #[test]
 fn user_and_workdir_as_buildkit() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -495,7 +477,7 @@ fn user_and_workdir_as_buildkit() {
 
 #[test]
 fn network_none_and_add_host() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -567,7 +549,7 @@ fn network_none_and_add_host() {
 
 #[test]
 fn heredoc_runs_as_the_script() {
-    let Some((t, store)) = setup("linux/arm64") else {
+    let Some((t, store)) = busybox_store("linux/arm64") else {
         return;
     };
     // A lone heredoc is the script (BuildKit's "fake heredoc"); one that
@@ -609,7 +591,7 @@ fn heredoc_runs_as_the_script() {
 
 #[test]
 fn a_dockerfile_cannot_write_host_kernel_settings() {
-    let Some((t, store)) = setup("linux/amd64,linux/arm64") else {
+    let Some((t, store)) = busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
     // Writes back the value already there: harmless if it ever succeeded.
@@ -638,7 +620,7 @@ fn a_dockerfile_cannot_write_host_kernel_settings() {
 
 #[test]
 fn security_insecure_needs_the_entitlement() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(
@@ -679,7 +661,7 @@ fn security_insecure_needs_the_entitlement() {
 
 #[test]
 fn one_failing_platform_stops_the_others_at_once() {
-    let Some((t, store)) = setup("linux/amd64,linux/arm64") else {
+    let Some((t, store)) = busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
     // arm64 fails at once; amd64 would run for minutes (an unusual
@@ -728,7 +710,7 @@ fn one_failing_platform_stops_the_others_at_once() {
 
 #[test]
 fn image_history_is_the_op_graphs() {
-    let Some((t, store)) = setup("linux/amd64") else {
+    let Some((t, store)) = busybox_store("linux/amd64") else {
         return;
     };
     let ctx = context(

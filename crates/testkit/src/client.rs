@@ -18,9 +18,10 @@
 //! # }
 //! ```
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,18 @@ impl Run {
     }
 }
 
+impl From<Output> for Run {
+    /// What a program run to its end printed: any program's, so helpers
+    /// that run kubectl, skopeo or tar check it as a client run.
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// The `error:` lines of a command's standard error.
 pub fn error_lines(stderr: &str) -> Vec<&str> {
     stderr.lines().filter(|l| l.starts_with("error:")).collect()
@@ -87,6 +100,7 @@ pub fn error_lines(stderr: &str) -> Vec<&str> {
 pub struct Client {
     bin: PathBuf,
     dir: tempfile::TempDir,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Client {
@@ -95,7 +109,16 @@ impl Client {
         Client {
             bin: bin.to_path_buf(),
             dir: tempfile::tempdir().expect("make a temporary directory"),
+            env: Vec::new(),
         }
+    }
+
+    /// The same client with environment variable `key` set for every run
+    /// (a `KUBECONFIG`, say, or `HOME`).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Client {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
     }
 
     /// The scratch directory.
@@ -124,9 +147,18 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Build::new(&self.bin, &self.root())
-            .env("XDG_CONFIG_HOME", self.config())
+        self.command(&self.bin)
+            .arg("--root")
+            .arg(self.root())
             .args(args)
+    }
+
+    /// `program` in this client's environment (its builder list and
+    /// [`Client::env`]), without `--root`: kubectl-build reached through
+    /// another program, such as `kubectl build` with the plugin on `PATH`.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Build {
+        let build = Build::program(program).env("XDG_CONFIG_HOME", self.config());
+        self.env.iter().fold(build, |build, (k, v)| build.env(k, v))
     }
 
     /// Creates builder `name` of one node per item of `nodes`, each the
@@ -159,19 +191,31 @@ impl Client {
 /// [`Build::fails`], [`Build::spawn`]).
 pub struct Build {
     cmd: Command,
+    input: Option<Vec<u8>>,
 }
 
 impl Build {
-    /// `bin --root STORE`, without the inherited `SOURCE_DATE_EPOCH`,
-    /// `DOCKER_DEFAULT_PLATFORM` and `KUBECTL_BUILD_LOG`.
+    /// `bin --root STORE`, without the inherited `SOURCE_DATE_EPOCH` and
+    /// `DOCKER_DEFAULT_PLATFORM`.
     pub fn new(bin: &Path, store: &Path) -> Build {
-        let mut cmd = Command::new(bin);
-        cmd.arg("--root")
-            .arg(store)
-            .stdin(Stdio::null())
+        Build::program(bin).arg("--root").arg(store)
+    }
+
+    /// `program` alone (the caller adds every argument), with the same
+    /// environment as [`Build::new`].
+    pub fn program(program: impl AsRef<OsStr>) -> Build {
+        let mut cmd = Command::new(program);
+        cmd.stdin(Stdio::null())
             .env_remove("SOURCE_DATE_EPOCH")
             .env_remove("DOCKER_DEFAULT_PLATFORM");
-        Build { cmd }
+        Build { cmd, input: None }
+    }
+
+    /// `bytes` on standard input (a Dockerfile given as `-`, say) instead
+    /// of none.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Build {
+        self.input = Some(bytes.into());
+        self
     }
 
     /// One more argument.
@@ -191,7 +235,7 @@ impl Build {
     }
 
     /// One environment variable.
-    pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Build {
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Build {
         self.cmd.env(key, value);
         self
     }
@@ -241,13 +285,30 @@ impl Build {
     }
 
     /// Runs it to the end.
-    pub fn run(mut self) -> Run {
-        let out = self.cmd.output().expect("run kubectl-build");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    pub fn run(self) -> Run {
+        Run::from(self.raw())
+    }
+
+    /// Runs it to the end; what it printed as bytes (an archive on
+    /// standard output, say).
+    pub fn raw(mut self) -> Output {
+        let program = self.cmd.get_program().to_owned();
+        let fail = |e: std::io::Error| -> ! { panic!("run {program:?}: {e}") };
+        let Some(input) = self.input.take() else {
+            return self.cmd.output().unwrap_or_else(|e| fail(e));
+        };
+        let mut child = self
+            .cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| fail(e));
+        if let Some(mut stdin) = child.stdin.take() {
+            // It may exit before reading all of it: its output says why.
+            let _ = stdin.write_all(&input);
         }
+        child.wait_with_output().unwrap_or_else(|e| fail(e))
     }
 
     /// Runs it, asserting it succeeds.

@@ -10,11 +10,13 @@
 //! end of the script's output on stderr); under `CI=true` it is a failure, as
 //! every missing prerequisite is (see [`crate::fixtures::skip_or_fail`]).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
+
+use crate::client::Run;
+use crate::error::StartError;
 
 /// The node names `scripts/cluster.sh` registers.
 pub const NODES: [&str; 2] = ["kbuild-node1", "kbuild-node2"];
@@ -35,18 +37,6 @@ pub struct Cluster {
     registry: String,
 }
 
-/// Why the cluster could not be used.
-#[derive(Debug)]
-pub struct ClusterError(String);
-
-impl fmt::Display for ClusterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ClusterError {}
-
 /// The checkout this testkit was built from (`crates/testkit/../..`).
 fn checkout() -> PathBuf {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -59,18 +49,17 @@ fn checkout() -> PathBuf {
 
 /// Runs `scripts/cluster.sh up` with `kbuild_bin` as the tool that builds
 /// the sandbox image, and reads back what it wrote under `target/cluster`.
-pub fn up(kbuild_bin: &Path) -> Result<Cluster, ClusterError> {
+pub fn up(kbuild_bin: &Path) -> Result<Cluster, StartError> {
     let root = checkout();
     let script = root.join("scripts/cluster.sh");
     let dir = root.join("target/cluster");
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ClusterError(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(StartError::io(format!("create {}", dir.display())))?;
     let log_path = dir.join("up.log");
     let log = std::fs::File::create(&log_path)
-        .map_err(|e| ClusterError(format!("cannot create {}: {e}", log_path.display())))?;
+        .map_err(StartError::io(format!("create {}", log_path.display())))?;
     let log_err = log
         .try_clone()
-        .map_err(|e| ClusterError(format!("cannot open {} twice: {e}", log_path.display())))?;
+        .map_err(StartError::io(format!("open {} twice", log_path.display())))?;
     let started = Instant::now();
     let status = Command::new("bash")
         .arg(&script)
@@ -80,17 +69,20 @@ pub fn up(kbuild_bin: &Path) -> Result<Cluster, ClusterError> {
         .stdout(log)
         .stderr(log_err)
         .status()
-        .map_err(|e| ClusterError(format!("cannot run {}: {e}", script.display())))?;
+        .map_err(StartError::io(format!("run {}", script.display())))?;
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() {
         let tail: Vec<&str> = output.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(ClusterError(format!(
-            "scripts/cluster.sh up failed ({status}) after {:.0?}; the end of its output ({}):\n{}",
-            started.elapsed(),
-            log_path.display(),
-            tail.join("\n")
-        )));
+        return Err(StartError::Failed {
+            what: format!(
+                "scripts/cluster.sh up (after {:.0?}, output in {})",
+                started.elapsed(),
+                log_path.display()
+            ),
+            status,
+            log: tail.join("\n"),
+        });
     }
     eprintln!(
         "scripts/cluster.sh up: {:.1?} (output in {})",
@@ -99,7 +91,7 @@ pub fn up(kbuild_bin: &Path) -> Result<Cluster, ClusterError> {
     );
     let registry_file = dir.join("registry");
     let registry = std::fs::read_to_string(&registry_file)
-        .map_err(|e| ClusterError(format!("cannot read {}: {e}", registry_file.display())))?
+        .map_err(StartError::io(format!("read {}", registry_file.display())))?
         .trim()
         .to_string();
     let cluster = Cluster { dir, registry };
@@ -109,10 +101,10 @@ pub fn up(kbuild_bin: &Path) -> Result<Cluster, ClusterError> {
         cluster.user_kubeconfig(),
     ] {
         if !file.is_file() {
-            return Err(ClusterError(format!(
-                "scripts/cluster.sh up succeeded but wrote no {}",
-                file.display()
-            )));
+            return Err(StartError::Incomplete {
+                what: "scripts/cluster.sh up",
+                missing: file,
+            });
         }
     }
     Ok(cluster)
@@ -122,31 +114,22 @@ pub fn up(kbuild_bin: &Path) -> Result<Cluster, ClusterError> {
 /// documentation); `None` after [`crate::fixtures::skip_or_fail`] when it
 /// cannot start (a panic under CI).
 pub fn shared(kbuild_bin: &Path) -> Option<&'static Cluster> {
-    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    static CLUSTER: OnceLock<Result<Cluster, StartError>> = OnceLock::new();
     let started = CLUSTER.get_or_init(|| {
-        if !is_root() {
-            return Err("the test cluster needs root (containerd, kubelets, cgroups)".to_string());
+        if !crate::fixtures::is_root() {
+            return Err(StartError::NotRoot {
+                what: "the test cluster (containerd, kubelets, cgroups)",
+            });
         }
-        up(kbuild_bin).map_err(|e| e.to_string())
+        up(kbuild_bin)
     });
     match started {
         Ok(cluster) => Some(cluster),
         Err(reason) => {
-            crate::fixtures::skip_or_fail(reason);
+            crate::fixtures::skip_or_fail(&reason.to_string());
             None
         }
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }
 
 impl Cluster {
@@ -191,7 +174,7 @@ impl Cluster {
     ///
     /// # Panics
     /// When kubectl cannot be started.
-    pub fn admin(&self, args: &[&str]) -> Output {
+    pub fn admin(&self, args: &[&str]) -> Run {
         run(self.kubectl_command(&self.admin_kubeconfig()).args(args))
     }
 
@@ -199,13 +182,14 @@ impl Cluster {
     ///
     /// # Panics
     /// When kubectl cannot be started.
-    pub fn user(&self, args: &[&str]) -> Output {
+    pub fn user(&self, args: &[&str]) -> Run {
         run(self.kubectl_command(&self.user_kubeconfig()).args(args))
     }
 }
 
-fn run(command: &mut Command) -> Output {
+fn run(command: &mut Command) -> Run {
     command
         .output()
+        .map(Run::from)
         .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", command.get_program()))
 }

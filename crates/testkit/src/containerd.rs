@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::error::{CommandError, StartError};
+
 /// The daemon program (package containerd).
 pub const CONTAINERD_BIN: &str = "/usr/bin/containerd";
 /// Its client (same package).
@@ -37,21 +39,24 @@ pub struct Containerd {
 impl Containerd {
     /// Starts a daemon and waits until `ctr version` answers. The error
     /// says why it could not (not installed, not root, the end of its log).
-    pub fn start() -> Result<Containerd, String> {
+    pub fn start() -> Result<Containerd, StartError> {
         for bin in [CONTAINERD_BIN, CTR_BIN] {
             if !Path::new(bin).is_file() {
-                return Err(format!(
-                    "{bin} not found; install the containerd package (scripts/test.sh does)"
-                ));
+                return Err(StartError::NotInstalled {
+                    program: bin.into(),
+                    package: "containerd",
+                });
             }
         }
-        if !crate::dockerd::is_root() {
-            return Err("containerd needs root; run the tests as root".to_string());
+        if !crate::fixtures::is_root() {
+            return Err(StartError::NotRoot { what: "containerd" });
         }
         let dir = tempfile::Builder::new()
             .prefix("kbc")
             .tempdir_in("/tmp")
-            .map_err(|e| format!("cannot create a directory for containerd under /tmp: {e}"))?;
+            .map_err(StartError::io(
+                "create a directory for containerd under /tmp",
+            ))?;
         let d = dir.path().display().to_string();
         let config = format!(
             r#"version = 2
@@ -68,12 +73,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         );
         let config_path = dir.path().join("config.toml");
         fs::write(&config_path, config)
-            .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+            .map_err(StartError::io(format!("write {}", config_path.display())))?;
         let log = fs::File::create(dir.path().join("log"))
-            .map_err(|e| format!("cannot create containerd's log: {e}"))?;
+            .map_err(StartError::io("create containerd's log"))?;
         let log_err = log
             .try_clone()
-            .map_err(|e| format!("cannot open containerd's log twice: {e}"))?;
+            .map_err(StartError::io("open containerd's log twice"))?;
         let started = Instant::now();
         let child = Command::new(CONTAINERD_BIN)
             .arg("--config")
@@ -83,23 +88,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .stderr(log_err)
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start {CONTAINERD_BIN}: {e}"))?;
+            .map_err(StartError::io(format!("start {CONTAINERD_BIN}")))?;
         let mut daemon = Containerd { child, dir };
         loop {
             if daemon.ctr("default", ["version"]).status.success() {
                 return Ok(daemon);
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                return Err(format!(
-                    "containerd exited at start ({status}); its log:\n{}",
-                    daemon.log()
-                ));
+                return Err(StartError::Exited {
+                    what: "containerd".into(),
+                    status,
+                    log: daemon.log(),
+                });
             }
             if started.elapsed() > START_TIMEOUT {
-                return Err(format!(
-                    "containerd did not answer within {START_TIMEOUT:?}; its log:\n{}",
-                    daemon.log()
-                ));
+                return Err(StartError::NoAnswer {
+                    what: "containerd".into(),
+                    waited: START_TIMEOUT,
+                    log: daemon.log(),
+                });
             }
             sleep(Duration::from_millis(50));
         }
@@ -141,7 +148,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Like [`Containerd::ctr`]; a failure is an error with ctr's stderr,
     /// success gives its stdout.
-    pub fn ctr_ok<I, S>(&self, namespace: &str, args: I) -> Result<String, String>
+    pub fn ctr_ok<I, S>(&self, namespace: &str, args: I) -> Result<String, CommandError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -151,15 +158,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            let shown: Vec<String> = args
-                .iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect();
-            Err(format!(
-                "`ctr -n {namespace} {}` failed ({}): {}",
-                shown.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+            Err(CommandError::failed(
+                &format!("ctr -n {namespace}"),
+                &args,
+                &out,
             ))
         }
     }

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::error::{CommandError, StartError};
+
 /// The daemon program (package docker.io).
 pub const DOCKERD_BIN: &str = "/usr/sbin/dockerd";
 
@@ -59,28 +61,32 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts a daemon and waits until it answers. The error says why it could
     /// not (not installed, not root, the end of the daemon's log, ...).
-    pub fn start() -> Result<Dockerd, String> {
+    pub fn start() -> Result<Dockerd, StartError> {
         if !Path::new(DOCKERD_BIN).is_file() {
-            return Err(format!(
-                "{DOCKERD_BIN} not found; install the docker.io package (scripts/test.sh does)"
-            ));
+            return Err(StartError::NotInstalled {
+                program: DOCKERD_BIN.into(),
+                package: "docker.io",
+            });
         }
-        if !is_root() {
-            return Err("dockerd needs root; run the tests as root".to_string());
+        if !crate::fixtures::is_root() {
+            return Err(StartError::NotRoot { what: "dockerd" });
         }
         let dir = tempfile::Builder::new()
             .prefix("kbd")
             .tempdir_in("/tmp")
-            .map_err(|e| format!("cannot create a directory for dockerd under /tmp: {e}"))?;
+            .map_err(StartError::io("create a directory for dockerd under /tmp"))?;
         let root = dir.path();
         let config = serde_json::json!({ "deprecated-key-path": root.join("key.json") });
-        fs::write(root.join("daemon.json"), config.to_string())
-            .map_err(|e| format!("cannot write {}: {e}", root.join("daemon.json").display()))?;
-        let log = fs::File::create(root.join("log"))
-            .map_err(|e| format!("cannot create {}: {e}", root.join("log").display()))?;
+        fs::write(root.join("daemon.json"), config.to_string()).map_err(StartError::io(
+            format!("write {}", root.join("daemon.json").display()),
+        ))?;
+        let log = fs::File::create(root.join("log")).map_err(StartError::io(format!(
+            "create {}",
+            root.join("log").display()
+        )))?;
         let log_err = log
             .try_clone()
-            .map_err(|e| format!("cannot open dockerd's log twice: {e}"))?;
+            .map_err(StartError::io("open dockerd's log twice"))?;
 
         let started = Instant::now();
         let child = Command::new(DOCKERD_BIN)
@@ -103,7 +109,7 @@ impl Dockerd {
             // runner, whose drops then stop the daemon in order.
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot start {DOCKERD_BIN}: {e}"))?;
+            .map_err(StartError::io(format!("start {DOCKERD_BIN}")))?;
         // From here on, dropping `daemon` cleans up whatever happens.
         let mut daemon = Dockerd {
             child,
@@ -116,16 +122,18 @@ impl Dockerd {
                 return Ok(daemon);
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
-                return Err(format!(
-                    "dockerd exited at start ({status}); the end of its log:\n{}",
-                    tail(&daemon.log(), 20)
-                ));
+                return Err(StartError::Exited {
+                    what: "dockerd".into(),
+                    status,
+                    log: tail(&daemon.log(), 20),
+                });
             }
             if started.elapsed() > START_TIMEOUT {
-                return Err(format!(
-                    "dockerd did not answer within {START_TIMEOUT:?}; the end of its log:\n{}",
-                    tail(&daemon.log(), 20)
-                ));
+                return Err(StartError::NoAnswer {
+                    what: "dockerd".into(),
+                    waited: START_TIMEOUT,
+                    log: tail(&daemon.log(), 20),
+                });
             }
             sleep(Duration::from_millis(50));
         }
@@ -191,7 +199,7 @@ impl Dockerd {
 
     /// Like [`Dockerd::docker`], but a failure is an error naming the command
     /// with the CLI's stderr; success gives its stdout.
-    pub fn docker_ok<I, S>(&self, args: I) -> Result<String, String>
+    pub fn docker_ok<I, S>(&self, args: I) -> Result<String, CommandError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
@@ -201,16 +209,7 @@ impl Dockerd {
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
-            let shown: Vec<String> = args
-                .iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned())
-                .collect();
-            Err(format!(
-                "`docker {}` failed ({}): {}",
-                shown.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
+            Err(CommandError::failed("docker", &args, &output))
         }
     }
 
@@ -307,19 +306,6 @@ fn shim_socket(root: &Path, id: &str) -> Option<PathBuf> {
     let text = String::from_utf8(output.stdout).ok()?;
     let hex = text.split_whitespace().next()?;
     Some(Path::new("/run/containerd/s").join(hex))
-}
-
-pub(crate) fn is_root() -> bool {
-    // The real uid is the first number of the `Uid:` line.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// What a stopped daemon's containers may leave behind: kills the processes

@@ -88,6 +88,87 @@ pub enum When {
     Chance(f64),
 }
 
+/// Why a `KIND=FAULT[:WHEN]` rule was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// No `=` between kind and fault.
+    #[error("rule {0:?} is not KIND=FAULT[:WHEN]")]
+    Shape(String),
+    /// The kind is none of [`KINDS`].
+    #[error("rule {rule:?}: unknown kind {kind:?} (one of {KINDS:?})")]
+    Kind {
+        /// The rule.
+        rule: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// The fault is none of [`FAULTS`].
+    #[error("rule {rule:?}: unknown fault {fault:?} (one of {FAULTS:?})")]
+    Fault {
+        /// The rule.
+        rule: String,
+        /// Its fault.
+        fault: String,
+    },
+    /// WHEN has a dot but is no number from 0 to 1.
+    #[error("rule {rule:?}: {when:?} is not a probability")]
+    Probability {
+        /// The rule.
+        rule: String,
+        /// Its WHEN.
+        when: String,
+    },
+    /// WHEN is no whole number.
+    #[error("rule {rule:?}: {when:?} is not a count")]
+    Count {
+        /// The rule.
+        rule: String,
+        /// Its WHEN.
+        when: String,
+        /// Why it is no number.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+/// Why the proxy program could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A flag came last, without its value.
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    /// A required flag is missing.
+    #[error("{0} is required")]
+    Required(&'static str),
+    /// An argument the proxy does not know.
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+    /// `--trickle` is not `BYTES/MILLISECONDS`.
+    #[error("--trickle {0:?} is not BYTES/MILLISECONDS")]
+    Trickle(String),
+    /// A number flag's value is no whole number.
+    #[error("{flag}: {source}")]
+    Number {
+        /// The flag.
+        flag: &'static str,
+        /// Why its value is no number.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// A `--rule` was refused.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The log, the port or standard output failed.
+    #[error("cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// One `KIND=FAULT[:WHEN]` rule.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
@@ -101,34 +182,42 @@ pub struct Rule {
 
 impl Rule {
     /// Parses `KIND=FAULT[:WHEN]`.
-    pub fn parse(text: &str) -> Result<Rule, String> {
+    pub fn parse(text: &str) -> Result<Rule, RuleError> {
         let (kind, rest) = text
             .split_once('=')
-            .ok_or_else(|| format!("rule {text:?} is not KIND=FAULT[:WHEN]"))?;
+            .ok_or_else(|| RuleError::Shape(text.to_string()))?;
         let (fault, when) = match rest.split_once(':') {
             Some((f, w)) => (f, Some(w)),
             None => (rest, None),
         };
         if !KINDS.contains(&kind) {
-            return Err(format!(
-                "rule {text:?}: unknown kind {kind:?} (one of {KINDS:?})"
-            ));
+            return Err(RuleError::Kind {
+                rule: text.to_string(),
+                kind: kind.to_string(),
+            });
         }
         if !FAULTS.contains(&fault) {
-            return Err(format!(
-                "rule {text:?}: unknown fault {fault:?} (one of {FAULTS:?})"
-            ));
+            return Err(RuleError::Fault {
+                rule: text.to_string(),
+                fault: fault.to_string(),
+            });
         }
         let when = match when {
             None | Some("all") => When::All,
             Some(w) if w.contains('.') => match w.parse::<f64>() {
                 Ok(p) if (0.0..=1.0).contains(&p) => When::Chance(p),
-                _ => return Err(format!("rule {text:?}: {w:?} is not a probability")),
+                _ => {
+                    return Err(RuleError::Probability {
+                        rule: text.to_string(),
+                        when: w.to_string(),
+                    })
+                }
             },
-            Some(w) => When::First(
-                w.parse()
-                    .map_err(|_| format!("rule {text:?}: {w:?} is not a count"))?,
-            ),
+            Some(w) => When::First(w.parse().map_err(|source| RuleError::Count {
+                rule: text.to_string(),
+                when: w.to_string(),
+                source,
+            })?),
         };
         Ok(Rule {
             kind: kind.to_string(),
@@ -180,41 +269,44 @@ struct Config {
 /// The proxy program: `kbuild-fault-proxy --upstream HOST:PORT [--seed N]
 /// [--rule KIND=FAULT[:WHEN]]... [--trickle BYTES/MILLISECONDS] --log FILE`.
 /// Prints `listening PORT` once it accepts connections on 127.0.0.1.
-pub fn proxy_main() -> Result<(), String> {
+pub fn proxy_main() -> Result<(), ProxyError> {
     let mut args = std::env::args().skip(1);
     let (mut upstream, mut seed, mut rules, mut log) = (None, 0u64, Vec::new(), None);
     let (mut trickle_bytes, mut trickle_pause) = (512usize, Duration::from_millis(100));
+    let number = |flag: &'static str| move |source| ProxyError::Number { flag, source };
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| ProxyError::MissingValue(flag.clone()))
+        };
         match flag.as_str() {
             "--upstream" => upstream = Some(value()?),
-            "--seed" => seed = value()?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--seed" => seed = value()?.parse().map_err(number("--seed"))?,
             "--rule" => rules.push(Rule::parse(&value()?)?),
             "--log" => log = Some(PathBuf::from(value()?)),
             "--trickle" => {
                 let v = value()?;
                 let (b, ms) = v
                     .split_once('/')
-                    .ok_or_else(|| format!("--trickle {v:?} is not BYTES/MILLISECONDS"))?;
-                trickle_bytes = b.parse().map_err(|e| format!("--trickle: {e}"))?;
-                trickle_pause =
-                    Duration::from_millis(ms.parse().map_err(|e| format!("--trickle: {e}"))?);
+                    .ok_or_else(|| ProxyError::Trickle(v.clone()))?;
+                trickle_bytes = b.parse().map_err(number("--trickle"))?;
+                trickle_pause = Duration::from_millis(ms.parse().map_err(number("--trickle"))?);
             }
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(ProxyError::UnknownArgument(other.to_string())),
         }
     }
-    let upstream = upstream.ok_or("--upstream HOST:PORT is required")?;
-    let log = log.ok_or("--log FILE is required")?;
+    let upstream = upstream.ok_or(ProxyError::Required("--upstream HOST:PORT"))?;
+    let log = log.ok_or(ProxyError::Required("--log FILE"))?;
+    let io = |action: String| move |source| ProxyError::Io { action, source };
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log)
-        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot bind a port: {e}"))?;
+        .map_err(io(format!("open {}", log.display())))?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind a port".into()))?;
     let port = listener
         .local_addr()
-        .map_err(|e| format!("cannot read the port: {e}"))?
+        .map_err(io("read the port".into()))?
         .port();
     let config = Arc::new(Config {
         upstream,
@@ -228,7 +320,7 @@ pub fn proxy_main() -> Result<(), String> {
     println!("listening {port}");
     std::io::stdout()
         .flush()
-        .map_err(|e| format!("stdout: {e}"))?;
+        .map_err(io("write the port to standard output".into()))?;
     for client in listener.incoming() {
         let Ok(client) = client else { continue };
         let config = config.clone();
@@ -483,8 +575,7 @@ pub fn proxy_binary() -> Result<PathBuf, StartError> {
     if let Some(p) = std::env::var_os("KBUILD_FAULT_PROXY") {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| StartError(format!("cannot locate the running test binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(StartError::io("locate the running test binary"))?;
     let candidates: Vec<PathBuf> = exe
         .ancestors()
         .skip(1)
@@ -495,15 +586,12 @@ pub fn proxy_binary() -> Result<PathBuf, StartError> {
         .iter()
         .find(|p| p.is_file())
         .cloned()
-        .ok_or_else(|| {
-            StartError(format!(
-                "{PROXY_BIN} is not built (looked at {}); run `cargo build -p kbuild-testkit --bin {PROXY_BIN}` or set KBUILD_FAULT_PROXY",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
+        .ok_or_else(|| StartError::ProxyNotBuilt {
+            looked_at: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -518,13 +606,13 @@ impl FaultProxy {
         trickle: (usize, Duration),
     ) -> Result<FaultProxy, StartError> {
         for r in rules {
-            Rule::parse(r).map_err(StartError)?;
+            Rule::parse(r)?;
         }
         let bin = proxy_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("kbuild-fault-proxy-")
             .tempdir()
-            .map_err(|e| StartError(format!("cannot create a temp dir: {e}")))?;
+            .map_err(StartError::io("create a temporary directory"))?;
         let mut cmd = Command::new(&bin);
         cmd.args(["--upstream", upstream, "--seed", &seed.to_string()])
             .arg("--trickle")
@@ -539,7 +627,7 @@ impl FaultProxy {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| StartError(format!("cannot start {}: {e}", bin.display())))?;
+            .map_err(StartError::io(format!("start {}", bin.display())))?;
         let stdout = child.stdout.take();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -556,10 +644,10 @@ impl FaultProxy {
         else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(StartError(format!(
-                "{} did not say which port it listens on (said {line:?})",
-                bin.display()
-            )));
+            return Err(StartError::NoPort {
+                program: bin,
+                said: line,
+            });
         };
         Ok(FaultProxy { child, port, dir })
     }

@@ -218,6 +218,30 @@ pub fn skip_or_fail(reason: &str) {
     }
 }
 
+/// Whether this process runs as root (its real uid, the first number of
+/// the `Uid:` line of `/proc/self/status`).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether this process runs as root; if not, [`skip_or_fail`] with `why`
+/// (what needs root).
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip_or_fail(why);
+    false
+}
+
 /// The component `what` that `started` started, or `None` after
 /// [`skip_or_fail`] naming it and why it did not start (a program of the
 /// test machine missing, for instance).

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod daemon;
 pub mod dockerd;
+pub mod error;
 pub mod faults;
 pub mod fixtures;
 pub mod netns;

@@ -17,6 +17,7 @@
 //! the host kills every process in it and removes the namespace and the
 //! veth pair.
 
+use crate::error::{output_ok, CommandError};
 use kbuild_image::lock::{FileLock, LockMode};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -37,22 +38,10 @@ pub struct Host {
     _lock: FileLock,
 }
 
-/// Runs `ip ARGS`, returning stderr on failure.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+/// Runs `ip ARGS` to the end.
+fn ip(args: &[&str]) -> Result<(), CommandError> {
+    output_ok(Command::new("ip").args(args).stdin(Stdio::null()))?;
+    Ok(())
 }
 
 /// The process ids in namespace `name`.
@@ -107,7 +96,7 @@ impl Host {
     /// # Panics
     /// When a step fails although the prerequisites are there.
     pub fn create() -> Option<Host> {
-        if !crate::dockerd::is_root() {
+        if !crate::fixtures::is_root() {
             crate::fixtures::skip_or_fail("test hosts need root (network namespaces)");
             return None;
         }

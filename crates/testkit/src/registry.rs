@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::error::output_ok;
+
 /// The registry program.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
@@ -51,21 +53,7 @@ pub struct TokenAuthFiles {
     pub realm: String,
 }
 
-/// Why a test registry could not start.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-fn err(what: impl Into<String>) -> StartError {
-    StartError(what.into())
-}
+pub use crate::error::StartError;
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the registry to take).
 pub fn free_port() -> Result<u16, StartError> {
@@ -74,11 +62,11 @@ pub fn free_port() -> Result<u16, StartError> {
 
 fn free_port_on(ip: Ipv4Addr) -> Result<u16, StartError> {
     let listener =
-        TcpListener::bind((ip, 0)).map_err(|e| err(format!("cannot bind a loopback port: {e}")))?;
+        TcpListener::bind((ip, 0)).map_err(StartError::io(format!("bind a port on {ip}")))?;
     listener
         .local_addr()
         .map(|a| a.port())
-        .map_err(|e| err(format!("cannot read the bound port: {e}")))
+        .map_err(StartError::io("read the bound port"))
 }
 
 impl TestRegistry {
@@ -106,23 +94,14 @@ impl TestRegistry {
         user: &str,
         pass: &str,
     ) -> Result<TestRegistry, StartError> {
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", user, pass])
-            .output()
-            .map_err(|e| err(format!("cannot run htpasswd (install apache2-utils): {e}")))?;
-        if !out.status.success() {
-            return Err(err(format!(
-                "htpasswd failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
+        let out = output_ok(Command::new("htpasswd").args(["-Bbn", user, pass]))?;
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         TestRegistry::launch(
             ip,
             "auth:\n  htpasswd:\n    realm: test-realm\n    path: HTPASSWD\n",
             move |dir| {
                 std::fs::write(dir.join("htpasswd"), format!("{line}\n"))
-                    .map_err(|e| err(format!("cannot write htpasswd: {e}")))
+                    .map_err(StartError::io("write htpasswd"))
             },
         )
     }
@@ -131,20 +110,8 @@ impl TestRegistry {
     /// in `dir`, for [`TestRegistry::start_with_token_auth`].
     pub fn token_auth_files(dir: &Path, realm: &str) -> Result<TokenAuthFiles, StartError> {
         let run = |args: &[&str]| -> Result<(), StartError> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .map_err(|e| err(format!("cannot run openssl: {e}")))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(err(format!(
-                    "openssl {} failed: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )))
-            }
+            output_ok(Command::new("openssl").args(args).current_dir(dir))?;
+            Ok(())
         };
         run(&[
             "genpkey",
@@ -227,14 +194,15 @@ impl TestRegistry {
         prepare: impl FnOnce(&Path) -> Result<(), StartError>,
     ) -> Result<TestRegistry, StartError> {
         if !Path::new(REGISTRY_BIN).exists() {
-            return Err(err(format!(
-                "{REGISTRY_BIN} is missing; install Debian's docker-registry package"
-            )));
+            return Err(StartError::NotInstalled {
+                program: REGISTRY_BIN.into(),
+                package: "docker-registry",
+            });
         }
         let dir = tempfile::Builder::new()
             .prefix("kbuild-registry-")
             .tempdir()
-            .map_err(|e| err(format!("cannot create a temp dir: {e}")))?;
+            .map_err(StartError::io("create a temporary directory"))?;
         prepare(dir.path())?;
         let port = free_port_on(ip)?;
         let storage = dir.path().join("storage");
@@ -253,12 +221,12 @@ impl TestRegistry {
         let config_path = dir.path().join("config.yml");
         std::fs::File::create(&config_path)
             .and_then(|mut f| f.write_all(config.as_bytes()))
-            .map_err(|e| err(format!("cannot write {}: {e}", config_path.display())))?;
+            .map_err(StartError::io(format!("write {}", config_path.display())))?;
         let log = std::fs::File::create(dir.path().join("registry.log"))
-            .map_err(|e| err(format!("cannot create the registry log: {e}")))?;
+            .map_err(StartError::io("create the registry log"))?;
         let log2 = log
             .try_clone()
-            .map_err(|e| err(format!("cannot clone the log handle: {e}")))?;
+            .map_err(StartError::io("open the registry log twice"))?;
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config_path)
@@ -266,7 +234,7 @@ impl TestRegistry {
             .stdout(log)
             .stderr(log2)
             .spawn()
-            .map_err(|e| err(format!("cannot start {REGISTRY_BIN}: {e}")))?;
+            .map_err(StartError::io(format!("start {REGISTRY_BIN}")))?;
         let mut registry = TestRegistry {
             child,
             ip,
@@ -281,10 +249,11 @@ impl TestRegistry {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(err(format!(
-                    "docker-registry exited with {status} before answering: {}",
-                    self.log()
-                )));
+                return Err(StartError::Exited {
+                    what: "docker-registry".into(),
+                    status,
+                    log: self.log(),
+                });
             }
             if let Some(code) = http_status(self.ip, self.port, "/v2/") {
                 // 200 when anonymous, 401 with auth: either way it serves the API.
@@ -293,11 +262,11 @@ impl TestRegistry {
                 }
             }
             if Instant::now() > deadline {
-                return Err(err(format!(
-                    "docker-registry did not answer /v2/ on port {} within {START_TIMEOUT:?}: {}",
-                    self.port,
-                    self.log()
-                )));
+                return Err(StartError::NoAnswer {
+                    what: format!("docker-registry (GET /v2/ on port {})", self.port),
+                    waited: START_TIMEOUT,
+                    log: self.log(),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -46,21 +46,19 @@ impl TokenServer {
         user: &str,
         password: &str,
     ) -> Result<(TokenServer, TokenAuthFiles), StartError> {
-        let listener = TcpListener::bind((ip, 0))
-            .map_err(|e| StartError(format!("token server: bind {ip}: {e}")))?;
+        let listener = TcpListener::bind((ip, 0)).map_err(StartError::io(format!(
+            "bind the token server's port on {ip}"
+        )))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| StartError(format!("token server: {e}")))?;
+            .map_err(StartError::io("read the token server's port"))?;
         let files = TestRegistry::token_auth_files(dir, &format!("http://{addr}/token"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let scopes = Arc::new(Mutex::new(Vec::new()));
         let denied = Arc::new(Mutex::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let expires_in = Arc::new(AtomicU64::new(300));
-        let expected = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-        );
+        let expected = format!("Basic {}", basic_auth(user, password));
         let subject = user.to_string();
         let thread = {
             let (stop, scopes, denied, files) =
@@ -130,6 +128,20 @@ impl Drop for TokenServer {
             let _ = t.join();
         }
     }
+}
+
+/// `user:password` in base64: the value of a Basic `Authorization` header
+/// and the `auth` of a Docker config.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+/// The `auth` of `user:password` and a Docker `config.json` holding it for
+/// registry `host`, as `docker login` writes them.
+pub fn docker_config(host: &str, user: &str, password: &str) -> (String, String) {
+    let auth = basic_auth(user, password);
+    let config = format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#);
+    (auth, config)
 }
 
 /// `application/x-www-form-urlencoded` decoding of one value (`%XX`,

@@ -20,7 +20,7 @@ fn start_dockerd() -> Option<Dockerd> {
             Some(daemon)
         }
         Err(reason) => {
-            fixtures::skip_or_fail(&reason);
+            fixtures::skip_or_fail(&reason.to_string());
             None
         }
     }
@@ -171,7 +171,8 @@ fn daemon_is_private_and_leaves_nothing_behind() {
     // a CLI error names the command
     let err = daemon
         .docker_ok(["image", "inspect", "kbuild-testkit/absent:none"])
-        .expect_err("inspecting an absent image must fail");
+        .expect_err("inspecting an absent image must fail")
+        .to_string();
     assert!(
         err.contains("docker image inspect kbuild-testkit/absent:none"),
         "{err}"

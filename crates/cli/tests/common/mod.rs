@@ -48,30 +48,9 @@ pub fn node(dir: &Path, name: &str) -> kbuild_testkit::node::NodeSpec {
     kbuild_testkit::node::Node::spec(&bin(), dir, name)
 }
 
-/// Whether this process may mount (the local builder needs root).
-pub fn is_root() -> bool {
-    nix_uid() == 0
-}
-
-fn nix_uid() -> u32 {
-    // SAFETY-free: read our uid from /proc.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
-        })
-        .unwrap_or(u32::MAX)
-}
-
 /// Skip (or fail under CI) when the test cannot run here.
 pub fn require_root() -> bool {
-    if is_root() {
-        return true;
-    }
-    kbuild_testkit::fixtures::skip_or_fail("the local builder mounts overlayfs and needs root");
-    false
+    kbuild_testkit::fixtures::require_root("the local builder mounts overlayfs and needs root")
 }
 
 /// The seven Linux platforms of the busybox fixture.
@@ -103,6 +82,13 @@ pub fn write(path: &Path, text: &str) {
         std::fs::create_dir_all(p).unwrap();
     }
     std::fs::write(path, text).unwrap();
+}
+
+/// Writes `DIR/NAME/Dockerfile` and returns the context directory.
+pub fn context(dir: &Path, name: &str, dockerfile: &str) -> String {
+    let ctx = dir.join(name);
+    write(&ctx.join("Dockerfile"), dockerfile);
+    ctx.to_str().expect("a UTF-8 context path").to_string()
 }
 
 /// The busybox fixture context, or `None` after [`kbuild_testkit::fixtures::skip_or_fail`].
