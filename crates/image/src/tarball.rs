@@ -1,11 +1,15 @@
-//! Deterministic tar streams for layers and archives.
+//! Deterministic tar streams for layers and archives: the workspace's one
+//! tar writer. [`append_entry`] writes every entry, whether it comes from
+//! [`DeterministicTar`] (exports, archives, filesystem outputs) or from the
+//! worker's layer diff.
 //!
 //! Same input, same bytes: entries carry only what an image needs (path,
-//! type, mode, uid/gid, mtime, link target, device numbers, xattrs), user
-//! and group names are empty, and anything that does not fit a ustar header
-//! (long or non-ASCII names and link targets, ids ≥ 2²¹, sizes ≥ 8 GiB,
-//! xattrs as `SCHILY.xattr.<name>`) goes into a PAX extended header written
-//! just before the entry. With `SOURCE_DATE_EPOCH` set, every mtime later
+//! type, mode, uid/gid, mtime, link target, device numbers for devices,
+//! xattrs), user and group names are empty, and anything that does not fit
+//! a ustar header (long or non-ASCII names and link targets, ids ≥ 2²¹,
+//! sizes ≥ 8 GiB, xattrs as `SCHILY.xattr.<name>`) goes into a PAX extended
+//! header written just before the entry, as Go's archive/tar (and so
+//! BuildKit) writes it. With `SOURCE_DATE_EPOCH` set, every mtime later
 //! than it is clamped down to it (BuildKit's behaviour).
 //! [`DeterministicTar::append_dir_tree`] walks directories sorted bytewise by
 //! name and turns repeated inodes into hard links to the first path seen.
@@ -80,6 +84,11 @@ pub enum EntryKind {
     },
     /// Named pipe.
     Fifo,
+    /// An OCI whiteout: the empty regular file `.wh.NAME` that deletes
+    /// `NAME` from the layers below, or `.wh..wh..opq` that hides what they
+    /// have in its directory. Its owner fields are left empty (the entry's
+    /// uid and gid are not written).
+    Whiteout,
 }
 
 /// One tar entry's metadata.
@@ -104,11 +113,12 @@ pub struct Entry {
 
 impl Entry {
     /// A root-owned entry with mtime 0 and mode 0755 (directories), 0777
-    /// (symlinks) or 0644 (everything else).
+    /// (symlinks), 0 (whiteouts) or 0644 (everything else).
     pub fn new(path: impl Into<Vec<u8>>, kind: EntryKind) -> Entry {
         let mode = match kind {
             EntryKind::Dir => 0o755,
             EntryKind::Symlink(_) => 0o777,
+            EntryKind::Whiteout => 0,
             _ => 0o644,
         };
         Entry {
@@ -152,104 +162,7 @@ impl<W: Write> DeterministicTar<W> {
     /// Appends `entry`; for files, exactly `size` bytes are streamed from
     /// `data` (fewer is an error, extra bytes are not read).
     pub fn append<R: Read>(&mut self, entry: &Entry, data: R) -> Result<()> {
-        let path = normalize(&entry.path, matches!(entry.kind, EntryKind::Dir))?;
-        let mut header = Header::new_ustar();
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
-
-        if !set_ustar_name(&mut header, &path) {
-            pax.push(("path".to_string(), path.clone()));
-            let short: Vec<u8> = ascii_truncate(&path, 100);
-            set_ustar_name(&mut header, &short);
-        }
-        let size = match &entry.kind {
-            EntryKind::File { size } => *size,
-            _ => 0,
-        };
-        let (ty, link) = match &entry.kind {
-            EntryKind::File { .. } => (EntryType::Regular, None),
-            EntryKind::Dir => (EntryType::Directory, None),
-            EntryKind::Symlink(t) => (EntryType::Symlink, Some(t.clone())),
-            EntryKind::Hardlink(t) => (EntryType::Link, Some(normalize(t, false)?)),
-            EntryKind::CharDevice { .. } => (EntryType::Char, None),
-            EntryKind::BlockDevice { .. } => (EntryType::Block, None),
-            EntryKind::Fifo => (EntryType::Fifo, None),
-        };
-        header.set_entry_type(ty);
-        if let Some(link) = link {
-            if link.len() <= 100 && link.is_ascii() {
-                set_field(&mut header.as_old_mut().linkname, &link);
-            } else {
-                pax.push(("linkpath".to_string(), link.clone()));
-                set_field(
-                    &mut header.as_old_mut().linkname,
-                    &ascii_truncate(&link, 100),
-                );
-            }
-        }
-        header.set_mode(entry.mode & 0o7777);
-        for (key, id, set) in [
-            ("uid", entry.uid, Header::set_uid as fn(&mut Header, u64)),
-            ("gid", entry.gid, Header::set_gid as fn(&mut Header, u64)),
-        ] {
-            if id > USTAR_MAX_ID {
-                pax.push((key.to_string(), id.to_string().into_bytes()));
-                set(&mut header, 0);
-            } else {
-                set(&mut header, id);
-            }
-        }
-        if size > USTAR_MAX_SIZE {
-            pax.push(("size".to_string(), size.to_string().into_bytes()));
-            header.set_size(0);
-        } else {
-            header.set_size(size);
-        }
-        let mtime = self.options.clamp(entry.mtime);
-        header.set_mtime(mtime.min(USTAR_MAX_SIZE));
-        let (major, minor) = match entry.kind {
-            EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor } => {
-                (major, minor)
-            }
-            _ => (0, 0),
-        };
-        let display = String::from_utf8_lossy(&path).into_owned();
-        let tar_err = |source: io::Error| Error::TarHeader {
-            path: display.clone(),
-            source,
-        };
-        header.set_device_major(major).map_err(tar_err)?;
-        header.set_device_minor(minor).map_err(tar_err)?;
-        for (name, value) in &entry.xattrs {
-            pax.push((format!("SCHILY.xattr.{name}"), value.clone()));
-        }
-        header.set_cksum();
-
-        if !pax.is_empty() {
-            self.write_pax(&path, mtime, &pax)?;
-        }
-        if size == 0 {
-            self.builder
-                .append(&header, io::empty())
-                .map_err(stream_err("write the tar stream"))?;
-            return Ok(());
-        }
-        let mut counted = CountingReader {
-            inner: data.take(size),
-            read: 0,
-        };
-        self.builder
-            .append(&header, &mut counted)
-            .map_err(stream_err("write the tar stream"))?;
-        if counted.read != size {
-            return Err(Error::TarEntry {
-                path: display,
-                reason: format!(
-                    "the content was {} bytes but the header says {size}; the file changed while it was archived",
-                    counted.read
-                ),
-            });
-        }
-        Ok(())
+        append_entry(&mut self.builder, &self.options, entry, data)
     }
 
     /// Appends the file system object at `fs_path` (not following symlinks)
@@ -356,37 +269,189 @@ impl<W: Write> DeterministicTar<W> {
         }
         Ok(true)
     }
+}
 
-    /// Writes the PAX extended header for the entry at `path`.
-    ///
-    /// Written by hand rather than with `tar::Builder::append_pax_extensions`:
-    /// that one leaves the header's name, mode and mtime empty, while ours
-    /// names it `PaxHeaders.0/<base name>` with mode 0644 and the entry's
-    /// (clamped) mtime, as Go's archive/tar (and so BuildKit) does. Switching
-    /// would change the bytes, and so the digest, of every layer that needs a
-    /// PAX record.
-    fn write_pax(&mut self, path: &[u8], mtime: u64, records: &[(String, Vec<u8>)]) -> Result<()> {
-        let mut data = Vec::new();
-        for (key, value) in records {
-            data.extend(pax_record(key, value));
-        }
-        let base = path
-            .rsplit(|b| *b == b'/')
-            .find(|s| !s.is_empty())
-            .unwrap_or(b"entry");
-        let mut name = b"PaxHeaders.0/".to_vec();
-        name.extend(ascii_truncate(base, 80));
-        let mut header = Header::new_ustar();
-        set_ustar_name(&mut header, &name);
-        header.set_entry_type(EntryType::XHeader);
-        header.set_mode(0o644);
-        header.set_size(data.len() as u64);
-        header.set_mtime(mtime.min(USTAR_MAX_SIZE));
-        header.set_cksum();
-        self.builder
-            .append(&header, data.as_slice())
-            .map_err(stream_err("write the tar stream"))
+/// Appends `entry` to `out`: the workspace's one tar entry writer, which
+/// [`DeterministicTar`] and the worker's layer diff both write through. A
+/// PAX extended header goes first when the ustar header cannot hold the
+/// entry; for files, exactly `size` bytes are streamed from `data` (fewer
+/// is an error, extra bytes are not read).
+pub fn append_entry<W: Write, R: Read>(
+    out: &mut tar::Builder<W>,
+    options: &TarOptions,
+    entry: &Entry,
+    data: R,
+) -> Result<()> {
+    let EntryHeader {
+        header,
+        path,
+        pax,
+        size,
+        mtime,
+    } = entry_header(entry, options)?;
+    if !pax.is_empty() {
+        write_pax(out, &path, mtime, &pax)?;
     }
+    if size == 0 {
+        return out
+            .append(&header, io::empty())
+            .map_err(stream_err("write the tar stream"));
+    }
+    let mut counted = CountingReader {
+        inner: data.take(size),
+        read: 0,
+    };
+    out.append(&header, &mut counted)
+        .map_err(stream_err("write the tar stream"))?;
+    if counted.read != size {
+        return Err(Error::TarEntry {
+            path: String::from_utf8_lossy(&path).into_owned(),
+            reason: format!(
+                "the content was {} bytes but the header says {size}; the file changed while it was archived",
+                counted.read
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// An entry's ustar header (checksum set) and the PAX records for what it
+/// cannot hold.
+struct EntryHeader {
+    header: Header,
+    /// The normalized archive path.
+    path: Vec<u8>,
+    pax: Vec<(String, Vec<u8>)>,
+    /// Content bytes that follow the header.
+    size: u64,
+    /// The clamped mtime, for the PAX header too.
+    mtime: u64,
+}
+
+fn entry_header(entry: &Entry, options: &TarOptions) -> Result<EntryHeader> {
+    let path = normalize(&entry.path, matches!(entry.kind, EntryKind::Dir))?;
+    let mut header = Header::new_ustar();
+    let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+    if !set_ustar_name(&mut header, &path) {
+        pax.push(("path".to_string(), path.clone()));
+        set_ustar_name(&mut header, &ascii_truncate(&path, 100));
+    }
+    let (ty, link) = match &entry.kind {
+        EntryKind::File { .. } | EntryKind::Whiteout => (EntryType::Regular, None),
+        EntryKind::Dir => (EntryType::Directory, None),
+        EntryKind::Symlink(t) => (EntryType::Symlink, Some(t.clone())),
+        EntryKind::Hardlink(t) => (EntryType::Link, Some(normalize(t, false)?)),
+        EntryKind::CharDevice { .. } => (EntryType::Char, None),
+        EntryKind::BlockDevice { .. } => (EntryType::Block, None),
+        EntryKind::Fifo => (EntryType::Fifo, None),
+    };
+    header.set_entry_type(ty);
+    if let Some(link) = link {
+        if link.len() <= 100 && link.is_ascii() {
+            set_field(&mut header.as_old_mut().linkname, &link);
+        } else {
+            set_field(
+                &mut header.as_old_mut().linkname,
+                &ascii_truncate(&link, 100),
+            );
+            pax.push(("linkpath".to_string(), link));
+        }
+    }
+    header.set_mode(entry.mode & 0o7777);
+    // A whiteout's owner fields stay empty, as layers have always had them.
+    if !matches!(entry.kind, EntryKind::Whiteout) {
+        set_ids(&mut header, &mut pax, entry.uid, entry.gid);
+    }
+    let size = match &entry.kind {
+        EntryKind::File { size } => *size,
+        _ => 0,
+    };
+    if size > USTAR_MAX_SIZE {
+        pax.push(("size".to_string(), size.to_string().into_bytes()));
+        header.set_size(0);
+    } else {
+        header.set_size(size);
+    }
+    let mtime = options.clamp(entry.mtime);
+    header.set_mtime(mtime.min(USTAR_MAX_SIZE));
+    set_device(&mut header, &entry.kind, &path)?;
+    for (name, value) in &entry.xattrs {
+        pax.push((format!("SCHILY.xattr.{name}"), value.clone()));
+    }
+    header.set_cksum();
+    Ok(EntryHeader {
+        header,
+        path,
+        pax,
+        size,
+        mtime,
+    })
+}
+
+/// Owner ids; one beyond ustar's octal range goes into a PAX record and
+/// the header field says 0, as Go's archive/tar writes it.
+fn set_ids(header: &mut Header, pax: &mut Vec<(String, Vec<u8>)>, uid: u64, gid: u64) {
+    for (key, id, set) in [
+        ("uid", uid, Header::set_uid as fn(&mut Header, u64)),
+        ("gid", gid, Header::set_gid as fn(&mut Header, u64)),
+    ] {
+        if id > USTAR_MAX_ID {
+            pax.push((key.to_string(), id.to_string().into_bytes()));
+            set(header, 0);
+        } else {
+            set(header, id);
+        }
+    }
+}
+
+/// Device numbers, written for character and block devices only: the
+/// fields of every other entry stay empty, as layers have always had them.
+fn set_device(header: &mut Header, kind: &EntryKind, path: &[u8]) -> Result<()> {
+    let (EntryKind::CharDevice { major, minor } | EntryKind::BlockDevice { major, minor }) = *kind
+    else {
+        return Ok(());
+    };
+    let tar_err = |source: io::Error| Error::TarHeader {
+        path: String::from_utf8_lossy(path).into_owned(),
+        source,
+    };
+    header.set_device_major(major).map_err(tar_err)?;
+    header.set_device_minor(minor).map_err(tar_err)
+}
+
+/// Writes the PAX extended header for the entry at `path`.
+///
+/// Written by hand rather than with `tar::Builder::append_pax_extensions`:
+/// that one leaves the header's name, mode and mtime empty, while ours
+/// names it `PaxHeaders.0/<base name>` with mode 0644 and the entry's
+/// (clamped) mtime, as Go's archive/tar (and so BuildKit) does. Switching
+/// would change the bytes, and so the digest, of every layer that needs a
+/// PAX record.
+fn write_pax<W: Write>(
+    out: &mut tar::Builder<W>,
+    path: &[u8],
+    mtime: u64,
+    records: &[(String, Vec<u8>)],
+) -> Result<()> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        data.extend(pax_record(key, value));
+    }
+    let base = path
+        .rsplit(|b| *b == b'/')
+        .find(|s| !s.is_empty())
+        .unwrap_or(b"entry");
+    let mut name = b"PaxHeaders.0/".to_vec();
+    name.extend(ascii_truncate(base, 80));
+    let mut header = Header::new_ustar();
+    set_ustar_name(&mut header, &name);
+    header.set_entry_type(EntryType::XHeader);
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_mtime(mtime.min(USTAR_MAX_SIZE));
+    header.set_cksum();
+    out.append(&header, data.as_slice())
+        .map_err(stream_err("write the tar stream"))
 }
 
 struct CountingReader<R> {
@@ -493,10 +558,6 @@ fn read_xattrs(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
         .collect())
 }
 
-/// Every extended attribute of `path`, not following a final symlink, in
-/// the order the kernel lists them: the workspace's one xattr reader (the
-/// worker's snapshot diff reads through it too). A filesystem without
-/// xattrs gives none; a name that is not UTF-8, or an attribute removed
 /// One PAX extended-header record, `"<len> <key>=<value>\n"`, where `len`
 /// counts the whole record including its own digits: the one encoder of
 /// the workspace's tar writers.
@@ -512,6 +573,10 @@ pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     rec
 }
 
+/// Every extended attribute of `path`, not following a final symlink, in
+/// the order the kernel lists them: the workspace's one xattr reader (the
+/// worker's snapshot diff reads through it too). A filesystem without
+/// xattrs gives none; a name that is not UTF-8, or an attribute removed
 /// between listing and reading, is left out.
 pub fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let names = match xattr::list(path) {
@@ -548,6 +613,34 @@ fn xattrs_unsupported(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header's field as raw bytes: (offset, length) in the ustar layout.
+    fn field(header: &[u8], (at, len): (usize, usize)) -> &[u8] {
+        &header[at..at + len]
+    }
+
+    const MODE: (usize, usize) = (100, 8);
+    const IDS: (usize, usize) = (108, 16);
+    const DEVICE: (usize, usize) = (329, 16);
+
+    #[test]
+    fn whiteouts_have_no_owner_and_only_devices_have_device_numbers() {
+        let mut out = tar::Builder::new(Vec::new());
+        let options = TarOptions::default();
+        let whiteout = Entry::new("dir/.wh.gone", EntryKind::Whiteout);
+        let file = Entry::new("f", EntryKind::File { size: 1 });
+        let null = Entry::new("null", EntryKind::CharDevice { major: 1, minor: 3 });
+        for (entry, data) in [(&whiteout, &b""[..]), (&file, b"x"), (&null, b"")] {
+            assert!(append_entry(&mut out, &options, entry, data).is_ok());
+        }
+        let tar = out.into_inner().unwrap_or_default();
+        let (whiteout, file, null) = (&tar[..512], &tar[512..1024], &tar[1536..2048]);
+        assert_eq!(field(whiteout, MODE), b"0000000\0");
+        assert_eq!(field(whiteout, IDS), [0; 16]);
+        assert_eq!(field(file, IDS), b"0000000\x000000000\x00");
+        assert_eq!(field(file, DEVICE), [0; 16]);
+        assert_eq!(field(null, DEVICE), b"0000001\x000000003\x00");
+    }
 
     #[test]
     fn pax_record_length_counts_itself() {

@@ -7,6 +7,7 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kbuild_image::tarball::{DeterministicTar, Entry, EntryKind, TarOptions};
 use kbuild_image::ContentStore;
 use kbuild_worker::snapshot::Snapshotter;
 use sha2::{Digest, Sha256};
@@ -23,16 +24,11 @@ fn require_root() -> bool {
 
 /// A one-file layer tar and its diff_id.
 fn layer(name: &str, data: &[u8]) -> (Vec<u8>, String) {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_cksum();
-    b.append_data(&mut h, name, data).unwrap();
-    let tar = b.into_inner().unwrap();
+    let mut b = DeterministicTar::new(Vec::new(), TarOptions::default());
+    let size = data.len() as u64;
+    b.append(&Entry::new(name, EntryKind::File { size }), data)
+        .unwrap();
+    let tar = b.finish().unwrap();
     let id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
     (tar, id)
 }
@@ -52,7 +48,8 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// A layer stream that sends the start of a tar entry and then never ends.
+/// A layer stream that sends the start of a tar entry and then never ends:
+/// one header block by hand, as no tar writer stops halfway.
 struct Stalling {
     sent: bool,
 }

@@ -9,8 +9,10 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use kbuild_image::tarball::pax_record;
-use kbuild_worker::snapshot::{apply_layer_to_dir, write_diff, DiffOptions, Error, Snapshotter};
+use kbuild_image::tarball::{pax_record, DeterministicTar, TarOptions};
+use kbuild_worker::snapshot::{
+    apply_layer_to_dir, write_diff, DiffOptions, EntryMeta, Error, LayerEntries, Snapshotter,
+};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
@@ -779,6 +781,83 @@ fn diff_clamps_mtimes_and_writes_long_names_with_pax() -> TestResult {
     fs::File::open(dir.join(&long_dir).join("f"))?.read_to_string(&mut buf)?;
     assert_eq!(buf, "x");
     assert_eq!(fs::read_link(dir.join("s"))?, Path::new(&target));
+    Ok(())
+}
+
+/// An upper directory whose entries all need PAX records: a name too long
+/// to split, a non-ASCII name, a long symlink target, ids beyond ustar's
+/// range and an xattr (on a directory, which the one-pass entries write).
+fn pax_tree(upper: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let long = "n".repeat(150);
+    fs::create_dir(upper)?;
+    fs::create_dir(upper.join("d"))?;
+    rustix::fs::lsetxattr(
+        upper.join("d").as_path(),
+        "user.mark",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )?;
+    fs::write(upper.join("d/big-ids"), "owned")?;
+    std::os::unix::fs::chown(upper.join("d/big-ids"), Some(3_000_000), Some(3_000_001))?;
+    fs::write(upper.join("h\u{e9}llo"), "non-ascii")?;
+    fs::write(upper.join(&long), "long")?;
+    std::os::unix::fs::symlink(format!("/{}", "t".repeat(200)), upper.join("s"))?;
+    Ok(long)
+}
+
+#[test]
+fn diff_entries_that_need_pax_are_the_tar_writers_entries() -> TestResult {
+    require_root!();
+    let sandbox = tempfile::tempdir()?;
+    let upper = sandbox.path().join("upper");
+    let long = pax_tree(&upper)?;
+    let epoch = 1_000_000;
+    let options = DiffOptions {
+        source_date_epoch: Some(epoch),
+    };
+    let mut out = tar::Builder::new(Vec::new());
+    let stats = write_diff(&upper, &[], &mut out, &options)?;
+    let diff = out.into_inner()?;
+    assert_eq!((stats.entries, stats.symlinks), (5, 1), "{stats:?}");
+    for record in [
+        pax_record("path", long.as_bytes()),
+        pax_record("path", "h\u{e9}llo".as_bytes()),
+        pax_record("linkpath", format!("/{}", "t".repeat(200)).as_bytes()),
+        pax_record("uid", b"3000000"),
+        pax_record("gid", b"3000001"),
+        pax_record("SCHILY.xattr.user.mark", b"1"),
+    ] {
+        assert!(
+            diff.windows(record.len()).any(|w| w == record.as_slice()),
+            "no PAX record {:?}",
+            String::from_utf8_lossy(&record)
+        );
+    }
+
+    // The tar writer's archive of the same tree: the same bytes.
+    let mut tar = DeterministicTar::new(
+        Vec::new(),
+        TarOptions {
+            source_date_epoch: Some(epoch as u64),
+        },
+    );
+    tar.append_dir_tree(&upper, "")?;
+    assert_eq!(tar.finish()?, diff);
+
+    // The one-pass entries of the same changes: the same bytes.
+    let mut entries = LayerEntries::new(tar::Builder::new(Vec::new()), &upper, &options);
+    entries.dir(b"d", None, false);
+    for name in ["d/big-ids", "h\u{e9}llo", long.as_str()] {
+        let md = upper.join(name).symlink_metadata()?;
+        let meta = EntryMeta::of(&md);
+        let file = fs::File::open(upper.join(name))?;
+        assert!(entries.file(name.as_bytes(), &meta, md.len(), file)?);
+        assert!(entries.file_is(name.as_bytes(), &meta, md.len())?);
+    }
+    assert!(entries.symlink(b"s")?);
+    let (out, one_pass_stats) = entries.finish()?.ok_or("the one pass gave up")?;
+    assert_eq!(out.into_inner()?, diff);
+    assert_eq!(one_pass_stats, stats);
     Ok(())
 }
 

@@ -729,104 +729,152 @@ fn registration_for(arch: &Arch, etc_roots: &[&Path]) -> Option<Registration> {
 /// and the fix: install QEMU, run as root, or remove a handler that lacks
 /// the `F` flag.
 pub fn ensure(platform: &Platform) -> Result<Action, Error> {
-    let dir = Path::new(BINFMT_MISC);
-    let name = platform.to_string();
-    let unsupported = |reason: String, fix: String| Error::Unsupported {
-        platform: name.clone(),
-        reason,
-        fix,
-    };
     let before = support(platform);
     let Support::Unsupported { reason, fix } = before.clone() else {
         return Ok(Action::AlreadySupported(before));
     };
+    let step = Ensure {
+        platform,
+        name: platform.to_string(),
+        dir: Path::new(BINFMT_MISC),
+    };
     let Some(arch) = arch_of(platform).filter(|_| platform.normalized().os == "linux") else {
-        return Err(unsupported(reason, fix));
+        return Err(step.unsupported(reason, fix));
     };
-    let io_err = |action: &'static str, path: &Path, source: io::Error| Error::Io {
-        platform: name.clone(),
-        action,
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut mounted = false;
-    if !dir.join("register").exists() {
-        rustix::mount::mount(
-            "binfmt_misc",
-            dir,
-            "binfmt_misc",
-            rustix::mount::MountFlags::empty(),
-            None,
-        )
-        .map_err(|e| io_err("mount binfmt_misc at", dir, e.into()))?;
-        mounted = true;
-    }
-    if !binfmt_enabled(dir) {
-        let status = dir.join("status");
-        fs::write(&status, "1").map_err(|e| io_err("enable binfmt_misc in", &status, e))?;
-    }
-    let existing: Vec<Handler> = read_handlers(dir)
+    let mounted = step.mount_and_enable()?;
+    let existing: Vec<Handler> = read_handlers(step.dir)
         .into_iter()
         .filter(|h| h.matches(arch.elf))
         .collect();
-    if let Some(h) = existing
-        .iter()
-        .find(|h| !h.enabled && h.flags.contains('F'))
-    {
-        let entry = dir.join(&h.name);
-        fs::write(&entry, "1").map_err(|e| io_err("enable the binfmt_misc handler", &entry, e))?;
-        return Ok(Action::Enabled {
-            handler: h.name.clone(),
-        });
+    if let Some(action) = step.enable_disabled(&existing)? {
+        return Ok(action);
     }
     if existing.iter().any(|h| h.enabled) {
         // Enabled but without F: support() explained it.
-        return Err(unsupported(reason, fix));
+        return Err(step.unsupported(reason, fix));
     }
-    let Some(reg) = registration_for(arch, &[Path::new("/")]) else {
-        return Err(unsupported(
-            format!(
-                "no QEMU for {} is installed (looked for a static qemu-{})",
-                arch.goarch, arch.qemu
-            ),
-            FIX_INSTALL.into(),
-        ));
-    };
-    if existing.iter().any(|h| h.name == reg.name) || dir.join(&reg.name).exists() {
-        return Err(unsupported(
-            format!(
-                "a binfmt_misc handler named {} exists but does not run {}",
-                reg.name, arch.goarch
-            ),
-            format!(
-                "remove it with `echo -1 > {BINFMT_MISC}/{}` and try again",
-                reg.name
-            ),
-        ));
+    let reg = step.registration(arch, &existing)?;
+    step.register(reg, mounted)
+}
+
+/// The steps of [`ensure`] for one platform, whose errors name it.
+struct Ensure<'a> {
+    platform: &'a Platform,
+    /// The platform as the errors name it.
+    name: String,
+    /// The binfmt_misc mount point.
+    dir: &'a Path,
+}
+
+impl Ensure<'_> {
+    fn unsupported(&self, reason: String, fix: String) -> Error {
+        Error::Unsupported {
+            platform: self.name.clone(),
+            reason,
+            fix,
+        }
     }
-    let register = dir.join("register");
-    // binfmt_misc wants the whole line in one write.
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .open(&register)
-        .and_then(|mut f| f.write_all(reg.line().as_bytes()));
-    if let Err(e) = written {
-        // Another process may have registered it a moment ago.
-        return match support(platform) {
-            s @ Support::Emulated { .. } if e.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(Action::AlreadySupported(s))
-            }
-            _ => Err(io_err("register a handler in", &register, e)),
+
+    fn io(&self, action: &'static str, path: &Path, source: io::Error) -> Error {
+        Error::Io {
+            platform: self.name.clone(),
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Mounts binfmt_misc when it is not, and turns it on when it is off.
+    /// Returns whether it was mounted here.
+    fn mount_and_enable(&self) -> Result<bool, Error> {
+        let mut mounted = false;
+        if !self.dir.join("register").exists() {
+            rustix::mount::mount(
+                "binfmt_misc",
+                self.dir,
+                "binfmt_misc",
+                rustix::mount::MountFlags::empty(),
+                None,
+            )
+            .map_err(|e| self.io("mount binfmt_misc at", self.dir, e.into()))?;
+            mounted = true;
+        }
+        if !binfmt_enabled(self.dir) {
+            let status = self.dir.join("status");
+            fs::write(&status, "1").map_err(|e| self.io("enable binfmt_misc in", &status, e))?;
+        }
+        Ok(mounted)
+    }
+
+    /// Enables the first disabled handler of `existing` that has the `F`
+    /// flag, if there is one.
+    fn enable_disabled(&self, existing: &[Handler]) -> Result<Option<Action>, Error> {
+        let Some(h) = existing
+            .iter()
+            .find(|h| !h.enabled && h.flags.contains('F'))
+        else {
+            return Ok(None);
         };
+        let entry = self.dir.join(&h.name);
+        fs::write(&entry, "1").map_err(|e| self.io("enable the binfmt_misc handler", &entry, e))?;
+        Ok(Some(Action::Enabled {
+            handler: h.name.clone(),
+        }))
     }
-    match support(platform) {
-        Support::Unsupported { reason, fix } => Err(unsupported(reason, fix)),
-        _ => Ok(Action::Registered {
-            handler: reg.name,
-            interpreter: reg.interpreter,
-            flags: reg.flags,
-            mounted_binfmt_misc: mounted,
-        }),
+
+    /// The handler to register for `arch`: an installed static QEMU whose
+    /// handler name is free.
+    fn registration(&self, arch: &Arch, existing: &[Handler]) -> Result<Registration, Error> {
+        let Some(reg) = registration_for(arch, &[Path::new("/")]) else {
+            return Err(self.unsupported(
+                format!(
+                    "no QEMU for {} is installed (looked for a static qemu-{})",
+                    arch.goarch, arch.qemu
+                ),
+                FIX_INSTALL.into(),
+            ));
+        };
+        if existing.iter().any(|h| h.name == reg.name) || self.dir.join(&reg.name).exists() {
+            return Err(self.unsupported(
+                format!(
+                    "a binfmt_misc handler named {} exists but does not run {}",
+                    reg.name, arch.goarch
+                ),
+                format!(
+                    "remove it with `echo -1 > {BINFMT_MISC}/{}` and try again",
+                    reg.name
+                ),
+            ));
+        }
+        Ok(reg)
+    }
+
+    /// Registers `reg` and checks that the platform runs now.
+    fn register(&self, reg: Registration, mounted: bool) -> Result<Action, Error> {
+        let register = self.dir.join("register");
+        // binfmt_misc wants the whole line in one write.
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .open(&register)
+            .and_then(|mut f| f.write_all(reg.line().as_bytes()));
+        if let Err(e) = written {
+            // Another process may have registered it a moment ago.
+            return match support(self.platform) {
+                s @ Support::Emulated { .. } if e.raw_os_error() == Some(libc::EEXIST) => {
+                    Ok(Action::AlreadySupported(s))
+                }
+                _ => Err(self.io("register a handler in", &register, e)),
+            };
+        }
+        match support(self.platform) {
+            Support::Unsupported { reason, fix } => Err(self.unsupported(reason, fix)),
+            _ => Ok(Action::Registered {
+                handler: reg.name,
+                interpreter: reg.interpreter,
+                flags: reg.flags,
+                mounted_binfmt_misc: mounted,
+            }),
+        }
     }
 }
 

@@ -50,8 +50,8 @@ const KEPT_CAPS: [u32; 14] = [
 pub fn helper_main() -> ! {
     let code = match helper() {
         Ok(code) => code,
-        Err(message) => {
-            report(&Status::Setup(message));
+        Err(error) => {
+            report(&Status::Setup(error.to_string()));
             125
         }
     };
@@ -80,11 +80,63 @@ fn report(status: &Status) {
     }
 }
 
-fn ctx<T, E: std::fmt::Display>(
+/// Why the helper could not set up the sandbox or start the command: its
+/// text is the message the supervisor reports.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    /// An operation failed: what was being done, and the system's answer.
+    #[error("{what}: {source}")]
+    Op {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Mount options with a NUL byte in them cannot be handed to mount(2).
+    #[error("mount {fstype} on {}: options contain a NUL byte", target.display())]
+    MountOptions {
+        fstype: String,
+        target: PathBuf,
+        #[source]
+        source: std::ffi::NulError,
+    },
+    /// The command line or environment cannot be handed to execve(2).
+    #[error("an argument or variable contains a NUL byte")]
+    NulInCommand(#[source] std::ffi::NulError),
+    /// execve(2) refused the command.
+    #[error("{}", .0.desc())]
+    Exec(#[source] nix::errno::Errno),
+    /// The helper must fork, which is unsafe with other threads running.
+    #[error(
+        "the helper has more than one thread: call executor::helper_main() first \
+         thing in main, before an async runtime or any thread is started"
+    )]
+    Threads,
+    /// The status descriptor was not handed over.
+    #[error(
+        "descriptor {STATUS_FD} is not open: {0}; the helper must be started by Executor::run"
+    )]
+    StatusFd(#[source] io::Error),
+    /// The spec names no command.
+    #[error("the command is empty")]
+    EmptyCommand,
+    /// No executable of the command's name on its `PATH`.
+    #[error("executable file not found in $PATH")]
+    NotFound,
+}
+
+/// The error of `what` failing with `source`.
+fn op(what: String, source: impl std::error::Error + Send + Sync + 'static) -> SetupError {
+    SetupError::Op {
+        what,
+        source: Box::new(source),
+    }
+}
+
+fn ctx<T, E: std::error::Error + Send + Sync + 'static>(
     r: Result<T, E>,
     what: impl FnOnce() -> String,
-) -> Result<T, String> {
-    r.map_err(|e| format!("{}: {e}", what()))
+) -> Result<T, SetupError> {
+    r.map_err(|e| op(what(), e))
 }
 
 /// The number of threads of this process, from `/proc/self/status`.
@@ -96,13 +148,9 @@ fn thread_count() -> Option<u32> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn helper() -> Result<i32, String> {
+fn helper() -> Result<i32, SetupError> {
     if thread_count().is_some_and(|n| n > 1) {
-        return Err(
-            "the helper has more than one thread: call executor::helper_main() first \
-                    thing in main, before an async runtime or any thread is started"
-                .into(),
-        );
+        return Err(SetupError::Threads);
     }
     let mut input = Vec::new();
     ctx(io::stdin().read_to_end(&mut input), || {
@@ -111,10 +159,7 @@ fn helper() -> Result<i32, String> {
     let spec: HelperSpec = ctx(serde_json::from_slice(&input), || "parse the spec".into())?;
     // SAFETY: fcntl on a plain descriptor number.
     if unsafe { libc::fcntl(STATUS_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
-        return Err(format!(
-            "descriptor {STATUS_FD} is not open: {}; the helper must be started by Executor::run",
-            io::Error::last_os_error()
-        ));
+        return Err(SetupError::StatusFd(io::Error::last_os_error()));
     }
     let mut flags =
         UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
@@ -146,8 +191,8 @@ fn helper() -> Result<i32, String> {
                 std::process::exit(1);
             }
             drop(alive_r);
-            if let Err(message) = init(&spec) {
-                report(&Status::Setup(message));
+            if let Err(error) = init(&spec) {
+                report(&Status::Setup(error.to_string()));
                 std::process::exit(125);
             }
             std::process::exit(0)
@@ -171,7 +216,7 @@ fn mounted(
     r: rustix::io::Result<()>,
     what: &dyn std::fmt::Display,
     target: &Path,
-) -> Result<(), String> {
+) -> Result<(), SetupError> {
     ctx(r, || format!("mount {what} on {}", target.display()))
 }
 
@@ -182,19 +227,21 @@ fn mount_fs(
     target: &Path,
     flags: MountFlags,
     data: Option<&str>,
-) -> Result<(), String> {
-    let data = data.map(CString::new).transpose().map_err(|_| {
-        format!(
-            "mount {fstype} on {}: options contain a NUL byte",
-            target.display()
-        )
-    })?;
+) -> Result<(), SetupError> {
+    let data = data
+        .map(CString::new)
+        .transpose()
+        .map_err(|source| SetupError::MountOptions {
+            fstype: fstype.to_string(),
+            target: target.to_path_buf(),
+            source,
+        })?;
     let r = rustix::mount::mount(source, target, fstype, flags, data.as_deref());
     mounted(r, &fstype, target)
 }
 
 /// Binds `source` onto `target`, with its submounts when `recursive`.
-fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), String> {
+fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), SetupError> {
     let r = if recursive {
         rustix::mount::mount_bind_recursive(source, target)
     } else {
@@ -204,14 +251,14 @@ fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), String> {
 }
 
 /// Remounts the bind mount at `target` with `flags` (read-only, ...).
-fn remount_bind(target: &Path, flags: MountFlags) -> Result<(), String> {
+fn remount_bind(target: &Path, flags: MountFlags) -> Result<(), SetupError> {
     let r = rustix::mount::mount_remount(target, MountFlags::BIND | flags, "");
     ctx(r, || format!("remount {} with {flags:?}", target.display()))
 }
 
 /// PID 1 of the step: mounts, pivot_root, then the command; returns when
 /// the command has ended and its status is reported.
-fn init(spec: &HelperSpec) -> Result<(), String> {
+fn init(spec: &HelperSpec) -> Result<(), SetupError> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let r = rustix::mount::mount_change(
         "/",
@@ -247,7 +294,7 @@ fn init(spec: &HelperSpec) -> Result<(), String> {
 
 /// The step's own mounts (RUN --mount binds and tmpfs), in order, on
 /// mount points made to fit.
-fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), String> {
+fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), SetupError> {
     for m in mounts {
         match m {
             HelperMount::Bind {
@@ -283,7 +330,7 @@ fn mount_step_mounts(mounts: &[HelperMount]) -> Result<(), String> {
 /// Makes the prepared root the process's `/` (pivot_root, the old root
 /// detached), then sets the hostname and, in a new network namespace,
 /// brings up the loopback interface.
-fn enter_root(spec: &HelperSpec) -> Result<(), String> {
+fn enter_root(spec: &HelperSpec) -> Result<(), SetupError> {
     let root = &spec.rootfs;
     ctx(rustix::process::chdir(root), || {
         format!("enter {}", root.display())
@@ -329,7 +376,7 @@ fn reap_until(main: Option<Pid>) {
 /// `/sys`: a fresh sysfs, read-only unless privileged; where sysfs cannot be
 /// mounted, the host's `/sys` bound without its submounts (so no cgroup
 /// tree comes along writable).
-fn mount_sys(sys: &Path, privileged: bool) -> Result<(), String> {
+fn mount_sys(sys: &Path, privileged: bool) -> Result<(), SetupError> {
     let mut flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     if !privileged {
         flags |= MountFlags::RDONLY;
@@ -347,7 +394,7 @@ fn mount_sys(sys: &Path, privileged: bool) -> Result<(), String> {
 /// `/dev/null`). Paths the kernel does not have are skipped. Runs before
 /// `pivot_root`, inside the fresh `/proc` and `/sys` mounted at `proc` and
 /// `sys`, which the image cannot redirect.
-fn harden(proc: &Path, sys: &Path) -> Result<(), String> {
+fn harden(proc: &Path, sys: &Path) -> Result<(), SetupError> {
     let inside = |p: &str| match p.strip_prefix("/proc/") {
         Some(rest) => proc.join(rest),
         None => sys.join(p.trim_start_matches("/sys/")),
@@ -384,7 +431,7 @@ fn harden(proc: &Path, sys: &Path) -> Result<(), String> {
 /// when it lies under a filesystem mounted here since (`/dev`'s tmpfs,
 /// e.g. `/dev/pipes/` for a RUN heredoc script): make it again, in that
 /// fresh filesystem, as runc does for its mount destinations.
-fn recreate_mount_point(target: &Path, dir: bool) -> Result<(), String> {
+fn recreate_mount_point(target: &Path, dir: bool) -> Result<(), SetupError> {
     if fs::symlink_metadata(target).is_ok() {
         return Ok(());
     }
@@ -396,10 +443,12 @@ fn recreate_mount_point(target: &Path, dir: bool) -> Result<(), String> {
             .map_or(Ok(()), fs::create_dir_all)
             .and_then(|()| fs::File::create(target).map(drop))
     };
-    made.map_err(|e| format!("create the mount point {}: {e}", target.display()))
+    ctx(made, || {
+        format!("create the mount point {}", target.display())
+    })
 }
 
-fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), String> {
+fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), SetupError> {
     mount_fs(
         "tmpfs",
         "tmpfs",
@@ -418,7 +467,7 @@ fn setup_dev(dev: &Path, shm_size: u64) -> Result<(), String> {
         })?;
         bind(&host, &target, false)?;
     }
-    let dir = |name: &str, mode: u32| -> Result<PathBuf, String> {
+    let dir = |name: &str, mode: u32| -> Result<PathBuf, SetupError> {
         let p = dev.join(name);
         ctx(fs::DirBuilder::new().mode(mode).create(&p), || {
             format!("create {}", p.display())
@@ -492,7 +541,7 @@ fn loopback_up() -> io::Result<()> {
 
 /// Creates the working directory and missing parents, owned by the step's
 /// user (as BuildKit does); inside the new root, so symlinks resolve there.
-fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), String> {
+fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), SetupError> {
     let path = Path::new(cwd);
     let mut missing = Vec::new();
     let mut p = Some(path);
@@ -508,9 +557,9 @@ fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), String> {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(format!(
-                    "create the working directory {}: {e}",
-                    dir.display()
+                return Err(op(
+                    format!("create the working directory {}", dir.display()),
+                    e,
                 ))
             }
         }
@@ -524,7 +573,7 @@ fn make_cwd(cwd: &str, uid: u32, gid: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn find_program(argv0: &str, env: &[String]) -> Result<PathBuf, String> {
+fn find_program(argv0: &str, env: &[String]) -> Result<PathBuf, SetupError> {
     if argv0.contains('/') {
         return Ok(PathBuf::from(argv0));
     }
@@ -541,10 +590,10 @@ fn find_program(argv0: &str, env: &[String]) -> Result<PathBuf, String> {
             }
         }
     }
-    Err("executable file not found in $PATH".into())
+    Err(SetupError::NotFound)
 }
 
-fn drop_capabilities() -> Result<(), String> {
+fn drop_capabilities() -> Result<(), SetupError> {
     let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -557,7 +606,7 @@ fn drop_capabilities() -> Result<(), String> {
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(format!("drop capability {cap}: {e}"));
+                return Err(op(format!("drop capability {cap}"), e));
             }
         }
     }
@@ -566,7 +615,7 @@ fn drop_capabilities() -> Result<(), String> {
 
 /// Becomes the command; returns only the reason it could not.
 fn exec_command(spec: &HelperSpec) -> String {
-    let run = || -> Result<std::convert::Infallible, String> {
+    let run = || -> Result<std::convert::Infallible, SetupError> {
         // The command gets default signal handling whatever we inherited.
         for s in [Signal::SIGPIPE, Signal::SIGINT, Signal::SIGTERM] {
             // SAFETY: restoring default dispositions.
@@ -575,9 +624,9 @@ fn exec_command(spec: &HelperSpec) -> String {
         if let Some(p) = spec.personality {
             // SAFETY: personality takes a plain integer.
             if unsafe { libc::personality(p as libc::c_ulong) } < 0 {
-                return Err(format!(
-                    "set personality {p:#x}: {}",
-                    io::Error::last_os_error()
+                return Err(op(
+                    format!("set personality {p:#x}"),
+                    io::Error::last_os_error(),
                 ));
             }
         }
@@ -613,11 +662,9 @@ fn exec_command(spec: &HelperSpec) -> String {
         })?;
         let null = ctx(fs::File::open("/dev/null"), || "open /dev/null".into())?;
         ctx(rustix::stdio::dup2_stdin(&null), || "redirect stdin".into())?;
-        let argv0 = spec.argv.first().ok_or("the command is empty")?;
+        let argv0 = spec.argv.first().ok_or(SetupError::EmptyCommand)?;
         let program = find_program(argv0, &spec.env)?;
-        let cstr = |s: &[u8]| {
-            CString::new(s).map_err(|_| "an argument or variable contains a NUL byte".to_string())
-        };
+        let cstr = |s: &[u8]| CString::new(s).map_err(SetupError::NulInCommand);
         let path = cstr(program.as_os_str().as_bytes())?;
         let argv = spec
             .argv
@@ -629,10 +676,10 @@ fn exec_command(spec: &HelperSpec) -> String {
             .iter()
             .map(|a| cstr(a.as_bytes()))
             .collect::<Result<Vec<_>, _>>()?;
-        nix::unistd::execve(&path, &argv, &env).map_err(|e| e.desc().to_string())
+        nix::unistd::execve(&path, &argv, &env).map_err(SetupError::Exec)
     };
     match run() {
         Ok(never) => match never {},
-        Err(message) => message,
+        Err(error) => error.to_string(),
     }
 }

@@ -74,6 +74,14 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 }
 
 /// Resolves `target` inside the root and makes sure a mount point exists.
+///
+/// A host path, not a descriptor from `rootpath::open_in_root`: the helper
+/// mounts in its own mount namespace, on the root bound onto itself and
+/// after `/dev` and `/proc`, so it looks each target up again by name (a
+/// descriptor opened here would name the mount below that bind, or an
+/// inode hidden under `/dev`); the stubs made here are removed by path
+/// when the step ends. No container runs in the root yet to swap a
+/// symlink in between.
 fn mount_point(stubs: &mut Stubs, root: &Path, target: &str, kind: Kind) -> Result<PathBuf> {
     let host = crate::rootpath::resolve_in_root(root, target, true).map_err(io_err(
         "resolve the mount point",

@@ -3,22 +3,23 @@
 //! Only the upper directory is walked, so the cost follows the size of the
 //! change, not of the image. Entries come depth-first with the names of
 //! each directory sorted bytewise, a directory before its children, and the
-//! opaque marker of a directory right after it. Headers are ustar with PAX
-//! records for long names, long link targets, large ids and xattrs; user and
-//! group names are left empty so the output depends only on the tree.
+//! opaque marker of a directory right after it. Entries are written by the
+//! workspace's one tar writer ([`kbuild_image::tarball::append_entry`]):
+//! ustar with PAX records for what ustar cannot hold, user and group names
+//! left empty so the output depends only on the tree.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use kbuild_image::tarball::{self, Entry, EntryKind, TarOptions};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
-use tar::{EntryType, Header};
 
 use super::error::{Error, IoContext, Result};
 use super::fsutil::{self, OPAQUE_XATTR};
@@ -30,6 +31,17 @@ pub struct DiffOptions {
     /// Clamp every mtime later than this (seconds since the epoch) to it,
     /// as `SOURCE_DATE_EPOCH` asks for reproducible layers.
     pub source_date_epoch: Option<i64>,
+}
+
+impl DiffOptions {
+    /// The tar writer's options: an epoch before 1970 clamps to 0.
+    fn tar(&self) -> TarOptions {
+        TarOptions {
+            source_date_epoch: self
+                .source_date_epoch
+                .map(|epoch| u64::try_from(epoch).unwrap_or(0)),
+        }
+    }
 }
 
 /// What [`write_diff`] wrote.
@@ -60,6 +72,15 @@ fn keep_xattr(name: &str) -> bool {
     !fsutil::is_overlay_xattr(name) && name != "security.selinux"
 }
 
+/// The xattrs of `abs` that a layer entry keeps.
+fn layer_xattrs(abs: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    Ok(fsutil::list_xattrs(abs)
+        .at("read the xattrs of", abs)?
+        .into_iter()
+        .filter(|(k, _)| keep_xattr(k))
+        .collect())
+}
+
 /// Writes the changes recorded in the overlay `upper` directory as OCI
 /// layer entries to `out` (the caller finishes the archive).
 ///
@@ -82,7 +103,7 @@ pub fn write_diff<W: Write>(
     }
     let mut w = DiffWriter {
         out,
-        options,
+        tar: options.tar(),
         lowers: lower_fds,
         links: HashMap::new(),
         stats: DiffStats::default(),
@@ -92,12 +113,9 @@ pub fn write_diff<W: Write>(
     Ok(w.stats)
 }
 
-/// A directory entry held back: its header, path and xattrs.
-type PendingDir = (Header, Vec<u8>, Vec<(String, Vec<u8>)>);
-
 struct DiffWriter<'a, W: Write> {
     out: &'a mut tar::Builder<W>,
-    options: &'a DiffOptions,
+    tar: TarOptions,
     lowers: Vec<std::os::fd::OwnedFd>,
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: DiffStats,
@@ -105,164 +123,64 @@ struct DiffWriter<'a, W: Write> {
     /// something below it is touched, even if that is undone again, e.g. a
     /// mount point created and removed): written only once an entry below
     /// them is, so a step that changed nothing there adds nothing.
-    pending: Vec<PendingDir>,
+    pending: Vec<Entry>,
 }
 
-fn display(rel: &[u8]) -> String {
-    String::from_utf8_lossy(rel).into_owned()
-}
-
-/// A reader that fails unless it yields exactly `left` bytes, so a file
-/// that changes size while being read cannot corrupt the archive.
-struct Exact<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: Read> Read for Exact<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let max = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..max])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the file shrank while it was being archived",
-            ));
-        }
-        self.left -= n as u64;
-        Ok(n)
+/// The layer entry of `rel` with `meta`'s mode, owner and mtime (before
+/// clamping) and the xattrs kept in layers.
+fn entry(rel: &[u8], kind: EntryKind, meta: &EntryMeta, xattrs: Vec<(String, Vec<u8>)>) -> Entry {
+    Entry {
+        path: rel.to_vec(),
+        kind,
+        mode: meta.mode & 0o7777,
+        uid: u64::from(meta.uid),
+        gid: u64::from(meta.gid),
+        // Before 1970 is recorded as 1970.
+        mtime: u64::try_from(meta.mtime).unwrap_or(0),
+        xattrs: xattrs.into_iter().collect(),
     }
 }
 
-/// An mtime as the layer records it: whole seconds, clamped to
-/// `SOURCE_DATE_EPOCH` when one is given.
-fn clamp_mtime(options: &DiffOptions, secs: i64) -> u64 {
-    let t = secs.max(0);
-    let t = match options.source_date_epoch {
-        Some(epoch) if t > epoch => epoch.max(0),
-        _ => t,
-    };
-    t as u64
+/// A whiteout entry (`.wh.NAME` or the opaque marker) at `path`, with the
+/// mtime of what it stands for.
+fn whiteout(path: Vec<u8>, md: &Metadata) -> Entry {
+    Entry {
+        mtime: u64::try_from(md.mtime()).unwrap_or(0),
+        ..Entry::new(path, EntryKind::Whiteout)
+    }
 }
 
-/// The ustar header of an entry (size 0: the caller sets it for files).
-fn entry_header(options: &DiffOptions, kind: EntryType, meta: &EntryMeta) -> Header {
-    let mut h = Header::new_ustar();
-    h.set_entry_type(kind);
-    h.set_mode(meta.mode & 0o7777);
-    h.set_uid(u64::from(meta.uid));
-    h.set_gid(u64::from(meta.gid));
-    h.set_mtime(clamp_mtime(options, meta.mtime));
-    h.set_size(0);
-    h
-}
-
-/// Appends one entry, preceded by a PAX header when ustar cannot hold it:
-/// the one tar entry writer of layers.
+/// Appends one entry through the one tar writer and counts it.
 fn append_entry<W: Write>(
     out: &mut tar::Builder<W>,
+    options: &TarOptions,
     stats: &mut DiffStats,
-    mut h: Header,
-    path: &[u8],
-    link: Option<&[u8]>,
-    xattrs: &[(String, Vec<u8>)],
+    entry: &Entry,
     data: impl Read,
 ) -> Result<()> {
-    let name = display(path);
-    let mut pax = Vec::new();
-    if h.set_path(OsStr::from_bytes(path)).is_err() {
-        pax.extend(kbuild_image::tarball::pax_record("path", path));
-        let field = &mut h.as_old_mut().name;
-        let n = path.len().min(field.len());
-        field.fill(0);
-        field[..n].copy_from_slice(&path[..n]);
-    }
-    if let Some(link) = link {
-        if h.set_link_name_literal(link).is_err() {
-            pax.extend(kbuild_image::tarball::pax_record("linkpath", link));
-            let field = &mut h.as_old_mut().linkname;
-            let n = link.len().min(field.len());
-            field.fill(0);
-            field[..n].copy_from_slice(&link[..n]);
-        }
-    }
-    for (id, key) in [(h.uid(), "uid"), (h.gid(), "gid")] {
-        if id.map(|v| v > 0o7_777_777).unwrap_or(true) {
-            let value = if key == "uid" { h.uid() } else { h.gid() };
-            pax.extend(kbuild_image::tarball::pax_record(
-                key,
-                value.unwrap_or(0).to_string().as_bytes(),
-            ));
-        }
-    }
-    for (k, v) in xattrs {
-        pax.extend(kbuild_image::tarball::pax_record(
-            &format!("SCHILY.xattr.{k}"),
-            v,
-        ));
-    }
-    let fail = |source| Error::WriteTar {
-        entry: name.clone(),
+    tarball::append_entry(out, options, entry, data).map_err(|source| Error::WriteTar {
+        entry: String::from_utf8_lossy(&entry.path).into_owned(),
         source,
-    };
-    if !pax.is_empty() {
-        let mut xh = Header::new_ustar();
-        xh.set_entry_type(EntryType::XHeader);
-        xh.set_path("././@PaxHeader").map_err(fail)?;
-        xh.set_mode(0o644);
-        xh.set_mtime(0);
-        xh.set_size(pax.len() as u64);
-        xh.set_cksum();
-        out.append(&xh, &pax[..]).map_err(fail)?;
-    }
-    h.set_cksum();
-    out.append(&h, data).map_err(fail)?;
+    })?;
     stats.entries += 1;
     Ok(())
 }
 
+/// Content read in large blocks: files are streamed, not loaded.
+fn buffered(data: impl Read) -> impl Read {
+    io::BufReader::with_capacity(128 * 1024, data)
+}
+
 impl<W: Write> DiffWriter<'_, W> {
-    fn mtime(&self, md: &Metadata) -> u64 {
-        clamp_mtime(self.options, md.mtime())
-    }
-
-    fn header(&self, kind: EntryType, md: &Metadata) -> Header {
-        entry_header(self.options, kind, &EntryMeta::of(md))
-    }
-
     /// Appends one entry after the directories held back above it.
-    fn append(
-        &mut self,
-        h: Header,
-        path: &[u8],
-        link: Option<&[u8]>,
-        xattrs: &[(String, Vec<u8>)],
-        data: impl Read,
-    ) -> Result<()> {
-        if !self.pending.is_empty() {
-            for (ph, ppath, pxattrs) in std::mem::take(&mut self.pending) {
-                append_entry(
-                    self.out,
-                    &mut self.stats,
-                    ph,
-                    &ppath,
-                    None,
-                    &pxattrs,
-                    io::empty(),
-                )?;
-                self.stats.directories += 1;
-            }
+    fn append(&mut self, entry: &Entry, data: impl Read) -> Result<()> {
+        for dir in std::mem::take(&mut self.pending) {
+            append_entry(self.out, &self.tar, &mut self.stats, &dir, io::empty())?;
+            self.stats.directories += 1;
         }
-        append_entry(self.out, &mut self.stats, h, path, link, xattrs, data)
+        append_entry(self.out, &self.tar, &mut self.stats, entry, data)
     }
 
-    /// Whether the topmost lower that has `rel` has it as a directory with
-    /// the same mode, owner, mtime and xattrs as `md`.
     /// Whether the regular file `rel` of the upper is the same file as in
     /// the topmost lower that has the path: the same mode, owner, mtime
     /// (to the nanosecond), size, xattrs and content. Overlay copies a
@@ -316,6 +234,8 @@ impl<W: Write> DiffWriter<'_, W> {
         false
     }
 
+    /// Whether the topmost lower that has `rel` has it as a directory with
+    /// the same mode, owner, mtime and xattrs as `md`.
     fn same_in_lowers(&self, rel: &[u8], md: &Metadata, xattrs: &[(String, Vec<u8>)]) -> bool {
         for fd in self.lowers.iter().rev() {
             let found = rustix::fs::openat2(
@@ -404,11 +324,7 @@ impl<W: Write> DiffWriter<'_, W> {
             tracing::debug!(path = %abs.display(), "sockets cannot be archived; skipped");
             return Ok(());
         }
-        let xattrs: Vec<(String, Vec<u8>)> = fsutil::list_xattrs(abs)
-            .at("read the xattrs of", abs)?
-            .into_iter()
-            .filter(|(k, _)| keep_xattr(k))
-            .collect();
+        let xattrs = layer_xattrs(abs)?;
         if ft.is_dir() {
             return self.directory(abs, rel, &md, xattrs);
         }
@@ -421,25 +337,28 @@ impl<W: Write> DiffWriter<'_, W> {
         }
         if md.nlink() > 1 {
             if let Some(first) = self.links.get(&(md.dev(), md.ino())).cloned() {
-                let mut h = self.header(EntryType::Link, &md);
-                h.set_size(0);
-                self.append(h, rel, Some(&first), &[], io::empty())?;
+                let link = entry(
+                    rel,
+                    EntryKind::Hardlink(first),
+                    &EntryMeta::of(&md),
+                    Vec::new(),
+                );
+                self.append(&link, io::empty())?;
                 self.stats.hardlinks += 1;
                 return Ok(());
             }
             self.links.insert((md.dev(), md.ino()), rel.to_vec());
         }
         if ft.is_file() {
-            self.regular_file(abs, rel, &md, &xattrs)
+            self.regular_file(abs, rel, &md, xattrs)
         } else if ft.is_symlink() {
             let target = fs::read_link(abs).at("read the symlink", abs)?;
-            let h = self.header(EntryType::Symlink, &md);
-            let target = Some(target.as_os_str().as_bytes());
-            self.append(h, rel, target, &xattrs, io::empty())?;
+            let kind = EntryKind::Symlink(target.into_os_string().into_vec());
+            self.append(&entry(rel, kind, &EntryMeta::of(&md), xattrs), io::empty())?;
             self.stats.symlinks += 1;
             Ok(())
         } else {
-            self.device(rel, &md, &xattrs)
+            self.device(rel, &md, xattrs)
         }
     }
 
@@ -455,12 +374,7 @@ impl<W: Write> DiffWriter<'_, W> {
         }
         path.extend_from_slice(WHITEOUT_PREFIX.as_bytes());
         path.extend_from_slice(leaf);
-        let mut h = Header::new_ustar();
-        h.set_entry_type(EntryType::Regular);
-        h.set_mode(0);
-        h.set_mtime(self.mtime(md));
-        h.set_size(0);
-        self.append(h, &path, None, &[], io::empty())?;
+        self.append(&whiteout(path, md), io::empty())?;
         self.stats.whiteouts += 1;
         Ok(())
     }
@@ -475,31 +389,25 @@ impl<W: Write> DiffWriter<'_, W> {
         md: &Metadata,
         xattrs: Vec<(String, Vec<u8>)>,
     ) -> Result<()> {
-        let mut path = rel.to_vec();
-        path.push(b'/');
-        let h = self.header(EntryType::Directory, md);
         let opaque = fsutil::get_xattr(abs, OPAQUE_XATTR).at("read the xattrs of", abs)?;
         let is_opaque = opaque.as_deref() == Some(b"y");
-        if !is_opaque && self.same_in_lowers(rel, md, &xattrs) {
+        let unchanged = !is_opaque && self.same_in_lowers(rel, md, &xattrs);
+        let dir = entry(rel, EntryKind::Dir, &EntryMeta::of(md), xattrs);
+        if unchanged {
             let depth = self.pending.len();
-            self.pending.push((h, path, xattrs));
+            self.pending.push(dir);
             self.walk(abs, rel)?;
             // Nothing below was written: the directory is not a change.
             self.pending.truncate(depth);
             return Ok(());
         }
-        self.append(h, &path, None, &xattrs, io::empty())?;
+        self.append(&dir, io::empty())?;
         self.stats.directories += 1;
         if is_opaque {
             let mut marker = rel.to_vec();
             marker.push(b'/');
             marker.extend_from_slice(OPAQUE_MARKER.as_bytes());
-            let mut h = Header::new_ustar();
-            h.set_entry_type(EntryType::Regular);
-            h.set_mode(0);
-            h.set_mtime(self.mtime(md));
-            h.set_size(0);
-            self.append(h, &marker, None, &[], io::empty())?;
+            self.append(&whiteout(marker, md), io::empty())?;
             self.stats.opaque_dirs += 1;
         }
         self.walk(abs, rel)
@@ -512,46 +420,35 @@ impl<W: Write> DiffWriter<'_, W> {
         abs: &Path,
         rel: &[u8],
         md: &Metadata,
-        xattrs: &[(String, Vec<u8>)],
+        xattrs: Vec<(String, Vec<u8>)>,
     ) -> Result<()> {
         let file = File::options()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(abs)
             .at("open", abs)?;
-        let mut h = self.header(EntryType::Regular, md);
-        h.set_size(md.len());
-        let data = Exact {
-            inner: io::BufReader::with_capacity(128 * 1024, file),
-            left: md.len(),
-        };
-        self.append(h, rel, None, xattrs, data)?;
+        let kind = EntryKind::File { size: md.len() };
+        self.append(
+            &entry(rel, kind, &EntryMeta::of(md), xattrs),
+            buffered(file),
+        )?;
         self.stats.regular_files += 1;
         self.stats.content_bytes += md.len();
         Ok(())
     }
 
     /// A character or block device node, or a FIFO.
-    fn device(&mut self, rel: &[u8], md: &Metadata, xattrs: &[(String, Vec<u8>)]) -> Result<()> {
+    fn device(&mut self, rel: &[u8], md: &Metadata, xattrs: Vec<(String, Vec<u8>)>) -> Result<()> {
         let ft = md.file_type();
+        let (major, minor) = (rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()));
         let kind = if ft.is_char_device() {
-            EntryType::Char
+            EntryKind::CharDevice { major, minor }
         } else if ft.is_block_device() {
-            EntryType::Block
+            EntryKind::BlockDevice { major, minor }
         } else {
-            EntryType::Fifo
+            EntryKind::Fifo
         };
-        let mut h = self.header(kind, md);
-        if kind != EntryType::Fifo {
-            let dev = md.rdev();
-            let fail = |source| Error::WriteTar {
-                entry: display(rel),
-                source,
-            };
-            h.set_device_major(rustix::fs::major(dev)).map_err(fail)?;
-            h.set_device_minor(rustix::fs::minor(dev)).map_err(fail)?;
-        }
-        self.append(h, rel, None, xattrs, io::empty())?;
+        self.append(&entry(rel, kind, &EntryMeta::of(md), xattrs), io::empty())?;
         self.stats.devices += 1;
         Ok(())
     }
@@ -606,7 +503,7 @@ struct HeldDir {
 pub struct LayerEntries<W: Write> {
     out: tar::Builder<W>,
     upper: PathBuf,
-    options: DiffOptions,
+    tar: TarOptions,
     stats: DiffStats,
     held: Vec<HeldDir>,
     /// Directories whose mtime the caller sets after their children:
@@ -620,7 +517,7 @@ impl<W: Write> LayerEntries<W> {
         LayerEntries {
             out,
             upper: upper.to_path_buf(),
-            options: options.clone(),
+            tar: options.tar(),
             stats: DiffStats::default(),
             held: Vec::new(),
             stamped: Vec::new(),
@@ -654,28 +551,14 @@ impl<W: Write> LayerEntries<W> {
             if opaque.is_some() {
                 return Ok(false);
             }
-            let xattrs: Vec<(String, Vec<u8>)> = fsutil::list_xattrs(&abs)
-                .at("read the xattrs of", &abs)?
-                .into_iter()
-                .filter(|(k, _)| keep_xattr(k))
-                .collect();
+            let xattrs = layer_xattrs(&abs)?;
             let mut meta = EntryMeta::of(&md);
             if let Some(t) = d.mtime {
                 meta.mtime = t;
                 self.stamped.push((d.rel.clone(), t));
             }
-            let h = entry_header(&self.options, EntryType::Directory, &meta);
-            let mut path = d.rel;
-            path.push(b'/');
-            append_entry(
-                &mut self.out,
-                &mut self.stats,
-                h,
-                &path,
-                None,
-                &xattrs,
-                io::empty(),
-            )?;
+            let dir = entry(&d.rel, EntryKind::Dir, &meta, xattrs);
+            append_entry(&mut self.out, &self.tar, &mut self.stats, &dir, io::empty())?;
             self.stats.directories += 1;
         }
         Ok(true)
@@ -692,20 +575,15 @@ impl<W: Write> LayerEntries<W> {
         if !md.file_type().is_symlink() {
             return Ok(false);
         }
-        let xattrs: Vec<(String, Vec<u8>)> = fsutil::list_xattrs(&abs)
-            .at("read the xattrs of", &abs)?
-            .into_iter()
-            .filter(|(k, _)| keep_xattr(k))
-            .collect();
+        let xattrs = layer_xattrs(&abs)?;
         let target = fs::read_link(&abs).at("read the symlink", &abs)?;
-        let h = entry_header(&self.options, EntryType::Symlink, &EntryMeta::of(&md));
+        let kind = EntryKind::Symlink(target.into_os_string().into_vec());
+        let link = entry(rel, kind, &EntryMeta::of(&md), xattrs);
         append_entry(
             &mut self.out,
+            &self.tar,
             &mut self.stats,
-            h,
-            rel,
-            Some(target.as_os_str().as_bytes()),
-            &xattrs,
+            &link,
             io::empty(),
         )?;
         self.stats.symlinks += 1;
@@ -727,13 +605,14 @@ impl<W: Write> LayerEntries<W> {
         if !self.release()? {
             return Ok(false);
         }
-        let mut h = entry_header(&self.options, EntryType::Regular, meta);
-        h.set_size(len);
-        let data = Exact {
-            inner: io::BufReader::with_capacity(128 * 1024, data),
-            left: len,
-        };
-        append_entry(&mut self.out, &mut self.stats, h, rel, None, &[], data)?;
+        let file = entry(rel, EntryKind::File { size: len }, meta, Vec::new());
+        append_entry(
+            &mut self.out,
+            &self.tar,
+            &mut self.stats,
+            &file,
+            buffered(data),
+        )?;
         self.stats.regular_files += 1;
         self.stats.content_bytes += len;
         Ok(true)

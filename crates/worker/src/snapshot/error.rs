@@ -72,9 +72,9 @@ pub enum Error {
     WriteTar {
         /// The entry being written.
         entry: String,
-        /// The writer's error.
+        /// The tar writer's error.
         #[source]
-        source: io::Error,
+        source: kbuild_image::Error,
     },
 }
 
