@@ -933,8 +933,9 @@ impl Walk<'_> {
                 let hex = hex_of(&e.digest).unwrap_or_default();
                 let src = self.files.join(hex);
                 let parent = target.parent().unwrap_or(&self.dir);
-                let temp = place(&src, parent).map_err(|source| SessionError::Context {
-                    path: format!("{} (the content of {}; build again)", src.display(), e.path),
+                let temp = place(&src, parent).map_err(|source| SessionError::CachedContent {
+                    file: src.clone(),
+                    entry: e.path.clone(),
                     source,
                 })?;
                 remove_any(target).map_err(io(target))?;

@@ -329,18 +329,54 @@ impl builder_server::Builder for Service {
     }
 }
 
+/// Why the daemon's prune stopped; the service answers with the status
+/// its `From` conversion chooses.
+#[derive(Debug, thiserror::Error)]
+enum PruneFailed {
+    #[error("prune: store {}: {source}", root.display())]
+    Open {
+        root: PathBuf,
+        #[source]
+        source: kbuild_image::Error,
+    },
+    /// A build holds the store: the client may try again later.
+    #[error("a build is running on this builder: {0}")]
+    Busy(#[source] kbuild_solver::prune::PruneError),
+    #[error("prune: {0}")]
+    Store(#[source] kbuild_solver::prune::PruneError),
+    #[error("prune: contexts under {}: {source}", root.display())]
+    Contexts {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<PruneFailed> for tonic::Status {
+    fn from(e: PruneFailed) -> tonic::Status {
+        match e {
+            PruneFailed::Busy(_) => tonic::Status::failed_precondition(e.to_string()),
+            _ => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
 /// The daemon's prune: the store as a local `prune` does it (under the
 /// store's exclusive lock, refused while a build runs), then the client
 /// contexts beyond `--keep-contexts` with their files and checksum caches.
-fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, tonic::Status> {
+fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, PruneFailed> {
     let root = &config.root;
-    let store = kbuild_image::ContentStore::open(root.join("content"))
-        .map_err(|e| tonic::Status::internal(format!("prune: store {}: {e}", root.display())))?;
+    let store = kbuild_image::ContentStore::open(root.join("content")).map_err(|source| {
+        PruneFailed::Open {
+            root: root.clone(),
+            source,
+        }
+    })?;
     let report = kbuild_solver::prune::prune(&store, root, all).map_err(|e| {
         if e.is_busy() {
-            tonic::Status::failed_precondition(format!("a build is running on this builder: {e}"))
+            PruneFailed::Busy(e)
         } else {
-            tonic::Status::internal(format!("prune: {e}"))
+            PruneFailed::Store(e)
         }
     })?;
     let contexts = match gc::collect(root, config.keep_contexts, true) {
@@ -349,11 +385,11 @@ fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, tonic::Status>
             tracing::info!("prune: a build is syncing its context; contexts left for later");
             gc::Collected::default()
         }
-        Err(e) => {
-            return Err(tonic::Status::internal(format!(
-                "prune: contexts under {}: {e}",
-                root.display()
-            )))
+        Err(source) => {
+            return Err(PruneFailed::Contexts {
+                root: root.clone(),
+                source,
+            })
         }
     };
     tracing::info!(

@@ -57,6 +57,13 @@ pub(crate) enum SessionError {
         path: String,
         source: std::io::Error,
     },
+    /// A file of the content cache could not be placed into the copy.
+    #[error("context {} (the content of {entry}; build again): {source}", file.display())]
+    CachedContent {
+        file: PathBuf,
+        entry: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Option(#[from] kbuild_solver::options::OptionError),
     #[error(transparent)]
