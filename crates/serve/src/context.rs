@@ -30,7 +30,7 @@
 //!    reads no content to compute its cache keys. The spool then becomes the
 //!    record.
 
-use crate::session::{next, proto, SessionError, Transfer, Tx};
+use crate::session::{next, ProtocolError, SessionError, Transfer, Tx};
 use kbuild_proto::v1::{
     self, build_client_message::Message as In, build_server_message::Message as Out,
 };
@@ -113,6 +113,25 @@ pub(crate) fn listed_digests(state: &Path, mut f: impl FnMut(&str)) -> std::io::
     Ok(())
 }
 
+/// Why a record (or the spool) cannot be read back.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error("a record entry is cut short")]
+    CutShort,
+    #[error("a record entry's length is not a varint")]
+    NotVarint,
+    #[error("a record entry is too large")]
+    TooLarge,
+    #[error("a record entry does not decode: {0}")]
+    Decode(#[source] prost::DecodeError),
+}
+
+impl From<RecordError> for std::io::Error {
+    fn from(e: RecordError) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}
+
 /// Reads length-delimited entries one at a time.
 struct Entries<R> {
     r: R,
@@ -125,8 +144,6 @@ impl<R: Read> Entries<R> {
     }
 
     fn next(&mut self) -> std::io::Result<Option<v1::ContextEntry>> {
-        let bad =
-            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         let mut len = 0u64;
         let mut shift = 0;
         loop {
@@ -135,7 +152,7 @@ impl<R: Read> Entries<R> {
                 if shift == 0 {
                     return Ok(None);
                 }
-                return Err(bad("a record entry is cut short"));
+                return Err(RecordError::CutShort.into());
             }
             len |= u64::from(b[0] & 0x7f) << shift;
             if b[0] & 0x80 == 0 {
@@ -143,17 +160,17 @@ impl<R: Read> Entries<R> {
             }
             shift += 7;
             if shift > 63 {
-                return Err(bad("a record entry's length is not a varint"));
+                return Err(RecordError::NotVarint.into());
             }
         }
         if len > MAX_ENTRY {
-            return Err(bad("a record entry is too large"));
+            return Err(RecordError::TooLarge.into());
         }
         self.buf.resize(len as usize, 0);
         self.r.read_exact(&mut self.buf)?;
         v1::ContextEntry::decode(self.buf.as_slice())
             .map(Some)
-            .map_err(|e| bad(&format!("a record entry does not decode: {e}")))
+            .map_err(|e| RecordError::Decode(e).into())
     }
 }
 
@@ -220,6 +237,29 @@ struct Compare {
 }
 
 impl Compare {
+    /// Compares with `old` (the record, unless the copy starts afresh),
+    /// spooling into `spool`; the generation starts with `dockerignore`.
+    fn new(old: Option<Entries<BufReader<File>>>, spool: File, dockerignore: &str) -> Compare {
+        let mut generation = Sha256::new();
+        generation.update((dockerignore.len() as u64).to_le_bytes());
+        generation.update(dockerignore.as_bytes());
+        let mut cmp = Compare {
+            old,
+            peek: None,
+            fresh: false,
+            spool: BufWriter::with_capacity(1 << 16, spool),
+            buf: Vec::new(),
+            last: None,
+            dirs: Vec::new(),
+            changed: 0,
+            removed: 0,
+            asked: HashSet::new(),
+            generation,
+        };
+        cmp.advance();
+        cmp
+    }
+
     fn advance(&mut self) {
         self.peek = match self.old.as_mut().map(Entries::next) {
             Some(Ok(e)) => e,
@@ -242,17 +282,15 @@ impl Compare {
         missing: &mut Vec<String>,
     ) -> Result<(), SessionError> {
         if !valid_rel(&e.path) {
-            return Err(proto(format!(
-                "context entry {:?}: not a relative path",
-                e.path
-            )));
+            return Err(ProtocolError::NotRelative { path: e.path }.into());
         }
         if let Some(last) = &self.last {
             if walk_order(last, &e.path) != Ordering::Less {
-                return Err(proto(format!(
-                    "context entry {:?} after {last:?}: entries must come once each, in walk order",
-                    e.path
-                )));
+                return Err(ProtocolError::OutOfOrder {
+                    path: e.path,
+                    after: last.clone(),
+                }
+                .into());
             }
         }
         while self.dirs.last().is_some_and(|d| !within(&e.path, d)) {
@@ -260,10 +298,7 @@ impl Compare {
         }
         if let Some(parent) = parent_of(&e.path) {
             if self.dirs.last().map(String::as_str) != Some(parent) {
-                return Err(proto(format!(
-                    "context entry {:?}: its directory is not listed",
-                    e.path
-                )));
+                return Err(ProtocolError::UnlistedDirectory { path: e.path }.into());
             }
         }
         let kind = e.mode & S_IFMT;
@@ -271,11 +306,9 @@ impl Compare {
             self.dirs.push(e.path.clone());
         }
         let hex = if kind == S_IFREG {
-            Some(hex_of(&e.digest).ok_or_else(|| {
-                proto(format!(
-                    "context entry {:?}: bad digest {:?}",
-                    e.path, e.digest
-                ))
+            Some(hex_of(&e.digest).ok_or_else(|| ProtocolError::BadDigest {
+                path: e.path.clone(),
+                digest: e.digest.clone(),
             })?)
         } else {
             None
@@ -298,8 +331,12 @@ impl Compare {
             self.changed += 1;
             if let Some(hex) = hex {
                 let mut raw = [0u8; 32];
-                hex::decode_to_slice(hex, &mut raw)
-                    .map_err(|_| proto(format!("bad digest {:?}", e.digest)))?;
+                hex::decode_to_slice(hex, &mut raw).map_err(|source| {
+                    ProtocolError::UndecodableDigest {
+                        digest: e.digest.clone(),
+                        source,
+                    }
+                })?;
                 if !self.asked.contains(&raw) && !files.join(hex).exists() {
                     self.asked.insert(raw);
                     missing.push(e.digest.clone());
@@ -335,6 +372,158 @@ struct Receiving {
     size: u64,
 }
 
+impl Receiving {
+    /// Starts receiving `digest` into a temporary file of the file cache.
+    fn new(digest: &str, files: &Path) -> Result<Receiving, SessionError> {
+        Ok(Receiving {
+            digest: digest.to_string(),
+            temp: tempfile::Builder::new()
+                .prefix(".in-")
+                .tempfile_in(files)
+                .map_err(io(files))?,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// The content is complete: checked against its digest, it enters the
+    /// file cache.
+    fn keep(self, files: &Path) -> Result<(), SessionError> {
+        let got = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        if got != self.digest {
+            return Err(ProtocolError::ContentChanged {
+                expected: self.digest,
+                got,
+            }
+            .into());
+        }
+        let target = files.join(hex_of(&self.digest).unwrap_or_default());
+        self.temp
+            .persist(&target)
+            .map_err(|e| SessionError::Context {
+                path: target.display().to_string(),
+                source: e.error,
+            })?;
+        Ok(())
+    }
+}
+
+/// The solver's cache of the copy. It is read while the manifest comes,
+/// once something changed: a copy that stays as it is needs none of it
+/// when the build's checksums over this generation are remembered.
+enum Cache {
+    Kept(ChecksumCache),
+    Loading(tokio::task::JoinHandle<ChecksumCache>),
+}
+
+impl Cache {
+    /// Starts reading the cache, unless that already began.
+    fn preload(self) -> Cache {
+        match self {
+            Cache::Kept(c) => Cache::Loading(tokio::task::spawn_blocking(move || {
+                c.preload();
+                c
+            })),
+            loading => loading,
+        }
+    }
+
+    async fn ready(self) -> Result<ChecksumCache, SessionError> {
+        match self {
+            Cache::Kept(c) => Ok(c),
+            Cache::Loading(loading) => loading.await.map_err(|source| SessionError::Join {
+                what: "read the context's checksums",
+                source,
+            }),
+        }
+    }
+}
+
+/// Phase 1 as the client's messages come: the manifest compared with the
+/// record, and the contents asked for received into the file cache in
+/// the order they were asked for.
+struct Receive<'a> {
+    files: &'a Path,
+    cmp: Compare,
+    manifest_done: bool,
+    /// The contents asked for and not yet received, in order.
+    waiting: VecDeque<String>,
+    current: Option<Receiving>,
+    transfer: &'a mut Transfer,
+}
+
+impl Receive<'_> {
+    /// Whether the manifest and every content asked for came.
+    fn done(&self) -> bool {
+        self.manifest_done && self.waiting.is_empty()
+    }
+
+    /// Compares and spools one manifest batch; returns the digests of the
+    /// contents to ask for.
+    fn manifest(&mut self, m: v1::ContextManifest) -> Result<Vec<String>, SessionError> {
+        if self.manifest_done {
+            return Err(ProtocolError::ManifestAfterComplete.into());
+        }
+        let mut missing = Vec::new();
+        for e in m.entries {
+            self.cmp.add(e, self.files, &mut missing)?;
+        }
+        self.manifest_done = m.complete;
+        Ok(missing)
+    }
+
+    /// Asks the client for `missing` at once, so the contents stream in
+    /// while the rest of the manifest still comes.
+    async fn ask(&mut self, missing: Vec<String>, tx: &Tx) -> Result<(), SessionError> {
+        for batch in missing.chunks(REQUEST_BATCH) {
+            tx.send(Ok(v1::BuildServerMessage {
+                message: Some(Out::FileRequest(v1::FileRequest {
+                    digests: batch.to_vec(),
+                })),
+            }))
+            .await
+            .map_err(|_| SessionError::Gone)?;
+        }
+        self.waiting.extend(missing);
+        Ok(())
+    }
+
+    /// Writes one chunk of the content asked for first.
+    fn content(&mut self, chunk: v1::FileChunk) -> Result<(), SessionError> {
+        let Some(digest) = self.waiting.front() else {
+            return Err(ProtocolError::NotAskedFor {
+                digest: chunk.digest,
+            }
+            .into());
+        };
+        let r = match self.current.as_mut() {
+            Some(r) => r,
+            None => self.current.insert(Receiving::new(digest, self.files)?),
+        };
+        if chunk.digest != r.digest || chunk.offset != r.size {
+            return Err(ProtocolError::OutOfSequence {
+                expected: r.digest.clone(),
+                offset: r.size,
+                got: chunk.digest,
+                got_offset: chunk.offset,
+            }
+            .into());
+        }
+        r.hasher.update(&chunk.data);
+        r.temp.write_all(&chunk.data).map_err(io(self.files))?;
+        r.size += chunk.data.len() as u64;
+        self.transfer.bytes += chunk.data.len() as u64;
+        if chunk.last {
+            if let Some(r) = self.current.take() {
+                r.keep(self.files)?;
+                self.transfer.files += 1;
+                self.waiting.pop_front();
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a sync leaves the build.
 pub(crate) struct Synced {
     /// The context's lock: hold it while the build reads the copy.
@@ -362,9 +551,50 @@ pub(crate) async fn sync(
 ) -> Result<Synced, SessionError> {
     std::fs::create_dir_all(state).map_err(io(state))?;
     std::fs::create_dir_all(files).map_err(io(files))?;
-    // One session per context at a time.
+    let lock = lock_context(state).await?;
+    let st = State {
+        state: state.to_path_buf(),
+    };
+    let spool = tempfile::tempfile_in(state).map_err(io(state))?;
+    let mut cache = Cache::Kept(checksums);
+    let mut receive = Receive {
+        files,
+        cmp: Compare::new(st.open_record()?, spool, dockerignore),
+        manifest_done: false,
+        waiting: VecDeque::new(),
+        current: None,
+        transfer,
+    };
+    while !receive.done() {
+        match next(inbound).await? {
+            In::Manifest(m) => {
+                let missing = receive.manifest(m)?;
+                if receive.cmp.changing() {
+                    cache = cache.preload();
+                }
+                receive.ask(missing, tx).await?;
+            }
+            In::File(chunk) => receive.content(chunk)?,
+            In::Cancel(_) => return Err(SessionError::Cancelled),
+            _ => return Err(ProtocolError::ExpectedManifestOrContent.into()),
+        }
+    }
+    let Receive { cmp, transfer, .. } = receive;
+    let checksums = cache.ready().await?;
+    let generation: [u8; 32] = cmp.generation.clone().finalize().into();
+    let (written, checksums) = settle(st, files, cmp, checksums).await?;
+    transfer.written = written;
+    Ok(Synced {
+        lock,
+        checksums,
+        generation,
+    })
+}
+
+/// Takes the context's lock: one session per context at a time.
+async fn lock_context(state: &Path) -> Result<kbuild_image::lock::FileLock, SessionError> {
     let lock_path = state.join("lock");
-    let lock = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         kbuild_image::lock::FileLock::acquire(&lock_path, kbuild_image::lock::LockMode::Exclusive)
     })
     .await
@@ -372,131 +602,19 @@ pub(crate) async fn sync(
         what: "lock the context",
         source,
     })?
-    .map_err(io(state))?;
-    // The solver's cache is read while the manifest comes, once something
-    // changed: a copy that stays as it is needs none of it when the build's
-    // checksums over this generation are remembered.
-    enum Cache {
-        Kept(ChecksumCache),
-        Loading(tokio::task::JoinHandle<ChecksumCache>),
-    }
-    let mut cache = Cache::Kept(checksums);
-    let st = State {
-        state: state.to_path_buf(),
-    };
-    let spool = tempfile::tempfile_in(state).map_err(io(state))?;
-    let mut cmp = Compare {
-        old: st.open_record()?,
-        peek: None,
-        fresh: false,
-        spool: BufWriter::with_capacity(1 << 16, spool),
-        buf: Vec::new(),
-        last: None,
-        dirs: Vec::new(),
-        changed: 0,
-        removed: 0,
-        asked: HashSet::new(),
-        generation: Sha256::new(),
-    };
-    cmp.generation
-        .update((dockerignore.len() as u64).to_le_bytes());
-    cmp.generation.update(dockerignore.as_bytes());
-    cmp.advance();
-    let mut manifest_done = false;
-    let mut waiting: VecDeque<String> = VecDeque::new();
-    let mut current: Option<Receiving> = None;
-    while !manifest_done || !waiting.is_empty() {
-        match next(inbound).await? {
-            In::Manifest(m) => {
-                if manifest_done {
-                    return Err(proto("a context manifest after the complete one"));
-                }
-                let mut missing = Vec::new();
-                for e in m.entries {
-                    cmp.add(e, files, &mut missing)?;
-                }
-                manifest_done = m.complete;
-                if cmp.changing() {
-                    cache = match cache {
-                        Cache::Kept(c) => Cache::Loading(tokio::task::spawn_blocking(move || {
-                            c.preload();
-                            c
-                        })),
-                        loading => loading,
-                    };
-                }
-                for batch in missing.chunks(REQUEST_BATCH) {
-                    tx.send(Ok(v1::BuildServerMessage {
-                        message: Some(Out::FileRequest(v1::FileRequest {
-                            digests: batch.to_vec(),
-                        })),
-                    }))
-                    .await
-                    .map_err(|_| SessionError::Gone)?;
-                }
-                waiting.extend(missing);
-            }
-            In::File(chunk) => {
-                let Some(digest) = waiting.front() else {
-                    return Err(proto(format!(
-                        "content {} that was not asked for",
-                        chunk.digest
-                    )));
-                };
-                let r = match current.as_mut() {
-                    Some(r) => r,
-                    None => current.insert(Receiving {
-                        digest: digest.clone(),
-                        temp: tempfile::Builder::new()
-                            .prefix(".in-")
-                            .tempfile_in(files)
-                            .map_err(io(files))?,
-                        hasher: Sha256::new(),
-                        size: 0,
-                    }),
-                };
-                if chunk.digest != r.digest || chunk.offset != r.size {
-                    return Err(proto(format!(
-                        "expected {} at offset {}, got {} at {}",
-                        r.digest, r.size, chunk.digest, chunk.offset
-                    )));
-                }
-                r.hasher.update(&chunk.data);
-                r.temp.write_all(&chunk.data).map_err(io(files))?;
-                r.size += chunk.data.len() as u64;
-                transfer.bytes += chunk.data.len() as u64;
-                if chunk.last {
-                    let Some(r) = current.take() else {
-                        continue;
-                    };
-                    let got = format!("sha256:{}", hex::encode(r.hasher.finalize()));
-                    if got != r.digest {
-                        return Err(proto(format!(
-                            "a context file changed while it was sent (expected {}, got {got}); build again",
-                            r.digest
-                        )));
-                    }
-                    let target = files.join(hex_of(&r.digest).unwrap_or_default());
-                    r.temp.persist(&target).map_err(|e| SessionError::Context {
-                        path: target.display().to_string(),
-                        source: e.error,
-                    })?;
-                    transfer.files += 1;
-                    waiting.pop_front();
-                }
-            }
-            In::Cancel(_) => return Err(SessionError::Cancelled),
-            _ => return Err(proto("expected the context manifest or file content")),
-        }
-    }
-    let checksums = match cache {
-        Cache::Kept(c) => c,
-        Cache::Loading(loading) => loading.await.map_err(|source| SessionError::Join {
-            what: "read the context's checksums",
-            source,
-        })?,
-    };
-    let generation: [u8; 32] = cmp.generation.clone().finalize().into();
+    .map_err(io(state))
+}
+
+/// Phase 2, or phases 3 and 4, once the manifest and its contents are in:
+/// when nothing changed only the record's time is set, otherwise the copy
+/// is brought to the spool, which becomes the record. Returns the entries
+/// written, and the solver's cache of the copy told their digests.
+async fn settle(
+    st: State,
+    files: &Path,
+    mut cmp: Compare,
+    checksums: ChecksumCache,
+) -> Result<(u64, ChecksumCache), SessionError> {
     if !cmp.any_change() {
         // The record's time says when the context was last used (the
         // collection keeps the most recent).
@@ -506,11 +624,7 @@ pub(crate) async fn sync(
             .open(&record)
             .and_then(|f| f.set_modified(std::time::SystemTime::now()))
             .map_err(io(&record))?;
-        return Ok(Synced {
-            lock,
-            checksums,
-            generation,
-        });
+        return Ok((0, checksums));
     }
     let fresh = cmp.fresh || cmp.old.is_none();
     drop(cmp.old.take());
@@ -519,20 +633,14 @@ pub(crate) async fn sync(
         .into_inner()
         .map_err(|e| io(Path::new("the context spool"))(e.into_error()))?;
     let files = files.to_path_buf();
-    let (written, checksums) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         commit(&st, &files, &mut spool, fresh, &checksums).map(|w| (w, checksums))
     })
     .await
     .map_err(|source| SessionError::Join {
         what: "update the context copy",
         source,
-    })??;
-    transfer.written = written;
-    Ok(Synced {
-        lock,
-        checksums,
-        generation,
-    })
+    })?
 }
 
 /// Phases 3 and 4: brings the copy to the spooled manifest, then makes the
@@ -675,126 +783,199 @@ fn apply(
         remove_any(&dir).map_err(io(&dir))?;
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let mut old = match old {
+    let old = match old {
         Some((first, r)) => first.map_err(io(&st.record()))?.map(|e| (e, r)),
         None => None,
     };
-    // Phase 1 read the record to its end; should it fail now, the session
-    // fails and the next one, finding `dirty`, starts afresh.
-    let record = st.record();
-    let next_old = |old: &mut Option<(v1::ContextEntry, Entries<BufReader<File>>)>| {
-        if let Some((o, r)) = old.as_mut() {
-            if let Some(e) = r.next().map_err(io(&record))? {
+    let mut walk = Walk {
+        dir,
+        files,
+        checksums,
+        old: Previous {
+            record: st.record(),
+            cursor: old,
+        },
+        open: Vec::new(),
+        written: 0,
+    };
+    let mut new = Entries::new(BufReader::with_capacity(1 << 16, &mut *spool));
+    loop {
+        let e = new.next().map_err(io(Path::new("the context spool")))?;
+        walk.remove_gone(e.as_ref())?;
+        let Some(e) = e else { break };
+        walk.entry(e)?;
+    }
+    leave(&walk.dir, &mut walk.open, None)?;
+    Ok(walk.written)
+}
+
+/// The record of the copy, read alongside the spool in phase 3. Phase 1
+/// read it to its end; should it fail now, the session fails and the next
+/// one, finding `dirty`, starts afresh.
+struct Previous {
+    record: PathBuf,
+    /// The record's next entry and the rest of it.
+    cursor: Option<(v1::ContextEntry, Entries<BufReader<File>>)>,
+}
+
+impl Previous {
+    fn peek(&self) -> Option<&v1::ContextEntry> {
+        self.cursor.as_ref().map(|(o, _)| o)
+    }
+
+    fn advance(&mut self) -> Result<(), SessionError> {
+        if let Some((o, r)) = self.cursor.as_mut() {
+            if let Some(e) = r.next().map_err(io(&self.record))? {
                 *o = e;
                 return Ok(());
             }
         }
-        *old = None;
-        Ok::<(), SessionError>(())
-    };
-    let mut new = Entries::new(BufReader::with_capacity(1 << 16, &mut *spool));
-    let mut open: Vec<OpenDir> = Vec::new();
-    let mut written = 0u64;
-    loop {
-        let e = new.next().map_err(io(Path::new("the context spool")))?;
-        // Entries of the record before `e` (all of them after the last) are
-        // no longer in the context.
-        while let Some((o, _)) = old.as_ref() {
-            if e.as_ref()
-                .is_some_and(|e| walk_order(&o.path, &e.path) != Ordering::Less)
-            {
+        self.cursor = None;
+        Ok(())
+    }
+
+    /// Passes the entries below `dir`.
+    fn skip_below(&mut self, dir: &str) -> Result<(), SessionError> {
+        while self.peek().is_some_and(|o| within(&o.path, dir)) {
+            self.advance()?;
+        }
+        Ok(())
+    }
+
+    /// The record's entry for `path`, if it is the next one.
+    fn take(&mut self, path: &str) -> Result<Option<v1::ContextEntry>, SessionError> {
+        match self.peek() {
+            Some(o) if o.path == path => {
+                let o = o.clone();
+                self.advance()?;
+                Ok(Some(o))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Phase 3's walk through the copy.
+struct Walk<'a> {
+    dir: PathBuf,
+    files: &'a Path,
+    checksums: &'a ChecksumCache,
+    old: Previous,
+    /// The directories the walk is in.
+    open: Vec<OpenDir>,
+    written: u64,
+}
+
+impl Walk<'_> {
+    /// Removes the record's entries before `next` (all of them once the
+    /// spool ends): they are no longer in the context.
+    fn remove_gone(&mut self, next: Option<&v1::ContextEntry>) -> Result<(), SessionError> {
+        while let Some(o) = self.old.peek() {
+            if next.is_some_and(|e| walk_order(&o.path, &e.path) != Ordering::Less) {
                 break;
             }
             let gone = o.path.clone();
-            leave(&dir, &mut open, Some(&gone))?;
-            let target = dir.join(&gone);
+            leave(&self.dir, &mut self.open, Some(&gone))?;
+            let target = self.dir.join(&gone);
             remove_any(&target).map_err(io(&target))?;
-            touch_parent(&mut open, &gone);
-            next_old(&mut old)?;
-            while old.as_ref().is_some_and(|(o, _)| within(&o.path, &gone)) {
-                next_old(&mut old)?;
-            }
+            touch_parent(&mut self.open, &gone);
+            self.old.advance()?;
+            self.old.skip_below(&gone)?;
         }
-        let Some(e) = e else { break };
-        leave(&dir, &mut open, Some(&e.path))?;
-        let prev = match old.as_ref() {
-            Some((o, _)) if o.path == e.path => {
-                let o = o.clone();
-                next_old(&mut old)?;
-                Some(o)
-            }
-            _ => None,
-        };
+        Ok(())
+    }
+
+    /// Brings `e` into the copy unless the record lists it the same.
+    fn entry(&mut self, e: v1::ContextEntry) -> Result<(), SessionError> {
+        leave(&self.dir, &mut self.open, Some(&e.path))?;
+        let prev = self.old.take(&e.path)?;
         let kind = e.mode & S_IFMT;
         if prev.as_ref().is_some_and(|p| p.mode & S_IFMT == S_IFDIR) && kind != S_IFDIR {
             // What was below the directory goes with it.
-            while old.as_ref().is_some_and(|(o, _)| within(&o.path, &e.path)) {
-                next_old(&mut old)?;
-            }
+            self.old.skip_below(&e.path)?;
         }
         if prev.as_ref() == Some(&e) {
             if kind == S_IFDIR {
-                open.push(OpenDir {
-                    path: e.path.clone(),
+                self.open.push(OpenDir {
+                    path: e.path,
                     mtime: e.mtime_unix_nanos,
                     touched: false,
                 });
             }
-            continue;
+            return Ok(());
         }
-        let target = dir.join(&e.path);
-        let current = std::fs::symlink_metadata(&target).ok();
-        match kind {
+        let target = self.dir.join(&e.path);
+        if !self.create(&e, &target)? {
+            return Ok(());
+        }
+        self.set_metadata(&e, &target)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Creates or replaces `target` as `e` lists it (regular files from
+    /// the file cache); `false` for the kinds never sent (sockets,
+    /// devices).
+    fn create(&self, e: &v1::ContextEntry, target: &Path) -> Result<bool, SessionError> {
+        match e.mode & S_IFMT {
             S_IFDIR => {
+                let current = std::fs::symlink_metadata(target).ok();
                 if !current.as_ref().is_some_and(|m| m.is_dir()) {
-                    remove_any(&target).map_err(io(&target))?;
-                    std::fs::create_dir(&target).map_err(io(&target))?;
+                    remove_any(target).map_err(io(target))?;
+                    std::fs::create_dir(target).map_err(io(target))?;
                 }
             }
             S_IFLNK => {
-                remove_any(&target).map_err(io(&target))?;
-                std::os::unix::fs::symlink(&e.link_target, &target).map_err(io(&target))?;
+                remove_any(target).map_err(io(target))?;
+                std::os::unix::fs::symlink(&e.link_target, target).map_err(io(target))?;
             }
             S_IFREG => {
                 let hex = hex_of(&e.digest).unwrap_or_default();
-                let src = files.join(hex);
-                let parent = target.parent().unwrap_or(&dir);
-                let temp = place(&src, parent).map_err(|source| SessionError::Context {
-                    path: format!("{} (the content of {}; build again)", src.display(), e.path),
+                let src = self.files.join(hex);
+                let parent = target.parent().unwrap_or(&self.dir);
+                let temp = place(&src, parent).map_err(|source| SessionError::CachedContent {
+                    file: src.clone(),
+                    entry: e.path.clone(),
                     source,
                 })?;
-                remove_any(&target).map_err(io(&target))?;
-                temp.persist(&target).map_err(|e| SessionError::Context {
+                remove_any(target).map_err(io(target))?;
+                temp.persist(target).map_err(|e| SessionError::Context {
                     path: target.display().to_string(),
                     source: e.error,
                 })?;
             }
-            // Other kinds (sockets, devices) are never sent.
-            _ => continue,
+            _ => return Ok(false),
         }
-        std::os::unix::fs::lchown(&target, Some(e.uid), Some(e.gid)).map_err(io(&target))?;
+        Ok(true)
+    }
+
+    /// Gives the new `target` the owner, mode and times `e` lists (a
+    /// directory's times when the walk leaves it), and enters a regular
+    /// file's digest into the solver's cache of the copy.
+    fn set_metadata(&mut self, e: &v1::ContextEntry, target: &Path) -> Result<(), SessionError> {
+        let kind = e.mode & S_IFMT;
+        std::os::unix::fs::lchown(target, Some(e.uid), Some(e.gid)).map_err(io(target))?;
         if kind != S_IFLNK {
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(e.mode & 0o7777))
-                .map_err(io(&target))?;
+            std::fs::set_permissions(target, std::fs::Permissions::from_mode(e.mode & 0o7777))
+                .map_err(io(target))?;
         }
-        touch_parent(&mut open, &e.path);
+        touch_parent(&mut self.open, &e.path);
         if kind == S_IFDIR {
-            open.push(OpenDir {
+            self.open.push(OpenDir {
                 path: e.path.clone(),
                 mtime: e.mtime_unix_nanos,
                 touched: true,
             });
         } else {
-            set_times(&target, e.mtime_unix_nanos).map_err(io(&target))?;
+            set_times(target, e.mtime_unix_nanos).map_err(io(target))?;
         }
         if kind == S_IFREG {
-            let md = std::fs::symlink_metadata(&target).map_err(io(&target))?;
-            checksums.insert_known(&e.path, &md, hex_of(&e.digest).unwrap_or_default());
+            let md = std::fs::symlink_metadata(target).map_err(io(target))?;
+            self.checksums
+                .insert_known(&e.path, &md, hex_of(&e.digest).unwrap_or_default());
         }
-        written += 1;
+        Ok(())
     }
-    leave(&dir, &mut open, None)?;
-    Ok(written)
 }
 
 #[cfg(test)]
@@ -930,5 +1111,132 @@ mod tests {
             }
         }
         assert!(err.is_some());
+    }
+
+    /// The error a manifest made of `entries` ends with.
+    fn refused(entries: Vec<v1::ContextEntry>) -> SessionError {
+        let files = tempfile::tempdir().unwrap();
+        let mut cmp = Compare::new(None, tempfile::tempfile().unwrap(), "");
+        let mut missing = Vec::new();
+        for e in entries {
+            if let Err(err) = cmp.add(e, files.path(), &mut missing) {
+                return err;
+            }
+        }
+        panic!("the manifest was taken");
+    }
+
+    #[test]
+    fn a_manifest_that_breaks_the_rules_is_refused_naming_the_entry() {
+        let mut bad_digest = entry("f", S_IFREG, Some("one"));
+        bad_digest.digest = "sha256:ABC".into();
+        let cases = [
+            (
+                vec![entry("/etc", S_IFREG, Some("one"))],
+                r#"context entry "/etc": not a relative path"#,
+            ),
+            (
+                vec![
+                    entry("a", S_IFDIR, None),
+                    entry("a/x", S_IFREG, Some("one")),
+                    entry("a/x", S_IFREG, Some("one")),
+                ],
+                r#"context entry "a/x" after "a/x": entries must come once each, in walk order"#,
+            ),
+            (
+                vec![
+                    entry("a", S_IFDIR, None),
+                    entry("b/x", S_IFREG, Some("one")),
+                ],
+                r#"context entry "b/x": its directory is not listed"#,
+            ),
+            (
+                vec![bad_digest],
+                r#"context entry "f": bad digest "sha256:ABC""#,
+            ),
+        ];
+        for (entries, message) in cases {
+            let err = refused(entries);
+            assert!(matches!(err, SessionError::Protocol(_)), "{err:?}");
+            assert_eq!(err.to_string(), message);
+        }
+    }
+
+    fn chunk(digest: &str, offset: u64, data: &str) -> v1::FileChunk {
+        v1::FileChunk {
+            digest: digest.to_string(),
+            offset,
+            data: data.as_bytes().to_vec(),
+            last: true,
+        }
+    }
+
+    #[test]
+    fn contents_come_as_asked_for_and_must_have_their_digest() {
+        let digest = |c: &str| format!("sha256:{}", hex::encode(Sha256::digest(c)));
+        let (one, two) = (digest("one"), digest("two"));
+        let files = tempfile::tempdir().unwrap();
+        let mut transfer = Transfer::default();
+        let mut receive = Receive {
+            files: files.path(),
+            cmp: Compare::new(None, tempfile::tempfile().unwrap(), ""),
+            manifest_done: true,
+            waiting: VecDeque::new(),
+            current: None,
+            transfer: &mut transfer,
+        };
+        let err = receive.content(chunk(&one, 0, "one")).unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Protocol(ProtocolError::NotAskedFor { .. })
+        ));
+        assert_eq!(
+            err.to_string(),
+            format!("content {one} that was not asked for")
+        );
+
+        receive.waiting.push_back(one.clone());
+        let err = receive.content(chunk(&one, 5, "one")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("expected {one} at offset 0, got {one} at 5")
+        );
+
+        receive.current = None;
+        let err = receive.content(chunk(&one, 0, "two")).unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Protocol(ProtocolError::ContentChanged { .. })
+        ));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "a context file changed while it was sent (expected {one}, got {two}); build again"
+            )
+        );
+
+        receive.content(chunk(&one, 0, "one")).unwrap();
+        assert!(receive.done());
+        let cached = files.path().join(hex_of(&one).unwrap());
+        assert_eq!(std::fs::read_to_string(cached).unwrap(), "one");
+        assert_eq!((transfer.files, transfer.bytes), (1, 6));
+    }
+
+    #[test]
+    fn a_damaged_record_names_what_is_wrong_and_keeps_the_decode_error() {
+        // A length of 3 and three bytes that are no ContextEntry.
+        let bytes = [3u8, 0xff, 0xff, 0xff];
+        let err = Entries::new(&bytes[..]).next().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .starts_with("a record entry does not decode: "),
+            "{err}"
+        );
+        let inner = err.get_ref().and_then(|e| e.source());
+        assert!(
+            inner.is_some_and(|s| s.is::<prost::DecodeError>()),
+            "{err:?}"
+        );
     }
 }

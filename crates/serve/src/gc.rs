@@ -21,7 +21,7 @@
 use kbuild_image::lock::{FileLock, LockMode};
 use std::collections::HashSet;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// Contexts kept by default (`serve --keep-contexts`).
@@ -45,7 +45,7 @@ pub struct Collected {
 
 /// The checksum cache file of the context copy in `context` (a directory
 /// of `contexts/`): named after the copy's path, as the session loads it.
-fn checksum_file(root: &Path, context: &Path) -> std::path::PathBuf {
+fn checksum_file(root: &Path, context: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
     let dir = context.join("dir");
     let key = hex::encode(Sha256::digest(dir.as_os_str().as_encoded_bytes()));
@@ -64,7 +64,7 @@ fn trash_file(file: &Path, trash: &Path, name: &std::ffi::OsStr) -> io::Result<O
     }
 }
 
-fn lock_path(root: &Path) -> std::path::PathBuf {
+fn lock_path(root: &Path) -> PathBuf {
     root.join("context-files.lock")
 }
 
@@ -112,9 +112,25 @@ fn select(
     trash: &Path,
 ) -> io::Result<Collected> {
     let mut done = Collected::default();
-    // Most recently used first: the time of the record each sync writes
-    // last (a context without one was never completed: oldest).
-    let mut all: Vec<(SystemTime, std::path::PathBuf)> = Vec::new();
+    let mut kept = Vec::new();
+    for (i, dir) in by_last_use(contexts)?.into_iter().enumerate() {
+        if i < keep || !trash_context(root, &dir, trash, &mut done)? {
+            kept.push(dir);
+        }
+    }
+    if done.contexts == 0 && !sweep {
+        return Ok(done);
+    }
+    trash_checksums(root, &kept, trash, &mut done)?;
+    trash_files(root, &kept, trash, &mut done)?;
+    Ok(done)
+}
+
+/// The context state directories under `contexts`, most recently used
+/// first: by the time of the record each sync writes last (a context
+/// without one was never completed: oldest).
+fn by_last_use(contexts: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut all: Vec<(SystemTime, PathBuf)> = Vec::new();
     for e in std::fs::read_dir(contexts)? {
         let dir = e?.path();
         if !dir.is_dir() {
@@ -126,61 +142,72 @@ fn select(
         all.push((used, dir));
     }
     all.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    let mut kept = Vec::new();
-    for (i, (_, dir)) in all.into_iter().enumerate() {
-        if i < keep {
-            kept.push(dir);
+    Ok(all.into_iter().map(|(_, dir)| dir).collect())
+}
+
+/// Moves the context `dir` and its checksum cache into `trash`, unless a
+/// build using it holds its lock; whether it went.
+fn trash_context(root: &Path, dir: &Path, trash: &Path, done: &mut Collected) -> io::Result<bool> {
+    let Some(lock) = FileLock::try_acquire(dir.join("lock"), LockMode::Exclusive)? else {
+        return Ok(false);
+    };
+    // Its record first: a copy half gone is never trusted.
+    match std::fs::remove_file(dir.join(crate::context::RECORD)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let name = dir.file_name().unwrap_or_default().to_owned();
+    let sums = checksum_file(root, dir);
+    std::fs::rename(dir, trash.join(&name))?;
+    drop(lock);
+    done.contexts += 1;
+    let mut sums_name = name;
+    sums_name.push(".json");
+    if let Some(size) = trash_file(&sums, trash, &sums_name)? {
+        done.checksum_files += 1;
+        done.bytes += size;
+    }
+    Ok(true)
+}
+
+/// Moves the checksum caches of contexts no longer kept (removed by an
+/// earlier collection that stopped half-way, or by hand) into `trash`.
+fn trash_checksums(
+    root: &Path,
+    kept: &[PathBuf],
+    trash: &Path,
+    done: &mut Collected,
+) -> io::Result<()> {
+    let kept_sums: HashSet<PathBuf> = kept.iter().map(|dir| checksum_file(root, dir)).collect();
+    let Ok(entries) = std::fs::read_dir(root.join("checksums")) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        if kept_sums.contains(&path) || !matches!(path.extension(), Some(x) if x == "json") {
             continue;
         }
-        // A build using it holds its lock: it stays.
-        match FileLock::try_acquire(dir.join("lock"), LockMode::Exclusive)? {
-            Some(lock) => {
-                // Its record first: a copy half gone is never trusted.
-                match std::fs::remove_file(dir.join(crate::context::RECORD)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                let name = dir.file_name().unwrap_or_default().to_owned();
-                let sums = checksum_file(root, &dir);
-                std::fs::rename(&dir, trash.join(&name))?;
-                drop(lock);
-                done.contexts += 1;
-                let mut sums_name = name;
-                sums_name.push(".json");
-                if let Some(size) = trash_file(&sums, trash, &sums_name)? {
-                    done.checksum_files += 1;
-                    done.bytes += size;
-                }
-            }
-            None => kept.push(dir),
+        let mut name = std::ffi::OsString::from("sums-");
+        name.push(e.file_name());
+        if let Some(size) = trash_file(&path, trash, &name)? {
+            done.checksum_files += 1;
+            done.bytes += size;
         }
     }
-    if done.contexts == 0 && !sweep {
-        return Ok(done);
-    }
-    // The checksum caches of contexts no longer kept (removed by an
-    // earlier collection that stopped half-way, or by hand).
-    let kept_sums: HashSet<std::path::PathBuf> =
-        kept.iter().map(|dir| checksum_file(root, dir)).collect();
-    if let Ok(entries) = std::fs::read_dir(root.join("checksums")) {
-        for e in entries {
-            let e = e?;
-            let path = e.path();
-            if kept_sums.contains(&path) || !matches!(path.extension(), Some(x) if x == "json") {
-                continue;
-            }
-            let mut name = std::ffi::OsString::from("sums-");
-            name.push(e.file_name());
-            if let Some(size) = trash_file(&path, trash, &name)? {
-                done.checksum_files += 1;
-                done.bytes += size;
-            }
-        }
-    }
-    // The files the kept contexts list.
+    Ok(())
+}
+
+/// Moves the cached files no kept context lists into `trash`.
+fn trash_files(
+    root: &Path,
+    kept: &[PathBuf],
+    trash: &Path,
+    done: &mut Collected,
+) -> io::Result<()> {
     let mut wanted: HashSet<String> = HashSet::new();
-    for dir in &kept {
+    for dir in kept {
         // A record that cannot be read lists nothing (its copy starts
         // afresh next time).
         let _ = crate::context::listed_digests(dir, |hex| {
@@ -190,23 +217,24 @@ fn select(
     let files = root.join("context-files");
     let file_trash = trash.join("files");
     std::fs::create_dir_all(&file_trash)?;
-    if files.is_dir() {
-        for e in std::fs::read_dir(&files)? {
-            let e = e?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if wanted.contains(&name) {
-                continue;
+    if !files.is_dir() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(&files)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if wanted.contains(&name) {
+            continue;
+        }
+        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+        match std::fs::rename(e.path(), file_trash.join(&name)) {
+            Ok(()) => {
+                done.files += 1;
+                done.bytes += size;
             }
-            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-            match std::fs::rename(e.path(), file_trash.join(&name)) {
-                Ok(()) => {
-                    done.files += 1;
-                    done.bytes += size;
-                }
-                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err),
-            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
         }
     }
-    Ok(done)
+    Ok(())
 }

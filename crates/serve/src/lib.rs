@@ -329,18 +329,54 @@ impl builder_server::Builder for Service {
     }
 }
 
+/// Why the daemon's prune stopped; the service answers with the status
+/// its `From` conversion chooses.
+#[derive(Debug, thiserror::Error)]
+enum PruneFailed {
+    #[error("prune: store {}: {source}", root.display())]
+    Open {
+        root: PathBuf,
+        #[source]
+        source: kbuild_image::Error,
+    },
+    /// A build holds the store: the client may try again later.
+    #[error("a build is running on this builder: {0}")]
+    Busy(#[source] kbuild_solver::prune::PruneError),
+    #[error("prune: {0}")]
+    Store(#[source] kbuild_solver::prune::PruneError),
+    #[error("prune: contexts under {}: {source}", root.display())]
+    Contexts {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<PruneFailed> for tonic::Status {
+    fn from(e: PruneFailed) -> tonic::Status {
+        match e {
+            PruneFailed::Busy(_) => tonic::Status::failed_precondition(e.to_string()),
+            _ => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
 /// The daemon's prune: the store as a local `prune` does it (under the
 /// store's exclusive lock, refused while a build runs), then the client
 /// contexts beyond `--keep-contexts` with their files and checksum caches.
-fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, tonic::Status> {
+fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, PruneFailed> {
     let root = &config.root;
-    let store = kbuild_image::ContentStore::open(root.join("content"))
-        .map_err(|e| tonic::Status::internal(format!("prune: store {}: {e}", root.display())))?;
+    let store = kbuild_image::ContentStore::open(root.join("content")).map_err(|source| {
+        PruneFailed::Open {
+            root: root.clone(),
+            source,
+        }
+    })?;
     let report = kbuild_solver::prune::prune(&store, root, all).map_err(|e| {
         if e.is_busy() {
-            tonic::Status::failed_precondition(format!("a build is running on this builder: {e}"))
+            PruneFailed::Busy(e)
         } else {
-            tonic::Status::internal(format!("prune: {e}"))
+            PruneFailed::Store(e)
         }
     })?;
     let contexts = match gc::collect(root, config.keep_contexts, true) {
@@ -349,11 +385,11 @@ fn prune(config: &Config, all: bool) -> Result<v1::PruneResponse, tonic::Status>
             tracing::info!("prune: a build is syncing its context; contexts left for later");
             gc::Collected::default()
         }
-        Err(e) => {
-            return Err(tonic::Status::internal(format!(
-                "prune: contexts under {}: {e}",
-                root.display()
-            )))
+        Err(source) => {
+            return Err(PruneFailed::Contexts {
+                root: root.clone(),
+                source,
+            })
         }
     };
     tracing::info!(
@@ -503,23 +539,77 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
     }
     let tls = match &config.tls {
-        Some(files) => {
-            let cert = read_pem(&files.cert)?;
-            let key = read_pem(&files.key)?;
-            let ca = read_pem(&files.ca)?;
-            Some(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(cert, key))
-                    .client_ca_root(Certificate::from_pem(ca))
-                    .client_auth_optional(false),
-            )
-        }
+        Some(files) => Some(tls_config(files)?),
         None => None,
     };
+    let (sockets, listeners) = bind_all(&config.addrs).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let service = Service {
+        stopping: stop_rx.clone(),
+        config: Arc::new(config.clone()),
+        running_builds: Arc::new(AtomicU32::new(0)),
+        hostname: hostname().into(),
+        trees: Arc::default(),
+    };
+    tracing::info!(
+        "kubectl-build {} serving protocol {}..={}, store {}",
+        env!("CARGO_PKG_VERSION"),
+        config.protocol.0,
+        config.protocol.1,
+        config.root.display()
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (endpoint, listener) in listeners {
+        let svc = builder_server::BuilderServer::new(service.clone());
+        let mut stop = stop_rx.clone();
+        let signal = async move {
+            // Resolves when told to stop or when the sender is gone.
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let server = listener_server(&endpoint, &listener, tls.as_ref())?.add_service(svc);
+        tasks.spawn(async move {
+            let r = match listener {
+                Listener::Unix(l) => {
+                    let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                    server.serve_with_incoming_shutdown(incoming, signal).await
+                }
+                Listener::Tcp(l) => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                    server.serve_with_incoming_shutdown(incoming, signal).await
+                }
+            };
+            (endpoint, r)
+        });
+    }
+    let failure = run_until(shutdown, &mut tasks, &stop_tx).await;
+    drop(sockets);
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
 
+/// The server configuration of mutual TLS from its PEM files.
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, Error> {
+    let cert = read_pem(&files.cert)?;
+    let key = read_pem(&files.key)?;
+    let ca = read_pem(&files.ca)?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca))
+        .client_auth_optional(false))
+}
+
+/// Binds every address, each with the endpoint it logs (a TCP one with
+/// its bound port); the unix socket files are removed when the first
+/// value is dropped.
+async fn bind_all(addrs: &[Endpoint]) -> Result<(SocketFiles, Vec<(Endpoint, Listener)>), Error> {
     let mut sockets = SocketFiles::default();
     let mut listeners = Vec::new();
-    for endpoint in &config.addrs {
+    for endpoint in addrs {
         match endpoint {
             Endpoint::Unix(path) => {
                 let l = bind_unix(endpoint, path)?;
@@ -549,81 +639,60 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             }
         }
     }
+    Ok((sockets, listeners))
+}
 
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's host name, for `Info` and `Prune` answers.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let service = Service {
-        stopping: stop_rx.clone(),
-        config: Arc::new(config.clone()),
-        running_builds: Arc::new(AtomicU32::new(0)),
-        hostname: hostname.into(),
-        trees: Arc::default(),
-    };
+        .unwrap_or_default()
+}
 
-    tracing::info!(
-        "kubectl-build {} serving protocol {}..={}, store {}",
-        env!("CARGO_PKG_VERSION"),
-        config.protocol.0,
-        config.protocol.1,
-        config.root.display()
-    );
-    let mut tasks = tokio::task::JoinSet::new();
-    for (endpoint, listener) in listeners {
-        let svc = builder_server::BuilderServer::new(service.clone());
-        let mut stop = stop_rx.clone();
-        let signal = async move {
-            // Resolves when told to stop or when the sender is gone.
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        match listener {
-            Listener::Unix(l) => {
-                tracing::info!("listening on {endpoint} (mode {SOCKET_MODE:o})");
-                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
-                tasks.spawn(async move {
-                    let r = server()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(incoming, signal)
-                        .await;
-                    (endpoint, r)
-                });
-            }
-            Listener::Tcp(l) => {
-                let mut builder = server();
-                match &tls {
-                    Some(tls) => {
-                        builder =
-                            builder
-                                .tls_config(tls.clone())
-                                .map_err(|source| Error::Serve {
-                                    endpoint: endpoint.clone(),
-                                    source,
-                                })?;
-                        tracing::info!("listening on {endpoint} (mutual TLS)");
-                    }
-                    None => {
-                        tracing::warn!(
-                            "INSECURE: {endpoint} serves without TLS or authentication \
-                             (--insecure): anyone who can reach it can run builds as this \
-                             daemon's user"
-                        );
-                        tracing::info!("listening on {endpoint}");
-                    }
-                }
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-                tasks.spawn(async move {
-                    let r = builder
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(incoming, signal)
-                        .await;
-                    (endpoint, r)
-                });
-            }
+/// The server of one listener (TLS on a TCP one when configured), logging
+/// that it listens.
+fn listener_server(
+    endpoint: &Endpoint,
+    listener: &Listener,
+    tls: Option<&ServerTlsConfig>,
+) -> Result<Server, Error> {
+    let mut builder = server();
+    match (listener, tls) {
+        (Listener::Unix(_), _) => {
+            tracing::info!("listening on {endpoint} (mode {SOCKET_MODE:o})");
+        }
+        (Listener::Tcp(_), Some(tls)) => {
+            builder = builder
+                .tls_config(tls.clone())
+                .map_err(|source| Error::Serve {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            tracing::info!("listening on {endpoint} (mutual TLS)");
+        }
+        (Listener::Tcp(_), None) => {
+            tracing::warn!(
+                "INSECURE: {endpoint} serves without TLS or authentication \
+                 (--insecure): anyone who can reach it can run builds as this \
+                 daemon's user"
+            );
+            tracing::info!("listening on {endpoint}");
         }
     }
+    Ok(builder)
+}
 
-    // Run until the signal, or until a listener fails.
+/// What a listener's task ends with.
+type Served = (Endpoint, Result<(), tonic::transport::Error>);
+
+/// Runs the listeners until `shutdown` resolves or one of them fails, then
+/// tells them to stop and lets running requests finish for up to
+/// [`DRAIN_TIMEOUT`]; returns the first listener's failure.
+async fn run_until(
+    shutdown: impl Future<Output = ()>,
+    tasks: &mut tokio::task::JoinSet<Served>,
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> Option<Error> {
     let mut failure = None;
     tokio::select! {
         _ = shutdown => {}
@@ -633,7 +702,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             }
         }
     }
-    let _ = stop_tx.send(true);
+    let _ = stop.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while let Some(done) = tasks.join_next().await {
             if let Ok((endpoint, Err(source))) = done {
@@ -649,14 +718,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         );
         tasks.abort_all();
     }
-    drop(sockets);
-    match failure {
-        Some(e) => Err(e),
-        None => {
-            tracing::info!("stopped");
-            Ok(())
-        }
-    }
+    failure
 }
 
 /// What a session's build ran: one image per target and, when the daemon
@@ -710,12 +772,7 @@ pub(crate) async fn solve_start(
             warnings: Vec::new(),
         });
     }
-    let platforms = start
-        .platforms
-        .iter()
-        .map(Platform::try_from)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(SessionError::WirePlatform)?;
+    let platforms = wire_platforms(start)?;
     let build_platform = match &start.build_platform {
         Some(p) => Platform::try_from(p).map_err(SessionError::WirePlatform)?,
         None => Platform::host(),
@@ -750,4 +807,14 @@ pub(crate) async fn solve_start(
             .collect(),
         solved: result.solved,
     })
+}
+
+/// The platforms a session's `BuildStart` asks for.
+pub(crate) fn wire_platforms(start: &v1::BuildStart) -> Result<Vec<Platform>, SessionError> {
+    start
+        .platforms
+        .iter()
+        .map(Platform::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(SessionError::WirePlatform)
 }

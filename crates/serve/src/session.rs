@@ -10,19 +10,20 @@ use crate::Config;
 use kbuild_proto::v1::{
     self, build_client_message::Message as In, build_server_message::Message as Out,
 };
-use kbuild_solver::engine::{Context, SolveOptions, Solver};
-use kbuild_solver::options::{
-    Output, OutputKind, ProvideSecret, SecretProvider, SecretSource, SecretSpec,
-};
+use kbuild_solver::checksums::{ChecksumCache, TreeChecksums};
+use kbuild_solver::options::ProvideSecret;
 use kbuild_solver::progress::{Event, Progress};
+use kbuild_worker::executor::Cancel;
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Streaming;
+
+mod build;
 
 /// Where the server messages go (the response stream).
 pub(crate) type Tx = mpsc::Sender<Result<v1::BuildServerMessage, tonic::Status>>;
@@ -35,9 +36,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// A session that could not finish.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
-    /// The client broke the protocol; the text says how (no source).
-    #[error("{0}")]
-    Protocol(String),
+    /// The client broke the protocol.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
     /// `BuildStart.provenance` does not parse (the client checks
     /// `--provenance` before sending it: an older or foreign client).
     #[error("the client's provenance request: {0}")]
@@ -54,6 +55,13 @@ pub(crate) enum SessionError {
     #[error("context {path}: {source}")]
     Context {
         path: String,
+        source: std::io::Error,
+    },
+    /// A file of the content cache could not be placed into the copy.
+    #[error("context {} (the content of {entry}; build again): {source}", file.display())]
+    CachedContent {
+        file: PathBuf,
+        entry: String,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -82,14 +90,70 @@ pub(crate) enum SessionError {
     WirePlatform(kbuild_proto::Error),
     #[error("the Dockerfile is not UTF-8")]
     DockerfileNotUtf8,
+    /// `-o type=docker` without `dest`: the client's Docker daemon is out
+    /// of this daemon's reach.
+    #[error("--load into a Docker daemon is not served by a remote builder yet; use -o type=docker,dest=FILE and docker load")]
+    DockerLoad,
+    /// `-o type=oci,tar=false`: a directory output is not streamed back.
+    #[error("-o type=oci,tar=false is not served by a remote builder yet; use the tarball form")]
+    OciDirectory,
+    /// A `type=local` `--cache-from` or `--cache-to` (the client refuses
+    /// them before sending: an older or foreign client).
+    #[error("a type=local cache is a directory of the client, which the builder cannot reach")]
+    LocalCache,
     #[error("cancelled")]
     Cancelled,
     #[error("the daemon is stopping (SIGTERM or SIGINT); nothing was tagged")]
     ShuttingDown,
 }
 
-pub(crate) fn proto(msg: impl Into<String>) -> SessionError {
-    SessionError::Protocol(msg.into())
+/// How the client broke the session's protocol: each names what came, in
+/// the words the client is sent.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    #[error("an empty message")]
+    EmptyMessage,
+    /// A manifest with entries in a session without a context.
+    #[error("context entries without a context")]
+    EntriesWithoutContext,
+    /// Another message than the empty manifest of a session without a
+    /// context.
+    #[error("expected the context manifest")]
+    ExpectedManifest,
+    #[error("a context manifest after the complete one")]
+    ManifestAfterComplete,
+    #[error("expected the context manifest or file content")]
+    ExpectedManifestOrContent,
+    #[error("context entry {path:?}: not a relative path")]
+    NotRelative { path: String },
+    #[error("context entry {path:?} after {after:?}: entries must come once each, in walk order")]
+    OutOfOrder { path: String, after: String },
+    #[error("context entry {path:?}: its directory is not listed")]
+    UnlistedDirectory { path: String },
+    #[error("context entry {path:?}: bad digest {digest:?}")]
+    BadDigest { path: String, digest: String },
+    #[error("bad digest {digest:?}")]
+    UndecodableDigest {
+        digest: String,
+        #[source]
+        source: hex::FromHexError,
+    },
+    #[error("content {digest} that was not asked for")]
+    NotAskedFor { digest: String },
+    /// A content chunk that is not the next one of the content asked for
+    /// first.
+    #[error("expected {expected} at offset {offset}, got {got} at {got_offset}")]
+    OutOfSequence {
+        expected: String,
+        offset: u64,
+        got: String,
+        got_offset: u64,
+    },
+    /// The content received does not have the digest the manifest listed.
+    #[error(
+        "a context file changed while it was sent (expected {expected}, got {got}); build again"
+    )]
+    ContentChanged { expected: String, got: String },
 }
 
 /// Questions waiting for the client's answer, by number.
@@ -161,6 +225,20 @@ impl<T> Waiters<T> {
 struct Queue(Arc<Mutex<Option<mpsc::UnboundedSender<v1::BuildServerMessage>>>>);
 
 impl Queue {
+    /// A queue and the task that forwards its messages to `tx` in order,
+    /// until it is closed or the client is gone.
+    fn forwarding(tx: Tx) -> (Queue, tokio::task::JoinHandle<()>) {
+        let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
+        let forwarder = tokio::spawn(async move {
+            while let Some(m) = queue_rx.recv().await {
+                if tx.send(Ok(m)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        (Queue(Arc::new(Mutex::new(Some(queue_tx)))), forwarder)
+    }
+
     fn send(&self, m: Out) {
         if let Ok(q) = self.0.lock() {
             if let Some(q) = q.as_ref() {
@@ -405,108 +483,60 @@ pub(crate) struct Transfer {
 /// the client is gone.
 pub(crate) async fn run(
     config: Arc<Config>,
-    trees: Arc<kbuild_solver::checksums::TreeChecksums>,
+    trees: Arc<TreeChecksums>,
     mut inbound: Streaming<v1::BuildClientMessage>,
     tx: Tx,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let start = match inbound.message().await {
+    let Some(start) = receive_start(&mut inbound, &tx).await else {
+        return;
+    };
+    let (queue, forwarder) = Queue::forwarding(tx.clone());
+    let session = Session {
+        config,
+        start,
+        tx,
+        queue,
+        pending: Arc::new(Pending::default()),
+        cancel: Cancel::new(),
+    };
+    let mut transfer = Transfer::default();
+    let outcome = session.run(trees, inbound, &mut transfer, stopping).await;
+    session.pending.close();
+    session.queue.close();
+    let _ = forwarder.await;
+    let Some(done) = session.done(outcome, transfer).await else {
+        return;
+    };
+    let _ = session
+        .tx
+        .send(Ok(v1::BuildServerMessage {
+            message: Some(Out::Done(done)),
+        }))
+        .await;
+    collect_contexts(&session.config).await;
+}
+
+/// The session's first message, which must be its BuildStart; `None` when
+/// the session ends there (refused, or the client went away).
+async fn receive_start(
+    inbound: &mut Streaming<v1::BuildClientMessage>,
+    tx: &Tx,
+) -> Option<v1::BuildStart> {
+    match inbound.message().await {
         Ok(Some(v1::BuildClientMessage {
             message: Some(In::Start(s)),
-        })) => s,
+        })) => Some(s),
         Ok(_) => {
             let _ = tx
                 .send(Err(tonic::Status::invalid_argument(
                     "a build session starts with BuildStart",
                 )))
                 .await;
-            return;
+            None
         }
-        Err(_) => return,
-    };
-    let (queue_tx, mut queue_rx) = mpsc::unbounded_channel();
-    let queue = Queue(Arc::new(Mutex::new(Some(queue_tx))));
-    // Forwards queued messages (progress, questions) in order.
-    let forward_tx = tx.clone();
-    let forwarder = tokio::spawn(async move {
-        while let Some(m) = queue_rx.recv().await {
-            if forward_tx.send(Ok(m)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut transfer = Transfer::default();
-    let pending = Arc::new(Pending::default());
-    let cancel = kbuild_worker::executor::Cancel::new();
-    let outcome = session(
-        &config,
-        trees,
-        &start,
-        inbound,
-        &tx,
-        &queue,
-        &pending,
-        &cancel,
-        &mut transfer,
-        stopping,
-    )
-    .await;
-    pending.close();
-    queue.close();
-    let _ = forwarder.await;
-    let mut done = v1::BuildDone {
-        files_received: transfer.files,
-        bytes_received: transfer.bytes,
-        context_entries_written: transfer.written,
-        ..Default::default()
-    };
-    match outcome {
-        Ok((d, results, _dir)) => {
-            done = v1::BuildDone {
-                files_received: transfer.files,
-                bytes_received: transfer.bytes,
-                context_entries_written: transfer.written,
-                ..d
-            };
-            for (index, path) in results {
-                if let Err(e) = stream_result(&tx, index, &path).await {
-                    done.error = format!("stream output {index}: {e}");
-                    break;
-                }
-            }
-        }
-        Err(SessionError::Gone) => {
-            tracing::info!("build cancelled: the client went away");
-            return;
-        }
-        Err(SessionError::ShuttingDown) => {
-            tracing::info!("build cancelled: the daemon is shutting down");
-            done.shutting_down = true;
-            done.error = SessionError::ShuttingDown.to_string();
-        }
-        Err(SessionError::Cancelled) => {
-            tracing::info!("build cancelled by the client");
-            done.cancelled = true;
-            done.error = "build cancelled (interrupted); nothing was tagged".into();
-        }
-        Err(SessionError::Solve(e)) => {
-            if let kbuild_solver::engine::SolveError::EntitlementDenied { entitlement, .. } = &e {
-                done.entitlement = entitlement.to_string();
-            }
-            tracing::info!(error = %e, "build failed");
-            done.error = e.to_string();
-        }
-        Err(e) => {
-            tracing::info!(error = %e, "build failed");
-            done.error = e.to_string();
-        }
+        Err(_) => None,
     }
-    let _ = tx
-        .send(Ok(v1::BuildServerMessage {
-            message: Some(Out::Done(done)),
-        }))
-        .await;
-    collect_contexts(&config).await;
 }
 
 /// Bounds the kept client contexts once a session is over (see [`crate::gc`]).
@@ -558,44 +588,165 @@ async fn stream_result(tx: &Tx, output: u32, path: &Path) -> std::io::Result<()>
 /// Where this session writes: removed when it ends.
 struct SessionDir(PathBuf);
 
+impl SessionDir {
+    /// A new directory under `root/sessions`.
+    fn create(root: &Path) -> Result<SessionDir, SessionError> {
+        let sessions = root.join("sessions");
+        let err = |source| SessionError::Context {
+            path: sessions.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&sessions).map_err(err)?;
+        let dir = tempfile::Builder::new()
+            .prefix("session-")
+            .tempdir_in(&sessions)
+            .map_err(err)?;
+        Ok(SessionDir(dir.keep()))
+    }
+}
+
 impl Drop for SessionDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
+/// The file outputs a build streams back: output index and file.
+type Streamed = Vec<(u32, PathBuf)>;
+
 /// What a finished build sends: BuildDone (without the counters), the
-/// files to stream back (output index, path), and the directory holding
-/// them (removed once sent).
-type Finished = (v1::BuildDone, Vec<(u32, PathBuf)>, SessionDir);
+/// files to stream back, and the directory holding them (removed once
+/// sent).
+type Finished = (v1::BuildDone, Streamed, SessionDir);
 
 pub(crate) async fn next(
     inbound: &mut Streaming<v1::BuildClientMessage>,
 ) -> Result<In, SessionError> {
     match inbound.message().await {
         Ok(Some(v1::BuildClientMessage { message: Some(m) })) => Ok(m),
-        Ok(Some(_)) => Err(proto("an empty message")),
+        Ok(Some(_)) => Err(ProtocolError::EmptyMessage.into()),
         Ok(None) | Err(_) => Err(SessionError::Gone),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    config: &Arc<Config>,
-    trees: Arc<kbuild_solver::checksums::TreeChecksums>,
-    start: &v1::BuildStart,
-    mut inbound: Streaming<v1::BuildClientMessage>,
-    tx: &Tx,
-    queue: &Queue,
-    pending: &Arc<Pending>,
-    cancel: &kbuild_worker::executor::Cancel,
-    transfer: &mut Transfer,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) -> Result<Finished, SessionError> {
-    let root = config.root.clone();
-    let mut context_lock = None;
-    let mut checksums = None;
-    let context_dir = if start.has_context {
+/// One session once its BuildStart came: where its messages go, the
+/// questions waiting for the client's answers, and the cancellation of
+/// its build.
+struct Session {
+    config: Arc<Config>,
+    start: v1::BuildStart,
+    tx: Tx,
+    queue: Queue,
+    pending: Arc<Pending>,
+    cancel: Cancel,
+}
+
+/// The client context of a session, synced into its copy.
+struct ContextCopy {
+    dir: PathBuf,
+    checksums: ChecksumCache,
+    /// Held until the build ends: no other session of this context
+    /// changes the copy while the build reads it.
+    lock: kbuild_image::lock::FileLock,
+}
+
+/// The client once its context is in: it only answers questions or
+/// cancels, which a task hands on while the build runs.
+struct Listening {
+    reader: tokio::task::JoinHandle<()>,
+    /// Notified when the client cancels or goes away.
+    cancelled: Arc<tokio::sync::Notify>,
+    /// Whether it went away (else it cancelled).
+    gone: Arc<AtomicBool>,
+}
+
+impl Listening {
+    fn start(
+        mut inbound: Streaming<v1::BuildClientMessage>,
+        pending: &Arc<Pending>,
+        cancel: &Cancel,
+    ) -> Listening {
+        let cancelled = Arc::new(tokio::sync::Notify::new());
+        let gone = Arc::new(AtomicBool::new(false));
+        let (pending, cancel) = (pending.clone(), cancel.clone());
+        let (notify, went) = (cancelled.clone(), gone.clone());
+        let reader = tokio::spawn(async move {
+            loop {
+                match next(&mut inbound).await {
+                    Ok(In::Credentials(c)) => pending.credentials.answer(c.id, c),
+                    Ok(In::Secret(s)) => pending.secrets.answer(s.request, s),
+                    Ok(In::Ssh(d)) => pending.ssh.deliver(d),
+                    Ok(In::Cancel(_)) => {
+                        cancel.cancel();
+                        notify.notify_one();
+                        return;
+                    }
+                    Err(_) => {
+                        went.store(true, Ordering::Relaxed);
+                        cancel.cancel();
+                        notify.notify_one();
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        });
+        Listening {
+            reader,
+            cancelled,
+            gone,
+        }
+    }
+}
+
+impl Session {
+    /// Receives the context, then runs the build while the client answers
+    /// its questions, until the build ends, the client cancels or goes
+    /// away, or the daemon stops.
+    async fn run(
+        &self,
+        trees: Arc<TreeChecksums>,
+        mut inbound: Streaming<v1::BuildClientMessage>,
+        transfer: &mut Transfer,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Finished, SessionError> {
+        let (context_dir, checksums, context_lock) = if self.start.has_context {
+            let copy = self.sync_context(trees, &mut inbound, transfer).await?;
+            (Some(copy.dir), Some(copy.checksums), Some(copy.lock))
+        } else {
+            empty_context(&mut inbound).await?;
+            (None, None, None)
+        };
+        let client = Listening::start(inbound, &self.pending, &self.cancel);
+        let work = self.build(context_dir, checksums);
+        let outcome = tokio::select! {
+            r = work => { client.reader.abort(); r }
+            _ = client.cancelled.notified() => {
+                self.cancel.cancel();
+                if client.gone.load(Ordering::Relaxed) {
+                    Err(SessionError::Gone)
+                } else {
+                    Err(SessionError::Cancelled)
+                }
+            }
+            _ = stopping.wait_for(|s| *s) => {
+                self.cancel.cancel();
+                Err(SessionError::ShuttingDown)
+            }
+        };
+        drop(context_lock);
+        outcome
+    }
+
+    /// Brings the daemon's copy of the client's context up to date (see
+    /// [`crate::context`]).
+    async fn sync_context(
+        &self,
+        trees: Arc<TreeChecksums>,
+        inbound: &mut Streaming<v1::BuildClientMessage>,
+        transfer: &mut Transfer,
+    ) -> Result<ContextCopy, SessionError> {
+        let (root, start) = (&self.config.root, &self.start);
         let key = hex::encode(Sha256::digest(
             format!("{}\0{}", start.client_hostname, start.context_path).as_bytes(),
         ));
@@ -604,39 +755,21 @@ async fn session(
         let dir = state.join("dir");
         // The solver's checksum cache of the copy: the sync enters the
         // client's digest of every file it writes.
-        let cache = kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &dir);
-        // Held until the build ends: no other session of this context
-        // changes the copy while the build reads it.
-        // No collection of context files while this sync runs.
-        let gc_root = root.clone();
-        let sync_guard = tokio::task::spawn_blocking(move || crate::gc::hold_for_sync(&gc_root))
-            .await
-            .map_err(|source| SessionError::Join {
-                what: "lock the context files",
-                source,
-            })?
-            .map_err(|source| SessionError::Context {
-                path: root.display().to_string(),
-                source,
-            })?;
+        let cache = ChecksumCache::load(&root.join("checksums"), &dir);
+        let sync_guard = hold_context_files(root).await?;
         let began = std::time::Instant::now();
         let synced = crate::context::sync(
             &state,
             &files,
             &start.dockerignore,
             cache,
-            &mut inbound,
-            tx,
+            inbound,
+            &self.tx,
             transfer,
         )
         .await?;
         let took = began.elapsed().as_secs_f64();
         drop(sync_guard);
-        context_lock = Some(synced.lock);
-        // The copy is written only by the sync, under the context's lock
-        // (RUN binds it read-only or as a throwaway copy): the checksums
-        // over this generation hold as long as the lock is held.
-        checksums = Some(synced.checksums.with_tree(synced.generation, trees));
         tracing::info!(
             context = %start.context_path,
             client = %start.client_hostname,
@@ -648,440 +781,104 @@ async fn session(
             transfer.bytes,
             transfer.written
         );
-        Some(dir)
-    } else {
-        // No context: one empty manifest.
-        loop {
-            match next(&mut inbound).await? {
-                In::Manifest(m) if m.entries.is_empty() => {
-                    if m.complete {
+        Ok(ContextCopy {
+            dir,
+            // The copy is written only by the sync, under the context's
+            // lock (RUN binds it read-only or as a throwaway copy): the
+            // checksums over this generation hold as long as the lock is
+            // held.
+            checksums: synced.checksums.with_tree(synced.generation, trees),
+            lock: synced.lock,
+        })
+    }
+
+    /// The BuildDone that ends the session, after a finished build's file
+    /// outputs were streamed; `None` when the client is gone.
+    async fn done(
+        &self,
+        outcome: Result<Finished, SessionError>,
+        transfer: Transfer,
+    ) -> Option<v1::BuildDone> {
+        let counted = |done: v1::BuildDone| v1::BuildDone {
+            files_received: transfer.files,
+            bytes_received: transfer.bytes,
+            context_entries_written: transfer.written,
+            ..done
+        };
+        let mut done = counted(v1::BuildDone::default());
+        match outcome {
+            Ok((d, results, _dir)) => {
+                done = counted(d);
+                for (index, path) in results {
+                    if let Err(e) = stream_result(&self.tx, index, &path).await {
+                        done.error = format!("stream output {index}: {e}");
                         break;
                     }
                 }
-                In::Manifest(_) => return Err(proto("context entries without a context")),
-                In::Cancel(_) => return Err(SessionError::Cancelled),
-                _ => return Err(proto("expected the context manifest")),
+            }
+            Err(SessionError::Gone) => {
+                tracing::info!("build cancelled: the client went away");
+                return None;
+            }
+            Err(SessionError::ShuttingDown) => {
+                tracing::info!("build cancelled: the daemon is shutting down");
+                done.shutting_down = true;
+                done.error = SessionError::ShuttingDown.to_string();
+            }
+            Err(SessionError::Cancelled) => {
+                tracing::info!("build cancelled by the client");
+                done.cancelled = true;
+                done.error = "build cancelled (interrupted); nothing was tagged".into();
+            }
+            Err(SessionError::Solve(e)) => {
+                if let kbuild_solver::engine::SolveError::EntitlementDenied {
+                    entitlement, ..
+                } = &e
+                {
+                    done.entitlement = entitlement.to_string();
+                }
+                tracing::info!(error = %e, "build failed");
+                done.error = e.to_string();
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "build failed");
+                done.error = e.to_string();
             }
         }
-        None
-    };
-    // From here on the client only answers questions or cancels.
-    let cancelled = Arc::new(tokio::sync::Notify::new());
-    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let pending = pending.clone();
-        let cancel = cancel.clone();
-        let cancelled = cancelled.clone();
-        let gone = gone.clone();
-        tokio::spawn(async move {
-            loop {
-                match next(&mut inbound).await {
-                    Ok(In::Credentials(c)) => pending.credentials.answer(c.id, c),
-                    Ok(In::Secret(s)) => pending.secrets.answer(s.request, s),
-                    Ok(In::Ssh(d)) => pending.ssh.deliver(d),
-                    Ok(In::Cancel(_)) => {
-                        cancel.cancel();
-                        cancelled.notify_one();
-                        return;
-                    }
-                    Err(_) => {
-                        gone.store(true, Ordering::Relaxed);
-                        cancel.cancel();
-                        cancelled.notify_one();
-                        return;
-                    }
-                    Ok(_) => {}
+        Some(done)
+    }
+}
+
+/// Holds off the collection of context files while this session syncs
+/// its context (see [`crate::gc`]).
+async fn hold_context_files(root: &Path) -> Result<kbuild_image::lock::FileLock, SessionError> {
+    let gc_root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::gc::hold_for_sync(&gc_root))
+        .await
+        .map_err(|source| SessionError::Join {
+            what: "lock the context files",
+            source,
+        })?
+        .map_err(|source| SessionError::Context {
+            path: root.display().to_string(),
+            source,
+        })
+}
+
+/// A session without a context: the client sends one empty manifest.
+async fn empty_context(
+    inbound: &mut Streaming<v1::BuildClientMessage>,
+) -> Result<(), SessionError> {
+    loop {
+        match next(inbound).await? {
+            In::Manifest(m) if m.entries.is_empty() => {
+                if m.complete {
+                    return Ok(());
                 }
             }
-        })
-    };
-    let work = build(
-        config,
-        start,
-        context_dir,
-        checksums,
-        queue,
-        pending,
-        cancel,
-    );
-    let outcome = tokio::select! {
-        r = work => { reader.abort(); r }
-        _ = cancelled.notified() => {
-            cancel.cancel();
-            if gone.load(Ordering::Relaxed) {
-                Err(SessionError::Gone)
-            } else {
-                Err(SessionError::Cancelled)
-            }
-        }
-        _ = stopping.wait_for(|s| *s) => {
-            cancel.cancel();
-            Err(SessionError::ShuttingDown)
-        }
-    };
-    drop(context_lock);
-    outcome
-}
-
-/// Runs the build as a local one does (see the CLI's build), with this
-/// session's progress, credentials and secrets.
-async fn build(
-    config: &Arc<Config>,
-    start: &v1::BuildStart,
-    context_dir: Option<PathBuf>,
-    checksums: Option<kbuild_solver::checksums::ChecksumCache>,
-    queue: &Queue,
-    pending: &Arc<Pending>,
-    cancel: &kbuild_worker::executor::Cancel,
-) -> Result<Finished, SessionError> {
-    use kbuild_image::ContentStore;
-    use kbuild_worker::snapshot::Snapshotter;
-    let root = &config.root;
-    let store = Arc::new(ContentStore::open(root.join("content"))?);
-    let _lock = store.lock_shared()?;
-    let snaps = Snapshotter::new(root.join("snapshots"))?;
-    let session_dir = SessionDir(
-        tempfile::Builder::new()
-            .prefix("session-")
-            .tempdir_in({
-                let d = root.join("sessions");
-                std::fs::create_dir_all(&d).map_err(|source| SessionError::Context {
-                    path: d.display().to_string(),
-                    source,
-                })?;
-                d
-            })
-            .map_err(|source| SessionError::Context {
-                path: root.join("sessions").display().to_string(),
-                source,
-            })?
-            .keep(),
-    );
-    // Outputs the client writes come back as files of this session.
-    let mut outputs = Vec::new();
-    let mut streamed = Vec::new();
-    for (i, spec) in start.outputs.iter().enumerate() {
-        let mut o = Output::parse(spec, &start.tags)?;
-        match o.kind {
-            OutputKind::Registry | OutputKind::Image | OutputKind::Containerd => {}
-            OutputKind::Docker if o.dest.is_none() => {
-                return Err(proto(
-                    "--load into a Docker daemon is not served by a remote builder yet; use -o type=docker,dest=FILE and docker load",
-                ))
-            }
-            OutputKind::Oci if o.as_directory => {
-                return Err(proto(
-                    "-o type=oci,tar=false is not served by a remote builder yet; use the tarball form",
-                ))
-            }
-            OutputKind::Local => {
-                o.kind = OutputKind::Tar;
-                o.preserve_special = true;
-                o.dest = Some(session_dir.0.join(format!("out-{i}")));
-                streamed.push((i as u32, session_dir.0.join(format!("out-{i}"))));
-            }
-            _ => {
-                o.dest = Some(session_dir.0.join(format!("out-{i}")));
-                streamed.push((i as u32, session_dir.0.join(format!("out-{i}"))));
-            }
-        }
-        outputs.push(o);
-    }
-    let (compression, force_compression) = kbuild_solver::options::layer_compression(&outputs)?;
-    let credentials = kbuild_registry::Credentials::from_source(Arc::new(ClientCredentials {
-        queue: queue.clone(),
-        pending: pending.clone(),
-    }));
-    let timeouts = if start.registry_timeouts.is_empty() {
-        kbuild_registry::Timeouts::default()
-    } else {
-        kbuild_registry::Timeouts::parse(&start.registry_timeouts)?
-    };
-    let registry = kbuild_registry::Client::new(kbuild_registry::ClientOptions {
-        insecure: start.insecure_registries.clone(),
-        credentials,
-        timeouts,
-        ..Default::default()
-    })?;
-    let provider = SecretProvider(Arc::new(ClientSecrets {
-        queue: queue.clone(),
-        pending: pending.clone(),
-    }));
-    // `--ssh`: the client's agents, relayed through sockets of this session.
-    let (_agents, ssh) = {
-        let q = queue.clone();
-        crate::ssh::serve(
-            &start.ssh_ids,
-            &session_dir.0,
-            &pending.ssh,
-            Arc::new(move |m| q.send(m)),
-        )
-        .map_err(SessionError::Ssh)?
-    };
-    let ssh = ssh
-        .into_iter()
-        .map(|(id, path)| kbuild_solver::options::SshSpec {
-            id,
-            paths: vec![path],
-        })
-        .collect();
-    let secrets = start
-        .secret_ids
-        .iter()
-        .map(|id| SecretSpec {
-            id: id.clone(),
-            source: SecretSource::Provided(provider.clone()),
-        })
-        .collect();
-    let add_hosts = start
-        .add_hosts
-        .iter()
-        .map(|h| kbuild_solver::options::parse_add_host(h))
-        .collect::<Result<Vec<_>, _>>()?;
-    let network = if start.network.is_empty() {
-        Default::default()
-    } else {
-        kbuild_solver::options::parse_network(&start.network)?
-    };
-    let allow_insecure = start.allow.iter().any(|a| a == "security.insecure");
-    // Registry and inline caches; a local one is a directory of the client.
-    let cache_from = start
-        .cache_from
-        .iter()
-        .map(|s| kbuild_solver::remote_cache::CacheFrom::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cache_to = start
-        .cache_to
-        .iter()
-        .map(|s| kbuild_solver::remote_cache::CacheTo::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    if cache_from
-        .iter()
-        .any(|c| matches!(c, kbuild_solver::remote_cache::CacheFrom::Local { .. }))
-        || cache_to.iter().any(|c| {
-            matches!(
-                c.destination,
-                kbuild_solver::remote_cache::CacheDestination::Local { .. }
-            )
-        })
-    {
-        return Err(proto(
-            "a type=local cache is a directory of the client, which the builder cannot reach",
-        ));
-    }
-    let progress: Arc<dyn Progress> = Arc::new(WireProgress(queue.clone()));
-    // With a push output, layers upload while the build goes on (each new
-    // one while it is compressed), as in a local build.
-    let early_push = kbuild_solver::outputs::EarlyPush::new(&registry, &store, &outputs)?;
-    let solver = Solver::new(
-        store.clone(),
-        Arc::new(snaps),
-        Arc::new(registry),
-        SolveOptions {
-            no_cache: start.no_cache,
-            pull: start.pull,
-            compression,
-            force_compression,
-            source_date_epoch: start.source_date_epoch,
-            secrets,
-            ssh,
-            add_hosts,
-            network,
-            allow_insecure,
-            network_timeouts: timeouts,
-            cache_mounts: root.join("cache-mounts"),
-            executor: kbuild_worker::executor::Executor::current_exe(),
-            cancel: cancel.clone(),
-            on_layer: early_push.as_ref().map(|e| e.hook()).unwrap_or_default(),
-            annotations: start
-                .annotations
-                .iter()
-                .map(|a| kbuild_solver::options::Annotation::parse_flag(a))
-                .collect::<Result<Vec<_>, _>>()?
-                .concat(),
-            shm_size: match start.shm_size {
-                0 => kbuild_worker::executor::DEFAULT_SHM_SIZE,
-                n => n,
-            },
-            provenance: provenance_request(start, &outputs)?,
-            outputs_gate: Default::default(),
-        },
-        progress,
-    )
-    .with_cache(cache_from, cache_to);
-    let ignore = if start.dockerignore.is_empty() {
-        None
-    } else {
-        Some(kbuild_ignore::Matcher::parse(&start.dockerignore).map_err(SessionError::Ignore)?)
-    };
-    let ctx = Context {
-        dir: context_dir.clone(),
-        ignore,
-        checksums,
-        named: Default::default(),
-    };
-    let platforms = start
-        .platforms
-        .iter()
-        .map(kbuild_platform::Platform::try_from)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(SessionError::WirePlatform)?;
-    // One line per build in the daemon's log (`kubectl logs` of a builder
-    // pod): which platforms this daemon builds for which client.
-    tracing::info!(
-        client = %start.client_hostname,
-        "build: platforms {}",
-        platforms
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    // A containerd output without unpack= unpacks what this daemon builds
-    // of its own native platforms (a node of a mixed cluster loads its
-    // own platform), not the host's, which an emulating node differs from.
-    // Read once, and only when such an output exists (binfmt is probed).
-    let mut native = None;
-    for t in outputs
-        .iter_mut()
-        .filter_map(|o| o.containerd.as_mut())
-        .filter(|t| t.unpack.is_empty())
-    {
-        let native: &Vec<kbuild_platform::Platform> =
-            native.get_or_insert_with(|| crate::platforms(config.platforms.as_deref()).native);
-        t.unpack = platforms
-            .iter()
-            .filter(|p| native.iter().any(|n| n.matches_strict(p)))
-            .cloned()
-            .collect();
-    }
-    let crate::Ran {
-        solved: result,
-        warnings,
-    } = crate::solve_start(&solver, start, &ctx).await?;
-    if start.push_by_digest {
-        // Blobs and manifests go up, pinned to the root digest: no tag is
-        // written (the coordinator merging several daemons' results does).
-        let pinned = result.root.digest;
-        for o in outputs.iter_mut().filter(|o| o.push) {
-            o.names = o
-                .names
-                .iter()
-                .map(|n| {
-                    kbuild_registry::Reference::parse(n).map(|r| r.with_digest(pinned).to_string())
-                })
-                .collect::<Result<_, _>>()?;
+            In::Manifest(_) => return Err(ProtocolError::EntriesWithoutContext.into()),
+            In::Cancel(_) => return Err(SessionError::Cancelled),
+            _ => return Err(ProtocolError::ExpectedManifest.into()),
         }
     }
-    let report =
-        kbuild_solver::outputs::export_with(&solver, &result, &outputs, early_push.as_ref())
-            .await?;
-    let mut hashed = 0;
-    let mut cache_exports = Vec::new();
-    let mut cache_warnings = Vec::new();
-    for c in solver
-        .export_cache()
-        .await
-        .map_err(|e| SessionError::CacheExport(Box::new(e)))?
-    {
-        match &c.ignored {
-            Some(e) => {
-                cache_warnings.push(format!("{e} (ignore-error=true: the build still succeeds)"))
-            }
-            None => cache_exports.push(format!(
-                "{}: {} records, {} layers",
-                c.to, c.records, c.layers
-            )),
-        }
-    }
-    if let (Some(cache), Some(dir)) = (&ctx.checksums, &ctx.dir) {
-        hashed = cache.hashed_bytes();
-        let (looked_up, remembered) = (cache.looked_up(), cache.tree_hits());
-        tracing::info!(
-            hashed,
-            looked_up,
-            remembered,
-            "context: read {hashed} bytes of context content to compute checksums; looked up {looked_up} files, {remembered} checksums remembered for this copy"
-        );
-        if let Err(e) = cache.save(dir) {
-            tracing::warn!(error = %e, "could not keep the context checksum cache");
-        }
-    }
-    let descriptor = |d: &kbuild_image::Descriptor| v1::Descriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.to_string(),
-        size: d.size as i64,
-        platform: None,
-    };
-    let config_digest = match result.images.as_slice() {
-        [one] => store
-            .read(&one.manifest.digest)
-            .ok()
-            .and_then(|b| kbuild_image::Manifest::parse(&b).ok())
-            .map(|m| m.config.digest.to_string())
-            .unwrap_or_default(),
-        _ => String::new(),
-    };
-    let done = v1::BuildDone {
-        root: Some(descriptor(&result.root)),
-        pushed: report.pushed,
-        stored: report.stored,
-        loaded: report.containerd,
-        manifests: result
-            .images
-            .iter()
-            .map(|i| v1::Descriptor {
-                platform: Some(v1::Platform::from(&i.platform)),
-                ..descriptor(&i.manifest)
-            })
-            .collect(),
-        warnings: warnings.into_iter().chain(cache_warnings).collect(),
-        cache_exports,
-        config_digest,
-        context_bytes_hashed: hashed,
-        ..Default::default()
-    };
-    Ok((done, streamed, session_dir))
-}
-
-/// The provenance a session's client asked for, recorded as the client
-/// would (`--provenance`, through `BuildStart.provenance`).
-fn provenance_request(
-    start: &v1::BuildStart,
-    outputs: &[kbuild_solver::options::Output],
-) -> Result<Option<kbuild_solver::provenance::ProvenanceRequest>, SessionError> {
-    use kbuild_solver::provenance::{parse_mode, Invocation, ProvenanceRequest};
-    let mode = if start.provenance.is_empty() {
-        None
-    } else {
-        parse_mode(&start.provenance).map_err(SessionError::Provenance)?
-    };
-    Ok(mode.map(|mode| {
-        let inv = Invocation {
-            build_args: start
-                .build_args
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            labels: start
-                .labels
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            target: (!start.target.is_empty()).then_some(start.target.as_str()),
-            contexts: start
-                .named_images
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            context_dirs: Vec::new(),
-            has_context: start.has_context,
-            dockerfile: &start.dockerfile_path,
-            names: outputs
-                .iter()
-                .flat_map(|o| o.names.iter().map(String::as_str))
-                .collect(),
-        };
-        ProvenanceRequest::new(mode, &inv)
-    }))
 }
