@@ -128,8 +128,8 @@ impl<'scope> FileWriters<'scope> {
         if let Some(e) = self.shared.take_failure() {
             return Err(e);
         }
-        let sent = self.tx.as_ref().map(|tx| tx.send(job));
-        if !matches!(sent, Some(Ok(()))) {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
             // Every thread ended early: only a panic does that.
             return Err(self
                 .shared
