@@ -769,10 +769,19 @@ impl<'s> Copying<'_, 's, '_, '_> {
         err.map_or(Ok(()), Err)
     }
 
+    /// Makes the directory `cpath` and its missing parents, telling the
+    /// tee about each on the way.
+    fn dirs_to(&mut self, cpath: &str) -> Result<(), CopyError> {
+        let on_the_way = dirs_on_the_way(self.root, cpath);
+        mkdir_all(self.root, cpath, self.req)?;
+        tee_dirs(&mut self.tee, on_the_way, None);
+        Ok(())
+    }
+
     /// A file (or symlink, or device) source: into the destination
     /// directory, or as the destination itself.
     fn file_source(&mut self, m: &Matched, dest: &str, dest_is_dir: bool) -> Result<(), CopyError> {
-        let (req, root) = (self.req, self.root);
+        let req = self.req;
         let cpath = if dest_is_dir || req.parents {
             let base_dest = if req.parents && !m.rel.is_empty() {
                 let parent = Path::new(&m.rel)
@@ -783,9 +792,7 @@ impl<'s> Copying<'_, 's, '_, '_> {
             } else {
                 dest.to_string()
             };
-            let on_the_way = dirs_on_the_way(root, &base_dest);
-            mkdir_all(root, &base_dest, req)?;
-            tee_dirs(&mut self.tee, on_the_way, None);
+            self.dirs_to(&base_dest)?;
             let name = Path::new(&m.rel)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -793,10 +800,7 @@ impl<'s> Copying<'_, 's, '_, '_> {
             format!("{}/{}", base_dest.trim_end_matches('/'), name)
         } else {
             if let Some(parent) = Path::new(dest).parent() {
-                let parent = parent.to_string_lossy();
-                let on_the_way = dirs_on_the_way(root, &parent);
-                mkdir_all(root, &parent, req)?;
-                tee_dirs(&mut self.tee, on_the_way, None);
+                self.dirs_to(&parent.to_string_lossy())?;
             }
             dest.to_string()
         };
