@@ -9,7 +9,8 @@
 #                                           then one file changed, each with gzip
 #                                           and zstd; every line gives wall time,
 #                                           CPU/wall, bytes read (and per byte of
-#                                           context) and peak RSS
+#                                           context) and peak RSS, then the CPU
+#                                           seconds of the busiest threads
 #                                           (scripts/measure.py); the wall time
 #                                           runs from the start to the tag (the
 #                                           command ends once the tag is put).
@@ -110,7 +111,7 @@ if [[ $mode == large-copy ]]; then
     # last run's 20k files right before a cold run would time that instead.
     rm -rf "$work"/store-large-*
     for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
-        run() { MEASURE_JSON=$work/measure.json MEASURE_PER_BYTES=$ctx_bytes scripts/measure.py "$1" "$K" --root "$store" "$ctx" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
+        run() { MEASURE_THREADS=1 MEASURE_JSON=$work/measure.json MEASURE_PER_BYTES=$ctx_bytes scripts/measure.py "$1" "$K" --root "$store" "$ctx" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
         # The bytes the last run read, split: the upload reads the new
         # layer's blob (the largest in the store) once; the rest is mostly
         # the context.

@@ -12,6 +12,10 @@ With MEASURE_PER_BYTES=N in the environment (N > 0, e.g. the size of a
 build context), the line also gives the bytes read per one of those N bytes.
 With MEASURE_JSON=FILE, the figures are also written to FILE as JSON
 (wall_s, cpu_s, rchar, maxrss_kb, exit), for a script to go on with.
+With MEASURE_THREADS=1, a second line gives the CPU seconds (user+system)
+of the process's busiest threads, sampled from /proc/PID/task every 50 ms
+(a thread's last sample before it ended counts), by thread name: the
+busiest one is the critical path the CPU/wall figure cannot beat.
 
 usage: scripts/measure.py LABEL COMMAND [ARG...]
 """
@@ -23,6 +27,24 @@ import sys
 import time
 
 
+def sample_threads(pid: int, threads: dict) -> None:
+    """Records each thread's name and CPU ticks (user + system) so far."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The name is in parentheses and may hold spaces.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        threads[int(tid)] = (name, int(fields[11]) + int(fields[12]))
+
+
 def main() -> int:
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -30,6 +52,12 @@ def main() -> int:
     label, argv = sys.argv[1], sys.argv[2:]
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    threads = {}
+    if os.environ.get("MEASURE_THREADS") == "1":
+        # Sample until it exits (still unreaped, so its PID stays its own).
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
+            sample_threads(proc.pid, threads)
+            time.sleep(0.05)
     # Wait for the exit without reaping, so /proc/PID/io is still there.
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     wall = time.monotonic() - start
@@ -53,6 +81,13 @@ def main() -> int:
         + f", {usage.ru_maxrss / 1024:.1f} MB peak RSS"
         + ("" if code == 0 else f", exit {code}")
     )
+    if threads:
+        tick = os.sysconf("SC_CLK_TCK")
+        busiest = sorted(threads.items(), key=lambda t: -t[1][1])[:8]
+        print(
+            "  threads (CPU s): "
+            + ", ".join(f"{name}[{tid}] {ticks / tick:.2f}" for tid, (name, ticks) in busiest)
+        )
     out = os.environ.get("MEASURE_JSON")
     if out:
         with open(out, "w") as fh:

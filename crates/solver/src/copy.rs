@@ -9,6 +9,7 @@
 //! The same walk computes the checksum that goes into the step's cache key,
 //! so a COPY is redone exactly when a file it reads changed.
 
+use crate::file_writers::{self, FileJob, FileWriters};
 use crate::fsutil::{clean_rel, has_wildcards, resolve_in_root, wildcard_match};
 use kbuild_dockerfile::graph::Chmod;
 use kbuild_worker::snapshot::EntryMeta;
@@ -19,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// A COPY/ADD failure, naming the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum CopyError {
         /// The error.
         source: io::Error,
     },
+    /// A thread writing the copied files ended without saying why.
+    #[error("a thread writing the copied files stopped unexpectedly")]
+    WriterStopped,
     /// A local archive for `ADD` that cannot be decompressed.
     #[error("cannot decompress the archive {path}: {source}")]
     Decompress {
@@ -230,25 +235,29 @@ fn join_rel(base: &str, name: &str) -> String {
 /// Digest of everything the request would read: paths, types, modes, owners
 /// (for stage sources), link targets and contents. Feeds the cache key.
 pub fn checksum(src: &Source, req: &Request) -> Result<String, CopyError> {
-    let digest = checksum_with(src, req, &mut |rel, path, md| {
+    let mut walk = ChecksumWalk::default();
+    checksum_with(src, req, &mut walk, &mut |rel, path, md| {
         let digest = match src.checksums {
             Some(cache) => cache.digest(rel, path, md).map_err(io_err(path))?,
-            None => {
-                let mut f = fs::File::open(path).map_err(io_err(path))?;
-                let mut fh = Sha256::new();
-                io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
-                hex::encode(fh.finalize())
-            }
+            None => file_digest(path)?.0,
         };
         Ok(Some(digest))
     })?;
-    // Every file had a digest.
-    Ok(digest.unwrap_or_default())
+    // Every file had its digest: nothing is left to hash.
+    walk.finish(None)
+}
+
+/// The sha256 (hex) of the file at `path` and its size in bytes.
+fn file_digest(path: &Path) -> Result<(String, u64), CopyError> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut fh = Sha256::new();
+    let n = io::copy(&mut f, &mut HashWriter(&mut fh)).map_err(io_err(path))?;
+    Ok((hex::encode(fh.finalize()), n))
 }
 
 /// What [`checksum`] gives when the source's checksum cache knows every
 /// file it reads, found without reading any file content.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Probe {
     /// The checksum.
     Known(String),
@@ -259,6 +268,9 @@ pub(crate) enum Probe {
         unknown: u64,
         /// Bytes of every file the request reads.
         total: u64,
+        /// The walk, to finish the checksum from by hashing only the
+        /// files whose digest is unknown.
+        walk: ChecksumWalk,
     },
 }
 
@@ -266,7 +278,8 @@ pub(crate) enum Probe {
 /// content is read. Without a cache every file is unknown.
 pub(crate) fn checksum_probe(src: &Source, req: &Request) -> Result<Probe, CopyError> {
     let (mut unknown, mut total) = (0u64, 0u64);
-    let digest = checksum_with(src, req, &mut |rel, _, md| {
+    let mut walk = ChecksumWalk::default();
+    checksum_with(src, req, &mut walk, &mut |rel, _, md| {
         total += md.len();
         let known = src.checksums.and_then(|c| c.known(rel, md));
         if known.is_none() {
@@ -274,10 +287,75 @@ pub(crate) fn checksum_probe(src: &Source, req: &Request) -> Result<Probe, CopyE
         }
         Ok(known)
     })?;
-    Ok(match digest {
-        Some(d) if unknown == 0 => Probe::Known(d),
-        _ => Probe::Unknown { unknown, total },
+    Ok(if walk.missing.is_empty() {
+        Probe::Known(hex::encode(walk.head.finalize()))
+    } else {
+        Probe::Unknown {
+            unknown,
+            total,
+            walk,
+        }
     })
+}
+
+/// What [`checksum_with`] fed the checksum: hashed up to the first file
+/// whose digest is unknown (in a probe), kept from there on with the
+/// places where the unknown digests go, so that the checksum is finished
+/// without walking the tree again.
+#[derive(Debug, Default)]
+pub(crate) struct ChecksumWalk {
+    /// The checksum of what came before the first unknown file.
+    head: Sha256,
+    /// What came after it.
+    tail: Vec<u8>,
+    /// The unknown files (relative path, host path, metadata), each with
+    /// where its digest goes in `tail`.
+    missing: Vec<(usize, String, PathBuf, fs::Metadata)>,
+}
+
+impl ChecksumWalk {
+    /// The checksum [`checksum`] gives, hashing each file whose digest was
+    /// unknown (the cache, when given, learns it).
+    pub(crate) fn finish(
+        self,
+        cache: Option<&crate::checksums::ChecksumCache>,
+    ) -> Result<String, CopyError> {
+        let mut sha = self.head;
+        let mut at = 0;
+        for (offset, rel, path, md) in &self.missing {
+            sha.update(&self.tail[at..*offset]);
+            at = *offset;
+            let hashed_at = std::time::SystemTime::now();
+            let (digest, bytes) = file_digest(path)?;
+            if let Some(cache) = cache {
+                cache.learn(rel, md, &digest, bytes, hashed_at);
+            }
+            sha.update(digest.as_bytes());
+        }
+        sha.update(&self.tail[at..]);
+        Ok(hex::encode(sha.finalize()))
+    }
+}
+
+impl ChecksumWalk {
+    /// Bytes of the checksum's input.
+    fn update(&mut self, bytes: &[u8]) {
+        if self.missing.is_empty() {
+            self.head.update(bytes);
+        } else {
+            self.tail.extend_from_slice(bytes);
+        }
+    }
+
+    /// The digest of the regular file `rel` goes here, once known.
+    fn unknown(&mut self, rel: &str, path: &Path, md: &fs::Metadata) {
+        self.missing.push((
+            self.tail.len(),
+            rel.to_string(),
+            path.to_path_buf(),
+            md.clone(),
+        ));
+    }
 }
 
 /// A regular file's digest (hex) for [`checksum_with`], from its relative
@@ -285,17 +363,16 @@ pub(crate) fn checksum_probe(src: &Source, req: &Request) -> Result<Probe, CopyE
 type FileDigest<'a> =
     dyn FnMut(&str, &Path, &fs::Metadata) -> Result<Option<String>, CopyError> + 'a;
 
-/// The walk of [`checksum`], with `file` giving each regular file's
-/// digest; `None` when `file` gave `None` for some file (the walk goes on
-/// to the end, so `file` sees every file).
+/// The walk of [`checksum`] feeding `h`, with `file` giving each regular
+/// file's digest; where `file` gives `None`, `h` keeps the place of the
+/// unknown digest (the walk goes on to the end, so `file` sees every file).
 fn checksum_with(
     src: &Source,
     req: &Request,
+    h: &mut ChecksumWalk,
     file: &mut FileDigest<'_>,
-) -> Result<Option<String>, CopyError> {
+) -> Result<(), CopyError> {
     let matched = expand(src, req)?;
-    let mut h = Sha256::new();
-    let mut complete = true;
     for m in &matched {
         h.update(b"src\0");
         h.update(m.rel.as_bytes());
@@ -318,7 +395,7 @@ fn checksum_with(
             } else if ft.is_file() {
                 match file(rel, path, md)? {
                     Some(digest) => h.update(digest.as_bytes()),
-                    None => complete = false,
+                    None => h.unknown(rel, path, md),
                 }
             } else if ft.is_block_device() || ft.is_char_device() {
                 h.update(format!("{}", md.rdev()).as_bytes());
@@ -327,7 +404,7 @@ fn checksum_with(
             Ok(())
         })?;
     }
-    Ok(complete.then(|| hex::encode(h.finalize())))
+    Ok(())
 }
 
 struct HashWriter<'a>(&'a mut Sha256);
@@ -447,6 +524,11 @@ pub(crate) trait Tee {
     fn file(&mut self, rel: &[u8], meta: &EntryMeta, len: u64, data: &mut dyn Read);
     /// The file `rel` is complete: check it is what [`Tee::file`] said.
     fn file_done(&mut self, rel: &[u8], meta: &EntryMeta, len: u64);
+    /// The upper directory the entries describe, while the tee is on:
+    /// regular files are then written (and checked there with
+    /// [`kbuild_worker::snapshot::upper_file_is`] instead of
+    /// [`Tee::file_done`]) by other threads.
+    fn upper(&self) -> Option<PathBuf>;
 }
 
 /// A source file being read, hashed on the way when `sha` is given.
@@ -545,12 +627,25 @@ pub(crate) fn again<'b>(tee: &'b mut Option<&mut dyn Tee>) -> Option<&'b mut dyn
     }
 }
 
-/// [`copy`], telling `tee` (when given) about each entry it writes.
+/// [`copy`], telling `tee` (when given) about each entry it writes. With a
+/// tee on, regular files are written by [`FileWriters`] threads while this
+/// one reads the sources and feeds the tee in order.
 pub(crate) fn copy_teed(
     src: &Source,
     req: &Request,
     dest_root: &Path,
+    tee: Option<&mut dyn Tee>,
+) -> Result<(), CopyError> {
+    copy_with_writers(src, req, dest_root, tee, kbuild_image::default_threads())
+}
+
+/// [`copy_teed`] with `threads` [`FileWriters`] threads.
+fn copy_with_writers(
+    src: &Source,
+    req: &Request,
+    dest_root: &Path,
     mut tee: Option<&mut dyn Tee>,
+    threads: usize,
 ) -> Result<(), CopyError> {
     let literal_sources = req.sources.len();
     let matched = expand(src, req)?;
@@ -567,96 +662,410 @@ pub(crate) fn copy_teed(
     let dest = crate::fsutil::clean_abs(&req.dest);
     let dest_host = resolve_in_root(dest_root, &dest, true).map_err(io_err(dest_root))?;
     let dest_is_dir = dest_slash || matched.len() > 1 || dest_host.is_dir();
-    let mut dirs_to_stamp: Vec<(PathBuf, fs::Metadata)> = Vec::new();
-    for m in &matched {
-        let md = fs::metadata(&m.path).map_err(io_err(&m.path))?;
-        let base_dest = if req.parents && !m.rel.is_empty() {
-            let parent = Path::new(&m.rel)
-                .parent()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            format!("{}/{}", dest.trim_end_matches('/'), parent)
-        } else {
-            dest.clone()
+    let upper = again(&mut tee).filter(|t| t.on()).and_then(|t| t.upper());
+    std::thread::scope(|scope| {
+        let writers = upper
+            .as_deref()
+            .and_then(|u| FileWriters::start(scope, threads, u, src.checksums));
+        let mut copying = Copying {
+            src,
+            req,
+            root: dest_root,
+            tee,
+            writers: writers.as_ref(),
+            dirs_to_stamp: Vec::new(),
         };
-        if md.is_dir() {
-            // A directory source copies its contents (with --parents, the directory itself).
-            let target = if req.parents && !m.rel.is_empty() {
-                format!("{}/{}", dest.trim_end_matches('/'), m.rel)
-            } else {
-                dest.clone()
-            };
-            let on_the_way = dirs_on_the_way(dest_root, &target);
-            let target_host = mkdir_all(dest_root, &target, req)?;
-            // --chmod is for what is copied, not for the directory that
-            // receives it (BuildKit leaves that one's mode alone).
-            let top = Request {
-                chmod: None,
-                ..req.clone()
-            };
-            set_meta(&target_host, &md, src, &top, false)?;
-            dirs_to_stamp.push((target_host.clone(), md.clone()));
-            tee_dirs(&mut tee, on_the_way, Some(md.mtime()));
-            let mut err = None;
-            walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
-                let sub = rel
-                    .strip_prefix(&m.rel)
-                    .unwrap_or(rel)
-                    .trim_start_matches('/');
-                let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
-                match write_entry(dest_root, &cpath, rel, path, md, src, req, again(&mut tee)) {
-                    Ok(Some(d)) => dirs_to_stamp.push((d, md.clone())),
-                    Ok(None) => {}
-                    Err(e) => err = Some(e),
-                }
-                Ok(())
-            })?;
-            if let Some(e) = err {
-                return Err(e);
-            }
-        } else if req.unpack_archives && is_archive(&m.path) {
+        for m in &matched {
+            copying.source(m, &dest, dest_is_dir)?;
+        }
+        let Copying {
+            mut tee,
+            dirs_to_stamp,
+            ..
+        } = copying;
+        if let Some(why) = writers.map(FileWriters::finish).transpose()?.flatten() {
             if let Some(t) = again(&mut tee) {
+                t.off(why);
+            }
+        }
+        // Directory mtimes last, after their children were written.
+        for (d, md) in dirs_to_stamp.iter().rev() {
+            set_mtime(d, md)?;
+        }
+        Ok(())
+    })
+}
+
+/// One copy under way: where it writes, who is told, and what is left to
+/// do once every entry is written.
+struct Copying<'c, 's, 't, 'w> {
+    src: &'c Source<'s>,
+    req: &'c Request,
+    /// The destination root filesystem.
+    root: &'c Path,
+    tee: Option<&'t mut dyn Tee>,
+    /// Threads writing regular files while the tee is on.
+    writers: Option<&'w FileWriters<'w>>,
+    /// Directories written, whose mtime is set after their children.
+    dirs_to_stamp: Vec<(PathBuf, fs::Metadata)>,
+}
+
+impl<'s> Copying<'_, 's, '_, '_> {
+    /// A shorter borrow of the tee.
+    fn tee(&mut self) -> Option<&mut dyn Tee> {
+        again(&mut self.tee)
+    }
+
+    /// Copies one matched source to the destination `dest`.
+    fn source(&mut self, m: &Matched, dest: &str, dest_is_dir: bool) -> Result<(), CopyError> {
+        let md = fs::metadata(&m.path).map_err(io_err(&m.path))?;
+        if md.is_dir() {
+            self.dir_source(m, &md, dest)
+        } else if self.req.unpack_archives && is_archive(&m.path) {
+            if let Some(t) = self.tee() {
                 t.off("an archive unpacked");
             }
-            mkdir_all(dest_root, &dest, req)?;
-            unpack_archive(&m.path, dest_root, &dest, req)?;
+            mkdir_all(self.root, dest, self.req)?;
+            unpack_archive(&m.path, self.root, dest, self.req)
         } else {
+            self.file_source(m, dest, dest_is_dir)
+        }
+    }
+
+    /// A directory source copies its contents (with --parents, the
+    /// directory itself).
+    fn dir_source(&mut self, m: &Matched, md: &fs::Metadata, dest: &str) -> Result<(), CopyError> {
+        let (src, req, root) = (self.src, self.req, self.root);
+        let target = if req.parents && !m.rel.is_empty() {
+            format!("{}/{}", dest.trim_end_matches('/'), m.rel)
+        } else {
+            dest.to_string()
+        };
+        let on_the_way = dirs_on_the_way(root, &target);
+        let target_host = mkdir_all(root, &target, req)?;
+        // --chmod is for what is copied, not for the directory that
+        // receives it (BuildKit leaves that one's mode alone).
+        let top = Request {
+            chmod: None,
+            ..req.clone()
+        };
+        set_meta(&target_host, md, src, &top, false)?;
+        self.dirs_to_stamp.push((target_host, md.clone()));
+        tee_dirs(&mut self.tee, on_the_way, Some(md.mtime()));
+        let mut err = None;
+        walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
+            let sub = rel
+                .strip_prefix(&m.rel)
+                .unwrap_or(rel)
+                .trim_start_matches('/');
+            let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
+            match self.entry(&cpath, rel, path, md) {
+                Ok(Some(d)) => self.dirs_to_stamp.push((d, md.clone())),
+                Ok(None) => {}
+                Err(e) => err = Some(e),
+            }
+            Ok(())
+        })?;
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Makes the directory `cpath` and its missing parents, telling the
+    /// tee about each on the way.
+    fn dirs_to(&mut self, cpath: &str) -> Result<(), CopyError> {
+        let on_the_way = dirs_on_the_way(self.root, cpath);
+        mkdir_all(self.root, cpath, self.req)?;
+        tee_dirs(&mut self.tee, on_the_way, None);
+        Ok(())
+    }
+
+    /// A file (or symlink, or device) source: into the destination
+    /// directory, or as the destination itself.
+    fn file_source(&mut self, m: &Matched, dest: &str, dest_is_dir: bool) -> Result<(), CopyError> {
+        let req = self.req;
+        let cpath = if dest_is_dir || req.parents {
+            let base_dest = if req.parents && !m.rel.is_empty() {
+                let parent = Path::new(&m.rel)
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{}/{}", dest.trim_end_matches('/'), parent)
+            } else {
+                dest.to_string()
+            };
+            self.dirs_to(&base_dest)?;
             let name = Path::new(&m.rel)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let cpath = if dest_is_dir || req.parents {
-                let on_the_way = dirs_on_the_way(dest_root, &base_dest);
-                mkdir_all(dest_root, &base_dest, req)?;
-                tee_dirs(&mut tee, on_the_way, None);
-                format!("{}/{}", base_dest.trim_end_matches('/'), name)
+            format!("{}/{}", base_dest.trim_end_matches('/'), name)
+        } else {
+            if let Some(parent) = Path::new(dest).parent() {
+                self.dirs_to(&parent.to_string_lossy())?;
+            }
+            dest.to_string()
+        };
+        let lmd = fs::metadata(&m.path).map_err(io_err(&m.path))?;
+        // Copied on this thread: the entry of its parent (without an mtime
+        // of its own) is written from the upper once the file is there, as
+        // the diff sees it.
+        let writers = self.writers.take();
+        let written = self.entry(&cpath, &m.rel, &m.path, &lmd);
+        self.writers = writers;
+        written.map(|_| ())
+    }
+    /// Writes one entry at container path `cpath`, telling the tee about
+    /// it; returns the host path when it is a directory. `src_rel` is the
+    /// entry's path in the source tree: with a checksum cache in the
+    /// source, a regular file the cache does not know is hashed while it
+    /// is copied and the cache learns its digest.
+    fn entry(
+        &mut self,
+        cpath: &str,
+        src_rel: &str,
+        src_path: &Path,
+        md: &fs::Metadata,
+    ) -> Result<Option<PathBuf>, CopyError> {
+        let (parent, name) = match cpath.rsplit_once('/') {
+            Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+            None => ("/", cpath),
+        };
+        let parent_host = resolve_in_root(self.root, parent, true).map_err(io_err(self.root))?;
+        let host = parent_host.join(name);
+        let ft = md.file_type();
+        let existing = fs::symlink_metadata(&host).ok();
+        let rel = self.layer_name(&host, cpath, md, existing.as_ref());
+        let rel = rel.as_deref();
+        if ft.is_dir() {
+            self.dir_entry(&host, md, existing, rel)?;
+            return Ok(Some(host));
+        }
+        let fresh = existing.is_none();
+        if let Some(e) = existing {
+            if e.is_dir() {
+                fs::remove_dir_all(&host).map_err(io_err(&host))?;
             } else {
-                if let Some(parent) = Path::new(&dest).parent() {
-                    let parent = parent.to_string_lossy();
-                    let on_the_way = dirs_on_the_way(dest_root, &parent);
-                    mkdir_all(dest_root, &parent, req)?;
-                    tee_dirs(&mut tee, on_the_way, None);
-                }
-                dest.clone()
+                fs::remove_file(&host).map_err(io_err(&host))?;
+            }
+        }
+        if ft.is_symlink() {
+            let target = fs::read_link(src_path).map_err(io_err(src_path))?;
+            std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
+            set_meta(&host, md, self.src, self.req, true)?;
+            if let (Some(rel), Some(t)) = (rel, self.tee()) {
+                t.symlink(rel);
+            }
+        } else if ft.is_file() {
+            let file = SourceFile {
+                rel: src_rel,
+                path: src_path,
+                md,
             };
-            let lmd = fs::metadata(&m.path).map_err(io_err(&m.path))?;
-            write_entry(
-                dest_root,
-                &cpath,
-                &m.rel,
-                &m.path,
-                &lmd,
-                src,
-                req,
-                again(&mut tee),
-            )?;
+            match (rel, self.writers) {
+                (Some(rel), Some(w)) if fresh && md.len() <= file_writers::MAX_FILE => {
+                    self.file_by_writers(w, host, rel, &file)?
+                }
+                _ => self.file_streamed(&host, rel, &file)?,
+            }
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            if let (Some(_), Some(t)) = (rel, self.tee()) {
+                t.off("a device or fifo");
+            }
+            make_node(&host, md)?;
+            set_meta(&host, md, self.src, self.req, false)?;
+        }
+        // Sockets are not copied, as in Docker.
+        Ok(None)
+    }
+
+    /// The entry's name in the layer while the tee is on; the tee is
+    /// turned off where it could not describe the entry.
+    fn layer_name(
+        &mut self,
+        host: &Path,
+        cpath: &str,
+        md: &fs::Metadata,
+        existing: Option<&fs::Metadata>,
+    ) -> Option<Vec<u8>> {
+        let root = self.root;
+        let t = self.tee().filter(|t| t.on())?;
+        // A file over a file of the lowers is a new file in the upper, as
+        // if there had been none; what replaces anything else (a whiteout,
+        // an opaque directory, a directory copied up) is for the diff to say.
+        let file_over_file =
+            md.file_type().is_file() && existing.is_some_and(|e| e.file_type().is_file());
+        if existing.is_some() && !file_over_file {
+            t.off("an entry of the lower layers replaced");
+            return None;
+        }
+        let rel = layer_rel(root, host, cpath);
+        if rel.is_none() {
+            t.off("a symlink on the way to an entry");
+        }
+        rel
+    }
+
+    /// A directory entry: made (replacing a non-directory) or kept, its
+    /// owner and mode set now, its mtime once its children are written.
+    fn dir_entry(
+        &mut self,
+        host: &Path,
+        md: &fs::Metadata,
+        existing: Option<fs::Metadata>,
+        rel: Option<&[u8]>,
+    ) -> Result<(), CopyError> {
+        match existing {
+            Some(e) if e.is_dir() => {}
+            Some(_) => {
+                fs::remove_file(host).map_err(io_err(host))?;
+                fs::create_dir(host).map_err(io_err(host))?;
+            }
+            None => fs::create_dir(host).map_err(io_err(host))?,
+        }
+        set_meta(host, md, self.src, self.req, false)?;
+        if let (Some(rel), Some(t)) = (rel, self.tee()) {
+            t.dir(rel, Some(md.mtime()), false);
+        }
+        Ok(())
+    }
+
+    /// The metadata a copied regular file gets, as its layer entry says.
+    fn file_meta(&self, md: &fs::Metadata) -> EntryMeta {
+        let (uid, gid) = owner(md, self.src, self.req);
+        EntryMeta {
+            mode: final_mode(md, self.req),
+            uid,
+            gid,
+            mtime: md.mtime(),
         }
     }
-    // Directory mtimes last, after their children were written.
-    for (d, md) in dirs_to_stamp.iter().rev() {
-        set_mtime(d, md)?;
+
+    /// The checksum cache to teach `file`'s digest, when it does not know
+    /// it yet.
+    fn to_learn(&self, file: &SourceFile) -> Option<&'s crate::checksums::ChecksumCache> {
+        self.src
+            .checksums
+            .filter(|c| c.known(file.rel, file.md).is_none())
     }
-    Ok(())
+
+    /// A regular file read here into a buffer once, its layer entry written
+    /// from that buffer, then handed to the writer threads that create it,
+    /// learn its digest and check it.
+    fn file_by_writers(
+        &mut self,
+        writers: &FileWriters,
+        host: PathBuf,
+        rel: &[u8],
+        file: &SourceFile,
+    ) -> Result<(), CopyError> {
+        let learn = self
+            .to_learn(file)
+            .map(|_| (file.rel.to_string(), file.md.clone(), SystemTime::now()));
+        let mut f = fs::File::open(file.path).map_err(io_err(file.path))?;
+        let mut data = Vec::with_capacity(usize::try_from(file.md.len()).unwrap_or(0));
+        f.read_to_end(&mut data).map_err(io_err(&host))?;
+        let meta = self.file_meta(file.md);
+        if let Some(t) = self.tee() {
+            t.file(rel, &meta, file.md.len(), &mut data.as_slice());
+        }
+        writers.write(FileJob {
+            host,
+            data,
+            meta,
+            len: file.md.len(),
+            times: [
+                (file.md.atime(), file.md.atime_nsec()),
+                (file.md.mtime(), file.md.mtime_nsec()),
+            ],
+            layer_rel: rel.to_vec(),
+            learn,
+        })
+    }
+
+    /// A regular file copied on this thread, each read feeding the copy,
+    /// the tee (while `rel` is given) and the checksum cache.
+    fn file_streamed(
+        &mut self,
+        host: &Path,
+        rel: Option<&[u8]>,
+        file: &SourceFile,
+    ) -> Result<(), CopyError> {
+        let learn = self
+            .to_learn(file)
+            .map(|c| (c, std::time::SystemTime::now()));
+        let mut f = fs::File::open(file.path).map_err(io_err(file.path))?;
+        let mut from = Hashed {
+            file: &mut f,
+            sha: learn.map(|_| Sha256::new()),
+            read: 0,
+        };
+        let mut to = fs::File::create(host).map_err(io_err(host))?;
+        let meta = self.file_meta(file.md);
+        if let (Some(rel), Some(t)) = (rel, self.tee()) {
+            let mut data = TeeRead {
+                from: &mut from,
+                to: &mut to,
+                failed: None,
+            };
+            t.file(rel, &meta, file.md.len(), &mut data);
+            if let Some(e) = data.failed {
+                return Err(io_err(host)(e));
+            }
+        }
+        // What the tee left unread (all of it without a tee).
+        if from.sha.is_some() {
+            io::copy(
+                &mut io::BufReader::with_capacity(128 * 1024, &mut from),
+                &mut to,
+            )
+            .map_err(io_err(host))?;
+        } else {
+            // Nothing to hash: the kernel may copy without reading it here.
+            io::copy(from.file, &mut to).map_err(io_err(host))?;
+        }
+        drop(to);
+        if let (Some((cache, hashed_at)), Some(sha)) = (learn, from.sha.take()) {
+            let digest = hex::encode(sha.finalize());
+            cache.learn(file.rel, file.md, &digest, from.read, hashed_at);
+        }
+        set_meta(host, file.md, self.src, self.req, false)?;
+        if let (Some(rel), Some(t)) = (rel, self.tee()) {
+            t.file_done(rel, &meta, file.md.len());
+        }
+        Ok(())
+    }
+}
+
+/// A regular file of the source tree being copied.
+struct SourceFile<'a> {
+    /// Its path relative to the source root.
+    rel: &'a str,
+    /// Its host path.
+    path: &'a Path,
+    /// Its lstat.
+    md: &'a fs::Metadata,
+}
+
+/// Makes the device or fifo `host` like the source's `md`.
+fn make_node(host: &Path, md: &fs::Metadata) -> Result<(), CopyError> {
+    let ft = md.file_type();
+    let kind = if ft.is_char_device() {
+        rustix::fs::FileType::CharacterDevice
+    } else if ft.is_block_device() {
+        rustix::fs::FileType::BlockDevice
+    } else {
+        rustix::fs::FileType::Fifo
+    };
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        host,
+        kind,
+        rustix::fs::Mode::from_raw_mode(md.mode() & 0o7777),
+        md.rdev(),
+    )
+    .map_err(|e| CopyError::Io {
+        path: host.to_path_buf(),
+        source: io::Error::from(e),
+    })
 }
 
 /// Create `cpath` and missing parents (0755, owned by --chown's ids or root), returning the host path.
@@ -697,156 +1106,6 @@ pub(crate) fn mkdir_all(root: &Path, cpath: &str, req: &Request) -> Result<PathB
         }
     }
     Ok(host)
-}
-
-/// Write one entry at container path `cpath`, telling `tee` about it;
-/// returns the host path when it is a directory. `src_rel` is the entry's
-/// path in the source tree: with a checksum cache in `src`, a regular file
-/// the cache does not know is hashed while it is copied and the cache
-/// learns its digest.
-#[allow(clippy::too_many_arguments)]
-fn write_entry(
-    root: &Path,
-    cpath: &str,
-    src_rel: &str,
-    src_path: &Path,
-    md: &fs::Metadata,
-    src: &Source,
-    req: &Request,
-    mut tee: Option<&mut dyn Tee>,
-) -> Result<Option<PathBuf>, CopyError> {
-    let (parent, name) = match cpath.rsplit_once('/') {
-        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
-        None => ("/", cpath),
-    };
-    let parent_host = resolve_in_root(root, parent, true).map_err(io_err(root))?;
-    let host = parent_host.join(name);
-    let ft = md.file_type();
-    let existing = fs::symlink_metadata(&host).ok();
-    // The entry's name in the layer, while the tee is on.
-    let mut rel = None;
-    if let Some(t) = again(&mut tee).filter(|t| t.on()) {
-        // A file over a file of the lowers is a new file in the upper, as
-        // if there had been none; what replaces anything else (a whiteout,
-        // an opaque directory, a directory copied up) is for the diff to say.
-        let file_over_file =
-            ft.is_file() && existing.as_ref().is_some_and(|e| e.file_type().is_file());
-        if existing.is_some() && !file_over_file {
-            t.off("an entry of the lower layers replaced");
-        } else if let Some(r) = layer_rel(root, &host, cpath) {
-            rel = Some(r);
-        } else {
-            t.off("a symlink on the way to an entry");
-        }
-    }
-    let mut tee = tee.filter(|_| rel.is_some());
-    let rel = rel.unwrap_or_default();
-    if ft.is_dir() {
-        match existing {
-            Some(e) if e.is_dir() => {}
-            Some(_) => {
-                fs::remove_file(&host).map_err(io_err(&host))?;
-                fs::create_dir(&host).map_err(io_err(&host))?;
-            }
-            None => fs::create_dir(&host).map_err(io_err(&host))?,
-        }
-        set_meta(&host, md, src, req, false)?;
-        if let Some(t) = tee {
-            // Its mtime is set once its children are written.
-            t.dir(&rel, Some(md.mtime()), false);
-        }
-        return Ok(Some(host));
-    }
-    if let Some(e) = existing {
-        if e.is_dir() {
-            fs::remove_dir_all(&host).map_err(io_err(&host))?;
-        } else {
-            fs::remove_file(&host).map_err(io_err(&host))?;
-        }
-    }
-    if ft.is_symlink() {
-        let target = fs::read_link(src_path).map_err(io_err(src_path))?;
-        std::os::unix::fs::symlink(&target, &host).map_err(io_err(&host))?;
-        set_meta(&host, md, src, req, true)?;
-        if let Some(t) = tee {
-            t.symlink(&rel);
-        }
-    } else if ft.is_file() {
-        let learn = src
-            .checksums
-            .filter(|c| c.known(src_rel, md).is_none())
-            .map(|c| (c, std::time::SystemTime::now()));
-        let mut file = fs::File::open(src_path).map_err(io_err(src_path))?;
-        let mut from = Hashed {
-            file: &mut file,
-            sha: learn.map(|_| Sha256::new()),
-            read: 0,
-        };
-        let mut to = fs::File::create(&host).map_err(io_err(&host))?;
-        let (uid, gid) = owner(md, src, req);
-        let meta = EntryMeta {
-            mode: final_mode(md, req),
-            uid,
-            gid,
-            mtime: md.mtime(),
-        };
-        if let Some(t) = again(&mut tee) {
-            let mut data = TeeRead {
-                from: &mut from,
-                to: &mut to,
-                failed: None,
-            };
-            t.file(&rel, &meta, md.len(), &mut data);
-            if let Some(e) = data.failed {
-                return Err(io_err(&host)(e));
-            }
-        }
-        // What the tee left unread (all of it without a tee).
-        if from.sha.is_some() {
-            io::copy(
-                &mut io::BufReader::with_capacity(128 * 1024, &mut from),
-                &mut to,
-            )
-            .map_err(io_err(&host))?;
-        } else {
-            // Nothing to hash: the kernel may copy without reading it here.
-            io::copy(from.file, &mut to).map_err(io_err(&host))?;
-        }
-        drop(to);
-        if let (Some((cache, hashed_at)), Some(sha)) = (learn, from.sha.take()) {
-            let digest = hex::encode(sha.finalize());
-            cache.learn(src_rel, md, &digest, from.read, hashed_at);
-        }
-        set_meta(&host, md, src, req, false)?;
-        if let Some(t) = tee {
-            t.file_done(&rel, &meta, md.len());
-        }
-    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-        if let Some(t) = tee {
-            t.off("a device or fifo");
-        }
-        let kind = if ft.is_char_device() {
-            rustix::fs::FileType::CharacterDevice
-        } else if ft.is_block_device() {
-            rustix::fs::FileType::BlockDevice
-        } else {
-            rustix::fs::FileType::Fifo
-        };
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &host,
-            kind,
-            rustix::fs::Mode::from_raw_mode(md.mode() & 0o7777),
-            md.rdev(),
-        )
-        .map_err(|e| CopyError::Io {
-            path: host.clone(),
-            source: io::Error::from(e),
-        })?;
-        set_meta(&host, md, src, req, false)?;
-    }
-    // Sockets are not copied, as in Docker.
-    Ok(None)
 }
 
 /// The owner a copied entry gets.
@@ -1098,6 +1357,171 @@ mod tests {
         assert_eq!(a, checksum(&src, &r).unwrap());
         fs::write(c.path().join("src/sub/c.go"), "changed").unwrap();
         assert_ne!(a, checksum(&src, &r).unwrap());
+    }
+
+    #[test]
+    fn a_probe_with_a_few_unknown_files_finishes_without_walking_again() {
+        let c = ctx();
+        let cache = crate::checksums::ChecksumCache::in_memory();
+        let src = Source {
+            checksums: Some(&cache),
+            ..context(c.path())
+        };
+        let r = req(&["src"], "/a");
+        let before = checksum(&src, &r).unwrap();
+        fs::write(c.path().join("src/b.txt"), "bee").unwrap();
+        let (looked_up, hashed) = (cache.looked_up(), cache.hashed_bytes());
+        let Probe::Unknown {
+            unknown,
+            total,
+            walk,
+        } = checksum_probe(&src, &r).unwrap()
+        else {
+            panic!("b.txt changed: its digest is unknown");
+        };
+        assert_eq!((unknown, total), (3, 21));
+        let sum = walk.finish(src.checksums).unwrap();
+        // Each of the 3 files looked up once (by the probe), the changed
+        // one alone read.
+        assert_eq!(cache.looked_up() - looked_up, 3);
+        assert_eq!(cache.hashed_bytes() - hashed, 3);
+        assert_eq!(sum, checksum(&context(c.path()), &r).unwrap());
+        assert_ne!(sum, before);
+        // Known now: the probe has the checksum.
+        assert!(matches!(checksum_probe(&src, &r).unwrap(), Probe::Known(k) if k == sum));
+    }
+
+    /// A tee that records what it is told, with the files' bytes.
+    #[derive(Default)]
+    struct Recorder {
+        upper: Option<PathBuf>,
+        calls: Vec<String>,
+        off: Option<&'static str>,
+        /// Puts a directory where each file goes once told about it.
+        block: bool,
+    }
+
+    impl Tee for Recorder {
+        fn on(&self) -> bool {
+            self.off.is_none()
+        }
+        fn off(&mut self, why: &'static str) {
+            self.off.get_or_insert(why);
+        }
+        fn dir(&mut self, rel: &[u8], mtime: Option<i64>, in_lowers: bool) {
+            let rel = String::from_utf8_lossy(rel);
+            self.calls.push(format!("dir {rel} {mtime:?} {in_lowers}"));
+        }
+        fn symlink(&mut self, rel: &[u8]) {
+            let rel = String::from_utf8_lossy(rel);
+            self.calls.push(format!("symlink {rel}"));
+        }
+        fn file(&mut self, rel: &[u8], meta: &EntryMeta, len: u64, data: &mut dyn Read) {
+            let mut bytes = Vec::new();
+            data.take(len).read_to_end(&mut bytes).unwrap();
+            let (rel, bytes) = (String::from_utf8_lossy(rel), hex::encode(bytes));
+            if let (true, Some(upper)) = (self.block, &self.upper) {
+                fs::create_dir(upper.join(&*rel)).unwrap();
+            }
+            self.calls
+                .push(format!("file {rel} {meta:?} {len} {bytes}"));
+        }
+        fn file_done(&mut self, rel: &[u8], meta: &EntryMeta, len: u64) {
+            let rel = String::from_utf8_lossy(rel);
+            self.calls.push(format!("done {rel} {meta:?} {len}"));
+        }
+        fn upper(&self) -> Option<PathBuf> {
+            self.upper.clone().filter(|_| self.on())
+        }
+    }
+
+    /// Every entry under `root`: path, type, mode, owner, mtime, content.
+    fn tree(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let md = fs::symlink_metadata(&p).unwrap();
+                let content = if md.is_file() {
+                    fs::read(&p).unwrap()
+                } else {
+                    Vec::new()
+                };
+                if md.is_dir() {
+                    dirs.push(p.clone());
+                }
+                out.push(format!(
+                    "{:?} {:o} {}:{} {}.{} {}",
+                    p.strip_prefix(root).unwrap(),
+                    md.mode(),
+                    md.uid(),
+                    md.gid(),
+                    md.mtime(),
+                    md.mtime_nsec(),
+                    hex::encode(content)
+                ));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn writer_threads_change_neither_the_entries_nor_the_files() {
+        let c = ctx();
+        for i in 0..40 {
+            let body = format!("file {i}\n").repeat(i * 700);
+            fs::write(c.path().join(format!("src/sub/f{i:02}")), body).unwrap();
+        }
+        // Larger than a writer thread takes: copied on the copying thread.
+        fs::write(c.path().join("src/big"), vec![7u8; 1 << 21]).unwrap();
+        let mut r = req(&["src"], "/app");
+        r.chown = Some((7, 8));
+        let run = |threads: Option<usize>| {
+            let d = tempfile::tempdir().unwrap();
+            let mut tee = Recorder {
+                upper: threads.map(|_| d.path().to_path_buf()),
+                ..Default::default()
+            };
+            let src = context(c.path());
+            copy_with_writers(&src, &r, d.path(), Some(&mut tee), threads.unwrap_or(1)).unwrap();
+            assert_eq!(tee.off, None);
+            // Files written by the writer threads are checked there.
+            let calls: Vec<String> = tee
+                .calls
+                .into_iter()
+                .filter(|c| !c.starts_with("done "))
+                .collect();
+            (calls, tree(d.path()), d)
+        };
+        let (calls, files, _d) = run(None);
+        assert!(calls.len() > 40, "{calls:#?}");
+        for threads in [1, 3] {
+            let (c, f, _d) = run(Some(threads));
+            assert_eq!(c, calls, "{threads} threads");
+            assert_eq!(f, files, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_file_the_writer_threads_cannot_write_fails_the_copy() {
+        let c = ctx();
+        let d = tempfile::tempdir().unwrap();
+        // A directory where the file goes, made after the copy looked.
+        let mut tee = Recorder {
+            upper: Some(d.path().to_path_buf()),
+            block: true,
+            ..Default::default()
+        };
+        let src = context(c.path());
+        let r = req(&["src"], "/app/");
+        let e = copy_with_writers(&src, &r, d.path(), Some(&mut tee), 2).unwrap_err();
+        let app = d.path().join("app");
+        assert!(
+            matches!(&e, CopyError::Io { path, .. } if path.starts_with(&app) && path.is_dir()),
+            "{e}"
+        );
     }
 
     /// Writes the archive `file` in `dir`: entries given as (name as

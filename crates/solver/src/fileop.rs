@@ -369,13 +369,23 @@ fn key_first(
         }
         // Most of the bytes would be read for the key alone (or, with
         // --no-cache, the key is only recorded): copy first.
-        copy::Probe::Unknown { unknown, total }
+        copy::Probe::Unknown { unknown, total, .. }
             if x.solver.opts.no_cache || unknown >= total - unknown =>
         {
             tracing::debug!(unknown, total, "the copy runs before its key is known");
             Ok(KeyFirst::RunFirst)
         }
-        copy::Probe::Unknown { .. } => key(x, op, f, inputs, instruction).map(KeyFirst::Key),
+        // The few unknown files are hashed for the key, from the probe's
+        // walk (the tree is not walked again).
+        copy::Probe::Unknown { walk, .. } => {
+            let sum = walk.finish(x.ctx.checksums.as_ref())?;
+            if let Some(cache) = x.ctx.checksums.as_ref() {
+                cache.tree_remember(&tree_request(dockerignore, &req), &sum);
+            }
+            let mut key = key_parts(x, op, inputs);
+            key.push(sum);
+            Ok(KeyFirst::Key(key.finish()))
+        }
     }
 }
 

@@ -263,6 +263,8 @@ fn write_layer(
 /// the diff would make.
 pub(crate) struct OnePass {
     entries: Option<LayerEntries<Chan>>,
+    /// The upper directory the entries describe.
+    upper: PathBuf,
     compressor: Option<Compressor>,
 }
 
@@ -280,6 +282,7 @@ impl OnePass {
         };
         Ok(OnePass {
             entries: Some(LayerEntries::new(tar::Builder::new(chan), upper, &options)),
+            upper: upper.to_path_buf(),
             compressor: Some(compressor),
         })
     }
@@ -380,6 +383,10 @@ impl crate::copy::Tee for OnePass {
             Ok(false) => self.off("a directory the diff may write otherwise"),
             Err(error) => self.fail("writing a file's entry failed", &error),
         }
+    }
+
+    fn upper(&self) -> Option<PathBuf> {
+        self.on().then(|| self.upper.clone())
     }
 
     fn file_done(&mut self, rel: &[u8], meta: &EntryMeta, len: u64) {

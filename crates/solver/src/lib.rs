@@ -31,6 +31,7 @@ mod download;
 pub mod engine;
 mod error;
 mod exec;
+mod file_writers;
 mod fileop;
 pub mod fsutil;
 mod git;

@@ -619,19 +619,9 @@ impl<W: Write> LayerEntries<W> {
     }
 
     /// Whether the upper's `rel` is now the file [`LayerEntries::file`]
-    /// wrote: a regular file with one link, no xattrs kept in layers, the
-    /// same mode, owner, mtime (in seconds) and size.
+    /// wrote: see [`upper_file_is`].
     pub fn file_is(&self, rel: &[u8], meta: &EntryMeta, len: u64) -> Result<bool> {
-        let abs = self.upper.join(OsStr::from_bytes(rel));
-        let md = abs.symlink_metadata().at("inspect", &abs)?;
-        if !md.file_type().is_file() || md.nlink() != 1 || md.len() != len {
-            return Ok(false);
-        }
-        if EntryMeta::of(&md) != *meta {
-            return Ok(false);
-        }
-        let xattrs = fsutil::list_xattrs(&abs).at("read the xattrs of", &abs)?;
-        Ok(xattrs.iter().all(|(k, _)| !keep_xattr(k)))
+        upper_file_is(&self.upper, rel, meta, len)
     }
 
     /// Ends the entries: writes the directories still held back and checks
@@ -651,6 +641,24 @@ impl<W: Write> LayerEntries<W> {
         }
         Ok(Some((self.out, self.stats)))
     }
+}
+
+/// Whether the file `rel` of the upper directory `upper` is the entry
+/// [`LayerEntries::file`] wrote for it with `meta` and `len`: a regular
+/// file with one link, no xattrs kept in layers, the same mode, owner,
+/// mtime (in seconds) and size. A free function so that the threads that
+/// write a copy's files can check them where they write them.
+pub fn upper_file_is(upper: &Path, rel: &[u8], meta: &EntryMeta, len: u64) -> Result<bool> {
+    let abs = upper.join(OsStr::from_bytes(rel));
+    let md = abs.symlink_metadata().at("inspect", &abs)?;
+    if !md.file_type().is_file() || md.nlink() != 1 || md.len() != len {
+        return Ok(false);
+    }
+    if EntryMeta::of(&md) != *meta {
+        return Ok(false);
+    }
+    let xattrs = fsutil::list_xattrs(&abs).at("read the xattrs of", &abs)?;
+    Ok(xattrs.iter().all(|(k, _)| !keep_xattr(k)))
 }
 
 /// Whether `lower` (open) and the file at `upper` hold the same bytes.

@@ -59,7 +59,7 @@ use rustix::fs::RenameFlags;
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256, Sha512};
 
-pub use diff::{write_diff, DiffOptions, DiffStats, EntryMeta, LayerEntries};
+pub use diff::{upper_file_is, write_diff, DiffOptions, DiffStats, EntryMeta, LayerEntries};
 pub use error::{Error, Result};
 pub use mount::{Mount, Snapshot};
 pub use recover::{GcReport, Recovered};
