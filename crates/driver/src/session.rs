@@ -366,7 +366,9 @@ struct Session<'a> {
     ssh_streams: HashMap<u32, mpsc::UnboundedSender<v1::SshData>>,
 }
 
-/// What stopped waiting for the daemon's next message.
+/// What stopped waiting for the daemon's next message. It lives for one
+/// turn of the receive loop, so the message is not boxed.
+#[allow(clippy::large_enum_variant)]
 enum Wake {
     Message(Result<Option<v1::BuildServerMessage>, tonic::Status>),
     /// Anything else handled; wait again.

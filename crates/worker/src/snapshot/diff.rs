@@ -160,7 +160,7 @@ fn append_entry<W: Write>(
 ) -> Result<()> {
     tarball::append_entry(out, options, entry, data).map_err(|source| Error::WriteTar {
         entry: String::from_utf8_lossy(&entry.path).into_owned(),
-        source,
+        source: Box::new(source),
     })?;
     stats.entries += 1;
     Ok(())

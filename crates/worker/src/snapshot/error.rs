@@ -72,9 +72,10 @@ pub enum Error {
     WriteTar {
         /// The entry being written.
         entry: String,
-        /// The tar writer's error.
+        /// The tar writer's error (boxed: it is large, and every snapshot
+        /// result carries this type).
         #[source]
-        source: kbuild_image::Error,
+        source: Box<kbuild_image::Error>,
     },
 }
 
