@@ -49,18 +49,9 @@ pub(crate) enum AnswerError {
         /// Its index.
         output: u32,
     },
-    /// An output's writer is not there.
-    #[error("output writer missing")]
-    WriterMissing,
-    /// An output's writer ended before its output did.
-    #[error("the output writer stopped")]
-    WriterStopped,
-    /// An output's writer panicked.
-    #[error("the output writer panicked")]
-    WriterPanicked,
-    /// A thread panicked while it held the outputs' writers.
-    #[error("poisoned lock: another task failed inside")]
-    Poisoned,
+    /// An output's writer thread failed.
+    #[error(transparent)]
+    Writer(#[from] WriterError),
     /// An output to standard output could not be written.
     #[error("standard output: {0}")]
     Stdout(#[source] std::io::Error),
@@ -77,9 +68,55 @@ fn output_error(e: crate::split_outputs::SplitOutputError) -> BuildError {
 }
 
 /// One output being written here.
-struct Sink {
+type Sink = WriterThread<Result<Vec<String>, AnswerError>>;
+
+/// What went wrong with an output's writer thread (not what it wrote).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriterError {
+    /// An output's writer is not there.
+    #[error("output writer missing")]
+    Missing,
+    /// An output's writer ended before its output did.
+    #[error("the output writer stopped")]
+    Stopped,
+    /// An output's writer panicked.
+    #[error("the output writer panicked")]
+    Panicked,
+    /// A thread panicked while it held the outputs' writers.
+    #[error("poisoned lock: another task failed inside")]
+    Poisoned,
+}
+
+/// A thread writing one streamed output, fed through a channel: the
+/// pieces as they arrive, then `None` at the end (see [`ChannelReader`]).
+pub(crate) struct WriterThread<T> {
     tx: SyncSender<Option<Vec<u8>>>,
-    thread: std::thread::JoinHandle<Result<Vec<String>, AnswerError>>,
+    thread: std::thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> WriterThread<T> {
+    /// Starts `write` on its own thread, reading what [`send`](Self::send)
+    /// passes.
+    pub(crate) fn spawn(write: impl FnOnce(ChannelReader) -> T + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
+        let thread = std::thread::spawn(move || write(ChannelReader::new(rx)));
+        WriterThread { tx, thread }
+    }
+
+    /// Passes one piece (nothing for an empty one).
+    pub(crate) fn send(&self, data: Vec<u8>) -> Result<(), WriterError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Some(data)).map_err(|_| WriterError::Stopped)
+    }
+
+    /// Marks the end and waits for the writer's result.
+    pub(crate) fn finish(self) -> Result<T, WriterError> {
+        let _ = self.tx.send(None);
+        drop(self.tx);
+        self.thread.join().map_err(|_| WriterError::Panicked)
+    }
 }
 
 /// Reads what the session hands over; a sender gone before the end marker
@@ -230,7 +267,7 @@ impl Client {
     /// first piece); at the `last`, waits for the writer and keeps its
     /// notes.
     fn write_output(&self, output: u32, data: Vec<u8>, last: bool) -> Result<(), AnswerError> {
-        let mut sinks = self.sinks.lock().map_err(|_| AnswerError::Poisoned)?;
+        let mut sinks = self.sinks.lock().map_err(|_| WriterError::Poisoned)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry(output) {
             let out = self
                 .outputs
@@ -239,20 +276,10 @@ impl Client {
                 .ok_or(AnswerError::NotAsked { output })?;
             slot.insert(open_sink(out));
         }
-        let sink = sinks.get(&output).ok_or(AnswerError::WriterMissing)?;
-        if !data.is_empty() {
-            sink.tx
-                .send(Some(data))
-                .map_err(|_| AnswerError::WriterStopped)?;
-        }
+        sinks.get(&output).ok_or(WriterError::Missing)?.send(data)?;
         if last {
-            let sink = sinks.remove(&output).ok_or(AnswerError::WriterMissing)?;
-            let _ = sink.tx.send(None);
-            drop(sink.tx);
-            let notes = sink
-                .thread
-                .join()
-                .map_err(|_| AnswerError::WriterPanicked)??;
+            let sink = sinks.remove(&output).ok_or(WriterError::Missing)?;
+            let notes = sink.finish()??;
             if let Ok(mut n) = self.notes.lock() {
                 n.extend(notes);
             }
@@ -262,9 +289,7 @@ impl Client {
 }
 
 fn open_sink(out: Output) -> Sink {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
-    let thread = std::thread::spawn(move || -> Result<Vec<String>, AnswerError> {
-        let mut reader = ChannelReader::new(rx);
+    WriterThread::spawn(move |mut reader| -> Result<Vec<String>, AnswerError> {
         let dest = out.dest.clone().unwrap_or_else(|| PathBuf::from("-"));
         let shown = dest.display().to_string();
         if dest == Path::new("-") {
@@ -299,8 +324,7 @@ fn open_sink(out: Output) -> Sink {
         })
         .map_err(AnswerError::File)?;
         Ok(Vec::new())
-    });
-    Sink { tx, thread }
+    })
 }
 
 /// Refuses a `type=local` cache: it is a directory of this machine, which

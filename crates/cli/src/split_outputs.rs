@@ -14,7 +14,7 @@
 
 mod merge;
 
-use crate::remote::ChannelReader;
+use crate::remote::{ChannelReader, WriterError, WriterThread};
 use kbuild_image::tarball::TarOptions;
 use kbuild_image::{ContentStore, Descriptor, Digest};
 use kbuild_platform::Platform;
@@ -23,7 +23,6 @@ use kbuild_solver::outputs::FilesystemStage;
 use kbuild_worker::snapshot::{ApplyOptions, ApplyReport};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 
 /// Why a split build's file output could not be written.
@@ -70,24 +69,15 @@ pub enum SplitOutputError {
 /// goes back to the node's daemon as the answer to its result.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// A thread holding the outputs' state panicked.
-    #[error("poisoned lock: another task failed inside")]
-    Poisoned,
     /// The daemon named an output that is not collected here.
     #[error("the builder sent output {output}, which is not a file output")]
     NotAFileOutput {
         /// The output's index.
         output: u32,
     },
-    /// No writer for a part being received.
-    #[error("output writer missing")]
-    WriterMissing,
-    /// The writer of a part ended before the part did.
-    #[error("the output writer stopped")]
-    WriterStopped,
-    /// The writer of a part panicked.
-    #[error("the output writer panicked")]
-    WriterPanicked,
+    /// The writer thread of a part failed.
+    #[error(transparent)]
+    Writer(#[from] WriterError),
     /// The part's directory in a `type=local` stage.
     #[error("{0}")]
     Scratch(#[source] kbuild_solver::engine::SolveError),
@@ -163,10 +153,7 @@ enum Stage {
 }
 
 /// One part being received.
-struct Sink {
-    tx: SyncSender<Option<Vec<u8>>>,
-    thread: std::thread::JoinHandle<Result<ApplyReport, ReceiveError>>,
-}
+type Sink = WriterThread<Result<ApplyReport, ReceiveError>>;
 
 /// The file outputs of one split build.
 pub(crate) struct SplitOutputs {
@@ -288,53 +275,42 @@ impl SplitOutputs {
         data: Vec<u8>,
         last: bool,
     ) -> Result<(), ReceiveError> {
-        let mut sinks = self.sinks.lock().map_err(|_| ReceiveError::Poisoned)?;
+        let mut sinks = self.sinks.lock().map_err(|_| WriterError::Poisoned)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = sinks.entry((part, output)) {
-            let stages = self.stages.lock().map_err(|_| ReceiveError::Poisoned)?;
+            let stages = self.stages.lock().map_err(|_| WriterError::Poisoned)?;
             let stage = stages
                 .get(&output)
                 .ok_or(ReceiveError::NotAFileOutput { output })?;
             slot.insert(self.open(stage, part, output)?);
         }
-        let sink = sinks
+        sinks
             .get(&(part, output))
-            .ok_or(ReceiveError::WriterMissing)?;
-        if !data.is_empty() {
-            sink.tx
-                .send(Some(data))
-                .map_err(|_| ReceiveError::WriterStopped)?;
-        }
+            .ok_or(WriterError::Missing)?
+            .send(data)?;
         if last {
-            let sink = sinks
-                .remove(&(part, output))
-                .ok_or(ReceiveError::WriterMissing)?;
-            let _ = sink.tx.send(None);
-            drop(sink.tx);
-            let report = sink
-                .thread
-                .join()
-                .map_err(|_| ReceiveError::WriterPanicked)??;
+            let sink = sinks.remove(&(part, output)).ok_or(WriterError::Missing)?;
+            let report = sink.finish()??;
             self.received
                 .lock()
-                .map_err(|_| ReceiveError::Poisoned)?
+                .map_err(|_| WriterError::Poisoned)?
                 .insert((part, output), report);
         }
         Ok(())
     }
 
     fn open(&self, stage: &Stage, part: usize, output: u32) -> Result<Sink, ReceiveError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
-        let reader = ChannelReader::new(rx);
-        let thread = match stage {
+        Ok(match stage {
             Stage::Oci { store, .. } => {
                 let store = store.clone();
-                std::thread::spawn(move || {
+                WriterThread::spawn(move |reader| {
                     receive_blobs(&store, reader).map(|()| Default::default())
                 })
             }
             Stage::Tar(dir) => {
                 let file = part_tar(dir.path(), part, output);
-                std::thread::spawn(move || receive_tar(&file, reader).map(|()| Default::default()))
+                WriterThread::spawn(move |reader| {
+                    receive_tar(&file, reader).map(|()| Default::default())
+                })
             }
             Stage::Files(s) => {
                 let dir = s
@@ -345,13 +321,12 @@ impl SplitOutputs {
                 let apply = ApplyOptions {
                     preserve_special: o.preserve_special,
                 };
-                std::thread::spawn(move || {
+                WriterThread::spawn(move |reader| {
                     kbuild_worker::snapshot::apply_layer_to_dir_with(&dir, reader, apply)
                         .map_err(|source| ReceiveError::Unpack { dir, source })
                 })
             }
-        };
-        Ok(Sink { tx, thread })
+        })
     }
 
     /// Writes every file output from the finished parts: `parts` are
