@@ -636,7 +636,10 @@ pub(crate) fn copy_teed(
     dest_root: &Path,
     tee: Option<&mut dyn Tee>,
 ) -> Result<(), CopyError> {
-    copy_with_writers(src, req, dest_root, tee, kbuild_image::default_threads())
+    // One writer thread: with one per core the writers took the cores the
+    // compressor needs (1 GiB / 20k files, 2 cores: gzip 12.5–14.4 s with
+    // two writers, 10.3 s with one; zstd 11.5–13.5 s against 9.1 s).
+    copy_with_writers(src, req, dest_root, tee, 1)
 }
 
 /// [`copy_teed`] with `threads` [`FileWriters`] threads.
