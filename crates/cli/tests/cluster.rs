@@ -153,26 +153,6 @@ fn deployment(name: &str, arch: &str, image: &str, token: &str) -> String {
     .to_string()
 }
 
-/// Deletes the test's deployments however the test ends.
-struct Deployments<'a> {
-    cluster: &'a Cluster,
-    names: Vec<String>,
-}
-
-impl Drop for Deployments<'_> {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = self.cluster.user(&[
-                "delete",
-                "deployment",
-                name,
-                "--ignore-not-found",
-                "--wait=false",
-            ]);
-        }
-    }
-}
-
 /// Kills a `kubectl port-forward` however the test ends.
 struct Forward(Child);
 
@@ -225,10 +205,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
     .ok();
 
     let token = common::unique("token");
-    let mut deployments = Deployments {
-        cluster,
-        names: Vec::new(),
-    };
+    let mut deployments = cluster::Owned::new(cluster, "deployment");
     let placements = [("kbuild-node1", "amd64"), (cluster::ARM64_NODE, "arm64")];
     for (_, arch) in placements {
         let name = format!("smoke-{arch}-{}", &tag[6..14]);
@@ -247,10 +224,10 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
             .write_all(deployment(&name, arch, &image, &token).as_bytes())
             .expect("write the deployment to kubectl");
         Run::from(child.wait_with_output().expect("wait for kubectl apply")).ok();
-        deployments.names.push(name);
+        deployments.push(name);
     }
 
-    for ((node, arch), name) in placements.iter().zip(&deployments.names) {
+    for ((node, arch), name) in placements.iter().zip(deployments.names()) {
         let started = Instant::now();
         let rollout = cluster.user(&[
             "rollout",
@@ -259,7 +236,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
             "--timeout=180s",
         ]);
         if rollout.code != 0 {
-            let events = cluster.admin(&["-n", cluster::NAMESPACE, "get", "events"]);
+            let events = cluster.admin_in(&["get", "events"]);
             panic!(
                 "{name} did not roll out: {}\nevents in {}:\n{}",
                 rollout.stderr.trim(),
@@ -285,10 +262,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
         // Its output, read back through the API server and the node's kubelet.
         let deadline = Instant::now() + Duration::from_secs(30);
         let logs = loop {
-            let logs = cluster
-                .admin(&["-n", cluster::NAMESPACE, "logs", pod_name])
-                .ok()
-                .stdout;
+            let logs = cluster.logs(pod_name);
             if logs.contains("started on") || Instant::now() > deadline {
                 break logs;
             }
