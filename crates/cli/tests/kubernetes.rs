@@ -364,28 +364,10 @@ fn platforms_of(index: &serde_json::Value) -> Vec<String> {
     platforms
 }
 
-#[test]
-fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
-    let Some(c) = cluster() else { return };
-    let kb = user_client(c);
-    let started = Instant::now();
-    let builder = Builder::create(
-        c,
-        &kb,
-        "kt-a",
-        &[&[
-            "--driver-opt",
-            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
-            "--driver-opt",
-            "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
-            "--driver-opt",
-            "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
-        ]],
-    );
-    let b = builder.name();
-    eprintln!("created with 2 ready pods in {:.1?}", started.elapsed());
-
-    // What the cluster holds, as the admin sees it.
+/// The Deployment of builder `b` (as the admin sees it) carries the
+/// options `create_ls_rm_with_replicas_selector_tolerations_and_resources`
+/// created it with.
+fn assert_deployment_has_the_options(c: &Cluster, b: &str) {
     let d = c
         .admin_in(&["get", "deployment", b, "-o", "json"])
         .ok()
@@ -409,10 +391,11 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     assert_eq!(container["resources"]["limits"]["memory"], "2Gi");
     assert_eq!(container["securityContext"]["privileged"], true);
     assert_eq!(d["status"]["readyReplicas"], 2, "{}", d["status"]);
+}
 
-    // ls: the builder comes from the cluster (another user's builder list
-    // is empty), with both pods, their node, readiness and platforms.
-    let other = user_client(c);
+/// `other`'s `ls` lists builder `b` from the cluster: two ready pods on
+/// node 1, with their native and emulated platforms.
+fn assert_listed_from_the_cluster(other: &Client, b: &str) {
     let ls = other.kb(["ls", "--format", "json"]).json();
     let entry = ls
         .as_array()
@@ -452,10 +435,12 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     }
     let table = other.kb(["ls"]).ok().stdout;
     assert!(table.contains("on kbuild-node1"), "{table}");
+}
 
-    // ls -A: the restricted user may not list cluster-wide and is told so
-    // in one note, and still sees its namespace; the admin sees the
-    // builder from its own default namespace.
+/// `ls -A`: the restricted user `other` is told it may only list its
+/// namespace, and sees `b` there; the admin lists `b` from every namespace
+/// but not from its own.
+fn assert_listed_in_all_namespaces(c: &Cluster, other: &Client, b: &str) {
     let out = other.kb(["ls", "-A", "--format", "json"]).ok();
     let (stderr, listed) = (&out.stderr, out.json());
     assert!(
@@ -490,6 +475,41 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
         "{table}"
     );
     assert_eq!(table.matches("on kbuild-node1").count(), 2, "{table}");
+}
+
+#[test]
+fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
+    let Some(c) = cluster() else { return };
+    let kb = user_client(c);
+    let started = Instant::now();
+    let builder = Builder::create(
+        c,
+        &kb,
+        "kt-a",
+        &[&[
+            "--driver-opt",
+            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+            "--driver-opt",
+            "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
+            "--driver-opt",
+            "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
+        ]],
+    );
+    let b = builder.name();
+    eprintln!("created with 2 ready pods in {:.1?}", started.elapsed());
+
+    // What the cluster holds, as the admin sees it.
+    assert_deployment_has_the_options(c, b);
+
+    // ls: the builder comes from the cluster (another user's builder list
+    // is empty), with both pods, their node, readiness and platforms.
+    let other = user_client(c);
+    assert_listed_from_the_cluster(&other, b);
+
+    // ls -A: the restricted user may not list cluster-wide and is told so
+    // in one note, and still sees its namespace; the admin sees the
+    // builder from its own default namespace.
+    assert_listed_in_all_namespaces(c, &other, b);
 
     // --load needs the nodes' containerd socket, which this builder does
     // not mount: one line saying how to recreate it, before any build.
@@ -516,25 +536,11 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     assert!(again.contains(&format!("no builder named {b}")), "{again}");
 }
 
-#[test]
-fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() {
-    let Some(c) = cluster() else { return };
-    let kb = user_client(c);
-    let ip = node_ip(c);
-    let (user, pass) = ("kbuild", "s3cret-k8s");
-    let registry =
-        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
-    let host = registry.host();
-    let creds = format!("{user}:{pass}");
-    // No builder buildkit yet, from an earlier run.
-    let builder = Builder::absent(c, "buildkit");
-    let dir = tempfile::tempdir().unwrap();
-    let token = common::unique("tok");
-    let ctx = copy_context(&kb, &token);
-    // --dry-run while no builder exists: the schedule it would have,
-    // and nothing is created.
+/// `--dry-run` of `ctx` for two platforms while the default builder does
+/// not exist: the schedule it would have, and nothing created.
+fn assert_dry_run_creates_nothing(kb: &Client, ctx: &str, builder: &Builder) {
     let dry = kb
-        .kb([ctx.as_str(), "--dry-run"])
+        .kb([ctx, "--dry-run"])
         .platform("linux/amd64,linux/arm64")
         .ok()
         .stdout;
@@ -551,6 +557,50 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         "{dry}"
     );
     assert_eq!(builder.left().trim(), "", "--dry-run created something");
+}
+
+/// kubectl in `kb`'s environment with this binary on `PATH` as the plugin
+/// `kubectl-build` (which `kubectl plugin list` shows); the caller adds
+/// `build` and its arguments.
+fn kubectl_with_plugin(c: &Cluster, kb: &Client) -> common::Build {
+    let plugins = kb.path("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(common::bin(), plugins.join("kubectl-build")).unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let plugin_list = kb
+        .command(c.kubectl())
+        .env("PATH", &path)
+        .args(["plugin", "list"])
+        .run();
+    assert!(
+        plugin_list.stdout.contains("kubectl-build"),
+        "{}",
+        plugin_list.stdout
+    );
+    kb.command(c.kubectl()).env("PATH", path)
+}
+
+#[test]
+fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() {
+    let Some(c) = cluster() else { return };
+    let kb = user_client(c);
+    let ip = node_ip(c);
+    let (user, pass) = ("kbuild", "s3cret-k8s");
+    let registry =
+        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let host = registry.host();
+    let creds = format!("{user}:{pass}");
+    // No builder buildkit yet, from an earlier run.
+    let builder = Builder::absent(c, "buildkit");
+    let token = common::unique("tok");
+    let ctx = copy_context(&kb, &token);
+    // --dry-run while no builder exists: the schedule it would have,
+    // and nothing is created.
+    assert_dry_run_creates_nothing(&kb, &ctx, &builder);
     // The default-named secret, as a user makes it.
     let _secrets = registry_secrets(c, &["buildkit", "kt-other-secret"], &host, user, pass);
     let image = format!("{host}/kbuild-test/app:{}", &name("b")[..12]);
@@ -618,27 +668,7 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
     assert_ne!(out.code, 0, "pushed without credentials");
 
     // (e) through kubectl itself, the plugin on PATH: the same result.
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(common::bin(), plugins.join("kubectl-build")).unwrap();
-    let path = format!(
-        "{}:{}",
-        plugins.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let plugin_list = kb
-        .command(c.kubectl())
-        .env("PATH", &path)
-        .args(["plugin", "list"])
-        .run();
-    assert!(
-        plugin_list.stdout.contains("kubectl-build"),
-        "{}",
-        plugin_list.stdout
-    );
-    let stderr = kb
-        .command(c.kubectl())
-        .env("PATH", &path)
+    let stderr = kubectl_with_plugin(c, &kb)
         .arg("build")
         .arg("--root")
         .arg(kb.root())
@@ -787,27 +817,17 @@ fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
     c.logs(pod)
 }
 
-#[test]
-fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
-    let Some(c) = cluster() else { return };
-    let Some(busybox) = common::busybox_context() else {
-        return;
-    };
-    let kb = user_client(c);
-    let ip = node_ip(c);
-    let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
-    let (registry, base) = registry_with_busybox(&kb, ip, &busybox, platforms, "4");
-    let host = registry.host();
-    let suffix = name("l");
-    let loaded = format!("kbuild.test/kt-loaded:{}", &suffix[..12]);
-
-    // Two pools, each mounting its node's containerd socket (both kubelets
-    // of the test cluster run on this machine, each with its own).
+/// The mixed builder of
+/// `mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own`:
+/// two pools, each mounting its node's containerd socket (both kubelets of
+/// the test cluster run on this machine, each with its own); its amd64 and
+/// arm64 pods, each checked to run on its node.
+fn mixed_builder<'a>(c: &'a Cluster, kb: &Client) -> (Builder<'a>, String, String) {
     let socket = |n: u8| format!("containerd-socket={}", c.containerd_socket(n).display());
     let started = Instant::now();
     let builder = Builder::create(
         c,
-        &kb,
+        kb,
         "kt-mix",
         &[
             &[
@@ -824,25 +844,119 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             ],
         ],
     );
-    let b = builder.name();
     eprintln!("mixed builder ready in {:.1?}", started.elapsed());
-    // Dropped in reverse: the pods that run the loaded image go first.
-    let _loaded = Loaded(c, loaded.clone());
-    let mut run_pods = cluster::Owned::new(c, "pod");
-    run_pods.push(format!("{b}-run-amd64"));
-    run_pods.push(format!("{b}-run-arm64"));
     let pods = builder.pods();
     let (amd_pod, amd_node) = pods.get("amd64").expect("an amd64 pod").clone();
     let (arm_pod, arm_node) = pods.get("arm64").expect("an arm64 pod").clone();
     assert_eq!(amd_node, cluster::NODES[0], "{pods:?}");
     assert_eq!(arm_node, cluster::ARM64_NODE, "{pods:?}");
+    (builder, amd_pod, arm_pod)
+}
+
+/// The `--dry-run` table gives each platform of `schedule` to its pod,
+/// natively, as for remote builders.
+fn assert_dry_run_schedule(dry: &str, schedule: &[(&str, &String)]) {
+    for (platform, pod) in schedule {
+        assert!(
+            dry.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() >= 4
+                    && f[0] == *platform
+                    && f[1] == pod.as_str()
+                    && f[2] == format!("kubernetes://{}/{pod}", cluster::NAMESPACE)
+                    && f[3] == "native"
+            }),
+            "{platform} → {pod} native:\n{dry}"
+        );
+    }
+}
+
+/// Each pod's log shows one build, of its own node's platforms only.
+fn assert_each_pod_built_its_own(c: &Cluster, amd_pod: &str, arm_pod: &str) {
+    let amd_log = c.logs(amd_pod);
+    let arm_log = c.logs(arm_pod);
+    assert!(
+        amd_log.contains("build: platforms linux/amd64, linux/386"),
+        "{amd_log}"
+    );
+    assert!(
+        arm_log.contains("build: platforms linux/arm64, linux/arm/v7"),
+        "{arm_log}"
+    );
+    let builds = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("build: platforms"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(builds(&amd_log).len(), 1, "{amd_log}");
+    assert_eq!(builds(&arm_log).len(), 1, "{arm_log}");
+    assert!(!builds(&amd_log)[0].contains("arm"), "{amd_log}");
+    assert!(!builds(&arm_log)[0].contains("amd64"), "{arm_log}");
+}
+
+/// The index pushed as `tag` holds the four platforms, each image's `/m`
+/// the `uname -m` of a native run (read through a layout under `dir`).
+fn assert_each_platform_ran_natively(dir: &Path, tag: &str) {
+    let index = common::skopeo_raw(tag);
+    assert_eq!(
+        platforms_of(&index),
+        ["linux/386", "linux/amd64", "linux/arm/v7", "linux/arm64"],
+        "{index}"
+    );
+    let unames: BTreeMap<String, String> =
+        common::last_layer_file(dir, tag, "m").into_iter().collect();
+    assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
+    assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
+    assert_eq!(unames["linux/arm/v7"], "armv7l", "{unames:?}");
+    assert!(
+        ["i686", "x86_64"].contains(&unames["linux/386"].as_str()),
+        "{unames:?}"
+    );
+}
+
+/// `--load` of `loaded` for two platforms: each pod loaded its platform
+/// into its node's containerd (namespace k8s.io).
+fn assert_each_node_loaded(stderr: &str, loaded: &str, amd_pod: &str, arm_pod: &str) {
+    for (pod, platform) in [(amd_pod, "linux/amd64"), (arm_pod, "linux/arm64")] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("loaded {loaded}"))
+                    && l.contains("namespace k8s.io")
+                    && l.contains(&format!("unpacked {platform}"))
+                    && l.ends_with(&format!("(node {pod})"))),
+            "{pod} loads {platform}:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
+    let Some(c) = cluster() else { return };
+    let Some(busybox) = common::busybox_context() else {
+        return;
+    };
+    let kb = user_client(c);
+    let ip = node_ip(c);
+    let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
+    let (registry, base) = registry_with_busybox(&kb, ip, &busybox, platforms, "4");
+    let host = registry.host();
+    let suffix = name("l");
+    let loaded = format!("kbuild.test/kt-loaded:{}", &suffix[..12]);
+    let (builder, amd_pod, arm_pod) = mixed_builder(c, &kb);
+    let b = builder.name();
+    // Dropped in reverse: the pods that run the loaded image go first.
+    let _loaded = Loaded(c, loaded.clone());
+    let mut run_pods = cluster::Owned::new(c, "pod");
+    run_pods.push(format!("{b}-run-amd64"));
+    run_pods.push(format!("{b}-run-arm64"));
     let schedule = [
         ("linux/amd64", &amd_pod),
         ("linux/386", &amd_pod),
         ("linux/arm64", &arm_pod),
         ("linux/arm/v7", &arm_pod),
     ];
-
     let ctx = kb.context(
         "ctx",
         &format!("FROM {base}\nRUN uname -m > /m\nCMD [\"cat\", \"/m\"]\n"),
@@ -851,19 +965,7 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
 
     // --dry-run: the same table as for remote builders, nothing built.
     let dry = build().platform(platforms).arg("--dry-run").ok().stdout;
-    for (platform, pod) in schedule {
-        assert!(
-            dry.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() >= 4
-                    && f[0] == platform
-                    && f[1] == pod.as_str()
-                    && f[2] == format!("kubernetes://{}/{pod}", cluster::NAMESPACE)
-                    && f[3] == "native"
-            }),
-            "{platform} → {pod} native:\n{dry}"
-        );
-    }
+    assert_dry_run_schedule(&dry, &schedule);
     for pod in [&amd_pod, &arm_pod] {
         let log = c.logs(pod);
         assert!(!log.contains("build: platforms"), "dry-run built: {log}");
@@ -883,42 +985,8 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             "{stderr}"
         );
     }
-    let amd_log = c.logs(&amd_pod);
-    let arm_log = c.logs(&arm_pod);
-    assert!(
-        amd_log.contains("build: platforms linux/amd64, linux/386"),
-        "{amd_log}"
-    );
-    assert!(
-        arm_log.contains("build: platforms linux/arm64, linux/arm/v7"),
-        "{arm_log}"
-    );
-    let builds = |log: &str| -> Vec<String> {
-        log.lines()
-            .filter(|l| l.contains("build: platforms"))
-            .map(str::to_string)
-            .collect()
-    };
-    assert_eq!(builds(&amd_log).len(), 1, "{amd_log}");
-    assert_eq!(builds(&arm_log).len(), 1, "{arm_log}");
-    assert!(!builds(&amd_log)[0].contains("arm"), "{amd_log}");
-    assert!(!builds(&arm_log)[0].contains("amd64"), "{arm_log}");
-    let index = common::skopeo_raw(&tag);
-    assert_eq!(
-        platforms_of(&index),
-        ["linux/386", "linux/amd64", "linux/arm/v7", "linux/arm64"],
-        "{index}"
-    );
-    let unames: BTreeMap<String, String> = common::last_layer_file(kb.dir(), &tag, "m")
-        .into_iter()
-        .collect();
-    assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
-    assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
-    assert_eq!(unames["linux/arm/v7"], "armv7l", "{unames:?}");
-    assert!(
-        ["i686", "x86_64"].contains(&unames["linux/386"].as_str()),
-        "{unames:?}"
-    );
+    assert_each_pod_built_its_own(c, &amd_pod, &arm_pod);
+    assert_each_platform_ran_natively(kb.dir(), &tag);
 
     // The same build pushed to a registry that needs credentials: the
     // secret named like the builder gives them to both pods and to the
@@ -951,17 +1019,7 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         .plain()
         .ok()
         .stderr;
-    for (pod, platform) in [(&amd_pod, "linux/amd64"), (&arm_pod, "linux/arm64")] {
-        assert!(
-            stderr
-                .lines()
-                .any(|l| l.contains(&format!("loaded {loaded}"))
-                    && l.contains("namespace k8s.io")
-                    && l.contains(&format!("unpacked {platform}"))
-                    && l.ends_with(&format!("(node {pod})"))),
-            "{pod} loads {platform}:\n{stderr}"
-        );
-    }
+    assert_each_node_loaded(&stderr, &loaded, &amd_pod, &arm_pod);
     // -o type=containerd given explicitly goes the same way: one
     // platform, one pod, its node's containerd.
     let explicit = format!("{loaded}-explicit");
