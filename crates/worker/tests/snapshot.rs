@@ -14,7 +14,8 @@ use kbuild_testkit::archive::{
     case_entries, case_layer, layer_cases, LayerCase, RawHeader, RawTar,
 };
 use kbuild_worker::snapshot::{
-    apply_layer_to_dir, write_diff, DiffOptions, EntryMeta, Error, LayerEntries, Snapshotter,
+    apply_layer_to_dir, write_diff, DiffOptions, DiffStats, EntryMeta, Error, LayerEntries,
+    Snapshotter,
 };
 use sha2::{Digest, Sha256};
 use tar::EntryType;
@@ -430,15 +431,27 @@ fn three_layers() -> Vec<Vec<u8>> {
     vec![l1.into_bytes(), l2.into_bytes(), l3.into_bytes()]
 }
 
+/// [`three_layers`] unpacked as snapshots, lowest first.
+fn three_lowers(snap: &Snapshotter) -> Result<Vec<PathBuf>, Error> {
+    three_layers().iter().map(|tar| unpack(snap, tar)).collect()
+}
+
+/// The layer of what `upper` changes over `lowers`, with default options.
+fn diff_of(
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<(Vec<u8>, DiffStats), Box<dyn std::error::Error>> {
+    let mut out = tar::Builder::new(Vec::new());
+    let stats = write_diff(upper, lowers, &mut out, &DiffOptions::default())?;
+    Ok((out.into_inner()?, stats))
+}
+
 #[test]
 fn three_layer_mount_shows_whiteouts_applied() -> TestResult {
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut lowers = Vec::new();
-    for tar in three_layers() {
-        lowers.push(unpack(&snap, &tar)?);
-    }
+    let lowers = three_lowers(&snap)?;
     let mount = snap.mount(&lowers)?;
     let m = mount.merged().to_path_buf();
     assert!(mounted(&m));
@@ -490,10 +503,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut lowers = Vec::new();
-    for tar in three_layers() {
-        lowers.push(unpack(&snap, &tar)?);
-    }
+    let lowers = three_lowers(&snap)?;
     let mount = snap.mount(&lowers)?;
     let m = mount.merged().to_path_buf();
     // create, modify, delete, replace a directory, chmod, hardlink, symlink
@@ -523,9 +533,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     )?;
     let merged_tree = describe(&m);
 
-    let mut out = tar::Builder::new(Vec::new());
-    let stats = write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
-    let tar = out.into_inner()?;
+    let (tar, stats) = diff_of(mount.upper(), &lowers)?;
     assert_eq!(
         entries(&tar),
         [
@@ -576,9 +584,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     drop(check);
 
     // Deterministic: the same upper gives the same bytes.
-    let mut again = tar::Builder::new(Vec::new());
-    write_diff(mount.upper(), &lowers, &mut again, &DiffOptions::default())?;
-    assert_eq!(again.into_inner()?, tar);
+    assert_eq!(diff_of(mount.upper(), &lowers)?.0, tar);
 
     // Commit keeps the upper as a lower for the next step.
     let committed = mount.commit()?;
@@ -853,19 +859,14 @@ fn a_new_hardlink_to_a_lower_file_is_a_file_of_its_own_in_the_diff() -> TestResu
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut lowers = Vec::new();
-    for tar in three_layers() {
-        lowers.push(unpack(&snap, &tar)?);
-    }
+    let lowers = three_lowers(&snap)?;
     let mount = snap.mount(&lowers)?;
     let m = mount.merged().to_path_buf();
     // Overlay copies "c" up (unchanged) to give it a second name.
     fs::hard_link(m.join("c"), m.join("c-link"))?;
     fs::hard_link(m.join("c"), m.join("etc/c-link2"))?;
     assert!(mount.upper().join("c").exists(), "overlay copied c up");
-    let mut out = tar::Builder::new(Vec::new());
-    let stats = write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
-    let tar = out.into_inner()?;
+    let (tar, stats) = diff_of(mount.upper(), &lowers)?;
     // The unchanged lower file is not re-emitted; the first new name holds
     // the content, the second links to it within the layer.
     assert_eq!(
@@ -882,9 +883,7 @@ fn a_new_hardlink_to_a_lower_file_is_a_file_of_its_own_in_the_diff() -> TestResu
 
     // A copied-up file that did change is still part of the layer.
     fs::write(m.join("c"), "c4")?;
-    let mut out = tar::Builder::new(Vec::new());
-    write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
-    let names = entries(&out.into_inner()?);
+    let names = entries(&diff_of(mount.upper(), &lowers)?.0);
     assert!(names.contains(&"c".to_string()), "{names:?}");
     Ok(())
 }
