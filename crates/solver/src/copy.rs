@@ -1673,15 +1673,16 @@ mod tests {
     #[test]
     fn add_unpacks_tar_gz() {
         let c = tempfile::tempdir().unwrap();
+        let mut raw = kbuild_testkit::archive::RawTar::gnu();
+        raw.entry(kbuild_testkit::archive::RawHeader {
+            mode: 0o755,
+            data: b"hello",
+            ..kbuild_testkit::archive::RawHeader::new(tar::EntryType::Regular, "dir/hello")
+        });
         let f = fs::File::create(c.path().join("x.tgz")).unwrap();
-        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-        let mut b = tar::Builder::new(gz);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(5);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, "dir/hello", &b"hello"[..]).unwrap();
-        b.into_inner().unwrap().finish().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        gz.write_all(&raw.into_bytes()).unwrap();
+        gz.finish().unwrap();
         let d = tempfile::tempdir().unwrap();
         let src = context(c.path());
         let mut r = req(&["x.tgz"], "/opt/");
