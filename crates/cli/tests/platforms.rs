@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{require_root, run, skopeo_raw, write};
+use common::{kb, require_root, run, skopeo_raw, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::Path;
 use std::process::Command;
@@ -147,20 +147,11 @@ fn requested_variant_is_kept_in_index_and_config() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
     let layout = t.path().join("base-layout");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v6,linux/arm/v7",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-            "--progress",
-            "quiet",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/arm/v6,linux/arm/v7")
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .quiet()
+        .ok();
     patch_config(&layout, "linux/arm/v6", |c| {
         assert_eq!(c["variant"], "v6", "the tool wrote v6 before the patch");
         c["variant"] = "v7".into();
@@ -178,21 +169,11 @@ fn requested_variant_is_kept_in_index_and_config() {
         &format!("FROM {base}\nCOPY hello.txt /hello.txt\n"),
     );
     let tag = format!("{}/test/app:1", reg.host());
-    run(
-        &store,
-        &[
-            app.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v6,linux/arm/v8",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v6,linux/arm/v8")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .ok();
     let index = skopeo_raw(&tag);
     let entries = index_entries(&index);
     let names: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
@@ -225,12 +206,9 @@ fn requested_variant_is_kept_in_index_and_config() {
     assert_eq!(v8["layers"][0]["digest"], base_v7["layers"][0]["digest"]);
 
     // No compatible platform: one line naming the image and what it offers.
-    let r = run(
-        &store,
-        &[app.to_str().unwrap(), "--platform", "linux/arm/v5"],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v5")
+        .fails();
     let errs = common::error_lines(&r.stderr);
     assert_eq!(errs.len(), 1, "{}", r.stderr);
     for needle in [
@@ -242,17 +220,10 @@ fn requested_variant_is_kept_in_index_and_config() {
         assert!(errs[0].contains(needle), "{needle}: {}", r.stderr);
     }
     // The same from the local store (resolved above) and with --pull.
-    let r = run(
-        &store,
-        &[
-            app.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v5",
-            "--pull",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v5")
+        .args(["--pull"])
+        .fails();
     assert!(
         r.stderr.contains("linux/arm/v6, linux/arm/v7"),
         "{}",
@@ -260,18 +231,10 @@ fn requested_variant_is_kept_in_index_and_config() {
     );
 
     // arm/v9 does not exist: refused before anything is resolved.
-    let r = run(
-        &store,
-        &[
-            app.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v9",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v9")
+        .plain()
+        .fails();
     let errs = common::error_lines(&r.stderr);
     assert_eq!(errs.len(), 1, "{}", r.stderr);
     assert!(
@@ -294,14 +257,10 @@ fn requested_variant_is_kept_in_index_and_config() {
 /// FROM scratch build them, and the result says exactly that platform.
 #[test]
 fn unknown_platforms_build_only_from_scratch() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64,linux/arm64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("a.txt"), "a\n");
     write(
@@ -354,18 +313,10 @@ fn unknown_platforms_build_only_from_scratch() {
         "FROM scratch\nCOPY a.txt /a.txt\n",
     );
     let layout = t.path().join("layout");
-    run(
-        &store,
-        &[
-            scratch.to_str().unwrap(),
-            "--platform",
-            "foo/bar,linux/arm/v9",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [scratch.to_str().unwrap()])
+        .platform("foo/bar,linux/arm/v9")
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .ok();
     // skopeo, an independent reader, sees the platforms in the index and in
     // each config.
     let index = common::skopeo_inspect_layout(&layout, "--raw");

@@ -13,18 +13,10 @@ fn a_docker_archive_of_several_platforms_is_refused_before_building() {
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
     let out = t.path().join("out.tar");
-    let r = common::run(
-        &t.path().join("store"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-o",
-            &format!("type=docker,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&t.path().join("store"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/arm64")
+        .output(format!("type=docker,dest={}", out.display()))
+        .fails();
     assert!(
         r.stderr.contains("hold one platform") && r.stderr.contains("linux/amd64, linux/arm64"),
         "{}",
@@ -76,7 +68,7 @@ fn unsupported_buildx_flags_are_named() {
         "--cgroup-parent=build",
     ] {
         let name = flag.split('=').next().unwrap();
-        let r = common::run(&store, &[ctx.to_str().unwrap(), flag, "--dry-run"], &[]).fails();
+        let r = common::kb(&store, [ctx.to_str().unwrap(), flag, "--dry-run"]).fails();
         assert!(
             r.stderr.contains(&format!("{name} is not implemented yet")),
             "{flag}: {}",
@@ -84,15 +76,14 @@ fn unsupported_buildx_flags_are_named() {
         );
     }
     // Turning an attestation off asks for nothing.
-    common::run(
+    common::kb(
         &store,
-        &[
+        [
             ctx.to_str().unwrap(),
             "--provenance=false",
             "--sbom=false",
             "--dry-run",
         ],
-        &[],
     )
     .ok();
 }
@@ -106,7 +97,7 @@ fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
     let store = t.path().join("store");
-    let r = common::run(&store, &[ctx.to_str().unwrap(), "-q"], &[]).ok();
+    let r = common::kb(&store, [ctx.to_str().unwrap(), "-q"]).ok();
     assert!(
         r.stdout.starts_with("sha256:") && r.stdout.lines().count() == 1,
         "{:?}",
@@ -161,12 +152,9 @@ fn archives_get_the_mode_of_any_new_file() {
     for (kind, name) in [("docker", "d.tar"), ("oci", "o.tar"), ("tar", "t.tar")] {
         let dest = t.path().join(name);
         let output = format!("type={kind},dest={}", dest.display());
-        common::run(
-            &store,
-            &[ctx.to_str().unwrap(), "-t", "x/y:1", "-o", &output],
-            &[],
-        )
-        .ok();
+        common::kb(&store, [ctx.to_str().unwrap(), "-t", "x/y:1"])
+            .output(&output)
+            .ok();
         let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644, "{kind}");
     }
@@ -201,10 +189,9 @@ fn add_from_a_server_that_never_answers_fails_within_the_timeout() {
         &format!("FROM scratch\nADD http://{addr}/file.txt /file.txt\n"),
     );
     let started = std::time::Instant::now();
-    let r = common::run(
+    let r = common::kb(
         &t.path().join("store"),
-        &[ctx.to_str().unwrap(), "--registry-timeout", "2s"],
-        &[],
+        [ctx.to_str().unwrap(), "--registry-timeout", "2s"],
     )
     .fails();
     let took = started.elapsed();
@@ -227,12 +214,10 @@ fn builder_names_are_checked_before_building() {
     let store = t.path().join("store");
     let config = t.path().join("config");
     let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
-    let r = common::run(
-        &store,
-        &[ctx.to_str().unwrap(), "--builder", "nosuch"],
-        &env,
-    )
-    .fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap()])
+        .builder("nosuch")
+        .envs(&env)
+        .fails();
     assert!(
         common::error_lines(&r.stderr)
             .first()
@@ -241,9 +226,9 @@ fn builder_names_are_checked_before_building() {
         r.stderr
     );
     let socket = t.path().join("b.sock");
-    common::run(
+    common::kb(
         &store,
-        &[
+        [
             "create",
             "far",
             "--driver",
@@ -251,10 +236,13 @@ fn builder_names_are_checked_before_building() {
             "--endpoint",
             &format!("unix://{}", socket.display()),
         ],
-        &env,
     )
+    .envs(&env)
     .ok();
-    let r = common::run(&store, &[ctx.to_str().unwrap(), "--builder", "far"], &env).fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap()])
+        .builder("far")
+        .envs(&env)
+        .fails();
     // A remote builder builds through its daemon: none runs here.
     assert!(
         common::error_lines(&r.stderr)
@@ -270,7 +258,10 @@ fn builder_names_are_checked_before_building() {
     // cluster, is the embedded builder; its secret is not required.
     if require_root() {
         for name in ["buildkit", "local"] {
-            common::run(&store, &[ctx.to_str().unwrap(), "--builder", name], &env).ok();
+            common::kb(&store, [ctx.to_str().unwrap()])
+                .builder(name)
+                .envs(&env)
+                .ok();
         }
     }
 }
@@ -294,21 +285,11 @@ fn an_unreachable_push_registry_fails_before_any_step_runs() {
         "FROM scratch\nCOPY a.txt /marker-step\n",
     );
     let tag = format!("127.0.0.1:{port}/nowhere/img:1");
-    let r = common::run(
-        &t.path().join("store"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&t.path().join("store"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .fails();
     let errors: Vec<&str> = r
         .stderr
         .lines()

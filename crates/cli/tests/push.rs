@@ -67,20 +67,12 @@ fn setup(last: &str) -> Option<Setup> {
 }
 
 fn push(s: &Setup, tag: &str) -> Run {
-    run(
-        &s.store,
-        &[
-            s.ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/386",
-            "-t",
-            tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[("SOURCE_DATE_EPOCH", "1700000000")],
-    )
+    kb(&s.store, [s.ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/386")
+        .args(["-t", tag, "--push"])
+        .plain()
+        .envs(&[("SOURCE_DATE_EPOCH", "1700000000")])
+        .run()
 }
 
 fn marker_at(log: &[Logged]) -> usize {

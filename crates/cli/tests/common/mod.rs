@@ -131,12 +131,20 @@ pub fn busybox_image(store: &Path, platforms: &str) -> Option<&'static str> {
 /// [`kbuild_testkit::fixtures::skip_or_fail`] when not root or without the
 /// fixtures.
 pub fn busybox_store(platforms: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    let (t, store) = scratch_store()?;
+    busybox_image(&store, platforms)?;
+    Some((t, store))
+}
+
+/// A scratch directory and the path of a store in it (`DIR/store`, not
+/// yet made); `None` after [`kbuild_testkit::fixtures::skip_or_fail`] when
+/// not root, since the local builder mounts overlayfs.
+pub fn scratch_store() -> Option<(tempfile::TempDir, PathBuf)> {
     if !require_root() {
         return None;
     }
     let t = tempfile::tempdir().expect("make a temporary directory");
     let store = t.path().join("store");
-    busybox_image(&store, platforms)?;
     Some((t, store))
 }
 
