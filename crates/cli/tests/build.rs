@@ -10,23 +10,7 @@ use std::path::Path;
 
 /// Digests of the platform manifests in an index, keyed by platform.
 fn manifest_digests(index: &serde_json::Value) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut plat = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            );
-            if let Some(var) = p["variant"].as_str() {
-                plat = format!("{plat}/{var}");
-            }
-            (plat, m["digest"].as_str().unwrap().to_string())
-        })
-        .collect();
+    let mut v = common::index_entries(index);
     v.sort();
     v
 }
@@ -76,26 +60,8 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
             1,
             "{plat}: one COPY layer"
         );
-        let cfg = std::process::Command::new("skopeo")
-            .args([
-                "inspect",
-                "--config",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{repo}@{digest}"),
-            ])
-            .output()
-            .unwrap();
-        let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).unwrap();
-        let mut cplat = format!(
-            "{}/{}",
-            cfg["os"].as_str().unwrap(),
-            cfg["architecture"].as_str().unwrap()
-        );
-        if let Some(v) = cfg["variant"].as_str() {
-            cplat = format!("{cplat}/{v}");
-        }
-        assert_eq!(cplat, plat);
+        let cfg = common::skopeo_config_raw(&format!("{repo}@{digest}"));
+        assert_eq!(common::platform_name(&cfg), plat);
         assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["sh"]));
         assert!(
             cfg["config"]["Env"]
@@ -159,15 +125,8 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
         manifest_digests(&index),
         "reproducible with SOURCE_DATE_EPOCH"
     );
-    let st = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", &format!("oci:{}", layout.display())])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "skopeo reads the layout: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    // skopeo reads the layout.
+    common::skopeo_inspect_layout(&layout, "--raw");
 }
 
 #[test]
@@ -332,16 +291,7 @@ fn missing_copy_source_fails_and_tags_nothing() {
     )
     .fails();
     assert!(r.stderr.contains("nothere.txt"), "{}", r.stderr);
-    let st = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{tag}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(!st.status.success(), "no tag was pushed");
+    assert!(!common::registry_has(&tag), "no tag was pushed");
 }
 
 #[test]
@@ -759,16 +709,10 @@ fn ctrl_c_during_a_push_tags_nothing() {
         "{seen:#?}"
     );
     // The registry never got the tag.
-    let st = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/slow/img:1", reg.host()),
-        ])
-        .output()
-        .unwrap();
-    assert!(!st.status.success(), "no tag for the interrupted push");
+    assert!(
+        !common::registry_has(&format!("{}/slow/img:1", reg.host())),
+        "no tag for the interrupted push"
+    );
 }
 
 /// The body, the ETag, and the heads of the requests so far.

@@ -267,18 +267,7 @@ fn registry_cache_and_inline_cache_hit_in_another_store() {
         "application/vnd.kubectl-build.cache.config.v1+json"
     );
     let pushed = skopeo_raw(&image);
-    let config_out = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--config",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{image}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(config_out.status.success());
-    let config: serde_json::Value = serde_json::from_slice(&config_out.stdout).unwrap();
+    let config = common::skopeo_config_raw(&image);
     let inline = &config["moby.buildkit.cache.v0"];
     assert!(inline["records"].is_array(), "{config}");
     // The inline cache names only the image's own layers.

@@ -140,22 +140,9 @@ fn elf_machine(bytes: &[u8]) -> u16 {
 
 /// Platforms of an index, sorted.
 fn index_platforms(index: &serde_json::Value) -> Vec<String> {
-    let mut v: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            s
-        })
+    let mut v: Vec<String> = common::index_entries(index)
+        .into_iter()
+        .map(|(platform, _)| platform)
         .collect();
     v.sort();
     v

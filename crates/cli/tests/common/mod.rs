@@ -57,9 +57,51 @@ pub fn require_root() -> bool {
 pub const SEVEN: &str =
     "linux/amd64,linux/arm64,linux/arm/v7,linux/arm/v6,linux/386,linux/ppc64le,linux/s390x";
 
+/// `skopeo ARGS`, the independent reader of registries and layouts,
+/// asserting it succeeds; its standard output.
+pub fn skopeo<I, S>(args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new("skopeo");
+    cmd.args(args);
+    let out = cmd.output().expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `skopeo inspect --raw` of a pushed reference.
 pub fn skopeo_raw(reference: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
+    let out = skopeo([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]);
+    serde_json::from_slice(&out).expect("skopeo printed JSON")
+}
+
+/// `skopeo inspect --config --raw` of a pushed reference: its image config.
+pub fn skopeo_config_raw(reference: &str) -> serde_json::Value {
+    let out = skopeo([
+        "inspect",
+        "--config",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]);
+    serde_json::from_slice(&out).expect("skopeo printed JSON")
+}
+
+/// Whether the registry holds `reference` (a tag never pushed is not
+/// found by `skopeo inspect`).
+pub fn registry_has(reference: &str) -> bool {
+    Command::new("skopeo")
         .args([
             "inspect",
             "--raw",
@@ -67,13 +109,9 @@ pub fn skopeo_raw(reference: &str) -> serde_json::Value {
             &format!("docker://{reference}"),
         ])
         .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo printed JSON")
+        .expect("run skopeo")
+        .status
+        .success()
 }
 
 /// Write a file, creating parents.
@@ -176,15 +214,7 @@ pub fn layout_manifests(layout: &Path) -> Vec<(String, serde_json::Value)> {
         let doc = read_json(&layout_blob(layout, d["digest"].as_str().unwrap()));
         if doc["manifests"].is_array() {
             for m in doc["manifests"].as_array().unwrap() {
-                let p = &m["platform"];
-                let mut plat = format!(
-                    "{}/{}",
-                    p["os"].as_str().unwrap_or(""),
-                    p["architecture"].as_str().unwrap_or("")
-                );
-                if let Some(v) = p["variant"].as_str() {
-                    plat = format!("{plat}/{v}");
-                }
+                let plat = platform_name(&m["platform"]);
                 let man = read_json(&layout_blob(layout, m["digest"].as_str().unwrap()));
                 out.push((plat, man));
             }
@@ -193,6 +223,37 @@ pub fn layout_manifests(layout: &Path) -> Vec<(String, serde_json::Value)> {
         }
     }
     out
+}
+
+/// The platform of a descriptor's `platform` object, or of an image
+/// config, as `os/architecture[/variant]` (an absent field reads as empty,
+/// so the comparison that follows fails and shows it).
+pub fn platform_name(p: &serde_json::Value) -> String {
+    let mut name = format!(
+        "{}/{}",
+        p["os"].as_str().unwrap_or(""),
+        p["architecture"].as_str().unwrap_or("")
+    );
+    if let Some(v) = p["variant"].as_str() {
+        name = format!("{name}/{v}");
+    }
+    name
+}
+
+/// The manifests of an image index as (platform, digest), in the index's
+/// order.
+pub fn index_entries(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an index: {index:#}"))
+        .iter()
+        .map(|m| {
+            let digest = m["digest"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no digest in {m}"));
+            (platform_name(&m["platform"]), digest.to_string())
+        })
+        .collect()
 }
 
 /// The entry names of every layer of `manifest` (in layer order), read with
@@ -225,21 +286,13 @@ pub fn layer_entries(layout: &Path, manifest: &serde_json::Value) -> Vec<Vec<Str
 
 /// `skopeo copy` of a pushed reference into a fresh OCI layout directory.
 pub fn skopeo_to_layout(reference: &str, layout: &Path) {
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-            &format!("docker://{reference}"),
-            &format!("oci:{}:x", layout.display()),
-        ])
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{reference}"),
+        &format!("oci:{}:x", layout.display()),
+    ]);
 }
 
 /// Every regular file under `dir` whose bytes contain `needle`; files that
@@ -377,17 +430,8 @@ pub fn layout_put_blob(layout: &Path, bytes: &[u8]) -> String {
 /// `--config` for a single image's config), parsed: the independent reader
 /// of OCI layout directories.
 pub fn skopeo_inspect_layout(layout: &Path, flag: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", flag])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {flag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
+    let out = skopeo(["inspect", flag, &format!("oci:{}", layout.display())]);
+    serde_json::from_slice(&out).expect("skopeo prints JSON")
 }
 
 /// The file `name` of the last layer of each platform's image of the
@@ -426,20 +470,12 @@ pub fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, 
 /// Asserts `skopeo` reads `reference` with the credentials
 /// `user:password`.
 pub fn assert_readable_with(reference: &str, user: &str, password: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &format!("{user}:{password}"),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("{user}:{password}"),
+        &format!("docker://{reference}"),
+    ]);
 }
