@@ -479,3 +479,59 @@ pub fn assert_readable_with(reference: &str, user: &str, password: &str) {
         &format!("docker://{reference}"),
     ]);
 }
+
+/// The client's side of a Build session a test drives itself, without the
+/// binary: no progress shown, `login` for every registry, no secrets, and
+/// no output asked for.
+struct SessionClient {
+    login: Option<kbuild_registry::RegistryLogin>,
+}
+
+impl kbuild_driver::session::Local for SessionClient {
+    fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
+    fn credentials(
+        &self,
+        _: &str,
+    ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError> {
+        Ok(self.login.clone())
+    }
+    fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
+        Ok(None)
+    }
+    fn result(
+        &self,
+        output: u32,
+        _: Vec<u8>,
+        _: bool,
+    ) -> Result<(), kbuild_driver::session::LocalError> {
+        Err(format!("no output was asked for, got {output}").into())
+    }
+}
+
+/// One Build session straight to the daemon at `endpoint` (node
+/// `BUILDER0` of builder `builder`), the client's side answering `login`
+/// for every registry: what the daemon said when the build ended.
+pub fn direct_build(
+    builder: &str,
+    endpoint: String,
+    start: kbuild_proto::v1::BuildStart,
+    login: Option<kbuild_registry::RegistryLogin>,
+) -> kbuild_proto::v1::BuildDone {
+    let node = kbuild_driver::config::Node {
+        name: format!("{builder}0"),
+        endpoint,
+        platforms: Vec::new(),
+        tls: Default::default(),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(kbuild_driver::session::build(
+        builder,
+        &node,
+        &kbuild_driver::Direct,
+        start,
+        None,
+        std::sync::Arc::new(SessionClient { login }),
+        std::future::pending::<()>(),
+    ))
+    .expect("the session ends with BuildDone")
+}
