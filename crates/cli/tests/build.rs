@@ -240,17 +240,8 @@ fn unreachable_registry_is_one_clear_line() {
         [ctx.to_str().unwrap(), "-t", &tag, "--push"],
     )
     .fails();
-    let errs: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errs.len(), 1, "{}", r.stderr);
-    assert!(
-        errs[0].contains(&format!("127.0.0.1:{port}")),
-        "{}",
-        r.stderr
-    );
+    let error = r.error_line();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{}", r.stderr);
 }
 
 #[test]

@@ -135,6 +135,19 @@ fn index_platforms(index: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Asserts the build's summary line (`=> built ...`) names both nodes of
+/// builder `pair`.
+fn assert_split_over_the_pair(stderr: &str) {
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("=> built "))
+        .unwrap_or_default();
+    assert!(
+        summary.contains("on node pair0") && summary.contains("on node pair1"),
+        "split over both nodes:\n{stderr}"
+    );
+}
+
 fn builder<'a>(ls: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     ls.as_array()
         .expect("ls lists builders")
@@ -481,16 +494,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     let split = build("pair", &split_tag);
     let one_tag = format!("{}/cross/one:1", reg.host());
     let one = build("one", &one_tag);
-    let summary = split
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("=> built "))
-        .unwrap_or_default();
-    assert!(
-        summary.contains("on node pair0") && summary.contains("on node pair1"),
-        "{}",
-        split.stderr
-    );
+    assert_split_over_the_pair(&split.stderr);
     let digest = digest_of(&split.stderr);
     assert!(digest.starts_with("sha256:"), "{}", split.stderr);
     assert_eq!(
@@ -775,16 +779,7 @@ fn split_file_outputs_are_those_of_one_node() {
         &split_args.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .ok();
-    let summary = split
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("=> built "))
-        .unwrap_or_default();
-    assert!(
-        summary.contains("on node pair0") && summary.contains("on node pair1"),
-        "split over both nodes:\n{}",
-        split.stderr
-    );
+    assert_split_over_the_pair(&split.stderr);
     let one_args = outputs("one");
     build(
         "one",

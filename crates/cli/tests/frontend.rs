@@ -336,14 +336,9 @@ fn dry_run_reports_rules_decided_without_images() {
         write(&t.path().join("Dockerfile"), dockerfile);
         for mode in ["--dry-run", "--dry-run=json"] {
             let r = kb(&t.path().join("s"), [t.path().to_str().unwrap(), mode]).fails();
-            let errors: Vec<&str> = r
-                .stderr
-                .lines()
-                .filter(|l| l.starts_with("error:"))
-                .collect();
-            assert_eq!(errors.len(), 1, "{}", r.stderr);
-            assert!(errors[0].contains(line), "{}", r.stderr);
-            assert!(errors[0].contains(what), "{}", r.stderr);
+            let error = r.error_line();
+            assert!(error.contains(line), "{}", r.stderr);
+            assert!(error.contains(what), "{}", r.stderr);
             assert!(r.stdout.is_empty(), "{}", r.stdout);
         }
     }

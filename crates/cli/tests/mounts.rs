@@ -136,14 +136,9 @@ fn a_full_disk_fails_cleanly() {
         .args(["-t", "kbuild.test/full:1"])
         .output("type=image")
         .fails();
-    let errs: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errs.len(), 1, "{}", r.stderr);
+    let error = r.error_line();
     assert!(
-        errs[0].contains("No space left on device") || errs[0].contains("space"),
+        error.contains("No space left on device") || error.contains("space"),
         "{}",
         r.stderr
     );

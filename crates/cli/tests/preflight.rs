@@ -28,14 +28,12 @@ fn a_docker_archive_of_several_platforms_is_refused_before_building() {
 
 #[test]
 fn an_ordinary_user_is_told_at_once_that_the_local_builder_needs_root() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
+    };
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
-    let store = t.path().join("store");
     // As nobody: setpriv (util-linux) drops to its uid and groups.
     let as_nobody = || {
         common::Build::program("setpriv")
@@ -90,13 +88,11 @@ fn unsupported_buildx_flags_are_named() {
 
 #[test]
 fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
-    let store = t.path().join("store");
     let r = common::kb(&store, [ctx.to_str().unwrap(), "-q"]).ok();
     assert!(
         r.stdout.starts_with("sha256:") && r.stdout.lines().count() == 1,
@@ -140,13 +136,11 @@ fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
 
 #[test]
 fn archives_get_the_mode_of_any_new_file() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
-    let store = t.path().join("store");
     // SAFETY: umask has no failure mode; this test reads it back at once.
     let umask = unsafe { libc_umask(0o022) };
     for (kind, name) in [("docker", "d.tar"), ("oci", "o.tar"), ("tar", "t.tar")] {
@@ -290,21 +284,16 @@ fn an_unreachable_push_registry_fails_before_any_step_runs() {
         .args(["-t", &tag, "--push"])
         .plain()
         .fails();
-    let errors: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let error = r.error_line();
     assert!(
-        errors[0].contains(&format!("cannot reach registry 127.0.0.1:{port}"))
-            && errors[0].contains("http://")
-            && errors[0].contains("check that the registry runs at that address"),
+        error.contains(&format!("cannot reach registry 127.0.0.1:{port}"))
+            && error.contains("http://")
+            && error.contains("check that the registry runs at that address"),
         "{}",
-        errors[0]
+        error
     );
     // Plain HTTP was already used: no advice to allow it.
-    assert!(!errors[0].contains("--insecure-registry"), "{}", errors[0]);
+    assert!(!error.contains("--insecure-registry"), "{}", error);
     // No step ran: the COPY never shows in the progress.
     assert!(!r.stderr.contains("marker-step"), "{}", r.stderr);
 }

@@ -44,19 +44,14 @@ fn a_registry_that_never_answers_fails_the_push_within_the_limits() {
         "{:?}",
         started.elapsed()
     );
-    let error: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(error.len(), 1, "{}", out.stderr);
+    let error = out.error_line();
     assert!(
-        error[0].contains(&format!("registry {}", proxy.host()))
-            && error[0].contains("sent no reply within 1s")
-            && error[0].contains("PUT manifest")
-            && error[0].contains("--registry-timeout response="),
+        error.contains(&format!("registry {}", proxy.host()))
+            && error.contains("sent no reply within 1s")
+            && error.contains("PUT manifest")
+            && error.contains("--registry-timeout response="),
         "{}",
-        error[0]
+        error
     );
     assert!(proxy.faults_injected() >= 1);
     assert!(

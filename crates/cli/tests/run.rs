@@ -66,11 +66,7 @@ fn failing_run_names_the_step_and_exit_code() {
         "FROM kbuild.test/busybox:latest\nRUN false\n",
     );
     let r = kb(&store, [&ctx]).platform("linux/amd64").plain().fails();
-    let errors: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let errors = r.error_lines();
     assert_eq!(errors.len(), 1, "one error line:\n{}", r.stderr);
     let line = errors[0];
     assert_eq!(
