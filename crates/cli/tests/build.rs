@@ -30,12 +30,15 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     let env = [("SOURCE_DATE_EPOCH", "1700000000")];
     let ctx_s = ctx.to_str().unwrap();
 
-    let first = kb(&store, [ctx_s])
-        .platform(SEVEN)
-        .args(["-t", &tag, "--push"])
-        .plain()
-        .envs(&env)
-        .ok();
+    let push = || {
+        kb(&store, [ctx_s])
+            .platform(SEVEN)
+            .args(["-t", &tag, "--push"])
+            .plain()
+            .envs(&env)
+            .ok()
+    };
+    let first = push();
     assert!(first.stderr.contains("DONE"), "{}", first.stderr);
 
     let index = skopeo_raw(&tag);
@@ -74,12 +77,7 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     }
 
     // Second run: every step from the cache, same digest.
-    let second = kb(&store, [ctx_s])
-        .platform(SEVEN)
-        .args(["-t", &tag, "--push"])
-        .plain()
-        .envs(&env)
-        .ok();
+    let second = push();
     let cached = second
         .stderr
         .lines()

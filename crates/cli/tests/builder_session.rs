@@ -290,17 +290,7 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
     }
     let env = common::client();
     let (user, password) = ("olduser", unique("oldpw"));
-    let keys = env.path("token-keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let Some((tokens, files)) = kbuild_testkit::fixtures::started(
-        "token server",
-        TokenServer::start(std::net::Ipv4Addr::LOCALHOST, &keys, user, &password),
-    ) else {
-        return;
-    };
-    let Some(registry) =
-        kbuild_testkit::fixtures::started("registry", TestRegistry::start_with_token_auth(&files))
-    else {
+    let Some((tokens, registry)) = common::token_registry(&env, user, &password) else {
         return;
     };
     let reg = registry.host();

@@ -759,22 +759,7 @@ fn push_with_bearer_tokens_only_on_the_client() {
     let env = common::client();
     let user = "tokenuser";
     let password = unique("tokenpw");
-    let keys = env.path("token-keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let Some((tokens, files)) = kbuild_testkit::fixtures::started(
-        "token server",
-        kbuild_testkit::token::TokenServer::start(
-            std::net::Ipv4Addr::LOCALHOST,
-            &keys,
-            user,
-            &password,
-        ),
-    ) else {
-        return;
-    };
-    let Some(registry) =
-        kbuild_testkit::fixtures::started("registry", TestRegistry::start_with_token_auth(&files))
-    else {
+    let Some((tokens, registry)) = common::token_registry(&env, user, &password) else {
         return;
     };
     let mut daemon = serve_builder(&env, "bearer", &[]);
@@ -1230,31 +1215,6 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
     if !require_root() {
         return;
     }
-    struct Silent(std::sync::mpsc::SyncSender<()>);
-    impl kbuild_driver::session::Local for Silent {
-        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(
-            &self,
-            _: &str,
-        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
-        {
-            // Asked: tell the test, which cancels the build, and never answer.
-            let _ = self.0.try_send(());
-            std::thread::sleep(Duration::from_secs(3));
-            Err("not answered".into())
-        }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
-            Ok(None)
-        }
-        fn result(
-            &self,
-            output: u32,
-            _: Vec<u8>,
-            _: bool,
-        ) -> Result<(), kbuild_driver::session::LocalError> {
-            Err(format!("no output was asked for, got {output}").into())
-        }
-    }
     let Some(registry) = kbuild_testkit::fixtures::started(
         "registry",
         TestRegistry::start_with_htpasswd("user", "password"),
@@ -1263,12 +1223,10 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
     };
     let env = common::client();
     let mut daemon = serve_builder(&env, "asking", &[]);
-    let node = kbuild_driver::config::Node {
-        name: "asking0".into(),
-        endpoint: format!("unix://{}", env.path("asking.sock").display()),
-        platforms: Vec::new(),
-        tls: Default::default(),
-    };
+    let node = common::direct_node(
+        "asking",
+        format!("unix://{}", env.path("asking.sock").display()),
+    );
     let start = kbuild_proto::v1::BuildStart {
         dockerfile: format!("FROM {}/private/base:1\n", registry.host()).into_bytes(),
         dockerfile_path: "Dockerfile".into(),
@@ -1287,7 +1245,12 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
             &kbuild_driver::Direct,
             start,
             None,
-            std::sync::Arc::new(Silent(asked_tx)),
+            common::session_client(move |_| {
+                // Asked: tell the test, which cancels the build, and never answer.
+                let _ = asked_tx.try_send(());
+                std::thread::sleep(Duration::from_secs(3));
+                Err("not answered".into())
+            }),
             async {
                 let _ = cancel_rx.await;
             },

@@ -480,20 +480,30 @@ pub fn assert_readable_with(reference: &str, user: &str, password: &str) {
     ]);
 }
 
+/// What the client's side of a session answers when asked for a registry's
+/// credentials.
+type Credentials =
+    Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>;
+
 /// The client's side of a Build session a test drives itself, without the
-/// binary: no progress shown, `login` for every registry, no secrets, and
-/// no output asked for.
-struct SessionClient {
-    login: Option<kbuild_registry::RegistryLogin>,
+/// binary: no progress shown, registry credentials from `credentials` (of
+/// the registry host), no secrets, and no output asked for.
+pub fn session_client<F>(credentials: F) -> std::sync::Arc<dyn kbuild_driver::session::Local>
+where
+    F: Fn(&str) -> Credentials + Send + Sync + 'static,
+{
+    std::sync::Arc::new(SessionClient(credentials))
 }
 
-impl kbuild_driver::session::Local for SessionClient {
+struct SessionClient<F>(F);
+
+impl<F> kbuild_driver::session::Local for SessionClient<F>
+where
+    F: Fn(&str) -> Credentials + Send + Sync + 'static,
+{
     fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-    fn credentials(
-        &self,
-        _: &str,
-    ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError> {
-        Ok(self.login.clone())
+    fn credentials(&self, host: &str) -> Credentials {
+        (self.0)(host)
     }
     fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
         Ok(None)
@@ -508,21 +518,27 @@ impl kbuild_driver::session::Local for SessionClient {
     }
 }
 
-/// One Build session straight to the daemon at `endpoint` (node
-/// `BUILDER0` of builder `builder`), the client's side answering `login`
-/// for every registry: what the daemon said when the build ended.
+/// Node `BUILDER0` of builder `builder`, the daemon at `endpoint`, for a
+/// session a test opens itself.
+pub fn direct_node(builder: &str, endpoint: String) -> kbuild_driver::config::Node {
+    kbuild_driver::config::Node {
+        name: format!("{builder}0"),
+        endpoint,
+        platforms: Vec::new(),
+        tls: Default::default(),
+    }
+}
+
+/// One Build session straight to the daemon at `endpoint` (see
+/// [`direct_node`]), the client's side answering `login` for every
+/// registry: what the daemon said when the build ended.
 pub fn direct_build(
     builder: &str,
     endpoint: String,
     start: kbuild_proto::v1::BuildStart,
     login: Option<kbuild_registry::RegistryLogin>,
 ) -> kbuild_proto::v1::BuildDone {
-    let node = kbuild_driver::config::Node {
-        name: format!("{builder}0"),
-        endpoint,
-        platforms: Vec::new(),
-        tls: Default::default(),
-    };
+    let node = direct_node(builder, endpoint);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(kbuild_driver::session::build(
         builder,
@@ -530,8 +546,37 @@ pub fn direct_build(
         &kbuild_driver::Direct,
         start,
         None,
-        std::sync::Arc::new(SessionClient { login }),
+        session_client(move |_| Ok(login.clone())),
         std::future::pending::<()>(),
     ))
     .expect("the session ends with BuildDone")
+}
+
+/// A token server on the loopback address granting `user`/`password` (its
+/// keys under `client`'s directory) and a registry that wants its Bearer
+/// tokens; `None` after [`kbuild_testkit::fixtures::skip_or_fail`].
+pub fn token_registry(
+    client: &Client,
+    user: &str,
+    password: &str,
+) -> Option<(
+    kbuild_testkit::token::TokenServer,
+    kbuild_testkit::registry::TestRegistry,
+)> {
+    let keys = client.path("token-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (tokens, files) = kbuild_testkit::fixtures::started(
+        "token server",
+        kbuild_testkit::token::TokenServer::start(
+            std::net::Ipv4Addr::LOCALHOST,
+            &keys,
+            user,
+            password,
+        ),
+    )?;
+    let registry = kbuild_testkit::fixtures::started(
+        "registry",
+        kbuild_testkit::registry::TestRegistry::start_with_token_auth(&files),
+    )?;
+    Some((tokens, registry))
 }
