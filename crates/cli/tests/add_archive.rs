@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{error_lines, require_root, run, write};
+use common::{error_lines, kb, require_root, write};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -107,19 +107,11 @@ fn add_refuses_archive_entries_that_leave_the_destination() {
             &format!("FROM scratch\nADD {file} /dst/\n"),
         );
         let out = t.path().join(format!("out-{file}"));
-        let r = run(
-            &t.path().join("s"),
-            &[
-                ctx.to_str().unwrap(),
-                "--platform",
-                "linux/amd64",
-                "-o",
-                &format!("type=local,dest={}", out.display()),
-                "--progress",
-                "plain",
-            ],
-            &[],
-        );
+        let r = kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+            .platform("linux/amd64")
+            .output(format!("type=local,dest={}", out.display()))
+            .plain()
+            .run();
         assert_ne!(r.code, 0, "{file}: {}", r.stderr);
         let errors = error_lines(&r.stderr);
         assert!(

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{require_root, run, write};
+use common::{kb, require_root, write};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -133,19 +133,11 @@ fn add_of_a_git_repository_checks_out_refs_and_subdirectories() {
     );
     let store = t.path().join("s");
     let build = |dest: &str| {
-        run(
-            &store,
-            &[
-                ctx.to_str().unwrap(),
-                "--platform",
-                "linux/amd64",
-                "--progress",
-                "plain",
-                "-o",
-                &format!("type=local,dest={}", t.path().join(dest).display()),
-            ],
-            &[],
-        )
+        kb(&store, [ctx.to_str().unwrap()])
+            .platform("linux/amd64")
+            .plain()
+            .output(format!("type=local,dest={}", t.path().join(dest).display()))
+            .run()
     };
     let r = build("o1").ok();
     let o = t.path().join("o1");

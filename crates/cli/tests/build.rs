@@ -4,29 +4,13 @@
 
 mod common;
 
-use common::{require_root, run, skopeo_raw, write, SEVEN};
+use common::{kb, require_root, run, skopeo_raw, write, SEVEN};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::Path;
 
 /// Digests of the platform manifests in an index, keyed by platform.
 fn manifest_digests(index: &serde_json::Value) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut plat = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            );
-            if let Some(var) = p["variant"].as_str() {
-                plat = format!("{plat}/{var}");
-            }
-            (plat, m["digest"].as_str().unwrap().to_string())
-        })
-        .collect();
+    let mut v = common::index_entries(index);
     v.sort();
     v
 }
@@ -46,21 +30,15 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     let env = [("SOURCE_DATE_EPOCH", "1700000000")];
     let ctx_s = ctx.to_str().unwrap();
 
-    let first = run(
-        &store,
-        &[
-            ctx_s,
-            "--platform",
-            SEVEN,
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &env,
-    )
-    .ok();
+    let push = || {
+        kb(&store, [ctx_s])
+            .platform(SEVEN)
+            .args(["-t", &tag, "--push"])
+            .plain()
+            .envs(&env)
+            .ok()
+    };
+    let first = push();
     assert!(first.stderr.contains("DONE"), "{}", first.stderr);
 
     let index = skopeo_raw(&tag);
@@ -85,26 +63,8 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
             1,
             "{plat}: one COPY layer"
         );
-        let cfg = std::process::Command::new("skopeo")
-            .args([
-                "inspect",
-                "--config",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{repo}@{digest}"),
-            ])
-            .output()
-            .unwrap();
-        let cfg: serde_json::Value = serde_json::from_slice(&cfg.stdout).unwrap();
-        let mut cplat = format!(
-            "{}/{}",
-            cfg["os"].as_str().unwrap(),
-            cfg["architecture"].as_str().unwrap()
-        );
-        if let Some(v) = cfg["variant"].as_str() {
-            cplat = format!("{cplat}/{v}");
-        }
-        assert_eq!(cplat, plat);
+        let cfg = common::skopeo_config_raw(&format!("{repo}@{digest}"));
+        assert_eq!(common::platform_name(&cfg), plat);
         assert_eq!(cfg["config"]["Cmd"], serde_json::json!(["sh"]));
         assert!(
             cfg["config"]["Env"]
@@ -117,21 +77,7 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
     }
 
     // Second run: every step from the cache, same digest.
-    let second = run(
-        &store,
-        &[
-            ctx_s,
-            "--platform",
-            SEVEN,
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &env,
-    )
-    .ok();
+    let second = push();
     let cached = second
         .stderr
         .lines()
@@ -146,20 +92,12 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
 
     // The same build to an OCI layout tarball, in a fresh store, gives the same manifests.
     let oci = t.path().join("x.tar");
-    let third = run(
-        &t.path().join("store2"),
-        &[
-            ctx_s,
-            "--platform",
-            SEVEN,
-            "-o",
-            &format!("type=oci,dest={}", oci.display()),
-            "--progress",
-            "quiet",
-        ],
-        &env,
-    )
-    .ok();
+    let third = kb(&t.path().join("store2"), [ctx_s])
+        .platform(SEVEN)
+        .output(format!("type=oci,dest={}", oci.display()))
+        .quiet()
+        .envs(&env)
+        .ok();
     let layout = t.path().join("layout");
     std::fs::create_dir(&layout).unwrap();
     let st = std::process::Command::new("tar")
@@ -185,27 +123,16 @@ fn seven_platforms_push_one_index_cache_and_reproduce() {
         manifest_digests(&index),
         "reproducible with SOURCE_DATE_EPOCH"
     );
-    let st = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", &format!("oci:{}", layout.display())])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "skopeo reads the layout: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    // skopeo reads the layout.
+    common::skopeo_inspect_layout(&layout, "--raw");
 }
 
 #[test]
 fn copy_chown_workdir_stages_and_local_output() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("app/main.txt"), "hello\n");
     write(&ctx.join("app/skip.log"), "no\n");
@@ -231,20 +158,11 @@ fn copy_chown_workdir_stages_and_local_output() {
     );
     // The busybox fixture's /etc/passwd and /etc/group name nobody/nogroup.
     let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .output(format!("type=local,dest={}", out.display()))
+        .plain()
+        .ok();
     use std::os::unix::fs::MetadataExt;
     let f = out.join("srv/data/main.txt");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "hello\n");
@@ -275,14 +193,10 @@ fn copy_chown_workdir_stages_and_local_output() {
 
 #[test]
 fn docker_archive_loads_and_runs_in_dockerd() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("hello.txt"), "hello from kubectl-build\n");
     write(
@@ -290,20 +204,11 @@ fn docker_archive_loads_and_runs_in_dockerd() {
         &format!("FROM {base}\nCOPY hello.txt /srv/\nCMD [\"cat\", \"/srv/hello.txt\"]\n"),
     );
     let tarball = t.path().join("img.tar");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild-test/hello:1",
-            "-o",
-            &format!("type=docker,dest={}", tarball.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", "kbuild-test/hello:1"])
+        .output(format!("type=docker,dest={}", tarball.display()))
+        .ok();
     let Some(d) =
         kbuild_testkit::fixtures::started("dockerd", kbuild_testkit::dockerd::Dockerd::start())
     else {
@@ -328,43 +233,26 @@ fn unreachable_registry_is_one_clear_line() {
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a /a\n");
     let port = kbuild_testkit::registry::free_port().unwrap();
     let tag = format!("127.0.0.1:{port}/x/y:1");
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[ctx.to_str().unwrap(), "-t", &tag, "--push"],
-        &[],
+        [ctx.to_str().unwrap(), "-t", &tag, "--push"],
     )
     .fails();
-    let errs: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errs.len(), 1, "{}", r.stderr);
-    assert!(
-        errs[0].contains(&format!("127.0.0.1:{port}")),
-        "{}",
-        r.stderr
-    );
+    let error = r.error_line();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{}", r.stderr);
 }
 
 #[test]
 fn missing_base_image_platform_lists_what_it_has() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64,linux/arm64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), &format!("FROM {base}\n"));
-    let r = run(
-        &store,
-        &[ctx.to_str().unwrap(), "--platform", "linux/s390x"],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/s390x")
+        .fails();
     assert!(r.stderr.contains("linux/s390x"), "{}", r.stderr);
     assert!(
         r.stderr.contains("linux/amd64") && r.stderr.contains("linux/arm64"),
@@ -386,32 +274,20 @@ fn missing_copy_source_fails_and_tags_nothing() {
         "FROM scratch\nCOPY nothere.txt /x\n",
     );
     let tag = format!("{}/x/y:1", reg.host());
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[ctx.to_str().unwrap(), "-t", &tag, "--push"],
-        &[],
+        [ctx.to_str().unwrap(), "-t", &tag, "--push"],
     )
     .fails();
     assert!(r.stderr.contains("nothere.txt"), "{}", r.stderr);
-    let st = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{tag}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(!st.status.success(), "no tag was pushed");
+    assert!(!common::registry_has(&tag), "no tag was pushed");
 }
 
 #[test]
 fn windows_stage_writes_windows_layer_layout() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("app.exe"), "MZ not really a program\n");
     write(&ctx.join("base.txt"), "base\n");
@@ -421,39 +297,27 @@ fn windows_stage_writes_windows_layer_layout() {
         &ctx.join("Dockerfile.base"),
         "FROM scratch\nCOPY base.txt C:\\\\base.txt\n",
     );
-    run(
+    kb(
         &store,
-        &[
+        [
             ctx.to_str().unwrap(),
             "-f",
             ctx.join("Dockerfile.base").to_str().unwrap(),
-            "--platform",
-            "windows/amd64",
-            "-t",
-            "kbuild.test/winbase:1",
-            "-o",
-            "type=image",
         ],
-        &[],
     )
+    .platform("windows/amd64")
+    .args(["-t", "kbuild.test/winbase:1"])
+    .output("type=image")
     .ok();
     write(
         &ctx.join("Dockerfile"),
         "FROM kbuild.test/winbase:1 AS release-windows\nWORKDIR C:\\\\app\nCOPY app.exe .\nENTRYPOINT [\"C:\\\\app\\\\app.exe\"]\n",
     );
     let layout = t.path().join("layout");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "windows/amd64",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("windows/amd64")
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .ok();
     let (_, manifest) = common::layout_manifests(&layout).remove(0);
     let config = common::read_json(&common::layout_blob(
         &layout,
@@ -529,18 +393,10 @@ fn add_url_with_checksum() {
         ),
     );
     let out = t.path().join("out");
-    run(
-        &t.path().join("s"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .output(format!("type=local,dest={}", out.display()))
+        .ok();
     use std::os::unix::fs::MetadataExt;
     let f = out.join("dl/hello.txt");
     assert_eq!(std::fs::read(&f).unwrap(), BODY);
@@ -559,18 +415,13 @@ fn add_url_with_checksum() {
             "0".repeat(64)
         ),
     );
-    let r = run(
-        &t.path().join("s"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", t.path().join("out2").display()),
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .output(format!(
+            "type=local,dest={}",
+            t.path().join("out2").display()
+        ))
+        .fails();
     assert!(r.stderr.contains("checksum mismatch"), "{}", r.stderr);
     assert!(
         !t.path().join("out2").exists(),
@@ -580,37 +431,23 @@ fn add_url_with_checksum() {
 
 #[test]
 fn prune_keeps_images_and_drops_the_rest() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("a.txt"), "kept\n");
     write(&ctx.join("b.txt"), "dropped\n");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild.test/keep:1",
-            "-o",
-            "type=image",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", "kbuild.test/keep:1"])
+        .output("type=image")
+        .ok();
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY b.txt /\n");
-    run(
-        &store,
-        &[ctx.to_str().unwrap(), "--platform", "linux/amd64"],
-        &[],
-    )
-    .ok();
-    let r = run(&store, &["prune", "--all"], &[]).ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .ok();
+    let r = kb(&store, ["prune", "--all"]).ok();
     assert!(r.stdout.starts_with("removed "), "{}", r.stdout);
     assert!(
         !r.stdout.starts_with("removed 0 blobs"),
@@ -623,23 +460,15 @@ fn prune_keeps_images_and_drops_the_rest() {
         "FROM kbuild.test/keep:1\nCOPY b.txt /\n",
     );
     let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .output(format!("type=local,dest={}", out.display()))
+        .ok();
     assert_eq!(
         std::fs::read_to_string(out.join("a.txt")).unwrap(),
         "kept\n"
     );
-    let again = run(&store, &["prune"], &[]).ok();
+    let again = kb(&store, ["prune"]).ok();
     assert!(again.stdout.contains("removed"), "{}", again.stdout);
 }
 
@@ -653,21 +482,13 @@ fn zstd_layers_on_request() {
     write(&ctx.join("a.txt"), "zstd please\n");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
     let layout = t.path().join("layout");
-    run(
-        &t.path().join("s"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!(
-                "type=oci,dest={},tar=false,compression=zstd",
-                layout.display()
-            ),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .output(format!(
+            "type=oci,dest={},tar=false,compression=zstd",
+            layout.display()
+        ))
+        .ok();
     let (_, m) = common::layout_manifests(&layout).remove(0);
     assert_eq!(
         m["layers"][0]["mediaType"],
@@ -708,28 +529,19 @@ fn iidfile_metadata_file_and_tar_output() {
     let iid = t.path().join("iid");
     let meta = t.path().join("meta.json");
     let tarball = t.path().join("fs.tar");
-    let r = run(
-        &t.path().join("s"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            "kbuild.test/meta:1",
-            "-o",
-            "type=image",
-            "-o",
-            &format!("type=tar,dest={}", tarball.display()),
+    let r = kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/arm64")
+        .args(["-t", "kbuild.test/meta:1"])
+        .output("type=image")
+        .output(format!("type=tar,dest={}", tarball.display()))
+        .args([
             "--iidfile",
             iid.to_str().unwrap(),
             "--metadata-file",
             meta.to_str().unwrap(),
-            "--progress",
-            "quiet",
-        ],
-        &[],
-    )
-    .ok();
+        ])
+        .quiet()
+        .ok();
     let digest = std::fs::read_to_string(&iid).unwrap();
     assert!(
         digest.starts_with("sha256:") && digest.len() == 71,
@@ -773,20 +585,16 @@ fn pull_re_resolves_the_base_image() {
             "FROM scratch\nCOPY v.txt /v.txt\n",
         );
         // A separate store: the build store only learns of the base by pulling.
-        run(
+        kb(
             &t.path().join("basestore"),
-            &[
+            [
                 ctx.to_str().unwrap(),
                 "-f",
                 ctx.join("Dockerfile.base").to_str().unwrap(),
-                "--platform",
-                "linux/amd64",
-                "-t",
-                &base,
-                "--push",
             ],
-            &[],
         )
+        .platform("linux/amd64")
+        .args(["-t", &base, "--push"])
         .ok();
     };
     let build = |extra: &[&str], dest: &Path| {
@@ -890,16 +698,10 @@ fn ctrl_c_during_a_push_tags_nothing() {
         "{seen:#?}"
     );
     // The registry never got the tag.
-    let st = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{}/slow/img:1", reg.host()),
-        ])
-        .output()
-        .unwrap();
-    assert!(!st.status.success(), "no tag for the interrupted push");
+    assert!(
+        !common::registry_has(&format!("{}/slow/img:1", reg.host())),
+        "no tag for the interrupted push"
+    );
 }
 
 /// The body, the ETag, and the heads of the requests so far.
@@ -976,20 +778,11 @@ fn add_url_asks_the_server_only_when_it_must() {
     let ctx = t.path().join("ctx");
     let store = t.path().join("s");
     let build = |dest: &str| {
-        run(
-            &store,
-            &[
-                ctx.to_str().unwrap(),
-                "--platform",
-                "linux/amd64",
-                "--progress",
-                "plain",
-                "-o",
-                &format!("type=local,dest={}", t.path().join(dest).display()),
-            ],
-            &[],
-        )
-        .ok()
+        kb(&store, [ctx.to_str().unwrap()])
+            .platform("linux/amd64")
+            .plain()
+            .output(format!("type=local,dest={}", t.path().join(dest).display()))
+            .ok()
     };
 
     // With --checksum, a cached ADD needs no request at all.

@@ -26,6 +26,25 @@ fn tokens_handed(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// A `kubectl-build serve` daemon with its store in `client`'s directory,
+/// listening on the unix socket `SOCKET.sock` there, its log filtered by
+/// `log` (`KUBECTL_BUILD_LOG`), started through `env`, the `env` program
+/// (on a test host, or here): the daemon and its address.
+fn logging_daemon(mut env: Command, client: &Client, socket: &str, log: &str) -> (Daemon, String) {
+    let addr = format!(
+        "unix://{}",
+        client.path(&format!("{socket}.sock")).display()
+    );
+    env.arg(format!("KUBECTL_BUILD_LOG={log}"))
+        .arg(bin())
+        .arg("--root")
+        .arg(client.path("daemon-root"))
+        .args(["serve", "--addr", &addr]);
+    let mut daemon = Daemon::spawn(env);
+    daemon.listening("unix://");
+    (daemon, addr)
+}
+
 /// A push through a daemon on another host to a registry that wants Bearer
 /// tokens: the daemon gets tokens from the client for exactly the scopes
 /// it needs (the base image's pull, the target's push, the mount of the
@@ -42,31 +61,26 @@ fn a_daemon_gets_scoped_tokens_and_never_the_login() {
     let (user, password) = ("tokenuser", unique("tokenpw"));
     let keys = env.path("token-keys");
     std::fs::create_dir_all(&keys).unwrap();
-    let (tokens, files) = match TokenServer::start(gateway, &keys, user, &password) {
-        Ok(t) => t,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("token server: {e}"));
-            return;
-        }
+    let Some((tokens, files)) = kbuild_testkit::fixtures::started(
+        "token server",
+        TokenServer::start(gateway, &keys, user, &password),
+    ) else {
+        return;
     };
-    let registry = match TestRegistry::start_with_token_auth_on(gateway, &files) {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
-            return;
-        }
+    let Some(registry) = kbuild_testkit::fixtures::started(
+        "registry",
+        TestRegistry::start_with_token_auth_on(gateway, &files),
+    ) else {
+        return;
     };
     let reg = registry.host();
     // The daemon, logging what kind of credentials it is handed.
-    let addr = format!("unix://{}", env.path("tokens.sock").display());
-    let mut cmd = host.command("env");
-    cmd.arg("KUBECTL_BUILD_LOG=kbuild_serve=debug,kbuild_registry=debug")
-        .arg(bin())
-        .arg("--root")
-        .arg(env.path("daemon-root"))
-        .args(["serve", "--addr", &addr]);
-    let mut daemon = Daemon::spawn(cmd);
-    daemon.listening("unix://");
+    let (daemon, addr) = logging_daemon(
+        host.command("env"),
+        &env,
+        "tokens",
+        "kbuild_serve=debug,kbuild_registry=debug",
+    );
     env.kb(["create", "tokens", "--endpoint", &addr]).ok();
 
     let (auth, config) = docker_config(&reg, user, &password);
@@ -276,39 +290,11 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
     }
     let env = common::client();
     let (user, password) = ("olduser", unique("oldpw"));
-    let keys = env.path("token-keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let (tokens, files) =
-        match TokenServer::start(std::net::Ipv4Addr::LOCALHOST, &keys, user, &password) {
-            Ok(t) => t,
-            Err(e) => {
-                kbuild_testkit::fixtures::skip_or_fail(&format!("token server: {e}"));
-                return;
-            }
-        };
-    let registry = match TestRegistry::start_with_token_auth(&files) {
-        Ok(r) => r,
-        Err(e) => {
-            kbuild_testkit::fixtures::skip_or_fail(&format!("registry: {e}"));
-            return;
-        }
+    let Some((tokens, registry)) = common::token_registry(&env, user, &password) else {
+        return;
     };
     let reg = registry.host();
-    let addr = format!("unix://{}", env.path("old.sock").display());
-    let mut cmd = Command::new("env");
-    cmd.arg("KUBECTL_BUILD_LOG=kbuild_serve=debug")
-        .arg(bin())
-        .arg("--root")
-        .arg(env.path("daemon-root"))
-        .args(["serve", "--addr", &addr]);
-    let mut daemon = Daemon::spawn(cmd);
-    daemon.listening("unix://");
-    let node = kbuild_driver::config::Node {
-        name: "old0".into(),
-        endpoint: addr,
-        platforms: Vec::new(),
-        tls: Default::default(),
-    };
+    let (daemon, addr) = logging_daemon(Command::new("env"), &env, "old", "kbuild_serve=debug");
     let app = format!("{reg}/old/app:1");
     let start = kbuild_proto::v1::BuildStart {
         dockerfile: b"FROM scratch\nLABEL made.by=an-older-client\n".to_vec(),
@@ -324,20 +310,7 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
         password: Some(password.clone()),
         identity_token: None,
     };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let done = rt
-        .block_on(kbuild_driver::session::build(
-            "old",
-            &node,
-            &kbuild_driver::Direct,
-            start,
-            None,
-            std::sync::Arc::new(common::CredentialsOnly(move |_: &str| {
-                Ok(Some(login.clone()))
-            })),
-            std::future::pending::<()>(),
-        ))
-        .expect("the session ends with BuildDone");
+    let done = common::direct_build("old", addr, start, Some(login));
     assert_eq!(done.error, "", "{done:?}");
     let (_, log) = daemon.terminate();
     assert!(

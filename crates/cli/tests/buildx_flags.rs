@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{build_local, context, error_lines, require_root, skopeo_raw, write};
+use common::{build_local, context, error_lines, skopeo_raw, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::{Path, PathBuf};
 
@@ -336,11 +336,9 @@ fn shm_size_sets_the_dev_shm_tmpfs_of_run() {
 
 #[test]
 fn provenance_is_an_attestation_manifest_per_image_as_buildkit_attaches_it() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let Some(reg) = registry() else {
         return;
     };

@@ -28,6 +28,18 @@ fn store(t: &Path, name: &str) -> Option<PathBuf> {
     Some(store)
 }
 
+/// As root, a registry, a scratch directory and the [`store`] `a` in it;
+/// `None` after [`kbuild_testkit::fixtures::skip_or_fail`].
+fn registry_and_store() -> Option<(TestRegistry, tempfile::TempDir, PathBuf)> {
+    if !require_root() {
+        return None;
+    }
+    let reg = kbuild_testkit::fixtures::started("registry", TestRegistry::start())?;
+    let t = tempfile::tempdir().unwrap();
+    let a = store(t.path(), "a")?;
+    Some((reg, t, a))
+}
+
 /// A two-stage build: the builder stage's RUN and the final stage's RUN
 /// each log a line to the store's cache mount `witness`.
 fn context(t: &Path, input: &str) -> PathBuf {
@@ -234,14 +246,7 @@ fn local_cache_min_and_max_hit_in_another_store() {
 
 #[test]
 fn registry_cache_and_inline_cache_hit_in_another_store() {
-    if !require_root() {
-        return;
-    }
-    let Some(reg) = kbuild_testkit::fixtures::started("registry", TestRegistry::start()) else {
-        return;
-    };
-    let t = tempfile::tempdir().unwrap();
-    let Some(a) = store(t.path(), "a") else {
+    let Some((reg, t, a)) = registry_and_store() else {
         return;
     };
     let ctx = context(t.path(), "reg");
@@ -267,18 +272,7 @@ fn registry_cache_and_inline_cache_hit_in_another_store() {
         "application/vnd.kubectl-build.cache.config.v1+json"
     );
     let pushed = skopeo_raw(&image);
-    let config_out = std::process::Command::new("skopeo")
-        .args([
-            "inspect",
-            "--config",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{image}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(config_out.status.success());
-    let config: serde_json::Value = serde_json::from_slice(&config_out.stdout).unwrap();
+    let config = common::skopeo_config_raw(&image);
     let inline = &config["moby.buildkit.cache.v0"];
     assert!(inline["records"].is_array(), "{config}");
     // The inline cache names only the image's own layers.
@@ -324,14 +318,7 @@ fn registry_cache_and_inline_cache_hit_in_another_store() {
 
 #[test]
 fn missing_or_corrupt_cache_sources_are_warnings() {
-    if !require_root() {
-        return;
-    }
-    let Some(reg) = kbuild_testkit::fixtures::started("registry", TestRegistry::start()) else {
-        return;
-    };
-    let t = tempfile::tempdir().unwrap();
-    let Some(a) = store(t.path(), "a") else {
+    let Some((reg, t, a)) = registry_and_store() else {
         return;
     };
     let ctx = context(t.path(), "corrupt");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{error_lines, require_root, run, write};
+use common::{error_lines, run, write};
 use sha2::Digest as _;
 use std::path::Path;
 use std::process::Command;
@@ -42,11 +42,9 @@ fn small_of(t: &Path, archive: &Path) -> String {
 
 #[test]
 fn sigint_at_the_export_leaves_the_old_archive_or_a_complete_one_and_says_which() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let ctx = t.path().join("ctx");
     write(
         &ctx.join("Dockerfile"),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{require_root, run, write};
+use common::{kb, write};
 use std::path::Path;
 
 /// The "context file content hashed" count of a build's debug log.
@@ -20,11 +20,9 @@ fn hashed_bytes(stderr: &str) -> u64 {
 
 #[test]
 fn unchanged_context_files_are_not_read_again() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY . /app/\n");
     for i in 0..20 {
@@ -38,18 +36,11 @@ fn unchanged_context_files_are_not_read_again() {
     std::thread::sleep(std::time::Duration::from_millis(2200));
     let build = |dest: &Path| {
         let output = format!("type=oci,tar=false,dest={}", dest.display());
-        run(
-            &store,
-            &[
-                ctx.to_str().unwrap(),
-                "--platform",
-                "linux/amd64",
-                "-o",
-                &output,
-            ],
-            &[("KUBECTL_BUILD_LOG", "kubectl_build=debug")],
-        )
-        .ok()
+        kb(&store, [ctx.to_str().unwrap()])
+            .platform("linux/amd64")
+            .output(&output)
+            .envs(&[("KUBECTL_BUILD_LOG", "kubectl_build=debug")])
+            .ok()
     };
     let first = build(&t.path().join("one"));
     assert!(hashed_bytes(&first.stderr) > 20_000, "{}", first.stderr);

@@ -80,14 +80,10 @@ fn context(dir: &Path, base: &str) -> String {
 
 #[test]
 fn containerd_output_loads_unpacks_and_ctr_runs_it() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64,linux/arm64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = context(&t.path().join("ctx"), base);
     let Some(c) = start_containerd() else {
         return;
@@ -238,11 +234,9 @@ fn containerd_output_loads_unpacks_and_ctr_runs_it() {
 
 #[test]
 fn containerd_output_errors_name_the_socket_and_the_fix() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("a.txt"), "a\n");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");

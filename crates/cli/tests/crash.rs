@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{busybox_store, context, run};
+use common::{busybox_store, context, kb};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -270,12 +270,11 @@ fn stopped_build(platform: &str, stop: Stop, secs: u32, first: First) {
     let out = t.path().join("out");
     let out_arg = format!("type=local,dest={}", out.display());
     let next_build = || {
-        let r = run(
-            &store,
-            &[&next_ctx, "--platform", platform, "-o", &out_arg],
-            &debug,
-        )
-        .ok();
+        let r = kb(&store, [&next_ctx])
+            .platform(platform)
+            .output(&out_arg)
+            .envs(&debug)
+            .ok();
         assert_eq!(
             std::fs::read_to_string(out.join("after")).unwrap(),
             "works\n",
@@ -286,7 +285,7 @@ fn stopped_build(platform: &str, stop: Stop, secs: u32, first: First) {
     let reclaimed = "unmounted the overlay of a dead process";
     match first {
         First::Prune => {
-            let r = run(&store, &["prune"], &debug).ok();
+            let r = kb(&store, ["prune"]).envs(&debug).ok();
             assert!(r.stdout.starts_with("removed "), "{}", r.stdout);
             if stop == Stop::Kill {
                 assert!(
@@ -309,7 +308,7 @@ fn stopped_build(platform: &str, stop: Stop, secs: u32, first: First) {
                 );
             }
             assert_clean(&store, "after the next build");
-            run(&store, &["prune"], &[]).ok();
+            kb(&store, ["prune"]).ok();
             assert_clean(&store, "after prune");
         }
     }
@@ -359,7 +358,7 @@ fn prune_and_other_builds_leave_a_live_builds_mount_alone() {
     let live_dirs = entries(&store.join("snapshots/mounts"));
 
     // prune refuses while the build holds the store, touching nothing.
-    let r = run(&store, &["prune", "--all"], &[]).fails();
+    let r = kb(&store, ["prune", "--all"]).fails();
     assert!(
         r.stderr.contains("in use by a running build"),
         "{}",
@@ -372,18 +371,11 @@ fn prune_and_other_builds_leave_a_live_builds_mount_alone() {
         "FROM kbuild.test/busybox:latest\nRUN echo other > /other\n",
     );
     let other_out = t.path().join("out-other");
-    let r = run(
-        &store,
-        &[
-            &other,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", other_out.display()),
-        ],
-        &[("KUBECTL_BUILD_LOG", "debug")],
-    )
-    .ok();
+    let r = kb(&store, [&other])
+        .platform("linux/amd64")
+        .output(format!("type=local,dest={}", other_out.display()))
+        .envs(&[("KUBECTL_BUILD_LOG", "debug")])
+        .ok();
     assert!(
         !r.stderr.contains("of a dead process"),
         "nothing of the live build was reclaimed:\n{}",
@@ -418,6 +410,6 @@ fn prune_and_other_builds_leave_a_live_builds_mount_alone() {
     let status = live.wait(Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{}", live.log());
     assert_eq!(std::fs::read_to_string(out.join("done")).unwrap(), "done\n");
-    run(&store, &["prune", "--all"], &[]).ok();
+    kb(&store, ["prune", "--all"]).ok();
     assert_clean(&store, "after the builds and prune");
 }

@@ -11,9 +11,7 @@
 
 mod common;
 
-use common::{
-    busybox_image, layout_manifests, require_root, run, skopeo_raw, skopeo_to_layout, write,
-};
+use common::{kb, layout_manifests, skopeo_raw, skopeo_to_layout, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,22 +50,12 @@ fn golang_image(store: &Path) -> Option<&'static str> {
         String::from_utf8_lossy(&out.stderr)
     );
     let name = "kbuild.test/golang:1.19";
-    run(
-        store,
-        &[
-            dest.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            name,
-            "-o",
-            "type=image",
-            "--progress",
-            "quiet",
-        ],
-        &[],
-    )
-    .ok();
+    kb(store, [dest.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", name])
+        .output("type=image")
+        .quiet()
+        .ok();
     Some(name)
 }
 
@@ -152,22 +140,9 @@ fn elf_machine(bytes: &[u8]) -> u16 {
 
 /// Platforms of an index, sorted.
 fn index_platforms(index: &serde_json::Value) -> Vec<String> {
-    let mut v: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            s
-        })
+    let mut v: Vec<String> = common::index_entries(index)
+        .into_iter()
+        .map(|(platform, _)| platform)
         .collect();
     v.sort();
     v
@@ -190,11 +165,9 @@ fn vertices(log: &str) -> Vec<String> {
 
 #[test]
 fn go_cross_compiles_seven_platforms_in_one_push() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let Some(_) = golang_image(&store) else {
         return;
     };
@@ -205,21 +178,11 @@ fn go_cross_compiles_seven_platforms_in_one_push() {
     write(&ctx.join("main.go"), MAIN_GO);
     write(&ctx.join("go.mod"), "module example.com/hello\n\ngo 1.19\n");
 
-    let r = run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            TARGETS,
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    let r = kb(&store, [ctx.to_str().unwrap()])
+        .platform(TARGETS)
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .ok();
 
     // Shared builder steps ran once, on the build platform; the compile once per target.
     let names = vertices(&r.stderr);
@@ -301,15 +264,11 @@ fn go_cross_compiles_seven_platforms_in_one_push() {
 
 #[test]
 fn emulated_stages_push_one_index() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
     let platforms = "linux/arm64,linux/s390x";
-    let Some(base) = busybox_image(&store, platforms) else {
+    let Some((t, store)) = common::busybox_store(platforms) else {
         return;
     };
+    let base = common::BUSYBOX;
     let reg = TestRegistry::start().expect("start docker-registry");
     let tag = format!("{}/emulated/busybox:1", reg.host());
     let ctx = t.path().join("ctx");
@@ -322,21 +281,11 @@ fn emulated_stages_push_one_index() {
              RUN echo \"built for $TARGETPLATFORM on $(cat /machine)\" > /etc/motd && rm /machine\n"
         ),
     );
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            platforms,
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform(platforms)
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .ok();
     let index = skopeo_raw(&tag);
     assert_eq!(
         index_platforms(&index),

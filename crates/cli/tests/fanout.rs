@@ -13,7 +13,7 @@ use kbuild_testkit::netns::Host;
 use kbuild_testkit::node::Node;
 use kbuild_testkit::registry::TestRegistry;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A node in a new test host (its own address), on mutual TLS at that
@@ -127,41 +127,25 @@ fn tag_history(reg: &TestRegistry, repo: &str, tag: &str) -> Vec<String> {
     }
 }
 
-/// Whether `skopeo inspect` finds `reference` (a tag never written fails).
-fn skopeo_finds(reference: &str) -> bool {
-    Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run skopeo")
-        .success()
-}
-
 /// The platforms of a pushed index, in order.
 fn index_platforms(index: &serde_json::Value) -> Vec<String> {
-    index["manifests"]
-        .as_array()
-        .unwrap_or_else(|| panic!("not an index: {index:#}"))
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or_default(),
-                p["architecture"].as_str().unwrap_or_default()
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            s
-        })
+    common::index_entries(index)
+        .into_iter()
+        .map(|(platform, _)| platform)
         .collect()
+}
+
+/// Asserts the build's summary line (`=> built ...`) names both nodes of
+/// builder `pair`.
+fn assert_split_over_the_pair(stderr: &str) {
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("=> built "))
+        .unwrap_or_default();
+    assert!(
+        summary.contains("on node pair0") && summary.contains("on node pair1"),
+        "split over both nodes:\n{stderr}"
+    );
 }
 
 fn builder<'a>(ls: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -387,7 +371,7 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
         "{}",
         out.stderr
     );
-    assert!(!skopeo_finds(&failing), "{failing} was tagged");
+    assert!(!common::registry_has(&failing), "{failing} was tagged");
     assert!(tag_history(&reg, "mix/fail", "1").is_empty());
 
     // Node mix0 killed mid-build, and no other node builds linux/amd64
@@ -417,7 +401,7 @@ fn mixed_cluster_sends_each_platform_to_its_native_node() {
             && line.ends_with("nothing was tagged"),
         "{stderr}"
     );
-    assert!(!skopeo_finds(&lost), "{lost} was tagged");
+    assert!(!common::registry_has(&lost), "{lost} was tagged");
     assert!(tag_history(&reg, "mix/lost", "1").is_empty());
     drop(b);
     drop(a);
@@ -510,16 +494,7 @@ fn cross_dockerfile_spreads_over_two_amd64_nodes() {
     let split = build("pair", &split_tag);
     let one_tag = format!("{}/cross/one:1", reg.host());
     let one = build("one", &one_tag);
-    let summary = split
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("=> built "))
-        .unwrap_or_default();
-    assert!(
-        summary.contains("on node pair0") && summary.contains("on node pair1"),
-        "{}",
-        split.stderr
-    );
+    assert_split_over_the_pair(&split.stderr);
     let digest = digest_of(&split.stderr);
     assert!(digest.starts_with("sha256:"), "{}", split.stderr);
     assert_eq!(
@@ -804,16 +779,7 @@ fn split_file_outputs_are_those_of_one_node() {
         &split_args.iter().map(String::as_str).collect::<Vec<_>>(),
     )
     .ok();
-    let summary = split
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("=> built "))
-        .unwrap_or_default();
-    assert!(
-        summary.contains("on node pair0") && summary.contains("on node pair1"),
-        "split over both nodes:\n{}",
-        split.stderr
-    );
+    assert_split_over_the_pair(&split.stderr);
     let one_args = outputs("one");
     build(
         "one",

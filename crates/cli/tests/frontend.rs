@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{run, write};
+use common::{kb, run, write};
 
 const CROSS: &str = r#"FROM --platform=$BUILDPLATFORM golang:1.22 AS builder
 WORKDIR /src
@@ -30,19 +30,10 @@ fn dry_run_json_of_the_cross_dockerfile() {
     write(&t.path().join("Dockerfile.cross"), CROSS);
     let ctx = t.path().to_str().unwrap();
     let df = t.path().join("Dockerfile.cross");
-    let r = run(
-        &t.path().join("store"),
-        &[
-            ctx,
-            "-f",
-            df.to_str().unwrap(),
-            "--platform",
-            SIX,
-            "--dry-run=json",
-        ],
-        &[],
-    )
-    .ok();
+    let r = kb(&t.path().join("store"), [ctx, "-f", df.to_str().unwrap()])
+        .platform(SIX)
+        .args(["--dry-run=json"])
+        .ok();
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON plan");
     let stages = plan["stages"].as_array().unwrap();
     let steps = plan["steps"].as_array().unwrap();
@@ -109,17 +100,10 @@ fn dry_run_json_of_the_cross_dockerfile() {
 fn dry_run_text_names_stages_and_bases() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), CROSS);
-    let r = run(
-        &t.path().join("store"),
-        &[
-            t.path().to_str().unwrap(),
-            "--platform",
-            "linux/arm64,windows/amd64",
-            "--dry-run",
-        ],
-        &[],
-    )
-    .ok();
+    let r = kb(&t.path().join("store"), [t.path().to_str().unwrap()])
+        .platform("linux/arm64,windows/amd64")
+        .args(["--dry-run"])
+        .ok();
     assert!(r.stdout.contains("linux/arm64"), "{}", r.stdout);
     assert!(r.stdout.contains("release-windows"), "{}", r.stdout);
     assert!(
@@ -134,10 +118,9 @@ fn dry_run_text_names_stages_and_bases() {
 fn dockerfile_errors_name_file_and_line() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n\nCOPPY a /b\n");
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[t.path().to_str().unwrap(), "--dry-run"],
-        &[],
+        [t.path().to_str().unwrap(), "--dry-run"],
     )
     .fails();
     let line = r
@@ -161,10 +144,9 @@ fn unknown_target_lists_the_stages() {
         &t.path().join("Dockerfile"),
         "FROM scratch AS one\nFROM scratch AS two\n",
     );
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[t.path().to_str().unwrap(), "--target", "three", "--dry-run"],
-        &[],
+        [t.path().to_str().unwrap(), "--target", "three", "--dry-run"],
     )
     .fails();
     assert!(
@@ -178,17 +160,10 @@ fn unknown_target_lists_the_stages() {
 fn bad_platform_lists_the_supported_ones() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n");
-    let r = run(
-        &t.path().join("s"),
-        &[
-            t.path().to_str().unwrap(),
-            "--platform",
-            "linux/amd64,bogus",
-            "--dry-run",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&t.path().join("s"), [t.path().to_str().unwrap()])
+        .platform("linux/amd64,bogus")
+        .args(["--dry-run"])
+        .fails();
     assert!(r.stderr.contains("bogus"), "{}", r.stderr);
     assert!(
         r.stderr.contains("linux/arm/v7") && r.stderr.contains("windows/amd64"),
@@ -200,12 +175,11 @@ fn bad_platform_lists_the_supported_ones() {
 #[test]
 fn missing_context_and_dockerfile_are_reported() {
     let t = tempfile::tempdir().unwrap();
-    let r = run(&t.path().join("s"), &["/nonexistent/ctx", "--dry-run"], &[]).fails();
+    let r = kb(&t.path().join("s"), ["/nonexistent/ctx", "--dry-run"]).fails();
     assert!(r.stderr.contains("/nonexistent/ctx"), "{}", r.stderr);
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[t.path().to_str().unwrap(), "--dry-run"],
-        &[],
+        [t.path().to_str().unwrap(), "--dry-run"],
     )
     .fails();
     assert!(
@@ -213,7 +187,7 @@ fn missing_context_and_dockerfile_are_reported() {
         "{}",
         r.stderr
     );
-    let r = run(&t.path().join("s"), &["--dry-run"], &[]).fails();
+    let r = kb(&t.path().join("s"), ["--dry-run"]).fails();
     assert!(r.stderr.contains("PATH"), "{}", r.stderr);
 }
 
@@ -224,13 +198,17 @@ fn cluster_flags_without_a_kubeconfig_say_what_is_missing() {
     let ctx = t.path().to_str().unwrap();
     let home = t.path().join("home");
     let env = [("HOME", home.to_str().unwrap()), ("KUBECONFIG", "")];
-    let r = run(&t.path().join("s"), &[ctx, "--kubeconfig", "/x"], &env).fails();
+    let r = kb(&t.path().join("s"), [ctx, "--kubeconfig", "/x"])
+        .envs(&env)
+        .fails();
     assert!(
         r.stderr.contains("--kubeconfig /x: no such file"),
         "{}",
         r.stderr
     );
-    let r = run(&t.path().join("s"), &[ctx, "-n", "builds"], &env).fails();
+    let r = kb(&t.path().join("s"), [ctx, "-n", "builds"])
+        .envs(&env)
+        .fails();
     assert!(
         r.stderr
             .contains("--namespace needs a cluster, and there is no kubeconfig"),
@@ -244,27 +222,22 @@ fn bad_output_and_build_arg_values() {
     let t = tempfile::tempdir().unwrap();
     write(&t.path().join("Dockerfile"), "FROM scratch\n");
     let ctx = t.path().to_str().unwrap();
-    let r = run(&t.path().join("s"), &[ctx, "-o", "type=ftp"], &[]).fails();
+    let r = kb(&t.path().join("s"), [ctx]).output("type=ftp").fails();
     assert!(
         r.stderr.contains("--output") && r.stderr.contains("ftp"),
         "{}",
         r.stderr
     );
-    let r = run(&t.path().join("s"), &[ctx, "--push"], &[]).fails();
+    let r = kb(&t.path().join("s"), [ctx, "--push"]).fails();
     assert!(r.stderr.contains("-t NAME"), "{}", r.stderr);
-    let r = run(
-        &t.path().join("s"),
-        &[ctx, "--build-arg", "=x", "--dry-run"],
-        &[],
-    )
-    .fails();
+    let r = kb(&t.path().join("s"), [ctx, "--build-arg", "=x", "--dry-run"]).fails();
     assert!(r.stderr.contains("--build-arg"), "{}", r.stderr);
 }
 
 #[test]
 fn help_reads_like_kubectl() {
     let t = tempfile::tempdir().unwrap();
-    let r = run(&t.path().join("s"), &["--help"], &[]).ok();
+    let r = kb(&t.path().join("s"), ["--help"]).ok();
     for needle in [
         "Examples:",
         "Options:",
@@ -362,20 +335,10 @@ fn dry_run_reports_rules_decided_without_images() {
     ] {
         write(&t.path().join("Dockerfile"), dockerfile);
         for mode in ["--dry-run", "--dry-run=json"] {
-            let r = run(
-                &t.path().join("s"),
-                &[t.path().to_str().unwrap(), mode],
-                &[],
-            )
-            .fails();
-            let errors: Vec<&str> = r
-                .stderr
-                .lines()
-                .filter(|l| l.starts_with("error:"))
-                .collect();
-            assert_eq!(errors.len(), 1, "{}", r.stderr);
-            assert!(errors[0].contains(line), "{}", r.stderr);
-            assert!(errors[0].contains(what), "{}", r.stderr);
+            let r = kb(&t.path().join("s"), [t.path().to_str().unwrap(), mode]).fails();
+            let error = r.error_line();
+            assert!(error.contains(line), "{}", r.stderr);
+            assert!(error.contains(what), "{}", r.stderr);
             assert!(r.stdout.is_empty(), "{}", r.stdout);
         }
     }
@@ -389,12 +352,9 @@ fn a_build_stops_at_a_bad_chmod_before_pulling() {
         &t.path().join("Dockerfile"),
         "FROM 127.0.0.1:1/nothing/here:1\nCOPY --chmod=0999 a /a\n",
     );
-    let r = run(
-        &t.path().join("s"),
-        &[t.path().to_str().unwrap(), "--progress", "plain"],
-        &[],
-    )
-    .fails();
+    let r = kb(&t.path().join("s"), [t.path().to_str().unwrap()])
+        .plain()
+        .fails();
     let error = r
         .stderr
         .lines()
@@ -480,7 +440,7 @@ fn a_required_variable_reports_its_message() {
         "FROM busybox\nARG VERSION\nWORKDIR \"/app/${VERSION:?pass --build-arg VERSION=x.y.z}\"\n",
     );
     let ctx = t.path().to_str().unwrap();
-    let r = run(&t.path().join("s"), &[ctx, "--dry-run"], &[]).fails();
+    let r = kb(&t.path().join("s"), [ctx, "--dry-run"]).fails();
     assert_eq!(
         r.stderr.trim_end(),
         "error: Dockerfile:3: WORKDIR \"/app/${VERSION:?pass --build-arg VERSION=x.y.z}\": \
@@ -492,10 +452,9 @@ fn a_required_variable_reports_its_message() {
         &t.path().join("Dockerfile"),
         "FROM busybox\nARG VERSION\nENV V=${VERSION:?}\n",
     );
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[ctx, "--dry-run", "--build-arg", "VERSION="],
-        &[],
+        [ctx, "--dry-run", "--build-arg", "VERSION="],
     )
     .fails();
     assert!(
@@ -505,10 +464,9 @@ fn a_required_variable_reports_its_message() {
         r.stderr
     );
     // Given, the plan is made.
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[ctx, "--dry-run", "--build-arg", "VERSION=1.2"],
-        &[],
+        [ctx, "--dry-run", "--build-arg", "VERSION=1.2"],
     )
     .ok();
     assert!(r.stdout.contains("V=1.2"), "{}", r.stdout);
@@ -523,7 +481,7 @@ fn a_dockerfile_that_is_not_utf8_is_named_with_its_line() {
     let offset = latin1.len();
     latin1.extend_from_slice(b"\xe9=yes\n");
     std::fs::write(t.path().join("Dockerfile"), &latin1).unwrap();
-    let r = run(&t.path().join("s"), &[ctx, "--dry-run"], &[]).fails();
+    let r = kb(&t.path().join("s"), [ctx, "--dry-run"]).fails();
     let path = t.path().join("Dockerfile");
     assert_eq!(
         r.stderr.trim_end(),
@@ -541,10 +499,9 @@ fn a_dockerfile_that_is_not_utf8_is_named_with_its_line() {
         .collect();
     let other = t.path().join("Dockerfile.win");
     std::fs::write(&other, &utf16).unwrap();
-    let r = run(
+    let r = kb(
         &t.path().join("s"),
-        &[ctx, "-f", other.to_str().unwrap(), "--dry-run"],
-        &[],
+        [ctx, "-f", other.to_str().unwrap(), "--dry-run"],
     )
     .fails();
     assert!(

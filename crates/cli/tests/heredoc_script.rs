@@ -5,18 +5,14 @@
 
 mod common;
 
-use common::{build_local, busybox_image, require_root, write};
+use common::{build_local, write};
 
 #[test]
 fn a_shebang_heredoc_runs_as_a_script_file_on_every_platform() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = busybox_image(&store, "linux/amd64,linux/arm64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(
         &ctx.join("Dockerfile"),

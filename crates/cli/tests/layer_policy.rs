@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{require_root, run, write};
+use common::{kb, require_root, run, write};
 use kbuild_testkit::archive::{RawHeader, RawTar};
 use kbuild_testkit::registry::TestRegistry;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -102,20 +102,11 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let busybox = dir.path().join("busybox-layout");
-        run(
-            &store,
-            &[
-                ctx.to_str().unwrap(),
-                "--platform",
-                "linux/amd64",
-                "-o",
-                &format!("type=oci,dest={},tar=false", busybox.display()),
-                "--progress",
-                "quiet",
-            ],
-            &[],
-        )
-        .ok();
+        kb(&store, [ctx.to_str().unwrap()])
+            .platform("linux/amd64")
+            .output(format!("type=oci,dest={},tar=false", busybox.display()))
+            .quiet()
+            .ok();
         let host = reg.host();
         Some(Fixture {
             _reg: reg,

@@ -3,18 +3,14 @@
 
 mod common;
 
-use common::{require_root, run, write};
+use common::{kb, write};
 
 #[test]
 fn load_puts_the_image_into_dockerd_which_runs_it() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("hello.txt"), "loaded by kubectl-build\n");
     write(
@@ -27,19 +23,11 @@ fn load_puts_the_image_into_dockerd_which_runs_it() {
         return;
     };
     let host = d.host();
-    let r = run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild-test/loaded:1",
-            "--load",
-        ],
-        &[("DOCKER_HOST", &host)],
-    )
-    .ok();
+    let r = kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", "kbuild-test/loaded:1", "--load"])
+        .envs(&[("DOCKER_HOST", &host)])
+        .ok();
     assert!(
         r.stderr
             .contains("loaded kbuild-test/loaded:1 into the Docker daemon"),
@@ -53,12 +41,11 @@ fn load_puts_the_image_into_dockerd_which_runs_it() {
 
     // No daemon there: one clear line, naming the socket and the fix.
     let missing = t.path().join("no-docker.sock");
-    let r = run(
-        &store,
-        &[ctx.to_str().unwrap(), "--platform", "linux/amd64", "--load"],
-        &[("DOCKER_HOST", &format!("unix://{}", missing.display()))],
-    )
-    .fails();
+    let r = kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["--load"])
+        .envs(&[("DOCKER_HOST", &format!("unix://{}", missing.display()))])
+        .fails();
     let errors = common::error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "{}", r.stderr);
     assert!(
@@ -68,16 +55,10 @@ fn load_puts_the_image_into_dockerd_which_runs_it() {
         errors[0]
     );
     // Several platforms cannot go into the classic docker store.
-    let r = run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "--load",
-        ],
-        &[("DOCKER_HOST", &host)],
-    )
-    .fails();
+    let r = kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/arm64")
+        .args(["--load"])
+        .envs(&[("DOCKER_HOST", &host)])
+        .fails();
     assert!(r.stderr.contains("hold one platform"), "{}", r.stderr);
 }

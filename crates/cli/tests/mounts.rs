@@ -3,18 +3,14 @@
 
 mod common;
 
-use common::{busybox_image, require_root, run, write};
+use common::{kb, require_root, write};
 
 #[test]
 fn bind_tmpfs_and_ssh_mounts() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = busybox_image(&store, "linux/amd64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("conf/app.conf"), "from the context\n");
     // A stand-in agent socket: any socket file forwards the same way.
@@ -35,20 +31,11 @@ fn bind_tmpfs_and_ssh_mounts() {
     );
     let out = t.path().join("out");
     let ssh = format!("default={}", sock.display());
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "--ssh",
-            &ssh,
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["--ssh", &ssh])
+        .output(format!("type=local,dest={}", out.display()))
+        .ok();
     let read = |p: &str| std::fs::read_to_string(out.join(p)).unwrap();
     assert_eq!(read("out-bind"), "from the context\n");
     assert_eq!(read("out-from"), "from-stage\n");
@@ -73,7 +60,7 @@ fn bind_tmpfs_and_ssh_mounts() {
 #[test]
 fn doctor_reports_every_platform() {
     let t = tempfile::tempdir().unwrap();
-    let r = run(&t.path().join("s"), &["doctor"], &[]);
+    let r = kb(&t.path().join("s"), ["doctor"]).run();
     for p in [
         "linux/amd64",
         "linux/386",
@@ -144,28 +131,14 @@ fn a_full_disk_fails_cleanly() {
     std::io::Read::read_exact(&mut f, &mut data).unwrap();
     std::fs::write(ctx.join("big.bin"), &data).unwrap();
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY big.bin /\n");
-    let r = run(
-        &small.join("root"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild.test/full:1",
-            "-o",
-            "type=image",
-        ],
-        &[],
-    )
-    .fails();
-    let errs: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errs.len(), 1, "{}", r.stderr);
+    let r = kb(&small.join("root"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", "kbuild.test/full:1"])
+        .output("type=image")
+        .fails();
+    let error = r.error_line();
     assert!(
-        errs[0].contains("No space left on device") || errs[0].contains("space"),
+        error.contains("No space left on device") || error.contains("space"),
         "{}",
         r.stderr
     );

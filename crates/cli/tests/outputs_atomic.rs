@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{error_lines, require_root, run, write};
+use common::{error_lines, kb, require_root, write};
 use std::path::Path;
 
 /// A file that says it holds 4096 bytes but reads fewer, so copying it
@@ -42,12 +42,10 @@ fn archive_on_stdout_is_staged_and_a_failure_leaves_stdout_empty() {
     let ctx = ctx.to_str().unwrap();
     for output in ["type=oci,dest=-", "type=docker,dest=-"] {
         // Whole: a tar that ends with its two zero blocks.
-        let r = run(
-            &store,
-            &[ctx, "--platform", "linux/amd64", "-o", output],
-            &[],
-        )
-        .ok();
+        let r = kb(&store, [ctx])
+            .platform("linux/amd64")
+            .output(output)
+            .ok();
         assert!(
             r.stdout.len() > 10_000,
             "{output}: {} bytes",
@@ -59,12 +57,10 @@ fn archive_on_stdout_is_staged_and_a_failure_leaves_stdout_empty() {
     std::fs::remove_file(&layer).unwrap();
     std::os::unix::fs::symlink(SHORT_FILE, &layer).unwrap();
     for output in ["type=oci,dest=-", "type=docker,dest=-"] {
-        let r = run(
-            &store,
-            &[ctx, "--platform", "linux/amd64", "-o", output],
-            &[],
-        )
-        .fails();
+        let r = kb(&store, [ctx])
+            .platform("linux/amd64")
+            .output(output)
+            .fails();
         assert_eq!(error_lines(&r.stderr).len(), 1, "{}", r.stderr);
         assert!(
             r.stdout.is_empty(),
@@ -79,11 +75,9 @@ fn archive_on_stdout_is_staged_and_a_failure_leaves_stdout_empty() {
 /// old tree survives and nothing is left beside it.
 #[test]
 fn local_output_replaces_an_existing_directory_whole() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("new.txt"), "new\n");
     write(&ctx.join("sub/b.txt"), "b\n");
@@ -92,7 +86,7 @@ fn local_output_replaces_an_existing_directory_whole() {
     write(&out.join("old.txt"), "old\n");
     write(&out.join("sub/a.txt"), "a\n");
     let dest = format!("type=local,dest={}", out.display());
-    run(&store, &[ctx.to_str().unwrap(), "-o", &dest], &[]).ok();
+    kb(&store, [ctx.to_str().unwrap()]).output(&dest).ok();
     let mut names: Vec<String> = walk(&out);
     names.sort();
     assert_eq!(names, ["Dockerfile", "new.txt", "sub", "sub/b.txt"]);

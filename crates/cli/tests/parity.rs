@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{build_local, busybox_image, busybox_store, run, write};
+use common::{build_local, busybox_image, busybox_store, kb, run, write};
 use std::path::Path;
 use std::process::Command;
 
@@ -89,20 +89,11 @@ fn scratch_works_in_slash_and_onbuild_triggers_are_not_inherited() {
         "parent",
         "FROM kbuild.test/busybox:latest\nONBUILD RUN echo triggered > /triggered\n",
     );
-    run(
-        &store,
-        &[
-            &parent,
-            "--platform",
-            "linux/amd64",
-            "-t",
-            "kbuild.test/parent:1",
-            "-o",
-            "type=image",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&parent])
+        .platform("linux/amd64")
+        .args(["-t", "kbuild.test/parent:1"])
+        .output("type=image")
+        .ok();
     let child = context(
         t.path(),
         "child",
@@ -147,12 +138,11 @@ fn source_date_epoch_and_add_host_are_part_of_the_cache_key() {
     oci_dir(&store, &ctx, &t.path().join("normal"), &[]);
     let sde = |store: &Path, dest: &Path| {
         let output = format!("type=oci,tar=false,dest={}", dest.display());
-        run(
-            store,
-            &[&ctx, "--platform", "linux/amd64", "-o", &output],
-            &[("SOURCE_DATE_EPOCH", "1700000000")],
-        )
-        .ok();
+        kb(store, [&ctx])
+            .platform("linux/amd64")
+            .output(&output)
+            .envs(&[("SOURCE_DATE_EPOCH", "1700000000")])
+            .ok();
         layout_digest(dest)
     };
     let after_normal = sde(&store, &t.path().join("sde-warm"));
@@ -168,20 +158,11 @@ fn source_date_epoch_and_add_host_are_part_of_the_cache_key() {
     // --add-host changes /etc/hosts, so the RUN runs again.
     let out = t.path().join("hosts");
     let output = format!("type=local,dest={}", out.display());
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &output,
-            "--add-host",
-            "example.test:10.0.0.1",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform("linux/amd64")
+        .output(&output)
+        .args(["--add-host", "example.test:10.0.0.1"])
+        .ok();
     assert_eq!(
         std::fs::read_to_string(out.join("hosts-count"))
             .unwrap()
@@ -259,7 +240,7 @@ fn copy_and_add_heredocs_become_files() {
         "bad",
         "FROM scratch\nCOPY <<a <<b /file\nx\na\ny\nb\n",
     );
-    let r = run(&store, &[&bad, "--platform", "linux/amd64"], &[]).fails();
+    let r = kb(&store, [&bad]).platform("linux/amd64").fails();
     assert!(r.stderr.contains("destination directory"), "{}", r.stderr);
 }
 
@@ -340,12 +321,10 @@ fn compression_is_per_build_and_converts_cached_and_forced_layers() {
     let build = |name: &str, extra: &str| {
         let dest = t.path().join(name);
         let output = format!("type=oci,tar=false,dest={}{extra}", dest.display());
-        run(
-            &store,
-            &[&ctx, "--platform", "linux/amd64", "-o", &output],
-            &[],
-        )
-        .ok();
+        kb(&store, [&ctx])
+            .platform("linux/amd64")
+            .output(&output)
+            .ok();
         dest
     };
     const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -381,19 +360,11 @@ fn compression_is_per_build_and_converts_cached_and_forced_layers() {
             "type=oci,tar=false,dest={},compression-level={lvl}",
             dest.display()
         );
-        run(
-            &fresh,
-            &[
-                &ctx,
-                "--platform",
-                "linux/amd64",
-                "-o",
-                &output,
-                "--no-cache",
-            ],
-            &[],
-        )
-        .ok();
+        kb(&fresh, [&ctx])
+            .platform("linux/amd64")
+            .output(&output)
+            .args(["--no-cache"])
+            .ok();
         std::fs::read(dest.join("index.json")).unwrap()
     };
     assert_ne!(level("l0", 0), level("l9", 9));
@@ -406,21 +377,13 @@ fn compression_is_per_build_and_converts_cached_and_forced_layers() {
         ("type=oci,dest=x,bogus=true", "supported: type, dest"),
         ("type=oci,dest=x,compression-level=12", "0 to 9"),
     ] {
-        let r = run(&store, &[&ctx, "-o", bad], &[]).fails();
+        let r = kb(&store, [&ctx]).output(bad).fails();
         assert!(r.stderr.contains(needle), "{bad}: {}", r.stderr);
     }
-    let r = run(
-        &store,
-        &[
-            &ctx,
-            "-o",
-            "type=oci,dest=a.tar,compression=zstd",
-            "-o",
-            "type=tar,dest=b.tar",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [&ctx])
+        .output("type=oci,dest=a.tar,compression=zstd")
+        .output("type=tar,dest=b.tar")
+        .fails();
     assert!(
         r.stderr.contains("different layer compressions"),
         "{}",

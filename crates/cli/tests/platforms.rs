@@ -7,10 +7,9 @@
 
 mod common;
 
-use common::{require_root, run, skopeo_raw, write};
+use common::{kb, require_root, run, skopeo_raw, write};
 use kbuild_testkit::registry::TestRegistry;
 use std::path::Path;
-use std::process::Command;
 
 /// Rewrites, in an OCI layout whose `index.json` points at one image index,
 /// the config of the manifest listed for `platform` with `edit`; the
@@ -23,18 +22,7 @@ fn patch_config(layout: &Path, platform: &str, edit: impl FnOnce(&mut serde_json
         .as_array_mut()
         .unwrap()
         .iter_mut()
-        .find(|m| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            s == platform
-        })
+        .find(|m| common::platform_name(&m["platform"]) == platform)
         .unwrap_or_else(|| panic!("no {platform} in the index"));
     let manifest_digest = entry["digest"].as_str().unwrap().to_string();
     let mut manifest = common::read_json(&common::layout_blob(layout, &manifest_digest));
@@ -55,21 +43,13 @@ fn patch_config(layout: &Path, platform: &str, edit: impl FnOnce(&mut serde_json
 
 /// `skopeo copy --all` of an OCI layout directory to `reference`.
 fn skopeo_push(layout: &Path, reference: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--dest-tls-verify=false",
-            &format!("oci:{}", layout.display()),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::skopeo([
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{reference}"),
+    ]);
 }
 
 /// The config of `reference` (a registry reference, or `oci:DIR`) for
@@ -91,37 +71,7 @@ fn skopeo_config(reference: &str, platform: &kbuild_platform::Platform) -> serde
     } else {
         format!("docker://{reference}")
     });
-    let out = Command::new("skopeo")
-        .args(&args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect --config: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo printed JSON")
-}
-
-/// The platforms of an index as `os/arch[/variant]`, with the manifest digests.
-fn index_entries(index: &serde_json::Value) -> Vec<(String, String)> {
-    index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            (s, m["digest"].as_str().unwrap().to_string())
-        })
-        .collect()
+    serde_json::from_slice(&common::skopeo(&args)).expect("skopeo printed JSON")
 }
 
 /// `repository@digest` of a tagged reference (skopeo takes no tag with a digest).
@@ -147,20 +97,11 @@ fn requested_variant_is_kept_in_index_and_config() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
     let layout = t.path().join("base-layout");
-    run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v6,linux/arm/v7",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-            "--progress",
-            "quiet",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/arm/v6,linux/arm/v7")
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .quiet()
+        .ok();
     patch_config(&layout, "linux/arm/v6", |c| {
         assert_eq!(c["variant"], "v6", "the tool wrote v6 before the patch");
         c["variant"] = "v7".into();
@@ -178,23 +119,13 @@ fn requested_variant_is_kept_in_index_and_config() {
         &format!("FROM {base}\nCOPY hello.txt /hello.txt\n"),
     );
     let tag = format!("{}/test/app:1", reg.host());
-    run(
-        &store,
-        &[
-            app.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v6,linux/arm/v8",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v6,linux/arm/v8")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .ok();
     let index = skopeo_raw(&tag);
-    let entries = index_entries(&index);
+    let entries = common::index_entries(&index);
     let names: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(names, ["linux/arm/v6", "linux/arm/v8"]);
     for (platform, digest) in &entries {
@@ -217,7 +148,7 @@ fn requested_variant_is_kept_in_index_and_config() {
     // arm/v8 was built from the arm/v7 base: same layers below ours.
     let v8 = skopeo_raw(&by_digest(&tag, &entries[1].1));
     let base_index = skopeo_raw(&base);
-    let base_v7 = index_entries(&base_index)
+    let base_v7 = common::index_entries(&base_index)
         .into_iter()
         .find(|(p, _)| p == "linux/arm/v7")
         .unwrap();
@@ -225,12 +156,9 @@ fn requested_variant_is_kept_in_index_and_config() {
     assert_eq!(v8["layers"][0]["digest"], base_v7["layers"][0]["digest"]);
 
     // No compatible platform: one line naming the image and what it offers.
-    let r = run(
-        &store,
-        &[app.to_str().unwrap(), "--platform", "linux/arm/v5"],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v5")
+        .fails();
     let errs = common::error_lines(&r.stderr);
     assert_eq!(errs.len(), 1, "{}", r.stderr);
     for needle in [
@@ -242,17 +170,10 @@ fn requested_variant_is_kept_in_index_and_config() {
         assert!(errs[0].contains(needle), "{needle}: {}", r.stderr);
     }
     // The same from the local store (resolved above) and with --pull.
-    let r = run(
-        &store,
-        &[
-            app.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v5",
-            "--pull",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v5")
+        .args(["--pull"])
+        .fails();
     assert!(
         r.stderr.contains("linux/arm/v6, linux/arm/v7"),
         "{}",
@@ -260,18 +181,10 @@ fn requested_variant_is_kept_in_index_and_config() {
     );
 
     // arm/v9 does not exist: refused before anything is resolved.
-    let r = run(
-        &store,
-        &[
-            app.to_str().unwrap(),
-            "--platform",
-            "linux/arm/v9",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [app.to_str().unwrap()])
+        .platform("linux/arm/v9")
+        .plain()
+        .fails();
     let errs = common::error_lines(&r.stderr);
     assert_eq!(errs.len(), 1, "{}", r.stderr);
     assert!(
@@ -294,14 +207,10 @@ fn requested_variant_is_kept_in_index_and_config() {
 /// FROM scratch build them, and the result says exactly that platform.
 #[test]
 fn unknown_platforms_build_only_from_scratch() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = common::busybox_image(&store, "linux/amd64,linux/arm64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64,linux/arm64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(&ctx.join("a.txt"), "a\n");
     write(
@@ -354,35 +263,19 @@ fn unknown_platforms_build_only_from_scratch() {
         "FROM scratch\nCOPY a.txt /a.txt\n",
     );
     let layout = t.path().join("layout");
-    run(
-        &store,
-        &[
-            scratch.to_str().unwrap(),
-            "--platform",
-            "foo/bar,linux/arm/v9",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [scratch.to_str().unwrap()])
+        .platform("foo/bar,linux/arm/v9")
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .ok();
     // skopeo, an independent reader, sees the platforms in the index and in
     // each config.
     let index = common::skopeo_inspect_layout(&layout, "--raw");
-    let entries = index_entries(&index);
+    let entries = common::index_entries(&index);
     let names: Vec<&str> = entries.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(names, ["foo/bar", "linux/arm/v9"]);
     for (platform, _) in &entries {
         let p = kbuild_platform::Platform::parse(platform).unwrap();
         let config = skopeo_config(&format!("oci:{}", layout.display()), &p);
-        let mut said = format!(
-            "{}/{}",
-            config["os"].as_str().unwrap(),
-            config["architecture"].as_str().unwrap()
-        );
-        if let Some(v) = config["variant"].as_str() {
-            said = format!("{said}/{v}");
-        }
-        assert_eq!(&said, platform);
+        assert_eq!(&common::platform_name(&config), platform);
     }
 }

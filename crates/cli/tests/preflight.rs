@@ -13,18 +13,10 @@ fn a_docker_archive_of_several_platforms_is_refused_before_building() {
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
     let out = t.path().join("out.tar");
-    let r = common::run(
-        &t.path().join("store"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-o",
-            &format!("type=docker,dest={}", out.display()),
-        ],
-        &[],
-    )
-    .fails();
+    let r = common::kb(&t.path().join("store"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/arm64")
+        .output(format!("type=docker,dest={}", out.display()))
+        .fails();
     assert!(
         r.stderr.contains("hold one platform") && r.stderr.contains("linux/amd64, linux/arm64"),
         "{}",
@@ -36,14 +28,12 @@ fn a_docker_archive_of_several_platforms_is_refused_before_building() {
 
 #[test]
 fn an_ordinary_user_is_told_at_once_that_the_local_builder_needs_root() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
+    };
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
-    let store = t.path().join("store");
     // As nobody: setpriv (util-linux) drops to its uid and groups.
     let as_nobody = || {
         common::Build::program("setpriv")
@@ -76,7 +66,7 @@ fn unsupported_buildx_flags_are_named() {
         "--cgroup-parent=build",
     ] {
         let name = flag.split('=').next().unwrap();
-        let r = common::run(&store, &[ctx.to_str().unwrap(), flag, "--dry-run"], &[]).fails();
+        let r = common::kb(&store, [ctx.to_str().unwrap(), flag, "--dry-run"]).fails();
         assert!(
             r.stderr.contains(&format!("{name} is not implemented yet")),
             "{flag}: {}",
@@ -84,29 +74,26 @@ fn unsupported_buildx_flags_are_named() {
         );
     }
     // Turning an attestation off asks for nothing.
-    common::run(
+    common::kb(
         &store,
-        &[
+        [
             ctx.to_str().unwrap(),
             "--provenance=false",
             "--sbom=false",
             "--dry-run",
         ],
-        &[],
     )
     .ok();
 }
 
 #[test]
 fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
-    let store = t.path().join("store");
-    let r = common::run(&store, &[ctx.to_str().unwrap(), "-q"], &[]).ok();
+    let r = common::kb(&store, [ctx.to_str().unwrap(), "-q"]).ok();
     assert!(
         r.stdout.starts_with("sha256:") && r.stdout.lines().count() == 1,
         "{:?}",
@@ -149,24 +136,19 @@ fn quiet_prints_the_image_id_and_nothing_after_an_archive_on_stdout() {
 
 #[test]
 fn archives_get_the_mode_of_any_new_file() {
-    if !require_root() {
+    let Some((t, store)) = common::scratch_store() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
+    };
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n");
-    let store = t.path().join("store");
     // SAFETY: umask has no failure mode; this test reads it back at once.
     let umask = unsafe { libc_umask(0o022) };
     for (kind, name) in [("docker", "d.tar"), ("oci", "o.tar"), ("tar", "t.tar")] {
         let dest = t.path().join(name);
         let output = format!("type={kind},dest={}", dest.display());
-        common::run(
-            &store,
-            &[ctx.to_str().unwrap(), "-t", "x/y:1", "-o", &output],
-            &[],
-        )
-        .ok();
+        common::kb(&store, [ctx.to_str().unwrap(), "-t", "x/y:1"])
+            .output(&output)
+            .ok();
         let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644, "{kind}");
     }
@@ -201,10 +183,9 @@ fn add_from_a_server_that_never_answers_fails_within_the_timeout() {
         &format!("FROM scratch\nADD http://{addr}/file.txt /file.txt\n"),
     );
     let started = std::time::Instant::now();
-    let r = common::run(
+    let r = common::kb(
         &t.path().join("store"),
-        &[ctx.to_str().unwrap(), "--registry-timeout", "2s"],
-        &[],
+        [ctx.to_str().unwrap(), "--registry-timeout", "2s"],
     )
     .fails();
     let took = started.elapsed();
@@ -227,12 +208,10 @@ fn builder_names_are_checked_before_building() {
     let store = t.path().join("store");
     let config = t.path().join("config");
     let env = [("XDG_CONFIG_HOME", config.to_str().unwrap())];
-    let r = common::run(
-        &store,
-        &[ctx.to_str().unwrap(), "--builder", "nosuch"],
-        &env,
-    )
-    .fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap()])
+        .builder("nosuch")
+        .envs(&env)
+        .fails();
     assert!(
         common::error_lines(&r.stderr)
             .first()
@@ -241,9 +220,9 @@ fn builder_names_are_checked_before_building() {
         r.stderr
     );
     let socket = t.path().join("b.sock");
-    common::run(
+    common::kb(
         &store,
-        &[
+        [
             "create",
             "far",
             "--driver",
@@ -251,10 +230,13 @@ fn builder_names_are_checked_before_building() {
             "--endpoint",
             &format!("unix://{}", socket.display()),
         ],
-        &env,
     )
+    .envs(&env)
     .ok();
-    let r = common::run(&store, &[ctx.to_str().unwrap(), "--builder", "far"], &env).fails();
+    let r = common::kb(&store, [ctx.to_str().unwrap()])
+        .builder("far")
+        .envs(&env)
+        .fails();
     // A remote builder builds through its daemon: none runs here.
     assert!(
         common::error_lines(&r.stderr)
@@ -270,7 +252,10 @@ fn builder_names_are_checked_before_building() {
     // cluster, is the embedded builder; its secret is not required.
     if require_root() {
         for name in ["buildkit", "local"] {
-            common::run(&store, &[ctx.to_str().unwrap(), "--builder", name], &env).ok();
+            common::kb(&store, [ctx.to_str().unwrap()])
+                .builder(name)
+                .envs(&env)
+                .ok();
         }
     }
 }
@@ -294,36 +279,21 @@ fn an_unreachable_push_registry_fails_before_any_step_runs() {
         "FROM scratch\nCOPY a.txt /marker-step\n",
     );
     let tag = format!("127.0.0.1:{port}/nowhere/img:1");
-    let r = common::run(
-        &t.path().join("store"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .fails();
-    let errors: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    let r = common::kb(&t.path().join("store"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .fails();
+    let error = r.error_line();
     assert!(
-        errors[0].contains(&format!("cannot reach registry 127.0.0.1:{port}"))
-            && errors[0].contains("http://")
-            && errors[0].contains("check that the registry runs at that address"),
+        error.contains(&format!("cannot reach registry 127.0.0.1:{port}"))
+            && error.contains("http://")
+            && error.contains("check that the registry runs at that address"),
         "{}",
-        errors[0]
+        error
     );
     // Plain HTTP was already used: no advice to allow it.
-    assert!(!errors[0].contains("--insecure-registry"), "{}", errors[0]);
+    assert!(!error.contains("--insecure-registry"), "{}", error);
     // No step ran: the COPY never shows in the progress.
     assert!(!r.stderr.contains("marker-step"), "{}", r.stderr);
 }

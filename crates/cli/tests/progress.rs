@@ -83,14 +83,10 @@ fn tty_labels_output_and_marks_the_failure() {
 
 #[test]
 fn build_platform_steps_name_their_target_as_buildx_does() {
-    if !require_root() {
-        return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let Some(base) = busybox_image(&store, "linux/amd64") else {
+    let Some((t, store)) = common::busybox_store("linux/amd64") else {
         return;
     };
+    let base = common::BUSYBOX;
     let ctx = t.path().join("ctx");
     write(
         &ctx.join("Dockerfile"),
@@ -102,18 +98,10 @@ fn build_platform_steps_name_their_target_as_buildx_does() {
              COPY --from=builder /arch /\n"
         ),
     );
-    let out = common::run(
-        &store,
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64,linux/arm/v7",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    let out = common::kb(&store, [ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/arm64,linux/arm/v7")
+        .plain()
+        .ok();
     for name in [
         "[linux/amd64 builder",
         "[linux/amd64->arm64 builder",

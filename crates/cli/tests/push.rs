@@ -67,20 +67,12 @@ fn setup(last: &str) -> Option<Setup> {
 }
 
 fn push(s: &Setup, tag: &str) -> Run {
-    run(
-        &s.store,
-        &[
-            s.ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/386",
-            "-t",
-            tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[("SOURCE_DATE_EPOCH", "1700000000")],
-    )
+    kb(&s.store, [s.ctx.to_str().unwrap()])
+        .platform("linux/amd64,linux/386")
+        .args(["-t", tag, "--push"])
+        .plain()
+        .envs(&[("SOURCE_DATE_EPOCH", "1700000000")])
+        .run()
 }
 
 fn marker_at(log: &[Logged]) -> usize {
@@ -95,16 +87,6 @@ fn closed_blob(l: &Logged) -> Option<String> {
         let q = l.target.split_once("digest=").map_or("", |(_, d)| d);
         q.split('&').next().unwrap_or("").replace("%3A", ":")
     })
-}
-
-fn tag_exists(reference: &str) -> bool {
-    std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("run skopeo")
-        .status
-        .success()
 }
 
 fn layout_has(layout: &Path, digest: &str) -> bool {
@@ -207,5 +189,5 @@ fn a_build_that_fails_in_its_last_platform_writes_no_manifest_and_no_tag() {
         "linux/amd64's layers went up while linux/386 ran: {log:#?}"
     );
     assert!(log.iter().all(|l| l.kind != "manifest-put"), "{log:#?}");
-    assert!(!tag_exists(&format!("{}/failed/img:1", s.reg.host())));
+    assert!(!registry_has(&format!("{}/failed/img:1", s.reg.host())));
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{require_root, run, write};
+use common::{kb, require_root, write};
 use kbuild_testkit::faults::FaultProxy;
 use kbuild_testkit::registry::TestRegistry;
 use std::time::{Duration, Instant};
@@ -32,48 +32,32 @@ fn a_registry_that_never_answers_fails_the_push_within_the_limits() {
     write(&ctx.join("Dockerfile"), "FROM scratch\nCOPY a.txt /\n");
     let tag = format!("{}/hung/img:1", proxy.host());
     let started = Instant::now();
-    let out = run(
-        &t.path().join("s"),
-        &[
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[("KUBECTL_BUILD_REGISTRY_TIMEOUTS", "response=1s,idle=1s")],
-    )
-    .fails();
+    let out = kb(&t.path().join("s"), [ctx.to_str().unwrap()])
+        .platform("linux/amd64")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .envs(&[("KUBECTL_BUILD_REGISTRY_TIMEOUTS", "response=1s,idle=1s")])
+        .fails();
     // 5 attempts of 1 s each plus backoff (0.25 + 0.5 + 1 + 2 s), far below the 2 min default.
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "{:?}",
         started.elapsed()
     );
-    let error: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(error.len(), 1, "{}", out.stderr);
+    let error = out.error_line();
     assert!(
-        error[0].contains(&format!("registry {}", proxy.host()))
-            && error[0].contains("sent no reply within 1s")
-            && error[0].contains("PUT manifest")
-            && error[0].contains("--registry-timeout response="),
+        error.contains(&format!("registry {}", proxy.host()))
+            && error.contains("sent no reply within 1s")
+            && error.contains("PUT manifest")
+            && error.contains("--registry-timeout response="),
         "{}",
-        error[0]
+        error
     );
     assert!(proxy.faults_injected() >= 1);
-    let tag_there = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false"])
-        .arg(format!("docker://{}/hung/img:1", reg.host()))
-        .output()
-        .unwrap();
-    assert!(!tag_there.status.success(), "a failed push leaves no tag");
+    assert!(
+        !common::registry_has(&format!("{}/hung/img:1", reg.host())),
+        "a failed push leaves no tag"
+    );
 }
 
 #[test]
@@ -81,10 +65,9 @@ fn a_bad_timeout_spec_names_the_flag_before_building() {
     let t = tempfile::tempdir().unwrap();
     let ctx = t.path().join("ctx");
     write(&ctx.join("Dockerfile"), "FROM scratch\n");
-    let out = run(
+    let out = kb(
         &t.path().join("s"),
-        &[ctx.to_str().unwrap(), "--registry-timeout", "idle=soon"],
-        &[],
+        [ctx.to_str().unwrap(), "--registry-timeout", "idle=soon"],
     )
     .fails();
     assert!(

@@ -225,6 +225,29 @@ fn context_counters(node: &mut Node) -> (String, String) {
     (sync, hashed)
 }
 
+/// Asserts the client's log says it sent `sent` (`N files (B bytes)`), the
+/// daemon's next session says each of `received`, and the daemon read no
+/// context content to compute checksums, having `looked_up` (`looked up N
+/// files...`).
+fn assert_synced(
+    node: &mut Node,
+    client_log: &str,
+    sent: &str,
+    received: &[&str],
+    looked_up: &str,
+) {
+    assert!(
+        client_log.contains(&format!("=> context: sent {sent}")),
+        "{client_log}"
+    );
+    let (sync, hashed) = context_counters(node);
+    for part in received {
+        assert!(sync.contains(part), "{sync}");
+    }
+    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
+    assert!(hashed.contains(looked_up), "{hashed}");
+}
+
 #[test]
 fn a_rebuild_with_one_file_changed_sends_one_file() {
     if !require_root() {
@@ -258,53 +281,35 @@ fn a_rebuild_with_one_file_changed_sends_one_file() {
         stderr
     };
     let build = || build_to("type=image,name=kbuild.test/sync:1");
-    let first = build();
     // 20,000 files and the Dockerfile, all different contents, in 20
     // directories; the daemon takes their digests from the client and
     // reads none of them again to compute its cache keys.
-    assert!(first.contains("=> context: sent 20001 files"), "{first}");
-    let (sync, hashed) = context_counters(&mut daemon);
-    assert!(
-        sync.contains("context: received 20001 files") && sync.contains("wrote 20021 entries"),
-        "{sync}"
+    assert_synced(
+        &mut daemon,
+        &build(),
+        "20001 files",
+        &["context: received 20001 files", "wrote 20021 entries"],
+        "looked up 20001 files",
     );
-    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
-    assert!(hashed.contains("looked up 20001 files"), "{hashed}");
     // Nothing changed: metadata only; the daemon writes nothing into its
     // copy, and takes the COPY's checksum over the copy from the first
     // build (the same manifest, the same copy): it looks at no file.
-    let again = build();
-    assert!(
-        again.contains("=> context: sent 0 files (0 bytes)"),
-        "{again}"
-    );
-    let (sync, hashed) = context_counters(&mut daemon);
-    assert!(
-        sync.contains("context: received 0 files (0 bytes), wrote 0 entries"),
-        "{sync}"
-    );
-    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
-    assert!(
-        hashed.contains("looked up 0 files, 1 checksums remembered"),
-        "{hashed}"
+    assert_synced(
+        &mut daemon,
+        &build(),
+        "0 files (0 bytes)",
+        &["context: received 0 files (0 bytes), wrote 0 entries"],
+        "looked up 0 files, 1 checksums remembered",
     );
     write(&ctx.join("d7/f7.txt"), "changed\n");
-    let changed = build();
-    assert!(
-        changed.contains("=> context: sent 1 files (8 bytes)"),
-        "{changed}"
-    );
-    let (sync, hashed) = context_counters(&mut daemon);
-    assert!(
-        sync.contains("context: received 1 files (8 bytes), wrote 1 entries"),
-        "{sync}"
-    );
     // A new copy: its checksum is computed again (from the digests the
     // sync entered, no content read).
-    assert!(hashed.contains("read 0 bytes of context"), "{hashed}");
-    assert!(
-        hashed.contains("looked up 20001 files, 0 checksums remembered"),
-        "{hashed}"
+    assert_synced(
+        &mut daemon,
+        &build(),
+        "1 files (8 bytes)",
+        &["context: received 1 files (8 bytes), wrote 1 entries"],
+        "looked up 20001 files, 0 checksums remembered",
     );
     // A removed file is gone from the daemon's copy too; a file whose
     // content the daemon already holds (a copy of another) is not sent.
@@ -448,47 +453,59 @@ fn sleeping_build(env: &Client, builder: &str) -> Option<(Running, String)> {
     Some((client, marker))
 }
 
-#[test]
-fn ctrl_c_on_the_client_cancels_the_daemons_build() {
+/// As root, a client with a daemon registered as builder `name` and a
+/// [`sleeping_build`] running on it; `None` after
+/// [`kbuild_testkit::fixtures::skip_or_fail`].
+fn sleeping_build_on_a_daemon(name: &str) -> Option<(Client, Node, Running, String)> {
     if !require_root() {
-        return;
+        return None;
     }
     let env = common::client();
-    let mut daemon = serve_builder(&env, "cancel", &[]);
-    let Some((child, marker)) = sleeping_build(&env, "cancel") else {
-        return;
-    };
-    child.signal("INT");
+    let daemon = serve_builder(&env, name, &[]);
+    let (child, marker) = sleeping_build(&env, name)?;
+    Some((env, daemon, child, marker))
+}
+
+/// Waits for the RUN process of a [`sleeping_build`] to end.
+fn wait_for_the_run_to_end(marker: &str) {
+    wait_until("the RUN process to end", Duration::from_secs(20), || {
+        pids_running(marker).is_empty()
+    });
+}
+
+/// Waits for a client to end, asserting it failed; its standard error.
+fn failed(child: Running) -> String {
     let (code, lines) = child.finish();
     let stderr = lines.join("\n");
     assert_ne!(code, 0, "{stderr}");
+    stderr
+}
+
+#[test]
+fn ctrl_c_on_the_client_cancels_the_daemons_build() {
+    let Some((_env, mut daemon, child, marker)) = sleeping_build_on_a_daemon("cancel") else {
+        return;
+    };
+    child.signal("INT");
+    let stderr = failed(child);
     assert!(
         stderr.contains("cancelled") && stderr.contains("cancel"),
         "{stderr}"
     );
-    wait_until("the RUN process to end", Duration::from_secs(20), || {
-        pids_running(&marker).is_empty()
-    });
+    wait_for_the_run_to_end(&marker);
     let (code, log) = daemon.terminate();
     assert_eq!(code, 0, "{log}");
 }
 
 #[test]
 fn a_daemon_killed_mid_build_is_a_clear_error_naming_the_builder() {
-    if !require_root() {
-        return;
-    }
-    let env = common::client();
-    let daemon = serve_builder(&env, "doomed", &[]);
-    let Some((child, marker)) = sleeping_build(&env, "doomed") else {
+    let Some((_env, daemon, child, marker)) = sleeping_build_on_a_daemon("doomed") else {
         return;
     };
     let killed = Instant::now();
     daemon.kill();
-    let (code, lines) = child.finish();
+    let stderr = failed(child);
     let took = killed.elapsed();
-    let stderr = lines.join("\n");
-    assert_ne!(code, 0, "{stderr}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let errors = common::error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
@@ -525,44 +542,28 @@ fn a_daemon_of_protocol_1_answers_info_but_is_not_sent_builds() {
 
 #[test]
 fn sigterm_to_the_daemon_cancels_its_builds_and_tells_the_client() {
-    if !require_root() {
-        return;
-    }
-    let env = common::client();
-    let mut daemon = serve_builder(&env, "stopping", &[]);
-    let Some((child, marker)) = sleeping_build(&env, "stopping") else {
+    let Some((_env, mut daemon, child, marker)) = sleeping_build_on_a_daemon("stopping") else {
         return;
     };
     let (code, log) = daemon.terminate();
     assert_eq!(code, 0, "{log}");
-    let (code, lines) = child.finish();
-    let stderr = lines.join("\n");
-    assert_ne!(code, 0, "{stderr}");
+    let stderr = failed(child);
     let errors = common::error_lines(&stderr);
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
         errors[0].contains("builder stopping") && errors[0].contains("shutting down"),
         "{stderr}"
     );
-    wait_until("the RUN process to end", Duration::from_secs(20), || {
-        pids_running(&marker).is_empty()
-    });
+    wait_for_the_run_to_end(&marker);
 }
 
 #[test]
 fn a_client_that_dies_cancels_its_build_on_the_daemon() {
-    if !require_root() {
-        return;
-    }
-    let env = common::client();
-    let mut daemon = serve_builder(&env, "orphan", &[]);
-    let Some((child, marker)) = sleeping_build(&env, "orphan") else {
+    let Some((_env, mut daemon, child, marker)) = sleeping_build_on_a_daemon("orphan") else {
         return;
     };
     child.kill();
-    wait_until("the RUN process to end", Duration::from_secs(20), || {
-        pids_running(&marker).is_empty()
-    });
+    wait_for_the_run_to_end(&marker);
     daemon.daemon().wait_for("the client went away");
 }
 
@@ -758,22 +759,7 @@ fn push_with_bearer_tokens_only_on_the_client() {
     let env = common::client();
     let user = "tokenuser";
     let password = unique("tokenpw");
-    let keys = env.path("token-keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    let Some((tokens, files)) = kbuild_testkit::fixtures::started(
-        "token server",
-        kbuild_testkit::token::TokenServer::start(
-            std::net::Ipv4Addr::LOCALHOST,
-            &keys,
-            user,
-            &password,
-        ),
-    ) else {
-        return;
-    };
-    let Some(registry) =
-        kbuild_testkit::fixtures::started("registry", TestRegistry::start_with_token_auth(&files))
-    else {
+    let Some((tokens, registry)) = common::token_registry(&env, user, &password) else {
         return;
     };
     let mut daemon = serve_builder(&env, "bearer", &[]);
@@ -1055,12 +1041,6 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
     let env = common::client();
     let _daemon = serve_builder(&env, "graphs", &[]);
     let addr = format!("unix://{}", env.path("graphs.sock").display());
-    let node = kbuild_driver::config::Node {
-        name: "graphs0".into(),
-        endpoint: addr,
-        platforms: Vec::new(),
-        tls: Default::default(),
-    };
     let future = kbuild_dockerfile::graph::FORMAT_VERSION + 1;
     let start = kbuild_proto::v1::BuildStart {
         dockerfile_path: "Dockerfile".into(),
@@ -1071,18 +1051,7 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
             .into_bytes(),
         ..Default::default()
     };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let done = rt
-        .block_on(kbuild_driver::session::build(
-            "graphs",
-            &node,
-            &kbuild_driver::Direct,
-            start,
-            None,
-            std::sync::Arc::new(common::CredentialsOnly(|_: &str| Ok(None))),
-            std::future::pending::<()>(),
-        ))
-        .expect("the session ends with BuildDone");
+    let done = common::direct_build("graphs", addr, start, None);
     assert_eq!(
         done.error,
         format!(
@@ -1113,12 +1082,7 @@ fn files_under(dir: &Path) -> usize {
 /// once the build is gone it prunes.
 #[test]
 fn prune_builder_is_refused_while_the_node_builds() {
-    if !require_root() {
-        return;
-    }
-    let env = common::client();
-    let mut daemon = serve_builder(&env, "busy", &[]);
-    let Some((child, marker)) = sleeping_build(&env, "busy") else {
+    let Some((env, mut daemon, child, marker)) = sleeping_build_on_a_daemon("busy") else {
         return;
     };
     let content = daemon.root().join("content");
@@ -1133,9 +1097,7 @@ fn prune_builder_is_refused_while_the_node_builds() {
     assert_eq!(files_under(&content), before);
     child.signal("INT");
     let _ = child.finish();
-    wait_until("the RUN process to end", Duration::from_secs(20), || {
-        pids_running(&marker).is_empty()
-    });
+    wait_for_the_run_to_end(&marker);
     let r = env.kb(["prune", "--builder", "busy", "--all"]).ok();
     assert!(r.stdout.starts_with("busy0: removed "), "{}", r.stdout);
     assert!(files_under(&content) < before, "{}", r.stdout);
@@ -1261,12 +1223,10 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
     };
     let env = common::client();
     let mut daemon = serve_builder(&env, "asking", &[]);
-    let node = kbuild_driver::config::Node {
-        name: "asking0".into(),
-        endpoint: format!("unix://{}", env.path("asking.sock").display()),
-        platforms: Vec::new(),
-        tls: Default::default(),
-    };
+    let node = common::direct_node(
+        "asking",
+        format!("unix://{}", env.path("asking.sock").display()),
+    );
     let start = kbuild_proto::v1::BuildStart {
         dockerfile: format!("FROM {}/private/base:1\n", registry.host()).into_bytes(),
         dockerfile_path: "Dockerfile".into(),
@@ -1285,12 +1245,12 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
             &kbuild_driver::Direct,
             start,
             None,
-            std::sync::Arc::new(common::CredentialsOnly(move |_: &str| {
+            common::session_client(move |_| {
                 // Asked: tell the test, which cancels the build, and never answer.
                 let _ = asked_tx.try_send(());
                 std::thread::sleep(Duration::from_secs(3));
                 Err("not answered".into())
-            })),
+            }),
             async {
                 let _ = cancel_rx.await;
             },

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    build_local, busybox_store, context, error_lines, files_containing, layer_entries,
+    build_local, busybox_store, context, error_lines, files_containing, kb, layer_entries,
     layout_manifests, run, skopeo_to_layout, unique, SEVEN,
 };
 use kbuild_testkit::registry::TestRegistry;
@@ -31,20 +31,11 @@ fn uname_reports_each_platforms_machine() {
         "FROM kbuild.test/busybox:latest\nRUN uname -m > /arch\n",
     );
     let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            SEVEN,
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform(SEVEN)
+        .output(format!("type=local,dest={}", out.display()))
+        .plain()
+        .ok();
     // type=local with several platforms writes one directory per platform.
     let want = [
         ("linux_amd64", "x86_64"),
@@ -74,17 +65,8 @@ fn failing_run_names_the_step_and_exit_code() {
         "ctx",
         "FROM kbuild.test/busybox:latest\nRUN false\n",
     );
-    let r = run(
-        &store,
-        &[&ctx, "--platform", "linux/amd64", "--progress", "plain"],
-        &[],
-    )
-    .fails();
-    let errors: Vec<&str> = r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
+    let r = kb(&store, [&ctx]).platform("linux/amd64").plain().fails();
+    let errors = r.error_lines();
     assert_eq!(errors.len(), 1, "one error line:\n{}", r.stderr);
     let line = errors[0];
     assert_eq!(
@@ -122,21 +104,11 @@ fn deletions_become_whiteouts_in_the_pushed_layer() {
          RUN rm /bin/ls\n\
          RUN rm -rf /data && mkdir /data && echo x > /data/new\n",
     );
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &tag,
-            "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform("linux/amd64")
+        .args(["-t", &tag, "--push"])
+        .plain()
+        .ok();
     let layout = t.path().join("layout");
     skopeo_to_layout(&tag, &layout);
     let manifests = layout_manifests(&layout);
@@ -167,12 +139,10 @@ fn deletions_become_whiteouts_in_the_pushed_layer() {
              RUN test ! -e /bin/ls && test ! -e /data/old && test \"$(cat /data/new)\" = x\n"
         ),
     );
-    run(
-        &t.path().join("store2"),
-        &[&ctx2, "--platform", "linux/amd64", "--progress", "plain"],
-        &[],
-    )
-    .ok();
+    kb(&t.path().join("store2"), [&ctx2])
+        .platform("linux/amd64")
+        .plain()
+        .ok();
 }
 
 #[test]
@@ -196,23 +166,17 @@ fn secrets_reach_run_but_no_blob() {
                  test \"$TOK\" = \"$(cat /run/secrets/tok)\" && echo {marker} > /marker\n"
         ),
     );
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
+    kb(&store, [&ctx])
+        .platform("linux/amd64")
+        .args([
             "--secret",
             &format!("id=tok,src={}", secret_file.display()),
             "-t",
             &tag,
             "--push",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+        ])
+        .plain()
+        .ok();
     // The search finds what RUN wrote, inside compressed layers too ...
     assert!(
         files_containing(&store, marker.as_bytes())
@@ -244,7 +208,7 @@ fn secrets_reach_run_but_no_blob() {
         "FROM kbuild.test/busybox:latest\n\
          RUN --mount=type=secret,id=tok,required true\n",
     );
-    let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
+    let r = kb(&store, [&ctx]).platform("linux/amd64").fails();
     assert!(
         r.stderr.contains("RUN") && r.stderr.contains("--secret id=tok"),
         "{}",
@@ -424,20 +388,11 @@ fn user_and_workdir_as_buildkit() {
          RUN id -u > /tmp/numeric && id -g >> /tmp/numeric && echo \"$HOME\" >> /tmp/numeric\n",
     );
     let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform("linux/amd64")
+        .output(format!("type=local,dest={}", out.display()))
+        .plain()
+        .ok();
     use std::os::unix::fs::MetadataExt;
     let owner = |p: &str| {
         let md = std::fs::metadata(out.join(p)).unwrap();
@@ -462,7 +417,7 @@ fn user_and_workdir_as_buildkit() {
         "ghost",
         "FROM kbuild.test/busybox:latest\nUSER ghost\nRUN true\n",
     );
-    let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
+    let r = kb(&store, [&ctx]).platform("linux/amd64").fails();
     let line = r
         .stderr
         .lines()
@@ -488,22 +443,12 @@ fn network_none_and_add_host() {
          RUN cat /etc/hosts > /hosts.txt\n",
     );
     let layout = t.path().join("layout");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "--add-host",
-            "db:10.1.2.3",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform("linux/amd64")
+        .args(["--add-host", "db:10.1.2.3"])
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .plain()
+        .ok();
     let manifests = layout_manifests(&layout);
     assert_eq!(manifests.len(), 1);
     let layers = layer_entries(&layout, &manifests[0].1);
@@ -570,20 +515,11 @@ fn heredoc_runs_as_the_script() {
          \tEOF\n",
     );
     let out = t.path().join("out");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/arm64",
-            "-o",
-            &format!("type=local,dest={}", out.display()),
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform("linux/arm64")
+        .output(format!("type=local,dest={}", out.display()))
+        .plain()
+        .ok();
     assert_eq!(read(out.join("one")), "one\naarch64\n");
     assert_eq!(read(out.join("two")), "$NOT_EXPANDED\n");
     assert_eq!(read(out.join("three")), "tabbed\n");
@@ -630,7 +566,7 @@ fn security_insecure_needs_the_entitlement() {
          RUN echo sandboxed\n\
          RUN --security=insecure grep '^Seccomp:' /proc/self/status | sed 's/[^0-9]//g' > /seccomp\n",
     );
-    let r = run(&store, &[&ctx, "--platform", "linux/amd64"], &[]).fails();
+    let r = kb(&store, [&ctx]).platform("linux/amd64").fails();
     let errors = error_lines(&r.stderr);
     assert_eq!(errors.len(), 1, "one error line:\n{}", r.stderr);
     assert!(
@@ -642,7 +578,7 @@ fn security_insecure_needs_the_entitlement() {
     );
     // Refused before anything ran.
     assert!(!r.stderr.contains("sandboxed"), "{}", r.stderr);
-    let bad = run(&store, &[&ctx, "--allow", "security.everything"], &[]).fails();
+    let bad = kb(&store, [&ctx, "--allow", "security.everything"]).fails();
     assert!(
         bad.stderr.contains("invalid --allow value"),
         "{}",
@@ -673,18 +609,10 @@ fn one_failing_platform_stops_the_others_at_once() {
          RUN if [ \"$(uname -m)\" = aarch64 ]; then echo broken; exit 3; fi; sleep 161\n",
     );
     let started = Instant::now();
-    let r = run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .fails();
+    let r = kb(&store, [&ctx])
+        .platform("linux/amd64,linux/arm64")
+        .plain()
+        .fails();
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(30),
@@ -728,20 +656,11 @@ fn image_history_is_the_op_graphs() {
          CMD [\"cat\", \"/greeting\"]\n",
     );
     let layout = t.path().join("layout");
-    run(
-        &store,
-        &[
-            &ctx,
-            "--platform",
-            "linux/amd64",
-            "-o",
-            &format!("type=oci,dest={},tar=false", layout.display()),
-            "--progress",
-            "plain",
-        ],
-        &[],
-    )
-    .ok();
+    kb(&store, [&ctx])
+        .platform("linux/amd64")
+        .output(format!("type=oci,dest={},tar=false", layout.display()))
+        .plain()
+        .ok();
     let manifests = layout_manifests(&layout);
     let config = common::read_json(&common::layout_blob(
         &layout,
@@ -755,13 +674,11 @@ fn image_history_is_the_op_graphs() {
         .map(|h| h["created_by"].as_str().unwrap())
         .collect();
     let dry: serde_json::Value = serde_json::from_str(
-        &run(
-            &store,
-            &[&ctx, "--platform", "linux/amd64", "--dry-run=json"],
-            &[],
-        )
-        .ok()
-        .stdout,
+        &kb(&store, [&ctx])
+            .platform("linux/amd64")
+            .args(["--dry-run=json"])
+            .ok()
+            .stdout,
     )
     .unwrap();
     // The graph's history texts, minus ARG's (this solver writes none yet).

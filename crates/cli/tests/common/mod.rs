@@ -57,9 +57,51 @@ pub fn require_root() -> bool {
 pub const SEVEN: &str =
     "linux/amd64,linux/arm64,linux/arm/v7,linux/arm/v6,linux/386,linux/ppc64le,linux/s390x";
 
+/// `skopeo ARGS`, the independent reader of registries and layouts,
+/// asserting it succeeds; its standard output.
+pub fn skopeo<I, S>(args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new("skopeo");
+    cmd.args(args);
+    let out = cmd.output().expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `skopeo inspect --raw` of a pushed reference.
 pub fn skopeo_raw(reference: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
+    let out = skopeo([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]);
+    serde_json::from_slice(&out).expect("skopeo printed JSON")
+}
+
+/// `skopeo inspect --config --raw` of a pushed reference: its image config.
+pub fn skopeo_config_raw(reference: &str) -> serde_json::Value {
+    let out = skopeo([
+        "inspect",
+        "--config",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]);
+    serde_json::from_slice(&out).expect("skopeo printed JSON")
+}
+
+/// Whether the registry holds `reference` (a tag never pushed is not
+/// found by `skopeo inspect`).
+pub fn registry_has(reference: &str) -> bool {
+    Command::new("skopeo")
         .args([
             "inspect",
             "--raw",
@@ -67,13 +109,9 @@ pub fn skopeo_raw(reference: &str) -> serde_json::Value {
             &format!("docker://{reference}"),
         ])
         .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo printed JSON")
+        .expect("run skopeo")
+        .status
+        .success()
 }
 
 /// Write a file, creating parents.
@@ -131,12 +169,20 @@ pub fn busybox_image(store: &Path, platforms: &str) -> Option<&'static str> {
 /// [`kbuild_testkit::fixtures::skip_or_fail`] when not root or without the
 /// fixtures.
 pub fn busybox_store(platforms: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    let (t, store) = scratch_store()?;
+    busybox_image(&store, platforms)?;
+    Some((t, store))
+}
+
+/// A scratch directory and the path of a store in it (`DIR/store`, not
+/// yet made); `None` after [`kbuild_testkit::fixtures::skip_or_fail`] when
+/// not root, since the local builder mounts overlayfs.
+pub fn scratch_store() -> Option<(tempfile::TempDir, PathBuf)> {
     if !require_root() {
         return None;
     }
     let t = tempfile::tempdir().expect("make a temporary directory");
     let store = t.path().join("store");
-    busybox_image(&store, platforms)?;
     Some((t, store))
 }
 
@@ -168,15 +214,7 @@ pub fn layout_manifests(layout: &Path) -> Vec<(String, serde_json::Value)> {
         let doc = read_json(&layout_blob(layout, d["digest"].as_str().unwrap()));
         if doc["manifests"].is_array() {
             for m in doc["manifests"].as_array().unwrap() {
-                let p = &m["platform"];
-                let mut plat = format!(
-                    "{}/{}",
-                    p["os"].as_str().unwrap_or(""),
-                    p["architecture"].as_str().unwrap_or("")
-                );
-                if let Some(v) = p["variant"].as_str() {
-                    plat = format!("{plat}/{v}");
-                }
+                let plat = platform_name(&m["platform"]);
                 let man = read_json(&layout_blob(layout, m["digest"].as_str().unwrap()));
                 out.push((plat, man));
             }
@@ -185,6 +223,37 @@ pub fn layout_manifests(layout: &Path) -> Vec<(String, serde_json::Value)> {
         }
     }
     out
+}
+
+/// The platform of a descriptor's `platform` object, or of an image
+/// config, as `os/architecture[/variant]` (an absent field reads as empty,
+/// so the comparison that follows fails and shows it).
+pub fn platform_name(p: &serde_json::Value) -> String {
+    let mut name = format!(
+        "{}/{}",
+        p["os"].as_str().unwrap_or(""),
+        p["architecture"].as_str().unwrap_or("")
+    );
+    if let Some(v) = p["variant"].as_str() {
+        name = format!("{name}/{v}");
+    }
+    name
+}
+
+/// The manifests of an image index as (platform, digest), in the index's
+/// order.
+pub fn index_entries(index: &serde_json::Value) -> Vec<(String, String)> {
+    index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an index: {index:#}"))
+        .iter()
+        .map(|m| {
+            let digest = m["digest"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no digest in {m}"));
+            (platform_name(&m["platform"]), digest.to_string())
+        })
+        .collect()
 }
 
 /// The entry names of every layer of `manifest` (in layer order), read with
@@ -217,21 +286,13 @@ pub fn layer_entries(layout: &Path, manifest: &serde_json::Value) -> Vec<Vec<Str
 
 /// `skopeo copy` of a pushed reference into a fresh OCI layout directory.
 pub fn skopeo_to_layout(reference: &str, layout: &Path) {
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-            &format!("docker://{reference}"),
-            &format!("oci:{}:x", layout.display()),
-        ])
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo([
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{reference}"),
+        &format!("oci:{}:x", layout.display()),
+    ]);
 }
 
 /// Every regular file under `dir` whose bytes contain `needle`; files that
@@ -369,17 +430,8 @@ pub fn layout_put_blob(layout: &Path, bytes: &[u8]) -> String {
 /// `--config` for a single image's config), parsed: the independent reader
 /// of OCI layout directories.
 pub fn skopeo_inspect_layout(layout: &Path, flag: &str) -> serde_json::Value {
-    let out = Command::new("skopeo")
-        .args(["inspect", flag])
-        .arg(format!("oci:{}", layout.display()))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {flag}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("skopeo prints JSON")
+    let out = skopeo(["inspect", flag, &format!("oci:{}", layout.display())]);
+    serde_json::from_slice(&out).expect("skopeo prints JSON")
 }
 
 /// The file `name` of the last layer of each platform's image of the
@@ -418,47 +470,44 @@ pub fn last_layer_file(dir: &Path, reference: &str, name: &str) -> Vec<(String, 
 /// Asserts `skopeo` reads `reference` with the credentials
 /// `user:password`.
 pub fn assert_readable_with(reference: &str, user: &str, password: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            "--creds",
-            &format!("{user}:{password}"),
-            &format!("docker://{reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("{user}:{password}"),
+        &format!("docker://{reference}"),
+    ]);
 }
 
-/// What a registry question of the daemon gets from [`CredentialsOnly`].
-pub type CredentialsAnswer =
+/// What the client's side of a session answers when asked for a registry's
+/// credentials.
+type Credentials =
     Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>;
 
-/// The client side of a session a test drives by hand: it drops progress,
-/// holds no secrets, was asked for no output (a streamed one is an error),
-/// and answers the daemon's credentials questions with its function.
-pub struct CredentialsOnly<F>(pub F);
-
-impl<F> kbuild_driver::session::Local for CredentialsOnly<F>
+/// The client's side of a Build session a test drives itself, without the
+/// binary: no progress shown, registry credentials from `credentials` (of
+/// the registry host), no secrets, and no output asked for.
+pub fn session_client<F>(credentials: F) -> std::sync::Arc<dyn kbuild_driver::session::Local>
 where
-    F: Fn(&str) -> CredentialsAnswer + Send + Sync + 'static,
+    F: Fn(&str) -> Credentials + Send + Sync + 'static,
+{
+    std::sync::Arc::new(SessionClient(credentials))
+}
+
+struct SessionClient<F>(F);
+
+impl<F> kbuild_driver::session::Local for SessionClient<F>
+where
+    F: Fn(&str) -> Credentials + Send + Sync + 'static,
 {
     fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-
-    fn credentials(&self, host: &str) -> CredentialsAnswer {
+    fn credentials(&self, host: &str) -> Credentials {
         (self.0)(host)
     }
-
     fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
         Ok(None)
     }
-
     fn result(
         &self,
         output: u32,
@@ -467,4 +516,67 @@ where
     ) -> Result<(), kbuild_driver::session::LocalError> {
         Err(format!("no output was asked for, got {output}").into())
     }
+}
+
+/// Node `BUILDER0` of builder `builder`, the daemon at `endpoint`, for a
+/// session a test opens itself.
+pub fn direct_node(builder: &str, endpoint: String) -> kbuild_driver::config::Node {
+    kbuild_driver::config::Node {
+        name: format!("{builder}0"),
+        endpoint,
+        platforms: Vec::new(),
+        tls: Default::default(),
+    }
+}
+
+/// One Build session straight to the daemon at `endpoint` (see
+/// [`direct_node`]), the client's side answering `login` for every
+/// registry: what the daemon said when the build ended.
+pub fn direct_build(
+    builder: &str,
+    endpoint: String,
+    start: kbuild_proto::v1::BuildStart,
+    login: Option<kbuild_registry::RegistryLogin>,
+) -> kbuild_proto::v1::BuildDone {
+    let node = direct_node(builder, endpoint);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(kbuild_driver::session::build(
+        builder,
+        &node,
+        &kbuild_driver::Direct,
+        start,
+        None,
+        session_client(move |_| Ok(login.clone())),
+        std::future::pending::<()>(),
+    ))
+    .expect("the session ends with BuildDone")
+}
+
+/// A token server on the loopback address granting `user`/`password` (its
+/// keys under `client`'s directory) and a registry that wants its Bearer
+/// tokens; `None` after [`kbuild_testkit::fixtures::skip_or_fail`].
+pub fn token_registry(
+    client: &Client,
+    user: &str,
+    password: &str,
+) -> Option<(
+    kbuild_testkit::token::TokenServer,
+    kbuild_testkit::registry::TestRegistry,
+)> {
+    let keys = client.path("token-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (tokens, files) = kbuild_testkit::fixtures::started(
+        "token server",
+        kbuild_testkit::token::TokenServer::start(
+            std::net::Ipv4Addr::LOCALHOST,
+            &keys,
+            user,
+            password,
+        ),
+    )?;
+    let registry = kbuild_testkit::fixtures::started(
+        "registry",
+        kbuild_testkit::registry::TestRegistry::start_with_token_auth(&files),
+    )?;
+    Some((tokens, registry))
 }
