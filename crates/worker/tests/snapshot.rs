@@ -385,7 +385,13 @@ fn unpack_once_per_diff_id_and_verifies_digest() -> TestResult {
         assert_eq!(r.as_ref().ok(), Some(&first));
     }
     assert_eq!(fs::read_dir(&first)?.count(), 200);
-    assert_eq!(fs::read_dir(snap.root().join("layers"))?.count(), 1);
+    // The layer and its boot marker.
+    assert_eq!(fs::read_dir(snap.root().join("layers"))?.count(), 2);
+    assert!(snap
+        .root()
+        .join("layers")
+        .join(format!("{}.boot", id.trim_start_matches("sha256:")))
+        .is_file());
     assert_eq!(fs::read_dir(snap.root().join("tmp"))?.count(), 0);
 
     // Once there, the reader is not consulted again.

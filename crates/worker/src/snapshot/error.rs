@@ -67,6 +67,15 @@ pub enum Error {
     /// Too many lower layers for one overlay mount.
     #[error("cannot stack {0} lower layers in one overlay mount: the kernel allows at most 500")]
     TooManyLowers(usize),
+    /// The boot marker of an unsynced layer could not be written.
+    #[error("cannot write the boot marker {}: {source}", path.display())]
+    Marker {
+        /// The marker file.
+        path: PathBuf,
+        /// The atomic writer's error (boxed, as in `WriteTar`).
+        #[source]
+        source: Box<kbuild_image::Error>,
+    },
     /// Writing the diff tar failed.
     #[error("cannot write the diff entry `{entry}` to the layer tar: {source}")]
     WriteTar {

@@ -6,6 +6,7 @@
 //! | path | what |
 //! |---|---|
 //! | `layers/<hex>/` | an unpacked layer (overlay diff format), named by its diff_id |
+//! | `layers/<hex>.boot` | the boot id of the boot that published `layers/<hex>/` unsynced |
 //! | `tmp/<hex>/` | a layer being unpacked; renamed into `layers/` when complete |
 //! | `locks/<hex>.lock` | `flock` taken while a layer is unpacked or adopted |
 //! | `mounts/<id>/{upper,work,merged}` | a live overlay mount |
@@ -17,8 +18,18 @@
 //! extracted and digest-verified temp directory, so a crashed process never
 //! leaves a half-unpacked layer behind a diff_id name; two processes that
 //! unpack the same layer serialize on the lock, and the second one reuses
-//! the first one's result. (The rename is atomic against process crashes;
-//! durability against power loss is left to the filesystem.)
+//! the first one's result.
+//!
+//! Layer directories are published without syncing their files (neither
+//! an unpacked layer nor a committed upper of a `volatile` overlay mount is
+//! written back first), so a kernel crash or power cut may leave one that
+//! looks complete but holds empty or missing files. Before a layer is
+//! published, the current boot id (`/proc/sys/kernel/random/boot_id`) is
+//! written to `layers/<hex>.boot` with the atomic writer (fsynced, so it is
+//! on disk before the rename that publishes the layer). A layer whose
+//! marker names another boot is not trusted: [`Snapshotter::layer`]
+//! removes it and reports it absent, and the caller unpacks it again from
+//! its blob. A layer without a marker (older stores) is trusted.
 //!
 //! What a crashed process leaves (a mount, its directories, a half-unpacked
 //! layer) is found by its free lock and reclaimed by
@@ -53,6 +64,7 @@ mod unpack;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use kbuild_image::lock::{FileLock, LockMode};
 use rustix::fs::RenameFlags;
@@ -183,6 +195,38 @@ fn parse_diff_id(diff_id: &str) -> Result<DiffId<'_>> {
     Ok(DiffId { algorithm, hex })
 }
 
+/// The suffix of a layer's boot marker: `layers/<hex>.boot`.
+pub(crate) const BOOT_SUFFIX: &str = ".boot";
+
+/// Where the kernel tells this boot's id.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This boot's id, read once per process.
+fn boot_id() -> Result<&'static str> {
+    static ID: OnceLock<String> = OnceLock::new();
+    if let Some(id) = ID.get() {
+        return Ok(id);
+    }
+    let text = fs::read_to_string(BOOT_ID_PATH).at("read the boot id from", BOOT_ID_PATH)?;
+    let id = text.trim();
+    if id.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "empty boot id"))
+            .at("read the boot id from", BOOT_ID_PATH);
+    }
+    Ok(ID.get_or_init(|| id.to_string()))
+}
+
+/// Whether `layers/<hex>` can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerState {
+    /// Not there.
+    Absent,
+    /// There, with no marker or this boot's.
+    Trusted,
+    /// There, published unsynced during another boot.
+    Stale,
+}
+
 /// Hashes what passes through, to check a layer stream against its diff_id.
 struct Hashing<R> {
     inner: R,
@@ -229,11 +273,89 @@ impl Snapshotter {
         &self.root
     }
 
-    /// The directory of an unpacked layer, if it is there.
+    /// The directory of an unpacked layer, if it is there and trusted.
+    ///
+    /// A layer published unsynced during another boot (its
+    /// `layers/<hex>.boot` names another boot id) may have lost data in a
+    /// crash: it is removed (under the layer's lock) and reported absent,
+    /// so the caller unpacks it again from its blob.
     pub fn layer(&self, diff_id: &str) -> Result<Option<PathBuf>> {
         let id = parse_diff_id(diff_id)?;
         let p = self.root.join("layers").join(id.hex);
-        Ok(p.is_dir().then_some(p))
+        match self.layer_state(id.hex)? {
+            LayerState::Trusted => return Ok(Some(p)),
+            LayerState::Absent => return Ok(None),
+            LayerState::Stale => {}
+        }
+        let _lock = self.lock(id.hex)?;
+        match self.layer_state(id.hex)? {
+            LayerState::Trusted => Ok(Some(p)),
+            LayerState::Absent => Ok(None),
+            LayerState::Stale => {
+                self.discard_stale(id.hex)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn marker_path(&self, hex: &str) -> PathBuf {
+        self.root.join("layers").join(format!("{hex}{BOOT_SUFFIX}"))
+    }
+
+    /// The marker is read before the directory is looked at: a layer being
+    /// discarded loses its directory before its marker, and a layer being
+    /// published gets its marker before its directory, so a reader without
+    /// the lock never trusts a stale layer.
+    fn layer_state(&self, hex: &str) -> Result<LayerState> {
+        let marker = self.marker_path(hex);
+        let stale = match fs::read(&marker) {
+            // An unreadable (torn, empty) marker is not this boot's either.
+            Ok(text) => text.trim_ascii() != boot_id()?.as_bytes(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e).at("read the boot marker", &marker),
+        };
+        let dir = self.root.join("layers").join(hex);
+        Ok(match (dir.is_dir(), stale) {
+            (false, _) => LayerState::Absent,
+            (true, false) => LayerState::Trusted,
+            (true, true) => LayerState::Stale,
+        })
+    }
+
+    /// Removes a layer of another boot and then its marker; the caller
+    /// holds the layer's lock. The directory leaves `layers/` by one rename
+    /// to `tmp/<hex>` (which recovery reclaims if this process dies), so it
+    /// never shows up half-deleted without its marker.
+    fn discard_stale(&self, hex: &str) -> Result<()> {
+        let dir = self.root.join("layers").join(hex);
+        let tmp = self.root.join("tmp").join(hex);
+        if tmp.symlink_metadata().is_ok() {
+            fs::remove_dir_all(&tmp).at("remove a stale unpack directory", &tmp)?;
+        }
+        fs::rename(&dir, &tmp).at("move a layer of an earlier boot to", &tmp)?;
+        let marker = self.marker_path(hex);
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).at("remove the boot marker", &marker),
+        }
+        fs::remove_dir_all(&tmp).at("remove a layer of an earlier boot", &tmp)?;
+        tracing::debug!(
+            layer = hex,
+            "dropped a layer published unsynced during an earlier boot"
+        );
+        Ok(())
+    }
+
+    /// Records that `layers/<hex>` is about to be published unsynced
+    /// during this boot; written (and synced) before the publishing rename.
+    fn write_marker(&self, hex: &str) -> Result<()> {
+        let path = self.marker_path(hex);
+        let text = format!("{}\n", boot_id()?);
+        kbuild_image::write_atomic(&path, text.as_bytes()).map_err(|source| Error::Marker {
+            path,
+            source: Box::new(source),
+        })
     }
 
     fn lock(&self, hex: &str) -> Result<FileLock> {
@@ -262,7 +384,10 @@ impl Snapshotter {
     /// Unpacks an uncompressed layer tar once per diff_id into an
     /// overlay-ready directory and returns it (`<root>/layers/<hex>`).
     ///
-    /// If the layer is already there the reader is not touched. The stream
+    /// If the layer is already there (and trusted, see
+    /// [`Snapshotter::layer`]) the reader is not touched; a layer of an
+    /// earlier boot is made again. The files are not synced: the layer is
+    /// published with this boot's marker. The stream
     /// is checked against `diff_id`; entries that would escape the layer
     /// (`..`, symlinked parents, hardlinks outside) are rejected with an
     /// error naming the entry. OCI whiteouts become overlay whiteouts.
@@ -273,12 +398,14 @@ impl Snapshotter {
     pub fn unpack_layer(&self, diff_id: &str, reader: impl Read) -> Result<PathBuf> {
         let id = parse_diff_id(diff_id)?;
         let target = self.root.join("layers").join(id.hex);
-        if target.is_dir() {
+        if self.layer_state(id.hex)? == LayerState::Trusted {
             return Ok(target);
         }
         let _lock = self.lock(id.hex)?;
-        if target.is_dir() {
-            return Ok(target);
+        match self.layer_state(id.hex)? {
+            LayerState::Trusted => return Ok(target),
+            LayerState::Stale => self.discard_stale(id.hex)?,
+            LayerState::Absent => {}
         }
         let tmp = self.root.join("tmp").join(id.hex);
         if tmp.symlink_metadata().is_ok() {
@@ -309,7 +436,8 @@ impl Snapshotter {
                 });
             }
             Ok(())
-        });
+        })
+        .and_then(|()| self.write_marker(id.hex));
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
@@ -321,11 +449,21 @@ impl Snapshotter {
     /// Gives a committed upper directory (from [`Mount::commit`]) its layer
     /// name once its diff_id is known, so later builds find it with
     /// [`Snapshotter::layer`] without unpacking. If the layer already
-    /// exists, `dir` is removed and the existing directory returned.
+    /// exists (and is trusted), `dir` is removed and the existing directory
+    /// returned. The upper of a `volatile` mount was not synced at
+    /// unmount: the layer is published with this boot's marker.
     pub fn adopt_layer(&self, diff_id: &str, dir: &Path) -> Result<PathBuf> {
         let id = parse_diff_id(diff_id)?;
         let target = self.root.join("layers").join(id.hex);
         let _lock = self.lock(id.hex)?;
+        match self.layer_state(id.hex)? {
+            LayerState::Trusted => {}
+            LayerState::Stale => {
+                self.discard_stale(id.hex)?;
+                self.write_marker(id.hex)?;
+            }
+            LayerState::Absent => self.write_marker(id.hex)?,
+        }
         self.publish(dir, &target)?;
         Ok(target)
     }

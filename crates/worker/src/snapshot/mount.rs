@@ -7,18 +7,27 @@
 //! limit on the length of the lower paths; older kernels get one
 //! `mount(2)` option string, with `/proc/self/fd/N` names for the lowers
 //! when the full paths would not fit in a page.
+//!
+//! Mounts are `volatile` (Linux 5.10+): overlayfs then skips the
+//! `sync_filesystem()` of the upper filesystem (the whole store's) at
+//! unmount and on `syncfs`/`fsync` inside a step, which would otherwise
+//! write back every dirty page of the store. A layer made from such an
+//! upper is published unsynced and marked with the boot id (see
+//! [`super::Snapshotter::adopt_layer`]). Kernels that refuse the option get
+//! plain mounts, decided once per process.
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mount::{
-    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, FsMountFlags, FsOpenFlags,
-    MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
+    fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MountFlags, MoveMountFlags, UnmountFlags,
 };
 
 use kbuild_image::lock::FileLock;
@@ -41,6 +50,10 @@ const PLAIN_UPPER_OPTIONS: [(&str, &str); 4] = [
     ("xino", "off"),
 ];
 
+/// Set once the kernel has refused `volatile` (before Linux 5.10), so later
+/// mounts of this process do not try it again.
+static VOLATILE_REFUSED: AtomicBool = AtomicBool::new(false);
+
 /// A live overlay mount: `merged` shows the stacked layers, writes land in
 /// `upper` (overlay diff format: whiteouts are 0/0 character devices,
 /// replaced directories carry `trusted.overlay.opaque=y`).
@@ -52,7 +65,8 @@ const PLAIN_UPPER_OPTIONS: [(&str, &str); 4] = [
 /// The mount is made in the caller's mount namespace (the solver runs as
 /// root on the host; the executor enters `merged` from there), with
 /// `redirect_dir=off,metacopy=off,index=off,xino=off` so the upper stays a
-/// plain diff. Linux 6.8+ takes any number of lowers (up to overlayfs's
+/// plain diff, and `volatile` where the kernel has it (no sync of the
+/// store's filesystem at unmount). Linux 6.8+ takes any number of lowers (up to overlayfs's
 /// 500) through `fsconfig(lowerdir+)`; older kernels fall back to
 /// `mount(2)`, whose one-page option string holds about 200 lowers.
 ///
@@ -152,6 +166,7 @@ fn mount_lowerdir_plus(
     upper: &Path,
     work: &Path,
     merged: &Path,
+    volatile: bool,
 ) -> io::Result<()> {
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
     fsconfig_set_string(fs.as_fd(), "source", "kbuild")?;
@@ -162,6 +177,9 @@ fn mount_lowerdir_plus(
     fsconfig_set_string(fs.as_fd(), "workdir", work)?;
     for (k, v) in PLAIN_UPPER_OPTIONS {
         fsconfig_set_string(fs.as_fd(), k, v)?;
+    }
+    if volatile {
+        fsconfig_set_flag(fs.as_fd(), "volatile")?;
     }
     fsconfig_create(fs.as_fd())?;
     let mnt = fsmount(
@@ -186,6 +204,7 @@ pub(crate) fn mount_legacy(
     upper: &Path,
     work: &Path,
     merged: &Path,
+    volatile: bool,
 ) -> io::Result<()> {
     let build = |names: &[PathBuf]| {
         let mut data = b"lowerdir=".to_vec();
@@ -201,6 +220,9 @@ pub(crate) fn mount_legacy(
         data.extend(escape_option(work));
         for (k, v) in PLAIN_UPPER_OPTIONS {
             data.extend(format!(",{k}={v}").bytes());
+        }
+        if volatile {
+            data.extend(b",volatile");
         }
         data
     };
@@ -237,6 +259,48 @@ pub(crate) fn mount_legacy(
 /// Whether the kernel rejected `lowerdir+` (before Linux 6.8).
 fn lowerdir_plus_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS))
+}
+
+/// One overlay mount: `lowerdir+` where the kernel has it, else `mount(2)`.
+fn mount_overlay(
+    lowers: &[&Path],
+    upper: &Path,
+    work: &Path,
+    merged: &Path,
+    volatile: bool,
+) -> io::Result<()> {
+    match mount_lowerdir_plus(lowers, upper, work, merged, volatile) {
+        Err(e) if lowerdir_plus_unsupported(&e) => {
+            tracing::debug!(error = %e, "lowerdir+ unsupported, using mount(2)");
+            mount_legacy(lowers, upper, work, merged, volatile)
+        }
+        other => other,
+    }
+}
+
+/// Runs `mount` with `volatile` unless `refused` says the kernel does not
+/// have it; when a volatile mount fails with EINVAL (the kernel's answer to
+/// an unknown option) and the same mount without it succeeds, `refused` is
+/// set so later mounts go without at once. `reset` runs before the retry
+/// (a fresh work directory).
+fn mount_maybe_volatile(
+    refused: &AtomicBool,
+    mut mount: impl FnMut(bool) -> io::Result<()>,
+    reset: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    if refused.load(Ordering::Relaxed) {
+        return mount(false);
+    }
+    match mount(true) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            reset()?;
+            mount(false)?;
+            tracing::debug!(error = %e, "overlayfs refuses `volatile`; mounting without it");
+            refused.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 impl Mount {
@@ -294,13 +358,19 @@ impl Mount {
         if top_first.is_empty() {
             top_first.push(&empty);
         }
-        let result = match mount_lowerdir_plus(&top_first, &mount.upper, &work, &mount.merged) {
-            Err(e) if lowerdir_plus_unsupported(&e) => {
-                tracing::debug!(error = %e, "lowerdir+ unsupported, using mount(2)");
-                mount_legacy(&top_first, &mount.upper, &work, &mount.merged)
-            }
-            other => other,
-        };
+        // A volatile mount leaves `work/work/incompat/volatile`, and
+        // overlayfs refuses to mount that upper/work pair again. None is
+        // ever reused: unmount, commit, Drop and recovery remove the whole
+        // mount directory (work/ included), and a commit's upper becomes a
+        // lower only.
+        let result = mount_maybe_volatile(
+            &VOLATILE_REFUSED,
+            |volatile| mount_overlay(&top_first, &mount.upper, &work, &mount.merged, volatile),
+            || {
+                fs::remove_dir_all(&work)?;
+                fs::create_dir(&work)
+            },
+        );
         result.map_err(|source| Error::Mount {
             merged: mount.merged.clone(),
             lowers: lowers.len(),
@@ -449,12 +519,82 @@ mod tests {
         let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
         assert!(total > 4096, "the option string must overflow a page");
         let top_first: Vec<&Path> = lowers.iter().rev().map(|p| p.as_path()).collect();
-        mount_legacy(&top_first, &upper, &work, &merged)?;
+        mount_legacy(&top_first, &upper, &work, &merged, true)?;
         let seen = fs::read_dir(&merged)?.count();
         let top = fs::read_to_string(merged.join("shadowed"))?;
+        let volatile_marker = work.join("work/incompat/volatile").is_dir();
         rustix::mount::unmount(&merged, UnmountFlags::empty())?;
         assert_eq!(seen, 41);
         assert_eq!(top, "39", "the last lower is the top one");
+        assert!(volatile_marker, "mount(2) passes `volatile`");
         Ok(())
+    }
+
+    /// The fallback for kernels without `volatile`, with a stand-in for
+    /// the kernel that answers EINVAL to the option.
+    #[test]
+    fn volatile_refused_once() {
+        let refused = AtomicBool::new(false);
+        let mut calls = Vec::new();
+        let mut resets = 0;
+        let old_kernel = |volatile: bool, calls: &mut Vec<bool>| {
+            calls.push(volatile);
+            if volatile {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                Ok(())
+            }
+        };
+        mount_maybe_volatile(
+            &refused,
+            |v| old_kernel(v, &mut calls),
+            || {
+                resets += 1;
+                Ok(())
+            },
+        )
+        .expect("the plain mount succeeds");
+        assert_eq!(calls, [true, false]);
+        assert_eq!(resets, 1);
+        assert!(refused.load(Ordering::Relaxed));
+        // Remembered: the next mount does not try again.
+        mount_maybe_volatile(
+            &refused,
+            |v| old_kernel(v, &mut calls),
+            || {
+                resets += 1;
+                Ok(())
+            },
+        )
+        .expect("the plain mount succeeds");
+        assert_eq!(calls, [true, false, false]);
+        assert_eq!(resets, 1);
+
+        // An EINVAL that is not about `volatile` (the plain mount fails
+        // too) is reported and not remembered.
+        let refused = AtomicBool::new(false);
+        let err = mount_maybe_volatile(
+            &refused,
+            |_| Err(io::Error::from_raw_os_error(libc::EINVAL)),
+            || Ok(()),
+        )
+        .expect_err("both attempts fail");
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert!(!refused.load(Ordering::Relaxed));
+
+        // Other errors are not retried.
+        let mut tries = 0;
+        let err = mount_maybe_volatile(
+            &refused,
+            |_| {
+                tries += 1;
+                Err(io::Error::from_raw_os_error(libc::ENOENT))
+            },
+            || Ok(()),
+        )
+        .expect_err("not retried");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(tries, 1);
+        assert!(!refused.load(Ordering::Relaxed));
     }
 }

@@ -14,6 +14,12 @@
 //! leftovers of a crash (SIGKILL, a power cut): recovery unmounts them
 //! (lazily when busy) and removes them. A live build's entries are never
 //! touched, so recovery may run while other builds do.
+//!
+//! Recovery leaves `layers/` alone, boot markers (`layers/<hex>.boot`)
+//! included: a layer of an earlier boot is dropped when it is looked up
+//! ([`Snapshotter::layer`]). [`Snapshotter::gc`] removes a marker after its
+//! layer, and markers (and temp files of the atomic writer) whose layer is
+//! gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -27,7 +33,7 @@ use kbuild_image::ExclusiveStoreLock;
 
 use super::error::{IoContext, Result};
 use super::mount::{unmount_path, LOCK_SUFFIX};
-use super::{parse_diff_id, Snapshotter};
+use super::{parse_diff_id, Snapshotter, BOOT_SUFFIX};
 
 /// Names in `tmp/` of layers a collection is deleting.
 const GC_PREFIX: &str = "gc-";
@@ -298,7 +304,8 @@ impl Snapshotter {
     /// Garbage collection: [`Snapshotter::recover`], then removes every
     /// unpacked layer whose diff_id is not in `keep` (the diff_ids the store
     /// still references, see
-    /// [`kbuild_image::ContentStore::referenced_diff_ids`]). Runs under the
+    /// [`kbuild_image::ContentStore::referenced_diff_ids`]), each with its
+    /// boot marker, and markers whose layer is gone. Runs under the
     /// store's exclusive lock, so no build is using a layer meanwhile.
     pub fn gc<I, S>(&self, _held: &ExclusiveStoreLock, keep: I) -> Result<GcReport>
     where
@@ -316,8 +323,17 @@ impl Snapshotter {
         let gc_lock = self.root.join("locks").join(GC_LOCK);
         let _held = FileLock::acquire(&gc_lock, LockMode::Exclusive).at("lock", &gc_lock)?;
         let layers = self.root.join("layers");
+        let mut others = Vec::new();
         for name in names(&layers)? {
             if name.to_str().is_some_and(|n| keep.contains(n)) {
+                continue;
+            }
+            let is_layer = name.to_str().is_some_and(|n| {
+                parse_diff_id(&format!("sha256:{n}")).is_ok()
+                    || parse_diff_id(&format!("sha512:{n}")).is_ok()
+            });
+            if !is_layer {
+                others.push(name); // markers, after the layers
                 continue;
             }
             // Out of `layers/` by one rename first: a collection killed while
@@ -333,10 +349,31 @@ impl Snapshotter {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).at("move an unreferenced layer to", &trash),
             }
+            // The marker after the layer: a layer is never without its
+            // marker while it is still under its diff_id.
+            let mut marker = name.clone();
+            marker.push(BOOT_SUFFIX);
+            remove_tree(&layers.join(marker))?;
             remove_tree(&trash)?;
             tracing::debug!(dir = %p.display(), bytes = size, "removed an unreferenced layer");
             report.removed_layers += 1;
             report.freed_bytes += size;
+        }
+        // What is left besides layers: a marker whose layer is gone (a
+        // collection or a discard that died between the two removals), a
+        // dead atomic writer's temp file. A live layer's marker stays.
+        for name in others {
+            let live = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(BOOT_SUFFIX))
+                .is_some_and(|hex| layers.join(hex).is_dir());
+            if live {
+                continue;
+            }
+            let p = layers.join(&name);
+            if remove_tree(&p)? {
+                tracing::debug!(path = %p.display(), "removed a boot marker without its layer");
+            }
         }
         Ok(report)
     }
