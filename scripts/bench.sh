@@ -26,6 +26,10 @@
 # build runs, each with a fresh store and registry; 1 by default),
 # KBUILD_BENCH_LAYERS (large-copy: 2 copies the files in two COPY steps),
 # KBUILD_BENCH_COMPRESSION (large-copy: "gzip zstd" by default),
+# KBUILD_BENCH_FRESH_FS (large-copy: 1, the default, puts each cold run's
+# store on an ext4 filesystem made for that run, an image file on a loop
+# device under WORKDIR, so that no run times what earlier runs left behind;
+# 0 keeps the stores on WORKDIR's own filesystem, as before),
 # KBUILD_BENCH_BIN (a kubectl-build binary to measure instead of building
 # this tree's release binary, e.g. an older build for a before/after
 # comparison).
@@ -104,12 +108,56 @@ if [[ $mode == large-copy ]]; then
         fi
         out="type=registry,name=$reg/bench/large:$compression,compression=$compression"
     }
-    trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true' EXIT
-    # Each cold run gets a store of its own, all removed at the end: ext4
-    # makes files slowly for minutes after many were deleted (its inode
-    # allocator skips recently deleted inodes one by one), so removing the
-    # last run's 20k files right before a cold run would time that instead.
-    rm -rf "$work"/store-large-*
+    # Each cold run gets a store of its own: ext4 makes files slowly for
+    # minutes after many were deleted (its inode allocator skips recently
+    # deleted inodes one by one), so a store on a filesystem where an
+    # earlier run's 20k files were just removed would time that instead.
+    # With KBUILD_BENCH_FRESH_FS=1 (the default) the store is a new ext4
+    # filesystem (an image on a loop device, made and mounted before the
+    # clock starts, removed after the warm runs); otherwise a new
+    # directory, and the stores are removed only at the end.
+    fresh_fs=${KBUILD_BENCH_FRESH_FS:-1}
+    fs_size_mb=$((size_mb * 3 + 2048))
+    # Unmounts what a store holds (a build leaves nothing mounted, but a
+    # failed one might) and the store's own filesystem, then removes both.
+    drop_store() {
+        local s=$1
+        if mountpoint -q "$s"; then
+            grep -o " $s/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+            umount "$s" || umount -l "$s"
+        fi
+        rm -rf "$s" "$s.img"
+    }
+    # An empty store for the next cold run at $store.
+    new_store() {
+        drop_store "$store"
+        mkdir -p "$store"
+        if [[ $fresh_fs == 1 ]]; then
+            truncate -s "${fs_size_mb}M" "$store.img"
+            # All inode tables written now rather than by a kernel thread
+            # during the run; direct I/O, so the image's pages are not
+            # cached (and copied) a second time; the loop device goes
+            # away with the unmount.
+            mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$store.img"
+            local dev
+            dev=$(losetup -f --show --direct-io=on "$store.img")
+            mount "$dev" "$store"
+            losetup -d "$dev"
+        fi
+    }
+    drop_stores() {
+        for s in "$work"/store-large-*; do
+            [[ $s == *.img ]] || drop_store "$s"
+        done
+        rm -f "$work"/store-large-*.img
+    }
+    trap 'scripts/registry.sh stop "$work/registry" >/dev/null 2>&1 || true; drop_stores' EXIT
+    drop_stores
+    if [[ $fresh_fs == 1 ]]; then
+        echo "each cold run's store: a fresh ext4 filesystem on a loop device (KBUILD_BENCH_FRESH_FS=0: a directory under $work)"
+    else
+        echo "each cold run's store: a new directory under $work, on a filesystem earlier runs may have left slow (KBUILD_BENCH_FRESH_FS=1 makes one per run)"
+    fi
     for compression in ${KBUILD_BENCH_COMPRESSION:-gzip zstd}; do
         run() { MEASURE_THREADS=1 MEASURE_JSON=$work/measure.json MEASURE_PER_BYTES=$ctx_bytes scripts/measure.py "$1" "$K" --root "$store" "$ctx" -f "$dockerfile" --platform linux/amd64 -o "$out" --progress quiet; }
         # The bytes the last run read, split: the upload reads the new
@@ -129,6 +177,7 @@ PY
         }
         for i in $(seq 1 "${KBUILD_BENCH_RUNS:-1}"); do
             store=$work/store-large-$compression-$i
+            new_store
             prepare
             if [[ $i == 1 ]]; then
                 section "large COPY (FROM $base), ${size_mb} MiB ($ctx_bytes bytes) in $files files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to a local registry"
@@ -144,9 +193,12 @@ PY
         echo "changed $(date +%s%N)" >> "$victim"
         run "one file changed"
         mv "$victim.orig" "$victim"
+        if [[ $fresh_fs == 1 ]]; then
+            drop_stores
+        fi
     done
     tar -cf - -C "$big" data | /usr/bin/time -f "reference: gzip -6 of the same tar on one core: %e s wall" gzip -6 >/dev/null
-    rm -rf "$work"/store-large-*
+    drop_stores
     exit 0
 fi
 

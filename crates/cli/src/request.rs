@@ -11,7 +11,7 @@ use kbuild_solver::options::{
     AnnotationTarget, NetworkMode, Output, OutputKind, SecretSpec, SshSpec,
 };
 use kbuild_solver::provenance::{Invocation, ProvenanceMode, ProvenanceRequest};
-use kbuild_solver::remote_cache::{CacheFrom, CacheTo};
+use kbuild_solver::remote_cache::{parse_caches, CacheFrom, CacheTo};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::IpAddr;
@@ -173,16 +173,7 @@ impl BuildRequest {
     pub fn from_args(a: &BuildArgs, _g: &GlobalArgs) -> Result<BuildRequest, RequestError> {
         let path = a.path.as_deref().ok_or(RequestError::MissingPath)?;
         refuse_unsupported(a)?;
-        let cache_from = a
-            .cache_from
-            .iter()
-            .map(|s| CacheFrom::parse(s))
-            .collect::<Result<Vec<_>, _>>()?;
-        let cache_to = a
-            .cache_to
-            .iter()
-            .map(|s| CacheTo::parse(s))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (cache_from, cache_to) = parse_caches(&a.cache_from, &a.cache_to)?;
 
         let (named_contexts, context_dirs, context_values) = build_contexts(a)?;
 

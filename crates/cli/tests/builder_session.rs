@@ -274,28 +274,6 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
     if !require_root() {
         return;
     }
-    struct OldClient(kbuild_registry::RegistryLogin);
-    impl kbuild_driver::session::Local for OldClient {
-        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(
-            &self,
-            _: &str,
-        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
-        {
-            Ok(Some(self.0.clone()))
-        }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
-            Ok(None)
-        }
-        fn result(
-            &self,
-            output: u32,
-            _: Vec<u8>,
-            _: bool,
-        ) -> Result<(), kbuild_driver::session::LocalError> {
-            Err(format!("no output was streamed, got {output}").into())
-        }
-    }
     let env = common::client();
     let (user, password) = ("olduser", unique("oldpw"));
     let keys = env.path("token-keys");
@@ -354,7 +332,9 @@ fn a_client_without_token_answers_still_pushes_with_its_login() {
             &kbuild_driver::Direct,
             start,
             None,
-            std::sync::Arc::new(OldClient(login)),
+            std::sync::Arc::new(common::CredentialsOnly(move |_: &str| {
+                Ok(Some(login.clone()))
+            })),
             std::future::pending::<()>(),
         ))
         .expect("the session ends with BuildDone");

@@ -153,26 +153,6 @@ fn deployment(name: &str, arch: &str, image: &str, token: &str) -> String {
     .to_string()
 }
 
-/// Deletes the test's deployments however the test ends.
-struct Deployments<'a> {
-    cluster: &'a Cluster,
-    names: Vec<String>,
-}
-
-impl Drop for Deployments<'_> {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = self.cluster.user(&[
-                "delete",
-                "deployment",
-                name,
-                "--ignore-not-found",
-                "--wait=false",
-            ]);
-        }
-    }
-}
-
 /// Kills a `kubectl port-forward` however the test ends.
 struct Forward(Child);
 
@@ -197,6 +177,56 @@ fn http_get(port: u16) -> String {
         .read_to_string(&mut answer)
         .expect("read the answer through the port-forward");
     answer
+}
+
+/// `kubectl apply -f -` of `manifest`, as the restricted user.
+fn apply_as_user(cluster: &Cluster, manifest: &str) {
+    let mut apply = cluster.kubectl_command(&cluster.user_kubeconfig());
+    let mut child = apply
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl apply");
+    child
+        .stdin
+        .take()
+        .expect("kubectl's stdin")
+        .write_all(manifest.as_bytes())
+        .expect("write the manifest to kubectl");
+    Run::from(child.wait_with_output().expect("wait for kubectl apply")).ok();
+}
+
+/// The answer to `GET /index.html` on port 8080 of `pod`, through a
+/// `kubectl port-forward` (as the admin) to a free local port.
+fn get_through_port_forward(cluster: &Cluster, pod: &str) -> String {
+    let mut forward = cluster.kubectl_command(&cluster.admin_kubeconfig());
+    let child = forward
+        .args([
+            "-n",
+            cluster::NAMESPACE,
+            "port-forward",
+            &format!("pod/{pod}"),
+            ":8080",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl port-forward");
+    let mut forward = Forward(child);
+    let mut lines = BufReader::new(forward.0.stdout.take().expect("port-forward's stdout")).lines();
+    let first = lines
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_else(|| panic!("kubectl port-forward printed nothing"));
+    // "Forwarding from 127.0.0.1:PORT -> 8080"
+    let port: u16 = first
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected port-forward output: {first}"));
+    http_get(port)
 }
 
 #[test]
@@ -225,32 +255,15 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
     .ok();
 
     let token = common::unique("token");
-    let mut deployments = Deployments {
-        cluster,
-        names: Vec::new(),
-    };
+    let mut deployments = cluster::Owned::new(cluster, "deployment");
     let placements = [("kbuild-node1", "amd64"), (cluster::ARM64_NODE, "arm64")];
     for (_, arch) in placements {
         let name = format!("smoke-{arch}-{}", &tag[6..14]);
-        let mut apply = cluster.kubectl_command(&cluster.user_kubeconfig());
-        let mut child = apply
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl apply");
-        child
-            .stdin
-            .take()
-            .expect("kubectl's stdin")
-            .write_all(deployment(&name, arch, &image, &token).as_bytes())
-            .expect("write the deployment to kubectl");
-        Run::from(child.wait_with_output().expect("wait for kubectl apply")).ok();
-        deployments.names.push(name);
+        apply_as_user(cluster, &deployment(&name, arch, &image, &token));
+        deployments.push(name);
     }
 
-    for ((node, arch), name) in placements.iter().zip(&deployments.names) {
+    for ((node, arch), name) in placements.iter().zip(deployments.names()) {
         let started = Instant::now();
         let rollout = cluster.user(&[
             "rollout",
@@ -259,7 +272,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
             "--timeout=180s",
         ]);
         if rollout.code != 0 {
-            let events = cluster.admin(&["-n", cluster::NAMESPACE, "get", "events"]);
+            let events = cluster.admin_in(&["get", "events"]);
             panic!(
                 "{name} did not roll out: {}\nevents in {}:\n{}",
                 rollout.stderr.trim(),
@@ -285,10 +298,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
         // Its output, read back through the API server and the node's kubelet.
         let deadline = Instant::now() + Duration::from_secs(30);
         let logs = loop {
-            let logs = cluster
-                .admin(&["-n", cluster::NAMESPACE, "logs", pod_name])
-                .ok()
-                .stdout;
+            let logs = cluster.logs(pod_name);
             if logs.contains("started on") || Instant::now() > deadline {
                 break logs;
             }
@@ -305,33 +315,7 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
 
         // port-forward through the API server (the driver does not use it,
         // so the restricted user's Role does not grant it).
-        let mut forward = cluster.kubectl_command(&cluster.admin_kubeconfig());
-        let child = forward
-            .args([
-                "-n",
-                cluster::NAMESPACE,
-                "port-forward",
-                &format!("pod/{pod_name}"),
-                ":8080",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl port-forward");
-        let mut forward = Forward(child);
-        let mut lines =
-            BufReader::new(forward.0.stdout.take().expect("port-forward's stdout")).lines();
-        let first = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("kubectl port-forward printed nothing"));
-        // "Forwarding from 127.0.0.1:PORT -> 8080"
-        let port: u16 = first
-            .strip_prefix("Forwarding from 127.0.0.1:")
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected port-forward output: {first}"));
-        let answer = http_get(port);
+        let answer = get_through_port_forward(cluster, pod_name);
         assert!(
             answer.starts_with("HTTP/1.") && answer.contains(" 200 "),
             "no 200 through the port-forward: {answer}"
@@ -340,6 +324,5 @@ fn image_built_by_us_runs_on_each_node_with_exec_and_port_forward() {
             answer.trim_end().ends_with(&token),
             "the page through the port-forward is not the pod's: {answer}"
         );
-        drop(forward);
     }
 }

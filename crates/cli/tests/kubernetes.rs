@@ -12,8 +12,9 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -112,53 +113,194 @@ fn user_client(c: &Cluster) -> Client {
     client_as(c, &c.user_kubeconfig())
 }
 
-/// Removes a builder (as the admin, by label) however the test ends.
-struct Cleanup<'a> {
+/// A kubernetes builder of the test, its Deployments deleted (as the
+/// admin, by label) however the test ends: a failing assertion leaves no
+/// pods behind.
+struct Builder<'a> {
     cluster: &'a Cluster,
-    builders: Vec<String>,
-    secrets: Vec<String>,
+    name: String,
 }
 
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for b in &self.builders {
-            let _ = self.cluster.admin(&[
-                "-n",
-                cluster::NAMESPACE,
-                "delete",
-                "deployments",
+impl<'a> Builder<'a> {
+    /// Builder `name`, to be removed at the end (whoever creates it).
+    fn guard(cluster: &'a Cluster, name: &str) -> Builder<'a> {
+        Builder {
+            cluster,
+            name: name.to_string(),
+        }
+    }
+
+    /// Builder `name` without what an earlier run left of it (waited for).
+    fn absent(cluster: &'a Cluster, name: &str) -> Builder<'a> {
+        let builder = Builder::guard(cluster, name);
+        let _ = cluster.admin_in(&[
+            "delete",
+            "deployments",
+            "-l",
+            &builder.selector(),
+            "--wait=true",
+        ]);
+        builder
+    }
+
+    /// A new builder named after `prefix`, created by `kb` with the driver
+    /// and one node pool per item of `pools` (`create`, then `create
+    /// --append`); `create` returns once its pods are ready.
+    fn create(cluster: &'a Cluster, kb: &Client, prefix: &str, pools: &[&[&str]]) -> Builder<'a> {
+        let builder = Builder::guard(cluster, &name(prefix));
+        let pools: Vec<Vec<String>> = pools
+            .iter()
+            .map(|args| {
+                ["--driver", "kubernetes"]
+                    .iter()
+                    .chain(args.iter())
+                    .map(|a| a.to_string())
+                    .collect()
+            })
+            .collect();
+        kb.create(&builder.name, &pools);
+        builder
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The label selector of everything the builder made.
+    fn selector(&self) -> String {
+        format!("kubectl-build.io/builder={}", self.name)
+    }
+
+    /// Everything of the builder left in the namespace (as the admin).
+    fn left(&self) -> String {
+        self.cluster
+            .admin_in(&[
+                "get",
+                "deployments,replicasets,pods,configmaps,serviceaccounts,services",
                 "-l",
-                &format!("kubectl-build.io/builder={b}"),
-                "--wait=false",
-            ]);
-        }
-        for s in &self.secrets {
-            let _ = self.cluster.admin(&[
-                "-n",
-                cluster::NAMESPACE,
-                "delete",
-                "secret",
-                s,
-                "--ignore-not-found",
-            ]);
-        }
+                &self.selector(),
+                "-o",
+                "name",
+            ])
+            .ok()
+            .stdout
+    }
+
+    /// The builder's pods (as the admin): pool label → (pod, node).
+    fn pods(&self) -> BTreeMap<String, (String, String)> {
+        let list = self
+            .cluster
+            .admin_in(&["get", "pods", "-l", &self.selector(), "-o", "json"])
+            .ok()
+            .json();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                (
+                    p["metadata"]["labels"]["kubectl-build.io/pool"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    (
+                        p["metadata"]["name"].as_str().unwrap().to_string(),
+                        p["spec"]["nodeName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+                )
+            })
+            .collect()
     }
 }
 
-/// Everything of builder `b` left in the namespace (as the admin).
-fn left_of(c: &Cluster, b: &str) -> String {
-    c.admin(&[
-        "-n",
-        cluster::NAMESPACE,
-        "get",
-        "deployments,replicasets,pods,configmaps,serviceaccounts,services",
-        "-l",
-        &format!("kubectl-build.io/builder={b}"),
-        "-o",
-        "name",
-    ])
-    .ok()
-    .stdout
+impl Drop for Builder<'_> {
+    fn drop(&mut self) {
+        let _ = self.cluster.admin_in(&[
+            "delete",
+            "deployments",
+            "-l",
+            &self.selector(),
+            "--wait=false",
+        ]);
+    }
+}
+
+/// Docker-registry secrets of `server` for `user:password`, one per name in
+/// `names`, made as the admin and deleted however the test ends.
+fn registry_secrets<'a>(
+    c: &'a Cluster,
+    names: &[&str],
+    server: &str,
+    user: &str,
+    password: &str,
+) -> cluster::Owned<'a> {
+    let mut secrets = cluster::Owned::new(c, "secret");
+    for name in names {
+        secrets.push(*name);
+        c.admin_in(&[
+            "create",
+            "secret",
+            "docker-registry",
+            name,
+            &format!("--docker-server={server}"),
+            &format!("--docker-username={user}"),
+            &format!("--docker-password={password}"),
+        ])
+        .ok();
+    }
+    secrets
+}
+
+/// `ctr -n k8s.io images ARGS` against node `n`'s containerd.
+fn node_images(c: &Cluster, n: u8, args: &[&str]) -> std::process::Output {
+    Command::new("ctr")
+        .arg("--address")
+        .arg(c.containerd_socket(n))
+        .args(["-n", "k8s.io", "images"])
+        .args(args)
+        .output()
+        .expect("run ctr")
+}
+
+/// Removes `image` from both nodes' containerd (where it is).
+fn remove_from_nodes(c: &Cluster, image: &str) {
+    for n in 1..=2 {
+        let _ = node_images(c, n, &["rm", image]);
+    }
+}
+
+/// An image loaded into the nodes' containerd, removed from both however
+/// the test ends.
+struct Loaded<'a>(&'a Cluster, String);
+
+impl Drop for Loaded<'_> {
+    fn drop(&mut self) {
+        remove_from_nodes(self.0, &self.1);
+    }
+}
+
+/// A plain-HTTP registry the pods reach (on `ip`, node 1's address) that
+/// holds the busybox fixture for `platforms`, pushed by a local build as
+/// `REGISTRY/kbuild-test/busybox:TAG`: the registry and that reference.
+fn registry_with_busybox(
+    kb: &Client,
+    ip: Ipv4Addr,
+    busybox: &Path,
+    platforms: &str,
+    tag: &str,
+) -> (TestRegistry, String) {
+    let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
+    let base = format!("{}/kbuild-test/busybox:{tag}", registry.host());
+    common::kb(&kb.path("local-store"), [busybox.to_str().unwrap()])
+        .builder("local")
+        .platform(platforms)
+        .push_to(&base, &registry.host())
+        .ok();
+    (registry, base)
 }
 
 /// The address pods reach this machine at: node 1's InternalIP.
@@ -178,14 +320,13 @@ fn node_ip(c: &Cluster) -> Ipv4Addr {
         .unwrap_or_else(|e| panic!("node IP {out:?}: {e}"))
 }
 
-/// A context whose Dockerfile only copies (so windows/amd64 builds too).
-fn copy_context(dir: &Path, token: &str) -> PathBuf {
-    let ctx = dir.join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(ctx.join("hello.txt"), format!("hello {token}\n")).unwrap();
+/// A context in `kb`'s directory whose Dockerfile only copies (so
+/// windows/amd64 builds too).
+fn copy_context(kb: &Client, token: &str) -> String {
+    let ctx = kb.context("ctx", "FROM scratch\nCOPY hello.txt /hello.txt\n");
     std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY hello.txt /hello.txt\n",
+        Path::new(&ctx).join("hello.txt"),
+        format!("hello {token}\n"),
     )
     .unwrap();
     ctx
@@ -200,70 +341,42 @@ fn skopeo_index(reference: &str, creds: &str) -> serde_json::Value {
     Run::from(out).ok().json()
 }
 
+/// The platforms of an index (`os/architecture[/variant]`), sorted.
 fn platforms_of(index: &serde_json::Value) -> Vec<String> {
-    let mut p: Vec<String> = index["manifests"]
+    let mut platforms: Vec<String> = index["manifests"]
         .as_array()
         .unwrap_or_else(|| panic!("not an index: {index}"))
         .iter()
         .map(|m| {
-            format!(
+            let p = &m["platform"];
+            let os_arch = format!(
                 "{}/{}",
-                m["platform"]["os"].as_str().unwrap_or_default(),
-                m["platform"]["architecture"].as_str().unwrap_or_default()
-            )
+                p["os"].as_str().unwrap_or_default(),
+                p["architecture"].as_str().unwrap_or_default()
+            );
+            match p["variant"].as_str() {
+                Some(v) => format!("{os_arch}/{v}"),
+                None => os_arch,
+            }
         })
         .collect();
-    p.sort();
-    p
+    platforms.sort();
+    platforms
 }
 
-#[test]
-fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
-    let Some(c) = cluster() else { return };
-    let kb = user_client(c);
-    let b = name("kt-a");
-    let _cleanup = Cleanup {
-        cluster: c,
-        builders: vec![b.clone()],
-        secrets: Vec::new(),
-    };
-    let started = Instant::now();
-    kb.kb([
-        "create",
-        &b,
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
-        "--driver-opt",
-        "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
-        "--driver-opt",
-        "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
-    ])
-    .ok();
-    eprintln!("created with 2 ready pods in {:.1?}", started.elapsed());
-
-    // What the cluster holds, as the admin sees it.
+/// The Deployment of builder `b` (as the admin sees it) carries the
+/// options `create_ls_rm_with_replicas_selector_tolerations_and_resources`
+/// created it with.
+fn assert_deployment_has_the_options(c: &Cluster, b: &str) {
     let d = c
-        .admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "get",
-            "deployment",
-            &b,
-            "-o",
-            "json",
-        ])
+        .admin_in(&["get", "deployment", b, "-o", "json"])
         .ok()
         .json();
     assert_eq!(
         d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "kubectl-build"
     );
-    assert_eq!(
-        d["metadata"]["labels"]["kubectl-build.io/builder"],
-        b.as_str()
-    );
+    assert_eq!(d["metadata"]["labels"]["kubectl-build.io/builder"], b);
     assert_eq!(d["spec"]["replicas"], 2);
     let pod = &d["spec"]["template"]["spec"];
     assert_eq!(
@@ -278,16 +391,17 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     assert_eq!(container["resources"]["limits"]["memory"], "2Gi");
     assert_eq!(container["securityContext"]["privileged"], true);
     assert_eq!(d["status"]["readyReplicas"], 2, "{}", d["status"]);
+}
 
-    // ls: the builder comes from the cluster (another user's builder list
-    // is empty), with both pods, their node, readiness and platforms.
-    let other = user_client(c);
+/// `other`'s `ls` lists builder `b` from the cluster: two ready pods on
+/// node 1, with their native and emulated platforms.
+fn assert_listed_from_the_cluster(other: &Client, b: &str) {
     let ls = other.kb(["ls", "--format", "json"]).json();
     let entry = ls
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == b.as_str())
+        .find(|e| e["name"] == b)
         .unwrap_or_else(|| panic!("ls does not list {b}: {ls}"));
     assert_eq!(entry["driver"], "kubernetes");
     let nodes = entry["nodes"].as_array().unwrap();
@@ -321,10 +435,12 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     }
     let table = other.kb(["ls"]).ok().stdout;
     assert!(table.contains("on kbuild-node1"), "{table}");
+}
 
-    // ls -A: the restricted user may not list cluster-wide and is told so
-    // in one note, and still sees its namespace; the admin sees the
-    // builder from its own default namespace.
+/// `ls -A`: the restricted user `other` is told it may only list its
+/// namespace, and sees `b` there; the admin lists `b` from every namespace
+/// but not from its own.
+fn assert_listed_in_all_namespaces(c: &Cluster, other: &Client, b: &str) {
     let out = other.kb(["ls", "-A", "--format", "json"]).ok();
     let (stderr, listed) = (&out.stderr, out.json());
     assert!(
@@ -339,13 +455,13 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["name"] == b.as_str() && e["namespace"] == cluster::NAMESPACE),
+            .any(|e| e["name"] == b && e["namespace"] == cluster::NAMESPACE),
         "{listed}"
     );
     let admin = client_as(c, &c.admin_kubeconfig());
     let default_ns = admin.kb(["ls", "--format", "json"]).run();
     assert!(
-        !default_ns.stdout.contains(&b),
+        !default_ns.stdout.contains(b),
         "the admin's namespace is not {}: {}",
         cluster::NAMESPACE,
         default_ns.stdout
@@ -354,25 +470,53 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     let (stderr, table) = (out.stderr, out.stdout);
     assert!(!stderr.contains("NOTE"), "{stderr}");
     assert!(
-        table.lines().any(|l| l.starts_with(&b)
+        table.lines().any(|l| l.starts_with(b)
             && l.contains(&format!("kubernetes (namespace {})", cluster::NAMESPACE))),
         "{table}"
     );
     assert_eq!(table.matches("on kbuild-node1").count(), 2, "{table}");
+}
+
+#[test]
+fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
+    let Some(c) = cluster() else { return };
+    let kb = user_client(c);
+    let started = Instant::now();
+    let builder = Builder::create(
+        c,
+        &kb,
+        "kt-a",
+        &[&[
+            "--driver-opt",
+            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+            "--driver-opt",
+            "\"tolerations=key=kbuild.test/dedicated,value=build,effect=NoSchedule\"",
+            "--driver-opt",
+            "requests.cpu=10m,requests.memory=64Mi,limits.memory=2Gi",
+        ]],
+    );
+    let b = builder.name();
+    eprintln!("created with 2 ready pods in {:.1?}", started.elapsed());
+
+    // What the cluster holds, as the admin sees it.
+    assert_deployment_has_the_options(c, b);
+
+    // ls: the builder comes from the cluster (another user's builder list
+    // is empty), with both pods, their node, readiness and platforms.
+    let other = user_client(c);
+    assert_listed_from_the_cluster(&other, b);
+
+    // ls -A: the restricted user may not list cluster-wide and is told so
+    // in one note, and still sees its namespace; the admin sees the
+    // builder from its own default namespace.
+    assert_listed_in_all_namespaces(c, &other, b);
 
     // --load needs the nodes' containerd socket, which this builder does
     // not mount: one line saying how to recreate it, before any build.
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = copy_context(dir.path(), "load");
+    let ctx = copy_context(&kb, "load");
     let stderr = kb
-        .kb([
-            ctx.to_str().unwrap(),
-            "--builder",
-            &b,
-            "-t",
-            "kbuild.test/never-loaded:1",
-            "--load",
-        ])
+        .kb([ctx.as_str(), "-t", "kbuild.test/never-loaded:1", "--load"])
+        .builder(b)
         .fails()
         .stderr;
     assert!(
@@ -383,52 +527,21 @@ fn create_ls_rm_with_replicas_selector_tolerations_and_resources() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     // rm removes everything create made, and waits for it.
-    let rm = other.kb(["rm", &b]).ok().stdout;
+    let rm = other.kb(["rm", b]).ok().stdout;
     assert!(rm.contains(&format!("{b} removed")), "{rm}");
-    assert_eq!(left_of(c, &b).trim(), "", "left after rm");
+    assert_eq!(builder.left().trim(), "", "left after rm");
     // The creator's record of it goes too; then the name is unknown.
-    kb.kb(["rm", &b]).ok();
-    let again = kb.kb(["rm", &b]).fails().stderr;
+    kb.kb(["rm", b]).ok();
+    let again = kb.kb(["rm", b]).fails().stderr;
     assert!(again.contains(&format!("no builder named {b}")), "{again}");
 }
 
-#[test]
-fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() {
-    let Some(c) = cluster() else { return };
-    let kb = user_client(c);
-    let ip = node_ip(c);
-    let (user, pass) = ("kbuild", "s3cret-k8s");
-    let registry =
-        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
-    let host = registry.host();
-    let creds = format!("{user}:{pass}");
-    let mut cleanup = Cleanup {
-        cluster: c,
-        builders: vec!["buildkit".to_string()],
-        secrets: Vec::new(),
-    };
-    // No builder buildkit yet, from an earlier run.
-    let _ = c.admin(&[
-        "-n",
-        cluster::NAMESPACE,
-        "delete",
-        "deployments",
-        "-l",
-        "kubectl-build.io/builder=buildkit",
-        "--wait=true",
-    ]);
-    let dir = tempfile::tempdir().unwrap();
-    let token = common::unique("tok");
-    let ctx = copy_context(dir.path(), &token);
-    // --dry-run while no builder exists: the schedule it would have,
-    // and nothing is created.
+/// `--dry-run` of `ctx` for two platforms while the default builder does
+/// not exist: the schedule it would have, and nothing created.
+fn assert_dry_run_creates_nothing(kb: &Client, ctx: &str, builder: &Builder) {
     let dry = kb
-        .kb([
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "--dry-run",
-        ])
+        .kb([ctx, "--dry-run"])
+        .platform("linux/amd64,linux/arm64")
         .ok()
         .stdout;
     assert!(
@@ -443,43 +556,61 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
             .any(|l| l.trim_start().starts_with("linux/arm64") && l.contains("its pod")),
         "{dry}"
     );
-    assert_eq!(
-        left_of(c, "buildkit").trim(),
-        "",
-        "--dry-run created something"
+    assert_eq!(builder.left().trim(), "", "--dry-run created something");
+}
+
+/// kubectl in `kb`'s environment with this binary on `PATH` as the plugin
+/// `kubectl-build` (which `kubectl plugin list` shows); the caller adds
+/// `build` and its arguments.
+fn kubectl_with_plugin(c: &Cluster, kb: &Client) -> common::Build {
+    let plugins = kb.path("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(common::bin(), plugins.join("kubectl-build")).unwrap();
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
     );
+    let plugin_list = kb
+        .command(c.kubectl())
+        .env("PATH", &path)
+        .args(["plugin", "list"])
+        .run();
+    assert!(
+        plugin_list.stdout.contains("kubectl-build"),
+        "{}",
+        plugin_list.stdout
+    );
+    kb.command(c.kubectl()).env("PATH", path)
+}
+
+#[test]
+fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() {
+    let Some(c) = cluster() else { return };
+    let kb = user_client(c);
+    let ip = node_ip(c);
+    let (user, pass) = ("kbuild", "s3cret-k8s");
+    let registry =
+        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let host = registry.host();
+    let creds = format!("{user}:{pass}");
+    // No builder buildkit yet, from an earlier run.
+    let builder = Builder::absent(c, "buildkit");
+    let token = common::unique("tok");
+    let ctx = copy_context(&kb, &token);
+    // --dry-run while no builder exists: the schedule it would have,
+    // and nothing is created.
+    assert_dry_run_creates_nothing(&kb, &ctx, &builder);
     // The default-named secret, as a user makes it.
-    for secret in ["buildkit", "kt-other-secret"] {
-        c.admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "create",
-            "secret",
-            "docker-registry",
-            secret,
-            &format!("--docker-server={host}"),
-            &format!("--docker-username={user}"),
-            &format!("--docker-password={pass}"),
-        ])
-        .ok();
-        cleanup.secrets.push(secret.to_string());
-    }
+    let _secrets = registry_secrets(c, &["buildkit", "kt-other-secret"], &host, user, pass);
     let image = format!("{host}/kbuild-test/app:{}", &name("b")[..12]);
     let build = |extra: &[&str]| {
-        let mut args = vec![
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64,windows/amd64",
-            "-t",
-            &image,
-            "--push",
-            "--insecure-registry",
-            &host,
-            "--progress",
-            "plain",
-        ];
-        args.extend(extra);
-        kb.kb(args).run()
+        kb.kb([ctx.as_str()])
+            .platform("linux/amd64,linux/arm64,windows/amd64")
+            .push_to(&image, &host)
+            .plain()
+            .args(extra)
+            .run()
     };
 
     // (b) first use: the default builder is created, the secret named like
@@ -509,7 +640,7 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
         .find_map(|l| l.strip_prefix(&format!("=> pushed {image}@")))
         .unwrap_or_else(|| panic!("no pushed line: {stderr}"))
         .to_string();
-    assert!(left_of(c, "buildkit").contains("deployment.apps/buildkit"));
+    assert!(builder.left().contains("deployment.apps/buildkit"));
 
     // (c) a named secret that does not exist is a clear error.
     let stderr = build(&["--registry-secret", "kt-missing-secret"])
@@ -532,50 +663,20 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
 
     // Without any secret the registry refuses: the credentials came from
     // the cluster, not from elsewhere.
-    c.admin(&["-n", cluster::NAMESPACE, "delete", "secret", "buildkit"])
-        .ok();
+    c.admin_in(&["delete", "secret", "buildkit"]).ok();
     let out = build(&[]);
     assert_ne!(out.code, 0, "pushed without credentials");
 
     // (e) through kubectl itself, the plugin on PATH: the same result.
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(common::bin(), plugins.join("kubectl-build")).unwrap();
-    let path = format!(
-        "{}:{}",
-        plugins.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let plugin_list = kb
-        .command(c.kubectl())
-        .env("PATH", &path)
-        .args(["plugin", "list"])
-        .run();
-    assert!(
-        plugin_list.stdout.contains("kubectl-build"),
-        "{}",
-        plugin_list.stdout
-    );
-    let stderr = kb
-        .command(c.kubectl())
-        .env("PATH", &path)
+    let stderr = kubectl_with_plugin(c, &kb)
         .arg("build")
         .arg("--root")
         .arg(kb.root())
-        .args([
-            ctx.to_str().unwrap(),
-            "--platform",
-            "linux/amd64,linux/arm64,windows/amd64",
-            "-t",
-            &image,
-            "--push",
-            "--insecure-registry",
-            &host,
-            "--progress",
-            "plain",
-            "--registry-secret",
-            "kt-other-secret",
-        ])
+        .arg(&ctx)
+        .platform("linux/amd64,linux/arm64,windows/amd64")
+        .push_to(&image, &host)
+        .plain()
+        .args(["--registry-secret", "kt-other-secret"])
         .ok()
         .stderr;
     assert!(
@@ -584,7 +685,7 @@ fn default_builder_is_created_on_first_use_and_pushes_with_the_cluster_secret() 
     );
 
     kb.kb(["rm", "buildkit"]).ok();
-    assert_eq!(left_of(c, "buildkit").trim(), "");
+    assert_eq!(builder.left().trim(), "");
 }
 
 #[test]
@@ -603,12 +704,8 @@ fn user_without_rights_in_a_namespace_gets_the_verb_and_resource() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     // A build there names what it could not do.
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = copy_context(dir.path(), "d");
-    let stderr = kb
-        .kb([ctx.to_str().unwrap(), "-n", "default"])
-        .fails()
-        .stderr;
+    let ctx = copy_context(&kb, "d");
+    let stderr = kb.kb([ctx.as_str(), "-n", "default"]).fails().stderr;
     assert!(
         stderr
             .contains("cannot list deployments.apps in namespace default: ask your cluster admin"),
@@ -623,55 +720,22 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
         return;
     };
     let kb = user_client(c);
-    let ip = node_ip(c);
-    let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
-    let host = registry.host();
-    let b = name("kt-f");
-    let _cleanup = Cleanup {
-        cluster: c,
-        builders: vec![b.clone()],
-        secrets: Vec::new(),
-    };
     // A base image with a shell, where the pod pulls it from.
-    let base = format!("{host}/kbuild-test/busybox:1");
-    common::kb(&kb.path("local-store"), [busybox.to_str().unwrap()])
-        .builder("local")
-        .platform("linux/amd64")
-        .push_to(&base, &host)
-        .ok();
-    kb.kb([
-        "create",
-        &b,
-        "--driver",
-        "kubernetes",
-        "--platform",
-        "linux/amd64",
-    ])
-    .ok();
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nRUN echo step-started && sleep 300\n"),
-    )
-    .unwrap();
+    let (registry, base) = registry_with_busybox(&kb, node_ip(c), &busybox, "linux/amd64", "1");
+    let host = registry.host();
+    let builder = Builder::create(c, &kb, "kt-f", &[&["--platform", "linux/amd64"]]);
+    let b = builder.name();
+    let ctx = kb.context(
+        "ctx",
+        &format!("FROM {base}\nRUN echo step-started && sleep 300\n"),
+    );
     let image = format!("{host}/kbuild-test/never:1");
     let mut build = kb
-        .kb([
-            ctx.to_str().unwrap(),
-            "--builder",
-            &b,
-            "--platform",
-            "linux/amd64",
-            "-t",
-            &image,
-            "--push",
-            "--insecure-registry",
-            &host,
-            "--progress",
-            "plain",
-        ])
+        .kb([ctx.as_str()])
+        .builder(b)
+        .platform("linux/amd64")
+        .push_to(&image, &host)
+        .plain()
         .spawn();
     let named = format!("=> builder {b}: pod ");
     let line = build.wait_line(&[&named]);
@@ -682,16 +746,8 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
         .to_string();
     build.wait_line(&["step-started"]);
     let deleted = Instant::now();
-    c.admin(&[
-        "-n",
-        cluster::NAMESPACE,
-        "delete",
-        "pod",
-        &pod,
-        "--grace-period=1",
-        "--wait=false",
-    ])
-    .ok();
+    c.admin_in(&["delete", "pod", &pod, "--grace-period=1", "--wait=false"])
+        .ok();
     let (code, lines) = build.finish();
     let failed_after = deleted.elapsed();
     let stderr = lines.join("\n");
@@ -720,51 +776,11 @@ fn deleting_the_builder_pod_mid_build_fails_clearly_and_tags_nothing() {
     assert!(!tagged.success(), "the image was tagged");
 }
 
-/// The builder's pods (as the admin): pool label → (pod, node).
-fn pods_of(c: &Cluster, b: &str) -> std::collections::BTreeMap<String, (String, String)> {
-    let list = c
-        .admin(&[
-            "-n",
-            cluster::NAMESPACE,
-            "get",
-            "pods",
-            "-l",
-            &format!("kubectl-build.io/builder={b}"),
-            "-o",
-            "json",
-        ])
-        .ok()
-        .json();
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| {
-            (
-                p["metadata"]["labels"]["kubectl-build.io/pool"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                (
-                    p["metadata"]["name"].as_str().unwrap().to_string(),
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
-            )
-        })
-        .collect()
-}
-
 /// Runs `image` (never pulled) on `node` as the admin until it exits;
 /// returns its log.
 fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
     let overrides = serde_json::json!({"spec": {"nodeName": node}}).to_string();
-    c.admin(&[
-        "-n",
-        cluster::NAMESPACE,
+    c.admin_in(&[
         "run",
         pod,
         &format!("--image={image}"),
@@ -776,9 +792,7 @@ fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let phase = c
-            .admin(&[
-                "-n",
-                cluster::NAMESPACE,
+            .admin_in(&[
                 "get",
                 "pod",
                 pod,
@@ -791,7 +805,7 @@ fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
             Some("Succeeded") => break,
             Some("Failed") => panic!("pod {pod} on {node} failed: {phase}"),
             _ if Instant::now() > deadline => {
-                let describe = c.admin(&["-n", cluster::NAMESPACE, "describe", "pod", pod]);
+                let describe = c.admin_in(&["describe", "pod", pod]);
                 panic!(
                     "pod {pod} on {node} did not finish: {phase}\n{}",
                     describe.stdout
@@ -800,134 +814,54 @@ fn run_loaded(c: &Cluster, pod: &str, image: &str, node: &str) -> String {
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
     }
-    c.admin(&["-n", cluster::NAMESPACE, "logs", pod])
-        .ok()
-        .stdout
+    c.logs(pod)
 }
 
-#[test]
-fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
-    let Some(c) = cluster() else { return };
-    let Some(busybox) = common::busybox_context() else {
-        return;
-    };
-    let kb = user_client(c);
-    let ip = node_ip(c);
-    let registry = TestRegistry::start_on(ip).expect("start a registry pods reach");
-    let host = registry.host();
-    let b = name("kt-mix");
-    let suffix = name("l");
-    let loaded = format!("kbuild.test/kt-loaded:{}", &suffix[..12]);
-    let run_pods = [format!("{b}-run-amd64"), format!("{b}-run-arm64")];
-    struct Loaded<'a>(&'a Cluster, String, Vec<String>);
-    impl Drop for Loaded<'_> {
-        fn drop(&mut self) {
-            for p in &self.2 {
-                let _ = self.0.admin(&[
-                    "-n",
-                    cluster::NAMESPACE,
-                    "delete",
-                    "pod",
-                    p,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ]);
-            }
-            for n in 1..=2 {
-                let sock = self.0.dir().join(format!("node{n}/containerd.sock"));
-                let _ = Command::new("ctr")
-                    .arg("--address")
-                    .arg(&sock)
-                    .args(["-n", "k8s.io", "images", "rm", &self.1])
-                    .output();
-            }
-        }
-    }
-    let _cleanup = Cleanup {
-        cluster: c,
-        builders: vec![b.clone()],
-        secrets: Vec::new(),
-    };
-    let _loaded = Loaded(c, loaded.clone(), run_pods.to_vec());
-    let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
-    let base = format!("{host}/kbuild-test/busybox:4");
-    common::kb(&kb.path("local-store"), [busybox.to_str().unwrap()])
-        .builder("local")
-        .platform(platforms)
-        .push_to(&base, &host)
-        .ok();
-
-    // Two pools, each mounting its node's containerd socket (both kubelets
-    // of the test cluster run on this machine, each with its own).
-    let socket = |n: u8| {
-        format!(
-            "containerd-socket={}",
-            c.dir().join(format!("node{n}/containerd.sock")).display()
-        )
-    };
+/// The mixed builder of
+/// `mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own`:
+/// two pools, each mounting its node's containerd socket (both kubelets of
+/// the test cluster run on this machine, each with its own); its amd64 and
+/// arm64 pods, each checked to run on its node.
+fn mixed_builder<'a>(c: &'a Cluster, kb: &Client) -> (Builder<'a>, String, String) {
+    let socket = |n: u8| format!("containerd-socket={}", c.containerd_socket(n).display());
     let started = Instant::now();
-    kb.kb([
-        "create",
-        &b,
-        "--driver",
-        "kubernetes",
-        "--platform",
-        "linux/amd64,linux/386",
-        "--driver-opt",
-        &socket(1),
-    ])
-    .ok();
-    kb.kb([
-        "create",
-        &b,
-        "--driver",
-        "kubernetes",
-        "--append",
-        "--platform",
-        "linux/arm64,linux/arm/v7",
-        "--driver-opt",
-        &socket(2),
-    ])
-    .ok();
+    let builder = Builder::create(
+        c,
+        kb,
+        "kt-mix",
+        &[
+            &[
+                "--platform",
+                "linux/amd64,linux/386",
+                "--driver-opt",
+                &socket(1),
+            ],
+            &[
+                "--platform",
+                "linux/arm64,linux/arm/v7",
+                "--driver-opt",
+                &socket(2),
+            ],
+        ],
+    );
     eprintln!("mixed builder ready in {:.1?}", started.elapsed());
-    let pods = pods_of(c, &b);
+    let pods = builder.pods();
     let (amd_pod, amd_node) = pods.get("amd64").expect("an amd64 pod").clone();
     let (arm_pod, arm_node) = pods.get("arm64").expect("an arm64 pod").clone();
     assert_eq!(amd_node, cluster::NODES[0], "{pods:?}");
     assert_eq!(arm_node, cluster::ARM64_NODE, "{pods:?}");
+    (builder, amd_pod, arm_pod)
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {base}\nRUN uname -m > /m\nCMD [\"cat\", \"/m\"]\n"),
-    )
-    .unwrap();
-
-    // --dry-run: the same table as for remote builders, nothing built.
-    let dry = kb
-        .kb([
-            ctx.to_str().unwrap(),
-            "--builder",
-            &b,
-            "--platform",
-            platforms,
-            "--dry-run",
-        ])
-        .ok()
-        .stdout;
-    for (platform, pod) in [
-        ("linux/amd64", &amd_pod),
-        ("linux/386", &amd_pod),
-        ("linux/arm64", &arm_pod),
-        ("linux/arm/v7", &arm_pod),
-    ] {
+/// The `--dry-run` table gives each platform of `schedule` to its pod,
+/// natively, as for remote builders.
+fn assert_dry_run_schedule(dry: &str, schedule: &[(&str, &String)]) {
+    for (platform, pod) in schedule {
         assert!(
             dry.lines().any(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 f.len() >= 4
-                    && f[0] == platform
+                    && f[0] == *platform
                     && f[1] == pod.as_str()
                     && f[2] == format!("kubernetes://{}/{pod}", cluster::NAMESPACE)
                     && f[3] == "native"
@@ -935,48 +869,12 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             "{platform} → {pod} native:\n{dry}"
         );
     }
-    let logs = |pod: &str| {
-        c.admin(&["-n", cluster::NAMESPACE, "logs", pod])
-            .ok()
-            .stdout
-    };
-    for pod in [&amd_pod, &arm_pod] {
-        let log = logs(pod);
-        assert!(!log.contains("build: platforms"), "dry-run built: {log}");
-    }
+}
 
-    // The build: each platform's RUN in the pod on its node, one index.
-    let tag = format!("{host}/kbuild-test/mix:1");
-    let stderr = kb
-        .kb([
-            ctx.to_str().unwrap(),
-            "--builder",
-            &b,
-            "--platform",
-            platforms,
-            "-t",
-            &tag,
-            "--push",
-            "--insecure-registry",
-            &host,
-            "--progress",
-            "plain",
-        ])
-        .ok()
-        .stderr;
-    for (platform, pod) in [
-        ("linux/amd64", &amd_pod),
-        ("linux/386", &amd_pod),
-        ("linux/arm64", &arm_pod),
-        ("linux/arm/v7", &arm_pod),
-    ] {
-        assert!(
-            stderr.contains(&format!("{platform} → node {pod} (native)")),
-            "{stderr}"
-        );
-    }
-    let amd_log = logs(&amd_pod);
-    let arm_log = logs(&arm_pod);
+/// Each pod's log shows one build, of its own node's platforms only.
+fn assert_each_pod_built_its_own(c: &Cluster, amd_pod: &str, arm_pod: &str) {
+    let amd_log = c.logs(amd_pod);
+    let arm_log = c.logs(arm_pod);
     assert!(
         amd_log.contains("build: platforms linux/amd64, linux/386"),
         "{amd_log}"
@@ -995,37 +893,19 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
     assert_eq!(builds(&arm_log).len(), 1, "{arm_log}");
     assert!(!builds(&amd_log)[0].contains("arm"), "{amd_log}");
     assert!(!builds(&arm_log)[0].contains("amd64"), "{arm_log}");
-    let index = common::skopeo_raw(&tag);
-    let mut listed: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            match p["variant"].as_str() {
-                Some(v) => format!(
-                    "{}/{}/{v}",
-                    p["os"].as_str().unwrap(),
-                    p["architecture"].as_str().unwrap()
-                ),
-                None => format!(
-                    "{}/{}",
-                    p["os"].as_str().unwrap(),
-                    p["architecture"].as_str().unwrap()
-                ),
-            }
-        })
-        .collect();
-    listed.sort();
+}
+
+/// The index pushed as `tag` holds the four platforms, each image's `/m`
+/// the `uname -m` of a native run (read through a layout under `dir`).
+fn assert_each_platform_ran_natively(dir: &Path, tag: &str) {
+    let index = common::skopeo_raw(tag);
     assert_eq!(
-        listed,
+        platforms_of(&index),
         ["linux/386", "linux/amd64", "linux/arm/v7", "linux/arm64"],
         "{index}"
     );
-    let unames: std::collections::BTreeMap<String, String> =
-        common::last_layer_file(dir.path(), &tag, "m")
-            .into_iter()
-            .collect();
+    let unames: BTreeMap<String, String> =
+        common::last_layer_file(dir, tag, "m").into_iter().collect();
     assert_eq!(unames["linux/amd64"], "x86_64", "{unames:?}");
     assert_eq!(unames["linux/arm64"], "aarch64", "{unames:?}");
     assert_eq!(unames["linux/arm/v7"], "armv7l", "{unames:?}");
@@ -1033,75 +913,12 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
         ["i686", "x86_64"].contains(&unames["linux/386"].as_str()),
         "{unames:?}"
     );
+}
 
-    // The same build pushed to a registry that needs credentials: the
-    // secret named like the builder gives them to both pods and to the
-    // merged index's push.
-    let (user, pass) = ("kbuild", "s3cret-mix");
-    let auth =
-        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
-    let auth_host = auth.host();
-    c.admin(&[
-        "-n",
-        cluster::NAMESPACE,
-        "create",
-        "secret",
-        "docker-registry",
-        &b,
-        &format!("--docker-server={auth_host}"),
-        &format!("--docker-username={user}"),
-        &format!("--docker-password={pass}"),
-    ])
-    .ok();
-    let secret = Cleanup {
-        cluster: c,
-        builders: Vec::new(),
-        secrets: vec![b.clone()],
-    };
-    let auth_tag = format!("{auth_host}/kbuild-test/mix:1");
-    kb.kb([
-        ctx.to_str().unwrap(),
-        "--builder",
-        &b,
-        "--platform",
-        platforms,
-        "-t",
-        &auth_tag,
-        "--push",
-        "--insecure-registry",
-        &host,
-        "--insecure-registry",
-        &auth_host,
-        "--progress",
-        "plain",
-    ])
-    .ok();
-    let index = skopeo_index(&auth_tag, &format!("{user}:{pass}"));
-    assert_eq!(
-        index["manifests"].as_array().map(Vec::len),
-        Some(4),
-        "{index}"
-    );
-    drop(secret);
-
-    // --load of two platforms: each node loads its own into its
-    // containerd (namespace k8s.io); pods run it without pulling.
-    let stderr = kb
-        .kb([
-            ctx.to_str().unwrap(),
-            "--builder",
-            &b,
-            "--platform",
-            "linux/amd64,linux/arm64",
-            "-t",
-            &loaded,
-            "--load",
-            "--progress",
-            "plain",
-        ])
-        .ok()
-        .stderr;
-    for (pod, platform) in [(&amd_pod, "linux/amd64"), (&arm_pod, "linux/arm64")] {
+/// `--load` of `loaded` for two platforms: each pod loaded its platform
+/// into its node's containerd (namespace k8s.io).
+fn assert_each_node_loaded(stderr: &str, loaded: &str, amd_pod: &str, arm_pod: &str) {
+    for (pod, platform) in [(amd_pod, "linux/amd64"), (arm_pod, "linux/arm64")] {
         assert!(
             stderr
                 .lines()
@@ -1112,47 +929,114 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
             "{pod} loads {platform}:\n{stderr}"
         );
     }
+}
+
+#[test]
+fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
+    let Some(c) = cluster() else { return };
+    let Some(busybox) = common::busybox_context() else {
+        return;
+    };
+    let kb = user_client(c);
+    let ip = node_ip(c);
+    let platforms = "linux/amd64,linux/386,linux/arm64,linux/arm/v7";
+    let (registry, base) = registry_with_busybox(&kb, ip, &busybox, platforms, "4");
+    let host = registry.host();
+    let suffix = name("l");
+    let loaded = format!("kbuild.test/kt-loaded:{}", &suffix[..12]);
+    let (builder, amd_pod, arm_pod) = mixed_builder(c, &kb);
+    let b = builder.name();
+    // Dropped in reverse: the pods that run the loaded image go first.
+    let _loaded = Loaded(c, loaded.clone());
+    let mut run_pods = cluster::Owned::new(c, "pod");
+    run_pods.push(format!("{b}-run-amd64"));
+    run_pods.push(format!("{b}-run-arm64"));
+    let schedule = [
+        ("linux/amd64", &amd_pod),
+        ("linux/386", &amd_pod),
+        ("linux/arm64", &arm_pod),
+        ("linux/arm/v7", &arm_pod),
+    ];
+    let ctx = kb.context(
+        "ctx",
+        &format!("FROM {base}\nRUN uname -m > /m\nCMD [\"cat\", \"/m\"]\n"),
+    );
+    let build = || kb.kb([ctx.as_str()]).builder(b);
+
+    // --dry-run: the same table as for remote builders, nothing built.
+    let dry = build().platform(platforms).arg("--dry-run").ok().stdout;
+    assert_dry_run_schedule(&dry, &schedule);
+    for pod in [&amd_pod, &arm_pod] {
+        let log = c.logs(pod);
+        assert!(!log.contains("build: platforms"), "dry-run built: {log}");
+    }
+
+    // The build: each platform's RUN in the pod on its node, one index.
+    let tag = format!("{host}/kbuild-test/mix:1");
+    let stderr = build()
+        .platform(platforms)
+        .push_to(&tag, &host)
+        .plain()
+        .ok()
+        .stderr;
+    for (platform, pod) in schedule {
+        assert!(
+            stderr.contains(&format!("{platform} → node {pod} (native)")),
+            "{stderr}"
+        );
+    }
+    assert_each_pod_built_its_own(c, &amd_pod, &arm_pod);
+    assert_each_platform_ran_natively(kb.dir(), &tag);
+
+    // The same build pushed to a registry that needs credentials: the
+    // secret named like the builder gives them to both pods and to the
+    // merged index's push.
+    let (user, pass) = ("kbuild", "s3cret-mix");
+    let auth =
+        TestRegistry::start_with_htpasswd_on(ip, user, pass).expect("start the auth registry");
+    let auth_host = auth.host();
+    let secret = registry_secrets(c, &[b], &auth_host, user, pass);
+    let auth_tag = format!("{auth_host}/kbuild-test/mix:1");
+    build()
+        .platform(platforms)
+        .push_to(&auth_tag, &auth_host)
+        .args(["--insecure-registry", &host])
+        .plain()
+        .ok();
+    let index = skopeo_index(&auth_tag, &format!("{user}:{pass}"));
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(4),
+        "{index}"
+    );
+    drop(secret);
+
+    // --load of two platforms: each node loads its own into its
+    // containerd (namespace k8s.io); pods run it without pulling.
+    let stderr = build()
+        .platform("linux/amd64,linux/arm64")
+        .args(["-t", &loaded, "--load"])
+        .plain()
+        .ok()
+        .stderr;
+    assert_each_node_loaded(&stderr, &loaded, &amd_pod, &arm_pod);
     // -o type=containerd given explicitly goes the same way: one
     // platform, one pod, its node's containerd.
     let explicit = format!("{loaded}-explicit");
-    kb.kb([
-        ctx.to_str().unwrap(),
-        "--builder",
-        &b,
-        "--platform",
-        "linux/arm64",
-        "-o",
-        &format!("type=containerd,name={explicit}"),
-        "--progress",
-        "plain",
-    ])
-    .ok();
-    let images = |n: u8| {
-        Run::from(
-            Command::new("ctr")
-                .arg("--address")
-                .arg(c.dir().join(format!("node{n}/containerd.sock")))
-                .args(["-n", "k8s.io", "images", "ls", "-q"])
-                .output()
-                .expect("run ctr"),
-        )
-        .ok()
-        .stdout
-    };
+    build()
+        .platform("linux/arm64")
+        .output(format!("type=containerd,name={explicit}"))
+        .plain()
+        .ok();
+    let images = |n: u8| Run::from(node_images(c, n, &["ls", "-q"])).ok().stdout;
     let (node1, node2) = (images(1), images(2));
     assert!(node2.lines().any(|l| l == explicit), "{node2}");
     assert!(!node1.lines().any(|l| l == explicit), "{node1}");
-    for n in 1..=2 {
-        let _ = Command::new("ctr")
-            .arg("--address")
-            .arg(c.dir().join(format!("node{n}/containerd.sock")))
-            .args(["-n", "k8s.io", "images", "rm", &explicit])
-            .output();
-    }
+    remove_from_nodes(c, &explicit);
 
-    let log = run_loaded(c, &run_pods[0], &loaded, cluster::NODES[0]);
+    let log = run_loaded(c, &run_pods.names()[0], &loaded, cluster::NODES[0]);
     assert_eq!(log.trim(), "x86_64");
-    let log = run_loaded(c, &run_pods[1], &loaded, cluster::ARM64_NODE);
+    let log = run_loaded(c, &run_pods.names()[1], &loaded, cluster::ARM64_NODE);
     assert_eq!(log.trim(), "aarch64");
 }
 
@@ -1162,26 +1046,21 @@ fn mixed_cluster_builds_each_platform_on_its_node_and_loads_each_nodes_own() {
 fn prune_builder_prunes_every_pod() {
     let Some(c) = cluster() else { return };
     let kb = user_client(c);
-    let b = name("kt-prune");
-    let _cleanup = Cleanup {
-        cluster: c,
-        builders: vec![b.clone()],
-        secrets: Vec::new(),
-    };
-    kb.kb([
-        "create",
-        &b,
-        "--driver",
-        "kubernetes",
-        "--driver-opt",
-        "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
-    ])
-    .ok();
+    let builder = Builder::create(
+        c,
+        &kb,
+        "kt-prune",
+        &[&[
+            "--driver-opt",
+            "replicas=2,\"nodeselector=kubernetes.io/hostname=kbuild-node1\"",
+        ]],
+    );
+    let b = builder.name();
     // A result kept only in a pod's build cache.
     let ctx = kb.context("ctx", "FROM scratch\nCOPY data /\n");
     std::fs::write(Path::new(&ctx).join("data"), "x".repeat(8192)).unwrap();
-    kb.kb([ctx.as_str(), "--builder", &b]).quiet().ok();
-    let out = kb.kb(["prune", "--builder", &b, "--all"]).ok().stdout;
+    kb.kb([ctx.as_str(), "--builder", b]).quiet().ok();
+    let out = kb.kb(["prune", "--builder", b, "--all"]).ok().stdout;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let pods: Vec<&str> = lines[..2]
@@ -1189,7 +1068,7 @@ fn prune_builder_prunes_every_pod() {
         .map(|l| l.split(": ").next().unwrap_or(""))
         .collect();
     for pod in &pods {
-        assert!(pod.starts_with(&b), "{out}");
+        assert!(pod.starts_with(b), "{out}");
     }
     assert_ne!(pods[0], pods[1], "{out}");
     // The pod that built had blobs to free.
@@ -1201,5 +1080,5 @@ fn prune_builder_prunes_every_pod() {
         lines[2].starts_with(&format!("builder {b}: 2 of 2 nodes pruned")),
         "{out}"
     );
-    kb.kb(["rm", &b]).ok();
+    kb.kb(["rm", b]).ok();
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{require_root, run, write};
+use kbuild_testkit::archive::{RawHeader, RawTar};
 use kbuild_testkit::registry::TestRegistry;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -21,47 +22,32 @@ enum Entry {
 }
 
 fn layer(entries: &[Entry]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+    use tar::EntryType;
+    let mut raw = RawTar::gnu();
     for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(0);
-        let (name, data): (&str, &[u8]) = match e {
-            Entry::Dir(n) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                (n, b"")
-            }
-            Entry::File(n, mode) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(*mode);
-                h.set_size(10);
-                (n, b"#!/bin/sh\n")
-            }
-            Entry::Hardlink(n, target) => {
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_mode(0o644);
-                let t = target.as_bytes();
-                h.as_old_mut().linkname[..t.len()].copy_from_slice(t);
-                (n, b"")
-            }
-            Entry::Char(n, major, minor) => {
-                h.set_entry_type(tar::EntryType::Char);
-                h.set_mode(0o666);
-                h.set_device_major(*major).unwrap();
-                h.set_device_minor(*minor).unwrap();
-                (n, b"")
-            }
+        let header = match *e {
+            Entry::Dir(name) => RawHeader::new(EntryType::Directory, name),
+            Entry::File(name, mode) => RawHeader {
+                mode,
+                data: b"#!/bin/sh\n",
+                ..RawHeader::new(EntryType::Regular, name)
+            },
+            Entry::Hardlink(name, target) => RawHeader {
+                link: Some(target),
+                ..RawHeader::new(EntryType::Link, name)
+            },
+            Entry::Char(name, major, minor) => RawHeader {
+                mode: 0o666,
+                device: Some((major, minor)),
+                ..RawHeader::new(EntryType::Char, name)
+            },
         };
-        // set_path refuses `..`; a hostile layer is written raw.
-        let bytes = name.as_bytes();
-        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
+        raw.entry(RawHeader {
+            mtime: 1_700_000_000,
+            ..header
+        });
     }
-    b.into_inner().unwrap()
+    raw.into_bytes()
 }
 
 /// Appends an uncompressed layer to the single image of an OCI layout

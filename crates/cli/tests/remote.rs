@@ -1052,28 +1052,6 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
     if !require_root() {
         return;
     }
-    struct Quiet;
-    impl kbuild_driver::session::Local for Quiet {
-        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(
-            &self,
-            _: &str,
-        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
-        {
-            Ok(None)
-        }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
-            Ok(None)
-        }
-        fn result(
-            &self,
-            output: u32,
-            _: Vec<u8>,
-            _: bool,
-        ) -> Result<(), kbuild_driver::session::LocalError> {
-            Err(format!("no output was asked for, got {output}").into())
-        }
-    }
     let env = common::client();
     let _daemon = serve_builder(&env, "graphs", &[]);
     let addr = format!("unix://{}", env.path("graphs.sock").display());
@@ -1101,7 +1079,7 @@ fn a_graph_of_another_format_version_is_refused_by_the_daemon() {
             &kbuild_driver::Direct,
             start,
             None,
-            std::sync::Arc::new(Quiet),
+            std::sync::Arc::new(common::CredentialsOnly(|_: &str| Ok(None))),
             std::future::pending::<()>(),
         ))
         .expect("the session ends with BuildDone");
@@ -1275,31 +1253,6 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
     if !require_root() {
         return;
     }
-    struct Silent(std::sync::mpsc::SyncSender<()>);
-    impl kbuild_driver::session::Local for Silent {
-        fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
-        fn credentials(
-            &self,
-            _: &str,
-        ) -> Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>
-        {
-            // Asked: tell the test, which cancels the build, and never answer.
-            let _ = self.0.try_send(());
-            std::thread::sleep(Duration::from_secs(3));
-            Err("not answered".into())
-        }
-        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
-            Ok(None)
-        }
-        fn result(
-            &self,
-            output: u32,
-            _: Vec<u8>,
-            _: bool,
-        ) -> Result<(), kbuild_driver::session::LocalError> {
-            Err(format!("no output was asked for, got {output}").into())
-        }
-    }
     let Some(registry) = kbuild_testkit::fixtures::started(
         "registry",
         TestRegistry::start_with_htpasswd("user", "password"),
@@ -1332,7 +1285,12 @@ fn a_question_left_unanswered_does_not_hold_up_the_daemons_shutdown() {
             &kbuild_driver::Direct,
             start,
             None,
-            std::sync::Arc::new(Silent(asked_tx)),
+            std::sync::Arc::new(common::CredentialsOnly(move |_: &str| {
+                // Asked: tell the test, which cancels the build, and never answer.
+                let _ = asked_tx.try_send(());
+                std::thread::sleep(Duration::from_secs(3));
+                Err("not answered".into())
+            })),
             async {
                 let _ = cancel_rx.await;
             },

@@ -7,8 +7,11 @@
 //! back across the cut, as pigz does), and ends with a sync flush (the last
 //! one with the final block), so the compressed blocks concatenate into
 //! one deflate stream. The CRC-32 and size of the whole input close the
-//! member. Blocks are compressed by worker threads and written in order;
-//! at most two blocks per thread are in flight, so memory stays bounded.
+//! member. Blocks are compressed by worker threads, each reusing one
+//! compressor, and written in order; each worker also takes its block's
+//! CRC-32, and the writer combines them in order, so the thread that feeds
+//! the stream only copies it into blocks. At most [`IN_FLIGHT_PER_THREAD`]
+//! blocks per thread are in flight, so memory stays bounded.
 //!
 //! Block boundaries depend only on the input offsets (never on `flush` or
 //! on timing), and each block's output depends only on its bytes, its
@@ -26,6 +29,11 @@ pub const BLOCK_SIZE: usize = 128 * 1024;
 /// The window deflate can reach back; the dictionary of each block.
 const DICTIONARY: usize = 32 * 1024;
 
+/// Blocks queued or being compressed per worker thread: enough that the
+/// feeding thread runs ahead of the workers instead of in step with them
+/// (each block holds about 200 KiB: its input, dictionary and output).
+const IN_FLIGHT_PER_THREAD: usize = 4;
+
 /// gzip header: magic, deflate, no flags, mtime 0, no extra flags, OS
 /// unknown (what flate2's `GzBuilder` writes, so layers stay reproducible).
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
@@ -37,7 +45,13 @@ struct Job {
     last: bool,
 }
 
-type Outcome = (u64, io::Result<Vec<u8>>);
+/// A compressed block: its deflate bytes and the CRC-32 of its input.
+struct Deflated {
+    bytes: Vec<u8>,
+    crc: flate2::Crc,
+}
+
+type Outcome = (u64, io::Result<Deflated>);
 
 /// A [`Write`] that gzips into `W` on `threads` worker threads; call
 /// [`ParallelGzip::finish`] to end the member and get `W` back.
@@ -46,20 +60,23 @@ pub struct ParallelGzip<W: Write> {
     level: u32,
     block: Vec<u8>,
     dictionary: Vec<u8>,
+    /// The CRC-32 of the blocks written so far.
     crc: flate2::Crc,
     jobs: Option<Sender<Job>>,
     results: Receiver<Outcome>,
     workers: Vec<JoinHandle<()>>,
     next_index: u64,
     next_to_write: u64,
-    done: BTreeMap<u64, Vec<u8>>,
+    done: BTreeMap<u64, Deflated>,
     in_flight: usize,
     max_in_flight: usize,
     wrote_header: bool,
 }
 
-fn deflate_block(level: u32, job: &Job) -> io::Result<Vec<u8>> {
-    let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
+/// Deflates one block with `c`, reset first: a reset compressor writes
+/// the same bytes as a new one, without allocating its state again.
+fn deflate_block(c: &mut flate2::Compress, job: &Job) -> io::Result<Deflated> {
+    c.reset();
     if !job.dictionary.is_empty() {
         c.set_dictionary(&job.dictionary)
             .map_err(|e| io::Error::other(format!("set the deflate dictionary: {e}")))?;
@@ -89,7 +106,25 @@ fn deflate_block(level: u32, job: &Job) -> io::Result<Vec<u8>> {
             _ => {}
         }
     }
-    Ok(out)
+    let mut crc = flate2::Crc::new();
+    crc.update(&job.data);
+    Ok(Deflated { bytes: out, crc })
+}
+
+/// One worker thread: deflates jobs until the job channel closes.
+fn work(level: u32, jobs: &Mutex<Receiver<Job>>, results: &SyncSender<Outcome>) {
+    let mut c = flate2::Compress::new(flate2::Compression::new(level), false);
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else { return };
+        let out = deflate_block(&mut c, &job);
+        if results.send((job.index, out)).is_err() {
+            return;
+        }
+    }
 }
 
 impl<W: Write> ParallelGzip<W> {
@@ -100,22 +135,19 @@ impl<W: Write> ParallelGzip<W> {
         let level = level.min(9);
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let job_rx = Arc::new(Mutex::new(job_rx));
-        let (result_tx, results) = mpsc::sync_channel::<Outcome>(threads * 2);
+        let max_in_flight = threads * IN_FLIGHT_PER_THREAD;
+        let (result_tx, results) = mpsc::sync_channel::<Outcome>(max_in_flight);
+        // Named for per-thread profiles. A worker that cannot be started
+        // leaves the blocks to the others; with none, the first block
+        // fails ("the gzip workers stopped").
         let workers = (0..threads)
-            .map(|_| {
+            .map_while(|_| {
                 let job_rx = Arc::clone(&job_rx);
                 let result_tx: SyncSender<Outcome> = result_tx.clone();
-                std::thread::spawn(move || loop {
-                    let job = match job_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => return,
-                    };
-                    let Ok(job) = job else { return };
-                    let out = deflate_block(level, &job);
-                    if result_tx.send((job.index, out)).is_err() {
-                        return;
-                    }
-                })
+                std::thread::Builder::new()
+                    .name("gzip".into())
+                    .spawn(move || work(level, &job_rx, &result_tx))
+                    .ok()
             })
             .collect();
         ParallelGzip {
@@ -131,7 +163,7 @@ impl<W: Write> ParallelGzip<W> {
             next_to_write: 0,
             done: BTreeMap::new(),
             in_flight: 0,
-            max_in_flight: threads * 2,
+            max_in_flight,
             wrote_header: false,
         }
     }
@@ -173,8 +205,14 @@ impl<W: Write> ParallelGzip<W> {
             .map_err(|_| io::Error::other("a gzip worker stopped"))?;
         self.in_flight -= 1;
         self.done.insert(index, out?);
-        while let Some(bytes) = self.done.remove(&self.next_to_write) {
-            self.sink()?.write_all(&bytes)?;
+        self.write_ready()
+    }
+
+    /// Writes every compressed block that is next in order.
+    fn write_ready(&mut self) -> io::Result<()> {
+        while let Some(block) = self.done.remove(&self.next_to_write) {
+            self.sink()?.write_all(&block.bytes)?;
+            self.crc.combine(&block.crc);
             self.next_to_write += 1;
         }
         Ok(())
@@ -217,7 +255,6 @@ impl<W: Write> Write for ParallelGzip<W> {
         let room = BLOCK_SIZE - self.block.len();
         let n = room.min(buf.len());
         self.block.extend_from_slice(&buf[..n]);
-        self.crc.update(&buf[..n]);
         if self.block.len() == BLOCK_SIZE {
             self.submit(false)?;
         }
@@ -227,10 +264,7 @@ impl<W: Write> Write for ParallelGzip<W> {
     /// Writes out the blocks already compressed; never cuts a block early
     /// (that would make the bytes depend on when callers flush).
     fn flush(&mut self) -> io::Result<()> {
-        while let Some(bytes) = self.done.remove(&self.next_to_write) {
-            self.sink()?.write_all(&bytes)?;
-            self.next_to_write += 1;
-        }
+        self.write_ready()?;
         match self.sink.as_mut() {
             Some(s) => s.flush(),
             None => Ok(()),
@@ -305,6 +339,33 @@ mod tests {
                 .read_to_end(&mut back)
                 .unwrap();
             assert_eq!(back, data, "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_reused_compressor_writes_the_blocks_a_new_one_writes() {
+        let data = sample(4 * BLOCK_SIZE + 100);
+        let blocks: Vec<&[u8]> = data.chunks(BLOCK_SIZE).collect();
+        let new = || flate2::Compress::new(flate2::Compression::new(6), false);
+        let mut reused = new();
+        let mut dictionary = Vec::new();
+        for (i, block) in blocks.iter().enumerate() {
+            let job = Job {
+                index: i as u64,
+                dictionary: std::mem::take(&mut dictionary),
+                data: block.to_vec(),
+                last: i + 1 == blocks.len(),
+            };
+            let again = deflate_block(&mut reused, &job).unwrap();
+            let once = deflate_block(&mut new(), &job).unwrap();
+            assert_eq!(again.bytes, once.bytes, "block {i}");
+            let mut crc = flate2::Crc::new();
+            crc.update(block);
+            assert_eq!(
+                (again.crc.sum(), again.crc.amount()),
+                (crc.sum(), crc.amount())
+            );
+            dictionary = block[block.len().saturating_sub(DICTIONARY)..].to_vec();
         }
     }
 

@@ -951,8 +951,8 @@ impl<'s> Copying<'_, 's, '_, '_> {
     }
 
     /// A regular file read here into a buffer once, its layer entry written
-    /// from that buffer, then handed to the writer threads that create it,
-    /// learn its digest and check it.
+    /// from that buffer and its digest taken, then handed to the writer
+    /// threads that create it, teach the cache its digest and check it.
     fn file_by_writers(
         &mut self,
         writers: &FileWriters,
@@ -960,12 +960,17 @@ impl<'s> Copying<'_, 's, '_, '_> {
         rel: &[u8],
         file: &SourceFile,
     ) -> Result<(), CopyError> {
-        let learn = self
-            .to_learn(file)
-            .map(|_| (file.rel.to_string(), file.md.clone(), SystemTime::now()));
+        let read_at = self.to_learn(file).map(|_| SystemTime::now());
         let mut f = fs::File::open(file.path).map_err(io_err(file.path))?;
         let mut data = Vec::with_capacity(usize::try_from(file.md.len()).unwrap_or(0));
         f.read_to_end(&mut data).map_err(io_err(&host))?;
+        // Hashed here rather than on the writer thread, the busier of the two.
+        let learn = read_at.map(|read_at| file_writers::Learn {
+            rel: file.rel.to_string(),
+            md: file.md.clone(),
+            read_at,
+            digest: hex::encode(Sha256::digest(&data)),
+        });
         let meta = self.file_meta(file.md);
         if let Some(t) = self.tee() {
             t.file(rel, &meta, file.md.len(), &mut data.as_slice());
@@ -1668,15 +1673,16 @@ mod tests {
     #[test]
     fn add_unpacks_tar_gz() {
         let c = tempfile::tempdir().unwrap();
+        let mut raw = kbuild_testkit::archive::RawTar::gnu();
+        raw.entry(kbuild_testkit::archive::RawHeader {
+            mode: 0o755,
+            data: b"hello",
+            ..kbuild_testkit::archive::RawHeader::new(tar::EntryType::Regular, "dir/hello")
+        });
         let f = fs::File::create(c.path().join("x.tgz")).unwrap();
-        let gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
-        let mut b = tar::Builder::new(gz);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(5);
-        h.set_mode(0o755);
-        h.set_cksum();
-        b.append_data(&mut h, "dir/hello", &b"hello"[..]).unwrap();
-        b.into_inner().unwrap().finish().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::default());
+        gz.write_all(&raw.into_bytes()).unwrap();
+        gz.finish().unwrap();
         let d = tempfile::tempdir().unwrap();
         let src = context(c.path());
         let mut r = req(&["x.tgz"], "/opt/");

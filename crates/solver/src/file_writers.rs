@@ -5,7 +5,9 @@
 //! each other. The copying thread reads each source file once into a
 //! buffer, feeds the layer's tar stream from it in order (so the layer is
 //! the same whatever the number of threads) and hands the buffer here.
-//! A file the checksum cache does not know is hashed here too.
+//! A file the checksum cache does not know is hashed on the copying
+//! thread, which holds its buffer anyway and has cycles to spare; the
+//! cache learns that digest here once the file is written.
 //!
 //! Memory stays bounded: only files up to [`MAX_FILE`] come here, and at
 //! most [`QUEUED`] wait for a thread. The first failure is kept and
@@ -22,7 +24,6 @@ use std::thread::{Scope, ScopedJoinHandle};
 use std::time::SystemTime;
 
 use kbuild_worker::snapshot::{upper_file_is, EntryMeta};
-use sha2::{Digest as _, Sha256};
 
 use crate::checksums::ChecksumCache;
 use crate::copy::CopyError;
@@ -49,9 +50,20 @@ pub(crate) struct FileJob {
     pub times: [(i64, i64); 2],
     /// The file's name in the layer, to check once written.
     pub layer_rel: Vec<u8>,
-    /// For the checksum cache: the source's relative path, its metadata
-    /// and when it was read.
-    pub learn: Option<(String, fs::Metadata, SystemTime)>,
+    /// What the checksum cache learns once the file is written.
+    pub learn: Option<Learn>,
+}
+
+/// A source file's digest, for the checksum cache.
+pub(crate) struct Learn {
+    /// The source's relative path.
+    pub rel: String,
+    /// Its metadata when it was read.
+    pub md: fs::Metadata,
+    /// When it was read.
+    pub read_at: SystemTime,
+    /// The sha256 of its content (hex).
+    pub digest: String,
 }
 
 /// What the writer threads share with the copying thread.
@@ -185,9 +197,8 @@ fn serve(
             shared.fail(e);
             continue;
         }
-        if let (Some(cache), Some((rel, md, read_at))) = (cache, job.learn.as_ref()) {
-            let digest = hex::encode(Sha256::digest(&job.data));
-            cache.learn(rel, md, &digest, job.data.len() as u64, *read_at);
+        if let (Some(cache), Some(l)) = (cache, job.learn.as_ref()) {
+            cache.learn(&l.rel, &l.md, &l.digest, job.data.len() as u64, l.read_at);
         }
         check(&job, upper, shared);
     }

@@ -173,17 +173,20 @@ impl Compressor {
         let lw = LayerWriter::watched(store, compression, kbuild_image::default_threads(), watch)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(8);
         let abort = tx.clone();
-        let thread = std::thread::spawn(move || -> Result<kbuild_image::Layer, LayerError> {
-            let mut lw = lw;
-            for chunk in rx {
-                match chunk {
-                    Some(c) => lw.write_all(&c)?,
-                    // The producer failed: drop the ingest instead of committing it.
-                    None => return Err(LayerError::Abandoned),
+        // Named for per-thread profiles (zstd's workers take its name too).
+        let thread = std::thread::Builder::new().name("layer".into()).spawn(
+            move || -> Result<kbuild_image::Layer, LayerError> {
+                let mut lw = lw;
+                for chunk in rx {
+                    match chunk {
+                        Some(c) => lw.write_all(&c)?,
+                        // The producer failed: drop the ingest instead of committing it.
+                        None => return Err(LayerError::Abandoned),
+                    }
                 }
-            }
-            Ok(lw.finish()?)
-        });
+                Ok(lw.finish()?)
+            },
+        )?;
         let chan = Chan {
             tx,
             buf: Vec::with_capacity(CHUNK + 64 * 1024),

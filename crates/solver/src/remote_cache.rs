@@ -315,6 +315,29 @@ impl CacheFrom {
     }
 }
 
+/// Parse a build's `--cache-from` and `--cache-to` values, in order: what
+/// the command line and the daemon (which gets the same strings in the
+/// build's start) both read. The first value that does not parse is the
+/// error.
+pub fn parse_caches<F, T>(
+    cache_from: &[F],
+    cache_to: &[T],
+) -> Result<(Vec<CacheFrom>, Vec<CacheTo>), OptionError>
+where
+    F: AsRef<str>,
+    T: AsRef<str>,
+{
+    let from = cache_from
+        .iter()
+        .map(|s| CacheFrom::parse(s.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let to = cache_to
+        .iter()
+        .map(|s| CacheTo::parse(s.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((from, to))
+}
+
 /// The cache config: layers, and one record per op result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -439,6 +462,34 @@ pub enum CacheConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_caches_reads_both_flags_in_order_and_names_the_bad_one() {
+        let (from, to) = parse_caches(
+            &["r.example/c:a", "type=local,src=/c"],
+            &["type=inline".to_string()],
+        )
+        .unwrap();
+        assert_eq!(
+            from,
+            [
+                CacheFrom::Registry {
+                    reference: "r.example/c:a".into()
+                },
+                CacheFrom::Local {
+                    src: "/c".into(),
+                    tag: "latest".into()
+                }
+            ]
+        );
+        assert_eq!(to.len(), 1);
+        assert_eq!(to[0].destination, CacheDestination::Inline);
+        let none: [&str; 0] = [];
+        let e = parse_caches(&none, &["type=nowhere"]).unwrap_err();
+        assert_eq!((e.flag, e.value.as_str()), ("--cache-to", "type=nowhere"));
+        let e = parse_caches(&["type=local"], &["type=nowhere"]).unwrap_err();
+        assert_eq!(e.flag, "--cache-from");
+    }
 
     #[test]
     fn cache_to_parses_like_buildx() {

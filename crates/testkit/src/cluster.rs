@@ -185,6 +185,75 @@ impl Cluster {
     pub fn user(&self, args: &[&str]) -> Run {
         run(self.kubectl_command(&self.user_kubeconfig()).args(args))
     }
+
+    /// Runs kubectl as the admin in [`NAMESPACE`] (`-n NAMESPACE ARGS`).
+    ///
+    /// # Panics
+    /// When kubectl cannot be started.
+    pub fn admin_in(&self, args: &[&str]) -> Run {
+        run(self
+            .kubectl_command(&self.admin_kubeconfig())
+            .args(["-n", NAMESPACE])
+            .args(args))
+    }
+
+    /// The log of `pod` in [`NAMESPACE`], read as the admin through the API
+    /// server and the pod's kubelet.
+    ///
+    /// # Panics
+    /// When kubectl fails.
+    pub fn logs(&self, pod: &str) -> String {
+        self.admin_in(&["logs", pod]).ok().stdout
+    }
+
+    /// The containerd socket of node `n` (1 for [`NODES`]`[0]`, 2 for
+    /// [`NODES`]`[1]`), which `ctr --address` reaches.
+    pub fn containerd_socket(&self, n: u8) -> PathBuf {
+        self.dir.join(format!("node{n}/containerd.sock"))
+    }
+}
+
+/// Objects of one kind in [`NAMESPACE`] that a test made, deleted as the
+/// admin (not waited for) however the test ends: a failing assertion leaves
+/// nothing running.
+pub struct Owned<'a> {
+    cluster: &'a Cluster,
+    kind: &'static str,
+    names: Vec<String>,
+}
+
+impl<'a> Owned<'a> {
+    /// None yet of `kind` (`deployment`, `pod`, `secret`, ...).
+    pub fn new(cluster: &'a Cluster, kind: &'static str) -> Owned<'a> {
+        Owned {
+            cluster,
+            kind,
+            names: Vec::new(),
+        }
+    }
+
+    /// One more object to delete at the end.
+    pub fn push(&mut self, name: impl Into<String>) {
+        self.names.push(name.into());
+    }
+
+    /// The objects' names, in the order they were added.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for Owned<'_> {
+    fn drop(&mut self) {
+        if self.names.is_empty() {
+            return;
+        }
+        let mut args = vec!["delete", self.kind];
+        args.extend(self.names.iter().map(String::as_str));
+        args.extend(["--ignore-not-found", "--wait=false"]);
+        // Best effort: the test's own outcome is what it reports.
+        let _ = self.cluster.admin_in(&args);
+    }
 }
 
 fn run(command: &mut Command) -> Run {

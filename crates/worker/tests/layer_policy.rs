@@ -10,54 +10,14 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use kbuild_testkit::archive::{case_layer, layer_cases, LayerCase};
 use kbuild_worker::snapshot::{apply_layer_to_dir_with, ApplyOptions, Snapshotter};
 use sha2::{Digest, Sha256};
-use tar::{EntryType, Header};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-/// A layer from a case's entries: `file:NAME`, `dir:NAME`, `symlink:N->T`,
-/// `link:N->T`, `char:NAME`, `suid:NAME`, with raw names.
-fn layer(spec: &str) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for item in spec.split(';').map(str::trim) {
-        let (kind, rest) = item.split_once(':').expect("kind:rest");
-        let (name, target) = match rest.split_once("->") {
-            Some((a, b)) => (a, Some(b)),
-            None => (rest, None),
-        };
-        let mut h = Header::new_ustar();
-        let (t, mode, data): (EntryType, u32, &[u8]) = match kind {
-            "file" => (EntryType::Regular, 0o644, b"data"),
-            "suid" => (EntryType::Regular, 0o4755, b"data"),
-            "dir" => (EntryType::Directory, 0o755, b""),
-            "symlink" => (EntryType::Symlink, 0o777, b""),
-            "link" => (EntryType::Link, 0o644, b""),
-            "char" => (EntryType::Char, 0o666, b""),
-            k => panic!("unknown kind {k}"),
-        };
-        h.set_entry_type(t);
-        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(l) = target {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        if t == EntryType::Char {
-            h.set_device_major(1).expect("ustar");
-            h.set_device_minor(3).expect("ustar");
-        }
-        h.set_cksum();
-        b.append(&h, data).expect("write to Vec");
-    }
-    b.into_inner().expect("write to Vec")
 }
 
 /// What lower layers left in the tree the apply writes to.
@@ -87,16 +47,14 @@ fn unpack_and_apply_accept_and_reject_the_same_entries() -> TestResult {
     let snap = Snapshotter::new(sandbox.path().join("snap"))?;
     let mut n = 0;
     let mut rejected = 0;
-    for line in table.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let parts: Vec<&str> = line.split('|').map(str::trim).collect();
-        let [case, spec, expect] = parts[..] else {
-            panic!("bad case line: {line}");
-        };
+    for LayerCase {
+        name: case,
+        entries: spec,
+        expect,
+    } in layer_cases(&table)
+    {
         let spec = spec.replace("$OUTSIDE", &outside.to_string_lossy());
-        let tar = layer(&spec);
+        let tar = case_layer(&spec);
         let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
         let unpacked = snap
             .unpack_layer(&diff_id, &tar[..])
@@ -136,7 +94,7 @@ fn unpack_and_apply_accept_and_reject_the_same_entries() -> TestResult {
     assert!(n >= 25 && rejected >= 12, "{n} cases, {rejected} rejected");
 
     // The apply's privileges: dropped by default, kept on request.
-    let tar = layer("dir:opt/; char:opt/null; suid:opt/su; link:opt/su2->opt/su");
+    let tar = case_layer("dir:opt/; char:opt/null; suid:opt/su; link:opt/su2->opt/su");
     let plain = sandbox.path().join("plain");
     fs::create_dir(&plain)?;
     let report = apply_layer_to_dir_with(&plain, &tar[..], ApplyOptions::default())?;

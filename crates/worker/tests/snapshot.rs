@@ -10,11 +10,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kbuild_image::tarball::{pax_record, DeterministicTar, TarOptions};
+use kbuild_testkit::archive::{
+    case_entries, case_layer, layer_cases, LayerCase, RawHeader, RawTar,
+};
 use kbuild_worker::snapshot::{
-    apply_layer_to_dir, write_diff, DiffOptions, EntryMeta, Error, LayerEntries, Snapshotter,
+    apply_layer_to_dir, write_diff, DiffOptions, DiffStats, EntryMeta, Error, LayerEntries,
+    Snapshotter,
 };
 use sha2::{Digest, Sha256};
-use tar::{EntryType, Header};
+use tar::EntryType;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -32,115 +36,6 @@ macro_rules! require_root {
             return Ok(());
         }
     };
-}
-
-/// Builds layer tars entry by entry, with raw names (so `..` and absolute
-/// paths can be written) and PAX records.
-struct Layer {
-    b: tar::Builder<Vec<u8>>,
-}
-
-struct E<'a> {
-    kind: EntryType,
-    name: &'a str,
-    link: Option<&'a str>,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: u64,
-    dev: (u32, u32),
-    xattrs: Vec<(&'a str, &'a [u8])>,
-    data: &'a [u8],
-}
-
-fn e(kind: EntryType, name: &str) -> E<'_> {
-    E {
-        kind,
-        name,
-        link: None,
-        mode: if kind == EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        },
-        uid: 0,
-        gid: 0,
-        mtime: 1_600_000_000,
-        dev: (0, 0),
-        xattrs: Vec::new(),
-        data: b"",
-    }
-}
-
-impl Layer {
-    fn new() -> Self {
-        Layer {
-            b: tar::Builder::new(Vec::new()),
-        }
-    }
-
-    fn add(&mut self, e: E<'_>) -> &mut Self {
-        let mut pax = Vec::new();
-        for (k, v) in &e.xattrs {
-            pax.extend(pax_record(&format!("SCHILY.xattr.{k}"), v));
-        }
-        if e.name.len() > 99 {
-            pax.extend(pax_record("path", e.name.as_bytes()));
-        }
-        if !pax.is_empty() {
-            let mut h = Header::new_ustar();
-            h.set_entry_type(EntryType::XHeader);
-            h.set_size(pax.len() as u64);
-            h.set_cksum();
-            self.b.append(&h, &pax[..]).expect("write to Vec");
-        }
-        let mut h = Header::new_ustar();
-        h.set_entry_type(e.kind);
-        let n = e.name.len().min(100);
-        h.as_old_mut().name[..n].copy_from_slice(&e.name.as_bytes()[..n]);
-        if let Some(l) = e.link {
-            h.as_old_mut().linkname[..l.len()].copy_from_slice(l.as_bytes());
-        }
-        h.set_mode(e.mode);
-        h.set_uid(e.uid);
-        h.set_gid(e.gid);
-        h.set_mtime(e.mtime);
-        h.set_size(e.data.len() as u64);
-        h.set_device_major(e.dev.0).expect("ustar");
-        h.set_device_minor(e.dev.1).expect("ustar");
-        h.set_cksum();
-        self.b.append(&h, e.data).expect("write to Vec");
-        self
-    }
-
-    fn file(&mut self, name: &str, data: &'static [u8]) -> &mut Self {
-        self.add(E {
-            data,
-            ..e(EntryType::Regular, name)
-        })
-    }
-
-    fn dir(&mut self, name: &str) -> &mut Self {
-        self.add(e(EntryType::Directory, name))
-    }
-
-    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.add(E {
-            link: Some(target),
-            ..e(EntryType::Symlink, name)
-        })
-    }
-
-    fn link(&mut self, name: &str, target: &str) -> &mut Self {
-        self.add(E {
-            link: Some(target),
-            ..e(EntryType::Link, name)
-        })
-    }
-
-    fn finish(self) -> Vec<u8> {
-        self.b.into_inner().expect("write to Vec")
-    }
 }
 
 fn diff_id(tar: &[u8]) -> String {
@@ -263,33 +158,16 @@ fn unsafe_entry_cases() -> TestResult {
     fs::create_dir(&outside)?;
     let snap = Snapshotter::new(sandbox.path().join("snap"))?;
     let mut n = 0;
-    for line in table.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let parts: Vec<&str> = line.split('|').map(str::trim).collect();
-        let [case, spec, expect] = parts[..] else {
-            panic!("bad case line: {line}");
-        };
+    for LayerCase {
+        name: case,
+        entries: spec,
+        expect,
+    } in layer_cases(&table)
+    {
         let spec = spec.replace("$OUTSIDE", &outside.to_string_lossy());
-        let mut layer = Layer::new();
-        let mut last = "";
-        for item in spec.split(';').map(str::trim) {
-            let (kind, rest) = item.split_once(':').expect("kind:rest");
-            let (name, target) = match rest.split_once("->") {
-                Some((a, b)) => (a, Some(b)),
-                None => (rest, None),
-            };
-            last = name;
-            match kind {
-                "file" => layer.file(name, b"data"),
-                "dir" => layer.dir(name),
-                "symlink" => layer.symlink(name, target.expect("target")),
-                "link" => layer.link(name, target.expect("target")),
-                k => panic!("{case}: unknown kind {k}"),
-            };
-        }
-        let tar = layer.finish();
+        let entries = case_entries(&spec);
+        let last = entries.last().map(|e| e.name).unwrap_or_default();
+        let tar = case_layer(&spec);
         let result = unpack(&snap, &tar);
         if let Some(text) = expect.strip_prefix("error:") {
             let err = match result {
@@ -349,58 +227,56 @@ fn unpack_preserves_metadata_devices_and_hardlinks() -> TestResult {
     let cap = [
         1u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
-    let mut layer = Layer::new();
+    let mut layer = RawTar::ustar();
     layer
-        .add(E {
+        .entry(RawHeader {
             mode: 0o1777,
-            ..e(EntryType::Directory, "tmp/")
+            ..RawHeader::new(EntryType::Directory, "tmp/")
         })
-        .add(E {
+        .entry(RawHeader {
             mode: 0o2775,
-            uid: 0,
-            gid: 50,
+            ids: (0, 50),
             mtime: 1_234_567_890,
-            ..e(EntryType::Directory, "srv/")
+            ..RawHeader::new(EntryType::Directory, "srv/")
         })
-        .add(E {
+        .entry(RawHeader {
             mode: 0o4755,
-            uid: 1000,
-            gid: 2000,
+            ids: (1000, 2000),
             mtime: 1_111_111_111,
             data: b"#!/bin/true\n",
             xattrs: vec![("security.capability", &cap[..]), ("user.note", b"hello")],
-            ..e(EntryType::Regular, "srv/ping")
+            ..RawHeader::new(EntryType::Regular, "srv/ping")
         })
-        .add(E {
+        .entry(RawHeader {
             link: Some("srv/ping"),
-            ..e(EntryType::Link, "srv/ping2")
+            ..RawHeader::new(EntryType::Link, "srv/ping2")
         })
-        .add(E {
+        .entry(RawHeader {
             mode: 0o666,
-            dev: (1, 3),
-            ..e(EntryType::Char, "dev/null")
+            device: Some((1, 3)),
+            ..RawHeader::new(EntryType::Char, "dev/null")
         })
-        .add(E {
+        .entry(RawHeader {
             mode: 0o660,
-            gid: 6,
-            dev: (7, 0),
-            ..e(EntryType::Block, "dev/loop0")
+            ids: (0, 6),
+            device: Some((7, 0)),
+            ..RawHeader::new(EntryType::Block, "dev/loop0")
         })
-        .add(E {
+        .entry(RawHeader {
             mode: 0o600,
-            ..e(EntryType::Fifo, "run/fifo")
+            ..RawHeader::new(EntryType::Fifo, "run/fifo")
         })
-        .add(E {
+        .entry(RawHeader {
             link: Some("../srv/ping"),
-            uid: 7,
-            ..e(EntryType::Symlink, "bin/ping")
+            ids: (7, 0),
+            ..RawHeader::new(EntryType::Symlink, "bin/ping")
         });
     let long = format!("deep/{}/file", "n".repeat(150));
-    layer.add(E {
+    layer.entry(RawHeader {
         data: b"long",
-        ..e(EntryType::Regular, &long)
+        ..RawHeader::new(EntryType::Regular, &long)
     });
-    let dir = unpack(&snap, &layer.finish())?;
+    let dir = unpack(&snap, &layer.into_bytes())?;
 
     let ping = dir.join("srv/ping");
     let md = ping.symlink_metadata()?;
@@ -456,7 +332,7 @@ fn unpack_converts_whiteouts_to_overlay_format() -> TestResult {
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut layer = Layer::new();
+    let mut layer = RawTar::ustar();
     layer
         .file(".wh.gone", b"")
         .dir("etc/")
@@ -464,7 +340,7 @@ fn unpack_converts_whiteouts_to_overlay_format() -> TestResult {
         .file("etc/new", b"n")
         .file("var/.wh.cache", b"")
         .file(".wh..wh.plnk", b"");
-    let dir = unpack(&snap, &layer.finish())?;
+    let dir = unpack(&snap, &layer.into_bytes())?;
     assert!(is_whiteout(&dir.join("gone")));
     assert!(is_whiteout(&dir.join("var/cache")));
     assert!(!dir.join(".wh.gone").exists());
@@ -483,14 +359,14 @@ fn unpack_once_per_diff_id_and_verifies_digest() -> TestResult {
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut layer = Layer::new();
+    let mut layer = RawTar::ustar();
     for i in 0..200 {
-        layer.add(E {
+        layer.entry(RawHeader {
             data: b"some content",
-            ..e(EntryType::Regular, &format!("f{i}"))
+            ..RawHeader::new(EntryType::Regular, &format!("f{i}"))
         });
     }
-    let tar = layer.finish();
+    let tar = layer.into_bytes();
     let id = diff_id(&tar);
     let results: Vec<Result<PathBuf, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
@@ -533,7 +409,7 @@ fn unpack_once_per_diff_id_and_verifies_digest() -> TestResult {
 
 /// Three layers: base files, then whiteouts and an opaque dir, then edits.
 fn three_layers() -> Vec<Vec<u8>> {
-    let mut l1 = Layer::new();
+    let mut l1 = RawTar::ustar();
     l1.dir("etc/")
         .file("etc/a", b"a1")
         .file("etc/b", b"b1")
@@ -543,16 +419,31 @@ fn three_layers() -> Vec<Vec<u8>> {
         .file("keep", b"keep")
         .file("gone", b"gone")
         .symlink("link", "etc/a");
-    let mut l2 = Layer::new();
+    let mut l2 = RawTar::ustar();
     l2.file(".wh.gone", b"")
         .dir("opt/")
         .file("opt/.wh..wh..opq", b"")
         .file("opt/z", b"z")
         .dir("etc/")
         .file("etc/.wh.a", b"");
-    let mut l3 = Layer::new();
+    let mut l3 = RawTar::ustar();
     l3.dir("etc/").file("etc/b", b"b3").file("c", b"c3");
-    vec![l1.finish(), l2.finish(), l3.finish()]
+    vec![l1.into_bytes(), l2.into_bytes(), l3.into_bytes()]
+}
+
+/// [`three_layers`] unpacked as snapshots, lowest first.
+fn three_lowers(snap: &Snapshotter) -> Result<Vec<PathBuf>, Error> {
+    three_layers().iter().map(|tar| unpack(snap, tar)).collect()
+}
+
+/// The layer of what `upper` changes over `lowers`, with default options.
+fn diff_of(
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<(Vec<u8>, DiffStats), Box<dyn std::error::Error>> {
+    let mut out = tar::Builder::new(Vec::new());
+    let stats = write_diff(upper, lowers, &mut out, &DiffOptions::default())?;
+    Ok((out.into_inner()?, stats))
 }
 
 #[test]
@@ -560,10 +451,7 @@ fn three_layer_mount_shows_whiteouts_applied() -> TestResult {
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut lowers = Vec::new();
-    for tar in three_layers() {
-        lowers.push(unpack(&snap, &tar)?);
-    }
+    let lowers = three_lowers(&snap)?;
     let mount = snap.mount(&lowers)?;
     let m = mount.merged().to_path_buf();
     assert!(mounted(&m));
@@ -615,10 +503,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut lowers = Vec::new();
-    for tar in three_layers() {
-        lowers.push(unpack(&snap, &tar)?);
-    }
+    let lowers = three_lowers(&snap)?;
     let mount = snap.mount(&lowers)?;
     let m = mount.merged().to_path_buf();
     // create, modify, delete, replace a directory, chmod, hardlink, symlink
@@ -648,9 +533,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     )?;
     let merged_tree = describe(&m);
 
-    let mut out = tar::Builder::new(Vec::new());
-    let stats = write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
-    let tar = out.into_inner()?;
+    let (tar, stats) = diff_of(mount.upper(), &lowers)?;
     assert_eq!(
         entries(&tar),
         [
@@ -701,9 +584,7 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     drop(check);
 
     // Deterministic: the same upper gives the same bytes.
-    let mut again = tar::Builder::new(Vec::new());
-    write_diff(mount.upper(), &lowers, &mut again, &DiffOptions::default())?;
-    assert_eq!(again.into_inner()?, tar);
+    assert_eq!(diff_of(mount.upper(), &lowers)?.0, tar);
 
     // Commit keeps the upper as a lower for the next step.
     let committed = mount.commit()?;
@@ -869,12 +750,12 @@ fn apply_follows_symlinked_parents_only_inside_the_target() -> TestResult {
     fs::create_dir_all(root.join("usr/lib"))?;
     std::os::unix::fs::symlink("/usr/lib", root.join("lib"))?;
     std::os::unix::fs::symlink("../../../../../../..", root.join("up"))?;
-    let mut layer = Layer::new();
+    let mut layer = RawTar::ustar();
     layer
         .file("lib/libkbuild-test.so", b"so")
         .file("up/kbuild-escape-test", b"x")
         .file("../kbuild-escape-test", b"x");
-    let tar = layer.finish();
+    let tar = layer.into_bytes();
     let err = apply_layer_to_dir(&root, &tar[..])
         .err()
         .map(|e| e.to_string());
@@ -906,11 +787,13 @@ fn mount_many_layers_with_long_paths() -> TestResult {
     let snap = Snapshotter::new(&root)?;
     let mut lowers = Vec::new();
     for i in 0..120u32 {
-        let mut layer = Layer::new();
+        let mut layer = RawTar::ustar();
         let name = format!("f{i:03}");
-        let body: &'static [u8] = Box::leak(i.to_string().into_bytes().into_boxed_slice());
-        layer.file(&name, body).file("top", body);
-        lowers.push(unpack(&snap, &layer.finish())?);
+        let body = i.to_string();
+        layer
+            .file(&name, body.as_bytes())
+            .file("top", body.as_bytes());
+        lowers.push(unpack(&snap, &layer.into_bytes())?);
     }
     let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
     assert!(total > 4096 * 6);
@@ -976,19 +859,14 @@ fn a_new_hardlink_to_a_lower_file_is_a_file_of_its_own_in_the_diff() -> TestResu
     require_root!();
     let sandbox = tempfile::tempdir()?;
     let snap = Snapshotter::new(sandbox.path())?;
-    let mut lowers = Vec::new();
-    for tar in three_layers() {
-        lowers.push(unpack(&snap, &tar)?);
-    }
+    let lowers = three_lowers(&snap)?;
     let mount = snap.mount(&lowers)?;
     let m = mount.merged().to_path_buf();
     // Overlay copies "c" up (unchanged) to give it a second name.
     fs::hard_link(m.join("c"), m.join("c-link"))?;
     fs::hard_link(m.join("c"), m.join("etc/c-link2"))?;
     assert!(mount.upper().join("c").exists(), "overlay copied c up");
-    let mut out = tar::Builder::new(Vec::new());
-    let stats = write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
-    let tar = out.into_inner()?;
+    let (tar, stats) = diff_of(mount.upper(), &lowers)?;
     // The unchanged lower file is not re-emitted; the first new name holds
     // the content, the second links to it within the layer.
     assert_eq!(
@@ -1005,9 +883,7 @@ fn a_new_hardlink_to_a_lower_file_is_a_file_of_its_own_in_the_diff() -> TestResu
 
     // A copied-up file that did change is still part of the layer.
     fs::write(m.join("c"), "c4")?;
-    let mut out = tar::Builder::new(Vec::new());
-    write_diff(mount.upper(), &lowers, &mut out, &DiffOptions::default())?;
-    let names = entries(&out.into_inner()?);
+    let names = entries(&diff_of(mount.upper(), &lowers)?.0);
     assert!(names.contains(&"c".to_string()), "{names:?}");
     Ok(())
 }

@@ -435,3 +435,36 @@ pub fn assert_readable_with(reference: &str, user: &str, password: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What a registry question of the daemon gets from [`CredentialsOnly`].
+pub type CredentialsAnswer =
+    Result<Option<kbuild_registry::RegistryLogin>, kbuild_driver::session::LocalError>;
+
+/// The client side of a session a test drives by hand: it drops progress,
+/// holds no secrets, was asked for no output (a streamed one is an error),
+/// and answers the daemon's credentials questions with its function.
+pub struct CredentialsOnly<F>(pub F);
+
+impl<F> kbuild_driver::session::Local for CredentialsOnly<F>
+where
+    F: Fn(&str) -> CredentialsAnswer + Send + Sync + 'static,
+{
+    fn progress(&self, _: kbuild_proto::v1::ProgressEvent) {}
+
+    fn credentials(&self, host: &str) -> CredentialsAnswer {
+        (self.0)(host)
+    }
+
+    fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, kbuild_driver::session::LocalError> {
+        Ok(None)
+    }
+
+    fn result(
+        &self,
+        output: u32,
+        _: Vec<u8>,
+        _: bool,
+    ) -> Result<(), kbuild_driver::session::LocalError> {
+        Err(format!("no output was asked for, got {output}").into())
+    }
+}

@@ -19,7 +19,7 @@ use kbuild_solver::options::{
 };
 use kbuild_solver::outputs::{EarlyPush, ExportReport};
 use kbuild_solver::progress::Progress;
-use kbuild_solver::remote_cache::{CacheDestination, CacheFrom, CacheTo};
+use kbuild_solver::remote_cache::{parse_caches, CacheDestination, CacheFrom, CacheTo};
 use kbuild_worker::snapshot::Snapshotter;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -269,16 +269,7 @@ fn session_outputs(
 /// The start's registry and inline caches; a local one is a directory of
 /// the client, which this daemon cannot reach.
 fn caches(start: &v1::BuildStart) -> Result<(Vec<CacheFrom>, Vec<CacheTo>), SessionError> {
-    let cache_from = start
-        .cache_from
-        .iter()
-        .map(|s| CacheFrom::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cache_to = start
-        .cache_to
-        .iter()
-        .map(|s| CacheTo::parse(s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (cache_from, cache_to) = parse_caches(&start.cache_from, &start.cache_to)?;
     if cache_from
         .iter()
         .any(|c| matches!(c, CacheFrom::Local { .. }))
