@@ -11,7 +11,7 @@ use kbuild_proto::v1::{
     self, build_client_message::Message as In, build_server_message::Message as Out,
 };
 use kbuild_solver::checksums::{ChecksumCache, TreeChecksums};
-use kbuild_solver::options::ProvideSecret;
+use kbuild_solver::options::{ProvideSecret, SecretError};
 use kbuild_solver::progress::{Event, Progress};
 use kbuild_worker::executor::Cancel;
 use sha2::{Digest as _, Sha256};
@@ -448,23 +448,37 @@ struct ClientSecrets {
     pending: Arc<Pending>,
 }
 
+/// Why the client of a session gave no secret.
+#[derive(Debug, thiserror::Error)]
+enum SecretUnanswered {
+    /// The session ended before the question went out.
+    #[error("the session ended before asking for it")]
+    SessionEnded,
+    /// The answer did not come in time, or the session ended waiting.
+    #[error("the client did not send it")]
+    NoAnswer(#[source] std::sync::mpsc::RecvTimeoutError),
+    /// The client's own error, as it sent it.
+    #[error("on the client: {0}")]
+    Client(String),
+}
+
 impl ProvideSecret for ClientSecrets {
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SecretError> {
         let request = self.pending.next.fetch_add(1, Ordering::Relaxed);
         let rx = self
             .pending
             .secrets
             .wait_for(request)
-            .ok_or_else(|| "the session ended before asking for it".to_string())?;
+            .ok_or(SecretUnanswered::SessionEnded)?;
         self.queue.send(Out::SecretRequest(v1::SecretRequest {
             id: id.to_string(),
             request,
         }));
         let answer = rx
             .recv_timeout(ANSWER_TIMEOUT)
-            .map_err(|_| "the client did not send it".to_string())?;
+            .map_err(SecretUnanswered::NoAnswer)?;
         if !answer.error.is_empty() {
-            return Err(format!("on the client: {}", answer.error));
+            return Err(SecretUnanswered::Client(answer.error).into());
         }
         Ok((!answer.missing).then_some(answer.data))
     }
