@@ -69,6 +69,7 @@ pub enum RequestError {
         /// The flag value.
         value: String,
         /// What is wrong, and the forms that work.
+        #[source]
         reason: BuildContextProblem,
     },
     /// An `oci-layout://` build context that cannot be read.

@@ -115,6 +115,7 @@ pub enum Error {
         /// What was being read, e.g. "manifest sha256:...".
         what: String,
         /// What is wrong with it.
+        #[source]
         reason: DocumentProblem,
     },
     /// A layer uses a media type this crate cannot decompress.
@@ -126,6 +127,7 @@ pub enum Error {
         /// The archive path of the entry.
         path: String,
         /// Why.
+        #[source]
         reason: TarEntryProblem,
     },
     /// A tar header field does not fit the entry (a device number too large).

@@ -118,6 +118,7 @@ pub struct ProvenanceError {
     /// The value.
     pub value: String,
     /// What is wrong.
+    #[source]
     pub reason: ProvenanceProblem,
 }
 

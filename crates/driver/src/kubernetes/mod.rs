@@ -192,6 +192,7 @@ pub enum Error {
         /// The namespace.
         namespace: String,
         /// What is wrong.
+        #[source]
         reason: SecretFormatProblem,
     },
     /// Its dockerconfigjson does not parse.
