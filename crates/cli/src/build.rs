@@ -45,12 +45,22 @@ pub enum BuildError {
     #[error(transparent)]
     Parallelism(#[from] kbuild_registry::ParallelismError),
     /// The `.dockerignore` file is malformed.
-    #[error("{path}: {reason}")]
+    #[error("{path}: {source}")]
     Ignore {
         /// The file.
         path: PathBuf,
         /// Why.
-        reason: String,
+        #[source]
+        source: kbuild_ignore::Error,
+    },
+    /// The `.dockerignore` file cannot be read.
+    #[error("{path}: {source}")]
+    IgnoreRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The build failed.
     #[error(transparent)]
@@ -721,13 +731,13 @@ pub(crate) fn read_ignore(
     let Some(p) = kbuild_ignore::find_ignore_file(ctx, &df) else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(&p).map_err(|e| BuildError::Ignore {
+    let text = std::fs::read_to_string(&p).map_err(|source| BuildError::IgnoreRead {
         path: p.clone(),
-        reason: e.to_string(),
+        source,
     })?;
-    let matcher = kbuild_ignore::Matcher::parse(&text).map_err(|e| BuildError::Ignore {
+    let matcher = kbuild_ignore::Matcher::parse(&text).map_err(|source| BuildError::Ignore {
         path: p.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     Ok(Some((matcher, text)))
 }

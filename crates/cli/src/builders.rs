@@ -175,7 +175,7 @@ struct Row {
     builder: String,
     driver: String,
     node: Node,
-    result: std::result::Result<NodeInfo, kbuild_driver::Error>,
+    result: std::result::Result<NodeInfo, NoInfo>,
     /// A builder pod: the Kubernetes node it runs on, whether it is
     /// ready, and why it could not be asked.
     pod: Option<(Option<String>, bool, Option<String>)>,
@@ -183,12 +183,23 @@ struct Row {
     namespace: Option<String>,
 }
 
+/// Why a row has no Info.
+#[derive(Debug, thiserror::Error)]
+enum NoInfo {
+    /// The node's daemon did not answer.
+    #[error(transparent)]
+    Daemon(#[from] kbuild_driver::Error),
+    /// The builder pod could not be asked.
+    #[error(transparent)]
+    Pod(#[from] crate::kube::PodProblem),
+}
+
 fn status(r: &Row) -> &'static str {
     match (&r.pod, &r.result) {
         (Some((_, false, _)), _) => "not ready",
         (Some((_, true, Some(_))), _) => "unreachable",
         (_, Ok(_)) => "running",
-        (_, Err(kbuild_driver::Error::Protocol { .. })) => "version mismatch",
+        (_, Err(NoInfo::Daemon(kbuild_driver::Error::Protocol { .. }))) => "version mismatch",
         (_, Err(_)) => "unreachable",
     }
 }
@@ -255,10 +266,10 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
                 tasks.push(tokio::spawn(async move {
                     let result = kbuild_driver::info(&name, &node, timeout).await;
                     Row {
+                        result: result.map_err(NoInfo::Daemon),
                         builder: name,
                         driver,
                         node,
-                        result,
                         pod: None,
                         namespace: None,
                     }
@@ -283,13 +294,10 @@ pub fn ls(args: &LsArgs, global: &GlobalArgs) -> Result<ExitCode> {
             for p in pods {
                 let (result, error) = match p.result {
                     Ok(info) => (Ok(info), None),
-                    Err(e) => (
-                        Err(kbuild_driver::Error::Session {
-                            builder: p.builder.clone(),
-                            reason: e.to_string(),
-                        }),
-                        Some(e.to_string()),
-                    ),
+                    Err(e) => {
+                        let text = e.to_string();
+                        (Err(NoInfo::Pod(e)), Some(text))
+                    }
                 };
                 rows.push(Row {
                     builder: p.builder,

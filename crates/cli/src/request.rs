@@ -69,7 +69,8 @@ pub enum RequestError {
         /// The flag value.
         value: String,
         /// What is wrong, and the forms that work.
-        reason: String,
+        #[source]
+        reason: BuildContextProblem,
     },
     /// An `oci-layout://` build context that cannot be read.
     #[error("--build-context {value}: {source}")]
@@ -596,22 +597,31 @@ fn display_name(p: &Path) -> String {
         .unwrap_or_else(|| "Dockerfile".to_string())
 }
 
+/// What is wrong with a `--build-context` value ([`RequestError::BuildContext`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildContextProblem {
+    /// Not `NAME=VALUE` with both parts.
+    #[error("use NAME=DIR, NAME=docker-image://REF or NAME=oci-layout://PATH[:TAG|@DIGEST]")]
+    Syntax,
+    /// A local context (named) that is not a directory.
+    #[error("{0} is not a directory (a named context is a directory, docker-image://REF or oci-layout://PATH)")]
+    NotADirectory(String),
+}
+
 /// One `--build-context NAME=VALUE`, as buildx reads it: `docker-image://REF`,
 /// `oci-layout://PATH[:TAG|@DIGEST]` (resolved in the layout now, so a bad
 /// path or tag fails before the build), or a local directory.
 fn parse_build_context(
     value: &str,
 ) -> Result<(String, NamedContext, Option<PathBuf>), RequestError> {
-    let bad = |reason: &str| RequestError::BuildContext {
+    let bad = |reason| RequestError::BuildContext {
         value: value.to_string(),
-        reason: reason.to_string(),
+        reason,
     };
     let (name, target) = value
         .split_once('=')
         .filter(|(n, t)| !n.is_empty() && !t.is_empty())
-        .ok_or_else(|| {
-            bad("use NAME=DIR, NAME=docker-image://REF or NAME=oci-layout://PATH[:TAG|@DIGEST]")
-        })?;
+        .ok_or_else(|| bad(BuildContextProblem::Syntax))?;
     if let Some(reference) = target.strip_prefix("docker-image://") {
         kbuild_registry::Reference::parse(reference).map_err(|source| {
             RequestError::BuildContextImage {
@@ -654,9 +664,7 @@ fn parse_build_context(
     }
     let dir = PathBuf::from(target);
     if !dir.is_dir() {
-        return Err(bad(&format!(
-            "{target} is not a directory (a named context is a directory, docker-image://REF or oci-layout://PATH)"
-        )));
+        return Err(bad(BuildContextProblem::NotADirectory(target.to_string())));
     }
     Ok((name.to_string(), NamedContext::Dir, Some(dir)))
 }

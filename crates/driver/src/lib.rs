@@ -207,14 +207,6 @@ pub enum Error {
         /// The daemon's message.
         reason: String,
     },
-    /// A builder's node could not be used, for a reason it gave as text.
-    #[error("build on builder {builder}: {reason}")]
-    Session {
-        /// The builder.
-        builder: String,
-        /// Why.
-        reason: String,
-    },
     /// The session could not go on on this side (a result could not be
     /// written, the context could not be sent).
     #[error("build on builder {builder}: {source}")]

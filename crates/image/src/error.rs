@@ -115,7 +115,8 @@ pub enum Error {
         /// What was being read, e.g. "manifest sha256:...".
         what: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        reason: DocumentProblem,
     },
     /// A layer uses a media type this crate cannot decompress.
     #[error("unsupported layer media type {0:?}; expected a tar layer that is plain, gzip or zstd compressed")]
@@ -126,7 +127,8 @@ pub enum Error {
         /// The archive path of the entry.
         path: String,
         /// Why.
-        reason: String,
+        #[source]
+        reason: TarEntryProblem,
     },
     /// A tar header field does not fit the entry (a device number too large).
     #[error("cannot add {path:?} to the tar stream: {source}")]
@@ -170,4 +172,59 @@ pub(crate) fn io_err(
 
 pub(crate) fn stream_err(action: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Stream { action, source }
+}
+
+/// Why a manifest or index is not the document expected
+/// ([`Error::InvalidDocument`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocumentProblem {
+    /// A Docker schema 1 manifest.
+    #[error("Docker schema 1 manifests are deprecated and not supported; push the image again with a current client")]
+    Schema1,
+    /// A `schemaVersion` other than 2 (or none).
+    #[error("schemaVersion is {0:?}, expected 2")]
+    SchemaVersion(Option<u64>),
+    /// A `mediaType` that is neither a manifest nor an index.
+    #[error("unknown mediaType {0:?}")]
+    MediaType(String),
+    /// An index where an image manifest was asked for.
+    #[error("it is an index (manifest list), not an image manifest")]
+    NotAManifest,
+    /// An image manifest where an index was asked for.
+    #[error("it is an image manifest, not an index")]
+    NotAnIndex,
+    /// A descriptor of a manifest whose content is an index.
+    #[error("its media type says manifest but the content is an index")]
+    IndexContent,
+    /// A docker archive asked of something other than one manifest.
+    #[error("a docker archive holds one image manifest, but the descriptor has media type {0:?}; pick the platform's manifest from the index first")]
+    DockerArchiveOfIndex(String),
+}
+
+/// Why an entry cannot go into a tar stream ([`Error::TarEntry`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TarEntryProblem {
+    /// The file's size changed between its header and its content.
+    #[error("the content was {read} bytes but the header says {size}; the file changed while it was archived")]
+    SizeChanged {
+        /// The bytes read.
+        read: u64,
+        /// The size in the header.
+        size: u64,
+    },
+    /// A `..` component.
+    #[error("archive paths must not contain '..'")]
+    DotDot,
+    /// Nothing left of the path.
+    #[error("the archive path is empty")]
+    EmptyPath,
+    /// A platform directory missing from a split output's part (the part named).
+    #[error("{} has no such directory", .0.display())]
+    NoSuchDirectory(std::path::PathBuf),
+    /// An entry of a split output's part outside its platforms' directories
+    /// (the part named).
+    #[error("{} has it outside the directories of its platforms", .0.display())]
+    OutsidePlatforms(std::path::PathBuf),
 }

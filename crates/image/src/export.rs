@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::error::{io_err, Error, Result};
+use crate::error::{io_err, DocumentProblem, Error, Result};
 use crate::oci::{
     canonical_json, Descriptor, Document, Index, ANNOTATION_CONTAINERD_IMAGE_NAME,
     ANNOTATION_REF_NAME,
@@ -206,10 +206,7 @@ pub fn docker_archive<W: Write>(
     if !manifest.is_manifest() {
         return Err(Error::InvalidDocument {
             what: format!("image {}", manifest.digest),
-            reason: format!(
-                "a docker archive holds one image manifest, but the descriptor has media type {:?}; pick the platform's manifest from the index first",
-                manifest.media_type
-            ),
+            reason: DocumentProblem::DockerArchiveOfIndex(manifest.media_type.clone()),
         });
     }
     let blobs = image_blobs(store, manifest)?;
@@ -218,7 +215,7 @@ pub fn docker_archive<W: Write>(
         Document::Index(_) => {
             return Err(Error::InvalidDocument {
                 what: format!("manifest {}", manifest.digest),
-                reason: "its media type says manifest but the content is an index".to_string(),
+                reason: DocumentProblem::IndexContent,
             })
         }
     };

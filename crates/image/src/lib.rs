@@ -60,7 +60,7 @@ pub mod lock;
 pub mod tarball;
 
 pub use digest::{Digest, DigestWriter};
-pub use error::{Error, Result};
+pub use error::{DocumentProblem, Error, Result, TarEntryProblem};
 pub use gate::CommitGate;
 pub use layer::{
     compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{DocumentProblem, Error, Result};
 use crate::store::ContentStore;
 
 /// OCI image manifest.
@@ -557,7 +557,7 @@ impl Manifest {
             Document::Manifest(m) => Ok(m),
             Document::Index(_) => Err(Error::InvalidDocument {
                 what: "manifest".to_string(),
-                reason: "it is an index (manifest list), not an image manifest".to_string(),
+                reason: DocumentProblem::NotAManifest,
             }),
         }
     }
@@ -638,7 +638,7 @@ impl Index {
             Document::Index(i) => Ok(i),
             Document::Manifest(_) => Err(Error::InvalidDocument {
                 what: "index".to_string(),
-                reason: "it is an image manifest, not an index".to_string(),
+                reason: DocumentProblem::NotAnIndex,
             }),
         }
     }
@@ -678,7 +678,7 @@ impl Document {
             what: "manifest or index".to_string(),
             source,
         })?;
-        let invalid = |reason: String| Error::InvalidDocument {
+        let invalid = |reason| Error::InvalidDocument {
             what: "manifest or index".to_string(),
             reason,
         };
@@ -688,12 +688,10 @@ impl Document {
             || media_type == MEDIA_TYPE_DOCKER_SCHEMA1_SIGNED
             || schema == Some(1)
         {
-            return Err(invalid(
-                "Docker schema 1 manifests are deprecated and not supported; push the image again with a current client".to_string(),
-            ));
+            return Err(invalid(DocumentProblem::Schema1));
         }
         if schema != Some(2) {
-            return Err(invalid(format!("schemaVersion is {schema:?}, expected 2")));
+            return Err(invalid(DocumentProblem::SchemaVersion(schema)));
         }
         let is_index = if media_type.is_empty() {
             value.get("manifests").is_some()
@@ -702,7 +700,7 @@ impl Document {
         } else if is_manifest_media_type(media_type) {
             false
         } else {
-            return Err(invalid(format!("unknown mediaType {media_type:?}")));
+            return Err(invalid(DocumentProblem::MediaType(media_type.to_string())));
         };
         let parse_err = |source| Error::Json {
             what: if is_index { "index" } else { "manifest" }.to_string(),

@@ -23,7 +23,7 @@ use std::path::Path;
 
 use tar::{EntryType, Header};
 
-use crate::error::{io_err, stream_err, Error, Result};
+use crate::error::{io_err, stream_err, Error, Result, TarEntryProblem};
 
 const USTAR_MAX_ID: u64 = 0o7777777;
 const USTAR_MAX_SIZE: u64 = 0o77777777777;
@@ -306,10 +306,10 @@ pub fn append_entry<W: Write, R: Read>(
     if counted.read != size {
         return Err(Error::TarEntry {
             path: String::from_utf8_lossy(&path).into_owned(),
-            reason: format!(
-                "the content was {} bytes but the header says {size}; the file changed while it was archived",
-                counted.read
-            ),
+            reason: TarEntryProblem::SizeChanged {
+                read: counted.read,
+                size,
+            },
         });
     }
     Ok(())
@@ -477,7 +477,7 @@ fn normalize(path: &[u8], dir: bool) -> Result<Vec<u8>> {
             b".." => {
                 return Err(Error::TarEntry {
                     path: String::from_utf8_lossy(path).into_owned(),
-                    reason: "archive paths must not contain '..'".to_string(),
+                    reason: TarEntryProblem::DotDot,
                 })
             }
             _ => {
@@ -491,7 +491,7 @@ fn normalize(path: &[u8], dir: bool) -> Result<Vec<u8>> {
     if out.is_empty() {
         return Err(Error::TarEntry {
             path: String::from_utf8_lossy(path).into_owned(),
-            reason: "the archive path is empty".to_string(),
+            reason: TarEntryProblem::EmptyPath,
         });
     }
     if dir {

@@ -45,6 +45,133 @@ pub enum ManifestProblem {
     },
 }
 
+/// Why a reference string is refused ([`Error::InvalidReference`]): the
+/// rule it breaks and the part that breaks it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReferenceProblem {
+    /// The reference is empty.
+    #[error("it is empty")]
+    Empty,
+    /// The reference is longer than the grammar allows.
+    #[error("it is longer than 4096 characters")]
+    TooLong,
+    /// Registry and repository together are longer than the grammar allows.
+    #[error("the name is longer than 255 characters")]
+    NameTooLong,
+    /// A digest without `ALGORITHM:`.
+    #[error("digest {digest:?} has no algorithm prefix like sha256:")]
+    DigestNoAlgorithm {
+        /// The digest as written.
+        digest: String,
+    },
+    /// A digest algorithm other than sha256, sha384 or sha512.
+    #[error("digest algorithm {algorithm:?} is not supported")]
+    DigestAlgorithm {
+        /// The algorithm as written.
+        algorithm: String,
+    },
+    /// A digest whose hex part has the wrong length or characters.
+    #[error(
+        "digest {digest:?} must be {hex_len} lowercase hexadecimal characters after {algorithm}:"
+    )]
+    DigestHex {
+        /// The digest as written.
+        digest: String,
+        /// Its algorithm.
+        algorithm: &'static str,
+        /// How many hex characters that algorithm has.
+        hex_len: usize,
+    },
+    /// A tag outside the tag grammar.
+    #[error(
+        "tag {tag:?} must be 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+    )]
+    Tag {
+        /// The tag as written.
+        tag: String,
+    },
+    /// An IPv6 registry host without its `]`.
+    #[error("registry host {host:?} has an unclosed '['")]
+    HostUnclosed {
+        /// The host as written.
+        host: String,
+    },
+    /// A bracketed registry host that is not an IPv6 address.
+    #[error("registry host {host:?} is not a valid IPv6 address")]
+    HostIpv6 {
+        /// The host as written.
+        host: String,
+    },
+    /// Text after an IPv6 host's `]` that is not `:PORT`.
+    #[error("registry host {host:?} has junk after ']'")]
+    HostJunk {
+        /// The host as written.
+        host: String,
+    },
+    /// A registry host name with an invalid label.
+    #[error("registry host {host:?} is not a valid host name")]
+    HostName {
+        /// The host as written.
+        host: String,
+    },
+    /// A registry port that is not a number from 0 to 65535.
+    #[error("registry host {host:?} has an invalid port")]
+    HostPort {
+        /// The host as written.
+        host: String,
+        /// Why the port does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// No repository after the registry.
+    #[error("the repository name is empty")]
+    EmptyRepository,
+    /// A repository path component outside the grammar.
+    #[error("repository {path:?}: {problem}")]
+    Repository {
+        /// The repository path as written.
+        path: String,
+        /// What is wrong with the component.
+        #[source]
+        problem: ComponentProblem,
+    },
+    /// A target pins a digest other than the content being pushed.
+    #[error("it pins digest {pinned} but the {what} being pushed is {pushed}")]
+    PinnedDigest {
+        /// The digest the reference pins.
+        pinned: String,
+        /// What is pushed: `image` or `index`.
+        what: &'static str,
+        /// The digest of what is pushed.
+        pushed: kbuild_image::Digest,
+    },
+}
+
+/// Why one component of a repository path is refused
+/// ([`ReferenceProblem::Repository`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ComponentProblem {
+    /// Two slashes in a row, or one at an end.
+    #[error("it has an empty path component")]
+    Empty,
+    /// An upper-case letter.
+    #[error("{0:?} must be lowercase")]
+    Uppercase(String),
+    /// A separator at the start or end.
+    #[error("{0:?} must start and end with a letter or digit")]
+    Edge(String),
+    /// A run of separators other than `.`, `_`, `__` or dashes.
+    #[error("{component:?} has the invalid separator {separator:?}")]
+    Separator {
+        /// The component.
+        component: String,
+        /// The separator in it.
+        separator: String,
+    },
+}
+
 /// Why a credential helper gave no credentials ([`Error::CredentialHelper`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -187,7 +314,8 @@ pub enum Error {
         /// The reference as given.
         reference: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        reason: ReferenceProblem,
     },
     /// A reference whose registry or repository makes no usable request URL.
     #[error("invalid image reference {reference:?}: {what}{source}")]

@@ -75,7 +75,10 @@ pub use client::{Client, ClientOptions, Stats};
 pub use credentials::{
     CredentialSource, Credentials, RegistryLogin, TokenAnswer, DEFAULT_REGISTRY_SECRET,
 };
-pub use error::{CredentialsProblem, Error, HelperProblem, ManifestProblem, Result, Wait};
+pub use error::{
+    ComponentProblem, CredentialsProblem, Error, HelperProblem, ManifestProblem, ReferenceProblem,
+    Result, Wait,
+};
 pub use pull::PulledImage;
 pub use reference::Reference;
 pub use timeouts::{Timeouts, TimeoutsError, TimeoutsProblem, TIMEOUT_KINDS};

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kbuild_image::Digest;
 
 use crate::client::{Client, Scope};
-use crate::error::{Error, ManifestProblem, Result};
+use crate::error::{Error, ManifestProblem, ReferenceProblem, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
 
@@ -39,9 +39,11 @@ impl Client {
                 if pinned != digest.to_string() {
                     return Err(Error::InvalidReference {
                         reference: target.to_string(),
-                        reason: format!(
-                            "it pins digest {pinned} but the index being pushed is {digest}"
-                        ),
+                        reason: ReferenceProblem::PinnedDigest {
+                            pinned: pinned.to_string(),
+                            what: "index",
+                            pushed: digest,
+                        },
                     });
                 }
             }

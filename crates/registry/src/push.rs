@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use url::Url;
 
 use crate::client::{Client, Counters, Failed, Req, Retry, Scope};
-use crate::error::{Error, ManifestProblem, Result};
+use crate::error::{Error, ManifestProblem, ReferenceProblem, Result};
 use crate::manifest::{self, Document};
 use crate::reference::Reference;
 use crate::uploads::BlobUploads;
@@ -173,9 +173,11 @@ impl Client {
                 if pinned != root_digest.to_string() {
                     return Err(Error::InvalidReference {
                         reference: target.to_string(),
-                        reason: format!(
-                            "it pins digest {pinned} but the image being pushed is {root_digest}"
-                        ),
+                        reason: ReferenceProblem::PinnedDigest {
+                            pinned: pinned.to_string(),
+                            what: "image",
+                            pushed: root_digest,
+                        },
                     });
                 }
             }

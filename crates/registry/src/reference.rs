@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::Error;
+use crate::error::{ComponentProblem, Error, ReferenceProblem};
 
 /// The registry name Docker uses for Docker Hub in references and credentials.
 pub(crate) const DOCKER_HUB: &str = "docker.io";
@@ -31,15 +31,15 @@ pub struct Reference {
 impl Reference {
     /// Parses and normalizes a reference as Docker does.
     pub fn parse(input: &str) -> Result<Reference, Error> {
-        let bad = |reason: String| Error::InvalidReference {
+        let bad = |reason: ReferenceProblem| Error::InvalidReference {
             reference: input.to_string(),
             reason,
         };
         if input.is_empty() {
-            return Err(bad("it is empty".into()));
+            return Err(bad(ReferenceProblem::Empty));
         }
         if input.len() > 4096 {
-            return Err(bad("it is longer than 4096 characters".into()));
+            return Err(bad(ReferenceProblem::TooLong));
         }
         let (rest, digest) = match input.split_once('@') {
             Some((rest, d)) => (rest, Some(parse_digest(d).map_err(bad)?)),
@@ -76,7 +76,7 @@ impl Reference {
             path
         };
         if registry.len() + 1 + repository.len() > 255 {
-            return Err(bad("the name is longer than 255 characters".into()));
+            return Err(bad(ReferenceProblem::NameTooLong));
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
@@ -167,56 +167,61 @@ impl FromStr for Reference {
     }
 }
 
-fn parse_digest(text: &str) -> Result<String, String> {
+fn parse_digest(text: &str) -> Result<String, ReferenceProblem> {
     let Some((algorithm, hex)) = text.split_once(':') else {
-        return Err(format!(
-            "digest {text:?} has no algorithm prefix like sha256:"
-        ));
+        return Err(ReferenceProblem::DigestNoAlgorithm {
+            digest: text.to_string(),
+        });
     };
-    let hex_len = match algorithm {
-        "sha256" => 64,
-        "sha384" => 96,
-        "sha512" => 128,
-        _ => return Err(format!("digest algorithm {algorithm:?} is not supported")),
+    let (algorithm, hex_len) = match algorithm {
+        "sha256" => ("sha256", 64),
+        "sha384" => ("sha384", 96),
+        "sha512" => ("sha512", 128),
+        _ => {
+            return Err(ReferenceProblem::DigestAlgorithm {
+                algorithm: algorithm.to_string(),
+            })
+        }
     };
     if hex.len() != hex_len || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(format!(
-            "digest {text:?} must be {hex_len} lowercase hexadecimal characters after {algorithm}:"
-        ));
+        return Err(ReferenceProblem::DigestHex {
+            digest: text.to_string(),
+            algorithm,
+            hex_len,
+        });
     }
     Ok(text.to_string())
 }
 
-fn check_tag(tag: &str) -> Result<(), String> {
+fn check_tag(tag: &str) -> Result<(), ReferenceProblem> {
     let mut chars = tag.chars();
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !first_ok || !rest_ok || tag.len() > 128 {
-        return Err(format!(
-            "tag {tag:?} must be 1-128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
-        ));
+        return Err(ReferenceProblem::Tag {
+            tag: tag.to_string(),
+        });
     }
     Ok(())
 }
 
-fn check_host(host: &str) -> Result<(), String> {
+fn check_host(host: &str) -> Result<(), ReferenceProblem> {
+    let host_text = || host.to_string();
     let (name, port) = if let Some(inner) = host.strip_prefix('[') {
         // IPv6 literal: [::1]:5000
         let Some((addr, rest)) = inner.split_once(']') else {
-            return Err(format!("registry host {host:?} has an unclosed '['"));
+            return Err(ReferenceProblem::HostUnclosed { host: host_text() });
         };
         if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
-            return Err(format!(
-                "registry host {host:?} is not a valid IPv6 address"
-            ));
+            return Err(ReferenceProblem::HostIpv6 { host: host_text() });
         }
         match rest {
             "" => return Ok(()),
             r => match r.strip_prefix(':') {
                 Some(port) => ("ok", Some(port)),
-                None => return Err(format!("registry host {host:?} has junk after ']'")),
+                None => return Err(ReferenceProblem::HostJunk { host: host_text() }),
             },
         }
     } else {
@@ -232,38 +237,43 @@ fn check_host(host: &str) -> Result<(), String> {
             && !l.ends_with('-')
     };
     if !name.split('.').all(label_ok) {
-        return Err(format!("registry host {host:?} is not a valid host name"));
+        return Err(ReferenceProblem::HostName { host: host_text() });
     }
     if let Some(port) = port {
-        if port.is_empty() || port.parse::<u16>().is_err() {
-            return Err(format!("registry host {host:?} has an invalid port"));
-        }
+        port.parse::<u16>()
+            .map_err(|source| ReferenceProblem::HostPort {
+                host: host_text(),
+                source,
+            })?;
     }
     Ok(())
 }
 
-fn check_path(path: &str) -> Result<(), String> {
+fn check_path(path: &str) -> Result<(), ReferenceProblem> {
     if path.is_empty() {
-        return Err("the repository name is empty".into());
+        return Err(ReferenceProblem::EmptyRepository);
     }
     for component in path.split('/') {
-        check_component(component).map_err(|why| format!("repository {path:?}: {why}"))?;
+        check_component(component).map_err(|problem| ReferenceProblem::Repository {
+            path: path.to_string(),
+            problem,
+        })?;
     }
     Ok(())
 }
 
 /// One path component: `[a-z0-9]+` runs joined by `.`, `_`, `__` or any number of `-`.
-fn check_component(c: &str) -> Result<(), String> {
+fn check_component(c: &str) -> Result<(), ComponentProblem> {
     if c.is_empty() {
-        return Err("it has an empty path component".into());
+        return Err(ComponentProblem::Empty);
     }
     if c.chars().any(|ch| ch.is_ascii_uppercase()) {
-        return Err(format!("{c:?} must be lowercase"));
+        return Err(ComponentProblem::Uppercase(c.to_string()));
     }
     let bytes = c.as_bytes();
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-        return Err(format!("{c:?} must start and end with a letter or digit"));
+        return Err(ComponentProblem::Edge(c.to_string()));
     }
     let mut i = 0;
     while i < bytes.len() {
@@ -278,8 +288,74 @@ fn check_component(c: &str) -> Result<(), String> {
         let sep = &c[start..i];
         let valid = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
         if !valid {
-            return Err(format!("{c:?} has the invalid separator {sep:?}"));
+            return Err(ComponentProblem::Separator {
+                component: c.to_string(),
+                separator: sep.to_string(),
+            });
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn problem(input: &str) -> (String, ReferenceProblem) {
+        match Reference::parse(input) {
+            Err(e @ Error::InvalidReference { .. }) => {
+                let text = e.to_string();
+                let Error::InvalidReference { reason, .. } = e else {
+                    unreachable!()
+                };
+                (text, reason)
+            }
+            other => panic!("{input:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_port_parse_error_is_the_source() {
+        let (text, reason) = problem("localhost:99999/a");
+        assert_eq!(
+            text,
+            r#"invalid image reference "localhost:99999/a": registry host "localhost:99999" has an invalid port"#
+        );
+        let ReferenceProblem::HostPort { ref source, .. } = reason else {
+            panic!("{reason:?}")
+        };
+        assert_eq!(source, &"99999".parse::<u16>().unwrap_err());
+        let e = Reference::parse("localhost:99999/a").unwrap_err();
+        let port = e.source().and_then(|s| s.source()).map(|s| s.to_string());
+        assert_eq!(port, Some(source.to_string()));
+    }
+
+    #[test]
+    fn a_component_problem_names_the_part() {
+        let (text, reason) = problem("a/b_-c");
+        assert_eq!(
+            text,
+            r#"invalid image reference "a/b_-c": repository "a/b_-c": "b_-c" has the invalid separator "_-""#
+        );
+        assert_eq!(
+            reason,
+            ReferenceProblem::Repository {
+                path: "a/b_-c".into(),
+                problem: ComponentProblem::Separator {
+                    component: "b_-c".into(),
+                    separator: "_-".into(),
+                },
+            }
+        );
+        assert_eq!(
+            problem("a@sha256:abc").0,
+            r#"invalid image reference "a@sha256:abc": digest "sha256:abc" must be 64 lowercase hexadecimal characters after sha256:"#
+        );
+        assert_eq!(
+            problem("A").0,
+            r#"invalid image reference "A": repository "A": "A" must be lowercase"#
+        );
+    }
 }

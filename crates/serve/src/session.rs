@@ -11,7 +11,7 @@ use kbuild_proto::v1::{
     self, build_client_message::Message as In, build_server_message::Message as Out,
 };
 use kbuild_solver::checksums::{ChecksumCache, TreeChecksums};
-use kbuild_solver::options::ProvideSecret;
+use kbuild_solver::options::{ProvideSecret, SecretError};
 use kbuild_solver::progress::{Event, Progress};
 use kbuild_worker::executor::Cancel;
 use sha2::{Digest as _, Sha256};
@@ -448,23 +448,37 @@ struct ClientSecrets {
     pending: Arc<Pending>,
 }
 
+/// Why the client of a session gave no secret.
+#[derive(Debug, thiserror::Error)]
+enum SecretUnanswered {
+    /// The session ended before the question went out.
+    #[error("the session ended before asking for it")]
+    SessionEnded,
+    /// The answer did not come in time, or the session ended waiting.
+    #[error("the client did not send it")]
+    NoAnswer(#[source] std::sync::mpsc::RecvTimeoutError),
+    /// The client's own error, as it sent it.
+    #[error("on the client: {0}")]
+    Client(String),
+}
+
 impl ProvideSecret for ClientSecrets {
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SecretError> {
         let request = self.pending.next.fetch_add(1, Ordering::Relaxed);
         let rx = self
             .pending
             .secrets
             .wait_for(request)
-            .ok_or_else(|| "the session ended before asking for it".to_string())?;
+            .ok_or(SecretUnanswered::SessionEnded)?;
         self.queue.send(Out::SecretRequest(v1::SecretRequest {
             id: id.to_string(),
             request,
         }));
         let answer = rx
             .recv_timeout(ANSWER_TIMEOUT)
-            .map_err(|_| "the client did not send it".to_string())?;
+            .map_err(SecretUnanswered::NoAnswer)?;
         if !answer.error.is_empty() {
-            return Err(format!("on the client: {}", answer.error));
+            return Err(SecretUnanswered::Client(answer.error).into());
         }
         Ok((!answer.missing).then_some(answer.data))
     }
@@ -880,5 +894,110 @@ async fn empty_context(
             In::Cancel(_) => return Err(SessionError::Cancelled),
             _ => return Err(ProtocolError::ExpectedManifest.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client of `secrets` on its own thread: answers each question
+    /// with `answer(id)` until the queue closes.
+    fn client(
+        pending: Arc<Pending>,
+        mut rx: mpsc::UnboundedReceiver<v1::BuildServerMessage>,
+        answer: fn(&str) -> v1::SecretResponse,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            while let Some(m) = rx.blocking_recv() {
+                if let Some(Out::SecretRequest(q)) = m.message {
+                    let mut a = answer(&q.id);
+                    a.request = q.request;
+                    asked.push(q.id);
+                    pending.secrets.answer(q.request, a);
+                }
+            }
+            asked
+        })
+    }
+
+    fn secrets() -> (
+        ClientSecrets,
+        mpsc::UnboundedReceiver<v1::BuildServerMessage>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let secrets = ClientSecrets {
+            queue: Queue(Arc::new(Mutex::new(Some(tx)))),
+            pending: Arc::new(Pending::default()),
+        };
+        (secrets, rx)
+    }
+
+    #[test]
+    fn a_client_error_is_kept_with_its_text() {
+        let (secrets, rx) = secrets();
+        let asker = client(secrets.pending.clone(), rx, |id| v1::SecretResponse {
+            id: id.to_string(),
+            error: format!("open /home/u/{id}: permission denied"),
+            ..Default::default()
+        });
+        let Err(e) = secrets.secret("tok") else {
+            panic!("a secret the client could not read was given")
+        };
+        assert_eq!(
+            e.to_string(),
+            "on the client: open /home/u/tok: permission denied"
+        );
+        assert!(matches!(
+            e.downcast_ref::<SecretUnanswered>(),
+            Some(SecretUnanswered::Client(text)) if text == "open /home/u/tok: permission denied"
+        ));
+        secrets.queue.close();
+        assert_eq!(asker.join().expect("client thread"), vec!["tok"]);
+    }
+
+    #[test]
+    fn a_missing_secret_is_none_and_a_value_is_given() {
+        let (secrets, rx) = secrets();
+        let asker = client(secrets.pending.clone(), rx, |id| v1::SecretResponse {
+            id: id.to_string(),
+            missing: id != "tok",
+            data: if id == "tok" {
+                b"s3cret".to_vec()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        });
+        assert_eq!(
+            secrets.secret("tok").expect("tok"),
+            Some(b"s3cret".to_vec())
+        );
+        assert_eq!(secrets.secret("other").expect("other"), None);
+        secrets.queue.close();
+        assert_eq!(asker.join().expect("client thread"), vec!["tok", "other"]);
+    }
+
+    /// After the session's end a RUN's question fails at once, not after
+    /// the answer timeout.
+    #[test]
+    fn a_closed_session_refuses_at_once() {
+        let (secrets, _rx) = secrets();
+        secrets.pending.close();
+        let started = std::time::Instant::now();
+        let Err(e) = secrets.secret("tok") else {
+            panic!("a closed session gave a secret")
+        };
+        assert!(
+            started.elapsed() < ANSWER_TIMEOUT / 2,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e.to_string(), "the session ended before asking for it");
+        assert!(matches!(
+            e.downcast_ref::<SecretUnanswered>(),
+            Some(SecretUnanswered::SessionEnded)
+        ));
     }
 }

@@ -33,7 +33,7 @@ pub enum CopyError {
     NoMatch(String, &'static str),
     /// A bad wildcard.
     #[error("invalid pattern {0:?}: {1}")]
-    Pattern(String, String),
+    Pattern(String, #[source] crate::fsutil::PatternError),
     /// Several sources into something that is not a directory.
     #[error("when using {0} with more than one source file, the destination must be a directory and end with a /")]
     DestNotDir(&'static str),

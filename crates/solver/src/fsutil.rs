@@ -54,16 +54,32 @@ pub fn open_parent_in(root: &Path, path: &str) -> io::Result<Option<(File, OsStr
     Ok(Some((dir, OsString::from(name))))
 }
 
+/// What is wrong with a wildcard pattern, and where (Go's
+/// `filepath.ErrBadPattern`, with the same text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// A `\` with nothing after it to escape.
+    #[error("syntax error in pattern: trailing backslash")]
+    TrailingBackslash,
+    /// A `[...]` class that is unclosed, ends in an escape, or has a
+    /// range whose end is below its start.
+    #[error("syntax error in pattern: bad character class")]
+    BadClass {
+        /// The position (in characters) of the class's `[`.
+        at: usize,
+    },
+}
+
 /// Go's `filepath.Match` on one path: `*` and `?` never match `/`, `[...]`
 /// classes with ranges and `^`/`!` negation, `\` escapes. A malformed
 /// pattern is an error, as in Go.
-pub fn wildcard_match(pattern: &str, name: &str) -> Result<bool, String> {
+pub fn wildcard_match(pattern: &str, name: &str) -> Result<bool, PatternError> {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     match_from(&p, 0, &n, 0)
 }
 
-fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bool, String> {
+fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bool, PatternError> {
     while pi < p.len() {
         match p[pi] {
             '*' => {
@@ -80,7 +96,7 @@ fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bo
                     }
                     if k >= n.len() || n[k] == '/' {
                         // Still validate the rest of the pattern, as Go does.
-                        validate(&p[pi..])?;
+                        validate(p, pi)?;
                         return Ok(false);
                     }
                     k += 1;
@@ -88,7 +104,7 @@ fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bo
             }
             '?' => {
                 if ni >= n.len() || n[ni] == '/' {
-                    validate(&p[pi + 1..])?;
+                    validate(p, pi + 1)?;
                     return Ok(false);
                 }
                 pi += 1;
@@ -97,16 +113,14 @@ fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bo
             '[' => {
                 let (matched, next) = match_class(p, pi, n.get(ni).copied())?;
                 if !matched {
-                    validate(&p[next..])?;
+                    validate(p, next)?;
                     return Ok(false);
                 }
                 pi = next;
                 ni += 1;
             }
             '\\' => {
-                let c = *p
-                    .get(pi + 1)
-                    .ok_or("syntax error in pattern: trailing backslash")?;
+                let c = *p.get(pi + 1).ok_or(PatternError::TrailingBackslash)?;
                 if n.get(ni) != Some(&c) {
                     return Ok(false);
                 }
@@ -115,7 +129,7 @@ fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bo
             }
             c => {
                 if n.get(ni) != Some(&c) {
-                    validate(&p[pi + 1..])?;
+                    validate(p, pi + 1)?;
                     return Ok(false);
                 }
                 pi += 1;
@@ -126,8 +140,9 @@ fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> Result<bo
     Ok(ni == n.len())
 }
 
-fn validate(p: &[char]) -> Result<(), String> {
-    let mut i = 0;
+/// Check the rest of the pattern from `p[from]`.
+fn validate(p: &[char], from: usize) -> Result<(), PatternError> {
+    let mut i = from;
     while i < p.len() {
         match p[i] {
             '[' => {
@@ -136,7 +151,7 @@ fn validate(p: &[char]) -> Result<(), String> {
             }
             '\\' => {
                 if i + 1 >= p.len() {
-                    return Err("syntax error in pattern: trailing backslash".into());
+                    return Err(PatternError::TrailingBackslash);
                 }
                 i += 2;
             }
@@ -147,8 +162,8 @@ fn validate(p: &[char]) -> Result<(), String> {
 }
 
 /// Match a `[...]` class at `p[start]`; returns (matched, index after `]`).
-fn match_class(p: &[char], start: usize, c: Option<char>) -> Result<(bool, usize), String> {
-    let bad = || "syntax error in pattern: bad character class".to_string();
+fn match_class(p: &[char], start: usize, c: Option<char>) -> Result<(bool, usize), PatternError> {
+    let bad = || PatternError::BadClass { at: start };
     let mut i = start + 1;
     let negate = matches!(p.get(i), Some('^') | Some('!'));
     if negate {
@@ -257,5 +272,27 @@ mod tests {
         }
         assert!(wildcard_match("[", "a").is_err());
         assert!(wildcard_match("a\\", "a").is_err());
+    }
+
+    #[test]
+    fn pattern_errors_say_what_and_where() {
+        assert_eq!(
+            wildcard_match("a\\", "a"),
+            Err(PatternError::TrailingBackslash)
+        );
+        // Go checks the rest of the pattern after a mismatch too.
+        let e = wildcard_match("x*[z-a]", "y").unwrap_err();
+        assert_eq!(e, PatternError::BadClass { at: 2 });
+        assert_eq!(
+            e.to_string(),
+            "syntax error in pattern: bad character class"
+        );
+        let copy = crate::copy::CopyError::Pattern("x*[z-a]".into(), e);
+        assert_eq!(
+            copy.to_string(),
+            "invalid pattern \"x*[z-a]\": syntax error in pattern: bad character class"
+        );
+        let source = std::error::Error::source(&copy).map(ToString::to_string);
+        assert_eq!(source, Some(e.to_string()));
     }
 }

@@ -28,12 +28,14 @@ pub enum RunSetupError {
     #[error("ssh agent {0} is required but was not given; pass --ssh {0}[=SOCKET]")]
     SshMissing(String),
     /// The client serving the build's secrets could not give this one.
-    #[error("secret {id}: {reason}")]
+    #[error("secret {id}: {source}")]
     SecretUnavailable {
         /// The secret's id.
         id: String,
-        /// What the client answered (a message from the peer).
-        reason: String,
+        /// The provider's error (on a daemon: the session's, or the
+        /// client's answer).
+        #[source]
+        source: crate::options::SecretError,
     },
     /// Every private cache directory is taken.
     #[error("cache mount {}: too many concurrent private users", .0.display())]
@@ -336,9 +338,9 @@ fn secret(
             ..
         }) => {
             p.0.secret(id)
-                .map_err(|reason| RunSetupError::SecretUnavailable {
+                .map_err(|source| RunSetupError::SecretUnavailable {
                     id: id.to_string(),
-                    reason,
+                    source,
                 })?
         }
         None => None,
@@ -456,6 +458,50 @@ mod tests {
         let mut env = Vec::new();
         set_home(&mut env, empty.path(), "");
         assert_eq!(env, vec!["HOME=/"]);
+    }
+
+    /// A provider whose answer failed with an I/O error.
+    struct Unreadable;
+
+    impl crate::options::ProvideSecret for Unreadable {
+        fn secret(&self, _: &str) -> Result<Option<Vec<u8>>, crate::options::SecretError> {
+            Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied).into())
+        }
+    }
+
+    #[test]
+    fn a_provider_error_is_the_source() {
+        let t = tempfile::tempdir().unwrap();
+        let secrets = vec![SecretSpec {
+            id: "tok".into(),
+            source: SecretSource::Provided(crate::options::SecretProvider(std::sync::Arc::new(
+                Unreadable,
+            ))),
+        }];
+        let inp = Inputs {
+            roots: &[],
+            cache_dir: t.path(),
+            secrets: &secrets,
+            ssh: &[],
+        };
+        let mount = ExecMount::Secret {
+            id: "tok".into(),
+            target: Some("/run/secrets/tok".into()),
+            env: None,
+            required: true,
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        };
+        let Err(e) = prepare(&[mount], &inp) else {
+            panic!("a failed provider gave a secret")
+        };
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(e.to_string(), format!("secret tok: {denied}"));
+        let source = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind);
+        assert_eq!(source, Some(std::io::ErrorKind::PermissionDenied));
     }
 
     #[test]

@@ -5,8 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+mod problem;
+
+pub use problem::OptionProblem;
+
 /// A flag value that does not parse.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 #[error("invalid {flag} value {value:?}: {reason}")]
 pub struct OptionError {
     /// The flag, e.g. `--output`.
@@ -14,14 +18,15 @@ pub struct OptionError {
     /// The value as given.
     pub value: String,
     /// What is wrong and what would be right.
-    pub reason: String,
+    #[source]
+    pub reason: OptionProblem,
 }
 
-fn err(flag: &'static str, value: &str, reason: impl Into<String>) -> OptionError {
+pub(crate) fn err(flag: &'static str, value: &str, reason: OptionProblem) -> OptionError {
     OptionError {
         flag,
         value: value.to_string(),
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -115,7 +120,7 @@ impl Output {
     /// a bare path (`type=local,dest=PATH`) or `-` (a tarball of the filesystem on stdout).
     pub fn parse(spec: &str, tags: &[String]) -> Result<Output, OptionError> {
         if spec.is_empty() {
-            return Err(err(FLAG, spec, "empty output; use e.g. type=registry"));
+            return Err(err(FLAG, spec, OptionProblem::EmptyOutput));
         }
         if !spec.contains('=') {
             return Ok(Output::bare(spec));
@@ -124,7 +129,7 @@ impl Output {
         for field in split_csv(spec) {
             let (key, value) = field
                 .split_once('=')
-                .ok_or_else(|| err(FLAG, spec, format!("field {field:?} is not KEY=VALUE")))?;
+                .ok_or_else(|| err(FLAG, spec, OptionProblem::NotKeyValue(field.clone())))?;
             fields.set(spec, key, value)?;
         }
         fields.finish(spec, tags)
@@ -254,18 +259,15 @@ impl OutputFields {
             "compression" => self.compression = compression(spec, value)?,
             "tar" => self.tar = parse_bool(FLAG, spec, value)?,
             "compression-level" => {
-                self.compression_level = Some(value.trim().parse::<i32>().map_err(|_| {
-                    err(FLAG, spec, format!("compression-level {value:?} is not a number"))
+                self.compression_level = Some(value.trim().parse::<i32>().map_err(|source| {
+                    let value = value.to_string();
+                    err(FLAG, spec, OptionProblem::LevelNotNumber { value, source })
                 })?)
             }
             "force-compression" => self.force_compression = parse_bool(FLAG, spec, value)?,
             "oci-mediatypes" => {
                 if !parse_bool(FLAG, spec, value)? {
-                    return Err(err(
-                        FLAG,
-                        spec,
-                        "oci-mediatypes=false (Docker media types) is not supported by this builder; images use OCI media types, which every current registry and docker accept",
-                    ));
+                    return Err(err(FLAG, spec, OptionProblem::DockerMediaTypes));
                 }
             }
             "preserve-special" => self.preserve_special = parse_bool(FLAG, spec, value)?,
@@ -273,11 +275,12 @@ impl OutputFields {
                 .containerd_fields
                 .push((k.to_string(), value.to_string())),
             other => {
+                let other = other.to_string();
                 return Err(err(
                     FLAG,
                     spec,
-                    format!("unsupported field {other:?}; supported: type, dest, name, push, compression, compression-level, force-compression, oci-mediatypes, tar, preserve-special, annotation.KEY, annotation-TYPE[PLATFORM].KEY; for type=containerd also address, namespace, snapshotter, unpack"),
-                ))
+                    OptionProblem::UnsupportedOutputField(other),
+                ));
             }
         }
         Ok(())
@@ -288,7 +291,7 @@ impl OutputFields {
         let kind = self
             .kind
             .take()
-            .ok_or_else(|| err(FLAG, spec, "missing type=; use e.g. type=registry"))?;
+            .ok_or_else(|| err(FLAG, spec, OptionProblem::MissingOutputType))?;
         if let Some(level) = self.compression_level {
             check_level(spec, self.compression, level)?;
         }
@@ -307,47 +310,27 @@ impl OutputFields {
         let push = self.push.unwrap_or(kind == OutputKind::Registry);
         match kind {
             OutputKind::Registry | OutputKind::Image if push && self.names.is_empty() => {
-                return Err(err(
-                    FLAG,
-                    spec,
-                    "pushing needs an image name: add -t NAME or name=NAME",
-                ))
+                return Err(err(FLAG, spec, OptionProblem::PushWithoutName))
             }
             // type=docker without dest loads into the Docker daemon (--load).
             OutputKind::Oci | OutputKind::Tar | OutputKind::Local if self.dest.is_none() => {
-                return Err(err(FLAG, spec, "this output type needs dest=PATH"))
+                return Err(err(FLAG, spec, OptionProblem::MissingDest))
             }
             OutputKind::Containerd if self.names.is_empty() => {
-                return Err(err(
-                    FLAG,
-                    spec,
-                    "containerd needs an image name: add -t NAME or name=NAME",
-                ))
+                return Err(err(FLAG, spec, OptionProblem::ContainerdWithoutName))
             }
             OutputKind::Containerd if self.dest.is_some() || push => {
-                return Err(err(
-                    FLAG,
-                    spec,
-                    "type=containerd takes no dest= or push=; use address= for containerd's socket",
-                ))
+                return Err(err(FLAG, spec, OptionProblem::ContainerdDestOrPush))
             }
             _ => {}
         }
         if self.preserve_special && kind != OutputKind::Local {
-            return Err(err(
-                FLAG,
-                spec,
-                "preserve-special only applies to type=local (the other outputs keep every file as it is in the image)",
-            ));
+            return Err(err(FLAG, spec, OptionProblem::PreserveSpecialNotLocal));
         }
         let containerd = if kind == OutputKind::Containerd {
             Some(containerd_target(spec, &self.containerd_fields)?)
         } else if let Some((k, _)) = self.containerd_fields.first() {
-            return Err(err(
-                FLAG,
-                spec,
-                format!("{k}= only applies to type=containerd"),
-            ));
+            return Err(err(FLAG, spec, OptionProblem::ContainerdOnly(k.clone())));
         } else {
             None
         };
@@ -377,11 +360,8 @@ fn output_kind(spec: &str, value: &str) -> Result<OutputKind, OptionError> {
         "local" => OutputKind::Local,
         "containerd" => OutputKind::Containerd,
         other => {
-            return Err(err(
-                FLAG,
-                spec,
-                format!("unknown type {other:?}; use registry, image, oci, docker, tar, local or containerd"),
-            ))
+            let other = other.to_string();
+            return Err(err(FLAG, spec, OptionProblem::UnknownOutputType(other)));
         }
     })
 }
@@ -392,11 +372,8 @@ fn compression(spec: &str, value: &str) -> Result<LayerCompression, OptionError>
         "zstd" => LayerCompression::Zstd,
         "uncompressed" => LayerCompression::Uncompressed,
         other => {
-            return Err(err(
-                FLAG,
-                spec,
-                format!("unknown compression {other:?}; use gzip, zstd or uncompressed"),
-            ))
+            let other = other.to_string();
+            return Err(err(FLAG, spec, OptionProblem::UnknownCompression(other)));
         }
     })
 }
@@ -415,8 +392,11 @@ fn check_level(spec: &str, compression: LayerCompression, level: i32) -> Result<
         FLAG,
         spec,
         match max {
-            -1 => "compression-level needs compression=gzip or zstd".to_string(),
-            _ => format!("compression-level for {name} is 0 to {max}"),
+            -1 => OptionProblem::LevelUncompressed,
+            _ => OptionProblem::LevelRange {
+                compression: name,
+                max,
+            },
         },
     ))
 }
@@ -434,11 +414,8 @@ fn containerd_target(
             "address" => {
                 let path = v.strip_prefix("unix://").unwrap_or(v);
                 if !path.starts_with('/') {
-                    return Err(err(
-                        FLAG,
-                        spec,
-                        format!("address {v:?} is not an absolute socket path; use e.g. address=/run/containerd/containerd.sock"),
-                    ));
+                    let v = v.to_string();
+                    return Err(err(FLAG, spec, OptionProblem::ContainerdAddress(v)));
                 }
                 t.address = PathBuf::from(path);
             }
@@ -448,23 +425,22 @@ fn containerd_target(
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 {
-                    return Err(err(
-                        FLAG,
-                        spec,
-                        format!("namespace {v:?} is not a containerd namespace (letters, digits, '-', '_', '.')"),
-                    ));
+                    let v = v.to_string();
+                    return Err(err(FLAG, spec, OptionProblem::ContainerdNamespace(v)));
                 }
                 t.namespace = v.to_string();
             }
             "snapshotter" => {
                 if v.is_empty() {
-                    return Err(err(FLAG, spec, "snapshotter= is empty"));
+                    return Err(err(FLAG, spec, OptionProblem::EmptySnapshotter));
                 }
                 t.snapshotter = v.to_string();
             }
             _ => {
-                t.unpack = kbuild_platform::parse_list(v)
-                    .map_err(|e| err(FLAG, spec, format!("unpack={v}: {e}")))?;
+                t.unpack = kbuild_platform::parse_list(v).map_err(|source| {
+                    let (value, source) = (v.to_string(), Box::new(source));
+                    err(FLAG, spec, OptionProblem::Unpack { value, source })
+                })?;
             }
         }
     }
@@ -491,7 +467,7 @@ fn parse_bool(flag: &'static str, spec: &str, value: &str) -> Result<bool, Optio
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(err(flag, spec, format!("{value:?} is not true or false"))),
+        _ => Err(err(flag, spec, OptionProblem::NotBool(value.to_string()))),
     }
 }
 
@@ -507,8 +483,10 @@ pub fn parse_build_args(
             Some((k, val)) if !k.is_empty() => {
                 out.insert(k.to_string(), val.to_string());
             }
-            Some(_) => return Err(err("--build-arg", v, "missing KEY before '='")),
-            None if v.is_empty() => return Err(err("--build-arg", v, "empty; use KEY=VALUE")),
+            Some(_) => return Err(err("--build-arg", v, OptionProblem::MissingKey)),
+            None if v.is_empty() => {
+                return Err(err("--build-arg", v, OptionProblem::EmptyBuildArg))
+            }
             None => {
                 if let Some(val) = lookup(v) {
                     out.insert(v.clone(), val);
@@ -527,7 +505,7 @@ pub fn parse_labels(values: &[String]) -> Result<BTreeMap<String, String>, Optio
             Some((k, val)) if !k.is_empty() => {
                 out.insert(k.to_string(), val.to_string());
             }
-            _ => return Err(err("--label", v, "use KEY=VALUE")),
+            _ => return Err(err("--label", v, OptionProblem::LabelNotKeyValue)),
         }
     }
     Ok(out)
@@ -544,11 +522,15 @@ pub enum SecretSource {
     Provided(SecretProvider),
 }
 
+/// Why a [`ProvideSecret`] could not give a secret: the provider's own
+/// error (a file it could not read, a session that ended), kept as it is.
+pub type SecretError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Answers a secret's value on demand: `Ok(None)` when the asker has no
 /// such secret. Called on the RUN step's blocking thread; may block.
 pub trait ProvideSecret: Send + Sync {
-    /// The value of secret `id`. The error text names where it failed.
-    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+    /// The value of secret `id`. The error's text names where it failed.
+    fn secret(&self, id: &str) -> Result<Option<Vec<u8>>, SecretError>;
 }
 
 /// A shared [`ProvideSecret`]; equal when it is the same provider.
@@ -591,26 +573,23 @@ impl SecretSpec {
         for field in split_csv(spec) {
             let (k, v) = field
                 .split_once('=')
-                .ok_or_else(|| err(FLAG, spec, format!("field {field:?} is not KEY=VALUE")))?;
+                .ok_or_else(|| err(FLAG, spec, OptionProblem::NotKeyValue(field.clone())))?;
             match k {
                 "id" => id = Some(v.to_string()),
                 "src" | "source" => src = Some(v.to_string()),
                 "env" => env = Some(v.to_string()),
                 "type" => typ = Some(v.to_string()),
                 other => {
-                    return Err(err(
-                        FLAG,
-                        spec,
-                        format!("unknown field {other:?}; use id, src, env or type"),
-                    ))
+                    let other = other.to_string();
+                    return Err(err(FLAG, spec, OptionProblem::UnknownSecretField(other)));
                 }
             }
         }
         let id = id
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| err(FLAG, spec, "missing id=; use id=NAME,src=FILE"))?;
+            .ok_or_else(|| err(FLAG, spec, OptionProblem::MissingSecretId))?;
         let source = match (typ.as_deref(), src, env) {
-            (_, Some(_), Some(_)) => return Err(err(FLAG, spec, "give src= or env=, not both")),
+            (_, Some(_), Some(_)) => return Err(err(FLAG, spec, OptionProblem::SecretSrcAndEnv)),
             (Some("env"), Some(v), None) | (_, None, Some(v)) => SecretSource::Env(v),
             (Some("file") | None, Some(p), None) => SecretSource::File(PathBuf::from(p)),
             (Some("env"), None, None) => SecretSource::Env(id.clone()),
@@ -618,11 +597,8 @@ impl SecretSpec {
             (None, None, None) if env_has(&id) => SecretSource::Env(id.clone()),
             (None, None, None) => SecretSource::File(PathBuf::from(&id)),
             (Some(other), _, _) => {
-                return Err(err(
-                    FLAG,
-                    spec,
-                    format!("unknown type {other:?}; use file or env"),
-                ))
+                let other = other.to_string();
+                return Err(err(FLAG, spec, OptionProblem::UnknownSecretType(other)));
             }
         };
         Ok(SecretSpec { id, source })
@@ -646,7 +622,7 @@ impl SshSpec {
             None => (spec, None),
         };
         if id.is_empty() {
-            return Err(err("--ssh", spec, "missing id; use default or ID=PATH"));
+            return Err(err("--ssh", spec, OptionProblem::MissingSshId));
         }
         let paths = rest
             .map(|r| {
@@ -668,13 +644,14 @@ pub fn parse_add_host(spec: &str) -> Result<(String, std::net::IpAddr), OptionEr
     let (host, ip) = spec
         .split_once('=')
         .or_else(|| spec.split_once(':'))
-        .ok_or_else(|| err("--add-host", spec, "use HOST:IP"))?;
+        .ok_or_else(|| err("--add-host", spec, OptionProblem::NotHostIp))?;
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
-    let ip: std::net::IpAddr = ip
-        .parse()
-        .map_err(|_| err("--add-host", spec, format!("{ip:?} is not an IP address")))?;
+    let ip: std::net::IpAddr = ip.parse().map_err(|source| {
+        let ip = ip.to_string();
+        err("--add-host", spec, OptionProblem::NotIp { ip, source })
+    })?;
     if host.is_empty() {
-        return Err(err("--add-host", spec, "missing host name"));
+        return Err(err("--add-host", spec, OptionProblem::MissingHost));
     }
     Ok((host.to_string(), ip))
 }
@@ -688,7 +665,7 @@ pub fn parse_network(value: &str) -> Result<NetworkMode, OptionError> {
         "default" => Ok(NetworkMode::Default),
         "none" => Ok(NetworkMode::None),
         "host" => Ok(NetworkMode::Host),
-        _ => Err(err("--network", value, "use default, none or host")),
+        _ => Err(err("--network", value, OptionProblem::UnknownNetwork)),
     }
 }
 
@@ -1054,8 +1031,6 @@ pub struct Annotation {
     pub value: String,
 }
 
-const ANNOTATION_TYPES: &str = "manifest, manifest-descriptor, index, index-descriptor";
-
 impl Annotation {
     /// Parse one `--annotation` value as buildx does: `KEY=VALUE` (on the
     /// manifests) or `TYPES:KEY=VALUE`, TYPES being a comma list of
@@ -1065,7 +1040,7 @@ impl Annotation {
         const FLAG: &str = "--annotation";
         let (left, value) = spec
             .split_once('=')
-            .ok_or_else(|| err(FLAG, spec, "use KEY=VALUE or TYPE[PLATFORM]:KEY=VALUE"))?;
+            .ok_or_else(|| err(FLAG, spec, OptionProblem::AnnotationNotKeyValue))?;
         // As buildx: the text before a ':' is the list of types.
         let (types, key) = left.split_once(':').unwrap_or(("", left));
         let mut out = Vec::new();
@@ -1111,7 +1086,7 @@ impl Annotation {
         value: &str,
     ) -> Result<Annotation, OptionError> {
         if key.is_empty() {
-            return Err(err(flag, spec, "the annotation key is empty"));
+            return Err(err(flag, spec, OptionProblem::EmptyAnnotationKey));
         }
         if platform.is_some()
             && matches!(
@@ -1119,11 +1094,7 @@ impl Annotation {
                 AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
             )
         {
-            return Err(err(
-                flag,
-                spec,
-                "a [platform] only applies to manifest and manifest-descriptor annotations",
-            ));
+            return Err(err(flag, spec, OptionProblem::AnnotationPlatformOnIndex));
         }
         Ok(Annotation {
             target,
@@ -1166,25 +1137,26 @@ fn annotation_type(
     let (name, platform) = match word.split_once('[') {
         Some((name, rest)) => {
             let p = rest.strip_suffix(']').ok_or_else(|| {
-                err(
-                    flag,
-                    spec,
-                    format!("{word:?}: a platform is written [os/arch]"),
-                )
+                let word = word.to_string();
+                err(flag, spec, OptionProblem::AnnotationPlatformSyntax(word))
             })?;
             let p = kbuild_platform::Platform::parse(p)
                 .and_then(|p| p.check_known().map(|()| p))
-                .map_err(|e| err(flag, spec, format!("{word:?}: {e}")))?;
+                .map_err(|source| {
+                    let (word, source) = (word.to_string(), Box::new(source));
+                    err(
+                        flag,
+                        spec,
+                        OptionProblem::AnnotationPlatform { word, source },
+                    )
+                })?;
             (name, Some(p))
         }
         None => (word, None),
     };
     let target = AnnotationTarget::parse(name).ok_or_else(|| {
-        err(
-            flag,
-            spec,
-            format!("unknown annotation type {name:?}; the types are {ANNOTATION_TYPES}"),
-        )
+        let name = name.to_string();
+        err(flag, spec, OptionProblem::UnknownAnnotationType(name))
     })?;
     Ok((target, platform))
 }
@@ -1243,19 +1215,14 @@ mod annotation_tests {
 /// `64MiB`, `1.5g`; k, m, g, t are powers of 1024).
 pub fn parse_shm_size(value: &str) -> Result<u64, OptionError> {
     const FLAG: &str = "--shm-size";
-    let bad = || {
-        err(
-            FLAG,
-            value,
-            "use a size in bytes, or with a unit as docker takes it: 64m, 512MiB, 1g",
-        )
-    };
     let v = value.trim();
     let number_end = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(v.len());
     let (number, unit) = v.split_at(number_end);
-    let number: f64 = number.parse().map_err(|_| bad())?;
+    let number: f64 = number
+        .parse()
+        .map_err(|source| err(FLAG, value, OptionProblem::SizeNumber(source)))?;
     let unit = unit.trim().to_ascii_lowercase();
     let unit = unit.strip_suffix('b').unwrap_or(&unit);
     let unit = unit.strip_suffix('i').unwrap_or(unit);
@@ -1265,11 +1232,14 @@ pub fn parse_shm_size(value: &str) -> Result<u64, OptionError> {
         "m" => 1 << 20,
         "g" => 1 << 30,
         "t" => 1 << 40,
-        _ => return Err(bad()),
+        _ => {
+            let unit = unit.to_string();
+            return Err(err(FLAG, value, OptionProblem::SizeUnit(unit)));
+        }
     };
     let bytes = number * multiplier as f64;
     if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(err(FLAG, value, "the size must be at least one byte"));
+        return Err(err(FLAG, value, OptionProblem::SizeRange));
     }
     Ok(bytes as u64)
 }
@@ -1280,12 +1250,12 @@ mod shm_tests {
 
     #[test]
     fn docker_sizes() {
-        assert_eq!(parse_shm_size("67108864"), Ok(64 << 20));
-        assert_eq!(parse_shm_size("64m"), Ok(64 << 20));
-        assert_eq!(parse_shm_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_shm_size("64 MB"), Ok(64 << 20));
-        assert_eq!(parse_shm_size("1.5g"), Ok(3 << 29));
-        assert_eq!(parse_shm_size("2k"), Ok(2048));
+        assert_eq!(parse_shm_size("67108864").ok(), Some(64 << 20));
+        assert_eq!(parse_shm_size("64m").ok(), Some(64 << 20));
+        assert_eq!(parse_shm_size("64MiB").ok(), Some(64 << 20));
+        assert_eq!(parse_shm_size("64 MB").ok(), Some(64 << 20));
+        assert_eq!(parse_shm_size("1.5g").ok(), Some(3 << 29));
+        assert_eq!(parse_shm_size("2k").ok(), Some(2048));
         for bad in ["", "m", "-1", "0", "12q", "1..2m"] {
             assert!(parse_shm_size(bad).is_err(), "{bad}");
         }

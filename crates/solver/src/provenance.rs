@@ -118,16 +118,31 @@ pub struct ProvenanceError {
     /// The value.
     pub value: String,
     /// What is wrong.
-    pub reason: String,
+    #[source]
+    pub reason: ProvenanceProblem,
+}
+
+/// What is wrong with a `--provenance` value ([`ProvenanceError`]).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProvenanceProblem {
+    /// Neither a boolean nor `KEY=VALUE` fields.
+    #[error("use true, false, or mode=min|max")]
+    NotFields,
+    /// `mode=` other than min or max.
+    #[error("mode is min or max")]
+    Mode,
+    /// A field buildx's provenance attestation does not take.
+    #[error("unsupported field {0:?}; supported: mode=min|max, disabled=true|false")]
+    UnsupportedField(String),
 }
 
 /// Parse a `--provenance` value as buildx does: `true`/`1` (mode=min),
 /// `false`/`0` (none), or `mode=min|max` (with `type=provenance` allowed,
 /// `disabled=true` meaning none). `None` is no attestation.
 pub fn parse_mode(value: &str) -> Result<Option<ProvenanceMode>, ProvenanceError> {
-    let bad = |reason: &str| ProvenanceError {
+    let bad = |reason| ProvenanceError {
         value: value.to_string(),
-        reason: reason.to_string(),
+        reason,
     };
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" => return Ok(Some(ProvenanceMode::Min)),
@@ -138,19 +153,15 @@ pub fn parse_mode(value: &str) -> Result<Option<ProvenanceMode>, ProvenanceError
     for field in value.split(',') {
         let (k, v) = field
             .split_once('=')
-            .ok_or_else(|| bad("use true, false, or mode=min|max"))?;
+            .ok_or_else(|| bad(ProvenanceProblem::NotFields))?;
         match (k.trim(), v.trim()) {
             ("mode", "min") => mode = ProvenanceMode::Min,
             ("mode", "max") => mode = ProvenanceMode::Max,
-            ("mode", _) => return Err(bad("mode is min or max")),
+            ("mode", _) => return Err(bad(ProvenanceProblem::Mode)),
             ("type", "provenance") => {}
             ("disabled", "true") => return Ok(None),
             ("disabled", "false") => {}
-            (other, _) => {
-                return Err(bad(&format!(
-                    "unsupported field {other:?}; supported: mode=min|max, disabled=true|false"
-                )))
-            }
+            (other, _) => return Err(bad(ProvenanceProblem::UnsupportedField(other.to_string()))),
         }
     }
     Ok(Some(mode))
@@ -316,11 +327,10 @@ pub(crate) fn write_attestation(
     statement: &Value,
     manifest: &Digest,
 ) -> Result<Descriptor, kbuild_image::Error> {
-    let bytes =
-        serde_json::to_vec(statement).map_err(|e| kbuild_image::Error::InvalidDocument {
-            what: "provenance statement".to_string(),
-            reason: e.to_string(),
-        })?;
+    let bytes = serde_json::to_vec(statement).map_err(|source| kbuild_image::Error::Json {
+        what: "provenance statement".to_string(),
+        source,
+    })?;
     let (digest, size) = store.put_bytes(&bytes)?;
     let layer = Descriptor::new(MEDIA_TYPE_IN_TOTO, digest, size)
         .with_annotation(ANNOTATION_PREDICATE_TYPE, PREDICATE_TYPE);
@@ -332,11 +342,10 @@ pub(crate) fn write_attestation(
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": [digest.to_string()] },
     });
-    let config_bytes =
-        serde_json::to_vec(&config).map_err(|e| kbuild_image::Error::InvalidDocument {
-            what: "attestation config".to_string(),
-            reason: e.to_string(),
-        })?;
+    let config_bytes = serde_json::to_vec(&config).map_err(|source| kbuild_image::Error::Json {
+        what: "attestation config".to_string(),
+        source,
+    })?;
     let (config_digest, config_size) = store.put_bytes(&config_bytes)?;
     let config = Descriptor::new(
         kbuild_image::MEDIA_TYPE_OCI_CONFIG,
@@ -370,6 +379,27 @@ mod tests {
         assert_eq!(parse_mode("disabled=true"), Ok(None));
         assert!(parse_mode("mode=full").is_err());
         assert!(parse_mode("builder-id=x").is_err());
+    }
+
+    #[test]
+    fn refusals_name_the_rule() {
+        let e = parse_mode("builder-id=x").unwrap_err();
+        assert_eq!(
+            e.reason,
+            ProvenanceProblem::UnsupportedField("builder-id".into())
+        );
+        assert_eq!(
+            e.to_string(),
+            r#"invalid --provenance value "builder-id=x": unsupported field "builder-id"; supported: mode=min|max, disabled=true|false"#
+        );
+        assert_eq!(
+            parse_mode("mode=full").unwrap_err().to_string(),
+            r#"invalid --provenance value "mode=full": mode is min or max"#
+        );
+        assert_eq!(
+            parse_mode("yes").unwrap_err().reason,
+            ProvenanceProblem::NotFields
+        );
     }
 
     #[test]

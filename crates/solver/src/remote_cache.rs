@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use kbuild_image::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
-use crate::options::{split_csv, OptionError};
+use crate::options::{err as bad, split_csv, OptionError, OptionProblem};
 
 /// Media type of the cache config blob (the config of a cache manifest).
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.kubectl-build.cache.config.v1+json";
@@ -104,36 +104,31 @@ impl std::fmt::Display for CacheTo {
     }
 }
 
-const TYPES: &str = "the types are registry, local and inline";
-
 /// `key=value` fields of a CSV flag value; keys lowercased.
 fn fields(flag: &'static str, spec: &str) -> Result<Vec<(String, String)>, OptionError> {
     split_csv(spec)
         .into_iter()
         .map(|field| {
-            let (k, v) = field.split_once('=').ok_or_else(|| OptionError {
-                flag,
-                value: spec.to_string(),
-                reason: format!("field {field:?} is not KEY=VALUE"),
-            })?;
+            let (k, v) = field
+                .split_once('=')
+                .ok_or_else(|| bad(flag, spec, OptionProblem::NotKeyValue(field.clone())))?;
             Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
         })
         .collect()
-}
-
-fn bad(flag: &'static str, spec: &str, reason: impl Into<String>) -> OptionError {
-    OptionError {
-        flag,
-        value: spec.to_string(),
-        reason: reason.into(),
-    }
 }
 
 fn parse_bool(flag: &'static str, spec: &str, key: &str, v: &str) -> Result<bool, OptionError> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(bad(flag, spec, format!("{key}={v:?} is not true or false"))),
+        _ => Err(bad(
+            flag,
+            spec,
+            OptionProblem::CacheNotBool {
+                key: key.to_string(),
+                value: v.to_string(),
+            },
+        )),
     }
 }
 
@@ -142,11 +137,8 @@ fn always_true(flag: &'static str, spec: &str, key: &str, v: &str) -> Result<(),
     if parse_bool(flag, spec, key, v)? {
         Ok(())
     } else {
-        Err(bad(
-            flag,
-            spec,
-            format!("{key}=false is not supported: caches are always OCI image manifests"),
-        ))
+        let key = key.to_string();
+        Err(bad(flag, spec, OptionProblem::CacheAlwaysTrue(key)))
     }
 }
 
@@ -157,11 +149,7 @@ impl CacheTo {
     pub fn parse(spec: &str) -> Result<CacheTo, OptionError> {
         const FLAG: &str = "--cache-to";
         if !spec.contains('=') {
-            return Err(bad(
-                FLAG,
-                spec,
-                "give type=registry,ref=REF, type=local,dest=DIR or type=inline",
-            ));
+            return Err(bad(FLAG, spec, OptionProblem::CacheToShape));
         }
         let mut kind = None;
         let (mut dest, mut reference, mut tag, mut mode) = (None, None, None, None);
@@ -177,7 +165,7 @@ impl CacheTo {
                     mode = Some(match v.as_str() {
                         "min" => CacheMode::Min,
                         "max" => CacheMode::Max,
-                        _ => return Err(bad(FLAG, spec, format!("mode={v:?}: use min or max"))),
+                        _ => return Err(bad(FLAG, spec, OptionProblem::CacheMode(v))),
                     })
                 }
                 "ignore-error" => ignore_error = parse_bool(FLAG, spec, &k, &v)?,
@@ -185,20 +173,12 @@ impl CacheTo {
                 _ => unknown = unknown.or(Some(k.clone())),
             }
         }
-        let kind = kind.ok_or_else(|| bad(FLAG, spec, format!("no type=; {TYPES}")))?;
+        let kind = kind.ok_or_else(|| bad(FLAG, spec, OptionProblem::CacheToNoType))?;
         if !matches!(kind.as_str(), "local" | "registry" | "inline") {
-            return Err(bad(
-                FLAG,
-                spec,
-                format!("unsupported cache type {kind:?}; {TYPES}"),
-            ));
+            return Err(bad(FLAG, spec, OptionProblem::CacheToType(kind)));
         }
         if let Some(other) = unknown {
-            return Err(bad(
-                FLAG,
-                spec,
-                format!("unknown attribute {other:?}; the attributes are type, ref (registry), dest and tag (local), mode, ignore-error"),
-            ));
+            return Err(bad(FLAG, spec, OptionProblem::CacheToAttribute(other)));
         }
         let destination = destination(spec, &kind, dest, reference, tag, mode)?;
         Ok(CacheTo {
@@ -220,12 +200,12 @@ fn destination(
     mode: Option<CacheMode>,
 ) -> Result<CacheDestination, OptionError> {
     const FLAG: &str = "--cache-to";
-    let only = |attr: &str, set: bool, ty: &str| {
+    let only = |attribute: &'static str, set: bool, kind: &'static str| {
         if set {
             Err(bad(
                 FLAG,
                 spec,
-                format!("{attr}= does not apply to type={ty}"),
+                OptionProblem::CacheAttributeNotFor { attribute, kind },
             ))
         } else {
             Ok(())
@@ -235,7 +215,7 @@ fn destination(
         "local" => {
             only("ref", reference.is_some(), "local")?;
             CacheDestination::Local {
-                dest: dest.ok_or_else(|| bad(FLAG, spec, "type=local needs dest=DIR"))?,
+                dest: dest.ok_or_else(|| bad(FLAG, spec, OptionProblem::CacheLocalDest))?,
                 tag: tag.unwrap_or_else(|| "latest".to_string()),
             }
         }
@@ -243,7 +223,7 @@ fn destination(
             only("dest", dest.is_some(), "registry")?;
             only("tag", tag.is_some(), "registry")?;
             let reference =
-                reference.ok_or_else(|| bad(FLAG, spec, "type=registry needs ref=REF"))?;
+                reference.ok_or_else(|| bad(FLAG, spec, OptionProblem::CacheRegistryRef))?;
             check_reference(FLAG, spec, &reference)?;
             CacheDestination::Registry { reference }
         }
@@ -252,20 +232,13 @@ fn destination(
             only("ref", reference.is_some(), "inline")?;
             only("tag", tag.is_some(), "inline")?;
             if mode == Some(CacheMode::Max) {
-                return Err(bad(
-                    FLAG,
-                    spec,
-                    "type=inline holds only the image's own steps (mode=min); use type=registry or type=local for mode=max",
-                ));
+                return Err(bad(FLAG, spec, OptionProblem::InlineModeMax));
             }
             CacheDestination::Inline
         }
         other => {
-            return Err(bad(
-                FLAG,
-                spec,
-                format!("unsupported cache type {other:?}; {TYPES}"),
-            ))
+            let other = other.to_string();
+            return Err(bad(FLAG, spec, OptionProblem::CacheToType(other)));
         }
     })
 }
@@ -273,7 +246,15 @@ fn destination(
 fn check_reference(flag: &'static str, spec: &str, reference: &str) -> Result<(), OptionError> {
     kbuild_registry::Reference::parse(reference)
         .map(|_| ())
-        .map_err(|e| bad(flag, spec, format!("ref={reference:?}: {e}")))
+        .map_err(|source| {
+            let reference = reference.to_string();
+            let source = Box::new(source);
+            bad(
+                flag,
+                spec,
+                OptionProblem::CacheReference { reference, source },
+            )
+        })
 }
 
 impl CacheFrom {
@@ -298,51 +279,38 @@ impl CacheFrom {
                 _ => unknown = unknown.or(Some(k.clone())),
             }
         }
-        let kind = kind.ok_or_else(|| {
-            bad(
-                FLAG,
-                spec,
-                "no type=; the types are registry and local (or give a bare image reference)",
-            )
-        })?;
+        let kind = kind.ok_or_else(|| bad(FLAG, spec, OptionProblem::CacheFromNoType))?;
         if !matches!(kind.as_str(), "local" | "registry") {
-            return Err(bad(
-                FLAG,
-                spec,
-                format!("unsupported cache type {kind:?}; the types are registry and local"),
-            ));
+            return Err(bad(FLAG, spec, OptionProblem::CacheFromType(kind)));
         }
         if let Some(other) = unknown {
-            return Err(bad(
-                FLAG,
-                spec,
-                format!("unknown attribute {other:?}; the attributes are type, ref (registry), src and tag (local)"),
-            ));
+            return Err(bad(FLAG, spec, OptionProblem::CacheFromAttribute(other)));
         }
         match kind.as_str() {
             "local" => {
                 if reference.is_some() {
-                    return Err(bad(FLAG, spec, "ref= does not apply to type=local"));
+                    let (attribute, kind) = ("ref", "local");
+                    let problem = OptionProblem::CacheAttributeNotFor { attribute, kind };
+                    return Err(bad(FLAG, spec, problem));
                 }
                 Ok(CacheFrom::Local {
-                    src: src.ok_or_else(|| bad(FLAG, spec, "type=local needs src=DIR"))?,
+                    src: src.ok_or_else(|| bad(FLAG, spec, OptionProblem::CacheLocalSrc))?,
                     tag: tag.unwrap_or_else(|| "latest".to_string()),
                 })
             }
             "registry" => {
                 if src.is_some() || tag.is_some() {
-                    return Err(bad(FLAG, spec, "src= and tag= apply to type=local only"));
+                    return Err(bad(FLAG, spec, OptionProblem::CacheFromRegistryLocal));
                 }
                 let reference =
-                    reference.ok_or_else(|| bad(FLAG, spec, "type=registry needs ref=REF"))?;
+                    reference.ok_or_else(|| bad(FLAG, spec, OptionProblem::CacheRegistryRef))?;
                 check_reference(FLAG, spec, &reference)?;
                 Ok(CacheFrom::Registry { reference })
             }
-            other => Err(bad(
-                FLAG,
-                spec,
-                format!("unsupported cache type {other:?}; the types are registry and local"),
-            )),
+            other => {
+                let other = other.to_string();
+                Err(bad(FLAG, spec, OptionProblem::CacheFromType(other)))
+            }
         }
     }
 }

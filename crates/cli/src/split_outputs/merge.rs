@@ -12,7 +12,7 @@
 
 use super::io_err as io;
 use kbuild_image::tarball::{DeterministicTar, Entry, EntryKind, TarOptions};
-use kbuild_image::Error;
+use kbuild_image::{Error, TarEntryProblem};
 use kbuild_platform::Platform;
 use kbuild_solver::outputs::platform_dir;
 use std::collections::BTreeMap;
@@ -125,7 +125,7 @@ impl PartTar<'_> {
         if copied == 0 {
             return Err(Error::TarEntry {
                 path: format!("{dir}/"),
-                reason: format!("{} has no such directory", self.path.display()),
+                reason: TarEntryProblem::NoSuchDirectory(self.path.to_path_buf()),
             });
         }
         Ok(())
@@ -138,10 +138,7 @@ impl PartTar<'_> {
             Some(Err(e)) => Err(io("read", self.path)(e)),
             Some(Ok(e)) => Err(Error::TarEntry {
                 path: String::from_utf8_lossy(&e.path_bytes()).into_owned(),
-                reason: format!(
-                    "{} has it outside the directories of its platforms",
-                    self.path.display()
-                ),
+                reason: TarEntryProblem::OutsidePlatforms(self.path.to_path_buf()),
             }),
         }
     }

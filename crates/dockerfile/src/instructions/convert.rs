@@ -554,7 +554,8 @@ impl Conv<'_> {
             let command = command_of(rest, self.node.json);
             let interval = |name: &str| {
                 parse_interval(name, flags.string(name).as_deref())
-                    .map_err(|m| (ErrorKind::Flag, m))
+                    // BuildKit's message is what the Dockerfile error carries.
+                    .map_err(|e| (ErrorKind::Flag, e.to_string()))
             };
             let retries = match flags.string("retries").filter(|r| !r.is_empty()) {
                 None => 0,

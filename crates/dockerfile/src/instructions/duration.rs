@@ -2,14 +2,40 @@
 
 use std::time::Duration;
 
-fn quote(s: &str) -> String {
-    format!("\"{s}\"")
+/// A duration Go's `time.ParseDuration` refuses; the text is Go's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DurationError {
+    /// Not numbers with units, or out of range.
+    #[error("time: invalid duration \"{0}\"")]
+    Invalid(String),
+    /// A number without a unit.
+    #[error("time: missing unit in duration \"{0}\"")]
+    MissingUnit(String),
+    /// A unit other than ns, us, ms, s, m, h.
+    #[error("time: unknown unit \"{unit}\" in duration \"{duration}\"")]
+    UnknownUnit {
+        /// The unit as written.
+        unit: String,
+        /// The whole duration.
+        duration: String,
+    },
+}
+
+/// A HEALTHCHECK interval flag that is refused; the text is BuildKit's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum IntervalError {
+    /// The value is not a duration.
+    #[error("{0}")]
+    Duration(#[from] DurationError),
+    /// A duration between zero and one millisecond (the flag named).
+    #[error("Interval \"{0}\" cannot be less than 1ms")]
+    TooShort(String),
 }
 
 /// Parses a Go duration string (`1h30m`, `1.5s`, `300ms`, `-2s`, `0`) to
 /// signed nanoseconds; errors are Go's messages.
-pub(crate) fn parse_go_duration(orig: &str) -> Result<i128, String> {
-    let invalid = || format!("time: invalid duration {}", quote(orig));
+pub(crate) fn parse_go_duration(orig: &str) -> Result<i128, DurationError> {
+    let invalid = || DurationError::Invalid(orig.to_string());
     let mut s = orig;
     let mut neg = false;
     if let Some(c) = s.chars().next() {
@@ -55,7 +81,7 @@ pub(crate) fn parse_go_duration(orig: &str) -> Result<i128, String> {
             .find(|c: char| c == '.' || c.is_ascii_digit())
             .unwrap_or(s.len());
         if unit_len == 0 {
-            return Err(format!("time: missing unit in duration {}", quote(orig)));
+            return Err(DurationError::MissingUnit(orig.to_string()));
         }
         let unit = &s[..unit_len];
         s = &s[unit_len..];
@@ -67,11 +93,10 @@ pub(crate) fn parse_go_duration(orig: &str) -> Result<i128, String> {
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
             _ => {
-                return Err(format!(
-                    "time: unknown unit {} in duration {}",
-                    quote(unit),
-                    quote(orig)
-                ))
+                return Err(DurationError::UnknownUnit {
+                    unit: unit.to_string(),
+                    duration: orig.to_string(),
+                })
             }
         };
         let mut part = v * scale;
@@ -96,7 +121,7 @@ pub(crate) fn parse_go_duration(orig: &str) -> Result<i128, String> {
 
 /// A HEALTHCHECK interval flag: empty is zero, zero is zero, anything
 /// else must be at least 1ms.
-pub(crate) fn parse_interval(flag: &str, value: Option<&str>) -> Result<Duration, String> {
+pub(crate) fn parse_interval(flag: &str, value: Option<&str>) -> Result<Duration, IntervalError> {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(Duration::ZERO);
     };
@@ -105,7 +130,7 @@ pub(crate) fn parse_interval(flag: &str, value: Option<&str>) -> Result<Duration
         return Ok(Duration::ZERO);
     }
     if ns < 1_000_000 {
-        return Err(format!("Interval \"{flag}\" cannot be less than 1ms"));
+        return Err(IntervalError::TooShort(flag.to_string()));
     }
     Ok(Duration::from_nanos(ns as u64))
 }
@@ -125,23 +150,23 @@ mod tests {
         assert_eq!(parse_go_duration("-2s"), Ok(-2_000_000_000));
         assert_eq!(parse_go_duration("0"), Ok(0));
         assert_eq!(
-            parse_go_duration("5").unwrap_err(),
+            parse_go_duration("5").unwrap_err().to_string(),
             "time: missing unit in duration \"5\""
         );
         assert_eq!(
-            parse_go_duration("5x").unwrap_err(),
+            parse_go_duration("5x").unwrap_err().to_string(),
             "time: unknown unit \"x\" in duration \"5x\""
         );
         assert_eq!(
-            parse_go_duration("abc").unwrap_err(),
+            parse_go_duration("abc").unwrap_err().to_string(),
             "time: invalid duration \"abc\""
         );
         assert_eq!(
-            parse_go_duration("").unwrap_err(),
+            parse_go_duration("").unwrap_err().to_string(),
             "time: invalid duration \"\""
         );
         assert_eq!(
-            parse_go_duration(".s").unwrap_err(),
+            parse_go_duration(".s").unwrap_err().to_string(),
             "time: invalid duration \".s\""
         );
         assert!(parse_go_duration("9999999999h").is_err());
@@ -156,12 +181,33 @@ mod tests {
             Ok(Duration::from_secs(3))
         );
         assert_eq!(
-            parse_interval("interval", Some("10us")).unwrap_err(),
+            parse_interval("interval", Some("10us"))
+                .unwrap_err()
+                .to_string(),
             "Interval \"interval\" cannot be less than 1ms"
         );
         assert_eq!(
-            parse_interval("interval", Some("-1s")).unwrap_err(),
+            parse_interval("interval", Some("-1s"))
+                .unwrap_err()
+                .to_string(),
             "Interval \"interval\" cannot be less than 1ms"
+        );
+    }
+
+    #[test]
+    fn interval_errors_keep_the_duration_error() {
+        let e = parse_interval("timeout", Some("5x")).unwrap_err();
+        let want = DurationError::UnknownUnit {
+            unit: "x".into(),
+            duration: "5x".into(),
+        };
+        assert_eq!(e, IntervalError::Duration(want.clone()));
+        assert_eq!(e.to_string(), want.to_string());
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source, Some(want.to_string()));
+        assert_eq!(
+            parse_interval("interval", Some("1ns")),
+            Err(IntervalError::TooShort("interval".into()))
         );
     }
 }

@@ -4,7 +4,10 @@
 //! registry secret.
 
 use super::spec::{self, Options, Pool};
-use super::{Error, Resolved, BUILDER_LABEL, MANAGED_BY, PLATFORMS_ANNOTATION, POOL_LABEL};
+use super::{
+    Error, Resolved, SecretFormatProblem, BUILDER_LABEL, MANAGED_BY, PLATFORMS_ANNOTATION,
+    POOL_LABEL,
+};
 use crate::config::Node;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -408,7 +411,7 @@ impl Cluster {
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(e) => return Err(Error::api("get", "secrets", &self.namespace, e)),
         };
-        let bad = |reason: String| Error::SecretFormat {
+        let bad = |reason| Error::SecretFormat {
             name: name.to_string(),
             namespace: self.namespace.clone(),
             reason,
@@ -417,16 +420,12 @@ impl Cluster {
         let data = secret.data.unwrap_or_default();
         let key = match kind.as_str() {
             "kubernetes.io/dockerconfigjson" => ".dockerconfigjson",
-            "kubernetes.io/dockercfg" => {
-                return Err(bad("type kubernetes.io/dockercfg (the old format) is not read; recreate it with kubectl create secret docker-registry".to_string()))
-            }
-            _ => {
-                return Err(bad(format!(
-                    "type {kind:?}, not kubernetes.io/dockerconfigjson; create it with kubectl create secret docker-registry"
-                )))
-            }
+            "kubernetes.io/dockercfg" => return Err(bad(SecretFormatProblem::Dockercfg)),
+            _ => return Err(bad(SecretFormatProblem::Type(kind.clone()))),
         };
-        let bytes = data.get(key).ok_or_else(|| bad(format!("no {key} key")))?;
+        let bytes = data
+            .get(key)
+            .ok_or_else(|| bad(SecretFormatProblem::NoKey(key)))?;
         Ok(Some(bytes.0.clone()))
     }
 }

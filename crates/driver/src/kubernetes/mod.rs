@@ -115,7 +115,8 @@ pub enum Error {
         /// The option.
         opt: String,
         /// Why.
-        reason: String,
+        #[source]
+        reason: OptProblem,
     },
     /// No builder image was named.
     #[error("no builder image: pass --driver-opt image=REGISTRY/kubectl-build/builder:TAG or set ${IMAGE_ENV}; build and push one with scripts/builder-pod-image.sh (see README, \"The builder image\")")]
@@ -191,7 +192,8 @@ pub enum Error {
         /// The namespace.
         namespace: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        reason: SecretFormatProblem,
     },
     /// Its dockerconfigjson does not parse.
     #[error("registry secret {namespace}/{name}: {source}")]
@@ -203,6 +205,87 @@ pub enum Error {
         /// Why.
         source: Box<kbuild_registry::Error>,
     },
+}
+
+/// What is wrong with a kubernetes `--driver-opt` ([`Error::DriverOpt`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OptProblem {
+    /// A field without `=`.
+    #[error("expected KEY=VALUE")]
+    NotKeyValue,
+    /// `KEY=` alone.
+    #[error("empty value")]
+    EmptyValue,
+    /// `replicas=` out of range or not a number.
+    #[error("replicas must be a number from 1 to 100")]
+    Replicas,
+    /// A `nodeselector=` pair without `=`.
+    #[error("nodeselector takes LABEL=VALUE pairs, comma-separated (quote the whole option)")]
+    NodeSelector,
+    /// A request or limit that is not a quantity.
+    #[error("not a Kubernetes quantity (e.g. 500m, 2, 512Mi, 4Gi)")]
+    Quantity,
+    /// `rootless=true`.
+    #[error("rootless builder pods are not served: the daemon mounts overlay filesystems and registers QEMU with binfmt_misc, which need a privileged container (rootless=false, the default)")]
+    Rootless,
+    /// `rootless=` neither true nor false.
+    #[error("rootless takes true or false")]
+    RootlessBool,
+    /// `containerd-socket=` that is no absolute path nor a boolean.
+    #[error("containerd-socket takes an absolute path on the node, or true for /run/containerd/containerd.sock")]
+    ContainerdSocket,
+    /// `timeout=` that is not a positive number of seconds.
+    #[error("timeout takes seconds")]
+    Timeout,
+    /// An option this driver does not take.
+    #[error("unknown option; the kubernetes driver takes replicas, image, namespace, nodeselector, tolerations, requests.cpu, requests.memory, limits.cpu, limits.memory, rootless, containerd-socket, timeout")]
+    UnknownOption,
+    /// A `--platform` other than linux.
+    #[error("builder pods run on linux nodes; images for other systems (COPY-only) build on any of them, so list only linux platforms here")]
+    NotLinux,
+    /// A toleration field without `=`.
+    #[error("toleration field {0:?}: expected KEY=VALUE")]
+    TolerationField(String),
+    /// An unknown toleration operator.
+    #[error("toleration operator {0:?}: use Equal or Exists")]
+    TolerationOperator(String),
+    /// An unknown toleration effect.
+    #[error("toleration effect {0:?}: use NoSchedule, PreferNoSchedule or NoExecute")]
+    TolerationEffect(String),
+    /// `tolerationSeconds=` that is not a number.
+    #[error("tolerationSeconds {value:?} is not a number")]
+    TolerationSeconds {
+        /// The value as given.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// A toleration field Kubernetes does not have.
+    #[error("unknown toleration field {0:?}; use key, value, operator, effect, tolerationSeconds")]
+    UnknownTolerationField(String),
+    /// `operator=Exists` with a value.
+    #[error("a toleration with operator=Exists takes no value")]
+    ExistsWithValue,
+    /// No key and an operator other than Exists.
+    #[error("a toleration without a key needs operator=Exists")]
+    KeylessNotExists,
+}
+
+/// Why a registry secret is not a dockerconfigjson ([`Error::SecretFormat`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretFormatProblem {
+    /// A `kubernetes.io/dockercfg` secret.
+    #[error("type kubernetes.io/dockercfg (the old format) is not read; recreate it with kubectl create secret docker-registry")]
+    Dockercfg,
+    /// Another secret type (named).
+    #[error("type {0:?}, not kubernetes.io/dockerconfigjson; create it with kubectl create secret docker-registry")]
+    Type(String),
+    /// The data key the type has is missing.
+    #[error("no {0} key")]
+    NoKey(&'static str),
 }
 
 impl Error {

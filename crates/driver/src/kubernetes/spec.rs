@@ -5,8 +5,8 @@
 //! `--platform`.
 
 use super::{
-    Error, ARCH_LABEL, BINARY, BUILDER_LABEL, CONTAINER, MANAGED_BY, PLATFORMS_ANNOTATION,
-    POOL_LABEL, SOCKET, VARIANT_LABEL,
+    Error, OptProblem, ARCH_LABEL, BINARY, BUILDER_LABEL, CONTAINER, MANAGED_BY,
+    PLATFORMS_ANNOTATION, POOL_LABEL, SOCKET, VARIANT_LABEL,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -104,13 +104,13 @@ fn quantity(opt: &str, value: &str) -> Result<String, Error> {
     } else {
         Err(Error::DriverOpt {
             opt: opt.to_string(),
-            reason: "not a Kubernetes quantity (e.g. 500m, 2, 512Mi, 4Gi)".to_string(),
+            reason: OptProblem::Quantity,
         })
     }
 }
 
 fn toleration(opt: &str, text: &str) -> Result<Toleration, Error> {
-    let bad = |reason: String| Error::DriverOpt {
+    let bad = |reason: OptProblem| Error::DriverOpt {
         opt: opt.to_string(),
         reason,
     };
@@ -118,7 +118,7 @@ fn toleration(opt: &str, text: &str) -> Result<Toleration, Error> {
     for field in text.split(',').filter(|f| !f.is_empty()) {
         let (k, v) = field
             .split_once('=')
-            .ok_or_else(|| bad(format!("toleration field {field:?}: expected KEY=VALUE")))?;
+            .ok_or_else(|| bad(OptProblem::TolerationField(field.to_string())))?;
         match k {
             "key" => t.key = Some(v.to_string()),
             "value" => t.value = Some(v.to_string()),
@@ -126,7 +126,7 @@ fn toleration(opt: &str, text: &str) -> Result<Toleration, Error> {
                 t.operator = Some(match v.to_ascii_lowercase().as_str() {
                     "exists" => "Exists".to_string(),
                     "equal" => "Equal".to_string(),
-                    _ => return Err(bad(format!("toleration operator {v:?}: use Equal or Exists"))),
+                    _ => return Err(bad(OptProblem::TolerationOperator(v.to_string()))),
                 })
             }
             "effect" => {
@@ -134,35 +134,23 @@ fn toleration(opt: &str, text: &str) -> Result<Toleration, Error> {
                     "noschedule" => "NoSchedule".to_string(),
                     "prefernoschedule" => "PreferNoSchedule".to_string(),
                     "noexecute" => "NoExecute".to_string(),
-                    _ => {
-                        return Err(bad(format!(
-                            "toleration effect {v:?}: use NoSchedule, PreferNoSchedule or NoExecute"
-                        )))
-                    }
+                    _ => return Err(bad(OptProblem::TolerationEffect(v.to_string()))),
                 })
             }
             "tolerationSeconds" => {
-                t.toleration_seconds = Some(
-                    v.parse()
-                        .map_err(|_| bad(format!("tolerationSeconds {v:?} is not a number")))?,
-                )
+                t.toleration_seconds = Some(v.parse().map_err(|source| {
+                    let value = v.to_string();
+                    bad(OptProblem::TolerationSeconds { value, source })
+                })?)
             }
-            _ => {
-                return Err(bad(format!(
-                    "unknown toleration field {k:?}; use key, value, operator, effect, tolerationSeconds"
-                )))
-            }
+            _ => return Err(bad(OptProblem::UnknownTolerationField(k.to_string()))),
         }
     }
     if t.operator.as_deref() == Some("Exists") && t.value.is_some() {
-        return Err(bad(
-            "a toleration with operator=Exists takes no value".to_string()
-        ));
+        return Err(bad(OptProblem::ExistsWithValue));
     }
     if t.key.is_none() && t.operator.as_deref() != Some("Exists") {
-        return Err(bad(
-            "a toleration without a key needs operator=Exists".to_string()
-        ));
+        return Err(bad(OptProblem::KeylessNotExists));
     }
     Ok(t)
 }
@@ -173,15 +161,15 @@ impl Options {
     pub fn parse(opts: &[String]) -> Result<Options, Error> {
         let mut o = Options::default();
         for field in opts.iter().flat_map(|s| split_quoted(s, ',')) {
-            let bad = |reason: &str| Error::DriverOpt {
+            let bad = |reason: OptProblem| Error::DriverOpt {
                 opt: field.clone(),
-                reason: reason.to_string(),
+                reason,
             };
             let (key, value) = field
                 .split_once('=')
-                .ok_or_else(|| bad("expected KEY=VALUE"))?;
+                .ok_or_else(|| bad(OptProblem::NotKeyValue))?;
             if value.is_empty() {
-                return Err(bad("empty value"));
+                return Err(bad(OptProblem::EmptyValue));
             }
             match key {
                 "replicas" => {
@@ -189,7 +177,7 @@ impl Options {
                         .parse()
                         .ok()
                         .filter(|n| (1..=100).contains(n))
-                        .ok_or_else(|| bad("replicas must be a number from 1 to 100"))?
+                        .ok_or_else(|| bad(OptProblem::Replicas))?
                 }
                 "image" => o.image = Some(value.to_string()),
                 "namespace" => o.namespace = Some(value.to_string()),
@@ -197,7 +185,7 @@ impl Options {
                     for pair in value.split(',').filter(|p| !p.is_empty()) {
                         let (k, v) = pair
                             .split_once('=')
-                            .ok_or_else(|| bad("nodeselector takes LABEL=VALUE pairs, comma-separated (quote the whole option)"))?;
+                            .ok_or_else(|| bad(OptProblem::NodeSelector))?;
                         o.node_selector.insert(k.to_string(), v.to_string());
                     }
                 }
@@ -207,8 +195,10 @@ impl Options {
                     }
                 }
                 "requests.cpu" | "requests.memory" => {
-                    o.requests
-                        .insert(key["requests.".len()..].to_string(), quantity(&field, value)?);
+                    o.requests.insert(
+                        key["requests.".len()..].to_string(),
+                        quantity(&field, value)?,
+                    );
                 }
                 "limits.cpu" | "limits.memory" => {
                     o.limits
@@ -216,15 +206,15 @@ impl Options {
                 }
                 "rootless" => match value {
                     "false" => o.rootless = false,
-                    "true" => return Err(bad("rootless builder pods are not served: the daemon mounts overlay filesystems and registers QEMU with binfmt_misc, which need a privileged container (rootless=false, the default)")),
-                    _ => return Err(bad("rootless takes true or false")),
+                    "true" => return Err(bad(OptProblem::Rootless)),
+                    _ => return Err(bad(OptProblem::RootlessBool)),
                 },
                 "containerd-socket" => {
                     o.containerd_socket = Some(match value {
                         "true" => CONTAINERD_DEFAULT.to_string(),
                         "false" => continue,
                         p if p.starts_with('/') => p.to_string(),
-                        _ => return Err(bad("containerd-socket takes an absolute path on the node, or true for /run/containerd/containerd.sock")),
+                        _ => return Err(bad(OptProblem::ContainerdSocket)),
                     })
                 }
                 "timeout" => {
@@ -233,9 +223,9 @@ impl Options {
                         .parse()
                         .ok()
                         .filter(|n| *n > 0)
-                        .ok_or_else(|| bad("timeout takes seconds"))?
+                        .ok_or_else(|| bad(OptProblem::Timeout))?
                 }
-                _ => return Err(bad("unknown option; the kubernetes driver takes replicas, image, namespace, nodeselector, tolerations, requests.cpu, requests.memory, limits.cpu, limits.memory, rootless, containerd-socket, timeout")),
+                _ => return Err(bad(OptProblem::UnknownOption)),
             }
         }
         Ok(o)
@@ -274,7 +264,7 @@ pub fn pools(platforms: &[Platform]) -> Result<Vec<Pool>, Error> {
         if p.os != "linux" {
             return Err(Error::DriverOpt {
                 opt: format!("--platform {p}"),
-                reason: "builder pods run on linux nodes; images for other systems (COPY-only) build on any of them, so list only linux platforms here".to_string(),
+                reason: OptProblem::NotLinux,
             });
         }
         let p = p.normalized();
@@ -559,6 +549,40 @@ mod tests {
             );
         }
         assert!(Options::parse(&["rootless=false".into()]).is_ok());
+    }
+
+    #[test]
+    fn option_errors_keep_the_rule_and_the_parse_error() {
+        let e =
+            Options::parse(&["tolerations=\"key=a,tolerationSeconds=soon\"".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"--driver-opt "tolerations=key=a,tolerationSeconds=soon": tolerationSeconds "soon" is not a number"#
+        );
+        let want = "soon".parse::<i64>().unwrap_err();
+        let Error::DriverOpt {
+            reason: OptProblem::TolerationSeconds { source, .. },
+            ..
+        } = &e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(source, &want);
+        let reason = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(
+            reason.as_deref(),
+            Some(r#"tolerationSeconds "soon" is not a number"#)
+        );
+        let e = Options::parse(&["tolerations=operator=bogus".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"--driver-opt "tolerations=operator=bogus": toleration operator "bogus": use Equal or Exists"#
+        );
+        let e = Options::parse(&["rootless=maybe".into()]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"--driver-opt "rootless=maybe": rootless takes true or false"#
+        );
     }
 
     #[test]
