@@ -23,12 +23,12 @@
 //!
 //! A copy that reads files anyway (a COPY run before its key is known, see
 //! `fileop`) hashes them while it copies and tells the cache
-//! ([`ChecksumCache::learn`]); the key is then computed from what it
-//! learned, without reading the files again. What a build learns is kept
-//! for the rest of the build even where the racy-write rule keeps it out of
-//! the file.
+//! ([`ChecksumCache::learn`]), and computes the key's checksum on its own
+//! walk, so the files are neither read nor looked at again. What a build
+//! learns is kept for the rest of the build even where the racy-write rule
+//! keeps it out of the file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -81,6 +81,13 @@ struct File {
     entries: HashMap<String, (Stat, String)>,
 }
 
+/// A [`File`] to write, borrowing the entries.
+#[derive(Serialize)]
+struct FileOut<'a> {
+    version: u32,
+    entries: &'a HashMap<String, (Stat, String)>,
+}
+
 /// The digests of one context directory's files; see the module docs.
 #[derive(Debug)]
 pub struct ChecksumCache {
@@ -110,6 +117,9 @@ struct State {
     /// Digests learned by this build that the racy-write rule keeps out of
     /// `entries` (never saved).
     racy: HashMap<String, (Stat, String)>,
+    /// Paths of `entries` whose file this build found (looked up after a
+    /// `stat`, or learned): [`ChecksumCache::save`] need not look for them.
+    seen: HashSet<String>,
     dirty: bool,
     hashed_bytes: u64,
     looked_up: u64,
@@ -135,6 +145,7 @@ impl State {
             self.racy.remove(rel);
             self.entries
                 .insert(rel.to_string(), (stat, digest.to_string()));
+            self.seen.insert(rel.to_string());
             self.dirty = true;
         }
     }
@@ -244,6 +255,7 @@ impl ChecksumCache {
             state.dirty |= !learned.entries.is_empty();
             for (rel, entry) in learned.entries {
                 state.racy.remove(&rel);
+                state.seen.insert(rel.clone());
                 state.entries.insert(rel, entry);
             }
             state.racy.extend(learned.racy);
@@ -293,6 +305,10 @@ impl ChecksumCache {
         let stat = Stat::of(md);
         self.with(|state| {
             state.looked_up += 1;
+            // The caller just took `md` from the file: it exists.
+            if state.entries.contains_key(rel) && !state.seen.contains(rel) {
+                state.seen.insert(rel.to_string());
+            }
             state.known(rel, &stat)
         })
         .flatten()
@@ -328,6 +344,7 @@ impl ChecksumCache {
             state
                 .entries
                 .insert(rel.to_string(), (Stat::of(md), digest.to_string()));
+            state.seen.insert(rel.to_string());
             state.dirty = true;
         });
     }
@@ -353,7 +370,10 @@ impl ChecksumCache {
     }
 
     /// Writes the cache back when it learned something. Entries of files
-    /// that no longer exist are dropped.
+    /// that no longer exist are dropped: only those of files this build did
+    /// not find are looked for (a file removed since it was found keeps its
+    /// entry, which costs only space: an entry serves only a file whose
+    /// `stat` matches it).
     pub fn save(&self, context: &Path) -> Result<(), kbuild_image::Error> {
         let Ok(mut state) = self.state.lock() else {
             return Ok(());
@@ -362,21 +382,16 @@ impl ChecksumCache {
         let Some(state) = state.as_mut() else {
             return Ok(());
         };
-        if !state.dirty {
-            return Ok(());
-        }
-        state
-            .entries
-            .retain(|rel, _| fs::symlink_metadata(context.join(rel)).is_ok());
-        let file = File {
-            version: VERSION,
-            entries: std::mem::take(&mut state.entries),
-        };
-        let bytes = serde_json::to_vec(&file).unwrap_or_default();
-        state.entries = file.entries;
         let Some(path) = self.path.as_ref() else {
             return Ok(());
         };
+        if !state.dirty {
+            return Ok(());
+        }
+        let seen = &state.seen;
+        state
+            .entries
+            .retain(|rel, _| seen.contains(rel) || fs::symlink_metadata(context.join(rel)).is_ok());
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|source| kbuild_image::Error::Io {
                 action: "create the checksum cache directory",
@@ -384,7 +399,17 @@ impl ChecksumCache {
                 source,
             })?;
         }
-        kbuild_image::write_atomic(path, &bytes)?;
+        let file = FileOut {
+            version: VERSION,
+            entries: &state.entries,
+        };
+        kbuild_image::write_atomic_with(path, |w| {
+            serde_json::to_writer(w, &file).map_err(|e| kbuild_image::Error::Io {
+                action: "write the checksum cache",
+                path: path.clone(),
+                source: e.into(),
+            })
+        })?;
         state.dirty = false;
         Ok(())
     }
@@ -468,6 +493,51 @@ mod tests {
             Some(sha("old"))
         );
         assert_eq!(next.known("new", &fs::metadata(&new).unwrap()), None);
+    }
+
+    #[test]
+    fn a_save_looks_only_for_the_files_the_build_did_not_find() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        for name in ["a", "b", "c", "d"] {
+            fs::write(ctx.join(name), name).unwrap();
+        }
+        std::thread::sleep(RACY_WINDOW + Duration::from_millis(100));
+        let md = |name: &str| fs::metadata(ctx.join(name)).unwrap();
+        let dir = t.path().join("cache");
+        let first = ChecksumCache::load(&dir, &ctx);
+        for name in ["a", "b", "c"] {
+            first.digest(name, &ctx.join(name), &md(name)).unwrap();
+        }
+        first.save(&ctx).unwrap();
+
+        // The next build finds a, learns d; c and a go before it saves.
+        let second = ChecksumCache::load(&dir, &ctx);
+        assert!(second.known("a", &md("a")).is_some());
+        second.insert_known("d", &md("d"), &hex::encode(Sha256::digest("d")));
+        fs::remove_file(ctx.join("a")).unwrap();
+        fs::remove_file(ctx.join("c")).unwrap();
+        second.save(&ctx).unwrap();
+        let saved = second.with(|s| {
+            let mut names: Vec<String> = s.entries.keys().cloned().collect();
+            names.sort();
+            names
+        });
+        // c, not found by this build, was looked for and dropped; a, found
+        // by it, was not looked for again (its entry is only stale).
+        assert_eq!(saved, Some(vec!["a".into(), "b".into(), "d".into()]));
+
+        // A new file where a was is not taken for the old one.
+        fs::write(ctx.join("a"), "A").unwrap();
+        let third = ChecksumCache::load(&dir, &ctx);
+        assert_eq!(third.known("a", &md("a")), None);
+        assert_eq!(
+            third.known("b", &md("b")),
+            Some(hex::encode(Sha256::digest("b")))
+        );
+        let d = third.digest("a", &ctx.join("a"), &md("a")).unwrap();
+        assert_eq!(d, hex::encode(Sha256::digest("A")));
     }
 
     #[test]

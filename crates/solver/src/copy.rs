@@ -374,36 +374,62 @@ fn checksum_with(
 ) -> Result<(), CopyError> {
     let matched = expand(src, req)?;
     for m in &matched {
-        h.update(b"src\0");
-        h.update(m.rel.as_bytes());
-        h.update(b"\0");
+        hash_source(h, &m.rel);
         walk(src, req, &m.path, &m.rel, &mut |rel, path, md| {
-            h.update(rel.as_bytes());
-            h.update(b"\0");
-            h.update(format!("{:o}\0", md.mode()).as_bytes());
-            if src.keep_owner {
-                h.update(format!("{}:{}\0", md.uid(), md.gid()).as_bytes());
-            }
-            let ft = md.file_type();
-            if ft.is_symlink() {
-                h.update(
-                    fs::read_link(path)
-                        .map_err(io_err(path))?
-                        .as_os_str()
-                        .as_bytes(),
-                );
-            } else if ft.is_file() {
-                match file(rel, path, md)? {
-                    Some(digest) => h.update(digest.as_bytes()),
-                    None => h.unknown(rel, path, md),
-                }
-            } else if ft.is_block_device() || ft.is_char_device() {
-                h.update(format!("{}", md.rdev()).as_bytes());
-            }
-            h.update(b"\n");
-            Ok(())
+            hash_entry(
+                h,
+                src,
+                rel,
+                path,
+                md,
+                || fs::read_link(path).map_err(io_err(path)),
+                || file(rel, path, md),
+            )
         })?;
     }
+    Ok(())
+}
+
+/// Feeds `h` the start of the matched source `rel`, ahead of its entries.
+fn hash_source(h: &mut ChecksumWalk, rel: &str) {
+    h.update(b"src\0");
+    h.update(rel.as_bytes());
+    h.update(b"\0");
+}
+
+/// Feeds `h` one entry of a source's walk: its path, mode, owner (stage
+/// sources), and a symlink's target (from `link`), a regular file's digest
+/// (from `file`; `None` keeps its place for [`ChecksumWalk::finish`]) or a
+/// device's numbers. The one definition of what the checksum holds of an
+/// entry, for the key's walk and for a copy that computes the checksum
+/// while it copies (the same walk, in the same order).
+fn hash_entry(
+    h: &mut ChecksumWalk,
+    src: &Source,
+    rel: &str,
+    path: &Path,
+    md: &fs::Metadata,
+    link: impl FnOnce() -> Result<PathBuf, CopyError>,
+    file: impl FnOnce() -> Result<Option<String>, CopyError>,
+) -> Result<(), CopyError> {
+    h.update(rel.as_bytes());
+    h.update(b"\0");
+    h.update(format!("{:o}\0", md.mode()).as_bytes());
+    if src.keep_owner {
+        h.update(format!("{}:{}\0", md.uid(), md.gid()).as_bytes());
+    }
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        h.update(link()?.as_os_str().as_bytes());
+    } else if ft.is_file() {
+        match file()? {
+            Some(digest) => h.update(digest.as_bytes()),
+            None => h.unknown(rel, path, md),
+        }
+    } else if ft.is_block_device() || ft.is_char_device() {
+        h.update(format!("{}", md.rdev()).as_bytes());
+    }
+    h.update(b"\n");
     Ok(())
 }
 
@@ -501,7 +527,7 @@ fn walk_below(
 
 /// Perform the copy into `dest_root` (the step's root filesystem).
 pub fn copy(src: &Source, req: &Request, dest_root: &Path) -> Result<(), CopyError> {
-    copy_teed(src, req, dest_root, None)
+    copy_with_writers(src, req, dest_root, None, 1)
 }
 
 /// Told about each entry a copy writes into a fresh overlay upper, in the
@@ -629,27 +655,43 @@ pub(crate) fn again<'b>(tee: &'b mut Option<&mut dyn Tee>) -> Option<&'b mut dyn
 
 /// [`copy`], telling `tee` (when given) about each entry it writes. With a
 /// tee on, regular files are written by [`FileWriters`] threads while this
-/// one reads the sources and feeds the tee in order.
+/// one reads the sources and feeds the tee in order. With `checksum`, also
+/// returns what [`checksum`] gives for `src` and `req`, from the copy's own
+/// walk and reads: each regular file's digest is the one the source's
+/// checksum cache knows, else taken from the bytes copied.
 pub(crate) fn copy_teed(
     src: &Source,
     req: &Request,
     dest_root: &Path,
     tee: Option<&mut dyn Tee>,
-) -> Result<(), CopyError> {
+    checksum: bool,
+) -> Result<Option<String>, CopyError> {
     // One writer thread: with one per core the writers took the cores the
     // compressor needs (1 GiB / 20k files, 2 cores: gzip 12.5–14.4 s with
     // two writers, 10.3 s with one; zstd 11.5–13.5 s against 9.1 s).
-    copy_with_writers(src, req, dest_root, tee, 1)
+    copy_summed(src, req, dest_root, tee, 1, checksum)
+}
+
+/// [`copy`] with `threads` [`FileWriters`] threads.
+fn copy_with_writers(
+    src: &Source,
+    req: &Request,
+    dest_root: &Path,
+    tee: Option<&mut dyn Tee>,
+    threads: usize,
+) -> Result<(), CopyError> {
+    copy_summed(src, req, dest_root, tee, threads, false).map(drop)
 }
 
 /// [`copy_teed`] with `threads` [`FileWriters`] threads.
-fn copy_with_writers(
+fn copy_summed(
     src: &Source,
     req: &Request,
     dest_root: &Path,
     mut tee: Option<&mut dyn Tee>,
     threads: usize,
-) -> Result<(), CopyError> {
+    checksum: bool,
+) -> Result<Option<String>, CopyError> {
     let literal_sources = req.sources.len();
     let matched = expand(src, req)?;
     if let Some(t) = again(&mut tee) {
@@ -677,13 +719,18 @@ fn copy_with_writers(
             tee,
             writers: writers.as_ref(),
             dirs_to_stamp: Vec::new(),
+            sum: checksum.then(ChecksumWalk::default),
         };
         for m in &matched {
+            if let Some(h) = copying.sum.as_mut() {
+                hash_source(h, &m.rel);
+            }
             copying.source(m, &dest, dest_is_dir)?;
         }
         let Copying {
             mut tee,
             dirs_to_stamp,
+            sum,
             ..
         } = copying;
         if let Some(why) = writers.map(FileWriters::finish).transpose()?.flatten() {
@@ -695,7 +742,9 @@ fn copy_with_writers(
         for (d, md) in dirs_to_stamp.iter().rev() {
             set_mtime(d, md)?;
         }
-        Ok(())
+        // Files the copy had no digest for (an archive it unpacked) are
+        // read for it now.
+        sum.map(|walk| walk.finish(None)).transpose()
     })
 }
 
@@ -711,12 +760,36 @@ struct Copying<'c, 's, 't, 'w> {
     writers: Option<&'w FileWriters<'w>>,
     /// Directories written, whose mtime is set after their children.
     dirs_to_stamp: Vec<(PathBuf, fs::Metadata)>,
+    /// The checksum of what is copied, when asked for ([`copy_teed`]),
+    /// fed entry by entry in the walk's order.
+    sum: Option<ChecksumWalk>,
 }
 
 impl<'s> Copying<'_, 's, '_, '_> {
     /// A shorter borrow of the tee.
     fn tee(&mut self) -> Option<&mut dyn Tee> {
         again(&mut self.tee)
+    }
+
+    /// Feeds the checksum (when asked for) the source entry `rel` just
+    /// copied: its symlink target `link` (read again when not given), its
+    /// digest `digest` (a regular file; `None`: read when the copy ends).
+    fn hash(
+        &mut self,
+        rel: &str,
+        path: &Path,
+        md: &fs::Metadata,
+        link: Option<&Path>,
+        digest: Option<String>,
+    ) -> Result<(), CopyError> {
+        let Some(h) = self.sum.as_mut() else {
+            return Ok(());
+        };
+        let link = || match link {
+            Some(target) => Ok(target.to_path_buf()),
+            None => fs::read_link(path).map_err(io_err(path)),
+        };
+        hash_entry(h, self.src, rel, path, md, link, || Ok(digest))
     }
 
     /// Copies one matched source to the destination `dest`.
@@ -729,7 +802,8 @@ impl<'s> Copying<'_, 's, '_, '_> {
                 t.off("an archive unpacked");
             }
             mkdir_all(self.root, dest, self.req)?;
-            unpack_archive(&m.path, self.root, dest, self.req)
+            unpack_archive(&m.path, self.root, dest, self.req)?;
+            self.hash(&m.rel, &m.path, &md, None, None)
         } else {
             self.file_source(m, dest, dest_is_dir)
         }
@@ -755,6 +829,7 @@ impl<'s> Copying<'_, 's, '_, '_> {
         set_meta(&target_host, md, src, &top, false)?;
         self.dirs_to_stamp.push((target_host, md.clone()));
         tee_dirs(&mut self.tee, on_the_way, Some(md.mtime()));
+        self.hash(&m.rel, &m.path, md, None, None)?;
         let mut err = None;
         walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
             let sub = rel
@@ -840,6 +915,7 @@ impl<'s> Copying<'_, 's, '_, '_> {
         let rel = rel.as_deref();
         if ft.is_dir() {
             self.dir_entry(&host, md, existing, rel)?;
+            self.hash(src_rel, src_path, md, None, None)?;
             return Ok(Some(host));
         }
         let fresh = existing.is_none();
@@ -857,18 +933,22 @@ impl<'s> Copying<'_, 's, '_, '_> {
             if let (Some(rel), Some(t)) = (rel, self.tee()) {
                 t.symlink(rel);
             }
-        } else if ft.is_file() {
+            self.hash(src_rel, src_path, md, Some(&target), None)?;
+            return Ok(None);
+        }
+        let mut digest = None;
+        if ft.is_file() {
             let file = SourceFile {
                 rel: src_rel,
                 path: src_path,
                 md,
             };
-            match (rel, self.writers) {
+            digest = match (rel, self.writers) {
                 (Some(rel), Some(w)) if fresh && md.len() <= file_writers::MAX_FILE => {
                     self.file_by_writers(w, host, rel, &file)?
                 }
                 _ => self.file_streamed(&host, rel, &file)?,
-            }
+            };
         } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
             if let (Some(_), Some(t)) = (rel, self.tee()) {
                 t.off("a device or fifo");
@@ -876,7 +956,8 @@ impl<'s> Copying<'_, 's, '_, '_> {
             make_node(&host, md)?;
             set_meta(&host, md, self.src, self.req, false)?;
         }
-        // Sockets are not copied, as in Docker.
+        // Sockets are not copied, as in Docker (but the checksum has them).
+        self.hash(src_rel, src_path, md, None, digest)?;
         Ok(None)
     }
 
@@ -942,35 +1023,49 @@ impl<'s> Copying<'_, 's, '_, '_> {
         }
     }
 
-    /// The checksum cache to teach `file`'s digest, when it does not know
-    /// it yet.
-    fn to_learn(&self, file: &SourceFile) -> Option<&'s crate::checksums::ChecksumCache> {
-        self.src
-            .checksums
-            .filter(|c| c.known(file.rel, file.md).is_none())
+    /// `file`'s digest as the source's checksum cache knows it, else
+    /// whether the copy hashes the file's bytes: for the cache to learn
+    /// (when there is one) or for the checksum ([`Copying::sum`]).
+    fn digest_of(&self, file: &SourceFile) -> Result<String, bool> {
+        let known = self.src.checksums.map(|c| c.known(file.rel, file.md));
+        match known {
+            Some(Some(digest)) => Ok(digest),
+            Some(None) => Err(true),
+            None => Err(self.sum.is_some()),
+        }
     }
 
     /// A regular file read here into a buffer once, its layer entry written
     /// from that buffer and its digest taken, then handed to the writer
     /// threads that create it, teach the cache its digest and check it.
+    /// Returns its digest when known or taken.
     fn file_by_writers(
         &mut self,
         writers: &FileWriters,
         host: PathBuf,
         rel: &[u8],
         file: &SourceFile,
-    ) -> Result<(), CopyError> {
-        let read_at = self.to_learn(file).map(|_| SystemTime::now());
+    ) -> Result<Option<String>, CopyError> {
+        let known = self.digest_of(file);
+        let read_at = SystemTime::now();
         let mut f = fs::File::open(file.path).map_err(io_err(file.path))?;
         let mut data = Vec::with_capacity(usize::try_from(file.md.len()).unwrap_or(0));
         f.read_to_end(&mut data).map_err(io_err(&host))?;
         // Hashed here rather than on the writer thread, the busier of the two.
-        let learn = read_at.map(|read_at| file_writers::Learn {
-            rel: file.rel.to_string(),
-            md: file.md.clone(),
-            read_at,
-            digest: hex::encode(Sha256::digest(&data)),
-        });
+        let (digest, learned) = match known {
+            Ok(digest) => (Some(digest), false),
+            Err(true) => (Some(hex::encode(Sha256::digest(&data))), true),
+            Err(false) => (None, false),
+        };
+        let learn = match (learned, self.src.checksums, &digest) {
+            (true, Some(_), Some(digest)) => Some(file_writers::Learn {
+                rel: file.rel.to_string(),
+                md: file.md.clone(),
+                read_at,
+                digest: digest.clone(),
+            }),
+            _ => None,
+        };
         let meta = self.file_meta(file.md);
         if let Some(t) = self.tee() {
             t.file(rel, &meta, file.md.len(), &mut data.as_slice());
@@ -986,24 +1081,25 @@ impl<'s> Copying<'_, 's, '_, '_> {
             ],
             layer_rel: rel.to_vec(),
             learn,
-        })
+        })?;
+        Ok(digest)
     }
 
     /// A regular file copied on this thread, each read feeding the copy,
-    /// the tee (while `rel` is given) and the checksum cache.
+    /// the tee (while `rel` is given) and the checksum cache. Returns its
+    /// digest when known or taken.
     fn file_streamed(
         &mut self,
         host: &Path,
         rel: Option<&[u8]>,
         file: &SourceFile,
-    ) -> Result<(), CopyError> {
-        let learn = self
-            .to_learn(file)
-            .map(|c| (c, std::time::SystemTime::now()));
+    ) -> Result<Option<String>, CopyError> {
+        let known = self.digest_of(file);
+        let hashed_at = SystemTime::now();
         let mut f = fs::File::open(file.path).map_err(io_err(file.path))?;
         let mut from = Hashed {
             file: &mut f,
-            sha: learn.map(|_| Sha256::new()),
+            sha: matches!(known, Err(true)).then(Sha256::new),
             read: 0,
         };
         let mut to = fs::File::create(host).map_err(io_err(host))?;
@@ -1031,15 +1127,22 @@ impl<'s> Copying<'_, 's, '_, '_> {
             io::copy(from.file, &mut to).map_err(io_err(host))?;
         }
         drop(to);
-        if let (Some((cache, hashed_at)), Some(sha)) = (learn, from.sha.take()) {
-            let digest = hex::encode(sha.finalize());
-            cache.learn(file.rel, file.md, &digest, from.read, hashed_at);
-        }
+        let digest = match (known, from.sha.take()) {
+            (Ok(digest), _) => Some(digest),
+            (Err(_), Some(sha)) => {
+                let digest = hex::encode(sha.finalize());
+                if let Some(cache) = self.src.checksums {
+                    cache.learn(file.rel, file.md, &digest, from.read, hashed_at);
+                }
+                Some(digest)
+            }
+            (Err(_), None) => None,
+        };
         set_meta(host, file.md, self.src, self.req, false)?;
         if let (Some(rel), Some(t)) = (rel, self.tee()) {
             t.file_done(rel, &meta, file.md.len());
         }
-        Ok(())
+        Ok(digest)
     }
 }
 
@@ -1510,6 +1613,109 @@ mod tests {
             assert_eq!(c, calls, "{threads} threads");
             assert_eq!(f, files, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn a_copy_computes_the_checksum_the_key_walk_computes() {
+        let c = ctx();
+        let r = c.path();
+        for i in 0..30 {
+            fs::write(
+                r.join(format!("src/sub/f{i:02}")),
+                format!("{i}\n").repeat(i * 90),
+            )
+            .unwrap();
+        }
+        // Larger than a writer thread takes: hashed on the copying thread.
+        fs::write(r.join("src/big"), vec![5u8; 1 << 21]).unwrap();
+        fs::write(r.join("src/skip.log"), "log").unwrap();
+        fs::write(r.join("src/secret"), "secret").unwrap();
+        fs::create_dir_all(r.join("src/vendor/x")).unwrap();
+        fs::write(r.join("src/vendor/x/LICENSE"), "license").unwrap();
+        fs::write(r.join("src/vendor/x/code.go"), "code").unwrap();
+        std::os::unix::fs::symlink("sub", r.join("src/dirlink")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("src/zfifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        fs::write(r.join("t.tar"), "").unwrap();
+        write_archive(r, "t.tar", &[("in/a", tar::EntryType::Regular, None)]);
+        let ignore =
+            kbuild_ignore::Matcher::parse("src/secret\nsrc/vendor\n!src/vendor/x/LICENSE\n")
+                .unwrap();
+        let excluded = |p: &str, d: bool| ignore.is_excluded(p, d);
+        let descend = |p: &str| ignore.may_contain_included(p);
+        let source = |cache| Source {
+            excluded: &excluded,
+            may_contain_included: &descend,
+            checksums: cache,
+            ..context(r)
+        };
+        let several = Request {
+            excludes: vec!["*.log".into()],
+            ..req(
+                &["src", "top.go", "src/l*", "src/vendor/x/LICENSE"],
+                "/app/",
+            )
+        };
+        let one = Request {
+            excludes: vec!["sub/f0*".into()],
+            ..req(&["src"], "/app")
+        };
+        let archive = add_req("t.tar", "/opt/");
+        // (request, with a tee whose writer threads write the files, the
+        // checksum cache of the source: empty, then knowing most files)
+        let learned = crate::checksums::ChecksumCache::in_memory();
+        let cases = [
+            (&one, true, Some(&learned)),
+            (&several, false, Some(&learned)),
+            (&one, true, None),
+            (&several, false, None),
+            (&archive, false, None),
+        ];
+        for (i, (req, writers, cache)) in cases.into_iter().enumerate() {
+            let walked = checksum(&source(None), req).unwrap();
+            let d = tempfile::tempdir().unwrap();
+            let mut tee = Recorder {
+                upper: writers.then(|| d.path().to_path_buf()),
+                ..Default::default()
+            };
+            let before = cache.map(|c| c.hashed_bytes());
+            let copied = copy_summed(&source(cache), req, d.path(), Some(&mut tee), 1, true)
+                .unwrap()
+                .expect("a checksum was asked for");
+            assert_eq!(copied, walked, "case {i}");
+            if writers {
+                // The writer threads wrote the files up to the fifo.
+                assert_eq!(tee.off, Some("a device or fifo"), "case {i}");
+            }
+            // The first copy hashed every file it read for the cache; the
+            // second only those the first did not read (top.go, src/link,
+            // src/sub/f00 to f09).
+            match (i, before) {
+                (0, Some(b)) => assert!(learned.hashed_bytes() - b > 1 << 21),
+                (1, Some(b)) => assert_eq!(learned.hashed_bytes() - b, 3 + 9 + 45 * 180),
+                _ => {}
+            }
+            // Without the checksum asked for: the same files.
+            let again = tempfile::tempdir().unwrap();
+            assert_eq!(
+                copy_summed(&source(None), req, again.path(), None, 1, false).unwrap(),
+                None
+            );
+            assert_eq!(tree(again.path()), tree(d.path()), "case {i}");
+        }
+        // What was copied is in the checksum: a change shows.
+        let before = checksum(&source(None), &several).unwrap();
+        fs::write(r.join("src/vendor/x/LICENSE"), "changed").unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let copied = copy_summed(&source(None), &several, d.path(), None, 1, true).unwrap();
+        assert_ne!(copied.as_deref(), Some(before.as_str()));
+        assert_eq!(copied, Some(checksum(&source(None), &several).unwrap()));
     }
 
     #[test]

@@ -32,7 +32,8 @@ enum CopyFrom {
         root: PathBuf,
         ignore: Option<kbuild_ignore::Matcher>,
         /// Learns the digests of the files the copy reads (a copy run
-        /// before its key is known, see [`KeyFirst::RunFirst`]).
+        /// before its key is known, see [`KeyFirst::RunFirst`]); the copy
+        /// then also computes its checksum for the key.
         learn: Option<Arc<ChecksumCache>>,
     },
 }
@@ -80,7 +81,7 @@ pub(crate) async fn run(
     let permit = solver.cpu.clone().acquire_owned().await?;
     vertex.start();
     let watch = x.layer_watch(op);
-    let layer = tokio::task::spawn_blocking(move || {
+    let (layer, copied) = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         job.run(watch)
     })
@@ -89,7 +90,7 @@ pub(crate) async fn run(
     let key = match key {
         Some(key) => key,
         None => {
-            let key = key_after_copy(x, op, f, inputs, learned.as_deref()).map_err(fail)?;
+            let key = key_after_copy(x, op, f, inputs, learned.as_deref(), copied).map_err(fail)?;
             if !solver.opts.no_cache {
                 if let Some(st) =
                     cache::cached(&solver.store, &key, &parent, solver.opts.compression)?
@@ -137,18 +138,39 @@ async fn cached(
 }
 
 /// The key of a copy that ran before it (see [`KeyFirst::RunFirst`]): the
-/// copy hashed what it read, so the key reads nothing more.
+/// copy hashed what it read and computed the checksum of the context files
+/// it copied (`copied`) on its walk, so the key looks at no file again.
+/// Without that checksum, the key is computed as before a copy, from the
+/// digests the copy learned.
 fn key_after_copy(
     x: &Exec,
     op: &Op,
     f: &FileOp,
     inputs: &[Value],
     learned: Option<&ChecksumCache>,
+    copied: Option<String>,
 ) -> Result<String, StepError> {
     if let (Some(cache), Some(learned)) = (x.ctx.checksums.as_ref(), learned) {
         cache.absorb(learned);
     }
-    key(x, op, f, inputs, instruction_of(op))
+    let instruction = instruction_of(op);
+    let (Some(sum), [a @ FileAction::Copy { input, .. }]) = (copied, f.actions.as_slice()) else {
+        return key(x, op, f, inputs, instruction);
+    };
+    let Some(Value::Context {
+        dockerignore,
+        name: None,
+    }) = inputs.get(*input)
+    else {
+        return key(x, op, f, inputs, instruction);
+    };
+    if let Some(cache) = x.ctx.checksums.as_ref() {
+        let req = request(a, instruction).unwrap_or_default();
+        cache.tree_remember(&tree_request(*dockerignore, &req), &sum);
+    }
+    let mut key = key_parts(x, op, inputs);
+    key.push(sum);
+    Ok(key.finish())
 }
 
 /// Whether the op builds a Windows image.
@@ -224,11 +246,12 @@ impl LayerJob {
 
     /// Mounts the parent, applies the actions and makes the layer (while
     /// copying, for one copy from a host directory; else from the diff),
-    /// telling `watch` how far its blob is written.
+    /// telling `watch` how far its blob is written. Returns the layer and
+    /// the checksum of a copy that learns digests (see [`CopyFrom::Dir`]).
     fn run(
         self,
         mut watch: Option<Box<dyn BlobWatch>>,
-    ) -> Result<Option<layer::LayerRef>, StepError> {
+    ) -> Result<(Option<layer::LayerRef>, Option<String>), StepError> {
         let mount = self
             .snaps
             .mount(&self.lowers)
@@ -249,7 +272,7 @@ impl LayerJob {
         } else {
             None
         };
-        if let Err(e) = apply(
+        let copied = match apply(
             &self.snaps,
             mount.merged(),
             &self.actions,
@@ -258,21 +281,25 @@ impl LayerJob {
             self.opts.windows,
             one_pass.as_mut().map(|p| p as &mut dyn copy::Tee),
         ) {
-            drop(one_pass);
-            let _ = mount.unmount();
-            return Err(e);
-        }
-        if let Some(made) = one_pass.and_then(layer::OnePass::finish) {
-            return layer::commit_made(&self.snaps, mount, made);
-        }
-        layer::commit(
-            &self.snaps,
-            &self.store,
-            mount,
-            &self.lowers,
-            &self.opts,
-            watch,
-        )
+            Ok(copied) => copied,
+            Err(e) => {
+                drop(one_pass);
+                let _ = mount.unmount();
+                return Err(e);
+            }
+        };
+        let layer = match one_pass.and_then(layer::OnePass::finish) {
+            Some(made) => layer::commit_made(&self.snaps, mount, made)?,
+            None => layer::commit(
+                &self.snaps,
+                &self.store,
+                mount,
+                &self.lowers,
+                &self.opts,
+                watch,
+            )?,
+        };
+        Ok((layer, copied))
     }
 }
 
@@ -587,7 +614,8 @@ fn one_pass(actions: &[FileAction], froms: &[Option<CopyFrom>], windows: bool) -
 }
 
 /// Apply the actions in order to the mounted root `merged`; a copy from a
-/// host directory tells `tee` what it writes.
+/// host directory tells `tee` what it writes. Returns the checksum of the
+/// (last) copy that learns digests (see [`CopyFrom::Dir`]).
 fn apply(
     snaps: &Snapshotter,
     merged: &Path,
@@ -596,7 +624,8 @@ fn apply(
     instruction: &'static str,
     windows: bool,
     mut tee: Option<&mut dyn copy::Tee>,
-) -> Result<(), StepError> {
+) -> Result<Option<String>, StepError> {
+    let mut copied = None;
     let path = |p: &str| {
         if windows {
             layer::windows_path(p)
@@ -612,7 +641,9 @@ fn apply(
                     req.chown = Some(users::chown_ids(merged, spec)?);
                 }
                 let from = froms.get(*input).and_then(Option::as_ref);
-                copy_from(snaps, merged, from, &req, copy::again(&mut tee))?;
+                if let Some(sum) = copy_from(snaps, merged, from, &req, copy::again(&mut tee))? {
+                    copied = Some(sum);
+                }
             }
             FileAction::Mkfile {
                 path: p,
@@ -632,16 +663,18 @@ fn apply(
             } => rm(merged, &path(p), *allow_not_found)?,
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
+/// One copy action; returns its checksum when it learns digests (see
+/// [`CopyFrom::Dir`]).
 fn copy_from(
     snaps: &Snapshotter,
     merged: &Path,
     from: Option<&CopyFrom>,
     req: &copy::Request,
     tee: Option<&mut dyn copy::Tee>,
-) -> Result<(), StepError> {
+) -> Result<Option<String>, StepError> {
     match from {
         Some(CopyFrom::Layers(lowers)) => {
             let m = snaps.mount(lowers).map_err(|source| StepError::Mount {
@@ -662,7 +695,8 @@ fn copy_from(
                 action: "unmount the source",
                 source,
             })?;
-            Ok(r?)
+            r?;
+            Ok(None)
         }
         Some(CopyFrom::Dir {
             root,
@@ -679,7 +713,7 @@ fn copy_from(
                 keep_owner: false,
                 checksums: learn.as_deref(),
             };
-            Ok(copy::copy_teed(&src, req, merged, tee)?)
+            Ok(copy::copy_teed(&src, req, merged, tee, learn.is_some())?)
         }
         None => Err(StepError::NoContext),
     }
