@@ -199,10 +199,21 @@ impl ChecksumCache {
     /// The checksum of `request` remembered for the tree's generation
     /// (counted in [`tree_hits`](Self::tree_hits)); `None` without one.
     pub fn tree_remembered(&self, request: &[u8]) -> Option<String> {
-        let (key, memo) = self.tree_key(request)?;
-        let known = memo.known.lock().ok()?.get(&key).cloned()?;
+        let known = self.tree_lookup(request)?;
         self.tree_hits.fetch_add(1, Ordering::Relaxed);
         Some(known)
+    }
+
+    /// Whether a checksum of `request` is remembered for the tree's
+    /// generation (not counted as a hit).
+    pub fn tree_knows(&self, request: &[u8]) -> bool {
+        self.tree_lookup(request).is_some()
+    }
+
+    fn tree_lookup(&self, request: &[u8]) -> Option<String> {
+        let (key, memo) = self.tree_key(request)?;
+        let known = memo.known.lock().ok()?.get(&key).cloned();
+        known
     }
 
     /// Remembers `checksum` of `request` for the tree's generation (nothing
@@ -297,6 +308,13 @@ impl ChecksumCache {
         let digest = hex::encode(h.finalize());
         self.learn(rel, md, &digest, n, hashed_at);
         Ok(digest)
+    }
+
+    /// Whether the cache knows no file at all (a fresh store or context):
+    /// every file a key needs would be read.
+    pub fn knows_nothing(&self) -> bool {
+        self.with(|state| state.entries.is_empty() && state.racy.is_empty())
+            .unwrap_or(true)
     }
 
     /// The sha256 (hex) of the file `rel` if the cache (or this build) knows
@@ -427,6 +445,21 @@ mod tests {
             .unwrap()
             .set_modified(t)
             .unwrap();
+    }
+
+    #[test]
+    fn a_cache_that_knows_no_file_says_so() {
+        let t = tempfile::tempdir().unwrap();
+        let ctx = t.path().join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let a = ctx.join("a");
+        fs::write(&a, "one").unwrap();
+        let dir = t.path().join("cache");
+        let cache = ChecksumCache::load(&dir, &ctx);
+        assert!(cache.knows_nothing());
+        // Even a digest the racy-write rule keeps from the file counts.
+        cache.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
+        assert!(!cache.knows_nothing());
     }
 
     #[test]

@@ -388,6 +388,12 @@ fn key_first(
         return key(x, op, f, inputs, instruction).map(KeyFirst::Key);
     }
     let req = request(a, instruction).unwrap_or_default();
+    if cold_checksums(x.ctx, dockerignore, &req) {
+        // Nothing to look up: the probe's walk would only find every file
+        // unknown.
+        tracing::debug!("the checksum cache knows no file: the copy runs before its key");
+        return Ok(KeyFirst::RunFirst);
+    }
     match context_probe(x.ctx, dockerignore, &req)? {
         copy::Probe::Known(sum) => {
             let mut key = key_parts(x, op, inputs);
@@ -511,6 +517,14 @@ fn tree_request(dockerignore: bool, req: &copy::Request) -> Vec<u8> {
         }
     }
     key
+}
+
+/// Whether the context's checksum cache knows no file and no checksum
+/// over this request's tree (see [`context_probe`]).
+fn cold_checksums(ctx: &Context, dockerignore: bool, req: &copy::Request) -> bool {
+    ctx.checksums.as_ref().is_some_and(|cache| {
+        cache.knows_nothing() && !cache.tree_knows(&tree_request(dockerignore, req))
+    })
 }
 
 /// [`copy::checksum_probe`] of the main context's files `req` reads; for a
