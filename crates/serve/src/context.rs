@@ -412,8 +412,8 @@ impl Receiving {
 /// once something changed: a copy that stays as it is needs none of it
 /// when the build's checksums over this generation are remembered.
 enum Cache {
-    Kept(ChecksumCache),
-    Loading(tokio::task::JoinHandle<ChecksumCache>),
+    Kept(Box<ChecksumCache>),
+    Loading(tokio::task::JoinHandle<Box<ChecksumCache>>),
 }
 
 impl Cache {
@@ -430,11 +430,16 @@ impl Cache {
 
     async fn ready(self) -> Result<ChecksumCache, SessionError> {
         match self {
-            Cache::Kept(c) => Ok(c),
-            Cache::Loading(loading) => loading.await.map_err(|source| SessionError::Join {
-                what: "read the context's checksums",
-                source,
-            }),
+            Cache::Kept(c) => Ok(*c),
+            Cache::Loading(loading) => {
+                loading
+                    .await
+                    .map(|c| *c)
+                    .map_err(|source| SessionError::Join {
+                        what: "read the context's checksums",
+                        source,
+                    })
+            }
         }
     }
 }
@@ -556,7 +561,7 @@ pub(crate) async fn sync(
         state: state.to_path_buf(),
     };
     let spool = tempfile::tempfile_in(state).map_err(io(state))?;
-    let mut cache = Cache::Kept(checksums);
+    let mut cache = Cache::Kept(Box::new(checksums));
     let mut receive = Receive {
         files,
         cmp: Compare::new(st.open_record()?, spool, dockerignore),
