@@ -391,7 +391,7 @@ fn key_first(
     if cold_checksums(x.ctx, dockerignore, &req) {
         // Nothing to look up: the probe's walk would only find every file
         // unknown.
-        tracing::debug!("the checksum cache knows no file: the copy runs before its key");
+        tracing::debug!("the checksum cache knows no file: the copy runs before its key is known");
         return Ok(KeyFirst::RunFirst);
     }
     match context_probe(x.ctx, dockerignore, &req)? {
