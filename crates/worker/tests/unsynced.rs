@@ -4,31 +4,15 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kbuild_image::tarball::{DeterministicTar, Entry, EntryKind, TarOptions};
 use kbuild_image::ContentStore;
 use kbuild_worker::snapshot::{write_diff, DiffOptions, Snapshotter};
 use sha2::{Digest, Sha256};
 
+mod common;
+
+use common::{layer, require_root};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn require_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    kbuild_testkit::fixtures::skip_or_fail("overlay mounts need root");
-    false
-}
-
-/// A one-file layer tar and its diff_id.
-fn layer(name: &str, data: &[u8]) -> (Vec<u8>, String) {
-    let mut b = DeterministicTar::new(Vec::new(), TarOptions::default());
-    let size = data.len() as u64;
-    b.append(&Entry::new(name, EntryKind::File { size }), data)
-        .expect("tar entry");
-    let tar = b.finish().expect("tar");
-    let id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
-    (tar, id)
-}
 
 fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
