@@ -447,14 +447,21 @@ mod tests {
             .unwrap();
     }
 
-    #[test]
-    fn a_cache_that_knows_no_file_says_so() {
+    /// A context holding the file `a` ("one"), and a cache directory
+    /// beside it: (the temporary directory, context, `a`, cache).
+    fn one_file_context() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
         let t = tempfile::tempdir().unwrap();
         let ctx = t.path().join("ctx");
         fs::create_dir(&ctx).unwrap();
         let a = ctx.join("a");
         fs::write(&a, "one").unwrap();
         let dir = t.path().join("cache");
+        (t, ctx, a, dir)
+    }
+
+    #[test]
+    fn a_cache_that_knows_no_file_says_so() {
+        let (_t, ctx, a, dir) = one_file_context();
         let cache = ChecksumCache::load(&dir, &ctx);
         assert!(cache.knows_nothing());
         // Even a digest the racy-write rule keeps from the file counts.
@@ -575,12 +582,7 @@ mod tests {
 
     #[test]
     fn a_file_written_just_now_is_never_trusted() {
-        let t = tempfile::tempdir().unwrap();
-        let ctx = t.path().join("ctx");
-        fs::create_dir(&ctx).unwrap();
-        let a = ctx.join("a");
-        fs::write(&a, "one").unwrap();
-        let dir = t.path().join("cache");
+        let (_t, ctx, a, dir) = one_file_context();
         let first = ChecksumCache::load(&dir, &ctx);
         first.digest("a", &a, &fs::metadata(&a).unwrap()).unwrap();
         first.save(&ctx).unwrap();
