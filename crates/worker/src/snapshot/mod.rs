@@ -288,12 +288,18 @@ impl Snapshotter {
             LayerState::Stale => {}
         }
         let _lock = self.lock(id.hex)?;
-        match self.layer_state(id.hex)? {
-            LayerState::Trusted => Ok(Some(p)),
-            LayerState::Absent => Ok(None),
+        Ok(self.settle(id.hex)?.then_some(p))
+    }
+
+    /// Whether a trusted layer `hex` is there; one of an earlier boot is
+    /// removed first (so it is not). Called with the layer's lock held.
+    fn settle(&self, hex: &str) -> Result<bool> {
+        match self.layer_state(hex)? {
+            LayerState::Trusted => Ok(true),
+            LayerState::Absent => Ok(false),
             LayerState::Stale => {
-                self.discard_stale(id.hex)?;
-                Ok(None)
+                self.discard_stale(hex)?;
+                Ok(false)
             }
         }
     }
@@ -402,10 +408,8 @@ impl Snapshotter {
             return Ok(target);
         }
         let _lock = self.lock(id.hex)?;
-        match self.layer_state(id.hex)? {
-            LayerState::Trusted => return Ok(target),
-            LayerState::Stale => self.discard_stale(id.hex)?,
-            LayerState::Absent => {}
+        if self.settle(id.hex)? {
+            return Ok(target);
         }
         let tmp = self.root.join("tmp").join(id.hex);
         if tmp.symlink_metadata().is_ok() {
@@ -456,13 +460,8 @@ impl Snapshotter {
         let id = parse_diff_id(diff_id)?;
         let target = self.root.join("layers").join(id.hex);
         let _lock = self.lock(id.hex)?;
-        match self.layer_state(id.hex)? {
-            LayerState::Trusted => {}
-            LayerState::Stale => {
-                self.discard_stale(id.hex)?;
-                self.write_marker(id.hex)?;
-            }
-            LayerState::Absent => self.write_marker(id.hex)?,
+        if !self.settle(id.hex)? {
+            self.write_marker(id.hex)?;
         }
         self.publish(dir, &target)?;
         Ok(target)
