@@ -28,7 +28,7 @@
 //! learns is kept for the rest of the build even where the racy-write rule
 //! keeps it out of the file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -78,14 +78,20 @@ impl Stat {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct File {
     version: u32,
-    entries: HashMap<String, (Stat, String)>,
+    entries: HashMap<String, Entry>,
 }
+
+/// A file's metadata and digest (saved as the pair `[stat, digest]`), and,
+/// in memory only, whether this build found the file (looked it up after a
+/// `stat`, or learned it): [`ChecksumCache::save`] need not look for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry(Stat, String, #[serde(skip)] bool);
 
 /// A [`File`] to write, borrowing the entries.
 #[derive(Serialize)]
 struct FileOut<'a> {
     version: u32,
-    entries: &'a HashMap<String, (Stat, String)>,
+    entries: &'a HashMap<String, Entry>,
 }
 
 /// The digests of one context directory's files; see the module docs.
@@ -113,13 +119,10 @@ pub struct TreeChecksums {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<String, (Stat, String)>,
+    entries: HashMap<String, Entry>,
     /// Digests learned by this build that the racy-write rule keeps out of
     /// `entries` (never saved).
-    racy: HashMap<String, (Stat, String)>,
-    /// Paths of `entries` whose file this build found (looked up after a
-    /// `stat`, or learned): [`ChecksumCache::save`] need not look for them.
-    seen: HashSet<String>,
+    racy: HashMap<String, Entry>,
     dirty: bool,
     hashed_bytes: u64,
     looked_up: u64,
@@ -129,8 +132,8 @@ impl State {
     fn known(&self, rel: &str, stat: &Stat) -> Option<String> {
         [&self.entries, &self.racy]
             .into_iter()
-            .find_map(|m| m.get(rel).filter(|(known, _)| known == stat))
-            .map(|(_, digest)| digest.clone())
+            .find_map(|m| m.get(rel).filter(|e| e.0 == *stat))
+            .map(|e| e.1.clone())
     }
 
     /// Keeps `digest` of the file `rel` whose metadata was `stat` when it
@@ -140,12 +143,11 @@ impl State {
         let changed = UNIX_EPOCH + Duration::from_nanos(stat.ctime_ns.max(0) as u64);
         if modified.max(changed) + RACY_WINDOW >= hashed_at {
             self.racy
-                .insert(rel.to_string(), (stat, digest.to_string()));
+                .insert(rel.to_string(), Entry(stat, digest.to_string(), true));
         } else {
             self.racy.remove(rel);
             self.entries
-                .insert(rel.to_string(), (stat, digest.to_string()));
-            self.seen.insert(rel.to_string());
+                .insert(rel.to_string(), Entry(stat, digest.to_string(), true));
             self.dirty = true;
         }
     }
@@ -266,8 +268,7 @@ impl ChecksumCache {
             state.dirty |= !learned.entries.is_empty();
             for (rel, entry) in learned.entries {
                 state.racy.remove(&rel);
-                state.seen.insert(rel.clone());
-                state.entries.insert(rel, entry);
+                state.entries.insert(rel, Entry(entry.0, entry.1, true));
             }
             state.racy.extend(learned.racy);
         });
@@ -324,8 +325,8 @@ impl ChecksumCache {
         self.with(|state| {
             state.looked_up += 1;
             // The caller just took `md` from the file: it exists.
-            if state.entries.contains_key(rel) && !state.seen.contains(rel) {
-                state.seen.insert(rel.to_string());
+            if let Some(entry) = state.entries.get_mut(rel) {
+                entry.2 = true;
             }
             state.known(rel, &stat)
         })
@@ -359,10 +360,10 @@ impl ChecksumCache {
     /// daemon's copy of a client's context, whose digests the client sent).
     pub fn insert_known(&self, rel: &str, md: &fs::Metadata, digest: &str) {
         self.with(|state| {
-            state
-                .entries
-                .insert(rel.to_string(), (Stat::of(md), digest.to_string()));
-            state.seen.insert(rel.to_string());
+            state.entries.insert(
+                rel.to_string(),
+                Entry(Stat::of(md), digest.to_string(), true),
+            );
             state.dirty = true;
         });
     }
@@ -406,10 +407,9 @@ impl ChecksumCache {
         if !state.dirty {
             return Ok(());
         }
-        let seen = &state.seen;
         state
             .entries
-            .retain(|rel, _| seen.contains(rel) || fs::symlink_metadata(context.join(rel)).is_ok());
+            .retain(|rel, e| e.2 || fs::symlink_metadata(context.join(rel)).is_ok());
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|source| kbuild_image::Error::Io {
                 action: "create the checksum cache directory",
@@ -457,6 +457,17 @@ mod tests {
         fs::write(&a, "one").unwrap();
         let dir = t.path().join("cache");
         (t, ctx, a, dir)
+    }
+
+    #[test]
+    fn an_entry_is_saved_as_the_pair_of_its_stat_and_digest() {
+        let (_t, _ctx, a, _dir) = one_file_context();
+        let stat = Stat::of(&fs::metadata(&a).unwrap());
+        let pair = serde_json::to_string(&(&stat, "d")).unwrap();
+        let entry = Entry(stat, "d".to_string(), true);
+        assert_eq!(serde_json::to_string(&entry).unwrap(), pair);
+        let back: Entry = serde_json::from_str(&pair).unwrap();
+        assert_eq!((back.1.as_str(), back.2), ("d", false));
     }
 
     #[test]
