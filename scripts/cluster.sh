@@ -215,6 +215,16 @@ build_k8s() {
     log "built Kubernetes $K8S_VERSION in $((SECONDS - start))s"
 }
 
+# Once etcd and Kubernetes are built their binaries are the cache; Go's build
+# cache (over 3 GB after the Kubernetes build) is only needed to build them
+# again, which a new version does from scratch anyway. The module cache is
+# kept (a rebuild of the same version then needs no download).
+drop_go_build_cache() {
+    [[ -d $cache/go/build ]] || return 0
+    log "removing Go's build cache $cache/go/build ($(du -sh "$cache/go/build" 2>/dev/null | cut -f1)); the built binaries are kept"
+    rm -rf "$cache/go/build"
+}
+
 build_etcd() {
     [[ -x $etcd_bin/etcd ]] && return 0
     local go tmp start
@@ -615,6 +625,7 @@ up() {
     install_packages
     build_etcd
     build_k8s
+    drop_go_build_cache
     mkdir -p "$C/bin" "$logs" "$run"
     install -m 755 "$k8s_bin/kubectl" "$C/bin/kubectl.tmp"
     mv "$C/bin/kubectl.tmp" "$C/bin/kubectl"
