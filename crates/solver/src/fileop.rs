@@ -288,12 +288,32 @@ impl LayerJob {
                 return Err(e);
             }
         };
-        let layer = match one_pass.and_then(layer::OnePass::finish) {
-            Some(made) => layer::commit_made(&self.snaps, mount, made)?,
-            None => layer::commit(
+        let Some(closing) = one_pass.and_then(layer::OnePass::close) else {
+            let layer = layer::commit(
                 &self.snaps,
                 &self.store,
                 mount,
+                &self.lowers,
+                &self.opts,
+                watch,
+            )?;
+            return Ok((layer, copied));
+        };
+        // The unmount and its walk of the upper run while the compressor
+        // thread ends the blob (its last blocks, the store's fsync).
+        let snapshot = match layer::unmount(mount) {
+            Ok(s) => s,
+            Err(e) => {
+                closing.abandon();
+                return Err(e);
+            }
+        };
+        let layer = match closing.finish() {
+            Some(made) => layer::adopt_made(&self.snaps, snapshot, made)?,
+            None => layer::from_snapshot(
+                &self.snaps,
+                &self.store,
+                snapshot,
                 &self.lowers,
                 &self.opts,
                 watch,

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use kbuild_image::{BlobWatch, Compression, ContentStore, Descriptor, Digest, LayerWriter};
 use kbuild_worker::snapshot::{
-    write_diff, ApplyOptions, ApplyReport, DiffOptions, EntryMeta, LayerEntries, Mount, Snapshotter,
+    write_diff, ApplyOptions, ApplyReport, DiffOptions, EntryMeta, LayerEntries, Mount, Snapshot,
+    Snapshotter,
 };
 use serde::{Deserialize, Serialize};
 
@@ -82,11 +83,29 @@ pub(crate) fn commit(
     opts: &LayerOptions,
     watch: Option<Box<dyn BlobWatch>>,
 ) -> Result<Option<LayerRef>, StepError> {
-    // Held until the layer is adopted: recovery leaves it alone.
-    let snapshot = mount.commit().map_err(|source| StepError::Snapshot {
+    let snapshot = unmount(mount)?;
+    from_snapshot(snaps, store, snapshot, lowers, opts, watch)
+}
+
+/// Unmount `mount`, keeping its upper directory as a snapshot.
+pub(crate) fn unmount(mount: Mount) -> Result<Snapshot, StepError> {
+    mount.commit().map_err(|source| StepError::Snapshot {
         action: "unmount",
         source,
-    })?;
+    })
+}
+
+/// Diff the upper directory of a committed mount into a layer kept as a
+/// snapshot; `None` when the op changed nothing.
+pub(crate) fn from_snapshot(
+    snaps: &Snapshotter,
+    store: &ContentStore,
+    snapshot: Snapshot,
+    lowers: &[PathBuf],
+    opts: &LayerOptions,
+    watch: Option<Box<dyn BlobWatch>>,
+) -> Result<Option<LayerRef>, StepError> {
+    // `snapshot` is held until the layer is adopted: recovery leaves it alone.
     let dir = snapshot.path().to_path_buf();
     let empty = std::fs::read_dir(&dir)
         .map(|mut d| d.next().is_none())
@@ -290,12 +309,13 @@ impl OnePass {
         })
     }
 
-    /// The layer, if the one pass held to the end: `Some(None)` when the
-    /// copy wrote nothing; `None` when the upper must be diffed instead.
-    pub(crate) fn finish(mut self) -> Option<Option<kbuild_image::Layer>> {
+    /// Ends the layer's tar stream. `None` when the one pass did not hold
+    /// (the upper must be diffed instead); else the layer still being
+    /// compressed and stored, while the caller unmounts the copy.
+    pub(crate) fn close(mut self) -> Option<Closing> {
         let entries = self.entries.take()?;
         let compressor = self.compressor.take()?;
-        let made = (|| -> Result<Option<u64>, LayerError> {
+        let closed = (|| -> Result<Option<u64>, LayerError> {
             let Some((tb, stats)) = entries.finish()? else {
                 return Ok(None);
             };
@@ -303,17 +323,11 @@ impl OnePass {
             chan.flush()?;
             Ok(Some(stats.entries))
         })();
-        match made {
-            Ok(Some(entries)) => match compressor.finish() {
-                Ok(layer) => {
-                    tracing::debug!(diff_id = %layer.diff_id, "layer made while copying");
-                    Some((entries > 0).then_some(layer))
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "the one-pass layer failed; diffing the upper");
-                    None
-                }
-            },
+        match closed {
+            Ok(Some(entries)) => Some(Closing {
+                entries,
+                compressor,
+            }),
             Ok(None) => {
                 tracing::debug!("the one-pass layer may differ from the diff; diffing the upper");
                 compressor.abandon();
@@ -339,6 +353,35 @@ impl OnePass {
         if let Some(c) = self.compressor.take() {
             c.abandon();
         }
+    }
+}
+
+/// A one-pass layer whose tar stream is complete, still being compressed
+/// and written to the store by its compressor thread.
+pub(crate) struct Closing {
+    entries: u64,
+    compressor: Compressor,
+}
+
+impl Closing {
+    /// The layer: `Some(None)` when the copy wrote nothing; `None` when it
+    /// failed and the upper must be diffed instead.
+    pub(crate) fn finish(self) -> Option<Option<kbuild_image::Layer>> {
+        match self.compressor.finish() {
+            Ok(layer) => {
+                tracing::debug!(diff_id = %layer.diff_id, "layer made while copying");
+                Some((self.entries > 0).then_some(layer))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the one-pass layer failed; diffing the upper");
+                None
+            }
+        }
+    }
+
+    /// Drops the layer (its ingest is removed, its upload stopped).
+    pub(crate) fn abandon(self) {
+        self.compressor.abandon();
     }
 }
 
@@ -404,17 +447,13 @@ impl crate::copy::Tee for OnePass {
     }
 }
 
-/// Unmount `mount` and keep its upper directory as the snapshot of
+/// Keep the upper directory of a committed mount as the snapshot of
 /// `layer`, made by [`OnePass`] (`None`: the copy wrote nothing).
-pub(crate) fn commit_made(
+pub(crate) fn adopt_made(
     snaps: &Snapshotter,
-    mount: Mount,
+    snapshot: Snapshot,
     layer: Option<kbuild_image::Layer>,
 ) -> Result<Option<LayerRef>, StepError> {
-    let snapshot = mount.commit().map_err(|source| StepError::Snapshot {
-        action: "unmount",
-        source,
-    })?;
     let dir = snapshot.path().to_path_buf();
     let Some(layer) = layer else {
         let _ = std::fs::remove_dir_all(&dir);

@@ -444,20 +444,22 @@ impl Mount {
 }
 
 /// Removes `trusted.overlay.*` xattrs (origin, impure, ...) except the
-/// opaque mark, walking the upper directory only.
+/// opaque mark, walking the upper directory only. Entry types come from
+/// the directory listing: one `llistxattr` per entry and no `lstat`.
 fn strip_overlay_xattrs(upper: &Path) -> Result<()> {
-    let mut stack = vec![upper.to_path_buf()];
-    while let Some(p) = stack.pop() {
+    let mut stack = vec![(upper.to_path_buf(), true)];
+    while let Some((p, is_dir)) = stack.pop() {
         for (name, _) in fsutil::list_xattrs(&p).at("read the xattrs of", &p)? {
             if fsutil::is_overlay_xattr(&name) && name != fsutil::OPAQUE_XATTR {
                 rustix::fs::lremovexattr(&p, name.as_str())
                     .at("remove an overlay xattr from", &p)?;
             }
         }
-        let md = p.symlink_metadata().at("inspect", &p)?;
-        if md.is_dir() {
+        if is_dir {
             for e in fs::read_dir(&p).at("list", &p)? {
-                stack.push(e.at("list", &p)?.path());
+                let e = e.at("list", &p)?;
+                let is_dir = e.file_type().at("inspect", e.path())?.is_dir();
+                stack.push((e.path(), is_dir));
             }
         }
     }
