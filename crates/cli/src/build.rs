@@ -517,15 +517,31 @@ impl LocalBuild {
                 &self.ctx,
             )
             .await?;
-        let report = outputs::export_with(
+        // The checksums are all known once the steps ran: kept while the
+        // image is exported (the end of a push waits on the registry).
+        let keeping = self.keep_checksums_aside();
+        let exported = outputs::export_with(
             &self.solver,
             &result.solved,
             &req.outputs,
             self.early_push.as_ref(),
         )
-        .await?;
+        .await;
+        if let Some(keeping) = keeping {
+            let _ = keeping.await;
+        }
+        let report = exported?;
         let caches = self.solver.export_cache().await?;
         Ok((result, report, caches))
+    }
+
+    /// Saves the checksum cache on a blocking thread.
+    fn keep_checksums_aside(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let cache = self.ctx.checksums.clone()?;
+        let dir = self.ctx.dir.clone()?;
+        Some(tokio::task::spawn_blocking(move || {
+            save_checksums(&cache, &dir)
+        }))
     }
 
     /// Stops the build on a signal: kills running steps (dropping the
@@ -542,15 +558,12 @@ impl LocalBuild {
         }
     }
 
-    /// Keeps the context's checksums for the next build.
+    /// Keeps the context's checksums for the next build (what a failed or
+    /// cancelled build learned too; a no-op when they were kept already).
     fn keep_checksums(&self) {
         if let (Some(cache), Some(dir)) = (&self.ctx.checksums, &self.ctx.dir) {
             tracing::debug!(bytes = cache.hashed_bytes(), "context file content hashed");
-            // Only a speed-up for the next build: a failure to keep it is no
-            // reason to fail this one.
-            if let Err(e) = cache.save(dir) {
-                tracing::warn!(error = %e, "could not keep the context checksum cache");
-            }
+            save_checksums(cache, dir);
         }
     }
 
@@ -623,6 +636,15 @@ fn solve_options(
     })
 }
 
+/// Saves the checksum cache of context `dir` for the next build.
+fn save_checksums(cache: &kbuild_solver::checksums::ChecksumCache, dir: &std::path::Path) {
+    // Only a speed-up for the next build: a failure to keep it is no
+    // reason to fail this one.
+    if let Err(e) = cache.save(dir) {
+        tracing::warn!(error = %e, "could not keep the context checksum cache");
+    }
+}
+
 /// The context of a local build, with its `.dockerignore` and the
 /// checksum cache of its directory (keyed by the absolute context path,
 /// so `.` and its full name share one cache).
@@ -630,7 +652,10 @@ fn local_context(req: &BuildRequest, root: &std::path::Path) -> Result<Context, 
     let ignore = read_ignore(req)?.map(|(m, _)| m);
     let checksums = req.context.as_ref().map(|dir| {
         let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        kbuild_solver::checksums::ChecksumCache::load(&root.join("checksums"), &abs)
+        Arc::new(kbuild_solver::checksums::ChecksumCache::load(
+            &root.join("checksums"),
+            &abs,
+        ))
     });
     Ok(Context {
         dir: req.context.clone(),

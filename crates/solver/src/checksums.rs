@@ -266,6 +266,15 @@ impl ChecksumCache {
         self.with(|state| {
             state.hashed_bytes += learned.hashed_bytes;
             state.dirty |= !learned.entries.is_empty();
+            if state.entries.is_empty() && state.racy.is_empty() {
+                // A cold cache (the first build of a context) takes the
+                // learned maps whole instead of hashing every path again.
+                let mut learned = learned;
+                learned.entries.values_mut().for_each(|e| e.2 = true);
+                state.entries = learned.entries;
+                state.racy = learned.racy;
+                return;
+            }
             for (rel, entry) in learned.entries {
                 state.racy.remove(&rel);
                 state.entries.insert(rel, Entry(entry.0, entry.1, true));
@@ -544,6 +553,28 @@ mod tests {
             Some(sha("old"))
         );
         assert_eq!(next.known("new", &fs::metadata(&new).unwrap()), None);
+    }
+
+    /// A cold cache takes a copy's learned digests whole; a cache that
+    /// knows some adds them (a learned digest replaces a racy one).
+    #[test]
+    fn absorbing_into_a_cold_and_into_a_warm_cache() {
+        let (_t, ctx, file, dir) = one_file_context();
+        let md = fs::metadata(&file).unwrap();
+        let now = SystemTime::now();
+        let cache = ChecksumCache::load(&dir, &ctx);
+        let first = ChecksumCache::in_memory();
+        first.learn("f", &md, "aa", 1, now);
+        cache.absorb(&first);
+        assert_eq!(cache.known("f", &md).as_deref(), Some("aa"));
+        let second = ChecksumCache::in_memory();
+        second.learn("g", &md, "bb", 2, now);
+        second.learn("f", &md, "cc", 4, now);
+        cache.absorb(&second);
+        assert_eq!(cache.known("g", &md).as_deref(), Some("bb"));
+        assert_eq!(cache.known("f", &md).as_deref(), Some("cc"));
+        assert_eq!(cache.hashed_bytes(), 7);
+        assert_eq!(first.hashed_bytes(), 0, "absorbing takes what was learned");
     }
 
     #[test]

@@ -115,7 +115,8 @@ pub struct Context {
     /// Paths (relative to `dir`) that do not exist for the build.
     pub ignore: Option<kbuild_ignore::Matcher>,
     /// Digests of the context's files known from earlier builds.
-    pub checksums: Option<crate::checksums::ChecksumCache>,
+    /// Shared, so that it can be saved while the build exports.
+    pub checksums: Option<std::sync::Arc<crate::checksums::ChecksumCache>>,
     /// `--build-context NAME=DIR` directories, by name.
     pub named: std::collections::BTreeMap<String, PathBuf>,
 }

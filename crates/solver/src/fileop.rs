@@ -431,7 +431,7 @@ fn key_first(
         // The few unknown files are hashed for the key, from the probe's
         // walk (the tree is not walked again).
         copy::Probe::Unknown { walk, .. } => {
-            let sum = walk.finish(x.ctx.checksums.as_ref())?;
+            let sum = walk.finish(x.ctx.checksums.as_deref())?;
             if let Some(cache) = x.ctx.checksums.as_ref() {
                 cache.tree_remember(&tree_request(dockerignore, &req), &sum);
             }
@@ -520,7 +520,7 @@ fn on_context<R>(
         excluded: &excluded,
         may_contain_included: &descend,
         keep_owner: false,
-        checksums: ctx.checksums.as_ref().filter(|_| name.is_none()),
+        checksums: ctx.checksums.as_deref().filter(|_| name.is_none()),
     };
     Ok(f(&src))
 }

@@ -592,11 +592,29 @@ fn diff_of_changes_reapplies_to_the_merged_tree() -> TestResult {
     // Deterministic: the same upper gives the same bytes.
     assert_eq!(diff_of(mount.upper(), &lowers)?.0, tar);
 
-    // Commit keeps the upper as a lower for the next step.
+    // Commit keeps the upper as a lower for the next step, without the
+    // overlay's bookkeeping xattrs (copy-ups left some) but the opaque mark.
+    let overlay_xattrs = |root: &Path| -> Vec<String> {
+        walkdir::WalkDir::new(root)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .flat_map(|e| {
+                xattr_names(e.path())
+                    .into_iter()
+                    .filter(|n| n.starts_with("trusted.overlay.") && n != "trusted.overlay.opaque")
+                    .map(move |n| format!("{} {n}", e.path().display()))
+            })
+            .collect()
+    };
+    assert!(
+        !overlay_xattrs(mount.upper()).is_empty(),
+        "the copy-ups left bookkeeping xattrs in the upper"
+    );
     let committed = mount.commit()?;
     assert!(!mounted(&m));
     assert!(is_whiteout(&committed.join("keep")));
     assert!(xattr(&committed.join("opt"), "trusted.overlay.opaque").is_some());
+    assert_eq!(overlay_xattrs(&committed), Vec::<String>::new());
     let mut stack = lowers.clone();
     stack.push(committed.to_path_buf());
     let next = snap.mount(&stack)?;

@@ -297,7 +297,7 @@ fn solve_context(
     Ok(Context {
         dir,
         ignore,
-        checksums,
+        checksums: checksums.map(std::sync::Arc::new),
         named: Default::default(),
     })
 }

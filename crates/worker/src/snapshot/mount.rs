@@ -445,23 +445,82 @@ impl Mount {
 
 /// Removes `trusted.overlay.*` xattrs (origin, impure, ...) except the
 /// opaque mark, walking the upper directory only. Entry types come from
-/// the directory listing: one `llistxattr` per entry and no `lstat`.
+/// the directory listing: one `llistxattr` per entry and no `lstat`. The
+/// walk goes breadth first until there are a few subtrees per core, then
+/// walks those on one thread per core (a commit waits for this walk with
+/// the other cores idle: 20k files took 60 ms on one).
 fn strip_overlay_xattrs(upper: &Path) -> Result<()> {
-    let mut stack = vec![(upper.to_path_buf(), true)];
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let mut frontier = vec![upper.to_path_buf()];
+    while !frontier.is_empty() && (threads == 1 || frontier.len() < 4 * threads) {
+        let mut next = Vec::new();
+        for dir in frontier {
+            strip_entry(&dir)?;
+            for_children(&dir, |child, is_dir| {
+                if is_dir {
+                    next.push(child);
+                    Ok(())
+                } else {
+                    strip_entry(&child)
+                }
+            })?;
+        }
+        frontier = next;
+    }
+    if frontier.is_empty() {
+        return Ok(());
+    }
+    std::thread::scope(|scope| {
+        let walks: Vec<_> = (0..threads)
+            .map(|i| {
+                let mine: Vec<&PathBuf> = frontier.iter().skip(i).step_by(threads).collect();
+                scope.spawn(move || mine.into_iter().try_for_each(|dir| strip_tree(dir)))
+            })
+            .collect();
+        walks.into_iter().try_for_each(|walk| {
+            walk.join().unwrap_or_else(|_| {
+                Err(io::Error::other("the walk's thread panicked"))
+                    .at("strip overlay xattrs in", upper)
+            })
+        })
+    })
+}
+
+/// [`strip_overlay_xattrs`] on one directory and everything under it.
+fn strip_tree(dir: &Path) -> Result<()> {
+    let mut stack = vec![(dir.to_path_buf(), true)];
     while let Some((p, is_dir)) = stack.pop() {
-        for (name, _) in fsutil::list_xattrs(&p).at("read the xattrs of", &p)? {
-            if fsutil::is_overlay_xattr(&name) && name != fsutil::OPAQUE_XATTR {
-                rustix::fs::lremovexattr(&p, name.as_str())
-                    .at("remove an overlay xattr from", &p)?;
-            }
-        }
+        strip_entry(&p)?;
         if is_dir {
-            for e in fs::read_dir(&p).at("list", &p)? {
-                let e = e.at("list", &p)?;
-                let is_dir = e.file_type().at("inspect", e.path())?.is_dir();
-                stack.push((e.path(), is_dir));
-            }
+            for_children(&p, |child, is_dir| {
+                stack.push((child, is_dir));
+                Ok(())
+            })?;
         }
+    }
+    Ok(())
+}
+
+/// Removes the overlay xattrs but the opaque mark from one entry.
+fn strip_entry(p: &Path) -> Result<()> {
+    for (name, _) in fsutil::list_xattrs(p).at("read the xattrs of", p)? {
+        if fsutil::is_overlay_xattr(&name) && name != fsutil::OPAQUE_XATTR {
+            rustix::fs::lremovexattr(p, name.as_str()).at("remove an overlay xattr from", p)?;
+        }
+    }
+    Ok(())
+}
+
+/// `f` on each entry of directory `dir`: its path and whether it is a
+/// directory (from the listing's type).
+fn for_children(dir: &Path, mut f: impl FnMut(PathBuf, bool) -> Result<()>) -> Result<()> {
+    for e in fs::read_dir(dir).at("list", dir)? {
+        let e = e.at("list", dir)?;
+        let is_dir = e.file_type().at("inspect", e.path())?.is_dir();
+        f(e.path(), is_dir)?;
     }
     Ok(())
 }
@@ -495,6 +554,66 @@ mod tests {
             escape_option(Path::new("/a:b,c\\d")),
             b"/a\\:b\\,c\\\\d".to_vec()
         );
+    }
+
+    /// The walk of a commit, with subtrees enough to go parallel: the
+    /// bookkeeping xattrs go everywhere, the opaque marks and other
+    /// xattrs stay.
+    #[test]
+    fn strips_overlay_xattrs_in_every_subtree(
+    ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+        if !rustix::process::geteuid().is_root() {
+            kbuild_testkit::fixtures::skip_or_fail("trusted.* xattrs need root");
+            return Ok(());
+        }
+        let t = tempfile::tempdir()?;
+        let upper = t.path().join("upper");
+        let mut all = vec![upper.clone()];
+        for i in 0..40 {
+            let d = upper.join(format!("d{i}")).join("sub");
+            fs::create_dir_all(&d)?;
+            fs::write(d.join("f"), b"x")?;
+            fs::write(upper.join(format!("d{i}/g")), b"y")?;
+            all.extend([
+                d.parent().unwrap_or(&d).to_path_buf(),
+                d.clone(),
+                d.join("f"),
+            ]);
+            all.push(upper.join(format!("d{i}/g")));
+        }
+        for p in &all {
+            rustix::fs::lsetxattr(
+                p,
+                "trusted.overlay.origin",
+                b"o",
+                rustix::fs::XattrFlags::empty(),
+            )?;
+            rustix::fs::lsetxattr(p, "user.keep", b"k", rustix::fs::XattrFlags::empty())?;
+        }
+        let opaque = upper.join("d7/sub");
+        rustix::fs::lsetxattr(
+            &opaque,
+            fsutil::OPAQUE_XATTR,
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )?;
+
+        strip_overlay_xattrs(&upper)?;
+        for p in &all {
+            let names: Vec<String> = fsutil::list_xattrs(p)?
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let mut want = vec!["user.keep".to_string()];
+            if *p == opaque {
+                want.push(fsutil::OPAQUE_XATTR.to_string());
+            }
+            let mut names = names;
+            names.sort();
+            want.sort();
+            assert_eq!(names, want, "{}", p.display());
+        }
+        Ok(())
     }
 
     /// The `mount(2)` path (kernels before 6.8) with lower paths too long
