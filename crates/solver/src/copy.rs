@@ -11,6 +11,7 @@
 
 use crate::file_writers::{self, FileJob, FileWriters};
 use crate::fsutil::{clean_rel, has_wildcards, resolve_in_root, wildcard_match};
+use crate::prefetch::Prefetch;
 use kbuild_dockerfile::graph::Chmod;
 use kbuild_worker::snapshot::EntryMeta;
 use sha2::{Digest as _, Sha256};
@@ -456,73 +457,96 @@ fn walk(
     let md = fs::metadata(path).map_err(io_err(path))?;
     f(rel, path, &md)?;
     if md.is_dir() {
-        walk_children(src, req, path, rel, f)?;
+        walk_children(src, req, path, rel, None, f)?;
     }
     Ok(())
 }
 
+/// The entries below `dir`, in name order, each told to `f`; `prefetch`
+/// is told each directory's names before they are.
 fn walk_children(
     src: &Source,
     req: &Request,
     dir: &Path,
     rel: &str,
+    prefetch: Option<&Prefetch>,
     f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
 ) -> Result<(), CopyError> {
-    walk_below(src, req, dir, rel, rel, &mut Vec::new(), f)
+    let mut walk = Below {
+        src,
+        req,
+        base: rel,
+        pending: Vec::new(),
+        prefetch,
+    };
+    walk.dir(dir, rel, f)
 }
 
 /// An excluded directory the walk went into, reported to the callback only
 /// once an entry below it is (with its parents first).
 type Pending = Vec<(String, std::path::PathBuf, fs::Metadata)>;
 
-/// `base` is the matched source's relative path: `--exclude` patterns match
-/// below it (and against the context-relative path).
-fn walk_below(
-    src: &Source,
-    req: &Request,
-    dir: &Path,
-    rel: &str,
-    base: &str,
-    pending: &mut Pending,
-    f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
-) -> Result<(), CopyError> {
-    let mut names: Vec<OsString> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort();
-    for name in names {
-        let child_rel = join_rel(rel, &name.to_string_lossy());
-        let child = dir.join(&name);
-        let md = fs::symlink_metadata(&child).map_err(io_err(&child))?;
-        if excluded_by(&req.excludes, &child_rel)?
-            || excluded_by(
-                &req.excludes,
-                child_rel[base.len()..].trim_start_matches('/'),
-            )?
-        {
-            continue;
+/// A walk below a matched source.
+struct Below<'a, 'b> {
+    src: &'a Source<'b>,
+    req: &'a Request,
+    /// The matched source's relative path: `--exclude` patterns match
+    /// below it (and against the context-relative path).
+    base: &'a str,
+    /// Excluded directories the walk went into, not reported yet.
+    pending: Pending,
+    prefetch: Option<&'a Prefetch>,
+}
+
+impl Below<'_, '_> {
+    fn dir(
+        &mut self,
+        dir: &Path,
+        rel: &str,
+        f: &mut dyn FnMut(&str, &Path, &fs::Metadata) -> Result<(), CopyError>,
+    ) -> Result<(), CopyError> {
+        let (src, req, base) = (self.src, self.req, self.base);
+        let mut names: Vec<OsString> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        names.sort();
+        if let Some(p) = self.prefetch {
+            p.dir(dir, &names);
         }
-        if (src.excluded)(&child_rel, md.is_dir()) {
-            if md.is_dir() && (src.may_contain_included)(&child_rel) {
-                pending.push((child_rel.clone(), child.clone(), md));
-                walk_below(src, req, &child, &child_rel, base, pending, f)?;
-                // Still pending: nothing below it was kept.
-                if pending.last().is_some_and(|(r, _, _)| *r == child_rel) {
-                    pending.pop();
-                }
+        for name in names {
+            let child_rel = join_rel(rel, &name.to_string_lossy());
+            let child = dir.join(&name);
+            let md = fs::symlink_metadata(&child).map_err(io_err(&child))?;
+            if excluded_by(&req.excludes, &child_rel)?
+                || excluded_by(
+                    &req.excludes,
+                    child_rel[base.len()..].trim_start_matches('/'),
+                )?
+            {
+                continue;
             }
-            continue;
+            if (src.excluded)(&child_rel, md.is_dir()) {
+                if md.is_dir() && (src.may_contain_included)(&child_rel) {
+                    self.pending.push((child_rel.clone(), child.clone(), md));
+                    self.dir(&child, &child_rel, f)?;
+                    // Still pending: nothing below it was kept.
+                    if self.pending.last().is_some_and(|(r, _, _)| *r == child_rel) {
+                        self.pending.pop();
+                    }
+                }
+                continue;
+            }
+            for (r, p, m) in self.pending.drain(..) {
+                f(&r, &p, &m)?;
+            }
+            f(&child_rel, &child, &md)?;
+            if md.is_dir() {
+                self.dir(&child, &child_rel, f)?;
+            }
         }
-        for (r, p, m) in pending.drain(..) {
-            f(&r, &p, &m)?;
-        }
-        f(&child_rel, &child, &md)?;
-        if md.is_dir() {
-            walk_below(src, req, &child, &child_rel, base, pending, f)?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Perform the copy into `dest_root` (the step's root filesystem).
@@ -712,12 +736,19 @@ fn copy_summed(
         let writers = upper
             .as_deref()
             .and_then(|u| FileWriters::start(scope, threads, u, src.checksums));
+        // Read-ahead for the files of directories copied.
+        let prefetch = matched
+            .iter()
+            .any(|m| m.path.is_dir())
+            .then(|| Prefetch::start(scope))
+            .flatten();
         let mut copying = Copying {
             src,
             req,
             root: dest_root,
             tee,
             writers: writers.as_ref(),
+            prefetch: prefetch.as_ref(),
             dirs_to_stamp: Vec::new(),
             sum: checksum.then(ChecksumWalk::default),
         };
@@ -758,6 +789,8 @@ struct Copying<'c, 's, 't, 'w> {
     tee: Option<&'t mut dyn Tee>,
     /// Threads writing regular files while the tee is on.
     writers: Option<&'w FileWriters<'w>>,
+    /// Read-ahead of the source directories' files.
+    prefetch: Option<&'w Prefetch>,
     /// Directories written, whose mtime is set after their children.
     dirs_to_stamp: Vec<(PathBuf, fs::Metadata)>,
     /// The checksum of what is copied, when asked for ([`copy_teed`]),
@@ -831,19 +864,26 @@ impl<'s> Copying<'_, 's, '_, '_> {
         tee_dirs(&mut self.tee, on_the_way, Some(md.mtime()));
         self.hash(&m.rel, &m.path, md, None, None)?;
         let mut err = None;
-        walk_children(src, req, &m.path, &m.rel, &mut |rel, path, md| {
-            let sub = rel
-                .strip_prefix(&m.rel)
-                .unwrap_or(rel)
-                .trim_start_matches('/');
-            let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
-            match self.entry(&cpath, rel, path, md) {
-                Ok(Some(d)) => self.dirs_to_stamp.push((d, md.clone())),
-                Ok(None) => {}
-                Err(e) => err = Some(e),
-            }
-            Ok(())
-        })?;
+        walk_children(
+            src,
+            req,
+            &m.path,
+            &m.rel,
+            self.prefetch,
+            &mut |rel, path, md| {
+                let sub = rel
+                    .strip_prefix(&m.rel)
+                    .unwrap_or(rel)
+                    .trim_start_matches('/');
+                let cpath = format!("{}/{}", target.trim_end_matches('/'), sub);
+                match self.entry(&cpath, rel, path, md) {
+                    Ok(Some(d)) => self.dirs_to_stamp.push((d, md.clone())),
+                    Ok(None) => {}
+                    Err(e) => err = Some(e),
+                }
+                Ok(())
+            },
+        )?;
         err.map_or(Ok(()), Err)
     }
 

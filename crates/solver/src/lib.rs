@@ -40,6 +40,7 @@ pub mod layout;
 pub mod mounts;
 pub mod options;
 pub mod outputs;
+mod prefetch;
 pub mod progress;
 pub mod provenance;
 pub mod prune;
