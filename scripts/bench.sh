@@ -30,6 +30,9 @@
 # store on an ext4 filesystem made for that run, an image file on a loop
 # device under WORKDIR, so that no run times what earlier runs left behind;
 # 0 keeps the stores on WORKDIR's own filesystem, as before),
+# KBUILD_BENCH_DROP_CACHES (large-copy: 1 empties the page cache before
+# each cold run, so the context is read from the disk: a context not read
+# recently),
 # KBUILD_BENCH_BIN (a kubectl-build binary to measure instead of building
 # this tree's release binary, e.g. an older build for a before/after
 # comparison).
@@ -183,7 +186,13 @@ PY
                 section "large COPY (FROM $base), ${size_mb} MiB ($ctx_bytes bytes) in $files files, ${KBUILD_BENCH_LAYERS:-1} layer(s), compression=$compression, pushed to a local registry"
             fi
             echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
-            run "cold $i (fresh store and registry)"
+            if [[ ${KBUILD_BENCH_DROP_CACHES:-0} == 1 ]]; then
+                sync
+                echo 1 >/proc/sys/vm/drop_caches
+                run "cold $i (fresh store and registry, context not in the page cache)"
+            else
+                run "cold $i (fresh store and registry)"
+            fi
             split_reads
         done
         echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"

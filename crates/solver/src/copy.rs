@@ -511,9 +511,9 @@ impl Below<'_, '_> {
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         names.sort();
-        if let Some(p) = self.prefetch {
-            p.dir(dir, &names);
-        }
+        // Each entry's kind first, so that the read-ahead is told only the
+        // regular files the copy will read.
+        let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let child_rel = join_rel(rel, &name.to_string_lossy());
             let child = dir.join(&name);
@@ -526,7 +526,21 @@ impl Below<'_, '_> {
             {
                 continue;
             }
-            if (src.excluded)(&child_rel, md.is_dir()) {
+            let excluded = (src.excluded)(&child_rel, md.is_dir());
+            entries.push((name, child_rel, child, md, excluded));
+        }
+        if let Some(p) = self.prefetch {
+            let files: Vec<(OsString, u64)> = entries
+                .iter()
+                .filter(|(_, _, _, md, excluded)| !excluded && md.is_file() && md.len() > 0)
+                .map(|(name, _, _, md, _)| (name.clone(), md.len()))
+                .collect();
+            if !files.is_empty() {
+                p.files(dir, files);
+            }
+        }
+        for (_, child_rel, child, md, excluded) in entries {
+            if excluded {
                 if md.is_dir() && (src.may_contain_included)(&child_rel) {
                     self.pending.push((child_rel.clone(), child.clone(), md));
                     self.dir(&child, &child_rel, f)?;
