@@ -129,6 +129,11 @@ struct State {
 }
 
 impl State {
+    /// Whether no file is known, kept or racy.
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.racy.is_empty()
+    }
+
     fn known(&self, rel: &str, stat: &Stat) -> Option<String> {
         [&self.entries, &self.racy]
             .into_iter()
@@ -266,7 +271,7 @@ impl ChecksumCache {
         self.with(|state| {
             state.hashed_bytes += learned.hashed_bytes;
             state.dirty |= !learned.entries.is_empty();
-            if state.entries.is_empty() && state.racy.is_empty() {
+            if state.is_empty() {
                 // A cold cache (the first build of a context) takes the
                 // learned maps whole instead of hashing every path again.
                 let mut learned = learned;
@@ -323,8 +328,7 @@ impl ChecksumCache {
     /// Whether the cache knows no file at all (a fresh store or context):
     /// every file a key needs would be read.
     pub fn knows_nothing(&self) -> bool {
-        self.with(|state| state.entries.is_empty() && state.racy.is_empty())
-            .unwrap_or(true)
+        self.with(|state| state.is_empty()).unwrap_or(true)
     }
 
     /// The sha256 (hex) of the file `rel` if the cache (or this build) knows

@@ -463,7 +463,7 @@ fn walk(
 }
 
 /// The entries below `dir`, in name order, each told to `f`; `prefetch`
-/// is told each directory's names before they are.
+/// is told each directory's regular files before they are.
 fn walk_children(
     src: &Source,
     req: &Request,
@@ -1600,7 +1600,6 @@ mod tests {
         }
     }
 
-    /// Every entry under `root`: path, type, mode, owner, mtime, content.
     /// [`tree`] without the modification times of directories.
     fn tree_but_dir_times(root: &Path) -> Vec<String> {
         tree(root)
@@ -1615,6 +1614,7 @@ mod tests {
             .collect()
     }
 
+    /// Every entry under `root`: path, type, mode, owner, mtime, content.
     fn tree(root: &Path) -> Vec<String> {
         let mut out = Vec::new();
         let mut dirs = vec![root.to_path_buf()];

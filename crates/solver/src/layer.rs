@@ -133,16 +133,25 @@ pub(crate) fn from_snapshot(
             return other.map(|_| None).map_err(StepError::from);
         }
     };
+    keep(snaps, layer, &dir).map(Some)
+}
+
+/// Adopts `dir` as the snapshot of `layer`.
+fn keep(
+    snaps: &Snapshotter,
+    layer: kbuild_image::Layer,
+    dir: &Path,
+) -> Result<LayerRef, StepError> {
     snaps
-        .adopt_layer(&layer.diff_id.to_string(), &dir)
+        .adopt_layer(&layer.diff_id.to_string(), dir)
         .map_err(|source| StepError::Snapshot {
             action: "keep the layer",
             source,
         })?;
-    Ok(Some(LayerRef {
+    Ok(LayerRef {
         diff_id: layer.diff_id,
         descriptor: layer.descriptor,
-    }))
+    })
 }
 
 /// Feeds the tar stream to the compressor thread in chunks.
@@ -459,16 +468,7 @@ pub(crate) fn adopt_made(
         let _ = std::fs::remove_dir_all(&dir);
         return Ok(None);
     };
-    snaps
-        .adopt_layer(&layer.diff_id.to_string(), &dir)
-        .map_err(|source| StepError::Snapshot {
-            action: "keep the layer",
-            source,
-        })?;
-    Ok(Some(LayerRef {
-        diff_id: layer.diff_id,
-        descriptor: layer.descriptor,
-    }))
+    keep(snaps, layer, &dir).map(Some)
 }
 
 /// Move a committed upper directory under `Files/` and add an empty

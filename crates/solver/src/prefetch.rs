@@ -106,10 +106,6 @@ mod tests {
     use std::fs;
     use std::time::{Duration, Instant};
 
-    fn open(path: &Path) -> std::os::fd::OwnedFd {
-        rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap()
-    }
-
     /// How many of the file's pages are in the page cache, and how many it
     /// has (`mincore`, which reads nothing, unlike a probing read).
     fn resident(path: &Path) -> (usize, usize) {
@@ -142,8 +138,8 @@ mod tests {
 
     /// Drops the file's pages from the page cache (written back first).
     fn evict(path: &Path) {
-        fs::File::open(path).unwrap().sync_all().unwrap();
-        let f = open(path);
+        let f = fs::File::open(path).unwrap();
+        f.sync_all().unwrap();
         rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
     }
 

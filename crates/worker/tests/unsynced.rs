@@ -31,6 +31,15 @@ fn marker(snap: &Snapshotter, diff_id: &str) -> PathBuf {
         .join(format!("{}.boot", hex_of(diff_id)))
 }
 
+/// The names in the snapshotter's `layers/` directory, sorted.
+fn layer_dir_names(snap: &Snapshotter) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(snap.root().join("layers"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
 /// Whether overlayfs shows the mount as volatile: `volatile` on older
 /// kernels, `fsync=volatile` on newer ones (the same setting).
 fn is_volatile(opts: &[String]) -> bool {
@@ -123,10 +132,7 @@ fn adopted_and_unpacked_layers_carry_this_boots_marker() -> TestResult {
     assert_eq!(snap.layer(&adopted_id)?, Some(adopted.clone()));
     assert_eq!(fs::read(adopted.join("made"))?, b"m");
     // No temp file of the marker writer is left beside the layers.
-    let mut names: Vec<String> = fs::read_dir(snap.root().join("layers"))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
+    let names = layer_dir_names(&snap)?;
     let mut want = vec![
         hex_of(&id).to_string(),
         format!("{}.boot", hex_of(&id)),
@@ -254,10 +260,7 @@ fn gc_removes_markers_with_their_layers_and_recovery_keeps_them() -> TestResult 
         !marker(&snap, &orphan_id).exists(),
         "a marker without a layer"
     );
-    let mut names: Vec<String> = fs::read_dir(snap.root().join("layers"))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    names.sort();
+    let names = layer_dir_names(&snap)?;
     assert_eq!(
         names,
         [

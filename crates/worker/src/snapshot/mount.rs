@@ -562,8 +562,7 @@ mod tests {
     #[test]
     fn strips_overlay_xattrs_in_every_subtree(
     ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-        if !rustix::process::geteuid().is_root() {
-            kbuild_testkit::fixtures::skip_or_fail("trusted.* xattrs need root");
+        if !kbuild_testkit::fixtures::require_root("trusted.* xattrs need root") {
             return Ok(());
         }
         let t = tempfile::tempdir()?;
@@ -600,7 +599,7 @@ mod tests {
 
         strip_overlay_xattrs(&upper)?;
         for p in &all {
-            let names: Vec<String> = fsutil::list_xattrs(p)?
+            let mut names: Vec<String> = fsutil::list_xattrs(p)?
                 .into_iter()
                 .map(|(n, _)| n)
                 .collect();
@@ -608,7 +607,6 @@ mod tests {
             if *p == opaque {
                 want.push(fsutil::OPAQUE_XATTR.to_string());
             }
-            let mut names = names;
             names.sort();
             want.sort();
             assert_eq!(names, want, "{}", p.display());
