@@ -5,14 +5,15 @@
 //! each other. The copying thread reads each source file once into a
 //! buffer, feeds the layer's tar stream from it in order (so the layer is
 //! the same whatever the number of threads) and hands the buffer here.
-//! A file the checksum cache does not know is hashed on the copying
-//! thread, which holds its buffer anyway and has cycles to spare; the
-//! cache learns that digest here once the file is written.
+//! A file whose digest the copy needs (the checksum cache does not know
+//! it) is hashed here too, from the same buffer: the copying thread is the
+//! one every other stage waits for, and files hash independently.
 //!
 //! Memory stays bounded: only files up to [`MAX_FILE`] come here, and at
 //! most [`QUEUED`] wait for a thread. The first failure is kept and
 //! returned to the copy, whose upper is then dropped as on any failed copy.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -24,6 +25,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use std::time::SystemTime;
 
 use kbuild_worker::snapshot::{upper_file_is, EntryMeta};
+use sha2::{Digest as _, Sha256};
 
 use crate::checksums::ChecksumCache;
 use crate::copy::CopyError;
@@ -50,20 +52,32 @@ pub(crate) struct FileJob {
     pub times: [(i64, i64); 2],
     /// The file's name in the layer, to check once written.
     pub layer_rel: Vec<u8>,
-    /// What the checksum cache learns once the file is written.
-    pub learn: Option<Learn>,
+    /// Hash the content: the copy needs the source file's digest.
+    pub hash: Option<Hash>,
 }
 
-/// A source file's digest, for the checksum cache.
-pub(crate) struct Learn {
+/// A source file to hash, from the bytes read for its copy.
+pub(crate) struct Hash {
     /// The source's relative path.
     pub rel: String,
     /// Its metadata when it was read.
     pub md: fs::Metadata,
     /// When it was read.
     pub read_at: SystemTime,
-    /// The sha256 of its content (hex).
-    pub digest: String,
+    /// Whether the copy's checksum wants the digest
+    /// ([`Finished::digests`]); the checksum cache, when there is one,
+    /// learns it in any case.
+    pub report: bool,
+}
+
+/// How the writer threads of a copy ended, when none failed.
+#[derive(Debug, Default)]
+pub(crate) struct Finished {
+    /// Why a written file is not what its layer entry says, if one is not.
+    pub off: Option<&'static str>,
+    /// The digests (hex sha256) of the files hashed for the copy's
+    /// checksum, by source relative path.
+    pub digests: HashMap<String, String>,
 }
 
 /// What the writer threads share with the copying thread.
@@ -75,6 +89,8 @@ struct Shared {
     off: Mutex<Option<&'static str>>,
     /// Set once the copy failed or ended: queued files are dropped.
     stop: AtomicBool,
+    /// The digests reported ([`Hash::report`]).
+    digests: Mutex<HashMap<String, String>>,
 }
 
 impl Shared {
@@ -98,9 +114,8 @@ pub(crate) struct FileWriters<'scope> {
     threads: Vec<ScopedJoinHandle<'scope, ()>>,
 }
 
-/// How a copy ends for its writer threads: `Err` is the first failure;
-/// `Ok(Some(why))`, a file that differs from its layer entry.
-pub(crate) type Outcome = Result<Option<&'static str>, CopyError>;
+/// How a copy ends for its writer threads: `Err` is the first failure.
+pub(crate) type Outcome = Result<Finished, CopyError>;
 
 impl<'scope> FileWriters<'scope> {
     /// `threads` writers for files under the upper directory `upper`
@@ -151,6 +166,13 @@ impl<'scope> FileWriters<'scope> {
         Ok(())
     }
 
+    /// Moves the digests reported so far ([`Hash::report`]) into `into`.
+    pub(crate) fn take_digests(&self, into: &mut HashMap<String, String>) {
+        if let Ok(mut d) = self.shared.digests.lock() {
+            into.extend(d.drain());
+        }
+    }
+
     /// Waits for every queued file to be written.
     pub(crate) fn finish(mut self) -> Outcome {
         drop(self.tx.take());
@@ -164,7 +186,15 @@ impl<'scope> FileWriters<'scope> {
         if panicked {
             return Err(CopyError::WriterStopped);
         }
-        Ok(self.shared.off.lock().ok().and_then(|o| *o))
+        Ok(Finished {
+            off: self.shared.off.lock().ok().and_then(|o| *o),
+            digests: self
+                .shared
+                .digests
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -197,8 +227,16 @@ fn serve(
             shared.fail(e);
             continue;
         }
-        if let (Some(cache), Some(l)) = (cache, job.learn.as_ref()) {
-            cache.learn(&l.rel, &l.md, &l.digest, job.data.len() as u64, l.read_at);
+        if let Some(h) = job.hash.as_ref() {
+            let digest = hex::encode(Sha256::digest(&job.data));
+            if let Some(cache) = cache {
+                cache.learn(&h.rel, &h.md, &digest, job.data.len() as u64, h.read_at);
+            }
+            if h.report {
+                if let Ok(mut d) = shared.digests.lock() {
+                    d.insert(h.rel.clone(), digest);
+                }
+            }
         }
         check(&job, upper, shared);
     }
