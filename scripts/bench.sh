@@ -32,7 +32,10 @@
 # 0 keeps the stores on WORKDIR's own filesystem, as before),
 # KBUILD_BENCH_DROP_CACHES (large-copy: 1 empties the page cache before
 # each cold run, so the context is read from the disk: a context not read
-# recently),
+# recently; by default each cold run starts with the whole context read
+# into the page cache, since a kernel may reclaim pages of files not read
+# for a while even with memory free, e.g. with DAMON-based reclaim, and
+# a context partly on the disk is neither case),
 # KBUILD_BENCH_BIN (a kubectl-build binary to measure instead of building
 # this tree's release binary, e.g. an older build for a before/after
 # comparison).
@@ -191,6 +194,10 @@ PY
                 echo 1 >/proc/sys/vm/drop_caches
                 run "cold $i (fresh store and registry, context not in the page cache)"
             else
+                # The context in the page cache, and nothing of the new
+                # store's making left to write back.
+                find "$ctx" -type f -exec cat {} + >/dev/null
+                sync
                 run "cold $i (fresh store and registry)"
             fi
             split_reads
