@@ -24,6 +24,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -53,14 +54,25 @@ def main() -> int:
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     threads = {}
+    sampler = None
+    exited = threading.Event()
     if os.environ.get("MEASURE_THREADS") == "1":
-        # Sample until it exits (still unreaped, so its PID stays its own).
-        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is None:
-            sample_threads(proc.pid, threads)
-            time.sleep(0.05)
+        # Sampled on a thread of its own, so that the exit is seen when it
+        # happens rather than at the next sample (the process is not reaped
+        # before the sampling stops, so its PID stays its own).
+        def sample() -> None:
+            while not exited.is_set():
+                sample_threads(proc.pid, threads)
+                exited.wait(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
     # Wait for the exit without reaping, so /proc/PID/io is still there.
     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     wall = time.monotonic() - start
+    exited.set()
+    if sampler is not None:
+        sampler.join()
     rchar = 0
     try:
         with open(f"/proc/{proc.pid}/io") as fh:
