@@ -1215,8 +1215,8 @@ impl<'s> Copying<'_, 's, '_, '_> {
         let mut f = fs::File::open(file.path).map_err(io_err(file.path))?;
         let mut data = Vec::with_capacity(usize::try_from(file.md.len()).unwrap_or(0));
         f.read_to_end(&mut data).map_err(io_err(&host))?;
-        // Hashed on the writer thread: the checksum gets the digest when
-        // the writers are done (ChecksumWalk::finish).
+        // Hashed on the writer thread: the checksum takes the digest once
+        // the writer reports it (ChecksumWalk::fill).
         let (digest, hash) = match known {
             Ok(digest) => (Some(digest), None),
             Err(true) => (
