@@ -13,10 +13,18 @@ use crate::oci::{
 };
 use crate::store::{ContentStore, Ingest};
 
+/// The gzip level of a layer when none is asked for. zlib-rs (the deflate
+/// of every gzip layer) at level 6 takes a faster, looser match search than
+/// zlib's level 6, which `gzip -6` and BuildKit's default stand for: on a
+/// 1 GiB / 20k-file context its single-stream output was 2.2% larger than
+/// `gzip -6`'s (145.98 MB against 142.85 MB). Level 7 gives 142.05 MB,
+/// for 25% more CPU, still less than half of what `gzip -6` takes.
+pub const DEFAULT_GZIP_LEVEL: u32 = 7;
+
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
-    /// gzip at level 0-9 (6 is gzip's and BuildKit's default).
+    /// gzip at level 0-9 ([`DEFAULT_GZIP_LEVEL`] unless asked for).
     Gzip(u32),
     /// zstd at level 1-22 (3 is zstd's default).
     Zstd(i32),
@@ -26,7 +34,7 @@ pub enum Compression {
 
 impl Default for Compression {
     fn default() -> Compression {
-        Compression::Gzip(6)
+        Compression::Gzip(DEFAULT_GZIP_LEVEL)
     }
 }
 

@@ -64,7 +64,7 @@ pub use error::{DocumentProblem, Error, Result, TarEntryProblem};
 pub use gate::CommitGate;
 pub use layer::{
     compress_layers_parallel, decompress_reader, decompress_sniffed, default_threads,
-    layer_in_compression, BlobWatch, Compression, Layer, LayerWriter,
+    layer_in_compression, BlobWatch, Compression, Layer, LayerWriter, DEFAULT_GZIP_LEVEL,
 };
 pub use oci::*;
 pub use store::{

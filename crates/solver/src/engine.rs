@@ -86,7 +86,7 @@ impl Default for SolveOptions {
         SolveOptions {
             no_cache: false,
             pull: false,
-            compression: Compression::Gzip(6),
+            compression: Compression::default(),
             force_compression: false,
             source_date_epoch: None,
             secrets: Vec::new(),

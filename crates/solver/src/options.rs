@@ -894,9 +894,9 @@ pub fn layer_compression(
     }
     let (kind, level, force) = first.unwrap_or((LayerCompression::Gzip, None, false));
     let compression = match kind {
-        LayerCompression::Gzip => {
-            kbuild_image::Compression::Gzip(level.map_or(6, |l| l.unsigned_abs()))
-        }
+        LayerCompression::Gzip => kbuild_image::Compression::Gzip(
+            level.map_or(kbuild_image::DEFAULT_GZIP_LEVEL, |l| l.unsigned_abs()),
+        ),
         LayerCompression::Zstd => kbuild_image::Compression::Zstd(level.unwrap_or(3)),
         LayerCompression::Uncompressed => kbuild_image::Compression::None,
     };
