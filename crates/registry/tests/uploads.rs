@@ -243,6 +243,12 @@ async fn a_failed_early_upload_fails_the_push_before_any_manifest() {
     assert!(!tag_exists(&format!("{}/failed/img:1", registry.host())));
 }
 
+/// Bytes of noise written before a test looks for the upload of a layer
+/// still open: more than the compressor holds (2 threads, 8 blocks of
+/// 128 KiB each in flight) plus the 1 MiB the watch is told about at once,
+/// so that chunks of it are in the file.
+const BEFORE: usize = 6 << 20;
+
 /// A gzip layer written through [`LayerWriter::watched`] with the upload's
 /// watch, `before` bytes of noise first; returns the writer, still open.
 async fn start_layer(
@@ -312,8 +318,9 @@ async fn a_layer_uploads_while_it_is_compressed_and_the_tag_comes_last() {
     let client = client(2, 3, Duration::from_secs(30));
     let target = Reference::parse(&format!("{}/stream/img:1", proxy.host())).unwrap();
     let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
-    // Noise does not compress: 3 MiB in is about 3 MiB of blob.
-    let w = start_layer(&src, &uploads, 21, 3 << 20).await;
+    // Noise does not compress: what leaves the compressor is about as
+    // large as what went in.
+    let w = start_layer(&src, &uploads, 21, BEFORE).await;
     // Chunks go up while the layer is still open, with no closing PUT.
     logged(&proxy, "PATCH while compressing", |l| l.kind == "patch").await;
     assert!(
@@ -381,7 +388,7 @@ async fn a_registry_refusing_chunks_gets_the_layer_in_one_put_once_it_is_complet
     let client = client(2, 3, Duration::from_secs(30));
     let target = Reference::parse(&format!("{}/refuse/img:1", proxy.host())).unwrap();
     let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
-    let w = start_layer(&src, &uploads, 31, 3 << 20).await;
+    let w = start_layer(&src, &uploads, 31, BEFORE).await;
     logged(&proxy, "refused PATCH", |l| {
         l.kind == "patch" && l.fault == "405"
     })
@@ -423,7 +430,7 @@ async fn an_abandoned_layer_closes_no_upload() {
     let client = client(2, 3, Duration::from_secs(30));
     let target = Reference::parse(&format!("{}/abandon/img:1", proxy.host())).unwrap();
     let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
-    let w = start_layer(&src, &uploads, 41, 3 << 20).await;
+    let w = start_layer(&src, &uploads, 41, BEFORE).await;
     logged(&proxy, "PATCH while compressing", |l| l.kind == "patch").await;
     // The step fails: its layer writer is dropped without a commit.
     drop(w);
@@ -455,7 +462,7 @@ async fn a_streamed_layer_the_repository_has_is_not_sent_twice() {
         let client = client(2, 3, Duration::from_secs(30));
         let uploads = client.blob_uploads(std::slice::from_ref(&target), &src);
         let before = proxy.log().len();
-        let w = start_layer(&src, &uploads, 51, 3 << 20).await;
+        let w = start_layer(&src, &uploads, 51, BEFORE).await;
         logged(&proxy, "PATCH while compressing", |l| l.kind == "patch").await;
         let layer = finish_layer(w, 51, 1 << 20).await;
         let digest = layer.descriptor.digest;
