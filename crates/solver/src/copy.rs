@@ -1112,14 +1112,14 @@ impl<'s> Copying<'_, 's, '_, '_> {
     /// The host path of the directory `parent` (a container path), and
     /// whether the walk under way created it ([`Written`]).
     fn parent(&mut self, parent: &str) -> Result<(PathBuf, bool), CopyError> {
-        let Some(w) = self.written.as_mut() else {
-            let host = resolve_in_root(self.root, parent, true).map_err(io_err(self.root))?;
-            return Ok((host, false));
-        };
-        if let Some((_, host, created)) = w.parent.as_ref().filter(|(c, _, _)| c == parent) {
+        let last = self.written.as_ref().and_then(|w| w.parent.as_ref());
+        if let Some((_, host, created)) = last.filter(|(c, _, _)| c == parent) {
             return Ok((host.clone(), *created));
         }
         let host = resolve_in_root(self.root, parent, true).map_err(io_err(self.root))?;
+        let Some(w) = self.written.as_mut() else {
+            return Ok((host, false));
+        };
         let created = w.created.contains(parent);
         w.parent = Some((parent.to_string(), host.clone(), created));
         Ok((host, created))

@@ -519,8 +519,9 @@ fn strip_entry(p: &Path) -> Result<()> {
 fn for_children(dir: &Path, mut f: impl FnMut(PathBuf, bool) -> Result<()>) -> Result<()> {
     for e in fs::read_dir(dir).at("list", dir)? {
         let e = e.at("list", dir)?;
-        let is_dir = e.file_type().at("inspect", e.path())?.is_dir();
-        f(e.path(), is_dir)?;
+        let path = e.path();
+        let is_dir = e.file_type().at("inspect", &path)?.is_dir();
+        f(path, is_dir)?;
     }
     Ok(())
 }
